@@ -1,0 +1,223 @@
+// Control socket server on libuv.
+#include "control_server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <deque>
+
+#include <spdlog/spdlog.h>
+
+#include "control_client.h"
+#include "framing.h"
+#include "uv_error.h"
+
+namespace homeward {
+
+// One request's reply state, shared by every ReplySender of that request.
+struct PendingReply {
+  explicit PendingReply(std::weak_ptr<ControlConnection> c) : connection(std::move(c)) {}
+  PendingReply(const PendingReply&) = delete;
+  PendingReply& operator=(const PendingReply&) = delete;
+  ~PendingReply();
+  std::weak_ptr<ControlConnection> connection;
+  bool sent = false;
+};
+
+class ControlConnection : public std::enable_shared_from_this<ControlConnection> {
+ public:
+  ControlConnection(ControlServer* server) : server_(server) {}
+
+  uv_pipe_t* pipe() { return pipe_.get(); }
+
+  void StartReading() {
+    pipe_.get()->data = this;
+    CheckUv(uv_read_start(
+                pipe_.stream(),
+                [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
+                  auto* self = static_cast<ControlConnection*>(handle->data);
+                  buf->base = self->read_buffer_;
+                  buf->len = sizeof self->read_buffer_;
+                },
+                [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+                  static_cast<ControlConnection*>(stream->data)->OnRead(nread, buf);
+                }),
+            "control socket read");
+  }
+
+  void Write(kj::Array<capnp::word> frame) {
+    if (closed_) return;
+    auto* request = new WriteRequest{{}, kj::mv(frame)};
+    auto bytes = request->frame.asBytes();
+    uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(bytes.begin()),
+                               static_cast<unsigned>(bytes.size()));
+    request->req.data = request;
+    int status = uv_write(&request->req, pipe_.stream(), &buf, 1, [](uv_write_t* req, int) {
+      delete static_cast<WriteRequest*>(req->data);
+    });
+    if (status < 0) {
+      delete request;
+      Close();
+    }
+  }
+
+  void Close() {
+    if (closed_) return;
+    closed_ = true;
+    pipe_.Close();
+    server_->Forget(this);  // may destroy *this: nothing after this line
+  }
+
+ private:
+  struct WriteRequest {
+    uv_write_t req;
+    kj::Array<capnp::word> frame;
+  };
+
+  void OnRead(ssize_t nread, const uv_buf_t* buf) {
+    if (nread < 0) {
+      Close();
+      return;
+    }
+    auto keep_alive = shared_from_this();
+    try {
+      decoder_.Feed(buf->base, static_cast<size_t>(nread));
+      while (auto message = decoder_.Next()) {
+        Dispatch(*message);
+        if (closed_) return;
+      }
+    } catch (const Error& e) {
+      spdlog::warn("control: dropping a client that sent a bad message: {}", e.what());
+      ReplySender(std::make_shared<PendingReply>(weak_from_this())).SendError(e);
+      Close();
+    }
+  }
+
+  void Dispatch(IncomingMessage& message) {
+    // Kept here too, so that an error thrown by the handler is the request's one reply.
+    auto pending = std::make_shared<PendingReply>(weak_from_this());
+    schema::ControlRequest::Reader request;
+    try {
+      request = message.Root<schema::ControlRequest>();
+      if (request.getVersion() != schema::CONTROL_VERSION) {
+        Fail(ErrorKind::kInvalidInput, "control protocol version {} is not spoken here (this "
+             "daemon speaks {}); use the commands of the same release",
+             request.getVersion(), schema::CONTROL_VERSION);
+      }
+      server_->handler_(request, ReplySender(pending));
+    } catch (const Error& e) {
+      ReplySender(pending).SendError(e);
+    } catch (const kj::Exception& e) {
+      ReplySender(pending).SendError(Error(ErrorKind::kInvalidInput,
+                           fmt::format("malformed request: {}", e.getDescription().cStr())));
+    }
+  }
+
+  ControlServer* server_;
+  UvHandle<uv_pipe_t> pipe_;
+  FrameDecoder decoder_{kMaxControlFrameBytes};
+  char read_buffer_[64 * 1024];
+  bool closed_ = false;
+};
+
+PendingReply::~PendingReply() {
+  if (!sent) {
+    ReplySender::SendErrorTo(
+        *this, Error(ErrorKind::kFailed, "the daemon dropped this request without answering"));
+  }
+}
+
+void ReplySender::Send(capnp::MessageBuilder& reply) { SendTo(*pending_, reply); }
+
+void ReplySender::SendError(const Error& error) { SendErrorTo(*pending_, error); }
+
+void ReplySender::SendTo(PendingReply& pending, capnp::MessageBuilder& reply) {
+  if (pending.sent) return;
+  pending.sent = true;
+  if (auto connection = pending.connection.lock()) connection->Write(EncodeFrame(reply));
+}
+
+void ReplySender::SendErrorTo(PendingReply& pending, const Error& error) {
+  capnp::MallocMessageBuilder message;
+  auto reply = message.initRoot<schema::ControlReply>().initError();
+  reply.setKind(std::string(ErrorKindName(error.kind())));
+  reply.setMessage(error.what());
+  SendTo(pending, message);
+}
+
+ControlServer::ControlServer(uv_loop_t* loop, std::string socket_path, ControlHandler handler)
+    : loop_(loop), socket_path_(std::move(socket_path)), handler_(std::move(handler)) {}
+
+ControlServer::~ControlServer() { Stop(); }
+
+namespace {
+
+// True when a live daemon accepts connections at `path`.
+bool SomeoneListens(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  bool listening = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return listening;
+}
+
+}  // namespace
+
+void ControlServer::Start() {
+  if (SomeoneListens(socket_path_)) {
+    Fail(ErrorKind::kFailed, "another node daemon is already serving {}", socket_path_);
+  }
+  ::unlink(socket_path_.c_str());
+  CheckUv(uv_pipe_init(loop_, listener_.get(), 0), "control socket");
+  listener_.get()->data = this;
+  CheckUv(uv_pipe_bind(listener_.get(), socket_path_.c_str()),
+          fmt::format("bind control socket {}", socket_path_));
+  // Any local user may ask; each request is checked against the caller's credentials.
+  ::chmod(socket_path_.c_str(), 0666);
+  CheckUv(uv_listen(listener_.stream(), 64,
+                    [](uv_stream_t* server, int status) {
+                      if (status == 0) static_cast<ControlServer*>(server->data)->Accept();
+                    }),
+          fmt::format("listen on control socket {}", socket_path_));
+  listening_ = true;
+}
+
+void ControlServer::Accept() {
+  auto connection = std::make_shared<ControlConnection>(this);
+  if (uv_pipe_init(loop_, connection->pipe(), 0) < 0) return;
+  if (uv_accept(listener_.stream(), reinterpret_cast<uv_stream_t*>(connection->pipe())) < 0) {
+    return;
+  }
+  connections_.insert(connection);
+  try {
+    connection->StartReading();
+  } catch (const Error& e) {
+    spdlog::warn("control: {}", e.what());
+    connection->Close();
+  }
+}
+
+void ControlServer::Forget(ControlConnection* connection) {
+  for (auto it = connections_.begin(); it != connections_.end(); ++it) {
+    if (it->get() == connection) {
+      connections_.erase(it);
+      return;
+    }
+  }
+}
+
+void ControlServer::Stop() {
+  if (!listening_) return;
+  listening_ = false;
+  listener_.Close();
+  auto connections = connections_;
+  for (auto& connection : connections) connection->Close();
+  ::unlink(socket_path_.c_str());
+}
+
+}  // namespace homeward

@@ -1,0 +1,42 @@
+// Daemon: the node daemon's context. main() builds it from the configuration; it owns
+// the event loop's handles and every service of the node, and answers the control socket.
+#pragma once
+
+#include <uv.h>
+
+#include <chrono>
+
+#include "config.h"
+#include "control_server.h"
+#include "uv_handle.h"
+
+namespace homeward {
+
+class Daemon {
+ public:
+  Daemon(uv_loop_t* loop, NodeConfig config);
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+  ~Daemon();
+
+  // Opens the sockets and starts the services. Throws Error when one cannot start.
+  void Start();
+  // Stops every service and closes every handle, so that the loop ends.
+  void Stop();
+
+  const NodeConfig& config() const { return config_; }
+
+ private:
+  void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
+  void ReplyStatus(ReplySender reply);
+
+  uv_loop_t* loop_;
+  NodeConfig config_;
+  std::chrono::steady_clock::time_point started_;
+  ControlServer control_;
+  UvHandle<uv_signal_t> sigterm_;
+  UvHandle<uv_signal_t> sigint_;
+  bool stopped_ = false;
+};
+
+}  // namespace homeward

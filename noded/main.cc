@@ -1,0 +1,51 @@
+// mosnoded: the Homeward node daemon.
+#include <signal.h>
+#include <uv.h>
+
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
+
+#include "config.h"
+#include "daemon.h"
+#include "error.h"
+#include "homeward_config.h"
+#include "log.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Homeward node daemon"};
+  std::string config_path = "/etc/homeward/node.toml";
+  app.add_option("-c,--config", config_path, "the node's TOML configuration");
+  app.set_version_flag("--version", HOMEWARD_VERSION);
+  CLI11_PARSE(app, argc, argv);
+
+  homeward::NodeConfig config;
+  try {
+    config = homeward::LoadNodeConfig(config_path);
+  } catch (const homeward::Error& e) {
+    std::fprintf(stderr, "mosnoded: %s\n", e.what());
+    return 2;
+  }
+  homeward::SetupLogging("mosnoded", config.name, config.log_level);
+  // Writes to a peer that went away must fail with EPIPE, not kill the daemon.
+  ::signal(SIGPIPE, SIG_IGN);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  int exit_code = 0;
+  {
+    homeward::Daemon daemon(&loop, std::move(config));
+    try {
+      daemon.Start();
+      uv_run(&loop, UV_RUN_DEFAULT);
+    } catch (const homeward::Error& e) {
+      spdlog::critical("{}", e.what());
+      exit_code = 1;
+    }
+  }
+  // Let the close callbacks of every handle run, then free the loop.
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop) != 0) spdlog::warn("event loop closed with handles still open");
+  spdlog::info("stopped");
+  return exit_code;
+}

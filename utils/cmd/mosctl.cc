@@ -1,0 +1,53 @@
+// mosctl: administration of the local node (status now; more as the daemon grows).
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "control_client.h"
+#include "error.h"
+
+namespace homeward {
+namespace {
+
+std::string FormatDuration(uint64_t ms) {
+  uint64_t s = ms / 1000;
+  if (s < 60) return fmt::format("{}.{:01}s", s, (ms % 1000) / 100);
+  if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  if (s < 86400) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
+  return fmt::format("{}d{:02}h", s / 86400, (s % 86400) / 3600);
+}
+
+int Status(const std::string& socket) {
+  auto client = ControlClient::Connect(socket);
+  auto reply = client.Call([](auto request) { request.setStatus(); });
+  auto status = reply.Root<schema::ControlReply>().getStatus();
+  fmt::print("node     {}\n", status.getName().cStr());
+  fmt::print("address  {}\n", status.getAddress().cStr());
+  fmt::print("version  {}\n", status.getVersion().cStr());
+  fmt::print("uptime   {}\n", FormatDuration(status.getUptimeMs()));
+  fmt::print("ports    gossip {}/udp, peer {}/tcp\n", status.getGossipPort(),
+             status.getPeerPort());
+  fmt::print("pid      {}\n", status.getPid());
+  return 0;
+}
+
+}  // namespace
+}  // namespace homeward
+
+int main(int argc, char** argv) {
+  CLI::App app{"Administer the local Homeward node"};
+  app.require_subcommand(1);
+  std::string socket = homeward::ControlSocketPath();
+  app.add_option("--control", socket, "the node daemon's control socket")
+      ->envname("HOMEWARD_CONTROL");
+  auto* status = app.add_subcommand("status", "show this node's name, address, version, uptime");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (status->parsed()) return homeward::Status(socket);
+  } catch (const homeward::Error& e) {
+    std::fprintf(stderr, "mosctl: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,68 @@
+// ChildProcess: the single owner of a child. Move-only; a child still running when its
+// owner is destroyed is killed and reaped, so no process outlives the code that made it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace homeward {
+
+struct SpawnOptions {
+  std::vector<std::string> argv;  // argv[0] is looked up on PATH.
+  // Replaces the environment when set; otherwise the child inherits ours.
+  std::optional<std::vector<std::string>> env;
+  // Descriptors to become the child's 0, 1 and 2; -1 keeps ours.
+  int stdin_fd = -1;
+  int stdout_fd = -1;
+  int stderr_fd = -1;
+  bool new_session = false;  // setsid() in the child.
+};
+
+// How a child ended, as a shell would report it.
+struct ExitStatus {
+  int code = 0;    // exit code when !signaled
+  int signal = 0;  // terminating signal when signaled
+  bool signaled = false;
+
+  static ExitStatus FromWaitStatus(int wait_status);
+  // 0..255 exit code, or 128+signal, the way a shell's $? shows it.
+  int ShellCode() const { return signaled ? 128 + signal : code; }
+  std::string Describe() const;
+};
+
+class ChildProcess {
+ public:
+  // Starts the child. If exec fails, the child's errno comes back through a close-on-exec
+  // pipe and Spawn throws an Error naming the program.
+  static ChildProcess Spawn(const SpawnOptions& options);
+
+  ChildProcess(ChildProcess&& other) noexcept;
+  ChildProcess& operator=(ChildProcess&& other) noexcept;
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ~ChildProcess();
+
+  pid_t pid() const { return pid_; }
+  // Blocks until the child exits and reaps it.
+  ExitStatus Wait();
+  // Reaps the child if it has exited; returns nothing while it still runs.
+  std::optional<ExitStatus> TryWait();
+  void Signal(int signo);
+
+ private:
+  explicit ChildProcess(pid_t pid) : pid_(pid) {}
+  void KillAndReap();
+  pid_t pid_ = -1;
+};
+
+// Runs a command to completion, capturing its stdout; throws when it cannot start.
+struct CommandResult {
+  ExitStatus status;
+  std::string output;
+};
+CommandResult RunCommand(const std::vector<std::string>& argv);
+
+}  // namespace homeward

@@ -1,0 +1,234 @@
+// TOML node configuration: parsing and validation.
+#include "config.h"
+
+#include <arpa/inet.h>
+
+#include <cctype>
+#include <fstream>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "error.h"
+
+namespace homeward {
+
+namespace {
+
+constexpr size_t kClusterKeyBytes = 32;
+
+bool ParseIpv4(const std::string& text, in_addr* out) {
+  return inet_pton(AF_INET, text.c_str(), out) == 1;
+}
+
+class ConfigReader {
+ public:
+  ConfigReader(const toml::table& root, const std::string& path) : root_(root), path_(path) {}
+
+  [[noreturn]] void Problem(std::string_view field, std::string_view problem) const {
+    Fail(ErrorKind::kInvalidInput, "{}: {}: {}", path_, field, problem);
+  }
+
+  const toml::node* Find(std::string_view field) const {
+    return root_.at_path(field).node();
+  }
+
+  std::string RequiredString(std::string_view field) const {
+    const toml::node* node = Find(field);
+    if (!node) Problem(field, "missing (required)");
+    return AsString(field, *node);
+  }
+
+  void OptionalString(std::string_view field, std::string* out) const {
+    if (const toml::node* node = Find(field)) *out = AsString(field, *node);
+  }
+
+  int64_t Integer(std::string_view field, int64_t fallback, int64_t min, int64_t max) const {
+    const toml::node* node = Find(field);
+    if (!node) return fallback;
+    auto value = node->value<int64_t>();
+    if (!node->is_integer() || !value) Problem(field, "must be an integer");
+    if (*value < min || *value > max) {
+      Problem(field, fmt::format("{} is out of range [{}, {}]", *value, min, max));
+    }
+    return *value;
+  }
+
+  std::chrono::milliseconds Millis(std::string_view field, std::chrono::milliseconds fallback) const {
+    return std::chrono::milliseconds(Integer(field, fallback.count(), 1, 24 * 3600 * 1000));
+  }
+
+  std::vector<std::string> StringArray(std::string_view field) const {
+    std::vector<std::string> result;
+    const toml::node* node = Find(field);
+    if (!node) return result;
+    const toml::array* array = node->as_array();
+    if (!array) Problem(field, "must be an array of strings");
+    for (size_t i = 0; i < array->size(); ++i) {
+      result.push_back(AsString(fmt::format("{}[{}]", field, i), *array->get(i)));
+    }
+    return result;
+  }
+
+ private:
+  std::string AsString(std::string_view field, const toml::node& node) const {
+    auto value = node.value<std::string>();
+    if (!node.is_string() || !value) Problem(field, "must be a string");
+    return *value;
+  }
+
+  const toml::table& root_;
+  const std::string& path_;
+};
+
+bool ValidNodeName(const std::string& name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') {
+      return false;
+    }
+  }
+  return name != "." && name != "..";
+}
+
+std::string ReadWholeFile(const std::string& path, std::string* error) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+    return {};
+  }
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+}  // namespace
+
+Endpoint Endpoint::Parse(const std::string& text, uint16_t default_port) {
+  Endpoint endpoint;
+  endpoint.port = default_port;
+  std::string host = text;
+  if (auto colon = text.rfind(':'); colon != std::string::npos) {
+    host = text.substr(0, colon);
+    std::string port = text.substr(colon + 1);
+    char* end = nullptr;
+    unsigned long value = std::strtoul(port.c_str(), &end, 10);
+    if (port.empty() || *end != '\0' || value == 0 || value > 65535) {
+      Fail(ErrorKind::kInvalidInput, "'{}' has a bad port (want 1-65535)", text);
+    }
+    endpoint.port = static_cast<uint16_t>(value);
+  }
+  in_addr addr;
+  if (!ParseIpv4(host, &addr)) {
+    Fail(ErrorKind::kInvalidInput, "'{}' is not an IPv4 address", host);
+  }
+  endpoint.host = host;
+  return endpoint;
+}
+
+sockaddr_in Endpoint::ToSockaddr() const {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
+  return addr;
+}
+
+std::string Endpoint::ToString() const { return fmt::format("{}:{}", host, port); }
+
+std::vector<uint8_t> ParseClusterKey(const std::string& text) {
+  std::string hex;
+  for (char c : text) {
+    if (!std::isspace(static_cast<unsigned char>(c))) hex.push_back(c);
+  }
+  if (hex.size() != kClusterKeyBytes * 2) {
+    Fail(ErrorKind::kInvalidInput, "a cluster key is {} hexadecimal digits, found {} characters",
+         kClusterKeyBytes * 2, hex.size());
+  }
+  std::vector<uint8_t> key;
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    auto digit = [&](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      Fail(ErrorKind::kInvalidInput, "a cluster key holds only hexadecimal digits, found '{}'", c);
+    };
+    key.push_back(static_cast<uint8_t>(digit(hex[i]) * 16 + digit(hex[i + 1])));
+  }
+  return key;
+}
+
+NodeConfig ParseNodeConfig(const std::string& text, const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse(text, path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    Fail(ErrorKind::kInvalidInput, "{}:{}:{}: {}", path, where.line, where.column,
+         e.description());
+  }
+  ConfigReader reader(root, path);
+  NodeConfig config;
+  config.config_path = path;
+
+  config.name = reader.RequiredString("node.name");
+  if (!ValidNodeName(config.name)) {
+    reader.Problem("node.name", fmt::format("'{}' is not a valid node name (letters, digits, "
+                                            "'-', '_' and '.', at most 63)", config.name));
+  }
+  config.address = reader.RequiredString("node.address");
+  in_addr addr;
+  if (!ParseIpv4(config.address, &addr)) {
+    reader.Problem("node.address", fmt::format("'{}' is not an IPv4 address", config.address));
+  }
+  reader.OptionalString("node.state_dir", &config.state_dir);
+  reader.OptionalString("node.mosix_root", &config.mosix_root);
+  reader.OptionalString("node.export_root", &config.export_root);
+  reader.OptionalString("node.log_level", &config.log_level);
+  for (const char* level : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
+    if (config.log_level == level) goto level_ok;
+  }
+  reader.Problem("node.log_level", fmt::format("'{}' is not one of trace, debug, info, warn, "
+                                               "error, critical, off", config.log_level));
+level_ok:
+  config.gossip_port = static_cast<uint16_t>(reader.Integer("ports.gossip", 4700, 1, 65535));
+  config.peer_port = static_cast<uint16_t>(reader.Integer("ports.peer", 4701, 1, 65535));
+  config.control_socket = config.state_dir + "/control.sock";
+  reader.OptionalString("control.socket", &config.control_socket);
+
+  config.key_file = reader.RequiredString("cluster.key_file");
+  std::string read_error;
+  std::string key_text = ReadWholeFile(config.key_file, &read_error);
+  if (!read_error.empty()) reader.Problem("cluster.key_file", read_error);
+  try {
+    config.cluster_key = ParseClusterKey(key_text);
+  } catch (const Error& e) {
+    reader.Problem("cluster.key_file", fmt::format("{}: {}", config.key_file, e.what()));
+  }
+  auto seeds = reader.StringArray("cluster.seeds");
+  for (size_t i = 0; i < seeds.size(); ++i) {
+    try {
+      config.seeds.push_back(Endpoint::Parse(seeds[i], config.gossip_port));
+    } catch (const Error& e) {
+      reader.Problem(fmt::format("cluster.seeds[{}]", i), e.what());
+    }
+  }
+
+  config.gossip.interval = reader.Millis("gossip.interval_ms", config.gossip.interval);
+  config.gossip.suspect_after = reader.Millis("gossip.suspect_ms", config.gossip.suspect_after);
+  config.gossip.dead_after = reader.Millis("gossip.dead_ms", config.gossip.dead_after);
+  config.gossip.window = static_cast<int>(reader.Integer("gossip.window", config.gossip.window, 1, 64));
+  if (config.gossip.dead_after <= config.gossip.suspect_after) {
+    reader.Problem("gossip.dead_ms", "must be greater than gossip.suspect_ms");
+  }
+  return config;
+}
+
+NodeConfig LoadNodeConfig(const std::string& path) {
+  std::string read_error;
+  std::string text = ReadWholeFile(path, &read_error);
+  if (!read_error.empty()) Fail(ErrorKind::kInvalidInput, "{}", read_error);
+  return ParseNodeConfig(text, path);
+}
+
+}  // namespace homeward

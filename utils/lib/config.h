@@ -1,0 +1,58 @@
+// A node's configuration, read from a TOML file. Every error names the file and field.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace homeward {
+
+// An IPv4 address and port.
+struct Endpoint {
+  std::string host;  // dotted quad
+  uint16_t port = 0;
+
+  // Parses "A.B.C.D" or "A.B.C.D:PORT" (default_port when the port is absent).
+  static Endpoint Parse(const std::string& text, uint16_t default_port);
+  sockaddr_in ToSockaddr() const;
+  std::string ToString() const;
+  bool operator==(const Endpoint&) const = default;
+};
+
+struct GossipConfig {
+  std::chrono::milliseconds interval{1000};
+  std::chrono::milliseconds suspect_after{3000};  // silence before a node is suspected
+  std::chrono::milliseconds dead_after{8000};     // silence before it is declared dead
+  int window = 16;                                // records carried per gossip datagram
+};
+
+struct NodeConfig {
+  std::string config_path;  // where this was read from, for messages
+  std::string name;
+  std::string address;  // this node's IPv4 address; peers reach it here
+  uint16_t gossip_port = 4700;  // UDP
+  uint16_t peer_port = 4701;    // TCP: file service, migration, job relay
+  std::string state_dir = "/var/lib/homeward";
+  std::string control_socket;  // default: <state_dir>/control.sock
+  std::string mosix_root = "/mosix";
+  std::string export_root = "/";  // the tree this node serves to its jobs' homefs
+  std::string key_file;
+  std::vector<uint8_t> cluster_key;  // 32 bytes, read from key_file
+  std::vector<Endpoint> seeds;
+  GossipConfig gossip;
+  std::string log_level = "info";
+};
+
+// Reads and validates `path`. Throws Error(kInvalidInput) with one line of the form
+// "<path>: <field>: <problem>" for the first problem found.
+NodeConfig LoadNodeConfig(const std::string& path);
+// The same for configuration text already in memory; `path` is used in messages.
+NodeConfig ParseNodeConfig(const std::string& text, const std::string& path);
+
+// Parses a cluster key: 64 hexadecimal digits (surrounding whitespace ignored).
+std::vector<uint8_t> ParseClusterKey(const std::string& text);
+
+}  // namespace homeward

@@ -1,0 +1,155 @@
+// Node configuration: good files load, every bad field gets one line naming it.
+#include "config.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "error.h"
+
+namespace homeward {
+namespace {
+
+using ::testing::HasSubstr;
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/homeward-config-test.XXXXXX";
+    dir_ = mkdtemp(pattern);
+    key_path_ = dir_ + "/cluster.key";
+    WriteFile(key_path_, std::string(64, 'a') + "\n");
+  }
+  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+
+  static void WriteFile(const std::string& path, const std::string& text) {
+    std::ofstream(path) << text;
+  }
+
+  std::string Write(const std::string& text) {
+    std::string path = dir_ + "/node.toml";
+    WriteFile(path, text);
+    return path;
+  }
+
+  std::string Good() {
+    return "[node]\nname = \"node1\"\naddress = \"127.0.0.11\"\nstate_dir = \"" + dir_ +
+           "\"\n[cluster]\nkey_file = \"" + key_path_ + "\"\nseeds = [\"127.0.0.12\", "
+           "\"127.0.0.13:5000\"]\n";
+  }
+
+  // Loads `text` and returns the one-line error it must produce.
+  std::string ErrorOf(const std::string& text) {
+    std::string path = Write(text);
+    try {
+      LoadNodeConfig(path);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+      std::string message = e.what();
+      EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+      EXPECT_THAT(message, HasSubstr(path));
+      return message;
+    }
+    ADD_FAILURE() << "no error for:\n" << text;
+    return "";
+  }
+
+  std::string dir_;
+  std::string key_path_;
+};
+
+TEST_F(ConfigTest, LoadsGoodFileWithDefaults) {
+  NodeConfig config = LoadNodeConfig(Write(Good()));
+  EXPECT_EQ(config.name, "node1");
+  EXPECT_EQ(config.address, "127.0.0.11");
+  EXPECT_EQ(config.gossip_port, 4700);
+  EXPECT_EQ(config.peer_port, 4701);
+  EXPECT_EQ(config.control_socket, dir_ + "/control.sock");
+  EXPECT_EQ(config.cluster_key, std::vector<uint8_t>(32, 0xaa));
+  ASSERT_EQ(config.seeds.size(), 2u);
+  EXPECT_EQ(config.seeds[0], (Endpoint{"127.0.0.12", 4700}));
+  EXPECT_EQ(config.seeds[1], (Endpoint{"127.0.0.13", 5000}));
+  EXPECT_EQ(config.gossip.interval, std::chrono::milliseconds(1000));
+}
+
+TEST_F(ConfigTest, ReadsEveryOptionalField) {
+  NodeConfig config = LoadNodeConfig(Write(
+      Good() + "[ports]\ngossip = 5100\npeer = 5101\n[control]\nsocket = \"/tmp/c.sock\"\n"
+               "[gossip]\ninterval_ms = 250\nsuspect_ms = 900\ndead_ms = 2000\nwindow = 8\n"));
+  EXPECT_EQ(config.gossip_port, 5100);
+  EXPECT_EQ(config.peer_port, 5101);
+  EXPECT_EQ(config.control_socket, "/tmp/c.sock");
+  EXPECT_EQ(config.gossip.interval, std::chrono::milliseconds(250));
+  EXPECT_EQ(config.gossip.dead_after, std::chrono::milliseconds(2000));
+  EXPECT_EQ(config.gossip.window, 8);
+  EXPECT_EQ(config.seeds[0].port, 5100);  // seeds default to our own gossip port
+}
+
+TEST_F(ConfigTest, MissingFileNamesIt) {
+  try {
+    LoadNodeConfig(dir_ + "/absent.toml");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("absent.toml"));
+    EXPECT_THAT(e.what(), HasSubstr("No such file"));
+  }
+}
+
+TEST_F(ConfigTest, SyntaxErrorGivesLineAndColumn) {
+  EXPECT_THAT(ErrorOf("[node\nname = 1\n"), HasSubstr(":1:"));
+}
+
+TEST_F(ConfigTest, MissingKeyIsNamed) {
+  EXPECT_THAT(ErrorOf("[node]\naddress = \"127.0.0.1\"\n[cluster]\nkey_file = \"" + key_path_ +
+                      "\"\n"),
+              HasSubstr("node.name: missing"));
+  EXPECT_THAT(ErrorOf("[node]\nname = \"a\"\naddress = \"127.0.0.1\"\n"),
+              HasSubstr("cluster.key_file: missing"));
+}
+
+TEST_F(ConfigTest, BadAddressIsNamed) {
+  std::string text = Good();
+  text.replace(text.find("127.0.0.11"), 10, "127.0.0.300");
+  EXPECT_THAT(ErrorOf(text), HasSubstr("node.address: '127.0.0.300' is not an IPv4 address"));
+}
+
+TEST_F(ConfigTest, BadSeedIsNamed) {
+  std::string text = Good();
+  text.replace(text.find("127.0.0.13:5000"), 15, "127.0.0.13:99999");
+  EXPECT_THAT(ErrorOf(text), HasSubstr("cluster.seeds[1]: '127.0.0.13:99999' has a bad port"));
+}
+
+TEST_F(ConfigTest, WrongTypeIsNamed) {
+  EXPECT_THAT(ErrorOf(Good() + "[ports]\ngossip = \"x\"\n"),
+              HasSubstr("ports.gossip: must be an integer"));
+  EXPECT_THAT(ErrorOf(Good() + "[ports]\npeer = 70000\n"), HasSubstr("ports.peer: 70000 is out"));
+  EXPECT_THAT(ErrorOf(Good() + "[gossip]\nsuspect_ms = 5000\ndead_ms = 4000\n"),
+              HasSubstr("gossip.dead_ms"));
+}
+
+TEST_F(ConfigTest, BadNodeNameIsNamed) {
+  std::string text = Good();
+  text.replace(text.find("node1"), 5, "no/de");
+  EXPECT_THAT(ErrorOf(text), HasSubstr("node.name: 'no/de' is not a valid node name"));
+}
+
+TEST_F(ConfigTest, UnreadableKeyFileIsNamed) {
+  std::string text = Good();
+  text.replace(text.find(key_path_), key_path_.size(), dir_ + "/nokey");
+  EXPECT_THAT(ErrorOf(text), HasSubstr("cluster.key_file: cannot read " + dir_ + "/nokey"));
+}
+
+TEST_F(ConfigTest, MalformedKeyIsNamed) {
+  WriteFile(key_path_, "not a key\n");
+  EXPECT_THAT(ErrorOf(Good()), HasSubstr("cluster.key_file: " + key_path_ + ": a cluster key is 64"));
+  WriteFile(key_path_, std::string(63, 'a') + "g\n");
+  EXPECT_THAT(ErrorOf(Good()), HasSubstr("only hexadecimal digits"));
+}
+
+}  // namespace
+}  // namespace homeward

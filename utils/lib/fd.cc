@@ -1,0 +1,39 @@
+// File descriptor ownership and checked whole-buffer I/O.
+#include "fd.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "error.h"
+
+namespace homeward {
+
+Fd Fd::Open(const std::string& path, int flags, int mode) {
+  return Fd(HW_SYSCALL(::open(path.c_str(), flags | O_CLOEXEC, mode), "open {}", path));
+}
+
+void Fd::Reset(int fd) {
+  if (fd_ >= 0) ::close(fd_);  // close() is never retried on Linux: the fd is gone.
+  fd_ = fd;
+}
+
+Pipe Pipe::Create(int extra_flags) {
+  int fds[2];
+  HW_SYSCALL(::pipe2(fds, O_CLOEXEC | extra_flags), "pipe2");
+  return Pipe{Fd::Adopt(fds[0]), Fd::Adopt(fds[1])};
+}
+
+void WriteAll(int fd, const void* data, size_t size, const char* what) {
+  auto* bytes = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = HW_SYSCALL(::write(fd, bytes, size), "write {}", what);
+    bytes += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+size_t ReadSome(int fd, void* data, size_t size, const char* what) {
+  return static_cast<size_t>(HW_SYSCALL(::read(fd, data, size), "read {}", what));
+}
+
+}  // namespace homeward

@@ -1,0 +1,50 @@
+// Fd: the single owner of a file descriptor. Move-only; closes on destruction.
+#pragma once
+
+#include <string>
+#include <utility>
+
+namespace homeward {
+
+class Fd {
+ public:
+  Fd() = default;
+  // Takes ownership of `fd` (which may be -1 for "none").
+  static Fd Adopt(int fd) { return Fd(fd); }
+  // Opens `path`, throwing an Error that names the path on failure. O_CLOEXEC is added.
+  static Fd Open(const std::string& path, int flags, int mode = 0);
+
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) Reset(std::exchange(other.fd_, -1));
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { Reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  // Gives up ownership and returns the descriptor.
+  int Release() { return std::exchange(fd_, -1); }
+  // Closes the owned descriptor (if any) and owns `fd` instead.
+  void Reset(int fd = -1);
+
+ private:
+  explicit Fd(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
+// A pipe's two ends, both close-on-exec.
+struct Pipe {
+  Fd read;
+  Fd write;
+  static Pipe Create(int extra_flags = 0);
+};
+
+// Writes all of `data`, retrying short writes and EINTR; throws on error.
+void WriteAll(int fd, const void* data, size_t size, const char* what);
+// Reads up to `size` bytes, retrying EINTR; returns 0 at end of file; throws on error.
+size_t ReadSome(int fd, void* data, size_t size, const char* what);
+
+}  // namespace homeward
