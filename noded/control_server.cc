@@ -18,11 +18,13 @@ namespace homeward {
 
 // One request's reply state, shared by every ReplySender of that request.
 struct PendingReply {
-  explicit PendingReply(std::weak_ptr<ControlConnection> c) : connection(std::move(c)) {}
+  PendingReply(std::weak_ptr<ControlConnection> c, Caller who)
+      : connection(std::move(c)), caller(who) {}
   PendingReply(const PendingReply&) = delete;
   PendingReply& operator=(const PendingReply&) = delete;
   ~PendingReply();
   std::weak_ptr<ControlConnection> connection;
+  Caller caller;
   bool sent = false;
 };
 
@@ -48,14 +50,17 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
   }
 
   void Write(kj::Array<capnp::word> frame) {
-    if (closed_) return;
-    auto* request = new WriteRequest{{}, kj::mv(frame)};
+    if (closed_ || closing_) return;
+    auto* request = new WriteRequest{{}, kj::mv(frame), weak_from_this()};
     auto bytes = request->frame.asBytes();
     uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(bytes.begin()),
                                static_cast<unsigned>(bytes.size()));
     request->req.data = request;
     int status = uv_write(&request->req, pipe_.stream(), &buf, 1, [](uv_write_t* req, int) {
-      delete static_cast<WriteRequest*>(req->data);
+      auto* request = static_cast<WriteRequest*>(req->data);
+      auto connection = request->connection.lock();
+      delete request;
+      if (connection) connection->AfterWrite();
     });
     if (status < 0) {
       delete request;
@@ -63,18 +68,58 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
     }
   }
 
+  // Closes once every queued write is done.
+  void CloseAfterWrites() {
+    closing_ = true;
+    AfterWrite();
+  }
+
   void Close() {
     if (closed_) return;
     closed_ = true;
     pipe_.Close();
+    auto on_close = std::move(stream_.on_close);
+    stream_ = {};
+    on_drain_ = nullptr;
+    if (on_close) on_close();
     server_->Forget(this);  // may destroy *this: nothing after this line
   }
+
+  bool closed() const { return closed_ || closing_; }
+
+  // Learns who connected; the kernel's word, checked once at accept.
+  void ReadCaller() {
+    uv_os_fd_t fd;
+    ucred cred{};
+    socklen_t length = sizeof cred;
+    if (uv_fileno(pipe_.base(), &fd) == 0 &&
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0) {
+      caller_ = Caller{cred.pid, cred.uid, cred.gid};
+    }
+  }
+  size_t queued_bytes() const { return closed_ ? 0 : pipe_.stream()->write_queue_size; }
+  void SetStream(StreamHandlers handlers) { stream_ = std::move(handlers); }
+  void SetOnDrain(std::function<void()> callback) { on_drain_ = std::move(callback); }
 
  private:
   struct WriteRequest {
     uv_write_t req;
     kj::Array<capnp::word> frame;
+    std::weak_ptr<ControlConnection> connection;
   };
+
+  void AfterWrite() {
+    if (closed_) return;
+    size_t queued = pipe_.stream()->write_queue_size;
+    if (closing_ && queued == 0) {
+      Close();
+      return;
+    }
+    if (queued < ControlStream::kHighWater / 2 && on_drain_) {
+      auto callback = on_drain_;
+      callback();
+    }
+  }
 
   void OnRead(ssize_t nread, const uv_buf_t* buf) {
     if (nread < 0) {
@@ -90,14 +135,24 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
       }
     } catch (const Error& e) {
       spdlog::warn("control: dropping a client that sent a bad message: {}", e.what());
-      ReplySender(std::make_shared<PendingReply>(weak_from_this())).SendError(e);
+      ReplySender(std::make_shared<PendingReply>(weak_from_this(), caller_)).SendError(e);
       Close();
     }
   }
 
   void Dispatch(IncomingMessage& message) {
+    if (stream_.on_message) {
+      try {
+        stream_.on_message(message.Root<schema::ControlRequest>());
+      } catch (const std::exception& e) {
+        spdlog::warn("control: dropping a stream whose client sent a bad message: {}",
+                     e.what());
+        Close();
+      }
+      return;
+    }
     // Kept here too, so that an error thrown by the handler is the request's one reply.
-    auto pending = std::make_shared<PendingReply>(weak_from_this());
+    auto pending = std::make_shared<PendingReply>(weak_from_this(), caller_);
     schema::ControlRequest::Reader request;
     try {
       request = message.Root<schema::ControlRequest>();
@@ -120,6 +175,10 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
   FrameDecoder decoder_{kMaxControlFrameBytes};
   char read_buffer_[64 * 1024];
   bool closed_ = false;
+  bool closing_ = false;
+  Caller caller_;
+  StreamHandlers stream_;
+  std::function<void()> on_drain_;
 };
 
 PendingReply::~PendingReply() {
@@ -130,6 +189,40 @@ PendingReply::~PendingReply() {
 }
 
 void ReplySender::Send(capnp::MessageBuilder& reply) { SendTo(*pending_, reply); }
+
+const Caller& ReplySender::caller() const { return pending_->caller; }
+
+ControlStream ReplySender::OpenStream(StreamHandlers handlers) {
+  pending_->sent = true;
+  auto connection = pending_->connection.lock();
+  if (!connection || connection->closed()) {
+    Fail(ErrorKind::kDisconnected, "the client went away before its stream opened");
+  }
+  connection->SetStream(std::move(handlers));
+  return ControlStream(connection);
+}
+
+void ControlStream::Send(capnp::MessageBuilder& message) {
+  if (auto connection = connection_.lock()) connection->Write(EncodeFrame(message));
+}
+
+void ControlStream::Close() {
+  if (auto connection = connection_.lock()) connection->CloseAfterWrites();
+}
+
+bool ControlStream::open() const {
+  auto connection = connection_.lock();
+  return connection && !connection->closed();
+}
+
+size_t ControlStream::queued_bytes() const {
+  auto connection = connection_.lock();
+  return connection ? connection->queued_bytes() : 0;
+}
+
+void ControlStream::OnDrain(std::function<void()> callback) {
+  if (auto connection = connection_.lock()) connection->SetOnDrain(std::move(callback));
+}
 
 void ReplySender::SendError(const Error& error) { SendErrorTo(*pending_, error); }
 
@@ -194,6 +287,7 @@ void ControlServer::Accept() {
     return;
   }
   connections_.insert(connection);
+  connection->ReadCaller();
   try {
     connection->StartReading();
   } catch (const Error& e) {

@@ -21,6 +21,42 @@ namespace homeward {
 class ControlConnection;
 struct PendingReply;
 
+// Who sent a request, as the kernel vouches for it (SO_PEERCRED), never as claimed.
+struct Caller {
+  pid_t pid = -1;
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+};
+
+// A connection turned into a two-way stream (mosrun's relay of a job's stdio, signals
+// and exit). Holds the connection weakly: once the client is gone, Send does nothing.
+class ControlStream {
+ public:
+  ControlStream() = default;
+  explicit ControlStream(std::weak_ptr<ControlConnection> connection)
+      : connection_(std::move(connection)) {}
+
+  void Send(capnp::MessageBuilder& message);
+  // Closes the connection after everything sent so far has been written.
+  void Close();
+  bool open() const;
+  // Bytes accepted by Send but not yet written to the client.
+  size_t queued_bytes() const;
+  // Called once the queue has drained after exceeding `kHighWater`: the producer paused
+  // (its job's output) may resume.
+  void OnDrain(std::function<void()> callback);
+  static constexpr size_t kHighWater = 1 << 20;
+
+ private:
+  std::weak_ptr<ControlConnection> connection_;
+};
+
+// Receives every later message of a streaming connection, and its end.
+struct StreamHandlers {
+  std::function<void(schema::ControlRequest::Reader)> on_message;
+  std::function<void()> on_close;
+};
+
 // Replies to one request, once. Safe to keep after the client went away: sending then
 // does nothing. A request whose every sender is dropped unsent is answered with an
 // error, so no client waits forever.
@@ -34,6 +70,10 @@ class ReplySender {
 
   void Send(capnp::MessageBuilder& reply);
   void SendError(const Error& error);
+  // Turns the connection into a stream: later messages go to `handlers`, and the
+  // returned stream sends any number of messages. Counts as this request's reply.
+  ControlStream OpenStream(StreamHandlers handlers);
+  const Caller& caller() const;
 
  private:
   friend struct PendingReply;

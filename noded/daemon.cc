@@ -2,6 +2,7 @@
 #include "daemon.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,7 +23,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
       control_(loop, config_.control_socket,
                [this](auto request, ReplySender reply) {
                  HandleControl(request, std::move(reply));
-               }) {}
+               }),
+      jobs_(loop, config_) {}
 
 Daemon::~Daemon() { Stop(); }
 
@@ -42,6 +44,8 @@ void Daemon::Start() {
     handle->get()->data = this;
     CheckUv(uv_signal_start(handle->get(), on_signal, signo), "signal handler");
   }
+  // Jobs restored by CRIU, and orphans of jobs' inits, become our children to reap.
+  HW_SYSCALL(::prctl(PR_SET_CHILD_SUBREAPER, 1), "become a child subreaper");
   control_.Start();
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
@@ -51,6 +55,7 @@ void Daemon::Stop() {
   if (stopped_) return;
   stopped_ = true;
   control_.Stop();
+  jobs_.KillAll();
   sigterm_.Close();
   sigint_.Close();
 }
@@ -62,6 +67,17 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       return;
     case schema::ControlRequest::LIST_NODES:
       break;
+    case schema::ControlRequest::START_JOB:
+      jobs_.StartJob(request.getStartJob(), std::move(reply));
+      return;
+    case schema::ControlRequest::LIST_JOBS:
+      jobs_.ListJobs(std::move(reply));
+      return;
+    case schema::ControlRequest::JOB_INPUT:
+    case schema::ControlRequest::JOB_INPUT_END:
+    case schema::ControlRequest::JOB_SIGNAL:
+      Fail(ErrorKind::kInvalidInput, "job input and signals belong on a job's relay, after "
+           "startJob");
   }
   Fail(ErrorKind::kUnimplemented, "this daemon does not know control request {}",
        static_cast<int>(request.which()));

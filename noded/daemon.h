@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "control_server.h"
+#include "job_registry.h"
 #include "uv_handle.h"
 
 namespace homeward {
@@ -34,6 +35,7 @@ class Daemon {
   NodeConfig config_;
   std::chrono::steady_clock::time_point started_;
   ControlServer control_;
+  JobRegistry jobs_;
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
   bool stopped_ = false;

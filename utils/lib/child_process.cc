@@ -2,7 +2,9 @@
 #include "child_process.h"
 
 #include <fcntl.h>
+#include <linux/sched.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,21 +46,23 @@ std::vector<char*> CStrings(const std::vector<std::string>& strings) {
 }
 
 // Runs in the forked child: only async-signal-safe calls until exec.
-[[noreturn]] void ExecChild(const SpawnOptions& options, char** argv, char** envp,
-                            int error_fd) {
+[[noreturn]] void ExecChild(const SpawnOptions& options, const std::vector<int>& wanted,
+                            char** argv, char** envp, int error_fd) {
   sigset_t all;
   sigemptyset(&all);
   sigprocmask(SIG_SETMASK, &all, nullptr);
   if (options.new_session) setsid();
-  const int wanted[3] = {options.stdin_fd, options.stdout_fd, options.stderr_fd};
-  for (int target = 0; target < 3; ++target) {
-    if (wanted[target] < 0) continue;
-    if (wanted[target] == target) {
-      int flags = fcntl(target, F_GETFD);
-      fcntl(target, F_SETFD, flags & ~FD_CLOEXEC);
-    } else if (dup2(wanted[target], target) < 0) {
-      goto fail;
-    }
+  // Move every source out of the way first, so that no dup2 overwrites a source that a
+  // later target still needs.
+  int count = static_cast<int>(wanted.size());
+  int sources[64];
+  if (count > 64) goto fail;
+  for (int target = 0; target < count; ++target) {
+    sources[target] = wanted[target] < 0 ? -1 : fcntl(wanted[target], F_DUPFD_CLOEXEC, 64 + count);
+    if (wanted[target] >= 0 && sources[target] < 0) goto fail;
+  }
+  for (int target = 0; target < count; ++target) {
+    if (sources[target] >= 0 && dup2(sources[target], target) < 0) goto fail;
   }
   if (envp) {
     execvpe(argv[0], argv, envp);
@@ -78,10 +82,22 @@ ChildProcess ChildProcess::Spawn(const SpawnOptions& options) {
   auto argv = CStrings(options.argv);
   std::vector<char*> envp;
   if (options.env) envp = CStrings(*options.env);
+  std::vector<int> wanted = {options.stdin_fd, options.stdout_fd, options.stderr_fd};
+  wanted.insert(wanted.end(), options.extra_fds.begin(), options.extra_fds.end());
   Pipe errors = Pipe::Create();
-  pid_t pid = HW_SYSCALL(::fork(), "fork for {}", options.argv[0]);
+  pid_t pid;
+  if (options.clone_flags) {
+    clone_args args{};
+    args.flags = options.clone_flags;
+    args.exit_signal = SIGCHLD;
+    pid = static_cast<pid_t>(HW_SYSCALL(::syscall(SYS_clone3, &args, sizeof args),
+                                        "clone3 for {}", options.argv[0]));
+  } else {
+    pid = HW_SYSCALL(::fork(), "fork for {}", options.argv[0]);
+  }
   if (pid == 0) {
-    ExecChild(options, argv.data(), options.env ? envp.data() : nullptr, errors.write.get());
+    ExecChild(options, wanted, argv.data(), options.env ? envp.data() : nullptr,
+              errors.write.get());
   }
   ChildProcess child(pid);
   errors.write.Reset();

@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,6 +20,11 @@ struct SpawnOptions {
   int stdout_fd = -1;
   int stderr_fd = -1;
   bool new_session = false;  // setsid() in the child.
+  // Descriptors to become the child's 3, 4, ... in order.
+  std::vector<int> extra_fds;
+  // Namespaces for the child (CLONE_NEWPID, CLONE_NEWNS, ...), made by clone3 so that
+  // the child itself is the first process of a new PID namespace.
+  uint64_t clone_flags = 0;
 };
 
 // How a child ended, as a shell would report it.

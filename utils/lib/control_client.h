@@ -25,6 +25,8 @@ class ControlClient {
   // Sends the request that `fill` builds and returns the reply. A reply carrying an
   // error is thrown as Error with the daemon's kind and message.
   IncomingMessage Call(const std::function<void(schema::ControlRequest::Builder)>& fill);
+  // The connection itself, for clients that keep it as a stream (mosrun).
+  int fd() const { return fd_.get(); }
 
  private:
   ControlClient(Fd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}

@@ -16,6 +16,18 @@ struct ControlRequest {
     # Who is this node: name, address, version, uptime.
     listNodes @2 :Void;
     # The cluster as this node sees it (mosmon).
+    startJob @3 :JobSpec;
+    # mosrun: start a job whose home is this node. The connection then becomes the job's
+    # relay: the daemon answers jobStarted, then jobOutput messages and one jobExited;
+    # mosrun sends jobInput, jobInputEnd and jobSignal.
+    jobInput @4 :Data;
+    # Bytes for the job's stdin.
+    jobInputEnd @5 :Void;
+    # mosrun's stdin reached its end: the job's stdin is closed.
+    jobSignal @6 :Int32;
+    # Deliver this signal to the job (its main process), wherever it runs.
+    listJobs @7 :Void;
+    # mosps: the jobs whose home is this node, and the guests running here.
   }
 }
 
@@ -24,6 +36,10 @@ struct ControlReply {
     error @0 :ControlError;
     status @1 :NodeStatus;
     nodes @2 :NodeList;
+    jobStarted @3 :JobStarted;
+    jobOutput @4 :JobOutput;
+    jobExited @5 :JobExit;
+    jobs @6 :JobList;
   }
 }
 
@@ -51,4 +67,55 @@ struct NodeInfo {
   name @0 :Text;
   address @1 :Text;
   alive @2 :Bool;
+}
+
+struct JobSpec {
+  argv @0 :List(Text);
+  env @1 :List(Text);
+  cwd @2 :Text;
+  # The caller's working directory, as a path of the home's tree.
+  where @3 :Text;
+  # The node to start on; empty for this (the home) node.
+  keepHome @4 :Bool;
+  # Never move the job away from home (mosrun -h).
+}
+
+struct JobStarted {
+  homePid @0 :Int32;
+  # The id the user knows the job by: the pid of its mosrun at home.
+  where @1 :Text;
+}
+
+struct JobOutput {
+  fd @0 :UInt8;
+  # 1 for stdout, 2 for stderr.
+  data @1 :Data;
+}
+
+struct JobExit {
+  signaled @0 :Bool;
+  code @1 :Int32;
+  # The exit code, or the terminating signal when signaled.
+  message @2 :Text;
+  # Why the job could not run, when it never started (code is then 126 or 127).
+}
+
+struct JobList {
+  jobs @0 :List(JobInfo);
+}
+
+struct JobInfo {
+  homePid @0 :Int32;
+  home @1 :Text;
+  where @2 :Text;
+  state @3 :Text;
+  # "running", "migrating", "frozen", "exiting".
+  migrations @4 :UInt32;
+  cmd @5 :Text;
+  cpuMs @6 :UInt64;
+  uid @7 :UInt32;
+  pinned @8 :Text;
+  # Why the job may not leave its home, or empty.
+  guest @9 :Bool;
+  # A guest: a job of another home, running here.
 }

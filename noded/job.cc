@@ -1,0 +1,387 @@
+// A job on this node: spawning its init in fresh namespaces, and relaying its stdio,
+// signals and exit to its mosrun.
+#include "job.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <capnp/message.h>
+#include <spdlog/spdlog.h>
+
+#include "error.h"
+#include "uv_error.h"
+
+namespace homeward {
+
+namespace {
+
+std::string ReadFileText(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The value of "Key:" in a /proc/<pid>/status file.
+std::string StatusField(const std::string& status, const std::string& key) {
+  size_t at = status.find("\n" + key + ":");
+  if (at == std::string::npos) return {};
+  size_t start = status.find_first_not_of(" \t", at + key.size() + 2);
+  size_t end = status.find('\n', start);
+  return status.substr(start, end - start);
+}
+
+// User and system time of one process, and of its children it has reaped.
+uint64_t ProcessCpuTicks(const std::string& stat_text, bool with_children) {
+  size_t close = stat_text.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat_text.substr(close + 2));
+  std::string field;
+  uint64_t ticks = 0;
+  // Fields after the command: state(3) ... utime(14) stime(15) cutime(16) cstime(17).
+  for (int index = 3; index <= 17 && fields >> field; ++index) {
+    if (index == 14 || index == 15 || (with_children && (index == 16 || index == 17))) {
+      ticks += std::strtoull(field.c_str(), nullptr, 10);
+    }
+  }
+  return ticks;
+}
+
+}  // namespace
+
+JobIdentity JobIdentity::OfProcess(pid_t pid, uid_t uid, gid_t gid) {
+  JobIdentity identity;
+  identity.uid = uid;
+  identity.gid = gid;
+  identity.home_pid = pid;
+  std::string status = ReadFileText(fmt::format("/proc/{}/status", pid));
+  if (status.empty()) {
+    Fail(ErrorKind::kNotFound, "the calling process {} is gone", pid);
+  }
+  std::istringstream groups(StatusField(status, "Groups"));
+  for (gid_t group; groups >> group;) identity.groups.push_back(group);
+  std::string umask = StatusField(status, "Umask");
+  if (!umask.empty()) identity.umask = static_cast<mode_t>(std::strtoul(umask.c_str(), nullptr, 8));
+  identity.home_ppid = static_cast<pid_t>(std::strtol(StatusField(status, "PPid").c_str(), nullptr, 10));
+  for (int resource = 0; resource < RLIM_NLIMITS; ++resource) {
+    rlimit limit;
+    if (::prlimit(pid, static_cast<__rlimit_resource>(resource), nullptr, &limit) == 0) {
+      identity.limits.push_back({resource, limit.rlim_cur, limit.rlim_max});
+    }
+  }
+  return identity;
+}
+
+struct Job::Stream {
+  Job* job;
+  int fd;  // 1 stdout, 2 stderr, 3 status
+  UvHandle<uv_pipe_t> pipe;
+  bool eof = false;
+  char buffer[64 * 1024];
+};
+
+Job::Job(uv_loop_t* loop, JobLaunch launch, ControlStream relay, Finished finished)
+    : loop_(loop),
+      launch_(std::move(launch)),
+      relay_(std::move(relay)),
+      on_finished_(std::move(finished)) {}
+
+Job::~Job() { Kill(); }
+
+std::string Job::command() const {
+  std::string text;
+  for (const auto& arg : launch_.argv) {
+    if (!text.empty()) text += ' ';
+    text += arg;
+  }
+  return text;
+}
+
+void Job::Start() {
+  Pipe stdin_pipe = Pipe::Create();
+  Pipe stdout_pipe = Pipe::Create();
+  Pipe stderr_pipe = Pipe::Create();
+  Pipe status_pipe = Pipe::Create();
+
+  const JobIdentity& id = launch_.identity;
+  SpawnOptions options;
+  options.argv = {launch_.init_path, "--home", launch_.home, "--uid", std::to_string(id.uid),
+                  "--gid", std::to_string(id.gid), "--umask", fmt::format("{:o}", id.umask),
+                  "--cwd", launch_.cwd, "--root", launch_.root};
+  if (!id.groups.empty()) {
+    std::string groups;
+    for (gid_t g : id.groups) groups += (groups.empty() ? "" : ",") + std::to_string(g);
+    options.argv.insert(options.argv.end(), {"--groups", groups});
+  }
+  for (const auto& limit : id.limits) {
+    auto value = [](rlim_t v) { return v == RLIM_INFINITY ? std::string("inf") : std::to_string(v); };
+    options.argv.push_back("--rlimit");
+    options.argv.push_back(fmt::format("{}={}:{}", limit.resource, value(limit.soft),
+                                       value(limit.hard)));
+  }
+  options.argv.push_back("--");
+  options.argv.insert(options.argv.end(), launch_.argv.begin(), launch_.argv.end());
+
+  std::vector<std::string> env;
+  std::string preload = launch_.preload_path;
+  for (const auto& entry : launch_.env) {
+    if (entry.rfind("HOMEWARD_", 0) == 0) continue;  // ours to set, not the caller's
+    if (entry.rfind("LD_PRELOAD=", 0) == 0) {
+      if (!preload.empty()) preload += ":" + entry.substr(11);
+      else preload = entry.substr(11);
+      continue;
+    }
+    env.push_back(entry);
+  }
+  if (!preload.empty()) env.push_back("LD_PRELOAD=" + preload);
+  env.push_back("HOMEWARD_HOME=" + launch_.home);
+  env.push_back(fmt::format("HOMEWARD_HOME_PID={}", id.home_pid));
+  env.push_back(fmt::format("HOMEWARD_HOME_PPID={}", id.home_ppid));
+  env.push_back(fmt::format("HOMEWARD_PID_BASE={}", launch_.pid_base));
+  options.env = env;
+  options.stdin_fd = stdin_pipe.read.get();
+  options.stdout_fd = stdout_pipe.write.get();
+  options.stderr_fd = stderr_pipe.write.get();
+  options.extra_fds = {status_pipe.write.get()};
+  options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS;
+  init_.emplace(ChildProcess::Spawn(options));
+
+  // The job's ends are the job's alone now.
+  stdin_pipe.read.Reset();
+  stdout_pipe.write.Reset();
+  stderr_pipe.write.Reset();
+  status_pipe.write.Reset();
+
+  pidfd_ = Fd::Adopt(HW_SYSCALL(static_cast<int>(::syscall(SYS_pidfd_open, init_->pid(), 0)),
+                                "pidfd_open {}", init_->pid()));
+  CheckUv(uv_poll_init(loop_, exit_watch_.get(), pidfd_.get()), "watch job exit");
+  exit_watch_.get()->data = this;
+  CheckUv(uv_poll_start(exit_watch_.get(), UV_READABLE,
+                        [](uv_poll_t* handle, int, int) {
+                          static_cast<Job*>(handle->data)->OnInitExit();
+                        }),
+          "watch job exit");
+
+  CheckUv(uv_pipe_init(loop_, stdin_.get(), 0), "job stdin");
+  CheckUv(uv_pipe_open(stdin_.get(), stdin_pipe.write.Release()), "job stdin");
+  auto make_stream = [&](int fd, Fd end) {
+    auto stream = std::make_unique<Stream>();
+    stream->job = this;
+    stream->fd = fd;
+    CheckUv(uv_pipe_init(loop_, stream->pipe.get(), 0), "job output");
+    CheckUv(uv_pipe_open(stream->pipe.get(), end.Release()), "job output");
+    stream->pipe.get()->data = stream.get();
+    StartReading(*stream);
+    return stream;
+  };
+  stdout_ = make_stream(1, std::move(stdout_pipe.read));
+  stderr_ = make_stream(2, std::move(stderr_pipe.read));
+  status_ = make_stream(3, std::move(status_pipe.read));
+  relay_.OnDrain([weak = weak_from_this()] {
+    if (auto job = weak.lock()) job->PauseOutput(false);
+  });
+  spdlog::info("job {} started: {} (uid {}, init pid {})", home_pid(), command(), id.uid,
+               init_->pid());
+}
+
+void Job::StartReading(Stream& stream) {
+  int status = uv_read_start(
+      stream.pipe.stream(),
+      [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
+        auto* s = static_cast<Stream*>(handle->data);
+        buf->base = s->buffer;
+        buf->len = sizeof s->buffer;
+      },
+      [](uv_stream_t* handle, ssize_t nread, const uv_buf_t* buf) {
+        auto* s = static_cast<Stream*>(handle->data);
+        s->job->OnData(*s, nread, buf);
+      });
+  if (status < 0) spdlog::warn("job {}: cannot read its output: {}", home_pid(), uv_strerror(status));
+}
+
+void Job::OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf) {
+  if (nread == 0) return;
+  if (nread < 0) {
+    stream.eof = true;
+    uv_read_stop(stream.pipe.stream());
+    MaybeFinish();
+    return;
+  }
+  if (stream.fd == 3) {
+    status_text_.append(buf->base, static_cast<size_t>(nread));
+    if (status_text_.size() > 4096) status_text_.resize(4096);
+    return;
+  }
+  capnp::MallocMessageBuilder message;
+  auto output = message.initRoot<schema::ControlReply>().initJobOutput();
+  output.setFd(static_cast<uint8_t>(stream.fd));
+  output.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(buf->base),
+                              static_cast<size_t>(nread)));
+  relay_.Send(message);
+  // Hold the job's output back while mosrun is slower than the job.
+  if (relay_.queued_bytes() > ControlStream::kHighWater) PauseOutput(true);
+}
+
+void Job::PauseOutput(bool pause) {
+  if (pause == output_paused_) return;
+  output_paused_ = pause;
+  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
+    if (!stream || stream->eof) continue;
+    if (pause) {
+      uv_read_stop(stream->pipe.stream());
+    } else {
+      StartReading(*stream);
+    }
+  }
+}
+
+void Job::Input(const void* data, size_t size) {
+  if (stdin_ended_ || size == 0) return;
+  struct Write {
+    uv_write_t req;
+    std::string data;
+  };
+  auto* write = new Write{{}, std::string(static_cast<const char*>(data), size)};
+  uv_buf_t buf = uv_buf_init(write->data.data(), static_cast<unsigned>(write->data.size()));
+  write->req.data = write;
+  int status = uv_write(&write->req, stdin_.stream(), &buf, 1, [](uv_write_t* req, int) {
+    delete static_cast<Write*>(req->data);
+  });
+  if (status < 0) {
+    delete write;  // the job closed its stdin: like a pipe reader gone, input is dropped
+    InputEnd();
+  }
+}
+
+void Job::InputEnd() {
+  if (stdin_ended_) return;
+  stdin_ended_ = true;
+  // A pipe has no half-close: the job sees its end of input when our end closes, once
+  // everything queued before it has been written.
+  struct Shutdown {
+    uv_shutdown_t req;
+    std::weak_ptr<Job> job;
+  };
+  auto* shutdown = new Shutdown{{}, weak_from_this()};
+  shutdown->req.data = shutdown;
+  int status = uv_shutdown(&shutdown->req, stdin_.stream(), [](uv_shutdown_t* req, int) {
+    auto* shutdown = static_cast<Shutdown*>(req->data);
+    if (auto job = shutdown->job.lock()) job->stdin_.Close();
+    delete shutdown;
+  });
+  if (status < 0) {
+    delete shutdown;
+    stdin_.Close();
+  }
+}
+
+void Job::Signal(int signo) {
+  if (signo <= 0 || signo >= NSIG) {
+    Fail(ErrorKind::kInvalidInput, "{} is not a signal number", signo);
+  }
+  if (init_ && !init_status_) {
+    // SIGKILL and SIGSTOP cannot be caught by the job's init, so they reach the whole
+    // job at once; every other signal the init forwards to the job's main process.
+    ::kill(init_->pid(), signo);
+  }
+}
+
+void Job::RelayLost() {
+  if (!finished_ && init_ && !init_status_) {
+    spdlog::info("job {}: its mosrun is gone; killing the job", home_pid());
+    ::kill(init_->pid(), SIGKILL);
+  }
+}
+
+void Job::Kill() {
+  if (init_ && !init_status_) init_.reset();  // SIGKILL and reap
+}
+
+void Job::OnInitExit() {
+  if (!init_ || init_status_) return;
+  auto status = init_->TryWait();
+  if (!status) return;
+  init_status_ = status;
+  uv_poll_stop(exit_watch_.get());
+  exit_watch_.Close();
+  pidfd_.Reset();
+  MaybeFinish();
+}
+
+void Job::MaybeFinish() {
+  if (finished_ || !init_status_) return;
+  for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) {
+    // A paused stream resumes when mosrun catches up, and comes back here at its end.
+    if (stream && !stream->eof) return;
+  }
+  finished_ = true;
+  SendExit();
+  relay_.Close();
+  stdin_.Close();
+  auto self = shared_from_this();  // on_finished_ drops the registry's reference
+  on_finished_(*this);
+}
+
+void Job::SendExit() {
+  capnp::MallocMessageBuilder message;
+  auto exit = message.initRoot<schema::ControlReply>().initJobExited();
+  std::string line = status_text_.substr(0, status_text_.find('\n'));
+  std::istringstream words(line);
+  std::string word;
+  words >> word;
+  if (word == "exit" || word == "signal") {
+    int value = 0;
+    words >> value;
+    exit.setSignaled(word == "signal");
+    exit.setCode(value);
+    spdlog::info("job {} ended: {} {}", home_pid(), word, value);
+  } else if (word == "error") {
+    int err = 0;
+    words >> err;
+    std::string message;
+    std::getline(words, message);
+    if (!message.empty() && message[0] == ' ') message.erase(0, 1);
+    exit.setCode(err == ENOENT ? 127 : 126);
+    exit.setMessage(message);
+    spdlog::info("job {} could not start: {}", home_pid(), message);
+  } else {
+    // The init died without a word: killed from outside (SIGKILL), or it crashed.
+    exit.setSignaled(init_status_->signaled);
+    exit.setCode(init_status_->signaled ? init_status_->signal : init_status_->code);
+    spdlog::info("job {} ended without a report: init {}", home_pid(),
+                 init_status_->Describe());
+  }
+  relay_.Send(message);
+}
+
+uint64_t Job::cpu_ms() const {
+  if (!init_ || init_status_) return 0;
+  std::string ns;
+  char link[64];
+  ssize_t n = ::readlink(fmt::format("/proc/{}/ns/pid", init_->pid()).c_str(), link,
+                         sizeof link);
+  if (n <= 0) return 0;
+  ns.assign(link, static_cast<size_t>(n));
+  // The init's own and reaped children's time, plus every live process of the job.
+  uint64_t ticks = ProcessCpuTicks(ReadFileText(fmt::format("/proc/{}/stat", init_->pid())), true);
+  if (DIR* proc = ::opendir("/proc")) {
+    while (dirent* entry = ::readdir(proc)) {
+      if (entry->d_name[0] < '1' || entry->d_name[0] > '9') continue;
+      if (std::atoi(entry->d_name) == init_->pid()) continue;
+      n = ::readlink(fmt::format("/proc/{}/ns/pid", entry->d_name).c_str(), link, sizeof link);
+      if (n <= 0 || ns != std::string_view(link, static_cast<size_t>(n))) continue;
+      ticks += ProcessCpuTicks(ReadFileText(fmt::format("/proc/{}/stat", entry->d_name)), true);
+    }
+    ::closedir(proc);
+  }
+  return ticks * 1000 / static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
+}
+
+}  // namespace homeward

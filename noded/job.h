@@ -1,0 +1,112 @@
+// Job: one job whose process tree runs on this node. It owns the job's init (pid 1 of
+// the job's namespaces), the daemon's ends of the job's stdio and status pipes, and
+// relays them to the job's mosrun over its control stream.
+#pragma once
+
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "child_process.h"
+#include "control_server.h"
+#include "fd.h"
+#include "uv_handle.h"
+
+namespace homeward {
+
+// Who a job runs as, read from the kernel's view of the caller, never from its claims.
+struct JobIdentity {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;
+  mode_t umask = 022;
+  struct Limit {
+    int resource;
+    rlim_t soft;
+    rlim_t hard;
+  };
+  std::vector<Limit> limits;
+  pid_t home_pid = 0;   // the job's mosrun at home: the id users know the job by
+  pid_t home_ppid = 0;  // mosrun's parent, what the job's main process sees as its parent
+
+  // Reads uid, gid, groups, umask, limits and parent of process `pid` from /proc and
+  // prlimit. Throws Error(kNotFound) when the process is gone.
+  static JobIdentity OfProcess(pid_t pid, uid_t uid, gid_t gid);
+};
+
+struct JobLaunch {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;
+  std::string cwd;
+  std::string home;          // the home node's name
+  std::string root = "/";    // the home's tree as this node sees it
+  JobIdentity identity;
+  int64_t pid_base = 0;      // ids of the job's other processes start here (see preload/)
+  bool keep_home = false;
+  std::string init_path;     // mosjob-init
+  std::string preload_path;  // libmosix_preload.so, or empty when not built
+};
+
+class Job : public std::enable_shared_from_this<Job> {
+ public:
+  using Finished = std::function<void(Job&)>;
+  Job(uv_loop_t* loop, JobLaunch launch, ControlStream relay, Finished finished);
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+  ~Job();
+
+  // Starts the job's init and relaying. Throws Error when the job cannot start.
+  void Start();
+  // From mosrun: stdin bytes, end of stdin, a signal for the job.
+  void Input(const void* data, size_t size);
+  void InputEnd();
+  void Signal(int signo);
+  // mosrun is gone: without its deputy at home, the job is killed.
+  void RelayLost();
+  // Kills the job now (daemon shutdown).
+  void Kill();
+
+  pid_t home_pid() const { return launch_.identity.home_pid; }
+  uid_t uid() const { return launch_.identity.uid; }
+  pid_t init_pid() const { return init_ ? init_->pid() : -1; }
+  std::string command() const;
+  std::string state() const { return finished_ ? "exiting" : "running"; }
+  uint64_t cpu_ms() const;
+  bool keep_home() const { return launch_.keep_home; }
+
+ private:
+  struct Stream;
+  void OpenPipes(Pipe& stdin_pipe, Pipe& stdout_pipe, Pipe& stderr_pipe, Pipe& status_pipe);
+  void StartReading(Stream& stream);
+  void OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf);
+  void PauseOutput(bool pause);
+  void OnInitExit();
+  void MaybeFinish();
+  void SendExit();
+
+  uv_loop_t* loop_;
+  JobLaunch launch_;
+  ControlStream relay_;
+  Finished on_finished_;
+  std::optional<ChildProcess> init_;
+  Fd pidfd_;
+  UvHandle<uv_poll_t> exit_watch_;
+  UvHandle<uv_pipe_t> stdin_;
+  std::unique_ptr<Stream> stdout_;
+  std::unique_ptr<Stream> stderr_;
+  std::unique_ptr<Stream> status_;
+  std::string status_text_;
+  std::optional<ExitStatus> init_status_;
+  bool stdin_ended_ = false;
+  bool output_paused_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace homeward

@@ -1,0 +1,207 @@
+// mosrun: runs a program as a Homeward job whose home is this node. mosrun stays at
+// home as the job's deputy: it relays the job's stdin, stdout and stderr, forwards the
+// signals it receives, and exits as the job did. Its own pid is the job's home pid.
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include <capnp/message.h>
+
+#include "control_client.h"
+#include "error.h"
+#include "fd.h"
+#include "framing.h"
+
+extern char** environ;
+
+namespace homeward {
+namespace {
+
+constexpr int kForwarded[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1,
+                              SIGUSR2, SIGALRM, SIGWINCH, SIGCONT};
+
+struct Options {
+  std::string where;
+  bool keep_home = false;
+  std::vector<std::string> argv;
+};
+
+[[noreturn]] void Usage(int status) {
+  fprintf(status ? stderr : stdout,
+          "usage: mosrun [-h | -r NODE] PROGRAM [ARGS...]\n"
+          "Runs PROGRAM as a Homeward job whose home is this node.\n"
+          "  -h        keep the job at home (never migrate it)\n"
+          "  -r NODE   start the job on NODE\n"
+          "  --help    show this help\n");
+  exit(status);
+}
+
+Options Parse(int argc, char** argv) {
+  Options options;
+  static const option kLong[] = {{"help", no_argument, nullptr, 'H'}, {}};
+  int c;
+  while ((c = getopt_long(argc, argv, "+hr:", kLong, nullptr)) != -1) {
+    switch (c) {
+      case 'h': options.keep_home = true; break;
+      case 'r': options.where = optarg; break;
+      case 'H': Usage(0);
+      default: Usage(2);
+    }
+  }
+  if (options.keep_home && !options.where.empty()) {
+    fprintf(stderr, "mosrun: -h keeps the job at home; it cannot go with -r\n");
+    exit(2);
+  }
+  for (int i = optind; i < argc; ++i) options.argv.emplace_back(argv[i]);
+  if (options.argv.empty()) Usage(2);
+  return options;
+}
+
+void Send(int fd, const std::function<void(schema::ControlRequest::Builder)>& fill) {
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<schema::ControlRequest>();
+  request.setVersion(schema::CONTROL_VERSION);
+  fill(request);
+  WriteFrame(fd, message);
+}
+
+// Ends mosrun the way the job ended, so that a shell reports the same status.
+[[noreturn]] void ExitLike(bool signaled, int code) {
+  if (!signaled) exit(code & 0xff);
+  rlimit no_core{0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);  // the job's death, not ours, is what is reported
+  signal(code, SIG_DFL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, code);
+  sigprocmask(SIG_UNBLOCK, &set, nullptr);
+  kill(getpid(), code);
+  exit(128 + code);  // for signals that do not terminate
+}
+
+int Run(const Options& options) {
+  char cwd[PATH_MAX];
+  if (!getcwd(cwd, sizeof cwd)) {
+    throw SystemError(errno, "cannot tell the current directory");
+  }
+  sigset_t forwarded;
+  sigemptyset(&forwarded);
+  for (int sig : kForwarded) sigaddset(&forwarded, sig);
+  sigprocmask(SIG_BLOCK, &forwarded, nullptr);
+  Fd signals = Fd::Adopt(HW_SYSCALL(signalfd(-1, &forwarded, SFD_CLOEXEC), "signalfd"));
+  signal(SIGPIPE, SIG_IGN);
+
+  // The connection to the daemon is mosrun's own; the job never inherits it.
+  std::string socket = ControlSocketPath();
+  ControlClient client = ControlClient::Connect(socket);
+  int fd = client.fd();
+  Send(fd, [&](auto request) {
+    auto spec = request.initStartJob();
+    auto argv = spec.initArgv(static_cast<unsigned>(options.argv.size()));
+    for (unsigned i = 0; i < options.argv.size(); ++i) argv.set(i, options.argv[i]);
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e) env.emplace_back(*e);
+    auto env_list = spec.initEnv(static_cast<unsigned>(env.size()));
+    for (unsigned i = 0; i < env.size(); ++i) env_list.set(i, env[i]);
+    spec.setCwd(cwd);
+    spec.setWhere(options.where);
+    spec.setKeepHome(options.keep_home);
+  });
+
+  FrameDecoder decoder(kMaxControlFrameBytes);
+  bool stdin_open = true;
+  bool stdout_broken = false;
+  char buffer[64 * 1024];
+  for (;;) {
+    pollfd fds[3] = {{fd, POLLIN, 0}, {signals.get(), POLLIN, 0}, {0, POLLIN, 0}};
+    nfds_t count = stdin_open ? 3 : 2;
+    if (poll(fds, count, -1) < 0) {
+      if (errno == EINTR) continue;
+      throw SystemError(errno, "poll");
+    }
+    if (fds[1].revents & POLLIN) {
+      signalfd_siginfo info;
+      if (read(signals.get(), &info, sizeof info) == sizeof info) {
+        Send(fd, [&](auto request) { request.setJobSignal(static_cast<int>(info.ssi_signo)); });
+      }
+    }
+    if (stdin_open && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t n = read(0, buffer, sizeof buffer);
+      if (n > 0) {
+        Send(fd, [&](auto request) {
+          request.setJobInput(kj::arrayPtr(reinterpret_cast<const kj::byte*>(buffer),
+                                           static_cast<size_t>(n)));
+        });
+      } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+        stdin_open = false;
+        Send(fd, [](auto request) { request.setJobInputEnd(); });
+      }
+    }
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t n = read(fd, buffer, sizeof buffer);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        fprintf(stderr, "mosrun: lost the connection to the node daemon at %s; the job "
+                "is gone\n", socket.c_str());
+        return 255;
+      }
+      decoder.Feed(buffer, static_cast<size_t>(n));
+      while (auto message = decoder.Next()) {
+        auto reply = message->Root<schema::ControlReply>();
+        switch (reply.which()) {
+          case schema::ControlReply::JOB_OUTPUT: {
+            auto output = reply.getJobOutput();
+            int target = output.getFd() == 2 ? 2 : 1;
+            if (target == 1 && stdout_broken) break;
+            auto data = output.getData();
+            try {
+              WriteAll(target, data.begin(), data.size(), target == 1 ? "stdout" : "stderr");
+            } catch (const Error& e) {
+              if (e.sys_errno() != EPIPE) throw;
+              // Our reader is gone: the job gets the SIGPIPE it would have had at home.
+              stdout_broken = true;
+              Send(fd, [](auto request) { request.setJobSignal(SIGPIPE); });
+            }
+            break;
+          }
+          case schema::ControlReply::JOB_EXITED: {
+            auto exit = reply.getJobExited();
+            if (exit.hasMessage() && exit.getMessage().size() > 0) {
+              fprintf(stderr, "mosrun: %s\n", exit.getMessage().cStr());
+            }
+            ExitLike(exit.getSignaled(), exit.getCode());
+          }
+          case schema::ControlReply::ERROR: {
+            auto error = reply.getError();
+            fprintf(stderr, "mosrun: %s\n", error.getMessage().cStr());
+            return 1;
+          }
+          default:
+            break;  // jobStarted, and what later versions add
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace homeward
+
+int main(int argc, char** argv) {
+  auto options = homeward::Parse(argc, argv);
+  try {
+    return homeward::Run(options);
+  } catch (const homeward::Error& e) {
+    fprintf(stderr, "mosrun: %s\n", e.what());
+    return 255;
+  }
+}
