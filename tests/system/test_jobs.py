@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Jobs at home: mosrun relays stdio, signals and exit status, keeps the user's identity,
+environment and working directory, and mosps lists the job by its home pid."""
+
+import json
+import unittest
+
+import harness
+
+
+class JobsAtHomeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = harness.LoopCluster(1).__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.__exit__(None, None, None)
+
+    def sh(self, script, **kwargs):
+        return self.cluster.run("node1", "sh", "-c", script, **kwargs)
+
+    def test_exit_statuses(self):
+        self.assertEqual(self.sh("mosrun true", check=False).returncode, 0)
+        self.assertEqual(self.sh("mosrun sh -c 'exit 3'", check=False).returncode, 3)
+        # Death by a signal comes back as the same death: the shell reports 128+15.
+        self.assertEqual(self.sh("mosrun sh -c 'kill -TERM $$'; echo $?").stdout, "143\n")
+        missing = self.sh("mosrun /no/such/program", check=False)
+        self.assertEqual(missing.returncode, 127)
+        self.assertIn("mosrun: cannot run /no/such/program: No such file or directory",
+                      missing.stderr)
+
+    def test_stdio_in_a_pipeline(self):
+        result = self.sh("printf 'b\\na\\nc\\n' | mosrun sort | mosrun tr a-z A-Z")
+        self.assertEqual(result.stdout, "A\nB\nC\n")
+        result = self.sh("mosrun sh -c 'echo out; echo err >&2' 2>/dev/null")
+        self.assertEqual(result.stdout, "out\n")
+        result = self.sh("mosrun sh -c 'echo out; echo err >&2' 2>&1 >/dev/null")
+        self.assertEqual(result.stdout, "err\n")
+
+    def test_large_output_is_byte_identical(self):
+        plain = self.sh("head -c 20000000 /dev/zero | tr '\\0' x | sha256sum").stdout
+        relayed = self.sh("mosrun sh -c \"head -c 20000000 /dev/zero | tr '\\\\0' x\" "
+                          "| sha256sum").stdout
+        self.assertEqual(plain, relayed)
+        # And through stdin too, with a slow reader at the end.
+        relayed = self.sh("head -c 5000000 /dev/urandom > /tmp/in.$$ && "
+                          "mosrun cat < /tmp/in.$$ | sha256sum && sha256sum < /tmp/in.$$ && "
+                          "rm /tmp/in.$$").stdout.splitlines()
+        self.assertEqual(relayed[0], relayed[1])
+
+    def test_identity_environment_and_directory(self):
+        result = self.sh("mkdir -p /data/work && cd /data/work && umask 027 && "
+                         "FOO=bar setpriv --reuid=65534 --regid=65534 --clear-groups "
+                         "mosrun sh -c 'id -u; id -g; pwd; umask; echo $FOO; hostname'")
+        self.assertEqual(result.stdout.split(), ["65534", "65534", "/data/work", "0027", "bar",
+                                                 "node1"])
+        # The user cannot do more inside the job than outside it.
+        denied = self.sh("setpriv --reuid=65534 --regid=65534 --clear-groups "
+                         "mosrun sh -c 'echo x > /root/forbidden'", check=False)
+        self.assertNotEqual(denied.returncode, 0)
+        self.assertIn("Permission denied", denied.stderr)
+
+    def test_limits_are_kept(self):
+        result = self.sh("ulimit -n 123; mosrun sh -c 'ulimit -n'")
+        self.assertEqual(result.stdout, "123\n")
+
+    def test_job_has_its_own_process_namespace(self):
+        # Without the shim, the program sees itself as pid 2 under the job's init.
+        result = self.sh("mosrun sh -c 'cat /proc/self/stat | cut -d\" \" -f4'")
+        self.assertEqual(result.stdout.strip(), "2")
+
+    def test_kill_home_pid_and_mosps(self):
+        script = ("mosrun sh -c 'trap \"echo got-usr1\" USR1; while :; do sleep 0.1; done' "
+                  "> /tmp/job.out & pid=$!; "
+                  "for i in $(seq 50); do mosps --json | grep -q \"\\\"pid\\\":$pid\" && break; "
+                  "sleep 0.1; done; mosps --json; kill -USR1 $pid; sleep 0.5; kill $pid; "
+                  "wait $pid; echo status=$?; cat /tmp/job.out")
+        result = self.sh(script)
+        lines = result.stdout.splitlines()
+        listing = json.loads(lines[0])
+        job = listing["jobs"][0]
+        self.assertEqual(job["home"], "node1")
+        self.assertEqual(job["where"], "node1")
+        self.assertEqual(job["state"], "running")
+        self.assertEqual(job["migrations"], 0)
+        self.assertIn("while", job["cmd"])
+        self.assertIn("status=143", lines)
+        self.assertIn("got-usr1", lines)
+        self.assertEqual(json.loads(self.sh("mosps --json").stdout), {"jobs": []})
+
+    def test_killing_mosrun_kills_the_job(self):
+        script = ("mosrun sleep 987654 & pid=$!; sleep 0.5; kill -KILL $pid; wait $pid; "
+                  "for i in $(seq 50); do [ \"$(mosps --json)\" = '{\"jobs\":[]}' ] && break; "
+                  "sleep 0.1; done; mosps --json; pgrep -a -x sleep | grep -q ' sleep 987654$' && echo alive || echo no-sleep")
+        lines = self.sh(script).stdout.splitlines()
+        self.assertEqual(lines, ['{"jobs":[]}', "no-sleep"])
+
+    def test_no_daemon_is_a_clear_error(self):
+        result = self.sh("HOMEWARD_CONTROL=/nonexistent.sock mosrun true", check=False)
+        self.assertEqual(result.returncode, 255)
+        self.assertIn("no node daemon is running at /nonexistent.sock", result.stderr)
+
+    def test_remote_start_is_refused_clearly_for_now(self):
+        result = self.sh("mosrun -r node9 true", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("node9", result.stderr)
+
+
+if __name__ == "__main__":
+    harness.main()
