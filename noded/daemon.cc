@@ -22,7 +22,12 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
       control_(loop, config_.control_socket,
                [this](auto request, ReplySender reply) {
                  HandleControl(request, std::move(reply));
-               }) {}
+               }),
+      file_server_(config_.export_root, 8),
+      peer_server_(config_.address, config_.peer_port, config_.cluster_key),
+      home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
+                                     .self = config_.name,
+                                     .export_root = config_.export_root}) {}
 
 Daemon::~Daemon() { Stop(); }
 
@@ -43,6 +48,16 @@ void Daemon::Start() {
     CheckUv(uv_signal_start(handle->get(), on_signal, signo), "signal handler");
   }
   control_.Start();
+  peer_server_.Register("files", [this](Fd fd, PeerIdentity peer) {
+    file_server_.Serve(std::move(fd), peer);
+  });
+  peer_server_.Start();
+  try {
+    home_mounts_.Start();
+  } catch (const Error& e) {
+    // A node without /mosix (a developer's machine) still serves its files.
+    spdlog::warn("no /mosix/home for this node: {}", e.what());
+  }
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
 }
@@ -51,6 +66,9 @@ void Daemon::Stop() {
   if (stopped_) return;
   stopped_ = true;
   control_.Stop();
+  home_mounts_.Stop();
+  file_server_.Stop();  // ends the served connections, so their threads can finish
+  peer_server_.Stop();
   sigterm_.Close();
   sigint_.Close();
 }
