@@ -215,7 +215,6 @@ void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok) {
 
 void Fs::Init(fuse_conn_info* conn) {
   conn->max_write = 1 << 20;
-  conn->max_read = 1 << 20;
   conn->max_readahead = 1 << 20;
   // Every directory listing carries attributes: one round trip instead of one per name.
   if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;

@@ -60,7 +60,8 @@ int OpenBeneath(int dir_fd, const std::string& name, uint64_t flags, uint64_t mo
 // A name the client may use in a directory: one component, not "." or "..". The kernel
 // never sends anything else; a client that does is refused before any system call.
 void CheckName(const std::string& name) {
-  if (name.empty() || name.size() > 255 || name == "." || name == ".." ||
+  if (name.size() > 255) throw OpError{ENAMETOOLONG};
+  if (name.empty() || name == "." || name == ".." ||
       name.find('/') != std::string::npos) {
     throw OpError{EINVAL};
   }
