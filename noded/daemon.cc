@@ -24,7 +24,12 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
                [this](auto request, ReplySender reply) {
                  HandleControl(request, std::move(reply));
                }),
-      jobs_(loop, config_) {}
+      jobs_(loop, config_),
+      file_server_(config_.export_root, 8),
+      peer_server_(config_.address, config_.peer_port, config_.cluster_key),
+      home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
+                                     .self = config_.name,
+                                     .export_root = config_.export_root}) {}
 
 Daemon::~Daemon() { Stop(); }
 
@@ -47,6 +52,16 @@ void Daemon::Start() {
   // Jobs restored by CRIU, and orphans of jobs' inits, become our children to reap.
   HW_SYSCALL(::prctl(PR_SET_CHILD_SUBREAPER, 1), "become a child subreaper");
   control_.Start();
+  peer_server_.Register("files", [this](Fd fd, PeerIdentity peer) {
+    file_server_.Serve(std::move(fd), peer);
+  });
+  peer_server_.Start();
+  try {
+    home_mounts_.Start();
+  } catch (const Error& e) {
+    // A node without /mosix (a developer's machine) still serves its files.
+    spdlog::warn("no /mosix/home for this node: {}", e.what());
+  }
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
 }
@@ -56,6 +71,9 @@ void Daemon::Stop() {
   stopped_ = true;
   control_.Stop();
   jobs_.KillAll();
+  home_mounts_.Stop();
+  file_server_.Stop();  // ends the served connections, so their threads can finish
+  peer_server_.Stop();
   sigterm_.Close();
   sigint_.Close();
 }

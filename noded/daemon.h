@@ -9,6 +9,9 @@
 #include "config.h"
 #include "control_server.h"
 #include "job_registry.h"
+#include "file_server.h"
+#include "home_mounts.h"
+#include "peer_server.h"
 #include "uv_handle.h"
 
 namespace homeward {
@@ -26,6 +29,8 @@ class Daemon {
   void Stop();
 
   const NodeConfig& config() const { return config_; }
+  // /mosix/home: membership calls PeerUp/PeerDown on it as peers come and go.
+  HomeMounts& home_mounts() { return home_mounts_; }
 
  private:
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
@@ -36,6 +41,9 @@ class Daemon {
   std::chrono::steady_clock::time_point started_;
   ControlServer control_;
   JobRegistry jobs_;
+  FileServer file_server_;
+  PeerServer peer_server_;
+  HomeMounts home_mounts_;
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
   bool stopped_ = false;

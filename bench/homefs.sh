@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# homefs against the local tree and sshfs, in one run on one machine:
+# fio sequential write and read (1 GiB, 1 MiB blocks), 4 KiB random read, and a metadata
+# run (create, stat, unlink 10,000 files). homefs mounts node1 of a loopback cluster from
+# node2; sshfs mounts the same directory through a private sshd on loopback.
+#   bench/run homefs [--size 1g] [--files 10000]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export HOMEWARD_BUILD=${HOMEWARD_BUILD:-$ROOT/build}
+SIZE=1g FILES=10000 RUNTIME=15
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --size) SIZE=$2; shift 2 ;;
+    --files) FILES=$2; shift 2 ;;
+    *) echo "usage: bench/run homefs [--size 1g] [--files 10000]" >&2; exit 2 ;;
+  esac
+done
+[[ $(id -u) -eq 0 ]] || { echo "bench homefs: needs root" >&2; exit 1; }
+for tool in fio sshfs sshd ssh-keygen; do
+  command -v $tool >/dev/null || { echo "bench homefs: no $tool; run scripts/setup --bench" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/homeward-bench-XXXXXX)
+CLUSTER=$WORK/cluster
+SSHFS_MNT=$WORK/sshfs
+SSHD_PID=
+cleanup() {
+  set +e
+  mountpoint -q "$SSHFS_MNT" && fusermount3 -u "$SSHFS_MNT"
+  [[ -n $SSHD_PID ]] && kill "$SSHD_PID"
+  "$ROOT/scripts/loopcluster" down "$CLUSTER" >/dev/null 2>&1
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$ROOT/scripts/loopcluster" up --nodes 2 --dir "$CLUSTER" >/dev/null
+HOME_ADDR=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['nodes'][0]['address'])" "$CLUSTER/cluster.json")
+DATA=$CLUSTER/node1/data   # node1's /data, seen from the host
+in_node() { local n=$1; shift; "$ROOT/scripts/loopcluster" exec "$CLUSTER" "$n" -- "$@"; }
+
+# A private sshd on loopback, with its own host key and an authorized key of ours.
+mkdir -p "$WORK/ssh" /run/sshd "$SSHFS_MNT"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/host" ; ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/user"
+cp "$WORK/ssh/user.pub" "$WORK/ssh/authorized_keys"
+SSH_PORT=$((22000 + RANDOM % 1000))
+cat >"$WORK/ssh/sshd_config" <<CONF
+ListenAddress 127.0.0.1:$SSH_PORT
+HostKey $WORK/ssh/host
+AuthorizedKeysFile $WORK/ssh/authorized_keys
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+Subsystem sftp internal-sftp
+PidFile $WORK/ssh/sshd.pid
+CONF
+/usr/sbin/sshd -D -f "$WORK/ssh/sshd_config" & SSHD_PID=$!
+sleep 1
+sshfs -p "$SSH_PORT" -o IdentityFile="$WORK/ssh/user",StrictHostKeyChecking=no \
+  -o UserKnownHostsFile=/dev/null,BatchMode=yes "root@127.0.0.1:$DATA" "$SSHFS_MNT"
+
+in_node node2 sh -c "mkdir -p /mnt/home1 && mosmount $HOME_ADDR /mnt/home1"
+
+# run_in WHERE DIR CMD...: runs on the host (local, sshfs) or inside node2 (homefs).
+run_in() { local where=$1; shift; if [[ $where == node2 ]]; then in_node node2 "$@"; else "$@"; fi; }
+
+fio_bw() {  # where dir name rw bs -> MB/s (or IOPS for random reads)
+  local where=$1 dir=$2 rw=$3 bs=$4 extra=${5:-}
+  sync; echo 3 >/proc/sys/vm/drop_caches
+  run_in "$where" fio --name=bench --directory="$dir" --filename=bench.dat --size="$SIZE" \
+    --rw="$rw" --bs="$bs" --ioengine=psync --numjobs=1 --output-format=json $extra |
+    python3 -c "
+import json,sys
+j=json.load(sys.stdin)['jobs'][0]
+rw='$rw'
+side=j['write'] if 'write' in rw else j['read']
+print(round(side['iops']) if rw=='randread' else round(side['bw_bytes']/1e6))"
+}
+
+meta() {  # where dir -> create/s stat/s unlink/s
+  run_in "$1" python3 - "$2" "$FILES" <<'PY'
+import os, sys, time
+d, n = os.path.join(sys.argv[1], "meta"), int(sys.argv[2])
+os.makedirs(d, exist_ok=True)
+t = time.perf_counter()
+for i in range(n):
+    os.close(os.open(f"{d}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+c = time.perf_counter() - t; t = time.perf_counter()
+for i in range(n):
+    os.stat(f"{d}/f{i}")
+s = time.perf_counter() - t; t = time.perf_counter()
+for i in range(n):
+    os.unlink(f"{d}/f{i}")
+u = time.perf_counter() - t
+os.rmdir(d)
+print(round(n / c), round(n / s), round(n / u))
+PY
+}
+
+declare -A R
+for target in local homefs sshfs; do
+  case $target in
+    local) where=host; dir=$DATA/bench-local ;;
+    homefs) where=node2; dir=/mnt/home1/data/bench-homefs ;;
+    sshfs) where=host; dir=$SSHFS_MNT/bench-sshfs ;;
+  esac
+  run_in $where mkdir -p "$dir"
+  echo "bench homefs: $target ..." >&2
+  R[$target,write]=$(fio_bw $where "$dir" write 1M "--end_fsync=1")
+  R[$target,read]=$(fio_bw $where "$dir" read 1M)
+  R[$target,rand]=$(fio_bw $where "$dir" randread 4k "--time_based --runtime=$RUNTIME")
+  read -r c s u < <(meta $where "$dir")
+  R[$target,create]=$c R[$target,stat]=$s R[$target,unlink]=$u
+  run_in $where rm -rf "$dir"
+done
+
+ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')"; }
+printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' test local homefs sshfs "homefs/local" "homefs/sshfs"
+printf '|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------ ------------ ------------ -------------- --------------
+for row in "write:sequential write MB/s" "read:sequential read MB/s" "rand:4 KiB random read IOPS" \
+           "create:create files/s" "stat:stat files/s" "unlink:unlink files/s"; do
+  key=${row%%:*} label=${row#*:}
+  printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' "$label" "${R[local,$key]}" \
+    "${R[homefs,$key]}" "${R[sshfs,$key]}" "$(ratio "${R[homefs,$key]}" "${R[local,$key]}")" \
+    "$(ratio "${R[homefs,$key]}" "${R[sshfs,$key]}")"
+done

@@ -1,0 +1,241 @@
+// The homefs connection: pipelined requests, reconnection, bounded waits.
+#include "client.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <future>
+
+#include <spdlog/spdlog.h>
+
+#include "error.h"
+#include "peer_auth.h"
+
+namespace homeward {
+
+namespace {
+constexpr size_t kMaxFrameBytes = 4 << 20;
+using Clock = std::chrono::steady_clock;
+}  // namespace
+
+FileClient::FileClient(ClientOptions options) : options_(std::move(options)) {}
+
+FileClient::~FileClient() { Stop(); }
+
+Fd FileClient::Connect() {
+  auto connect_timeout = std::min(options_.timeout, std::chrono::milliseconds(5000));
+  Fd fd = PeerConnect(options_.host, options_.port, options_.key, "files", connect_timeout);
+  // A cut link shows as data left unacknowledged (or keepalive probes unanswered) for
+  // the timeout: the kernel then breaks the connection and every call in flight fails.
+  int one = 1;
+  auto ms = static_cast<unsigned>(options_.timeout.count());
+  int idle = std::max(1, static_cast<int>(ms / 3000));
+  int count = 3;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof idle);
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+  // The version check, before anything else is sent on this connection.
+  capnp::MallocMessageBuilder hello;
+  auto rq = hello.initRoot<schema::FileRequest>();
+  rq.setVersion(schema::FILES_VERSION);
+  rq.setOp(schema::FileOp::HELLO);
+  FrameStream stream(fd.get(), kMaxFrameBytes);
+  stream.Write(hello);
+  auto reply = stream.Read();
+  if (!reply) Fail(ErrorKind::kDisconnected, "{}: closed the connection", options_.host);
+  auto rs = reply->Root<schema::ServerMessage>().getResponse();
+  if (rs.getError() != 0) {
+    Fail(ErrorKind::kFailed, "{}: file service refused: {} ({})", options_.host,
+         rs.getMessage().cStr(), strerror(rs.getError()));
+  }
+  probe_reply_ = std::move(reply);
+  return fd;
+}
+
+schema::Attr::Reader FileClient::Probe() {
+  first_ = Connect();
+  return probe_reply_->Root<schema::ServerMessage>().getResponse().getEntry().getAttr();
+}
+
+void FileClient::Start() {
+  last_receive_ = Clock::now();
+  connection_thread_ = std::thread([this] { ConnectionLoop(); });
+  timer_thread_ = std::thread([this] { TimerLoop(); });
+}
+
+void FileClient::Stop() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+  }
+  changed_.notify_all();
+  if (connection_thread_.joinable()) connection_thread_.join();
+  if (timer_thread_.joinable()) timer_thread_.join();
+}
+
+void FileClient::FailAll(std::unordered_map<uint64_t, Pending> pending) {
+  for (auto& [id, p] : pending) {
+    try {
+      p.done(EIO, nullptr);
+    } catch (const std::exception& e) {
+      spdlog::error("homefs: failing request {}: {}", id, e.what());
+    }
+  }
+}
+
+void FileClient::ConnectionLoop() {
+  auto backoff = std::chrono::milliseconds(100);
+  bool was_connected = true;
+  while (true) {
+    Fd fd = std::move(first_);
+    if (!fd.valid()) {
+      {
+        std::lock_guard lock(mutex_);
+        if (stopping_) return;
+      }
+      try {
+        fd = Connect();
+        backoff = std::chrono::milliseconds(100);
+      } catch (const Error& e) {
+        if (was_connected) spdlog::warn("homefs: cannot reach {}: {}", options_.host, e.what());
+        was_connected = false;
+        std::unique_lock lock(mutex_);
+        changed_.wait_for(lock, backoff, [&] { return stopping_; });
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+        continue;
+      }
+    }
+    auto stream = std::make_shared<FrameStream>(fd.get(), kMaxFrameBytes);
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) return;
+      stream_ = stream;
+      fd_ = fd.get();
+      ++generation_;
+      last_receive_ = Clock::now();
+    }
+    changed_.notify_all();
+    if (!was_connected) spdlog::info("homefs: connected to {} again", options_.host);
+    was_connected = true;
+    std::string why = "closed by the home";
+    try {
+      while (auto message = stream->Read()) {
+        auto server = message->Root<schema::ServerMessage>();
+        if (!server.isResponse()) continue;
+        Callback done;
+        {
+          std::lock_guard lock(mutex_);
+          last_receive_ = Clock::now();
+          auto it = pending_.find(server.getResponse().getId());
+          if (it == pending_.end()) continue;
+          done = std::move(it->second.done);
+          pending_.erase(it);
+        }
+        try {
+          done(0, &*message);
+        } catch (const std::exception& e) {
+          spdlog::error("homefs: handling a reply: {}", e.what());
+        }
+      }
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    std::unordered_map<uint64_t, Pending> lost;
+    {
+      std::lock_guard lock(mutex_);
+      stream_.reset();
+      fd_ = -1;
+      lost.swap(pending_);
+    }
+    spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
+    FailAll(std::move(lost));
+  }
+}
+
+void FileClient::TimerLoop() {
+  auto tick = std::clamp(options_.timeout / 4, std::chrono::milliseconds(20),
+                         std::chrono::milliseconds(1000));
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    changed_.wait_for(lock, tick, [&] { return stopping_; });
+    if (stopping_ || fd_ < 0 || pending_.empty()) continue;
+    // A home that answers nothing at all for three timeouts while calls wait is hung
+    // (its kernel may still acknowledge bytes): break the connection, fail the calls.
+    auto now = Clock::now();
+    if (now - last_receive_ > 3 * options_.timeout) {
+      spdlog::warn("homefs: {} has answered nothing for {} ms; reconnecting", options_.host,
+                   std::chrono::duration_cast<std::chrono::milliseconds>(now - last_receive_)
+                       .count());
+      ::shutdown(fd_, SHUT_RDWR);
+    }
+  }
+}
+
+uint64_t FileClient::WaitConnected() {
+  std::unique_lock lock(mutex_);
+  bool up = changed_.wait_for(lock, options_.timeout, [&] { return stopping_ || stream_; });
+  if (!up || stopping_) return 0;
+  return generation_;
+}
+
+void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done) {
+  std::shared_ptr<FrameStream> stream;
+  uint64_t id;
+  {
+    std::lock_guard lock(mutex_);
+    if (!stream_ || generation != generation_) {
+      // Ids from an older connection mean nothing to the home now.
+      goto fail;
+    }
+    stream = stream_;
+    id = next_id_++;
+    if (pending_.empty()) last_receive_ = Clock::now();
+    pending_[id] = Pending{std::move(done), Clock::now()};
+  }
+  message.getRoot<schema::FileRequest>().setId(id);
+  message.getRoot<schema::FileRequest>().setVersion(schema::FILES_VERSION);
+  try {
+    stream->Write(message);
+  } catch (const Error& e) {
+    // The receiving thread sees the broken connection too and fails what is pending,
+    // this request included, unless it already answered it.
+    std::lock_guard lock(mutex_);
+    if (fd_ >= 0 && stream_ == stream) ::shutdown(fd_, SHUT_RDWR);
+  }
+  return;
+fail:
+  done(EIO, nullptr);
+}
+
+void FileClient::Post(capnp::MessageBuilder& message, uint64_t generation) {
+  std::shared_ptr<FrameStream> stream;
+  {
+    std::lock_guard lock(mutex_);
+    if (!stream_ || generation != generation_) return;
+    stream = stream_;
+  }
+  message.getRoot<schema::FileRequest>().setVersion(schema::FILES_VERSION);
+  try {
+    stream->Write(message);
+  } catch (const Error&) {
+    // The receiving thread notices the broken connection.
+  }
+}
+
+int FileClient::Call(capnp::MessageBuilder& message, uint64_t generation,
+                     std::optional<IncomingMessage>& reply) {
+  std::promise<int> result;
+  auto future = result.get_future();
+  Send(message, generation, [&](int err, IncomingMessage* m) {
+    if (m) reply.emplace(std::move(*m));
+    result.set_value(err);
+  });
+  return future.get();
+}
+
+}  // namespace homeward

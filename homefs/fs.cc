@@ -1,0 +1,505 @@
+// The homefs operations: each builds a FileRequest with the caller's credentials, sends
+// it without waiting, and answers the kernel when the home's reply arrives.
+#include "fs.h"
+
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+namespace homeward {
+
+namespace {
+
+using Op = schema::FileOp;
+constexpr int kFhGenerationShift = 48;
+
+timespec Ts(int64_t ns) {
+  return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+}
+int64_t Ns(const timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; }
+
+std::string Bytes(capnp::Data::Reader data) {
+  return std::string(reinterpret_cast<const char*>(data.begin()), data.size());
+}
+
+}  // namespace
+
+struct stat ToStat(schema::Attr::Reader a) {
+  struct stat st {};
+  st.st_ino = a.getIno();
+  st.st_mode = a.getMode();
+  st.st_nlink = a.getNlink();
+  st.st_uid = a.getUid();
+  st.st_gid = a.getGid();
+  st.st_rdev = a.getRdev();
+  st.st_size = a.getSize();
+  st.st_blocks = a.getBlocks();
+  st.st_blksize = a.getBlksize();
+  st.st_atim = Ts(a.getAtimeNs());
+  st.st_mtim = Ts(a.getMtimeNs());
+  st.st_ctim = Ts(a.getCtimeNs());
+  return st;
+}
+
+struct Fs::Prepared {
+  capnp::MallocMessageBuilder message{1024};
+  schema::FileRequest::Builder rq = message.initRoot<schema::FileRequest>();
+  uint64_t generation = 0;
+};
+
+Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
+    : client_(client), options_(options) {
+  Inode& inode = inodes_[FUSE_ROOT_ID];
+  inode.remote = 1;
+  inode.lookups = 1;
+  inode.key = {root.getDev(), root.getIno()};
+  by_key_[inode.key] = FUSE_ROOT_ID;
+}
+
+std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
+  auto p = std::make_unique<Prepared>();
+  p->generation = client_.WaitConnected();
+  if (p->generation == 0) {
+    r.Err(EIO);
+    return nullptr;
+  }
+  p->rq.setOp(op);
+  const fuse_ctx* ctx = fuse_req_ctx(r.get());
+  auto cred = p->rq.initCred();
+  cred.setUid(ctx->uid);
+  cred.setGid(ctx->gid);
+  gid_t groups[256];
+  int n = fuse_req_getgroups(r.get(), 256, groups);
+  if (n > 256) n = 256;  // more than 256 groups: the rest are not carried
+  if (n > 0) {
+    auto list = cred.initGroups(static_cast<unsigned>(n));
+    for (int i = 0; i < n; ++i) list.set(static_cast<unsigned>(i), groups[i]);
+  }
+  return p;
+}
+
+std::optional<uint64_t> Fs::Remote(fuse_ino_t ino, uint64_t generation) {
+  fuse_ino_t parent;
+  std::string name;
+  {
+    std::lock_guard lock(mutex_);
+    if (ino == FUSE_ROOT_ID) return 1;
+    auto it = inodes_.find(ino);
+    if (it == inodes_.end()) return std::nullopt;
+    if (it->second.generation == generation) return it->second.remote;
+    parent = it->second.parent;
+    name = it->second.name;
+  }
+  // Found under an older connection: look it up again by its path.
+  auto parent_remote = Remote(parent, generation);
+  if (!parent_remote) return std::nullopt;
+  capnp::MallocMessageBuilder message;
+  auto rq = message.initRoot<schema::FileRequest>();
+  rq.setOp(Op::LOOKUP);
+  rq.setNode(*parent_remote);
+  rq.setName(name);
+  std::optional<IncomingMessage> reply;
+  if (client_.Call(message, generation, reply) != 0) return std::nullopt;
+  auto rs = reply->Root<schema::ServerMessage>().getResponse();
+  if (rs.getError() != 0) return std::nullopt;
+  if (Learn(rs.getEntry(), generation, parent, name, false) != ino) return std::nullopt;
+  return rs.getEntry().getNode();
+}
+
+bool Fs::SetNode(Request& r, Prepared& p, fuse_ino_t ino) {
+  auto remote = Remote(ino, p.generation);
+  if (!remote) {
+    r.Err(p.generation == client_.generation() ? ESTALE : EIO);
+    return false;
+  }
+  p.rq.setNode(*remote);
+  return true;
+}
+
+bool Fs::SetFh(Request& r, Prepared& p, fuse_file_info* fi) {
+  uint64_t generation = fi->fh >> kFhGenerationShift;
+  if (generation != p.generation) {
+    r.Err(EIO);  // opened on a connection that broke; the home closed the file
+    return false;
+  }
+  p.rq.setFh(fi->fh & ((1ull << kFhGenerationShift) - 1));
+  p.rq.setHasFh(true);
+  return true;
+}
+
+fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_t parent,
+                     const std::string& name, bool kernel) {
+  std::pair<uint64_t, uint64_t> key{entry.getAttr().getDev(), entry.getAttr().getIno()};
+  std::lock_guard lock(mutex_);
+  fuse_ino_t ino;
+  auto it = by_key_.find(key);
+  if (it != by_key_.end()) {
+    ino = it->second;
+  } else {
+    ino = next_ino_++;
+    by_key_[key] = ino;
+  }
+  Inode& inode = inodes_[ino];
+  inode.key = key;
+  if (inode.generation == generation && inode.remote == entry.getNode()) {
+    ++inode.remote_lookups;
+  } else {
+    // The home counted one lookup of this id; any count under an older id died with the
+    // connection that made it.
+    inode.remote = entry.getNode();
+    inode.generation = generation;
+    inode.remote_lookups = 1;
+  }
+  if (ino != FUSE_ROOT_ID) {
+    inode.parent = parent;
+    inode.name = name;
+  }
+  if (kernel) ++inode.lookups;
+  return ino;
+}
+
+void Fs::ForgetRemote(uint64_t remote, uint64_t count, uint64_t generation) {
+  capnp::MallocMessageBuilder message(256);
+  auto rq = message.initRoot<schema::FileRequest>();
+  rq.setOp(Op::FORGET);
+  rq.setNode(remote);
+  rq.setSize(count);
+  client_.Post(message, generation);
+}
+
+void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
+  uint64_t remote = 0, count = 0, generation = 0;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = inodes_.find(ino);
+    if (it == inodes_.end() || ino == FUSE_ROOT_ID) return;
+    Inode& inode = it->second;
+    inode.lookups -= std::min(inode.lookups, nlookup);
+    if (inode.lookups > 0) return;
+    remote = inode.remote;
+    count = inode.remote_lookups;
+    generation = inode.generation;
+    by_key_.erase(inode.key);
+    inodes_.erase(it);
+  }
+  ForgetRemote(remote, count, generation);
+}
+
+fuse_entry_param Fs::EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const {
+  fuse_entry_param e{};
+  e.ino = ino;
+  e.attr = ToStat(attr);
+  e.attr_timeout = options_.attr_timeout;
+  e.entry_timeout = options_.entry_timeout;
+  return e;
+}
+
+template <typename Ok>
+void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok) {
+  auto shared = std::make_shared<Request>(std::move(r));
+  uint64_t generation = p->generation;
+  client_.Send(p->message, generation,
+               [shared, ok, generation](int err, IncomingMessage* message) {
+                 if (err != 0) return shared->Err(err);
+                 auto rs = message->Root<schema::ServerMessage>().getResponse();
+                 if (rs.getError() != 0) return shared->Err(rs.getError());
+                 ok(*shared, rs, generation);
+               });
+}
+
+// ---------------------------------------------------------------------------------------
+
+void Fs::Init(fuse_conn_info* conn) {
+  conn->max_write = 1 << 20;
+  conn->max_readahead = 1 << 20;
+  // Every directory listing carries attributes: one round trip instead of one per name.
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  // No writeback cache: with it the kernel would hold writes back after close and decide
+  // sizes and mtimes itself, which breaks close-to-open consistency between nodes.
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  // Advisory locks stay local to this node (the kernel handles them): the home does not
+  // arbitrate locks between nodes yet.
+  conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+}
+
+void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
+  auto p = Prepare(r, Op::LOOKUP);
+  if (!p || !SetNode(r, *p, parent)) return;
+  p->rq.setName(name);
+  auto shared = std::make_shared<Request>(std::move(r));
+  uint64_t generation = p->generation;
+  client_.Send(p->message, generation,
+               [this, shared, parent, name, generation](int err, IncomingMessage* message) {
+                 if (err != 0) return shared->Err(err);
+                 auto rs = message->Root<schema::ServerMessage>().getResponse();
+                 if (rs.getError() == ENOENT) {
+                   // A negative entry: the kernel may remember the name is absent.
+                   fuse_entry_param e{};
+                   e.entry_timeout = options_.entry_timeout;
+                   return shared->Entry(e);
+                 }
+                 if (rs.getError() != 0) return shared->Err(rs.getError());
+                 fuse_ino_t ino = Learn(rs.getEntry(), generation, parent, name, true);
+                 shared->Entry(EntryParam(ino, rs.getEntry().getAttr()));
+               });
+}
+
+void Fs::Getattr(Request r, fuse_ino_t ino, fuse_file_info* fi) {
+  auto p = Prepare(r, Op::GETATTR);
+  if (!p || !SetNode(r, *p, ino)) return;
+  (void)fi;  // the node's own descriptor answers as well as the open file's
+  Call(std::move(r), std::move(p), [this](Request& r, auto rs, uint64_t) {
+    r.Attr(ToStat(rs.getEntry().getAttr()), options_.attr_timeout);
+  });
+}
+
+void Fs::Setattr(Request r, fuse_ino_t ino, const struct stat& attr, int to_set,
+                 fuse_file_info* fi) {
+  auto p = Prepare(r, Op::SETATTR);
+  if (!p || !SetNode(r, *p, ino)) return;
+  if (fi && !SetFh(r, *p, fi)) return;
+  p->rq.setValid(static_cast<uint32_t>(to_set));
+  p->rq.setMode(attr.st_mode);
+  p->rq.setUid(attr.st_uid);
+  p->rq.setGid(attr.st_gid);
+  p->rq.setSize(static_cast<uint64_t>(attr.st_size));
+  p->rq.setAtimeNs(Ns(attr.st_atim));
+  p->rq.setMtimeNs(Ns(attr.st_mtim));
+  Call(std::move(r), std::move(p), [this](Request& r, auto rs, uint64_t) {
+    r.Attr(ToStat(rs.getEntry().getAttr()), options_.attr_timeout);
+  });
+}
+
+void Fs::Readlink(Request r, fuse_ino_t ino) {
+  auto p = Prepare(r, Op::READLINK);
+  if (!p || !SetNode(r, *p, ino)) return;
+  Call(std::move(r), std::move(p),
+       [](Request& r, auto rs, uint64_t) { r.Readlink(Bytes(rs.getData())); });
+}
+
+void Fs::MakeNode(Request r, Op op, fuse_ino_t parent, const std::string& name, mode_t mode,
+                  dev_t rdev, const std::string& target) {
+  auto p = Prepare(r, op);
+  if (!p || !SetNode(r, *p, parent)) return;
+  p->rq.setName(name);
+  p->rq.setMode(mode);
+  p->rq.setRdev(rdev);
+  if (op == Op::SYMLINK) {
+    p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(target.data()),
+                               target.size()));
+  }
+  Call(std::move(r), std::move(p), [this, parent, name](Request& r, auto rs, uint64_t gen) {
+    fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
+    r.Entry(EntryParam(ino, rs.getEntry().getAttr()));
+  });
+}
+
+void Fs::Remove(Request r, Op op, fuse_ino_t parent, const std::string& name) {
+  auto p = Prepare(r, op);
+  if (!p || !SetNode(r, *p, parent)) return;
+  p->rq.setName(name);
+  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+}
+
+void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_t newparent,
+                const std::string& newname, unsigned flags) {
+  auto p = Prepare(r, Op::RENAME);
+  if (!p || !SetNode(r, *p, parent)) return;
+  auto remote2 = Remote(newparent, p->generation);
+  if (!remote2) return r.Err(EIO);
+  p->rq.setName(name);
+  p->rq.setNode2(*remote2);
+  p->rq.setName2(newname);
+  p->rq.setFlags(flags);
+  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+}
+
+void Fs::Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string& newname) {
+  auto p = Prepare(r, Op::LINK);
+  if (!p || !SetNode(r, *p, ino)) return;
+  auto remote2 = Remote(newparent, p->generation);
+  if (!remote2) return r.Err(EIO);
+  p->rq.setNode2(*remote2);
+  p->rq.setName2(newname);
+  Call(std::move(r), std::move(p),
+       [this, newparent, newname](Request& r, auto rs, uint64_t gen) {
+         fuse_ino_t ino = Learn(rs.getEntry(), gen, newparent, newname, true);
+         r.Entry(EntryParam(ino, rs.getEntry().getAttr()));
+       });
+}
+
+void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
+  auto p = Prepare(r, dir ? Op::OPENDIR : Op::OPEN);
+  if (!p || !SetNode(r, *p, ino)) return;
+  p->rq.setFlags(static_cast<uint32_t>(fi->flags));
+  fuse_file_info copy = *fi;
+  Call(std::move(r), std::move(p), [copy](Request& r, auto rs, uint64_t gen) {
+    fuse_file_info fi = copy;
+    fi.fh = rs.getFh() | (gen << kFhGenerationShift);
+    // Close-to-open: data cached from an earlier open is dropped at each open, so a
+    // reader sees what any writer had closed before (as NFS promises).
+    fi.keep_cache = 0;
+    r.Open(fi);
+  });
+}
+
+void Fs::Create(Request r, fuse_ino_t parent, const std::string& name, mode_t mode,
+                fuse_file_info* fi) {
+  auto p = Prepare(r, Op::CREATE);
+  if (!p || !SetNode(r, *p, parent)) return;
+  p->rq.setName(name);
+  p->rq.setMode(mode);
+  p->rq.setFlags(static_cast<uint32_t>(fi->flags));
+  fuse_file_info copy = *fi;
+  Call(std::move(r), std::move(p),
+       [this, parent, name, copy](Request& r, auto rs, uint64_t gen) {
+         fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
+         fuse_file_info fi = copy;
+         fi.fh = rs.getFh() | (gen << kFhGenerationShift);
+         r.Create(EntryParam(ino, rs.getEntry().getAttr()), fi);
+       });
+}
+
+void Fs::Read(Request r, size_t size, off_t off, fuse_file_info* fi) {
+  auto p = Prepare(r, Op::READ);
+  if (!p || !SetFh(r, *p, fi)) return;
+  p->rq.setOffset(static_cast<uint64_t>(off));
+  p->rq.setSize(size);
+  Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) {
+    auto data = rs.getData();
+    r.Buf(data.begin(), data.size());
+  });
+}
+
+void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  auto p = Prepare(r, Op::WRITE);
+  if (!p || !SetFh(r, *p, fi)) return;
+  p->rq.setOffset(static_cast<uint64_t>(off));
+  p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(buf), size));
+  Call(std::move(r), std::move(p),
+       [](Request& r, auto rs, uint64_t) { r.Write(rs.getSize()); });
+}
+
+void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
+  auto p = Prepare(r, op);
+  if (!p || !SetFh(r, *p, fi)) return;
+  p->rq.setFlags(flags);
+  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+}
+
+void Fs::Release(Request r, Op op, fuse_file_info* fi) {
+  // The kernel does not wait for the answer's content; a file opened on a broken
+  // connection is already closed at the home.
+  uint64_t generation = fi->fh >> kFhGenerationShift;
+  capnp::MallocMessageBuilder message(256);
+  auto rq = message.initRoot<schema::FileRequest>();
+  rq.setOp(op);
+  rq.setFh(fi->fh & ((1ull << kFhGenerationShift) - 1));
+  client_.Send(message, generation, [](int, IncomingMessage*) {});
+  r.Err(0);
+}
+
+void Fs::Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                 bool plus) {
+  auto p = Prepare(r, Op::READDIR);
+  if (!p || !SetFh(r, *p, fi)) return;
+  p->rq.setOffset(static_cast<uint64_t>(off));
+  p->rq.setFlags(plus ? 0 : 1);
+  // An entry with attributes takes ~150 bytes of the kernel's buffer, a bare one ~32.
+  p->rq.setSize(size / (plus ? 150 : 32) + 1);
+  Call(std::move(r), std::move(p), [this, ino, size, plus](Request& r, auto rs, uint64_t gen) {
+    std::vector<char> buffer(size);
+    size_t used = 0;
+    auto entries = rs.getEntries();
+    unsigned i = 0;
+    for (; i < entries.size(); ++i) {
+      auto entry = entries[i];
+      std::string name = entry.getName();
+      auto next = static_cast<off_t>(entry.getOffset());
+      size_t need;
+      if (plus) {
+        fuse_entry_param e = EntryParam(0, entry.getAttr());
+        need = fuse_add_direntry_plus(r.get(), nullptr, 0, name.c_str(), &e, next);
+        if (used + need > size) break;
+        if (entry.getNode() != 0) e.ino = Learn(entry, gen, ino, name, true);
+        fuse_add_direntry_plus(r.get(), buffer.data() + used, size - used, name.c_str(), &e,
+                               next);
+      } else {
+        struct stat st = ToStat(entry.getAttr());
+        need = fuse_add_direntry(r.get(), nullptr, 0, name.c_str(), &st, next);
+        if (used + need > size) break;
+        fuse_add_direntry(r.get(), buffer.data() + used, size - used, name.c_str(), &st, next);
+      }
+      used += need;
+    }
+    // Entries that did not fit were looked up at the home all the same: give them back.
+    for (; i < entries.size(); ++i) {
+      if (entries[i].getNode() != 0) ForgetRemote(entries[i].getNode(), 1, gen);
+    }
+    r.Buf(buffer.data(), used);
+  });
+}
+
+void Fs::Statfs(Request r, fuse_ino_t ino) {
+  auto p = Prepare(r, Op::STATFS);
+  if (!p || !SetNode(r, *p, ino)) return;
+  Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) {
+    auto s = rs.getStatfs();
+    struct statvfs st {};
+    st.f_bsize = s.getBsize();
+    st.f_frsize = s.getFrsize();
+    st.f_blocks = s.getBlocks();
+    st.f_bfree = s.getBfree();
+    st.f_bavail = s.getBavail();
+    st.f_files = s.getFiles();
+    st.f_ffree = s.getFfree();
+    st.f_favail = s.getFavail();
+    st.f_fsid = s.getFsid();
+    st.f_namemax = s.getNamemax();
+    r.Statfs(st);
+  });
+}
+
+void Fs::Access(Request r, fuse_ino_t ino, int mask) {
+  auto p = Prepare(r, Op::ACCESS);
+  if (!p || !SetNode(r, *p, ino)) return;
+  p->rq.setMode(static_cast<uint32_t>(mask));
+  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+}
+
+void Fs::Xattr(Request r, Op op, fuse_ino_t ino, const std::string& name, const char* value,
+               size_t size, int flags) {
+  auto p = Prepare(r, op);
+  if (!p || !SetNode(r, *p, ino)) return;
+  p->rq.setName(name);
+  p->rq.setFlags(static_cast<uint32_t>(flags));
+  p->rq.setSize(size);
+  if (op == Op::SETXATTR) {
+    p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(value), size));
+  }
+  bool sized = op == Op::GETXATTR || op == Op::LISTXATTR;
+  Call(std::move(r), std::move(p), [sized, size](Request& r, auto rs, uint64_t) {
+    if (!sized) return r.Err(0);
+    if (size == 0) return r.Xattr(rs.getSize());
+    auto data = rs.getData();
+    r.Buf(data.begin(), data.size());
+  });
+}
+
+void Fs::Fallocate(Request r, int mode, off_t offset, off_t length, fuse_file_info* fi) {
+  auto p = Prepare(r, Op::FALLOCATE);
+  if (!p || !SetFh(r, *p, fi)) return;
+  p->rq.setFlags(static_cast<uint32_t>(mode));
+  p->rq.setOffset(static_cast<uint64_t>(offset));
+  p->rq.setSize(static_cast<uint64_t>(length));
+  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+}
+
+}  // namespace homeward

@@ -1,0 +1,106 @@
+// Fs: the homefs FUSE low-level operations. The context object main() builds: it owns
+// the inode table (local FUSE node ids for the home's objects) and forwards every
+// operation to the home's file service with the caller's uid, gid and groups.
+//
+// Local node ids are stable for the life of the mount; each remembers the home's id for
+// its object in the current connection generation, and the parent and name it was
+// found under, so that after a reconnection (a restarted home daemon knows none of the
+// old ids) an object is found again by its path.
+#pragma once
+
+#include <fuse_lowlevel.h>
+
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "client.h"
+#include "request.h"
+
+namespace homeward {
+
+struct FsOptions {
+  double entry_timeout = 1.0;  // seconds the kernel may trust a name lookup
+  double attr_timeout = 1.0;   // seconds it may trust attributes
+};
+
+class Fs {
+ public:
+  Fs(FileClient& client, FsOptions options, schema::Attr::Reader root);
+  Fs(const Fs&) = delete;
+  Fs& operator=(const Fs&) = delete;
+
+  // The operations table; userdata must be this Fs.
+  static const fuse_lowlevel_ops& Operations();
+
+  // One method per operation, named as in fuse_lowlevel_ops.
+  void Init(fuse_conn_info* conn);
+  void Lookup(Request r, fuse_ino_t parent, const std::string& name);
+  void Forget(fuse_ino_t ino, uint64_t nlookup);
+  void Getattr(Request r, fuse_ino_t ino, fuse_file_info* fi);
+  void Setattr(Request r, fuse_ino_t ino, const struct stat& attr, int to_set,
+               fuse_file_info* fi);
+  void Readlink(Request r, fuse_ino_t ino);
+  void MakeNode(Request r, schema::FileOp op, fuse_ino_t parent, const std::string& name,
+                mode_t mode, dev_t rdev, const std::string& target);
+  void Remove(Request r, schema::FileOp op, fuse_ino_t parent, const std::string& name);
+  void Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_t newparent,
+              const std::string& newname, unsigned flags);
+  void Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string& newname);
+  void Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir);
+  void Create(Request r, fuse_ino_t parent, const std::string& name, mode_t mode,
+              fuse_file_info* fi);
+  void Read(Request r, size_t size, off_t off, fuse_file_info* fi);
+  void Write(Request r, const char* buf, size_t size, off_t off, fuse_file_info* fi);
+  void Simple(Request r, schema::FileOp op, fuse_file_info* fi, uint32_t flags);
+  void Release(Request r, schema::FileOp op, fuse_file_info* fi);
+  void Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+               bool plus);
+  void Statfs(Request r, fuse_ino_t ino);
+  void Access(Request r, fuse_ino_t ino, int mask);
+  void Xattr(Request r, schema::FileOp op, fuse_ino_t ino, const std::string& name,
+             const char* value, size_t size, int flags);
+  void Fallocate(Request r, int mode, off_t offset, off_t length, fuse_file_info* fi);
+
+ private:
+  struct Inode {
+    uint64_t remote = 0;      // the home's id, valid in generation `generation`
+    uint64_t generation = 0;
+    uint64_t remote_lookups = 0;  // lookups the home counted for `remote`
+    uint64_t lookups = 0;         // the kernel's count
+    fuse_ino_t parent = 0;
+    std::string name;
+    std::pair<uint64_t, uint64_t> key;  // the home's (st_dev, st_ino)
+  };
+  struct Prepared;
+
+  // Starts a request on behalf of `r`: waits for the connection and fills in the
+  // caller's credentials. Answers EIO and returns nothing when the home is unreachable.
+  std::unique_ptr<Prepared> Prepare(Request& r, schema::FileOp op);
+  // The home's id of `ino` in `generation`, found again by path if need be.
+  std::optional<uint64_t> Remote(fuse_ino_t ino, uint64_t generation);
+  bool SetNode(Request& r, Prepared& p, fuse_ino_t ino);
+  bool SetFh(Request& r, Prepared& p, fuse_file_info* fi);
+  // Records a looked-up entry; `kernel` counts it as a lookup the kernel will forget.
+  fuse_ino_t Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_t parent,
+                   const std::string& name, bool kernel);
+  void ForgetRemote(uint64_t remote, uint64_t count, uint64_t generation);
+  fuse_entry_param EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const;
+  // Sends and, when the home answers without error, runs `ok` on the receiving thread.
+  template <typename Ok>
+  void Call(Request r, std::unique_ptr<Prepared> p, Ok ok);
+
+  FileClient& client_;
+  FsOptions options_;
+  std::mutex mutex_;
+  std::unordered_map<fuse_ino_t, Inode> inodes_;
+  std::map<std::pair<uint64_t, uint64_t>, fuse_ino_t> by_key_;
+  fuse_ino_t next_ino_ = 2;
+};
+
+// Converts the home's attributes to a struct stat.
+struct stat ToStat(schema::Attr::Reader attr);
+
+}  // namespace homeward

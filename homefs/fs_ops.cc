@@ -1,0 +1,172 @@
+// The C boundary: libfuse calls these; each forwards to the Fs in userdata and lets no
+// exception escape (a failure answers EIO through the Request's destructor).
+#include <spdlog/spdlog.h>
+
+#include "fs.h"
+
+namespace homeward {
+
+namespace {
+
+using Op = schema::FileOp;
+
+Fs& Of(fuse_req_t req) { return *static_cast<Fs*>(fuse_req_userdata(req)); }
+
+template <typename F>
+void Guard(fuse_req_t req, F body) {
+  try {
+    body(Of(req), Request(req));
+  } catch (const std::exception& e) {
+    spdlog::error("homefs: {}", e.what());
+  }
+}
+
+void NoReply(const char* what, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    spdlog::error("homefs: {}: {}", what, e.what());
+  }
+}
+
+fuse_lowlevel_ops MakeOps() {
+  fuse_lowlevel_ops ops{};
+  ops.init = [](void* data, fuse_conn_info* conn) { static_cast<Fs*>(data)->Init(conn); };
+  ops.lookup = [](fuse_req_t q, fuse_ino_t parent, const char* name) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Lookup(std::move(r), parent, name); });
+  };
+  ops.forget = [](fuse_req_t q, fuse_ino_t ino, uint64_t n) {
+    NoReply("forget", [&] { Of(q).Forget(ino, n); });
+    fuse_reply_none(q);
+  };
+  ops.forget_multi = [](fuse_req_t q, size_t count, fuse_forget_data* list) {
+    NoReply("forget", [&] {
+      for (size_t i = 0; i < count; ++i) Of(q).Forget(list[i].ino, list[i].nlookup);
+    });
+    fuse_reply_none(q);
+  };
+  ops.getattr = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Getattr(std::move(r), ino, fi); });
+  };
+  ops.setattr = [](fuse_req_t q, fuse_ino_t ino, struct stat* attr, int to_set,
+                   fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Setattr(std::move(r), ino, *attr, to_set, fi); });
+  };
+  ops.readlink = [](fuse_req_t q, fuse_ino_t ino) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Readlink(std::move(r), ino); });
+  };
+  ops.mknod = [](fuse_req_t q, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.MakeNode(std::move(r), Op::MKNOD, parent, name, mode, rdev, "");
+    });
+  };
+  ops.mkdir = [](fuse_req_t q, fuse_ino_t parent, const char* name, mode_t mode) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.MakeNode(std::move(r), Op::MKDIR, parent, name, mode, 0, "");
+    });
+  };
+  ops.symlink = [](fuse_req_t q, const char* target, fuse_ino_t parent, const char* name) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.MakeNode(std::move(r), Op::SYMLINK, parent, name, 0, 0, target);
+    });
+  };
+  ops.unlink = [](fuse_req_t q, fuse_ino_t parent, const char* name) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Remove(std::move(r), Op::UNLINK, parent, name); });
+  };
+  ops.rmdir = [](fuse_req_t q, fuse_ino_t parent, const char* name) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Remove(std::move(r), Op::RMDIR, parent, name); });
+  };
+  ops.rename = [](fuse_req_t q, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                  const char* newname, unsigned flags) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.Rename(std::move(r), parent, name, newparent, newname, flags);
+    });
+  };
+  ops.link = [](fuse_req_t q, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Link(std::move(r), ino, newparent, newname); });
+  };
+  ops.open = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Open(std::move(r), ino, fi, false); });
+  };
+  ops.opendir = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Open(std::move(r), ino, fi, true); });
+  };
+  ops.create = [](fuse_req_t q, fuse_ino_t parent, const char* name, mode_t mode,
+                  fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Create(std::move(r), parent, name, mode, fi); });
+  };
+  ops.read = [](fuse_req_t q, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Read(std::move(r), size, off, fi); });
+  };
+  ops.write = [](fuse_req_t q, fuse_ino_t, const char* buf, size_t size, off_t off,
+                 fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Write(std::move(r), buf, size, off, fi); });
+  };
+  ops.flush = [](fuse_req_t q, fuse_ino_t, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Simple(std::move(r), Op::FLUSH, fi, 0); });
+  };
+  ops.release = [](fuse_req_t q, fuse_ino_t, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Release(std::move(r), Op::RELEASE, fi); });
+  };
+  ops.releasedir = [](fuse_req_t q, fuse_ino_t, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Release(std::move(r), Op::RELEASEDIR, fi); });
+  };
+  ops.fsync = [](fuse_req_t q, fuse_ino_t, int datasync, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.Simple(std::move(r), Op::FSYNC, fi, datasync ? 1 : 0);
+    });
+  };
+  ops.fsyncdir = [](fuse_req_t q, fuse_ino_t, int datasync, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.Simple(std::move(r), Op::FSYNC, fi, datasync ? 1 : 0);
+    });
+  };
+  ops.readdir = [](fuse_req_t q, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Readdir(std::move(r), ino, size, off, fi, false); });
+  };
+  ops.readdirplus = [](fuse_req_t q, fuse_ino_t ino, size_t size, off_t off,
+                       fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Readdir(std::move(r), ino, size, off, fi, true); });
+  };
+  ops.statfs = [](fuse_req_t q, fuse_ino_t ino) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Statfs(std::move(r), ino); });
+  };
+  ops.access = [](fuse_req_t q, fuse_ino_t ino, int mask) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Access(std::move(r), ino, mask); });
+  };
+  ops.setxattr = [](fuse_req_t q, fuse_ino_t ino, const char* name, const char* value,
+                    size_t size, int flags) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.Xattr(std::move(r), Op::SETXATTR, ino, name, value, size, flags);
+    });
+  };
+  ops.getxattr = [](fuse_req_t q, fuse_ino_t ino, const char* name, size_t size) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.Xattr(std::move(r), Op::GETXATTR, ino, name, nullptr, size, 0);
+    });
+  };
+  ops.listxattr = [](fuse_req_t q, fuse_ino_t ino, size_t size) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.Xattr(std::move(r), Op::LISTXATTR, ino, "", nullptr, size, 0);
+    });
+  };
+  ops.removexattr = [](fuse_req_t q, fuse_ino_t ino, const char* name) {
+    Guard(q, [&](Fs& fs, Request r) {
+      fs.Xattr(std::move(r), Op::REMOVEXATTR, ino, name, nullptr, 0, 0);
+    });
+  };
+  ops.fallocate = [](fuse_req_t q, fuse_ino_t, int mode, off_t offset, off_t length,
+                     fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Fallocate(std::move(r), mode, offset, length, fi); });
+  };
+  return ops;
+}
+
+}  // namespace
+
+const fuse_lowlevel_ops& Fs::Operations() {
+  static const fuse_lowlevel_ops ops = MakeOps();  // constant data, not state
+  return ops;
+}
+
+}  // namespace homeward

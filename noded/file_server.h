@@ -1,0 +1,106 @@
+// FileServer: the home side of homefs. Serves the node's export root to authenticated
+// peers: each connection is a FileSession with its own table of looked-up objects (an
+// O_PATH descriptor each, like libfuse's passthrough_ll) and open files; requests run on
+// a shared thread pool, each with the caller's uid, gid and groups set on the serving
+// thread, so the kernel itself checks every permission exactly as for a local process.
+// Every name is resolved beneath the object's descriptor with openat2(RESOLVE_BENEATH |
+// RESOLVE_NO_MAGICLINKS): no path, symlink or ".." reaches outside the export root.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "fd.h"
+#include "peer_auth.h"
+#include "schema/files.capnp.h"
+
+namespace homeward {
+
+inline constexpr size_t kMaxFileFrameBytes = 4 << 20;  // a 1 MiB write plus headers
+
+// A fixed set of worker threads. Each worker has its own fs context (umask 0) and sets
+// its own fs credentials per job, which is why the pool is not shared with other code.
+class WorkerPool {
+ public:
+  explicit WorkerPool(int threads);
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+  ~WorkerPool();
+  void Post(std::function<void()> job);
+
+ private:
+  void Run();
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> jobs_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// One client's view of the export: its looked-up objects and its open files.
+class FileSession {
+ public:
+  // `root` is an O_PATH descriptor of the export root (borrowed, outlives the session).
+  explicit FileSession(int root);
+  FileSession(const FileSession&) = delete;
+  FileSession& operator=(const FileSession&) = delete;
+
+  // Performs one request with the caller's credentials (on the calling thread) and fills
+  // the response. Never throws: failures become the response's errno.
+  void Handle(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
+
+ private:
+  struct Node;
+  struct OpenFile;
+  std::shared_ptr<Node> GetNode(uint64_t id);
+  std::shared_ptr<OpenFile> GetHandle(uint64_t fh);
+  uint64_t AddHandle(std::shared_ptr<OpenFile> handle);
+  // Records one lookup of `fd`'s object and fills `entry`; returns the node id.
+  void Remember(Fd fd, schema::Entry::Builder entry);
+  void LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry);
+  void Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
+  void ReadDir(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
+
+  int root_;
+  std::mutex mutex_;
+  std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> by_inode_;
+  std::unordered_map<uint64_t, std::shared_ptr<OpenFile>> handles_;
+  uint64_t next_node_ = 2;  // 1 is the root
+  uint64_t next_handle_ = 1;
+};
+
+class FileServer {
+ public:
+  // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
+  FileServer(const std::string& export_root, int threads);
+  FileServer(const FileServer&) = delete;
+  FileServer& operator=(const FileServer&) = delete;
+  ~FileServer();
+
+  // Serves one authenticated connection until it closes (blocking: call it on the
+  // connection's own thread).
+  void Serve(Fd connection, const PeerIdentity& peer);
+  // Shuts every connection down and waits for their threads to finish serving.
+  void Stop();
+
+ private:
+  Fd root_;
+  WorkerPool pool_;
+  std::mutex mutex_;
+  std::condition_variable idle_;
+  std::set<int> connections_;
+  bool stopping_ = false;
+};
+
+}  // namespace homeward

@@ -1,0 +1,137 @@
+// The file service's request handling: no name, symlink or node id reaches outside the
+// export root, and ordinary operations do what the kernel would.
+#include "file_server.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <capnp/message.h>
+
+namespace homeward {
+namespace {
+
+namespace fs = std::filesystem;
+
+class FileSessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/homeward-fs-XXXXXX";
+    base_ = ::mkdtemp(tmpl);
+    fs::create_directories(base_ + "/export/dir");
+    std::ofstream(base_ + "/secret") << "outside";
+    std::ofstream(base_ + "/export/dir/file") << "inside";
+    fs::create_symlink("../secret", base_ + "/export/up");
+    fs::create_symlink("../created", base_ + "/export/dangling");
+    fs::create_symlink("/", base_ + "/export/abs");
+    root_ = Fd::Open(base_ + "/export", O_PATH | O_DIRECTORY);
+    session_ = std::make_unique<FileSession>(root_.get());
+  }
+  void TearDown() override { fs::remove_all(base_); }
+
+  struct Result {
+    int error;
+    uint64_t node;
+    uint64_t fh;
+    std::string data;
+  };
+  Result Call(schema::FileOp op, uint64_t node, const std::string& name,
+              const std::function<void(schema::FileRequest::Builder)>& fill = {}) {
+    capnp::MallocMessageBuilder in, out;
+    auto rq = in.initRoot<schema::FileRequest>();
+    rq.setVersion(schema::FILES_VERSION);
+    rq.setOp(op);
+    rq.setNode(node);
+    rq.setName(name);
+    if (fill) fill(rq);
+    auto rs = out.initRoot<schema::FileResponse>();
+    session_->Handle(rq.asReader(), rs);
+    auto data = rs.getData();
+    return {rs.getError(), rs.hasEntry() ? rs.getEntry().getNode() : 0, rs.getFh(),
+            std::string(reinterpret_cast<const char*>(data.begin()), data.size())};
+  }
+
+  std::string base_;
+  Fd root_;
+  std::unique_ptr<FileSession> session_;
+};
+
+using Op = schema::FileOp;
+
+TEST_F(FileSessionTest, DotDotAndSlashesAreRefused) {
+  EXPECT_EQ(Call(Op::LOOKUP, 1, "..").error, EINVAL);
+  EXPECT_EQ(Call(Op::LOOKUP, 1, "dir/../..").error, EINVAL);
+  EXPECT_EQ(Call(Op::LOOKUP, 1, "/etc").error, EINVAL);
+  EXPECT_EQ(Call(Op::MKDIR, 1, "..").error, EINVAL);
+  EXPECT_EQ(Call(Op::RENAME, 1, "dir", [](auto rq) {
+              rq.setNode2(1);
+              rq.setName2("../stolen");
+            }).error, EINVAL);
+}
+
+TEST_F(FileSessionTest, SymlinksAreNotFollowedOut) {
+  auto up = Call(Op::LOOKUP, 1, "up");
+  ASSERT_EQ(up.error, 0);
+  EXPECT_EQ(Call(Op::READLINK, up.node, "").data, "../secret");
+  // Opening the link itself must not reach ../secret.
+  EXPECT_NE(Call(Op::OPEN, up.node, "", [](auto rq) { rq.setFlags(O_RDONLY); }).error, 0);
+  auto abs = Call(Op::LOOKUP, 1, "abs");
+  ASSERT_EQ(abs.error, 0);
+  EXPECT_EQ(Call(Op::LOOKUP, abs.node, "etc").error, ENOTDIR);
+  // Creating through a dangling link would create ../created outside the export.
+  EXPECT_NE(Call(Op::CREATE, 1, "dangling", [](auto rq) {
+              rq.setFlags(O_WRONLY);
+              rq.setMode(S_IFREG | 0644);
+            }).error, 0);
+  EXPECT_FALSE(fs::exists(base_ + "/created"));
+}
+
+TEST_F(FileSessionTest, UnknownNodesAndHandlesAreStale) {
+  EXPECT_EQ(Call(Op::LOOKUP, 999, "x").error, ESTALE);
+  EXPECT_EQ(Call(Op::READ, 1, "", [](auto rq) { rq.setFh(42); }).error, EBADF);
+}
+
+TEST_F(FileSessionTest, CreateWriteReadList) {
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  ASSERT_EQ(dir.error, 0);
+  auto made = Call(Op::CREATE, dir.node, "new", [](auto rq) {
+    rq.setFlags(O_RDWR);
+    rq.setMode(S_IFREG | 0640);
+  });
+  ASSERT_EQ(made.error, 0);
+  std::string text = "hello";
+  ASSERT_EQ(Call(Op::WRITE, 0, "", [&](auto rq) {
+              rq.setFh(made.fh);
+              rq.setOffset(5ull << 30);  // past 4 GiB: sparse
+              rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(text.data()),
+                                      text.size()));
+            }).error, 0);
+  auto read = Call(Op::READ, 0, "", [&](auto rq) {
+    rq.setFh(made.fh);
+    rq.setOffset(5ull << 30);
+    rq.setSize(100);
+  });
+  EXPECT_EQ(read.data, "hello");
+  EXPECT_EQ(fs::file_size(base_ + "/export/dir/new"), (5ull << 30) + 5);
+  EXPECT_EQ(fs::status(base_ + "/export/dir/new").permissions(),
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  auto dh = Call(Op::OPENDIR, dir.node, "");
+  ASSERT_EQ(dh.error, 0);
+  capnp::MallocMessageBuilder in, out;
+  auto rq = in.initRoot<schema::FileRequest>();
+  rq.setOp(Op::READDIR);
+  rq.setFh(dh.fh);
+  rq.setSize(100);
+  auto rs = out.initRoot<schema::FileResponse>();
+  session_->Handle(rq.asReader(), rs);
+  std::set<std::string> names;
+  for (auto e : rs.getEntries()) names.insert(std::string(e.getName().cStr()));
+  EXPECT_EQ(names, (std::set<std::string>{".", "..", "file", "new"}));
+}
+
+}  // namespace
+}  // namespace homeward

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""homefs: the same script of file operations gives the same results and errnos on a
+node's own tree and through homefs from another node; real work (extract, build) gives
+the same checksums; many writers at once lose nothing; a peer without the key gets
+nothing; a killed home makes calls fail with EIO, and the mount works again when it
+returns."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import unittest
+
+import harness
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+MNT = "/mnt/homefs-test"
+
+PROJECT = {
+    "Makefile": "all: app\napp: main.o util.o\n\t$(CC) -o $@ $^\n%.o: %.c util.h\n"
+                "\t$(CC) -O2 -c -o $@ $<\n",
+    "util.h": "int square(int x);\n",
+    "util.c": '#include "util.h"\nint square(int x) { return x * x; }\n',
+    "main.c": '#include <stdio.h>\n#include "util.h"\n'
+              'int main(void) { printf("%d\\n", square(7)); return 0; }\n',
+}
+
+
+class HomefsTest(unittest.TestCase):
+    def mount(self, cluster, timeout="3"):
+        home = cluster.node("node1")["address"]
+        cluster.run("node2", "sh", "-c", f"mkdir -p {MNT} && mosmount -o timeout={timeout} "
+                    f"{home} {MNT}")
+
+    def unmount(self, cluster):
+        cluster.run("node2", "fusermount3", "-u", MNT)
+
+    def test_conformance_and_real_work(self):
+        with harness.LoopCluster(2) as cluster:
+            script = os.path.join(cluster.dir, "homefs_ops.py")
+            with open(os.path.join(HERE, "homefs_ops.py")) as src, open(script, "w") as dst:
+                dst.write(src.read())
+            cluster.run("node1", "mkdir", "-p", "/data/local", "/data/remote")
+            local = json.loads(cluster.run("node1", "python3", script, "/data/local",
+                                           "/tmp", timeout=300).stdout)
+            self.mount(cluster)
+            try:
+                remote = json.loads(cluster.run("node2", "python3", script,
+                                                f"{MNT}/data/remote", f"{MNT}/tmp",
+                                                timeout=300).stdout)
+                self.assertEqual(len(local), len(remote))
+                for mine, theirs in zip(local, remote):
+                    self.assertEqual(mine, theirs, f"step {mine[0]}")
+
+                # Real work: a source tarball extracted and built at home and through homefs.
+                src = os.path.join(cluster.dir, "project")
+                os.makedirs(src)
+                for name, text in PROJECT.items():
+                    with open(os.path.join(src, name), "w") as f:
+                        f.write(text)
+                tarball = os.path.join(cluster.dir, "project.tar")
+                subprocess.run(["tar", "-C", cluster.dir, "-cf", tarball, "project"], check=True)
+                build = ("cd {0} && tar -xf {1} && make -C project >/dev/null && "
+                         "project/app && sha256sum project/*.o project/app project/*.c "
+                         "| cut -c1-64")
+                at_home = cluster.run("node1", "sh", "-c", build.format("/data/local", tarball))
+                away = cluster.run("node2", "sh", "-c", build.format(f"{MNT}/data/remote",
+                                                                     tarball))
+                self.assertEqual(at_home.stdout, away.stdout)
+                self.assertTrue(at_home.stdout.startswith("49\n"))
+
+                # Many writers at once, each its own file; the home sees every byte.
+                writers = ("for i in $(seq 1 8); do (head -c 4000000 /dev/urandom > "
+                           "{0}/w$i.tmp && sha256sum < {0}/w$i.tmp | cut -c1-64 > "
+                           "{0}/w$i.sum) & done; wait")
+                cluster.run("node2", "sh", "-c", writers.format(f"{MNT}/data/remote"))
+                for i in range(1, 9):
+                    check = cluster.run("node1", "sh", "-c",
+                                        f"sha256sum < /data/remote/w{i}.tmp | cut -c1-64; "
+                                        f"cat /data/remote/w{i}.sum")
+                    ours, theirs = check.stdout.split()
+                    self.assertEqual(ours, theirs, f"writer {i}")
+            finally:
+                self.unmount(cluster)
+            self.assertNotIn(MNT, cluster.run("node2", "cat", "/proc/self/mountinfo").stdout)
+            self.assertIn("node1", cluster.run("node1", "ls", "/mosix/home").stdout)
+
+    def test_peer_without_key_gets_nothing(self):
+        with harness.LoopCluster(1) as cluster:
+            node = cluster.node("node1")
+            with socket.create_connection((node["address"], 4701), timeout=10) as s:
+                s.sendall(b"HWPEER01" + os.urandom(32) + bytes([5]) + b"files")
+                reply = b""
+                while len(reply) < 72:
+                    chunk = s.recv(72 - len(reply))
+                    self.assertTrue(chunk)
+                    reply += chunk
+                s.sendall(os.urandom(32))  # a tag made without the key
+                self.assertEqual(s.recv(100), b"", "the server kept talking")
+            cluster.wait_for(lambda: "refused peer" in cluster.log("node1"), 10,
+                             "the refusal in the log")
+
+    def test_home_dies_and_returns(self):
+        with harness.LoopCluster(2) as cluster:
+            cluster.run("node1", "sh", "-c", "echo before > /data/f")
+            self.mount(cluster, timeout="2")
+            try:
+                self.assertEqual(cluster.run("node2", "cat", f"{MNT}/data/f").stdout,
+                                 "before\n")
+                cluster.kill("node1")
+                # Calls fail with EIO, and do not hang (the subprocess timeout is only a
+                # guard against a hang; the bound is the mount's 2 s).
+                failed = cluster.run("node2", "sh", "-c", f"cat {MNT}/data/f; "
+                                     f"ls {MNT}/data/nothing-here", check=False, timeout=60)
+                self.assertNotEqual(failed.returncode, 0)
+                self.assertIn("Input/output error", failed.stderr)
+                cluster.start("node1")
+                cluster.run("node1", "sh", "-c", "echo after > /data/f")
+                cluster.wait_for(lambda: cluster.run("node2", "cat", f"{MNT}/data/f",
+                                                     check=False).stdout == "after\n",
+                                 30, "the mount to work again")
+                cluster.run("node2", "sh", "-c", f"echo new > {MNT}/data/g")
+                self.assertEqual(cluster.run("node1", "cat", "/data/g").stdout, "new\n")
+            finally:
+                self.unmount(cluster)
+
+
+if __name__ == "__main__":
+    harness.main()

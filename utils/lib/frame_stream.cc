@@ -1,0 +1,108 @@
+// Blocking framed message I/O without copies of large segments.
+#include "frame_stream.h"
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cstring>
+#include <vector>
+
+#include "error.h"
+
+namespace homeward {
+
+bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
+  auto* out = static_cast<char*>(data);
+  while (size > 0) {
+    if (begin_ < end_) {
+      size_t n = std::min(size, end_ - begin_);
+      std::memcpy(out, buffer_ + begin_, n);
+      begin_ += n;
+      out += n;
+      size -= n;
+      continue;
+    }
+    ssize_t n;
+    if (size >= sizeof buffer_) {
+      n = ::recv(fd_, out, size, 0);  // big bodies go straight to their destination
+      if (n > 0) {
+        out += n;
+        size -= static_cast<size_t>(n);
+        eof_ok = false;
+        continue;
+      }
+    } else {
+      n = ::recv(fd_, buffer_, sizeof buffer_, 0);
+      if (n > 0) {
+        begin_ = 0;
+        end_ = static_cast<size_t>(n);
+        eof_ok = false;
+        continue;
+      }
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw SystemError(errno, "peer connection: receive");
+    if (eof_ok) return false;
+    Fail(ErrorKind::kDisconnected, "peer connection closed in the middle of a message");
+  }
+  return true;
+}
+
+std::optional<IncomingMessage> FrameStream::Read() {
+  uint32_t first[2];
+  if (!Fill(first, sizeof first, true)) return std::nullopt;
+  uint32_t segments = first[0] + 1;
+  if (segments > 512) Fail(ErrorKind::kInvalidInput, "malformed frame: {} segments", segments);
+  std::vector<uint32_t> sizes(segments);
+  sizes[0] = first[1];
+  size_t table_words = (segments / 2) + 1;  // (4 + 4*segments) bytes rounded up to words
+  if (segments > 1) Fill(sizes.data() + 1, (segments - 1) * 4, false);
+  if (segments % 2 == 0) {
+    uint32_t pad;
+    Fill(&pad, 4, false);
+  }
+  size_t body_words = 0;
+  for (uint32_t s : sizes) body_words += s;
+  if ((table_words + body_words) * sizeof(capnp::word) > max_frame_bytes_) {
+    Fail(ErrorKind::kInvalidInput, "frame of {} bytes exceeds the limit of {} bytes",
+         (table_words + body_words) * sizeof(capnp::word), max_frame_bytes_);
+  }
+  auto words = kj::heapArray<capnp::word>(table_words + body_words);
+  auto* table = reinterpret_cast<uint32_t*>(words.begin());
+  std::memset(table, 0, table_words * sizeof(capnp::word));
+  table[0] = segments - 1;
+  std::memcpy(table + 1, sizes.data(), segments * 4);
+  Fill(words.begin() + table_words, body_words * sizeof(capnp::word), false);
+  return IncomingMessage(kj::mv(words), max_frame_bytes_ / sizeof(capnp::word) + 1);
+}
+
+void FrameStream::Write(capnp::MessageBuilder& message) {
+  auto segments = message.getSegmentsForOutput();
+  std::vector<uint32_t> table(segments.size() + 1 + (segments.size() % 2 == 0 ? 1 : 0), 0);
+  table[0] = static_cast<uint32_t>(segments.size() - 1);
+  for (size_t i = 0; i < segments.size(); ++i) table[i + 1] = segments[i].size();
+  std::vector<iovec> iov;
+  iov.push_back({table.data(), table.size() * 4});
+  for (auto segment : segments) {
+    auto bytes = segment.asBytes();
+    iov.push_back({const_cast<capnp::byte*>(bytes.begin()), bytes.size()});
+  }
+  std::lock_guard lock(write_mutex_);
+  size_t index = 0;
+  while (index < iov.size()) {
+    msghdr msg{};
+    msg.msg_iov = iov.data() + index;
+    msg.msg_iovlen = std::min<size_t>(iov.size() - index, 1024);
+    ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw SystemError(errno, "peer connection: send");
+    auto done = static_cast<size_t>(n);
+    while (index < iov.size() && done >= iov[index].iov_len) done -= iov[index++].iov_len;
+    if (index < iov.size()) {
+      iov[index].iov_base = static_cast<char*>(iov[index].iov_base) + done;
+      iov[index].iov_len -= done;
+    }
+  }
+}
+
+}  // namespace homeward

@@ -1,0 +1,141 @@
+# The file service: homefs on one node asks the home node's file server for file
+# operations, over an authenticated peer connection (see peer_auth.h). Requests carry an
+# id and are answered in any order, so a client pipelines as many as it likes.
+@0xb7c3e52a9d4f1e60;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("homeward::schema");
+
+const filesVersion :UInt16 = 1;
+
+enum FileOp {
+  hello @0;       # first request: version check; answers the root's attributes
+  lookup @1;      # node, name -> entry
+  forget @2;      # node, count: the client dropped `count` lookups of node (no reply)
+  getattr @3;     # node (fh when set) -> attr
+  setattr @4;     # node, fh, valid, mode, uid/gid, size, times -> attr
+  readlink @5;    # node -> data
+  mknod @6;       # node, name, mode, rdev -> entry
+  mkdir @7;       # node, name, mode -> entry
+  unlink @8;      # node, name
+  rmdir @9;       # node, name
+  symlink @10;    # node, name, target (in data) -> entry
+  rename @11;     # node, name, node2, name2, flags
+  link @12;       # node (the file), node2 (new parent), name2 -> entry
+  open @13;       # node, flags -> fh
+  read @14;       # fh, offset, size -> data
+  write @15;      # fh, offset, data -> size
+  flush @16;      # fh
+  release @17;    # fh (no reply needed, but answered)
+  fsync @18;      # fh, flags (1 = data only)
+  opendir @19;    # node -> fh
+  readdir @20;    # fh, offset, size (max entries) -> entries
+  releasedir @21; # fh
+  statfs @22;     # node -> statfs
+  access @23;     # node, mask
+  create @24;     # node, name, mode, flags -> entry, fh
+  setxattr @25;   # node, name, data, flags
+  getxattr @26;   # node, name, size -> data or size
+  listxattr @27;  # node, size -> data or size
+  removexattr @28;# node, name
+  fallocate @29;  # fh, mode (in flags), offset, size
+}
+
+struct Credentials {
+  uid @0 :UInt32;
+  gid @1 :UInt32;
+  groups @2 :List(UInt32);
+}
+
+struct FileRequest {
+  version @0 :UInt16;
+  id @1 :UInt64;
+  op @2 :FileOp;
+  cred @3 :Credentials;
+  node @4 :UInt64;
+  name @5 :Text;
+  node2 @6 :UInt64;
+  name2 @7 :Text;
+  fh @8 :UInt64;
+  hasFh @9 :Bool;
+  flags @10 :UInt32;
+  mode @11 :UInt32;
+  rdev @12 :UInt64;
+  offset @13 :UInt64;
+  size @14 :UInt64;
+  data @15 :Data;
+  # setattr: which fields are set (FUSE_SET_ATTR_* bits) and their values.
+  valid @16 :UInt32;
+  uid @17 :UInt32;
+  gid @18 :UInt32;
+  atimeNs @19 :Int64;
+  mtimeNs @20 :Int64;
+}
+
+struct Attr {
+  ino @0 :UInt64;
+  mode @1 :UInt32;
+  nlink @2 :UInt64;
+  uid @3 :UInt32;
+  gid @4 :UInt32;
+  rdev @5 :UInt64;
+  size @6 :Int64;
+  blocks @7 :Int64;
+  blksize @8 :Int32;
+  atimeNs @9 :Int64;
+  mtimeNs @10 :Int64;
+  ctimeNs @11 :Int64;
+  dev @12 :UInt64;
+}
+
+struct Entry {
+  node @0 :UInt64;
+  # The server's id for the object; 0 for "." and ".." in readdir.
+  attr @1 :Attr;
+  name @2 :Text;
+  offset @3 :UInt64;
+  # readdir: the cookie that continues after this entry.
+}
+
+struct StatFs {
+  bsize @0 :UInt64;
+  frsize @1 :UInt64;
+  blocks @2 :UInt64;
+  bfree @3 :UInt64;
+  bavail @4 :UInt64;
+  files @5 :UInt64;
+  ffree @6 :UInt64;
+  favail @7 :UInt64;
+  fsid @8 :UInt64;
+  namemax @9 :UInt64;
+}
+
+struct FileResponse {
+  id @0 :UInt64;
+  error @1 :Int32;
+  # 0, or the positive errno the operation failed with.
+  entry @2 :Entry;
+  fh @3 :UInt64;
+  data @4 :Data;
+  size @5 :UInt64;
+  entries @6 :List(Entry);
+  statfs @7 :StatFs;
+  message @8 :Text;
+  # For protocol errors (a bad version): what went wrong.
+}
+
+# Server to client, outside any request: an object this client looked up changed at
+# home (another client or a local process wrote it), so cached data must go.
+struct FileNotice {
+  node @0 :UInt64;
+  parent @1 :UInt64;
+  name @2 :Text;
+}
+
+# Everything the server sends is a ServerMessage.
+struct ServerMessage {
+  union {
+    response @0 :FileResponse;
+    notice @1 :FileNotice;
+  }
+}
