@@ -33,11 +33,14 @@ class ClusterFoundationTest(unittest.TestCase):
             self.assertIn(" /data ", mounts)
 
             pids = [cluster.node(n)["pid"] for n in cluster.nodes]
-            mntns = [ns for n in cluster.nodes for ns in cluster.node(n)["mntns"]]
-            cluster.run("node1", "sh", "-c", "sleep 300 >/dev/null 2>&1 & echo started")
+            cgroups = [cluster.node(n)["cgroup"] for n in cluster.nodes]
+            started = cluster.run("node1", "sh", "-c",
+                                  "sleep 300 >/dev/null 2>&1 & echo $!").stdout.split()
+            pids += [int(p) for p in started]
         for pid in pids:
-            self.assertFalse(alive(pid), f"daemon {pid} survived teardown")
-        self.assertEqual(processes_in(mntns), [], "processes survived teardown")
+            self.assertFalse(alive(pid), f"process {pid} survived teardown")
+        for cgroup in cgroups:
+            self.assertFalse(os.path.exists(cgroup), f"cgroup {cgroup} survived teardown")
         self.assertFalse(os.path.exists(cluster.dir + "/cluster.json"))
 
     def test_exec_returns_status_and_errors(self):
@@ -75,18 +78,6 @@ def alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def processes_in(mntns):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry}/ns/mnt") in mntns:
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 if __name__ == "__main__":
