@@ -22,7 +22,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
       control_(loop, config_.control_socket,
                [this](auto request, ReplySender reply) {
                  HandleControl(request, std::move(reply));
-               }) {}
+               }),
+      gossip_(loop, config_) {}
 
 Daemon::~Daemon() { Stop(); }
 
@@ -43,6 +44,7 @@ void Daemon::Start() {
     CheckUv(uv_signal_start(handle->get(), on_signal, signo), "signal handler");
   }
   control_.Start();
+  gossip_.Start();
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
 }
@@ -51,6 +53,7 @@ void Daemon::Stop() {
   if (stopped_) return;
   stopped_ = true;
   control_.Stop();
+  gossip_.Stop();
   sigterm_.Close();
   sigint_.Close();
 }
@@ -61,7 +64,8 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       ReplyStatus(std::move(reply));
       return;
     case schema::ControlRequest::LIST_NODES:
-      break;
+      ReplyNodes(std::move(reply));
+      return;
   }
   Fail(ErrorKind::kUnimplemented, "this daemon does not know control request {}",
        static_cast<int>(request.which()));
@@ -79,6 +83,38 @@ void Daemon::ReplyStatus(ReplySender reply) {
   status.setGossipPort(config_.gossip_port);
   status.setPeerPort(config_.peer_port);
   status.setPid(::getpid());
+  reply.Send(message);
+}
+
+void Daemon::ReplyNodes(ReplySender reply) {
+  auto picture = gossip_.Picture();
+  capnp::MallocMessageBuilder message;
+  auto nodes = message.initRoot<schema::ControlReply>().initNodes().initNodes(
+      static_cast<unsigned>(picture.size()));
+  for (unsigned i = 0; i < picture.size(); ++i) {
+    const MemberView& view = picture[i];
+    const NodeRecord& record = view.record;
+    auto node = nodes[i];
+    node.setName(record.name);
+    node.setAddress(record.address);
+    node.setAlive(view.state != MemberState::kDead);
+    node.setState(MemberStateName(view.state));
+    node.setIsSelf(view.self);
+    node.setGossipPort(record.gossip_port);
+    node.setPeerPort(record.peer_port);
+    node.setCores(record.cores);
+    node.setSpeed(record.speed);
+    node.setLoad(record.load);
+    node.setHomewardLoad(record.homeward_load);
+    node.setMemFreeMb(record.mem_free_mb);
+    node.setMemTotalMb(record.mem_total_mb);
+    node.setSwapFreeMb(record.swap_free_mb);
+    node.setSwapTotalMb(record.swap_total_mb);
+    node.setJobsAway(record.jobs_away);
+    node.setGuestsHere(record.guests_here);
+    node.setAgeMs(static_cast<uint64_t>(view.age_ms));
+    node.setIncarnation(record.incarnation);
+  }
   reply.Send(message);
 }
 

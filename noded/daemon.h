@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "control_server.h"
+#include "gossip.h"
 #include "uv_handle.h"
 
 namespace homeward {
@@ -25,15 +26,18 @@ class Daemon {
   void Stop();
 
   const NodeConfig& config() const { return config_; }
+  Gossip& gossip() { return gossip_; }
 
  private:
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
   void ReplyStatus(ReplySender reply);
+  void ReplyNodes(ReplySender reply);
 
   uv_loop_t* loop_;
   NodeConfig config_;
   std::chrono::steady_clock::time_point started_;
   ControlServer control_;
+  Gossip gossip_;
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
   bool stopped_ = false;
