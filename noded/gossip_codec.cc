@@ -145,6 +145,7 @@ std::vector<uint8_t> GossipCodec::EncodeWithVersion(const GossipMessage& message
     out.setAgeMs(entry.age_ms);
     out.setState(static_cast<schema::MemberState>(entry.state));
   }
+  datagram.setNewsCount(message.news);
   if (!message.probe_name.empty()) {
     datagram.setProbeName(message.probe_name);
     datagram.setProbeAddress(message.probe.host);
@@ -234,6 +235,8 @@ std::optional<GossipMessage> GossipCodec::Decode(std::span<const uint8_t> datagr
       return drop(DropReason::kMalformed);
     }
     message.probe.port = root.getProbePort();
+    message.news = std::min<uint16_t>(root.getNewsCount(),
+                                      static_cast<uint16_t>(message.entries.size()));
   } catch (const kj::Exception&) {
     return drop(DropReason::kMalformed);
   }

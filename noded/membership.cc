@@ -66,12 +66,6 @@ void Membership::AddSeed(const Endpoint& seed) {
   if (std::find(seeds_.begin(), seeds_.end(), seed) == seeds_.end()) seeds_.push_back(seed);
 }
 
-size_t Membership::alive() const {
-  size_t count = 0;
-  for (const auto& [name, member] : members_) count += member.state != MemberState::kDead;
-  return count;
-}
-
 int Membership::NewsBudget() const {
   // SWIM's lambda * log(N): enough retransmissions that news reaches every node with
   // high probability, few enough that the window still carries fresh records.
@@ -80,15 +74,32 @@ int Membership::NewsBudget() const {
 }
 
 void Membership::MakeNews(Member& member) {
-  if (member.news_left == 0) {
-    if (news_.size() >= kMaxNews) {
-      auto it = members_.find(news_.front());
-      if (it != members_.end()) it->second.news_left = 0;
-      news_.erase(news_.begin());
+  int budget = NewsBudget();
+  for (auto& news : news_) {
+    if (news.name == member.record.name) {
+      news.left = budget;
+      return;
     }
-    news_.push_back(member.record.name);
   }
-  member.news_left = NewsBudget();
+  if (news_.size() >= kMaxNews) news_.erase(news_.begin());
+  news_.push_back(News{member.record.name, budget});
+}
+
+bool Membership::IsNews(const std::string& name) const {
+  for (const auto& news : news_) {
+    if (news.name == name) return true;
+  }
+  return false;
+}
+
+int64_t Membership::SuspicionMs() const {
+  // Refuting a suspicion takes news two trips across the cluster (out to the suspect,
+  // back from it), O(log N) rounds each: in a large cluster a fixed time would bury
+  // live nodes, so the suspicion lasts at least 2 log2(N) rounds, as in memberlist.
+  int64_t configured = options_.dead_after_ms - options_.suspect_after_ms;
+  double n = static_cast<double>(members_.size() + 2);
+  int64_t scaled = 2 * static_cast<int64_t>(std::ceil(std::log2(n))) * options_.interval_ms;
+  return std::max(configured, scaled);
 }
 
 void Membership::Index(const std::string& name, Member& member, int64_t new_origin) {
@@ -105,6 +116,13 @@ void Membership::SetState(Member& member, MemberState state, int64_t now_ms) {
   member.state = state;
   member.state_since_ms = now_ms;
   if (state != MemberState::kDead) by_origin_.insert({member.origin_ms, name});
+  if (state == MemberState::kAlive) {
+    not_alive_.erase(name);
+  } else {
+    not_alive_.insert(name);
+  }
+  if (old == MemberState::kDead) ++alive_count_;
+  if (state == MemberState::kDead) --alive_count_;
   if (state == MemberState::kSuspect) ++stats_.suspicions;
   if (state == MemberState::kDead) {
     ++stats_.deaths;
@@ -122,15 +140,19 @@ void Membership::Refute(uint64_t at_least) {
 void Membership::Forget(const std::string& name) {
   auto it = members_.find(name);
   if (it == members_.end()) return;
-  if (it->second.state != MemberState::kDead) by_origin_.erase({it->second.origin_ms, name});
+  if (it->second.state != MemberState::kDead) {
+    by_origin_.erase({it->second.origin_ms, name});
+    --alive_count_;
+  }
+  not_alive_.erase(name);
   members_.erase(it);
 }
 
 void Membership::EvictIfFull() {
   while (members_.size() > options_.capacity) {
     std::string victim;
-    for (const auto& [name, member] : members_) {
-      if (member.state == MemberState::kDead) {
+    for (const auto& name : not_alive_) {
+      if (members_.at(name).state == MemberState::kDead) {
         victim = name;
         break;
       }
@@ -145,7 +167,7 @@ void Membership::EvictIfFull() {
   }
 }
 
-void Membership::Merge(const WindowEntry& entry, int64_t now_ms) {
+void Membership::Merge(const WindowEntry& entry, int64_t now_ms, bool news) {
   const NodeRecord& incoming = entry.record;
   if (incoming.name == self_.name) {
     // Others suspect or buried this node, or remember a later life of it (a restart with
@@ -167,10 +189,12 @@ void Membership::Merge(const WindowEntry& entry, int64_t now_ms) {
     member.state_since_ms = now_ms;
     auto& added = members_.emplace(incoming.name, std::move(member)).first->second;
     by_origin_.insert({origin, incoming.name});
+    ++alive_count_;
+    if (added.state != MemberState::kAlive) not_alive_.insert(incoming.name);
     // A join is news while the table has room; once it is full, newly learned records
     // only replace the stalest ones and would otherwise crowd fresh records out of every
     // window.
-    if (members_.size() < options_.capacity) MakeNews(added);
+    if (news && members_.size() < options_.capacity) MakeNews(added);
     if (listener_) listener_(added.record, true);
     EvictIfFull();
     return;
@@ -198,7 +222,7 @@ void Membership::Merge(const WindowEntry& entry, int64_t now_ms) {
 }
 
 void Membership::MergeSender(const NodeRecord& sender, int64_t now_ms) {
-  Merge(WindowEntry{sender, 0, MemberState::kAlive}, now_ms);
+  Merge(WindowEntry{sender, 0, MemberState::kAlive}, now_ms, true);
 }
 
 GossipMessage Membership::Build(GossipMessage::Kind kind, uint64_t seq,
@@ -208,7 +232,7 @@ GossipMessage Membership::Build(GossipMessage::Kind kind, uint64_t seq,
   message.seq = seq;
   message.sender = self_;
   size_t window = static_cast<size_t>(std::max(options_.window, 0));
-  message.entries.reserve(window);
+  message.entries.reserve(2 * window + 1);
   std::vector<const std::string*> chosen;
   auto add = [&](const std::string& name, Member& member) {
     chosen.push_back(&name);
@@ -223,36 +247,36 @@ GossipMessage Membership::Build(GossipMessage::Kind kind, uint64_t seq,
   };
   // The recipient hears first what we believe about it, so that it can refute.
   if (auto it = members_.find(recipient);
-      it != members_.end() && it->second.state != MemberState::kAlive && window > 0) {
+      it != members_.end() && it->second.state != MemberState::kAlive) {
     add(it->first, it->second);
   }
   // Then news, least sent first, each a limited number of times.
-  if (!news_.empty() && message.entries.size() < window) {
-    std::vector<std::pair<int, size_t>> order;  // (-news_left, index)
-    for (size_t i = 0; i < news_.size(); ++i) {
-      auto it = members_.find(news_[i]);
-      if (it != members_.end() && it->second.news_left > 0) {
-        order.push_back({-it->second.news_left, i});
-      }
-    }
-    size_t room = window - message.entries.size();
-    size_t n = std::min(room, order.size());
+  size_t news_room = options_.news_per_datagram > 0
+                         ? static_cast<size_t>(options_.news_per_datagram) : window;
+  if (!news_.empty()) {
+    std::vector<std::pair<int, size_t>> order;  // (-left, index)
+    order.reserve(news_.size());
+    for (size_t i = 0; i < news_.size(); ++i) order.push_back({-news_[i].left, i});
+    size_t n = std::min(news_room, order.size());
     std::partial_sort(order.begin(), order.begin() + static_cast<long>(n), order.end());
     for (size_t k = 0; k < n; ++k) {
-      auto it = members_.find(news_[order[k].second]);
-      if (taken(it->first)) continue;
-      add(it->first, it->second);
-      --it->second.news_left;
+      News& news = news_[order[k].second];
+      auto it = members_.find(news.name);
+      if (it == members_.end()) {
+        news.left = 0;
+        continue;
+      }
+      if (!taken(it->first)) add(it->first, it->second);
+      --news.left;
     }
-    std::erase_if(news_, [&](const std::string& name) {
-      auto it = members_.find(name);
-      return it == members_.end() || it->second.news_left <= 0;
-    });
+    std::erase_if(news_, [](const News& news) { return news.left <= 0; });
   }
+  message.news = static_cast<uint16_t>(message.entries.size());
+  size_t limit = message.entries.size() + window;
   // Then the freshest records: the MOSIX window, which keeps the age of what every node
   // knows bounded however large the cluster grows.
   for (auto it = by_origin_.rbegin(); it != by_origin_.rend(); ++it) {
-    if (message.entries.size() >= window) break;
+    if (message.entries.size() >= limit) break;
     if (it->second == recipient || taken(it->second)) continue;
     auto member = members_.find(it->second);
     add(member->first, member->second);
@@ -301,12 +325,20 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
     if (!probe.indirect_sent && waited >= std::min(options_.interval_ms,
                                                    options_.suspect_after_ms / 2)) {
       probe.indirect_sent = true;
+      // k distinct live helpers drawn at random from this cycle's probe order.
       std::vector<std::string> helpers;
-      for (const auto& [name, m] : members_) {
-        if (m.state == MemberState::kAlive && name != probe.target) helpers.push_back(name);
+      for (int tries = 0; tries < 4 * options_.indirect_probes && !probe_order_.empty() &&
+                          helpers.size() < static_cast<size_t>(options_.indirect_probes);
+           ++tries) {
+        const std::string& name = probe_order_[random_() % probe_order_.size()];
+        auto m = members_.find(name);
+        if (name == probe.target || m == members_.end() ||
+            m->second.state != MemberState::kAlive ||
+            std::find(helpers.begin(), helpers.end(), name) != helpers.end()) {
+          continue;
+        }
+        helpers.push_back(name);
       }
-      std::shuffle(helpers.begin(), helpers.end(), random_);
-      helpers.resize(std::min(helpers.size(), static_cast<size_t>(options_.indirect_probes)));
       for (const auto& helper : helpers) {
         GossipMessage request = Build(GossipMessage::Kind::kPingReq, it->first, helper, now_ms);
         request.probe_name = probe.target;
@@ -318,14 +350,17 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
     ++it;
   }
   // Suspicion that nobody refuted becomes death; old tombstones are forgotten.
-  int64_t suspicion_ms = options_.dead_after_ms - options_.suspect_after_ms;
+  int64_t suspicion_ms = SuspicionMs();
   std::vector<std::string> forget;
-  for (auto& [name, member] : members_) {
+  std::vector<std::string> watched(not_alive_.begin(), not_alive_.end());
+  for (const auto& name : watched) {
+    Member& member = members_.at(name);
     if (member.state == MemberState::kSuspect && now_ms - member.state_since_ms >= suspicion_ms) {
       SetState(member, MemberState::kDead, now_ms);
       MakeNews(member);
-    } else if (member.state == MemberState::kDead && member.news_left == 0 &&
-               now_ms - member.state_since_ms >= options_.forget_dead_after_ms) {
+    } else if (member.state == MemberState::kDead &&
+               now_ms - member.state_since_ms >= options_.forget_dead_after_ms &&
+               !IsNews(name)) {
       forget.push_back(name);
     }
   }
@@ -355,7 +390,9 @@ void Membership::Receive(const GossipMessage& message, const Endpoint& from, int
                          std::vector<Outgoing>* out) {
   if (message.sender.name == self_.name) return;  // our own datagram, or a namesake
   MergeSender(message.sender, now_ms);
-  for (const auto& entry : message.entries) Merge(entry, now_ms);
+  for (size_t i = 0; i < message.entries.size(); ++i) {
+    Merge(message.entries[i], now_ms, i < message.news);
+  }
   switch (message.kind) {
     case GossipMessage::Kind::kPing:
       out->push_back({from, Build(GossipMessage::Kind::kAck, message.seq, message.sender.name,

@@ -52,7 +52,10 @@ struct GossipMessage {
   Kind kind = Kind::kPing;
   uint64_t seq = 0;
   NodeRecord sender;
+  // The first `news` entries are news (SWIM's piggybacked updates: joins, suspicions,
+  // deaths, refutations, load rises); the rest are the window of the freshest records.
   std::vector<WindowEntry> entries;
+  uint16_t news = 0;
   // pingReq: the node to probe; ack: the node that answered.
   std::string probe_name;
   Endpoint probe;
@@ -67,7 +70,8 @@ struct MembershipOptions {
   int64_t interval_ms = 1000;
   int64_t suspect_after_ms = 3000;  // a probe unanswered this long makes its target suspect
   int64_t dead_after_ms = 8000;     // ... and this long, dead
-  int window = 16;                  // records per datagram, besides the sender's own
+  int window = 16;                  // freshest records per datagram, besides the sender's own
+  int news_per_datagram = 0;        // news items per datagram at most; 0: as many as window
   int indirect_probes = 3;          // k peers asked to probe a node that did not answer
   size_t capacity = 4096;           // records kept at most; the stalest alive one goes first
   int64_t forget_dead_after_ms = 0;  // tombstones kept this long; 0: 4 * dead_after_ms
@@ -128,7 +132,7 @@ class Membership {
   // A known node (nullptr when unknown).
   const MemberView* Find(const std::string& name, int64_t now_ms, MemberView* storage) const;
   size_t known() const { return members_.size(); }
-  size_t alive() const;
+  size_t alive() const { return alive_count_; }
   const MembershipStats& stats() const { return stats_; }
 
  private:
@@ -137,7 +141,6 @@ class Membership {
     MemberState state = MemberState::kAlive;
     int64_t origin_ms = 0;        // when the record's information was measured (local time)
     int64_t state_since_ms = 0;
-    int news_left = 0;            // times this record is still to be sent as news
   };
   struct Probe {
     std::string target;
@@ -153,7 +156,9 @@ class Membership {
 
   GossipMessage Build(GossipMessage::Kind kind, uint64_t seq, const std::string& recipient,
                       int64_t now_ms);
-  void Merge(const WindowEntry& entry, int64_t now_ms);
+  // `news`: the entry came as news (or from the node itself), so what it teaches is news
+  // here too; a record learned from someone's freshest-records window is not.
+  void Merge(const WindowEntry& entry, int64_t now_ms, bool news);
   void MergeSender(const NodeRecord& sender, int64_t now_ms);
   void SetState(Member& member, MemberState state, int64_t now_ms);
   void Refute(uint64_t at_least);
@@ -162,6 +167,8 @@ class Membership {
   void EvictIfFull();
   void MakeNews(Member& member);
   int NewsBudget() const;
+  bool IsNews(const std::string& name) const;
+  int64_t SuspicionMs() const;
   std::string NextProbeTarget();
   uint64_t NextSeq() { return ++seq_; }
 
@@ -171,8 +178,13 @@ class Membership {
   std::unordered_map<std::string, Member> members_;
   // Alive and suspect members by freshness, to pick the window in O(window).
   std::set<std::pair<int64_t, std::string>> by_origin_;
-  std::vector<std::string> news_;         // names with news_left > 0 (self included)
-  int self_news_left_ = 0;
+  std::set<std::string> not_alive_;       // suspects and tombstones, for the round's timers
+  size_t alive_count_ = 0;                // members not dead
+  struct News {
+    std::string name;
+    int left = 0;  // times still to be sent
+  };
+  std::vector<News> news_;                // oldest first, at most kMaxNews
   std::vector<std::string> probe_order_;  // shuffled round-robin, as SWIM does
   size_t probe_next_ = 0;
   std::map<uint64_t, Probe> probes_;      // by seq

@@ -48,6 +48,7 @@ struct Datagram {
   probeName @5 :Text;        # pingReq: the node to probe for the sender; ack: who answered
   probeAddress @6 :Text;
   probePort @7 :UInt16;
+  newsCount @8 :UInt16;      # the first newsCount entries are news; the rest, the window
 
   enum Kind {
     ping @0;                 # answer with an ack carrying the same seq
