@@ -3,17 +3,17 @@
 // information stays and how fast changes spread, beside log2(N).
 #include <chrono>
 #include <cmath>
-#include <functional>
-#include <optional>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include "gossip_codec.h"
 #include "membership.h"
@@ -69,7 +69,10 @@ struct Watch {
 class Simulation {
  public:
   Simulation(int n, const Params& params)
-      : n_(n), params_(params), random_(params.seed), up_(n, 1),
+      : n_(n),
+        params_(params),
+        random_(params.seed),
+        up_(n, 1),
         codec_(std::vector<uint8_t>(32, 0x5a)) {
     MembershipOptions options;
     options.interval_ms = 1000;
@@ -203,8 +206,8 @@ class Simulation {
 
   void Observe(Watch* watch, const GossipMessage& message, int to) {
     if (!watch->active || watch->reached[static_cast<size_t>(to)]) return;
-    bool hit = message.sender.name == watch->name &&
-               watch->matches(message.sender, MemberState::kAlive);
+    bool hit =
+        message.sender.name == watch->name && watch->matches(message.sender, MemberState::kAlive);
     for (const auto& entry : message.entries) {
       hit = hit || (entry.record.name == watch->name && watch->matches(entry.record, entry.state));
     }
@@ -266,10 +269,9 @@ void RunSize(int n, const Params& params) {
     ++rounds;
   }
   Stats picture = sim.PictureAge(50);
-  double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  double lost_share = 100.0 * static_cast<double>(sim.lost_) /
-                      static_cast<double>(sim.lost_ + sim.delivered_);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double lost_share =
+      100.0 * static_cast<double>(sim.lost_) / static_cast<double>(sim.lost_ + sim.delivered_);
   fmt::print("N={:<6} log2(N)={:<5.1f} loss={:.0f}% window={} table<={}  ({} rounds, {:.1f} s)\n",
              n, std::log2(n), lost_share, params.window, std::min<size_t>(params.capacity, n),
              params.warmup_rounds + rounds, seconds);

@@ -63,11 +63,14 @@ Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
   });
 }
 
-Gossip::~Gossip() { Stop(); }
+Gossip::~Gossip() {
+  Stop();
+}
 
 int64_t Gossip::NowMs() const {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now() - epoch_).count();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               epoch_)
+      .count();
 }
 
 NodeRecord Gossip::Measured() const {
@@ -113,9 +116,8 @@ void Gossip::Start() {
   timer_.get()->data = this;
   auto interval = static_cast<uint64_t>(config_.gossip.interval.count());
   CheckUv(uv_timer_start(
-              timer_.get(),
-              [](uv_timer_t* timer) { static_cast<Gossip*>(timer->data)->Round(); }, 0,
-              interval),
+              timer_.get(), [](uv_timer_t* timer) { static_cast<Gossip*>(timer->data)->Round(); },
+              0, interval),
           "gossip timer");
   started_ = true;
   spdlog::info("gossip: listening on {}:{}/udp, every {} ms, {} seed(s)", config_.address,
@@ -129,7 +131,9 @@ void Gossip::Stop() {
   timer_.Close();
 }
 
-std::vector<MemberView> Gossip::Picture() const { return membership_.Picture(NowMs()); }
+std::vector<MemberView> Gossip::Picture() const {
+  return membership_.Picture(NowMs());
+}
 
 void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load) {
   jobs_away_ = jobs_away;
@@ -192,8 +196,8 @@ void Gossip::Send(const Outgoing& outgoing) {
     datagram = codec_.Encode(small);
   }
   sockaddr_in addr = outgoing.to.ToSockaddr();
-  uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(datagram.data()),
-                             static_cast<unsigned>(datagram.size()));
+  uv_buf_t buf =
+      uv_buf_init(reinterpret_cast<char*>(datagram.data()), static_cast<unsigned>(datagram.size()));
   // try_send: a datagram that cannot leave now is lost, as UDP may lose it anyway.
   int status = uv_udp_try_send(socket_.get(), &buf, 1, reinterpret_cast<const sockaddr*>(&addr));
   if (status < 0 && ++send_failures_ % 100 == 1) {
@@ -210,8 +214,8 @@ void Gossip::LogDrops() {
   for (size_t i = 0; i < drops_.by_reason.size(); ++i) {
     if (drops_.by_reason[i] == 0) continue;
     if (!reasons.empty()) reasons += ", ";
-    reasons += fmt::format("{} {}", drops_.by_reason[i],
-                           DropReasonName(static_cast<DropReason>(i)));
+    reasons +=
+        fmt::format("{} {}", drops_.by_reason[i], DropReasonName(static_cast<DropReason>(i)));
   }
   spdlog::warn("gossip: dropped {} datagram(s) since the last report ({} in all: {})",
                total - drops_logged_, total, reasons);

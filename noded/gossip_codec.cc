@@ -52,7 +52,9 @@ bool GetText(capnp::Text::Reader text, std::string* out) {
   return true;
 }
 
-bool FiniteNonNegative(float value) { return value >= 0.0f && value < 1e9f; }
+bool FiniteNonNegative(float value) {
+  return value >= 0.0f && value < 1e9f;
+}
 
 bool FromWire(schema::NodeRecord::Reader in, NodeRecord* out) {
   if (!GetText(in.getName(), &out->name) || out->name.empty()) return false;
@@ -155,8 +157,8 @@ std::vector<uint8_t> GossipCodec::EncodeWithVersion(const GossipMessage& message
   auto payload = words.asBytes();
   size_t size = kGossipHeaderBytes + payload.size() + kGossipMacBytes;
   if (size > kMaxGossipDatagram) {
-    Fail(ErrorKind::kInvalidInput, "a gossip datagram of {} bytes exceeds the {} byte limit",
-         size, kMaxGossipDatagram);
+    Fail(ErrorKind::kInvalidInput, "a gossip datagram of {} bytes exceeds the {} byte limit", size,
+         kMaxGossipDatagram);
   }
   std::vector<uint8_t> out(size);
   PutU32(out.data(), kGossipMagic);
@@ -196,8 +198,8 @@ std::optional<GossipMessage> GossipCodec::Decode(std::span<const uint8_t> datagr
     capnp::ReaderOptions options;
     options.traversalLimitInWords = kTraversalLimitWords;
     options.nestingLimit = 16;
-    capnp::FlatArrayMessageReader reader(
-        kj::arrayPtr(words.data(), payload_bytes / kWord), options);
+    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words.data(), payload_bytes / kWord),
+                                         options);
     auto root = reader.getRoot<schema::Datagram>();
     if (root.getVersion() != schema::GOSSIP_VERSION) return drop(DropReason::kBadVersion);
     switch (root.getKind()) {
@@ -235,8 +237,8 @@ std::optional<GossipMessage> GossipCodec::Decode(std::span<const uint8_t> datagr
       return drop(DropReason::kMalformed);
     }
     message.probe.port = root.getProbePort();
-    message.news = std::min<uint16_t>(root.getNewsCount(),
-                                      static_cast<uint16_t>(message.entries.size()));
+    message.news =
+        std::min<uint16_t>(root.getNewsCount(), static_cast<uint16_t>(message.entries.size()));
   } catch (const kj::Exception&) {
     return drop(DropReason::kMalformed);
   }

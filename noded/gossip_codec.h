@@ -19,12 +19,12 @@
 namespace homeward {
 
 enum class DropReason : uint8_t {
-  kTruncated = 0,   // shorter than header + MAC
-  kOversized,       // larger than kMaxGossipDatagram
-  kBadMagic,        // not a Homeward gossip datagram
-  kBadVersion,      // a protocol version this node does not speak
-  kBadMac,          // not made with this cluster's key (or altered)
-  kMalformed,       // authentic, but its message does not parse or is out of bounds
+  kTruncated = 0,  // shorter than header + MAC
+  kOversized,      // larger than kMaxGossipDatagram
+  kBadMagic,       // not a Homeward gossip datagram
+  kBadVersion,     // a protocol version this node does not speak
+  kBadMac,         // not made with this cluster's key (or altered)
+  kMalformed,      // authentic, but its message does not parse or is out of bounds
   kCount,
 };
 const char* DropReasonName(DropReason reason);
@@ -50,8 +50,7 @@ class GossipCodec {
   // (the caller sends a smaller window).
   std::vector<uint8_t> Encode(const GossipMessage& message) const;
   // The message, or nothing with the reason counted in `drops`.
-  std::optional<GossipMessage> Decode(std::span<const uint8_t> datagram,
-                                      DropCounters* drops) const;
+  std::optional<GossipMessage> Decode(std::span<const uint8_t> datagram, DropCounters* drops) const;
 
   // For tests: a datagram with an arbitrary header version, correctly MACed.
   std::vector<uint8_t> EncodeWithVersion(const GossipMessage& message, uint16_t version) const;

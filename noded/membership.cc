@@ -14,7 +14,9 @@ namespace {
 // been sent the most) so that a burst of changes cannot grow memory without bound.
 constexpr size_t kMaxNews = 256;
 
-int Severity(MemberState state) { return static_cast<int>(state); }
+int Severity(MemberState state) {
+  return static_cast<int>(state);
+}
 
 uint32_t AgeOf(int64_t origin_ms, int64_t now_ms) {
   int64_t age = now_ms - origin_ms;
@@ -48,7 +50,8 @@ MembershipOptions MembershipOptions::FromConfig(const GossipConfig& gossip) {
 
 Membership::Membership(NodeRecord self, MembershipOptions options, uint64_t random_seed)
     : self_(std::move(self)), options_(options), random_(random_seed) {
-  if (options_.forget_dead_after_ms <= 0) options_.forget_dead_after_ms = 4 * options_.dead_after_ms;
+  if (options_.forget_dead_after_ms <= 0)
+    options_.forget_dead_after_ms = 4 * options_.dead_after_ms;
   if (options_.capacity < 1) options_.capacity = 1;
 }
 
@@ -251,8 +254,8 @@ GossipMessage Membership::Build(GossipMessage::Kind kind, uint64_t seq,
     add(it->first, it->second);
   }
   // Then news, least sent first, each a limited number of times.
-  size_t news_room = options_.news_per_datagram > 0
-                         ? static_cast<size_t>(options_.news_per_datagram) : window;
+  size_t news_room =
+      options_.news_per_datagram > 0 ? static_cast<size_t>(options_.news_per_datagram) : window;
   if (!news_.empty()) {
     std::vector<std::pair<int, size_t>> order;  // (-left, index)
     order.reserve(news_.size());
@@ -322,8 +325,8 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
       it = probes_.erase(it);
       continue;
     }
-    if (!probe.indirect_sent && waited >= std::min(options_.interval_ms,
-                                                   options_.suspect_after_ms / 2)) {
+    if (!probe.indirect_sent &&
+        waited >= std::min(options_.interval_ms, options_.suspect_after_ms / 2)) {
       probe.indirect_sent = true;
       // k distinct live helpers drawn at random from this cycle's probe order.
       std::vector<std::string> helpers;
@@ -332,8 +335,7 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
            ++tries) {
         const std::string& name = probe_order_[random_() % probe_order_.size()];
         auto m = members_.find(name);
-        if (name == probe.target || m == members_.end() ||
-            m->second.state != MemberState::kAlive ||
+        if (name == probe.target || m == members_.end() || m->second.state != MemberState::kAlive ||
             std::find(helpers.begin(), helpers.end(), name) != helpers.end()) {
           continue;
         }
@@ -359,8 +361,7 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
       SetState(member, MemberState::kDead, now_ms);
       MakeNews(member);
     } else if (member.state == MemberState::kDead &&
-               now_ms - member.state_since_ms >= options_.forget_dead_after_ms &&
-               !IsNews(name)) {
+               now_ms - member.state_since_ms >= options_.forget_dead_after_ms && !IsNews(name)) {
       forget.push_back(name);
     }
   }
@@ -395,14 +396,14 @@ void Membership::Receive(const GossipMessage& message, const Endpoint& from, int
   }
   switch (message.kind) {
     case GossipMessage::Kind::kPing:
-      out->push_back({from, Build(GossipMessage::Kind::kAck, message.seq, message.sender.name,
-                                  now_ms)});
+      out->push_back(
+          {from, Build(GossipMessage::Kind::kAck, message.seq, message.sender.name, now_ms)});
       break;
     case GossipMessage::Kind::kAck:
       if (probes_.erase(message.seq) == 0) {
         if (auto relay = relays_.find(message.seq); relay != relays_.end()) {
-          GossipMessage ack = Build(GossipMessage::Kind::kAck, relay->second.requester_seq, {},
-                                    now_ms);
+          GossipMessage ack =
+              Build(GossipMessage::Kind::kAck, relay->second.requester_seq, {}, now_ms);
           ack.probe_name = message.sender.name;
           out->push_back({relay->second.requester, std::move(ack)});
           relays_.erase(relay);
@@ -414,8 +415,8 @@ void Membership::Receive(const GossipMessage& message, const Endpoint& from, int
       if (relays_.size() >= kMaxNews) break;  // bounded, whatever peers ask
       uint64_t seq = NextSeq();
       relays_[seq] = Relay{from, message.seq, now_ms};
-      out->push_back({message.probe, Build(GossipMessage::Kind::kPing, seq, message.probe_name,
-                                           now_ms)});
+      out->push_back(
+          {message.probe, Build(GossipMessage::Kind::kPing, seq, message.probe_name, now_ms)});
       break;
     }
   }

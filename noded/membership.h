@@ -68,14 +68,14 @@ struct Outgoing {
 
 struct MembershipOptions {
   int64_t interval_ms = 1000;
-  int64_t suspect_after_ms = 3000;  // a probe unanswered this long makes its target suspect
-  int64_t dead_after_ms = 8000;     // ... and this long, dead
-  int window = 16;                  // freshest records per datagram, besides the sender's own
-  int news_per_datagram = 0;        // news items per datagram at most; 0: as many as window
-  int indirect_probes = 3;          // k peers asked to probe a node that did not answer
-  size_t capacity = 4096;           // records kept at most; the stalest alive one goes first
+  int64_t suspect_after_ms = 3000;   // a probe unanswered this long makes its target suspect
+  int64_t dead_after_ms = 8000;      // ... and this long, dead
+  int window = 16;                   // freshest records per datagram, besides the sender's own
+  int news_per_datagram = 0;         // news items per datagram at most; 0: as many as window
+  int indirect_probes = 3;           // k peers asked to probe a node that did not answer
+  size_t capacity = 4096;            // records kept at most; the stalest alive one goes first
   int64_t forget_dead_after_ms = 0;  // tombstones kept this long; 0: 4 * dead_after_ms
-  float news_load_step = 0.5f;      // a load rise this large is spread as news
+  float news_load_step = 0.5f;       // a load rise this large is spread as news
   static MembershipOptions FromConfig(const GossipConfig& gossip);
 };
 
@@ -139,7 +139,7 @@ class Membership {
   struct Member {
     NodeRecord record;
     MemberState state = MemberState::kAlive;
-    int64_t origin_ms = 0;        // when the record's information was measured (local time)
+    int64_t origin_ms = 0;  // when the record's information was measured (local time)
     int64_t state_since_ms = 0;
   };
   struct Probe {
@@ -178,8 +178,8 @@ class Membership {
   std::unordered_map<std::string, Member> members_;
   // Alive and suspect members by freshness, to pick the window in O(window).
   std::set<std::pair<int64_t, std::string>> by_origin_;
-  std::set<std::string> not_alive_;       // suspects and tombstones, for the round's timers
-  size_t alive_count_ = 0;                // members not dead
+  std::set<std::string> not_alive_;  // suspects and tombstones, for the round's timers
+  size_t alive_count_ = 0;           // members not dead
   struct News {
     std::string name;
     int left = 0;  // times still to be sent
@@ -187,8 +187,8 @@ class Membership {
   std::vector<News> news_;                // oldest first, at most kMaxNews
   std::vector<std::string> probe_order_;  // shuffled round-robin, as SWIM does
   size_t probe_next_ = 0;
-  std::map<uint64_t, Probe> probes_;      // by seq
-  std::map<uint64_t, Relay> relays_;      // by our seq of the relayed ping
+  std::map<uint64_t, Probe> probes_;  // by seq
+  std::map<uint64_t, Relay> relays_;  // by our seq of the relayed ping
   std::vector<Endpoint> seeds_;
   uint64_t seq_ = 0;
   int64_t last_tick_ms_ = 0;

@@ -87,8 +87,8 @@ class Cluster {
       int to = std::stoi(outgoing.to.host.substr(outgoing.to.host.rfind('.') + 1));
       if (!nodes_.count(to) || down_.count(to) || cut(sender, to)) continue;
       std::vector<Outgoing> replies;
-      nodes_[to]->Receive(outgoing.message, Record(Name(sender), sender).gossip_endpoint(),
-                          now_, &replies);
+      nodes_[to]->Receive(outgoing.message, Record(Name(sender), sender).gossip_endpoint(), now_,
+                          &replies);
       for (auto& reply : replies) queue.push_back({to, std::move(reply)});
     }
   }
@@ -290,9 +290,7 @@ TEST(Membership, IndirectProbesSaveANodeBehindABrokenLink) {
   Cluster cluster(4);
   cluster.Run(10);
   // n1 and n4 cannot reach each other; the others reach both.
-  cluster.cut = [](int from, int to) {
-    return (from == 1 && to == 4) || (from == 4 && to == 1);
-  };
+  cluster.cut = [](int from, int to) { return (from == 1 && to == 4) || (from == 4 && to == 1); };
   cluster.Run(40);
   EXPECT_NE(cluster.StateSeenBy(1, 4), MemberState::kDead);
   EXPECT_NE(cluster.StateSeenBy(4, 1), MemberState::kDead);

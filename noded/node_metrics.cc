@@ -24,7 +24,9 @@ std::string ReadFile(const char* path) {
   return text.str();
 }
 
-uint32_t KbToMb(uint64_t kb) { return static_cast<uint32_t>(kb / 1024); }
+uint32_t KbToMb(uint64_t kb) {
+  return static_cast<uint32_t>(kb / 1024);
+}
 
 }  // namespace
 
@@ -88,8 +90,8 @@ double MeasureCpuSpeed() {
       acc = acc > 1e6 ? acc * 0.5 : acc;
     }
     sink = sink + acc;
-    double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
-                                                          start).count();
+    double us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
     best_us = std::min(best_us, us);
   }
   (void)sink;
@@ -107,8 +109,7 @@ void LoadAverage::Sample(double runnable, double elapsed_ms) {
   value_ += alpha * (runnable - value_);
 }
 
-NodeMetrics::NodeMetrics()
-    : cores_(UsableCores()), speed_(MeasureCpuSpeed()), load_(5000.0) {
+NodeMetrics::NodeMetrics() : cores_(UsableCores()), speed_(MeasureCpuSpeed()), load_(5000.0) {
   Sample(0);
 }
 

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "control_client.h"
@@ -38,7 +38,9 @@ struct Row {
   uint64_t age_ms = 0;
 };
 
-double Round2(double value) { return static_cast<double>(static_cast<long long>(value * 100 + 0.5)) / 100; }
+double Round2(double value) {
+  return static_cast<double>(static_cast<long long>(value * 100 + 0.5)) / 100;
+}
 
 std::vector<Row> Fetch(const std::string& socket) {
   auto client = ControlClient::Connect(socket);
@@ -161,14 +163,15 @@ std::string Age(uint64_t ms) {
 
 void Draw(const std::vector<Row>& rows, SortBy sort, const std::string& problem) {
   std::string screen = "\x1b[H\x1b[2J";  // home, clear
-  screen += fmt::format("Homeward cluster: {} node(s), {} alive   sorted by {}   "
-                        "[s] sort  [q] quit\n\n",
-                        rows.size(), std::count_if(rows.begin(), rows.end(),
-                                                   [](const Row& r) { return r.alive; }),
-                        SortName(sort));
-  screen += fmt::format("{:<16} {:<15} {:<7} {:>6} {:>5} {:>5} {:>6} {:>9} {:>9} {:>5} {:>6} {:>6}\n",
-                        "NODE", "ADDRESS", "STATE", "LOAD", "HW", "CPUS", "SPEED", "FREE MB",
-                        "TOTAL MB", "JOBS", "GUESTS", "AGE");
+  screen += fmt::format(
+      "Homeward cluster: {} node(s), {} alive   sorted by {}   "
+      "[s] sort  [q] quit\n\n",
+      rows.size(), std::count_if(rows.begin(), rows.end(), [](const Row& r) { return r.alive; }),
+      SortName(sort));
+  screen +=
+      fmt::format("{:<16} {:<15} {:<7} {:>6} {:>5} {:>5} {:>6} {:>9} {:>9} {:>5} {:>6} {:>6}\n",
+                  "NODE", "ADDRESS", "STATE", "LOAD", "HW", "CPUS", "SPEED", "FREE MB", "TOTAL MB",
+                  "JOBS", "GUESTS", "AGE");
   for (const auto& row : rows) {
     std::string name = row.self ? row.name + "*" : row.name;
     screen += fmt::format(
