@@ -29,7 +29,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
       peer_server_(config_.address, config_.peer_port, config_.cluster_key),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
                                      .self = config_.name,
-                                     .export_root = config_.export_root}) {}
+                                     .export_root = config_.export_root}),
+      gossip_(loop, config_) {}
 
 Daemon::~Daemon() { Stop(); }
 
@@ -62,6 +63,18 @@ void Daemon::Start() {
     // A node without /mosix (a developer's machine) still serves its files.
     spdlog::warn("no /mosix/home for this node: {}", e.what());
   }
+  // Every live peer's files appear at /mosix/home/<peer>. A mount outlives its peer's
+  // death: calls fail with EIO while the home is down and work again when it returns,
+  // so a false suspicion never costs a guest its files.
+  gossip_.Subscribe([this](const NodeRecord& peer, bool alive) {
+    if (!alive) return;
+    try {
+      home_mounts_.PeerUp(peer.name, peer.address, peer.peer_port);
+    } catch (const Error& e) {
+      spdlog::warn("cannot mount /mosix/home/{}: {}", peer.name, e.what());
+    }
+  });
+  gossip_.Start();
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
 }
@@ -74,6 +87,7 @@ void Daemon::Stop() {
   home_mounts_.Stop();
   file_server_.Stop();  // ends the served connections, so their threads can finish
   peer_server_.Stop();
+  gossip_.Stop();
   sigterm_.Close();
   sigint_.Close();
 }
@@ -84,7 +98,8 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       ReplyStatus(std::move(reply));
       return;
     case schema::ControlRequest::LIST_NODES:
-      break;
+      ReplyNodes(std::move(reply));
+      return;
     case schema::ControlRequest::START_JOB:
       jobs_.StartJob(request.getStartJob(), std::move(reply));
       return;
@@ -113,6 +128,38 @@ void Daemon::ReplyStatus(ReplySender reply) {
   status.setGossipPort(config_.gossip_port);
   status.setPeerPort(config_.peer_port);
   status.setPid(::getpid());
+  reply.Send(message);
+}
+
+void Daemon::ReplyNodes(ReplySender reply) {
+  auto picture = gossip_.Picture();
+  capnp::MallocMessageBuilder message;
+  auto nodes = message.initRoot<schema::ControlReply>().initNodes().initNodes(
+      static_cast<unsigned>(picture.size()));
+  for (unsigned i = 0; i < picture.size(); ++i) {
+    const MemberView& view = picture[i];
+    const NodeRecord& record = view.record;
+    auto node = nodes[i];
+    node.setName(record.name);
+    node.setAddress(record.address);
+    node.setAlive(view.state != MemberState::kDead);
+    node.setState(MemberStateName(view.state));
+    node.setIsSelf(view.self);
+    node.setGossipPort(record.gossip_port);
+    node.setPeerPort(record.peer_port);
+    node.setCores(record.cores);
+    node.setSpeed(record.speed);
+    node.setLoad(record.load);
+    node.setHomewardLoad(record.homeward_load);
+    node.setMemFreeMb(record.mem_free_mb);
+    node.setMemTotalMb(record.mem_total_mb);
+    node.setSwapFreeMb(record.swap_free_mb);
+    node.setSwapTotalMb(record.swap_total_mb);
+    node.setJobsAway(record.jobs_away);
+    node.setGuestsHere(record.guests_here);
+    node.setAgeMs(static_cast<uint64_t>(view.age_ms));
+    node.setIncarnation(record.incarnation);
+  }
   reply.Send(message);
 }
 

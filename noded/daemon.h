@@ -12,6 +12,7 @@
 #include "file_server.h"
 #include "home_mounts.h"
 #include "peer_server.h"
+#include "gossip.h"
 #include "uv_handle.h"
 
 namespace homeward {
@@ -31,10 +32,12 @@ class Daemon {
   const NodeConfig& config() const { return config_; }
   // /mosix/home: membership calls PeerUp/PeerDown on it as peers come and go.
   HomeMounts& home_mounts() { return home_mounts_; }
+  Gossip& gossip() { return gossip_; }
 
  private:
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
   void ReplyStatus(ReplySender reply);
+  void ReplyNodes(ReplySender reply);
 
   uv_loop_t* loop_;
   NodeConfig config_;
@@ -44,6 +47,7 @@ class Daemon {
   FileServer file_server_;
   PeerServer peer_server_;
   HomeMounts home_mounts_;
+  Gossip gossip_;
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
   bool stopped_ = false;

@@ -67,6 +67,23 @@ struct NodeInfo {
   name @0 :Text;
   address @1 :Text;
   alive @2 :Bool;
+  # What gossip says of the node (noded/membership.h): the local node is listed too.
+  state @3 :Text;            # "alive", "suspect" or "dead"
+  isSelf @4 :Bool;
+  gossipPort @5 :UInt16;
+  peerPort @6 :UInt16;
+  cores @7 :UInt16;
+  speed @8 :Float32;
+  load @9 :Float32;
+  homewardLoad @10 :Float32;
+  memFreeMb @11 :UInt32;
+  memTotalMb @12 :UInt32;
+  swapFreeMb @13 :UInt32;
+  swapTotalMb @14 :UInt32;
+  jobsAway @15 :UInt32;
+  guestsHere @16 :UInt32;
+  ageMs @17 :UInt64;
+  incarnation @18 :UInt64;
 }
 
 struct JobSpec {

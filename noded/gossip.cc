@@ -1,0 +1,226 @@
+// Gossip on libuv: one UDP socket and one timer driving Membership.
+#include "gossip.h"
+
+#include <arpa/inet.h>
+#include <sys/time.h>
+
+#include <chrono>
+
+#include <spdlog/spdlog.h>
+
+#include "error.h"
+#include "uv_error.h"
+
+namespace homeward {
+
+namespace {
+
+// One buffer for every datagram: a datagram larger than the limit arrives truncated
+// (UV_UDP_PARTIAL) and is dropped as oversized, so garbage never allocates.
+constexpr size_t kReceiveBuffer = kMaxGossipDatagram + 1;
+// Drops are logged at most this often, with the counts since the last line.
+constexpr int64_t kDropLogIntervalMs = 10'000;
+
+uint64_t StartIncarnation() {
+  // Wall-clock milliseconds: a restarted daemon starts above anything its former life
+  // could have raised its incarnation to by refuting suspicions.
+  timeval now{};
+  gettimeofday(&now, nullptr);
+  return static_cast<uint64_t>(now.tv_sec) * 1000 + static_cast<uint64_t>(now.tv_usec) / 1000;
+}
+
+uint64_t RandomSeed(const NodeConfig& config) {
+  uint64_t seed = 0;
+  randombytes_buf(&seed, sizeof seed);
+  return seed ^ std::hash<std::string>{}(config.name);
+}
+
+NodeRecord SelfRecord(const NodeConfig& config) {
+  NodeRecord self;
+  self.name = config.name;
+  self.address = config.address;
+  self.gossip_port = config.gossip_port;
+  self.peer_port = config.peer_port;
+  self.incarnation = StartIncarnation();
+  return self;
+}
+
+}  // namespace
+
+Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
+    : loop_(loop),
+      config_(config),
+      codec_(config.cluster_key),
+      membership_(SelfRecord(config), MembershipOptions::FromConfig(config.gossip),
+                  RandomSeed(config)),
+      epoch_(std::chrono::steady_clock::now()),
+      receive_buffer_(new char[kReceiveBuffer]) {
+  for (const auto& seed : config_.seeds) membership_.AddSeed(seed);
+  membership_.UpdateSelf(Measured());
+  membership_.SetChangeListener([this](const NodeRecord& peer, bool alive) {
+    spdlog::info("gossip: {} ({}) is {}", peer.name, peer.address, alive ? "alive" : "dead");
+    for (const auto& callback : subscribers_) callback(peer, alive);
+  });
+}
+
+Gossip::~Gossip() {
+  Stop();
+}
+
+int64_t Gossip::NowMs() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               epoch_)
+      .count();
+}
+
+NodeRecord Gossip::Measured() const {
+  NodeRecord record;
+  record.cores = static_cast<uint16_t>(metrics_.cores());
+  record.speed = static_cast<float>(metrics_.speed());
+  record.load = static_cast<float>(metrics_.load());
+  record.homeward_load = homeward_load_;
+  const MemInfo& memory = metrics_.memory();
+  record.mem_free_mb = memory.mem_free_mb;
+  record.mem_total_mb = memory.mem_total_mb;
+  record.swap_free_mb = memory.swap_free_mb;
+  record.swap_total_mb = memory.swap_total_mb;
+  record.jobs_away = jobs_away_;
+  record.guests_here = guests_here_;
+  return record;
+}
+
+void Gossip::Start() {
+  CheckUv(uv_udp_init(loop_, socket_.get()), "gossip socket");
+  socket_.get()->data = this;
+  sockaddr_in addr = Endpoint{config_.address, config_.gossip_port}.ToSockaddr();
+  CheckUv(uv_udp_bind(socket_.get(), reinterpret_cast<const sockaddr*>(&addr), 0),
+          fmt::format("bind gossip socket {}:{}/udp", config_.address, config_.gossip_port));
+  CheckUv(uv_udp_recv_start(
+              socket_.get(),
+              [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
+                auto* self = static_cast<Gossip*>(handle->data);
+                buf->base = self->receive_buffer_.get();
+                buf->len = kReceiveBuffer;
+              },
+              [](uv_udp_t* handle, ssize_t nread, const uv_buf_t* buf, const sockaddr* addr,
+                 unsigned flags) {
+                auto* self = static_cast<Gossip*>(handle->data);
+                if (flags & UV_UDP_PARTIAL) {
+                  self->drops_.Count(DropReason::kOversized);
+                  return;
+                }
+                self->OnDatagram(nread, buf, addr);
+              }),
+          "gossip receive");
+  CheckUv(uv_timer_init(loop_, timer_.get()), "gossip timer");
+  timer_.get()->data = this;
+  auto interval = static_cast<uint64_t>(config_.gossip.interval.count());
+  CheckUv(uv_timer_start(
+              timer_.get(), [](uv_timer_t* timer) { static_cast<Gossip*>(timer->data)->Round(); },
+              0, interval),
+          "gossip timer");
+  started_ = true;
+  spdlog::info("gossip: listening on {}:{}/udp, every {} ms, {} seed(s)", config_.address,
+               config_.gossip_port, interval, config_.seeds.size());
+}
+
+void Gossip::Stop() {
+  if (!started_) return;
+  started_ = false;
+  socket_.Close();
+  timer_.Close();
+}
+
+std::vector<MemberView> Gossip::Picture() const {
+  return membership_.Picture(NowMs());
+}
+
+void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load) {
+  jobs_away_ = jobs_away;
+  guests_here_ = guests_here;
+  homeward_load_ = homeward_load;
+  membership_.UpdateSelf(Measured());
+}
+
+// Runs inside a libuv callback: nothing may throw out of it.
+void Gossip::Round() {
+  try {
+    int64_t now = NowMs();
+    metrics_.Sample(static_cast<double>(now - last_round_ms_));
+    last_round_ms_ = now;
+    membership_.UpdateSelf(Measured());
+    membership_.Tick(now, &outbox_);
+    SendAll();
+    LogDrops();
+  } catch (const std::exception& e) {
+    outbox_.clear();
+    spdlog::error("gossip: round failed: {}", e.what());
+  }
+}
+
+void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr) {
+  if (nread == 0 || addr == nullptr) return;  // nothing more to read now
+  if (nread < 0) {
+    spdlog::debug("gossip: receive error: {}", uv_strerror(static_cast<int>(nread)));
+    return;
+  }
+  try {
+    auto message = codec_.Decode(
+        std::span(reinterpret_cast<const uint8_t*>(buf->base), static_cast<size_t>(nread)),
+        &drops_);
+    if (!message || addr->sa_family != AF_INET) return;
+    const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
+    char host[INET_ADDRSTRLEN] = {};
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    membership_.Receive(*message, Endpoint{host, ntohs(in->sin_port)}, NowMs(), &outbox_);
+    SendAll();
+  } catch (const std::exception& e) {
+    outbox_.clear();
+    spdlog::error("gossip: handling a datagram failed: {}", e.what());
+  }
+}
+
+void Gossip::SendAll() {
+  for (const auto& outgoing : outbox_) Send(outgoing);
+  outbox_.clear();
+}
+
+void Gossip::Send(const Outgoing& outgoing) {
+  std::vector<uint8_t> datagram;
+  try {
+    datagram = codec_.Encode(outgoing.message);
+  } catch (const Error&) {
+    // A window too large for one datagram: send the sender's record alone.
+    GossipMessage small = outgoing.message;
+    small.entries.clear();
+    datagram = codec_.Encode(small);
+  }
+  sockaddr_in addr = outgoing.to.ToSockaddr();
+  uv_buf_t buf =
+      uv_buf_init(reinterpret_cast<char*>(datagram.data()), static_cast<unsigned>(datagram.size()));
+  // try_send: a datagram that cannot leave now is lost, as UDP may lose it anyway.
+  int status = uv_udp_try_send(socket_.get(), &buf, 1, reinterpret_cast<const sockaddr*>(&addr));
+  if (status < 0 && ++send_failures_ % 100 == 1) {
+    spdlog::debug("gossip: send to {} failed: {} ({} failures)", outgoing.to.ToString(),
+                  uv_strerror(status), send_failures_);
+  }
+}
+
+void Gossip::LogDrops() {
+  uint64_t total = drops_.total();
+  int64_t now = NowMs();
+  if (total == drops_logged_ || now - drops_logged_at_ms_ < kDropLogIntervalMs) return;
+  std::string reasons;
+  for (size_t i = 0; i < drops_.by_reason.size(); ++i) {
+    if (drops_.by_reason[i] == 0) continue;
+    if (!reasons.empty()) reasons += ", ";
+    reasons +=
+        fmt::format("{} {}", drops_.by_reason[i], DropReasonName(static_cast<DropReason>(i)));
+  }
+  spdlog::warn("gossip: dropped {} datagram(s) since the last report ({} in all: {})",
+               total - drops_logged_, total, reasons);
+  drops_logged_ = total;
+  drops_logged_at_ms_ = now;
+}
+
+}  // namespace homeward

@@ -1,0 +1,199 @@
+// Membership: the cluster picture one node holds, and the gossip and failure-detection
+// rules that keep it fresh. Pure logic: time comes in as milliseconds and datagrams go
+// out as values, so the daemon drives it from libuv and the simulator from virtual time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config.h"
+
+namespace homeward {
+
+// What a node publishes about itself.
+struct NodeRecord {
+  std::string name;
+  std::string address;
+  uint16_t gossip_port = 0;
+  uint16_t peer_port = 0;
+  uint16_t cores = 1;
+  float speed = 1.0f;
+  float load = 0.0f;
+  float homeward_load = 0.0f;
+  uint32_t mem_free_mb = 0;
+  uint32_t mem_total_mb = 0;
+  uint32_t swap_free_mb = 0;
+  uint32_t swap_total_mb = 0;
+  uint32_t jobs_away = 0;
+  uint32_t guests_here = 0;
+  uint64_t incarnation = 0;
+
+  Endpoint gossip_endpoint() const { return {address, gossip_port}; }
+};
+
+enum class MemberState : uint8_t { kAlive = 0, kSuspect = 1, kDead = 2 };
+const char* MemberStateName(MemberState state);
+
+struct WindowEntry {
+  NodeRecord record;
+  uint32_t age_ms = 0;
+  MemberState state = MemberState::kAlive;
+};
+
+// One gossip datagram, decoded (the wire form is in utils/schema/gossip.capnp).
+struct GossipMessage {
+  enum class Kind : uint8_t { kPing = 0, kAck = 1, kPingReq = 2 };
+  Kind kind = Kind::kPing;
+  uint64_t seq = 0;
+  NodeRecord sender;
+  // The first `news` entries are news (SWIM's piggybacked updates: joins, suspicions,
+  // deaths, refutations, load rises); the rest are the window of the freshest records.
+  std::vector<WindowEntry> entries;
+  uint16_t news = 0;
+  // pingReq: the node to probe; ack: the node that answered.
+  std::string probe_name;
+  Endpoint probe;
+};
+
+struct Outgoing {
+  Endpoint to;
+  GossipMessage message;
+};
+
+struct MembershipOptions {
+  int64_t interval_ms = 1000;
+  int64_t suspect_after_ms = 3000;   // a probe unanswered this long makes its target suspect
+  int64_t dead_after_ms = 8000;      // ... and this long, dead
+  int window = 16;                   // freshest records per datagram, besides the sender's own
+  int news_per_datagram = 0;         // news items per datagram at most; 0: as many as window
+  int indirect_probes = 3;           // k peers asked to probe a node that did not answer
+  size_t capacity = 4096;            // records kept at most; the stalest alive one goes first
+  int64_t forget_dead_after_ms = 0;  // tombstones kept this long; 0: 4 * dead_after_ms
+  float news_load_step = 0.5f;       // a load rise this large is spread as news
+  static MembershipOptions FromConfig(const GossipConfig& gossip);
+};
+
+// A node as the picture shows it.
+struct MemberView {
+  NodeRecord record;
+  MemberState state = MemberState::kAlive;
+  int64_t age_ms = 0;  // age of the record's information
+  bool self = false;
+};
+
+// Counters for tests, the simulator and the logs.
+struct MembershipStats {
+  uint64_t probes = 0;
+  uint64_t indirect_probes = 0;
+  uint64_t suspicions = 0;
+  uint64_t deaths = 0;
+  uint64_t refutations = 0;
+  uint64_t evictions = 0;
+};
+
+class Membership {
+ public:
+  // `peer` became alive (true) or dead (false) in this node's picture.
+  using ChangeListener = std::function<void(const NodeRecord& peer, bool alive)>;
+
+  Membership(NodeRecord self, MembershipOptions options, uint64_t random_seed);
+  Membership(const Membership&) = delete;
+  Membership& operator=(const Membership&) = delete;
+  Membership(Membership&&) = default;
+  Membership& operator=(Membership&&) = default;
+
+  // Replaces the measurements the local record publishes; name, address, ports and
+  // incarnation stay. A load rise of news_load_step or more is spread as news, a fall is
+  // not: news of a newly idle node travels only with the freshest-records window, so the
+  // whole cluster does not learn of it, and flock to it, in the same few rounds.
+  void UpdateSelf(const NodeRecord& measured);
+  const NodeRecord& self() const { return self_; }
+
+  // Addresses to contact while no peer is known (a newcomer needs one).
+  void AddSeed(const Endpoint& seed);
+  void SetChangeListener(ChangeListener listener) { listener_ = std::move(listener); }
+
+  // One gossip round: probes the next peer (carrying the window), sends indirect probes
+  // for unanswered ones, turns overdue probes into suspicion and suspicion into death,
+  // forgets old tombstones. Appends what to send to `out`.
+  void Tick(int64_t now_ms, std::vector<Outgoing>* out);
+  // Handles a datagram that arrived from `from` (its UDP source). Appends replies.
+  void Receive(const GossipMessage& message, const Endpoint& from, int64_t now_ms,
+               std::vector<Outgoing>* out);
+
+  // The picture: every known node with its state, the local one included.
+  std::vector<MemberView> Picture(int64_t now_ms) const;
+  // A known node (nullptr when unknown).
+  const MemberView* Find(const std::string& name, int64_t now_ms, MemberView* storage) const;
+  size_t known() const { return members_.size(); }
+  size_t alive() const { return alive_count_; }
+  const MembershipStats& stats() const { return stats_; }
+
+ private:
+  struct Member {
+    NodeRecord record;
+    MemberState state = MemberState::kAlive;
+    int64_t origin_ms = 0;  // when the record's information was measured (local time)
+    int64_t state_since_ms = 0;
+  };
+  struct Probe {
+    std::string target;
+    Endpoint endpoint;
+    int64_t started_ms = 0;
+    bool indirect_sent = false;
+  };
+  struct Relay {  // a ping sent on someone's behalf (pingReq)
+    Endpoint requester;
+    uint64_t requester_seq = 0;
+    int64_t started_ms = 0;
+  };
+
+  GossipMessage Build(GossipMessage::Kind kind, uint64_t seq, const std::string& recipient,
+                      int64_t now_ms);
+  // `news`: the entry came as news (or from the node itself), so what it teaches is news
+  // here too; a record learned from someone's freshest-records window is not.
+  void Merge(const WindowEntry& entry, int64_t now_ms, bool news);
+  void MergeSender(const NodeRecord& sender, int64_t now_ms);
+  void SetState(Member& member, MemberState state, int64_t now_ms);
+  void Refute(uint64_t at_least);
+  void Index(const std::string& name, Member& member, int64_t new_origin);
+  void Forget(const std::string& name);
+  void EvictIfFull();
+  void MakeNews(Member& member);
+  int NewsBudget() const;
+  bool IsNews(const std::string& name) const;
+  int64_t SuspicionMs() const;
+  std::string NextProbeTarget();
+  uint64_t NextSeq() { return ++seq_; }
+
+  NodeRecord self_;
+  MembershipOptions options_;
+  std::mt19937_64 random_;
+  std::unordered_map<std::string, Member> members_;
+  // Alive and suspect members by freshness, to pick the window in O(window).
+  std::set<std::pair<int64_t, std::string>> by_origin_;
+  std::set<std::string> not_alive_;  // suspects and tombstones, for the round's timers
+  size_t alive_count_ = 0;           // members not dead
+  struct News {
+    std::string name;
+    int left = 0;  // times still to be sent
+  };
+  std::vector<News> news_;                // oldest first, at most kMaxNews
+  std::vector<std::string> probe_order_;  // shuffled round-robin, as SWIM does
+  size_t probe_next_ = 0;
+  std::map<uint64_t, Probe> probes_;  // by seq
+  std::map<uint64_t, Relay> relays_;  // by our seq of the relayed ping
+  std::vector<Endpoint> seeds_;
+  uint64_t seq_ = 0;
+  int64_t last_tick_ms_ = 0;
+  ChangeListener listener_;
+  MembershipStats stats_;
+};
+
+}  // namespace homeward
