@@ -12,9 +12,19 @@
 #include <spdlog/spdlog.h>
 
 #include "homeward_config.h"
+#include "install_paths.h"
 #include "uv_error.h"
 
 namespace homeward {
+
+namespace {
+
+std::string MosmountPath() {
+  std::string path = FindBesideExecutable({"../homefs/mosmount", "mosmount"});
+  return path.empty() ? "mosmount" : path;
+}
+
+}  // namespace
 
 Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
     : loop_(loop),
@@ -29,7 +39,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
       peer_server_(config_.address, config_.peer_port, config_.cluster_key),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
                                      .self = config_.name,
-                                     .export_root = config_.export_root}),
+                                     .export_root = config_.export_root,
+                                     .mosmount = MosmountPath()}),
       gossip_(loop, config_) {}
 
 Daemon::~Daemon() { Stop(); }

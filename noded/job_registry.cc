@@ -9,29 +9,16 @@
 #include <spdlog/spdlog.h>
 
 #include "error.h"
+#include "install_paths.h"
 
 namespace homeward {
 
-namespace {
-
-// The daemon's helpers live beside its executable, in the build tree and installed.
-std::string FindBeside(const std::vector<std::string>& candidates) {
-  std::error_code ec;
-  auto dir = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path();
-  for (const auto& candidate : candidates) {
-    auto path = (dir / candidate).lexically_normal();
-    if (std::filesystem::exists(path, ec)) return path.string();
-  }
-  return {};
-}
-
-}  // namespace
 
 JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config)
     : loop_(loop),
       config_(config),
-      init_path_(FindBeside({"mosjob-init", "../libexec/homeward/mosjob-init"})),
-      preload_path_(FindBeside({"../preload/libmosix_preload.so", "libmosix_preload.so",
+      init_path_(FindBesideExecutable({"mosjob-init", "../libexec/homeward/mosjob-init"})),
+      preload_path_(FindBesideExecutable({"../preload/libmosix_preload.so", "libmosix_preload.so",
                                 "../lib/homeward/libmosix_preload.so"})) {
   if (preload_path_.empty()) {
     spdlog::warn("libmosix_preload.so not found beside mosnoded: jobs run without the shim");
