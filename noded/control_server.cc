@@ -94,12 +94,28 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
     socklen_t length = sizeof cred;
     if (uv_fileno(pipe_.base(), &fd) == 0 &&
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0) {
-      caller_ = Caller{cred.pid, cred.uid, cred.gid};
+      caller_.pid = cred.pid;
+      caller_.uid = cred.uid;
+      caller_.gid = cred.gid;
     }
   }
   size_t queued_bytes() const { return closed_ ? 0 : pipe_.stream()->write_queue_size; }
   void SetStream(StreamHandlers handlers) { stream_ = std::move(handlers); }
   void SetOnDrain(std::function<void()> callback) { on_drain_ = std::move(callback); }
+  void SetCaller(Caller caller) { caller_ = std::move(caller); }
+  void PauseReading(bool pause) {
+    if (closed_ || pause == reading_paused_) return;
+    reading_paused_ = pause;
+    if (pause) {
+      uv_read_stop(pipe_.stream());
+    } else {
+      try {
+        StartReading();
+      } catch (const Error& e) {
+        Close();
+      }
+    }
+  }
 
  private:
   struct WriteRequest {
@@ -143,7 +159,8 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
   void Dispatch(IncomingMessage& message) {
     if (stream_.on_message) {
       try {
-        stream_.on_message(message.Root<schema::ControlRequest>());
+        auto handler = stream_.on_message;  // may be replaced or cleared while it runs
+        handler(message);
       } catch (const std::exception& e) {
         spdlog::warn("control: dropping a stream whose client sent a bad message: {}",
                      e.what());
@@ -176,6 +193,7 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
   char read_buffer_[64 * 1024];
   bool closed_ = false;
   bool closing_ = false;
+  bool reading_paused_ = false;
   Caller caller_;
   StreamHandlers stream_;
   std::function<void()> on_drain_;
@@ -218,6 +236,10 @@ bool ControlStream::open() const {
 size_t ControlStream::queued_bytes() const {
   auto connection = connection_.lock();
   return connection ? connection->queued_bytes() : 0;
+}
+
+void ControlStream::PauseReading(bool pause) {
+  if (auto connection = connection_.lock()) connection->PauseReading(pause);
 }
 
 void ControlStream::OnDrain(std::function<void()> callback) {
@@ -266,6 +288,12 @@ void ControlServer::Start() {
     Fail(ErrorKind::kFailed, "another node daemon is already serving {}", socket_path_);
   }
   ::unlink(socket_path_.c_str());
+  CheckUv(uv_async_init(loop_, adopt_wakeup_.get(),
+                        [](uv_async_t* async) {
+                          static_cast<ControlServer*>(async->data)->TakeAdopted();
+                        }),
+          "control wake-up");
+  adopt_wakeup_.get()->data = this;
   CheckUv(uv_pipe_init(loop_, listener_.get(), 0), "control socket");
   listener_.get()->data = this;
   CheckUv(uv_pipe_bind(listener_.get(), socket_path_.c_str()),
@@ -296,6 +324,52 @@ void ControlServer::Accept() {
   }
 }
 
+std::shared_ptr<ControlConnection> ControlServer::Adopt(Fd fd, Caller caller) {
+  auto connection = std::make_shared<ControlConnection>(this);
+  CheckUv(uv_pipe_init(loop_, connection->pipe(), 0), "adopt connection");
+  // libuv's stream code serves any connected stream socket, TCP included, as a pipe.
+  CheckUv(uv_pipe_open(connection->pipe(), fd.get()), "adopt connection");
+  fd.Release();
+  connection->SetCaller(std::move(caller));
+  connections_.insert(connection);
+  return connection;
+}
+
+void ControlServer::AdoptPeer(Fd fd, std::string peer_address) {
+  {
+    std::lock_guard lock(adopt_mutex_);
+    adopt_queue_.emplace_back(std::move(fd), std::move(peer_address));
+  }
+  // Dropped when the server has stopped: the queued connections then close with it.
+  if (listening_) uv_async_send(adopt_wakeup_.get());
+}
+
+void ControlServer::TakeAdopted() {
+  std::vector<std::pair<Fd, std::string>> adopted;
+  {
+    std::lock_guard lock(adopt_mutex_);
+    adopted.swap(adopt_queue_);
+  }
+  for (auto& [fd, address] : adopted) {
+    try {
+      Caller caller;
+      caller.peer = true;
+      caller.peer_address = address;
+      auto connection = Adopt(std::move(fd), std::move(caller));
+      connection->StartReading();
+    } catch (const Error& e) {
+      spdlog::warn("peer {}: {}", address, e.what());
+    }
+  }
+}
+
+ControlStream ControlServer::AdoptStream(Fd fd, Caller caller, StreamHandlers handlers) {
+  auto connection = Adopt(std::move(fd), std::move(caller));
+  connection->SetStream(std::move(handlers));
+  connection->StartReading();
+  return ControlStream(connection);
+}
+
 void ControlServer::Forget(ControlConnection* connection) {
   for (auto it = connections_.begin(); it != connections_.end(); ++it) {
     if (it->get() == connection) {
@@ -309,6 +383,7 @@ void ControlServer::Stop() {
   if (!listening_) return;
   listening_ = false;
   listener_.Close();
+  adopt_wakeup_.Close();
   auto connections = connections_;
   for (auto& connection : connections) connection->Close();
   ::unlink(socket_path_.c_str());

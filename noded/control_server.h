@@ -8,11 +8,15 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <mutex>
 #include <unordered_set>
+#include <vector>
 
 #include <capnp/message.h>
 
 #include "error.h"
+#include "fd.h"
+#include "framing.h"
 #include "schema/control.capnp.h"
 #include "uv_handle.h"
 
@@ -26,6 +30,10 @@ struct Caller {
   pid_t pid = -1;
   uid_t uid = static_cast<uid_t>(-1);
   gid_t gid = static_cast<gid_t>(-1);
+  // Another node's daemon, authenticated by the cluster key (pid, uid and gid are then
+  // meaningless). Only peers may start guests.
+  bool peer = false;
+  std::string peer_address;
 };
 
 // A connection turned into a two-way stream (mosrun's relay of a job's stdio, signals
@@ -45,6 +53,8 @@ class ControlStream {
   // Called once the queue has drained after exceeding `kHighWater`: the producer paused
   // (its job's output) may resume.
   void OnDrain(std::function<void()> callback);
+  // Stops (or resumes) reading from the other end: back-pressure across a relay.
+  void PauseReading(bool pause);
   static constexpr size_t kHighWater = 1 << 20;
 
  private:
@@ -53,7 +63,9 @@ class ControlStream {
 
 // Receives every later message of a streaming connection, and its end.
 struct StreamHandlers {
-  std::function<void(schema::ControlRequest::Reader)> on_message;
+  // The raw message: a stream that home opened to a peer receives ControlReply messages,
+  // the other streams ControlRequest ones.
+  std::function<void(IncomingMessage&)> on_message;
   std::function<void()> on_close;
 };
 
@@ -97,10 +109,19 @@ class ControlServer {
   // Stops listening, closes every connection and removes the socket file.
   void Stop();
 
+  // Serves an authenticated connection from another node's daemon like a local client
+  // (requests to the handler). Safe to call from any thread: peer connections are
+  // authenticated on the peer server's threads, then served on the loop.
+  void AdoptPeer(Fd fd, std::string peer_address);
+  // Makes a connection this daemon opened to a peer a stream at once (on the loop).
+  ControlStream AdoptStream(Fd fd, Caller caller, StreamHandlers handlers);
+
  private:
   friend class ControlConnection;
   void Accept();
   void Forget(ControlConnection* connection);
+  std::shared_ptr<ControlConnection> Adopt(Fd fd, Caller caller);
+  void TakeAdopted();
 
   uv_loop_t* loop_;
   std::string socket_path_;
@@ -108,6 +129,9 @@ class ControlServer {
   UvHandle<uv_pipe_t> listener_;
   std::unordered_set<std::shared_ptr<ControlConnection>> connections_;
   bool listening_ = false;
+  UvHandle<uv_async_t> adopt_wakeup_;
+  std::mutex adopt_mutex_;
+  std::vector<std::pair<Fd, std::string>> adopt_queue_;
 };
 
 }  // namespace homeward

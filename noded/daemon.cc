@@ -34,7 +34,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
                [this](auto request, ReplySender reply) {
                  HandleControl(request, std::move(reply));
                }),
-      jobs_(loop, config_),
+      jobs_(loop, config_, control_,
+            [this](const std::string& node) { return ResolvePeer(node); }),
       file_server_(config_.export_root, 8),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
@@ -66,6 +67,10 @@ void Daemon::Start() {
   control_.Start();
   peer_server_.Register("files", [this](Fd fd, PeerIdentity peer) {
     file_server_.Serve(std::move(fd), peer);
+  });
+  // Job relays between homes and the nodes their jobs run on are served on the loop.
+  peer_server_.Register("jobs", [this](Fd fd, PeerIdentity peer) {
+    control_.AdoptPeer(std::move(fd), peer.address);
   });
   peer_server_.Start();
   try {
@@ -114,6 +119,9 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
     case schema::ControlRequest::START_JOB:
       jobs_.StartJob(request.getStartJob(), std::move(reply));
       return;
+    case schema::ControlRequest::START_GUEST:
+      jobs_.StartGuest(request.getStartGuest(), std::move(reply));
+      return;
     case schema::ControlRequest::LIST_JOBS:
       jobs_.ListJobs(std::move(reply));
       return;
@@ -125,6 +133,21 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
   }
   Fail(ErrorKind::kUnimplemented, "this daemon does not know control request {}",
        static_cast<int>(request.which()));
+}
+
+PeerAddress Daemon::ResolvePeer(const std::string& node) const {
+  std::string known;
+  for (const auto& member : gossip_.Picture()) {
+    if (member.record.name == node) {
+      if (member.state == MemberState::kDead) {
+        Fail(ErrorKind::kDisconnected, "node {} is dead (no word from it for {} ms)", node,
+             member.age_ms);
+      }
+      return PeerAddress{member.record.address, member.record.peer_port};
+    }
+    known += (known.empty() ? "" : ", ") + member.record.name;
+  }
+  Fail(ErrorKind::kNotFound, "no node named '{}' in the cluster (known: {})", node, known);
 }
 
 void Daemon::ReplyStatus(ReplySender reply) {

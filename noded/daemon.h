@@ -37,6 +37,7 @@ class Daemon {
  private:
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
   void ReplyStatus(ReplySender reply);
+  PeerAddress ResolvePeer(const std::string& node) const;
   void ReplyNodes(ReplySender reply);
 
   uv_loop_t* loop_;

@@ -50,6 +50,7 @@ struct JobLaunch {
   JobIdentity identity;
   int64_t pid_base = 0;      // ids of the job's other processes start here (see preload/)
   bool keep_home = false;
+  bool guest = false;        // a job of another home, running here
   std::string init_path;     // mosjob-init
   std::string preload_path;  // libmosix_preload.so, or empty when not built
 };
@@ -80,6 +81,7 @@ class Job : public std::enable_shared_from_this<Job> {
   std::string state() const { return finished_ ? "exiting" : "running"; }
   uint64_t cpu_ms() const;
   bool keep_home() const { return launch_.keep_home; }
+  const JobLaunch& launch() const { return launch_; }
 
  private:
   struct Stream;

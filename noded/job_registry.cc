@@ -1,51 +1,108 @@
-// The home's job registry.
+// The node's job registry: home jobs here and away, and guests.
 #include "job_registry.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
-
-#include <filesystem>
 
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
 #include "error.h"
 #include "install_paths.h"
+#include "peer_auth.h"
 
 namespace homeward {
 
+namespace {
 
-JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config)
+constexpr auto kPeerConnectTimeout = std::chrono::seconds(5);
+
+void SendExit(ControlStream& stream, int code, const std::string& why) {
+  capnp::MallocMessageBuilder message;
+  auto exit = message.initRoot<schema::ControlReply>().initJobExited();
+  exit.setCode(code);
+  exit.setMessage(why);
+  stream.Send(message);
+}
+
+// Forwards one message unchanged from one side of a relay to the other.
+template <typename Root>
+void Forward(IncomingMessage& incoming, ControlStream& to) {
+  capnp::MallocMessageBuilder message;
+  message.setRoot(incoming.Root<Root>());
+  to.Send(message);
+}
+
+void FillIdentity(const JobIdentity& id, schema::JobIdentity::Builder out) {
+  out.setUid(id.uid);
+  out.setGid(id.gid);
+  auto groups = out.initGroups(static_cast<unsigned>(id.groups.size()));
+  for (unsigned i = 0; i < id.groups.size(); ++i) groups.set(i, id.groups[i]);
+  out.setUmask(id.umask);
+  auto limits = out.initLimits(static_cast<unsigned>(id.limits.size()));
+  for (unsigned i = 0; i < id.limits.size(); ++i) {
+    limits[i].setResource(id.limits[i].resource);
+    limits[i].setSoft(id.limits[i].soft);
+    limits[i].setHard(id.limits[i].hard);
+  }
+  out.setHomePid(id.home_pid);
+  out.setHomePpid(id.home_ppid);
+}
+
+JobIdentity ReadIdentity(schema::JobIdentity::Reader in) {
+  JobIdentity id;
+  id.uid = in.getUid();
+  id.gid = in.getGid();
+  for (auto group : in.getGroups()) id.groups.push_back(group);
+  id.umask = static_cast<mode_t>(in.getUmask() & 07777);
+  for (auto limit : in.getLimits()) {
+    id.limits.push_back({limit.getResource(), limit.getSoft(), limit.getHard()});
+  }
+  id.home_pid = in.getHomePid();
+  id.home_ppid = in.getHomePpid();
+  return id;
+}
+
+}  // namespace
+
+JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServer& control,
+                         PeerResolver resolve)
     : loop_(loop),
       config_(config),
+      control_(control),
+      resolve_(std::move(resolve)),
       init_path_(FindBesideExecutable({"mosjob-init", "../libexec/homeward/mosjob-init"})),
-      preload_path_(FindBesideExecutable({"../preload/libmosix_preload.so", "libmosix_preload.so",
-                                "../lib/homeward/libmosix_preload.so"})) {
+      preload_path_(FindBesideExecutable({"../preload/libmosix_preload.so",
+                                          "libmosix_preload.so",
+                                          "../lib/homeward/libmosix_preload.so"})) {
   if (preload_path_.empty()) {
     spdlog::warn("libmosix_preload.so not found beside mosnoded: jobs run without the shim");
   }
 }
 
-JobRegistry::~JobRegistry() { KillAll(); }
+JobRegistry::~JobRegistry() {
+  *alive_ = false;
+  KillAll();
+}
 
 int JobRegistry::FreeSlot() const {
   for (int slot = 0; slot < kMaxJobs; ++slot) {
     if (!jobs_.count(slot)) return slot;
   }
-  Fail(ErrorKind::kOverloaded, "this node already runs {} jobs from here, the most it can",
-       kMaxJobs);
+  Fail(ErrorKind::kOverloaded, "this node already has {} jobs, the most it can", kMaxJobs);
 }
 
-void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
+uint32_t JobRegistry::jobs_away() const {
+  uint32_t count = 0;
+  for (const auto& [slot, job] : jobs_) count += job.away ? 1 : 0;
+  return count;
+}
+
+JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
   if (init_path_.empty()) {
     Fail(ErrorKind::kFailed, "mosjob-init is missing beside mosnoded; the installation is broken");
   }
   if (spec.getArgv().size() == 0) Fail(ErrorKind::kInvalidInput, "no program to run");
-  std::string where = spec.getWhere();
-  if (!where.empty() && where != config_.name) {
-    Fail(ErrorKind::kUnimplemented, "starting a job on another node ({}) is not available yet; "
-         "run it here with mosrun -h", where);
-  }
-  const Caller& caller = reply.caller();
   JobLaunch launch;
   for (auto arg : spec.getArgv()) launch.argv.emplace_back(arg.cStr());
   for (auto entry : spec.getEnv()) launch.env.emplace_back(entry.cStr());
@@ -54,88 +111,295 @@ void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
     Fail(ErrorKind::kInvalidInput, "the working directory must be an absolute path, not '{}'",
          launch.cwd);
   }
-  launch.home = config_.name;
-  launch.identity = JobIdentity::OfProcess(caller.pid, caller.uid, caller.gid);
-  int slot = FreeSlot();
-  launch.pid_base = PidBase(slot);
   launch.keep_home = spec.getKeepHome();
   launch.init_path = init_path_;
   launch.preload_path = preload_path_;
+  return launch;
+}
 
+std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
+                                          std::function<void()> finished) {
+  auto weak_job = std::make_shared<std::weak_ptr<Job>>();
   StreamHandlers handlers;
-  handlers.on_message = [this, slot](schema::ControlRequest::Reader message) {
-    auto it = jobs_.find(slot);
-    if (it == jobs_.end()) return;
-    Job& job = *it->second;
+  handlers.on_message = [weak_job](IncomingMessage& incoming) {
+    auto job = weak_job->lock();
+    if (!job) return;  // the job has ended; late input has nowhere to go
+    auto message = incoming.Root<schema::ControlRequest>();
     switch (message.which()) {
       case schema::ControlRequest::JOB_INPUT: {
         auto data = message.getJobInput();
-        job.Input(data.begin(), data.size());
+        job->Input(data.begin(), data.size());
         break;
       }
       case schema::ControlRequest::JOB_INPUT_END:
-        job.InputEnd();
+        job->InputEnd();
         break;
       case schema::ControlRequest::JOB_SIGNAL:
-        job.Signal(message.getJobSignal());
+        job->Signal(message.getJobSignal());
         break;
       default:
         Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
     }
   };
-  handlers.on_close = [this, slot] {
-    auto it = jobs_.find(slot);
-    if (it != jobs_.end()) it->second->RelayLost();
+  handlers.on_close = [weak_job] {
+    if (auto job = weak_job->lock()) job->RelayLost();
   };
-  // The job's slot is only reused after the job is gone, so the relay's handlers find
-  // the job by slot safely; messages after the end find nothing and are dropped.
   ControlStream relay = reply.OpenStream(std::move(handlers));
   auto job = std::make_shared<Job>(loop_, std::move(launch), relay,
-                                   [this, slot](Job&) { jobs_.erase(slot); });
-  jobs_[slot] = job;
+                                   [finished](Job&) { finished(); });
+  *weak_job = job;
   try {
     job->Start();
   } catch (const Error& e) {
-    jobs_.erase(slot);
-    capnp::MallocMessageBuilder message;
-    auto exit = message.initRoot<schema::ControlReply>().initJobExited();
-    exit.setCode(126);
-    exit.setMessage(e.what());
-    relay.Send(message);
+    SendExit(relay, 126, e.what());
     relay.Close();
-    return;
+    return nullptr;
   }
   capnp::MallocMessageBuilder message;
   auto started = message.initRoot<schema::ControlReply>().initJobStarted();
   started.setHomePid(job->home_pid());
   started.setWhere(config_.name);
   relay.Send(message);
+  return job;
+}
+
+void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
+  const Caller& caller = reply.caller();
+  if (caller.peer) {
+    Fail(ErrorKind::kInvalidInput, "startJob comes from local commands; peers send startGuest");
+  }
+  JobLaunch launch = LaunchFrom(spec);
+  launch.home = config_.name;
+  launch.identity = JobIdentity::OfProcess(caller.pid, caller.uid, caller.gid);
+  int slot = FreeSlot();
+  launch.pid_base = PidBase(slot);
+  std::string where = spec.getWhere();
+  if (!where.empty() && where != config_.name) {
+    StartAway(slot, std::move(launch), where, std::move(reply));
+    return;
+  }
+  auto job = RunHere(std::move(launch), reply, [this, slot] { jobs_.erase(slot); });
+  if (job) jobs_[slot].here = job;
+}
+
+void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where,
+                            ReplySender reply) {
+  PeerAddress address = resolve_(where);
+  auto request = std::make_shared<capnp::MallocMessageBuilder>();
+  auto root = request->initRoot<schema::ControlRequest>();
+  root.setVersion(schema::CONTROL_VERSION);
+  auto guest = root.initStartGuest();
+  auto job = guest.initJob();
+  auto argv = job.initArgv(static_cast<unsigned>(launch.argv.size()));
+  for (unsigned i = 0; i < launch.argv.size(); ++i) argv.set(i, launch.argv[i]);
+  auto env = job.initEnv(static_cast<unsigned>(launch.env.size()));
+  for (unsigned i = 0; i < launch.env.size(); ++i) env.set(i, launch.env[i]);
+  job.setCwd(launch.cwd);
+  job.setWhere(where);
+  guest.setHome(config_.name);
+  FillIdentity(launch.identity, guest.initIdentity());
+  guest.setPidBase(launch.pid_base);
+
+  auto away = std::make_shared<Away>();
+  away->where = where;
+  away->home_pid = launch.identity.home_pid;
+  away->uid = launch.identity.uid;
+  for (const auto& arg : launch.argv) away->command += (away->command.empty() ? "" : " ") + arg;
+
+  StreamHandlers handlers;
+  handlers.on_message = [away](IncomingMessage& incoming) {
+    auto message = incoming.Root<schema::ControlRequest>();
+    switch (message.which()) {
+      case schema::ControlRequest::JOB_INPUT:
+      case schema::ControlRequest::JOB_INPUT_END:
+      case schema::ControlRequest::JOB_SIGNAL:
+        Forward<schema::ControlRequest>(incoming, away->peer);
+        // Hold mosrun's input back while the job's node is slower to take it.
+        if (away->peer.queued_bytes() > ControlStream::kHighWater) away->mosrun.PauseReading(true);
+        break;
+      default:
+        Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
+    }
+  };
+  handlers.on_close = [this, slot, away] {
+    if (away->exited) return;
+    spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid, away->where);
+    EndAway(slot, "");
+  };
+  away->mosrun = reply.OpenStream(std::move(handlers));
+  away->mosrun.PauseReading(true);  // until the job's node has the job
+  jobs_[slot].away = away;
+
+  struct Connect {
+    uv_work_t req;
+    JobRegistry* registry;
+    std::shared_ptr<bool> alive;
+    int slot;
+    std::shared_ptr<Away> away;
+    PeerAddress address;
+    std::vector<uint8_t> key;
+    std::shared_ptr<capnp::MallocMessageBuilder> request;
+    Fd fd;
+    std::string error;
+  };
+  auto* work = new Connect{{}, this, alive_, slot, away, address, config_.cluster_key,
+                           request, {}, {}};
+  work->req.data = work;
+  // The peer handshake blocks; it runs on libuv's thread pool, never on the loop.
+  int status = uv_queue_work(
+      loop_, &work->req,
+      [](uv_work_t* req) {
+        auto* work = static_cast<Connect*>(req->data);
+        try {
+          work->fd = PeerConnect(work->address.host, work->address.port, work->key, "jobs",
+                                 kPeerConnectTimeout);
+        } catch (const std::exception& e) {
+          work->error = e.what();
+        }
+      },
+      [](uv_work_t* req, int) {
+        std::unique_ptr<Connect> work(static_cast<Connect*>(req->data));
+        if (!*work->alive) return;
+        if (!work->error.empty()) {
+          work->registry->EndAway(work->slot, fmt::format("cannot reach node {}: {}",
+                                                          work->away->where, work->error));
+          return;
+        }
+        work->registry->ConnectedAway(work->slot, work->away, std::move(work->fd),
+                                      std::move(work->request));
+      });
+  if (status < 0) {
+    delete work;
+    EndAway(slot, fmt::format("cannot reach node {}: {}", where, uv_strerror(status)));
+  }
+}
+
+void JobRegistry::ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
+                                std::shared_ptr<capnp::MallocMessageBuilder> request) {
+  auto it = jobs_.find(slot);
+  if (it == jobs_.end() || it->second.away != away) return;  // mosrun left meanwhile
+  StreamHandlers handlers;
+  handlers.on_message = [this, slot, away](IncomingMessage& incoming) {
+    auto reply = incoming.Root<schema::ControlReply>();
+    if (reply.isError()) {
+      EndAway(slot, fmt::format("node {} cannot run the job: {}", away->where,
+                                reply.getError().getMessage().cStr()));
+      return;
+    }
+    Forward<schema::ControlReply>(incoming, away->mosrun);
+    if (reply.isJobExited()) {
+      away->exited = true;
+      away->mosrun.Close();
+      away->peer.Close();
+      jobs_.erase(slot);
+      return;
+    }
+    // Hold the job's output back while mosrun is slower than the job.
+    if (away->mosrun.queued_bytes() > ControlStream::kHighWater) away->peer.PauseReading(true);
+  };
+  handlers.on_close = [this, slot, away] {
+    if (!away->exited) {
+      EndAway(slot, fmt::format("lost contact with node {}, where the job ran", away->where));
+    }
+  };
+  Caller peer;
+  peer.peer = true;
+  away->peer = control_.AdoptStream(std::move(fd), peer, std::move(handlers));
+  away->peer.Send(*request);
+  away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
+  away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+  away->mosrun.PauseReading(false);
+  spdlog::info("job {} started on {}: {}", away->home_pid, away->where, away->command);
+}
+
+void JobRegistry::EndAway(int slot, const std::string& why) {
+  auto it = jobs_.find(slot);
+  if (it == jobs_.end() || !it->second.away) return;
+  auto away = it->second.away;
+  jobs_.erase(it);
+  if (away->exited) return;
+  away->exited = true;
+  if (!why.empty()) {
+    spdlog::warn("job {}: {}", away->home_pid, why);
+    SendExit(away->mosrun, 255, why);
+  }
+  away->mosrun.Close();
+  away->peer.Close();  // the job's node kills a guest whose home relay is gone
+}
+
+void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) {
+  if (!reply.caller().peer) {
+    Fail(ErrorKind::kInvalidInput, "only another node's daemon may start a guest here");
+  }
+  JobLaunch launch = LaunchFrom(spec.getJob());
+  launch.home = spec.getHome();
+  if (launch.home.empty() || launch.home.find('/') != std::string::npos ||
+      launch.home == "." || launch.home == "..") {
+    Fail(ErrorKind::kInvalidInput, "'{}' is not a node name", launch.home);
+  }
+  launch.root = config_.mosix_root + "/home/" + launch.home;
+  struct stat root_stat, parent_stat;
+  if (::stat(launch.root.c_str(), &root_stat) != 0 ||
+      ::stat((config_.mosix_root + "/home").c_str(), &parent_stat) != 0 ||
+      root_stat.st_dev == parent_stat.st_dev) {
+    Fail(ErrorKind::kFailed, "node {} does not see node {}'s files yet ({} is not mounted)",
+         config_.name, launch.home, launch.root);
+  }
+  launch.identity = ReadIdentity(spec.getIdentity());
+  launch.pid_base = spec.getPidBase();
+  launch.guest = true;
+  uint64_t id = next_guest_++;
+  auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); });
+  if (job) guests_[id] = job;
 }
 
 void JobRegistry::ListJobs(ReplySender reply) const {
   capnp::MallocMessageBuilder message;
   auto list = message.initRoot<schema::ControlReply>().initJobs().initJobs(
-      static_cast<unsigned>(jobs_.size()));
+      static_cast<unsigned>(jobs_.size() + guests_.size()));
   unsigned i = 0;
+  auto describe = [&](const Job& job, schema::JobInfo::Builder info) {
+    info.setHomePid(job.home_pid());
+    info.setHome(job.launch().home);
+    info.setWhere(config_.name);
+    info.setState(job.state());
+    info.setCmd(job.command());
+    info.setCpuMs(job.cpu_ms());
+    info.setUid(job.uid());
+    info.setGuest(job.launch().guest);
+    if (job.keep_home()) info.setPinned("kept at home (mosrun -h)");
+  };
   for (const auto& [slot, job] : jobs_) {
     auto info = list[i++];
-    info.setHomePid(job->home_pid());
-    info.setHome(config_.name);
-    info.setWhere(config_.name);
-    info.setState(job->state());
-    info.setMigrations(0);
-    info.setCmd(job->command());
-    info.setCpuMs(job->cpu_ms());
-    info.setUid(job->uid());
-    if (job->keep_home()) info.setPinned("kept at home (mosrun -h)");
+    if (job.here) {
+      describe(*job.here, info);
+    } else {
+      info.setHomePid(job.away->home_pid);
+      info.setHome(config_.name);
+      info.setWhere(job.away->where);
+      info.setState(job.away->peer.open() ? "running" : "starting");
+      info.setCmd(job.away->command);
+      info.setUid(job.away->uid);
+    }
   }
+  for (const auto& [id, job] : guests_) describe(*job, list[i++]);
   reply.Send(message);
 }
 
 void JobRegistry::KillAll() {
   auto jobs = std::move(jobs_);
   jobs_.clear();
-  for (auto& [slot, job] : jobs) job->Kill();
+  for (auto& [slot, job] : jobs) {
+    if (job.here) job.here->Kill();
+    if (job.away) {
+      job.away->exited = true;
+      job.away->peer.Close();
+      job.away->mosrun.Close();
+    }
+  }
+  auto guests = std::move(guests_);
+  guests_.clear();
+  for (auto& [id, job] : guests) job->Kill();
 }
 
 }  // namespace homeward

@@ -1,47 +1,96 @@
-// JobRegistry: the jobs whose home is this node. It starts them for mosrun, answers
-// mosps, gives each a unique block of process ids, and kills them all at shutdown.
+// JobRegistry: the jobs of this node. Its home jobs, wherever they run — started here
+// for mosrun, or on another node through a peer connection to that node's daemon — and
+// the guests other homes run here. It answers mosps, gives each home job a unique block
+// of process ids, and kills what runs here at shutdown.
 #pragma once
 
 #include <uv.h>
 
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "config.h"
 #include "control_server.h"
 #include "job.h"
 
+#include <capnp/message.h>
+
 namespace homeward {
+
+// Where another node's daemon listens, as the cluster's picture has it.
+struct PeerAddress {
+  std::string host;
+  uint16_t port = 0;
+};
+// Finds a live node by name; throws Error(kNotFound) naming the node when there is none.
+using PeerResolver = std::function<PeerAddress(const std::string& node)>;
 
 class JobRegistry {
  public:
-  JobRegistry(uv_loop_t* loop, const NodeConfig& config);
+  JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServer& control,
+              PeerResolver resolve);
   JobRegistry(const JobRegistry&) = delete;
   JobRegistry& operator=(const JobRegistry&) = delete;
   ~JobRegistry();
 
-  // mosrun's startJob: starts the job and turns the connection into its relay.
+  // mosrun's startJob: starts the job here or on the node it names, and turns the
+  // connection into the job's relay.
   void StartJob(schema::JobSpec::Reader spec, ReplySender reply);
+  // A home's startGuest, over an authenticated peer connection.
+  void StartGuest(schema::GuestSpec::Reader spec, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
   void KillAll();
-  size_t size() const { return jobs_.size(); }
 
-  // Each job's processes other than its main one get ids PidBase(slot) + their pid in
-  // the job's namespace: above any real pid (at most 2^22), and unique among the home's
-  // jobs. See preload/.
+  uint32_t jobs_away() const;
+  uint32_t guests_here() const { return static_cast<uint32_t>(guests_.size()); }
+
+  // Each home job's processes other than its main one get ids PidBase(slot) + their pid
+  // in the job's namespace: above any real pid (at most 2^22), and unique among the
+  // home's jobs. See preload/.
   static int64_t PidBase(int slot) { return (static_cast<int64_t>(slot) + 1) << 22; }
   static constexpr int kMaxJobs = 500;
 
  private:
+  // A home job running on another node: its relay is two streams joined here.
+  struct Away {
+    std::string where;
+    std::string command;
+    pid_t home_pid = 0;
+    uid_t uid = 0;
+    ControlStream mosrun;
+    ControlStream peer;
+    bool exited = false;
+  };
+  struct HomeJob {
+    std::shared_ptr<Job> here;    // runs on this node
+    std::shared_ptr<Away> away;   // runs elsewhere
+  };
+
   int FreeSlot() const;
+  JobLaunch LaunchFrom(schema::JobSpec::Reader spec) const;
+  // Starts `launch` on this node with `reply`'s connection as its relay; `finished`
+  // runs when the job is gone.
+  std::shared_ptr<Job> RunHere(JobLaunch launch, ReplySender& reply,
+                               std::function<void()> finished);
+  void StartAway(int slot, JobLaunch launch, const std::string& where, ReplySender reply);
+  void ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
+                     std::shared_ptr<capnp::MallocMessageBuilder> guest_request);
+  void EndAway(int slot, const std::string& why);
 
   uv_loop_t* loop_;
   const NodeConfig& config_;
+  ControlServer& control_;
+  PeerResolver resolve_;
   std::string init_path_;
   std::string preload_path_;
-  std::map<int, std::shared_ptr<Job>> jobs_;  // by slot
+  std::map<int, HomeJob> jobs_;                  // home jobs, by slot
+  std::map<uint64_t, std::shared_ptr<Job>> guests_;
+  uint64_t next_guest_ = 0;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace homeward

@@ -28,6 +28,9 @@ struct ControlRequest {
     # Deliver this signal to the job (its main process), wherever it runs.
     listJobs @7 :Void;
     # mosps: the jobs whose home is this node, and the guests running here.
+    startGuest @8 :GuestSpec;
+    # From a home's daemon over an authenticated peer connection only: run a job of that
+    # home here. The connection then relays as for startJob.
   }
 }
 
@@ -135,4 +138,29 @@ struct JobInfo {
   # Why the job may not leave its home, or empty.
   guest @9 :Bool;
   # A guest: a job of another home, running here.
+}
+
+struct GuestSpec {
+  job @0 :JobSpec;
+  home @1 :Text;
+  # The home node's name: the guest's files are under /mosix/home/<home>.
+  identity @2 :JobIdentity;
+  pidBase @3 :Int64;
+}
+
+struct JobIdentity {
+  uid @0 :UInt32;
+  gid @1 :UInt32;
+  groups @2 :List(UInt32);
+  umask @3 :UInt32;
+  limits @4 :List(ResourceLimit);
+  homePid @5 :Int32;
+  homePpid @6 :Int32;
+}
+
+struct ResourceLimit {
+  resource @0 :Int32;
+  soft @1 :UInt64;
+  hard @2 :UInt64;
+  # RLIM_INFINITY is all ones.
 }
