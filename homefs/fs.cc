@@ -5,6 +5,8 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -72,14 +74,32 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   auto cred = p->rq.initCred();
   cred.setUid(ctx->uid);
   cred.setGid(ctx->gid);
-  gid_t groups[256];
-  int n = fuse_req_getgroups(r.get(), 256, groups);
-  if (n > 256) n = 256;  // more than 256 groups: the rest are not carried
-  if (n > 0) {
-    auto list = cred.initGroups(static_cast<unsigned>(n));
-    for (int i = 0; i < n; ++i) list.set(static_cast<unsigned>(i), groups[i]);
+  std::vector<gid_t> groups = Groups(r.get(), ctx->pid);
+  if (!groups.empty()) {
+    auto list = cred.initGroups(static_cast<unsigned>(groups.size()));
+    for (size_t i = 0; i < groups.size(); ++i) list.set(static_cast<unsigned>(i), groups[i]);
   }
   return p;
+}
+
+std::vector<gid_t> Fs::Groups(fuse_req_t req, pid_t pid) {
+  // Reading a process's groups costs a read of /proc/<pid>/status; a process asks many
+  // times in a row, and groups rarely change, so they are kept for a second.
+  auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(groups_mutex_);
+    auto it = groups_.find(pid);
+    if (it != groups_.end() && now - it->second.first < std::chrono::seconds(1)) {
+      return it->second.second;
+    }
+  }
+  gid_t list[256];
+  int n = fuse_req_getgroups(req, 256, list);
+  std::vector<gid_t> groups(list, list + std::clamp(n, 0, 256));  // beyond 256: not carried
+  std::lock_guard lock(groups_mutex_);
+  if (groups_.size() > 4096) groups_.clear();
+  groups_[pid] = {now, groups};
+  return groups;
 }
 
 std::optional<uint64_t> Fs::Remote(fuse_ino_t ino, uint64_t generation) {

@@ -10,11 +10,13 @@
 
 #include <fuse_lowlevel.h>
 
+#include <chrono>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "client.h"
 #include "request.h"
@@ -79,6 +81,8 @@ class Fs {
   // Starts a request on behalf of `r`: waits for the connection and fills in the
   // caller's credentials. Answers EIO and returns nothing when the home is unreachable.
   std::unique_ptr<Prepared> Prepare(Request& r, schema::FileOp op);
+  // The caller's supplementary groups (cached briefly per process).
+  std::vector<gid_t> Groups(fuse_req_t req, pid_t pid);
   // The home's id of `ino` in `generation`, found again by path if need be.
   std::optional<uint64_t> Remote(fuse_ino_t ino, uint64_t generation);
   bool SetNode(Request& r, Prepared& p, fuse_ino_t ino);
@@ -98,6 +102,9 @@ class Fs {
   std::unordered_map<fuse_ino_t, Inode> inodes_;
   std::map<std::pair<uint64_t, uint64_t>, fuse_ino_t> by_key_;
   fuse_ino_t next_ino_ = 2;
+  std::mutex groups_mutex_;
+  std::unordered_map<pid_t, std::pair<std::chrono::steady_clock::time_point,
+                                      std::vector<gid_t>>> groups_;
 };
 
 // Converts the home's attributes to a struct stat.

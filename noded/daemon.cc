@@ -15,6 +15,20 @@
 
 namespace homeward {
 
+namespace {
+
+// mosmount beside this daemon (installed together), or in the build tree, else on PATH.
+std::string FindMosmount() {
+  std::error_code ec;
+  auto dir = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path();
+  for (auto candidate : {dir / "mosmount", dir.parent_path() / "homefs" / "mosmount"}) {
+    if (!ec && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "mosmount";
+}
+
+}  // namespace
+
 Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
     : loop_(loop),
       config_(std::move(config)),
@@ -27,7 +41,9 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
       peer_server_(config_.address, config_.peer_port, config_.cluster_key),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
                                      .self = config_.name,
-                                     .export_root = config_.export_root}) {}
+                                     .export_root = config_.export_root,
+                                     .mosmount = FindMosmount(),
+                                     .config_path = config_.config_path}) {}
 
 Daemon::~Daemon() { Stop(); }
 
@@ -80,6 +96,19 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       return;
     case schema::ControlRequest::LIST_NODES:
       break;
+    case schema::ControlRequest::HOME_MOUNT: {
+      auto mount = request.getHomeMount();
+      if (mount.getUp()) {
+        home_mounts_.PeerUp(mount.getName(), mount.getAddress(),
+                            mount.getPeerPort() ? mount.getPeerPort() : config_.peer_port);
+      } else {
+        home_mounts_.PeerDown(mount.getName());
+      }
+      capnp::MallocMessageBuilder message;
+      message.initRoot<schema::ControlReply>().setDone();
+      reply.Send(message);
+      return;
+    }
   }
   Fail(ErrorKind::kUnimplemented, "this daemon does not know control request {}",
        static_cast<int>(request.which()));

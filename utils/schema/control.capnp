@@ -16,6 +16,9 @@ struct ControlRequest {
     # Who is this node: name, address, version, uptime.
     listNodes @2 :Void;
     # The cluster as this node sees it (mosmon).
+    homeMount @3 :HomeMountRequest;
+    # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
+    # hand (debugging, tests).
   }
 }
 
@@ -24,6 +27,7 @@ struct ControlReply {
     error @0 :ControlError;
     status @1 :NodeStatus;
     nodes @2 :NodeList;
+    done @3 :Void;
   }
 }
 
@@ -51,4 +55,11 @@ struct NodeInfo {
   name @0 :Text;
   address @1 :Text;
   alive @2 :Bool;
+}
+
+struct HomeMountRequest {
+  name @0 :Text;
+  address @1 :Text;
+  peerPort @2 :UInt16;
+  up @3 :Bool;
 }
