@@ -57,6 +57,7 @@ Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
     : client_(client), options_(options) {
   Inode& inode = inodes_[FUSE_ROOT_ID];
   inode.remote = 1;
+  by_remote_[1] = FUSE_ROOT_ID;
   inode.lookups = 1;
   inode.key = {root.getDev(), root.getIno()};
   by_key_[inode.key] = FUSE_ROOT_ID;
@@ -80,6 +81,63 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
     for (size_t i = 0; i < groups.size(); ++i) list.set(static_cast<unsigned>(i), groups[i]);
   }
   return p;
+}
+
+Fs::~Fs() { StopNotices(); }
+
+void Fs::StopNotices() {
+  {
+    std::lock_guard lock(notice_mutex_);
+    stop_notices_ = true;
+  }
+  notice_ready_.notify_all();
+  if (notice_thread_.joinable()) notice_thread_.join();
+}
+
+void Fs::StartNotices(fuse_session* session) {
+  session_ = session;
+  client_.OnNotice([this](uint64_t node, uint64_t parent, const std::string& name,
+                          uint64_t generation) {
+    std::lock_guard lock(notice_mutex_);
+    if (notices_.size() < 100000) notices_.push_back({node, parent, name, generation});
+    notice_ready_.notify_one();
+  });
+  notice_thread_ = std::thread([this] { NoticeLoop(); });
+}
+
+void Fs::NoticeLoop() {
+  for (;;) {
+    Notice notice;
+    {
+      std::unique_lock lock(notice_mutex_);
+      notice_ready_.wait(lock, [&] { return stop_notices_ || !notices_.empty(); });
+      if (stop_notices_) return;
+      notice = std::move(notices_.front());
+      notices_.pop_front();
+    }
+    fuse_ino_t ino = 0;
+    {
+      std::lock_guard lock(mutex_);
+      uint64_t remote = notice.node ? notice.node : notice.parent;
+      auto it = by_remote_.find(remote);
+      if (it != by_remote_.end()) {
+        auto inode = inodes_.find(it->second);
+        if (inode != inodes_.end() && inode->second.generation == notice.generation &&
+            inode->second.remote == remote) {
+          ino = it->second;
+        }
+      }
+      if (notice.parent == 1 && !notice.node) ino = FUSE_ROOT_ID;
+    }
+    if (ino == 0) continue;
+    // Errors (ENOENT: the kernel no longer caches it) need nothing done.
+    if (notice.node) {
+      fuse_lowlevel_notify_inval_inode(session_, ino, 0, 0);
+    } else {
+      fuse_lowlevel_notify_inval_entry(session_, ino, notice.name.c_str(), notice.name.size());
+      fuse_lowlevel_notify_inval_inode(session_, ino, -1, 0);  // the directory's attributes
+    }
+  }
 }
 
 std::vector<gid_t> Fs::Groups(fuse_req_t req, pid_t pid) {
@@ -174,6 +232,7 @@ fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_
     inode.generation = generation;
     inode.remote_lookups = 1;
   }
+  by_remote_[inode.remote] = ino;
   if (ino != FUSE_ROOT_ID) {
     inode.parent = parent;
     inode.name = name;
@@ -204,6 +263,8 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
     count = inode.remote_lookups;
     generation = inode.generation;
     by_key_.erase(inode.key);
+    auto remote_it = by_remote_.find(inode.remote);
+    if (remote_it != by_remote_.end() && remote_it->second == ino) by_remote_.erase(remote_it);
     inodes_.erase(it);
   }
   ForgetRemote(remote, count, generation);

@@ -11,6 +11,9 @@
 #include <fuse_lowlevel.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <thread>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -33,6 +36,14 @@ class Fs {
   Fs(FileClient& client, FsOptions options, schema::Attr::Reader root);
   Fs(const Fs&) = delete;
   Fs& operator=(const Fs&) = delete;
+  ~Fs();
+
+  // Turns the home's change notices into kernel cache invalidations, on a thread of its
+  // own: an invalidation may wait for a page lock held by a request that waits for the
+  // receiving thread, so the receiving thread must never make one itself.
+  void StartNotices(fuse_session* session);
+  // Stops them (before the session goes).
+  void StopNotices();
 
   // The operations table; userdata must be this Fs.
   static const fuse_lowlevel_ops& Operations();
@@ -102,6 +113,20 @@ class Fs {
   std::unordered_map<fuse_ino_t, Inode> inodes_;
   std::map<std::pair<uint64_t, uint64_t>, fuse_ino_t> by_key_;
   fuse_ino_t next_ino_ = 2;
+  void NoticeLoop();
+  struct Notice {
+    uint64_t node, parent;
+    std::string name;
+    uint64_t generation;
+  };
+  fuse_session* session_ = nullptr;
+  std::mutex notice_mutex_;
+  std::condition_variable notice_ready_;
+  std::deque<Notice> notices_;
+  bool stop_notices_ = false;
+  std::thread notice_thread_;
+  std::unordered_map<uint64_t, fuse_ino_t> by_remote_;  // current generation only
+
   std::mutex groups_mutex_;
   std::unordered_map<pid_t, std::pair<std::chrono::steady_clock::time_point,
                                       std::vector<gid_t>>> groups_;

@@ -125,6 +125,27 @@ class HomefsTest(unittest.TestCase):
             finally:
                 self.unmount(cluster)
 
+    def test_changes_at_home_reach_the_cache(self):
+        with harness.LoopCluster(2) as cluster:
+            cluster.run("node1", "sh", "-c", "echo before > /data/f")
+            home = cluster.node("node1")["address"]
+            # Caches trusted for a minute: only the home's notices can refresh them sooner.
+            cluster.run("node2", "sh", "-c", f"mkdir -p {MNT} && mosmount -o timeout=3,"
+                        f"attr_timeout=60,entry_timeout=60 {home} {MNT}")
+            try:
+                self.assertEqual(cluster.run("node2", "cat", f"{MNT}/data/f").stdout, "before\n")
+                self.assertNotEqual(cluster.run("node2", "stat", f"{MNT}/data/new",
+                                                check=False).returncode, 0)
+                cluster.run("node1", "sh", "-c", "echo 'changed at home' > /data/f; "
+                            "echo hello > /data/new")
+                cluster.wait_for(lambda: cluster.run("node2", "cat", f"{MNT}/data/f").stdout
+                                 == "changed at home\n", 30, "the change to reach node2")
+                cluster.wait_for(lambda: cluster.run("node2", "cat", f"{MNT}/data/new",
+                                                     check=False).stdout == "hello\n",
+                                 30, "the new file to appear on node2")
+            finally:
+                self.unmount(cluster)
+
     def test_daemon_mounts_peer_homes(self):
         with harness.LoopCluster(2) as cluster:
             cluster.run("node1", "sh", "-c", "echo node1-file > /data/marker")
