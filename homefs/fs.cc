@@ -463,7 +463,10 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
   auto p = Prepare(r, Op::WRITE);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOffset(static_cast<uint64_t>(off));
-  p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(buf), size));
+  // The kernel's buffer stays valid until Send returns (it is written out in Send), so
+  // the message refers to it rather than copying up to 1 MiB.
+  p->rq.adoptData(p->message.getOrphanage().referenceExternalData(
+      capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(buf), size)));
   Call(std::move(r), std::move(p),
        [](Request& r, auto rs, uint64_t) { r.Write(rs.getSize()); });
 }

@@ -27,8 +27,11 @@
 namespace homeward {
 
 struct FsOptions {
-  double entry_timeout = 1.0;  // seconds the kernel may trust a name lookup
-  double attr_timeout = 1.0;   // seconds it may trust attributes
+  // Seconds the kernel may trust a name lookup and attributes. The home's change notices
+  // invalidate sooner whatever changes there, so these only bound how stale a cache can
+  // be when a notice is lost (inotify limits, a broken connection).
+  double entry_timeout = 5.0;
+  double attr_timeout = 5.0;
 };
 
 class Fs {
