@@ -711,7 +711,7 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
     while (auto message = stream->Read()) {
       auto shared = std::make_shared<IncomingMessage>(std::move(*message));
       ++*in_flight;
-      pool_.Post([session, stream, shared, in_flight] {
+      auto job = [session, stream, shared, in_flight] {
         capnp::MallocMessageBuilder reply(2048);
         auto request = shared->Root<schema::FileRequest>();
         auto response = reply.initRoot<schema::ServerMessage>().initResponse();
@@ -722,7 +722,13 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
           spdlog::debug("file service: reply not sent: {}", e.what());
         }
         --*in_flight;
-      });
+      };
+      // A forget is a few map operations and has no reply: not worth a thread hop.
+      if (shared->Root<schema::FileRequest>().getOp() == schema::FileOp::FORGET) {
+        job();
+      } else {
+        pool_.Post(std::move(job));
+      }
     }
   } catch (const Error& e) {
     why = e.what();
