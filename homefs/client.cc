@@ -126,6 +126,19 @@ void FileClient::ConnectionLoop() {
     try {
       while (auto message = stream->Read()) {
         auto server = message->Root<schema::ServerMessage>();
+        if (server.isNotice()) {
+          auto notice = server.getNotice();
+          uint64_t generation;
+          {
+            std::lock_guard lock(mutex_);
+            last_receive_ = Clock::now();
+            generation = generation_;
+          }
+          if (on_notice_) {
+            on_notice_(notice.getNode(), notice.getParent(), notice.getName(), generation);
+          }
+          continue;
+        }
         if (!server.isResponse()) continue;
         Callback done;
         {

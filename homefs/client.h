@@ -46,6 +46,11 @@ class FileClient {
   // Connects once, synchronously, so a mount by hand fails at once with a clear error
   // when the home is unreachable or refuses the key. Returns the root's attributes.
   schema::Attr::Reader Probe();
+  // Receives the home's change notices (on the receiving thread: must not block). Set
+  // before Start.
+  using NoticeHandler = std::function<void(uint64_t node, uint64_t parent,
+                                           const std::string& name, uint64_t generation)>;
+  void OnNotice(NoticeHandler handler) { on_notice_ = std::move(handler); }
   // Starts the connection and timer threads (after fork, when daemonizing).
   void Start();
   void Stop();
@@ -76,6 +81,7 @@ class FileClient {
   void FailAll(std::unordered_map<uint64_t, Pending> pending);
 
   ClientOptions options_;
+  NoticeHandler on_notice_;
   std::optional<IncomingMessage> probe_reply_;
   Fd first_;
   std::mutex mutex_;

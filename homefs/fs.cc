@@ -5,6 +5,8 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -55,6 +57,7 @@ Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
     : client_(client), options_(options) {
   Inode& inode = inodes_[FUSE_ROOT_ID];
   inode.remote = 1;
+  by_remote_[1] = FUSE_ROOT_ID;
   inode.lookups = 1;
   inode.key = {root.getDev(), root.getIno()};
   by_key_[inode.key] = FUSE_ROOT_ID;
@@ -72,14 +75,89 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   auto cred = p->rq.initCred();
   cred.setUid(ctx->uid);
   cred.setGid(ctx->gid);
-  gid_t groups[256];
-  int n = fuse_req_getgroups(r.get(), 256, groups);
-  if (n > 256) n = 256;  // more than 256 groups: the rest are not carried
-  if (n > 0) {
-    auto list = cred.initGroups(static_cast<unsigned>(n));
-    for (int i = 0; i < n; ++i) list.set(static_cast<unsigned>(i), groups[i]);
+  std::vector<gid_t> groups = Groups(r.get(), ctx->pid);
+  if (!groups.empty()) {
+    auto list = cred.initGroups(static_cast<unsigned>(groups.size()));
+    for (size_t i = 0; i < groups.size(); ++i) list.set(static_cast<unsigned>(i), groups[i]);
   }
   return p;
+}
+
+Fs::~Fs() { StopNotices(); }
+
+void Fs::StopNotices() {
+  {
+    std::lock_guard lock(notice_mutex_);
+    stop_notices_ = true;
+  }
+  notice_ready_.notify_all();
+  if (notice_thread_.joinable()) notice_thread_.join();
+}
+
+void Fs::StartNotices(fuse_session* session) {
+  session_ = session;
+  client_.OnNotice([this](uint64_t node, uint64_t parent, const std::string& name,
+                          uint64_t generation) {
+    std::lock_guard lock(notice_mutex_);
+    if (notices_.size() < 100000) notices_.push_back({node, parent, name, generation});
+    notice_ready_.notify_one();
+  });
+  notice_thread_ = std::thread([this] { NoticeLoop(); });
+}
+
+void Fs::NoticeLoop() {
+  for (;;) {
+    Notice notice;
+    {
+      std::unique_lock lock(notice_mutex_);
+      notice_ready_.wait(lock, [&] { return stop_notices_ || !notices_.empty(); });
+      if (stop_notices_) return;
+      notice = std::move(notices_.front());
+      notices_.pop_front();
+    }
+    fuse_ino_t ino = 0;
+    {
+      std::lock_guard lock(mutex_);
+      uint64_t remote = notice.node ? notice.node : notice.parent;
+      auto it = by_remote_.find(remote);
+      if (it != by_remote_.end()) {
+        auto inode = inodes_.find(it->second);
+        if (inode != inodes_.end() && inode->second.generation == notice.generation &&
+            inode->second.remote == remote) {
+          ino = it->second;
+        }
+      }
+      if (notice.parent == 1 && !notice.node) ino = FUSE_ROOT_ID;
+    }
+    if (ino == 0) continue;
+    // Errors (ENOENT: the kernel no longer caches it) need nothing done.
+    if (notice.node) {
+      fuse_lowlevel_notify_inval_inode(session_, ino, 0, 0);
+    } else {
+      fuse_lowlevel_notify_inval_entry(session_, ino, notice.name.c_str(), notice.name.size());
+      fuse_lowlevel_notify_inval_inode(session_, ino, -1, 0);  // the directory's attributes
+    }
+  }
+}
+
+std::vector<gid_t> Fs::Groups(fuse_req_t req, pid_t pid) {
+  // Reading a process's groups costs a read of /proc/<pid>/status; a process asks many
+  // times in a row, and groups rarely change, so they are kept for a second.
+  auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(groups_mutex_);
+    auto it = groups_.find(pid);
+    if (it != groups_.end() && now - it->second.first < std::chrono::seconds(1)) {
+      return it->second.second;
+    }
+  }
+  gid_t list[256];
+  int n = fuse_req_getgroups(req, 256, list);
+  std::vector<gid_t> groups(list, list + std::clamp(n, 0, 256));  // beyond 256: not carried
+  std::lock_guard lock(groups_mutex_);
+  if (groups_.size() > 4096) groups_.clear();
+  groups_[pid] = {now, groups};
+  return groups;
 }
 
 std::optional<uint64_t> Fs::Remote(fuse_ino_t ino, uint64_t generation) {
@@ -154,6 +232,7 @@ fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_
     inode.generation = generation;
     inode.remote_lookups = 1;
   }
+  by_remote_[inode.remote] = ino;
   if (ino != FUSE_ROOT_ID) {
     inode.parent = parent;
     inode.name = name;
@@ -184,6 +263,8 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
     count = inode.remote_lookups;
     generation = inode.generation;
     by_key_.erase(inode.key);
+    auto remote_it = by_remote_.find(inode.remote);
+    if (remote_it != by_remote_.end() && remote_it->second == ino) by_remote_.erase(remote_it);
     inodes_.erase(it);
   }
   ForgetRemote(remote, count, generation);
@@ -382,7 +463,10 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
   auto p = Prepare(r, Op::WRITE);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOffset(static_cast<uint64_t>(off));
-  p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(buf), size));
+  // The kernel's buffer stays valid until Send returns (it is written out in Send), so
+  // the message refers to it rather than copying up to 1 MiB.
+  p->rq.adoptData(p->message.getOrphanage().referenceExternalData(
+      capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(buf), size)));
   Call(std::move(r), std::move(p),
        [](Request& r, auto rs, uint64_t) { r.Write(rs.getSize()); });
 }

@@ -10,11 +10,16 @@
 
 #include <fuse_lowlevel.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <thread>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "client.h"
 #include "request.h"
@@ -22,8 +27,11 @@
 namespace homeward {
 
 struct FsOptions {
-  double entry_timeout = 1.0;  // seconds the kernel may trust a name lookup
-  double attr_timeout = 1.0;   // seconds it may trust attributes
+  // Seconds the kernel may trust a name lookup and attributes. The home's change notices
+  // invalidate sooner whatever changes there, so these only bound how stale a cache can
+  // be when a notice is lost (inotify limits, a broken connection).
+  double entry_timeout = 5.0;
+  double attr_timeout = 5.0;
 };
 
 class Fs {
@@ -31,6 +39,14 @@ class Fs {
   Fs(FileClient& client, FsOptions options, schema::Attr::Reader root);
   Fs(const Fs&) = delete;
   Fs& operator=(const Fs&) = delete;
+  ~Fs();
+
+  // Turns the home's change notices into kernel cache invalidations, on a thread of its
+  // own: an invalidation may wait for a page lock held by a request that waits for the
+  // receiving thread, so the receiving thread must never make one itself.
+  void StartNotices(fuse_session* session);
+  // Stops them (before the session goes).
+  void StopNotices();
 
   // The operations table; userdata must be this Fs.
   static const fuse_lowlevel_ops& Operations();
@@ -79,6 +95,8 @@ class Fs {
   // Starts a request on behalf of `r`: waits for the connection and fills in the
   // caller's credentials. Answers EIO and returns nothing when the home is unreachable.
   std::unique_ptr<Prepared> Prepare(Request& r, schema::FileOp op);
+  // The caller's supplementary groups (cached briefly per process).
+  std::vector<gid_t> Groups(fuse_req_t req, pid_t pid);
   // The home's id of `ino` in `generation`, found again by path if need be.
   std::optional<uint64_t> Remote(fuse_ino_t ino, uint64_t generation);
   bool SetNode(Request& r, Prepared& p, fuse_ino_t ino);
@@ -98,6 +116,23 @@ class Fs {
   std::unordered_map<fuse_ino_t, Inode> inodes_;
   std::map<std::pair<uint64_t, uint64_t>, fuse_ino_t> by_key_;
   fuse_ino_t next_ino_ = 2;
+  void NoticeLoop();
+  struct Notice {
+    uint64_t node, parent;
+    std::string name;
+    uint64_t generation;
+  };
+  fuse_session* session_ = nullptr;
+  std::mutex notice_mutex_;
+  std::condition_variable notice_ready_;
+  std::deque<Notice> notices_;
+  bool stop_notices_ = false;
+  std::thread notice_thread_;
+  std::unordered_map<uint64_t, fuse_ino_t> by_remote_;  // current generation only
+
+  std::mutex groups_mutex_;
+  std::unordered_map<pid_t, std::pair<std::chrono::steady_clock::time_point,
+                                      std::vector<gid_t>>> groups_;
 };
 
 // Converts the home's attributes to a struct stat.

@@ -142,11 +142,14 @@ int Run(int argc, char** argv) {
   if (fuse_set_signal_handlers(se) == 0) {
     if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
       fuse_daemonize(foreground ? 1 : 0);
+      fs->StartNotices(se);
       client.Start();  // threads only after the fork of fuse_daemonize
       fuse_loop_config loop{};
       loop.clone_fd = 0;
       loop.max_idle_threads = 16;
       status = fuse_session_loop_mt(se, &loop) == 0 ? 0 : 1;
+      client.Stop();
+      fs->StopNotices();
       fuse_session_unmount(se);
     } else {
       std::fprintf(stderr, "mosmount: cannot mount on %s\n", mountpoint.c_str());

@@ -41,7 +41,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
                                      .self = config_.name,
                                      .export_root = config_.export_root,
-                                     .mosmount = MosmountPath()}),
+                                     .mosmount = MosmountPath(),
+                                     .config_path = config_.config_path}),
       gossip_(loop, config_) {}
 
 Daemon::~Daemon() { Stop(); }
@@ -130,6 +131,19 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
     case schema::ControlRequest::JOB_SIGNAL:
       Fail(ErrorKind::kInvalidInput, "job input and signals belong on a job's relay, after "
            "startJob");
+    case schema::ControlRequest::HOME_MOUNT: {
+      auto mount = request.getHomeMount();
+      if (mount.getUp()) {
+        home_mounts_.PeerUp(mount.getName(), mount.getAddress(),
+                            mount.getPeerPort() ? mount.getPeerPort() : config_.peer_port);
+      } else {
+        home_mounts_.PeerDown(mount.getName());
+      }
+      capnp::MallocMessageBuilder message;
+      message.initRoot<schema::ControlReply>().setDone();
+      reply.Send(message);
+      return;
+    }
   }
   Fail(ErrorKind::kUnimplemented, "this daemon does not know control request {}",
        static_cast<int>(request.which()));

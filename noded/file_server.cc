@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sched.h>
+#include <poll.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/statvfs.h>
@@ -135,10 +137,12 @@ struct FileSession::Node {
   Fd fd;  // O_PATH
   uint64_t nlookup = 0;
   std::pair<uint64_t, uint64_t> key;
+  int watch = -1;
 };
 
 struct FileSession::OpenFile {
   Fd fd;
+  uint64_t node = 0;
   DIR* dir = nullptr;
   std::mutex dir_mutex;  // a DIR stream has one position
   ~OpenFile() {
@@ -232,6 +236,20 @@ void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   node->nlookup = 1;
   node->key = key;
   uint64_t id = next_node_++;
+  if (inotify_.valid()) {
+    // Watching needs read access, which the caller may lack: the daemon watches as
+    // itself for a moment (fsuid 0 also restores its fs capabilities), then goes back.
+    auto& cur = current_credentials;
+    ::syscall(SYS_setfsuid, 0);
+    ::syscall(SYS_setfsgid, 0);
+    node->watch = ::inotify_add_watch(
+        inotify_.get(), ProcPath(node->fd.get()).c_str(),
+        IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM |
+            IN_MOVED_TO | IN_DELETE_SELF | IN_EXCL_UNLINK);
+    ::syscall(SYS_setfsgid, cur.gid);
+    ::syscall(SYS_setfsuid, cur.uid);
+    if (node->watch >= 0) watches_[node->watch] = id;
+  }
   nodes_[id] = std::move(node);
   by_inode_[key] = id;
   entry.setNode(id);
@@ -262,6 +280,31 @@ void FileSession::Handle(schema::FileRequest::Reader request,
 void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs) {
   using Op = schema::FileOp;
   std::string name = rq.getName();
+  if (inotify_.valid()) {
+    switch (rq.getOp()) {
+      case Op::MKNOD: case Op::MKDIR: case Op::UNLINK: case Op::RMDIR: case Op::SYMLINK:
+      case Op::CREATE:
+        MarkOwn(rq.getNode());
+        MarkOwn(0, rq.getNode(), name);
+        break;
+      case Op::RENAME:
+        MarkOwn(0, rq.getNode(), name);
+        MarkOwn(0, rq.getNode2(), rq.getName2());
+        break;
+      case Op::LINK:
+        MarkOwn(rq.getNode());
+        MarkOwn(0, rq.getNode2(), rq.getName2());
+        break;
+      case Op::SETATTR: case Op::SETXATTR: case Op::REMOVEXATTR:
+        MarkOwn(rq.getNode());
+        break;
+      case Op::WRITE: case Op::FALLOCATE:
+        MarkOwn(GetHandle(rq.getFh())->node);
+        break;
+      default:
+        break;
+    }
+  }
   switch (rq.getOp()) {
     case Op::HELLO: {
       if (rq.getVersion() != schema::FILES_VERSION) {
@@ -280,6 +323,11 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       if (it == nodes_.end() || rq.getNode() == 1) return;
       if (it->second->nlookup <= rq.getSize()) {
         by_inode_.erase(it->second->key);
+        if (it->second->watch >= 0) {
+          // Another node of the same inode cannot exist (by_inode_), so the watch is ours.
+          watches_.erase(it->second->watch);
+          ::inotify_rm_watch(inotify_.get(), it->second->watch);
+        }
         nodes_.erase(it);
       } else {
         it->second->nlookup -= rq.getSize();
@@ -396,6 +444,7 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       int flags = static_cast<int>(rq.getFlags()) & ~(O_CREAT | O_EXCL | O_NOCTTY);
       if (rq.getOp() == Op::OPENDIR) flags = O_RDONLY | O_DIRECTORY;
       auto handle = std::make_shared<OpenFile>();
+      handle->node = rq.getNode();
       handle->fd = Fd::Adopt(Check(::open(ProcPath(fd).c_str(), flags | O_CLOEXEC)));
       if (rq.getOp() == Op::OPENDIR) {
         int dup = Check(::fcntl(handle->fd.get(), F_DUPFD_CLOEXEC, 0));
@@ -416,6 +465,8 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       handle->fd = Fd::Adopt(OpenBeneath(dir, name, flags & ~O_NOCTTY, rq.getMode()));
       Remember(Fd::Adopt(Check(::open(ProcPath(handle->fd.get()).c_str(), O_PATH | O_CLOEXEC))),
                rs.initEntry());
+      handle->node = rs.getEntry().getNode();
+      if (inotify_.valid()) MarkOwn(handle->node);
       rs.setFh(AddHandle(std::move(handle)));
       return;
     }
@@ -551,6 +602,77 @@ void FileSession::ReadDir(schema::FileRequest::Reader rq, schema::FileResponse::
   }
 }
 
+namespace {
+constexpr auto kOwnChangeWindow = std::chrono::seconds(1);
+}
+
+FileSession::~FileSession() {
+  stop_watching_ = true;
+  if (watcher_.joinable()) watcher_.join();
+}
+
+void FileSession::MarkOwn(uint64_t node, uint64_t parent, const std::string& name) {
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex_);
+  if (own_.size() > 100000) own_.clear();
+  own_[{node ? node : parent, node ? std::string() : name}] = now;
+}
+
+void FileSession::Watch(Notify notify) {
+  int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (fd < 0) {
+    spdlog::warn("file service: no change notices: inotify: {}", std::strerror(errno));
+    return;
+  }
+  inotify_ = Fd::Adopt(fd);
+  notify_ = std::move(notify);
+  watcher_ = std::thread([this] { WatchLoop(); });
+}
+
+void FileSession::WatchLoop() {
+  alignas(inotify_event) char buffer[64 * 1024];
+  while (!stop_watching_) {
+    pollfd p{inotify_.get(), POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    ssize_t n = ::read(inotify_.get(), buffer, sizeof buffer);
+    if (n <= 0) continue;
+    // One notice per object or entry per batch, none for this client's own changes.
+    std::set<std::pair<uint64_t, std::string>> changed;
+    auto now = std::chrono::steady_clock::now();
+    {
+      std::lock_guard lock(mutex_);
+      for (char* at = buffer; at < buffer + n;) {
+        auto* event = reinterpret_cast<inotify_event*>(at);
+        at += sizeof(inotify_event) + event->len;
+        if (event->mask & IN_IGNORED) {
+          watches_.erase(event->wd);
+          continue;
+        }
+        auto it = watches_.find(event->wd);
+        if (it == watches_.end()) continue;
+        std::pair<uint64_t, std::string> key{it->second, event->len ? event->name : ""};
+        auto own = own_.find(key);
+        if (own != own_.end() && now - own->second < kOwnChangeWindow) continue;
+        changed.insert(key);
+      }
+      for (auto it = own_.begin(); it != own_.end();) {
+        it = now - it->second > kOwnChangeWindow ? own_.erase(it) : std::next(it);
+      }
+    }
+    for (const auto& [node, name] : changed) {
+      try {
+        if (name.empty()) {
+          notify_(node, 0, "");
+        } else {
+          notify_(0, node, name);
+        }
+      } catch (const std::exception& e) {
+        spdlog::debug("file service: notice not sent: {}", e.what());
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 
 FileServer::FileServer(const std::string& export_root, int threads)
@@ -574,6 +696,14 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
   spdlog::info("file service: {} connected", peer.address);
   auto session = std::make_shared<FileSession>(root_.get());
   auto stream = std::make_shared<FrameStream>(connection.get(), kMaxFileFrameBytes);
+  session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
+    capnp::MallocMessageBuilder message(256);
+    auto notice = message.initRoot<schema::ServerMessage>().initNotice();
+    notice.setNode(node);
+    notice.setParent(parent);
+    notice.setName(name);
+    stream->Write(message);
+  });
   // Jobs hold the connection open until their reply is written.
   auto in_flight = std::make_shared<std::atomic<int>>(0);
   std::string why = "closed by peer";
@@ -581,7 +711,7 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
     while (auto message = stream->Read()) {
       auto shared = std::make_shared<IncomingMessage>(std::move(*message));
       ++*in_flight;
-      pool_.Post([session, stream, shared, in_flight] {
+      auto job = [session, stream, shared, in_flight] {
         capnp::MallocMessageBuilder reply(2048);
         auto request = shared->Root<schema::FileRequest>();
         auto response = reply.initRoot<schema::ServerMessage>().initResponse();
@@ -592,7 +722,13 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
           spdlog::debug("file service: reply not sent: {}", e.what());
         }
         --*in_flight;
-      });
+      };
+      // A forget is a few map operations and has no reply: not worth a thread hop.
+      if (shared->Root<schema::FileRequest>().getOp() == schema::FileOp::FORGET) {
+        job();
+      } else {
+        pool_.Post(std::move(job));
+      }
     }
   } catch (const Error& e) {
     why = e.what();

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -55,9 +56,18 @@ class FileSession {
   FileSession(const FileSession&) = delete;
   FileSession& operator=(const FileSession&) = delete;
 
+  ~FileSession();
+
   // Performs one request with the caller's credentials (on the calling thread) and fills
   // the response. Never throws: failures become the response's errno.
   void Handle(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
+
+  // Change notices: every object the client looked up is watched (inotify), and a change
+  // made at home by anyone but this client — a local process, another node — is reported
+  // through `notify(node, parent, name)` from a thread of the session's own: node != 0
+  // for an object's data or attributes, parent and name for a directory entry.
+  using Notify = std::function<void(uint64_t node, uint64_t parent, const std::string& name)>;
+  void Watch(Notify notify);
 
  private:
   struct Node;
@@ -70,6 +80,10 @@ class FileSession {
   void LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry);
   void Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
   void ReadDir(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
+  void WatchLoop();
+  // Remembers that this client itself changed an object or a directory entry, so the
+  // notice of its own change is not sent back to it.
+  void MarkOwn(uint64_t node, uint64_t parent = 0, const std::string& name = {});
 
   int root_;
   std::mutex mutex_;
@@ -77,6 +91,13 @@ class FileSession {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> by_inode_;
   std::unordered_map<uint64_t, std::shared_ptr<OpenFile>> handles_;
   uint64_t next_node_ = 2;  // 1 is the root
+
+  Fd inotify_;
+  Notify notify_;
+  std::thread watcher_;
+  std::atomic<bool> stop_watching_{false};
+  std::unordered_map<int, uint64_t> watches_;  // inotify wd -> node
+  std::map<std::pair<uint64_t, std::string>, std::chrono::steady_clock::time_point> own_;
   uint64_t next_handle_ = 1;
 };
 

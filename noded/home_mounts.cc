@@ -3,6 +3,7 @@
 
 #include <signal.h>
 #include <sys/mount.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <thread>
@@ -64,6 +65,14 @@ void HomeMounts::PeerUp(const std::string& name, const std::string& address,
   SpawnOptions spawn;
   spawn.argv = {options_.mosmount, "-f", "-o", fmt::format("timeout={}", options_.timeout_s),
                 target, path};
+  if (!options_.config_path.empty()) {
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e) {
+      if (std::string_view(*e).rfind("HOMEWARD_CONFIG=", 0) != 0) env.emplace_back(*e);
+    }
+    env.push_back("HOMEWARD_CONFIG=" + options_.config_path);
+    spawn.env = std::move(env);
+  }
   peers_.emplace(name, PeerMount{target, ChildProcess::Spawn(spawn)});
   spdlog::info("mounting {} from {}", path, target);
 }

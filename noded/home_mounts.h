@@ -19,6 +19,7 @@ struct HomeMountsOptions {
   std::string export_root = "/";
   std::string mosmount = "mosmount";  // looked up on PATH unless absolute
   int timeout_s = 10;                 // passed to homefs: how long a call may wait
+  std::string config_path;            // the node's configuration (the cluster key)
 };
 
 class HomeMounts {

@@ -125,6 +125,49 @@ class HomefsTest(unittest.TestCase):
             finally:
                 self.unmount(cluster)
 
+    def test_changes_at_home_reach_the_cache(self):
+        with harness.LoopCluster(2) as cluster:
+            cluster.run("node1", "sh", "-c", "echo before > /data/f")
+            home = cluster.node("node1")["address"]
+            # Caches trusted for a minute: only the home's notices can refresh them sooner.
+            cluster.run("node2", "sh", "-c", f"mkdir -p {MNT} && mosmount -o timeout=3,"
+                        f"attr_timeout=60,entry_timeout=60 {home} {MNT}")
+            try:
+                self.assertEqual(cluster.run("node2", "cat", f"{MNT}/data/f").stdout, "before\n")
+                self.assertNotEqual(cluster.run("node2", "stat", f"{MNT}/data/new",
+                                                check=False).returncode, 0)
+                cluster.run("node1", "sh", "-c", "echo 'changed at home' > /data/f; "
+                            "echo hello > /data/new")
+                cluster.wait_for(lambda: cluster.run("node2", "cat", f"{MNT}/data/f").stdout
+                                 == "changed at home\n", 30, "the change to reach node2")
+                cluster.wait_for(lambda: cluster.run("node2", "cat", f"{MNT}/data/new",
+                                                     check=False).stdout == "hello\n",
+                                 30, "the new file to appear on node2")
+            finally:
+                self.unmount(cluster)
+
+    def test_daemon_mounts_peer_homes(self):
+        with harness.LoopCluster(2) as cluster:
+            cluster.run("node1", "sh", "-c", "echo node1-file > /data/marker")
+            # The node's own home is its tree, with no FUSE in the way.
+            own = cluster.run("node1", "sh", "-c", "cat /mosix/home/node1/data/marker; "
+                              "stat -f -c %T /mosix/home/node1/data").stdout
+            self.assertTrue(own.startswith("node1-file\n"))
+            self.assertNotIn("fuse", own)
+            # What membership does for a live peer: the daemon runs homefs for it.
+            home = cluster.node("node1")["address"]
+            cluster.run("node2", "mosctl", "home-mount", "node1", home)
+            cluster.wait_for(lambda: cluster.run("node2", "cat", "/mosix/home/node1/data/marker",
+                                                 check=False).stdout == "node1-file\n",
+                             30, "/mosix/home/node1 on node2")
+            mounts = cluster.run("node2", "cat", "/proc/self/mountinfo").stdout
+            self.assertIn("/mosix/home/node1 ", mounts)
+            cluster.run("node2", "mosctl", "home-unmount", "node1")
+            mounts = cluster.run("node2", "cat", "/proc/self/mountinfo").stdout
+            self.assertNotIn("/mosix/home/node1 ", mounts)
+            self.assertNotEqual(cluster.run("node2", "mosctl", "home-mount", "../x", home,
+                                            check=False).returncode, 0)
+
 
 if __name__ == "__main__":
     harness.main()

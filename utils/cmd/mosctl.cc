@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "config.h"
 #include "control_client.h"
 #include "error.h"
 
@@ -32,6 +33,22 @@ int Status(const std::string& socket) {
   return 0;
 }
 
+// What membership does for each live peer, by hand: mount or unmount /mosix/home/<name>.
+int HomeMount(const std::string& socket, const std::string& name, const std::string& address,
+              bool up) {
+  Endpoint endpoint;
+  if (up) endpoint = Endpoint::Parse(address, 0);
+  auto client = ControlClient::Connect(socket);
+  client.Call([&](auto request) {
+    auto mount = request.initHomeMount();
+    mount.setName(name);
+    mount.setAddress(endpoint.host);
+    mount.setPeerPort(endpoint.port);
+    mount.setUp(up);
+  });
+  return 0;
+}
+
 }  // namespace
 }  // namespace homeward
 
@@ -42,9 +59,17 @@ int main(int argc, char** argv) {
   app.add_option("--control", socket, "the node daemon's control socket")
       ->envname("HOMEWARD_CONTROL");
   auto* status = app.add_subcommand("status", "show this node's name, address, version, uptime");
+  std::string name, address;
+  auto* mount = app.add_subcommand("home-mount", "mount /mosix/home/NAME from ADDRESS[:PORT]");
+  mount->add_option("name", name, "the peer's node name")->required();
+  mount->add_option("address", address, "the peer's address[:port]")->required();
+  auto* unmount = app.add_subcommand("home-unmount", "unmount /mosix/home/NAME");
+  unmount->add_option("name", name, "the peer's node name")->required();
   CLI11_PARSE(app, argc, argv);
   try {
     if (status->parsed()) return homeward::Status(socket);
+    if (mount->parsed()) return homeward::HomeMount(socket, name, address, true);
+    if (unmount->parsed()) return homeward::HomeMount(socket, name, "", false);
   } catch (const homeward::Error& e) {
     std::fprintf(stderr, "mosctl: %s\n", e.what());
     return 1;

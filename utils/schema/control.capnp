@@ -31,6 +31,9 @@ struct ControlRequest {
     startGuest @8 :GuestSpec;
     # From a home's daemon over an authenticated peer connection only: run a job of that
     # home here. The connection then relays as for startJob.
+    homeMount @9 :HomeMountRequest;
+    # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
+    # hand (debugging, tests).
   }
 }
 
@@ -43,6 +46,7 @@ struct ControlReply {
     jobOutput @4 :JobOutput;
     jobExited @5 :JobExit;
     jobs @6 :JobList;
+    done @7 :Void;
   }
 }
 
@@ -163,4 +167,11 @@ struct ResourceLimit {
   soft @1 :UInt64;
   hard @2 :UInt64;
   # RLIM_INFINITY is all ones.
+}
+
+struct HomeMountRequest {
+  name @0 :Text;
+  address @1 :Text;
+  peerPort @2 :UInt16;
+  up @3 :Bool;
 }
