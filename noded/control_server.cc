@@ -113,7 +113,9 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
         StartReading();
       } catch (const Error& e) {
         Close();
+        return;
       }
+      DispatchBuffered();
     }
   }
 
@@ -142,12 +144,19 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
       Close();
       return;
     }
+    decoder_.Feed(buf->base, static_cast<size_t>(nread));
+    DispatchBuffered();
+  }
+
+  // Dispatches the complete messages received so far, until the connection is paused
+  // (what stays buffered is dispatched on resume) or closed.
+  void DispatchBuffered() {
     auto keep_alive = shared_from_this();
     try {
-      decoder_.Feed(buf->base, static_cast<size_t>(nread));
-      while (auto message = decoder_.Next()) {
+      while (!reading_paused_ && !closed_) {
+        auto message = decoder_.Next();
+        if (!message) break;
         Dispatch(*message);
-        if (closed_) return;
       }
     } catch (const Error& e) {
       spdlog::warn("control: dropping a client that sent a bad message: {}", e.what());
