@@ -183,7 +183,7 @@ int Run(const Options& options) {
           case schema::ControlReply::ERROR: {
             auto error = reply.getError();
             fprintf(stderr, "mosrun: %s\n", error.getMessage().cStr());
-            return 1;
+            return 255;
           }
           default:
             break;  // jobStarted, and what later versions add
