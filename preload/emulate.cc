@@ -3,14 +3,17 @@
 // which is mapped with mmap and unmapped if execve returns.
 #include "emulate.h"
 
-#include <csignal>
-#include <cerrno>
+#include <elf.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+
+#include <cerrno>
+#include <csignal>
 
 #include "env_inject.h"
 #include "raw_syscall.h"
@@ -70,8 +73,67 @@ long Fork(const PidMap& map, long nr, const long a[6]) {
   return result > 0 ? map.ToHome(result) : result;
 }
 
+// True when the file opened as `fd` is an x86-64 ELF program with no interpreter: the
+// shim cannot be preloaded into it, and without the shim's handler the inherited filter's
+// first trap would kill it with a bare SIGSYS. The dynamic loader itself, run by name, is
+// the one interpreter-less ELF that loads the shim.
+bool IsStaticProgram(int fd, const char* path) {
+  Elf64_Ehdr header;
+  if (RawSyscall(SYS_pread64, fd, reinterpret_cast<long>(&header), sizeof(header), 0) !=
+      static_cast<long>(sizeof(header))) {
+    return false;
+  }
+  if (header.e_ident[EI_MAG0] != ELFMAG0 || header.e_ident[EI_MAG1] != ELFMAG1 ||
+      header.e_ident[EI_MAG2] != ELFMAG2 || header.e_ident[EI_MAG3] != ELFMAG3 ||
+      header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_phentsize != sizeof(Elf64_Phdr)) {
+    return false;
+  }
+  for (unsigned i = 0; i < header.e_phnum; ++i) {
+    Elf64_Phdr ph;
+    long offset = static_cast<long>(header.e_phoff + i * sizeof(ph));
+    if (RawSyscall(SYS_pread64, fd, reinterpret_cast<long>(&ph), sizeof(ph), offset) !=
+        static_cast<long>(sizeof(ph))) {
+      return false;
+    }
+    if (ph.p_type == PT_INTERP) return false;
+  }
+  const char* name = path;
+  for (const char* c = path; *c != '\0'; ++c) {
+    if (*c == '/') name = c + 1;
+  }
+  bool loader = name[0] == 'l' && name[1] == 'd' && (name[2] == '-' || name[2] == '.');
+  return !loader;
+}
+
+size_t Length(const char* s) {
+  size_t n = 0;
+  while (s[n] != '\0') ++n;
+  return n;
+}
+
+// Refuses a static program with a line on stderr naming it, rather than letting it die.
+long RefuseStatic(long dirfd, const char* path, long flags) {
+  if (path == nullptr || path[0] == '\0') return 0;  // execveat(fd, "", AT_EMPTY_PATH)
+  long fd = RawSyscall(SYS_openat, dirfd, reinterpret_cast<long>(path),
+                       O_RDONLY | O_CLOEXEC | ((flags & AT_SYMLINK_NOFOLLOW) ? O_NOFOLLOW : 0));
+  if (fd < 0) return 0;  // Unreadable: the kernel decides.
+  bool refuse = IsStaticProgram(static_cast<int>(fd), path);
+  RawSyscall(SYS_close, fd);
+  if (!refuse) return 0;
+  const char* parts[] = {"homeward: cannot run ", path,
+                         " in a job: it is statically linked, so the job shim cannot enter it\n"};
+  for (const char* part : parts) {
+    RawSyscall(SYS_write, 2, reinterpret_cast<long>(part), static_cast<long>(Length(part)));
+  }
+  return -EPERM;
+}
+
 // execve and execveat: the new program gets the job's variables back if it lost them.
 long Exec(long nr, const long a[6]) {
+  long refused = nr == SYS_execve
+                     ? RefuseStatic(AT_FDCWD, reinterpret_cast<const char*>(a[0]), 0)
+                     : RefuseStatic(a[0], reinterpret_cast<const char*>(a[1]), a[4]);
+  if (refused != 0) return refused;
   ShimState& state = State();
   const char* entries[kEnvCount];
   for (int i = 0; i < kEnvCount; ++i) entries[i] = state.env[i];

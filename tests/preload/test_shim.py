@@ -17,6 +17,7 @@ SHIM = os.path.join(BUILD, "preload", "libmosix_preload.so")
 INIT = os.path.join(BUILD, "tests", "test_init")
 PROBE = os.path.join(BUILD, "tests", "probe")
 CHECK = os.path.join(BUILD, "tests", "shim_check")
+STATIC = os.path.join(BUILD, "utils", "elf_info_static")
 
 HOME = "homenode"
 HOME_PID = 31337
@@ -174,6 +175,11 @@ class ShimTest(unittest.TestCase):
                            f"/bin/kill -USR1 {HOME_PID}; sleep 5; echo missed").stdout
         self.assertEqual(out, "got\n")
 
+    def test_static_program_is_refused_with_a_clear_message(self):
+        result = self.run_job("sh", "-c", f"{STATIC}; echo status=$?", check=False)
+        self.assertIn("status=126", result.stdout)
+        self.assertIn(f"cannot run {STATIC} in a job: it is statically linked", result.stderr)
+
     def test_python_and_its_subprocesses(self):
         script = ("import os, subprocess\n"
                   "print(os.getpid(), os.getppid())\n"
@@ -187,7 +193,7 @@ if __name__ == "__main__":
     if os.geteuid() != 0:
         print("skipped: the shim's tests make pid namespaces and need root")
         sys.exit(77)
-    for path in (SHIM, INIT, PROBE, CHECK):
+    for path in (SHIM, INIT, PROBE, CHECK, STATIC):
         if not os.path.exists(path):
             sys.exit(f"missing {path}: build first (meson compile)")
     unittest.main(verbosity=2)
