@@ -5,6 +5,7 @@
 //   seccomp   the program's own seccomp filter and SIGSYS handler, and a blocked SIGSYS
 //   exec-clean  clears its environment and executes ARGS with none
 //   kill-home   a child signals the job's home pid; pid 2 must get it
+//   early     what a library constructor saw (early_lib.cc, run before the shim's own)
 #include <pthread.h>
 #include <seccomp.h>
 #include <spawn.h>
@@ -215,9 +216,11 @@ int KillHome(const char* how) {
 
 }  // namespace
 
+extern long early_getpid, early_syscall_getpid, early_sigaction;
+
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: shim_check fork|threads|seccomp|exec-clean PROG...|kill-home\n");
+    fprintf(stderr, "usage: shim_check MODE (fork|threads|seccomp|exec-clean PROG...|kill-home|early)\n");
     return 2;
   }
   const char* mode = argv[1];
@@ -225,6 +228,12 @@ int main(int argc, char** argv) {
   if (strcmp(mode, "threads") == 0) return Threads();
   if (strcmp(mode, "seccomp") == 0) return Seccomp();
   if (strcmp(mode, "exec-clean") == 0 && argc > 2) return ExecClean(argv + 2);
+  if (strcmp(mode, "early") == 0) {
+    Report("early.getpid", early_getpid);
+    Report("early.syscall_getpid", early_syscall_getpid);
+    Report("early.sigaction", early_sigaction);
+    return 0;
+  }
   if (strcmp(mode, "kill-home") == 0) return KillHome(argc > 2 ? argv[2] : "libc");
   fprintf(stderr, "shim_check: unknown mode %s\n", mode);
   return 2;

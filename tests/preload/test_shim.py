@@ -175,6 +175,14 @@ class ShimTest(unittest.TestCase):
                            f"/bin/kill -USR1 {HOME_PID}; sleep 5; echo missed").stdout
         self.assertEqual(out, "got\n")
 
+    def test_library_constructors_run_under_the_shim_after_exec(self):
+        # Executed from a job, the program inherits the filter; its library's constructor
+        # runs before the shim's and must still get answers, not a fatal SIGSYS.
+        view = self.view("sh", "-c", f"exec {CHECK} early")
+        self.assertEqual(view["early.getpid"], str(HOME_PID))
+        self.assertEqual(view["early.syscall_getpid"], str(HOME_PID))
+        self.assertEqual(view["early.sigaction"], "0")
+
     def test_static_program_is_refused_with_a_clear_message(self):
         result = self.run_job("sh", "-c", f"{STATIC}; echo status=$?", check=False)
         self.assertIn("status=126", result.stdout)
