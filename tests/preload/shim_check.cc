@@ -220,7 +220,8 @@ extern long early_getpid, early_syscall_getpid, early_sigaction;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: shim_check MODE (fork|threads|seccomp|exec-clean PROG...|kill-home|early)\n");
+    fprintf(stderr,
+            "usage: shim_check fork|threads|seccomp|exec-clean PROG...|kill-home|early\n");
     return 2;
   }
   const char* mode = argv[1];
