@@ -185,7 +185,7 @@ long Sigprocmask(const long a[6]) {
 bool Emulates(long nr) {
   switch (nr) {
     case SYS_getpid: case SYS_getppid: case SYS_gettid: case SYS_getpgrp:
-    case SYS_getpgid: case SYS_getsid: case SYS_setpgid:
+    case SYS_getpgid: case SYS_getsid: case SYS_setpgid: case SYS_setsid:
     case SYS_kill: case SYS_tkill: case SYS_tgkill:
     case SYS_rt_sigqueueinfo: case SYS_rt_tgsigqueueinfo:
     case SYS_wait4: case SYS_waitid: case SYS_uname:
@@ -208,7 +208,7 @@ long Emulate(long nr, const long a[6], ucontext_t* uc) {
   if (!state.active) return Raw(nr, a);
   const PidMap& map = state.map;
   switch (nr) {
-    case SYS_getpid: case SYS_getppid: case SYS_gettid: case SYS_getpgrp:
+    case SYS_getpid: case SYS_getppid: case SYS_gettid: case SYS_getpgrp: case SYS_setsid:
       return map.ToHome(Raw(nr, a));
     case SYS_getpgid: case SYS_getsid:
       return map.ToHome(RawSyscall(nr, map.ToInner(a[0])));

@@ -22,7 +22,7 @@ constexpr int kAlwaysTrapped[] = {
     SCMP_SYS(tgkill),  SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo),
     SCMP_SYS(wait4),   SCMP_SYS(waitid),          SCMP_SYS(uname),
     SCMP_SYS(fork),    SCMP_SYS(vfork),           SCMP_SYS(execve),
-    SCMP_SYS(execveat), SCMP_SYS(rt_sigaction),
+    SCMP_SYS(execveat), SCMP_SYS(rt_sigaction),   SCMP_SYS(setsid),
 };
 
 // Calls that take a pid as first argument, where 0 means the caller: only other pids

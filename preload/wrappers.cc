@@ -58,6 +58,7 @@ pid_t gettid() noexcept { return static_cast<pid_t>(Call(SYS_gettid)); }
 pid_t getpgrp() noexcept { return static_cast<pid_t>(Call(SYS_getpgrp)); }
 pid_t getpgid(pid_t pid) noexcept { return static_cast<pid_t>(Call(SYS_getpgid, pid)); }
 pid_t getsid(pid_t pid) noexcept { return static_cast<pid_t>(Call(SYS_getsid, pid)); }
+pid_t setsid() noexcept { return static_cast<pid_t>(Call(SYS_setsid)); }
 int setpgid(pid_t pid, pid_t pgid) noexcept {
   return static_cast<int>(Call(SYS_setpgid, pid, pgid));
 }

@@ -83,6 +83,22 @@ int Fork() {
   Report("spawn.waitpid", waitpid(spawned, &status, 0));
   int rc = system("exit 3");
   Report("system.status", WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
+  int fds[2];
+  if (pipe(fds) != 0) return 1;
+  pid_t leader = fork();
+  if (leader == 0) {
+    long ids[4] = {setsid(), getsid(0), getpgrp(), getpgid(0)};
+    (void)!write(fds[1], ids, sizeof(ids));
+    _exit(0);
+  }
+  long ids[4] = {};
+  if (read(fds[0], ids, sizeof(ids)) != sizeof(ids)) return 1;
+  waitpid(leader, nullptr, 0);
+  Report("setsid.child", leader);
+  Report("setsid.returned", ids[0]);
+  Report("setsid.getsid", ids[1]);
+  Report("setsid.getpgrp", ids[2]);
+  Report("setsid.getpgid", ids[3]);
   siginfo_t info = {};
   pid_t child = fork();
   if (child == 0) _exit(5);

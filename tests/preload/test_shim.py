@@ -119,6 +119,8 @@ class ShimTest(unittest.TestCase):
         self.assertEqual(view["spawn.child_pid"], view["spawn.returned"])
         self.assertEqual(view["spawn.waitpid"], view["spawn.returned"])
         self.assertEqual(view["system.status"], "3")
+        for key in ("returned", "getsid", "getpgrp", "getpgid"):
+            self.assertEqual(view[f"setsid.{key}"], view["setsid.child"], key)
         self.assertEqual(view["waitid.rc"], "0")
         self.assertEqual(view["waitid.si_pid"], view["waitid.returned"])
 
