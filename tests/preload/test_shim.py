@@ -190,6 +190,11 @@ class ShimTest(unittest.TestCase):
         self.assertIn("status=126", result.stdout)
         self.assertIn(f"cannot run {STATIC} in a job: it is statically linked", result.stderr)
 
+    def test_proc_of_a_home_id_is_the_process(self):
+        out = self.run_job("sh", "-c", 'grep ^Name: /proc/$$/status; cat /proc/$PPID/comm; '
+                           'test -d /proc/$$ && echo dir').stdout
+        self.assertEqual(out, "Name:\tsh\ntest_init\ndir\n")
+
     def test_python_and_its_subprocesses(self):
         script = ("import os, subprocess\n"
                   "print(os.getpid(), os.getppid())\n"
