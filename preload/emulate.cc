@@ -173,11 +173,33 @@ long Sigaction(const long a[6]) {
   return RawSyscall(SYS_rt_sigaction, a[0], reinterpret_cast<long>(&copy), a[2], a[3]);
 }
 
-// rt_sigprocmask: SIGSYS is never blocked, for the same reason.
-long Sigprocmask(const long a[6]) {
-  if (a[1] == 0 || a[3] != sizeof(unsigned long)) return Raw(SYS_rt_sigprocmask, a);
-  unsigned long set = *reinterpret_cast<const unsigned long*>(a[1]) & ~kSigsysBit;
-  return RawSyscall(SYS_rt_sigprocmask, a[0], reinterpret_cast<long>(&set), a[2], a[3]);
+// rt_sigprocmask: SIGSYS is never blocked, for the same reason. From the handler, the
+// new mask goes into the trapped context: the handler's return (rt_sigreturn) installs
+// the context's mask, which would undo a mask set with a system call here.
+long Sigprocmask(const long a[6], ucontext_t* uc) {
+  if (a[3] != sizeof(unsigned long)) return -EINVAL;
+  if (uc == nullptr) {
+    if (a[1] == 0) return Raw(SYS_rt_sigprocmask, a);
+    unsigned long set = *reinterpret_cast<const unsigned long*>(a[1]) & ~kSigsysBit;
+    return RawSyscall(SYS_rt_sigprocmask, a[0], reinterpret_cast<long>(&set), a[2], a[3]);
+  }
+  auto* mask = reinterpret_cast<unsigned long*>(&uc->uc_sigmask);
+  unsigned long old = *mask;
+  if (a[1] != 0) {
+    unsigned long set = *reinterpret_cast<const unsigned long*>(a[1]);
+    unsigned long next;
+    switch (a[0]) {
+      case SIG_BLOCK: next = old | set; break;
+      case SIG_UNBLOCK: next = old & ~set; break;
+      case SIG_SETMASK: next = set; break;
+      default: return -EINVAL;
+    }
+    // As the kernel does: SIGKILL and SIGSTOP cannot be blocked; nor, here, SIGSYS.
+    next &= ~(kSigsysBit | (1UL << (SIGKILL - 1)) | (1UL << (SIGSTOP - 1)));
+    *mask = next;
+  }
+  if (a[2] != 0) *reinterpret_cast<unsigned long*>(a[2]) = old;
+  return 0;
 }
 
 }  // namespace
@@ -238,7 +260,7 @@ long Emulate(long nr, const long a[6], ucontext_t* uc) {
     case SYS_rt_sigaction:
       return Sigaction(a);
     case SYS_rt_sigprocmask:
-      return Sigprocmask(a);
+      return Sigprocmask(a, uc);
     case SYS_getpriority: case SYS_setpriority:
       if (a[0] == PRIO_PROCESS || a[0] == PRIO_PGRP) {
         return RawSyscall(nr, a[0], map.ToInner(a[1]), a[2]);

@@ -191,6 +191,10 @@ int Seccomp() {
   sigset_t all;
   sigfillset(&all);
   sigprocmask(SIG_BLOCK, &all, nullptr);
+  sigset_t now;
+  sigprocmask(SIG_BLOCK, nullptr, &now);
+  Report("blocked.usr1", sigismember(&now, SIGUSR1));
+  Report("blocked.sigsys", sigismember(&now, SIGSYS));
   Report("blocked.syscall_getpid", syscall(SYS_getpid));
   sigprocmask(SIG_UNBLOCK, &all, nullptr);
   struct sigaction usr2 = {};

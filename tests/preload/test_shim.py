@@ -152,6 +152,8 @@ class ShimTest(unittest.TestCase):
         self.assertEqual(view["syscall.getpid"], str(HOME_PID))
         self.assertEqual(view["setpgid.errno"], "1")  # Its EPERM rule still holds.
         self.assertEqual(view["own.kills"], "1")  # A sent SIGSYS reaches its handler.
+        self.assertEqual(view["blocked.usr1"], "1")  # The mask the program set holds...
+        self.assertEqual(view["blocked.sigsys"], "0")  # ...but for SIGSYS.
         self.assertEqual(view["blocked.syscall_getpid"], str(HOME_PID))
         self.assertEqual(view["handler.syscall_getpid"], str(HOME_PID))
 
