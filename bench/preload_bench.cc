@@ -37,8 +37,7 @@ volatile long g_sink;
 int Calls(long scale) {
   struct stat st;
   printf("getpid %.1f\n", NsPerCall(200000 * scale, [] { g_sink = getpid(); }));
-  printf("syscall_getpid %.1f\n",
-         NsPerCall(50000 * scale, [] { g_sink = syscall(SYS_getpid); }));
+  printf("syscall_getpid %.1f\n", NsPerCall(50000 * scale, [] { g_sink = syscall(SYS_getpid); }));
   printf("gettid %.1f\n", NsPerCall(200000 * scale, [] { g_sink = gettid(); }));
   printf("stat %.1f\n", NsPerCall(50000 * scale, [&] { g_sink = stat("/usr", &st); }));
   printf("open_close %.1f\n", NsPerCall(20000 * scale, [] {

@@ -24,7 +24,9 @@ namespace {
 
 constexpr unsigned long kSigsysBit = 1UL << (SIGSYS - 1);
 
-long Raw(long nr, const long a[6]) { return RawSyscall(nr, a[0], a[1], a[2], a[3], a[4]); }
+long Raw(long nr, const long a[6]) {
+  return RawSyscall(nr, a[0], a[1], a[2], a[3], a[4]);
+}
 
 long Uname(const PidMap&, const long a[6]) {
   long result = Raw(SYS_uname, a);
@@ -130,9 +132,8 @@ long RefuseStatic(long dirfd, const char* path, long flags) {
 
 // execve and execveat: the new program gets the job's variables back if it lost them.
 long Exec(long nr, const long a[6]) {
-  long refused = nr == SYS_execve
-                     ? RefuseStatic(AT_FDCWD, reinterpret_cast<const char*>(a[0]), 0)
-                     : RefuseStatic(a[0], reinterpret_cast<const char*>(a[1]), a[4]);
+  long refused = nr == SYS_execve ? RefuseStatic(AT_FDCWD, reinterpret_cast<const char*>(a[0]), 0)
+                                  : RefuseStatic(a[0], reinterpret_cast<const char*>(a[1]), a[4]);
   if (refused != 0) return refused;
   ShimState& state = State();
   const char* entries[kEnvCount];
@@ -144,8 +145,8 @@ long Exec(long nr, const long a[6]) {
   long mapped = RawSyscall6(SYS_mmap, 0, static_cast<long>(size), PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped < 0 && mapped > -4096) return mapped;
-  char** env = InjectEnv(envp, entries, kEnvCount, state.library,
-                         reinterpret_cast<void*>(mapped), size);
+  char** env =
+      InjectEnv(envp, entries, kEnvCount, state.library, reinterpret_cast<void*>(mapped), size);
   long args[6] = {a[0], a[1], a[2], a[3], a[4], a[5]};
   args[env_arg] = reinterpret_cast<long>(env);
   long result = Raw(nr, args);
@@ -189,10 +190,17 @@ long Sigprocmask(const long a[6], ucontext_t* uc) {
     unsigned long set = *reinterpret_cast<const unsigned long*>(a[1]);
     unsigned long next;
     switch (a[0]) {
-      case SIG_BLOCK: next = old | set; break;
-      case SIG_UNBLOCK: next = old & ~set; break;
-      case SIG_SETMASK: next = set; break;
-      default: return -EINVAL;
+      case SIG_BLOCK:
+        next = old | set;
+        break;
+      case SIG_UNBLOCK:
+        next = old & ~set;
+        break;
+      case SIG_SETMASK:
+        next = set;
+        break;
+      default:
+        return -EINVAL;
     }
     // As the kernel does: SIGKILL and SIGSTOP cannot be blocked; nor, here, SIGSYS.
     next &= ~(kSigsysBit | (1UL << (SIGKILL - 1)) | (1UL << (SIGSTOP - 1)));
@@ -206,19 +214,40 @@ long Sigprocmask(const long a[6], ucontext_t* uc) {
 
 bool Emulates(long nr) {
   switch (nr) {
-    case SYS_getpid: case SYS_getppid: case SYS_gettid: case SYS_getpgrp:
-    case SYS_getpgid: case SYS_getsid: case SYS_setpgid: case SYS_setsid:
-    case SYS_kill: case SYS_tkill: case SYS_tgkill:
-    case SYS_rt_sigqueueinfo: case SYS_rt_tgsigqueueinfo:
-    case SYS_wait4: case SYS_waitid: case SYS_uname:
-    case SYS_fork: case SYS_vfork: case SYS_clone:
-    case SYS_execve: case SYS_execveat:
-    case SYS_rt_sigaction: case SYS_rt_sigprocmask:
-    case SYS_sched_setaffinity: case SYS_sched_getaffinity:
-    case SYS_sched_setparam: case SYS_sched_getparam:
-    case SYS_sched_setscheduler: case SYS_sched_getscheduler:
-    case SYS_sched_rr_get_interval: case SYS_prlimit64: case SYS_pidfd_open:
-    case SYS_getpriority: case SYS_setpriority:
+    case SYS_getpid:
+    case SYS_getppid:
+    case SYS_gettid:
+    case SYS_getpgrp:
+    case SYS_getpgid:
+    case SYS_getsid:
+    case SYS_setpgid:
+    case SYS_setsid:
+    case SYS_kill:
+    case SYS_tkill:
+    case SYS_tgkill:
+    case SYS_rt_sigqueueinfo:
+    case SYS_rt_tgsigqueueinfo:
+    case SYS_wait4:
+    case SYS_waitid:
+    case SYS_uname:
+    case SYS_fork:
+    case SYS_vfork:
+    case SYS_clone:
+    case SYS_execve:
+    case SYS_execveat:
+    case SYS_rt_sigaction:
+    case SYS_rt_sigprocmask:
+    case SYS_sched_setaffinity:
+    case SYS_sched_getaffinity:
+    case SYS_sched_setparam:
+    case SYS_sched_getparam:
+    case SYS_sched_setscheduler:
+    case SYS_sched_getscheduler:
+    case SYS_sched_rr_get_interval:
+    case SYS_prlimit64:
+    case SYS_pidfd_open:
+    case SYS_getpriority:
+    case SYS_setpriority:
       return true;
     default:
       return false;
@@ -230,9 +259,14 @@ long Emulate(long nr, const long a[6], ucontext_t* uc) {
   if (!state.active) return Raw(nr, a);
   const PidMap& map = state.map;
   switch (nr) {
-    case SYS_getpid: case SYS_getppid: case SYS_gettid: case SYS_getpgrp: case SYS_setsid:
+    case SYS_getpid:
+    case SYS_getppid:
+    case SYS_gettid:
+    case SYS_getpgrp:
+    case SYS_setsid:
       return map.ToHome(Raw(nr, a));
-    case SYS_getpgid: case SYS_getsid:
+    case SYS_getpgid:
+    case SYS_getsid:
       return map.ToHome(RawSyscall(nr, map.ToInner(a[0])));
     case SYS_setpgid:
       return RawSyscall(nr, map.ToInner(a[0]), map.ToInner(a[1]));
@@ -252,24 +286,33 @@ long Emulate(long nr, const long a[6], ucontext_t* uc) {
       return Waitid(map, a);
     case SYS_uname:
       return Uname(map, a);
-    case SYS_fork: case SYS_vfork: case SYS_clone:
+    case SYS_fork:
+    case SYS_vfork:
+    case SYS_clone:
       // Outside the handler (uc null) these are never asked for: libc's fork is trapped.
       return uc != nullptr ? Fork(map, nr, a) : -ENOSYS;
-    case SYS_execve: case SYS_execveat:
+    case SYS_execve:
+    case SYS_execveat:
       return Exec(nr, a);
     case SYS_rt_sigaction:
       return Sigaction(a);
     case SYS_rt_sigprocmask:
       return Sigprocmask(a, uc);
-    case SYS_getpriority: case SYS_setpriority:
+    case SYS_getpriority:
+    case SYS_setpriority:
       if (a[0] == PRIO_PROCESS || a[0] == PRIO_PGRP) {
         return RawSyscall(nr, a[0], map.ToInner(a[1]), a[2]);
       }
       return Raw(nr, a);
-    case SYS_sched_setaffinity: case SYS_sched_getaffinity:
-    case SYS_sched_setparam: case SYS_sched_getparam:
-    case SYS_sched_setscheduler: case SYS_sched_getscheduler:
-    case SYS_sched_rr_get_interval: case SYS_prlimit64: case SYS_pidfd_open:
+    case SYS_sched_setaffinity:
+    case SYS_sched_getaffinity:
+    case SYS_sched_setparam:
+    case SYS_sched_getparam:
+    case SYS_sched_setscheduler:
+    case SYS_sched_getscheduler:
+    case SYS_sched_rr_get_interval:
+    case SYS_prlimit64:
+    case SYS_pidfd_open:
       return RawSyscall(nr, map.ToInner(a[0]), a[1], a[2], a[3], a[4]);
     default:
       return Raw(nr, a);

@@ -30,7 +30,9 @@ bool SameName(const char* a, const char* b) {
   return true;
 }
 
-bool IsLdPreload(const char* entry) { return SameName(entry, "LD_PRELOAD="); }
+bool IsLdPreload(const char* entry) {
+  return SameName(entry, "LD_PRELOAD=");
+}
 
 // True when the whitespace- or colon-separated list `list` names `library`.
 bool ListHas(const char* list, const char* library) {

@@ -2,10 +2,10 @@
 // so allocating here is fine.
 #include "filter.h"
 
-#include <cerrno>
-#include <csignal>
 #include <sched.h>
 #include <seccomp.h>
+#include <cerrno>
+#include <csignal>
 
 #include <initializer_list>
 
@@ -16,21 +16,20 @@ namespace {
 
 // Calls whose every use the shim answers.
 constexpr int kAlwaysTrapped[] = {
-    SCMP_SYS(getpid),  SCMP_SYS(getppid),         SCMP_SYS(gettid),
-    SCMP_SYS(getpgrp), SCMP_SYS(getpgid),         SCMP_SYS(getsid),
-    SCMP_SYS(setpgid), SCMP_SYS(kill),            SCMP_SYS(tkill),
-    SCMP_SYS(tgkill),  SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo),
-    SCMP_SYS(wait4),   SCMP_SYS(waitid),          SCMP_SYS(uname),
-    SCMP_SYS(fork),    SCMP_SYS(vfork),           SCMP_SYS(execve),
-    SCMP_SYS(execveat), SCMP_SYS(rt_sigaction),   SCMP_SYS(setsid),
+    SCMP_SYS(getpid),  SCMP_SYS(getppid), SCMP_SYS(gettid),          SCMP_SYS(getpgrp),
+    SCMP_SYS(getpgid), SCMP_SYS(getsid),  SCMP_SYS(setpgid),         SCMP_SYS(kill),
+    SCMP_SYS(tkill),   SCMP_SYS(tgkill),  SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo),
+    SCMP_SYS(wait4),   SCMP_SYS(waitid),  SCMP_SYS(uname),           SCMP_SYS(fork),
+    SCMP_SYS(vfork),   SCMP_SYS(execve),  SCMP_SYS(execveat),        SCMP_SYS(rt_sigaction),
+    SCMP_SYS(setsid),
 };
 
 // Calls that take a pid as first argument, where 0 means the caller: only other pids
 // need translating, so the common "0" passes at full speed.
 constexpr int kTrappedWithPid[] = {
-    SCMP_SYS(sched_setaffinity), SCMP_SYS(sched_getaffinity),  SCMP_SYS(sched_setparam),
-    SCMP_SYS(sched_getparam),    SCMP_SYS(sched_setscheduler), SCMP_SYS(sched_getscheduler),
-    SCMP_SYS(sched_rr_get_interval), SCMP_SYS(prlimit64),      SCMP_SYS(pidfd_open),
+    SCMP_SYS(sched_setaffinity),     SCMP_SYS(sched_getaffinity),  SCMP_SYS(sched_setparam),
+    SCMP_SYS(sched_getparam),        SCMP_SYS(sched_setscheduler), SCMP_SYS(sched_getscheduler),
+    SCMP_SYS(sched_rr_get_interval), SCMP_SYS(prlimit64),          SCMP_SYS(pidfd_open),
 };
 
 struct Context {

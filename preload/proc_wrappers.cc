@@ -75,8 +75,8 @@ int openat(int dirfd, const char* path, int flags, ...) {
   mode_t mode = ModeArg(flags, args);
   va_end(args);
   char buffer[kProcPathMax];
-  return Next<int (*)(int, const char*, int, ...)>(slot, "openat")(dirfd, Proc(path, buffer),
-                                                                   flags, mode);
+  return Next<int (*)(int, const char*, int, ...)>(slot, "openat")(dirfd, Proc(path, buffer), flags,
+                                                                   mode);
 }
 
 int openat64(int dirfd, const char* path, int flags, ...) {
@@ -110,10 +110,10 @@ DIR* opendir(const char* path) {
 
 }  // extern "C"
 
-#define HW_PATH_FN(ret, name, params, args_before, args_after)                       \
-  extern "C" ret name params noexcept {                                              \
-    static std::atomic<void*> slot;                                                  \
-    char buffer[kProcPathMax];                                                       \
+#define HW_PATH_FN(ret, name, params, args_before, args_after)                          \
+  extern "C" ret name params noexcept {                                                 \
+    static std::atomic<void*> slot;                                                     \
+    char buffer[kProcPathMax];                                                          \
     return Next<ret(*) params>(slot, #name)(args_before Proc(path, buffer) args_after); \
   }
 #define HW_COMMA ,
@@ -122,13 +122,13 @@ HW_PATH_FN(int, stat, (const char* path, struct stat* st), , HW_COMMA st)
 HW_PATH_FN(int, lstat, (const char* path, struct stat* st), , HW_COMMA st)
 HW_PATH_FN(int, stat64, (const char* path, struct stat64* st), , HW_COMMA st)
 HW_PATH_FN(int, lstat64, (const char* path, struct stat64* st), , HW_COMMA st)
-HW_PATH_FN(int, fstatat, (int dirfd, const char* path, struct stat* st, int flags),
-           dirfd HW_COMMA, HW_COMMA st HW_COMMA flags)
+HW_PATH_FN(int, fstatat, (int dirfd, const char* path, struct stat* st, int flags), dirfd HW_COMMA,
+           HW_COMMA st HW_COMMA flags)
 HW_PATH_FN(int, fstatat64, (int dirfd, const char* path, struct stat64* st, int flags),
            dirfd HW_COMMA, HW_COMMA st HW_COMMA flags)
 HW_PATH_FN(int, access, (const char* path, int mode), , HW_COMMA mode)
-HW_PATH_FN(int, faccessat, (int dirfd, const char* path, int mode, int flags),
-           dirfd HW_COMMA, HW_COMMA mode HW_COMMA flags)
+HW_PATH_FN(int, faccessat, (int dirfd, const char* path, int mode, int flags), dirfd HW_COMMA,
+           HW_COMMA mode HW_COMMA flags)
 HW_PATH_FN(ssize_t, readlink, (const char* path, char* out, size_t size), ,
            HW_COMMA out HW_COMMA size)
 HW_PATH_FN(ssize_t, readlinkat, (int dirfd, const char* path, char* out, size_t size),

@@ -16,8 +16,7 @@ inline constexpr uint64_t kSyscallMagic = 0x6d6f73697848776dULL;
 
 // A system call with the magic set: returns the kernel's result (-errno on failure), never
 // touches errno, and is safe in a signal handler and in a vfork child.
-inline long RawSyscall(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0,
-                       long a4 = 0) {
+inline long RawSyscall(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0) {
   long result;
   register long r10 __asm__("r10") = a3;
   register long r8 __asm__("r8") = a4;

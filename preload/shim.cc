@@ -8,8 +8,8 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-#include <csignal>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -40,10 +40,12 @@ namespace {
 constexpr long kProbe = 0x70726f6265;
 constexpr long kProbeAnswer = -4095;
 // From the kernel's uapi, which glibc's headers do not always expose.
-constexpr int kSysSeccomp = 1;                   // si_code of a seccomp trap.
+constexpr int kSysSeccomp = 1;                     // si_code of a seccomp trap.
 constexpr unsigned long kSaRestorer = 0x04000000;  // sa_flags: sa_restorer is set.
 
-void* Disposition(__sighandler_t handler) { return reinterpret_cast<void*>(handler); }
+void* Disposition(__sighandler_t handler) {
+  return reinterpret_cast<void*>(handler);
+}
 
 ShimState g_state;
 
@@ -126,8 +128,7 @@ const char* Value(int index) {
 bool Activate() {
   ShimState& state = g_state;
   const char* home = Value(1);
-  if (home == nullptr || *home == '\0' ||
-      !MakePidMap(Value(2), Value(3), Value(4), &state.map)) {
+  if (home == nullptr || *home == '\0' || !MakePidMap(Value(2), Value(3), Value(4), &state.map)) {
     return false;
   }
   size_t k = 0;
@@ -222,8 +223,9 @@ __attribute__((constructor(101))) void Start() {
     }
     if (!Activate()) return;
     if (!InstallHandler()) {
-      Warn("libmosix_preload: cannot install the SIGSYS handler; raw system calls see local "
-           "ids\n");
+      Warn(
+          "libmosix_preload: cannot install the SIGSYS handler; raw system calls see local "
+          "ids\n");
       return;
     }
     state.active = true;
@@ -242,12 +244,14 @@ __attribute__((constructor(101))) void Start() {
 
 }  // namespace
 
-ShimState& State() { return g_state; }
+ShimState& State() {
+  return g_state;
+}
 
 }  // namespace homeward::preload
 
 // The IFUNC whose resolver is Early (above), and a reference to it that the linker must
 // resolve with an IRELATIVE relocation, applied when ld.so relocates the shim.
 extern "C" void homeward_preload_early() __attribute__((ifunc("homeward_preload_resolve_early")));
-extern "C" __attribute__((used)) void (*const homeward_preload_early_ref)() =
-    &homeward_preload_early;
+extern "C"
+    __attribute__((used)) void (*const homeward_preload_early_ref)() = &homeward_preload_early;

@@ -25,14 +25,15 @@ long Call(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 =
   return ToLibc(Emulate(nr, args, nullptr));
 }
 
-long Ptr(const void* p) { return reinterpret_cast<long>(p); }
+long Ptr(const void* p) {
+  return reinterpret_cast<long>(p);
+}
 
 // posix_spawn's child is a clone sharing the parent's memory, which the filter lets pass
 // (see filter.cc), so its pid comes back as the kernel's and is mapped here.
 template <typename Fn>
-int Spawn(const char* name, pid_t* pid, const char* path,
-          const posix_spawn_file_actions_t* actions, const posix_spawnattr_t* attr,
-          char* const argv[], char* const envp[]) {
+int Spawn(const char* name, pid_t* pid, const char* path, const posix_spawn_file_actions_t* actions,
+          const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   auto real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, name));
   if (real == nullptr) return ENOSYS;
   pid_t child = 0;
@@ -52,17 +53,33 @@ using SpawnFn = int (*)(pid_t*, const char*, const posix_spawn_file_actions_t*,
 #pragma GCC visibility push(default)
 extern "C" {
 
-pid_t getpid() noexcept { return static_cast<pid_t>(Call(SYS_getpid)); }
-pid_t getppid() noexcept { return static_cast<pid_t>(Call(SYS_getppid)); }
-pid_t gettid() noexcept { return static_cast<pid_t>(Call(SYS_gettid)); }
-pid_t getpgrp() noexcept { return static_cast<pid_t>(Call(SYS_getpgrp)); }
-pid_t getpgid(pid_t pid) noexcept { return static_cast<pid_t>(Call(SYS_getpgid, pid)); }
-pid_t getsid(pid_t pid) noexcept { return static_cast<pid_t>(Call(SYS_getsid, pid)); }
-pid_t setsid() noexcept { return static_cast<pid_t>(Call(SYS_setsid)); }
+pid_t getpid() noexcept {
+  return static_cast<pid_t>(Call(SYS_getpid));
+}
+pid_t getppid() noexcept {
+  return static_cast<pid_t>(Call(SYS_getppid));
+}
+pid_t gettid() noexcept {
+  return static_cast<pid_t>(Call(SYS_gettid));
+}
+pid_t getpgrp() noexcept {
+  return static_cast<pid_t>(Call(SYS_getpgrp));
+}
+pid_t getpgid(pid_t pid) noexcept {
+  return static_cast<pid_t>(Call(SYS_getpgid, pid));
+}
+pid_t getsid(pid_t pid) noexcept {
+  return static_cast<pid_t>(Call(SYS_getsid, pid));
+}
+pid_t setsid() noexcept {
+  return static_cast<pid_t>(Call(SYS_setsid));
+}
 int setpgid(pid_t pid, pid_t pgid) noexcept {
   return static_cast<int>(Call(SYS_setpgid, pid, pgid));
 }
-int kill(pid_t pid, int sig) noexcept { return static_cast<int>(Call(SYS_kill, pid, sig)); }
+int kill(pid_t pid, int sig) noexcept {
+  return static_cast<int>(Call(SYS_kill, pid, sig));
+}
 int killpg(pid_t pgrp, int sig) noexcept {
   if (pgrp <= 1) {
     errno = EINVAL;
@@ -83,12 +100,16 @@ pid_t wait3(int* status, int options, struct rusage* usage) noexcept {
 pid_t waitpid(pid_t pid, int* status, int options) {
   return static_cast<pid_t>(Call(SYS_wait4, pid, Ptr(status), options, 0));
 }
-pid_t wait(int* status) { return static_cast<pid_t>(Call(SYS_wait4, -1, Ptr(status), 0, 0)); }
+pid_t wait(int* status) {
+  return static_cast<pid_t>(Call(SYS_wait4, -1, Ptr(status), 0, 0));
+}
 int waitid(idtype_t type, id_t id, siginfo_t* info, int options) {
   return static_cast<int>(Call(SYS_waitid, type, id, Ptr(info), options, 0));
 }
 
-int uname(struct utsname* name) noexcept { return static_cast<int>(Call(SYS_uname, Ptr(name))); }
+int uname(struct utsname* name) noexcept {
+  return static_cast<int>(Call(SYS_uname, Ptr(name)));
+}
 int gethostname(char* name, size_t len) noexcept {
   struct utsname uts;
   if (Call(SYS_uname, Ptr(&uts)) != 0) return -1;
@@ -103,7 +124,9 @@ int gethostname(char* name, size_t len) noexcept {
 
 // A vfork child would share this function's frame with its parent; fork is the safe
 // equivalent (POSIX lets vfork be fork), and its pid is mapped by the fork trap.
-pid_t vfork() noexcept { return fork(); }
+pid_t vfork() noexcept {
+  return fork();
+}
 
 int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* actions,
                 const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {

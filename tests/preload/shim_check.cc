@@ -109,7 +109,9 @@ int Fork() {
 }
 
 std::atomic<int> g_thread_signals{0};
-void OnUsr1(int) { g_thread_signals++; }
+void OnUsr1(int) {
+  g_thread_signals++;
+}
 
 void* Thread(void* arg) {
   long* out = static_cast<long*>(arg);
@@ -162,7 +164,9 @@ void OwnSigsys(int, siginfo_t* info, void* context) {
 }
 
 long g_in_handler = 0;
-void OnUsr2(int) { g_in_handler = syscall(SYS_getpid); }
+void OnUsr2(int) {
+  g_in_handler = syscall(SYS_getpid);
+}
 
 int Seccomp() {
   struct sigaction sa = {};
@@ -215,7 +219,9 @@ int ExecClean(char** argv) {
 }
 
 volatile sig_atomic_t g_got = 0;
-void OnHomeSignal(int) { g_got = 1; }
+void OnHomeSignal(int) {
+  g_got = 1;
+}
 
 int KillHome(const char* how) {
   signal(SIGUSR1, OnHomeSignal);
@@ -240,8 +246,7 @@ extern long early_getpid, early_syscall_getpid, early_sigaction;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr,
-            "usage: shim_check fork|threads|seccomp|exec-clean PROG...|kill-home|early\n");
+    fprintf(stderr, "usage: shim_check fork|threads|seccomp|exec-clean PROG...|kill-home|early\n");
     return 2;
   }
   const char* mode = argv[1];

@@ -48,8 +48,7 @@ TEST_F(ElfInfoTest, ScriptsNameTheirInterpreter) {
   ExecutableInfo info = ReadExecutableInfo(Write("s", "#! /bin/sh -e\necho hi\n"));
   EXPECT_EQ(info.kind, ExecutableKind::kScript);
   EXPECT_EQ(info.interpreter, "/bin/sh");
-  EXPECT_EQ(ReadExecutableInfo(Write("p", "#!/usr/bin/python3\n")).interpreter,
-            "/usr/bin/python3");
+  EXPECT_EQ(ReadExecutableInfo(Write("p", "#!/usr/bin/python3\n")).interpreter, "/usr/bin/python3");
 }
 
 TEST_F(ElfInfoTest, OtherFilesAreRefusedByName) {
@@ -63,7 +62,9 @@ TEST_F(ElfInfoTest, OtherFilesAreRefusedByName) {
   }
   EXPECT_THROW(ReadExecutableInfo(Write("empty", "")), Error);
   EXPECT_THROW(ReadExecutableInfo(Write("bang", "#!\n")), Error);
-  EXPECT_THROW(ReadExecutableInfo(Write("cut", std::string("\x7f" "ELF\x02\x01\x01", 7))),
+  EXPECT_THROW(ReadExecutableInfo(Write("cut", std::string("\x7f"
+                                                           "ELF\x02\x01\x01",
+                                                           7))),
                Error);
   try {
     ReadExecutableInfo(dir_ + "/missing");
