@@ -1,0 +1,19 @@
+// /proc/<home id>/... names the job's own processes by the ids it sees, but the job's
+// /proc is its pid namespace's and lists inner pids: the path functions of libc translate
+// the one to the other, so `cat /proc/$$/status` works in a job.
+#pragma once
+
+#include <cstddef>
+
+#include "pid_map.h"
+
+namespace homeward::preload {
+
+inline constexpr size_t kProcPathMax = 4096;
+
+// When `path` is "/proc/<id>" or starts with "/proc/<id>/" and <id> is one of the job's
+// home ids, writes the path with the inner pid into `out` (kProcPathMax bytes) and
+// returns it; otherwise returns `path` itself. No allocation, no library calls.
+const char* TranslateProcPath(const PidMap& map, const char* path, char* out);
+
+}  // namespace homeward::preload

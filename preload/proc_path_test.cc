@@ -1,0 +1,39 @@
+// /proc/<home id> paths name the job's processes by their inner pids; nothing else changes.
+#include "proc_path.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace homeward::preload {
+namespace {
+
+constexpr PidMap kMap{.home_pid = 31337, .home_ppid = 31000, .base = 5 * kPidSpan};
+
+std::string T(const char* path) {
+  char out[kProcPathMax];
+  return TranslateProcPath(kMap, path, out);
+}
+
+TEST(ProcPath, HomeIdsBecomeInnerPids) {
+  EXPECT_EQ(T("/proc/31337/status"), "/proc/2/status");
+  EXPECT_EQ(T("/proc/31337"), "/proc/2");
+  EXPECT_EQ(T("/proc/31000/cmdline"), "/proc/1/cmdline");
+  EXPECT_EQ(T("/proc/20971537/task/20971540/stat"), "/proc/17/task/20971540/stat");
+}
+
+TEST(ProcPath, OtherPathsAreUntouched) {
+  EXPECT_EQ(T("/proc/self/status"), "/proc/self/status");
+  EXPECT_EQ(T("/proc/7/status"), "/proc/7/status");
+  EXPECT_EQ(T("/proc/31337x"), "/proc/31337x");
+  EXPECT_EQ(T("/proc/"), "/proc/");
+  EXPECT_EQ(T("/proc"), "/proc");
+  EXPECT_EQ(T("/data/31337"), "/data/31337");
+  EXPECT_EQ(T("proc/31337"), "proc/31337");
+  EXPECT_EQ(T("/proc/99999999999999999999"), "/proc/99999999999999999999");
+  char out[kProcPathMax];
+  EXPECT_EQ(TranslateProcPath(kMap, nullptr, out), nullptr);
+}
+
+}  // namespace
+}  // namespace homeward::preload
