@@ -129,18 +129,21 @@ void Job::Start() {
   options.argv.push_back("--");
   options.argv.insert(options.argv.end(), launch_.argv.begin(), launch_.argv.end());
 
+  // The shim goes into the program, not into its init: the init must see the real pids
+  // of the job's namespace. The init puts it first in the program's LD_PRELOAD.
+  if (!launch_.preload_path.empty()) {
+    options.argv.insert(options.argv.end() - static_cast<long>(launch_.argv.size()) - 1,
+                        {"--preload", launch_.preload_path});
+  }
   std::vector<std::string> env;
-  std::string preload = launch_.preload_path;
   for (const auto& entry : launch_.env) {
     if (entry.rfind("HOMEWARD_", 0) == 0) continue;  // ours to set, not the caller's
     if (entry.rfind("LD_PRELOAD=", 0) == 0) {
-      if (!preload.empty()) preload += ":" + entry.substr(11);
-      else preload = entry.substr(11);
+      env.push_back("HOMEWARD_USER_PRELOAD=" + entry.substr(11));
       continue;
     }
     env.push_back(entry);
   }
-  if (!preload.empty()) env.push_back("LD_PRELOAD=" + preload);
   env.push_back("HOMEWARD_HOME=" + launch_.home);
   env.push_back(fmt::format("HOMEWARD_HOME_PID={}", id.home_pid));
   env.push_back(fmt::format("HOMEWARD_HOME_PPID={}", id.home_ppid));

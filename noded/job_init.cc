@@ -5,7 +5,8 @@
 // and reports the program's end on fd 3. It links nothing of the daemon.
 //
 //   mosjob-init --home NAME --uid U --gid G [--groups G1,G2] [--umask OCTAL]
-//               [--cwd DIR] [--root DIR] [--rlimit RES=SOFT:HARD]... -- PROGRAM ARGS...
+//               [--cwd DIR] [--root DIR] [--preload LIB] [--rlimit RES=SOFT:HARD]...
+//               -- PROGRAM ARGS...
 //
 // The program's environment is mosjob-init's own. Reports on fd 3, one line:
 //   "exit CODE" | "signal SIG" | "error ERRNO what failed"
@@ -47,6 +48,7 @@ struct Options {
   mode_t umask_value = 022;
   std::string cwd = "/";
   std::string root = "/";
+  std::string preload;
   std::vector<Limit> limits;
   std::vector<char*> argv;
 };
@@ -114,6 +116,8 @@ Options Parse(int argc, char** argv) {
       options.cwd = value("--cwd");
     } else if (flag == "--root") {
       options.root = value("--root");
+    } else if (flag == "--preload") {
+      options.preload = value("--preload");
     } else if (flag == "--rlimit") {
       std::string spec = value("--rlimit");
       size_t eq = spec.find('='), colon = spec.find(':');
@@ -198,6 +202,12 @@ void SetUpNamespaces(const Options& options) {
   if (setresuid(options.uid, options.uid, options.uid) != 0) fail("set uid");
   umask(options.umask_value);
   if (chdir(options.cwd.c_str()) != 0) fail("enter the working directory");
+  // The shim first, then whatever the user preloads; the init itself runs without either.
+  const char* user_preload = getenv("HOMEWARD_USER_PRELOAD");
+  std::string preload = options.preload;
+  if (user_preload && *user_preload) preload += (preload.empty() ? "" : ":") + std::string(user_preload);
+  unsetenv("HOMEWARD_USER_PRELOAD");
+  if (!preload.empty()) setenv("LD_PRELOAD", preload.c_str(), 1);
   execvp(options.argv[0], options.argv.data());
   fail("run");
   _exit(127);
