@@ -338,6 +338,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
 }
 
 std::vector<pid_t> JobPids(pid_t init_pid) {
+  if (init_pid <= 0) return {};  // never let a pid of 0 or -1 reach kill()
   std::vector<pid_t> pids{init_pid};
   for (size_t i = 0; i < pids.size(); ++i) {
     std::string task_dir = fmt::format("/proc/{}/task", pids[i]);
