@@ -21,7 +21,6 @@
 
 #include "error.h"
 #include "fd.h"
-#include "framing.h"
 #include "schema/migration.capnp.h"
 
 namespace homeward::migrate {
@@ -99,25 +98,28 @@ size_t ReadFull(int fd, void* data, size_t size) {
   return done;
 }
 
-// Reads one frame, exactly its bytes and no more, into aligned words. Returns nothing
-// on an end of stream before the frame; throws kDisconnected on one inside it.
-std::optional<IncomingMessage> ReadMessage(int fd, size_t max_frame_bytes) {
+// Reads one frame, exactly its bytes and no more, into `buffer` (grown as needed and
+// reused, so a 1 MiB chunk costs no allocation). Returns nothing on an end of stream
+// before the frame; throws kDisconnected on one inside it. The reader points into
+// `buffer` and is valid until the next call.
+std::unique_ptr<capnp::FlatArrayMessageReader> ReadMessage(int fd, size_t max_frame_bytes,
+                                                           kj::Array<capnp::word>& buffer) {
   uint32_t first[2];
   size_t got = ReadFull(fd, first, sizeof first);
-  if (got == 0) return std::nullopt;
+  if (got == 0) return nullptr;
   if (got < sizeof first) Fail(ErrorKind::kDisconnected, "stream cut inside a frame header");
   uint32_t segments = first[0] + 1;
   if (segments > 512) Fail(ErrorKind::kInvalidInput, "malformed frame: {} segments", segments);
   size_t table_words = (segments + 2) / 2;
-  auto table = kj::heapArray<capnp::word>(table_words);
-  std::memcpy(table.begin(), first, sizeof first);
+  if (buffer.size() < table_words) buffer = kj::heapArray<capnp::word>(table_words);
+  std::memcpy(buffer.begin(), first, sizeof first);
   size_t rest = (table_words - 1) * kWord;
-  if (ReadFull(fd, table.begin() + 1, rest) < rest) {
+  if (ReadFull(fd, buffer.begin() + 1, rest) < rest) {
     Fail(ErrorKind::kDisconnected, "stream cut inside a frame header");
   }
   size_t total_words;
   try {
-    total_words = capnp::expectedSizeInWordsFromPrefix(table.asPtr());
+    total_words = capnp::expectedSizeInWordsFromPrefix(buffer.slice(0, table_words));
   } catch (const kj::Exception& e) {
     Fail(ErrorKind::kInvalidInput, "malformed frame: {}", e.getDescription().cStr());
   }
@@ -125,14 +127,20 @@ std::optional<IncomingMessage> ReadMessage(int fd, size_t max_frame_bytes) {
     Fail(ErrorKind::kInvalidInput, "frame of {} bytes exceeds the limit of {} bytes",
          total_words * kWord, max_frame_bytes);
   }
-  auto words = kj::heapArray<capnp::word>(total_words);
-  std::memcpy(words.begin(), table.begin(), table_words * kWord);
+  if (buffer.size() < total_words) {
+    auto bigger = kj::heapArray<capnp::word>(total_words);
+    std::memcpy(bigger.begin(), buffer.begin(), table_words * kWord);
+    buffer = kj::mv(bigger);
+  }
   size_t body = (total_words - table_words) * kWord;
-  if (ReadFull(fd, words.begin() + table_words, body) < body) {
+  if (ReadFull(fd, buffer.begin() + table_words, body) < body) {
     Fail(ErrorKind::kDisconnected, "stream cut inside a frame of {} bytes", total_words * kWord);
   }
+  capnp::ReaderOptions options;
   // Every getter counts against the limit, and the header's file list is read twice.
-  return IncomingMessage(kj::mv(words), 4 * total_words + 1024);
+  options.traversalLimitInWords = 4 * total_words + 1024;
+  options.nestingLimit = 16;
+  return std::make_unique<capnp::FlatArrayMessageReader>(buffer.slice(0, total_words), options);
 }
 
 struct LocalFile {
@@ -323,10 +331,11 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
   DirGuard guard(dir);
   Fd dir_fd = Fd::Open(dir, O_RDONLY | O_DIRECTORY);
 
+  kj::Array<capnp::word> buffer = kj::heapArray<capnp::word>(max_frame / kWord / 4);
   auto next = [&](const char* expecting) {
-    auto message = ReadMessage(fd, max_frame);
+    auto message = ReadMessage(fd, max_frame, buffer);
     if (!message) Fail(ErrorKind::kDisconnected, "stream ended before {}", expecting);
-    return std::move(*message);
+    return message;
   };
 
   ReceivedImages result;
@@ -334,7 +343,7 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
   uint64_t total = 0;
   try {
     auto first = next("its header");
-    auto root = first.Root<schema::StreamMessage>();
+    auto root = first->getRoot<schema::StreamMessage>();
     if (!root.isHeader()) Fail(ErrorKind::kInvalidInput, "stream does not begin with a header");
     auto header = root.getHeader();
     if (header.getVersion() != schema::MIGRATION_VERSION) {
@@ -378,7 +387,7 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
         auto what = fmt::format("the rest of {} ({} of {} bytes received)", file.name, offset,
                                 file.size);
         auto message = next(what.c_str());
-        auto msg = message.Root<schema::StreamMessage>();
+        auto msg = message->getRoot<schema::StreamMessage>();
         if (msg.isChunk()) {
           auto chunk = msg.getChunk();
           auto data = chunk.getData();
@@ -414,7 +423,7 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
       ++result.stats.files;
     }
     auto last = next("its trailer");
-    auto msg = last.Root<schema::StreamMessage>();
+    auto msg = last->getRoot<schema::StreamMessage>();
     if (!msg.isTrailer() || msg.getTrailer().getFiles() != files.size() ||
         msg.getTrailer().getTotalBytes() != total) {
       Fail(ErrorKind::kInvalidInput, "stream has no matching trailer after its {} files",
