@@ -1,0 +1,202 @@
+// Migration benchmark: for jobs holding 16 MiB .. 4 GiB of touched memory, the floor
+// (criu dump to tmpfs, then criu restore, same node) beside a move (dump to tmpfs,
+// stream over loopback TCP into another tmpfs directory, restore), as a markdown table.
+//   migrate_bench [--sizes 16,256,1024,4096] [--reps N] [--dir /dev/shm/...]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "checkpoint.h"
+#include "error.h"
+#include "fd.h"
+#include "image_stream.h"
+
+using namespace homeward;
+using namespace homeward::migrate;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+struct BenchJob {
+  pid_t init = -1;
+  Fd in, out, err, status;
+  std::vector<uint64_t> Inodes() const {
+    return {PipeInode(in.get()), PipeInode(out.get()), PipeInode(err.get()),
+            PipeInode(status.get())};
+  }
+};
+
+BenchJob StartJob(size_t mib) {
+  Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), st = Pipe::Create();
+  std::string init = JOB_INIT_PATH, hog = MEMHOG_PATH, size = std::to_string(mib);
+  char* argv[] = {init.data(), hog.data(), size.data(), nullptr};
+  long pid = syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | SIGCHLD, nullptr,
+                     nullptr, nullptr, nullptr);
+  if (pid < 0) throw SystemError(errno, "clone");
+  if (pid == 0) {
+    dup2(in.read.get(), 0);
+    dup2(out.write.get(), 1);
+    dup2(err.write.get(), 2);
+    dup2(st.write.get(), 3);
+    syscall(SYS_close_range, 4, ~0U, 0);
+    mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  BenchJob job{static_cast<pid_t>(pid), std::move(in.write), std::move(out.read),
+               std::move(err.read), std::move(st.read)};
+  char ready[6];
+  if (ReadSome(job.status.get(), ready, 6, "ready") != 6) Fail(ErrorKind::kFailed, "not ready");
+  return job;
+}
+
+struct Restored {
+  pid_t init;
+  Pipe in, out, err, status;
+};
+
+Restored RestoreWithPipes(const std::string& dir, const std::vector<uint64_t>& inodes) {
+  Restored r{-1, Pipe::Create(), Pipe::Create(), Pipe::Create(), Pipe::Create()};
+  RestoreOptions options;
+  options.pipes = {{inodes[0], r.in.read.get()}, {inodes[1], r.out.write.get()},
+                   {inodes[2], r.err.write.get()}, {inodes[3], r.status.write.get()}};
+  r.init = Restore(dir, options).init_pid;
+  return r;
+}
+
+struct Sample {
+  double frozen = 0, total = 0, dump = 0, stream = 0, restore = 0;
+};
+
+// The floor: criu dump (which kills the job) to tmpfs, then criu restore.
+Sample Floor(size_t mib, const std::string& base) {
+  BenchJob job = StartJob(mib);
+  std::string dir = base + "/floor";
+  mkdir(dir.c_str(), 0700);
+  DumpOptions options;
+  options.after = AfterDump::kKill;
+  options.external_pipes = job.Inodes();
+  auto t0 = Clock::now();
+  Dump(job.init, dir, options);
+  auto t1 = Clock::now();
+  KillJob(job.init);
+  Restored r = RestoreWithPipes(dir, options.external_pipes);
+  auto t2 = Clock::now();
+  RemoveImageDir(dir);
+  KillJob(r.init);
+  return {Seconds(t2 - t0), Seconds(t2 - t0), Seconds(t1 - t0), 0, Seconds(t2 - t1)};
+}
+
+// A move: dump (job left stopped) to tmpfs, stream over loopback TCP into another
+// directory, restore there, then release the source. Frozen: dump start to restored.
+Sample Move(size_t mib, const std::string& base) {
+  BenchJob job = StartJob(mib);
+  std::string dump_dir = base + "/dump", recv_dir = base + "/received";
+  mkdir(dump_dir.c_str(), 0700);
+  Fd listener = Fd::Adopt(HW_SYSCALL(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  HW_SYSCALL(bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr));
+  HW_SYSCALL(listen(listener.get(), 1));
+  socklen_t len = sizeof addr;
+  HW_SYSCALL(getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len));
+
+  auto t0 = Clock::now();
+  DumpOptions options;
+  options.external_pipes = job.Inodes();
+  Dump(job.init, dump_dir, options);
+  auto t1 = Clock::now();
+  std::thread receiver([&] {
+    Fd conn = Fd::Adopt(HW_SYSCALL(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC)));
+    ReceiveImages(conn.get(), recv_dir);
+  });
+  {
+    Fd conn = Fd::Adopt(HW_SYSCALL(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)));
+    HW_SYSCALL(connect(conn.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr));
+    SendImages(conn.get(), dump_dir, {});
+  }
+  receiver.join();
+  RemoveImageDir(dump_dir);
+  auto t2 = Clock::now();
+  Restored r = RestoreWithPipes(recv_dir, options.external_pipes);
+  auto t3 = Clock::now();
+  KillJob(job.init);
+  RemoveImageDir(recv_dir);
+  auto t4 = Clock::now();
+  KillJob(r.init);
+  return {Seconds(t3 - t0), Seconds(t4 - t0), Seconds(t1 - t0), Seconds(t2 - t1),
+          Seconds(t3 - t2)};
+}
+
+Sample Median(std::vector<Sample> samples) {
+  std::sort(samples.begin(), samples.end(),
+            [](const Sample& a, const Sample& b) { return a.total < b.total; });
+  return samples[samples.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<size_t> sizes{16, 256, 1024, 4096};
+  int reps = 3;
+  std::string base = "/dev/shm/homeward-migrate-bench";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--sizes") {
+      sizes.clear();
+      for (size_t at = 0; at <= value.size();) {
+        size_t comma = std::min(value.find(',', at), value.size());
+        sizes.push_back(std::stoul(value.substr(at, comma - at)));
+        at = comma + 1;
+      }
+    } else if (flag == "--reps") {
+      reps = std::stoi(value);
+    } else if (flag == "--dir") {
+      base = value;
+    }
+  }
+  try {
+    if (geteuid() != 0) Fail(ErrorKind::kInvalidInput, "the benchmark needs root (CRIU)");
+    HW_SYSCALL(prctl(PR_SET_CHILD_SUBREAPER, 1));
+    mkdir(base.c_str(), 0700);
+    std::printf("| memory | floor (dump+restore) | move frozen | move total | frozen/floor | "
+                "total/floor | move: dump / stream / restore |\n");
+    std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+    for (size_t mib : sizes) {
+      int n = mib >= 1024 ? 1 : reps;
+      std::vector<Sample> floors, moves;
+      for (int i = 0; i < n; ++i) {
+        floors.push_back(Floor(mib, base));
+        moves.push_back(Move(mib, base));
+      }
+      Sample f = Median(floors), m = Median(moves);
+      std::printf("| %zu MiB | %.3f s | %.3f s | %.3f s | %.2fx | %.2fx | %.3f / %.3f / %.3f s |\n",
+                  mib, f.total, m.frozen, m.total, m.frozen / f.total, m.total / f.total,
+                  m.dump, m.stream, m.restore);
+      std::fflush(stdout);
+    }
+    rmdir(base.c_str());
+  } catch (const Error& e) {
+    std::fprintf(stderr, "migrate_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,407 @@
+// Checkpoint and restore with CRIU: running criu in the right namespace with the right
+// descriptors, and turning its failures into errors that quote its log.
+#include "checkpoint.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "child_process.h"
+#include "error.h"
+#include "fd.h"
+#include "image_stream.h"
+
+extern char** environ;
+
+namespace homeward::migrate {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::chrono::microseconds Since(Clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+}
+
+struct CriuRun {
+  ExitStatus status;
+  std::string output;  // criu's stdout and stderr
+  std::chrono::microseconds time{0};
+};
+
+struct CriuCall {
+  std::string criu_path;
+  std::vector<std::string> args;      // after argv[0]
+  int mount_namespace_fd = -1;        // setns() into it before exec; -1: stay
+  std::vector<int> keep_fds;          // passed to criu under their own numbers
+  std::vector<std::string> extra_env;
+};
+
+// Runs criu to completion. criu is opened before entering the namespace and run with
+// execveat, so it need not exist at the same path inside the job's mount namespace.
+CriuRun RunCriu(const CriuCall& call) {
+  Fd binary = Fd::Open(call.criu_path, O_PATH);
+  Fd null = Fd::Open("/dev/null", O_RDWR);
+  std::vector<std::string> argv_strings{"criu"};
+  argv_strings.insert(argv_strings.end(), call.args.begin(), call.args.end());
+  std::vector<char*> argv;
+  for (auto& s : argv_strings) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
+  env_strings.insert(env_strings.end(), call.extra_env.begin(), call.extra_env.end());
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  Pipe output = Pipe::Create();
+  Pipe errors = Pipe::Create();
+
+  auto start = Clock::now();
+  pid_t pid = HW_SYSCALL(::fork(), "fork for criu");
+  if (pid == 0) {
+    // Only async-signal-safe calls until exec: the daemon has other threads.
+    int err_fd = errors.write.get();
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, nullptr);
+    if (call.mount_namespace_fd >= 0 && setns(call.mount_namespace_fd, CLONE_NEWNS) < 0) {
+      goto fail;
+    }
+    if (dup2(null.get(), 0) < 0 || dup2(output.write.get(), 1) < 0 ||
+        dup2(output.write.get(), 2) < 0) {
+      goto fail;
+    }
+    for (int fd : call.keep_fds) {
+      int flags = fcntl(fd, F_GETFD);
+      if (flags < 0 || fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) goto fail;
+    }
+    syscall(SYS_execveat, binary.get(), "", argv.data(), envp.data(), AT_EMPTY_PATH);
+  fail:
+    int err = errno;
+    (void)!write(err_fd, &err, sizeof err);
+    _exit(127);
+  }
+  errors.write.Reset();
+  output.write.Reset();
+  int child_errno = 0;
+  bool exec_failed =
+      ReadSome(errors.read.get(), &child_errno, sizeof child_errno, "criu exec status") > 0;
+  CriuRun run;
+  char buffer[4096];
+  while (size_t n = ReadSome(output.read.get(), buffer, sizeof buffer, "criu output")) {
+    if (run.output.size() < (1 << 16)) run.output.append(buffer, n);
+  }
+  int status = 0;
+  HW_SYSCALL(::waitpid(pid, &status, 0), "wait for criu");
+  run.status = ExitStatus::FromWaitStatus(status);
+  run.time = Since(start);
+  if (exec_failed) {
+    throw SystemError(child_errno, fmt::format("cannot run {} (in the job's mount namespace)",
+                                               call.criu_path));
+  }
+  return run;
+}
+
+// The lines of criu's log (or output) that say what went wrong: its errors, else its end.
+std::string QuoteLog(const std::string& log_path, const std::string& output) {
+  std::ifstream in(log_path);
+  std::vector<std::string> errors, tail;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("Error") != std::string::npos) errors.push_back(line);
+    tail.push_back(line);
+    if (tail.size() > 4) tail.erase(tail.begin());
+  }
+  std::istringstream out(output);
+  while (std::getline(out, line)) {
+    if (!line.empty()) errors.push_back(line);
+  }
+  const auto& chosen = errors.empty() ? tail : errors;
+  size_t first = chosen.size() > 8 ? chosen.size() - 8 : 0;
+  std::string quote;
+  for (size_t i = first; i < chosen.size(); ++i) {
+    // criu prefixes "(00.012345) " timestamps; keep them, they show where time went.
+    quote += "\n  " + chosen[i];
+  }
+  return quote.empty() ? " (criu wrote no log)" : quote;
+}
+
+// A scratch directory for criu's log and pid file, removed when done.
+class WorkDir {
+ public:
+  WorkDir(const std::string& image_dir, const std::string& requested) {
+    if (!requested.empty()) {
+      path_ = requested;
+      return;
+    }
+    path_ = image_dir + ".work";
+    HW_SYSCALL(::mkdir(path_.c_str(), 0700), "create criu work directory {}", path_);
+    owned_ = true;
+  }
+  WorkDir(const WorkDir&) = delete;
+  WorkDir& operator=(const WorkDir&) = delete;
+  ~WorkDir() {
+    if (!owned_) return;
+    try {
+      RemoveImageDir(path_);
+    } catch (...) {
+      // Best effort: a leftover scratch directory is reported nowhere but harms nothing.
+    }
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool owned_ = false;
+};
+
+uint64_t NsInode(const std::string& path) {
+  struct stat st;
+  HW_SYSCALL(::stat(path.c_str(), &st), "stat {}", path);
+  return st.st_ino;
+}
+
+std::string FdPath(const Fd& fd) { return fmt::format("/proc/self/fd/{}", fd.get()); }
+
+uint64_t DirBytes(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> handle(::opendir(dir.c_str()), ::closedir);
+  if (!handle) return 0;
+  uint64_t total = 0;
+  while (dirent* entry = ::readdir(handle.get())) {
+    struct stat st;
+    if (::fstatat(::dirfd(handle.get()), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISREG(st.st_mode)) {
+      total += static_cast<uint64_t>(st.st_size);
+    }
+  }
+  return total;
+}
+
+// Reads criu's stats-dump image: two magic words, a length, then a protobuf StatsEntry
+// whose field 1 is DumpStatsEntry {1 freezing_time, 2 frozen_time, 3 memdump_time,
+// 4 memwrite_time, 7 pages_written}. A tiny decoder spares a protobuf dependency.
+bool ReadVarint(const uint8_t*& p, const uint8_t* end, uint64_t& value) {
+  value = 0;
+  for (int shift = 0; p < end && shift < 64; shift += 7) {
+    uint8_t byte = *p++;
+    value |= uint64_t{byte & 0x7fu} << shift;
+    if (!(byte & 0x80)) return true;
+  }
+  return false;
+}
+
+void ReadDumpStats(const std::string& image_dir, DumpResult& result) {
+  std::ifstream in(image_dir + "/stats-dump", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.size() < 12) return;
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data()) + 12;
+  const auto* end = reinterpret_cast<const uint8_t*>(bytes.data()) + bytes.size();
+  uint64_t key, length;
+  if (!ReadVarint(p, end, key) || key != ((1 << 3) | 2) || !ReadVarint(p, end, length)) return;
+  end = std::min(end, p + length);
+  while (p < end) {
+    uint64_t value;
+    if (!ReadVarint(p, end, key) || (key & 7) != 0 || !ReadVarint(p, end, value)) return;
+    switch (key >> 3) {
+      case 2: result.frozen_time = std::chrono::microseconds(value); break;
+      case 3: result.memdump_time = std::chrono::microseconds(value); break;
+      case 7: result.pages_written = value; break;
+      default: break;
+    }
+  }
+}
+
+// Fails the restore with the outcome the fault point "restore-criu" asks criu for:
+// a post-restore action script that fails makes criu undo the restore it just did.
+const char* kFailPostRestore = "test \"$CRTOOLS_SCRIPT_ACTION\" != post-restore";
+const char* kFailPostDump = "test \"$CRTOOLS_SCRIPT_ACTION\" != post-dump";
+
+}  // namespace
+
+DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions& options) {
+  options.faults.Check("dump-before-criu");
+  Fd images = Fd::Open(image_dir, O_RDONLY | O_DIRECTORY);
+  WorkDir work(image_dir, options.work_dir);
+  Fd work_fd = Fd::Open(work.path(), O_RDONLY | O_DIRECTORY);
+  std::string ns_path = fmt::format("/proc/{}/ns/mnt", init_pid);
+  Fd mount_ns;
+  try {
+    mount_ns = Fd::Open(ns_path, O_RDONLY);
+  } catch (const Error& e) {
+    Fail(e.kind(), "checkpoint of job {}: its mount namespace: {}", init_pid, e.what());
+  }
+  // Entering our own namespace is pointless, and setns needs a single-threaded caller's
+  // privileges anyway; only a job in a namespace of its own needs it.
+  bool enter = NsInode(ns_path) != NsInode("/proc/self/ns/mnt");
+
+  CriuCall call;
+  call.criu_path = options.criu_path;
+  call.mount_namespace_fd = enter ? mount_ns.get() : -1;
+  call.keep_fds = {images.get(), work_fd.get()};
+  call.args = {"dump", "--tree", std::to_string(init_pid), "--images-dir", FdPath(images),
+               "--work-dir", FdPath(work_fd), "--log-file", "dump.log", "-v2",
+               // The job lives in the node's cgroup: leave cgroups to the daemon.
+               "--manage-cgroups=ignore",
+               // Jobs may hold flock/fcntl locks; without this criu refuses them.
+               "--file-locks"};
+  switch (options.after) {
+    case AfterDump::kStop: call.args.push_back("--leave-stopped"); break;
+    case AfterDump::kRun: call.args.push_back("--leave-running"); break;
+    case AfterDump::kKill: break;
+  }
+  for (uint64_t inode : options.external_pipes) {
+    call.args.push_back("--external");
+    call.args.push_back(fmt::format("pipe:[{}]", inode));
+  }
+  if (options.faults.Hit("dump-criu")) {
+    call.args.push_back("--action-script");
+    call.args.push_back(kFailPostDump);
+  }
+  CriuRun run = RunCriu(call);
+  if (run.status.signaled || run.status.code != 0) {
+    // criu thaws the job when it fails; a criu that was killed cannot, so do it for it.
+    if (run.status.signaled) ContinueJob(init_pid);
+    Fail(ErrorKind::kFailed, "criu dump of job {} failed ({}):{}", init_pid,
+         run.status.Describe(), QuoteLog(work.path() + "/dump.log", run.output));
+  }
+  DumpResult result;
+  result.criu_time = run.time;
+  ReadDumpStats(image_dir, result);
+  result.image_bytes = DirBytes(image_dir);
+  return result;
+}
+
+RestoreResult Restore(const std::string& image_dir, const RestoreOptions& options) {
+  int subreaper = 0;
+  HW_SYSCALL(::prctl(PR_GET_CHILD_SUBREAPER, &subreaper), "prctl PR_GET_CHILD_SUBREAPER");
+  if (!subreaper) {
+    Fail(ErrorKind::kInvalidInput,
+         "restore needs a child subreaper (PR_SET_CHILD_SUBREAPER) to adopt the job");
+  }
+  options.faults.Check("restore-before-criu");
+  Fd images = Fd::Open(image_dir, O_RDONLY | O_DIRECTORY);
+  WorkDir work(image_dir, options.work_dir);
+  Fd work_fd = Fd::Open(work.path(), O_RDONLY | O_DIRECTORY);
+  std::string pid_file = work.path() + "/restore.pid";
+  ::unlink(pid_file.c_str());
+
+  CriuCall call;
+  call.criu_path = options.criu_path;
+  call.mount_namespace_fd = options.mount_namespace_fd;
+  call.keep_fds = {images.get(), work_fd.get()};
+  call.args = {"restore", "--images-dir", FdPath(images), "--work-dir", FdPath(work_fd),
+               "--log-file", "restore.log", "-v2", "--restore-detached",
+               "--manage-cgroups=ignore", "--file-locks",
+               "--pidfile", FdPath(work_fd) + "/restore.pid"};
+  for (const auto& pipe : options.pipes) {
+    call.keep_fds.push_back(pipe.fd);
+    call.args.push_back("--inherit-fd");
+    call.args.push_back(fmt::format("fd[{}]:pipe:[{}]", pipe.fd, pipe.inode));
+  }
+  if (options.faults.Hit("restore-criu")) {
+    call.args.push_back("--action-script");
+    call.args.push_back(kFailPostRestore);
+  }
+  CriuRun run = RunCriu(call);
+
+  pid_t init_pid = -1;
+  {
+    std::ifstream in(pid_file);
+    in >> init_pid;
+    if (!in) init_pid = -1;
+  }
+  if (run.status.signaled || run.status.code != 0) {
+    // criu kills what it restored when it fails; a criu that was killed itself may have
+    // left the init behind, adopted by us: end it so nothing is half alive.
+    if (init_pid > 0) KillJob(init_pid);
+    Fail(ErrorKind::kFailed, "criu restore from {} failed ({}):{}", image_dir,
+         run.status.Describe(), QuoteLog(work.path() + "/restore.log", run.output));
+  }
+  if (init_pid <= 0) {
+    Fail(ErrorKind::kFailed, "criu restore from {} wrote no pid file", image_dir);
+  }
+  if (options.faults.Hit("restore-after-criu")) {
+    KillJob(init_pid);
+    Fail(ErrorKind::kFailed, "fault point restore-after-criu hit (job {} killed again)",
+         init_pid);
+  }
+  return RestoreResult{init_pid, run.time};
+}
+
+std::vector<pid_t> JobPids(pid_t init_pid) {
+  if (init_pid <= 0) return {};  // never let a pid of 0 or -1 reach kill()
+  std::vector<pid_t> pids{init_pid};
+  for (size_t i = 0; i < pids.size(); ++i) {
+    std::string task_dir = fmt::format("/proc/{}/task", pids[i]);
+    std::unique_ptr<DIR, int (*)(DIR*)> tasks(::opendir(task_dir.c_str()), ::closedir);
+    if (!tasks) continue;  // exited meanwhile
+    while (dirent* entry = ::readdir(tasks.get())) {
+      if (entry->d_name[0] == '.') continue;
+      std::ifstream children(task_dir + "/" + entry->d_name + "/children");
+      pid_t child;
+      while (children >> child) pids.push_back(child);
+    }
+  }
+  return pids;
+}
+
+void ContinueJob(pid_t init_pid) {
+  for (pid_t pid : JobPids(init_pid)) ::kill(pid, SIGCONT);
+}
+
+void KillJob(pid_t init_pid) {
+  if (init_pid <= 0) return;
+  ::kill(init_pid, SIGKILL);
+  int status;
+  while (::waitpid(init_pid, &status, 0) < 0 && errno == EINTR) {
+  }
+}
+
+uint64_t PipeInode(int fd) {
+  struct stat st;
+  HW_SYSCALL(::fstat(fd, &st), "fstat pipe {}", fd);
+  if (!S_ISFIFO(st.st_mode)) Fail(ErrorKind::kInvalidInput, "descriptor {} is not a pipe", fd);
+  return st.st_ino;
+}
+
+CriuCheckResult CriuCheck(const std::string& criu_path) {
+  CriuCheckResult result;
+  auto run = [&](std::vector<std::string> args) {
+    CriuCall call;
+    call.criu_path = criu_path;
+    call.args = std::move(args);
+    return RunCriu(call);
+  };
+  try {
+    CriuRun version = run({"--version"});
+    auto at = version.output.find("Version: ");
+    if (at != std::string::npos) {
+      result.version = version.output.substr(at + 9, version.output.find('\n', at) - at - 9);
+    }
+    CriuRun check = run({"check"});
+    result.usable = !check.status.signaled && check.status.code == 0;
+    if (!result.usable) result.message = check.output;
+    if (!result.usable) return result;
+    for (const char* feature : {"mem_dirty_track", "uffd-noncoop", "seccomp_filters",
+                                "timens", "pidfd_store"}) {
+      CriuRun probe = run({"check", "--feature", feature});
+      result.features.push_back(
+          {feature, !probe.status.signaled && probe.status.code == 0});
+    }
+  } catch (const Error& e) {
+    result.usable = false;
+    result.message = e.what();
+  }
+  return result;
+}
+
+}  // namespace homeward::migrate

@@ -1,0 +1,107 @@
+// Checkpoint and restore of a whole job with CRIU 4.x. A job is a process tree in its own
+// PID, mount and UTS namespaces whose pid 1 is a session leader (the job's init), with
+// pipes to the daemon as its only descriptors from outside. Every call blocks until criu
+// is done; the daemon runs them on a thread of its own.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fault.h"
+#include "homeward_config.h"
+
+namespace homeward::migrate {
+
+// What becomes of the job once its images are written.
+enum class AfterDump {
+  kStop,   // left stopped: a move continues it (ContinueJob) or kills it (KillJob) later
+  kRun,    // left running: a checkpoint of a job that goes on
+  kKill,   // killed by criu: the caller reaps the init
+};
+
+struct DumpOptions {
+  std::string criu_path = HOMEWARD_CRIU_PATH;
+  AfterDump after = AfterDump::kStop;
+  // Inodes of the job's pipes whose other end is outside the job (stdio, status). They
+  // are dumped as external and re-plumbed at restore with RestoreOptions::pipes.
+  std::vector<uint64_t> external_pipes;
+  // criu's log and other scratch go here; empty: a fresh "<image_dir>.work", removed after.
+  std::string work_dir;
+  // "dump-before-criu": fail before running criu; "dump-criu": make criu itself fail
+  // (CRIU_FAULT) so the resume path runs.
+  FaultPoints faults;
+};
+
+struct DumpResult {
+  std::chrono::microseconds criu_time{0};     // wall time of the criu run
+  std::chrono::microseconds frozen_time{0};   // time criu held the job frozen (its stats)
+  std::chrono::microseconds memdump_time{0};  // part of that spent draining memory
+  uint64_t image_bytes = 0;                   // size of the image directory
+  uint64_t pages_written = 0;
+};
+
+// Dumps the job whose init has `init_pid` (a pid of our namespace) into `image_dir`,
+// which must exist and be empty. criu runs inside the job's own mount namespace, so
+// the job's mounts are not dumped and its files are recorded by path. On failure criu
+// leaves the job running as it was, and the Error names the step and quotes criu's log.
+DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions& options = {});
+
+struct InheritedPipe {
+  uint64_t inode = 0;  // the pipe's inode at dump time
+  int fd = -1;         // the caller's end that replaces it (kept open by the caller)
+};
+
+struct RestoreOptions {
+  std::string criu_path = HOMEWARD_CRIU_PATH;
+  std::vector<InheritedPipe> pipes;
+  // A mount namespace (an open /proc/<pid>/ns/mnt) the job is restored into, so that its
+  // files reopen by path there; -1 restores into the caller's own.
+  int mount_namespace_fd = -1;
+  std::string work_dir;  // as in DumpOptions
+  // "restore-before-criu", "restore-criu" (criu fails), "restore-after-criu" (the
+  // restored job is killed again and the restore reported as failed).
+  FaultPoints faults;
+};
+
+struct RestoreResult {
+  pid_t init_pid = -1;  // the job's init in our PID namespace; our child
+  std::chrono::microseconds criu_time{0};
+};
+
+// Restores the job from `image_dir`. The calling process must be a child subreaper
+// (PR_SET_CHILD_SUBREAPER) so that the restored init becomes its child. On failure no
+// restored process is left alive, and the Error names the step and quotes criu's log.
+RestoreResult Restore(const std::string& image_dir, const RestoreOptions& options = {});
+
+// Every pid of the tree under `init_pid` (itself first), read from /proc.
+std::vector<pid_t> JobPids(pid_t init_pid);
+// Sends SIGCONT to every process of a job that Dump left stopped.
+void ContinueJob(pid_t init_pid);
+// Kills a job (SIGKILL to its init ends its PID namespace) and reaps the init, which
+// must be our child. Safe on a job that already exited.
+void KillJob(pid_t init_pid);
+
+// The inode of the pipe `fd` refers to, as criu names it in pipe:[inode].
+uint64_t PipeInode(int fd);
+
+struct CriuFeature {
+  std::string name;
+  bool supported = false;
+};
+
+struct CriuCheckResult {
+  bool usable = false;     // `criu check` passed
+  std::string version;     // "4.1.1"
+  std::string message;     // criu's own words when it is not usable
+  std::vector<CriuFeature> features;
+};
+
+// Probes criu once (at start-up): whether it runs on this kernel, and which optional
+// features (dirty-memory tracking for pre-copy, userfaultfd for post-copy, ...) work.
+CriuCheckResult CriuCheck(const std::string& criu_path = HOMEWARD_CRIU_PATH);
+
+}  // namespace homeward::migrate

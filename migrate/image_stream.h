@@ -1,0 +1,70 @@
+// The migration stream: sends a CRIU image directory over a connected descriptor as
+// framed Cap'n Proto messages (utils/schema/migration.capnp) and receives it into a fresh
+// directory, verifying every file's size and checksum. Both sides block; the daemon runs
+// them on a thread of their own. A receiver that fails leaves no directory behind.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fault.h"
+
+namespace homeward::migrate {
+
+struct PipeRole {
+  uint64_t inode = 0;  // pipe:[inode] as the images name it
+  std::string role;    // "stdin", "stdout", "stderr", "status"
+};
+
+// What the target needs to know about the job besides its images.
+struct JobMetadata {
+  uint64_t job_id = 0;
+  std::string home_node;
+  int32_t home_pid = 0;
+  std::vector<PipeRole> external_pipes;
+  std::string criu_version;
+};
+
+struct StreamStats {
+  uint64_t bytes = 0;  // image bytes (not counting framing)
+  size_t files = 0;
+};
+
+struct SendOptions {
+  size_t chunk_bytes = 1 << 20;
+  // "stream-mid": stop after about half the bytes, as if the connection were cut.
+  // "stream-corrupt": flip a byte of the first chunk after checksumming it.
+  FaultPoints faults;
+};
+
+// Sends every regular file of `dir` (no subdirectories) on `fd`. Throws Error naming the
+// file or the write that failed; the receiver then sees a cut stream.
+StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
+                       const SendOptions& options = {});
+
+struct ReceiveOptions {
+  uint64_t max_total_bytes = uint64_t{64} << 30;  // refuse larger streams up front
+  size_t max_files = 100000;
+  size_t max_chunk_bytes = 8 << 20;
+  FaultPoints faults;  // "receive-mid": fail after about half the bytes
+};
+
+struct ReceivedImages {
+  JobMetadata job;
+  StreamStats stats;
+};
+
+// Receives one stream from `fd` into `dir`, which must not exist yet (it is created with
+// mode 0700). Reads exactly the stream's bytes, so the connection may carry more after
+// it. On any failure removes `dir` and everything written into it, and throws
+// Error(kDisconnected) for a stream cut short or Error(kInvalidInput) for a malformed
+// or damaged one, naming what was missing or wrong.
+ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOptions& options = {});
+
+// Removes a flat image directory (its files, then itself); a missing one is fine.
+void RemoveImageDir(const std::string& dir);
+
+}  // namespace homeward::migrate

@@ -1,0 +1,471 @@
+// Whole-job checkpoint, stream and restore with real CRIU, in the zdtm shape: the workload
+// builds state and says ready, is moved (dump, stream over a socketpair, restore with
+// fresh pipes), checks itself, and its output must equal that of a run never moved.
+// Failure cases leave the source job running. Needs root: skips (77) otherwise.
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <dirent.h>
+
+#include <fstream>
+#include <map>
+#include <regex>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "checkpoint.h"
+#include "error.h"
+#include "fd.h"
+#include "image_stream.h"
+
+namespace homeward::migrate {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  std::unique_ptr<DIR, int (*)(DIR*)> handle(::opendir(dir.c_str()), ::closedir);
+  if (!handle) return names;
+  while (dirent* e = ::readdir(handle.get())) {
+    if (e->d_name[0] != '.') names.push_back(e->d_name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// A process's descriptors and memory map, with what legitimately changes on a move
+// (pipe inodes, inode numbers of files) left out: the shape zdtm compares.
+std::string Shape(pid_t pid) {
+  std::string shape;
+  std::string fd_dir = fmt::format("/proc/{}/fd", pid);
+  for (const auto& fd : ListDir(fd_dir)) {
+    char target[4096];
+    ssize_t n = ::readlink((fd_dir + "/" + fd).c_str(), target, sizeof target);
+    std::string link(target, n > 0 ? static_cast<size_t>(n) : 0);
+    shape += fd + " -> " + std::regex_replace(link, std::regex("\\[[0-9]+\\]"), "[]") + "\n";
+  }
+  // Adjacent mappings of the same file, permissions and contiguous offsets are one
+  // region: whether the kernel keeps them as one VMA or two differs after a restore.
+  struct Region {
+    uint64_t start, end, offset;
+    std::string perms, path;
+  };
+  std::vector<Region> regions;
+  std::istringstream maps(ReadFile(fmt::format("/proc/{}/maps", pid)));
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::istringstream fields(line);
+    std::string range, perms, offset, dev, inode, path;
+    fields >> range >> perms >> offset >> dev >> inode >> path;
+    Region r{std::stoull(range.substr(0, range.find('-')), nullptr, 16),
+             std::stoull(range.substr(range.find('-') + 1), nullptr, 16),
+             std::stoull(offset, nullptr, 16), perms, path};
+    if (!regions.empty()) {
+      Region& last = regions.back();
+      if (last.end == r.start && last.perms == r.perms && last.path == r.path &&
+          (r.path.empty() || last.offset + (last.end - last.start) == r.offset)) {
+        last.end = r.end;
+        continue;
+      }
+    }
+    regions.push_back(r);
+  }
+  for (const auto& r : regions) {
+    shape += fmt::format("{:x}-{:x} {} {:x} {}\n", r.start, r.end, r.perms, r.offset, r.path);
+  }
+  return shape;
+}
+
+// A job as the daemon will hold it: pid 1 (job_init) in new PID, mount and UTS
+// namespaces, our child; stdio and the status pipe are pipes whose other ends we hold.
+struct Job {
+  pid_t init = -1;
+  Fd in, out, err, status;
+  std::string output;  // stdout so far
+  int steps = 0;
+
+  Job() = default;
+  Job(Job&& other) noexcept { *this = std::move(other); }
+  Job& operator=(Job&& other) noexcept {
+    KillJob(std::exchange(init, std::exchange(other.init, -1)));
+    in = std::move(other.in);
+    out = std::move(other.out);
+    err = std::move(other.err);
+    status = std::move(other.status);
+    output = std::move(other.output);
+    steps = other.steps;
+    return *this;
+  }
+  ~Job() { KillJob(init); }
+
+  // The workload (pid 2 inside). Throws rather than return a pid kill() would misread.
+  pid_t Program() const {
+    auto pids = JobPids(init);
+    if (pids.size() < 2) throw Error(ErrorKind::kNotFound, "job has no program process");
+    return pids[1];
+  }
+  std::vector<uint64_t> PipeInodes() const {
+    return {PipeInode(in.get()), PipeInode(out.get()), PipeInode(err.get()),
+            PipeInode(status.get())};
+  }
+  // Reads stdout until `marker` has arrived.
+  void ReadUntil(const std::string& marker) {
+    char buffer[4096];
+    while (output.find(marker) == std::string::npos) {
+      size_t n = ReadSome(out.get(), buffer, sizeof buffer, "job stdout");
+      if (n == 0) throw Error(ErrorKind::kDisconnected, "job stdout closed: " + output);
+      output.append(buffer, n);
+    }
+  }
+  // Runs `n` steps and waits until they are done, so no input is left in the stdin pipe.
+  void Step(int n) {
+    for (int i = 0; i < n; ++i) WriteAll(in.get(), "step\n", 5, "job stdin");
+    steps += n;
+    ReadUntil(fmt::format("step {} ", steps));
+  }
+  // Ends the input and returns the job's whole stdout and exit status.
+  int Finish() {
+    in.Reset();
+    ReadUntil("final ");
+    char buffer[4096];
+    while (size_t n = ReadSome(out.get(), buffer, sizeof buffer, "job stdout")) {
+      output.append(buffer, n);
+    }
+    int status = 0;
+    ::waitpid(init, &status, 0);
+    init = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+};
+
+Job StartJob(const std::string& input, const std::string& append) {
+  Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(),
+       status = Pipe::Create();
+  std::string init_path = JOB_INIT_PATH, workload = WORKLOAD_PATH;
+  char* argv[] = {init_path.data(), workload.data(), const_cast<char*>(input.c_str()),
+                  const_cast<char*>(append.c_str()), nullptr};
+  long pid = ::syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | SIGCHLD, nullptr,
+                       nullptr, nullptr, nullptr);
+  if (pid < 0) throw SystemError(errno, "clone job");
+  if (pid == 0) {
+    if (dup2(in.read.get(), 0) < 0 || dup2(out.write.get(), 1) < 0 ||
+        dup2(err.write.get(), 2) < 0 || dup2(status.write.get(), 3) < 0) {
+      _exit(126);
+    }
+    syscall(SYS_close_range, 4, ~0U, 0);  // the job holds no other inherited descriptor
+    mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  Job job;
+  job.init = static_cast<pid_t>(pid);
+  job.in = std::move(in.write);
+  job.out = std::move(out.read);
+  job.err = std::move(err.read);
+  job.status = std::move(status.read);
+  char ready[6];
+  size_t got = ReadSome(job.status.get(), ready, sizeof ready, "job status");
+  if (got != 6 || std::string(ready, 6) != "ready\n") {
+    throw Error(ErrorKind::kFailed, "job did not say ready");
+  }
+  return job;
+}
+
+class MigrateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    char tmpl[] = "/tmp/migrate-test.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    input_ = dir_ + "/input";
+    std::ofstream in(input_);
+    for (int i = 0; i < 1000; ++i) in << fmt::format("A{:014d}\n", i);
+  }
+  void TearDown() override { ::system(("rm -rf " + dir_).c_str()); }
+
+  // The output of a run that is never moved, for the same steps.
+  std::string UnmovedRun(const std::vector<int>& step_groups, bool usr1) {
+    Job job = StartJob(input_, dir_ + "/append-unmoved");
+    for (size_t i = 0; i < step_groups.size(); ++i) {
+      if (usr1 && i == 1) ::kill(job.Program(), SIGUSR1);
+      job.Step(step_groups[i]);
+    }
+    EXPECT_EQ(job.Finish(), 0);
+    return job.output;
+  }
+
+  // Moves `job` as the daemons will: dump (left stopped), stream over a socketpair into
+  // a fresh directory, restore with fresh pipes, then kill the stopped source. Any
+  // failure continues the source job and rethrows.
+  void Move(Job& job, const FaultPoints& faults = {}, int mount_ns = -1) {
+    std::string images = dir_ + "/dump", received = dir_ + "/received";
+    ASSERT_EQ(::mkdir(images.c_str(), 0700), 0);
+    auto inodes = job.PipeInodes();
+    DumpOptions dump;
+    dump.external_pipes = inodes;
+    dump.faults = faults;
+    try {
+      Dump(job.init, images, dump);
+    } catch (...) {
+      RemoveImageDir(images);
+      throw;
+    }
+    try {
+      int fds[2];
+      ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+      Fd send = Fd::Adopt(fds[0]), receive = Fd::Adopt(fds[1]);
+      SendOptions send_options;
+      send_options.faults = faults;
+      std::string send_error;
+      std::thread sender([&] {
+        try {
+          JobMetadata meta;
+          meta.external_pipes = {{inodes[0], "stdin"}, {inodes[1], "stdout"},
+                                 {inodes[2], "stderr"}, {inodes[3], "status"}};
+          SendImages(send.get(), images, meta, send_options);
+        } catch (const Error& e) {
+          send_error = e.what();
+        }
+        send.Reset();
+      });
+      std::optional<ReceivedImages> got;
+      try {
+        got = ReceiveImages(receive.get(), received);
+      } catch (...) {
+        receive.Reset();
+        sender.join();
+        throw;
+      }
+      sender.join();
+      RemoveImageDir(images);
+      // The target's side: fresh pipes, found by role.
+      Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(),
+           status = Pipe::Create();
+      RestoreOptions restore;
+      std::map<std::string, int> by_role{{"stdin", in.read.get()}, {"stdout", out.write.get()},
+                                         {"stderr", err.write.get()},
+                                         {"status", status.write.get()}};
+      for (const auto& pipe : got->job.external_pipes) {
+        restore.pipes.push_back({pipe.inode, by_role.at(pipe.role)});
+      }
+      restore.faults = faults;
+      restore.mount_namespace_fd = mount_ns;
+      RestoreResult restored;
+      try {
+        restored = Restore(received, restore);
+      } catch (...) {
+        RemoveImageDir(received);
+        throw;
+      }
+      RemoveImageDir(received);
+      // Only now is the source released: kill it and take what it had already written.
+      Job moved;
+      moved.init = restored.init_pid;
+      moved.in = std::move(in.write);
+      moved.out = std::move(out.read);
+      moved.err = std::move(err.read);
+      moved.status = std::move(status.read);
+      moved.steps = job.steps;
+      KillJob(job.init);
+      job.init = -1;
+      char buffer[4096];
+      while (size_t n = ReadSome(job.out.get(), buffer, sizeof buffer, "old stdout")) {
+        job.output.append(buffer, n);
+      }
+      moved.output = std::move(job.output);
+      job = std::move(moved);
+    } catch (...) {
+      RemoveImageDir(images);
+      ContinueJob(job.init);
+      throw;
+    }
+  }
+
+  std::string dir_, input_;
+};
+
+TEST_F(MigrateTest, MovedJobMatchesUnmovedRun) {
+  std::string expected = UnmovedRun({5, 5, 5}, true);
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(5);
+  std::string before = Shape(job.Program());
+  Move(job);
+  EXPECT_EQ(Shape(job.Program()), before);
+  ::kill(job.Program(), SIGUSR1);
+  job.Step(5);
+  Move(job);
+  job.Step(5);
+  EXPECT_EQ(job.Finish(), 0) << job.output;
+  EXPECT_EQ(job.output, expected);
+  EXPECT_THAT(job.output, HasSubstr("final steps=15 usr1=1 offset=240 timer=ok child=ok"));
+  EXPECT_EQ(ReadFile(dir_ + "/append"), ReadFile(dir_ + "/append-unmoved"));
+}
+
+TEST_F(MigrateTest, StreamCutLeavesJobRunning) {
+  std::string expected = UnmovedRun({3, 3}, false);
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(3);
+  try {
+    Move(job, FaultPoints::Parse("stream-mid"));
+    ADD_FAILURE() << "move succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kDisconnected) << e.what();
+  }
+  EXPECT_FALSE(Exists(dir_ + "/received"));
+  EXPECT_FALSE(Exists(dir_ + "/dump"));
+  job.Step(3);
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_EQ(job.output, expected);
+}
+
+TEST_F(MigrateTest, FailedDumpLeavesJobRunning) {
+  std::string expected = UnmovedRun({2, 2}, false);
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(2);
+  try {
+    Move(job, FaultPoints::Parse("dump-criu"));
+    ADD_FAILURE() << "move succeeded";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("criu dump of job"));
+  }
+  job.Step(2);
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_EQ(job.output, expected);
+}
+
+TEST_F(MigrateTest, FailedRestoreLeavesSourceRunningAndNothingHalfAlive) {
+  std::string expected = UnmovedRun({2, 2, 2, 2}, false);
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(2);
+  for (const char* fault : {"restore-criu", "restore-after-criu"}) {
+    try {
+      Move(job, FaultPoints::Parse(fault));
+      ADD_FAILURE() << "move succeeded with " << fault;
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(fault == std::string("restore-criu") ? "criu restore"
+                                                                             : fault));
+    }
+    // Our only child is still the source job: nothing restored was left behind.
+    EXPECT_EQ(ListDir("/proc/self/task").size() >= 1, true);
+    std::string children = ReadFile(fmt::format("/proc/self/task/{}/children", ::getpid()));
+    EXPECT_EQ(children, fmt::format("{} ", job.init)) << fault;
+    EXPECT_FALSE(Exists(dir_ + "/received"));
+    job.Step(2);
+  }
+  // A restore from an image directory that cannot be read fails cleanly too.
+  try {
+    Restore(dir_ + "/no-such-images");
+    ADD_FAILURE() << "restore succeeded";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("no-such-images"));
+  }
+  job.Step(2);
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_EQ(job.output, expected);
+}
+
+TEST_F(MigrateTest, RepeatedMovesLeakNothing) {
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(1);
+  Move(job);  // the first move loads what stays loaded (libraries, caches)
+  auto fds = ListDir("/proc/self/fd");
+  auto files = ListDir(dir_);
+  for (int i = 0; i < 20; ++i) {
+    Move(job);
+    job.Step(1);
+  }
+  // The job's pipes are new after each move, so their numbers may differ; not their count.
+  EXPECT_EQ(ListDir("/proc/self/fd").size(), fds.size());
+  EXPECT_EQ(ListDir(dir_), files);
+  std::string children = ReadFile(fmt::format("/proc/self/task/{}/children", ::getpid()));
+  EXPECT_EQ(children, fmt::format("{} ", job.init));
+  EXPECT_EQ(JobPids(job.init).size(), 3u);  // init, workload, its child
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_THAT(job.output, HasSubstr("final steps=21 usr1=0 offset=336 timer=ok child=ok"));
+}
+
+// A holder of a mount namespace in which the job's input path is another file, the way
+// a target node's /mosix/home/<home> is homefs rather than the home's own tree.
+TEST_F(MigrateTest, RestoreInAnotherMountNamespaceReopensFilesByPath) {
+  std::string other = dir_ + "/other-input";
+  {
+    std::ofstream out(other);
+    for (int i = 0; i < 1000; ++i) out << fmt::format("B{:014d}\n", i);
+  }
+  Pipe ready = Pipe::Create();
+  pid_t holder = ::fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    if (::unshare(CLONE_NEWNS) < 0 ||
+        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0 ||
+        ::mount(other.c_str(), input_.c_str(), nullptr, MS_BIND, nullptr) < 0) {
+      _exit(1);
+    }
+    (void)!::write(ready.write.get(), "x", 1);
+    ::pause();
+    _exit(0);
+  }
+  ready.write.Reset();
+  char c;
+  ASSERT_EQ(ReadSome(ready.read.get(), &c, 1, "holder"), 1u);
+  Fd ns = Fd::Open(fmt::format("/proc/{}/ns/mnt", holder), O_RDONLY);
+
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(2);
+  try {
+    Move(job, {}, ns.get());
+  } catch (...) {
+    ::kill(holder, SIGKILL);
+    ::waitpid(holder, nullptr, 0);
+    throw;
+  }
+  ::kill(holder, SIGKILL);
+  ::waitpid(holder, nullptr, 0);
+  job.Step(2);
+  EXPECT_EQ(job.Finish(), 0);
+  // Steps 1-2 read the home's file; 3-4 read the other namespace's file at the offset.
+  EXPECT_THAT(job.output, HasSubstr("step 2 input=A00000000000001 "));
+  EXPECT_THAT(job.output, HasSubstr("step 3 input=B00000000000002 "));
+  EXPECT_THAT(job.output, HasSubstr("step 4 input=B00000000000003 "));
+}
+
+TEST(CriuCheck, ReportsVersionAndFeatures) {
+  auto check = CriuCheck();
+  EXPECT_TRUE(check.usable) << check.message;
+  EXPECT_EQ(check.version, "4.1.1");
+  EXPECT_FALSE(check.features.empty());
+}
+
+}  // namespace
+}  // namespace homeward::migrate
+
+int main(int argc, char** argv) {
+  if (::geteuid() != 0) {
+    std::fprintf(stderr, "skipped: checkpoint and restore need root\n");
+    return 77;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

@@ -1,0 +1,125 @@
+// The zdtm-shaped workload the migration tests move: it builds state (an input file read
+// at an offset, a file it appends to, an interval timer, a SIGUSR1 handler, a child on a
+// pipe), says "ready" on fd 3, then does one step per "step" line on stdin, and at the
+// end of stdin checks that all of that state survived and prints its verdict.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+namespace {
+
+volatile sig_atomic_t ticks = 0;
+volatile sig_atomic_t usr1 = 0;
+void OnAlarm(int) { ticks = ticks + 1; }
+void OnUsr1(int) { usr1 = usr1 + 1; }
+
+void Say(int fd, const std::string& text) {
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0) _exit(3);
+    done += static_cast<size_t>(n);
+  }
+}
+
+bool ReadExact(int fd, void* data, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = read(fd, static_cast<char*>(data) + done, size - done);
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Reads a line from stdin; false at end of input.
+bool ReadLine(std::string& line) {
+  line.clear();
+  char c;
+  for (;;) {
+    ssize_t n = read(0, &c, 1);
+    if (n < 0) continue;
+    if (n == 0) return !line.empty();
+    if (c == '\n') return true;
+    line += c;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: workload INPUT APPEND\n");
+    return 2;
+  }
+  int input = open(argv[1], O_RDONLY | O_CLOEXEC);
+  int append = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (input < 0 || append < 0) return 4;
+  struct sigaction action {};
+  action.sa_flags = SA_RESTART;
+  action.sa_handler = OnAlarm;
+  sigaction(SIGALRM, &action, nullptr);
+  action.sa_handler = OnUsr1;
+  sigaction(SIGUSR1, &action, nullptr);
+  itimerval timer{{0, 5000}, {0, 5000}};
+  setitimer(ITIMER_REAL, &timer, nullptr);
+  int to_child[2], from_child[2];
+  if (pipe2(to_child, O_CLOEXEC) < 0 || pipe2(from_child, O_CLOEXEC) < 0) return 5;
+  pid_t child = fork();
+  if (child == 0) {
+    close(to_child[1]);
+    close(from_child[0]);
+    uint64_t value;
+    while (ReadExact(to_child[0], &value, sizeof value)) {
+      value = value * 2 + 1;
+      Say(from_child[1], std::string(reinterpret_cast<char*>(&value), sizeof value));
+    }
+    _exit(0);
+  }
+  close(to_child[0]);
+  close(from_child[1]);
+  Say(3, "ready\n");
+
+  uint64_t steps = 0;
+  std::string line;
+  while (ReadLine(line)) {
+    if (line != "step") continue;
+    ++steps;
+    char record[17] = {};
+    if (!ReadExact(input, record, 16)) return 6;
+    record[15] = '\0';  // the record's newline
+    Say(to_child[1], std::string(reinterpret_cast<char*>(&steps), sizeof steps));
+    uint64_t reply = 0;
+    if (!ReadExact(from_child[0], &reply, sizeof reply)) return 7;
+    char out[128];
+    std::snprintf(out, sizeof out, "step %" PRIu64 " input=%s child=%" PRIu64 "\n", steps,
+                  record, reply);
+    Say(1, out);
+    std::snprintf(out, sizeof out, "%" PRIu64 "\n", steps);
+    Say(append, out);
+  }
+
+  // Self-check: the timer still fires, the child still answers and exits cleanly.
+  int start = ticks;
+  while (ticks < start + 2) pause();
+  itimerval left{};
+  getitimer(ITIMER_REAL, &left);
+  bool timer_ok = left.it_interval.tv_usec == 5000;
+  close(to_child[1]);
+  int status = 0;
+  bool child_ok = waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+                  WEXITSTATUS(status) == 0;
+  char out[160];
+  std::snprintf(out, sizeof out, "final steps=%" PRIu64 " usr1=%d offset=%ld timer=%s child=%s\n",
+                steps, static_cast<int>(usr1), static_cast<long>(lseek(input, 0, SEEK_CUR)),
+                timer_ok ? "ok" : "BAD", child_ok ? "ok" : "BAD");
+  Say(1, out);
+  return timer_ok && child_ok ? 0 : 1;
+}

@@ -1,0 +1,71 @@
+# The migration stream: a job's CRIU image directory carried from the source node to the
+# target as a sequence of framed StreamMessages on one connection:
+#   header, then for each file in header order: chunk* and fileEnd, then trailer.
+# Chunks are about 1 MiB; every file ends with its size and an XXH3-64 checksum, so the
+# receiver can tell a cut or damaged stream from a complete one.
+@0xf1cc3e52ad0e117d;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("homeward::schema");
+
+const migrationVersion :UInt16 = 1;
+
+struct StreamMessage {
+  union {
+    header @0 :StreamHeader;
+    chunk @1 :FileChunk;
+    fileEnd @2 :FileEnd;
+    trailer @3 :StreamTrailer;
+  }
+}
+
+struct StreamHeader {
+  version @0 :UInt16;
+  # The sender's migrationVersion; a receiver refuses a version it does not speak.
+  job @1 :JobMetadata;
+  files @2 :List(FileEntry);
+  totalBytes @3 :UInt64;
+  # The sum of the files' sizes, so a receiver can refuse a stream it has no room for.
+}
+
+struct JobMetadata {
+  jobId @0 :UInt64;
+  homeNode @1 :Text;
+  homePid @2 :Int32;
+  externalPipes @3 :List(ExternalPipe);
+  # The job's pipes to the outside, which the target re-plumbs with --inherit-fd.
+  criuVersion @4 :Text;
+}
+
+struct ExternalPipe {
+  inode @0 :UInt64;
+  # The pipe's inode at the source, as the images name it (pipe:[inode]).
+  role @1 :Text;
+  # What it carries for the job ("stdin", "stdout", "stderr", "status").
+}
+
+struct FileEntry {
+  name @0 :Text;
+  # A plain file name: no '/', not "." or "..".
+  size @1 :UInt64;
+  mode @2 :UInt32;
+}
+
+struct FileChunk {
+  file @0 :UInt32;
+  # Index into header.files; files are sent in order, chunks in order of offset.
+  offset @1 :UInt64;
+  data @2 :Data;
+}
+
+struct FileEnd {
+  file @0 :UInt32;
+  size @1 :UInt64;
+  xxh64 @2 :UInt64;
+  # XXH3-64 of the file's bytes.
+}
+
+struct StreamTrailer {
+  files @0 :UInt32;
+  totalBytes @1 :UInt64;
+}
