@@ -247,6 +247,10 @@ size_t ControlStream::queued_bytes() const {
   return connection ? connection->queued_bytes() : 0;
 }
 
+void ControlStream::SetHandlers(StreamHandlers handlers) {
+  if (auto connection = connection_.lock()) connection->SetStream(std::move(handlers));
+}
+
 void ControlStream::PauseReading(bool pause) {
   if (auto connection = connection_.lock()) connection->PauseReading(pause);
 }

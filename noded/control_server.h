@@ -36,6 +36,8 @@ struct Caller {
   std::string peer_address;
 };
 
+struct StreamHandlers;
+
 // A connection turned into a two-way stream (mosrun's relay of a job's stdio, signals
 // and exit). Holds the connection weakly: once the client is gone, Send does nothing.
 class ControlStream {
@@ -53,6 +55,8 @@ class ControlStream {
   // Called once the queue has drained after exceeding `kHighWater`: the producer paused
   // (its job's output) may resume.
   void OnDrain(std::function<void()> callback);
+  // Replaces the stream's handlers (a relay whose job moved to another node).
+  void SetHandlers(StreamHandlers handlers);
   // Stops (or resumes) reading from the other end: back-pressure across a relay.
   void PauseReading(bool pause);
   static constexpr size_t kHighWater = 1 << 20;

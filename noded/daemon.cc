@@ -66,12 +66,17 @@ void Daemon::Start() {
   // Jobs restored by CRIU, and orphans of jobs' inits, become our children to reap.
   HW_SYSCALL(::prctl(PR_SET_CHILD_SUBREAPER, 1), "become a child subreaper");
   control_.Start();
+  jobs_.Start();
   peer_server_.Register("files", [this](Fd fd, PeerIdentity peer) {
     file_server_.Serve(std::move(fd), peer);
   });
   // Job relays between homes and the nodes their jobs run on are served on the loop.
   peer_server_.Register("jobs", [this](Fd fd, PeerIdentity peer) {
     control_.AdoptPeer(std::move(fd), peer.address);
+  });
+  // An incoming move is received and restored on the peer connection's own thread.
+  peer_server_.Register("migration", [this](Fd fd, PeerIdentity) {
+    jobs_.AcceptMove(std::move(fd));
   });
   peer_server_.Start();
   try {
@@ -122,6 +127,9 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       return;
     case schema::ControlRequest::START_GUEST:
       jobs_.StartGuest(request.getStartGuest(), std::move(reply));
+      return;
+    case schema::ControlRequest::MIGRATE_JOB:
+      jobs_.MigrateJob(request.getMigrateJob(), std::move(reply));
       return;
     case schema::ControlRequest::LIST_JOBS:
       jobs_.ListJobs(std::move(reply));

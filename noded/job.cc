@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "error.h"
+#include "checkpoint.h"
 #include "uv_error.h"
 
 namespace homeward {
@@ -162,6 +163,19 @@ void Job::Start() {
   stderr_pipe.write.Reset();
   status_pipe.write.Reset();
 
+  Attach(DaemonEnds{std::move(stdin_pipe.write), std::move(stdout_pipe.read),
+                    std::move(stderr_pipe.read), std::move(status_pipe.read)});
+  spdlog::info("job {} started: {} (uid {}, init pid {})", home_pid(), command(), id.uid,
+               init_->pid());
+}
+
+void Job::Adopt(pid_t init_pid, DaemonEnds ends) {
+  init_.emplace(ChildProcess::Adopt(init_pid));
+  Attach(std::move(ends));
+  spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_pid);
+}
+
+void Job::Attach(DaemonEnds ends) {
   pidfd_ = Fd::Adopt(HW_SYSCALL(static_cast<int>(::syscall(SYS_pidfd_open, init_->pid(), 0)),
                                 "pidfd_open {}", init_->pid()));
   CheckUv(uv_poll_init(loop_, exit_watch_.get(), pidfd_.get()), "watch job exit");
@@ -171,9 +185,13 @@ void Job::Start() {
                           static_cast<Job*>(handle->data)->OnInitExit();
                         }),
           "watch job exit");
+  pipe_inodes_ = {migrate::PipeInode(ends.stdin_write.get()),
+                  migrate::PipeInode(ends.stdout_read.get()),
+                  migrate::PipeInode(ends.stderr_read.get()),
+                  migrate::PipeInode(ends.status_read.get())};
 
   CheckUv(uv_pipe_init(loop_, stdin_.get(), 0), "job stdin");
-  CheckUv(uv_pipe_open(stdin_.get(), stdin_pipe.write.Release()), "job stdin");
+  CheckUv(uv_pipe_open(stdin_.get(), ends.stdin_write.Release()), "job stdin");
   auto make_stream = [&](int fd, Fd end) {
     auto stream = std::make_unique<Stream>();
     stream->job = this;
@@ -184,14 +202,41 @@ void Job::Start() {
     StartReading(*stream);
     return stream;
   };
-  stdout_ = make_stream(1, std::move(stdout_pipe.read));
-  stderr_ = make_stream(2, std::move(stderr_pipe.read));
-  status_ = make_stream(3, std::move(status_pipe.read));
+  stdout_ = make_stream(1, std::move(ends.stdout_read));
+  stderr_ = make_stream(2, std::move(ends.stderr_read));
+  status_ = make_stream(3, std::move(ends.status_read));
   relay_.OnDrain([weak = weak_from_this()] {
     if (auto job = weak.lock()) job->PauseOutput(false);
   });
-  spdlog::info("job {} started: {} (uid {}, init pid {})", home_pid(), command(), id.uid,
-               init_->pid());
+}
+
+void Job::AbandonAfterMove() {
+  if (finished_) return;
+  finished_ = true;
+  // The job is frozen: what it wrote before the dump is still in our pipes. Relay it
+  // before the copy here goes, so that no byte of output is lost by the move.
+  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
+    uv_os_fd_t fd;
+    if (!stream || stream->eof || uv_fileno(stream->pipe.base(), &fd) != 0) continue;
+    for (;;) {
+      ssize_t n = ::read(fd, stream->buffer, sizeof stream->buffer);
+      if (n <= 0) break;
+      capnp::MallocMessageBuilder message;
+      auto output = message.initRoot<schema::ControlReply>().initJobOutput();
+      output.setFd(static_cast<uint8_t>(stream->fd));
+      output.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(stream->buffer),
+                                  static_cast<size_t>(n)));
+      relay_.Send(message);
+    }
+  }
+  exit_watch_.Close();
+  pidfd_.Reset();
+  init_.reset();  // SIGKILL and reap the frozen source copy
+  stdin_.Close();
+  stdout_.reset();
+  stderr_.reset();
+  status_.reset();
+  relay_.OnDrain(nullptr);
 }
 
 void Job::StartReading(Stream& stream) {

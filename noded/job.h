@@ -55,6 +55,14 @@ struct JobLaunch {
   std::string preload_path;  // libmosix_preload.so, or empty when not built
 };
 
+// The daemon's ends of a job's pipes.
+struct DaemonEnds {
+  Fd stdin_write;
+  Fd stdout_read;
+  Fd stderr_read;
+  Fd status_read;
+};
+
 class Job : public std::enable_shared_from_this<Job> {
  public:
   using Finished = std::function<void(Job&)>;
@@ -65,6 +73,16 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // Starts the job's init and relaying. Throws Error when the job cannot start.
   void Start();
+  // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
+  void Adopt(pid_t init_pid, DaemonEnds ends);
+  // The job has moved on: relays the output it left in our pipes, then kills the frozen
+  // copy here without reporting an end to mosrun.
+  void AbandonAfterMove();
+  // The inodes of the job's stdin, stdout, stderr and status pipes, as CRIU names them.
+  const std::vector<uint64_t>& pipe_inodes() const { return pipe_inodes_; }
+  ControlStream& relay() { return relay_; }
+  void set_migrating(bool migrating) { migrating_ = migrating; }
+  uint32_t migrations() const { return 0; }
   // From mosrun: stdin bytes, end of stdin, a signal for the job.
   void Input(const void* data, size_t size);
   void InputEnd();
@@ -78,14 +96,16 @@ class Job : public std::enable_shared_from_this<Job> {
   uid_t uid() const { return launch_.identity.uid; }
   pid_t init_pid() const { return init_ ? init_->pid() : -1; }
   std::string command() const;
-  std::string state() const { return finished_ ? "exiting" : "running"; }
+  std::string state() const {
+    return finished_ ? "exiting" : migrating_ ? "migrating" : "running";
+  }
   uint64_t cpu_ms() const;
   bool keep_home() const { return launch_.keep_home; }
   const JobLaunch& launch() const { return launch_; }
 
  private:
   struct Stream;
-  void OpenPipes(Pipe& stdin_pipe, Pipe& stdout_pipe, Pipe& stderr_pipe, Pipe& status_pipe);
+  void Attach(DaemonEnds ends);
   void StartReading(Stream& stream);
   void OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf);
   void PauseOutput(bool pause);
@@ -109,6 +129,8 @@ class Job : public std::enable_shared_from_this<Job> {
   bool stdin_ended_ = false;
   bool output_paused_ = false;
   bool finished_ = false;
+  bool migrating_ = false;
+  std::vector<uint64_t> pipe_inodes_;
 };
 
 }  // namespace homeward

@@ -215,7 +215,27 @@ void SetUpNamespaces(const Options& options) {
 
 }  // namespace
 
+// `mosjob-init --prepare-root ROOT`: makes a mount namespace like a guest job's (the
+// home's tree as root, the OS paths local) for CRIU to restore a moved job into, says
+// "ready" on fd 3, and holds the namespace until its stdin closes.
+int PrepareRoot(const char* root) {
+  if (unshare(CLONE_NEWNS) != 0) Die("unshare the mount namespace");
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    Die("make the mounts private");
+  }
+  EnterHomeTree(root);
+  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
+    Die("mount /proc");
+  }
+  Report("ready");
+  char byte;
+  while (read(0, &byte, 1) > 0) {
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--prepare-root") return PrepareRoot(argv[2]);
   // The job holds no descriptor but its stdio and the status pipe: CRIU must be able to
   // dump it, and a guest must not hold anything of the daemon's.
   syscall(SYS_close_range, kStatusFd + 1, ~0U, 0);

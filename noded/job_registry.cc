@@ -9,6 +9,8 @@
 
 #include "error.h"
 #include "install_paths.h"
+#include "migration.h"
+#include "uv_error.h"
 #include "peer_auth.h"
 
 namespace homeward {
@@ -61,6 +63,35 @@ JobIdentity ReadIdentity(schema::JobIdentity::Reader in) {
   id.home_pid = in.getHomePid();
   id.home_ppid = in.getHomePpid();
   return id;
+}
+
+// The relay of a job running here: mosrun's (or its home's) input and signals go to it.
+StreamHandlers RelayHandlers(std::shared_ptr<std::weak_ptr<Job>> weak_job) {
+  StreamHandlers handlers;
+  handlers.on_message = [weak_job](IncomingMessage& incoming) {
+    auto job = weak_job->lock();
+    if (!job) return;  // the job has ended; late input has nowhere to go
+    auto message = incoming.Root<schema::ControlRequest>();
+    switch (message.which()) {
+      case schema::ControlRequest::JOB_INPUT: {
+        auto data = message.getJobInput();
+        job->Input(data.begin(), data.size());
+        break;
+      }
+      case schema::ControlRequest::JOB_INPUT_END:
+        job->InputEnd();
+        break;
+      case schema::ControlRequest::JOB_SIGNAL:
+        job->Signal(message.getJobSignal());
+        break;
+      default:
+        Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
+    }
+  };
+  handlers.on_close = [weak_job] {
+    if (auto job = weak_job->lock()) job->RelayLost();
+  };
+  return handlers;
 }
 
 }  // namespace
@@ -120,30 +151,7 @@ JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
 std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
                                           std::function<void()> finished) {
   auto weak_job = std::make_shared<std::weak_ptr<Job>>();
-  StreamHandlers handlers;
-  handlers.on_message = [weak_job](IncomingMessage& incoming) {
-    auto job = weak_job->lock();
-    if (!job) return;  // the job has ended; late input has nowhere to go
-    auto message = incoming.Root<schema::ControlRequest>();
-    switch (message.which()) {
-      case schema::ControlRequest::JOB_INPUT: {
-        auto data = message.getJobInput();
-        job->Input(data.begin(), data.size());
-        break;
-      }
-      case schema::ControlRequest::JOB_INPUT_END:
-        job->InputEnd();
-        break;
-      case schema::ControlRequest::JOB_SIGNAL:
-        job->Signal(message.getJobSignal());
-        break;
-      default:
-        Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
-    }
-  };
-  handlers.on_close = [weak_job] {
-    if (auto job = weak_job->lock()) job->RelayLost();
-  };
+  StreamHandlers handlers = RelayHandlers(weak_job);
   ControlStream relay = reply.OpenStream(std::move(handlers));
   auto job = std::make_shared<Job>(loop_, std::move(launch), relay,
                                    [finished](Job&) { finished(); });
@@ -185,20 +193,7 @@ void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
 void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where,
                             ReplySender reply) {
   PeerAddress address = resolve_(where);
-  auto request = std::make_shared<capnp::MallocMessageBuilder>();
-  auto root = request->initRoot<schema::ControlRequest>();
-  root.setVersion(schema::CONTROL_VERSION);
-  auto guest = root.initStartGuest();
-  auto job = guest.initJob();
-  auto argv = job.initArgv(static_cast<unsigned>(launch.argv.size()));
-  for (unsigned i = 0; i < launch.argv.size(); ++i) argv.set(i, launch.argv[i]);
-  auto env = job.initEnv(static_cast<unsigned>(launch.env.size()));
-  for (unsigned i = 0; i < launch.env.size(); ++i) env.set(i, launch.env[i]);
-  job.setCwd(launch.cwd);
-  job.setWhere(where);
-  guest.setHome(config_.name);
-  FillIdentity(launch.identity, guest.initIdentity());
-  guest.setPidBase(launch.pid_base);
+  auto request = GuestRequest(launch, where);
 
   auto away = std::make_shared<Away>();
   away->where = where;
@@ -206,26 +201,7 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
   away->uid = launch.identity.uid;
   for (const auto& arg : launch.argv) away->command += (away->command.empty() ? "" : " ") + arg;
 
-  StreamHandlers handlers;
-  handlers.on_message = [away](IncomingMessage& incoming) {
-    auto message = incoming.Root<schema::ControlRequest>();
-    switch (message.which()) {
-      case schema::ControlRequest::JOB_INPUT:
-      case schema::ControlRequest::JOB_INPUT_END:
-      case schema::ControlRequest::JOB_SIGNAL:
-        Forward<schema::ControlRequest>(incoming, away->peer);
-        // Hold mosrun's input back while the job's node is slower to take it.
-        if (away->peer.queued_bytes() > ControlStream::kHighWater) away->mosrun.PauseReading(true);
-        break;
-      default:
-        Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
-    }
-  };
-  handlers.on_close = [this, slot, away] {
-    if (away->exited) return;
-    spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid, away->where);
-    EndAway(slot, "");
-  };
+  auto handlers = MosrunHandlersForAway(slot, away);
   away->mosrun = reply.OpenStream(std::move(handlers));
   away->mosrun.PauseReading(true);  // until the job's node has the job
   jobs_[slot].away = away;
@@ -278,6 +254,56 @@ void JobRegistry::ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
                                 std::shared_ptr<capnp::MallocMessageBuilder> request) {
   auto it = jobs_.find(slot);
   if (it == jobs_.end() || it->second.away != away) return;  // mosrun left meanwhile
+  JoinAway(slot, away, std::move(fd));
+  away->peer.Send(*request);
+  spdlog::info("job {} started on {}: {}", away->home_pid, away->where, away->command);
+}
+
+std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
+    const JobLaunch& launch, const std::string& where) const {
+  auto request = std::make_shared<capnp::MallocMessageBuilder>();
+  auto root = request->initRoot<schema::ControlRequest>();
+  root.setVersion(schema::CONTROL_VERSION);
+  auto guest = root.initStartGuest();
+  auto job = guest.initJob();
+  auto argv = job.initArgv(static_cast<unsigned>(launch.argv.size()));
+  for (unsigned i = 0; i < launch.argv.size(); ++i) argv.set(i, launch.argv[i]);
+  auto env = job.initEnv(static_cast<unsigned>(launch.env.size()));
+  for (unsigned i = 0; i < launch.env.size(); ++i) env.set(i, launch.env[i]);
+  job.setCwd(launch.cwd);
+  job.setWhere(where);
+  job.setKeepHome(launch.keep_home);
+  guest.setHome(config_.name);
+  FillIdentity(launch.identity, guest.initIdentity());
+  guest.setPidBase(launch.pid_base);
+  return request;
+}
+
+StreamHandlers JobRegistry::MosrunHandlersForAway(int slot, std::shared_ptr<Away> away) {
+  StreamHandlers handlers;
+  handlers.on_message = [away](IncomingMessage& incoming) {
+    auto message = incoming.Root<schema::ControlRequest>();
+    switch (message.which()) {
+      case schema::ControlRequest::JOB_INPUT:
+      case schema::ControlRequest::JOB_INPUT_END:
+      case schema::ControlRequest::JOB_SIGNAL:
+        Forward<schema::ControlRequest>(incoming, away->peer);
+        // Hold mosrun's input back while the job's node is slower to take it.
+        if (away->peer.queued_bytes() > ControlStream::kHighWater) away->mosrun.PauseReading(true);
+        break;
+      default:
+        Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
+    }
+  };
+  handlers.on_close = [this, slot, away] {
+    if (away->exited) return;
+    spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid, away->where);
+    EndAway(slot, "");
+  };
+  return handlers;
+}
+
+void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd) {
   StreamHandlers handlers;
   handlers.on_message = [this, slot, away](IncomingMessage& incoming) {
     auto reply = incoming.Root<schema::ControlReply>();
@@ -305,11 +331,9 @@ void JobRegistry::ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
   Caller peer;
   peer.peer = true;
   away->peer = control_.AdoptStream(std::move(fd), peer, std::move(handlers));
-  away->peer.Send(*request);
   away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
   away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
   away->mosrun.PauseReading(false);
-  spdlog::info("job {} started on {}: {}", away->home_pid, away->where, away->command);
 }
 
 void JobRegistry::EndAway(int slot, const std::string& why) {
@@ -327,10 +351,7 @@ void JobRegistry::EndAway(int slot, const std::string& why) {
   away->peer.Close();  // the job's node kills a guest whose home relay is gone
 }
 
-void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) {
-  if (!reply.caller().peer) {
-    Fail(ErrorKind::kInvalidInput, "only another node's daemon may start a guest here");
-  }
+JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   JobLaunch launch = LaunchFrom(spec.getJob());
   launch.home = spec.getHome();
   if (launch.home.empty() || launch.home.find('/') != std::string::npos ||
@@ -348,9 +369,184 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
   launch.identity = ReadIdentity(spec.getIdentity());
   launch.pid_base = spec.getPidBase();
   launch.guest = true;
+  return launch;
+}
+
+void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) {
+  if (!reply.caller().peer) {
+    Fail(ErrorKind::kInvalidInput, "only another node's daemon may start a guest here");
+  }
+  JobLaunch launch = GuestLaunch(spec);
   uint64_t id = next_guest_++;
   auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); });
   if (job) guests_[id] = job;
+}
+
+void JobRegistry::Start() {
+  CheckUv(uv_async_init(loop_, restored_wakeup_.get(),
+                        [](uv_async_t* async) {
+                          static_cast<JobRegistry*>(async->data)->TakeRestored();
+                        }),
+          "job registry wake-up");
+  restored_wakeup_.get()->data = this;
+}
+
+void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply) {
+  pid_t home_pid = request.getHomePid();
+  std::string target = request.getTarget();
+  auto it = jobs_.begin();
+  for (; it != jobs_.end(); ++it) {
+    pid_t pid = it->second.here ? it->second.here->home_pid() : it->second.away->home_pid;
+    if (pid == home_pid) break;
+  }
+  if (it == jobs_.end()) {
+    Fail(ErrorKind::kNotFound, "no job of this home has pid {} (mosps lists them)", home_pid);
+  }
+  const Caller& caller = reply.caller();
+  uid_t owner = it->second.here ? it->second.here->uid() : it->second.away->uid;
+  if (caller.peer || (caller.uid != 0 && caller.uid != owner)) {
+    Fail(ErrorKind::kInvalidInput, "job {} belongs to another user: only they or root may move it",
+         home_pid);
+  }
+  int slot = it->first;
+  if (it->second.away) {
+    Fail(ErrorKind::kUnimplemented, "job {} runs on {}; moving a job that is away from home "
+         "is not available yet", home_pid, it->second.away->where);
+  }
+  auto job = it->second.here;
+  if (target == "home" || target == config_.name) {
+    Fail(ErrorKind::kInvalidInput, "job {} is already at home on {}", home_pid, config_.name);
+  }
+  if (job->keep_home()) {
+    Fail(ErrorKind::kInvalidInput, "job {} is kept at home (mosrun -h)", home_pid);
+  }
+  if (job->state() != "running") {
+    Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, job->state());
+  }
+  PeerAddress address = resolve_(target);
+
+  auto move = std::make_shared<MoveOut>();
+  move->init_pid = job->init_pid();
+  move->pipe_inodes = job->pipe_inodes();
+  move->image_dir = fmt::format("{}/images/out-{}-{}", config_.state_dir, home_pid, slot);
+  ::mkdir((config_.state_dir + "/images").c_str(), 0700);
+  move->target_name = target;
+  move->target_host = address.host;
+  move->target_port = address.port;
+  move->key = config_.cluster_key;
+  move->guest_request = GuestRequest(job->launch(), target);
+  move->metadata.home_node = config_.name;
+  move->metadata.home_pid = home_pid;
+  const char* roles[] = {"stdin", "stdout", "stderr", "status"};
+  for (size_t i = 0; i < move->pipe_inodes.size(); ++i) {
+    move->metadata.external_pipes.push_back({move->pipe_inodes[i], roles[i]});
+  }
+  job->set_migrating(true);
+  job->relay().PauseReading(true);  // input waits for the job's new place
+
+  struct Work {
+    uv_work_t req;
+    JobRegistry* registry;
+    std::shared_ptr<bool> alive;
+    int slot;
+    std::shared_ptr<Job> job;
+    std::shared_ptr<MoveOut> move;
+    ReplySender reply;
+  };
+  auto* work = new Work{{}, this, alive_, slot, job, move, std::move(reply)};
+  work->req.data = work;
+  int status = uv_queue_work(
+      loop_, &work->req, [](uv_work_t* req) { RunMoveOut(*static_cast<Work*>(req->data)->move); },
+      [](uv_work_t* req, int) {
+        std::unique_ptr<Work> work(static_cast<Work*>(req->data));
+        if (!*work->alive) return;
+        work->registry->FinishMove(work->slot, work->job, *work->move, std::move(work->reply));
+      });
+  if (status < 0) {
+    job->set_migrating(false);
+    job->relay().PauseReading(false);
+    std::unique_ptr<Work> cleanup(work);
+    Fail(ErrorKind::kFailed, "cannot start the move: {}", uv_strerror(status));
+  }
+}
+
+void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
+                             ReplySender reply) {
+  job->set_migrating(false);
+  auto it = jobs_.find(slot);
+  bool still_ours = it != jobs_.end() && it->second.here == job;
+  if (!move.error.empty()) {
+    spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
+    job->relay().PauseReading(false);
+    reply.SendError(Error(ErrorKind::kFailed,
+                          fmt::format("job {} stays on {}: {}", job->home_pid(), config_.name,
+                                      move.error)));
+    return;
+  }
+  if (!still_ours) return;  // ended meanwhile (its mosrun went away)
+  auto away = std::make_shared<Away>();
+  away->where = move.target_name;
+  away->home_pid = job->home_pid();
+  away->uid = job->uid();
+  away->command = job->command();
+  away->mosrun = job->relay();
+  away->migrations = job->migrations() + 1;
+  job->AbandonAfterMove();
+  it->second.here.reset();
+  it->second.away = away;
+  away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
+  JoinAway(slot, away, std::move(move.connection));
+  spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)",
+               away->home_pid, away->where, move.frozen.count(), move.total.count(),
+               move.image_bytes);
+  capnp::MallocMessageBuilder message;
+  auto migrated = message.initRoot<schema::ControlReply>().initMigrated();
+  migrated.setWhere(move.target_name);
+  migrated.setFrozenMs(static_cast<uint64_t>(move.frozen.count()));
+  migrated.setTotalMs(static_cast<uint64_t>(move.total.count()));
+  migrated.setImageBytes(move.image_bytes);
+  reply.Send(message);
+}
+
+void JobRegistry::AcceptMove(Fd fd) {
+  MoveInContext context{config_.state_dir, init_path_, config_.name};
+  JobLaunch launch;
+  auto restored = RunMoveIn(
+      std::move(fd), context, [this](auto spec) { return GuestLaunch(spec); }, &launch);
+  if (!restored) return;
+  {
+    std::lock_guard lock(restored_mutex_);
+    restored_.push_back(Restored{std::move(restored->connection), restored->init_pid,
+                                 std::move(restored->ends), std::move(launch)});
+  }
+  uv_async_send(restored_wakeup_.get());
+}
+
+void JobRegistry::TakeRestored() {
+  std::vector<Restored> restored;
+  {
+    std::lock_guard lock(restored_mutex_);
+    restored.swap(restored_);
+  }
+  for (auto& one : restored) {
+    uint64_t id = next_guest_++;
+    auto weak_job = std::make_shared<std::weak_ptr<Job>>();
+    Caller peer;
+    peer.peer = true;
+    ControlStream relay = control_.AdoptStream(std::move(one.connection), peer,
+                                               RelayHandlers(weak_job));
+    auto job = std::make_shared<Job>(loop_, std::move(one.launch), relay,
+                                     [this, id](Job&) { guests_.erase(id); });
+    *weak_job = job;
+    try {
+      job->Adopt(one.init_pid, std::move(one.ends));
+      guests_[id] = job;
+    } catch (const Error& e) {
+      spdlog::error("cannot take over restored job (init {}): {}", one.init_pid, e.what());
+      ::kill(one.init_pid, SIGKILL);
+      relay.Close();
+    }
+  }
 }
 
 void JobRegistry::ListJobs(ReplySender reply) const {
@@ -377,6 +573,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setHomePid(job.away->home_pid);
       info.setHome(config_.name);
       info.setWhere(job.away->where);
+      info.setMigrations(job.away->migrations);
       info.setState(job.away->peer.open() ? "running" : "starting");
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);
@@ -397,6 +594,7 @@ void JobRegistry::KillAll() {
       job.away->mosrun.Close();
     }
   }
+  restored_wakeup_.Close();
   auto guests = std::move(guests_);
   guests_.clear();
   for (auto& [id, job] : guests) job->Kill();

@@ -8,6 +8,8 @@
 
 #include <functional>
 #include <map>
+#include <mutex>
+#include <vector>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,9 +43,14 @@ class JobRegistry {
   void StartJob(schema::JobSpec::Reader spec, ReplySender reply);
   // A home's startGuest, over an authenticated peer connection.
   void StartGuest(schema::GuestSpec::Reader spec, ReplySender reply);
+  // mosmigrate's migrateJob: moves a job of this home that runs here to another node.
+  void MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply);
+  // An incoming move, on a peer server thread: restores the job here as a guest.
+  void AcceptMove(Fd fd);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
   void KillAll();
+  void Start();
 
   uint32_t jobs_away() const;
   uint32_t guests_here() const { return static_cast<uint32_t>(guests_.size()); }
@@ -64,6 +71,7 @@ class JobRegistry {
     ControlStream mosrun;
     ControlStream peer;
     bool exited = false;
+    uint32_t migrations = 0;
   };
   struct HomeJob {
     std::shared_ptr<Job> here;    // runs on this node
@@ -80,6 +88,13 @@ class JobRegistry {
   void ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
                      std::shared_ptr<capnp::MallocMessageBuilder> guest_request);
   void EndAway(int slot, const std::string& why);
+  StreamHandlers MosrunHandlersForAway(int slot, std::shared_ptr<Away> away);
+  void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd);
+  JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
+  std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,
+                                                            const std::string& where) const;
+  void TakeRestored();
+  void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, ReplySender reply);
 
   uv_loop_t* loop_;
   const NodeConfig& config_;
@@ -91,6 +106,16 @@ class JobRegistry {
   std::map<uint64_t, std::shared_ptr<Job>> guests_;
   uint64_t next_guest_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  // Jobs restored on peer server threads, waiting for the loop to adopt them.
+  struct Restored {
+    Fd connection;
+    pid_t init_pid;
+    DaemonEnds ends;
+    JobLaunch launch;
+  };
+  UvHandle<uv_async_t> restored_wakeup_;
+  std::mutex restored_mutex_;
+  std::vector<Restored> restored_;
 };
 
 }  // namespace homeward

@@ -44,6 +44,9 @@ class ChildProcess {
   // Starts the child. If exec fails, the child's errno comes back through a close-on-exec
   // pipe and Spawn throws an Error naming the program.
   static ChildProcess Spawn(const SpawnOptions& options);
+  // Takes ownership of `pid`, which must be our child (for example a process CRIU
+  // restored, re-parented to us as a child subreaper).
+  static ChildProcess Adopt(pid_t pid) { return ChildProcess(pid); }
 
   ChildProcess(ChildProcess&& other) noexcept;
   ChildProcess& operator=(ChildProcess&& other) noexcept;

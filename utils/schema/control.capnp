@@ -32,6 +32,8 @@ struct ControlRequest {
     # From a home's daemon over an authenticated peer connection only: run a job of that
     # home here. The connection then relays as for startJob.
     homeMount @9 :HomeMountRequest;
+    migrateJob @10 :MigrateRequest;
+    # mosmigrate: move a job of this home (by its home pid) to another node.
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -47,6 +49,7 @@ struct ControlReply {
     jobExited @5 :JobExit;
     jobs @6 :JobList;
     done @7 :Void;
+    migrated @8 :Migrated;
   }
 }
 
@@ -174,4 +177,18 @@ struct HomeMountRequest {
   address @1 :Text;
   peerPort @2 :UInt16;
   up @3 :Bool;
+}
+
+struct MigrateRequest {
+  homePid @0 :Int32;
+  target @1 :Text;
+  # A node name, or "home".
+}
+
+struct Migrated {
+  where @0 :Text;
+  frozenMs @1 :UInt64;
+  # How long the job was stopped: from the dump's freeze to its restore.
+  totalMs @2 :UInt64;
+  imageBytes @3 :UInt64;
 }

@@ -1,0 +1,157 @@
+// The blocking halves of a move.
+#include "migration.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include <capnp/serialize.h>
+#include <spdlog/spdlog.h>
+
+#include "checkpoint.h"
+#include "child_process.h"
+#include "error.h"
+#include "peer_auth.h"
+
+namespace homeward {
+
+namespace {
+
+constexpr auto kConnectTimeout = std::chrono::seconds(5);
+constexpr size_t kMaxReplyWords = 1 << 20;
+std::atomic<uint64_t> next_move{0};
+
+capnp::ReaderOptions PeerReaderOptions() {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = kMaxReplyWords;
+  return options;
+}
+
+std::string FreshImageDir(const std::string& state_dir, const std::string& what) {
+  std::string parent = state_dir + "/images";
+  ::mkdir(parent.c_str(), 0700);
+  return fmt::format("{}/{}-{}-{}", parent, what, ::getpid(), next_move++);
+}
+
+void ReplyError(int fd, const std::string& why) {
+  try {
+    capnp::MallocMessageBuilder message;
+    auto error = message.initRoot<schema::ControlReply>().initError();
+    error.setKind("failed");
+    error.setMessage(why);
+    capnp::writeMessageToFd(fd, message);
+  } catch (const std::exception&) {
+    // The sender is gone; it learns of the failure from the closed connection.
+  }
+}
+
+}  // namespace
+
+void RunMoveOut(MoveOut& move) {
+  auto started = std::chrono::steady_clock::now();
+  std::string step = "checkpoint";
+  bool dumped = false;
+  try {
+    HW_SYSCALL(::mkdir((move.image_dir).c_str(), 0700), "create {}", move.image_dir);
+    migrate::DumpOptions dump;
+    dump.after = migrate::AfterDump::kStop;
+    dump.external_pipes = move.pipe_inodes;
+    auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
+    dumped = true;
+    auto frozen_at = std::chrono::steady_clock::now() - result.criu_time + result.frozen_time;
+    move.image_bytes = result.image_bytes;
+
+    step = fmt::format("connect to {}", move.target_name);
+    Fd fd = PeerConnect(move.target_host, move.target_port, move.key, "migration",
+                        kConnectTimeout);
+    step = fmt::format("send the images to {}", move.target_name);
+    capnp::writeMessageToFd(fd.get(), *move.guest_request);
+    migrate::SendImages(fd.get(), move.image_dir, move.metadata);
+    step = fmt::format("restore on {}", move.target_name);
+    capnp::StreamFdMessageReader reader(fd.get(), PeerReaderOptions());
+    auto reply = reader.getRoot<schema::ControlReply>();
+    if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
+    if (!reply.isJobStarted()) Fail(ErrorKind::kInvalidInput, "unexpected answer");
+    auto now = std::chrono::steady_clock::now();
+    move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(now - frozen_at);
+    move.connection = std::move(fd);
+  } catch (const std::exception& e) {
+    move.error = fmt::format("{} failed: {}", step, e.what());
+    if (dumped) migrate::ContinueJob(move.init_pid);  // it runs on where it was
+  }
+  migrate::RemoveImageDir(move.image_dir);
+  move.total = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - started);
+}
+
+std::optional<RestoredJob> RunMoveIn(
+    Fd fd, const MoveInContext& context,
+    const std::function<JobLaunch(schema::GuestSpec::Reader)>& make_launch, JobLaunch* launch) {
+  std::string dir;
+  std::string step = "read the move request";
+  try {
+    capnp::StreamFdMessageReader request_reader(fd.get(), PeerReaderOptions());
+    auto request = request_reader.getRoot<schema::ControlRequest>();
+    if (!request.isStartGuest()) Fail(ErrorKind::kInvalidInput, "not a move request");
+    *launch = make_launch(request.getStartGuest());
+
+    step = "receive the images";
+    dir = FreshImageDir(context.state_dir, "in");
+    auto received = migrate::ReceiveImages(fd.get(), dir);
+
+    // CRIU restores the job into a mount namespace like the one a guest starts in.
+    step = "prepare the job's namespace";
+    Pipe hold = Pipe::Create();
+    Pipe ready = Pipe::Create();
+    SpawnOptions prepare;
+    prepare.argv = {context.init_path, "--prepare-root", launch->root};
+    prepare.stdin_fd = hold.read.get();
+    prepare.extra_fds = {ready.write.get()};
+    ChildProcess holder = ChildProcess::Spawn(prepare);
+    hold.read.Reset();
+    ready.write.Reset();
+    char word[512];
+    size_t n = ReadSome(ready.read.get(), word, sizeof word - 1, "namespace holder");
+    word[n] = '\0';
+    if (std::string_view(word, n).rfind("ready", 0) != 0) {
+      Fail(ErrorKind::kFailed, "{}", n ? word : "the namespace holder died");
+    }
+    Fd mount_ns = Fd::Open(fmt::format("/proc/{}/ns/mnt", holder.pid()), O_RDONLY);
+
+    step = "restore";
+    Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
+    migrate::RestoreOptions restore;
+    restore.mount_namespace_fd = mount_ns.get();
+    for (const auto& pipe : received.job.external_pipes) {
+      int job_end = pipe.role == "stdin"    ? in.read.get()
+                    : pipe.role == "stdout" ? out.write.get()
+                    : pipe.role == "stderr" ? err.write.get()
+                    : pipe.role == "status" ? status.write.get()
+                                            : -1;
+      if (job_end < 0) Fail(ErrorKind::kInvalidInput, "unknown pipe role '{}'", pipe.role);
+      restore.pipes.push_back({pipe.inode, job_end});
+    }
+    auto restored = migrate::Restore(dir, restore);
+    migrate::RemoveImageDir(dir);
+    dir.clear();
+
+    capnp::MallocMessageBuilder message;
+    auto started = message.initRoot<schema::ControlReply>().initJobStarted();
+    started.setHomePid(launch->identity.home_pid);
+    started.setWhere(context.node_name);
+    capnp::writeMessageToFd(fd.get(), message);
+    return RestoredJob{std::move(fd), restored.init_pid,
+                       DaemonEnds{std::move(in.write), std::move(out.read), std::move(err.read),
+                                  std::move(status.read)}};
+  } catch (const std::exception& e) {
+    std::string why = fmt::format("{} failed on {}: {}", step, context.node_name, e.what());
+    spdlog::warn("incoming move: {}", why);
+    if (!dir.empty()) migrate::RemoveImageDir(dir);
+    ReplyError(fd.get(), why);
+    return std::nullopt;
+  }
+}
+
+}  // namespace homeward

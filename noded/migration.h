@@ -1,0 +1,66 @@
+// Moving a job between nodes: the blocking halves that run off the event loop. The
+// sender (on libuv's thread pool) dumps the job with CRIU, streams the images to the
+// target's "migration" peer service and waits for the target's word; the receiver (on
+// the peer server's thread) takes the images, restores the job in a namespace rooted
+// in the job's home tree, and answers. Only after the target confirms does the source
+// drop its frozen copy; any failure before that thaws the job where it was.
+#pragma once
+
+#include <capnp/message.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fd.h"
+#include "image_stream.h"
+#include "job.h"
+
+namespace homeward {
+
+struct MoveOut {
+  // In: the job and where it goes.
+  pid_t init_pid = -1;
+  std::vector<uint64_t> pipe_inodes;  // stdin, stdout, stderr, status
+  std::string image_dir;
+  std::string target_name;
+  std::string target_host;
+  uint16_t target_port = 0;
+  std::vector<uint8_t> key;
+  std::shared_ptr<capnp::MallocMessageBuilder> guest_request;  // a startGuest request
+  migrate::JobMetadata metadata;
+  // Out: the connection that becomes the job's relay, or why the move failed.
+  Fd connection;
+  std::string error;
+  std::chrono::milliseconds frozen{0};
+  std::chrono::milliseconds total{0};
+  uint64_t image_bytes = 0;
+};
+
+// Runs a move; blocks. On failure the job runs on here and `error` names the step.
+void RunMoveOut(MoveOut& move);
+
+// A job restored here, ready for the loop to adopt.
+struct RestoredJob {
+  Fd connection;  // from the job's home: becomes the job's relay
+  pid_t init_pid = -1;
+  DaemonEnds ends;
+};
+
+struct MoveInContext {
+  std::string state_dir;
+  std::string init_path;
+  std::string node_name;
+};
+
+// Serves one incoming move on `fd`; blocks. `make_launch` turns the sender's startGuest
+// request into the guest's launch (and throws when this node cannot take it). Returns
+// nothing when the move failed; the sender has then been told why.
+std::optional<RestoredJob> RunMoveIn(
+    Fd fd, const MoveInContext& context,
+    const std::function<JobLaunch(schema::GuestSpec::Reader)>& make_launch,
+    JobLaunch* launch);
+
+}  // namespace homeward
