@@ -152,7 +152,7 @@ bool IsRealDirectory(const std::string& path) {
 // system's own paths local: the cluster is homogeneous in its OS, as MOSIX assumes.
 void EnterHomeTree(const std::string& root) {
   static const char* kLocalPaths[] = {"/usr", "/lib", "/lib32", "/lib64", "/libx32",
-                                      "/bin", "/sbin", "/dev", "/sys"};
+                                      "/bin", "/sbin", "/dev", "/sys", "/proc"};
   for (const char* path : kLocalPaths) {
     std::string target = root + path;
     if (!IsRealDirectory(path) || !IsRealDirectory(target)) continue;
@@ -173,10 +173,10 @@ void SetUpNamespaces(const Options& options) {
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     Die("make the job's mounts private");
   }
+  // The job keeps the node's /proc rather than one of its own pid namespace: CRIU runs
+  // in the job's mount namespace to dump it and needs a /proc that shows its own pids.
+  // /proc/self is still the job's process; the shim turns /proc/<own home id> into it.
   if (options.root != "/") EnterHomeTree(options.root);
-  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
-    Die("mount the job's /proc");
-  }
 }
 
 // In the program's process, before exec: the user's identity and limits.
@@ -224,9 +224,6 @@ int PrepareRoot(const char* root) {
     Die("make the mounts private");
   }
   EnterHomeTree(root);
-  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
-    Die("mount /proc");
-  }
   Report("ready");
   char byte;
   while (read(0, &byte, 1) > 0) {

@@ -3,7 +3,8 @@
 
 namespace homeward::preload {
 
-const char* TranslateProcPath(const PidMap& map, const char* path, char* out) {
+const char* TranslateProcPath(const PidMap& map, const char* path, char* out,
+                              long self_inner) {
   if (path == nullptr) return path;
   const char prefix[] = "/proc/";
   size_t i = 0;
@@ -22,7 +23,12 @@ const char* TranslateProcPath(const PidMap& map, const char* path, char* out) {
   if (inner == id) return path;
   char number[24];
   size_t n = 0;
-  for (long v = inner; v > 0; v /= 10) number[n++] = static_cast<char>('0' + v % 10);
+  if (inner == self_inner) {
+    const char self[] = "fles";  // "self", written backwards like the digits below
+    for (const char* c = self; *c != '\0'; ++c) number[n++] = *c;
+  } else {
+    for (long v = inner; v > 0; v /= 10) number[n++] = static_cast<char>('0' + v % 10);
+  }
   size_t k = 0;
   for (; k < i; ++k) out[k] = prefix[k];
   while (n > 0) out[k++] = number[--n];

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <cstdio>
 
 #include "proc_path.h"
+#include "raw_syscall.h"
 #include "shim_state.h"
 
 namespace {
@@ -36,7 +38,8 @@ Fn Next(std::atomic<void*>& slot, const char* name) {
 const char* Proc(const char* path, char* buffer) {
   const auto& state = homeward::preload::State();
   if (!state.active) return path;
-  return homeward::preload::TranslateProcPath(state.map, path, buffer);
+  return homeward::preload::TranslateProcPath(state.map, path, buffer,
+                                              homeward::preload::RawSyscall(SYS_getpid));
 }
 
 mode_t ModeArg(int flags, va_list args) {
