@@ -436,6 +436,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   move->key = config_.cluster_key;
   move->guest_request = GuestRequest(job->launch(), target);
   move->metadata.home_node = config_.name;
+  move->faults = faults_;
   move->metadata.home_pid = home_pid;
   const char* roles[] = {"stdin", "stdout", "stderr", "status"};
   for (size_t i = 0; i < move->pipe_inodes.size(); ++i) {
@@ -509,7 +510,7 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
 }
 
 void JobRegistry::AcceptMove(Fd fd) {
-  MoveInContext context{config_.state_dir, init_path_, config_.name};
+  MoveInContext context{config_.state_dir, init_path_, config_.name, faults_};
   JobLaunch launch;
   auto restored = RunMoveIn(
       std::move(fd), context, [this](auto spec) { return GuestLaunch(spec); }, &launch);

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "control_server.h"
+#include "fault.h"
 #include "job.h"
 
 #include <capnp/message.h>
@@ -106,6 +107,7 @@ class JobRegistry {
   std::map<uint64_t, std::shared_ptr<Job>> guests_;
   uint64_t next_guest_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  FaultPoints faults_ = FaultPoints::FromEnvironment();
   // Jobs restored on peer server threads, waiting for the loop to adopt them.
   struct Restored {
     Fd connection;

@@ -58,6 +58,7 @@ void RunMoveOut(MoveOut& move) {
     migrate::DumpOptions dump;
     dump.after = migrate::AfterDump::kStop;
     dump.external_pipes = move.pipe_inodes;
+    dump.faults = move.faults;
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
     dumped = true;
     auto frozen_at = std::chrono::steady_clock::now() - result.criu_time + result.frozen_time;
@@ -68,7 +69,9 @@ void RunMoveOut(MoveOut& move) {
                         kConnectTimeout);
     step = fmt::format("send the images to {}", move.target_name);
     capnp::writeMessageToFd(fd.get(), *move.guest_request);
-    migrate::SendImages(fd.get(), move.image_dir, move.metadata);
+    migrate::SendOptions send;
+    send.faults = move.faults;
+    migrate::SendImages(fd.get(), move.image_dir, move.metadata, send);
     step = fmt::format("restore on {}", move.target_name);
     capnp::StreamFdMessageReader reader(fd.get(), PeerReaderOptions());
     auto reply = reader.getRoot<schema::ControlReply>();
@@ -99,7 +102,9 @@ std::optional<RestoredJob> RunMoveIn(
 
     step = "receive the images";
     dir = FreshImageDir(context.state_dir, "in");
-    auto received = migrate::ReceiveImages(fd.get(), dir);
+    migrate::ReceiveOptions receive;
+    receive.faults = context.faults;
+    auto received = migrate::ReceiveImages(fd.get(), dir, receive);
 
     // CRIU restores the job into a mount namespace like the one a guest starts in.
     step = "prepare the job's namespace";
@@ -124,6 +129,7 @@ std::optional<RestoredJob> RunMoveIn(
     Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
     migrate::RestoreOptions restore;
     restore.mount_namespace_fd = mount_ns.get();
+    restore.faults = context.faults;
     for (const auto& pipe : received.job.external_pipes) {
       int job_end = pipe.role == "stdin"    ? in.read.get()
                     : pipe.role == "stdout" ? out.write.get()

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "fault.h"
 #include "fd.h"
 #include "image_stream.h"
 #include "job.h"
@@ -31,6 +32,7 @@ struct MoveOut {
   std::vector<uint8_t> key;
   std::shared_ptr<capnp::MallocMessageBuilder> guest_request;  // a startGuest request
   migrate::JobMetadata metadata;
+  FaultPoints faults;  // for failure tests: HOMEWARD_FAULT, read once by the daemon
   // Out: the connection that becomes the job's relay, or why the move failed.
   Fd connection;
   std::string error;
@@ -53,6 +55,7 @@ struct MoveInContext {
   std::string state_dir;
   std::string init_path;
   std::string node_name;
+  FaultPoints faults;
 };
 
 // Serves one incoming move on `fd`; blocks. `make_launch` turns the sender's startGuest

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Migration, zdtm-shaped: a job at node1 counts, appends to a file in node1's /data,
+keeps a file open at an offset and prints to stdout; it is moved to node2 while it runs,
+and its stdout and file must be byte-identical to those of a run that never moved. A
+failed move (a dead target, a stream cut halfway, a restore that fails) leaves the job
+running where it was, and says why."""
+
+import json
+import os
+import unittest
+
+import harness
+
+WORKLOAD = r"""
+exec 3>>/data/work/appended
+exec 4</data/work/input
+i=0
+while [ $i -lt 30 ]; do
+  read line <&4
+  echo "step $i read $line host $(hostname)"
+  echo "appended $i" >&3
+  i=$((i+1))
+  sleep 0.1
+done
+echo done
+"""
+
+
+def job_where(cluster, pid):
+    jobs = json.loads(cluster.run("node1", "mosps", "--json").stdout)["jobs"]
+    return next((j for j in jobs if j["pid"] == pid), None)
+
+
+class MigrationTest(unittest.TestCase):
+    def run_workload(self, cluster, moves, expect_failure=None):
+        c = cluster
+        c.run("node1", "sh", "-c", "mkdir -p /data/work && cd /data/work && rm -f appended out err status && "
+                                   "seq 100 > /data/work/input")
+        c.run("node1", "sh", "-c", "cat > /data/work/workload.sh", input=WORKLOAD)
+        # Start the job in the background; its stdout goes to a file at home.
+        c.run("node1", "sh", "-c", "cd /data/work && "
+                                   "(mosrun sh workload.sh > out 2>err; echo $? > status) "
+                                   ">/dev/null 2>&1 & echo started")
+        pid = c.wait_for(lambda: next(
+            (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
+            None), 20, "the job to start")
+        messages = []
+        for target in moves:
+            result = c.run("node1", "mosmigrate", str(pid), target, check=False)
+            messages.append(result)
+            if expect_failure is None:
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertIn(f"now runs on {target}", result.stdout)
+                self.assertEqual(job_where(c, pid)["where"], target)
+        c.wait_for(lambda: c.run("node1", "cat", "/data/work/status", check=False).stdout,
+                   60, "the job to end")
+        out = c.run("node1", "cat", "/data/work/out").stdout
+        appended = c.run("node1", "cat", "/data/work/appended").stdout
+        status = c.run("node1", "cat", "/data/work/status").stdout
+        return out, appended, status, messages, pid
+
+    def test_move_keeps_output_files_and_offsets(self):
+        with harness.LoopCluster(3, settings=["gossip.interval_ms=200"]) as c:
+            c.wait_for(lambda: all(c.run(n, "test", "-d", "/mosix/home/node1/data",
+                                         check=False).returncode == 0
+                                   for n in ("node2", "node3")),
+                       30, "the nodes to mount node1's files")
+            plain = self.run_workload(c, [])
+            moved = self.run_workload(c, ["node2"])
+            self.assertEqual(moved[0], plain[0])  # stdout, byte for byte
+            self.assertEqual(moved[1], plain[1])  # the appended file
+            self.assertEqual(moved[2], "0\n")
+            self.assertIn("host node1", moved[0])
+            self.assertEqual(json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"], [])
+            self.assertEqual(json.loads(c.run("node2", "mosps", "--json").stdout)["jobs"], [])
+            # Nothing of the move is left behind on either node.
+            for node in ("node1", "node2"):
+                images = os.path.join(c.node(node)["state"], "images")
+                self.assertEqual(os.listdir(images) if os.path.isdir(images) else [], [])
+
+    def test_move_to_a_dead_or_unknown_node_leaves_the_job_running(self):
+        with harness.LoopCluster(3, settings=["gossip.interval_ms=200", "gossip.suspect_ms=600",
+                                              "gossip.dead_ms=1500"]) as c:
+            c.kill("node3")
+            c.wait_for(lambda: any(n["name"] == "node3" and not n["alive"] for n in
+                                   json.loads(c.run("node1", "mosmon", "--json").stdout)["nodes"]),
+                       30, "node1 to see node3 dead")
+            plain = self.run_workload(c, [])
+            failed = self.run_workload(c, ["node3", "node9"], expect_failure=True)
+            self.assertEqual(failed[0], plain[0])
+            self.assertEqual(failed[1], plain[1])
+            dead, unknown = failed[3]
+            self.assertEqual(dead.returncode, 1)
+            self.assertIn("node node3 is dead", dead.stderr)
+            self.assertIn("no node named 'node9'", unknown.stderr)
+
+    def test_cut_stream_leaves_the_job_running(self):
+        os.environ["HOMEWARD_FAULT"] = "stream-mid"
+        try:
+            cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
+            with cluster as c:
+                os.environ.pop("HOMEWARD_FAULT")
+                c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                         check=False).returncode == 0,
+                           30, "node2 to mount node1's files")
+                out, appended, status, messages, pid = self.run_workload(
+                    c, ["node2"], expect_failure=True)
+                self.assertEqual(messages[0].returncode, 1)
+                self.assertIn(f"job {pid} stays on node1", messages[0].stderr)
+                self.assertEqual(status, "0\n")
+                self.assertEqual(out.count("\n"), 31)
+                self.assertNotIn("host node2", out)
+        finally:
+            os.environ.pop("HOMEWARD_FAULT", None)
+
+
+if __name__ == "__main__":
+    harness.main()
