@@ -45,9 +45,11 @@ class ImageStreamTest : public ::testing::Test {
     ASSERT_EQ(::mkdir(source_.c_str(), 0700), 0);
     std::mt19937_64 random(7);
     // Sizes that straddle the chunk size, an empty file and a small one.
-    for (auto [name, size] : std::vector<std::pair<std::string, size_t>>{
-             {"pages-1.img", (3 << 20) + 12345}, {"core-1.img", 700}, {"empty.img", 0},
-             {"pages-2.img", 1 << 20}}) {
+    for (auto [name, size] :
+         std::vector<std::pair<std::string, size_t>>{{"pages-1.img", (3 << 20) + 12345},
+                                                     {"core-1.img", 700},
+                                                     {"empty.img", 0},
+                                                     {"pages-2.img", 1 << 20}}) {
       std::string data(size, '\0');
       for (auto& c : data) c = static_cast<char>(random());
       std::ofstream(source_ + "/" + name, std::ios::binary) << data;
