@@ -135,7 +135,9 @@ Sample Move(size_t mib, const std::string& base) {
   {
     Fd conn = Fd::Adopt(HW_SYSCALL(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)));
     HW_SYSCALL(connect(conn.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr));
-    SendImages(conn.get(), dump_dir, {});
+    SendOptions send;
+    send.remove_sent_files = true;
+    SendImages(conn.get(), dump_dir, {}, send);
   }
   receiver.join();
   RemoveImageDir(dump_dir);

@@ -324,6 +324,7 @@ StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
     end.setSize(offset);
     end.setXxh64(XXH3_64bits_digest(hash.get()));
     WriteMessage(fd, message);
+    if (options.remove_sent_files) HW_SYSCALL(::unlink(path.c_str()), "remove sent {}", path);
     ++stats.files;
   }
   capnp::MallocMessageBuilder message;

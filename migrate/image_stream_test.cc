@@ -113,6 +113,18 @@ TEST_F(ImageStreamTest, DirectoryArrivesIdentical) {
   }
 }
 
+TEST_F(ImageStreamTest, SentFilesCanBeRemovedAsTheyGo) {
+  std::string reference = ReadFile(source_ + "/pages-1.img");
+  SendOptions options;
+  options.remove_sent_files = true;
+  ReceivedImages received;
+  std::optional<Error> error;
+  EXPECT_EQ(SendAndReceive(options, &received, &error), "");
+  ASSERT_FALSE(error) << error->what();
+  EXPECT_FALSE(Exists(source_ + "/pages-1.img"));
+  EXPECT_EQ(ReadFile(target_ + "/pages-1.img"), reference);
+}
+
 TEST_F(ImageStreamTest, StreamCutHalfwayRemovesTheDirectory) {
   SendOptions options;
   options.faults = FaultPoints::Parse("stream-mid");

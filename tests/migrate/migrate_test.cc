@@ -237,6 +237,7 @@ class MigrateTest : public ::testing::Test {
       Fd send = Fd::Adopt(fds[0]), receive = Fd::Adopt(fds[1]);
       SendOptions send_options;
       send_options.faults = faults;
+      send_options.remove_sent_files = true;
       std::string send_error;
       std::thread sender([&] {
         try {
