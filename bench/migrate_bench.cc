@@ -32,7 +32,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+double Seconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
 
 struct BenchJob {
   pid_t init = -1;
@@ -75,8 +77,10 @@ struct Restored {
 Restored RestoreWithPipes(const std::string& dir, const std::vector<uint64_t>& inodes) {
   Restored r{-1, Pipe::Create(), Pipe::Create(), Pipe::Create(), Pipe::Create()};
   RestoreOptions options;
-  options.pipes = {{inodes[0], r.in.read.get()}, {inodes[1], r.out.write.get()},
-                   {inodes[2], r.err.write.get()}, {inodes[3], r.status.write.get()}};
+  options.pipes = {{inodes[0], r.in.read.get()},
+                   {inodes[1], r.out.write.get()},
+                   {inodes[2], r.err.write.get()},
+                   {inodes[3], r.status.write.get()}};
   r.init = Restore(dir, options).init_pid;
   return r;
 }
@@ -131,7 +135,9 @@ Sample Move(size_t mib, const std::string& base) {
   {
     Fd conn = Fd::Adopt(HW_SYSCALL(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)));
     HW_SYSCALL(connect(conn.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr));
-    SendImages(conn.get(), dump_dir, {});
+    SendOptions send;
+    send.remove_sent_files = true;
+    SendImages(conn.get(), dump_dir, {}, send);
   }
   receiver.join();
   RemoveImageDir(dump_dir);
@@ -142,8 +148,7 @@ Sample Move(size_t mib, const std::string& base) {
   RemoveImageDir(recv_dir);
   auto t4 = Clock::now();
   KillJob(r.init);
-  return {Seconds(t3 - t0), Seconds(t4 - t0), Seconds(t1 - t0), Seconds(t2 - t1),
-          Seconds(t3 - t2)};
+  return {Seconds(t3 - t0), Seconds(t4 - t0), Seconds(t1 - t0), Seconds(t2 - t1), Seconds(t3 - t2)};
 }
 
 Sample Median(std::vector<Sample> samples) {
@@ -177,8 +182,9 @@ int main(int argc, char** argv) {
     if (geteuid() != 0) Fail(ErrorKind::kInvalidInput, "the benchmark needs root (CRIU)");
     HW_SYSCALL(prctl(PR_SET_CHILD_SUBREAPER, 1));
     mkdir(base.c_str(), 0700);
-    std::printf("| memory | floor (dump+restore) | move frozen | move total | frozen/floor | "
-                "total/floor | move: dump / stream / restore |\n");
+    std::printf(
+        "| memory | floor (dump+restore) | move frozen | move total | frozen/floor | "
+        "total/floor | move: dump / stream / restore |\n");
     std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
     for (size_t mib : sizes) {
       int n = mib >= 1024 ? 1 : reps;
@@ -189,8 +195,8 @@ int main(int argc, char** argv) {
       }
       Sample f = Median(floors), m = Median(moves);
       std::printf("| %zu MiB | %.3f s | %.3f s | %.3f s | %.2fx | %.2fx | %.3f / %.3f / %.3f s |\n",
-                  mib, f.total, m.frozen, m.total, m.frozen / f.total, m.total / f.total,
-                  m.dump, m.stream, m.restore);
+                  mib, f.total, m.frozen, m.total, m.frozen / f.total, m.total / f.total, m.dump,
+                  m.stream, m.restore);
       std::fflush(stdout);
     }
     rmdir(base.c_str());

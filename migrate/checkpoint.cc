@@ -40,9 +40,9 @@ struct CriuRun {
 
 struct CriuCall {
   std::string criu_path;
-  std::vector<std::string> args;      // after argv[0]
-  int mount_namespace_fd = -1;        // setns() into it before exec; -1: stay
-  std::vector<int> keep_fds;          // passed to criu under their own numbers
+  std::vector<std::string> args;  // after argv[0]
+  int mount_namespace_fd = -1;    // setns() into it before exec; -1: stay
+  std::vector<int> keep_fds;      // passed to criu under their own numbers
   std::vector<std::string> extra_env;
 };
 
@@ -105,8 +105,8 @@ CriuRun RunCriu(const CriuCall& call) {
   run.status = ExitStatus::FromWaitStatus(status);
   run.time = Since(start);
   if (exec_failed) {
-    throw SystemError(child_errno, fmt::format("cannot run {} (in the job's mount namespace)",
-                                               call.criu_path));
+    throw SystemError(child_errno,
+                      fmt::format("cannot run {} (in the job's mount namespace)", call.criu_path));
   }
   return run;
 }
@@ -170,7 +170,9 @@ uint64_t NsInode(const std::string& path) {
   return st.st_ino;
 }
 
-std::string FdPath(const Fd& fd) { return fmt::format("/proc/self/fd/{}", fd.get()); }
+std::string FdPath(const Fd& fd) {
+  return fmt::format("/proc/self/fd/{}", fd.get());
+}
 
 uint64_t DirBytes(const std::string& dir) {
   std::unique_ptr<DIR, int (*)(DIR*)> handle(::opendir(dir.c_str()), ::closedir);
@@ -212,10 +214,17 @@ void ReadDumpStats(const std::string& image_dir, DumpResult& result) {
     uint64_t value;
     if (!ReadVarint(p, end, key) || (key & 7) != 0 || !ReadVarint(p, end, value)) return;
     switch (key >> 3) {
-      case 2: result.frozen_time = std::chrono::microseconds(value); break;
-      case 3: result.memdump_time = std::chrono::microseconds(value); break;
-      case 7: result.pages_written = value; break;
-      default: break;
+      case 2:
+        result.frozen_time = std::chrono::microseconds(value);
+        break;
+      case 3:
+        result.memdump_time = std::chrono::microseconds(value);
+        break;
+      case 7:
+        result.pages_written = value;
+        break;
+      default:
+        break;
     }
   }
 }
@@ -254,9 +263,14 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
                // Jobs may hold flock/fcntl locks; without this criu refuses them.
                "--file-locks"};
   switch (options.after) {
-    case AfterDump::kStop: call.args.push_back("--leave-stopped"); break;
-    case AfterDump::kRun: call.args.push_back("--leave-running"); break;
-    case AfterDump::kKill: break;
+    case AfterDump::kStop:
+      call.args.push_back("--leave-stopped");
+      break;
+    case AfterDump::kRun:
+      call.args.push_back("--leave-running");
+      break;
+    case AfterDump::kKill:
+      break;
   }
   for (uint64_t inode : options.external_pipes) {
     call.args.push_back("--external");
@@ -270,8 +284,8 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
   if (run.status.signaled || run.status.code != 0) {
     // criu thaws the job when it fails; a criu that was killed cannot, so do it for it.
     if (run.status.signaled) ContinueJob(init_pid);
-    Fail(ErrorKind::kFailed, "criu dump of job {} failed ({}):{}", init_pid,
-         run.status.Describe(), QuoteLog(work.path() + "/dump.log", run.output));
+    Fail(ErrorKind::kFailed, "criu dump of job {} failed ({}):{}", init_pid, run.status.Describe(),
+         QuoteLog(work.path() + "/dump.log", run.output));
   }
   DumpResult result;
   result.criu_time = run.time;
@@ -298,10 +312,19 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
   call.criu_path = options.criu_path;
   call.mount_namespace_fd = options.mount_namespace_fd;
   call.keep_fds = {images.get(), work_fd.get()};
-  call.args = {"restore", "--images-dir", FdPath(images), "--work-dir", FdPath(work_fd),
-               "--log-file", "restore.log", "-v2", "--restore-detached",
-               "--manage-cgroups=ignore", "--file-locks",
-               "--pidfile", FdPath(work_fd) + "/restore.pid"};
+  call.args = {"restore",
+               "--images-dir",
+               FdPath(images),
+               "--work-dir",
+               FdPath(work_fd),
+               "--log-file",
+               "restore.log",
+               "-v2",
+               "--restore-detached",
+               "--manage-cgroups=ignore",
+               "--file-locks",
+               "--pidfile",
+               FdPath(work_fd) + "/restore.pid"};
   for (const auto& pipe : options.pipes) {
     call.keep_fds.push_back(pipe.fd);
     call.args.push_back("--inherit-fd");
@@ -331,8 +354,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
   }
   if (options.faults.Hit("restore-after-criu")) {
     KillJob(init_pid);
-    Fail(ErrorKind::kFailed, "fault point restore-after-criu hit (job {} killed again)",
-         init_pid);
+    Fail(ErrorKind::kFailed, "fault point restore-after-criu hit (job {} killed again)", init_pid);
   }
   return RestoreResult{init_pid, run.time};
 }
@@ -391,11 +413,10 @@ CriuCheckResult CriuCheck(const std::string& criu_path) {
     result.usable = !check.status.signaled && check.status.code == 0;
     if (!result.usable) result.message = check.output;
     if (!result.usable) return result;
-    for (const char* feature : {"mem_dirty_track", "uffd-noncoop", "seccomp_filters",
-                                "timens", "pidfd_store"}) {
+    for (const char* feature :
+         {"mem_dirty_track", "uffd-noncoop", "seccomp_filters", "timens", "pidfd_store"}) {
       CriuRun probe = run({"check", "--feature", feature});
-      result.features.push_back(
-          {feature, !probe.status.signaled && probe.status.code == 0});
+      result.features.push_back({feature, !probe.status.signaled && probe.status.code == 0});
     }
   } catch (const Error& e) {
     result.usable = false;

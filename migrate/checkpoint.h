@@ -18,9 +18,9 @@ namespace homeward::migrate {
 
 // What becomes of the job once its images are written.
 enum class AfterDump {
-  kStop,   // left stopped: a move continues it (ContinueJob) or kills it (KillJob) later
-  kRun,    // left running: a checkpoint of a job that goes on
-  kKill,   // killed by criu: the caller reaps the init
+  kStop,  // left stopped: a move continues it (ContinueJob) or kills it (KillJob) later
+  kRun,   // left running: a checkpoint of a job that goes on
+  kKill,  // killed by criu: the caller reaps the init
 };
 
 struct DumpOptions {
@@ -94,9 +94,9 @@ struct CriuFeature {
 };
 
 struct CriuCheckResult {
-  bool usable = false;     // `criu check` passed
-  std::string version;     // "4.1.1"
-  std::string message;     // criu's own words when it is not usable
+  bool usable = false;  // `criu check` passed
+  std::string version;  // "4.1.1"
+  std::string message;  // criu's own words when it is not usable
   std::vector<CriuFeature> features;
 };
 

@@ -183,8 +183,8 @@ std::vector<LocalFile> ListImageDir(const std::string& dir) {
     HW_SYSCALL(::fstatat(::dirfd(handle.get()), name.c_str(), &st, AT_SYMLINK_NOFOLLOW),
                "stat {}/{}", dir, name);
     if (!S_ISREG(st.st_mode)) {
-      Fail(ErrorKind::kInvalidInput, "image directory {} holds {}, which is not a plain file",
-           dir, name);
+      Fail(ErrorKind::kInvalidInput, "image directory {} holds {}, which is not a plain file", dir,
+           name);
     }
     files.push_back({name, static_cast<uint64_t>(st.st_size), st.st_mode & 07777u});
   }
@@ -324,6 +324,7 @@ StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
     end.setSize(offset);
     end.setXxh64(XXH3_64bits_digest(hash.get()));
     WriteMessage(fd, message);
+    if (options.remove_sent_files) HW_SYSCALL(::unlink(path.c_str()), "remove sent {}", path);
     ++stats.files;
   }
   capnp::MallocMessageBuilder message;
@@ -362,8 +363,8 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
     }
     result.job = ReadJob(header.getJob());
     if (header.getFiles().size() > options.max_files) {
-      Fail(ErrorKind::kInvalidInput, "stream lists {} files (limit {})",
-           header.getFiles().size(), options.max_files);
+      Fail(ErrorKind::kInvalidInput, "stream lists {} files (limit {})", header.getFiles().size(),
+           options.max_files);
     }
     std::set<std::string, std::less<>> names;
     for (auto entry : header.getFiles()) {
@@ -387,15 +388,15 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
     bool fail_mid = options.faults.Hit("receive-mid");
     for (size_t index = 0; index < files.size(); ++index) {
       const LocalFile& file = files[index];
-      Fd out = Fd::Adopt(HW_SYSCALL(
-          ::openat(dir_fd.get(), file.name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                   file.mode | 0600),
-          "create {}/{}", dir, file.name));
+      Fd out =
+          Fd::Adopt(HW_SYSCALL(::openat(dir_fd.get(), file.name.c_str(),
+                                        O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, file.mode | 0600),
+                               "create {}/{}", dir, file.name));
       XxhState hash = NewHash();
       uint64_t offset = 0;
       for (;;) {
-        auto what = fmt::format("the rest of {} ({} of {} bytes received)", file.name, offset,
-                                file.size);
+        auto what =
+            fmt::format("the rest of {} ({} of {} bytes received)", file.name, offset, file.size);
         auto message = next(what.c_str());
         auto msg = message->getRoot<schema::StreamMessage>();
         if (msg.isChunk()) {
@@ -441,8 +442,7 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
     }
   } catch (const kj::Exception& e) {
     // A reader refusing a malformed message (bad pointer, traversal limit) throws kj's type.
-    Fail(ErrorKind::kInvalidInput, "malformed migration message: {}",
-         e.getDescription().cStr());
+    Fail(ErrorKind::kInvalidInput, "malformed migration message: {}", e.getDescription().cStr());
   }
   guard.Keep();
   return result;

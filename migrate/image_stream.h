@@ -35,6 +35,10 @@ struct StreamStats {
 
 struct SendOptions {
   size_t chunk_bytes = 1 << 20;
+  // Unlink each file once it is sent, so that on one machine (tmpfs) the dump and the
+  // received copy never both hold a whole image. A move does not need the images again:
+  // if it fails later, the source job is continued, not restored.
+  bool remove_sent_files = false;
   // "stream-mid": stop after about half the bytes, as if the connection were cut.
   // "stream-corrupt": flip a byte of the first chunk after checksumming it.
   FaultPoints faults;

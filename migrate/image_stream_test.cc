@@ -45,9 +45,11 @@ class ImageStreamTest : public ::testing::Test {
     ASSERT_EQ(::mkdir(source_.c_str(), 0700), 0);
     std::mt19937_64 random(7);
     // Sizes that straddle the chunk size, an empty file and a small one.
-    for (auto [name, size] : std::vector<std::pair<std::string, size_t>>{
-             {"pages-1.img", (3 << 20) + 12345}, {"core-1.img", 700}, {"empty.img", 0},
-             {"pages-2.img", 1 << 20}}) {
+    for (auto [name, size] :
+         std::vector<std::pair<std::string, size_t>>{{"pages-1.img", (3 << 20) + 12345},
+                                                     {"core-1.img", 700},
+                                                     {"empty.img", 0},
+                                                     {"pages-2.img", 1 << 20}}) {
       std::string data(size, '\0');
       for (auto& c : data) c = static_cast<char>(random());
       std::ofstream(source_ + "/" + name, std::ios::binary) << data;
@@ -109,6 +111,18 @@ TEST_F(ImageStreamTest, DirectoryArrivesIdentical) {
   for (const char* name : {"pages-1.img", "core-1.img", "empty.img", "pages-2.img"}) {
     EXPECT_EQ(ReadFile(target_ + "/" + name), ReadFile(source_ + "/" + name)) << name;
   }
+}
+
+TEST_F(ImageStreamTest, SentFilesCanBeRemovedAsTheyGo) {
+  std::string reference = ReadFile(source_ + "/pages-1.img");
+  SendOptions options;
+  options.remove_sent_files = true;
+  ReceivedImages received;
+  std::optional<Error> error;
+  EXPECT_EQ(SendAndReceive(options, &received, &error), "");
+  ASSERT_FALSE(error) << error->what();
+  EXPECT_FALSE(Exists(source_ + "/pages-1.img"));
+  EXPECT_EQ(ReadFile(target_ + "/pages-1.img"), reference);
 }
 
 TEST_F(ImageStreamTest, StreamCutHalfwayRemovesTheDirectory) {

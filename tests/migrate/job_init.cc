@@ -1,8 +1,8 @@
 // A job's pid 1 for the migration tests: leads its own session (so CRIU can dump the
 // whole session), starts the program as pid 2, forwards signals to it and reaps orphans.
 #include <signal.h>
-#include <unistd.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <initializer_list>

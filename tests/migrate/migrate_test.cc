@@ -160,8 +160,7 @@ struct Job {
 };
 
 Job StartJob(const std::string& input, const std::string& append) {
-  Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(),
-       status = Pipe::Create();
+  Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
   std::string init_path = JOB_INIT_PATH, workload = WORKLOAD_PATH;
   char* argv[] = {init_path.data(), workload.data(), const_cast<char*>(input.c_str()),
                   const_cast<char*>(append.c_str()), nullptr};
@@ -238,12 +237,15 @@ class MigrateTest : public ::testing::Test {
       Fd send = Fd::Adopt(fds[0]), receive = Fd::Adopt(fds[1]);
       SendOptions send_options;
       send_options.faults = faults;
+      send_options.remove_sent_files = true;
       std::string send_error;
       std::thread sender([&] {
         try {
           JobMetadata meta;
-          meta.external_pipes = {{inodes[0], "stdin"}, {inodes[1], "stdout"},
-                                 {inodes[2], "stderr"}, {inodes[3], "status"}};
+          meta.external_pipes = {{inodes[0], "stdin"},
+                                 {inodes[1], "stdout"},
+                                 {inodes[2], "stderr"},
+                                 {inodes[3], "status"}};
           SendImages(send.get(), images, meta, send_options);
         } catch (const Error& e) {
           send_error = e.what();
@@ -261,10 +263,10 @@ class MigrateTest : public ::testing::Test {
       sender.join();
       RemoveImageDir(images);
       // The target's side: fresh pipes, found by role.
-      Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(),
-           status = Pipe::Create();
+      Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
       RestoreOptions restore;
-      std::map<std::string, int> by_role{{"stdin", in.read.get()}, {"stdout", out.write.get()},
+      std::map<std::string, int> by_role{{"stdin", in.read.get()},
+                                         {"stdout", out.write.get()},
                                          {"stderr", err.write.get()},
                                          {"status", status.write.get()}};
       for (const auto& pipe : got->job.external_pipes) {
@@ -364,8 +366,8 @@ TEST_F(MigrateTest, FailedRestoreLeavesSourceRunningAndNothingHalfAlive) {
       Move(job, FaultPoints::Parse(fault));
       ADD_FAILURE() << "move succeeded with " << fault;
     } catch (const Error& e) {
-      EXPECT_THAT(e.what(), HasSubstr(fault == std::string("restore-criu") ? "criu restore"
-                                                                             : fault));
+      EXPECT_THAT(e.what(),
+                  HasSubstr(fault == std::string("restore-criu") ? "criu restore" : fault));
     }
     // Our only child is still the source job: nothing restored was left behind.
     EXPECT_EQ(ListDir("/proc/self/task").size() >= 1, true);
@@ -449,6 +451,47 @@ TEST_F(MigrateTest, RestoreInAnotherMountNamespaceReopensFilesByPath) {
   EXPECT_THAT(job.output, HasSubstr("step 2 input=A00000000000001 "));
   EXPECT_THAT(job.output, HasSubstr("step 3 input=B00000000000002 "));
   EXPECT_THAT(job.output, HasSubstr("step 4 input=B00000000000003 "));
+}
+
+// `checkpoint FILE`: the job goes on running; restoring the checkpoint later gives a
+// job that continues from the moment of the checkpoint.
+TEST_F(MigrateTest, CheckpointLeavesJobRunningAndRestoresLater) {
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(3);
+  std::string images = dir_ + "/checkpoint";
+  ASSERT_EQ(::mkdir(images.c_str(), 0700), 0);
+  DumpOptions options;
+  options.after = AfterDump::kRun;
+  options.external_pipes = job.PipeInodes();
+  DumpResult dumped = Dump(job.init, images, options);
+  EXPECT_GT(dumped.image_bytes, 0u);
+  job.Step(2);
+  ASSERT_EQ(job.Finish(), 0);
+
+  Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
+  RestoreOptions restore;
+  restore.pipes = {{options.external_pipes[0], in.read.get()},
+                   {options.external_pipes[1], out.write.get()},
+                   {options.external_pipes[2], err.write.get()},
+                   {options.external_pipes[3], status.write.get()}};
+  Job again;
+  again.init = Restore(images, restore).init_pid;
+  again.in = std::move(in.write);
+  again.out = std::move(out.read);
+  again.err = std::move(err.read);
+  again.status = std::move(status.read);
+  again.steps = 3;
+  in.read.Reset();  // the job holds these now; keeping them would hide its end
+  out.write.Reset();
+  err.write.Reset();
+  status.write.Reset();
+  RemoveImageDir(images);
+  again.Step(2);
+  EXPECT_EQ(again.Finish(), 0);
+  // Steps 4 and 5 happen again, exactly as the first time.
+  std::string first = job.output.substr(job.output.find("step 4 "));
+  first = first.substr(0, first.find("final "));
+  EXPECT_EQ(again.output.substr(0, again.output.find("final ")), first);
 }
 
 TEST(CriuCheck, ReportsVersionAndFeatures) {

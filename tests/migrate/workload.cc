@@ -17,8 +17,12 @@ namespace {
 
 volatile sig_atomic_t ticks = 0;
 volatile sig_atomic_t usr1 = 0;
-void OnAlarm(int) { ticks = ticks + 1; }
-void OnUsr1(int) { usr1 = usr1 + 1; }
+void OnAlarm(int) {
+  ticks = ticks + 1;
+}
+void OnUsr1(int) {
+  usr1 = usr1 + 1;
+}
 
 void Say(int fd, const std::string& text) {
   size_t done = 0;
@@ -99,8 +103,8 @@ int main(int argc, char** argv) {
     uint64_t reply = 0;
     if (!ReadExact(from_child[0], &reply, sizeof reply)) return 7;
     char out[128];
-    std::snprintf(out, sizeof out, "step %" PRIu64 " input=%s child=%" PRIu64 "\n", steps,
-                  record, reply);
+    std::snprintf(out, sizeof out, "step %" PRIu64 " input=%s child=%" PRIu64 "\n", steps, record,
+                  reply);
     Say(1, out);
     std::snprintf(out, sizeof out, "%" PRIu64 "\n", steps);
     Say(append, out);
@@ -114,8 +118,8 @@ int main(int argc, char** argv) {
   bool timer_ok = left.it_interval.tv_usec == 5000;
   close(to_child[1]);
   int status = 0;
-  bool child_ok = waitpid(child, &status, 0) == child && WIFEXITED(status) &&
-                  WEXITSTATUS(status) == 0;
+  bool child_ok =
+      waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   char out[160];
   std::snprintf(out, sizeof out, "final steps=%" PRIu64 " usr1=%d offset=%ld timer=%s child=%s\n",
                 steps, static_cast<int>(usr1), static_cast<long>(lseek(input, 0, SEEK_CUR)),

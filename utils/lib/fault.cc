@@ -24,7 +24,9 @@ FaultPoints FaultPoints::FromEnvironment() {
   return spec ? Parse(spec) : FaultPoints();
 }
 
-bool FaultPoints::Hit(std::string_view name) const { return names_.find(name) != names_.end(); }
+bool FaultPoints::Hit(std::string_view name) const {
+  return names_.find(name) != names_.end();
+}
 
 void FaultPoints::Check(std::string_view name) const {
   if (Hit(name)) Fail(ErrorKind::kFailed, "fault point {} hit (HOMEWARD_FAULT)", name);
