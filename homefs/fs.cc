@@ -465,8 +465,13 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
   p->rq.setOffset(static_cast<uint64_t>(off));
   // The kernel's buffer stays valid until Send returns (it is written out in Send), so
   // the message refers to it rather than copying up to 1 MiB.
-  p->rq.adoptData(p->message.getOrphanage().referenceExternalData(
-      capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(buf), size)));
+  // Cap'n Proto wants such a segment word-aligned and whole words long (and not empty).
+  capnp::Data::Reader data(reinterpret_cast<const capnp::byte*>(buf), size);
+  if (size > 0 && size % 8 == 0 && reinterpret_cast<uintptr_t>(buf) % 8 == 0) {
+    p->rq.adoptData(p->message.getOrphanage().referenceExternalData(data));
+  } else {
+    p->rq.setData(data);
+  }
   Call(std::move(r), std::move(p),
        [](Request& r, auto rs, uint64_t) { r.Write(rs.getSize()); });
 }

@@ -30,8 +30,8 @@ struct FsOptions {
   // Seconds the kernel may trust a name lookup and attributes. The home's change notices
   // invalidate sooner whatever changes there, so these only bound how stale a cache can
   // be when a notice is lost (inotify limits, a broken connection).
-  double entry_timeout = 5.0;
-  double attr_timeout = 5.0;
+  double entry_timeout = 10.0;
+  double attr_timeout = 10.0;
 };
 
 class Fs {
