@@ -694,6 +694,9 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
     connections_.insert(connection.get());
   }
   spdlog::info("file service: {} connected", peer.address);
+  // Requests also run on this thread (below): like the workers, it needs an fs context of
+  // its own with umask 0, so that it never changes the daemon's.
+  if (::unshare(CLONE_FS) == 0) ::umask(0);
   auto session = std::make_shared<FileSession>(root_.get());
   auto stream = std::make_shared<FrameStream>(connection.get(), kMaxFileFrameBytes);
   session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
@@ -723,8 +726,15 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
         }
         --*in_flight;
       };
-      // A forget is a few map operations and has no reply: not worth a thread hop.
-      if (shared->Root<schema::FileRequest>().getOp() == schema::FileOp::FORGET) {
+      // A request that arrives alone (nothing else of this client's in flight) and is not
+      // bulk I/O runs here: handing it to a worker would only add a thread wake-up to its
+      // latency. Forgets (map operations, no reply) always do. Concurrent requests go to
+      // the pool, so they run in parallel.
+      auto op = shared->Root<schema::FileRequest>().getOp();
+      bool bulk = op == schema::FileOp::READ || op == schema::FileOp::WRITE ||
+                  op == schema::FileOp::FSYNC || op == schema::FileOp::READDIR ||
+                  op == schema::FileOp::FALLOCATE;
+      if (op == schema::FileOp::FORGET || (!bulk && in_flight->load() == 1)) {
         job();
       } else {
         pool_.Post(std::move(job));
