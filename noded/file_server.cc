@@ -728,12 +728,13 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
       };
       // A request that arrives alone (nothing else of this client's in flight) and is not
       // bulk I/O runs here: handing it to a worker would only add a thread wake-up to its
-      // latency. Forgets and releases (a map operation and a close) always do. Concurrent requests go to
-      // the pool, so they run in parallel.
-      auto op = shared->Root<schema::FileRequest>().getOp();
-      bool bulk = op == schema::FileOp::READ || op == schema::FileOp::WRITE ||
-                  op == schema::FileOp::FSYNC || op == schema::FileOp::READDIR ||
-                  op == schema::FileOp::FALLOCATE;
+      // latency. Forgets and releases (a map operation and a close) always do. Concurrent
+      // requests go to the pool, so they run in parallel.
+      auto request = shared->Root<schema::FileRequest>();
+      auto op = request.getOp();
+      bool bulk = op == schema::FileOp::WRITE || op == schema::FileOp::FSYNC ||
+                  op == schema::FileOp::READDIR || op == schema::FileOp::FALLOCATE ||
+                  (op == schema::FileOp::READ && request.getSize() > (64 << 10));
       bool tiny = op == schema::FileOp::FORGET || op == schema::FileOp::RELEASE ||
                   op == schema::FileOp::RELEASEDIR;
       if (tiny || (!bulk && in_flight->load() == 1)) {
