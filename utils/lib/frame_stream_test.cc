@@ -30,20 +30,20 @@ TEST(FrameStream, RoundTripsSmallAndLargeMessages) {
   big[12345] = 'y';
   std::thread writer([&] {
     for (size_t size : {0ul, 1ul, 7ul, 4096ul, big.size()}) try {
-      capnp::MallocMessageBuilder message(64);  // small first segment: several segments
-      auto rq = message.initRoot<schema::FileRequest>();
-      rq.setId(size);
-      rq.setName("name");
-      capnp::Data::Reader data(reinterpret_cast<const capnp::byte*>(big.data()), size);
-      if (size > 0 && size % 8 == 0) {
-        rq.adoptData(message.getOrphanage().referenceExternalData(data));  // its own segment
-      } else {
-        rq.setData(data);
+        capnp::MallocMessageBuilder message(64);  // small first segment: several segments
+        auto rq = message.initRoot<schema::FileRequest>();
+        rq.setId(size);
+        rq.setName("name");
+        capnp::Data::Reader data(reinterpret_cast<const capnp::byte*>(big.data()), size);
+        if (size > 0 && size % 8 == 0) {
+          rq.adoptData(message.getOrphanage().referenceExternalData(data));  // its own segment
+        } else {
+          rq.setData(data);
+        }
+        out.Write(message);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
       }
-      out.Write(message);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << e.what();
-    }
     pair.a.Reset();
   });
   for (size_t size : {0ul, 1ul, 7ul, 4096ul, big.size()}) {
@@ -59,13 +59,13 @@ TEST(FrameStream, RoundTripsSmallAndLargeMessages) {
       break;
     }
     try {
-    auto rq = message->Root<schema::FileRequest>();
-    EXPECT_EQ(rq.getId(), size);
-    EXPECT_EQ(std::string(rq.getName().cStr()), "name");
-    EXPECT_EQ(rq.getData().size(), size);
-    if (rq.getData().size() != size) break;
-    EXPECT_TRUE(std::string(reinterpret_cast<const char*>(rq.getData().begin()), size) ==
-                big.substr(0, size));
+      auto rq = message->Root<schema::FileRequest>();
+      EXPECT_EQ(rq.getId(), size);
+      EXPECT_EQ(std::string(rq.getName().cStr()), "name");
+      EXPECT_EQ(rq.getData().size(), size);
+      if (rq.getData().size() != size) break;
+      EXPECT_TRUE(std::string(reinterpret_cast<const char*>(rq.getData().begin()), size) ==
+                  big.substr(0, size));
     } catch (const kj::Exception& e) {
       ADD_FAILURE() << size << ": " << e.getDescription().cStr();
       break;
