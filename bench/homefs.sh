@@ -96,22 +96,28 @@ print(round(n / c), round(n / s), round(n / u))
 PY
 }
 
-declare -A R
-for target in local homefs sshfs; do
-  case $target in
-    local) where=host; dir=$DATA/bench-local ;;
-    homefs) where=node2; dir=/mnt/home1/data/bench-homefs ;;
-    sshfs) where=host; dir=$SSHFS_MNT/bench-sshfs ;;
-  esac
-  run_in $where mkdir -p "$dir"
-  echo "bench homefs: $target ..." >&2
-  R[$target,write]=$(fio_bw $where "$dir" write 1M "--end_fsync=1")
-  R[$target,read]=$(fio_bw $where "$dir" read 1M)
-  R[$target,rand]=$(fio_bw $where "$dir" randread 4k "--time_based --runtime=$RUNTIME")
-  read -r c s u < <(meta $where "$dir")
-  R[$target,create]=$c R[$target,stat]=$s R[$target,unlink]=$u
-  run_in $where rm -rf "$dir"
+# Each test runs on the three targets back to back, so that a change in the machine's
+# load (it is shared) spreads over all three rather than landing on one.
+declare -A R WHERE DIR
+WHERE[local]=host   DIR[local]=$DATA/bench-local
+WHERE[homefs]=node2 DIR[homefs]=/mnt/home1/data/bench-homefs
+WHERE[sshfs]=host   DIR[sshfs]=$SSHFS_MNT/bench-sshfs
+TARGETS="local homefs sshfs"
+for t in $TARGETS; do run_in ${WHERE[$t]} mkdir -p "${DIR[$t]}"; done
+echo "bench homefs: sequential write" >&2
+for t in $TARGETS; do R[$t,write]=$(fio_bw ${WHERE[$t]} "${DIR[$t]}" write 1M "--end_fsync=1"); done
+echo "bench homefs: sequential read" >&2
+for t in $TARGETS; do R[$t,read]=$(fio_bw ${WHERE[$t]} "${DIR[$t]}" read 1M); done
+echo "bench homefs: random read" >&2
+for t in $TARGETS; do
+  R[$t,rand]=$(fio_bw ${WHERE[$t]} "${DIR[$t]}" randread 4k "--time_based --runtime=$RUNTIME")
 done
+echo "bench homefs: metadata" >&2
+for t in $TARGETS; do
+  read -r c s u < <(meta ${WHERE[$t]} "${DIR[$t]}")
+  R[$t,create]=$c R[$t,stat]=$s R[$t,unlink]=$u
+done
+for t in $TARGETS; do run_in ${WHERE[$t]} rm -rf "${DIR[$t]}"; done
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')"; }
 printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' test local homefs sshfs "homefs/local" "homefs/sshfs"

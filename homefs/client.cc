@@ -21,7 +21,9 @@ using Clock = std::chrono::steady_clock;
 
 FileClient::FileClient(ClientOptions options) : options_(std::move(options)) {}
 
-FileClient::~FileClient() { Stop(); }
+FileClient::~FileClient() {
+  Stop();
+}
 
 Fd FileClient::Connect() {
   auto connect_timeout = std::min(options_.timeout, std::chrono::milliseconds(5000));
@@ -181,9 +183,9 @@ void FileClient::TimerLoop() {
     // (its kernel may still acknowledge bytes): break the connection, fail the calls.
     auto now = Clock::now();
     if (now - last_receive_ > 3 * options_.timeout) {
-      spdlog::warn("homefs: {} has answered nothing for {} ms; reconnecting", options_.host,
-                   std::chrono::duration_cast<std::chrono::milliseconds>(now - last_receive_)
-                       .count());
+      spdlog::warn(
+          "homefs: {} has answered nothing for {} ms; reconnecting", options_.host,
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - last_receive_).count());
       ::shutdown(fd_, SHUT_RDWR);
     }
   }

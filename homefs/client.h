@@ -48,8 +48,8 @@ class FileClient {
   schema::Attr::Reader Probe();
   // Receives the home's change notices (on the receiving thread: must not block). Set
   // before Start.
-  using NoticeHandler = std::function<void(uint64_t node, uint64_t parent,
-                                           const std::string& name, uint64_t generation)>;
+  using NoticeHandler = std::function<void(uint64_t node, uint64_t parent, const std::string& name,
+                                           uint64_t generation)>;
   void OnNotice(NoticeHandler handler) { on_notice_ = std::move(handler); }
   // Starts the connection and timer threads (after fork, when daemonizing).
   void Start();

@@ -22,7 +22,9 @@ constexpr int kFhGenerationShift = 48;
 timespec Ts(int64_t ns) {
   return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
 }
-int64_t Ns(const timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; }
+int64_t Ns(const timespec& t) {
+  return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
 
 std::string Bytes(capnp::Data::Reader data) {
   return std::string(reinterpret_cast<const char*>(data.begin()), data.size());
@@ -83,7 +85,9 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   return p;
 }
 
-Fs::~Fs() { StopNotices(); }
+Fs::~Fs() {
+  StopNotices();
+}
 
 void Fs::StopNotices() {
   {
@@ -96,12 +100,12 @@ void Fs::StopNotices() {
 
 void Fs::StartNotices(fuse_session* session) {
   session_ = session;
-  client_.OnNotice([this](uint64_t node, uint64_t parent, const std::string& name,
-                          uint64_t generation) {
-    std::lock_guard lock(notice_mutex_);
-    if (notices_.size() < 100000) notices_.push_back({node, parent, name, generation});
-    notice_ready_.notify_one();
-  });
+  client_.OnNotice(
+      [this](uint64_t node, uint64_t parent, const std::string& name, uint64_t generation) {
+        std::lock_guard lock(notice_mutex_);
+        if (notices_.size() < 100000) notices_.push_back({node, parent, name, generation});
+        notice_ready_.notify_one();
+      });
   notice_thread_ = std::thread([this] { NoticeLoop(); });
 }
 
@@ -283,13 +287,12 @@ template <typename Ok>
 void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok) {
   auto shared = std::make_shared<Request>(std::move(r));
   uint64_t generation = p->generation;
-  client_.Send(p->message, generation,
-               [shared, ok, generation](int err, IncomingMessage* message) {
-                 if (err != 0) return shared->Err(err);
-                 auto rs = message->Root<schema::ServerMessage>().getResponse();
-                 if (rs.getError() != 0) return shared->Err(rs.getError());
-                 ok(*shared, rs, generation);
-               });
+  client_.Send(p->message, generation, [shared, ok, generation](int err, IncomingMessage* message) {
+    if (err != 0) return shared->Err(err);
+    auto rs = message->Root<schema::ServerMessage>().getResponse();
+    if (rs.getError() != 0) return shared->Err(rs.getError());
+    ok(*shared, rs, generation);
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -373,8 +376,7 @@ void Fs::MakeNode(Request r, Op op, fuse_ino_t parent, const std::string& name, 
   p->rq.setMode(mode);
   p->rq.setRdev(rdev);
   if (op == Op::SYMLINK) {
-    p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(target.data()),
-                               target.size()));
+    p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(target.data()), target.size()));
   }
   Call(std::move(r), std::move(p), [this, parent, name](Request& r, auto rs, uint64_t gen) {
     fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
@@ -409,11 +411,10 @@ void Fs::Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string
   if (!remote2) return r.Err(EIO);
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
-  Call(std::move(r), std::move(p),
-       [this, newparent, newname](Request& r, auto rs, uint64_t gen) {
-         fuse_ino_t ino = Learn(rs.getEntry(), gen, newparent, newname, true);
-         r.Entry(EntryParam(ino, rs.getEntry().getAttr()));
-       });
+  Call(std::move(r), std::move(p), [this, newparent, newname](Request& r, auto rs, uint64_t gen) {
+    fuse_ino_t ino = Learn(rs.getEntry(), gen, newparent, newname, true);
+    r.Entry(EntryParam(ino, rs.getEntry().getAttr()));
+  });
 }
 
 void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
@@ -439,13 +440,12 @@ void Fs::Create(Request r, fuse_ino_t parent, const std::string& name, mode_t mo
   p->rq.setMode(mode);
   p->rq.setFlags(static_cast<uint32_t>(fi->flags));
   fuse_file_info copy = *fi;
-  Call(std::move(r), std::move(p),
-       [this, parent, name, copy](Request& r, auto rs, uint64_t gen) {
-         fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
-         fuse_file_info fi = copy;
-         fi.fh = rs.getFh() | (gen << kFhGenerationShift);
-         r.Create(EntryParam(ino, rs.getEntry().getAttr()), fi);
-       });
+  Call(std::move(r), std::move(p), [this, parent, name, copy](Request& r, auto rs, uint64_t gen) {
+    fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
+    fuse_file_info fi = copy;
+    fi.fh = rs.getFh() | (gen << kFhGenerationShift);
+    r.Create(EntryParam(ino, rs.getEntry().getAttr()), fi);
+  });
 }
 
 void Fs::Read(Request r, size_t size, off_t off, fuse_file_info* fi) {
@@ -465,10 +465,14 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
   p->rq.setOffset(static_cast<uint64_t>(off));
   // The kernel's buffer stays valid until Send returns (it is written out in Send), so
   // the message refers to it rather than copying up to 1 MiB.
-  p->rq.adoptData(p->message.getOrphanage().referenceExternalData(
-      capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(buf), size)));
-  Call(std::move(r), std::move(p),
-       [](Request& r, auto rs, uint64_t) { r.Write(rs.getSize()); });
+  // Cap'n Proto wants such a segment word-aligned and whole words long (and not empty).
+  capnp::Data::Reader data(reinterpret_cast<const capnp::byte*>(buf), size);
+  if (size > 0 && size % 8 == 0 && reinterpret_cast<uintptr_t>(buf) % 8 == 0) {
+    p->rq.adoptData(p->message.getOrphanage().referenceExternalData(data));
+  } else {
+    p->rq.setData(data);
+  }
+  Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) { r.Write(rs.getSize()); });
 }
 
 void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
@@ -490,8 +494,7 @@ void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   r.Err(0);
 }
 
-void Fs::Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
-                 bool plus) {
+void Fs::Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus) {
   auto p = Prepare(r, Op::READDIR);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOffset(static_cast<uint64_t>(off));
@@ -513,8 +516,7 @@ void Fs::Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
         need = fuse_add_direntry_plus(r.get(), nullptr, 0, name.c_str(), &e, next);
         if (used + need > size) break;
         if (entry.getNode() != 0) e.ino = Learn(entry, gen, ino, name, true);
-        fuse_add_direntry_plus(r.get(), buffer.data() + used, size - used, name.c_str(), &e,
-                               next);
+        fuse_add_direntry_plus(r.get(), buffer.data() + used, size - used, name.c_str(), &e, next);
       } else {
         struct stat st = ToStat(entry.getAttr());
         need = fuse_add_direntry(r.get(), nullptr, 0, name.c_str(), &st, next);

@@ -13,11 +13,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
-#include <thread>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -30,8 +30,8 @@ struct FsOptions {
   // Seconds the kernel may trust a name lookup and attributes. The home's change notices
   // invalidate sooner whatever changes there, so these only bound how stale a cache can
   // be when a notice is lost (inotify limits, a broken connection).
-  double entry_timeout = 5.0;
-  double attr_timeout = 5.0;
+  double entry_timeout = 10.0;
+  double attr_timeout = 10.0;
 };
 
 class Fs {
@@ -56,8 +56,7 @@ class Fs {
   void Lookup(Request r, fuse_ino_t parent, const std::string& name);
   void Forget(fuse_ino_t ino, uint64_t nlookup);
   void Getattr(Request r, fuse_ino_t ino, fuse_file_info* fi);
-  void Setattr(Request r, fuse_ino_t ino, const struct stat& attr, int to_set,
-               fuse_file_info* fi);
+  void Setattr(Request r, fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi);
   void Readlink(Request r, fuse_ino_t ino);
   void MakeNode(Request r, schema::FileOp op, fuse_ino_t parent, const std::string& name,
                 mode_t mode, dev_t rdev, const std::string& target);
@@ -72,8 +71,7 @@ class Fs {
   void Write(Request r, const char* buf, size_t size, off_t off, fuse_file_info* fi);
   void Simple(Request r, schema::FileOp op, fuse_file_info* fi, uint32_t flags);
   void Release(Request r, schema::FileOp op, fuse_file_info* fi);
-  void Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
-               bool plus);
+  void Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus);
   void Statfs(Request r, fuse_ino_t ino);
   void Access(Request r, fuse_ino_t ino, int mask);
   void Xattr(Request r, schema::FileOp op, fuse_ino_t ino, const std::string& name,
@@ -82,7 +80,7 @@ class Fs {
 
  private:
   struct Inode {
-    uint64_t remote = 0;      // the home's id, valid in generation `generation`
+    uint64_t remote = 0;  // the home's id, valid in generation `generation`
     uint64_t generation = 0;
     uint64_t remote_lookups = 0;  // lookups the home counted for `remote`
     uint64_t lookups = 0;         // the kernel's count
@@ -131,8 +129,8 @@ class Fs {
   std::unordered_map<uint64_t, fuse_ino_t> by_remote_;  // current generation only
 
   std::mutex groups_mutex_;
-  std::unordered_map<pid_t, std::pair<std::chrono::steady_clock::time_point,
-                                      std::vector<gid_t>>> groups_;
+  std::unordered_map<pid_t, std::pair<std::chrono::steady_clock::time_point, std::vector<gid_t>>>
+      groups_;
 };
 
 // Converts the home's attributes to a struct stat.

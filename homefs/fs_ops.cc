@@ -10,7 +10,9 @@ namespace {
 
 using Op = schema::FileOp;
 
-Fs& Of(fuse_req_t req) { return *static_cast<Fs*>(fuse_req_userdata(req)); }
+Fs& Of(fuse_req_t req) {
+  return *static_cast<Fs*>(fuse_req_userdata(req));
+}
 
 template <typename F>
 void Guard(fuse_req_t req, F body) {
@@ -112,20 +114,15 @@ fuse_lowlevel_ops MakeOps() {
     Guard(q, [&](Fs& fs, Request r) { fs.Release(std::move(r), Op::RELEASEDIR, fi); });
   };
   ops.fsync = [](fuse_req_t q, fuse_ino_t, int datasync, fuse_file_info* fi) {
-    Guard(q, [&](Fs& fs, Request r) {
-      fs.Simple(std::move(r), Op::FSYNC, fi, datasync ? 1 : 0);
-    });
+    Guard(q, [&](Fs& fs, Request r) { fs.Simple(std::move(r), Op::FSYNC, fi, datasync ? 1 : 0); });
   };
   ops.fsyncdir = [](fuse_req_t q, fuse_ino_t, int datasync, fuse_file_info* fi) {
-    Guard(q, [&](Fs& fs, Request r) {
-      fs.Simple(std::move(r), Op::FSYNC, fi, datasync ? 1 : 0);
-    });
+    Guard(q, [&](Fs& fs, Request r) { fs.Simple(std::move(r), Op::FSYNC, fi, datasync ? 1 : 0); });
   };
   ops.readdir = [](fuse_req_t q, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
     Guard(q, [&](Fs& fs, Request r) { fs.Readdir(std::move(r), ino, size, off, fi, false); });
   };
-  ops.readdirplus = [](fuse_req_t q, fuse_ino_t ino, size_t size, off_t off,
-                       fuse_file_info* fi) {
+  ops.readdirplus = [](fuse_req_t q, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
     Guard(q, [&](Fs& fs, Request r) { fs.Readdir(std::move(r), ino, size, off, fi, true); });
   };
   ops.statfs = [](fuse_req_t q, fuse_ino_t ino) {
@@ -134,8 +131,8 @@ fuse_lowlevel_ops MakeOps() {
   ops.access = [](fuse_req_t q, fuse_ino_t ino, int mask) {
     Guard(q, [&](Fs& fs, Request r) { fs.Access(std::move(r), ino, mask); });
   };
-  ops.setxattr = [](fuse_req_t q, fuse_ino_t ino, const char* name, const char* value,
-                    size_t size, int flags) {
+  ops.setxattr = [](fuse_req_t q, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                    int flags) {
     Guard(q, [&](Fs& fs, Request r) {
       fs.Xattr(std::move(r), Op::SETXATTR, ino, name, value, size, flags);
     });

@@ -45,7 +45,8 @@ MountOptions ParseOptions(const std::vector<std::string>& lists) {
     while (std::getline(stream, item, ',')) {
       if (item.empty()) continue;
       auto eq = item.find('=');
-      std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
+      std::string key = item.substr(0, eq),
+                  value = eq == std::string::npos ? "" : item.substr(eq + 1);
       if (key == "timeout") {
         options.timeout_s = Seconds(key, value);
         if (options.timeout_s < 0.1) Fail(ErrorKind::kInvalidInput, "-o timeout: at least 0.1");
@@ -72,8 +73,10 @@ Endpoint Resolve(const std::string& target, const NodeConfig& config) {
     try {
       return ControlClient::Connect(ControlSocketPath()).Call([](auto rq) { rq.setListNodes(); });
     } catch (const Error& e) {
-      Fail(ErrorKind::kNotFound, "cannot resolve node '{}' through the local daemon ({}); "
-           "give its address instead", target, e.what());
+      Fail(ErrorKind::kNotFound,
+           "cannot resolve node '{}' through the local daemon ({}); "
+           "give its address instead",
+           target, e.what());
     }
   }();
   for (auto node : reply.Root<schema::ControlReply>().getNodes().getNodes()) {
@@ -114,9 +117,9 @@ int Run(int argc, char** argv) {
   SetupLogging("mosmount", config.name, debug ? "debug" : config.log_level);
   ::signal(SIGPIPE, SIG_IGN);
 
-  ClientOptions client_options{home.host, home.port, config.cluster_key,
-                               std::chrono::milliseconds(
-                                   static_cast<int64_t>(options.timeout_s * 1000))};
+  ClientOptions client_options{
+      home.host, home.port, config.cluster_key,
+      std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000))};
   FileClient client(client_options);
   std::optional<Fs> fs;
   try {
@@ -130,10 +133,9 @@ int Run(int argc, char** argv) {
   if (::geteuid() == 0) fsname += ",allow_other";  // the daemon mounts for every user
   std::vector<const char*> fuse_argv = {"mosmount", "-o", fsname.c_str()};
   if (debug) fuse_argv.push_back("-d");
-  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(fuse_argv.size()),
-                                  const_cast<char**>(fuse_argv.data()));
-  fuse_session* se = fuse_session_new(&args, &Fs::Operations(), sizeof(fuse_lowlevel_ops),
-                                      &*fs);
+  fuse_args args =
+      FUSE_ARGS_INIT(static_cast<int>(fuse_argv.size()), const_cast<char**>(fuse_argv.data()));
+  fuse_session* se = fuse_session_new(&args, &Fs::Operations(), sizeof(fuse_lowlevel_ops), &*fs);
   if (!se) {
     std::fprintf(stderr, "mosmount: cannot create the FUSE session\n");
     return 1;
@@ -165,4 +167,6 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace homeward
 
-int main(int argc, char** argv) { return homeward::Run(argc, argv); }
+int main(int argc, char** argv) {
+  return homeward::Run(argc, argv);
+}

@@ -33,7 +33,9 @@ class Request {
   }
   void Attr(const struct stat& st, double timeout) { fuse_reply_attr(Take(), &st, timeout); }
   void Open(const fuse_file_info& fi) { fuse_reply_open(Take(), &fi); }
-  void Buf(const void* data, size_t size) { fuse_reply_buf(Take(), static_cast<const char*>(data), size); }
+  void Buf(const void* data, size_t size) {
+    fuse_reply_buf(Take(), static_cast<const char*>(data), size);
+  }
   void Write(size_t count) { fuse_reply_write(Take(), count); }
   void Readlink(const std::string& target) { fuse_reply_readlink(Take(), target.c_str()); }
   void Statfs(const struct statvfs& st) { fuse_reply_statfs(Take(), &st); }

@@ -5,11 +5,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
-#include <sched.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/inotify.h>
-#include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
@@ -43,7 +43,9 @@ T Check(T result) {
   return result;
 }
 
-std::string ProcPath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+std::string ProcPath(int fd) {
+  return "/proc/self/fd/" + std::to_string(fd);
+}
 
 // Opens `name` beneath `dir_fd`; "..", absolute paths and symlinks that lead outside
 // fail with EXDEV, magic links with ELOOP.
@@ -63,13 +65,14 @@ int OpenBeneath(int dir_fd, const std::string& name, uint64_t flags, uint64_t mo
 // never sends anything else; a client that does is refused before any system call.
 void CheckName(const std::string& name) {
   if (name.size() > 255) throw OpError{ENAMETOOLONG};
-  if (name.empty() || name == "." || name == ".." ||
-      name.find('/') != std::string::npos) {
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
     throw OpError{EINVAL};
   }
 }
 
-int64_t Ns(const timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; }
+int64_t Ns(const timespec& t) {
+  return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
 timespec Ts(int64_t ns) {
   return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
 }
@@ -242,10 +245,10 @@ void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
     auto& cur = current_credentials;
     ::syscall(SYS_setfsuid, 0);
     ::syscall(SYS_setfsgid, 0);
-    node->watch = ::inotify_add_watch(
-        inotify_.get(), ProcPath(node->fd.get()).c_str(),
-        IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM |
-            IN_MOVED_TO | IN_DELETE_SELF | IN_EXCL_UNLINK);
+    node->watch =
+        ::inotify_add_watch(inotify_.get(), ProcPath(node->fd.get()).c_str(),
+                            IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE |
+                                IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_EXCL_UNLINK);
     ::syscall(SYS_setfsgid, cur.gid);
     ::syscall(SYS_setfsuid, cur.uid);
     if (node->watch >= 0) watches_[node->watch] = id;
@@ -282,7 +285,11 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
   std::string name = rq.getName();
   if (inotify_.valid()) {
     switch (rq.getOp()) {
-      case Op::MKNOD: case Op::MKDIR: case Op::UNLINK: case Op::RMDIR: case Op::SYMLINK:
+      case Op::MKNOD:
+      case Op::MKDIR:
+      case Op::UNLINK:
+      case Op::RMDIR:
+      case Op::SYMLINK:
       case Op::CREATE:
         MarkOwn(rq.getNode());
         MarkOwn(0, rq.getNode(), name);
@@ -295,10 +302,13 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
         MarkOwn(rq.getNode());
         MarkOwn(0, rq.getNode2(), rq.getName2());
         break;
-      case Op::SETATTR: case Op::SETXATTR: case Op::REMOVEXATTR:
+      case Op::SETATTR:
+      case Op::SETXATTR:
+      case Op::REMOVEXATTR:
         MarkOwn(rq.getNode());
         break;
-      case Op::WRITE: case Op::FALLOCATE:
+      case Op::WRITE:
+      case Op::FALLOCATE:
         MarkOwn(GetHandle(rq.getFh())->node);
         break;
       default:
@@ -316,7 +326,8 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       rs.getEntry().setNode(1);
       return;
     }
-    case Op::LOOKUP: return LookupInto(GetNode(rq.getNode())->fd.get(), name, rs.initEntry());
+    case Op::LOOKUP:
+      return LookupInto(GetNode(rq.getNode())->fd.get(), name, rs.initEntry());
     case Op::FORGET: {
       std::lock_guard lock(mutex_);
       auto it = nodes_.find(rq.getNode());
@@ -367,10 +378,10 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       }
       if (valid & (kSetAtime | kSetMtime)) {
         timespec times[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
-        if (valid & kSetAtime) times[0] = (valid & kSetAtimeNow) ? timespec{0, UTIME_NOW}
-                                                                 : Ts(rq.getAtimeNs());
-        if (valid & kSetMtime) times[1] = (valid & kSetMtimeNow) ? timespec{0, UTIME_NOW}
-                                                                 : Ts(rq.getMtimeNs());
+        if (valid & kSetAtime)
+          times[0] = (valid & kSetAtimeNow) ? timespec{0, UTIME_NOW} : Ts(rq.getAtimeNs());
+        if (valid & kSetMtime)
+          times[1] = (valid & kSetMtimeNow) ? timespec{0, UTIME_NOW} : Ts(rq.getMtimeNs());
         if (handle) {
           Check(::futimens(handle->fd.get(), times));
         } else if (S_ISLNK(StatFd(fd).st_mode)) {
@@ -414,8 +425,7 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
     case Op::SYMLINK: {
       CheckName(name);
       int fd = GetNode(rq.getNode())->fd.get();
-      std::string target(reinterpret_cast<const char*>(rq.getData().begin()),
-                         rq.getData().size());
+      std::string target(reinterpret_cast<const char*>(rq.getData().begin()), rq.getData().size());
       if (target.find('\0') != std::string::npos) throw OpError{EINVAL};
       Check(::symlinkat(target.c_str(), fd, name.c_str()));
       return LookupInto(fd, name, rs.initEntry());
@@ -488,7 +498,9 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       rs.setSize(static_cast<uint64_t>(n));
       return;
     }
-    case Op::FLUSH: GetHandle(rq.getFh()); return;
+    case Op::FLUSH:
+      GetHandle(rq.getFh());
+      return;
     case Op::RELEASE:
     case Op::RELEASEDIR: {
       std::lock_guard lock(mutex_);
@@ -500,7 +512,8 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       Check((rq.getFlags() & 1) ? ::fdatasync(fd) : ::fsync(fd));
       return;
     }
-    case Op::READDIR: return ReadDir(rq, rs);
+    case Op::READDIR:
+      return ReadDir(rq, rs);
     case Op::STATFS: {
       struct statvfs st;
       Check(::fstatvfs(GetNode(rq.getNode())->fd.get(), &st));
@@ -543,8 +556,8 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
         if (size == 0) {
           rs.setSize(static_cast<uint64_t>(n));
         } else {
-          rs.setData(kj::arrayPtr(reinterpret_cast<capnp::byte*>(buffer.data()),
-                                  static_cast<size_t>(n)));
+          rs.setData(
+              kj::arrayPtr(reinterpret_cast<capnp::byte*>(buffer.data()), static_cast<size_t>(n)));
         }
       }
       return;
@@ -678,7 +691,9 @@ void FileSession::WatchLoop() {
 FileServer::FileServer(const std::string& export_root, int threads)
     : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)), pool_(threads) {}
 
-FileServer::~FileServer() { Stop(); }
+FileServer::~FileServer() {
+  Stop();
+}
 
 void FileServer::Stop() {
   std::unique_lock lock(mutex_);
@@ -694,6 +709,9 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
     connections_.insert(connection.get());
   }
   spdlog::info("file service: {} connected", peer.address);
+  // Requests also run on this thread (below): like the workers, it needs an fs context of
+  // its own with umask 0, so that it never changes the daemon's.
+  if (::unshare(CLONE_FS) == 0) ::umask(0);
   auto session = std::make_shared<FileSession>(root_.get());
   auto stream = std::make_shared<FrameStream>(connection.get(), kMaxFileFrameBytes);
   session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
@@ -723,8 +741,18 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
         }
         --*in_flight;
       };
-      // A forget is a few map operations and has no reply: not worth a thread hop.
-      if (shared->Root<schema::FileRequest>().getOp() == schema::FileOp::FORGET) {
+      // A request that arrives alone (nothing else of this client's in flight) and is not
+      // bulk I/O runs here: handing it to a worker would only add a thread wake-up to its
+      // latency. Forgets and releases (a map operation and a close) always do. Concurrent
+      // requests go to the pool, so they run in parallel.
+      auto request = shared->Root<schema::FileRequest>();
+      auto op = request.getOp();
+      bool bulk = op == schema::FileOp::WRITE || op == schema::FileOp::FSYNC ||
+                  op == schema::FileOp::READDIR || op == schema::FileOp::FALLOCATE ||
+                  (op == schema::FileOp::READ && request.getSize() > (64 << 10));
+      bool tiny = op == schema::FileOp::FORGET || op == schema::FileOp::RELEASE ||
+                  op == schema::FileOp::RELEASEDIR;
+      if (tiny || (!bulk && in_flight->load() == 1)) {
         job();
       } else {
         pool_.Post(std::move(job));

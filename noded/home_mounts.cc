@@ -30,7 +30,9 @@ bool ValidNodeName(const std::string& name) {
 
 HomeMounts::HomeMounts(HomeMountsOptions options) : options_(std::move(options)) {}
 
-HomeMounts::~HomeMounts() { Stop(); }
+HomeMounts::~HomeMounts() {
+  Stop();
+}
 
 std::string HomeMounts::PathOf(const std::string& name) const {
   if (!ValidNodeName(name)) Fail(ErrorKind::kInvalidInput, "'{}' is not a node name", name);
@@ -46,8 +48,7 @@ void HomeMounts::Start() {
   spdlog::info("{} is this node's own tree ({})", path, options_.export_root);
 }
 
-void HomeMounts::PeerUp(const std::string& name, const std::string& address,
-                        uint16_t peer_port) {
+void HomeMounts::PeerUp(const std::string& name, const std::string& address, uint16_t peer_port) {
   if (name == options_.self) return;
   std::string path = PathOf(name);
   std::string target = fmt::format("{}:{}", address, peer_port);
@@ -63,8 +64,8 @@ void HomeMounts::PeerUp(const std::string& name, const std::string& address,
   std::filesystem::create_directories(path, ec);
   if (ec) Fail(ErrorKind::kFailed, "cannot create {}: {}", path, ec.message());
   SpawnOptions spawn;
-  spawn.argv = {options_.mosmount, "-f", "-o", fmt::format("timeout={}", options_.timeout_s),
-                target, path};
+  spawn.argv = {
+      options_.mosmount, "-f", "-o", fmt::format("timeout={}", options_.timeout_s), target, path};
   if (!options_.config_path.empty()) {
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e) {

@@ -15,7 +15,7 @@ namespace homeward {
 
 struct HomeMountsOptions {
   std::string mosix_root = "/mosix";
-  std::string self;                  // this node's name
+  std::string self;  // this node's name
   std::string export_root = "/";
   std::string mosmount = "mosmount";  // looked up on PATH unless absolute
   int timeout_s = 10;                 // passed to homefs: how long a call may wait

@@ -21,7 +21,9 @@ constexpr std::chrono::seconds kHandshakeTimeout{5};
 PeerServer::PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key)
     : address_(std::move(address)), port_(port), key_(std::move(key)) {}
 
-PeerServer::~PeerServer() { Stop(); }
+PeerServer::~PeerServer() {
+  Stop();
+}
 
 void PeerServer::Register(const std::string& service, PeerService handler) {
   services_[service] = std::move(handler);
@@ -30,8 +32,8 @@ void PeerServer::Register(const std::string& service, PeerService handler) {
 void PeerServer::Start() {
   sockaddr_in addr = Endpoint{address_, port_}.ToSockaddr();
   std::string where = fmt::format("{}:{}", address_, port_);
-  listener_ = Fd::Adopt(HW_SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0),
-                                   "peer socket {}", where));
+  listener_ = Fd::Adopt(
+      HW_SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "peer socket {}", where));
   int one = 1;
   ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   HW_SYSCALL(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr),

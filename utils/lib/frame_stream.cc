@@ -73,7 +73,8 @@ std::optional<IncomingMessage> FrameStream::Read() {
   table[0] = segments - 1;
   std::memcpy(table + 1, sizes.data(), segments * 4);
   Fill(words.begin() + table_words, body_words * sizeof(capnp::word), false);
-  return IncomingMessage(kj::mv(words), max_frame_bytes_ / sizeof(capnp::word) + 1);
+  // Twice the frame: a reader may look at a field twice, never more.
+  return IncomingMessage(kj::mv(words), 2 * max_frame_bytes_ / sizeof(capnp::word) + 1);
 }
 
 void FrameStream::Write(capnp::MessageBuilder& message) {

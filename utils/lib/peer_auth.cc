@@ -57,18 +57,32 @@ PeerHandshake PeerHandshake::Server(std::vector<uint8_t> key) {
   return h;
 }
 
-std::string PeerHandshake::TakeOutput() { return std::exchange(output_, {}); }
+std::string PeerHandshake::TakeOutput() {
+  return std::exchange(output_, {});
+}
 
 size_t PeerHandshake::wanted() const {
   if (state_ != State::kRunning) return 0;
   size_t need = 0;
   switch (step_) {
-    case Step::kClientHello: need = kMagic.size() + kPeerNonceBytes + 1; break;
-    case Step::kServiceName: need = service_length_; break;
-    case Step::kServerHello: need = kMagic.size() + kPeerNonceBytes + kPeerTagBytes; break;
-    case Step::kClientTag: need = kPeerTagBytes; break;
-    case Step::kVerdict: need = 1; break;
-    case Step::kEnd: need = 0; break;
+    case Step::kClientHello:
+      need = kMagic.size() + kPeerNonceBytes + 1;
+      break;
+    case Step::kServiceName:
+      need = service_length_;
+      break;
+    case Step::kServerHello:
+      need = kMagic.size() + kPeerNonceBytes + kPeerTagBytes;
+      break;
+    case Step::kClientTag:
+      need = kPeerTagBytes;
+      break;
+    case Step::kVerdict:
+      need = 1;
+      break;
+    case Step::kEnd:
+      need = 0;
+      break;
   }
   return need - input_.size();
 }
@@ -124,11 +138,11 @@ void PeerHandshake::Advance() {
       if (in.compare(0, kMagic.size(), kMagic) != 0) return Fail("not a Homeward peer");
       server_nonce_ = in.substr(kMagic.size(), kPeerNonceBytes);
       std::string tag = in.substr(kMagic.size() + kPeerNonceBytes);
-      if (crypto_auth_verify(reinterpret_cast<const unsigned char*>(tag.data()),
-                             reinterpret_cast<const unsigned char*>(
-                                 (std::string("server") + client_nonce_ + server_nonce_ +
-                                  service_).data()),
-                             6 + 2 * kPeerNonceBytes + service_.size(), key_.data()) != 0) {
+      if (crypto_auth_verify(
+              reinterpret_cast<const unsigned char*>(tag.data()),
+              reinterpret_cast<const unsigned char*>(
+                  (std::string("server") + client_nonce_ + server_nonce_ + service_).data()),
+              6 + 2 * kPeerNonceBytes + service_.size(), key_.data()) != 0) {
         return Fail("the server did not prove the cluster key");
       }
       output_ = Tag("client");
@@ -148,7 +162,8 @@ void PeerHandshake::Advance() {
       step_ = Step::kEnd;
       state_ = State::kDone;
       return;
-    case Step::kEnd: return;
+    case Step::kEnd:
+      return;
   }
 }
 
@@ -183,9 +198,9 @@ void Run(int fd, PeerHandshake& h, std::chrono::milliseconds timeout, const std:
       throw SystemError(err, fmt::format("peer handshake with {}: receive", who));
     }
     if (n == 0) {
-      throw Error(ErrorKind::kDisconnected,
-                  fmt::format("peer handshake with {}: connection closed (wrong cluster key?)",
-                              who));
+      throw Error(
+          ErrorKind::kDisconnected,
+          fmt::format("peer handshake with {}: connection closed (wrong cluster key?)", who));
     }
     in.resize(static_cast<size_t>(n));
     h.Feed(in);
@@ -220,8 +235,7 @@ Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t
   return fd;
 }
 
-std::string PeerAccept(int fd, const std::vector<uint8_t>& key,
-                       std::chrono::milliseconds timeout) {
+std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::milliseconds timeout) {
   sockaddr_in addr{};
   socklen_t len = sizeof addr;
   ::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len);

@@ -84,7 +84,6 @@ Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t
                const std::string& service, std::chrono::milliseconds timeout);
 // Runs the server handshake on an accepted socket; returns the requested service.
 // Throws Error naming the cause when the client does not prove the key.
-std::string PeerAccept(int fd, const std::vector<uint8_t>& key,
-                       std::chrono::milliseconds timeout);
+std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::milliseconds timeout);
 
 }  // namespace homeward

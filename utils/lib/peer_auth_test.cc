@@ -11,7 +11,9 @@
 namespace homeward {
 namespace {
 
-std::vector<uint8_t> Key(uint8_t fill) { return std::vector<uint8_t>(32, fill); }
+std::vector<uint8_t> Key(uint8_t fill) {
+  return std::vector<uint8_t>(32, fill);
+}
 
 // Runs both sides in memory; `tamper` may change bytes in flight.
 void Exchange(PeerHandshake& client, PeerHandshake& server,
