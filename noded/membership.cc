@@ -89,8 +89,9 @@ void Membership::MakeNews(Member& member) {
 }
 
 void Membership::PassOn(const WindowEntry& entry, int64_t origin_ms) {
-  auto key = std::make_tuple(entry.record.name, entry.record.incarnation,
-                             static_cast<int>(entry.state), static_cast<int>(entry.record.load * 2));
+  auto key =
+      std::make_tuple(entry.record.name, entry.record.incarnation, static_cast<int>(entry.state),
+                      static_cast<int>(entry.record.load * 2));
   if (!passed_.insert(key).second) return;
   passed_order_.push_back(std::move(key));
   if (passed_order_.size() > kMaxNews) {
