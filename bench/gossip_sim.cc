@@ -234,7 +234,10 @@ std::string Rounds(const Watch& watch, const Simulation& sim) {
 void RunSize(int n, const Params& params) {
   Simulation sim(n, params);
   auto start = std::chrono::steady_clock::now();
-  for (int r = 0; r < params.warmup_rounds; ++r) sim.Round();
+  for (int r = 0; r < params.warmup_rounds; ++r) {
+    sim.Round();
+    if (r % 10 == 9) std::fprintf(stderr, "  N=%d: warm-up round %d\n", n, r + 1);
+  }
   size_t known_min = SIZE_MAX, known_sum = 0;
   for (const auto& node : sim.nodes_) {
     known_min = std::min(known_min, node->known());

@@ -38,6 +38,7 @@ GossipMessage Sample() {
   entry.age_ms = 1500;
   entry.state = MemberState::kSuspect;
   message.entries.push_back(entry);
+  message.news = 1;
   message.probe_name = "node3";
   message.probe = Endpoint{"127.77.1.3", 4700};
   return message;
@@ -62,6 +63,7 @@ TEST(GossipCodec, RoundTrip) {
   EXPECT_EQ(decoded->entries[0].record.name, "node2");
   EXPECT_EQ(decoded->entries[0].age_ms, 1500u);
   EXPECT_EQ(decoded->entries[0].state, MemberState::kSuspect);
+  EXPECT_EQ(decoded->news, 1);
   EXPECT_EQ(decoded->probe_name, "node3");
   EXPECT_EQ(decoded->probe, (Endpoint{"127.77.1.3", 4700}));
 }

@@ -77,20 +77,34 @@ int Membership::NewsBudget() const {
 }
 
 void Membership::MakeNews(Member& member) {
-  int budget = NewsBudget();
+  News fresh{WindowEntry{member.record, 0, member.state}, member.origin_ms, NewsBudget()};
   for (auto& news : news_) {
-    if (news.name == member.record.name) {
-      news.left = budget;
+    if (news.entry.record.name == member.record.name) {
+      news = std::move(fresh);
       return;
     }
   }
   if (news_.size() >= kMaxNews) news_.erase(news_.begin());
-  news_.push_back(News{member.record.name, budget});
+  news_.push_back(std::move(fresh));
+}
+
+void Membership::PassOn(const WindowEntry& entry, int64_t origin_ms) {
+  auto key =
+      std::make_tuple(entry.record.name, entry.record.incarnation, static_cast<int>(entry.state),
+                      static_cast<int>(entry.record.load * 2));
+  if (!passed_.insert(key).second) return;
+  passed_order_.push_back(std::move(key));
+  if (passed_order_.size() > kMaxNews) {
+    passed_.erase(passed_order_.front());
+    passed_order_.erase(passed_order_.begin());
+  }
+  if (news_.size() >= kMaxNews) news_.erase(news_.begin());
+  news_.push_back(News{entry, origin_ms, NewsBudget()});
 }
 
 bool Membership::IsNews(const std::string& name) const {
   for (const auto& news : news_) {
-    if (news.name == name) return true;
+    if (news.entry.record.name == name) return true;
   }
   return false;
 }
@@ -105,20 +119,21 @@ int64_t Membership::SuspicionMs() const {
   return std::max(configured, scaled);
 }
 
-void Membership::Index(const std::string& name, Member& member, int64_t new_origin) {
-  if (member.state != MemberState::kDead) by_origin_.erase({member.origin_ms, name});
+void Membership::Index(Member& member, int64_t new_origin) {
+  if (member.origin_ms == new_origin) return;
+  if (member.state != MemberState::kDead) by_origin_.erase({member.origin_ms, &member});
   member.origin_ms = new_origin;
-  if (member.state != MemberState::kDead) by_origin_.insert({member.origin_ms, name});
+  if (member.state != MemberState::kDead) by_origin_.insert({member.origin_ms, &member});
 }
 
 void Membership::SetState(Member& member, MemberState state, int64_t now_ms) {
   MemberState old = member.state;
   if (old == state) return;
   const std::string& name = member.record.name;
-  if (old != MemberState::kDead) by_origin_.erase({member.origin_ms, name});
+  if (old != MemberState::kDead) by_origin_.erase({member.origin_ms, &member});
   member.state = state;
   member.state_since_ms = now_ms;
-  if (state != MemberState::kDead) by_origin_.insert({member.origin_ms, name});
+  if (state != MemberState::kDead) by_origin_.insert({member.origin_ms, &member});
   if (state == MemberState::kAlive) {
     not_alive_.erase(name);
   } else {
@@ -144,7 +159,7 @@ void Membership::Forget(const std::string& name) {
   auto it = members_.find(name);
   if (it == members_.end()) return;
   if (it->second.state != MemberState::kDead) {
-    by_origin_.erase({it->second.origin_ms, name});
+    by_origin_.erase({it->second.origin_ms, &it->second});
     --alive_count_;
   }
   not_alive_.erase(name);
@@ -161,7 +176,7 @@ void Membership::EvictIfFull() {
       }
     }
     bool was_alive = victim.empty();
-    if (was_alive) victim = by_origin_.begin()->second;  // the stalest alive record
+    if (was_alive) victim = by_origin_.begin()->second->record.name;  // the stalest alive
     auto it = members_.find(victim);
     NodeRecord record = it->second.record;
     Forget(victim);
@@ -184,14 +199,20 @@ void Membership::Merge(const WindowEntry& entry, int64_t now_ms, bool news) {
   int64_t origin = now_ms - static_cast<int64_t>(entry.age_ms);
   auto it = members_.find(incoming.name);
   if (it == members_.end()) {
-    if (entry.state == MemberState::kDead) return;  // no news to someone who never knew it
+    // Only a live record makes a member: a suspicion or death of a node this table does
+    // not hold (never knew, or evicted) would otherwise bury it here unheard. As news,
+    // it is passed on all the same.
+    if (entry.state != MemberState::kAlive || members_.size() >= options_.capacity) {
+      if (news) PassOn(entry, origin);
+      if (entry.state != MemberState::kAlive) return;
+    }
     Member member;
     member.record = incoming;
     member.state = entry.state;
     member.origin_ms = origin;
     member.state_since_ms = now_ms;
     auto& added = members_.emplace(incoming.name, std::move(member)).first->second;
-    by_origin_.insert({origin, incoming.name});
+    by_origin_.insert({origin, &added});
     ++alive_count_;
     if (added.state != MemberState::kAlive) not_alive_.insert(incoming.name);
     // A join is news while the table has room; once it is full, newly learned records
@@ -206,7 +227,7 @@ void Membership::Merge(const WindowEntry& entry, int64_t now_ms, bool news) {
   if (incoming.incarnation > member.record.incarnation) {
     // A new life (restart) or a refutation: everything about the old one is superseded.
     member.record = incoming;
-    Index(incoming.name, member, origin);
+    Index(member, origin);
     SetState(member, entry.state, now_ms);
     MakeNews(member);
     return;
@@ -219,7 +240,7 @@ void Membership::Merge(const WindowEntry& entry, int64_t now_ms, bool news) {
   if (member.state != MemberState::kDead && origin > member.origin_ms) {
     bool rise = incoming.load >= member.record.load + options_.news_load_step;
     member.record = incoming;
-    Index(incoming.name, member, origin);
+    Index(member, origin);
     if (rise) MakeNews(member);
   }
 }
@@ -236,22 +257,19 @@ GossipMessage Membership::Build(GossipMessage::Kind kind, uint64_t seq,
   message.sender = self_;
   size_t window = static_cast<size_t>(std::max(options_.window, 0));
   message.entries.reserve(2 * window + 1);
-  std::vector<const std::string*> chosen;
-  auto add = [&](const std::string& name, Member& member) {
-    chosen.push_back(&name);
+  std::vector<const Member*> chosen;
+  auto add = [&](Member& member) {
+    chosen.push_back(&member);
     message.entries.push_back(
         WindowEntry{member.record, AgeOf(member.origin_ms, now_ms), member.state});
   };
-  auto taken = [&](const std::string& name) {
-    for (const auto* n : chosen) {
-      if (*n == name) return true;
-    }
-    return false;
+  auto taken = [&](const Member* member) {
+    return std::find(chosen.begin(), chosen.end(), member) != chosen.end();
   };
   // The recipient hears first what we believe about it, so that it can refute.
   if (auto it = members_.find(recipient);
       it != members_.end() && it->second.state != MemberState::kAlive) {
-    add(it->first, it->second);
+    add(it->second);
   }
   // Then news, least sent first, each a limited number of times.
   size_t news_room =
@@ -264,13 +282,15 @@ GossipMessage Membership::Build(GossipMessage::Kind kind, uint64_t seq,
     std::partial_sort(order.begin(), order.begin() + static_cast<long>(n), order.end());
     for (size_t k = 0; k < n; ++k) {
       News& news = news_[order[k].second];
-      auto it = members_.find(news.name);
-      if (it == members_.end()) {
-        news.left = 0;
+      --news.left;
+      if (news.entry.record.name == recipient) continue;
+      auto it = members_.find(news.entry.record.name);
+      if (it != members_.end()) {
+        if (!taken(&it->second)) add(it->second);  // what we know now, fresher perhaps
         continue;
       }
-      if (!taken(it->first)) add(it->first, it->second);
-      --news.left;
+      message.entries.push_back(news.entry);
+      message.entries.back().age_ms = AgeOf(news.origin_ms, now_ms);
     }
     std::erase_if(news_, [](const News& news) { return news.left <= 0; });
   }
@@ -280,9 +300,9 @@ GossipMessage Membership::Build(GossipMessage::Kind kind, uint64_t seq,
   // knows bounded however large the cluster grows.
   for (auto it = by_origin_.rbegin(); it != by_origin_.rend(); ++it) {
     if (message.entries.size() >= limit) break;
-    if (it->second == recipient || taken(it->second)) continue;
-    auto member = members_.find(it->second);
-    add(member->first, member->second);
+    Member* member = it->second;
+    if (member->record.name == recipient || taken(member)) continue;
+    add(*member);
   }
   return message;
 }

@@ -9,6 +9,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -162,10 +163,11 @@ class Membership {
   void MergeSender(const NodeRecord& sender, int64_t now_ms);
   void SetState(Member& member, MemberState state, int64_t now_ms);
   void Refute(uint64_t at_least);
-  void Index(const std::string& name, Member& member, int64_t new_origin);
+  void Index(Member& member, int64_t new_origin);
   void Forget(const std::string& name);
   void EvictIfFull();
   void MakeNews(Member& member);
+  void PassOn(const WindowEntry& entry, int64_t origin_ms);
   int NewsBudget() const;
   bool IsNews(const std::string& name) const;
   int64_t SuspicionMs() const;
@@ -177,11 +179,19 @@ class Membership {
   std::mt19937_64 random_;
   std::unordered_map<std::string, Member> members_;
   // Alive and suspect members by freshness, to pick the window in O(window).
-  std::set<std::pair<int64_t, std::string>> by_origin_;
+  // (Members' addresses are stable: unordered_map never moves its elements.)
+  std::set<std::pair<int64_t, Member*>> by_origin_;
   std::set<std::string> not_alive_;  // suspects and tombstones, for the round's timers
   size_t alive_count_ = 0;           // members not dead
+  // News about nodes not in the table, already passed on: (name, incarnation, state,
+  // load) keys, the newest kMaxNews of them, so each such item is passed on once.
+  std::set<std::tuple<std::string, uint64_t, int, int>> passed_;
+  std::vector<std::tuple<std::string, uint64_t, int, int>> passed_order_;
+  // News is a copy, so that a node passes on news about nodes its full table does not
+  // hold: dissemination then does not depend on who remembers whom.
   struct News {
-    std::string name;
+    WindowEntry entry;
+    int64_t origin_ms = 0;
     int left = 0;  // times still to be sent
   };
   std::vector<News> news_;                // oldest first, at most kMaxNews

@@ -26,7 +26,7 @@ std::optional<int> ParseProcsRunning(const std::string& text);
 int UsableCores();
 
 // A short fixed integer and floating-point workload, timed: the relative speed of one
-// core against the reference machine (1.0). Takes about 50 ms on the reference machine.
+// core against the reference machine (1.0). Takes about 3 x 12.5 ms on the reference.
 double MeasureCpuSpeed();
 
 // The smoothed load: an exponentially weighted moving average of procs_running sampled
