@@ -254,8 +254,7 @@ void JobRegistry::ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
                                 std::shared_ptr<capnp::MallocMessageBuilder> request) {
   auto it = jobs_.find(slot);
   if (it == jobs_.end() || it->second.away != away) return;  // mosrun left meanwhile
-  JoinAway(slot, away, std::move(fd));
-  away->peer.Send(*request);
+  JoinAway(slot, away, std::move(fd), request.get());
   spdlog::info("job {} started on {}: {}", away->home_pid, away->where, away->command);
 }
 
@@ -303,7 +302,8 @@ StreamHandlers JobRegistry::MosrunHandlersForAway(int slot, std::shared_ptr<Away
   return handlers;
 }
 
-void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd) {
+void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
+                           capnp::MallocMessageBuilder* first) {
   StreamHandlers handlers;
   handlers.on_message = [this, slot, away](IncomingMessage& incoming) {
     auto reply = incoming.Root<schema::ControlReply>();
@@ -331,6 +331,8 @@ void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd) {
   Caller peer;
   peer.peer = true;
   away->peer = control_.AdoptStream(std::move(fd), peer, std::move(handlers));
+  // The job's node must have the job before any of mosrun's input reaches it.
+  if (first) away->peer.Send(*first);
   away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
   away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
   away->mosrun.PauseReading(false);
@@ -496,7 +498,7 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   it->second.here.reset();
   it->second.away = away;
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
-  JoinAway(slot, away, std::move(move.connection));
+  JoinAway(slot, away, std::move(move.connection), nullptr);
   spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)",
                away->home_pid, away->where, move.frozen.count(), move.total.count(),
                move.image_bytes);

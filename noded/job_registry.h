@@ -90,7 +90,7 @@ class JobRegistry {
                      std::shared_ptr<capnp::MallocMessageBuilder> guest_request);
   void EndAway(int slot, const std::string& why);
   StreamHandlers MosrunHandlersForAway(int slot, std::shared_ptr<Away> away);
-  void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd);
+  void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd, capnp::MallocMessageBuilder* first);
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,
                                                             const std::string& where) const;

@@ -66,9 +66,9 @@ class JobsAtHomeTest(unittest.TestCase):
         self.assertEqual(result.stdout, "123\n")
 
     def test_job_has_its_own_process_namespace(self):
-        # Without the shim, the program sees itself as pid 2 under the job's init.
-        result = self.sh("mosrun sh -c 'cat /proc/self/stat | cut -d\" \" -f4'")
-        self.assertEqual(result.stdout.strip(), "2")
+        # The program is pid 2 of the job's namespace, under the job's init.
+        result = self.sh("mosrun sh -c 'exec grep NSpid /proc/self/status'")
+        self.assertEqual(result.stdout.split()[-1], "2")
 
     def test_kill_home_pid_and_mosps(self):
         script = ("mosrun sh -c 'trap \"echo got-usr1\" USR1; while :; do sleep 0.1; done' "
