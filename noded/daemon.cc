@@ -66,6 +66,10 @@ void Daemon::Start() {
   // Jobs restored by CRIU, and orphans of jobs' inits, become our children to reap.
   HW_SYSCALL(::prctl(PR_SET_CHILD_SUBREAPER, 1), "become a child subreaper");
   control_.Start();
+  jobs_.OnChange([this] {
+    gossip_.SetLocalJobs(jobs_.jobs_away(), jobs_.guests_here(),
+                         static_cast<float>(jobs_.guests_here()));
+  });
   jobs_.Start();
   peer_server_.Register("files", [this](Fd fd, PeerIdentity peer) {
     file_server_.Serve(std::move(fd), peer);

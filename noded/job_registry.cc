@@ -391,6 +391,17 @@ void JobRegistry::Start() {
                         }),
           "job registry wake-up");
   restored_wakeup_.get()->data = this;
+  // The counts gossip publishes are refreshed each second rather than threaded through
+  // every place a job starts, moves or ends.
+  CheckUv(uv_timer_init(loop_, counts_timer_.get()), "job counts timer");
+  counts_timer_.get()->data = this;
+  CheckUv(uv_timer_start(counts_timer_.get(),
+                         [](uv_timer_t* timer) {
+                           auto* self = static_cast<JobRegistry*>(timer->data);
+                           if (self->on_change_) self->on_change_();
+                         },
+                         0, 1000),
+          "job counts timer");
 }
 
 void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply) {
@@ -598,6 +609,7 @@ void JobRegistry::KillAll() {
     }
   }
   restored_wakeup_.Close();
+  counts_timer_.Close();
   auto guests = std::move(guests_);
   guests_.clear();
   for (auto& [id, job] : guests) job->Kill();

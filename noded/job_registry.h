@@ -52,6 +52,8 @@ class JobRegistry {
   void ListJobs(ReplySender reply) const;
   void KillAll();
   void Start();
+  // Called whenever the number of jobs away or guests here may have changed.
+  void OnChange(std::function<void()> callback) { on_change_ = std::move(callback); }
 
   uint32_t jobs_away() const;
   uint32_t guests_here() const { return static_cast<uint32_t>(guests_.size()); }
@@ -108,6 +110,8 @@ class JobRegistry {
   uint64_t next_guest_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   FaultPoints faults_ = FaultPoints::FromEnvironment();
+  std::function<void()> on_change_;
+  UvHandle<uv_timer_t> counts_timer_;
   // Jobs restored on peer server threads, waiting for the loop to adopt them.
   struct Restored {
     Fd connection;

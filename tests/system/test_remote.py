@@ -92,6 +92,19 @@ class RemoteJobTest(unittest.TestCase):
             lambda: json.loads(self.sh("mosps --json", node="node2").stdout)["jobs"] == [],
             20, "the guest to end")
 
+    def test_static_programs_stay_home(self):
+        static = self.cluster.run("node1", "sh", "-c",
+                                  "printf 'int main(void){return 7;}' > /data/s.c && "
+                                  "gcc -static -o /data/static /data/s.c && echo built",
+                                  check=False)
+        if "built" not in static.stdout:
+            self.skipTest("no static C library here")
+        refused = self.sh("mosrun /data/static", check=False)
+        self.assertEqual(refused.returncode, 255)
+        self.assertIn("/data/static is statically linked", refused.stderr)
+        self.assertIn("mosrun -h", refused.stderr)
+        self.assertEqual(self.sh("mosrun -h /data/static", check=False).returncode, 7)
+
     def test_unknown_and_dead_nodes_are_clear_errors(self):
         unknown = self.sh("mosrun -r node9 true", check=False)
         self.assertEqual(unknown.returncode, 255)

@@ -17,6 +17,7 @@
 #include <capnp/message.h>
 
 #include "control_client.h"
+#include "elf_info.h"
 #include "error.h"
 #include "fd.h"
 #include "framing.h"
@@ -88,7 +89,42 @@ void Send(int fd, const std::function<void(schema::ControlRequest::Builder)>& fi
   exit(128 + code);  // for signals that do not terminate
 }
 
+// The program as exec would find it on PATH, or nothing (then the job reports the error).
+std::string FindProgram(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = getenv("PATH");
+  std::string dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string candidate = (end > start ? dirs.substr(start, end - start) : ".") + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  return {};
+}
+
+// A statically linked program never loads the shim, so away from home it would see the
+// node it runs on instead of its home: it may run only when kept at home.
+void RefuseStaticAway(const Options& options) {
+  if (options.keep_home) return;
+  std::string program = FindProgram(options.argv[0]);
+  if (program.empty()) return;
+  ExecutableKind kind;
+  try {
+    kind = ReadExecutableInfo(program).kind;
+  } catch (const Error&) {
+    return;  // unreadable or not a program: the job itself reports why it cannot run
+  }
+  if (kind == ExecutableKind::kStatic) {
+    Fail(ErrorKind::kInvalidInput, "{} is statically linked: it cannot be given its home's "
+         "view away from home; run it with mosrun -h to keep it at home", program);
+  }
+}
+
 int Run(const Options& options) {
+  RefuseStaticAway(options);
   char cwd[PATH_MAX];
   if (!getcwd(cwd, sizeof cwd)) {
     throw SystemError(errno, "cannot tell the current directory");
