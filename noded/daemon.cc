@@ -132,6 +132,9 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
     case schema::ControlRequest::START_GUEST:
       jobs_.StartGuest(request.getStartGuest(), std::move(reply));
       return;
+    case schema::ControlRequest::ATTACH_GUEST:
+      jobs_.AttachGuest(request.getAttachGuest(), std::move(reply));
+      return;
     case schema::ControlRequest::MIGRATE_JOB:
       jobs_.MigrateJob(request.getMigrateJob(), std::move(reply));
       return;

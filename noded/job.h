@@ -51,6 +51,9 @@ struct JobLaunch {
   int64_t pid_base = 0;      // ids of the job's other processes start here (see preload/)
   bool keep_home = false;
   bool guest = false;        // a job of another home, running here
+  std::string home_host;     // where the home's daemon listens (peer port)
+  uint16_t home_port = 0;
+  bool reattach = false;     // restored here from a node that is not its home
   std::string init_path;     // mosjob-init
   std::string preload_path;  // libmosix_preload.so, or empty when not built
 };
@@ -82,7 +85,8 @@ class Job : public std::enable_shared_from_this<Job> {
   const std::vector<uint64_t>& pipe_inodes() const { return pipe_inodes_; }
   ControlStream& relay() { return relay_; }
   void set_migrating(bool migrating) { migrating_ = migrating; }
-  uint32_t migrations() const { return 0; }
+  uint32_t migrations() const { return migrations_; }
+  void set_migrations(uint32_t count) { migrations_ = count; }
   // From mosrun: stdin bytes, end of stdin, a signal for the job.
   void Input(const void* data, size_t size);
   void InputEnd();
@@ -130,6 +134,7 @@ class Job : public std::enable_shared_from_this<Job> {
   bool output_paused_ = false;
   bool finished_ = false;
   bool migrating_ = false;
+  uint32_t migrations_ = 0;
   std::vector<uint64_t> pipe_inodes_;
 };
 

@@ -223,7 +223,7 @@ int PrepareRoot(const char* root) {
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     Die("make the mounts private");
   }
-  EnterHomeTree(root);
+  if (std::string(root) != "/") EnterHomeTree(root);
   Report("ready");
   char byte;
   while (read(0, &byte, 1) > 0) {

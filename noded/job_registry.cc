@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <capnp/message.h>
+#include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
 #include "error.h"
@@ -65,35 +66,6 @@ JobIdentity ReadIdentity(schema::JobIdentity::Reader in) {
   return id;
 }
 
-// The relay of a job running here: mosrun's (or its home's) input and signals go to it.
-StreamHandlers RelayHandlers(std::shared_ptr<std::weak_ptr<Job>> weak_job) {
-  StreamHandlers handlers;
-  handlers.on_message = [weak_job](IncomingMessage& incoming) {
-    auto job = weak_job->lock();
-    if (!job) return;  // the job has ended; late input has nowhere to go
-    auto message = incoming.Root<schema::ControlRequest>();
-    switch (message.which()) {
-      case schema::ControlRequest::JOB_INPUT: {
-        auto data = message.getJobInput();
-        job->Input(data.begin(), data.size());
-        break;
-      }
-      case schema::ControlRequest::JOB_INPUT_END:
-        job->InputEnd();
-        break;
-      case schema::ControlRequest::JOB_SIGNAL:
-        job->Signal(message.getJobSignal());
-        break;
-      default:
-        Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
-    }
-  };
-  handlers.on_close = [weak_job] {
-    if (auto job = weak_job->lock()) job->RelayLost();
-  };
-  return handlers;
-}
-
 }  // namespace
 
 JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServer& control,
@@ -114,6 +86,42 @@ JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServe
 JobRegistry::~JobRegistry() {
   *alive_ = false;
   KillAll();
+}
+
+// The relay of a job running here: mosrun's (or its home's) input and signals go to it,
+// and for a guest, its home's requests to move it on.
+StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>> weak_job) {
+  StreamHandlers handlers;
+  handlers.on_message = [this, weak_job](IncomingMessage& incoming) {
+    auto job = weak_job->lock();
+    if (!job) return;  // the job has ended; late input has nowhere to go
+    auto message = incoming.Root<schema::ControlRequest>();
+    switch (message.which()) {
+      case schema::ControlRequest::JOB_INPUT: {
+        auto data = message.getJobInput();
+        job->Input(data.begin(), data.size());
+        break;
+      }
+      case schema::ControlRequest::JOB_INPUT_END:
+        job->InputEnd();
+        break;
+      case schema::ControlRequest::JOB_SIGNAL:
+        job->Signal(message.getJobSignal());
+        break;
+      case schema::ControlRequest::MIGRATE_JOB:
+        if (!job->launch().guest) {
+          Fail(ErrorKind::kInvalidInput, "only a guest's home moves it through its relay");
+        }
+        MigrateGuest(job, message.getMigrateJob().getTarget());
+        break;
+      default:
+        Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
+    }
+  };
+  handlers.on_close = [weak_job] {
+    if (auto job = weak_job->lock()) job->RelayLost();
+  };
+  return handlers;
 }
 
 int JobRegistry::FreeSlot() const {
@@ -151,7 +159,7 @@ JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
 std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
                                           std::function<void()> finished) {
   auto weak_job = std::make_shared<std::weak_ptr<Job>>();
-  StreamHandlers handlers = RelayHandlers(weak_job);
+  StreamHandlers handlers = RelayHandlersFor(weak_job);
   ControlStream relay = reply.OpenStream(std::move(handlers));
   auto job = std::make_shared<Job>(loop_, std::move(launch), relay,
                                    [finished](Job&) { finished(); });
@@ -272,7 +280,16 @@ std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
   job.setCwd(launch.cwd);
   job.setWhere(where);
   job.setKeepHome(launch.keep_home);
-  guest.setHome(config_.name);
+  if (launch.guest) {
+    guest.setHome(launch.home);
+    guest.setHomeHost(launch.home_host);
+    guest.setHomePort(launch.home_port);
+    guest.setReattach(where != launch.home);
+  } else {
+    guest.setHome(config_.name);
+    guest.setHomeHost(config_.address);
+    guest.setHomePort(config_.peer_port);
+  }
   FillIdentity(launch.identity, guest.initIdentity());
   guest.setPidBase(launch.pid_base);
   return request;
@@ -302,14 +319,34 @@ StreamHandlers JobRegistry::MosrunHandlersForAway(int slot, std::shared_ptr<Away
   return handlers;
 }
 
-void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
-                           capnp::MallocMessageBuilder* first) {
+StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> away) {
+  uint32_t generation = ++away->generation;
   StreamHandlers handlers;
   handlers.on_message = [this, slot, away](IncomingMessage& incoming) {
     auto reply = incoming.Root<schema::ControlReply>();
+    if (reply.isError() && away->pending_move) {
+      // The job's node could not move it on: it runs on there.
+      auto pending = std::move(*away->pending_move);
+      away->pending_move.reset();
+      pending.SendError(Error(ErrorKind::kFailed,
+                              fmt::format("job {} stays on {}: {}", away->home_pid, away->where,
+                                          reply.getError().getMessage().cStr())));
+      return;
+    }
     if (reply.isError()) {
       EndAway(slot, fmt::format("node {} cannot run the job: {}", away->where,
                                 reply.getError().getMessage().cStr()));
+      return;
+    }
+    if (reply.isMigrated()) {
+      ++away->migrations;
+      if (away->pending_move) {
+        auto pending = std::move(*away->pending_move);
+        away->pending_move.reset();
+        capnp::MallocMessageBuilder message;
+        message.setRoot(incoming.Root<schema::ControlReply>());
+        pending.Send(message);
+      }
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);
@@ -323,19 +360,53 @@ void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
     // Hold the job's output back while mosrun is slower than the job.
     if (away->mosrun.queued_bytes() > ControlStream::kHighWater) away->peer.PauseReading(true);
   };
-  handlers.on_close = [this, slot, away] {
-    if (!away->exited) {
-      EndAway(slot, fmt::format("lost contact with node {}, where the job ran", away->where));
+  handlers.on_close = [this, slot, away, generation] {
+    // A relay replaced by the job's new node (or by its return home) closes quietly.
+    if (!away->exited && away->generation == generation) {
+      auto it = jobs_.find(slot);
+      if (it != jobs_.end() && it->second.away == away) {
+        EndAway(slot, fmt::format("lost contact with node {}, where the job ran", away->where));
+      }
+    }
+    if (away->pending_move && away->generation == generation) {
+      auto pending = std::move(*away->pending_move);
+      away->pending_move.reset();
+      pending.SendError(Error(ErrorKind::kDisconnected,
+                              fmt::format("lost contact with node {} during the move",
+                                          away->where)));
     }
   };
+  return handlers;
+}
+
+void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
+                           capnp::MallocMessageBuilder* first) {
   Caller peer;
   peer.peer = true;
-  away->peer = control_.AdoptStream(std::move(fd), peer, std::move(handlers));
+  away->peer = control_.AdoptStream(std::move(fd), peer, PeerHandlersForAway(slot, away));
   // The job's node must have the job before any of mosrun's input reaches it.
   if (first) away->peer.Send(*first);
   away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
   away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
   away->mosrun.PauseReading(false);
+}
+
+void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply) {
+  if (!reply.caller().peer) {
+    Fail(ErrorKind::kInvalidInput, "only another node's daemon may attach a guest");
+  }
+  for (auto& [slot, entry] : jobs_) {
+    if (!entry.away || entry.away->home_pid != attach.getHomePid()) continue;
+    auto away = entry.away;
+    away->where = attach.getNode();
+    away->peer = reply.OpenStream(PeerHandlersForAway(slot, away));
+    away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
+    away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+    away->mosrun.PauseReading(false);
+    spdlog::info("job {} now runs on {}", away->home_pid, away->where);
+    return;
+  }
+  Fail(ErrorKind::kNotFound, "no job of this home with pid {} is away", attach.getHomePid());
 }
 
 void JobRegistry::EndAway(int slot, const std::string& why) {
@@ -360,6 +431,15 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
       launch.home == "." || launch.home == "..") {
     Fail(ErrorKind::kInvalidInput, "'{}' is not a node name", launch.home);
   }
+  launch.identity = ReadIdentity(spec.getIdentity());
+  launch.pid_base = spec.getPidBase();
+  launch.home_host = spec.getHomeHost();
+  launch.home_port = spec.getHomePort();
+  if (launch.home == config_.name) {
+    launch.root = "/";  // a job of ours coming home
+    return launch;
+  }
+  launch.reattach = spec.getReattach();
   launch.root = config_.mosix_root + "/home/" + launch.home;
   struct stat root_stat, parent_stat;
   if (::stat(launch.root.c_str(), &root_stat) != 0 ||
@@ -368,8 +448,6 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
     Fail(ErrorKind::kFailed, "node {} does not see node {}'s files yet ({} is not mounted)",
          config_.name, launch.home, launch.root);
   }
-  launch.identity = ReadIdentity(spec.getIdentity());
-  launch.pid_base = spec.getPidBase();
   launch.guest = true;
   return launch;
 }
@@ -379,6 +457,7 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
     Fail(ErrorKind::kInvalidInput, "only another node's daemon may start a guest here");
   }
   JobLaunch launch = GuestLaunch(spec);
+  if (!launch.guest) Fail(ErrorKind::kInvalidInput, "a job of this home is not a guest here");
   uint64_t id = next_guest_++;
   auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); });
   if (job) guests_[id] = job;
@@ -423,8 +502,23 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   }
   int slot = it->first;
   if (it->second.away) {
-    Fail(ErrorKind::kUnimplemented, "job {} runs on {}; moving a job that is away from home "
-         "is not available yet", home_pid, it->second.away->where);
+    auto away = it->second.away;
+    if (target == "home") target = config_.name;
+    if (target == away->where) {
+      Fail(ErrorKind::kInvalidInput, "job {} already runs on {}", home_pid, target);
+    }
+    if (away->pending_move) Fail(ErrorKind::kOverloaded, "job {} is already moving", home_pid);
+    if (target != config_.name) resolve_(target);  // a clear error for an unknown node
+    if (!away->peer.open()) Fail(ErrorKind::kOverloaded, "job {} is still starting", home_pid);
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<schema::ControlRequest>();
+    root.setVersion(schema::CONTROL_VERSION);
+    auto migrate = root.initMigrateJob();
+    migrate.setHomePid(home_pid);
+    migrate.setTarget(target);
+    away->peer.Send(message);
+    away->pending_move.emplace(std::move(reply));
+    return;
   }
   auto job = it->second.here;
   if (target == "home" || target == config_.name) {
@@ -436,25 +530,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   if (job->state() != "running") {
     Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, job->state());
   }
-  PeerAddress address = resolve_(target);
-
-  auto move = std::make_shared<MoveOut>();
-  move->init_pid = job->init_pid();
-  move->pipe_inodes = job->pipe_inodes();
-  move->image_dir = fmt::format("{}/images/out-{}-{}", config_.state_dir, home_pid, slot);
-  ::mkdir((config_.state_dir + "/images").c_str(), 0700);
-  move->target_name = target;
-  move->target_host = address.host;
-  move->target_port = address.port;
-  move->key = config_.cluster_key;
-  move->guest_request = GuestRequest(job->launch(), target);
-  move->metadata.home_node = config_.name;
-  move->faults = faults_;
-  move->metadata.home_pid = home_pid;
-  const char* roles[] = {"stdin", "stdout", "stderr", "status"};
-  for (size_t i = 0; i < move->pipe_inodes.size(); ++i) {
-    move->metadata.external_pipes.push_back({move->pipe_inodes[i], roles[i]});
-  }
+  auto move = PrepareMove(job, target);
   job->set_migrating(true);
   job->relay().PauseReading(true);  // input waits for the job's new place
 
@@ -482,6 +558,99 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
     std::unique_ptr<Work> cleanup(work);
     Fail(ErrorKind::kFailed, "cannot start the move: {}", uv_strerror(status));
   }
+}
+
+std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& job,
+                                                  const std::string& target) {
+  PeerAddress address = resolve_(target);
+  pid_t home_pid = job->home_pid();
+  auto move = std::make_shared<MoveOut>();
+  move->init_pid = job->init_pid();
+  move->pipe_inodes = job->pipe_inodes();
+  move->image_dir = fmt::format("{}/images/out-{}-{}", config_.state_dir, home_pid,
+                                job->init_pid());
+  ::mkdir((config_.state_dir + "/images").c_str(), 0700);
+  move->target_name = target;
+  move->target_host = address.host;
+  move->target_port = address.port;
+  move->key = config_.cluster_key;
+  move->guest_request = GuestRequest(job->launch(), target);
+  move->metadata.home_node = job->launch().home;
+  move->metadata.home_pid = home_pid;
+  move->faults = faults_;
+  const char* roles[] = {"stdin", "stdout", "stderr", "status"};
+  for (size_t i = 0; i < move->pipe_inodes.size(); ++i) {
+    move->metadata.external_pipes.push_back({move->pipe_inodes[i], roles[i]});
+  }
+  return move;
+}
+
+void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& target) {
+  std::shared_ptr<MoveOut> move;
+  try {
+    if (job->state() != "running") Fail(ErrorKind::kOverloaded, "the job is {}", job->state());
+    move = PrepareMove(job, target);
+  } catch (const Error& e) {
+    capnp::MallocMessageBuilder message;
+    auto error = message.initRoot<schema::ControlReply>().initError();
+    error.setKind(std::string(ErrorKindName(e.kind())));
+    error.setMessage(e.what());
+    job->relay().Send(message);
+    return;
+  }
+  job->set_migrating(true);
+  struct Work {
+    uv_work_t req;
+    JobRegistry* registry;
+    std::shared_ptr<bool> alive;
+    std::shared_ptr<Job> job;
+    std::shared_ptr<MoveOut> move;
+  };
+  auto* work = new Work{{}, this, alive_, job, move};
+  work->req.data = work;
+  int status = uv_queue_work(
+      loop_, &work->req, [](uv_work_t* req) { RunMoveOut(*static_cast<Work*>(req->data)->move); },
+      [](uv_work_t* req, int) {
+        std::unique_ptr<Work> work(static_cast<Work*>(req->data));
+        if (*work->alive) work->registry->FinishGuestMove(work->job, *work->move);
+      });
+  if (status < 0) {
+    delete work;
+    job->set_migrating(false);
+  }
+}
+
+void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move) {
+  job->set_migrating(false);
+  capnp::MallocMessageBuilder message;
+  if (!move.error.empty()) {
+    spdlog::warn("guest {}: move to {} failed: {}", job->home_pid(), move.target_name,
+                 move.error);
+    auto error = message.initRoot<schema::ControlReply>().initError();
+    error.setKind("failed");
+    error.setMessage(move.error);
+    job->relay().Send(message);
+    return;
+  }
+  // The job runs on at the target, which has told its home; what it left in our pipes
+  // goes home first, then word of the move, then this relay closes.
+  ControlStream relay = job->relay();
+  job->AbandonAfterMove();
+  for (auto it = guests_.begin(); it != guests_.end(); ++it) {
+    if (it->second == job) {
+      guests_.erase(it);
+      break;
+    }
+  }
+  auto migrated = message.initRoot<schema::ControlReply>().initMigrated();
+  migrated.setWhere(move.target_name);
+  migrated.setFrozenMs(static_cast<uint64_t>(move.frozen.count()));
+  migrated.setTotalMs(static_cast<uint64_t>(move.total.count()));
+  migrated.setImageBytes(move.image_bytes);
+  relay.Send(message);
+  relay.Close();
+  spdlog::info("guest {} moved on to {} (frozen {} ms)", job->home_pid(), move.target_name,
+               move.frozen.count());
 }
 
 void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
@@ -528,12 +697,62 @@ void JobRegistry::AcceptMove(Fd fd) {
   auto restored = RunMoveIn(
       std::move(fd), context, [this](auto spec) { return GuestLaunch(spec); }, &launch);
   if (!restored) return;
+  if (launch.reattach) {
+    // Moved on from another guest node: the job's relay goes straight to its home.
+    try {
+      Fd home = PeerConnect(launch.home_host, launch.home_port, config_.cluster_key, "jobs",
+                            std::chrono::seconds(5));
+      capnp::MallocMessageBuilder message;
+      auto request = message.initRoot<schema::ControlRequest>();
+      request.setVersion(schema::CONTROL_VERSION);
+      auto attach = request.initAttachGuest();
+      attach.setHomePid(launch.identity.home_pid);
+      attach.setNode(config_.name);
+      capnp::writeMessageToFd(home.get(), message);
+      restored->connection = std::move(home);
+    } catch (const std::exception& e) {
+      spdlog::error("job {} was restored here but its home {} cannot be reached: {}; killing it",
+                    launch.identity.home_pid, launch.home, e.what());
+      ::kill(restored->init_pid, SIGKILL);
+      return;
+    }
+  }
   {
     std::lock_guard lock(restored_mutex_);
     restored_.push_back(Restored{std::move(restored->connection), restored->init_pid,
                                  std::move(restored->ends), std::move(launch)});
   }
   uv_async_send(restored_wakeup_.get());
+}
+
+void JobRegistry::ComeHome(Restored& restored) {
+  pid_t home_pid = restored.launch.identity.home_pid;
+  for (auto& [slot, entry] : jobs_) {
+    if (!entry.away || entry.away->home_pid != home_pid) continue;
+    auto away = entry.away;
+    auto weak_job = std::make_shared<std::weak_ptr<Job>>();
+    int job_slot = slot;
+    auto job = std::make_shared<Job>(loop_, std::move(restored.launch), away->mosrun,
+                                     [this, job_slot](Job&) { jobs_.erase(job_slot); });
+    *weak_job = job;
+    try {
+      job->Adopt(restored.init_pid, std::move(restored.ends));
+    } catch (const Error& e) {
+      spdlog::error("cannot take back job {}: {}", home_pid, e.what());
+      ::kill(restored.init_pid, SIGKILL);
+      return;
+    }
+    ++away->generation;  // the old relay's end is not the job's end
+    job->set_migrations(away->migrations + 1);
+    away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
+    away->mosrun.PauseReading(false);
+    entry.here = job;
+    entry.away.reset();
+    spdlog::info("job {} is back home", home_pid);
+    return;
+  }
+  spdlog::error("job {} came home but its mosrun is gone; killing it", home_pid);
+  ::kill(restored.init_pid, SIGKILL);
 }
 
 void JobRegistry::TakeRestored() {
@@ -543,12 +762,16 @@ void JobRegistry::TakeRestored() {
     restored.swap(restored_);
   }
   for (auto& one : restored) {
+    if (one.launch.home == config_.name) {
+      ComeHome(one);
+      continue;
+    }
     uint64_t id = next_guest_++;
     auto weak_job = std::make_shared<std::weak_ptr<Job>>();
     Caller peer;
     peer.peer = true;
     ControlStream relay = control_.AdoptStream(std::move(one.connection), peer,
-                                               RelayHandlers(weak_job));
+                                               RelayHandlersFor(weak_job));
     auto job = std::make_shared<Job>(loop_, std::move(one.launch), relay,
                                      [this, id](Job&) { guests_.erase(id); });
     *weak_job = job;
@@ -577,6 +800,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
     info.setCpuMs(job.cpu_ms());
     info.setUid(job.uid());
     info.setGuest(job.launch().guest);
+    info.setMigrations(job.migrations());
     if (job.keep_home()) info.setPinned("kept at home (mosrun -h)");
   };
   for (const auto& [slot, job] : jobs_) {

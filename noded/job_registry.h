@@ -48,6 +48,9 @@ class JobRegistry {
   void MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply);
   // An incoming move, on a peer server thread: restores the job here as a guest.
   void AcceptMove(Fd fd);
+  // A job moved on between guest nodes announces its new place; the connection becomes
+  // its relay.
+  void AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
   void KillAll();
@@ -75,12 +78,21 @@ class JobRegistry {
     ControlStream peer;
     bool exited = false;
     uint32_t migrations = 0;
+    uint32_t generation = 0;                 // which relay to the job's node is current
+    std::optional<ReplySender> pending_move; // a mosmigrate waiting for the job's node
   };
   struct HomeJob {
     std::shared_ptr<Job> here;    // runs on this node
     std::shared_ptr<Away> away;   // runs elsewhere
   };
 
+  // Jobs restored on peer server threads, waiting for the loop to adopt them.
+  struct Restored {
+    Fd connection;
+    pid_t init_pid;
+    DaemonEnds ends;
+    JobLaunch launch;
+  };
   int FreeSlot() const;
   JobLaunch LaunchFrom(schema::JobSpec::Reader spec) const;
   // Starts `launch` on this node with `reply`'s connection as its relay; `finished`
@@ -93,6 +105,12 @@ class JobRegistry {
   void EndAway(int slot, const std::string& why);
   StreamHandlers MosrunHandlersForAway(int slot, std::shared_ptr<Away> away);
   void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd, capnp::MallocMessageBuilder* first);
+  StreamHandlers PeerHandlersForAway(int slot, std::shared_ptr<Away> away);
+  StreamHandlers RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>> weak_job);
+  void MigrateGuest(std::shared_ptr<Job> job, const std::string& target);
+  void FinishGuestMove(std::shared_ptr<Job> job, struct MoveOut& move);
+  void ComeHome(Restored& restored);
+  std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,
                                                             const std::string& where) const;
@@ -112,13 +130,6 @@ class JobRegistry {
   FaultPoints faults_ = FaultPoints::FromEnvironment();
   std::function<void()> on_change_;
   UvHandle<uv_timer_t> counts_timer_;
-  // Jobs restored on peer server threads, waiting for the loop to adopt them.
-  struct Restored {
-    Fd connection;
-    pid_t init_pid;
-    DaemonEnds ends;
-    JobLaunch launch;
-  };
   UvHandle<uv_async_t> restored_wakeup_;
   std::mutex restored_mutex_;
   std::vector<Restored> restored_;

@@ -33,7 +33,10 @@ struct ControlRequest {
     # home here. The connection then relays as for startJob.
     homeMount @9 :HomeMountRequest;
     migrateJob @10 :MigrateRequest;
-    # mosmigrate: move a job of this home (by its home pid) to another node.
+    # mosmigrate: move a job of this home (by its home pid) to another node. On a guest's
+    # relay, from its home: move that guest on (answered on the relay: migrated or error).
+    attachGuest @11 :AttachGuest;
+    # From the node a job was moved on to, over a peer connection that becomes its relay.
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -153,6 +156,18 @@ struct GuestSpec {
   # The home node's name: the guest's files are under /mosix/home/<home>.
   identity @2 :JobIdentity;
   pidBase @3 :Int64;
+  homeHost @4 :Text;
+  homePort @5 :UInt16;
+  # Where the home's daemon listens, for a job moved on from one guest node to another.
+  reattach @6 :Bool;
+  # The job comes from a node other than its home: once restored, its new node connects
+  # to the home (attachGuest) and that connection becomes the job's relay.
+}
+
+struct AttachGuest {
+  homePid @0 :Int32;
+  node @1 :Text;
+  # The node the job now runs on.
 }
 
 struct JobIdentity {
