@@ -78,6 +78,36 @@ class MigrationTest(unittest.TestCase):
                 images = os.path.join(c.node(node)["state"], "images")
                 self.assertEqual(os.listdir(images) if os.path.isdir(images) else [], [])
 
+    def test_move_around_the_cluster_and_back_home(self):
+        # A job whose only descriptors are its stdio: node1 -> node2 -> node3 -> home.
+        counter = ("i=0; while [ $i -lt 40 ]; do echo \"$i $(hostname) $$\"; i=$((i+1)); "
+                   "sleep 0.1; done")
+        with harness.LoopCluster(3, settings=["gossip.interval_ms=200"]) as c:
+            c.wait_for(lambda: all(c.run(n, "test", "-d", "/mosix/home/node1/data",
+                                         check=False).returncode == 0
+                                   for n in ("node2", "node3")),
+                       30, "the nodes to mount node1's files")
+            c.run("node1", "sh", "-c", f"(mosrun sh -c '{counter}' > /data/hops; echo $? > "
+                                       "/data/hops.status) >/dev/null 2>&1 & echo started")
+            pid = c.wait_for(lambda: next(
+                (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
+                None), 20, "the job to start")
+            for target, where in (("node2", "node2"), ("node3", "node3"), ("home", "node1")):
+                result = c.run("node1", "mosmigrate", str(pid), target, check=False)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertIn(f"now runs on {where}", result.stdout)
+                job = job_where(c, pid)
+                self.assertEqual(job["where"], where)
+            self.assertEqual(job_where(c, pid)["migrations"], 3)
+            c.wait_for(lambda: c.run("node1", "cat", "/data/hops.status", check=False).stdout,
+                       60, "the job to end")
+            self.assertEqual(c.run("node1", "cat", "/data/hops.status").stdout, "0\n")
+            lines = c.run("node1", "cat", "/data/hops").stdout.splitlines()
+            # Every line, in order, with the home's name and the job's home pid throughout.
+            self.assertEqual(lines, [f"{i} node1 {pid}" for i in range(40)])
+            for node in ("node2", "node3"):
+                self.assertEqual(json.loads(c.run(node, "mosps", "--json").stdout)["jobs"], [])
+
     def test_move_to_a_dead_or_unknown_node_leaves_the_job_running(self):
         with harness.LoopCluster(3, settings=["gossip.interval_ms=200", "gossip.suspect_ms=600",
                                               "gossip.dead_ms=1500"]) as c:
