@@ -12,6 +12,7 @@
 #include "install_paths.h"
 #include "migration.h"
 #include "uv_error.h"
+#include "uv_work.h"
 #include "peer_auth.h"
 
 namespace homeward {
@@ -214,46 +215,31 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
   away->mosrun.PauseReading(true);  // until the job's node has the job
   jobs_[slot].away = away;
 
-  struct Connect {
-    uv_work_t req;
-    JobRegistry* registry;
-    std::shared_ptr<bool> alive;
-    int slot;
-    std::shared_ptr<Away> away;
-    PeerAddress address;
-    std::vector<uint8_t> key;
-    std::shared_ptr<capnp::MallocMessageBuilder> request;
+  // The peer handshake blocks; it runs on libuv's thread pool, never on the loop.
+  struct Connection {
     Fd fd;
     std::string error;
   };
-  auto* work = new Connect{{}, this, alive_, slot, away, address, config_.cluster_key,
-                           request, {}, {}};
-  work->req.data = work;
-  // The peer handshake blocks; it runs on libuv's thread pool, never on the loop.
-  int status = uv_queue_work(
-      loop_, &work->req,
-      [](uv_work_t* req) {
-        auto* work = static_cast<Connect*>(req->data);
+  auto result = std::make_shared<Connection>();
+  auto key = config_.cluster_key;
+  int status = QueueWork(
+      loop_,
+      [result, address, key] {
         try {
-          work->fd = PeerConnect(work->address.host, work->address.port, work->key, "jobs",
-                                 kPeerConnectTimeout);
+          result->fd = PeerConnect(address.host, address.port, key, "jobs", kPeerConnectTimeout);
         } catch (const std::exception& e) {
-          work->error = e.what();
+          result->error = e.what();
         }
       },
-      [](uv_work_t* req, int) {
-        std::unique_ptr<Connect> work(static_cast<Connect*>(req->data));
-        if (!*work->alive) return;
-        if (!work->error.empty()) {
-          work->registry->EndAway(work->slot, fmt::format("cannot reach node {}: {}",
-                                                          work->away->where, work->error));
+      [this, alive = alive_, slot, away, result, request] {
+        if (!*alive) return;
+        if (!result->error.empty()) {
+          EndAway(slot, fmt::format("cannot reach node {}: {}", away->where, result->error));
           return;
         }
-        work->registry->ConnectedAway(work->slot, work->away, std::move(work->fd),
-                                      std::move(work->request));
+        ConnectedAway(slot, away, std::move(result->fd), request);
       });
   if (status < 0) {
-    delete work;
     EndAway(slot, fmt::format("cannot reach node {}: {}", where, uv_strerror(status)));
   }
 }
@@ -534,28 +520,15 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   job->set_migrating(true);
   job->relay().PauseReading(true);  // input waits for the job's new place
 
-  struct Work {
-    uv_work_t req;
-    JobRegistry* registry;
-    std::shared_ptr<bool> alive;
-    int slot;
-    std::shared_ptr<Job> job;
-    std::shared_ptr<MoveOut> move;
-    ReplySender reply;
-  };
-  auto* work = new Work{{}, this, alive_, slot, job, move, std::move(reply)};
-  work->req.data = work;
-  int status = uv_queue_work(
-      loop_, &work->req, [](uv_work_t* req) { RunMoveOut(*static_cast<Work*>(req->data)->move); },
-      [](uv_work_t* req, int) {
-        std::unique_ptr<Work> work(static_cast<Work*>(req->data));
-        if (!*work->alive) return;
-        work->registry->FinishMove(work->slot, work->job, *work->move, std::move(work->reply));
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  int status = QueueWork(
+      loop_, [move] { RunMoveOut(*move); },
+      [this, alive = alive_, slot, job, move, pending] {
+        if (*alive) FinishMove(slot, job, *move, std::move(*pending));
       });
   if (status < 0) {
     job->set_migrating(false);
     job->relay().PauseReading(false);
-    std::unique_ptr<Work> cleanup(work);
     Fail(ErrorKind::kFailed, "cannot start the move: {}", uv_strerror(status));
   }
 }
@@ -599,25 +572,12 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
     return;
   }
   job->set_migrating(true);
-  struct Work {
-    uv_work_t req;
-    JobRegistry* registry;
-    std::shared_ptr<bool> alive;
-    std::shared_ptr<Job> job;
-    std::shared_ptr<MoveOut> move;
-  };
-  auto* work = new Work{{}, this, alive_, job, move};
-  work->req.data = work;
-  int status = uv_queue_work(
-      loop_, &work->req, [](uv_work_t* req) { RunMoveOut(*static_cast<Work*>(req->data)->move); },
-      [](uv_work_t* req, int) {
-        std::unique_ptr<Work> work(static_cast<Work*>(req->data));
-        if (*work->alive) work->registry->FinishGuestMove(work->job, *work->move);
+  int status = QueueWork(
+      loop_, [move] { RunMoveOut(*move); },
+      [this, alive = alive_, job, move] {
+        if (*alive) FinishGuestMove(job, *move);
       });
-  if (status < 0) {
-    delete work;
-    job->set_migrating(false);
-  }
+  if (status < 0) job->set_migrating(false);
 }
 
 void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move) {
