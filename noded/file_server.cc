@@ -663,6 +663,12 @@ void FileSession::WatchLoop() {
         }
         auto it = watches_.find(event->wd);
         if (it == watches_.end()) continue;
+        // A directory's event about an entry matters to clients only when the name itself
+        // changes: invalidating the entry of a file whose content changed would unhash the
+        // dentry of every open file (its path then reads "(deleted)", and CRIU refuses to
+        // dump a job holding it). Content changes arrive through the file's own watch.
+        constexpr uint32_t kNameChanges = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO;
+        if (event->len && !(event->mask & kNameChanges)) continue;
         std::pair<uint64_t, std::string> key{it->second, event->len ? event->name : ""};
         auto own = own_.find(key);
         if (own != own_.end() && now - own->second < kOwnChangeWindow) continue;

@@ -49,9 +49,10 @@ class MigrationTest(unittest.TestCase):
             result = c.run("node1", "mosmigrate", str(pid), target, check=False)
             messages.append(result)
             if expect_failure is None:
+                where = "node1" if target == "home" else target
                 self.assertEqual(result.returncode, 0, result.stderr)
-                self.assertIn(f"now runs on {target}", result.stdout)
-                self.assertEqual(job_where(c, pid)["where"], target)
+                self.assertIn(f"now runs on {where}", result.stdout)
+                self.assertEqual(job_where(c, pid)["where"], where)
         c.wait_for(lambda: c.run("node1", "cat", "/data/work/status", check=False).stdout,
                    60, "the job to end")
         out = c.run("node1", "cat", "/data/work/out").stdout
@@ -66,7 +67,9 @@ class MigrationTest(unittest.TestCase):
                                    for n in ("node2", "node3")),
                        30, "the nodes to mount node1's files")
             plain = self.run_workload(c, [])
-            moved = self.run_workload(c, ["node2"])
+            # node1 -> node2 -> node3 -> home, with a file open for appending and another
+            # read at an offset all the way.
+            moved = self.run_workload(c, ["node2", "node3", "home"])
             self.assertEqual(moved[0], plain[0])  # stdout, byte for byte
             self.assertEqual(moved[1], plain[1])  # the appended file
             self.assertEqual(moved[2], "0\n")
