@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "error.h"
+#include "checkpoint.h"
 #include "install_paths.h"
 #include "migration.h"
 #include "uv_error.h"
@@ -400,6 +401,7 @@ void JobRegistry::EndAway(int slot, const std::string& why) {
   if (it == jobs_.end() || !it->second.away) return;
   auto away = it->second.away;
   jobs_.erase(it);
+  if (!away->frozen_dir.empty()) migrate::RemoveImageDir(away->frozen_dir);
   if (away->exited) return;
   away->exited = true;
   if (!why.empty()) {
@@ -487,6 +489,32 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
          home_pid);
   }
   int slot = it->first;
+  if (target == "checkpoint" || target == "freeze" || target == "continue") {
+    if (it->second.away && !it->second.away->frozen_dir.empty() && target == "continue") {
+      Continue(slot, it->second.away, std::move(reply));
+      return;
+    }
+    if (!it->second.here) {
+      Fail(ErrorKind::kInvalidInput, "job {} is {}; {} works on a job running at home (mosmigrate "
+           "{} home first)", home_pid,
+           it->second.away->frozen_dir.empty() ? "away on " + it->second.away->where : "frozen",
+           target, home_pid);
+    }
+    if (target == "continue") Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
+    if (it->second.here->state() != "running") {
+      Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, it->second.here->state());
+    }
+    if (target == "freeze") {
+      Freeze(slot, it->second.here, std::move(reply));
+    } else {
+      Checkpoint(it->second.here, request.getPath(), owner, std::move(reply));
+    }
+    return;
+  }
+  if (it->second.away && !it->second.away->frozen_dir.empty()) {
+    Fail(ErrorKind::kInvalidInput, "job {} is frozen: mosmigrate {} continue first", home_pid,
+         home_pid);
+  }
   if (it->second.away) {
     auto away = it->second.away;
     if (target == "home") target = config_.name;
@@ -611,6 +639,182 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move) {
   relay.Close();
   spdlog::info("guest {} moved on to {} (frozen {} ms)", job->home_pid(), move.target_name,
                move.frozen.count());
+}
+
+void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path, uid_t owner,
+                             ReplySender reply) {
+  if (path.empty() || path[0] != '/') {
+    Fail(ErrorKind::kInvalidInput, "checkpoint needs an absolute path for the images, not '{}'",
+         path);
+  }
+  HW_SYSCALL(::mkdir(path.c_str(), 0700), "create {}", path);
+  HW_SYSCALL(::chown(path.c_str(), owner, static_cast<gid_t>(-1)), "chown {}", path);
+  struct Result {
+    migrate::DumpResult dump;
+    std::string error;
+  };
+  auto result = std::make_shared<Result>();
+  migrate::DumpOptions options;
+  options.after = migrate::AfterDump::kRun;
+  options.external_pipes = job->pipe_inodes();
+  options.faults = faults_;
+  pid_t init = job->init_pid();
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  int status = QueueWork(
+      loop_,
+      [result, init, path, options] {
+        try {
+          result->dump = migrate::Dump(init, path, options);
+        } catch (const std::exception& e) {
+          result->error = e.what();
+        }
+      },
+      [this, result, path, pending] {
+        if (!result->error.empty()) {
+          ::rmdir(path.c_str());
+          pending->SendError(Error(ErrorKind::kFailed,
+                                   fmt::format("checkpoint failed: {}", result->error)));
+          return;
+        }
+        capnp::MallocMessageBuilder message;
+        auto done = message.initRoot<schema::ControlReply>().initMigrated();
+        done.setWhere(config_.name);
+        done.setFrozenMs(static_cast<uint64_t>(result->dump.frozen_time.count() / 1000));
+        done.setImageBytes(result->dump.image_bytes);
+        pending->Send(message);
+      });
+  if (status < 0) Fail(ErrorKind::kFailed, "cannot start the checkpoint: {}", uv_strerror(status));
+}
+
+void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) {
+  std::string frozen = config_.state_dir + "/frozen";
+  ::mkdir(frozen.c_str(), 0700);
+  std::string dir = fmt::format("{}/job-{}", frozen, job->home_pid());
+  migrate::RemoveImageDir(dir);
+  HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
+  struct Result {
+    migrate::DumpResult dump;
+    std::string error;
+  };
+  auto result = std::make_shared<Result>();
+  migrate::DumpOptions options;
+  options.after = migrate::AfterDump::kStop;
+  options.external_pipes = job->pipe_inodes();
+  options.faults = faults_;
+  pid_t init = job->init_pid();
+  job->set_migrating(true);
+  job->relay().PauseReading(true);
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  int status = QueueWork(
+      loop_,
+      [result, init, dir, options] {
+        try {
+          result->dump = migrate::Dump(init, dir, options);
+        } catch (const std::exception& e) {
+          result->error = e.what();
+          migrate::ContinueJob(init);
+        }
+      },
+      [this, alive = alive_, slot, job, result, dir, pending] {
+        if (!*alive) return;
+        job->set_migrating(false);
+        auto it = jobs_.find(slot);
+        if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
+          migrate::RemoveImageDir(dir);
+          job->relay().PauseReading(false);
+          pending->SendError(Error(ErrorKind::kFailed,
+                                   fmt::format("job {} runs on: freezing failed: {}",
+                                               job->home_pid(), result->error)));
+          return;
+        }
+        auto away = std::make_shared<Away>();
+        away->home_pid = job->home_pid();
+        away->uid = job->uid();
+        away->command = job->command();
+        away->mosrun = job->relay();
+        away->migrations = job->migrations();
+        away->frozen_dir = dir;
+        away->launch = std::make_shared<JobLaunch>(job->launch());
+        const char* roles[] = {"stdin", "stdout", "stderr", "status"};
+        for (size_t i = 0; i < job->pipe_inodes().size(); ++i) {
+          away->pipes.push_back({job->pipe_inodes()[i], roles[i]});
+        }
+        job->AbandonAfterMove();
+        it->second.here.reset();
+        it->second.away = away;
+        // mosrun's input waits (paused) until the job continues; its end ends the job.
+        away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
+        away->mosrun.PauseReading(true);
+        spdlog::info("job {} frozen to {}", away->home_pid, dir);
+        capnp::MallocMessageBuilder message;
+        auto done = message.initRoot<schema::ControlReply>().initMigrated();
+        done.setWhere("frozen");
+        done.setFrozenMs(0);
+        done.setImageBytes(result->dump.image_bytes);
+        pending->Send(message);
+      });
+  if (status < 0) {
+    job->set_migrating(false);
+    job->relay().PauseReading(false);
+    Fail(ErrorKind::kFailed, "cannot start freezing: {}", uv_strerror(status));
+  }
+}
+
+void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender reply) {
+  struct Result {
+    std::optional<RestoredHere> restored;
+    std::string error;
+  };
+  auto result = std::make_shared<Result>();
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  std::string dir = away->frozen_dir;
+  auto pipes = away->pipes;
+  std::string init_path = init_path_;
+  FaultPoints faults = faults_;
+  int status = QueueWork(
+      loop_,
+      [result, dir, pipes, init_path, faults] {
+        try {
+          result->restored = RestoreHere(dir, pipes, "/", init_path, faults);
+        } catch (const std::exception& e) {
+          result->error = e.what();
+        }
+      },
+      [this, alive = alive_, slot, away, result, pending] {
+        if (!*alive) return;
+        auto it = jobs_.find(slot);
+        if (!result->error.empty() || it == jobs_.end() || it->second.away != away) {
+          if (result->restored) ::kill(result->restored->init_pid, SIGKILL);
+          pending->SendError(Error(ErrorKind::kFailed,
+                                   fmt::format("job {} stays frozen: {}", away->home_pid,
+                                               result->error)));
+          return;
+        }
+        auto weak_job = std::make_shared<std::weak_ptr<Job>>();
+        auto job = std::make_shared<Job>(loop_, *away->launch, away->mosrun,
+                                         [this, slot](Job&) { jobs_.erase(slot); });
+        *weak_job = job;
+        try {
+          job->Adopt(result->restored->init_pid, std::move(result->restored->ends));
+        } catch (const Error& e) {
+          ::kill(result->restored->init_pid, SIGKILL);
+          pending->SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays frozen: {}",
+                                                                   away->home_pid, e.what())));
+          return;
+        }
+        job->set_migrations(away->migrations);
+        migrate::RemoveImageDir(away->frozen_dir);
+        away->frozen_dir.clear();
+        away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
+        away->mosrun.PauseReading(false);
+        it->second.here = job;
+        it->second.away.reset();
+        spdlog::info("job {} continues", job->home_pid());
+        capnp::MallocMessageBuilder message;
+        message.initRoot<schema::ControlReply>().initMigrated().setWhere(config_.name);
+        pending->Send(message);
+      });
+  if (status < 0) Fail(ErrorKind::kFailed, "cannot start continuing: {}", uv_strerror(status));
 }
 
 void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
@@ -772,7 +976,10 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setHome(config_.name);
       info.setWhere(job.away->where);
       info.setMigrations(job.away->migrations);
-      info.setState(job.away->peer.open() ? "running" : "starting");
+      info.setState(!job.away->frozen_dir.empty() ? "frozen"
+                    : job.away->peer.open()      ? "running"
+                                                 : "starting");
+      if (!job.away->frozen_dir.empty()) info.setWhere(config_.name);
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);
     }
@@ -787,6 +994,7 @@ void JobRegistry::KillAll() {
   for (auto& [slot, job] : jobs) {
     if (job.here) job.here->Kill();
     if (job.away) {
+      if (!job.away->frozen_dir.empty()) migrate::RemoveImageDir(job.away->frozen_dir);
       job.away->exited = true;
       job.away->peer.Close();
       job.away->mosrun.Close();

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "control_server.h"
 #include "fault.h"
+#include "image_stream.h"
 #include "job.h"
 
 #include <capnp/message.h>
@@ -80,6 +81,11 @@ class JobRegistry {
     uint32_t migrations = 0;
     uint32_t generation = 0;                 // which relay to the job's node is current
     std::optional<ReplySender> pending_move; // a mosmigrate waiting for the job's node
+    // A job frozen to disk at home (mosmigrate freeze): its images, and what restoring
+    // it needs. `where` is then empty.
+    std::string frozen_dir;
+    std::shared_ptr<JobLaunch> launch;
+    std::vector<migrate::PipeRole> pipes;
   };
   struct HomeJob {
     std::shared_ptr<Job> here;    // runs on this node
@@ -115,6 +121,10 @@ class JobRegistry {
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,
                                                             const std::string& where) const;
   void TakeRestored();
+  void Checkpoint(std::shared_ptr<Job> job, const std::string& path, uid_t owner,
+                  ReplySender reply);
+  void Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply);
+  void Continue(int slot, std::shared_ptr<Away> away, ReplySender reply);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, ReplySender reply);
 
   uv_loop_t* loop_;

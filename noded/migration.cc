@@ -49,6 +49,49 @@ void ReplyError(int fd, const std::string& why) {
 
 }  // namespace
 
+RestoredHere RestoreHere(const std::string& dir,
+                         const std::vector<migrate::PipeRole>& external_pipes,
+                         const std::string& root, const std::string& init_path,
+                         const FaultPoints& faults) {
+  // CRIU restores the job into a mount namespace like the one a job starts in: the home's
+  // tree as root (for a guest), or this node's own (at home).
+  Pipe hold = Pipe::Create();
+  Pipe ready = Pipe::Create();
+  SpawnOptions prepare;
+  prepare.argv = {init_path, "--prepare-root", root};
+  prepare.stdin_fd = hold.read.get();
+  prepare.extra_fds = {ready.write.get()};
+  ChildProcess holder = ChildProcess::Spawn(prepare);
+  hold.read.Reset();
+  ready.write.Reset();
+  char word[512];
+  size_t n = ReadSome(ready.read.get(), word, sizeof word - 1, "namespace holder");
+  word[n] = '\0';
+  if (std::string_view(word, n).rfind("ready", 0) != 0) {
+    Fail(ErrorKind::kFailed, "cannot prepare the job's namespace: {}",
+         n ? word : "the namespace holder died");
+  }
+  Fd mount_ns = Fd::Open(fmt::format("/proc/{}/ns/mnt", holder.pid()), O_RDONLY);
+
+  Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
+  migrate::RestoreOptions restore;
+  restore.mount_namespace_fd = mount_ns.get();
+  restore.faults = faults;
+  for (const auto& pipe : external_pipes) {
+    int job_end = pipe.role == "stdin"    ? in.read.get()
+                  : pipe.role == "stdout" ? out.write.get()
+                  : pipe.role == "stderr" ? err.write.get()
+                  : pipe.role == "status" ? status.write.get()
+                                          : -1;
+    if (job_end < 0) Fail(ErrorKind::kInvalidInput, "unknown pipe role '{}'", pipe.role);
+    restore.pipes.push_back({pipe.inode, job_end});
+  }
+  auto restored = migrate::Restore(dir, restore);
+  return RestoredHere{restored.init_pid,
+                      DaemonEnds{std::move(in.write), std::move(out.read), std::move(err.read),
+                                 std::move(status.read)}};
+}
+
 void RunMoveOut(MoveOut& move) {
   auto started = std::chrono::steady_clock::now();
   std::string step = "checkpoint";
@@ -106,40 +149,9 @@ std::optional<RestoredJob> RunMoveIn(
     receive.faults = context.faults;
     auto received = migrate::ReceiveImages(fd.get(), dir, receive);
 
-    // CRIU restores the job into a mount namespace like the one a guest starts in.
-    step = "prepare the job's namespace";
-    Pipe hold = Pipe::Create();
-    Pipe ready = Pipe::Create();
-    SpawnOptions prepare;
-    prepare.argv = {context.init_path, "--prepare-root", launch->root};
-    prepare.stdin_fd = hold.read.get();
-    prepare.extra_fds = {ready.write.get()};
-    ChildProcess holder = ChildProcess::Spawn(prepare);
-    hold.read.Reset();
-    ready.write.Reset();
-    char word[512];
-    size_t n = ReadSome(ready.read.get(), word, sizeof word - 1, "namespace holder");
-    word[n] = '\0';
-    if (std::string_view(word, n).rfind("ready", 0) != 0) {
-      Fail(ErrorKind::kFailed, "{}", n ? word : "the namespace holder died");
-    }
-    Fd mount_ns = Fd::Open(fmt::format("/proc/{}/ns/mnt", holder.pid()), O_RDONLY);
-
     step = "restore";
-    Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
-    migrate::RestoreOptions restore;
-    restore.mount_namespace_fd = mount_ns.get();
-    restore.faults = context.faults;
-    for (const auto& pipe : received.job.external_pipes) {
-      int job_end = pipe.role == "stdin"    ? in.read.get()
-                    : pipe.role == "stdout" ? out.write.get()
-                    : pipe.role == "stderr" ? err.write.get()
-                    : pipe.role == "status" ? status.write.get()
-                                            : -1;
-      if (job_end < 0) Fail(ErrorKind::kInvalidInput, "unknown pipe role '{}'", pipe.role);
-      restore.pipes.push_back({pipe.inode, job_end});
-    }
-    auto restored = migrate::Restore(dir, restore);
+    RestoredHere here = RestoreHere(dir, received.job.external_pipes, launch->root,
+                                    context.init_path, context.faults);
     migrate::RemoveImageDir(dir);
     dir.clear();
 
@@ -148,9 +160,7 @@ std::optional<RestoredJob> RunMoveIn(
     started.setHomePid(launch->identity.home_pid);
     started.setWhere(context.node_name);
     capnp::writeMessageToFd(fd.get(), message);
-    return RestoredJob{std::move(fd), restored.init_pid,
-                       DaemonEnds{std::move(in.write), std::move(out.read), std::move(err.read),
-                                  std::move(status.read)}};
+    return RestoredJob{std::move(fd), here.init_pid, std::move(here.ends)};
   } catch (const std::exception& e) {
     std::string why = fmt::format("{} failed on {}: {}", step, context.node_name, e.what());
     spdlog::warn("incoming move: {}", why);

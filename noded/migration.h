@@ -44,6 +44,17 @@ struct MoveOut {
 // Runs a move; blocks. On failure the job runs on here and `error` names the step.
 void RunMoveOut(MoveOut& move);
 
+// Restores the job whose images are in `dir` on this node, in a mount namespace rooted at
+// `root`, with fresh pipes for its stdio and status; blocks. Throws Error naming the step.
+struct RestoredHere {
+  pid_t init_pid = -1;
+  DaemonEnds ends;
+};
+RestoredHere RestoreHere(const std::string& dir,
+                         const std::vector<migrate::PipeRole>& external_pipes,
+                         const std::string& root, const std::string& init_path,
+                         const FaultPoints& faults);
+
 // A job restored here, ready for the loop to adopt.
 struct RestoredJob {
   Fd connection;  // from the job's home: becomes the job's relay

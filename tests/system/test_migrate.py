@@ -115,17 +115,50 @@ class MigrationTest(unittest.TestCase):
         with harness.LoopCluster(3, settings=["gossip.interval_ms=200", "gossip.suspect_ms=600",
                                               "gossip.dead_ms=1500"]) as c:
             c.kill("node3")
-            c.wait_for(lambda: any(n["name"] == "node3" and not n["alive"] for n in
-                                   json.loads(c.run("node1", "mosmon", "--json").stdout)["nodes"]),
-                       30, "node1 to see node3 dead")
+            # Dead, or already forgotten: either way node1 no longer counts on it.
+            c.wait_for(lambda: not any(n["name"] == "node3" and n["alive"] for n in
+                                       json.loads(c.run("node1", "mosmon", "--json").stdout)
+                                       ["nodes"]),
+                       60, "node1 to see node3 dead")
             plain = self.run_workload(c, [])
             failed = self.run_workload(c, ["node3", "node9"], expect_failure=True)
             self.assertEqual(failed[0], plain[0])
             self.assertEqual(failed[1], plain[1])
             dead, unknown = failed[3]
             self.assertEqual(dead.returncode, 1)
-            self.assertIn("node node3 is dead", dead.stderr)
+            self.assertRegex(dead.stderr, r"node node3 is dead|no node named 'node3'")
             self.assertIn("no node named 'node9'", unknown.stderr)
+
+    def test_freeze_continue_and_checkpoint(self):
+        with harness.LoopCluster(1) as c:
+            plain = self.run_workload(c, [])
+            c.run("node1", "sh", "-c", "cd /data/work && rm -rf appended out err status ckpt && "
+                                       "(mosrun sh workload.sh > out 2>err; echo $? > status) "
+                                       ">/dev/null 2>&1 & echo started")
+            pid = c.wait_for(lambda: next(
+                (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
+                None), 20, "the job to start")
+            checkpoint = c.run("node1", "sh", "-c", f"cd /data/work && mosmigrate {pid} "
+                                                    "checkpoint ckpt && ls ckpt | grep -c img")
+            self.assertIn("its checkpoint is in ckpt", checkpoint.stdout)
+            self.assertGreater(int(checkpoint.stdout.split()[-1]), 0)
+            frozen = c.run("node1", "mosmigrate", str(pid), "freeze")
+            self.assertIn(f"job {pid} is frozen to disk at home", frozen.stdout)
+            self.assertEqual(job_where(c, pid)["state"], "frozen")
+            before = c.run("node1", "cat", "/data/work/out").stdout
+            import time
+            time.sleep(1)
+            self.assertEqual(c.run("node1", "cat", "/data/work/out").stdout, before)
+            resumed = c.run("node1", "mosmigrate", str(pid), "continue")
+            self.assertIn("now runs on node1", resumed.stdout)
+            self.assertEqual(job_where(c, pid)["state"], "running")
+            c.wait_for(lambda: c.run("node1", "cat", "/data/work/status", check=False).stdout,
+                       60, "the job to end")
+            self.assertEqual(c.run("node1", "cat", "/data/work/out").stdout, plain[0])
+            self.assertEqual(c.run("node1", "cat", "/data/work/appended").stdout, plain[1])
+            self.assertEqual(c.run("node1", "cat", "/data/work/status").stdout, "0\n")
+            frozen_dir = os.path.join(c.node("node1")["state"], "frozen")
+            self.assertEqual(os.listdir(frozen_dir), [])
 
     def test_cut_stream_leaves_the_job_running(self):
         os.environ["HOMEWARD_FAULT"] = "stream-mid"

@@ -1,5 +1,8 @@
 // mosmigrate: moves a job of this home (named by its home pid, as mosps lists it) to
 // another node, and says where it now runs or why it could not move.
+#include <limits.h>
+#include <stdlib.h>
+
 #include <cstdio>
 
 #include <CLI/CLI.hpp>
@@ -15,7 +18,12 @@ int main(int argc, char** argv) {
   std::string target;
   bool no_wait = false;
   app.add_option("pid", pid, "the job's home pid (mosps lists it)")->required();
-  app.add_option("node", target, "the node to move it to")->required();
+  std::string path;
+  app.add_option("node", target,
+                 "where to: a node, home, freeze (to disk at home), continue (a frozen job), "
+                 "or checkpoint FILE (write its images and let it run on)")
+      ->required();
+  app.add_option("file", path, "for checkpoint: a directory to create for the images");
   app.add_flag("--no-wait", no_wait, "return at once; the move goes on");
   std::string socket = homeward::ControlSocketPath();
   app.add_option("--control", socket, "the node daemon's control socket")
@@ -27,6 +35,12 @@ int main(int argc, char** argv) {
       auto migrate = request.initMigrateJob();
       migrate.setHomePid(pid);
       migrate.setTarget(target);
+      if (!path.empty()) {
+        char absolute[PATH_MAX];
+        migrate.setPath(realpath(".", absolute) && path[0] != '/'
+                            ? std::string(absolute) + "/" + path
+                            : path);
+      }
     };
     if (no_wait) {
       capnp::MallocMessageBuilder message;
@@ -39,6 +53,15 @@ int main(int argc, char** argv) {
     }
     auto reply = client.Call(fill);
     auto migrated = reply.Root<homeward::schema::ControlReply>().getMigrated();
+    double mib = static_cast<double>(migrated.getImageBytes()) / (1 << 20);
+    if (target == "freeze") {
+      fmt::print("job {} is frozen to disk at home ({:.1f} MiB)\n", pid, mib);
+      return 0;
+    }
+    if (target == "checkpoint") {
+      fmt::print("job {} runs on; its checkpoint is in {} ({:.1f} MiB)\n", pid, path, mib);
+      return 0;
+    }
     fmt::print("job {} now runs on {} (frozen {} ms, {} ms in all, {:.1f} MiB of images)\n", pid,
                migrated.getWhere().cStr(), migrated.getFrozenMs(), migrated.getTotalMs(),
                static_cast<double>(migrated.getImageBytes()) / (1 << 20));

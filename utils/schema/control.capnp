@@ -197,7 +197,9 @@ struct HomeMountRequest {
 struct MigrateRequest {
   homePid @0 :Int32;
   target @1 :Text;
-  # A node name, or "home".
+  # A node name, "home", or one of "freeze", "continue", "checkpoint".
+  path @2 :Text;
+  # For "checkpoint": the directory to write the job's images to (must not exist).
 }
 
 struct Migrated {
