@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <capnp/message.h>
@@ -411,25 +412,54 @@ void Job::SendExit() {
 
 uint64_t Job::cpu_ms() const {
   if (!init_ || init_status_) return 0;
-  std::string ns;
-  char link[64];
-  ssize_t n = ::readlink(fmt::format("/proc/{}/ns/pid", init_->pid()).c_str(), link,
-                         sizeof link);
-  if (n <= 0) return 0;
-  ns.assign(link, static_cast<size_t>(n));
-  // The init's own and reaped children's time, plus every live process of the job.
-  uint64_t ticks = ProcessCpuTicks(ReadFileText(fmt::format("/proc/{}/stat", init_->pid())), true);
-  if (DIR* proc = ::opendir("/proc")) {
-    while (dirent* entry = ::readdir(proc)) {
-      if (entry->d_name[0] < '1' || entry->d_name[0] > '9') continue;
-      if (std::atoi(entry->d_name) == init_->pid()) continue;
-      n = ::readlink(fmt::format("/proc/{}/ns/pid", entry->d_name).c_str(), link, sizeof link);
-      if (n <= 0 || ns != std::string_view(link, static_cast<size_t>(n))) continue;
-      ticks += ProcessCpuTicks(ReadFileText(fmt::format("/proc/{}/stat", entry->d_name)), true);
-    }
-    ::closedir(proc);
+  // Every live process of the job, with the time of the children each has reaped.
+  uint64_t ticks = 0;
+  for (pid_t pid : migrate::JobPids(init_->pid())) {
+    ticks += ProcessCpuTicks(ReadFileText(fmt::format("/proc/{}/stat", pid)), true);
   }
   return ticks * 1000 / static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
+}
+
+std::string Job::PinnedReason() const {
+  if (launch_.keep_home) return "kept at home (mosrun -h)";
+  if (!init_ || init_status_) return {};
+  std::set<std::string> sockets;
+  for (pid_t pid : migrate::JobPids(init_->pid())) {
+    // System V shared memory lives in the node's kernel, not in the job.
+    std::string maps = ReadFileText(fmt::format("/proc/{}/maps", pid));
+    if (maps.find("/SYSV") != std::string::npos) return "uses System V shared memory";
+    std::string fd_dir = fmt::format("/proc/{}/fd", pid);
+    if (DIR* fds = ::opendir(fd_dir.c_str())) {
+      char link[64];
+      while (dirent* entry = ::readdir(fds)) {
+        ssize_t n = ::readlinkat(::dirfd(fds), entry->d_name, link, sizeof link);
+        std::string_view target(link, n > 0 ? static_cast<size_t>(n) : 0);
+        if (target.rfind("socket:[", 0) == 0) {
+          sockets.emplace(target.substr(8, target.size() - 9));
+        }
+      }
+      ::closedir(fds);
+    }
+  }
+  if (sockets.empty()) return {};
+  // A listening TCP socket is an address of this node that clients use: it cannot move.
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::istringstream lines(ReadFileText(table));
+    std::string line;
+    std::getline(lines, line);  // the header
+    while (std::getline(lines, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+          timeout >> inode;
+      if (state == "0A" && sockets.count(inode)) {
+        unsigned port = static_cast<unsigned>(
+            std::strtoul(local.substr(local.rfind(':') + 1).c_str(), nullptr, 16));
+        return fmt::format("holds a listening socket (TCP port {})", port);
+      }
+    }
+  }
+  return {};
 }
 
 }  // namespace homeward

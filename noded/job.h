@@ -104,6 +104,9 @@ class Job : public std::enable_shared_from_this<Job> {
     return finished_ ? "exiting" : migrating_ ? "migrating" : "running";
   }
   uint64_t cpu_ms() const;
+  // Why the job may not leave its home (mosrun -h, a listening socket, System V shared
+  // memory), or empty when it may. Reads /proc, so it is asked for, never cached.
+  std::string PinnedReason() const;
   bool keep_home() const { return launch_.keep_home; }
   const JobLaunch& launch() const { return launch_; }
 

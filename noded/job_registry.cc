@@ -538,8 +538,9 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   if (target == "home" || target == config_.name) {
     Fail(ErrorKind::kInvalidInput, "job {} is already at home on {}", home_pid, config_.name);
   }
-  if (job->keep_home()) {
-    Fail(ErrorKind::kInvalidInput, "job {} is kept at home (mosrun -h)", home_pid);
+  if (std::string pinned = job->PinnedReason(); !pinned.empty()) {
+    Fail(ErrorKind::kInvalidInput, "job {} cannot leave home: it {}", home_pid,
+         pinned.rfind("kept", 0) == 0 ? "is " + pinned : pinned);
   }
   if (job->state() != "running") {
     Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, job->state());
@@ -965,7 +966,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
     info.setUid(job.uid());
     info.setGuest(job.launch().guest);
     info.setMigrations(job.migrations());
-    if (job.keep_home()) info.setPinned("kept at home (mosrun -h)");
+    info.setPinned(job.PinnedReason());
   };
   for (const auto& [slot, job] : jobs_) {
     auto info = list[i++];

@@ -89,6 +89,25 @@ class JobsAtHomeTest(unittest.TestCase):
         self.assertIn("got-usr1", lines)
         self.assertEqual(json.loads(self.sh("mosps --json").stdout), {"jobs": []})
 
+    def test_pinned_jobs_say_why(self):
+        listener = ("python3 -c 'import socket,time; s=socket.socket(); "
+                    "s.bind((\"127.0.0.1\", 0)); s.listen(); print(s.getsockname()[1], "
+                    "flush=True); time.sleep(60)'")
+        script = (f"mosrun {listener} > /tmp/port & pid=$!; "
+                  "for i in $(seq 50); do [ -s /tmp/port ] && break; sleep 0.1; done; "
+                  "mosps --json; mosmigrate $pid node2 2>&1; kill $pid; "
+                  "mosrun -h sleep 60 & pid=$!; sleep 0.5; mosps --json; "
+                  "mosmigrate $pid node2 2>&1; kill $pid; wait; cat /tmp/port")
+        lines = self.sh(script).stdout.splitlines()
+        port = lines[-1]
+        listening = json.loads(lines[0])["jobs"][0]
+        self.assertEqual(listening["pinned"], f"holds a listening socket (TCP port {port})")
+        self.assertIn(f"cannot leave home: it holds a listening socket (TCP port {port})",
+                      lines[1])
+        kept = json.loads(lines[2])["jobs"][0]
+        self.assertEqual(kept["pinned"], "kept at home (mosrun -h)")
+        self.assertIn("cannot leave home: it is kept at home (mosrun -h)", lines[3])
+
     def test_killing_mosrun_kills_the_job(self):
         script = ("mosrun sleep 987654 & pid=$!; sleep 0.5; kill -KILL $pid; wait $pid; "
                   "for i in $(seq 50); do [ \"$(mosps --json)\" = '{\"jobs\":[]}' ] && break; "
