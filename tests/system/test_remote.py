@@ -54,6 +54,28 @@ class RemoteJobTest(unittest.TestCase):
         self.assertEqual(self.sh(f"cd /data && {view}", node="node2").stdout,
                          "node2\nnode2-marker\n/data\nleak\n")
 
+    def test_probe_sees_the_same_home_everywhere(self):
+        probe = harness.BUILD + "/tests/probe"
+        def view(prefix):
+            # The probe prints `$$`-like ids too: each run has its own, so ids are checked
+            # for consistency (libc and raw system calls agree), the rest for equality.
+            out = self.sh(f"cd /data/work && {prefix} {probe}").stdout.splitlines()
+            fields = dict(line.split("=", 1) for line in out if "=" in line)
+            for name in ("getpid", "getppid", "gettid"):
+                self.assertEqual(fields[name], fields["syscall." + name], (prefix, out))
+            ids = {k: fields.pop(k) for k in list(fields) if "pid" in k or "tid" in k}
+            return fields, ids
+        plain, _ = view("")
+        at_home, home_ids = view("mosrun")
+        away, away_ids = view("mosrun -r node2")
+        self.assertEqual(at_home, plain)
+        self.assertEqual(away, plain)
+        self.assertEqual(plain["gethostname"], "node1")
+        self.assertEqual(plain["marker"], "home-marker")
+        # Under mosrun the program is known by its mosrun's pid, at home and away alike.
+        self.assertEqual(home_ids["getpid"], home_ids["gettid"])
+        self.assertEqual(away_ids["getpid"], away_ids["gettid"])
+
     def test_real_programs_match_a_plain_run(self):
         plain = self.sh("sh /data/work/programs.sh")
         self.sh("rm -f /data/work/t /data/work/py.txt")
