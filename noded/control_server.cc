@@ -53,8 +53,8 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
     if (closed_ || closing_) return;
     auto* request = new WriteRequest{{}, kj::mv(frame), weak_from_this()};
     auto bytes = request->frame.asBytes();
-    uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(bytes.begin()),
-                               static_cast<unsigned>(bytes.size()));
+    uv_buf_t buf =
+        uv_buf_init(reinterpret_cast<char*>(bytes.begin()), static_cast<unsigned>(bytes.size()));
     request->req.data = request;
     int status = uv_write(&request->req, pipe_.stream(), &buf, 1, [](uv_write_t* req, int) {
       auto* request = static_cast<WriteRequest*>(req->data);
@@ -171,8 +171,7 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
         auto handler = stream_.on_message;  // may be replaced or cleared while it runs
         handler(message);
       } catch (const std::exception& e) {
-        spdlog::warn("control: dropping a stream whose client sent a bad message: {}",
-                     e.what());
+        spdlog::warn("control: dropping a stream whose client sent a bad message: {}", e.what());
         Close();
       }
       return;
@@ -183,7 +182,8 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
     try {
       request = message.Root<schema::ControlRequest>();
       if (request.getVersion() != schema::CONTROL_VERSION) {
-        Fail(ErrorKind::kInvalidInput, "control protocol version {} is not spoken here (this "
+        Fail(ErrorKind::kInvalidInput,
+             "control protocol version {} is not spoken here (this "
              "daemon speaks {}); use the commands of the same release",
              request.getVersion(), schema::CONTROL_VERSION);
       }
@@ -191,8 +191,9 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
     } catch (const Error& e) {
       ReplySender(pending).SendError(e);
     } catch (const kj::Exception& e) {
-      ReplySender(pending).SendError(Error(ErrorKind::kInvalidInput,
-                           fmt::format("malformed request: {}", e.getDescription().cStr())));
+      ReplySender(pending).SendError(
+          Error(ErrorKind::kInvalidInput,
+                fmt::format("malformed request: {}", e.getDescription().cStr())));
     }
   }
 
@@ -215,9 +216,13 @@ PendingReply::~PendingReply() {
   }
 }
 
-void ReplySender::Send(capnp::MessageBuilder& reply) { SendTo(*pending_, reply); }
+void ReplySender::Send(capnp::MessageBuilder& reply) {
+  SendTo(*pending_, reply);
+}
 
-const Caller& ReplySender::caller() const { return pending_->caller; }
+const Caller& ReplySender::caller() const {
+  return pending_->caller;
+}
 
 ControlStream ReplySender::OpenStream(StreamHandlers handlers) {
   pending_->sent = true;
@@ -259,7 +264,9 @@ void ControlStream::OnDrain(std::function<void()> callback) {
   if (auto connection = connection_.lock()) connection->SetOnDrain(std::move(callback));
 }
 
-void ReplySender::SendError(const Error& error) { SendErrorTo(*pending_, error); }
+void ReplySender::SendError(const Error& error) {
+  SendErrorTo(*pending_, error);
+}
 
 void ReplySender::SendTo(PendingReply& pending, capnp::MessageBuilder& reply) {
   if (pending.sent) return;
@@ -278,7 +285,9 @@ void ReplySender::SendErrorTo(PendingReply& pending, const Error& error) {
 ControlServer::ControlServer(uv_loop_t* loop, std::string socket_path, ControlHandler handler)
     : loop_(loop), socket_path_(std::move(socket_path)), handler_(std::move(handler)) {}
 
-ControlServer::~ControlServer() { Stop(); }
+ControlServer::~ControlServer() {
+  Stop();
+}
 
 namespace {
 
@@ -301,10 +310,9 @@ void ControlServer::Start() {
     Fail(ErrorKind::kFailed, "another node daemon is already serving {}", socket_path_);
   }
   ::unlink(socket_path_.c_str());
-  CheckUv(uv_async_init(loop_, adopt_wakeup_.get(),
-                        [](uv_async_t* async) {
-                          static_cast<ControlServer*>(async->data)->TakeAdopted();
-                        }),
+  CheckUv(uv_async_init(
+              loop_, adopt_wakeup_.get(),
+              [](uv_async_t* async) { static_cast<ControlServer*>(async->data)->TakeAdopted(); }),
           "control wake-up");
   adopt_wakeup_.get()->data = this;
   CheckUv(uv_pipe_init(loop_, listener_.get(), 0), "control socket");

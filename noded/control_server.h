@@ -7,8 +7,8 @@
 
 #include <functional>
 #include <memory>
-#include <string>
 #include <mutex>
+#include <string>
 #include <unordered_set>
 #include <vector>
 

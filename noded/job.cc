@@ -16,8 +16,8 @@
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
-#include "error.h"
 #include "checkpoint.h"
+#include "error.h"
 #include "uv_error.h"
 
 namespace homeward {
@@ -71,7 +71,8 @@ JobIdentity JobIdentity::OfProcess(pid_t pid, uid_t uid, gid_t gid) {
   for (gid_t group; groups >> group;) identity.groups.push_back(group);
   std::string umask = StatusField(status, "Umask");
   if (!umask.empty()) identity.umask = static_cast<mode_t>(std::strtoul(umask.c_str(), nullptr, 8));
-  identity.home_ppid = static_cast<pid_t>(std::strtol(StatusField(status, "PPid").c_str(), nullptr, 10));
+  identity.home_ppid =
+      static_cast<pid_t>(std::strtol(StatusField(status, "PPid").c_str(), nullptr, 10));
   for (int resource = 0; resource < RLIM_NLIMITS; ++resource) {
     rlimit limit;
     if (::prlimit(pid, static_cast<__rlimit_resource>(resource), nullptr, &limit) == 0) {
@@ -95,7 +96,9 @@ Job::Job(uv_loop_t* loop, JobLaunch launch, ControlStream relay, Finished finish
       relay_(std::move(relay)),
       on_finished_(std::move(finished)) {}
 
-Job::~Job() { Kill(); }
+Job::~Job() {
+  Kill();
+}
 
 std::string Job::command() const {
   std::string text;
@@ -114,19 +117,31 @@ void Job::Start() {
 
   const JobIdentity& id = launch_.identity;
   SpawnOptions options;
-  options.argv = {launch_.init_path, "--home", launch_.home, "--uid", std::to_string(id.uid),
-                  "--gid", std::to_string(id.gid), "--umask", fmt::format("{:o}", id.umask),
-                  "--cwd", launch_.cwd, "--root", launch_.root};
+  options.argv = {launch_.init_path,
+                  "--home",
+                  launch_.home,
+                  "--uid",
+                  std::to_string(id.uid),
+                  "--gid",
+                  std::to_string(id.gid),
+                  "--umask",
+                  fmt::format("{:o}", id.umask),
+                  "--cwd",
+                  launch_.cwd,
+                  "--root",
+                  launch_.root};
   if (!id.groups.empty()) {
     std::string groups;
     for (gid_t g : id.groups) groups += (groups.empty() ? "" : ",") + std::to_string(g);
     options.argv.insert(options.argv.end(), {"--groups", groups});
   }
   for (const auto& limit : id.limits) {
-    auto value = [](rlim_t v) { return v == RLIM_INFINITY ? std::string("inf") : std::to_string(v); };
+    auto value = [](rlim_t v) {
+      return v == RLIM_INFINITY ? std::string("inf") : std::to_string(v);
+    };
     options.argv.push_back("--rlimit");
-    options.argv.push_back(fmt::format("{}={}:{}", limit.resource, value(limit.soft),
-                                       value(limit.hard)));
+    options.argv.push_back(
+        fmt::format("{}={}:{}", limit.resource, value(limit.soft), value(limit.hard)));
   }
   options.argv.push_back("--");
   options.argv.insert(options.argv.end(), launch_.argv.begin(), launch_.argv.end());
@@ -181,15 +196,13 @@ void Job::Attach(DaemonEnds ends) {
                                 "pidfd_open {}", init_->pid()));
   CheckUv(uv_poll_init(loop_, exit_watch_.get(), pidfd_.get()), "watch job exit");
   exit_watch_.get()->data = this;
-  CheckUv(uv_poll_start(exit_watch_.get(), UV_READABLE,
-                        [](uv_poll_t* handle, int, int) {
-                          static_cast<Job*>(handle->data)->OnInitExit();
-                        }),
+  CheckUv(uv_poll_start(
+              exit_watch_.get(), UV_READABLE,
+              [](uv_poll_t* handle, int, int) { static_cast<Job*>(handle->data)->OnInitExit(); }),
           "watch job exit");
-  pipe_inodes_ = {migrate::PipeInode(ends.stdin_write.get()),
-                  migrate::PipeInode(ends.stdout_read.get()),
-                  migrate::PipeInode(ends.stderr_read.get()),
-                  migrate::PipeInode(ends.status_read.get())};
+  pipe_inodes_ = {
+      migrate::PipeInode(ends.stdin_write.get()), migrate::PipeInode(ends.stdout_read.get()),
+      migrate::PipeInode(ends.stderr_read.get()), migrate::PipeInode(ends.status_read.get())};
 
   CheckUv(uv_pipe_init(loop_, stdin_.get(), 0), "job stdin");
   CheckUv(uv_pipe_open(stdin_.get(), ends.stdin_write.Release()), "job stdin");
@@ -225,8 +238,8 @@ void Job::AbandonAfterMove() {
       capnp::MallocMessageBuilder message;
       auto output = message.initRoot<schema::ControlReply>().initJobOutput();
       output.setFd(static_cast<uint8_t>(stream->fd));
-      output.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(stream->buffer),
-                                  static_cast<size_t>(n)));
+      output.setData(
+          kj::arrayPtr(reinterpret_cast<const kj::byte*>(stream->buffer), static_cast<size_t>(n)));
       relay_.Send(message);
     }
   }
@@ -252,7 +265,8 @@ void Job::StartReading(Stream& stream) {
         auto* s = static_cast<Stream*>(handle->data);
         s->job->OnData(*s, nread, buf);
       });
-  if (status < 0) spdlog::warn("job {}: cannot read its output: {}", home_pid(), uv_strerror(status));
+  if (status < 0)
+    spdlog::warn("job {}: cannot read its output: {}", home_pid(), uv_strerror(status));
 }
 
 void Job::OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf) {
@@ -271,8 +285,8 @@ void Job::OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf) {
   capnp::MallocMessageBuilder message;
   auto output = message.initRoot<schema::ControlReply>().initJobOutput();
   output.setFd(static_cast<uint8_t>(stream.fd));
-  output.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(buf->base),
-                              static_cast<size_t>(nread)));
+  output.setData(
+      kj::arrayPtr(reinterpret_cast<const kj::byte*>(buf->base), static_cast<size_t>(nread)));
   relay_.Send(message);
   // Hold the job's output back while mosrun is slower than the job.
   if (relay_.queued_bytes() > ControlStream::kHighWater) PauseOutput(true);
@@ -300,9 +314,8 @@ void Job::Input(const void* data, size_t size) {
   auto* write = new Write{{}, std::string(static_cast<const char*>(data), size)};
   uv_buf_t buf = uv_buf_init(write->data.data(), static_cast<unsigned>(write->data.size()));
   write->req.data = write;
-  int status = uv_write(&write->req, stdin_.stream(), &buf, 1, [](uv_write_t* req, int) {
-    delete static_cast<Write*>(req->data);
-  });
+  int status = uv_write(&write->req, stdin_.stream(), &buf, 1,
+                        [](uv_write_t* req, int) { delete static_cast<Write*>(req->data); });
   if (status < 0) {
     delete write;  // the job closed its stdin: like a pipe reader gone, input is dropped
     InputEnd();
@@ -404,8 +417,7 @@ void Job::SendExit() {
     // The init died without a word: killed from outside (SIGKILL), or it crashed.
     exit.setSignaled(init_status_->signaled);
     exit.setCode(init_status_->signaled ? init_status_->signal : init_status_->code);
-    spdlog::info("job {} ended without a report: init {}", home_pid(),
-                 init_status_->Describe());
+    spdlog::info("job {} ended without a report: init {}", home_pid(), init_status_->Describe());
   }
   relay_.Send(message);
 }

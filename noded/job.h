@@ -45,13 +45,13 @@ struct JobLaunch {
   std::vector<std::string> argv;
   std::vector<std::string> env;
   std::string cwd;
-  std::string home;          // the home node's name
-  std::string root = "/";    // the home's tree as this node sees it
+  std::string home;        // the home node's name
+  std::string root = "/";  // the home's tree as this node sees it
   JobIdentity identity;
-  int64_t pid_base = 0;      // ids of the job's other processes start here (see preload/)
+  int64_t pid_base = 0;  // ids of the job's other processes start here (see preload/)
   bool keep_home = false;
-  bool guest = false;        // a job of another home, running here
-  std::string home_host;     // where the home's daemon listens (peer port)
+  bool guest = false;     // a job of another home, running here
+  std::string home_host;  // where the home's daemon listens (peer port)
   uint16_t home_port = 0;
   bool reattach = false;     // restored here from a node that is not its home
   std::string init_path;     // mosjob-init
@@ -100,9 +100,7 @@ class Job : public std::enable_shared_from_this<Job> {
   uid_t uid() const { return launch_.identity.uid; }
   pid_t init_pid() const { return init_ ? init_->pid() : -1; }
   std::string command() const;
-  std::string state() const {
-    return finished_ ? "exiting" : migrating_ ? "migrating" : "running";
-  }
+  std::string state() const { return finished_ ? "exiting" : migrating_ ? "migrating" : "running"; }
   uint64_t cpu_ms() const;
   // Why the job may not leave its home (mosrun -h, a listening socket, System V shared
   // memory), or empty when it may. Reads /proc, so it is asked for, never cached.

@@ -125,10 +125,9 @@ Options Parse(int argc, char** argv) {
         errno = EINVAL;
         Die("bad --rlimit '" + spec + "'");
       }
-      options.limits.push_back(
-          Limit{static_cast<int>(Number(spec.substr(0, eq).c_str(), 10, "resource")),
-                LimitValue(spec.substr(eq + 1, colon - eq - 1)),
-                LimitValue(spec.substr(colon + 1))});
+      options.limits.push_back(Limit{
+          static_cast<int>(Number(spec.substr(0, eq).c_str(), 10, "resource")),
+          LimitValue(spec.substr(eq + 1, colon - eq - 1)), LimitValue(spec.substr(colon + 1))});
     } else {
       errno = EINVAL;
       Die("unknown option " + flag);
@@ -151,8 +150,8 @@ bool IsRealDirectory(const std::string& path) {
 // Roots the job in `root` (the home's tree as this node sees it), keeping the operating
 // system's own paths local: the cluster is homogeneous in its OS, as MOSIX assumes.
 void EnterHomeTree(const std::string& root) {
-  static const char* kLocalPaths[] = {"/usr", "/lib", "/lib32", "/lib64", "/libx32",
-                                      "/bin", "/sbin", "/dev", "/sys", "/proc"};
+  static const char* kLocalPaths[] = {"/usr", "/lib",  "/lib32", "/lib64", "/libx32",
+                                      "/bin", "/sbin", "/dev",   "/sys",   "/proc"};
   for (const char* path : kLocalPaths) {
     std::string target = root + path;
     if (!IsRealDirectory(path) || !IsRealDirectory(target)) continue;
@@ -205,7 +204,8 @@ void SetUpNamespaces(const Options& options) {
   // The shim first, then whatever the user preloads; the init itself runs without either.
   const char* user_preload = getenv("HOMEWARD_USER_PRELOAD");
   std::string preload = options.preload;
-  if (user_preload && *user_preload) preload += (preload.empty() ? "" : ":") + std::string(user_preload);
+  if (user_preload && *user_preload)
+    preload += (preload.empty() ? "" : ":") + std::string(user_preload);
   unsetenv("HOMEWARD_USER_PRELOAD");
   if (!preload.empty()) setenv("LD_PRELOAD", preload.c_str(), 1);
   execvp(options.argv[0], options.argv.data());

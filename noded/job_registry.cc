@@ -8,13 +8,13 @@
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
-#include "error.h"
 #include "checkpoint.h"
+#include "error.h"
 #include "install_paths.h"
 #include "migration.h"
+#include "peer_auth.h"
 #include "uv_error.h"
 #include "uv_work.h"
-#include "peer_auth.h"
 
 namespace homeward {
 
@@ -77,8 +77,7 @@ JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServe
       control_(control),
       resolve_(std::move(resolve)),
       init_path_(FindBesideExecutable({"mosjob-init", "../libexec/homeward/mosjob-init"})),
-      preload_path_(FindBesideExecutable({"../preload/libmosix_preload.so",
-                                          "libmosix_preload.so",
+      preload_path_(FindBesideExecutable({"../preload/libmosix_preload.so", "libmosix_preload.so",
                                           "../lib/homeward/libmosix_preload.so"})) {
   if (preload_path_.empty()) {
     spdlog::warn("libmosix_preload.so not found beside mosnoded: jobs run without the shim");
@@ -163,8 +162,8 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
   auto weak_job = std::make_shared<std::weak_ptr<Job>>();
   StreamHandlers handlers = RelayHandlersFor(weak_job);
   ControlStream relay = reply.OpenStream(std::move(handlers));
-  auto job = std::make_shared<Job>(loop_, std::move(launch), relay,
-                                   [finished](Job&) { finished(); });
+  auto job =
+      std::make_shared<Job>(loop_, std::move(launch), relay, [finished](Job&) { finished(); });
   *weak_job = job;
   try {
     job->Start();
@@ -358,9 +357,9 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
     if (away->pending_move && away->generation == generation) {
       auto pending = std::move(*away->pending_move);
       away->pending_move.reset();
-      pending.SendError(Error(ErrorKind::kDisconnected,
-                              fmt::format("lost contact with node {} during the move",
-                                          away->where)));
+      pending.SendError(
+          Error(ErrorKind::kDisconnected,
+                fmt::format("lost contact with node {} during the move", away->where)));
     }
   };
   return handlers;
@@ -415,8 +414,8 @@ void JobRegistry::EndAway(int slot, const std::string& why) {
 JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   JobLaunch launch = LaunchFrom(spec.getJob());
   launch.home = spec.getHome();
-  if (launch.home.empty() || launch.home.find('/') != std::string::npos ||
-      launch.home == "." || launch.home == "..") {
+  if (launch.home.empty() || launch.home.find('/') != std::string::npos || launch.home == "." ||
+      launch.home == "..") {
     Fail(ErrorKind::kInvalidInput, "'{}' is not a node name", launch.home);
   }
   launch.identity = ReadIdentity(spec.getIdentity());
@@ -452,22 +451,22 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
 }
 
 void JobRegistry::Start() {
-  CheckUv(uv_async_init(loop_, restored_wakeup_.get(),
-                        [](uv_async_t* async) {
-                          static_cast<JobRegistry*>(async->data)->TakeRestored();
-                        }),
+  CheckUv(uv_async_init(
+              loop_, restored_wakeup_.get(),
+              [](uv_async_t* async) { static_cast<JobRegistry*>(async->data)->TakeRestored(); }),
           "job registry wake-up");
   restored_wakeup_.get()->data = this;
   // The counts gossip publishes are refreshed each second rather than threaded through
   // every place a job starts, moves or ends.
   CheckUv(uv_timer_init(loop_, counts_timer_.get()), "job counts timer");
   counts_timer_.get()->data = this;
-  CheckUv(uv_timer_start(counts_timer_.get(),
-                         [](uv_timer_t* timer) {
-                           auto* self = static_cast<JobRegistry*>(timer->data);
-                           if (self->on_change_) self->on_change_();
-                         },
-                         0, 1000),
+  CheckUv(uv_timer_start(
+              counts_timer_.get(),
+              [](uv_timer_t* timer) {
+                auto* self = static_cast<JobRegistry*>(timer->data);
+                if (self->on_change_) self->on_change_();
+              },
+              0, 1000),
           "job counts timer");
 }
 
@@ -495,8 +494,10 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
       return;
     }
     if (!it->second.here) {
-      Fail(ErrorKind::kInvalidInput, "job {} is {}; {} works on a job running at home (mosmigrate "
-           "{} home first)", home_pid,
+      Fail(ErrorKind::kInvalidInput,
+           "job {} is {}; {} works on a job running at home (mosmigrate "
+           "{} home first)",
+           home_pid,
            it->second.away->frozen_dir.empty() ? "away on " + it->second.away->where : "frozen",
            target, home_pid);
     }
@@ -569,8 +570,8 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   auto move = std::make_shared<MoveOut>();
   move->init_pid = job->init_pid();
   move->pipe_inodes = job->pipe_inodes();
-  move->image_dir = fmt::format("{}/images/out-{}-{}", config_.state_dir, home_pid,
-                                job->init_pid());
+  move->image_dir =
+      fmt::format("{}/images/out-{}-{}", config_.state_dir, home_pid, job->init_pid());
   ::mkdir((config_.state_dir + "/images").c_str(), 0700);
   move->target_name = target;
   move->target_host = address.host;
@@ -613,8 +614,7 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move) {
   job->set_migrating(false);
   capnp::MallocMessageBuilder message;
   if (!move.error.empty()) {
-    spdlog::warn("guest {}: move to {} failed: {}", job->home_pid(), move.target_name,
-                 move.error);
+    spdlog::warn("guest {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
     auto error = message.initRoot<schema::ControlReply>().initError();
     error.setKind("failed");
     error.setMessage(move.error);
@@ -650,39 +650,46 @@ void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path, 
   }
   HW_SYSCALL(::mkdir(path.c_str(), 0700), "create {}", path);
   HW_SYSCALL(::chown(path.c_str(), owner, static_cast<gid_t>(-1)), "chown {}", path);
-  struct Result {
-    migrate::DumpResult dump;
-    std::string error;
-  };
-  auto result = std::make_shared<Result>();
-  migrate::DumpOptions options;
-  options.after = migrate::AfterDump::kRun;
-  options.external_pipes = job->pipe_inodes();
-  options.faults = faults_;
-  pid_t init = job->init_pid();
   auto pending = std::make_shared<ReplySender>(std::move(reply));
-  int status = QueueWork(
-      loop_,
-      [result, init, path, options] {
-        try {
-          result->dump = migrate::Dump(init, path, options);
-        } catch (const std::exception& e) {
-          result->error = e.what();
-        }
-      },
-      [this, result, path, pending] {
-        if (!result->error.empty()) {
+  DumpOffLoop(
+      job, path, migrate::AfterDump::kRun, [this, path, pending](const DumpOutcome& result) {
+        if (!result.error.empty()) {
           ::rmdir(path.c_str());
-          pending->SendError(Error(ErrorKind::kFailed,
-                                   fmt::format("checkpoint failed: {}", result->error)));
+          pending->SendError(
+              Error(ErrorKind::kFailed, fmt::format("checkpoint failed: {}", result.error)));
           return;
         }
         capnp::MallocMessageBuilder message;
         auto done = message.initRoot<schema::ControlReply>().initMigrated();
         done.setWhere(config_.name);
-        done.setFrozenMs(static_cast<uint64_t>(result->dump.frozen_time.count() / 1000));
-        done.setImageBytes(result->dump.image_bytes);
+        done.setFrozenMs(static_cast<uint64_t>(result.dump.frozen_time.count() / 1000));
+        done.setImageBytes(result.dump.image_bytes);
         pending->Send(message);
+      });
+}
+
+void JobRegistry::DumpOffLoop(const std::shared_ptr<Job>& job, const std::string& dir,
+                              migrate::AfterDump after,
+                              std::function<void(const DumpOutcome&)> done) {
+  auto result = std::make_shared<DumpOutcome>();
+  migrate::DumpOptions options;
+  options.after = after;
+  options.external_pipes = job->pipe_inodes();
+  options.faults = faults_;
+  pid_t init = job->init_pid();
+  int status = QueueWork(
+      loop_,
+      [result, init, dir, options] {
+        try {
+          result->dump = migrate::Dump(init, dir, options);
+        } catch (const std::exception& e) {
+          result->error = e.what();
+          // A job left stopped by a failed step runs on where it was.
+          if (options.after == migrate::AfterDump::kStop) migrate::ContinueJob(init);
+        }
+      },
+      [alive = alive_, result, done] {
+        if (*alive) done(*result);
       });
   if (status < 0) Fail(ErrorKind::kFailed, "cannot start the checkpoint: {}", uv_strerror(status));
 }
@@ -693,71 +700,53 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
   std::string dir = fmt::format("{}/job-{}", frozen, job->home_pid());
   migrate::RemoveImageDir(dir);
   HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
-  struct Result {
-    migrate::DumpResult dump;
-    std::string error;
-  };
-  auto result = std::make_shared<Result>();
-  migrate::DumpOptions options;
-  options.after = migrate::AfterDump::kStop;
-  options.external_pipes = job->pipe_inodes();
-  options.faults = faults_;
-  pid_t init = job->init_pid();
   job->set_migrating(true);
   job->relay().PauseReading(true);
   auto pending = std::make_shared<ReplySender>(std::move(reply));
-  int status = QueueWork(
-      loop_,
-      [result, init, dir, options] {
-        try {
-          result->dump = migrate::Dump(init, dir, options);
-        } catch (const std::exception& e) {
-          result->error = e.what();
-          migrate::ContinueJob(init);
-        }
-      },
-      [this, alive = alive_, slot, job, result, dir, pending] {
-        if (!*alive) return;
-        job->set_migrating(false);
-        auto it = jobs_.find(slot);
-        if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
-          migrate::RemoveImageDir(dir);
-          job->relay().PauseReading(false);
-          pending->SendError(Error(ErrorKind::kFailed,
-                                   fmt::format("job {} runs on: freezing failed: {}",
-                                               job->home_pid(), result->error)));
-          return;
-        }
-        auto away = std::make_shared<Away>();
-        away->home_pid = job->home_pid();
-        away->uid = job->uid();
-        away->command = job->command();
-        away->mosrun = job->relay();
-        away->migrations = job->migrations();
-        away->frozen_dir = dir;
-        away->launch = std::make_shared<JobLaunch>(job->launch());
-        const char* roles[] = {"stdin", "stdout", "stderr", "status"};
-        for (size_t i = 0; i < job->pipe_inodes().size(); ++i) {
-          away->pipes.push_back({job->pipe_inodes()[i], roles[i]});
-        }
-        job->AbandonAfterMove();
-        it->second.here.reset();
-        it->second.away = away;
-        // mosrun's input waits (paused) until the job continues; its end ends the job.
-        away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
-        away->mosrun.PauseReading(true);
-        spdlog::info("job {} frozen to {}", away->home_pid, dir);
-        capnp::MallocMessageBuilder message;
-        auto done = message.initRoot<schema::ControlReply>().initMigrated();
-        done.setWhere("frozen");
-        done.setFrozenMs(0);
-        done.setImageBytes(result->dump.image_bytes);
-        pending->Send(message);
-      });
-  if (status < 0) {
+  try {
+    DumpOffLoop(job, dir, migrate::AfterDump::kStop,
+                [this, slot, job, dir, pending](const DumpOutcome& outcome) {
+                  const DumpOutcome* result = &outcome;
+                  job->set_migrating(false);
+                  auto it = jobs_.find(slot);
+                  if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
+                    migrate::RemoveImageDir(dir);
+                    job->relay().PauseReading(false);
+                    pending->SendError(
+                        Error(ErrorKind::kFailed, fmt::format("job {} runs on: freezing failed: {}",
+                                                              job->home_pid(), result->error)));
+                    return;
+                  }
+                  auto away = std::make_shared<Away>();
+                  away->home_pid = job->home_pid();
+                  away->uid = job->uid();
+                  away->command = job->command();
+                  away->mosrun = job->relay();
+                  away->migrations = job->migrations();
+                  away->frozen_dir = dir;
+                  away->launch = std::make_shared<JobLaunch>(job->launch());
+                  const char* roles[] = {"stdin", "stdout", "stderr", "status"};
+                  for (size_t i = 0; i < job->pipe_inodes().size(); ++i) {
+                    away->pipes.push_back({job->pipe_inodes()[i], roles[i]});
+                  }
+                  job->AbandonAfterMove();
+                  it->second.here.reset();
+                  it->second.away = away;
+                  // mosrun's input waits (paused) until the job continues; its end ends the job.
+                  away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
+                  away->mosrun.PauseReading(true);
+                  spdlog::info("job {} frozen to {}", away->home_pid, dir);
+                  capnp::MallocMessageBuilder message;
+                  auto done = message.initRoot<schema::ControlReply>().initMigrated();
+                  done.setWhere("frozen");
+                  done.setFrozenMs(0);
+                  done.setImageBytes(result->dump.image_bytes);
+                  pending->Send(message);
+                });
+  } catch (const Error&) {
     job->set_migrating(false);
     job->relay().PauseReading(false);
-    Fail(ErrorKind::kFailed, "cannot start freezing: {}", uv_strerror(status));
+    throw;
   }
 }
 
@@ -786,9 +775,8 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
         auto it = jobs_.find(slot);
         if (!result->error.empty() || it == jobs_.end() || it->second.away != away) {
           if (result->restored) ::kill(result->restored->init_pid, SIGKILL);
-          pending->SendError(Error(ErrorKind::kFailed,
-                                   fmt::format("job {} stays frozen: {}", away->home_pid,
-                                               result->error)));
+          pending->SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays frozen: {}",
+                                                                   away->home_pid, result->error)));
           return;
         }
         auto weak_job = std::make_shared<std::weak_ptr<Job>>();
@@ -818,17 +806,15 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
   if (status < 0) Fail(ErrorKind::kFailed, "cannot start continuing: {}", uv_strerror(status));
 }
 
-void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
-                             ReplySender reply) {
+void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move, ReplySender reply) {
   job->set_migrating(false);
   auto it = jobs_.find(slot);
   bool still_ours = it != jobs_.end() && it->second.here == job;
   if (!move.error.empty()) {
     spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
     job->relay().PauseReading(false);
-    reply.SendError(Error(ErrorKind::kFailed,
-                          fmt::format("job {} stays on {}: {}", job->home_pid(), config_.name,
-                                      move.error)));
+    reply.SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays on {}: {}", job->home_pid(),
+                                                          config_.name, move.error)));
     return;
   }
   if (!still_ours) return;  // ended meanwhile (its mosrun went away)
@@ -844,9 +830,8 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   it->second.away = away;
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
   JoinAway(slot, away, std::move(move.connection), nullptr);
-  spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)",
-               away->home_pid, away->where, move.frozen.count(), move.total.count(),
-               move.image_bytes);
+  spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)", away->home_pid,
+               away->where, move.frozen.count(), move.total.count(), move.image_bytes);
   capnp::MallocMessageBuilder message;
   auto migrated = message.initRoot<schema::ControlReply>().initMigrated();
   migrated.setWhere(move.target_name);
@@ -935,8 +920,8 @@ void JobRegistry::TakeRestored() {
     auto weak_job = std::make_shared<std::weak_ptr<Job>>();
     Caller peer;
     peer.peer = true;
-    ControlStream relay = control_.AdoptStream(std::move(one.connection), peer,
-                                               RelayHandlersFor(weak_job));
+    ControlStream relay =
+        control_.AdoptStream(std::move(one.connection), peer, RelayHandlersFor(weak_job));
     auto job = std::make_shared<Job>(loop_, std::move(one.launch), relay,
                                      [this, id](Job&) { guests_.erase(id); });
     *weak_job = job;
@@ -978,8 +963,8 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setWhere(job.away->where);
       info.setMigrations(job.away->migrations);
       info.setState(!job.away->frozen_dir.empty() ? "frozen"
-                    : job.away->peer.open()      ? "running"
-                                                 : "starting");
+                    : job.away->peer.open()       ? "running"
+                                                  : "starting");
       if (!job.away->frozen_dir.empty()) info.setWhere(config_.name);
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);

@@ -8,12 +8,13 @@
 
 #include <functional>
 #include <map>
-#include <mutex>
-#include <vector>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "checkpoint.h"
 #include "config.h"
 #include "control_server.h"
 #include "fault.h"
@@ -79,8 +80,8 @@ class JobRegistry {
     ControlStream peer;
     bool exited = false;
     uint32_t migrations = 0;
-    uint32_t generation = 0;                 // which relay to the job's node is current
-    std::optional<ReplySender> pending_move; // a mosmigrate waiting for the job's node
+    uint32_t generation = 0;                  // which relay to the job's node is current
+    std::optional<ReplySender> pending_move;  // a mosmigrate waiting for the job's node
     // A job frozen to disk at home (mosmigrate freeze): its images, and what restoring
     // it needs. `where` is then empty.
     std::string frozen_dir;
@@ -88,8 +89,8 @@ class JobRegistry {
     std::vector<migrate::PipeRole> pipes;
   };
   struct HomeJob {
-    std::shared_ptr<Job> here;    // runs on this node
-    std::shared_ptr<Away> away;   // runs elsewhere
+    std::shared_ptr<Job> here;   // runs on this node
+    std::shared_ptr<Away> away;  // runs elsewhere
   };
 
   // Jobs restored on peer server threads, waiting for the loop to adopt them.
@@ -124,6 +125,13 @@ class JobRegistry {
   void Checkpoint(std::shared_ptr<Job> job, const std::string& path, uid_t owner,
                   ReplySender reply);
   void Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply);
+  struct DumpOutcome {
+    migrate::DumpResult dump;
+    std::string error;
+  };
+  // Dumps `job` into `dir` on the thread pool, then calls `done` on the loop.
+  void DumpOffLoop(const std::shared_ptr<Job>& job, const std::string& dir,
+                   migrate::AfterDump after, std::function<void(const DumpOutcome&)> done);
   void Continue(int slot, std::shared_ptr<Away> away, ReplySender reply);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, ReplySender reply);
 
@@ -133,7 +141,7 @@ class JobRegistry {
   PeerResolver resolve_;
   std::string init_path_;
   std::string preload_path_;
-  std::map<int, HomeJob> jobs_;                  // home jobs, by slot
+  std::map<int, HomeJob> jobs_;  // home jobs, by slot
   std::map<uint64_t, std::shared_ptr<Job>> guests_;
   uint64_t next_guest_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -87,9 +87,8 @@ RestoredHere RestoreHere(const std::string& dir,
     restore.pipes.push_back({pipe.inode, job_end});
   }
   auto restored = migrate::Restore(dir, restore);
-  return RestoredHere{restored.init_pid,
-                      DaemonEnds{std::move(in.write), std::move(out.read), std::move(err.read),
-                                 std::move(status.read)}};
+  return RestoredHere{restored.init_pid, DaemonEnds{std::move(in.write), std::move(out.read),
+                                                    std::move(err.read), std::move(status.read)}};
 }
 
 void RunMoveOut(MoveOut& move) {
@@ -108,8 +107,7 @@ void RunMoveOut(MoveOut& move) {
     move.image_bytes = result.image_bytes;
 
     step = fmt::format("connect to {}", move.target_name);
-    Fd fd = PeerConnect(move.target_host, move.target_port, move.key, "migration",
-                        kConnectTimeout);
+    Fd fd = PeerConnect(move.target_host, move.target_port, move.key, "migration", kConnectTimeout);
     step = fmt::format("send the images to {}", move.target_name);
     capnp::writeMessageToFd(fd.get(), *move.guest_request);
     migrate::SendOptions send;

@@ -74,7 +74,6 @@ struct MoveInContext {
 // nothing when the move failed; the sender has then been told why.
 std::optional<RestoredJob> RunMoveIn(
     Fd fd, const MoveInContext& context,
-    const std::function<JobLaunch(schema::GuestSpec::Reader)>& make_launch,
-    JobLaunch* launch);
+    const std::function<JobLaunch(schema::GuestSpec::Reader)>& make_launch, JobLaunch* launch);
 
 }  // namespace homeward

@@ -5,8 +5,8 @@
 
 #include <cstdio>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include "control_client.h"
 #include "error.h"
@@ -37,9 +37,8 @@ int main(int argc, char** argv) {
       migrate.setTarget(target);
       if (!path.empty()) {
         char absolute[PATH_MAX];
-        migrate.setPath(realpath(".", absolute) && path[0] != '/'
-                            ? std::string(absolute) + "/" + path
-                            : path);
+        migrate.setPath(
+            realpath(".", absolute) && path[0] != '/' ? std::string(absolute) + "/" + path : path);
       }
     };
     if (no_wait) {

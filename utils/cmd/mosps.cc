@@ -3,8 +3,8 @@
 
 #include <cstdio>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "control_client.h"
@@ -39,8 +39,8 @@ int List(const std::string& socket, bool json) {
     fmt::print("{}\n", out.dump());
     return 0;
   }
-  fmt::print("{:>8} {:<10} {:<8} {:<8} {:<9} {:>4} {:>9}  {}\n", "PID", "USER", "HOME",
-             "WHERE", "STATE", "MIG", "CPU", "COMMAND");
+  fmt::print("{:>8} {:<10} {:<8} {:<8} {:<9} {:>4} {:>9}  {}\n", "PID", "USER", "HOME", "WHERE",
+             "STATE", "MIG", "CPU", "COMMAND");
   for (auto job : jobs) {
     uint64_t ms = job.getCpuMs();
     std::string cpu = fmt::format("{}:{:02}.{:01}", ms / 60000, (ms / 1000) % 60, (ms / 100) % 10);

@@ -27,7 +27,7 @@ extern char** environ;
 namespace homeward {
 namespace {
 
-constexpr int kForwarded[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1,
+constexpr int kForwarded[] = {SIGHUP,  SIGINT,  SIGQUIT,  SIGTERM, SIGUSR1,
                               SIGUSR2, SIGALRM, SIGWINCH, SIGCONT};
 
 struct Options {
@@ -52,10 +52,16 @@ Options Parse(int argc, char** argv) {
   int c;
   while ((c = getopt_long(argc, argv, "+hr:", kLong, nullptr)) != -1) {
     switch (c) {
-      case 'h': options.keep_home = true; break;
-      case 'r': options.where = optarg; break;
-      case 'H': Usage(0);
-      default: Usage(2);
+      case 'h':
+        options.keep_home = true;
+        break;
+      case 'r':
+        options.where = optarg;
+        break;
+      case 'H':
+        Usage(0);
+      default:
+        Usage(2);
     }
   }
   if (options.keep_home && !options.where.empty()) {
@@ -118,8 +124,10 @@ void RefuseStaticAway(const Options& options) {
     return;  // unreadable or not a program: the job itself reports why it cannot run
   }
   if (kind == ExecutableKind::kStatic) {
-    Fail(ErrorKind::kInvalidInput, "{} is statically linked: it cannot be given its home's "
-         "view away from home; run it with mosrun -h to keep it at home", program);
+    Fail(ErrorKind::kInvalidInput,
+         "{} is statically linked: it cannot be given its home's "
+         "view away from home; run it with mosrun -h to keep it at home",
+         program);
   }
 }
 
@@ -174,8 +182,8 @@ int Run(const Options& options) {
       ssize_t n = read(0, buffer, sizeof buffer);
       if (n > 0) {
         Send(fd, [&](auto request) {
-          request.setJobInput(kj::arrayPtr(reinterpret_cast<const kj::byte*>(buffer),
-                                           static_cast<size_t>(n)));
+          request.setJobInput(
+              kj::arrayPtr(reinterpret_cast<const kj::byte*>(buffer), static_cast<size_t>(n)));
         });
       } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
         stdin_open = false;
@@ -186,8 +194,10 @@ int Run(const Options& options) {
       ssize_t n = read(fd, buffer, sizeof buffer);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        fprintf(stderr, "mosrun: lost the connection to the node daemon at %s; the job "
-                "is gone\n", socket.c_str());
+        fprintf(stderr,
+                "mosrun: lost the connection to the node daemon at %s; the job "
+                "is gone\n",
+                socket.c_str());
         return 255;
       }
       decoder.Feed(buffer, static_cast<size_t>(n));
