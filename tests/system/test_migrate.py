@@ -223,6 +223,34 @@ class MigrationTest(unittest.TestCase):
         finally:
             os.environ.pop("HOMEWARD_FAULT", None)
 
+    def test_target_dying_mid_move_leaves_the_job_running(self):
+        # A job holding 600 MiB takes seconds to dump and stream: the target's daemon is
+        # killed while the move is under way.
+        hog = ("python3 -c 'import sys,time\nb=bytearray(600<<20)\nfor i in range(0,len(b),4096): "
+               "b[i]=1\nfor i in range(40):\n print(i, flush=True); time.sleep(0.25)'")
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"]) as c:
+            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                     check=False).returncode == 0,
+                       30, "node2 to mount node1's files")
+            c.run("node1", "sh", "-c", f"(mosrun sh -c \"{hog}\" > /data/hog; echo $? > "
+                                       "/data/hog.status) >/dev/null 2>&1 & echo started")
+            pid = c.wait_for(lambda: next(
+                (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
+                None), 20, "the job to start")
+            c.wait_for(lambda: c.run("node1", "cat", "/data/hog").stdout.startswith("0"),
+                       30, "the job to fill its memory")
+            c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > /data/move.out 2>&1 &")
+            import time
+            time.sleep(0.5)
+            c.kill("node2")
+            c.wait_for(lambda: c.run("node1", "cat", "/data/hog.status", check=False).stdout,
+                       90, "the job to end")
+            move = c.run("node1", "cat", "/data/move.out").stdout
+            self.assertIn(f"job {pid} stays on node1", move)
+            self.assertEqual(c.run("node1", "cat", "/data/hog.status").stdout, "0\n")
+            self.assertEqual(c.run("node1", "cat", "/data/hog").stdout,
+                             "".join(f"{i}\n" for i in range(40)))
+
     def test_failed_restore_leaves_the_job_running(self):
         self.fails_at("restore-criu", "restore")
 
