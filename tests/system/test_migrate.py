@@ -230,6 +230,29 @@ class MigrationTest(unittest.TestCase):
             self.assertEqual(c.run("node1", "cat", "/data/hog").stdout,
                              "".join(f"{i}\n" for i in range(40)))
 
+    def fails_at(self, fault, step):
+        """A move whose stream or target-side step fails (by a fault point in every
+        daemon) leaves the job running at home with all of its output."""
+        os.environ["HOMEWARD_FAULT"] = fault
+        try:
+            cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
+            with cluster as c:
+                os.environ.pop("HOMEWARD_FAULT")
+                c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                         check=False).returncode == 0,
+                           30, "node2 to mount node1's files")
+                out, appended, status, messages, pid = self.run_workload(
+                    c, ["node2"], expect_failure=True)
+                self.assertEqual(messages[0].returncode, 1)
+                self.assertIn(f"job {pid} stays on node1", messages[0].stderr)
+                self.assertIn(step, messages[0].stderr)
+                self.assertEqual(status, "0\n")
+                self.assertEqual(out.count("\n"), 31)
+                self.assertNotIn("host node2", out)
+                self.assertEqual(json.loads(c.run("node2", "mosps", "--json").stdout)["jobs"], [])
+        finally:
+            os.environ.pop("HOMEWARD_FAULT", None)
+
     def test_failed_restore_leaves_the_job_running(self):
         self.fails_at("restore-criu", "restore")
 
