@@ -75,7 +75,7 @@ class JobsAtHomeTest(unittest.TestCase):
                   "> /tmp/job.out & pid=$!; "
                   "for i in $(seq 50); do mosps --json | grep -q \"\\\"pid\\\":$pid\" && break; "
                   "sleep 0.1; done; mosps --json; kill -USR1 $pid; sleep 0.5; kill $pid; "
-                  "wait $pid; echo status=$?; cat /tmp/job.out")
+                  "wait $pid; echo status=$?; cat /tmp/job.out; rm -f /tmp/job.out")
         result = self.sh(script)
         lines = result.stdout.splitlines()
         listing = json.loads(lines[0])
@@ -93,11 +93,13 @@ class JobsAtHomeTest(unittest.TestCase):
         listener = ("python3 -c 'import socket,time; s=socket.socket(); "
                     "s.bind((\"127.0.0.1\", 0)); s.listen(); print(s.getsockname()[1], "
                     "flush=True); time.sleep(60)'")
-        script = (f"mosrun {listener} > /tmp/port & pid=$!; "
-                  "for i in $(seq 50); do [ -s /tmp/port ] && break; sleep 0.1; done; "
+        script = (f"port=$(mktemp); mosrun {listener} > $port & pid=$!; "
+                  "for i in $(seq 100); do [ -s $port ] && break; sleep 0.1; done; "
                   "mosps --json; mosmigrate $pid node2 2>&1; kill $pid; "
-                  "mosrun -h sleep 60 & pid=$!; sleep 0.5; mosps --json; "
-                  "mosmigrate $pid node2 2>&1; kill $pid; wait; cat /tmp/port")
+                  "mosrun -h sleep 60 & pid=$!; "
+                  "for i in $(seq 50); do mosps --json | grep -q sleep && break; sleep 0.1; done; "
+                  "mosps --json; mosmigrate $pid node2 2>&1; kill $pid; wait; cat $port; "
+                  "rm -f $port")
         lines = self.sh(script).stdout.splitlines()
         port = lines[-1]
         listening = json.loads(lines[0])["jobs"][0]
