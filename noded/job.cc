@@ -24,13 +24,6 @@ namespace homeward {
 
 namespace {
 
-std::string ReadFileText(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // The value of "Key:" in a /proc/<pid>/status file.
 std::string StatusField(const std::string& status, const std::string& key) {
   size_t at = status.find("\n" + key + ":");
@@ -63,7 +56,7 @@ JobIdentity JobIdentity::OfProcess(pid_t pid, uid_t uid, gid_t gid) {
   identity.uid = uid;
   identity.gid = gid;
   identity.home_pid = pid;
-  std::string status = ReadFileText(fmt::format("/proc/{}/status", pid));
+  std::string status = ReadTextFile(fmt::format("/proc/{}/status", pid));
   if (status.empty()) {
     Fail(ErrorKind::kNotFound, "the calling process {} is gone", pid);
   }
@@ -235,12 +228,7 @@ void Job::AbandonAfterMove() {
     for (;;) {
       ssize_t n = ::read(fd, stream->buffer, sizeof stream->buffer);
       if (n <= 0) break;
-      capnp::MallocMessageBuilder message;
-      auto output = message.initRoot<schema::ControlReply>().initJobOutput();
-      output.setFd(static_cast<uint8_t>(stream->fd));
-      output.setData(
-          kj::arrayPtr(reinterpret_cast<const kj::byte*>(stream->buffer), static_cast<size_t>(n)));
-      relay_.Send(message);
+      SendOutput(stream->fd, stream->buffer, static_cast<size_t>(n));
     }
   }
   exit_watch_.Close();
@@ -282,14 +270,24 @@ void Job::OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf) {
     if (status_text_.size() > 4096) status_text_.resize(4096);
     return;
   }
-  capnp::MallocMessageBuilder message;
-  auto output = message.initRoot<schema::ControlReply>().initJobOutput();
-  output.setFd(static_cast<uint8_t>(stream.fd));
-  output.setData(
-      kj::arrayPtr(reinterpret_cast<const kj::byte*>(buf->base), static_cast<size_t>(nread)));
-  relay_.Send(message);
+  SendOutput(stream.fd, buf->base, static_cast<size_t>(nread));
   // Hold the job's output back while mosrun is slower than the job.
   if (relay_.queued_bytes() > ControlStream::kHighWater) PauseOutput(true);
+}
+
+void Job::SendOutput(int fd, const char* data, size_t size) {
+  capnp::MallocMessageBuilder message;
+  auto output = message.initRoot<schema::ControlReply>().initJobOutput();
+  output.setFd(static_cast<uint8_t>(fd));
+  output.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(data), size));
+  relay_.Send(message);
+}
+
+std::vector<migrate::PipeRole> Job::pipe_roles() const {
+  static const char* const kRoles[] = {"stdin", "stdout", "stderr", "status"};
+  std::vector<migrate::PipeRole> roles;
+  for (size_t i = 0; i < pipe_inodes_.size(); ++i) roles.push_back({pipe_inodes_[i], kRoles[i]});
+  return roles;
 }
 
 void Job::PauseOutput(bool pause) {
@@ -427,7 +425,7 @@ uint64_t Job::cpu_ms() const {
   // Every live process of the job, with the time of the children each has reaped.
   uint64_t ticks = 0;
   for (pid_t pid : migrate::JobPids(init_->pid())) {
-    ticks += ProcessCpuTicks(ReadFileText(fmt::format("/proc/{}/stat", pid)), true);
+    ticks += ProcessCpuTicks(ReadTextFile(fmt::format("/proc/{}/stat", pid)), true);
   }
   return ticks * 1000 / static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
 }
@@ -438,7 +436,7 @@ std::string Job::PinnedReason() const {
   std::set<std::string> sockets;
   for (pid_t pid : migrate::JobPids(init_->pid())) {
     // System V shared memory lives in the node's kernel, not in the job.
-    std::string maps = ReadFileText(fmt::format("/proc/{}/maps", pid));
+    std::string maps = ReadTextFile(fmt::format("/proc/{}/maps", pid));
     if (maps.find("/SYSV") != std::string::npos) return "uses System V shared memory";
     std::string fd_dir = fmt::format("/proc/{}/fd", pid);
     if (DIR* fds = ::opendir(fd_dir.c_str())) {
@@ -456,7 +454,7 @@ std::string Job::PinnedReason() const {
   if (sockets.empty()) return {};
   // A listening TCP socket is an address of this node that clients use: it cannot move.
   for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::istringstream lines(ReadFileText(table));
+    std::istringstream lines(ReadTextFile(table));
     std::string line;
     std::getline(lines, line);  // the header
     while (std::getline(lines, line)) {

@@ -17,6 +17,7 @@
 #include "child_process.h"
 #include "control_server.h"
 #include "fd.h"
+#include "image_stream.h"
 #include "uv_handle.h"
 
 namespace homeward {
@@ -83,6 +84,8 @@ class Job : public std::enable_shared_from_this<Job> {
   void AbandonAfterMove();
   // The inodes of the job's stdin, stdout, stderr and status pipes, as CRIU names them.
   const std::vector<uint64_t>& pipe_inodes() const { return pipe_inodes_; }
+  // The same pipes with what each carries, as the migration stream names them.
+  std::vector<migrate::PipeRole> pipe_roles() const;
   ControlStream& relay() { return relay_; }
   void set_migrating(bool migrating) { migrating_ = migrating; }
   uint32_t migrations() const { return migrations_; }
@@ -114,6 +117,7 @@ class Job : public std::enable_shared_from_this<Job> {
   void StartReading(Stream& stream);
   void OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf);
   void PauseOutput(bool pause);
+  void SendOutput(int fd, const char* data, size_t size);
   void OnInitExit();
   void MaybeFinish();
   void SendExit();

@@ -581,10 +581,7 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   move->metadata.home_node = job->launch().home;
   move->metadata.home_pid = home_pid;
   move->faults = faults_;
-  const char* roles[] = {"stdin", "stdout", "stderr", "status"};
-  for (size_t i = 0; i < move->pipe_inodes.size(); ++i) {
-    move->metadata.external_pipes.push_back({move->pipe_inodes[i], roles[i]});
-  }
+  move->metadata.external_pipes = job->pipe_roles();
   return move;
 }
 
@@ -725,10 +722,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
                   away->migrations = job->migrations();
                   away->frozen_dir = dir;
                   away->launch = std::make_shared<JobLaunch>(job->launch());
-                  const char* roles[] = {"stdin", "stdout", "stderr", "status"};
-                  for (size_t i = 0; i < job->pipe_inodes().size(); ++i) {
-                    away->pipes.push_back({job->pipe_inodes()[i], roles[i]});
-                  }
+                  away->pipes = job->pipe_roles();
                   job->AbandonAfterMove();
                   it->second.here.reset();
                   it->second.away = away;

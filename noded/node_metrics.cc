@@ -1,6 +1,8 @@
 // Local measurements from /proc and the scheduler.
 #include "node_metrics.h"
 
+#include "fd.h"
+
 #include <sched.h>
 
 #include <chrono>
@@ -16,13 +18,6 @@ namespace {
 // The benchmark's time on the reference machine (a core of the project's build host),
 // which defines speed 1.0.
 constexpr double kReferenceMicros = 12500.0;
-
-std::string ReadFile(const char* path) {
-  std::ifstream in(path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 uint32_t KbToMb(uint64_t kb) {
   return static_cast<uint32_t>(kb / 1024);
@@ -115,11 +110,11 @@ NodeMetrics::NodeMetrics() : cores_(UsableCores()), speed_(MeasureCpuSpeed()), l
 
 void NodeMetrics::Sample(double elapsed_ms) {
   cores_ = UsableCores();
-  if (auto running = ParseProcsRunning(ReadFile("/proc/stat"))) {
+  if (auto running = ParseProcsRunning(ReadTextFile("/proc/stat"))) {
     // The sampler itself is running while it reads: it is not load.
     load_.Sample(std::max(*running - 1, 0), elapsed_ms);
   }
-  MemInfo memory = ParseMemInfo(ReadFile("/proc/meminfo"));
+  MemInfo memory = ParseMemInfo(ReadTextFile("/proc/meminfo"));
   if (memory.mem_total_mb > 0) memory_ = memory;
 }
 

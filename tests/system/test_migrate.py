@@ -31,6 +31,20 @@ def job_where(cluster, pid):
     return next((j for j in jobs if j["pid"] == pid), None)
 
 
+def wait_for_home_mounts(cluster, nodes):
+    """Waits until every one of `nodes` has node1's files mounted (gossip, then homefs)."""
+    cluster.wait_for(lambda: all(cluster.run(n, "test", "-d", "/mosix/home/node1/data",
+                                             check=False).returncode == 0 for n in nodes),
+                     30, "the nodes to mount node1's files")
+
+
+def wait_for_job(cluster):
+    """Waits for node1's first job to be listed; returns its home pid."""
+    return cluster.wait_for(lambda: next(
+        (j["pid"] for j in json.loads(cluster.run("node1", "mosps", "--json").stdout)["jobs"]),
+        None), 20, "the job to start")
+
+
 class MigrationTest(unittest.TestCase):
     def run_workload(self, cluster, moves, expect_failure=None):
         c = cluster
@@ -41,9 +55,7 @@ class MigrationTest(unittest.TestCase):
         c.run("node1", "sh", "-c", "cd /data/work && "
                                    "(mosrun sh workload.sh > out 2>err; echo $? > status) "
                                    ">/dev/null 2>&1 & echo started")
-        pid = c.wait_for(lambda: next(
-            (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
-            None), 20, "the job to start")
+        pid = wait_for_job(c)
         messages = []
         for target in moves:
             result = c.run("node1", "mosmigrate", str(pid), target, check=False)
@@ -62,10 +74,7 @@ class MigrationTest(unittest.TestCase):
 
     def test_move_keeps_output_files_and_offsets(self):
         with harness.LoopCluster(3, settings=["gossip.interval_ms=200"]) as c:
-            c.wait_for(lambda: all(c.run(n, "test", "-d", "/mosix/home/node1/data",
-                                         check=False).returncode == 0
-                                   for n in ("node2", "node3")),
-                       30, "the nodes to mount node1's files")
+            wait_for_home_mounts(c, ("node2", "node3"))
             plain = self.run_workload(c, [])
             # node1 -> node2 -> node3 -> home, with a file open for appending and another
             # read at an offset all the way.
@@ -86,15 +95,10 @@ class MigrationTest(unittest.TestCase):
         counter = ("i=0; while [ $i -lt 40 ]; do echo \"$i $(hostname) $$\"; i=$((i+1)); "
                    "sleep 0.1; done")
         with harness.LoopCluster(3, settings=["gossip.interval_ms=200"]) as c:
-            c.wait_for(lambda: all(c.run(n, "test", "-d", "/mosix/home/node1/data",
-                                         check=False).returncode == 0
-                                   for n in ("node2", "node3")),
-                       30, "the nodes to mount node1's files")
+            wait_for_home_mounts(c, ("node2", "node3"))
             c.run("node1", "sh", "-c", f"(mosrun sh -c '{counter}' > /data/hops; echo $? > "
                                        "/data/hops.status) >/dev/null 2>&1 & echo started")
-            pid = c.wait_for(lambda: next(
-                (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
-                None), 20, "the job to start")
+            pid = wait_for_job(c)
             for target, where in (("node2", "node2"), ("node3", "node3"), ("home", "node1")):
                 result = c.run("node1", "mosmigrate", str(pid), target, check=False)
                 self.assertEqual(result.returncode, 0, result.stderr)
@@ -135,9 +139,7 @@ class MigrationTest(unittest.TestCase):
             c.run("node1", "sh", "-c", "cd /data/work && rm -rf appended out err status ckpt && "
                                        "(mosrun sh workload.sh > out 2>err; echo $? > status) "
                                        ">/dev/null 2>&1 & echo started")
-            pid = c.wait_for(lambda: next(
-                (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
-                None), 20, "the job to start")
+            pid = wait_for_job(c)
             checkpoint = c.run("node1", "sh", "-c", f"cd /data/work && mosmigrate {pid} "
                                                     "checkpoint ckpt && ls ckpt | grep -c img")
             self.assertIn("its checkpoint is in ckpt", checkpoint.stdout)
@@ -165,17 +167,13 @@ class MigrationTest(unittest.TestCase):
         pipeline = ("i=0; while [ ! -e /data/stop ]; do echo $i; i=$((i+1)); sleep 0.02; done "
                     "| tr 0-9 a-j | cat")
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"]) as c:
-            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
-                                     check=False).returncode == 0,
-                       30, "node2 to mount node1's files")
+            wait_for_home_mounts(c, ("node2",))
             daemons = [c.node(n)["pid"] for n in ("node1", "node2")]
             fds_before = None
             c.run("node1", "sh", "-c", "rm -f /data/stop")
             c.run("node1", "sh", "-c", f"(mosrun sh -c '{pipeline}' > /data/piped; echo $? > "
                                        "/data/piped.status) >/dev/null 2>&1 & echo started")
-            pid = c.wait_for(lambda: next(
-                (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
-                None), 20, "the job to start")
+            pid = wait_for_job(c)
             # 50 round trips in one command: a hundred moves.
             moves = c.run("node1", "sh", "-c",
                           f"n=0; for i in $(seq 50); do mosmigrate {pid} node2 >/dev/null && "
@@ -208,14 +206,10 @@ class MigrationTest(unittest.TestCase):
         hog = ("python3 -c 'import sys,time\nb=bytearray(600<<20)\nfor i in range(0,len(b),4096): "
                "b[i]=1\nfor i in range(40):\n print(i, flush=True); time.sleep(0.25)'")
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"]) as c:
-            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
-                                     check=False).returncode == 0,
-                       30, "node2 to mount node1's files")
+            wait_for_home_mounts(c, ("node2",))
             c.run("node1", "sh", "-c", f"(mosrun sh -c \"{hog}\" > /data/hog; echo $? > "
                                        "/data/hog.status) >/dev/null 2>&1 & echo started")
-            pid = c.wait_for(lambda: next(
-                (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]),
-                None), 20, "the job to start")
+            pid = wait_for_job(c)
             c.wait_for(lambda: c.run("node1", "cat", "/data/hog").stdout.startswith("0"),
                        30, "the job to fill its memory")
             c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > /data/move.out 2>&1 &")
@@ -238,9 +232,7 @@ class MigrationTest(unittest.TestCase):
             cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
             with cluster as c:
                 os.environ.pop("HOMEWARD_FAULT")
-                c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
-                                         check=False).returncode == 0,
-                           30, "node2 to mount node1's files")
+                wait_for_home_mounts(c, ("node2",))
                 out, appended, status, messages, pid = self.run_workload(
                     c, ["node2"], expect_failure=True)
                 self.assertEqual(messages[0].returncode, 1)

@@ -1,7 +1,7 @@
 // mosmigrate: moves a job of this home (named by its home pid, as mosps lists it) to
 // another node, and says where it now runs or why it could not move.
 #include <limits.h>
-#include <stdlib.h>
+#include <unistd.h>
 
 #include <cstdio>
 
@@ -35,10 +35,11 @@ int main(int argc, char** argv) {
       auto migrate = request.initMigrateJob();
       migrate.setHomePid(pid);
       migrate.setTarget(target);
+      // The daemon works in a directory of its own: a relative path is the caller's.
+      char cwd[PATH_MAX];
       if (!path.empty()) {
-        char absolute[PATH_MAX];
-        migrate.setPath(
-            realpath(".", absolute) && path[0] != '/' ? std::string(absolute) + "/" + path : path);
+        migrate.setPath(path[0] != '/' && getcwd(cwd, sizeof cwd) ? std::string(cwd) + "/" + path
+                                                                  : path);
       }
     };
     if (no_wait) {

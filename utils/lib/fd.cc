@@ -4,6 +4,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <sstream>
+
 #include "error.h"
 
 namespace homeward {
@@ -21,6 +24,13 @@ Pipe Pipe::Create(int extra_flags) {
   int fds[2];
   HW_SYSCALL(::pipe2(fds, O_CLOEXEC | extra_flags), "pipe2");
   return Pipe{Fd::Adopt(fds[0]), Fd::Adopt(fds[1])};
+}
+
+std::string ReadTextFile(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 void WriteAll(int fd, const void* data, size_t size, const char* what) {

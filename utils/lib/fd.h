@@ -42,6 +42,10 @@ struct Pipe {
   static Pipe Create(int extra_flags = 0);
 };
 
+// The whole of a (small, text) file such as /proc/<pid>/status; empty when it cannot be
+// read, as for a process that is gone.
+std::string ReadTextFile(const std::string& path);
+
 // Writes all of `data`, retrying short writes and EINTR; throws on error.
 void WriteAll(int fd, const void* data, size_t size, const char* what);
 // Reads up to `size` bytes, retrying EINTR; returns 0 at end of file; throws on error.
