@@ -1,0 +1,116 @@
+// The placement and load-balancing policy: where a new job should start, and which of a
+// node's jobs should move where. Pure logic, as membership.h is: the picture and the
+// jobs come in as values and time as milliseconds, so the daemon (noded/balancer.h) and
+// the simulator (bench/balance_sim.cc) run the same code.
+//
+// A node's worth to a process is the CPU it would get there: its speed times
+// min(1, cores / (load + 1)). A job moves when a target promises clearly more than it
+// gets here (hysteresis), when what it should gain over its expected remaining run
+// (taken to be as long as it has run so far) outweighs the cost of moving its memory,
+// and when it has stayed long enough since its last move. Damping: moves this node made
+// count in its picture of the source and the target until gossip has caught up, each
+// round moves at most a few jobs, and the target is chosen at random among the good
+// ones weighted by their promise, so that many nodes do not pile onto one idle node.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace homeward::balance {
+
+// A node as the gossip picture shows it.
+struct Node {
+  std::string name;
+  int cores = 1;
+  double speed = 1.0;          // relative CPU speed of one core
+  double load = 0;             // runnable processes, smoothed (NodeMetrics)
+  uint32_t mem_free_mb = 0;    // memory a new job could use
+  uint32_t mem_total_mb = 0;
+  bool accepts_guests = true;  // false once blocked (mosctl block)
+  int64_t age_ms = 0;          // how old this information is
+};
+
+// A job of this node that may move automatically: a home job running here or a guest.
+// (Jobs started with mosrun -L, pinned jobs and jobs already moving are not offered.)
+struct Job {
+  uint64_t id = 0;
+  std::string home;                 // the job's home node
+  bool guest = false;               // runs here for another home
+  double demand = 1.0;              // runnable processes of the job, smoothed: its load
+  uint32_t memory_mb = 0;           // resident memory: what a move carries
+  uint32_t min_free_mb = 0;         // mosrun -m: only nodes with this much free memory
+  int64_t run_ms = 0;               // time since the job started
+  int64_t resident_ms = 0;          // time since it started here or arrived
+  double home_io_bytes_per_s = 0;   // guests: file and terminal traffic to the home
+  double cpu_use = 0;               // cores the job used recently
+};
+
+struct Options {
+  double hysteresis = 0.3;                  // a target must promise (1 + this) x the CPU here
+  double bandwidth_mb_per_s = 200;          // to estimate how long moving memory takes
+  double move_overhead_ms = 300;            // freeze, restore and reconnect, besides memory
+  double cost_factor = 2.0;                 // expected gain must exceed cost x this
+  int64_t min_residency_ms = 4000;          // a job stays at least this long where it landed
+  int64_t load_time_constant_ms = 5000;     // how fast published load follows a move
+  double home_io_bytes_per_s = 1 << 20;     // a guest moving this much to and from home ...
+  double home_io_max_cpu = 0.5;             // ... while using less CPU than this goes home
+  uint32_t usher_free_mb = 256;             // memory ushering starts below this much free
+  int max_moves_per_round = 1;              // load moves started per round
+};
+
+struct Decision {
+  uint64_t job = 0;
+  std::string target;
+  std::string reason;  // "load", "memory", "home I/O"
+};
+
+// The CPU a process would get on `node` with `added` more runnable processes there, in
+// reference cores.
+double ExpectedShare(const Node& node, double added);
+
+// Where a new job should start (mosrun -b, -m): the node in `nodes` with the most
+// expected CPU among those with `min_free_mb` free, accepting guests unless it is
+// `self`. Ties go to `self`, then to the first listed. Nothing when no node qualifies.
+std::optional<std::string> BestNode(const std::vector<Node>& nodes, const std::string& self,
+                                    uint32_t min_free_mb);
+
+class Balancer {
+ public:
+  Balancer(std::string self, Options options, uint64_t random_seed);
+
+  // One round: `nodes` is the picture (this node included), `jobs` the jobs here that
+  // may move automatically. Returns the moves to start now; each is reported back with
+  // Moved or Refused.
+  std::vector<Decision> Round(int64_t now_ms, const std::vector<Node>& nodes,
+                              const std::vector<Job>& jobs);
+  // A decided move took place: its load counts at the target, not here, until the
+  // published loads show it.
+  void Moved(const Decision& decision, double demand, int64_t now_ms);
+  // A decided move did not happen (the target refused or is gone): the target is left
+  // alone for a while.
+  void Refused(const Decision& decision, int64_t now_ms);
+  // A job arrived here from elsewhere: it counts in this node's load at once.
+  void Arrived(double demand, int64_t now_ms);
+
+  const Options& options() const { return options_; }
+
+ private:
+  struct Adjustment {  // load moved by this node, not yet visible in published loads
+    std::string node;
+    double load = 0;
+    int64_t at_ms = 0;
+  };
+  std::vector<Node> Adjusted(int64_t now_ms, const std::vector<Node>& nodes);
+
+  std::string self_;
+  Options options_;
+  std::mt19937_64 random_;
+  std::vector<Adjustment> adjustments_;
+  std::map<std::string, int64_t> avoid_until_ms_;
+};
+
+}  // namespace homeward::balance
