@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <mutex>
+#include <random>
 #include <sstream>
+#include <thread>
 
 #include "child_process.h"
 #include "error.h"
@@ -234,6 +237,26 @@ void ReadDumpStats(const std::string& image_dir, DumpResult& result) {
 const char* kFailPostRestore = "test \"$CRTOOLS_SCRIPT_ACTION\" != post-restore";
 const char* kFailPostDump = "test \"$CRTOOLS_SCRIPT_ACTION\" != post-dump";
 
+// criu's parasite in a job's init makes a directory "proc.crtools" in the init's working
+// directory to mount the job's /proc on. Inits of one home share that directory (their
+// root), so two dumps at the same moment, on this node or another, can collide on it.
+// Dumps here take turns; a collision with another node's dump is tried again.
+std::mutex dump_turn;
+constexpr int kDumpAttempts = 6;
+
+bool ProcDirectoryCollision(const std::string& log_path) {
+  return ReadTextFile(log_path).find("Can't create a directory (-17)") != std::string::npos;
+}
+
+void EmptyDirectory(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> entries(::opendir(dir.c_str()), ::closedir);
+  if (!entries) return;
+  while (dirent* entry = ::readdir(entries.get())) {
+    if (entry->d_name[0] == '.') continue;
+    ::unlinkat(::dirfd(entries.get()), entry->d_name, 0);
+  }
+}
+
 }  // namespace
 
 DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions& options) {
@@ -280,7 +303,21 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
     call.args.push_back("--action-script");
     call.args.push_back(kFailPostDump);
   }
-  CriuRun run = RunCriu(call);
+  CriuRun run;
+  {
+    std::lock_guard turn(dump_turn);
+    std::minstd_rand jitter(static_cast<unsigned>(init_pid));
+    for (int attempt = 1;; ++attempt) {
+      run = RunCriu(call);
+      bool failed = run.status.signaled || run.status.code != 0;
+      if (!failed || run.status.signaled || attempt == kDumpAttempts ||
+          !ProcDirectoryCollision(work.path() + "/dump.log")) {
+        break;
+      }
+      EmptyDirectory(image_dir);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50 + jitter() % 200));
+    }
+  }
   if (run.status.signaled || run.status.code != 0) {
     // criu thaws the job when it fails; a criu that was killed cannot, so do it for it.
     if (run.status.signaled) ContinueJob(init_pid);

@@ -34,8 +34,9 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
                [this](auto request, ReplySender reply) {
                  HandleControl(request, std::move(reply));
                }),
-      jobs_(loop, config_, control_,
-            [this](const std::string& node) { return ResolvePeer(node); }),
+      jobs_(
+          loop, config_, control_, [this](const std::string& node) { return ResolvePeer(node); },
+          [this] { return PolicyNodes(gossip_.Picture()); }),
       file_server_(config_.export_root, 8),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
@@ -43,7 +44,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
                                      .export_root = config_.export_root,
                                      .mosmount = MosmountPath(),
                                      .config_path = config_.config_path}),
-      gossip_(loop, config_) {}
+      gossip_(loop, config_),
+      balancer_(loop, config_, gossip_, jobs_) {}
 
 Daemon::~Daemon() { Stop(); }
 
@@ -69,6 +71,7 @@ void Daemon::Start() {
   jobs_.OnChange([this] {
     gossip_.SetLocalJobs(jobs_.jobs_away(), jobs_.guests_here(),
                          static_cast<float>(jobs_.guests_here()));
+    gossip_.SetBlocked(jobs_.blocked());
   });
   jobs_.Start();
   peer_server_.Register("files", [this](Fd fd, PeerIdentity peer) {
@@ -101,6 +104,7 @@ void Daemon::Start() {
     }
   });
   gossip_.Start();
+  balancer_.Start();
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
 }
@@ -109,6 +113,7 @@ void Daemon::Stop() {
   if (stopped_) return;
   stopped_ = true;
   control_.Stop();
+  balancer_.Stop();
   jobs_.KillAll();
   home_mounts_.Stop();
   file_server_.Stop();  // ends the served connections, so their threads can finish
@@ -140,6 +145,9 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       return;
     case schema::ControlRequest::LIST_JOBS:
       jobs_.ListJobs(std::move(reply));
+      return;
+    case schema::ControlRequest::ADMIN:
+      jobs_.Admin(request.getAdmin(), std::move(reply));
       return;
     case schema::ControlRequest::JOB_INPUT:
     case schema::ControlRequest::JOB_INPUT_END:
@@ -222,6 +230,7 @@ void Daemon::ReplyNodes(ReplySender reply) {
     node.setGuestsHere(record.guests_here);
     node.setAgeMs(static_cast<uint64_t>(view.age_ms));
     node.setIncarnation(record.incarnation);
+    node.setBlocked(record.blocked);
   }
   reply.Send(message);
 }

@@ -6,6 +6,7 @@
 
 #include <chrono>
 
+#include "balancer.h"
 #include "config.h"
 #include "control_server.h"
 #include "job_registry.h"
@@ -49,6 +50,7 @@ class Daemon {
   PeerServer peer_server_;
   HomeMounts home_mounts_;
   Gossip gossip_;
+  Balancer balancer_;
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
   bool stopped_ = false;

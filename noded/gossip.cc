@@ -86,6 +86,7 @@ NodeRecord Gossip::Measured() const {
   record.swap_total_mb = memory.swap_total_mb;
   record.jobs_away = jobs_away_;
   record.guests_here = guests_here_;
+  record.blocked = blocked_;
   return record;
 }
 
@@ -139,6 +140,11 @@ void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homewa
   jobs_away_ = jobs_away;
   guests_here_ = guests_here;
   homeward_load_ = homeward_load;
+  membership_.UpdateSelf(Measured());
+}
+
+void Gossip::SetBlocked(bool blocked) {
+  blocked_ = blocked;
   membership_.UpdateSelf(Measured());
 }
 

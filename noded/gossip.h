@@ -39,6 +39,8 @@ class Gossip {
   void Subscribe(ChangeCallback callback) { subscribers_.push_back(std::move(callback)); }
   // What the local record publishes about Homeward's own jobs.
   void SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load);
+  // Whether this node accepts guests, as its record publishes it.
+  void SetBlocked(bool blocked);
 
   const DropCounters& drops() const { return drops_; }
   const MembershipStats& stats() const { return membership_.stats(); }
@@ -64,6 +66,7 @@ class Gossip {
   uint32_t jobs_away_ = 0;
   uint32_t guests_here_ = 0;
   float homeward_load_ = 0;
+  bool blocked_ = false;
   std::vector<Outgoing> outbox_;
   std::vector<ChangeCallback> subscribers_;
   DropCounters drops_;

@@ -43,6 +43,7 @@ void ToWire(const NodeRecord& record, schema::NodeRecord::Builder out) {
   out.setJobsAway(record.jobs_away);
   out.setGuestsHere(record.guests_here);
   out.setIncarnation(record.incarnation);
+  out.setBlocked(record.blocked);
 }
 
 // Bounded text: a peer with the key is trusted to be a peer, not to be bug-free.
@@ -76,6 +77,7 @@ bool FromWire(schema::NodeRecord::Reader in, NodeRecord* out) {
   out->jobs_away = in.getJobsAway();
   out->guests_here = in.getGuestsHere();
   out->incarnation = in.getIncarnation();
+  out->blocked = in.getBlocked();
   return true;
 }
 

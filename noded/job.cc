@@ -18,6 +18,7 @@
 
 #include "checkpoint.h"
 #include "error.h"
+#include "job_usage.h"
 #include "uv_error.h"
 
 namespace homeward {
@@ -33,23 +34,13 @@ std::string StatusField(const std::string& status, const std::string& key) {
   return status.substr(start, end - start);
 }
 
-// User and system time of one process, and of its children it has reaped.
-uint64_t ProcessCpuTicks(const std::string& stat_text, bool with_children) {
-  size_t close = stat_text.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream fields(stat_text.substr(close + 2));
-  std::string field;
-  uint64_t ticks = 0;
-  // Fields after the command: state(3) ... utime(14) stime(15) cutime(16) cstime(17).
-  for (int index = 3; index <= 17 && fields >> field; ++index) {
-    if (index == 14 || index == 15 || (with_children && (index == 16 || index == 17))) {
-      ticks += std::strtoull(field.c_str(), nullptr, 10);
-    }
-  }
-  return ticks;
-}
-
 }  // namespace
+
+int64_t WallClockMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 JobIdentity JobIdentity::OfProcess(pid_t pid, uid_t uid, gid_t gid) {
   JobIdentity identity;
@@ -87,7 +78,8 @@ Job::Job(uv_loop_t* loop, JobLaunch launch, ControlStream relay, Finished finish
     : loop_(loop),
       launch_(std::move(launch)),
       relay_(std::move(relay)),
-      on_finished_(std::move(finished)) {}
+      on_finished_(std::move(finished)),
+      arrived_ms_(static_cast<int64_t>(uv_now(loop))) {}
 
 Job::~Job() {
   Kill();
@@ -423,11 +415,12 @@ void Job::SendExit() {
 uint64_t Job::cpu_ms() const {
   if (!init_ || init_status_) return 0;
   // Every live process of the job, with the time of the children each has reaped.
-  uint64_t ticks = 0;
-  for (pid_t pid : migrate::JobPids(init_->pid())) {
-    ticks += ProcessCpuTicks(ReadTextFile(fmt::format("/proc/{}/stat", pid)), true);
-  }
-  return ticks * 1000 / static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
+  return SampleProcesses(migrate::JobPids(init_->pid())).cpu_ms;
+}
+
+void Job::SampleUsage(int64_t now_ms) {
+  if (!init_ || init_status_) return;
+  usage_.Add(SampleProcesses(migrate::JobPids(init_->pid())), now_ms);
 }
 
 std::string Job::PinnedReason() const {

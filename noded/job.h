@@ -18,6 +18,7 @@
 #include "control_server.h"
 #include "fd.h"
 #include "image_stream.h"
+#include "job_usage.h"
 #include "uv_handle.h"
 
 namespace homeward {
@@ -51,6 +52,9 @@ struct JobLaunch {
   JobIdentity identity;
   int64_t pid_base = 0;  // ids of the job's other processes start here (see preload/)
   bool keep_home = false;
+  bool locked = false;        // never moved automatically (mosrun -L)
+  uint32_t min_free_mb = 0;   // only on nodes with this much free memory (mosrun -m)
+  int64_t started_unix_ms = 0;  // when the job started at its home
   bool guest = false;     // a job of another home, running here
   std::string home_host;  // where the home's daemon listens (peer port)
   uint16_t home_port = 0;
@@ -58,6 +62,9 @@ struct JobLaunch {
   std::string init_path;     // mosjob-init
   std::string preload_path;  // libmosix_preload.so, or empty when not built
 };
+
+// The wall clock in milliseconds since the epoch: a job's start, as every node reads it.
+int64_t WallClockMs();
 
 // The daemon's ends of a job's pipes.
 struct DaemonEnds {
@@ -109,6 +116,11 @@ class Job : public std::enable_shared_from_this<Job> {
   // memory), or empty when it may. Reads /proc, so it is asked for, never cached.
   std::string PinnedReason() const;
   bool keep_home() const { return launch_.keep_home; }
+  // Samples what the job's processes use (the balancer does, once per round).
+  void SampleUsage(int64_t now_ms);
+  const UsageMeter& usage() const { return usage_; }
+  // When the job started or arrived on this node (steady clock, ms).
+  int64_t arrived_ms() const { return arrived_ms_; }
   const JobLaunch& launch() const { return launch_; }
 
  private:
@@ -141,6 +153,8 @@ class Job : public std::enable_shared_from_this<Job> {
   bool migrating_ = false;
   uint32_t migrations_ = 0;
   std::vector<uint64_t> pipe_inodes_;
+  UsageMeter usage_;
+  int64_t arrived_ms_ = 0;
 };
 
 }  // namespace homeward

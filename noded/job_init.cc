@@ -178,6 +178,21 @@ void SetUpNamespaces(const Options& options) {
   if (options.root != "/") EnterHomeTree(options.root);
 }
 
+// A guest's init was started from the node's own tree, which pivot_root has just hidden;
+// CRIU cannot dump a process whose executable lies on a mount outside its namespace. The
+// same path inside the home tree holds the same program (the OS paths are the node's own,
+// and the cluster runs one installation), so the init runs itself again from there, as a
+// moved guest's init already does. If the path is not there, the job runs on, unmovable.
+void ReexecInsideRoot(int argc, char** argv) {
+  std::vector<char*> again(argv, argv + argc + 1);
+  static char kRoot[] = "/";
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::string(argv[i]) == "--") break;
+    if (std::string(argv[i]) == "--root") again[i + 1] = kRoot;
+  }
+  execv(argv[0], again.data());
+}
+
 // In the program's process, before exec: the user's identity and limits.
 [[noreturn]] void RunProgram(const Options& options, int exec_error_fd) {
   sigset_t none;
@@ -244,6 +259,7 @@ int main(int argc, char** argv) {
   }
   setsid();  // CRIU dumps a job only if its session leader is inside the namespace.
   SetUpNamespaces(options);
+  if (options.root != "/") ReexecInsideRoot(argc, argv);
 
   sigset_t all;
   sigfillset(&all);

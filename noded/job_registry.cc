@@ -68,14 +68,43 @@ JobIdentity ReadIdentity(schema::JobIdentity::Reader in) {
   return id;
 }
 
+// Answers a control request with how the move it asked for ended.
+MoveDone ReplyWhenMoved(ReplySender reply) {
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  return [pending](const MoveOutcome& outcome) {
+    if (!outcome.error.empty()) {
+      pending->SendError(Error(outcome.kind, outcome.error));
+      return;
+    }
+    capnp::MallocMessageBuilder message;
+    auto migrated = message.initRoot<schema::ControlReply>().initMigrated();
+    migrated.setWhere(outcome.where);
+    migrated.setFrozenMs(outcome.frozen_ms);
+    migrated.setTotalMs(outcome.total_ms);
+    migrated.setImageBytes(outcome.image_bytes);
+    pending->Send(message);
+  };
+}
+
+MoveOutcome OutcomeOf(const MoveOut& move) {
+  MoveOutcome outcome;
+  outcome.error = move.error;
+  outcome.where = move.target_name;
+  outcome.frozen_ms = static_cast<uint64_t>(move.frozen.count());
+  outcome.total_ms = static_cast<uint64_t>(move.total.count());
+  outcome.image_bytes = move.image_bytes;
+  return outcome;
+}
+
 }  // namespace
 
 JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServer& control,
-                         PeerResolver resolve)
+                         PeerResolver resolve, PictureSource picture)
     : loop_(loop),
       config_(config),
       control_(control),
       resolve_(std::move(resolve)),
+      picture_(std::move(picture)),
       init_path_(FindBesideExecutable({"mosjob-init", "../libexec/homeward/mosjob-init"})),
       preload_path_(FindBesideExecutable({"../preload/libmosix_preload.so", "libmosix_preload.so",
                                           "../lib/homeward/libmosix_preload.so"})) {
@@ -125,6 +154,17 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
   return handlers;
 }
 
+std::shared_ptr<JobRegistry::Away> JobRegistry::AwayFrom(Job& job) {
+  auto away = std::make_shared<Away>();
+  away->home_pid = job.home_pid();
+  away->uid = job.uid();
+  away->command = job.command();
+  away->locked = job.launch().locked;
+  away->mosrun = job.relay();
+  away->migrations = job.migrations();
+  return away;
+}
+
 int JobRegistry::FreeSlot() const {
   for (int slot = 0; slot < kMaxJobs; ++slot) {
     if (!jobs_.count(slot)) return slot;
@@ -152,6 +192,8 @@ JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
          launch.cwd);
   }
   launch.keep_home = spec.getKeepHome();
+  launch.locked = spec.getLocked();
+  launch.min_free_mb = spec.getMinFreeMb();
   launch.init_path = init_path_;
   launch.preload_path = preload_path_;
   return launch;
@@ -188,9 +230,10 @@ void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
   JobLaunch launch = LaunchFrom(spec);
   launch.home = config_.name;
   launch.identity = JobIdentity::OfProcess(caller.pid, caller.uid, caller.gid);
+  launch.started_unix_ms = WallClockMs();
   int slot = FreeSlot();
   launch.pid_base = PidBase(slot);
-  std::string where = spec.getWhere();
+  std::string where = Place(launch, spec.getWhere(), spec.getPlaceBest());
   if (!where.empty() && where != config_.name) {
     StartAway(slot, std::move(launch), where, std::move(reply));
     return;
@@ -209,6 +252,7 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
   away->home_pid = launch.identity.home_pid;
   away->uid = launch.identity.uid;
   for (const auto& arg : launch.argv) away->command += (away->command.empty() ? "" : " ") + arg;
+  away->locked = launch.locked;
 
   auto handlers = MosrunHandlersForAway(slot, away);
   away->mosrun = reply.OpenStream(std::move(handlers));
@@ -266,6 +310,9 @@ std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
   job.setCwd(launch.cwd);
   job.setWhere(where);
   job.setKeepHome(launch.keep_home);
+  job.setLocked(launch.locked);
+  job.setMinFreeMb(launch.min_free_mb);
+  guest.setStartedUnixMs(static_cast<uint64_t>(launch.started_unix_ms));
   if (launch.guest) {
     guest.setHome(launch.home);
     guest.setHomeHost(launch.home_host);
@@ -312,11 +359,10 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
     auto reply = incoming.Root<schema::ControlReply>();
     if (reply.isError() && away->pending_move) {
       // The job's node could not move it on: it runs on there.
-      auto pending = std::move(*away->pending_move);
-      away->pending_move.reset();
-      pending.SendError(Error(ErrorKind::kFailed,
-                              fmt::format("job {} stays on {}: {}", away->home_pid, away->where,
-                                          reply.getError().getMessage().cStr())));
+      auto pending = std::move(away->pending_move);
+      away->pending_move = nullptr;
+      pending(MoveOutcome::Failure(fmt::format("job {} stays on {}: {}", away->home_pid,
+                                               away->where, reply.getError().getMessage().cStr())));
       return;
     }
     if (reply.isError()) {
@@ -327,11 +373,15 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
     if (reply.isMigrated()) {
       ++away->migrations;
       if (away->pending_move) {
-        auto pending = std::move(*away->pending_move);
-        away->pending_move.reset();
-        capnp::MallocMessageBuilder message;
-        message.setRoot(incoming.Root<schema::ControlReply>());
-        pending.Send(message);
+        auto pending = std::move(away->pending_move);
+        away->pending_move = nullptr;
+        auto migrated = reply.getMigrated();
+        MoveOutcome outcome;
+        outcome.where = migrated.getWhere();
+        outcome.frozen_ms = migrated.getFrozenMs();
+        outcome.total_ms = migrated.getTotalMs();
+        outcome.image_bytes = migrated.getImageBytes();
+        pending(outcome);
       }
       return;
     }
@@ -355,11 +405,11 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       }
     }
     if (away->pending_move && away->generation == generation) {
-      auto pending = std::move(*away->pending_move);
-      away->pending_move.reset();
-      pending.SendError(
-          Error(ErrorKind::kDisconnected,
-                fmt::format("lost contact with node {} during the move", away->where)));
+      auto pending = std::move(away->pending_move);
+      away->pending_move = nullptr;
+      pending(MoveOutcome::Failure(
+          fmt::format("lost contact with node {} during the move", away->where),
+          ErrorKind::kDisconnected));
     }
   };
   return handlers;
@@ -420,11 +470,15 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   }
   launch.identity = ReadIdentity(spec.getIdentity());
   launch.pid_base = spec.getPidBase();
+  launch.started_unix_ms = static_cast<int64_t>(spec.getStartedUnixMs());
   launch.home_host = spec.getHomeHost();
   launch.home_port = spec.getHomePort();
   if (launch.home == config_.name) {
     launch.root = "/";  // a job of ours coming home
     return launch;
+  }
+  if (blocked_) {
+    Fail(ErrorKind::kOverloaded, "node {} accepts no guests (mosctl block)", config_.name);
   }
   launch.reattach = spec.getReattach();
   launch.root = config_.mosix_root + "/home/" + launch.home;
@@ -517,25 +571,34 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
          home_pid);
   }
   if (it->second.away) {
-    auto away = it->second.away;
-    if (target == "home") target = config_.name;
-    if (target == away->where) {
-      Fail(ErrorKind::kInvalidInput, "job {} already runs on {}", home_pid, target);
-    }
-    if (away->pending_move) Fail(ErrorKind::kOverloaded, "job {} is already moving", home_pid);
-    if (target != config_.name) resolve_(target);  // a clear error for an unknown node
-    if (!away->peer.open()) Fail(ErrorKind::kOverloaded, "job {} is still starting", home_pid);
-    capnp::MallocMessageBuilder message;
-    auto root = message.initRoot<schema::ControlRequest>();
-    root.setVersion(schema::CONTROL_VERSION);
-    auto migrate = root.initMigrateJob();
-    migrate.setHomePid(home_pid);
-    migrate.setTarget(target);
-    away->peer.Send(message);
-    away->pending_move.emplace(std::move(reply));
+    MoveAway(it->second.away, target == "home" ? config_.name : target,
+             ReplyWhenMoved(std::move(reply)));
     return;
   }
-  auto job = it->second.here;
+  MoveFromHome(slot, it->second.here, target, ReplyWhenMoved(std::move(reply)));
+}
+
+void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target, MoveDone done) {
+  pid_t home_pid = away->home_pid;
+  if (target == away->where) {
+    Fail(ErrorKind::kInvalidInput, "job {} already runs on {}", home_pid, target);
+  }
+  if (away->pending_move) Fail(ErrorKind::kOverloaded, "job {} is already moving", home_pid);
+  if (target != config_.name) resolve_(target);  // a clear error for an unknown node
+  if (!away->peer.open()) Fail(ErrorKind::kOverloaded, "job {} is still starting", home_pid);
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<schema::ControlRequest>();
+  root.setVersion(schema::CONTROL_VERSION);
+  auto migrate = root.initMigrateJob();
+  migrate.setHomePid(home_pid);
+  migrate.setTarget(target);
+  away->peer.Send(message);
+  away->pending_move = std::move(done);
+}
+
+void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::string& target,
+                          MoveDone done) {
+  pid_t home_pid = job->home_pid();
   if (target == "home" || target == config_.name) {
     Fail(ErrorKind::kInvalidInput, "job {} is already at home on {}", home_pid, config_.name);
   }
@@ -550,11 +613,10 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   job->set_migrating(true);
   job->relay().PauseReading(true);  // input waits for the job's new place
 
-  auto pending = std::make_shared<ReplySender>(std::move(reply));
   int status = QueueWork(
       loop_, [move] { RunMoveOut(*move); },
-      [this, alive = alive_, slot, job, move, pending] {
-        if (*alive) FinishMove(slot, job, *move, std::move(*pending));
+      [this, alive = alive_, slot, job, move, done = std::move(done)] {
+        if (*alive) FinishMove(slot, job, *move, done);
       });
   if (status < 0) {
     job->set_migrating(false);
@@ -566,6 +628,14 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
 std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& job,
                                                   const std::string& target) {
   PeerAddress address = resolve_(target);
+  // A blocked node refuses the stream anyway; saying so before the dump is clearer.
+  if (target != job->launch().home) {
+    for (const balance::Node& node : picture_()) {
+      if (node.name == target && !node.accepts_guests) {
+        Fail(ErrorKind::kOverloaded, "node {} accepts no guests (mosctl block)", target);
+      }
+    }
+  }
   pid_t home_pid = job->home_pid();
   auto move = std::make_shared<MoveOut>();
   move->init_pid = job->init_pid();
@@ -585,12 +655,17 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   return move;
 }
 
-void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& target) {
+void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& target,
+                               MoveDone done) {
   std::shared_ptr<MoveOut> move;
   try {
     if (job->state() != "running") Fail(ErrorKind::kOverloaded, "the job is {}", job->state());
     move = PrepareMove(job, target);
   } catch (const Error& e) {
+    if (done) {
+      done(MoveOutcome::Failure(e.what(), e.kind()));
+      return;
+    }
     capnp::MallocMessageBuilder message;
     auto error = message.initRoot<schema::ControlReply>().initError();
     error.setKind(std::string(ErrorKindName(e.kind())));
@@ -601,17 +676,26 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
   job->set_migrating(true);
   int status = QueueWork(
       loop_, [move] { RunMoveOut(*move); },
-      [this, alive = alive_, job, move] {
-        if (*alive) FinishGuestMove(job, *move);
+      [this, alive = alive_, job, move, done] {
+        if (*alive) FinishGuestMove(job, *move, done);
       });
-  if (status < 0) job->set_migrating(false);
+  if (status < 0) {
+    job->set_migrating(false);
+    if (done) {
+      done(MoveOutcome::Failure(fmt::format("cannot start the move: {}", uv_strerror(status))));
+    }
+  }
 }
 
-void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move) {
+void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const MoveDone& done) {
   job->set_migrating(false);
   capnp::MallocMessageBuilder message;
   if (!move.error.empty()) {
     spdlog::warn("guest {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
+    if (done) {
+      done(OutcomeOf(move));  // this node's own decision: the home need not hear of it
+      return;
+    }
     auto error = message.initRoot<schema::ControlReply>().initError();
     error.setKind("failed");
     error.setMessage(move.error);
@@ -637,6 +721,7 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move) {
   relay.Close();
   spdlog::info("guest {} moved on to {} (frozen {} ms)", job->home_pid(), move.target_name,
                move.frozen.count());
+  if (done) done(OutcomeOf(move));
 }
 
 void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path, uid_t owner,
@@ -714,12 +799,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
                                                               job->home_pid(), result->error)));
                     return;
                   }
-                  auto away = std::make_shared<Away>();
-                  away->home_pid = job->home_pid();
-                  away->uid = job->uid();
-                  away->command = job->command();
-                  away->mosrun = job->relay();
-                  away->migrations = job->migrations();
+                  auto away = AwayFrom(*job);
                   away->frozen_dir = dir;
                   away->launch = std::make_shared<JobLaunch>(job->launch());
                   away->pipes = job->pipe_roles();
@@ -800,24 +880,25 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
   if (status < 0) Fail(ErrorKind::kFailed, "cannot start continuing: {}", uv_strerror(status));
 }
 
-void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move, ReplySender reply) {
+void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
+                             const MoveDone& done) {
   job->set_migrating(false);
   auto it = jobs_.find(slot);
   bool still_ours = it != jobs_.end() && it->second.here == job;
   if (!move.error.empty()) {
     spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
     job->relay().PauseReading(false);
-    reply.SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays on {}: {}", job->home_pid(),
-                                                          config_.name, move.error)));
+    MoveOutcome outcome = OutcomeOf(move);
+    outcome.error = fmt::format("job {} stays on {}: {}", job->home_pid(), config_.name, move.error);
+    done(outcome);
     return;
   }
-  if (!still_ours) return;  // ended meanwhile (its mosrun went away)
-  auto away = std::make_shared<Away>();
+  if (!still_ours) {  // ended meanwhile (its mosrun went away)
+    done(MoveOutcome::Failure("the job ended during the move"));
+    return;
+  }
+  auto away = AwayFrom(*job);
   away->where = move.target_name;
-  away->home_pid = job->home_pid();
-  away->uid = job->uid();
-  away->command = job->command();
-  away->mosrun = job->relay();
   away->migrations = job->migrations() + 1;
   job->AbandonAfterMove();
   it->second.here.reset();
@@ -826,13 +907,7 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move, 
   JoinAway(slot, away, std::move(move.connection), nullptr);
   spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)", away->home_pid,
                away->where, move.frozen.count(), move.total.count(), move.image_bytes);
-  capnp::MallocMessageBuilder message;
-  auto migrated = message.initRoot<schema::ControlReply>().initMigrated();
-  migrated.setWhere(move.target_name);
-  migrated.setFrozenMs(static_cast<uint64_t>(move.frozen.count()));
-  migrated.setTotalMs(static_cast<uint64_t>(move.total.count()));
-  migrated.setImageBytes(move.image_bytes);
-  reply.Send(message);
+  done(OutcomeOf(move));
 }
 
 void JobRegistry::AcceptMove(Fd fd) {
@@ -906,6 +981,7 @@ void JobRegistry::TakeRestored() {
     restored.swap(restored_);
   }
   for (auto& one : restored) {
+    if (on_arrival_) on_arrival_();
     if (one.launch.home == config_.name) {
       ComeHome(one);
       continue;
@@ -946,6 +1022,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
     info.setGuest(job.launch().guest);
     info.setMigrations(job.migrations());
     info.setPinned(job.PinnedReason());
+    info.setLocked(job.launch().locked);
   };
   for (const auto& [slot, job] : jobs_) {
     auto info = list[i++];
@@ -962,6 +1039,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       if (!job.away->frozen_dir.empty()) info.setWhere(config_.name);
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);
+      info.setLocked(job.away->locked);
     }
   }
   for (const auto& [id, job] : guests_) describe(*job, list[i++]);

@@ -6,6 +6,7 @@
 
 #include <uv.h>
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "balance_policy.h"
 #include "checkpoint.h"
 #include "config.h"
 #include "control_server.h"
@@ -32,11 +34,31 @@ struct PeerAddress {
 };
 // Finds a live node by name; throws Error(kNotFound) naming the node when there is none.
 using PeerResolver = std::function<PeerAddress(const std::string& node)>;
+// The live nodes as the placement policy sees them, this one included.
+using PictureSource = std::function<std::vector<balance::Node>()>;
+
+// How a move ended: `error` is empty when the job moved.
+struct MoveOutcome {
+  std::string error;
+  ErrorKind kind = ErrorKind::kFailed;
+  std::string where;
+  uint64_t frozen_ms = 0;
+  uint64_t total_ms = 0;
+  uint64_t image_bytes = 0;
+
+  static MoveOutcome Failure(std::string error, ErrorKind kind = ErrorKind::kFailed) {
+    MoveOutcome outcome;
+    outcome.error = std::move(error);
+    outcome.kind = kind;
+    return outcome;
+  }
+};
+using MoveDone = std::function<void(const MoveOutcome&)>;
 
 class JobRegistry {
  public:
   JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServer& control,
-              PeerResolver resolve);
+              PeerResolver resolve, PictureSource picture);
   JobRegistry(const JobRegistry&) = delete;
   JobRegistry& operator=(const JobRegistry&) = delete;
   ~JobRegistry();
@@ -55,6 +77,18 @@ class JobRegistry {
   void AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
+  // mosctl block, unblock, expel and bring.
+  void Admin(schema::AdminRequest::Reader request, ReplySender reply);
+
+  // The balancer's side. Samples what every job running here uses, and returns those it
+  // may move: not locked (mosrun -L), not pinned, not moving; `now_ms` is the loop's time.
+  std::vector<balance::Job> MovableJobs(int64_t now_ms);
+  // Moves a job MovableJobs offered; `done` runs on the loop when the move has ended.
+  void MoveAutomatically(uint64_t id, const std::string& target, MoveDone done);
+  // Called when a job arrives here from another node.
+  void OnArrival(std::function<void()> callback) { on_arrival_ = std::move(callback); }
+  // Whether this node refuses guests (mosctl block); read from peer threads too.
+  bool blocked() const { return blocked_; }
   void KillAll();
   void Start();
   // Called whenever the number of jobs away or guests here may have changed.
@@ -74,6 +108,7 @@ class JobRegistry {
   struct Away {
     std::string where;
     std::string command;
+    bool locked = false;
     pid_t home_pid = 0;
     uid_t uid = 0;
     ControlStream mosrun;
@@ -81,7 +116,7 @@ class JobRegistry {
     bool exited = false;
     uint32_t migrations = 0;
     uint32_t generation = 0;                  // which relay to the job's node is current
-    std::optional<ReplySender> pending_move;  // a mosmigrate waiting for the job's node
+    MoveDone pending_move;  // a move waiting for the job's node
     // A job frozen to disk at home (mosmigrate freeze): its images, and what restoring
     // it needs. `where` is then empty.
     std::string frozen_dir;
@@ -101,6 +136,8 @@ class JobRegistry {
     JobLaunch launch;
   };
   int FreeSlot() const;
+  // The record of a home job leaving this node, taken over from its Job.
+  static std::shared_ptr<Away> AwayFrom(Job& job);
   JobLaunch LaunchFrom(schema::JobSpec::Reader spec) const;
   // Starts `launch` on this node with `reply`'s connection as its relay; `finished`
   // runs when the job is gone.
@@ -114,8 +151,16 @@ class JobRegistry {
   void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd, capnp::MallocMessageBuilder* first);
   StreamHandlers PeerHandlersForAway(int slot, std::shared_ptr<Away> away);
   StreamHandlers RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>> weak_job);
-  void MigrateGuest(std::shared_ptr<Job> job, const std::string& target);
-  void FinishGuestMove(std::shared_ptr<Job> job, struct MoveOut& move);
+  // Moves a guest on. `done`, when given, hears the outcome (a move this node decided);
+  // otherwise the guest's home does, on its relay (a move the home asked for).
+  void MigrateGuest(std::shared_ptr<Job> job, const std::string& target, MoveDone done = {});
+  void FinishGuestMove(std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
+  // Moves a home job running here to `target`.
+  void MoveFromHome(int slot, std::shared_ptr<Job> job, const std::string& target, MoveDone done);
+  // Asks the node a home job runs on to move it to `target` (this node for home).
+  void MoveAway(std::shared_ptr<Away> away, const std::string& target, MoveDone done);
+  // Where a new job starts: its -r node, or one -b or -m chooses.
+  std::string Place(const JobLaunch& launch, const std::string& where, bool best) const;
   void ComeHome(Restored& restored);
   std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
@@ -133,12 +178,13 @@ class JobRegistry {
   void DumpOffLoop(const std::shared_ptr<Job>& job, const std::string& dir,
                    migrate::AfterDump after, std::function<void(const DumpOutcome&)> done);
   void Continue(int slot, std::shared_ptr<Away> away, ReplySender reply);
-  void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, ReplySender reply);
+  void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
 
   uv_loop_t* loop_;
   const NodeConfig& config_;
   ControlServer& control_;
   PeerResolver resolve_;
+  PictureSource picture_;
   std::string init_path_;
   std::string preload_path_;
   std::map<int, HomeJob> jobs_;  // home jobs, by slot
@@ -147,6 +193,8 @@ class JobRegistry {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   FaultPoints faults_ = FaultPoints::FromEnvironment();
   std::function<void()> on_change_;
+  std::function<void()> on_arrival_;
+  std::atomic<bool> blocked_{false};
   UvHandle<uv_timer_t> counts_timer_;
   UvHandle<uv_async_t> restored_wakeup_;
   std::mutex restored_mutex_;

@@ -34,6 +34,7 @@ struct NodeRecord {
   uint32_t jobs_away = 0;
   uint32_t guests_here = 0;
   uint64_t incarnation = 0;
+  bool blocked = false;  // accepts no guests (mosctl block)
 
   Endpoint gossip_endpoint() const { return {address, gossip_port}; }
 };

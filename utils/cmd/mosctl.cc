@@ -1,4 +1,5 @@
-// mosctl: administration of the local node (status now; more as the daemon grows).
+// mosctl: administration of the local node: its status, whether it takes guests, and
+// sending its guests away or bringing its own jobs home.
 #include <cstdio>
 
 #include <CLI/CLI.hpp>
@@ -49,6 +50,28 @@ int HomeMount(const std::string& socket, const std::string& name, const std::str
   return 0;
 }
 
+// block, unblock, expel, bring: waits until every move has ended and says what moved.
+int Admin(const std::string& socket, schema::AdminRequest::Action action) {
+  auto client = ControlClient::Connect(socket);
+  auto reply = client.Call([&](auto request) { request.initAdmin().setAction(action); });
+  auto report = reply.Root<schema::ControlReply>().getAdminReport();
+  int failed = 0;
+  for (auto move : report.getMoves()) {
+    std::string what = fmt::format("job {} (home {}) {} -> {}", move.getHomePid(),
+                                   move.getHome().cStr(), move.getFrom().cStr(),
+                                   move.getTo().cStr());
+    if (move.getError().size() == 0) {
+      fmt::print("moved    {}\n", what);
+    } else {
+      ++failed;
+      fmt::print("stayed   {}: {}\n", what, move.getError().cStr());
+    }
+  }
+  fmt::print("{} moved, {} stayed; this node {} guests\n", report.getMoves().size() - failed,
+             failed, report.getBlocked() ? "accepts no" : "accepts");
+  return failed ? 1 : 0;
+}
+
 }  // namespace
 }  // namespace homeward
 
@@ -65,8 +88,21 @@ int main(int argc, char** argv) {
   mount->add_option("address", address, "the peer's address[:port]")->required();
   auto* unmount = app.add_subcommand("home-unmount", "unmount /mosix/home/NAME");
   unmount->add_option("name", name, "the peer's node name")->required();
+  using Action = homeward::schema::AdminRequest::Action;
+  std::vector<std::pair<CLI::App*, Action>> actions = {
+      {app.add_subcommand("block", "accept no guests (new jobs or moves) from other nodes"),
+       Action::BLOCK},
+      {app.add_subcommand("unblock", "accept guests again"), Action::UNBLOCK},
+      {app.add_subcommand("expel", "block, and send every guest away: home, or elsewhere"),
+       Action::EXPEL},
+      {app.add_subcommand("bring", "bring every job of this home running elsewhere back home"),
+       Action::BRING},
+  };
   CLI11_PARSE(app, argc, argv);
   try {
+    for (auto& [command, action] : actions) {
+      if (command->parsed()) return homeward::Admin(socket, action);
+    }
     if (status->parsed()) return homeward::Status(socket);
     if (mount->parsed()) return homeward::HomeMount(socket, name, address, true);
     if (unmount->parsed()) return homeward::HomeMount(socket, name, "", false);

@@ -27,6 +27,7 @@ struct Row {
   std::string state;
   bool alive = false;
   bool self = false;
+  bool blocked = false;  // accepts no guests
   double load = 0;
   double homeward_load = 0;
   int cpus = 0;
@@ -53,6 +54,7 @@ std::vector<Row> Fetch(const std::string& socket) {
     row.state = node.getState();
     row.alive = node.getAlive();
     row.self = node.getIsSelf();
+    row.blocked = node.getBlocked();
     row.load = node.getLoad();
     row.homeward_load = node.getHomewardLoad();
     row.cpus = node.getCores();
@@ -77,6 +79,7 @@ int PrintJson(const std::string& socket) {
                      {"alive", row.alive},
                      {"state", row.state},
                      {"self", row.self},
+                     {"blocked", row.blocked},
                      {"load", Round2(row.load)},
                      {"homeward_load", Round2(row.homeward_load)},
                      {"cpus", row.cpus},
@@ -176,7 +179,7 @@ void Draw(const std::vector<Row>& rows, SortBy sort, const std::string& problem)
     std::string name = row.self ? row.name + "*" : row.name;
     screen += fmt::format(
         "{:<16} {:<15} {:<7} {:>6.2f} {:>5.1f} {:>5} {:>6.2f} {:>9} {:>9} {:>5} {:>6} {:>6}\n",
-        name, row.address, row.state, row.load, row.homeward_load, row.cpus, row.speed,
+        name, row.address, row.blocked && row.alive ? "blocked" : row.state, row.load, row.homeward_load, row.cpus, row.speed,
         row.mem_free_mb, row.mem_total_mb, row.jobs, row.guests, Age(row.age_ms));
   }
   if (!problem.empty()) screen += "\n" + problem + "\n";

@@ -34,7 +34,8 @@ int List(const std::string& socket, bool json) {
                              {"cpu_ms", job.getCpuMs()},
                              {"user", UserName(job.getUid())},
                              {"guest", job.getGuest()},
-                             {"pinned", job.getPinned().cStr()}});
+                             {"pinned", job.getPinned().cStr()},
+                             {"locked", job.getLocked()}});
     }
     fmt::print("{}\n", out.dump());
     return 0;
@@ -46,6 +47,7 @@ int List(const std::string& socket, bool json) {
     std::string cpu = fmt::format("{}:{:02}.{:01}", ms / 60000, (ms / 1000) % 60, (ms / 100) % 10);
     std::string cmd = job.getCmd();
     if (job.getPinned().size() > 0) cmd += fmt::format("  [pinned: {}]", job.getPinned().cStr());
+    if (job.getLocked()) cmd += "  [locked: mosrun -L]";
     fmt::print("{:>8} {:<10} {:<8} {:<8} {:<9} {:>4} {:>9}  {}\n", job.getHomePid(),
                UserName(job.getUid()), job.getHome().cStr(), job.getWhere().cStr(),
                job.getState().cStr(), job.getMigrations(), cpu, cmd);

@@ -33,15 +33,22 @@ constexpr int kForwarded[] = {SIGHUP,  SIGINT,  SIGQUIT,  SIGTERM, SIGUSR1,
 struct Options {
   std::string where;
   bool keep_home = false;
+  bool best = false;
+  bool locked = false;
+  uint32_t min_free_mb = 0;
   std::vector<std::string> argv;
 };
 
 [[noreturn]] void Usage(int status) {
   fprintf(status ? stderr : stdout,
-          "usage: mosrun [-h | -r NODE] PROGRAM [ARGS...]\n"
+          "usage: mosrun [-h | -r NODE | -b] [-m MB] [-L | -l] PROGRAM [ARGS...]\n"
           "Runs PROGRAM as a Homeward job whose home is this node.\n"
           "  -h        keep the job at home (never migrate it)\n"
           "  -r NODE   start the job on NODE\n"
+          "  -b        start the job on the node where it gets the most CPU now\n"
+          "  -m MB     only on nodes with MB megabytes of free memory, at start and when moved\n"
+          "  -L        never move the job automatically (mosmigrate still moves it)\n"
+          "  -l        let the balancer move the job (the default)\n"
           "  --help    show this help\n");
   exit(status);
 }
@@ -50,7 +57,7 @@ Options Parse(int argc, char** argv) {
   Options options;
   static const option kLong[] = {{"help", no_argument, nullptr, 'H'}, {}};
   int c;
-  while ((c = getopt_long(argc, argv, "+hr:", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "+hr:bm:Ll", kLong, nullptr)) != -1) {
     switch (c) {
       case 'h':
         options.keep_home = true;
@@ -58,14 +65,34 @@ Options Parse(int argc, char** argv) {
       case 'r':
         options.where = optarg;
         break;
+      case 'b':
+        options.best = true;
+        break;
+      case 'm': {
+        char* end = nullptr;
+        errno = 0;
+        unsigned long mb = strtoul(optarg, &end, 10);
+        if (errno || end == optarg || *end || mb == 0 || mb > UINT32_MAX || optarg[0] == '-') {
+          fprintf(stderr, "mosrun: -m takes a positive number of megabytes, not '%s'\n", optarg);
+          exit(2);
+        }
+        options.min_free_mb = static_cast<uint32_t>(mb);
+        break;
+      }
+      case 'L':
+        options.locked = true;
+        break;
+      case 'l':
+        options.locked = false;
+        break;
       case 'H':
         Usage(0);
       default:
         Usage(2);
     }
   }
-  if (options.keep_home && !options.where.empty()) {
-    fprintf(stderr, "mosrun: -h keeps the job at home; it cannot go with -r\n");
+  if (options.keep_home + !options.where.empty() + options.best > 1) {
+    fprintf(stderr, "mosrun: -h, -r and -b each say where the job starts: give one\n");
     exit(2);
   }
   for (int i = optind; i < argc; ++i) options.argv.emplace_back(argv[i]);
@@ -159,6 +186,9 @@ int Run(const Options& options) {
     spec.setCwd(cwd);
     spec.setWhere(options.where);
     spec.setKeepHome(options.keep_home);
+    spec.setPlaceBest(options.best);
+    spec.setMinFreeMb(options.min_free_mb);
+    spec.setLocked(options.locked);
   });
 
   FrameDecoder decoder(kMaxControlFrameBytes);

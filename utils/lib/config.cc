@@ -54,6 +54,13 @@ class ConfigReader {
     return *value;
   }
 
+  bool Boolean(std::string_view field, bool fallback) const {
+    const toml::node* node = Find(field);
+    if (!node) return fallback;
+    if (!node->is_boolean()) Problem(field, "must be true or false");
+    return *node->value<bool>();
+  }
+
   std::chrono::milliseconds Millis(std::string_view field, std::chrono::milliseconds fallback) const {
     return std::chrono::milliseconds(Integer(field, fallback.count(), 1, 24 * 3600 * 1000));
   }
@@ -221,6 +228,14 @@ level_ok:
   if (config.gossip.dead_after <= config.gossip.suspect_after) {
     reader.Problem("gossip.dead_ms", "must be greater than gossip.suspect_ms");
   }
+  BalanceConfig& balance = config.balance;
+  balance.automatic = reader.Boolean("balance.automatic", balance.automatic);
+  balance.interval = reader.Millis("balance.interval_ms", balance.interval);
+  balance.min_residency = reader.Millis("balance.min_residency_ms", balance.min_residency);
+  balance.hysteresis_percent = static_cast<int>(
+      reader.Integer("balance.hysteresis_percent", balance.hysteresis_percent, 0, 1000));
+  balance.usher_free_mb = static_cast<uint32_t>(
+      reader.Integer("balance.usher_free_mb", balance.usher_free_mb, 0, 1 << 30));
   return config;
 }
 

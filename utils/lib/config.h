@@ -29,6 +29,15 @@ struct GossipConfig {
   int window = 16;                                // records carried per gossip datagram
 };
 
+// The balancer (noded/balancer.h); the policy's finer knobs keep their defaults.
+struct BalanceConfig {
+  bool automatic = true;                      // move jobs by load, memory and home I/O
+  std::chrono::milliseconds interval{1000};   // one balancing round this often
+  std::chrono::milliseconds min_residency{4000};  // a job stays at least this long where it lands
+  int hysteresis_percent = 30;                // a target must promise this much more CPU
+  uint32_t usher_free_mb = 256;               // below this much free memory, jobs are moved away
+};
+
 struct NodeConfig {
   std::string config_path;  // where this was read from, for messages
   std::string name;
@@ -43,6 +52,7 @@ struct NodeConfig {
   std::vector<uint8_t> cluster_key;  // 32 bytes, read from key_file
   std::vector<Endpoint> seeds;
   GossipConfig gossip;
+  BalanceConfig balance;
   std::string log_level = "info";
 };
 

@@ -90,6 +90,21 @@ TEST_F(ConfigTest, ReadsEveryOptionalField) {
   EXPECT_EQ(config.seeds[0].port, 5100);  // seeds default to our own gossip port
 }
 
+TEST_F(ConfigTest, ReadsBalanceSection) {
+  NodeConfig defaults = LoadNodeConfig(Write(Good()));
+  EXPECT_TRUE(defaults.balance.automatic);
+  NodeConfig config = LoadNodeConfig(
+      Write(Good() + "[balance]\nautomatic = false\ninterval_ms = 500\nmin_residency_ms = 9000\n"
+                     "hysteresis_percent = 50\nusher_free_mb = 64\n"));
+  EXPECT_FALSE(config.balance.automatic);
+  EXPECT_EQ(config.balance.interval, std::chrono::milliseconds(500));
+  EXPECT_EQ(config.balance.min_residency, std::chrono::milliseconds(9000));
+  EXPECT_EQ(config.balance.hysteresis_percent, 50);
+  EXPECT_EQ(config.balance.usher_free_mb, 64u);
+  EXPECT_THAT(ErrorOf(Good() + "[balance]\nautomatic = 1\n"),
+              HasSubstr("balance.automatic: must be true or false"));
+}
+
 TEST_F(ConfigTest, MissingFileNamesIt) {
   try {
     LoadNodeConfig(dir_ + "/absent.toml");

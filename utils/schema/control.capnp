@@ -37,6 +37,9 @@ struct ControlRequest {
     # relay, from its home: move that guest on (answered on the relay: migrated or error).
     attachGuest @11 :AttachGuest;
     # From the node a job was moved on to, over a peer connection that becomes its relay.
+    admin @12 :AdminRequest;
+    # mosctl block, unblock, expel, bring (root only): answered by one adminReport once
+    # every move it started has ended.
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -53,6 +56,7 @@ struct ControlReply {
     jobs @6 :JobList;
     done @7 :Void;
     migrated @8 :Migrated;
+    adminReport @9 :AdminReport;
   }
 }
 
@@ -97,6 +101,8 @@ struct NodeInfo {
   guestsHere @16 :UInt32;
   ageMs @17 :UInt64;
   incarnation @18 :UInt64;
+  blocked @19 :Bool;
+  # The node accepts no guests (mosctl block).
 }
 
 struct JobSpec {
@@ -108,6 +114,12 @@ struct JobSpec {
   # The node to start on; empty for this (the home) node.
   keepHome @4 :Bool;
   # Never move the job away from home (mosrun -h).
+  placeBest @5 :Bool;
+  # Start on the node where the job would get the most CPU now (mosrun -b).
+  minFreeMb @6 :UInt32;
+  # Only on nodes with this much free memory, at start and when moved (mosrun -m).
+  locked @7 :Bool;
+  # Never move the job automatically (mosrun -L); by hand it still moves.
 }
 
 struct JobStarted {
@@ -148,6 +160,8 @@ struct JobInfo {
   # Why the job may not leave its home, or empty.
   guest @9 :Bool;
   # A guest: a job of another home, running here.
+  locked @10 :Bool;
+  # Started with mosrun -L: the balancer leaves it where it is.
 }
 
 struct GuestSpec {
@@ -159,6 +173,8 @@ struct GuestSpec {
   homeHost @4 :Text;
   homePort @5 :UInt16;
   # Where the home's daemon listens, for a job moved on from one guest node to another.
+  startedUnixMs @7 :UInt64;
+  # When the job started at its home (wall clock): its age, for the balancer's cost test.
   reattach @6 :Bool;
   # The job comes from a node other than its home: once restored, its new node connects
   # to the home (attachGuest) and that connection becomes the job's relay.
@@ -208,4 +224,33 @@ struct Migrated {
   # How long the job was stopped: from the dump's freeze to its restore.
   totalMs @2 :UInt64;
   imageBytes @3 :UInt64;
+}
+
+struct AdminRequest {
+  action @0 :Action;
+  enum Action {
+    block @0;
+    # Accept no more guests (new ones or moves); the cluster learns it through gossip.
+    unblock @1;
+    expel @2;
+    # Block, then send every guest away: home, or to another node when home cannot take it.
+    bring @3;
+    # Bring every job of this home that runs elsewhere back home.
+  }
+}
+
+struct AdminReport {
+  moves @0 :List(MoveReport);
+  # One per job the action tried to move, in the order they ended.
+  blocked @1 :Bool;
+  # Whether the node accepts no guests after the action.
+}
+
+struct MoveReport {
+  homePid @0 :Int32;
+  home @1 :Text;
+  from @2 :Text;
+  to @3 :Text;
+  error @4 :Text;
+  # Empty when the job moved; otherwise why it stays where it was.
 }

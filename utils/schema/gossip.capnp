@@ -31,6 +31,7 @@ struct NodeRecord {
   jobsAway @12 :UInt32;      # home jobs running on other nodes
   guestsHere @13 :UInt32;    # other nodes' jobs running here
   incarnation @14 :UInt64;   # raised at every start and to refute a suspicion
+  blocked @15 :Bool;         # accepts no guests (mosctl block)
 }
 
 struct WindowEntry {

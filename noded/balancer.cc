@@ -1,0 +1,101 @@
+// The balancing rounds of a node.
+#include "balancer.h"
+
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include "uv_error.h"
+
+namespace homeward {
+
+std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture) {
+  std::vector<balance::Node> nodes;
+  for (const MemberView& view : picture) {
+    if (view.state != MemberState::kAlive) continue;
+    const NodeRecord& record = view.record;
+    balance::Node node;
+    node.name = record.name;
+    node.cores = record.cores;
+    node.speed = record.speed;
+    node.load = record.load;
+    node.mem_free_mb = record.mem_free_mb;
+    node.mem_total_mb = record.mem_total_mb;
+    node.accepts_guests = !record.blocked;
+    node.age_ms = view.age_ms;
+    nodes.push_back(std::move(node));
+  }
+  return nodes;
+}
+
+balance::Options PolicyOptions(const BalanceConfig& config) {
+  balance::Options options;
+  options.hysteresis = config.hysteresis_percent / 100.0;
+  options.min_residency_ms = config.min_residency.count();
+  options.usher_free_mb = config.usher_free_mb;
+  return options;
+}
+
+Balancer::Balancer(uv_loop_t* loop, const NodeConfig& config, Gossip& gossip, JobRegistry& jobs)
+    : loop_(loop),
+      config_(config),
+      gossip_(gossip),
+      jobs_(jobs),
+      policy_(config.name, PolicyOptions(config.balance),
+              static_cast<uint64_t>(::getpid()) ^ std::hash<std::string>()(config.name)) {}
+
+void Balancer::Start() {
+  jobs_.OnArrival([this] { policy_.Arrived(1.0, static_cast<int64_t>(uv_now(loop_))); });
+  CheckUv(uv_timer_init(loop_, timer_.get()), "balancer timer");
+  timer_.get()->data = this;
+  auto interval = static_cast<uint64_t>(config_.balance.interval.count());
+  CheckUv(uv_timer_start(
+              timer_.get(), [](uv_timer_t* timer) { static_cast<Balancer*>(timer->data)->Round(); },
+              interval, interval),
+          "balancer timer");
+  spdlog::info("balancer: a round every {} ms, automatic moves {}", interval,
+               config_.balance.automatic ? "on" : "off");
+}
+
+void Balancer::Stop() {
+  *alive_ = false;
+  timer_.Close();
+}
+
+// Runs inside a libuv callback: nothing may throw out of it.
+void Balancer::Round() {
+  try {
+    int64_t now = static_cast<int64_t>(uv_now(loop_));
+    std::vector<balance::Job> movable = jobs_.MovableJobs(now);
+    // One round's moves at a time: the next round sees what they did.
+    if (!config_.balance.automatic || moving_ > 0 || movable.empty()) return;
+    std::vector<balance::Decision> decisions =
+        policy_.Round(now, PolicyNodes(gossip_.Picture()), movable);
+    for (const balance::Decision& decision : decisions) {
+      double demand = 1.0;
+      for (const auto& job : movable) {
+        if (job.id == decision.job) demand = std::max(job.demand, 0.1);
+      }
+      spdlog::info("balancer: {} move to {}", decision.reason, decision.target);
+      ++moving_;
+      jobs_.MoveAutomatically(
+          decision.job, decision.target,
+          [this, alive = alive_, decision, demand](const MoveOutcome& outcome) {
+            if (!*alive) return;
+            --moving_;
+            int64_t at = static_cast<int64_t>(uv_now(loop_));
+            if (outcome.error.empty()) {
+              policy_.Moved(decision, demand, at);
+            } else {
+              spdlog::warn("balancer: move to {} did not happen: {}", decision.target,
+                           outcome.error);
+              policy_.Refused(decision, at);
+            }
+          });
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("balancer round failed: {}", e.what());
+  }
+}
+
+}  // namespace homeward

@@ -1,0 +1,222 @@
+// The job registry's placement and administration side: where a new job starts (mosrun
+// -b, -m), what the balancer may move and how it moves it, and mosctl's block, expel and
+// bring.
+#include <capnp/message.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "error.h"
+#include "job_registry.h"
+
+namespace homeward {
+
+namespace {
+
+// Guests are offered to the balancer with ids above every home job's slot.
+constexpr uint64_t kGuestIdBase = uint64_t{1} << 32;
+
+// One mosctl action: the moves it started, answered with one report once all have ended.
+class AdminRun {
+ public:
+  AdminRun(ReplySender reply, bool blocked) : reply_(std::move(reply)), blocked_(blocked) {}
+
+  // Counts a move that has started; Ended reports it.
+  void Started() { ++pending_; }
+  void Ended(pid_t home_pid, const std::string& home, const std::string& from,
+             const std::string& to, const std::string& error) {
+    moves_.push_back({home_pid, home, from, to, error});
+    --pending_;
+    MaybeFinish();
+  }
+  // Every move the action needs has started.
+  void AllStarted() {
+    all_started_ = true;
+    MaybeFinish();
+  }
+
+ private:
+  struct Entry {
+    pid_t home_pid;
+    std::string home, from, to, error;
+  };
+  void MaybeFinish() {
+    if (!all_started_ || pending_ > 0 || finished_) return;
+    finished_ = true;
+    capnp::MallocMessageBuilder message;
+    auto report = message.initRoot<schema::ControlReply>().initAdminReport();
+    report.setBlocked(blocked_);
+    auto moves = report.initMoves(static_cast<unsigned>(moves_.size()));
+    for (unsigned i = 0; i < moves_.size(); ++i) {
+      moves[i].setHomePid(moves_[i].home_pid);
+      moves[i].setHome(moves_[i].home);
+      moves[i].setFrom(moves_[i].from);
+      moves[i].setTo(moves_[i].to);
+      moves[i].setError(moves_[i].error);
+    }
+    reply_.Send(message);
+  }
+
+  ReplySender reply_;
+  bool blocked_;
+  int pending_ = 0;
+  bool all_started_ = false;
+  bool finished_ = false;
+  std::vector<Entry> moves_;
+};
+
+}  // namespace
+
+std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where,
+                               bool best) const {
+  bool elsewhere = !where.empty() && where != config_.name;
+  if (best && elsewhere) {
+    Fail(ErrorKind::kInvalidInput, "a job placed on the best node (-b) names no node");
+  }
+  if (launch.keep_home && (best || elsewhere)) {
+    Fail(ErrorKind::kInvalidInput, "a job kept at home (-h) starts at home");
+  }
+  uint32_t need = launch.min_free_mb;
+  if (!best && need == 0) return where;
+  std::vector<balance::Node> nodes = picture_();
+  if (!best) {
+    const std::string& wanted = elsewhere ? where : config_.name;
+    auto it = std::find_if(nodes.begin(), nodes.end(), [&](auto& n) { return n.name == wanted; });
+    if (it != nodes.end() && it->mem_free_mb >= need) return where;
+    if (elsewhere || launch.keep_home) {
+      Fail(ErrorKind::kOverloaded, "node {} has {} MB of free memory; the job needs {} MB (-m)",
+           wanted, it != nodes.end() ? it->mem_free_mb : 0, need);
+    }
+  }
+  std::optional<std::string> chosen = balance::BestNode(nodes, config_.name, need);
+  if (!chosen) {
+    auto most = std::max_element(nodes.begin(), nodes.end(), [](auto& a, auto& b) {
+      return a.mem_free_mb < b.mem_free_mb;
+    });
+    if (most == nodes.end()) Fail(ErrorKind::kNotFound, "no live node to run the job on");
+    Fail(ErrorKind::kOverloaded,
+         "no node has {} MB of free memory for the job (-m): the most is {} MB, on {}", need,
+         most->mem_free_mb, most->name);
+  }
+  if (*chosen != config_.name) spdlog::info("placing a new job on {}", *chosen);
+  return *chosen == config_.name ? std::string() : *chosen;
+}
+
+std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
+  std::vector<balance::Job> movable;
+  int64_t unix_now = WallClockMs();
+  auto offer = [&](uint64_t id, Job& job) {
+    job.SampleUsage(now_ms);
+    const JobLaunch& launch = job.launch();
+    if (launch.locked || launch.keep_home || job.state() != "running") return;
+    if (!job.PinnedReason().empty()) return;
+    const UsageMeter& usage = job.usage();
+    balance::Job offered;
+    offered.id = id;
+    offered.home = launch.home;
+    offered.guest = launch.guest;
+    offered.demand = usage.demand();
+    offered.memory_mb = usage.memory_mb();
+    offered.min_free_mb = launch.min_free_mb;
+    offered.run_ms = launch.started_unix_ms > 0 ? std::max<int64_t>(unix_now - launch.started_unix_ms, 0)
+                                                : now_ms - job.arrived_ms();
+    offered.resident_ms = now_ms - job.arrived_ms();
+    offered.home_io_bytes_per_s = launch.guest ? usage.io_bytes_per_s() : 0;
+    offered.cpu_use = usage.cpu_use();
+    movable.push_back(offered);
+  };
+  for (auto& [slot, entry] : jobs_) {
+    if (entry.here) offer(static_cast<uint64_t>(slot), *entry.here);
+  }
+  for (auto& [id, job] : guests_) offer(kGuestIdBase + id, *job);
+  return movable;
+}
+
+void JobRegistry::MoveAutomatically(uint64_t id, const std::string& target, MoveDone done) {
+  if (id >= kGuestIdBase) {
+    auto it = guests_.find(id - kGuestIdBase);
+    if (it == guests_.end()) {
+      done(MoveOutcome::Failure("the guest has ended"));
+      return;
+    }
+    spdlog::info("balancer: moving guest {} (home {}) to {}", it->second->home_pid(),
+                 it->second->launch().home, target);
+    MigrateGuest(it->second, target, std::move(done));
+    return;
+  }
+  auto it = jobs_.find(static_cast<int>(id));
+  if (it == jobs_.end() || !it->second.here) {
+    done(MoveOutcome::Failure("the job has ended or left"));
+    return;
+  }
+  spdlog::info("balancer: moving job {} to {}", it->second.here->home_pid(), target);
+  try {
+    MoveFromHome(it->first, it->second.here, target, done);
+  } catch (const Error& e) {
+    done(MoveOutcome::Failure(e.what(), e.kind()));
+  }
+}
+
+void JobRegistry::Admin(schema::AdminRequest::Reader request, ReplySender reply) {
+  const Caller& caller = reply.caller();
+  if (caller.peer || caller.uid != 0) {
+    Fail(ErrorKind::kInvalidInput, "only root may block, unblock, expel or bring");
+  }
+  auto action = request.getAction();
+  using Action = schema::AdminRequest::Action;
+  if (action == Action::BLOCK || action == Action::EXPEL) blocked_ = true;
+  if (action == Action::UNBLOCK) blocked_ = false;
+  if (on_change_) on_change_();  // gossip tells the cluster at once
+  auto run = std::make_shared<AdminRun>(std::move(reply), blocked_);
+
+  if (action == Action::EXPEL) {
+    // Every guest goes home; one whose home cannot take it goes to the best other node.
+    std::vector<std::shared_ptr<Job>> guests;
+    for (auto& [id, job] : guests_) guests.push_back(job);
+    for (auto& job : guests) {
+      std::string home = job->launch().home;
+      pid_t home_pid = job->home_pid();
+      run->Started();
+      MigrateGuest(job, home, [this, run, job, home, home_pid](const MoveOutcome& outcome) {
+        if (outcome.error.empty()) {
+          run->Ended(home_pid, home, config_.name, outcome.where, "");
+          return;
+        }
+        std::vector<balance::Node> others;
+        for (auto& node : picture_()) {
+          if (node.name != config_.name && node.name != home) others.push_back(node);
+        }
+        auto elsewhere = balance::BestNode(others, config_.name, job->launch().min_free_mb);
+        if (!elsewhere) {
+          run->Ended(home_pid, home, config_.name, home,
+                     fmt::format("{}; and no other node can take it", outcome.error));
+          return;
+        }
+        MigrateGuest(job, *elsewhere, [run, home, home_pid, this](const MoveOutcome& second) {
+          run->Ended(home_pid, home, config_.name, second.where, second.error);
+        });
+      });
+    }
+  }
+  if (action == Action::BRING) {
+    for (auto& [slot, entry] : jobs_) {
+      if (!entry.away || !entry.away->frozen_dir.empty()) continue;
+      auto away = entry.away;
+      std::string from = away->where;
+      pid_t home_pid = away->home_pid;
+      run->Started();
+      auto done = [this, run, from, home_pid](const MoveOutcome& outcome) {
+        run->Ended(home_pid, config_.name, from, config_.name, outcome.error);
+      };
+      try {
+        MoveAway(away, config_.name, done);
+      } catch (const Error& e) {
+        done(MoveOutcome::Failure(e.what(), e.kind()));
+      }
+    }
+  }
+  run->AllStarted();
+}
+
+}  // namespace homeward

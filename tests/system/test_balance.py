@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Placement and automatic balancing on loopback clusters whose nodes each own one core
+(--cpuset): the balancer spreads a batch started on one node, mosrun -b picks the idle
+node, -m refuses what no node has, -L jobs stay put, and mosctl block, expel and bring
+move guests and jobs as asked."""
+
+import json
+import os
+import time
+import unittest
+
+import harness
+
+# About 15 s of one core here: long enough that moving pays, short enough for a test.
+BUSY = "i=0; while [ $i -lt {n} ]; do i=$((i+1)); done; echo finished $i"
+BUSY_ITERATIONS = 18_000_000
+
+# Balancing rounds as in production, but a job may move again after 3 s.
+SETTINGS = ("balance.min_residency_ms=3000",)
+
+
+def jobs(cluster, node="node1"):
+    return json.loads(cluster.run(node, "mosps", "--json").stdout)["jobs"]
+
+
+def nodes(cluster, node="node1"):
+    return {n["name"]: n for n in json.loads(cluster.run(node, "mosmon", "--json").stdout)["nodes"]}
+
+
+def start_background(cluster, node, tag, *mosrun_args, command):
+    """Starts `mosrun ARGS sh -c COMMAND` on `node` in the background; its output and
+    exit status go to private files in /data/out on that node."""
+    cluster.run(node, "mkdir", "-p", "/data/out")
+    cluster.run(node, "sh", "-c",
+                f"(mosrun {' '.join(mosrun_args)} sh -c '{command}' > /data/out/{tag} 2>&1; "
+                f"echo $? > /data/out/{tag}.status) >/dev/null 2>&1 & echo started")
+
+
+def wait_for_jobs(cluster, count, node="node1"):
+    return cluster.wait_for(lambda: len(jobs(cluster, node)) == count, 30,
+                            f"{count} jobs on {node}")
+
+
+def wait_for_mounts(cluster, home, others):
+    cluster.wait_for(lambda: all(cluster.run(n, "test", "-d", f"/mosix/home/{home}/data",
+                                             check=False).returncode == 0 for n in others),
+                     30, f"the nodes to mount {home}'s files")
+
+
+class BalancingTest(unittest.TestCase):
+    def test_balancer_spreads_four_jobs_over_two_cores(self):
+        with harness.LoopCluster(2, cpuset=True, settings=SETTINGS) as c:
+            wait_for_mounts(c, "node1", ["node2"])
+            for k in range(4):
+                start_background(c, "node1", f"busy{k}", command=BUSY.format(n=BUSY_ITERATIONS))
+            wait_for_jobs(c, 4)
+            migrations = {}
+            spread_seen = False
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                listing = jobs(c)
+                if not listing:
+                    break
+                for job in listing:
+                    migrations[job["pid"]] = max(migrations.get(job["pid"], 0), job["migrations"])
+                places = [job["where"] for job in listing]
+                if len(listing) == 4 and places.count("node1") == 2 and places.count("node2") == 2:
+                    spread_seen = True
+                time.sleep(0.5)
+            self.assertEqual(jobs(c), [], "the batch did not finish in time")
+            for k in range(4):
+                self.assertEqual(c.run("node1", "cat", f"/data/out/busy{k}.status").stdout.strip(),
+                                 "0")
+                self.assertEqual(c.run("node1", "cat", f"/data/out/busy{k}").stdout.strip(),
+                                 f"finished {BUSY_ITERATIONS}")
+            self.assertTrue(spread_seen, f"the jobs never ran two per node: {migrations}")
+            total = sum(migrations.values())
+            self.assertGreaterEqual(total, 2)
+            self.assertLessEqual(total, 4 + 2, f"too many migrations: {migrations}")
+
+    def test_locked_jobs_stay_while_others_move(self):
+        with harness.LoopCluster(2, cpuset=True, settings=SETTINGS) as c:
+            wait_for_mounts(c, "node1", ["node2"])
+            busy = BUSY.format(n=BUSY_ITERATIONS * 10)
+            start_background(c, "node1", "locked1", "-L", command=busy)
+            start_background(c, "node1", "locked2", "-L", command=busy)
+            wait_for_jobs(c, 2)
+            start_background(c, "node1", "free", command=busy)
+            wait_for_jobs(c, 3)
+            free = next(j["pid"] for j in jobs(c) if not j["locked"])
+            c.wait_for(lambda: any(j["pid"] == free and j["where"] == "node2" for j in jobs(c)),
+                       60, "the unlocked job to move to the idle node")
+            time.sleep(8)  # more rounds: the locked ones still stay
+            for job in jobs(c):
+                if job["locked"]:
+                    self.assertEqual((job["where"], job["migrations"]), ("node1", 0), job)
+            listed = c.run("node1", "mosps").stdout
+            self.assertIn("locked: mosrun -L", listed)
+
+    def test_best_node_and_memory_placement(self):
+        # No automatic moves here: where a job starts is what is tested.
+        with harness.LoopCluster(2, cpuset=True,
+                                 settings=("balance.automatic=false",)) as c:
+            wait_for_mounts(c, "node1", ["node2"])
+            # Two busy processes of node1's own (not jobs) make it the busier node.
+            for _ in range(2):
+                c.run("node1", "sh", "-c", "(timeout 120 sh -c 'while :; do :; done' &) ; echo")
+            c.wait_for(lambda: nodes(c)["node1"]["load"] > 1.2 and nodes(c)["node2"]["load"] < 0.8,
+                       30, "node1 to be busier than node2")
+            start_background(c, "node1", "best", "-b", command="sleep 60")
+            c.wait_for(lambda: [j["where"] for j in jobs(c)] == ["node2"], 30,
+                       "mosrun -b to start the job on idle node2")
+
+            most = max(n["mem_free_mb"] for n in nodes(c).values())
+            result = c.run("node1", "mosrun", "-m", str(most * 4 + 1024), "true", check=False)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn(f"no node has {most * 4 + 1024} MB of free memory", result.stderr)
+            result = c.run("node1", "mosrun", "-r", "node2", "-m", str(most * 4 + 1024), "true",
+                           check=False)
+            self.assertIn("node node2 has", result.stderr)
+            # A modest demand runs, and usage errors are named.
+            self.assertEqual(c.run("node1", "mosrun", "-m", "16", "echo", "ok").stdout, "ok\n")
+            result = c.run("node1", "mosrun", "-m", "lots", "true", check=False)
+            self.assertEqual(result.returncode, 2)
+            self.assertIn("-m takes a positive number", result.stderr)
+            result = c.run("node1", "mosrun", "-b", "-r", "node2", "true", check=False)
+            self.assertEqual(result.returncode, 2)
+
+    def test_block_expel_and_bring(self):
+        with harness.LoopCluster(3, settings=("balance.automatic=false",)) as c:
+            wait_for_mounts(c, "node1", ["node2", "node3"])
+            for k in range(2):
+                start_background(c, "node1", f"guest{k}", "-r", "node2", command="sleep 120")
+            c.wait_for(lambda: [j["where"] for j in jobs(c)] == ["node2", "node2"], 30,
+                       "two jobs of node1 on node2")
+            self.assertEqual(len(jobs(c, "node2")), 2)
+
+            out = c.run("node2", "mosctl", "expel").stdout
+            self.assertIn("2 moved, 0 stayed; this node accepts no guests", out)
+            self.assertEqual(out.count("-> node1"), 2, out)
+            self.assertEqual(jobs(c, "node2"), [])
+            self.assertEqual([j["where"] for j in jobs(c)], ["node1", "node1"])
+            c.wait_for(lambda: nodes(c)["node2"]["blocked"], 20, "node1 to learn node2 is blocked")
+
+            # A blocked node refuses new guests and moves, and says so.
+            result = c.run("node1", "mosrun", "-r", "node2", "true", check=False)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn("accepts no guests", result.stdout + result.stderr)
+            pid = jobs(c)[0]["pid"]
+            result = c.run("node1", "mosmigrate", str(pid), "node2", check=False)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn("accepts no guests", result.stderr)
+
+            # bring: node1's jobs elsewhere come home.
+            c.run("node2", "mosctl", "unblock")
+            for job in jobs(c):
+                c.run("node1", "mosmigrate", str(job["pid"]), "node3")
+            self.assertEqual([j["where"] for j in jobs(c)], ["node3", "node3"])
+            out = c.run("node1", "mosctl", "bring").stdout
+            self.assertIn("2 moved, 0 stayed", out)
+            self.assertEqual([j["where"] for j in jobs(c)], ["node1", "node1"])
+            self.assertEqual(jobs(c, "node3"), [])
+            self.assertIn("0 moved, 0 stayed", c.run("node1", "mosctl", "bring").stdout)
+            # Only root administers a node.
+            result = c.run("node1", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "mosctl", "block", check=False)
+            self.assertIn("only root", result.stderr)
+
+
+if __name__ == "__main__":
+    harness.main()
