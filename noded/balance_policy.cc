@@ -1,0 +1,266 @@
+// The placement and load-balancing policy: BestNode for new jobs, and the Balancer's
+// rounds (memory ushering, guests going home for their I/O, load moves).
+#include "balance_policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+namespace homeward::balance {
+
+namespace {
+
+// Shares this close are equal: ties are settled by the rules, not by rounding.
+constexpr double kTie = 1e-9;
+// An adjustment whose weight has fallen below this (in processes) is forgotten.
+constexpr double kNegligibleLoad = 0.02;
+
+// The picture one round works on: adjusted for this node's recent moves, then for the
+// moves decided earlier in the same round, so a second decision sees the first.
+struct Working {
+  std::vector<Node> nodes;
+  size_t self = 0;
+  std::set<uint64_t> decided;
+  std::vector<Decision> decisions;
+
+  Node& here() { return nodes[self]; }
+  void Decide(const Job& job, size_t target, const char* reason) {
+    Node& from = nodes[self];
+    Node& to = nodes[target];
+    from.load = std::max(0.0, from.load - job.demand);
+    to.load += job.demand;
+    from.mem_free_mb += job.memory_mb;
+    to.mem_free_mb -= std::min(to.mem_free_mb, job.memory_mb);
+    decided.insert(job.id);
+    decisions.push_back({job.id, to.name, reason});
+  }
+};
+
+std::optional<size_t> IndexOf(const std::vector<Node>& nodes, const std::string& name) {
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (nodes[i].name == name) return i;
+  }
+  return std::nullopt;
+}
+
+// Whether `node` may take `job` at all: a blocked node still takes back its own jobs.
+bool Admits(const Node& node, const Job& job) {
+  return node.accepts_guests || node.name == job.home;
+}
+
+// What moving `job` costs, in milliseconds of the job's time: it is frozen meanwhile.
+double MoveCostMs(const Job& job, const Options& options) {
+  return options.move_overhead_ms + job.memory_mb / options.bandwidth_mb_per_s * 1000.0;
+}
+
+}  // namespace
+
+double ExpectedShare(const Node& node, double added) {
+  double runnable = node.load + added;
+  double fraction = runnable > 0 ? std::min(1.0, node.cores / runnable) : 1.0;
+  return node.speed * fraction;
+}
+
+std::optional<std::string> BestNode(const std::vector<Node>& nodes, const std::string& self,
+                                    uint32_t min_free_mb) {
+  const Node* best = nullptr;
+  double best_share = 0;
+  for (const Node& node : nodes) {
+    if (node.mem_free_mb < min_free_mb) continue;
+    if (!node.accepts_guests && node.name != self) continue;
+    double share = ExpectedShare(node, 1);
+    bool better = !best || share > best_share + kTie ||
+                  (share > best_share - kTie && node.name == self && best->name != self);
+    if (better) {
+      best = &node;
+      best_share = share;
+    }
+  }
+  if (!best) return std::nullopt;
+  return best->name;
+}
+
+Balancer::Balancer(std::string self, Options options, uint64_t random_seed)
+    : self_(std::move(self)), options_(options), random_(random_seed) {}
+
+std::vector<Node> Balancer::Adjusted(int64_t now_ms, const std::vector<Node>& nodes) {
+  double tau = static_cast<double>(std::max<int64_t>(1, options_.load_time_constant_ms));
+  std::erase_if(adjustments_, [&](const Adjustment& a) {
+    return std::abs(a.load) * std::exp(-static_cast<double>(now_ms - a.at_ms) / tau) <
+           kNegligibleLoad;
+  });
+  std::vector<Node> picture = nodes;
+  std::vector<double> added(picture.size(), 0.0);
+  for (const Adjustment& a : adjustments_) {
+    auto at = IndexOf(picture, a.node);
+    if (!at) continue;
+    // Information measured before the move does not show it at all; after it, the
+    // published EWMA has caught up all but exp(-elapsed / tau) of it.
+    int64_t elapsed = now_ms - picture[*at].age_ms - a.at_ms;
+    added[*at] += elapsed <= 0 ? a.load : a.load * std::exp(-static_cast<double>(elapsed) / tau);
+  }
+  for (size_t i = 0; i < picture.size(); ++i) {
+    picture[i].load = std::max(0.0, picture[i].load + added[i]);
+  }
+  return picture;
+}
+
+namespace {
+
+bool Avoided(const std::map<std::string, int64_t>& avoid, const std::string& name) {
+  return avoid.count(name) != 0;
+}
+
+// Memory ushering: this node is short of memory, so one job goes where it fits with room
+// to spare, to the node there with the most CPU for it. The job chosen is the smallest
+// that covers the shortage, or else the largest that fits anywhere.
+void Usher(Working& w, const std::vector<Job>& jobs, const Options& options,
+           const std::map<std::string, int64_t>& avoid) {
+  if (w.here().mem_free_mb >= options.usher_free_mb) return;
+  uint32_t shortage = options.usher_free_mb - w.here().mem_free_mb;
+  const Job* chosen = nullptr;
+  size_t chosen_target = 0;
+  for (const Job& job : jobs) {
+    if (job.memory_mb == 0 || w.decided.count(job.id)) continue;
+    std::optional<size_t> target;
+    double target_share = 0;
+    for (size_t i = 0; i < w.nodes.size(); ++i) {
+      const Node& node = w.nodes[i];
+      if (i == w.self || !Admits(node, job) || Avoided(avoid, node.name)) continue;
+      if (node.mem_free_mb < static_cast<uint64_t>(job.memory_mb) + options.usher_free_mb ||
+          node.mem_free_mb < job.min_free_mb) {
+        continue;
+      }
+      double share = ExpectedShare(node, job.demand);
+      if (!target || share > target_share + kTie) {
+        target = i;
+        target_share = share;
+      }
+    }
+    if (!target) continue;
+    bool better = false;
+    if (!chosen) {
+      better = true;
+    } else {
+      bool covers = job.memory_mb >= shortage, chosen_covers = chosen->memory_mb >= shortage;
+      if (covers != chosen_covers) {
+        better = covers;
+      } else {
+        better = covers ? job.memory_mb < chosen->memory_mb : job.memory_mb > chosen->memory_mb;
+      }
+    }
+    if (better) {
+      chosen = &job;
+      chosen_target = *target;
+    }
+  }
+  if (chosen) w.Decide(*chosen, chosen_target, "memory");
+}
+
+// A guest that mostly talks to its home and hardly computes goes home: there its file
+// and terminal traffic is local. The busiest talker first.
+void SendHome(Working& w, const std::vector<Job>& jobs, const Options& options,
+              const std::map<std::string, int64_t>& avoid) {
+  const Job* chosen = nullptr;
+  size_t home = 0;
+  for (const Job& job : jobs) {
+    if (!job.guest || w.decided.count(job.id)) continue;
+    if (job.home_io_bytes_per_s < options.home_io_bytes_per_s ||
+        job.cpu_use >= options.home_io_max_cpu || job.resident_ms < options.min_residency_ms) {
+      continue;
+    }
+    auto at = IndexOf(w.nodes, job.home);
+    if (!at || *at == w.self || Avoided(avoid, job.home)) continue;
+    if (w.nodes[*at].mem_free_mb < job.memory_mb) continue;
+    if (!chosen || job.home_io_bytes_per_s > chosen->home_io_bytes_per_s) {
+      chosen = &job;
+      home = *at;
+    }
+  }
+  if (chosen) w.Decide(*chosen, home, "home I/O");
+}
+
+}  // namespace
+
+std::vector<Decision> Balancer::Round(int64_t now_ms, const std::vector<Node>& nodes,
+                                      const std::vector<Job>& jobs) {
+  std::erase_if(avoid_until_ms_, [&](const auto& entry) { return entry.second <= now_ms; });
+  Working w;
+  w.nodes = Adjusted(now_ms, nodes);
+  auto self = IndexOf(w.nodes, self_);
+  if (!self) return {};
+  w.self = *self;
+
+  Usher(w, jobs, options_, avoid_until_ms_);
+  SendHome(w, jobs, options_, avoid_until_ms_);
+
+  // Load: each move takes the job with the best gain for its cost, to a target drawn
+  // among the good ones with odds in proportion to their gain.
+  struct Candidate {
+    size_t target = 0;
+    double gain_ms = 0;
+  };
+  std::vector<Candidate> candidates, best_candidates;
+  for (int move = 0; move < options_.max_moves_per_round; ++move) {
+    double here = ExpectedShare(w.here(), 0);
+    const Job* best_job = nullptr;
+    double best_ratio = 0;
+    for (const Job& job : jobs) {
+      if (w.decided.count(job.id) || job.resident_ms < options_.min_residency_ms ||
+          job.demand < options_.min_demand) {
+        continue;
+      }
+      double cost_ms = MoveCostMs(job, options_);
+      uint64_t needed = std::max(job.memory_mb, job.min_free_mb) + uint64_t{options_.usher_free_mb};
+      candidates.clear();
+      double ratio = 0;
+      for (size_t i = 0; i < w.nodes.size(); ++i) {
+        const Node& node = w.nodes[i];
+        if (i == w.self || !Admits(node, job) || Avoided(avoid_until_ms_, node.name)) continue;
+        if (node.mem_free_mb < needed) continue;
+        double there = ExpectedShare(node, job.demand);
+        if (there <= here * (1 + options_.hysteresis)) continue;
+        // The job has as long to go as it has run; here that much time buys `here`, there
+        // the same work takes here/there of it.
+        double gain_ms = static_cast<double>(job.run_ms) * (1 - here / there);
+        if (gain_ms <= options_.cost_factor * cost_ms) continue;
+        candidates.push_back({i, gain_ms});
+        ratio = std::max(ratio, gain_ms / cost_ms);
+      }
+      if (!candidates.empty() && (!best_job || ratio > best_ratio)) {
+        best_job = &job;
+        best_ratio = ratio;
+        std::swap(candidates, best_candidates);
+      }
+    }
+    if (!best_job) break;
+    double total = 0;
+    for (const Candidate& c : best_candidates) total += c.gain_ms;
+    double draw = std::uniform_real_distribution<double>(0, total)(random_);
+    size_t target = best_candidates.back().target;
+    for (const Candidate& c : best_candidates) {
+      if (draw < c.gain_ms) {
+        target = c.target;
+        break;
+      }
+      draw -= c.gain_ms;
+    }
+    w.Decide(*best_job, target, "load");
+  }
+  return std::move(w.decisions);
+}
+
+void Balancer::Moved(const Decision& decision, double demand, int64_t now_ms) {
+  adjustments_.push_back({self_, -demand, now_ms});
+  adjustments_.push_back({decision.target, demand, now_ms});
+}
+
+void Balancer::Refused(const Decision& decision, int64_t now_ms) {
+  avoid_until_ms_[decision.target] = now_ms + options_.refused_avoid_ms;
+}
+
+void Balancer::Arrived(double demand, int64_t now_ms) {
+  adjustments_.push_back({self_, demand, now_ms});
+}
+
+}  // namespace homeward::balance

@@ -1,0 +1,253 @@
+// Tests of the placement and balancing policy: each decision rule alone, on small
+// pictures where the right answer is plain.
+#include "balance_policy.h"
+
+#include <gtest/gtest.h>
+
+namespace homeward::balance {
+namespace {
+
+Node MakeNode(std::string name, double load, int cores = 1, uint32_t mem_free_mb = 8192) {
+  Node node;
+  node.name = std::move(name);
+  node.cores = cores;
+  node.load = load;
+  node.mem_free_mb = mem_free_mb;
+  node.mem_total_mb = 16384;
+  node.age_ms = 1000;
+  return node;
+}
+
+// A CPU-bound job that has run here for a minute.
+Job MakeJob(uint64_t id, std::string home = "self") {
+  Job job;
+  job.id = id;
+  job.home = std::move(home);
+  job.guest = job.home != "self";
+  job.memory_mb = 100;
+  job.run_ms = 60000;
+  job.resident_ms = 60000;
+  job.cpu_use = 0.25;
+  return job;
+}
+
+std::vector<Job> Jobs(int count) {
+  std::vector<Job> jobs;
+  for (int i = 1; i <= count; ++i) jobs.push_back(MakeJob(static_cast<uint64_t>(i)));
+  return jobs;
+}
+
+Node Self(double load, uint32_t mem_free_mb = 8192) {
+  Node self = MakeNode("self", load, 1, mem_free_mb);
+  self.age_ms = 0;
+  return self;
+}
+
+TEST(ExpectedShare, IsSpeedTimesTheCoresPerRunnableProcess) {
+  Node node = MakeNode("a", 3, 2);
+  node.speed = 1.5;
+  EXPECT_DOUBLE_EQ(ExpectedShare(node, 1), 1.5 * 2 / 4);
+  EXPECT_DOUBLE_EQ(ExpectedShare(node, 0), 1.5 * 2 / 3);
+  EXPECT_DOUBLE_EQ(ExpectedShare(MakeNode("idle", 0), 0), 1.0);  // no division by zero
+  EXPECT_DOUBLE_EQ(ExpectedShare(MakeNode("idle", 0, 4), 1), 1.0);
+}
+
+TEST(BestNode, TakesTheMostExpectedCpu) {
+  Node fast = MakeNode("fast", 1);
+  fast.speed = 3;  // 3 x 1/2 = 1.5
+  std::vector<Node> nodes{Self(0), MakeNode("b", 0.5), fast, MakeNode("wide", 2, 8)};
+  EXPECT_EQ(BestNode(nodes, "self", 0), "fast");
+}
+
+TEST(BestNode, TiesGoToSelfThenToTheFirstListed) {
+  EXPECT_EQ(BestNode({MakeNode("a", 0), Self(0), MakeNode("b", 0)}, "self", 0), "self");
+  EXPECT_EQ(BestNode({Self(3), MakeNode("a", 0), MakeNode("b", 0)}, "self", 0), "a");
+}
+
+TEST(BestNode, HonoursFreeMemoryAndBlockedNodes) {
+  Node blocked = MakeNode("blocked", 0);
+  blocked.accepts_guests = false;
+  Node small = MakeNode("small", 0, 1, 1000);
+  EXPECT_EQ(BestNode({Self(2), blocked, small}, "self", 0), "small");
+  EXPECT_EQ(BestNode({Self(2), blocked, small}, "self", 2000), "self");
+  // A blocked node still places its own jobs on itself.
+  Node self_blocked = Self(0);
+  self_blocked.accepts_guests = false;
+  EXPECT_EQ(BestNode({self_blocked, MakeNode("a", 1)}, "self", 0), "self");
+  EXPECT_EQ(BestNode({Self(0, 500), small}, "self", 2000), std::nullopt);
+  EXPECT_EQ(BestNode({}, "self", 0), std::nullopt);
+}
+
+TEST(Balancer, MovesOneOfFourJobsToAnIdleNode) {
+  Balancer balancer("self", Options{}, 1);
+  auto decisions = balancer.Round(100000, {Self(4), MakeNode("idle", 0)}, Jobs(4));
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "idle");
+  EXPECT_EQ(decisions[0].reason, "load");
+}
+
+TEST(Balancer, EvenLoadsStay) {
+  Balancer balancer("self", Options{}, 1);
+  EXPECT_TRUE(balancer.Round(100000, {Self(2), MakeNode("other", 2)}, Jobs(2)).empty());
+  // 2 against 1: half a core here, half a core there with the job: nothing to gain.
+  EXPECT_TRUE(balancer.Round(100000, {Self(2), MakeNode("other", 1)}, Jobs(2)).empty());
+}
+
+TEST(Balancer, ASecondMoveInTheRoundSeesTheFirst) {
+  Options options;
+  options.max_moves_per_round = 3;
+  Balancer balancer("self", options, 1);
+  // After one move the loads are 2 and 1: a second move would gain nothing.
+  auto decisions = balancer.Round(100000, {Self(3), MakeNode("idle", 0)}, Jobs(3));
+  EXPECT_EQ(decisions.size(), 1u);
+  // With two idle nodes, two moves, to both.
+  decisions = balancer.Round(100000, {Self(3), MakeNode("a", 0), MakeNode("b", 0)}, Jobs(3));
+  ASSERT_EQ(decisions.size(), 2u);
+  EXPECT_NE(decisions[0].job, decisions[1].job);
+  EXPECT_NE(decisions[0].target, decisions[1].target);
+}
+
+TEST(Balancer, YoungJobsDoNotPayForTheMove) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(4);
+  for (auto& job : jobs) job.run_ms = 1000;  // 750 ms to gain, 2 x 800 ms to pay
+  EXPECT_TRUE(balancer.Round(100000, {Self(4), MakeNode("idle", 0)}, jobs).empty());
+  for (auto& job : jobs) job.run_ms = 3000;
+  EXPECT_EQ(balancer.Round(100000, {Self(4), MakeNode("idle", 0)}, jobs).size(), 1u);
+}
+
+TEST(Balancer, LargeMemoryRaisesTheCost) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(4);
+  for (auto& job : jobs) job.memory_mb = 6000;  // 30.3 s to move
+  EXPECT_TRUE(balancer.Round(100000, {Self(4), MakeNode("idle", 0, 1, 16000)}, jobs).empty());
+}
+
+TEST(Balancer, PrefersTheJobWithTheBestGainForItsCost) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(4);
+  jobs[0].memory_mb = 2000;
+  jobs[1].run_ms = 30000;
+  jobs[2].run_ms = 120000;  // longest run, small memory
+  jobs[3].memory_mb = 1000;
+  auto decisions = balancer.Round(100000, {Self(4), MakeNode("idle", 0)}, jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].job, 3u);
+}
+
+TEST(Balancer, JustArrivedJobsStay) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(4);
+  for (auto& job : jobs) job.resident_ms = 1000;
+  EXPECT_TRUE(balancer.Round(100000, {Self(4), MakeNode("idle", 0)}, jobs).empty());
+}
+
+TEST(Balancer, MostlyWaitingJobsAreNotMovedForLoad) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(4);
+  for (auto& job : jobs) job.demand = 0.2;
+  EXPECT_TRUE(balancer.Round(100000, {Self(4), MakeNode("idle", 0)}, jobs).empty());
+}
+
+TEST(Balancer, RespectsMinimumFreeMemory) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(4);
+  for (auto& job : jobs) job.min_free_mb = 8000;  // mosrun -m 8000
+  EXPECT_TRUE(balancer.Round(100000, {Self(4), MakeNode("idle", 0, 1, 4000)}, jobs).empty());
+  auto decisions = balancer.Round(
+      100000, {Self(4), MakeNode("idle", 0, 1, 4000), MakeNode("roomy", 1, 2, 16000)}, jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "roomy");
+}
+
+TEST(Balancer, LeavesBlockedNodesAloneExceptForTheJobsHome) {
+  Balancer balancer("self", Options{}, 1);
+  Node blocked = MakeNode("blocked", 0);
+  blocked.accepts_guests = false;
+  EXPECT_TRUE(balancer.Round(100000, {Self(4), blocked}, Jobs(4)).empty());
+  std::vector<Job> guests{MakeJob(1, "blocked"), MakeJob(2, "blocked")};
+  auto decisions = balancer.Round(100000, {Self(4), blocked}, guests);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "blocked");
+}
+
+TEST(Balancer, AvoidsATargetThatRefused) {
+  Balancer balancer("self", Options{}, 1);
+  std::vector<Node> nodes{Self(4), MakeNode("idle", 0)};
+  auto decisions = balancer.Round(100000, nodes, Jobs(4));
+  ASSERT_EQ(decisions.size(), 1u);
+  balancer.Refused(decisions[0], 100000);
+  EXPECT_TRUE(balancer.Round(105000, nodes, Jobs(4)).empty());
+  EXPECT_EQ(balancer.Round(110000, nodes, Jobs(4)).size(), 1u);
+}
+
+TEST(Balancer, UshersAJobToANodeWithRoom) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(3);
+  jobs[0].memory_mb = 200;
+  jobs[1].memory_mb = 1000;
+  jobs[2].memory_mb = 3000;
+  for (auto& job : jobs) job.resident_ms = 0;  // ushering does not wait
+  // Short of 156 MB: the 200 MB job is the smallest that covers it. "idle" has no room
+  // for it and the reserve; "busy" has.
+  std::vector<Node> nodes{Self(1, 100), MakeNode("idle", 0, 1, 300), MakeNode("busy", 2, 1, 4000)};
+  auto decisions = balancer.Round(100000, nodes, jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].job, 1u);
+  EXPECT_EQ(decisions[0].target, "busy");
+  EXPECT_EQ(decisions[0].reason, "memory");
+  // No job covers a shortage of 256 MB when none is larger than 50: the largest goes.
+  for (auto& job : jobs) job.memory_mb = 10 * static_cast<uint32_t>(job.id);
+  decisions = balancer.Round(100000, {Self(1, 0), MakeNode("b", 0)}, jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].job, 3u);
+  // Nowhere has room: nothing moves.
+  EXPECT_TRUE(balancer.Round(100000, {Self(1, 0), MakeNode("b", 0, 1, 100)}, jobs).empty());
+}
+
+TEST(Balancer, AGuestTalkingToItsHomeGoesHome) {
+  Balancer balancer("self", Options{}, 1);
+  Job guest = MakeJob(7, "home");
+  guest.home_io_bytes_per_s = 4 << 20;
+  guest.cpu_use = 0.1;
+  guest.run_ms = 2000;  // too young to move for load
+  guest.resident_ms = 5000;
+  std::vector<Node> nodes{Self(1), MakeNode("home", 3)};
+  auto decisions = balancer.Round(100000, nodes, {guest});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "home");
+  EXPECT_EQ(decisions[0].reason, "home I/O");
+  // Not while it computes, nor when its home is not in the picture.
+  guest.cpu_use = 0.9;
+  EXPECT_TRUE(balancer.Round(100000, nodes, {guest}).empty());
+  guest.cpu_use = 0.1;
+  EXPECT_TRUE(balancer.Round(100000, {Self(1), MakeNode("other", 0)}, {guest}).empty());
+}
+
+TEST(Balancer, OwnMovesCountUntilTheirEffectShowsAndThenFade) {
+  Balancer balancer("self", Options{}, 1);
+  std::vector<Node> nodes{Self(2), MakeNode("b", 0)};
+  auto decisions = balancer.Round(100000, nodes, Jobs(2));
+  ASSERT_EQ(decisions.size(), 1u);
+  balancer.Moved(decisions[0], 1.0, 100000);
+  // The picture still shows the old loads: with the move counted the loads are 1 and 1.
+  nodes[1].age_ms = 3000;
+  EXPECT_TRUE(balancer.Round(101000, nodes, Jobs(2)).empty());
+  // A minute later the adjustment has faded: the same picture means a move again.
+  nodes[1].age_ms = 1000;
+  EXPECT_EQ(balancer.Round(160000, nodes, Jobs(2)).size(), 1u);
+}
+
+TEST(Balancer, ArrivalsCountHereAtOnce) {
+  Balancer balancer("self", Options{}, 1);
+  std::vector<Node> nodes{Self(1), MakeNode("idle", 0)};
+  EXPECT_TRUE(balancer.Round(100000, nodes, Jobs(1)).empty());
+  // The published load (1) lags: two jobs just arrived, so three run here and the old
+  // one should go.
+  balancer.Arrived(1.0, 100000);
+  balancer.Arrived(1.0, 100000);
+  EXPECT_EQ(balancer.Round(100000, nodes, Jobs(1)).size(), 1u);
+}
+
+}  // namespace
+}  // namespace homeward::balance
