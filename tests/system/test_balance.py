@@ -126,6 +126,19 @@ class BalancingTest(unittest.TestCase):
             result = c.run("node1", "mosrun", "-b", "-r", "node2", "true", check=False)
             self.assertEqual(result.returncode, 2)
 
+    def test_guest_busy_with_its_home_files_goes_home(self):
+        with harness.LoopCluster(2, settings=SETTINGS) as c:
+            wait_for_mounts(c, "node1", ["node2"])
+            # Writes to a file at home, over and over: every byte crosses to node1.
+            start_background(c, "node1", "writer", "-r", "node2",
+                             command="while :; do dd if=/dev/zero of=/data/out/junk bs=64k "
+                                     "count=256 2>/dev/null; done")
+            c.wait_for(lambda: [j["where"] for j in jobs(c)] == ["node2"], 30,
+                       "the job to run on node2")
+            c.wait_for(lambda: [j["where"] for j in jobs(c)] == ["node1"], 60,
+                       "the guest to come home for its I/O")
+            self.assertIn("home I/O move to node1", c.log("node2"))
+
     def test_block_expel_and_bring(self):
         with harness.LoopCluster(3, settings=("balance.automatic=false",)) as c:
             wait_for_mounts(c, "node1", ["node2", "node3"])
