@@ -1,10 +1,16 @@
 // Local measurements a node publishes: cores it may use, relative CPU speed, smoothed
-// load, memory and swap, all read from /proc and the scheduler.
+// load, memory and swap, all read from /proc, the node's cgroup and the scheduler. A node
+// confined to some cores (a cpuset) or to some memory (a memory cgroup) publishes what it
+// really has, not the host's figures, so nodes sharing a host can be told apart.
 #pragma once
+
+#include <sched.h>
+#include <sys/types.h>
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace homeward {
 
@@ -21,6 +27,55 @@ MemInfo ParseMemInfo(const std::string& text);
 // nothing when absent.
 std::optional<int> ParseProcsRunning(const std::string& text);
 
+// The two fields of /proc/<pid>/task/<tid>/stat the load needs: the scheduling state
+// ('R' runnable, 'S' sleeping, ...) and `processor`, the CPU the task last ran on or is
+// queued on (field 39).
+struct TaskStat {
+  char state = 0;
+  int processor = -1;
+};
+// Parses a task's stat line; the command name may hold spaces and parentheses, so the
+// fields are counted from the last ')'. Nothing when the line is cut short.
+std::optional<TaskStat> ParseTaskStat(std::string_view text);
+
+// A kernel CPU list such as "0-3,8,10-11" (/sys/devices/system/cpu/online); nothing when
+// malformed or naming a CPU beyond cpu_set_t.
+std::optional<cpu_set_t> ParseCpuList(std::string_view text);
+
+// Runnable tasks ('R') whose processor is in `cpus`, over every thread in /proc, leaving
+// out the thread `self_tid` (the sampler). The load of a node confined to some cores.
+int CountRunnableTasks(const cpu_set_t& cpus, pid_t self_tid);
+
+// A process's memory cgroup, from /proc/<pid>/cgroup text: the v1 hierarchy with the
+// "memory" controller when there is one, else the v2 ("0::") group.
+struct CgroupRef {
+  int version = 0;   // 1 or 2
+  std::string path;  // relative to the hierarchy's mount, starting with '/'
+};
+std::optional<CgroupRef> ParseMemoryCgroup(const std::string& proc_cgroup);
+
+// A memory limit file (v1 memory.limit_in_bytes, v2 memory.max) in bytes; nothing when
+// there is no limit: "max", or v1's "no limit" of about 2^63, or unreadable text.
+std::optional<uint64_t> ParseMemoryLimit(const std::string& text);
+
+// One "key value" line of a cgroup's memory.stat, or nothing.
+std::optional<uint64_t> ParseMemoryStat(const std::string& text, std::string_view key);
+
+// What a memory cgroup with a limit leaves a node: its limit, its usage and the inactive
+// file cache in that usage (reclaimable, so not really used).
+struct CgroupMemory {
+  uint64_t limit_bytes = 0;
+  uint64_t usage_bytes = 0;
+  uint64_t inactive_file_bytes = 0;
+};
+// Narrows the host's figures to the cgroup: total = min(host total, limit), free =
+// min(host available, limit - (usage - inactive file)). Swap stays the host's.
+MemInfo LimitMemInfo(const MemInfo& host, const CgroupMemory& cgroup);
+
+// Reads the memory cgroup of this process (v1 under /sys/fs/cgroup/memory, v2 under
+// /sys/fs/cgroup); nothing when it has no limit or cannot be read.
+std::optional<CgroupMemory> ReadCgroupMemory();
+
 // Cores this process may run on (sched_getaffinity), so a node confined to one core by
 // a cpuset publishes 1.
 int UsableCores();
@@ -29,9 +84,9 @@ int UsableCores();
 // core against the reference machine (1.0). Takes about 3 x 12.5 ms on the reference.
 double MeasureCpuSpeed();
 
-// The smoothed load: an exponentially weighted moving average of procs_running sampled
-// at every gossip round, with a time constant of `time_constant_ms`, as the kernel's
-// loadavg but faster to follow a job that moved.
+// The smoothed load: an exponentially weighted moving average of the runnable tasks
+// sampled at every gossip round (procs_running, or those on the node's own cores), with a time
+// constant of `time_constant_ms`, as the kernel's loadavg but faster to follow a job that moved.
 class LoadAverage {
  public:
   explicit LoadAverage(double time_constant_ms) : time_constant_ms_(time_constant_ms) {}
@@ -51,6 +106,9 @@ class NodeMetrics {
   NodeMetrics();
   // Takes one sample; `elapsed_ms` since the previous one.
   void Sample(double elapsed_ms);
+  // The runnable tasks right now, not counting the caller: on the node's cores when its
+  // affinity leaves some online CPUs out, else host-wide. Nothing when unreadable.
+  static std::optional<int> RunnableNow();
 
   int cores() const { return cores_; }
   double speed() const { return speed_; }
