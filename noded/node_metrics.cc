@@ -41,7 +41,7 @@ std::string_view Trim(std::string_view text) {
   return text.substr(begin, text.find_last_not_of(kSpace) - begin + 1);
 }
 
-// A whole unsigned decimal number, or nothing.
+// A whole decimal number, or nothing.
 template <typename T>
 std::optional<T> ParseNumber(std::string_view text) {
   T value{};

@@ -27,9 +27,10 @@ def host_mounts():
 class LoopCluster:
     """A running loopback cluster: `with LoopCluster(3) as c: c.run("node1", "hostname")`."""
 
-    def __init__(self, nodes, cpuset=False, settings=()):
+    def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None):
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
         self.cpuset = cpuset
+        self.memory_mb = memory_mb
         self.settings = list(settings)
         self.dir = None
 
@@ -39,6 +40,8 @@ class LoopCluster:
         args = [LOOPCLUSTER, "up", "--nodes", str(len(self.nodes)), "--dir", self.dir]
         if self.cpuset:
             args.append("--cpuset")
+        if self.memory_mb is not None:
+            args += ["--memory", str(self.memory_mb)]
         for setting in self.settings:
             args += ["--set", setting]
         try:

@@ -76,6 +76,75 @@ class GossipTest(unittest.TestCase):
             self.assertEqual(nodes["node1"]["cpus"], 1)
             self.assertEqual(nodes["node2"]["cpus"], 1)
 
+    def test_memory_limited_nodes_publish_their_limit(self):
+        """Two nodes on one host with 512 MB each publish the cgroup's memory, not the
+        host's, and a job's memory counts against its own node only."""
+        with harness.LoopCluster(2, cpuset=True, memory_mb=512, settings=SETTINGS) as cluster:
+            cgroups = [c for n in cluster.nodes for c in cluster.node(n)["cgroups"]]
+            cluster.wait_for(lambda: alive_names(cluster, "node2") == ["node1", "node2"],
+                             WAIT_S, "node2 to see node1")
+            for n in picture(cluster, "node2").values():
+                self.assertEqual(n["cpus"], 1)
+                self.assertGreater(n["mem_total_mb"], 500)
+                self.assertLessEqual(n["mem_total_mb"], 512)
+                self.assertLessEqual(n["mem_free_mb"], n["mem_total_mb"])
+            hog = "import time; x = bytearray(200 << 20); time.sleep(30)"
+            cluster.run("node1", "sh", "-c", f"timeout 60 python3 -c '{hog}' >/dev/null 2>&1 &")
+            cluster.wait_for(lambda: (picture(cluster, "node1") or {}).get("node1", {}).get(
+                "mem_free_mb", 512) <= 512 - 150, WAIT_S,
+                             "node1's free memory to fall by the 200 MB a job holds")
+            self.assertGreater(picture(cluster, "node2")["node2"]["mem_free_mb"], 400)
+        for cgroup in cgroups:
+            self.assertFalse(os.path.exists(cgroup), f"cgroup {cgroup} survived teardown")
+
+    def test_cpuset_nodes_publish_their_own_load(self):
+        """Two nodes on one host with a core each: a busy loop on node1 loads node1 only.
+        The host's own work on those cores is load too, so on a host too busy to leave
+        them idle there is nothing to tell apart: the test is then skipped."""
+        quiet = True
+        with harness.LoopCluster(2, cpuset=True, memory_mb=512, settings=SETTINGS) as cluster:
+            seen = []
+
+            def loads():
+                nodes = picture(cluster, "node2") or {}
+                sample = {name: round(n["load"], 2) for name, n in nodes.items()}
+                seen.append(sample)
+                return sample if len(sample) == 2 else None
+
+            def both_idle():
+                sample = loads()
+                return sample if sample and max(sample.values()) <= 0.5 else None
+
+            try:
+                cluster.wait_for(both_idle, 20, "both cores to be idle")
+            except AssertionError:
+                quiet = False
+            if quiet:
+                # The loop stops by itself should the test die before 'down' kills it.
+                busy = subprocess.Popen(
+                    [harness.LOOPCLUSTER, "exec", cluster.dir, "node1", "--", "timeout", "120",
+                     "sh", "-c", "while :; do :; done"], env=cluster.env(),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+                try:
+                    def separated():
+                        sample = loads()
+                        if sample and sample["node1"] >= 0.75 and sample["node2"] <= 0.5:
+                            return sample
+                        return None
+
+                    try:
+                        sample = cluster.wait_for(separated, WAIT_S, "node1's load to rise "
+                                                  "to ~1 and node2's to stay ~0")
+                    except AssertionError as e:
+                        raise AssertionError(f"{e}; loads seen: {seen[-20:]}") from None
+                    self.assertLess(sample["node1"], 1.6)  # one loop on one core, and noise
+                finally:
+                    busy.terminate()
+                    busy.wait(timeout=30)
+        if not quiet:
+            self.skipTest(f"the host's own work keeps the nodes' cores busy: {seen[-3:]}")
+
     def test_node_with_another_key_is_never_listed(self):
         with harness.LoopCluster(2, settings=SETTINGS) as cluster:
             cluster.wait_for(lambda: alive_names(cluster, "node1") == ["node1", "node2"],
