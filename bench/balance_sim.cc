@@ -58,7 +58,7 @@ using balance::Decision;
 struct Params {
   std::vector<int> sizes{100, 1000};
   std::vector<double> utilisations{0.7, 0.9};
-  int measured_jobs = 20000;
+  int measured_jobs = 50000;
   double warmup_s = 120;
   double drain_limit_s = 3600;
   int window = 24;
