@@ -58,12 +58,13 @@ using balance::Decision;
 struct Params {
   std::vector<int> sizes{100, 1000};
   std::vector<double> utilisations{0.7, 0.9};
-  int measured_jobs = 20000;
+  int measured_jobs = 50000;
   double warmup_s = 120;
   double drain_limit_s = 3600;
   int window = 24;
   int max_age_s = 3;
   bool uniform_homes = false;
+  bool publish_rises = false;
   int threads = 2;
   uint64_t seed = 1;
   balance::Options options;
@@ -363,7 +364,10 @@ class Simulation {
 
   void Sample(SimNode& node, int64_t now_ms) {
     node.load.Sample(static_cast<double>(node.jobs.size()), 1000);
-    node.history[(now_ms / 1000) % kHistory] = {node.load.value(), node.mem_free_mb(), now_ms};
+    double published = node.load.value();
+    if (params_.publish_rises)
+      published = std::max(published, static_cast<double>(node.jobs.size()));
+    node.history[(now_ms / 1000) % kHistory] = {published, node.mem_free_mb(), now_ms};
   }
 
   void Round(int self, int64_t now_ms) {
@@ -529,6 +533,8 @@ int main(int argc, char** argv) {
   app.add_option("--window", params.window, "other nodes in each node's picture");
   app.add_option("--max-age", params.max_age_s, "age of a window record: 1 to this, seconds");
   app.add_flag("--uniform-homes", params.uniform_homes, "homes drawn uniformly, not by capacity");
+  app.add_flag("--publish-rises", params.publish_rises,
+               "publish max(EWMA, runnable now), so that a rise shows at once");
   app.add_option("--threads", params.threads, "simulations run at once");
   app.add_option("--seed", params.seed, "random seed");
   app.add_option("--hysteresis", params.options.hysteresis, "Options::hysteresis");

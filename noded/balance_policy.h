@@ -50,7 +50,7 @@ struct Job {
 };
 
 struct Options {
-  double hysteresis = 0.3;                  // a target must promise (1 + this) x the CPU here
+  double hysteresis = 0.7;                  // a target must promise (1 + this) x the CPU here
   double bandwidth_mb_per_s = 200;          // to estimate how long moving memory takes
   double move_overhead_ms = 300;            // freeze, restore and reconnect, besides memory
   double cost_factor = 2.0;                 // expected gain must exceed cost x this

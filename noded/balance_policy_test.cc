@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 namespace homeward::balance {
 namespace {
 
@@ -105,6 +107,19 @@ TEST(Balancer, ASecondMoveInTheRoundSeesTheFirst) {
   ASSERT_EQ(decisions.size(), 2u);
   EXPECT_NE(decisions[0].job, decisions[1].job);
   EXPECT_NE(decisions[0].target, decisions[1].target);
+}
+
+TEST(Balancer, SpreadsMovesOverEqualTargets) {
+  // Nodes with the same picture must not all pick the same idle node.
+  std::map<std::string, int> chosen;
+  for (uint64_t seed = 0; seed < 100; ++seed) {
+    Balancer balancer("self", Options{}, seed);
+    auto decisions = balancer.Round(100000, {Self(4), MakeNode("a", 0), MakeNode("b", 0)}, Jobs(4));
+    ASSERT_EQ(decisions.size(), 1u);
+    ++chosen[decisions[0].target];
+  }
+  EXPECT_GE(chosen["a"], 25);
+  EXPECT_GE(chosen["b"], 25);
 }
 
 TEST(Balancer, YoungJobsDoNotPayForTheMove) {

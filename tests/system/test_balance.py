@@ -126,6 +126,23 @@ class BalancingTest(unittest.TestCase):
             result = c.run("node1", "mosrun", "-b", "-r", "node2", "true", check=False)
             self.assertEqual(result.returncode, 2)
 
+    def test_node_short_of_memory_ushers_a_job_away(self):
+        # Each node has 800 MB; two jobs of 300 MB leave node1 under the 256 MB it keeps free.
+        hog = ("python3 -c \"import time; b=bytearray(300<<20); b[::4096]=bytes([1])*(len(b)//4096); "
+               "print(1, flush=True); time.sleep(300)\"")
+        with harness.LoopCluster(2, memory_mb=800, settings=SETTINGS) as c:
+            wait_for_mounts(c, "node1", ["node2"])
+            start_background(c, "node1", "hog1", command=hog)
+            wait_for_jobs(c, 1)
+            start_background(c, "node1", "hog2", command=hog)
+            wait_for_jobs(c, 2)
+            c.wait_for(lambda: sorted(j["where"] for j in jobs(c)) == ["node1", "node2"], 60,
+                       "one of the jobs to be moved to node2 for memory")
+            self.assertIn("memory move to node2", c.log("node1"))
+            time.sleep(5)  # node1 has room again: nothing else moves
+            self.assertEqual(sorted(j["where"] for j in jobs(c)), ["node1", "node2"])
+            self.assertEqual(sum(j["migrations"] for j in jobs(c)), 1)
+
     def test_guest_busy_with_its_home_files_goes_home(self):
         with harness.LoopCluster(2, settings=SETTINGS) as c:
             wait_for_mounts(c, "node1", ["node2"])
