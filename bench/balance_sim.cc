@@ -297,10 +297,14 @@ class Simulation {
     jobs_.push_back(job);
     int at = spec.home;
     if (policy_ == Policy::kHomewardBest) {
-      auto best = balance::BestNode(Picture(spec.home, now_ms),
-                                    nodes_[static_cast<size_t>(at)].name, spec.memory_mb);
+      auto& home = nodes_[static_cast<size_t>(at)];
+      auto best = balance::BestNode(home.balancer->Adjusted(now_ms, Picture(spec.home, now_ms)),
+                                    home.name, spec.memory_mb);
       if (best) at = IndexOf(*best);
-      if (at != spec.home) nodes_[static_cast<size_t>(at)].balancer->Arrived(1.0, now_ms);
+      if (at != spec.home) {
+        home.balancer->Placed(*best, 1.0, now_ms);
+        nodes_[static_cast<size_t>(at)].balancer->Arrived(1.0, now_ms);
+      }
     } else if (policy_ == Policy::kOracle) {
       at = Oracle(spec);
     }

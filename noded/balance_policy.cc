@@ -14,6 +14,10 @@ namespace {
 constexpr double kTie = 1e-9;
 // An adjustment whose weight has fallen below this (in processes) is forgotten.
 constexpr double kNegligibleLoad = 0.02;
+// A node's published free memory shows a move this long after the move.
+constexpr int64_t kMemorySettleMs = 2000;
+// Records older than this are not trusted to show anything (gossip keeps them fresher).
+constexpr int64_t kMaxRecordAgeMs = 30000;
 
 // The picture one round works on: adjusted for this node's recent moves, then for the
 // moves decided earlier in the same round, so a second decision sees the first.
@@ -32,7 +36,7 @@ struct Working {
     from.mem_free_mb += job.memory_mb;
     to.mem_free_mb -= std::min(to.mem_free_mb, job.memory_mb);
     decided.insert(job.id);
-    decisions.push_back({job.id, to.name, reason});
+    decisions.push_back({job.id, to.name, reason, job.memory_mb});
   }
 };
 
@@ -86,11 +90,13 @@ Balancer::Balancer(std::string self, Options options, uint64_t random_seed)
 std::vector<Node> Balancer::Adjusted(int64_t now_ms, const std::vector<Node>& nodes) {
   double tau = static_cast<double>(std::max<int64_t>(1, options_.load_time_constant_ms));
   std::erase_if(adjustments_, [&](const Adjustment& a) {
-    return std::abs(a.load) * std::exp(-static_cast<double>(now_ms - a.at_ms) / tau) <
-           kNegligibleLoad;
+    int64_t since = now_ms - a.at_ms;
+    return std::abs(a.load) * std::exp(-static_cast<double>(since) / tau) < kNegligibleLoad &&
+           since > kMemorySettleMs + kMaxRecordAgeMs;
   });
   std::vector<Node> picture = nodes;
   std::vector<double> added(picture.size(), 0.0);
+  std::vector<int64_t> memory(picture.size(), 0);
   for (const Adjustment& a : adjustments_) {
     auto at = IndexOf(picture, a.node);
     if (!at) continue;
@@ -98,9 +104,14 @@ std::vector<Node> Balancer::Adjusted(int64_t now_ms, const std::vector<Node>& no
     // published EWMA has caught up all but exp(-elapsed / tau) of it.
     int64_t elapsed = now_ms - picture[*at].age_ms - a.at_ms;
     added[*at] += elapsed <= 0 ? a.load : a.load * std::exp(-static_cast<double>(elapsed) / tau);
+    // Free memory is measured, not smoothed: it shows a move once the images written
+    // and read on the way are gone too.
+    if (elapsed <= kMemorySettleMs) memory[*at] += a.memory_mb;
   }
   for (size_t i = 0; i < picture.size(); ++i) {
     picture[i].load = std::max(0.0, picture[i].load + added[i]);
+    picture[i].mem_free_mb =
+        static_cast<uint32_t>(std::max<int64_t>(0, picture[i].mem_free_mb + memory[i]));
   }
   return picture;
 }
@@ -251,8 +262,13 @@ std::vector<Decision> Balancer::Round(int64_t now_ms, const std::vector<Node>& n
 }
 
 void Balancer::Moved(const Decision& decision, double demand, int64_t now_ms) {
-  adjustments_.push_back({self_, -demand, now_ms});
-  adjustments_.push_back({decision.target, demand, now_ms});
+  int64_t memory = decision.memory_mb;
+  adjustments_.push_back({self_, -demand, memory, now_ms});
+  adjustments_.push_back({decision.target, demand, -memory, now_ms});
+}
+
+void Balancer::Placed(const std::string& node, double demand, int64_t now_ms) {
+  adjustments_.push_back({node, demand, 0, now_ms});
 }
 
 void Balancer::Refused(const Decision& decision, int64_t now_ms) {
@@ -260,7 +276,7 @@ void Balancer::Refused(const Decision& decision, int64_t now_ms) {
 }
 
 void Balancer::Arrived(double demand, int64_t now_ms) {
-  adjustments_.push_back({self_, demand, now_ms});
+  adjustments_.push_back({self_, demand, 0, now_ms});
 }
 
 }  // namespace homeward::balance

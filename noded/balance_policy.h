@@ -50,7 +50,7 @@ struct Job {
 };
 
 struct Options {
-  double hysteresis = 0.7;                  // a target must promise (1 + this) x the CPU here
+  double hysteresis = 0.45;                 // a target must promise (1 + this) x the CPU here
   double bandwidth_mb_per_s = 200;          // to estimate how long moving memory takes
   double move_overhead_ms = 300;            // freeze, restore and reconnect, besides memory
   double cost_factor = 2.0;                 // expected gain must exceed cost x this
@@ -68,6 +68,7 @@ struct Decision {
   uint64_t job = 0;
   std::string target;
   std::string reason;  // "load", "memory", "home I/O"
+  uint32_t memory_mb = 0;  // the job's, freed here and taken there once it has moved
 };
 
 // The CPU a process would get on `node` with `added` more runnable processes there, in
@@ -97,6 +98,11 @@ class Balancer {
   void Refused(const Decision& decision, int64_t now_ms);
   // A job arrived here from elsewhere: it counts in this node's load at once.
   void Arrived(double demand, int64_t now_ms);
+  // This node started a new job on `node` (mosrun -b): it counts there at once.
+  void Placed(const std::string& node, double demand, int64_t now_ms);
+  // `nodes` with this node's recent moves, arrivals and placements counted where the
+  // published figures do not show them yet: what BestNode should be given.
+  std::vector<Node> Adjusted(int64_t now_ms, const std::vector<Node>& nodes);
 
   const Options& options() const { return options_; }
 
@@ -104,9 +110,9 @@ class Balancer {
   struct Adjustment {  // load moved by this node, not yet visible in published loads
     std::string node;
     double load = 0;
+    int64_t memory_mb = 0;  // memory freed (+) or taken (-) there
     int64_t at_ms = 0;
   };
-  std::vector<Node> Adjusted(int64_t now_ms, const std::vector<Node>& nodes);
 
   std::string self_;
   Options options_;

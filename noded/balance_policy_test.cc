@@ -264,5 +264,32 @@ TEST(Balancer, ArrivalsCountHereAtOnce) {
   EXPECT_EQ(balancer.Round(100000, nodes, Jobs(1)).size(), 1u);
 }
 
+TEST(Balancer, UshersOnceUntilTheMoveShowsInFreeMemory) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(2);
+  for (auto& job : jobs) {
+    job.memory_mb = 300;
+    job.resident_ms = 0;
+  }
+  std::vector<Node> nodes{Self(0, 100), MakeNode("b", 0, 1, 700)};
+  auto decisions = balancer.Round(100000, nodes, jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].memory_mb, 300u);
+  balancer.Moved(decisions[0], 0.0, 100000);
+  jobs.erase(jobs.begin() + (decisions[0].job == 1 ? 0 : 1));
+  // The published memory still predates the move: with it, this node has 400 MB free
+  // and "b" has no room for another 300 MB and the reserve.
+  EXPECT_TRUE(balancer.Round(101000, nodes, jobs).empty());
+}
+
+TEST(Balancer, PlacementsCountAtTheirNode) {
+  Balancer balancer("self", Options{}, 1);
+  std::vector<Node> nodes{Self(3), MakeNode("idle", 0)};
+  balancer.Placed("idle", 1.0, 100000);
+  balancer.Placed("idle", 1.0, 100000);
+  // Three here and, counting the two new jobs, two there: a third of a core either way.
+  EXPECT_TRUE(balancer.Round(100000, nodes, Jobs(3)).empty());
+}
+
 }  // namespace
 }  // namespace homeward::balance

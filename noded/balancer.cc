@@ -46,6 +46,9 @@ Balancer::Balancer(uv_loop_t* loop, const NodeConfig& config, Gossip& gossip, Jo
 
 void Balancer::Start() {
   jobs_.OnArrival([this] { policy_.Arrived(1.0, static_cast<int64_t>(uv_now(loop_))); });
+  jobs_.OnPlaced([this](const std::string& node) {
+    policy_.Placed(node, 1.0, static_cast<int64_t>(uv_now(loop_)));
+  });
   CheckUv(uv_timer_init(loop_, timer_.get()), "balancer timer");
   timer_.get()->data = this;
   auto interval = static_cast<uint64_t>(config_.balance.interval.count());
@@ -55,6 +58,10 @@ void Balancer::Start() {
           "balancer timer");
   spdlog::info("balancer: a round every {} ms, automatic moves {}", interval,
                config_.balance.automatic ? "on" : "off");
+}
+
+std::vector<balance::Node> Balancer::Picture() {
+  return policy_.Adjusted(static_cast<int64_t>(uv_now(loop_)), PolicyNodes(gossip_.Picture()));
 }
 
 void Balancer::Stop() {

@@ -31,6 +31,9 @@ class Balancer {
   // Starts the rounds (jobs' use is sampled even when automatic moves are off, for mosps).
   void Start();
   void Stop();
+  // The live nodes as placement should see them: the gossip picture with this node's
+  // recent moves and placements counted.
+  std::vector<balance::Node> Picture();
 
  private:
   void Round();

@@ -36,7 +36,7 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
                }),
       jobs_(
           loop, config_, control_, [this](const std::string& node) { return ResolvePeer(node); },
-          [this] { return PolicyNodes(gossip_.Picture()); }),
+          [this] { return balancer_.Picture(); }),
       file_server_(config_.export_root, 8),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,

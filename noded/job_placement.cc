@@ -99,7 +99,10 @@ std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where
          "no node has {} MB of free memory for the job (-m): the most is {} MB, on {}", need,
          most->mem_free_mb, most->name);
   }
-  if (*chosen != config_.name) spdlog::info("placing a new job on {}", *chosen);
+  if (*chosen != config_.name) {
+    spdlog::info("placing a new job on {}", *chosen);
+    if (on_placed_) on_placed_(*chosen);
+  }
   return *chosen == config_.name ? std::string() : *chosen;
 }
 

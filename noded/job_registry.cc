@@ -501,7 +501,10 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
   if (!launch.guest) Fail(ErrorKind::kInvalidInput, "a job of this home is not a guest here");
   uint64_t id = next_guest_++;
   auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); });
-  if (job) guests_[id] = job;
+  if (job) {
+    guests_[id] = job;
+    if (on_arrival_) on_arrival_();
+  }
 }
 
 void JobRegistry::Start() {

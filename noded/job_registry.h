@@ -85,8 +85,13 @@ class JobRegistry {
   std::vector<balance::Job> MovableJobs(int64_t now_ms);
   // Moves a job MovableJobs offered; `done` runs on the loop when the move has ended.
   void MoveAutomatically(uint64_t id, const std::string& target, MoveDone done);
-  // Called when a job arrives here from another node.
+  // Called when a job starts or arrives here from another node (a guest, or a job of
+  // this home coming back).
   void OnArrival(std::function<void()> callback) { on_arrival_ = std::move(callback); }
+  // Called when a new job of this home is placed on another node (mosrun -b, -m).
+  void OnPlaced(std::function<void(const std::string& node)> callback) {
+    on_placed_ = std::move(callback);
+  }
   // Whether this node refuses guests (mosctl block); read from peer threads too.
   bool blocked() const { return blocked_; }
   void KillAll();
@@ -194,6 +199,7 @@ class JobRegistry {
   FaultPoints faults_ = FaultPoints::FromEnvironment();
   std::function<void()> on_change_;
   std::function<void()> on_arrival_;
+  std::function<void(const std::string& node)> on_placed_;
   std::atomic<bool> blocked_{false};
   UvHandle<uv_timer_t> counts_timer_;
   UvHandle<uv_async_t> restored_wakeup_;

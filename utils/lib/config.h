@@ -34,7 +34,7 @@ struct BalanceConfig {
   bool automatic = true;                      // move jobs by load, memory and home I/O
   std::chrono::milliseconds interval{1000};   // one balancing round this often
   std::chrono::milliseconds min_residency{4000};  // a job stays at least this long where it lands
-  int hysteresis_percent = 30;                // a target must promise this much more CPU
+  int hysteresis_percent = 45;                // a target must promise this much more CPU
   uint32_t usher_free_mb = 256;               // below this much free memory, jobs are moved away
 };
 
