@@ -64,7 +64,7 @@ struct Params {
   int window = 24;
   int max_age_s = 3;
   bool uniform_homes = false;
-  bool publish_rises = false;
+  bool ewma_only = false;
   int threads = 2;
   uint64_t seed = 1;
   balance::Options options;
@@ -236,6 +236,7 @@ class Simulation {
       node.spec = specs[i];
       node.name = fmt::format("n{}", i);
       node.phase = static_cast<int>(i % kStepsPerRound);
+      node.load = LoadAverage(static_cast<double>(params.options.load_time_constant_ms));
       node.balancer =
           std::make_unique<Balancer>(node.name, params.options, params.seed * 1000003 + i);
     }
@@ -344,7 +345,9 @@ class Simulation {
   // published a few seconds ago.
   std::vector<balance::Node> Picture(int self, int64_t now_ms) {
     const SimNode& me = nodes_[static_cast<size_t>(self)];
-    std::vector<balance::Node> picture{Describe(me, me.load.value(), 0)};
+    std::vector<balance::Node> picture{Describe(me, me.load.smoothed(), 0)};
+    // A node knows its own count now (NodeMetrics).
+    if (!params_.ewma_only) picture[0].runnable_now = static_cast<double>(me.jobs.size());
     int others = static_cast<int>(nodes_.size()) - 1;
     int want = std::min(params_.window, others);
     window_.clear();
@@ -368,9 +371,8 @@ class Simulation {
 
   void Sample(SimNode& node, int64_t now_ms) {
     node.load.Sample(static_cast<double>(node.jobs.size()), 1000);
-    double published = node.load.value();
-    if (params_.publish_rises)
-      published = std::max(published, static_cast<double>(node.jobs.size()));
+    // As NodeMetrics publishes: the average, or the count now when higher.
+    double published = params_.ewma_only ? node.load.smoothed() : node.load.value();
     node.history[(now_ms / 1000) % kHistory] = {published, node.mem_free_mb(), now_ms};
   }
 
@@ -537,15 +539,18 @@ int main(int argc, char** argv) {
   app.add_option("--window", params.window, "other nodes in each node's picture");
   app.add_option("--max-age", params.max_age_s, "age of a window record: 1 to this, seconds");
   app.add_flag("--uniform-homes", params.uniform_homes, "homes drawn uniformly, not by capacity");
-  app.add_flag("--publish-rises", params.publish_rises,
-               "publish max(EWMA, runnable now), so that a rise shows at once");
+  app.add_flag("--ewma-only", params.ewma_only,
+               "publish the EWMA alone, without max(EWMA, runnable now)");
   app.add_option("--threads", params.threads, "simulations run at once");
   app.add_option("--seed", params.seed, "random seed");
   app.add_option("--hysteresis", params.options.hysteresis, "Options::hysteresis");
   app.add_option("--cost-factor", params.options.cost_factor, "Options::cost_factor");
   app.add_option("--min-residency", params.options.min_residency_ms, "Options::min_residency_ms");
   app.add_option("--max-moves", params.options.max_moves_per_round, "Options::max_moves_per_round");
+  app.add_option("--load-time-constant", params.options.load_time_constant_ms,
+                 "the published load's EWMA, ms (NodeMetrics; Options::load_time_constant_ms)");
   CLI11_PARSE(app, argc, argv);
+  params.options.rises_published = !params.ewma_only;
 
   fmt::print(
       "mean work {:.1f} s on a speed-1.0 core; window {} nodes, 1-{} s old; homes {}; seed {}\n",

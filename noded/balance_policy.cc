@@ -100,16 +100,26 @@ std::vector<Node> Balancer::Adjusted(int64_t now_ms, const std::vector<Node>& no
   for (const Adjustment& a : adjustments_) {
     auto at = IndexOf(picture, a.node);
     if (!at) continue;
-    // Information measured before the move does not show it at all; after it, the
-    // published EWMA has caught up all but exp(-elapsed / tau) of it.
+    // Information measured before the move does not show it at all. After it, a rise
+    // shows in full (NodeMetrics publishes the count now when it is higher), and the
+    // published EWMA has caught up all but exp(-elapsed / tau) of a fall.
     int64_t elapsed = now_ms - picture[*at].age_ms - a.at_ms;
-    added[*at] += elapsed <= 0 ? a.load : a.load * std::exp(-static_cast<double>(elapsed) / tau);
+    if (elapsed <= 0) {
+      added[*at] += a.load;
+    } else if (a.load < 0 || !options_.rises_published) {
+      added[*at] += a.load * std::exp(-static_cast<double>(elapsed) / tau);
+    }
     // Free memory is measured, not smoothed: it shows a move once the images written
     // and read on the way are gone too.
     if (elapsed <= kMemorySettleMs) memory[*at] += a.memory_mb;
   }
   for (size_t i = 0; i < picture.size(); ++i) {
     picture[i].load = std::max(0.0, picture[i].load + added[i]);
+    // A node that knows its count now needs no model of its own falls: the average, as
+    // adjusted, or the count now when that is higher, as it would publish it.
+    if (picture[i].runnable_now >= 0) {
+      picture[i].load = std::max(picture[i].load, picture[i].runnable_now);
+    }
     picture[i].mem_free_mb =
         static_cast<uint32_t>(std::max<int64_t>(0, picture[i].mem_free_mb + memory[i]));
   }

@@ -27,7 +27,9 @@ struct Node {
   std::string name;
   int cores = 1;
   double speed = 1.0;          // relative CPU speed of one core
-  double load = 0;             // runnable processes, smoothed (NodeMetrics)
+  double load = 0;             // runnable processes as published: smoothed, or now if higher
+  double runnable_now = -1;    // this node only: its exact count now (-1: unknown), with
+                               // `load` then its plain average (NodeMetrics)
   uint32_t mem_free_mb = 0;    // memory a new job could use
   uint32_t mem_total_mb = 0;
   bool accepts_guests = true;  // false once blocked (mosctl block)
@@ -60,6 +62,7 @@ struct Options {
   double home_io_max_cpu = 0.5;             // ... while using less CPU than this goes home
   uint32_t usher_free_mb = 256;             // memory ushering starts below this much free
   int max_moves_per_round = 1;              // load moves started per round
+  bool rises_published = true;              // published load shows a rise at once (NodeMetrics)
   int64_t refused_avoid_ms = 10000;         // a target that refused is left alone this long
   double min_demand = 0.3;                  // jobs with less demand are not moved for load
 };

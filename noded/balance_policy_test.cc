@@ -291,5 +291,28 @@ TEST(Balancer, PlacementsCountAtTheirNode) {
   EXPECT_TRUE(balancer.Round(100000, nodes, Jobs(3)).empty());
 }
 
+TEST(Balancer, ThisNodesCountNowOverridesItsLaggingAverage) {
+  Balancer balancer("self", Options{}, 1);
+  std::vector<Node> nodes{Self(4), MakeNode("b", 0)};
+  auto decisions = balancer.Round(100000, nodes, Jobs(4));
+  ASSERT_EQ(decisions.size(), 1u);
+  balancer.Moved(decisions[0], 1.0, 100000);
+  // Two seconds on, the average here (still rising when the jobs started) says 2.2 and
+  // the move's adjustment would take that lower still; the count now says 3, and "b"
+  // now publishes the job it took: 3 against 1 is worth one more move.
+  nodes[0].load = 2.2;
+  nodes[0].runnable_now = 3;
+  nodes[1].load = 1;
+  nodes[1].age_ms = 500;
+  auto next = balancer.Round(102000, nodes, Jobs(3));
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].target, "b");
+  // Without the count now, the lagging average holds the move back.
+  Balancer lagging("self", Options{}, 1);
+  lagging.Moved(decisions[0], 1.0, 100000);
+  nodes[0].runnable_now = -1;
+  EXPECT_TRUE(lagging.Round(102000, nodes, Jobs(3)).empty());
+}
+
 }  // namespace
 }  // namespace homeward::balance

@@ -60,8 +60,18 @@ void Balancer::Start() {
                config_.balance.automatic ? "on" : "off");
 }
 
+std::vector<balance::Node> Balancer::Nodes() const {
+  std::vector<balance::Node> nodes = PolicyNodes(gossip_.Picture());
+  for (balance::Node& node : nodes) {
+    if (node.name != config_.name) continue;
+    node.load = gossip_.metrics().smoothed_load();
+    node.runnable_now = gossip_.metrics().runnable_now();
+  }
+  return nodes;
+}
+
 std::vector<balance::Node> Balancer::Picture() {
-  return policy_.Adjusted(static_cast<int64_t>(uv_now(loop_)), PolicyNodes(gossip_.Picture()));
+  return policy_.Adjusted(static_cast<int64_t>(uv_now(loop_)), Nodes());
 }
 
 void Balancer::Stop() {
@@ -77,7 +87,7 @@ void Balancer::Round() {
     // One round's moves at a time: the next round sees what they did.
     if (!config_.balance.automatic || moving_ > 0 || movable.empty()) return;
     std::vector<balance::Decision> decisions =
-        policy_.Round(now, PolicyNodes(gossip_.Picture()), movable);
+        policy_.Round(now, Nodes(), movable);
     for (const balance::Decision& decision : decisions) {
       double demand = 1.0;
       for (const auto& job : movable) {

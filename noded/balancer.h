@@ -37,6 +37,8 @@ class Balancer {
 
  private:
   void Round();
+  // The live nodes for the policy, this one with its plain average and its count now.
+  std::vector<balance::Node> Nodes() const;
 
   uv_loop_t* loop_;
   const NodeConfig& config_;

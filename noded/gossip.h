@@ -43,6 +43,7 @@ class Gossip {
   void SetBlocked(bool blocked);
 
   const DropCounters& drops() const { return drops_; }
+  const NodeMetrics& metrics() const { return metrics_; }
   const MembershipStats& stats() const { return membership_.stats(); }
 
  private:

@@ -297,13 +297,14 @@ double MeasureCpuSpeed() {
 }
 
 void LoadAverage::Sample(double runnable, double elapsed_ms) {
+  last_ = runnable;
   if (first_) {
-    value_ = runnable;
+    smoothed_ = runnable;
     first_ = false;
     return;
   }
   double alpha = 1.0 - std::exp(-std::max(elapsed_ms, 0.0) / time_constant_ms_);
-  value_ += alpha * (runnable - value_);
+  smoothed_ += alpha * (runnable - smoothed_);
 }
 
 NodeMetrics::NodeMetrics() : cores_(UsableCores()), speed_(MeasureCpuSpeed()), load_(5000.0) {

@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <sys/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -84,18 +85,24 @@ int UsableCores();
 // core against the reference machine (1.0). Takes about 3 x 12.5 ms on the reference.
 double MeasureCpuSpeed();
 
-// The smoothed load: an exponentially weighted moving average of the runnable tasks
-// sampled at every gossip round (procs_running, or those on the node's own cores), with a time
-// constant of `time_constant_ms`, as the kernel's loadavg but faster to follow a job that moved.
+// The load a node publishes, from the runnable tasks sampled at every gossip round
+// (procs_running, or those on the node's own cores): an exponentially weighted moving
+// average with a time constant of `time_constant_ms`, as the kernel's loadavg but faster
+// to follow a job that moved, or the count now when that is higher. A rise shows at
+// once, so that others do not keep sending work to a node that has just filled up; a
+// fall follows the average, so that a moment's idleness does not draw work.
 class LoadAverage {
  public:
   explicit LoadAverage(double time_constant_ms) : time_constant_ms_(time_constant_ms) {}
   void Sample(double runnable, double elapsed_ms);
-  double value() const { return value_; }
+  double value() const { return std::max(smoothed_, last_); }
+  double smoothed() const { return smoothed_; }
+  double last() const { return last_; }
 
  private:
   double time_constant_ms_;
-  double value_ = 0;
+  double smoothed_ = 0;
+  double last_ = 0;
   bool first_ = true;
 };
 
@@ -113,6 +120,8 @@ class NodeMetrics {
   int cores() const { return cores_; }
   double speed() const { return speed_; }
   double load() const { return load_.value(); }
+  double smoothed_load() const { return load_.smoothed(); }
+  double runnable_now() const { return load_.last(); }
   const MemInfo& memory() const { return memory_; }
 
  private:

@@ -144,9 +144,12 @@ TEST(NodeMetrics, LoadAverageFollowsWithItsTimeConstant) {
   load.Sample(0, 0);
   EXPECT_DOUBLE_EQ(load.value(), 0);
   load.Sample(4, 1000);  // one time constant: 1 - 1/e of the way
-  EXPECT_NEAR(load.value(), 4 * (1 - 0.36788), 1e-3);
+  EXPECT_NEAR(load.smoothed(), 4 * (1 - 0.36788), 1e-3);
+  EXPECT_DOUBLE_EQ(load.value(), 4);  // a rise shows at once
   for (int i = 0; i < 20; ++i) load.Sample(4, 1000);
   EXPECT_NEAR(load.value(), 4, 1e-3);
+  load.Sample(0, 1000);  // a fall follows the average
+  EXPECT_NEAR(load.value(), 4 * 0.36788, 1e-3);
 }
 
 TEST(NodeMetrics, MeasuresThisMachine) {
