@@ -104,7 +104,8 @@ class BalancingTest(unittest.TestCase):
             wait_for_mounts(c, "node1", ["node2"])
             # Two busy processes of node1's own (not jobs) make it the busier node.
             for _ in range(2):
-                c.run("node1", "sh", "-c", "(timeout 120 sh -c 'while :; do :; done' &) ; echo")
+                c.run("node1", "sh", "-c",
+                      "(timeout 120 sh -c 'while :; do :; done' >/dev/null 2>&1 &); echo")
             c.wait_for(lambda: nodes(c)["node1"]["load"] > 1.2 and nodes(c)["node2"]["load"] < 0.8,
                        30, "node1 to be busier than node2")
             start_background(c, "node1", "best", "-b", command="sleep 60")
