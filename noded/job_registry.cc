@@ -21,6 +21,8 @@ namespace homeward {
 namespace {
 
 constexpr auto kPeerConnectTimeout = std::chrono::seconds(5);
+// How long a job moved on from one guest node may take to show up from the next.
+constexpr int64_t kAttachTimeoutMs = 30000;
 
 void SendExit(ControlStream& stream, int code, const std::string& why) {
   capnp::MallocMessageBuilder message;
@@ -372,6 +374,12 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
     }
     if (reply.isMigrated()) {
       ++away->migrations;
+      // This relay closes next; the job's new node attaches on a connection of its own,
+      // which may come after that close: the close is no longer the job's end.
+      ++away->generation;
+      if (std::string(reply.getMigrated().getWhere().cStr()) != config_.name) {
+        away->attach_due_ms = static_cast<int64_t>(uv_now(loop_)) + kAttachTimeoutMs;
+      }
       if (away->pending_move) {
         auto pending = std::move(away->pending_move);
         away->pending_move = nullptr;
@@ -435,6 +443,7 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
     if (!entry.away || entry.away->home_pid != attach.getHomePid()) continue;
     auto away = entry.away;
     away->where = attach.getNode();
+    away->attach_due_ms = 0;
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away));
     away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
     away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
@@ -443,6 +452,19 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
     return;
   }
   Fail(ErrorKind::kNotFound, "no job of this home with pid {} is away", attach.getHomePid());
+}
+
+void JobRegistry::EndOverdueAttaches() {
+  auto now = static_cast<int64_t>(uv_now(loop_));
+  std::vector<std::pair<int, std::string>> overdue;
+  for (auto& [slot, entry] : jobs_) {
+    if (entry.away && entry.away->attach_due_ms && now > entry.away->attach_due_ms) {
+      overdue.emplace_back(slot, entry.away->where);
+    }
+  }
+  for (auto& [slot, where] : overdue) {
+    EndAway(slot, fmt::format("the job left node {} and no node took it over", where));
+  }
 }
 
 void JobRegistry::EndAway(int slot, const std::string& why) {
@@ -514,13 +536,14 @@ void JobRegistry::Start() {
           "job registry wake-up");
   restored_wakeup_.get()->data = this;
   // The counts gossip publishes are refreshed each second rather than threaded through
-  // every place a job starts, moves or ends.
+  // every place a job starts, moves or ends; overdue attaches are found on the same tick.
   CheckUv(uv_timer_init(loop_, counts_timer_.get()), "job counts timer");
   counts_timer_.get()->data = this;
   CheckUv(uv_timer_start(
               counts_timer_.get(),
               [](uv_timer_t* timer) {
                 auto* self = static_cast<JobRegistry*>(timer->data);
+                self->EndOverdueAttaches();
                 if (self->on_change_) self->on_change_();
               },
               0, 1000),

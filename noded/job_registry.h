@@ -121,6 +121,7 @@ class JobRegistry {
     bool exited = false;
     uint32_t migrations = 0;
     uint32_t generation = 0;                  // which relay to the job's node is current
+    int64_t attach_due_ms = 0;  // moved on: its new node must attach by then (loop time)
     MoveDone pending_move;  // a move waiting for the job's node
     // A job frozen to disk at home (mosmigrate freeze): its images, and what restoring
     // it needs. `where` is then empty.
@@ -152,6 +153,8 @@ class JobRegistry {
   void ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
                      std::shared_ptr<capnp::MallocMessageBuilder> guest_request);
   void EndAway(int slot, const std::string& why);
+  // Ends the jobs whose move on was announced but whose new node never attached.
+  void EndOverdueAttaches();
   StreamHandlers MosrunHandlersForAway(int slot, std::shared_ptr<Away> away);
   void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd, capnp::MallocMessageBuilder* first);
   StreamHandlers PeerHandlersForAway(int slot, std::shared_ptr<Away> away);
