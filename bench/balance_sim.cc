@@ -346,8 +346,8 @@ class Simulation {
   std::vector<balance::Node> Picture(int self, int64_t now_ms) {
     const SimNode& me = nodes_[static_cast<size_t>(self)];
     std::vector<balance::Node> picture{Describe(me, me.load.smoothed(), 0)};
-    // A node knows its own count now (NodeMetrics).
-    if (!params_.ewma_only) picture[0].runnable_now = static_cast<double>(me.jobs.size());
+    // A node knows its own recent count (NodeMetrics).
+    if (!params_.ewma_only) picture[0].runnable_now = me.load.recent();
     int others = static_cast<int>(nodes_.size()) - 1;
     int want = std::min(params_.window, others);
     window_.clear();

@@ -28,7 +28,7 @@ struct Node {
   int cores = 1;
   double speed = 1.0;          // relative CPU speed of one core
   double load = 0;             // runnable processes as published: smoothed, or now if higher
-  double runnable_now = -1;    // this node only: its exact count now (-1: unknown), with
+  double runnable_now = -1;    // this node only: its recent count (-1: unknown), with
                                // `load` then its plain average (NodeMetrics)
   uint32_t mem_free_mb = 0;    // memory a new job could use
   uint32_t mem_total_mb = 0;

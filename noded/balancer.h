@@ -37,7 +37,7 @@ class Balancer {
 
  private:
   void Round();
-  // The live nodes for the policy, this one with its plain average and its count now.
+  // The live nodes for the policy, this one with its plain average and its recent count.
   std::vector<balance::Node> Nodes() const;
 
   uv_loop_t* loop_;

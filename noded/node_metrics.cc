@@ -297,6 +297,7 @@ double MeasureCpuSpeed() {
 }
 
 void LoadAverage::Sample(double runnable, double elapsed_ms) {
+  previous_ = first_ ? runnable : last_;
   last_ = runnable;
   if (first_) {
     smoothed_ = runnable;

@@ -88,21 +88,24 @@ double MeasureCpuSpeed();
 // The load a node publishes, from the runnable tasks sampled at every gossip round
 // (procs_running, or those on the node's own cores): an exponentially weighted moving
 // average with a time constant of `time_constant_ms`, as the kernel's loadavg but faster
-// to follow a job that moved, or the count now when that is higher. A rise shows at
-// once, so that others do not keep sending work to a node that has just filled up; a
-// fall follows the average, so that a moment's idleness does not draw work.
+// to follow a job that moved, or the recent count when that is higher. A rise shows
+// within a round, so that others do not keep sending work to a node that has just filled
+// up; a fall follows the average, so that a moment's idleness does not draw work.
 class LoadAverage {
  public:
   explicit LoadAverage(double time_constant_ms) : time_constant_ms_(time_constant_ms) {}
   void Sample(double runnable, double elapsed_ms);
-  double value() const { return std::max(smoothed_, last_); }
+  double value() const { return std::max(smoothed_, recent()); }
   double smoothed() const { return smoothed_; }
-  double last() const { return last_; }
+  // The lower of the last two samples: a rise that lasted a round, not a passing burst
+  // (a dump's threads, a command's short life).
+  double recent() const { return std::min(last_, previous_); }
 
  private:
   double time_constant_ms_;
   double smoothed_ = 0;
   double last_ = 0;
+  double previous_ = 0;
   bool first_ = true;
 };
 
@@ -121,7 +124,7 @@ class NodeMetrics {
   double speed() const { return speed_; }
   double load() const { return load_.value(); }
   double smoothed_load() const { return load_.smoothed(); }
-  double runnable_now() const { return load_.last(); }
+  double runnable_now() const { return load_.recent(); }
   const MemInfo& memory() const { return memory_; }
 
  private:
