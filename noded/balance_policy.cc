@@ -97,28 +97,35 @@ std::vector<Node> Balancer::Adjusted(int64_t now_ms, const std::vector<Node>& no
   std::vector<Node> picture = nodes;
   std::vector<double> added(picture.size(), 0.0);
   std::vector<int64_t> memory(picture.size(), 0);
+  std::vector<double> added_now(picture.size(), 0.0);
   for (const Adjustment& a : adjustments_) {
     auto at = IndexOf(picture, a.node);
     if (!at) continue;
-    // Information measured before the move does not show it at all. After it, a rise
-    // shows in full (NodeMetrics publishes the count now when it is higher), and the
-    // published EWMA has caught up all but exp(-elapsed / tau) of a fall.
+    // Information measured before the move does not show it at all. A rise shows in full
+    // once it has lasted two samples (NodeMetrics publishes the recent count when it is
+    // higher); of a fall, the published EWMA has caught up all but exp(-elapsed / tau).
     int64_t elapsed = now_ms - picture[*at].age_ms - a.at_ms;
-    if (elapsed <= 0) {
+    bool rise = a.load > 0 && options_.rises_published;
+    if (elapsed <= (rise ? options_.rise_shows_ms : 0)) {
       added[*at] += a.load;
-    } else if (a.load < 0 || !options_.rises_published) {
+    } else if (!rise) {
       added[*at] += a.load * std::exp(-static_cast<double>(elapsed) / tau);
     }
     // Free memory is measured, not smoothed: it shows a move once the images written
     // and read on the way are gone too.
     if (elapsed <= kMemorySettleMs) memory[*at] += a.memory_mb;
+    // A node's recent count shows a fall from the first sample after it, a rise once two
+    // samples have seen it.
+    if (elapsed <= (a.load > 0 ? options_.rise_shows_ms : 0)) added_now[*at] += a.load;
   }
   for (size_t i = 0; i < picture.size(); ++i) {
     picture[i].load = std::max(0.0, picture[i].load + added[i]);
-    // A node that knows its count now needs no model of its own falls: the average, as
-    // adjusted, or the count now when that is higher, as it would publish it.
+    // A node that knows its recent count needs no model of its own falls: the average, as
+    // adjusted, or the recent count (as adjusted for moves it has not seen yet) when that
+    // is higher, as it would publish it.
     if (picture[i].runnable_now >= 0) {
-      picture[i].load = std::max(picture[i].load, picture[i].runnable_now);
+      picture[i].load =
+          std::max(picture[i].load, std::max(0.0, picture[i].runnable_now + added_now[i]));
     }
     picture[i].mem_free_mb =
         static_cast<uint32_t>(std::max<int64_t>(0, picture[i].mem_free_mb + memory[i]));

@@ -62,7 +62,8 @@ struct Options {
   double home_io_max_cpu = 0.5;             // ... while using less CPU than this goes home
   uint32_t usher_free_mb = 256;             // memory ushering starts below this much free
   int max_moves_per_round = 1;              // load moves started per round
-  bool rises_published = true;              // published load shows a rise at once (NodeMetrics)
+  bool rises_published = true;              // published load shows a rise (NodeMetrics) ...
+  int64_t rise_shows_ms = 2000;             // ... this long after it: two samples
   int64_t refused_avoid_ms = 10000;         // a target that refused is left alone this long
   double min_demand = 0.3;                  // jobs with less demand are not moved for load
 };

@@ -282,6 +282,21 @@ TEST(Balancer, UshersOnceUntilTheMoveShowsInFreeMemory) {
   EXPECT_TRUE(balancer.Round(101000, nodes, jobs).empty());
 }
 
+TEST(Balancer, AMovesRiseCountsUntilTwoSamplesShowIt) {
+  Balancer balancer("self", Options{}, 1);
+  std::vector<Node> nodes{Self(4), MakeNode("b", 0)};
+  auto decisions = balancer.Round(100000, nodes, Jobs(4));
+  ASSERT_EQ(decisions.size(), 1u);
+  balancer.Moved(decisions[0], 1.0, 100000);
+  nodes[0].runnable_now = 3;
+  nodes[1].age_ms = 0;  // measured after the move, but only one sample since: still 0
+  auto second = balancer.Round(101000, nodes, Jobs(3));  // 3 against 0 + 1
+  ASSERT_EQ(second.size(), 1u);
+  balancer.Moved(second[0], 1.0, 101000);
+  nodes[0].runnable_now = 2;
+  EXPECT_TRUE(balancer.Round(101500, nodes, Jobs(2)).empty());  // 2 against 0 + 2, not 0
+}
+
 TEST(Balancer, PlacementsCountAtTheirNode) {
   Balancer balancer("self", Options{}, 1);
   std::vector<Node> nodes{Self(3), MakeNode("idle", 0)};
@@ -297,21 +312,21 @@ TEST(Balancer, ThisNodesCountNowOverridesItsLaggingAverage) {
   auto decisions = balancer.Round(100000, nodes, Jobs(4));
   ASSERT_EQ(decisions.size(), 1u);
   balancer.Moved(decisions[0], 1.0, 100000);
-  // Two seconds on, the average here (still rising when the jobs started) says 2.2 and
+  // Three seconds on, the average here (still rising when the jobs started) says 2.2 and
   // the move's adjustment would take that lower still; the count now says 3, and "b"
   // now publishes the job it took: 3 against 1 is worth one more move.
   nodes[0].load = 2.2;
   nodes[0].runnable_now = 3;
   nodes[1].load = 1;
   nodes[1].age_ms = 500;
-  auto next = balancer.Round(102000, nodes, Jobs(3));
+  auto next = balancer.Round(103000, nodes, Jobs(3));
   ASSERT_EQ(next.size(), 1u);
   EXPECT_EQ(next[0].target, "b");
   // Without the count now, the lagging average holds the move back.
   Balancer lagging("self", Options{}, 1);
   lagging.Moved(decisions[0], 1.0, 100000);
   nodes[0].runnable_now = -1;
-  EXPECT_TRUE(lagging.Round(102000, nodes, Jobs(3)).empty());
+  EXPECT_TRUE(lagging.Round(103000, nodes, Jobs(3)).empty());
 }
 
 }  // namespace

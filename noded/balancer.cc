@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <chrono>
+
 #include <spdlog/spdlog.h>
 
 #include "uv_error.h"
@@ -28,11 +30,13 @@ std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture) {
   return nodes;
 }
 
-balance::Options PolicyOptions(const BalanceConfig& config) {
+balance::Options PolicyOptions(const NodeConfig& config) {
   balance::Options options;
-  options.hysteresis = config.hysteresis_percent / 100.0;
-  options.min_residency_ms = config.min_residency.count();
-  options.usher_free_mb = config.usher_free_mb;
+  options.hysteresis = config.balance.hysteresis_percent / 100.0;
+  options.min_residency_ms = config.balance.min_residency.count();
+  options.usher_free_mb = config.balance.usher_free_mb;
+  // NodeMetrics samples once per gossip round and publishes a rise after two samples.
+  options.rise_shows_ms = 2 * config.gossip.interval.count();
   return options;
 }
 
@@ -41,7 +45,7 @@ Balancer::Balancer(uv_loop_t* loop, const NodeConfig& config, Gossip& gossip, Jo
       config_(config),
       gossip_(gossip),
       jobs_(jobs),
-      policy_(config.name, PolicyOptions(config.balance),
+      policy_(config.name, PolicyOptions(config),
               static_cast<uint64_t>(::getpid()) ^ std::hash<std::string>()(config.name)) {}
 
 void Balancer::Start() {
@@ -64,8 +68,12 @@ std::vector<balance::Node> Balancer::Nodes() const {
   std::vector<balance::Node> nodes = PolicyNodes(gossip_.Picture());
   for (balance::Node& node : nodes) {
     if (node.name != config_.name) continue;
-    node.load = gossip_.metrics().smoothed_load();
-    node.runnable_now = gossip_.metrics().runnable_now();
+    const NodeMetrics& metrics = gossip_.metrics();
+    node.load = metrics.smoothed_load();
+    node.runnable_now = metrics.runnable_now();
+    node.age_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - metrics.sampled_at())
+                      .count();
   }
   return nodes;
 }
@@ -86,14 +94,24 @@ void Balancer::Round() {
     std::vector<balance::Job> movable = jobs_.MovableJobs(now);
     // One round's moves at a time: the next round sees what they did.
     if (!config_.balance.automatic || moving_ > 0 || movable.empty()) return;
-    std::vector<balance::Decision> decisions =
-        policy_.Round(now, Nodes(), movable);
+    std::vector<balance::Node> nodes = Nodes();
+    std::vector<balance::Decision> decisions = policy_.Round(now, nodes, movable);
+    if (decisions.empty()) return;
+    // What the policy saw, for the log: the loads here and at each target, as adjusted.
+    auto seen = policy_.Adjusted(now, nodes);
+    auto load_of = [&](const std::string& name) {
+      for (const auto& node : seen) {
+        if (node.name == name) return node.load;
+      }
+      return -1.0;
+    };
     for (const balance::Decision& decision : decisions) {
       double demand = 1.0;
       for (const auto& job : movable) {
         if (job.id == decision.job) demand = std::max(job.demand, 0.1);
       }
-      spdlog::info("balancer: {} move to {}", decision.reason, decision.target);
+      spdlog::info("balancer: {} move to {} (load here {:.2f}, there {:.2f})", decision.reason,
+                   decision.target, load_of(config_.name), load_of(decision.target));
       ++moving_;
       jobs_.MoveAutomatically(
           decision.job, decision.target,

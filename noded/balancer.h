@@ -19,8 +19,8 @@ namespace homeward {
 // The live nodes of a gossip picture, as the policy sees them.
 std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture);
 
-// The policy's options from the node's [balance] configuration.
-balance::Options PolicyOptions(const BalanceConfig& config);
+// The policy's options from the node's configuration.
+balance::Options PolicyOptions(const NodeConfig& config);
 
 class Balancer {
  public:

@@ -333,6 +333,7 @@ std::optional<int> NodeMetrics::RunnableNow() {
 }
 
 void NodeMetrics::Sample(double elapsed_ms) {
+  sampled_at_ = std::chrono::steady_clock::now();
   cores_ = UsableCores();
   if (auto runnable = RunnableNow()) load_.Sample(*runnable, elapsed_ms);
   MemInfo memory = ParseMemInfo(ReadTextFile("/proc/meminfo"));

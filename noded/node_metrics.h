@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -125,6 +126,8 @@ class NodeMetrics {
   double load() const { return load_.value(); }
   double smoothed_load() const { return load_.smoothed(); }
   double runnable_now() const { return load_.recent(); }
+  // When the last sample was taken.
+  std::chrono::steady_clock::time_point sampled_at() const { return sampled_at_; }
   const MemInfo& memory() const { return memory_; }
 
  private:
@@ -132,6 +135,7 @@ class NodeMetrics {
   double speed_;
   LoadAverage load_;
   MemInfo memory_;
+  std::chrono::steady_clock::time_point sampled_at_;
 };
 
 }  // namespace homeward
