@@ -381,8 +381,8 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
            header.getTotalBytes(), total);
     }
     if (total > options.max_total_bytes) {
-      Fail(ErrorKind::kOverloaded, "stream of {} bytes exceeds the {} bytes this node accepts",
-           total, options.max_total_bytes);
+      Fail(ErrorKind::kOverloaded, "the job's images ({} MiB) are more than {} ({} MiB)",
+           (total + (1 << 20) - 1) >> 20, options.max_total_what, options.max_total_bytes >> 20);
     }
 
     bool fail_mid = options.faults.Hit("receive-mid");

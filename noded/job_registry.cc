@@ -654,12 +654,17 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
 std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& job,
                                                   const std::string& target) {
   PeerAddress address = resolve_(target);
-  // A blocked node refuses the stream anyway; saying so before the dump is clearer.
-  if (target != job->launch().home) {
-    for (const balance::Node& node : picture_()) {
-      if (node.name == target && !node.accepts_guests) {
-        Fail(ErrorKind::kOverloaded, "node {} accepts no guests (mosctl block)", target);
-      }
+  // A blocked node, or one without room, refuses the stream anyway; saying so before
+  // the dump is clearer and costs the job nothing.
+  for (const balance::Node& node : picture_()) {
+    if (node.name != target) continue;
+    if (!node.accepts_guests && target != job->launch().home) {
+      Fail(ErrorKind::kOverloaded, "node {} accepts no guests (mosctl block)", target);
+    }
+    uint32_t needed = job->usage().memory_mb();
+    if (node.mem_free_mb < needed) {
+      Fail(ErrorKind::kOverloaded, "node {} has {} MB of free memory; the job uses {} MB",
+           target, node.mem_free_mb, needed);
     }
   }
   pid_t home_pid = job->home_pid();

@@ -2,6 +2,7 @@
 #include "migration.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include "checkpoint.h"
 #include "child_process.h"
 #include "error.h"
+#include "node_metrics.h"
 #include "peer_auth.h"
 
 namespace homeward {
@@ -45,6 +47,19 @@ void ReplyError(int fd, const std::string& why) {
   } catch (const std::exception&) {
     // The sender is gone; it learns of the failure from the closed connection.
   }
+}
+
+// The error a peer answered before closing, if one is waiting on `fd`.
+std::optional<std::string> Refusal(int fd) {
+  pollfd readable{fd, POLLIN, 0};
+  if (::poll(&readable, 1, 500) != 1) return std::nullopt;
+  try {
+    capnp::StreamFdMessageReader reader(fd, PeerReaderOptions());
+    auto reply = reader.getRoot<schema::ControlReply>();
+    if (reply.isError()) return std::string(reply.getError().getMessage().cStr());
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -109,10 +124,16 @@ void RunMoveOut(MoveOut& move) {
     step = fmt::format("connect to {}", move.target_name);
     Fd fd = PeerConnect(move.target_host, move.target_port, move.key, "migration", kConnectTimeout);
     step = fmt::format("send the images to {}", move.target_name);
-    capnp::writeMessageToFd(fd.get(), *move.guest_request);
-    migrate::SendOptions send;
-    send.faults = move.faults;
-    migrate::SendImages(fd.get(), move.image_dir, move.metadata, send);
+    try {
+      capnp::writeMessageToFd(fd.get(), *move.guest_request);
+      migrate::SendOptions send;
+      send.faults = move.faults;
+      migrate::SendImages(fd.get(), move.image_dir, move.metadata, send);
+    } catch (const std::exception&) {
+      // A target that refuses the job says why before it closes: that is the cause.
+      if (auto why = Refusal(fd.get())) Fail(ErrorKind::kFailed, "{}", *why);
+      throw;
+    }
     step = fmt::format("restore on {}", move.target_name);
     capnp::StreamFdMessageReader reader(fd.get(), PeerReaderOptions());
     auto reply = reader.getRoot<schema::ControlReply>();
@@ -145,6 +166,15 @@ std::optional<RestoredJob> RunMoveIn(
     dir = FreshImageDir(context.state_dir, "in");
     migrate::ReceiveOptions receive;
     receive.faults = context.faults;
+    // The images are about the memory the job will take here: a node without that much
+    // free refuses before a byte is sent.
+    if (auto memory = ReadNodeMemory()) {
+      uint64_t free_bytes = uint64_t{memory->mem_free_mb} << 20;
+      if (free_bytes < receive.max_total_bytes) {
+        receive.max_total_bytes = free_bytes;
+        receive.max_total_what = "this node's free memory";
+      }
+    }
     auto received = migrate::ReceiveImages(fd.get(), dir, receive);
 
     step = "restore";

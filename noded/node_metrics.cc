@@ -332,15 +332,18 @@ std::optional<int> NodeMetrics::RunnableNow() {
   return std::nullopt;
 }
 
+std::optional<MemInfo> ReadNodeMemory() {
+  MemInfo memory = ParseMemInfo(ReadTextFile("/proc/meminfo"));
+  if (memory.mem_total_mb == 0) return std::nullopt;
+  if (auto cgroup = ReadCgroupMemory()) memory = LimitMemInfo(memory, *cgroup);
+  return memory;
+}
+
 void NodeMetrics::Sample(double elapsed_ms) {
   sampled_at_ = std::chrono::steady_clock::now();
   cores_ = UsableCores();
   if (auto runnable = RunnableNow()) load_.Sample(*runnable, elapsed_ms);
-  MemInfo memory = ParseMemInfo(ReadTextFile("/proc/meminfo"));
-  if (memory.mem_total_mb > 0) {
-    if (auto cgroup = ReadCgroupMemory()) memory = LimitMemInfo(memory, *cgroup);
-    memory_ = memory;
-  }
+  if (auto memory = ReadNodeMemory()) memory_ = *memory;
 }
 
 }  // namespace homeward

@@ -77,6 +77,9 @@ MemInfo LimitMemInfo(const MemInfo& host, const CgroupMemory& cgroup);
 // Reads the memory cgroup of this process (v1 under /sys/fs/cgroup/memory, v2 under
 // /sys/fs/cgroup); nothing when it has no limit or cannot be read.
 std::optional<CgroupMemory> ReadCgroupMemory();
+// The node's memory now: the host's, within the daemon's memory cgroup when it has one.
+// Nothing when /proc/meminfo cannot be read.
+std::optional<MemInfo> ReadNodeMemory();
 
 // Cores this process may run on (sched_getaffinity), so a node confined to one core by
 // a cpuset publishes 1.

@@ -197,6 +197,27 @@ class BalancingTest(unittest.TestCase):
             self.assertEqual(sorted(j["where"] for j in jobs(c)), ["node1", "node2"])
             self.assertEqual(sum(j["migrations"] for j in jobs(c)), 1)
 
+    def test_move_to_a_node_without_room_is_refused(self):
+        hog = ("python3 -c \"import time; b=bytearray({mb}<<20); b[::4096]=bytes([1])*(len(b)//4096); "
+               "print(1, flush=True); time.sleep(300)\"")
+        with harness.LoopCluster(2, memory_mb=500, settings=("balance.automatic=false",)) as c:
+            wait_for_mounts(c, "node1", ["node2"])
+            # node2's own work takes 250 MB of its 500; the job needs 300.
+            c.run("node2", "sh", "-c", f"({hog.format(mb=250)} >/dev/null 2>&1 &); echo")
+            c.wait_for(lambda: nodes(c, "node2")["node2"]["mem_free_mb"] < 260, 30,
+                       "node2's own work to fill half its memory")
+            start_background(c, "node1", "big", command=hog.format(mb=300))
+            c.wait_for(lambda: (jobs(c) or [{}])[0].get("where") == "node1", 30,
+                       "the job to run at node1")
+            time.sleep(2)  # it has allocated its memory
+            pid = jobs(c)[0]["pid"]
+            result = c.run("node1", "mosmigrate", str(pid), "node2", check=False)
+            self.assertNotEqual(result.returncode, 0)
+            # Said before the dump, from the picture; or by node2 itself, from its own figures.
+            self.assertRegex(result.stderr, "node node2 has [0-9]+ MB of free memory; the job "
+                                            "uses [0-9]+ MB|are more than this node's free memory")
+            self.assertEqual(jobs(c)[0]["where"], "node1")  # and it runs on
+
     def test_guest_busy_with_its_home_files_goes_home(self):
         with harness.LoopCluster(2, settings=SETTINGS) as c:
             wait_for_mounts(c, "node1", ["node2"])
