@@ -26,7 +26,7 @@ std::string MosmountPath() {
 
 }  // namespace
 
-Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
+Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
     : loop_(loop),
       config_(std::move(config)),
       started_(std::chrono::steady_clock::now()),
@@ -36,7 +36,7 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config)
                }),
       jobs_(
           loop, config_, control_, [this](const std::string& node) { return ResolvePeer(node); },
-          [this] { return balancer_.Picture(); }),
+          [this] { return balancer_.Picture(); }, std::move(faults)),
       file_server_(config_.export_root, 8),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,

@@ -20,7 +20,7 @@ namespace homeward {
 
 class Daemon {
  public:
-  Daemon(uv_loop_t* loop, NodeConfig config);
+  Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults);
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
   ~Daemon();

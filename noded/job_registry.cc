@@ -101,7 +101,7 @@ MoveOutcome OutcomeOf(const MoveOut& move) {
 }  // namespace
 
 JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServer& control,
-                         PeerResolver resolve, PictureSource picture)
+                         PeerResolver resolve, PictureSource picture, FaultPoints faults)
     : loop_(loop),
       config_(config),
       control_(control),
@@ -109,7 +109,8 @@ JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServe
       picture_(std::move(picture)),
       init_path_(FindBesideExecutable({"mosjob-init", "../libexec/homeward/mosjob-init"})),
       preload_path_(FindBesideExecutable({"../preload/libmosix_preload.so", "libmosix_preload.so",
-                                          "../lib/homeward/libmosix_preload.so"})) {
+                                          "../lib/homeward/libmosix_preload.so"})),
+      faults_(std::move(faults)) {
   if (preload_path_.empty()) {
     spdlog::warn("libmosix_preload.so not found beside mosnoded: jobs run without the shim");
   }

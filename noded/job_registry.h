@@ -58,7 +58,7 @@ using MoveDone = std::function<void(const MoveOutcome&)>;
 class JobRegistry {
  public:
   JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServer& control,
-              PeerResolver resolve, PictureSource picture);
+              PeerResolver resolve, PictureSource picture, FaultPoints faults);
   JobRegistry(const JobRegistry&) = delete;
   JobRegistry& operator=(const JobRegistry&) = delete;
   ~JobRegistry();
@@ -199,7 +199,7 @@ class JobRegistry {
   std::map<uint64_t, std::shared_ptr<Job>> guests_;
   uint64_t next_guest_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
-  FaultPoints faults_ = FaultPoints::FromEnvironment();
+  FaultPoints faults_;
   std::function<void()> on_change_;
   std::function<void()> on_arrival_;
   std::function<void(const std::string& node)> on_placed_;

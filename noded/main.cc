@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   uv_loop_init(&loop);
   int exit_code = 0;
   {
-    homeward::Daemon daemon(&loop, std::move(config));
+    // Fault points (HOMEWARD_FAULT) are chosen once, here, for the tests that use them.
+    homeward::Daemon daemon(&loop, std::move(config), homeward::FaultPoints::FromEnvironment());
     try {
       daemon.Start();
       uv_run(&loop, UV_RUN_DEFAULT);
