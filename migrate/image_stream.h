@@ -50,7 +50,7 @@ StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
                        const SendOptions& options = {});
 
 struct ReceiveOptions {
-  uint64_t max_total_bytes = uint64_t{64} << 30;  // refuse larger streams up front ...
+  uint64_t max_total_bytes = uint64_t{64} << 30;              // refuse larger streams up front ...
   std::string max_total_what = "the most this node accepts";  // ... and say what it is
   size_t max_files = 100000;
   size_t max_chunk_bytes = 8 << 20;

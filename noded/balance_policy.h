@@ -26,11 +26,11 @@ namespace homeward::balance {
 struct Node {
   std::string name;
   int cores = 1;
-  double speed = 1.0;          // relative CPU speed of one core
-  double load = 0;             // runnable processes as published: smoothed, or now if higher
-  double runnable_now = -1;    // this node only: its recent count (-1: unknown), with
-                               // `load` then its plain average (NodeMetrics)
-  uint32_t mem_free_mb = 0;    // memory a new job could use
+  double speed = 1.0;        // relative CPU speed of one core
+  double load = 0;           // runnable processes as published: smoothed, or now if higher
+  double runnable_now = -1;  // this node only: its recent count (-1: unknown), with
+                             // `load` then its plain average (NodeMetrics)
+  uint32_t mem_free_mb = 0;  // memory a new job could use
   uint32_t mem_total_mb = 0;
   bool accepts_guests = true;  // false once blocked (mosctl block)
   int64_t age_ms = 0;          // how old this information is
@@ -40,38 +40,38 @@ struct Node {
 // (Jobs started with mosrun -L, pinned jobs and jobs already moving are not offered.)
 struct Job {
   uint64_t id = 0;
-  std::string home;                 // the job's home node
-  bool guest = false;               // runs here for another home
-  double demand = 1.0;              // runnable processes of the job, smoothed: its load
-  uint32_t memory_mb = 0;           // resident memory: what a move carries
-  uint32_t min_free_mb = 0;         // mosrun -m: only nodes with this much free memory
-  int64_t run_ms = 0;               // time since the job started
-  int64_t resident_ms = 0;          // time since it started here or arrived
-  double home_io_bytes_per_s = 0;   // guests: file and terminal traffic to the home
-  double cpu_use = 0;               // cores the job used recently
+  std::string home;                // the job's home node
+  bool guest = false;              // runs here for another home
+  double demand = 1.0;             // runnable processes of the job, smoothed: its load
+  uint32_t memory_mb = 0;          // resident memory: what a move carries
+  uint32_t min_free_mb = 0;        // mosrun -m: only nodes with this much free memory
+  int64_t run_ms = 0;              // time since the job started
+  int64_t resident_ms = 0;         // time since it started here or arrived
+  double home_io_bytes_per_s = 0;  // guests: file and terminal traffic to the home
+  double cpu_use = 0;              // cores the job used recently
 };
 
 struct Options {
-  double hysteresis = 0.45;                 // a target must promise (1 + this) x the CPU here
-  double bandwidth_mb_per_s = 200;          // to estimate how long moving memory takes
-  double move_overhead_ms = 300;            // freeze, restore and reconnect, besides memory
-  double cost_factor = 2.0;                 // expected gain must exceed cost x this
-  int64_t min_residency_ms = 4000;          // a job stays at least this long where it landed
-  int64_t load_time_constant_ms = 5000;     // how fast published load follows a move
-  double home_io_bytes_per_s = 1 << 20;     // a guest moving this much to and from home ...
-  double home_io_max_cpu = 0.5;             // ... while using less CPU than this goes home
-  uint32_t usher_free_mb = 256;             // memory ushering starts below this much free
-  int max_moves_per_round = 1;              // load moves started per round
-  bool rises_published = true;              // published load shows a rise (NodeMetrics) ...
-  int64_t rise_shows_ms = 2000;             // ... this long after it: two samples
-  int64_t refused_avoid_ms = 10000;         // a target that refused is left alone this long
-  double min_demand = 0.3;                  // jobs with less demand are not moved for load
+  double hysteresis = 0.45;              // a target must promise (1 + this) x the CPU here
+  double bandwidth_mb_per_s = 200;       // to estimate how long moving memory takes
+  double move_overhead_ms = 300;         // freeze, restore and reconnect, besides memory
+  double cost_factor = 2.0;              // expected gain must exceed cost x this
+  int64_t min_residency_ms = 4000;       // a job stays at least this long where it landed
+  int64_t load_time_constant_ms = 5000;  // how fast published load follows a move
+  double home_io_bytes_per_s = 1 << 20;  // a guest moving this much to and from home ...
+  double home_io_max_cpu = 0.5;          // ... while using less CPU than this goes home
+  uint32_t usher_free_mb = 256;          // memory ushering starts below this much free
+  int max_moves_per_round = 1;           // load moves started per round
+  bool rises_published = true;           // published load shows a rise (NodeMetrics) ...
+  int64_t rise_shows_ms = 2000;          // ... this long after it: two samples
+  int64_t refused_avoid_ms = 10000;      // a target that refused is left alone this long
+  double min_demand = 0.3;               // jobs with less demand are not moved for load
 };
 
 struct Decision {
   uint64_t job = 0;
   std::string target;
-  std::string reason;  // "load", "memory", "home I/O"
+  std::string reason;      // "load", "memory", "home I/O"
   uint32_t memory_mb = 0;  // the job's, freed here and taken there once it has moved
 };
 

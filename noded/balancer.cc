@@ -113,20 +113,19 @@ void Balancer::Round() {
       spdlog::info("balancer: {} move to {} (load here {:.2f}, there {:.2f})", decision.reason,
                    decision.target, load_of(config_.name), load_of(decision.target));
       ++moving_;
-      jobs_.MoveAutomatically(
-          decision.job, decision.target,
-          [this, alive = alive_, decision, demand](const MoveOutcome& outcome) {
-            if (!*alive) return;
-            --moving_;
-            int64_t at = static_cast<int64_t>(uv_now(loop_));
-            if (outcome.error.empty()) {
-              policy_.Moved(decision, demand, at);
-            } else {
-              spdlog::warn("balancer: move to {} did not happen: {}", decision.target,
-                           outcome.error);
-              policy_.Refused(decision, at);
-            }
-          });
+      jobs_.MoveAutomatically(decision.job, decision.target,
+                              [this, alive = alive_, decision, demand](const MoveOutcome& outcome) {
+                                if (!*alive) return;
+                                --moving_;
+                                int64_t at = static_cast<int64_t>(uv_now(loop_));
+                                if (outcome.error.empty()) {
+                                  policy_.Moved(decision, demand, at);
+                                } else {
+                                  spdlog::warn("balancer: move to {} did not happen: {}",
+                                               decision.target, outcome.error);
+                                  policy_.Refused(decision, at);
+                                }
+                              });
     }
   } catch (const std::exception& e) {
     spdlog::error("balancer round failed: {}", e.what());

@@ -30,10 +30,9 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
     : loop_(loop),
       config_(std::move(config)),
       started_(std::chrono::steady_clock::now()),
-      control_(loop, config_.control_socket,
-               [this](auto request, ReplySender reply) {
-                 HandleControl(request, std::move(reply));
-               }),
+      control_(
+          loop, config_.control_socket,
+          [this](auto request, ReplySender reply) { HandleControl(request, std::move(reply)); }),
       jobs_(
           loop, config_, control_, [this](const std::string& node) { return ResolvePeer(node); },
           [this] { return balancer_.Picture(); }, std::move(faults)),
@@ -47,7 +46,9 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
       gossip_(loop, config_),
       balancer_(loop, config_, gossip_, jobs_) {}
 
-Daemon::~Daemon() { Stop(); }
+Daemon::~Daemon() {
+  Stop();
+}
 
 void Daemon::Start() {
   std::error_code ec;
@@ -74,17 +75,15 @@ void Daemon::Start() {
     gossip_.SetBlocked(jobs_.blocked());
   });
   jobs_.Start();
-  peer_server_.Register("files", [this](Fd fd, PeerIdentity peer) {
-    file_server_.Serve(std::move(fd), peer);
-  });
+  peer_server_.Register(
+      "files", [this](Fd fd, PeerIdentity peer) { file_server_.Serve(std::move(fd), peer); });
   // Job relays between homes and the nodes their jobs run on are served on the loop.
   peer_server_.Register("jobs", [this](Fd fd, PeerIdentity peer) {
     control_.AdoptPeer(std::move(fd), peer.address);
   });
   // An incoming move is received and restored on the peer connection's own thread.
-  peer_server_.Register("migration", [this](Fd fd, PeerIdentity) {
-    jobs_.AcceptMove(std::move(fd));
-  });
+  peer_server_.Register("migration",
+                        [this](Fd fd, PeerIdentity) { jobs_.AcceptMove(std::move(fd)); });
   peer_server_.Start();
   try {
     home_mounts_.Start();
@@ -152,7 +151,8 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
     case schema::ControlRequest::JOB_INPUT:
     case schema::ControlRequest::JOB_INPUT_END:
     case schema::ControlRequest::JOB_SIGNAL:
-      Fail(ErrorKind::kInvalidInput, "job input and signals belong on a job's relay, after "
+      Fail(ErrorKind::kInvalidInput,
+           "job input and signals belong on a job's relay, after "
            "startJob");
     case schema::ControlRequest::HOME_MOUNT: {
       auto mount = request.getHomeMount();
@@ -194,8 +194,7 @@ void Daemon::ReplyStatus(ReplySender reply) {
   status.setAddress(config_.address);
   status.setVersion(HOMEWARD_VERSION);
   auto uptime = std::chrono::steady_clock::now() - started_;
-  status.setUptimeMs(
-      std::chrono::duration_cast<std::chrono::milliseconds>(uptime).count());
+  status.setUptimeMs(std::chrono::duration_cast<std::chrono::milliseconds>(uptime).count());
   status.setGossipPort(config_.gossip_port);
   status.setPeerPort(config_.peer_port);
   status.setPid(::getpid());

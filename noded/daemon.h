@@ -9,11 +9,11 @@
 #include "balancer.h"
 #include "config.h"
 #include "control_server.h"
-#include "job_registry.h"
 #include "file_server.h"
-#include "home_mounts.h"
-#include "peer_server.h"
 #include "gossip.h"
+#include "home_mounts.h"
+#include "job_registry.h"
+#include "peer_server.h"
 #include "uv_handle.h"
 
 namespace homeward {

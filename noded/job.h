@@ -52,11 +52,11 @@ struct JobLaunch {
   JobIdentity identity;
   int64_t pid_base = 0;  // ids of the job's other processes start here (see preload/)
   bool keep_home = false;
-  bool locked = false;        // never moved automatically (mosrun -L)
-  uint32_t min_free_mb = 0;   // only on nodes with this much free memory (mosrun -m)
+  bool locked = false;          // never moved automatically (mosrun -L)
+  uint32_t min_free_mb = 0;     // only on nodes with this much free memory (mosrun -m)
   int64_t started_unix_ms = 0;  // when the job started at its home
-  bool guest = false;     // a job of another home, running here
-  std::string home_host;  // where the home's daemon listens (peer port)
+  bool guest = false;           // a job of another home, running here
+  std::string home_host;        // where the home's daemon listens (peer port)
   uint16_t home_port = 0;
   bool reattach = false;     // restored here from a node that is not its home
   std::string init_path;     // mosjob-init

@@ -68,8 +68,7 @@ class AdminRun {
 
 }  // namespace
 
-std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where,
-                               bool best) const {
+std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where, bool best) const {
   bool elsewhere = !where.empty() && where != config_.name;
   if (best && elsewhere) {
     Fail(ErrorKind::kInvalidInput, "a job placed on the best node (-b) names no node");
@@ -91,9 +90,8 @@ std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where
   }
   std::optional<std::string> chosen = balance::BestNode(nodes, config_.name, need);
   if (!chosen) {
-    auto most = std::max_element(nodes.begin(), nodes.end(), [](auto& a, auto& b) {
-      return a.mem_free_mb < b.mem_free_mb;
-    });
+    auto most = std::max_element(nodes.begin(), nodes.end(),
+                                 [](auto& a, auto& b) { return a.mem_free_mb < b.mem_free_mb; });
     if (most == nodes.end()) Fail(ErrorKind::kNotFound, "no live node to run the job on");
     Fail(ErrorKind::kOverloaded,
          "no node has {} MB of free memory for the job (-m): the most is {} MB, on {}", need,
@@ -122,8 +120,9 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
     offered.demand = usage.demand();
     offered.memory_mb = usage.memory_mb();
     offered.min_free_mb = launch.min_free_mb;
-    offered.run_ms = launch.started_unix_ms > 0 ? std::max<int64_t>(unix_now - launch.started_unix_ms, 0)
-                                                : now_ms - job.arrived_ms();
+    offered.run_ms = launch.started_unix_ms > 0
+                         ? std::max<int64_t>(unix_now - launch.started_unix_ms, 0)
+                         : now_ms - job.arrived_ms();
     offered.resident_ms = now_ms - job.arrived_ms();
     offered.home_io_bytes_per_s = launch.guest ? usage.io_bytes_per_s() : 0;
     offered.cpu_use = usage.cpu_use();
@@ -204,7 +203,7 @@ void JobRegistry::Admin(schema::AdminRequest::Reader request, ReplySender reply)
   }
   if (action == Action::BRING) {
     for (auto& [slot, entry] : jobs_) {
-      if (!entry.away || !entry.away->frozen_dir.empty()) continue;
+      if (!entry.away || entry.away->frozen) continue;
       auto away = entry.away;
       std::string from = away->where;
       pid_t home_pid = away->home_pid;

@@ -473,7 +473,7 @@ void JobRegistry::EndAway(int slot, const std::string& why) {
   if (it == jobs_.end() || !it->second.away) return;
   auto away = it->second.away;
   jobs_.erase(it);
-  if (!away->frozen_dir.empty()) migrate::RemoveImageDir(away->frozen_dir);
+  if (away->frozen) migrate::RemoveImageDir(away->frozen->dir);
   if (away->exited) return;
   away->exited = true;
   if (!why.empty()) {
@@ -570,7 +570,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   }
   int slot = it->first;
   if (target == "checkpoint" || target == "freeze" || target == "continue") {
-    if (it->second.away && !it->second.away->frozen_dir.empty() && target == "continue") {
+    if (it->second.away && it->second.away->frozen && target == "continue") {
       Continue(slot, it->second.away, std::move(reply));
       return;
     }
@@ -578,8 +578,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
       Fail(ErrorKind::kInvalidInput,
            "job {} is {}; {} works on a job running at home (mosmigrate "
            "{} home first)",
-           home_pid,
-           it->second.away->frozen_dir.empty() ? "away on " + it->second.away->where : "frozen",
+           home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where,
            target, home_pid);
     }
     if (target == "continue") Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
@@ -593,7 +592,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
     }
     return;
   }
-  if (it->second.away && !it->second.away->frozen_dir.empty()) {
+  if (it->second.away && it->second.away->frozen) {
     Fail(ErrorKind::kInvalidInput, "job {} is frozen: mosmigrate {} continue first", home_pid,
          home_pid);
   }
@@ -624,7 +623,7 @@ void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target
 }
 
 void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::string& target,
-                          MoveDone done) {
+                               MoveDone done) {
   pid_t home_pid = job->home_pid();
   if (target == "home" || target == config_.name) {
     Fail(ErrorKind::kInvalidInput, "job {} is already at home on {}", home_pid, config_.name);
@@ -664,8 +663,8 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
     }
     uint32_t needed = job->usage().memory_mb();
     if (node.mem_free_mb < needed) {
-      Fail(ErrorKind::kOverloaded, "node {} has {} MB of free memory; the job uses {} MB",
-           target, node.mem_free_mb, needed);
+      Fail(ErrorKind::kOverloaded, "node {} has {} MB of free memory; the job uses {} MB", target,
+           node.mem_free_mb, needed);
     }
   }
   pid_t home_pid = job->home_pid();
@@ -687,8 +686,7 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   return move;
 }
 
-void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& target,
-                               MoveDone done) {
+void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& target, MoveDone done) {
   std::shared_ptr<MoveOut> move;
   try {
     if (job->state() != "running") Fail(ErrorKind::kOverloaded, "the job is {}", job->state());
@@ -832,9 +830,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
                     return;
                   }
                   auto away = AwayFrom(*job);
-                  away->frozen_dir = dir;
-                  away->launch = std::make_shared<JobLaunch>(job->launch());
-                  away->pipes = job->pipe_roles();
+                  away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles()};
                   job->AbandonAfterMove();
                   it->second.here.reset();
                   it->second.away = away;
@@ -863,8 +859,8 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
   };
   auto result = std::make_shared<Result>();
   auto pending = std::make_shared<ReplySender>(std::move(reply));
-  std::string dir = away->frozen_dir;
-  auto pipes = away->pipes;
+  std::string dir = away->frozen->dir;
+  auto pipes = away->frozen->pipes;
   std::string init_path = init_path_;
   FaultPoints faults = faults_;
   int status = QueueWork(
@@ -886,7 +882,7 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
           return;
         }
         auto weak_job = std::make_shared<std::weak_ptr<Job>>();
-        auto job = std::make_shared<Job>(loop_, *away->launch, away->mosrun,
+        auto job = std::make_shared<Job>(loop_, away->frozen->launch, away->mosrun,
                                          [this, slot](Job&) { jobs_.erase(slot); });
         *weak_job = job;
         try {
@@ -898,8 +894,8 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
           return;
         }
         job->set_migrations(away->migrations);
-        migrate::RemoveImageDir(away->frozen_dir);
-        away->frozen_dir.clear();
+        migrate::RemoveImageDir(away->frozen->dir);
+        away->frozen.reset();
         away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
         away->mosrun.PauseReading(false);
         it->second.here = job;
@@ -921,7 +917,8 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
     spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
     job->relay().PauseReading(false);
     MoveOutcome outcome = OutcomeOf(move);
-    outcome.error = fmt::format("job {} stays on {}: {}", job->home_pid(), config_.name, move.error);
+    outcome.error =
+        fmt::format("job {} stays on {}: {}", job->home_pid(), config_.name, move.error);
     done(outcome);
     return;
   }
@@ -1065,10 +1062,8 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setHome(config_.name);
       info.setWhere(job.away->where);
       info.setMigrations(job.away->migrations);
-      info.setState(!job.away->frozen_dir.empty() ? "frozen"
-                    : job.away->peer.open()       ? "running"
-                                                  : "starting");
-      if (!job.away->frozen_dir.empty()) info.setWhere(config_.name);
+      info.setState(job.away->frozen ? "frozen" : job.away->peer.open() ? "running" : "starting");
+      if (job.away->frozen) info.setWhere(config_.name);
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);
       info.setLocked(job.away->locked);
@@ -1084,7 +1079,7 @@ void JobRegistry::KillAll() {
   for (auto& [slot, job] : jobs) {
     if (job.here) job.here->Kill();
     if (job.away) {
-      if (!job.away->frozen_dir.empty()) migrate::RemoveImageDir(job.away->frozen_dir);
+      if (job.away->frozen) migrate::RemoveImageDir(job.away->frozen->dir);
       job.away->exited = true;
       job.away->peer.Close();
       job.away->mosrun.Close();

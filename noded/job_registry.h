@@ -120,14 +120,17 @@ class JobRegistry {
     ControlStream peer;
     bool exited = false;
     uint32_t migrations = 0;
-    uint32_t generation = 0;                  // which relay to the job's node is current
+    uint32_t generation = 0;    // which relay to the job's node is current
     int64_t attach_due_ms = 0;  // moved on: its new node must attach by then (loop time)
-    MoveDone pending_move;  // a move waiting for the job's node
-    // A job frozen to disk at home (mosmigrate freeze): its images, and what restoring
-    // it needs. `where` is then empty.
-    std::string frozen_dir;
-    std::shared_ptr<JobLaunch> launch;
-    std::vector<migrate::PipeRole> pipes;
+    MoveDone pending_move;      // a move waiting for the job's node
+    // Set for a job frozen to disk at home (mosmigrate freeze) rather than running on
+    // another node; `where` is then empty.
+    struct Frozen {
+      std::string dir;   // its images
+      JobLaunch launch;  // what restoring it needs
+      std::vector<migrate::PipeRole> pipes;
+    };
+    std::optional<Frozen> frozen;
   };
   struct HomeJob {
     std::shared_ptr<Job> here;   // runs on this node

@@ -61,8 +61,8 @@ UsageSample SampleProcesses(const std::vector<pid_t>& pids) {
     auto stat = ParseProcessStat(ReadTextFile(fmt::format("/proc/{}/stat", pid)));
     if (!stat) continue;  // gone meanwhile
     ticks += stat->cpu_ticks + stat->child_ticks;
-    sample.rss_bytes += ParseResidentPages(ReadTextFile(fmt::format("/proc/{}/statm", pid))) *
-                        page_size;
+    sample.rss_bytes +=
+        ParseResidentPages(ReadTextFile(fmt::format("/proc/{}/statm", pid))) * page_size;
     sample.io_bytes += ParseIoBytes(ReadTextFile(fmt::format("/proc/{}/io", pid)));
     std::string task_dir = fmt::format("/proc/{}/task", pid);
     std::unique_ptr<DIR, int (*)(DIR*)> tasks(::opendir(task_dir.c_str()), ::closedir);

@@ -12,9 +12,9 @@
 namespace homeward {
 
 struct ProcessStat {
-  char state = '?';            // R, S, D, ...
-  uint64_t cpu_ticks = 0;      // utime + stime
-  uint64_t child_ticks = 0;    // cutime + cstime: reaped children
+  char state = '?';          // R, S, D, ...
+  uint64_t cpu_ticks = 0;    // utime + stime
+  uint64_t child_ticks = 0;  // cutime + cstime: reaped children
 };
 // Parses /proc/<pid>/stat (or .../task/<tid>/stat) text; the command may hold spaces
 // and parentheses. Nothing when the text is not a stat line.
@@ -26,8 +26,8 @@ uint64_t ParseResidentPages(const std::string& text);
 
 // One look at a job's processes.
 struct UsageSample {
-  int runnable = 0;        // threads running or waiting for a CPU
-  uint64_t cpu_ms = 0;     // CPU time of the live processes and the children they reaped
+  int runnable = 0;     // threads running or waiting for a CPU
+  uint64_t cpu_ms = 0;  // CPU time of the live processes and the children they reaped
   uint64_t rss_bytes = 0;
   uint64_t io_bytes = 0;
 };
@@ -39,10 +39,10 @@ class UsageMeter {
   explicit UsageMeter(double time_constant_ms = 3000) : time_constant_ms_(time_constant_ms) {}
   void Add(const UsageSample& sample, int64_t now_ms);
 
-  double demand() const { return demand_; }            // runnable threads, smoothed
-  double cpu_use() const { return cpu_use_; }          // cores used, smoothed
-  double io_bytes_per_s() const { return io_rate_; }   // smoothed
-  uint32_t memory_mb() const { return memory_mb_; }    // resident now
+  double demand() const { return demand_; }           // runnable threads, smoothed
+  double cpu_use() const { return cpu_use_; }         // cores used, smoothed
+  double io_bytes_per_s() const { return io_rate_; }  // smoothed
+  uint32_t memory_mb() const { return memory_mb_; }   // resident now
 
  private:
   double time_constant_ms_;

@@ -24,8 +24,7 @@ TEST(ParseProcessStat, RefusesTruncatedText) {
 }
 
 TEST(ParseIoBytes, AddsReadAndWrittenCharacters) {
-  EXPECT_EQ(ParseIoBytes("rchar: 1000\nwchar: 24\nsyscr: 5\nsyscw: 2\nread_bytes: 4096\n"),
-            1024u);
+  EXPECT_EQ(ParseIoBytes("rchar: 1000\nwchar: 24\nsyscr: 5\nsyscw: 2\nread_bytes: 4096\n"), 1024u);
   EXPECT_EQ(ParseIoBytes(""), 0u);
 }
 
@@ -54,7 +53,9 @@ TEST(UsageMeter, SmoothsRatesTowardsWhatIsMeasured) {
   EXPECT_EQ(meter.memory_mb(), 64u);
   EXPECT_DOUBLE_EQ(meter.demand(), 1.0);
   for (int64_t t = 1; t <= 10; ++t) {
-    meter.Add({.runnable = 1, .cpu_ms = static_cast<uint64_t>(t) * 1000, .rss_bytes = 64u << 20,
+    meter.Add({.runnable = 1,
+               .cpu_ms = static_cast<uint64_t>(t) * 1000,
+               .rss_bytes = 64u << 20,
                .io_bytes = static_cast<uint64_t>(t) << 20},
               t * 1000);
   }

@@ -2,8 +2,8 @@
 // sending its guests away or bringing its own jobs home.
 #include <cstdio>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include "config.h"
 #include "control_client.h"
@@ -28,8 +28,7 @@ int Status(const std::string& socket) {
   fmt::print("address  {}\n", status.getAddress().cStr());
   fmt::print("version  {}\n", status.getVersion().cStr());
   fmt::print("uptime   {}\n", FormatDuration(status.getUptimeMs()));
-  fmt::print("ports    gossip {}/udp, peer {}/tcp\n", status.getGossipPort(),
-             status.getPeerPort());
+  fmt::print("ports    gossip {}/udp, peer {}/tcp\n", status.getGossipPort(), status.getPeerPort());
   fmt::print("pid      {}\n", status.getPid());
   return 0;
 }
@@ -57,9 +56,9 @@ int Admin(const std::string& socket, schema::AdminRequest::Action action) {
   auto report = reply.Root<schema::ControlReply>().getAdminReport();
   int failed = 0;
   for (auto move : report.getMoves()) {
-    std::string what = fmt::format("job {} (home {}) {} -> {}", move.getHomePid(),
-                                   move.getHome().cStr(), move.getFrom().cStr(),
-                                   move.getTo().cStr());
+    std::string what =
+        fmt::format("job {} (home {}) {} -> {}", move.getHomePid(), move.getHome().cStr(),
+                    move.getFrom().cStr(), move.getTo().cStr());
     if (move.getError().size() == 0) {
       fmt::print("moved    {}\n", what);
     } else {

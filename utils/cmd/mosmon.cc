@@ -179,8 +179,9 @@ void Draw(const std::vector<Row>& rows, SortBy sort, const std::string& problem)
     std::string name = row.self ? row.name + "*" : row.name;
     screen += fmt::format(
         "{:<16} {:<15} {:<7} {:>6.2f} {:>5.1f} {:>5} {:>6.2f} {:>9} {:>9} {:>5} {:>6} {:>6}\n",
-        name, row.address, row.blocked && row.alive ? "blocked" : row.state, row.load, row.homeward_load, row.cpus, row.speed,
-        row.mem_free_mb, row.mem_total_mb, row.jobs, row.guests, Age(row.age_ms));
+        name, row.address, row.blocked && row.alive ? "blocked" : row.state, row.load,
+        row.homeward_load, row.cpus, row.speed, row.mem_free_mb, row.mem_total_mb, row.jobs,
+        row.guests, Age(row.age_ms));
   }
   if (!problem.empty()) screen += "\n" + problem + "\n";
   std::fputs(screen.c_str(), stdout);

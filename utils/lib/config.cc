@@ -29,9 +29,7 @@ class ConfigReader {
     Fail(ErrorKind::kInvalidInput, "{}: {}: {}", path_, field, problem);
   }
 
-  const toml::node* Find(std::string_view field) const {
-    return root_.at_path(field).node();
-  }
+  const toml::node* Find(std::string_view field) const { return root_.at_path(field).node(); }
 
   std::string RequiredString(std::string_view field) const {
     const toml::node* node = Find(field);
@@ -61,7 +59,8 @@ class ConfigReader {
     return *node->value<bool>();
   }
 
-  std::chrono::milliseconds Millis(std::string_view field, std::chrono::milliseconds fallback) const {
+  std::chrono::milliseconds Millis(std::string_view field,
+                                   std::chrono::milliseconds fallback) const {
     return std::chrono::milliseconds(Integer(field, fallback.count(), 1, 24 * 3600 * 1000));
   }
 
@@ -141,7 +140,9 @@ sockaddr_in Endpoint::ToSockaddr() const {
   return addr;
 }
 
-std::string Endpoint::ToString() const { return fmt::format("{}:{}", host, port); }
+std::string Endpoint::ToString() const {
+  return fmt::format("{}:{}", host, port);
+}
 
 std::vector<uint8_t> ParseClusterKey(const std::string& text) {
   std::string hex;
@@ -171,8 +172,7 @@ NodeConfig ParseNodeConfig(const std::string& text, const std::string& path) {
     root = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
-    Fail(ErrorKind::kInvalidInput, "{}:{}:{}: {}", path, where.line, where.column,
-         e.description());
+    Fail(ErrorKind::kInvalidInput, "{}:{}:{}: {}", path, where.line, where.column, e.description());
   }
   ConfigReader reader(root, path);
   NodeConfig config;
@@ -181,7 +181,8 @@ NodeConfig ParseNodeConfig(const std::string& text, const std::string& path) {
   config.name = reader.RequiredString("node.name");
   if (!ValidNodeName(config.name)) {
     reader.Problem("node.name", fmt::format("'{}' is not a valid node name (letters, digits, "
-                                            "'-', '_' and '.', at most 63)", config.name));
+                                            "'-', '_' and '.', at most 63)",
+                                            config.name));
   }
   config.address = reader.RequiredString("node.address");
   in_addr addr;
@@ -196,7 +197,8 @@ NodeConfig ParseNodeConfig(const std::string& text, const std::string& path) {
     if (config.log_level == level) goto level_ok;
   }
   reader.Problem("node.log_level", fmt::format("'{}' is not one of trace, debug, info, warn, "
-                                               "error, critical, off", config.log_level));
+                                               "error, critical, off",
+                                               config.log_level));
 level_ok:
   config.gossip_port = static_cast<uint16_t>(reader.Integer("ports.gossip", 4700, 1, 65535));
   config.peer_port = static_cast<uint16_t>(reader.Integer("ports.peer", 4701, 1, 65535));
@@ -224,7 +226,8 @@ level_ok:
   config.gossip.interval = reader.Millis("gossip.interval_ms", config.gossip.interval);
   config.gossip.suspect_after = reader.Millis("gossip.suspect_ms", config.gossip.suspect_after);
   config.gossip.dead_after = reader.Millis("gossip.dead_ms", config.gossip.dead_after);
-  config.gossip.window = static_cast<int>(reader.Integer("gossip.window", config.gossip.window, 1, 64));
+  config.gossip.window =
+      static_cast<int>(reader.Integer("gossip.window", config.gossip.window, 1, 64));
   if (config.gossip.dead_after <= config.gossip.suspect_after) {
     reader.Problem("gossip.dead_ms", "must be greater than gossip.suspect_ms");
   }

@@ -31,17 +31,17 @@ struct GossipConfig {
 
 // The balancer (noded/balancer.h); the policy's finer knobs keep their defaults.
 struct BalanceConfig {
-  bool automatic = true;                      // move jobs by load, memory and home I/O
-  std::chrono::milliseconds interval{1000};   // one balancing round this often
+  bool automatic = true;                          // move jobs by load, memory and home I/O
+  std::chrono::milliseconds interval{1000};       // one balancing round this often
   std::chrono::milliseconds min_residency{4000};  // a job stays at least this long where it lands
-  int hysteresis_percent = 45;                // a target must promise this much more CPU
-  uint32_t usher_free_mb = 256;               // below this much free memory, jobs are moved away
+  int hysteresis_percent = 45;                    // a target must promise this much more CPU
+  uint32_t usher_free_mb = 256;  // below this much free memory, jobs are moved away
 };
 
 struct NodeConfig {
   std::string config_path;  // where this was read from, for messages
   std::string name;
-  std::string address;  // this node's IPv4 address; peers reach it here
+  std::string address;          // this node's IPv4 address; peers reach it here
   uint16_t gossip_port = 4700;  // UDP
   uint16_t peer_port = 4701;    // TCP: file service, migration, job relay
   std::string state_dir = "/var/lib/homeward";

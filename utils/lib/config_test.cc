@@ -39,7 +39,8 @@ class ConfigTest : public ::testing::Test {
 
   std::string Good() {
     return "[node]\nname = \"node1\"\naddress = \"127.0.0.11\"\nstate_dir = \"" + dir_ +
-           "\"\n[cluster]\nkey_file = \"" + key_path_ + "\"\nseeds = [\"127.0.0.12\", "
+           "\"\n[cluster]\nkey_file = \"" + key_path_ +
+           "\"\nseeds = [\"127.0.0.12\", "
            "\"127.0.0.13:5000\"]\n";
   }
 
@@ -78,9 +79,10 @@ TEST_F(ConfigTest, LoadsGoodFileWithDefaults) {
 }
 
 TEST_F(ConfigTest, ReadsEveryOptionalField) {
-  NodeConfig config = LoadNodeConfig(Write(
-      Good() + "[ports]\ngossip = 5100\npeer = 5101\n[control]\nsocket = \"/tmp/c.sock\"\n"
-               "[gossip]\ninterval_ms = 250\nsuspect_ms = 900\ndead_ms = 2000\nwindow = 8\n"));
+  NodeConfig config =
+      LoadNodeConfig(Write(
+          Good() + "[ports]\ngossip = 5100\npeer = 5101\n[control]\nsocket = \"/tmp/c.sock\"\n"
+                   "[gossip]\ninterval_ms = 250\nsuspect_ms = 900\ndead_ms = 2000\nwindow = 8\n"));
   EXPECT_EQ(config.gossip_port, 5100);
   EXPECT_EQ(config.peer_port, 5101);
   EXPECT_EQ(config.control_socket, "/tmp/c.sock");
@@ -120,9 +122,9 @@ TEST_F(ConfigTest, SyntaxErrorGivesLineAndColumn) {
 }
 
 TEST_F(ConfigTest, MissingKeyIsNamed) {
-  EXPECT_THAT(ErrorOf("[node]\naddress = \"127.0.0.1\"\n[cluster]\nkey_file = \"" + key_path_ +
-                      "\"\n"),
-              HasSubstr("node.name: missing"));
+  EXPECT_THAT(
+      ErrorOf("[node]\naddress = \"127.0.0.1\"\n[cluster]\nkey_file = \"" + key_path_ + "\"\n"),
+      HasSubstr("node.name: missing"));
   EXPECT_THAT(ErrorOf("[node]\nname = \"a\"\naddress = \"127.0.0.1\"\n"),
               HasSubstr("cluster.key_file: missing"));
 }
@@ -161,7 +163,8 @@ TEST_F(ConfigTest, UnreadableKeyFileIsNamed) {
 
 TEST_F(ConfigTest, MalformedKeyIsNamed) {
   WriteFile(key_path_, "not a key\n");
-  EXPECT_THAT(ErrorOf(Good()), HasSubstr("cluster.key_file: " + key_path_ + ": a cluster key is 64"));
+  EXPECT_THAT(ErrorOf(Good()),
+              HasSubstr("cluster.key_file: " + key_path_ + ": a cluster key is 64"));
   WriteFile(key_path_, std::string(63, 'a') + "g\n");
   EXPECT_THAT(ErrorOf(Good()), HasSubstr("only hexadecimal digits"));
 }
