@@ -240,12 +240,16 @@ const char* kFailPostDump = "test \"$CRTOOLS_SCRIPT_ACTION\" != post-dump";
 // criu's parasite in a job's init makes a directory "proc.crtools" in the init's working
 // directory to mount the job's /proc on. Inits of one home share that directory (their
 // root), so two dumps at the same moment, on this node or another, can collide on it.
-// Dumps here take turns; a collision with another node's dump is tried again.
+// Dumps here take turns; a collision with another node's dump is tried again, and so is
+// a task that a signal interrupted while criu was infecting it (a child of a busy shell
+// exiting): criu has let the job run on in both cases.
 std::mutex dump_turn;
 constexpr int kDumpAttempts = 6;
 
-bool ProcDirectoryCollision(const std::string& log_path) {
-  return ReadTextFile(log_path).find("Can't create a directory (-17)") != std::string::npos;
+bool WorthAnotherTry(const std::string& log_path) {
+  std::string log = ReadTextFile(log_path);
+  return log.find("Can't create a directory (-17)") != std::string::npos ||
+         log.find("task interruption, aborting") != std::string::npos;
 }
 
 void EmptyDirectory(const std::string& dir) {
@@ -311,7 +315,7 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
       run = RunCriu(call);
       bool failed = run.status.signaled || run.status.code != 0;
       if (!failed || run.status.signaled || attempt == kDumpAttempts ||
-          !ProcDirectoryCollision(work.path() + "/dump.log")) {
+          !WorthAnotherTry(work.path() + "/dump.log")) {
         break;
       }
       EmptyDirectory(image_dir);

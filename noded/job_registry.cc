@@ -374,24 +374,20 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       return;
     }
     if (reply.isMigrated()) {
-      ++away->migrations;
       // This relay closes next; the job's new node attaches on a connection of its own,
       // which may come after that close: the close is no longer the job's end.
       ++away->generation;
-      if (std::string(reply.getMigrated().getWhere().cStr()) != config_.name) {
+      auto migrated = reply.getMigrated();
+      MoveOutcome outcome;
+      outcome.where = migrated.getWhere();
+      outcome.frozen_ms = migrated.getFrozenMs();
+      outcome.total_ms = migrated.getTotalMs();
+      outcome.image_bytes = migrated.getImageBytes();
+      if (!away->arrived && outcome.where != config_.name) {
         away->attach_due_ms = static_cast<int64_t>(uv_now(loop_)) + kAttachTimeoutMs;
       }
-      if (away->pending_move) {
-        auto pending = std::move(away->pending_move);
-        away->pending_move = nullptr;
-        auto migrated = reply.getMigrated();
-        MoveOutcome outcome;
-        outcome.where = migrated.getWhere();
-        outcome.frozen_ms = migrated.getFrozenMs();
-        outcome.total_ms = migrated.getTotalMs();
-        outcome.image_bytes = migrated.getImageBytes();
-        pending(outcome);
-      }
+      away->announced = outcome;
+      MoveEventSeen(*away);
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);
@@ -413,7 +409,12 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
         EndAway(slot, fmt::format("lost contact with node {}, where the job ran", away->where));
       }
     }
-    if (away->pending_move && away->generation == generation) {
+    if (away->pending_move && away->arrived) {
+      // The job has arrived but its old node closed without a word: moved all the same.
+      away->announced = MoveOutcome();
+      away->announced->where = away->where;
+      MoveEventSeen(*away);
+    } else if (away->pending_move && away->generation == generation) {
       auto pending = std::move(away->pending_move);
       away->pending_move = nullptr;
       pending(MoveOutcome::Failure(
@@ -445,6 +446,9 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
     auto away = entry.away;
     away->where = attach.getNode();
     away->attach_due_ms = 0;
+    ++away->migrations;
+    away->arrived = true;
+    MoveEventSeen(*away);
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away));
     away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
     away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
@@ -453,6 +457,18 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
     return;
   }
   Fail(ErrorKind::kNotFound, "no job of this home with pid {} is away", attach.getHomePid());
+}
+
+void JobRegistry::MoveEventSeen(Away& away) {
+  if (!away.announced || !away.arrived) return;
+  MoveOutcome outcome = *away.announced;
+  away.announced.reset();
+  away.arrived = false;
+  if (away.pending_move) {
+    auto pending = std::move(away.pending_move);
+    away.pending_move = nullptr;
+    pending(outcome);
+  }
 }
 
 void JobRegistry::EndOverdueAttaches() {
@@ -464,7 +480,14 @@ void JobRegistry::EndOverdueAttaches() {
     }
   }
   for (auto& [slot, where] : overdue) {
-    EndAway(slot, fmt::format("the job left node {} and no node took it over", where));
+    auto away = jobs_[slot].away;
+    std::string why = fmt::format("the job left node {} and no node took it over", where);
+    if (away->pending_move) {
+      auto pending = std::move(away->pending_move);
+      away->pending_move = nullptr;
+      pending(MoveOutcome::Failure(why, ErrorKind::kDisconnected));
+    }
+    EndAway(slot, why);
   }
 }
 
@@ -992,6 +1015,9 @@ void JobRegistry::ComeHome(Restored& restored) {
     }
     ++away->generation;  // the old relay's end is not the job's end
     job->set_migrations(away->migrations + 1);
+    away->where = config_.name;
+    away->arrived = true;
+    MoveEventSeen(*away);
     away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
     away->mosrun.PauseReading(false);
     entry.here = job;

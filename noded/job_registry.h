@@ -122,7 +122,12 @@ class JobRegistry {
     uint32_t migrations = 0;
     uint32_t generation = 0;    // which relay to the job's node is current
     int64_t attach_due_ms = 0;  // moved on: its new node must attach by then (loop time)
-    MoveDone pending_move;      // a move waiting for the job's node
+    // A move on from the job's node ends with two events in either order: the old node's
+    // word (`migrated`, with its figures) and the arrival (an attach, or the job coming
+    // home). Each move is counted at its arrival; a waiting mosmigrate hears at both.
+    std::optional<MoveOutcome> announced;
+    bool arrived = false;
+    MoveDone pending_move;  // a move waiting for the job's node
     // Set for a job frozen to disk at home (mosmigrate freeze) rather than running on
     // another node; `where` is then empty.
     struct Frozen {
@@ -158,6 +163,9 @@ class JobRegistry {
   void EndAway(int slot, const std::string& why);
   // Ends the jobs whose move on was announced but whose new node never attached.
   void EndOverdueAttaches();
+  // One of a move's two ends (see Away::announced): answers the waiting move once both
+  // are in.
+  static void MoveEventSeen(Away& away);
   StreamHandlers MosrunHandlersForAway(int slot, std::shared_ptr<Away> away);
   void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd, capnp::MallocMessageBuilder* first);
   StreamHandlers PeerHandlersForAway(int slot, std::shared_ptr<Away> away);
