@@ -31,12 +31,12 @@ struct Working {
   void Decide(const Job& job, size_t target, const char* reason) {
     Node& from = nodes[self];
     Node& to = nodes[target];
+    decisions.push_back({job.id, to.name, reason, job.memory_mb, job.demand, from.load, to.load});
     from.load = std::max(0.0, from.load - job.demand);
     to.load += job.demand;
     from.mem_free_mb += job.memory_mb;
     to.mem_free_mb -= std::min(to.mem_free_mb, job.memory_mb);
     decided.insert(job.id);
-    decisions.push_back({job.id, to.name, reason, job.memory_mb});
   }
 };
 

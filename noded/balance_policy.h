@@ -73,6 +73,9 @@ struct Decision {
   std::string target;
   std::string reason;      // "load", "memory", "home I/O"
   uint32_t memory_mb = 0;  // the job's, freed here and taken there once it has moved
+  double demand = 0;       // the job's load, for Moved
+  double load_here = 0;    // the loads the decision was made on, as adjusted
+  double load_there = 0;
 };
 
 // The CPU a process would get on `node` with `added` more runnable processes there, in

@@ -94,24 +94,10 @@ void Balancer::Round() {
     std::vector<balance::Job> movable = jobs_.MovableJobs(now);
     // One round's moves at a time: the next round sees what they did.
     if (!config_.balance.automatic || moving_ > 0 || movable.empty()) return;
-    std::vector<balance::Node> nodes = Nodes();
-    std::vector<balance::Decision> decisions = policy_.Round(now, nodes, movable);
-    if (decisions.empty()) return;
-    // What the policy saw, for the log: the loads here and at each target, as adjusted.
-    auto seen = policy_.Adjusted(now, nodes);
-    auto load_of = [&](const std::string& name) {
-      for (const auto& node : seen) {
-        if (node.name == name) return node.load;
-      }
-      return -1.0;
-    };
-    for (const balance::Decision& decision : decisions) {
-      double demand = 1.0;
-      for (const auto& job : movable) {
-        if (job.id == decision.job) demand = std::max(job.demand, 0.1);
-      }
+    for (const balance::Decision& decision : policy_.Round(now, Nodes(), movable)) {
+      double demand = std::max(decision.demand, 0.1);
       spdlog::info("balancer: {} move to {} (load here {:.2f}, there {:.2f})", decision.reason,
-                   decision.target, load_of(config_.name), load_of(decision.target));
+                   decision.target, decision.load_here, decision.load_there);
       ++moving_;
       jobs_.MoveAutomatically(decision.job, decision.target,
                               [this, alive = alive_, decision, demand](const MoveOutcome& outcome) {

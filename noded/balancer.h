@@ -28,7 +28,8 @@ class Balancer {
   Balancer(const Balancer&) = delete;
   Balancer& operator=(const Balancer&) = delete;
 
-  // Starts the rounds (jobs' use is sampled even when automatic moves are off, for mosps).
+  // Starts the rounds. Jobs' use is sampled even when automatic moves are off: a move by
+  // hand checks the target's free memory against the job's.
   void Start();
   void Stop();
   // The live nodes as placement should see them: the gossip picture with this node's

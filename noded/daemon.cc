@@ -71,8 +71,7 @@ void Daemon::Start() {
   control_.Start();
   jobs_.OnChange([this] {
     gossip_.SetLocalJobs(jobs_.jobs_away(), jobs_.guests_here(),
-                         static_cast<float>(jobs_.guests_here()));
-    gossip_.SetBlocked(jobs_.blocked());
+                         static_cast<float>(jobs_.guests_here()), jobs_.blocked());
   });
   jobs_.Start();
   peer_server_.Register(

@@ -136,14 +136,11 @@ std::vector<MemberView> Gossip::Picture() const {
   return membership_.Picture(NowMs());
 }
 
-void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load) {
+void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load,
+                          bool blocked) {
   jobs_away_ = jobs_away;
   guests_here_ = guests_here;
   homeward_load_ = homeward_load;
-  membership_.UpdateSelf(Measured());
-}
-
-void Gossip::SetBlocked(bool blocked) {
   blocked_ = blocked;
   membership_.UpdateSelf(Measured());
 }

@@ -35,12 +35,11 @@ class Gossip {
   // The cluster as this node sees it, itself included.
   std::vector<MemberView> Picture() const;
   // Called on the loop thread whenever a peer becomes alive (joins, rejoins) or dead
-  // (declared dead, or forgotten); subscribers are the homefs mounts and the balancer.
+  // (declared dead, or forgotten); the homefs mounts subscribe.
   void Subscribe(ChangeCallback callback) { subscribers_.push_back(std::move(callback)); }
-  // What the local record publishes about Homeward's own jobs.
-  void SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load);
-  // Whether this node accepts guests, as its record publishes it.
-  void SetBlocked(bool blocked);
+  // What the local record publishes about Homeward's own jobs, and whether this node
+  // accepts guests.
+  void SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load, bool blocked);
 
   const DropCounters& drops() const { return drops_; }
   const NodeMetrics& metrics() const { return metrics_; }

@@ -412,22 +412,25 @@ void Job::SendExit() {
   relay_.Send(message);
 }
 
-uint64_t Job::cpu_ms() const {
-  if (!init_ || init_status_) return 0;
-  // Every live process of the job, with the time of the children each has reaped.
-  return SampleProcesses(migrate::JobPids(init_->pid())).cpu_ms;
-}
-
-void Job::SampleUsage(int64_t now_ms) {
-  if (!init_ || init_status_) return;
-  usage_.Add(SampleProcesses(migrate::JobPids(init_->pid())), now_ms);
-}
-
-std::string Job::PinnedReason() const {
-  if (launch_.keep_home) return "kept at home (mosrun -h)";
+std::vector<pid_t> Job::Pids() const {
   if (!init_ || init_status_) return {};
+  return migrate::JobPids(init_->pid());
+}
+
+uint64_t Job::cpu_ms() const {
+  // Every live process of the job, with the time of the children each has reaped.
+  return CpuMs(Pids());
+}
+
+void Job::SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids) {
+  if (pids.empty()) return;
+  usage_.Add(SampleProcesses(pids), now_ms);
+}
+
+std::string Job::PinnedReason(const std::vector<pid_t>& pids) const {
+  if (launch_.keep_home) return "kept at home (mosrun -h)";
   std::set<std::string> sockets;
-  for (pid_t pid : migrate::JobPids(init_->pid())) {
+  for (pid_t pid : pids) {
     // System V shared memory lives in the node's kernel, not in the job.
     std::string maps = ReadTextFile(fmt::format("/proc/{}/maps", pid));
     if (maps.find("/SYSV") != std::string::npos) return "uses System V shared memory";

@@ -112,12 +112,15 @@ class Job : public std::enable_shared_from_this<Job> {
   std::string command() const;
   std::string state() const { return finished_ ? "exiting" : migrating_ ? "migrating" : "running"; }
   uint64_t cpu_ms() const;
+  // The job's live processes, read from /proc (none once it has ended).
+  std::vector<pid_t> Pids() const;
   // Why the job may not leave its home (mosrun -h, a listening socket, System V shared
   // memory), or empty when it may. Reads /proc, so it is asked for, never cached.
-  std::string PinnedReason() const;
+  std::string PinnedReason() const { return PinnedReason(Pids()); }
+  std::string PinnedReason(const std::vector<pid_t>& pids) const;
   bool keep_home() const { return launch_.keep_home; }
-  // Samples what the job's processes use (the balancer does, once per round).
-  void SampleUsage(int64_t now_ms);
+  // Samples what the job's processes `pids` use (the balancer does, once per round).
+  void SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids);
   const UsageMeter& usage() const { return usage_; }
   // When the job started or arrived on this node (steady clock, ms).
   int64_t arrived_ms() const { return arrived_ms_; }

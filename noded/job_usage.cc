@@ -52,13 +52,33 @@ uint64_t ParseResidentPages(const std::string& text) {
   return resident;
 }
 
-UsageSample SampleProcesses(const std::vector<pid_t>& pids) {
+namespace {
+
+std::optional<ProcessStat> ReadProcessStat(pid_t pid) {
+  return ParseProcessStat(ReadTextFile(fmt::format("/proc/{}/stat", pid)));
+}
+
+uint64_t TicksToMs(uint64_t ticks) {
   static const uint64_t ticks_per_s = static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
+  return ticks * 1000 / ticks_per_s;
+}
+
+}  // namespace
+
+uint64_t CpuMs(const std::vector<pid_t>& pids) {
+  uint64_t ticks = 0;
+  for (pid_t pid : pids) {
+    if (auto stat = ReadProcessStat(pid)) ticks += stat->cpu_ticks + stat->child_ticks;
+  }
+  return TicksToMs(ticks);
+}
+
+UsageSample SampleProcesses(const std::vector<pid_t>& pids) {
   static const uint64_t page_size = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   UsageSample sample;
   uint64_t ticks = 0;
   for (pid_t pid : pids) {
-    auto stat = ParseProcessStat(ReadTextFile(fmt::format("/proc/{}/stat", pid)));
+    auto stat = ReadProcessStat(pid);
     if (!stat) continue;  // gone meanwhile
     ticks += stat->cpu_ticks + stat->child_ticks;
     sample.rss_bytes +=
@@ -73,7 +93,7 @@ UsageSample SampleProcesses(const std::vector<pid_t>& pids) {
       if (task && task->state == 'R') ++sample.runnable;
     }
   }
-  sample.cpu_ms = ticks * 1000 / ticks_per_s;
+  sample.cpu_ms = TicksToMs(ticks);
   return sample;
 }
 

@@ -32,6 +32,8 @@ struct UsageSample {
   uint64_t io_bytes = 0;
 };
 UsageSample SampleProcesses(const std::vector<pid_t>& pids);
+// Only the CPU time of `pids` (and of the children they reaped): their stat files alone.
+uint64_t CpuMs(const std::vector<pid_t>& pids);
 
 // Rates and smoothed values from successive samples.
 class UsageMeter {
