@@ -9,6 +9,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -19,6 +20,7 @@
 #include "checkpoint.h"
 #include "error.h"
 #include "job_usage.h"
+#include "proc_limits.h"
 #include "uv_error.h"
 
 namespace homeward {
@@ -60,10 +62,24 @@ JobIdentity JobIdentity::OfProcess(pid_t pid, uid_t uid, gid_t gid) {
   if (!umask.empty()) identity.umask = static_cast<mode_t>(std::strtoul(umask.c_str(), nullptr, 8));
   identity.home_ppid =
       static_cast<pid_t>(std::strtol(StatusField(status, "PPid").c_str(), nullptr, 10));
+  // The caller's limits from /proc: prlimit on another user's process needs
+  // CAP_SYS_RESOURCE, which root lacks in some containers, and would then fail for every
+  // caller but root. prlimit stays for any limit the file does not list.
+  std::vector<bool> listed(RLIM_NLIMITS, false);
+  for (const ProcLimit& limit :
+       ParseProcLimits(ReadTextFile(fmt::format("/proc/{}/limits", pid)))) {
+    if (limit.resource < 0 || limit.resource >= RLIM_NLIMITS || listed[limit.resource]) continue;
+    listed[limit.resource] = true;
+    identity.limits.push_back({limit.resource, limit.soft, limit.hard});
+  }
   for (int resource = 0; resource < RLIM_NLIMITS; ++resource) {
     rlimit limit;
+    if (listed[resource]) continue;
     if (::prlimit(pid, static_cast<__rlimit_resource>(resource), nullptr, &limit) == 0) {
       identity.limits.push_back({resource, limit.rlim_cur, limit.rlim_max});
+    } else {
+      spdlog::warn("limit {} of process {} unknown ({}): the job keeps the daemon's", resource, pid,
+                   std::strerror(errno));
     }
   }
   return identity;
