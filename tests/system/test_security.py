@@ -132,6 +132,16 @@ class SecurityTest(unittest.TestCase):
                                   check=False)
             self.assertNotEqual(denied.returncode, 0)
             self.assertEqual(os.listdir(victim), ["keep"])
+            # A checkpoint where the user may write is the user's, and nothing next to it
+            # (a planted "<dir>.work", once criu's scratch place) is used.
+            os.symlink(victim, os.path.join(scratch, "ok.work"))
+            self.as_user("node1", f"mosmigrate {pid} checkpoint {scratch}/ok", timeout=120)
+            images = os.path.join(scratch, "ok")
+            self.assertEqual(os.stat(images).st_uid, self.user.uid)
+            self.assertIn("inventory.img", os.listdir(images))
+            for name in os.listdir(images):
+                self.assertEqual(os.lstat(os.path.join(images, name)).st_uid, self.user.uid, name)
+            self.assertEqual(os.listdir(victim), ["keep"])
             subprocess.run(["rm", "-rf", victim])
         finally:
             if job:
