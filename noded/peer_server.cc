@@ -207,7 +207,13 @@ void PeerServer::Step(int fd, short revents) {
       size_t want = std::min(p.handshake.wanted(), kReadChunk);
       char buffer[kReadChunk];
       ssize_t n = ::recv(fd, buffer, want, 0);
-      if (n == 0) return Refuse(fd, PeerRefusal::kClosed, "connection closed");
+      if (n == 0) {
+        // A client that closes once it has our proof found the proof wrong.
+        return Refuse(fd, PeerRefusal::kClosed,
+                      p.handshake.service().empty()
+                          ? "connection closed"
+                          : "connection closed after the server's proof (another cluster key?)");
+      }
       if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
         return Refuse(fd, PeerRefusal::kClosed, std::strerror(errno));
