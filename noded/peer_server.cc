@@ -51,10 +51,11 @@ void CloseAbruptly(int fd) {
 }  // namespace
 
 PeerServer::PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key,
-                       PeerConfig limits)
+                       PeerConfig limits, FaultPoints faults)
     : address_(std::move(address)),
       port_(port),
       key_(std::move(key)),
+      faults_(std::move(faults)),
       admission_(limits) {}
 
 PeerServer::~PeerServer() {
@@ -277,6 +278,9 @@ void PeerServer::Launch(Fd fd, PeerIdentity peer, PeerService* handler) {
   std::string who = peer.address;
   std::string name = peer.service;
   try {
+    if (faults_.Hit("peer-thread")) {
+      throw std::system_error(EAGAIN, std::generic_category(), "fault point peer-thread");
+    }
     std::thread([this, fd = std::move(fd), peer = std::move(peer), handler]() mutable {
       try {
         (*handler)(std::move(fd), peer);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "config.h"
+#include "fault.h"
 #include "fd.h"
 #include "peer_admission.h"
 #include "peer_auth.h"
@@ -28,7 +29,10 @@ using PeerService = std::function<void(Fd, PeerIdentity)>;
 
 class PeerServer {
  public:
-  PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key, PeerConfig limits);
+  // Fault point "peer-thread": no thread can be had for an authenticated connection, as
+  // under a pids limit.
+  PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key, PeerConfig limits,
+             FaultPoints faults = {});
   PeerServer(const PeerServer&) = delete;
   PeerServer& operator=(const PeerServer&) = delete;
   ~PeerServer();
@@ -65,6 +69,7 @@ class PeerServer {
   uint16_t port_;
   std::vector<uint8_t> key_;
   std::map<std::string, PeerService> services_;
+  FaultPoints faults_;
   Fd listener_;
   Fd wake_;  // an eventfd: Stop wakes the gate thread with it
   std::thread gate_;

@@ -135,5 +135,20 @@ TEST_F(PeerServerTest, AWrongKeyIsRefusedAndTheServerGoesOn) {
   EXPECT_TRUE(Echoes());
 }
 
+TEST(PeerServerFaults, NoThreadCostsOnlyThatConnection) {
+  // As under a pids limit: the authenticated connection is closed unserved, and the
+  // server, the process and the next peers carry on.
+  PeerServer server("127.0.0.1", 0, Key(), PeerConfig{}, FaultPoints::Parse("peer-thread"));
+  std::atomic<int> served = 0;
+  server.Register("echo", [&](Fd, PeerIdentity) { ++served; });
+  server.Start();
+  for (int i = 0; i < 3; ++i) {
+    Fd fd = PeerConnect("127.0.0.1", server.port(), Key(), "echo", 2s);
+    EXPECT_LE(ClosedWithin(fd.get(), 2s), 2s);
+  }
+  EXPECT_EQ(served, 0);
+  server.Stop();  // returns: no thread is counted as running
+}
+
 }  // namespace
 }  // namespace homeward
