@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Strangers against a node, tried from an unprivileged user on a loopback cluster: 500
 idle connections to the peer port cost the daemon no thread, stop no job and are closed
-by the handshake deadline; a gossip datagram recorded on the wire and played again
-seconds later is dropped as a replay and never answered."""
+by the handshake deadline; a connection for which no thread can be had costs only
+itself; a gossip datagram recorded on the wire and played again seconds later is
+dropped as a replay and never answered."""
 
 import hashlib
 import hmac
