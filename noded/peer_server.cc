@@ -75,8 +75,8 @@ int64_t PeerServer::NowMs() const {
 void PeerServer::Start() {
   sockaddr_in addr = Endpoint{address_, port_}.ToSockaddr();
   std::string where = fmt::format("{}:{}", address_, port_);
-  listener_ = Fd::Adopt(HW_SYSCALL(
-      ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), "peer socket {}", where));
+  listener_ = Fd::Adopt(HW_SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+                                   "peer socket {}", where));
   int one = 1;
   ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   HW_SYSCALL(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr),
