@@ -224,6 +224,14 @@ void PeerServer::Step(int fd, short revents) {
         return Refuse(fd, PeerRefusal::kHandshake, p.handshake.error());
       }
       p.out += p.handshake.TakeOutput();
+      if (p.handshake.state() == PeerHandshake::State::kDone &&
+          !services_.contains(p.handshake.service())) {
+        // The verdict says no (0) rather than accepting a connection nobody will serve,
+        // so the peer learns why it is closed.
+        ::send(fd, "\0", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        return Refuse(fd, PeerRefusal::kUnknownService,
+                      fmt::format("asked for unknown service '{}'", p.handshake.service()));
+      }
     } else if (revents & (POLLHUP | POLLERR)) {
       return Refuse(fd, PeerRefusal::kClosed, "connection closed");
     }
@@ -254,12 +262,7 @@ void PeerServer::HandOff(int fd) {
   pending_.erase(it);
   admission_.Remove(fd);
   PeerIdentity peer{p->who, p->handshake.service()};
-  auto service = services_.find(peer.service);
-  if (service == services_.end()) {
-    refusals_.Count(PeerRefusal::kUnknownService,
-                    fmt::format("{}: asked for unknown service '{}'", p->who, peer.service));
-    return;
-  }
+  auto service = services_.find(peer.service);  // known: Step checked it
   // The services read and write with blocking calls on their own thread.
   int flags = ::fcntl(fd, F_GETFL);
   ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);

@@ -7,7 +7,7 @@
 //   client -> server  "HWPEER01" | client nonce (32) | service length (1) | service
 //   server -> client  "HWPEER01" | server nonce (32) | tag("server")
 //   client -> server  tag("client")
-//   server -> client  1 byte: 1 = accepted
+//   server -> client  1 byte: 1 = accepted, 0 = no such service
 //
 // tag(role) = crypto_auth (HMAC-SHA512-256) under the cluster key of
 // role | client nonce | server nonce | service. Each side proves the key over both fresh
