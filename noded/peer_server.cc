@@ -262,7 +262,8 @@ void PeerServer::HandOff(int fd) {
   pending_.erase(it);
   admission_.Remove(fd);
   PeerIdentity peer{p->who, p->handshake.service()};
-  auto service = services_.find(peer.service);  // known: Step checked it
+  auto service = services_.find(peer.service);
+  if (service == services_.end()) return;  // Step refused it already; this closes it
   // The services read and write with blocking calls on their own thread.
   int flags = ::fcntl(fd, F_GETFL);
   ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
