@@ -242,6 +242,18 @@ void MountMinimalDev(const std::string& dev) {
   Mount(nullptr, dev, nullptr, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "mode=0755");
 }
 
+// Hides a file (under the view's /dev/null) or a directory (under an empty read-only
+// tmpfs) of the node's that the view must show but a job has no business reading.
+void Hide(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    Mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0555");
+  } else {
+    Mount((std::string(kJobView) + "/dev/null").c_str(), path, nullptr, MS_BIND);
+  }
+}
+
 // The job's own /proc (of the calling process's pid namespace) in its view, with what a
 // job must not change or read of its node (sysctls, sysrq, the kernel's memory, timers)
 // read-only or hidden, as container runtimes do.
@@ -256,10 +268,10 @@ void MountJobProc() {
     SetAttributes(path,
                   MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
   }
-  std::string null = std::string(kJobView) + "/dev/null";
-  for (const char* name : {"kcore", "keys", "timer_list", "sched_debug", "kmsg"}) {
-    std::string path = proc + "/" + name;
-    if (access(path.c_str(), F_OK) == 0) Mount(null.c_str(), path, nullptr, MS_BIND);
+  for (const char* name :
+       {"kcore", "keys", "timer_list", "timer_stats", "sched_debug", "kmsg", "latency_stats",
+        "kpagecount", "kpageflags", "kpagecgroup", "acpi", "asound", "scsi"}) {
+    Hide(proc + "/" + name);
   }
 }
 
@@ -291,10 +303,13 @@ void BuildJobRoot(const std::string& root, bool own_proc) {
   }
   if (IsRealDirectory(view + "/dev")) MountMinimalDev(view + "/dev");
   if (IsRealDirectory(view + "/sys")) {
+    // sysfs alone: not the filesystems mounted in it (cgroups, debugfs, tracefs, bpf),
+    // which a root job, owner of their root-only files, could read.
     DetachAll(view + "/sys");
-    Mount("/sys", view + "/sys", nullptr, MS_BIND | MS_REC);
+    Mount("/sys", view + "/sys", nullptr, MS_BIND);
     SetAttributes(view + "/sys",
                   MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    for (const char* name : {"/firmware", "/devices/virtual/powercap"}) Hide(view + "/sys" + name);
   }
   if (IsRealDirectory(view + "/proc")) DetachAll(view + "/proc");
 

@@ -22,6 +22,16 @@ CAPS = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/s
 NO_CAPS = ("CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
            "CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n")
 
+# PTRACE_ATTACH to the job's init (pid 1 of its namespace): the init is root with its
+# capabilities, the job is not.
+PTRACE_INIT = """
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+result = libc.ptrace(16, 1, None, None)
+print("ptrace", result, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+"""
+
 MOVING = r"""
 i=0
 while [ $i -lt 2 ]; do
@@ -108,8 +118,10 @@ class GuestSandboxTest(unittest.TestCase):
     def test_init_is_out_of_reach(self):
         probe = ("ls /proc/1/root/ >/dev/null 2>&1 && echo root-open || echo root-refused; "
                  "cat /proc/1/environ >/dev/null 2>&1 && echo env-open || echo env-refused; "
-                 "ls /proc/1/cwd/ >/dev/null 2>&1 && echo cwd-open || echo cwd-refused")
-        expected = "root-refused\nenv-refused\ncwd-refused\n"
+                 "ls /proc/1/cwd/ >/dev/null 2>&1 && echo cwd-open || echo cwd-refused; "
+                 "python3 /data/sec/ptrace.py")
+        expected = "root-refused\nenv-refused\ncwd-refused\nptrace -1 EPERM\n"
+        self.cluster.run("node1", "sh", "-c", "cat > /data/sec/ptrace.py", input=PTRACE_INIT)
         for where in ("", "-r node2 "):
             with self.subTest(where=where or "home"):
                 self.assertEqual(self.as_user(f"mosrun {where}sh -c '{probe}'").stdout, expected)
@@ -128,9 +140,12 @@ class GuestSandboxTest(unittest.TestCase):
                  "echo x > /sys/kernel/uevent_helper 2>/dev/null && echo sys-written "
                  "|| echo sys-refused; "
                  "unshare -U true 2>/dev/null && echo userns || echo no-userns; "
+                 "find /sys/kernel/debug /sys/fs/cgroup /sys/firmware -mindepth 1 | grep -q . "
+                 "&& echo sys-mounts || echo sysfs-alone; "
                  "mount -t tmpfs none /tmp 2>/dev/null && echo mounted || echo no-mount")
         out = self.sh(f"mosrun -r node2 sh -c '{probe}'").stdout
-        self.assertEqual(out, "usr-refused\nsysctl-refused\nsys-refused\nno-userns\nno-mount\n")
+        self.assertEqual(out, "usr-refused\nsysctl-refused\nsys-refused\nno-userns\n"
+                              "sysfs-alone\nno-mount\n")
         self.assertFalse(os.path.exists("/usr/hw-sec-probe"))
 
     def test_dev_is_minimal(self):
