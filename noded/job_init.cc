@@ -17,8 +17,11 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/close_range.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -33,6 +36,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -379,6 +383,37 @@ const char* ConfineProgram() {
   return nullptr;
 }
 
+// The kernel's keyrings are the node's, not the job's: a job would share its uid's user
+// keyring on this node (root's, for a root job) and possess the session keyring it
+// inherits from the daemon (and after a restore, from CRIU). Their calls fail with EPERM,
+// as under container runtimes; CRIU carries the filter along with the job.
+const char* DenyKeyrings() {
+  constexpr uint32_t kX32Bit = 0x40000000;
+  constexpr uint32_t kDeny = SECCOMP_RET_ERRNO | EPERM;
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 6),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, ~kX32Bit),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 248, 9, 0),  // add_key
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 249, 8, 0),  // request_key
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 250, 7, 0),  // keyctl
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_I386, 0, 4),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 286, 3, 0),  // add_key
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 287, 2, 0),  // request_key
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 288, 1, 0),  // keyctl
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, kDeny),
+  };
+  sock_fprog program{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program, 0, 0) != 0) {
+    return "deny the keyring calls";
+  }
+  return nullptr;
+}
+
 // After the switch to the user's ids: no capability left (a root job keeps its uid 0,
 // and with it every capability, unless they are cleared here), and none to gain.
 const char* DropCapabilities() {
@@ -386,7 +421,7 @@ const char* DropCapabilities() {
   __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = {};
   if (syscall(SYS_capset, &header, none) != 0) return "drop capabilities";
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return "set no_new_privs";
-  return nullptr;
+  return DenyKeyrings();
 }
 
 // In the program's process, before exec: the user's identity and limits.

@@ -32,6 +32,14 @@ result = libc.ptrace(16, 1, None, None)
 print("ptrace", result, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
 """
 
+# keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING): root's keyring on the node.
+KEYRING = """
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+result = libc.syscall(250, 0, -4, 0)
+print("keyctl", result, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+"""
+
 MOVING = r"""
 i=0
 while [ $i -lt 2 ]; do
@@ -142,10 +150,12 @@ class GuestSandboxTest(unittest.TestCase):
                  "unshare -U true 2>/dev/null && echo userns || echo no-userns; "
                  "find /sys/kernel/debug /sys/fs/cgroup /sys/firmware -mindepth 1 | grep -q . "
                  "&& echo sys-mounts || echo sysfs-alone; "
-                 "mount -t tmpfs none /tmp 2>/dev/null && echo mounted || echo no-mount")
+                 "mount -t tmpfs none /tmp 2>/dev/null && echo mounted || echo no-mount; "
+                 "python3 /data/sec/keyring.py")
+        self.cluster.run("node1", "sh", "-c", "cat > /data/sec/keyring.py", input=KEYRING)
         out = self.sh(f"mosrun -r node2 sh -c '{probe}'").stdout
         self.assertEqual(out, "usr-refused\nsysctl-refused\nsys-refused\nno-userns\n"
-                              "sysfs-alone\nno-mount\n")
+                              "sysfs-alone\nno-mount\nkeyctl -1 EPERM\n")
         self.assertFalse(os.path.exists("/usr/hw-sec-probe"))
 
     def test_dev_is_minimal(self):
