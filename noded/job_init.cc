@@ -282,7 +282,7 @@ void MountJobProc() {
 // Builds the job's mount namespace as described at kJobView and moves into its root.
 // `root` is the home's tree ("/" at home); `own_proc`: mount the job's /proc now (the
 // init, already in the job's pid namespace); a namespace prepared for a restore gets it
-// once CRIU has made that pid namespace (`--mount-proc`).
+// once CRIU has made that pid namespace (MountProcOf, as CRIU's action script).
 void BuildJobRoot(const std::string& root, bool own_proc) {
   // The view is a copy of the tree taken before the new root is mounted anywhere, so the
   // new root (and the node's /proc in it) never appears inside the view.
