@@ -83,11 +83,8 @@ class GuestSandboxTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            if cls.host_pid:
-                try:
-                    os.kill(cls.host_pid, 9)
-                except ProcessLookupError:
-                    pass
+            if cls.cluster and cls.host_pid:
+                cls.cluster.run("node2", "kill", "-KILL", str(cls.host_pid), check=False)
             if cls.cluster:
                 cls.cluster.__exit__(None, None, None)
         finally:
@@ -108,6 +105,9 @@ class GuestSandboxTest(unittest.TestCase):
                 self.assertEqual(out, "1 2 \n")
                 out = self.sh(f"cd /data/sec && mosrun {where}sh -c '{LIST_PIDS}'").stdout
                 self.assertEqual(out, "1 2 \n")
+                # `ls` is the job's program (pid 2) under its init (pid 1).
+                listed = self.as_user(f"mosrun {where}ls /proc").stdout.split()
+                self.assertEqual([name for name in listed if name.isdigit()], ["1", "2"])
 
     def test_host_process_of_the_same_user_is_out_of_reach(self):
         pid = self.host_pid
