@@ -11,6 +11,7 @@
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
+#include "control_permissions.h"
 #include "homeward_config.h"
 #include "install_paths.h"
 #include "uv_error.h"
@@ -36,7 +37,9 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
       jobs_(
           loop, config_, control_, [this](const std::string& node) { return ResolvePeer(node); },
           [this] { return balancer_.Picture(); }, std::move(faults)),
-      file_server_(config_.export_root, 8),
+      file_server_(config_.export_root, 8,
+                   config_.files_trust_root ? FileSession::Root::kTrust
+                                            : FileSession::Root::kSquash),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
                                      .self = config_.name,
@@ -122,6 +125,7 @@ void Daemon::Stop() {
 }
 
 void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender reply) {
+  CheckPermission(request.which(), reply.caller());
   switch (request.which()) {
     case schema::ControlRequest::STATUS:
       ReplyStatus(std::move(reply));

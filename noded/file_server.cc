@@ -109,27 +109,34 @@ struct ThreadCredentials {
 };
 thread_local ThreadCredentials current_credentials;
 
-void Become(schema::Credentials::Reader cred) {
+// A peer's root is squashed to nobody unless this node trusts it: root on one machine
+// must not be root over every other machine's files.
+void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
   auto& cur = current_credentials;
   if (cred.getGroups().size() > 65536) throw OpError{EINVAL};
+  uint32_t uid = cred.getUid(), gid = cred.getGid();
   std::vector<gid_t> groups;
-  groups.reserve(cred.getGroups().size());
-  for (uint32_t g : cred.getGroups()) groups.push_back(g);
+  if (uid == 0 && peer_root == FileSession::Root::kSquash) {
+    uid = gid = FileSession::kSquashedId;
+  } else {
+    groups.reserve(cred.getGroups().size());
+    for (uint32_t g : cred.getGroups()) groups.push_back(g);
+  }
   if (groups != cur.groups) {
     if (::syscall(SYS_setgroups, groups.size(), groups.data()) < 0) throw OpError{errno};
     cur.groups = std::move(groups);
   }
-  if (cred.getGid() != cur.gid) {
-    ::syscall(SYS_setfsgid, cred.getGid());
-    cur.gid = cred.getGid();
+  if (gid != cur.gid) {
+    ::syscall(SYS_setfsgid, gid);
+    cur.gid = gid;
   }
-  if (cred.getUid() != cur.uid) {
-    ::syscall(SYS_setfsuid, cred.getUid());
-    cur.uid = cred.getUid();
+  if (uid != cur.uid) {
+    ::syscall(SYS_setfsuid, uid);
+    cur.uid = uid;
   }
   // setfsuid reports no error; reading it back (an invalid id changes nothing) does.
-  if (static_cast<uint32_t>(::syscall(SYS_setfsuid, -1)) != cred.getUid() ||
-      static_cast<uint32_t>(::syscall(SYS_setfsgid, -1)) != cred.getGid()) {
+  if (static_cast<uint32_t>(::syscall(SYS_setfsuid, -1)) != uid ||
+      static_cast<uint32_t>(::syscall(SYS_setfsgid, -1)) != gid) {
     throw OpError{EPERM};
   }
 }
@@ -195,7 +202,7 @@ void WorkerPool::Run() {
 
 // ---------------------------------------------------------------------------------------
 
-FileSession::FileSession(int root) : root_(root) {
+FileSession::FileSession(int root, Root peer_root) : root_(root), peer_root_(peer_root) {
   auto node = std::make_shared<Node>();
   node->fd = Fd::Adopt(HW_SYSCALL(::fcntl(root, F_DUPFD_CLOEXEC, 0), "dup export root"));
   node->nlookup = 1;
@@ -267,7 +274,7 @@ void FileSession::Handle(schema::FileRequest::Reader request,
                          schema::FileResponse::Builder response) {
   response.setId(request.getId());
   try {
-    Become(request.getCred());
+    Become(request.getCred(), peer_root_);
     Dispatch(request, response);
   } catch (const OpError& e) {
     response.setError(e.err);
@@ -694,8 +701,8 @@ void FileSession::WatchLoop() {
 
 // ---------------------------------------------------------------------------------------
 
-FileServer::FileServer(const std::string& export_root, int threads)
-    : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)), pool_(threads) {}
+FileServer::FileServer(const std::string& export_root, int threads, FileSession::Root peer_root)
+    : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)), peer_root_(peer_root), pool_(threads) {}
 
 FileServer::~FileServer() {
   Stop();
@@ -718,7 +725,7 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
   // Requests also run on this thread (below): like the workers, it needs an fs context of
   // its own with umask 0, so that it never changes the daemon's.
   if (::unshare(CLONE_FS) == 0) ::umask(0);
-  auto session = std::make_shared<FileSession>(root_.get());
+  auto session = std::make_shared<FileSession>(root_.get(), peer_root_);
   auto stream = std::make_shared<FrameStream>(connection.get(), kMaxFileFrameBytes);
   session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
     capnp::MallocMessageBuilder message(256);

@@ -51,8 +51,15 @@ class WorkerPool {
 // One client's view of the export: its looked-up objects and its open files.
 class FileSession {
  public:
+  // How requests for uid 0 are served.
+  enum class Root {
+    kSquash,  // as the unprivileged kSquashedId (NFS's root_squash): the default
+    kTrust,   // as root ([files] trust_root: the peers' root is this node's root)
+  };
+  static constexpr uint32_t kSquashedId = 65534;  // nobody, nogroup
+
   // `root` is an O_PATH descriptor of the export root (borrowed, outlives the session).
-  explicit FileSession(int root);
+  explicit FileSession(int root, Root peer_root = Root::kSquash);
   FileSession(const FileSession&) = delete;
   FileSession& operator=(const FileSession&) = delete;
 
@@ -86,6 +93,7 @@ class FileSession {
   void MarkOwn(uint64_t node, uint64_t parent = 0, const std::string& name = {});
 
   int root_;
+  Root peer_root_;
   std::mutex mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> by_inode_;
@@ -104,7 +112,8 @@ class FileSession {
 class FileServer {
  public:
   // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
-  FileServer(const std::string& export_root, int threads);
+  FileServer(const std::string& export_root, int threads,
+             FileSession::Root peer_root = FileSession::Root::kSquash);
   FileServer(const FileServer&) = delete;
   FileServer& operator=(const FileServer&) = delete;
   ~FileServer();
@@ -117,6 +126,7 @@ class FileServer {
 
  private:
   Fd root_;
+  FileSession::Root peer_root_;
   WorkerPool pool_;
   std::mutex mutex_;
   std::condition_variable idle_;

@@ -29,7 +29,7 @@ class FileSessionTest : public ::testing::Test {
     fs::create_symlink("../created", base_ + "/export/dangling");
     fs::create_symlink("/", base_ + "/export/abs");
     root_ = Fd::Open(base_ + "/export", O_PATH | O_DIRECTORY);
-    session_ = std::make_unique<FileSession>(root_.get());
+    session_ = std::make_unique<FileSession>(root_.get(), FileSession::Root::kTrust);
   }
   void TearDown() override { fs::remove_all(base_); }
 
@@ -134,4 +134,36 @@ TEST_F(FileSessionTest, CreateWriteReadList) {
 }
 
 }  // namespace
+// A peer's root acts as nobody unless the node trusts it ([files] trust_root).
+TEST_F(FileSessionTest, PeersRootIsSquashedByDefault) {
+  std::ofstream(base_ + "/export/dir/private") << "root only";
+  ::chmod((base_ + "/export/dir/private").c_str(), 0600);
+  FileSession squashed(root_.get());  // the default
+  auto call = [&](FileSession& session, Op op, uint64_t node, const std::string& name,
+                  int flags, uint32_t mode) {
+    capnp::MallocMessageBuilder in, out;
+    auto rq = in.initRoot<schema::FileRequest>();
+    rq.setVersion(schema::FILES_VERSION);
+    rq.setOp(op);
+    rq.setNode(node);
+    rq.setName(name);
+    rq.setFlags(flags);
+    rq.setMode(mode);
+    rq.initCred().setUid(0);  // root on the peer
+    auto rs = out.initRoot<schema::FileResponse>();
+    session.Handle(rq.asReader(), rs);
+    return std::pair{rs.getError(), rs.hasEntry() ? rs.getEntry().getNode() : uint64_t{0}};
+  };
+  for (FileSession* session : {&squashed, session_.get()}) {
+    bool trusted = session == session_.get();
+    auto dir = call(*session, Op::LOOKUP, 1, "dir", 0, 0);
+    ASSERT_EQ(dir.first, 0);
+    auto file = call(*session, Op::LOOKUP, dir.second, "private", 0, 0);
+    ASSERT_EQ(file.first, 0);
+    EXPECT_EQ(call(*session, Op::OPEN, file.second, "", O_RDONLY, 0).first, trusted ? 0 : EACCES);
+    EXPECT_EQ(call(*session, Op::CREATE, dir.second, "planted", O_WRONLY, S_IFREG | 0644).first,
+              trusted ? 0 : EACCES);
+  }
+}
+
 }  // namespace homeward

@@ -9,6 +9,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -19,11 +20,15 @@
 #include "checkpoint.h"
 #include "error.h"
 #include "job_usage.h"
+#include "proc_limits.h"
 #include "uv_error.h"
 
 namespace homeward {
 
 namespace {
+
+// Must match mosjob-init's (job_init.cc): the caller's variables, hidden from the init.
+constexpr const char* kUserEnvPrefix = "HOMEWARD_USER_ENV:";
 
 // The value of "Key:" in a /proc/<pid>/status file.
 std::string StatusField(const std::string& status, const std::string& key) {
@@ -57,10 +62,24 @@ JobIdentity JobIdentity::OfProcess(pid_t pid, uid_t uid, gid_t gid) {
   if (!umask.empty()) identity.umask = static_cast<mode_t>(std::strtoul(umask.c_str(), nullptr, 8));
   identity.home_ppid =
       static_cast<pid_t>(std::strtol(StatusField(status, "PPid").c_str(), nullptr, 10));
+  // The caller's limits from /proc: prlimit on another user's process needs
+  // CAP_SYS_RESOURCE, which root lacks in some containers, and would then fail for every
+  // caller but root. prlimit stays for any limit the file does not list.
+  std::vector<bool> listed(RLIM_NLIMITS, false);
+  for (const ProcLimit& limit :
+       ParseProcLimits(ReadTextFile(fmt::format("/proc/{}/limits", pid)))) {
+    if (limit.resource < 0 || limit.resource >= RLIM_NLIMITS || listed[limit.resource]) continue;
+    listed[limit.resource] = true;
+    identity.limits.push_back({limit.resource, limit.soft, limit.hard});
+  }
   for (int resource = 0; resource < RLIM_NLIMITS; ++resource) {
     rlimit limit;
+    if (listed[resource]) continue;
     if (::prlimit(pid, static_cast<__rlimit_resource>(resource), nullptr, &limit) == 0) {
       identity.limits.push_back({resource, limit.rlim_cur, limit.rlim_max});
+    } else {
+      spdlog::warn("limit {} of process {} unknown ({}): the job keeps the daemon's", resource, pid,
+                   std::strerror(errno));
     }
   }
   return identity;
@@ -137,14 +156,15 @@ void Job::Start() {
     options.argv.insert(options.argv.end() - static_cast<long>(launch_.argv.size()) - 1,
                         {"--preload", launch_.preload_path});
   }
-  std::vector<std::string> env;
+  // The init runs as root: nothing of the caller's environment may reach it (LD_AUDIT,
+  // GCONV_PATH, MALLOC_* ...), so it gets only what the daemon writes. The caller's own
+  // variables travel behind a prefix no loader or library interprets, and the init
+  // gives them back to the program after switching to the user's ids (as sudo and runc
+  // apply a user's environment only to the user's process).
+  std::vector<std::string> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
   for (const auto& entry : launch_.env) {
     if (entry.rfind("HOMEWARD_", 0) == 0) continue;  // ours to set, not the caller's
-    if (entry.rfind("LD_PRELOAD=", 0) == 0) {
-      env.push_back("HOMEWARD_USER_PRELOAD=" + entry.substr(11));
-      continue;
-    }
-    env.push_back(entry);
+    env.push_back(kUserEnvPrefix + entry);
   }
   env.push_back("HOMEWARD_HOME=" + launch_.home);
   env.push_back(fmt::format("HOMEWARD_HOME_PID={}", id.home_pid));
@@ -226,6 +246,10 @@ void Job::AbandonAfterMove() {
   exit_watch_.Close();
   pidfd_.Reset();
   init_.reset();  // SIGKILL and reap the frozen source copy
+  // Input still queued for the old copy goes with it: acknowledge it now, on the relay
+  // that is still the job's, so mosrun's input window does not shrink with every move.
+  input_paused_ = false;  // the relay's reading is for its new handlers to decide
+  InputTaken(input_unacked_);
   stdin_.Close();
   stdout_.reset();
   stderr_.reset();
@@ -296,19 +320,49 @@ void Job::PauseOutput(bool pause) {
 }
 
 void Job::Input(const void* data, size_t size) {
-  if (stdin_ended_ || size == 0) return;
+  if (size == 0) return;
+  input_unacked_ += size;
+  if (stdin_ended_) {
+    InputTaken(size);  // like a pipe whose reader is gone: dropped, and acknowledged
+    return;
+  }
   struct Write {
     uv_write_t req;
     std::string data;
+    std::weak_ptr<Job> job;
   };
-  auto* write = new Write{{}, std::string(static_cast<const char*>(data), size)};
+  auto* write = new Write{{}, std::string(static_cast<const char*>(data), size), weak_from_this()};
   uv_buf_t buf = uv_buf_init(write->data.data(), static_cast<unsigned>(write->data.size()));
   write->req.data = write;
-  int status = uv_write(&write->req, stdin_.stream(), &buf, 1,
-                        [](uv_write_t* req, int) { delete static_cast<Write*>(req->data); });
+  int status = uv_write(&write->req, stdin_.stream(), &buf, 1, [](uv_write_t* req, int) {
+    auto* write = static_cast<Write*>(req->data);
+    if (auto job = write->job.lock()) job->InputTaken(write->data.size());
+    delete write;
+  });
   if (status < 0) {
     delete write;  // the job closed its stdin: like a pipe reader gone, input is dropped
+    InputTaken(size);
     InputEnd();
+    return;
+  }
+  // A client that ignores the input window (mosrun never does) is not read any further
+  // until its input has drained: the daemon's memory stays bounded whatever it sends.
+  if (input_unacked_ > 2 * uint64_t{schema::INPUT_WINDOW} && !input_paused_) {
+    input_paused_ = true;
+    relay_.PauseReading(true);
+  }
+}
+
+void Job::InputTaken(size_t size) {
+  size = static_cast<size_t>(std::min<uint64_t>(size, input_unacked_));
+  if (size == 0) return;
+  input_unacked_ -= size;
+  capnp::MallocMessageBuilder message;
+  message.initRoot<schema::ControlReply>().setJobInputTaken(static_cast<uint32_t>(size));
+  relay_.Send(message);
+  if (input_paused_ && input_unacked_ <= schema::INPUT_WINDOW) {
+    input_paused_ = false;
+    relay_.PauseReading(false);
   }
 }
 

@@ -100,6 +100,9 @@ class Job : public std::enable_shared_from_this<Job> {
   // From mosrun: stdin bytes, end of stdin, a signal for the job.
   void Input(const void* data, size_t size);
   void InputEnd();
+  // Acknowledges input that has left the daemon (written, or dropped), so that mosrun
+  // may send more; resumes reading the relay once a flood has drained.
+  void InputTaken(size_t size);
   void Signal(int signo);
   // mosrun is gone: without its deputy at home, the job is killed.
   void RelayLost();
@@ -151,6 +154,9 @@ class Job : public std::enable_shared_from_this<Job> {
   std::string status_text_;
   std::optional<ExitStatus> init_status_;
   bool stdin_ended_ = false;
+  // Input accepted from the relay and not yet acknowledged to mosrun (jobInputTaken).
+  uint64_t input_unacked_ = 0;
+  bool input_paused_ = false;
   bool output_paused_ = false;
   bool finished_ = false;
   bool migrating_ = false;

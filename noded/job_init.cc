@@ -11,7 +11,9 @@
 //   mosjob-init --prepare-root DIR     (a namespace for CRIU to restore a job into)
 //   CRTOOLS_SCRIPT_ACTION=... mosjob-init   (CRIU's action script during that restore)
 //
-// The program's environment is mosjob-init's own. Reports on fd 3, one line:
+// mosjob-init's own environment is the daemon's making; the program gets the caller's
+// variables (passed behind the HOMEWARD_USER_ENV: prefix) once it runs as the user.
+// Reports on fd 3, one line:
 //   "exit CODE" | "signal SIG" | "error ERRNO what failed"
 #include <errno.h>
 #include <fcntl.h>
@@ -43,6 +45,8 @@
 namespace {
 
 constexpr int kStatusFd = 3;
+// The caller's environment travels to the program behind this prefix (noded/job.cc).
+constexpr const char* kUserEnvPrefix = "HOMEWARD_USER_ENV:";
 
 struct Limit {
   int resource;
@@ -449,13 +453,31 @@ const char* DropCapabilities() {
   if (const char* step = DropCapabilities()) fail(step);
   umask(options.umask_value);
   if (chdir(options.cwd.c_str()) != 0) fail("enter the working directory");
-  // The shim first, then whatever the user preloads; the init itself runs without either.
-  const char* user_preload = getenv("HOMEWARD_USER_PRELOAD");
+  // Only now, as the user, does the user's environment apply: the caller's variables come
+  // back from behind their prefix, the job's own HOMEWARD_* stay, and LD_PRELOAD is the
+  // shim first, then whatever the user preloads. The init itself runs without either.
+  static std::vector<std::string> entries;
+  std::string user_preload;
+  for (char** entry = environ; *entry; ++entry) {
+    std::string text = *entry;
+    if (text.rfind(kUserEnvPrefix, 0) == 0) {
+      text.erase(0, strlen(kUserEnvPrefix));
+      if (text.rfind("LD_PRELOAD=", 0) == 0) {
+        user_preload = text.substr(strlen("LD_PRELOAD="));
+        continue;
+      }
+      entries.push_back(std::move(text));
+    } else if (text.rfind("HOMEWARD_", 0) == 0) {
+      entries.push_back(std::move(text));
+    }
+  }
   std::string preload = options.preload;
-  if (user_preload && *user_preload)
-    preload += (preload.empty() ? "" : ":") + std::string(user_preload);
-  unsetenv("HOMEWARD_USER_PRELOAD");
-  if (!preload.empty()) setenv("LD_PRELOAD", preload.c_str(), 1);
+  if (!user_preload.empty()) preload += (preload.empty() ? "" : ":") + user_preload;
+  if (!preload.empty()) entries.push_back("LD_PRELOAD=" + preload);
+  static std::vector<char*> user_environ;
+  for (auto& text : entries) user_environ.push_back(text.data());
+  user_environ.push_back(nullptr);
+  environ = user_environ.data();  // execvp searches the user's PATH
   execvp(options.argv[0], options.argv.data());
   fail("run");
   _exit(127);

@@ -9,6 +9,8 @@
 #include <spdlog/spdlog.h>
 
 #include "checkpoint.h"
+#include "checkpoint_dir.h"
+#include "control_permissions.h"
 #include "error.h"
 #include "install_paths.h"
 #include "migration.h"
@@ -226,10 +228,7 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
 }
 
 void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
-  const Caller& caller = reply.caller();
-  if (caller.peer) {
-    Fail(ErrorKind::kInvalidInput, "startJob comes from local commands; peers send startGuest");
-  }
+  const Caller& caller = reply.caller();  // a local user: control_permissions.h
   JobLaunch launch = LaunchFrom(spec);
   launch.home = config_.name;
   launch.identity = JobIdentity::OfProcess(caller.pid, caller.uid, caller.gid);
@@ -438,9 +437,6 @@ void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
 }
 
 void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply) {
-  if (!reply.caller().peer) {
-    Fail(ErrorKind::kInvalidInput, "only another node's daemon may attach a guest");
-  }
   for (auto& [slot, entry] : jobs_) {
     if (!entry.away || entry.away->home_pid != attach.getHomePid()) continue;
     auto away = entry.away;
@@ -540,9 +536,6 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
 }
 
 void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) {
-  if (!reply.caller().peer) {
-    Fail(ErrorKind::kInvalidInput, "only another node's daemon may start a guest here");
-  }
   JobLaunch launch = GuestLaunch(spec);
   if (!launch.guest) Fail(ErrorKind::kInvalidInput, "a job of this home is not a guest here");
   uint64_t id = next_guest_++;
@@ -585,12 +578,8 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   if (it == jobs_.end()) {
     Fail(ErrorKind::kNotFound, "no job of this home has pid {} (mosps lists them)", home_pid);
   }
-  const Caller& caller = reply.caller();
   uid_t owner = it->second.here ? it->second.here->uid() : it->second.away->uid;
-  if (caller.peer || (caller.uid != 0 && caller.uid != owner)) {
-    Fail(ErrorKind::kInvalidInput, "job {} belongs to another user: only they or root may move it",
-         home_pid);
-  }
+  CheckJobOwner(reply.caller(), owner, home_pid, "move, freeze or checkpoint it");
   int slot = it->first;
   if (target == "checkpoint" || target == "freeze" || target == "continue") {
     if (it->second.away && it->second.away->frozen && target == "continue") {
@@ -611,7 +600,8 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
     if (target == "freeze") {
       Freeze(slot, it->second.here, std::move(reply));
     } else {
-      Checkpoint(it->second.here, request.getPath(), owner, std::move(reply));
+      Caller caller = reply.caller();
+      Checkpoint(it->second.here, request.getPath(), caller, std::move(reply));
     }
     return;
   }
@@ -777,21 +767,45 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const
   if (done) done(OutcomeOf(move));
 }
 
-void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path, uid_t owner,
-                             ReplySender reply) {
+void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path,
+                             const Caller& caller, ReplySender reply) {
   if (path.empty() || path[0] != '/') {
     Fail(ErrorKind::kInvalidInput, "checkpoint needs an absolute path for the images, not '{}'",
          path);
   }
-  HW_SYSCALL(::mkdir(path.c_str(), 0700), "create {}", path);
-  HW_SYSCALL(::chown(path.c_str(), owner, static_cast<gid_t>(-1)), "chown {}", path);
+  // The directory is the caller's to name, so it is made with the caller's rights (uid,
+  // gid and groups as the kernel reports them), never root's.
+  JobIdentity id = JobIdentity::OfProcess(caller.pid, caller.uid, caller.gid);
+  FsIdentity who{id.uid, id.gid, id.groups};
+  std::string work_root = config_.state_dir + "/criu-work";
   auto pending = std::make_shared<ReplySender>(std::move(reply));
   DumpOffLoop(
-      job, path, migrate::AfterDump::kRun, [this, path, pending](const DumpOutcome& result) {
+      job, migrate::AfterDump::kRun,
+      [path, who, work_root, home_pid = job->home_pid()](pid_t init,
+                                                          migrate::DumpOptions options) {
+        CheckpointDir dir = CheckpointDir::Create(path, who);
+        // criu's log and scratch files stay in root's own state directory: a log the user
+        // could write would let the error message quote a file the user may not read.
+        ::mkdir(work_root.c_str(), 0700);
+        std::string work = fmt::format("{}/checkpoint-{}", work_root, home_pid);
+        migrate::RemoveImageDir(work);
+        HW_SYSCALL(::mkdir(work.c_str(), 0700), "create {}", work);
+        options.work_dir = work;
+        migrate::DumpResult result;
+        try {
+          result = migrate::Dump(init, dir.fd_path(), options);
+        } catch (...) {
+          migrate::RemoveImageDir(work);
+          throw;
+        }
+        migrate::RemoveImageDir(work);
+        dir.HandOver();
+        return result;
+      },
+      [this, pending](const DumpOutcome& result) {
         if (!result.error.empty()) {
-          ::rmdir(path.c_str());
           pending->SendError(
-              Error(ErrorKind::kFailed, fmt::format("checkpoint failed: {}", result.error)));
+              Error(result.kind, fmt::format("checkpoint failed: {}", result.error)));
           return;
         }
         capnp::MallocMessageBuilder message;
@@ -803,9 +817,8 @@ void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path, 
       });
 }
 
-void JobRegistry::DumpOffLoop(const std::shared_ptr<Job>& job, const std::string& dir,
-                              migrate::AfterDump after,
-                              std::function<void(const DumpOutcome&)> done) {
+void JobRegistry::DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDump after,
+                              DumpStep dump, std::function<void(const DumpOutcome&)> done) {
   auto result = std::make_shared<DumpOutcome>();
   migrate::DumpOptions options;
   options.after = after;
@@ -814,13 +827,18 @@ void JobRegistry::DumpOffLoop(const std::shared_ptr<Job>& job, const std::string
   pid_t init = job->init_pid();
   int status = QueueWork(
       loop_,
-      [result, init, dir, options] {
+      [result, init, options, dump = std::move(dump)] {
         try {
-          result->dump = migrate::Dump(init, dir, options);
+          result->dump = dump(init, options);
+        } catch (const Error& e) {
+          result->error = e.what();
+          result->kind = e.kind();
         } catch (const std::exception& e) {
           result->error = e.what();
-          // A job left stopped by a failed step runs on where it was.
-          if (options.after == migrate::AfterDump::kStop) migrate::ContinueJob(init);
+        }
+        // A job left stopped by a failed step runs on where it was.
+        if (!result->error.empty() && options.after == migrate::AfterDump::kStop) {
+          migrate::ContinueJob(init);
         }
       },
       [alive = alive_, result, done] {
@@ -839,7 +857,10 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
   job->relay().PauseReading(true);
   auto pending = std::make_shared<ReplySender>(std::move(reply));
   try {
-    DumpOffLoop(job, dir, migrate::AfterDump::kStop,
+    DumpOffLoop(job, migrate::AfterDump::kStop,
+                [dir](pid_t init, const migrate::DumpOptions& options) {
+                  return migrate::Dump(init, dir, options);
+                },
                 [this, slot, job, dir, pending](const DumpOutcome& outcome) {
                   const DumpOutcome* result = &outcome;
                   job->set_migrating(false);

@@ -186,16 +186,21 @@ class JobRegistry {
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,
                                                             const std::string& where) const;
   void TakeRestored();
-  void Checkpoint(std::shared_ptr<Job> job, const std::string& path, uid_t owner,
+  // Writes a checkpoint of a running job into a new directory the caller names, made
+  // with the caller's rights (checkpoint_dir.h); the job runs on.
+  void Checkpoint(std::shared_ptr<Job> job, const std::string& path, const Caller& caller,
                   ReplySender reply);
   void Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply);
   struct DumpOutcome {
     migrate::DumpResult dump;
     std::string error;
+    ErrorKind kind = ErrorKind::kFailed;
   };
+  // Dumps a job's init (given with the options to use), on libuv's thread pool.
+  using DumpStep = std::function<migrate::DumpResult(pid_t init, migrate::DumpOptions options)>;
   // Dumps `job` into `dir` on the thread pool, then calls `done` on the loop.
-  void DumpOffLoop(const std::shared_ptr<Job>& job, const std::string& dir,
-                   migrate::AfterDump after, std::function<void(const DumpOutcome&)> done);
+  void DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDump after, DumpStep dump,
+                   std::function<void(const DumpOutcome&)> done);
   void Continue(int slot, std::shared_ptr<Away> away, ReplySender reply);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
 

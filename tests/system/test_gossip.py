@@ -179,7 +179,7 @@ class Intruder:
 def start_intruder(cluster, tmp):
     """A mosnoded with a key of its own, inside node1's namespace, seeded with node1."""
     key = os.path.join(tmp, "other.key")
-    with open(key, "w") as f:
+    with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(os.urandom(32).hex() + "\n")
     slot = cluster.info["slot"]
     config = os.path.join(tmp, "node.toml")

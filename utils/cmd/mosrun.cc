@@ -195,9 +195,26 @@ int Run(const Options& options) {
   bool stdin_open = true;
   bool stdout_broken = false;
   char buffer[64 * 1024];
+  // Input sent and not yet taken by the job's node: at most the input window, so that no
+  // daemon holds more of it and a signal never waits behind a flood of input.
+  uint64_t input_unacked = 0;
+  // The daemon closes its end right after the job's exit: input or a signal sent at that
+  // moment meets a closed socket, and the exit is still there to read.
+  bool daemon_hung_up = false;
+  auto deliver = [&](const std::function<void(schema::ControlRequest::Builder)>& fill) {
+    if (daemon_hung_up) return;
+    try {
+      Send(fd, fill);
+    } catch (const Error& e) {
+      if (e.sys_errno() != EPIPE && e.sys_errno() != ECONNRESET) throw;
+      daemon_hung_up = true;
+      stdin_open = false;
+    }
+  };
   for (;;) {
     pollfd fds[3] = {{fd, POLLIN, 0}, {signals.get(), POLLIN, 0}, {0, POLLIN, 0}};
-    nfds_t count = stdin_open ? 3 : 2;
+    bool may_send = input_unacked + sizeof buffer <= schema::INPUT_WINDOW;
+    nfds_t count = stdin_open && may_send ? 3 : 2;
     if (poll(fds, count, -1) < 0) {
       if (errno == EINTR) continue;
       throw SystemError(errno, "poll");
@@ -205,19 +222,20 @@ int Run(const Options& options) {
     if (fds[1].revents & POLLIN) {
       signalfd_siginfo info;
       if (read(signals.get(), &info, sizeof info) == sizeof info) {
-        Send(fd, [&](auto request) { request.setJobSignal(static_cast<int>(info.ssi_signo)); });
+        deliver([&](auto request) { request.setJobSignal(static_cast<int>(info.ssi_signo)); });
       }
     }
-    if (stdin_open && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+    if (count == 3 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
       ssize_t n = read(0, buffer, sizeof buffer);
       if (n > 0) {
-        Send(fd, [&](auto request) {
+        input_unacked += static_cast<uint64_t>(n);
+        deliver([&](auto request) {
           request.setJobInput(
               kj::arrayPtr(reinterpret_cast<const kj::byte*>(buffer), static_cast<size_t>(n)));
         });
       } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
         stdin_open = false;
-        Send(fd, [](auto request) { request.setJobInputEnd(); });
+        deliver([](auto request) { request.setJobInputEnd(); });
       }
     }
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -245,10 +263,13 @@ int Run(const Options& options) {
               if (e.sys_errno() != EPIPE) throw;
               // Our reader is gone: the job gets the SIGPIPE it would have had at home.
               stdout_broken = true;
-              Send(fd, [](auto request) { request.setJobSignal(SIGPIPE); });
+              deliver([](auto request) { request.setJobSignal(SIGPIPE); });
             }
             break;
           }
+          case schema::ControlReply::JOB_INPUT_TAKEN:
+            input_unacked -= std::min<uint64_t>(input_unacked, reply.getJobInputTaken());
+            break;
           case schema::ControlReply::JOB_EXITED: {
             auto exit = reply.getJobExited();
             if (exit.hasMessage() && exit.getMessage().size() > 0) {

@@ -2,6 +2,9 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <fstream>
@@ -108,6 +111,36 @@ std::string ReadWholeFile(const std::string& path, std::string* error) {
   return contents.str();
 }
 
+// The cluster key opens every node of the cluster: a key file that anyone but its owner
+// (the daemon's user) may read or change is refused, as ssh refuses a private key.
+std::string ReadKeyFile(const std::string& path, std::string* error) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    *error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+    return {};
+  }
+  struct stat st;
+  std::string text;
+  if (::fstat(fd, &st) != 0) {
+    *error = fmt::format("cannot stat {}: {}", path, std::strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    *error = fmt::format("{} is not a regular file", path);
+  } else if (st.st_uid != ::geteuid()) {
+    *error = fmt::format("{} belongs to uid {}, not to this daemon's uid {}: chown it", path,
+                         st.st_uid, ::geteuid());
+  } else if (st.st_mode & 077) {
+    *error = fmt::format("{} may be read or changed by others (mode {:04o}): chmod 600 it", path,
+                         st.st_mode & 07777);
+  } else {
+    char buffer[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<size_t>(n));
+    if (n < 0) *error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+  }
+  ::close(fd);
+  return error->empty() ? text : std::string();
+}
+
 }  // namespace
 
 Endpoint Endpoint::Parse(const std::string& text, uint16_t default_port) {
@@ -207,7 +240,7 @@ level_ok:
 
   config.key_file = reader.RequiredString("cluster.key_file");
   std::string read_error;
-  std::string key_text = ReadWholeFile(config.key_file, &read_error);
+  std::string key_text = ReadKeyFile(config.key_file, &read_error);
   if (!read_error.empty()) reader.Problem("cluster.key_file", read_error);
   try {
     config.cluster_key = ParseClusterKey(key_text);
@@ -231,6 +264,7 @@ level_ok:
   if (config.gossip.dead_after <= config.gossip.suspect_after) {
     reader.Problem("gossip.dead_ms", "must be greater than gossip.suspect_ms");
   }
+  config.files_trust_root = reader.Boolean("files.trust_root", config.files_trust_root);
   BalanceConfig& balance = config.balance;
   balance.automatic = reader.Boolean("balance.automatic", balance.automatic);
   balance.interval = reader.Millis("balance.interval_ms", balance.interval);

@@ -48,6 +48,8 @@ struct NodeConfig {
   std::string control_socket;  // default: <state_dir>/control.sock
   std::string mosix_root = "/mosix";
   std::string export_root = "/";  // the tree this node serves to its jobs' homefs
+  // [files] trust_root: serve peers' uid 0 as root rather than as nobody (root squash).
+  bool files_trust_root = false;
   std::string key_file;
   std::vector<uint8_t> cluster_key;  // 32 bytes, read from key_file
   std::vector<Endpoint> seeds;

@@ -24,6 +24,7 @@ class ConfigTest : public ::testing::Test {
     dir_ = mkdtemp(pattern);
     key_path_ = dir_ + "/cluster.key";
     WriteFile(key_path_, std::string(64, 'a') + "\n");
+    chmod(key_path_.c_str(), 0600);
   }
   void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
 
@@ -170,4 +171,13 @@ TEST_F(ConfigTest, MalformedKeyIsNamed) {
 }
 
 }  // namespace
+TEST_F(ConfigTest, RefusesAKeyFileOthersMayRead) {
+  for (mode_t mode : {0644, 0640, 0604, 0660, 0622}) {
+    chmod(key_path_.c_str(), mode);
+    EXPECT_THAT(ErrorOf(Good()), HasSubstr("may be read or changed by others"));
+  }
+  chmod(key_path_.c_str(), 0400);
+  EXPECT_NO_THROW(LoadNodeConfig(Write(Good())));
+}
+
 }  // namespace homeward

@@ -60,7 +60,7 @@ IncomingMessage ControlClient::Call(
     ErrorKind error_kind = ErrorKind::kFailed;
     for (auto candidate : {ErrorKind::kInvalidInput, ErrorKind::kNotFound,
                            ErrorKind::kDisconnected, ErrorKind::kOverloaded,
-                           ErrorKind::kUnimplemented}) {
+                           ErrorKind::kUnimplemented, ErrorKind::kPermissionDenied}) {
       if (ErrorKindName(candidate) == kind) error_kind = candidate;
     }
     throw Error(error_kind, error.getMessage());

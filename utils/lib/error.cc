@@ -13,6 +13,7 @@ std::string_view ErrorKindName(ErrorKind kind) {
     case ErrorKind::kDisconnected: return "disconnected";
     case ErrorKind::kOverloaded: return "overloaded";
     case ErrorKind::kUnimplemented: return "unimplemented";
+    case ErrorKind::kPermissionDenied: return "permission denied";
   }
   return "unknown";
 }
@@ -33,6 +34,8 @@ ErrorKind KindForErrno(int err) {
     case EMFILE:
     case ENFILE: return ErrorKind::kOverloaded;
     case EINVAL: return ErrorKind::kInvalidInput;
+    case EPERM:
+    case EACCES: return ErrorKind::kPermissionDenied;
     case ENOSYS:
     case EOPNOTSUPP: return ErrorKind::kUnimplemented;
     default: return ErrorKind::kFailed;

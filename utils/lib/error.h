@@ -19,6 +19,7 @@ enum class ErrorKind {
   kDisconnected,   // The peer or daemon went away; retrying later may work.
   kOverloaded,     // Temporarily out of a resource; retrying later may work.
   kUnimplemented,  // The request is understood but not supported.
+  kPermissionDenied,  // The caller may not do this; another user (root, the owner) may.
 };
 
 std::string_view ErrorKindName(ErrorKind kind);

@@ -57,8 +57,16 @@ struct ControlReply {
     done @7 :Void;
     migrated @8 :Migrated;
     adminReport @9 :AdminReport;
+    jobInputTaken @10 :UInt32;
+    # From the job's node: this many more bytes of jobInput have left the relay (written
+    # to the job's stdin, or dropped because the job closed it). mosrun keeps at most
+    # kInputWindow bytes of input unacknowledged, so no daemon on the way holds more
+    # than that, and signals never queue behind a flood of input.
   }
 }
+
+const inputWindow :UInt32 = 1048576;
+# The most jobInput bytes a mosrun may have sent and not yet seen jobInputTaken for.
 
 struct ControlError {
   kind @0 :Text;
