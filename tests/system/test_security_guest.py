@@ -3,8 +3,8 @@
 a job's /proc holds only its own processes, a process of the same user outside the job is
 neither listed nor reachable through /proc/PID/root, the job's init is out of reach, /dev
 is minimal, /sys and the node's OS paths are read-only, and every job runs with no
-capabilities and no_new_privs, at home and away. Such a job still moves node1 -> node2 ->
-home."""
+capabilities and no_new_privs, at home and away. Such a job, root's or the user's, still
+moves node1 -> node2 -> home."""
 
 import json
 import os
@@ -171,30 +171,35 @@ class GuestSandboxTest(unittest.TestCase):
 
     def test_sandboxed_job_still_moves(self):
         c = self.cluster
-        c.run("node1", "sh", "-c", "rm -f /data/sec/go* /data/sec/out /data/sec/status && "
-                                   "cat > /data/sec/moving.sh", input=MOVING)
-        c.run("node1", "sh", "-c", "cd /data/sec && (mosrun sh moving.sh > out 2>err; "
-                                   "echo $? > status) >/dev/null 2>&1 & echo started")
-        pid = c.wait_for(lambda: next(
-            (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]
-             if "moving.sh" in j["cmd"]), None), 20, "the job to start")
-        moved = c.run("node1", "mosmigrate", str(pid), "node2", check=False)
-        self.assertEqual(moved.returncode, 0, moved.stderr)
-        c.run("node1", "touch", "/data/sec/go0")
-        c.wait_for(lambda: "NoNewPrivs" in c.run("node1", "cat", "/data/sec/out").stdout,
-                   30, "the job's first round")
-        moved = c.run("node1", "mosmigrate", str(pid), "home", check=False)
-        self.assertEqual(moved.returncode, 0, moved.stderr)
-        c.run("node1", "touch", "/data/sec/go1")
-        c.wait_for(lambda: c.run("node1", "cat", "/data/sec/status", check=False).stdout,
-                   30, "the job to end")
-        self.assertEqual(c.run("node1", "cat", "/data/sec/status").stdout, "0\n")
-        out = c.run("node1", "cat", "/data/sec/out").stdout
-        self.assertEqual(out, "round 0 on node1: 1 2\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
-                              "round 1 on node1: 1 2\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n")
-        # It did run on node2: the log there says so.
-        self.assertIn(f"job {pid} restored here", c.log("node2"))
-
+        c.run("node1", "sh", "-c", "cat > /data/sec/moving.sh", input=MOVING)
+        for user in (False, True):
+            with self.subTest(user=user):
+                c.run("node1", "sh", "-c", "rm -f /data/sec/go* /data/sec/out /data/sec/err "
+                                           "/data/sec/status")
+                start = "(mosrun sh moving.sh > out 2>err; echo $? > status) >/dev/null 2>&1 &"
+                if user:
+                    start = f"runuser -u {USER} -- sh -c '{start}'"
+                c.run("node1", "sh", "-c", f"cd /data/sec && {start} echo started")
+                pid = c.wait_for(lambda: next(
+                    (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]
+                     if "moving.sh" in j["cmd"]), None), 20, "the job to start")
+                moved = c.run("node1", "mosmigrate", str(pid), "node2", check=False)
+                self.assertEqual(moved.returncode, 0, moved.stderr)
+                c.run("node1", "touch", "/data/sec/go0")
+                c.wait_for(lambda: "NoNewPrivs" in c.run("node1", "cat", "/data/sec/out").stdout,
+                           30, "the job's first round")
+                moved = c.run("node1", "mosmigrate", str(pid), "home", check=False)
+                self.assertEqual(moved.returncode, 0, moved.stderr)
+                c.run("node1", "touch", "/data/sec/go1")
+                c.wait_for(lambda: c.run("node1", "cat", "/data/sec/status", check=False).stdout,
+                           30, "the job to end")
+                self.assertEqual(c.run("node1", "cat", "/data/sec/status").stdout, "0\n")
+                out = c.run("node1", "cat", "/data/sec/out").stdout
+                self.assertEqual(out, "round 0 on node1: 1 2\nCapEff:\t0000000000000000\n"
+                                      "NoNewPrivs:\t1\nround 1 on node1: 1 2\n"
+                                      "CapEff:\t0000000000000000\nNoNewPrivs:\t1\n")
+                # It did run on node2: the log there says so.
+                self.assertIn(f"job {pid} restored here", c.log("node2"))
 
 if __name__ == "__main__":
     harness.main()
