@@ -109,6 +109,16 @@ class GuestSandboxTest(unittest.TestCase):
                 listed = self.as_user(f"mosrun {where}ls /proc").stdout.split()
                 self.assertEqual([name for name in listed if name.isdigit()], ["1", "2"])
 
+    def test_proc_paths_by_home_ids(self):
+        # The shim turns /proc/<home id> into the job's inner pid, which the job's own /proc
+        # names: the shell's own ($$) and a child's ($!) alike.
+        probe = ('sleep 30 & p=$!; test $p -ge 4194304 && echo home-id; '
+                 'tr "\\0" " " < /proc/$p/cmdline; echo; grep -c ^Pid: /proc/$$/status; kill $p')
+        for where in ("", "-r node2 "):
+            with self.subTest(where=where or "home"):
+                out = self.as_user(f"mosrun {where}sh -c '{probe}'").stdout
+                self.assertEqual(out, "home-id\nsleep 30 \n1\n")
+
     def test_host_process_of_the_same_user_is_out_of_reach(self):
         pid = self.host_pid
         # Outside a job the way is open: that is what the sandbox must close.
