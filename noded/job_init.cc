@@ -487,7 +487,7 @@ const char* DropCapabilities() {
 
 // `mosjob-init --prepare-root ROOT`: makes a mount namespace like a job's (see kJobView)
 // for CRIU to restore a moved job into, says "ready" on fd 3, and holds the namespace
-// until its stdin closes. The job's /proc comes with its pid namespace (`--mount-proc`).
+// until its stdin closes. The job's /proc comes with its pid namespace (MountProcOf).
 int PrepareRoot(const char* root) {
   if (unshare(CLONE_NEWNS) != 0) Die("unshare the mount namespace");
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
