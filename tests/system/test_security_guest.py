@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """A guest is sandboxed: tried as an ordinary user (and as root) on a loopback cluster,
 a job's /proc holds only its own processes, a process of the same user outside the job is
-neither listed nor reachable through /proc/PID/root, the job's init is out of reach, /dev
-is minimal, /sys and the node's OS paths are read-only, and every job runs with no
-capabilities and no_new_privs, at home and away. Such a job, root's or the user's, still
-moves node1 -> node2 -> home."""
+neither listed nor reachable through /proc/PID/root, nor are its System V IPC objects, the
+job's init is out of reach, /dev is minimal, /sys and the node's OS paths are read-only,
+and every job runs with no capabilities and no_new_privs, at home and away. Such a job,
+root's or the user's, still moves node1 -> node2 -> home."""
 
 import json
 import os
@@ -132,6 +132,18 @@ class GuestSandboxTest(unittest.TestCase):
             with self.subTest(user=user):
                 out = run(f"mosrun -r node2 sh -c '{probe}'").stdout
                 self.assertEqual(out, "absent\nrefused\nrefused\n")
+
+    def test_host_ipc_is_out_of_reach(self):
+        # A System V shared memory segment of the same user on node2, open to everyone.
+        made = self.as_user("ipcmk -M 4096 -p 0666", node="node2").stdout
+        shmid = made.split()[-1]
+        try:
+            listed = self.sh("ipcs -m", node="node2").stdout
+            self.assertIn(f" {shmid} ", listed)
+            count = "ipcs -m | grep -c ^0x || true"
+            self.assertEqual(self.as_user(f"mosrun -r node2 sh -c '{count}'").stdout, "0\n")
+        finally:
+            self.sh(f"ipcrm -m {shmid}", node="node2", check=False)
 
     def test_init_is_out_of_reach(self):
         probe = ("ls /proc/1/root/ >/dev/null 2>&1 && echo root-open || echo root-refused; "
