@@ -86,6 +86,7 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
   }
 
   bool closed() const { return closed_ || closing_; }
+  const Caller& caller() const { return caller_; }
 
   // Learns who connected; the kernel's word, checked once at accept.
   void ReadCaller() {
@@ -335,8 +336,27 @@ void ControlServer::Accept() {
   if (uv_accept(listener_.stream(), reinterpret_cast<uv_stream_t*>(connection->pipe())) < 0) {
     return;
   }
-  connections_.insert(connection);
   connection->ReadCaller();
+  // Each connection may buffer a frame of up to kMaxControlFrameBytes: a cap per local
+  // user (root's own commands excepted) and in all keeps one user from taking the
+  // daemon's memory or descriptors from everyone else.
+  size_t same_user = 0;
+  for (const auto& other : connections_) {
+    if (!other->caller().peer && other->caller().uid == connection->caller().uid) ++same_user;
+  }
+  bool too_many = connections_.size() >= kMaxConnections ||
+                  (connection->caller().uid != 0 && same_user >= kMaxConnectionsPerUser);
+  connections_.insert(connection);
+  if (too_many) {
+    ReplySender(std::make_shared<PendingReply>(connection, connection->caller()))
+        .SendError(Error(ErrorKind::kOverloaded,
+                         fmt::format("too many connections to the node daemon from uid {} "
+                                     "(at most {} per user, {} in all)",
+                                     connection->caller().uid, kMaxConnectionsPerUser,
+                                     kMaxConnections)));
+    connection->CloseAfterWrites();
+    return;
+  }
   try {
     connection->StartReading();
   } catch (const Error& e) {

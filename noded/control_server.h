@@ -113,6 +113,11 @@ class ControlServer {
   // Stops listening, closes every connection and removes the socket file.
   void Stop();
 
+  // Connections served at once: by one local user other than root, and in all (jobs'
+  // relays included: each running job of a user holds one).
+  static constexpr size_t kMaxConnectionsPerUser = 1024;
+  static constexpr size_t kMaxConnections = 8192;
+
   // Serves an authenticated connection from another node's daemon like a local client
   // (requests to the handler). Safe to call from any thread: peer connections are
   // authenticated on the peer server's threads, then served on the loop.

@@ -36,11 +36,12 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
           [this](auto request, ReplySender reply) { HandleControl(request, std::move(reply)); }),
       jobs_(
           loop, config_, control_, [this](const std::string& node) { return ResolvePeer(node); },
-          [this] { return balancer_.Picture(); }, std::move(faults)),
+          [this] { return balancer_.Picture(); }, faults),
       file_server_(config_.export_root, 8,
                    config_.files_trust_root ? FileSession::Root::kTrust
                                             : FileSession::Root::kSquash),
-      peer_server_(config_.address, config_.peer_port, config_.cluster_key),
+      peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
+                   std::move(faults)),
       home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
                                      .self = config_.name,
                                      .export_root = config_.export_root,

@@ -39,8 +39,10 @@ class FileSessionTest : public ::testing::Test {
     uint64_t fh;
     std::string data;
   };
+  // Calls the fixture's session, or `session` when given; the caller is uid 0.
   Result Call(schema::FileOp op, uint64_t node, const std::string& name,
-              const std::function<void(schema::FileRequest::Builder)>& fill = {}) {
+              const std::function<void(schema::FileRequest::Builder)>& fill = {},
+              FileSession* session = nullptr) {
     capnp::MallocMessageBuilder in, out;
     auto rq = in.initRoot<schema::FileRequest>();
     rq.setVersion(schema::FILES_VERSION);
@@ -49,7 +51,7 @@ class FileSessionTest : public ::testing::Test {
     rq.setName(name);
     if (fill) fill(rq);
     auto rs = out.initRoot<schema::FileResponse>();
-    session_->Handle(rq.asReader(), rs);
+    (session ? session : session_.get())->Handle(rq.asReader(), rs);
     auto data = rs.getData();
     return {rs.getError(), rs.hasEntry() ? rs.getEntry().getNode() : 0, rs.getFh(),
             std::string(reinterpret_cast<const char*>(data.begin()), data.size())};
@@ -139,30 +141,19 @@ TEST_F(FileSessionTest, PeersRootIsSquashedByDefault) {
   std::ofstream(base_ + "/export/dir/private") << "root only";
   ::chmod((base_ + "/export/dir/private").c_str(), 0600);
   FileSession squashed(root_.get());  // the default
-  auto call = [&](FileSession& session, Op op, uint64_t node, const std::string& name,
-                  int flags, uint32_t mode) {
-    capnp::MallocMessageBuilder in, out;
-    auto rq = in.initRoot<schema::FileRequest>();
-    rq.setVersion(schema::FILES_VERSION);
-    rq.setOp(op);
-    rq.setNode(node);
-    rq.setName(name);
-    rq.setFlags(flags);
-    rq.setMode(mode);
-    rq.initCred().setUid(0);  // root on the peer
-    auto rs = out.initRoot<schema::FileResponse>();
-    session.Handle(rq.asReader(), rs);
-    return std::pair{rs.getError(), rs.hasEntry() ? rs.getEntry().getNode() : uint64_t{0}};
-  };
   for (FileSession* session : {&squashed, session_.get()}) {
-    bool trusted = session == session_.get();
-    auto dir = call(*session, Op::LOOKUP, 1, "dir", 0, 0);
-    ASSERT_EQ(dir.first, 0);
-    auto file = call(*session, Op::LOOKUP, dir.second, "private", 0, 0);
-    ASSERT_EQ(file.first, 0);
-    EXPECT_EQ(call(*session, Op::OPEN, file.second, "", O_RDONLY, 0).first, trusted ? 0 : EACCES);
-    EXPECT_EQ(call(*session, Op::CREATE, dir.second, "planted", O_WRONLY, S_IFREG | 0644).first,
-              trusted ? 0 : EACCES);
+    int denied = session == session_.get() ? 0 : EACCES;
+    auto dir = Call(Op::LOOKUP, 1, "dir", {}, session);
+    ASSERT_EQ(dir.error, 0);
+    auto file = Call(Op::LOOKUP, dir.node, "private", {}, session);
+    ASSERT_EQ(file.error, 0);
+    EXPECT_EQ(Call(Op::OPEN, file.node, "", [](auto rq) { rq.setFlags(O_RDONLY); }, session).error,
+              denied);
+    EXPECT_EQ(Call(Op::CREATE, dir.node, "planted", [](auto rq) {
+                rq.setFlags(O_WRONLY);
+                rq.setMode(S_IFREG | 0644);
+              }, session).error,
+              denied);
   }
 }
 

@@ -21,6 +21,12 @@ constexpr size_t kReceiveBuffer = kMaxGossipDatagram + 1;
 // Drops are logged at most this often, with the counts since the last line.
 constexpr int64_t kDropLogIntervalMs = 10'000;
 
+uint64_t WallMicros() {
+  timeval now{};
+  gettimeofday(&now, nullptr);
+  return static_cast<uint64_t>(now.tv_sec) * 1'000'000 + static_cast<uint64_t>(now.tv_usec);
+}
+
 uint64_t StartIncarnation() {
   // Wall-clock milliseconds: a restarted daemon starts above anything its former life
   // could have raised its incarnation to by refuting suspicions.
@@ -51,6 +57,7 @@ Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
     : loop_(loop),
       config_(config),
       codec_(config.cluster_key),
+      replay_(config.gossip.replay_window.count()),
       membership_(SelfRecord(config), MembershipOptions::FromConfig(config.gossip),
                   RandomSeed(config)),
       epoch_(std::chrono::steady_clock::now()),
@@ -172,6 +179,19 @@ void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr
         std::span(reinterpret_cast<const uint8_t*>(buf->base), static_cast<size_t>(nread)),
         &drops_);
     if (!message || addr->sa_family != AF_INET) return;
+    // Authentic is not enough: a datagram recorded and sent again must not be believed
+    // or answered. Checked after the MAC, so only a key holder's stamps are remembered.
+    switch (replay_.Check(message->sender.name, message->sender.incarnation, message->stamp,
+                          WallMicros())) {
+      case ReplayGuard::Verdict::kFresh:
+        break;
+      case ReplayGuard::Verdict::kStale:
+        drops_.Count(DropReason::kStale);
+        return;
+      case ReplayGuard::Verdict::kReplayed:
+        drops_.Count(DropReason::kReplayed);
+        return;
+    }
     const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
     char host[INET_ADDRSTRLEN] = {};
     inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
@@ -184,19 +204,21 @@ void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr
 }
 
 void Gossip::SendAll() {
-  for (const auto& outgoing : outbox_) Send(outgoing);
+  for (auto& outgoing : outbox_) Send(outgoing);
   outbox_.clear();
 }
 
-void Gossip::Send(const Outgoing& outgoing) {
+void Gossip::Send(Outgoing& outgoing) {
   std::vector<uint8_t> datagram;
+  GossipMessage& message = outgoing.message;
+  message.stamp = stamps_.Next(WallMicros());
   try {
-    datagram = codec_.Encode(outgoing.message);
+    datagram = codec_.Encode(message);
   } catch (const Error&) {
     // A window too large for one datagram: send the sender's record alone.
-    GossipMessage small = outgoing.message;
-    small.entries.clear();
-    datagram = codec_.Encode(small);
+    message.entries.clear();
+    message.news = 0;
+    datagram = codec_.Encode(message);
   }
   sockaddr_in addr = outgoing.to.ToSockaddr();
   uv_buf_t buf =

@@ -1,6 +1,7 @@
 // Gossip: the daemon's UDP side of membership. Binds config.address:gossip_port, runs a
 // round every gossip interval (measure, probe, send the window), decodes and
-// authenticates what arrives, and tells subscribers when a peer becomes alive or dead.
+// authenticates what arrives (dropping replays), and tells subscribers when a peer
+// becomes alive or dead.
 #pragma once
 
 #include <uv.h>
@@ -13,6 +14,7 @@
 
 #include "config.h"
 #include "gossip_codec.h"
+#include "gossip_replay.h"
 #include "membership.h"
 #include "node_metrics.h"
 #include "uv_handle.h"
@@ -50,13 +52,15 @@ class Gossip {
   void Round();
   void OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr);
   void SendAll();
-  void Send(const Outgoing& outgoing);
+  void Send(Outgoing& outgoing);  // stamps the message, then sends it
   void LogDrops();
   NodeRecord Measured() const;
 
   uv_loop_t* loop_;
   NodeConfig config_;
   GossipCodec codec_;
+  StampClock stamps_;
+  ReplayGuard replay_;
   NodeMetrics metrics_;
   Membership membership_;
   UvHandle<uv_udp_t> socket_;

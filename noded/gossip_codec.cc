@@ -26,6 +26,13 @@ void PutU32(uint8_t* out, uint32_t value) {
 uint32_t GetU32(const uint8_t* in) {
   return (uint32_t{in[0]} << 24) | (uint32_t{in[1]} << 16) | (uint32_t{in[2]} << 8) | in[3];
 }
+void PutU64(uint8_t* out, uint64_t value) {
+  PutU32(out, static_cast<uint32_t>(value >> 32));
+  PutU32(out + 4, static_cast<uint32_t>(value));
+}
+uint64_t GetU64(const uint8_t* in) {
+  return (uint64_t{GetU32(in)} << 32) | GetU32(in + 4);
+}
 
 void ToWire(const NodeRecord& record, schema::NodeRecord::Builder out) {
   out.setName(record.name);
@@ -109,6 +116,10 @@ const char* DropReasonName(DropReason reason) {
       return "bad MAC";
     case DropReason::kMalformed:
       return "malformed";
+    case DropReason::kStale:
+      return "out of the time window";
+    case DropReason::kReplayed:
+      return "replayed";
     case DropReason::kCount:
       break;
   }
@@ -166,6 +177,7 @@ std::vector<uint8_t> GossipCodec::EncodeWithVersion(const GossipMessage& message
   PutU32(out.data(), kGossipMagic);
   out[4] = static_cast<uint8_t>(version >> 8);
   out[5] = static_cast<uint8_t>(version);
+  PutU64(out.data() + 8, message.stamp);
   std::memcpy(out.data() + kGossipHeaderBytes, payload.begin(), payload.size());
   size_t signed_bytes = size - kGossipMacBytes;
   crypto_auth(out.data() + signed_bytes, out.data(), signed_bytes, key_.data());
@@ -196,6 +208,7 @@ std::optional<GossipMessage> GossipCodec::Decode(std::span<const uint8_t> datagr
   std::array<capnp::word, kMaxGossipDatagram / kWord> words;
   std::memcpy(words.data(), datagram.data() + kGossipHeaderBytes, payload_bytes);
   GossipMessage message;
+  message.stamp = GetU64(datagram.data() + 8);
   try {
     capnp::ReaderOptions options;
     options.traversalLimitInWords = kTraversalLimitWords;

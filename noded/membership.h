@@ -61,6 +61,9 @@ struct GossipMessage {
   // pingReq: the node to probe; ack: the node that answered.
   std::string probe_name;
   Endpoint probe;
+  // When the sender sent it: microseconds of its wall clock, strictly increasing per
+  // sender (the codec's header; the receiver drops replays by it, noded/gossip_replay.h).
+  uint64_t stamp = 0;
 };
 
 struct Outgoing {

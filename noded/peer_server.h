@@ -1,22 +1,26 @@
-// PeerServer: the daemon's TCP endpoint for other nodes (address:peer_port). Every
-// connection runs the cluster-key handshake on its own thread, so a slow or hostile peer
-// never blocks the event loop or other peers; an authenticated connection is handed to
-// the service it asked for ("files"; later "migration", "relay"). A peer without the key
-// gets nothing, and the refusal is logged.
+// PeerServer: the daemon's TCP endpoint for other nodes (address:peer_port). Before a
+// connection proves the cluster key it costs no thread: one gate thread runs every
+// pending handshake over non-blocking sockets with poll(), within the limits of
+// PeerConfig (per source address, in all, one deadline each; noded/peer_admission.h).
+// Only an authenticated connection gets a thread, for the service it asked for
+// ("files", "jobs", "migration"). A stranger gets nothing, and refusals are logged at a
+// bounded rate.
 #pragma once
 
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "config.h"
+#include "fault.h"
 #include "fd.h"
+#include "peer_admission.h"
 #include "peer_auth.h"
 
 namespace homeward {
@@ -25,34 +29,59 @@ using PeerService = std::function<void(Fd, PeerIdentity)>;
 
 class PeerServer {
  public:
-  PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key);
+  // Fault point "peer-thread": no thread can be had for an authenticated connection, as
+  // under a pids limit.
+  PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key, PeerConfig limits,
+             FaultPoints faults = {});
   PeerServer(const PeerServer&) = delete;
   PeerServer& operator=(const PeerServer&) = delete;
   ~PeerServer();
 
-  // Registers the handler of `service`; it runs on the connection's own thread and owns
-  // the connection. Register before Start.
+  // Registers the handler of `service`; it runs on a thread of its own and owns the
+  // connection. Register before Start.
   void Register(const std::string& service, PeerService handler);
   // Binds and listens; throws Error naming the address when it cannot.
   void Start();
-  // Stops accepting, shuts every connection down and waits for their threads.
+  // Stops accepting, closes every pending handshake and waits for the services' threads
+  // (the services end their own connections first).
   void Stop();
   uint16_t port() const { return port_; }
 
  private:
-  void AcceptLoop();
-  void RunConnection(Fd fd, std::string who);
+  // A connection in its handshake; owned by the gate thread.
+  struct Pending {
+    Fd fd;
+    std::string who;  // "A.B.C.D:PORT", for the log
+    PeerHandshake handshake;
+    std::string out;  // handshake bytes the socket has not taken yet
+  };
+
+  void GateLoop();
+  void GateRound();
+  void AcceptSome(int64_t now_ms);
+  void Step(int fd, short revents);
+  void Refuse(int fd, PeerRefusal reason, const std::string& why);
+  void HandOff(int fd);
+  void Launch(Fd fd, PeerIdentity peer, PeerService* handler);
+  int64_t NowMs() const;
 
   std::string address_;
   uint16_t port_;
   std::vector<uint8_t> key_;
   std::map<std::string, PeerService> services_;
+  FaultPoints faults_;
   Fd listener_;
-  std::thread acceptor_;
+  Fd wake_;  // an eventfd: Stop wakes the gate thread with it
+  std::thread gate_;
+  // The gate thread's own state.
+  PendingPeers admission_;
+  RefusalLog refusals_;
+  std::map<int, std::unique_ptr<Pending>> pending_;
+  int64_t listen_again_ms_ = 0;  // accepting pauses briefly when descriptors run out
+  // Shared with the services' threads.
   std::mutex mutex_;
   std::condition_variable idle_;
-  std::set<int> connections_;  // in their handshake; services track their own
-  int running_ = 0;
+  int running_ = 0;  // services' threads
   bool stopping_ = false;
 };
 

@@ -135,7 +135,7 @@ class GossipTest(unittest.TestCase):
                     elif kind == 1:
                         data = rng.randbytes(rng.randrange(1, 2000))
                     elif kind == 2:  # our header, then noise and a made-up MAC
-                        data = b"HWGS\x00\x01\x00\x00" + rng.randbytes(rng.randrange(8, 1500))
+                        data = b"HWGS\x00\x02\x00\x00" + rng.randbytes(rng.randrange(16, 1500))
                     elif kind == 3:  # an unknown version
                         data = b"HWGS\x00\x09\x00\x00" + rng.randbytes(200)
                     else:  # larger than any gossip datagram

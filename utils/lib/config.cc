@@ -265,6 +265,14 @@ level_ok:
     reader.Problem("gossip.dead_ms", "must be greater than gossip.suspect_ms");
   }
   config.files_trust_root = reader.Boolean("files.trust_root", config.files_trust_root);
+  config.gossip.replay_window =
+      reader.Millis("gossip.replay_window_ms", config.gossip.replay_window);
+  PeerConfig& peer = config.peer;
+  peer.max_pending_per_source = static_cast<int>(
+      reader.Integer("peer.max_pending_per_source", peer.max_pending_per_source, 1, 4096));
+  peer.max_pending =
+      static_cast<int>(reader.Integer("peer.max_pending", peer.max_pending, 1, 4096));
+  peer.handshake = reader.Millis("peer.handshake_ms", peer.handshake);
   BalanceConfig& balance = config.balance;
   balance.automatic = reader.Boolean("balance.automatic", balance.automatic);
   balance.interval = reader.Millis("balance.interval_ms", balance.interval);

@@ -27,6 +27,17 @@ struct GossipConfig {
   std::chrono::milliseconds suspect_after{3000};  // silence before a node is suspected
   std::chrono::milliseconds dead_after{8000};     // silence before it is declared dead
   int window = 16;                                // records carried per gossip datagram
+  // A datagram whose send time differs from this node's clock by more is dropped (as a
+  // replay, or a sender whose clock is off): the nodes' clocks must agree this closely.
+  std::chrono::milliseconds replay_window{30000};
+};
+
+// Connections to the peer port before they prove the cluster key: a stranger may open
+// them, so each costs a bounded share and a bounded time (noded/peer_server.h).
+struct PeerConfig {
+  int max_pending_per_source = 8;             // unauthenticated, from one address
+  int max_pending = 64;                       // unauthenticated, in all
+  std::chrono::milliseconds handshake{5000};  // the whole handshake, from accept
 };
 
 // The balancer (noded/balancer.h); the policy's finer knobs keep their defaults.
@@ -55,6 +66,7 @@ struct NodeConfig {
   std::vector<Endpoint> seeds;
   GossipConfig gossip;
   BalanceConfig balance;
+  PeerConfig peer;
   std::string log_level = "info";
 };
 

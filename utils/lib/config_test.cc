@@ -93,6 +93,22 @@ TEST_F(ConfigTest, ReadsEveryOptionalField) {
   EXPECT_EQ(config.seeds[0].port, 5100);  // seeds default to our own gossip port
 }
 
+TEST_F(ConfigTest, ReadsPeerLimitsAndReplayWindow) {
+  NodeConfig defaults = LoadNodeConfig(Write(Good()));
+  EXPECT_EQ(defaults.peer.max_pending_per_source, 8);
+  EXPECT_EQ(defaults.peer.max_pending, 64);
+  EXPECT_EQ(defaults.peer.handshake, std::chrono::milliseconds(5000));
+  EXPECT_EQ(defaults.gossip.replay_window, std::chrono::milliseconds(30000));
+  NodeConfig config = LoadNodeConfig(
+      Write(Good() + "[gossip]\nreplay_window_ms = 2000\n[peer]\nmax_pending_per_source = 2\n"
+                     "max_pending = 10\nhandshake_ms = 700\n"));
+  EXPECT_EQ(config.peer.max_pending_per_source, 2);
+  EXPECT_EQ(config.peer.max_pending, 10);
+  EXPECT_EQ(config.peer.handshake, std::chrono::milliseconds(700));
+  EXPECT_EQ(config.gossip.replay_window, std::chrono::milliseconds(2000));
+  EXPECT_THAT(ErrorOf(Good() + "[peer]\nmax_pending = 0\n"), HasSubstr("peer.max_pending"));
+}
+
 TEST_F(ConfigTest, ReadsBalanceSection) {
   NodeConfig defaults = LoadNodeConfig(Write(Good()));
   EXPECT_TRUE(defaults.balance.automatic);

@@ -158,7 +158,10 @@ void PeerHandshake::Advance() {
       state_ = State::kDone;
       return;
     case Step::kVerdict:
-      if (in[0] != 1) return Fail("the server refused the connection");
+      if (in[0] != 1) {
+        return Fail(
+            fmt::format("the server refused the connection (it runs no '{}' service)", service_));
+      }
       step_ = Step::kEnd;
       state_ = State::kDone;
       return;
@@ -169,43 +172,57 @@ void PeerHandshake::Advance() {
 
 namespace {
 
-void SetTimeouts(int fd, std::chrono::milliseconds timeout) {
-  timeval tv{};
-  tv.tv_sec = timeout.count() / 1000;
-  tv.tv_usec = (timeout.count() % 1000) * 1000;
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
+// Runs the handshake on a socket (blocking or not) within one deadline for the whole
+// exchange, not per call: a peer trickling a byte at a time still runs out of time.
 void Run(int fd, PeerHandshake& h, std::chrono::milliseconds timeout, const std::string& who) {
-  SetTimeouts(fd, timeout);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto wait_for = [&](short events, const char* step) {
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      deadline - std::chrono::steady_clock::now())
+                      .count();
+      if (left <= 0) {
+        throw SystemError(ETIMEDOUT, fmt::format("peer handshake with {}: {} (not done within "
+                                                 "{} ms)",
+                                                 who, step, timeout.count()));
+      }
+      pollfd p{fd, events, 0};
+      int ready = ::poll(&p, 1, static_cast<int>(left));
+      if (ready < 0 && errno != EINTR) {
+        throw SystemError(errno, fmt::format("peer handshake with {}: poll", who));
+      }
+      if (ready > 0) return;
+    }
+  };
   for (;;) {
     std::string out = h.TakeOutput();
-    if (!out.empty()) {
-      if (::send(fd, out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size())) {
-        throw SystemError(errno, fmt::format("peer handshake with {}: send", who));
-      }
+    size_t sent = 0;
+    while (sent < out.size()) {
+      wait_for(POLLOUT, "send");
+      ssize_t n = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+      if (n < 0) throw SystemError(errno, fmt::format("peer handshake with {}: send", who));
+      sent += static_cast<size_t>(n);
     }
     if (h.state() == PeerHandshake::State::kFailed) {
       throw Error(ErrorKind::kFailed, fmt::format("peer handshake with {}: {}", who, h.error()));
     }
     if (h.state() == PeerHandshake::State::kDone) break;
+    wait_for(POLLIN, "receive");
     std::string in(h.wanted(), '\0');
-    ssize_t n = ::recv(fd, in.data(), in.size(), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno == EAGAIN ? ETIMEDOUT : errno;
-      throw SystemError(err, fmt::format("peer handshake with {}: receive", who));
-    }
+    ssize_t n = ::recv(fd, in.data(), in.size(), MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (n < 0) throw SystemError(errno, fmt::format("peer handshake with {}: receive", who));
     if (n == 0) {
       throw Error(
           ErrorKind::kDisconnected,
-          fmt::format("peer handshake with {}: connection closed (wrong cluster key?)", who));
+          fmt::format("peer handshake with {}: connection closed (wrong cluster key, or the "
+                      "node refused more connections from this address)",
+                      who));
     }
     in.resize(static_cast<size_t>(n));
     h.Feed(in);
   }
-  SetTimeouts(fd, std::chrono::milliseconds(0));
 }
 
 }  // namespace

@@ -1,11 +1,13 @@
 // Peer authentication: the mutual challenge-response handshake that opens every
 // connection between nodes (file service, migration, job relay). Sans-I/O: the handshake
-// objects consume and produce bytes; PeerConnect/PeerAccept run one on a blocking fd.
+// objects consume and produce bytes; PeerConnect/PeerAccept run one on a socket within
+// one deadline for the whole exchange (the daemon's PeerServer runs many at once on
+// non-blocking sockets, noded/peer_server.h).
 //
 //   client -> server  "HWPEER01" | client nonce (32) | service length (1) | service
 //   server -> client  "HWPEER01" | server nonce (32) | tag("server")
 //   client -> server  tag("client")
-//   server -> client  1 byte: 1 = accepted
+//   server -> client  1 byte: 1 = accepted, 0 = no such service
 //
 // tag(role) = crypto_auth (HMAC-SHA512-256) under the cluster key of
 // role | client nonce | server nonce | service. Each side proves the key over both fresh

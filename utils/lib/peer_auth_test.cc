@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <thread>
 
 #include "error.h"
@@ -135,6 +136,35 @@ TEST(PeerHandshake, BlockingServerRejectsWrongKey) {
   });
   EXPECT_THROW(PeerAccept(b.get(), Key(5), std::chrono::seconds(5)), Error);
   client.join();
+}
+
+TEST(PeerHandshake, OneDeadlineForTheWholeHandshake) {
+  // A peer that sends a byte of its hello every 100 ms never lets a single receive wait
+  // long, but the handshake as a whole runs out of time.
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  Fd a = Fd::Adopt(fds[0]), b = Fd::Adopt(fds[1]);
+  std::atomic<bool> done = false;
+  std::thread trickle([&] {
+    std::string hello = PeerHandshake::Client(Key(5), "files").TakeOutput();
+    for (char byte : hello) {
+      if (done) break;
+      ::send(a.get(), &byte, 1, MSG_NOSIGNAL);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  auto start = std::chrono::steady_clock::now();
+  try {
+    PeerAccept(b.get(), Key(5), std::chrono::milliseconds(700));
+    ADD_FAILURE() << "a trickling peer finished its handshake";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not done within 700 ms"), std::string::npos) << e.what();
+  }
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(took, std::chrono::milliseconds(650));
+  EXPECT_LT(took, std::chrono::milliseconds(2000));
+  done = true;
+  trickle.join();
 }
 
 }  // namespace

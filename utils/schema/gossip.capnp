@@ -7,7 +7,8 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("homeward::schema");
 
-const gossipVersion :UInt16 = 1;
+# 2: the codec's header carries the sender's stamp, against replays.
+const gossipVersion :UInt16 = 2;
 
 enum MemberState {
   alive @0;
