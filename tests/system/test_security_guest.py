@@ -112,8 +112,11 @@ class GuestSandboxTest(unittest.TestCase):
     def test_proc_paths_by_home_ids(self):
         # The shim turns /proc/<home id> into the job's inner pid, which the job's own /proc
         # names: the shell's own ($$) and a child's ($!) alike.
+        # (The child is the shell's fork until it has run sleep: read until it has.)
         probe = ('sleep 30 & p=$!; test $p -ge 4194304 && echo home-id; '
-                 'tr "\\0" " " < /proc/$p/cmdline; echo; grep -c ^Pid: /proc/$$/status; kill $p')
+                 'for i in $(seq 100); do c=$(tr "\\0" " " < /proc/$p/cmdline); '
+                 'test "$c" = "sleep 30 " && break; sleep 0.05; done; echo "$c"; '
+                 'grep -c ^Pid: /proc/$$/status; kill $p')
         for where in ("", "-r node2 "):
             with self.subTest(where=where or "home"):
                 out = self.as_user(f"mosrun {where}sh -c '{probe}'").stdout
