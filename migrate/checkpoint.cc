@@ -371,6 +371,10 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     call.args.push_back("--inherit-fd");
     call.args.push_back(fmt::format("fd[{}]:pipe:[{}]", pipe.fd, pipe.inode));
   }
+  for (const auto& script : options.action_scripts) {
+    call.args.push_back("--action-script");
+    call.args.push_back(script);
+  }
   if (options.faults.Hit("restore-criu")) {
     call.args.push_back("--action-script");
     call.args.push_back(kFailPostRestore);

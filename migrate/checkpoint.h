@@ -62,6 +62,10 @@ struct RestoreOptions {
   // files reopen by path there; -1 restores into the caller's own.
   int mount_namespace_fd = -1;
   std::string work_dir;  // as in DumpOptions
+  // Programs criu runs (by path, without arguments or a shell) at each step of the
+  // restore (--action-script), with CRTOOLS_SCRIPT_ACTION naming the step and
+  // CRTOOLS_INIT_PID the restored init; one that fails fails the restore.
+  std::vector<std::string> action_scripts;
   // "restore-before-criu", "restore-criu" (criu fails), "restore-after-criu" (the
   // restored job is killed again and the restore reported as failed).
   FaultPoints faults;

@@ -175,7 +175,7 @@ void Job::Start() {
   options.stdout_fd = stdout_pipe.write.get();
   options.stderr_fd = stderr_pipe.write.get();
   options.extra_fds = {status_pipe.write.get()};
-  options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS;
+  options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
   init_.emplace(ChildProcess::Spawn(options));
 
   // The job's ends are the job's alone now.

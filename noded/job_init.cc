@@ -1,12 +1,15 @@
 // mosjob-init: pid 1 of every job. The daemon starts it in fresh PID, mount and UTS
-// namespaces; it gives the job its home's hostname and a /proc of its own, roots it in
-// the home's tree when the job runs away from home, starts the user's program (pid 2)
-// with the user's credentials, forwards signals to it, reaps every orphan of the job,
+// namespaces; it gives the job its home's hostname and a view of its own (the home's
+// tree, or at home the node's, with the job's own /proc, a minimal /dev and a read-only
+// /sys), starts the user's program (pid 2) in that view with the user's credentials, no
+// capabilities and no_new_privs, forwards signals to it, reaps every orphan of the job,
 // and reports the program's end on fd 3. It links nothing of the daemon.
 //
 //   mosjob-init --home NAME --uid U --gid G [--groups G1,G2] [--umask OCTAL]
 //               [--cwd DIR] [--root DIR] [--preload LIB] [--rlimit RES=SOFT:HARD]...
 //               -- PROGRAM ARGS...
+//   mosjob-init --prepare-root DIR     (a namespace for CRIU to restore a job into)
+//   CRTOOLS_SCRIPT_ACTION=... mosjob-init   (CRIU's action script during that restore)
 //
 // mosjob-init's own environment is the daemon's making; the program gets the caller's
 // variables (passed behind the HOMEWARD_USER_ENV: prefix) once it runs as the user.
@@ -15,7 +18,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
+#include <linux/audit.h>
+#include <linux/capability.h>
 #include <linux/close_range.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -26,9 +34,11 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -151,24 +161,194 @@ bool IsRealDirectory(const std::string& path) {
   return lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-// Roots the job in `root` (the home's tree as this node sees it), keeping the operating
-// system's own paths local: the cluster is homogeneous in its OS, as MOSIX assumes.
-void EnterHomeTree(const std::string& root) {
-  static const char* kLocalPaths[] = {"/usr", "/lib",  "/lib32", "/lib64", "/libx32",
-                                      "/bin", "/sbin", "/dev",   "/sys",   "/proc"};
-  for (const char* path : kLocalPaths) {
-    std::string target = root + path;
-    if (!IsRealDirectory(path) || !IsRealDirectory(target)) continue;
-    if (mount(path, target.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0) {
-      Die(std::string("bind ") + path + " into the home tree");
+// A job's mount namespace has two roots. Its root mount is a small tmpfs of the init's
+// own, holding the node's /proc (CRIU, which runs in this namespace to dump the job, needs
+// the node's pids there), the OS paths CRIU and its action scripts run from, a copy of
+// this program, and at kJobView the job's view: the home's tree (or at home the node's
+// own), with the job's own /proc, a minimal /dev and a read-only /sys. The init stays at
+// the root mount; the user's program is chrooted into the view, without the capabilities
+// that could leave it (CAP_SYS_CHROOT, CAP_SYS_ADMIN; a chrooted process may not create a
+// user namespace), and the init itself is out of its reach: ptrace and /proc/1/root need
+// the init's uid and a superset of its capabilities.
+constexpr char kJobView[] = "/job";
+constexpr char kInitCopy[] = "/mosjob-init";
+constexpr char kStaging[] = "/tmp";  // where the new root is mounted before pivot_root
+constexpr const char* kOsPaths[] = {"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin"};
+
+void Mount(const char* source, const std::string& target, const char* type, unsigned long flags,
+           const char* data = nullptr) {
+  if (mount(source, target.c_str(), type, flags, data) != 0) {
+    Die(std::string("mount ") + (type ? type : source) + " on " + target);
+  }
+}
+
+void SetAttributes(const std::string& path, uint64_t set) {
+  mount_attr attr{};
+  attr.attr_set = set;
+  if (mount_setattr(AT_FDCWD, path.c_str(), AT_RECURSIVE, &attr, sizeof attr) != 0) {
+    Die("make " + path + " read-only");
+  }
+}
+
+// `source` (the node's own) bound read-only at `target`; its own symlink where the node
+// has a symlink (merged /usr: /bin -> usr/bin), when `copy_links`.
+void BindReadOnly(const char* source, const std::string& target, bool copy_links) {
+  struct stat st;
+  if (lstat(source, &st) != 0) return;
+  if (S_ISLNK(st.st_mode)) {
+    if (!copy_links) return;
+    char link[PATH_MAX];
+    ssize_t n = readlink(source, link, sizeof link - 1);
+    if (n <= 0) Die(std::string("readlink ") + source);
+    link[n] = '\0';
+    if (symlink(link, target.c_str()) != 0 && errno != EEXIST) Die("symlink " + target);
+    return;
+  }
+  if (!S_ISDIR(st.st_mode)) return;
+  if (mkdir(target.c_str(), 0755) != 0 && errno != EEXIST) Die("mkdir " + target);
+  if (!IsRealDirectory(target)) return;
+  Mount(source, target, nullptr, MS_BIND | MS_REC);
+  SetAttributes(target, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV);
+}
+
+// Drops whatever is mounted at `path` in the view (the node's /proc, /dev or /sys, copied
+// with the node's tree): the view gets its own, and nothing of the node's stays beneath.
+void DetachAll(const std::string& path) {
+  while (umount2(path.c_str(), MNT_DETACH) == 0) {
+  }
+}
+
+// A /dev with only what programs expect of it; nothing of the node's devices.
+void MountMinimalDev(const std::string& dev) {
+  DetachAll(dev);
+  Mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k");
+  struct Node {
+    const char* name;
+    unsigned major, minor;
+  };
+  for (Node node : {Node{"null", 1, 3}, Node{"zero", 1, 5}, Node{"full", 1, 7},
+                    Node{"random", 1, 8}, Node{"urandom", 1, 9}, Node{"tty", 5, 0}}) {
+    std::string path = dev + "/" + node.name;
+    if (mknod(path.c_str(), S_IFCHR | 0666, makedev(node.major, node.minor)) != 0 ||
+        chmod(path.c_str(), 0666) != 0) {
+      Die("create " + path);
     }
   }
-  if (chdir(root.c_str()) != 0) Die("enter the home tree " + root);
+  for (auto [name, target] : {std::pair{"fd", "/proc/self/fd"},
+                              {"stdin", "/proc/self/fd/0"},
+                              {"stdout", "/proc/self/fd/1"},
+                              {"stderr", "/proc/self/fd/2"},
+                              {"ptmx", "pts/ptmx"}}) {
+    if (symlink(target, (dev + "/" + name).c_str()) != 0) Die("create " + dev + "/" + name);
+  }
+  for (const char* dir : {"/pts", "/shm"}) {
+    if (mkdir((dev + dir).c_str(), 0755) != 0) Die("create " + dev + dir);
+  }
+  Mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620");
+  Mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+  Mount(nullptr, dev, nullptr, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "mode=0755");
+}
+
+// Hides a file (under the view's /dev/null) or a directory (under an empty read-only
+// tmpfs) of the node's that the view must show but a job has no business reading.
+void Hide(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    Mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0555");
+  } else {
+    Mount((std::string(kJobView) + "/dev/null").c_str(), path, nullptr, MS_BIND);
+  }
+}
+
+// The job's own /proc (of the calling process's pid namespace) in its view, with what a
+// job must not change or read of its node (sysctls, sysrq, the kernel's memory, timers)
+// read-only or hidden, as container runtimes do.
+void MountJobProc() {
+  std::string proc = std::string(kJobView) + "/proc";
+  if (!IsRealDirectory(proc)) return;
+  Mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC);
+  for (const char* name : {"sys", "sysrq-trigger", "irq", "bus", "fs"}) {
+    std::string path = proc + "/" + name;
+    if (access(path.c_str(), F_OK) != 0) continue;
+    Mount(path.c_str(), path, nullptr, MS_BIND);
+    SetAttributes(path,
+                  MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+  }
+  for (const char* name :
+       {"kcore", "keys", "timer_list", "timer_stats", "sched_debug", "kmsg", "latency_stats",
+        "kpagecount", "kpageflags", "kpagecgroup", "acpi", "asound", "scsi"}) {
+    Hide(proc + "/" + name);
+  }
+}
+
+// Builds the job's mount namespace as described at kJobView and moves into its root.
+// `root` is the home's tree ("/" at home); `own_proc`: mount the job's /proc now (the
+// init, already in the job's pid namespace); a namespace prepared for a restore gets it
+// once CRIU has made that pid namespace (MountProcOf, as CRIU's action script).
+void BuildJobRoot(const std::string& root, bool own_proc) {
+  // The view is a copy of the tree taken before the new root is mounted anywhere, so the
+  // new root (and the node's /proc in it) never appears inside the view.
+  int tree = open_tree(AT_FDCWD, root.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  if (tree < 0) Die("copy the tree " + root);
+  Mount("tmpfs", kStaging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m");
+  std::string top = kStaging;
+  std::string view = top + kJobView;
+  if (mkdir(view.c_str(), 0755) != 0) Die("mkdir " + view);
+  if (move_mount(tree, "", AT_FDCWD, view.c_str(), MOVE_MOUNT_F_EMPTY_PATH) != 0) {
+    Die("mount the job's tree at " + view);
+  }
+  close(tree);
+  // The cluster is homogeneous in its OS, as MOSIX assumes: a guest runs the node's own
+  // programs and libraries, which it must not change.
+  if (root != "/") {
+    for (const char* path : kOsPaths) {
+      if (IsRealDirectory(path) && IsRealDirectory(view + path)) {
+        BindReadOnly(path, view + path, false);
+      }
+    }
+  }
+  if (IsRealDirectory(view + "/dev")) MountMinimalDev(view + "/dev");
+  if (IsRealDirectory(view + "/sys")) {
+    // sysfs alone: not the filesystems mounted in it (cgroups, debugfs, tracefs, bpf),
+    // which a root job, owner of their root-only files, could read.
+    DetachAll(view + "/sys");
+    Mount("/sys", view + "/sys", nullptr, MS_BIND);
+    SetAttributes(view + "/sys",
+                  MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    for (const char* name : {"/firmware", "/devices/virtual/powercap"}) Hide(view + "/sys" + name);
+  }
+  if (IsRealDirectory(view + "/proc")) DetachAll(view + "/proc");
+
+  // The root for the init and CRIU: the node's /proc, /dev and /sys, its OS paths, a
+  // scratch /tmp, and this very program (its path outside may not exist in the view).
+  for (const char* path : kOsPaths) BindReadOnly(path, top + path, true);
+  for (const char* path : {"/proc", "/dev", "/sys"}) {
+    if (mkdir((top + path).c_str(), 0755) != 0) Die("mkdir " + top + path);
+    Mount(path, top + path, nullptr, MS_BIND | MS_REC);
+  }
+  if (mkdir((top + "/tmp").c_str(), 01777) != 0) Die("mkdir " + top + "/tmp");
+  std::string init_copy = top + kInitCopy;
+  int placeholder = open(init_copy.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0700);
+  if (placeholder < 0) Die("create " + init_copy);
+  close(placeholder);
+  // By its path: the executable's own mount may belong to the namespace we came from
+  // (--prepare-root unshares after exec), and a mount of another namespace cannot be bound.
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) Die("find the init's own executable");
+  self[n] = '\0';
+  Mount(self, init_copy, nullptr, MS_BIND);
+  SetAttributes(init_copy, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV);
+
+  if (chdir(top.c_str()) != 0) Die("enter " + top);
   // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only
-  // the home tree, so nothing of this node's own files stays reachable.
-  if (syscall(SYS_pivot_root, ".", ".") != 0) Die("pivot_root to " + root);
+  // the new root, so nothing of this node's own tree stays reachable but what it holds.
+  if (syscall(SYS_pivot_root, ".", ".") != 0) Die("pivot_root to the job's root");
   if (umount2(".", MNT_DETACH) != 0) Die("detach the node's own root");
   if (chdir("/") != 0) Die("chdir /");
+  if (own_proc) MountJobProc();
 }
 
 void SetUpNamespaces(const Options& options) {
@@ -176,25 +356,76 @@ void SetUpNamespaces(const Options& options) {
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     Die("make the job's mounts private");
   }
-  // The job keeps the node's /proc rather than one of its own pid namespace: CRIU runs
-  // in the job's mount namespace to dump it and needs a /proc that shows its own pids.
-  // /proc/self is still the job's process; the shim turns /proc/<own home id> into it.
-  if (options.root != "/") EnterHomeTree(options.root);
+  BuildJobRoot(options.root, true);
 }
 
-// A guest's init was started from the node's own tree, which pivot_root has just hidden;
-// CRIU cannot dump a process whose executable lies on a mount outside its namespace. The
-// same path inside the home tree holds the same program (the OS paths are the node's own,
-// and the cluster runs one installation), so the init runs itself again from there, as a
-// moved guest's init already does. If the path is not there, the job runs on, unmovable.
-void ReexecInsideRoot(int argc, char** argv) {
-  std::vector<char*> again(argv, argv + argc + 1);
-  static char kRoot[] = "/";
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::string(argv[i]) == "--") break;
-    if (std::string(argv[i]) == "--root") again[i + 1] = kRoot;
+// The init was started from the node's own tree, which pivot_root has just hidden; CRIU
+// cannot dump a process whose executable lies on a mount outside its namespace. So the
+// init runs itself again from its copy in the job's root, where a restore finds it too.
+// The first argument tells the new image that the namespaces are built.
+constexpr char kEntered[] = "--entered";
+
+[[noreturn]] void ReexecInsideRoot(int argc, char** argv) {
+  std::vector<char*> again{const_cast<char*>(kInitCopy), const_cast<char*>(kEntered)};
+  again.insert(again.end(), argv + 1, argv + argc + 1);
+  execv(kInitCopy, again.data());
+  Die("run the init again from the job's root");
+}
+
+// In the program's process, first: into the job's view, for good. The bounding and
+// ambient sets are emptied while the init's capabilities still allow it, so that no
+// exec (of a root job, or of a file with capabilities) gives any back.
+const char* ConfineProgram() {
+  if (chroot(kJobView) != 0) return "enter the job's view";
+  if (chdir("/") != 0) return "enter the job's view";
+  for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; ++cap) {
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) return "drop the bounding capabilities";
   }
-  execv(argv[0], again.data());
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) {
+    return "clear the ambient capabilities";
+  }
+  return nullptr;
+}
+
+// The kernel's keyrings are the node's, not the job's: a job would share its uid's user
+// keyring on this node (root's, for a root job) and possess the session keyring it
+// inherits from the daemon (and after a restore, from CRIU). Their calls fail with EPERM,
+// as under container runtimes; CRIU carries the filter along with the job.
+const char* DenyKeyrings() {
+  constexpr uint32_t kX32Bit = 0x40000000;
+  constexpr uint32_t kDeny = SECCOMP_RET_ERRNO | EPERM;
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 6),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, ~kX32Bit),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 248, 9, 0),  // add_key
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 249, 8, 0),  // request_key
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 250, 7, 0),  // keyctl
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_I386, 0, 4),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 286, 3, 0),  // add_key
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 287, 2, 0),  // request_key
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 288, 1, 0),  // keyctl
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, kDeny),
+  };
+  sock_fprog program{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program, 0, 0) != 0) {
+    return "deny the keyring calls";
+  }
+  return nullptr;
+}
+
+// After the switch to the user's ids: no capability left (a root job keeps its uid 0,
+// and with it every capability, unless they are cleared here), and none to gain.
+const char* DropCapabilities() {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = {};
+  if (syscall(SYS_capset, &header, none) != 0) return "drop capabilities";
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return "set no_new_privs";
+  return DenyKeyrings();
 }
 
 // In the program's process, before exec: the user's identity and limits.
@@ -211,6 +442,7 @@ void ReexecInsideRoot(int argc, char** argv) {
     (void)!write(exec_error_fd, message, static_cast<size_t>(n));
     _exit(127);
   };
+  if (const char* step = ConfineProgram()) fail(step);
   for (const Limit& limit : options.limits) {
     rlimit value{limit.soft, limit.hard};
     if (setrlimit(limit.resource, &value) != 0) fail("set resource limits");
@@ -218,6 +450,7 @@ void ReexecInsideRoot(int argc, char** argv) {
   if (setgroups(options.groups.size(), options.groups.data()) != 0) fail("set groups");
   if (setresgid(options.gid, options.gid, options.gid) != 0) fail("set gid");
   if (setresuid(options.uid, options.uid, options.uid) != 0) fail("set uid");
+  if (const char* step = DropCapabilities()) fail(step);
   umask(options.umask_value);
   if (chdir(options.cwd.c_str()) != 0) fail("enter the working directory");
   // Only now, as the user, does the user's environment apply: the caller's variables come
@@ -252,15 +485,15 @@ void ReexecInsideRoot(int argc, char** argv) {
 
 }  // namespace
 
-// `mosjob-init --prepare-root ROOT`: makes a mount namespace like a guest job's (the
-// home's tree as root, the OS paths local) for CRIU to restore a moved job into, says
-// "ready" on fd 3, and holds the namespace until its stdin closes.
+// `mosjob-init --prepare-root ROOT`: makes a mount namespace like a job's (see kJobView)
+// for CRIU to restore a moved job into, says "ready" on fd 3, and holds the namespace
+// until its stdin closes. The job's /proc comes with its pid namespace (MountProcOf).
 int PrepareRoot(const char* root) {
   if (unshare(CLONE_NEWNS) != 0) Die("unshare the mount namespace");
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     Die("make the mounts private");
   }
-  if (std::string(root) != "/") EnterHomeTree(root);
+  BuildJobRoot(root, false);
   Report("ready");
   char byte;
   while (read(0, &byte, 1) > 0) {
@@ -268,8 +501,45 @@ int PrepareRoot(const char* root) {
   return 0;
 }
 
+// mosjob-init as CRIU's action script (criu runs it by path, without arguments, for each
+// step of a restore into the namespace --prepare-root made): once the restored job's pid
+// namespace exists and before any of its processes is restored (setup-namespaces), it
+// mounts that namespace's /proc in the job's view.
+int MountProcOf(const char* pid) {
+  if (pid == nullptr) {
+    fprintf(stderr, "mosjob-init: criu named no init pid\n");
+    return 1;
+  }
+  std::string ns = std::string("/proc/") + pid + "/ns/pid";
+  int fd = open(ns.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || setns(fd, CLONE_NEWPID) != 0) {
+    fprintf(stderr, "mosjob-init: cannot enter %s: %s\n", ns.c_str(), strerror(errno));
+    return 1;
+  }
+  pid_t child = fork();  // only a child is in the namespace setns named
+  if (child < 0) return 1;
+  if (child == 0) {
+    if (dup2(2, kStatusFd) < 0) _exit(1);  // Die reports there
+    MountJobProc();
+    _exit(0);
+  }
+  int status = 0;
+  while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--prepare-root") return PrepareRoot(argv[2]);
+  if (const char* action = getenv("CRTOOLS_SCRIPT_ACTION"); action && argc == 1) {
+    return std::string(action) == "setup-namespaces" ? MountProcOf(getenv("CRTOOLS_INIT_PID")) : 0;
+  }
+  bool entered = argc > 1 && std::string(argv[1]) == kEntered;
+  if (entered) {
+    argv[1] = argv[0];  // the rest parses as the first time
+    ++argv;
+    --argc;
+  }
   // The job holds no descriptor but its stdio and the status pipe: CRIU must be able to
   // dump it, and a guest must not hold anything of the daemon's.
   syscall(SYS_close_range, kStatusFd + 1, ~0U, 0);
@@ -279,9 +549,11 @@ int main(int argc, char** argv) {
     errno = EINVAL;
     Die("must be pid 1 of a new PID namespace");
   }
-  setsid();  // CRIU dumps a job only if its session leader is inside the namespace.
-  SetUpNamespaces(options);
-  if (options.root != "/") ReexecInsideRoot(argc, argv);
+  if (!entered) {
+    setsid();  // CRIU dumps a job only if its session leader is inside the namespace.
+    SetUpNamespaces(options);
+    ReexecInsideRoot(argc, argv);
+  }
 
   sigset_t all;
   sigfillset(&all);

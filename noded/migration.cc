@@ -69,7 +69,7 @@ RestoredHere RestoreHere(const std::string& dir,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults) {
   // CRIU restores the job into a mount namespace like the one a job starts in: the home's
-  // tree as root (for a guest), or this node's own (at home).
+  // tree as the job's view (for a guest), or this node's own (at home).
   Pipe hold = Pipe::Create();
   Pipe ready = Pipe::Create();
   SpawnOptions prepare;
@@ -91,6 +91,10 @@ RestoredHere RestoreHere(const std::string& dir,
   Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
   migrate::RestoreOptions restore;
   restore.mount_namespace_fd = mount_ns.get();
+  // The job's own /proc needs its pid namespace, which criu makes: mount it as soon as
+  // the namespace exists, before any process of the job is restored and runs.
+  // (criu runs a script by path, without a shell: mosjob-init's copy in the job's root.)
+  restore.action_scripts = {"/mosjob-init"};
   restore.faults = faults;
   for (const auto& pipe : external_pipes) {
     int job_end = pipe.role == "stdin"    ? in.read.get()

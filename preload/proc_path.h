@@ -14,9 +14,9 @@ inline constexpr size_t kProcPathMax = 4096;
 // When `path` is "/proc/<id>" or starts with "/proc/<id>/" and <id> is one of the job's
 // home ids, writes the path with the inner pid into `out` (kProcPathMax bytes) and
 // returns it; otherwise returns `path` itself. No allocation, no library calls.
-// A job running under the daemon sees its node's /proc (CRIU needs that /proc in the job's
-// mount namespace to dump it), where inner pids name other processes: the caller's own
-// id (`self_inner`, its inner pid) therefore becomes "/proc/self".
+// A job sees a /proc of its own pid namespace (mosjob-init mounts it in the job's view),
+// so every inner pid names that process there; the caller's own id (`self_inner`, its
+// inner pid) becomes "/proc/self", which names the same process in any /proc.
 const char* TranslateProcPath(const PidMap& map, const char* path, char* out,
                               long self_inner = -1);
 
