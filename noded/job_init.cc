@@ -292,6 +292,15 @@ void BuildJobRoot(const std::string& root, bool own_proc) {
   // new root (and the node's /proc in it) never appears inside the view.
   int tree = open_tree(AT_FDCWD, root.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
   if (tree < 0) Die("copy the tree " + root);
+  // This very program, taken now by its path: the staging tmpfs may hide that path (a
+  // build under /tmp), and the executable's own mount may belong to the namespace we came
+  // from (--prepare-root unshares after exec), which a bind by descriptor could not use.
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) Die("find the init's own executable");
+  self[n] = '\0';
+  int self_tree = open_tree(AT_FDCWD, self, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+  if (self_tree < 0) Die(std::string("copy the init's own executable ") + self);
   Mount("tmpfs", kStaging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m");
   std::string top = kStaging;
   std::string view = top + kJobView;
@@ -333,13 +342,10 @@ void BuildJobRoot(const std::string& root, bool own_proc) {
   int placeholder = open(init_copy.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0700);
   if (placeholder < 0) Die("create " + init_copy);
   close(placeholder);
-  // By its path: the executable's own mount may belong to the namespace we came from
-  // (--prepare-root unshares after exec), and a mount of another namespace cannot be bound.
-  char self[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0) Die("find the init's own executable");
-  self[n] = '\0';
-  Mount(self, init_copy, nullptr, MS_BIND);
+  if (move_mount(self_tree, "", AT_FDCWD, init_copy.c_str(), MOVE_MOUNT_F_EMPTY_PATH) != 0) {
+    Die("mount the init's own executable at " + init_copy);
+  }
+  close(self_tree);
   SetAttributes(init_copy, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV);
 
   if (chdir(top.c_str()) != 0) Die("enter " + top);

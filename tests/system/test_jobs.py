@@ -71,11 +71,14 @@ class JobsAtHomeTest(unittest.TestCase):
         self.assertEqual(result.stdout.split()[-1], "2")
 
     def test_kill_home_pid_and_mosps(self):
-        script = ("mosrun sh -c 'trap \"echo got-usr1\" USR1; while :; do sleep 0.1; done' "
-                  "> /tmp/job.out & pid=$!; "
-                  "for i in $(seq 50); do mosps --json | grep -q \"\\\"pid\\\":$pid\" && break; "
-                  "sleep 0.1; done; mosps --json; kill -USR1 $pid; sleep 0.5; kill $pid; "
-                  "wait $pid; echo status=$?; cat /tmp/job.out; rm -f /tmp/job.out")
+        # The job says "ready" once its trap is set: a signal sent before would kill it.
+        script = ("out=$(mktemp); "
+                  "mosrun sh -c 'trap \"echo got-usr1\" USR1; echo ready; "
+                  "while :; do sleep 0.1; done' > $out & pid=$!; "
+                  "for i in $(seq 300); do grep -q ready $out && break; sleep 0.1; done; "
+                  "mosps --json; kill -USR1 $pid; "
+                  "for i in $(seq 300); do grep -q got-usr1 $out && break; sleep 0.1; done; "
+                  "kill $pid; wait $pid; echo status=$?; cat $out; rm -f $out")
         result = self.sh(script)
         lines = result.stdout.splitlines()
         listing = json.loads(lines[0])
