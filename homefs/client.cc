@@ -27,18 +27,21 @@ FileClient::~FileClient() {
 
 Fd FileClient::Connect() {
   auto connect_timeout = std::min(options_.timeout, std::chrono::milliseconds(5000));
-  Fd fd = PeerConnect(options_.host, options_.port, options_.key, "files", connect_timeout);
   // A cut link shows as data left unacknowledged (or keepalive probes unanswered) for
   // the timeout: the kernel then breaks the connection and every call in flight fails.
-  int one = 1;
+  // These are options of the TCP socket, under the encrypted channel.
   auto ms = static_cast<unsigned>(options_.timeout.count());
-  int idle = std::max(1, static_cast<int>(ms / 3000));
-  int count = 3;
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof idle);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+  auto tune = [ms](int tcp) {
+    int one = 1;
+    int idle = std::max(1, static_cast<int>(ms / 3000));
+    int count = 3;
+    ::setsockopt(tcp, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    ::setsockopt(tcp, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    ::setsockopt(tcp, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof idle);
+    ::setsockopt(tcp, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    ::setsockopt(tcp, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+  };
+  Fd fd = PeerConnect(options_.host, options_.port, options_.key, "files", connect_timeout, tune);
   // The version check, before anything else is sent on this connection.
   capnp::MallocMessageBuilder hello;
   auto rq = hello.initRoot<schema::FileRequest>();
