@@ -140,6 +140,7 @@ namespace {
 // Plain bytes opened ahead of the consumer, at most.
 constexpr size_t kMaxPlainAhead = 256 << 10;
 constexpr size_t kReceiveChunk = 256 << 10;
+constexpr int kPairBuffer = 4 << 20;
 // Once the consumer has closed its end, how long the peer has to end its direction too
 // (closing a socket with unread data would reset it and could lose what was sent).
 constexpr auto kLinger = std::chrono::seconds(10);
@@ -354,6 +355,16 @@ Fd StartSecureChannel(Fd tcp, const PeerSession& session, std::string who) {
              "socket pair for the connection to {}", who);
   Fd consumer = Fd::Adopt(pair[0]);
   Fd local = Fd::Adopt(pair[1]);
+  // Room for a whole large frame (a 1 MiB read reply, an image chunk) in the pair, so
+  // that the consumer hands it over in one call and the pump seals it in big records.
+  // Raising the buffer above the system's default limit needs CAP_NET_ADMIN (the daemon
+  // has it); without, the default stays.
+  for (int fd : pair) {
+    int size = kPairBuffer;
+    if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size) != 0) {
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    }
+  }
   // The pump never blocks on one socket while the other has work.
   int flags = ::fcntl(tcp.get(), F_GETFL);
   ::fcntl(tcp.get(), F_SETFL, flags | O_NONBLOCK);
