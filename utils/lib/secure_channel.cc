@@ -48,24 +48,32 @@ void RecordSealer::Seal(std::string_view plain, std::string& out) {
   if (plain.size() > kMaxRecordPlaintext) {
     throw Error(ErrorKind::kInvalidInput, "record larger than the most allowed");
   }
-  if (counter_ == UINT64_MAX) throw Error(ErrorKind::kFailed, "record counter exhausted");
   size_t at = out.size();
-  size_t sealed = plain.size() + kRecordTagBytes;
-  out.resize(at + kRecordHeaderBytes + sealed);
-  auto* header = reinterpret_cast<unsigned char*>(out.data() + at);
-  PutLength(static_cast<uint32_t>(sealed), header);
+  out.resize(at + kRecordHeaderBytes + plain.size() + kRecordTagBytes);
+  auto* record = reinterpret_cast<uint8_t*>(out.data() + at);
+  std::memcpy(record + kRecordHeaderBytes, plain.data(), plain.size());
+  SealInPlace(record, plain.size());
+}
+
+size_t RecordSealer::SealInPlace(uint8_t* record, size_t length) {
+  if (length > kMaxRecordPlaintext) {
+    throw Error(ErrorKind::kInvalidInput, "record larger than the most allowed");
+  }
+  if (counter_ == UINT64_MAX) throw Error(ErrorKind::kFailed, "record counter exhausted");
+  size_t sealed = length + kRecordTagBytes;
+  PutLength(static_cast<uint32_t>(sealed), record);
   unsigned char nonce[kNonceBytes];
   Nonce(counter_++, nonce);
-  unsigned long long length = 0;
-  auto* body = header + kRecordHeaderBytes;
-  auto* m = reinterpret_cast<const unsigned char*>(plain.data());
+  unsigned long long written = 0;
+  unsigned char* body = record + kRecordHeaderBytes;  // plaintext in, ciphertext out
   if (cipher_ == PeerCipher::kAes256Gcm) {
-    crypto_aead_aes256gcm_encrypt(body, &length, m, plain.size(), header, kRecordHeaderBytes,
+    crypto_aead_aes256gcm_encrypt(body, &written, body, length, record, kRecordHeaderBytes,
                                   nullptr, nonce, key_.data());
   } else {
-    crypto_aead_chacha20poly1305_ietf_encrypt(body, &length, m, plain.size(), header,
+    crypto_aead_chacha20poly1305_ietf_encrypt(body, &written, body, length, record,
                                               kRecordHeaderBytes, nullptr, nonce, key_.data());
   }
+  return kRecordHeaderBytes + sealed;
 }
 
 RecordOpener::RecordOpener(PeerCipher cipher,
@@ -96,9 +104,16 @@ void RecordOpener::Feed(std::string_view bytes) {
 }
 
 RecordOpener::Result RecordOpener::Next(std::string& plain) {
+  std::string_view view;
+  Result result = Open(&view);
+  if (result == Result::kRecord) plain.append(view);
+  return result;
+}
+
+RecordOpener::Result RecordOpener::Open(std::string_view* plain) {
   if (bad_) return Result::kBad;
   if (end_ - begin_ < kRecordHeaderBytes) return Result::kNeedMore;
-  const unsigned char* header = buffer_.data() + begin_;
+  unsigned char* header = buffer_.data() + begin_;
   uint32_t sealed = (uint32_t{header[0]} << 24) | (uint32_t{header[1]} << 16) |
                     (uint32_t{header[2]} << 8) | uint32_t{header[3]};
   if (sealed < kRecordTagBytes || sealed > kMaxRecordPlaintext + kRecordTagBytes) {
@@ -109,22 +124,18 @@ RecordOpener::Result RecordOpener::Next(std::string& plain) {
   if (end_ - begin_ < kRecordHeaderBytes + sealed) return Result::kNeedMore;
   unsigned char nonce[kNonceBytes];
   Nonce(counter_, nonce);
-  size_t at = plain.size();
-  plain.resize(at + sealed - kRecordTagBytes);
-  auto* out = reinterpret_cast<unsigned char*>(plain.data() + at);
+  unsigned char* body = header + kRecordHeaderBytes;  // ciphertext in, plaintext out
   unsigned long long length = 0;
   int status;
   if (cipher_ == PeerCipher::kAes256Gcm) {
-    status = crypto_aead_aes256gcm_decrypt(out, &length, nullptr, header + kRecordHeaderBytes,
-                                           sealed, header, kRecordHeaderBytes, nonce, key_.data());
+    status = crypto_aead_aes256gcm_decrypt(body, &length, nullptr, body, sealed, header,
+                                           kRecordHeaderBytes, nonce, key_.data());
   } else {
-    status = crypto_aead_chacha20poly1305_ietf_decrypt(out, &length, nullptr,
-                                                       header + kRecordHeaderBytes, sealed,
+    status = crypto_aead_chacha20poly1305_ietf_decrypt(body, &length, nullptr, body, sealed,
                                                        header, kRecordHeaderBytes, nonce,
                                                        key_.data());
   }
   if (status != 0) {
-    plain.resize(at);
     bad_ = true;
     error_ = fmt::format("record {} failed to authenticate (tampered, replayed or out of order)",
                          counter_);
@@ -132,13 +143,12 @@ RecordOpener::Result RecordOpener::Next(std::string& plain) {
   }
   ++counter_;
   begin_ += kRecordHeaderBytes + sealed;
+  *plain = std::string_view(reinterpret_cast<const char*>(body), length);
   return length == 0 ? Result::kEnd : Result::kRecord;
 }
 
 namespace {
 
-// Plain bytes opened ahead of the consumer, at most.
-constexpr size_t kMaxPlainAhead = 256 << 10;
 constexpr size_t kReceiveChunk = 256 << 10;
 constexpr int kPairBuffer = 4 << 20;
 // Once the consumer has closed its end, how long the peer has to end its direction too
@@ -163,24 +173,26 @@ class Pump {
   }
 
  private:
-  size_t ToTcp() const { return to_tcp_.size() - to_tcp_at_; }
+  size_t ToTcp() const { return to_tcp_length_ - to_tcp_at_; }
   size_t ToLocal() const { return to_local_.size() - to_local_at_; }
 
   void Loop() {
-    std::vector<char> chunk(kMaxRecordPlaintext);
+    // The record being sent: the consumer's bytes are read into it and sealed in place.
+    std::vector<uint8_t> record(kRecordHeaderBytes + kMaxRecordPlaintext + kRecordTagBytes);
+    to_tcp_ = record.data();
     std::chrono::steady_clock::time_point linger_until{};
     for (;;) {
       bool progress = false;
       // The consumer's bytes, sealed into a record (one at a time: back-pressure).
       if (!local_read_done_ && ToTcp() == 0) {
-        ssize_t n = ::recv(local_.get(), chunk.data(), chunk.size(), MSG_DONTWAIT);
+        ssize_t n = ::recv(local_.get(), record.data() + kRecordHeaderBytes, kMaxRecordPlaintext,
+                           MSG_DONTWAIT);
         if (n > 0 || n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-          to_tcp_.clear();
           to_tcp_at_ = 0;
           if (n > 0) {
-            sealer_.Seal(std::string_view(chunk.data(), static_cast<size_t>(n)), to_tcp_);
+            to_tcp_length_ = sealer_.SealInPlace(record.data(), static_cast<size_t>(n));
           } else {
-            sealer_.Seal({}, to_tcp_);  // the consumer ended its direction
+            to_tcp_length_ = sealer_.SealInPlace(record.data(), 0);  // the consumer's end
             local_read_done_ = true;
             if (local_hup_) local_gone_ = true;
           }
@@ -188,7 +200,7 @@ class Pump {
         }
       }
       while (ToTcp() > 0 && !tcp_write_shut_) {
-        ssize_t n = ::send(tcp_.get(), to_tcp_.data() + to_tcp_at_, ToTcp(),
+        ssize_t n = ::send(tcp_.get(), to_tcp_ + to_tcp_at_, ToTcp(),
                            MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
           if (errno == EINTR) continue;
@@ -204,13 +216,12 @@ class Pump {
       }
       // The peer's records, opened for the consumer.
       if (!tcp_read_done_ && ToLocal() == 0) {
-        to_local_.clear();
-        to_local_at_ = 0;
+        // One record at a time, opened in place and delivered from there; what
+        // authenticated before a bad record has reached the consumer by then.
         for (;;) {
-          auto result = opener_.Next(to_local_);
+          std::string_view opened;
+          auto result = opener_.Open(&opened);
           if (result == RecordOpener::Result::kBad) {
-            // What authenticated before it still reaches the consumer; then the end.
-            if (!to_local_.empty()) break;
             return Abort(fmt::format("{}; connection closed", opener_.error()));
           }
           if (result == RecordOpener::Result::kEnd) {
@@ -219,11 +230,11 @@ class Pump {
             break;
           }
           if (result == RecordOpener::Result::kRecord) {
+            to_local_ = opened;
+            to_local_at_ = 0;
             progress = true;
-            if (to_local_.size() >= kMaxPlainAhead) break;
-            continue;
+            break;
           }
-          if (!to_local_.empty()) break;  // deliver what is open before reading more
           ssize_t n = ::recv(tcp_.get(), opener_.Space(kReceiveChunk), kReceiveChunk,
                              MSG_DONTWAIT);
           if (n > 0) {
@@ -314,7 +325,7 @@ class Pump {
           spdlog::warn("peer {}: connection lost while sending", who_);
           local_read_done_ = true;
           tcp_write_shut_ = true;
-          to_tcp_.clear();
+          to_tcp_length_ = 0;
           to_tcp_at_ = 0;
         }
       }
@@ -329,9 +340,10 @@ class Pump {
   RecordSealer sealer_;
   RecordOpener opener_;
   std::string who_;
-  std::string to_tcp_;
+  const uint8_t* to_tcp_ = nullptr;  // a sealed record, sent from to_tcp_at_
+  size_t to_tcp_length_ = 0;
   size_t to_tcp_at_ = 0;
-  std::string to_local_;
+  std::string_view to_local_;  // an opened record (in the opener's buffer)
   size_t to_local_at_ = 0;
   bool local_read_done_ = false;  // the consumer ended its direction; the end is sealed
   bool tcp_write_shut_ = false;

@@ -40,6 +40,9 @@ class RecordSealer {
   RecordSealer(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key);
   // Appends the record of `plain` (at most kMaxRecordPlaintext bytes; empty = the end).
   void Seal(std::string_view plain, std::string& out);
+  // Seals in place: `record` holds kRecordHeaderBytes of room, `length` bytes of plaintext
+  // and kRecordTagBytes of room after them; returns the record's size.
+  size_t SealInPlace(uint8_t* record, size_t length);
 
  private:
   PeerCipher cipher_;
@@ -60,6 +63,9 @@ class RecordOpener {
   // Opens the next complete record into `plain` (appended). kBad: error() says why; the
   // connection must end.
   Result Next(std::string& plain);
+  // The same, opened in place: `plain` points into the buffer, valid until the next
+  // Space() or Open().
+  Result Open(std::string_view* plain);
   const std::string& error() const { return error_; }
   // Bytes received but not yet opened.
   size_t buffered() const { return end_ - begin_; }
