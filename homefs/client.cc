@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <future>
 
@@ -62,10 +63,15 @@ Fd FileClient::Connect() {
 
 schema::Attr::Reader FileClient::Probe() {
   first_ = Connect();
+  probe_pid_ = ::getpid();
   return probe_reply_->Root<schema::ServerMessage>().getResponse().getEntry().getAttr();
 }
 
 void FileClient::Start() {
+  // A connection's encryption runs on a thread (secure_channel.h), and threads do not
+  // survive fork: when mosmount has daemonized since the probe, the probe's connection
+  // is closed and a new one made from this process.
+  if (first_.valid() && probe_pid_ != ::getpid()) first_.Reset();
   last_receive_ = Clock::now();
   connection_thread_ = std::thread([this] { ConnectionLoop(); });
   timer_thread_ = std::thread([this] { TimerLoop(); });
