@@ -149,7 +149,7 @@ RecordOpener::Result RecordOpener::Open(std::string_view* plain) {
 
 namespace {
 
-constexpr size_t kReceiveChunk = 256 << 10;
+constexpr size_t kReceiveChunk = 128 << 10;
 constexpr int kPairBuffer = 4 << 20;
 // Once the consumer has closed its end, how long the peer has to end its direction too
 // (closing a socket with unread data would reset it and could lose what was sent).
