@@ -13,8 +13,8 @@
 // 1 MiB reads. Both in memory, so that the network path and the cipher are all there is
 // to measure: the ratio is the worst case (a disk would hide more of the cost).
 #include <fcntl.h>
-#include <sched.h>
 #include <fuse_lowlevel.h>
+#include <sched.h>
 #include <signal.h>
 #include <sodium.h>
 #include <sys/stat.h>
@@ -28,8 +28,8 @@
 #include <optional>
 #include <thread>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "client.h"
 #include "error.h"
@@ -186,8 +186,7 @@ int Run(int argc, char** argv) {
 
     FileServer files(bench.dir + "/export", 4);
     PeerServer server(address, 0, bench.key, PeerConfig{});
-    server.Register("files",
-                    [&](Fd fd, PeerIdentity peer) { files.Serve(std::move(fd), peer); });
+    server.Register("files", [&](Fd fd, PeerIdentity peer) { files.Serve(std::move(fd), peer); });
     server.Register("migration", [&](Fd fd, PeerIdentity) {
       std::string into = fmt::format("{}/received-{}", bench.dir, ++bench.received);
       migrate::ReceiveImages(fd.get(), into);
@@ -227,8 +226,9 @@ int Run(int argc, char** argv) {
         double h = bench.HomefsRead();
         (clear ? migration.plain : migration.encrypted).push_back(m);
         (clear ? homefs.plain : homefs.encrypted).push_back(h);
-        std::printf("round %d %-9s  migration stream %7.0f MB/s   homefs sequential read %7.0f MB/s\n",
-                    round + 1, clear ? "clear" : "encrypted", m, h);
+        std::printf(
+            "round %d %-9s  migration stream %7.0f MB/s   homefs sequential read %7.0f MB/s\n",
+            round + 1, clear ? "clear" : "encrypted", m, h);
         std::fflush(stdout);
       }
     }
@@ -237,16 +237,14 @@ int Run(int argc, char** argv) {
     server.Stop();
 
     std::printf("\n%s: %d MiB per round, %d rounds, cipher %s; MB/s best (median)\n",
-                netns.empty() ? "loopback" : ("a link to " + address).c_str(), mib, rounds,
-                cipher);
+                netns.empty() ? "loopback" : ("a link to " + address).c_str(), mib, rounds, cipher);
     std::printf("| path                   |       clear |   encrypted | encrypted/clear |\n");
     std::printf("|------------------------|-------------|-------------|-----------------|\n");
     for (auto [name, f] : {std::pair{"migration stream", &migration},
                            std::pair{"homefs sequential read", &homefs}}) {
       std::printf("| %-22s | %5.0f (%4.0f) | %5.0f (%4.0f) |  %4.2f (%4.2f)    |\n", name,
                   Best(f->plain), Median(f->plain), Best(f->encrypted), Median(f->encrypted),
-                  Best(f->encrypted) / Best(f->plain),
-                  Median(f->encrypted) / Median(f->plain));
+                  Best(f->encrypted) / Best(f->plain), Median(f->encrypted) / Median(f->plain));
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "crypto_bench: %s\n", e.what());

@@ -61,7 +61,7 @@ struct PeerSession {
 // How this process offers to protect its peer connections. Only tests and benchmarks
 // change it; the daemon always runs with the defaults.
 struct PeerSecurity {
-  bool allow_aes = true;  // offer AES-256-GCM when the CPU has it
+  bool allow_aes = true;   // offer AES-256-GCM when the CPU has it
   bool plaintext = false;  // records in clear: a benchmark's baseline, never a setting
 };
 void SetPeerSecurityForTesting(const PeerSecurity& security);
@@ -134,9 +134,9 @@ using TuneSocket = std::function<void(int tcp_fd)>;
 // authenticated, encrypted connection: one end of a socket pair whose other end a
 // SecureChannel (secure_channel.h) relays, in records sealed with this connection's keys,
 // to and from the TCP socket. It is used like the socket itself, but TCP options must be
-// set with `tune`, which is applied to the TCP socket. Throws Error(kDisconnected) when the peer cannot be
-// reached or the time runs out, Error(kFailed) when the peer refuses or fails to prove
-// the key.
+// set with `tune`, which is applied to the TCP socket. Throws Error(kDisconnected) when
+// the peer cannot be reached or the time runs out, Error(kFailed) when the peer refuses or
+// fails to prove the key.
 Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t>& key,
                const std::string& service, std::chrono::milliseconds timeout,
                const TuneSocket& tune = {});

@@ -40,8 +40,7 @@ void PutLength(uint32_t n, unsigned char* out) {
 
 }  // namespace
 
-RecordSealer::RecordSealer(PeerCipher cipher,
-                           const std::array<uint8_t, kPeerSessionKeyBytes>& key)
+RecordSealer::RecordSealer(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key)
     : cipher_(cipher), key_(key) {}
 
 void RecordSealer::Seal(std::string_view plain, std::string& out) {
@@ -67,8 +66,8 @@ size_t RecordSealer::SealInPlace(uint8_t* record, size_t length) {
   unsigned long long written = 0;
   unsigned char* body = record + kRecordHeaderBytes;  // plaintext in, ciphertext out
   if (cipher_ == PeerCipher::kAes256Gcm) {
-    crypto_aead_aes256gcm_encrypt(body, &written, body, length, record, kRecordHeaderBytes,
-                                  nullptr, nonce, key_.data());
+    crypto_aead_aes256gcm_encrypt(body, &written, body, length, record, kRecordHeaderBytes, nullptr,
+                                  nonce, key_.data());
   } else {
     crypto_aead_chacha20poly1305_ietf_encrypt(body, &written, body, length, record,
                                               kRecordHeaderBytes, nullptr, nonce, key_.data());
@@ -76,8 +75,7 @@ size_t RecordSealer::SealInPlace(uint8_t* record, size_t length) {
   return kRecordHeaderBytes + sealed;
 }
 
-RecordOpener::RecordOpener(PeerCipher cipher,
-                           const std::array<uint8_t, kPeerSessionKeyBytes>& key)
+RecordOpener::RecordOpener(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key)
     : cipher_(cipher), key_(key) {}
 
 uint8_t* RecordOpener::Space(size_t max) {
@@ -131,9 +129,8 @@ RecordOpener::Result RecordOpener::Open(std::string_view* plain) {
     status = crypto_aead_aes256gcm_decrypt(body, &length, nullptr, body, sealed, header,
                                            kRecordHeaderBytes, nonce, key_.data());
   } else {
-    status = crypto_aead_chacha20poly1305_ietf_decrypt(body, &length, nullptr, body, sealed,
-                                                       header, kRecordHeaderBytes, nonce,
-                                                       key_.data());
+    status = crypto_aead_chacha20poly1305_ietf_decrypt(body, &length, nullptr, body, sealed, header,
+                                                       kRecordHeaderBytes, nonce, key_.data());
   }
   if (status != 0) {
     bad_ = true;
@@ -200,8 +197,7 @@ class Pump {
         }
       }
       while (ToTcp() > 0 && !tcp_write_shut_) {
-        ssize_t n = ::send(tcp_.get(), to_tcp_ + to_tcp_at_, ToTcp(),
-                           MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = ::send(tcp_.get(), to_tcp_ + to_tcp_at_, ToTcp(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
           if (errno == EINTR) continue;
           if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -235,8 +231,7 @@ class Pump {
             progress = true;
             break;
           }
-          ssize_t n = ::recv(tcp_.get(), opener_.Space(kReceiveChunk), kReceiveChunk,
-                             MSG_DONTWAIT);
+          ssize_t n = ::recv(tcp_.get(), opener_.Space(kReceiveChunk), kReceiveChunk, MSG_DONTWAIT);
           if (n > 0) {
             opener_.Commit(static_cast<size_t>(n));
             progress = true;
@@ -281,7 +276,8 @@ class Pump {
         local_write_shut_ = true;
       }
       if (tcp_write_shut_ && tcp_read_done_ && ToLocal() == 0) return;  // both ended
-      if (local_gone_ && local_read_done_ && linger_until == std::chrono::steady_clock::time_point{}) {
+      if (local_gone_ && local_read_done_ &&
+          linger_until == std::chrono::steady_clock::time_point{}) {
         linger_until = std::chrono::steady_clock::now() + kLinger;
       }
       if (progress) continue;
