@@ -1,6 +1,7 @@
 // Gossip: the daemon's UDP side of membership. Binds config.address:gossip_port, runs a
 // round every gossip interval (measure, probe, send the window), decodes and
-// authenticates what arrives (dropping replays), and tells subscribers when a peer becomes alive or dead.
+// authenticates what arrives (dropping replays), and tells subscribers when a peer
+// becomes alive or dead.
 #pragma once
 
 #include <uv.h>

@@ -1,8 +1,9 @@
 // The gossip datagram codec: [header: magic, version, stamp][Cap'n Proto message][MAC].
 // The MAC is libsodium's crypto_auth (HMAC-SHA512-256) over header and payload with the
 // cluster key; the stamp (the sender's clock, strictly increasing) lets the receiver drop
-// replays (noded/gossip_replay.h). Decoding never throws and never keeps anything of a datagram it drops: each drop
-// is counted by reason, so that garbage costs a counter increment and nothing more.
+// replays (noded/gossip_replay.h). Decoding never throws and never keeps anything of a
+// datagram it drops: each drop is counted by reason, so that garbage costs a counter
+// increment and nothing more.
 #pragma once
 
 #include <sodium.h>
@@ -50,8 +51,8 @@ class GossipCodec {
   // `key` must be crypto_auth_KEYBYTES (32) long; throws Error(kInvalidInput) otherwise.
   explicit GossipCodec(const std::vector<uint8_t>& key);
 
-  // The datagram for `message`, stamped with message.stamp; throws Error(kInvalidInput) if it would exceed the limit
-  // (the caller sends a smaller window).
+  // The datagram for `message`, stamped with message.stamp; throws Error(kInvalidInput)
+  // if it would exceed the limit (the caller sends a smaller window).
   std::vector<uint8_t> Encode(const GossipMessage& message) const;
   // The message (its stamp from the header), or nothing with the reason counted in
   // `drops`. Replays are the caller's to check: decoding keeps no state.

@@ -33,9 +33,9 @@ ReplayGuard::Verdict ReplayGuard::Check(const std::string& sender, uint64_t inca
 }
 
 void ReplayGuard::EvictOne() {
-  auto oldest = std::min_element(senders_.begin(), senders_.end(), [](const auto& a, const auto& b) {
-    return a.second.heard_us < b.second.heard_us;
-  });
+  auto oldest = std::min_element(
+      senders_.begin(), senders_.end(),
+      [](const auto& a, const auto& b) { return a.second.heard_us < b.second.heard_us; });
   if (oldest != senders_.end()) senders_.erase(oldest);
 }
 

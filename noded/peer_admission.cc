@@ -27,8 +27,7 @@ const char* PeerRefusalName(PeerRefusal reason) {
   return "?";
 }
 
-std::optional<PeerRefusal> PendingPeers::Admit(int id, const std::string& source,
-                                               int64_t now_ms) {
+std::optional<PeerRefusal> PendingPeers::Admit(int id, const std::string& source, int64_t now_ms) {
   if (entries_.contains(id)) Remove(id);  // a reused descriptor: the old one is gone
   if (static_cast<int>(entries_.size()) >= limits_.max_pending) return PeerRefusal::kAllFull;
   auto count = per_source_.find(source);
@@ -97,8 +96,8 @@ std::optional<std::string> RefusalLog::Take(int64_t now_ms) {
   }
   unreported_.fill(0);
   logged_at_ms_ = now_ms;
-  return fmt::format("refused peer {} ({} refused since the last report: {})", last_detail_,
-                     count, reasons);
+  return fmt::format("refused peer {} ({} refused since the last report: {})", last_detail_, count,
+                     reasons);
 }
 
 }  // namespace homeward

@@ -56,7 +56,7 @@ class PendingPeers {
   };
   PeerConfig limits_;
   std::map<int, Entry> entries_;
-  std::map<std::string, int> per_source_;      // only sources with a pending connection
+  std::map<std::string, int> per_source_;        // only sources with a pending connection
   std::set<std::pair<int64_t, int>> deadlines_;  // (deadline, id)
 };
 

@@ -76,8 +76,8 @@ int64_t PeerServer::NowMs() const {
 void PeerServer::Start() {
   sockaddr_in addr = Endpoint{address_, port_}.ToSockaddr();
   std::string where = fmt::format("{}:{}", address_, port_);
-  listener_ = Fd::Adopt(HW_SYSCALL(
-      ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), "peer socket {}", where));
+  listener_ = Fd::Adopt(HW_SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+                                   "peer socket {}", where));
   int one = 1;
   ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   HW_SYSCALL(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr),
@@ -225,6 +225,14 @@ void PeerServer::Step(int fd, short revents) {
         return Refuse(fd, PeerRefusal::kHandshake, p.handshake.error());
       }
       p.out += p.handshake.TakeOutput();
+      if (p.handshake.state() == PeerHandshake::State::kDone &&
+          !services_.contains(p.handshake.service())) {
+        // The verdict says no (0) rather than accepting a connection nobody will serve,
+        // so the peer learns why it is closed.
+        ::send(fd, "\0", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        return Refuse(fd, PeerRefusal::kUnknownService,
+                      fmt::format("asked for unknown service '{}'", p.handshake.service()));
+      }
     } else if (revents & (POLLHUP | POLLERR)) {
       return Refuse(fd, PeerRefusal::kClosed, "connection closed");
     }
@@ -256,11 +264,7 @@ void PeerServer::HandOff(int fd) {
   admission_.Remove(fd);
   PeerIdentity peer{p->who, p->handshake.service()};
   auto service = services_.find(peer.service);
-  if (service == services_.end()) {
-    refusals_.Count(PeerRefusal::kUnknownService,
-                    fmt::format("{}: asked for unknown service '{}'", p->who, peer.service));
-    return;
-  }
+  if (service == services_.end()) return;  // Step refused it already; this closes it
   // The services read and write with blocking calls on their own thread.
   int flags = ::fcntl(fd, F_GETFL);
   ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);

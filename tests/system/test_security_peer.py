@@ -140,7 +140,7 @@ class IdlePeerConnections(unittest.TestCase):
                 self.assertEqual(opened["opened"] + opened["failed"], 500, opened)
                 # Before the deadline closes anything: the connections cost no thread.
                 during = threads(pid)
-                self.assertLessEqual(during, before + 4,
+                self.assertLessEqual(during, before + 8,
                                      f"{during} threads with 500 connections, {before} before")
                 # A job still goes to node2 and back, and node2's daemon is the same one.
                 # (mosrun -r fails when it cannot reach node2's jobs service.)
@@ -153,7 +153,7 @@ class IdlePeerConnections(unittest.TestCase):
                 self.assertIn(idle["idle"], ("closed", "reset"), idle)
                 self.assertGreaterEqual(idle["after_s"], 4.0, idle)
                 self.assertLess(idle["after_s"], 20.0, idle)
-                self.assertLessEqual(threads(pid), before + 4)
+                self.assertLessEqual(threads(pid), before + 8)
             finally:
                 flood.stdin.close()
                 flood.wait(timeout=30)
@@ -182,8 +182,10 @@ class NoThreadForAPeer(unittest.TestCase):
                 pid = daemon_pid(c, "node2")
                 failed = c.run("node1", "mosrun", "-r", "node2", "true", check=False)
                 self.assertNotEqual(failed.returncode, 0)
-                c.wait_for(lambda: "no thread for its jobs service" in c.log("node2"), 30,
-                           "node2 to log the connection it could not serve")
+                # (Refusals are logged once per 10 s with the latest one's detail, which
+                # may be a homefs connection's.)
+                c.wait_for(lambda: "no thread for its" in c.log("node2"), 30,
+                           "node2 to log a connection it could not serve")
                 # The daemons are the same processes and still answer.
                 self.assertEqual(daemon_pid(c, "node2"), pid)
                 c.run("node1", "mosctl", "status")
@@ -238,11 +240,12 @@ class ReplayedGossip(unittest.TestCase):
             recorded = sniff_gossip(node1, (node2, GOSSIP_PORT), kind=0, timeout=30)
             recorded_at = time.time()
             # Controls, made with the key. A fresh ping is answered where it came from,
-            # so the silence below means refusal, not a deaf listener. It is stamped a
-            # little ahead of node1's own clock, so that it is newer than whatever node1
-            # sent meanwhile; it is sent from here at once, as a stranger's process
-            # would take too long to start.
-            fresh = restamp(recorded, key, int(time.time() * 1e6) + 50_000)
+            # so the silence below means refusal, not a deaf listener. It is stamped
+            # 0.3 s ahead of the clock, so that it is newer than whatever node1 sent
+            # meanwhile (node2 then drops node1's own datagrams of the next 0.3 s, which
+            # gossip shrugs off); it is sent from here at once, as a stranger's process
+            # could take longer than that to start.
+            fresh = restamp(recorded, key, int(time.time() * 1e6) + 300_000)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind(("127.0.0.1", 0))
                 s.settimeout(5)

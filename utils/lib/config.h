@@ -35,8 +35,8 @@ struct GossipConfig {
 // Connections to the peer port before they prove the cluster key: a stranger may open
 // them, so each costs a bounded share and a bounded time (noded/peer_server.h).
 struct PeerConfig {
-  int max_pending_per_source = 8;            // unauthenticated, from one address
-  int max_pending = 64;                      // unauthenticated, in all
+  int max_pending_per_source = 8;             // unauthenticated, from one address
+  int max_pending = 64;                       // unauthenticated, in all
   std::chrono::milliseconds handshake{5000};  // the whole handshake, from accept
 };
 

@@ -245,7 +245,10 @@ void PeerHandshake::Advance() {
       state_ = State::kDone;
       return;
     case Step::kVerdict:
-      if (in[0] != 1) return Fail("the server refused the connection");
+      if (in[0] != 1) {
+        return Fail(
+            fmt::format("the server refused the connection (it runs no '{}' service)", service_));
+      }
       step_ = Step::kEnd;
       state_ = State::kDone;
       return;

@@ -9,7 +9,7 @@
 //   server -> client  "HWPEER02" | server nonce (32) | server X25519 public key (32) |
 //                     flags (1) | tag("server")
 //   client -> server  tag("client")
-//   server -> client  1 byte: 1 = accepted
+//   server -> client  1 byte: 1 = accepted, 0 = no such service
 //
 // Both public keys are ephemeral, made for this connection and forgotten after it (forward
 // secrecy: the cluster key alone does not open a recorded connection). With

@@ -294,8 +294,7 @@ TEST(PeerHandshake, OneDeadlineForTheWholeHandshake) {
     PeerAccept(b.get(), Key(5), std::chrono::milliseconds(700));
     ADD_FAILURE() << "a trickling peer finished its handshake";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("not done within 700 ms"), std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("not done within 700 ms"), std::string::npos) << e.what();
   }
   auto took = std::chrono::steady_clock::now() - start;
   EXPECT_GE(took, std::chrono::milliseconds(650));
