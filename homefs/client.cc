@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <future>
 
@@ -27,18 +28,21 @@ FileClient::~FileClient() {
 
 Fd FileClient::Connect() {
   auto connect_timeout = std::min(options_.timeout, std::chrono::milliseconds(5000));
-  Fd fd = PeerConnect(options_.host, options_.port, options_.key, "files", connect_timeout);
   // A cut link shows as data left unacknowledged (or keepalive probes unanswered) for
   // the timeout: the kernel then breaks the connection and every call in flight fails.
-  int one = 1;
+  // These are options of the TCP socket, under the encrypted channel.
   auto ms = static_cast<unsigned>(options_.timeout.count());
-  int idle = std::max(1, static_cast<int>(ms / 3000));
-  int count = 3;
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof idle);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+  auto tune = [ms](int tcp) {
+    int one = 1;
+    int idle = std::max(1, static_cast<int>(ms / 3000));
+    int count = 3;
+    ::setsockopt(tcp, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    ::setsockopt(tcp, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    ::setsockopt(tcp, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof idle);
+    ::setsockopt(tcp, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    ::setsockopt(tcp, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+  };
+  Fd fd = PeerConnect(options_.host, options_.port, options_.key, "files", connect_timeout, tune);
   // The version check, before anything else is sent on this connection.
   capnp::MallocMessageBuilder hello;
   auto rq = hello.initRoot<schema::FileRequest>();
@@ -59,10 +63,15 @@ Fd FileClient::Connect() {
 
 schema::Attr::Reader FileClient::Probe() {
   first_ = Connect();
+  probe_pid_ = ::getpid();
   return probe_reply_->Root<schema::ServerMessage>().getResponse().getEntry().getAttr();
 }
 
 void FileClient::Start() {
+  // A connection's encryption runs on a thread (secure_channel.h), and threads do not
+  // survive fork: when mosmount has daemonized since the probe, the probe's connection
+  // is closed and a new one made from this process.
+  if (first_.valid() && probe_pid_ != ::getpid()) first_.Reset();
   last_receive_ = Clock::now();
   connection_thread_ = std::thread([this] { ConnectionLoop(); });
   timer_thread_ = std::thread([this] { TimerLoop(); });

@@ -6,6 +6,8 @@
 // while the home is unreachable, or one in flight when the link breaks, fails with EIO.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -84,6 +86,7 @@ class FileClient {
   NoticeHandler on_notice_;
   std::optional<IncomingMessage> probe_reply_;
   Fd first_;
+  pid_t probe_pid_ = 0;  // the process that made first_
   std::mutex mutex_;
   std::condition_variable changed_;
   std::shared_ptr<FrameStream> stream_;  // set while connected

@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "error.h"
+#include "secure_channel.h"
 
 namespace homeward {
 
@@ -31,7 +32,7 @@ constexpr int kAcceptBurst = 64;
 // When descriptors or memory run out, accepting waits this long (the kernel keeps the
 // connections in the backlog meanwhile).
 constexpr int64_t kAcceptPauseMs = 100;
-// The largest step of the handshake (the client's hello) is 41 bytes, a service name 64.
+// The largest step of the handshake (the client's hello) is 74 bytes, a service name 64.
 constexpr size_t kReadChunk = 128;
 
 std::string AddressText(const sockaddr_in& addr) {
@@ -270,7 +271,17 @@ void PeerServer::HandOff(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-  Launch(std::move(p->fd), std::move(peer), &service->second);
+  // The service reads and writes plain bytes; the channel's thread seals and opens them.
+  Fd channel;
+  try {
+    channel = StartSecureChannel(std::move(p->fd), p->handshake.session(), p->who);
+  } catch (const std::exception& e) {
+    refusals_.Count(PeerRefusal::kNoResources,
+                    fmt::format("{}: no channel for its {} service: {}", p->who, peer.service,
+                                e.what()));
+    return;
+  }
+  Launch(std::move(channel), std::move(peer), &service->second);
 }
 
 void PeerServer::Launch(Fd fd, PeerIdentity peer, PeerService* handler) {

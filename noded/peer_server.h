@@ -3,7 +3,8 @@
 // pending handshake over non-blocking sockets with poll(), within the limits of
 // PeerConfig (per source address, in all, one deadline each; noded/peer_admission.h).
 // Only an authenticated connection gets a thread, for the service it asked for
-// ("files", "jobs", "migration"). A stranger gets nothing, and refusals are logged at a
+// ("files", "jobs", "migration"), and an encrypted channel (secure_channel.h): the
+// service is handed the channel's plain end, never the TCP socket. A stranger gets nothing, and refusals are logged at a
 // bounded rate.
 #pragma once
 

@@ -90,10 +90,12 @@ class HomefsTest(unittest.TestCase):
         with harness.LoopCluster(1) as cluster:
             node = cluster.node("node1")
             with socket.create_connection((node["address"], 4701), timeout=10) as s:
-                s.sendall(b"HWPEER01" + os.urandom(32) + bytes([5]) + b"files")
-                reply = b""
-                while len(reply) < 72:
-                    chunk = s.recv(72 - len(reply))
+                # magic, nonce, an X25519 public key, flags, service
+                s.sendall(b"HWPEER02" + os.urandom(32) + os.urandom(32) + bytes([0, 5]) +
+                          b"files")
+                reply = b""  # magic, nonce, public key, flags, tag
+                while len(reply) < 105:
+                    chunk = s.recv(105 - len(reply))
                     self.assertTrue(chunk)
                     reply += chunk
                 s.sendall(os.urandom(32))  # a tag made without the key

@@ -11,15 +11,26 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <mutex>
 
 #include "config.h"
 #include "error.h"
+#include "secure_channel.h"
 
 namespace homeward {
 
 namespace {
 
-constexpr std::string_view kMagic{"HWPEER01", 8};
+constexpr std::string_view kMagic{"HWPEER02", 8};
+constexpr char kKdfContext[crypto_kdf_CONTEXTBYTES + 1] = "HWPEER02";
+constexpr uint8_t kFlagAes = 1;
+constexpr uint8_t kFlagPlaintext = 2;
+// magic | nonce | public key | flags
+constexpr size_t kHelloBytes = 8 + kPeerNonceBytes + kPeerPublicKeyBytes + 1;
+enum KdfId : uint64_t { kServerTagKey = 1, kClientTagKey, kClientToServer, kServerToClient };
+
+std::mutex security_mutex;
+PeerSecurity security_now;
 
 std::string RandomNonce() {
   std::string nonce(kPeerNonceBytes, '\0');
@@ -27,11 +38,39 @@ std::string RandomNonce() {
   return nonce;
 }
 
+const unsigned char* Bytes(std::string_view s) {
+  return reinterpret_cast<const unsigned char*>(s.data());
+}
+
 }  // namespace
 
+void SetPeerSecurityForTesting(const PeerSecurity& security) {
+  std::lock_guard lock(security_mutex);
+  security_now = security;
+}
+
+PeerSecurity CurrentPeerSecurity() {
+  std::lock_guard lock(security_mutex);
+  return security_now;
+}
+
 PeerHandshake::PeerHandshake(std::vector<uint8_t> key, bool client)
-    : key_(std::move(key)), client_(client) {
+    : key_(std::move(key)), client_(client), security_(CurrentPeerSecurity()) {
   if (sodium_init() < 0) throw Error(ErrorKind::kFailed, "libsodium failed to initialise");
+  // The ephemeral key pair of this connection.
+  crypto_box_keypair(public_key_.data(), secret_key_.data());
+}
+
+std::string PeerHandshake::Hello(std::string_view nonce,
+                                 const std::array<uint8_t, 32>& public_key) const {
+  std::string hello(kMagic);
+  hello += nonce;
+  hello.append(reinterpret_cast<const char*>(public_key.data()), public_key.size());
+  uint8_t flags = 0;
+  if (security_.allow_aes && crypto_aead_aes256gcm_is_available()) flags |= kFlagAes;
+  if (security_.plaintext) flags |= kFlagPlaintext;
+  hello += static_cast<char>(flags);
+  return hello;
 }
 
 PeerHandshake PeerHandshake::Client(std::vector<uint8_t> key, std::string service) {
@@ -41,10 +80,10 @@ PeerHandshake PeerHandshake::Client(std::vector<uint8_t> key, std::string servic
   }
   h.service_ = std::move(service);
   h.client_nonce_ = RandomNonce();
-  h.output_.append(kMagic);
-  h.output_ += h.client_nonce_;
+  h.output_ = h.Hello(h.client_nonce_, h.public_key_);
   h.output_ += static_cast<char>(h.service_.size());
   h.output_ += h.service_;
+  h.transcript_ = h.output_;
   h.step_ = Step::kServerHello;
   if (h.key_.size() != crypto_auth_KEYBYTES) h.Fail("the cluster key is not 32 bytes");
   return h;
@@ -66,13 +105,13 @@ size_t PeerHandshake::wanted() const {
   size_t need = 0;
   switch (step_) {
     case Step::kClientHello:
-      need = kMagic.size() + kPeerNonceBytes + 1;
+      need = kHelloBytes + 1;
       break;
     case Step::kServiceName:
       need = service_length_;
       break;
     case Step::kServerHello:
-      need = kMagic.size() + kPeerNonceBytes + kPeerTagBytes;
+      need = kHelloBytes + kPeerTagBytes;
       break;
     case Step::kClientTag:
       need = kPeerTagBytes;
@@ -97,14 +136,53 @@ void PeerHandshake::Feed(std::string_view bytes) {
   if (!bytes.empty() && state_ == State::kRunning) Fail("peer sent bytes out of turn");
 }
 
+// The key agreement, once both hellos are in the transcript: X25519 with the peer's
+// public key, mixed with the transcript under the cluster key, split into the tag keys
+// and the data keys of this connection.
+bool PeerHandshake::Agree(std::string_view peer_public_key) {
+  if (((peer_flags_ & kFlagPlaintext) != 0) != security_.plaintext) {
+    Fail("one side has encryption turned off (a benchmark's setting)");
+    return false;
+  }
+  unsigned char shared[crypto_scalarmult_BYTES];
+  int bad = crypto_scalarmult(shared, secret_key_.data(), Bytes(peer_public_key));
+  sodium_memzero(secret_key_.data(), secret_key_.size());
+  if (bad != 0) {
+    Fail("the peer sent a degenerate public key");
+    return false;
+  }
+  unsigned char material[crypto_scalarmult_BYTES + crypto_generichash_BYTES];
+  std::memcpy(material, shared, sizeof shared);
+  sodium_memzero(shared, sizeof shared);
+  crypto_generichash(material + crypto_scalarmult_BYTES, crypto_generichash_BYTES,
+                     Bytes(transcript_), transcript_.size(), nullptr, 0);
+  transcript_hash_.assign(reinterpret_cast<char*>(material + crypto_scalarmult_BYTES),
+                          crypto_generichash_BYTES);
+  unsigned char prk[crypto_kdf_KEYBYTES];
+  crypto_generichash(prk, sizeof prk, material, sizeof material, key_.data(), key_.size());
+  sodium_memzero(material, sizeof material);
+  crypto_kdf_derive_from_key(tag_keys_[0].data(), 32, kServerTagKey, kKdfContext, prk);
+  crypto_kdf_derive_from_key(tag_keys_[1].data(), 32, kClientTagKey, kKdfContext, prk);
+  auto& to_server = client_ ? session_.send_key : session_.receive_key;
+  auto& to_client = client_ ? session_.receive_key : session_.send_key;
+  crypto_kdf_derive_from_key(to_server.data(), to_server.size(), kClientToServer, kKdfContext,
+                             prk);
+  crypto_kdf_derive_from_key(to_client.data(), to_client.size(), kServerToClient, kKdfContext,
+                             prk);
+  sodium_memzero(prk, sizeof prk);
+  bool aes = security_.allow_aes && crypto_aead_aes256gcm_is_available() &&
+             (peer_flags_ & kFlagAes) != 0;
+  session_.cipher = aes ? PeerCipher::kAes256Gcm : PeerCipher::kChaCha20Poly1305;
+  session_.plaintext = security_.plaintext;
+  return true;
+}
+
 std::string PeerHandshake::Tag(std::string_view role) const {
   std::string text(role);
-  text += client_nonce_;
-  text += server_nonce_;
-  text += service_;
+  text += transcript_hash_;
   std::string tag(crypto_auth_BYTES, '\0');
-  crypto_auth(reinterpret_cast<unsigned char*>(tag.data()),
-              reinterpret_cast<const unsigned char*>(text.data()), text.size(), key_.data());
+  crypto_auth(reinterpret_cast<unsigned char*>(tag.data()), Bytes(text), text.size(),
+              tag_keys_[role == "server" ? 0 : 1].data());
   return tag;
 }
 
@@ -118,31 +196,40 @@ void PeerHandshake::Advance() {
   std::string in = std::exchange(input_, {});
   switch (step_) {
     case Step::kClientHello:
-      if (in.compare(0, kMagic.size(), kMagic) != 0) return Fail("not a Homeward peer");
-      client_nonce_ = in.substr(kMagic.size(), kPeerNonceBytes);
+      if (in.compare(0, kMagic.size(), kMagic) != 0) return Fail("not a Homeward peer (HWPEER02)");
       if (in.back() == 0 || static_cast<uint8_t>(in.back()) > kMaxServiceName) {
         return Fail("bad service name length");
       }
+      transcript_ = in;
       service_length_ = static_cast<uint8_t>(in.back());
       step_ = Step::kServiceName;
       return;
-    case Step::kServiceName:
+    case Step::kServiceName: {
       service_ = in;
+      transcript_ += in;
+      std::string_view hello(transcript_);
+      client_nonce_ = hello.substr(kMagic.size(), kPeerNonceBytes);
+      std::string_view client_public = hello.substr(kMagic.size() + kPeerNonceBytes,
+                                                    kPeerPublicKeyBytes);
+      peer_flags_ = static_cast<uint8_t>(hello[kHelloBytes - 1]);
       server_nonce_ = RandomNonce();
-      output_.append(kMagic);
-      output_ += server_nonce_;
-      output_ += Tag("server");
+      std::string reply = Hello(server_nonce_, public_key_);
+      std::string client_public_copy(client_public);
+      transcript_ += reply;
+      if (!Agree(client_public_copy)) return;
+      output_ = reply + Tag("server");
       step_ = Step::kClientTag;
       return;
+    }
     case Step::kServerHello: {
-      if (in.compare(0, kMagic.size(), kMagic) != 0) return Fail("not a Homeward peer");
+      if (in.compare(0, kMagic.size(), kMagic) != 0) return Fail("not a Homeward peer (HWPEER02)");
       server_nonce_ = in.substr(kMagic.size(), kPeerNonceBytes);
-      std::string tag = in.substr(kMagic.size() + kPeerNonceBytes);
-      if (crypto_auth_verify(
-              reinterpret_cast<const unsigned char*>(tag.data()),
-              reinterpret_cast<const unsigned char*>(
-                  (std::string("server") + client_nonce_ + server_nonce_ + service_).data()),
-              6 + 2 * kPeerNonceBytes + service_.size(), key_.data()) != 0) {
+      std::string server_public = in.substr(kMagic.size() + kPeerNonceBytes, kPeerPublicKeyBytes);
+      peer_flags_ = static_cast<uint8_t>(in[kHelloBytes - 1]);
+      std::string tag = in.substr(kHelloBytes);
+      transcript_ += in.substr(0, kHelloBytes);
+      if (!Agree(server_public)) return;
+      if (sodium_memcmp(tag.data(), Tag("server").data(), kPeerTagBytes) != 0) {
         return Fail("the server did not prove the cluster key");
       }
       output_ = Tag("client");
@@ -228,7 +315,8 @@ void Run(int fd, PeerHandshake& h, std::chrono::milliseconds timeout, const std:
 }  // namespace
 
 Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t>& key,
-               const std::string& service, std::chrono::milliseconds timeout) {
+               const std::string& service, std::chrono::milliseconds timeout,
+               const TuneSocket& tune) {
   std::string who = fmt::format("{}:{}", host, port);
   sockaddr_in addr = Endpoint{host, port}.ToSockaddr();
   Fd fd = Fd::Adopt(HW_SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
@@ -243,16 +331,16 @@ Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t
     ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
     if (err != 0) throw SystemError(err, fmt::format("connect to {}", who));
   }
-  int flags = ::fcntl(fd.get(), F_GETFL);
-  ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   PeerHandshake h = PeerHandshake::Client(key, service);
   Run(fd.get(), h, timeout, who);
-  return fd;
+  if (tune) tune(fd.get());
+  return StartSecureChannel(std::move(fd), h.session(), who);
 }
 
-std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::milliseconds timeout) {
+std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::milliseconds timeout,
+                       PeerSession* session) {
   sockaddr_in addr{};
   socklen_t len = sizeof addr;
   ::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len);
@@ -261,6 +349,7 @@ std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::mil
   std::string who = fmt::format("{}:{}", text, ntohs(addr.sin_port));
   PeerHandshake h = PeerHandshake::Server(key);
   Run(fd, h, timeout, who);
+  if (session) *session = h.session();
   return h.service();
 }
 

@@ -1,22 +1,38 @@
-// Peer authentication: the mutual challenge-response handshake that opens every
-// connection between nodes (file service, migration, job relay). Sans-I/O: the handshake
-// objects consume and produce bytes; PeerConnect/PeerAccept run one on a socket within
-// one deadline for the whole exchange (the daemon's PeerServer runs many at once on
+// Peer authentication and key agreement: the handshake that opens every connection
+// between nodes (file service, migration, job relay). Sans-I/O: the handshake objects
+// consume and produce bytes; PeerConnect/PeerAccept run one on a socket within one
+// deadline for the whole exchange (the daemon's PeerServer runs many at once on
 // non-blocking sockets, noded/peer_server.h).
 //
-//   client -> server  "HWPEER01" | client nonce (32) | service length (1) | service
-//   server -> client  "HWPEER01" | server nonce (32) | tag("server")
+//   client -> server  "HWPEER02" | client nonce (32) | client X25519 public key (32) |
+//                     flags (1) | service length (1) | service
+//   server -> client  "HWPEER02" | server nonce (32) | server X25519 public key (32) |
+//                     flags (1) | tag("server")
 //   client -> server  tag("client")
 //   server -> client  1 byte: 1 = accepted, 0 = no such service
 //
-// tag(role) = crypto_auth (HMAC-SHA512-256) under the cluster key of
-// role | client nonce | server nonce | service. Each side proves the key over both fresh
-// nonces, so a recorded exchange cannot be replayed, and the role in the tag stops a
-// server's proof being reflected back as a client's. A peer without the key learns
-// nothing but the server's nonce and a tag it cannot check.
+// Both public keys are ephemeral, made for this connection and forgotten after it (forward
+// secrecy: the cluster key alone does not open a recorded connection). With
+//   T    = BLAKE2b-256 of both hellos, byte for byte (nonces, public keys, flags, service)
+//   PRK  = BLAKE2b-256 keyed with the cluster key (the pre-shared key) of
+//          X25519(own secret, peer's public) | T
+// the tags and the per-connection keys are crypto_kdf subkeys of PRK: tag(role) =
+// crypto_auth (HMAC-SHA512-256) of role | T under the role's subkey, and one key for each
+// direction of the data (secure_channel.h). So each tag proves the cluster key and the
+// shared secret over the whole transcript: a peer without the key cannot substitute a
+// public key, a nonce, the flags or the service; fresh nonces and ephemeral keys on both
+// sides make a recorded exchange useless to replay; the role stops a server's proof being
+// reflected back as a client's. A peer without the key learns nothing but the server's
+// hello and a tag it cannot check.
+//
+// Flags: bit 0, this side has AES-256-GCM in hardware (both must, or the records use
+// ChaCha20-Poly1305); bit 1, records in clear (only a benchmark's baseline sets it, and
+// both sides must agree, or the handshake fails).
 #pragma once
 
+#include <array>
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -29,6 +45,27 @@ namespace homeward {
 inline constexpr size_t kPeerNonceBytes = 32;
 inline constexpr size_t kPeerTagBytes = 32;
 inline constexpr size_t kMaxServiceName = 64;
+inline constexpr size_t kPeerPublicKeyBytes = 32;
+inline constexpr size_t kPeerSessionKeyBytes = 32;
+
+enum class PeerCipher : uint8_t { kChaCha20Poly1305, kAes256Gcm };
+
+// What the handshake agreed on for the data that follows it.
+struct PeerSession {
+  PeerCipher cipher = PeerCipher::kChaCha20Poly1305;
+  bool plaintext = false;  // only in a benchmark's baseline
+  std::array<uint8_t, kPeerSessionKeyBytes> send_key{};
+  std::array<uint8_t, kPeerSessionKeyBytes> receive_key{};
+};
+
+// How this process offers to protect its peer connections. Only tests and benchmarks
+// change it; the daemon always runs with the defaults.
+struct PeerSecurity {
+  bool allow_aes = true;   // offer AES-256-GCM when the CPU has it
+  bool plaintext = false;  // records in clear: a benchmark's baseline, never a setting
+};
+void SetPeerSecurityForTesting(const PeerSecurity& security);
+PeerSecurity CurrentPeerSecurity();
 
 class PeerHandshake {
  public:
@@ -51,11 +88,15 @@ class PeerHandshake {
   // Why the handshake failed, for the log.
   const std::string& error() const { return error_; }
   const std::string& service() const { return service_; }
+  // The keys for the data after the handshake; valid once done.
+  const PeerSession& session() const { return session_; }
 
  private:
   enum class Step { kClientHello, kServiceName, kServerHello, kClientTag, kVerdict, kEnd };
   PeerHandshake(std::vector<uint8_t> key, bool client);
+  std::string Hello(std::string_view nonce, const std::array<uint8_t, 32>& public_key) const;
   std::string Tag(std::string_view role) const;
+  bool Agree(std::string_view peer_public_key);
   void Fail(std::string why);
   void Advance();
 
@@ -67,6 +108,14 @@ class PeerHandshake {
   size_t service_length_ = 0;
   std::string client_nonce_;
   std::string server_nonce_;
+  PeerSecurity security_;
+  std::array<uint8_t, 32> public_key_{};
+  std::array<uint8_t, 32> secret_key_{};
+  uint8_t peer_flags_ = 0;
+  std::string transcript_;  // the client's hello, then the server's (without its tag)
+  std::string transcript_hash_;
+  std::array<uint8_t, 32> tag_keys_[2]{};  // server's, client's
+  PeerSession session_;
   std::string input_;
   std::string output_;
   std::string error_;
@@ -78,14 +127,23 @@ struct PeerIdentity {
   std::string service;
 };
 
+// Options of the TCP socket itself (keepalive, user timeout), applied by `tune`.
+using TuneSocket = std::function<void(int tcp_fd)>;
+
 // Connects to host:port, runs the client handshake for `service` and returns the
-// connected, authenticated socket. Throws Error(kDisconnected) when the peer cannot be
-// reached or the time runs out, Error(kFailed) when the peer refuses or fails to prove
-// the key.
+// authenticated, encrypted connection: one end of a socket pair whose other end a
+// SecureChannel (secure_channel.h) relays, in records sealed with this connection's keys,
+// to and from the TCP socket. It is used like the socket itself, but TCP options must be
+// set with `tune`, which is applied to the TCP socket. Throws Error(kDisconnected) when
+// the peer cannot be reached or the time runs out, Error(kFailed) when the peer refuses or
+// fails to prove the key.
 Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t>& key,
-               const std::string& service, std::chrono::milliseconds timeout);
-// Runs the server handshake on an accepted socket; returns the requested service.
-// Throws Error naming the cause when the client does not prove the key.
-std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::milliseconds timeout);
+               const std::string& service, std::chrono::milliseconds timeout,
+               const TuneSocket& tune = {});
+// Runs the server handshake on an accepted socket; returns the requested service and,
+// when `session` is given, the agreed keys. Throws Error naming the cause when the client
+// does not prove the key.
+std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::milliseconds timeout,
+                       PeerSession* session = nullptr);
 
 }  // namespace homeward

@@ -16,17 +16,27 @@ std::vector<uint8_t> Key(uint8_t fill) {
   return std::vector<uint8_t>(32, fill);
 }
 
-// Runs both sides in memory; `tamper` may change bytes in flight.
+constexpr size_t kHello = 8 + kPeerNonceBytes + kPeerPublicKeyBytes + 1;
+
+// Runs both sides in memory; `tamper` may change the client's bytes in flight,
+// `tamper_server` the server's.
 void Exchange(PeerHandshake& client, PeerHandshake& server,
-              const std::function<void(std::string&)>& tamper = {}) {
+              const std::function<void(std::string&)>& tamper = {},
+              const std::function<void(std::string&)>& tamper_server = {}) {
   for (int round = 0; round < 8; ++round) {
     std::string c = client.TakeOutput();
     if (tamper) tamper(c);
     if (!c.empty()) server.Feed(c);
     std::string s = server.TakeOutput();
+    if (tamper_server) tamper_server(s);
     if (!s.empty()) client.Feed(s);
   }
 }
+
+// Restores the process's defaults when a test changed them.
+struct SecurityGuard {
+  ~SecurityGuard() { SetPeerSecurityForTesting({}); }
+};
 
 TEST(PeerHandshake, SameKeyAgrees) {
   auto client = PeerHandshake::Client(Key(7), "files");
@@ -35,6 +45,132 @@ TEST(PeerHandshake, SameKeyAgrees) {
   EXPECT_EQ(client.state(), PeerHandshake::State::kDone) << client.error();
   EXPECT_EQ(server.state(), PeerHandshake::State::kDone) << server.error();
   EXPECT_EQ(server.service(), "files");
+  // Both derive the same pair of keys, one for each direction, and they differ.
+  EXPECT_EQ(client.session().send_key, server.session().receive_key);
+  EXPECT_EQ(client.session().receive_key, server.session().send_key);
+  EXPECT_NE(client.session().send_key, client.session().receive_key);
+  EXPECT_EQ(client.session().cipher, server.session().cipher);
+  EXPECT_FALSE(client.session().plaintext);
+  EXPECT_FALSE(server.session().plaintext);
+}
+
+TEST(PeerHandshake, EveryConnectionHasFreshKeys) {
+  // Ephemeral keys and nonces: the same two nodes never use the same keys twice.
+  auto c1 = PeerHandshake::Client(Key(7), "files");
+  auto s1 = PeerHandshake::Server(Key(7));
+  Exchange(c1, s1);
+  auto c2 = PeerHandshake::Client(Key(7), "files");
+  auto s2 = PeerHandshake::Server(Key(7));
+  Exchange(c2, s2);
+  ASSERT_EQ(c1.state(), PeerHandshake::State::kDone);
+  ASSERT_EQ(c2.state(), PeerHandshake::State::kDone);
+  EXPECT_NE(c1.session().send_key, c2.session().send_key);
+  EXPECT_NE(c1.session().receive_key, c2.session().receive_key);
+}
+
+TEST(PeerHandshake, TamperedClientPublicKeyIsRefused) {
+  auto client = PeerHandshake::Client(Key(3), "files");
+  auto server = PeerHandshake::Server(Key(3));
+  bool first = true;
+  Exchange(client, server, [&](std::string& bytes) {
+    if (first && bytes.size() > kHello) {
+      bytes[8 + kPeerNonceBytes + 5] ^= 0x40;  // a byte of the client's public key
+      first = false;
+    }
+  });
+  EXPECT_EQ(client.state(), PeerHandshake::State::kFailed);
+  EXPECT_NE(client.error().find("server did not prove"), std::string::npos) << client.error();
+  EXPECT_NE(server.state(), PeerHandshake::State::kDone);
+}
+
+TEST(PeerHandshake, TamperedServerPublicKeyIsRefused) {
+  auto client = PeerHandshake::Client(Key(3), "files");
+  auto server = PeerHandshake::Server(Key(3));
+  bool first = true;
+  Exchange(client, server, {}, [&](std::string& bytes) {
+    if (first && bytes.size() > kHello) {
+      bytes[8 + kPeerNonceBytes + 9] ^= 0x01;  // a byte of the server's public key
+      first = false;
+    }
+  });
+  EXPECT_EQ(client.state(), PeerHandshake::State::kFailed);
+  EXPECT_NE(server.state(), PeerHandshake::State::kDone);
+}
+
+TEST(PeerHandshake, SubstitutedPublicKeysAreRefused) {
+  // A man in the middle without the cluster key puts his own public keys in both hellos
+  // (so that he could decrypt both halves): neither side accepts.
+  auto mitm_client = PeerHandshake::Client(Key(1), "files");
+  auto mitm_server = PeerHandshake::Server(Key(1));
+  std::string mitm_client_hello = mitm_client.TakeOutput();
+  auto client = PeerHandshake::Client(Key(3), "files");
+  auto server = PeerHandshake::Server(Key(3));
+  std::string hello = client.TakeOutput();
+  hello.replace(8 + kPeerNonceBytes, kPeerPublicKeyBytes,
+                mitm_client_hello.substr(8 + kPeerNonceBytes, kPeerPublicKeyBytes));
+  server.Feed(hello);
+  std::string reply = server.TakeOutput();
+  mitm_server.Feed(mitm_client_hello);
+  std::string mitm_reply = mitm_server.TakeOutput();
+  reply.replace(8 + kPeerNonceBytes, kPeerPublicKeyBytes,
+                mitm_reply.substr(8 + kPeerNonceBytes, kPeerPublicKeyBytes));
+  client.Feed(reply);
+  EXPECT_EQ(client.state(), PeerHandshake::State::kFailed);
+  EXPECT_TRUE(client.TakeOutput().empty());
+}
+
+TEST(PeerHandshake, ReplayedHelloIsRefused) {
+  // Record an honest client's whole side of a handshake and play it to a new server.
+  auto client = PeerHandshake::Client(Key(4), "files");
+  auto server = PeerHandshake::Server(Key(4));
+  std::string recorded;
+  Exchange(client, server, [&](std::string& bytes) { recorded += bytes; });
+  ASSERT_EQ(server.state(), PeerHandshake::State::kDone);
+  auto again = PeerHandshake::Server(Key(4));
+  again.Feed(recorded.substr(0, recorded.size() - kPeerTagBytes));
+  ASSERT_EQ(again.state(), PeerHandshake::State::kRunning);
+  EXPECT_FALSE(again.TakeOutput().empty());  // a fresh nonce and key of its own
+  again.Feed(recorded.substr(recorded.size() - kPeerTagBytes));
+  EXPECT_EQ(again.state(), PeerHandshake::State::kFailed);
+  EXPECT_NE(again.error().find("client did not prove"), std::string::npos) << again.error();
+}
+
+TEST(PeerHandshake, DegeneratePublicKeyIsRefused) {
+  // An all-zero public key (a small-order point) would make the shared secret zero.
+  auto client = PeerHandshake::Client(Key(3), "files");
+  auto server = PeerHandshake::Server(Key(3));
+  std::string hello = client.TakeOutput();
+  std::fill(hello.begin() + 8 + kPeerNonceBytes,
+            hello.begin() + 8 + kPeerNonceBytes + kPeerPublicKeyBytes, '\0');
+  server.Feed(hello);
+  EXPECT_EQ(server.state(), PeerHandshake::State::kFailed);
+  EXPECT_NE(server.error().find("degenerate"), std::string::npos) << server.error();
+}
+
+TEST(PeerHandshake, CipherIsAgreed) {
+  SecurityGuard guard;
+  // A side without AES (or not offering it) makes both use ChaCha20-Poly1305.
+  auto server = PeerHandshake::Server(Key(2));
+  SetPeerSecurityForTesting({.allow_aes = false});
+  auto client = PeerHandshake::Client(Key(2), "files");
+  Exchange(client, server);
+  ASSERT_EQ(client.state(), PeerHandshake::State::kDone) << client.error();
+  EXPECT_EQ(client.session().cipher, PeerCipher::kChaCha20Poly1305);
+  EXPECT_EQ(server.session().cipher, PeerCipher::kChaCha20Poly1305);
+}
+
+TEST(PeerHandshake, PlaintextMustBeAgreed) {
+  SecurityGuard guard;
+  // Only a benchmark's baseline turns encryption off, and then on both sides; a node
+  // with it off cannot talk a node with it on into clear text.
+  SetPeerSecurityForTesting({.plaintext = true});
+  auto client = PeerHandshake::Client(Key(2), "files");
+  SetPeerSecurityForTesting({});
+  auto server = PeerHandshake::Server(Key(2));
+  Exchange(client, server);
+  EXPECT_EQ(server.state(), PeerHandshake::State::kFailed);
+  EXPECT_NE(server.error().find("encryption turned off"), std::string::npos);
+  EXPECT_NE(client.state(), PeerHandshake::State::kDone);
 }
 
 TEST(PeerHandshake, WrongKeyFailsBothWays) {
@@ -53,8 +189,8 @@ TEST(PeerHandshake, ClientWithoutKeyCannotPass) {
   std::string hello = honest.TakeOutput();
   server.Feed(hello);
   std::string reply = server.TakeOutput();
-  ASSERT_EQ(reply.size(), 8 + kPeerNonceBytes + kPeerTagBytes);
-  server.Feed(reply.substr(8 + kPeerNonceBytes));
+  ASSERT_EQ(reply.size(), kHello + kPeerTagBytes);
+  server.Feed(reply.substr(kHello));
   EXPECT_EQ(server.state(), PeerHandshake::State::kFailed);
   EXPECT_NE(server.error().find("client did not prove"), std::string::npos);
 }
@@ -88,7 +224,7 @@ TEST(PeerHandshake, TamperedNonceIsRefused) {
 
 TEST(PeerHandshake, GarbageIsRefused) {
   auto server = PeerHandshake::Server(Key(3));
-  server.Feed(std::string(41, 'x'));
+  server.Feed(std::string(kHello + 1, 'x'));
   EXPECT_EQ(server.state(), PeerHandshake::State::kFailed);
 }
 
