@@ -83,8 +83,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FrameStream stream(socket.fd(), kClientFrameBytes);
   // The shape of FileClient::ConnectionLoop: the message is routed (notice, or the id of
   // a pending call) on the receiving thread, outside any per-message catch; only a reply
-  // handler's own exceptions are caught per message. Anything else that escapes the loop
-  // would end the thread, and with it the mount.
+  // handler's own exceptions are caught per message, and the loop's catches end the
+  // connection. Anything else that escaped the loop would end the thread and the mount.
   try {
     for (int i = 0; i < 256; ++i) {
       auto message = stream.Read();
@@ -103,6 +103,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   } catch (const Error&) {
     // The connection is dropped and re-established.
+  } catch (const kj::Exception&) {
+    // Likewise for a message that frames but does not read.
   }
   return 0;
 }

@@ -4,6 +4,8 @@
 // over a real socket). Input: [limit][chunking seed][stream bytes]. Both must return the
 // same messages, end the same way, and never read a message past its limits.
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -92,6 +94,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size -= 2;
   Outcome decoded = WithDecoder(data, size, limit, seed);
   Outcome streamed = WithStream(data, size, limit);
+  if (std::getenv("FUZZ_DEBUG")) {
+    std::fprintf(stderr, "decoder: %zu messages, clean %d; stream: %zu messages, clean %d\n",
+                 decoded.messages.size(), decoded.clean_end, streamed.messages.size(),
+                 streamed.clean_end);
+  }
   size_t common = std::min(decoded.messages.size(), streamed.messages.size());
   for (size_t i = 0; i < common; ++i) {
     if (decoded.messages[i] != streamed.messages[i]) fuzz::Broken("the readers disagree");

@@ -20,6 +20,7 @@ bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
       begin_ += n;
       out += n;
       size -= n;
+      eof_ok = false;  // part of a frame: an end of stream now cuts it
       continue;
     }
     ssize_t n;
