@@ -9,7 +9,11 @@
 
 #if __cpp_impl_three_way_comparison && defined(__clang__)
 namespace kj {
-inline bool operator==(const char* a, const StringPtr& b) { return b == StringPtr(a); }
-inline bool operator!=(const char* a, const StringPtr& b) { return !(b == StringPtr(a)); }
+inline bool operator==(const char* a, const StringPtr& b) {
+  return b == StringPtr(a);
+}
+inline bool operator!=(const char* a, const StringPtr& b) {
+  return !(b == StringPtr(a));
+}
 }  // namespace kj
 #endif

@@ -127,13 +127,17 @@ inline uint64_t Walk(capnp::DynamicValue::Reader value, int depth = 0) {
     case capnp::DynamicValue::ENUM: {
       auto e = value.as<capnp::DynamicEnum>();
       sum += e.getRaw();
-      KJ_IF_MAYBE(enumerant, e.getEnumerant()) { sum += enumerant->getOrdinal(); }
+      KJ_IF_MAYBE (enumerant, e.getEnumerant()) {
+        sum += enumerant->getOrdinal();
+      }
       break;
     }
     case capnp::DynamicValue::STRUCT: {
       auto s = value.as<capnp::DynamicStruct>();
       for (auto field : s.getSchema().getNonUnionFields()) sum += Walk(s.get(field), depth + 1);
-      KJ_IF_MAYBE(field, s.which()) { sum += Walk(s.get(*field), depth + 1); }
+      KJ_IF_MAYBE (field, s.which()) {
+        sum += Walk(s.get(*field), depth + 1);
+      }
       break;
     }
     case capnp::DynamicValue::INT:

@@ -152,7 +152,8 @@ void Control() {
     nodes[0].setState("alive");
     frames.push_back(Frame(m));
   }
-  for (size_t i = 0; i < frames.size(); ++i) Put("control", "frame-" + std::to_string(i), frames[i]);
+  for (size_t i = 0; i < frames.size(); ++i)
+    Put("control", "frame-" + std::to_string(i), frames[i]);
   // A connection's worth: several requests in one stream.
   Put("control", "stream", frames[0] + frames[5] + frames[3]);
   // Framing: [limit selector][chunking seed][frames].
@@ -173,10 +174,9 @@ void Control() {
   }
 }
 
-std::string FileRequest(schema::FileOp op, uint64_t node, const std::string& name,
-                        uint64_t fh = 0, const std::string& data = {}, uint32_t flags = 0,
-                        uint32_t mode = 0, uint64_t size = 0, uint64_t node2 = 0,
-                        const std::string& name2 = {}) {
+std::string FileRequest(schema::FileOp op, uint64_t node, const std::string& name, uint64_t fh = 0,
+                        const std::string& data = {}, uint32_t flags = 0, uint32_t mode = 0,
+                        uint64_t size = 0, uint64_t node2 = 0, const std::string& name2 = {}) {
   static uint64_t id = 1;
   capnp::MallocMessageBuilder m;
   auto rq = m.initRoot<schema::FileRequest>();
@@ -207,12 +207,12 @@ void Files() {
           FileRequest(Op::READ, 0, "", 1, {}, 0, 0, 4096) + FileRequest(Op::GETATTR, 2, "") +
           FileRequest(Op::RELEASE, 0, "", 1));
   Put("file_request", "dirs",
-      FileRequest(Op::MKDIR, 1, "d", 0, {}, 0, 0755) + FileRequest(Op::MKNOD, 2, "p", 0, {}, 0,
-                                                                   0010644) +
+      FileRequest(Op::MKDIR, 1, "d", 0, {}, 0, 0755) +
+          FileRequest(Op::MKNOD, 2, "p", 0, {}, 0, 0010644) +
           FileRequest(Op::SYMLINK, 2, "l", 0, "../d") + FileRequest(Op::OPENDIR, 2, "") +
           FileRequest(Op::READDIR, 0, "", 1, {}, 0, 0, 16) + FileRequest(Op::LOOKUP, 2, "l") +
-          FileRequest(Op::READLINK, 5, "") + FileRequest(Op::RENAME, 2, "l", 0, {}, 0, 0, 0, 1,
-                                                         "m") +
+          FileRequest(Op::READLINK, 5, "") +
+          FileRequest(Op::RENAME, 2, "l", 0, {}, 0, 0, 0, 1, "m") +
           FileRequest(Op::FORGET, 5, "", 0, {}, 0, 0, 1) + FileRequest(Op::RMDIR, 1, "d"));
   Put("file_request", "attrs",
       FileRequest(Op::CREATE, 1, "x", 0, {}, O_WRONLY, 0600) +
@@ -220,9 +220,8 @@ void Files() {
           FileRequest(Op::GETXATTR, 2, "user.k", 0, {}, 0, 0, 64) +
           FileRequest(Op::LISTXATTR, 2, "", 0, {}, 0, 0, 64) + FileRequest(Op::STATFS, 1, "") +
           FileRequest(Op::ACCESS, 2, "", 0, {}, 0, 4) +
-          FileRequest(Op::FALLOCATE, 0, "", 1, {}, 0, 0, 8192) +
-          FileRequest(Op::FSYNC, 0, "", 1) + FileRequest(Op::LINK, 2, "", 0, {}, 0, 0, 0, 1, "y") +
-          FileRequest(Op::UNLINK, 1, "x"));
+          FileRequest(Op::FALLOCATE, 0, "", 1, {}, 0, 0, 8192) + FileRequest(Op::FSYNC, 0, "", 1) +
+          FileRequest(Op::LINK, 2, "", 0, {}, 0, 0, 0, 1, "y") + FileRequest(Op::UNLINK, 1, "x"));
 
   auto reply = [](auto fill) {
     capnp::MallocMessageBuilder m;
