@@ -8,6 +8,8 @@
 
 #include <future>
 
+#include <kj/exception.h>
+
 #include <spdlog/spdlog.h>
 
 #include "error.h"
@@ -168,6 +170,10 @@ void FileClient::ConnectionLoop() {
       }
     } catch (const Error& e) {
       why = e.what();
+    } catch (const kj::Exception& e) {
+      // A message that frames but does not read (no root, a bad pointer): the home is
+      // broken or not a home. Reconnect, as for a broken stream; never end the thread.
+      why = fmt::format("malformed message: {}", e.getDescription().cStr());
     }
     std::unordered_map<uint64_t, Pending> lost;
     {

@@ -374,6 +374,10 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
         Fail(ErrorKind::kInvalidInput, "image file {} listed twice", name);
       }
       files.push_back({name, entry.getSize(), entry.getMode() & 0777u});
+      // Sizes near 2^64 must not wrap the sum below the limit checked below.
+      if (entry.getSize() > UINT64_MAX - total) {
+        Fail(ErrorKind::kInvalidInput, "the sizes of the stream's files add up to over 2^64");
+      }
       total += entry.getSize();
     }
     if (total != header.getTotalBytes()) {

@@ -202,6 +202,29 @@ TEST_F(ImageStreamTest, PathTraversalInHeaderIsRefused) {
   EXPECT_FALSE(Exists(root_ + "/escape"));
 }
 
+TEST_F(ImageStreamTest, SizesThatWrapAroundAreRefused) {
+  // 2^64 - 1 and 1 add up to 0 in 64 bits: the stream would pass for an empty one.
+  capnp::MallocMessageBuilder message;
+  auto header = message.initRoot<schema::StreamMessage>().initHeader();
+  header.setVersion(schema::MIGRATION_VERSION);
+  auto files = header.initFiles(2);
+  files[0].setName("huge.img");
+  files[0].setSize(UINT64_MAX);
+  files[1].setName("one.img");
+  files[1].setSize(1);
+  header.setTotalBytes(0);
+  WriteFrame(send_.get(), message);
+  send_.Reset();
+  try {
+    ReceiveImages(receive_.get(), target_);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+    EXPECT_THAT(e.what(), HasSubstr("2^64"));
+  }
+  EXPECT_FALSE(Exists(target_));
+}
+
 TEST_F(ImageStreamTest, EmptyStreamIsDisconnected) {
   send_.Reset();
   try {

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include <capnp/message.h>
+#include <kj/exception.h>
 #include <spdlog/spdlog.h>
 
 #include "error.h"
@@ -741,12 +742,17 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
   try {
     while (auto message = stream->Read()) {
       auto shared = std::make_shared<IncomingMessage>(std::move(*message));
+      // Read before anything is counted in flight: a message that does not read ends the
+      // connection here (below).
+      auto request = shared->Root<schema::FileRequest>();
+      auto op = request.getOp();
+      bool big_read = op == schema::FileOp::READ && request.getSize() > (64 << 10);
       ++*in_flight;
       auto job = [session, stream, shared, in_flight] {
         capnp::MallocMessageBuilder reply(2048);
-        auto request = shared->Root<schema::FileRequest>();
-        auto response = reply.initRoot<schema::ServerMessage>().initResponse();
         try {
+          auto request = shared->Root<schema::FileRequest>();
+          auto response = reply.initRoot<schema::ServerMessage>().initResponse();
           session->Handle(request, response);
           if (request.getOp() != schema::FileOp::FORGET) stream->Write(reply);
         } catch (const std::exception& e) {
@@ -758,11 +764,8 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
       // bulk I/O runs here: handing it to a worker would only add a thread wake-up to its
       // latency. Forgets and releases (a map operation and a close) always do. Concurrent
       // requests go to the pool, so they run in parallel.
-      auto request = shared->Root<schema::FileRequest>();
-      auto op = request.getOp();
       bool bulk = op == schema::FileOp::WRITE || op == schema::FileOp::FSYNC ||
-                  op == schema::FileOp::READDIR || op == schema::FileOp::FALLOCATE ||
-                  (op == schema::FileOp::READ && request.getSize() > (64 << 10));
+                  op == schema::FileOp::READDIR || op == schema::FileOp::FALLOCATE || big_read;
       bool tiny = op == schema::FileOp::FORGET || op == schema::FileOp::RELEASE ||
                   op == schema::FileOp::RELEASEDIR;
       if (tiny || (!bulk && in_flight->load() == 1)) {
@@ -773,6 +776,11 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
     }
   } catch (const Error& e) {
     why = e.what();
+  } catch (const kj::Exception& e) {
+    // A frame whose message does not read (no root, a bad pointer): end this connection
+    // like a broken one, after its requests in flight, so that their replies never go to
+    // a descriptor number reused by then.
+    why = fmt::format("malformed message: {}", e.getDescription().cStr());
   }
   ::shutdown(connection.get(), SHUT_RDWR);
   while (*in_flight > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));

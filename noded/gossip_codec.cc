@@ -53,9 +53,10 @@ void ToWire(const NodeRecord& record, schema::NodeRecord::Builder out) {
   out.setBlocked(record.blocked);
 }
 
-// Bounded text: a peer with the key is trusted to be a peer, not to be bug-free.
+// Bounded text: a peer with the key is trusted to be a peer, not to be bug-free. No NUL
+// inside: "node2\0x" would be one name here and "node2" wherever it is used as a C string.
 bool GetText(capnp::Text::Reader text, std::string* out) {
-  if (text.size() > kMaxTextBytes) return false;
+  if (text.size() > kMaxTextBytes || std::memchr(text.begin(), '\0', text.size())) return false;
   out->assign(text.cStr(), text.size());
   return true;
 }

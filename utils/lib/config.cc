@@ -47,12 +47,14 @@ class ConfigReader {
   int64_t Integer(std::string_view field, int64_t fallback, int64_t min, int64_t max) const {
     const toml::node* node = Find(field);
     if (!node) return fallback;
-    auto value = node->value<int64_t>();
-    if (!node->is_integer() || !value) Problem(field, "must be an integer");
-    if (*value < min || *value > max) {
-      Problem(field, fmt::format("{} is out of range [{}, {}]", *value, min, max));
+    // Checked before reading: toml++'s value<int64_t>() of a float such as 40e70 converts
+    // it out of range (undefined behaviour) before it can refuse it.
+    if (!node->is_integer()) Problem(field, "must be an integer");
+    int64_t value = node->as_integer()->get();
+    if (value < min || value > max) {
+      Problem(field, fmt::format("{} is out of range [{}, {}]", value, min, max));
     }
-    return *value;
+    return value;
   }
 
   bool Boolean(std::string_view field, bool fallback) const {

@@ -20,6 +20,7 @@ bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
       begin_ += n;
       out += n;
       size -= n;
+      eof_ok = false;  // part of a frame: an end of stream now cuts it
       continue;
     }
     ssize_t n;
@@ -51,8 +52,11 @@ bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
 std::optional<IncomingMessage> FrameStream::Read() {
   uint32_t first[2];
   if (!Fill(first, sizeof first, true)) return std::nullopt;
+  // The count is sent less one: 0xffffffff must not wrap to 0 segments.
+  if (first[0] >= 512) {
+    Fail(ErrorKind::kInvalidInput, "malformed frame: {} segments", first[0] + uint64_t{1});
+  }
   uint32_t segments = first[0] + 1;
-  if (segments > 512) Fail(ErrorKind::kInvalidInput, "malformed frame: {} segments", segments);
   std::vector<uint32_t> sizes(segments);
   sizes[0] = first[1];
   size_t table_words = (segments / 2) + 1;  // (4 + 4*segments) bytes rounded up to words

@@ -121,5 +121,36 @@ TEST(FrameStream, TooManySegmentsAreRefused) {
   EXPECT_THROW(in.Read(), Error);
 }
 
+TEST(FrameStream, SegmentCountDoesNotWrap) {
+  SocketPair pair;
+  FrameStream in(pair.b.get(), 1 << 20);
+  uint32_t header[4] = {0xffffffff, 1, 0, 0};  // "2^32 segments", sent less one
+  ASSERT_EQ(::send(pair.a.get(), header, sizeof header, 0), (ssize_t)sizeof header);
+  try {
+    in.Read();
+    FAIL() << "a wrapped segment count was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+  }
+}
+
+TEST(FrameStream, HeaderCutAfterAMessageIsADisconnection) {
+  SocketPair pair;
+  FrameStream out(pair.a.get(), 1 << 20), in(pair.b.get(), 1 << 20);
+  capnp::MallocMessageBuilder message;
+  message.initRoot<schema::FileRequest>().setId(1);
+  out.Write(message);
+  uint8_t partial[3] = {0, 0, 0};  // the start of a next frame, then the end of stream
+  ASSERT_EQ(::send(pair.a.get(), partial, sizeof partial, 0), (ssize_t)sizeof partial);
+  pair.a.Reset();
+  ASSERT_TRUE(in.Read());  // the whole message and the partial header arrive together
+  try {
+    in.Read();
+    FAIL() << "a cut frame header was taken for a clean end";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kDisconnected);
+  }
+}
+
 }  // namespace
 }  // namespace homeward
