@@ -134,10 +134,15 @@ std::string ReadKeyFile(const std::string& path, std::string* error) {
     *error = fmt::format("{} may be read or changed by others (mode {:04o}): chmod 600 it", path,
                          st.st_mode & 07777);
   } else {
+    // A key is 64 hexadecimal digits: a file much larger is not a key, and is not read
+    // whole (a key_file naming something endless must not take the daemon's memory).
     char buffer[4096];
     ssize_t n;
-    while ((n = ::read(fd, buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<size_t>(n));
+    while ((n = ::read(fd, buffer, sizeof buffer)) > 0 && text.size() <= sizeof buffer) {
+      text.append(buffer, static_cast<size_t>(n));
+    }
     if (n < 0) *error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+    if (text.size() > sizeof buffer) *error = fmt::format("{} is too long for a key", path);
   }
   ::close(fd);
   return error->empty() ? text : std::string();

@@ -14,7 +14,9 @@ namespace homeward {
 // Where the commands find their daemon: $HOMEWARD_CONTROL, else the default socket.
 std::string ControlSocketPath();
 inline constexpr const char* kDefaultControlSocket = "/var/lib/homeward/control.sock";
-inline constexpr size_t kMaxControlFrameBytes = 16 << 20;
+// The largest control message: a job spec carries argv and the environment (the kernel
+// allows 2 MiB of them by default), and every list is copied whole by the daemon.
+inline constexpr size_t kMaxControlFrameBytes = 4 << 20;
 
 class ControlClient {
  public:
