@@ -32,7 +32,7 @@ Permission PermissionFor(schema::ControlRequest::Which which) {
       return {Allowed::kRelayOnly, "send job input and signals"};
   }
   // A request this table does not know is refused rather than let through.
-  return {Allowed::kRelayOnly, "send this request"};
+  return {Allowed::kUnknown, "send this request"};
 }
 
 void CheckPermission(schema::ControlRequest::Which which, const Caller& caller) {
@@ -53,9 +53,11 @@ void CheckPermission(schema::ControlRequest::Which which, const Caller& caller) 
       Fail(ErrorKind::kPermissionDenied, "permission denied: only another node's daemon may {}",
            permission.what);
     case Allowed::kRelayOnly:
-      Fail(ErrorKind::kInvalidInput,
-           "job input and signals belong on a job's relay, after "
-           "startJob");
+      Fail(ErrorKind::kInvalidInput, "job input and signals belong on a job's relay, after "
+                                     "startJob");
+    case Allowed::kUnknown:
+      Fail(ErrorKind::kUnimplemented, "this daemon does not know control request {}",
+           static_cast<int>(which));
   }
 }
 

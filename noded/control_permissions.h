@@ -19,6 +19,7 @@ enum class Allowed {
   kLocalRoot,  // local root only (mounts, block/expel/bring)
   kPeer,       // another node's daemon, authenticated by the cluster key
   kRelayOnly,  // only on a job's relay, never as a request of its own
+  kUnknown,    // not in this release's table: refused
 };
 
 struct Permission {

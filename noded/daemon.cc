@@ -155,9 +155,7 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
     case schema::ControlRequest::JOB_INPUT:
     case schema::ControlRequest::JOB_INPUT_END:
     case schema::ControlRequest::JOB_SIGNAL:
-      Fail(ErrorKind::kInvalidInput,
-           "job input and signals belong on a job's relay, after "
-           "startJob");
+      break;  // refused by CheckPermission: they belong on a job's relay
     case schema::ControlRequest::HOME_MOUNT: {
       auto mount = request.getHomeMount();
       if (mount.getUp()) {

@@ -19,6 +19,7 @@
 
 #include "checkpoint.h"
 #include "error.h"
+#include "job_env.h"
 #include "job_usage.h"
 #include "proc_limits.h"
 #include "uv_error.h"
@@ -26,9 +27,6 @@
 namespace homeward {
 
 namespace {
-
-// Must match mosjob-init's (job_init.cc): the caller's variables, hidden from the init.
-constexpr const char* kUserEnvPrefix = "HOMEWARD_USER_ENV:";
 
 // The value of "Key:" in a /proc/<pid>/status file.
 std::string StatusField(const std::string& status, const std::string& key) {

@@ -42,11 +42,13 @@
 #include <string>
 #include <vector>
 
+#include "job_env.h"
+
+using homeward::kUserEnvPrefix;
+
 namespace {
 
 constexpr int kStatusFd = 3;
-// The caller's environment travels to the program behind this prefix (noded/job.cc).
-constexpr const char* kUserEnvPrefix = "HOMEWARD_USER_ENV:";
 
 struct Limit {
   int resource;

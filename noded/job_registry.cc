@@ -786,10 +786,10 @@ void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path,
         CheckpointDir dir = CheckpointDir::Create(path, who);
         // criu's log and scratch files stay in root's own state directory: a log the user
         // could write would let the error message quote a file the user may not read.
+        // One of its own per checkpoint: two checkpoints of a job may overlap.
         ::mkdir(work_root.c_str(), 0700);
-        std::string work = fmt::format("{}/checkpoint-{}", work_root, home_pid);
-        migrate::RemoveImageDir(work);
-        HW_SYSCALL(::mkdir(work.c_str(), 0700), "create {}", work);
+        std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
+        HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
         options.work_dir = work;
         migrate::DumpResult result;
         try {
