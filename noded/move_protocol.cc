@@ -1,0 +1,287 @@
+// The move protocol's transitions. A move on from the job's node ends with two events that
+// the network may deliver in either order: the old node's word (`migrated`, with its
+// figures, on the old relay) and the arrival (the new node's attach, or the job coming
+// home). The move counts at its arrival; a waiting mosmigrate hears once both are in.
+#include "move_protocol.h"
+
+#include <fmt/format.h>
+
+#include <array>
+#include <sstream>
+
+namespace homeward::move {
+
+namespace {
+
+constexpr std::array<std::string_view, 8> kStateNames = {
+    "starting", "running", "asked", "announced", "arrived", "frozen", "continuing", "ended"};
+
+}  // namespace
+
+std::string_view StateName(State state) { return kStateNames[static_cast<size_t>(state)]; }
+
+std::string Record::Serialize() const {
+  return fmt::format("state={} pid={} where={} relay={} migrations={} due={} waiting={} moved={}",
+                     StateName(state), home_pid, where, relay, migrations, attach_due_ms,
+                     waiting ? 1 : 0,
+                     fmt::format("{},{},{},{}", announced.where, announced.frozen_ms,
+                                 announced.total_ms, announced.image_bytes));
+}
+
+Record Record::Parse(const std::string& line) {
+  Record record;
+  std::istringstream in(line);
+  std::string field;
+  int seen = 0;
+  try {
+    while (in >> field) {
+      auto eq = field.find('=');
+      if (eq == std::string::npos) Fail(ErrorKind::kInvalidInput, "no '=' in '{}'", field);
+      std::string key = field.substr(0, eq), value = field.substr(eq + 1);
+      ++seen;
+      if (key == "state") {
+        size_t i = 0;
+        while (i < kStateNames.size() && kStateNames[i] != value) ++i;
+        if (i == kStateNames.size()) Fail(ErrorKind::kInvalidInput, "no state '{}'", value);
+        record.state = static_cast<State>(i);
+      } else if (key == "pid") {
+        record.home_pid = static_cast<pid_t>(std::stol(value));
+      } else if (key == "where") {
+        record.where = value;
+      } else if (key == "relay") {
+        record.relay = static_cast<uint32_t>(std::stoul(value));
+      } else if (key == "migrations") {
+        record.migrations = static_cast<uint32_t>(std::stoul(value));
+      } else if (key == "due") {
+        record.attach_due_ms = std::stoll(value);
+      } else if (key == "waiting") {
+        record.waiting = value == "1";
+      } else if (key == "moved") {
+        std::istringstream parts(value);
+        std::string part;
+        std::getline(parts, record.announced.where, ',');
+        std::getline(parts, part, ',');
+        record.announced.frozen_ms = std::stoull(part);
+        std::getline(parts, part, ',');
+        record.announced.total_ms = std::stoull(part);
+        std::getline(parts, part, ',');
+        record.announced.image_bytes = std::stoull(part);
+      } else {
+        Fail(ErrorKind::kInvalidInput, "unknown field '{}'", key);
+      }
+    }
+  } catch (const std::logic_error& e) {  // std::stoul and friends on a bad number
+    Fail(ErrorKind::kInvalidInput, "a bad number in move record '{}'", line);
+  }
+  if (seen != 8) Fail(ErrorKind::kInvalidInput, "move record '{}' is incomplete", line);
+  return record;
+}
+
+Protocol Protocol::Starting(pid_t home_pid, const std::string& where) {
+  Record record;
+  record.home_pid = home_pid;
+  record.where = where;
+  return Protocol(record);
+}
+
+Protocol Protocol::Moved(pid_t home_pid, const std::string& where, uint32_t migrations) {
+  Protocol protocol = Starting(home_pid, where);
+  protocol.record_.migrations = migrations;
+  return protocol;
+}
+
+Protocol Protocol::Frozen(pid_t home_pid, uint32_t migrations) {
+  Record record;
+  record.state = State::kFrozen;
+  record.home_pid = home_pid;
+  record.migrations = migrations;
+  return Protocol(record);
+}
+
+// After a restart every relay is gone and nobody waits any more. A job that was only
+// starting is given up (its node kills a guest whose home relay closes); one that ran or
+// was moving somewhere is expected to attach again, from wherever it runs now, within the
+// attach timeout, or it is ended; frozen images stay frozen, and a restore the restart
+// interrupted is tried again by the next continue.
+Protocol Protocol::Reloaded(const Record& saved, int64_t now_ms) {
+  Record record = saved;
+  record.waiting = false;
+  switch (saved.state) {
+    case State::kStarting:
+      record.state = State::kEnded;
+      break;
+    case State::kRunning:
+    case State::kAsked:
+    case State::kAnnounced:
+    case State::kArrived:
+      record.state = State::kAnnounced;
+      record.relay = saved.relay + 1;  // no relay from before the restart is current
+      record.attach_due_ms = now_ms + kAttachTimeoutMs;
+      record.announced = MoveOutcome();
+      record.announced.where = saved.where;
+      break;
+    case State::kFrozen:
+    case State::kContinuing:
+      record.state = State::kFrozen;
+      break;
+    case State::kEnded:
+      break;
+  }
+  return Protocol(record);
+}
+
+uint32_t Protocol::Connected() {
+  if (record_.state == State::kStarting) record_.state = State::kRunning;
+  return ++record_.relay;
+}
+
+void Protocol::Ask(const std::string& target) {
+  pid_t pid = record_.home_pid;
+  switch (record_.state) {
+    case State::kRunning:
+      break;
+    case State::kStarting:
+      Fail(ErrorKind::kOverloaded, "job {} is still starting", pid);
+    case State::kAsked:
+    case State::kAnnounced:
+    case State::kArrived:
+      Fail(ErrorKind::kOverloaded, "job {} is already moving", pid);
+    case State::kFrozen:
+    case State::kContinuing:
+      Fail(ErrorKind::kInvalidInput, "job {} is frozen: mosmigrate {} continue first", pid, pid);
+    case State::kEnded:
+      Fail(ErrorKind::kNotFound, "job {} has ended", pid);
+  }
+  if (target == record_.where) {
+    Fail(ErrorKind::kInvalidInput, "job {} already runs on {}", pid, target);
+  }
+  record_.state = State::kAsked;
+  record_.waiting = true;
+}
+
+Step Protocol::Refused(uint32_t relay, const std::string& why) {
+  if (relay != record_.relay || ended()) return {};
+  if (record_.state == State::kAsked) {
+    // The job's node could not move it on: it runs on there.
+    record_.state = State::kRunning;
+    return Answer(MoveOutcome::Failure(
+        fmt::format("job {} stays on {}: {}", record_.home_pid, record_.where, why)));
+  }
+  std::string message = fmt::format("node {} cannot run the job: {}", record_.where, why);
+  return End(message, MoveOutcome::Failure(message));
+}
+
+Step Protocol::Migrated(uint32_t relay, MoveOutcome figures, int64_t now_ms) {
+  State state = record_.state;
+  if (relay == record_.relay && (state == State::kRunning || state == State::kAsked)) {
+    // This relay closes next; the new node attaches on a connection of its own, which may
+    // come after that close: the close is no longer the job's end.
+    ++record_.relay;
+    record_.state = State::kAnnounced;
+    record_.announced = std::move(figures);
+    record_.attach_due_ms = now_ms + kAttachTimeoutMs;
+    return {};
+  }
+  if (relay != record_.relay && state == State::kArrived) {
+    record_.state = State::kRunning;
+    return Answer(std::move(figures));
+  }
+  return {};
+}
+
+bool Protocol::ExpectsArrival() const {
+  State state = record_.state;
+  return state == State::kRunning || state == State::kAsked || state == State::kAnnounced;
+}
+
+std::optional<Step> Protocol::Arrived(const std::string& node) {
+  State state = record_.state;
+  if (!ExpectsArrival()) return std::nullopt;
+  record_.where = node;
+  ++record_.migrations;
+  ++record_.relay;
+  record_.attach_due_ms = 0;
+  if (state == State::kAnnounced) {
+    record_.state = State::kRunning;
+    MoveOutcome figures = std::move(record_.announced);
+    record_.announced = MoveOutcome();
+    return Answer(std::move(figures));
+  }
+  record_.state = State::kArrived;
+  return Step{};
+}
+
+Step Protocol::Closed(uint32_t relay) {
+  State state = record_.state;
+  if (relay == record_.relay &&
+      (state == State::kRunning || state == State::kAsked || state == State::kArrived)) {
+    return End(fmt::format("lost contact with node {}, where the job ran", record_.where),
+               MoveOutcome::Failure(
+                   fmt::format("lost contact with node {} during the move", record_.where),
+                   ErrorKind::kDisconnected));
+  }
+  if (relay != record_.relay && state == State::kArrived) {
+    // The job has arrived but its old node closed without a word: moved all the same.
+    record_.state = State::kRunning;
+    MoveOutcome outcome;
+    outcome.where = record_.where;
+    return Answer(std::move(outcome));
+  }
+  return {};  // a relay replaced by the job's new node closes quietly
+}
+
+Step Protocol::Exited() {
+  if (ended()) return {};
+  return End("", MoveOutcome::Failure("the job ended during the move"));
+}
+
+Step Protocol::MosrunGone() {
+  if (ended()) return {};
+  return End("", MoveOutcome::Failure("the job ended: its mosrun is gone"));
+}
+
+Step Protocol::Lost(const std::string& why) {
+  if (ended()) return {};
+  return End(why, MoveOutcome::Failure(why, ErrorKind::kDisconnected));
+}
+
+Step Protocol::Tick(int64_t now_ms) {
+  if (record_.state != State::kAnnounced || now_ms <= record_.attach_due_ms) return {};
+  std::string why = fmt::format("the job left node {} and no node took it over", record_.where);
+  return End(why, MoveOutcome::Failure(why, ErrorKind::kDisconnected));
+}
+
+void Protocol::Continue() {
+  if (record_.state == State::kContinuing) {
+    Fail(ErrorKind::kOverloaded, "job {} is already continuing", record_.home_pid);
+  }
+  if (record_.state != State::kFrozen) {
+    Fail(ErrorKind::kInvalidInput, "job {} is not frozen", record_.home_pid);
+  }
+  record_.state = State::kContinuing;
+}
+
+void Protocol::ContinueDone(bool ok) {
+  if (record_.state != State::kContinuing) return;
+  // Continued, the job is no longer away: its record is done.
+  record_.state = ok ? State::kEnded : State::kFrozen;
+}
+
+Step Protocol::End(std::string why, MoveOutcome failure) {
+  record_.state = State::kEnded;
+  Step step = Answer(std::move(failure));
+  step.end = true;
+  step.why = std::move(why);
+  return step;
+}
+
+Step Protocol::Answer(MoveOutcome outcome) {
+  Step step;
+  if (record_.waiting) {
+    record_.waiting = false;
+    step.answer = std::move(outcome);
+  }
+  return step;
+}
+
+}  // namespace homeward::move

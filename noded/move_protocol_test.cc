@@ -1,0 +1,393 @@
+// Tests of the move protocol: every order in which the network can deliver a move's
+// events, a cut at every step, an attach that never comes, and a restart at every step.
+#include "move_protocol.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+namespace homeward::move {
+namespace {
+
+constexpr pid_t kPid = 4242;
+
+MoveOutcome Figures(const std::string& where) {
+  MoveOutcome figures;
+  figures.where = where;
+  figures.frozen_ms = 12;
+  figures.total_ms = 80;
+  figures.image_bytes = 1 << 20;
+  return figures;
+}
+
+// A job running on node2 over relay 1.
+Protocol Running() {
+  Protocol protocol = Protocol::Starting(kPid, "node2");
+  EXPECT_EQ(protocol.Connected(), 1u);
+  EXPECT_EQ(protocol.state(), State::kRunning);
+  return protocol;
+}
+
+TEST(MoveProtocol, StartsRunsAndExits) {
+  Protocol protocol = Protocol::Starting(kPid, "node2");
+  EXPECT_EQ(protocol.state(), State::kStarting);
+  EXPECT_THROW(protocol.Ask("node3"), Error);  // still starting
+  protocol.Connected();
+  Step step = protocol.Exited();
+  EXPECT_TRUE(step.end);
+  EXPECT_EQ(step.why, "");
+  EXPECT_FALSE(step.answer);
+  EXPECT_TRUE(protocol.ended());
+}
+
+TEST(MoveProtocol, ANodeThatCannotBeReachedEndsAStartingJob) {
+  Protocol protocol = Protocol::Starting(kPid, "node2");
+  EXPECT_FALSE(protocol.ExpectsArrival());
+  Step step = protocol.Lost("cannot reach node node2: refused");
+  EXPECT_TRUE(step.end);
+  EXPECT_EQ(step.why, "cannot reach node node2: refused");
+  EXPECT_TRUE(protocol.ended());
+  EXPECT_FALSE(protocol.Lost("again").end);  // ended once
+  Protocol asked = Running();
+  asked.Ask("node1");
+  step = asked.Lost("cannot take it back");
+  EXPECT_TRUE(step.end);
+  ASSERT_TRUE(step.answer);
+  EXPECT_EQ(step.answer->error, "cannot take it back");
+}
+
+TEST(MoveProtocol, AskRefusedWhereItCannotMove) {
+  Protocol protocol = Running();
+  try {
+    protocol.Ask("node2");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+  }
+  protocol.Ask("node3");
+  EXPECT_EQ(protocol.state(), State::kAsked);
+  try {
+    protocol.Ask("node4");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kOverloaded);
+    EXPECT_NE(std::string(e.what()).find("already moving"), std::string::npos);
+  }
+}
+
+// The three events of a move on: the old node's word, the old relay's close and the
+// arrival, in every order the network allows (the word and the close come on one stream,
+// so the word is first of those two); the waiter hears once, with the old node's figures.
+TEST(MoveProtocol, EveryOrderOfAMoveEndsWithTheJobMoved) {
+  enum Event { kWord, kOldClosed, kArrival };
+  std::vector<Event> events = {kWord, kOldClosed, kArrival};
+  int orders = 0;
+  do {
+    if (std::find(events.begin(), events.end(), kOldClosed) <
+        std::find(events.begin(), events.end(), kWord)) {
+      continue;  // see AnOldNodeThatClosesWithoutAWord
+    }
+    for (bool asked : {true, false}) {  // asked by the home, or decided by the job's node
+      SCOPED_TRACE(testing::Message() << "order " << events[0] << events[1] << events[2]
+                                      << (asked ? " asked" : " unasked"));
+      Protocol protocol = Running();
+      if (asked) protocol.Ask("node3");
+      uint32_t old_relay = protocol.record().relay;
+      std::vector<MoveOutcome> answers;
+      for (Event event : events) {
+        Step step;
+        if (event == kWord) {
+          step = protocol.Migrated(old_relay, Figures("node3"), 1000);
+        } else if (event == kOldClosed) {
+          step = protocol.Closed(old_relay);
+        } else {
+          auto arrived = protocol.Arrived("node3");
+          ASSERT_TRUE(arrived);
+          step = *arrived;
+        }
+        EXPECT_FALSE(step.end);
+        if (step.answer) answers.push_back(*step.answer);
+      }
+      EXPECT_EQ(protocol.state(), State::kRunning);
+      EXPECT_EQ(protocol.record().where, "node3");
+      EXPECT_EQ(protocol.record().migrations, 1u);
+      EXPECT_FALSE(protocol.record().waiting);
+      ASSERT_EQ(answers.size(), asked ? 1u : 0u);
+      if (asked) {
+        EXPECT_EQ(answers[0].error, "");
+        EXPECT_EQ(answers[0].where, "node3");
+        EXPECT_EQ(answers[0].image_bytes, 1u << 20);
+      }
+      // The new relay is current: the old one's late events change nothing, and the
+      // job can move again.
+      EXPECT_FALSE(protocol.Closed(old_relay).end);
+      protocol.Ask("node4");
+      EXPECT_EQ(protocol.state(), State::kAsked);
+    }
+    ++orders;
+  } while (std::next_permutation(events.begin(), events.end()));
+  EXPECT_EQ(orders, 3);
+}
+
+// An old node that closes its relay without its word (it died as the move ended): the job
+// moved if it has arrived; if it has not, contact with it is lost.
+TEST(MoveProtocol, AnOldNodeThatClosesWithoutAWord) {
+  Protocol arrived = Running();
+  arrived.Ask("node3");
+  ASSERT_TRUE(arrived.Arrived("node3"));
+  Step step = arrived.Closed(1);
+  EXPECT_FALSE(step.end);
+  ASSERT_TRUE(step.answer);
+  EXPECT_EQ(step.answer->error, "");
+  EXPECT_EQ(step.answer->where, "node3");
+  EXPECT_EQ(arrived.state(), State::kRunning);
+
+  Protocol not_yet = Running();
+  not_yet.Ask("node3");
+  step = not_yet.Closed(1);
+  EXPECT_TRUE(step.end);
+  ASSERT_TRUE(step.answer);
+  EXPECT_EQ(step.answer->kind, ErrorKind::kDisconnected);
+  EXPECT_FALSE(not_yet.Arrived("node3"));  // a copy that shows up later is not taken
+}
+
+TEST(MoveProtocol, AMoveHomeIsAnArrivalToo) {
+  Protocol protocol = Running();
+  protocol.Ask("node1");
+  uint32_t old_relay = protocol.record().relay;
+  ASSERT_TRUE(protocol.Arrived("node1"));
+  Step step = protocol.Migrated(old_relay, Figures("node1"), 0);
+  ASSERT_TRUE(step.answer);
+  EXPECT_EQ(step.answer->where, "node1");
+  EXPECT_EQ(step.answer->frozen_ms, 12u);
+}
+
+TEST(MoveProtocol, TheNodeRefusesTheMoveAndTheJobRunsOn) {
+  Protocol protocol = Running();
+  protocol.Ask("node3");
+  Step step = protocol.Refused(1, "restore failed");
+  EXPECT_FALSE(step.end);
+  ASSERT_TRUE(step.answer);
+  EXPECT_EQ(step.answer->error, "job 4242 stays on node2: restore failed");
+  EXPECT_EQ(protocol.state(), State::kRunning);
+  protocol.Ask("node3");  // and may be asked again
+}
+
+TEST(MoveProtocol, AnErrorWhileRunningEndsTheJob) {
+  Protocol protocol = Running();
+  Step step = protocol.Refused(1, "no such program");
+  EXPECT_TRUE(step.end);
+  EXPECT_EQ(step.why, "node node2 cannot run the job: no such program");
+  EXPECT_TRUE(protocol.ended());
+  EXPECT_FALSE(protocol.Refused(1, "again").end);  // ended once
+}
+
+TEST(MoveProtocol, AnAttachThatNeverComesEndsTheJobAtTheDeadline) {
+  Protocol protocol = Running();
+  protocol.Ask("node3");
+  protocol.Migrated(1, Figures("node3"), 1000);
+  EXPECT_EQ(protocol.state(), State::kAnnounced);
+  EXPECT_EQ(protocol.record().attach_due_ms, 1000 + kAttachTimeoutMs);
+  EXPECT_FALSE(protocol.Closed(1).end);  // the old relay's close is expected
+  EXPECT_FALSE(protocol.Tick(1000 + kAttachTimeoutMs).end);
+  Step step = protocol.Tick(1001 + kAttachTimeoutMs);
+  EXPECT_TRUE(step.end);
+  EXPECT_EQ(step.why, "the job left node node2 and no node took it over");
+  ASSERT_TRUE(step.answer);
+  EXPECT_EQ(step.answer->kind, ErrorKind::kDisconnected);
+  EXPECT_FALSE(protocol.Arrived("node3"));  // too late
+}
+
+// A cut of the current relay at every step of a move ends the job, and a waiter hears
+// that contact was lost.
+TEST(MoveProtocol, ACutAtEveryStep) {
+  struct Case {
+    const char* name;
+    std::function<void(Protocol&)> reach;
+    bool waiting;
+  };
+  std::vector<Case> cases = {
+      {"running", [](Protocol&) {}, false},
+      {"asked", [](Protocol& p) { p.Ask("node3"); }, true},
+      {"arrived before the word",
+       [](Protocol& p) {
+         p.Ask("node3");
+         p.Arrived("node3");
+       },
+       true},
+      {"arrived unasked", [](Protocol& p) { p.Arrived("node3"); }, false},
+      {"moved, then cut on the new relay",
+       [](Protocol& p) {
+         p.Ask("node3");
+         p.Migrated(1, Figures("node3"), 0);
+         p.Arrived("node3");
+       },
+       false},
+  };
+  for (auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    Protocol protocol = Running();
+    c.reach(protocol);
+    Step step = protocol.Closed(protocol.record().relay);
+    EXPECT_TRUE(step.end);
+    EXPECT_NE(step.why.find("lost contact with node"), std::string::npos);
+    EXPECT_EQ(step.answer.has_value(), c.waiting);
+    if (step.answer) {
+      EXPECT_EQ(step.answer->kind, ErrorKind::kDisconnected);
+    }
+    EXPECT_TRUE(protocol.ended());
+  }
+  // Announced, the old relay is no longer current: only the deadline ends the job.
+  Protocol announced = Running();
+  announced.Migrated(1, Figures("node3"), 0);
+  EXPECT_FALSE(announced.Closed(1).end);
+  EXPECT_FALSE(announced.Closed(announced.record().relay).end);
+  EXPECT_EQ(announced.state(), State::kAnnounced);
+}
+
+TEST(MoveProtocol, MosrunGoneAtEveryStepEndsTheJobOnce) {
+  std::vector<std::function<Protocol()>> reach = {
+      [] { return Protocol::Starting(kPid, "node2"); },
+      [] { return Running(); },
+      [] {
+        Protocol p = Running();
+        p.Ask("node3");
+        return p;
+      },
+      [] {
+        Protocol p = Running();
+        p.Ask("node3");
+        p.Migrated(1, Figures("node3"), 0);
+        return p;
+      },
+      [] {
+        Protocol p = Running();
+        p.Ask("node3");
+        p.Arrived("node3");
+        return p;
+      },
+      [] { return Protocol::Frozen(kPid, 0); },
+      [] {
+        Protocol p = Protocol::Frozen(kPid, 0);
+        p.Continue();
+        return p;
+      },
+  };
+  for (auto& make : reach) {
+    Protocol protocol = make();
+    SCOPED_TRACE(StateName(protocol.state()));
+    bool waiting = protocol.record().waiting;
+    Step step = protocol.MosrunGone();
+    EXPECT_TRUE(step.end);
+    EXPECT_EQ(step.answer.has_value(), waiting);
+    EXPECT_TRUE(protocol.ended());
+    EXPECT_FALSE(protocol.MosrunGone().end);
+    EXPECT_FALSE(protocol.Exited().end);
+    EXPECT_FALSE(protocol.Arrived("node3"));
+  }
+}
+
+TEST(MoveProtocol, FrozenJobsContinueOnce) {
+  Protocol protocol = Protocol::Frozen(kPid, 2);
+  EXPECT_THROW(protocol.Ask("node3"), Error);
+  EXPECT_FALSE(protocol.Arrived("node3"));
+  protocol.Continue();
+  EXPECT_THROW(protocol.Continue(), Error);  // one restore at a time
+  protocol.ContinueDone(false);
+  EXPECT_EQ(protocol.state(), State::kFrozen);
+  protocol.Continue();
+  protocol.ContinueDone(true);
+  EXPECT_TRUE(protocol.ended());
+  Protocol running = Running();
+  EXPECT_THROW(running.Continue(), Error);
+}
+
+TEST(MoveProtocol, RecordsReadBackAsTheyWereWritten) {
+  Protocol protocol = Running();
+  protocol.Ask("node3");
+  Record record = protocol.record();
+  EXPECT_EQ(Record::Parse(record.Serialize()), record);
+  EXPECT_EQ(Record::Parse(Protocol::Frozen(kPid, 3).record().Serialize()),
+            Protocol::Frozen(kPid, 3).record());
+  Protocol announced = Running();
+  announced.Ask("node3");
+  announced.Migrated(1, Figures("node3"), 77);
+  EXPECT_EQ(Record::Parse(announced.record().Serialize()), announced.record());
+  EXPECT_THROW(Record::Parse("state=flying"), Error);
+  EXPECT_THROW(Record::Parse("nonsense"), Error);
+  EXPECT_THROW(Record::Parse(
+                   "state=running pid=x where=a relay=1 migrations=0 due=0 waiting=0 moved=,0,0,0"),
+               Error);
+}
+
+// A daemon restart at every step: the record is saved, read back, and the machine says
+// what it means now. Everything that ran somewhere waits for its node to attach again,
+// within the timeout, and nobody waits for an answer any more.
+TEST(MoveProtocol, ARestartAtEveryStep) {
+  struct Case {
+    std::function<Protocol()> reach;
+    State after;
+  };
+  std::vector<Case> cases = {
+      {[] { return Protocol::Starting(kPid, "node2"); }, State::kEnded},
+      {[] { return Running(); }, State::kAnnounced},
+      {[] {
+         Protocol p = Running();
+         p.Ask("node3");
+         return p;
+       },
+       State::kAnnounced},
+      {[] {
+         Protocol p = Running();
+         p.Ask("node3");
+         p.Migrated(1, Figures("node3"), 0);
+         return p;
+       },
+       State::kAnnounced},
+      {[] {
+         Protocol p = Running();
+         p.Ask("node3");
+         p.Arrived("node3");
+         return p;
+       },
+       State::kAnnounced},
+      {[] { return Protocol::Frozen(kPid, 1); }, State::kFrozen},
+      {[] {
+         Protocol p = Protocol::Frozen(kPid, 1);
+         p.Continue();
+         return p;
+       },
+       State::kFrozen},
+      {[] {
+         Protocol p = Running();
+         p.Exited();
+         return p;
+       },
+       State::kEnded},
+  };
+  for (auto& c : cases) {
+    Protocol before = c.reach();
+    SCOPED_TRACE(StateName(before.state()));
+    std::string saved = before.record().Serialize();
+    Protocol after = Protocol::Reloaded(Record::Parse(saved), 5000);
+    EXPECT_EQ(after.state(), c.after);
+    EXPECT_FALSE(after.record().waiting);
+    EXPECT_EQ(after.record().home_pid, kPid);
+    if (c.after != State::kAnnounced) continue;
+    // No relay from before the restart is current.
+    EXPECT_FALSE(after.Closed(before.record().relay).end);
+    // It attaches again...
+    Protocol attached = after;
+    ASSERT_TRUE(attached.Arrived("node5"));
+    EXPECT_EQ(attached.state(), State::kRunning);
+    EXPECT_EQ(attached.record().where, "node5");
+    // ...or the deadline ends it.
+    EXPECT_FALSE(after.Tick(5000 + kAttachTimeoutMs).end);
+    EXPECT_TRUE(after.Tick(5001 + kAttachTimeoutMs).end);
+  }
+}
+
+}  // namespace
+}  // namespace homeward::move
