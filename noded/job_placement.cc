@@ -203,8 +203,8 @@ void JobRegistry::Admin(schema::AdminRequest::Reader request, ReplySender reply)
     for (auto& [slot, entry] : jobs_) {
       if (!entry.away || entry.away->frozen) continue;
       auto away = entry.away;
-      std::string from = away->where;
-      pid_t home_pid = away->home_pid;
+      std::string from = away->where();
+      pid_t home_pid = away->home_pid();
       run->Started();
       auto done = [this, run, from, home_pid](const MoveOutcome& outcome) {
         run->Ended(home_pid, config_.name, from, config_.name, outcome.error);

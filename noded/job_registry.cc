@@ -23,8 +23,6 @@ namespace homeward {
 namespace {
 
 constexpr auto kPeerConnectTimeout = std::chrono::seconds(5);
-// How long a job moved on from one guest node may take to show up from the next.
-constexpr int64_t kAttachTimeoutMs = 30000;
 
 void SendExit(ControlStream& stream, int code, const std::string& why) {
   capnp::MallocMessageBuilder message;
@@ -88,6 +86,16 @@ MoveDone ReplyWhenMoved(ReplySender reply) {
     migrated.setImageBytes(outcome.image_bytes);
     pending->Send(message);
   };
+}
+
+// The figures of a move as a node reports them.
+MoveOutcome MigratedFigures(schema::Migrated::Reader migrated) {
+  MoveOutcome outcome;
+  outcome.where = migrated.getWhere();
+  outcome.frozen_ms = migrated.getFrozenMs();
+  outcome.total_ms = migrated.getTotalMs();
+  outcome.image_bytes = migrated.getImageBytes();
+  return outcome;
 }
 
 MoveOutcome OutcomeOf(const MoveOut& move) {
@@ -159,14 +167,12 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
   return handlers;
 }
 
-std::shared_ptr<JobRegistry::Away> JobRegistry::AwayFrom(Job& job) {
-  auto away = std::make_shared<Away>();
-  away->home_pid = job.home_pid();
+std::shared_ptr<JobRegistry::Away> JobRegistry::AwayFrom(Job& job, move::Protocol protocol) {
+  auto away = std::make_shared<Away>(std::move(protocol));
   away->uid = job.uid();
   away->command = job.command();
   away->locked = job.launch().locked;
   away->mosrun = job.relay();
-  away->migrations = job.migrations();
   return away;
 }
 
@@ -249,9 +255,7 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
   PeerAddress address = resolve_(where);
   auto request = GuestRequest(launch, where);
 
-  auto away = std::make_shared<Away>();
-  away->where = where;
-  away->home_pid = launch.identity.home_pid;
+  auto away = std::make_shared<Away>(move::Protocol::Starting(launch.identity.home_pid, where));
   away->uid = launch.identity.uid;
   for (const auto& arg : launch.argv) away->command += (away->command.empty() ? "" : " ") + arg;
   away->locked = launch.locked;
@@ -280,13 +284,17 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
       [this, alive = alive_, slot, away, result, request] {
         if (!*alive) return;
         if (!result->error.empty()) {
-          EndAway(slot, fmt::format("cannot reach node {}: {}", away->where, result->error));
+          Apply(slot, away,
+                away->protocol.Lost(
+                    fmt::format("cannot reach node {}: {}", away->where(), result->error)));
           return;
         }
         ConnectedAway(slot, away, std::move(result->fd), request);
       });
   if (status < 0) {
-    EndAway(slot, fmt::format("cannot reach node {}: {}", where, uv_strerror(status)));
+    Apply(slot, away,
+          away->protocol.Lost(
+              fmt::format("cannot reach node {}: {}", where, uv_strerror(status))));
   }
 }
 
@@ -295,7 +303,7 @@ void JobRegistry::ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
   auto it = jobs_.find(slot);
   if (it == jobs_.end() || it->second.away != away) return;  // mosrun left meanwhile
   JoinAway(slot, away, std::move(fd), request.get());
-  spdlog::info("job {} started on {}: {}", away->home_pid, away->where, away->command);
+  spdlog::info("job {} started on {}: {}", away->home_pid(), away->where(), away->command);
 }
 
 std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
@@ -347,79 +355,38 @@ StreamHandlers JobRegistry::MosrunHandlersForAway(int slot, std::shared_ptr<Away
     }
   };
   handlers.on_close = [this, slot, away] {
-    if (away->exited) return;
-    spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid, away->where);
-    EndAway(slot, "");
+    if (away->protocol.ended()) return;
+    spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid(), away->where());
+    Apply(slot, away, away->protocol.MosrunGone());
   };
   return handlers;
 }
 
-StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> away) {
-  uint32_t generation = ++away->generation;
+StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> away,
+                                                uint32_t relay) {
   StreamHandlers handlers;
-  handlers.on_message = [this, slot, away](IncomingMessage& incoming) {
+  handlers.on_message = [this, slot, away, relay](IncomingMessage& incoming) {
     auto reply = incoming.Root<schema::ControlReply>();
-    if (reply.isError() && away->pending_move) {
-      // The job's node could not move it on: it runs on there.
-      auto pending = std::move(away->pending_move);
-      away->pending_move = nullptr;
-      pending(MoveOutcome::Failure(fmt::format("job {} stays on {}: {}", away->home_pid,
-                                               away->where, reply.getError().getMessage().cStr())));
-      return;
-    }
     if (reply.isError()) {
-      EndAway(slot, fmt::format("node {} cannot run the job: {}", away->where,
-                                reply.getError().getMessage().cStr()));
+      Apply(slot, away, away->protocol.Refused(relay, reply.getError().getMessage().cStr()));
       return;
     }
     if (reply.isMigrated()) {
-      // This relay closes next; the job's new node attaches on a connection of its own,
-      // which may come after that close: the close is no longer the job's end.
-      ++away->generation;
-      auto migrated = reply.getMigrated();
-      MoveOutcome outcome;
-      outcome.where = migrated.getWhere();
-      outcome.frozen_ms = migrated.getFrozenMs();
-      outcome.total_ms = migrated.getTotalMs();
-      outcome.image_bytes = migrated.getImageBytes();
-      if (!away->arrived && outcome.where != config_.name) {
-        away->attach_due_ms = static_cast<int64_t>(uv_now(loop_)) + kAttachTimeoutMs;
-      }
-      away->announced = outcome;
-      MoveEventSeen(*away);
+      Apply(slot, away,
+            away->protocol.Migrated(relay, MigratedFigures(reply.getMigrated()),
+                                    static_cast<int64_t>(uv_now(loop_))));
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);
     if (reply.isJobExited()) {
-      away->exited = true;
-      away->mosrun.Close();
-      away->peer.Close();
-      jobs_.erase(slot);
+      Apply(slot, away, away->protocol.Exited());
       return;
     }
     // Hold the job's output back while mosrun is slower than the job.
     if (away->mosrun.queued_bytes() > ControlStream::kHighWater) away->peer.PauseReading(true);
   };
-  handlers.on_close = [this, slot, away, generation] {
-    // A relay replaced by the job's new node (or by its return home) closes quietly.
-    if (!away->exited && away->generation == generation) {
-      auto it = jobs_.find(slot);
-      if (it != jobs_.end() && it->second.away == away) {
-        EndAway(slot, fmt::format("lost contact with node {}, where the job ran", away->where));
-      }
-    }
-    if (away->pending_move && away->arrived) {
-      // The job has arrived but its old node closed without a word: moved all the same.
-      away->announced = MoveOutcome();
-      away->announced->where = away->where;
-      MoveEventSeen(*away);
-    } else if (away->pending_move && away->generation == generation) {
-      auto pending = std::move(away->pending_move);
-      away->pending_move = nullptr;
-      pending(MoveOutcome::Failure(
-          fmt::format("lost contact with node {} during the move", away->where),
-          ErrorKind::kDisconnected));
-    }
+  handlers.on_close = [this, slot, away, relay] {
+    Apply(slot, away, away->protocol.Closed(relay));
   };
   return handlers;
 }
@@ -428,7 +395,8 @@ void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
                            capnp::MallocMessageBuilder* first) {
   Caller peer;
   peer.peer = true;
-  away->peer = control_.AdoptStream(std::move(fd), peer, PeerHandlersForAway(slot, away));
+  uint32_t relay = away->protocol.Connected();
+  away->peer = control_.AdoptStream(std::move(fd), peer, PeerHandlersForAway(slot, away, relay));
   // The job's node must have the job before any of mosrun's input reaches it.
   if (first) away->peer.Send(*first);
   away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
@@ -438,65 +406,49 @@ void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
 
 void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply) {
   for (auto& [slot, entry] : jobs_) {
-    if (!entry.away || entry.away->home_pid != attach.getHomePid()) continue;
+    if (!entry.away || entry.away->home_pid() != attach.getHomePid()) continue;
     auto away = entry.away;
-    away->where = attach.getNode();
-    away->attach_due_ms = 0;
-    ++away->migrations;
-    away->arrived = true;
-    MoveEventSeen(*away);
-    away->peer = reply.OpenStream(PeerHandlersForAway(slot, away));
+    auto step = away->protocol.Arrived(attach.getNode());
+    if (!step) break;
+    away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
     away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
     away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
     away->mosrun.PauseReading(false);
-    spdlog::info("job {} now runs on {}", away->home_pid, away->where);
+    spdlog::info("job {} now runs on {}", away->home_pid(), away->where());
+    Apply(slot, away, std::move(*step));
     return;
   }
-  Fail(ErrorKind::kNotFound, "no job of this home with pid {} is away", attach.getHomePid());
+  Fail(ErrorKind::kNotFound, "no job of this home with pid {} is on its way to a node",
+       attach.getHomePid());
 }
 
-void JobRegistry::MoveEventSeen(Away& away) {
-  if (!away.announced || !away.arrived) return;
-  MoveOutcome outcome = *away.announced;
-  away.announced.reset();
-  away.arrived = false;
-  if (away.pending_move) {
-    auto pending = std::move(away.pending_move);
-    away.pending_move = nullptr;
-    pending(outcome);
+void JobRegistry::Apply(int slot, const std::shared_ptr<Away>& away, move::Step step) {
+  if (step.answer && away->waiter) {
+    auto waiter = std::move(away->waiter);
+    away->waiter = nullptr;
+    waiter(*step.answer);
   }
+  if (step.end) EndAway(slot, away, step.why);
 }
 
 void JobRegistry::EndOverdueAttaches() {
   auto now = static_cast<int64_t>(uv_now(loop_));
-  std::vector<std::pair<int, std::string>> overdue;
+  std::vector<std::pair<int, std::shared_ptr<Away>>> aways;
   for (auto& [slot, entry] : jobs_) {
-    if (entry.away && entry.away->attach_due_ms && now > entry.away->attach_due_ms) {
-      overdue.emplace_back(slot, entry.away->where);
-    }
+    if (entry.away) aways.emplace_back(slot, entry.away);
   }
-  for (auto& [slot, where] : overdue) {
-    auto away = jobs_[slot].away;
-    std::string why = fmt::format("the job left node {} and no node took it over", where);
-    if (away->pending_move) {
-      auto pending = std::move(away->pending_move);
-      away->pending_move = nullptr;
-      pending(MoveOutcome::Failure(why, ErrorKind::kDisconnected));
-    }
-    EndAway(slot, why);
-  }
+  for (auto& [slot, away] : aways) Apply(slot, away, away->protocol.Tick(now));
 }
 
-void JobRegistry::EndAway(int slot, const std::string& why) {
+void JobRegistry::EndAway(int slot, const std::shared_ptr<Away>& away, const std::string& why) {
+  // A job that came home meanwhile shares its mosrun with the job here: only the record
+  // in the table is ended.
   auto it = jobs_.find(slot);
-  if (it == jobs_.end() || !it->second.away) return;
-  auto away = it->second.away;
+  if (it == jobs_.end() || it->second.away != away) return;
   jobs_.erase(it);
   if (away->frozen) migrate::RemoveImageDir(away->frozen->dir);
-  if (away->exited) return;
-  away->exited = true;
   if (!why.empty()) {
-    spdlog::warn("job {}: {}", away->home_pid, why);
+    spdlog::warn("job {}: {}", away->home_pid(), why);
     SendExit(away->mosrun, 255, why);
   }
   away->mosrun.Close();
@@ -572,7 +524,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   std::string target = request.getTarget();
   auto it = jobs_.begin();
   for (; it != jobs_.end(); ++it) {
-    pid_t pid = it->second.here ? it->second.here->home_pid() : it->second.away->home_pid;
+    pid_t pid = it->second.here ? it->second.here->home_pid() : it->second.away->home_pid();
     if (pid == home_pid) break;
   }
   if (it == jobs_.end()) {
@@ -590,7 +542,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
       Fail(ErrorKind::kInvalidInput,
            "job {} is {}; {} works on a job running at home (mosmigrate "
            "{} home first)",
-           home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where,
+           home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where(),
            target, home_pid);
     }
     if (target == "continue") Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
@@ -605,10 +557,6 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
     }
     return;
   }
-  if (it->second.away && it->second.away->frozen) {
-    Fail(ErrorKind::kInvalidInput, "job {} is frozen: mosmigrate {} continue first", home_pid,
-         home_pid);
-  }
   if (it->second.away) {
     MoveAway(it->second.away, target == "home" ? config_.name : target,
              ReplyWhenMoved(std::move(reply)));
@@ -618,21 +566,16 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
 }
 
 void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target, MoveDone done) {
-  pid_t home_pid = away->home_pid;
-  if (target == away->where) {
-    Fail(ErrorKind::kInvalidInput, "job {} already runs on {}", home_pid, target);
-  }
-  if (away->pending_move) Fail(ErrorKind::kOverloaded, "job {} is already moving", home_pid);
-  if (target != config_.name) resolve_(target);  // a clear error for an unknown node
-  if (!away->peer.open()) Fail(ErrorKind::kOverloaded, "job {} is still starting", home_pid);
+  if (target != config_.name && target != away->where()) resolve_(target);  // unknown node
+  away->protocol.Ask(target);  // throws when the job cannot move now
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<schema::ControlRequest>();
   root.setVersion(schema::CONTROL_VERSION);
   auto migrate = root.initMigrateJob();
-  migrate.setHomePid(home_pid);
+  migrate.setHomePid(away->home_pid());
   migrate.setTarget(target);
   away->peer.Send(message);
-  away->pending_move = std::move(done);
+  away->waiter = std::move(done);
 }
 
 void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::string& target,
@@ -873,7 +816,8 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
                                                               job->home_pid(), result->error)));
                     return;
                   }
-                  auto away = AwayFrom(*job);
+                  auto away = AwayFrom(*job, move::Protocol::Frozen(job->home_pid(),
+                                                                     job->migrations()));
                   away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles()};
                   job->AbandonAfterMove();
                   it->second.here.reset();
@@ -881,7 +825,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
                   // mosrun's input waits (paused) until the job continues; its end ends the job.
                   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
                   away->mosrun.PauseReading(true);
-                  spdlog::info("job {} frozen to {}", away->home_pid, dir);
+                  spdlog::info("job {} frozen to {}", away->home_pid(), dir);
                   capnp::MallocMessageBuilder message;
                   auto done = message.initRoot<schema::ControlReply>().initMigrated();
                   done.setWhere("frozen");
@@ -907,6 +851,7 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
   auto pipes = away->frozen->pipes;
   std::string init_path = init_path_;
   FaultPoints faults = faults_;
+  away->protocol.Continue();  // throws when it is not frozen, or already continuing
   int status = QueueWork(
       loop_,
       [result, dir, pipes, init_path, faults] {
@@ -921,8 +866,9 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
         auto it = jobs_.find(slot);
         if (!result->error.empty() || it == jobs_.end() || it->second.away != away) {
           if (result->restored) ::kill(result->restored->init_pid, SIGKILL);
+          away->protocol.ContinueDone(false);
           pending->SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays frozen: {}",
-                                                                   away->home_pid, result->error)));
+                                                                   away->home_pid(), result->error)));
           return;
         }
         auto weak_job = std::make_shared<std::weak_ptr<Job>>();
@@ -933,11 +879,13 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
           job->Adopt(result->restored->init_pid, std::move(result->restored->ends));
         } catch (const Error& e) {
           ::kill(result->restored->init_pid, SIGKILL);
+          away->protocol.ContinueDone(false);
           pending->SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays frozen: {}",
-                                                                   away->home_pid, e.what())));
+                                                                   away->home_pid(), e.what())));
           return;
         }
-        job->set_migrations(away->migrations);
+        away->protocol.ContinueDone(true);
+        job->set_migrations(away->protocol.record().migrations);
         migrate::RemoveImageDir(away->frozen->dir);
         away->frozen.reset();
         away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
@@ -949,7 +897,10 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
         message.initRoot<schema::ControlReply>().initMigrated().setWhere(config_.name);
         pending->Send(message);
       });
-  if (status < 0) Fail(ErrorKind::kFailed, "cannot start continuing: {}", uv_strerror(status));
+  if (status < 0) {
+    away->protocol.ContinueDone(false);
+    Fail(ErrorKind::kFailed, "cannot start continuing: {}", uv_strerror(status));
+  }
 }
 
 void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
@@ -970,16 +921,15 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
     done(MoveOutcome::Failure("the job ended during the move"));
     return;
   }
-  auto away = AwayFrom(*job);
-  away->where = move.target_name;
-  away->migrations = job->migrations() + 1;
+  auto away = AwayFrom(*job, move::Protocol::Moved(job->home_pid(), move.target_name,
+                                                   job->migrations() + 1));
   job->AbandonAfterMove();
   it->second.here.reset();
   it->second.away = away;
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
   JoinAway(slot, away, std::move(move.connection), nullptr);
-  spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)", away->home_pid,
-               away->where, move.frozen.count(), move.total.count(), move.image_bytes);
+  spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)", away->home_pid(),
+               away->where(), move.frozen.count(), move.total.count(), move.image_bytes);
   done(OutcomeOf(move));
 }
 
@@ -1020,8 +970,9 @@ void JobRegistry::AcceptMove(Fd fd) {
 void JobRegistry::ComeHome(Restored& restored) {
   pid_t home_pid = restored.launch.identity.home_pid;
   for (auto& [slot, entry] : jobs_) {
-    if (!entry.away || entry.away->home_pid != home_pid) continue;
+    if (!entry.away || entry.away->home_pid() != home_pid) continue;
     auto away = entry.away;
+    if (!away->protocol.ExpectsArrival()) break;
     auto weak_job = std::make_shared<std::weak_ptr<Job>>();
     int job_slot = slot;
     auto job = std::make_shared<Job>(loop_, std::move(restored.launch), away->mosrun,
@@ -1030,20 +981,21 @@ void JobRegistry::ComeHome(Restored& restored) {
     try {
       job->Adopt(restored.init_pid, std::move(restored.ends));
     } catch (const Error& e) {
-      spdlog::error("cannot take back job {}: {}", home_pid, e.what());
       ::kill(restored.init_pid, SIGKILL);
+      Apply(job_slot, away, away->protocol.Lost(fmt::format("cannot take back job {}: {}",
+                                                            home_pid, e.what())));
       return;
     }
-    ++away->generation;  // the old relay's end is not the job's end
-    job->set_migrations(away->migrations + 1);
-    away->where = config_.name;
-    away->arrived = true;
-    MoveEventSeen(*away);
+    // The away record leaves the table but lives on in its old relay's handlers, where
+    // the old node's word (or its close) answers a waiting move.
+    auto step = away->protocol.Arrived(config_.name);
+    job->set_migrations(away->protocol.record().migrations);
     away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
     away->mosrun.PauseReading(false);
     entry.here = job;
     entry.away.reset();
     spdlog::info("job {} is back home", home_pid);
+    Apply(job_slot, away, std::move(*step));
     return;
   }
   spdlog::error("job {} came home but its mosrun is gone; killing it", home_pid);
@@ -1105,11 +1057,14 @@ void JobRegistry::ListJobs(ReplySender reply) const {
     if (job.here) {
       describe(*job.here, info);
     } else {
-      info.setHomePid(job.away->home_pid);
+      const move::Record& record = job.away->protocol.record();
+      info.setHomePid(record.home_pid);
       info.setHome(config_.name);
-      info.setWhere(job.away->where);
-      info.setMigrations(job.away->migrations);
-      info.setState(job.away->frozen ? "frozen" : job.away->peer.open() ? "running" : "starting");
+      info.setWhere(record.where);
+      info.setMigrations(record.migrations);
+      info.setState(job.away->frozen                          ? "frozen"
+                    : record.state == move::State::kStarting ? "starting"
+                                                              : "running");
       if (job.away->frozen) info.setWhere(config_.name);
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);
@@ -1127,7 +1082,7 @@ void JobRegistry::KillAll() {
     if (job.here) job.here->Kill();
     if (job.away) {
       if (job.away->frozen) migrate::RemoveImageDir(job.away->frozen->dir);
-      job.away->exited = true;
+      job.away->protocol.MosrunGone();  // the daemon's end: nobody hears of it
       job.away->peer.Close();
       job.away->mosrun.Close();
     }

@@ -22,6 +22,7 @@
 #include "fault.h"
 #include "image_stream.h"
 #include "job.h"
+#include "move_protocol.h"
 
 #include <capnp/message.h>
 
@@ -37,22 +38,6 @@ using PeerResolver = std::function<PeerAddress(const std::string& node)>;
 // The live nodes as the placement policy sees them, this one included.
 using PictureSource = std::function<std::vector<balance::Node>()>;
 
-// How a move ended: `error` is empty when the job moved.
-struct MoveOutcome {
-  std::string error;
-  ErrorKind kind = ErrorKind::kFailed;
-  std::string where;
-  uint64_t frozen_ms = 0;
-  uint64_t total_ms = 0;
-  uint64_t image_bytes = 0;
-
-  static MoveOutcome Failure(std::string error, ErrorKind kind = ErrorKind::kFailed) {
-    MoveOutcome outcome;
-    outcome.error = std::move(error);
-    outcome.kind = kind;
-    return outcome;
-  }
-};
 using MoveDone = std::function<void(const MoveOutcome&)>;
 
 class JobRegistry {
@@ -109,33 +94,27 @@ class JobRegistry {
   static constexpr int kMaxJobs = 500;
 
  private:
-  // A home job running on another node: its relay is two streams joined here.
+  // A home job running on another node (or frozen at home): its relay is two streams
+  // joined here, and where it is in the move protocol.
   struct Away {
-    std::string where;
+    explicit Away(move::Protocol protocol) : protocol(std::move(protocol)) {}
+    move::Protocol protocol;
     std::string command;
     bool locked = false;
-    pid_t home_pid = 0;
     uid_t uid = 0;
     ControlStream mosrun;
     ControlStream peer;
-    bool exited = false;
-    uint32_t migrations = 0;
-    uint32_t generation = 0;    // which relay to the job's node is current
-    int64_t attach_due_ms = 0;  // moved on: its new node must attach by then (loop time)
-    // A move on from the job's node ends with two events in either order: the old node's
-    // word (`migrated`, with its figures) and the arrival (an attach, or the job coming
-    // home). Each move is counted at its arrival; a waiting mosmigrate hears at both.
-    std::optional<MoveOutcome> announced;
-    bool arrived = false;
-    MoveDone pending_move;  // a move waiting for the job's node
-    // Set for a job frozen to disk at home (mosmigrate freeze) rather than running on
-    // another node; `where` is then empty.
+    MoveDone waiter;  // hears how a move this home asked for ends
+    // Set for a job frozen to disk at home (mosmigrate freeze): what restoring it needs.
     struct Frozen {
       std::string dir;   // its images
-      JobLaunch launch;  // what restoring it needs
+      JobLaunch launch;
       std::vector<migrate::PipeRole> pipes;
     };
     std::optional<Frozen> frozen;
+
+    pid_t home_pid() const { return protocol.record().home_pid; }
+    const std::string& where() const { return protocol.record().where; }
   };
   struct HomeJob {
     std::shared_ptr<Job> here;   // runs on this node
@@ -151,7 +130,7 @@ class JobRegistry {
   };
   int FreeSlot() const;
   // The record of a home job leaving this node, taken over from its Job.
-  static std::shared_ptr<Away> AwayFrom(Job& job);
+  static std::shared_ptr<Away> AwayFrom(Job& job, move::Protocol protocol);
   JobLaunch LaunchFrom(schema::JobSpec::Reader spec) const;
   // Starts `launch` on this node with `reply`'s connection as its relay; `finished`
   // runs when the job is gone.
@@ -160,15 +139,17 @@ class JobRegistry {
   void StartAway(int slot, JobLaunch launch, const std::string& where, ReplySender reply);
   void ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
                      std::shared_ptr<capnp::MallocMessageBuilder> guest_request);
-  void EndAway(int slot, const std::string& why);
+  // Carries out what the move protocol said after an event: answers the waiting move,
+  // ends the job.
+  void Apply(int slot, const std::shared_ptr<Away>& away, move::Step step);
+  // Ends an away job, telling its mosrun `why` when not empty.
+  void EndAway(int slot, const std::shared_ptr<Away>& away, const std::string& why);
   // Ends the jobs whose move on was announced but whose new node never attached.
   void EndOverdueAttaches();
-  // One of a move's two ends (see Away::announced): answers the waiting move once both
-  // are in.
-  static void MoveEventSeen(Away& away);
   StreamHandlers MosrunHandlersForAway(int slot, std::shared_ptr<Away> away);
   void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd, capnp::MallocMessageBuilder* first);
-  StreamHandlers PeerHandlersForAway(int slot, std::shared_ptr<Away> away);
+  // The handlers of relay number `relay` (move::Protocol) to the job's node.
+  StreamHandlers PeerHandlersForAway(int slot, std::shared_ptr<Away> away, uint32_t relay);
   StreamHandlers RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>> weak_job);
   // Moves a guest on. `done`, when given, hears the outcome (a move this node decided);
   // otherwise the guest's home does, on its relay (a move the home asked for).
