@@ -1,0 +1,281 @@
+// Moves: mosmigrate's requests, the moves this node makes of jobs running here (home
+// jobs and guests), and the move protocol's steps carried out for jobs away.
+#include "job_registry.h"
+
+#include <sys/stat.h>
+
+#include <spdlog/spdlog.h>
+
+#include "checkpoint.h"
+#include "control_permissions.h"
+#include "job_replies.h"
+#include "migration.h"
+#include "uv_work.h"
+
+namespace homeward {
+
+void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply) {
+  pid_t home_pid = request.getHomePid();
+  std::string target = request.getTarget();
+  auto it = jobs_.begin();
+  for (; it != jobs_.end(); ++it) {
+    pid_t pid = it->second.here ? it->second.here->home_pid() : it->second.away->home_pid();
+    if (pid == home_pid) break;
+  }
+  if (it == jobs_.end()) {
+    Fail(ErrorKind::kNotFound, "no job of this home has pid {} (mosps lists them)", home_pid);
+  }
+  uid_t owner = it->second.here ? it->second.here->uid() : it->second.away->uid;
+  CheckJobOwner(reply.caller(), owner, home_pid, "move, freeze or checkpoint it");
+  int slot = it->first;
+  if (target == "checkpoint" || target == "freeze" || target == "continue") {
+    if (it->second.away && it->second.away->frozen && target == "continue") {
+      Continue(slot, it->second.away, std::move(reply));
+      return;
+    }
+    if (!it->second.here) {
+      Fail(ErrorKind::kInvalidInput,
+           "job {} is {}; {} works on a job running at home (mosmigrate "
+           "{} home first)",
+           home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where(),
+           target, home_pid);
+    }
+    if (target == "continue") Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
+    if (it->second.here->state() != "running") {
+      Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, it->second.here->state());
+    }
+    if (target == "freeze") {
+      Freeze(slot, it->second.here, std::move(reply));
+    } else {
+      Caller caller = reply.caller();
+      Checkpoint(it->second.here, request.getPath(), caller, std::move(reply));
+    }
+    return;
+  }
+  if (it->second.away) {
+    MoveAway(it->second.away, target == "home" ? config_.name : target,
+             ReplyWhenMoved(std::move(reply)));
+    return;
+  }
+  MoveFromHome(slot, it->second.here, target, ReplyWhenMoved(std::move(reply)));
+}
+
+void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target, MoveDone done) {
+  if (target != config_.name && target != away->where()) resolve_(target);  // unknown node
+  away->protocol.Ask(target);  // throws when the job cannot move now
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<schema::ControlRequest>();
+  root.setVersion(schema::CONTROL_VERSION);
+  auto migrate = root.initMigrateJob();
+  migrate.setHomePid(away->home_pid());
+  migrate.setTarget(target);
+  away->peer.Send(message);
+  away->waiter = std::move(done);
+}
+
+void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply) {
+  for (auto& [slot, entry] : jobs_) {
+    if (!entry.away || entry.away->home_pid() != attach.getHomePid()) continue;
+    auto away = entry.away;
+    auto step = away->protocol.Arrived(attach.getNode());
+    if (!step) break;
+    away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
+    away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
+    away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+    away->mosrun.PauseReading(false);
+    spdlog::info("job {} now runs on {}", away->home_pid(), away->where());
+    Apply(slot, away, std::move(*step));
+    return;
+  }
+  Fail(ErrorKind::kNotFound, "no job of this home with pid {} is on its way to a node",
+       attach.getHomePid());
+}
+
+void JobRegistry::Apply(int slot, const std::shared_ptr<Away>& away, move::Step step) {
+  if (step.answer && away->waiter) {
+    auto waiter = std::move(away->waiter);
+    away->waiter = nullptr;
+    waiter(*step.answer);
+  }
+  if (step.end) EndAway(slot, away, step.why);
+}
+
+void JobRegistry::EndOverdueAttaches() {
+  auto now = static_cast<int64_t>(uv_now(loop_));
+  std::vector<std::pair<int, std::shared_ptr<Away>>> aways;
+  for (auto& [slot, entry] : jobs_) {
+    if (entry.away) aways.emplace_back(slot, entry.away);
+  }
+  for (auto& [slot, away] : aways) Apply(slot, away, away->protocol.Tick(now));
+}
+
+void JobRegistry::EndAway(int slot, const std::shared_ptr<Away>& away, const std::string& why) {
+  // A job that came home meanwhile shares its mosrun with the job here: only the record
+  // in the table is ended.
+  auto it = jobs_.find(slot);
+  if (it == jobs_.end() || it->second.away != away) return;
+  jobs_.erase(it);
+  if (away->frozen) migrate::RemoveImageDir(away->frozen->dir);
+  if (!why.empty()) {
+    spdlog::warn("job {}: {}", away->home_pid(), why);
+    SendExit(away->mosrun, 255, why);
+  }
+  away->mosrun.Close();
+  away->peer.Close();  // the job's node kills a guest whose home relay is gone
+}
+
+void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::string& target,
+                               MoveDone done) {
+  pid_t home_pid = job->home_pid();
+  if (target == "home" || target == config_.name) {
+    Fail(ErrorKind::kInvalidInput, "job {} is already at home on {}", home_pid, config_.name);
+  }
+  if (std::string pinned = job->PinnedReason(); !pinned.empty()) {
+    Fail(ErrorKind::kInvalidInput, "job {} cannot leave home: it {}", home_pid,
+         pinned.rfind("kept", 0) == 0 ? "is " + pinned : pinned);
+  }
+  if (job->state() != "running") {
+    Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, job->state());
+  }
+  auto move = PrepareMove(job, target);
+  job->set_migrating(true);
+  job->relay().PauseReading(true);  // input waits for the job's new place
+
+  int status = QueueWork(
+      loop_, [move] { RunMoveOut(*move); },
+      [this, alive = alive_, slot, job, move, done = std::move(done)] {
+        if (*alive) FinishMove(slot, job, *move, done);
+      });
+  if (status < 0) {
+    job->set_migrating(false);
+    job->relay().PauseReading(false);
+    Fail(ErrorKind::kFailed, "cannot start the move: {}", uv_strerror(status));
+  }
+}
+
+std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& job,
+                                                  const std::string& target) {
+  PeerAddress address = resolve_(target);
+  // A blocked node, or one without room, refuses the stream anyway; saying so before
+  // the dump is clearer and costs the job nothing.
+  for (const balance::Node& node : picture_()) {
+    if (node.name != target) continue;
+    if (!node.accepts_guests && target != job->launch().home) {
+      Fail(ErrorKind::kOverloaded, "node {} accepts no guests (mosctl block)", target);
+    }
+    uint32_t needed = job->usage().memory_mb();
+    if (node.mem_free_mb < needed) {
+      Fail(ErrorKind::kOverloaded, "node {} has {} MB of free memory; the job uses {} MB", target,
+           node.mem_free_mb, needed);
+    }
+  }
+  pid_t home_pid = job->home_pid();
+  auto move = std::make_shared<MoveOut>();
+  move->init_pid = job->init_pid();
+  move->pipe_inodes = job->pipe_inodes();
+  move->image_dir =
+      fmt::format("{}/images/out-{}-{}", config_.state_dir, home_pid, job->init_pid());
+  ::mkdir((config_.state_dir + "/images").c_str(), 0700);
+  move->target_name = target;
+  move->target_host = address.host;
+  move->target_port = address.port;
+  move->key = config_.cluster_key;
+  move->guest_request = GuestRequest(job->launch(), target);
+  move->metadata.home_node = job->launch().home;
+  move->metadata.home_pid = home_pid;
+  move->faults = faults_;
+  move->metadata.external_pipes = job->pipe_roles();
+  return move;
+}
+
+void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
+                             const MoveDone& done) {
+  job->set_migrating(false);
+  auto it = jobs_.find(slot);
+  bool still_ours = it != jobs_.end() && it->second.here == job;
+  if (!move.error.empty()) {
+    spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
+    job->relay().PauseReading(false);
+    MoveOutcome outcome = OutcomeOf(move);
+    outcome.error =
+        fmt::format("job {} stays on {}: {}", job->home_pid(), config_.name, move.error);
+    done(outcome);
+    return;
+  }
+  if (!still_ours) {  // ended meanwhile (its mosrun went away)
+    done(MoveOutcome::Failure("the job ended during the move"));
+    return;
+  }
+  auto away = AwayFrom(*job, move::Protocol::Moved(job->home_pid(), move.target_name,
+                                                   job->migrations() + 1));
+  job->AbandonAfterMove();
+  it->second.here.reset();
+  it->second.away = away;
+  away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
+  JoinAway(slot, away, std::move(move.connection), nullptr);
+  spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)", away->home_pid(),
+               away->where(), move.frozen.count(), move.total.count(), move.image_bytes);
+  done(OutcomeOf(move));
+}
+
+void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& target, MoveDone done) {
+  std::shared_ptr<MoveOut> move;
+  try {
+    if (job->state() != "running") Fail(ErrorKind::kOverloaded, "the job is {}", job->state());
+    move = PrepareMove(job, target);
+  } catch (const Error& e) {
+    if (done) {
+      done(MoveOutcome::Failure(e.what(), e.kind()));
+      return;
+    }
+    capnp::MallocMessageBuilder message;
+    BuildError(message, e.kind(), e.what());
+    job->relay().Send(message);
+    return;
+  }
+  job->set_migrating(true);
+  int status = QueueWork(
+      loop_, [move] { RunMoveOut(*move); },
+      [this, alive = alive_, job, move, done] {
+        if (*alive) FinishGuestMove(job, *move, done);
+      });
+  if (status < 0) {
+    job->set_migrating(false);
+    if (done) {
+      done(MoveOutcome::Failure(fmt::format("cannot start the move: {}", uv_strerror(status))));
+    }
+  }
+}
+
+void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const MoveDone& done) {
+  job->set_migrating(false);
+  capnp::MallocMessageBuilder message;
+  if (!move.error.empty()) {
+    spdlog::warn("guest {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
+    if (done) {
+      done(OutcomeOf(move));  // this node's own decision: the home need not hear of it
+      return;
+    }
+    BuildError(message, ErrorKind::kFailed, move.error);
+    job->relay().Send(message);
+    return;
+  }
+  // The job runs on at the target, which has told its home; what it left in our pipes
+  // goes home first, then word of the move, then this relay closes.
+  ControlStream relay = job->relay();
+  job->AbandonAfterMove();
+  for (auto it = guests_.begin(); it != guests_.end(); ++it) {
+    if (it->second == job) {
+      guests_.erase(it);
+      break;
+    }
+  }
+  BuildMigrated(message, OutcomeOf(move));
+  relay.Send(message);
+  relay.Close();
+  spdlog::info("guest {} moved on to {} (frozen {} ms)", job->home_pid(), move.target_name,
+               move.frozen.count());
+  if (done) done(OutcomeOf(move));
+}
+
+}  // namespace homeward

@@ -1,0 +1,182 @@
+// The relay of a home job away: mosrun's stream and the stream to the job's node,
+// joined here, with the events each carries handed to the move protocol.
+#include "job_registry.h"
+
+#include <spdlog/spdlog.h>
+
+#include "job_replies.h"
+#include "peer_auth.h"
+#include "uv_work.h"
+
+namespace homeward {
+
+namespace {
+
+constexpr auto kPeerConnectTimeout = std::chrono::seconds(5);
+
+}  // namespace
+
+void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where,
+                            ReplySender reply) {
+  PeerAddress address = resolve_(where);
+  auto request = GuestRequest(launch, where);
+
+  auto away = std::make_shared<Away>(move::Protocol::Starting(launch.identity.home_pid, where));
+  away->uid = launch.identity.uid;
+  for (const auto& arg : launch.argv) away->command += (away->command.empty() ? "" : " ") + arg;
+  away->locked = launch.locked;
+
+  auto handlers = MosrunHandlersForAway(slot, away);
+  away->mosrun = reply.OpenStream(std::move(handlers));
+  away->mosrun.PauseReading(true);  // until the job's node has the job
+  jobs_[slot].away = away;
+
+  // The peer handshake blocks; it runs on libuv's thread pool, never on the loop.
+  struct Connection {
+    Fd fd;
+    std::string error;
+  };
+  auto result = std::make_shared<Connection>();
+  auto key = config_.cluster_key;
+  int status = QueueWork(
+      loop_,
+      [result, address, key] {
+        try {
+          result->fd = PeerConnect(address.host, address.port, key, "jobs", kPeerConnectTimeout);
+        } catch (const std::exception& e) {
+          result->error = e.what();
+        }
+      },
+      [this, alive = alive_, slot, away, result, request] {
+        if (!*alive) return;
+        if (!result->error.empty()) {
+          Apply(slot, away,
+                away->protocol.Lost(
+                    fmt::format("cannot reach node {}: {}", away->where(), result->error)));
+          return;
+        }
+        ConnectedAway(slot, away, std::move(result->fd), request);
+      });
+  if (status < 0) {
+    Apply(slot, away,
+          away->protocol.Lost(
+              fmt::format("cannot reach node {}: {}", where, uv_strerror(status))));
+  }
+}
+
+void JobRegistry::ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
+                                std::shared_ptr<capnp::MallocMessageBuilder> request) {
+  auto it = jobs_.find(slot);
+  if (it == jobs_.end() || it->second.away != away) return;  // mosrun left meanwhile
+  JoinAway(slot, away, std::move(fd), request.get());
+  spdlog::info("job {} started on {}: {}", away->home_pid(), away->where(), away->command);
+}
+
+std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
+    const JobLaunch& launch, const std::string& where) const {
+  auto request = std::make_shared<capnp::MallocMessageBuilder>();
+  auto root = request->initRoot<schema::ControlRequest>();
+  root.setVersion(schema::CONTROL_VERSION);
+  auto guest = root.initStartGuest();
+  auto job = guest.initJob();
+  auto argv = job.initArgv(static_cast<unsigned>(launch.argv.size()));
+  for (unsigned i = 0; i < launch.argv.size(); ++i) argv.set(i, launch.argv[i]);
+  auto env = job.initEnv(static_cast<unsigned>(launch.env.size()));
+  for (unsigned i = 0; i < launch.env.size(); ++i) env.set(i, launch.env[i]);
+  job.setCwd(launch.cwd);
+  job.setWhere(where);
+  job.setKeepHome(launch.keep_home);
+  job.setLocked(launch.locked);
+  job.setMinFreeMb(launch.min_free_mb);
+  guest.setStartedUnixMs(static_cast<uint64_t>(launch.started_unix_ms));
+  if (launch.guest) {
+    guest.setHome(launch.home);
+    guest.setHomeHost(launch.home_host);
+    guest.setHomePort(launch.home_port);
+    guest.setReattach(where != launch.home);
+  } else {
+    guest.setHome(config_.name);
+    guest.setHomeHost(config_.address);
+    guest.setHomePort(config_.peer_port);
+  }
+  FillIdentity(launch.identity, guest.initIdentity());
+  guest.setPidBase(launch.pid_base);
+  return request;
+}
+
+std::shared_ptr<JobRegistry::Away> JobRegistry::AwayFrom(Job& job, move::Protocol protocol) {
+  auto away = std::make_shared<Away>(std::move(protocol));
+  away->uid = job.uid();
+  away->command = job.command();
+  away->locked = job.launch().locked;
+  away->mosrun = job.relay();
+  return away;
+}
+
+StreamHandlers JobRegistry::MosrunHandlersForAway(int slot, std::shared_ptr<Away> away) {
+  StreamHandlers handlers;
+  handlers.on_message = [away](IncomingMessage& incoming) {
+    auto message = incoming.Root<schema::ControlRequest>();
+    switch (message.which()) {
+      case schema::ControlRequest::JOB_INPUT:
+      case schema::ControlRequest::JOB_INPUT_END:
+      case schema::ControlRequest::JOB_SIGNAL:
+        Forward<schema::ControlRequest>(incoming, away->peer);
+        // Hold mosrun's input back while the job's node is slower to take it.
+        if (away->peer.queued_bytes() > ControlStream::kHighWater) away->mosrun.PauseReading(true);
+        break;
+      default:
+        Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
+    }
+  };
+  handlers.on_close = [this, slot, away] {
+    if (away->protocol.ended()) return;
+    spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid(), away->where());
+    Apply(slot, away, away->protocol.MosrunGone());
+  };
+  return handlers;
+}
+
+StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> away,
+                                                uint32_t relay) {
+  StreamHandlers handlers;
+  handlers.on_message = [this, slot, away, relay](IncomingMessage& incoming) {
+    auto reply = incoming.Root<schema::ControlReply>();
+    if (reply.isError()) {
+      Apply(slot, away, away->protocol.Refused(relay, reply.getError().getMessage().cStr()));
+      return;
+    }
+    if (reply.isMigrated()) {
+      Apply(slot, away,
+            away->protocol.Migrated(relay, MigratedFigures(reply.getMigrated()),
+                                    static_cast<int64_t>(uv_now(loop_))));
+      return;
+    }
+    Forward<schema::ControlReply>(incoming, away->mosrun);
+    if (reply.isJobExited()) {
+      Apply(slot, away, away->protocol.Exited());
+      return;
+    }
+    // Hold the job's output back while mosrun is slower than the job.
+    if (away->mosrun.queued_bytes() > ControlStream::kHighWater) away->peer.PauseReading(true);
+  };
+  handlers.on_close = [this, slot, away, relay] {
+    Apply(slot, away, away->protocol.Closed(relay));
+  };
+  return handlers;
+}
+
+void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
+                           capnp::MallocMessageBuilder* first) {
+  Caller peer;
+  peer.peer = true;
+  uint32_t relay = away->protocol.Connected();
+  away->peer = control_.AdoptStream(std::move(fd), peer, PeerHandlersForAway(slot, away, relay));
+  // The job's node must have the job before any of mosrun's input reaches it.
+  if (first) away->peer.Send(*first);
+  away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
+  away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+  away->mosrun.PauseReading(false);
+}
+
+}  // namespace homeward

@@ -1,0 +1,213 @@
+// Snapshots of a job running at home: a checkpoint it runs on from, a freeze to disk,
+// and continuing a frozen job.
+#include "job_registry.h"
+
+#include <sys/stat.h>
+
+#include <spdlog/spdlog.h>
+
+#include "checkpoint.h"
+#include "checkpoint_dir.h"
+#include "job_replies.h"
+#include "migration.h"
+#include "uv_work.h"
+
+namespace homeward {
+
+void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path,
+                             const Caller& caller, ReplySender reply) {
+  if (path.empty() || path[0] != '/') {
+    Fail(ErrorKind::kInvalidInput, "checkpoint needs an absolute path for the images, not '{}'",
+         path);
+  }
+  // The directory is the caller's to name, so it is made with the caller's rights (uid,
+  // gid and groups as the kernel reports them), never root's.
+  JobIdentity id = JobIdentity::OfProcess(caller.pid, caller.uid, caller.gid);
+  FsIdentity who{id.uid, id.gid, id.groups};
+  std::string work_root = config_.state_dir + "/criu-work";
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  DumpOffLoop(
+      job, migrate::AfterDump::kRun,
+      [path, who, work_root, home_pid = job->home_pid()](pid_t init,
+                                                          migrate::DumpOptions options) {
+        CheckpointDir dir = CheckpointDir::Create(path, who);
+        // criu's log and scratch files stay in root's own state directory: a log the user
+        // could write would let the error message quote a file the user may not read.
+        // One of its own per checkpoint: two checkpoints of a job may overlap.
+        ::mkdir(work_root.c_str(), 0700);
+        std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
+        HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
+        options.work_dir = work;
+        migrate::DumpResult result;
+        try {
+          result = migrate::Dump(init, dir.fd_path(), options);
+        } catch (...) {
+          migrate::RemoveImageDir(work);
+          throw;
+        }
+        migrate::RemoveImageDir(work);
+        dir.HandOver();
+        return result;
+      },
+      [this, pending](const DumpOutcome& result) {
+        if (!result.error.empty()) {
+          pending->SendError(
+              Error(result.kind, fmt::format("checkpoint failed: {}", result.error)));
+          return;
+        }
+        MoveOutcome outcome;
+        outcome.where = config_.name;
+        outcome.frozen_ms = static_cast<uint64_t>(result.dump.frozen_time.count() / 1000);
+        outcome.image_bytes = result.dump.image_bytes;
+        capnp::MallocMessageBuilder message;
+        BuildMigrated(message, outcome);
+        pending->Send(message);
+      });
+}
+
+void JobRegistry::DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDump after,
+                              DumpStep dump, std::function<void(const DumpOutcome&)> done) {
+  auto result = std::make_shared<DumpOutcome>();
+  migrate::DumpOptions options;
+  options.after = after;
+  options.external_pipes = job->pipe_inodes();
+  options.faults = faults_;
+  pid_t init = job->init_pid();
+  int status = QueueWork(
+      loop_,
+      [result, init, options, dump = std::move(dump)] {
+        try {
+          result->dump = dump(init, options);
+        } catch (const Error& e) {
+          result->error = e.what();
+          result->kind = e.kind();
+        } catch (const std::exception& e) {
+          result->error = e.what();
+        }
+        // A job left stopped by a failed step runs on where it was.
+        if (!result->error.empty() && options.after == migrate::AfterDump::kStop) {
+          migrate::ContinueJob(init);
+        }
+      },
+      [alive = alive_, result, done] {
+        if (*alive) done(*result);
+      });
+  if (status < 0) Fail(ErrorKind::kFailed, "cannot start the checkpoint: {}", uv_strerror(status));
+}
+
+void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) {
+  std::string frozen = config_.state_dir + "/frozen";
+  ::mkdir(frozen.c_str(), 0700);
+  std::string dir = fmt::format("{}/job-{}", frozen, job->home_pid());
+  migrate::RemoveImageDir(dir);
+  HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
+  job->set_migrating(true);
+  job->relay().PauseReading(true);
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  try {
+    DumpOffLoop(job, migrate::AfterDump::kStop,
+                [dir](pid_t init, const migrate::DumpOptions& options) {
+                  return migrate::Dump(init, dir, options);
+                },
+                [this, slot, job, dir, pending](const DumpOutcome& outcome) {
+                  const DumpOutcome* result = &outcome;
+                  job->set_migrating(false);
+                  auto it = jobs_.find(slot);
+                  if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
+                    migrate::RemoveImageDir(dir);
+                    job->relay().PauseReading(false);
+                    pending->SendError(
+                        Error(ErrorKind::kFailed, fmt::format("job {} runs on: freezing failed: {}",
+                                                              job->home_pid(), result->error)));
+                    return;
+                  }
+                  auto away = AwayFrom(*job, move::Protocol::Frozen(job->home_pid(),
+                                                                     job->migrations()));
+                  away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles()};
+                  job->AbandonAfterMove();
+                  it->second.here.reset();
+                  it->second.away = away;
+                  // mosrun's input waits (paused) until the job continues; its end ends the job.
+                  away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
+                  away->mosrun.PauseReading(true);
+                  spdlog::info("job {} frozen to {}", away->home_pid(), dir);
+                  MoveOutcome frozen_to;
+                  frozen_to.where = "frozen";
+                  frozen_to.image_bytes = result->dump.image_bytes;
+                  capnp::MallocMessageBuilder message;
+                  BuildMigrated(message, frozen_to);
+                  pending->Send(message);
+                });
+  } catch (const Error&) {
+    job->set_migrating(false);
+    job->relay().PauseReading(false);
+    throw;
+  }
+}
+
+void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender reply) {
+  struct Result {
+    std::optional<RestoredHere> restored;
+    std::string error;
+  };
+  auto result = std::make_shared<Result>();
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  std::string dir = away->frozen->dir;
+  auto pipes = away->frozen->pipes;
+  std::string init_path = init_path_;
+  FaultPoints faults = faults_;
+  away->protocol.Continue();  // throws when it is not frozen, or already continuing
+  int status = QueueWork(
+      loop_,
+      [result, dir, pipes, init_path, faults] {
+        try {
+          result->restored = RestoreHere(dir, pipes, "/", init_path, faults);
+        } catch (const std::exception& e) {
+          result->error = e.what();
+        }
+      },
+      [this, alive = alive_, slot, away, result, pending] {
+        if (!*alive) return;
+        auto it = jobs_.find(slot);
+        if (!result->error.empty() || it == jobs_.end() || it->second.away != away) {
+          if (result->restored) ::kill(result->restored->init_pid, SIGKILL);
+          away->protocol.ContinueDone(false);
+          pending->SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays frozen: {}",
+                                                                   away->home_pid(), result->error)));
+          return;
+        }
+        auto weak_job = std::make_shared<std::weak_ptr<Job>>();
+        auto job = std::make_shared<Job>(loop_, away->frozen->launch, away->mosrun,
+                                         [this, slot](Job&) { jobs_.erase(slot); });
+        *weak_job = job;
+        try {
+          job->Adopt(result->restored->init_pid, std::move(result->restored->ends));
+        } catch (const Error& e) {
+          ::kill(result->restored->init_pid, SIGKILL);
+          away->protocol.ContinueDone(false);
+          pending->SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays frozen: {}",
+                                                                   away->home_pid(), e.what())));
+          return;
+        }
+        away->protocol.ContinueDone(true);
+        job->set_migrations(away->protocol.record().migrations);
+        migrate::RemoveImageDir(away->frozen->dir);
+        away->frozen.reset();
+        away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
+        away->mosrun.PauseReading(false);
+        it->second.here = job;
+        it->second.away.reset();
+        spdlog::info("job {} continues", job->home_pid());
+        MoveOutcome outcome;
+        outcome.where = config_.name;
+        capnp::MallocMessageBuilder message;
+        BuildMigrated(message, outcome);
+        pending->Send(message);
+      });
+  if (status < 0) {
+    away->protocol.ContinueDone(false);
+    Fail(ErrorKind::kFailed, "cannot start continuing: {}", uv_strerror(status));
+  }
+}
+
+}  // namespace homeward
