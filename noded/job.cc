@@ -188,10 +188,10 @@ void Job::Start() {
                init_->pid());
 }
 
-void Job::Adopt(pid_t init_pid, DaemonEnds ends) {
-  init_.emplace(ChildProcess::Adopt(init_pid));
+void Job::Adopt(ChildProcess init, DaemonEnds ends) {
+  init_.emplace(std::move(init));
   Attach(std::move(ends));
-  spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_pid);
+  spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_->pid());
 }
 
 void Job::Attach(DaemonEnds ends) {

@@ -85,7 +85,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // Starts the job's init and relaying. Throws Error when the job cannot start.
   void Start();
   // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
-  void Adopt(pid_t init_pid, DaemonEnds ends);
+  void Adopt(ChildProcess init, DaemonEnds ends);
   // The job has moved on: relays the output it left in our pipes, then kills the frozen
   // copy here without reporting an end to mosrun.
   void AbandonAfterMove();

@@ -37,18 +37,30 @@ void JobRegistry::AcceptMove(Fd fd) {
       capnp::writeMessageToFd(home.get(), message);
       restored->connection = std::move(home);
     } catch (const std::exception& e) {
+      // Returning drops `restored`, whose ChildProcess kills and reaps the job's init.
       spdlog::error("job {} was restored here but its home {} cannot be reached: {}; killing it",
                     launch.identity.home_pid, launch.home, e.what());
-      ::kill(restored->init_pid, SIGKILL);
       return;
     }
   }
   {
     std::lock_guard lock(restored_mutex_);
-    restored_.push_back(Restored{std::move(restored->connection), restored->init_pid,
+    restored_.push_back(Restored{std::move(restored->connection), std::move(restored->init),
                                  std::move(restored->ends), std::move(launch)});
   }
   uv_async_send(restored_wakeup_.get());
+}
+
+std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream relay,
+                                                ChildProcess init, DaemonEnds ends,
+                                                std::function<void()> finished) {
+  auto job = std::make_shared<Job>(loop_, std::move(launch), std::move(relay),
+                                   [finished = std::move(finished)](Job&) { finished(); });
+  // A throw from here on leaves the init with `init` or the job, either of which kills
+  // and reaps it.
+  faults_.Check("adopt-restored");
+  job->Adopt(std::move(init), std::move(ends));
+  return job;
 }
 
 void JobRegistry::ComeHome(Restored& restored) {
@@ -59,17 +71,16 @@ void JobRegistry::ComeHome(Restored& restored) {
     if (!away->protocol.ExpectsArrival()) break;
     auto weak_job = std::make_shared<std::weak_ptr<Job>>();
     int job_slot = slot;
-    auto job = std::make_shared<Job>(loop_, std::move(restored.launch), away->mosrun,
-                                     [this, job_slot](Job&) { jobs_.erase(job_slot); });
-    *weak_job = job;
+    std::shared_ptr<Job> job;
     try {
-      job->Adopt(restored.init_pid, std::move(restored.ends));
+      job = AdoptRestored(std::move(restored.launch), away->mosrun, std::move(restored.init),
+                          std::move(restored.ends), [this, job_slot] { jobs_.erase(job_slot); });
     } catch (const Error& e) {
-      ::kill(restored.init_pid, SIGKILL);
       Apply(job_slot, away, away->protocol.Lost(fmt::format("cannot take back job {}: {}",
                                                             home_pid, e.what())));
       return;
     }
+    *weak_job = job;
     // The away record leaves the table but lives on in its old relay's handlers, where
     // the old node's word (or its close) answers a waiting move.
     auto step = away->protocol.Arrived(config_.name);
@@ -82,8 +93,27 @@ void JobRegistry::ComeHome(Restored& restored) {
     Apply(job_slot, away, std::move(*step));
     return;
   }
+  // The restored init goes with `restored`, killed and reaped.
   spdlog::error("job {} came home but its mosrun is gone; killing it", home_pid);
-  ::kill(restored.init_pid, SIGKILL);
+}
+
+void JobRegistry::ArriveAsGuest(Restored& restored) {
+  uint64_t id = next_guest_++;
+  auto weak_job = std::make_shared<std::weak_ptr<Job>>();
+  Caller peer;
+  peer.peer = true;
+  ControlStream relay =
+      control_.AdoptStream(std::move(restored.connection), peer, RelayHandlersFor(weak_job));
+  pid_t init_pid = restored.init.pid();
+  try {
+    auto job = AdoptRestored(std::move(restored.launch), relay, std::move(restored.init),
+                             std::move(restored.ends), [this, id] { guests_.erase(id); });
+    *weak_job = job;
+    guests_[id] = job;
+  } catch (const Error& e) {
+    spdlog::error("cannot take over restored job (init {}): {}", init_pid, e.what());
+    relay.Close();
+  }
 }
 
 void JobRegistry::TakeRestored() {
@@ -96,24 +126,8 @@ void JobRegistry::TakeRestored() {
     if (on_arrival_) on_arrival_();
     if (one.launch.home == config_.name) {
       ComeHome(one);
-      continue;
-    }
-    uint64_t id = next_guest_++;
-    auto weak_job = std::make_shared<std::weak_ptr<Job>>();
-    Caller peer;
-    peer.peer = true;
-    ControlStream relay =
-        control_.AdoptStream(std::move(one.connection), peer, RelayHandlersFor(weak_job));
-    auto job = std::make_shared<Job>(loop_, std::move(one.launch), relay,
-                                     [this, id](Job&) { guests_.erase(id); });
-    *weak_job = job;
-    try {
-      job->Adopt(one.init_pid, std::move(one.ends));
-      guests_[id] = job;
-    } catch (const Error& e) {
-      spdlog::error("cannot take over restored job (init {}): {}", one.init_pid, e.what());
-      ::kill(one.init_pid, SIGKILL);
-      relay.Close();
+    } else {
+      ArriveAsGuest(one);
     }
   }
 }

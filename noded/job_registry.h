@@ -2,6 +2,12 @@
 // for mosrun, or on another node through a peer connection to that node's daemon — and
 // the guests other homes run here. It answers mosps, gives each home job a unique block
 // of process ids, and kills what runs here at shutdown.
+//
+// One class, in files by concern: job_registry.cc (the job table), job_relay.cc (a job
+// away's two streams joined here), job_moves.cc (moves, and the move protocol's steps
+// carried out), job_snapshots.cc (checkpoint, freeze, continue), job_arrivals.cc
+// (restored jobs taken over), job_replies.h (the messages it builds). Where a job away
+// stands is move::Protocol (move_protocol.h), pure logic.
 #pragma once
 
 #include <uv.h>
@@ -17,11 +23,13 @@
 
 #include "balance_policy.h"
 #include "checkpoint.h"
+#include "child_process.h"
 #include "config.h"
 #include "control_server.h"
 #include "fault.h"
 #include "image_stream.h"
 #include "job.h"
+#include "migration.h"
 #include "move_protocol.h"
 
 #include <capnp/message.h>
@@ -124,7 +132,7 @@ class JobRegistry {
   // Jobs restored on peer server threads, waiting for the loop to adopt them.
   struct Restored {
     Fd connection;
-    pid_t init_pid;
+    ChildProcess init;  // killed and reaped if nobody takes the job over
     DaemonEnds ends;
     JobLaunch launch;
   };
@@ -162,6 +170,11 @@ class JobRegistry {
   // Where a new job starts: its -r node, or one -b or -m chooses.
   std::string Place(const JobLaunch& launch, const std::string& where, bool best) const;
   void ComeHome(Restored& restored);
+  void ArriveAsGuest(Restored& restored);
+  // Makes the Job of a restored init and takes it over; throws Error when it cannot (the
+  // init is then killed and reaped). `finished` runs when the job is gone.
+  std::shared_ptr<Job> AdoptRestored(JobLaunch launch, ControlStream relay, ChildProcess init,
+                                     DaemonEnds ends, std::function<void()> finished);
   std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,
@@ -183,6 +196,13 @@ class JobRegistry {
   void DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDump after, DumpStep dump,
                    std::function<void(const DumpOutcome&)> done);
   void Continue(int slot, std::shared_ptr<Away> away, ReplySender reply);
+  // A frozen job restored at home (or not), back on the loop.
+  struct Restoring {
+    std::optional<RestoredHere> restored;
+    std::string error;
+  };
+  void Continued(int slot, const std::shared_ptr<Away>& away, Restoring& result,
+                 ReplySender& reply);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
 
   uv_loop_t* loop_;

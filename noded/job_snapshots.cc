@@ -146,11 +146,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
 }
 
 void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender reply) {
-  struct Result {
-    std::optional<RestoredHere> restored;
-    std::string error;
-  };
-  auto result = std::make_shared<Result>();
+  auto result = std::make_shared<Restoring>();
   auto pending = std::make_shared<ReplySender>(std::move(reply));
   std::string dir = away->frozen->dir;
   auto pipes = away->frozen->pipes;
@@ -167,47 +163,52 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
         }
       },
       [this, alive = alive_, slot, away, result, pending] {
-        if (!*alive) return;
-        auto it = jobs_.find(slot);
-        if (!result->error.empty() || it == jobs_.end() || it->second.away != away) {
-          if (result->restored) ::kill(result->restored->init_pid, SIGKILL);
-          away->protocol.ContinueDone(false);
-          pending->SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays frozen: {}",
-                                                                   away->home_pid(), result->error)));
-          return;
-        }
-        auto weak_job = std::make_shared<std::weak_ptr<Job>>();
-        auto job = std::make_shared<Job>(loop_, away->frozen->launch, away->mosrun,
-                                         [this, slot](Job&) { jobs_.erase(slot); });
-        *weak_job = job;
-        try {
-          job->Adopt(result->restored->init_pid, std::move(result->restored->ends));
-        } catch (const Error& e) {
-          ::kill(result->restored->init_pid, SIGKILL);
-          away->protocol.ContinueDone(false);
-          pending->SendError(Error(ErrorKind::kFailed, fmt::format("job {} stays frozen: {}",
-                                                                   away->home_pid(), e.what())));
-          return;
-        }
-        away->protocol.ContinueDone(true);
-        job->set_migrations(away->protocol.record().migrations);
-        migrate::RemoveImageDir(away->frozen->dir);
-        away->frozen.reset();
-        away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
-        away->mosrun.PauseReading(false);
-        it->second.here = job;
-        it->second.away.reset();
-        spdlog::info("job {} continues", job->home_pid());
-        MoveOutcome outcome;
-        outcome.where = config_.name;
-        capnp::MallocMessageBuilder message;
-        BuildMigrated(message, outcome);
-        pending->Send(message);
+        if (*alive) Continued(slot, away, *result, *pending);
       });
   if (status < 0) {
     away->protocol.ContinueDone(false);
     Fail(ErrorKind::kFailed, "cannot start continuing: {}", uv_strerror(status));
   }
+}
+
+void JobRegistry::Continued(int slot, const std::shared_ptr<Away>& away, Restoring& result,
+                            ReplySender& reply) {
+  auto it = jobs_.find(slot);
+  if (result.error.empty() && (it == jobs_.end() || it->second.away != away)) {
+    result.error = "its mosrun is gone";
+  }
+  auto weak_job = std::make_shared<std::weak_ptr<Job>>();
+  std::shared_ptr<Job> job;
+  if (result.error.empty()) {
+    try {
+      job = AdoptRestored(away->frozen->launch, away->mosrun, std::move(result.restored->init),
+                          std::move(result.restored->ends), [this, slot] { jobs_.erase(slot); });
+    } catch (const Error& e) {
+      result.error = e.what();
+    }
+  }
+  if (!result.error.empty()) {
+    result.restored.reset();  // a restored copy not taken over is killed and reaped
+    away->protocol.ContinueDone(false);
+    reply.SendError(Error(ErrorKind::kFailed,
+                          fmt::format("job {} stays frozen: {}", away->home_pid(), result.error)));
+    return;
+  }
+  *weak_job = job;
+  away->protocol.ContinueDone(true);
+  job->set_migrations(away->protocol.record().migrations);
+  migrate::RemoveImageDir(away->frozen->dir);
+  away->frozen.reset();
+  away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
+  away->mosrun.PauseReading(false);
+  it->second.here = job;
+  it->second.away.reset();
+  spdlog::info("job {} continues", job->home_pid());
+  MoveOutcome outcome;
+  outcome.where = config_.name;
+  capnp::MallocMessageBuilder message;
+  BuildMigrated(message, outcome);
+  reply.Send(message);
 }
 
 }  // namespace homeward

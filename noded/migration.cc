@@ -105,9 +105,10 @@ RestoredHere RestoreHere(const std::string& dir,
     if (job_end < 0) Fail(ErrorKind::kInvalidInput, "unknown pipe role '{}'", pipe.role);
     restore.pipes.push_back({pipe.inode, job_end});
   }
-  auto restored = migrate::Restore(dir, restore);
-  return RestoredHere{restored.init_pid, DaemonEnds{std::move(in.write), std::move(out.read),
-                                                    std::move(err.read), std::move(status.read)}};
+  // The restored init is our child (we are a child subreaper): owned from here on.
+  ChildProcess init = ChildProcess::Adopt(migrate::Restore(dir, restore).init_pid);
+  return RestoredHere{std::move(init), DaemonEnds{std::move(in.write), std::move(out.read),
+                                                  std::move(err.read), std::move(status.read)}};
 }
 
 void RunMoveOut(MoveOut& move) {
@@ -192,7 +193,7 @@ std::optional<RestoredJob> RunMoveIn(
     started.setHomePid(launch->identity.home_pid);
     started.setWhere(context.node_name);
     capnp::writeMessageToFd(fd.get(), message);
-    return RestoredJob{std::move(fd), here.init_pid, std::move(here.ends)};
+    return RestoredJob{std::move(fd), std::move(here.init), std::move(here.ends)};
   } catch (const std::exception& e) {
     std::string why = fmt::format("{} failed on {}: {}", step, context.node_name, e.what());
     spdlog::warn("incoming move: {}", why);

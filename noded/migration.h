@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "child_process.h"
 #include "fault.h"
 #include "fd.h"
 #include "image_stream.h"
@@ -46,8 +47,9 @@ void RunMoveOut(MoveOut& move);
 
 // Restores the job whose images are in `dir` on this node, in a mount namespace rooted at
 // `root`, with fresh pipes for its stdio and status; blocks. Throws Error naming the step.
+// The job's init is owned from the moment CRIU returns: dropped, it is killed and reaped.
 struct RestoredHere {
-  pid_t init_pid = -1;
+  ChildProcess init;
   DaemonEnds ends;
 };
 RestoredHere RestoreHere(const std::string& dir,
@@ -58,7 +60,7 @@ RestoredHere RestoreHere(const std::string& dir,
 // A job restored here, ready for the loop to adopt.
 struct RestoredJob {
   Fd connection;  // from the job's home: becomes the job's relay
-  pid_t init_pid = -1;
+  ChildProcess init;
   DaemonEnds ends;
 };
 

@@ -105,6 +105,33 @@ class LoopCluster:
         with open(self.node(node)["log"], errors="replace") as f:
             return f.read()
 
+    def zombies(self, node):
+        """The zombie processes (state Z) under `node`'s daemon: its children, which it
+        must reap, and theirs (it is a child subreaper), as "pid comm" strings."""
+        daemon = self.node(node)["pid"]
+        parents, states = {}, {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # gone meanwhile
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            parents[int(entry)] = int(fields[1])
+            states[int(entry)] = (fields[0], comm)
+        found = []
+        for pid, (state, comm) in states.items():
+            ancestor = parents.get(pid)
+            while ancestor and ancestor != daemon:
+                ancestor = parents.get(ancestor)
+            if ancestor == daemon and state == "Z":
+                found.append(f"{pid} {comm}")
+        return found
+
     def wait_for(self, predicate, timeout, what):
         """Polls `predicate` until it returns a true value; fails naming `what`."""
         deadline = time.time() + timeout
