@@ -76,8 +76,8 @@ void JobRegistry::ComeHome(Restored& restored) {
       job = AdoptRestored(std::move(restored.launch), away->mosrun, std::move(restored.init),
                           std::move(restored.ends), [this, job_slot] { jobs_.erase(job_slot); });
     } catch (const Error& e) {
-      Apply(job_slot, away, away->protocol.Lost(fmt::format("cannot take back job {}: {}",
-                                                            home_pid, e.what())));
+      Apply(job_slot, away,
+            away->protocol.Lost(fmt::format("cannot take back job {}: {}", home_pid, e.what())));
       return;
     }
     *weak_job = job;

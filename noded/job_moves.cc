@@ -206,8 +206,8 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
     done(MoveOutcome::Failure("the job ended during the move"));
     return;
   }
-  auto away = AwayFrom(*job, move::Protocol::Moved(job->home_pid(), move.target_name,
-                                                   job->migrations() + 1));
+  auto away = AwayFrom(
+      *job, move::Protocol::Moved(job->home_pid(), move.target_name, job->migrations() + 1));
   job->AbandonAfterMove();
   it->second.here.reset();
   it->second.away = away;

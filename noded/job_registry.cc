@@ -237,9 +237,9 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setHome(config_.name);
       info.setWhere(record.where);
       info.setMigrations(record.migrations);
-      info.setState(job.away->frozen                          ? "frozen"
+      info.setState(job.away->frozen                         ? "frozen"
                     : record.state == move::State::kStarting ? "starting"
-                                                              : "running");
+                                                             : "running");
       if (job.away->frozen) info.setWhere(config_.name);
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);

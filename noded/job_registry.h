@@ -115,7 +115,7 @@ class JobRegistry {
     MoveDone waiter;  // hears how a move this home asked for ends
     // Set for a job frozen to disk at home (mosmigrate freeze): what restoring it needs.
     struct Frozen {
-      std::string dir;   // its images
+      std::string dir;  // its images
       JobLaunch launch;
       std::vector<migrate::PipeRole> pipes;
     };

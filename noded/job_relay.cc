@@ -59,8 +59,7 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
       });
   if (status < 0) {
     Apply(slot, away,
-          away->protocol.Lost(
-              fmt::format("cannot reach node {}: {}", where, uv_strerror(status))));
+          away->protocol.Lost(fmt::format("cannot reach node {}: {}", where, uv_strerror(status))));
   }
 }
 

@@ -28,8 +28,7 @@ void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path,
   auto pending = std::make_shared<ReplySender>(std::move(reply));
   DumpOffLoop(
       job, migrate::AfterDump::kRun,
-      [path, who, work_root, home_pid = job->home_pid()](pid_t init,
-                                                          migrate::DumpOptions options) {
+      [path, who, work_root, home_pid = job->home_pid()](pid_t init, migrate::DumpOptions options) {
         CheckpointDir dir = CheckpointDir::Create(path, who);
         // criu's log and scratch files stay in root's own state directory: a log the user
         // could write would let the error message quote a file the user may not read.
@@ -105,39 +104,39 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
   job->relay().PauseReading(true);
   auto pending = std::make_shared<ReplySender>(std::move(reply));
   try {
-    DumpOffLoop(job, migrate::AfterDump::kStop,
-                [dir](pid_t init, const migrate::DumpOptions& options) {
-                  return migrate::Dump(init, dir, options);
-                },
-                [this, slot, job, dir, pending](const DumpOutcome& outcome) {
-                  const DumpOutcome* result = &outcome;
-                  job->set_migrating(false);
-                  auto it = jobs_.find(slot);
-                  if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
-                    migrate::RemoveImageDir(dir);
-                    job->relay().PauseReading(false);
-                    pending->SendError(
-                        Error(ErrorKind::kFailed, fmt::format("job {} runs on: freezing failed: {}",
-                                                              job->home_pid(), result->error)));
-                    return;
-                  }
-                  auto away = AwayFrom(*job, move::Protocol::Frozen(job->home_pid(),
-                                                                     job->migrations()));
-                  away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles()};
-                  job->AbandonAfterMove();
-                  it->second.here.reset();
-                  it->second.away = away;
-                  // mosrun's input waits (paused) until the job continues; its end ends the job.
-                  away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
-                  away->mosrun.PauseReading(true);
-                  spdlog::info("job {} frozen to {}", away->home_pid(), dir);
-                  MoveOutcome frozen_to;
-                  frozen_to.where = "frozen";
-                  frozen_to.image_bytes = result->dump.image_bytes;
-                  capnp::MallocMessageBuilder message;
-                  BuildMigrated(message, frozen_to);
-                  pending->Send(message);
-                });
+    DumpOffLoop(
+        job, migrate::AfterDump::kStop,
+        [dir](pid_t init, const migrate::DumpOptions& options) {
+          return migrate::Dump(init, dir, options);
+        },
+        [this, slot, job, dir, pending](const DumpOutcome& outcome) {
+          const DumpOutcome* result = &outcome;
+          job->set_migrating(false);
+          auto it = jobs_.find(slot);
+          if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
+            migrate::RemoveImageDir(dir);
+            job->relay().PauseReading(false);
+            pending->SendError(
+                Error(ErrorKind::kFailed, fmt::format("job {} runs on: freezing failed: {}",
+                                                      job->home_pid(), result->error)));
+            return;
+          }
+          auto away = AwayFrom(*job, move::Protocol::Frozen(job->home_pid(), job->migrations()));
+          away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles()};
+          job->AbandonAfterMove();
+          it->second.here.reset();
+          it->second.away = away;
+          // mosrun's input waits (paused) until the job continues; its end ends the job.
+          away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
+          away->mosrun.PauseReading(true);
+          spdlog::info("job {} frozen to {}", away->home_pid(), dir);
+          MoveOutcome frozen_to;
+          frozen_to.where = "frozen";
+          frozen_to.image_bytes = result->dump.image_bytes;
+          capnp::MallocMessageBuilder message;
+          BuildMigrated(message, frozen_to);
+          pending->Send(message);
+        });
   } catch (const Error&) {
     job->set_migrating(false);
     job->relay().PauseReading(false);

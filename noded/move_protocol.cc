@@ -18,7 +18,9 @@ constexpr std::array<std::string_view, 8> kStateNames = {
 
 }  // namespace
 
-std::string_view StateName(State state) { return kStateNames[static_cast<size_t>(state)]; }
+std::string_view StateName(State state) {
+  return kStateNames[static_cast<size_t>(state)];
+}
 
 std::string Record::Serialize() const {
   return fmt::format("state={} pid={} where={} relay={} migrations={} due={} waiting={} moved={}",

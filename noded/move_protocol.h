@@ -57,7 +57,7 @@ struct Record {
   uint32_t relay = 0;       // which relay to the job's node is current (see Connected)
   uint32_t migrations = 0;  // counted at each arrival
   int64_t attach_due_ms = 0;
-  bool waiting = false;  // someone waits to hear how the asked move ends
+  bool waiting = false;   // someone waits to hear how the asked move ends
   MoveOutcome announced;  // kAnnounced: the old node's figures, given once the job arrives
 
   bool operator==(const Record&) const = default;
