@@ -331,9 +331,12 @@ void BuildJobRoot(const std::string& root, bool own_proc) {
   if (IsRealDirectory(view + "/dev")) MountMinimalDev(view + "/dev");
   if (IsRealDirectory(view + "/sys")) {
     // sysfs alone: not the filesystems mounted in it (cgroups, debugfs, tracefs, bpf),
-    // which a root job, owner of their root-only files, could read.
+    // which a root job, owner of their root-only files, could read. A sysfs of its own
+    // rather than a bind of the node's: its class/net shows the devices of the network
+    // namespace we are in, for a guest its loopback alone (not the node's devices, their
+    // addresses and counters).
     DetachAll(view + "/sys");
-    Mount("/sys", view + "/sys", nullptr, MS_BIND);
+    Mount("sysfs", view + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC);
     SetAttributes(view + "/sys",
                   MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
     for (const char* name : {"/firmware", "/devices/virtual/powercap"}) Hide(view + "/sys" + name);

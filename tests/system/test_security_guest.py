@@ -327,6 +327,10 @@ class GuestSandboxTest(unittest.TestCase):
                 # A guest on node2: only a loopback of its own, where it talks to itself.
                 guest = run(f"mosrun -r node2 {probe}").stdout
                 self.assertEqual(guest, "tcp-refused unix-refused self-ping\n")
+                # Its devices are its loopback alone, in /proc and in /sys.
+                devices = run("mosrun -r node2 sh -c 'ls /sys/class/net; "
+                              "tail -n +3 /proc/net/dev | cut -d: -f1'").stdout.split()
+                self.assertEqual(devices, ["lo", "lo"])
                 # A job at its home is the plain program it stands for: the node's network
                 # is its home's (on a loopback cluster, node2's loopback is node1's too).
                 home = run(f"mosrun {probe}").stdout
