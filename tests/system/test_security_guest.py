@@ -159,7 +159,7 @@ class GuestSandboxTest(unittest.TestCase):
                                        f"{cls.abstract_name} </dev/null >/dev/null 2>&1 &")
             port, pid = c.wait_for(lambda: c.run("node2", "cat", "/data/services",
                                                  check=False).stdout.split(),
-                                   20, "the node's services to listen")
+                                   60, "the node's services to listen")
             cls.services_port, cls.services_pid = int(port), int(pid)
             c.run("node1", "sh", "-c", "cat > /data/sec/net_probe.py", input=NET_PROBE)
             c.run("node2", "sh", "-c", "cat > /data/net_probe.py", input=NET_PROBE)
@@ -346,7 +346,7 @@ class GuestSandboxTest(unittest.TestCase):
                                    "&& echo started")
         pid = c.wait_for(lambda: next(
             (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]
-             if "net_probe.py" in j["cmd"]), None), 20, "the job to start")
+             if "net_probe.py" in j["cmd"]), None), 60, "the job to start")
         expected = []
         try:
             for i, (node, reached) in enumerate([("home", "tcp-host unix-host"),
@@ -359,7 +359,7 @@ class GuestSandboxTest(unittest.TestCase):
                 c.run("node1", "touch", f"/data/sec/net-go{i}")
                 expected.append(f"round {i}: {reached} self-ping")
                 c.wait_for(lambda: c.run("node1", "cat", "/data/sec/net-out").stdout.count(
-                    "\n") > i, 30, f"round {i} ({node})")
+                    "\n") > i, 60, f"round {i} ({node})")
                 self.assertEqual(c.run("node1", "cat", "/data/sec/net-out").stdout.splitlines(),
                                  expected, c.run("node1", "cat", "/data/sec/net-err").stdout)
             c.wait_for(lambda: c.run("node1", "cat", "/data/sec/net-status", check=False).stdout,
@@ -381,7 +381,7 @@ class GuestSandboxTest(unittest.TestCase):
         c.run("node1", "sh", "-c", f"cd /data/sec && {start}")
         job = c.wait_for(lambda: next(
             (j for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]
-             if "SOCK_DGRAM" in j["cmd"] and j.get("pinned")), None), 20, "the job to be pinned")
+             if "SOCK_DGRAM" in j["cmd"] and j.get("pinned")), None), 60, "the job to be pinned")
         try:
             self.assertIn("uses the network (a UDP socket", job["pinned"])
             moved = c.run("node1", "mosmigrate", str(job["pid"]), "node2", check=False)
