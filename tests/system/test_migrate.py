@@ -45,6 +45,31 @@ def wait_for_job(cluster):
         None), 20, "the job to start")
 
 
+def commands_under(root):
+    """The command lines of every process below `root` (a daemon: its jobs), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    below, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid]
+        below += children
+        frontier += children
+    commands = []
+    for pid in below:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                commands.append(f.read().replace(b"\0", b" ").decode(errors="replace").strip())
+        except OSError:
+            continue
+    return commands
+
+
 class MigrationTest(unittest.TestCase):
     def run_workload(self, cluster, moves, expect_failure=None):
         c = cluster
@@ -144,12 +169,14 @@ class MigrationTest(unittest.TestCase):
                                                     "checkpoint ckpt && ls ckpt | grep -c img")
             self.assertIn("its checkpoint is in ckpt", checkpoint.stdout)
             self.assertGreater(int(checkpoint.stdout.split()[-1]), 0)
+            daemon = c.node("node1")["pid"]
+            self.assertIn("sh workload.sh", commands_under(daemon))
             frozen = c.run("node1", "mosmigrate", str(pid), "freeze")
             self.assertIn(f"job {pid} is frozen to disk at home", frozen.stdout)
             self.assertEqual(job_where(c, pid)["state"], "frozen")
+            # Frozen to disk: none of its processes is left to write, so its output stands.
             before = c.run("node1", "cat", "/data/work/out").stdout
-            import time
-            time.sleep(1)
+            self.assertNotIn("sh workload.sh", commands_under(daemon))
             self.assertEqual(c.run("node1", "cat", "/data/work/out").stdout, before)
             resumed = c.run("node1", "mosmigrate", str(pid), "continue")
             self.assertIn("now runs on node1", resumed.stdout)
@@ -201,11 +228,13 @@ class MigrationTest(unittest.TestCase):
                 self.assertEqual(os.listdir(images) if os.path.isdir(images) else [], [])
 
     def test_target_dying_mid_move_leaves_the_job_running(self):
-        # A job holding 600 MiB takes seconds to dump and stream: the target's daemon is
-        # killed while the move is under way.
-        hog = ("python3 -c 'import sys,time\nb=bytearray(600<<20)\nfor i in range(0,len(b),4096): "
+        # The target's daemon is killed while the move is under way: the fault point
+        # stream-hold stops the images halfway, says so in the log, and waits for the
+        # target to hang up.
+        hog = ("python3 -c 'import sys,time\nb=bytearray(64<<20)\nfor i in range(0,len(b),4096): "
                "b[i]=1\nfor i in range(40):\n print(i, flush=True); time.sleep(0.25)'")
-        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"]) as c:
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
+                                 faults="stream-hold") as c:
             wait_for_home_mounts(c, ("node2",))
             c.run("node1", "sh", "-c", f"(mosrun sh -c \"{hog}\" > /data/hog; echo $? > "
                                        "/data/hog.status) >/dev/null 2>&1 & echo started")
@@ -213,8 +242,8 @@ class MigrationTest(unittest.TestCase):
             c.wait_for(lambda: c.run("node1", "cat", "/data/hog").stdout.startswith("0"),
                        30, "the job to fill its memory")
             c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > /data/move.out 2>&1 &")
-            import time
-            time.sleep(0.5)
+            c.wait_for(lambda: "fault point stream-hold: holding" in c.log("node1"), 60,
+                       "the move to be halfway through its images")
             c.kill("node2")
             c.wait_for(lambda: c.run("node1", "cat", "/data/hog.status", check=False).stdout,
                        90, "the job to end")
@@ -227,23 +256,17 @@ class MigrationTest(unittest.TestCase):
     def fails_at(self, fault, step):
         """A move whose stream or target-side step fails (by a fault point in every
         daemon) leaves the job running at home with all of its output."""
-        os.environ["HOMEWARD_FAULT"] = fault
-        try:
-            cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
-            with cluster as c:
-                os.environ.pop("HOMEWARD_FAULT")
-                wait_for_home_mounts(c, ("node2",))
-                out, appended, status, messages, pid = self.run_workload(
-                    c, ["node2"], expect_failure=True)
-                self.assertEqual(messages[0].returncode, 1)
-                self.assertIn(f"job {pid} stays on node1", messages[0].stderr)
-                self.assertIn(step, messages[0].stderr)
-                self.assertEqual(status, "0\n")
-                self.assertEqual(out.count("\n"), 31)
-                self.assertNotIn("host node2", out)
-                self.assertEqual(json.loads(c.run("node2", "mosps", "--json").stdout)["jobs"], [])
-        finally:
-            os.environ.pop("HOMEWARD_FAULT", None)
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"], faults=fault) as c:
+            wait_for_home_mounts(c, ("node2",))
+            out, appended, status, messages, pid = self.run_workload(
+                c, ["node2"], expect_failure=True)
+            self.assertEqual(messages[0].returncode, 1)
+            self.assertIn(f"job {pid} stays on node1", messages[0].stderr)
+            self.assertIn(step, messages[0].stderr)
+            self.assertEqual(status, "0\n")
+            self.assertEqual(out.count("\n"), 31)
+            self.assertNotIn("host node2", out)
+            self.assertEqual(json.loads(c.run("node2", "mosps", "--json").stdout)["jobs"], [])
 
     def test_failed_restore_leaves_the_job_running(self):
         self.fails_at("restore-criu", "restore")
