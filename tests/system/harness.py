@@ -212,7 +212,7 @@ def run_tests(module="__main__"):
     if result.skipped:
         print(f"\nSKIPPED: {len(result.skipped)} (tests that ran: {ran})", file=sys.stderr)
         for test, reason in result.skipped:
-            print(f"  skipped {test}: {reason}", file=sys.stderr)
+            print(f"  skipped {test.id().removeprefix('__main__.')}: {reason}", file=sys.stderr)
     if not result.wasSuccessful():
         sys.exit(1)
     if ran == 0 and result.skipped:
