@@ -104,7 +104,7 @@ class HomefsTest(unittest.TestCase):
                     reply += chunk
                 s.sendall(os.urandom(32))  # a tag made without the key
                 self.assertEqual(s.recv(100), b"", "the server kept talking")
-            cluster.wait_for(lambda: "refused peer" in cluster.log("node1"), 10,
+            cluster.wait_for(lambda: "refused peer" in cluster.log("node1"), 30,
                              "the refusal in the log")
 
     def test_home_dies_and_returns(self):

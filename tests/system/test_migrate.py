@@ -11,6 +11,8 @@ import unittest
 
 import harness
 
+# Halfway, the job waits for the file "go": the test makes it once its moves are done, so
+# that a slow machine cannot let the job end before the moves it is there to undergo.
 WORKLOAD = r"""
 exec 3>>/data/work/appended
 exec 4</data/work/input
@@ -20,6 +22,7 @@ while [ $i -lt 30 ]; do
   echo "step $i read $line host $(hostname)"
   echo "appended $i" >&3
   i=$((i+1))
+  if [ $i = 15 ]; then until [ -e /data/work/go ]; do sleep 0.05; done; fi
   sleep 0.1
 done
 echo done
@@ -73,7 +76,8 @@ def commands_under(root):
 class MigrationTest(unittest.TestCase):
     def run_workload(self, cluster, moves, expect_failure=None):
         c = cluster
-        c.run("node1", "sh", "-c", "mkdir -p /data/work && cd /data/work && rm -f appended out err status && "
+        c.run("node1", "sh", "-c", "mkdir -p /data/work && cd /data/work && "
+                                   "rm -f appended out err status go && "
                                    "seq 100 > /data/work/input")
         c.run("node1", "sh", "-c", "cat > /data/work/workload.sh", input=WORKLOAD)
         # Start the job in the background; its stdout goes to a file at home.
@@ -90,6 +94,7 @@ class MigrationTest(unittest.TestCase):
                 self.assertEqual(result.returncode, 0, result.stderr)
                 self.assertIn(f"now runs on {where}", result.stdout)
                 self.assertEqual(job_where(c, pid)["where"], where)
+        c.run("node1", "touch", "/data/work/go")
         c.wait_for(lambda: c.run("node1", "cat", "/data/work/status", check=False).stdout,
                    60, "the job to end")
         out = c.run("node1", "cat", "/data/work/out").stdout
@@ -117,7 +122,9 @@ class MigrationTest(unittest.TestCase):
 
     def test_move_around_the_cluster_and_back_home(self):
         # A job whose only descriptors are its stdio: node1 -> node2 -> node3 -> home.
+        # Halfway it waits for /data/hops.go, made once the moves are done.
         counter = ("i=0; while [ $i -lt 40 ]; do echo \"$i $(hostname) $$\"; i=$((i+1)); "
+                   "if [ $i = 20 ]; then until [ -e /data/hops.go ]; do sleep 0.05; done; fi; "
                    "sleep 0.1; done")
         with harness.LoopCluster(3, settings=["gossip.interval_ms=200"]) as c:
             wait_for_home_mounts(c, ("node2", "node3"))
@@ -131,6 +138,7 @@ class MigrationTest(unittest.TestCase):
                 job = job_where(c, pid)
                 self.assertEqual(job["where"], where)
             self.assertEqual(job_where(c, pid)["migrations"], 3)
+            c.run("node1", "touch", "/data/hops.go")
             c.wait_for(lambda: c.run("node1", "cat", "/data/hops.status", check=False).stdout,
                        60, "the job to end")
             self.assertEqual(c.run("node1", "cat", "/data/hops.status").stdout, "0\n")
@@ -161,7 +169,7 @@ class MigrationTest(unittest.TestCase):
     def test_freeze_continue_and_checkpoint(self):
         with harness.LoopCluster(1) as c:
             plain = self.run_workload(c, [])
-            c.run("node1", "sh", "-c", "cd /data/work && rm -rf appended out err status ckpt && "
+            c.run("node1", "sh", "-c", "cd /data/work && rm -rf appended out err status go ckpt && "
                                        "(mosrun sh workload.sh > out 2>err; echo $? > status) "
                                        ">/dev/null 2>&1 & echo started")
             pid = wait_for_job(c)
@@ -181,6 +189,7 @@ class MigrationTest(unittest.TestCase):
             resumed = c.run("node1", "mosmigrate", str(pid), "continue")
             self.assertIn("now runs on node1", resumed.stdout)
             self.assertEqual(job_where(c, pid)["state"], "running")
+            c.run("node1", "touch", "/data/work/go")
             c.wait_for(lambda: c.run("node1", "cat", "/data/work/status", check=False).stdout,
                        60, "the job to end")
             self.assertEqual(c.run("node1", "cat", "/data/work/out").stdout, plain[0])
