@@ -100,7 +100,8 @@ class JobsAtHomeTest(unittest.TestCase):
                   "for i in $(seq 300); do [ -s $port ] && break; sleep 0.1; done; "
                   "mosps --json; mosmigrate $pid node2 2>&1; kill $pid; "
                   "mosrun -h sleep 60 & pid=$!; "
-                  "for i in $(seq 300); do mosps --json | grep -q sleep && break; sleep 0.1; done; "
+                  "for i in $(seq 300); do mosps --json | grep -q '\"cmd\":\"sleep 60' && break; "
+                  "sleep 0.1; done; "
                   "mosps --json; mosmigrate $pid node2 2>&1; kill $pid; wait; cat $port; "
                   "rm -f $port")
         lines = self.sh(script).stdout.splitlines()
