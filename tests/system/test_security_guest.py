@@ -203,7 +203,7 @@ class GuestSandboxTest(unittest.TestCase):
         # names: the shell's own ($$) and a child's ($!) alike.
         # (The child is the shell's fork until it has run sleep: read until it has.)
         probe = ('sleep 30 & p=$!; test $p -ge 4194304 && echo home-id; '
-                 'for i in $(seq 100); do c=$(tr "\\0" " " < /proc/$p/cmdline); '
+                 'for i in $(seq 600); do c=$(tr "\\0" " " < /proc/$p/cmdline); '
                  'test "$c" = "sleep 30 " && break; sleep 0.05; done; echo "$c"; '
                  'grep -c ^Pid: /proc/$$/status; kill $p')
         for where in ("", "-r node2 "):
