@@ -44,6 +44,7 @@ struct CriuRun {
 struct CriuCall {
   std::string criu_path;
   std::vector<std::string> args;  // after argv[0]
+  int net_namespace_fd = -1;      // setns() into it before exec; -1: stay
   int mount_namespace_fd = -1;    // setns() into it before exec; -1: stay
   std::vector<int> keep_fds;      // passed to criu under their own numbers
   std::vector<std::string> extra_env;
@@ -76,6 +77,9 @@ CriuRun RunCriu(const CriuCall& call) {
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, nullptr);
+    if (call.net_namespace_fd >= 0 && setns(call.net_namespace_fd, CLONE_NEWNET) < 0) {
+      goto fail;
+    }
     if (call.mount_namespace_fd >= 0 && setns(call.mount_namespace_fd, CLONE_NEWNS) < 0) {
       goto fail;
     }
@@ -269,19 +273,28 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
   WorkDir work(image_dir, options.work_dir);
   Fd work_fd = Fd::Open(work.path(), O_RDONLY | O_DIRECTORY);
   std::string ns_path = fmt::format("/proc/{}/ns/mnt", init_pid);
-  Fd mount_ns;
+  std::string net_path = fmt::format("/proc/{}/ns/net", init_pid);
+  Fd mount_ns, net_ns;
   try {
     mount_ns = Fd::Open(ns_path, O_RDONLY);
+    net_ns = Fd::Open(net_path, O_RDONLY);
   } catch (const Error& e) {
-    Fail(e.kind(), "checkpoint of job {}: its mount namespace: {}", init_pid, e.what());
+    Fail(e.kind(), "checkpoint of job {}: its namespaces: {}", init_pid, e.what());
   }
   // Entering our own namespace is pointless, and setns needs a single-threaded caller's
   // privileges anyway; only a job in a namespace of its own needs it.
   bool enter = NsInode(ns_path) != NsInode("/proc/self/ns/mnt");
+  // criu runs in the job's network namespace too: a namespace criu shares is not put in
+  // the images (criu would otherwise dump its devices, addresses, routes and firewall
+  // with `ip` and `iptables-save`, and recreate them on restore), only the job's sockets
+  // in it are. Where the job lands is then where the restoring criu runs: a fresh
+  // namespace with its own loopback for a guest, the node's own at home.
+  bool enter_net = NsInode(net_path) != NsInode("/proc/self/ns/net");
 
   CriuCall call;
   call.criu_path = options.criu_path;
   call.mount_namespace_fd = enter ? mount_ns.get() : -1;
+  call.net_namespace_fd = enter_net ? net_ns.get() : -1;
   call.keep_fds = {images.get(), work_fd.get()};
   call.args = {"dump", "--tree", std::to_string(init_pid), "--images-dir", FdPath(images),
                "--work-dir", FdPath(work_fd), "--log-file", "dump.log", "-v2",
@@ -352,6 +365,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
   CriuCall call;
   call.criu_path = options.criu_path;
   call.mount_namespace_fd = options.mount_namespace_fd;
+  call.net_namespace_fd = options.net_namespace_fd;
   call.keep_fds = {images.get(), work_fd.get()};
   call.args = {"restore",
                "--images-dir",

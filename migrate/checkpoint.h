@@ -1,7 +1,8 @@
 // Checkpoint and restore of a whole job with CRIU 4.x. A job is a process tree in its own
-// PID, mount and UTS namespaces whose pid 1 is a session leader (the job's init), with
-// pipes to the daemon as its only descriptors from outside. Every call blocks until criu
-// is done; the daemon runs them on a thread of its own.
+// PID, mount, UTS and IPC namespaces (a guest in a network namespace of its own too) whose
+// pid 1 is a session leader (the job's init), with pipes to the daemon as its only
+// descriptors from outside. Every call blocks until criu is done; the daemon runs them on
+// a thread of its own.
 #pragma once
 
 #include <sys/types.h>
@@ -45,8 +46,9 @@ struct DumpResult {
 };
 
 // Dumps the job whose init has `init_pid` (a pid of our namespace) into `image_dir`,
-// which must exist and be empty. criu runs inside the job's own mount namespace, so
-// the job's mounts are not dumped and its files are recorded by path. On failure criu
+// which must exist and be empty. criu runs inside the job's own mount and network
+// namespaces, so the job's mounts are not dumped and its files are recorded by path, and
+// its network namespace is not dumped either (its sockets are). On failure criu
 // leaves the job running as it was, and the Error names the step and quotes criu's log.
 DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions& options = {});
 
@@ -61,6 +63,10 @@ struct RestoreOptions {
   // A mount namespace (an open /proc/<pid>/ns/mnt) the job is restored into, so that its
   // files reopen by path there; -1 restores into the caller's own.
   int mount_namespace_fd = -1;
+  // A network namespace (an open /proc/<pid>/ns/net) criu runs in, and so the job lands
+  // in: Dump runs criu in the job's own, so the images hold the job's sockets but never
+  // the namespace itself. -1 restores into the caller's own.
+  int net_namespace_fd = -1;
   std::string work_dir;  // as in DumpOptions
   // Programs criu runs (by path, without arguments or a shell) at each step of the
   // restore (--action-script), with CRTOOLS_SCRIPT_ACTION naming the step and

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -11,6 +12,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -19,6 +21,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <kj/exception.h>
+#include <spdlog/spdlog.h>
 
 #include "error.h"
 #include "fd.h"
@@ -246,6 +249,19 @@ class DirGuard {
   std::string dir_;
 };
 
+// Fault point "stream-hold": the sender stops halfway and waits, at most a minute, until
+// the other side hangs up (or says something), so that a test can kill the target while a
+// move is certainly under way. The log line is what the test waits for.
+void HoldUntilPeerHangsUp(int fd, uint64_t sent, uint64_t total) {
+  spdlog::info("fault point stream-hold: holding the stream after {} of {} bytes", sent, total);
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  int ready;
+  do {
+    ready = ::poll(&p, 1, 60000);
+  } while (ready < 0 && errno == EINTR);
+  spdlog::info("fault point stream-hold: the stream goes on");
+}
+
 }  // namespace
 
 void RemoveImageDir(const std::string& dir) {
@@ -287,6 +303,7 @@ StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
   // copying them into the message: the socket write is then the only copy on this side.
   bool cut = options.faults.Hit("stream-mid");
   bool corrupt = options.faults.Hit("stream-corrupt");
+  bool hold = options.faults.Hit("stream-hold");
   StreamStats stats;
   for (size_t index = 0; index < files.size(); ++index) {
     const LocalFile& file = files[index];
@@ -316,6 +333,10 @@ StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
       if (cut && stats.bytes * 2 >= total) {
         Fail(ErrorKind::kDisconnected, "fault point stream-mid hit after {} of {} bytes",
              stats.bytes, total);
+      }
+      if (hold && stats.bytes * 2 >= total) {
+        hold = false;
+        HoldUntilPeerHangsUp(fd, stats.bytes, total);
       }
     }
     capnp::MallocMessageBuilder message;

@@ -41,6 +41,8 @@ struct SendOptions {
   bool remove_sent_files = false;
   // "stream-mid": stop after about half the bytes, as if the connection were cut.
   // "stream-corrupt": flip a byte of the first chunk after checksumming it.
+  // "stream-hold": after about half the bytes, log that the stream is held and wait until
+  // the receiver hangs up (at most a minute), then go on.
   FaultPoints faults;
 };
 

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -13,6 +14,8 @@
 #include <capnp/message.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
 #include "error.h"
 #include "fd.h"
@@ -168,6 +171,38 @@ TEST_F(ImageStreamTest, ReceiverFaultRemovesTheDirectory) {
   receive_.Reset();
   sender.join();
   EXPECT_FALSE(Exists(target_));
+}
+
+// The hold that lets a system test kill a move's target while the move is certainly under
+// way: the sender says it holds the stream halfway, and goes on (into a closed socket)
+// once the receiver hangs up, well before its minute's bound.
+TEST_F(ImageStreamTest, HeldStreamGoesOnWhenTheReceiverHangsUp) {
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(16);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("stream-hold", sink));
+  SendOptions send;
+  send.faults = FaultPoints::Parse("stream-hold");
+  ReceiveOptions receive;
+  receive.faults = FaultPoints::Parse("receive-mid");
+  std::string send_error;
+  auto started = std::chrono::steady_clock::now();
+  std::thread sender([&] {
+    try {
+      SendImages(send_.get(), source_, {}, send);
+    } catch (const Error& e) {
+      send_error = e.what();
+    }
+  });
+  EXPECT_THROW(ReceiveImages(receive_.get(), target_, receive), Error);
+  receive_.Reset();
+  sender.join();
+  spdlog::set_default_logger(previous);
+  EXPECT_NE(send_error, "");
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(30));
+  std::string logged;
+  for (const auto& line : sink->last_formatted()) logged += line;
+  EXPECT_THAT(logged, HasSubstr("fault point stream-hold: holding the stream after"));
+  EXPECT_THAT(logged, HasSubstr("fault point stream-hold: the stream goes on"));
 }
 
 TEST_F(ImageStreamTest, GarbageIsInvalidInput) {

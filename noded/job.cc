@@ -145,6 +145,10 @@ void Job::Start() {
     options.argv.push_back(
         fmt::format("{}={}:{}", limit.resource, value(limit.soft), value(limit.hard)));
   }
+  // A guest gets a network namespace of its own with only its loopback: the node's
+  // loopback services and abstract unix sockets are the node's, not its home's. A job at
+  // its home keeps the node's network, as the plain program it stands for would.
+  if (launch_.guest) options.argv.push_back("--own-network");
   options.argv.push_back("--");
   options.argv.insert(options.argv.end(), launch_.argv.begin(), launch_.argv.end());
 
@@ -174,6 +178,7 @@ void Job::Start() {
   options.stderr_fd = stderr_pipe.write.get();
   options.extra_fds = {status_pipe.write.get()};
   options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+  if (launch_.guest) options.clone_flags |= CLONE_NEWNET;
   init_.emplace(ChildProcess::Spawn(options));
 
   // The job's ends are the job's alone now.
@@ -500,8 +505,14 @@ std::string Job::PinnedReason(const std::vector<pid_t>& pids) const {
     }
   }
   if (sockets.empty()) return {};
-  // A listening TCP socket is an address of this node that clients use: it cannot move.
-  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+  // The tables of the daemon's network namespace, which a job at its home shares: a guest's
+  // sockets are in a namespace of its own, only the guest reaches them, and they move with
+  // it. A listening TCP socket is an address of this node that clients use: it cannot move.
+  // Any other TCP or UDP socket talks to the network, which away from home is only the
+  // job's own loopback (see "A guest's network" in docs/ARCHITECTURE.md).
+  std::string in_use;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"}) {
+    bool tcp = std::string_view(table).find("tcp") != std::string_view::npos;
     std::istringstream lines(ReadTextFile(table));
     std::string line;
     std::getline(lines, line);  // the header
@@ -510,14 +521,19 @@ std::string Job::PinnedReason(const std::vector<pid_t>& pids) const {
       std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
       fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
           timeout >> inode;
-      if (state == "0A" && sockets.count(inode)) {
+      if (!sockets.count(inode)) continue;
+      if (tcp && state == "0A") {
         unsigned port = static_cast<unsigned>(
             std::strtoul(local.substr(local.rfind(':') + 1).c_str(), nullptr, 16));
         return fmt::format("holds a listening socket (TCP port {})", port);
       }
+      if (in_use.empty()) {
+        const char* kind = tcp ? "TCP" : "UDP";
+        in_use = fmt::format("uses the network (a {} socket: away from home it has none)", kind);
+      }
     }
   }
-  return {};
+  return in_use;
 }
 
 }  // namespace homeward

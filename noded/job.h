@@ -117,8 +117,9 @@ class Job : public std::enable_shared_from_this<Job> {
   uint64_t cpu_ms() const;
   // The job's live processes, read from /proc (none once it has ended).
   std::vector<pid_t> Pids() const;
-  // Why the job may not leave its home (mosrun -h, a listening socket, System V shared
-  // memory), or empty when it may. Reads /proc, so it is asked for, never cached.
+  // Why the job may not leave its home (mosrun -h, a listening socket or another TCP or
+  // UDP socket in the node's network, System V shared memory), or empty when it may.
+  // Reads /proc, so it is asked for, never cached.
   std::string PinnedReason() const { return PinnedReason(Pids()); }
   std::string PinnedReason(const std::vector<pid_t>& pids) const;
   bool keep_home() const { return launch_.keep_home; }

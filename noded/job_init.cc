@@ -1,5 +1,6 @@
-// mosjob-init: pid 1 of every job. The daemon starts it in fresh PID, mount and UTS
-// namespaces; it gives the job its home's hostname and a view of its own (the home's
+// mosjob-init: pid 1 of every job. The daemon starts it in fresh PID, mount, UTS and IPC
+// namespaces (a guest's in a network namespace of its own too, whose loopback the init
+// brings up); it gives the job its home's hostname and a view of its own (the home's
 // tree, or at home the node's, with the job's own /proc, a minimal /dev and a read-only
 // /sys), starts the user's program (pid 2) in that view with the user's credentials, no
 // capabilities and no_new_privs, forwards signals to it, reaps every orphan of the job,
@@ -7,8 +8,9 @@
 //
 //   mosjob-init --home NAME --uid U --gid G [--groups G1,G2] [--umask OCTAL]
 //               [--cwd DIR] [--root DIR] [--preload LIB] [--rlimit RES=SOFT:HARD]...
-//               -- PROGRAM ARGS...
-//   mosjob-init --prepare-root DIR     (a namespace for CRIU to restore a job into)
+//               [--own-network] -- PROGRAM ARGS...
+//   mosjob-init --prepare-root DIR [--own-network]
+//               (namespaces for CRIU to restore a job into)
 //   CRTOOLS_SCRIPT_ACTION=... mosjob-init   (CRIU's action script during that restore)
 //
 // mosjob-init's own environment is the daemon's making; the program gets the caller's
@@ -24,14 +26,17 @@
 #include <linux/close_range.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <net/if.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -66,6 +71,7 @@ struct Options {
   std::string root = "/";
   std::string preload;
   std::vector<Limit> limits;
+  bool own_network = false;  // the job's network namespace is new: bring its loopback up
   std::vector<char*> argv;
 };
 
@@ -132,6 +138,8 @@ Options Parse(int argc, char** argv) {
       options.cwd = value("--cwd");
     } else if (flag == "--root") {
       options.root = value("--root");
+    } else if (flag == "--own-network") {
+      options.own_network = true;
     } else if (flag == "--preload") {
       options.preload = value("--preload");
     } else if (flag == "--rlimit") {
@@ -323,9 +331,12 @@ void BuildJobRoot(const std::string& root, bool own_proc) {
   if (IsRealDirectory(view + "/dev")) MountMinimalDev(view + "/dev");
   if (IsRealDirectory(view + "/sys")) {
     // sysfs alone: not the filesystems mounted in it (cgroups, debugfs, tracefs, bpf),
-    // which a root job, owner of their root-only files, could read.
+    // which a root job, owner of their root-only files, could read. A sysfs of its own
+    // rather than a bind of the node's: its class/net shows the devices of the network
+    // namespace we are in, for a guest its loopback alone (not the node's devices, their
+    // addresses and counters).
     DetachAll(view + "/sys");
-    Mount("/sys", view + "/sys", nullptr, MS_BIND);
+    Mount("sysfs", view + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC);
     SetAttributes(view + "/sys",
                   MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
     for (const char* name : {"/firmware", "/devices/virtual/powercap"}) Hide(view + "/sys" + name);
@@ -359,7 +370,23 @@ void BuildJobRoot(const std::string& root, bool own_proc) {
   if (own_proc) MountJobProc();
 }
 
+// A new network namespace has only a loopback device, and it is down. Up, it carries
+// 127.0.0.0/8 and ::1 of the job's own: a job talks to itself over its loopback as
+// anywhere, and nothing of the node's (its loopback services, its abstract unix sockets,
+// which belong to a network namespace) is there to reach.
+void BringUpLoopback() {
+  int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) Die("open a socket to bring the job's loopback up");
+  ifreq request{};
+  strncpy(request.ifr_name, "lo", IFNAMSIZ - 1);
+  if (ioctl(sock, SIOCGIFFLAGS, &request) != 0) Die("read the flags of the job's loopback");
+  request.ifr_flags = static_cast<short>(request.ifr_flags | IFF_UP | IFF_RUNNING);
+  if (ioctl(sock, SIOCSIFFLAGS, &request) != 0) Die("bring the job's loopback up");
+  close(sock);
+}
+
 void SetUpNamespaces(const Options& options) {
+  if (options.own_network) BringUpLoopback();
   if (sethostname(options.home.data(), options.home.size()) != 0) Die("sethostname");
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     Die("make the job's mounts private");
@@ -493,10 +520,15 @@ const char* DropCapabilities() {
 
 }  // namespace
 
-// `mosjob-init --prepare-root ROOT`: makes a mount namespace like a job's (see kJobView)
-// for CRIU to restore a moved job into, says "ready" on fd 3, and holds the namespace
-// until its stdin closes. The job's /proc comes with its pid namespace (MountProcOf).
-int PrepareRoot(const char* root) {
+// `mosjob-init --prepare-root ROOT [--own-network]`: makes a mount namespace like a job's
+// (see kJobView), and for a guest a network namespace with its loopback up, for CRIU to
+// restore a moved job into; says "ready" on fd 3, and holds the namespaces until its
+// stdin closes. The job's /proc comes with its pid namespace (MountProcOf).
+int PrepareRoot(const char* root, bool own_network) {
+  if (own_network) {
+    if (unshare(CLONE_NEWNET) != 0) Die("unshare the network namespace");
+    BringUpLoopback();
+  }
   if (unshare(CLONE_NEWNS) != 0) Die("unshare the mount namespace");
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     Die("make the mounts private");
@@ -538,7 +570,14 @@ int MountProcOf(const char* pid) {
 }
 
 int main(int argc, char** argv) {
-  if (argc == 3 && std::string(argv[1]) == "--prepare-root") return PrepareRoot(argv[2]);
+  if ((argc == 3 || argc == 4) && std::string(argv[1]) == "--prepare-root") {
+    bool own_network = argc == 4 && std::string(argv[3]) == "--own-network";
+    if (argc == 4 && !own_network) {
+      errno = EINVAL;
+      Die(std::string("unknown option ") + argv[3]);
+    }
+    return PrepareRoot(argv[2], own_network);
+  }
   if (const char* action = getenv("CRTOOLS_SCRIPT_ACTION"); action && argc == 1) {
     return std::string(action) == "setup-namespaces" ? MountProcOf(getenv("CRTOOLS_INIT_PID")) : 0;
   }

@@ -67,13 +67,15 @@ std::optional<std::string> Refusal(int fd) {
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
-                         const FaultPoints& faults) {
+                         const FaultPoints& faults, bool own_network) {
   // CRIU restores the job into a mount namespace like the one a job starts in: the home's
-  // tree as the job's view (for a guest), or this node's own (at home).
+  // tree as the job's view (for a guest), or this node's own (at home); and a guest into
+  // a network namespace of its own with only its loopback, like a guest started here.
   Pipe hold = Pipe::Create();
   Pipe ready = Pipe::Create();
   SpawnOptions prepare;
   prepare.argv = {init_path, "--prepare-root", root};
+  if (own_network) prepare.argv.push_back("--own-network");
   prepare.stdin_fd = hold.read.get();
   prepare.extra_fds = {ready.write.get()};
   ChildProcess holder = ChildProcess::Spawn(prepare);
@@ -87,10 +89,15 @@ RestoredHere RestoreHere(const std::string& dir,
          n ? word : "the namespace holder died");
   }
   Fd mount_ns = Fd::Open(fmt::format("/proc/{}/ns/mnt", holder.pid()), O_RDONLY);
+  Fd net_ns;
+  if (own_network) net_ns = Fd::Open(fmt::format("/proc/{}/ns/net", holder.pid()), O_RDONLY);
 
   Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
   migrate::RestoreOptions restore;
   restore.mount_namespace_fd = mount_ns.get();
+  // The images hold no network namespace (criu dumps in the job's own): the job's sockets
+  // come back in the namespace criu restores in.
+  if (own_network) restore.net_namespace_fd = net_ns.get();
   // The job's own /proc needs its pid namespace, which criu makes: mount it as soon as
   // the namespace exists, before any process of the job is restored and runs.
   // (criu runs a script by path, without a shell: mosjob-init's copy in the job's root.)
@@ -184,7 +191,7 @@ std::optional<RestoredJob> RunMoveIn(
 
     step = "restore";
     RestoredHere here = RestoreHere(dir, received.job.external_pipes, launch->root,
-                                    context.init_path, context.faults);
+                                    context.init_path, context.faults, launch->guest);
     migrate::RemoveImageDir(dir);
     dir.clear();
 

@@ -47,7 +47,9 @@ void RunMoveOut(MoveOut& move);
 
 // Restores the job whose images are in `dir` on this node, in a mount namespace rooted at
 // `root`, with fresh pipes for its stdio and status; blocks. Throws Error naming the step.
-// The job's init is owned from the moment CRIU returns: dropped, it is killed and reaped.
+// `own_network`: in a fresh network namespace with only its loopback (a guest), else in
+// this node's own (a job at its home). The job's init is owned from the moment CRIU
+// returns: dropped, it is killed and reaped.
 struct RestoredHere {
   ChildProcess init;
   DaemonEnds ends;
@@ -55,7 +57,7 @@ struct RestoredHere {
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
-                         const FaultPoints& faults);
+                         const FaultPoints& faults, bool own_network = false);
 
 // A job restored here, ready for the loop to adopt.
 struct RestoredJob {

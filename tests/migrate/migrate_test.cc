@@ -3,8 +3,10 @@
 // fresh pipes), checks itself, and its output must equal that of a run never moved.
 // Failure cases leave the source job running. Needs root: skips (77) otherwise.
 #include <fcntl.h>
+#include <net/if.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -15,6 +17,7 @@
 
 #include <dirent.h>
 
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -159,13 +162,27 @@ struct Job {
   }
 };
 
-Job StartJob(const std::string& input, const std::string& append) {
+// A new network namespace's loopback is down; criu probes TCP repair on it at start-up.
+bool BringUpLoopback() {
+  int sock = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) return false;
+  ifreq request{};
+  std::strncpy(request.ifr_name, "lo", IFNAMSIZ - 1);
+  bool up = ::ioctl(sock, SIOCGIFFLAGS, &request) == 0;
+  request.ifr_flags = static_cast<short>(request.ifr_flags | IFF_UP);
+  up = up && ::ioctl(sock, SIOCSIFFLAGS, &request) == 0;
+  ::close(sock);
+  return up;
+}
+
+// `extra_flags`: more namespaces for the job (CLONE_NEWNET: a guest's network of its own).
+Job StartJob(const std::string& input, const std::string& append, long extra_flags = 0) {
   Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
   std::string init_path = JOB_INIT_PATH, workload = WORKLOAD_PATH;
   char* argv[] = {init_path.data(), workload.data(), const_cast<char*>(input.c_str()),
                   const_cast<char*>(append.c_str()), nullptr};
-  long pid = ::syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | SIGCHLD, nullptr,
-                       nullptr, nullptr, nullptr);
+  long pid = ::syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | extra_flags | SIGCHLD,
+                       nullptr, nullptr, nullptr, nullptr);
   if (pid < 0) throw SystemError(errno, "clone job");
   if (pid == 0) {
     if (dup2(in.read.get(), 0) < 0 || dup2(out.write.get(), 1) < 0 ||
@@ -173,6 +190,7 @@ Job StartJob(const std::string& input, const std::string& append) {
       _exit(126);
     }
     syscall(SYS_close_range, 4, ~0U, 0);  // the job holds no other inherited descriptor
+    if ((extra_flags & CLONE_NEWNET) && !BringUpLoopback()) _exit(125);
     mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
     execv(argv[0], argv);
     _exit(127);
@@ -218,7 +236,7 @@ class MigrateTest : public ::testing::Test {
   // Moves `job` as the daemons will: dump (left stopped), stream over a socketpair into
   // a fresh directory, restore with fresh pipes, then kill the stopped source. Any
   // failure continues the source job and rethrows.
-  void Move(Job& job, const FaultPoints& faults = {}, int mount_ns = -1) {
+  void Move(Job& job, const FaultPoints& faults = {}, int mount_ns = -1, int net_ns = -1) {
     std::string images = dir_ + "/dump", received = dir_ + "/received";
     ASSERT_EQ(::mkdir(images.c_str(), 0700), 0);
     auto inodes = job.PipeInodes();
@@ -274,6 +292,7 @@ class MigrateTest : public ::testing::Test {
       }
       restore.faults = faults;
       restore.mount_namespace_fd = mount_ns;
+      restore.net_namespace_fd = net_ns;
       RestoreResult restored;
       try {
         restored = Restore(received, restore);
@@ -451,6 +470,51 @@ TEST_F(MigrateTest, RestoreInAnotherMountNamespaceReopensFilesByPath) {
   EXPECT_THAT(job.output, HasSubstr("step 2 input=A00000000000001 "));
   EXPECT_THAT(job.output, HasSubstr("step 3 input=B00000000000002 "));
   EXPECT_THAT(job.output, HasSubstr("step 4 input=B00000000000003 "));
+}
+
+uint64_t NetNamespace(pid_t pid) {
+  struct stat st {};
+  if (::stat(fmt::format("/proc/{}/ns/net", pid).c_str(), &st) != 0) return 0;
+  return st.st_ino;
+}
+
+// A guest: a job in a network namespace of its own is dumped with criu in that namespace
+// (so the images hold none) and lands in the one its target prepared, not in a copy of
+// its old one nor in the node's.
+TEST_F(MigrateTest, JobInItsOwnNetworkNamespaceLandsInThePreparedOne) {
+  Pipe ready = Pipe::Create();
+  pid_t holder = ::fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    if (::unshare(CLONE_NEWNET) < 0 || !BringUpLoopback()) _exit(1);
+    (void)!::write(ready.write.get(), "x", 1);
+    ::pause();
+    _exit(0);
+  }
+  ready.write.Reset();
+  char c;
+  ASSERT_EQ(ReadSome(ready.read.get(), &c, 1, "holder"), 1u);
+  Fd ns = Fd::Open(fmt::format("/proc/{}/ns/net", holder), O_RDONLY);
+  uint64_t prepared = NetNamespace(holder);
+
+  Job job = StartJob(input_, dir_ + "/append", CLONE_NEWNET);
+  uint64_t own = NetNamespace(job.init);
+  EXPECT_NE(own, NetNamespace(::getpid()));
+  job.Step(2);
+  try {
+    Move(job, {}, -1, ns.get());
+  } catch (...) {
+    ::kill(holder, SIGKILL);
+    ::waitpid(holder, nullptr, 0);
+    throw;
+  }
+  ::kill(holder, SIGKILL);
+  ::waitpid(holder, nullptr, 0);
+  EXPECT_EQ(NetNamespace(job.init), prepared);
+  EXPECT_EQ(NetNamespace(job.Program()), prepared);
+  job.Step(2);
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_THAT(job.output, HasSubstr("final steps=4 "));
 }
 
 // `checkpoint FILE`: the job goes on running; restoring the checkpoint later gives a

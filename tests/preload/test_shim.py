@@ -11,8 +11,10 @@ import sys
 import tempfile
 import unittest
 
-BUILD = os.environ.get("HOMEWARD_BUILD") or os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "build")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "system"))
+import harness  # noqa: E402  (the runner: private TMPDIR, skips reported as skips)
+
+BUILD = harness.BUILD
 SHIM = os.path.join(BUILD, "preload", "libmosix_preload.so")
 INIT = os.path.join(BUILD, "tests", "test_init")
 PROBE = os.path.join(BUILD, "tests", "probe")
@@ -213,4 +215,4 @@ if __name__ == "__main__":
     for path in (SHIM, INIT, PROBE, CHECK, STATIC):
         if not os.path.exists(path):
             sys.exit(f"missing {path}: build first (meson compile)")
-    unittest.main(verbosity=2)
+    harness.run_tests()

@@ -2,11 +2,18 @@
 
 Every test gets a fresh cluster from scripts/loopcluster and tears it down whether it
 passed or not, then checks that no process, mount or cgroup of the cluster is left.
+
+Each test program has a private temporary directory (TMPDIR, and Python's tempfile, point
+into it, for the test and for every command it runs on a node); it is removed when the
+program ends, pass or fail. A program whose tests were all skipped exits 77, which meson
+counts as skipped; skips among tests that ran are listed at the end of its log.
 """
 
+import atexit
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,8 +34,10 @@ def host_mounts():
 class LoopCluster:
     """A running loopback cluster: `with LoopCluster(3) as c: c.run("node1", "hostname")`."""
 
-    def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None):
+    def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None, faults=None):
+        """`faults`: the daemons' fault points (HOMEWARD_FAULT), for failure tests."""
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
+        self.faults = faults
         self.cpuset = cpuset
         self.memory_mb = memory_mb
         self.settings = list(settings)
@@ -36,7 +45,7 @@ class LoopCluster:
 
     def __enter__(self):
         self.mounts_before = host_mounts()
-        self.dir = tempfile.mkdtemp(prefix="homeward-test-")
+        self.dir = tempfile.mkdtemp(prefix="cluster-", dir=private_dir())
         args = [LOOPCLUSTER, "up", "--nodes", str(len(self.nodes)), "--dir", self.dir]
         if self.cpuset:
             args.append("--cpuset")
@@ -45,8 +54,8 @@ class LoopCluster:
         for setting in self.settings:
             args += ["--set", setting]
         try:
-            result = subprocess.run(args, env=self.env(), capture_output=True, text=True,
-                                    timeout=90)
+            result = subprocess.run(args, env=self.daemon_env(), capture_output=True,
+                                    text=True, timeout=90)
             if result.returncode != 0:
                 raise AssertionError(f"loopcluster up failed:\n{result.stderr}")
             assert result.stdout.split() == self.nodes, result.stdout
@@ -69,7 +78,9 @@ class LoopCluster:
         new_mounts = [m for m in mounts_after if m not in self.mounts_before]
         if new_mounts:
             leftovers.append(f"mounts left on the host: {new_mounts}")
-        if exc[0] is None and os.environ.get("HOMEWARD_KEEP_LOGS") is None:
+        if exc[0] is not None:
+            self.print_logs()
+        if os.environ.get("HOMEWARD_KEEP_LOGS") is None:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
             print(f"cluster files kept in {self.dir}", file=sys.stderr)
@@ -77,9 +88,30 @@ class LoopCluster:
             raise AssertionError("; ".join(leftovers))
         return False
 
+    def print_logs(self, lines=60):
+        """The end of every node's log, for a test that failed: the files go with the
+        private directory."""
+        for node in getattr(self, "info", {}).get("nodes", []):
+            try:
+                with open(node["log"], errors="replace") as f:
+                    tail = f.read().splitlines()[-lines:]
+            except OSError:
+                continue
+            print(f"--- last lines of {node['name']}'s log ---", file=sys.stderr)
+            print("\n".join(tail), file=sys.stderr)
+
     @staticmethod
     def env():
-        return dict(os.environ, HOMEWARD_BUILD=BUILD)
+        env = dict(os.environ, HOMEWARD_BUILD=BUILD)
+        env.pop("HOMEWARD_FAULT", None)
+        return env
+
+    def daemon_env(self):
+        """The environment the daemons start in: the test's fault points, if any."""
+        env = self.env()
+        if self.faults:
+            env["HOMEWARD_FAULT"] = self.faults
+        return env
 
     def node(self, name):
         return next(n for n in self.info["nodes"] if n["name"] == name)
@@ -98,7 +130,7 @@ class LoopCluster:
         subprocess.run([LOOPCLUSTER, "kill", self.dir, node], env=self.env(), check=True)
 
     def start(self, node):
-        subprocess.run([LOOPCLUSTER, "start", self.dir, node], env=self.env(), check=True,
+        subprocess.run([LOOPCLUSTER, "start", self.dir, node], env=self.daemon_env(), check=True,
                        capture_output=True, timeout=60)
 
     def log(self, node):
@@ -143,6 +175,85 @@ class LoopCluster:
             time.sleep(0.2)
         raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
+    def holds_for(self, seconds, predicate, what):
+        """Checks that `predicate` stays true for `seconds`: for what must NOT happen (a job
+        that must not move over several balancing rounds), where no event says "it did not
+        happen". It is a window of observation, checked all along, not a wait for
+        readiness."""
+        deadline = time.time() + seconds
+        while True:
+            last = predicate()
+            if not last:
+                raise AssertionError(f"{what} stopped being true (last: {last!r})")
+            if time.time() >= deadline:
+                return last
+            time.sleep(0.2)
+
+
+_private = None
+
+
+def private_dir():
+    """This test program's own temporary directory, made on first use and removed when the
+    program exits. Mode 1777 like /tmp: the tests' unprivileged users write into it too."""
+    global _private
+    if _private is None:
+        name = os.path.splitext(os.path.basename(sys.argv[0] or "test"))[0]
+        _private = tempfile.mkdtemp(prefix=f"homeward-{name}-")
+        os.chmod(_private, 0o1777)
+        os.environ["TMPDIR"] = _private
+        tempfile.tempdir = _private
+        atexit.register(_remove_private)
+    return _private
+
+
+def _remove_private():
+    if _private is None or not os.path.isdir(_private):
+        return
+    # Never descend into a mount a failed teardown left behind: it is not ours to empty.
+    inside = [m for m in host_mounts() if m == _private or m.startswith(_private + "/")]
+    if inside:
+        print(f"{_private} kept: mounts left in it: {inside}", file=sys.stderr)
+    elif os.environ.get("HOMEWARD_KEEP_LOGS") is not None:
+        print(f"test files kept in {_private}", file=sys.stderr)
+    else:
+        shutil.rmtree(_private, ignore_errors=True)
+
+
+def run_tests(module="__main__"):
+    """Runs `module`'s tests (or those named on the command line) in the private directory
+    and exits: 0 when they passed, 1 when one failed, 77 (skipped) when every one was
+    skipped. Skips among tests that ran are listed at the end, so that a partly skipped
+    program is not read as a full pass."""
+    private_dir()
+    # meson ends a test that runs out of time with SIGTERM: unwind, so that the clusters
+    # come down and the private directory goes.
+    signal.signal(signal.SIGTERM, _interrupted)
+    loader = unittest.defaultTestLoader
+    names = sys.argv[1:]
+    suite = (loader.loadTestsFromNames(names, sys.modules[module]) if names
+             else loader.loadTestsFromModule(sys.modules[module]))
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    # A class skipped in setUpClass is one skip entry but no test run.
+    ran = result.testsRun - sum(isinstance(t, unittest.TestCase) for t, _ in result.skipped)
+    if result.skipped:
+        print(f"\nSKIPPED: {len(result.skipped)} (tests that ran: {ran})", file=sys.stderr)
+        for test, reason in result.skipped:
+            print(f"  skipped {test.id().removeprefix('__main__.')}: {reason}", file=sys.stderr)
+    if not result.wasSuccessful():
+        sys.exit(1)
+    if ran == 0 and result.skipped:
+        print("every test was skipped: exit 77 (meson counts it as skipped)", file=sys.stderr)
+        sys.exit(SKIP)
+    if ran == 0:
+        print("no tests ran", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
 
 def main():
     """Runs the calling module's tests; skips (77) when not root, as they need namespaces."""
@@ -152,4 +263,4 @@ def main():
     if not os.path.exists(os.path.join(BUILD, "noded", "mosnoded")):
         print(f"no build at {BUILD}: set HOMEWARD_BUILD")
         sys.exit(1)
-    unittest.main(module="__main__", verbosity=2)
+    run_tests()

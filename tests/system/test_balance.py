@@ -156,10 +156,10 @@ class BalancingTest(unittest.TestCase):
             free = next(j["pid"] for j in jobs(c) if not j["locked"])
             c.wait_for(lambda: any(j["pid"] == free and j["where"] == "node2" for j in jobs(c)),
                        60, "the unlocked job to move to the idle node")
-            time.sleep(8)  # more rounds: the locked ones still stay
-            for job in jobs(c):
-                if job["locked"]:
-                    self.assertEqual((job["where"], job["migrations"]), ("node1", 0), job)
+            # Over more rounds, the locked ones stay (what must not happen has no event).
+            c.holds_for(8, lambda: all((j["where"], j["migrations"]) == ("node1", 0)
+                                       for j in jobs(c) if j["locked"]),
+                        "the locked jobs staying at node1")
             listed = c.run("node1", "mosps").stdout
             self.assertIn("locked: mosrun -L", listed)
 
@@ -207,9 +207,10 @@ class BalancingTest(unittest.TestCase):
             c.wait_for(lambda: sorted(j["where"] for j in jobs(c)) == ["node1", "node2"], 60,
                        "one of the jobs to be moved to node2 for memory")
             self.assertIn("memory move to node2", c.log("node1"))
-            time.sleep(5)  # node1 has room again: nothing else moves
-            self.assertEqual(sorted(j["where"] for j in jobs(c)), ["node1", "node2"])
-            self.assertEqual(sum(j["migrations"] for j in jobs(c)), 1)
+            # node1 has room again: over the next rounds, nothing else moves.
+            c.holds_for(5, lambda: (sorted(j["where"] for j in jobs(c)) == ["node1", "node2"]
+                                    and sum(j["migrations"] for j in jobs(c)) == 1),
+                        "the one memory move being the only one")
 
     def test_move_to_a_node_without_room_is_refused(self):
         hog = ("python3 -c \"import time; b=bytearray({mb}<<20); b[::4096]=bytes([1])*(len(b)//4096); "
@@ -223,7 +224,8 @@ class BalancingTest(unittest.TestCase):
             start_background(c, "node1", "big", command=hog.format(mb=300))
             c.wait_for(lambda: (jobs(c) or [{}])[0].get("where") == "node1", 30,
                        "the job to run at node1")
-            time.sleep(2)  # it has allocated its memory
+            c.wait_for(lambda: c.run("node1", "cat", "/data/out/big").stdout == "1\n", 30,
+                       "the job to have allocated its memory")
             pid = jobs(c)[0]["pid"]
             result = c.run("node1", "mosmigrate", str(pid), "node2", check=False)
             self.assertNotEqual(result.returncode, 0)

@@ -42,12 +42,16 @@ class HomefsTest(unittest.TestCase):
             with open(os.path.join(HERE, "homefs_ops.py")) as src, open(script, "w") as dst:
                 dst.write(src.read())
             cluster.run("node1", "mkdir", "-p", "/data/local", "/data/remote")
+            # A rename to another mount fails with EXDEV: the cluster's directory is not
+            # on /data's mount (a bind mount), at home or through homefs.
+            xdev = os.path.join(cluster.dir, "xdev")
+            os.mkdir(xdev)
             local = json.loads(cluster.run("node1", "python3", script, "/data/local",
-                                           "/tmp", timeout=300).stdout)
+                                           xdev, timeout=300).stdout)
             self.mount(cluster)
             try:
                 remote = json.loads(cluster.run("node2", "python3", script,
-                                                f"{MNT}/data/remote", f"{MNT}/tmp",
+                                                f"{MNT}/data/remote", f"{MNT}{xdev}",
                                                 timeout=300).stdout)
                 self.assertEqual(len(local), len(remote))
                 for mine, theirs in zip(local, remote):
@@ -100,7 +104,7 @@ class HomefsTest(unittest.TestCase):
                     reply += chunk
                 s.sendall(os.urandom(32))  # a tag made without the key
                 self.assertEqual(s.recv(100), b"", "the server kept talking")
-            cluster.wait_for(lambda: "refused peer" in cluster.log("node1"), 10,
+            cluster.wait_for(lambda: "refused peer" in cluster.log("node1"), 30,
                              "the refusal in the log")
 
     def test_home_dies_and_returns(self):

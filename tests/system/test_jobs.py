@@ -44,9 +44,9 @@ class JobsAtHomeTest(unittest.TestCase):
                           "| sha256sum").stdout
         self.assertEqual(plain, relayed)
         # And through stdin too, with a slow reader at the end.
-        relayed = self.sh("head -c 5000000 /dev/urandom > /tmp/in.$$ && "
-                          "mosrun cat < /tmp/in.$$ | sha256sum && sha256sum < /tmp/in.$$ && "
-                          "rm /tmp/in.$$").stdout.splitlines()
+        relayed = self.sh("in=$(mktemp) && head -c 5000000 /dev/urandom > $in && "
+                          "mosrun cat < $in | sha256sum && sha256sum < $in && "
+                          "rm $in").stdout.splitlines()
         self.assertEqual(relayed[0], relayed[1])
 
     def test_identity_environment_and_directory(self):
@@ -97,10 +97,11 @@ class JobsAtHomeTest(unittest.TestCase):
                     "s.bind((\"127.0.0.1\", 0)); s.listen(); print(s.getsockname()[1], "
                     "flush=True); time.sleep(60)'")
         script = (f"port=$(mktemp); mosrun {listener} > $port & pid=$!; "
-                  "for i in $(seq 100); do [ -s $port ] && break; sleep 0.1; done; "
+                  "for i in $(seq 300); do [ -s $port ] && break; sleep 0.1; done; "
                   "mosps --json; mosmigrate $pid node2 2>&1; kill $pid; "
                   "mosrun -h sleep 60 & pid=$!; "
-                  "for i in $(seq 50); do mosps --json | grep -q sleep && break; sleep 0.1; done; "
+                  "for i in $(seq 300); do mosps --json | grep -q '\"cmd\":\"sleep 60' && break; "
+                  "sleep 0.1; done; "
                   "mosps --json; mosmigrate $pid node2 2>&1; kill $pid; wait; cat $port; "
                   "rm -f $port")
         lines = self.sh(script).stdout.splitlines()
@@ -115,8 +116,12 @@ class JobsAtHomeTest(unittest.TestCase):
         self.assertIn("cannot leave home: it is kept at home (mosrun -h)", lines[3])
 
     def test_killing_mosrun_kills_the_job(self):
-        script = ("mosrun sleep 987654 & pid=$!; sleep 0.5; kill -KILL $pid; wait $pid; "
-                  "for i in $(seq 50); do [ \"$(mosps --json)\" = '{\"jobs\":[]}' ] && break; "
+        # mosrun is killed once its job runs (its program is listed), not at a guess.
+        script = ("mosrun sleep 987654 & pid=$!; "
+                  "for i in $(seq 300); do mosps --json | grep -q 987654 && "
+                  "pgrep -f '^sleep 987654$' >/dev/null && break; sleep 0.1; done; "
+                  "kill -KILL $pid; wait $pid; "
+                  "for i in $(seq 300); do [ \"$(mosps --json)\" = '{\"jobs\":[]}' ] && break; "
                   "sleep 0.1; done; mosps --json; pgrep -a -x sleep | grep -q ' sleep 987654$' && echo alive || echo no-sleep")
         lines = self.sh(script).stdout.splitlines()
         self.assertEqual(lines, ['{"jobs":[]}', "no-sleep"])

@@ -11,6 +11,8 @@ import unittest
 
 import harness
 
+# Halfway, the job waits for the file "go": the test makes it once its moves are done, so
+# that a slow machine cannot let the job end before the moves it is there to undergo.
 WORKLOAD = r"""
 exec 3>>/data/work/appended
 exec 4</data/work/input
@@ -20,6 +22,7 @@ while [ $i -lt 30 ]; do
   echo "step $i read $line host $(hostname)"
   echo "appended $i" >&3
   i=$((i+1))
+  if [ $i = 15 ]; then until [ -e /data/work/go ]; do sleep 0.05; done; fi
   sleep 0.1
 done
 echo done
@@ -45,10 +48,36 @@ def wait_for_job(cluster):
         None), 20, "the job to start")
 
 
+def commands_under(root):
+    """The command lines of every process below `root` (a daemon: its jobs), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    below, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid]
+        below += children
+        frontier += children
+    commands = []
+    for pid in below:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                commands.append(f.read().replace(b"\0", b" ").decode(errors="replace").strip())
+        except OSError:
+            continue
+    return commands
+
+
 class MigrationTest(unittest.TestCase):
     def run_workload(self, cluster, moves, expect_failure=None):
         c = cluster
-        c.run("node1", "sh", "-c", "mkdir -p /data/work && cd /data/work && rm -f appended out err status && "
+        c.run("node1", "sh", "-c", "mkdir -p /data/work && cd /data/work && "
+                                   "rm -f appended out err status go && "
                                    "seq 100 > /data/work/input")
         c.run("node1", "sh", "-c", "cat > /data/work/workload.sh", input=WORKLOAD)
         # Start the job in the background; its stdout goes to a file at home.
@@ -65,6 +94,7 @@ class MigrationTest(unittest.TestCase):
                 self.assertEqual(result.returncode, 0, result.stderr)
                 self.assertIn(f"now runs on {where}", result.stdout)
                 self.assertEqual(job_where(c, pid)["where"], where)
+        c.run("node1", "touch", "/data/work/go")
         c.wait_for(lambda: c.run("node1", "cat", "/data/work/status", check=False).stdout,
                    60, "the job to end")
         out = c.run("node1", "cat", "/data/work/out").stdout
@@ -92,7 +122,9 @@ class MigrationTest(unittest.TestCase):
 
     def test_move_around_the_cluster_and_back_home(self):
         # A job whose only descriptors are its stdio: node1 -> node2 -> node3 -> home.
+        # Halfway it waits for /data/hops.go, made once the moves are done.
         counter = ("i=0; while [ $i -lt 40 ]; do echo \"$i $(hostname) $$\"; i=$((i+1)); "
+                   "if [ $i = 20 ]; then until [ -e /data/hops.go ]; do sleep 0.05; done; fi; "
                    "sleep 0.1; done")
         with harness.LoopCluster(3, settings=["gossip.interval_ms=200"]) as c:
             wait_for_home_mounts(c, ("node2", "node3"))
@@ -106,6 +138,7 @@ class MigrationTest(unittest.TestCase):
                 job = job_where(c, pid)
                 self.assertEqual(job["where"], where)
             self.assertEqual(job_where(c, pid)["migrations"], 3)
+            c.run("node1", "touch", "/data/hops.go")
             c.wait_for(lambda: c.run("node1", "cat", "/data/hops.status", check=False).stdout,
                        60, "the job to end")
             self.assertEqual(c.run("node1", "cat", "/data/hops.status").stdout, "0\n")
@@ -136,7 +169,7 @@ class MigrationTest(unittest.TestCase):
     def test_freeze_continue_and_checkpoint(self):
         with harness.LoopCluster(1) as c:
             plain = self.run_workload(c, [])
-            c.run("node1", "sh", "-c", "cd /data/work && rm -rf appended out err status ckpt && "
+            c.run("node1", "sh", "-c", "cd /data/work && rm -rf appended out err status go ckpt && "
                                        "(mosrun sh workload.sh > out 2>err; echo $? > status) "
                                        ">/dev/null 2>&1 & echo started")
             pid = wait_for_job(c)
@@ -144,16 +177,19 @@ class MigrationTest(unittest.TestCase):
                                                     "checkpoint ckpt && ls ckpt | grep -c img")
             self.assertIn("its checkpoint is in ckpt", checkpoint.stdout)
             self.assertGreater(int(checkpoint.stdout.split()[-1]), 0)
+            daemon = c.node("node1")["pid"]
+            self.assertIn("sh workload.sh", commands_under(daemon))
             frozen = c.run("node1", "mosmigrate", str(pid), "freeze")
             self.assertIn(f"job {pid} is frozen to disk at home", frozen.stdout)
             self.assertEqual(job_where(c, pid)["state"], "frozen")
+            # Frozen to disk: none of its processes is left to write, so its output stands.
             before = c.run("node1", "cat", "/data/work/out").stdout
-            import time
-            time.sleep(1)
+            self.assertNotIn("sh workload.sh", commands_under(daemon))
             self.assertEqual(c.run("node1", "cat", "/data/work/out").stdout, before)
             resumed = c.run("node1", "mosmigrate", str(pid), "continue")
             self.assertIn("now runs on node1", resumed.stdout)
             self.assertEqual(job_where(c, pid)["state"], "running")
+            c.run("node1", "touch", "/data/work/go")
             c.wait_for(lambda: c.run("node1", "cat", "/data/work/status", check=False).stdout,
                        60, "the job to end")
             self.assertEqual(c.run("node1", "cat", "/data/work/out").stdout, plain[0])
@@ -201,11 +237,13 @@ class MigrationTest(unittest.TestCase):
                 self.assertEqual(os.listdir(images) if os.path.isdir(images) else [], [])
 
     def test_target_dying_mid_move_leaves_the_job_running(self):
-        # A job holding 600 MiB takes seconds to dump and stream: the target's daemon is
-        # killed while the move is under way.
-        hog = ("python3 -c 'import sys,time\nb=bytearray(600<<20)\nfor i in range(0,len(b),4096): "
+        # The target's daemon is killed while the move is under way: the fault point
+        # stream-hold stops the images halfway, says so in the log, and waits for the
+        # target to hang up.
+        hog = ("python3 -c 'import sys,time\nb=bytearray(64<<20)\nfor i in range(0,len(b),4096): "
                "b[i]=1\nfor i in range(40):\n print(i, flush=True); time.sleep(0.25)'")
-        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"]) as c:
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
+                                 faults="stream-hold") as c:
             wait_for_home_mounts(c, ("node2",))
             c.run("node1", "sh", "-c", f"(mosrun sh -c \"{hog}\" > /data/hog; echo $? > "
                                        "/data/hog.status) >/dev/null 2>&1 & echo started")
@@ -213,8 +251,8 @@ class MigrationTest(unittest.TestCase):
             c.wait_for(lambda: c.run("node1", "cat", "/data/hog").stdout.startswith("0"),
                        30, "the job to fill its memory")
             c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > /data/move.out 2>&1 &")
-            import time
-            time.sleep(0.5)
+            c.wait_for(lambda: "fault point stream-hold: holding" in c.log("node1"), 60,
+                       "the move to be halfway through its images")
             c.kill("node2")
             c.wait_for(lambda: c.run("node1", "cat", "/data/hog.status", check=False).stdout,
                        90, "the job to end")
@@ -227,23 +265,17 @@ class MigrationTest(unittest.TestCase):
     def fails_at(self, fault, step):
         """A move whose stream or target-side step fails (by a fault point in every
         daemon) leaves the job running at home with all of its output."""
-        os.environ["HOMEWARD_FAULT"] = fault
-        try:
-            cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
-            with cluster as c:
-                os.environ.pop("HOMEWARD_FAULT")
-                wait_for_home_mounts(c, ("node2",))
-                out, appended, status, messages, pid = self.run_workload(
-                    c, ["node2"], expect_failure=True)
-                self.assertEqual(messages[0].returncode, 1)
-                self.assertIn(f"job {pid} stays on node1", messages[0].stderr)
-                self.assertIn(step, messages[0].stderr)
-                self.assertEqual(status, "0\n")
-                self.assertEqual(out.count("\n"), 31)
-                self.assertNotIn("host node2", out)
-                self.assertEqual(json.loads(c.run("node2", "mosps", "--json").stdout)["jobs"], [])
-        finally:
-            os.environ.pop("HOMEWARD_FAULT", None)
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"], faults=fault) as c:
+            wait_for_home_mounts(c, ("node2",))
+            out, appended, status, messages, pid = self.run_workload(
+                c, ["node2"], expect_failure=True)
+            self.assertEqual(messages[0].returncode, 1)
+            self.assertIn(f"job {pid} stays on node1", messages[0].stderr)
+            self.assertIn(step, messages[0].stderr)
+            self.assertEqual(status, "0\n")
+            self.assertEqual(out.count("\n"), 31)
+            self.assertNotIn("host node2", out)
+            self.assertEqual(json.loads(c.run("node2", "mosps", "--json").stdout)["jobs"], [])
 
     def test_failed_restore_leaves_the_job_running(self):
         self.fails_at("restore-criu", "restore")

@@ -99,7 +99,7 @@ class RemoteJobTest(unittest.TestCase):
 
     def test_listed_at_home_and_as_guest_and_killed_by_home_pid(self):
         script = ("mosrun -r node2 sleep 300 >/dev/null 2>&1 & pid=$!; "
-                  "for i in $(seq 50); do mosps --json | grep -q '\"where\":\"node2\"' && break; "
+                  "for i in $(seq 300); do mosps --json | grep -q '\"where\":\"node2\"' && break; "
                   "sleep 0.1; done; echo $pid; mosps --json")
         lines = self.sh(script).stdout.splitlines()
         pid = int(lines[0])

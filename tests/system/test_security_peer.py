@@ -171,26 +171,20 @@ class NoThreadForAPeer(unittest.TestCase):
     def test_a_failed_thread_costs_only_its_connection(self):
         # Every daemon runs with the fault point that makes a service thread fail, as it
         # would under a pids limit: each authenticated connection is closed unserved.
-        os.environ["HOMEWARD_FAULT"] = "peer-thread"
-        try:
-            cluster = harness.LoopCluster(2, settings=SETTINGS)
-            with cluster as c:
-                os.environ.pop("HOMEWARD_FAULT")
-                c.wait_for(lambda: any(n["name"] == "node2" and n["alive"] for n in json.loads(
-                    c.run("node1", "mosmon", "--json").stdout)["nodes"]), 60,
-                           "node1 to see node2 alive")
-                pid = daemon_pid(c, "node2")
-                failed = c.run("node1", "mosrun", "-r", "node2", "true", check=False)
-                self.assertNotEqual(failed.returncode, 0)
-                # (Refusals are logged once per 10 s with the latest one's detail, which
-                # may be a homefs connection's.)
-                c.wait_for(lambda: "no thread for its" in c.log("node2"), 30,
-                           "node2 to log a connection it could not serve")
-                # The daemons are the same processes and still answer.
-                self.assertEqual(daemon_pid(c, "node2"), pid)
-                c.run("node1", "mosctl", "status")
-        finally:
-            os.environ.pop("HOMEWARD_FAULT", None)
+        with harness.LoopCluster(2, settings=SETTINGS, faults="peer-thread") as c:
+            c.wait_for(lambda: any(n["name"] == "node2" and n["alive"] for n in json.loads(
+                c.run("node1", "mosmon", "--json").stdout)["nodes"]), 60,
+                       "node1 to see node2 alive")
+            pid = daemon_pid(c, "node2")
+            failed = c.run("node1", "mosrun", "-r", "node2", "true", check=False)
+            self.assertNotEqual(failed.returncode, 0)
+            # (Refusals are logged once per 10 s with the latest one's detail, which
+            # may be a homefs connection's.)
+            c.wait_for(lambda: "no thread for its" in c.log("node2"), 30,
+                       "node2 to log a connection it could not serve")
+            # The daemons are the same processes and still answer.
+            self.assertEqual(daemon_pid(c, "node2"), pid)
+            c.run("node1", "mosctl", "status")
 
 
 def sniff_gossip(source, dest, kind, timeout):

@@ -5,7 +5,6 @@ cannot adopt what CRIU restored, on arrival, on coming home and on continuing a 
 job), no zombie is left under either daemon (each is a child subreaper, so every job's
 init it does not reap stays a zombie)."""
 
-import contextlib
 import json
 import os
 import time
@@ -54,16 +53,9 @@ class ZombieTest(unittest.TestCase):
             self.fail("zombies left: " + "; ".join(
                 f"{n}: {cluster.zombies(n)}" for n in cluster.nodes if cluster.zombies(n)))
 
-    @contextlib.contextmanager
     def with_faults(self, faults):
         """A two-node cluster whose daemons hit the fault points `faults`."""
-        os.environ["HOMEWARD_FAULT"] = faults
-        try:
-            with harness.LoopCluster(2, settings=["gossip.interval_ms=200"]) as cluster:
-                os.environ.pop("HOMEWARD_FAULT")
-                yield cluster
-        finally:
-            os.environ.pop("HOMEWARD_FAULT", None)
+        return harness.LoopCluster(2, settings=["gossip.interval_ms=200"], faults=faults)
 
     def test_many_moves_leave_no_zombie(self):
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"]) as c:
