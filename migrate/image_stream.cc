@@ -209,6 +209,11 @@ void FillJob(schema::JobMetadata::Builder out, const JobMetadata& job) {
     pipes[i].setInode(job.external_pipes[i].inode);
     pipes[i].setRole(job.external_pipes[i].role);
   }
+  auto input = out.initInput();
+  input.setOffset(job.input_offset);
+  input.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(job.input_data.data()),
+                             job.input_data.size()));
+  input.setEnded(job.input_ended);
 }
 
 JobMetadata ReadJob(schema::JobMetadata::Reader in) {
@@ -219,6 +224,13 @@ JobMetadata ReadJob(schema::JobMetadata::Reader in) {
   job.criu_version = in.getCriuVersion();
   for (auto pipe : in.getExternalPipes()) {
     job.external_pipes.push_back({pipe.getInode(), pipe.getRole()});
+  }
+  if (in.hasInput()) {
+    auto input = in.getInput();
+    auto data = input.getData();
+    job.input_offset = input.getOffset();
+    job.input_data.assign(reinterpret_cast<const char*>(data.begin()), data.size());
+    job.input_ended = input.getEnded();
   }
   return job;
 }

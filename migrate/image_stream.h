@@ -26,6 +26,10 @@ struct JobMetadata {
   int32_t home_pid = 0;
   std::vector<PipeRole> external_pipes;
   std::string criu_version;
+  // The job's stdin the source reclaimed after the dump (see CarriedInput).
+  uint64_t input_offset = 0;
+  std::string input_data;
+  bool input_ended = false;
 };
 
 struct StreamStats {

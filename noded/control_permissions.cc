@@ -28,6 +28,8 @@ Permission PermissionFor(schema::ControlRequest::Which which) {
       return {Allowed::kLocalRoot, "block, unblock, expel or bring"};
     case W::JOB_INPUT:
     case W::JOB_INPUT_END:
+    case W::JOB_INPUT_AT:
+    case W::JOB_INPUT_END_AT:
     case W::JOB_SIGNAL:
       return {Allowed::kRelayOnly, "send job input and signals"};
   }

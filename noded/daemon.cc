@@ -154,6 +154,8 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       return;
     case schema::ControlRequest::JOB_INPUT:
     case schema::ControlRequest::JOB_INPUT_END:
+    case schema::ControlRequest::JOB_INPUT_AT:
+    case schema::ControlRequest::JOB_INPUT_END_AT:
     case schema::ControlRequest::JOB_SIGNAL:
       break;  // refused by CheckPermission: they belong on a job's relay
     case schema::ControlRequest::HOME_MOUNT: {

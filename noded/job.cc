@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -181,13 +182,16 @@ void Job::Start() {
   if (launch_.guest) options.clone_flags |= CLONE_NEWNET;
   init_.emplace(ChildProcess::Spawn(options));
 
-  // The job's ends are the job's alone now.
+  // The job's ends are the job's alone now, but for a copy of its stdin's read end: what
+  // the job has not read is taken out through it when the job moves.
+  Fd stdin_read = Fd::Adopt(
+      HW_SYSCALL(::fcntl(stdin_pipe.read.get(), F_DUPFD_CLOEXEC, 3), "keep the job's stdin"));
   stdin_pipe.read.Reset();
   stdout_pipe.write.Reset();
   stderr_pipe.write.Reset();
   status_pipe.write.Reset();
 
-  Attach(DaemonEnds{std::move(stdin_pipe.write), std::move(stdout_pipe.read),
+  Attach(DaemonEnds{std::move(stdin_pipe.write), std::move(stdin_read), std::move(stdout_pipe.read),
                     std::move(stderr_pipe.read), std::move(status_pipe.read)});
   spdlog::info("job {} started: {} (uid {}, init pid {})", home_pid(), command(), id.uid,
                init_->pid());
@@ -197,6 +201,21 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
   init_.emplace(std::move(init));
   Attach(std::move(ends));
   spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_->pid());
+  // What the job had not read at its old place goes into its new pipe first; then mosrun
+  // hears where the job's input goes on, and sends again what it holds from there.
+  InputCarry carry = std::move(launch_.input);
+  launch_.input = {};
+  input_written_ = carry.offset;
+  input_queue_ = std::move(carry.data);
+  input_end_ = carry.ended;
+  FlushInput();
+  capnp::MallocMessageBuilder message;
+  auto resume = message.initRoot<schema::ControlReply>().initJobInputResume();
+  resume.setOffset(input_received());
+  resume.setEnded(input_end_);
+  relay_.Send(message);
+  spdlog::info("job {}: its input goes on from byte {}{} ({} bytes carried)", home_pid(),
+               input_received(), input_end_ ? ", at its end" : "", input_queue_.size());
 }
 
 void Job::Attach(DaemonEnds ends) {
@@ -212,8 +231,14 @@ void Job::Attach(DaemonEnds ends) {
       migrate::PipeInode(ends.stdin_write.get()), migrate::PipeInode(ends.stdout_read.get()),
       migrate::PipeInode(ends.stderr_read.get()), migrate::PipeInode(ends.status_read.get())};
 
-  CheckUv(uv_pipe_init(loop_, stdin_.get(), 0), "job stdin");
-  CheckUv(uv_pipe_open(stdin_.get(), ends.stdin_write.Release()), "job stdin");
+  stdin_write_ = std::move(ends.stdin_write);
+  stdin_read_ = std::move(ends.stdin_read);
+  // Only our write end is made non-blocking: the read end's open file is the job's own
+  // stdin, whose flags are the job's.
+  int flags = HW_SYSCALL(::fcntl(stdin_write_.get(), F_GETFL), "job stdin");
+  HW_SYSCALL(::fcntl(stdin_write_.get(), F_SETFL, flags | O_NONBLOCK), "job stdin");
+  CheckUv(uv_poll_init(loop_, stdin_poll_.get(), stdin_write_.get()), "job stdin");
+  stdin_poll_.get()->data = this;
   auto make_stream = [&](int fd, Fd end) {
     auto stream = std::make_unique<Stream>();
     stream->job = this;
@@ -249,11 +274,13 @@ void Job::AbandonAfterMove() {
   exit_watch_.Close();
   pidfd_.Reset();
   init_.reset();  // SIGKILL and reap the frozen source copy
-  // Input still queued for the old copy goes with it: acknowledge it now, on the relay
-  // that is still the job's, so mosrun's input window does not shrink with every move.
+  // Input still queued for the old copy goes with it: mosrun holds every byte the job's
+  // new place has not acknowledged, and sends it again from where the job resumes.
   input_paused_ = false;  // the relay's reading is for its new handlers to decide
-  InputTaken(input_unacked_);
-  stdin_.Close();
+  input_held_ = true;
+  input_queue_.clear();
+  CloseInput();
+  stdin_read_.Reset();
   stdout_.reset();
   stderr_.reset();
   status_.reset();
@@ -322,73 +349,130 @@ void Job::PauseOutput(bool pause) {
   }
 }
 
-void Job::Input(const void* data, size_t size) {
-  if (size == 0) return;
-  input_unacked_ += size;
-  if (stdin_ended_) {
-    InputTaken(size);  // like a pipe whose reader is gone: dropped, and acknowledged
-    return;
-  }
-  struct Write {
-    uv_write_t req;
-    std::string data;
-    std::weak_ptr<Job> job;
-  };
-  auto* write = new Write{{}, std::string(static_cast<const char*>(data), size), weak_from_this()};
-  uv_buf_t buf = uv_buf_init(write->data.data(), static_cast<unsigned>(write->data.size()));
-  write->req.data = write;
-  int status = uv_write(&write->req, stdin_.stream(), &buf, 1, [](uv_write_t* req, int) {
-    auto* write = static_cast<Write*>(req->data);
-    if (auto job = write->job.lock()) job->InputTaken(write->data.size());
-    delete write;
-  });
-  if (status < 0) {
-    delete write;  // the job closed its stdin: like a pipe reader gone, input is dropped
-    InputTaken(size);
-    InputEnd();
-    return;
-  }
+void Job::Input(uint64_t offset, const void* data, size_t size) {
+  uint64_t received = input_received();
+  if (offset == kNextInput) offset = received;
+  if (size == 0 || offset > received || offset + size <= received) return;
+  if (input_end_ || input_closed_) return;  // nothing after the end of input
+  size_t skip = static_cast<size_t>(received - offset);
+  input_queue_.append(static_cast<const char*>(data) + skip, size - skip);
+  FlushInput();
   // A client that ignores the input window (mosrun never does) is not read any further
   // until its input has drained: the daemon's memory stays bounded whatever it sends.
-  if (input_unacked_ > 2 * uint64_t{schema::INPUT_WINDOW} && !input_paused_) {
+  if (input_queue_.size() > 2 * uint64_t{schema::INPUT_WINDOW} && !input_paused_) {
     input_paused_ = true;
     relay_.PauseReading(true);
   }
 }
 
-void Job::InputTaken(size_t size) {
-  size = static_cast<size_t>(std::min<uint64_t>(size, input_unacked_));
-  if (size == 0) return;
-  input_unacked_ -= size;
-  capnp::MallocMessageBuilder message;
-  message.initRoot<schema::ControlReply>().setJobInputTaken(static_cast<uint32_t>(size));
-  relay_.Send(message);
-  if (input_paused_ && input_unacked_ <= schema::INPUT_WINDOW) {
-    input_paused_ = false;
-    relay_.PauseReading(false);
+void Job::InputEnd(uint64_t offset) {
+  if (input_end_ || input_closed_) return;
+  // An end that overtook bytes lost with a move comes again after them.
+  if (offset != kNextInput && offset != input_received()) return;
+  input_end_ = true;
+  FlushInput();
+}
+
+void Job::set_migrating(bool migrating) {
+  migrating_ = migrating;
+  input_held_ = migrating;
+  if (!migrating) FlushInput();
+}
+
+Job::InputPlace Job::input_place() const {
+  return InputPlace{stdin_read_.get(), input_written_, input_closed_};
+}
+
+InputCarry Job::ReclaimInput(const InputPlace& place) {
+  InputCarry carry;
+  carry.ended = place.ended;
+  if (place.reader >= 0) {
+    int pending = 0;
+    HW_SYSCALL(::ioctl(place.reader, FIONREAD, &pending), "measure the job's unread input");
+    carry.data.resize(static_cast<size_t>(pending));
+    size_t have = 0;
+    while (have < carry.data.size()) {
+      ssize_t n = ::read(place.reader, carry.data.data() + have, carry.data.size() - have);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // the job is frozen: FIONREAD's count is there, never more
+      have += static_cast<size_t>(n);
+    }
+    carry.data.resize(have);
+  }
+  if (carry.data.size() > place.written) {
+    Fail(ErrorKind::kFailed, "the job's stdin holds {} bytes but only {} were written to it",
+         carry.data.size(), place.written);
+  }
+  carry.offset = place.written - carry.data.size();
+  return carry;
+}
+
+void Job::ReturnInput(const InputPlace& place, const InputCarry& carry) {
+  if (carry.data.empty() || place.reader < 0) return;
+  // A pipe opened through /proc by its read end gives a new write end of the same pipe,
+  // even when ours is closed already (the end of input was written).
+  Fd writer = Fd::Open(fmt::format("/proc/self/fd/{}", place.reader), O_WRONLY | O_NONBLOCK);
+  size_t done = 0;
+  while (done < carry.data.size()) {
+    ssize_t n = ::write(writer.get(), carry.data.data() + done, carry.data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      Fail(ErrorKind::kFailed, "cannot put {} bytes of input back into the job's stdin",
+           carry.data.size() - done);
+    }
+    done += static_cast<size_t>(n);
   }
 }
 
-void Job::InputEnd() {
-  if (stdin_ended_) return;
-  stdin_ended_ = true;
-  // A pipe has no half-close: the job sees its end of input when our end closes, once
-  // everything queued before it has been written.
-  struct Shutdown {
-    uv_shutdown_t req;
-    std::weak_ptr<Job> job;
-  };
-  auto* shutdown = new Shutdown{{}, weak_from_this()};
-  shutdown->req.data = shutdown;
-  int status = uv_shutdown(&shutdown->req, stdin_.stream(), [](uv_shutdown_t* req, int) {
-    auto* shutdown = static_cast<Shutdown*>(req->data);
-    if (auto job = shutdown->job.lock()) job->stdin_.Close();
-    delete shutdown;
-  });
-  if (status < 0) {
-    delete shutdown;
-    stdin_.Close();
+void Job::FlushInput() {
+  if (input_held_ || input_closed_ || stdin_write_.get() < 0) return;
+  size_t done = 0;
+  while (done < input_queue_.size()) {
+    ssize_t n = ::write(stdin_write_.get(), input_queue_.data() + done, input_queue_.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    // The pipe has no reader left (the job's and ours are gone): like a pipe whose
+    // reader is gone, the input is dropped.
+    done = input_queue_.size();
+    input_end_ = true;
+    break;
   }
+  if (done > 0) {
+    input_queue_.erase(0, done);
+    input_written_ += done;
+    capnp::MallocMessageBuilder message;
+    message.initRoot<schema::ControlReply>().setJobInputWritten(input_written_);
+    relay_.Send(message);
+  }
+  if (input_paused_ && input_queue_.size() <= schema::INPUT_WINDOW) {
+    input_paused_ = false;
+    relay_.PauseReading(false);
+  }
+  bool wait = !input_queue_.empty();
+  if (wait != input_polling_) {
+    input_polling_ = wait;
+    if (wait) {
+      uv_poll_start(stdin_poll_.get(), UV_WRITABLE, [](uv_poll_t* handle, int, int) {
+        static_cast<Job*>(handle->data)->FlushInput();
+      });
+    } else {
+      uv_poll_stop(stdin_poll_.get());
+    }
+  }
+  // A pipe has no half-close: the job sees its end of input when our end closes, once
+  // everything before it has been written.
+  if (input_end_ && input_queue_.empty()) CloseInput();
+}
+
+void Job::CloseInput() {
+  input_closed_ = true;
+  input_polling_ = false;
+  stdin_poll_.Close();  // before its fd closes
+  stdin_write_.Reset();
 }
 
 void Job::Signal(int signo) {
@@ -433,7 +517,8 @@ void Job::MaybeFinish() {
   finished_ = true;
   SendExit();
   relay_.Close();
-  stdin_.Close();
+  CloseInput();
+  stdin_read_.Reset();
   auto self = shared_from_this();  // on_finished_ drops the registry's reference
   on_finished_(*this);
 }

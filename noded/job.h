@@ -43,6 +43,16 @@ struct JobIdentity {
   static JobIdentity OfProcess(pid_t pid, uid_t uid, gid_t gid);
 };
 
+// A job's standard input where the job stands in it: the offset (in the stream mosrun
+// sends) of the first byte the job has not read, the bytes from there that the daemon
+// reclaimed from the job's stdin pipe once the job was frozen, and whether mosrun's end of
+// input came after them. Carried with a move (or a freeze) to where the job runs next.
+struct InputCarry {
+  uint64_t offset = 0;
+  std::string data;
+  bool ended = false;
+};
+
 struct JobLaunch {
   std::vector<std::string> argv;
   std::vector<std::string> env;
@@ -61,6 +71,7 @@ struct JobLaunch {
   bool reattach = false;     // restored here from a node that is not its home
   std::string init_path;     // mosjob-init
   std::string preload_path;  // libmosix_preload.so, or empty when not built
+  InputCarry input;          // a restored job's input, written to its new pipe first
 };
 
 // The wall clock in milliseconds since the epoch: a job's start, as every node reads it.
@@ -69,6 +80,8 @@ int64_t WallClockMs();
 // The daemon's ends of a job's pipes.
 struct DaemonEnds {
   Fd stdin_write;
+  Fd stdin_read;  // the daemon's copy of the job's end: what the job has not read is
+                  // reclaimed from it when the job moves
   Fd stdout_read;
   Fd stderr_read;
   Fd status_read;
@@ -94,15 +107,31 @@ class Job : public std::enable_shared_from_this<Job> {
   // The same pipes with what each carries, as the migration stream names them.
   std::vector<migrate::PipeRole> pipe_roles() const;
   ControlStream& relay() { return relay_; }
-  void set_migrating(bool migrating) { migrating_ = migrating; }
+  // While a job is being dumped its input is held in the daemon (nothing more is written
+  // to its stdin); a move that fails writes it on.
+  void set_migrating(bool migrating);
+  // Where the job's input stands while it is held: what reclaiming it needs.
+  struct InputPlace {
+    int reader = -1;       // the daemon's copy of the read end of the job's stdin pipe
+    uint64_t written = 0;  // the offset just past the last byte written to the pipe
+    bool ended = false;    // the pipe carries the end of input after them
+  };
+  InputPlace input_place() const;
+  // Takes out of the job's stdin pipe what the job has not read, once the job is frozen;
+  // safe on any thread. Throws Error when the pipe cannot be read.
+  static InputCarry ReclaimInput(const InputPlace& place);
+  // Puts reclaimed bytes back into the pipe (a move that failed after reclaiming them),
+  // before the job is thawed; safe on any thread.
+  static void ReturnInput(const InputPlace& place, const InputCarry& carry);
   uint32_t migrations() const { return migrations_; }
   void set_migrations(uint32_t count) { migrations_ = count; }
-  // From mosrun: stdin bytes, end of stdin, a signal for the job.
-  void Input(const void* data, size_t size);
-  void InputEnd();
-  // Acknowledges input that has left the daemon (written, or dropped), so that mosrun
-  // may send more; resumes reading the relay once a flood has drained.
-  void InputTaken(size_t size);
+  // From mosrun: stdin bytes at `offset` in its input stream (kNextInput: right after
+  // what came before), the end of stdin after `offset` bytes, a signal for the job.
+  // Bytes the job's node already has are dropped, and so are bytes after a gap (they come
+  // again when mosrun resends from where the job's input resumes).
+  static constexpr uint64_t kNextInput = ~uint64_t{0};
+  void Input(uint64_t offset, const void* data, size_t size);
+  void InputEnd(uint64_t offset);
   void Signal(int signo);
   // mosrun is gone: without its deputy at home, the job is killed.
   void RelayLost();
@@ -140,6 +169,10 @@ class Job : public std::enable_shared_from_this<Job> {
   void OnInitExit();
   void MaybeFinish();
   void SendExit();
+  // Writes what input the job's stdin takes now; acknowledges it to mosrun.
+  void FlushInput();
+  void CloseInput();
+  uint64_t input_received() const { return input_written_ + input_queue_.size(); }
 
   uv_loop_t* loop_;
   JobLaunch launch_;
@@ -148,15 +181,23 @@ class Job : public std::enable_shared_from_this<Job> {
   std::optional<ChildProcess> init_;
   Fd pidfd_;
   UvHandle<uv_poll_t> exit_watch_;
-  UvHandle<uv_pipe_t> stdin_;
+  // The job's standard input, a stream of bytes with offsets (see "Standard input across
+  // moves" in docs/ARCHITECTURE.md): written by the daemon, non-blocking, with its own
+  // queue so that nothing is in flight inside libuv when a move reclaims it.
+  Fd stdin_write_;
+  Fd stdin_read_;
+  UvHandle<uv_poll_t> stdin_poll_;  // declared after the fd: closed before it
+  std::string input_queue_;         // the bytes from input_written_ on, not yet written
+  uint64_t input_written_ = 0;
+  bool input_end_ = false;     // mosrun's end of input has come, after the queue
+  bool input_held_ = false;    // a move is dumping the job: nothing more is written
+  bool input_closed_ = false;  // our write end is closed: the job has its end of input
+  bool input_polling_ = false;
   std::unique_ptr<Stream> stdout_;
   std::unique_ptr<Stream> stderr_;
   std::unique_ptr<Stream> status_;
   std::string status_text_;
   std::optional<ExitStatus> init_status_;
-  bool stdin_ended_ = false;
-  // Input accepted from the relay and not yet acknowledged to mosrun (jobInputTaken).
-  uint64_t input_unacked_ = 0;
   bool input_paused_ = false;
   bool output_paused_ = false;
   bool finished_ = false;

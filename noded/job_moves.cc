@@ -185,16 +185,24 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   move->metadata.home_pid = home_pid;
   move->faults = faults_;
   move->metadata.external_pipes = job->pipe_roles();
+  // The caller holds the job's input from here on (set_migrating): where it stands now is
+  // where it stands when the job is frozen.
+  move->input = job->input_place();
+  if (move->input.reader >= 0) {
+    move->input_reader = Fd::Adopt(HW_SYSCALL(::fcntl(move->input.reader, F_DUPFD_CLOEXEC, 3),
+                                              "keep the job's stdin for the move"));
+    move->input.reader = move->input_reader.get();
+  }
   return move;
 }
 
 void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
                              const MoveDone& done) {
-  job->set_migrating(false);
   auto it = jobs_.find(slot);
   bool still_ours = it != jobs_.end() && it->second.here == job;
   if (!move.error.empty()) {
     spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
+    job->set_migrating(false);  // its input, put back into its stdin, flows on
     job->relay().PauseReading(false);
     MoveOutcome outcome = OutcomeOf(move);
     outcome.error =
@@ -203,12 +211,16 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
     return;
   }
   if (!still_ours) {  // ended meanwhile (its mosrun went away)
+    job->set_migrating(false);
     done(MoveOutcome::Failure("the job ended during the move"));
     return;
   }
   auto away = AwayFrom(
       *job, move::Protocol::Moved(job->home_pid(), move.target_name, job->migrations() + 1));
+  // Abandoned before it stops migrating: its input, held and reclaimed, is never written
+  // to the old pipe again.
   job->AbandonAfterMove();
+  job->set_migrating(false);
   it->second.here.reset();
   it->second.away = away;
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
@@ -248,9 +260,9 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
 }
 
 void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const MoveDone& done) {
-  job->set_migrating(false);
   capnp::MallocMessageBuilder message;
   if (!move.error.empty()) {
+    job->set_migrating(false);  // its input, put back into its stdin, flows on
     spdlog::warn("guest {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
     if (done) {
       done(OutcomeOf(move));  // this node's own decision: the home need not hear of it
@@ -264,6 +276,7 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const
   // goes home first, then word of the move, then this relay closes.
   ControlStream relay = job->relay();
   job->AbandonAfterMove();
+  job->set_migrating(false);
   for (auto it = guests_.begin(); it != guests_.end(); ++it) {
     if (it->second == job) {
       guests_.erase(it);

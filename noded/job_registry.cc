@@ -46,11 +46,20 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
     switch (message.which()) {
       case schema::ControlRequest::JOB_INPUT: {
         auto data = message.getJobInput();
-        job->Input(data.begin(), data.size());
+        job->Input(Job::kNextInput, data.begin(), data.size());
+        break;
+      }
+      case schema::ControlRequest::JOB_INPUT_AT: {
+        auto chunk = message.getJobInputAt();
+        auto data = chunk.getData();
+        job->Input(chunk.getOffset(), data.begin(), data.size());
         break;
       }
       case schema::ControlRequest::JOB_INPUT_END:
-        job->InputEnd();
+        job->InputEnd(Job::kNextInput);
+        break;
+      case schema::ControlRequest::JOB_INPUT_END_AT:
+        job->InputEnd(message.getJobInputEndAt());
         break;
       case schema::ControlRequest::JOB_SIGNAL:
         job->Signal(message.getJobSignal());

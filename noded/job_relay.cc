@@ -119,6 +119,8 @@ StreamHandlers JobRegistry::MosrunHandlersForAway(int slot, std::shared_ptr<Away
     switch (message.which()) {
       case schema::ControlRequest::JOB_INPUT:
       case schema::ControlRequest::JOB_INPUT_END:
+      case schema::ControlRequest::JOB_INPUT_AT:
+      case schema::ControlRequest::JOB_INPUT_END_AT:
       case schema::ControlRequest::JOB_SIGNAL:
         Forward<schema::ControlRequest>(incoming, away->peer);
         // Hold mosrun's input back while the job's node is slower to take it.

@@ -111,9 +111,9 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
         },
         [this, slot, job, dir, pending](const DumpOutcome& outcome) {
           const DumpOutcome* result = &outcome;
-          job->set_migrating(false);
           auto it = jobs_.find(slot);
           if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
+            job->set_migrating(false);
             migrate::RemoveImageDir(dir);
             job->relay().PauseReading(false);
             pending->SendError(
@@ -123,7 +123,14 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
           }
           auto away = AwayFrom(*job, move::Protocol::Frozen(job->home_pid(), job->migrations()));
           away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles()};
+          // The frozen job's unread input is not in its images: the record keeps it.
+          try {
+            away->frozen->launch.input = Job::ReclaimInput(job->input_place());
+          } catch (const Error& e) {
+            spdlog::error("job {}: its unread input is lost: {}", job->home_pid(), e.what());
+          }
           job->AbandonAfterMove();
+          job->set_migrating(false);
           it->second.here.reset();
           it->second.away = away;
           // mosrun's input waits (paused) until the job continues; its end ends the job.

@@ -114,14 +114,16 @@ RestoredHere RestoreHere(const std::string& dir,
   }
   // The restored init is our child (we are a child subreaper): owned from here on.
   ChildProcess init = ChildProcess::Adopt(migrate::Restore(dir, restore).init_pid);
-  return RestoredHere{std::move(init), DaemonEnds{std::move(in.write), std::move(out.read),
-                                                  std::move(err.read), std::move(status.read)}};
+  return RestoredHere{std::move(init),
+                      DaemonEnds{std::move(in.write), std::move(in.read), std::move(out.read),
+                                 std::move(err.read), std::move(status.read)}};
 }
 
 void RunMoveOut(MoveOut& move) {
   auto started = std::chrono::steady_clock::now();
   std::string step = "checkpoint";
   bool dumped = false;
+  std::optional<InputCarry> reclaimed;
   try {
     HW_SYSCALL(::mkdir((move.image_dir).c_str(), 0700), "create {}", move.image_dir);
     migrate::DumpOptions dump;
@@ -130,6 +132,12 @@ void RunMoveOut(MoveOut& move) {
     dump.faults = move.faults;
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
     dumped = true;
+    // The frozen job's unread input is not in its images: it travels in the metadata.
+    step = "reclaim the job's unread input";
+    reclaimed = Job::ReclaimInput(move.input);
+    move.metadata.input_offset = reclaimed->offset;
+    move.metadata.input_data = reclaimed->data;
+    move.metadata.input_ended = reclaimed->ended;
     auto frozen_at = std::chrono::steady_clock::now() - result.criu_time + result.frozen_time;
     move.image_bytes = result.image_bytes;
 
@@ -156,6 +164,13 @@ void RunMoveOut(MoveOut& move) {
     move.connection = std::move(fd);
   } catch (const std::exception& e) {
     move.error = fmt::format("{} failed: {}", step, e.what());
+    if (reclaimed) {
+      try {
+        Job::ReturnInput(move.input, *reclaimed);
+      } catch (const std::exception& e) {
+        spdlog::error("job {}: {}", move.metadata.home_pid, e.what());
+      }
+    }
     if (dumped) migrate::ContinueJob(move.init_pid);  // it runs on where it was
   }
   migrate::RemoveImageDir(move.image_dir);
@@ -194,6 +209,8 @@ std::optional<RestoredJob> RunMoveIn(
                                     context.init_path, context.faults, launch->guest);
     migrate::RemoveImageDir(dir);
     dir.clear();
+    launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),
+                               received.job.input_ended};
 
     capnp::MallocMessageBuilder message;
     auto started = message.initRoot<schema::ControlReply>().initJobStarted();

@@ -34,6 +34,10 @@ struct MoveOut {
   std::shared_ptr<capnp::MallocMessageBuilder> guest_request;  // a startGuest request
   migrate::JobMetadata metadata;
   FaultPoints faults;  // for failure tests: HOMEWARD_FAULT, read once by the daemon
+  // The job's stdin, held while it moves: reclaimed after the dump into metadata.input_*,
+  // put back if the move fails.
+  Job::InputPlace input;
+  Fd input_reader;  // our own copy of input.reader: the job may end during the move
   // Out: the connection that becomes the job's relay, or why the move failed.
   Fd connection;
   std::string error;

@@ -11,6 +11,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -195,9 +196,14 @@ int Run(const Options& options) {
   bool stdin_open = true;
   bool stdout_broken = false;
   char buffer[64 * 1024];
-  // Input sent and not yet taken by the job's node: at most the input window, so that no
-  // daemon holds more of it and a signal never waits behind a flood of input.
-  uint64_t input_unacked = 0;
+  // Input is a stream of bytes with offsets. mosrun keeps every byte the job's node has
+  // not yet written into the job's stdin (from offset input_acked on): at most the input
+  // window, so that no daemon holds more of it and a signal never waits behind a flood of
+  // input; and when the job moves, its new node says where its input goes on and mosrun
+  // sends again from there what was lost with the old node.
+  std::string input_kept;
+  uint64_t input_acked = 0;
+  bool input_end_sent = false;
   // The daemon closes its end right after the job's exit: input or a signal sent at that
   // moment meets a closed socket, and the exit is still there to read.
   bool daemon_hung_up = false;
@@ -211,9 +217,27 @@ int Run(const Options& options) {
       stdin_open = false;
     }
   };
+  auto send_input = [&](uint64_t offset, const char* data, size_t size) {
+    deliver([&](auto request) {
+      auto chunk = request.initJobInputAt();
+      chunk.setOffset(offset);
+      chunk.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(data), size));
+    });
+  };
+  auto send_input_end = [&] {
+    uint64_t end = input_acked + input_kept.size();
+    deliver([&](auto request) { request.setJobInputEndAt(end); });
+  };
+  // The job's node has every byte before `offset`: those need not be kept any longer.
+  auto input_written = [&](uint64_t offset) {
+    if (offset <= input_acked) return;
+    size_t drop = static_cast<size_t>(std::min<uint64_t>(offset - input_acked, input_kept.size()));
+    input_kept.erase(0, drop);
+    input_acked += drop;
+  };
   for (;;) {
     pollfd fds[3] = {{fd, POLLIN, 0}, {signals.get(), POLLIN, 0}, {0, POLLIN, 0}};
-    bool may_send = input_unacked + sizeof buffer <= schema::INPUT_WINDOW;
+    bool may_send = input_kept.size() + sizeof buffer <= schema::INPUT_WINDOW;
     nfds_t count = stdin_open && may_send ? 3 : 2;
     if (poll(fds, count, -1) < 0) {
       if (errno == EINTR) continue;
@@ -228,14 +252,13 @@ int Run(const Options& options) {
     if (count == 3 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
       ssize_t n = read(0, buffer, sizeof buffer);
       if (n > 0) {
-        input_unacked += static_cast<uint64_t>(n);
-        deliver([&](auto request) {
-          request.setJobInput(
-              kj::arrayPtr(reinterpret_cast<const kj::byte*>(buffer), static_cast<size_t>(n)));
-        });
+        uint64_t offset = input_acked + input_kept.size();
+        input_kept.append(buffer, static_cast<size_t>(n));
+        send_input(offset, buffer, static_cast<size_t>(n));
       } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
         stdin_open = false;
-        deliver([](auto request) { request.setJobInputEnd(); });
+        input_end_sent = true;
+        send_input_end();
       }
     }
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -267,9 +290,24 @@ int Run(const Options& options) {
             }
             break;
           }
-          case schema::ControlReply::JOB_INPUT_TAKEN:
-            input_unacked -= std::min<uint64_t>(input_unacked, reply.getJobInputTaken());
+          case schema::ControlReply::JOB_INPUT_WRITTEN:
+            input_written(reply.getJobInputWritten());
             break;
+          case schema::ControlReply::JOB_INPUT_RESUME: {
+            // The job arrived on a node (moved, or continued): what it does not have yet
+            // goes again, from where its input goes on, and so does the end of input.
+            auto resume = reply.getJobInputResume();
+            input_written(resume.getOffset());
+            uint64_t from = std::max(resume.getOffset(), input_acked);
+            for (uint64_t at = from; at < input_acked + input_kept.size();) {
+              size_t size = static_cast<size_t>(
+                  std::min<uint64_t>(input_acked + input_kept.size() - at, sizeof buffer));
+              send_input(at, input_kept.data() + (at - input_acked), size);
+              at += size;
+            }
+            if (input_end_sent && !resume.getEnded()) send_input_end();
+            break;
+          }
           case schema::ControlReply::JOB_EXITED: {
             auto exit = reply.getJobExited();
             if (exit.hasMessage() && exit.getMessage().size() > 0) {

@@ -40,6 +40,11 @@ struct ControlRequest {
     admin @12 :AdminRequest;
     # mosctl block, unblock, expel, bring (root only): answered by one adminReport once
     # every move it started has ended.
+    jobInputAt @13 :InputChunk;
+    # Bytes for the job's stdin at their offset in the stream of its input: a node takes
+    # only the bytes it has not had, so bytes resent after a move are never doubled.
+    jobInputEndAt @14 :UInt64;
+    # mosrun's stdin ended after this many bytes: the job's stdin closes once it has them.
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -62,7 +67,25 @@ struct ControlReply {
     # to the job's stdin, or dropped because the job closed it). mosrun keeps at most
     # kInputWindow bytes of input unacknowledged, so no daemon on the way holds more
     # than that, and signals never queue behind a flood of input.
+    jobInputWritten @11 :UInt64;
+    # From the job's node: the job's stdin has every byte of input before this offset
+    # (written to the pipe). mosrun keeps the bytes from there on, at most inputWindow.
+    jobInputResume @12 :InputResume;
+    # From the job's node, once the job arrived there (restored after a move, or
+    # continued): its input goes on from `offset`; mosrun sends again what it holds from
+    # there, and its end of input unless `ended`.
   }
+}
+
+struct InputChunk {
+  offset @0 :UInt64;
+  data @1 :Data;
+}
+
+struct InputResume {
+  offset @0 :UInt64;
+  ended @1 :Bool;
+  # The job's node has the end of input too.
 }
 
 const inputWindow :UInt32 = 1048576;

@@ -35,6 +35,19 @@ struct JobMetadata {
   externalPipes @3 :List(ExternalPipe);
   # The job's pipes to the outside, which the target re-plumbs with --inherit-fd.
   criuVersion @4 :Text;
+  input @5 :CarriedInput;
+  # The job's standard input the source reclaimed once the job was frozen.
+}
+
+struct CarriedInput {
+  # The job's stdin pipe is external (not in the images): what the job had not yet read
+  # travels here, and the target writes it into the job's new pipe before anything else.
+  offset @0 :UInt64;
+  # The stream offset of the first byte the job has not read.
+  data @1 :Data;
+  # The bytes from there that sat in the pipe (at most the pipe's capacity).
+  ended @2 :Bool;
+  # mosrun's end of input had been written after them: the new pipe is closed after them.
 }
 
 struct ExternalPipe {

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Standard input and output survive moves. A job fed on its stdin is moved while bytes sit
+unread in its stdin pipe, in its daemon's queue and in mosrun's window: every byte must
+reach it once, in order, and its end of input once, after the last byte, wherever it runs
+(node1 -> node2 -> node3 -> home, with the job reading or not, and frozen and continued
+at home while its input ends). The other way, a job writing 50 MB to stdout while it is
+moved gives the same bytes as a run that never moved. One job runs as an ordinary user
+(created here, removed afterwards), the others as root.
+
+The jobs wait at gates (files in /data/stdin) that the test makes once its moves are done,
+so that a fast machine cannot let a job finish before the moves it is there to undergo."""
+
+import json
+import os
+import pwd
+import secrets
+import shlex
+import shutil
+import subprocess
+import unittest
+
+import harness
+
+# Reads lines one by one (dash reads its stdin byte by byte) and echoes them; after lines
+# 10000, 20000 and 30000 it waits for the gate file named after the line.
+SLOW_READER = r"""
+n=0
+while read l; do
+  echo "$l"
+  n=$((n+1))
+  case $n in 10000|20000|30000) until [ -e gate$n ]; do sleep 0.05; done;; esac
+done
+echo "end of input after $n lines"
+"""
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def jobs(c, node="node1"):
+    return json.loads(c.run(node, "mosps", "--json").stdout)["jobs"]
+
+
+def wait_for_home_mounts(c, nodes):
+    c.wait_for(lambda: all(c.run(n, "test", "-d", "/mosix/home/node1/data",
+                                 check=False).returncode == 0 for n in nodes),
+               30, "the nodes to mount node1's files")
+
+
+class StdinTest(unittest.TestCase):
+    maxDiff = 2000
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = harness.LoopCluster(3, settings=["gossip.interval_ms=200"])
+        cls.cluster.__enter__()
+        wait_for_home_mounts(cls.cluster, ("node2", "node3"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.__exit__(None, None, None)
+
+    def setUp(self):
+        self.c = self.cluster
+        self.name = self.id().rsplit(".", 1)[-1]
+        self.work = os.path.join(self.c.node("node1")["data"], "stdin", self.name)
+        os.makedirs(self.work)
+        os.chmod(os.path.dirname(self.work), 0o755)
+        self.inside = f"/data/stdin/{self.name}"
+
+    def path(self, name):
+        return os.path.join(self.work, name)
+
+    def touch(self, name):
+        with open(self.path(name), "w"):
+            pass
+
+    def start(self, shell, user=None):
+        """Runs `shell` at node1 in the test's directory, in the background; its status
+        goes to the file "status". Returns the job's home pid."""
+        command = f"cd {self.inside} && ({shell}; echo $? > status) >/dev/null 2>&1 & echo ok"
+        if user:
+            command = shlex.join(["runuser", "-u", user, "--", "sh", "-c", command])
+        self.c.run("node1", "sh", "-c", command)
+        return self.c.wait_for(lambda: next((j["pid"] for j in jobs(self.c)), None), 30,
+                               "the job to start")
+
+    def move(self, pid, target):
+        where = target if target.startswith("node") else "node1"
+        result = self.c.run("node1", "mosmigrate", str(pid), target, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"now runs on {where}", result.stdout)
+
+    def lines_out(self, count):
+        """Waits until the file "out" has at least `count` lines."""
+        self.c.wait_for(lambda: read(self.path("out")).count("\n") >= count, 60,
+                        f"{count} lines of output")
+
+    def wait_end(self, timeout=120):
+        self.c.wait_for(lambda: read(self.path("status")), timeout, "the job to end")
+        self.assertEqual(read(self.path("status")), "0\n", read(self.path("err")))
+        self.c.wait_for(lambda: not jobs(self.c), 30, "the job to leave mosps")
+
+    def slow_reader_moved(self, user=None):
+        with open(self.path("reader.sh"), "w") as f:
+            f.write(SLOW_READER)
+        if user:
+            os.chown(self.work, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+        pid = self.start("seq 1 100000 | mosrun sh reader.sh > out 2> err", user)
+        for gate, target in ((10000, "node2"), (20000, "node3"), (30000, "home")):
+            self.lines_out(gate)
+            self.move(pid, target)
+            self.touch(f"gate{gate}")
+        self.wait_end()
+        expected = "".join(f"{i}\n" for i in range(1, 100001)) + "end of input after 100000 lines\n"
+        self.assertEqual(read(self.path("out")), expected)
+
+    def test_slow_reader_moved_three_times(self):
+        # node1 -> node2 -> node3 -> home, each time with the job's stdin pipe full, its
+        # daemon's queue and mosrun's window holding more.
+        self.slow_reader_moved()
+
+    def test_slow_reader_of_an_ordinary_user(self):
+        if shutil.which("useradd") is None:
+            self.skipTest("no useradd")
+        user = f"hwin{secrets.token_hex(4)}"
+        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
+                        user], check=True, capture_output=True)
+        try:
+            self.slow_reader_moved(user)
+        finally:
+            self.c.run("node1", "sh", "-c", f"pkill -KILL -u {user} || true", check=False)
+            subprocess.run(["userdel", "--force", user], capture_output=True)
+            subprocess.run(["groupdel", user], capture_output=True)
+
+    def test_count_of_a_large_input_moved_mid_read(self):
+        # 100 MB in two halves: the job (wc -c) reads the first half, and its input waits
+        # for the gate while the job is moved away and home again, in the middle of it.
+        half = 50 * 1000 * 1000
+        with open(self.path("half"), "wb") as f:
+            f.write(b"x" * half)
+        pid = self.start("(cat half; touch fed; until [ -e gate ]; do sleep 0.05; done; "
+                         "cat half) | mosrun wc -c > out 2> err")
+        self.c.wait_for(lambda: os.path.exists(self.path("fed")), 120, "the first half to go")
+        self.move(pid, "node2")
+        self.move(pid, "home")
+        self.touch("gate")
+        self.wait_end(300)
+        self.assertEqual(read(self.path("out")).strip(), str(2 * half))
+
+    def test_job_that_has_not_read_its_input_when_moved(self):
+        # Its stdin pipe is full and mosrun's window too; it moves twice before it reads
+        # a byte (home -> node2 -> node3), then reads everything.
+        pid = self.start("seq 1 200000 | mosrun sh -c 'until [ -e gate ]; do sleep 0.05; done; "
+                         "cat' > out 2> err")
+        self.move(pid, "node2")
+        self.move(pid, "node3")
+        self.touch("gate")
+        self.wait_end()
+        self.assertEqual(read(self.path("out")), "".join(f"{i}\n" for i in range(1, 200001)))
+
+    def test_large_output_while_moved(self):
+        # 50 MB of stdout: the job writes the first half, and mosrun's reader holds back
+        # until the gate, so the job's stdout pipe and its relay are full when it moves.
+        job = ("mosrun sh -c 'seq 1 3600000; until [ -e gate2 ]; do sleep 0.05; done; "
+               "seq 3600001 7200000' 2> err | "
+               "(until [ -e gate ]; do sleep 0.05; done; cat > out)")
+        plain = self.start(job)
+        self.touch("gate")
+        self.touch("gate2")
+        self.wait_end()
+        unmoved = read(self.path("out"))
+        self.assertGreater(len(unmoved), 50 * 1000 * 1000)
+        for name in ("gate", "gate2", "out", "status"):
+            os.unlink(self.path(name))
+        pid = self.start(job)
+        self.assertNotEqual(pid, plain)
+        # Moved away while its output is held back (its stdout pipe full), then on and
+        # home while it flows. (A guest's move on is answered on its relay, behind its
+        # output: it is asked once mosrun reads again.)
+        self.move(pid, "node2")
+        self.touch("gate")
+        self.c.wait_for(lambda: os.path.getsize(self.path("out")) > 1000000
+                        if os.path.exists(self.path("out")) else False, 60, "output to flow")
+        self.move(pid, "node3")
+        self.move(pid, "home")
+        self.touch("gate2")
+        self.wait_end()
+        self.assertTrue(read(self.path("out")) == unmoved, "the moved job's output differs")
+
+    def test_end_of_input_while_frozen(self):
+        # The job reads 10000 lines and waits; it is frozen to disk, its input ends while
+        # it is frozen, then it continues and reads the rest, and its end of input.
+        with open(self.path("reader.sh"), "w") as f:
+            f.write(SLOW_READER)
+        pid = self.start("(seq 1 25000; until [ -e close ]; do sleep 0.05; done; exec >&-; "
+                         "touch closed) | mosrun sh reader.sh > out 2> err")
+        self.lines_out(10000)
+        frozen = self.c.run("node1", "mosmigrate", str(pid), "freeze")
+        self.assertIn("frozen", frozen.stdout)
+        self.touch("close")
+        self.c.wait_for(lambda: os.path.exists(self.path("closed")), 30, "the input to end")
+        self.move(pid, "continue")
+        self.touch("gate10000")
+        self.touch("gate20000")
+        self.wait_end()
+        expected = "".join(f"{i}\n" for i in range(1, 25001)) + "end of input after 25000 lines\n"
+        self.assertEqual(read(self.path("out")), expected)
+
+
+if __name__ == "__main__":
+    harness.main()
