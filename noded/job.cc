@@ -339,9 +339,20 @@ std::vector<migrate::PipeRole> Job::pipe_roles() const {
 void Job::PauseOutput(bool pause) {
   if (pause == output_paused_) return;
   output_paused_ = pause;
+  UpdateOutputReading();
+}
+
+void Job::HoldOutput(bool hold) {
+  if (hold == output_held_) return;
+  output_held_ = hold;
+  UpdateOutputReading();
+}
+
+void Job::UpdateOutputReading() {
+  bool stop = output_paused_ || output_held_;
   for (Stream* stream : {stdout_.get(), stderr_.get()}) {
     if (!stream || stream->eof) continue;
-    if (pause) {
+    if (stop) {
       uv_read_stop(stream->pipe.stream());
     } else {
       StartReading(*stream);

@@ -135,6 +135,9 @@ class Job : public std::enable_shared_from_this<Job> {
   void Signal(int signo);
   // mosrun is gone: without its deputy at home, the job is killed.
   void RelayLost();
+  // Holds the job's output back (not read from its pipes) while its home waits for the
+  // output its old node relays, so that mosrun gets it in order.
+  void HoldOutput(bool hold);
   // Kills the job now (daemon shutdown).
   void Kill();
 
@@ -165,6 +168,7 @@ class Job : public std::enable_shared_from_this<Job> {
   void StartReading(Stream& stream);
   void OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf);
   void PauseOutput(bool pause);
+  void UpdateOutputReading();
   void SendOutput(int fd, const char* data, size_t size);
   void OnInitExit();
   void MaybeFinish();
@@ -200,6 +204,7 @@ class Job : public std::enable_shared_from_this<Job> {
   std::optional<ExitStatus> init_status_;
   bool input_paused_ = false;
   bool output_paused_ = false;
+  bool output_held_ = false;
   bool finished_ = false;
   bool migrating_ = false;
   uint32_t migrations_ = 0;

@@ -84,6 +84,14 @@ void JobRegistry::ComeHome(Restored& restored) {
     // The away record leaves the table but lives on in its old relay's handlers, where
     // the old node's word (or its close) answers a waiting move.
     auto step = away->protocol.Arrived(config_.name);
+    if (away->protocol.record().state == move::State::kArrived) {
+      // The old node has not yet sent what the job left in its pipes there: the job's
+      // output here waits for it, so that mosrun gets the job's output in order.
+      job->HoldOutput(true);
+      away->release_output = [weak = std::weak_ptr<Job>(job)] {
+        if (auto job = weak.lock()) job->HoldOutput(false);
+      };
+    }
     job->set_migrations(away->protocol.record().migrations);
     away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
     away->mosrun.PauseReading(false);

@@ -80,7 +80,19 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
     auto step = away->protocol.Arrived(attach.getNode());
     if (!step) break;
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
-    away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
+    if (away->protocol.record().state == move::State::kArrived) {
+      // The old node has not yet sent what the job left in its pipes there: the job's
+      // output from here waits for it, so that mosrun gets the job's output in order.
+      away->output_held = true;
+      away->peer.PauseReading(true);
+      away->release_output = [away] {
+        away->output_held = false;
+        away->peer.PauseReading(false);
+      };
+    }
+    away->mosrun.OnDrain([away] {
+      if (!away->output_held) away->peer.PauseReading(false);
+    });
     away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
     away->mosrun.PauseReading(false);
     spdlog::info("job {} now runs on {}", away->home_pid(), away->where());

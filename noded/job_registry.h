@@ -120,6 +120,10 @@ class JobRegistry {
       std::vector<migrate::PipeRole> pipes;
     };
     std::optional<Frozen> frozen;
+    // Set while the job's new place holds its output back until its old node's last
+    // output (what the job left in its pipes) has come in: releases it.
+    std::function<void()> release_output;
+    bool output_held = false;
 
     pid_t home_pid() const { return protocol.record().home_pid; }
     const std::string& where() const { return protocol.record().where; }
@@ -152,6 +156,9 @@ class JobRegistry {
   void Apply(int slot, const std::shared_ptr<Away>& away, move::Step step);
   // Ends an away job, telling its mosrun `why` when not empty.
   void EndAway(int slot, const std::shared_ptr<Away>& away, const std::string& why);
+  // Once the old node's relay has said its last (moved, or closed), the output held back
+  // at the job's new place flows.
+  static void MaybeReleaseOutput(const std::shared_ptr<Away>& away);
   // Ends the jobs whose move on was announced but whose new node never attached.
   void EndOverdueAttaches();
   StreamHandlers MosrunHandlersForAway(int slot, std::shared_ptr<Away> away);

@@ -151,6 +151,7 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       Apply(slot, away,
             away->protocol.Migrated(relay, MigratedFigures(reply.getMigrated()),
                                     static_cast<int64_t>(uv_now(loop_))));
+      MaybeReleaseOutput(away);
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);
@@ -163,6 +164,7 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
   };
   handlers.on_close = [this, slot, away, relay] {
     Apply(slot, away, away->protocol.Closed(relay));
+    MaybeReleaseOutput(away);
   };
   return handlers;
 }
@@ -175,9 +177,18 @@ void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
   away->peer = control_.AdoptStream(std::move(fd), peer, PeerHandlersForAway(slot, away, relay));
   // The job's node must have the job before any of mosrun's input reaches it.
   if (first) away->peer.Send(*first);
-  away->mosrun.OnDrain([away] { away->peer.PauseReading(false); });
+  away->mosrun.OnDrain([away] {
+    if (!away->output_held) away->peer.PauseReading(false);
+  });
   away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
   away->mosrun.PauseReading(false);
+}
+
+void JobRegistry::MaybeReleaseOutput(const std::shared_ptr<Away>& away) {
+  if (!away->release_output || away->protocol.record().state == move::State::kArrived) return;
+  auto release = std::move(away->release_output);
+  away->release_output = nullptr;
+  release();
 }
 
 }  // namespace homeward
