@@ -435,9 +435,23 @@ void ControlServer::TakeAdopted() {
 }
 
 ControlStream ControlServer::AdoptStream(Fd fd, Caller caller, StreamHandlers handlers) {
-  auto connection = Adopt(std::move(fd), std::move(caller));
-  connection->SetStream(std::move(handlers));
-  connection->StartReading();
+  std::shared_ptr<ControlConnection> connection;
+  try {
+    connection = Adopt(std::move(fd), caller);
+    connection->SetStream(std::move(handlers));
+    connection->StartReading();
+  } catch (const Error& e) {
+    // Its callers run on the loop, in callbacks: a connection that cannot be served ends
+    // as a lost one does, through its on_close, and never as an exception.
+    spdlog::warn("cannot serve the connection to {}: {}",
+                 caller.peer ? caller.peer_address : "a local client", e.what());
+    if (connection) {
+      connection->Close();
+    } else if (handlers.on_close) {
+      handlers.on_close();
+    }
+    return ControlStream();
+  }
   return ControlStream(connection);
 }
 

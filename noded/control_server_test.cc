@@ -108,5 +108,27 @@ TEST_F(ControlServerTest, SameVersionIsServed) {
   EXPECT_EQ(handled_, 1);
 }
 
+// A connection the loop cannot serve (here a descriptor that is already closed) ends as a
+// lost one does, through its on_close, and AdoptStream, called from loop callbacks, throws
+// nothing.
+TEST_F(ControlServerTest, UnservableAdoptedStreamEndsThroughOnClose) {
+  ControlServer server(&loop_, socket_, [](schema::ControlRequest::Reader, ReplySender) {});
+  server.Start();
+  int stale = ::dup(0);
+  ASSERT_GE(stale, 0);
+  ::close(stale);
+  bool closed = false;
+  StreamHandlers handlers;
+  handlers.on_close = [&] { closed = true; };
+  Caller peer;
+  peer.peer = true;
+  peer.peer_address = "127.0.0.9";
+  ControlStream stream;
+  EXPECT_NO_THROW(stream = server.AdoptStream(Fd::Adopt(stale), peer, std::move(handlers)));
+  EXPECT_TRUE(closed);
+  EXPECT_FALSE(stream.open());
+  server.Stop();
+}
+
 }  // namespace
 }  // namespace homeward

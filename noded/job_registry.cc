@@ -1082,6 +1082,11 @@ void JobRegistry::TakeRestored() {
     peer.peer = true;
     ControlStream relay =
         control_.AdoptStream(std::move(one.connection), peer, RelayHandlersFor(weak_job));
+    if (!relay.open()) {  // no relay to its home: a guest nobody can reach
+      spdlog::error("restored job (init {}) has no relay to its home; killing it", one.init_pid);
+      ::kill(one.init_pid, SIGKILL);
+      continue;
+    }
     auto job = std::make_shared<Job>(loop_, std::move(one.launch), relay,
                                      [this, id](Job&) { guests_.erase(id); });
     *weak_job = job;

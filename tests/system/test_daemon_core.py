@@ -29,6 +29,28 @@ class DaemonCoreTest(unittest.TestCase):
         finally:
             os.environ.pop("HOMEWARD_FAULT", None)
 
+    def test_a_node_name_is_never_taken_for_a_verb(self):
+        with harness.LoopCluster(1) as c:
+            c.run("node1", "sh", "-c", "mosrun sleep 600 >/dev/null 2>&1 & echo started")
+            pid = c.wait_for(lambda: next(
+                (j["pid"] for j in json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]
+                 if j["state"] == "running"), None), 30, "the job to run")
+            # "freeze" named as a node is a move to a node of that name (there is none),
+            # not the freeze verb: the job runs on, unfrozen.
+            moved = c.run("node1", "mosmigrate", "--node", str(pid), "freeze", check=False)
+            self.assertEqual(moved.returncode, 1, moved.stdout)
+            self.assertIn("freeze", moved.stderr)
+            self.assertNotIn("frozen", moved.stdout + moved.stderr)
+            jobs = json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]
+            self.assertEqual([(j["pid"], j["state"]) for j in jobs], [(pid, "running")])
+            # The verb itself still freezes it; mosps --json shows the state by its name.
+            c.run("node1", "mosmigrate", str(pid), "freeze", timeout=120)
+            jobs = json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]
+            self.assertEqual([(j["pid"], j["state"]) for j in jobs], [(pid, "frozen")])
+            checkpoint = c.run("node1", "mosmigrate", str(pid), "checkpoint", check=False)
+            self.assertEqual(checkpoint.returncode, 2)
+            self.assertIn("checkpoint needs a directory", checkpoint.stderr)
+
     def test_unknown_fault_point_is_a_start_up_error(self):
         daemon = os.path.join(harness.BUILD, "noded", "mosnoded")
         with tempfile.TemporaryDirectory(prefix="homeward-test-") as scratch:
