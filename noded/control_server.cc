@@ -335,12 +335,12 @@ void ControlServer::Start() {
     Fail(ErrorKind::kFailed, "another node daemon is already serving {}", socket_path_);
   }
   ::unlink(socket_path_.c_str());
-  CheckUv(uv_async_init(
-              loop_, adopt_wakeup_.get(),
-              [](uv_async_t* async) {
-                GuardedCall("control: adopting peer connections",
-                            [async] { static_cast<ControlServer*>(async->data)->TakeAdopted(); });
-              }),
+  CheckUv(uv_async_init(loop_, adopt_wakeup_.get(),
+                        [](uv_async_t* async) {
+                          GuardedCall("control: adopting peer connections", [async] {
+                            static_cast<ControlServer*>(async->data)->TakeAdopted();
+                          });
+                        }),
           "control wake-up");
   adopt_wakeup_.get()->data = this;
   CheckUv(uv_pipe_init(loop_, listener_.get(), 0), "control socket");

@@ -36,16 +36,17 @@ class ControlServerTest : public ::testing::Test {
   // Serves requests on the loop while `client` runs on a thread of its own; the handler
   // answers a status request with done.
   void Serve(const std::function<void()>& client) {
-    ControlServer server(&loop_, socket_, [this](schema::ControlRequest::Reader, ReplySender reply) {
-      ++handled_;
-      capnp::MallocMessageBuilder message;
-      message.initRoot<schema::ControlReply>().setDone();
-      reply.Send(message);
-    });
+    ControlServer server(&loop_, socket_,
+                         [this](schema::ControlRequest::Reader, ReplySender reply) {
+                           ++handled_;
+                           capnp::MallocMessageBuilder message;
+                           message.initRoot<schema::ControlReply>().setDone();
+                           reply.Send(message);
+                         });
     server.Start();
     UvHandle<uv_async_t> finished;
-    ASSERT_EQ(uv_async_init(&loop_, finished.get(), [](uv_async_t* async) { uv_stop(async->loop); }),
-              0);
+    ASSERT_EQ(
+        uv_async_init(&loop_, finished.get(), [](uv_async_t* async) { uv_stop(async->loop); }), 0);
     std::thread thread([&] {
       client();
       uv_async_send(finished.get());

@@ -129,7 +129,8 @@ void Gossip::Start() {
   CheckUv(uv_timer_start(
               timer_.get(),
               [](uv_timer_t* timer) {
-                GuardedCall("gossip round", [timer] { static_cast<Gossip*>(timer->data)->Round(); });
+                GuardedCall("gossip round",
+                            [timer] { static_cast<Gossip*>(timer->data)->Round(); });
               },
               0, interval),
           "gossip timer");

@@ -200,11 +200,11 @@ void Job::Attach(DaemonEnds ends) {
                                 "pidfd_open {}", init_->pid()));
   CheckUv(uv_poll_init(loop_, exit_watch_.get(), pidfd_.get()), "watch job exit");
   exit_watch_.get()->data = this;
-  CheckUv(uv_poll_start(
-              exit_watch_.get(), UV_READABLE,
-              [](uv_poll_t* handle, int, int) {
-                GuardedCall("job exit", [handle] { static_cast<Job*>(handle->data)->OnInitExit(); });
-              }),
+  CheckUv(uv_poll_start(exit_watch_.get(), UV_READABLE,
+                        [](uv_poll_t* handle, int, int) {
+                          GuardedCall("job exit",
+                                      [handle] { static_cast<Job*>(handle->data)->OnInitExit(); });
+                        }),
           "watch job exit");
   pipe_inodes_ = {
       migrate::PipeInode(ends.stdin_write.get()), migrate::PipeInode(ends.stdout_read.get()),

@@ -146,7 +146,8 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
         break;
       case schema::ControlRequest::MIGRATE_JOB:
         if (!job->launch().guest || !message.getMigrateJob().isMoveTo()) {
-          Fail(ErrorKind::kInvalidInput, "only a guest's home moves it, to a node, through its relay");
+          Fail(ErrorKind::kInvalidInput,
+               "only a guest's home moves it, to a node, through its relay");
         }
         MigrateGuest(job, message.getMigrateJob().getMoveTo());
         break;
@@ -548,12 +549,12 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
 }
 
 void JobRegistry::Start() {
-  CheckUv(uv_async_init(
-              loop_, restored_wakeup_.get(),
-              [](uv_async_t* async) {
-                GuardedCall("taking over restored jobs",
-                            [async] { static_cast<JobRegistry*>(async->data)->TakeRestored(); });
-              }),
+  CheckUv(uv_async_init(loop_, restored_wakeup_.get(),
+                        [](uv_async_t* async) {
+                          GuardedCall("taking over restored jobs", [async] {
+                            static_cast<JobRegistry*>(async->data)->TakeRestored();
+                          });
+                        }),
           "job registry wake-up");
   restored_wakeup_.get()->data = this;
   // The counts gossip publishes are refreshed each second rather than threaded through
@@ -589,8 +590,9 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   CheckJobOwner(reply.caller(), owner, home_pid, "move, freeze or checkpoint it");
   int slot = it->first;
   if (verb == Verb::CHECKPOINT || verb == Verb::FREEZE || verb == Verb::CONTINUE) {
-    const char* what = verb == Verb::FREEZE ? "freeze" : verb == Verb::CONTINUE ? "continue"
-                                                                                : "checkpoint";
+    const char* what = verb == Verb::FREEZE     ? "freeze"
+                       : verb == Verb::CONTINUE ? "continue"
+                                                : "checkpoint";
     if (it->second.away && it->second.away->frozen && verb == Verb::CONTINUE) {
       Continue(slot, it->second.away, std::move(reply));
       return;
@@ -599,8 +601,8 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
       Fail(ErrorKind::kInvalidInput,
            "job {} is {}; {} works on a job running at home (mosmigrate "
            "{} home first)",
-           home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where,
-           what, home_pid);
+           home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where, what,
+           home_pid);
     }
     if (verb == Verb::CONTINUE) Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
     if (JobState state = it->second.here->state(); state != JobState::RUNNING) {
@@ -1128,7 +1130,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setHome(config_.name);
       info.setWhere(job.away->where);
       info.setMigrations(job.away->migrations);
-      info.setState(job.away->frozen           ? JobState::FROZEN
+      info.setState(job.away->frozen        ? JobState::FROZEN
                     : job.away->peer.open() ? JobState::RUNNING
                                             : JobState::STARTING);
       if (job.away->frozen) info.setWhere(config_.name);

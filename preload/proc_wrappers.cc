@@ -84,8 +84,8 @@ int openat(int dirfd, const char* path, int flags, ...) {
   va_end(args);
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return Next<int (*)(int, const char*, int, ...)>(slot, "openat")(dirfd, Proc(path, buffer), flags,
-                                                                     mode);
+    return Next<int (*)(int, const char*, int, ...)>(slot, "openat")(dirfd, Proc(path, buffer),
+                                                                     flags, mode);
   });
 }
 
@@ -128,13 +128,13 @@ DIR* opendir(const char* path) {
 
 }  // extern "C"
 
-#define HW_PATH_FN(ret, name, params, args_before, args_after)                          \
-  extern "C" ret name params noexcept {                                                 \
-    static std::atomic<void*> slot;                                                     \
-    return homeward::GuardedCall(#name, [&] {                                           \
-      char buffer[kProcPathMax];                                                        \
+#define HW_PATH_FN(ret, name, params, args_before, args_after)                            \
+  extern "C" ret name params noexcept {                                                   \
+    static std::atomic<void*> slot;                                                       \
+    return homeward::GuardedCall(#name, [&] {                                             \
+      char buffer[kProcPathMax];                                                          \
       return Next<ret(*) params>(slot, #name)(args_before Proc(path, buffer) args_after); \
-    });                                                                                 \
+    });                                                                                   \
   }
 #define HW_COMMA ,
 

@@ -54,14 +54,21 @@ int main(int argc, char** argv) {
       // The daemon works in a directory of its own: a relative path is the caller's.
       char cwd[PATH_MAX];
       switch (verb) {
-        case Verb::kMoveTo: migrate.setMoveTo(target); break;
-        case Verb::kHome: migrate.setHome(); break;
-        case Verb::kFreeze: migrate.setFreeze(); break;
-        case Verb::kContinue: migrate.setContinue(); break;
+        case Verb::kMoveTo:
+          migrate.setMoveTo(target);
+          break;
+        case Verb::kHome:
+          migrate.setHome();
+          break;
+        case Verb::kFreeze:
+          migrate.setFreeze();
+          break;
+        case Verb::kContinue:
+          migrate.setContinue();
+          break;
         case Verb::kCheckpoint:
-          migrate.setCheckpoint(path[0] != '/' && getcwd(cwd, sizeof cwd)
-                                    ? std::string(cwd) + "/" + path
-                                    : path);
+          migrate.setCheckpoint(
+              path[0] != '/' && getcwd(cwd, sizeof cwd) ? std::string(cwd) + "/" + path : path);
           break;
       }
     };

@@ -27,13 +27,20 @@ namespace homeward {
 inline int ErrnoForError(const Error& error) noexcept {
   if (error.sys_errno() > 0) return error.sys_errno();
   switch (error.kind()) {
-    case ErrorKind::kInvalidInput: return EINVAL;
-    case ErrorKind::kNotFound: return ENOENT;
-    case ErrorKind::kDisconnected: return ENOTCONN;
-    case ErrorKind::kOverloaded: return EAGAIN;
-    case ErrorKind::kUnimplemented: return ENOSYS;
-    case ErrorKind::kPermissionDenied: return EACCES;
-    case ErrorKind::kFailed: return EIO;
+    case ErrorKind::kInvalidInput:
+      return EINVAL;
+    case ErrorKind::kNotFound:
+      return ENOENT;
+    case ErrorKind::kDisconnected:
+      return ENOTCONN;
+    case ErrorKind::kOverloaded:
+      return EAGAIN;
+    case ErrorKind::kUnimplemented:
+      return ENOSYS;
+    case ErrorKind::kPermissionDenied:
+      return EACCES;
+    case ErrorKind::kFailed:
+      return EIO;
   }
   return EIO;
 }

@@ -41,7 +41,10 @@ class CBoundaryTest : public ::testing::Test {
   void TearDown() override {
     // Closes what the test left open, then lets the close callbacks run.
     uv_walk(
-        &loop_, [](uv_handle_t* h, void*) { if (!uv_is_closing(h)) uv_close(h, nullptr); },
+        &loop_,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, nullptr);
+        },
         nullptr);
     uv_run(&loop_, UV_RUN_DEFAULT);
     EXPECT_EQ(uv_loop_close(&loop_), 0);
@@ -53,11 +56,12 @@ TEST_F(CBoundaryTest, ThrowingWorkCompletionIsLoggedAndTheLoopLives) {
   LogCapture log;
   bool later_done = false;
   ASSERT_EQ(QueueWork(
-                &loop_, [] {},
-                [] { Fail(ErrorKind::kFailed, "the completion broke on purpose"); }),
+                &loop_, [] {}, [] { Fail(ErrorKind::kFailed, "the completion broke on purpose"); }),
             0);
   // Work queued after the throwing one still completes on the same loop run.
-  ASSERT_EQ(QueueWork(&loop_, [] {}, [&] { later_done = true; }), 0);
+  ASSERT_EQ(QueueWork(
+                &loop_, [] {}, [&] { later_done = true; }),
+            0);
   uv_run(&loop_, UV_RUN_DEFAULT);
   EXPECT_TRUE(later_done);
   EXPECT_NE(log.text().find("completion of thread-pool work: the completion broke on purpose"),

@@ -49,9 +49,10 @@ FaultPoints FaultPoints::Parse(std::string_view spec) {
       }
       if (!found) {
         std::string known;
-        for (const FaultInfo& info : kFaults) known += (known.empty() ? "" : ", ") + std::string(info.name);
-        Fail(ErrorKind::kInvalidInput, "HOMEWARD_FAULT names an unknown fault point '{}' (known: {})",
-             name, known);
+        for (const FaultInfo& info : kFaults)
+          known += (known.empty() ? "" : ", ") + std::string(info.name);
+        Fail(ErrorKind::kInvalidInput,
+             "HOMEWARD_FAULT names an unknown fault point '{}' (known: {})", name, known);
       }
       points.selected_.set(static_cast<size_t>(found->fault));
     }

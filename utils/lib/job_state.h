@@ -12,11 +12,16 @@ using JobState = schema::JobState;
 
 constexpr std::string_view JobStateName(JobState state) {
   switch (state) {
-    case JobState::STARTING: return "starting";
-    case JobState::RUNNING: return "running";
-    case JobState::MIGRATING: return "migrating";
-    case JobState::FROZEN: return "frozen";
-    case JobState::EXITING: return "exiting";
+    case JobState::STARTING:
+      return "starting";
+    case JobState::RUNNING:
+      return "running";
+    case JobState::MIGRATING:
+      return "migrating";
+    case JobState::FROZEN:
+      return "frozen";
+    case JobState::EXITING:
+      return "exiting";
   }
   return "unknown";  // a state of a newer daemon
 }
