@@ -8,6 +8,7 @@
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "checkpoint.h"
 #include "checkpoint_dir.h"
 #include "control_permissions.h"
@@ -144,10 +145,11 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
         job->Signal(message.getJobSignal());
         break;
       case schema::ControlRequest::MIGRATE_JOB:
-        if (!job->launch().guest) {
-          Fail(ErrorKind::kInvalidInput, "only a guest's home moves it through its relay");
+        if (!job->launch().guest || !message.getMigrateJob().isMoveTo()) {
+          Fail(ErrorKind::kInvalidInput,
+               "only a guest's home moves it, to a node, through its relay");
         }
-        MigrateGuest(job, message.getMigrateJob().getTarget());
+        MigrateGuest(job, message.getMigrateJob().getMoveTo());
         break;
       default:
         Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
@@ -547,9 +549,12 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
 }
 
 void JobRegistry::Start() {
-  CheckUv(uv_async_init(
-              loop_, restored_wakeup_.get(),
-              [](uv_async_t* async) { static_cast<JobRegistry*>(async->data)->TakeRestored(); }),
+  CheckUv(uv_async_init(loop_, restored_wakeup_.get(),
+                        [](uv_async_t* async) {
+                          GuardedCall("taking over restored jobs", [async] {
+                            static_cast<JobRegistry*>(async->data)->TakeRestored();
+                          });
+                        }),
           "job registry wake-up");
   restored_wakeup_.get()->data = this;
   // The counts gossip publishes are refreshed each second rather than threaded through
@@ -559,17 +564,20 @@ void JobRegistry::Start() {
   CheckUv(uv_timer_start(
               counts_timer_.get(),
               [](uv_timer_t* timer) {
-                auto* self = static_cast<JobRegistry*>(timer->data);
-                self->EndOverdueAttaches();
-                if (self->on_change_) self->on_change_();
+                GuardedCall("job counts", [timer] {
+                  auto* self = static_cast<JobRegistry*>(timer->data);
+                  self->EndOverdueAttaches();
+                  if (self->on_change_) self->on_change_();
+                });
               },
               0, 1000),
           "job counts timer");
 }
 
 void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply) {
+  using Verb = schema::MigrateRequest::Which;
   pid_t home_pid = request.getHomePid();
-  std::string target = request.getTarget();
+  Verb verb = request.which();
   auto it = jobs_.begin();
   for (; it != jobs_.end(); ++it) {
     pid_t pid = it->second.here ? it->second.here->home_pid() : it->second.away->home_pid;
@@ -581,8 +589,11 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   uid_t owner = it->second.here ? it->second.here->uid() : it->second.away->uid;
   CheckJobOwner(reply.caller(), owner, home_pid, "move, freeze or checkpoint it");
   int slot = it->first;
-  if (target == "checkpoint" || target == "freeze" || target == "continue") {
-    if (it->second.away && it->second.away->frozen && target == "continue") {
+  if (verb == Verb::CHECKPOINT || verb == Verb::FREEZE || verb == Verb::CONTINUE) {
+    const char* what = verb == Verb::FREEZE     ? "freeze"
+                       : verb == Verb::CONTINUE ? "continue"
+                                                : "checkpoint";
+    if (it->second.away && it->second.away->frozen && verb == Verb::CONTINUE) {
       Continue(slot, it->second.away, std::move(reply));
       return;
     }
@@ -590,28 +601,31 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
       Fail(ErrorKind::kInvalidInput,
            "job {} is {}; {} works on a job running at home (mosmigrate "
            "{} home first)",
-           home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where,
-           target, home_pid);
+           home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where, what,
+           home_pid);
     }
-    if (target == "continue") Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
-    if (it->second.here->state() != "running") {
-      Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, it->second.here->state());
+    if (verb == Verb::CONTINUE) Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
+    if (JobState state = it->second.here->state(); state != JobState::RUNNING) {
+      Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
     }
-    if (target == "freeze") {
+    if (verb == Verb::FREEZE) {
       Freeze(slot, it->second.here, std::move(reply));
     } else {
       Caller caller = reply.caller();
-      Checkpoint(it->second.here, request.getPath(), caller, std::move(reply));
+      Checkpoint(it->second.here, request.getCheckpoint(), caller, std::move(reply));
     }
     return;
   }
+  if (verb != Verb::MOVE_TO && verb != Verb::HOME) {
+    Fail(ErrorKind::kInvalidInput, "job {}: a move request this daemon does not know", home_pid);
+  }
+  std::string target = verb == Verb::HOME ? config_.name : std::string(request.getMoveTo());
   if (it->second.away && it->second.away->frozen) {
     Fail(ErrorKind::kInvalidInput, "job {} is frozen: mosmigrate {} continue first", home_pid,
          home_pid);
   }
   if (it->second.away) {
-    MoveAway(it->second.away, target == "home" ? config_.name : target,
-             ReplyWhenMoved(std::move(reply)));
+    MoveAway(it->second.away, target, ReplyWhenMoved(std::move(reply)));
     return;
   }
   MoveFromHome(slot, it->second.here, target, ReplyWhenMoved(std::move(reply)));
@@ -630,7 +644,7 @@ void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target
   root.setVersion(schema::CONTROL_VERSION);
   auto migrate = root.initMigrateJob();
   migrate.setHomePid(home_pid);
-  migrate.setTarget(target);
+  migrate.setMoveTo(target);
   away->peer.Send(message);
   away->pending_move = std::move(done);
 }
@@ -638,15 +652,15 @@ void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target
 void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::string& target,
                                MoveDone done) {
   pid_t home_pid = job->home_pid();
-  if (target == "home" || target == config_.name) {
+  if (target == config_.name) {
     Fail(ErrorKind::kInvalidInput, "job {} is already at home on {}", home_pid, config_.name);
   }
   if (std::string pinned = job->PinnedReason(); !pinned.empty()) {
     Fail(ErrorKind::kInvalidInput, "job {} cannot leave home: it {}", home_pid,
          pinned.rfind("kept", 0) == 0 ? "is " + pinned : pinned);
   }
-  if (job->state() != "running") {
-    Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, job->state());
+  if (JobState state = job->state(); state != JobState::RUNNING) {
+    Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
   }
   auto move = PrepareMove(job, target);
   job->set_migrating(true);
@@ -702,7 +716,9 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
 void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& target, MoveDone done) {
   std::shared_ptr<MoveOut> move;
   try {
-    if (job->state() != "running") Fail(ErrorKind::kOverloaded, "the job is {}", job->state());
+    if (JobState state = job->state(); state != JobState::RUNNING) {
+      Fail(ErrorKind::kOverloaded, "the job is {}", JobStateName(state));
+    }
     move = PrepareMove(job, target);
   } catch (const Error& e) {
     if (done) {
@@ -1068,6 +1084,11 @@ void JobRegistry::TakeRestored() {
     peer.peer = true;
     ControlStream relay =
         control_.AdoptStream(std::move(one.connection), peer, RelayHandlersFor(weak_job));
+    if (!relay.open()) {  // no relay to its home: a guest nobody can reach
+      spdlog::error("restored job (init {}) has no relay to its home; killing it", one.init_pid);
+      ::kill(one.init_pid, SIGKILL);
+      continue;
+    }
     auto job = std::make_shared<Job>(loop_, std::move(one.launch), relay,
                                      [this, id](Job&) { guests_.erase(id); });
     *weak_job = job;
@@ -1109,7 +1130,9 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setHome(config_.name);
       info.setWhere(job.away->where);
       info.setMigrations(job.away->migrations);
-      info.setState(job.away->frozen ? "frozen" : job.away->peer.open() ? "running" : "starting");
+      info.setState(job.away->frozen        ? JobState::FROZEN
+                    : job.away->peer.open() ? JobState::RUNNING
+                                            : JobState::STARTING);
       if (job.away->frozen) info.setWhere(config_.name);
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);
