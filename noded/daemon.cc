@@ -11,10 +11,12 @@
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "control_permissions.h"
 #include "homeward_config.h"
 #include "install_paths.h"
 #include "uv_error.h"
+#include "uv_work.h"
 
 namespace homeward {
 
@@ -31,6 +33,7 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
     : loop_(loop),
       config_(std::move(config)),
       started_(std::chrono::steady_clock::now()),
+      callback_throws_(faults.Hit(Fault::kLoopCallbackThrows)),
       control_(
           loop, config_.control_socket,
           [this](auto request, ReplySender reply) { HandleControl(request, std::move(reply)); }),
@@ -62,8 +65,10 @@ void Daemon::Start() {
          ec.message());
   }
   auto on_signal = [](uv_signal_t* handle, int signo) {
-    spdlog::info("received {}, shutting down", sigabbrev_np(signo));
-    static_cast<Daemon*>(handle->data)->Stop();
+    GuardedCall("shutdown on a signal", [&] {
+      spdlog::info("received {}, shutting down", sigabbrev_np(signo));
+      static_cast<Daemon*>(handle->data)->Stop();
+    });
   };
   for (auto [handle, signo] : {std::pair{&sigterm_, SIGTERM}, std::pair{&sigint_, SIGINT}}) {
     CheckUv(uv_signal_init(loop_, handle->get()), "signal handler");
@@ -109,6 +114,13 @@ void Daemon::Start() {
   balancer_.Start();
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
+  if (callback_throws_) {
+    // For the failure test that shows an exception in a loop callback stops at the guard
+    // (c_boundary.h): the daemon logs it and serves on.
+    QueueWork(
+        loop_, [] {},
+        [] { Fail(ErrorKind::kFailed, "fault point loop-callback-throws hit (HOMEWARD_FAULT)"); });
+  }
 }
 
 void Daemon::Stop() {

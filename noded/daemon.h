@@ -44,6 +44,8 @@ class Daemon {
   uv_loop_t* loop_;
   NodeConfig config_;
   std::chrono::steady_clock::time_point started_;
+  // Fault point loop-callback-throws: a completion on the loop throws once after start-up.
+  bool callback_throws_;
   ControlServer control_;
   JobRegistry jobs_;
   FileServer file_server_;

@@ -17,6 +17,7 @@
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "checkpoint.h"
 #include "error.h"
 #include "job_env.h"
@@ -204,9 +205,11 @@ void Job::Attach(DaemonEnds ends) {
                                 "pidfd_open {}", init_->pid()));
   CheckUv(uv_poll_init(loop_, exit_watch_.get(), pidfd_.get()), "watch job exit");
   exit_watch_.get()->data = this;
-  CheckUv(uv_poll_start(
-              exit_watch_.get(), UV_READABLE,
-              [](uv_poll_t* handle, int, int) { static_cast<Job*>(handle->data)->OnInitExit(); }),
+  CheckUv(uv_poll_start(exit_watch_.get(), UV_READABLE,
+                        [](uv_poll_t* handle, int, int) {
+                          GuardedCall("job exit",
+                                      [handle] { static_cast<Job*>(handle->data)->OnInitExit(); });
+                        }),
           "watch job exit");
   pipe_inodes_ = {
       migrate::PipeInode(ends.stdin_write.get()), migrate::PipeInode(ends.stdout_read.get()),
@@ -269,8 +272,10 @@ void Job::StartReading(Stream& stream) {
         buf->len = sizeof s->buffer;
       },
       [](uv_stream_t* handle, ssize_t nread, const uv_buf_t* buf) {
-        auto* s = static_cast<Stream*>(handle->data);
-        s->job->OnData(*s, nread, buf);
+        GuardedCall("job output", [&] {
+          auto* s = static_cast<Stream*>(handle->data);
+          s->job->OnData(*s, nread, buf);
+        });
       });
   if (status < 0)
     spdlog::warn("job {}: cannot read its output: {}", home_pid(), uv_strerror(status));
@@ -338,9 +343,10 @@ void Job::Input(const void* data, size_t size) {
   uv_buf_t buf = uv_buf_init(write->data.data(), static_cast<unsigned>(write->data.size()));
   write->req.data = write;
   int status = uv_write(&write->req, stdin_.stream(), &buf, 1, [](uv_write_t* req, int) {
-    auto* write = static_cast<Write*>(req->data);
-    if (auto job = write->job.lock()) job->InputTaken(write->data.size());
-    delete write;
+    std::unique_ptr<Write> write(static_cast<Write*>(req->data));
+    GuardedCall("job input", [&write] {
+      if (auto job = write->job.lock()) job->InputTaken(write->data.size());
+    });
   });
   if (status < 0) {
     delete write;  // the job closed its stdin: like a pipe reader gone, input is dropped
@@ -381,9 +387,10 @@ void Job::InputEnd() {
   auto* shutdown = new Shutdown{{}, weak_from_this()};
   shutdown->req.data = shutdown;
   int status = uv_shutdown(&shutdown->req, stdin_.stream(), [](uv_shutdown_t* req, int) {
-    auto* shutdown = static_cast<Shutdown*>(req->data);
-    if (auto job = shutdown->job.lock()) job->stdin_.Close();
-    delete shutdown;
+    std::unique_ptr<Shutdown> shutdown(static_cast<Shutdown*>(req->data));
+    GuardedCall("job input end", [&shutdown] {
+      if (auto job = shutdown->job.lock()) job->stdin_.Close();
+    });
   });
   if (status < 0) {
     delete shutdown;
