@@ -220,8 +220,8 @@ void FileOps::Read(FileSession& s, Rq rq, Rs rs) {
   auto handle = s.GetHandle(rq.getFh());
   size_t size = std::min<uint64_t>(rq.getSize(), 1 << 20);
   auto orphan = capnp::Orphanage::getForMessageContaining(rs).newOrphan<capnp::Data>(size);
-  ssize_t n = Check(::pread(handle->fd.get(), orphan.get().begin(), size,
-                            static_cast<off_t>(rq.getOffset())));
+  ssize_t n = Check(
+      ::pread(handle->fd.get(), orphan.get().begin(), size, static_cast<off_t>(rq.getOffset())));
   orphan.truncate(static_cast<size_t>(n));
   rs.adoptData(kj::mv(orphan));
 }
@@ -229,8 +229,8 @@ void FileOps::Read(FileSession& s, Rq rq, Rs rs) {
 void FileOps::Write(FileSession& s, Rq rq, Rs rs) {
   auto handle = s.GetHandle(rq.getFh());
   auto data = rq.getData();
-  ssize_t n = Check(::pwrite(handle->fd.get(), data.begin(), data.size(),
-                             static_cast<off_t>(rq.getOffset())));
+  ssize_t n = Check(
+      ::pwrite(handle->fd.get(), data.begin(), data.size(), static_cast<off_t>(rq.getOffset())));
   rs.setSize(static_cast<uint64_t>(n));
 }
 

@@ -219,36 +219,60 @@ void FileSession::Handle(schema::FileRequest::Reader request,
 void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs) {
   using Op = schema::FileOp;
   switch (rq.getOp()) {
-    case Op::HELLO: return FileOps::Hello(*this, rq, rs);
-    case Op::LOOKUP: return FileOps::Lookup(*this, rq, rs);
-    case Op::FORGET: return FileOps::Forget(*this, rq, rs);
-    case Op::GETATTR: return FileOps::Getattr(*this, rq, rs);
-    case Op::SETATTR: return FileOps::Setattr(*this, rq, rs);
-    case Op::READLINK: return FileOps::Readlink(*this, rq, rs);
-    case Op::MKNOD: return FileOps::Mknod(*this, rq, rs);
-    case Op::MKDIR: return FileOps::Mkdir(*this, rq, rs);
+    case Op::HELLO:
+      return FileOps::Hello(*this, rq, rs);
+    case Op::LOOKUP:
+      return FileOps::Lookup(*this, rq, rs);
+    case Op::FORGET:
+      return FileOps::Forget(*this, rq, rs);
+    case Op::GETATTR:
+      return FileOps::Getattr(*this, rq, rs);
+    case Op::SETATTR:
+      return FileOps::Setattr(*this, rq, rs);
+    case Op::READLINK:
+      return FileOps::Readlink(*this, rq, rs);
+    case Op::MKNOD:
+      return FileOps::Mknod(*this, rq, rs);
+    case Op::MKDIR:
+      return FileOps::Mkdir(*this, rq, rs);
     case Op::UNLINK:
-    case Op::RMDIR: return FileOps::Unlink(*this, rq, rs);
-    case Op::SYMLINK: return FileOps::Symlink(*this, rq, rs);
-    case Op::RENAME: return FileOps::Rename(*this, rq, rs);
-    case Op::LINK: return FileOps::Link(*this, rq, rs);
+    case Op::RMDIR:
+      return FileOps::Unlink(*this, rq, rs);
+    case Op::SYMLINK:
+      return FileOps::Symlink(*this, rq, rs);
+    case Op::RENAME:
+      return FileOps::Rename(*this, rq, rs);
+    case Op::LINK:
+      return FileOps::Link(*this, rq, rs);
     case Op::OPEN:
-    case Op::OPENDIR: return FileOps::Open(*this, rq, rs);
-    case Op::CREATE: return FileOps::Create(*this, rq, rs);
-    case Op::READ: return FileOps::Read(*this, rq, rs);
-    case Op::WRITE: return FileOps::Write(*this, rq, rs);
-    case Op::FLUSH: return FileOps::Flush(*this, rq, rs);
+    case Op::OPENDIR:
+      return FileOps::Open(*this, rq, rs);
+    case Op::CREATE:
+      return FileOps::Create(*this, rq, rs);
+    case Op::READ:
+      return FileOps::Read(*this, rq, rs);
+    case Op::WRITE:
+      return FileOps::Write(*this, rq, rs);
+    case Op::FLUSH:
+      return FileOps::Flush(*this, rq, rs);
     case Op::RELEASE:
-    case Op::RELEASEDIR: return FileOps::Release(*this, rq, rs);
-    case Op::FSYNC: return FileOps::Fsync(*this, rq, rs);
-    case Op::READDIR: return FileOps::Readdir(*this, rq, rs);
-    case Op::STATFS: return FileOps::Statfs(*this, rq, rs);
-    case Op::ACCESS: return FileOps::Access(*this, rq, rs);
+    case Op::RELEASEDIR:
+      return FileOps::Release(*this, rq, rs);
+    case Op::FSYNC:
+      return FileOps::Fsync(*this, rq, rs);
+    case Op::READDIR:
+      return FileOps::Readdir(*this, rq, rs);
+    case Op::STATFS:
+      return FileOps::Statfs(*this, rq, rs);
+    case Op::ACCESS:
+      return FileOps::Access(*this, rq, rs);
     case Op::SETXATTR:
     case Op::GETXATTR:
     case Op::LISTXATTR:
-    case Op::REMOVEXATTR: return FileOps::Xattr(*this, rq, rs);
-    case Op::FALLOCATE: return FileOps::Fallocate(*this, rq, rs);
+    case Op::REMOVEXATTR:
+      return FileOps::Xattr(*this, rq, rs);
+    case Op::FALLOCATE:
+      return FileOps::Fallocate(*this, rq, rs);
   }
   throw OpError{ENOSYS};  // an op code this server does not know
 }
@@ -308,8 +332,7 @@ void FileSession::Watch(Notify notify) {
   watcher_ = std::thread([this] { WatchLoop(); });
 }
 
-std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* events,
-                                                                  size_t size) {
+std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* events, size_t size) {
   // One notice per object or entry per batch, none for this client's own changes.
   std::set<std::pair<uint64_t, std::string>> changed;
   auto now = std::chrono::steady_clock::now();

@@ -51,13 +51,13 @@ struct HomeMounts::Departure {
 };
 
 bool HomeMounts::Departure::Watch(uv_loop_t* loop, int grace_ms) {
+  if (homefs.pid() <= 0) return false;  // reaped already: nothing to wait for
   pidfd = Fd::Adopt(static_cast<int>(::syscall(SYS_pidfd_open, homefs.pid(), 0)));
   if (!pidfd.valid()) {
     spdlog::warn("cannot watch homefs {}: pidfd_open: {}", homefs.pid(), std::strerror(errno));
     return false;
   }
-  if (uv_poll_init(loop, exited.get(), pidfd.get()) != 0 ||
-      uv_timer_init(loop, grace.get()) != 0) {
+  if (uv_poll_init(loop, exited.get(), pidfd.get()) != 0 || uv_timer_init(loop, grace.get()) != 0) {
     return false;
   }
   exited.get()->data = this;
@@ -66,6 +66,7 @@ bool HomeMounts::Departure::Watch(uv_loop_t* loop, int grace_ms) {
     auto* self = static_cast<Departure*>(handle->data);
     self->owner->Finish(self->name);
   });
+  uv_update_time(loop);  // the grace counts from now, not from the loop's last wake-up
   uv_timer_start(
       grace.get(),
       [](uv_timer_t* handle) {
@@ -155,7 +156,8 @@ void HomeMounts::PeerDown(const std::string& name, Done done) {
   peers_.erase(it);
   if (done) departure->done.push_back(std::move(done));
   // SIGTERM lets homefs unmount itself; the detach in Finish covers a homefs that could not.
-  departure->homefs.Signal(SIGTERM);
+  // One already reaped (pid -1) needs none; errors are of no interest (it may be gone).
+  if (departure->homefs.pid() > 0) ::kill(departure->homefs.pid(), SIGTERM);
   Departure* d = departure.get();
   departing_.emplace(name, std::move(departure));
   // Without a loop (or a pidfd) there is nothing to wait with: finish at once, which kills

@@ -42,8 +42,9 @@ class HomeMountsTest : public ::testing::Test {
   void Make(bool stubborn, int grace_ms) {
     std::string script = base_ + "/mosmount";
     std::ofstream(script) << "#!/bin/sh\n"
-                          << (stubborn ? "trap '' TERM\n"
-                                       : "trap 'echo \"down $4\" >> " + base_ + "/log; exit 0' TERM\n")
+                          << (stubborn
+                                  ? "trap '' TERM\n"
+                                  : "trap 'echo \"down $4\" >> " + base_ + "/log; exit 0' TERM\n")
                           << "echo \"up $4\" >> " << base_ << "/log\n"
                           << "while :; do sleep 0.05 & wait $!; done\n";
     ::chmod(script.c_str(), 0755);
