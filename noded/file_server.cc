@@ -104,7 +104,7 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
       auto op = request.getOp();
       bool big_read = op == schema::FileOp::READ && request.getSize() > (64 << 10);
       in_flight->Enter();
-      auto job = [session, stream, shared, in_flight] {
+      auto job = [session, stream, shared, in_flight]() mutable {
         capnp::MallocMessageBuilder reply(2048);
         try {
           auto request = shared->Root<schema::FileRequest>();
@@ -114,6 +114,12 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
         } catch (const std::exception& e) {
           spdlog::debug("file service: reply not sent: {}", e.what());
         }
+        // Let go of the session and stream before leaving: once the last request has left,
+        // Serve holds the only references, and its session (with the change watcher that
+        // writes notices) ends before the connection's descriptor is closed.
+        session.reset();
+        stream.reset();
+        shared.reset();
         in_flight->Leave();
       };
       // A request that arrives alone (nothing else of this client's in flight) and is not
