@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +16,8 @@
 #include <thread>
 
 #include <capnp/message.h>
+
+#include "frame_stream.h"
 
 namespace homeward {
 namespace {
@@ -237,6 +240,40 @@ TEST_F(FileSessionTest, ForgetRacesReads) {
   for (const auto& failure : failures) ADD_FAILURE() << failure;
   EXPECT_EQ(bad, 0);
   EXPECT_GT(served, 0);
+}
+
+// A connection served end to end: pipelined requests (some run on the pool) are all
+// answered, and Serve returns once the peer has closed and the last reply is written.
+TEST_F(FileSessionTest, ServeAnswersEveryRequestThenEnds) {
+  FileServer server(base_ + "/export", 2, FileSession::Root::kTrust);
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  std::thread serving([&] { server.Serve(Fd::Adopt(sv[0]), PeerIdentity{"test", "files"}); });
+  Fd client_fd = Fd::Adopt(sv[1]);
+  FrameStream client(client_fd.get(), kMaxFileFrameBytes);
+  constexpr int kRequests = 50;
+  for (int id = 1; id <= kRequests; ++id) {
+    capnp::MallocMessageBuilder message;
+    auto rq = message.initRoot<schema::FileRequest>();
+    rq.setVersion(schema::FILES_VERSION);
+    rq.setId(static_cast<uint64_t>(id));
+    rq.setOp(id == 1 ? Op::HELLO : Op::GETATTR);
+    rq.setNode(1);
+    client.Write(message);
+  }
+  std::set<uint64_t> answered;
+  while (answered.size() < kRequests) {
+    auto message = client.Read();
+    ASSERT_TRUE(message);
+    auto reply = message->Root<schema::ServerMessage>();
+    if (!reply.isResponse()) continue;  // a change notice
+    EXPECT_EQ(reply.getResponse().getError(), 0);
+    answered.insert(reply.getResponse().getId());
+  }
+  EXPECT_EQ(answered.size(), static_cast<size_t>(kRequests));
+  ::shutdown(client_fd.get(), SHUT_WR);
+  serving.join();
+  server.Stop();
 }
 }  // namespace
 // A peer's root acts as nobody unless the node trusts it ([files] trust_root).
