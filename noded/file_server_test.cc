@@ -147,7 +147,10 @@ TEST_F(FileSessionTest, CreateWriteReadList) {
 // (the kernel forgets an inode whenever it likes; the client sends without waiting). Each
 // request must hold the node's descriptor until its system call is done: a reader sees its
 // own file or ESTALE, never EBADF, and never another object that reused the descriptor's
-// number. Under ThreadSanitizer the unheld descriptor is also a reported race.
+// number. (ThreadSanitizer cannot see this race by itself: it is on a descriptor number in
+// the kernel, and TSan follows descriptors only through the few libc calls it intercepts.
+// The test fails in the TSan build through its own checks, and runs there to show that
+// holding the node brings no race on memory either.)
 TEST_F(FileSessionTest, ForgetRacesReads) {
   constexpr int kFiles = 6, kReaders = 3, kForgetters = 2;
   std::vector<uint64_t> inode(kFiles);
@@ -231,10 +234,8 @@ TEST_F(FileSessionTest, ForgetRacesReads) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kForgetters; ++i) threads.emplace_back(forgetter, i + 1);
   for (int i = 0; i < kReaders; ++i) threads.emplace_back(reader, 100 + i);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while (std::chrono::steady_clock::now() < deadline && bad == 0) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  // The race is run for a fixed time, not until it is seen: seen or not, it must not be.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
   stop = true;
   for (auto& t : threads) t.join();
   for (const auto& failure : failures) ADD_FAILURE() << failure;

@@ -140,7 +140,7 @@ void HomeMounts::StartMount(const std::string& name, const std::string& target) 
   spdlog::info("mounting {} from {}", path, target);
 }
 
-void HomeMounts::PeerDown(const std::string& name, Done done) {
+void HomeMounts::PeerDown(std::string name, Done done) {
   waiting_.erase(name);
   if (auto leaving = departing_.find(name); leaving != departing_.end()) {
     if (done) leaving->second->done.push_back(std::move(done));

@@ -48,7 +48,7 @@ class HomeMounts {
   // reaped, the mount point is detached (for a homefs that could not unmount) and `done`
   // runs on the loop. `done` runs at once when nothing is mounted there.
   using Done = std::function<void()>;
-  void PeerDown(const std::string& name, Done done = {});
+  void PeerDown(std::string name, Done done = {});  // a copy: it may name a key it erases
   // Takes every peer's mount down (as PeerDown) and unmounts this node's own entry. Later
   // PeerUp calls are ignored.
   void Stop();
