@@ -43,10 +43,10 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
       peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
                    std::move(faults)),
       home_mounts_(loop, HomeMountsOptions{.mosix_root = config_.mosix_root,
-                                     .self = config_.name,
-                                     .export_root = config_.export_root,
-                                     .mosmount = MosmountPath(),
-                                     .config_path = config_.config_path}),
+                                           .self = config_.name,
+                                           .export_root = config_.export_root,
+                                           .mosmount = MosmountPath(),
+                                           .config_path = config_.config_path}),
       gossip_(loop, config_),
       balancer_(loop, config_, gossip_, jobs_) {}
 
