@@ -45,11 +45,11 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                                             : FileSession::Root::kSquash),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
                    std::move(faults)),
-      home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
-                                     .self = config_.name,
-                                     .export_root = config_.export_root,
-                                     .mosmount = MosmountPath(),
-                                     .config_path = config_.config_path}),
+      home_mounts_(loop, HomeMountsOptions{.mosix_root = config_.mosix_root,
+                                           .self = config_.name,
+                                           .export_root = config_.export_root,
+                                           .mosmount = MosmountPath(),
+                                           .config_path = config_.config_path}),
       gossip_(loop, config_),
       balancer_(loop, config_, gossip_, jobs_) {}
 
@@ -170,15 +170,19 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       break;  // refused by CheckPermission: they belong on a job's relay
     case schema::ControlRequest::HOME_MOUNT: {
       auto mount = request.getHomeMount();
+      auto done = [reply = std::make_shared<ReplySender>(std::move(reply))] {
+        capnp::MallocMessageBuilder message;
+        message.initRoot<schema::ControlReply>().setDone();
+        reply->Send(message);
+      };
       if (mount.getUp()) {
         home_mounts_.PeerUp(mount.getName(), mount.getAddress(),
                             mount.getPeerPort() ? mount.getPeerPort() : config_.peer_port);
+        done();
       } else {
-        home_mounts_.PeerDown(mount.getName());
+        // Answered once the mount is gone: its homefs may take a moment to unmount itself.
+        home_mounts_.PeerDown(mount.getName(), std::move(done));
       }
-      capnp::MallocMessageBuilder message;
-      message.initRoot<schema::ControlReply>().setDone();
-      reply.Send(message);
       return;
     }
   }

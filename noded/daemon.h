@@ -31,7 +31,7 @@ class Daemon {
   void Stop();
 
   const NodeConfig& config() const { return config_; }
-  // /mosix/home: membership calls PeerUp/PeerDown on it as peers come and go.
+  // /mosix/home: gossip calls PeerUp on it as peers come alive.
   HomeMounts& home_mounts() { return home_mounts_; }
   Gossip& gossip() { return gossip_; }
 
