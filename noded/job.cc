@@ -112,6 +112,28 @@ std::string Job::command() const {
   return text;
 }
 
+namespace {
+
+// The init runs as root: nothing of the caller's environment may reach it (LD_AUDIT,
+// GCONV_PATH, MALLOC_* ...), so it gets only what the daemon writes. The caller's own
+// variables travel behind a prefix no loader or library interprets, and the init
+// gives them back to the program after switching to the user's ids (as sudo and runc
+// apply a user's environment only to the user's process).
+std::vector<std::string> InitEnvironment(const JobLaunch& launch) {
+  std::vector<std::string> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
+  for (const auto& entry : launch.env) {
+    if (entry.rfind("HOMEWARD_", 0) == 0) continue;  // ours to set, not the caller's
+    env.push_back(kUserEnvPrefix + entry);
+  }
+  env.push_back("HOMEWARD_HOME=" + launch.home);
+  env.push_back(fmt::format("HOMEWARD_HOME_PID={}", launch.identity.home_pid));
+  env.push_back(fmt::format("HOMEWARD_HOME_PPID={}", launch.identity.home_ppid));
+  env.push_back(fmt::format("HOMEWARD_PID_BASE={}", launch.pid_base));
+  return env;
+}
+
+}  // namespace
+
 void Job::Start() {
   Pipe stdin_pipe = Pipe::Create();
   Pipe stdout_pipe = Pipe::Create();
@@ -159,21 +181,7 @@ void Job::Start() {
     options.argv.insert(options.argv.end() - static_cast<long>(launch_.argv.size()) - 1,
                         {"--preload", launch_.preload_path});
   }
-  // The init runs as root: nothing of the caller's environment may reach it (LD_AUDIT,
-  // GCONV_PATH, MALLOC_* ...), so it gets only what the daemon writes. The caller's own
-  // variables travel behind a prefix no loader or library interprets, and the init
-  // gives them back to the program after switching to the user's ids (as sudo and runc
-  // apply a user's environment only to the user's process).
-  std::vector<std::string> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
-  for (const auto& entry : launch_.env) {
-    if (entry.rfind("HOMEWARD_", 0) == 0) continue;  // ours to set, not the caller's
-    env.push_back(kUserEnvPrefix + entry);
-  }
-  env.push_back("HOMEWARD_HOME=" + launch_.home);
-  env.push_back(fmt::format("HOMEWARD_HOME_PID={}", id.home_pid));
-  env.push_back(fmt::format("HOMEWARD_HOME_PPID={}", id.home_ppid));
-  env.push_back(fmt::format("HOMEWARD_PID_BASE={}", launch_.pid_base));
-  options.env = env;
+  options.env = InitEnvironment(launch_);
   options.stdin_fd = stdin_pipe.read.get();
   options.stdout_fd = stdout_pipe.write.get();
   options.stderr_fd = stderr_pipe.write.get();
