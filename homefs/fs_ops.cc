@@ -1,7 +1,7 @@
-// The C boundary: libfuse calls these; each forwards to the Fs in userdata and lets no
-// exception escape (a failure answers EIO through the Request's destructor).
-#include <spdlog/spdlog.h>
-
+// The C boundary: libfuse calls these; each forwards to the Fs in userdata through the
+// one guard (c_boundary.h), so no exception escapes: a failure is logged and answered
+// with EIO by the Request's destructor.
+#include "c_boundary.h"
 #include "fs.h"
 
 namespace homeward {
@@ -14,35 +14,32 @@ Fs& Of(fuse_req_t req) {
   return *static_cast<Fs*>(fuse_req_userdata(req));
 }
 
+// An operation that answers: the Request is made before the guard runs the body, so it
+// is destroyed (answering EIO if nothing did) however the body ends.
 template <typename F>
 void Guard(fuse_req_t req, F body) {
-  try {
-    body(Of(req), Request(req));
-  } catch (const std::exception& e) {
-    spdlog::error("homefs: {}", e.what());
-  }
+  GuardedCall("homefs", [&] { body(Of(req), Request(req)); });
 }
 
+// An operation that answers nothing (forget).
 void NoReply(const char* what, const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const std::exception& e) {
-    spdlog::error("homefs: {}: {}", what, e.what());
-  }
+  GuardedCall(what, body);
 }
 
 fuse_lowlevel_ops MakeOps() {
   fuse_lowlevel_ops ops{};
-  ops.init = [](void* data, fuse_conn_info* conn) { static_cast<Fs*>(data)->Init(conn); };
+  ops.init = [](void* data, fuse_conn_info* conn) {
+    GuardedCall("homefs: init", [&] { static_cast<Fs*>(data)->Init(conn); });
+  };
   ops.lookup = [](fuse_req_t q, fuse_ino_t parent, const char* name) {
     Guard(q, [&](Fs& fs, Request r) { fs.Lookup(std::move(r), parent, name); });
   };
   ops.forget = [](fuse_req_t q, fuse_ino_t ino, uint64_t n) {
-    NoReply("forget", [&] { Of(q).Forget(ino, n); });
+    NoReply("homefs: forget", [&] { Of(q).Forget(ino, n); });
     fuse_reply_none(q);
   };
   ops.forget_multi = [](fuse_req_t q, size_t count, fuse_forget_data* list) {
-    NoReply("forget", [&] {
+    NoReply("homefs: forget", [&] {
       for (size_t i = 0; i < count; ++i) Of(q).Forget(list[i].ino, list[i].nlookup);
     });
     fuse_reply_none(q);

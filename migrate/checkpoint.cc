@@ -238,8 +238,23 @@ void ReadDumpStats(const std::string& image_dir, DumpResult& result) {
 
 // Fails the restore with the outcome the fault point "restore-criu" asks criu for:
 // a post-restore action script that fails makes criu undo the restore it just did.
-const char* kFailPostRestore = "test \"$CRTOOLS_SCRIPT_ACTION\" != post-restore";
-const char* kFailPostDump = "test \"$CRTOOLS_SCRIPT_ACTION\" != post-dump";
+// The action script of a fault point that fails criu at its step `action`. criu runs an
+// action script by path (execvp, no shell), for every step: so it is a file of its own, in
+// criu's work directory, that fails at that step alone. criu works in that directory (it
+// chdirs there at start), so the relative path finds it wherever criu runs, the job's
+// mount namespace included.
+std::string FailAtStepScript(const std::string& work_dir, std::string_view action) {
+  std::string name = fmt::format("fault-{}", action);
+  std::string path = work_dir + "/" + name;
+  {
+    std::ofstream out(path, std::ios::trunc);
+    out << "#!/bin/sh\n# HOMEWARD_FAULT: criu fails at its " << action << " step\n"
+        << "test \"$CRTOOLS_SCRIPT_ACTION\" != " << action << "\n";
+    if (!out.flush()) Fail(ErrorKind::kFailed, "cannot write the fault script {}", path);
+  }
+  HW_SYSCALL(::chmod(path.c_str(), 0700), "chmod {}", path);
+  return "./" + name;
+}
 
 // criu's parasite in a job's init makes a directory "proc.crtools" in the init's working
 // directory to mount the job's /proc on. Inits of one home share that directory (their
@@ -268,7 +283,7 @@ void EmptyDirectory(const std::string& dir) {
 }  // namespace
 
 DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions& options) {
-  options.faults.Check("dump-before-criu");
+  options.faults.Check(Fault::kDumpBeforeCriu);
   Fd images = Fd::Open(image_dir, O_RDONLY | O_DIRECTORY);
   WorkDir work(image_dir, options.work_dir);
   Fd work_fd = Fd::Open(work.path(), O_RDONLY | O_DIRECTORY);
@@ -316,9 +331,9 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
     call.args.push_back("--external");
     call.args.push_back(fmt::format("pipe:[{}]", inode));
   }
-  if (options.faults.Hit("dump-criu")) {
+  if (options.faults.Hit(Fault::kDumpCriu)) {
     call.args.push_back("--action-script");
-    call.args.push_back(kFailPostDump);
+    call.args.push_back(FailAtStepScript(work.path(), "post-dump"));
   }
   CriuRun run;
   {
@@ -355,7 +370,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     Fail(ErrorKind::kInvalidInput,
          "restore needs a child subreaper (PR_SET_CHILD_SUBREAPER) to adopt the job");
   }
-  options.faults.Check("restore-before-criu");
+  options.faults.Check(Fault::kRestoreBeforeCriu);
   Fd images = Fd::Open(image_dir, O_RDONLY | O_DIRECTORY);
   WorkDir work(image_dir, options.work_dir);
   Fd work_fd = Fd::Open(work.path(), O_RDONLY | O_DIRECTORY);
@@ -389,9 +404,9 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     call.args.push_back("--action-script");
     call.args.push_back(script);
   }
-  if (options.faults.Hit("restore-criu")) {
+  if (options.faults.Hit(Fault::kRestoreCriu)) {
     call.args.push_back("--action-script");
-    call.args.push_back(kFailPostRestore);
+    call.args.push_back(FailAtStepScript(work.path(), "post-restore"));
   }
   CriuRun run = RunCriu(call);
 
@@ -411,7 +426,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
   if (init_pid <= 0) {
     Fail(ErrorKind::kFailed, "criu restore from {} wrote no pid file", image_dir);
   }
-  if (options.faults.Hit("restore-after-criu")) {
+  if (options.faults.Hit(Fault::kRestoreAfterCriu)) {
     KillJob(init_pid);
     Fail(ErrorKind::kFailed, "fault point restore-after-criu hit (job {} killed again)", init_pid);
   }

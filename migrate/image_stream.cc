@@ -313,9 +313,9 @@ StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
 
   // Chunks reference the file's pages in place (a private read mapping) instead of
   // copying them into the message: the socket write is then the only copy on this side.
-  bool cut = options.faults.Hit("stream-mid");
-  bool corrupt = options.faults.Hit("stream-corrupt");
-  bool hold = options.faults.Hit("stream-hold");
+  bool cut = options.faults.Hit(Fault::kStreamMid);
+  bool corrupt = options.faults.Hit(Fault::kStreamCorrupt);
+  bool hold = options.faults.Hit(Fault::kStreamHold);
   StreamStats stats;
   for (size_t index = 0; index < files.size(); ++index) {
     const LocalFile& file = files[index];
@@ -422,7 +422,7 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
            (total + (1 << 20) - 1) >> 20, options.max_total_what, options.max_total_bytes >> 20);
     }
 
-    bool fail_mid = options.faults.Hit("receive-mid");
+    bool fail_mid = options.faults.Hit(Fault::kReceiveMid);
     for (size_t index = 0; index < files.size(); ++index) {
       const LocalFile& file = files[index];
       Fd out =

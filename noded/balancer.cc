@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "uv_error.h"
 
 namespace homeward {
@@ -57,7 +58,11 @@ void Balancer::Start() {
   timer_.get()->data = this;
   auto interval = static_cast<uint64_t>(config_.balance.interval.count());
   CheckUv(uv_timer_start(
-              timer_.get(), [](uv_timer_t* timer) { static_cast<Balancer*>(timer->data)->Round(); },
+              timer_.get(),
+              [](uv_timer_t* timer) {
+                GuardedCall("balancer round",
+                            [timer] { static_cast<Balancer*>(timer->data)->Round(); });
+              },
               interval, interval),
           "balancer timer");
   spdlog::info("balancer: a round every {} ms, automatic moves {}", interval,

@@ -7,9 +7,11 @@
 #include <unistd.h>
 
 #include <deque>
+#include <fstream>
 
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "control_client.h"
 #include "framing.h"
 #include "uv_error.h"
@@ -44,7 +46,9 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
                   buf->len = sizeof self->read_buffer_;
                 },
                 [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-                  static_cast<ControlConnection*>(stream->data)->OnRead(nread, buf);
+                  GuardedCall("control socket read", [&] {
+                    static_cast<ControlConnection*>(stream->data)->OnRead(nread, buf);
+                  });
                 }),
             "control socket read");
   }
@@ -57,10 +61,12 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
         uv_buf_init(reinterpret_cast<char*>(bytes.begin()), static_cast<unsigned>(bytes.size()));
     request->req.data = request;
     int status = uv_write(&request->req, pipe_.stream(), &buf, 1, [](uv_write_t* req, int) {
-      auto* request = static_cast<WriteRequest*>(req->data);
-      auto connection = request->connection.lock();
-      delete request;
-      if (connection) connection->AfterWrite();
+      GuardedCall("control socket write", [req] {
+        auto* request = static_cast<WriteRequest*>(req->data);
+        auto connection = request->connection.lock();
+        delete request;
+        if (connection) connection->AfterWrite();
+      });
     });
     if (status < 0) {
       delete request;
@@ -182,12 +188,7 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
     schema::ControlRequest::Reader request;
     try {
       request = message.Root<schema::ControlRequest>();
-      if (request.getVersion() != schema::CONTROL_VERSION) {
-        Fail(ErrorKind::kInvalidInput,
-             "control protocol version {} is not spoken here (this "
-             "daemon speaks {}); use the commands of the same release",
-             request.getVersion(), schema::CONTROL_VERSION);
-      }
+      if (request.getVersion() != schema::CONTROL_VERSION) RefuseVersion(request.getVersion());
       server_->handler_(request, ReplySender(pending));
     } catch (const Error& e) {
       ReplySender(pending).SendError(e);
@@ -196,6 +197,29 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
           Error(ErrorKind::kInvalidInput,
                 fmt::format("malformed request: {}", e.getDescription().cStr())));
     }
+  }
+
+  // Refuses a request of another protocol version, naming who sent it and both versions.
+  [[noreturn]] void RefuseVersion(uint16_t version) const {
+    if (version < schema::CONTROL_VERSION) {
+      Fail(ErrorKind::kInvalidInput, "{} is older than this daemon: protocol version {}, need {}",
+           ClientName(), version, schema::CONTROL_VERSION);
+    }
+    Fail(ErrorKind::kInvalidInput,
+         "{} is newer than this daemon: protocol version {}, this daemon speaks {}; use the "
+         "commands of the same release",
+         ClientName(), version, schema::CONTROL_VERSION);
+  }
+
+  // The command that connected (its program's name, as the kernel lists its arguments),
+  // or the peer node's daemon.
+  std::string ClientName() const {
+    if (caller_.peer) return fmt::format("the node daemon at {}", caller_.peer_address);
+    std::ifstream cmdline(fmt::format("/proc/{}/cmdline", caller_.pid));
+    std::string program;
+    std::getline(cmdline, program, '\0');
+    if (size_t slash = program.rfind('/'); slash != std::string::npos) program.erase(0, slash + 1);
+    return program.empty() ? fmt::format("the client (pid {})", caller_.pid) : program;
   }
 
   ControlServer* server_;
@@ -311,9 +335,12 @@ void ControlServer::Start() {
     Fail(ErrorKind::kFailed, "another node daemon is already serving {}", socket_path_);
   }
   ::unlink(socket_path_.c_str());
-  CheckUv(uv_async_init(
-              loop_, adopt_wakeup_.get(),
-              [](uv_async_t* async) { static_cast<ControlServer*>(async->data)->TakeAdopted(); }),
+  CheckUv(uv_async_init(loop_, adopt_wakeup_.get(),
+                        [](uv_async_t* async) {
+                          GuardedCall("control: adopting peer connections", [async] {
+                            static_cast<ControlServer*>(async->data)->TakeAdopted();
+                          });
+                        }),
           "control wake-up");
   adopt_wakeup_.get()->data = this;
   CheckUv(uv_pipe_init(loop_, listener_.get(), 0), "control socket");
@@ -324,7 +351,10 @@ void ControlServer::Start() {
   ::chmod(socket_path_.c_str(), 0666);
   CheckUv(uv_listen(listener_.stream(), 64,
                     [](uv_stream_t* server, int status) {
-                      if (status == 0) static_cast<ControlServer*>(server->data)->Accept();
+                      if (status != 0) return;
+                      GuardedCall("control socket accept", [server] {
+                        static_cast<ControlServer*>(server->data)->Accept();
+                      });
                     }),
           fmt::format("listen on control socket {}", socket_path_));
   listening_ = true;
@@ -405,9 +435,23 @@ void ControlServer::TakeAdopted() {
 }
 
 ControlStream ControlServer::AdoptStream(Fd fd, Caller caller, StreamHandlers handlers) {
-  auto connection = Adopt(std::move(fd), std::move(caller));
-  connection->SetStream(std::move(handlers));
-  connection->StartReading();
+  std::shared_ptr<ControlConnection> connection;
+  try {
+    connection = Adopt(std::move(fd), caller);
+    connection->SetStream(std::move(handlers));
+    connection->StartReading();
+  } catch (const Error& e) {
+    // Its callers run on the loop, in callbacks: a connection that cannot be served ends
+    // as a lost one does, through its on_close, and never as an exception.
+    spdlog::warn("cannot serve the connection to {}: {}",
+                 caller.peer ? caller.peer_address : "a local client", e.what());
+    if (connection) {
+      connection->Close();
+    } else if (handlers.on_close) {
+      handlers.on_close();
+    }
+    return ControlStream();
+  }
   return ControlStream(connection);
 }
 

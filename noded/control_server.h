@@ -122,7 +122,9 @@ class ControlServer {
   // (requests to the handler). Safe to call from any thread: peer connections are
   // authenticated on the peer server's threads, then served on the loop.
   void AdoptPeer(Fd fd, std::string peer_address);
-  // Makes a connection this daemon opened to a peer a stream at once (on the loop).
+  // Makes a connection this daemon opened to a peer a stream at once (on the loop). Never
+  // throws: a connection that cannot be served is closed (handlers.on_close runs) and the
+  // stream returned is not open().
   ControlStream AdoptStream(Fd fd, Caller caller, StreamHandlers handlers);
 
  private:

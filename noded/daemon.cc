@@ -11,10 +11,12 @@
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "control_permissions.h"
 #include "homeward_config.h"
 #include "install_paths.h"
 #include "uv_error.h"
+#include "uv_work.h"
 
 namespace homeward {
 
@@ -31,6 +33,7 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
     : loop_(loop),
       config_(std::move(config)),
       started_(std::chrono::steady_clock::now()),
+      callback_throws_(faults.Hit(Fault::kLoopCallbackThrows)),
       control_(
           loop, config_.control_socket,
           [this](auto request, ReplySender reply) { HandleControl(request, std::move(reply)); }),
@@ -42,11 +45,11 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                                             : FileSession::Root::kSquash),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
                    std::move(faults)),
-      home_mounts_(HomeMountsOptions{.mosix_root = config_.mosix_root,
-                                     .self = config_.name,
-                                     .export_root = config_.export_root,
-                                     .mosmount = MosmountPath(),
-                                     .config_path = config_.config_path}),
+      home_mounts_(loop, HomeMountsOptions{.mosix_root = config_.mosix_root,
+                                           .self = config_.name,
+                                           .export_root = config_.export_root,
+                                           .mosmount = MosmountPath(),
+                                           .config_path = config_.config_path}),
       gossip_(loop, config_),
       balancer_(loop, config_, gossip_, jobs_) {}
 
@@ -62,8 +65,10 @@ void Daemon::Start() {
          ec.message());
   }
   auto on_signal = [](uv_signal_t* handle, int signo) {
-    spdlog::info("received {}, shutting down", sigabbrev_np(signo));
-    static_cast<Daemon*>(handle->data)->Stop();
+    GuardedCall("shutdown on a signal", [&] {
+      spdlog::info("received {}, shutting down", sigabbrev_np(signo));
+      static_cast<Daemon*>(handle->data)->Stop();
+    });
   };
   for (auto [handle, signo] : {std::pair{&sigterm_, SIGTERM}, std::pair{&sigint_, SIGINT}}) {
     CheckUv(uv_signal_init(loop_, handle->get()), "signal handler");
@@ -109,6 +114,13 @@ void Daemon::Start() {
   balancer_.Start();
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
+  if (callback_throws_) {
+    // For the failure test that shows an exception in a loop callback stops at the guard
+    // (c_boundary.h): the daemon logs it and serves on.
+    QueueWork(
+        loop_, [] {},
+        [] { Fail(ErrorKind::kFailed, "fault point loop-callback-throws hit (HOMEWARD_FAULT)"); });
+  }
 }
 
 void Daemon::Stop() {
@@ -160,15 +172,19 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       break;  // refused by CheckPermission: they belong on a job's relay
     case schema::ControlRequest::HOME_MOUNT: {
       auto mount = request.getHomeMount();
+      auto done = [reply = std::make_shared<ReplySender>(std::move(reply))] {
+        capnp::MallocMessageBuilder message;
+        message.initRoot<schema::ControlReply>().setDone();
+        reply->Send(message);
+      };
       if (mount.getUp()) {
         home_mounts_.PeerUp(mount.getName(), mount.getAddress(),
                             mount.getPeerPort() ? mount.getPeerPort() : config_.peer_port);
+        done();
       } else {
-        home_mounts_.PeerDown(mount.getName());
+        // Answered once the mount is gone: its homefs may take a moment to unmount itself.
+        home_mounts_.PeerDown(mount.getName(), std::move(done));
       }
-      capnp::MallocMessageBuilder message;
-      message.initRoot<schema::ControlReply>().setDone();
-      reply.Send(message);
       return;
     }
   }

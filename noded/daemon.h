@@ -31,7 +31,7 @@ class Daemon {
   void Stop();
 
   const NodeConfig& config() const { return config_; }
-  // /mosix/home: membership calls PeerUp/PeerDown on it as peers come and go.
+  // /mosix/home: gossip calls PeerUp on it as peers come alive.
   HomeMounts& home_mounts() { return home_mounts_; }
   Gossip& gossip() { return gossip_; }
 
@@ -44,6 +44,8 @@ class Daemon {
   uv_loop_t* loop_;
   NodeConfig config_;
   std::chrono::steady_clock::time_point started_;
+  // Fault point loop-callback-throws: a completion on the loop throws once after start-up.
+  bool callback_throws_;
   ControlServer control_;
   JobRegistry jobs_;
   FileServer file_server_;

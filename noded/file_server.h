@@ -7,7 +7,6 @@
 // RESOLVE_NO_MAGICLINKS): no path, symlink or ".." reaches outside the export root.
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -77,19 +76,25 @@ class FileSession {
   void Watch(Notify notify);
 
  private:
+  friend class FileOps;  // the handlers of each request kind (file_handlers.cc)
   struct Node;
   struct OpenFile;
+  // The node or open file a request names, held by the request for as long as it uses
+  // the descriptor (ESTALE or EBADF when there is none).
   std::shared_ptr<Node> GetNode(uint64_t id);
   std::shared_ptr<OpenFile> GetHandle(uint64_t fh);
   uint64_t AddHandle(std::shared_ptr<OpenFile> handle);
-  // Records one lookup of `fd`'s object and fills `entry`; returns the node id.
+  // Records one lookup of `fd`'s object and fills `entry`, with the node id.
   void Remember(Fd fd, schema::Entry::Builder entry);
   void LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry);
+  // Calls the request kind's handler.
   void Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
-  void ReadDir(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
   void WatchLoop();
-  // Remembers that this client itself changed an object or a directory entry, so the
-  // notice of its own change is not sent back to it.
+  // The watched objects and entries that `events` (inotify's) report changed by others.
+  std::set<std::pair<uint64_t, std::string>> ChangedBy(const char* events, size_t size);
+  // Remembers that this client itself changes what `request` names, so the notice of its
+  // own change is not sent back to it.
+  void MarkOwnChange(schema::FileRequest::Reader request);
   void MarkOwn(uint64_t node, uint64_t parent = 0, const std::string& name = {});
 
   int root_;
@@ -101,9 +106,9 @@ class FileSession {
   uint64_t next_node_ = 2;  // 1 is the root
 
   Fd inotify_;
+  Fd stop_watching_;  // an eventfd: written once to end WatchLoop
   Notify notify_;
   std::thread watcher_;
-  std::atomic<bool> stop_watching_{false};
   std::unordered_map<int, uint64_t> watches_;  // inotify wd -> node
   std::map<std::pair<uint64_t, std::string>, std::chrono::steady_clock::time_point> own_;
   uint64_t next_handle_ = 1;
@@ -119,7 +124,7 @@ class FileServer {
   ~FileServer();
 
   // Serves one authenticated connection until it closes (blocking: call it on the
-  // connection's own thread).
+  // connection's own thread), then waits for its requests in flight (a Gate, no polling).
   void Serve(Fd connection, const PeerIdentity& peer);
   // Shuts every connection down and waits for their threads to finish serving.
   void Stop();

@@ -8,6 +8,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "error.h"
 #include "uv_error.h"
 
@@ -112,19 +113,25 @@ void Gossip::Start() {
               },
               [](uv_udp_t* handle, ssize_t nread, const uv_buf_t* buf, const sockaddr* addr,
                  unsigned flags) {
-                auto* self = static_cast<Gossip*>(handle->data);
-                if (flags & UV_UDP_PARTIAL) {
-                  self->drops_.Count(DropReason::kOversized);
-                  return;
-                }
-                self->OnDatagram(nread, buf, addr);
+                GuardedCall("gossip receive", [&] {
+                  auto* self = static_cast<Gossip*>(handle->data);
+                  if (flags & UV_UDP_PARTIAL) {
+                    self->drops_.Count(DropReason::kOversized);
+                    return;
+                  }
+                  self->OnDatagram(nread, buf, addr);
+                });
               }),
           "gossip receive");
   CheckUv(uv_timer_init(loop_, timer_.get()), "gossip timer");
   timer_.get()->data = this;
   auto interval = static_cast<uint64_t>(config_.gossip.interval.count());
   CheckUv(uv_timer_start(
-              timer_.get(), [](uv_timer_t* timer) { static_cast<Gossip*>(timer->data)->Round(); },
+              timer_.get(),
+              [](uv_timer_t* timer) {
+                GuardedCall("gossip round",
+                            [timer] { static_cast<Gossip*>(timer->data)->Round(); });
+              },
               0, interval),
           "gossip timer");
   started_ = true;

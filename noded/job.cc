@@ -18,6 +18,7 @@
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "checkpoint.h"
 #include "error.h"
 #include "job_env.h"
@@ -112,6 +113,28 @@ std::string Job::command() const {
   return text;
 }
 
+namespace {
+
+// The init runs as root: nothing of the caller's environment may reach it (LD_AUDIT,
+// GCONV_PATH, MALLOC_* ...), so it gets only what the daemon writes. The caller's own
+// variables travel behind a prefix no loader or library interprets, and the init
+// gives them back to the program after switching to the user's ids (as sudo and runc
+// apply a user's environment only to the user's process).
+std::vector<std::string> InitEnvironment(const JobLaunch& launch) {
+  std::vector<std::string> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
+  for (const auto& entry : launch.env) {
+    if (entry.rfind("HOMEWARD_", 0) == 0) continue;  // ours to set, not the caller's
+    env.push_back(kUserEnvPrefix + entry);
+  }
+  env.push_back("HOMEWARD_HOME=" + launch.home);
+  env.push_back(fmt::format("HOMEWARD_HOME_PID={}", launch.identity.home_pid));
+  env.push_back(fmt::format("HOMEWARD_HOME_PPID={}", launch.identity.home_ppid));
+  env.push_back(fmt::format("HOMEWARD_PID_BASE={}", launch.pid_base));
+  return env;
+}
+
+}  // namespace
+
 void Job::Start() {
   Pipe stdin_pipe = Pipe::Create();
   Pipe stdout_pipe = Pipe::Create();
@@ -159,21 +182,7 @@ void Job::Start() {
     options.argv.insert(options.argv.end() - static_cast<long>(launch_.argv.size()) - 1,
                         {"--preload", launch_.preload_path});
   }
-  // The init runs as root: nothing of the caller's environment may reach it (LD_AUDIT,
-  // GCONV_PATH, MALLOC_* ...), so it gets only what the daemon writes. The caller's own
-  // variables travel behind a prefix no loader or library interprets, and the init
-  // gives them back to the program after switching to the user's ids (as sudo and runc
-  // apply a user's environment only to the user's process).
-  std::vector<std::string> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
-  for (const auto& entry : launch_.env) {
-    if (entry.rfind("HOMEWARD_", 0) == 0) continue;  // ours to set, not the caller's
-    env.push_back(kUserEnvPrefix + entry);
-  }
-  env.push_back("HOMEWARD_HOME=" + launch_.home);
-  env.push_back(fmt::format("HOMEWARD_HOME_PID={}", id.home_pid));
-  env.push_back(fmt::format("HOMEWARD_HOME_PPID={}", id.home_ppid));
-  env.push_back(fmt::format("HOMEWARD_PID_BASE={}", launch_.pid_base));
-  options.env = env;
+  options.env = InitEnvironment(launch_);
   options.stdin_fd = stdin_pipe.read.get();
   options.stdout_fd = stdout_pipe.write.get();
   options.stderr_fd = stderr_pipe.write.get();
@@ -223,9 +232,11 @@ void Job::Attach(DaemonEnds ends) {
                                 "pidfd_open {}", init_->pid()));
   CheckUv(uv_poll_init(loop_, exit_watch_.get(), pidfd_.get()), "watch job exit");
   exit_watch_.get()->data = this;
-  CheckUv(uv_poll_start(
-              exit_watch_.get(), UV_READABLE,
-              [](uv_poll_t* handle, int, int) { static_cast<Job*>(handle->data)->OnInitExit(); }),
+  CheckUv(uv_poll_start(exit_watch_.get(), UV_READABLE,
+                        [](uv_poll_t* handle, int, int) {
+                          GuardedCall("job exit",
+                                      [handle] { static_cast<Job*>(handle->data)->OnInitExit(); });
+                        }),
           "watch job exit");
   pipe_inodes_ = {
       migrate::PipeInode(ends.stdin_write.get()), migrate::PipeInode(ends.stdout_read.get()),
@@ -296,8 +307,10 @@ void Job::StartReading(Stream& stream) {
         buf->len = sizeof s->buffer;
       },
       [](uv_stream_t* handle, ssize_t nread, const uv_buf_t* buf) {
-        auto* s = static_cast<Stream*>(handle->data);
-        s->job->OnData(*s, nread, buf);
+        GuardedCall("job output", [&] {
+          auto* s = static_cast<Stream*>(handle->data);
+          s->job->OnData(*s, nread, buf);
+        });
       });
   if (status < 0)
     spdlog::warn("job {}: cannot read its output: {}", home_pid(), uv_strerror(status));
@@ -468,7 +481,7 @@ void Job::FlushInput() {
     input_polling_ = wait;
     if (wait) {
       uv_poll_start(stdin_poll_.get(), UV_WRITABLE, [](uv_poll_t* handle, int, int) {
-        static_cast<Job*>(handle->data)->FlushInput();
+        GuardedCall("job input", [handle] { static_cast<Job*>(handle->data)->FlushInput(); });
       });
     } else {
       uv_poll_stop(stdin_poll_.get());

@@ -18,6 +18,7 @@
 #include "control_server.h"
 #include "fd.h"
 #include "image_stream.h"
+#include "job_state.h"
 #include "job_usage.h"
 #include "uv_handle.h"
 
@@ -145,7 +146,9 @@ class Job : public std::enable_shared_from_this<Job> {
   uid_t uid() const { return launch_.identity.uid; }
   pid_t init_pid() const { return init_ ? init_->pid() : -1; }
   std::string command() const;
-  std::string state() const { return finished_ ? "exiting" : migrating_ ? "migrating" : "running"; }
+  JobState state() const {
+    return finished_ ? JobState::EXITING : migrating_ ? JobState::MIGRATING : JobState::RUNNING;
+  }
   uint64_t cpu_ms() const;
   // The job's live processes, read from /proc (none once it has ended).
   std::vector<pid_t> Pids() const;

@@ -58,7 +58,7 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
                                    [finished = std::move(finished)](Job&) { finished(); });
   // A throw from here on leaves the init with `init` or the job, either of which kills
   // and reaps it.
-  faults_.Check("adopt-restored");
+  faults_.Check(Fault::kAdoptRestored);
   job->Adopt(std::move(init), std::move(ends));
   return job;
 }
@@ -113,6 +113,11 @@ void JobRegistry::ArriveAsGuest(Restored& restored) {
   ControlStream relay =
       control_.AdoptStream(std::move(restored.connection), peer, RelayHandlersFor(weak_job));
   pid_t init_pid = restored.init.pid();
+  if (!relay.open()) {  // no relay to its home: a guest nobody can reach
+    // Returning drops `restored`, whose ChildProcess kills and reaps the job's init.
+    spdlog::error("restored job (init {}) has no relay to its home; killing it", init_pid);
+    return;
+  }
   try {
     auto job = AdoptRestored(std::move(restored.launch), relay, std::move(restored.init),
                              std::move(restored.ends), [this, id] { guests_.erase(id); });

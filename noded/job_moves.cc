@@ -15,8 +15,9 @@
 namespace homeward {
 
 void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply) {
+  using Verb = schema::MigrateRequest::Which;
   pid_t home_pid = request.getHomePid();
-  std::string target = request.getTarget();
+  Verb verb = request.which();
   auto it = jobs_.begin();
   for (; it != jobs_.end(); ++it) {
     pid_t pid = it->second.here ? it->second.here->home_pid() : it->second.away->home_pid();
@@ -28,8 +29,11 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
   uid_t owner = it->second.here ? it->second.here->uid() : it->second.away->uid;
   CheckJobOwner(reply.caller(), owner, home_pid, "move, freeze or checkpoint it");
   int slot = it->first;
-  if (target == "checkpoint" || target == "freeze" || target == "continue") {
-    if (it->second.away && it->second.away->frozen && target == "continue") {
+  if (verb == Verb::CHECKPOINT || verb == Verb::FREEZE || verb == Verb::CONTINUE) {
+    const char* what = verb == Verb::FREEZE     ? "freeze"
+                       : verb == Verb::CONTINUE ? "continue"
+                                                : "checkpoint";
+    if (it->second.away && it->second.away->frozen && verb == Verb::CONTINUE) {
       Continue(slot, it->second.away, std::move(reply));
       return;
     }
@@ -38,23 +42,26 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
            "job {} is {}; {} works on a job running at home (mosmigrate "
            "{} home first)",
            home_pid, it->second.away->frozen ? "frozen" : "away on " + it->second.away->where(),
-           target, home_pid);
+           what, home_pid);
     }
-    if (target == "continue") Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
-    if (it->second.here->state() != "running") {
-      Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, it->second.here->state());
+    if (verb == Verb::CONTINUE) Fail(ErrorKind::kInvalidInput, "job {} is not frozen", home_pid);
+    if (JobState state = it->second.here->state(); state != JobState::RUNNING) {
+      Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
     }
-    if (target == "freeze") {
+    if (verb == Verb::FREEZE) {
       Freeze(slot, it->second.here, std::move(reply));
     } else {
       Caller caller = reply.caller();
-      Checkpoint(it->second.here, request.getPath(), caller, std::move(reply));
+      Checkpoint(it->second.here, request.getCheckpoint(), caller, std::move(reply));
     }
     return;
   }
+  if (verb != Verb::MOVE_TO && verb != Verb::HOME) {
+    Fail(ErrorKind::kInvalidInput, "job {}: a move request this daemon does not know", home_pid);
+  }
+  std::string target = verb == Verb::HOME ? config_.name : std::string(request.getMoveTo());
   if (it->second.away) {
-    MoveAway(it->second.away, target == "home" ? config_.name : target,
-             ReplyWhenMoved(std::move(reply)));
+    MoveAway(it->second.away, target, ReplyWhenMoved(std::move(reply)));
     return;
   }
   MoveFromHome(slot, it->second.here, target, ReplyWhenMoved(std::move(reply)));
@@ -68,7 +75,7 @@ void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target
   root.setVersion(schema::CONTROL_VERSION);
   auto migrate = root.initMigrateJob();
   migrate.setHomePid(away->home_pid());
-  migrate.setTarget(target);
+  migrate.setMoveTo(target);
   away->peer.Send(message);
   away->waiter = std::move(done);
 }
@@ -139,15 +146,15 @@ void JobRegistry::EndAway(int slot, const std::shared_ptr<Away>& away, const std
 void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::string& target,
                                MoveDone done) {
   pid_t home_pid = job->home_pid();
-  if (target == "home" || target == config_.name) {
+  if (target == config_.name) {
     Fail(ErrorKind::kInvalidInput, "job {} is already at home on {}", home_pid, config_.name);
   }
   if (std::string pinned = job->PinnedReason(); !pinned.empty()) {
     Fail(ErrorKind::kInvalidInput, "job {} cannot leave home: it {}", home_pid,
          pinned.rfind("kept", 0) == 0 ? "is " + pinned : pinned);
   }
-  if (job->state() != "running") {
-    Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, job->state());
+  if (JobState state = job->state(); state != JobState::RUNNING) {
+    Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
   }
   auto move = PrepareMove(job, target);
   job->set_migrating(true);
@@ -245,7 +252,9 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
 void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& target, MoveDone done) {
   std::shared_ptr<MoveOut> move;
   try {
-    if (job->state() != "running") Fail(ErrorKind::kOverloaded, "the job is {}", job->state());
+    if (JobState state = job->state(); state != JobState::RUNNING) {
+      Fail(ErrorKind::kOverloaded, "the job is {}", JobStateName(state));
+    }
     move = PrepareMove(job, target);
   } catch (const Error& e) {
     if (done) {

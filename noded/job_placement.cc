@@ -111,7 +111,7 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
     std::vector<pid_t> pids = job.Pids();  // read once: sampling and pinning both need them
     job.SampleUsage(now_ms, pids);
     const JobLaunch& launch = job.launch();
-    if (launch.locked || launch.keep_home || job.state() != "running") return;
+    if (launch.locked || launch.keep_home || job.state() != JobState::RUNNING) return;
     if (!job.PinnedReason(pids).empty()) return;
     const UsageMeter& usage = job.usage();
     balance::Job offered;

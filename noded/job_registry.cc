@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "install_paths.h"
 #include "job_replies.h"
 #include "migration.h"
@@ -65,10 +66,11 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
         job->Signal(message.getJobSignal());
         break;
       case schema::ControlRequest::MIGRATE_JOB:
-        if (!job->launch().guest) {
-          Fail(ErrorKind::kInvalidInput, "only a guest's home moves it through its relay");
+        if (!job->launch().guest || !message.getMigrateJob().isMoveTo()) {
+          Fail(ErrorKind::kInvalidInput,
+               "only a guest's home moves it, to a node, through its relay");
         }
-        MigrateGuest(job, message.getMigrateJob().getTarget());
+        MigrateGuest(job, message.getMigrateJob().getMoveTo());
         break;
       default:
         Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
@@ -198,9 +200,12 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
 }
 
 void JobRegistry::Start() {
-  CheckUv(uv_async_init(
-              loop_, restored_wakeup_.get(),
-              [](uv_async_t* async) { static_cast<JobRegistry*>(async->data)->TakeRestored(); }),
+  CheckUv(uv_async_init(loop_, restored_wakeup_.get(),
+                        [](uv_async_t* async) {
+                          GuardedCall("taking over restored jobs", [async] {
+                            static_cast<JobRegistry*>(async->data)->TakeRestored();
+                          });
+                        }),
           "job registry wake-up");
   restored_wakeup_.get()->data = this;
   // The counts gossip publishes are refreshed each second rather than threaded through
@@ -210,9 +215,11 @@ void JobRegistry::Start() {
   CheckUv(uv_timer_start(
               counts_timer_.get(),
               [](uv_timer_t* timer) {
-                auto* self = static_cast<JobRegistry*>(timer->data);
-                self->EndOverdueAttaches();
-                if (self->on_change_) self->on_change_();
+                GuardedCall("job counts", [timer] {
+                  auto* self = static_cast<JobRegistry*>(timer->data);
+                  self->EndOverdueAttaches();
+                  if (self->on_change_) self->on_change_();
+                });
               },
               0, 1000),
           "job counts timer");
@@ -246,9 +253,9 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setHome(config_.name);
       info.setWhere(record.where);
       info.setMigrations(record.migrations);
-      info.setState(job.away->frozen                         ? "frozen"
-                    : record.state == move::State::kStarting ? "starting"
-                                                             : "running");
+      info.setState(job.away->frozen                         ? JobState::FROZEN
+                    : record.state == move::State::kStarting ? JobState::STARTING
+                                                             : JobState::RUNNING);
       if (job.away->frozen) info.setWhere(config_.name);
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);

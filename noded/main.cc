@@ -19,6 +19,15 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", HOMEWARD_VERSION);
   CLI11_PARSE(app, argc, argv);
 
+  // Fault points (HOMEWARD_FAULT) are chosen once, here, for the tests that use them; a name
+  // that is not a fault point is a start-up error, not a test that silently fails nothing.
+  homeward::FaultPoints faults;
+  try {
+    faults = homeward::FaultPoints::FromEnvironment();
+  } catch (const homeward::Error& e) {
+    std::fprintf(stderr, "mosnoded: %s\n", e.what());
+    return 2;
+  }
   homeward::NodeConfig config;
   try {
     config = homeward::LoadNodeConfig(config_path);
@@ -34,8 +43,7 @@ int main(int argc, char** argv) {
   uv_loop_init(&loop);
   int exit_code = 0;
   {
-    // Fault points (HOMEWARD_FAULT) are chosen once, here, for the tests that use them.
-    homeward::Daemon daemon(&loop, std::move(config), homeward::FaultPoints::FromEnvironment());
+    homeward::Daemon daemon(&loop, std::move(config), std::move(faults));
     try {
       daemon.Start();
       uv_run(&loop, UV_RUN_DEFAULT);

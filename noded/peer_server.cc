@@ -293,7 +293,7 @@ void PeerServer::Launch(Fd fd, PeerIdentity peer, PeerService* handler) {
   std::string who = peer.address;
   std::string name = peer.service;
   try {
-    if (faults_.Hit("peer-thread")) {
+    if (faults_.Hit(Fault::kPeerThread)) {
       throw std::system_error(EAGAIN, std::generic_category(), "fault point peer-thread");
     }
     std::thread([this, fd = std::move(fd), peer = std::move(peer), handler]() mutable {

@@ -15,6 +15,7 @@
 #include <cstdarg>
 #include <cstdio>
 
+#include "c_boundary.h"
 #include "proc_path.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
@@ -57,8 +58,10 @@ int open(const char* path, int flags, ...) {
   va_start(args, flags);
   mode_t mode = ModeArg(flags, args);
   va_end(args);
-  char buffer[kProcPathMax];
-  return Next<int (*)(const char*, int, ...)>(slot, "open")(Proc(path, buffer), flags, mode);
+  return homeward::GuardedCall("preload", [&] {
+    char buffer[kProcPathMax];
+    return Next<int (*)(const char*, int, ...)>(slot, "open")(Proc(path, buffer), flags, mode);
+  });
 }
 
 int open64(const char* path, int flags, ...) {
@@ -67,8 +70,10 @@ int open64(const char* path, int flags, ...) {
   va_start(args, flags);
   mode_t mode = ModeArg(flags, args);
   va_end(args);
-  char buffer[kProcPathMax];
-  return Next<int (*)(const char*, int, ...)>(slot, "open64")(Proc(path, buffer), flags, mode);
+  return homeward::GuardedCall("preload", [&] {
+    char buffer[kProcPathMax];
+    return Next<int (*)(const char*, int, ...)>(slot, "open64")(Proc(path, buffer), flags, mode);
+  });
 }
 
 int openat(int dirfd, const char* path, int flags, ...) {
@@ -77,9 +82,11 @@ int openat(int dirfd, const char* path, int flags, ...) {
   va_start(args, flags);
   mode_t mode = ModeArg(flags, args);
   va_end(args);
-  char buffer[kProcPathMax];
-  return Next<int (*)(int, const char*, int, ...)>(slot, "openat")(dirfd, Proc(path, buffer), flags,
-                                                                   mode);
+  return homeward::GuardedCall("preload", [&] {
+    char buffer[kProcPathMax];
+    return Next<int (*)(int, const char*, int, ...)>(slot, "openat")(dirfd, Proc(path, buffer),
+                                                                     flags, mode);
+  });
 }
 
 int openat64(int dirfd, const char* path, int flags, ...) {
@@ -88,36 +95,46 @@ int openat64(int dirfd, const char* path, int flags, ...) {
   va_start(args, flags);
   mode_t mode = ModeArg(flags, args);
   va_end(args);
-  char buffer[kProcPathMax];
-  return Next<int (*)(int, const char*, int, ...)>(slot, "openat64")(dirfd, Proc(path, buffer),
-                                                                     flags, mode);
+  return homeward::GuardedCall("preload", [&] {
+    char buffer[kProcPathMax];
+    return Next<int (*)(int, const char*, int, ...)>(slot, "openat64")(dirfd, Proc(path, buffer),
+                                                                       flags, mode);
+  });
 }
 
 FILE* fopen(const char* path, const char* mode) {
   static std::atomic<void*> slot;
-  char buffer[kProcPathMax];
-  return Next<FILE* (*)(const char*, const char*)>(slot, "fopen")(Proc(path, buffer), mode);
+  return homeward::GuardedCall("preload", [&] {
+    char buffer[kProcPathMax];
+    return Next<FILE* (*)(const char*, const char*)>(slot, "fopen")(Proc(path, buffer), mode);
+  });
 }
 
 FILE* fopen64(const char* path, const char* mode) {
   static std::atomic<void*> slot;
-  char buffer[kProcPathMax];
-  return Next<FILE* (*)(const char*, const char*)>(slot, "fopen64")(Proc(path, buffer), mode);
+  return homeward::GuardedCall("preload", [&] {
+    char buffer[kProcPathMax];
+    return Next<FILE* (*)(const char*, const char*)>(slot, "fopen64")(Proc(path, buffer), mode);
+  });
 }
 
 DIR* opendir(const char* path) {
   static std::atomic<void*> slot;
-  char buffer[kProcPathMax];
-  return Next<DIR* (*)(const char*)>(slot, "opendir")(Proc(path, buffer));
+  return homeward::GuardedCall("preload", [&] {
+    char buffer[kProcPathMax];
+    return Next<DIR* (*)(const char*)>(slot, "opendir")(Proc(path, buffer));
+  });
 }
 
 }  // extern "C"
 
-#define HW_PATH_FN(ret, name, params, args_before, args_after)                          \
-  extern "C" ret name params noexcept {                                                 \
-    static std::atomic<void*> slot;                                                     \
-    char buffer[kProcPathMax];                                                          \
-    return Next<ret(*) params>(slot, #name)(args_before Proc(path, buffer) args_after); \
+#define HW_PATH_FN(ret, name, params, args_before, args_after)                            \
+  extern "C" ret name params noexcept {                                                   \
+    static std::atomic<void*> slot;                                                       \
+    return homeward::GuardedCall(#name, [&] {                                             \
+      char buffer[kProcPathMax];                                                          \
+      return Next<ret(*) params>(slot, #name)(args_before Proc(path, buffer) args_after); \
+    });                                                                                   \
   }
 #define HW_COMMA ,
 

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "c_boundary.h"
 #include "emulate.h"
 #include "filter.h"
 #include "raw_syscall.h"
@@ -70,7 +71,7 @@ void Chain(int sig, siginfo_t* info, void* context) {
   }
 }
 
-void Handler(int sig, siginfo_t* info, void* context) {
+void Handle(int sig, siginfo_t* info, void* context) {
   auto* uc = static_cast<ucontext_t*>(context);
   greg_t* regs = uc->uc_mcontext.gregs;
   long nr = info->si_syscall;
@@ -89,6 +90,11 @@ void Handler(int sig, siginfo_t* info, void* context) {
   long args[6] = {regs[REG_RDI], regs[REG_RSI], regs[REG_RDX],
                   regs[REG_R10], regs[REG_R8],  regs[REG_R9]};
   regs[REG_RAX] = Emulate(nr, args, uc);
+}
+
+// The SIGSYS handler, a C boundary like the libc hooks.
+void Handler(int sig, siginfo_t* info, void* context) {
+  GuardedCall("SIGSYS", [&] { Handle(sig, info, context); });
 }
 
 // The names of the variables, in the order of ShimState::env.

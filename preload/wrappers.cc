@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstring>
 
+#include "c_boundary.h"
 #include "emulate.h"
 #include "shim_state.h"
 
@@ -20,9 +21,12 @@ namespace {
 using homeward::preload::Emulate;
 using homeward::preload::ToLibc;
 
+// Every system call hook below answers through here, behind the one C-boundary guard.
 long Call(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0) {
-  const long args[6] = {a0, a1, a2, a3, a4, 0};
-  return ToLibc(Emulate(nr, args, nullptr));
+  return homeward::GuardedCall("preload", [&] {
+    const long args[6] = {a0, a1, a2, a3, a4, 0};
+    return ToLibc(Emulate(nr, args, nullptr));
+  });
 }
 
 long Ptr(const void* p) {
@@ -34,15 +38,17 @@ long Ptr(const void* p) {
 template <typename Fn>
 int Spawn(const char* name, pid_t* pid, const char* path, const posix_spawn_file_actions_t* actions,
           const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  auto real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, name));
-  if (real == nullptr) return ENOSYS;
-  pid_t child = 0;
-  int err = real(&child, path, actions, attr, argv, envp);
-  if (err == 0 && pid != nullptr) {
-    const auto& state = homeward::preload::State();
-    *pid = static_cast<pid_t>(state.active ? state.map.ToHome(child) : child);
-  }
-  return err;
+  return homeward::GuardedCall(name, [&] {
+    auto real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, name));
+    if (real == nullptr) return ENOSYS;
+    pid_t child = 0;
+    int err = real(&child, path, actions, attr, argv, envp);
+    if (err == 0 && pid != nullptr) {
+      const auto& state = homeward::preload::State();
+      *pid = static_cast<pid_t>(state.active ? state.map.ToHome(child) : child);
+    }
+    return err;
+  });
 }
 
 using SpawnFn = int (*)(pid_t*, const char*, const posix_spawn_file_actions_t*,

@@ -123,8 +123,7 @@ void Control() {
     rq.setVersion(schema::CONTROL_VERSION);
     auto mig = rq.initMigrateJob();
     mig.setHomePid(1234);
-    mig.setTarget("checkpoint");
-    mig.setPath("/tmp/ckpt");
+    mig.setCheckpoint("/tmp/ckpt");
     frames.push_back(Frame(m));
   }
   {

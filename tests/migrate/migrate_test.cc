@@ -385,8 +385,14 @@ TEST_F(MigrateTest, FailedRestoreLeavesSourceRunningAndNothingHalfAlive) {
       Move(job, FaultPoints::Parse(fault));
       ADD_FAILURE() << "move succeeded with " << fault;
     } catch (const Error& e) {
-      EXPECT_THAT(e.what(),
-                  HasSubstr(fault == std::string("restore-criu") ? "criu restore" : fault));
+      // restore-criu fails criu at its post-restore step, after the job was restored
+      // (criu's log names the failing script), not at its first step.
+      if (fault == std::string("restore-criu")) {
+        EXPECT_THAT(e.what(), HasSubstr("criu restore"));
+        EXPECT_THAT(e.what(), HasSubstr("fault-post-restore exited"));
+      } else {
+        EXPECT_THAT(e.what(), HasSubstr(fault));
+      }
     }
     // Our only child is still the source job: nothing restored was left behind.
     EXPECT_EQ(ListDir("/proc/self/task").size() >= 1, true);
@@ -402,6 +408,25 @@ TEST_F(MigrateTest, FailedRestoreLeavesSourceRunningAndNothingHalfAlive) {
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("no-such-images"));
   }
+  job.Step(2);
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_EQ(job.output, expected);
+}
+
+// dump-criu fails criu at its post-dump step, once the images are written: criu thaws the
+// job, which runs on with all of its output.
+TEST_F(MigrateTest, DumpFailingAtItsLastStepLeavesSourceRunning) {
+  std::string expected = UnmovedRun({2, 2}, false);
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(2);
+  try {
+    Move(job, FaultPoints::Parse("dump-criu"));
+    ADD_FAILURE() << "move succeeded with dump-criu";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("criu dump"));
+    EXPECT_THAT(e.what(), HasSubstr("fault-post-dump exited"));
+  }
+  EXPECT_FALSE(Exists(dir_ + "/dump"));
   job.Step(2);
   EXPECT_EQ(job.Finish(), 0);
   EXPECT_EQ(job.output, expected);

@@ -278,7 +278,13 @@ class MigrationTest(unittest.TestCase):
             self.assertEqual(json.loads(c.run("node2", "mosps", "--json").stdout)["jobs"], [])
 
     def test_failed_restore_leaves_the_job_running(self):
-        self.fails_at("restore-criu", "restore")
+        # criu fails at its post-restore step, after restoring the job (its log names the
+        # failing script), and kills what it restored.
+        self.fails_at("restore-criu", "fault-post-restore")
+
+    def test_failed_dump_leaves_the_job_running(self):
+        # criu fails at its post-dump step, with the images written, and thaws the job.
+        self.fails_at("dump-criu", "fault-post-dump")
 
     def test_cut_stream_leaves_the_job_running(self):
         self.fails_at("stream-mid", "send the images")

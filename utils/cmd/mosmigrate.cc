@@ -19,27 +19,57 @@ int main(int argc, char** argv) {
   bool no_wait = false;
   app.add_option("pid", pid, "the job's home pid (mosps lists it)")->required();
   std::string path;
+  bool is_node = false;
   app.add_option("node", target,
                  "where to: a node, home, freeze (to disk at home), continue (a frozen job), "
                  "or checkpoint FILE (write its images and let it run on)")
       ->required();
   app.add_option("file", path, "for checkpoint: a directory to create for the images");
+  app.add_flag("--node", is_node,
+               "NODE is a node's name even if it reads like a verb (a node named freeze)");
   app.add_flag("--no-wait", no_wait, "return at once; the move goes on");
   std::string socket = homeward::ControlSocketPath();
   app.add_option("--control", socket, "the node daemon's control socket")
       ->envname("HOMEWARD_CONTROL");
   CLI11_PARSE(app, argc, argv);
+  enum class Verb { kMoveTo, kHome, kFreeze, kContinue, kCheckpoint };
+  Verb verb = Verb::kMoveTo;
+  if (!is_node) {
+    if (target == "home") verb = Verb::kHome;
+    if (target == "freeze") verb = Verb::kFreeze;
+    if (target == "continue") verb = Verb::kContinue;
+    if (target == "checkpoint") verb = Verb::kCheckpoint;
+  }
+  if ((verb == Verb::kCheckpoint) != !path.empty()) {
+    std::fprintf(stderr, "mosmigrate: %s\n",
+                 path.empty() ? "checkpoint needs a directory to create for the images"
+                              : "only checkpoint takes a directory");
+    return 2;
+  }
   try {
     auto client = homeward::ControlClient::Connect(socket);
     auto fill = [&](homeward::schema::ControlRequest::Builder request) {
       auto migrate = request.initMigrateJob();
       migrate.setHomePid(pid);
-      migrate.setTarget(target);
       // The daemon works in a directory of its own: a relative path is the caller's.
       char cwd[PATH_MAX];
-      if (!path.empty()) {
-        migrate.setPath(path[0] != '/' && getcwd(cwd, sizeof cwd) ? std::string(cwd) + "/" + path
-                                                                  : path);
+      switch (verb) {
+        case Verb::kMoveTo:
+          migrate.setMoveTo(target);
+          break;
+        case Verb::kHome:
+          migrate.setHome();
+          break;
+        case Verb::kFreeze:
+          migrate.setFreeze();
+          break;
+        case Verb::kContinue:
+          migrate.setContinue();
+          break;
+        case Verb::kCheckpoint:
+          migrate.setCheckpoint(
+              path[0] != '/' && getcwd(cwd, sizeof cwd) ? std::string(cwd) + "/" + path : path);
+          break;
       }
     };
     if (no_wait) {
@@ -54,11 +84,11 @@ int main(int argc, char** argv) {
     auto reply = client.Call(fill);
     auto migrated = reply.Root<homeward::schema::ControlReply>().getMigrated();
     double mib = static_cast<double>(migrated.getImageBytes()) / (1 << 20);
-    if (target == "freeze") {
+    if (verb == Verb::kFreeze) {
       fmt::print("job {} is frozen to disk at home ({:.1f} MiB)\n", pid, mib);
       return 0;
     }
-    if (target == "checkpoint") {
+    if (verb == Verb::kCheckpoint) {
       fmt::print("job {} runs on; its checkpoint is in {} ({:.1f} MiB)\n", pid, path, mib);
       return 0;
     }

@@ -9,6 +9,7 @@
 
 #include "control_client.h"
 #include "error.h"
+#include "job_state.h"
 
 namespace homeward {
 namespace {
@@ -28,7 +29,7 @@ int List(const std::string& socket, bool json) {
       out["jobs"].push_back({{"pid", job.getHomePid()},
                              {"home", job.getHome().cStr()},
                              {"where", job.getWhere().cStr()},
-                             {"state", job.getState().cStr()},
+                             {"state", JobStateName(job.getState())},
                              {"migrations", job.getMigrations()},
                              {"cmd", job.getCmd().cStr()},
                              {"cpu_ms", job.getCpuMs()},
@@ -50,7 +51,7 @@ int List(const std::string& socket, bool json) {
     if (job.getLocked()) cmd += "  [locked: mosrun -L]";
     fmt::print("{:>8} {:<10} {:<8} {:<8} {:<9} {:>4} {:>9}  {}\n", job.getHomePid(),
                UserName(job.getUid()), job.getHome().cStr(), job.getWhere().cStr(),
-               job.getState().cStr(), job.getMigrations(), cpu, cmd);
+               JobStateName(job.getState()), job.getMigrations(), cpu, cmd);
   }
   return 0;
 }

@@ -7,12 +7,59 @@
 
 namespace homeward {
 
+namespace {
+
+constexpr FaultInfo kFaults[] = {
+    {Fault::kDumpBeforeCriu, "dump-before-criu", "a dump fails before criu runs"},
+    {Fault::kDumpCriu, "dump-criu",
+     "criu dump fails at its post-dump step, after the images are written (criu thaws the job)"},
+    {Fault::kRestoreBeforeCriu, "restore-before-criu", "a restore fails before criu runs"},
+    {Fault::kRestoreCriu, "restore-criu",
+     "criu restore fails at its post-restore step, after the job was restored (criu kills it)"},
+    {Fault::kRestoreAfterCriu, "restore-after-criu",
+     "a restore that criu completed is failed (and the restored job killed) afterwards"},
+    {Fault::kAdoptRestored, "adopt-restored",
+     "the daemon cannot take over a job criu restored (its init is killed and reaped)"},
+    {Fault::kStreamMid, "stream-mid", "the sender cuts the image stream halfway"},
+    {Fault::kStreamCorrupt, "stream-corrupt", "the sender corrupts a chunk of the image stream"},
+    {Fault::kStreamHold, "stream-hold",
+     "the sender holds the image stream after about half the bytes until the receiver hangs up"},
+    {Fault::kReceiveMid, "receive-mid", "the receiver fails after about half the images"},
+    {Fault::kPeerThread, "peer-thread", "the peer server cannot start a service thread"},
+    {Fault::kLoopCallbackThrows, "loop-callback-throws",
+     "a completion on the daemon's event loop throws once, just after start-up"},
+};
+
+}  // namespace
+
+std::span<const FaultInfo> AllFaults() {
+  return kFaults;
+}
+
+std::string_view FaultName(Fault fault) {
+  return kFaults[static_cast<size_t>(fault)].name;
+}
+
 FaultPoints FaultPoints::Parse(std::string_view spec) {
+  static_assert(std::size(kFaults) == decltype(selected_)().size(), "a fault point is unlisted");
   FaultPoints points;
   while (!spec.empty()) {
     size_t comma = spec.find(',');
     std::string_view name = spec.substr(0, comma);
-    if (!name.empty()) points.names_.emplace(name);
+    if (!name.empty()) {
+      const FaultInfo* found = nullptr;
+      for (const FaultInfo& info : kFaults) {
+        if (info.name == name) found = &info;
+      }
+      if (!found) {
+        std::string known;
+        for (const FaultInfo& info : kFaults)
+          known += (known.empty() ? "" : ", ") + std::string(info.name);
+        Fail(ErrorKind::kInvalidInput,
+             "HOMEWARD_FAULT names an unknown fault point '{}' (known: {})", name, known);
+      }
+      points.selected_.set(static_cast<size_t>(found->fault));
+    }
     if (comma == std::string_view::npos) break;
     spec.remove_prefix(comma + 1);
   }
@@ -24,12 +71,12 @@ FaultPoints FaultPoints::FromEnvironment() {
   return spec ? Parse(spec) : FaultPoints();
 }
 
-bool FaultPoints::Hit(std::string_view name) const {
-  return names_.find(name) != names_.end();
+bool FaultPoints::Hit(Fault fault) const {
+  return selected_.test(static_cast<size_t>(fault));
 }
 
-void FaultPoints::Check(std::string_view name) const {
-  if (Hit(name)) Fail(ErrorKind::kFailed, "fault point {} hit (HOMEWARD_FAULT)", name);
+void FaultPoints::Check(Fault fault) const {
+  if (Hit(fault)) Fail(ErrorKind::kFailed, "fault point {} hit (HOMEWARD_FAULT)", FaultName(fault));
 }
 
 }  // namespace homeward

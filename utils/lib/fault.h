@@ -1,30 +1,60 @@
 // Fault points: named places compiled into the code where a failure test can make a step
 // fail on purpose (like CRIU's CRIU_FAULT). HOMEWARD_FAULT=name[,name...] selects them;
 // main() reads the variable once and passes the set down, so there is no global state.
+// The points are a declared list (Fault, kFaults): the code names them by enumerator, so
+// a typo there does not compile, and a name the list lacks in HOMEWARD_FAULT is refused
+// at start-up rather than silently doing nothing.
 #pragma once
 
-#include <set>
+#include <bitset>
+#include <span>
 #include <string>
 #include <string_view>
 
 namespace homeward {
 
+enum class Fault {
+  kDumpBeforeCriu,
+  kDumpCriu,
+  kRestoreBeforeCriu,
+  kRestoreCriu,
+  kRestoreAfterCriu,
+  kAdoptRestored,
+  kStreamMid,
+  kStreamCorrupt,
+  kStreamHold,
+  kReceiveMid,
+  kPeerThread,
+  kLoopCallbackThrows,
+};
+
+struct FaultInfo {
+  Fault fault;
+  std::string_view name;    // as HOMEWARD_FAULT spells it
+  std::string_view effect;  // what a test that selects it sees
+};
+
+// Every fault point, in the order of Fault.
+std::span<const FaultInfo> AllFaults();
+std::string_view FaultName(Fault fault);
+
 class FaultPoints {
  public:
   FaultPoints() = default;
-  // Parses "name[,name...]"; empty names are ignored.
+  // Parses "name[,name...]"; empty names are ignored. Throws Error(kInvalidInput) naming
+  // the known points when a name is not one of them.
   static FaultPoints Parse(std::string_view spec);
-  // The set that HOMEWARD_FAULT names (empty when it is unset).
+  // The set that HOMEWARD_FAULT names (empty when it is unset); throws as Parse does.
   static FaultPoints FromEnvironment();
 
-  // True when `name` was selected: the caller then fails the way the point describes.
-  bool Hit(std::string_view name) const;
-  // Throws Error(kFailed, "fault point <name>") when `name` was selected.
-  void Check(std::string_view name) const;
-  bool empty() const { return names_.empty(); }
+  // True when `fault` was selected: the caller then fails the way the point describes.
+  bool Hit(Fault fault) const;
+  // Throws Error(kFailed, "fault point <name> hit") when `fault` was selected.
+  void Check(Fault fault) const;
+  bool empty() const { return selected_.none(); }
 
  private:
-  std::set<std::string, std::less<>> names_;
+  std::bitset<static_cast<size_t>(Fault::kLoopCallbackThrows) + 1> selected_;
 };
 
 }  // namespace homeward

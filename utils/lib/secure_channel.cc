@@ -50,7 +50,9 @@ void RecordSealer::Seal(std::string_view plain, std::string& out) {
   size_t at = out.size();
   out.resize(at + kRecordHeaderBytes + plain.size() + kRecordTagBytes);
   auto* record = reinterpret_cast<uint8_t*>(out.data() + at);
-  std::memcpy(record + kRecordHeaderBytes, plain.data(), plain.size());
+  // An empty view may have no data at all, and memcpy from a null pointer is undefined
+  // even for no bytes.
+  if (!plain.empty()) std::memcpy(record + kRecordHeaderBytes, plain.data(), plain.size());
   SealInPlace(record, plain.size());
 }
 

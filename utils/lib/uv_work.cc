@@ -3,6 +3,8 @@
 
 #include <memory>
 
+#include "c_boundary.h"
+
 namespace homeward {
 
 namespace {
@@ -19,10 +21,13 @@ int QueueWork(uv_loop_t* loop, std::function<void()> work, std::function<void()>
   auto* item = new Work{{}, std::move(work), std::move(done)};
   item->req.data = item;
   int status = uv_queue_work(
-      loop, &item->req, [](uv_work_t* req) { static_cast<Work*>(req->data)->work(); },
+      loop, &item->req,
+      [](uv_work_t* req) {
+        GuardedCall("work on the thread pool", [req] { static_cast<Work*>(req->data)->work(); });
+      },
       [](uv_work_t* req, int) {
         std::unique_ptr<Work> item(static_cast<Work*>(req->data));
-        item->done();
+        GuardedCall("completion of thread-pool work", [&item] { item->done(); });
       });
   if (status < 0) delete item;
   return status;

@@ -5,11 +5,17 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("homeward::schema");
 
-const controlVersion :UInt16 = 1;
+const controlVersion :UInt16 = 3;
+# 2: migrateJob's verbs are a union (moveTo, home, freeze, continue, checkpoint), so no
+#    node name is taken for a verb; a job's state is an enum.
+# 3: a job's input is a stream with offsets (jobInputAt, jobInputEndAt, jobInputWritten,
+#    jobInputResume), so that it survives moves; jobInput, jobInputEnd and jobInputTaken
+#    are no longer sent.
 
 struct ControlRequest {
   version @0 :UInt16;
-  # The sender's controlVersion; a daemon answers a version it does not speak with an error.
+  # The sender's controlVersion; a daemon answers a version it does not speak with an error
+  # that names the client and both versions ("mosmigrate is older than this daemon: ...").
 
   union {
     status @1 :Void;
@@ -181,8 +187,7 @@ struct JobInfo {
   homePid @0 :Int32;
   home @1 :Text;
   where @2 :Text;
-  state @3 :Text;
-  # "running", "migrating", "frozen", "exiting".
+  state @3 :JobState;
   migrations @4 :UInt32;
   cmd @5 :Text;
   cpuMs @6 :UInt64;
@@ -193,6 +198,18 @@ struct JobInfo {
   # A guest: a job of another home, running here.
   locked @10 :Bool;
   # Started with mosrun -L: the balancer leaves it where it is.
+}
+
+enum JobState {
+  # mosps shows each by its name (utils/lib/job_state.h), and so does `mosps --json`.
+  starting @0;
+  # Away: the home has sent it to its node, which has not taken it yet.
+  running @1;
+  migrating @2;
+  # Being checkpointed, frozen or moved: another such request must wait.
+  frozen @3;
+  # Frozen to disk at home (mosmigrate PID freeze) until mosmigrate PID continue.
+  exiting @4;
 }
 
 struct GuestSpec {
@@ -243,10 +260,18 @@ struct HomeMountRequest {
 
 struct MigrateRequest {
   homePid @0 :Int32;
-  target @1 :Text;
-  # A node name, "home", or one of "freeze", "continue", "checkpoint".
-  path @2 :Text;
-  # For "checkpoint": the directory to write the job's images to (must not exist).
+  union {
+    moveTo @1 :Text;
+    # Move the job to the node of this name (any name: "freeze" is a node here too).
+    home @2 :Void;
+    # Bring the job back to its home node.
+    freeze @3 :Void;
+    # Dump the job to disk at home and stop it there.
+    continue @4 :Void;
+    # Restore a frozen job at home.
+    checkpoint @5 :Text;
+    # Write the job's images to this directory (absolute, must not exist) and let it run on.
+  }
 }
 
 struct Migrated {

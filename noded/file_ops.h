@@ -1,0 +1,109 @@
+// The file service's insides, shared by the session (file_session.cc) and the handlers of
+// its requests (file_handlers.cc): the looked-up objects and open files, the checks every
+// name goes through, and one handler per request kind.
+#pragma once
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "fd.h"
+#include "file_server.h"
+#include "schema/files.capnp.h"
+
+namespace homeward {
+
+// An object the client looked up. A request that uses it holds this shared_ptr for as
+// long as it uses `fd`: a FORGET only drops the session's reference, so the descriptor
+// is closed after the last request using it is done, never under a system call.
+struct FileSession::Node {
+  Fd fd;  // O_PATH; set before the node is published, never changed after
+  uint64_t nlookup = 0;
+  std::pair<uint64_t, uint64_t> key;
+  int watch = -1;
+};
+
+// An open file or directory; held by each request that uses it, like Node.
+struct FileSession::OpenFile {
+  Fd fd;
+  uint64_t node = 0;
+  DIR* dir = nullptr;    // its own descriptor, a duplicate of fd's
+  std::mutex dir_mutex;  // a DIR stream has one position
+  ~OpenFile() {
+    if (dir) ::closedir(dir);  // closes the duplicate; fd closes its own descriptor
+  }
+};
+
+namespace file_ops {
+
+// A failed operation: carries the errno to answer with.
+struct OpError {
+  int err;
+};
+
+template <typename T>
+T Check(T result) {
+  if (result < 0) throw OpError{errno};
+  return result;
+}
+
+// Our own descriptor's /proc link: it names exactly the object `fd` holds.
+std::string ProcPath(int fd);
+// Opens `name` beneath `dir_fd`; "..", absolute paths and symlinks that lead outside
+// fail with EXDEV, magic links with ELOOP.
+int OpenBeneath(int dir_fd, const std::string& name, uint64_t flags, uint64_t mode);
+// A name the client may use in a directory: one component, not "." or "..". The kernel
+// never sends anything else; a client that does is refused before any system call.
+void CheckName(const std::string& name);
+void FillAttr(const struct stat& st, schema::Attr::Builder attr);
+struct stat StatFd(int fd);
+
+// The credentials this thread acts with (see Become in file_session.cc).
+struct ThreadCredentials {
+  uint32_t uid = 0, gid = 0;
+  std::vector<gid_t> groups;
+};
+extern thread_local ThreadCredentials current_credentials;
+
+}  // namespace file_ops
+
+// One handler per request kind, called by FileSession::Dispatch with the caller's
+// credentials already taken. Each throws OpError (or Error) to answer with an errno.
+class FileOps {
+ public:
+  using Rq = schema::FileRequest::Reader;
+  using Rs = schema::FileResponse::Builder;
+
+  static void Hello(FileSession& s, Rq rq, Rs rs);
+  static void Lookup(FileSession& s, Rq rq, Rs rs);
+  static void Forget(FileSession& s, Rq rq, Rs rs);
+  static void Getattr(FileSession& s, Rq rq, Rs rs);
+  static void Setattr(FileSession& s, Rq rq, Rs rs);
+  static void Readlink(FileSession& s, Rq rq, Rs rs);
+  static void Mknod(FileSession& s, Rq rq, Rs rs);
+  static void Mkdir(FileSession& s, Rq rq, Rs rs);
+  static void Unlink(FileSession& s, Rq rq, Rs rs);  // and RMDIR
+  static void Symlink(FileSession& s, Rq rq, Rs rs);
+  static void Rename(FileSession& s, Rq rq, Rs rs);
+  static void Link(FileSession& s, Rq rq, Rs rs);
+  static void Open(FileSession& s, Rq rq, Rs rs);  // and OPENDIR
+  static void Create(FileSession& s, Rq rq, Rs rs);
+  static void Read(FileSession& s, Rq rq, Rs rs);
+  static void Write(FileSession& s, Rq rq, Rs rs);
+  static void Flush(FileSession& s, Rq rq, Rs rs);
+  static void Release(FileSession& s, Rq rq, Rs rs);  // and RELEASEDIR
+  static void Fsync(FileSession& s, Rq rq, Rs rs);
+  static void Readdir(FileSession& s, Rq rq, Rs rs);
+  static void Statfs(FileSession& s, Rq rq, Rs rs);
+  static void Access(FileSession& s, Rq rq, Rs rs);
+  static void Xattr(FileSession& s, Rq rq, Rs rs);  // SET, GET, LIST and REMOVE
+  static void Fallocate(FileSession& s, Rq rq, Rs rs);
+};
+
+}  // namespace homeward

@@ -1,0 +1,388 @@
+// A FileSession: one client's table of looked-up objects and open files, the credentials
+// each request runs with, the dispatch of requests to their handlers (file_handlers.cc),
+// and the change notices (inotify) for what the client looked up.
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "error.h"
+#include "file_ops.h"
+
+namespace homeward {
+
+namespace file_ops {
+
+std::string ProcPath(int fd) {
+  return "/proc/self/fd/" + std::to_string(fd);
+}
+
+int OpenBeneath(int dir_fd, const std::string& name, uint64_t flags, uint64_t mode) {
+  open_how how{};
+  how.flags = flags | O_CLOEXEC;
+  how.mode = (flags & (O_CREAT | O_TMPFILE)) ? (mode & 07777) : 0;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  for (;;) {
+    long fd = ::syscall(SYS_openat2, dir_fd, name.c_str(), &how, sizeof how);
+    if (fd >= 0) return static_cast<int>(fd);
+    if (errno != EINTR && errno != EAGAIN) throw OpError{errno};
+  }
+}
+
+void CheckName(const std::string& name) {
+  if (name.size() > 255) throw OpError{ENAMETOOLONG};
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+    throw OpError{EINVAL};
+  }
+}
+
+namespace {
+int64_t Ns(const timespec& t) {
+  return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
+}  // namespace
+
+void FillAttr(const struct stat& st, schema::Attr::Builder attr) {
+  attr.setIno(st.st_ino);
+  attr.setMode(st.st_mode);
+  attr.setNlink(st.st_nlink);
+  attr.setUid(st.st_uid);
+  attr.setGid(st.st_gid);
+  attr.setRdev(st.st_rdev);
+  attr.setSize(st.st_size);
+  attr.setBlocks(st.st_blocks);
+  attr.setBlksize(static_cast<int32_t>(st.st_blksize));
+  attr.setAtimeNs(Ns(st.st_atim));
+  attr.setMtimeNs(Ns(st.st_mtim));
+  attr.setCtimeNs(Ns(st.st_ctim));
+  attr.setDev(st.st_dev);
+}
+
+struct stat StatFd(int fd) {
+  struct stat st;
+  Check(::fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+  return st;
+}
+
+// setfsuid/setfsgid and the raw setgroups system call change only the calling thread
+// (glibc's setgroups() would change every thread of the daemon), and a non-zero fsuid
+// drops the fs capabilities, so the kernel checks each operation exactly as it would for
+// the caller's own process.
+thread_local ThreadCredentials current_credentials;
+
+}  // namespace file_ops
+
+using namespace file_ops;
+
+namespace {
+
+constexpr auto kOwnChangeWindow = std::chrono::seconds(1);
+
+// A peer's root is squashed to nobody unless this node trusts it: root on one machine
+// must not be root over every other machine's files.
+void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
+  auto& cur = current_credentials;
+  if (cred.getGroups().size() > 65536) throw OpError{EINVAL};
+  uint32_t uid = cred.getUid(), gid = cred.getGid();
+  std::vector<gid_t> groups;
+  if (uid == 0 && peer_root == FileSession::Root::kSquash) {
+    uid = gid = FileSession::kSquashedId;
+  } else {
+    groups.reserve(cred.getGroups().size());
+    for (uint32_t g : cred.getGroups()) groups.push_back(g);
+  }
+  if (groups != cur.groups) {
+    if (::syscall(SYS_setgroups, groups.size(), groups.data()) < 0) throw OpError{errno};
+    cur.groups = std::move(groups);
+  }
+  if (gid != cur.gid) {
+    ::syscall(SYS_setfsgid, gid);
+    cur.gid = gid;
+  }
+  if (uid != cur.uid) {
+    ::syscall(SYS_setfsuid, uid);
+    cur.uid = uid;
+  }
+  // setfsuid reports no error; reading it back (an invalid id changes nothing) does.
+  if (static_cast<uint32_t>(::syscall(SYS_setfsuid, -1)) != uid ||
+      static_cast<uint32_t>(::syscall(SYS_setfsgid, -1)) != gid) {
+    throw OpError{EPERM};
+  }
+}
+
+}  // namespace
+
+FileSession::FileSession(int root, Root peer_root) : root_(root), peer_root_(peer_root) {
+  auto node = std::make_shared<Node>();
+  node->fd = Fd::Adopt(HW_SYSCALL(::fcntl(root, F_DUPFD_CLOEXEC, 0), "dup export root"));
+  node->nlookup = 1;
+  nodes_[1] = node;
+}
+
+FileSession::~FileSession() {
+  if (watcher_.joinable()) {
+    uint64_t one = 1;
+    if (::write(stop_watching_.get(), &one, sizeof one) < 0) {
+      spdlog::error("file service: cannot stop the change watcher: {}", std::strerror(errno));
+    }
+    watcher_.join();
+  }
+}
+
+std::shared_ptr<FileSession::Node> FileSession::GetNode(uint64_t id) {
+  std::lock_guard lock(mutex_);
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) throw OpError{ESTALE};
+  return it->second;
+}
+
+std::shared_ptr<FileSession::OpenFile> FileSession::GetHandle(uint64_t fh) {
+  std::lock_guard lock(mutex_);
+  auto it = handles_.find(fh);
+  if (it == handles_.end()) throw OpError{EBADF};
+  return it->second;
+}
+
+uint64_t FileSession::AddHandle(std::shared_ptr<OpenFile> handle) {
+  std::lock_guard lock(mutex_);
+  uint64_t fh = next_handle_++;
+  handles_[fh] = std::move(handle);
+  return fh;
+}
+
+void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
+  struct stat st = StatFd(fd.get());
+  FillAttr(st, entry.initAttr());
+  std::pair<uint64_t, uint64_t> key{st.st_dev, st.st_ino};
+  std::lock_guard lock(mutex_);
+  auto it = by_inode_.find(key);
+  if (it != by_inode_.end()) {
+    ++nodes_[it->second]->nlookup;
+    entry.setNode(it->second);
+    return;  // `fd`, a second descriptor of a known object, closes here
+  }
+  auto node = std::make_shared<Node>();
+  node->fd = std::move(fd);
+  node->nlookup = 1;
+  node->key = key;
+  uint64_t id = next_node_++;
+  if (inotify_.valid()) {
+    // Watching needs read access, which the caller may lack: the daemon watches as
+    // itself for a moment (fsuid 0 also restores its fs capabilities), then goes back.
+    auto& cur = current_credentials;
+    ::syscall(SYS_setfsuid, 0);
+    ::syscall(SYS_setfsgid, 0);
+    node->watch =
+        ::inotify_add_watch(inotify_.get(), ProcPath(node->fd.get()).c_str(),
+                            IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE |
+                                IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_EXCL_UNLINK);
+    ::syscall(SYS_setfsgid, cur.gid);
+    ::syscall(SYS_setfsuid, cur.uid);
+    if (node->watch >= 0) watches_[node->watch] = id;
+  }
+  nodes_[id] = std::move(node);
+  by_inode_[key] = id;
+  entry.setNode(id);
+}
+
+void FileSession::LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry) {
+  CheckName(name);
+  Remember(Fd::Adopt(OpenBeneath(dir_fd, name, O_PATH | O_NOFOLLOW, 0)), entry);
+}
+
+void FileSession::Handle(schema::FileRequest::Reader request,
+                         schema::FileResponse::Builder response) {
+  response.setId(request.getId());
+  try {
+    Become(request.getCred(), peer_root_);
+    if (inotify_.valid()) MarkOwnChange(request);
+    Dispatch(request, response);
+  } catch (const OpError& e) {
+    response.setError(e.err);
+  } catch (const Error& e) {
+    response.setError(e.sys_errno() ? e.sys_errno() : EIO);
+  } catch (const std::exception& e) {
+    spdlog::warn("file service: request {} failed: {}", static_cast<int>(request.getOp()),
+                 e.what());
+    response.setError(EIO);
+  }
+}
+
+void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs) {
+  using Op = schema::FileOp;
+  switch (rq.getOp()) {
+    case Op::HELLO:
+      return FileOps::Hello(*this, rq, rs);
+    case Op::LOOKUP:
+      return FileOps::Lookup(*this, rq, rs);
+    case Op::FORGET:
+      return FileOps::Forget(*this, rq, rs);
+    case Op::GETATTR:
+      return FileOps::Getattr(*this, rq, rs);
+    case Op::SETATTR:
+      return FileOps::Setattr(*this, rq, rs);
+    case Op::READLINK:
+      return FileOps::Readlink(*this, rq, rs);
+    case Op::MKNOD:
+      return FileOps::Mknod(*this, rq, rs);
+    case Op::MKDIR:
+      return FileOps::Mkdir(*this, rq, rs);
+    case Op::UNLINK:
+    case Op::RMDIR:
+      return FileOps::Unlink(*this, rq, rs);
+    case Op::SYMLINK:
+      return FileOps::Symlink(*this, rq, rs);
+    case Op::RENAME:
+      return FileOps::Rename(*this, rq, rs);
+    case Op::LINK:
+      return FileOps::Link(*this, rq, rs);
+    case Op::OPEN:
+    case Op::OPENDIR:
+      return FileOps::Open(*this, rq, rs);
+    case Op::CREATE:
+      return FileOps::Create(*this, rq, rs);
+    case Op::READ:
+      return FileOps::Read(*this, rq, rs);
+    case Op::WRITE:
+      return FileOps::Write(*this, rq, rs);
+    case Op::FLUSH:
+      return FileOps::Flush(*this, rq, rs);
+    case Op::RELEASE:
+    case Op::RELEASEDIR:
+      return FileOps::Release(*this, rq, rs);
+    case Op::FSYNC:
+      return FileOps::Fsync(*this, rq, rs);
+    case Op::READDIR:
+      return FileOps::Readdir(*this, rq, rs);
+    case Op::STATFS:
+      return FileOps::Statfs(*this, rq, rs);
+    case Op::ACCESS:
+      return FileOps::Access(*this, rq, rs);
+    case Op::SETXATTR:
+    case Op::GETXATTR:
+    case Op::LISTXATTR:
+    case Op::REMOVEXATTR:
+      return FileOps::Xattr(*this, rq, rs);
+    case Op::FALLOCATE:
+      return FileOps::Fallocate(*this, rq, rs);
+  }
+  throw OpError{ENOSYS};  // an op code this server does not know
+}
+
+void FileSession::MarkOwnChange(schema::FileRequest::Reader rq) {
+  using Op = schema::FileOp;
+  std::string name = rq.getName();
+  switch (rq.getOp()) {
+    case Op::MKNOD:
+    case Op::MKDIR:
+    case Op::UNLINK:
+    case Op::RMDIR:
+    case Op::SYMLINK:
+    case Op::CREATE:
+      MarkOwn(rq.getNode());
+      MarkOwn(0, rq.getNode(), name);
+      break;
+    case Op::RENAME:
+      MarkOwn(0, rq.getNode(), name);
+      MarkOwn(0, rq.getNode2(), rq.getName2());
+      break;
+    case Op::LINK:
+      MarkOwn(rq.getNode());
+      MarkOwn(0, rq.getNode2(), rq.getName2());
+      break;
+    case Op::SETATTR:
+    case Op::SETXATTR:
+    case Op::REMOVEXATTR:
+      MarkOwn(rq.getNode());
+      break;
+    case Op::WRITE:
+    case Op::FALLOCATE:
+      MarkOwn(GetHandle(rq.getFh())->node);
+      break;
+    default:
+      break;
+  }
+}
+
+void FileSession::MarkOwn(uint64_t node, uint64_t parent, const std::string& name) {
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex_);
+  if (own_.size() > 100000) own_.clear();
+  own_[{node ? node : parent, node ? std::string() : name}] = now;
+}
+
+void FileSession::Watch(Notify notify) {
+  Fd inotify = Fd::Adopt(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  Fd stop = Fd::Adopt(inotify.valid() ? ::eventfd(0, EFD_CLOEXEC) : -1);
+  if (!stop.valid()) {
+    spdlog::warn("file service: no change notices: {}", std::strerror(errno));
+    return;
+  }
+  inotify_ = std::move(inotify);
+  stop_watching_ = std::move(stop);
+  notify_ = std::move(notify);
+  watcher_ = std::thread([this] { WatchLoop(); });
+}
+
+std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* events, size_t size) {
+  // One notice per object or entry per batch, none for this client's own changes.
+  std::set<std::pair<uint64_t, std::string>> changed;
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex_);
+  for (const char* at = events; at < events + size;) {
+    auto* event = reinterpret_cast<const inotify_event*>(at);
+    at += sizeof(inotify_event) + event->len;
+    if (event->mask & IN_IGNORED) {
+      watches_.erase(event->wd);
+      continue;
+    }
+    auto it = watches_.find(event->wd);
+    if (it == watches_.end()) continue;
+    // A directory's event about an entry matters to clients only when the name itself
+    // changes: invalidating the entry of a file whose content changed would unhash the
+    // dentry of every open file (its path then reads "(deleted)", and CRIU refuses to
+    // dump a job holding it). Content changes arrive through the file's own watch.
+    constexpr uint32_t kNameChanges = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO;
+    if (event->len && !(event->mask & kNameChanges)) continue;
+    std::pair<uint64_t, std::string> key{it->second, event->len ? event->name : ""};
+    auto own = own_.find(key);
+    if (own != own_.end() && now - own->second < kOwnChangeWindow) continue;
+    changed.insert(key);
+  }
+  for (auto it = own_.begin(); it != own_.end();) {
+    it = now - it->second > kOwnChangeWindow ? own_.erase(it) : std::next(it);
+  }
+  return changed;
+}
+
+void FileSession::WatchLoop() {
+  alignas(inotify_event) char buffer[64 * 1024];
+  for (;;) {
+    pollfd p[2] = {{inotify_.get(), POLLIN, 0}, {stop_watching_.get(), POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0) continue;  // EINTR
+    if (p[1].revents) return;
+    ssize_t n = ::read(inotify_.get(), buffer, sizeof buffer);
+    if (n <= 0) continue;
+    for (const auto& [node, name] : ChangedBy(buffer, static_cast<size_t>(n))) {
+      try {
+        if (name.empty()) {
+          notify_(node, 0, "");
+        } else {
+          notify_(0, node, name);
+        }
+      } catch (const std::exception& e) {
+        spdlog::debug("file service: notice not sent: {}", e.what());
+      }
+    }
+  }
+}
+
+}  // namespace homeward
