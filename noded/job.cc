@@ -217,6 +217,7 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
   input_written_ = carry.offset;
   input_queue_ = std::move(carry.data);
   input_end_ = carry.ended;
+  size_t carried = input_queue_.size();
   FlushInput();
   capnp::MallocMessageBuilder message;
   auto resume = message.initRoot<schema::ControlReply>().initJobInputResume();
@@ -224,7 +225,7 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
   resume.setEnded(input_end_);
   relay_.Send(message);
   spdlog::info("job {}: its input goes on from byte {}{} ({} bytes carried)", home_pid(),
-               input_received(), input_end_ ? ", at its end" : "", input_queue_.size());
+               input_received(), input_end_ ? ", at its end" : "", carried);
 }
 
 void Job::Attach(DaemonEnds ends) {

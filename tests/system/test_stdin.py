@@ -153,16 +153,35 @@ class StdinTest(unittest.TestCase):
         self.wait_end(300)
         self.assertEqual(read(self.path("out")).strip(), str(2 * half))
 
+    def test_count_of_a_large_file_on_stdin_moved_mid_read(self):
+        # mosrun's stdin is a 100 MB file: the job reads exactly half of it (dd), is moved
+        # to node2 and home again, and counts the rest.
+        size = 100 * 1000 * 1000
+        with open(self.path("big"), "wb") as f:
+            f.write(b"y" * size)
+        pid = self.start("mosrun sh -c 'dd bs=1000000 count=50 iflag=fullblock of=/dev/null "
+                         "2>/dev/null; touch half; until [ -e gate ]; do sleep 0.05; done; "
+                         "wc -c' < big > out 2> err")
+        self.c.wait_for(lambda: os.path.exists(self.path("half")), 120, "half of it read")
+        self.move(pid, "node2")
+        self.move(pid, "home")
+        self.touch("gate")
+        self.wait_end(300)
+        self.assertEqual(read(self.path("out")).strip(), str(size // 2))
+
     def test_job_that_has_not_read_its_input_when_moved(self):
-        # Its stdin pipe is full and mosrun's window too; it moves twice before it reads
-        # a byte (home -> node2 -> node3), then reads everything.
-        pid = self.start("seq 1 200000 | mosrun sh -c 'until [ -e gate ]; do sleep 0.05; done; "
-                         "cat' > out 2> err")
+        # Its stdin pipe is full and its daemon holds the rest; it moves twice before it
+        # reads a byte (home -> node2 -> node3), then reads everything.
+        pid = self.start("(seq 1 150000; touch fed) | mosrun sh -c 'until [ -e gate ]; do "
+                         "sleep 0.05; done; cat' > out 2> err")
+        # All of it is with the job's daemon: its stdin pipe is full and its queue holds
+        # the rest, up to mosrun's window.
+        self.c.wait_for(lambda: os.path.exists(self.path("fed")), 30, "the input to be sent")
         self.move(pid, "node2")
         self.move(pid, "node3")
         self.touch("gate")
         self.wait_end()
-        self.assertEqual(read(self.path("out")), "".join(f"{i}\n" for i in range(1, 200001)))
+        self.assertEqual(read(self.path("out")), "".join(f"{i}\n" for i in range(1, 150001)))
 
     def test_large_output_while_moved(self):
         # 50 MB of stdout: the job writes the first half, and mosrun's reader holds back
@@ -211,6 +230,34 @@ class StdinTest(unittest.TestCase):
         self.wait_end()
         expected = "".join(f"{i}\n" for i in range(1, 25001)) + "end of input after 25000 lines\n"
         self.assertEqual(read(self.path("out")), expected)
+
+
+class FailedMoveTest(unittest.TestCase):
+    def test_failed_restore_puts_the_input_back(self):
+        # The source reclaims the job's unread input after the dump; the restore on node2
+        # fails (a fault point in every daemon), so the job is thawed at home with its
+        # input back in its stdin pipe, and reads all of it.
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
+                                 faults="restore-criu") as c:
+            wait_for_home_mounts(c, ("node2",))
+            work = os.path.join(c.node("node1")["data"], "failed")
+            os.makedirs(work)
+            c.run("node1", "sh", "-c", "cd /data/failed && ((seq 1 100000; touch fed) | mosrun sh -c "
+                                       "'until [ -e gate ]; do sleep 0.05; done; cat' > out "
+                                       "2> err; echo $? > status) >/dev/null 2>&1 & echo ok")
+            pid = c.wait_for(lambda: next((j["pid"] for j in jobs(c)), None), 30,
+                             "the job to start")
+            # All the input is written to mosrun: the job's stdin pipe is full.
+            c.wait_for(lambda: os.path.exists(os.path.join(work, "fed")), 30, "the input")
+            moved = c.run("node1", "mosmigrate", str(pid), "node2", check=False)
+            self.assertEqual(moved.returncode, 1, moved.stdout)
+            self.assertIn(f"job {pid} stays on node1", moved.stderr)
+            with open(os.path.join(work, "gate"), "w"):
+                pass
+            c.wait_for(lambda: read(os.path.join(work, "status")), 60, "the job to end")
+            self.assertEqual(read(os.path.join(work, "status")), "0\n")
+            self.assertEqual(read(os.path.join(work, "out")),
+                             "".join(f"{i}\n" for i in range(1, 100001)))
 
 
 if __name__ == "__main__":
