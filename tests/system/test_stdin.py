@@ -2,8 +2,9 @@
 """Standard input and output survive moves. A job fed on its stdin is moved while bytes sit
 unread in its stdin pipe, in its daemon's queue and in mosrun's window: every byte must
 reach it once, in order, and its end of input once, after the last byte, wherever it runs
-(node1 -> node2 -> node3 -> home, with the job reading or not, and frozen and continued
-at home while its input ends). The other way, a job writing 50 MB to stdout while it is
+(node1 -> node2 -> node3 -> home, with the job reading or not, expelled and brought home,
+frozen and continued at home while its input ends, and a move that fails after its input
+was reclaimed). The other way, a job writing 50 MB to stdout while it is
 moved gives the same bytes as a run that never moved. One job runs as an ordinary user
 (created here, removed afterwards), the others as root.
 
@@ -124,6 +125,34 @@ class StdinTest(unittest.TestCase):
         # node1 -> node2 -> node3 -> home, each time with the job's stdin pipe full, its
         # daemon's queue and mosrun's window holding more.
         self.slow_reader_moved()
+
+    def test_slow_reader_expelled_and_brought_home(self):
+        # The administrative moves: node2 expels the job (a guest's move its node decides),
+        # and node1 brings it home from node3 (a move its home asks the job's node for).
+        with open(self.path("reader.sh"), "w") as f:
+            f.write(SLOW_READER)
+        pid = self.start("seq 1 100000 | mosrun sh reader.sh > out 2> err")
+        self.lines_out(10000)
+        self.move(pid, "node2")
+        self.touch("gate10000")
+        self.lines_out(20000)
+        try:
+            self.assertIn("1 moved, 0 stayed", self.c.run("node2", "mosctl", "expel").stdout)
+        finally:
+            self.c.run("node2", "mosctl", "unblock")
+            self.c.wait_for(lambda: not next(
+                n for n in json.loads(self.c.run("node1", "mosmon", "--json").stdout)["nodes"]
+                if n["name"] == "node2")["blocked"], 30, "node1 to learn node2 is unblocked")
+        self.assertEqual(jobs(self.c)[0]["where"], "node1")
+        self.touch("gate20000")
+        self.lines_out(30000)
+        self.move(pid, "node3")
+        self.assertIn("1 moved, 0 stayed", self.c.run("node1", "mosctl", "bring").stdout)
+        self.assertEqual(jobs(self.c)[0]["where"], "node1")
+        self.touch("gate30000")
+        self.wait_end()
+        expected = "".join(f"{i}\n" for i in range(1, 100001)) + "end of input after 100000 lines\n"
+        self.assertEqual(read(self.path("out")), expected)
 
     def test_slow_reader_of_an_ordinary_user(self):
         if shutil.which("useradd") is None:
