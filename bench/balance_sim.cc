@@ -1,5 +1,5 @@
 // balance_sim: runs the daemon's own placement and balancing policy (BestNode and
-// Balancer from noded/balance_policy.h) on 100 and 1,000 simulated nodes under a stream
+// Balancer from noded/balance/balance_policy.h) on 100 and 1,000 simulated nodes under a stream
 // of jobs, and compares it with random placement and with an all-knowing placement.
 //
 // The model:

@@ -361,21 +361,6 @@ TEST_F(MigrateTest, StreamCutLeavesJobRunning) {
   EXPECT_EQ(job.output, expected);
 }
 
-TEST_F(MigrateTest, FailedDumpLeavesJobRunning) {
-  std::string expected = UnmovedRun({2, 2}, false);
-  Job job = StartJob(input_, dir_ + "/append");
-  job.Step(2);
-  try {
-    Move(job, FaultPoints::Parse("dump-criu"));
-    ADD_FAILURE() << "move succeeded";
-  } catch (const Error& e) {
-    EXPECT_THAT(e.what(), HasSubstr("criu dump of job"));
-  }
-  job.Step(2);
-  EXPECT_EQ(job.Finish(), 0);
-  EXPECT_EQ(job.output, expected);
-}
-
 TEST_F(MigrateTest, FailedRestoreLeavesSourceRunningAndNothingHalfAlive) {
   std::string expected = UnmovedRun({2, 2, 2, 2}, false);
   Job job = StartJob(input_, dir_ + "/append");

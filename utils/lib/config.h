@@ -33,14 +33,14 @@ struct GossipConfig {
 };
 
 // Connections to the peer port before they prove the cluster key: a stranger may open
-// them, so each costs a bounded share and a bounded time (noded/peer_server.h).
+// them, so each costs a bounded share and a bounded time (noded/peers/peer_server.h).
 struct PeerConfig {
   int max_pending_per_source = 8;             // unauthenticated, from one address
   int max_pending = 64;                       // unauthenticated, in all
   std::chrono::milliseconds handshake{5000};  // the whole handshake, from accept
 };
 
-// The balancer (noded/balancer.h); the policy's finer knobs keep their defaults.
+// The balancer (noded/balance/balancer.h); the policy's finer knobs keep their defaults.
 struct BalanceConfig {
   bool automatic = true;                          // move jobs by load, memory and home I/O
   std::chrono::milliseconds interval{1000};       // one balancing round this often

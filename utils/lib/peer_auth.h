@@ -2,7 +2,7 @@
 // between nodes (file service, migration, job relay). Sans-I/O: the handshake objects
 // consume and produce bytes; PeerConnect/PeerAccept run one on a socket within one
 // deadline for the whole exchange (the daemon's PeerServer runs many at once on
-// non-blocking sockets, noded/peer_server.h).
+// non-blocking sockets, noded/peers/peer_server.h).
 //
 //   client -> server  "HWPEER02" | client nonce (32) | client X25519 public key (32) |
 //                     flags (1) | service length (1) | service

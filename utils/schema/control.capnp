@@ -121,7 +121,7 @@ struct NodeInfo {
   name @0 :Text;
   address @1 :Text;
   alive @2 :Bool;
-  # What gossip says of the node (noded/membership.h): the local node is listed too.
+  # What gossip says of the node (noded/gossip/membership.h): the local node is listed too.
   state @3 :Text;            # "alive", "suspect" or "dead"
   isSelf @4 :Bool;
   gossipPort @5 :UInt16;

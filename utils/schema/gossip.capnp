@@ -1,7 +1,7 @@
 # The gossip protocol: UDP datagrams between node daemons. Each datagram carries the
 # sender's own fresh record and a window of the freshest records it knows, each tagged
 # with its age, plus the SWIM probe fields (ping, ack, ping-req). The codec wraps this
-# message in a header and a MAC made with the cluster key (noded/gossip_codec.h).
+# message in a header and a MAC made with the cluster key (noded/gossip/gossip_codec.h).
 @0xb6c1e0f4a7d3c215;
 
 using Cxx = import "/capnp/c++.capnp";

@@ -1,7 +1,7 @@
 // Admission of unauthenticated peer connections: how many handshakes one address and
 // everyone together may hold open before proving the cluster key, until when, and how
 // refusals reach the log. Pure logic with time passed in, so the limits are tested
-// without sockets; noded/peer_server.h applies them.
+// without sockets; noded/peers/peer_server.h applies them.
 #pragma once
 
 #include <array>

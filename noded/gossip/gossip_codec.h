@@ -1,7 +1,7 @@
 // The gossip datagram codec: [header: magic, version, stamp][Cap'n Proto message][MAC].
 // The MAC is libsodium's crypto_auth (HMAC-SHA512-256) over header and payload with the
 // cluster key; the stamp (the sender's clock, strictly increasing) lets the receiver drop
-// replays (noded/gossip_replay.h). Decoding never throws and never keeps anything of a
+// replays (noded/gossip/gossip_replay.h). Decoding never throws and never keeps anything of a
 // datagram it drops: each drop is counted by reason, so that garbage costs a counter
 // increment and nothing more.
 #pragma once

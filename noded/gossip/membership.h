@@ -62,7 +62,7 @@ struct GossipMessage {
   std::string probe_name;
   Endpoint probe;
   // When the sender sent it: microseconds of its wall clock, strictly increasing per
-  // sender (the codec's header; the receiver drops replays by it, noded/gossip_replay.h).
+  // sender (the codec's header; the receiver drops replays by it, noded/gossip/gossip_replay.h).
   uint64_t stamp = 0;
 };
 

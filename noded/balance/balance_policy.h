@@ -1,6 +1,6 @@
 // The placement and load-balancing policy: where a new job should start, and which of a
 // node's jobs should move where. Pure logic, as membership.h is: the picture and the
-// jobs come in as values and time as milliseconds, so the daemon (noded/balancer.h) and
+// jobs come in as values and time as milliseconds, so the daemon (noded/balance/balancer.h) and
 // the simulator (bench/balance_sim.cc) run the same code.
 //
 // A node's worth to a process is the CPU it would get there: its speed times

@@ -1,7 +1,7 @@
 // PeerServer: the daemon's TCP endpoint for other nodes (address:peer_port). Before a
 // connection proves the cluster key it costs no thread: one gate thread runs every
 // pending handshake over non-blocking sockets with poll(), within the limits of
-// PeerConfig (per source address, in all, one deadline each; noded/peer_admission.h).
+// PeerConfig (per source address, in all, one deadline each; noded/peers/peer_admission.h).
 // Only an authenticated connection gets a thread, for the service it asked for
 // ("files", "jobs", "migration"), and an encrypted channel (secure_channel.h): the
 // service is handed the channel's plain end, never the TCP socket. A stranger gets nothing, and refusals are logged at a
