@@ -366,6 +366,74 @@ int MountProcOf(const char* pid) {
   return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
 }
 
+namespace {
+
+// Starts the user's program (pid 2) and waits until it has run exec; returns its pid, or
+// -1 once a failure to start it is reported.
+pid_t StartProgram(const Options& options) {
+  int exec_pipe[2];
+  if (pipe2(exec_pipe, O_CLOEXEC) != 0) Die("pipe");
+  pid_t program = fork();
+  if (program < 0) Die("fork");
+  if (program == 0) {
+    close(exec_pipe[0]);
+    RunProgram(options, exec_pipe[1]);
+  }
+  close(exec_pipe[1]);
+  char exec_error[256];
+  ssize_t n;
+  do {
+    n = read(exec_pipe[0], exec_error, sizeof exec_error - 1);
+  } while (n < 0 && errno == EINTR);
+  close(exec_pipe[0]);
+  if (n > 0) {
+    exec_error[n] = '\0';
+    int err = atoi(exec_error);
+    const char* step = strchr(exec_error, ' ');
+    waitpid(program, nullptr, 0);
+    Report("error " + std::to_string(err) + " cannot " + (step ? step + 1 : "run") + " " +
+           options.argv[0] + ": " + strerror(err));
+    return -1;
+  }
+  return program;
+}
+
+// Forwards every signal to the program while it lives (to the whole job after), and
+// reaps every process of the job; reports once nothing of the job is left.
+int Supervise(pid_t program, sigset_t all) {
+  bool program_done = false;
+  int program_status = 0;
+  for (;;) {
+    siginfo_t info;
+    int sig = sigwaitinfo(&all, &info);
+    if (sig < 0) continue;
+    if (sig == SIGCHLD) {
+      for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid == program) {
+          program_done = true;
+          program_status = status;
+        } else if (pid <= 0) {
+          if (pid < 0 && errno == ECHILD && program_done) {
+            if (WIFSIGNALED(program_status)) {
+              Report("signal " + std::to_string(WTERMSIG(program_status)));
+            } else {
+              Report("exit " + std::to_string(WEXITSTATUS(program_status)));
+            }
+            return 0;
+          }
+          break;
+        }
+      }
+      continue;
+    }
+    kill(program_done ? -1 : program, sig);
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   if ((argc == 3 || argc == 4) && std::string(argv[1]) == "--prepare-root") {
     bool own_network = argc == 4 && std::string(argv[3]) == "--own-network";
@@ -402,61 +470,7 @@ int main(int argc, char** argv) {
   sigset_t all;
   sigfillset(&all);
   sigprocmask(SIG_BLOCK, &all, nullptr);
-
-  int exec_pipe[2];
-  if (pipe2(exec_pipe, O_CLOEXEC) != 0) Die("pipe");
-  pid_t program = fork();
-  if (program < 0) Die("fork");
-  if (program == 0) {
-    close(exec_pipe[0]);
-    RunProgram(options, exec_pipe[1]);
-  }
-  close(exec_pipe[1]);
-  char exec_error[256];
-  ssize_t n;
-  do {
-    n = read(exec_pipe[0], exec_error, sizeof exec_error - 1);
-  } while (n < 0 && errno == EINTR);
-  close(exec_pipe[0]);
-  if (n > 0) {
-    exec_error[n] = '\0';
-    int err = atoi(exec_error);
-    const char* step = strchr(exec_error, ' ');
-    waitpid(program, nullptr, 0);
-    Report("error " + std::to_string(err) + " cannot " + (step ? step + 1 : "run") + " " +
-           options.argv[0] + ": " + strerror(err));
-    return 127;
-  }
-
-  // Forward every signal to the program while it lives (to the whole job after), and
-  // reap every process of the job; report once nothing of the job is left.
-  bool program_done = false;
-  int program_status = 0;
-  for (;;) {
-    siginfo_t info;
-    int sig = sigwaitinfo(&all, &info);
-    if (sig < 0) continue;
-    if (sig == SIGCHLD) {
-      for (;;) {
-        int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG);
-        if (pid == program) {
-          program_done = true;
-          program_status = status;
-        } else if (pid <= 0) {
-          if (pid < 0 && errno == ECHILD && program_done) {
-            if (WIFSIGNALED(program_status)) {
-              Report("signal " + std::to_string(WTERMSIG(program_status)));
-            } else {
-              Report("exit " + std::to_string(WEXITSTATUS(program_status)));
-            }
-            return 0;
-          }
-          break;
-        }
-      }
-      continue;
-    }
-    kill(program_done ? -1 : program, sig);
-  }
+  pid_t program = StartProgram(options);
+  if (program < 0) return 127;
+  return Supervise(program, all);
 }
