@@ -68,6 +68,21 @@ class ImageStreamTest : public ::testing::Test {
     ::rmdir(root_.c_str());
   }
 
+  // Sends `message` alone and closes, as a hostile or broken peer would; the receiver must
+  // refuse it as invalid, naming `why`, and leave no directory behind.
+  void ExpectRefused(capnp::MallocMessageBuilder& message, const std::string& why) {
+    WriteFrame(send_.get(), message);
+    send_.Reset();
+    try {
+      ReceiveImages(receive_.get(), target_);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+      EXPECT_THAT(e.what(), HasSubstr(why));
+    }
+    EXPECT_FALSE(Exists(target_));
+  }
+
   // Sends in a thread (closing the sending end afterwards, as a dying peer would) and
   // receives here; returns the sender's error, if any.
   std::string SendAndReceive(const SendOptions& options, ReceivedImages* received,
@@ -224,16 +239,7 @@ TEST_F(ImageStreamTest, PathTraversalInHeaderIsRefused) {
   header.setVersion(schema::MIGRATION_VERSION);
   auto files = header.initFiles(1);
   files[0].setName("../escape");
-  WriteFrame(send_.get(), message);
-  send_.Reset();
-  try {
-    ReceiveImages(receive_.get(), target_);
-    ADD_FAILURE() << "no error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
-    EXPECT_THAT(e.what(), HasSubstr("../escape"));
-  }
-  EXPECT_FALSE(Exists(target_));
+  ExpectRefused(message, "../escape");
   EXPECT_FALSE(Exists(root_ + "/escape"));
 }
 
@@ -248,16 +254,7 @@ TEST_F(ImageStreamTest, SizesThatWrapAroundAreRefused) {
   files[1].setName("one.img");
   files[1].setSize(1);
   header.setTotalBytes(0);
-  WriteFrame(send_.get(), message);
-  send_.Reset();
-  try {
-    ReceiveImages(receive_.get(), target_);
-    ADD_FAILURE() << "no error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
-    EXPECT_THAT(e.what(), HasSubstr("2^64"));
-  }
-  EXPECT_FALSE(Exists(target_));
+  ExpectRefused(message, "2^64");
 }
 
 TEST_F(ImageStreamTest, EmptyStreamIsDisconnected) {
