@@ -59,6 +59,9 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
   // A throw from here on leaves the init with `init` or the job, either of which kills
   // and reaps it.
   faults_.Check(Fault::kAdoptRestored);
+  job->OnCheckpointRequest([this, weak = std::weak_ptr<Job>(job)] {
+    if (auto asking = weak.lock()) CheckpointRequested(asking);
+  });
   job->Adopt(std::move(init), std::move(ends));
   return job;
 }

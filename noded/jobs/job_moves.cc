@@ -50,6 +50,9 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
     }
     if (verb == Verb::FREEZE) {
       Freeze(slot, it->second.here, std::move(reply));
+    } else if (request.getCheckpoint().size() == 0) {
+      // No directory named: one more in the job's own (mosrun -C).
+      CheckpointToPlan(slot, it->second.here, std::make_shared<ReplySender>(std::move(reply)));
     } else {
       Caller caller = reply.caller();
       Checkpoint(it->second.here, request.getCheckpoint(), caller, std::move(reply));
@@ -133,6 +136,7 @@ void JobRegistry::EndAway(int slot, const std::shared_ptr<Away>& away, const std
   // in the table is ended.
   auto it = jobs_.find(slot);
   if (it == jobs_.end() || it->second.away != away) return;
+  if (!why.empty() && !away->frozen && RestartLost(slot, away, why)) return;
   jobs_.erase(it);
   if (away->frozen) migrate::RemoveImageDir(away->frozen->dir);
   if (!why.empty()) {

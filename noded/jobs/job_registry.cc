@@ -111,6 +111,7 @@ JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
   launch.keep_home = spec.getKeepHome();
   launch.locked = spec.getLocked();
   launch.min_free_mb = spec.getMinFreeMb();
+  launch.checkpoint = PlanFrom(spec);
   launch.init_path = init_path_;
   launch.preload_path = preload_path_;
   return launch;
@@ -124,6 +125,9 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
   auto job =
       std::make_shared<Job>(loop_, std::move(launch), relay, [finished](Job&) { finished(); });
   *weak_job = job;
+  job->OnCheckpointRequest([this, weak = std::weak_ptr<Job>(job)] {
+    if (auto asking = weak.lock()) CheckpointRequested(asking);
+  });
   try {
     job->Start();
   } catch (const Error& e) {
@@ -147,6 +151,7 @@ void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
   launch.started_unix_ms = WallClockMs();
   int slot = FreeSlot();
   launch.pid_base = PidBase(slot);
+  PlanCheckpoints(slot, launch.identity, launch.checkpoint);
   std::string where = Place(launch, spec.getWhere(), spec.getPlaceBest());
   if (!where.empty() && where != config_.name) {
     StartAway(slot, std::move(launch), where, std::move(reply));
@@ -223,6 +228,7 @@ void JobRegistry::Start() {
               },
               0, 1000),
           "job counts timer");
+  StartCheckpointTimer();
 }
 
 void JobRegistry::ListJobs(ReplySender reply) const {

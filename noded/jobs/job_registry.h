@@ -27,6 +27,7 @@
 #include "config.h"
 #include "control_server.h"
 #include "fault.h"
+#include "fs_credentials.h"
 #include "image_stream.h"
 #include "job.h"
 #include "migration.h"
@@ -68,6 +69,9 @@ class JobRegistry {
   // A job moved on between guest nodes announces its new place; the connection becomes
   // its relay.
   void AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply);
+  // mosrun -R: restarts a job of the caller from the newest good checkpoint in a
+  // directory (job_checkpoints.cc); the connection becomes the job's relay.
+  void RestartJob(schema::RestartSpec::Reader spec, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
   // mosctl block, unblock, expel and bring.
@@ -212,6 +216,29 @@ class JobRegistry {
                  ReplySender& reply);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
 
+  // Checkpoints into a job's checkpoint directory (job_checkpoints.cc): what mosrun -C,
+  // -A, -N, -S asked for, by slot, for the job of that home pid.
+  struct PlannedCheckpoints {
+    pid_t home_pid = 0;
+    FsIdentity owner;  // the job's user: the directory is read and written as them
+    CheckpointPlan plan;
+    int64_t next_ms = 0;  // the loop's time of the next periodic one
+    bool busy = false;    // one is being written
+  };
+  static CheckpointPlan PlanFrom(schema::JobSpec::Reader spec);
+  JobLaunch RestartedLaunch(const struct CheckpointManifest& manifest) const;
+  void PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan);
+  // A job away whose end is `why` (its node lost): restarts it at home from its newest
+  // checkpoint, on the same mosrun. False when it has no checkpoint directory.
+  bool RestartLost(int slot, const std::shared_ptr<Away>& away, const std::string& why);
+  void StartCheckpointTimer();
+  void CheckpointTick();
+  // The job asked for a checkpoint itself (mosrun -S).
+  void CheckpointRequested(const std::shared_ptr<Job>& job);
+  // Writes a checkpoint of a job running here into its checkpoint directory; `reply`, when
+  // given, hears how it went.
+  void CheckpointToPlan(int slot, std::shared_ptr<Job> job, std::shared_ptr<ReplySender> reply);
+
   uv_loop_t* loop_;
   const NodeConfig& config_;
   ControlServer& control_;
@@ -232,6 +259,8 @@ class JobRegistry {
   UvHandle<uv_async_t> restored_wakeup_;
   std::mutex restored_mutex_;
   std::vector<Restored> restored_;
+  std::map<int, PlannedCheckpoints> checkpoint_plans_;
+  UvHandle<uv_timer_t> checkpoint_timer_;
 };
 
 }  // namespace homeward

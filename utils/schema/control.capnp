@@ -51,6 +51,9 @@ struct ControlRequest {
     # only the bytes it has not had, so bytes resent after a move are never doubled.
     jobInputEndAt @14 :UInt64;
     # mosrun's stdin ended after this many bytes: the job's stdin closes once it has them.
+    restartJob @15 :RestartSpec;
+    # mosrun -R: restart a job of the caller from the newest good checkpoint in a directory
+    # (mosrun -C). The connection then becomes the job's relay, as for startJob.
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -157,12 +160,30 @@ struct JobSpec {
   # Only on nodes with this much free memory, at start and when moved (mosrun -m).
   locked @7 :Bool;
   # Never move the job automatically (mosrun -L); by hand it still moves.
+  checkpointDir @8 :Text;
+  # Where the job's checkpoints go (mosrun -C, absolute); empty: none.
+  checkpointEveryMs @9 :UInt64;
+  # Take one every this many milliseconds (mosrun -A); 0: only on demand.
+  checkpointKeep @10 :UInt32;
+  # Keep the newest this many (mosrun -N); 0: keep all.
+  checkpointSignal @11 :Int32;
+  # A signal that, delivered to the job's main process, takes a checkpoint (mosrun -S).
+}
+
+struct RestartSpec {
+  dir @0 :Text;
+  # The job's checkpoint directory (absolute).
+  checkpointEveryMs @1 :UInt64;
+  checkpointKeep @2 :UInt32;
+  # Overrides of what the checkpoint recorded; 0 keeps it.
 }
 
 struct JobStarted {
   homePid @0 :Int32;
   # The id the user knows the job by: the pid of its mosrun at home.
   where @1 :Text;
+  restartedFrom @2 :Text;
+  # For a restarted job: which checkpoint it goes on from, and when that was taken.
 }
 
 struct JobOutput {
@@ -270,7 +291,8 @@ struct MigrateRequest {
     continue @4 :Void;
     # Restore a frozen job at home.
     checkpoint @5 :Text;
-    # Write the job's images to this directory (absolute, must not exist) and let it run on.
+    # Write the job's images to this directory (absolute, must not exist) and let it run on;
+    # empty: add one to the job's checkpoint directory (mosrun -C).
   }
 }
 
