@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <memory>
 
 #include <fmt/ranges.h>
@@ -204,8 +205,49 @@ void RemoveLeftover(int parent, const std::string& name, const FsIdentity& who) 
     for (const auto& entry : Entries(dir.get())) ::unlinkat(dir.get(), entry.c_str(), 0);
     (void)!::fchown(dir.get(), who.uid, who.gid);
   }
-  ScopedFsCredentials as_user(who);
-  ::unlinkat(parent, name.c_str(), AT_REMOVEDIR);
+  dir.Reset();
+  RemoveAsUser(parent, name, who);  // one a guest node wrote as the user
+}
+
+// The manifest's text: `manifest` and the images' sizes and hashes, sealed with `key`.
+std::string SealedManifest(const std::vector<uint8_t>& key, const CheckpointManifest& manifest,
+                           const json& files) {
+  json pipes = json::array();
+  for (const auto& pipe : manifest.pipes) pipes.push_back({pipe.inode, pipe.role});
+  json body = {{"number", manifest.number},
+               {"taken_unix_ms", manifest.taken_unix_ms},
+               {"launch", LaunchToJson(manifest.launch)},
+               {"pipes", pipes},
+               {"files", files}};
+  std::string text = body.dump();
+  return fmt::format("{} {}\n{}", kMagic, Seal(key, text), text);
+}
+
+// The number past every checkpoint in `parent`; partial ones a crash left are removed.
+uint64_t NextNumber(int parent, const FsIdentity& who) {
+  uint64_t last = 0;
+  for (const auto& name : Entries(parent)) {
+    bool partial = false;
+    uint64_t number = NumberOf(name, &partial);
+    last = std::max(last, number);
+    if (partial) RemoveLeftover(parent, name, who);
+  }
+  return last + 1;
+}
+
+// All but the newest `keep` (0: all) go, as the user.
+void Prune(int parent, uint32_t keep, const FsIdentity& who) {
+  if (keep == 0) return;
+  std::vector<uint64_t> numbers;
+  for (const auto& name : Entries(parent)) {
+    bool partial = false;
+    uint64_t number = NumberOf(name, &partial);
+    if (number && !partial) numbers.push_back(number);
+  }
+  std::sort(numbers.rbegin(), numbers.rend());
+  for (size_t i = keep; i < numbers.size(); ++i) {
+    RemoveAsUser(parent, fmt::format("ckpt-{}", numbers[i]), who);
+  }
 }
 
 }  // namespace
@@ -224,15 +266,8 @@ WrittenCheckpoint WriteCheckpoint(
     CheckpointManifest manifest,
     const std::function<migrate::DumpResult(const std::string&)>& dump) {
   Fd parent = OpenUserDir(dir, who, true);
-  uint64_t last = 0;
-  for (const auto& name : Entries(parent.get())) {
-    bool partial = false;
-    uint64_t number = NumberOf(name, &partial);
-    last = std::max(last, number);
-    if (partial) RemoveLeftover(parent.get(), name, who);
-  }
   WrittenCheckpoint written;
-  written.number = last + 1;
+  written.number = NextNumber(parent.get(), who);
   std::string final_name = fmt::format("ckpt-{}", written.number);
   written.path = dir + "/" + final_name;
   CheckpointDir images = CheckpointDir::Create(fmt::format("{}/.{}.partial", dir, final_name), who);
@@ -249,15 +284,7 @@ WrittenCheckpoint WriteCheckpoint(
     HW_SYSCALL(::fsync(file.get()), "write {}/{}", written.path, name);
     files.push_back({name, size, hash});
   }
-  json pipes = json::array();
-  for (const auto& pipe : manifest.pipes) pipes.push_back({pipe.inode, pipe.role});
-  json body = {{"number", manifest.number},
-               {"taken_unix_ms", manifest.taken_unix_ms},
-               {"launch", LaunchToJson(manifest.launch)},
-               {"pipes", pipes},
-               {"files", files}};
-  std::string text = body.dump();
-  std::string sealed = fmt::format("{} {}\n{}", kMagic, Seal(key, text), text);
+  std::string sealed = SealedManifest(key, manifest, files);
   {
     Fd file =
         Fd::Adopt(HW_SYSCALL(::openat(images.fd(), kManifest,
@@ -269,19 +296,64 @@ WrittenCheckpoint WriteCheckpoint(
   HW_SYSCALL(::fsync(images.fd()), "write {}", written.path);
   images.HandOver(final_name);
   ::fsync(parent.get());
-  // The newest `keep` stay; older ones go, as the user.
-  if (keep > 0) {
-    std::vector<uint64_t> numbers;
-    for (const auto& name : Entries(parent.get())) {
-      bool partial = false;
-      uint64_t number = NumberOf(name, &partial);
-      if (number && !partial) numbers.push_back(number);
+  Prune(parent.get(), keep, who);
+  return written;
+}
+
+WrittenCheckpoint PublishCheckpoint(const std::string& dir, const FsIdentity& who, uint32_t keep,
+                                    const std::vector<uint8_t>& key, CheckpointManifest manifest,
+                                    const std::string& image_dir) {
+  Fd parent = OpenUserDir(dir, who, true);
+  Fd images = Fd::Adopt(HW_SYSCALL(::open(image_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC),
+                                   "open {}", image_dir));
+  WrittenCheckpoint written;
+  written.number = NextNumber(parent.get(), who);
+  std::string final_name = fmt::format("ckpt-{}", written.number);
+  std::string partial = fmt::format(".{}.partial", final_name);
+  written.path = dir + "/" + final_name;
+  try {
+    Fd target_dir;
+    {
+      ScopedFsCredentials as_user(who);
+      HW_SYSCALL(::mkdirat(parent.get(), partial.c_str(), 0700), "create {}/{}", dir, partial);
+      target_dir = Fd::Adopt(HW_SYSCALL(
+          ::openat(parent.get(), partial.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC),
+          "open {}/{}", dir, partial));
     }
-    std::sort(numbers.rbegin(), numbers.rend());
-    for (size_t i = keep; i < numbers.size(); ++i) {
-      RemoveAsUser(parent.get(), fmt::format("ckpt-{}", numbers[i]), who);
+    manifest.number = written.number;
+    manifest.taken_unix_ms = WallClockMs();
+    json files = json::array();
+    auto create = [&](const std::string& name) {
+      ScopedFsCredentials as_user(who);
+      return Fd::Adopt(
+          HW_SYSCALL(::openat(target_dir.get(), name.c_str(),
+                              O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600),
+                     "write {}/{}", written.path, name));
+    };
+    for (const auto& name : Entries(images.get())) {
+      Fd source = Fd::Adopt(
+          HW_SYSCALL(::openat(images.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC),
+                     "open {}", name));
+      Fd target = create(name);
+      uint64_t size = 0;
+      std::string hash = HashFile(source.get(), name, target.get(), &size);
+      HW_SYSCALL(::fsync(target.get()), "write {}/{}", written.path, name);
+      files.push_back({name, size, hash});
     }
+    {
+      Fd file = create(kManifest);
+      WriteAllTo(file.get(), SealedManifest(key, manifest, files), written.path + "/" + kManifest);
+      HW_SYSCALL(::fsync(file.get()), "write {}/{}", written.path, kManifest);
+    }
+    ScopedFsCredentials as_user(who);
+    HW_SYSCALL(::renameat2(parent.get(), partial.c_str(), parent.get(), final_name.c_str(),
+                           RENAME_NOREPLACE),
+               "name the checkpoint {}", written.path);
+  } catch (...) {
+    RemoveAsUser(parent.get(), partial, who);
+    throw;
   }
+  Prune(parent.get(), keep, who);
   return written;
 }
 

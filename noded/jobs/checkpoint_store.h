@@ -50,6 +50,15 @@ WrittenCheckpoint WriteCheckpoint(
     CheckpointManifest manifest,
     const std::function<migrate::DumpResult(const std::string&)>& dump);
 
+// The same, for a job running on a node that is not its home: `dir` is the job's
+// checkpoint directory as this node sees the home's tree (through homefs), and everything
+// in it is written as `who`, so the home's file server applies the user's rights; the
+// images come from `image_dir`, a local dump, and are hashed as they are copied, so the
+// seal covers what was dumped whatever happens to the files on the way.
+WrittenCheckpoint PublishCheckpoint(const std::string& dir, const FsIdentity& who, uint32_t keep,
+                                    const std::vector<uint8_t>& key, CheckpointManifest manifest,
+                                    const std::string& image_dir);
+
 // Finds the newest checkpoint in `dir` that is complete, sealed with `key` and of user
 // `who.uid` (any user's when `any_user`, for root), reading as `who`, and copies its
 // images into `copy_dir` (root's, empty), checking each against the manifest as it is

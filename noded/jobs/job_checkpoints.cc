@@ -127,17 +127,27 @@ void JobRegistry::CheckpointTick() {
     }
     PlannedCheckpoints& planned = it->second;
     bool due = planned.plan.every_ms > 0 && now >= planned.next_ms;
-    // Only a job running at home is checkpointed; one away or frozen waits for its turn.
-    if (due && !planned.busy && entry->second.here &&
-        entry->second.here->state() == JobState::RUNNING) {
-      planned.next_ms = now + planned.plan.every_ms;
-      try {
-        CheckpointToPlan(it->first, entry->second.here, nullptr);
-      } catch (const Error& e) {
-        spdlog::warn("job {}: no checkpoint: {}", home_pid, e.what());
-      }
+    if (planned.busy && planned.busy_until_ms && now > planned.busy_until_ms) {
+      planned.busy = false;  // the node of a job away never answered
+      planned.busy_until_ms = 0;
     }
+    // A job running at home is dumped here, one away by its node; a job frozen or moving
+    // waits for its next turn.
+    int slot = it->first;
     ++it;
+    if (!due || planned.busy) continue;
+    try {
+      if (entry->second.here && entry->second.here->state() == JobState::RUNNING) {
+        planned.next_ms = now + planned.plan.every_ms;
+        CheckpointToPlan(slot, entry->second.here, nullptr);
+      } else if (entry->second.away && !entry->second.away->frozen &&
+                 entry->second.away->protocol.record().state == move::State::kRunning) {
+        planned.next_ms = now + planned.plan.every_ms;
+        AskCheckpointAway(slot, entry->second.away, nullptr);
+      }
+    } catch (const Error& e) {
+      spdlog::warn("job {}: no checkpoint: {}", home_pid, e.what());
+    }
   }
 }
 
@@ -233,6 +243,150 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
     it->second.busy = false;
     job->set_migrating(false);
     throw;
+  }
+}
+
+void JobRegistry::AskCheckpointAway(int slot, const std::shared_ptr<Away>& away,
+                                    std::shared_ptr<ReplySender> reply) {
+  auto it = checkpoint_plans_.find(slot);
+  if (it == checkpoint_plans_.end() || it->second.home_pid != away->home_pid()) {
+    Fail(ErrorKind::kInvalidInput,
+         "job {} has no checkpoint directory (mosrun -C DIR); it runs on {}: mosmigrate {} home "
+         "first to checkpoint it into another directory",
+         away->home_pid(), away->where(), away->home_pid());
+  }
+  if (it->second.busy) {
+    Fail(ErrorKind::kOverloaded, "job {} is being checkpointed; try again", away->home_pid());
+  }
+  if (away->protocol.record().state != move::State::kRunning) {
+    Fail(ErrorKind::kOverloaded, "job {} is moving; try again", away->home_pid());
+  }
+  const CheckpointPlan& plan = it->second.plan;
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<schema::ControlRequest>();
+  root.setVersion(schema::CONTROL_VERSION);
+  auto migrate = root.initMigrateJob();
+  migrate.setHomePid(away->home_pid());
+  auto ask = migrate.initCheckpointAway();
+  ask.setDir(plan.dir);
+  ask.setKeep(plan.keep);
+  ask.setEveryMs(static_cast<uint64_t>(plan.every_ms));
+  ask.setSignal(plan.signal);
+  away->peer.Send(message);
+  it->second.busy = true;
+  it->second.busy_until_ms = static_cast<int64_t>(uv_now(loop_)) + 10 * 60 * 1000;
+  it->second.waiter = std::move(reply);
+}
+
+void JobRegistry::CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
+                                   schema::Checkpointed::Reader report) {
+  std::string path = report.getPath();
+  std::string error = report.getError();
+  if (error.empty()) {
+    spdlog::info("job {}: checkpoint {} written by node {}", away->home_pid(), path, away->where());
+  } else {
+    spdlog::warn("job {}: checkpoint on node {} failed: {}", away->home_pid(), away->where(),
+                 error);
+  }
+  auto it = checkpoint_plans_.find(slot);
+  if (it == checkpoint_plans_.end() || it->second.home_pid != away->home_pid()) return;
+  it->second.busy = false;
+  it->second.busy_until_ms = 0;
+  auto waiter = std::move(it->second.waiter);
+  if (!waiter) return;
+  if (!error.empty()) {
+    waiter->SendError(Error(ErrorKind::kFailed, fmt::format("checkpoint failed: {}", error)));
+    return;
+  }
+  MoveOutcome outcome;
+  outcome.where = path;
+  capnp::MallocMessageBuilder message;
+  BuildMigrated(message, outcome);
+  waiter->Send(message);
+}
+
+void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
+                                  schema::CheckpointAway::Reader request) {
+  CheckpointPlan plan;
+  plan.dir = request.getDir();
+  plan.keep = request.getKeep();
+  plan.every_ms = static_cast<int64_t>(request.getEveryMs());
+  plan.signal = request.getSignal();
+  auto answer = [job](const std::string& path, const std::string& error) {
+    capnp::MallocMessageBuilder message;
+    auto report = message.initRoot<schema::ControlReply>().initCheckpointed();
+    report.setPath(path);
+    report.setError(error);
+    job->relay().Send(message);
+  };
+  if (plan.dir.empty() || plan.dir[0] != '/' || plan.dir.find("/../") != std::string::npos) {
+    answer("", fmt::format("'{}' is not a checkpoint directory", plan.dir));
+    return;
+  }
+  if (JobState state = job->state(); state != JobState::RUNNING) {
+    answer("", fmt::format("the job is {}", JobStateName(state)));
+    return;
+  }
+  CheckpointManifest manifest;
+  manifest.launch = job->launch();
+  manifest.launch.checkpoint = plan;
+  manifest.launch.input = {};
+  manifest.pipes = job->pipe_roles();
+  const JobIdentity& id = manifest.launch.identity;
+  FsIdentity who{id.uid, id.gid, id.groups};
+  // The directory is a path of the home's tree, which this node sees through homefs.
+  std::string local_dir = job->launch().root + plan.dir;
+  auto key = CheckpointKey(config_.cluster_key);
+  std::string work_root = config_.state_dir + "/criu-work";
+  pid_t home_pid = job->home_pid();
+  auto written = std::make_shared<WrittenCheckpoint>();
+  job->set_migrating(true);
+  try {
+    DumpOffLoop(
+        job, migrate::AfterDump::kRun,
+        [local_dir, who, keep = plan.keep, key, manifest, work_root, home_pid, written](
+            pid_t init, migrate::DumpOptions options) {
+          // The dump goes to root's own state directory first, criu's log beside it.
+          ::mkdir(work_root.c_str(), 0700);
+          std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
+          HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
+          std::string images = fmt::format("{}/images-{}-XXXXXX", work_root, home_pid);
+          auto clean = [&] {
+            for (const auto& dir : {images, work}) {
+              try {
+                migrate::RemoveImageDir(dir);
+              } catch (const Error& e) {
+                spdlog::warn("{}", e.what());
+              }
+            }
+          };
+          migrate::DumpResult result;
+          try {
+            HW_SYSCALL(::mkdtemp(images.data()) ? 0 : -1, "create {}", images);
+            options.work_dir = work;
+            result = migrate::Dump(init, images, options);
+            *written = PublishCheckpoint(local_dir, who, keep, key, manifest, images);
+          } catch (...) {
+            clean();
+            throw;
+          }
+          clean();
+          return result;
+        },
+        [job, answer, dir = plan.dir, written](const DumpOutcome& result) {
+          job->set_migrating(false);
+          if (!result.error.empty()) {
+            spdlog::warn("guest {}: checkpoint failed: {}", job->home_pid(), result.error);
+            answer("", result.error);
+            return;
+          }
+          std::string path = fmt::format("{}/ckpt-{}", dir, written->number);
+          spdlog::info("guest {}: checkpoint written to {} at its home", job->home_pid(), path);
+          answer(path, "");
+        });
+  } catch (const Error& e) {
+    job->set_migrating(false);
+    answer("", e.what());
   }
 }
 

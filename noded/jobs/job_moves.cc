@@ -37,6 +37,12 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
       Continue(slot, it->second.away, std::move(reply));
       return;
     }
+    if (verb == Verb::CHECKPOINT && request.getCheckpoint().size() == 0 && it->second.away &&
+        !it->second.away->frozen) {
+      // One more in the job's own directory, written by the node it runs on.
+      AskCheckpointAway(slot, it->second.away, std::make_shared<ReplySender>(std::move(reply)));
+      return;
+    }
     if (!it->second.here) {
       Fail(ErrorKind::kInvalidInput,
            "job {} is {}; {} works on a job running at home (mosmigrate "

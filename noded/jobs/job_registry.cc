@@ -66,6 +66,10 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
         job->Signal(message.getJobSignal());
         break;
       case schema::ControlRequest::MIGRATE_JOB:
+        if (job->launch().guest && message.getMigrateJob().isCheckpointAway()) {
+          CheckpointGuest(job, message.getMigrateJob().getCheckpointAway());
+          break;
+        }
         if (!job->launch().guest || !message.getMigrateJob().isMoveTo()) {
           Fail(ErrorKind::kInvalidInput,
                "only a guest's home moves it, to a node, through its relay");

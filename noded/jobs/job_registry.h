@@ -224,6 +224,8 @@ class JobRegistry {
     CheckpointPlan plan;
     int64_t next_ms = 0;  // the loop's time of the next periodic one
     bool busy = false;    // one is being written
+    int64_t busy_until_ms = 0;  // a job away: its node's answer is given up after this
+    std::shared_ptr<ReplySender> waiter;  // mosmigrate, for a job away
   };
   static CheckpointPlan PlanFrom(schema::JobSpec::Reader spec);
   JobLaunch RestartedLaunch(const struct CheckpointManifest& manifest) const;
@@ -238,6 +240,13 @@ class JobRegistry {
   // Writes a checkpoint of a job running here into its checkpoint directory; `reply`, when
   // given, hears how it went.
   void CheckpointToPlan(int slot, std::shared_ptr<Job> job, std::shared_ptr<ReplySender> reply);
+  // A job away: its node dumps it and writes the checkpoint into its directory through
+  // homefs, as the user (CheckpointGuest there), and answers on the relay (CheckpointedAway).
+  void AskCheckpointAway(int slot, const std::shared_ptr<Away>& away,
+                         std::shared_ptr<ReplySender> reply);
+  void CheckpointGuest(std::shared_ptr<Job> job, schema::CheckpointAway::Reader request);
+  void CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
+                        schema::Checkpointed::Reader report);
 
   uv_loop_t* loop_;
   const NodeConfig& config_;

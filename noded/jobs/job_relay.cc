@@ -143,6 +143,10 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
   StreamHandlers handlers;
   handlers.on_message = [this, slot, away, relay](IncomingMessage& incoming) {
     auto reply = incoming.Root<schema::ControlReply>();
+    if (reply.isCheckpointed()) {
+      CheckpointedAway(slot, away, reply.getCheckpointed());
+      return;
+    }
     if (reply.isError()) {
       Apply(slot, away, away->protocol.Refused(relay, reply.getError().getMessage().cStr()));
       return;

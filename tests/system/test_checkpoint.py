@@ -11,6 +11,7 @@ from it works."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import unittest
@@ -205,6 +206,13 @@ class CheckpointTest(unittest.TestCase):
                        set(before), 120, "a checkpoint of the job at its gate")
             c.wait_for(lambda: c.run("node1", "mosmigrate", str(pid), "node2",
                                      check=False).returncode == 0, 60, "the job to move")
+            # Away, it is checkpointed by node2, which writes into its directory at home
+            # through homefs, as the job's user; on demand too.
+            away = re.compile(r"checkpoint /data/lost/ck/ckpt-(\d+) written by node node2")
+            c.wait_for(lambda: away.search(c.log("node1")), 120, "a checkpoint taken on node2")
+            demand = c.wait_for(lambda: c.run("node1", "mosmigrate", str(pid), "checkpoint",
+                                              check=False).stdout, 60, "a checkpoint on demand")
+            self.assertRegex(demand, r"its checkpoint is in /data/lost/ck/ckpt-\d+")
             # node2 is lost whole: its daemon and every process in its cgroup.
             deadline = harness.time.time() + 20
             while True:
@@ -229,8 +237,12 @@ class CheckpointTest(unittest.TestCase):
                                               check=False).stdout, 120, "the job to end")
             err = c.run("node1", "cat", "/data/lost/err").stdout
             self.assertEqual(status, "0\n", err)
-            self.assertRegex(err, r"mosrun: job restarted from checkpoint \d+ of /data/lost/ck, "
-                                  r"taken .* UTC, at home \(lost contact with node node2")
+            restarted = re.search(r"mosrun: job restarted from checkpoint (\d+) of /data/lost/ck, "
+                                  r"taken .* UTC, at home \(lost contact with node node2", err)
+            self.assertTrue(restarted, err)
+            # From the newest, one node2 wrote.
+            written = [int(n) for n in away.findall(c.log("node1"))]
+            self.assertGreaterEqual(int(restarted.group(1)), max(written))
             self.assertEqual(c.run("node1", "cat", "/data/lost/out").stdout,
                              c.run("node1", "cat", "/data/lost/plain").stdout)
             self.assertEqual(c.zombies("node1"), [])

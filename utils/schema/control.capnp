@@ -80,10 +80,19 @@ struct ControlReply {
     # From the job's node: the job's stdin has every byte of input before this offset
     # (written to the pipe). mosrun keeps the bytes from there on, at most inputWindow.
     jobInputResume @12 :InputResume;
+    checkpointed @13 :Checkpointed;
+    # From the node a job away runs on, on the job's relay: how the checkpoint its home
+    # asked for (migrateJob with checkpointAway) went.
     # From the job's node, once the job arrived there (restored after a move, or
     # continued): its input goes on from `offset`; mosrun sends again what it holds from
     # there, and its end of input unless `ended`.
   }
+}
+
+struct Checkpointed {
+  path @0 :Text;
+  # The checkpoint written, or empty when it failed.
+  error @1 :Text;
 }
 
 struct InputChunk {
@@ -293,7 +302,18 @@ struct MigrateRequest {
     checkpoint @5 :Text;
     # Write the job's images to this directory (absolute, must not exist) and let it run on;
     # empty: add one to the job's checkpoint directory (mosrun -C).
+    checkpointAway @6 :CheckpointAway;
+    # On a guest's relay, from its home: add a checkpoint to the job's checkpoint directory
+    # (a path of the home's tree), written through homefs with the user's rights; answered
+    # on the relay with checkpointed.
   }
+}
+
+struct CheckpointAway {
+  dir @0 :Text;
+  keep @1 :UInt32;
+  everyMs @2 :UInt64;
+  signal @3 :Int32;
 }
 
 struct Migrated {
