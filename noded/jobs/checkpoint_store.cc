@@ -139,7 +139,8 @@ json LaunchToJson(const JobLaunch& launch) {
           {"started_unix_ms", launch.started_unix_ms},
           {"checkpoint_every_ms", launch.checkpoint.every_ms},
           {"checkpoint_keep", launch.checkpoint.keep},
-          {"checkpoint_signal", launch.checkpoint.signal}};
+          {"checkpoint_signal", launch.checkpoint.signal},
+          {"generation", launch.generation}};
 }
 
 JobLaunch LaunchFromJson(const json& j) {
@@ -167,6 +168,7 @@ JobLaunch LaunchFromJson(const json& j) {
   launch.checkpoint.every_ms = j.at("checkpoint_every_ms").get<int64_t>();
   launch.checkpoint.keep = j.at("checkpoint_keep").get<uint32_t>();
   launch.checkpoint.signal = j.at("checkpoint_signal").get<int>();
+  launch.generation = j.value("generation", 0u);
   return launch;
 }
 

@@ -82,6 +82,7 @@ struct JobLaunch {
   std::string preload_path;   // libmosix_preload.so, or empty when not built
   InputCarry input;           // a restored job's input, written to its new pipe first
   CheckpointPlan checkpoint;  // at home only: the job's checkpoints
+  uint32_t generation = 0;    // raised by each restart from a checkpoint (move::Record)
 };
 
 // The wall clock in milliseconds since the epoch: a job's start, as every node reads it.

@@ -4,6 +4,7 @@
 // docs/ARCHITECTURE.md.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstring>
 #include <ctime>
@@ -455,6 +456,8 @@ bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const
         JobLaunch launch = RestartedLaunch(outcome->manifest);
         launch.identity.home_pid = away->home_pid();
         launch.checkpoint = plan;
+        // A new run: a copy of the old one that comes back is refused (fencing).
+        launch.generation = std::max(launch.generation, away->protocol.record().generation) + 1;
         auto weak_job = std::make_shared<std::weak_ptr<Job>>();
         std::shared_ptr<Job> job;
         try {
@@ -538,6 +541,7 @@ void JobRegistry::RestartJob(schema::RestartSpec::Reader spec, ReplySender reply
           return;
         }
         JobLaunch launch = RestartedLaunch(outcome->manifest);
+        launch.generation += 1;  // a new run of the job
         // The new mosrun is the job's deputy now: mosps lists the job by its pid. The
         // job's own processes keep the ids they had (see ARCHITECTURE.md).
         launch.identity.home_pid = caller_id.home_pid;

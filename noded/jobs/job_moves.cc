@@ -93,6 +93,14 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
   for (auto& [slot, entry] : jobs_) {
     if (!entry.away || entry.away->home_pid() != attach.getHomePid()) continue;
     auto away = entry.away;
+    if (attach.getGeneration() != away->protocol.record().generation) {
+      // Fencing: the job was restarted from a checkpoint since this copy left; its node
+      // kills it when its relay closes.
+      Fail(ErrorKind::kPermissionDenied,
+           "job {} on {} is a copy of run {}, but the job was restarted (run {}): refused",
+           attach.getHomePid(), attach.getNode().cStr(), attach.getGeneration(),
+           away->protocol.record().generation);
+    }
     auto step = away->protocol.Arrived(attach.getNode());
     if (!step) break;
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));

@@ -174,6 +174,7 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   }
   launch.identity = ReadIdentity(spec.getIdentity());
   launch.pid_base = spec.getPidBase();
+  launch.generation = spec.getGeneration();
   launch.started_unix_ms = static_cast<int64_t>(spec.getStartedUnixMs());
   launch.home_host = spec.getHomeHost();
   launch.home_port = spec.getHomePort();

@@ -256,12 +256,16 @@ struct GuestSpec {
   reattach @6 :Bool;
   # The job comes from a node other than its home: once restored, its new node connects
   # to the home (attachGuest) and that connection becomes the job's relay.
+  generation @8 :UInt32;
+  # Which run of the job: raised by each restart from a checkpoint (move::Record).
 }
 
 struct AttachGuest {
   homePid @0 :Int32;
   node @1 :Text;
   # The node the job now runs on.
+  generation @2 :UInt32;
+  # The run of the job this copy belongs to: a copy of an older run is refused.
 }
 
 struct JobIdentity {
