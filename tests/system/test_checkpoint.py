@@ -78,6 +78,12 @@ class CheckpointTest(unittest.TestCase):
                                                capture_output=True))
         self.uid = int(subprocess.run(["id", "-u", self.user], capture_output=True, text=True,
                                       check=True).stdout)
+        # Another ordinary user, who must not restart the first one's job.
+        self.other = "hwother" + str(os.getpid() % 100000)
+        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
+                        self.other], check=True, capture_output=True)
+        self.addCleanup(lambda: subprocess.run(["userdel", "--force", self.other],
+                                               capture_output=True))
 
     def as_user(self, command):
         return ["runuser", "-u", self.user, "--", "sh", "-c", command]
@@ -130,6 +136,14 @@ class CheckpointTest(unittest.TestCase):
                 f"cd /data/u/ckpts && cp -r {newest} ckpt-999 && "
                 "for f in ckpt-999/pstree.img; do printf x | dd of=$f bs=1 seek=20 "
                 "conv=notrunc 2>/dev/null; done"))
+            # Another user who can read them (the owner made them readable) cannot restart
+            # them: the daemon restores only a job of the caller's own.
+            c.run("node1", *self.as_user("chmod -R a+rX /data/u/ckpts"))
+            stolen = c.run("node1", "runuser", "-u", self.other, "--", "sh", "-c",
+                           "cd /tmp && mosrun -R /data/u/ckpts", check=False, timeout=120)
+            self.assertEqual(stolen.returncode, 255, stolen.stdout + stolen.stderr)
+            self.assertIn(f"it is a job of uid {self.uid}", stolen.stderr)
+            self.assertEqual(stolen.stdout, "")
             c.run("node1", "touch", "/data/u/go")
             restarted = c.run("node1", *self.as_user("cd /data/u && mosrun -R ckpts"),
                               timeout=120)
