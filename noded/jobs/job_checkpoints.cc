@@ -122,16 +122,25 @@ void JobRegistry::CheckpointTick() {
                      : entry->second.here ? entry->second.here->home_pid()
                      : entry->second.away ? entry->second.away->home_pid()
                                           : 0;
-    if (home_pid != it->second.home_pid) {
+    // A mosmigrate waiting for the node of a job away hears once the job is gone, or its
+    // node never answered; a job back home has left that node's answer behind.
+    bool away = entry != jobs_.end() && entry->second.away && !entry->second.away->frozen;
+    PlannedCheckpoints& planned = it->second;
+    bool overdue = planned.busy_until_ms && now > planned.busy_until_ms;
+    if (planned.busy_until_ms && (home_pid != planned.home_pid || overdue || !away)) {
+      if (planned.waiter) {
+        planned.waiter->SendError(
+            Error(ErrorKind::kDisconnected, "checkpoint failed: the job's node did not answer"));
+        planned.waiter.reset();
+      }
+      planned.busy = false;
+      planned.busy_until_ms = 0;
+    }
+    if (home_pid != planned.home_pid) {
       it = checkpoint_plans_.erase(it);  // the job has ended
       continue;
     }
-    PlannedCheckpoints& planned = it->second;
     bool due = planned.plan.every_ms > 0 && now >= planned.next_ms;
-    if (planned.busy && planned.busy_until_ms && now > planned.busy_until_ms) {
-      planned.busy = false;  // the node of a job away never answered
-      planned.busy_until_ms = 0;
-    }
     // A job running at home is dumped here, one away by its node; a job frozen or moving
     // waits for its next turn.
     int slot = it->first;
@@ -391,6 +400,24 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
   }
 }
 
+void JobRegistry::PlaceRestarted(int slot, const std::shared_ptr<Job>& job,
+                                 const std::string& where, bool best) {
+  pid_t home_pid = job->home_pid();
+  try {
+    std::string target = Place(job->launch(), where, best);
+    if (target.empty() || target == config_.name) return;
+    MoveFromHome(slot, job, target, [home_pid, target](const MoveOutcome& outcome) {
+      if (outcome.error.empty()) {
+        spdlog::info("job {}: restarted, now runs on {}", home_pid, target);
+      } else {
+        spdlog::warn("job {}: restarted at home; it stays there: {}", home_pid, outcome.error);
+      }
+    });
+  } catch (const Error& e) {
+    spdlog::warn("job {}: restarted at home; it stays there: {}", home_pid, e.what());
+  }
+}
+
 JobLaunch JobRegistry::RestartedLaunch(const CheckpointManifest& manifest) const {
   JobLaunch launch = manifest.launch;
   launch.home = config_.name;
@@ -409,7 +436,13 @@ bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const
       !away->mosrun.open()) {
     return false;
   }
+  if (planned->second.waiter) {
+    planned->second.waiter->SendError(
+        Error(ErrorKind::kDisconnected, fmt::format("checkpoint failed: {}", why)));
+    planned->second.waiter.reset();
+  }
   planned->second.busy = true;  // no periodic one meanwhile
+  planned->second.busy_until_ms = 0;
   CheckpointPlan plan = planned->second.plan;
   FsIdentity who = planned->second.owner;
   pid_t home_pid = away->home_pid();
@@ -532,6 +565,7 @@ void JobRegistry::RestartJob(schema::RestartSpec::Reader spec, ReplySender reply
         RestoreFromDir(*outcome, dir, who, any_user, key, copy, init_path, faults);
       },
       [this, alive = alive_, outcome, relay, weak_job, dir, caller_id,
+       where = std::string(spec.getWhere()), best = spec.getPlaceBest(),
        spec_every = spec.getCheckpointEveryMs(), spec_keep = spec.getCheckpointKeep()]() mutable {
         if (!*alive) return;
         if (!relay.open()) return;  // mosrun left: the restored job is killed and reaped
@@ -586,6 +620,7 @@ void JobRegistry::RestartJob(schema::RestartSpec::Reader spec, ReplySender reply
         started.setRestartedFrom(from);
         relay.Send(message);
         if (on_change_) on_change_();
+        if (!where.empty() || best) PlaceRestarted(slot, job, where, best);
       });
   if (status < 0) {
     migrate::RemoveImageDir(copy);

@@ -229,6 +229,9 @@ class JobRegistry {
   };
   static CheckpointPlan PlanFrom(schema::JobSpec::Reader spec);
   JobLaunch RestartedLaunch(const struct CheckpointManifest& manifest) const;
+  // A job restarted at home goes on to `where` (mosrun -R -r) or the best node (-b).
+  void PlaceRestarted(int slot, const std::shared_ptr<Job>& job, const std::string& where,
+                      bool best);
   void PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan);
   // A job away whose end is `why` (its node lost): restarts it at home from its newest
   // checkpoint, on the same mosrun. False when it has no checkpoint directory.

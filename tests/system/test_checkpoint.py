@@ -198,6 +198,36 @@ class CheckpointTest(unittest.TestCase):
             self.assertEqual(restarted.stdout, count(100, 199) + "done\n")
             self.assertEqual(c.zombies("node1"), [])
 
+    def test_restart_then_move_to_a_node(self):
+        with harness.LoopCluster(2) as c:
+            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                     check=False).returncode == 0, 30,
+                       "node2 to mount node1's files")
+            c.run("node1", "sh", "-c", f"mkdir -p /data/r && cat > /data/r/counter.sh "
+                                       f"<<'EOF'\n{COUNTER}EOF")
+            c.run("node1", "sh", "-c", "cd /data/r && (mosrun -C ck sh counter.sh > out1; "
+                                       "echo $? > status1) > /dev/null 2>&1 & echo started")
+            pid = self.job_pid(c)
+            c.wait_for(lambda: c.run("node1", "cat", "/data/r/out1").stdout == count(0, 99),
+                       60, "the job to wait at its gate")
+            c.wait_for(lambda: c.run("node1", "mosmigrate", str(pid), "checkpoint",
+                                     check=False).returncode == 0, 60, "a checkpoint")
+            c.run("node1", "kill", "-9", str(pid))
+            c.wait_for(lambda: c.run("node1", "cat", "/data/r/status1", check=False).stdout,
+                       60, "the job to end")
+            c.run("node1", "sh", "-c", "cd /data/r && (mosrun -R ck -r node2 > out2 2> err2; "
+                                       "echo $? > status2) > /dev/null 2>&1 & echo started")
+            def on_node2():
+                jobs = json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"]
+                return jobs and jobs[0]["where"] == "node2"
+            c.wait_for(on_node2, 60, "the restarted job to run on node2")
+            c.run("node1", "touch", "/data/r/go")
+            status = c.wait_for(lambda: c.run("node1", "cat", "/data/r/status2",
+                                              check=False).stdout, 60, "the job to end")
+            self.assertEqual(status, "0\n", c.run("node1", "cat", "/data/r/err2").stdout)
+            self.assertEqual(c.run("node1", "cat", "/data/r/out2").stdout,
+                             count(100, 199) + "done\n")
+
     def test_a_lost_nodes_job_restarts_at_home_from_its_checkpoint(self):
         settings = ["gossip.interval_ms=200", "gossip.suspect_ms=600", "gossip.dead_ms=1500"]
         with harness.LoopCluster(2, settings=settings) as c:

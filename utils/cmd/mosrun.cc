@@ -51,7 +51,7 @@ struct Options {
   fprintf(status ? stderr : stdout,
           "usage: mosrun [-h | -r NODE | -b] [-m MB] [-L | -l]\n"
           "              [-C DIR [-A MIN] [-N MAX] [-S SIG]] PROGRAM [ARGS...]\n"
-          "       mosrun -R DIR [-A MIN] [-N MAX]\n"
+          "       mosrun -R DIR [-r NODE | -b] [-A MIN] [-N MAX]\n"
           "Runs PROGRAM as a Homeward job whose home is this node.\n"
           "  -h        keep the job at home (never migrate it)\n"
           "  -r NODE   start the job on NODE\n"
@@ -65,8 +65,9 @@ struct Options {
           "  -N MAX    keep only the newest MAX checkpoints (default: all)\n"
           "  -S SIG    the signal SIG (a number or a name such as USR1), delivered to the\n"
           "            job's main process, takes a checkpoint instead\n"
-          "  -R DIR    restart the job from the newest good checkpoint in DIR, at home, its\n"
-          "            output to this mosrun; it goes on checkpointing into DIR\n"
+          "  -R DIR    restart the job from the newest good checkpoint in DIR, at home (then\n"
+          "            on NODE with -r, on the best node with -b), its output to this\n"
+          "            mosrun; it goes on checkpointing into DIR\n"
           "  --help    show this help\n");
   exit(status);
 }
@@ -180,10 +181,10 @@ Options Parse(int argc, char** argv) {
   for (int i = optind; i < argc; ++i) options.argv.emplace_back(argv[i]);
   if (!options.restart_dir.empty()) {
     if (!options.argv.empty() || !options.checkpoint_dir.empty() || options.checkpoint_signal ||
-        !options.where.empty() || options.best || options.keep_home) {
+        options.keep_home) {
       fprintf(stderr,
-              "mosrun: -R restarts the job its checkpoints hold, at home: it takes no "
-              "program and no -C, -S, -h, -r or -b\n");
+              "mosrun: -R restarts the job its checkpoints hold: it takes no program and no "
+              "-C, -S or -h\n");
       exit(2);
     }
     return options;
@@ -282,6 +283,8 @@ int Run(const Options& options) {
       spec.setDir(options.restart_dir);
       spec.setCheckpointEveryMs(options.checkpoint_every_ms);
       spec.setCheckpointKeep(options.checkpoint_keep);
+      spec.setWhere(options.where);
+      spec.setPlaceBest(options.best);
     });
   } else
     Send(fd, [&](auto request) {

@@ -185,6 +185,10 @@ struct RestartSpec {
   checkpointEveryMs @1 :UInt64;
   checkpointKeep @2 :UInt32;
   # Overrides of what the checkpoint recorded; 0 keeps it.
+  where @3 :Text;
+  placeBest @4 :Bool;
+  # Once restarted at home, move the job to this node (mosrun -R -r NODE), or to the node
+  # where it gets the most CPU (-b).
 }
 
 struct JobStarted {
