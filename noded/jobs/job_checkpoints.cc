@@ -161,7 +161,24 @@ void JobRegistry::CheckpointTick() {
   }
 }
 
+void JobRegistry::CheckpointAskedAway(int slot, const std::shared_ptr<Away>& away) {
+  auto it = checkpoint_plans_.find(slot);
+  if (it == checkpoint_plans_.end() || it->second.busy) return;  // none, or one under way
+  try {
+    AskCheckpointAway(slot, away, nullptr);
+  } catch (const Error& e) {
+    spdlog::warn("job {}: no checkpoint: {}", away->home_pid(), e.what());
+  }
+}
+
 void JobRegistry::CheckpointRequested(const std::shared_ptr<Job>& job) {
+  if (job->launch().guest) {
+    // The job's home keeps its checkpoint plan: it asks this node for the checkpoint.
+    capnp::MallocMessageBuilder message;
+    message.initRoot<schema::ControlReply>().setCheckpointAsked();
+    job->relay().Send(message);
+    return;
+  }
   for (auto& [slot, entry] : jobs_) {
     if (entry.here != job) continue;
     auto plan = checkpoint_plans_.find(slot);

@@ -250,6 +250,8 @@ class JobRegistry {
   void CheckpointGuest(std::shared_ptr<Job> job, schema::CheckpointAway::Reader request);
   void CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
                         schema::Checkpointed::Reader report);
+  // A job away asked for a checkpoint itself (mosrun -S); its node passed the word on.
+  void CheckpointAskedAway(int slot, const std::shared_ptr<Away>& away);
 
   uv_loop_t* loop_;
   const NodeConfig& config_;

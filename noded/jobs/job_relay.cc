@@ -150,6 +150,10 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       CheckpointedAway(slot, away, reply.getCheckpointed());
       return;
     }
+    if (reply.isCheckpointAsked()) {
+      CheckpointAskedAway(slot, away);
+      return;
+    }
     if (reply.isError()) {
       Apply(slot, away, away->protocol.Refused(relay, reply.getError().getMessage().cStr()));
       return;

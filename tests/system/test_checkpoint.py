@@ -40,6 +40,17 @@ while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done
 echo done
 """
 
+# The same, asking once it was moved (the file `moved`), where it runs then.
+ASKER_AWAY = r"""
+i=0
+while [ $i -lt 100 ]; do echo $i; i=$((i+1)); done
+while [ ! -e moved ]; do sleep 0.05; done
+kill -USR1 $$
+while [ ! -e ck/ckpt-1 ]; do sleep 0.05; done
+while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done
+echo done
+"""
+
 
 def count(first, last):
     return "".join(f"{i}\n" for i in range(first, last + 1))
@@ -227,6 +238,25 @@ class CheckpointTest(unittest.TestCase):
             self.assertEqual(status, "0\n", c.run("node1", "cat", "/data/r/err2").stdout)
             self.assertEqual(c.run("node1", "cat", "/data/r/out2").stdout,
                              count(100, 199) + "done\n")
+
+    def test_a_job_away_asks_for_a_checkpoint(self):
+        with harness.LoopCluster(2) as c:
+            c.run("node1", "sh", "-c", f"mkdir -p /data/aw && cat > /data/aw/asker.sh "
+                                       f"<<'EOF'\n{ASKER_AWAY}EOF")
+            c.run("node1", "sh", "-c", "cd /data/aw && (mosrun -C ck -S USR1 sh asker.sh > out; "
+                                       "echo $? > status) > /dev/null 2>&1 & echo started")
+            pid = self.job_pid(c)
+            c.wait_for(lambda: c.run("node1", "cat", "/data/aw/out").stdout == count(0, 99),
+                       60, "the job to wait at its gate")
+            c.wait_for(lambda: c.run("node1", "mosmigrate", str(pid), "node2",
+                                     check=False).returncode == 0, 60, "the job to move")
+            c.run("node1", "touch", "/data/aw/moved")
+            status = c.wait_for(lambda: c.run("node1", "cat", "/data/aw/status",
+                                              check=False).stdout, 60, "the job to end")
+            self.assertEqual(status, "0\n")
+            self.assertEqual(c.run("node1", "cat", "/data/aw/out").stdout,
+                             count(0, 199) + "done\n")
+            self.assertIn("checkpoint /data/aw/ck/ckpt-1 written by node node2", c.log("node1"))
 
     def test_a_lost_nodes_job_restarts_at_home_from_its_checkpoint(self):
         settings = ["gossip.interval_ms=200", "gossip.suspect_ms=600", "gossip.dead_ms=1500"]

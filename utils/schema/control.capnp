@@ -83,6 +83,8 @@ struct ControlReply {
     checkpointed @13 :Checkpointed;
     # From the node a job away runs on, on the job's relay: how the checkpoint its home
     # asked for (migrateJob with checkpointAway) went.
+    checkpointAsked @14 :Void;
+    # From the node a job away runs on: the job asked for a checkpoint (mosrun -S).
     # From the job's node, once the job arrived there (restored after a move, or
     # continued): its input goes on from `offset`; mosrun sends again what it holds from
     # there, and its end of input unless `ended`.
