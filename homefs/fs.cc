@@ -26,6 +26,13 @@ int64_t Ns(const timespec& t) {
   return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
 }
 
+// Whether the kernel sent an interrupt for the request (the caller got a signal). The
+// client asks only while the request is unanswered, so the request is still alive.
+InterruptProbe InterruptedProbe(const Request& r) {
+  fuse_req_t req = r.get();
+  return [req] { return fuse_req_interrupted(req) != 0; };
+}
+
 std::string Bytes(capnp::Data::Reader data) {
   return std::string(reinterpret_cast<const char*>(data.begin()), data.size());
 }
@@ -67,9 +74,9 @@ Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
 
 std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   auto p = std::make_unique<Prepared>();
-  p->generation = client_.WaitConnected();
-  if (p->generation == 0) {
-    r.Err(EIO);
+  // Hard mount: waits for the home as long as it takes, unless the caller is interrupted.
+  if (int err = client_.WaitConnected(&p->generation, InterruptedProbe(r))) {
+    r.Err(err);
     return nullptr;
   }
   p->rq.setOp(op);
@@ -237,9 +244,15 @@ fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_
     inode.remote_lookups = 1;
   }
   by_remote_[inode.remote] = ino;
+  inode.attr = ToStat(entry.getAttr());
+  inode.attr.st_ino = ino;
+  inode.has_attr = true;
   if (ino != FUSE_ROOT_ID) {
+    auto old = by_name_.find({inode.parent, inode.name});
+    if (old != by_name_.end() && old->second == ino) by_name_.erase(old);
     inode.parent = parent;
     inode.name = name;
+    by_name_[{parent, name}] = ino;
   }
   if (kernel) ++inode.lookups;
   return ino;
@@ -267,6 +280,8 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
     count = inode.remote_lookups;
     generation = inode.generation;
     by_key_.erase(inode.key);
+    auto name_it = by_name_.find({inode.parent, inode.name});
+    if (name_it != by_name_.end() && name_it->second == ino) by_name_.erase(name_it);
     auto remote_it = by_remote_.find(inode.remote);
     if (remote_it != by_remote_.end() && remote_it->second == ino) by_remote_.erase(remote_it);
     inodes_.erase(it);
@@ -284,15 +299,46 @@ fuse_entry_param Fs::EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const
 }
 
 template <typename Ok>
-void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok) {
+void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok, std::function<void(Request&)> stale) {
   auto shared = std::make_shared<Request>(std::move(r));
   uint64_t generation = p->generation;
-  client_.Send(p->message, generation, [shared, ok, generation](int err, IncomingMessage* message) {
-    if (err != 0) return shared->Err(err);
-    auto rs = message->Root<schema::ServerMessage>().getResponse();
-    if (rs.getError() != 0) return shared->Err(rs.getError());
-    ok(*shared, rs, generation);
-  });
+  auto interrupted = InterruptedProbe(*shared);
+  bool may_go_stale = static_cast<bool>(stale);
+  client_.Send(
+      p->message, generation,
+      [shared, ok, generation, stale = std::move(stale)](int err, IncomingMessage* message) {
+        if (err == ETIMEDOUT && !message && stale) return stale(*shared);
+        if (err != 0) return shared->Err(err);
+        auto rs = message->Root<schema::ServerMessage>().getResponse();
+        if (rs.getError() != 0) return shared->Err(rs.getError());
+        ok(*shared, rs, generation);
+      },
+      std::move(interrupted), may_go_stale);
+}
+
+// While the home is silent (a cut link), a few questions about objects this client has
+// seen are answered from what it last heard: attributes, lookups of known names, statfs.
+// Everything else waits (a hard mount). Without them nothing on this node could even
+// stat a file of the home -- CRIU, freezing a guest past the grace, included.
+void Fs::RememberAttr(fuse_ino_t ino, const struct stat& attr) {
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(ino);
+  if (it == inodes_.end()) return;
+  it->second.attr = attr;
+  it->second.attr.st_ino = ino;
+  it->second.has_attr = true;
+}
+
+std::optional<struct stat> Fs::CachedAttr(fuse_ino_t ino) {
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(ino);
+  if (it == inodes_.end() || !it->second.has_attr) return std::nullopt;
+  return it->second.attr;
+}
+
+void Fs::ForgetName(fuse_ino_t parent, const std::string& name) {
+  std::lock_guard lock(mutex_);
+  by_name_.erase({parent, name});
 }
 
 // ---------------------------------------------------------------------------------------
@@ -319,8 +365,14 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
   p->rq.setName(name);
   auto shared = std::make_shared<Request>(std::move(r));
   uint64_t generation = p->generation;
+  bool known;
+  {
+    std::lock_guard lock(mutex_);
+    known = by_name_.count({parent, name}) > 0;
+  }
   client_.Send(p->message, generation,
                [this, shared, parent, name, generation](int err, IncomingMessage* message) {
+                 if (err == ETIMEDOUT && !message) return StaleLookup(*shared, parent, name);
                  if (err != 0) return shared->Err(err);
                  auto rs = message->Root<schema::ServerMessage>().getResponse();
                  if (rs.getError() == ENOENT) {
@@ -332,16 +384,42 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
                  if (rs.getError() != 0) return shared->Err(rs.getError());
                  fuse_ino_t ino = Learn(rs.getEntry(), generation, parent, name, true);
                  shared->Entry(EntryParam(ino, rs.getEntry().getAttr()));
-               });
+               },
+               InterruptedProbe(*shared), known);
+}
+
+void Fs::StaleLookup(Request& r, fuse_ino_t parent, const std::string& name) {
+  fuse_entry_param e{};
+  {
+    std::lock_guard lock(mutex_);
+    auto it = by_name_.find({parent, name});
+    auto inode = it == by_name_.end() ? inodes_.end() : inodes_.find(it->second);
+    if (inode == inodes_.end() || !inode->second.has_attr) return r.Err(EIO);  // forgotten
+    ++inode->second.lookups;  // the kernel will forget it
+    e.ino = inode->first;
+    e.attr = inode->second.attr;
+  }
+  e.attr_timeout = 1.0;
+  e.entry_timeout = 1.0;
+  r.Entry(e);
 }
 
 void Fs::Getattr(Request r, fuse_ino_t ino, fuse_file_info* fi) {
   auto p = Prepare(r, Op::GETATTR);
   if (!p || !SetNode(r, *p, ino)) return;
   (void)fi;  // the node's own descriptor answers as well as the open file's
-  Call(std::move(r), std::move(p), [this](Request& r, auto rs, uint64_t) {
-    r.Attr(ToStat(rs.getEntry().getAttr()), options_.attr_timeout);
-  });
+  std::function<void(Request&)> stale;
+  if (auto cached = CachedAttr(ino)) {
+    stale = [attr = *cached](Request& r) { r.Attr(attr, 1.0); };
+  }
+  Call(
+      std::move(r), std::move(p),
+      [this, ino](Request& r, auto rs, uint64_t) {
+        struct stat st = ToStat(rs.getEntry().getAttr());
+        RememberAttr(ino, st);
+        r.Attr(st, options_.attr_timeout);
+      },
+      std::move(stale));
 }
 
 void Fs::Setattr(Request r, fuse_ino_t ino, const struct stat& attr, int to_set,
@@ -388,7 +466,10 @@ void Fs::Remove(Request r, Op op, fuse_ino_t parent, const std::string& name) {
   auto p = Prepare(r, op);
   if (!p || !SetNode(r, *p, parent)) return;
   p->rq.setName(name);
-  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+  Call(std::move(r), std::move(p), [this, parent, name](Request& r, auto, uint64_t) {
+    ForgetName(parent, name);
+    r.Err(0);
+  });
 }
 
 void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_t newparent,
@@ -401,7 +482,12 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
   p->rq.setFlags(flags);
-  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+  Call(std::move(r), std::move(p),
+       [this, parent, name, newparent, newname](Request& r, auto, uint64_t) {
+         ForgetName(parent, name);
+         ForgetName(newparent, newname);
+         r.Err(0);
+       });
 }
 
 void Fs::Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string& newname) {
@@ -536,7 +622,12 @@ void Fs::Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
 void Fs::Statfs(Request r, fuse_ino_t ino) {
   auto p = Prepare(r, Op::STATFS);
   if (!p || !SetNode(r, *p, ino)) return;
-  Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) {
+  std::function<void(Request&)> stale;
+  {
+    std::lock_guard lock(mutex_);
+    if (statfs_) stale = [st = *statfs_](Request& r) { r.Statfs(st); };
+  }
+  Call(std::move(r), std::move(p), [this](Request& r, auto rs, uint64_t) {
     auto s = rs.getStatfs();
     struct statvfs st {};
     st.f_bsize = s.getBsize();
@@ -549,8 +640,12 @@ void Fs::Statfs(Request r, fuse_ino_t ino) {
     st.f_favail = s.getFavail();
     st.f_fsid = s.getFsid();
     st.f_namemax = s.getNamemax();
+    {
+      std::lock_guard lock(mutex_);
+      statfs_ = st;
+    }
     r.Statfs(st);
-  });
+  }, std::move(stale));
 }
 
 void Fs::Access(Request r, fuse_ino_t ino, int mask) {
