@@ -213,7 +213,7 @@ void FileClient::ConnectionLoop() {
 
 void FileClient::TimerLoop() {
   auto tick = std::clamp(options_.timeout / 4, std::chrono::milliseconds(20),
-                         std::chrono::milliseconds(250));
+                         std::chrono::milliseconds(100));
   // A home that answers nothing at all while calls wait is hung (its kernel may still
   // acknowledge bytes, so TCP does not break the connection): soft, after three
   // timeouts; hard, after the grace, as for a cut link.
@@ -228,7 +228,9 @@ void FileClient::TimerLoop() {
     auto silent = Since(last_receive_);
     for (auto it = pending_.begin(); it != pending_.end();) {
       auto& p = it->second;
-      auto waited = std::min(silent, Since(p.sent));
+      // The home's silence, not the request's own wait: during a cut every new question
+      // the cache can answer is answered at the next tick, not 2 s later.
+      auto waited = silent;
       if (p.interrupted && EndsInterrupted(p.interrupted(), waited)) {
         interrupted.emplace_back(std::move(p.done), EINTR);
         it = pending_.erase(it);
@@ -259,6 +261,11 @@ void FileClient::TimerLoop() {
       ::shutdown(fd_, SHUT_RDWR);
     }
   }
+}
+
+bool FileClient::Silent() {
+  std::lock_guard lock(mutex_);
+  return stream_ && !pending_.empty() && GoesStale(true, Since(last_receive_));
 }
 
 int FileClient::WaitConnected(uint64_t* generation, const InterruptProbe& interrupted) {

@@ -96,6 +96,9 @@ class FileClient {
             InterruptProbe interrupted = {}, bool may_go_stale = false);
   // Sends a request the home does not answer (forget), if still on `generation`.
   void Post(capnp::MessageBuilder& message, uint64_t generation);
+  // Whether the home has been silent a while (kStaleAfter) with calls waiting: questions
+  // the cache can answer are answered from it rather than sent.
+  bool Silent();
   uint64_t generation() {
     std::lock_guard lock(mutex_);
     return stream_ ? generation_ : 0;

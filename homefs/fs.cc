@@ -2,6 +2,7 @@
 // it without waiting, and answers the kernel when the home's reply arrives.
 #include "fs.h"
 
+#include <fcntl.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -18,6 +19,13 @@ namespace {
 
 using Op = schema::FileOp;
 constexpr int kFhGenerationShift = 48;
+// A file opened while the home was silent is opened at the home only when it is read
+// (StaleOpen): its handle holds this in place of a generation, and the local node id.
+constexpr uint64_t kDeferred = 0xFFFF;
+
+bool IsDeferred(uint64_t fh) {
+  return (fh >> kFhGenerationShift) == kDeferred;
+}
 
 timespec Ts(int64_t ns) {
   return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
@@ -304,6 +312,7 @@ void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok, std::function<void(
   uint64_t generation = p->generation;
   auto interrupted = InterruptedProbe(*shared);
   bool may_go_stale = static_cast<bool>(stale);
+  if (may_go_stale && client_.Silent()) return stale(*shared);  // not even sent
   client_.Send(
       p->message, generation,
       [shared, ok, generation, stale = std::move(stale)](int err, IncomingMessage* message) {
@@ -370,6 +379,7 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
     std::lock_guard lock(mutex_);
     known = by_name_.count({parent, name}) > 0;
   }
+  if (known && client_.Silent()) return StaleLookup(*shared, parent, name);
   client_.Send(p->message, generation,
                [this, shared, parent, name, generation](int err, IncomingMessage* message) {
                  if (err == ETIMEDOUT && !message) return StaleLookup(*shared, parent, name);
@@ -426,7 +436,7 @@ void Fs::Setattr(Request r, fuse_ino_t ino, const struct stat& attr, int to_set,
                  fuse_file_info* fi) {
   auto p = Prepare(r, Op::SETATTR);
   if (!p || !SetNode(r, *p, ino)) return;
-  if (fi && !SetFh(r, *p, fi)) return;
+  if (fi && !IsDeferred(fi->fh) && !SetFh(r, *p, fi)) return;
   p->rq.setValid(static_cast<uint32_t>(to_set));
   p->rq.setMode(attr.st_mode);
   p->rq.setUid(attr.st_uid);
@@ -508,13 +518,65 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
   if (!p || !SetNode(r, *p, ino)) return;
   p->rq.setFlags(static_cast<uint32_t>(fi->flags));
   fuse_file_info copy = *fi;
-  Call(std::move(r), std::move(p), [copy](Request& r, auto rs, uint64_t gen) {
-    fuse_file_info fi = copy;
-    fi.fh = rs.getFh() | (gen << kFhGenerationShift);
-    // Close-to-open: data cached from an earlier open is dropped at each open, so a
-    // reader sees what any writer had closed before (as NFS promises).
-    fi.keep_cache = 0;
-    r.Open(fi);
+  // While the home is silent, root (the node's own CRIU, dumping a guest past the grace:
+  // it opens every file the job maps) may open a known file read-only without the home:
+  // the kernel's cached pages are kept and a read opens it at the home when it comes.
+  std::function<void(Request&)> stale;
+  if (!dir && fuse_req_ctx(r.get())->uid == 0 && (fi->flags & O_ACCMODE) == O_RDONLY &&
+      !(fi->flags & (O_TRUNC | O_CREAT)) && CachedAttr(ino)) {
+    stale = [copy, ino](Request& r) {
+      fuse_file_info fi = copy;
+      fi.fh = (kDeferred << kFhGenerationShift) | ino;
+      fi.keep_cache = 1;
+      r.Open(fi);
+    };
+  }
+  Call(
+      std::move(r), std::move(p),
+      [copy](Request& r, auto rs, uint64_t gen) {
+        fuse_file_info fi = copy;
+        fi.fh = rs.getFh() | (gen << kFhGenerationShift);
+        // Close-to-open: data cached from an earlier open is dropped at each open, so a
+        // reader sees what any writer had closed before (as NFS promises).
+        fi.keep_cache = 0;
+        r.Open(fi);
+      },
+      std::move(stale));
+}
+
+void Fs::ReadDeferred(Request r, fuse_ino_t ino, size_t size, off_t off) {
+  // Opened at the home now (waiting for it, as every call does), read, and closed.
+  auto p = Prepare(r, Op::OPEN);
+  if (!p || !SetNode(r, *p, ino)) return;
+  p->rq.setFlags(O_RDONLY);
+  std::optional<IncomingMessage> reply;
+  if (int err = client_.Call(p->message, p->generation, reply)) return r.Err(err);
+  auto opened = reply->Root<schema::ServerMessage>().getResponse();
+  if (opened.getError() != 0) return r.Err(opened.getError());
+  uint64_t fh = opened.getFh();
+  uint64_t generation = p->generation;
+  auto q = Prepare(r, Op::READ);
+  if (!q) return;
+  q->generation = generation;  // the handle is this connection's
+  q->rq.setFh(fh);
+  q->rq.setHasFh(true);
+  q->rq.setOffset(static_cast<uint64_t>(off));
+  q->rq.setSize(size);
+  auto release = [this, fh, generation] {
+    capnp::MallocMessageBuilder message(256);
+    auto rq = message.initRoot<schema::FileRequest>();
+    rq.setOp(Op::RELEASE);
+    rq.setFh(fh);
+    client_.Send(message, generation, [](int, IncomingMessage*) {});
+  };
+  auto shared = std::make_shared<Request>(std::move(r));
+  client_.Send(q->message, generation, [shared, release](int err, IncomingMessage* message) {
+    release();
+    if (err != 0) return shared->Err(err);
+    auto rs = message->Root<schema::ServerMessage>().getResponse();
+    if (rs.getError() != 0) return shared->Err(rs.getError());
+    auto data = rs.getData();
+    shared->Buf(data.begin(), data.size());
   });
 }
 
@@ -535,6 +597,9 @@ void Fs::Create(Request r, fuse_ino_t parent, const std::string& name, mode_t mo
 }
 
 void Fs::Read(Request r, size_t size, off_t off, fuse_file_info* fi) {
+  if (IsDeferred(fi->fh)) {
+    return ReadDeferred(std::move(r), fi->fh & ((1ull << kFhGenerationShift) - 1), size, off);
+  }
   auto p = Prepare(r, Op::READ);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOffset(static_cast<uint64_t>(off));
@@ -562,6 +627,7 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
 }
 
 void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
+  if (IsDeferred(fi->fh)) return r.Err(0);  // read-only, never opened at the home
   auto p = Prepare(r, op);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setFlags(flags);
@@ -570,7 +636,8 @@ void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
 
 void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   // The kernel does not wait for the answer's content; a file opened on a broken
-  // connection is already closed at the home.
+  // connection is already closed at the home, a deferred one never opened there.
+  if (IsDeferred(fi->fh)) return r.Err(0);
   uint64_t generation = fi->fh >> kFhGenerationShift;
   capnp::MallocMessageBuilder message(256);
   auto rq = message.initRoot<schema::FileRequest>();

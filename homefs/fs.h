@@ -120,6 +120,8 @@ class Fs {
   void ForgetName(fuse_ino_t parent, const std::string& name);
   // A lookup of a known name answered from the cache (the home stayed silent).
   void StaleLookup(Request& r, fuse_ino_t parent, const std::string& name);
+  // A read of a file opened while the home was silent.
+  void ReadDeferred(Request r, fuse_ino_t ino, size_t size, off_t off);
 
   FileClient& client_;
   FsOptions options_;
