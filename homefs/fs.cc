@@ -689,11 +689,16 @@ void Fs::Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
 void Fs::Statfs(Request r, fuse_ino_t ino) {
   auto p = Prepare(r, Op::STATFS);
   if (!p || !SetNode(r, *p, ino)) return;
-  std::function<void(Request&)> stale;
+  // Never asked before the home fell silent: sizes unknown, as statfs may answer (the
+  // kernel fills in the file system's type, which is what most callers want).
+  struct statvfs known {};
+  known.f_bsize = known.f_frsize = 4096;
+  known.f_namemax = 255;
   {
     std::lock_guard lock(mutex_);
-    if (statfs_) stale = [st = *statfs_](Request& r) { r.Statfs(st); };
+    if (statfs_) known = *statfs_;
   }
+  std::function<void(Request&)> stale = [known](Request& r) { r.Statfs(known); };
   Call(std::move(r), std::move(p), [this](Request& r, auto rs, uint64_t) {
     auto s = rs.getStatfs();
     struct statvfs st {};
