@@ -380,22 +380,23 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
     known = by_name_.count({parent, name}) > 0;
   }
   if (known && client_.Silent()) return StaleLookup(*shared, parent, name);
-  client_.Send(p->message, generation,
-               [this, shared, parent, name, generation](int err, IncomingMessage* message) {
-                 if (err == ETIMEDOUT && !message) return StaleLookup(*shared, parent, name);
-                 if (err != 0) return shared->Err(err);
-                 auto rs = message->Root<schema::ServerMessage>().getResponse();
-                 if (rs.getError() == ENOENT) {
-                   // A negative entry: the kernel may remember the name is absent.
-                   fuse_entry_param e{};
-                   e.entry_timeout = options_.entry_timeout;
-                   return shared->Entry(e);
-                 }
-                 if (rs.getError() != 0) return shared->Err(rs.getError());
-                 fuse_ino_t ino = Learn(rs.getEntry(), generation, parent, name, true);
-                 shared->Entry(EntryParam(ino, rs.getEntry().getAttr()));
-               },
-               InterruptedProbe(*shared), known);
+  client_.Send(
+      p->message, generation,
+      [this, shared, parent, name, generation](int err, IncomingMessage* message) {
+        if (err == ETIMEDOUT && !message) return StaleLookup(*shared, parent, name);
+        if (err != 0) return shared->Err(err);
+        auto rs = message->Root<schema::ServerMessage>().getResponse();
+        if (rs.getError() == ENOENT) {
+          // A negative entry: the kernel may remember the name is absent.
+          fuse_entry_param e{};
+          e.entry_timeout = options_.entry_timeout;
+          return shared->Entry(e);
+        }
+        if (rs.getError() != 0) return shared->Err(rs.getError());
+        fuse_ino_t ino = Learn(rs.getEntry(), generation, parent, name, true);
+        shared->Entry(EntryParam(ino, rs.getEntry().getAttr()));
+      },
+      InterruptedProbe(*shared), known);
 }
 
 void Fs::StaleLookup(Request& r, fuse_ino_t parent, const std::string& name) {
@@ -699,25 +700,28 @@ void Fs::Statfs(Request r, fuse_ino_t ino) {
     if (statfs_) known = *statfs_;
   }
   std::function<void(Request&)> stale = [known](Request& r) { r.Statfs(known); };
-  Call(std::move(r), std::move(p), [this](Request& r, auto rs, uint64_t) {
-    auto s = rs.getStatfs();
-    struct statvfs st {};
-    st.f_bsize = s.getBsize();
-    st.f_frsize = s.getFrsize();
-    st.f_blocks = s.getBlocks();
-    st.f_bfree = s.getBfree();
-    st.f_bavail = s.getBavail();
-    st.f_files = s.getFiles();
-    st.f_ffree = s.getFfree();
-    st.f_favail = s.getFavail();
-    st.f_fsid = s.getFsid();
-    st.f_namemax = s.getNamemax();
-    {
-      std::lock_guard lock(mutex_);
-      statfs_ = st;
-    }
-    r.Statfs(st);
-  }, std::move(stale));
+  Call(
+      std::move(r), std::move(p),
+      [this](Request& r, auto rs, uint64_t) {
+        auto s = rs.getStatfs();
+        struct statvfs st {};
+        st.f_bsize = s.getBsize();
+        st.f_frsize = s.getFrsize();
+        st.f_blocks = s.getBlocks();
+        st.f_bfree = s.getBfree();
+        st.f_bavail = s.getBavail();
+        st.f_files = s.getFiles();
+        st.f_ffree = s.getFfree();
+        st.f_favail = s.getFavail();
+        st.f_fsid = s.getFsid();
+        st.f_namemax = s.getNamemax();
+        {
+          std::lock_guard lock(mutex_);
+          statfs_ = st;
+        }
+        r.Statfs(st);
+      },
+      std::move(stale));
 }
 
 void Fs::Access(Request r, fuse_ino_t ino, int mask) {

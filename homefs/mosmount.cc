@@ -65,7 +65,8 @@ MountOptions ParseOptions(const std::vector<std::string>& lists) {
       } else {
         Fail(ErrorKind::kInvalidInput,
              "-o {}: unknown option (known: hard, soft, timeout, grace, attr_timeout, "
-             "entry_timeout)", key);
+             "entry_timeout)",
+             key);
       }
     }
   }
@@ -132,9 +133,9 @@ int Run(int argc, char** argv) {
   // Connections come from this node's address, as the daemon's do (peer_auth.h).
   SetPeerSourceAddress(config.address);
   ClientOptions client_options{
-      home.host, home.port, config.cluster_key,
-      std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000)), options.hard,
-      std::chrono::milliseconds(static_cast<int64_t>(options.grace_s * 1000))};
+      home.host,          home.port,
+      config.cluster_key, std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000)),
+      options.hard,       std::chrono::milliseconds(static_cast<int64_t>(options.grace_s * 1000))};
   FileClient client(client_options);
   std::optional<Fs> fs;
   try {

@@ -127,8 +127,7 @@ void HomeMounts::StartMount(const std::string& name, const std::string& target) 
   std::filesystem::create_directories(path, ec);
   if (ec) Fail(ErrorKind::kFailed, "cannot create {}: {}", path, ec.message());
   SpawnOptions spawn;
-  spawn.argv = {
-      options_.mosmount,
+  spawn.argv = {options_.mosmount,
                 "-f",
                 "-o",
                 fmt::format("timeout={},grace={}", options_.timeout_s, options_.grace_s),

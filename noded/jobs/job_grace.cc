@@ -53,8 +53,7 @@ void JobRegistry::FreezeOverdueGuests() {
 void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
   std::string frozen_root = config_.state_dir + "/frozen";
   ::mkdir(frozen_root.c_str(), 0700);
-  std::string dir =
-      fmt::format("{}/guest-{}-{}", frozen_root, job->launch().home, job->home_pid());
+  std::string dir = fmt::format("{}/guest-{}-{}", frozen_root, job->launch().home, job->home_pid());
   migrate::RemoveImageDir(dir);
   HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
   job->set_migrating(true);  // holds its input
@@ -145,10 +144,9 @@ void JobRegistry::ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen
           try {
             JobLaunch launch = frozen->launch;
             launch.reattach = false;  // it keeps its relay
-            job = AdoptRestored(std::move(launch), frozen->relay,
-                                std::move(result->restored->init),
-                                std::move(result->restored->ends),
-                                [this, id] { guests_.erase(id); });
+            job =
+                AdoptRestored(std::move(launch), frozen->relay, std::move(result->restored->init),
+                              std::move(result->restored->ends), [this, id] { guests_.erase(id); });
           } catch (const Error& e) {
             result->error = e.what();
           }

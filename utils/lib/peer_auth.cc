@@ -343,8 +343,8 @@ Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t
     ::setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     sockaddr_in local = Endpoint{source, 0}.ToSockaddr();
     if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&local), sizeof local) < 0) {
-      throw SystemError(errno, fmt::format("connect to {}: bind to this node's address {}", who,
-                                           source));
+      throw SystemError(errno,
+                        fmt::format("connect to {}: bind to this node's address {}", who, source));
     }
   }
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
