@@ -132,10 +132,13 @@ int Run(int argc, char** argv) {
 
   // Connections come from this node's address, as the daemon's do (peer_auth.h).
   SetPeerSourceAddress(config.address);
-  ClientOptions client_options{
-      home.host,          home.port,
-      config.cluster_key, std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000)),
-      options.hard,       std::chrono::milliseconds(static_cast<int64_t>(options.grace_s * 1000))};
+  ClientOptions client_options;
+  client_options.host = home.host;
+  client_options.port = home.port;
+  client_options.key = config.cluster_key;
+  client_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
+  client_options.hard = options.hard;
+  client_options.grace = std::chrono::milliseconds(static_cast<int64_t>(options.grace_s * 1000));
   FileClient client(client_options);
   std::optional<Fs> fs;
   try {
