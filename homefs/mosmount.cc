@@ -136,7 +136,8 @@ int Run(int argc, char** argv) {
   client_options.host = home.host;
   client_options.port = home.port;
   client_options.key = config.cluster_key;
-  client_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
+  client_options.timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
   client_options.hard = options.hard;
   client_options.grace = std::chrono::milliseconds(static_cast<int64_t>(options.grace_s * 1000));
   FileClient client(client_options);
