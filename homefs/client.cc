@@ -98,7 +98,7 @@ void FileClient::Start() {
   // survive fork: when mosmount has daemonized since the probe, the probe's connection
   // is closed and a new one made from this process.
   if (first_.valid() && probe_pid_ != ::getpid()) first_.Reset();
-  last_receive_ = Clock::now();
+  owed_since_.reset();
   connection_thread_ = std::thread([this] { ConnectionLoop(); });
   timer_thread_ = std::thread([this] { TimerLoop(); });
 }
@@ -154,7 +154,7 @@ void FileClient::ConnectionLoop() {
       stream_ = stream;
       fd_ = fd.get();
       ++generation_;
-      last_receive_ = Clock::now();
+      owed_since_.reset();
     }
     changed_.notify_all();
     if (!was_connected) spdlog::info("homefs: connected to {} again", options_.host);
@@ -168,7 +168,7 @@ void FileClient::ConnectionLoop() {
           uint64_t generation;
           {
             std::lock_guard lock(mutex_);
-            last_receive_ = Clock::now();
+            if (owed_since_) owed_since_ = Clock::now();  // the home is alive
             generation = generation_;
           }
           if (on_notice_) {
@@ -180,11 +180,16 @@ void FileClient::ConnectionLoop() {
         Callback done;
         {
           std::lock_guard lock(mutex_);
-          last_receive_ = Clock::now();
           auto it = pending_.find(server.getResponse().getId());
-          if (it == pending_.end()) continue;
-          done = std::move(it->second.done);
-          pending_.erase(it);
+          if (it != pending_.end()) {
+            done = std::move(it->second.done);
+            pending_.erase(it);
+          }
+          // Any answer (one the cache gave already too) shows the home alive; what is
+          // still pending is owed from now.
+          owed_since_.reset();
+          if (!pending_.empty()) owed_since_ = Clock::now();
+          if (!done) continue;
         }
         try {
           done(0, &*message);
@@ -204,6 +209,7 @@ void FileClient::ConnectionLoop() {
       std::lock_guard lock(mutex_);
       stream_.reset();
       fd_ = -1;
+      owed_since_.reset();
       lost.swap(pending_);
     }
     spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
@@ -221,11 +227,11 @@ void FileClient::TimerLoop() {
   std::unique_lock lock(mutex_);
   while (!stopping_) {
     changed_.wait_for(lock, tick, [&] { return stopping_; });
-    if (stopping_ || fd_ < 0 || pending_.empty()) continue;
+    if (stopping_ || fd_ < 0 || !owed_since_) continue;
     // Calls whose callers were interrupted (Ctrl-C) while the home is silent end now,
     // and those the cache may answer are answered from it.
     std::vector<std::pair<Callback, int>> interrupted;
-    auto silent = Since(last_receive_);
+    auto silent = Since(*owed_since_);
     for (auto it = pending_.begin(); it != pending_.end();) {
       auto& p = it->second;
       // The home's silence, not the request's own wait: during a cut every new question
@@ -253,11 +259,9 @@ void FileClient::TimerLoop() {
       lock.lock();
       continue;
     }
-    auto now = Clock::now();
-    if (now - last_receive_ > hung) {
-      spdlog::warn(
-          "homefs: {} has answered nothing for {} ms; reconnecting", options_.host,
-          std::chrono::duration_cast<std::chrono::milliseconds>(now - last_receive_).count());
+    if (Since(*owed_since_) > hung) {
+      spdlog::warn("homefs: {} has answered nothing for {} ms; reconnecting", options_.host,
+                   Since(*owed_since_).count());
       ::shutdown(fd_, SHUT_RDWR);
     }
   }
@@ -265,7 +269,7 @@ void FileClient::TimerLoop() {
 
 bool FileClient::Silent() {
   std::lock_guard lock(mutex_);
-  return stream_ && !pending_.empty() && GoesStale(true, Since(last_receive_));
+  return stream_ && owed_since_ && GoesStale(true, Since(*owed_since_));
 }
 
 int FileClient::WaitConnected(uint64_t* generation, const InterruptProbe& interrupted) {
@@ -296,7 +300,7 @@ void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callb
     }
     stream = stream_;
     id = next_id_++;
-    if (pending_.empty()) last_receive_ = Clock::now();
+    if (!owed_since_) owed_since_ = Clock::now();
     pending_[id] = Pending{std::move(done), Clock::now(), std::move(interrupted), may_go_stale};
   }
   message.getRoot<schema::FileRequest>().setId(id);

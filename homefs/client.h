@@ -131,7 +131,11 @@ class FileClient {
   uint64_t generation_ = 0;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Pending> pending_;
-  std::chrono::steady_clock::time_point last_receive_;
+  // Since when the home has owed an answer and given none: set by a request sent while
+  // nothing was owed, moved on by every message from the home, cleared when nothing is
+  // pending after one. A request the client answered itself (EINTR, from the cache) stays
+  // owed, so a silent home stays silent however many requests are answered locally.
+  std::optional<std::chrono::steady_clock::time_point> owed_since_;
   bool stopping_ = false;
   std::thread connection_thread_;
   std::thread timer_thread_;
