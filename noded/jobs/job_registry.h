@@ -28,6 +28,7 @@
 #include "control_server.h"
 #include "fault.h"
 #include "fs_credentials.h"
+#include "home_grace.h"
 #include "image_stream.h"
 #include "job.h"
 #include "migration.h"
@@ -89,6 +90,11 @@ class JobRegistry {
   void OnPlaced(std::function<void(const std::string& node)> callback) {
     on_placed_ = std::move(callback);
   }
+  // Gossip's word on another node, as a home of guests here: unreachable (declared dead)
+  // or back. Guests whose home stays unreachable for [recovery] home_grace_s are frozen
+  // to this node's disk, and continued here when it is back (job_grace.cc).
+  void HomeUnreachable(const std::string& home);
+  void HomeReachable(const std::string& home);
   // Whether this node refuses guests (mosctl block); read from peer threads too.
   bool blocked() const { return blocked_; }
   void KillAll();
@@ -252,6 +258,20 @@ class JobRegistry {
                         schema::Checkpointed::Reader report);
   // A job away asked for a checkpoint itself (mosrun -S); its node passed the word on.
   void CheckpointAskedAway(int slot, const std::shared_ptr<Away>& away);
+  // A guest frozen here while its home was unreachable: its images, what restoring it
+  // needs, and its relay to the home, kept open (and not read) meanwhile.
+  struct FrozenGuest {
+    std::string dir;
+    JobLaunch launch;
+    std::vector<migrate::PipeRole> pipes;
+    ControlStream relay;
+    uint32_t migrations = 0;
+    bool continuing = false;
+  };
+  void FreezeOverdueGuests();
+  void FreezeGuest(uint64_t id, std::shared_ptr<Job> job);
+  void ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen);
+  void DropFrozenGuests();
 
   uv_loop_t* loop_;
   const NodeConfig& config_;
@@ -275,6 +295,8 @@ class JobRegistry {
   std::vector<Restored> restored_;
   std::map<int, PlannedCheckpoints> checkpoint_plans_;
   UvHandle<uv_timer_t> checkpoint_timer_;
+  HomeGrace home_grace_{config_.recovery.home_grace};
+  std::map<uint64_t, std::shared_ptr<FrozenGuest>> frozen_guests_;
 };
 
 }  // namespace homeward
