@@ -14,6 +14,8 @@ Permission PermissionFor(schema::ControlRequest::Which which) {
       return {Allowed::kAnyone, "list the cluster's nodes"};
     case W::START_JOB:
       return {Allowed::kLocal, "start a job (mosrun)"};
+    case W::RESUME_JOB:
+      return {Allowed::kLocal, "take a job back (mosrun)"};
     case W::LIST_JOBS:
       return {Allowed::kLocal, "list jobs (mosps)"};
     case W::MIGRATE_JOB:

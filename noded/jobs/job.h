@@ -17,6 +17,7 @@
 #include "child_process.h"
 #include "control_server.h"
 #include "fd.h"
+#include "fd_keeper.h"
 #include "image_stream.h"
 #include "job_state.h"
 #include "job_usage.h"
@@ -86,7 +87,23 @@ struct DaemonEnds {
   Fd stdout_read;
   Fd stderr_read;
   Fd status_read;
+  // What the daemon took from the output pipes (and will put into the input pipe), at
+  // its offset in each stream (see "Daemon restarts"): memfds, made by Attach when not
+  // given (a daemon restarted takes them back from the job's keeper).
+  Fd stdin_spool{};
+  Fd stdout_spool{};
+  Fd stderr_spool{};
+  Fd status_spool{};
 };
+
+// An empty spool for one of a job's streams (a memfd named after it).
+Fd MakeSpool(const char* stream);
+// The daemon's ends and spools in the order a keeper holds them (stdin's write end
+// first, the one a keeper is told to drop at the end of input), and back.
+std::vector<int> KeptFds(const DaemonEnds& ends);
+DaemonEnds EndsFromKept(std::vector<Fd> kept);
+constexpr size_t kKeptFds = 9;
+constexpr size_t kKeptStdinWrite = 0;
 
 class Job : public std::enable_shared_from_this<Job> {
  public:
@@ -98,6 +115,24 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // Starts the job's init and relaying. Throws Error when the job cannot start.
   void Start();
+  // Set before Start: the job survives its daemon's death (see "Daemon restarts" in
+  // docs/ARCHITECTURE.md). A keeper process holds the daemon's ends of its pipes, and
+  // `write` journals the job (with its keeper, then its init) before each is relied on;
+  // `remove` forgets it once the job ends or leaves this node.
+  using JournalWrite = std::function<void(pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
+                                          uint64_t keeper_start)>;
+  void KeepAcrossRestarts(JournalWrite write, std::function<void()> remove);
+  // A restarted daemon takes back a job its journal names: its init (not our child any
+  // more, watched by pidfd, `init_start` checked), the keeper and what it holds. The job
+  // waits, its output unread, until its mosrun presents itself again (Reattach).
+  // `mosrun_pidfd` says when that mosrun is gone: the job is then killed, as a hangup.
+  void Recover(pid_t init_pid, uint64_t init_start, FdKeeper keeper, std::vector<Fd> kept,
+               Fd mosrun_pidfd, JournalWrite write, std::function<void()> remove);
+  // The job's mosrun, back: `relay` is its new connection, which has every byte of
+  // stdout and stderr before the offsets it gives. Throws Error(kInvalidInput) for
+  // offsets the daemon cannot resend from.
+  void Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset);
+  bool detached() const { return detached_; }
   // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
   void Adopt(ChildProcess init, DaemonEnds ends);
   // The job has moved on: relays the output it left in our pipes, then kills the frozen
@@ -144,7 +179,7 @@ class Job : public std::enable_shared_from_this<Job> {
 
   pid_t home_pid() const { return launch_.identity.home_pid; }
   uid_t uid() const { return launch_.identity.uid; }
-  pid_t init_pid() const { return init_ ? init_->pid() : -1; }
+  pid_t init_pid() const { return init_ ? init_->pid() : foreign_init_; }
   std::string command() const;
   JobState state() const {
     return finished_ ? JobState::EXITING : migrating_ ? JobState::MIGRATING : JobState::RUNNING;
@@ -168,8 +203,17 @@ class Job : public std::enable_shared_from_this<Job> {
  private:
   struct Stream;
   void Attach(DaemonEnds ends);
-  void StartReading(Stream& stream);
-  void OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf);
+  // Takes what the stream's pipe has into its spool, and sends on what the spool has
+  // that mosrun has not (all of it, paused or not, when `force`).
+  void Pump(Stream& stream, bool force = false);
+  void Deliver(Stream& stream, bool force);
+  void UpdatePoll(Stream& stream);
+  bool Stopped(const Stream& stream) const;
+  void WatchInit();
+  void WatchMosrun(Fd pidfd);
+  // The job is over here (ended, killed, moved on): its keeper and journal go.
+  void Forget();
+  void KillInit();
   void PauseOutput(bool pause);
   void UpdateOutputReading();
   void SendOutput(int fd, const char* data, size_t size);
@@ -186,6 +230,7 @@ class Job : public std::enable_shared_from_this<Job> {
   ControlStream relay_;
   Finished on_finished_;
   std::optional<ChildProcess> init_;
+  pid_t foreign_init_ = -1;  // the init a daemon before us started (Recover)
   Fd pidfd_;
   UvHandle<uv_poll_t> exit_watch_;
   // The job's standard input, a stream of bytes with offsets (see "Standard input across
@@ -193,6 +238,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // queue so that nothing is in flight inside libuv when a move reclaims it.
   Fd stdin_write_;
   Fd stdin_read_;
+  Fd stdin_spool_;  // its file position is input_written_, moved with each splice
   UvHandle<uv_poll_t> stdin_poll_;  // declared after the fd: closed before it
   std::string input_queue_;         // the bytes from input_written_ on, not yet written
   uint64_t input_written_ = 0;
@@ -214,6 +260,12 @@ class Job : public std::enable_shared_from_this<Job> {
   std::vector<uint64_t> pipe_inodes_;
   UsageMeter usage_;
   int64_t arrived_ms_ = 0;
+  FdKeeper keeper_;
+  JournalWrite journal_write_;
+  std::function<void()> journal_remove_;
+  bool detached_ = false;  // taken back after a restart; its mosrun has not come back yet
+  Fd mosrun_pidfd_;
+  UvHandle<uv_poll_t> mosrun_watch_;
 };
 
 }  // namespace homeward

@@ -4,6 +4,7 @@
 // across moves".
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <capnp/message.h>
@@ -92,9 +93,23 @@ void Job::ReturnInput(const InputPlace& place, const InputCarry& carry) {
 
 void Job::FlushInput() {
   if (input_held_ || input_closed_ || stdin_write_.get() < 0) return;
+  // The bytes go through the input spool (its file position is input_written_): splice
+  // moves them into the pipe and the position on in one call, so a daemon killed at any
+  // moment leaves in the spool the exact offset where the job's input goes on.
   size_t done = 0;
+  if (!input_queue_.empty()) {
+    size_t put = 0;
+    while (put < input_queue_.size()) {
+      ssize_t n = ::pwrite(stdin_spool_.get(), input_queue_.data() + put, input_queue_.size() - put,
+                           static_cast<off_t>(input_written_ + put));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw SystemError(errno, "spool the job's input");
+      put += static_cast<size_t>(n);
+    }
+  }
   while (done < input_queue_.size()) {
-    ssize_t n = ::write(stdin_write_.get(), input_queue_.data() + done, input_queue_.size() - done);
+    ssize_t n = ::splice(stdin_spool_.get(), nullptr, stdin_write_.get(), nullptr,
+                         input_queue_.size() - done, SPLICE_F_NONBLOCK);
     if (n > 0) {
       done += static_cast<size_t>(n);
       continue;
@@ -106,6 +121,12 @@ void Job::FlushInput() {
     done = input_queue_.size();
     input_end_ = true;
     break;
+  }
+  if (done > 0 && input_queue_.size() == done) {
+    // Input spooled and in the pipe need not stay: the spool keeps only its position.
+    uint64_t upto = (input_written_ + done) & ~uint64_t{4095};
+    if (upto > 0) ::fallocate(stdin_spool_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                              static_cast<off_t>(upto));
   }
   if (done > 0) {
     input_queue_.erase(0, done);
@@ -135,10 +156,13 @@ void Job::FlushInput() {
 }
 
 void Job::CloseInput() {
+  bool was_open = stdin_write_.valid();
   input_closed_ = true;
   input_polling_ = false;
   stdin_poll_.Close();  // before its fd closes
   stdin_write_.Reset();
+  // The job sees its end of input only once the keeper's copy is closed too.
+  if (was_open && keeper_.running()) keeper_.Drop(kKeptStdinWrite);
 }
 
 }  // namespace homeward

@@ -117,7 +117,8 @@ JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
 }
 
 std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
-                                          std::function<void()> finished) {
+                                          std::function<void()> finished,
+                                          std::function<void(Job&)> prepare) {
   auto weak_job = std::make_shared<std::weak_ptr<Job>>();
   StreamHandlers handlers = RelayHandlersFor(weak_job);
   ControlStream relay = reply.OpenStream(std::move(handlers));
@@ -125,6 +126,7 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
       std::make_shared<Job>(loop_, std::move(launch), relay, [finished](Job&) { finished(); });
   *weak_job = job;
   try {
+    if (prepare) prepare(*job);
     job->Start();
   } catch (const Error& e) {
     SendExit(relay, 126, e.what());
@@ -152,7 +154,8 @@ void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
     StartAway(slot, std::move(launch), where, std::move(reply));
     return;
   }
-  auto job = RunHere(std::move(launch), reply, [this, slot] { jobs_.erase(slot); });
+  auto job = RunHere(std::move(launch), reply, [this, slot] { jobs_.erase(slot); },
+                     [this, slot](Job& job) { KeepJob(job, slot); });
   if (job) jobs_[slot].here = job;
 }
 
@@ -223,6 +226,7 @@ void JobRegistry::Start() {
               },
               0, 1000),
           "job counts timer");
+  Recover();
 }
 
 void JobRegistry::ListJobs(ReplySender reply) const {

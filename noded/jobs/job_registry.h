@@ -68,6 +68,8 @@ class JobRegistry {
   // A job moved on between guest nodes announces its new place; the connection becomes
   // its relay.
   void AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply);
+  // A mosrun whose daemon was restarted presents its job again (job_recovery.cc).
+  void ResumeJob(schema::ResumeJob::Reader request, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
   // mosctl block, unblock, expel and bring.
@@ -147,7 +149,12 @@ class JobRegistry {
   // Starts `launch` on this node with `reply`'s connection as its relay; `finished`
   // runs when the job is gone.
   std::shared_ptr<Job> RunHere(JobLaunch launch, ReplySender& reply,
-                               std::function<void()> finished);
+                               std::function<void()> finished,
+                               std::function<void(Job&)> prepare = nullptr);
+  // Journals a job of this home started here in `slot`, so that it survives the daemon's
+  // death; and takes back, at start, the jobs the journal names (job_recovery.cc).
+  void KeepJob(Job& job, int slot);
+  void Recover();
   void StartAway(int slot, JobLaunch launch, const std::string& where, ReplySender reply);
   void ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
                      std::shared_ptr<capnp::MallocMessageBuilder> guest_request);

@@ -51,6 +51,9 @@ struct ControlRequest {
     # only the bytes it has not had, so bytes resent after a move are never doubled.
     jobInputEndAt @14 :UInt64;
     # mosrun's stdin ended after this many bytes: the job's stdin closes once it has them.
+    resumeJob @15 :ResumeJob;
+    # mosrun, after its daemon was restarted: takes its job (by mosrun's own pid, the home
+    # pid) back from the new daemon. The connection becomes the job's relay again.
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -81,6 +84,12 @@ struct ControlReply {
     # continued): its input goes on from `offset`; mosrun sends again what it holds from
     # there, and its end of input unless `ended`.
   }
+}
+
+struct ResumeJob {
+  stdoutOffset @0 :UInt64;
+  stderrOffset @1 :UInt64;
+  # How many bytes of the job's stdout and stderr mosrun has: the daemon resends from there.
 }
 
 struct InputChunk {

@@ -1,0 +1,184 @@
+// The jobs' journal (job_journal.h).
+#include "job_journal.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sstream>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "error.h"
+
+namespace homeward {
+
+namespace {
+
+std::string Escape(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (c <= ' ' || c == '%' || c >= 0x7f) {
+      out += fmt::format("%{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out.empty() ? "%" : out;  // a lone % is the empty string
+}
+
+std::string Unescape(const std::string& text) {
+  if (text == "%") return {};
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size()) {
+      out += static_cast<char>(std::stoi(text.substr(i + 1, 2), nullptr, 16));
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string FormatJournalEntry(const JournalEntry& entry) {
+  const JobLaunch& launch = entry.launch;
+  const JobIdentity& id = launch.identity;
+  std::string text = "homeward-job 1\n";
+  text += fmt::format("slot {}\n", entry.slot);
+  text += fmt::format("home_pid {}\nmosrun_start {}\n", id.home_pid, entry.mosrun_start);
+  text += fmt::format("home_ppid {}\nuid {}\ngid {}\numask {}\n", id.home_ppid, id.uid, id.gid,
+                      id.umask);
+  for (gid_t group : id.groups) text += fmt::format("group {}\n", group);
+  for (const auto& limit : id.limits) {
+    text += fmt::format("limit {} {} {}\n", limit.resource, limit.soft, limit.hard);
+  }
+  for (const auto& arg : launch.argv) text += "arg " + Escape(arg) + "\n";
+  text += "cwd " + Escape(launch.cwd) + "\n";
+  text += "home " + Escape(launch.home) + "\n";
+  text += fmt::format("pid_base {}\nstarted_unix_ms {}\n", launch.pid_base, launch.started_unix_ms);
+  text += fmt::format("keep_home {}\nlocked {}\nmin_free_mb {}\n", launch.keep_home ? 1 : 0,
+                      launch.locked ? 1 : 0, launch.min_free_mb);
+  text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
+                      entry.keeper_pid, entry.keeper_start);
+  return text;
+}
+
+JournalEntry ParseJournalEntry(const std::string& text) {
+  JournalEntry entry;
+  JobLaunch& launch = entry.launch;
+  JobIdentity& id = launch.identity;
+  std::istringstream lines(text);
+  std::string line;
+  bool header = false;
+  bool complete = false;
+  while (std::getline(lines, line)) {
+    std::istringstream fields(line);
+    std::string key, value;
+    fields >> key;
+    if (key == "homeward-job") {
+      header = true;
+    } else if (key == "slot") {
+      fields >> entry.slot;
+    } else if (key == "home_pid") {
+      fields >> id.home_pid;
+    } else if (key == "mosrun_start") {
+      fields >> entry.mosrun_start;
+    } else if (key == "home_ppid") {
+      fields >> id.home_ppid;
+    } else if (key == "uid") {
+      fields >> id.uid;
+    } else if (key == "gid") {
+      fields >> id.gid;
+    } else if (key == "umask") {
+      fields >> id.umask;
+    } else if (key == "group") {
+      gid_t group;
+      if (fields >> group) id.groups.push_back(group);
+    } else if (key == "limit") {
+      JobIdentity::Limit limit{};
+      if (fields >> limit.resource >> limit.soft >> limit.hard) id.limits.push_back(limit);
+    } else if (key == "arg" && fields >> value) {
+      launch.argv.push_back(Unescape(value));
+    } else if (key == "cwd" && fields >> value) {
+      launch.cwd = Unescape(value);
+    } else if (key == "home" && fields >> value) {
+      launch.home = Unescape(value);
+    } else if (key == "pid_base") {
+      fields >> launch.pid_base;
+    } else if (key == "started_unix_ms") {
+      fields >> launch.started_unix_ms;
+    } else if (key == "keep_home") {
+      int flag = 0;
+      fields >> flag;
+      launch.keep_home = flag != 0;
+    } else if (key == "locked") {
+      int flag = 0;
+      fields >> flag;
+      launch.locked = flag != 0;
+    } else if (key == "min_free_mb") {
+      fields >> launch.min_free_mb;
+    } else if (key == "init") {
+      fields >> entry.init_pid >> entry.init_start;
+    } else if (key == "keeper") {
+      fields >> entry.keeper_pid >> entry.keeper_start;
+      complete = true;  // the last line: a torn file never gets here
+    }
+  }
+  if (!header || !complete || id.home_pid <= 0 || entry.slot < 0 || launch.argv.empty()) {
+    Fail(ErrorKind::kInvalidInput, "not a complete job journal entry");
+  }
+  return entry;
+}
+
+void JobJournal::Write(const JournalEntry& entry) const {
+  ::mkdir(dir_.c_str(), 0700);
+  std::string path = fmt::format("{}/{}", dir_, entry.launch.identity.home_pid);
+  std::string temp = path + ".new";
+  std::string text = FormatJournalEntry(entry);
+  {
+    Fd fd = Fd::Open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    WriteAll(fd.get(), text.data(), text.size(), "job journal");
+    HW_SYSCALL(::fsync(fd.get()), "fsync {}", temp);
+  }
+  HW_SYSCALL(::rename(temp.c_str(), path.c_str()), "rename {}", temp);
+  // The rename itself is made durable with the directory.
+  Fd dir = Fd::Open(dir_, O_RDONLY | O_DIRECTORY);
+  ::fsync(dir.get());
+}
+
+void JobJournal::Remove(pid_t home_pid) const {
+  std::string path = fmt::format("{}/{}", dir_, home_pid);
+  ::unlink(path.c_str());
+}
+
+std::vector<JournalEntry> JobJournal::ReadAll() const {
+  std::vector<JournalEntry> entries;
+  DIR* dir = ::opendir(dir_.c_str());
+  if (!dir) return entries;
+  std::vector<std::string> names;
+  while (dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.') names.emplace_back(entry->d_name);
+  }
+  ::closedir(dir);
+  for (const auto& name : names) {
+    std::string path = dir_ + "/" + name;
+    if (name.find('.') != std::string::npos) {  // a write that never got renamed
+      ::unlink(path.c_str());
+      continue;
+    }
+    try {
+      entries.push_back(ParseJournalEntry(ReadTextFile(path)));
+    } catch (const Error& e) {
+      spdlog::warn("job journal {}: {}; removed", path, e.what());
+      ::unlink(path.c_str());
+    }
+  }
+  return entries;
+}
+
+}  // namespace homeward

@@ -1,0 +1,46 @@
+// JobJournal: what a daemon needs to take its jobs back after it was killed, one file per
+// job under <state_dir>/jobs, written (temp file, fsync, rename) before the daemon acts on
+// it and removed when the job ends or leaves. See "Daemon restarts" in
+// docs/ARCHITECTURE.md.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "job.h"
+
+namespace homeward {
+
+struct JournalEntry {
+  int slot = -1;
+  uint64_t mosrun_start = 0;  // the home pid's start time: the same mosrun, not a reused pid
+  JobLaunch launch;           // what mosps and a later move need (not the environment)
+  pid_t init_pid = 0;         // 0 until the init runs
+  uint64_t init_start = 0;
+  pid_t keeper_pid = 0;
+  uint64_t keeper_start = 0;
+};
+
+// The entry as text, one "key value" line each; argv and paths are escaped.
+std::string FormatJournalEntry(const JournalEntry& entry);
+// Throws Error(kInvalidInput) on text that is not an entry.
+JournalEntry ParseJournalEntry(const std::string& text);
+
+class JobJournal {
+ public:
+  explicit JobJournal(std::string dir) : dir_(std::move(dir)) {}
+  // Writes the entry of the job with home pid `entry.launch.identity.home_pid` atomically.
+  void Write(const JournalEntry& entry) const;
+  void Remove(pid_t home_pid) const;
+  // Every entry; one that cannot be read is logged and removed.
+  std::vector<JournalEntry> ReadAll() const;
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+};
+
+}  // namespace homeward

@@ -1,0 +1,239 @@
+// Jobs that outlive their daemon: journaling a job and its keeper before it runs, taking
+// jobs back when a daemon starts after another was killed, and a mosrun reattaching to
+// its job. See "Daemon restarts" in docs/ARCHITECTURE.md.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+#include <spdlog/spdlog.h>
+
+#include "c_boundary.h"
+#include "error.h"
+#include "job.h"
+#include "job_journal.h"
+#include "job_registry.h"
+#include "job_stream.h"
+#include "uv_error.h"
+
+namespace homeward {
+
+namespace {
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+// Kills process `pid` if it is still the one that started at `start_time`.
+void KillIfSame(pid_t pid, uint64_t start_time) {
+  if (pid <= 0 || start_time == 0) return;
+  Fd pidfd = Fd::Adopt(PidfdOpen(pid));
+  if (!pidfd.valid() || ProcessStartTime(pid) != start_time) return;
+  ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+}
+
+}  // namespace
+
+Fd MakeSpool(const char* stream) {
+  return Fd::Adopt(HW_SYSCALL(::memfd_create(fmt::format("homeward-{}", stream).c_str(),
+                                             MFD_CLOEXEC),
+                              "make the job's {} spool", stream));
+}
+
+std::vector<int> KeptFds(const DaemonEnds& ends) {
+  return {ends.stdin_write.get(),  ends.stdin_read.get(),   ends.stdout_read.get(),
+          ends.stderr_read.get(),  ends.status_read.get(),  ends.stdin_spool.get(),
+          ends.stdout_spool.get(), ends.stderr_spool.get(), ends.status_spool.get()};
+}
+
+DaemonEnds EndsFromKept(std::vector<Fd> kept) {
+  if (kept.size() != kKeptFds) Fail(ErrorKind::kFailed, "a keeper holds {} fds", kept.size());
+  return DaemonEnds{std::move(kept[0]), std::move(kept[1]), std::move(kept[2]),
+                    std::move(kept[3]), std::move(kept[4]), std::move(kept[5]),
+                    std::move(kept[6]), std::move(kept[7]), std::move(kept[8])};
+}
+
+void Job::KeepAcrossRestarts(JournalWrite write, std::function<void()> remove) {
+  journal_write_ = std::move(write);
+  journal_remove_ = std::move(remove);
+}
+
+void Job::Recover(pid_t init_pid, uint64_t init_start, FdKeeper keeper, std::vector<Fd> kept,
+                  Fd mosrun_pidfd, JournalWrite write, std::function<void()> remove) {
+  KeepAcrossRestarts(std::move(write), std::move(remove));
+  keeper_ = std::move(keeper);
+  detached_ = true;
+  Fd pidfd = Fd::Adopt(PidfdOpen(init_pid));
+  if (pidfd.valid() && ProcessStartTime(init_pid) == init_start) {
+    foreign_init_ = init_pid;
+    pidfd_ = std::move(pidfd);
+  } else {
+    // It ended while no daemon ran: the status pipe says how.
+    init_status_ = ExitStatus{0, SIGKILL, true};
+  }
+  DaemonEnds ends = EndsFromKept(std::move(kept));
+  for (const Fd* fd : {&ends.stdin_read, &ends.stdout_read, &ends.stderr_read, &ends.status_read,
+                       &ends.stdin_spool, &ends.stdout_spool, &ends.stderr_spool,
+                       &ends.status_spool}) {
+    if (!fd->valid()) Fail(ErrorKind::kFailed, "the keeper lost one of the job's pipes");
+  }
+  Attach(std::move(ends));
+  // The spool's file position moves with every splice into the pipe: it is the offset
+  // of the next byte of input, whenever the daemon before us was killed.
+  input_written_ = static_cast<uint64_t>(
+      HW_SYSCALL(::lseek(stdin_spool_.get(), 0, SEEK_CUR), "job input position"));
+  // What mosrun has of the output is known when it comes back; until then nothing of
+  // what the spools hold counts as trimmed.
+  for (Stream* stream : {stdout_.get(), stderr_.get()}) stream->trimmed = 0;
+  WatchMosrun(std::move(mosrun_pidfd));
+  spdlog::info("job {} taken back after a restart: {} (init pid {}{}); input at byte {}{}",
+               home_pid(), command(), init_pid, init_status_ ? ", ended" : "", input_written_,
+               input_closed_ ? ", at its end" : "");
+}
+
+void Job::WatchMosrun(Fd pidfd) {
+  mosrun_pidfd_ = std::move(pidfd);
+  CheckUv(uv_poll_init(loop_, mosrun_watch_.get(), mosrun_pidfd_.get()), "watch mosrun");
+  mosrun_watch_.get()->data = this;
+  CheckUv(uv_poll_start(mosrun_watch_.get(), UV_READABLE,
+                        [](uv_poll_t* handle, int, int) {
+                          GuardedCall("mosrun gone", [handle] {
+                            auto* job = static_cast<Job*>(handle->data);
+                            job->mosrun_watch_.Close();
+                            job->mosrun_pidfd_.Reset();
+                            if (!job->detached_) return;
+                            // Nobody is left to hear of the job: it ends as on a hangup.
+                            job->detached_ = false;
+                            job->RelayLost();
+                            for (auto* stream :
+                                 {job->stdout_.get(), job->stderr_.get(), job->status_.get()}) {
+                              if (stream) job->Pump(*stream);
+                            }
+                          });
+                        }),
+          "watch mosrun");
+}
+
+void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset) {
+  if (!detached_) Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", home_pid());
+  for (auto [stream, offset] : {std::pair{stdout_.get(), stdout_offset},
+                                std::pair{stderr_.get(), stderr_offset}}) {
+    if (offset > stream->taken) {
+      Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, the job wrote {}",
+           home_pid(), offset, stream->fd, stream->taken);
+    }
+  }
+  stdout_->sent = stdout_offset;
+  stderr_->sent = stderr_offset;
+  relay_ = std::move(relay);
+  detached_ = false;
+  mosrun_watch_.Close();
+  mosrun_pidfd_.Reset();
+  relay_.OnDrain([weak = weak_from_this()] {
+    if (auto job = weak.lock()) job->PauseOutput(false);
+  });
+  // mosrun sends again what it holds of the input from here, and its end unless the job
+  // has it.
+  capnp::MallocMessageBuilder message;
+  auto resume = message.initRoot<schema::ControlReply>().initJobInputResume();
+  resume.setOffset(input_received());
+  resume.setEnded(input_end_ || input_closed_);
+  relay_.Send(message);
+  spdlog::info("job {}: its mosrun is back; output goes on from bytes {} and {}, input from {}",
+               home_pid(), stdout_offset, stderr_offset, input_received());
+  for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) Pump(*stream);
+  MaybeFinish();
+}
+
+void JobRegistry::KeepJob(Job& job, int slot) {
+  std::string dir = config_.state_dir + "/jobs";
+  JournalEntry entry;
+  entry.slot = slot;
+  entry.mosrun_start = ProcessStartTime(job.home_pid());
+  entry.launch = job.launch();
+  entry.launch.env.clear();
+  pid_t home_pid = job.home_pid();
+  job.KeepAcrossRestarts(
+      [dir, entry](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
+                   uint64_t keeper_start) mutable {
+        entry.init_pid = init_pid;
+        entry.init_start = init_start;
+        entry.keeper_pid = keeper_pid;
+        entry.keeper_start = keeper_start;
+        JobJournal(dir).Write(entry);
+      },
+      [dir, home_pid] { JobJournal(dir).Remove(home_pid); });
+}
+
+void JobRegistry::Recover() {
+  std::string dir = config_.state_dir + "/jobs";
+  JobJournal journal(dir);
+  for (JournalEntry& entry : journal.ReadAll()) {
+    pid_t home_pid = entry.launch.identity.home_pid;
+    std::string why;
+    Fd mosrun = Fd::Adopt(PidfdOpen(home_pid));
+    if (!mosrun.valid() || ProcessStartTime(home_pid) != entry.mosrun_start) {
+      why = "its mosrun is gone";
+    } else if (entry.init_pid <= 0) {
+      why = "it never started";
+    } else if (jobs_.count(entry.slot) || entry.slot >= kMaxJobs) {
+      why = fmt::format("slot {} is taken", entry.slot);
+    }
+    std::vector<Fd> kept;
+    FdKeeper keeper;
+    if (why.empty()) {
+      try {
+        keeper = FdKeeper::Reclaim(entry.keeper_pid, entry.keeper_start, kKeptFds, &kept);
+      } catch (const Error& e) {
+        why = e.what();
+      }
+    }
+    auto remove = [dir, home_pid] { JobJournal(dir).Remove(home_pid); };
+    if (why.empty()) {
+      int slot = entry.slot;
+      JobLaunch launch = std::move(entry.launch);
+      launch.init_path = init_path_;
+      launch.preload_path = preload_path_;
+      auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(),
+                                       [this, slot](Job&) { jobs_.erase(slot); });
+      try {
+        job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
+                     std::move(mosrun), nullptr, remove);
+        jobs_[slot].here = job;
+        continue;
+      } catch (const Error& e) {
+        why = e.what();
+        job->Kill();
+      }
+    }
+    spdlog::warn("job {} of the journal is not taken back ({}): ending it", home_pid, why);
+    KillIfSame(entry.init_pid, entry.init_start);
+    if (keeper.running()) {
+      keeper.Stop();
+    } else {
+      KillIfSame(entry.keeper_pid, entry.keeper_start);
+    }
+    remove();
+  }
+}
+
+void JobRegistry::ResumeJob(schema::ResumeJob::Reader request, ReplySender reply) {
+  const Caller& caller = reply.caller();
+  std::shared_ptr<Job> job;
+  // Only the job's own mosrun (its home pid, by the kernel's word) takes it back.
+  for (const auto& [slot, home_job] : jobs_) {
+    if (home_job.here && home_job.here->home_pid() == caller.pid) job = home_job.here;
+  }
+  if (!job || job->uid() != caller.uid) {
+    Fail(ErrorKind::kNotFound, "node {} has no job of process {} to take back", config_.name,
+         caller.pid);
+  }
+  if (!job->detached()) {
+    Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", caller.pid);
+  }
+  auto weak_job = std::make_shared<std::weak_ptr<Job>>(job);
+  ControlStream relay = reply.OpenStream(RelayHandlersFor(weak_job));
+  job->Reattach(relay, request.getStdoutOffset(), request.getStderrOffset());
+}
+
+}  // namespace homeward

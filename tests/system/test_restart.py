@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""A daemon restart loses nothing. The node daemon of a running job is SIGKILLed and started
+again: the job runs on, the new daemon takes it back from its journal (mosps lists it as
+before), mosrun says once on stderr that it waits for its daemon, reconnects, and every
+byte of output arrives once, in order, and the exit status with it: the output is compared
+byte for byte with a run that was never faulted. The jobs run as an ordinary user
+(created here, removed afterwards).
+
+The jobs wait at gates (files in /data/restart) that the test makes once its faults are
+done, so that no job can end before the fault it is there to undergo."""
+
+import json
+import os
+import pwd
+import secrets
+import shlex
+import shutil
+import subprocess
+import unittest
+
+import harness
+
+# Echoes its input lines to stdout, every 100th to stderr too; after line 3000 it waits for
+# the gate, and it ends with status 3.
+ECHO_JOB = r"""
+n=0
+while read l; do
+  echo "out $l"
+  n=$((n+1))
+  case $n in *00) echo "err $l" >&2;; esac
+  if [ $n = 3000 ]; then until [ -e gate ]; do sleep 0.05; done; fi
+done
+echo "end of input after $n lines"
+exit 3
+"""
+
+# Writes a lot, fast, without waiting: the daemon dies while output is in every buffer
+# on the way (the pipe, the daemon, the relay, mosrun's socket).
+FLOOD_JOB = r"""
+seq 1 400000
+until [ -e gate ]; do sleep 0.05; done
+seq 400001 800000 >&2
+seq 800001 1200000
+"""
+
+WAITING = "mosrun: waiting for the node daemon to return\n"
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def jobs(c, node="node1"):
+    return json.loads(c.run(node, "mosps", "--json").stdout)["jobs"]
+
+
+class RestartTest(unittest.TestCase):
+    maxDiff = 2000
+
+    @classmethod
+    def setUpClass(cls):
+        if shutil.which("useradd") is None:
+            raise unittest.SkipTest("no useradd")
+        cls.user = f"hwrs{secrets.token_hex(4)}"
+        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
+                        cls.user], check=True, capture_output=True)
+        cls.cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
+        try:
+            cls.cluster.__enter__()
+        except BaseException:
+            cls.remove_user()
+            raise
+
+    @classmethod
+    def remove_user(cls):
+        subprocess.run(["userdel", "--force", cls.user], capture_output=True)
+        subprocess.run(["groupdel", cls.user], capture_output=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.cluster.__exit__(None, None, None)
+        finally:
+            cls.remove_user()
+
+    def setUp(self):
+        self.c = self.cluster
+        self.name = self.id().rsplit(".", 1)[-1]
+        top = os.path.join(self.c.node("node1")["data"], "restart")
+        os.makedirs(top, exist_ok=True)
+        os.chmod(top, 0o755)
+        self.top = top
+        self.inside_top = "/data/restart"
+
+    def workdir(self, label):
+        work = os.path.join(self.top, f"{self.name}-{label}")
+        os.makedirs(work)
+        user = pwd.getpwnam(self.user)
+        os.chown(work, user.pw_uid, user.pw_gid)
+        return work, f"{self.inside_top}/{self.name}-{label}"
+
+    def start(self, work, inside, script, shell, gate_open):
+        """Runs `shell` at node1 as the test's user in `work`, in the background; its status
+        goes to the file "status". Returns the job's home pid."""
+        with open(os.path.join(work, "job.sh"), "w") as f:
+            f.write(script)
+        if gate_open:
+            open(os.path.join(work, "gate"), "w").close()
+        command = f"cd {inside} && ({shell}; echo $? > status) >/dev/null 2>&1 & echo ok"
+        self.c.run("node1", "runuser", "-u", self.user, "--", "sh", "-c", command)
+        return self.c.wait_for(
+            lambda: next((j["pid"] for j in jobs(self.c) if j["uid"] == pwd.getpwnam(
+                self.user).pw_uid), None), 30, "the job to start")
+
+    def wait_end(self, work):
+        self.c.wait_for(lambda: read(os.path.join(work, "status")), 180, "the job to end")
+        self.c.wait_for(lambda: not jobs(self.c), 30, "the job to leave mosps")
+        return read(os.path.join(work, "status"))
+
+    def restart_home(self, work, pid):
+        """SIGKILLs node1's daemon while the job runs, waits for mosrun to say it waits, starts
+        the daemon again and waits until the job is listed again, by the same pid."""
+        before = [j for j in jobs(self.c) if j["pid"] == pid]
+        self.assertEqual(len(before), 1, jobs(self.c))
+        self.c.kill("node1")
+        self.c.wait_for(lambda: WAITING in read(os.path.join(work, "err")), 30,
+                        "mosrun to say it waits for its daemon")
+        self.c.start("node1")
+        after = self.c.wait_for(lambda: [j for j in jobs(self.c) if j["pid"] == pid], 30,
+                                "the restarted daemon to list the job")
+        self.assertEqual(len(after), 1, after)
+        for key in ("pid", "cmd", "uid", "where", "home"):
+            self.assertEqual(after[0][key], before[0][key], (before, after))
+        self.assertIn(f"job {pid} taken back after a restart", self.c.log("node1"))
+
+    def assert_nothing_left(self):
+        # No keeper of pipe ends and no journal entry outlives the job.
+        state = self.c.node("node1")["state"]
+        self.assertEqual(os.listdir(os.path.join(state, "jobs")), [])
+        keepers = subprocess.run(["pgrep", "-x", "mosfdkeeper"], capture_output=True, text=True)
+        self.assertEqual(keepers.stdout, "", "keepers left")
+
+    def test_home_daemon_killed_while_the_job_echoes_its_input(self):
+        shell = "seq 1 6000 | mosrun sh job.sh > out 2> err"
+        plain, plain_inside = self.workdir("plain")
+        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
+        self.assertEqual(self.wait_end(plain), "3\n")
+
+        work, inside = self.workdir("faulted")
+        pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
+        self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
+                        "3000 lines of output")
+        self.restart_home(work, pid)
+        open(os.path.join(work, "gate"), "w").close()
+        self.assertEqual(self.wait_end(work), "3\n", read(os.path.join(work, "err")))
+        self.assertEqual(read(os.path.join(work, "out")), read(os.path.join(plain, "out")))
+        err = read(os.path.join(work, "err"))
+        self.assertEqual(err.count(WAITING), 1, err)
+        self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
+        self.assert_nothing_left()
+
+    def test_home_daemon_killed_while_the_job_floods_its_output(self):
+        shell = "mosrun sh job.sh < /dev/null > out 2> err"
+        work, inside = self.workdir("faulted")
+        pid = self.start(work, inside, FLOOD_JOB, shell, gate_open=False)
+        # Killed while the job writes: its first 400000 lines are not all out yet.
+        self.c.wait_for(lambda: os.path.getsize(os.path.join(work, "out")) > 200000
+                        if os.path.exists(os.path.join(work, "out")) else False,
+                        60, "output to flow")
+        self.restart_home(work, pid)
+        open(os.path.join(work, "gate"), "w").close()
+        self.assertEqual(self.wait_end(work), "0\n", read(os.path.join(work, "err"))[-500:])
+        expected_out = "".join(f"{i}\n" for i in range(1, 400001))
+        expected_out += "".join(f"{i}\n" for i in range(800001, 1200001))
+        out = read(os.path.join(work, "out"))
+        self.assertTrue(out == expected_out, f"{len(out)} bytes of stdout, not {len(expected_out)}")
+        err = read(os.path.join(work, "err"))
+        expected_err = WAITING + "".join(f"{i}\n" for i in range(400001, 800001))
+        self.assertTrue(err == expected_err, f"{len(err)} bytes of stderr, not {len(expected_err)}")
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    harness.main()
