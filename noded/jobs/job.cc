@@ -428,6 +428,7 @@ std::vector<migrate::PipeRole> Job::pipe_roles() const {
 void Job::PauseOutput(bool pause) {
   if (pause == output_paused_) return;
   output_paused_ = pause;
+  if (pause) spdlog::debug("job {}: its output waits: mosrun is behind", home_pid());
   UpdateOutputReading();
 }
 
