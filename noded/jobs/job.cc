@@ -361,7 +361,9 @@ void Job::Deliver(Stream& stream, bool force) {
   if (detached_ && stream.fd != 3) return;
   // What was sent before is in mosrun's socket once the relay's queue is empty: mosrun
   // gets it even if this daemon dies now, so the spool need not keep it.
-  if (stream.fd != 3 && relay_.queued_bytes() == 0) {
+  // A guest's relay is a connection to its home, whose kernel buffers die with the node:
+  // there, the home's word trims the spools (OutputHad).
+  if (stream.fd != 3 && !launch_.guest && relay_.queued_bytes() == 0) {
     uint64_t upto = stream.sent & ~uint64_t{4095};
     if (upto > stream.trimmed) {
       ::fallocate(stream.spool.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,

@@ -132,6 +132,11 @@ class Job : public std::enable_shared_from_this<Job> {
   // stdout and stderr before the offsets it gives. Throws Error(kInvalidInput) for
   // offsets the daemon cannot resend from.
   void Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset);
+  // A guest's home has had this much of the job's output from this node: a job taken back
+  // after a restart resends from there (on its relay, set before with set_relay); the
+  // spools of a running one keep only what comes after.
+  void OutputHad(uint64_t stdout_offset, uint64_t stderr_offset);
+  void set_relay(ControlStream relay) { relay_ = std::move(relay); }
   bool detached() const { return detached_; }
   // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
   void Adopt(ChildProcess init, DaemonEnds ends);

@@ -63,6 +63,10 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
   text += fmt::format("pid_base {}\nstarted_unix_ms {}\n", launch.pid_base, launch.started_unix_ms);
   text += fmt::format("keep_home {}\nlocked {}\nmin_free_mb {}\n", launch.keep_home ? 1 : 0,
                       launch.locked ? 1 : 0, launch.min_free_mb);
+  if (launch.guest) {
+    text += "guest_of " + Escape(launch.home_host) + fmt::format(" {}\n", launch.home_port);
+    text += "root " + Escape(launch.root) + "\n";
+  }
   text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
                       entry.keeper_pid, entry.keeper_start);
   return text;
@@ -122,6 +126,12 @@ JournalEntry ParseJournalEntry(const std::string& text) {
       launch.locked = flag != 0;
     } else if (key == "min_free_mb") {
       fields >> launch.min_free_mb;
+    } else if (key == "guest_of" && fields >> value) {
+      launch.guest = true;
+      launch.home_host = Unescape(value);
+      fields >> launch.home_port;
+    } else if (key == "root" && fields >> value) {
+      launch.root = Unescape(value);
     } else if (key == "init") {
       fields >> entry.init_pid >> entry.init_start;
     } else if (key == "keeper") {
@@ -129,7 +139,8 @@ JournalEntry ParseJournalEntry(const std::string& text) {
       complete = true;  // the last line: a torn file never gets here
     }
   }
-  if (!header || !complete || id.home_pid <= 0 || entry.slot < 0 || launch.argv.empty()) {
+  if (!header || !complete || id.home_pid <= 0 || (entry.slot < 0 && !launch.guest) ||
+      launch.argv.empty() || launch.home.find('/') != std::string::npos) {
     Fail(ErrorKind::kInvalidInput, "not a complete job journal entry");
   }
   return entry;
@@ -137,7 +148,7 @@ JournalEntry ParseJournalEntry(const std::string& text) {
 
 void JobJournal::Write(const JournalEntry& entry) const {
   ::mkdir(dir_.c_str(), 0700);
-  std::string path = fmt::format("{}/{}", dir_, entry.launch.identity.home_pid);
+  std::string path = fmt::format("{}/{}", dir_, entry.Name());
   std::string temp = path + ".new";
   std::string text = FormatJournalEntry(entry);
   {
@@ -151,8 +162,13 @@ void JobJournal::Write(const JournalEntry& entry) const {
   ::fsync(dir.get());
 }
 
-void JobJournal::Remove(pid_t home_pid) const {
-  std::string path = fmt::format("{}/{}", dir_, home_pid);
+std::string JournalEntry::Name() const {
+  if (launch.guest) return fmt::format("guest-{}-{}", launch.home, launch.identity.home_pid);
+  return std::to_string(launch.identity.home_pid);
+}
+
+void JobJournal::Remove(const std::string& name) const {
+  std::string path = fmt::format("{}/{}", dir_, name);
   ::unlink(path.c_str());
 }
 
@@ -167,7 +183,7 @@ std::vector<JournalEntry> JobJournal::ReadAll() const {
   ::closedir(dir);
   for (const auto& name : names) {
     std::string path = dir_ + "/" + name;
-    if (name.find('.') != std::string::npos) {  // a write that never got renamed
+    if (name.size() > 4 && name.substr(name.size() - 4) == ".new") {  // never renamed
       ::unlink(path.c_str());
       continue;
     }

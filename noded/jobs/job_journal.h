@@ -15,13 +15,17 @@
 namespace homeward {
 
 struct JournalEntry {
-  int slot = -1;
+  int slot = -1;              // a home job's slot; -1 for a guest
   uint64_t mosrun_start = 0;  // the home pid's start time: the same mosrun, not a reused pid
   JobLaunch launch;           // what mosps and a later move need (not the environment)
   pid_t init_pid = 0;         // 0 until the init runs
   uint64_t init_start = 0;
   pid_t keeper_pid = 0;
   uint64_t keeper_start = 0;
+
+  // The entry's file name: the home pid for a job of this home, and for a guest its home's
+  // name too (home pids are unique only within a home).
+  std::string Name() const;
 };
 
 // The entry as text, one "key value" line each; argv and paths are escaped.
@@ -32,9 +36,9 @@ JournalEntry ParseJournalEntry(const std::string& text);
 class JobJournal {
  public:
   explicit JobJournal(std::string dir) : dir_(std::move(dir)) {}
-  // Writes the entry of the job with home pid `entry.launch.identity.home_pid` atomically.
+  // Writes the entry (as entry.Name()) atomically.
   void Write(const JournalEntry& entry) const;
-  void Remove(pid_t home_pid) const;
+  void Remove(const std::string& name) const;
   // Every entry; one that cannot be read is logged and removed.
   std::vector<JournalEntry> ReadAll() const;
   const std::string& dir() const { return dir_; }

@@ -84,9 +84,15 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
   for (auto& [slot, entry] : jobs_) {
     if (!entry.away || entry.away->home_pid() != attach.getHomePid()) continue;
     auto away = entry.away;
+    if (attach.getResumed()) {
+      if (Rejoin(slot, away, attach, reply)) return;
+      break;
+    }
     auto step = away->protocol.Arrived(attach.getNode());
     if (!step) break;
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
+    std::fill(std::begin(away->output_here), std::end(away->output_here), 0);
+    away->output_told = 0;
     if (away->protocol.record().state == move::State::kArrived) {
       // The old node has not yet sent what the job left in its pipes there: the job's
       // output from here waits for it, so that mosrun gets the job's output in order.

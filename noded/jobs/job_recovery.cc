@@ -7,6 +7,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
@@ -16,6 +18,8 @@
 #include "job_journal.h"
 #include "job_registry.h"
 #include "job_stream.h"
+#include "peer_auth.h"
+#include "uv_work.h"
 #include "uv_error.h"
 
 namespace homeward {
@@ -85,7 +89,7 @@ void Job::Recover(pid_t init_pid, uint64_t init_start, FdKeeper keeper, std::vec
   // What mosrun has of the output is known when it comes back; until then nothing of
   // what the spools hold counts as trimmed.
   for (Stream* stream : {stdout_.get(), stderr_.get()}) stream->trimmed = 0;
-  WatchMosrun(std::move(mosrun_pidfd));
+  if (mosrun_pidfd.valid()) WatchMosrun(std::move(mosrun_pidfd));
   spdlog::info("job {} taken back after a restart: {} (init pid {}{}); input at byte {}{}",
                home_pid(), command(), init_pid, init_status_ ? ", ended" : "", input_written_,
                input_closed_ ? ", at its end" : "");
@@ -145,14 +149,31 @@ void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_
   MaybeFinish();
 }
 
+void Job::OutputHad(uint64_t stdout_offset, uint64_t stderr_offset) {
+  if (detached_) {
+    Reattach(relay_, stdout_offset, stderr_offset);
+    return;
+  }
+  for (auto [stream, offset] : {std::pair{stdout_.get(), stdout_offset},
+                                std::pair{stderr_.get(), stderr_offset}}) {
+    if (!stream) continue;
+    uint64_t upto = std::min(offset, stream->sent) & ~uint64_t{4095};
+    if (upto > stream->trimmed) {
+      ::fallocate(stream->spool.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  static_cast<off_t>(stream->trimmed), static_cast<off_t>(upto - stream->trimmed));
+      stream->trimmed = upto;
+    }
+  }
+}
+
 void JobRegistry::KeepJob(Job& job, int slot) {
   std::string dir = config_.state_dir + "/jobs";
   JournalEntry entry;
   entry.slot = slot;
-  entry.mosrun_start = ProcessStartTime(job.home_pid());
+  if (!job.launch().guest) entry.mosrun_start = ProcessStartTime(job.home_pid());
   entry.launch = job.launch();
   entry.launch.env.clear();
-  pid_t home_pid = job.home_pid();
+  std::string name = entry.Name();
   job.KeepAcrossRestarts(
       [dir, entry](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
                    uint64_t keeper_start) mutable {
@@ -162,7 +183,7 @@ void JobRegistry::KeepJob(Job& job, int slot) {
         entry.keeper_start = keeper_start;
         JobJournal(dir).Write(entry);
       },
-      [dir, home_pid] { JobJournal(dir).Remove(home_pid); });
+      [dir, name] { JobJournal(dir).Remove(name); });
 }
 
 void JobRegistry::Recover() {
@@ -170,13 +191,15 @@ void JobRegistry::Recover() {
   JobJournal journal(dir);
   for (JournalEntry& entry : journal.ReadAll()) {
     pid_t home_pid = entry.launch.identity.home_pid;
+    bool guest = entry.launch.guest;
     std::string why;
-    Fd mosrun = Fd::Adopt(PidfdOpen(home_pid));
-    if (!mosrun.valid() || ProcessStartTime(home_pid) != entry.mosrun_start) {
+    Fd mosrun;  // a guest's mosrun is at its home
+    if (!guest) mosrun = Fd::Adopt(PidfdOpen(home_pid));
+    if (!guest && (!mosrun.valid() || ProcessStartTime(home_pid) != entry.mosrun_start)) {
       why = "its mosrun is gone";
     } else if (entry.init_pid <= 0) {
       why = "it never started";
-    } else if (jobs_.count(entry.slot) || entry.slot >= kMaxJobs) {
+    } else if (!guest && (jobs_.count(entry.slot) || entry.slot >= kMaxJobs)) {
       why = fmt::format("slot {} is taken", entry.slot);
     }
     std::vector<Fd> kept;
@@ -188,8 +211,26 @@ void JobRegistry::Recover() {
         why = e.what();
       }
     }
-    auto remove = [dir, home_pid] { JobJournal(dir).Remove(home_pid); };
-    if (why.empty()) {
+    std::string name = entry.Name();
+    auto remove = [dir, name] { JobJournal(dir).Remove(name); };
+    if (why.empty() && guest) {
+      uint64_t id = next_guest_++;
+      JobLaunch launch = std::move(entry.launch);
+      launch.init_path = init_path_;
+      launch.preload_path = preload_path_;
+      auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(),
+                                       [this, id](Job&) { guests_.erase(id); });
+      try {
+        job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept), Fd(),
+                     nullptr, remove);
+        guests_[id] = job;
+        ReattachGuest(job);
+        continue;
+      } catch (const Error& e) {
+        why = e.what();
+        job->Kill();
+      }
+    } else if (why.empty()) {
       int slot = entry.slot;
       JobLaunch launch = std::move(entry.launch);
       launch.init_path = init_path_;
@@ -217,6 +258,61 @@ void JobRegistry::Recover() {
   }
 }
 
+void JobRegistry::ReattachGuest(std::shared_ptr<Job> job) {
+  struct Connection {
+    Fd fd;
+    std::string error;
+  };
+  auto result = std::make_shared<Connection>();
+  std::string host = job->launch().home_host;
+  uint16_t port = job->launch().home_port;
+  auto key = config_.cluster_key;
+  std::weak_ptr<Job> weak = job;
+  // The peer handshake blocks; it runs on libuv's thread pool, never on the loop.
+  int status = QueueWork(
+      loop_,
+      [result, host, port, key] {
+        try {
+          result->fd = PeerConnect(host, port, key, "jobs", std::chrono::seconds(5));
+        } catch (const std::exception& e) {
+          result->error = e.what();
+        }
+      },
+      [this, alive = alive_, weak, result] {
+        if (!*alive) return;
+        auto job = weak.lock();
+        if (!job) return;
+        if (!result->error.empty()) {
+          spdlog::error("job {} of {} cannot reach its home again: {}; killing it",
+                        job->home_pid(), job->launch().home, result->error);
+          job->Kill();
+          auto it = std::find_if(guests_.begin(), guests_.end(),
+                                 [&](const auto& entry) { return entry.second == job; });
+          if (it != guests_.end()) guests_.erase(it);
+          return;
+        }
+        auto weak_job = std::make_shared<std::weak_ptr<Job>>(job);
+        Caller peer;
+        peer.peer = true;
+        ControlStream relay =
+            control_.AdoptStream(std::move(result->fd), peer, RelayHandlersFor(weak_job));
+        job->set_relay(relay);
+        capnp::MallocMessageBuilder message;
+        auto request = message.initRoot<schema::ControlRequest>();
+        request.setVersion(schema::CONTROL_VERSION);
+        auto attach = request.initAttachGuest();
+        attach.setHomePid(job->home_pid());
+        attach.setNode(config_.name);
+        attach.setResumed(true);
+        relay.Send(message);
+        spdlog::info("job {}: asked its home {} to take it back", job->home_pid(),
+                     job->launch().home);
+      });
+  if (status < 0) {
+    spdlog::error("job {}: cannot reach its home again: {}", job->home_pid(), uv_strerror(status));
+  }
+}
+
 void JobRegistry::ResumeJob(schema::ResumeJob::Reader request, ReplySender reply) {
   const Caller& caller = reply.caller();
   std::shared_ptr<Job> job;
@@ -234,6 +330,66 @@ void JobRegistry::ResumeJob(schema::ResumeJob::Reader request, ReplySender reply
   auto weak_job = std::make_shared<std::weak_ptr<Job>>(job);
   ControlStream relay = reply.OpenStream(RelayHandlersFor(weak_job));
   job->Reattach(relay, request.getStdoutOffset(), request.getStderrOffset());
+}
+
+}  // namespace homeward
+
+namespace homeward {
+
+// Every this many bytes of output from a guest, its home says how much it has had, so
+// that the guest's spools keep no more than what a restart of its daemon could lose.
+constexpr uint64_t kOutputTellEvery = 256 * 1024;
+
+void JobRegistry::CountOutput(Away& away, schema::JobOutput::Reader output) {
+  unsigned fd = output.getFd();
+  if (fd != 1 && fd != 2) return;
+  away.output_here[fd] += output.getData().size();
+  if (away.output_here[1] + away.output_here[2] - away.output_told >= kOutputTellEvery) {
+    TellOutputHad(away);
+  }
+}
+
+void JobRegistry::TellOutputHad(Away& away) {
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<schema::ControlRequest>();
+  request.setVersion(schema::CONTROL_VERSION);
+  auto had = request.initResumeJob();
+  had.setStdoutOffset(away.output_here[1]);
+  had.setStderrOffset(away.output_here[2]);
+  away.peer.Send(message);
+  away.output_told = away.output_here[1] + away.output_here[2];
+}
+
+bool JobRegistry::AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay) {
+  const move::Record& record = away->protocol.record();
+  if (relay != record.relay || record.state != move::State::kRunning || away->frozen) {
+    return false;
+  }
+  // The job's node may only have lost its daemon: the job runs on there and the next
+  // daemon attaches again (Rejoin). Until then this is what a restart of the home is.
+  away->protocol = move::Protocol::Reloaded(record, static_cast<int64_t>(uv_now(loop_)));
+  spdlog::warn("job {}: lost its relay to node {}; waiting {} s for it to take the job back",
+               away->home_pid(), away->where(), move::kAttachTimeoutMs / 1000);
+  return true;
+}
+
+bool JobRegistry::Rejoin(int slot, const std::shared_ptr<Away>& away,
+                         schema::AttachGuest::Reader attach, ReplySender& reply) {
+  auto step = away->protocol.Rejoined(attach.getNode());
+  if (!step) return false;  // given up, or waiting for another node: the attach is refused
+  away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
+  away->mosrun.OnDrain([away] {
+    if (!away->output_held) away->peer.PauseReading(false);
+  });
+  away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+  away->mosrun.PauseReading(false);
+  // The node sends again what it has after this; then the job's input goes on.
+  TellOutputHad(*away);
+  spdlog::info("job {} taken back by node {} after its daemon restarted; output from bytes {} "
+               "and {}",
+               away->home_pid(), away->where(), away->output_here[1], away->output_here[2]);
+  Apply(slot, away, std::move(*step));
+  return true;
 }
 
 }  // namespace homeward

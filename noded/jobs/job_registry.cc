@@ -65,6 +65,14 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
       case schema::ControlRequest::JOB_SIGNAL:
         job->Signal(message.getJobSignal());
         break;
+      case schema::ControlRequest::RESUME_JOB: {
+        if (!job->launch().guest) {
+          Fail(ErrorKind::kInvalidInput, "only a guest's home tells it what output it has");
+        }
+        auto had = message.getResumeJob();
+        job->OutputHad(had.getStdoutOffset(), had.getStderrOffset());
+        break;
+      }
       case schema::ControlRequest::MIGRATE_JOB:
         if (!job->launch().guest || !message.getMigrateJob().isMoveTo()) {
           Fail(ErrorKind::kInvalidInput,
@@ -195,7 +203,8 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
   JobLaunch launch = GuestLaunch(spec);
   if (!launch.guest) Fail(ErrorKind::kInvalidInput, "a job of this home is not a guest here");
   uint64_t id = next_guest_++;
-  auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); });
+  auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); },
+                     [this](Job& job) { KeepJob(job, -1); });
   if (job) {
     guests_[id] = job;
     if (on_arrival_) on_arrival_();

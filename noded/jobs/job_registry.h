@@ -126,6 +126,11 @@ class JobRegistry {
     // output (what the job left in its pipes) has come in: releases it.
     std::function<void()> release_output;
     bool output_held = false;
+    // The job's stdout and stderr bytes had from the node it runs on since it got there
+    // (the offsets of that node's spools), and the last total told to that node
+    // (job_recovery.cc: "Daemon restarts").
+    uint64_t output_here[3] = {0, 0, 0};
+    uint64_t output_told = 0;
 
     pid_t home_pid() const { return protocol.record().home_pid; }
     const std::string& where() const { return protocol.record().where; }
@@ -155,6 +160,16 @@ class JobRegistry {
   // death; and takes back, at start, the jobs the journal names (job_recovery.cc).
   void KeepJob(Job& job, int slot);
   void Recover();
+  // A guest taken back after a restart asks its home to take it back too.
+  void ReattachGuest(std::shared_ptr<Job> job);
+  // Home's side: counts output from the current relay and now and then tells the node
+  // how much it has had; a relay closed while the job runs waits for the node's daemon
+  // to come back; a node whose daemon came back takes the job up again.
+  static void CountOutput(Away& away, schema::JobOutput::Reader output);
+  static void TellOutputHad(Away& away);
+  bool AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay);
+  bool Rejoin(int slot, const std::shared_ptr<Away>& away, schema::AttachGuest::Reader attach,
+              ReplySender& reply);
   void StartAway(int slot, JobLaunch launch, const std::string& where, ReplySender reply);
   void ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
                      std::shared_ptr<capnp::MallocMessageBuilder> guest_request);

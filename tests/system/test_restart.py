@@ -146,10 +146,11 @@ class RestartTest(unittest.TestCase):
         self.c.wait_for(lambda: f"job {pid}: its mosrun is back" in self.c.log("node1"), 60,
                         "mosrun to take its job back")
 
-    def assert_nothing_left(self):
+    def assert_nothing_left(self, nodes=("node1",)):
         # No keeper of pipe ends and no journal entry outlives the job.
-        state = self.c.node("node1")["state"]
-        self.assertEqual(os.listdir(os.path.join(state, "jobs")), [])
+        for node in nodes:
+            jobs_dir = os.path.join(self.c.node(node)["state"], "jobs")
+            self.assertEqual(os.listdir(jobs_dir) if os.path.isdir(jobs_dir) else [], [], node)
         # A keeper is killed when its job ends; one a daemon before took over is reaped by
         # whoever adopted it, a moment later.
         self.c.wait_for(lambda: subprocess.run(["pgrep", "-x", "mosfdkeeper"],
@@ -197,6 +198,38 @@ class RestartTest(unittest.TestCase):
         expected_err = WAITING + "".join(f"{i}\n" for i in range(400001, 800001))
         self.assertTrue(err == expected_err, f"{len(err)} bytes of stderr, not {len(expected_err)}")
         self.assert_nothing_left()
+
+    def test_guest_daemon_killed_while_the_job_runs_there(self):
+        self.c.wait_for(lambda: self.c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                           check=False).returncode == 0,
+                        30, "node2 to mount node1's files")
+        shell = "seq 1 6000 | mosrun -r node2 sh job.sh > out 2> err"
+        plain, plain_inside = self.workdir("plain")
+        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
+        self.assertEqual(self.wait_end(plain), "3\n", read(os.path.join(plain, "err")))
+
+        work, inside = self.workdir("faulted")
+        pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
+        self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
+                        "3000 lines of output")
+        before = [j for j in jobs(self.c) if j["pid"] == pid]
+        self.assertEqual([j["where"] for j in before], ["node2"])
+        self.c.kill("node2")
+        self.c.start("node2")
+        self.c.wait_for(lambda: f"job {pid} taken back by node node2" in self.c.log("node1"), 60,
+                        "node2 to take the job back")
+        after = [j for j in jobs(self.c) if j["pid"] == pid]
+        self.assertEqual(len(after), 1, after)
+        for key in ("pid", "cmd", "user", "where", "home", "migrations"):
+            self.assertEqual(after[0][key], before[0][key], (before, after))
+        guests = [j for j in jobs(self.c, "node2") if j["pid"] == pid]
+        self.assertEqual(len(guests), 1, guests)
+        open(os.path.join(work, "gate"), "w").close()
+        self.assertEqual(self.wait_end(work), "3\n", read(os.path.join(work, "err")))
+        self.assertEqual(read(os.path.join(work, "out")), read(os.path.join(plain, "out")))
+        self.assertEqual(read(os.path.join(work, "err")), read(os.path.join(plain, "err")))
+        self.c.wait_for(lambda: not jobs(self.c, "node2"), 30, "the guest to leave node2")
+        self.assert_nothing_left(("node1", "node2"))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ struct ControlRequest {
     # mosrun's stdin ended after this many bytes: the job's stdin closes once it has them.
     resumeJob @15 :ResumeJob;
     # mosrun, after its daemon was restarted: takes its job (by mosrun's own pid, the home
-    # pid) back from the new daemon. The connection becomes the job's relay again.
+    # pid) back from the new daemon. The connection becomes the job's relay again. On a
+    # guest's relay, from its home: how much of the job's output the home has had from
+    # this node (see attachGuest's resumed).
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -241,6 +243,11 @@ struct AttachGuest {
   homePid @0 :Int32;
   node @1 :Text;
   # The node the job now runs on.
+  resumed @2 :Bool;
+  # The job did not move: the daemon of the node it runs on was restarted and took it back.
+  # The home answers on the relay with resumeJob (how much of the job's output it has had
+  # from that node), as it does from time to time while the job runs there, so that the
+  # node resends what was lost and keeps no more than the home lacks.
 }
 
 struct JobIdentity {
