@@ -218,6 +218,17 @@ void Job::Start() {
 
 void Job::Adopt(ChildProcess init, DaemonEnds ends) {
   init_.emplace(std::move(init));
+  if (journal_write_) {
+    // As for a job started here: the keeper holds our ends, and the journal names it and
+    // the init, before the job runs on here.
+    ends.stdin_spool = MakeSpool("stdin");
+    ends.stdout_spool = MakeSpool("stdout");
+    ends.stderr_spool = MakeSpool("stderr");
+    ends.status_spool = MakeSpool("status");
+    keeper_ = FdKeeper::Spawn(KeptFds(ends));
+    journal_write_(init_->pid(), ProcessStartTime(init_->pid()), keeper_.pid(),
+                   keeper_.start_time());
+  }
   Attach(std::move(ends));
   spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_->pid());
   // What the job had not read at its old place goes into its new pipe first; then mosrun

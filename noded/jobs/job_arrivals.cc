@@ -59,6 +59,8 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
   // A throw from here on leaves the init with `init` or the job, either of which kills
   // and reaps it.
   faults_.Check(Fault::kAdoptRestored);
+  // A guest survives a restart of this daemon as one started here does (job_recovery.cc).
+  if (job->launch().guest) KeepJob(*job, -1);
   job->Adopt(std::move(init), std::move(ends));
   return job;
 }

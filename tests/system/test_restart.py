@@ -4,7 +4,7 @@ again: the job runs on, the new daemon takes it back from its journal (mosps lis
 before), mosrun says once on stderr that it waits for its daemon, reconnects, and every
 byte of output arrives once, in order, and the exit status with it: the output is compared
 byte for byte with a run that was never faulted. The jobs run as an ordinary user
-(created here, removed afterwards).
+(created here, removed afterwards), locked (mosrun -L) so that only the test moves them.
 
 The jobs wait at gates (files in /data/restart) that the test makes once its faults are
 done, so that no job can end before the fault it is there to undergo."""
@@ -158,7 +158,7 @@ class RestartTest(unittest.TestCase):
                         "the jobs' keepers to be gone")
 
     def test_home_daemon_killed_while_the_job_echoes_its_input(self):
-        shell = "seq 1 6000 | mosrun sh job.sh > out 2> err"
+        shell = "seq 1 6000 | mosrun -L sh job.sh > out 2> err"
         plain, plain_inside = self.workdir("plain")
         self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
         self.assertEqual(self.wait_end(plain), "3\n")
@@ -177,7 +177,7 @@ class RestartTest(unittest.TestCase):
         self.assert_nothing_left()
 
     def test_home_daemon_killed_while_the_job_floods_its_output(self):
-        shell = ("mosrun sh job.sh < /dev/null 2> err | "
+        shell = ("mosrun -L sh job.sh < /dev/null 2> err | "
                  "(until [ -e reader-gate ]; do sleep 0.05; done; cat > out)")
         work, inside = self.workdir("faulted")
         pid = self.start(work, inside, FLOOD_JOB, shell, gate_open=False)
@@ -199,19 +199,25 @@ class RestartTest(unittest.TestCase):
         self.assertTrue(err == expected_err, f"{len(err)} bytes of stderr, not {len(expected_err)}")
         self.assert_nothing_left()
 
-    def test_guest_daemon_killed_while_the_job_runs_there(self):
+    def guest_daemon_killed(self, moved):
         self.c.wait_for(lambda: self.c.run("node2", "test", "-d", "/mosix/home/node1/data",
                                            check=False).returncode == 0,
                         30, "node2 to mount node1's files")
-        shell = "seq 1 6000 | mosrun -r node2 sh job.sh > out 2> err"
+        # Started there, or moved there by CRIU from home.
+        where = "" if moved else "-r node2 "
+        shell = f"seq 1 6000 | mosrun -L {where}sh job.sh > out 2> err"
         plain, plain_inside = self.workdir("plain")
-        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
+        self.start(plain, plain_inside, ECHO_JOB, shell.replace("-L sh", "-L -r node2 sh"),
+                   gate_open=True)
         self.assertEqual(self.wait_end(plain), "3\n", read(os.path.join(plain, "err")))
 
         work, inside = self.workdir("faulted")
         pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
         self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
                         "3000 lines of output")
+        if moved:
+            result = self.c.run("node1", "mosmigrate", str(pid), "node2", check=False)
+            self.assertEqual(result.returncode, 0, result.stderr)
         before = [j for j in jobs(self.c) if j["pid"] == pid]
         self.assertEqual([j["where"] for j in before], ["node2"])
         self.c.kill("node2")
@@ -231,6 +237,12 @@ class RestartTest(unittest.TestCase):
         self.c.wait_for(lambda: not jobs(self.c, "node2"), 30, "the guest to leave node2")
         self.assert_nothing_left(("node1", "node2"))
 
+
+    def test_guest_daemon_killed_while_the_job_runs_there(self):
+        self.guest_daemon_killed(moved=False)
+
+    def test_guest_daemon_killed_while_a_job_moved_there_runs(self):
+        self.guest_daemon_killed(moved=True)
 
 if __name__ == "__main__":
     harness.main()
