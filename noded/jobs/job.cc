@@ -322,7 +322,9 @@ void Job::AbandonAfterMove() {
   // The job is frozen: what it wrote before the dump is still in our pipes. Relay it
   // before the copy here goes, so that no byte of output is lost by the move.
   for (Stream* stream : {stdout_.get(), stderr_.get()}) {
-    if (stream) Pump(*stream, true);
+    if (!stream) continue;
+    Pump(*stream, true);
+    output_base_[stream->fd] += stream->sent;  // what mosrun has had: output_total()
   }
   exit_watch_.Close();
   KillInit();  // the frozen source copy

@@ -137,6 +137,15 @@ class Job : public std::enable_shared_from_this<Job> {
   // spools of a running one keep only what comes after.
   void OutputHad(uint64_t stdout_offset, uint64_t stderr_offset);
   void set_relay(ControlStream relay) { relay_ = std::move(relay); }
+  // A guest whose home's relay closed: it runs on, its output waiting in its pipes and
+  // spools, until its home takes it back (Reattach through OutputHad) or gives it up
+  // (GiveUp: killed as when its relay closed).
+  void Detach();
+  void GiveUp();
+  // How much of the job's stdout (1) or stderr (2) mosrun has been sent, since the job
+  // started: what this node sent, after what mosrun had when the job arrived here.
+  uint64_t output_total(int fd) const;
+  void set_output_base(uint64_t stdout_base, uint64_t stderr_base);
   bool detached() const { return detached_; }
   // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
   void Adopt(ChildProcess init, DaemonEnds ends);
@@ -269,6 +278,7 @@ class Job : public std::enable_shared_from_this<Job> {
   JournalWrite journal_write_;
   std::function<void()> journal_remove_;
   bool detached_ = false;  // taken back after a restart; its mosrun has not come back yet
+  uint64_t output_base_[3] = {0, 0, 0};  // mosrun's offsets where this node's output starts
   Fd mosrun_pidfd_;
   UvHandle<uv_poll_t> mosrun_watch_;
 };

@@ -90,14 +90,23 @@ void JobRegistry::ComeHome(Restored& restored) {
       // The old node has not yet sent what the job left in its pipes there: the job's
       // output here waits for it, so that mosrun gets the job's output in order.
       job->HoldOutput(true);
-      away->release_output = [weak = std::weak_ptr<Job>(job)] {
-        if (auto job = weak.lock()) job->HoldOutput(false);
+      away->release_output = [weak = std::weak_ptr<Job>(job), away] {
+        if (auto job = weak.lock()) {
+          // Everything from the old node is in: the job's output here follows it.
+          job->set_output_base(away->origin[1] + away->forwarded[1],
+                               away->origin[2] + away->forwarded[2]);
+          job->HoldOutput(false);
+        }
       };
+    } else {
+      job->set_output_base(away->origin[1] + away->forwarded[1],
+                           away->origin[2] + away->forwarded[2]);
     }
     job->set_migrations(away->protocol.record().migrations);
     away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
     away->mosrun.PauseReading(false);
     entry.here = job;
+    ForgetAway(*away);
     entry.away.reset();
     spdlog::info("job {} is back home", home_pid);
     Apply(job_slot, away, std::move(*step));

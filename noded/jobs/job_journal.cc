@@ -67,6 +67,10 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
     text += "guest_of " + Escape(launch.home_host) + fmt::format(" {}\n", launch.home_port);
     text += "root " + Escape(launch.root) + "\n";
   }
+  if (entry.away) {
+    text += "away " + Escape(entry.record) + "\n";
+    text += fmt::format("base {} {}\n", entry.base[1], entry.base[2]);
+  }
   text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
                       entry.keeper_pid, entry.keeper_start);
   return text;
@@ -132,6 +136,11 @@ JournalEntry ParseJournalEntry(const std::string& text) {
       fields >> launch.home_port;
     } else if (key == "root" && fields >> value) {
       launch.root = Unescape(value);
+    } else if (key == "away" && fields >> value) {
+      entry.away = true;
+      entry.record = Unescape(value);
+    } else if (key == "base") {
+      fields >> entry.base[1] >> entry.base[2];
     } else if (key == "init") {
       fields >> entry.init_pid >> entry.init_start;
     } else if (key == "keeper") {

@@ -22,6 +22,11 @@ struct JournalEntry {
   uint64_t init_start = 0;
   pid_t keeper_pid = 0;
   uint64_t keeper_start = 0;
+  // A job of this home running on another node: where it stands in the move protocol
+  // (move::Record's line), and mosrun's offsets where that node's output starts.
+  bool away = false;
+  std::string record;
+  uint64_t base[3] = {0, 0, 0};
 
   // The entry's file name: the home pid for a job of this home, and for a guest its home's
   // name too (home pids are unique only within a home).

@@ -140,6 +140,7 @@ void JobRegistry::EndAway(int slot, const std::shared_ptr<Away>& away, const std
   auto it = jobs_.find(slot);
   if (it == jobs_.end() || it->second.away != away) return;
   jobs_.erase(it);
+  ForgetAway(*away);
   if (away->frozen) migrate::RemoveImageDir(away->frozen->dir);
   if (!why.empty()) {
     spdlog::warn("job {}: {}", away->home_pid(), why);
@@ -245,6 +246,8 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   // Abandoned before it stops migrating: its input, held and reclaimed, is never written
   // to the old pipe again.
   job->AbandonAfterMove();
+  away->origin[1] = job->output_total(1);  // what mosrun had when the job left
+  away->origin[2] = job->output_total(2);
   job->set_migrating(false);
   it->second.here.reset();
   it->second.away = away;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <thread>
 
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
@@ -122,7 +123,7 @@ void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_
   if (!detached_) Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", home_pid());
   for (auto [stream, offset] : {std::pair{stdout_.get(), stdout_offset},
                                 std::pair{stderr_.get(), stderr_offset}}) {
-    if (offset > stream->taken) {
+    if (offset > stream->taken || offset < stream->trimmed) {
       Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, the job wrote {}",
            home_pid(), offset, stream->fd, stream->taken);
     }
@@ -166,6 +167,36 @@ void Job::OutputHad(uint64_t stdout_offset, uint64_t stderr_offset) {
   }
 }
 
+uint64_t Job::output_total(int fd) const {
+  const Stream* stream = fd == 1 ? stdout_.get() : fd == 2 ? stderr_.get() : nullptr;
+  return output_base_[fd == 2 ? 2 : 1] + (stream ? stream->sent : 0);
+}
+
+void Job::set_output_base(uint64_t stdout_base, uint64_t stderr_base) {
+  output_base_[1] = stdout_base;
+  output_base_[2] = stderr_base;
+}
+
+void Job::Detach() {
+  if (detached_ || finished_) return;
+  detached_ = true;
+  relay_ = ControlStream();
+  for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) {
+    if (stream) UpdatePoll(*stream);
+  }
+  spdlog::warn("job {}: lost its relay to its home {}; it runs on and waits to be taken back",
+               home_pid(), launch_.home);
+}
+
+void Job::GiveUp() {
+  detached_ = false;
+  RelayLost();
+  for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) {
+    if (stream) Pump(*stream);
+  }
+  MaybeFinish();
+}
+
 void JobRegistry::KeepJob(Job& job, int slot) {
   std::string dir = config_.state_dir + "/jobs";
   JournalEntry entry;
@@ -191,6 +222,10 @@ void JobRegistry::Recover() {
   JobJournal journal(dir);
   for (JournalEntry& entry : journal.ReadAll()) {
     pid_t home_pid = entry.launch.identity.home_pid;
+    if (entry.away) {
+      RecoverAway(entry);
+      continue;
+    }
     bool guest = entry.launch.guest;
     std::string why;
     Fd mosrun;  // a guest's mosrun is at its home
@@ -224,7 +259,7 @@ void JobRegistry::Recover() {
         job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept), Fd(),
                      nullptr, remove);
         guests_[id] = job;
-        ReattachGuest(job);
+        ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
         continue;
       } catch (const Error& e) {
         why = e.what();
@@ -258,7 +293,21 @@ void JobRegistry::Recover() {
   }
 }
 
-void JobRegistry::ReattachGuest(std::shared_ptr<Job> job) {
+void JobRegistry::RelayClosed(const std::shared_ptr<Job>& job) {
+  if (job->launch().guest && !job->detached() && job->state() == JobState::RUNNING) {
+    job->Detach();
+    ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
+  } else if (job->detached()) {
+    // The home refused to take it back (it gave the job up): the job ends here.
+    spdlog::warn("job {}: its home {} does not take it back; killing it", job->home_pid(),
+                 job->launch().home);
+    job->GiveUp();
+  } else {
+    job->RelayLost();
+  }
+}
+
+void JobRegistry::ReattachGuest(std::shared_ptr<Job> job, int64_t until_ms, bool again) {
   struct Connection {
     Fd fd;
     std::string error;
@@ -268,27 +317,30 @@ void JobRegistry::ReattachGuest(std::shared_ptr<Job> job) {
   uint16_t port = job->launch().home_port;
   auto key = config_.cluster_key;
   std::weak_ptr<Job> weak = job;
-  // The peer handshake blocks; it runs on libuv's thread pool, never on the loop.
+  // The peer handshake blocks; it runs on libuv's thread pool, never on the loop (and so
+  // does the pause between tries while the home's daemon is away).
   int status = QueueWork(
       loop_,
-      [result, host, port, key] {
+      [result, host, port, key, again] {
+        if (again) std::this_thread::sleep_for(std::chrono::milliseconds(300));
         try {
           result->fd = PeerConnect(host, port, key, "jobs", std::chrono::seconds(5));
         } catch (const std::exception& e) {
           result->error = e.what();
         }
       },
-      [this, alive = alive_, weak, result] {
+      [this, alive = alive_, weak, result, until_ms] {
         if (!*alive) return;
         auto job = weak.lock();
         if (!job) return;
+        if (!result->error.empty() && static_cast<int64_t>(uv_now(loop_)) < until_ms) {
+          ReattachGuest(job, until_ms, true);  // its home's daemon is not back yet
+          return;
+        }
         if (!result->error.empty()) {
           spdlog::error("job {} of {} cannot reach its home again: {}; killing it",
                         job->home_pid(), job->launch().home, result->error);
-          job->Kill();
-          auto it = std::find_if(guests_.begin(), guests_.end(),
-                                 [&](const auto& entry) { return entry.second == job; });
-          if (it != guests_.end()) guests_.erase(it);
+          job->GiveUp();
           return;
         }
         auto weak_job = std::make_shared<std::weak_ptr<Job>>(job);
@@ -315,6 +367,7 @@ void JobRegistry::ReattachGuest(std::shared_ptr<Job> job) {
 
 void JobRegistry::ResumeJob(schema::ResumeJob::Reader request, ReplySender reply) {
   const Caller& caller = reply.caller();
+  if (ResumeAway(request, reply)) return;
   std::shared_ptr<Job> job;
   // Only the job's own mosrun (its home pid, by the kernel's word) takes it back.
   for (const auto& [slot, home_job] : jobs_) {
@@ -344,7 +397,10 @@ void JobRegistry::CountOutput(Away& away, schema::JobOutput::Reader output) {
   unsigned fd = output.getFd();
   if (fd != 1 && fd != 2) return;
   away.output_here[fd] += output.getData().size();
-  if (away.output_here[1] + away.output_here[2] - away.output_told >= kOutputTellEvery) {
+  // Told only once mosrun's socket has all that was forwarded: the node then forgets it,
+  // and a home killed now must not have held any of it only in its memory.
+  if (away.output_here[1] + away.output_here[2] - away.output_told >= kOutputTellEvery &&
+      away.mosrun.queued_bytes() == 0) {
     TellOutputHad(away);
   }
 }
@@ -383,13 +439,140 @@ bool JobRegistry::Rejoin(int slot, const std::shared_ptr<Away>& away,
   });
   away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
   away->mosrun.PauseReading(false);
-  // The node sends again what it has after this; then the job's input goes on.
+  // The node sends again what it has after this; then the job's input goes on. After a
+  // restart of this daemon, that waits for mosrun to say what it has.
+  if (away->awaiting_mosrun) {
+    spdlog::info("job {} taken back by node {}; waiting for its mosrun", away->home_pid(),
+                 away->where());
+    return true;
+  }
   TellOutputHad(*away);
   spdlog::info("job {} taken back by node {} after its daemon restarted; output from bytes {} "
                "and {}",
                away->home_pid(), away->where(), away->output_here[1], away->output_here[2]);
   Apply(slot, away, std::move(*step));
   return true;
+}
+
+void JobRegistry::ForgetAway(const Away& away) {
+  if (away.journaled.empty()) return;
+  JobJournal(config_.state_dir + "/jobs").Remove(std::to_string(away.home_pid()));
+}
+
+void JobRegistry::JournalAways() {
+  std::vector<std::pair<int, std::shared_ptr<Away>>> aways;
+  for (auto& [slot, entry] : jobs_) {
+    if (entry.away) aways.emplace_back(slot, entry.away);
+  }
+  for (auto& [slot, away] : aways) {
+    const move::Record& record = away->protocol.record();
+    if (away->awaiting_mosrun) {
+      if (ProcessStartTime(away->home_pid()) != away->mosrun_start) {
+        spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid(),
+                     away->where());
+        Apply(slot, away, away->protocol.MosrunGone());
+      }
+      continue;
+    }
+    if (away->frozen || away->output_held || record.state == move::State::kStarting ||
+        record.state == move::State::kEnded) {
+      continue;
+    }
+    if (away->mosrun_start == 0) away->mosrun_start = ProcessStartTime(away->home_pid());
+    JournalEntry entry;
+    entry.slot = slot;
+    entry.mosrun_start = away->mosrun_start;
+    entry.launch.identity.home_pid = away->home_pid();
+    entry.launch.identity.uid = away->uid;
+    entry.launch.home = config_.name;
+    entry.launch.argv = {away->command};
+    entry.launch.locked = away->locked;
+    entry.away = true;
+    entry.record = record.Serialize();
+    for (int fd : {1, 2}) {
+      entry.base[fd] = away->origin[fd] + away->forwarded[fd] - away->output_here[fd];
+    }
+    std::string text = FormatJournalEntry(entry);
+    if (text == away->journaled) continue;
+    try {
+      JobJournal(config_.state_dir + "/jobs").Write(entry);
+      away->journaled = std::move(text);
+    } catch (const Error& e) {
+      spdlog::warn("job {}: cannot journal it: {}", away->home_pid(), e.what());
+    }
+  }
+}
+
+void JobRegistry::RecoverAway(JournalEntry& entry) {
+  pid_t home_pid = entry.launch.identity.home_pid;
+  std::string name = entry.Name();
+  std::string why;
+  if (ProcessStartTime(home_pid) != entry.mosrun_start) {
+    why = "its mosrun is gone";
+  } else if (jobs_.count(entry.slot) || entry.slot < 0 || entry.slot >= kMaxJobs) {
+    why = fmt::format("slot {} is taken", entry.slot);
+  }
+  std::optional<move::Protocol> protocol;
+  if (why.empty()) {
+    try {
+      protocol = move::Protocol::Reloaded(move::Record::Parse(entry.record),
+                                          static_cast<int64_t>(uv_now(loop_)));
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
+  if (why.empty() && protocol->ended()) why = "it had ended";
+  if (!why.empty()) {
+    // Its node's attach is refused: the guest is killed there.
+    spdlog::warn("job {} of the journal, away, is not taken back ({})", home_pid, why);
+    JobJournal(config_.state_dir + "/jobs").Remove(name);
+    return;
+  }
+  auto away = std::make_shared<Away>(std::move(*protocol));
+  away->uid = entry.launch.identity.uid;
+  away->command = entry.launch.argv.empty() ? "" : entry.launch.argv[0];
+  away->locked = entry.launch.locked;
+  away->awaiting_mosrun = true;
+  away->mosrun_start = entry.mosrun_start;
+  away->origin[1] = entry.base[1];
+  away->origin[2] = entry.base[2];
+  away->journaled = FormatJournalEntry(entry);
+  jobs_[entry.slot].away = away;
+  spdlog::info("job {} taken back after a restart: runs on {}; waiting for it and its mosrun",
+               home_pid, away->where());
+}
+
+bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply) {
+  const Caller& caller = reply.caller();
+  for (auto& [slot, entry] : jobs_) {
+    if (!entry.away || entry.away->home_pid() != caller.pid) continue;
+    auto away = entry.away;
+    if (away->uid != caller.uid || !away->awaiting_mosrun) {
+      Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", caller.pid);
+    }
+    uint64_t had[3] = {0, request.getStdoutOffset(), request.getStderrOffset()};
+    for (int fd : {1, 2}) {
+      if (had[fd] < away->origin[fd]) {
+        Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, fewer than {}",
+             caller.pid, had[fd], fd, away->origin[fd]);
+      }
+    }
+    for (int fd : {1, 2}) {
+      away->output_here[fd] = had[fd] - away->origin[fd];
+      away->forwarded[fd] = away->output_here[fd];
+    }
+    away->awaiting_mosrun = false;
+    away->mosrun = reply.OpenStream(MosrunHandlersForAway(slot, away));
+    away->mosrun.OnDrain([away] {
+      if (!away->output_held) away->peer.PauseReading(false);
+    });
+    spdlog::info("job {}: its mosrun is back; output goes on from bytes {} and {}", caller.pid,
+                 had[1], had[2]);
+    // The node, if it is back already, resends from there and says where input goes on.
+    if (away->protocol.state() == move::State::kRunning) TellOutputHad(*away);
+    return true;
+  }
+  return false;
 }
 
 }  // namespace homeward

@@ -84,8 +84,8 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
         Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
     }
   };
-  handlers.on_close = [weak_job] {
-    if (auto job = weak_job->lock()) job->RelayLost();
+  handlers.on_close = [this, weak_job] {
+    if (auto job = weak_job->lock()) RelayClosed(job);
   };
   return handlers;
 }
@@ -230,6 +230,7 @@ void JobRegistry::Start() {
                 GuardedCall("job counts", [timer] {
                   auto* self = static_cast<JobRegistry*>(timer->data);
                   self->EndOverdueAttaches();
+                  self->JournalAways();
                   if (self->on_change_) self->on_change_();
                 });
               },
@@ -286,6 +287,7 @@ void JobRegistry::KillAll() {
     if (job.here) job.here->Kill();
     if (job.away) {
       if (job.away->frozen) migrate::RemoveImageDir(job.away->frozen->dir);
+      ForgetAway(*job.away);
       job.away->protocol.MosrunGone();  // the daemon's end: nobody hears of it
       job.away->peer.Close();
       job.away->mosrun.Close();

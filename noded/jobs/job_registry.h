@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,7 @@
 #include "fault.h"
 #include "image_stream.h"
 #include "job.h"
+#include "job_journal.h"
 #include "migration.h"
 #include "move_protocol.h"
 
@@ -131,6 +133,17 @@ class JobRegistry {
     // (job_recovery.cc: "Daemon restarts").
     uint64_t output_here[3] = {0, 0, 0};
     uint64_t output_told = 0;
+    // mosrun's offsets when the job left home (or started away), and every byte of
+    // output forwarded to mosrun since: where the current node's output starts in
+    // mosrun's stream is origin + forwarded - output_here.
+    uint64_t origin[3] = {0, 0, 0};
+    uint64_t forwarded[3] = {0, 0, 0};
+    // Taken back from the journal after this daemon restarted: its mosrun has not come
+    // back yet (it must be the process that started at mosrun_start).
+    bool awaiting_mosrun = false;
+    uint64_t mosrun_start = 0;
+    int slot = -1;
+    std::string journaled;  // the journal's text as last written
 
     pid_t home_pid() const { return protocol.record().home_pid; }
     const std::string& where() const { return protocol.record().where; }
@@ -161,13 +174,22 @@ class JobRegistry {
   void KeepJob(Job& job, int slot);
   void Recover();
   // A guest taken back after a restart asks its home to take it back too.
-  void ReattachGuest(std::shared_ptr<Job> job);
+  void ReattachGuest(std::shared_ptr<Job> job, int64_t until_ms, bool again = false);
+  // The relay of a job running here closed: a guest waits for its home to take it back
+  // (its home's daemon may have been restarted), anything else is killed.
+  void RelayClosed(const std::shared_ptr<Job>& job);
   // Home's side: counts output from the current relay and now and then tells the node
   // how much it has had; a relay closed while the job runs waits for the node's daemon
   // to come back; a node whose daemon came back takes the job up again.
   static void CountOutput(Away& away, schema::JobOutput::Reader output);
   static void TellOutputHad(Away& away);
   bool AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay);
+  // Keeps the journal of every job away current (each second), and ends one taken back
+  // whose mosrun died before it came back.
+  void JournalAways();
+  void ForgetAway(const Away& away);
+  void RecoverAway(JournalEntry& entry);
+  bool ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply);
   bool Rejoin(int slot, const std::shared_ptr<Away>& away, schema::AttachGuest::Reader attach,
               ReplySender& reply);
   void StartAway(int slot, JobLaunch launch, const std::string& where, ReplySender reply);

@@ -155,8 +155,12 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);
-    if (reply.isJobOutput() && relay == away->protocol.record().relay) {
-      CountOutput(*away, reply.getJobOutput());
+    if (reply.isJobOutput()) {
+      auto output = reply.getJobOutput();
+      if (output.getFd() == 1 || output.getFd() == 2) {
+        away->forwarded[output.getFd()] += output.getData().size();
+      }
+      if (relay == away->protocol.record().relay) CountOutput(*away, output);
     }
     if (reply.isJobExited()) {
       Apply(slot, away, away->protocol.Exited());

@@ -243,6 +243,44 @@ class RestartTest(unittest.TestCase):
 
     def test_guest_daemon_killed_while_a_job_moved_there_runs(self):
         self.guest_daemon_killed(moved=True)
+    def test_home_daemon_killed_while_its_job_runs_away(self):
+        self.c.wait_for(lambda: self.c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                           check=False).returncode == 0,
+                        30, "node2 to mount node1's files")
+        shell = "seq 1 6000 | mosrun -L -r node2 sh job.sh > out 2> err"
+        plain, plain_inside = self.workdir("plain")
+        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
+        self.assertEqual(self.wait_end(plain), "3\n", read(os.path.join(plain, "err")))
+
+        work, inside = self.workdir("faulted")
+        pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
+        self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
+                        "3000 lines of output")
+        journal = os.path.join(self.c.node("node1")["state"], "jobs", str(pid))
+        self.c.wait_for(lambda: "away " in read(journal), 30, "the home to journal the job away")
+        before = [j for j in jobs(self.c) if j["pid"] == pid]
+        self.assertEqual([j["where"] for j in before], ["node2"])
+        self.c.kill("node1")
+        self.c.wait_for(lambda: WAITING in read(os.path.join(work, "err")), 30,
+                        "mosrun to say it waits for its daemon")
+        self.c.start("node1")
+        self.c.wait_for(lambda: f"job {pid}: its mosrun is back" in self.c.log("node1"), 60,
+                        "mosrun to take its job back")
+        self.c.wait_for(lambda: f"job {pid} taken back by node node2" in self.c.log("node1"), 60,
+                        "node2 to attach the job again")
+        after = [j for j in jobs(self.c) if j["pid"] == pid]
+        self.assertEqual(len(after), 1, after)
+        for key in ("pid", "cmd", "user", "where", "home", "migrations"):
+            self.assertEqual(after[0][key], before[0][key], (before, after))
+        open(os.path.join(work, "gate"), "w").close()
+        self.assertEqual(self.wait_end(work), "3\n", read(os.path.join(work, "err")))
+        self.assertEqual(read(os.path.join(work, "out")), read(os.path.join(plain, "out")))
+        err = read(os.path.join(work, "err"))
+        self.assertEqual(err.count(WAITING), 1, err)
+        self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
+        self.c.wait_for(lambda: not jobs(self.c, "node2"), 30, "the guest to leave node2")
+        self.assert_nothing_left(("node1", "node2"))
+
 
 if __name__ == "__main__":
     harness.main()
