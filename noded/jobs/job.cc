@@ -150,7 +150,7 @@ void Job::Start() {
     ends.stderr_spool = MakeSpool("stderr");
     ends.status_spool = MakeSpool("status");
     keeper_ = FdKeeper::Spawn(KeptFds(ends));
-    journal_write_(0, 0, keeper_.pid(), keeper_.start_time());
+    journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), false);
   }
 
   const JobIdentity& id = launch_.identity;
@@ -202,8 +202,10 @@ void Job::Start() {
   options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
   if (launch_.guest) options.clone_flags |= CLONE_NEWNET;
   init_.emplace(ChildProcess::Spawn(options));
-  if (journal_write_) journal_write_(init_->pid(), ProcessStartTime(init_->pid()), keeper_.pid(),
-                                     keeper_.start_time());
+  if (journal_write_) {
+    init_start_ = ProcessStartTime(init_->pid());
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
+  }
 
   // The job's ends are the job's alone now.
   stdin_pipe.read.Reset();
@@ -226,8 +228,8 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
     ends.stderr_spool = MakeSpool("stderr");
     ends.status_spool = MakeSpool("status");
     keeper_ = FdKeeper::Spawn(KeptFds(ends));
-    journal_write_(init_->pid(), ProcessStartTime(init_->pid()), keeper_.pid(),
-                   keeper_.start_time());
+    init_start_ = ProcessStartTime(init_->pid());
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
   }
   Attach(std::move(ends));
   spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_->pid());
@@ -329,7 +331,15 @@ void Job::AbandonAfterMove() {
   exit_watch_.Close();
   KillInit();  // the frozen source copy
   pidfd_.Reset();
-  Forget();
+  if (launch_.guest) {
+    Forget();  // a guest moved on is its new node's to journal
+  } else {
+    // The keeper goes; the journal entry stays until the registry writes the job's
+    // record away over it, so that no moment is without one.
+    keeper_.Stop();
+    journal_write_ = nullptr;
+    journal_remove_ = nullptr;
+  }
   // Input still queued for the old copy goes with it: mosrun holds every byte the job's
   // new place has not acknowledged, and sends it again from where the job resumes.
   input_paused_ = false;  // the relay's reading is for its new handlers to decide

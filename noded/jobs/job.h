@@ -120,7 +120,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // `write` journals the job (with its keeper, then its init) before each is relied on;
   // `remove` forgets it once the job ends or leaves this node.
   using JournalWrite = std::function<void(pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
-                                          uint64_t keeper_start)>;
+                                          uint64_t keeper_start, bool moving)>;
   void KeepAcrossRestarts(JournalWrite write, std::function<void()> remove);
   // A restarted daemon takes back a job its journal names: its init (not our child any
   // more, watched by pidfd, `init_start` checked), the keeper and what it holds. The job
@@ -147,6 +147,9 @@ class Job : public std::enable_shared_from_this<Job> {
   uint64_t output_total(int fd) const;
   void set_output_base(uint64_t stdout_base, uint64_t stderr_base);
   bool detached() const { return detached_; }
+  // Journals that a move of the job (which stops it) is under way, or over: a daemon
+  // killed meanwhile leaves a job the next one continues (SIGCONT) if it is still here.
+  void JournalMoving(bool moving);
   // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
   void Adopt(ChildProcess init, DaemonEnds ends);
   // The job has moved on: relays the output it left in our pipes, then kills the frozen
@@ -167,11 +170,12 @@ class Job : public std::enable_shared_from_this<Job> {
     bool ended = false;    // the pipe carries the end of input after them
   };
   InputPlace input_place() const;
-  // Takes out of the job's stdin pipe what the job has not read, once the job is frozen;
-  // safe on any thread. Throws Error when the pipe cannot be read.
+  // Copies out of the job's stdin pipe what the job has not read, once the job is frozen
+  // (the bytes stay in the pipe); safe on any thread. Throws Error when the pipe cannot
+  // be read.
   static InputCarry ReclaimInput(const InputPlace& place);
-  // Puts reclaimed bytes back into the pipe (a move that failed after reclaiming them),
-  // before the job is thawed; safe on any thread.
+  // Kept for the move's failure path: the reclaimed bytes never left the pipe, so nothing
+  // is put back.
   static void ReturnInput(const InputPlace& place, const InputCarry& carry);
   uint32_t migrations() const { return migrations_; }
   void set_migrations(uint32_t count) { migrations_ = count; }
@@ -278,7 +282,8 @@ class Job : public std::enable_shared_from_this<Job> {
   JournalWrite journal_write_;
   std::function<void()> journal_remove_;
   bool detached_ = false;  // taken back after a restart; its mosrun has not come back yet
-  uint64_t output_base_[3] = {0, 0, 0};  // mosrun's offsets where this node's output starts
+  uint64_t output_base_[3] = {0, 0, 0};
+  uint64_t init_start_ = 0;  // mosrun's offsets where this node's output starts
   Fd mosrun_pidfd_;
   UvHandle<uv_poll_t> mosrun_watch_;
 };

@@ -4,7 +4,6 @@
 // across moves".
 #include <fcntl.h>
 #include <sys/ioctl.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <capnp/message.h>
@@ -56,12 +55,27 @@ InputCarry Job::ReclaimInput(const InputPlace& place) {
   if (place.reader >= 0) {
     int pending = 0;
     HW_SYSCALL(::ioctl(place.reader, FIONREAD, &pending), "measure the job's unread input");
-    carry.data.resize(static_cast<size_t>(pending));
-    size_t have = 0;
-    while (have < carry.data.size()) {
-      ssize_t n = ::read(place.reader, carry.data.data() + have, carry.data.size() - have);
+    // Copied out with tee, not read: the bytes stay in the job's pipe, so a daemon killed
+    // during the move leaves the job's input whole for the next one (see "Daemon
+    // restarts"), and a move that fails has nothing to put back.
+    int size = HW_SYSCALL(::fcntl(place.reader, F_GETPIPE_SZ), "the job's stdin size");
+    Pipe scratch = Pipe::Create();
+    HW_SYSCALL(::fcntl(scratch.write.get(), F_SETPIPE_SZ, size), "a pipe for the job's input");
+    size_t copied = 0;
+    while (copied < static_cast<size_t>(pending)) {
+      ssize_t n = ::tee(place.reader, scratch.write.get(), static_cast<size_t>(pending),
+                        SPLICE_F_NONBLOCK);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // the job is frozen: FIONREAD's count is there, never more
+      if (n < 0) throw SystemError(errno, "copy the job's unread input");
+      copied = static_cast<size_t>(n);
+      break;
+    }
+    carry.data.resize(copied);
+    size_t have = 0;
+    while (have < copied) {
+      ssize_t n = ::read(scratch.read.get(), carry.data.data() + have, copied - have);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
       have += static_cast<size_t>(n);
     }
     carry.data.resize(have);
@@ -74,21 +88,8 @@ InputCarry Job::ReclaimInput(const InputPlace& place) {
   return carry;
 }
 
-void Job::ReturnInput(const InputPlace& place, const InputCarry& carry) {
-  if (carry.data.empty() || place.reader < 0) return;
-  // A pipe opened through /proc by its read end gives a new write end of the same pipe,
-  // even when ours is closed already (the end of input was written).
-  Fd writer = Fd::Open(fmt::format("/proc/self/fd/{}", place.reader), O_WRONLY | O_NONBLOCK);
-  size_t done = 0;
-  while (done < carry.data.size()) {
-    ssize_t n = ::write(writer.get(), carry.data.data() + done, carry.data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      Fail(ErrorKind::kFailed, "cannot put {} bytes of input back into the job's stdin",
-           carry.data.size() - done);
-    }
-    done += static_cast<size_t>(n);
-  }
+void Job::ReturnInput(const InputPlace&, const InputCarry&) {
+  // ReclaimInput leaves the bytes in the pipe: there is nothing to put back.
 }
 
 void Job::FlushInput() {

@@ -71,6 +71,7 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
     text += "away " + Escape(entry.record) + "\n";
     text += fmt::format("base {} {}\n", entry.base[1], entry.base[2]);
   }
+  if (entry.moving) text += "moving 1\n";
   text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
                       entry.keeper_pid, entry.keeper_start);
   return text;
@@ -139,6 +140,8 @@ JournalEntry ParseJournalEntry(const std::string& text) {
     } else if (key == "away" && fields >> value) {
       entry.away = true;
       entry.record = Unescape(value);
+    } else if (key == "moving") {
+      entry.moving = true;
     } else if (key == "base") {
       fields >> entry.base[1] >> entry.base[2];
     } else if (key == "init") {

@@ -25,6 +25,7 @@ struct JournalEntry {
   // A job of this home running on another node: where it stands in the move protocol
   // (move::Record's line), and mosrun's offsets where that node's output starts.
   bool away = false;
+  bool moving = false;  // a job here being moved: stopped until the move ends
   std::string record;
   uint64_t base[3] = {0, 0, 0};
 

@@ -164,6 +164,7 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
     Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
   }
   auto move = PrepareMove(job, target);
+  job->JournalMoving(true);
   job->set_migrating(true);
   job->relay().PauseReading(true);  // input waits for the job's new place
 
@@ -228,7 +229,8 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   bool still_ours = it != jobs_.end() && it->second.here == job;
   if (!move.error.empty()) {
     spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
-    job->set_migrating(false);  // its input, put back into its stdin, flows on
+    job->JournalMoving(false);
+    job->set_migrating(false);  // its input flows on
     job->relay().PauseReading(false);
     MoveOutcome outcome = OutcomeOf(move);
     outcome.error =
@@ -253,6 +255,7 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   it->second.away = away;
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
   JoinAway(slot, away, std::move(move.connection), nullptr);
+  JournalAways();  // over the entry of the job here, at once
   spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)", away->home_pid(),
                away->where(), move.frozen.count(), move.total.count(), move.image_bytes);
   done(OutcomeOf(move));

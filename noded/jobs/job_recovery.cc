@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "c_boundary.h"
+#include "checkpoint.h"
 #include "error.h"
 #include "job.h"
 #include "job_journal.h"
@@ -56,6 +57,15 @@ DaemonEnds EndsFromKept(std::vector<Fd> kept) {
   return DaemonEnds{std::move(kept[0]), std::move(kept[1]), std::move(kept[2]),
                     std::move(kept[3]), std::move(kept[4]), std::move(kept[5]),
                     std::move(kept[6]), std::move(kept[7]), std::move(kept[8])};
+}
+
+void Job::JournalMoving(bool moving) {
+  if (!journal_write_ || !keeper_.running() || !init_) return;  // journaled jobs only
+  try {
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), moving);
+  } catch (const Error& e) {
+    spdlog::warn("job {}: cannot journal its move: {}", home_pid(), e.what());
+  }
 }
 
 void Job::KeepAcrossRestarts(JournalWrite write, std::function<void()> remove) {
@@ -206,8 +216,9 @@ void JobRegistry::KeepJob(Job& job, int slot) {
   entry.launch.env.clear();
   std::string name = entry.Name();
   job.KeepAcrossRestarts(
-      [dir, entry](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
-                   uint64_t keeper_start) mutable {
+      [dir, entry](pid_t init_pid, uint64_t init_start, pid_t keeper_pid, uint64_t keeper_start,
+                   bool moving) mutable {
+        entry.moving = moving;
         entry.init_pid = init_pid;
         entry.init_start = init_start;
         entry.keeper_pid = keeper_pid;
@@ -276,6 +287,12 @@ void JobRegistry::Recover() {
         job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
                      std::move(mosrun), nullptr, remove);
         jobs_[slot].here = job;
+        if (entry.moving) {
+          // The daemon died during a move: the job, stopped for its dump, stays here and
+          // goes on (a node that restored it meanwhile finds no home for it and kills it).
+          spdlog::info("job {}: its move was cut by the restart; it goes on here", home_pid);
+          migrate::ContinueJob(entry.init_pid);
+        }
         continue;
       } catch (const Error& e) {
         why = e.what();

@@ -282,5 +282,53 @@ class RestartTest(unittest.TestCase):
         self.assert_nothing_left(("node1", "node2"))
 
 
+class RestartDuringMoveTest(unittest.TestCase):
+    """A daemon killed during a migration: the job survives in exactly one place, with all of
+    its output. The fault point stream-hold stops the images halfway (and says so in the
+    log), so the kill lands while the move is certainly under way."""
+
+    def test_home_daemon_killed_while_the_job_is_streamed_away(self):
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
+                                 faults="stream-hold") as c:
+            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                     check=False).returncode == 0,
+                       30, "node2 to mount node1's files")
+            work = os.path.join(c.node("node1")["data"], "during-move")
+            os.makedirs(work)
+            with open(os.path.join(work, "job.sh"), "w") as f:
+                f.write(ECHO_JOB)
+            c.run("node1", "sh", "-c", "cd /data/during-move && (seq 1 6000 | mosrun -L sh job.sh "
+                                       "> out 2> err; echo $? > status) >/dev/null 2>&1 & echo ok")
+            pid = c.wait_for(lambda: next((j["pid"] for j in jobs(c)), None), 30,
+                             "the job to start")
+            c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
+                       "3000 lines of output")
+            c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > /data/during-move/move 2>&1 &")
+            c.wait_for(lambda: "fault point stream-hold: holding" in c.log("node1"), 60,
+                       "the move to be halfway through its images")
+            c.kill("node1")
+            c.wait_for(lambda: WAITING in read(os.path.join(work, "err")), 30,
+                       "mosrun to say it waits for its daemon")
+            c.start("node1")
+            c.wait_for(lambda: f"job {pid}: its mosrun is back" in c.log("node1"), 60,
+                       "mosrun to take its job back")
+            self.assertIn(f"job {pid}: its move was cut by the restart", c.log("node1"))
+            self.assertEqual([j["where"] for j in jobs(c) if j["pid"] == pid], ["node1"])
+            open(os.path.join(work, "gate"), "w").close()
+            c.wait_for(lambda: read(os.path.join(work, "status")), 120, "the job to end")
+            self.assertEqual(read(os.path.join(work, "status")), "3\n",
+                             read(os.path.join(work, "err")))
+            expected = "".join(f"out {i}\n" for i in range(1, 6001))
+            expected += "end of input after 6000 lines\n"
+            self.assertEqual(read(os.path.join(work, "out")), expected)
+            err = read(os.path.join(work, "err"))
+            self.assertEqual(err.count(WAITING), 1, err)
+            self.assertEqual(err.replace(WAITING, ""),
+                             "".join(f"err {i}\n" for i in range(100, 6001, 100)))
+            # Exactly one copy: nothing of it runs or is left on node2.
+            c.wait_for(lambda: not jobs(c, "node2"), 60, "node2 to have no copy of the job")
+            c.wait_for(lambda: not jobs(c), 30, "the job to leave mosps")
+
+
 if __name__ == "__main__":
     harness.main()
