@@ -62,6 +62,8 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
   // A guest survives a restart of this daemon as one started here does (job_recovery.cc).
   if (job->launch().guest) KeepJob(*job, -1);
   job->Adopt(std::move(init), std::move(ends));
+  // Taken over (and journaled, for a guest): the restore's intent is done.
+  RemoveRestoreIntent(config_.state_dir + "/jobs", job->pipe_inodes()[1]);
   return job;
 }
 

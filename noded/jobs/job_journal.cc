@@ -4,7 +4,12 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string_view>
 
 #include <sstream>
 
@@ -184,6 +189,56 @@ void JobJournal::Remove(const std::string& name) const {
   ::unlink(path.c_str());
 }
 
+void WriteRestoreIntent(const std::string& dir, uint64_t stdout_inode) {
+  ::mkdir(dir.c_str(), 0700);
+  std::string path = fmt::format("{}/restoring-{}", dir, stdout_inode);
+  Fd fd = Fd::Open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  HW_SYSCALL(::fsync(fd.get()), "fsync {}", path);
+  Fd parent = Fd::Open(dir, O_RDONLY | O_DIRECTORY);
+  ::fsync(parent.get());
+}
+
+void RemoveRestoreIntent(const std::string& dir, uint64_t stdout_inode) {
+  ::unlink(fmt::format("{}/restoring-{}", dir, stdout_inode).c_str());
+}
+
+void CleanRestoreIntents(const std::string& dir, const std::vector<uint64_t>& taken) {
+  DIR* handle = ::opendir(dir.c_str());
+  if (!handle) return;
+  std::vector<uint64_t> intents;
+  while (dirent* entry = ::readdir(handle)) {
+    std::string name = entry->d_name;
+    if (name.rfind("restoring-", 0) == 0) intents.push_back(std::strtoull(name.c_str() + 10, nullptr, 10));
+  }
+  ::closedir(handle);
+  for (uint64_t inode : intents) {
+    RemoveRestoreIntent(dir, inode);
+    if (std::find(taken.begin(), taken.end(), inode) != taken.end()) continue;
+    std::string target = fmt::format("pipe:[{}]", inode);
+    DIR* procs = ::opendir("/proc");
+    if (!procs) continue;
+    while (dirent* proc = ::readdir(procs)) {
+      pid_t pid = static_cast<pid_t>(std::strtol(proc->d_name, nullptr, 10));
+      if (pid <= 0) continue;
+      std::string fd_dir = fmt::format("/proc/{}/fd", pid);
+      DIR* fds = ::opendir(fd_dir.c_str());
+      if (!fds) continue;
+      bool holds = false;
+      char link[64];
+      while (dirent* fd = ::readdir(fds)) {
+        ssize_t n = ::readlinkat(::dirfd(fds), fd->d_name, link, sizeof link);
+        if (n > 0 && std::string_view(link, static_cast<size_t>(n)) == target) holds = true;
+      }
+      ::closedir(fds);
+      if (holds) {
+        spdlog::warn("process {} holds the pipe of a restore cut by a restart; killing it", pid);
+        ::kill(pid, SIGKILL);
+      }
+    }
+    ::closedir(procs);
+  }
+}
+
 std::vector<JournalEntry> JobJournal::ReadAll() const {
   std::vector<JournalEntry> entries;
   DIR* dir = ::opendir(dir_.c_str());
@@ -195,6 +250,7 @@ std::vector<JournalEntry> JobJournal::ReadAll() const {
   ::closedir(dir);
   for (const auto& name : names) {
     std::string path = dir_ + "/" + name;
+    if (name.rfind("restoring-", 0) == 0) continue;  // CleanRestoreIntents
     if (name.size() > 4 && name.substr(name.size() - 4) == ".new") {  // never renamed
       ::unlink(path.c_str());
       continue;

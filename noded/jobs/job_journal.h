@@ -39,6 +39,15 @@ std::string FormatJournalEntry(const JournalEntry& entry);
 // Throws Error(kInvalidInput) on text that is not an entry.
 JournalEntry ParseJournalEntry(const std::string& text);
 
+// A restore is about to run (criu, on a move in): the job it makes will hold the pipe
+// with inode `stdout_inode` as its stdout. A daemon killed before it took the job over
+// leaves the intent; the next one kills what holds that pipe unless it took the job back.
+void WriteRestoreIntent(const std::string& dir, uint64_t stdout_inode);
+void RemoveRestoreIntent(const std::string& dir, uint64_t stdout_inode);
+// Ends what restores cut by a restart left behind; `taken` are the stdout pipe inodes of
+// the jobs taken back.
+void CleanRestoreIntents(const std::string& dir, const std::vector<uint64_t>& taken);
+
 class JobJournal {
  public:
   explicit JobJournal(std::string dir) : dir_(std::move(dir)) {}

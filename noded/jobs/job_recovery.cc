@@ -308,6 +308,12 @@ void JobRegistry::Recover() {
     }
     remove();
   }
+  std::vector<uint64_t> taken;
+  for (const auto& [slot, entry] : jobs_) {
+    if (entry.here) taken.push_back(entry.here->pipe_inodes()[1]);
+  }
+  for (const auto& [id, guest] : guests_) taken.push_back(guest->pipe_inodes()[1]);
+  CleanRestoreIntents(dir, taken);
 }
 
 void JobRegistry::RelayClosed(const std::shared_ptr<Job>& job) {
