@@ -138,6 +138,10 @@ void JobRegistry::ArriveAsGuest(Restored& restored) {
     guests_[id] = job;
   } catch (const Error& e) {
     spdlog::error("cannot take over restored job (init {}): {}", init_pid, e.what());
+    // Said before the relay closes: a relay that just closes is a daemon that may come
+    // back, which its home waits for ("Daemon restarts").
+    SendExit(relay, 255, fmt::format("node {} cannot take the job over: {}", config_.name,
+                                     e.what()));
     relay.Close();
   }
 }
