@@ -132,6 +132,8 @@ class Job : public std::enable_shared_from_this<Job> {
   // stdout and stderr before the offsets it gives. Throws Error(kInvalidInput) for
   // offsets the daemon cannot resend from.
   void Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset);
+  // Throws Error(kInvalidInput) when Reattach would refuse these offsets.
+  void CheckResume(uint64_t stdout_offset, uint64_t stderr_offset) const;
   // A guest's home has had this much of the job's output from this node: a job taken back
   // after a restart resends from there (on its relay, set before with set_relay); the
   // spools of a running one keep only what comes after.
@@ -146,6 +148,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // started: what this node sent, after what mosrun had when the job arrived here.
   uint64_t output_total(int fd) const;
   void set_output_base(uint64_t stdout_base, uint64_t stderr_base);
+  uint64_t output_base(int fd) const { return output_base_[fd == 2 ? 2 : 1]; }
   bool detached() const { return detached_; }
   // Journals that a move of the job (which stops it) is under way, or over: a daemon
   // killed meanwhile leaves a job the next one continues (SIGCONT) if it is still here.
@@ -283,7 +286,8 @@ class Job : public std::enable_shared_from_this<Job> {
   std::function<void()> journal_remove_;
   bool detached_ = false;  // taken back after a restart; its mosrun has not come back yet
   uint64_t output_base_[3] = {0, 0, 0};
-  uint64_t init_start_ = 0;  // mosrun's offsets where this node's output starts
+  uint64_t init_start_ = 0;
+  bool journal_moving_ = false;  // mosrun's offsets where this node's output starts
   Fd mosrun_pidfd_;
   UvHandle<uv_poll_t> mosrun_watch_;
 };

@@ -53,14 +53,14 @@ void JobRegistry::AcceptMove(Fd fd) {
 
 std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream relay,
                                                 ChildProcess init, DaemonEnds ends,
-                                                std::function<void()> finished) {
+                                                std::function<void()> finished, int slot) {
   auto job = std::make_shared<Job>(loop_, std::move(launch), std::move(relay),
                                    [finished = std::move(finished)](Job&) { finished(); });
   // A throw from here on leaves the init with `init` or the job, either of which kills
   // and reaps it.
   faults_.Check(Fault::kAdoptRestored);
   // A guest survives a restart of this daemon as one started here does (job_recovery.cc).
-  if (job->launch().guest) KeepJob(*job, -1);
+  if (job->launch().guest || slot >= 0) KeepJob(*job, slot);
   job->Adopt(std::move(init), std::move(ends));
   // Taken over (and journaled, for a guest): the restore's intent is done.
   RemoveRestoreIntent(config_.state_dir + "/jobs", job->pipe_inodes()[1]);
@@ -78,7 +78,8 @@ void JobRegistry::ComeHome(Restored& restored) {
     std::shared_ptr<Job> job;
     try {
       job = AdoptRestored(std::move(restored.launch), away->mosrun, std::move(restored.init),
-                          std::move(restored.ends), [this, job_slot] { jobs_.erase(job_slot); });
+                          std::move(restored.ends), [this, job_slot] { jobs_.erase(job_slot); },
+                          job_slot);
     } catch (const Error& e) {
       Apply(job_slot, away,
             away->protocol.Lost(fmt::format("cannot take back job {}: {}", home_pid, e.what())));
@@ -108,7 +109,7 @@ void JobRegistry::ComeHome(Restored& restored) {
     away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
     away->mosrun.PauseReading(false);
     entry.here = job;
-    ForgetAway(*away);
+    away->journaled.clear();  // the entry of the job here has replaced the one away
     entry.away.reset();
     spdlog::info("job {} is back home", home_pid);
     Apply(job_slot, away, std::move(*step));

@@ -72,8 +72,8 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
     text += "guest_of " + Escape(launch.home_host) + fmt::format(" {}\n", launch.home_port);
     text += "root " + Escape(launch.root) + "\n";
   }
-  if (entry.away) {
-    text += "away " + Escape(entry.record) + "\n";
+  if (entry.away) text += "away " + Escape(entry.record) + "\n";
+  if (entry.away || entry.base[1] || entry.base[2]) {
     text += fmt::format("base {} {}\n", entry.base[1], entry.base[2]);
   }
   if (entry.moving) text += "moving 1\n";

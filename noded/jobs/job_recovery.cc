@@ -60,9 +60,10 @@ DaemonEnds EndsFromKept(std::vector<Fd> kept) {
 }
 
 void Job::JournalMoving(bool moving) {
-  if (!journal_write_ || !keeper_.running() || !init_) return;  // journaled jobs only
+  if (!journal_write_ || !keeper_.running() || init_pid() <= 0) return;  // journaled only
+  journal_moving_ = moving;
   try {
-    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), moving);
+    journal_write_(init_pid(), init_start_, keeper_.pid(), keeper_.start_time(), moving);
   } catch (const Error& e) {
     spdlog::warn("job {}: cannot journal its move: {}", home_pid(), e.what());
   }
@@ -75,8 +76,9 @@ void Job::KeepAcrossRestarts(JournalWrite write, std::function<void()> remove) {
 
 void Job::Recover(pid_t init_pid, uint64_t init_start, FdKeeper keeper, std::vector<Fd> kept,
                   Fd mosrun_pidfd, JournalWrite write, std::function<void()> remove) {
-  KeepAcrossRestarts(std::move(write), std::move(remove));
+  if (write || remove) KeepAcrossRestarts(std::move(write), std::move(remove));
   keeper_ = std::move(keeper);
+  init_start_ = init_start;
   detached_ = true;
   Fd pidfd = Fd::Adopt(PidfdOpen(init_pid));
   if (pidfd.valid() && ProcessStartTime(init_pid) == init_start) {
@@ -129,14 +131,25 @@ void Job::WatchMosrun(Fd pidfd) {
           "watch mosrun");
 }
 
-void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset) {
+void Job::CheckResume(uint64_t stdout_offset, uint64_t stderr_offset) const {
   if (!detached_) Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", home_pid());
   for (auto [stream, offset] : {std::pair{stdout_.get(), stdout_offset},
                                 std::pair{stderr_.get(), stderr_offset}}) {
-    if (offset > stream->taken || offset < stream->trimmed) {
-      Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, the job wrote {}",
-           home_pid(), offset, stream->fd, stream->taken);
+    uint64_t base = launch_.guest ? 0 : output_base_[stream->fd];
+    if (offset < base + stream->trimmed || offset > base + stream->taken) {
+      Fail(ErrorKind::kInvalidInput,
+           "job {}: mosrun has {} bytes of its fd {}; this node can resend from {} to {}",
+           home_pid(), offset, stream->fd, base + stream->trimmed, base + stream->taken);
     }
+  }
+}
+
+void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset) {
+  CheckResume(stdout_offset, stderr_offset);
+  // mosrun counts from the job's start; the spools from its arrival on this node.
+  if (!launch_.guest) {
+    stdout_offset -= output_base_[1];
+    stderr_offset -= output_base_[2];
   }
   stdout_->sent = stdout_offset;
   stderr_->sent = stderr_offset;
@@ -185,6 +198,7 @@ uint64_t Job::output_total(int fd) const {
 void Job::set_output_base(uint64_t stdout_base, uint64_t stderr_base) {
   output_base_[1] = stdout_base;
   output_base_[2] = stderr_base;
+  JournalMoving(journal_moving_);  // the journal has the base too
 }
 
 void Job::Detach() {
@@ -215,10 +229,13 @@ void JobRegistry::KeepJob(Job& job, int slot) {
   entry.launch = job.launch();
   entry.launch.env.clear();
   std::string name = entry.Name();
+  Job* kept = &job;  // the job owns this function: it never outlives the job
   job.KeepAcrossRestarts(
-      [dir, entry](pid_t init_pid, uint64_t init_start, pid_t keeper_pid, uint64_t keeper_start,
-                   bool moving) mutable {
+      [dir, entry, kept](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
+                         uint64_t keeper_start, bool moving) mutable {
         entry.moving = moving;
+        entry.base[1] = kept->output_base(1);
+        entry.base[2] = kept->output_base(2);
         entry.init_pid = init_pid;
         entry.init_start = init_start;
         entry.keeper_pid = keeper_pid;
@@ -267,8 +284,9 @@ void JobRegistry::Recover() {
       auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(),
                                        [this, id](Job&) { guests_.erase(id); });
       try {
+        KeepJob(*job, -1);  // journaled on: a later move marks its entry
         job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept), Fd(),
-                     nullptr, remove);
+                     nullptr, nullptr);
         guests_[id] = job;
         ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
         continue;
@@ -284,8 +302,10 @@ void JobRegistry::Recover() {
       auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(),
                                        [this, slot](Job&) { jobs_.erase(slot); });
       try {
+        KeepJob(*job, slot);  // journaled on: a later move marks its entry
+        job->set_output_base(entry.base[1], entry.base[2]);
         job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
-                     std::move(mosrun), nullptr, remove);
+                     std::move(mosrun), nullptr, nullptr);
         jobs_[slot].here = job;
         if (entry.moving) {
           // The daemon died during a move: the job, stopped for its dump, stays here and
@@ -400,9 +420,8 @@ void JobRegistry::ResumeJob(schema::ResumeJob::Reader request, ReplySender reply
     Fail(ErrorKind::kNotFound, "node {} has no job of process {} to take back", config_.name,
          caller.pid);
   }
-  if (!job->detached()) {
-    Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", caller.pid);
-  }
+  // Checked before the connection becomes the relay: a refusal is then its one reply.
+  job->CheckResume(request.getStdoutOffset(), request.getStderrOffset());
   auto weak_job = std::make_shared<std::weak_ptr<Job>>(job);
   ControlStream relay = reply.OpenStream(RelayHandlersFor(weak_job));
   job->Reattach(relay, request.getStdoutOffset(), request.getStderrOffset());

@@ -224,8 +224,11 @@ class JobRegistry {
   void ArriveAsGuest(Restored& restored);
   // Makes the Job of a restored init and takes it over; throws Error when it cannot (the
   // init is then killed and reaped). `finished` runs when the job is gone.
+  // `slot`: a job of this home coming back, journaled in that slot (-1: not journaled,
+  // unless a guest).
   std::shared_ptr<Job> AdoptRestored(JobLaunch launch, ControlStream relay, ChildProcess init,
-                                     DaemonEnds ends, std::function<void()> finished);
+                                     DaemonEnds ends, std::function<void()> finished,
+                                     int slot = -1);
   std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,

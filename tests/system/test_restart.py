@@ -176,6 +176,32 @@ class RestartTest(unittest.TestCase):
         self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
         self.assert_nothing_left()
 
+    def test_home_daemon_killed_after_the_job_came_home(self):
+        # Moved away and back by CRIU first: its output here starts where mosrun stood then.
+        self.c.wait_for(lambda: self.c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                           check=False).returncode == 0,
+                        30, "node2 to mount node1's files")
+        shell = "seq 1 6000 | mosrun -L sh job.sh > out 2> err"
+        plain, plain_inside = self.workdir("plain")
+        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
+        self.assertEqual(self.wait_end(plain), "3\n")
+
+        work, inside = self.workdir("faulted")
+        pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
+        self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
+                        "3000 lines of output")
+        for target in ("node2", "home"):
+            result = self.c.run("node1", "mosmigrate", str(pid), target, check=False)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        self.restart_home(work, pid)
+        open(os.path.join(work, "gate"), "w").close()
+        self.assertEqual(self.wait_end(work), "3\n", read(os.path.join(work, "err")))
+        self.assertEqual(read(os.path.join(work, "out")), read(os.path.join(plain, "out")))
+        err = read(os.path.join(work, "err"))
+        self.assertEqual(err.count(WAITING), 1, err)
+        self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
+        self.assert_nothing_left(("node1", "node2"))
+
     def test_home_daemon_killed_while_the_job_floods_its_output(self):
         shell = ("mosrun -L sh job.sh < /dev/null 2> err | "
                  "(until [ -e reader-gate ]; do sleep 0.05; done; cat > out)")
