@@ -231,6 +231,7 @@ void JobRegistry::Start() {
                   auto* self = static_cast<JobRegistry*>(timer->data);
                   self->EndOverdueAttaches();
                   self->JournalAways();
+                  self->FreezeOverdueGuests();
                   if (self->on_change_) self->on_change_();
                 });
               },
@@ -293,6 +294,7 @@ void JobRegistry::KillAll() {
       job.away->mosrun.Close();
     }
   }
+  DropFrozenGuests();
   restored_wakeup_.Close();
   counts_timer_.Close();
   auto guests = std::move(guests_);
