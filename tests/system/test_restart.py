@@ -153,9 +153,24 @@ class RestartTest(unittest.TestCase):
             self.assertEqual(os.listdir(jobs_dir) if os.path.isdir(jobs_dir) else [], [], node)
         # A keeper is killed when its job ends; one a daemon before took over is reaped by
         # whoever adopted it, a moment later.
-        self.c.wait_for(lambda: subprocess.run(["pgrep", "-x", "mosfdkeeper"],
-                                               capture_output=True).returncode == 1, 10,
-                        "the jobs' keepers to be gone")
+        self.c.wait_for(lambda: not self.keepers(), 10, "the jobs' keepers to be gone")
+
+    def keepers(self):
+        """The keepers (mosfdkeeper) in this cluster's cgroups: other tests' clusters have
+        their own."""
+        roots = []
+        for name in self.c.nodes:
+            node = self.c.node(name)
+            for path in node.get("cgroups") or [node.get("cgroup")]:
+                if path:
+                    roots.append("/" + os.path.relpath(path, "/sys/fs/cgroup"))
+        found = subprocess.run(["pgrep", "-x", "mosfdkeeper"], capture_output=True, text=True)
+        mine = []
+        for pid in found.stdout.split():
+            cgroups = read(f"/proc/{pid}/cgroup")
+            if not roots or any(f":{root}" in cgroups for root in roots):
+                mine.append(pid)
+        return mine
 
     def test_home_daemon_killed_while_the_job_echoes_its_input(self):
         shell = "seq 1 6000 | mosrun -L sh job.sh > out 2> err"
