@@ -170,6 +170,9 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
     case schema::ControlRequest::RESTART_JOB:
       jobs_.RestartJob(request.getRestartJob(), std::move(reply));
       return;
+    case schema::ControlRequest::RESUME_JOB:
+      jobs_.ResumeJob(request.getResumeJob(), std::move(reply));
+      return;
     case schema::ControlRequest::START_GUEST:
       jobs_.StartGuest(request.getStartGuest(), std::move(reply));
       return;

@@ -3,16 +3,20 @@
 #include <uv.h>
 
 #include <cstdio>
+#include <cstring>
 
 #include <CLI/CLI.hpp>
 
 #include "config.h"
 #include "daemon.h"
 #include "error.h"
+#include "fd_keeper.h"
 #include "homeward_config.h"
 #include "log.h"
 
 int main(int argc, char** argv) {
+  // A keeper of a job's pipe ends (fd_keeper.h): this binary, so it needs no path of its own.
+  if (argc == 2 && std::strcmp(argv[1], "--keep-fds") == 0) return homeward::FdKeeperMain();
   CLI::App app{"Homeward node daemon"};
   std::string config_path = "/etc/homeward/node.toml";
   app.add_option("-c,--config", config_path, "the node's TOML configuration");

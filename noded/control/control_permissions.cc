@@ -16,6 +16,8 @@ Permission PermissionFor(schema::ControlRequest::Which which) {
       return {Allowed::kLocal, "start a job (mosrun)"};
     case W::RESTART_JOB:
       return {Allowed::kLocal, "restart a job from its checkpoint (mosrun -R)"};
+    case W::RESUME_JOB:
+      return {Allowed::kLocal, "take a job back (mosrun)"};
     case W::LIST_JOBS:
       return {Allowed::kLocal, "list jobs (mosps)"};
     case W::MIGRATE_JOB:

@@ -7,6 +7,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -22,6 +24,7 @@
 #include "checkpoint.h"
 #include "error.h"
 #include "job_env.h"
+#include "job_stream.h"
 #include "job_usage.h"
 #include "proc_limits.h"
 #include "uv_error.h"
@@ -85,13 +88,6 @@ JobIdentity JobIdentity::OfProcess(pid_t pid, uid_t uid, gid_t gid) {
   return identity;
 }
 
-struct Job::Stream {
-  Job* job;
-  int fd;  // 1 stdout, 2 stderr, 3 status
-  UvHandle<uv_pipe_t> pipe;
-  bool eof = false;
-  char buffer[64 * 1024];
-};
 
 Job::Job(uv_loop_t* loop, JobLaunch launch, ControlStream relay, Finished finished)
     : loop_(loop),
@@ -143,6 +139,22 @@ void Job::Start() {
   Pipe stdout_pipe = Pipe::Create();
   Pipe stderr_pipe = Pipe::Create();
   Pipe status_pipe = Pipe::Create();
+  // The daemon keeps a copy of the job's stdin's read end: what the job has not read is
+  // taken out through it when the job moves.
+  Fd stdin_read = Fd::Adopt(
+      HW_SYSCALL(::fcntl(stdin_pipe.read.get(), F_DUPFD_CLOEXEC, 3), "keep the job's stdin"));
+  DaemonEnds ends{std::move(stdin_pipe.write), std::move(stdin_read), std::move(stdout_pipe.read),
+                  std::move(stderr_pipe.read), std::move(status_pipe.read)};
+  if (journal_write_) {
+    // The keeper holds our ends before the job runs, and the journal names the keeper
+    // before the job runs: a daemon killed from here on leaves what the next one needs.
+    ends.stdin_spool = MakeSpool("stdin");
+    ends.stdout_spool = MakeSpool("stdout");
+    ends.stderr_spool = MakeSpool("stderr");
+    ends.status_spool = MakeSpool("status");
+    keeper_ = FdKeeper::Spawn(KeptFds(ends));
+    journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), false);
+  }
 
   const JobIdentity& id = launch_.identity;
   SpawnOptions options;
@@ -193,24 +205,35 @@ void Job::Start() {
   options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
   if (launch_.guest) options.clone_flags |= CLONE_NEWNET;
   init_.emplace(ChildProcess::Spawn(options));
+  if (journal_write_) {
+    init_start_ = ProcessStartTime(init_->pid());
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
+  }
 
-  // The job's ends are the job's alone now, but for a copy of its stdin's read end: what
-  // the job has not read is taken out through it when the job moves.
-  Fd stdin_read = Fd::Adopt(
-      HW_SYSCALL(::fcntl(stdin_pipe.read.get(), F_DUPFD_CLOEXEC, 3), "keep the job's stdin"));
+  // The job's ends are the job's alone now.
   stdin_pipe.read.Reset();
   stdout_pipe.write.Reset();
   stderr_pipe.write.Reset();
   status_pipe.write.Reset();
 
-  Attach(DaemonEnds{std::move(stdin_pipe.write), std::move(stdin_read), std::move(stdout_pipe.read),
-                    std::move(stderr_pipe.read), std::move(status_pipe.read)});
+  Attach(std::move(ends));
   spdlog::info("job {} started: {} (uid {}, init pid {})", home_pid(), command(), id.uid,
                init_->pid());
 }
 
 void Job::Adopt(ChildProcess init, DaemonEnds ends) {
   init_.emplace(std::move(init));
+  if (journal_write_) {
+    // As for a job started here: the keeper holds our ends, and the journal names it and
+    // the init, before the job runs on here.
+    ends.stdin_spool = MakeSpool("stdin");
+    ends.stdout_spool = MakeSpool("stdout");
+    ends.stderr_spool = MakeSpool("stderr");
+    ends.status_spool = MakeSpool("status");
+    keeper_ = FdKeeper::Spawn(KeptFds(ends));
+    init_start_ = ProcessStartTime(init_->pid());
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
+  }
   Attach(std::move(ends));
   spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_->pid());
   // What the job had not read at its old place goes into its new pipe first; then mosrun
@@ -218,6 +241,8 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
   InputCarry carry = std::move(launch_.input);
   launch_.input = {};
   input_written_ = carry.offset;
+  HW_SYSCALL(::lseek(stdin_spool_.get(), static_cast<off_t>(input_written_), SEEK_SET),
+             "job input position");
   input_queue_ = std::move(carry.data);
   input_end_ = carry.ended;
   size_t carried = input_queue_.size();
@@ -232,8 +257,60 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
 }
 
 void Job::Attach(DaemonEnds ends) {
-  pidfd_ = Fd::Adopt(HW_SYSCALL(static_cast<int>(::syscall(SYS_pidfd_open, init_->pid(), 0)),
-                                "pidfd_open {}", init_->pid()));
+  if (!init_status_) {
+    if (!pidfd_.valid()) {
+      pidfd_ = Fd::Adopt(HW_SYSCALL(static_cast<int>(::syscall(SYS_pidfd_open, init_pid(), 0)),
+                                    "pidfd_open {}", init_pid()));
+    }
+    WatchInit();
+  }
+  pipe_inodes_ = {
+      migrate::PipeInode(ends.stdin_write.valid() ? ends.stdin_write.get() : ends.stdin_read.get()),
+      migrate::PipeInode(ends.stdout_read.get()), migrate::PipeInode(ends.stderr_read.get()),
+      migrate::PipeInode(ends.status_read.get())};
+
+  stdin_write_ = std::move(ends.stdin_write);
+  stdin_read_ = std::move(ends.stdin_read);
+  stdin_spool_ = ends.stdin_spool.valid() ? std::move(ends.stdin_spool) : MakeSpool("stdin");
+  if (stdin_write_.valid()) {
+    // Only our write end is made non-blocking: the read end's open file is the job's own
+    // stdin, whose flags are the job's.
+    int flags = HW_SYSCALL(::fcntl(stdin_write_.get(), F_GETFL), "job stdin");
+    HW_SYSCALL(::fcntl(stdin_write_.get(), F_SETFL, flags | O_NONBLOCK), "job stdin");
+    CheckUv(uv_poll_init(loop_, stdin_poll_.get(), stdin_write_.get()), "job stdin");
+    stdin_poll_.get()->data = this;
+  } else {
+    input_closed_ = true;  // a daemon before us wrote the end of input
+  }
+  auto make_stream = [&](int fd, Fd end, Fd spool, const char* name) {
+    auto stream = std::make_unique<Stream>();
+    stream->job = this;
+    stream->fd = fd;
+    int flags = HW_SYSCALL(::fcntl(end.get(), F_GETFL), "job output");
+    HW_SYSCALL(::fcntl(end.get(), F_SETFL, flags | O_NONBLOCK), "job output");
+    stream->pipe = std::move(end);
+    stream->spool = spool.valid() ? std::move(spool) : MakeSpool(name);
+    struct stat st;
+    HW_SYSCALL(::fstat(stream->spool.get(), &st), "job output spool");
+    stream->taken = static_cast<uint64_t>(st.st_size);
+    // A spool taken back after a restart: what mosrun has is known once it reattaches
+    // (Reattach); the status is read again whole.
+    stream->sent = fd == 3 ? 0 : stream->taken;
+    stream->trimmed = stream->sent;
+    CheckUv(uv_poll_init(loop_, stream->poll.get(), stream->pipe.get()), "job output");
+    stream->poll.get()->data = stream.get();
+    return stream;
+  };
+  stdout_ = make_stream(1, std::move(ends.stdout_read), std::move(ends.stdout_spool), "stdout");
+  stderr_ = make_stream(2, std::move(ends.stderr_read), std::move(ends.stderr_spool), "stderr");
+  status_ = make_stream(3, std::move(ends.status_read), std::move(ends.status_spool), "status");
+  for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) Pump(*stream);
+  relay_.OnDrain([weak = weak_from_this()] {
+    if (auto job = weak.lock()) job->PauseOutput(false);
+  });
+}
+
+void Job::WatchInit() {
   CheckUv(uv_poll_init(loop_, exit_watch_.get(), pidfd_.get()), "watch job exit");
   exit_watch_.get()->data = this;
   CheckUv(uv_poll_start(exit_watch_.get(), UV_READABLE,
@@ -242,34 +319,6 @@ void Job::Attach(DaemonEnds ends) {
                                       [handle] { static_cast<Job*>(handle->data)->OnInitExit(); });
                         }),
           "watch job exit");
-  pipe_inodes_ = {
-      migrate::PipeInode(ends.stdin_write.get()), migrate::PipeInode(ends.stdout_read.get()),
-      migrate::PipeInode(ends.stderr_read.get()), migrate::PipeInode(ends.status_read.get())};
-
-  stdin_write_ = std::move(ends.stdin_write);
-  stdin_read_ = std::move(ends.stdin_read);
-  // Only our write end is made non-blocking: the read end's open file is the job's own
-  // stdin, whose flags are the job's.
-  int flags = HW_SYSCALL(::fcntl(stdin_write_.get(), F_GETFL), "job stdin");
-  HW_SYSCALL(::fcntl(stdin_write_.get(), F_SETFL, flags | O_NONBLOCK), "job stdin");
-  CheckUv(uv_poll_init(loop_, stdin_poll_.get(), stdin_write_.get()), "job stdin");
-  stdin_poll_.get()->data = this;
-  auto make_stream = [&](int fd, Fd end) {
-    auto stream = std::make_unique<Stream>();
-    stream->job = this;
-    stream->fd = fd;
-    CheckUv(uv_pipe_init(loop_, stream->pipe.get(), 0), "job output");
-    CheckUv(uv_pipe_open(stream->pipe.get(), end.Release()), "job output");
-    stream->pipe.get()->data = stream.get();
-    StartReading(*stream);
-    return stream;
-  };
-  stdout_ = make_stream(1, std::move(ends.stdout_read));
-  stderr_ = make_stream(2, std::move(ends.stderr_read));
-  status_ = make_stream(3, std::move(ends.status_read));
-  relay_.OnDrain([weak = weak_from_this()] {
-    if (auto job = weak.lock()) job->PauseOutput(false);
-  });
 }
 
 void Job::AbandonAfterMove() {
@@ -278,17 +327,22 @@ void Job::AbandonAfterMove() {
   // The job is frozen: what it wrote before the dump is still in our pipes. Relay it
   // before the copy here goes, so that no byte of output is lost by the move.
   for (Stream* stream : {stdout_.get(), stderr_.get()}) {
-    uv_os_fd_t fd;
-    if (!stream || stream->eof || uv_fileno(stream->pipe.base(), &fd) != 0) continue;
-    for (;;) {
-      ssize_t n = ::read(fd, stream->buffer, sizeof stream->buffer);
-      if (n <= 0) break;
-      SendOutput(stream->fd, stream->buffer, static_cast<size_t>(n));
-    }
+    if (!stream) continue;
+    Pump(*stream, true);
+    output_base_[stream->fd] += stream->sent;  // what mosrun has had: output_total()
   }
   exit_watch_.Close();
+  KillInit();  // the frozen source copy
   pidfd_.Reset();
-  init_.reset();  // SIGKILL and reap the frozen source copy
+  if (launch_.guest) {
+    Forget();  // a guest moved on is its new node's to journal
+  } else {
+    // The keeper goes; the journal entry stays until the registry writes the job's
+    // record away over it, so that no moment is without one.
+    keeper_.Stop();
+    journal_write_ = nullptr;
+    journal_remove_ = nullptr;
+  }
   // Input still queued for the old copy goes with it: mosrun holds every byte the job's
   // new place has not acknowledged, and sends it again from where the job resumes.
   input_paused_ = false;  // the relay's reading is for its new handlers to decide
@@ -302,46 +356,92 @@ void Job::AbandonAfterMove() {
   relay_.OnDrain(nullptr);
 }
 
-void Job::StartReading(Stream& stream) {
-  int status = uv_read_start(
-      stream.pipe.stream(),
-      [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
-        auto* s = static_cast<Stream*>(handle->data);
-        buf->base = s->buffer;
-        buf->len = sizeof s->buffer;
-      },
-      [](uv_stream_t* handle, ssize_t nread, const uv_buf_t* buf) {
-        GuardedCall("job output", [&] {
-          auto* s = static_cast<Stream*>(handle->data);
-          s->job->OnData(*s, nread, buf);
-        });
-      });
-  if (status < 0)
-    spdlog::warn("job {}: cannot read its output: {}", home_pid(), uv_strerror(status));
+bool Job::Stopped(const Stream& stream) const {
+  // The status is never held back; output is while mosrun is slower than the job, while
+  // its home waits for output relayed from the job's old node, and while no mosrun is
+  // there to take it (after a restart).
+  if (detached_) return true;
+  return stream.fd != 3 && (output_paused_ || output_held_);
 }
 
-void Job::OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf) {
-  if (nread == 0) return;
-  if (nread < 0) {
-    stream.eof = true;
-    uv_read_stop(stream.pipe.stream());
-    MaybeFinish();
-    return;
-  }
-  if (stream.fd == 3) {
-    status_text_.append(buf->base, static_cast<size_t>(nread));
-    // "checkpoint" lines before the last: the job asks for one (mosrun -S).
-    static constexpr std::string_view kAsk = "checkpoint\n";
-    while (status_text_.compare(0, kAsk.size(), kAsk) == 0) {
-      status_text_.erase(0, kAsk.size());
-      if (on_checkpoint_request_) on_checkpoint_request_();
+void Job::Pump(Stream& stream, bool force) {
+  for (int round = 0; !stream.eof && (force || !Stopped(stream)); ++round) {
+    ssize_t n = ::splice(stream.pipe.get(), nullptr, stream.spool.get(), nullptr, 1 << 20,
+                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n > 0) {
+      stream.taken += static_cast<uint64_t>(n);
+      if (!force && round < 4) continue;  // a few rounds, then other handles get their turn
+      break;
     }
-    if (status_text_.size() > 4096) status_text_.resize(4096);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    if (n < 0) spdlog::warn("job {}: cannot read its output: {}", home_pid(), strerror(errno));
+    stream.eof = true;
+  }
+  Deliver(stream, force);
+  UpdatePoll(stream);
+  if (stream.eof && stream.sent == stream.taken) MaybeFinish();
+}
+
+void Job::Deliver(Stream& stream, bool force) {
+  if (detached_ && stream.fd != 3) return;
+  // What was sent before is in mosrun's socket once the relay's queue is empty: mosrun
+  // gets it even if this daemon dies now, so the spool need not keep it.
+  // A guest's relay is a connection to its home, whose kernel buffers die with the node:
+  // there, the home's word trims the spools (OutputHad).
+  if (stream.fd != 3 && !launch_.guest && relay_.queued_bytes() == 0) {
+    uint64_t upto = stream.sent & ~uint64_t{4095};
+    if (upto > stream.trimmed) {
+      ::fallocate(stream.spool.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  static_cast<off_t>(stream.trimmed), static_cast<off_t>(upto - stream.trimmed));
+      stream.trimmed = upto;
+    }
+  }
+  while (stream.sent < stream.taken && (force || !Stopped(stream))) {
+    size_t want = static_cast<size_t>(
+        std::min<uint64_t>(sizeof stream.buffer, stream.taken - stream.sent));
+    ssize_t n = ::pread(stream.spool.get(), stream.buffer, want, static_cast<off_t>(stream.sent));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      spdlog::warn("job {}: cannot read its spooled output: {}", home_pid(),
+                   n < 0 ? strerror(errno) : "short");
+      stream.sent = stream.taken;
+      break;
+    }
+    stream.sent += static_cast<uint64_t>(n);
+    if (stream.fd == 3) {
+      status_text_.append(stream.buffer, static_cast<size_t>(n));
+      // "checkpoint" lines before the last: the job asks for one (mosrun -S).
+      static constexpr std::string_view kAsk = "checkpoint\n";
+      while (status_text_.compare(0, kAsk.size(), kAsk) == 0) {
+        status_text_.erase(0, kAsk.size());
+        if (on_checkpoint_request_) on_checkpoint_request_();
+      }
+      if (status_text_.size() > 4096) status_text_.resize(4096);
+      continue;
+    }
+    SendOutput(stream.fd, stream.buffer, static_cast<size_t>(n));
+    // Hold the job's output back while mosrun is slower than the job.
+    if (!force && relay_.queued_bytes() > ControlStream::kHighWater) PauseOutput(true);
+  }
+}
+
+void Job::UpdatePoll(Stream& stream) {
+  bool want = !stream.eof && !Stopped(stream) && !finished_;
+  if (want == stream.polling) return;
+  stream.polling = want;
+  if (!want) {
+    uv_poll_stop(stream.poll.get());
     return;
   }
-  SendOutput(stream.fd, buf->base, static_cast<size_t>(nread));
-  // Hold the job's output back while mosrun is slower than the job.
-  if (relay_.queued_bytes() > ControlStream::kHighWater) PauseOutput(true);
+  CheckUv(uv_poll_start(stream.poll.get(), UV_READABLE | UV_DISCONNECT,
+                        [](uv_poll_t* handle, int, int) {
+                          GuardedCall("job output", [handle] {
+                            auto* s = static_cast<Stream*>(handle->data);
+                            s->job->Pump(*s);
+                          });
+                        }),
+          "job output");
 }
 
 void Job::SendOutput(int fd, const char* data, size_t size) {
@@ -362,6 +462,7 @@ std::vector<migrate::PipeRole> Job::pipe_roles() const {
 void Job::PauseOutput(bool pause) {
   if (pause == output_paused_) return;
   output_paused_ = pause;
+  if (pause) spdlog::debug("job {}: its output waits: mosrun is behind", home_pid());
   UpdateOutputReading();
 }
 
@@ -372,13 +473,12 @@ void Job::HoldOutput(bool hold) {
 }
 
 void Job::UpdateOutputReading() {
-  bool stop = output_paused_ || output_held_;
   for (Stream* stream : {stdout_.get(), stderr_.get()}) {
-    if (!stream || stream->eof) continue;
-    if (stop) {
-      uv_read_stop(stream->pipe.stream());
+    if (!stream) continue;
+    if (Stopped(*stream)) {
+      UpdatePoll(*stream);
     } else {
-      StartReading(*stream);
+      Pump(*stream);
     }
   }
 }
@@ -387,27 +487,54 @@ void Job::Signal(int signo) {
   if (signo <= 0 || signo >= NSIG) {
     Fail(ErrorKind::kInvalidInput, "{} is not a signal number", signo);
   }
-  if (init_ && !init_status_) {
+  if (init_pid() > 0 && !init_status_) {
     // SIGKILL and SIGSTOP cannot be caught by the job's init, so they reach the whole
     // job at once; every other signal the init forwards to the job's main process.
-    ::kill(init_->pid(), signo);
+    ::syscall(SYS_pidfd_send_signal, pidfd_.get(), signo, nullptr, 0);
   }
 }
 
 void Job::RelayLost() {
-  if (!finished_ && init_ && !init_status_) {
+  if (!finished_ && init_pid() > 0 && !init_status_) {
     spdlog::info("job {}: its mosrun is gone; killing the job", home_pid());
-    ::kill(init_->pid(), SIGKILL);
+    ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
   }
 }
 
 void Job::Kill() {
-  if (init_ && !init_status_) init_.reset();  // SIGKILL and reap
+  if (!init_status_) KillInit();
+  Forget();
+}
+
+void Job::KillInit() {
+  if (init_) {
+    init_.reset();  // SIGKILL and reap
+  } else if (foreign_init_ > 0 && pidfd_.valid()) {
+    // Another daemon's child: whoever adopted it reaps it.
+    ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+  }
+}
+
+void Job::Forget() {
+  keeper_.Stop();
+  if (journal_remove_) {
+    auto remove = std::move(journal_remove_);
+    journal_remove_ = nullptr;
+    journal_write_ = nullptr;
+    remove();
+  }
 }
 
 void Job::OnInitExit() {
-  if (!init_ || init_status_) return;
-  auto status = init_->TryWait();
+  if (init_pid() <= 0 || init_status_) return;
+  std::optional<ExitStatus> status;
+  if (init_) {
+    status = init_->TryWait();
+  } else {
+    // Not our child: how it ended is in the line it wrote on the status pipe; without
+    // one it was killed.
+    status = ExitStatus{0, SIGKILL, true};
+  }
   if (!status) return;
   init_status_ = status;
   uv_poll_stop(exit_watch_.get());
@@ -417,16 +544,17 @@ void Job::OnInitExit() {
 }
 
 void Job::MaybeFinish() {
-  if (finished_ || !init_status_) return;
+  if (finished_ || !init_status_ || detached_) return;
   for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) {
     // A paused stream resumes when mosrun catches up, and comes back here at its end.
-    if (stream && !stream->eof) return;
+    if (stream && (!stream->eof || stream->sent < stream->taken)) return;
   }
   finished_ = true;
   SendExit();
   relay_.Close();
   CloseInput();
   stdin_read_.Reset();
+  Forget();
   auto self = shared_from_this();  // on_finished_ drops the registry's reference
   on_finished_(*this);
 }
@@ -463,8 +591,8 @@ void Job::SendExit() {
 }
 
 std::vector<pid_t> Job::Pids() const {
-  if (!init_ || init_status_) return {};
-  return migrate::JobPids(init_->pid());
+  if (init_pid() <= 0 || init_status_) return {};
+  return migrate::JobPids(init_pid());
 }
 
 uint64_t Job::cpu_ms() const {

@@ -17,6 +17,7 @@
 #include "child_process.h"
 #include "control_server.h"
 #include "fd.h"
+#include "fd_keeper.h"
 #include "image_stream.h"
 #include "job_state.h"
 #include "job_usage.h"
@@ -96,7 +97,23 @@ struct DaemonEnds {
   Fd stdout_read;
   Fd stderr_read;
   Fd status_read;
+  // What the daemon took from the output pipes (and will put into the input pipe), at
+  // its offset in each stream (see "Daemon restarts"): memfds, made by Attach when not
+  // given (a daemon restarted takes them back from the job's keeper).
+  Fd stdin_spool{};
+  Fd stdout_spool{};
+  Fd stderr_spool{};
+  Fd status_spool{};
 };
+
+// An empty spool for one of a job's streams (a memfd named after it).
+Fd MakeSpool(const char* stream);
+// The daemon's ends and spools in the order a keeper holds them (stdin's write end
+// first, the one a keeper is told to drop at the end of input), and back.
+std::vector<int> KeptFds(const DaemonEnds& ends);
+DaemonEnds EndsFromKept(std::vector<Fd> kept);
+constexpr size_t kKeptFds = 9;
+constexpr size_t kKeptStdinWrite = 0;
 
 class Job : public std::enable_shared_from_this<Job> {
  public:
@@ -108,6 +125,44 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // Starts the job's init and relaying. Throws Error when the job cannot start.
   void Start();
+  // Set before Start: the job survives its daemon's death (see "Daemon restarts" in
+  // docs/ARCHITECTURE.md). A keeper process holds the daemon's ends of its pipes, and
+  // `write` journals the job (with its keeper, then its init) before each is relied on;
+  // `remove` forgets it once the job ends or leaves this node.
+  using JournalWrite = std::function<void(pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
+                                          uint64_t keeper_start, bool moving)>;
+  void KeepAcrossRestarts(JournalWrite write, std::function<void()> remove);
+  // A restarted daemon takes back a job its journal names: its init (not our child any
+  // more, watched by pidfd, `init_start` checked), the keeper and what it holds. The job
+  // waits, its output unread, until its mosrun presents itself again (Reattach).
+  // `mosrun_pidfd` says when that mosrun is gone: the job is then killed, as a hangup.
+  void Recover(pid_t init_pid, uint64_t init_start, FdKeeper keeper, std::vector<Fd> kept,
+               Fd mosrun_pidfd, JournalWrite write, std::function<void()> remove);
+  // The job's mosrun, back: `relay` is its new connection, which has every byte of
+  // stdout and stderr before the offsets it gives. Throws Error(kInvalidInput) for
+  // offsets the daemon cannot resend from.
+  void Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset);
+  // Throws Error(kInvalidInput) when Reattach would refuse these offsets.
+  void CheckResume(uint64_t stdout_offset, uint64_t stderr_offset) const;
+  // A guest's home has had this much of the job's output from this node: a job taken back
+  // after a restart resends from there (on its relay, set before with set_relay); the
+  // spools of a running one keep only what comes after.
+  void OutputHad(uint64_t stdout_offset, uint64_t stderr_offset);
+  void set_relay(ControlStream relay) { relay_ = std::move(relay); }
+  // A guest whose home's relay closed: it runs on, its output waiting in its pipes and
+  // spools, until its home takes it back (Reattach through OutputHad) or gives it up
+  // (GiveUp: killed as when its relay closed).
+  void Detach();
+  void GiveUp();
+  // How much of the job's stdout (1) or stderr (2) mosrun has been sent, since the job
+  // started: what this node sent, after what mosrun had when the job arrived here.
+  uint64_t output_total(int fd) const;
+  void set_output_base(uint64_t stdout_base, uint64_t stderr_base);
+  uint64_t output_base(int fd) const { return output_base_[fd == 2 ? 2 : 1]; }
+  bool detached() const { return detached_; }
+  // Journals that a move of the job (which stops it) is under way, or over: a daemon
+  // killed meanwhile leaves a job the next one continues (SIGCONT) if it is still here.
+  void JournalMoving(bool moving);
   // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
   void Adopt(ChildProcess init, DaemonEnds ends);
   // The job has moved on: relays the output it left in our pipes, then kills the frozen
@@ -128,11 +183,12 @@ class Job : public std::enable_shared_from_this<Job> {
     bool ended = false;    // the pipe carries the end of input after them
   };
   InputPlace input_place() const;
-  // Takes out of the job's stdin pipe what the job has not read, once the job is frozen;
-  // safe on any thread. Throws Error when the pipe cannot be read.
+  // Copies out of the job's stdin pipe what the job has not read, once the job is frozen
+  // (the bytes stay in the pipe); safe on any thread. Throws Error when the pipe cannot
+  // be read.
   static InputCarry ReclaimInput(const InputPlace& place);
-  // Puts reclaimed bytes back into the pipe (a move that failed after reclaiming them),
-  // before the job is thawed; safe on any thread.
+  // Kept for the move's failure path: the reclaimed bytes never left the pipe, so nothing
+  // is put back.
   static void ReturnInput(const InputPlace& place, const InputCarry& carry);
   uint32_t migrations() const { return migrations_; }
   void set_migrations(uint32_t count) { migrations_ = count; }
@@ -158,7 +214,7 @@ class Job : public std::enable_shared_from_this<Job> {
 
   pid_t home_pid() const { return launch_.identity.home_pid; }
   uid_t uid() const { return launch_.identity.uid; }
-  pid_t init_pid() const { return init_ ? init_->pid() : -1; }
+  pid_t init_pid() const { return init_ ? init_->pid() : foreign_init_; }
   std::string command() const;
   JobState state() const {
     return finished_ ? JobState::EXITING : migrating_ ? JobState::MIGRATING : JobState::RUNNING;
@@ -182,8 +238,17 @@ class Job : public std::enable_shared_from_this<Job> {
  private:
   struct Stream;
   void Attach(DaemonEnds ends);
-  void StartReading(Stream& stream);
-  void OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf);
+  // Takes what the stream's pipe has into its spool, and sends on what the spool has
+  // that mosrun has not (all of it, paused or not, when `force`).
+  void Pump(Stream& stream, bool force = false);
+  void Deliver(Stream& stream, bool force);
+  void UpdatePoll(Stream& stream);
+  bool Stopped(const Stream& stream) const;
+  void WatchInit();
+  void WatchMosrun(Fd pidfd);
+  // The job is over here (ended, killed, moved on): its keeper and journal go.
+  void Forget();
+  void KillInit();
   void PauseOutput(bool pause);
   void UpdateOutputReading();
   void SendOutput(int fd, const char* data, size_t size);
@@ -200,6 +265,7 @@ class Job : public std::enable_shared_from_this<Job> {
   ControlStream relay_;
   Finished on_finished_;
   std::optional<ChildProcess> init_;
+  pid_t foreign_init_ = -1;  // the init a daemon before us started (Recover)
   Fd pidfd_;
   UvHandle<uv_poll_t> exit_watch_;
   // The job's standard input, a stream of bytes with offsets (see "Standard input across
@@ -207,6 +273,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // queue so that nothing is in flight inside libuv when a move reclaims it.
   Fd stdin_write_;
   Fd stdin_read_;
+  Fd stdin_spool_;  // its file position is input_written_, moved with each splice
   UvHandle<uv_poll_t> stdin_poll_;  // declared after the fd: closed before it
   std::string input_queue_;         // the bytes from input_written_ on, not yet written
   uint64_t input_written_ = 0;
@@ -229,6 +296,15 @@ class Job : public std::enable_shared_from_this<Job> {
   UsageMeter usage_;
   int64_t arrived_ms_ = 0;
   std::function<void()> on_checkpoint_request_;
+  FdKeeper keeper_;
+  JournalWrite journal_write_;
+  std::function<void()> journal_remove_;
+  bool detached_ = false;  // taken back after a restart; its mosrun has not come back yet
+  uint64_t output_base_[3] = {0, 0, 0};
+  uint64_t init_start_ = 0;
+  bool journal_moving_ = false;  // mosrun's offsets where this node's output starts
+  Fd mosrun_pidfd_;
+  UvHandle<uv_poll_t> mosrun_watch_;
 };
 
 }  // namespace homeward

@@ -54,7 +54,7 @@ void JobRegistry::AcceptMove(Fd fd) {
 
 std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream relay,
                                                 ChildProcess init, DaemonEnds ends,
-                                                std::function<void()> finished) {
+                                                std::function<void()> finished, int slot) {
   auto job = std::make_shared<Job>(loop_, std::move(launch), std::move(relay),
                                    [finished = std::move(finished)](Job&) { finished(); });
   // A throw from here on leaves the init with `init` or the job, either of which kills
@@ -63,7 +63,11 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
   job->OnCheckpointRequest([this, weak = std::weak_ptr<Job>(job)] {
     if (auto asking = weak.lock()) CheckpointRequested(asking);
   });
+  // A guest survives a restart of this daemon as one started here does (job_recovery.cc).
+  if (job->launch().guest || slot >= 0) KeepJob(*job, slot);
   job->Adopt(std::move(init), std::move(ends));
+  // Taken over (and journaled, for a guest): the restore's intent is done.
+  RemoveRestoreIntent(config_.state_dir + "/jobs", job->pipe_inodes()[1]);
   return job;
 }
 
@@ -84,7 +88,8 @@ void JobRegistry::ComeHome(Restored& restored) {
     std::shared_ptr<Job> job;
     try {
       job = AdoptRestored(std::move(restored.launch), away->mosrun, std::move(restored.init),
-                          std::move(restored.ends), [this, job_slot] { jobs_.erase(job_slot); });
+                          std::move(restored.ends), [this, job_slot] { jobs_.erase(job_slot); },
+                          job_slot);
     } catch (const Error& e) {
       Apply(job_slot, away,
             away->protocol.Lost(fmt::format("cannot take back job {}: {}", home_pid, e.what())));
@@ -98,14 +103,23 @@ void JobRegistry::ComeHome(Restored& restored) {
       // The old node has not yet sent what the job left in its pipes there: the job's
       // output here waits for it, so that mosrun gets the job's output in order.
       job->HoldOutput(true);
-      away->release_output = [weak = std::weak_ptr<Job>(job)] {
-        if (auto job = weak.lock()) job->HoldOutput(false);
+      away->release_output = [weak = std::weak_ptr<Job>(job), away] {
+        if (auto job = weak.lock()) {
+          // Everything from the old node is in: the job's output here follows it.
+          job->set_output_base(away->origin[1] + away->forwarded[1],
+                               away->origin[2] + away->forwarded[2]);
+          job->HoldOutput(false);
+        }
       };
+    } else {
+      job->set_output_base(away->origin[1] + away->forwarded[1],
+                           away->origin[2] + away->forwarded[2]);
     }
     job->set_migrations(away->protocol.record().migrations);
     away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
     away->mosrun.PauseReading(false);
     entry.here = job;
+    away->journaled.clear();  // the entry of the job here has replaced the one away
     entry.away.reset();
     spdlog::info("job {} is back home", home_pid);
     Apply(job_slot, away, std::move(*step));
@@ -135,6 +149,10 @@ void JobRegistry::ArriveAsGuest(Restored& restored) {
     guests_[id] = job;
   } catch (const Error& e) {
     spdlog::error("cannot take over restored job (init {}): {}", init_pid, e.what());
+    // Said before the relay closes: a relay that just closes is a daemon that may come
+    // back, which its home waits for ("Daemon restarts").
+    SendExit(relay, 255, fmt::format("node {} cannot take the job over: {}", config_.name,
+                                     e.what()));
     relay.Close();
   }
 }

@@ -55,12 +55,27 @@ InputCarry Job::ReclaimInput(const InputPlace& place) {
   if (place.reader >= 0) {
     int pending = 0;
     HW_SYSCALL(::ioctl(place.reader, FIONREAD, &pending), "measure the job's unread input");
-    carry.data.resize(static_cast<size_t>(pending));
-    size_t have = 0;
-    while (have < carry.data.size()) {
-      ssize_t n = ::read(place.reader, carry.data.data() + have, carry.data.size() - have);
+    // Copied out with tee, not read: the bytes stay in the job's pipe, so a daemon killed
+    // during the move leaves the job's input whole for the next one (see "Daemon
+    // restarts"), and a move that fails has nothing to put back.
+    int size = HW_SYSCALL(::fcntl(place.reader, F_GETPIPE_SZ), "the job's stdin size");
+    Pipe scratch = Pipe::Create();
+    HW_SYSCALL(::fcntl(scratch.write.get(), F_SETPIPE_SZ, size), "a pipe for the job's input");
+    size_t copied = 0;
+    while (copied < static_cast<size_t>(pending)) {
+      ssize_t n = ::tee(place.reader, scratch.write.get(), static_cast<size_t>(pending),
+                        SPLICE_F_NONBLOCK);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // the job is frozen: FIONREAD's count is there, never more
+      if (n < 0) throw SystemError(errno, "copy the job's unread input");
+      copied = static_cast<size_t>(n);
+      break;
+    }
+    carry.data.resize(copied);
+    size_t have = 0;
+    while (have < copied) {
+      ssize_t n = ::read(scratch.read.get(), carry.data.data() + have, copied - have);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
       have += static_cast<size_t>(n);
     }
     carry.data.resize(have);
@@ -73,28 +88,29 @@ InputCarry Job::ReclaimInput(const InputPlace& place) {
   return carry;
 }
 
-void Job::ReturnInput(const InputPlace& place, const InputCarry& carry) {
-  if (carry.data.empty() || place.reader < 0) return;
-  // A pipe opened through /proc by its read end gives a new write end of the same pipe,
-  // even when ours is closed already (the end of input was written).
-  Fd writer = Fd::Open(fmt::format("/proc/self/fd/{}", place.reader), O_WRONLY | O_NONBLOCK);
-  size_t done = 0;
-  while (done < carry.data.size()) {
-    ssize_t n = ::write(writer.get(), carry.data.data() + done, carry.data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      Fail(ErrorKind::kFailed, "cannot put {} bytes of input back into the job's stdin",
-           carry.data.size() - done);
-    }
-    done += static_cast<size_t>(n);
-  }
+void Job::ReturnInput(const InputPlace&, const InputCarry&) {
+  // ReclaimInput leaves the bytes in the pipe: there is nothing to put back.
 }
 
 void Job::FlushInput() {
   if (input_held_ || input_closed_ || stdin_write_.get() < 0) return;
+  // The bytes go through the input spool (its file position is input_written_): splice
+  // moves them into the pipe and the position on in one call, so a daemon killed at any
+  // moment leaves in the spool the exact offset where the job's input goes on.
   size_t done = 0;
+  if (!input_queue_.empty()) {
+    size_t put = 0;
+    while (put < input_queue_.size()) {
+      ssize_t n = ::pwrite(stdin_spool_.get(), input_queue_.data() + put, input_queue_.size() - put,
+                           static_cast<off_t>(input_written_ + put));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw SystemError(errno, "spool the job's input");
+      put += static_cast<size_t>(n);
+    }
+  }
   while (done < input_queue_.size()) {
-    ssize_t n = ::write(stdin_write_.get(), input_queue_.data() + done, input_queue_.size() - done);
+    ssize_t n = ::splice(stdin_spool_.get(), nullptr, stdin_write_.get(), nullptr,
+                         input_queue_.size() - done, SPLICE_F_NONBLOCK);
     if (n > 0) {
       done += static_cast<size_t>(n);
       continue;
@@ -106,6 +122,12 @@ void Job::FlushInput() {
     done = input_queue_.size();
     input_end_ = true;
     break;
+  }
+  if (done > 0 && input_queue_.size() == done) {
+    // Input spooled and in the pipe need not stay: the spool keeps only its position.
+    uint64_t upto = (input_written_ + done) & ~uint64_t{4095};
+    if (upto > 0) ::fallocate(stdin_spool_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                              static_cast<off_t>(upto));
   }
   if (done > 0) {
     input_queue_.erase(0, done);
@@ -135,10 +157,13 @@ void Job::FlushInput() {
 }
 
 void Job::CloseInput() {
+  bool was_open = stdin_write_.valid();
   input_closed_ = true;
   input_polling_ = false;
   stdin_poll_.Close();  // before its fd closes
   stdin_write_.Reset();
+  // The job sees its end of input only once the keeper's copy is closed too.
+  if (was_open && keeper_.running()) keeper_.Drop(kKeptStdinWrite);
 }
 
 }  // namespace homeward

@@ -101,9 +101,15 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
            attach.getHomePid(), attach.getNode().cStr(), attach.getGeneration(),
            away->protocol.record().generation);
     }
+    if (attach.getResumed()) {
+      if (Rejoin(slot, away, attach, reply)) return;
+      break;
+    }
     auto step = away->protocol.Arrived(attach.getNode());
     if (!step) break;
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
+    std::fill(std::begin(away->output_here), std::end(away->output_here), 0);
+    away->output_told = 0;
     if (away->protocol.record().state == move::State::kArrived) {
       // The old node has not yet sent what the job left in its pipes there: the job's
       // output from here waits for it, so that mosrun gets the job's output in order.
@@ -152,6 +158,7 @@ void JobRegistry::EndAway(int slot, const std::shared_ptr<Away>& away, const std
   if (it == jobs_.end() || it->second.away != away) return;
   if (!why.empty() && !away->frozen && RestartLost(slot, away, why)) return;
   jobs_.erase(it);
+  ForgetAway(*away);
   if (away->frozen) migrate::RemoveImageDir(away->frozen->dir);
   if (!why.empty()) {
     spdlog::warn("job {}: {}", away->home_pid(), why);
@@ -175,6 +182,7 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
     Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
   }
   auto move = PrepareMove(job, target);
+  job->JournalMoving(true);
   job->set_migrating(true);
   job->relay().PauseReading(true);  // input waits for the job's new place
 
@@ -239,7 +247,8 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   bool still_ours = it != jobs_.end() && it->second.here == job;
   if (!move.error.empty()) {
     spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
-    job->set_migrating(false);  // its input, put back into its stdin, flows on
+    job->JournalMoving(false);
+    job->set_migrating(false);  // its input flows on
     job->relay().PauseReading(false);
     MoveOutcome outcome = OutcomeOf(move);
     outcome.error =
@@ -257,11 +266,14 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   // Abandoned before it stops migrating: its input, held and reclaimed, is never written
   // to the old pipe again.
   job->AbandonAfterMove();
+  away->origin[1] = job->output_total(1);  // what mosrun had when the job left
+  away->origin[2] = job->output_total(2);
   job->set_migrating(false);
   it->second.here.reset();
   it->second.away = away;
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
   JoinAway(slot, away, std::move(move.connection), nullptr);
+  JournalAways();  // over the entry of the job here, at once
   spdlog::info("job {} moved to {} (frozen {} ms, {} in all, {} bytes of images)", away->home_pid(),
                away->where(), move.frozen.count(), move.total.count(), move.image_bytes);
   done(OutcomeOf(move));

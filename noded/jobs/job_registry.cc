@@ -65,6 +65,14 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
       case schema::ControlRequest::JOB_SIGNAL:
         job->Signal(message.getJobSignal());
         break;
+      case schema::ControlRequest::RESUME_JOB: {
+        if (!job->launch().guest) {
+          Fail(ErrorKind::kInvalidInput, "only a guest's home tells it what output it has");
+        }
+        auto had = message.getResumeJob();
+        job->OutputHad(had.getStdoutOffset(), had.getStderrOffset());
+        break;
+      }
       case schema::ControlRequest::MIGRATE_JOB:
         if (job->launch().guest && message.getMigrateJob().isCheckpointAway()) {
           CheckpointGuest(job, message.getMigrateJob().getCheckpointAway());
@@ -80,8 +88,8 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
         Fail(ErrorKind::kInvalidInput, "a job's relay carries input and signals only");
     }
   };
-  handlers.on_close = [weak_job] {
-    if (auto job = weak_job->lock()) job->RelayLost();
+  handlers.on_close = [this, weak_job] {
+    if (auto job = weak_job->lock()) RelayClosed(job);
   };
   return handlers;
 }
@@ -122,7 +130,8 @@ JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
 }
 
 std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
-                                          std::function<void()> finished) {
+                                          std::function<void()> finished,
+                                          std::function<void(Job&)> prepare) {
   auto weak_job = std::make_shared<std::weak_ptr<Job>>();
   StreamHandlers handlers = RelayHandlersFor(weak_job);
   ControlStream relay = reply.OpenStream(std::move(handlers));
@@ -133,6 +142,7 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
     if (auto asking = weak.lock()) CheckpointRequested(asking);
   });
   try {
+    if (prepare) prepare(*job);
     job->Start();
   } catch (const Error& e) {
     SendExit(relay, 126, e.what());
@@ -161,7 +171,8 @@ void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
     StartAway(slot, std::move(launch), where, std::move(reply));
     return;
   }
-  auto job = RunHere(std::move(launch), reply, [this, slot] { jobs_.erase(slot); });
+  auto job = RunHere(std::move(launch), reply, [this, slot] { jobs_.erase(slot); },
+                     [this, slot](Job& job) { KeepJob(job, slot); });
   if (job) jobs_[slot].here = job;
 }
 
@@ -202,7 +213,8 @@ void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) 
   JobLaunch launch = GuestLaunch(spec);
   if (!launch.guest) Fail(ErrorKind::kInvalidInput, "a job of this home is not a guest here");
   uint64_t id = next_guest_++;
-  auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); });
+  auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); },
+                     [this](Job& job) { KeepJob(job, -1); });
   if (job) {
     guests_[id] = job;
     if (on_arrival_) on_arrival_();
@@ -228,12 +240,14 @@ void JobRegistry::Start() {
                 GuardedCall("job counts", [timer] {
                   auto* self = static_cast<JobRegistry*>(timer->data);
                   self->EndOverdueAttaches();
+                  self->JournalAways();
                   self->FreezeOverdueGuests();
                   if (self->on_change_) self->on_change_();
                 });
               },
               0, 1000),
           "job counts timer");
+  Recover();
   StartCheckpointTimer();
 }
 
@@ -285,6 +299,7 @@ void JobRegistry::KillAll() {
     if (job.here) job.here->Kill();
     if (job.away) {
       if (job.away->frozen) migrate::RemoveImageDir(job.away->frozen->dir);
+      ForgetAway(*job.away);
       job.away->protocol.MosrunGone();  // the daemon's end: nobody hears of it
       job.away->peer.Close();
       job.away->mosrun.Close();

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@
 #include "home_grace.h"
 #include "image_stream.h"
 #include "job.h"
+#include "job_journal.h"
 #include "migration.h"
 #include "move_protocol.h"
 
@@ -73,6 +75,8 @@ class JobRegistry {
   // mosrun -R: restarts a job of the caller from the newest good checkpoint in a
   // directory (job_checkpoints.cc); the connection becomes the job's relay.
   void RestartJob(schema::RestartSpec::Reader spec, ReplySender reply);
+  // A mosrun whose daemon was restarted presents its job again (job_recovery.cc).
+  void ResumeJob(schema::ResumeJob::Reader request, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
   // mosctl block, unblock, expel and bring.
@@ -134,6 +138,22 @@ class JobRegistry {
     // output (what the job left in its pipes) has come in: releases it.
     std::function<void()> release_output;
     bool output_held = false;
+    // The job's stdout and stderr bytes had from the node it runs on since it got there
+    // (the offsets of that node's spools), and the last total told to that node
+    // (job_recovery.cc: "Daemon restarts").
+    uint64_t output_here[3] = {0, 0, 0};
+    uint64_t output_told = 0;
+    // mosrun's offsets when the job left home (or started away), and every byte of
+    // output forwarded to mosrun since: where the current node's output starts in
+    // mosrun's stream is origin + forwarded - output_here.
+    uint64_t origin[3] = {0, 0, 0};
+    uint64_t forwarded[3] = {0, 0, 0};
+    // Taken back from the journal after this daemon restarted: its mosrun has not come
+    // back yet (it must be the process that started at mosrun_start).
+    bool awaiting_mosrun = false;
+    uint64_t mosrun_start = 0;
+    int slot = -1;
+    std::string journaled;  // the journal's text as last written
 
     pid_t home_pid() const { return protocol.record().home_pid; }
     const std::string& where() const { return protocol.record().where; }
@@ -157,7 +177,31 @@ class JobRegistry {
   // Starts `launch` on this node with `reply`'s connection as its relay; `finished`
   // runs when the job is gone.
   std::shared_ptr<Job> RunHere(JobLaunch launch, ReplySender& reply,
-                               std::function<void()> finished);
+                               std::function<void()> finished,
+                               std::function<void(Job&)> prepare = nullptr);
+  // Journals a job of this home started here in `slot`, so that it survives the daemon's
+  // death; and takes back, at start, the jobs the journal names (job_recovery.cc).
+  void KeepJob(Job& job, int slot);
+  void Recover();
+  // A guest taken back after a restart asks its home to take it back too.
+  void ReattachGuest(std::shared_ptr<Job> job, int64_t until_ms, bool again = false);
+  // The relay of a job running here closed: a guest waits for its home to take it back
+  // (its home's daemon may have been restarted), anything else is killed.
+  void RelayClosed(const std::shared_ptr<Job>& job);
+  // Home's side: counts output from the current relay and now and then tells the node
+  // how much it has had; a relay closed while the job runs waits for the node's daemon
+  // to come back; a node whose daemon came back takes the job up again.
+  static void CountOutput(Away& away, schema::JobOutput::Reader output);
+  static void TellOutputHad(Away& away);
+  bool AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay);
+  // Keeps the journal of every job away current (each second), and ends one taken back
+  // whose mosrun died before it came back.
+  void JournalAways();
+  void ForgetAway(const Away& away);
+  void RecoverAway(JournalEntry& entry);
+  bool ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply);
+  bool Rejoin(int slot, const std::shared_ptr<Away>& away, schema::AttachGuest::Reader attach,
+              ReplySender& reply);
   void StartAway(int slot, JobLaunch launch, const std::string& where, ReplySender reply);
   void ConnectedAway(int slot, std::shared_ptr<Away> away, Fd fd,
                      std::shared_ptr<capnp::MallocMessageBuilder> guest_request);
@@ -190,8 +234,11 @@ class JobRegistry {
   void ArriveAsGuest(Restored& restored);
   // Makes the Job of a restored init and takes it over; throws Error when it cannot (the
   // init is then killed and reaped). `finished` runs when the job is gone.
+  // `slot`: a job of this home coming back, journaled in that slot (-1: not journaled,
+  // unless a guest).
   std::shared_ptr<Job> AdoptRestored(JobLaunch launch, ControlStream relay, ChildProcess init,
-                                     DaemonEnds ends, std::function<void()> finished);
+                                     DaemonEnds ends, std::function<void()> finished,
+                                     int slot = -1);
   std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,

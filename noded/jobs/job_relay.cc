@@ -166,6 +166,13 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);
+    if (reply.isJobOutput()) {
+      auto output = reply.getJobOutput();
+      if (output.getFd() == 1 || output.getFd() == 2) {
+        away->forwarded[output.getFd()] += output.getData().size();
+      }
+      if (relay == away->protocol.record().relay) CountOutput(*away, output);
+    }
     if (reply.isJobExited()) {
       Apply(slot, away, away->protocol.Exited());
       return;
@@ -174,6 +181,7 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
     if (away->mosrun.queued_bytes() > ControlStream::kHighWater) away->peer.PauseReading(true);
   };
   handlers.on_close = [this, slot, away, relay] {
+    if (AwaitNodeBack(away, relay)) return;
     Apply(slot, away, away->protocol.Closed(relay));
     MaybeReleaseOutput(away);
   };
@@ -185,6 +193,8 @@ void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
   Caller peer;
   peer.peer = true;
   uint32_t relay = away->protocol.Connected();
+  std::fill(std::begin(away->output_here), std::end(away->output_here), 0);
+  away->output_told = 0;
   away->peer = control_.AdoptStream(std::move(fd), peer, PeerHandlersForAway(slot, away, relay));
   // The job's node must have the job before any of mosrun's input reaches it.
   if (first) away->peer.Send(*first);

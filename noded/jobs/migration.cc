@@ -14,6 +14,7 @@
 #include "checkpoint.h"
 #include "child_process.h"
 #include "error.h"
+#include "job_journal.h"
 #include "node_metrics.h"
 #include "peer_auth.h"
 
@@ -67,7 +68,8 @@ std::optional<std::string> Refusal(int fd) {
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
-                         const FaultPoints& faults, bool own_network) {
+                         const FaultPoints& faults, bool own_network,
+                         const std::string& intent_dir) {
   // CRIU restores the job into a mount namespace like the one a job starts in: the home's
   // tree as the job's view (for a guest), or this node's own (at home); and a guest into
   // a network namespace of its own with only its loopback, like a guest started here.
@@ -112,6 +114,9 @@ RestoredHere RestoreHere(const std::string& dir,
     if (job_end < 0) Fail(ErrorKind::kInvalidInput, "unknown pipe role '{}'", pipe.role);
     restore.pipes.push_back({pipe.inode, job_end});
   }
+  // A daemon killed from here until the job is taken over leaves this intent, by which
+  // the next one finds and ends what criu restored (see "Daemon restarts").
+  if (!intent_dir.empty()) WriteRestoreIntent(intent_dir, migrate::PipeInode(out.read.get()));
   // The restored init is our child (we are a child subreaper): owned from here on.
   ChildProcess init = ChildProcess::Adopt(migrate::Restore(dir, restore).init_pid);
   return RestoredHere{std::move(init),
@@ -206,7 +211,8 @@ std::optional<RestoredJob> RunMoveIn(
 
     step = "restore";
     RestoredHere here = RestoreHere(dir, received.job.external_pipes, launch->root,
-                                    context.init_path, context.faults, launch->guest);
+                                    context.init_path, context.faults, launch->guest,
+                                    context.state_dir + "/jobs");
     migrate::RemoveImageDir(dir);
     dir.clear();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),

@@ -58,10 +58,12 @@ struct RestoredHere {
   ChildProcess init;
   DaemonEnds ends;
 };
+// `intent_dir`, when given: where the restore's intent is journaled (job_journal.h).
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
-                         const FaultPoints& faults, bool own_network = false);
+                         const FaultPoints& faults, bool own_network = false,
+                         const std::string& intent_dir = {});
 
 // A job restored here, ready for the loop to adopt.
 struct RestoredJob {

@@ -217,6 +217,17 @@ std::optional<Step> Protocol::Arrived(const std::string& node) {
   return Step{};
 }
 
+std::optional<Step> Protocol::Rejoined(const std::string& node) {
+  if (record_.state != State::kAnnounced || node != record_.where) return std::nullopt;
+  ++record_.relay;
+  record_.attach_due_ms = 0;
+  record_.state = State::kRunning;
+  MoveOutcome figures = std::move(record_.announced);
+  record_.announced = MoveOutcome();
+  if (!record_.waiting) return Step{};
+  return Answer(std::move(figures));
+}
+
 Step Protocol::Closed(uint32_t relay) {
   State state = record_.state;
   if (relay == record_.relay &&

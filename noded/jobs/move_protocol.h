@@ -98,6 +98,11 @@ class Protocol {
   // Whether the job may arrive now (an attach, or coming home).
   bool ExpectsArrival() const;
 
+  // The node the job runs on, whose daemon was restarted, took the job back and attached
+  // again (after a Closed relay the registry turned into Reloaded): the job runs on there,
+  // unmoved, over the new relay record().relay. Nothing when no such return is expected
+  // (the home gave the job up, or it waits for another node).
+  std::optional<Step> Rejoined(const std::string& node);
   // A relay to the job's node opened: returns its number, which later events name.
   uint32_t Connected();
   // The home asks the job's node to move it to `target`; throws Error saying why it

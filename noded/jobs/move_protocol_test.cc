@@ -400,5 +400,29 @@ TEST(MoveProtocol, ARestartAtEveryStep) {
   }
 }
 
+// A node whose daemon was killed closes its relay; the home waits (Reloaded) and the same
+// node, its daemon restarted, takes the job up again: unmoved, over a new relay.
+TEST(MoveProtocol, NodeRejoinsAfterItsDaemonRestarted) {
+  Protocol p = Running();
+  uint32_t old_relay = p.record().relay;
+  uint32_t migrations = p.record().migrations;
+  std::string where = p.record().where;
+  Protocol waiting = Protocol::Reloaded(p.record(), 100);
+  EXPECT_EQ(waiting.state(), State::kAnnounced);
+  EXPECT_FALSE(waiting.Rejoined("elsewhere"));
+  auto step = waiting.Rejoined(where);
+  ASSERT_TRUE(step);
+  EXPECT_FALSE(step->end);
+  EXPECT_EQ(waiting.state(), State::kRunning);
+  EXPECT_EQ(waiting.record().where, where);
+  EXPECT_EQ(waiting.record().migrations, migrations);
+  EXPECT_GT(waiting.record().relay, old_relay);
+  // Only once: a running job is not rejoined, and an ended one never.
+  EXPECT_FALSE(waiting.Rejoined(where));
+  Protocol ended = Protocol::Reloaded(p.record(), 100);
+  EXPECT_TRUE(ended.Tick(101 + kAttachTimeoutMs).end);
+  EXPECT_FALSE(ended.Rejoined(where));
+}
+
 }  // namespace
 }  // namespace homeward::move

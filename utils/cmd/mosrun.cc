@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <capnp/message.h>
@@ -256,6 +259,49 @@ void RefuseStaticAway(const Options& options) {
   }
 }
 
+// How long mosrun waits for its daemon to come back: $HOMEWARD_DAEMON_WAIT_S seconds,
+// 300 by default.
+int DaemonWaitSeconds() {
+  const char* text = getenv("HOMEWARD_DAEMON_WAIT_S");
+  if (!text || !*text) return 300;
+  char* end = nullptr;
+  long value = strtol(text, &end, 10);
+  return *end || value < 0 ? 300 : static_cast<int>(std::min(value, 86400L));
+}
+
+// The daemon went away with the job unfinished: says so once, waits for a daemon to listen
+// again (with back-off), and presents the job to it. Nothing when none came in time, or
+// the new daemon does not have the job.
+std::optional<ControlClient> ReconnectToDaemon(const std::string& socket, uint64_t stdout_had,
+                                               uint64_t stderr_had) {
+  static bool said = false;
+  if (!said) {
+    fprintf(stderr, "mosrun: waiting for the node daemon to return\n");
+    said = true;
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(DaemonWaitSeconds());
+  auto pause = std::chrono::milliseconds(20);
+  for (;;) {
+    try {
+      ControlClient client = ControlClient::Connect(socket);
+      Send(client.fd(), [&](auto request) {
+        auto resume = request.initResumeJob();
+        resume.setStdoutOffset(stdout_had);
+        resume.setStderrOffset(stderr_had);
+      });
+      return client;
+    } catch (const Error& e) {
+      if (std::chrono::steady_clock::now() >= deadline) {
+        fprintf(stderr, "mosrun: the node daemon did not return: %s\n", e.what());
+        return std::nullopt;
+      }
+    }
+    // Client back-off while the daemon restarts, not a wait for a test.
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(1000));
+  }
+}
+
 int Run(const Options& options) {
   if (options.restart_dir.empty()) RefuseStaticAway(options);
   if (!options.checkpoint_dir.empty() && mkdir(options.checkpoint_dir.c_str(), 0700) != 0 &&
@@ -275,8 +321,8 @@ int Run(const Options& options) {
 
   // The connection to the daemon is mosrun's own; the job never inherits it.
   std::string socket = ControlSocketPath();
-  ControlClient client = ControlClient::Connect(socket);
-  int fd = client.fd();
+  std::optional<ControlClient> client = ControlClient::Connect(socket);
+  int fd = client->fd();
   if (!options.restart_dir.empty()) {
     Send(fd, [&](auto request) {
       auto spec = request.initRestartJob();
@@ -286,7 +332,7 @@ int Run(const Options& options) {
       spec.setWhere(options.where);
       spec.setPlaceBest(options.best);
     });
-  } else
+  } else {
     Send(fd, [&](auto request) {
       auto spec = request.initStartJob();
       auto argv = spec.initArgv(static_cast<unsigned>(options.argv.size()));
@@ -306,8 +352,12 @@ int Run(const Options& options) {
       spec.setCheckpointKeep(options.checkpoint_keep);
       spec.setCheckpointSignal(options.checkpoint_signal);
     });
+  }
 
   FrameDecoder decoder(kMaxControlFrameBytes);
+  // How much of the job's stdout and stderr has come: after a restart of the daemon, the
+  // new one sends again from there (see "Daemon restarts" in docs/ARCHITECTURE.md).
+  uint64_t output_had[3] = {0, 0, 0};
   bool stdin_open = true;
   bool stdout_broken = false;
   char buffer[64 * 1024];
@@ -380,11 +430,22 @@ int Run(const Options& options) {
       ssize_t n = read(fd, buffer, sizeof buffer);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        fprintf(stderr,
-                "mosrun: lost the connection to the node daemon at %s; the job "
-                "is gone\n",
-                socket.c_str());
-        return 255;
+        // The daemon died (or was restarted): the job runs on; its next daemon takes it
+        // back, and this mosrun with it.
+        auto reconnected = ReconnectToDaemon(socket, output_had[1], output_had[2]);
+        if (!reconnected) {
+          fprintf(stderr,
+                  "mosrun: lost the connection to the node daemon at %s; the job "
+                  "is gone\n",
+                  socket.c_str());
+          return 255;
+        }
+        client = std::move(reconnected);
+        fd = client->fd();
+        decoder = FrameDecoder(kMaxControlFrameBytes);
+        daemon_hung_up = false;
+        stdin_open = !input_end_sent;
+        continue;
       }
       decoder.Feed(buffer, static_cast<size_t>(n));
       while (auto message = decoder.Next()) {
@@ -393,8 +454,9 @@ int Run(const Options& options) {
           case schema::ControlReply::JOB_OUTPUT: {
             auto output = reply.getJobOutput();
             int target = output.getFd() == 2 ? 2 : 1;
-            if (target == 1 && stdout_broken) break;
             auto data = output.getData();
+            output_had[target] += data.size();
+            if (target == 1 && stdout_broken) break;
             try {
               WriteAll(target, data.begin(), data.size(), target == 1 ? "stdout" : "stderr");
             } catch (const Error& e) {

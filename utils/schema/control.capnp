@@ -5,7 +5,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("homeward::schema");
 
-const controlVersion :UInt16 = 3;
+const controlVersion :UInt16 = 4;
 # 2: migrateJob's verbs are a union (moveTo, home, freeze, continue, checkpoint), so no
 #    node name is taken for a verb; a job's state is an enum.
 # 3: a job's input is a stream with offsets (jobInputAt, jobInputEndAt, jobInputWritten,
@@ -54,6 +54,11 @@ struct ControlRequest {
     restartJob @15 :RestartSpec;
     # mosrun -R: restart a job of the caller from the newest good checkpoint in a directory
     # (mosrun -C). The connection then becomes the job's relay, as for startJob.
+    resumeJob @16 :ResumeJob;
+    # mosrun, after its daemon was restarted: takes its job (by mosrun's own pid, the home
+    # pid) back from the new daemon. The connection becomes the job's relay again. On a
+    # guest's relay, from its home: how much of the job's output the home has had from
+    # this node (see attachGuest's resumed).
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -95,6 +100,12 @@ struct Checkpointed {
   path @0 :Text;
   # The checkpoint written, or empty when it failed.
   error @1 :Text;
+}
+
+struct ResumeJob {
+  stdoutOffset @0 :UInt64;
+  stderrOffset @1 :UInt64;
+  # How many bytes of the job's stdout and stderr mosrun has: the daemon resends from there.
 }
 
 struct InputChunk {
@@ -272,6 +283,11 @@ struct AttachGuest {
   # The node the job now runs on.
   generation @2 :UInt32;
   # The run of the job this copy belongs to: a copy of an older run is refused.
+  resumed @3 :Bool;
+  # The job did not move: the daemon of the node it runs on was restarted and took it back.
+  # The home answers on the relay with resumeJob (how much of the job's output it has had
+  # from that node), as it does from time to time while the job runs there, so that the
+  # node resends what was lost and keeps no more than the home lacks.
 }
 
 struct JobIdentity {

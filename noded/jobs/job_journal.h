@@ -1,0 +1,65 @@
+// JobJournal: what a daemon needs to take its jobs back after it was killed, one file per
+// job under <state_dir>/jobs, written (temp file, fsync, rename) before the daemon acts on
+// it and removed when the job ends or leaves. See "Daemon restarts" in
+// docs/ARCHITECTURE.md.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "job.h"
+
+namespace homeward {
+
+struct JournalEntry {
+  int slot = -1;              // a home job's slot; -1 for a guest
+  uint64_t mosrun_start = 0;  // the home pid's start time: the same mosrun, not a reused pid
+  JobLaunch launch;           // what mosps and a later move need (not the environment)
+  pid_t init_pid = 0;         // 0 until the init runs
+  uint64_t init_start = 0;
+  pid_t keeper_pid = 0;
+  uint64_t keeper_start = 0;
+  // A job of this home running on another node: where it stands in the move protocol
+  // (move::Record's line), and mosrun's offsets where that node's output starts.
+  bool away = false;
+  bool moving = false;  // a job here being moved: stopped until the move ends
+  std::string record;
+  uint64_t base[3] = {0, 0, 0};
+
+  // The entry's file name: the home pid for a job of this home, and for a guest its home's
+  // name too (home pids are unique only within a home).
+  std::string Name() const;
+};
+
+// The entry as text, one "key value" line each; argv and paths are escaped.
+std::string FormatJournalEntry(const JournalEntry& entry);
+// Throws Error(kInvalidInput) on text that is not an entry.
+JournalEntry ParseJournalEntry(const std::string& text);
+
+// A restore is about to run (criu, on a move in): the job it makes will hold the pipe
+// with inode `stdout_inode` as its stdout. A daemon killed before it took the job over
+// leaves the intent; the next one kills what holds that pipe unless it took the job back.
+void WriteRestoreIntent(const std::string& dir, uint64_t stdout_inode);
+void RemoveRestoreIntent(const std::string& dir, uint64_t stdout_inode);
+// Ends what restores cut by a restart left behind; `taken` are the stdout pipe inodes of
+// the jobs taken back.
+void CleanRestoreIntents(const std::string& dir, const std::vector<uint64_t>& taken);
+
+class JobJournal {
+ public:
+  explicit JobJournal(std::string dir) : dir_(std::move(dir)) {}
+  // Writes the entry (as entry.Name()) atomically.
+  void Write(const JournalEntry& entry) const;
+  void Remove(const std::string& name) const;
+  // Every entry; one that cannot be read is logged and removed.
+  std::vector<JournalEntry> ReadAll() const;
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+};
+
+}  // namespace homeward

@@ -1,0 +1,621 @@
+// Jobs that outlive their daemon: journaling a job and its keeper before it runs, taking
+// jobs back when a daemon starts after another was killed, and a mosrun reattaching to
+// its job. See "Daemon restarts" in docs/ARCHITECTURE.md.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <thread>
+
+#include <capnp/message.h>
+#include <spdlog/spdlog.h>
+
+#include "c_boundary.h"
+#include "checkpoint.h"
+#include "error.h"
+#include "job.h"
+#include "job_journal.h"
+#include "job_registry.h"
+#include "job_stream.h"
+#include "peer_auth.h"
+#include "uv_work.h"
+#include "uv_error.h"
+
+namespace homeward {
+
+namespace {
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+// Kills process `pid` if it is still the one that started at `start_time`.
+void KillIfSame(pid_t pid, uint64_t start_time) {
+  if (pid <= 0 || start_time == 0) return;
+  Fd pidfd = Fd::Adopt(PidfdOpen(pid));
+  if (!pidfd.valid() || ProcessStartTime(pid) != start_time) return;
+  ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+}
+
+}  // namespace
+
+Fd MakeSpool(const char* stream) {
+  return Fd::Adopt(HW_SYSCALL(::memfd_create(fmt::format("homeward-{}", stream).c_str(),
+                                             MFD_CLOEXEC),
+                              "make the job's {} spool", stream));
+}
+
+std::vector<int> KeptFds(const DaemonEnds& ends) {
+  return {ends.stdin_write.get(),  ends.stdin_read.get(),   ends.stdout_read.get(),
+          ends.stderr_read.get(),  ends.status_read.get(),  ends.stdin_spool.get(),
+          ends.stdout_spool.get(), ends.stderr_spool.get(), ends.status_spool.get()};
+}
+
+DaemonEnds EndsFromKept(std::vector<Fd> kept) {
+  if (kept.size() != kKeptFds) Fail(ErrorKind::kFailed, "a keeper holds {} fds", kept.size());
+  return DaemonEnds{std::move(kept[0]), std::move(kept[1]), std::move(kept[2]),
+                    std::move(kept[3]), std::move(kept[4]), std::move(kept[5]),
+                    std::move(kept[6]), std::move(kept[7]), std::move(kept[8])};
+}
+
+void Job::JournalMoving(bool moving) {
+  if (!journal_write_ || !keeper_.running() || init_pid() <= 0) return;  // journaled only
+  journal_moving_ = moving;
+  try {
+    journal_write_(init_pid(), init_start_, keeper_.pid(), keeper_.start_time(), moving);
+  } catch (const Error& e) {
+    spdlog::warn("job {}: cannot journal its move: {}", home_pid(), e.what());
+  }
+}
+
+void Job::KeepAcrossRestarts(JournalWrite write, std::function<void()> remove) {
+  journal_write_ = std::move(write);
+  journal_remove_ = std::move(remove);
+}
+
+void Job::Recover(pid_t init_pid, uint64_t init_start, FdKeeper keeper, std::vector<Fd> kept,
+                  Fd mosrun_pidfd, JournalWrite write, std::function<void()> remove) {
+  if (write || remove) KeepAcrossRestarts(std::move(write), std::move(remove));
+  keeper_ = std::move(keeper);
+  init_start_ = init_start;
+  detached_ = true;
+  Fd pidfd = Fd::Adopt(PidfdOpen(init_pid));
+  if (pidfd.valid() && ProcessStartTime(init_pid) == init_start) {
+    foreign_init_ = init_pid;
+    pidfd_ = std::move(pidfd);
+  } else {
+    // It ended while no daemon ran: the status pipe says how.
+    init_status_ = ExitStatus{0, SIGKILL, true};
+  }
+  DaemonEnds ends = EndsFromKept(std::move(kept));
+  for (const Fd* fd : {&ends.stdin_read, &ends.stdout_read, &ends.stderr_read, &ends.status_read,
+                       &ends.stdin_spool, &ends.stdout_spool, &ends.stderr_spool,
+                       &ends.status_spool}) {
+    if (!fd->valid()) Fail(ErrorKind::kFailed, "the keeper lost one of the job's pipes");
+  }
+  Attach(std::move(ends));
+  // The spool's file position moves with every splice into the pipe: it is the offset
+  // of the next byte of input, whenever the daemon before us was killed.
+  input_written_ = static_cast<uint64_t>(
+      HW_SYSCALL(::lseek(stdin_spool_.get(), 0, SEEK_CUR), "job input position"));
+  // What mosrun has of the output is known when it comes back; until then nothing of
+  // what the spools hold counts as trimmed.
+  for (Stream* stream : {stdout_.get(), stderr_.get()}) stream->trimmed = 0;
+  if (mosrun_pidfd.valid()) WatchMosrun(std::move(mosrun_pidfd));
+  spdlog::info("job {} taken back after a restart: {} (init pid {}{}); input at byte {}{}",
+               home_pid(), command(), init_pid, init_status_ ? ", ended" : "", input_written_,
+               input_closed_ ? ", at its end" : "");
+}
+
+void Job::WatchMosrun(Fd pidfd) {
+  mosrun_pidfd_ = std::move(pidfd);
+  CheckUv(uv_poll_init(loop_, mosrun_watch_.get(), mosrun_pidfd_.get()), "watch mosrun");
+  mosrun_watch_.get()->data = this;
+  CheckUv(uv_poll_start(mosrun_watch_.get(), UV_READABLE,
+                        [](uv_poll_t* handle, int, int) {
+                          GuardedCall("mosrun gone", [handle] {
+                            auto* job = static_cast<Job*>(handle->data);
+                            job->mosrun_watch_.Close();
+                            job->mosrun_pidfd_.Reset();
+                            if (!job->detached_) return;
+                            // Nobody is left to hear of the job: it ends as on a hangup.
+                            job->detached_ = false;
+                            job->RelayLost();
+                            for (auto* stream :
+                                 {job->stdout_.get(), job->stderr_.get(), job->status_.get()}) {
+                              if (stream) job->Pump(*stream);
+                            }
+                          });
+                        }),
+          "watch mosrun");
+}
+
+void Job::CheckResume(uint64_t stdout_offset, uint64_t stderr_offset) const {
+  if (!detached_) Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", home_pid());
+  for (auto [stream, offset] : {std::pair{stdout_.get(), stdout_offset},
+                                std::pair{stderr_.get(), stderr_offset}}) {
+    uint64_t base = launch_.guest ? 0 : output_base_[stream->fd];
+    if (offset < base + stream->trimmed || offset > base + stream->taken) {
+      Fail(ErrorKind::kInvalidInput,
+           "job {}: mosrun has {} bytes of its fd {}; this node can resend from {} to {}",
+           home_pid(), offset, stream->fd, base + stream->trimmed, base + stream->taken);
+    }
+  }
+}
+
+void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset) {
+  CheckResume(stdout_offset, stderr_offset);
+  // mosrun counts from the job's start; the spools from its arrival on this node.
+  if (!launch_.guest) {
+    stdout_offset -= output_base_[1];
+    stderr_offset -= output_base_[2];
+  }
+  stdout_->sent = stdout_offset;
+  stderr_->sent = stderr_offset;
+  relay_ = std::move(relay);
+  detached_ = false;
+  mosrun_watch_.Close();
+  mosrun_pidfd_.Reset();
+  relay_.OnDrain([weak = weak_from_this()] {
+    if (auto job = weak.lock()) job->PauseOutput(false);
+  });
+  // mosrun sends again what it holds of the input from here, and its end unless the job
+  // has it.
+  capnp::MallocMessageBuilder message;
+  auto resume = message.initRoot<schema::ControlReply>().initJobInputResume();
+  resume.setOffset(input_received());
+  resume.setEnded(input_end_ || input_closed_);
+  relay_.Send(message);
+  spdlog::info("job {}: its mosrun is back; output goes on from bytes {} and {}, input from {}",
+               home_pid(), stdout_offset, stderr_offset, input_received());
+  for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) Pump(*stream);
+  MaybeFinish();
+}
+
+void Job::OutputHad(uint64_t stdout_offset, uint64_t stderr_offset) {
+  if (detached_) {
+    Reattach(relay_, stdout_offset, stderr_offset);
+    return;
+  }
+  for (auto [stream, offset] : {std::pair{stdout_.get(), stdout_offset},
+                                std::pair{stderr_.get(), stderr_offset}}) {
+    if (!stream) continue;
+    uint64_t upto = std::min(offset, stream->sent) & ~uint64_t{4095};
+    if (upto > stream->trimmed) {
+      ::fallocate(stream->spool.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  static_cast<off_t>(stream->trimmed), static_cast<off_t>(upto - stream->trimmed));
+      stream->trimmed = upto;
+    }
+  }
+}
+
+uint64_t Job::output_total(int fd) const {
+  const Stream* stream = fd == 1 ? stdout_.get() : fd == 2 ? stderr_.get() : nullptr;
+  return output_base_[fd == 2 ? 2 : 1] + (stream ? stream->sent : 0);
+}
+
+void Job::set_output_base(uint64_t stdout_base, uint64_t stderr_base) {
+  output_base_[1] = stdout_base;
+  output_base_[2] = stderr_base;
+  JournalMoving(journal_moving_);  // the journal has the base too
+}
+
+void Job::Detach() {
+  if (detached_ || finished_) return;
+  detached_ = true;
+  relay_ = ControlStream();
+  for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) {
+    if (stream) UpdatePoll(*stream);
+  }
+  spdlog::warn("job {}: lost its relay to its home {}; it runs on and waits to be taken back",
+               home_pid(), launch_.home);
+}
+
+void Job::GiveUp() {
+  detached_ = false;
+  RelayLost();
+  for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) {
+    if (stream) Pump(*stream);
+  }
+  MaybeFinish();
+}
+
+void JobRegistry::KeepJob(Job& job, int slot) {
+  std::string dir = config_.state_dir + "/jobs";
+  JournalEntry entry;
+  entry.slot = slot;
+  if (!job.launch().guest) entry.mosrun_start = ProcessStartTime(job.home_pid());
+  entry.launch = job.launch();
+  entry.launch.env.clear();
+  std::string name = entry.Name();
+  Job* kept = &job;  // the job owns this function: it never outlives the job
+  job.KeepAcrossRestarts(
+      [dir, entry, kept](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
+                         uint64_t keeper_start, bool moving) mutable {
+        entry.moving = moving;
+        entry.base[1] = kept->output_base(1);
+        entry.base[2] = kept->output_base(2);
+        entry.init_pid = init_pid;
+        entry.init_start = init_start;
+        entry.keeper_pid = keeper_pid;
+        entry.keeper_start = keeper_start;
+        JobJournal(dir).Write(entry);
+      },
+      [dir, name] { JobJournal(dir).Remove(name); });
+}
+
+void JobRegistry::Recover() {
+  std::string dir = config_.state_dir + "/jobs";
+  JobJournal journal(dir);
+  for (JournalEntry& entry : journal.ReadAll()) {
+    pid_t home_pid = entry.launch.identity.home_pid;
+    if (entry.away) {
+      RecoverAway(entry);
+      continue;
+    }
+    bool guest = entry.launch.guest;
+    std::string why;
+    Fd mosrun;  // a guest's mosrun is at its home
+    if (!guest) mosrun = Fd::Adopt(PidfdOpen(home_pid));
+    if (!guest && (!mosrun.valid() || ProcessStartTime(home_pid) != entry.mosrun_start)) {
+      why = "its mosrun is gone";
+    } else if (entry.init_pid <= 0) {
+      why = "it never started";
+    } else if (!guest && (jobs_.count(entry.slot) || entry.slot >= kMaxJobs)) {
+      why = fmt::format("slot {} is taken", entry.slot);
+    }
+    std::vector<Fd> kept;
+    FdKeeper keeper;
+    if (why.empty()) {
+      try {
+        keeper = FdKeeper::Reclaim(entry.keeper_pid, entry.keeper_start, kKeptFds, &kept);
+      } catch (const Error& e) {
+        why = e.what();
+      }
+    }
+    std::string name = entry.Name();
+    auto remove = [dir, name] { JobJournal(dir).Remove(name); };
+    if (why.empty() && guest) {
+      uint64_t id = next_guest_++;
+      JobLaunch launch = std::move(entry.launch);
+      launch.init_path = init_path_;
+      launch.preload_path = preload_path_;
+      auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(),
+                                       [this, id](Job&) { guests_.erase(id); });
+      try {
+        KeepJob(*job, -1);  // journaled on: a later move marks its entry
+        job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept), Fd(),
+                     nullptr, nullptr);
+        guests_[id] = job;
+        ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
+        continue;
+      } catch (const Error& e) {
+        why = e.what();
+        job->Kill();
+      }
+    } else if (why.empty()) {
+      int slot = entry.slot;
+      JobLaunch launch = std::move(entry.launch);
+      launch.init_path = init_path_;
+      launch.preload_path = preload_path_;
+      auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(),
+                                       [this, slot](Job&) { jobs_.erase(slot); });
+      try {
+        KeepJob(*job, slot);  // journaled on: a later move marks its entry
+        job->set_output_base(entry.base[1], entry.base[2]);
+        job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
+                     std::move(mosrun), nullptr, nullptr);
+        jobs_[slot].here = job;
+        if (entry.moving) {
+          // The daemon died during a move: the job, stopped for its dump, stays here and
+          // goes on (a node that restored it meanwhile finds no home for it and kills it).
+          spdlog::info("job {}: its move was cut by the restart; it goes on here", home_pid);
+          migrate::ContinueJob(entry.init_pid);
+        }
+        continue;
+      } catch (const Error& e) {
+        why = e.what();
+        job->Kill();
+      }
+    }
+    spdlog::warn("job {} of the journal is not taken back ({}): ending it", home_pid, why);
+    KillIfSame(entry.init_pid, entry.init_start);
+    if (keeper.running()) {
+      keeper.Stop();
+    } else {
+      KillIfSame(entry.keeper_pid, entry.keeper_start);
+    }
+    remove();
+  }
+  std::vector<uint64_t> taken;
+  for (const auto& [slot, entry] : jobs_) {
+    if (entry.here) taken.push_back(entry.here->pipe_inodes()[1]);
+  }
+  for (const auto& [id, guest] : guests_) taken.push_back(guest->pipe_inodes()[1]);
+  CleanRestoreIntents(dir, taken);
+}
+
+void JobRegistry::RelayClosed(const std::shared_ptr<Job>& job) {
+  if (job->launch().guest && !job->detached() && job->state() == JobState::RUNNING) {
+    job->Detach();
+    ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
+  } else if (job->detached()) {
+    // The home refused to take it back (it gave the job up): the job ends here.
+    spdlog::warn("job {}: its home {} does not take it back; killing it", job->home_pid(),
+                 job->launch().home);
+    job->GiveUp();
+  } else {
+    job->RelayLost();
+  }
+}
+
+void JobRegistry::ReattachGuest(std::shared_ptr<Job> job, int64_t until_ms, bool again) {
+  struct Connection {
+    Fd fd;
+    std::string error;
+  };
+  auto result = std::make_shared<Connection>();
+  std::string host = job->launch().home_host;
+  uint16_t port = job->launch().home_port;
+  auto key = config_.cluster_key;
+  std::weak_ptr<Job> weak = job;
+  // The peer handshake blocks; it runs on libuv's thread pool, never on the loop (and so
+  // does the pause between tries while the home's daemon is away).
+  int status = QueueWork(
+      loop_,
+      [result, host, port, key, again] {
+        if (again) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        try {
+          result->fd = PeerConnect(host, port, key, "jobs", std::chrono::seconds(5));
+        } catch (const std::exception& e) {
+          result->error = e.what();
+        }
+      },
+      [this, alive = alive_, weak, result, until_ms] {
+        if (!*alive) return;
+        auto job = weak.lock();
+        if (!job) return;
+        if (!result->error.empty() && static_cast<int64_t>(uv_now(loop_)) < until_ms) {
+          ReattachGuest(job, until_ms, true);  // its home's daemon is not back yet
+          return;
+        }
+        if (!result->error.empty()) {
+          spdlog::error("job {} of {} cannot reach its home again: {}; killing it",
+                        job->home_pid(), job->launch().home, result->error);
+          job->GiveUp();
+          return;
+        }
+        auto weak_job = std::make_shared<std::weak_ptr<Job>>(job);
+        Caller peer;
+        peer.peer = true;
+        ControlStream relay =
+            control_.AdoptStream(std::move(result->fd), peer, RelayHandlersFor(weak_job));
+        job->set_relay(relay);
+        capnp::MallocMessageBuilder message;
+        auto request = message.initRoot<schema::ControlRequest>();
+        request.setVersion(schema::CONTROL_VERSION);
+        auto attach = request.initAttachGuest();
+        attach.setHomePid(job->home_pid());
+        attach.setNode(config_.name);
+        attach.setGeneration(job->launch().generation);
+        attach.setResumed(true);
+        relay.Send(message);
+        spdlog::info("job {}: asked its home {} to take it back", job->home_pid(),
+                     job->launch().home);
+      });
+  if (status < 0) {
+    spdlog::error("job {}: cannot reach its home again: {}", job->home_pid(), uv_strerror(status));
+  }
+}
+
+void JobRegistry::ResumeJob(schema::ResumeJob::Reader request, ReplySender reply) {
+  const Caller& caller = reply.caller();
+  if (ResumeAway(request, reply)) return;
+  std::shared_ptr<Job> job;
+  // Only the job's own mosrun (its home pid, by the kernel's word) takes it back.
+  for (const auto& [slot, home_job] : jobs_) {
+    if (home_job.here && home_job.here->home_pid() == caller.pid) job = home_job.here;
+  }
+  if (!job || job->uid() != caller.uid) {
+    Fail(ErrorKind::kNotFound, "node {} has no job of process {} to take back", config_.name,
+         caller.pid);
+  }
+  // Checked before the connection becomes the relay: a refusal is then its one reply.
+  job->CheckResume(request.getStdoutOffset(), request.getStderrOffset());
+  auto weak_job = std::make_shared<std::weak_ptr<Job>>(job);
+  ControlStream relay = reply.OpenStream(RelayHandlersFor(weak_job));
+  job->Reattach(relay, request.getStdoutOffset(), request.getStderrOffset());
+}
+
+}  // namespace homeward
+
+namespace homeward {
+
+// Every this many bytes of output from a guest, its home says how much it has had, so
+// that the guest's spools keep no more than what a restart of its daemon could lose.
+constexpr uint64_t kOutputTellEvery = 256 * 1024;
+
+void JobRegistry::CountOutput(Away& away, schema::JobOutput::Reader output) {
+  unsigned fd = output.getFd();
+  if (fd != 1 && fd != 2) return;
+  away.output_here[fd] += output.getData().size();
+  // Told only once mosrun's socket has all that was forwarded: the node then forgets it,
+  // and a home killed now must not have held any of it only in its memory.
+  if (away.output_here[1] + away.output_here[2] - away.output_told >= kOutputTellEvery &&
+      away.mosrun.queued_bytes() == 0) {
+    TellOutputHad(away);
+  }
+}
+
+void JobRegistry::TellOutputHad(Away& away) {
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<schema::ControlRequest>();
+  request.setVersion(schema::CONTROL_VERSION);
+  auto had = request.initResumeJob();
+  had.setStdoutOffset(away.output_here[1]);
+  had.setStderrOffset(away.output_here[2]);
+  away.peer.Send(message);
+  away.output_told = away.output_here[1] + away.output_here[2];
+}
+
+bool JobRegistry::AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay) {
+  const move::Record& record = away->protocol.record();
+  if (relay != record.relay || record.state != move::State::kRunning || away->frozen) {
+    return false;
+  }
+  // The job's node may only have lost its daemon: the job runs on there and the next
+  // daemon attaches again (Rejoin). Until then this is what a restart of the home is.
+  away->protocol = move::Protocol::Reloaded(record, static_cast<int64_t>(uv_now(loop_)));
+  spdlog::warn("job {}: lost its relay to node {}; waiting {} s for it to take the job back",
+               away->home_pid(), away->where(), move::kAttachTimeoutMs / 1000);
+  return true;
+}
+
+bool JobRegistry::Rejoin(int slot, const std::shared_ptr<Away>& away,
+                         schema::AttachGuest::Reader attach, ReplySender& reply) {
+  auto step = away->protocol.Rejoined(attach.getNode());
+  if (!step) return false;  // given up, or waiting for another node: the attach is refused
+  away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
+  away->mosrun.OnDrain([away] {
+    if (!away->output_held) away->peer.PauseReading(false);
+  });
+  away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+  away->mosrun.PauseReading(false);
+  // The node sends again what it has after this; then the job's input goes on. After a
+  // restart of this daemon, that waits for mosrun to say what it has.
+  if (away->awaiting_mosrun) {
+    spdlog::info("job {} taken back by node {}; waiting for its mosrun", away->home_pid(),
+                 away->where());
+    return true;
+  }
+  TellOutputHad(*away);
+  spdlog::info("job {} taken back by node {} after its daemon restarted; output from bytes {} "
+               "and {}",
+               away->home_pid(), away->where(), away->output_here[1], away->output_here[2]);
+  Apply(slot, away, std::move(*step));
+  return true;
+}
+
+void JobRegistry::ForgetAway(const Away& away) {
+  if (away.journaled.empty()) return;
+  JobJournal(config_.state_dir + "/jobs").Remove(std::to_string(away.home_pid()));
+}
+
+void JobRegistry::JournalAways() {
+  std::vector<std::pair<int, std::shared_ptr<Away>>> aways;
+  for (auto& [slot, entry] : jobs_) {
+    if (entry.away) aways.emplace_back(slot, entry.away);
+  }
+  for (auto& [slot, away] : aways) {
+    const move::Record& record = away->protocol.record();
+    if (away->awaiting_mosrun) {
+      if (ProcessStartTime(away->home_pid()) != away->mosrun_start) {
+        spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid(),
+                     away->where());
+        Apply(slot, away, away->protocol.MosrunGone());
+      }
+      continue;
+    }
+    if (away->frozen || away->output_held || record.state == move::State::kStarting ||
+        record.state == move::State::kEnded) {
+      continue;
+    }
+    if (away->mosrun_start == 0) away->mosrun_start = ProcessStartTime(away->home_pid());
+    JournalEntry entry;
+    entry.slot = slot;
+    entry.mosrun_start = away->mosrun_start;
+    entry.launch.identity.home_pid = away->home_pid();
+    entry.launch.identity.uid = away->uid;
+    entry.launch.home = config_.name;
+    entry.launch.argv = {away->command};
+    entry.launch.locked = away->locked;
+    entry.away = true;
+    entry.record = record.Serialize();
+    for (int fd : {1, 2}) {
+      entry.base[fd] = away->origin[fd] + away->forwarded[fd] - away->output_here[fd];
+    }
+    std::string text = FormatJournalEntry(entry);
+    if (text == away->journaled) continue;
+    try {
+      JobJournal(config_.state_dir + "/jobs").Write(entry);
+      away->journaled = std::move(text);
+    } catch (const Error& e) {
+      spdlog::warn("job {}: cannot journal it: {}", away->home_pid(), e.what());
+    }
+  }
+}
+
+void JobRegistry::RecoverAway(JournalEntry& entry) {
+  pid_t home_pid = entry.launch.identity.home_pid;
+  std::string name = entry.Name();
+  std::string why;
+  if (ProcessStartTime(home_pid) != entry.mosrun_start) {
+    why = "its mosrun is gone";
+  } else if (jobs_.count(entry.slot) || entry.slot < 0 || entry.slot >= kMaxJobs) {
+    why = fmt::format("slot {} is taken", entry.slot);
+  }
+  std::optional<move::Protocol> protocol;
+  if (why.empty()) {
+    try {
+      protocol = move::Protocol::Reloaded(move::Record::Parse(entry.record),
+                                          static_cast<int64_t>(uv_now(loop_)));
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
+  if (why.empty() && protocol->ended()) why = "it had ended";
+  if (!why.empty()) {
+    // Its node's attach is refused: the guest is killed there.
+    spdlog::warn("job {} of the journal, away, is not taken back ({})", home_pid, why);
+    JobJournal(config_.state_dir + "/jobs").Remove(name);
+    return;
+  }
+  auto away = std::make_shared<Away>(std::move(*protocol));
+  away->uid = entry.launch.identity.uid;
+  away->command = entry.launch.argv.empty() ? "" : entry.launch.argv[0];
+  away->locked = entry.launch.locked;
+  away->awaiting_mosrun = true;
+  away->mosrun_start = entry.mosrun_start;
+  away->origin[1] = entry.base[1];
+  away->origin[2] = entry.base[2];
+  away->journaled = FormatJournalEntry(entry);
+  jobs_[entry.slot].away = away;
+  spdlog::info("job {} taken back after a restart: runs on {}; waiting for it and its mosrun",
+               home_pid, away->where());
+}
+
+bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply) {
+  const Caller& caller = reply.caller();
+  for (auto& [slot, entry] : jobs_) {
+    if (!entry.away || entry.away->home_pid() != caller.pid) continue;
+    auto away = entry.away;
+    if (away->uid != caller.uid || !away->awaiting_mosrun) {
+      Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", caller.pid);
+    }
+    uint64_t had[3] = {0, request.getStdoutOffset(), request.getStderrOffset()};
+    for (int fd : {1, 2}) {
+      if (had[fd] < away->origin[fd]) {
+        Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, fewer than {}",
+             caller.pid, had[fd], fd, away->origin[fd]);
+      }
+    }
+    for (int fd : {1, 2}) {
+      away->output_here[fd] = had[fd] - away->origin[fd];
+      away->forwarded[fd] = away->output_here[fd];
+    }
+    away->awaiting_mosrun = false;
+    away->mosrun = reply.OpenStream(MosrunHandlersForAway(slot, away));
+    away->mosrun.OnDrain([away] {
+      if (!away->output_held) away->peer.PauseReading(false);
+    });
+    spdlog::info("job {}: its mosrun is back; output goes on from bytes {} and {}", caller.pid,
+                 had[1], had[2]);
+    // The node, if it is back already, resends from there and says where input goes on.
+    if (away->protocol.state() == move::State::kRunning) TellOutputHad(*away);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace homeward
