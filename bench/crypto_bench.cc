@@ -38,6 +38,7 @@
 #include "image_stream.h"
 #include "peer_auth.h"
 #include "peer_server.h"
+#include "secure_channel.h"
 
 namespace homeward {
 namespace {
@@ -74,14 +75,14 @@ struct Bench {
   // One move's stream: connect, send, wait for the receiver's word.
   double Migrate() {
     auto start = Clock::now();
-    Fd fd = PeerConnect(address, port, key, "migration", std::chrono::seconds(10));
+    auto stream = PeerConnectStream(address, port, key, "migration", std::chrono::seconds(10));
     migrate::JobMetadata job;
     job.job_id = 1;
     job.home_node = "bench";
     job.home_pid = 1;
-    migrate::SendImages(fd.get(), dir + "/images", job);
+    migrate::SendImages(*stream, dir + "/images", job);
     char ack = 0;
-    if (::read(fd.get(), &ack, 1) != 1 || ack != 1) {
+    if (stream->Read(&ack, 1) != 1 || ack != 1) {
       throw Error(ErrorKind::kFailed, "the receiver did not confirm the images");
     }
     return bytes / 1e6 / Seconds(Clock::now() - start);
@@ -186,13 +187,15 @@ int Run(int argc, char** argv) {
 
     FileServer files(bench.dir + "/export", 4);
     PeerServer server(address, 0, bench.key, PeerConfig{});
-    server.Register("files", [&](Fd fd, PeerIdentity peer) { files.Serve(std::move(fd), peer); });
-    server.Register("migration", [&](Fd fd, PeerIdentity) {
+    server.RegisterStream("files", [&](std::unique_ptr<SecureStream> stream, PeerIdentity peer) {
+      files.Serve(std::move(stream), peer);
+    });
+    server.RegisterStream("migration", [&](std::unique_ptr<SecureStream> stream, PeerIdentity) {
       std::string into = fmt::format("{}/received-{}", bench.dir, ++bench.received);
-      migrate::ReceiveImages(fd.get(), into);
+      migrate::ReceiveImages(*stream, into);
       migrate::RemoveImageDir(into);
       char ack = 1;
-      [[maybe_unused]] ssize_t n = ::write(fd.get(), &ack, 1);
+      stream->Write(&ack, 1);
     });
     if (netns.empty()) {
       server.Start();
