@@ -92,8 +92,10 @@ void Daemon::Start() {
     control_.AdoptPeer(std::move(fd), peer.address);
   });
   // An incoming move is received and restored on the peer connection's own thread.
-  peer_server_.Register("migration",
-                        [this](Fd fd, PeerIdentity) { jobs_.AcceptMove(std::move(fd)); });
+  peer_server_.RegisterStream("migration", [this](std::unique_ptr<SecureStream> stream,
+                                                  PeerIdentity) {
+    jobs_.AcceptMove(std::move(stream));
+  });
   peer_server_.Start();
   try {
     home_mounts_.Start();
