@@ -178,13 +178,16 @@ void FileClient::ConnectionLoop() {
       why = fmt::format("malformed message: {}", e.getDescription().cStr());
     }
     std::unordered_map<uint64_t, Pending> lost;
+    bool stopping;
     {
       std::lock_guard lock(mutex_);
       stream_.reset();
       fd_ = -1;
       lost.swap(pending_);
+      stopping = stopping_;
     }
-    spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
+    // Stop breaks the connection on purpose (a cut, to the stream): nothing to warn of.
+    if (!stopping) spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
     FailAll(std::move(lost));
   }
 }
