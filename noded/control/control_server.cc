@@ -219,7 +219,14 @@ class ControlConnection : public std::enable_shared_from_this<ControlConnection>
     std::string program;
     std::getline(cmdline, program, '\0');
     if (size_t slash = program.rfind('/'); slash != std::string::npos) program.erase(0, slash + 1);
-    return program.empty() ? fmt::format("the client (pid {})", caller_.pid) : program;
+    // The name is the caller's to choose: only printable characters, and not too many of
+    // them, reach the reply and the log.
+    std::string shown;
+    for (char c : program) {
+      if (shown.size() == 64) break;
+      if (c >= 0x20 && c < 0x7f) shown.push_back(c);
+    }
+    return shown.empty() ? fmt::format("the client (pid {})", caller_.pid) : shown;
   }
 
   ControlServer* server_;
