@@ -506,7 +506,7 @@ std::unique_ptr<SecureStream> SecureStream::Plain(Fd fd, std::string who) {
 }
 
 SecureStream::~SecureStream() {
-  if (!tcp_.valid() || plaintext_ || write_ended_ || !broken_.empty()) return;
+  if (!tcp_.valid() || plaintext_ || write_ended_ || broken_) return;
   // The end record, so that the peer tells this end from a cut; without waiting for a
   // peer that reads nothing more (then it sees a cut, which it is).
   try {
@@ -517,8 +517,8 @@ SecureStream::~SecureStream() {
   }
 }
 
-void SecureStream::Broken(const std::string& why) {
-  if (broken_.empty()) broken_ = why;
+void SecureStream::Broken() {
+  broken_ = true;
 }
 
 size_t SecureStream::buffered() const {
@@ -558,7 +558,9 @@ size_t SecureStream::Read(void* data, size_t size) {
         read_ended_ = true;
         return 0;
       case RecordOpener::Result::kBad:
-        Broken(opener_->error());
+        // The connection ends here, both ways, as the peer must learn at once.
+        Broken();
+        ::shutdown(tcp_.get(), SHUT_RDWR);
         throw Error(ErrorKind::kInvalidInput,
                     fmt::format("peer {}: {}; connection unusable", who_, opener_->error()));
       case RecordOpener::Result::kNeedMore:
@@ -571,7 +573,7 @@ size_t SecureStream::Read(void* data, size_t size) {
     }
     if (n < 0 && errno == EINTR) continue;
     std::string why = n == 0 ? "closed without its end record" : std::strerror(errno);
-    Broken(why);
+    Broken();
     throw Error(ErrorKind::kDisconnected, fmt::format("peer {}: connection cut ({})", who_, why));
   }
 }
@@ -582,7 +584,7 @@ void SecureStream::SendAll(const uint8_t* data, size_t size) {
     if (n < 0) {
       if (errno == EINTR) continue;
       int err = errno;
-      Broken(std::strerror(err));
+      Broken();
       throw SystemError(err, fmt::format("peer {}: send", who_));
     }
     data += n;

@@ -26,6 +26,7 @@
 #include <sys/uio.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -160,7 +161,7 @@ class SecureStream {
  private:
   SecureStream(Fd fd, std::string who);
   void SendAll(const uint8_t* data, size_t size);
-  void Broken(const std::string& why);
+  void Broken();
 
   Fd tcp_;
   std::string who_;
@@ -173,7 +174,9 @@ class SecureStream {
   std::string_view plain_;            // opened plaintext not yet read (in the opener's buffer)
   bool write_ended_ = false;
   bool read_ended_ = false;
-  std::string broken_;  // why the connection is of no further use, once it is not
+  // The connection is of no further use (a bad record, a cut, a failed send): set by the
+  // reader or a writer, so atomic.
+  std::atomic<bool> broken_{false};
 };
 
 // Carries a consumer's plain stream over the authenticated TCP socket `tcp` with the
