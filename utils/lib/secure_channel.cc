@@ -170,6 +170,14 @@ uint8_t* RecordOpener::Space(size_t max) {
   return buffer_.data() + end_;
 }
 
+uint8_t* RecordOpener::SpaceAtLeast(size_t min, size_t max, size_t* room) {
+  if (begin_ == end_) begin_ = end_ = 0;
+  if (buffer_.size() < 4 * max) buffer_.resize(4 * max);
+  if (buffer_.size() - end_ < min) Space(min);  // moves what is left to the front
+  *room = std::min(max, buffer_.size() - end_);
+  return buffer_.data() + end_;
+}
+
 void RecordOpener::Commit(size_t n) {
   end_ += n;
 }
@@ -223,6 +231,7 @@ RecordOpener::Result RecordOpener::OpenInto(uint8_t* into, size_t room, std::str
 namespace {
 
 constexpr size_t kReceiveChunk = 128 << 10;
+constexpr size_t kWholeRecord = kRecordHeaderBytes + kMaxRecordPlaintext + kRecordTagBytes;
 constexpr int kPairBuffer = 4 << 20;
 // Once the consumer has closed its end, how long the peer has to end its direction too
 // (closing a socket with unread data would reset it and could lose what was sent).
@@ -485,7 +494,6 @@ namespace {
 // Records sealed before one send: big enough that a send is worth its call, small enough
 // that the receiver starts opening while the sender still seals (two cores at work).
 constexpr size_t kRecordsPerSend = 4;
-constexpr size_t kWholeRecord = kRecordHeaderBytes + kMaxRecordPlaintext + kRecordTagBytes;
 }  // namespace
 
 SecureStream::SecureStream(Fd fd, std::string who)
@@ -566,7 +574,11 @@ size_t SecureStream::Read(void* data, size_t size) {
       case RecordOpener::Result::kNeedMore:
         break;
     }
-    ssize_t n = ::recv(tcp_.get(), opener_->Space(kReceiveChunk), kReceiveChunk, 0);
+    // At least a whole record's room, up to a chunk: the buffer (four chunks) is compacted
+    // about once per three chunks, moving less than a record.
+    size_t room = 0;
+    uint8_t* space = opener_->SpaceAtLeast(kWholeRecord, kReceiveChunk, &room);
+    ssize_t n = ::recv(tcp_.get(), space, room, 0);
     if (n > 0) {
       opener_->Commit(static_cast<size_t>(n));
       continue;

@@ -93,6 +93,10 @@ class RecordOpener {
 
   // Room for received bytes: at most `max` bytes at data(); then Commit(n).
   uint8_t* Space(size_t max);
+  // Room for at least `min` and up to `max` bytes (*room says how many) without moving
+  // what is buffered unless less than `min` is left at the end: a reader that receives
+  // big chunks then seldom copies a partial record to the front.
+  uint8_t* SpaceAtLeast(size_t min, size_t max, size_t* room);
   void Commit(size_t n);
   void Feed(std::string_view bytes);  // Space + copy + Commit
   // Opens the next complete record into `plain` (appended). kBad: error() says why; the
