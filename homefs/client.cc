@@ -21,7 +21,28 @@ namespace homeward {
 namespace {
 constexpr size_t kMaxFrameBytes = 4 << 20;
 using Clock = std::chrono::steady_clock;
+// A home silent this long while a call waits is not about to answer: an interrupted
+// call ends then.
+constexpr std::chrono::milliseconds kInterruptSilence{2000};
+// How often a call waiting for the connection looks whether its caller was interrupted.
+constexpr std::chrono::milliseconds kWaitPoll{100};
+
+std::chrono::milliseconds Since(Clock::time_point then) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - then);
+}
 }  // namespace
+
+std::chrono::milliseconds SilenceLimit(const ClientOptions& options) {
+  return options.hard ? std::max(options.timeout, options.grace) : options.timeout;
+}
+
+bool EndsInterrupted(bool interrupted, std::chrono::milliseconds silent) {
+  return interrupted && silent >= kInterruptSilence;
+}
+
+bool GoesStale(bool may_go_stale, std::chrono::milliseconds silent) {
+  return may_go_stale && silent >= kInterruptSilence;
+}
 
 FileClient::FileClient(ClientOptions options) : options_(std::move(options)) {}
 
@@ -31,13 +52,16 @@ FileClient::~FileClient() {
 
 std::shared_ptr<SecureStream> FileClient::Connect() {
   auto connect_timeout = std::min(options_.timeout, std::chrono::milliseconds(5000));
-  // A cut link shows as data left unacknowledged (or keepalive probes unanswered) for
-  // the timeout: the kernel then breaks the connection and every call in flight fails.
-  // These are options of the TCP socket, under the encrypted channel.
-  auto ms = static_cast<unsigned>(options_.timeout.count());
-  auto tune = [ms](int tcp) {
+  // A cut link shows as data left unacknowledged (or keepalive probes unanswered): the
+  // kernel breaks the connection after the silence limit (soft: the timeout, and every
+  // call in flight fails; hard: the grace, and calls in flight wait that long for the
+  // link to come back, as they would for TCP's own retransmissions). These are options
+  // of the TCP socket, under the encrypted channel.
+  auto ms = static_cast<unsigned>(SilenceLimit(options_).count());
+  auto probe_every = static_cast<int>(options_.timeout.count() / 3000);
+  auto tune = [ms, probe_every](int tcp) {
     int one = 1;
-    int idle = std::max(1, static_cast<int>(ms / 3000));
+    int idle = std::max(1, probe_every);
     int count = 3;
     ::setsockopt(tcp, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
     ::setsockopt(tcp, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
@@ -76,7 +100,7 @@ void FileClient::Start() {
   // When mosmount has daemonized since the probe, the probe's connection (shared with
   // the parent until it exited) is closed and a new one made from this process.
   if (first_ && probe_pid_ != ::getpid()) first_.reset();
-  last_receive_ = Clock::now();
+  owed_since_.reset();
   connection_thread_ = std::thread([this] { ConnectionLoop(); });
   timer_thread_ = std::thread([this] { TimerLoop(); });
 }
@@ -132,7 +156,7 @@ void FileClient::ConnectionLoop() {
       stream_ = stream;
       fd_ = fd->fd();
       ++generation_;
-      last_receive_ = Clock::now();
+      owed_since_.reset();
     }
     changed_.notify_all();
     if (!was_connected) spdlog::info("homefs: connected to {} again", options_.host);
@@ -146,7 +170,7 @@ void FileClient::ConnectionLoop() {
           uint64_t generation;
           {
             std::lock_guard lock(mutex_);
-            last_receive_ = Clock::now();
+            if (owed_since_) owed_since_ = Clock::now();  // the home is alive
             generation = generation_;
           }
           if (on_notice_) {
@@ -158,11 +182,16 @@ void FileClient::ConnectionLoop() {
         Callback done;
         {
           std::lock_guard lock(mutex_);
-          last_receive_ = Clock::now();
           auto it = pending_.find(server.getResponse().getId());
-          if (it == pending_.end()) continue;
-          done = std::move(it->second.done);
-          pending_.erase(it);
+          if (it != pending_.end()) {
+            done = std::move(it->second.done);
+            pending_.erase(it);
+          }
+          // Any answer (one the cache gave already too) shows the home alive; what is
+          // still pending is owed from now.
+          owed_since_.reset();
+          if (!pending_.empty()) owed_since_ = Clock::now();
+          if (!done) continue;
         }
         try {
           done(0, &*message);
@@ -183,6 +212,7 @@ void FileClient::ConnectionLoop() {
       std::lock_guard lock(mutex_);
       stream_.reset();
       fd_ = -1;
+      owed_since_.reset();
       lost.swap(pending_);
       stopping = stopping_;
     }
@@ -194,31 +224,77 @@ void FileClient::ConnectionLoop() {
 
 void FileClient::TimerLoop() {
   auto tick = std::clamp(options_.timeout / 4, std::chrono::milliseconds(20),
-                         std::chrono::milliseconds(1000));
+                         std::chrono::milliseconds(100));
+  // A home that answers nothing at all while calls wait is hung (its kernel may still
+  // acknowledge bytes, so TCP does not break the connection): soft, after three
+  // timeouts; hard, after the grace, as for a cut link.
+  auto hung = std::max(3 * options_.timeout, SilenceLimit(options_));
   std::unique_lock lock(mutex_);
   while (!stopping_) {
     changed_.wait_for(lock, tick, [&] { return stopping_; });
-    if (stopping_ || fd_ < 0 || pending_.empty()) continue;
-    // A home that answers nothing at all for three timeouts while calls wait is hung
-    // (its kernel may still acknowledge bytes): break the connection, fail the calls.
-    auto now = Clock::now();
-    if (now - last_receive_ > 3 * options_.timeout) {
-      spdlog::warn(
-          "homefs: {} has answered nothing for {} ms; reconnecting", options_.host,
-          std::chrono::duration_cast<std::chrono::milliseconds>(now - last_receive_).count());
+    if (stopping_ || fd_ < 0 || !owed_since_) continue;
+    // Calls whose callers were interrupted (Ctrl-C) while the home is silent end now,
+    // and those the cache may answer are answered from it.
+    std::vector<std::pair<Callback, int>> interrupted;
+    auto silent = Since(*owed_since_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      auto& p = it->second;
+      // The home's silence, not the request's own wait: during a cut every new question
+      // the cache can answer is answered at the next tick, not 2 s later.
+      auto waited = silent;
+      if (p.interrupted && EndsInterrupted(p.interrupted(), waited)) {
+        interrupted.emplace_back(std::move(p.done), EINTR);
+        it = pending_.erase(it);
+      } else if (GoesStale(p.may_go_stale, waited)) {
+        interrupted.emplace_back(std::move(p.done), ETIMEDOUT);
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!interrupted.empty()) {
+      lock.unlock();
+      for (auto& [done, err] : interrupted) {
+        try {
+          done(err, nullptr);
+        } catch (const std::exception& e) {
+          spdlog::error("homefs: ending an interrupted request: {}", e.what());
+        }
+      }
+      lock.lock();
+      continue;
+    }
+    if (Since(*owed_since_) > hung) {
+      spdlog::warn("homefs: {} has answered nothing for {} ms; reconnecting", options_.host,
+                   Since(*owed_since_).count());
       ::shutdown(fd_, SHUT_RDWR);
     }
   }
 }
 
-uint64_t FileClient::WaitConnected() {
-  std::unique_lock lock(mutex_);
-  bool up = changed_.wait_for(lock, options_.timeout, [&] { return stopping_ || stream_; });
-  if (!up || stopping_) return 0;
-  return generation_;
+bool FileClient::Silent() {
+  std::lock_guard lock(mutex_);
+  return stream_ && owed_since_ && GoesStale(true, Since(*owed_since_));
 }
 
-void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done) {
+int FileClient::WaitConnected(uint64_t* generation, const InterruptProbe& interrupted) {
+  auto deadline = Clock::now() + options_.timeout;
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    if (stopping_) return EIO;
+    if (stream_) {
+      *generation = generation_;
+      return 0;
+    }
+    if (!options_.hard && Clock::now() >= deadline) return EIO;
+    // Woken by a new connection, or every poll interval to look for an interrupt.
+    changed_.wait_for(lock, kWaitPoll, [&] { return stopping_ || stream_; });
+    if (!stream_ && !stopping_ && interrupted && interrupted()) return EINTR;
+  }
+}
+
+void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
+                      InterruptProbe interrupted, bool may_go_stale) {
   std::shared_ptr<FrameStream> stream;
   uint64_t id;
   {
@@ -229,8 +305,8 @@ void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callb
     }
     stream = stream_;
     id = next_id_++;
-    if (pending_.empty()) last_receive_ = Clock::now();
-    pending_[id] = Pending{std::move(done), Clock::now()};
+    if (!owed_since_) owed_since_ = Clock::now();
+    pending_[id] = Pending{std::move(done), Clock::now(), std::move(interrupted), may_go_stale};
   }
   message.getRoot<schema::FileRequest>().setId(id);
   message.getRoot<schema::FileRequest>().setVersion(schema::FILES_VERSION);

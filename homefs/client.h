@@ -2,8 +2,14 @@
 // Send registers a callback under the request's id and returns; the receiving thread
 // runs the callback when the answer comes. The connection is re-established by itself
 // when it breaks (each connection is a new *generation*: ids of the home's objects from
-// an older one are void), and nothing waits longer than the configured timeout: a call
-// while the home is unreachable, or one in flight when the link breaks, fails with EIO.
+// an older one are void).
+//
+// A hard client (the default, as an NFS hard mount) waits for a home that is unreachable
+// instead of failing: a call waits for the connection as long as it takes, and a silent
+// connection (a cut link) is kept for the grace time, so that calls in flight are
+// answered when the link comes back. A soft client fails a call with EIO after the
+// timeout. Either way a call the caller's process was interrupted in (a signal: FUSE
+// interrupts) while the home is silent ends with EINTR, so Ctrl-C works.
 #pragma once
 
 #include <sys/types.h>
@@ -33,7 +39,26 @@ struct ClientOptions {
   uint16_t port = 4701;
   std::vector<uint8_t> key;
   std::chrono::milliseconds timeout{10000};
+  bool hard = true;
+  // Hard: how long a connection whose home answers nothing (data and keepalive probes
+  // unacknowledged) is kept before it is broken and made again.
+  std::chrono::milliseconds grace{300000};
 };
+
+// Whether the caller of a waiting request was interrupted (FUSE interrupt). Called with
+// the client's lock held, only while the request is unanswered.
+using InterruptProbe = std::function<bool()>;
+
+// How long a connection may stay silent before it is broken: the kernel's
+// TCP_USER_TIMEOUT and the client's own check of a home that answers nothing.
+std::chrono::milliseconds SilenceLimit(const ClientOptions& options);
+// Whether a call interrupted by its caller is ended with EINTR now: only when the home
+// has been silent a while (a fast answer is about to come otherwise, and a file call that
+// fails with EINTR is a surprise for a program that merely handles signals).
+bool EndsInterrupted(bool interrupted, std::chrono::milliseconds silent);
+// Whether a call that may be answered from the client's cache is answered so now: the
+// home has been silent this long (a cut link, a hung home).
+bool GoesStale(bool may_go_stale, std::chrono::milliseconds silent);
 
 class FileClient {
  public:
@@ -57,13 +82,23 @@ class FileClient {
   void Start();
   void Stop();
 
-  // Waits (up to the timeout) until connected; returns the generation, 0 on timeout.
-  uint64_t WaitConnected();
+  // Waits until connected (hard: for as long as it takes; soft: up to the timeout).
+  // Returns 0 and sets `generation`, or EINTR when `interrupted` says so, or EIO (soft:
+  // timed out; stopping).
+  int WaitConnected(uint64_t* generation, const InterruptProbe& interrupted = {});
   // Sends the request in `message` (its id is set here) if `generation` is still the
-  // connection's; `done` runs exactly once, with EIO when it cannot be answered.
-  void Send(capnp::MessageBuilder& message, uint64_t generation, Callback done);
+  // connection's; `done` runs exactly once, with EIO when it cannot be answered, EINTR
+  // when `interrupted` says its caller gave up while the home was silent.
+  // `may_go_stale`: when the home has been silent a while (kStaleAfter), `done` runs with
+  // ETIMEDOUT and no message, for the caller to answer from what it last heard (see
+  // Fs: attributes, lookups and statfs of a silent home).
+  void Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
+            InterruptProbe interrupted = {}, bool may_go_stale = false);
   // Sends a request the home does not answer (forget), if still on `generation`.
   void Post(capnp::MessageBuilder& message, uint64_t generation);
+  // Whether the home has been silent a while (kStaleAfter) with calls waiting: questions
+  // the cache can answer are answered from it rather than sent.
+  bool Silent();
   uint64_t generation() {
     std::lock_guard lock(mutex_);
     return stream_ ? generation_ : 0;
@@ -76,6 +111,8 @@ class FileClient {
   struct Pending {
     Callback done;
     std::chrono::steady_clock::time_point sent;
+    InterruptProbe interrupted;
+    bool may_go_stale = false;
   };
   void ConnectionLoop();
   void TimerLoop();
@@ -94,7 +131,11 @@ class FileClient {
   uint64_t generation_ = 0;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Pending> pending_;
-  std::chrono::steady_clock::time_point last_receive_;
+  // Since when the home has owed an answer and given none: set by a request sent while
+  // nothing was owed, moved on by every message from the home, cleared when nothing is
+  // pending after one. A request the client answered itself (EINTR, from the cache) stays
+  // owed, so a silent home stays silent however many requests are answered locally.
+  std::optional<std::chrono::steady_clock::time_point> owed_since_;
   bool stopping_ = false;
   std::thread connection_thread_;
   std::thread timer_thread_;

@@ -2,6 +2,7 @@
 // it without waiting, and answers the kernel when the home's reply arrives.
 #include "fs.h"
 
+#include <fcntl.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -18,12 +19,26 @@ namespace {
 
 using Op = schema::FileOp;
 constexpr int kFhGenerationShift = 48;
+// A file opened while the home was silent is opened at the home only when it is read
+// (StaleOpen): its handle holds this in place of a generation, and the local node id.
+constexpr uint64_t kDeferred = 0xFFFF;
+
+bool IsDeferred(uint64_t fh) {
+  return (fh >> kFhGenerationShift) == kDeferred;
+}
 
 timespec Ts(int64_t ns) {
   return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
 }
 int64_t Ns(const timespec& t) {
   return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
+
+// Whether the kernel sent an interrupt for the request (the caller got a signal). The
+// client asks only while the request is unanswered, so the request is still alive.
+InterruptProbe InterruptedProbe(const Request& r) {
+  fuse_req_t req = r.get();
+  return [req] { return fuse_req_interrupted(req) != 0; };
 }
 
 std::string Bytes(capnp::Data::Reader data) {
@@ -67,9 +82,9 @@ Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
 
 std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   auto p = std::make_unique<Prepared>();
-  p->generation = client_.WaitConnected();
-  if (p->generation == 0) {
-    r.Err(EIO);
+  // Hard mount: waits for the home as long as it takes, unless the caller is interrupted.
+  if (int err = client_.WaitConnected(&p->generation, InterruptedProbe(r))) {
+    r.Err(err);
     return nullptr;
   }
   p->rq.setOp(op);
@@ -237,9 +252,15 @@ fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_
     inode.remote_lookups = 1;
   }
   by_remote_[inode.remote] = ino;
+  inode.attr = ToStat(entry.getAttr());
+  inode.attr.st_ino = ino;
+  inode.has_attr = true;
   if (ino != FUSE_ROOT_ID) {
+    auto old = by_name_.find({inode.parent, inode.name});
+    if (old != by_name_.end() && old->second == ino) by_name_.erase(old);
     inode.parent = parent;
     inode.name = name;
+    by_name_[{parent, name}] = ino;
   }
   if (kernel) ++inode.lookups;
   return ino;
@@ -267,6 +288,8 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
     count = inode.remote_lookups;
     generation = inode.generation;
     by_key_.erase(inode.key);
+    auto name_it = by_name_.find({inode.parent, inode.name});
+    if (name_it != by_name_.end() && name_it->second == ino) by_name_.erase(name_it);
     auto remote_it = by_remote_.find(inode.remote);
     if (remote_it != by_remote_.end() && remote_it->second == ino) by_remote_.erase(remote_it);
     inodes_.erase(it);
@@ -284,15 +307,47 @@ fuse_entry_param Fs::EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const
 }
 
 template <typename Ok>
-void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok) {
+void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok, std::function<void(Request&)> stale) {
   auto shared = std::make_shared<Request>(std::move(r));
   uint64_t generation = p->generation;
-  client_.Send(p->message, generation, [shared, ok, generation](int err, IncomingMessage* message) {
-    if (err != 0) return shared->Err(err);
-    auto rs = message->Root<schema::ServerMessage>().getResponse();
-    if (rs.getError() != 0) return shared->Err(rs.getError());
-    ok(*shared, rs, generation);
-  });
+  auto interrupted = InterruptedProbe(*shared);
+  bool may_go_stale = static_cast<bool>(stale);
+  if (may_go_stale && client_.Silent()) return stale(*shared);  // not even sent
+  client_.Send(
+      p->message, generation,
+      [shared, ok, generation, stale = std::move(stale)](int err, IncomingMessage* message) {
+        if (err == ETIMEDOUT && !message && stale) return stale(*shared);
+        if (err != 0) return shared->Err(err);
+        auto rs = message->Root<schema::ServerMessage>().getResponse();
+        if (rs.getError() != 0) return shared->Err(rs.getError());
+        ok(*shared, rs, generation);
+      },
+      std::move(interrupted), may_go_stale);
+}
+
+// While the home is silent (a cut link), a few questions about objects this client has
+// seen are answered from what it last heard: attributes, lookups of known names, statfs.
+// Everything else waits (a hard mount). Without them nothing on this node could even
+// stat a file of the home -- CRIU, freezing a guest past the grace, included.
+void Fs::RememberAttr(fuse_ino_t ino, const struct stat& attr) {
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(ino);
+  if (it == inodes_.end()) return;
+  it->second.attr = attr;
+  it->second.attr.st_ino = ino;
+  it->second.has_attr = true;
+}
+
+std::optional<struct stat> Fs::CachedAttr(fuse_ino_t ino) {
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(ino);
+  if (it == inodes_.end() || !it->second.has_attr) return std::nullopt;
+  return it->second.attr;
+}
+
+void Fs::ForgetName(fuse_ino_t parent, const std::string& name) {
+  std::lock_guard lock(mutex_);
+  by_name_.erase({parent, name});
 }
 
 // ---------------------------------------------------------------------------------------
@@ -319,36 +374,70 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
   p->rq.setName(name);
   auto shared = std::make_shared<Request>(std::move(r));
   uint64_t generation = p->generation;
-  client_.Send(p->message, generation,
-               [this, shared, parent, name, generation](int err, IncomingMessage* message) {
-                 if (err != 0) return shared->Err(err);
-                 auto rs = message->Root<schema::ServerMessage>().getResponse();
-                 if (rs.getError() == ENOENT) {
-                   // A negative entry: the kernel may remember the name is absent.
-                   fuse_entry_param e{};
-                   e.entry_timeout = options_.entry_timeout;
-                   return shared->Entry(e);
-                 }
-                 if (rs.getError() != 0) return shared->Err(rs.getError());
-                 fuse_ino_t ino = Learn(rs.getEntry(), generation, parent, name, true);
-                 shared->Entry(EntryParam(ino, rs.getEntry().getAttr()));
-               });
+  bool known;
+  {
+    std::lock_guard lock(mutex_);
+    known = by_name_.count({parent, name}) > 0;
+  }
+  if (known && client_.Silent()) return StaleLookup(*shared, parent, name);
+  client_.Send(
+      p->message, generation,
+      [this, shared, parent, name, generation](int err, IncomingMessage* message) {
+        if (err == ETIMEDOUT && !message) return StaleLookup(*shared, parent, name);
+        if (err != 0) return shared->Err(err);
+        auto rs = message->Root<schema::ServerMessage>().getResponse();
+        if (rs.getError() == ENOENT) {
+          // A negative entry: the kernel may remember the name is absent.
+          fuse_entry_param e{};
+          e.entry_timeout = options_.entry_timeout;
+          return shared->Entry(e);
+        }
+        if (rs.getError() != 0) return shared->Err(rs.getError());
+        fuse_ino_t ino = Learn(rs.getEntry(), generation, parent, name, true);
+        shared->Entry(EntryParam(ino, rs.getEntry().getAttr()));
+      },
+      InterruptedProbe(*shared), known);
+}
+
+void Fs::StaleLookup(Request& r, fuse_ino_t parent, const std::string& name) {
+  fuse_entry_param e{};
+  {
+    std::lock_guard lock(mutex_);
+    auto it = by_name_.find({parent, name});
+    auto inode = it == by_name_.end() ? inodes_.end() : inodes_.find(it->second);
+    if (inode == inodes_.end() || !inode->second.has_attr) return r.Err(EIO);  // forgotten
+    ++inode->second.lookups;  // the kernel will forget it
+    e.ino = inode->first;
+    e.attr = inode->second.attr;
+  }
+  e.attr_timeout = 1.0;
+  e.entry_timeout = 1.0;
+  r.Entry(e);
 }
 
 void Fs::Getattr(Request r, fuse_ino_t ino, fuse_file_info* fi) {
   auto p = Prepare(r, Op::GETATTR);
   if (!p || !SetNode(r, *p, ino)) return;
   (void)fi;  // the node's own descriptor answers as well as the open file's
-  Call(std::move(r), std::move(p), [this](Request& r, auto rs, uint64_t) {
-    r.Attr(ToStat(rs.getEntry().getAttr()), options_.attr_timeout);
-  });
+  std::function<void(Request&)> stale;
+  if (auto cached = CachedAttr(ino)) {
+    stale = [attr = *cached](Request& r) { r.Attr(attr, 1.0); };
+  }
+  Call(
+      std::move(r), std::move(p),
+      [this, ino](Request& r, auto rs, uint64_t) {
+        struct stat st = ToStat(rs.getEntry().getAttr());
+        RememberAttr(ino, st);
+        r.Attr(st, options_.attr_timeout);
+      },
+      std::move(stale));
 }
 
 void Fs::Setattr(Request r, fuse_ino_t ino, const struct stat& attr, int to_set,
                  fuse_file_info* fi) {
   auto p = Prepare(r, Op::SETATTR);
   if (!p || !SetNode(r, *p, ino)) return;
-  if (fi && !SetFh(r, *p, fi)) return;
+  if (fi && !IsDeferred(fi->fh) && !SetFh(r, *p, fi)) return;
   p->rq.setValid(static_cast<uint32_t>(to_set));
   p->rq.setMode(attr.st_mode);
   p->rq.setUid(attr.st_uid);
@@ -388,7 +477,10 @@ void Fs::Remove(Request r, Op op, fuse_ino_t parent, const std::string& name) {
   auto p = Prepare(r, op);
   if (!p || !SetNode(r, *p, parent)) return;
   p->rq.setName(name);
-  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+  Call(std::move(r), std::move(p), [this, parent, name](Request& r, auto, uint64_t) {
+    ForgetName(parent, name);
+    r.Err(0);
+  });
 }
 
 void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_t newparent,
@@ -401,7 +493,12 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
   p->rq.setFlags(flags);
-  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+  Call(std::move(r), std::move(p),
+       [this, parent, name, newparent, newname](Request& r, auto, uint64_t) {
+         ForgetName(parent, name);
+         ForgetName(newparent, newname);
+         r.Err(0);
+       });
 }
 
 void Fs::Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string& newname) {
@@ -422,13 +519,65 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
   if (!p || !SetNode(r, *p, ino)) return;
   p->rq.setFlags(static_cast<uint32_t>(fi->flags));
   fuse_file_info copy = *fi;
-  Call(std::move(r), std::move(p), [copy](Request& r, auto rs, uint64_t gen) {
-    fuse_file_info fi = copy;
-    fi.fh = rs.getFh() | (gen << kFhGenerationShift);
-    // Close-to-open: data cached from an earlier open is dropped at each open, so a
-    // reader sees what any writer had closed before (as NFS promises).
-    fi.keep_cache = 0;
-    r.Open(fi);
+  // While the home is silent, root (the node's own CRIU, dumping a guest past the grace:
+  // it opens every file the job maps) may open a known file read-only without the home:
+  // the kernel's cached pages are kept and a read opens it at the home when it comes.
+  std::function<void(Request&)> stale;
+  if (!dir && fuse_req_ctx(r.get())->uid == 0 && (fi->flags & O_ACCMODE) == O_RDONLY &&
+      !(fi->flags & (O_TRUNC | O_CREAT)) && CachedAttr(ino)) {
+    stale = [copy, ino](Request& r) {
+      fuse_file_info fi = copy;
+      fi.fh = (kDeferred << kFhGenerationShift) | ino;
+      fi.keep_cache = 1;
+      r.Open(fi);
+    };
+  }
+  Call(
+      std::move(r), std::move(p),
+      [copy](Request& r, auto rs, uint64_t gen) {
+        fuse_file_info fi = copy;
+        fi.fh = rs.getFh() | (gen << kFhGenerationShift);
+        // Close-to-open: data cached from an earlier open is dropped at each open, so a
+        // reader sees what any writer had closed before (as NFS promises).
+        fi.keep_cache = 0;
+        r.Open(fi);
+      },
+      std::move(stale));
+}
+
+void Fs::ReadDeferred(Request r, fuse_ino_t ino, size_t size, off_t off) {
+  // Opened at the home now (waiting for it, as every call does), read, and closed.
+  auto p = Prepare(r, Op::OPEN);
+  if (!p || !SetNode(r, *p, ino)) return;
+  p->rq.setFlags(O_RDONLY);
+  std::optional<IncomingMessage> reply;
+  if (int err = client_.Call(p->message, p->generation, reply)) return r.Err(err);
+  auto opened = reply->Root<schema::ServerMessage>().getResponse();
+  if (opened.getError() != 0) return r.Err(opened.getError());
+  uint64_t fh = opened.getFh();
+  uint64_t generation = p->generation;
+  auto q = Prepare(r, Op::READ);
+  if (!q) return;
+  q->generation = generation;  // the handle is this connection's
+  q->rq.setFh(fh);
+  q->rq.setHasFh(true);
+  q->rq.setOffset(static_cast<uint64_t>(off));
+  q->rq.setSize(size);
+  auto release = [this, fh, generation] {
+    capnp::MallocMessageBuilder message(256);
+    auto rq = message.initRoot<schema::FileRequest>();
+    rq.setOp(Op::RELEASE);
+    rq.setFh(fh);
+    client_.Send(message, generation, [](int, IncomingMessage*) {});
+  };
+  auto shared = std::make_shared<Request>(std::move(r));
+  client_.Send(q->message, generation, [shared, release](int err, IncomingMessage* message) {
+    release();
+    if (err != 0) return shared->Err(err);
+    auto rs = message->Root<schema::ServerMessage>().getResponse();
+    if (rs.getError() != 0) return shared->Err(rs.getError());
+    auto data = rs.getData();
+    shared->Buf(data.begin(), data.size());
   });
 }
 
@@ -449,6 +598,9 @@ void Fs::Create(Request r, fuse_ino_t parent, const std::string& name, mode_t mo
 }
 
 void Fs::Read(Request r, size_t size, off_t off, fuse_file_info* fi) {
+  if (IsDeferred(fi->fh)) {
+    return ReadDeferred(std::move(r), fi->fh & ((1ull << kFhGenerationShift) - 1), size, off);
+  }
   auto p = Prepare(r, Op::READ);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOffset(static_cast<uint64_t>(off));
@@ -476,6 +628,7 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
 }
 
 void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
+  if (IsDeferred(fi->fh)) return r.Err(0);  // read-only, never opened at the home
   auto p = Prepare(r, op);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setFlags(flags);
@@ -484,7 +637,8 @@ void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
 
 void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   // The kernel does not wait for the answer's content; a file opened on a broken
-  // connection is already closed at the home.
+  // connection is already closed at the home, a deferred one never opened there.
+  if (IsDeferred(fi->fh)) return r.Err(0);
   uint64_t generation = fi->fh >> kFhGenerationShift;
   capnp::MallocMessageBuilder message(256);
   auto rq = message.initRoot<schema::FileRequest>();
@@ -536,21 +690,38 @@ void Fs::Readdir(Request r, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
 void Fs::Statfs(Request r, fuse_ino_t ino) {
   auto p = Prepare(r, Op::STATFS);
   if (!p || !SetNode(r, *p, ino)) return;
-  Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) {
-    auto s = rs.getStatfs();
-    struct statvfs st {};
-    st.f_bsize = s.getBsize();
-    st.f_frsize = s.getFrsize();
-    st.f_blocks = s.getBlocks();
-    st.f_bfree = s.getBfree();
-    st.f_bavail = s.getBavail();
-    st.f_files = s.getFiles();
-    st.f_ffree = s.getFfree();
-    st.f_favail = s.getFavail();
-    st.f_fsid = s.getFsid();
-    st.f_namemax = s.getNamemax();
-    r.Statfs(st);
-  });
+  // Never asked before the home fell silent: sizes unknown, as statfs may answer (the
+  // kernel fills in the file system's type, which is what most callers want).
+  struct statvfs known {};
+  known.f_bsize = known.f_frsize = 4096;
+  known.f_namemax = 255;
+  {
+    std::lock_guard lock(mutex_);
+    if (statfs_) known = *statfs_;
+  }
+  std::function<void(Request&)> stale = [known](Request& r) { r.Statfs(known); };
+  Call(
+      std::move(r), std::move(p),
+      [this](Request& r, auto rs, uint64_t) {
+        auto s = rs.getStatfs();
+        struct statvfs st {};
+        st.f_bsize = s.getBsize();
+        st.f_frsize = s.getFrsize();
+        st.f_blocks = s.getBlocks();
+        st.f_bfree = s.getBfree();
+        st.f_bavail = s.getBavail();
+        st.f_files = s.getFiles();
+        st.f_ffree = s.getFfree();
+        st.f_favail = s.getFavail();
+        st.f_fsid = s.getFsid();
+        st.f_namemax = s.getNamemax();
+        {
+          std::lock_guard lock(mutex_);
+          statfs_ = st;
+        }
+        r.Statfs(st);
+      },
+      std::move(stale));
 }
 
 void Fs::Access(Request r, fuse_ino_t ino, int mask) {

@@ -9,10 +9,12 @@
 #pragma once
 
 #include <fuse_lowlevel.h>
+#include <sys/statvfs.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -87,6 +89,9 @@ class Fs {
     fuse_ino_t parent = 0;
     std::string name;
     std::pair<uint64_t, uint64_t> key;  // the home's (st_dev, st_ino)
+    // The attributes last heard from the home: answered when the home is silent.
+    struct stat attr {};
+    bool has_attr = false;
   };
   struct Prepared;
 
@@ -105,14 +110,26 @@ class Fs {
   void ForgetRemote(uint64_t remote, uint64_t count, uint64_t generation);
   fuse_entry_param EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const;
   // Sends and, when the home answers without error, runs `ok` on the receiving thread.
+  // `stale`, when given, answers the request from the cache if the home stays silent.
   template <typename Ok>
-  void Call(Request r, std::unique_ptr<Prepared> p, Ok ok);
+  void Call(Request r, std::unique_ptr<Prepared> p, Ok ok,
+            std::function<void(Request&)> stale = {});
+  // The cache of a silent home (stale answers: see ARCHITECTURE.md, homefs).
+  void RememberAttr(fuse_ino_t ino, const struct stat& attr);
+  std::optional<struct stat> CachedAttr(fuse_ino_t ino);
+  void ForgetName(fuse_ino_t parent, const std::string& name);
+  // A lookup of a known name answered from the cache (the home stayed silent).
+  void StaleLookup(Request& r, fuse_ino_t parent, const std::string& name);
+  // A read of a file opened while the home was silent.
+  void ReadDeferred(Request r, fuse_ino_t ino, size_t size, off_t off);
 
   FileClient& client_;
   FsOptions options_;
   std::mutex mutex_;
   std::unordered_map<fuse_ino_t, Inode> inodes_;
   std::map<std::pair<uint64_t, uint64_t>, fuse_ino_t> by_key_;
+  std::map<std::pair<fuse_ino_t, std::string>, fuse_ino_t> by_name_;  // parent and name
+  std::optional<struct statvfs> statfs_;
   fuse_ino_t next_ino_ = 2;
   void NoticeLoop();
   struct Notice {

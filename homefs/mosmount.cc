@@ -1,5 +1,6 @@
 // mosmount: mounts a node's files with homefs.
-//   mosmount [-f] [-d] [-o timeout=S,attr_timeout=S,entry_timeout=S] NODE|ADDRESS[:PORT] DIR
+//   mosmount [-f] [-d] [-o hard|soft,timeout=S,grace=S,attr_timeout=S,entry_timeout=S]
+//            NODE|ADDRESS[:PORT] DIR
 // Unmount with `fusermount3 -u DIR`.
 #include <fuse_lowlevel.h>
 #include <signal.h>
@@ -18,12 +19,15 @@
 #include "fs.h"
 #include "homeward_config.h"
 #include "log.h"
+#include "peer_auth.h"
 
 namespace homeward {
 namespace {
 
 struct MountOptions {
   double timeout_s = 10;
+  bool hard = true;
+  double grace_s = 300;
   FsOptions fs;
 };
 
@@ -50,13 +54,19 @@ MountOptions ParseOptions(const std::vector<std::string>& lists) {
       if (key == "timeout") {
         options.timeout_s = Seconds(key, value);
         if (options.timeout_s < 0.1) Fail(ErrorKind::kInvalidInput, "-o timeout: at least 0.1");
+      } else if (key == "grace") {
+        options.grace_s = Seconds(key, value);
+      } else if (key == "hard" || key == "soft") {
+        options.hard = key == "hard";
       } else if (key == "attr_timeout") {
         options.fs.attr_timeout = Seconds(key, value);
       } else if (key == "entry_timeout") {
         options.fs.entry_timeout = Seconds(key, value);
       } else {
         Fail(ErrorKind::kInvalidInput,
-             "-o {}: unknown option (known: timeout, attr_timeout, entry_timeout)", key);
+             "-o {}: unknown option (known: hard, soft, timeout, grace, attr_timeout, "
+             "entry_timeout)",
+             key);
       }
     }
   }
@@ -95,7 +105,10 @@ int Run(int argc, char** argv) {
   std::string target, mountpoint;
   app.add_flag("-f", foreground, "stay in the foreground");
   app.add_flag("-d", debug, "print every FUSE request (implies -f)");
-  app.add_option("-o", option_lists, "timeout=S (default 10), attr_timeout=S, entry_timeout=S");
+  app.add_option("-o", option_lists,
+                 "hard (default: calls wait for an unreachable home) or soft (they fail after "
+                 "the timeout), timeout=S (default 10), grace=S (hard: how long a silent "
+                 "connection is kept, default 300), attr_timeout=S, entry_timeout=S");
   app.add_option("node", target, "NODE name or ADDRESS[:PORT]")->required();
   app.add_option("mountpoint", mountpoint, "where to mount")->required();
   app.set_version_flag("--version", HOMEWARD_VERSION);
@@ -117,9 +130,16 @@ int Run(int argc, char** argv) {
   SetupLogging("mosmount", config.name, debug ? "debug" : config.log_level);
   ::signal(SIGPIPE, SIG_IGN);
 
-  ClientOptions client_options{
-      home.host, home.port, config.cluster_key,
-      std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000))};
+  // Connections come from this node's address, as the daemon's do (peer_auth.h).
+  SetPeerSourceAddress(config.address);
+  ClientOptions client_options;
+  client_options.host = home.host;
+  client_options.port = home.port;
+  client_options.key = config.cluster_key;
+  client_options.timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
+  client_options.hard = options.hard;
+  client_options.grace = std::chrono::milliseconds(static_cast<int64_t>(options.grace_s * 1000));
   FileClient client(client_options);
   std::optional<Fs> fs;
   try {

@@ -15,6 +15,7 @@
 #include "control_permissions.h"
 #include "homeward_config.h"
 #include "install_paths.h"
+#include "peer_auth.h"
 #include "uv_error.h"
 #include "uv_work.h"
 
@@ -25,6 +26,15 @@ namespace {
 std::string MosmountPath() {
   std::string path = FindBesideExecutable({"../homefs/mosmount", "mosmount"});
   return path.empty() ? "mosmount" : path;
+}
+
+// How long homefs keeps a silent connection to a home: past the home's grace as this
+// node counts it (from gossip's verdict of death), and the freeze of its guests, so that
+// no call in flight fails before its caller is frozen.
+int HomefsGrace(const NodeConfig& config) {
+  auto dead = std::chrono::duration_cast<std::chrono::seconds>(config.gossip.dead_after);
+  return static_cast<int>(
+      std::min<int64_t>(config.recovery.home_grace.count() + dead.count() + 60, 86399));
 }
 
 }  // namespace
@@ -49,7 +59,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                                            .self = config_.name,
                                            .export_root = config_.export_root,
                                            .mosmount = MosmountPath(),
-                                           .config_path = config_.config_path}),
+                                           .config_path = config_.config_path,
+                                           .grace_s = HomefsGrace(config_)}),
       gossip_(loop, config_),
       balancer_(loop, config_, gossip_, jobs_) {}
 
@@ -58,6 +69,8 @@ Daemon::~Daemon() {
 }
 
 void Daemon::Start() {
+  // Every connection to a peer comes from this node's address (see peer_auth.h).
+  SetPeerSourceAddress(config_.address);
   std::error_code ec;
   std::filesystem::create_directories(config_.state_dir, ec);
   if (ec) {
@@ -104,10 +117,15 @@ void Daemon::Start() {
     spdlog::warn("no /mosix/home for this node: {}", e.what());
   }
   // Every live peer's files appear at /mosix/home/<peer>. A mount outlives its peer's
-  // death: calls fail with EIO while the home is down and work again when it returns,
-  // so a false suspicion never costs a guest its files.
+  // death: calls wait (a hard mount) while the home is unreachable and go on when it
+  // returns, so a false suspicion or a cut link never costs a guest its files. A home
+  // declared dead starts its guests' grace here (job_grace.cc).
   gossip_.Subscribe([this](const NodeRecord& peer, bool alive) {
-    if (!alive) return;
+    if (!alive) {
+      jobs_.HomeUnreachable(peer.name);
+      return;
+    }
+    jobs_.HomeReachable(peer.name);
     try {
       home_mounts_.PeerUp(peer.name, peer.address, peer.peer_port);
     } catch (const Error& e) {

@@ -127,8 +127,12 @@ void HomeMounts::StartMount(const std::string& name, const std::string& target) 
   std::filesystem::create_directories(path, ec);
   if (ec) Fail(ErrorKind::kFailed, "cannot create {}: {}", path, ec.message());
   SpawnOptions spawn;
-  spawn.argv = {
-      options_.mosmount, "-f", "-o", fmt::format("timeout={}", options_.timeout_s), target, path};
+  spawn.argv = {options_.mosmount,
+                "-f",
+                "-o",
+                fmt::format("timeout={},grace={}", options_.timeout_s, options_.grace_s),
+                target,
+                path};
   if (!options_.config_path.empty()) {
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e) {

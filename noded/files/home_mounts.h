@@ -24,9 +24,10 @@ struct HomeMountsOptions {
   std::string self;  // this node's name
   std::string export_root = "/";
   std::string mosmount = "mosmount";  // looked up on PATH unless absolute
-  int timeout_s = 10;                 // passed to homefs: how long a call may wait
+  int timeout_s = 10;                 // passed to homefs: connect and probe timing
   int stop_grace_ms = 1000;           // how long a homefs may take to unmount itself
   std::string config_path;            // the node's configuration (the cluster key)
+  int grace_s = 300;                  // passed to homefs: how long a silent home is waited for
 };
 
 class HomeMounts {

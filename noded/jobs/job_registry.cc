@@ -218,6 +218,7 @@ void JobRegistry::Start() {
                 GuardedCall("job counts", [timer] {
                   auto* self = static_cast<JobRegistry*>(timer->data);
                   self->EndOverdueAttaches();
+                  self->FreezeOverdueGuests();
                   if (self->on_change_) self->on_change_();
                 });
               },
@@ -278,6 +279,7 @@ void JobRegistry::KillAll() {
       job.away->mosrun.Close();
     }
   }
+  DropFrozenGuests();
   restored_wakeup_.Close();
   counts_timer_.Close();
   auto guests = std::move(guests_);

@@ -27,6 +27,7 @@
 #include "config.h"
 #include "control_server.h"
 #include "fault.h"
+#include "home_grace.h"
 #include "image_stream.h"
 #include "job.h"
 #include "migration.h"
@@ -85,6 +86,11 @@ class JobRegistry {
   void OnPlaced(std::function<void(const std::string& node)> callback) {
     on_placed_ = std::move(callback);
   }
+  // Gossip's word on another node, as a home of guests here: unreachable (declared dead)
+  // or back. Guests whose home stays unreachable for [recovery] home_grace_s are frozen
+  // to this node's disk, and continued here when it is back (job_grace.cc).
+  void HomeUnreachable(const std::string& home);
+  void HomeReachable(const std::string& home);
   // Whether this node refuses guests (mosctl block); read from peer threads too.
   bool blocked() const { return blocked_; }
   void KillAll();
@@ -212,6 +218,21 @@ class JobRegistry {
                  ReplySender& reply);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
 
+  // A guest frozen here while its home was unreachable: its images, what restoring it
+  // needs, and its relay to the home, kept open (and not read) meanwhile.
+  struct FrozenGuest {
+    std::string dir;
+    JobLaunch launch;
+    std::vector<migrate::PipeRole> pipes;
+    ControlStream relay;
+    uint32_t migrations = 0;
+    bool continuing = false;
+  };
+  void FreezeOverdueGuests();
+  void FreezeGuest(uint64_t id, std::shared_ptr<Job> job);
+  void ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen);
+  void DropFrozenGuests();
+
   uv_loop_t* loop_;
   const NodeConfig& config_;
   ControlServer& control_;
@@ -232,6 +253,8 @@ class JobRegistry {
   UvHandle<uv_async_t> restored_wakeup_;
   std::mutex restored_mutex_;
   std::vector<Restored> restored_;
+  HomeGrace home_grace_{config_.recovery.home_grace};
+  std::map<uint64_t, std::shared_ptr<FrozenGuest>> frozen_guests_;
 };
 
 }  // namespace homeward

@@ -288,6 +288,8 @@ level_ok:
       reader.Integer("balance.hysteresis_percent", balance.hysteresis_percent, 0, 1000));
   balance.usher_free_mb = static_cast<uint32_t>(
       reader.Integer("balance.usher_free_mb", balance.usher_free_mb, 0, 1 << 30));
+  config.recovery.home_grace = std::chrono::seconds(
+      reader.Integer("recovery.home_grace_s", config.recovery.home_grace.count(), 1, 86399));
   return config;
 }
 

@@ -49,6 +49,13 @@ struct BalanceConfig {
   uint32_t usher_free_mb = 256;  // below this much free memory, jobs are moved away
 };
 
+// What a node does for its guests while their home is unreachable (a cut link, a home
+// that is down): their file calls wait, as on an NFS hard mount; past home_grace the
+// guest is frozen to this node's disk until the home is back.
+struct RecoveryConfig {
+  std::chrono::seconds home_grace{300};
+};
+
 struct NodeConfig {
   std::string config_path;  // where this was read from, for messages
   std::string name;
@@ -67,6 +74,7 @@ struct NodeConfig {
   GossipConfig gossip;
   BalanceConfig balance;
   PeerConfig peer;
+  RecoveryConfig recovery;
   std::string log_level = "info";
 };
 

@@ -124,6 +124,14 @@ TEST_F(ConfigTest, ReadsBalanceSection) {
               HasSubstr("balance.automatic: must be true or false"));
 }
 
+TEST_F(ConfigTest, ReadsRecoverySection) {
+  EXPECT_EQ(LoadNodeConfig(Write(Good())).recovery.home_grace, std::chrono::seconds(300));
+  auto config = LoadNodeConfig(Write(Good() + "[recovery]\nhome_grace_s = 12\n"));
+  EXPECT_EQ(config.recovery.home_grace, std::chrono::seconds(12));
+  EXPECT_THAT(ErrorOf(Good() + "[recovery]\nhome_grace_s = 0\n"),
+              HasSubstr("recovery.home_grace_s"));
+}
+
 TEST_F(ConfigTest, MissingFileNamesIt) {
   try {
     LoadNodeConfig(dir_ + "/absent.toml");

@@ -44,6 +44,16 @@ const unsigned char* Bytes(std::string_view s) {
 
 }  // namespace
 
+namespace {
+std::mutex source_mutex;
+std::string source_address;
+}  // namespace
+
+void SetPeerSourceAddress(const std::string& address) {
+  std::lock_guard lock(source_mutex);
+  source_address = address;
+}
+
 void SetPeerSecurityForTesting(const PeerSecurity& security) {
   std::lock_guard lock(security_mutex);
   security_now = security;
@@ -323,6 +333,22 @@ std::unique_ptr<SecureStream> PeerConnectStream(const std::string& host, uint16_
   sockaddr_in addr = Endpoint{host, port}.ToSockaddr();
   Fd fd = Fd::Adopt(HW_SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
                                "socket for {}", who));
+  std::string source;
+  {
+    std::lock_guard lock(source_mutex);
+    source = source_address;
+  }
+  if (!source.empty()) {
+    // The port is chosen at connect, per destination: binding one here would take it
+    // from the whole host's ephemeral range.
+    int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    sockaddr_in local = Endpoint{source, 0}.ToSockaddr();
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&local), sizeof local) < 0) {
+      throw SystemError(errno,
+                        fmt::format("connect to {}: bind to this node's address {}", who, source));
+    }
+  }
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
     if (errno != EINPROGRESS) throw SystemError(errno, fmt::format("connect to {}", who));
     pollfd p{fd.get(), POLLOUT, 0};

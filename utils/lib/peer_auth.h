@@ -131,6 +131,13 @@ struct PeerIdentity {
 // Options of the TCP socket itself (keepalive, user timeout), applied by `tune`.
 using TuneSocket = std::function<void(int tcp_fd)>;
 
+// The address every later PeerConnect of this process binds its socket to before it
+// connects (empty: the kernel chooses). A node's daemon and its homefs set the node's
+// configured address, so that its peers see its connections come from the address they
+// know it by, and a link between two nodes can be told (and cut, by a firewall rule)
+// by the pair of addresses, even when several nodes share one host.
+void SetPeerSourceAddress(const std::string& address);
+
 // Connects to host:port, runs the client handshake for `service` and returns the
 // authenticated, encrypted connection: one end of a socket pair whose other end a
 // SecureChannel (secure_channel.h) relays, in records sealed with this connection's keys,
