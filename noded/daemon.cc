@@ -171,6 +171,9 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
     case schema::ControlRequest::START_JOB:
       jobs_.StartJob(request.getStartJob(), std::move(reply));
       return;
+    case schema::ControlRequest::RESTART_JOB:
+      jobs_.RestartJob(request.getRestartJob(), std::move(reply));
+      return;
     case schema::ControlRequest::START_GUEST:
       jobs_.StartGuest(request.getStartGuest(), std::move(reply));
       return;

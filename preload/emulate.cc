@@ -137,16 +137,19 @@ long Exec(long nr, const long a[6]) {
   if (refused != 0) return refused;
   ShimState& state = State();
   const char* entries[kEnvCount];
-  for (int i = 0; i < kEnvCount; ++i) entries[i] = state.env[i];
+  int count = 0;  // the variables the job has (HOMEWARD_CHECKPOINT_SIGNAL is optional)
+  for (int i = 0; i < kEnvCount; ++i) {
+    if (state.env[i][0] != '\0') entries[count++] = state.env[i];
+  }
   int env_arg = nr == SYS_execve ? 2 : 3;
   auto* envp = reinterpret_cast<char* const*>(a[env_arg]);
-  size_t size = InjectEnvSize(envp, entries, kEnvCount);
+  size_t size = InjectEnvSize(envp, entries, count);
   // mmap takes six arguments, so it goes without the magic (the filter never traps it).
   long mapped = RawSyscall6(SYS_mmap, 0, static_cast<long>(size), PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped < 0 && mapped > -4096) return mapped;
   char** env =
-      InjectEnv(envp, entries, kEnvCount, state.library, reinterpret_cast<void*>(mapped), size);
+      InjectEnv(envp, entries, count, state.library, reinterpret_cast<void*>(mapped), size);
   long args[6] = {a[0], a[1], a[2], a[3], a[4], a[5]};
   args[env_arg] = reinterpret_cast<long>(env);
   long result = Raw(nr, args);

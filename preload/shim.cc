@@ -98,8 +98,9 @@ void Handler(int sig, siginfo_t* info, void* context) {
 }
 
 // The names of the variables, in the order of ShimState::env.
-constexpr const char* kEnvNames[kEnvCount] = {"LD_PRELOAD", "HOMEWARD_HOME", "HOMEWARD_HOME_PID",
-                                              "HOMEWARD_HOME_PPID", "HOMEWARD_PID_BASE"};
+constexpr const char* kEnvNames[kEnvCount] = {"LD_PRELOAD",        "HOMEWARD_HOME",
+                                              "HOMEWARD_HOME_PID", "HOMEWARD_HOME_PPID",
+                                              "HOMEWARD_PID_BASE", "HOMEWARD_CHECKPOINT_SIGNAL"};
 
 // The helpers below may run before the shim's own relocations are complete (see Early), so
 // they call nothing outside this file: no libc, and no loops the compiler could turn into
@@ -140,7 +141,37 @@ bool Activate() {
   size_t k = 0;
   for (; home[k] != '\0' && k + 1 < sizeof(state.hostname); ++k) state.hostname[k] = home[k];
   state.hostname[k] = '\0';
+  state.checkpoint_signal = 0;
+  if (const char* sig = Value(5)) {
+    int number = 0;
+    for (; *sig >= '0' && *sig <= '9' && number < 1000; ++sig) number = number * 10 + (*sig - '0');
+    if (*sig == '\0' && number > 0 && number < 65) state.checkpoint_signal = number;
+  }
   return true;
+}
+
+// mosrun -S: the checkpoint signal, delivered to a process of the job, asks the job's init
+// (pid 1 of its namespace) for a checkpoint with a queued SIGCONT carrying kCheckpointAsk.
+void AskForCheckpoint(int, siginfo_t*, void*) {
+  siginfo_t info = {};
+  info.si_signo = SIGCONT;
+  info.si_code = SI_QUEUE;
+  info.si_pid = static_cast<pid_t>(RawSyscall(SYS_getpid));
+  info.si_uid = static_cast<uid_t>(RawSyscall(SYS_getuid));
+  info.si_value.sival_int = kCheckpointAsk;
+  RawSyscall(SYS_rt_sigqueueinfo, 1, SIGCONT, reinterpret_cast<long>(&info));
+}
+
+// A program that sets its own handler for the signal takes it over (the shim does not
+// trap rt_sigaction for it).
+void InstallCheckpointHandler() {
+  int sig = g_state.checkpoint_signal;
+  if (sig == 0 || sig == SIGSYS) return;
+  KernelSigaction act = {};
+  act.handler = reinterpret_cast<void*>(&AskForCheckpoint);
+  act.flags = SA_SIGINFO | SA_RESTART | kSaRestorer;
+  act.restorer = reinterpret_cast<void*>(&homeward_preload_restore_rt);
+  RawSyscall(SYS_rt_sigaction, sig, reinterpret_cast<long>(&act), 0, sizeof(act.mask));
 }
 
 // Installs the SIGSYS handler with a raw rt_sigaction (an inherited filter traps libc's).
@@ -242,6 +273,7 @@ __attribute__((constructor(101))) void Start() {
     snprintf(state.library, sizeof(state.library), "%s", self.dli_fname);
     snprintf(state.env[0], sizeof(state.env[0]), "LD_PRELOAD=%s", self.dli_fname);
   }
+  InstallCheckpointHandler();
   if (RawSyscall6(SYS_getpid, 0, 0, 0, 0, 0, kProbe) == kProbeAnswer) return;
   if (InstallFilter() != 0) {
     Warn("libmosix_preload: cannot install the seccomp filter; raw system calls see local ids\n");

@@ -20,7 +20,13 @@ struct KernelSigaction {
 };
 
 inline constexpr size_t kMaxEnvEntry = 4096;
-inline constexpr int kEnvCount = 5;  // LD_PRELOAD and the four HOMEWARD_* variables.
+// LD_PRELOAD, the four HOMEWARD_* variables every job has, and HOMEWARD_CHECKPOINT_SIGNAL.
+inline constexpr int kEnvCount = 6;
+
+// What the shim's handler of the checkpoint signal (mosrun -S) sends the job's init, as
+// the value of a queued SIGCONT (the one signal a process may send any process of its
+// session, the init included): noded/jobs/job_init.cc knows it too.
+inline constexpr int kCheckpointAsk = 0x43484b50;
 
 struct ShimState {
   bool active = false;  // False when the job's variables are absent: then the shim is inert.
@@ -35,6 +41,7 @@ struct ShimState {
   // Written without a lock (a lock could be inherited held by a forked child); two threads
   // setting SIGSYS at once leave one of the two, as the kernel would.
   KernelSigaction user_sigsys = {};
+  int checkpoint_signal = 0;  // mosrun -S: asks the job's init for a checkpoint
 };
 
 ShimState& State();

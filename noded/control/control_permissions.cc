@@ -14,6 +14,8 @@ Permission PermissionFor(schema::ControlRequest::Which which) {
       return {Allowed::kAnyone, "list the cluster's nodes"};
     case W::START_JOB:
       return {Allowed::kLocal, "start a job (mosrun)"};
+    case W::RESTART_JOB:
+      return {Allowed::kLocal, "restart a job from its checkpoint (mosrun -R)"};
     case W::LIST_JOBS:
       return {Allowed::kLocal, "list jobs (mosps)"};
     case W::MIGRATE_JOB:

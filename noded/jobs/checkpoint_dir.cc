@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <memory>
 #include <vector>
 
@@ -88,12 +89,21 @@ std::string CheckpointDir::fd_path() const {
   return fmt::format("/proc/self/fd/{}", dir_.get());
 }
 
-void CheckpointDir::HandOver() {
+void CheckpointDir::HandOver(const std::string& final_name) {
   for (const auto& name : Entries(dir_.get())) {
     HW_SYSCALL(::fchownat(dir_.get(), name.c_str(), who_.uid, who_.gid, AT_SYMLINK_NOFOLLOW),
                "give {}/{} to uid {}", path_, name, who_.uid);
   }
   HW_SYSCALL(::fchown(dir_.get(), who_.uid, who_.gid), "give {} to uid {}", path_, who_.uid);
+  if (!final_name.empty()) {
+    ScopedFsCredentials as_user(who_);
+    if (::renameat2(parent_.get(), name_.c_str(), parent_.get(), final_name.c_str(),
+                    RENAME_NOREPLACE) != 0) {
+      int err = errno;
+      Remove();
+      throw SystemError(err, fmt::format("name the checkpoint {}", final_name));
+    }
+  }
   dir_.Reset();
   parent_.Reset();
 }

@@ -27,7 +27,11 @@ class CheckpointDir {
   std::string fd_path() const;
   const std::string& path() const { return path_; }
   // Gives the directory and every file in it to the user: the checkpoint is theirs.
-  void HandOver();
+  // With `final_name`, the user then renames it to that name in the same parent (as the
+  // user, replacing nothing): a checkpoint appears under its name only when complete.
+  void HandOver(const std::string& final_name = {});
+  // The held directory, for writing into it while it is root's.
+  int fd() const { return dir_.get(); }
 
  private:
   CheckpointDir() = default;

@@ -130,6 +130,9 @@ std::vector<std::string> InitEnvironment(const JobLaunch& launch) {
   env.push_back(fmt::format("HOMEWARD_HOME_PID={}", launch.identity.home_pid));
   env.push_back(fmt::format("HOMEWARD_HOME_PPID={}", launch.identity.home_ppid));
   env.push_back(fmt::format("HOMEWARD_PID_BASE={}", launch.pid_base));
+  if (launch.checkpoint.signal > 0) {
+    env.push_back(fmt::format("HOMEWARD_CHECKPOINT_SIGNAL={}", launch.checkpoint.signal));
+  }
   return env;
 }
 
@@ -327,6 +330,12 @@ void Job::OnData(Stream& stream, ssize_t nread, const uv_buf_t* buf) {
   }
   if (stream.fd == 3) {
     status_text_.append(buf->base, static_cast<size_t>(nread));
+    // "checkpoint" lines before the last: the job asks for one (mosrun -S).
+    static constexpr std::string_view kAsk = "checkpoint\n";
+    while (status_text_.compare(0, kAsk.size(), kAsk) == 0) {
+      status_text_.erase(0, kAsk.size());
+      if (on_checkpoint_request_) on_checkpoint_request_();
+    }
     if (status_text_.size() > 4096) status_text_.resize(4096);
     return;
   }

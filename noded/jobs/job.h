@@ -54,6 +54,14 @@ struct InputCarry {
   bool ended = false;
 };
 
+// Where a job's checkpoints go and when (mosrun -C, -A, -N, -S); see job_checkpoints.cc.
+struct CheckpointPlan {
+  std::string dir;       // absolute, the user's; empty: the job has no checkpoint directory
+  int64_t every_ms = 0;  // periodic checkpoints; 0: only on demand
+  uint32_t keep = 0;     // the newest this many are kept; 0: all
+  int signal = 0;        // a signal to the job's main process that asks for one; 0: none
+};
+
 struct JobLaunch {
   std::vector<std::string> argv;
   std::vector<std::string> env;
@@ -69,10 +77,12 @@ struct JobLaunch {
   bool guest = false;           // a job of another home, running here
   std::string home_host;        // where the home's daemon listens (peer port)
   uint16_t home_port = 0;
-  bool reattach = false;     // restored here from a node that is not its home
-  std::string init_path;     // mosjob-init
-  std::string preload_path;  // libmosix_preload.so, or empty when not built
-  InputCarry input;          // a restored job's input, written to its new pipe first
+  bool reattach = false;      // restored here from a node that is not its home
+  std::string init_path;      // mosjob-init
+  std::string preload_path;   // libmosix_preload.so, or empty when not built
+  InputCarry input;           // a restored job's input, written to its new pipe first
+  CheckpointPlan checkpoint;  // at home only: the job's checkpoints
+  uint32_t generation = 0;    // raised by each restart from a checkpoint (move::Record)
 };
 
 // The wall clock in milliseconds since the epoch: a job's start, as every node reads it.
@@ -141,6 +151,10 @@ class Job : public std::enable_shared_from_this<Job> {
   void HoldOutput(bool hold);
   // Kills the job now (daemon shutdown).
   void Kill();
+  // The job asked for a checkpoint (mosrun -S: its init said so on the status pipe).
+  void OnCheckpointRequest(std::function<void()> callback) {
+    on_checkpoint_request_ = std::move(callback);
+  }
 
   pid_t home_pid() const { return launch_.identity.home_pid; }
   uid_t uid() const { return launch_.identity.uid; }
@@ -214,6 +228,7 @@ class Job : public std::enable_shared_from_this<Job> {
   std::vector<uint64_t> pipe_inodes_;
   UsageMeter usage_;
   int64_t arrived_ms_ = 0;
+  std::function<void()> on_checkpoint_request_;
 };
 
 }  // namespace homeward

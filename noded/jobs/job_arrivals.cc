@@ -34,6 +34,7 @@ void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
       auto attach = request.initAttachGuest();
       attach.setHomePid(launch.identity.home_pid);
       attach.setNode(config_.name);
+      attach.setGeneration(launch.generation);
       capnp::writeMessageToFd(home.get(), message);
       restored->connection = std::move(home);
     } catch (const std::exception& e) {
@@ -59,6 +60,9 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
   // A throw from here on leaves the init with `init` or the job, either of which kills
   // and reaps it.
   faults_.Check(Fault::kAdoptRestored);
+  job->OnCheckpointRequest([this, weak = std::weak_ptr<Job>(job)] {
+    if (auto asking = weak.lock()) CheckpointRequested(asking);
+  });
   job->Adopt(std::move(init), std::move(ends));
   return job;
 }
@@ -69,6 +73,12 @@ void JobRegistry::ComeHome(Restored& restored) {
     if (!entry.away || entry.away->home_pid() != home_pid) continue;
     auto away = entry.away;
     if (!away->protocol.ExpectsArrival()) break;
+    if (restored.launch.generation != away->protocol.record().generation) {
+      // A copy of an older run of the job, restarted here from a checkpoint since.
+      spdlog::warn("job {}: a copy of run {} came home, but the job is at run {}; killing it",
+                   home_pid, restored.launch.generation, away->protocol.record().generation);
+      return;
+    }
     auto weak_job = std::make_shared<std::weak_ptr<Job>>();
     int job_slot = slot;
     std::shared_ptr<Job> job;

@@ -428,6 +428,14 @@ int Supervise(pid_t program, sigset_t all) {
       }
       continue;
     }
+    // mosrun -S: the shim in a process of the job asks for a checkpoint with a queued
+    // SIGCONT carrying this value (preload/shim_state.h); the daemon takes it.
+    constexpr int kCheckpointAsk = 0x43484b50;
+    if (sig == SIGCONT && info.si_code == SI_QUEUE && info.si_value.sival_int == kCheckpointAsk &&
+        info.si_pid > 1) {
+      Report("checkpoint");
+      continue;
+    }
     kill(program_done ? -1 : program, sig);
   }
 }

@@ -37,6 +37,12 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
       Continue(slot, it->second.away, std::move(reply));
       return;
     }
+    if (verb == Verb::CHECKPOINT && request.getCheckpoint().size() == 0 && it->second.away &&
+        !it->second.away->frozen) {
+      // One more in the job's own directory, written by the node it runs on.
+      AskCheckpointAway(slot, it->second.away, std::make_shared<ReplySender>(std::move(reply)));
+      return;
+    }
     if (!it->second.here) {
       Fail(ErrorKind::kInvalidInput,
            "job {} is {}; {} works on a job running at home (mosmigrate "
@@ -50,6 +56,9 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
     }
     if (verb == Verb::FREEZE) {
       Freeze(slot, it->second.here, std::move(reply));
+    } else if (request.getCheckpoint().size() == 0) {
+      // No directory named: one more in the job's own (mosrun -C).
+      CheckpointToPlan(slot, it->second.here, std::make_shared<ReplySender>(std::move(reply)));
     } else {
       Caller caller = reply.caller();
       Checkpoint(it->second.here, request.getCheckpoint(), caller, std::move(reply));
@@ -84,6 +93,14 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
   for (auto& [slot, entry] : jobs_) {
     if (!entry.away || entry.away->home_pid() != attach.getHomePid()) continue;
     auto away = entry.away;
+    if (attach.getGeneration() != away->protocol.record().generation) {
+      // Fencing: the job was restarted from a checkpoint since this copy left; its node
+      // kills it when its relay closes.
+      Fail(ErrorKind::kPermissionDenied,
+           "job {} on {} is a copy of run {}, but the job was restarted (run {}): refused",
+           attach.getHomePid(), attach.getNode().cStr(), attach.getGeneration(),
+           away->protocol.record().generation);
+    }
     auto step = away->protocol.Arrived(attach.getNode());
     if (!step) break;
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
@@ -133,6 +150,7 @@ void JobRegistry::EndAway(int slot, const std::shared_ptr<Away>& away, const std
   // in the table is ended.
   auto it = jobs_.find(slot);
   if (it == jobs_.end() || it->second.away != away) return;
+  if (!why.empty() && !away->frozen && RestartLost(slot, away, why)) return;
   jobs_.erase(it);
   if (away->frozen) migrate::RemoveImageDir(away->frozen->dir);
   if (!why.empty()) {

@@ -66,6 +66,10 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
         job->Signal(message.getJobSignal());
         break;
       case schema::ControlRequest::MIGRATE_JOB:
+        if (job->launch().guest && message.getMigrateJob().isCheckpointAway()) {
+          CheckpointGuest(job, message.getMigrateJob().getCheckpointAway());
+          break;
+        }
         if (!job->launch().guest || !message.getMigrateJob().isMoveTo()) {
           Fail(ErrorKind::kInvalidInput,
                "only a guest's home moves it, to a node, through its relay");
@@ -111,6 +115,7 @@ JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
   launch.keep_home = spec.getKeepHome();
   launch.locked = spec.getLocked();
   launch.min_free_mb = spec.getMinFreeMb();
+  launch.checkpoint = PlanFrom(spec);
   launch.init_path = init_path_;
   launch.preload_path = preload_path_;
   return launch;
@@ -124,6 +129,9 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
   auto job =
       std::make_shared<Job>(loop_, std::move(launch), relay, [finished](Job&) { finished(); });
   *weak_job = job;
+  job->OnCheckpointRequest([this, weak = std::weak_ptr<Job>(job)] {
+    if (auto asking = weak.lock()) CheckpointRequested(asking);
+  });
   try {
     job->Start();
   } catch (const Error& e) {
@@ -147,6 +155,7 @@ void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
   launch.started_unix_ms = WallClockMs();
   int slot = FreeSlot();
   launch.pid_base = PidBase(slot);
+  PlanCheckpoints(slot, launch.identity, launch.checkpoint);
   std::string where = Place(launch, spec.getWhere(), spec.getPlaceBest());
   if (!where.empty() && where != config_.name) {
     StartAway(slot, std::move(launch), where, std::move(reply));
@@ -165,6 +174,7 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   }
   launch.identity = ReadIdentity(spec.getIdentity());
   launch.pid_base = spec.getPidBase();
+  launch.generation = spec.getGeneration();
   launch.started_unix_ms = static_cast<int64_t>(spec.getStartedUnixMs());
   launch.home_host = spec.getHomeHost();
   launch.home_port = spec.getHomePort();
@@ -224,6 +234,7 @@ void JobRegistry::Start() {
               },
               0, 1000),
           "job counts timer");
+  StartCheckpointTimer();
 }
 
 void JobRegistry::ListJobs(ReplySender reply) const {

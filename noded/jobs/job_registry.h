@@ -27,6 +27,7 @@
 #include "config.h"
 #include "control_server.h"
 #include "fault.h"
+#include "fs_credentials.h"
 #include "home_grace.h"
 #include "image_stream.h"
 #include "job.h"
@@ -69,6 +70,9 @@ class JobRegistry {
   // A job moved on between guest nodes announces its new place; the connection becomes
   // its relay.
   void AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply);
+  // mosrun -R: restarts a job of the caller from the newest good checkpoint in a
+  // directory (job_checkpoints.cc); the connection becomes the job's relay.
+  void RestartJob(schema::RestartSpec::Reader spec, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
   // mosctl block, unblock, expel and bring.
@@ -218,6 +222,42 @@ class JobRegistry {
                  ReplySender& reply);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
 
+  // Checkpoints into a job's checkpoint directory (job_checkpoints.cc): what mosrun -C,
+  // -A, -N, -S asked for, by slot, for the job of that home pid.
+  struct PlannedCheckpoints {
+    pid_t home_pid = 0;
+    FsIdentity owner;  // the job's user: the directory is read and written as them
+    CheckpointPlan plan;
+    int64_t next_ms = 0;  // the loop's time of the next periodic one
+    bool busy = false;    // one is being written
+    int64_t busy_until_ms = 0;  // a job away: its node's answer is given up after this
+    std::shared_ptr<ReplySender> waiter;  // mosmigrate, for a job away
+  };
+  static CheckpointPlan PlanFrom(schema::JobSpec::Reader spec);
+  JobLaunch RestartedLaunch(const struct CheckpointManifest& manifest) const;
+  // A job restarted at home goes on to `where` (mosrun -R -r) or the best node (-b).
+  void PlaceRestarted(int slot, const std::shared_ptr<Job>& job, const std::string& where,
+                      bool best);
+  void PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan);
+  // A job away whose end is `why` (its node lost): restarts it at home from its newest
+  // checkpoint, on the same mosrun. False when it has no checkpoint directory.
+  bool RestartLost(int slot, const std::shared_ptr<Away>& away, const std::string& why);
+  void StartCheckpointTimer();
+  void CheckpointTick();
+  // The job asked for a checkpoint itself (mosrun -S).
+  void CheckpointRequested(const std::shared_ptr<Job>& job);
+  // Writes a checkpoint of a job running here into its checkpoint directory; `reply`, when
+  // given, hears how it went.
+  void CheckpointToPlan(int slot, std::shared_ptr<Job> job, std::shared_ptr<ReplySender> reply);
+  // A job away: its node dumps it and writes the checkpoint into its directory through
+  // homefs, as the user (CheckpointGuest there), and answers on the relay (CheckpointedAway).
+  void AskCheckpointAway(int slot, const std::shared_ptr<Away>& away,
+                         std::shared_ptr<ReplySender> reply);
+  void CheckpointGuest(std::shared_ptr<Job> job, schema::CheckpointAway::Reader request);
+  void CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
+                        schema::Checkpointed::Reader report);
+  // A job away asked for a checkpoint itself (mosrun -S); its node passed the word on.
+  void CheckpointAskedAway(int slot, const std::shared_ptr<Away>& away);
   // A guest frozen here while its home was unreachable: its images, what restoring it
   // needs, and its relay to the home, kept open (and not read) meanwhile.
   struct FrozenGuest {
@@ -253,6 +293,8 @@ class JobRegistry {
   UvHandle<uv_async_t> restored_wakeup_;
   std::mutex restored_mutex_;
   std::vector<Restored> restored_;
+  std::map<int, PlannedCheckpoints> checkpoint_plans_;
+  UvHandle<uv_timer_t> checkpoint_timer_;
   HomeGrace home_grace_{config_.recovery.home_grace};
   std::map<uint64_t, std::shared_ptr<FrozenGuest>> frozen_guests_;
 };

@@ -22,6 +22,7 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
   auto request = GuestRequest(launch, where);
 
   auto away = std::make_shared<Away>(move::Protocol::Starting(launch.identity.home_pid, where));
+  away->protocol.SetGeneration(launch.generation);
   away->uid = launch.identity.uid;
   for (const auto& arg : launch.argv) away->command += (away->command.empty() ? "" : " ") + arg;
   away->locked = launch.locked;
@@ -100,11 +101,13 @@ std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
   }
   FillIdentity(launch.identity, guest.initIdentity());
   guest.setPidBase(launch.pid_base);
+  guest.setGeneration(launch.generation);
   return request;
 }
 
 std::shared_ptr<JobRegistry::Away> JobRegistry::AwayFrom(Job& job, move::Protocol protocol) {
   auto away = std::make_shared<Away>(std::move(protocol));
+  away->protocol.SetGeneration(job.launch().generation);
   away->uid = job.uid();
   away->command = job.command();
   away->locked = job.launch().locked;
@@ -143,6 +146,14 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
   StreamHandlers handlers;
   handlers.on_message = [this, slot, away, relay](IncomingMessage& incoming) {
     auto reply = incoming.Root<schema::ControlReply>();
+    if (reply.isCheckpointed()) {
+      CheckpointedAway(slot, away, reply.getCheckpointed());
+      return;
+    }
+    if (reply.isCheckpointAsked()) {
+      CheckpointAskedAway(slot, away);
+      return;
+    }
     if (reply.isError()) {
       Apply(slot, away, away->protocol.Refused(relay, reply.getError().getMessage().cStr()));
       return;

@@ -27,7 +27,8 @@ std::string Record::Serialize() const {
                      StateName(state), home_pid, where, relay, migrations, attach_due_ms,
                      waiting ? 1 : 0,
                      fmt::format("{},{},{},{}", announced.where, announced.frozen_ms,
-                                 announced.total_ms, announced.image_bytes));
+                                 announced.total_ms, announced.image_bytes)) +
+         (generation ? fmt::format(" generation={}", generation) : "");
 }
 
 Record Record::Parse(const std::string& line) {
@@ -58,6 +59,9 @@ Record Record::Parse(const std::string& line) {
         record.attach_due_ms = std::stoll(value);
       } else if (key == "waiting") {
         record.waiting = value == "1";
+      } else if (key == "generation") {
+        record.generation = static_cast<uint32_t>(std::stoul(value));
+        --seen;  // optional: only a restarted job has one
       } else if (key == "moved") {
         std::istringstream parts(value);
         std::string part;

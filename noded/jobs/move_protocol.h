@@ -59,6 +59,9 @@ struct Record {
   int64_t attach_due_ms = 0;
   bool waiting = false;   // someone waits to hear how the asked move ends
   MoveOutcome announced;  // kAnnounced: the old node's figures, given once the job arrives
+  // Which run of the job this is: raised each time it is restarted from a checkpoint, so
+  // that a copy of an older run (on a node that was lost and came back) is refused.
+  uint32_t generation = 0;
 
   bool operator==(const Record&) const = default;
   // One line of text and back, for a journal; Parse throws Error(kInvalidInput).
@@ -89,6 +92,7 @@ class Protocol {
   static Protocol Reloaded(const Record& saved, int64_t now_ms);
 
   const Record& record() const { return record_; }
+  void SetGeneration(uint32_t generation) { record_.generation = generation; }
   State state() const { return record_.state; }
   bool ended() const { return record_.state == State::kEnded; }
   // Whether the job may arrive now (an attach, or coming home).

@@ -322,6 +322,17 @@ TEST(MoveProtocol, RecordsReadBackAsTheyWereWritten) {
                Error);
 }
 
+// A job restarted from a checkpoint is a new run: its generation goes with its record, and
+// a record without one (never restarted) reads as run 0.
+TEST(MoveProtocol, TheGenerationOfARestartedJobIsKept) {
+  Protocol protocol = Running();
+  protocol.SetGeneration(3);
+  EXPECT_EQ(Record::Parse(protocol.record().Serialize()).generation, 3u);
+  EXPECT_EQ(Record::Parse(protocol.record().Serialize()), protocol.record());
+  EXPECT_EQ(Record::Parse(Running().record().Serialize()).generation, 0u);
+  EXPECT_THROW(Record::Parse("state=running pid=1 generation=2"), Error);  // incomplete
+}
+
 // A daemon restart at every step: the record is saved, read back, and the machine says
 // what it means now. Everything that ran somewhere waits for its node to attach again,
 // within the timeout, and nobody waits for an answer any more.

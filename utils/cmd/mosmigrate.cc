@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
   bool is_node = false;
   app.add_option("node", target,
                  "where to: a node, home, freeze (to disk at home), continue (a frozen job), "
-                 "or checkpoint FILE (write its images and let it run on)")
+                 "or checkpoint [DIR] (write its images and let it run on; without DIR, one "
+                 "more in the job's own checkpoint directory, mosrun -C)")
       ->required();
   app.add_option("file", path, "for checkpoint: a directory to create for the images");
   app.add_flag("--node", is_node,
@@ -40,10 +41,8 @@ int main(int argc, char** argv) {
     if (target == "continue") verb = Verb::kContinue;
     if (target == "checkpoint") verb = Verb::kCheckpoint;
   }
-  if ((verb == Verb::kCheckpoint) != !path.empty()) {
-    std::fprintf(stderr, "mosmigrate: %s\n",
-                 path.empty() ? "checkpoint needs a directory to create for the images"
-                              : "only checkpoint takes a directory");
+  if (verb != Verb::kCheckpoint && !path.empty()) {
+    std::fprintf(stderr, "mosmigrate: only checkpoint takes a directory\n");
     return 2;
   }
   try {
@@ -67,8 +66,9 @@ int main(int argc, char** argv) {
           migrate.setContinue();
           break;
         case Verb::kCheckpoint:
-          migrate.setCheckpoint(
-              path[0] != '/' && getcwd(cwd, sizeof cwd) ? std::string(cwd) + "/" + path : path);
+          migrate.setCheckpoint(!path.empty() && path[0] != '/' && getcwd(cwd, sizeof cwd)
+                                    ? std::string(cwd) + "/" + path
+                                    : path);
           break;
       }
     };
@@ -89,7 +89,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (verb == Verb::kCheckpoint) {
-      fmt::print("job {} runs on; its checkpoint is in {} ({:.1f} MiB)\n", pid, path, mib);
+      fmt::print("job {} runs on; its checkpoint is in {} ({:.1f} MiB)\n", pid,
+                 path.empty() ? migrated.getWhere().cStr() : path, mib);
       return 0;
     }
     fmt::print("job {} now runs on {} (frozen {} ms, {} ms in all, {:.1f} MiB of images)\n", pid,

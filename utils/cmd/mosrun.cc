@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include <capnp/message.h>
+#include <fmt/format.h>
 
 #include "control_client.h"
 #include "elf_info.h"
@@ -37,12 +39,19 @@ struct Options {
   bool best = false;
   bool locked = false;
   uint32_t min_free_mb = 0;
+  std::string checkpoint_dir;  // -C, absolute
+  uint64_t checkpoint_every_ms = 0;
+  uint32_t checkpoint_keep = 0;
+  int checkpoint_signal = 0;
+  std::string restart_dir;  // -R, absolute
   std::vector<std::string> argv;
 };
 
 [[noreturn]] void Usage(int status) {
   fprintf(status ? stderr : stdout,
-          "usage: mosrun [-h | -r NODE | -b] [-m MB] [-L | -l] PROGRAM [ARGS...]\n"
+          "usage: mosrun [-h | -r NODE | -b] [-m MB] [-L | -l]\n"
+          "              [-C DIR [-A MIN] [-N MAX] [-S SIG]] PROGRAM [ARGS...]\n"
+          "       mosrun -R DIR [-r NODE | -b] [-A MIN] [-N MAX]\n"
           "Runs PROGRAM as a Homeward job whose home is this node.\n"
           "  -h        keep the job at home (never migrate it)\n"
           "  -r NODE   start the job on NODE\n"
@@ -50,16 +59,89 @@ struct Options {
           "  -m MB     only on nodes with MB megabytes of free memory, at start and when moved\n"
           "  -L        never move the job automatically (mosmigrate still moves it)\n"
           "  -l        let the balancer move the job (the default)\n"
+          "  -C DIR    write the job's checkpoints into DIR (made if missing), each in a new\n"
+          "            directory ckpt-N that appears only once complete\n"
+          "  -A MIN    take a checkpoint every MIN minutes (a fraction too: -A 0.05 is 3 s)\n"
+          "  -N MAX    keep only the newest MAX checkpoints (default: all)\n"
+          "  -S SIG    the signal SIG (a number or a name such as USR1), delivered to the\n"
+          "            job's main process, takes a checkpoint instead\n"
+          "  -R DIR    restart the job from the newest good checkpoint in DIR, at home (then\n"
+          "            on NODE with -r, on the best node with -b), its output to this\n"
+          "            mosrun; it goes on checkpointing into DIR\n"
           "  --help    show this help\n");
   exit(status);
+}
+
+// `path` made absolute against the current directory (the daemon has its own).
+std::string AbsolutePath(const char* path) {
+  std::string text = path;
+  if (text.empty()) {
+    fprintf(stderr, "mosrun: an empty directory name\n");
+    exit(2);
+  }
+  if (text[0] == '/') return text;
+  char cwd[PATH_MAX];
+  if (!getcwd(cwd, sizeof cwd)) {
+    fprintf(stderr, "mosrun: cannot tell the current directory: %s\n", strerror(errno));
+    exit(2);
+  }
+  return std::string(cwd) + "/" + text;
+}
+
+// A signal by number or name (USR1, SIGUSR1).
+int SignalNumber(const char* text) {
+  char* end = nullptr;
+  long number = strtol(text, &end, 10);
+  if (end != text && !*end && number > 0 && number < NSIG && number != SIGKILL &&
+      number != SIGSTOP) {
+    return static_cast<int>(number);
+  }
+  std::string name = text;
+  if (name.rfind("SIG", 0) == 0) name = name.substr(3);
+  for (int sig = 1; sig < NSIG; ++sig) {
+    const char* abbrev = sigabbrev_np(sig);
+    if (abbrev && name == abbrev && sig != SIGKILL && sig != SIGSTOP) return sig;
+  }
+  fprintf(stderr, "mosrun: -S takes a signal a program can catch, not '%s'\n", text);
+  exit(2);
 }
 
 Options Parse(int argc, char** argv) {
   Options options;
   static const option kLong[] = {{"help", no_argument, nullptr, 'H'}, {}};
   int c;
-  while ((c = getopt_long(argc, argv, "+hr:bm:Ll", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "+hr:bm:LlC:A:N:S:R:", kLong, nullptr)) != -1) {
     switch (c) {
+      case 'C':
+        options.checkpoint_dir = AbsolutePath(optarg);
+        break;
+      case 'R':
+        options.restart_dir = AbsolutePath(optarg);
+        break;
+      case 'A': {
+        char* end = nullptr;
+        double minutes = strtod(optarg, &end);
+        if (end == optarg || *end || !(minutes > 0) || minutes * 60000 < 1000 || minutes > 1e9) {
+          fprintf(stderr, "mosrun: -A takes minutes (a second or more), not '%s'\n", optarg);
+          exit(2);
+        }
+        options.checkpoint_every_ms = static_cast<uint64_t>(minutes * 60000 + 0.5);
+        break;
+      }
+      case 'N': {
+        char* end = nullptr;
+        errno = 0;
+        unsigned long keep = strtoul(optarg, &end, 10);
+        if (errno || end == optarg || *end || keep == 0 || keep > UINT32_MAX || optarg[0] == '-') {
+          fprintf(stderr, "mosrun: -N takes a positive number of checkpoints, not '%s'\n", optarg);
+          exit(2);
+        }
+        options.checkpoint_keep = static_cast<uint32_t>(keep);
+        break;
+      }
+      case 'S':
+        options.checkpoint_signal = SignalNumber(optarg);
+        break;
       case 'h':
         options.keep_home = true;
         break;
@@ -97,6 +179,21 @@ Options Parse(int argc, char** argv) {
     exit(2);
   }
   for (int i = optind; i < argc; ++i) options.argv.emplace_back(argv[i]);
+  if (!options.restart_dir.empty()) {
+    if (!options.argv.empty() || !options.checkpoint_dir.empty() || options.checkpoint_signal ||
+        options.keep_home) {
+      fprintf(stderr,
+              "mosrun: -R restarts the job its checkpoints hold: it takes no program and no "
+              "-C, -S or -h\n");
+      exit(2);
+    }
+    return options;
+  }
+  if (options.checkpoint_dir.empty() &&
+      (options.checkpoint_every_ms || options.checkpoint_keep || options.checkpoint_signal)) {
+    fprintf(stderr, "mosrun: -A, -N and -S need a checkpoint directory: -C DIR\n");
+    exit(2);
+  }
   if (options.argv.empty()) Usage(2);
   return options;
 }
@@ -160,7 +257,11 @@ void RefuseStaticAway(const Options& options) {
 }
 
 int Run(const Options& options) {
-  RefuseStaticAway(options);
+  if (options.restart_dir.empty()) RefuseStaticAway(options);
+  if (!options.checkpoint_dir.empty() && mkdir(options.checkpoint_dir.c_str(), 0700) != 0 &&
+      errno != EEXIST) {
+    throw SystemError(errno, fmt::format("cannot create {}", options.checkpoint_dir));
+  }
   char cwd[PATH_MAX];
   if (!getcwd(cwd, sizeof cwd)) {
     throw SystemError(errno, "cannot tell the current directory");
@@ -176,21 +277,35 @@ int Run(const Options& options) {
   std::string socket = ControlSocketPath();
   ControlClient client = ControlClient::Connect(socket);
   int fd = client.fd();
-  Send(fd, [&](auto request) {
-    auto spec = request.initStartJob();
-    auto argv = spec.initArgv(static_cast<unsigned>(options.argv.size()));
-    for (unsigned i = 0; i < options.argv.size(); ++i) argv.set(i, options.argv[i]);
-    std::vector<std::string> env;
-    for (char** e = environ; *e; ++e) env.emplace_back(*e);
-    auto env_list = spec.initEnv(static_cast<unsigned>(env.size()));
-    for (unsigned i = 0; i < env.size(); ++i) env_list.set(i, env[i]);
-    spec.setCwd(cwd);
-    spec.setWhere(options.where);
-    spec.setKeepHome(options.keep_home);
-    spec.setPlaceBest(options.best);
-    spec.setMinFreeMb(options.min_free_mb);
-    spec.setLocked(options.locked);
-  });
+  if (!options.restart_dir.empty()) {
+    Send(fd, [&](auto request) {
+      auto spec = request.initRestartJob();
+      spec.setDir(options.restart_dir);
+      spec.setCheckpointEveryMs(options.checkpoint_every_ms);
+      spec.setCheckpointKeep(options.checkpoint_keep);
+      spec.setWhere(options.where);
+      spec.setPlaceBest(options.best);
+    });
+  } else
+    Send(fd, [&](auto request) {
+      auto spec = request.initStartJob();
+      auto argv = spec.initArgv(static_cast<unsigned>(options.argv.size()));
+      for (unsigned i = 0; i < options.argv.size(); ++i) argv.set(i, options.argv[i]);
+      std::vector<std::string> env;
+      for (char** e = environ; *e; ++e) env.emplace_back(*e);
+      auto env_list = spec.initEnv(static_cast<unsigned>(env.size()));
+      for (unsigned i = 0; i < env.size(); ++i) env_list.set(i, env[i]);
+      spec.setCwd(cwd);
+      spec.setWhere(options.where);
+      spec.setKeepHome(options.keep_home);
+      spec.setPlaceBest(options.best);
+      spec.setMinFreeMb(options.min_free_mb);
+      spec.setLocked(options.locked);
+      spec.setCheckpointDir(options.checkpoint_dir);
+      spec.setCheckpointEveryMs(options.checkpoint_every_ms);
+      spec.setCheckpointKeep(options.checkpoint_keep);
+      spec.setCheckpointSignal(options.checkpoint_signal);
+    });
 
   FrameDecoder decoder(kMaxControlFrameBytes);
   bool stdin_open = true;
@@ -320,8 +435,15 @@ int Run(const Options& options) {
             fprintf(stderr, "mosrun: %s\n", error.getMessage().cStr());
             return 255;
           }
+          case schema::ControlReply::JOB_STARTED: {
+            auto started = reply.getJobStarted();
+            if (started.hasRestartedFrom() && started.getRestartedFrom().size() > 0) {
+              fprintf(stderr, "mosrun: job restarted from %s\n", started.getRestartedFrom().cStr());
+            }
+            break;
+          }
           default:
-            break;  // jobStarted, and what later versions add
+            break;  // what later versions add
         }
       }
     }

@@ -51,6 +51,9 @@ struct ControlRequest {
     # only the bytes it has not had, so bytes resent after a move are never doubled.
     jobInputEndAt @14 :UInt64;
     # mosrun's stdin ended after this many bytes: the job's stdin closes once it has them.
+    restartJob @15 :RestartSpec;
+    # mosrun -R: restart a job of the caller from the newest good checkpoint in a directory
+    # (mosrun -C). The connection then becomes the job's relay, as for startJob.
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
   }
@@ -77,10 +80,21 @@ struct ControlReply {
     # From the job's node: the job's stdin has every byte of input before this offset
     # (written to the pipe). mosrun keeps the bytes from there on, at most inputWindow.
     jobInputResume @12 :InputResume;
+    checkpointed @13 :Checkpointed;
+    # From the node a job away runs on, on the job's relay: how the checkpoint its home
+    # asked for (migrateJob with checkpointAway) went.
+    checkpointAsked @14 :Void;
+    # From the node a job away runs on: the job asked for a checkpoint (mosrun -S).
     # From the job's node, once the job arrived there (restored after a move, or
     # continued): its input goes on from `offset`; mosrun sends again what it holds from
     # there, and its end of input unless `ended`.
   }
+}
+
+struct Checkpointed {
+  path @0 :Text;
+  # The checkpoint written, or empty when it failed.
+  error @1 :Text;
 }
 
 struct InputChunk {
@@ -157,12 +171,34 @@ struct JobSpec {
   # Only on nodes with this much free memory, at start and when moved (mosrun -m).
   locked @7 :Bool;
   # Never move the job automatically (mosrun -L); by hand it still moves.
+  checkpointDir @8 :Text;
+  # Where the job's checkpoints go (mosrun -C, absolute); empty: none.
+  checkpointEveryMs @9 :UInt64;
+  # Take one every this many milliseconds (mosrun -A); 0: only on demand.
+  checkpointKeep @10 :UInt32;
+  # Keep the newest this many (mosrun -N); 0: keep all.
+  checkpointSignal @11 :Int32;
+  # A signal that, delivered to the job's main process, takes a checkpoint (mosrun -S).
+}
+
+struct RestartSpec {
+  dir @0 :Text;
+  # The job's checkpoint directory (absolute).
+  checkpointEveryMs @1 :UInt64;
+  checkpointKeep @2 :UInt32;
+  # Overrides of what the checkpoint recorded; 0 keeps it.
+  where @3 :Text;
+  placeBest @4 :Bool;
+  # Once restarted at home, move the job to this node (mosrun -R -r NODE), or to the node
+  # where it gets the most CPU (-b).
 }
 
 struct JobStarted {
   homePid @0 :Int32;
   # The id the user knows the job by: the pid of its mosrun at home.
   where @1 :Text;
+  restartedFrom @2 :Text;
+  # For a restarted job: which checkpoint it goes on from, and when that was taken.
 }
 
 struct JobOutput {
@@ -226,12 +262,16 @@ struct GuestSpec {
   reattach @6 :Bool;
   # The job comes from a node other than its home: once restored, its new node connects
   # to the home (attachGuest) and that connection becomes the job's relay.
+  generation @8 :UInt32;
+  # Which run of the job: raised by each restart from a checkpoint (move::Record).
 }
 
 struct AttachGuest {
   homePid @0 :Int32;
   node @1 :Text;
   # The node the job now runs on.
+  generation @2 :UInt32;
+  # The run of the job this copy belongs to: a copy of an older run is refused.
 }
 
 struct JobIdentity {
@@ -270,8 +310,20 @@ struct MigrateRequest {
     continue @4 :Void;
     # Restore a frozen job at home.
     checkpoint @5 :Text;
-    # Write the job's images to this directory (absolute, must not exist) and let it run on.
+    # Write the job's images to this directory (absolute, must not exist) and let it run on;
+    # empty: add one to the job's checkpoint directory (mosrun -C).
+    checkpointAway @6 :CheckpointAway;
+    # On a guest's relay, from its home: add a checkpoint to the job's checkpoint directory
+    # (a path of the home's tree), written through homefs with the user's rights; answered
+    # on the relay with checkpointed.
   }
+}
+
+struct CheckpointAway {
+  dir @0 :Text;
+  keep @1 :UInt32;
+  everyMs @2 :UInt64;
+  signal @3 :Int32;
 }
 
 struct Migrated {

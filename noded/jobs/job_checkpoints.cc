@@ -1,0 +1,648 @@
+// A job's checkpoint directory (mosrun -C): checkpoints on demand (mosmigrate PID
+// checkpoint), every -A minutes, or when the job asks (mosrun -S); and restarting a job
+// from the newest good one (mosrun -R). See "Checkpoints and recovery" in
+// docs/ARCHITECTURE.md.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+
+#include "c_boundary.h"
+#include "checkpoint_store.h"
+#include "job_registry.h"
+#include "job_replies.h"
+#include "migration.h"
+#include "uv_error.h"
+#include "uv_work.h"
+
+namespace homeward {
+
+namespace {
+
+constexpr uint64_t kCheckpointTickMs = 200;
+
+// A checkpoint found, checked, copied and restored at home, or why not.
+struct RestoredFromDir {
+  CheckpointManifest manifest;
+  std::optional<RestoredHere> restored;
+  std::string error;
+  ErrorKind kind = ErrorKind::kFailed;
+};
+
+// Blocks: for libuv's thread pool. `copy` is a fresh root-only directory; removed after.
+void RestoreFromDir(RestoredFromDir& out, const std::string& dir, const FsIdentity& who,
+                    bool any_user, const std::vector<uint8_t>& key, const std::string& copy,
+                    const std::string& init_path, const FaultPoints& faults) {
+  try {
+    out.manifest = CopyNewestCheckpoint(dir, who, any_user, key, copy);
+    out.restored = RestoreHere(copy, out.manifest.pipes, "/", init_path, faults);
+  } catch (const Error& e) {
+    out.error = e.what();
+    out.kind = e.kind();
+  } catch (const std::exception& e) {
+    out.error = e.what();
+  }
+  migrate::RemoveImageDir(copy);
+}
+
+std::string UtcTime(int64_t unix_ms) {
+  time_t seconds = static_cast<time_t>(unix_ms / 1000);
+  tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[64];
+  strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S UTC", &utc);
+  return text;
+}
+
+}  // namespace
+
+CheckpointPlan JobRegistry::PlanFrom(schema::JobSpec::Reader spec) {
+  CheckpointPlan plan;
+  plan.dir = spec.getCheckpointDir();
+  plan.every_ms = static_cast<int64_t>(spec.getCheckpointEveryMs());
+  plan.keep = spec.getCheckpointKeep();
+  plan.signal = spec.getCheckpointSignal();
+  if (plan.dir.empty()) {
+    if (plan.every_ms || plan.keep || plan.signal) {
+      Fail(ErrorKind::kInvalidInput, "-A, -N and -S need a checkpoint directory (mosrun -C DIR)");
+    }
+    return plan;
+  }
+  if (plan.dir[0] != '/') {
+    Fail(ErrorKind::kInvalidInput, "the checkpoint directory must be an absolute path, not '{}'",
+         plan.dir);
+  }
+  if (plan.every_ms != 0 && plan.every_ms < 1000) {
+    Fail(ErrorKind::kInvalidInput, "checkpoints at most once a second, not every {} ms",
+         plan.every_ms);
+  }
+  if (plan.signal < 0 || plan.signal >= 65 || plan.signal == SIGKILL || plan.signal == SIGSTOP) {
+    Fail(ErrorKind::kInvalidInput, "{} is not a signal a job can ask for a checkpoint with",
+         plan.signal);
+  }
+  return plan;
+}
+
+void JobRegistry::PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan) {
+  if (plan.dir.empty()) {
+    checkpoint_plans_.erase(slot);
+    return;
+  }
+  PlannedCheckpoints& planned = checkpoint_plans_[slot];
+  planned = {};
+  planned.home_pid = owner.home_pid;
+  planned.owner = {owner.uid, owner.gid, owner.groups};
+  planned.plan = plan;
+  if (plan.every_ms > 0) planned.next_ms = static_cast<int64_t>(uv_now(loop_)) + plan.every_ms;
+}
+
+void JobRegistry::StartCheckpointTimer() {
+  CheckUv(uv_timer_init(loop_, checkpoint_timer_.get()), "checkpoint timer");
+  checkpoint_timer_.get()->data = this;
+  CheckUv(uv_timer_start(
+              checkpoint_timer_.get(),
+              [](uv_timer_t* timer) {
+                GuardedCall("periodic checkpoints",
+                            [timer] { static_cast<JobRegistry*>(timer->data)->CheckpointTick(); });
+              },
+              kCheckpointTickMs, kCheckpointTickMs),
+          "checkpoint timer");
+}
+
+void JobRegistry::CheckpointTick() {
+  int64_t now = static_cast<int64_t>(uv_now(loop_));
+  for (auto it = checkpoint_plans_.begin(); it != checkpoint_plans_.end();) {
+    auto entry = jobs_.find(it->first);
+    pid_t home_pid = entry == jobs_.end() ? 0
+                     : entry->second.here ? entry->second.here->home_pid()
+                     : entry->second.away ? entry->second.away->home_pid()
+                                          : 0;
+    // A mosmigrate waiting for the node of a job away hears once the job is gone, or its
+    // node never answered; a job back home has left that node's answer behind.
+    bool away = entry != jobs_.end() && entry->second.away && !entry->second.away->frozen;
+    PlannedCheckpoints& planned = it->second;
+    bool overdue = planned.busy_until_ms && now > planned.busy_until_ms;
+    if (planned.busy_until_ms && (home_pid != planned.home_pid || overdue || !away)) {
+      if (planned.waiter) {
+        planned.waiter->SendError(
+            Error(ErrorKind::kDisconnected, "checkpoint failed: the job's node did not answer"));
+        planned.waiter.reset();
+      }
+      planned.busy = false;
+      planned.busy_until_ms = 0;
+    }
+    if (home_pid != planned.home_pid) {
+      it = checkpoint_plans_.erase(it);  // the job has ended
+      continue;
+    }
+    bool due = planned.plan.every_ms > 0 && now >= planned.next_ms;
+    // A job running at home is dumped here, one away by its node; a job frozen or moving
+    // waits for its next turn.
+    int slot = it->first;
+    ++it;
+    if (!due || planned.busy) continue;
+    try {
+      if (entry->second.here && entry->second.here->state() == JobState::RUNNING) {
+        planned.next_ms = now + planned.plan.every_ms;
+        CheckpointToPlan(slot, entry->second.here, nullptr);
+      } else if (entry->second.away && !entry->second.away->frozen &&
+                 entry->second.away->protocol.record().state == move::State::kRunning) {
+        planned.next_ms = now + planned.plan.every_ms;
+        AskCheckpointAway(slot, entry->second.away, nullptr);
+      }
+    } catch (const Error& e) {
+      spdlog::warn("job {}: no checkpoint: {}", home_pid, e.what());
+    }
+  }
+}
+
+void JobRegistry::CheckpointAskedAway(int slot, const std::shared_ptr<Away>& away) {
+  auto it = checkpoint_plans_.find(slot);
+  if (it == checkpoint_plans_.end() || it->second.busy) return;  // none, or one under way
+  try {
+    AskCheckpointAway(slot, away, nullptr);
+  } catch (const Error& e) {
+    spdlog::warn("job {}: no checkpoint: {}", away->home_pid(), e.what());
+  }
+}
+
+void JobRegistry::CheckpointRequested(const std::shared_ptr<Job>& job) {
+  if (job->launch().guest) {
+    // The job's home keeps its checkpoint plan: it asks this node for the checkpoint.
+    capnp::MallocMessageBuilder message;
+    message.initRoot<schema::ControlReply>().setCheckpointAsked();
+    job->relay().Send(message);
+    return;
+  }
+  for (auto& [slot, entry] : jobs_) {
+    if (entry.here != job) continue;
+    auto plan = checkpoint_plans_.find(slot);
+    if (plan == checkpoint_plans_.end() || plan->second.busy) return;  // one is under way
+    try {
+      CheckpointToPlan(slot, job, nullptr);
+    } catch (const Error& e) {
+      spdlog::warn("job {}: no checkpoint: {}", job->home_pid(), e.what());
+    }
+    return;
+  }
+}
+
+void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
+                                   std::shared_ptr<ReplySender> reply) {
+  auto it = checkpoint_plans_.find(slot);
+  if (it == checkpoint_plans_.end() || it->second.home_pid != job->home_pid()) {
+    Fail(ErrorKind::kInvalidInput,
+         "job {} has no checkpoint directory (mosrun -C DIR); name one: mosmigrate {} "
+         "checkpoint DIR",
+         job->home_pid(), job->home_pid());
+  }
+  if (it->second.busy) {
+    Fail(ErrorKind::kOverloaded, "job {} is being checkpointed; try again", job->home_pid());
+  }
+  const CheckpointPlan& plan = it->second.plan;
+  CheckpointManifest manifest;
+  manifest.launch = job->launch();
+  manifest.launch.checkpoint = plan;
+  manifest.launch.input = {};
+  manifest.pipes = job->pipe_roles();
+  FsIdentity who = it->second.owner;
+  auto key = CheckpointKey(config_.cluster_key);
+  std::string work_root = config_.state_dir + "/criu-work";
+  auto written = std::make_shared<WrittenCheckpoint>();
+  pid_t home_pid = job->home_pid();
+  it->second.busy = true;
+  // Shown as migrating meanwhile: a move or freeze waits until the dump is done.
+  job->set_migrating(true);
+  try {
+    DumpOffLoop(
+        job, migrate::AfterDump::kRun,
+        [plan, who, key, manifest, work_root, home_pid, written](pid_t init,
+                                                                 migrate::DumpOptions options) {
+          *written = WriteCheckpoint(
+              plan.dir, who, plan.keep, key, manifest, [&](const std::string& image_dir) {
+                // criu's log and scratch stay in root's own state directory.
+                ::mkdir(work_root.c_str(), 0700);
+                std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
+                HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
+                options.work_dir = work;
+                try {
+                  auto result = migrate::Dump(init, image_dir, options);
+                  migrate::RemoveImageDir(work);
+                  return result;
+                } catch (...) {
+                  migrate::RemoveImageDir(work);
+                  throw;
+                }
+              });
+          return written->dump;
+        },
+        [this, slot, job, home_pid, written, reply](const DumpOutcome& result) {
+          job->set_migrating(false);
+          auto planned = checkpoint_plans_.find(slot);
+          if (planned != checkpoint_plans_.end() && planned->second.home_pid == home_pid) {
+            planned->second.busy = false;
+          }
+          if (!result.error.empty()) {
+            spdlog::warn("job {}: checkpoint failed: {}", home_pid, result.error);
+            if (reply) {
+              reply->SendError(
+                  Error(result.kind, fmt::format("checkpoint failed: {}", result.error)));
+            }
+            return;
+          }
+          spdlog::info("job {}: checkpoint {} written to {} ({} bytes)", home_pid, written->number,
+                       written->path, result.dump.image_bytes);
+          if (!reply) return;
+          MoveOutcome outcome;
+          outcome.where = written->path;
+          outcome.frozen_ms = static_cast<uint64_t>(result.dump.frozen_time.count() / 1000);
+          outcome.image_bytes = result.dump.image_bytes;
+          capnp::MallocMessageBuilder message;
+          BuildMigrated(message, outcome);
+          reply->Send(message);
+        });
+  } catch (...) {
+    it->second.busy = false;
+    job->set_migrating(false);
+    throw;
+  }
+}
+
+void JobRegistry::AskCheckpointAway(int slot, const std::shared_ptr<Away>& away,
+                                    std::shared_ptr<ReplySender> reply) {
+  auto it = checkpoint_plans_.find(slot);
+  if (it == checkpoint_plans_.end() || it->second.home_pid != away->home_pid()) {
+    Fail(ErrorKind::kInvalidInput,
+         "job {} has no checkpoint directory (mosrun -C DIR); it runs on {}: mosmigrate {} home "
+         "first to checkpoint it into another directory",
+         away->home_pid(), away->where(), away->home_pid());
+  }
+  if (it->second.busy) {
+    Fail(ErrorKind::kOverloaded, "job {} is being checkpointed; try again", away->home_pid());
+  }
+  if (away->protocol.record().state != move::State::kRunning) {
+    Fail(ErrorKind::kOverloaded, "job {} is moving; try again", away->home_pid());
+  }
+  const CheckpointPlan& plan = it->second.plan;
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<schema::ControlRequest>();
+  root.setVersion(schema::CONTROL_VERSION);
+  auto migrate = root.initMigrateJob();
+  migrate.setHomePid(away->home_pid());
+  auto ask = migrate.initCheckpointAway();
+  ask.setDir(plan.dir);
+  ask.setKeep(plan.keep);
+  ask.setEveryMs(static_cast<uint64_t>(plan.every_ms));
+  ask.setSignal(plan.signal);
+  away->peer.Send(message);
+  it->second.busy = true;
+  it->second.busy_until_ms = static_cast<int64_t>(uv_now(loop_)) + 10 * 60 * 1000;
+  it->second.waiter = std::move(reply);
+}
+
+void JobRegistry::CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
+                                   schema::Checkpointed::Reader report) {
+  std::string path = report.getPath();
+  std::string error = report.getError();
+  if (error.empty()) {
+    spdlog::info("job {}: checkpoint {} written by node {}", away->home_pid(), path, away->where());
+  } else {
+    spdlog::warn("job {}: checkpoint on node {} failed: {}", away->home_pid(), away->where(),
+                 error);
+  }
+  auto it = checkpoint_plans_.find(slot);
+  if (it == checkpoint_plans_.end() || it->second.home_pid != away->home_pid()) return;
+  it->second.busy = false;
+  it->second.busy_until_ms = 0;
+  auto waiter = std::move(it->second.waiter);
+  if (!waiter) return;
+  if (!error.empty()) {
+    waiter->SendError(Error(ErrorKind::kFailed, fmt::format("checkpoint failed: {}", error)));
+    return;
+  }
+  MoveOutcome outcome;
+  outcome.where = path;
+  capnp::MallocMessageBuilder message;
+  BuildMigrated(message, outcome);
+  waiter->Send(message);
+}
+
+void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
+                                  schema::CheckpointAway::Reader request) {
+  CheckpointPlan plan;
+  plan.dir = request.getDir();
+  plan.keep = request.getKeep();
+  plan.every_ms = static_cast<int64_t>(request.getEveryMs());
+  plan.signal = request.getSignal();
+  auto answer = [job](const std::string& path, const std::string& error) {
+    capnp::MallocMessageBuilder message;
+    auto report = message.initRoot<schema::ControlReply>().initCheckpointed();
+    report.setPath(path);
+    report.setError(error);
+    job->relay().Send(message);
+  };
+  if (plan.dir.empty() || plan.dir[0] != '/' || plan.dir.find("/../") != std::string::npos) {
+    answer("", fmt::format("'{}' is not a checkpoint directory", plan.dir));
+    return;
+  }
+  if (JobState state = job->state(); state != JobState::RUNNING) {
+    answer("", fmt::format("the job is {}", JobStateName(state)));
+    return;
+  }
+  CheckpointManifest manifest;
+  manifest.launch = job->launch();
+  manifest.launch.checkpoint = plan;
+  manifest.launch.input = {};
+  manifest.pipes = job->pipe_roles();
+  const JobIdentity& id = manifest.launch.identity;
+  FsIdentity who{id.uid, id.gid, id.groups};
+  // The directory is a path of the home's tree, which this node sees through homefs.
+  std::string local_dir = job->launch().root + plan.dir;
+  auto key = CheckpointKey(config_.cluster_key);
+  std::string work_root = config_.state_dir + "/criu-work";
+  pid_t home_pid = job->home_pid();
+  auto written = std::make_shared<WrittenCheckpoint>();
+  job->set_migrating(true);
+  try {
+    DumpOffLoop(
+        job, migrate::AfterDump::kRun,
+        [local_dir, who, keep = plan.keep, key, manifest, work_root, home_pid, written](
+            pid_t init, migrate::DumpOptions options) {
+          // The dump goes to root's own state directory first, criu's log beside it.
+          ::mkdir(work_root.c_str(), 0700);
+          std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
+          HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
+          std::string images = fmt::format("{}/images-{}-XXXXXX", work_root, home_pid);
+          auto clean = [&] {
+            for (const auto& dir : {images, work}) {
+              try {
+                migrate::RemoveImageDir(dir);
+              } catch (const Error& e) {
+                spdlog::warn("{}", e.what());
+              }
+            }
+          };
+          migrate::DumpResult result;
+          try {
+            HW_SYSCALL(::mkdtemp(images.data()) ? 0 : -1, "create {}", images);
+            options.work_dir = work;
+            result = migrate::Dump(init, images, options);
+            *written = PublishCheckpoint(local_dir, who, keep, key, manifest, images);
+          } catch (...) {
+            clean();
+            throw;
+          }
+          clean();
+          return result;
+        },
+        [job, answer, dir = plan.dir, written](const DumpOutcome& result) {
+          job->set_migrating(false);
+          if (!result.error.empty()) {
+            spdlog::warn("guest {}: checkpoint failed: {}", job->home_pid(), result.error);
+            answer("", result.error);
+            return;
+          }
+          std::string path = fmt::format("{}/ckpt-{}", dir, written->number);
+          spdlog::info("guest {}: checkpoint written to {} at its home", job->home_pid(), path);
+          answer(path, "");
+        });
+  } catch (const Error& e) {
+    job->set_migrating(false);
+    answer("", e.what());
+  }
+}
+
+void JobRegistry::PlaceRestarted(int slot, const std::shared_ptr<Job>& job,
+                                 const std::string& where, bool best) {
+  pid_t home_pid = job->home_pid();
+  try {
+    std::string target = Place(job->launch(), where, best);
+    if (target.empty() || target == config_.name) return;
+    MoveFromHome(slot, job, target, [home_pid, target](const MoveOutcome& outcome) {
+      if (outcome.error.empty()) {
+        spdlog::info("job {}: restarted, now runs on {}", home_pid, target);
+      } else {
+        spdlog::warn("job {}: restarted at home; it stays there: {}", home_pid, outcome.error);
+      }
+    });
+  } catch (const Error& e) {
+    spdlog::warn("job {}: restarted at home; it stays there: {}", home_pid, e.what());
+  }
+}
+
+JobLaunch JobRegistry::RestartedLaunch(const CheckpointManifest& manifest) const {
+  JobLaunch launch = manifest.launch;
+  launch.home = config_.name;
+  launch.root.assign(1, '/');
+  launch.guest = false;
+  launch.reattach = false;
+  launch.init_path = init_path_;
+  launch.preload_path = preload_path_;
+  launch.input = {};
+  return launch;
+}
+
+bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const std::string& why) {
+  auto planned = checkpoint_plans_.find(slot);
+  if (planned == checkpoint_plans_.end() || planned->second.home_pid != away->home_pid() ||
+      !away->mosrun.open()) {
+    return false;
+  }
+  if (planned->second.waiter) {
+    planned->second.waiter->SendError(
+        Error(ErrorKind::kDisconnected, fmt::format("checkpoint failed: {}", why)));
+    planned->second.waiter.reset();
+  }
+  planned->second.busy = true;  // no periodic one meanwhile
+  planned->second.busy_until_ms = 0;
+  CheckpointPlan plan = planned->second.plan;
+  FsIdentity who = planned->second.owner;
+  pid_t home_pid = away->home_pid();
+  spdlog::warn("job {}: {}; restarting it at home from its newest checkpoint in {}", home_pid, why,
+               plan.dir);
+  away->peer.Close();  // the job's node, if it is still there, kills its copy
+  std::string work_root = config_.state_dir + "/restart";
+  ::mkdir(work_root.c_str(), 0700);
+  std::string copy = fmt::format("{}/job-{}-XXXXXX", work_root, home_pid);
+  auto outcome = std::make_shared<RestoredFromDir>();
+  std::string init_path = init_path_;
+  FaultPoints faults = faults_;
+  auto key = CheckpointKey(config_.cluster_key);
+  auto give_up = [this, slot, away, why](const std::string& reason) {
+    auto it = jobs_.find(slot);
+    if (it != jobs_.end() && it->second.away == away) jobs_.erase(it);
+    std::string message =
+        fmt::format("{}; it could not be restarted from a checkpoint: {}", why, reason);
+    spdlog::warn("job {}: {}", away->home_pid(), message);
+    SendExit(away->mosrun, 255, message);
+    away->mosrun.Close();
+  };
+  if (::mkdtemp(copy.data()) == nullptr) {
+    give_up(fmt::format("cannot create {}: {}", copy, strerror(errno)));
+    return true;
+  }
+  int status = QueueWork(
+      loop_,
+      [outcome, dir = plan.dir, who, key, copy, init_path, faults] {
+        RestoreFromDir(*outcome, dir, who, false, key, copy, init_path, faults);
+      },
+      [this, alive = alive_, slot, away, outcome, plan, why, give_up] {
+        if (!*alive) return;
+        auto it = jobs_.find(slot);
+        if (it == jobs_.end() || it->second.away != away || !away->mosrun.open()) {
+          outcome->restored.reset();  // its mosrun left meanwhile: killed and reaped
+          if (it != jobs_.end() && it->second.away == away) jobs_.erase(it);
+          return;
+        }
+        if (!outcome->error.empty()) {
+          give_up(outcome->error);
+          return;
+        }
+        JobLaunch launch = RestartedLaunch(outcome->manifest);
+        launch.identity.home_pid = away->home_pid();
+        launch.checkpoint = plan;
+        // A new run: a copy of the old one that comes back is refused (fencing).
+        launch.generation = std::max(launch.generation, away->protocol.record().generation) + 1;
+        auto weak_job = std::make_shared<std::weak_ptr<Job>>();
+        std::shared_ptr<Job> job;
+        try {
+          job = AdoptRestored(std::move(launch), away->mosrun, std::move(outcome->restored->init),
+                              std::move(outcome->restored->ends),
+                              [this, slot] { jobs_.erase(slot); });
+        } catch (const Error& e) {
+          outcome->restored.reset();
+          give_up(e.what());
+          return;
+        }
+        *weak_job = job;
+        away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
+        away->mosrun.PauseReading(false);
+        it->second.here = job;
+        it->second.away.reset();
+        auto planned = checkpoint_plans_.find(slot);
+        if (planned != checkpoint_plans_.end() && planned->second.home_pid == job->home_pid()) {
+          planned->second.busy = false;
+          if (plan.every_ms > 0) {
+            planned->second.next_ms = static_cast<int64_t>(uv_now(loop_)) + plan.every_ms;
+          }
+        }
+        std::string from =
+            fmt::format("checkpoint {} of {}, taken {}, at home ({})", outcome->manifest.number,
+                        plan.dir, UtcTime(outcome->manifest.taken_unix_ms), why);
+        spdlog::info("job {} restarted from {}", job->home_pid(), from);
+        capnp::MallocMessageBuilder message;
+        auto started = message.initRoot<schema::ControlReply>().initJobStarted();
+        started.setHomePid(job->home_pid());
+        started.setWhere(config_.name);
+        started.setRestartedFrom(from);
+        job->relay().Send(message);
+        if (on_change_) on_change_();
+      });
+  if (status < 0) {
+    migrate::RemoveImageDir(copy);
+    give_up(uv_strerror(status));
+  }
+  return true;
+}
+
+void JobRegistry::RestartJob(schema::RestartSpec::Reader spec, ReplySender reply) {
+  const Caller& caller = reply.caller();  // a local user: control_permissions.h
+  if (init_path_.empty()) {
+    Fail(ErrorKind::kFailed, "mosjob-init is missing beside mosnoded; the installation is broken");
+  }
+  std::string dir = spec.getDir();
+  if (dir.empty() || dir[0] != '/') {
+    Fail(ErrorKind::kInvalidInput, "the checkpoint directory must be an absolute path, not '{}'",
+         dir);
+  }
+  JobIdentity caller_id = JobIdentity::OfProcess(caller.pid, caller.uid, caller.gid);
+  FsIdentity who{caller_id.uid, caller_id.gid, caller_id.groups};
+  bool any_user = caller.uid == 0;
+  auto key = CheckpointKey(config_.cluster_key);
+  std::string work_root = config_.state_dir + "/restart";
+  ::mkdir(work_root.c_str(), 0700);
+  std::string copy = fmt::format("{}/job-{}-XXXXXX", work_root, caller.pid);
+  HW_SYSCALL(::mkdtemp(copy.data()) ? 0 : -1, "create {}", copy);
+  auto outcome = std::make_shared<RestoredFromDir>();
+  // The connection is the job's relay from now on; what mosrun sends (its input) waits,
+  // unread, until the job is there to take it.
+  auto weak_job = std::make_shared<std::weak_ptr<Job>>();
+  ControlStream relay = reply.OpenStream(RelayHandlersFor(weak_job));
+  relay.PauseReading(true);
+  std::string init_path = init_path_;
+  FaultPoints faults = faults_;
+  int status = QueueWork(
+      loop_,
+      [outcome, dir, who, any_user, key, copy, init_path, faults] {
+        RestoreFromDir(*outcome, dir, who, any_user, key, copy, init_path, faults);
+      },
+      [this, alive = alive_, outcome, relay, weak_job, dir, caller_id,
+       where = std::string(spec.getWhere()), best = spec.getPlaceBest(),
+       spec_every = spec.getCheckpointEveryMs(), spec_keep = spec.getCheckpointKeep()]() mutable {
+        if (!*alive) return;
+        if (!relay.open()) return;  // mosrun left: the restored job is killed and reaped
+        if (!outcome->error.empty()) {
+          SendExit(relay, 255, fmt::format("cannot restart from {}: {}", dir, outcome->error));
+          relay.Close();
+          return;
+        }
+        JobLaunch launch = RestartedLaunch(outcome->manifest);
+        launch.generation += 1;  // a new run of the job
+        // The new mosrun is the job's deputy now: mosps lists the job by its pid. The
+        // job's own processes keep the ids they had (see ARCHITECTURE.md).
+        launch.identity.home_pid = caller_id.home_pid;
+        launch.identity.home_ppid = caller_id.home_ppid;
+        launch.checkpoint.dir = dir;
+        if (spec_every) launch.checkpoint.every_ms = static_cast<int64_t>(spec_every);
+        if (spec_keep) launch.checkpoint.keep = spec_keep;
+        // Its shim keeps the pid base it had: the slot of that base when it is free.
+        int slot = static_cast<int>((launch.pid_base >> 22) - 1);
+        if (slot < 0 || slot >= kMaxJobs || jobs_.count(slot)) {
+          try {
+            slot = FreeSlot();
+          } catch (const Error& e) {
+            SendExit(relay, 255, e.what());
+            relay.Close();
+            return;
+          }
+        }
+        std::shared_ptr<Job> job;
+        CheckpointPlan plan = launch.checkpoint;
+        try {
+          job = AdoptRestored(std::move(launch), relay, std::move(outcome->restored->init),
+                              std::move(outcome->restored->ends),
+                              [this, slot] { jobs_.erase(slot); });
+        } catch (const Error& e) {
+          outcome->restored.reset();
+          SendExit(relay, 255, fmt::format("cannot take over the restarted job: {}", e.what()));
+          relay.Close();
+          return;
+        }
+        *weak_job = job;
+        relay.PauseReading(false);
+        jobs_[slot].here = job;
+        PlanCheckpoints(slot, job->launch().identity, plan);
+        std::string from = fmt::format("checkpoint {} of {}, taken {}", outcome->manifest.number,
+                                       dir, UtcTime(outcome->manifest.taken_unix_ms));
+        spdlog::info("job {} restarted from {}", job->home_pid(), from);
+        capnp::MallocMessageBuilder message;
+        auto started = message.initRoot<schema::ControlReply>().initJobStarted();
+        started.setHomePid(job->home_pid());
+        started.setWhere(config_.name);
+        started.setRestartedFrom(from);
+        relay.Send(message);
+        if (on_change_) on_change_();
+        if (!where.empty() || best) PlaceRestarted(slot, job, where, best);
+      });
+  if (status < 0) {
+    migrate::RemoveImageDir(copy);
+    Fail(ErrorKind::kFailed, "cannot start the restart: {}", uv_strerror(status));
+  }
+}
+
+}  // namespace homeward
