@@ -14,6 +14,7 @@
 
 #include "error.h"
 #include "peer_auth.h"
+#include "secure_channel.h"
 
 namespace homeward {
 
@@ -49,7 +50,7 @@ FileClient::~FileClient() {
   Stop();
 }
 
-Fd FileClient::Connect() {
+std::shared_ptr<SecureStream> FileClient::Connect() {
   auto connect_timeout = std::min(options_.timeout, std::chrono::milliseconds(5000));
   // A cut link shows as data left unacknowledged (or keepalive probes unanswered): the
   // kernel breaks the connection after the silence limit (soft: the timeout, and every
@@ -68,13 +69,15 @@ Fd FileClient::Connect() {
     ::setsockopt(tcp, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
     ::setsockopt(tcp, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
   };
-  Fd fd = PeerConnect(options_.host, options_.port, options_.key, "files", connect_timeout, tune);
+  // Read and written in place on the calling threads (secure_channel.h): no pump thread.
+  std::shared_ptr<SecureStream> fd =
+      PeerConnectStream(options_.host, options_.port, options_.key, "files", connect_timeout, tune);
   // The version check, before anything else is sent on this connection.
   capnp::MallocMessageBuilder hello;
   auto rq = hello.initRoot<schema::FileRequest>();
   rq.setVersion(schema::FILES_VERSION);
   rq.setOp(schema::FileOp::HELLO);
-  FrameStream stream(fd.get(), kMaxFrameBytes);
+  FrameStream stream(fd, kMaxFrameBytes);
   stream.Write(hello);
   auto reply = stream.Read();
   if (!reply) Fail(ErrorKind::kDisconnected, "{}: closed the connection", options_.host);
@@ -94,10 +97,9 @@ schema::Attr::Reader FileClient::Probe() {
 }
 
 void FileClient::Start() {
-  // A connection's encryption runs on a thread (secure_channel.h), and threads do not
-  // survive fork: when mosmount has daemonized since the probe, the probe's connection
-  // is closed and a new one made from this process.
-  if (first_.valid() && probe_pid_ != ::getpid()) first_.Reset();
+  // When mosmount has daemonized since the probe, the probe's connection (shared with
+  // the parent until it exited) is closed and a new one made from this process.
+  if (first_ && probe_pid_ != ::getpid()) first_.reset();
   owed_since_.reset();
   connection_thread_ = std::thread([this] { ConnectionLoop(); });
   timer_thread_ = std::thread([this] { TimerLoop(); });
@@ -129,8 +131,8 @@ void FileClient::ConnectionLoop() {
   auto backoff = std::chrono::milliseconds(100);
   bool was_connected = true;
   while (true) {
-    Fd fd = std::move(first_);
-    if (!fd.valid()) {
+    std::shared_ptr<SecureStream> fd = std::move(first_);
+    if (!fd) {
       {
         std::lock_guard lock(mutex_);
         if (stopping_) return;
@@ -147,12 +149,12 @@ void FileClient::ConnectionLoop() {
         continue;
       }
     }
-    auto stream = std::make_shared<FrameStream>(fd.get(), kMaxFrameBytes);
+    auto stream = std::make_shared<FrameStream>(fd, kMaxFrameBytes);
     {
       std::lock_guard lock(mutex_);
       if (stopping_) return;
       stream_ = stream;
-      fd_ = fd.get();
+      fd_ = fd->fd();
       ++generation_;
       owed_since_.reset();
     }
@@ -205,14 +207,17 @@ void FileClient::ConnectionLoop() {
       why = fmt::format("malformed message: {}", e.getDescription().cStr());
     }
     std::unordered_map<uint64_t, Pending> lost;
+    bool stopping;
     {
       std::lock_guard lock(mutex_);
       stream_.reset();
       fd_ = -1;
       owed_since_.reset();
       lost.swap(pending_);
+      stopping = stopping_;
     }
-    spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
+    // Stop breaks the connection on purpose (a cut, to the stream): nothing to warn of.
+    if (!stopping) spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
     FailAll(std::move(lost));
   }
 }

@@ -116,18 +116,18 @@ class FileClient {
   };
   void ConnectionLoop();
   void TimerLoop();
-  Fd Connect();
+  std::shared_ptr<SecureStream> Connect();
   void FailAll(std::unordered_map<uint64_t, Pending> pending);
 
   ClientOptions options_;
   NoticeHandler on_notice_;
   std::optional<IncomingMessage> probe_reply_;
-  Fd first_;
+  std::shared_ptr<SecureStream> first_;
   pid_t probe_pid_ = 0;  // the process that made first_
   std::mutex mutex_;
   std::condition_variable changed_;
   std::shared_ptr<FrameStream> stream_;  // set while connected
-  int fd_ = -1;
+  int fd_ = -1;  // the connection's TCP socket, to break it from another thread
   uint64_t generation_ = 0;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Pending> pending_;

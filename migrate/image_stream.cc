@@ -25,6 +25,7 @@
 
 #include "error.h"
 #include "fd.h"
+#include "secure_channel.h"
 #include "schema/migration.capnp.h"
 
 namespace homeward::migrate {
@@ -45,10 +46,17 @@ XxhState NewHash() {
   return state;
 }
 
+// Where the stream goes: a descriptor, or a SecureStream (sealed in place).
+struct Conn {
+  int fd = -1;
+  SecureStream* stream = nullptr;
+};
+
 // Writes one message with the standard segment-table framing (what FrameDecoder and
 // ReadMessage read) straight from the builder's segments, without flattening a copy.
 // sendmsg with MSG_NOSIGNAL keeps a closed peer an error rather than a SIGPIPE.
-void WriteMessage(int fd, capnp::MessageBuilder& message) {
+void WriteMessage(const Conn& conn, capnp::MessageBuilder& message) {
+  int fd = conn.fd;
   auto segments = message.getSegmentsForOutput();
   std::vector<uint32_t> table((segments.size() + 2) & ~size_t{1}, 0);
   table[0] = static_cast<uint32_t>(segments.size() - 1);
@@ -61,6 +69,10 @@ void WriteMessage(int fd, capnp::MessageBuilder& message) {
   for (auto segment : segments) {
     auto bytes = segment.asBytes();
     iov.push_back({const_cast<kj::byte*>(bytes.begin()), bytes.size()});
+  }
+  if (conn.stream) {
+    conn.stream->Write(iov.data(), iov.size());
+    return;
   }
   bool is_socket = true;
   size_t first = 0;
@@ -91,11 +103,12 @@ void WriteMessage(int fd, capnp::MessageBuilder& message) {
 }
 
 // Reads exactly `size` bytes. Returns the count read before a clean end of stream.
-size_t ReadFull(int fd, void* data, size_t size) {
+size_t ReadFull(const Conn& conn, void* data, size_t size) {
   auto* bytes = static_cast<char*>(data);
   size_t done = 0;
   while (done < size) {
-    size_t n = ReadSome(fd, bytes + done, size - done, "migration stream");
+    size_t n = conn.stream ? conn.stream->Read(bytes + done, size - done)
+                           : ReadSome(conn.fd, bytes + done, size - done, "migration stream");
     if (n == 0) break;
     done += n;
   }
@@ -106,7 +119,7 @@ size_t ReadFull(int fd, void* data, size_t size) {
 // reused, so a 1 MiB chunk costs no allocation). Returns nothing on an end of stream
 // before the frame; throws kDisconnected on one inside it. The reader points into
 // `buffer` and is valid until the next call.
-std::unique_ptr<capnp::FlatArrayMessageReader> ReadMessage(int fd, size_t max_frame_bytes,
+std::unique_ptr<capnp::FlatArrayMessageReader> ReadMessage(const Conn& fd, size_t max_frame_bytes,
                                                            kj::Array<capnp::word>& buffer) {
   uint32_t first[2];
   size_t got = ReadFull(fd, first, sizeof first);
@@ -291,8 +304,10 @@ void RemoveImageDir(const std::string& dir) {
   HW_SYSCALL(::rmdir(dir.c_str()), "remove {}", dir);
 }
 
-StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
-                       const SendOptions& options) {
+namespace {
+
+StreamStats Send(const Conn& fd, const std::string& dir, const JobMetadata& job,
+                 const SendOptions& options) {
   auto files = ListImageDir(dir);
   uint64_t total = 0;
   for (const auto& file : files) total += file.size;
@@ -348,7 +363,7 @@ StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
       }
       if (hold && stats.bytes * 2 >= total) {
         hold = false;
-        HoldUntilPeerHangsUp(fd, stats.bytes, total);
+        HoldUntilPeerHangsUp(fd.fd, stats.bytes, total);
       }
     }
     capnp::MallocMessageBuilder message;
@@ -368,7 +383,7 @@ StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
   return stats;
 }
 
-ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOptions& options) {
+ReceivedImages Receive(const Conn& fd, const std::string& dir, const ReceiveOptions& options) {
   // The header may list many files; chunks carry at most max_chunk_bytes of data.
   const size_t max_frame = std::max<size_t>(options.max_chunk_bytes + 4096, 16 << 20);
   HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create image directory {}", dir);
@@ -483,6 +498,27 @@ ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOption
   }
   guard.Keep();
   return result;
+}
+
+}  // namespace
+
+StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
+                       const SendOptions& options) {
+  return Send(Conn{fd, nullptr}, dir, job, options);
+}
+
+StreamStats SendImages(SecureStream& stream, const std::string& dir, const JobMetadata& job,
+                       const SendOptions& options) {
+  return Send(Conn{stream.fd(), &stream}, dir, job, options);
+}
+
+ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOptions& options) {
+  return Receive(Conn{fd, nullptr}, dir, options);
+}
+
+ReceivedImages ReceiveImages(SecureStream& stream, const std::string& dir,
+                             const ReceiveOptions& options) {
+  return Receive(Conn{stream.fd(), &stream}, dir, options);
 }
 
 }  // namespace homeward::migrate

@@ -12,6 +12,10 @@
 
 #include "fault.h"
 
+namespace homeward {
+class SecureStream;
+}
+
 namespace homeward::migrate {
 
 struct PipeRole {
@@ -54,6 +58,9 @@ struct SendOptions {
 // file or the write that failed; the receiver then sees a cut stream.
 StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
                        const SendOptions& options = {});
+// The same over an encrypted peer connection, sealed in place (no pump thread).
+StreamStats SendImages(SecureStream& stream, const std::string& dir, const JobMetadata& job,
+                       const SendOptions& options = {});
 
 struct ReceiveOptions {
   uint64_t max_total_bytes = uint64_t{64} << 30;              // refuse larger streams up front ...
@@ -74,6 +81,8 @@ struct ReceivedImages {
 // Error(kDisconnected) for a stream cut short or Error(kInvalidInput) for a malformed
 // or damaged one, naming what was missing or wrong.
 ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOptions& options = {});
+ReceivedImages ReceiveImages(SecureStream& stream, const std::string& dir,
+                             const ReceiveOptions& options = {});
 
 // Removes a flat image directory (its files, then itself); a missing one is fine.
 void RemoveImageDir(const std::string& dir);

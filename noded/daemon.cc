@@ -96,15 +96,19 @@ void Daemon::Start() {
                          static_cast<float>(jobs_.guests_here()), jobs_.blocked());
   });
   jobs_.Start();
-  peer_server_.Register(
-      "files", [this](Fd fd, PeerIdentity peer) { file_server_.Serve(std::move(fd), peer); });
+  peer_server_.RegisterStream("files", [this](std::unique_ptr<SecureStream> stream,
+                                              PeerIdentity peer) {
+    file_server_.Serve(std::move(stream), peer);
+  });
   // Job relays between homes and the nodes their jobs run on are served on the loop.
   peer_server_.Register("jobs", [this](Fd fd, PeerIdentity peer) {
     control_.AdoptPeer(std::move(fd), peer.address);
   });
   // An incoming move is received and restored on the peer connection's own thread.
-  peer_server_.Register("migration",
-                        [this](Fd fd, PeerIdentity) { jobs_.AcceptMove(std::move(fd)); });
+  peer_server_.RegisterStream("migration", [this](std::unique_ptr<SecureStream> stream,
+                                                  PeerIdentity) {
+    jobs_.AcceptMove(std::move(stream));
+  });
   peer_server_.Start();
   try {
     home_mounts_.Start();

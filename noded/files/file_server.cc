@@ -72,17 +72,24 @@ void FileServer::Stop() {
 }
 
 void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
+  Serve(SecureStream::Plain(std::move(connection), peer.address), peer);
+}
+
+void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity& peer) {
+  // Shared with the replies in flight, so the connection stays open until the last one.
+  std::shared_ptr<SecureStream> connection = std::move(secure);
+  int fd = connection->fd();
   {
     std::lock_guard lock(mutex_);
     if (stopping_) return;
-    connections_.insert(connection.get());
+    connections_.insert(fd);
   }
   spdlog::info("file service: {} connected", peer.address);
   // Requests also run on this thread (below): like the workers, it needs an fs context of
   // its own with umask 0, so that it never changes the daemon's.
   if (::unshare(CLONE_FS) == 0) ::umask(0);
   auto session = std::make_shared<FileSession>(root_.get(), peer_root_);
-  auto stream = std::make_shared<FrameStream>(connection.get(), kMaxFileFrameBytes);
+  auto stream = std::make_shared<FrameStream>(connection, kMaxFileFrameBytes);
   session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
     capnp::MallocMessageBuilder message(256);
     auto notice = message.initRoot<schema::ServerMessage>().initNotice();
@@ -144,11 +151,11 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
     // a descriptor number reused by then.
     why = fmt::format("malformed message: {}", e.getDescription().cStr());
   }
-  ::shutdown(connection.get(), SHUT_RDWR);
+  ::shutdown(fd, SHUT_RDWR);
   in_flight->Wait();
   spdlog::info("file service: {} disconnected: {}", peer.address, why);
   std::lock_guard lock(mutex_);
-  connections_.erase(connection.get());
+  connections_.erase(fd);
   idle_.notify_all();
 }
 

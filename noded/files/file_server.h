@@ -22,6 +22,7 @@
 
 #include "fd.h"
 #include "peer_auth.h"
+#include "secure_channel.h"
 #include "schema/files.capnp.h"
 
 namespace homeward {
@@ -126,6 +127,8 @@ class FileServer {
   // Serves one authenticated connection until it closes (blocking: call it on the
   // connection's own thread), then waits for its requests in flight (a Gate, no polling).
   void Serve(Fd connection, const PeerIdentity& peer);
+  // The same over an encrypted peer connection, read and written in place.
+  void Serve(std::unique_ptr<SecureStream> connection, const PeerIdentity& peer);
   // Shuts every connection down and waits for their threads to finish serving.
   void Stop();
 

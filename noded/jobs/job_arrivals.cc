@@ -17,7 +17,7 @@ constexpr auto kHomeConnectTimeout = std::chrono::seconds(5);
 
 }  // namespace
 
-void JobRegistry::AcceptMove(Fd fd) {
+void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
   MoveInContext context{config_.state_dir, init_path_, config_.name, faults_};
   JobLaunch launch;
   auto restored = RunMoveIn(

@@ -68,7 +68,7 @@ class JobRegistry {
   // mosmigrate's migrateJob: moves a job of this home that runs here to another node.
   void MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply);
   // An incoming move, on a peer server thread: restores the job here as a guest.
-  void AcceptMove(Fd fd);
+  void AcceptMove(std::unique_ptr<SecureStream> fd);
   // A job moved on between guest nodes announces its new place; the connection becomes
   // its relay.
   void AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply);

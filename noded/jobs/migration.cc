@@ -17,6 +17,7 @@
 #include "job_journal.h"
 #include "node_metrics.h"
 #include "peer_auth.h"
+#include "secure_channel.h"
 
 namespace homeward {
 
@@ -37,6 +38,33 @@ std::string FreshImageDir(const std::string& state_dir, const std::string& what)
   ::mkdir(parent.c_str(), 0700);
   return fmt::format("{}/{}-{}-{}", parent, what, ::getpid(), next_move++);
 }
+
+// One message on the stream, in the standard framing (what the fd readers read).
+void WriteMessageTo(SecureStream& stream, capnp::MessageBuilder& message) {
+  auto words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  stream.Write(bytes.begin(), bytes.size());
+}
+
+// Reads exactly what capnp asks for, so that nothing after the message is taken from
+// the stream (the images follow it).
+class StreamInput : public kj::InputStream {
+ public:
+  explicit StreamInput(SecureStream& stream) : stream_(stream) {}
+  size_t tryRead(void* buffer, size_t min_bytes, size_t max_bytes) override {
+    auto* at = static_cast<char*>(buffer);
+    size_t got = 0;
+    while (got < min_bytes) {
+      size_t n = stream_.Read(at + got, max_bytes - got);
+      if (n == 0) break;
+      got += n;
+    }
+    return got;
+  }
+
+ private:
+  SecureStream& stream_;
+};
 
 void ReplyError(int fd, const std::string& why) {
   try {
@@ -147,18 +175,23 @@ void RunMoveOut(MoveOut& move) {
     move.image_bytes = result.image_bytes;
 
     step = fmt::format("connect to {}", move.target_name);
-    Fd fd = PeerConnect(move.target_host, move.target_port, move.key, "migration", kConnectTimeout);
+    // The images are sealed in place on this thread; the connection becomes a channel
+    // (a plain descriptor for the relay) once they are sent.
+    auto stream = PeerConnectStream(move.target_host, move.target_port, move.key, "migration",
+                                    kConnectTimeout);
     step = fmt::format("send the images to {}", move.target_name);
     try {
-      capnp::writeMessageToFd(fd.get(), *move.guest_request);
+      WriteMessageTo(*stream, *move.guest_request);
       migrate::SendOptions send;
       send.faults = move.faults;
-      migrate::SendImages(fd.get(), move.image_dir, move.metadata, send);
+      migrate::SendImages(*stream, move.image_dir, move.metadata, send);
     } catch (const std::exception&) {
       // A target that refuses the job says why before it closes: that is the cause.
+      Fd fd = SecureStream::IntoChannel(std::move(stream));
       if (auto why = Refusal(fd.get())) Fail(ErrorKind::kFailed, "{}", *why);
       throw;
     }
+    Fd fd = SecureStream::IntoChannel(std::move(stream));
     step = fmt::format("restore on {}", move.target_name);
     capnp::StreamFdMessageReader reader(fd.get(), PeerReaderOptions());
     auto reply = reader.getRoot<schema::ControlReply>();
@@ -184,12 +217,14 @@ void RunMoveOut(MoveOut& move) {
 }
 
 std::optional<RestoredJob> RunMoveIn(
-    Fd fd, const MoveInContext& context,
+    std::unique_ptr<SecureStream> stream, const MoveInContext& context,
     const std::function<JobLaunch(schema::GuestSpec::Reader)>& make_launch, JobLaunch* launch) {
   std::string dir;
   std::string step = "read the move request";
+  Fd fd;  // the connection as a channel, once the images are in
   try {
-    capnp::StreamFdMessageReader request_reader(fd.get(), PeerReaderOptions());
+    StreamInput input(*stream);
+    capnp::InputStreamMessageReader request_reader(input, PeerReaderOptions());
     auto request = request_reader.getRoot<schema::ControlRequest>();
     if (!request.isStartGuest()) Fail(ErrorKind::kInvalidInput, "not a move request");
     *launch = make_launch(request.getStartGuest());
@@ -207,7 +242,8 @@ std::optional<RestoredJob> RunMoveIn(
         receive.max_total_what = "this node's free memory";
       }
     }
-    auto received = migrate::ReceiveImages(fd.get(), dir, receive);
+    auto received = migrate::ReceiveImages(*stream, dir, receive);
+    fd = SecureStream::IntoChannel(std::move(stream));
 
     step = "restore";
     RestoredHere here = RestoreHere(dir, received.job.external_pipes, launch->root,
@@ -228,6 +264,13 @@ std::optional<RestoredJob> RunMoveIn(
     std::string why = fmt::format("{} failed on {}: {}", step, context.node_name, e.what());
     spdlog::warn("incoming move: {}", why);
     if (!dir.empty()) migrate::RemoveImageDir(dir);
+    if (stream) {
+      try {
+        fd = SecureStream::IntoChannel(std::move(stream));
+      } catch (const std::exception&) {
+        return std::nullopt;  // no thread: the sender sees the connection close
+      }
+    }
     ReplyError(fd.get(), why);
     return std::nullopt;
   }

@@ -19,6 +19,7 @@
 #include "fd.h"
 #include "image_stream.h"
 #include "job.h"
+#include "secure_channel.h"
 
 namespace homeward {
 
@@ -79,11 +80,12 @@ struct MoveInContext {
   FaultPoints faults;
 };
 
-// Serves one incoming move on `fd`; blocks. `make_launch` turns the sender's startGuest
+// Serves one incoming move on `stream` (the images opened in place, then the connection
+// becomes a channel for the relay); blocks. `make_launch` turns the sender's startGuest
 // request into the guest's launch (and throws when this node cannot take it). Returns
 // nothing when the move failed; the sender has then been told why.
 std::optional<RestoredJob> RunMoveIn(
-    Fd fd, const MoveInContext& context,
+    std::unique_ptr<SecureStream> stream, const MoveInContext& context,
     const std::function<JobLaunch(schema::GuestSpec::Reader)>& make_launch, JobLaunch* launch);
 
 }  // namespace homeward

@@ -64,6 +64,15 @@ PeerServer::~PeerServer() {
 }
 
 void PeerServer::Register(const std::string& service, PeerService handler) {
+  // The pump thread starts on the service's thread: a thread that cannot be had costs
+  // this connection only, and the gate thread never waits on it.
+  services_[service] = [handler = std::move(handler)](std::unique_ptr<SecureStream> stream,
+                                                      PeerIdentity peer) {
+    handler(SecureStream::IntoChannel(std::move(stream)), std::move(peer));
+  };
+}
+
+void PeerServer::RegisterStream(const std::string& service, PeerStreamService handler) {
   services_[service] = std::move(handler);
 }
 
@@ -271,20 +280,21 @@ void PeerServer::HandOff(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-  // The service reads and writes plain bytes; the channel's thread seals and opens them.
-  Fd channel;
+  // The service reads and writes plain bytes; the stream (or its channel) seals them.
+  std::unique_ptr<SecureStream> stream;
   try {
-    channel = StartSecureChannel(std::move(p->fd), p->handshake.session(), p->who);
+    stream = std::make_unique<SecureStream>(std::move(p->fd), p->handshake.session(), p->who);
   } catch (const std::exception& e) {
     refusals_.Count(PeerRefusal::kNoResources,
-                    fmt::format("{}: no channel for its {} service: {}", p->who, peer.service,
+                    fmt::format("{}: no stream for its {} service: {}", p->who, peer.service,
                                 e.what()));
     return;
   }
-  Launch(std::move(channel), std::move(peer), &service->second);
+  Launch(std::move(stream), std::move(peer), &service->second);
 }
 
-void PeerServer::Launch(Fd fd, PeerIdentity peer, PeerService* handler) {
+void PeerServer::Launch(std::unique_ptr<SecureStream> stream, PeerIdentity peer,
+                        PeerStreamService* handler) {
   {
     std::lock_guard lock(mutex_);
     if (stopping_) return;
@@ -296,9 +306,9 @@ void PeerServer::Launch(Fd fd, PeerIdentity peer, PeerService* handler) {
     if (faults_.Hit(Fault::kPeerThread)) {
       throw std::system_error(EAGAIN, std::generic_category(), "fault point peer-thread");
     }
-    std::thread([this, fd = std::move(fd), peer = std::move(peer), handler]() mutable {
+    std::thread([this, stream = std::move(stream), peer = std::move(peer), handler]() mutable {
       try {
-        (*handler)(std::move(fd), peer);
+        (*handler)(std::move(stream), peer);
       } catch (const std::exception& e) {
         spdlog::error("peer {} service {}: {}", peer.address, peer.service, e.what());
       }

@@ -3,9 +3,10 @@
 // pending handshake over non-blocking sockets with poll(), within the limits of
 // PeerConfig (per source address, in all, one deadline each; noded/peers/peer_admission.h).
 // Only an authenticated connection gets a thread, for the service it asked for
-// ("files", "jobs", "migration"), and an encrypted channel (secure_channel.h): the
-// service is handed the channel's plain end, never the TCP socket. A stranger gets nothing, and refusals are logged at a
-// bounded rate.
+// ("files", "jobs", "migration"), and encryption (secure_channel.h): a stream service is
+// handed a SecureStream that seals and opens in place on its thread, an fd service the
+// plain end of a SecureChannel; never the TCP socket in clear. A stranger gets nothing,
+// and refusals are logged at a bounded rate.
 #pragma once
 
 #include <condition_variable>
@@ -23,10 +24,12 @@
 #include "fd.h"
 #include "peer_admission.h"
 #include "peer_auth.h"
+#include "secure_channel.h"
 
 namespace homeward {
 
 using PeerService = std::function<void(Fd, PeerIdentity)>;
+using PeerStreamService = std::function<void(std::unique_ptr<SecureStream>, PeerIdentity)>;
 
 class PeerServer {
  public:
@@ -41,6 +44,9 @@ class PeerServer {
   // Registers the handler of `service`; it runs on a thread of its own and owns the
   // connection. Register before Start.
   void Register(const std::string& service, PeerService handler);
+  // The same for a service that reads and writes the SecureStream itself (the bulk
+  // services: no pump thread, no socket pair).
+  void RegisterStream(const std::string& service, PeerStreamService handler);
   // Binds and listens; throws Error naming the address when it cannot.
   void Start();
   // Stops accepting, closes every pending handshake and waits for the services' threads
@@ -63,13 +69,14 @@ class PeerServer {
   void Step(int fd, short revents);
   void Refuse(int fd, PeerRefusal reason, const std::string& why);
   void HandOff(int fd);
-  void Launch(Fd fd, PeerIdentity peer, PeerService* handler);
+  void Launch(std::unique_ptr<SecureStream> stream, PeerIdentity peer,
+              PeerStreamService* handler);
   int64_t NowMs() const;
 
   std::string address_;
   uint16_t port_;
   std::vector<uint8_t> key_;
-  std::map<std::string, PeerService> services_;
+  std::map<std::string, PeerStreamService> services_;
   FaultPoints faults_;
   Fd listener_;
   Fd wake_;  // an eventfd: Stop wakes the gate thread with it

@@ -2,8 +2,11 @@
 // peer services (file service). Large segments are read straight into the message's own
 // words and written with writev from the builder's segments, so a 1 MiB read or write is
 // not copied on the way through. Every message read has a size and traversal limit.
+// Over a SecureStream (an encrypted peer connection) the same holds: records are sealed
+// from the segments and opened into the message's words.
 #pragma once
 
+#include <memory>
 #include <mutex>
 #include <optional>
 
@@ -11,12 +14,16 @@
 
 #include "fd.h"
 #include "framing.h"
+#include "secure_channel.h"
 
 namespace homeward {
 
 class FrameStream {
  public:
   FrameStream(int fd, size_t max_frame_bytes) : fd_(fd), max_frame_bytes_(max_frame_bytes) {}
+  // Over `stream` (kept open while this or a writer holds it).
+  FrameStream(std::shared_ptr<SecureStream> stream, size_t max_frame_bytes)
+      : fd_(stream->fd()), stream_(std::move(stream)), max_frame_bytes_(max_frame_bytes) {}
 
   // Reads one message; nothing on a clean end of stream. Throws Error(kDisconnected) on a
   // broken stream and Error(kInvalidInput) on an oversized or malformed frame.
@@ -28,6 +35,7 @@ class FrameStream {
   bool Fill(void* data, size_t size, bool eof_ok);
 
   int fd_;
+  std::shared_ptr<SecureStream> stream_;
   size_t max_frame_bytes_;
   std::mutex write_mutex_;
   char buffer_[64 * 1024];

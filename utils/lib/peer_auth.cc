@@ -324,9 +324,11 @@ void Run(int fd, PeerHandshake& h, std::chrono::milliseconds timeout, const std:
 
 }  // namespace
 
-Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t>& key,
-               const std::string& service, std::chrono::milliseconds timeout,
-               const TuneSocket& tune) {
+std::unique_ptr<SecureStream> PeerConnectStream(const std::string& host, uint16_t port,
+                                                const std::vector<uint8_t>& key,
+                                                const std::string& service,
+                                                std::chrono::milliseconds timeout,
+                                                const TuneSocket& tune) {
   std::string who = fmt::format("{}:{}", host, port);
   sockaddr_in addr = Endpoint{host, port}.ToSockaddr();
   Fd fd = Fd::Adopt(HW_SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
@@ -362,7 +364,13 @@ Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t
   PeerHandshake h = PeerHandshake::Client(key, service);
   Run(fd.get(), h, timeout, who);
   if (tune) tune(fd.get());
-  return StartSecureChannel(std::move(fd), h.session(), who);
+  return std::make_unique<SecureStream>(std::move(fd), h.session(), who);
+}
+
+Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t>& key,
+               const std::string& service, std::chrono::milliseconds timeout,
+               const TuneSocket& tune) {
+  return SecureStream::IntoChannel(PeerConnectStream(host, port, key, service, timeout, tune));
 }
 
 std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::milliseconds timeout,

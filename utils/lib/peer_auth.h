@@ -33,6 +33,7 @@
 #include <array>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -147,6 +148,15 @@ void SetPeerSourceAddress(const std::string& address);
 Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t>& key,
                const std::string& service, std::chrono::milliseconds timeout,
                const TuneSocket& tune = {});
+// The same connection as a SecureStream (secure_channel.h), read and written in place on
+// the caller's thread: for the bulk paths (homefs, the migration stream), where a pump
+// thread and a socket pair would cost more than the cipher.
+class SecureStream;
+std::unique_ptr<SecureStream> PeerConnectStream(const std::string& host, uint16_t port,
+                                                const std::vector<uint8_t>& key,
+                                                const std::string& service,
+                                                std::chrono::milliseconds timeout,
+                                                const TuneSocket& tune = {});
 // Runs the server handshake on an accepted socket; returns the requested service and,
 // when `session` is given, the agreed keys. Throws Error naming the cause when the client
 // does not prove the key.

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <openssl/evp.h>
 #include <sodium.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -40,8 +41,86 @@ void PutLength(uint32_t n, unsigned char* out) {
 
 }  // namespace
 
+namespace {
+
+EVP_CIPHER_CTX* NewContext(PeerCipher cipher, const uint8_t* key, bool encrypt) {
+  const EVP_CIPHER* type =
+      cipher == PeerCipher::kAes256Gcm ? EVP_aes_256_gcm() : EVP_chacha20_poly1305();
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  if (!ctx) throw Error(ErrorKind::kOverloaded, "out of memory for a cipher context");
+  // Both ciphers take the 96-bit nonce by default; the key schedule is made once here.
+  int ok = encrypt ? EVP_EncryptInit_ex(ctx, type, nullptr, key, nullptr)
+                   : EVP_DecryptInit_ex(ctx, type, nullptr, key, nullptr);
+  if (ok != 1) {
+    EVP_CIPHER_CTX_free(ctx);
+    throw Error(ErrorKind::kFailed, "cannot set up the connection's cipher");
+  }
+  return ctx;
+}
+
+EVP_CIPHER_CTX* Ctx(void* p) {
+  return static_cast<EVP_CIPHER_CTX*>(p);
+}
+
+}  // namespace
+
+RecordAead::RecordAead(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key)
+    : encrypt_(NewContext(cipher, key.data(), true)), decrypt_(nullptr) {
+  try {
+    decrypt_ = NewContext(cipher, key.data(), false);
+  } catch (...) {
+    EVP_CIPHER_CTX_free(Ctx(encrypt_));
+    throw;
+  }
+}
+
+RecordAead::RecordAead(RecordAead&& other) noexcept
+    : encrypt_(std::exchange(other.encrypt_, nullptr)),
+      decrypt_(std::exchange(other.decrypt_, nullptr)) {}
+
+RecordAead& RecordAead::operator=(RecordAead&& other) noexcept {
+  std::swap(encrypt_, other.encrypt_);
+  std::swap(decrypt_, other.decrypt_);
+  return *this;
+}
+
+RecordAead::~RecordAead() {
+  EVP_CIPHER_CTX_free(Ctx(encrypt_));  // wipes the key schedule
+  EVP_CIPHER_CTX_free(Ctx(decrypt_));
+}
+
+void RecordAead::Seal(uint8_t* out, const uint8_t* plain, size_t length, const uint8_t* ad,
+                      size_t ad_length, const uint8_t* nonce) {
+  EVP_CIPHER_CTX* ctx = Ctx(encrypt_);
+  int n = 0, tail = 0;
+  bool ok = EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
+            EVP_EncryptUpdate(ctx, nullptr, &n, ad, static_cast<int>(ad_length)) == 1 &&
+            (length == 0 || EVP_EncryptUpdate(ctx, out, &n, plain, static_cast<int>(length)) == 1) &&
+            EVP_EncryptFinal_ex(ctx, out + length, &tail) == 1 &&
+            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, kRecordTagBytes, out + length) == 1;
+  if (!ok) throw Error(ErrorKind::kFailed, "sealing a record failed");
+}
+
+bool RecordAead::Open(uint8_t* out, const uint8_t* sealed, size_t sealed_length, const uint8_t* ad,
+                      size_t ad_length, const uint8_t* nonce) {
+  if (sealed_length < kRecordTagBytes) return false;
+  size_t length = sealed_length - kRecordTagBytes;
+  uint8_t tag[kRecordTagBytes];
+  std::memcpy(tag, sealed + length, sizeof tag);  // before `out` may overwrite it
+  EVP_CIPHER_CTX* ctx = Ctx(decrypt_);
+  int n = 0, tail = 0;
+  bool ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
+            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kRecordTagBytes, tag) == 1 &&
+            EVP_DecryptUpdate(ctx, nullptr, &n, ad, static_cast<int>(ad_length)) == 1 &&
+            (length == 0 || EVP_DecryptUpdate(ctx, out, &n, sealed, static_cast<int>(length)) == 1) &&
+            EVP_DecryptFinal_ex(ctx, out + length, &tail) == 1;
+  // What did not authenticate never reaches anyone, not even as garbage in a buffer.
+  if (!ok && length > 0) sodium_memzero(out, length);
+  return ok;
+}
+
 RecordSealer::RecordSealer(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key)
-    : cipher_(cipher), key_(key) {}
+    : aead_(cipher, key) {}
 
 void RecordSealer::Seal(std::string_view plain, std::string& out) {
   if (plain.size() > kMaxRecordPlaintext) {
@@ -57,6 +136,10 @@ void RecordSealer::Seal(std::string_view plain, std::string& out) {
 }
 
 size_t RecordSealer::SealInPlace(uint8_t* record, size_t length) {
+  return SealFrom(record, record + kRecordHeaderBytes, length);
+}
+
+size_t RecordSealer::SealFrom(uint8_t* record, const uint8_t* plain, size_t length) {
   if (length > kMaxRecordPlaintext) {
     throw Error(ErrorKind::kInvalidInput, "record larger than the most allowed");
   }
@@ -65,20 +148,13 @@ size_t RecordSealer::SealInPlace(uint8_t* record, size_t length) {
   PutLength(static_cast<uint32_t>(sealed), record);
   unsigned char nonce[kNonceBytes];
   Nonce(counter_++, nonce);
-  unsigned long long written = 0;
-  unsigned char* body = record + kRecordHeaderBytes;  // plaintext in, ciphertext out
-  if (cipher_ == PeerCipher::kAes256Gcm) {
-    crypto_aead_aes256gcm_encrypt(body, &written, body, length, record, kRecordHeaderBytes, nullptr,
-                                  nonce, key_.data());
-  } else {
-    crypto_aead_chacha20poly1305_ietf_encrypt(body, &written, body, length, record,
-                                              kRecordHeaderBytes, nullptr, nonce, key_.data());
-  }
+  // Ciphertext out at the body (where the plaintext may already be).
+  aead_.Seal(record + kRecordHeaderBytes, plain, length, record, kRecordHeaderBytes, nonce);
   return kRecordHeaderBytes + sealed;
 }
 
 RecordOpener::RecordOpener(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key)
-    : cipher_(cipher), key_(key) {}
+    : aead_(cipher, key) {}
 
 uint8_t* RecordOpener::Space(size_t max) {
   if (begin_ == end_) begin_ = end_ = 0;
@@ -91,6 +167,14 @@ uint8_t* RecordOpener::Space(size_t max) {
     }
     if (buffer_.size() - end_ < max) buffer_.resize(end_ + max);
   }
+  return buffer_.data() + end_;
+}
+
+uint8_t* RecordOpener::SpaceAtLeast(size_t min, size_t max, size_t* room) {
+  if (begin_ == end_) begin_ = end_ = 0;
+  if (buffer_.size() < 4 * max) buffer_.resize(4 * max);
+  if (buffer_.size() - end_ < min) Space(min);  // moves what is left to the front
+  *room = std::min(max, buffer_.size() - end_);
   return buffer_.data() + end_;
 }
 
@@ -111,6 +195,10 @@ RecordOpener::Result RecordOpener::Next(std::string& plain) {
 }
 
 RecordOpener::Result RecordOpener::Open(std::string_view* plain) {
+  return OpenInto(nullptr, 0, plain);
+}
+
+RecordOpener::Result RecordOpener::OpenInto(uint8_t* into, size_t room, std::string_view* plain) {
   if (bad_) return Result::kBad;
   if (end_ - begin_ < kRecordHeaderBytes) return Result::kNeedMore;
   unsigned char* header = buffer_.data() + begin_;
@@ -124,17 +212,11 @@ RecordOpener::Result RecordOpener::Open(std::string_view* plain) {
   if (end_ - begin_ < kRecordHeaderBytes + sealed) return Result::kNeedMore;
   unsigned char nonce[kNonceBytes];
   Nonce(counter_, nonce);
-  unsigned char* body = header + kRecordHeaderBytes;  // ciphertext in, plaintext out
-  unsigned long long length = 0;
-  int status;
-  if (cipher_ == PeerCipher::kAes256Gcm) {
-    status = crypto_aead_aes256gcm_decrypt(body, &length, nullptr, body, sealed, header,
-                                           kRecordHeaderBytes, nonce, key_.data());
-  } else {
-    status = crypto_aead_chacha20poly1305_ietf_decrypt(body, &length, nullptr, body, sealed, header,
-                                                       kRecordHeaderBytes, nonce, key_.data());
-  }
-  if (status != 0) {
+  unsigned char* body = header + kRecordHeaderBytes;  // ciphertext in
+  // Plaintext out: into the caller's memory when it fits, else in place.
+  unsigned char* out = into != nullptr && sealed - kRecordTagBytes <= room ? into : body;
+  size_t length = sealed - kRecordTagBytes;
+  if (!aead_.Open(out, body, sealed, header, kRecordHeaderBytes, nonce)) {
     bad_ = true;
     error_ = fmt::format("record {} failed to authenticate (tampered, replayed or out of order)",
                          counter_);
@@ -142,13 +224,14 @@ RecordOpener::Result RecordOpener::Open(std::string_view* plain) {
   }
   ++counter_;
   begin_ += kRecordHeaderBytes + sealed;
-  *plain = std::string_view(reinterpret_cast<const char*>(body), length);
+  *plain = std::string_view(reinterpret_cast<const char*>(out), length);
   return length == 0 ? Result::kEnd : Result::kRecord;
 }
 
 namespace {
 
 constexpr size_t kReceiveChunk = 128 << 10;
+constexpr size_t kWholeRecord = kRecordHeaderBytes + kMaxRecordPlaintext + kRecordTagBytes;
 constexpr int kPairBuffer = 4 << 20;
 // Once the consumer has closed its end, how long the peer has to end its direction too
 // (closing a socket with unread data would reset it and could lose what was sent).
@@ -156,12 +239,20 @@ constexpr auto kLinger = std::chrono::seconds(10);
 
 class Pump {
  public:
-  Pump(Fd tcp, Fd local, const PeerSession& session, std::string who)
+  Pump(Fd tcp, Fd local, std::unique_ptr<RecordSealer> sealer,
+       std::unique_ptr<RecordOpener> opener, std::string carried, bool read_ended, std::string who)
       : tcp_(std::move(tcp)),
         local_(std::move(local)),
-        sealer_(session.cipher, session.send_key),
-        opener_(session.cipher, session.receive_key),
-        who_(std::move(who)) {}
+        sealer_owned_(std::move(sealer)),
+        opener_owned_(std::move(opener)),
+        sealer_(*sealer_owned_),
+        opener_(*opener_owned_),
+        who_(std::move(who)),
+        carried_(std::move(carried)) {
+    // What a SecureStream had opened but not yet handed to its reader goes first.
+    to_local_ = carried_;
+    tcp_read_done_ = read_ended;
+  }
 
   void Run() {
     try {
@@ -335,9 +426,12 @@ class Pump {
 
   Fd tcp_;
   Fd local_;
-  RecordSealer sealer_;
-  RecordOpener opener_;
+  std::unique_ptr<RecordSealer> sealer_owned_;
+  std::unique_ptr<RecordOpener> opener_owned_;
+  RecordSealer& sealer_;
+  RecordOpener& opener_;
   std::string who_;
+  std::string carried_;
   const uint8_t* to_tcp_ = nullptr;  // a sealed record, sent from to_tcp_at_
   size_t to_tcp_length_ = 0;
   size_t to_tcp_at_ = 0;
@@ -352,14 +446,9 @@ class Pump {
   bool tcp_hup_ = false;
 };
 
-}  // namespace
-
-Fd StartSecureChannel(Fd tcp, const PeerSession& session, std::string who) {
-  if (session.plaintext) {
-    int flags = ::fcntl(tcp.get(), F_GETFL);
-    ::fcntl(tcp.get(), F_SETFL, flags & ~O_NONBLOCK);
-    return tcp;
-  }
+// The pump's half of a channel: the consumer's end is returned.
+Fd StartPump(Fd tcp, std::unique_ptr<RecordSealer> sealer, std::unique_ptr<RecordOpener> opener,
+             std::string carried, bool read_ended, const std::string& who) {
   int pair[2];
   HW_SYSCALL(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair),
              "socket pair for the connection to {}", who);
@@ -380,7 +469,8 @@ Fd StartSecureChannel(Fd tcp, const PeerSession& session, std::string who) {
   ::fcntl(tcp.get(), F_SETFL, flags | O_NONBLOCK);
   flags = ::fcntl(local.get(), F_GETFL);
   ::fcntl(local.get(), F_SETFL, flags | O_NONBLOCK);
-  auto pump = std::make_unique<Pump>(std::move(tcp), std::move(local), session, who);
+  auto pump = std::make_unique<Pump>(std::move(tcp), std::move(local), std::move(sealer),
+                                     std::move(opener), std::move(carried), read_ended, who);
   // A thread that cannot be had throws here (std::system_error): the caller loses this
   // connection only, and the pump's sockets close with it.
   try {
@@ -389,6 +479,220 @@ Fd StartSecureChannel(Fd tcp, const PeerSession& session, std::string who) {
     throw SystemError(e.code().value(), fmt::format("no thread for the connection to {}", who));
   }
   return consumer;
+}
+
+}  // namespace
+
+Fd StartSecureChannel(Fd tcp, const PeerSession& session, std::string who) {
+  return SecureStream::IntoChannel(std::make_unique<SecureStream>(std::move(tcp), session, who));
+}
+
+// ---------------------------------------------------------------------------------------
+// SecureStream
+
+namespace {
+// Records sealed before one send: big enough that a send is worth its call, small enough
+// that the receiver starts opening while the sender still seals (two cores at work).
+constexpr size_t kRecordsPerSend = 4;
+}  // namespace
+
+SecureStream::SecureStream(Fd fd, std::string who)
+    : tcp_(std::move(fd)), who_(std::move(who)), plaintext_(true) {}
+
+SecureStream::SecureStream(Fd tcp, const PeerSession& session, std::string who)
+    : tcp_(std::move(tcp)), who_(std::move(who)), plaintext_(session.plaintext) {
+  int flags = ::fcntl(tcp_.get(), F_GETFL);
+  if (flags >= 0 && (flags & O_NONBLOCK)) ::fcntl(tcp_.get(), F_SETFL, flags & ~O_NONBLOCK);
+  if (!plaintext_) {
+    sealer_ = std::make_unique<RecordSealer>(session.cipher, session.send_key);
+    opener_ = std::make_unique<RecordOpener>(session.cipher, session.receive_key);
+  }
+}
+
+std::unique_ptr<SecureStream> SecureStream::Plain(Fd fd, std::string who) {
+  return std::unique_ptr<SecureStream>(new SecureStream(std::move(fd), std::move(who)));
+}
+
+SecureStream::~SecureStream() {
+  if (!tcp_.valid() || plaintext_ || write_ended_ || broken_) return;
+  // The end record, so that the peer tells this end from a cut; without waiting for a
+  // peer that reads nothing more (then it sees a cut, which it is).
+  try {
+    uint8_t record[kRecordHeaderBytes + kRecordTagBytes];
+    size_t n = sealer_->SealInPlace(record, 0);
+    ::send(tcp_.get(), record, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } catch (const std::exception&) {
+  }
+}
+
+void SecureStream::Broken() {
+  broken_ = true;
+}
+
+size_t SecureStream::buffered() const {
+  return plain_.size() + (opener_ ? opener_->buffered() : 0);
+}
+
+size_t SecureStream::Read(void* data, size_t size) {
+  if (size == 0) return 0;
+  if (plaintext_) {
+    for (;;) {
+      ssize_t n = ::recv(tcp_.get(), data, size, 0);
+      if (n >= 0) return static_cast<size_t>(n);
+      if (errno == EINTR) continue;
+      throw SystemError(errno, fmt::format("peer {}: receive", who_));
+    }
+  }
+  if (!plain_.empty()) {
+    size_t n = std::min(size, plain_.size());
+    std::memcpy(data, plain_.data(), n);
+    plain_.remove_prefix(n);
+    return n;
+  }
+  if (read_ended_) return 0;
+  for (;;) {
+    std::string_view opened;
+    auto result = opener_->OpenInto(static_cast<uint8_t*>(data), size, &opened);
+    switch (result) {
+      case RecordOpener::Result::kRecord:
+        if (opened.data() == data) return opened.size();
+        {
+          size_t n = std::min(size, opened.size());
+          std::memcpy(data, opened.data(), n);
+          plain_ = opened.substr(n);
+          return n;
+        }
+      case RecordOpener::Result::kEnd:
+        read_ended_ = true;
+        return 0;
+      case RecordOpener::Result::kBad:
+        // The connection ends here, both ways, as the peer must learn at once.
+        Broken();
+        ::shutdown(tcp_.get(), SHUT_RDWR);
+        throw Error(ErrorKind::kInvalidInput,
+                    fmt::format("peer {}: {}; connection unusable", who_, opener_->error()));
+      case RecordOpener::Result::kNeedMore:
+        break;
+    }
+    // At least a whole record's room, up to a chunk: the buffer (four chunks) is compacted
+    // about once per three chunks, moving less than a record.
+    size_t room = 0;
+    uint8_t* space = opener_->SpaceAtLeast(kWholeRecord, kReceiveChunk, &room);
+    ssize_t n = ::recv(tcp_.get(), space, room, 0);
+    if (n > 0) {
+      opener_->Commit(static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    std::string why = n == 0 ? "closed without its end record" : std::strerror(errno);
+    Broken();
+    throw Error(ErrorKind::kDisconnected, fmt::format("peer {}: connection cut ({})", who_, why));
+  }
+}
+
+void SecureStream::SendAll(const uint8_t* data, size_t size) {
+  while (size > 0) {
+    ssize_t n = ::send(tcp_.get(), data, size, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      Broken();
+      throw SystemError(err, fmt::format("peer {}: send", who_));
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+void SecureStream::Write(const void* data, size_t size) {
+  iovec iov{const_cast<void*>(data), size};
+  Write(&iov, 1);
+}
+
+void SecureStream::Write(const iovec* iov, size_t count) {
+  std::lock_guard lock(write_mutex_);
+  if (write_ended_) throw Error(ErrorKind::kFailed, fmt::format("peer {}: write after end", who_));
+  if (plaintext_) {
+    std::vector<iovec> left(iov, iov + count);
+    size_t index = 0;
+    while (index < left.size()) {
+      msghdr msg{};
+      msg.msg_iov = left.data() + index;
+      msg.msg_iovlen = std::min<size_t>(left.size() - index, 1024);
+      ssize_t n = ::sendmsg(tcp_.get(), &msg, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw SystemError(errno, fmt::format("peer {}: send", who_));
+      auto done = static_cast<size_t>(n);
+      while (index < left.size() && done >= left[index].iov_len) done -= left[index++].iov_len;
+      if (index < left.size()) {
+        left[index].iov_base = static_cast<char*>(left[index].iov_base) + done;
+        left[index].iov_len -= done;
+      }
+    }
+    return;
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += iov[i].iov_len;
+  if (total == 0) return;  // an empty record would end the direction
+  if (send_buffer_.empty()) send_buffer_.resize(kRecordsPerSend * kWholeRecord);
+  size_t index = 0, offset = 0, filled = 0;
+  while (total > 0) {
+    size_t length = std::min(total, kMaxRecordPlaintext);
+    uint8_t* record = send_buffer_.data() + filled;
+    while (index < count && offset == iov[index].iov_len) ++index, offset = 0;
+    const auto* piece = static_cast<const uint8_t*>(iov[index].iov_base) + offset;
+    if (iov[index].iov_len - offset >= length) {
+      // The usual case (a chunk of a file, a read reply): sealed from where it lies.
+      filled += sealer_->SealFrom(record, piece, length);
+      offset += length;
+    } else {
+      // A record across pieces (a frame's table and a small message): gathered first.
+      uint8_t* at = record + kRecordHeaderBytes;
+      size_t need = length;
+      while (need > 0) {
+        while (offset == iov[index].iov_len) ++index, offset = 0;
+        size_t n = std::min(need, iov[index].iov_len - offset);
+        std::memcpy(at, static_cast<const uint8_t*>(iov[index].iov_base) + offset, n);
+        at += n;
+        offset += n;
+        need -= n;
+      }
+      filled += sealer_->SealInPlace(record, length);
+    }
+    total -= length;
+    if (send_buffer_.size() - filled < kWholeRecord) {
+      SendAll(send_buffer_.data(), filled);
+      filled = 0;
+    }
+  }
+  if (filled > 0) SendAll(send_buffer_.data(), filled);
+}
+
+void SecureStream::CloseWrite() {
+  std::lock_guard lock(write_mutex_);
+  if (write_ended_) return;
+  write_ended_ = true;
+  if (!plaintext_) {
+    uint8_t record[kRecordHeaderBytes + kRecordTagBytes];
+    SendAll(record, sealer_->SealInPlace(record, 0));
+  }
+  ::shutdown(tcp_.get(), SHUT_WR);
+}
+
+void SecureStream::Shutdown() {
+  ::shutdown(tcp_.get(), SHUT_RDWR);
+}
+
+Fd SecureStream::IntoChannel(std::unique_ptr<SecureStream> stream) {
+  if (stream->plaintext_) {
+    int flags = ::fcntl(stream->tcp_.get(), F_GETFL);
+    ::fcntl(stream->tcp_.get(), F_SETFL, flags & ~O_NONBLOCK);
+    return std::move(stream->tcp_);
+  }
+  std::string carried(stream->plain_);
+  stream->write_ended_ = true;  // the pump ends it now
+  return StartPump(std::move(stream->tcp_), std::move(stream->sealer_), std::move(stream->opener_),
+                   std::move(carried), stream->read_ended_, stream->who_);
 }
 
 }  // namespace homeward

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <thread>
 
 #include "error.h"
@@ -281,6 +282,283 @@ TEST(SecureChannel, PlaintextSessionIsTheSocketItself) {
   Fd fd = StartSecureChannel(Fd::Adopt(wire[0]), clear, "baseline");
   EXPECT_EQ(fd.get(), wire[0]);
 }
+
+// --- SecureStream: the same records, sealed and opened in place on the caller's thread.
+
+struct StreamPair {
+  std::unique_ptr<SecureStream> client;
+  std::unique_ptr<SecureStream> server;
+};
+
+StreamPair MakeStreams(PeerCipher cipher) {
+  int wire[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, wire), 0);
+  StreamPair p;
+  p.client = std::make_unique<SecureStream>(Fd::Adopt(wire[0]), Session(true, cipher), "client");
+  p.server = std::make_unique<SecureStream>(Fd::Adopt(wire[1]), Session(false, cipher), "server");
+  return p;
+}
+
+std::string ReadStreamToEnd(SecureStream& stream, size_t piece = 1 << 20) {
+  std::string all;
+  std::vector<char> buffer(piece);
+  for (;;) {
+    size_t n = stream.Read(buffer.data(), buffer.size());
+    if (n == 0) return all;
+    all.append(buffer.data(), n);
+  }
+}
+
+class Streams : public testing::TestWithParam<PeerCipher> {
+ protected:
+  void SetUp() override {
+    ASSERT_GE(sodium_init(), 0);
+    if (GetParam() == PeerCipher::kAes256Gcm && !crypto_aead_aes256gcm_is_available()) {
+      GTEST_SKIP() << "no AES-GCM on this CPU";
+    }
+  }
+};
+
+TEST_P(Streams, LargeAndSmallWritesArriveWhole) {
+  StreamPair p = MakeStreams(GetParam());
+  // Pieces of every size around a record's: across records, in one iovec and gathered
+  // from several; read back in small and large reads.
+  std::vector<std::string> pieces;
+  for (size_t size : {size_t{1}, size_t{7}, kMaxRecordPlaintext - 1, kMaxRecordPlaintext,
+                      kMaxRecordPlaintext + 1, size_t{3} << 20, size_t{100}}) {
+    pieces.push_back(Random(size));
+  }
+  std::string expected;
+  for (auto& piece : pieces) expected += piece;
+  std::thread writer([&] {
+    for (size_t i = 0; i + 1 < pieces.size(); i += 2) {
+      iovec iov[2] = {{pieces[i].data(), pieces[i].size()},
+                      {pieces[i + 1].data(), pieces[i + 1].size()}};
+      p.client->Write(iov, 2);
+    }
+    p.client->Write(pieces.back().data(), pieces.back().size());
+    p.client->Write(static_cast<const void*>(""), 0);  // nothing: not an end record
+    p.client->CloseWrite();
+  });
+  std::string got;
+  char small[13];
+  for (int i = 0; i < 50; ++i) got.append(small, p.server->Read(small, sizeof small));
+  got += ReadStreamToEnd(*p.server);
+  writer.join();
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected);
+  // The end stays the end.
+  EXPECT_EQ(p.server->Read(small, sizeof small), 0u);
+}
+
+TEST_P(Streams, BothDirectionsAtOnce) {
+  StreamPair p = MakeStreams(GetParam());
+  std::string up = Random(8 << 20), down = Random(8 << 20);
+  std::string got_up, got_down;
+  std::thread a([&] {
+    p.client->Write(up.data(), up.size());
+    p.client->CloseWrite();
+  });
+  std::thread b([&] {
+    p.server->Write(down.data(), down.size());
+    p.server->CloseWrite();
+  });
+  std::thread reader([&] { got_up = ReadStreamToEnd(*p.server); });
+  got_down = ReadStreamToEnd(*p.client, 4096);
+  a.join();
+  b.join();
+  reader.join();
+  EXPECT_TRUE(got_up == up);
+  EXPECT_TRUE(got_down == down);
+}
+
+TEST_P(Streams, NotInClearOnTheWire) {
+  int wire[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, wire), 0);
+  Fd raw = Fd::Adopt(wire[1]);
+  SecureStream stream(Fd::Adopt(wire[0]), Session(true, GetParam()), "client");
+  std::string secret = "SECRET-" + Random(64 << 10);
+  stream.Write(secret.data(), secret.size());
+  std::string wire_bytes(secret.size() + 64, '\0');
+  size_t got = 0;
+  while (got < secret.size() + kRecordHeaderBytes + kRecordTagBytes) {
+    ssize_t n = ::recv(raw.get(), wire_bytes.data() + got, wire_bytes.size() - got, 0);
+    ASSERT_GT(n, 0);
+    got += static_cast<size_t>(n);
+  }
+  EXPECT_EQ(wire_bytes.find("SECRET-"), std::string::npos);
+}
+
+// The test plays the peer on the raw wire and seals records itself.
+struct RawPeer {
+  Fd wire;
+  std::unique_ptr<SecureStream> server;
+  RecordSealer sealer;
+  explicit RawPeer(PeerCipher cipher) : sealer(cipher, Session(true, cipher).send_key) {
+    int pair[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+    wire = Fd::Adopt(pair[0]);
+    server = std::make_unique<SecureStream>(Fd::Adopt(pair[1]), Session(false, cipher), "server");
+  }
+  std::string Seal(std::string_view plain) {
+    std::string record;
+    sealer.Seal(plain, record);
+    return record;
+  }
+};
+
+TEST_P(Streams, TamperedRecordIsAnError) {
+  RawPeer peer(GetParam());
+  std::string honest = peer.Seal("MARKER-OK");
+  std::string forged = peer.Seal(std::string(4000, 'E'));
+  forged[kRecordHeaderBytes + 2] ^= 0x20;
+  WriteAll(peer.wire.get(), honest + forged);
+  char buffer[1 << 16];
+  ASSERT_EQ(peer.server->Read(buffer, sizeof buffer), 9u);
+  EXPECT_EQ(std::string_view(buffer, 9), "MARKER-OK");
+  // Opened straight into the reader's buffer when it fits: nothing of the forged record
+  // may be left there.
+  std::memset(buffer, 0, sizeof buffer);
+  try {
+    peer.server->Read(buffer, sizeof buffer);
+    ADD_FAILURE() << "a tampered record was read";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+    EXPECT_NE(std::string(e.what()).find("failed to authenticate"), std::string::npos);
+  }
+  EXPECT_EQ(std::string(buffer, sizeof buffer).find('E'), std::string::npos);
+}
+
+TEST_P(Streams, TamperedLengthIsAnError) {
+  RawPeer peer(GetParam());
+  std::string record = peer.Seal("0123456789");
+  record[3] = static_cast<char>(record[3] - 2);  // claims 2 bytes fewer: the tag moves
+  WriteAll(peer.wire.get(), record + std::string(2, 'x'));
+  char buffer[64];
+  EXPECT_THROW(peer.server->Read(buffer, sizeof buffer), Error);
+}
+
+TEST_P(Streams, ReorderedRecordIsAnError) {
+  RawPeer peer(GetParam());
+  std::string one = peer.Seal("one");
+  std::string two = peer.Seal("two");
+  WriteAll(peer.wire.get(), two + one);
+  char buffer[16];
+  EXPECT_THROW(peer.server->Read(buffer, sizeof buffer), Error);
+}
+
+TEST_P(Streams, ReplayedRecordIsAnError) {
+  RawPeer peer(GetParam());
+  std::string once = peer.Seal("once");
+  WriteAll(peer.wire.get(), once + once);
+  char buffer[16];
+  ASSERT_EQ(peer.server->Read(buffer, sizeof buffer), 4u);
+  EXPECT_THROW(peer.server->Read(buffer, sizeof buffer), Error);
+}
+
+TEST_P(Streams, TruncatedStreamIsAnErrorNotAnEnd) {
+  // Cut between records: no end record, so not an end.
+  {
+    RawPeer peer(GetParam());
+    WriteAll(peer.wire.get(), peer.Seal("all of it?"));
+    peer.wire.Reset();
+    char buffer[64];
+    ASSERT_EQ(peer.server->Read(buffer, sizeof buffer), 10u);
+    try {
+      peer.server->Read(buffer, sizeof buffer);
+      ADD_FAILURE() << "a cut stream read as ended";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kDisconnected);
+      EXPECT_NE(std::string(e.what()).find("without its end record"), std::string::npos);
+    }
+  }
+  // Cut inside a record.
+  {
+    RawPeer peer(GetParam());
+    std::string record = peer.Seal(Random(5000));
+    WriteAll(peer.wire.get(), record.substr(0, record.size() / 2));
+    peer.wire.Reset();
+    char buffer[8192];
+    EXPECT_THROW(peer.server->Read(buffer, sizeof buffer), Error);
+  }
+  // The end record, then the close: an end.
+  {
+    RawPeer peer(GetParam());
+    std::string done = peer.Seal("done");
+    WriteAll(peer.wire.get(), done + peer.Seal({}));
+    peer.wire.Reset();
+    char buffer[64];
+    ASSERT_EQ(peer.server->Read(buffer, sizeof buffer), 4u);
+    EXPECT_EQ(peer.server->Read(buffer, sizeof buffer), 0u);
+  }
+}
+
+TEST_P(Streams, DestroyedStreamEndsItsDirection) {
+  StreamPair p = MakeStreams(GetParam());
+  p.client->Write("bye", 3);
+  p.client.reset();
+  EXPECT_EQ(ReadStreamToEnd(*p.server), "bye");
+}
+
+TEST_P(Streams, BecomesAChannelMidway) {
+  // Counters and what was received but not read carry over to the pump.
+  StreamPair p = MakeStreams(GetParam());
+  p.client->Write("first second", 12);
+  char buffer[6];
+  ASSERT_EQ(p.server->Read(buffer, sizeof buffer), 6u);
+  EXPECT_EQ(std::string_view(buffer, 6), "first ");
+  Fd server = SecureStream::IntoChannel(std::move(p.server));
+  p.client->Write(" third", 6);
+  WriteAll(server.get(), "reply");
+  ::shutdown(server.get(), SHUT_WR);
+  char reply[5];
+  size_t got = 0;
+  while (got < 5) got += p.client->Read(reply + got, 5 - got);
+  EXPECT_EQ(std::string_view(reply, 5), "reply");
+  EXPECT_EQ(p.client->Read(reply, 5), 0u);
+  p.client->CloseWrite();
+  EXPECT_EQ(ReadToEnd(server.get()), "second third");
+}
+
+TEST_P(Streams, SealedRecordsOpenWithLibsodium) {
+  // The records are standard AEAD: what OpenSSL seals, libsodium opens (and a peer with
+  // either library reads the other's).
+  auto key = MakeKey(7);
+  RecordSealer sealer(GetParam(), key);
+  std::string wire;
+  std::string plain = Random(1000);
+  sealer.Seal(plain, wire);
+  unsigned char nonce[12] = {};
+  std::string out(plain.size(), '\0');
+  unsigned long long length = 0;
+  auto* record = reinterpret_cast<const unsigned char*>(wire.data());
+  int status =
+      GetParam() == PeerCipher::kAes256Gcm
+          ? crypto_aead_aes256gcm_decrypt(reinterpret_cast<unsigned char*>(out.data()), &length,
+                                          nullptr, record + 4, wire.size() - 4, record, 4, nonce,
+                                          key.data())
+          : crypto_aead_chacha20poly1305_ietf_decrypt(
+                reinterpret_cast<unsigned char*>(out.data()), &length, nullptr, record + 4,
+                wire.size() - 4, record, 4, nonce, key.data());
+  ASSERT_EQ(status, 0);
+  EXPECT_TRUE(out == plain);
+}
+
+TEST(SecureStream, PlaintextPassesThrough) {
+  int wire[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, wire), 0);
+  Fd raw = Fd::Adopt(wire[1]);
+  auto stream = SecureStream::Plain(Fd::Adopt(wire[0]), "baseline");
+  stream->Write("clear", 5);
+  char buffer[8];
+  ASSERT_EQ(::recv(raw.get(), buffer, sizeof buffer, 0), 5);
+  EXPECT_EQ(std::string_view(buffer, 5), "clear");
+  raw.Reset();
+  EXPECT_EQ(stream->Read(buffer, sizeof buffer), 0u);  // as TCP: no end record in clear
+}
+
+INSTANTIATE_TEST_SUITE_P(Ciphers, Streams,
+                         testing::Values(PeerCipher::kChaCha20Poly1305, PeerCipher::kAes256Gcm));
 
 }  // namespace
 }  // namespace homeward
