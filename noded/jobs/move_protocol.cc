@@ -264,7 +264,15 @@ Step Protocol::Lost(const std::string& why) {
 
 Step Protocol::Tick(int64_t now_ms) {
   if (record_.state != State::kAnnounced || now_ms <= record_.attach_due_ms) return {};
-  std::string why = fmt::format("the job left node {} and no node took it over", record_.where);
+  // Announced by its old node: the move's target never attached. Otherwise (awaited where
+  // it ran) the relay to the job's node was lost, or this daemon restarted, and that node
+  // did not come back.
+  std::string why =
+      record_.announced.where == record_.where
+          ? fmt::format("lost contact with node {}, where the job ran: it did not come back "
+                        "within {} s",
+                        record_.where, kAttachTimeoutMs / 1000)
+          : fmt::format("the job left node {} and no node took it over", record_.where);
   return End(why, MoveOutcome::Failure(why, ErrorKind::kDisconnected));
 }
 

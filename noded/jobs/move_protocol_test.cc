@@ -420,7 +420,12 @@ TEST(MoveProtocol, NodeRejoinsAfterItsDaemonRestarted) {
   // Only once: a running job is not rejoined, and an ended one never.
   EXPECT_FALSE(waiting.Rejoined(where));
   Protocol ended = Protocol::Reloaded(p.record(), 100);
-  EXPECT_TRUE(ended.Tick(101 + kAttachTimeoutMs).end);
+  Step gone = ended.Tick(101 + kAttachTimeoutMs);
+  EXPECT_TRUE(gone.end);
+  // Its node never moved it: mosrun hears that the node was lost, not that a move failed.
+  EXPECT_EQ(gone.why, fmt::format("lost contact with node {}, where the job ran: it did not "
+                                  "come back within 30 s",
+                                  where));
   EXPECT_FALSE(ended.Rejoined(where));
 }
 
