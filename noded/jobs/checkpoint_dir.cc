@@ -14,26 +14,6 @@
 
 namespace homeward {
 
-namespace {
-
-// The names in a directory held by `fd` (not "." nor "..").
-std::vector<std::string> Entries(int fd) {
-  std::vector<std::string> names;
-  int copy = HW_SYSCALL(::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), "read directory");
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(copy), ::closedir);
-  if (!dir) {
-    ::close(copy);
-    throw SystemError(errno, "read directory");
-  }
-  while (dirent* entry = ::readdir(dir.get())) {
-    std::string name = entry->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  return names;
-}
-
-}  // namespace
-
 CheckpointDir CheckpointDir::Create(const std::string& path, const FsIdentity& who) {
   if (path.empty() || path[0] != '/') {
     Fail(ErrorKind::kInvalidInput, "checkpoint needs an absolute path for the images, not '{}'",
@@ -69,7 +49,7 @@ CheckpointDir CheckpointDir::Create(const std::string& path, const FsIdentity& w
   // by the emptiness check; after it, the user may not write here at all.
   HW_SYSCALL(::fchown(dir.dir_.get(), 0, 0), "take {} for the checkpoint", path);
   HW_SYSCALL(::fchmod(dir.dir_.get(), 0700), "take {} for the checkpoint", path);
-  if (!Entries(dir.dir_.get()).empty()) {
+  if (!DirectoryEntries(dir.dir_.get()).empty()) {
     Fail(ErrorKind::kPermissionDenied,
          "{} changed while the checkpoint was being prepared (something was put in it)", path);
   }
@@ -90,7 +70,7 @@ std::string CheckpointDir::fd_path() const {
 }
 
 void CheckpointDir::HandOver(const std::string& final_name) {
-  for (const auto& name : Entries(dir_.get())) {
+  for (const auto& name : DirectoryEntries(dir_.get())) {
     HW_SYSCALL(::fchownat(dir_.get(), name.c_str(), who_.uid, who_.gid, AT_SYMLINK_NOFOLLOW),
                "give {}/{} to uid {}", path_, name, who_.uid);
   }
@@ -112,7 +92,7 @@ void CheckpointDir::Remove() {
   // Root made everything inside (the directory was root's), so root removes it by the
   // held descriptor; the directory itself is removed by name in its parent as the user,
   // who made it there: whatever that name is by now, nothing is removed with root's rights.
-  for (const auto& name : Entries(dir_.get())) {
+  for (const auto& name : DirectoryEntries(dir_.get())) {
     ::unlinkat(dir_.get(), name.c_str(), 0);
   }
   // The user's again, so that the user may remove it even from a sticky directory.

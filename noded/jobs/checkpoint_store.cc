@@ -29,21 +29,6 @@ constexpr const char* kManifest = "manifest";
 constexpr const char* kMagic = "homeward-checkpoint 1";
 constexpr size_t kMaxManifest = 16 << 20;
 
-std::vector<std::string> Entries(int fd) {
-  std::vector<std::string> names;
-  int copy = HW_SYSCALL(::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), "read directory");
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(copy), ::closedir);
-  if (!dir) {
-    ::close(copy);
-    throw SystemError(errno, "read directory");
-  }
-  while (dirent* entry = ::readdir(dir.get())) {
-    std::string name = entry->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  return names;
-}
-
 // "ckpt-N" (complete) or ".ckpt-N.partial" (being written, or left by a crash): N, or 0.
 uint64_t NumberOf(const std::string& name, bool* partial) {
   std::string digits;
@@ -192,7 +177,7 @@ void RemoveAsUser(int parent, const std::string& name, const FsIdentity& who) {
   Fd dir =
       Fd::Adopt(::openat(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!dir.valid()) return;
-  for (const auto& entry : Entries(dir.get())) ::unlinkat(dir.get(), entry.c_str(), 0);
+  for (const auto& entry : DirectoryEntries(dir.get())) ::unlinkat(dir.get(), entry.c_str(), 0);
   ::unlinkat(parent, name.c_str(), AT_REMOVEDIR);
 }
 
@@ -204,7 +189,7 @@ void RemoveLeftover(int parent, const std::string& name, const FsIdentity& who) 
   struct stat st;
   if (!dir.valid() || ::fstat(dir.get(), &st) != 0) return;
   if (st.st_uid == 0) {
-    for (const auto& entry : Entries(dir.get())) ::unlinkat(dir.get(), entry.c_str(), 0);
+    for (const auto& entry : DirectoryEntries(dir.get())) ::unlinkat(dir.get(), entry.c_str(), 0);
     (void)!::fchown(dir.get(), who.uid, who.gid);
   }
   dir.Reset();
@@ -228,7 +213,7 @@ std::string SealedManifest(const std::vector<uint8_t>& key, const CheckpointMani
 // The number past every checkpoint in `parent`; partial ones a crash left are removed.
 uint64_t NextNumber(int parent, const FsIdentity& who) {
   uint64_t last = 0;
-  for (const auto& name : Entries(parent)) {
+  for (const auto& name : DirectoryEntries(parent)) {
     bool partial = false;
     uint64_t number = NumberOf(name, &partial);
     last = std::max(last, number);
@@ -241,7 +226,7 @@ uint64_t NextNumber(int parent, const FsIdentity& who) {
 void Prune(int parent, uint32_t keep, const FsIdentity& who) {
   if (keep == 0) return;
   std::vector<uint64_t> numbers;
-  for (const auto& name : Entries(parent)) {
+  for (const auto& name : DirectoryEntries(parent)) {
     bool partial = false;
     uint64_t number = NumberOf(name, &partial);
     if (number && !partial) numbers.push_back(number);
@@ -278,7 +263,7 @@ WrittenCheckpoint WriteCheckpoint(
   manifest.number = written.number;
   manifest.taken_unix_ms = WallClockMs();
   json files = json::array();
-  for (const auto& name : Entries(images.fd())) {
+  for (const auto& name : DirectoryEntries(images.fd())) {
     Fd file = Fd::Adopt(HW_SYSCALL(
         ::openat(images.fd(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC), "open {}", name));
     uint64_t size = 0;
@@ -332,7 +317,7 @@ WrittenCheckpoint PublishCheckpoint(const std::string& dir, const FsIdentity& wh
                               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600),
                      "write {}/{}", written.path, name));
     };
-    for (const auto& name : Entries(images.get())) {
+    for (const auto& name : DirectoryEntries(images.get())) {
       Fd source = Fd::Adopt(
           HW_SYSCALL(::openat(images.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC),
                      "open {}", name));
@@ -452,7 +437,7 @@ CheckpointManifest CopyNewestCheckpoint(const std::string& dir, const FsIdentity
   Fd copy = Fd::Adopt(HW_SYSCALL(::open(copy_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC),
                                  "open {}", copy_dir));
   std::vector<uint64_t> numbers;
-  for (const auto& name : Entries(parent.get())) {
+  for (const auto& name : DirectoryEntries(parent.get())) {
     bool partial = false;
     uint64_t number = NumberOf(name, &partial);
     if (number && !partial) numbers.push_back(number);
@@ -466,7 +451,8 @@ CheckpointManifest CopyNewestCheckpoint(const std::string& dir, const FsIdentity
     } catch (const std::exception& e) {
       spdlog::warn("checkpoint {}/{} passed over: {}", dir, name, e.what());
       refused.push_back(fmt::format("{}: {}", name, e.what()));
-      for (const auto& entry : Entries(copy.get())) ::unlinkat(copy.get(), entry.c_str(), 0);
+      for (const auto& entry : DirectoryEntries(copy.get()))
+        ::unlinkat(copy.get(), entry.c_str(), 0);
     }
   }
   if (refused.empty()) Fail(ErrorKind::kNotFound, "{} holds no complete checkpoint", dir);

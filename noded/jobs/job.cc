@@ -88,7 +88,6 @@ JobIdentity JobIdentity::OfProcess(pid_t pid, uid_t uid, gid_t gid) {
   return identity;
 }
 
-
 Job::Job(uv_loop_t* loop, JobLaunch launch, ControlStream relay, Finished finished)
     : loop_(loop),
       launch_(std::move(launch)),
@@ -148,11 +147,7 @@ void Job::Start() {
   if (journal_write_) {
     // The keeper holds our ends before the job runs, and the journal names the keeper
     // before the job runs: a daemon killed from here on leaves what the next one needs.
-    ends.stdin_spool = MakeSpool("stdin");
-    ends.stdout_spool = MakeSpool("stdout");
-    ends.stderr_spool = MakeSpool("stderr");
-    ends.status_spool = MakeSpool("status");
-    keeper_ = FdKeeper::Spawn(KeptFds(ends));
+    KeepEnds(ends);
     journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), false);
   }
 
@@ -221,16 +216,22 @@ void Job::Start() {
                init_->pid());
 }
 
+// Gives the job's streams their spools and a keeper that holds them and our pipes' ends,
+// so that they outlive this daemon (see "Daemon restarts" in docs/ARCHITECTURE.md).
+void Job::KeepEnds(DaemonEnds& ends) {
+  ends.stdin_spool = MakeSpool("stdin");
+  ends.stdout_spool = MakeSpool("stdout");
+  ends.stderr_spool = MakeSpool("stderr");
+  ends.status_spool = MakeSpool("status");
+  keeper_ = FdKeeper::Spawn(KeptFds(ends));
+}
+
 void Job::Adopt(ChildProcess init, DaemonEnds ends) {
   init_.emplace(std::move(init));
   if (journal_write_) {
     // As for a job started here: the keeper holds our ends, and the journal names it and
     // the init, before the job runs on here.
-    ends.stdin_spool = MakeSpool("stdin");
-    ends.stdout_spool = MakeSpool("stdout");
-    ends.stderr_spool = MakeSpool("stderr");
-    ends.status_spool = MakeSpool("status");
-    keeper_ = FdKeeper::Spawn(KeptFds(ends));
+    KeepEnds(ends);
     init_start_ = ProcessStartTime(init_->pid());
     journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
   }
@@ -398,8 +399,8 @@ void Job::Deliver(Stream& stream, bool force) {
     }
   }
   while (stream.sent < stream.taken && (force || !Stopped(stream))) {
-    size_t want = static_cast<size_t>(
-        std::min<uint64_t>(sizeof stream.buffer, stream.taken - stream.sent));
+    size_t want =
+        static_cast<size_t>(std::min<uint64_t>(sizeof stream.buffer, stream.taken - stream.sent));
     ssize_t n = ::pread(stream.spool.get(), stream.buffer, want, static_cast<off_t>(stream.sent));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {

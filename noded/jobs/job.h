@@ -237,6 +237,7 @@ class Job : public std::enable_shared_from_this<Job> {
 
  private:
   struct Stream;
+  void KeepEnds(DaemonEnds& ends);
   void Attach(DaemonEnds ends);
   // Takes what the stream's pipe has into its spool, and sends on what the spool has
   // that mosrun has not (all of it, paused or not, when `force`).
@@ -273,7 +274,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // queue so that nothing is in flight inside libuv when a move reclaims it.
   Fd stdin_write_;
   Fd stdin_read_;
-  Fd stdin_spool_;  // its file position is input_written_, moved with each splice
+  Fd stdin_spool_;                  // its file position is input_written_, moved with each splice
   UvHandle<uv_poll_t> stdin_poll_;  // declared after the fd: closed before it
   std::string input_queue_;         // the bytes from input_written_ on, not yet written
   uint64_t input_written_ = 0;

@@ -269,9 +269,10 @@ Step Protocol::Tick(int64_t now_ms) {
   // did not come back.
   std::string why =
       record_.announced.where == record_.where
-          ? fmt::format("lost contact with node {}, where the job ran: it did not come back "
-                        "within {} s",
-                        record_.where, kAttachTimeoutMs / 1000)
+          ? fmt::format(
+                "lost contact with node {}, where the job ran: it did not come back "
+                "within {} s",
+                record_.where, kAttachTimeoutMs / 1000)
           : fmt::format("the job left node {} and no node took it over", record_.where);
   return End(why, MoveOutcome::Failure(why, ErrorKind::kDisconnected));
 }

@@ -193,6 +193,20 @@ class LoopCluster:
 _private = None
 
 
+def read_text(path):
+    """The text of a file, or "" while it does not exist (yet)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def jobs(cluster, node="node1"):
+    """The jobs `mosps --json` lists on `node`."""
+    return json.loads(cluster.run(node, "mosps", "--json").stdout)["jobs"]
+
+
 def private_dir():
     """This test program's own temporary directory, made on first use and removed when the
     program exits. Mode 1777 like /tmp: the tests' unprivileged users write into it too."""

@@ -24,8 +24,7 @@ SETTINGS = ("balance.min_residency_ms=3000",)
 GOSSIP_FAST = ("gossip.interval_ms=200", "gossip.suspect_ms=1000", "gossip.dead_ms=2500")
 
 
-def jobs(cluster, node="node1"):
-    return json.loads(cluster.run(node, "mosps", "--json").stdout)["jobs"]
+jobs = harness.jobs
 
 
 def nodes(cluster, node="node1"):

@@ -47,16 +47,10 @@ seq 800001 1200000
 WAITING = "mosrun: waiting for the node daemon to return\n"
 
 
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
+read = harness.read_text
 
 
-def jobs(c, node="node1"):
-    return json.loads(c.run(node, "mosps", "--json").stdout)["jobs"]
+jobs = harness.jobs
 
 
 class RestartTest(unittest.TestCase):

@@ -35,16 +35,10 @@ echo "end of input after $n lines"
 """
 
 
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
+read = harness.read_text
 
 
-def jobs(c, node="node1"):
-    return json.loads(c.run(node, "mosps", "--json").stdout)["jobs"]
+jobs = harness.jobs
 
 
 def wait_for_home_mounts(c, nodes):

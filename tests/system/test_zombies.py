@@ -17,8 +17,7 @@ MOVES = int(os.environ.get("HOMEWARD_ZOMBIE_MOVES", "100"))
 JOB = "i=0; while :; do i=$((i+1)); echo $i > /dev/null; sleep 0.05; done"
 
 
-def jobs(cluster, node="node1"):
-    return json.loads(cluster.run(node, "mosps", "--json").stdout)["jobs"]
+jobs = harness.jobs
 
 
 def start_job(cluster):

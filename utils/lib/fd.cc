@@ -1,10 +1,12 @@
 // File descriptor ownership and checked whole-buffer I/O.
 #include "fd.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "error.h"
@@ -44,6 +46,22 @@ void WriteAll(int fd, const void* data, size_t size, const char* what) {
 
 size_t ReadSome(int fd, void* data, size_t size, const char* what) {
   return static_cast<size_t>(HW_SYSCALL(::read(fd, data, size), "read {}", what));
+}
+
+std::vector<std::string> DirectoryEntries(int dir_fd) {
+  std::vector<std::string> names;
+  int copy =
+      HW_SYSCALL(::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), "read directory");
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(copy), ::closedir);
+  if (!dir) {
+    ::close(copy);
+    throw SystemError(errno, "read directory");
+  }
+  while (dirent* entry = ::readdir(dir.get())) {
+    std::string name = entry->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  return names;
 }
 
 }  // namespace homeward

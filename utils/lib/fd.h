@@ -3,6 +3,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace homeward {
 
@@ -45,6 +46,10 @@ struct Pipe {
 // The whole of a (small, text) file such as /proc/<pid>/status; empty when it cannot be
 // read, as for a process that is gone.
 std::string ReadTextFile(const std::string& path);
+
+// The names in the directory open as `dir_fd` (not "." nor ".."), read through a
+// descriptor of its own, so `dir_fd`'s position is untouched. Throws on error.
+std::vector<std::string> DirectoryEntries(int dir_fd);
 
 // Writes all of `data`, retrying short writes and EINTR; throws on error.
 void WriteAll(int fd, const void* data, size_t size, const char* what);
