@@ -12,6 +12,7 @@ counts as skipped; skips among tests that ran are listed at the end of its log.
 import atexit
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -191,6 +192,35 @@ class LoopCluster:
 
 
 _private = None
+
+
+def _user_tool(*command):
+    """Runs useradd/userdel/groupdel, retrying while another test holds the account files'
+    lock (test programs run side by side). Returns the last run."""
+    deadline = time.monotonic() + 30
+    while True:
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode == 0 or "lock" not in run.stderr or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)  # the lock holder is another program: nothing to wait on but time
+
+
+def add_user(name):
+    """Makes a throwaway ordinary user `name` (with a group of its own, no home); returns its
+    pwd entry. Remove it with remove_user, whatever happens."""
+    run = _user_tool("useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh", name)
+    if run.returncode != 0:
+        raise RuntimeError(f"useradd {name}: {run.stderr.strip()}")
+    return pwd.getpwnam(name)
+
+
+def remove_user(name):
+    """Kills what runs as `name` and removes the user and its group; says so when it cannot."""
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    run = _user_tool("userdel", "--force", name)
+    if run.returncode not in (0, 6):  # 6: no such user
+        print(f"could not remove user {name}: {run.stderr.strip()}", file=sys.stderr)
+    _user_tool("groupdel", name)
 
 
 def read_text(path):

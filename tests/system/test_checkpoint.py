@@ -83,18 +83,14 @@ class CheckpointTest(unittest.TestCase):
         if shutil.which("useradd") is None:
             self.skipTest("no useradd")
         self.user = "hwckpt" + str(os.getpid() % 100000)
-        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
-                        self.user], check=True, capture_output=True)
-        self.addCleanup(lambda: subprocess.run(["userdel", "--force", self.user],
-                                               capture_output=True))
+        harness.add_user(self.user)
+        self.addCleanup(harness.remove_user, self.user)
         self.uid = int(subprocess.run(["id", "-u", self.user], capture_output=True, text=True,
                                       check=True).stdout)
         # Another ordinary user, who must not restart the first one's job.
         self.other = "hwother" + str(os.getpid() % 100000)
-        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
-                        self.other], check=True, capture_output=True)
-        self.addCleanup(lambda: subprocess.run(["userdel", "--force", self.other],
-                                               capture_output=True))
+        harness.add_user(self.other)
+        self.addCleanup(harness.remove_user, self.other)
 
     def as_user(self, command):
         return ["runuser", "-u", self.user, "--", "sh", "-c", command]

@@ -12,7 +12,6 @@ The firewall rules carry a comment unique to this run and are removed in a `fina
 
 import json
 import os
-import pwd
 import secrets
 import shlex
 import shutil
@@ -106,15 +105,9 @@ class CutLinkTest(unittest.TestCase):
         if probe.returncode != 0:
             self.skipTest(f"iptables does not work here: {probe.stderr.strip()}")
         self.user = f"hwcut{secrets.token_hex(4)}"
-        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
-                        self.user], check=True, capture_output=True)
-        self.addCleanup(self.remove_user)
-        entry = pwd.getpwnam(self.user)
+        entry = harness.add_user(self.user)
+        self.addCleanup(harness.remove_user, self.user)
         self.uid, self.gid = entry.pw_uid, entry.pw_gid
-
-    def remove_user(self):
-        subprocess.run(["userdel", "--force", self.user], capture_output=True)
-        subprocess.run(["groupdel", self.user], capture_output=True)
 
     def start_job(self, c, name, lines, delay, python=False):
         """Starts the workload as the user, at home in node1's /data/NAME, away on node2;

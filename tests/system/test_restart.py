@@ -64,8 +64,7 @@ class RestartTest(unittest.TestCase):
         if shutil.which("useradd") is None:
             raise unittest.SkipTest("no useradd")
         cls.user = f"hwrs{secrets.token_hex(4)}"
-        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
-                        cls.user], check=True, capture_output=True)
+        harness.add_user(cls.user)
         cls.cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
         try:
             cls.cluster.__enter__()
@@ -75,8 +74,7 @@ class RestartTest(unittest.TestCase):
 
     @classmethod
     def remove_user(cls):
-        subprocess.run(["userdel", "--force", cls.user], capture_output=True)
-        subprocess.run(["groupdel", cls.user], capture_output=True)
+        harness.remove_user(cls.user)
 
     @classmethod
     def tearDownClass(cls):

@@ -43,8 +43,7 @@ class User:
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(["pkill", "-KILL", "-u", self.name], capture_output=True)
-        subprocess.run(["userdel", self.name], capture_output=True)
+        harness.remove_user(self.name)
         return False
 
     def cmd(self, *command):

@@ -177,7 +177,7 @@ class GuestSandboxTest(unittest.TestCase):
             if cls.cluster:
                 cls.cluster.__exit__(None, None, None)
         finally:
-            subprocess.run(["userdel", USER], check=False)
+            harness.remove_user(USER)
 
     def as_user(self, script, node="node1", check=True):
         where = "/data/sec" if node == "node1" else "/"

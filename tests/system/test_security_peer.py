@@ -93,7 +93,7 @@ class Stranger:
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(["userdel", self.name], capture_output=True)
+        harness.remove_user(self.name)
         subprocess.run(["rm", "-rf", self.dir])
         return False
 

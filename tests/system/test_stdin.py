@@ -152,14 +152,12 @@ class StdinTest(unittest.TestCase):
         if shutil.which("useradd") is None:
             self.skipTest("no useradd")
         user = f"hwin{secrets.token_hex(4)}"
-        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
-                        user], check=True, capture_output=True)
+        harness.add_user(user)
         try:
             self.slow_reader_moved(user)
         finally:
             self.c.run("node1", "sh", "-c", f"pkill -KILL -u {user} || true", check=False)
-            subprocess.run(["userdel", "--force", user], capture_output=True)
-            subprocess.run(["groupdel", user], capture_output=True)
+            harness.remove_user(user)
 
     def test_count_of_a_large_input_moved_mid_read(self):
         # 100 MB in two halves: the job (wc -c) reads the first half, and its input waits

@@ -80,8 +80,7 @@ class UserJobTest(unittest.TestCase):
         if shutil.which("useradd") is None:
             self.skipTest("no useradd")
         self.user = f"hwjob{secrets.token_hex(4)}"
-        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh",
-                        self.user], check=True, capture_output=True)
+        harness.add_user(self.user)
         self.addCleanup(self.remove_user)
         entry = pwd.getpwnam(self.user)
         self.uid, self.gid = entry.pw_uid, entry.pw_gid
@@ -89,7 +88,7 @@ class UserJobTest(unittest.TestCase):
     def remove_user(self):
         # The cluster is down by now (its jobs with it); --force in case a process of the
         # user outlived a failure, which then does not keep the account.
-        subprocess.run(["userdel", "--force", self.user], capture_output=True)
+        harness.remove_user(self.user)
         subprocess.run(["groupdel", self.user], capture_output=True)
 
     def as_user(self, *command):
