@@ -192,18 +192,24 @@ void JobRegistry::CheckpointRequested(const std::shared_ptr<Job>& job) {
   }
 }
 
+JobRegistry::PlannedCheckpoints& JobRegistry::FreePlan(int slot, pid_t home_pid,
+                                                       const std::string& without) {
+  auto it = checkpoint_plans_.find(slot);
+  if (it == checkpoint_plans_.end() || it->second.home_pid != home_pid) {
+    Fail(ErrorKind::kInvalidInput, "job {} has no checkpoint directory (mosrun -C DIR); {}",
+         home_pid, without);
+  }
+  if (it->second.busy) {
+    Fail(ErrorKind::kOverloaded, "job {} is being checkpointed; try again", home_pid);
+  }
+  return it->second;
+}
+
 void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
                                    std::shared_ptr<ReplySender> reply) {
   auto it = checkpoint_plans_.find(slot);
-  if (it == checkpoint_plans_.end() || it->second.home_pid != job->home_pid()) {
-    Fail(ErrorKind::kInvalidInput,
-         "job {} has no checkpoint directory (mosrun -C DIR); name one: mosmigrate {} "
-         "checkpoint DIR",
-         job->home_pid(), job->home_pid());
-  }
-  if (it->second.busy) {
-    Fail(ErrorKind::kOverloaded, "job {} is being checkpointed; try again", job->home_pid());
-  }
+  FreePlan(slot, job->home_pid(),
+           fmt::format("name one: mosmigrate {} checkpoint DIR", job->home_pid()));
   const CheckpointPlan& plan = it->second.plan;
   CheckpointManifest manifest;
   manifest.launch = job->launch();
@@ -276,15 +282,10 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
 void JobRegistry::AskCheckpointAway(int slot, const std::shared_ptr<Away>& away,
                                     std::shared_ptr<ReplySender> reply) {
   auto it = checkpoint_plans_.find(slot);
-  if (it == checkpoint_plans_.end() || it->second.home_pid != away->home_pid()) {
-    Fail(ErrorKind::kInvalidInput,
-         "job {} has no checkpoint directory (mosrun -C DIR); it runs on {}: mosmigrate {} home "
-         "first to checkpoint it into another directory",
-         away->home_pid(), away->where(), away->home_pid());
-  }
-  if (it->second.busy) {
-    Fail(ErrorKind::kOverloaded, "job {} is being checkpointed; try again", away->home_pid());
-  }
+  FreePlan(slot, away->home_pid(),
+           fmt::format("it runs on {}: mosmigrate {} home first to checkpoint it into another "
+                       "directory",
+                       away->where(), away->home_pid()));
   if (away->protocol.record().state != move::State::kRunning) {
     Fail(ErrorKind::kOverloaded, "job {} is moving; try again", away->home_pid());
   }

@@ -293,6 +293,10 @@ class JobRegistry {
   void CheckpointTick();
   // The job asked for a checkpoint itself (mosrun -S).
   void CheckpointRequested(const std::shared_ptr<Job>& job);
+  // The plan of the job with `home_pid` in `slot`, free for a new checkpoint; throws Error
+  // (saying `without`, how else to take one, when the job has no checkpoint directory, or
+  // that one is under way).
+  PlannedCheckpoints& FreePlan(int slot, pid_t home_pid, const std::string& without);
   // Writes a checkpoint of a job running here into its checkpoint directory; `reply`, when
   // given, hears how it went.
   void CheckpointToPlan(int slot, std::shared_ptr<Job> job, std::shared_ptr<ReplySender> reply);

@@ -23,43 +23,24 @@ bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
       eof_ok = false;  // part of a frame: an end of stream now cuts it
       continue;
     }
-    ssize_t n;
-    if (stream_) {
-      // Decrypted straight into place when a whole record fits; 0 only at the peer's end
-      // record (a cut connection throws).
-      if (size >= sizeof buffer_) {
-        n = static_cast<ssize_t>(stream_->Read(out, size));
-        if (n > 0) {
-          out += n;
-          size -= static_cast<size_t>(n);
-          eof_ok = false;
-          continue;
-        }
-      } else {
-        n = static_cast<ssize_t>(stream_->Read(buffer_, sizeof buffer_));
-        if (n > 0) {
-          begin_ = 0;
-          end_ = static_cast<size_t>(n);
-          eof_ok = false;
-          continue;
-        }
-      }
-    } else if (size >= sizeof buffer_) {
-      n = ::recv(fd_, out, size, 0);  // big bodies go straight to their destination
-      if (n > 0) {
+    // Big bodies go straight to their destination (decrypted in place when a whole record
+    // fits); the rest through the buffer. The secure stream returns 0 only at the peer's
+    // end record (a cut connection throws).
+    bool direct = size >= sizeof buffer_;
+    char* into = direct ? out : buffer_;
+    size_t room = direct ? size : sizeof buffer_;
+    ssize_t n =
+        stream_ ? static_cast<ssize_t>(stream_->Read(into, room)) : ::recv(fd_, into, room, 0);
+    if (n > 0) {
+      if (direct) {
         out += n;
         size -= static_cast<size_t>(n);
-        eof_ok = false;
-        continue;
-      }
-    } else {
-      n = ::recv(fd_, buffer_, sizeof buffer_, 0);
-      if (n > 0) {
+      } else {
         begin_ = 0;
         end_ = static_cast<size_t>(n);
-        eof_ok = false;
-        continue;
       }
+      eof_ok = false;
+      continue;
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw SystemError(errno, "peer connection: receive");
