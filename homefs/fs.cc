@@ -541,7 +541,7 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
          by_name_.erase({newparent, newname});
          auto inode = inodes_.find(ino);
          if (!(flags & RENAME_EXCHANGE) && inode != inodes_.end()) {
-           // Its new name: what an open checks at the home (CheckStillNamed).
+           // Its new name: what an open checks at the home (FileOps::Open).
            inode->second.parent = newparent;
            inode->second.name = newname;
            by_name_[{newparent, newname}] = ino;
@@ -602,7 +602,7 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
   p->rq.setFlags(static_cast<uint32_t>(fi->flags));
   if (!dir) {
     // The name this node knows the file by, for the home to check that it still names
-    // this file (CheckStillNamed in the file service: ESTALE, and the kernel looks the
+    // this file (FileOps::Open in the file service: ESTALE, and the kernel looks the
     // path up again). Not after an ESTALE: the kernel's second try found this object
     // again, so it was reached without that name.
     // Nor right after a lookup gave this object for that name (the kernel's retry after
@@ -611,9 +611,9 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
     // loop, which the kernel would pass on to the caller.
     std::lock_guard lock(mutex_);
     auto it = inodes_.find(ino);
-    if (it != inodes_.end() && (it->second.refused_stale ||
-                                std::chrono::steady_clock::now() - it->second.looked_up <
-                                    std::chrono::milliseconds(200))) {
+    if (it != inodes_.end() &&
+        (it->second.refused_stale || std::chrono::steady_clock::now() - it->second.looked_up <
+                                         std::chrono::milliseconds(200))) {
       it->second.refused_stale = false;
     } else if (it != inodes_.end() && it->second.parent != 0) {
       Inode& inode = it->second;

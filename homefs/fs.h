@@ -153,7 +153,7 @@ class Fs {
     uint64_t node, parent;
     std::string name;
     uint64_t generation;
-    fuse_ino_t drop = 0;          // DropCache: this local node, not a notice of the home
+    fuse_ino_t drop = 0;         // DropCache: this local node, not a notice of the home
     std::function<void()> then;  // DropCache: run after the drop
   };
   // The open's answer: keeps the pages when the home's file is as they were read, and
