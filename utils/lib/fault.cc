@@ -28,6 +28,8 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kPeerThread, "peer-thread", "the peer server cannot start a service thread"},
     {Fault::kLoopCallbackThrows, "loop-callback-throws",
      "a completion on the daemon's event loop throws once, just after start-up"},
+    {Fault::kKillAfterSpawn, "kill-after-spawn",
+     "the daemon SIGKILLs itself after spawning a job's init, before journaling it"},
 };
 
 }  // namespace

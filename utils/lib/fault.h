@@ -26,6 +26,7 @@ enum class Fault {
   kReceiveMid,
   kPeerThread,
   kLoopCallbackThrows,
+  kKillAfterSpawn,
 };
 
 struct FaultInfo {
@@ -54,7 +55,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kLoopCallbackThrows) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kKillAfterSpawn) + 1> selected_;
 };
 
 }  // namespace homeward
