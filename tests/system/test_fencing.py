@@ -89,8 +89,12 @@ class FencingTest(unittest.TestCase):
         for node in nodes:
             state = c.node(node)["state"]
             jobs_dir = os.path.join(state, "jobs")
-            c.wait_for(lambda: not (os.listdir(jobs_dir) if os.path.isdir(jobs_dir) else []),
-                       30, f"{node}'s journal to be empty")
+            listing = lambda: os.listdir(jobs_dir) if os.path.isdir(jobs_dir) else []
+            try:
+                c.wait_for(lambda: not listing(), 30, f"{node}'s journal to be empty")
+            except AssertionError:
+                self.fail(f"{node}'s journal keeps {listing()}: " +
+                          " | ".join(read(os.path.join(jobs_dir, n)) for n in listing()))
             for sub in ("restart", "frozen", "images", "criu-work"):
                 path = os.path.join(state, sub)
                 left = os.listdir(path) if os.path.isdir(path) else []
@@ -226,6 +230,72 @@ echo done
                              "ready\ngot USR1\ngot USR2\ndone\n")
             self.assertEqual(read(os.path.join(work, "err")), WAITING)
             self.assert_nothing_left(c, ("node1",))
+
+
+    def killed_during_restore(self, victim):
+        """Moves a job from node1 to node2 while node2's criu holds its restore (the fault
+        point restore-hold), and SIGKILLs `victim`'s daemon then, starting it again at once:
+        the job goes on at home, in one copy, with all its output."""
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
+                                 faults="restore-hold") as c:
+            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                     check=False).returncode == 0,
+                       30, "node2 to mount node1's files")
+            work, inside = self.workdir(c, "restore")
+            with open(os.path.join(work, "counter.sh"), "w") as f:
+                f.write(COUNTER)
+            self.start(c, inside, "mosrun -L sh counter.sh > out 2> err")
+            pid = self.job_pid(c)
+            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
+                       "the job to wait at its gate")
+            c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > {inside}/move 2>&1 &")
+            c.wait_for(lambda: "fault point restore-hold" in c.log("node2"), 60,
+                       "node2's criu to hold the restore")
+            c.kill(victim)
+            c.start(victim)
+            if victim == "node1":
+                c.wait_for(lambda: f"job {pid}: its mosrun is back" in c.log("node1"), 60,
+                           "mosrun to take its job back")
+                self.assertIn(f"job {pid}: its move was cut by the restart", c.log("node1"))
+            # Exactly one copy, at home; nothing of it runs or is left on node2.
+            c.wait_for(lambda: not [j for j in jobs(c, "node2") if j["user"] == self.user], 60,
+                       "node2 to have no copy of the job")
+            here = [j for j in jobs(c) if j["user"] == self.user]
+            self.assertEqual([j["where"] for j in here], ["node1"], here)
+            # The restored copy on node2 is gone: no process of the user is left there.
+            c.wait_for(lambda: not self.user_processes(c, "node2"), 30,
+                       "the copy node2 restored to be killed")
+            open(os.path.join(work, "go"), "w").close()
+            status = c.wait_for(lambda: read(os.path.join(work, "status")), 120, "the job to end")
+            err = read(os.path.join(work, "err"))
+            self.assertEqual(status, "0\n", err)
+            self.assertEqual(err, WAITING if victim == "node1" else "")
+            self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
+            self.assertEqual(self.user_processes(c, "node2"), [])
+            self.assert_nothing_left(c, ("node1", "node2"))
+
+    def user_processes(self, c, node):
+        """Processes of the test's user in `node`'s cgroups."""
+        found = []
+        for cgroup in c.node(node).get("cgroups") or [c.node(node).get("cgroup")]:
+            if not cgroup:
+                continue
+            for root, _, files in os.walk(cgroup):
+                if "cgroup.procs" not in files:
+                    continue
+                for p in read(os.path.join(root, "cgroup.procs")).split():
+                    try:
+                        if os.stat(f"/proc/{p}").st_uid == self.uid:
+                            found.append(int(p))
+                    except OSError:
+                        pass
+        return found
+
+    def test_target_daemon_killed_during_the_restore(self):
+        self.killed_during_restore("node2")
+
+    def test_source_daemon_killed_during_the_restore(self):
+        self.killed_during_restore("node1")
 
 
 if __name__ == "__main__":

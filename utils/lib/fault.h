@@ -27,7 +27,11 @@ enum class Fault {
   kPeerThread,
   kLoopCallbackThrows,
   kKillAfterSpawn,
+  kRestoreHold,
 };
+
+// How long the restore-hold fault point holds criu at its post-restore step.
+constexpr int kRestoreHoldSeconds = 6;
 
 struct FaultInfo {
   Fault fault;
@@ -55,7 +59,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kKillAfterSpawn) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kRestoreHold) + 1> selected_;
 };
 
 }  // namespace homeward
