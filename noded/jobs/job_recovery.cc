@@ -18,13 +18,14 @@
 #include "c_boundary.h"
 #include "checkpoint.h"
 #include "error.h"
+#include "image_stream.h"
 #include "job.h"
 #include "job_journal.h"
 #include "job_registry.h"
 #include "job_stream.h"
 #include "peer_auth.h"
-#include "uv_work.h"
 #include "uv_error.h"
+#include "uv_work.h"
 
 namespace homeward {
 
@@ -85,6 +86,29 @@ pid_t FindStatusWriter(uint64_t status_inode, pid_t except) {
   }
   ::closedir(proc);
   return found;
+}
+
+// Image directories (`<images>/<what>-<daemon pid>-<n>`, and criu's `.work` beside them)
+// that a daemon killed during a move, a restore or a checkpoint left: nothing reads them
+// any more (the job went on where it was, and a restore cut short was undone above).
+void RemoveStaleImages(const std::string& images) {
+  DIR* dir = ::opendir(images.c_str());
+  if (!dir) return;
+  std::vector<std::string> stale;
+  std::string mine = fmt::format("-{}-", ::getpid());
+  while (dirent* entry = ::readdir(dir)) {
+    std::string name = entry->d_name;
+    if (name[0] != '.' && name.find(mine) == std::string::npos) stale.push_back(name);
+  }
+  ::closedir(dir);
+  for (const auto& name : stale) {
+    try {
+      migrate::RemoveImageDir(images + "/" + name);
+      spdlog::info("removed {}/{}, left by a daemon before", images, name);
+    } catch (const Error& e) {
+      spdlog::warn("cannot remove {}/{}, left by a daemon before: {}", images, name, e.what());
+    }
+  }
 }
 
 }  // namespace
@@ -408,6 +432,7 @@ void JobRegistry::Recover() {
   }
   for (const auto& [id, guest] : guests_) taken.push_back(guest->pipe_inodes()[1]);
   CleanRestoreIntents(dir, taken);
+  RemoveStaleImages(config_.state_dir + "/images");
 }
 
 void JobRegistry::RelayClosed(const std::shared_ptr<Job>& job) {

@@ -202,6 +202,11 @@ class JobRegistry {
   // Keeps the journal of every job away current (each second), and ends one taken back
   // whose mosrun died before it came back.
   void JournalAways();
+  // Journals the jobs away on the loop's next turn rather than within the second: a move
+  // between guests changed where one runs, and a home killed before that is journaled
+  // would refuse the job's new node.
+  void JournalSoon();
+  static void OnCountsTimer(uv_timer_t* timer);
   void ForgetAway(const Away& away);
   void RecoverAway(JournalEntry& entry);
   bool ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply);

@@ -168,6 +168,7 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
             away->protocol.Migrated(relay, MigratedFigures(reply.getMigrated()),
                                     static_cast<int64_t>(uv_now(loop_))));
       MaybeReleaseOutput(away);
+      JournalSoon();
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);

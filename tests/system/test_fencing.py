@@ -298,5 +298,39 @@ echo done
         self.killed_during_restore("node1")
 
 
+    def test_home_killed_right_after_a_move_between_guests(self):
+        with harness.LoopCluster(3, settings=["gossip.interval_ms=200"]) as c:
+            for node in ("node2", "node3"):
+                c.wait_for(lambda: c.run(node, "test", "-d", "/mosix/home/node1/data",
+                                         check=False).returncode == 0,
+                           30, f"{node} to mount node1's files")
+            work, inside = self.workdir(c, "moveon")
+            with open(os.path.join(work, "counter.sh"), "w") as f:
+                f.write(COUNTER)
+            self.start(c, inside, "mosrun -L -r node2 sh counter.sh > out 2> err")
+            pid = self.job_pid(c)
+            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
+                       "the job to wait at its gate on node2")
+            # node2 moves it on to node3; the home is killed as soon as the move is done.
+            result = c.run("node1", "mosmigrate", str(pid), "node3", check=False)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            c.kill("node1")
+            c.start("node1")
+            c.wait_for(lambda: f"job {pid} taken back by node node3" in c.log("node1"), 60,
+                       "node3 to attach the job again")
+            here = [j for j in jobs(c) if j["user"] == self.user]
+            self.assertEqual([j["where"] for j in here], ["node3"], here)
+            open(os.path.join(work, "go"), "w").close()
+            status = c.wait_for(lambda: read(os.path.join(work, "status")), 120, "the job to end")
+            err = read(os.path.join(work, "err"))
+            self.assertEqual(status, "0\n", err)
+            self.assertEqual(err, WAITING)
+            self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
+            for node in ("node2", "node3"):
+                c.wait_for(lambda: not [j for j in jobs(c, node) if j["user"] == self.user], 30,
+                           f"{node} to list no copy of the job")
+            self.assert_nothing_left(c, ("node1", "node2", "node3"))
+
+
 if __name__ == "__main__":
     harness.main()
