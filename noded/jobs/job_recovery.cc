@@ -71,14 +71,19 @@ pid_t FindStatusWriter(uint64_t status_inode, pid_t except) {
       while (info >> key >> flags) {
         if (key == "flags:") break;
       }
-      if ((std::stoul(flags.empty() ? "0" : flags, nullptr, 8) & O_ACCMODE) == O_WRONLY) {
+      if ((std::strtoul(flags.c_str(), nullptr, 8) & O_ACCMODE) == O_WRONLY) {
         writes = true;
         break;
       }
     }
     ::closedir(dir);
     if (!writes) continue;
-    uint64_t start = ProcessStartTime(static_cast<pid_t>(pid));
+    uint64_t start = 0;
+    try {
+      start = ProcessStartTime(static_cast<pid_t>(pid));
+    } catch (const Error&) {
+      continue;  // gone meanwhile
+    }
     if (start != 0 && (found == 0 || start < found_start)) {
       found = static_cast<pid_t>(pid);
       found_start = start;
@@ -361,7 +366,12 @@ void JobRegistry::Recover() {
       pid_t init = kept.size() == kKeptFds && kept[4].valid()
                        ? FindStatusWriter(migrate::PipeInode(kept[4].get()), entry.keeper_pid)
                        : 0;
-      uint64_t start = init > 0 ? ProcessStartTime(init) : 0;
+      uint64_t start = 0;
+      try {
+        if (init > 0) start = ProcessStartTime(init);
+      } catch (const Error&) {
+        start = 0;  // gone meanwhile
+      }
       if (start == 0) {
         why = "it never started";
       } else {

@@ -37,6 +37,11 @@ while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done
 echo done
 """
 
+# The same, waiting with shell builtins only: away from home, a program it ran while its
+# home's daemon is down could fail to load (see test_restart.py).
+BUILTIN_COUNTER = COUNTER.replace("while [ ! -e go ]; do sleep 0.05; done",
+                                  "until [ -e go ]; do :; done")
+
 WAITING = "mosrun: waiting for the node daemon to return\n"
 
 
@@ -306,7 +311,7 @@ echo done
                            30, f"{node} to mount node1's files")
             work, inside = self.workdir(c, "moveon")
             with open(os.path.join(work, "counter.sh"), "w") as f:
-                f.write(COUNTER)
+                f.write(BUILTIN_COUNTER)
             self.start(c, inside, "mosrun -L -r node2 sh counter.sh > out 2> err")
             pid = self.job_pid(c)
             c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
