@@ -19,6 +19,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import unittest
 
@@ -219,12 +220,19 @@ echo done
             pid = self.job_pid(c)
             c.wait_for(lambda: read(os.path.join(work, "out")) == "ready\n", 60,
                        "the job to set its traps")
-            c.kill("node1")
+            # mosrun's pid is the job's home pid. SIGUSR1 comes while mosrun is stopped
+            # and its daemon dead: once continued, mosrun reads the signal before it sees
+            # its daemon gone, and the dead daemon's socket refuses it (EPIPE).
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                c.kill("node1")
+                os.kill(pid, signal.SIGUSR1)
+            finally:
+                os.kill(pid, signal.SIGCONT)
             c.wait_for(lambda: WAITING in read(os.path.join(work, "err")), 30,
                        "mosrun to wait for its daemon")
-            # mosrun's pid is the job's home pid.
-            os.kill(pid, 10)
-            os.kill(pid, 12)
+            # SIGUSR2 comes while mosrun waits for its daemon.
+            os.kill(pid, signal.SIGUSR2)
             c.start("node1")
             c.wait_for(lambda: "got USR2" in read(os.path.join(work, "out")), 60,
                        "the job's traps to see the signals")
