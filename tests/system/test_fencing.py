@@ -10,7 +10,12 @@
 - A daemon killed between spawning a job's init and journaling it (the fault point
   kill-after-spawn): the next daemon finds the init by its status pipe and takes the job
   back.
-- Signals sent to mosrun while its daemon is down reach the job once mosrun is back.
+- Signals sent to mosrun while its daemon is down reach the job once mosrun is back, in
+  order: one the dead daemon's socket refused, one sent while mosrun waits.
+- A daemon killed while criu holds a move's restore (the fault point restore-hold), on the
+  target and on the source: the job goes on at home, in one copy.
+- The home killed as soon as a move between two guests returns: the new node attaches the
+  job again.
 
 Every job runs as a throwaway ordinary user (made here, removed afterwards)."""
 
@@ -152,6 +157,7 @@ class FencingTest(unittest.TestCase):
             # node2's daemon comes back with the old copy: the home refuses it, node2 kills it.
             c.start("node2")
             c.wait_for(lambda: not alive(old_init), 60, "the old copy on node2 to be killed")
+            self.assertIn(f"job {pid}: its home node1 does not take it back", c.log("node2"))
             c.wait_for(lambda: not [j for j in jobs(c, "node2") if j["user"] == self.user], 30,
                        "node2 to list no copy of the job")
             here = [j for j in jobs(c) if j["user"] == self.user]
@@ -270,6 +276,9 @@ echo done
                 c.wait_for(lambda: f"job {pid}: its mosrun is back" in c.log("node1"), 60,
                            "mosrun to take its job back")
                 self.assertIn(f"job {pid}: its move was cut by the restart", c.log("node1"))
+            else:
+                # The new daemon killed criu and what it had restored, by the intent.
+                self.assertIn("holds the pipe of a restore cut by a restart", c.log("node2"))
             # Exactly one copy, at home; nothing of it runs or is left on node2.
             c.wait_for(lambda: not [j for j in jobs(c, "node2") if j["user"] == self.user], 60,
                        "node2 to have no copy of the job")
