@@ -33,6 +33,7 @@ struct FileSession::Node {
 struct FileSession::OpenFile {
   Fd fd;
   uint64_t node = 0;
+  bool append = false;   // O_APPEND: a write sent twice would land twice
   DIR* dir = nullptr;    // its own descriptor, a duplicate of fd's
   std::mutex dir_mutex;  // a DIR stream has one position
   ~OpenFile() {
@@ -94,6 +95,8 @@ class FileOps {
   static void Link(FileSession& s, Rq rq, Rs rs);
   static void Open(FileSession& s, Rq rq, Rs rs);  // and OPENDIR
   static void Create(FileSession& s, Rq rq, Rs rs);
+  // A create the replay cache says was done already: opens the name it made.
+  static void CreateAgain(FileSession& s, Rq rq, Rs rs);
   static void Read(FileSession& s, Rq rq, Rs rs);
   static void Write(FileSession& s, Rq rq, Rs rs);
   static void Flush(FileSession& s, Rq rq, Rs rs);
