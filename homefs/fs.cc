@@ -228,7 +228,11 @@ bool Fs::SetNode(Request& r, Prepared& p, fuse_ino_t ino) {
   p.ino = ino;
   auto remote = Remote(ino, p.generation);
   if (!remote) {
-    r.Err(p.generation == client_.generation() ? ESTALE : EIO);
+    int err = Gone(p.generation);
+    // The connection broke meanwhile: a hard mount sends the request all the same, which
+    // hands it back to be bound again and sent on the next connection (Resend).
+    if (err == FileClient::kLost && client_.hard()) return true;
+    r.Err(err == FileClient::kLost ? EIO : err);
     return false;
   }
   p.rq.setNode(*remote);
@@ -241,6 +245,7 @@ bool Fs::SetFh(Request& r, Prepared& p, fuse_file_info* fi) {
   p.rq.setHasFh(true);
   uint64_t remote = 0;
   if (int err = RemoteFh(fi->fh, p.generation, &remote)) {
+    if (err == FileClient::kLost && client_.hard()) return true;  // as in SetNode
     r.Err(err == FileClient::kLost ? EIO : err);
     return false;
   }
@@ -700,7 +705,10 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
   if (!p || !SetNode(r, *p, parent)) return;
   p->ino2 = newparent;
   auto remote2 = Remote(newparent, p->generation);
-  if (!remote2) return r.Err(EIO);
+  if (!remote2 && !(client_.hard() && Gone(p->generation) == FileClient::kLost)) {
+    return r.Err(ESTALE);
+  }
+  if (!remote2) remote2 = 0;  // bound again when sent again (as in SetNode)
   p->rq.setName(name);
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
@@ -717,7 +725,10 @@ void Fs::Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string
   if (!p || !SetNode(r, *p, ino)) return;
   p->ino2 = newparent;
   auto remote2 = Remote(newparent, p->generation);
-  if (!remote2) return r.Err(EIO);
+  if (!remote2 && !(client_.hard() && Gone(p->generation) == FileClient::kLost)) {
+    return r.Err(ESTALE);
+  }
+  if (!remote2) remote2 = 0;  // bound again when sent again (as in SetNode)
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
   Call(std::move(r), std::move(p), [this, newparent, newname](Request& r, auto rs, uint64_t gen) {
