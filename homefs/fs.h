@@ -11,6 +11,7 @@
 #include <fuse_lowlevel.h>
 #include <sys/statvfs.h>
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -51,6 +52,14 @@ class Fs {
   void StopNotices();
   // Stops sending requests again (before the client stops).
   void StopResending();
+
+  // Drops the kernel's cached pages and attributes of `ino`, then runs `then` (for example
+  // answering a request), on the notice thread: an invalidation waits for page locks,
+  // which a read in flight holds until the receiving thread answers it, so the receiving
+  // thread must never wait for one. For a lock acquisition to revalidate the file (as NFS
+  // does): answer the lock in `then`, and the locker's next read and stat ask the home.
+  // `then` runs even when nothing was cached (or the mount is going away).
+  void DropCache(fuse_ino_t ino, std::function<void()> then = {});
 
   // The operations table; userdata must be this Fs.
   static const fuse_lowlevel_ops& Operations();
@@ -94,6 +103,14 @@ class Fs {
     // The attributes last heard from the home: answered when the home is silent.
     struct stat attr {};
     bool has_attr = false;
+    // Close-to-open: the home's size, mtime and ctime when the kernel's pages were last
+    // dropped (at an open); an open that finds them unchanged keeps the pages.
+    std::optional<std::array<int64_t, 3>> pages_of;
+    // The last open of this object failed with ESTALE (its name holds another object
+    // now); the next one is not checked, so that an object reached without its name
+    // (a reopen through /proc of a removed file) still opens.
+    bool refused_stale = false;
+    std::chrono::steady_clock::time_point looked_up{};  // the kernel's last lookup of it
   };
   struct Prepared;
   // A file this mount has open: the kernel's handle is a local number, stable across
@@ -145,9 +162,6 @@ class Fs {
   int RemoteFh(uint64_t fh, uint64_t generation, uint64_t* remote);
   uint64_t AddHandle(OpenHandle handle);
   OpenHandle HandleOf(Prepared& p, fuse_ino_t ino, int flags, bool dir);
-  // A rename done: the moved object's path follows it.
-  void Moved(fuse_ino_t parent, const std::string& name, fuse_ino_t newparent,
-             const std::string& newname, unsigned flags);
   // The cache of a silent home (stale answers: see ARCHITECTURE.md, homefs).
   void RememberAttr(fuse_ino_t ino, const struct stat& attr);
   std::optional<struct stat> CachedAttr(fuse_ino_t ino);
@@ -170,7 +184,12 @@ class Fs {
     uint64_t node, parent;
     std::string name;
     uint64_t generation;
+    fuse_ino_t drop = 0;         // DropCache: this local node, not a notice of the home
+    std::function<void()> then;  // DropCache: run after the drop
   };
+  // The open's answer: keeps the pages when the home's file is as they were read, and
+  // invalidates attributes the kernel holds that the home's no longer match.
+  void Opened(fuse_ino_t ino, schema::FileResponse::Reader rs, fuse_file_info& fi);
   fuse_session* session_ = nullptr;
   std::mutex notice_mutex_;
   std::condition_variable notice_ready_;

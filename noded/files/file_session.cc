@@ -229,11 +229,8 @@ bool FileSession::NonIdempotent(schema::FileRequest::Reader rq) {
     case Op::LINK:
     case Op::CREATE:
       return true;
-    case Op::WRITE: {
-      std::lock_guard lock(mutex_);
-      auto it = handles_.find(rq.getFh());
-      return it != handles_.end() && it->second->append;
-    }
+    case Op::WRITE:
+      return (rq.getFlags() & O_APPEND) != 0;  // placed at the end: twice is twice
     default:
       return false;
   }

@@ -197,6 +197,7 @@ TEST_F(ReplayTest, AnAppendSentAgainIsNotWrittenTwice) {
   auto append = [&](uint64_t fh, uint64_t id, bool retry) {
     return Call(Op::WRITE, 0, "", [&](auto rq) {
       rq.setFh(fh);
+      rq.setFlags(O_APPEND);
       rq.setData(kj::StringPtr("2\n").asBytes());
     }, id, retry);
   };
