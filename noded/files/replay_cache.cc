@@ -56,9 +56,10 @@ void ReplayCache::Compact() {
   std::string next = path_ + ".new";
   Fd out = Fd::Adopt(::open(next.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!out.valid()) {
-    spdlog::warn("file service: replay log {}: {}; requests resent after a restart may be "
-                 "applied twice",
-                 next, std::strerror(errno));
+    spdlog::warn(
+        "file service: replay log {}: {}; requests resent after a restart may be "
+        "applied twice",
+        next, std::strerror(errno));
     log_ = Fd();
     return;
   }

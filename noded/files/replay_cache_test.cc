@@ -55,8 +55,8 @@ class ReplayTest : public ::testing::Test {
     uint64_t size;
   };
   Result Call(Op op, uint64_t node, const std::string& name,
-              const std::function<void(schema::FileRequest::Builder)>& fill = {},
-              uint64_t id = 0, bool retry = false) {
+              const std::function<void(schema::FileRequest::Builder)>& fill = {}, uint64_t id = 0,
+              bool retry = false) {
     capnp::MallocMessageBuilder in, out;
     auto rq = in.initRoot<schema::FileRequest>();
     rq.setVersion(schema::FILES_VERSION);
@@ -132,10 +132,15 @@ TEST_F(ReplayTest, AnExclusiveCreateSentAgainOpensTheFileItMade) {
   };
   auto first = Call(Op::CREATE, 1, "new", fill, 11);
   ASSERT_EQ(first.error, 0);
-  ASSERT_EQ(Call(Op::WRITE, 0, "", [&](auto rq) {
-              rq.setFh(first.fh);
-              rq.setData(kj::StringPtr("kept").asBytes());
-            }, 12).error, 0);
+  ASSERT_EQ(Call(
+                Op::WRITE, 0, "",
+                [&](auto rq) {
+                  rq.setFh(first.fh);
+                  rq.setData(kj::StringPtr("kept").asBytes());
+                },
+                12)
+                .error,
+            0);
   Restart();
   auto again = Call(Op::CREATE, 1, "new", fill, 11, true);
   EXPECT_EQ(again.error, 0);  // not EEXIST: it was this request that made it
@@ -150,18 +155,32 @@ TEST_F(ReplayTest, RemovesAndRenamesSentAgainSucceedOnce) {
   std::ofstream(base_ + "/export/a") << "a";
   std::ofstream(base_ + "/export/gone") << "g";
   ASSERT_EQ(Call(Op::UNLINK, 1, "gone", {}, 21).error, 0);
-  ASSERT_EQ(Call(Op::RENAME, 1, "a", [](auto rq) {
-              rq.setNode2(1);
-              rq.setName2("b");
-            }, 22).error, 0);
-  ASSERT_EQ(Call(Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 23).error, 0);
+  ASSERT_EQ(Call(
+                Op::RENAME, 1, "a",
+                [](auto rq) {
+                  rq.setNode2(1);
+                  rq.setName2("b");
+                },
+                22)
+                .error,
+            0);
+  ASSERT_EQ(Call(
+                Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 23)
+                .error,
+            0);
   Restart();
   EXPECT_EQ(Call(Op::UNLINK, 1, "gone", {}, 21, true).error, 0);
-  EXPECT_EQ(Call(Op::RENAME, 1, "a", [](auto rq) {
-              rq.setNode2(1);
-              rq.setName2("b");
-            }, 22, true).error, 0);
-  auto dir = Call(Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 23, true);
+  EXPECT_EQ(Call(
+                Op::RENAME, 1, "a",
+                [](auto rq) {
+                  rq.setNode2(1);
+                  rq.setName2("b");
+                },
+                22, true)
+                .error,
+            0);
+  auto dir = Call(
+      Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 23, true);
   EXPECT_EQ(dir.error, 0);
   EXPECT_NE(dir.node, 0u);
   EXPECT_EQ(Read("b"), "a");
@@ -179,13 +198,17 @@ TEST_F(ReplayTest, ARequestADyingDaemonBeganIsTakenAsDoneWhenItsEffectIsThere) {
   cache_->Start(0xc11e, 31);
   fs::create_directory(base_ + "/export/half");
   Restart();
-  auto dir = Call(Op::MKDIR, 1, "half", [](auto rq) { rq.setMode(0755); }, 31, true);
+  auto dir = Call(
+      Op::MKDIR, 1, "half", [](auto rq) { rq.setMode(0755); }, 31, true);
   EXPECT_EQ(dir.error, 0);
   EXPECT_NE(dir.node, 0u);
   // One that had not got as far is simply performed.
   cache_->Start(0xc11e, 32);
   Restart();
-  EXPECT_EQ(Call(Op::MKDIR, 1, "later", [](auto rq) { rq.setMode(0755); }, 32, true).error, 0);
+  EXPECT_EQ(Call(
+                Op::MKDIR, 1, "later", [](auto rq) { rq.setMode(0755); }, 32, true)
+                .error,
+            0);
   EXPECT_TRUE(fs::is_directory(base_ + "/export/later"));
 }
 
@@ -195,11 +218,14 @@ TEST_F(ReplayTest, AnAppendSentAgainIsNotWrittenTwice) {
   auto opened = Call(Op::LOOKUP, 1, "log");
   auto fh = Call(Op::OPEN, opened.node, "", [](auto rq) { rq.setFlags(O_WRONLY | O_APPEND); }).fh;
   auto append = [&](uint64_t fh, uint64_t id, bool retry) {
-    return Call(Op::WRITE, 0, "", [&](auto rq) {
-      rq.setFh(fh);
-      rq.setFlags(O_APPEND);
-      rq.setData(kj::StringPtr("2\n").asBytes());
-    }, id, retry);
+    return Call(
+        Op::WRITE, 0, "",
+        [&](auto rq) {
+          rq.setFh(fh);
+          rq.setFlags(O_APPEND);
+          rq.setData(kj::StringPtr("2\n").asBytes());
+        },
+        id, retry);
   };
   ASSERT_EQ(append(fh, 41, false).size, 2u);
   Restart();
@@ -214,7 +240,10 @@ TEST_F(ReplayTest, AnAppendSentAgainIsNotWrittenTwice) {
 TEST_F(ReplayTest, AClientWithoutAnIdIsServedAsBefore) {
   cache_ = std::make_unique<ReplayCache>();
   session_ = std::make_unique<FileSession>(root_.get(), FileSession::Root::kTrust, cache_.get());
-  ASSERT_EQ(Call(Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 1).error, 0);
+  ASSERT_EQ(Call(
+                Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 1)
+                .error,
+            0);
   EXPECT_EQ(cache_->size(), 0u);
 }
 
