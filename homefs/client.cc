@@ -3,10 +3,12 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <future>
+#include <map>
 
 #include <kj/exception.h>
 
@@ -44,7 +46,17 @@ bool GoesStale(bool may_go_stale, std::chrono::milliseconds silent) {
   return may_go_stale && silent >= kInterruptSilence;
 }
 
-FileClient::FileClient(ClientOptions options) : options_(std::move(options)) {}
+int LostCallError(bool hard, bool resend) {
+  return hard && resend ? FileClient::kLost : EIO;
+}
+
+FileClient::FileClient(ClientOptions options) : options_(std::move(options)) {
+  // Random, so that a mount made again (or another node's) never shares the ids the home
+  // remembers; never 0 (a client without an id).
+  while (id_ == 0) {
+    if (::getrandom(&id_, sizeof id_, 0) != sizeof id_) id_ = 0;
+  }
+}
 
 FileClient::~FileClient() {
   Stop();
@@ -77,6 +89,7 @@ std::shared_ptr<SecureStream> FileClient::Connect() {
   auto rq = hello.initRoot<schema::FileRequest>();
   rq.setVersion(schema::FILES_VERSION);
   rq.setOp(schema::FileOp::HELLO);
+  rq.setClient(id_);
   FrameStream stream(fd, kMaxFrameBytes);
   stream.Write(hello);
   auto reply = stream.Read();
@@ -118,9 +131,17 @@ void FileClient::Stop() {
 }
 
 void FileClient::FailAll(std::unordered_map<uint64_t, Pending> pending) {
-  for (auto& [id, p] : pending) {
+  // In id order: requests sent again go out in the order they first went.
+  std::map<uint64_t, Pending> ordered;
+  for (auto& [id, p] : pending) ordered.emplace(id, std::move(p));
+  for (auto& [id, p] : ordered) {
+    int err = LostCallError(options_.hard, p.resend);
+    if (err != kLost) {
+      std::lock_guard lock(mutex_);
+      Answered(id);
+    }
     try {
-      p.done(EIO, nullptr);
+      p.done(err, nullptr);
     } catch (const std::exception& e) {
       spdlog::error("homefs: failing request {}: {}", id, e.what());
     }
@@ -187,6 +208,7 @@ void FileClient::ConnectionLoop() {
             done = std::move(it->second.done);
             pending_.erase(it);
           }
+          Answered(server.getResponse().getId());
           // Any answer (one the cache gave already too) shows the home alive; what is
           // still pending is owed from now.
           owed_since_.reset();
@@ -244,9 +266,11 @@ void FileClient::TimerLoop() {
       auto waited = silent;
       if (p.interrupted && EndsInterrupted(p.interrupted(), waited)) {
         interrupted.emplace_back(std::move(p.done), EINTR);
+        Answered(it->first);
         it = pending_.erase(it);
       } else if (GoesStale(p.may_go_stale, waited)) {
         interrupted.emplace_back(std::move(p.done), ETIMEDOUT);
+        Answered(it->first);
         it = pending_.erase(it);
       } else {
         ++it;
@@ -293,23 +317,41 @@ int FileClient::WaitConnected(uint64_t* generation, const InterruptProbe& interr
   }
 }
 
+void FileClient::Abandon(uint64_t id) {
+  std::lock_guard lock(mutex_);
+  Answered(id);
+}
+
 void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
-                      InterruptProbe interrupted, bool may_go_stale) {
+                      InterruptProbe interrupted, bool may_go_stale, bool resend) {
   std::shared_ptr<FrameStream> stream;
-  uint64_t id;
+  auto rq = message.getRoot<schema::FileRequest>();
+  uint64_t id = rq.getId();
+  bool again = id != 0;
+  int fail = 0;
   {
     std::lock_guard lock(mutex_);
+    if (!again) id = next_id_++;
+    if (resend) unacked_.insert(id);
     if (!stream_ || generation != generation_) {
       // Ids from an older connection mean nothing to the home now.
-      goto fail;
+      fail = LostCallError(options_.hard, resend);
+      if (fail != kLost) Answered(id);
+    } else {
+      stream = stream_;
+      if (!owed_since_) owed_since_ = Clock::now();
+      pending_[id] =
+          Pending{std::move(done), Clock::now(), std::move(interrupted), may_go_stale, resend};
+      rq.setOldest(unacked_.empty() ? id : std::min(id, *unacked_.begin()));
     }
-    stream = stream_;
-    id = next_id_++;
-    if (!owed_since_) owed_since_ = Clock::now();
-    pending_[id] = Pending{std::move(done), Clock::now(), std::move(interrupted), may_go_stale};
   }
-  message.getRoot<schema::FileRequest>().setId(id);
-  message.getRoot<schema::FileRequest>().setVersion(schema::FILES_VERSION);
+  rq.setId(id);  // kept: a request handed back is sent again under it
+  if (fail) {
+    done(fail, nullptr);
+    return;
+  }
+  rq.setRetry(again);
+  rq.setVersion(schema::FILES_VERSION);
   try {
     stream->Write(message);
   } catch (const Error& e) {
@@ -318,9 +360,6 @@ void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callb
     std::lock_guard lock(mutex_);
     if (fd_ >= 0 && stream_ == stream) ::shutdown(fd_, SHUT_RDWR);
   }
-  return;
-fail:
-  done(EIO, nullptr);
 }
 
 void FileClient::Post(capnp::MessageBuilder& message, uint64_t generation) {

@@ -22,6 +22,7 @@
 
 #include "fd.h"
 #include "peer_auth.h"
+#include "replay_cache.h"
 #include "secure_channel.h"
 #include "schema/files.capnp.h"
 
@@ -58,8 +59,9 @@ class FileSession {
   };
   static constexpr uint32_t kSquashedId = 65534;  // nobody, nogroup
 
-  // `root` is an O_PATH descriptor of the export root (borrowed, outlives the session).
-  explicit FileSession(int root, Root peer_root = Root::kSquash);
+  // `root` is an O_PATH descriptor of the export root (borrowed, outlives the session);
+  // `replay` (borrowed, may be null) remembers non-idempotent requests across connections.
+  explicit FileSession(int root, Root peer_root = Root::kSquash, ReplayCache* replay = nullptr);
   FileSession(const FileSession&) = delete;
   FileSession& operator=(const FileSession&) = delete;
 
@@ -88,6 +90,13 @@ class FileSession {
   // Records one lookup of `fd`'s object and fills `entry`, with the node id.
   void Remember(Fd fd, schema::Entry::Builder entry);
   void LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry);
+  // Whether sending `request` twice could apply it twice (see ReplayCache).
+  bool NonIdempotent(schema::FileRequest::Reader request);
+  // Answers a request the replay cache says was performed already, with `err`.
+  void Replay(schema::FileRequest::Reader request, schema::FileResponse::Builder response,
+              int err);
+  // Dispatch, remembered in the replay cache when the request is non-idempotent.
+  void Perform(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
   // Calls the request kind's handler.
   void Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
   void WatchLoop();
@@ -100,6 +109,8 @@ class FileSession {
 
   int root_;
   Root peer_root_;
+  ReplayCache* replay_;
+  uint64_t client_ = 0;  // the client's id, from its hello (0: an old client, no replays)
   std::mutex mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> by_inode_;
@@ -118,8 +129,10 @@ class FileSession {
 class FileServer {
  public:
   // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
+  // `replay_log`: where the replay cache is kept (in the state directory; empty: memory).
   FileServer(const std::string& export_root, int threads,
-             FileSession::Root peer_root = FileSession::Root::kSquash);
+             FileSession::Root peer_root = FileSession::Root::kSquash,
+             const std::string& replay_log = {});
   FileServer(const FileServer&) = delete;
   FileServer& operator=(const FileServer&) = delete;
   ~FileServer();
@@ -135,6 +148,7 @@ class FileServer {
  private:
   Fd root_;
   FileSession::Root peer_root_;
+  ReplayCache replay_;
   WorkerPool pool_;
   std::mutex mutex_;
   std::condition_variable idle_;

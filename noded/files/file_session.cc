@@ -120,7 +120,8 @@ void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
 
 }  // namespace
 
-FileSession::FileSession(int root, Root peer_root) : root_(root), peer_root_(peer_root) {
+FileSession::FileSession(int root, Root peer_root, ReplayCache* replay)
+    : root_(root), peer_root_(peer_root), replay_(replay) {
   auto node = std::make_shared<Node>();
   node->fd = Fd::Adopt(HW_SYSCALL(::fcntl(root, F_DUPFD_CLOEXEC, 0), "dup export root"));
   node->nlookup = 1;
@@ -204,7 +205,7 @@ void FileSession::Handle(schema::FileRequest::Reader request,
   try {
     Become(request.getCred(), peer_root_);
     if (inotify_.valid()) MarkOwnChange(request);
-    Dispatch(request, response);
+    Perform(request, response);
   } catch (const OpError& e) {
     response.setError(e.err);
   } catch (const Error& e) {
@@ -213,6 +214,79 @@ void FileSession::Handle(schema::FileRequest::Reader request,
     spdlog::warn("file service: request {} failed: {}", static_cast<int>(request.getOp()),
                  e.what());
     response.setError(EIO);
+  }
+}
+
+bool FileSession::NonIdempotent(schema::FileRequest::Reader rq) {
+  using Op = schema::FileOp;
+  switch (rq.getOp()) {
+    case Op::MKNOD:
+    case Op::MKDIR:
+    case Op::UNLINK:
+    case Op::RMDIR:
+    case Op::SYMLINK:
+    case Op::RENAME:
+    case Op::LINK:
+    case Op::CREATE:
+      return true;
+    case Op::WRITE:
+      return (rq.getFlags() & O_APPEND) != 0;  // placed at the end: twice is twice
+    default:
+      return false;
+  }
+}
+
+void FileSession::Perform(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs) {
+  using Op = schema::FileOp;
+  if (!replay_ || !client_) return Dispatch(rq, rs);
+  uint64_t id = rq.getId();
+  if (rq.getOldest()) replay_->Ack(client_, rq.getOldest());
+  if (!NonIdempotent(rq)) return Dispatch(rq, rs);
+  auto seen = rq.getRetry() ? replay_->Find(client_, id) : ReplayCache::Seen{};
+  if (seen.state == ReplayCache::State::kDone) return Replay(rq, rs, seen.err);
+  if (seen.state == ReplayCache::State::kUnknown) replay_->Start(client_, id);
+  int err = 0;
+  try {
+    Dispatch(rq, rs);
+  } catch (const OpError& e) {
+    err = e.err;
+  }
+  // Begun by a daemon that died before it logged how it ended: the error a done request
+  // meets when performed again says it was done (the name it made exists, the name it
+  // removed is gone).
+  auto op = rq.getOp();
+  bool removes = op == Op::UNLINK || op == Op::RMDIR || op == Op::RENAME;
+  if (seen.state == ReplayCache::State::kStarted && op != Op::WRITE &&
+      err == (removes ? ENOENT : EEXIST)) {
+    spdlog::info("file service: request {} of client {:x} was done before the restart", id,
+                 client_);
+    replay_->Finish(client_, id, 0);
+    return Replay(rq, rs, 0);
+  }
+  replay_->Finish(client_, id, err);
+  if (err) throw OpError{err};
+}
+
+void FileSession::Replay(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs,
+                         int err) {
+  using Op = schema::FileOp;
+  if (err) throw OpError{err};
+  switch (rq.getOp()) {
+    case Op::MKNOD:
+    case Op::MKDIR:
+    case Op::SYMLINK:
+      LookupInto(GetNode(rq.getNode())->fd.get(), rq.getName(), rs.initEntry());
+      return;
+    case Op::LINK:
+      LookupInto(GetNode(rq.getNode2())->fd.get(), rq.getName2(), rs.initEntry());
+      return;
+    case Op::CREATE:
+      return FileOps::CreateAgain(*this, rq, rs);
+    case Op::WRITE:
+      rs.setSize(rq.getData().size());
+      return;
+    default:
+      return;  // unlink, rmdir, rename: nothing to answer but success
   }
 }
 

@@ -335,6 +335,8 @@ class JobRegistry {
   void FreezeOverdueGuests();
   void FreezeGuest(uint64_t id, std::shared_ptr<Job> job);
   void ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen);
+  // Moves a guest continued after a freeze home ([recovery] frozen_guests = "home").
+  void SendHome(std::shared_ptr<Job> job);
   void DropFrozenGuests();
 
   uv_loop_t* loop_;
