@@ -60,9 +60,7 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
   // A throw from here on leaves the init with `init` or the job, either of which kills
   // and reaps it.
   faults_.Check(Fault::kAdoptRestored);
-  job->OnCheckpointRequest([this, weak = std::weak_ptr<Job>(job)] {
-    if (auto asking = weak.lock()) CheckpointRequested(asking);
-  });
+  WatchCheckpointAsks(job);
   // A guest survives a restart of this daemon as one started here does (job_recovery.cc).
   if (job->launch().guest || slot >= 0) KeepJob(*job, slot);
   job->Adopt(std::move(init), std::move(ends));

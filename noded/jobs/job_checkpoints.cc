@@ -172,6 +172,12 @@ void JobRegistry::CheckpointAsked(pid_t home_pid) {
   }
 }
 
+void JobRegistry::WatchCheckpointAsks(const std::shared_ptr<Job>& job) {
+  job->OnCheckpointRequest([this, weak = std::weak_ptr<Job>(job)] {
+    if (auto asking = weak.lock()) CheckpointRequested(asking);
+  });
+}
+
 void JobRegistry::CheckpointRequested(const std::shared_ptr<Job>& job) {
   if (job->launch().guest) {
     // The job's home keeps its checkpoint plan: it asks this node for the checkpoint.

@@ -393,6 +393,7 @@ void JobRegistry::Recover() {
                                        [this, id](Job&) { guests_.erase(id); });
       try {
         KeepJob(*job, -1);  // journaled on: a later move marks its entry
+        WatchCheckpointAsks(job);
         job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept), Fd(),
                      nullptr, nullptr);
         guests_[id] = job;
@@ -411,6 +412,9 @@ void JobRegistry::Recover() {
                                        [this, slot](Job&) { jobs_.erase(slot); });
       try {
         KeepJob(*job, slot);  // journaled on: a later move marks its entry
+        // Its plan first: an ask the job makes while it is taken back counts.
+        PlanCheckpoints(slot, job->launch().identity, job->launch().checkpoint);
+        WatchCheckpointAsks(job);
         job->set_output_base(entry.base[1], entry.base[2]);
         job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
                      std::move(mosrun), nullptr, nullptr);
@@ -666,6 +670,13 @@ void JobRegistry::JournalAways() {
       entry.launch.argv = {away->command};
       entry.launch.locked = away->locked;
     }
+    // Its checkpoint plan, and the user it writes and reads its checkpoints as.
+    if (auto plan = checkpoint_plans_.find(slot);
+        plan != checkpoint_plans_.end() && plan->second.home_pid == away->home_pid()) {
+      entry.launch.checkpoint = plan->second.plan;
+      entry.launch.identity.gid = plan->second.owner.gid;
+      entry.launch.identity.groups = plan->second.owner.groups;
+    }
     entry.away = true;
     entry.record = record.Serialize();
     for (int fd : {1, 2}) {
@@ -736,6 +747,7 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
   away->origin[2] = entry.base[2];
   away->journaled = FormatJournalEntry(entry);
   jobs_[entry.slot].away = away;
+  PlanCheckpoints(entry.slot, entry.launch.identity, entry.launch.checkpoint);
   if (frozen) {
     spdlog::info("job {} taken back after a restart: frozen to {}; waiting for its mosrun",
                  home_pid, entry.frozen_dir);

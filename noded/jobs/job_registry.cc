@@ -138,9 +138,7 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
   auto job =
       std::make_shared<Job>(loop_, std::move(launch), relay, [finished](Job&) { finished(); });
   *weak_job = job;
-  job->OnCheckpointRequest([this, weak = std::weak_ptr<Job>(job)] {
-    if (auto asking = weak.lock()) CheckpointRequested(asking);
-  });
+  WatchCheckpointAsks(job);
   try {
     if (prepare) prepare(*job);
     job->Start();

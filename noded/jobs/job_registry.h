@@ -302,6 +302,8 @@ class JobRegistry {
   bool RestartLost(int slot, const std::shared_ptr<Away>& away, const std::string& why);
   void StartCheckpointTimer();
   void CheckpointTick();
+  // Takes the job's own asks for a checkpoint (mosrun -S) from its status pipe.
+  void WatchCheckpointAsks(const std::shared_ptr<Job>& job);
   // The job running here asked for a checkpoint itself (mosrun -S): a guest passes the
   // word to its home; a job at home is marked (CheckpointAsked).
   void CheckpointRequested(const std::shared_ptr<Job>& job);

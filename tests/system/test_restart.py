@@ -245,6 +245,26 @@ class RestartTest(unittest.TestCase):
         self.assertEqual(os.listdir(frozen_dir), [])
         self.assert_nothing_left()
 
+    def test_a_checkpoint_the_job_asked_for_is_not_asked_again_after_a_restart(self):
+        # The status the job wrote (its ask, mosrun -S) is read again by the new daemon,
+        # which must not take it for a new ask: the next checkpoint is the second.
+        script = ("kill -USR1 $$\nuntil [ -e ck/ckpt-1 ]; do :; done\necho asked\n"
+                  "until [ -e gate ]; do :; done\necho done\n")
+        work, inside = self.workdir("faulted")
+        pid = self.start(work, inside, script,
+                         f"mosrun -L -C {inside}/ck -S USR1 sh job.sh > out 2> err",
+                         gate_open=False)
+        self.c.wait_for(lambda: read(os.path.join(work, "out")) == "asked\n", 60,
+                        "the checkpoint the job asked for")
+        self.restart_home(work, pid)
+        self.wait_reattached(pid)
+        demand = self.c.run("node1", "mosmigrate", str(pid), "checkpoint")
+        self.assertIn(f"its checkpoint is in {inside}/ck/ckpt-2", demand.stdout)
+        open(os.path.join(work, "gate"), "w").close()
+        self.assertEqual(self.wait_end(work), "0\n", read(os.path.join(work, "err")))
+        self.assertEqual(sorted(os.listdir(os.path.join(work, "ck"))), ["ckpt-1", "ckpt-2"])
+        self.assert_nothing_left()
+
     def test_home_daemon_killed_while_the_job_floods_its_output(self):
         shell = ("mosrun -L sh job.sh < /dev/null 2> err | "
                  "(until [ -e reader-gate ]; do sleep 0.05; done; cat > out)")
