@@ -185,12 +185,13 @@ void FileClient::ConnectionLoop() {
           auto it = pending_.find(server.getResponse().getId());
           if (it != pending_.end()) {
             done = std::move(it->second.done);
+            if (it->second.waits) --waiting_;
             pending_.erase(it);
           }
           // Any answer (one the cache gave already too) shows the home alive; what is
-          // still pending is owed from now.
+          // still pending is owed from now (a wait for a lock is owed nothing).
           owed_since_.reset();
-          if (!pending_.empty()) owed_since_ = Clock::now();
+          if (pending_.size() > waiting_) owed_since_ = Clock::now();
           if (!done) continue;
         }
         try {
@@ -214,6 +215,7 @@ void FileClient::ConnectionLoop() {
       fd_ = -1;
       owed_since_.reset();
       lost.swap(pending_);
+      waiting_ = 0;
       stopping = stopping_;
     }
     // Stop breaks the connection on purpose (a cut, to the stream): nothing to warn of.
@@ -244,9 +246,11 @@ void FileClient::TimerLoop() {
       auto waited = silent;
       if (p.interrupted && EndsInterrupted(p.interrupted(), waited)) {
         interrupted.emplace_back(std::move(p.done), EINTR);
+        if (p.waits) --waiting_;
         it = pending_.erase(it);
       } else if (GoesStale(p.may_go_stale, waited)) {
         interrupted.emplace_back(std::move(p.done), ETIMEDOUT);
+        if (p.waits) --waiting_;
         it = pending_.erase(it);
       } else {
         ++it;
@@ -293,8 +297,8 @@ int FileClient::WaitConnected(uint64_t* generation, const InterruptProbe& interr
   }
 }
 
-void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
-                      InterruptProbe interrupted, bool may_go_stale) {
+uint64_t FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
+                          InterruptProbe interrupted, bool may_go_stale, bool waits) {
   std::shared_ptr<FrameStream> stream;
   uint64_t id;
   {
@@ -305,8 +309,10 @@ void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callb
     }
     stream = stream_;
     id = next_id_++;
-    if (!owed_since_) owed_since_ = Clock::now();
-    pending_[id] = Pending{std::move(done), Clock::now(), std::move(interrupted), may_go_stale};
+    if (!owed_since_ && !waits) owed_since_ = Clock::now();
+    pending_[id] =
+        Pending{std::move(done), Clock::now(), std::move(interrupted), may_go_stale, waits};
+    if (waits) ++waiting_;
   }
   message.getRoot<schema::FileRequest>().setId(id);
   message.getRoot<schema::FileRequest>().setVersion(schema::FILES_VERSION);
@@ -318,9 +324,10 @@ void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callb
     std::lock_guard lock(mutex_);
     if (fd_ >= 0 && stream_ == stream) ::shutdown(fd_, SHUT_RDWR);
   }
-  return;
+  return id;
 fail:
   done(EIO, nullptr);
+  return 0;
 }
 
 void FileClient::Post(capnp::MessageBuilder& message, uint64_t generation) {

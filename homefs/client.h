@@ -92,8 +92,11 @@ class FileClient {
   // `may_go_stale`: when the home has been silent a while (kStaleAfter), `done` runs with
   // ETIMEDOUT and no message, for the caller to answer from what it last heard (see
   // Fs: attributes, lookups and statfs of a silent home).
-  void Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
-            InterruptProbe interrupted = {}, bool may_go_stale = false);
+  // `waits`: the home answers when it can (a lock is free), however long that takes: the
+  // request does not count as owed, so the home is not taken for silent meanwhile.
+  // Returns the request's id (0 when it was not sent).
+  uint64_t Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
+                InterruptProbe interrupted = {}, bool may_go_stale = false, bool waits = false);
   // Sends a request the home does not answer (forget), if still on `generation`.
   void Post(capnp::MessageBuilder& message, uint64_t generation);
   // Whether the home has been silent a while (kStaleAfter) with calls waiting: questions
@@ -113,6 +116,7 @@ class FileClient {
     std::chrono::steady_clock::time_point sent;
     InterruptProbe interrupted;
     bool may_go_stale = false;
+    bool waits = false;
   };
   void ConnectionLoop();
   void TimerLoop();
@@ -131,6 +135,7 @@ class FileClient {
   uint64_t generation_ = 0;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Pending> pending_;
+  size_t waiting_ = 0;  // entries of pending_ that wait (for a lock)
   // Since when the home has owed an answer and given none: set by a request sent while
   // nothing was owed, moved on by every message from the home, cleared when nothing is
   // pending after one. A request the client answered itself (EINTR, from the cache) stays

@@ -120,7 +120,10 @@ void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
 
 }  // namespace
 
-FileSession::FileSession(int root, Root peer_root) : root_(root), peer_root_(peer_root) {
+FileSession::FileSession(int root, Root peer_root, std::shared_ptr<HomeLocks> locks)
+    : root_(root),
+      peer_root_(peer_root),
+      locks_(locks ? std::move(locks) : std::make_shared<HomeLocks>()) {
   auto node = std::make_shared<Node>();
   node->fd = Fd::Adopt(HW_SYSCALL(::fcntl(root, F_DUPFD_CLOEXEC, 0), "dup export root"));
   node->nlookup = 1;
@@ -128,6 +131,9 @@ FileSession::FileSession(int root, Root peer_root) : root_(root), peer_root_(pee
 }
 
 FileSession::~FileSession() {
+  // Waits end before the session's tables go; the locks go with the descriptions.
+  locks_->CancelAll(this, EINTR);
+  locks_->ForgetSession(this);
   if (watcher_.joinable()) {
     uint64_t one = 1;
     if (::write(stop_watching_.get(), &one, sizeof one) < 0) {
@@ -198,13 +204,13 @@ void FileSession::LookupInto(int dir_fd, const std::string& name, schema::Entry:
   Remember(Fd::Adopt(OpenBeneath(dir_fd, name, O_PATH | O_NOFOLLOW, 0)), entry);
 }
 
-void FileSession::Handle(schema::FileRequest::Reader request,
-                         schema::FileResponse::Builder response) {
+bool FileSession::Handle(schema::FileRequest::Reader request,
+                         schema::FileResponse::Builder response, Later later) {
   response.setId(request.getId());
   try {
     Become(request.getCred(), peer_root_);
     if (inotify_.valid()) MarkOwnChange(request);
-    Dispatch(request, response);
+    return Dispatch(request, response, later);
   } catch (const OpError& e) {
     response.setError(e.err);
   } catch (const Error& e) {
@@ -214,6 +220,30 @@ void FileSession::Handle(schema::FileRequest::Reader request,
                  e.what());
     response.setError(EIO);
   }
+  return true;
+}
+
+bool FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs,
+                           Later& later) {
+  using Op = schema::FileOp;
+  switch (rq.getOp()) {
+    case Op::GETLK:
+      FileOps::Getlk(*this, rq, rs);
+      return true;
+    case Op::SETLK:
+    case Op::FLOCK:
+      return FileOps::Setlk(*this, rq, rs, later);
+    case Op::LOCK_CANCEL:
+      locks_->Cancel({this, rq.getCancels()}, EINTR);
+      return true;
+    case Op::UNLOCK_OWNER:
+      FileOps::UnlockOwner(*this, rq, rs);
+      return true;
+    default:
+      break;
+  }
+  Dispatch(rq, rs);
+  return true;
 }
 
 void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs) {
@@ -273,6 +303,8 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       return FileOps::Xattr(*this, rq, rs);
     case Op::FALLOCATE:
       return FileOps::Fallocate(*this, rq, rs);
+    default:
+      break;
   }
   throw OpError{ENOSYS};  // an op code this server does not know
 }
