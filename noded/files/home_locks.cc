@@ -143,9 +143,13 @@ void HomeLocks::Run() {
       lock.unlock();
       err = attempt(true);
       lock.lock();
-      // Woken by a cancel: the answer is the cancel's. A lock got first stands.
-      if (err == EINTR && entry->cancel_err) err = entry->cancel_err;
+      // Woken by a cancel: the answer is the cancel's. A lock got first stands; any other
+      // signal only wakes it to wait again.
       if (err != EINTR) break;
+      if (entry->cancel_err) {
+        err = entry->cancel_err;
+        break;
+      }
     }
     entry->blocking = false;
     Finish(lock, entry, err);
