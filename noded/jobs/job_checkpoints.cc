@@ -140,7 +140,7 @@ void JobRegistry::CheckpointTick() {
       it = checkpoint_plans_.erase(it);  // the job has ended
       continue;
     }
-    bool due = planned.plan.every_ms > 0 && now >= planned.next_ms;
+    bool due = planned.asked || (planned.plan.every_ms > 0 && now >= planned.next_ms);
     // A job running at home is dumped here, one away by its node; a job frozen or moving
     // waits for its next turn.
     int slot = it->first;
@@ -149,10 +149,12 @@ void JobRegistry::CheckpointTick() {
     try {
       if (entry->second.here && entry->second.here->state() == JobState::RUNNING) {
         planned.next_ms = now + planned.plan.every_ms;
+        planned.asked = false;
         CheckpointToPlan(slot, entry->second.here, nullptr);
       } else if (entry->second.away && !entry->second.away->frozen &&
                  entry->second.away->protocol.record().state == move::State::kRunning) {
         planned.next_ms = now + planned.plan.every_ms;
+        planned.asked = false;
         AskCheckpointAway(slot, entry->second.away, nullptr);
       }
     } catch (const Error& e) {
@@ -161,13 +163,12 @@ void JobRegistry::CheckpointTick() {
   }
 }
 
-void JobRegistry::CheckpointAskedAway(int slot, const std::shared_ptr<Away>& away) {
-  auto it = checkpoint_plans_.find(slot);
-  if (it == checkpoint_plans_.end() || it->second.busy) return;  // none, or one under way
-  try {
-    AskCheckpointAway(slot, away, nullptr);
-  } catch (const Error& e) {
-    spdlog::warn("job {}: no checkpoint: {}", away->home_pid(), e.what());
+// A job's own ask is taken by the next tick, not here: it may come while the job is
+// still being started (its first output is read then) or while a move is under way, and a
+// job frozen or moving is checkpointed once it runs again.
+void JobRegistry::CheckpointAsked(pid_t home_pid) {
+  for (auto& [slot, planned] : checkpoint_plans_) {
+    if (planned.home_pid == home_pid) planned.asked = true;
   }
 }
 
@@ -179,17 +180,7 @@ void JobRegistry::CheckpointRequested(const std::shared_ptr<Job>& job) {
     job->relay().Send(message);
     return;
   }
-  for (auto& [slot, entry] : jobs_) {
-    if (entry.here != job) continue;
-    auto plan = checkpoint_plans_.find(slot);
-    if (plan == checkpoint_plans_.end() || plan->second.busy) return;  // one is under way
-    try {
-      CheckpointToPlan(slot, job, nullptr);
-    } catch (const Error& e) {
-      spdlog::warn("job {}: no checkpoint: {}", job->home_pid(), e.what());
-    }
-    return;
-  }
+  CheckpointAsked(job->home_pid());
 }
 
 JobRegistry::PlannedCheckpoints& JobRegistry::FreePlan(int slot, pid_t home_pid,

@@ -509,15 +509,19 @@ void JobRegistry::JournalAways() {
   }
   for (auto& [slot, away] : aways) {
     const move::Record& record = away->protocol.record();
-    if (away->awaiting_mosrun) {
-      if (ProcessStartTime(away->home_pid()) != away->mosrun_start) {
-        spdlog::info("job {}: its mosrun is gone; ending it on {}", away->home_pid(),
-                     away->where());
+    // A job frozen at home does not read its mosrun's stream, so its hangup goes unseen
+    // there: the job's pid at home is its mosrun's, watched here instead.
+    if (away->awaiting_mosrun || away->frozen) {
+      uint64_t start = ProcessStartTime(away->home_pid());
+      if (away->mosrun_start == 0) away->mosrun_start = start;
+      if (start == 0 || start != away->mosrun_start) {
+        spdlog::info("job {}: its mosrun is gone; ending it {}", away->home_pid(),
+                     away->frozen ? "and removing its frozen images" : "on " + away->where());
         Apply(slot, away, away->protocol.MosrunGone());
       }
       continue;
     }
-    if (away->frozen || away->output_held || record.state == move::State::kStarting ||
+    if (away->output_held || record.state == move::State::kStarting ||
         record.state == move::State::kEnded) {
       continue;
     }

@@ -277,6 +277,7 @@ class JobRegistry {
     CheckpointPlan plan;
     int64_t next_ms = 0;  // the loop's time of the next periodic one
     bool busy = false;    // one is being written
+    bool asked = false;   // the job asked for one (mosrun -S): taken at the next tick
     int64_t busy_until_ms = 0;  // a job away: its node's answer is given up after this
     std::shared_ptr<ReplySender> waiter;  // mosmigrate, for a job away
   };
@@ -291,8 +292,12 @@ class JobRegistry {
   bool RestartLost(int slot, const std::shared_ptr<Away>& away, const std::string& why);
   void StartCheckpointTimer();
   void CheckpointTick();
-  // The job asked for a checkpoint itself (mosrun -S).
+  // The job running here asked for a checkpoint itself (mosrun -S): a guest passes the
+  // word to its home; a job at home is marked (CheckpointAsked).
   void CheckpointRequested(const std::shared_ptr<Job>& job);
+  // The job with `home_pid` asked for a checkpoint, here or on its node: the next tick
+  // takes one.
+  void CheckpointAsked(pid_t home_pid);
   // The plan of the job with `home_pid` in `slot`, free for a new checkpoint; throws Error
   // (saying `without`, how else to take one, when the job has no checkpoint directory, or
   // that one is under way).
@@ -307,8 +312,6 @@ class JobRegistry {
   void CheckpointGuest(std::shared_ptr<Job> job, schema::CheckpointAway::Reader request);
   void CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
                         schema::Checkpointed::Reader report);
-  // A job away asked for a checkpoint itself (mosrun -S); its node passed the word on.
-  void CheckpointAskedAway(int slot, const std::shared_ptr<Away>& away);
   // A guest frozen here while its home was unreachable: its images, what restoring it
   // needs, and its relay to the home, kept open (and not read) meanwhile.
   struct FrozenGuest {

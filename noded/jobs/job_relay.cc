@@ -151,7 +151,7 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       return;
     }
     if (reply.isCheckpointAsked()) {
-      CheckpointAskedAway(slot, away);
+      CheckpointAsked(away->home_pid());
       return;
     }
     if (reply.isError()) {

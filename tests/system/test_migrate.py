@@ -198,6 +198,23 @@ class MigrationTest(unittest.TestCase):
             frozen_dir = os.path.join(c.node("node1")["state"], "frozen")
             self.assertEqual(os.listdir(frozen_dir), [])
 
+    def test_a_frozen_job_whose_mosrun_dies_ends(self):
+        # Frozen, the job reads nothing of its mosrun: the home still sees it go, ends the
+        # job and removes its images.
+        with harness.LoopCluster(1) as c:
+            c.run("node1", "sh", "-c", "(mosrun sh -c 'while :; do sleep 0.1; done' "
+                                       ">/dev/null 2>&1 &) ; echo started")
+            pid = wait_for_job(c)
+            c.run("node1", "mosmigrate", str(pid), "freeze")
+            frozen_dir = os.path.join(c.node("node1")["state"], "frozen")
+            self.assertEqual(os.listdir(frozen_dir), [f"job-{pid}"])
+            c.run("node1", "kill", "-9", str(pid))
+            c.wait_for(lambda: json.loads(c.run("node1", "mosps", "--json").stdout)["jobs"] == [],
+                       60, "the frozen job to be dropped")
+            self.assertEqual(os.listdir(frozen_dir), [])
+            self.assertIn(f"job {pid}: its mosrun is gone; ending it and removing its frozen "
+                          "images", c.log("node1"))
+
     def test_pipeline_moves_as_one_and_a_hundred_moves_leak_nothing(self):
         # Three processes joined by pipes, counting until told to stop.
         pipeline = ("i=0; while [ ! -e /data/stop ]; do echo $i; i=$((i+1)); sleep 0.02; done "
