@@ -121,7 +121,7 @@ void FileSession::DropOwnersOf(uint64_t fh) {
 }
 
 void FileSession::EndLockWaits(int err) {
-  locks_->CancelAll(this, err);
+  locks_->EndSession(this, err);
 }
 
 void FileSession::DropLocks() {

@@ -76,7 +76,8 @@ class FileSession {
   bool Handle(schema::FileRequest::Reader request, schema::FileResponse::Builder response,
               Later later = {});
 
-  // Ends every lock wait of this client with `err` (its connection ended).
+  // Ends every lock wait of this client with `err`, and any it starts from now on (its
+  // connection ended: a request still being handled must not start a wait).
   void EndLockWaits(int err);
   // Drops every lock this client holds and ends its waits with ENOLCK: its node was
   // declared dead. The session goes on (a node wrongly declared dead keeps its files).

@@ -401,6 +401,17 @@ TEST_F(FileLockTest, AWaitEndsWhenTheLockIsFreeOrWhenCancelled) {
   EXPECT_EQ(::flock(local.get(), LOCK_EX | LOCK_NB), -1);
 }
 
+TEST_F(FileLockTest, NoWaitStartsOnceTheConnectionEnded) {
+  uint64_t a = Open(), b = Open();
+  ASSERT_EQ(Lock(Op::FLOCK, a, 1, LOCK_EX, 40).second, 0);
+  // A request still being handled as the connection ends must not hold its gate for ever.
+  session_->EndLockWaits(EINTR);
+  std::promise<int> ended;
+  EXPECT_FALSE(
+      Lock(Op::FLOCK, b, 2, LOCK_EX, 41, [&](int e) { ended.set_value(e); }, true).first);
+  EXPECT_EQ(ended.get_future().get(), EINTR);
+}
+
 TEST_F(FileLockTest, ALostNodesLocksGo) {
   uint64_t a = Open(), b = Open();
   ASSERT_EQ(Lock(Op::FLOCK, a, 1, LOCK_EX, 30).second, 0);

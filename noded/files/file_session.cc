@@ -132,8 +132,7 @@ FileSession::FileSession(int root, Root peer_root, std::shared_ptr<HomeLocks> lo
 
 FileSession::~FileSession() {
   // Waits end before the session's tables go; the locks go with the descriptions.
-  locks_->CancelAll(this, EINTR);
-  locks_->ForgetSession(this);
+  locks_->SessionGone(this);
   if (watcher_.joinable()) {
     uint64_t one = 1;
     if (::write(stop_watching_.get(), &one, sizeof one) < 0) {

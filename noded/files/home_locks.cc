@@ -83,7 +83,13 @@ void HomeLocks::Wait(WaitKey key, Attempt attempt, Done done) {
   entry->key = key;
   entry->attempt = std::move(attempt);
   entry->done = std::move(done);
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock(mutex_);
+  if (auto ended = ended_.find(key.first); ended != ended_.end()) {
+    int err = ended->second;
+    lock.unlock();
+    entry->done(err);
+    return;
+  }
   entries_[key] = entry;
   queue_.push_back(entry);
   if (idle_ == 0) {
@@ -196,6 +202,14 @@ void HomeLocks::Cancel(WaitKey key, int err) {
   }
 }
 
+void HomeLocks::EndSession(const void* session, int err) {
+  {
+    std::lock_guard lock(mutex_);
+    ended_[session] = err;
+  }
+  CancelAll(session, err);
+}
+
 void HomeLocks::CancelAll(const void* session, int err) {
   std::vector<WaitKey> keys;
   {
@@ -242,6 +256,15 @@ void HomeLocks::Forget(Inode inode, Owner owner) {
   if (it == held_.end()) return;
   std::erase_if(it->second, [&](const Range& r) { return r.owner == owner; });
   if (it->second.empty()) held_.erase(it);
+}
+
+void HomeLocks::SessionGone(const void* session) {
+  CancelAll(session, EINTR);
+  {
+    std::lock_guard lock(mutex_);
+    ended_.erase(session);  // its address may be another session's next
+  }
+  ForgetSession(session);
 }
 
 void HomeLocks::ForgetSession(const void* session) {

@@ -53,6 +53,9 @@ class HomeLocks {
   void Cancel(WaitKey key, int err);
   // The same for every wait of `session`.
   void CancelAll(const void* session, int err);
+  // Its client is gone: every wait of `session` ends with `err`, and so does any it starts
+  // from now on (a request still being handled), until ForgetSession.
+  void EndSession(const void* session, int err);
   size_t waiting();
 
   // --- holders -------------------------------------------------------------------------
@@ -67,6 +70,8 @@ class HomeLocks {
   void Forget(Inode inode, Owner owner);
   // No owner of `session` holds anything any more.
   void ForgetSession(const void* session);
+  // The session is destroyed: its waits end (EINTR) and nothing of it is kept.
+  void SessionGone(const void* session);
   // The pid of an owner other than `asker` holding a lock on [start, end] that conflicts
   // with `type`.
   std::optional<int> Holder(Inode inode, Owner asker, short type, int64_t start, int64_t end);
@@ -83,6 +88,7 @@ class HomeLocks {
   std::condition_variable finished_;  // an entry finished
   std::condition_variable polled_;    // work for the poller
   std::map<WaitKey, std::shared_ptr<Entry>> entries_;
+  std::map<const void*, int> ended_;  // EndSession's sessions and their errno
   std::deque<std::shared_ptr<Entry>> queue_;  // not taken by a thread yet
   int idle_ = 0;
   bool stopping_ = false;
