@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # homefs against the local tree and sshfs, in one run on one machine:
 # fio sequential write and read (1 GiB, 1 MiB blocks), 4 KiB random read, and a metadata
-# run (create, stat, unlink 10,000 files). homefs mounts node1 of a loopback cluster from
-# node2; sshfs mounts the same directory through a private sshd on loopback.
-#   bench/run homefs [--size 1g] [--files 10000]
+# run (create, stat, unlink 10,000 files), and appends: two writers at once appending
+# 57-byte lines with write(2) on O_APPEND descriptors to one file for APPEND_S seconds
+# (for homefs, one on node2 and one on node3: appends across nodes, each placed by the
+# home; the line count is checked whole, and torn lines are reported). homefs mounts
+# node1 of a loopback cluster from node2 (and node3); sshfs mounts the same directory
+# through a private sshd on loopback.
+#   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export HOMEWARD_BUILD=${HOMEWARD_BUILD:-$ROOT/build}
-SIZE=1g FILES=10000 RUNTIME=15
+SIZE=1g FILES=10000 RUNTIME=15 APPEND_S=5
 while [[ $# -gt 0 ]]; do
   case $1 in
     --size) SIZE=$2; shift 2 ;;
     --files) FILES=$2; shift 2 ;;
-    *) echo "usage: bench/run homefs [--size 1g] [--files 10000]" >&2; exit 2 ;;
+    --append-seconds) APPEND_S=$2; shift 2 ;;
+    *) echo "usage: bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5]" >&2
+       exit 2 ;;
   esac
 done
 [[ $(id -u) -eq 0 ]] || { echo "bench homefs: needs root" >&2; exit 1; }
@@ -33,7 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$ROOT/scripts/loopcluster" up --nodes 2 --dir "$CLUSTER" >/dev/null
+"$ROOT/scripts/loopcluster" up --nodes 3 --dir "$CLUSTER" >/dev/null
 HOME_ADDR=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['nodes'][0]['address'])" "$CLUSTER/cluster.json")
 DATA=$CLUSTER/node1/data   # node1's /data, seen from the host
 in_node() { local n=$1; shift; "$ROOT/scripts/loopcluster" exec "$CLUSTER" "$n" -- "$@"; }
@@ -58,10 +64,10 @@ sleep 1
 sshfs -p "$SSH_PORT" -o IdentityFile="$WORK/ssh/user",StrictHostKeyChecking=no \
   -o UserKnownHostsFile=/dev/null,BatchMode=yes "root@127.0.0.1:$DATA" "$SSHFS_MNT"
 
-in_node node2 sh -c "mkdir -p /mnt/home1 && mosmount $HOME_ADDR /mnt/home1"
+for n in node2 node3; do in_node $n sh -c "mkdir -p /mnt/home1 && mosmount $HOME_ADDR /mnt/home1"; done
 
-# run_in WHERE DIR CMD...: runs on the host (local, sshfs) or inside node2 (homefs).
-run_in() { local where=$1; shift; if [[ $where == node2 ]]; then in_node node2 "$@"; else "$@"; fi; }
+# run_in WHERE DIR CMD...: runs on the host (local, sshfs) or inside a node (homefs).
+run_in() { local where=$1; shift; if [[ $where == node* ]]; then in_node "$where" "$@"; else "$@"; fi; }
 
 fio_bw() {  # where dir name rw bs -> MB/s (or IOPS for random reads)
   local where=$1 dir=$2 rw=$3 bs=$4 extra=${5:-}
@@ -96,6 +102,42 @@ print(round(n / c), round(n / s), round(n / u))
 PY
 }
 
+appender() {  # where dir start seconds name -> lines appended
+  run_in "$1" python3 - "$2/appends.csv" "$3" "$4" "$5" <<'PY'
+import os, sys, time
+path, start, seconds, name = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+while time.time() < start:  # both writers start together
+    time.sleep(0.001)
+n, end = 0, start + seconds
+while time.time() < end:
+    n += 1
+    os.write(fd, f"{name},{1000000 + n:07d},".encode().ljust(56, b"x") + b"\n")
+os.close(fd)
+print(n)
+PY
+}
+
+appends() {  # target -> appends/s of two writers at once; warns of torn lines
+  local t=$1 where2=${WHERE[$1]} dir=${DIR[$1]} start out1 out2
+  [[ $t == homefs ]] && where2=node3
+  start=$(python3 -c "import time; print(time.time() + 2)")
+  out1=$WORK/append1.$t out2=$WORK/append2.$t
+  appender "${WHERE[$t]}" "$dir" "$start" "$APPEND_S" a >"$out1" &
+  local pid=$!
+  appender "$where2" "$dir" "$start" "$APPEND_S" b >"$out2"
+  wait $pid
+  local total=$(( $(cat "$out1") + $(cat "$out2") ))
+  local whole
+  whole=$(run_in "${WHERE[$t]}" python3 -c "
+import re, sys
+data = open(sys.argv[1], 'rb').read()
+print(sum(1 for l in data.split(b'\n') if re.fullmatch(rb'[ab],1\d{6},x{46}', l)))" "$dir/appends.csv")
+  run_in "${WHERE[$t]}" rm -f "$dir/appends.csv"
+  [[ $whole -eq $total ]] || echo "bench homefs: $t: $((total - whole)) of $total appended lines torn" >&2
+  python3 -c "print(round($total / $APPEND_S))"
+}
+
 # Each test runs on the three targets back to back, so that a change in the machine's
 # load (it is shared) spreads over all three rather than landing on one.
 declare -A R WHERE DIR
@@ -117,13 +159,16 @@ for t in $TARGETS; do
   read -r c s u < <(meta ${WHERE[$t]} "${DIR[$t]}")
   R[$t,create]=$c R[$t,stat]=$s R[$t,unlink]=$u
 done
+echo "bench homefs: appends" >&2
+for t in $TARGETS; do R[$t,append]=$(appends $t); done
 for t in $TARGETS; do run_in ${WHERE[$t]} rm -rf "${DIR[$t]}"; done
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')"; }
 printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' test local homefs sshfs "homefs/local" "homefs/sshfs"
 printf '|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------ ------------ ------------ -------------- --------------
 for row in "write:sequential write MB/s" "read:sequential read MB/s" "rand:4 KiB random read IOPS" \
-           "create:create files/s" "stat:stat files/s" "unlink:unlink files/s"; do
+           "create:create files/s" "stat:stat files/s" "unlink:unlink files/s" \
+           "append:appends/s (2 writers)"; do
   key=${row%%:*} label=${row#*:}
   printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' "$label" "${R[local,$key]}" \
     "${R[homefs,$key]}" "${R[sshfs,$key]}" "$(ratio "${R[homefs,$key]}" "${R[local,$key]}")" \

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -106,14 +107,35 @@ Fs::~Fs() {
 }
 
 void Fs::StopNotices() {
-  std::deque<std::function<void()>> tasks;
+  std::deque<Notice> left;
   {
     std::lock_guard lock(notice_mutex_);
     stop_notices_ = true;
-    tasks.swap(tasks_);  // their requests answer EIO as they go
   }
   notice_ready_.notify_all();
   if (notice_thread_.joinable()) notice_thread_.join();
+  {
+    std::lock_guard lock(notice_mutex_);
+    left.swap(notices_);
+  }
+  for (auto& notice : left) {
+    if (notice.then) notice.then();  // the mount is going: nothing cached to drop
+  }
+}
+
+void Fs::DropCache(fuse_ino_t ino, std::function<void()> then) {
+  {
+    std::lock_guard lock(notice_mutex_);
+    if (session_ && !stop_notices_) {
+      Notice notice{};
+      notice.drop = ino;
+      notice.then = std::move(then);
+      notices_.push_back(std::move(notice));
+      notice_ready_.notify_one();
+      return;
+    }
+  }
+  if (then) then();
 }
 
 void Fs::StartNotices(fuse_session* session) {
@@ -121,7 +143,7 @@ void Fs::StartNotices(fuse_session* session) {
   client_.OnNotice(
       [this](uint64_t node, uint64_t parent, const std::string& name, uint64_t generation) {
         std::lock_guard lock(notice_mutex_);
-        if (notices_.size() < 100000) notices_.push_back({node, parent, name, generation});
+        if (notices_.size() < 100000) notices_.push_back({node, parent, name, generation, 0, {}});
         notice_ready_.notify_one();
       });
   notice_thread_ = std::thread([this] { NoticeLoop(); });
@@ -130,26 +152,21 @@ void Fs::StartNotices(fuse_session* session) {
 void Fs::NoticeLoop() {
   for (;;) {
     Notice notice;
-    std::function<void()> task;
     {
       std::unique_lock lock(notice_mutex_);
-      notice_ready_.wait(lock,
-                         [&] { return stop_notices_ || !notices_.empty() || !tasks_.empty(); });
+      notice_ready_.wait(lock, [&] { return stop_notices_ || !notices_.empty(); });
       if (stop_notices_) return;
-      if (!tasks_.empty()) {
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-      } else {
-        notice = std::move(notices_.front());
-        notices_.pop_front();
-      }
+      notice = std::move(notices_.front());
+      notices_.pop_front();
     }
-    if (task) {
-      try {
-        task();
-      } catch (const std::exception& e) {
-        spdlog::error("homefs: {}", e.what());
+    if (notice.drop) {
+      {
+        std::lock_guard lock(mutex_);
+        auto it = inodes_.find(notice.drop);
+        if (it != inodes_.end()) it->second.pages_of.reset();
       }
+      fuse_lowlevel_notify_inval_inode(session_, notice.drop, 0, 0);  // pages and attributes
+      if (notice.then) notice.then();
       continue;
     }
     fuse_ino_t ino = 0;
@@ -280,7 +297,10 @@ fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_
     inode.name = name;
     by_name_[{parent, name}] = ino;
   }
-  if (kernel) ++inode.lookups;
+  if (kernel) {
+    ++inode.lookups;
+    inode.looked_up = std::chrono::steady_clock::now();
+  }
   return ino;
 }
 
@@ -468,8 +488,10 @@ void Fs::Setattr(Request r, fuse_ino_t ino, const struct stat& attr, int to_set,
   p->rq.setSize(static_cast<uint64_t>(attr.st_size));
   p->rq.setAtimeNs(Ns(attr.st_atim));
   p->rq.setMtimeNs(Ns(attr.st_mtim));
-  Call(std::move(r), std::move(p), [this](Request& r, auto rs, uint64_t) {
-    r.Attr(ToStat(rs.getEntry().getAttr()), options_.attr_timeout);
+  Call(std::move(r), std::move(p), [this, ino](Request& r, auto rs, uint64_t) {
+    struct stat st = ToStat(rs.getEntry().getAttr());
+    RememberAttr(ino, st);
+    r.Attr(st, options_.attr_timeout);
   });
 }
 
@@ -517,9 +539,19 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
   p->rq.setName2(newname);
   p->rq.setFlags(flags);
   Call(std::move(r), std::move(p),
-       [this, parent, name, newparent, newname](Request& r, auto, uint64_t) {
-         ForgetName(parent, name);
-         ForgetName(newparent, newname);
+       [this, parent, name, newparent, newname, flags](Request& r, auto, uint64_t) {
+         std::lock_guard lock(mutex_);
+         auto moved = by_name_.find({parent, name});
+         fuse_ino_t ino = moved == by_name_.end() ? 0 : moved->second;
+         by_name_.erase({parent, name});
+         by_name_.erase({newparent, newname});
+         auto inode = inodes_.find(ino);
+         if (!(flags & RENAME_EXCHANGE) && inode != inodes_.end()) {
+           // Its new name: what an open checks at the home (FileOps::Open).
+           inode->second.parent = newparent;
+           inode->second.name = newname;
+           by_name_[{newparent, newname}] = ino;
+         }
          r.Err(0);
        });
 }
@@ -537,10 +569,74 @@ void Fs::Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string
   });
 }
 
+void Fs::Opened(fuse_ino_t ino, schema::FileResponse::Reader rs, fuse_file_info& fi) {
+  // A writer's O_APPEND goes to the home write by write (FileOps::Write). Its data stays
+  // out of this node's page cache: the kernel would put it at its own idea of the end of
+  // the file, which is stale as soon as anyone else appends.
+  if (fi.flags & O_APPEND) fi.direct_io = 1;
+  fi.keep_cache = 0;
+  if (!rs.hasEntry()) return;  // a home that does not say: drop, as before
+  auto attr = rs.getEntry().getAttr();
+  std::array<int64_t, 3> now{attr.getSize(), attr.getMtimeNs(), attr.getCtimeNs()};
+  bool attrs_changed;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = inodes_.find(ino);
+    if (it == inodes_.end()) return;
+    Inode& inode = it->second;
+    inode.refused_stale = false;
+    // Close-to-open (as NFS promises): the pages stay only when the file is as it was
+    // when they were last dropped; any change since, by anyone, changed its ctime.
+    fi.keep_cache = inode.pages_of == now;
+    inode.pages_of = now;
+    attrs_changed = !inode.has_attr || inode.attr.st_size != now[0] ||
+                    Ns(inode.attr.st_mtim) != now[1] || Ns(inode.attr.st_ctim) != now[2];
+    inode.attr = ToStat(attr);
+    inode.attr.st_ino = ino;
+    inode.has_attr = true;
+  }
+  // The kernel trusts the attributes it holds for attr_timeout, and reads no further
+  // than the size among them: a reader must see the size the writer closed with. Only
+  // attributes (offset -1) are invalidated, which takes no page lock, so the receiving
+  // thread may do it, before the open is answered.
+  if (attrs_changed && session_) fuse_lowlevel_notify_inval_inode(session_, ino, -1, 0);
+}
+
 void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
   auto p = Prepare(r, dir ? Op::OPENDIR : Op::OPEN);
   if (!p || !SetNode(r, *p, ino)) return;
   p->rq.setFlags(static_cast<uint32_t>(fi->flags));
+  if (!dir) {
+    // The name this node knows the file by, for the home to check that it still names
+    // this file (FileOps::Open in the file service: ESTALE, and the kernel looks the
+    // path up again). Not after an ESTALE: the kernel's second try found this object
+    // again, so it was reached without that name.
+    // Nor right after a lookup gave this object for that name (the kernel's retry after
+    // an ESTALE looks it up first): that answer is as fresh as the check's, and checking
+    // again could refuse a second time while another node renames over the name in a
+    // loop, which the kernel would pass on to the caller.
+    std::lock_guard lock(mutex_);
+    auto it = inodes_.find(ino);
+    if (it != inodes_.end() &&
+        (it->second.refused_stale || std::chrono::steady_clock::now() - it->second.looked_up <
+                                         std::chrono::milliseconds(200))) {
+      it->second.refused_stale = false;
+    } else if (it != inodes_.end() && it->second.parent != 0) {
+      Inode& inode = it->second;
+      uint64_t parent_remote = 0;
+      if (inode.parent == FUSE_ROOT_ID) {
+        parent_remote = 1;
+      } else if (auto parent = inodes_.find(inode.parent);
+                 parent != inodes_.end() && parent->second.generation == p->generation) {
+        parent_remote = parent->second.remote;
+      }
+      if (parent_remote != 0) {
+        p->rq.setNode2(parent_remote);
+        p->rq.setName2(inode.name);
+        inode.refused_stale = true;  // until the home answers the open (Opened)
+      }
+    }
+  }
   fuse_file_info copy = *fi;
   // While the home is silent, root (the node's own CRIU, dumping a guest past the grace:
   // it opens every file the job maps) may open a known file read-only without the home:
@@ -557,12 +653,11 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
   }
   Call(
       std::move(r), std::move(p),
-      [copy](Request& r, auto rs, uint64_t gen) {
+      [this, copy, ino, dir](Request& r, auto rs, uint64_t gen) {
         fuse_file_info fi = copy;
         fi.fh = rs.getFh() | (gen << kFhGenerationShift);
-        // Close-to-open: data cached from an earlier open is dropped at each open, so a
-        // reader sees what any writer had closed before (as NFS promises).
         fi.keep_cache = 0;
+        if (!dir) Opened(ino, rs, fi);
         r.Open(fi);
       },
       std::move(stale));
@@ -616,6 +711,7 @@ void Fs::Create(Request r, fuse_ino_t parent, const std::string& name, mode_t mo
     fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
     fuse_file_info fi = copy;
     fi.fh = rs.getFh() | (gen << kFhGenerationShift);
+    Opened(ino, rs, fi);  // the file may have existed (O_CREAT without O_EXCL)
     r.Create(EntryParam(ino, rs.getEntry().getAttr()), fi);
   });
 }
@@ -638,6 +734,10 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
   auto p = Prepare(r, Op::WRITE);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOffset(static_cast<uint64_t>(off));
+  // The file's flags as they are at this write (fcntl may have changed them since the
+  // open); the kernel's writeback of mmap pages (writepage) is positional whatever they
+  // are.
+  if (!fi->writepage && (fi->flags & O_APPEND)) p->rq.setFlags(O_APPEND);
   // The kernel's buffer stays valid until Send returns (it is written out in Send), so
   // the message refers to it rather than copying up to 1 MiB.
   // Cap'n Proto wants such a segment word-aligned and whole words long (and not empty).
@@ -885,7 +985,7 @@ void Fs::LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool w
         if (!acquires) return shared->Err(0);
         // A lock got: what this node cached of the file may be older than what the last
         // holder wrote (as NFS, a lock revalidates the file).
-        Revalidate(ino, [shared] { shared->Err(0); });
+        DropCache(ino, [shared] { shared->Err(0); });
       },
       InterruptedProbe(*shared), false, waits);
   if (!serial) return;
@@ -925,21 +1025,6 @@ void Fs::CancelLockWait(uint64_t generation, uint64_t id) {
   rq.setOp(Op::LOCK_CANCEL);
   rq.setCancels(id);
   client_.Send(message, generation, [](int, IncomingMessage*) {});
-}
-
-void Fs::Revalidate(fuse_ino_t ino, std::function<void()> then) {
-  {
-    std::lock_guard lock(notice_mutex_);
-    if (session_ && !stop_notices_) {
-      tasks_.push_back([this, ino, then = std::move(then)] {
-        fuse_lowlevel_notify_inval_inode(session_, ino, 0, 0);  // ENOENT: nothing cached
-        then();
-      });
-      notice_ready_.notify_one();
-      return;
-    }
-  }
-  then();
 }
 
 void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {

@@ -11,6 +11,7 @@
 #include <fuse_lowlevel.h>
 #include <sys/statvfs.h>
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -50,6 +51,14 @@ class Fs {
   void StartNotices(fuse_session* session);
   // Stops them (before the session goes).
   void StopNotices();
+
+  // Drops the kernel's cached pages and attributes of `ino`, then runs `then` (for example
+  // answering a request), on the notice thread: an invalidation waits for page locks,
+  // which a read in flight holds until the receiving thread answers it, so the receiving
+  // thread must never wait for one. For a lock acquisition to revalidate the file (as NFS
+  // does): answer the lock in `then`, and the locker's next read and stat ask the home.
+  // `then` runs even when nothing was cached (or the mount is going away).
+  void DropCache(fuse_ino_t ino, std::function<void()> then = {});
 
   // The operations table; userdata must be this Fs.
   static const fuse_lowlevel_ops& Operations();
@@ -101,6 +110,14 @@ class Fs {
     // The attributes last heard from the home: answered when the home is silent.
     struct stat attr {};
     bool has_attr = false;
+    // Close-to-open: the home's size, mtime and ctime when the kernel's pages were last
+    // dropped (at an open); an open that finds them unchanged keeps the pages.
+    std::optional<std::array<int64_t, 3>> pages_of;
+    // The last open of this object failed with ESTALE (its name holds another object
+    // now); the next one is not checked, so that an object reached without its name
+    // (a reopen through /proc of a removed file) still opens.
+    bool refused_stale = false;
+    std::chrono::steady_clock::time_point looked_up{};  // the kernel's last lookup of it
   };
   struct Prepared;
 
@@ -136,9 +153,6 @@ class Fs {
   void LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool waits,
                 bool acquires);
   void CancelLockWait(uint64_t generation, uint64_t id);
-  // Drops what the kernel cached of `ino`, then runs `then`, on the notice thread (an
-  // invalidation must not run on the receiving thread).
-  void Revalidate(fuse_ino_t ino, std::function<void()> then);
 
   FileClient& client_;
   FsOptions options_;
@@ -153,12 +167,16 @@ class Fs {
     uint64_t node, parent;
     std::string name;
     uint64_t generation;
+    fuse_ino_t drop = 0;         // DropCache: this local node, not a notice of the home
+    std::function<void()> then;  // DropCache: run after the drop
   };
+  // The open's answer: keeps the pages when the home's file is as they were read, and
+  // invalidates attributes the kernel holds that the home's no longer match.
+  void Opened(fuse_ino_t ino, schema::FileResponse::Reader rs, fuse_file_info& fi);
   fuse_session* session_ = nullptr;
   std::mutex notice_mutex_;
   std::condition_variable notice_ready_;
   std::deque<Notice> notices_;
-  std::deque<std::function<void()>> tasks_;  // run by the notice thread (Revalidate)
   bool stop_notices_ = false;
   std::thread notice_thread_;
   std::unordered_map<uint64_t, fuse_ino_t> by_remote_;  // current generation only

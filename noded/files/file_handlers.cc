@@ -5,6 +5,7 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -187,9 +188,37 @@ void FileOps::Open(FileSession& s, Rq rq, Rs rs) {
   bool dir = rq.getOp() == Op::OPENDIR;
   int flags = dir ? O_RDONLY | O_DIRECTORY
                   : static_cast<int>(rq.getFlags()) & ~(O_CREAT | O_EXCL | O_NOCTTY);
+  if (!dir && rq.getNode2() != 0 && rq.getName2().size() > 0) {
+    // Close-to-open across renames: the client names the parent and name it found the
+    // file under; when that name now holds another object (a rename replaced it, or it
+    // is gone), the open fails with ESTALE, and the kernel looks the whole path up again
+    // and opens what the name holds now (as it does for NFS). No verdict (the parent
+    // forgotten, no search permission) opens the object as asked.
+    std::string name = rq.getName2();
+    CheckName(name);
+    std::shared_ptr<FileSession::Node> parent;
+    try {
+      parent = s.GetNode(rq.getNode2());
+    } catch (const OpError&) {
+    }
+    struct stat st;
+    if (parent && ::fstatat(parent->fd.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) throw OpError{ESTALE};
+    } else if (parent && std::pair<uint64_t, uint64_t>{st.st_dev, st.st_ino} != node->key) {
+      throw OpError{ESTALE};
+    }
+  }
   auto handle = std::make_shared<FileSession::OpenFile>();
   handle->node = rq.getNode();
   handle->fd = Fd::Adopt(Check(::open(ProcPath(node->fd.get()).c_str(), flags | O_CLOEXEC)));
+  handle->append = (flags & O_APPEND) != 0;
+  if (!dir) {
+    // The client compares these with what it cached: its pages and attributes go only
+    // when the file changed (close-to-open without dropping an unchanged file's pages).
+    struct stat st;
+    Check(::fstat(handle->fd.get(), &st));
+    FillAttr(st, rs.initEntry().initAttr());
+  }
   if (dir) {
     int dup = Check(::fcntl(handle->fd.get(), F_DUPFD_CLOEXEC, 0));
     handle->dir = ::fdopendir(dup);
@@ -212,6 +241,7 @@ void FileOps::Create(FileSession& s, Rq rq, Rs rs) {
   s.Remember(Fd::Adopt(Check(::open(ProcPath(handle->fd.get()).c_str(), O_PATH | O_CLOEXEC))),
              rs.initEntry());
   handle->node = rs.getEntry().getNode();
+  handle->append = (flags & O_APPEND) != 0;
   if (s.inotify_.valid()) s.MarkOwn(handle->node);
   rs.setFh(s.AddHandle(std::move(handle)));
 }
@@ -229,8 +259,25 @@ void FileOps::Read(FileSession& s, Rq rq, Rs rs) {
 void FileOps::Write(FileSession& s, Rq rq, Rs rs) {
   auto handle = s.GetHandle(rq.getFh());
   auto data = rq.getData();
-  ssize_t n = Check(
-      ::pwrite(handle->fd.get(), data.begin(), data.size(), static_cast<off_t>(rq.getOffset())));
+  iovec iov{const_cast<capnp::byte*>(data.begin()), data.size()};
+  ssize_t n;
+  if (rq.getFlags() & O_APPEND) {
+    // The caller's write(2) on an O_APPEND file: placed by the home's kernel at the end of
+    // the file as it is now, under the inode's lock, as a local O_APPEND write is. The
+    // client's offset is its kernel's idea of the end, stale as soon as another node or
+    // a local process appended.
+    n = Check(::pwritev2(handle->fd.get(), &iov, 1, 0, RWF_APPEND));
+  } else {
+    if (handle->append) {
+      std::lock_guard lock(handle->append_mutex);
+      if (handle->append) {
+        int fl = Check(::fcntl(handle->fd.get(), F_GETFL));
+        Check(::fcntl(handle->fd.get(), F_SETFL, fl & ~O_APPEND));  // EPERM: append-only
+        handle->append = false;
+      }
+    }
+    n = Check(::pwritev(handle->fd.get(), &iov, 1, static_cast<off_t>(rq.getOffset())));
+  }
   rs.setSize(static_cast<uint64_t>(n));
 }
 

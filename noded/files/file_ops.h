@@ -36,6 +36,12 @@ struct FileSession::OpenFile {
   Fd fd;
   uint64_t node = 0;
   std::atomic<bool> flocked = false;  // a flock was taken on fd (dropped with DropLocks)
+  // Whether fd has O_APPEND: opened so when the caller's file was (the home's kernel then
+  // checks the open exactly as for a local one), and cleared by the first positional
+  // write (the kernel's writeback of mmap pages, or a caller that cleared O_APPEND with
+  // fcntl): a write on an O_APPEND descriptor ignores its offset.
+  std::atomic<bool> append{false};
+  std::mutex append_mutex;
   DIR* dir = nullptr;    // its own descriptor, a duplicate of fd's
   std::mutex dir_mutex;  // a DIR stream has one position
   ~OpenFile() {

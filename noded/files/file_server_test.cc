@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <iterator>
 #include <random>
 #include <thread>
 
@@ -144,6 +145,73 @@ TEST_F(FileSessionTest, CreateWriteReadList) {
   EXPECT_EQ(names, (std::set<std::string>{".", "..", "file", "new"}));
 }
 
+// A write that carries O_APPEND lands at the end of the file as it is now, whatever
+// offset the client's kernel thought was the end (another writer appended meanwhile); a
+// positional write on the same handle (the kernel's writeback of mmap pages, or O_APPEND
+// cleared with fcntl) goes where it says, though the handle was opened O_APPEND.
+TEST_F(FileSessionTest, AppendsLandAtTheEnd) {
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  ASSERT_EQ(dir.error, 0);
+  auto log = Call(Op::CREATE, dir.node, "log", [](auto rq) {
+    rq.setFlags(O_WRONLY | O_APPEND);
+    rq.setMode(S_IFREG | 0644);
+  });
+  ASSERT_EQ(log.error, 0);
+  auto write = [&](const std::string& text, uint64_t offset, uint32_t flags) {
+    return Call(Op::WRITE, 0, "", [&](auto rq) {
+             rq.setFh(log.fh);
+             rq.setOffset(offset);
+             rq.setFlags(flags);
+             rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(text.data()),
+                                     text.size()));
+           }).error;
+  };
+  auto contents = [&] {
+    std::ifstream in(base_ + "/export/dir/log");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  ASSERT_EQ(write("one,", 0, O_APPEND), 0);
+  std::ofstream(base_ + "/export/dir/log", std::ios::app) << "home,";
+  ASSERT_EQ(write("two,", 4, O_APPEND), 0);  // the client's stale end: 4
+  EXPECT_EQ(contents(), "one,home,two,");
+  ASSERT_EQ(write("ONE", 0, 0), 0);
+  EXPECT_EQ(contents(), "ONE,home,two,");
+  ASSERT_EQ(write("three", 0, O_APPEND), 0);
+  EXPECT_EQ(contents(), "ONE,home,two,three");
+}
+
+// An open names the parent and name the client found the file under: when a rename has
+// put another file there, or the name is gone, the open answers ESTALE (the kernel then
+// looks the path up again); without a name, or with the name still right, it opens, and
+// answers the opened file's attributes.
+TEST_F(FileSessionTest, OpenOfAReplacedNameIsStale) {
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  auto file = Call(Op::LOOKUP, dir.node, "file");
+  ASSERT_EQ(file.error, 0);
+  auto open = [&](const std::string& name) {
+    capnp::MallocMessageBuilder in, out;
+    auto rq = in.initRoot<schema::FileRequest>();
+    rq.setOp(Op::OPEN);
+    rq.setNode(file.node);
+    rq.setFlags(O_RDONLY);
+    if (!name.empty()) {
+      rq.setNode2(dir.node);
+      rq.setName2(name);
+    }
+    auto rs = out.initRoot<schema::FileResponse>();
+    session_->Handle(rq.asReader(), rs);
+    int64_t size = rs.hasEntry() ? rs.getEntry().getAttr().getSize() : -1;
+    return std::make_pair(rs.getError(), size);
+  };
+  EXPECT_EQ(open("file"), std::make_pair(0, int64_t{6}));
+  std::ofstream(base_ + "/export/dir/file.tmp") << "the new version";
+  fs::rename(base_ + "/export/dir/file.tmp", base_ + "/export/dir/file");
+  EXPECT_EQ(open("file").first, ESTALE);
+  EXPECT_EQ(open(""), std::make_pair(0, int64_t{6}));  // the old file, held by its node
+  fs::remove(base_ + "/export/dir/file");
+  EXPECT_EQ(open("file").first, ESTALE);
+  EXPECT_EQ(open("../x").first, EINVAL);
+}
 
 // A FORGET from the peer may come while other requests on the same node are still running
 // (the kernel forgets an inode whenever it likes; the client sends without waiting). Each

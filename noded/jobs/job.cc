@@ -99,13 +99,17 @@ Job::~Job() {
   Kill();
 }
 
-std::string Job::command() const {
+std::string CommandOf(const std::vector<std::string>& argv) {
   std::string text;
-  for (const auto& arg : launch_.argv) {
+  for (const auto& arg : argv) {
     if (!text.empty()) text += ' ';
     text += arg;
   }
   return text;
+}
+
+std::string Job::command() const {
+  return CommandOf(launch_.argv);
 }
 
 namespace {

@@ -106,6 +106,9 @@ struct DaemonEnds {
   Fd status_spool{};
 };
 
+// A command line as mosps shows it: the arguments joined by spaces.
+std::string CommandOf(const std::vector<std::string>& argv);
+
 // An empty spool for one of a job's streams (a memfd named after it).
 Fd MakeSpool(const char* stream);
 // The daemon's ends and spools in the order a keeper holds them (stdin's write end

@@ -505,13 +505,16 @@ bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const
         try {
           job = AdoptRestored(std::move(launch), away->mosrun, std::move(outcome->restored->init),
                               std::move(outcome->restored->ends),
-                              [this, slot] { jobs_.erase(slot); });
+                              [this, slot] { jobs_.erase(slot); }, slot);
         } catch (const Error& e) {
           outcome->restored.reset();
           give_up(e.what());
           return;
         }
         *weak_job = job;
+        // Its output goes on where mosrun stands in it.
+        job->set_output_base(away->origin[1] + away->forwarded[1],
+                             away->origin[2] + away->forwarded[2]);
         away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
         away->mosrun.PauseReading(false);
         it->second.here = job;
@@ -608,7 +611,7 @@ void JobRegistry::RestartJob(schema::RestartSpec::Reader spec, ReplySender reply
         try {
           job = AdoptRestored(std::move(launch), relay, std::move(outcome->restored->init),
                               std::move(outcome->restored->ends),
-                              [this, slot] { jobs_.erase(slot); });
+                              [this, slot] { jobs_.erase(slot); }, slot);
         } catch (const Error& e) {
           outcome->restored.reset();
           SendExit(relay, 255, fmt::format("cannot take over the restarted job: {}", e.what()));

@@ -3,11 +3,12 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
@@ -17,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "error.h"
+#include "fd.h"
 
 namespace homeward {
 
@@ -82,10 +84,39 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
   if (entry.away || entry.base[1] || entry.base[2]) {
     text += fmt::format("base {} {}\n", entry.base[1], entry.base[2]);
   }
+  if (!entry.frozen_dir.empty()) text += "frozen " + Escape(entry.frozen_dir) + "\n";
+  for (const auto& pipe : entry.pipes) {
+    text += fmt::format("pipe {} {}\n", pipe.inode, Escape(pipe.role));
+  }
   if (entry.moving) text += "moving 1\n";
   text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
                       entry.keeper_pid, entry.keeper_start);
   return text;
+}
+
+void SaveFrozenInput(const std::string& dir, const InputCarry& input) {
+  std::string path = dir + "/" + kFrozenInput;
+  Fd file = Fd::Adopt(HW_SYSCALL(
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), "create {}", path));
+  std::string head = fmt::format("{} {}\n", input.offset, input.ended ? 1 : 0);
+  WriteAll(file.get(), head.data(), head.size(), path.c_str());
+  WriteAll(file.get(), input.data.data(), input.data.size(), path.c_str());
+  HW_SYSCALL(::fsync(file.get()), "sync {}", path);
+}
+
+InputCarry LoadFrozenInput(const std::string& dir) {
+  std::string path = dir + "/" + kFrozenInput;
+  std::string text = ReadTextFile(path);
+  size_t line = text.find('\n');
+  InputCarry input;
+  int ended = 0;
+  if (line == std::string::npos ||
+      std::sscanf(text.substr(0, line).c_str(), "%lu %d", &input.offset, &ended) != 2) {
+    Fail(ErrorKind::kInvalidInput, "{} is not a frozen job's input", path);
+  }
+  input.ended = ended != 0;
+  input.data = text.substr(line + 1);
+  return input;
 }
 
 JournalEntry ParseJournalEntry(const std::string& text) {
@@ -156,6 +187,14 @@ JournalEntry ParseJournalEntry(const std::string& text) {
     } else if (key == "away" && fields >> value) {
       entry.away = true;
       entry.record = Unescape(value);
+    } else if (key == "frozen" && fields >> value) {
+      entry.frozen_dir = Unescape(value);
+    } else if (key == "pipe") {
+      migrate::PipeRole pipe;
+      if (fields >> pipe.inode >> value) {
+        pipe.role = Unescape(value);
+        entry.pipes.push_back(pipe);
+      }
     } else if (key == "moving") {
       entry.moving = true;
     } else if (key == "base") {
@@ -219,7 +258,8 @@ void CleanRestoreIntents(const std::string& dir, const std::vector<uint64_t>& ta
   std::vector<uint64_t> intents;
   while (dirent* entry = ::readdir(handle)) {
     std::string name = entry->d_name;
-    if (name.rfind("restoring-", 0) == 0) intents.push_back(std::strtoull(name.c_str() + 10, nullptr, 10));
+    if (name.rfind("restoring-", 0) == 0)
+      intents.push_back(std::strtoull(name.c_str() + 10, nullptr, 10));
   }
   ::closedir(handle);
   for (uint64_t inode : intents) {
@@ -261,7 +301,7 @@ std::vector<JournalEntry> JobJournal::ReadAll() const {
   ::closedir(dir);
   for (const auto& name : names) {
     std::string path = dir_ + "/" + name;
-    if (name.rfind("restoring-", 0) == 0) continue;  // CleanRestoreIntents
+    if (name.rfind("restoring-", 0) == 0) continue;                   // CleanRestoreIntents
     if (name.size() > 4 && name.substr(name.size() - 4) == ".new") {  // never renamed
       ::unlink(path.c_str());
       continue;

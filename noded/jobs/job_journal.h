@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "image_stream.h"
 #include "job.h"
 
 namespace homeward {
@@ -28,11 +29,22 @@ struct JournalEntry {
   bool moving = false;  // a job here being moved: stopped until the move ends
   std::string record;
   uint64_t base[3] = {0, 0, 0};
+  // A job of this home frozen to disk here (mosmigrate freeze): its images' directory,
+  // which also holds the input it had not read (kFrozenInput), and its pipes' roles.
+  std::string frozen_dir;
+  std::vector<migrate::PipeRole> pipes;
 
   // The entry's file name: the home pid for a job of this home, and for a guest its home's
   // name too (home pids are unique only within a home).
   std::string Name() const;
 };
+
+// The input a job frozen at home had not read, kept in its image directory (in the file
+// kFrozenInput: "offset ended" on a line, then the bytes), synced before the journal entry
+// that names the directory is written. Load throws Error(kInvalidInput) on a bad file.
+inline constexpr const char* kFrozenInput = "unread-input";
+void SaveFrozenInput(const std::string& dir, const InputCarry& input);
+InputCarry LoadFrozenInput(const std::string& dir);
 
 // The entry as text, one "key value" line each; argv and paths are escaped.
 std::string FormatJournalEntry(const JournalEntry& entry);

@@ -77,6 +77,20 @@ TEST(JobJournal, CheckpointPlanAndRunAreKept) {
   EXPECT_EQ(back.launch.checkpoint.signal, SIGUSR2);
 }
 
+TEST(JobJournal, AFrozenJobKeepsItsImagesAndPipes) {
+  JournalEntry entry = Sample();
+  entry.away = true;
+  entry.record = "state frozen";
+  entry.frozen_dir = "/var/lib/homeward/frozen/job 4242";
+  entry.pipes = {{1001, "stdin"}, {1002, "stdout"}, {1003, "stderr"}, {1004, "status"}};
+  JournalEntry back = ParseJournalEntry(FormatJournalEntry(entry));
+  EXPECT_EQ(back.frozen_dir, entry.frozen_dir);
+  ASSERT_EQ(back.pipes.size(), 4u);
+  EXPECT_EQ(back.pipes[1].inode, 1002u);
+  EXPECT_EQ(back.pipes[3].role, "status");
+  EXPECT_TRUE(ParseJournalEntry(FormatJournalEntry(Sample())).frozen_dir.empty());
+}
+
 TEST(JobJournal, GuestsAndJobsAwayKeepWhatTheyNeed) {
   JournalEntry guest = Sample();
   guest.slot = -1;

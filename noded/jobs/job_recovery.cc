@@ -518,8 +518,9 @@ void JobRegistry::JournalAways() {
         spdlog::info("job {}: its mosrun is gone; ending it {}", away->home_pid(),
                      away->frozen ? "and removing its frozen images" : "on " + away->where());
         Apply(slot, away, away->protocol.MosrunGone());
+        continue;
       }
-      continue;
+      if (away->awaiting_mosrun) continue;  // its entry stands as it was read
     }
     if (away->output_held || record.state == move::State::kStarting ||
         record.state == move::State::kEnded) {
@@ -529,11 +530,20 @@ void JobRegistry::JournalAways() {
     JournalEntry entry;
     entry.slot = slot;
     entry.mosrun_start = away->mosrun_start;
-    entry.launch.identity.home_pid = away->home_pid();
-    entry.launch.identity.uid = away->uid;
-    entry.launch.home = config_.name;
-    entry.launch.argv = {away->command};
-    entry.launch.locked = away->locked;
+    if (away->frozen) {
+      // Continuing it after a restart needs all of its launch but the input, which is
+      // in its image directory (SaveFrozenInput).
+      entry.launch = away->frozen->launch;
+      entry.launch.input = {};
+      entry.frozen_dir = away->frozen->dir;
+      entry.pipes = away->frozen->pipes;
+    } else {
+      entry.launch.identity.home_pid = away->home_pid();
+      entry.launch.identity.uid = away->uid;
+      entry.launch.home = config_.name;
+      entry.launch.argv = {away->command};
+      entry.launch.locked = away->locked;
+    }
     entry.away = true;
     entry.record = record.Serialize();
     for (int fd : {1, 2}) {
@@ -569,15 +579,34 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
     }
   }
   if (why.empty() && protocol->ended()) why = "it had ended";
+  bool frozen = !entry.frozen_dir.empty();
+  if (why.empty() && frozen != (protocol->state() == move::State::kFrozen)) {
+    why = "its images do not match its state";
+  }
+  JobLaunch frozen_launch;
+  if (why.empty() && frozen) {
+    frozen_launch = entry.launch;
+    frozen_launch.init_path = init_path_;
+    frozen_launch.preload_path = preload_path_;
+    try {
+      frozen_launch.input = LoadFrozenInput(entry.frozen_dir);
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
   if (!why.empty()) {
-    // Its node's attach is refused: the guest is killed there.
-    spdlog::warn("job {} of the journal, away, is not taken back ({})", home_pid, why);
+    // Its node's attach is refused: the guest is killed there. Frozen images go.
+    spdlog::warn("job {} of the journal, {}, is not taken back ({})", home_pid,
+                 frozen ? "frozen" : "away", why);
+    if (frozen) migrate::RemoveImageDir(entry.frozen_dir);
     JobJournal(config_.state_dir + "/jobs").Remove(name);
     return;
   }
   auto away = std::make_shared<Away>(std::move(*protocol));
   away->uid = entry.launch.identity.uid;
-  away->command = entry.launch.argv.empty() ? "" : entry.launch.argv[0];
+  // A job away is journaled with its command as one word; a frozen one with its argv.
+  away->command = CommandOf(entry.launch.argv);
+  if (frozen) away->frozen = Away::Frozen{entry.frozen_dir, frozen_launch, entry.pipes};
   away->locked = entry.launch.locked;
   away->awaiting_mosrun = true;
   away->mosrun_start = entry.mosrun_start;
@@ -585,8 +614,13 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
   away->origin[2] = entry.base[2];
   away->journaled = FormatJournalEntry(entry);
   jobs_[entry.slot].away = away;
-  spdlog::info("job {} taken back after a restart: runs on {}; waiting for it and its mosrun",
-               home_pid, away->where());
+  if (frozen) {
+    spdlog::info("job {} taken back after a restart: frozen to {}; waiting for its mosrun",
+                 home_pid, entry.frozen_dir);
+  } else {
+    spdlog::info("job {} taken back after a restart: runs on {}; waiting for it and its mosrun",
+                 home_pid, away->where());
+  }
 }
 
 bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply) {
@@ -610,6 +644,8 @@ bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& rep
     }
     away->awaiting_mosrun = false;
     away->mosrun = reply.OpenStream(MosrunHandlersForAway(slot, away));
+    // A frozen job's input waits (paused) until it continues.
+    if (away->frozen) away->mosrun.PauseReading(true);
     away->mosrun.OnDrain([away] {
       if (!away->output_held) away->peer.PauseReading(false);
     });

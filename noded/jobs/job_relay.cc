@@ -24,7 +24,7 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
   auto away = std::make_shared<Away>(move::Protocol::Starting(launch.identity.home_pid, where));
   away->protocol.SetGeneration(launch.generation);
   away->uid = launch.identity.uid;
-  for (const auto& arg : launch.argv) away->command += (away->command.empty() ? "" : " ") + arg;
+  away->command = CommandOf(launch.argv);
   away->locked = launch.locked;
 
   auto handlers = MosrunHandlersForAway(slot, away);

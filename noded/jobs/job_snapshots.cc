@@ -8,6 +8,7 @@
 
 #include "checkpoint.h"
 #include "checkpoint_dir.h"
+#include "job_journal.h"
 #include "job_replies.h"
 #include "migration.h"
 #include "uv_work.h"
@@ -123,9 +124,15 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
           }
           auto away = AwayFrom(*job, move::Protocol::Frozen(job->home_pid(), job->migrations()));
           away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles()};
-          // The frozen job's unread input is not in its images: the record keeps it.
+          // What mosrun had of the output when the job stopped: its output goes on from
+          // there when it continues.
+          away->origin[1] = job->output_total(1);
+          away->origin[2] = job->output_total(2);
+          // The frozen job's unread input is not in its images: the record keeps it, and
+          // the image directory too, for a daemon restarted meanwhile.
           try {
             away->frozen->launch.input = Job::ReclaimInput(job->input_place());
+            SaveFrozenInput(dir, away->frozen->launch.input);
           } catch (const Error& e) {
             spdlog::error("job {}: its unread input is lost: {}", job->home_pid(), e.what());
           }
@@ -137,6 +144,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
           away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
           away->mosrun.PauseReading(true);
           spdlog::info("job {} frozen to {}", away->home_pid(), dir);
+          JournalAways();  // over the entry of the job here, at once
           MoveOutcome frozen_to;
           frozen_to.where = "frozen";
           frozen_to.image_bytes = result->dump.image_bytes;
@@ -188,7 +196,8 @@ void JobRegistry::Continued(int slot, const std::shared_ptr<Away>& away, Restori
   if (result.error.empty()) {
     try {
       job = AdoptRestored(away->frozen->launch, away->mosrun, std::move(result.restored->init),
-                          std::move(result.restored->ends), [this, slot] { jobs_.erase(slot); });
+                          std::move(result.restored->ends), [this, slot] { jobs_.erase(slot); },
+                          slot);
     } catch (const Error& e) {
       result.error = e.what();
     }
@@ -203,6 +212,8 @@ void JobRegistry::Continued(int slot, const std::shared_ptr<Away>& away, Restori
   *weak_job = job;
   away->protocol.ContinueDone(true);
   job->set_migrations(away->protocol.record().migrations);
+  job->set_output_base(away->origin[1] + away->forwarded[1], away->origin[2] + away->forwarded[2]);
+  away->journaled.clear();  // the entry of the job here has replaced the frozen one
   migrate::RemoveImageDir(away->frozen->dir);
   away->frozen.reset();
   away->mosrun.SetHandlers(RelayHandlersFor(weak_job));

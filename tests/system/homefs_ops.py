@@ -7,6 +7,7 @@ value observed or the errno name the step failed with.
 
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -82,7 +83,74 @@ step("utime", lambda: os.utime(p("d", "f"), ns=(1_000_000_123, 2_000_000_456)) o
 step("append", lambda: [write(p("d", "a"), b"one"),
                         write(p("d", "a"), b"two", os.O_WRONLY | os.O_APPEND),
                         read(p("d", "a"))])
+
+
+def appends():
+    """O_APPEND as the kernel gives it: each write at the end as it is then (grown by
+    another descriptor meanwhile), pwrite too; positional again once fcntl clears the
+    flag, appending once fcntl sets it; the position after it; reading back through it."""
+    path = p("d", "ap")
+    write(path, b"one")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    other = os.open(path, os.O_RDWR)
+    try:
+        out = [os.write(fd, b"-two"), os.pwrite(other, b"-three", 7), os.write(fd, b"-four"),
+               os.pwrite(fd, b"-five", 0), os.lseek(fd, 0, os.SEEK_CUR)]
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_APPEND)
+        out += [os.pwrite(fd, b"ONE", 0), read(path)]
+        fcntl.fcntl(other, fcntl.F_SETFL, fcntl.fcntl(other, fcntl.F_GETFL) | os.O_APPEND)
+        out += [os.write(other, b"-six"), read(path)]
+    finally:
+        os.close(fd)
+        os.close(other)
+    rw = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        out += [os.write(rw, b"-seven"), os.lseek(rw, 0, os.SEEK_SET),
+                os.read(rw, 100).decode()]
+    finally:
+        os.close(rw)
+    return out
+
+
+def append_records():
+    """Records of odd sizes up to and past PIPE_BUF, each appended whole by one write."""
+    path = p("d", "records")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        for size in (1, 57, 4095, 4096, 4097, 70000):
+            os.write(fd, bytes([48 + size % 10]) * size)
+    finally:
+        os.close(fd)
+    data = open(path, "rb").read()
+    return [len(data), hashlib.sha256(data).hexdigest()]
+
+
+def excl_and_rename():
+    """O_EXCL over a name another descriptor just created; rename over an open file: the
+    open descriptor keeps the old one, a new open gets the new one."""
+    path = p("d", "x1")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, b"old")
+    os.close(fd)
+    try:
+        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        first = "created twice"
+    except FileExistsError:
+        first = "EEXIST"
+    held = os.open(path, os.O_RDONLY)
+    write(p("d", "x1.tmp"), b"new version")
+    os.rename(p("d", "x1.tmp"), path)
+    try:
+        return [first, os.read(held, 100).decode(), read(path)]
+    finally:
+        os.close(held)
+        os.unlink(path)
+
+
 big = 5 << 30
+step("append semantics", appends)
+step("append records", append_records)
+step("excl and rename", excl_and_rename)
 step("sparse write past 4GiB", lambda: write(p("d", "sparse"), b"tail", offset=big))
 step("sparse size", lambda: [os.stat(p("d", "sparse")).st_size,
                              os.stat(p("d", "sparse")).st_blocks < 1024])

@@ -283,7 +283,10 @@ class CheckpointTest(unittest.TestCase):
             demand = c.wait_for(lambda: c.run("node1", "mosmigrate", str(pid), "checkpoint",
                                               check=False).stdout, 60, "a checkpoint on demand")
             self.assertRegex(demand, r"its checkpoint is in /data/lost/ck/ckpt-\d+")
-            # node2 is lost whole: its daemon and every process in its cgroup.
+            # node2 is lost whole: its daemon and every process in its cgroup. The daemon
+            # goes first, as in a crash: killed after the job, it would report the job's
+            # death by SIGKILL home, as any job's end.
+            c.kill("node2")
             deadline = harness.time.time() + 20
             while True:
                 pids = set()

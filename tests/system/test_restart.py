@@ -212,6 +212,35 @@ class RestartTest(unittest.TestCase):
         self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
         self.assert_nothing_left(("node1", "node2"))
 
+    def test_home_daemon_killed_while_the_job_is_frozen(self):
+        # Frozen to disk at home (with input it has not read yet): the restarted daemon
+        # keeps it frozen, mosrun takes it back, and it continues from where it stopped.
+        shell = "seq 1 6000 | mosrun -L sh job.sh > out 2> err"
+        plain, plain_inside = self.workdir("plain")
+        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
+        self.assertEqual(self.wait_end(plain), "3\n")
+
+        work, inside = self.workdir("faulted")
+        pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
+        self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
+                        "3000 lines of output")
+        frozen = self.c.run("node1", "mosmigrate", str(pid), "freeze")
+        self.assertIn(f"job {pid} is frozen to disk at home", frozen.stdout)
+        self.restart_home(work, pid)
+        self.wait_reattached(pid)
+        self.assertEqual([j["state"] for j in jobs(self.c) if j["pid"] == pid], ["frozen"])
+        resumed = self.c.run("node1", "mosmigrate", str(pid), "continue")
+        self.assertIn("now runs on node1", resumed.stdout)
+        open(os.path.join(work, "gate"), "w").close()
+        self.assertEqual(self.wait_end(work), "3\n", read(os.path.join(work, "err")))
+        self.assertEqual(read(os.path.join(work, "out")), read(os.path.join(plain, "out")))
+        err = read(os.path.join(work, "err"))
+        self.assertEqual(err.count(WAITING), 1, err)
+        self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
+        frozen_dir = os.path.join(self.c.node("node1")["state"], "frozen")
+        self.assertEqual(os.listdir(frozen_dir), [])
+        self.assert_nothing_left()
+
     def test_home_daemon_killed_while_the_job_floods_its_output(self):
         shell = ("mosrun -L sh job.sh < /dev/null 2> err | "
                  "(until [ -e reader-gate ]; do sleep 0.05; done; cat > out)")

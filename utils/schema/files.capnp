@@ -22,9 +22,13 @@ enum FileOp {
   symlink @10;    # node, name, target (in data) -> entry
   rename @11;     # node, name, node2, name2, flags
   link @12;       # node (the file), node2 (new parent), name2 -> entry
-  open @13;       # node, flags -> fh
+  open @13;       # node, flags; node2 and name2: the parent and name the client knows
+                  # it by (0 and "": none) -> fh, entry.attr (the opened file's)
+                  # ESTALE when that name now holds another object (replaced by a
+                  # rename, or removed): the kernel then looks the path up again.
   read @14;       # fh, offset, size -> data
-  write @15;      # fh, offset, data -> size
+  write @15;      # fh, offset, data, flags (O_APPEND: at the end of the file as the
+                  # home sees it, offset ignored) -> size
   flush @16;      # fh
   release @17;    # fh (no reply needed, but answered)
   fsync @18;      # fh, flags (1 = data only)
