@@ -3,10 +3,12 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <future>
+#include <map>
 
 #include <kj/exception.h>
 
@@ -44,7 +46,17 @@ bool GoesStale(bool may_go_stale, std::chrono::milliseconds silent) {
   return may_go_stale && silent >= kInterruptSilence;
 }
 
-FileClient::FileClient(ClientOptions options) : options_(std::move(options)) {}
+int LostCallError(bool hard, bool resend) {
+  return hard && resend ? FileClient::kLost : EIO;
+}
+
+FileClient::FileClient(ClientOptions options) : options_(std::move(options)) {
+  // Random, so that a mount made again (or another node's) never shares the ids the home
+  // remembers; never 0 (a client without an id).
+  while (id_ == 0) {
+    if (::getrandom(&id_, sizeof id_, 0) != sizeof id_) id_ = 0;
+  }
+}
 
 FileClient::~FileClient() {
   Stop();
@@ -77,6 +89,7 @@ std::shared_ptr<SecureStream> FileClient::Connect() {
   auto rq = hello.initRoot<schema::FileRequest>();
   rq.setVersion(schema::FILES_VERSION);
   rq.setOp(schema::FileOp::HELLO);
+  rq.setClient(id_);
   FrameStream stream(fd, kMaxFrameBytes);
   stream.Write(hello);
   auto reply = stream.Read();
@@ -118,9 +131,17 @@ void FileClient::Stop() {
 }
 
 void FileClient::FailAll(std::unordered_map<uint64_t, Pending> pending) {
-  for (auto& [id, p] : pending) {
+  // In id order: requests sent again go out in the order they first went.
+  std::map<uint64_t, Pending> ordered;
+  for (auto& [id, p] : pending) ordered.emplace(id, std::move(p));
+  for (auto& [id, p] : ordered) {
+    int err = LostCallError(options_.hard, p.resend);
+    if (err != kLost) {
+      std::lock_guard lock(mutex_);
+      Answered(id);
+    }
     try {
-      p.done(EIO, nullptr);
+      p.done(err, nullptr);
     } catch (const std::exception& e) {
       spdlog::error("homefs: failing request {}: {}", id, e.what());
     }
@@ -188,6 +209,7 @@ void FileClient::ConnectionLoop() {
             if (it->second.waits) --waiting_;
             pending_.erase(it);
           }
+          Answered(server.getResponse().getId());
           // Any answer (one the cache gave already too) shows the home alive; what is
           // still pending is owed from now (a wait for a lock is owed nothing).
           owed_since_.reset();
@@ -247,10 +269,12 @@ void FileClient::TimerLoop() {
       if (p.interrupted && EndsInterrupted(p.interrupted(), waited)) {
         interrupted.emplace_back(std::move(p.done), EINTR);
         if (p.waits) --waiting_;
+        Answered(it->first);
         it = pending_.erase(it);
       } else if (GoesStale(p.may_go_stale, waited)) {
         interrupted.emplace_back(std::move(p.done), ETIMEDOUT);
         if (p.waits) --waiting_;
+        Answered(it->first);
         it = pending_.erase(it);
       } else {
         ++it;
@@ -297,25 +321,43 @@ int FileClient::WaitConnected(uint64_t* generation, const InterruptProbe& interr
   }
 }
 
+void FileClient::Abandon(uint64_t id) {
+  std::lock_guard lock(mutex_);
+  Answered(id);
+}
+
 uint64_t FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
-                          InterruptProbe interrupted, bool may_go_stale, bool waits) {
+                          InterruptProbe interrupted, bool may_go_stale, bool resend,
+                          bool waits) {
   std::shared_ptr<FrameStream> stream;
-  uint64_t id;
+  auto rq = message.getRoot<schema::FileRequest>();
+  uint64_t id = rq.getId();
+  bool again = id != 0;
+  int fail = 0;
   {
     std::lock_guard lock(mutex_);
+    if (!again) id = next_id_++;
+    if (resend) unacked_.insert(id);
     if (!stream_ || generation != generation_) {
       // Ids from an older connection mean nothing to the home now.
-      goto fail;
+      fail = LostCallError(options_.hard, resend);
+      if (fail != kLost) Answered(id);
+    } else {
+      stream = stream_;
+      if (!owed_since_ && !waits) owed_since_ = Clock::now();
+      pending_[id] = Pending{std::move(done),       Clock::now(), std::move(interrupted),
+                             may_go_stale,          resend,       waits};
+      if (waits) ++waiting_;
+      rq.setOldest(unacked_.empty() ? id : std::min(id, *unacked_.begin()));
     }
-    stream = stream_;
-    id = next_id_++;
-    if (!owed_since_ && !waits) owed_since_ = Clock::now();
-    pending_[id] =
-        Pending{std::move(done), Clock::now(), std::move(interrupted), may_go_stale, waits};
-    if (waits) ++waiting_;
   }
-  message.getRoot<schema::FileRequest>().setId(id);
-  message.getRoot<schema::FileRequest>().setVersion(schema::FILES_VERSION);
+  rq.setId(id);  // kept: a request handed back is sent again under it
+  if (fail) {
+    done(fail, nullptr);
+    return 0;
+  }
+  rq.setRetry(again);
+  rq.setVersion(schema::FILES_VERSION);
   try {
     stream->Write(message);
   } catch (const Error& e) {
@@ -325,9 +367,6 @@ uint64_t FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, C
     if (fd_ >= 0 && stream_ == stream) ::shutdown(fd_, SHUT_RDWR);
   }
   return id;
-fail:
-  done(EIO, nullptr);
-  return 0;
 }
 
 void FileClient::Post(capnp::MessageBuilder& message, uint64_t generation) {

@@ -21,6 +21,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -60,10 +61,18 @@ bool EndsInterrupted(bool interrupted, std::chrono::milliseconds silent);
 // home has been silent this long (a cut link, a hung home).
 bool GoesStale(bool may_go_stale, std::chrono::milliseconds silent);
 
+// What a hard client does with the calls in flight on a connection that breaks: a
+// request sent with `resend` is handed back (kLost) to be sent again, with the same id,
+// on the next connection; the rest fail with EIO.
+int LostCallError(bool hard, bool resend);
+
 class FileClient {
  public:
   // err is 0 with the server's message, or a positive errno (EIO) without one.
   using Callback = std::function<void(int err, IncomingMessage* message)>;
+  // The error a request sent with `resend` gets when its connection broke before it was
+  // answered: send it again (the same message: its id says it is the same request).
+  static constexpr int kLost = ENOTCONN;
 
   explicit FileClient(ClientOptions options);
   FileClient(const FileClient&) = delete;
@@ -92,11 +101,21 @@ class FileClient {
   // `may_go_stale`: when the home has been silent a while (kStaleAfter), `done` runs with
   // ETIMEDOUT and no message, for the caller to answer from what it last heard (see
   // Fs: attributes, lookups and statfs of a silent home).
+  // `resend` (hard clients): a connection that breaks hands the request back with kLost
+  // rather than failing it; a message whose id is set already is such a request sent
+  // again, and goes with its first id, marked as a retry, so that the home answers a
+  // non-idempotent one it performed already from its replay cache.
   // `waits`: the home answers when it can (a lock is free), however long that takes: the
   // request does not count as owed, so the home is not taken for silent meanwhile.
   // Returns the request's id (0 when it was not sent).
   uint64_t Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
-                InterruptProbe interrupted = {}, bool may_go_stale = false, bool waits = false);
+                InterruptProbe interrupted = {}, bool may_go_stale = false, bool resend = false,
+                bool waits = false);
+  // The caller gave up a request handed back with kLost (it will not be sent again).
+  void Abandon(uint64_t id);
+  bool hard() const { return options_.hard; }
+  // This client's id, in every hello: the home's replay cache is keyed by it.
+  uint64_t id() const { return id_; }
   // Sends a request the home does not answer (forget), if still on `generation`.
   void Post(capnp::MessageBuilder& message, uint64_t generation);
   // Whether the home has been silent a while (kStaleAfter) with calls waiting: questions
@@ -116,12 +135,15 @@ class FileClient {
     std::chrono::steady_clock::time_point sent;
     InterruptProbe interrupted;
     bool may_go_stale = false;
+    bool resend = false;
     bool waits = false;
   };
   void ConnectionLoop();
   void TimerLoop();
   std::shared_ptr<SecureStream> Connect();
   void FailAll(std::unordered_map<uint64_t, Pending> pending);
+  // Called with the lock held for a request that is answered (or given up) for good.
+  void Answered(uint64_t id) { unacked_.erase(id); }
 
   ClientOptions options_;
   NoticeHandler on_notice_;
@@ -136,6 +158,10 @@ class FileClient {
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Pending> pending_;
   size_t waiting_ = 0;  // entries of pending_ that wait (for a lock)
+  uint64_t id_ = 0;
+  // Resendable requests not yet answered for good, in flight or waiting to be sent
+  // again: the oldest goes with every request, so the home forgets older ones.
+  std::set<uint64_t> unacked_;
   // Since when the home has owed an answer and given none: set by a request sent while
   // nothing was owed, moved on by every message from the home, cleared when nothing is
   // pending after one. A request the client answered itself (EINTR, from the cache) stays

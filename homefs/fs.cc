@@ -70,6 +70,11 @@ struct Fs::Prepared {
   capnp::MallocMessageBuilder message{1024};
   schema::FileRequest::Builder rq = message.initRoot<schema::FileRequest>();
   uint64_t generation = 0;
+  // What the request names, in this mount's terms: bound to the home's ids of each
+  // connection it is sent on (Rebind).
+  fuse_ino_t ino = 0, ino2 = 0;
+  uint64_t fh = 0;
+  bool has_fh = false;
 };
 
 Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
@@ -104,6 +109,18 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
 
 Fs::~Fs() {
   StopNotices();
+  StopResending();
+}
+
+void Fs::StopResending() {
+  {
+    std::lock_guard lock(resend_mutex_);
+    stop_resending_ = true;
+  }
+  resend_ready_.notify_all();
+  if (resend_thread_.joinable()) resend_thread_.join();
+  std::lock_guard lock(resend_mutex_);
+  resends_.clear();  // their requests answer EIO as they go
 }
 
 void Fs::StopNotices() {
@@ -243,9 +260,14 @@ std::optional<uint64_t> Fs::Remote(fuse_ino_t ino, uint64_t generation) {
 }
 
 bool Fs::SetNode(Request& r, Prepared& p, fuse_ino_t ino) {
+  p.ino = ino;
   auto remote = Remote(ino, p.generation);
   if (!remote) {
-    r.Err(p.generation == client_.generation() ? ESTALE : EIO);
+    int err = Gone(p.generation);
+    // The connection broke meanwhile: a hard mount sends the request all the same, which
+    // hands it back to be bound again and sent on the next connection (Resend).
+    if (err == FileClient::kLost && client_.hard()) return true;
+    r.Err(err == FileClient::kLost ? EIO : err);
     return false;
   }
   p.rq.setNode(*remote);
@@ -253,14 +275,120 @@ bool Fs::SetNode(Request& r, Prepared& p, fuse_ino_t ino) {
 }
 
 bool Fs::SetFh(Request& r, Prepared& p, fuse_file_info* fi) {
-  uint64_t generation = fi->fh >> kFhGenerationShift;
-  if (generation != p.generation) {
-    r.Err(EIO);  // opened on a connection that broke; the home closed the file
+  p.fh = fi->fh;
+  p.has_fh = true;
+  p.rq.setHasFh(true);
+  uint64_t remote = 0;
+  if (int err = RemoteFh(fi->fh, p.generation, &remote)) {
+    if (err == FileClient::kLost && client_.hard()) return true;  // as in SetNode
+    r.Err(err == FileClient::kLost ? EIO : err);
     return false;
   }
-  p.rq.setFh(fi->fh & ((1ull << kFhGenerationShift) - 1));
-  p.rq.setHasFh(true);
+  p.rq.setFh(remote);
   return true;
+}
+
+int Fs::Gone(uint64_t generation) {
+  // The connection broke meanwhile: try again on the next; else the object is not there.
+  return client_.generation() != generation ? FileClient::kLost : ESTALE;
+}
+
+int Fs::Rebind(Prepared& p, uint64_t generation) {
+  p.generation = generation;
+  if (p.ino) {
+    auto remote = Remote(p.ino, generation);
+    if (!remote) return Gone(generation);
+    p.rq.setNode(*remote);
+  }
+  if (p.ino2) {
+    auto remote = Remote(p.ino2, generation);
+    if (!remote) return Gone(generation);
+    p.rq.setNode2(*remote);
+  } else if (p.rq.getOp() == Op::OPEN) {
+    p.rq.setNode2(0);  // the name an open checks was of the old connection: not checked
+  }
+  if (p.has_fh) {
+    uint64_t remote = 0;
+    if (int err = RemoteFh(p.fh, generation, &remote)) return err;
+    p.rq.setFh(remote);
+  }
+  return 0;
+}
+
+uint64_t Fs::AddHandle(OpenHandle handle) {
+  std::lock_guard lock(mutex_);
+  uint64_t fh = next_fh_++;
+  handles_[fh] = std::move(handle);
+  return fh;
+}
+
+int Fs::RemoteFh(uint64_t fh, uint64_t generation, uint64_t* remote) {
+  OpenHandle h;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(fh);
+    if (it == handles_.end()) return EBADF;
+    if (it->second.generation == generation) {
+      *remote = it->second.remote;
+      return 0;
+    }
+  }
+  // Opened on a connection that broke (the home closed it with that session): opened
+  // again, by the object's identity (found again by path, checked by (st_dev, st_ino)),
+  // with its flags and its opener's credentials. One at a time, so that two requests on
+  // the same handle do not open it twice.
+  std::lock_guard reopening(reopen_mutex_);
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(fh);
+    if (it == handles_.end()) return EBADF;
+    if (it->second.generation == generation) {
+      *remote = it->second.remote;
+      return 0;
+    }
+    h = it->second;
+  }
+  auto node = Remote(h.ino, generation);
+  // An object no longer found where it was (unlinked while open, or replaced by another
+  // file of that name) cannot be opened again: its handle answers ESTALE, as NFS does.
+  if (!node) return Gone(generation);
+  capnp::MallocMessageBuilder message(512);
+  auto rq = message.initRoot<schema::FileRequest>();
+  rq.setOp(h.dir ? Op::OPENDIR : Op::OPEN);
+  rq.setNode(*node);
+  rq.setFlags(h.flags);
+  auto cred = rq.initCred();
+  cred.setUid(h.uid);
+  cred.setGid(h.gid);
+  auto groups = cred.initGroups(static_cast<unsigned>(h.groups.size()));
+  for (size_t i = 0; i < h.groups.size(); ++i) groups.set(static_cast<unsigned>(i), h.groups[i]);
+  std::optional<IncomingMessage> reply;
+  if (client_.Call(message, generation, reply) != 0) return Gone(generation);
+  auto rs = reply->Root<schema::ServerMessage>().getResponse();
+  if (rs.getError() != 0) return rs.getError();
+  uint64_t opened = rs.getFh();
+  bool released = false;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(fh);
+    if (it == handles_.end()) {
+      released = true;  // released meanwhile
+    } else {
+      it->second.remote = opened;
+      it->second.generation = generation;
+    }
+  }
+  if (released) {
+    capnp::MallocMessageBuilder close(256);
+    auto crq = close.initRoot<schema::FileRequest>();
+    crq.setOp(h.dir ? Op::RELEASEDIR : Op::RELEASE);
+    crq.setFh(opened);
+    client_.Send(close, generation, [](int, IncomingMessage*) {});
+    return EBADF;
+  }
+  spdlog::debug("homefs: handle {} opened again on connection {}", fh, generation);
+  *remote = opened;
+  return 0;
 }
 
 fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_t parent,
@@ -351,21 +479,82 @@ fuse_entry_param Fs::EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const
 
 template <typename Ok>
 void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok, std::function<void(Request&)> stale) {
-  auto shared = std::make_shared<Request>(std::move(r));
+  Issue(
+      std::make_shared<Request>(std::move(r)), std::shared_ptr<Prepared>(std::move(p)),
+      [ok](Request& r, int err, IncomingMessage* message, uint64_t generation) {
+        if (err != 0) return r.Err(err);
+        auto rs = message->Root<schema::ServerMessage>().getResponse();
+        if (rs.getError() != 0) return r.Err(rs.getError());
+        ok(r, rs, generation);
+      },
+      std::move(stale));
+}
+
+void Fs::Issue(std::shared_ptr<Request> r, std::shared_ptr<Prepared> p, Handler handler,
+               std::function<void(Request&)> stale) {
   uint64_t generation = p->generation;
-  auto interrupted = InterruptedProbe(*shared);
   bool may_go_stale = static_cast<bool>(stale);
-  if (may_go_stale && client_.Silent()) return stale(*shared);  // not even sent
+  if (may_go_stale && client_.Silent()) {  // not even sent
+    if (uint64_t id = p->rq.getId()) client_.Abandon(id);
+    return stale(*r);
+  }
+  auto interrupted = InterruptedProbe(*r);
+  // Hard: a request whose connection breaks before its answer is handed back (kLost) and
+  // sent again on the next connection (Resend); its message is kept for that.
   client_.Send(
       p->message, generation,
-      [shared, ok, generation, stale = std::move(stale)](int err, IncomingMessage* message) {
-        if (err == ETIMEDOUT && !message && stale) return stale(*shared);
-        if (err != 0) return shared->Err(err);
-        auto rs = message->Root<schema::ServerMessage>().getResponse();
-        if (rs.getError() != 0) return shared->Err(rs.getError());
-        ok(*shared, rs, generation);
+      [this, r, p, handler, generation, stale](int err, IncomingMessage* message) {
+        if (err == FileClient::kLost) return Resend(r, p, handler, stale);
+        if (err == ETIMEDOUT && !message && stale) return stale(*r);
+        handler(*r, err, message, generation);
       },
-      std::move(interrupted), may_go_stale);
+      std::move(interrupted), may_go_stale, client_.hard());
+}
+
+void Fs::Resend(std::shared_ptr<Request> r, std::shared_ptr<Prepared> p, Handler handler,
+                std::function<void(Request&)> stale) {
+  // Not on the receiving thread (it must never wait): binding the request to the new
+  // connection may look objects up and open files again, which waits for answers.
+  auto job = [this, r, p, handler, stale] {
+    uint64_t id = p->rq.getId();
+    for (;;) {
+      uint64_t generation;
+      if (int err = client_.WaitConnected(&generation, InterruptedProbe(*r))) {
+        client_.Abandon(id);
+        return r->Err(err);
+      }
+      int err = Rebind(*p, generation);
+      if (err == FileClient::kLost) continue;  // broken again: wait for the next
+      if (err != 0) {
+        client_.Abandon(id);
+        return r->Err(err);
+      }
+      return Issue(r, p, handler, stale);
+    }
+  };
+  std::lock_guard lock(resend_mutex_);
+  if (stop_resending_) return;  // unmounting: the request answers EIO as it goes
+  resends_.push_back(std::move(job));
+  if (!resend_thread_.joinable()) resend_thread_ = std::thread([this] { ResendLoop(); });
+  resend_ready_.notify_one();
+}
+
+void Fs::ResendLoop() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock lock(resend_mutex_);
+      resend_ready_.wait(lock, [&] { return stop_resending_ || !resends_.empty(); });
+      if (stop_resending_) return;
+      job = std::move(resends_.front());
+      resends_.pop_front();
+    }
+    try {
+      job();
+    } catch (const std::exception& e) {
+      spdlog::error("homefs: sending a request again: {}", e.what());
+    }
+  }
 }
 
 // While the home is silent (a cut link), a few questions about objects this client has
@@ -393,6 +582,19 @@ void Fs::ForgetName(fuse_ino_t parent, const std::string& name) {
   by_name_.erase({parent, name});
 }
 
+Fs::OpenHandle Fs::HandleOf(Prepared& p, fuse_ino_t ino, int flags, bool dir) {
+  OpenHandle h;
+  h.ino = ino;
+  // Opened again as it was, but never created, truncated or made exclusive a second time.
+  h.flags = static_cast<uint32_t>(flags & ~(O_CREAT | O_EXCL | O_TRUNC));
+  h.dir = dir;
+  auto cred = p.rq.getCred();
+  h.uid = cred.getUid();
+  h.gid = cred.getGid();
+  for (uint32_t g : cred.getGroups()) h.groups.push_back(g);
+  return h;
+}
+
 // ---------------------------------------------------------------------------------------
 
 void Fs::Init(fuse_conn_info* conn) {
@@ -415,18 +617,17 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
   auto p = Prepare(r, Op::LOOKUP);
   if (!p || !SetNode(r, *p, parent)) return;
   p->rq.setName(name);
-  auto shared = std::make_shared<Request>(std::move(r));
-  uint64_t generation = p->generation;
   bool known;
   {
     std::lock_guard lock(mutex_);
     known = by_name_.count({parent, name}) > 0;
   }
-  if (known && client_.Silent()) return StaleLookup(*shared, parent, name);
-  client_.Send(
-      p->message, generation,
-      [this, shared, parent, name, generation](int err, IncomingMessage* message) {
-        if (err == ETIMEDOUT && !message) return StaleLookup(*shared, parent, name);
+  std::function<void(Request&)> stale;
+  if (known) stale = [this, parent, name](Request& r) { StaleLookup(r, parent, name); };
+  Issue(
+      std::make_shared<Request>(std::move(r)), std::shared_ptr<Prepared>(std::move(p)),
+      [this, parent, name](Request& r, int err, IncomingMessage* message, uint64_t generation) {
+        Request* shared = &r;
         if (err != 0) return shared->Err(err);
         auto rs = message->Root<schema::ServerMessage>().getResponse();
         if (rs.getError() == ENOENT) {
@@ -439,7 +640,7 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
         fuse_ino_t ino = Learn(rs.getEntry(), generation, parent, name, true);
         shared->Entry(EntryParam(ino, rs.getEntry().getAttr()));
       },
-      InterruptedProbe(*shared), known);
+      std::move(stale));
 }
 
 void Fs::StaleLookup(Request& r, fuse_ino_t parent, const std::string& name) {
@@ -532,8 +733,12 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
                 const std::string& newname, unsigned flags) {
   auto p = Prepare(r, Op::RENAME);
   if (!p || !SetNode(r, *p, parent)) return;
+  p->ino2 = newparent;
   auto remote2 = Remote(newparent, p->generation);
-  if (!remote2) return r.Err(EIO);
+  if (!remote2 && !(client_.hard() && Gone(p->generation) == FileClient::kLost)) {
+    return r.Err(ESTALE);
+  }
+  if (!remote2) remote2 = 0;  // bound again when sent again (as in SetNode)
   p->rq.setName(name);
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
@@ -559,8 +764,12 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
 void Fs::Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string& newname) {
   auto p = Prepare(r, Op::LINK);
   if (!p || !SetNode(r, *p, ino)) return;
+  p->ino2 = newparent;
   auto remote2 = Remote(newparent, p->generation);
-  if (!remote2) return r.Err(EIO);
+  if (!remote2 && !(client_.hard() && Gone(p->generation) == FileClient::kLost)) {
+    return r.Err(ESTALE);
+  }
+  if (!remote2) remote2 = 0;  // bound again when sent again (as in SetNode)
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
   Call(std::move(r), std::move(p), [this, newparent, newname](Request& r, auto rs, uint64_t gen) {
@@ -651,11 +860,15 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
       r.Open(fi);
     };
   }
+  OpenHandle handle = HandleOf(*p, ino, copy.flags, dir);
   Call(
       std::move(r), std::move(p),
-      [this, copy, ino, dir](Request& r, auto rs, uint64_t gen) {
+      [this, copy, handle, ino, dir](Request& r, auto rs, uint64_t gen) {
         fuse_file_info fi = copy;
-        fi.fh = rs.getFh() | (gen << kFhGenerationShift);
+        OpenHandle h = handle;
+        h.remote = rs.getFh();
+        h.generation = gen;
+        fi.fh = AddHandle(std::move(h));
         fi.keep_cache = 0;
         if (!dir) Opened(ino, rs, fi);
         r.Open(fi);
@@ -707,10 +920,16 @@ void Fs::Create(Request r, fuse_ino_t parent, const std::string& name, mode_t mo
   p->rq.setMode(mode);
   p->rq.setFlags(static_cast<uint32_t>(fi->flags));
   fuse_file_info copy = *fi;
-  Call(std::move(r), std::move(p), [this, parent, name, copy](Request& r, auto rs, uint64_t gen) {
+  OpenHandle handle = HandleOf(*p, 0, copy.flags, false);
+  Call(std::move(r), std::move(p), [this, parent, name, copy, handle](Request& r, auto rs,
+                                                                      uint64_t gen) {
     fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
     fuse_file_info fi = copy;
-    fi.fh = rs.getFh() | (gen << kFhGenerationShift);
+    OpenHandle h = handle;
+    h.ino = ino;
+    h.remote = rs.getFh();
+    h.generation = gen;
+    fi.fh = AddHandle(std::move(h));
     Opened(ino, rs, fi);  // the file may have existed (O_CREAT without O_EXCL)
     r.Create(EntryParam(ino, rs.getEntry().getAttr()), fi);
   });
@@ -742,7 +961,9 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
   // the message refers to it rather than copying up to 1 MiB.
   // Cap'n Proto wants such a segment word-aligned and whole words long (and not empty).
   capnp::Data::Reader data(reinterpret_cast<const capnp::byte*>(buf), size);
-  if (size > 0 && size % 8 == 0 && reinterpret_cast<uintptr_t>(buf) % 8 == 0) {
+  // A hard mount keeps the request to send it again if its connection breaks, after the
+  // kernel's buffer is gone: then the data is copied.
+  if (!client_.hard() && size > 0 && size % 8 == 0 && reinterpret_cast<uintptr_t>(buf) % 8 == 0) {
     p->rq.adoptData(p->message.getOrphanage().referenceExternalData(data));
   } else {
     p->rq.setData(data);
@@ -762,12 +983,20 @@ void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   // The kernel does not wait for the answer's content; a file opened on a broken
   // connection is already closed at the home, a deferred one never opened there.
   if (IsDeferred(fi->fh)) return r.Err(0);
-  uint64_t generation = fi->fh >> kFhGenerationShift;
+  OpenHandle h;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(fi->fh);
+    if (it == handles_.end()) return r.Err(0);
+    h = std::move(it->second);
+    handles_.erase(it);
+  }
+  // Sent only on the connection it was opened on (a broken one closed it already).
   capnp::MallocMessageBuilder message(256);
   auto rq = message.initRoot<schema::FileRequest>();
   rq.setOp(op);
-  rq.setFh(fi->fh & ((1ull << kFhGenerationShift) - 1));
-  client_.Send(message, generation, [](int, IncomingMessage*) {});
+  rq.setFh(h.remote);
+  client_.Send(message, h.generation, [](int, IncomingMessage*) {});
   r.Err(0);
 }
 
@@ -987,7 +1216,7 @@ void Fs::LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool w
         // holder wrote (as NFS, a lock revalidates the file).
         DropCache(ino, [shared] { shared->Err(0); });
       },
-      InterruptedProbe(*shared), false, waits);
+      InterruptedProbe(*shared), false, false, waits);
   if (!serial) return;
   bool cancel = false;
   {
@@ -1036,11 +1265,18 @@ void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
     locked = lock_owners_.erase({ino, fi->lock_owner}) > 0;
   }
   if (!locked || IsDeferred(fi->fh)) return r.Err(0);
-  uint64_t generation = fi->fh >> kFhGenerationShift;
+  uint64_t generation, remote;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(fi->fh);
+    if (it == handles_.end()) return r.Err(0);
+    generation = it->second.generation;
+    remote = it->second.remote;
+  }
   capnp::MallocMessageBuilder message(256);
   auto rq = message.initRoot<schema::FileRequest>();
   rq.setOp(Op::UNLOCK_OWNER);
-  rq.setFh(fi->fh & ((1ull << kFhGenerationShift) - 1));
+  rq.setFh(remote);
   rq.setHasFh(true);
   rq.setOwner(fi->lock_owner);
   // Answered once the home has dropped them (a close then a lock elsewhere must not find

@@ -51,6 +51,8 @@ class Fs {
   void StartNotices(fuse_session* session);
   // Stops them (before the session goes).
   void StopNotices();
+  // Stops sending requests again (before the client stops).
+  void StopResending();
 
   // Drops the kernel's cached pages and attributes of `ino`, then runs `then` (for example
   // answering a request), on the notice thread: an invalidation waits for page locks,
@@ -120,6 +122,19 @@ class Fs {
     std::chrono::steady_clock::time_point looked_up{};  // the kernel's last lookup of it
   };
   struct Prepared;
+  // A file this mount has open: the kernel's handle is a local number, stable across
+  // connections; the home's handle is of one connection, and opened again on the next.
+  struct OpenHandle {
+    fuse_ino_t ino = 0;
+    uint32_t flags = 0;
+    bool dir = false;
+    uint64_t remote = 0;  // the home's handle, valid in `generation`
+    uint64_t generation = 0;
+    uint32_t uid = 0, gid = 0;  // the opener's credentials, to open it again as them
+    std::vector<uint32_t> groups;
+  };
+  // Answers a request from the home's reply (err: the client's, e.g. EIO, EINTR).
+  using Handler = std::function<void(Request&, int err, IncomingMessage*, uint64_t generation)>;
 
   // Starts a request on behalf of `r`: waits for the connection and fills in the
   // caller's credentials. Answers EIO and returns nothing when the home is unreachable.
@@ -140,6 +155,22 @@ class Fs {
   template <typename Ok>
   void Call(Request r, std::unique_ptr<Prepared> p, Ok ok,
             std::function<void(Request&)> stale = {});
+  // Sends `p`; when its connection breaks first (hard mount), sends it again (Resend).
+  void Issue(std::shared_ptr<Request> r, std::shared_ptr<Prepared> p, Handler handler,
+             std::function<void(Request&)> stale);
+  // Waits for the next connection, binds `p` to it and sends it again, on a thread of its
+  // own (ResendLoop), never the receiving thread.
+  void Resend(std::shared_ptr<Request> r, std::shared_ptr<Prepared> p, Handler handler,
+              std::function<void(Request&)> stale);
+  void ResendLoop();
+  // Sets the home's ids of what `p` names for `generation`: 0, kLost (the connection
+  // broke meanwhile), or the errno to answer (ESTALE: the object is gone).
+  int Rebind(Prepared& p, uint64_t generation);
+  int Gone(uint64_t generation);
+  // The home's handle of local handle `fh` on `generation`, opened again if need be.
+  int RemoteFh(uint64_t fh, uint64_t generation, uint64_t* remote);
+  uint64_t AddHandle(OpenHandle handle);
+  OpenHandle HandleOf(Prepared& p, fuse_ino_t ino, int flags, bool dir);
   // The cache of a silent home (stale answers: see ARCHITECTURE.md, homefs).
   void RememberAttr(fuse_ino_t ino, const struct stat& attr);
   std::optional<struct stat> CachedAttr(fuse_ino_t ino);
@@ -180,6 +211,14 @@ class Fs {
   bool stop_notices_ = false;
   std::thread notice_thread_;
   std::unordered_map<uint64_t, fuse_ino_t> by_remote_;  // current generation only
+  std::unordered_map<uint64_t, OpenHandle> handles_;
+  uint64_t next_fh_ = 1;
+  std::mutex reopen_mutex_;
+  std::mutex resend_mutex_;
+  std::condition_variable resend_ready_;
+  std::deque<std::function<void()>> resends_;
+  bool stop_resending_ = false;
+  std::thread resend_thread_;
 
   std::mutex locks_mutex_;
   // (node, lock owner) that took a POSIX lock through this mount: a flush (close) of theirs

@@ -171,6 +171,7 @@ int Run(int argc, char** argv) {
       loop.max_idle_threads = 16;
       status = fuse_session_loop_mt(se, &loop) == 0 ? 0 : 1;
       client.Stop();
+      fs->StopResending();
       fs->StopNotices();
       fuse_session_unmount(se);
     } else {

@@ -256,6 +256,22 @@ std::string FailAtStepScript(const std::string& work_dir, std::string_view actio
   return "./" + name;
 }
 
+// A script for criu's action hook that holds the restore at `action` for `seconds`: the
+// restored job exists, criu has not finished (HOMEWARD_FAULT restore-hold).
+std::string HoldAtStepScript(const std::string& work_dir, std::string_view action, int seconds) {
+  std::string name = fmt::format("hold-{}", action);
+  std::string path = work_dir + "/" + name;
+  {
+    std::ofstream out(path, std::ios::trunc);
+    out << "#!/bin/sh\n# HOMEWARD_FAULT: criu holds at its " << action << " step\n"
+        << "if [ \"$CRTOOLS_SCRIPT_ACTION\" = " << action << " ]; then sleep " << seconds
+        << "; fi\nexit 0\n";
+    if (!out.flush()) Fail(ErrorKind::kFailed, "cannot write the fault script {}", path);
+  }
+  HW_SYSCALL(::chmod(path.c_str(), 0700), "chmod {}", path);
+  return "./" + name;
+}
+
 // criu's parasite in a job's init makes a directory "proc.crtools" in the init's working
 // directory to mount the job's /proc on. Inits of one home share that directory (their
 // root), so two dumps at the same moment, on this node or another, can collide on it.
@@ -407,6 +423,10 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
   if (options.faults.Hit(Fault::kRestoreCriu)) {
     call.args.push_back("--action-script");
     call.args.push_back(FailAtStepScript(work.path(), "post-restore"));
+  }
+  if (options.faults.Hit(Fault::kRestoreHold)) {
+    call.args.push_back("--action-script");
+    call.args.push_back(HoldAtStepScript(work.path(), "post-restore", kRestoreHoldSeconds));
   }
   CriuRun run = RunCriu(call);
 

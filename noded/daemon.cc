@@ -52,7 +52,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
           [this] { return balancer_.Picture(); }, faults),
       file_server_(config_.export_root, 8,
                    config_.files_trust_root ? FileSession::Root::kTrust
-                                            : FileSession::Root::kSquash),
+                                            : FileSession::Root::kSquash,
+                   config_.state_dir + "/files-replay"),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
                    std::move(faults)),
       home_mounts_(loop, HomeMountsOptions{.mosix_root = config_.mosix_root,

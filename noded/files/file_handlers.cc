@@ -48,6 +48,7 @@ void FileOps::Hello(FileSession& s, Rq rq, Rs rs) {
   }
   FillAttr(StatFd(s.root_), rs.initEntry().initAttr());
   rs.getEntry().setNode(1);
+  s.client_ = rq.getClient();
 }
 
 void FileOps::Lookup(FileSession& s, Rq rq, Rs rs) {
@@ -243,6 +244,23 @@ void FileOps::Create(FileSession& s, Rq rq, Rs rs) {
   handle->node = rs.getEntry().getNode();
   handle->append = (flags & O_APPEND) != 0;
   if (s.inotify_.valid()) s.MarkOwn(handle->node);
+  rs.setFh(s.AddHandle(std::move(handle)));
+}
+
+void FileOps::CreateAgain(FileSession& s, Rq rq, Rs rs) {
+  std::string name = rq.getName();
+  CheckName(name);
+  auto dir = s.GetNode(rq.getNode());
+  // The file exists (this very request made it): open it as made, without truncating
+  // what the client may have written since.
+  int flags =
+      (static_cast<int>(rq.getFlags()) | O_NOFOLLOW) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+  auto handle = std::make_shared<FileSession::OpenFile>();
+  handle->append = (flags & O_APPEND) != 0;
+  handle->fd = Fd::Adopt(OpenBeneath(dir->fd.get(), name, flags, 0));
+  s.Remember(Fd::Adopt(Check(::open(ProcPath(handle->fd.get()).c_str(), O_PATH | O_CLOEXEC))),
+             rs.initEntry());
+  handle->node = rs.getEntry().getNode();
   rs.setFh(s.AddHandle(std::move(handle)));
 }
 

@@ -115,6 +115,8 @@ class FileOps {
   static void Link(FileSession& s, Rq rq, Rs rs);
   static void Open(FileSession& s, Rq rq, Rs rs);  // and OPENDIR
   static void Create(FileSession& s, Rq rq, Rs rs);
+  // A create the replay cache says was done already: opens the name it made.
+  static void CreateAgain(FileSession& s, Rq rq, Rs rs);
   static void Read(FileSession& s, Rq rq, Rs rs);
   static void Write(FileSession& s, Rq rq, Rs rs);
   static void Flush(FileSession& s, Rq rq, Rs rs);

@@ -68,8 +68,12 @@ void WorkerPool::Run() {
 
 // ---------------------------------------------------------------------------------------
 
-FileServer::FileServer(const std::string& export_root, int threads, FileSession::Root peer_root)
-    : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)), peer_root_(peer_root), pool_(threads) {}
+FileServer::FileServer(const std::string& export_root, int threads, FileSession::Root peer_root,
+                       const std::string& replay_log)
+    : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)),
+      peer_root_(peer_root),
+      replay_(replay_log),
+      pool_(threads) {}
 
 FileServer::~FileServer() {
   Stop();
@@ -99,7 +103,7 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
   // Requests also run on this thread (below): like the workers, it needs an fs context of
   // its own with umask 0, so that it never changes the daemon's.
   if (::unshare(CLONE_FS) == 0) ::umask(0);
-  auto session = std::make_shared<FileSession>(root_.get(), peer_root_, locks_);
+  auto session = std::make_shared<FileSession>(root_.get(), peer_root_, &replay_, locks_);
   {
     std::lock_guard lock(mutex_);
     sessions_.emplace(HostOf(peer.address), session);

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "fd.h"
 #include "home_locks.h"
 #include "peer_auth.h"
+#include "replay_cache.h"
 #include "secure_channel.h"
 #include "schema/files.capnp.h"
 
@@ -59,9 +61,10 @@ class FileSession {
   };
   static constexpr uint32_t kSquashedId = 65534;  // nobody, nogroup
 
-  // `root` is an O_PATH descriptor of the export root (borrowed, outlives the session).
+  // `root` is an O_PATH descriptor of the export root (borrowed, outlives the session);
+  // `replay` (borrowed, may be null) remembers non-idempotent requests across connections;
   // `locks`: shared by the server's sessions (one of its own when not given).
-  explicit FileSession(int root, Root peer_root = Root::kSquash,
+  explicit FileSession(int root, Root peer_root = Root::kSquash, ReplayCache* replay = nullptr,
                        std::shared_ptr<HomeLocks> locks = nullptr);
   FileSession(const FileSession&) = delete;
   FileSession& operator=(const FileSession&) = delete;
@@ -103,9 +106,19 @@ class FileSession {
   // Records one lookup of `fd`'s object and fills `entry`, with the node id.
   void Remember(Fd fd, schema::Entry::Builder entry);
   void LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry);
-  // Calls the request kind's handler; false when `later` will answer.
-  bool Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response,
-                Later& later);
+  // The lock requests (getlk, setlk, flock, lockCancel, unlockOwner): false when `later`
+  // will answer, nothing for any other request. Never in the replay cache: homefs does
+  // not send them again (the locks went with the connection).
+  std::optional<bool> DispatchLock(schema::FileRequest::Reader request,
+                                   schema::FileResponse::Builder response, Later& later);
+  // Whether sending `request` twice could apply it twice (see ReplayCache).
+  bool NonIdempotent(schema::FileRequest::Reader request);
+  // Answers a request the replay cache says was performed already, with `err`.
+  void Replay(schema::FileRequest::Reader request, schema::FileResponse::Builder response,
+              int err);
+  // Dispatch, remembered in the replay cache when the request is non-idempotent.
+  void Perform(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
+  // Calls the request kind's handler.
   void Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
   // The description that holds `owner`'s POSIX (or OFD) locks on the file open as `fh`,
   // opened on first use; nullptr when there is none and `create` is false.
@@ -125,6 +138,8 @@ class FileSession {
 
   int root_;
   Root peer_root_;
+  ReplayCache* replay_;
+  uint64_t client_ = 0;  // the client's id, from its hello (0: an old client, no replays)
   std::mutex mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> by_inode_;
@@ -148,8 +163,10 @@ class FileSession {
 class FileServer {
  public:
   // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
+  // `replay_log`: where the replay cache is kept (in the state directory; empty: memory).
   FileServer(const std::string& export_root, int threads,
-             FileSession::Root peer_root = FileSession::Root::kSquash);
+             FileSession::Root peer_root = FileSession::Root::kSquash,
+             const std::string& replay_log = {});
   FileServer(const FileServer&) = delete;
   FileServer& operator=(const FileServer&) = delete;
   ~FileServer();
@@ -169,6 +186,7 @@ class FileServer {
   Fd root_;
   FileSession::Root peer_root_;
   std::shared_ptr<HomeLocks> locks_ = std::make_shared<HomeLocks>();
+  ReplayCache replay_;
   WorkerPool pool_;
   std::mutex mutex_;
   std::condition_variable idle_;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
@@ -120,9 +121,11 @@ void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
 
 }  // namespace
 
-FileSession::FileSession(int root, Root peer_root, std::shared_ptr<HomeLocks> locks)
+FileSession::FileSession(int root, Root peer_root, ReplayCache* replay,
+                         std::shared_ptr<HomeLocks> locks)
     : root_(root),
       peer_root_(peer_root),
+      replay_(replay),
       locks_(locks ? std::move(locks) : std::make_shared<HomeLocks>()) {
   auto node = std::make_shared<Node>();
   node->fd = Fd::Adopt(HW_SYSCALL(::fcntl(root, F_DUPFD_CLOEXEC, 0), "dup export root"));
@@ -209,7 +212,11 @@ bool FileSession::Handle(schema::FileRequest::Reader request,
   try {
     Become(request.getCred(), peer_root_);
     if (inotify_.valid()) MarkOwnChange(request);
-    return Dispatch(request, response, later);
+    if (auto answered = DispatchLock(request, response, later); !answered.has_value()) {
+      Perform(request, response);
+    } else {
+      return *answered;
+    }
   } catch (const OpError& e) {
     response.setError(e.err);
   } catch (const Error& e) {
@@ -222,8 +229,8 @@ bool FileSession::Handle(schema::FileRequest::Reader request,
   return true;
 }
 
-bool FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs,
-                           Later& later) {
+std::optional<bool> FileSession::DispatchLock(schema::FileRequest::Reader rq,
+                                              schema::FileResponse::Builder rs, Later& later) {
   using Op = schema::FileOp;
   switch (rq.getOp()) {
     case Op::GETLK:
@@ -239,10 +246,81 @@ bool FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       FileOps::UnlockOwner(*this, rq, rs);
       return true;
     default:
-      break;
+      return std::nullopt;  // not a lock request
   }
-  Dispatch(rq, rs);
-  return true;
+}
+
+bool FileSession::NonIdempotent(schema::FileRequest::Reader rq) {
+  using Op = schema::FileOp;
+  switch (rq.getOp()) {
+    case Op::MKNOD:
+    case Op::MKDIR:
+    case Op::UNLINK:
+    case Op::RMDIR:
+    case Op::SYMLINK:
+    case Op::RENAME:
+    case Op::LINK:
+    case Op::CREATE:
+      return true;
+    case Op::WRITE:
+      return (rq.getFlags() & O_APPEND) != 0;  // placed at the end: twice is twice
+    default:
+      return false;
+  }
+}
+
+void FileSession::Perform(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs) {
+  using Op = schema::FileOp;
+  if (!replay_ || !client_) return Dispatch(rq, rs);
+  uint64_t id = rq.getId();
+  if (rq.getOldest()) replay_->Ack(client_, rq.getOldest());
+  if (!NonIdempotent(rq)) return Dispatch(rq, rs);
+  auto seen = rq.getRetry() ? replay_->Find(client_, id) : ReplayCache::Seen{};
+  if (seen.state == ReplayCache::State::kDone) return Replay(rq, rs, seen.err);
+  if (seen.state == ReplayCache::State::kUnknown) replay_->Start(client_, id);
+  int err = 0;
+  try {
+    Dispatch(rq, rs);
+  } catch (const OpError& e) {
+    err = e.err;
+  }
+  // Begun by a daemon that died before it logged how it ended: the error a done request
+  // meets when performed again says it was done (the name it made exists, the name it
+  // removed is gone).
+  auto op = rq.getOp();
+  bool removes = op == Op::UNLINK || op == Op::RMDIR || op == Op::RENAME;
+  if (seen.state == ReplayCache::State::kStarted && op != Op::WRITE &&
+      err == (removes ? ENOENT : EEXIST)) {
+    spdlog::info("file service: request {} of client {:x} was done before the restart", id,
+                 client_);
+    replay_->Finish(client_, id, 0);
+    return Replay(rq, rs, 0);
+  }
+  replay_->Finish(client_, id, err);
+  if (err) throw OpError{err};
+}
+
+void FileSession::Replay(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs,
+                         int err) {
+  using Op = schema::FileOp;
+  if (err) throw OpError{err};
+  switch (rq.getOp()) {
+    case Op::MKNOD:
+    case Op::MKDIR:
+    case Op::SYMLINK:
+      LookupInto(GetNode(rq.getNode())->fd.get(), rq.getName(), rs.initEntry());
+      return;
+    case Op::LINK:
+      LookupInto(GetNode(rq.getNode2())->fd.get(), rq.getName2(), rs.initEntry());
+      return;
+    case Op::CREATE:
+      return FileOps::CreateAgain(*this, rq, rs);
+    case Op::WRITE:
+      rs.setSize(rq.getData().size());
+      return;
+    default:
+      return;  // unlink, rmdir, rename: nothing to answer but success
+  }
 }
 
 void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs) {

@@ -302,6 +302,8 @@ void Job::Attach(DaemonEnds ends) {
     // (Reattach); the status is read again whole.
     stream->sent = fd == 3 ? 0 : stream->taken;
     stream->trimmed = stream->sent;
+    // The asks for a checkpoint read again were taken by the daemon before.
+    if (fd == 3) status_replayed_ = stream->taken;
     CheckUv(uv_poll_init(loop_, stream->poll.get(), stream->pipe.get()), "job output");
     stream->poll.get()->data = stream.get();
     return stream;
@@ -420,7 +422,10 @@ void Job::Deliver(Stream& stream, bool force) {
       static constexpr std::string_view kAsk = "checkpoint\n";
       while (status_text_.compare(0, kAsk.size(), kAsk) == 0) {
         status_text_.erase(0, kAsk.size());
-        if (on_checkpoint_request_) on_checkpoint_request_();
+        status_consumed_ += kAsk.size();
+        if (on_checkpoint_request_ && status_consumed_ > status_replayed_) {
+          on_checkpoint_request_();
+        }
       }
       if (status_text_.size() > 4096) status_text_.resize(4096);
       continue;

@@ -289,6 +289,8 @@ class Job : public std::enable_shared_from_this<Job> {
   std::unique_ptr<Stream> stderr_;
   std::unique_ptr<Stream> status_;
   std::string status_text_;
+  uint64_t status_consumed_ = 0;  // the status stream's offset of status_text_'s start
+  uint64_t status_replayed_ = 0;  // the status read again after a restart ends here
   std::optional<ExitStatus> init_status_;
   bool input_paused_ = false;
   bool output_paused_ = false;

@@ -468,6 +468,7 @@ bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const
   auto give_up = [this, slot, away, why](const std::string& reason) {
     auto it = jobs_.find(slot);
     if (it != jobs_.end() && it->second.away == away) jobs_.erase(it);
+    ForgetAway(*away);
     std::string message =
         fmt::format("{}; it could not be restarted from a checkpoint: {}", why, reason);
     spdlog::warn("job {}: {}", away->home_pid(), message);
@@ -489,6 +490,7 @@ bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const
         if (it == jobs_.end() || it->second.away != away || !away->mosrun.open()) {
           outcome->restored.reset();  // its mosrun left meanwhile: killed and reaped
           if (it != jobs_.end() && it->second.away == away) jobs_.erase(it);
+          ForgetAway(*away);
           return;
         }
         if (!outcome->error.empty()) {
@@ -503,6 +505,8 @@ bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const
         auto weak_job = std::make_shared<std::weak_ptr<Job>>();
         std::shared_ptr<Job> job;
         try {
+          // Journaled as a job of this home, over the entry of the job away: a restart of
+          // this daemon takes the restarted job back, and its end removes the entry.
           job = AdoptRestored(std::move(launch), away->mosrun, std::move(outcome->restored->init),
                               std::move(outcome->restored->ends),
                               [this, slot] { jobs_.erase(slot); }, slot);

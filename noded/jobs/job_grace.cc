@@ -168,12 +168,31 @@ void JobRegistry::ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen
         guests_[id] = job;
         spdlog::info("guest {} continues", job->home_pid());
         if (on_change_) on_change_();
+        if (config_.recovery.frozen_go_home) SendHome(job);
       });
   if (status < 0) {
     frozen->continuing = false;
     spdlog::error("guest {}: cannot start continuing it: {}", frozen->launch.identity.home_pid,
                   uv_strerror(status));
   }
+}
+
+void JobRegistry::SendHome(std::shared_ptr<Job> job) {
+  // [recovery] frozen_guests = "home": continued here only to be moved home at once (a
+  // frozen image cannot be streamed as it is: a move dumps a running job). A move that
+  // fails leaves it running here, as any failed move does.
+  std::string home = job->launch().home;
+  pid_t home_pid = job->home_pid();
+  spdlog::info("guest {}: sending it home to {} ([recovery] frozen_guests = \"home\")",
+               home_pid, home);
+  MigrateGuest(job, home, [home, home_pid](const MoveOutcome& outcome) {
+    if (outcome.error.empty()) {
+      spdlog::info("guest {}: sent home to {}", home_pid, home);
+    } else {
+      spdlog::warn("guest {}: cannot send it home to {}: {}; it goes on here", home_pid, home,
+                   outcome.error);
+    }
+  });
 }
 
 void JobRegistry::DropFrozenGuests() {

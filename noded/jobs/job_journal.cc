@@ -8,11 +8,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -263,30 +265,43 @@ void CleanRestoreIntents(const std::string& dir, const std::vector<uint64_t>& ta
   }
   ::closedir(handle);
   for (uint64_t inode : intents) {
-    RemoveRestoreIntent(dir, inode);
-    if (std::find(taken.begin(), taken.end(), inode) != taken.end()) continue;
-    std::string target = fmt::format("pipe:[{}]", inode);
-    DIR* procs = ::opendir("/proc");
-    if (!procs) continue;
-    while (dirent* proc = ::readdir(procs)) {
-      pid_t pid = static_cast<pid_t>(std::strtol(proc->d_name, nullptr, 10));
-      if (pid <= 0) continue;
-      std::string fd_dir = fmt::format("/proc/{}/fd", pid);
-      DIR* fds = ::opendir(fd_dir.c_str());
-      if (!fds) continue;
-      bool holds = false;
-      char link[64];
-      while (dirent* fd = ::readdir(fds)) {
-        ssize_t n = ::readlinkat(::dirfd(fds), fd->d_name, link, sizeof link);
-        if (n > 0 && std::string_view(link, static_cast<size_t>(n)) == target) holds = true;
-      }
-      ::closedir(fds);
-      if (holds) {
-        spdlog::warn("process {} holds the pipe of a restore cut by a restart; killing it", pid);
-        ::kill(pid, SIGKILL);
-      }
+    if (std::find(taken.begin(), taken.end(), inode) != taken.end()) {
+      RemoveRestoreIntent(dir, inode);
+      continue;
     }
-    ::closedir(procs);
+    std::string target = fmt::format("pipe:[{}]", inode);
+    // A criu still restoring holds the pipe too, and makes processes that hold it while
+    // it runs: scan again until a scan finds none (criu, killed, makes no more).
+    for (int pass = 0; pass < 100; ++pass) {
+      bool found = false;
+      DIR* procs = ::opendir("/proc");
+      if (!procs) break;
+      while (dirent* proc = ::readdir(procs)) {
+        pid_t pid = static_cast<pid_t>(std::strtol(proc->d_name, nullptr, 10));
+        if (pid <= 0) continue;
+        std::string fd_dir = fmt::format("/proc/{}/fd", pid);
+        DIR* fds = ::opendir(fd_dir.c_str());
+        if (!fds) continue;
+        bool holds = false;
+        char link[64];
+        while (dirent* fd = ::readdir(fds)) {
+          ssize_t n = ::readlinkat(::dirfd(fds), fd->d_name, link, sizeof link);
+          if (n > 0 && std::string_view(link, static_cast<size_t>(n)) == target) holds = true;
+        }
+        ::closedir(fds);
+        if (holds) {
+          spdlog::warn("process {} holds the pipe of a restore cut by a restart; killing it", pid);
+          ::kill(pid, SIGKILL);
+          found = true;
+        }
+      }
+      ::closedir(procs);
+      if (!found) break;
+      // Killed processes let go of their descriptors only once they are gone.
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    // Removed only once nothing holds the pipe: a daemon killed meanwhile looks again.
+    RemoveRestoreIntent(dir, inode);
   }
 }
 

@@ -127,6 +127,7 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
     away->mosrun.PauseReading(false);
     spdlog::info("job {} now runs on {}", away->home_pid(), away->where());
     Apply(slot, away, std::move(*step));
+    JournalSoon();
     return;
   }
   Fail(ErrorKind::kNotFound, "no job of this home with pid {} is on its way to a node",

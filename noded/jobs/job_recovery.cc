@@ -1,6 +1,7 @@
 // Jobs that outlive their daemon: journaling a job and its keeper before it runs, taking
 // jobs back when a daemon starts after another was killed, and a mosrun reattaching to
 // its job. See "Daemon restarts" in docs/ARCHITECTURE.md.
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <thread>
 
 #include <capnp/message.h>
@@ -16,13 +18,14 @@
 #include "c_boundary.h"
 #include "checkpoint.h"
 #include "error.h"
+#include "image_stream.h"
 #include "job.h"
 #include "job_journal.h"
 #include "job_registry.h"
 #include "job_stream.h"
 #include "peer_auth.h"
-#include "uv_work.h"
 #include "uv_error.h"
+#include "uv_work.h"
 
 namespace homeward {
 
@@ -36,6 +39,81 @@ void KillIfSame(pid_t pid, uint64_t start_time) {
   Fd pidfd = Fd::Adopt(PidfdOpen(pid));
   if (!pidfd.valid() || ProcessStartTime(pid) != start_time) return;
   ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+}
+
+// The job's init, found by the write end of its status pipe, which only the init holds (its
+// program closes it): for a journal entry written before the init was spawned, whose
+// daemon died before it could journal the init. The oldest such process, should the init
+// be forking its program right now. Nothing when there is none.
+pid_t FindStatusWriter(uint64_t status_inode, pid_t except) {
+  std::string wanted = fmt::format("pipe:[{}]", status_inode);
+  pid_t found = 0;
+  uint64_t found_start = 0;
+  DIR* proc = ::opendir("/proc");
+  if (!proc) return 0;
+  while (dirent* process = ::readdir(proc)) {
+    char* end = nullptr;
+    long pid = strtol(process->d_name, &end, 10);
+    if (*end || pid <= 0 || pid == except) continue;
+    std::string fds = fmt::format("/proc/{}/fd", pid);
+    DIR* dir = ::opendir(fds.c_str());
+    if (!dir) continue;
+    bool writes = false;
+    while (dirent* fd = ::readdir(dir)) {
+      if (fd->d_name[0] == '.') continue;
+      char target[64];
+      ssize_t n = ::readlinkat(::dirfd(dir), fd->d_name, target, sizeof target - 1);
+      if (n <= 0 || std::string_view(target, static_cast<size_t>(n)) != wanted) continue;
+      // A write end: its flags (octal) say O_WRONLY.
+      std::ifstream info(fmt::format("/proc/{}/fdinfo/{}", pid, fd->d_name));
+      std::string key;
+      std::string flags;
+      while (info >> key >> flags) {
+        if (key == "flags:") break;
+      }
+      if ((std::strtoul(flags.c_str(), nullptr, 8) & O_ACCMODE) == O_WRONLY) {
+        writes = true;
+        break;
+      }
+    }
+    ::closedir(dir);
+    if (!writes) continue;
+    uint64_t start = 0;
+    try {
+      start = ProcessStartTime(static_cast<pid_t>(pid));
+    } catch (const Error&) {
+      continue;  // gone meanwhile
+    }
+    if (start != 0 && (found == 0 || start < found_start)) {
+      found = static_cast<pid_t>(pid);
+      found_start = start;
+    }
+  }
+  ::closedir(proc);
+  return found;
+}
+
+// Image directories (`<images>/<what>-<daemon pid>-<n>`, and criu's `.work` beside them)
+// that a daemon killed during a move, a restore or a checkpoint left: nothing reads them
+// any more (the job went on where it was, and a restore cut short was undone above).
+void RemoveStaleImages(const std::string& images) {
+  DIR* dir = ::opendir(images.c_str());
+  if (!dir) return;
+  std::vector<std::string> stale;
+  std::string mine = fmt::format("-{}-", ::getpid());
+  while (dirent* entry = ::readdir(dir)) {
+    std::string name = entry->d_name;
+    if (name[0] != '.' && name.find(mine) == std::string::npos) stale.push_back(name);
+  }
+  ::closedir(dir);
+  for (const auto& name : stale) {
+    try {
+      migrate::RemoveImageDir(images + "/" + name);
+      spdlog::info("removed {}/{}, left by a daemon before", images, name);
+    } catch (const Error& e) {
+      spdlog::warn("cannot remove {}/{}, left by a daemon before: {}", images, name, e.what());
+    }
+  }
 }
 
 }  // namespace
@@ -230,9 +308,18 @@ void JobRegistry::KeepJob(Job& job, int slot) {
   entry.launch.env.clear();
   std::string name = entry.Name();
   Job* kept = &job;  // the job owns this function: it never outlives the job
+  bool die_after_spawn = faults_.Hit(Fault::kKillAfterSpawn);
   job.KeepAcrossRestarts(
-      [dir, entry, kept](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
-                         uint64_t keeper_start, bool moving) mutable {
+      [dir, entry, kept, die_after_spawn](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
+                                          uint64_t keeper_start, bool moving) mutable {
+        if (die_after_spawn && entry.init_pid == 0 && entry.keeper_pid != 0 && init_pid > 0) {
+          // The init runs, journaled with its keeper only: the daemon dies here.
+          spdlog::warn("fault point kill-after-spawn: the daemon dies before journaling "
+                       "job {}'s init (pid {})",
+                       entry.launch.identity.home_pid, init_pid);
+          spdlog::default_logger()->flush();
+          ::kill(::getpid(), SIGKILL);
+        }
         entry.moving = moving;
         entry.base[1] = kept->output_base(1);
         entry.base[2] = kept->output_base(2);
@@ -260,8 +347,6 @@ void JobRegistry::Recover() {
     if (!guest) mosrun = Fd::Adopt(PidfdOpen(home_pid));
     if (!guest && (!mosrun.valid() || ProcessStartTime(home_pid) != entry.mosrun_start)) {
       why = "its mosrun is gone";
-    } else if (entry.init_pid <= 0) {
-      why = "it never started";
     } else if (!guest && (jobs_.count(entry.slot) || entry.slot >= kMaxJobs)) {
       why = fmt::format("slot {} is taken", entry.slot);
     }
@@ -272,6 +357,29 @@ void JobRegistry::Recover() {
         keeper = FdKeeper::Reclaim(entry.keeper_pid, entry.keeper_start, kKeptFds, &kept);
       } catch (const Error& e) {
         why = e.what();
+      }
+    }
+    if (why.empty() && entry.init_pid <= 0) {
+      // Journaled with its keeper, before its init was spawned: the daemon may have died
+      // between the spawn and the next journal write. The init, if it runs, holds the
+      // status pipe's write end; the keeper holds its read end.
+      pid_t init = kept.size() == kKeptFds && kept[4].valid()
+                       ? FindStatusWriter(migrate::PipeInode(kept[4].get()), entry.keeper_pid)
+                       : 0;
+      uint64_t start = 0;
+      try {
+        if (init > 0) start = ProcessStartTime(init);
+      } catch (const Error&) {
+        start = 0;  // gone meanwhile
+      }
+      if (start == 0) {
+        why = "it never started";
+      } else {
+        spdlog::info("job {}: found its init (pid {}) by its status pipe: it was spawned but "
+                     "not journaled before the daemon died",
+                     home_pid, init);
+        entry.init_pid = init;
+        entry.init_start = start;
       }
     }
     std::string name = entry.Name();
@@ -334,6 +442,7 @@ void JobRegistry::Recover() {
   }
   for (const auto& [id, guest] : guests_) taken.push_back(guest->pipe_inodes()[1]);
   CleanRestoreIntents(dir, taken);
+  RemoveStaleImages(config_.state_dir + "/images");
 }
 
 void JobRegistry::RelayClosed(const std::shared_ptr<Job>& job) {
@@ -448,6 +557,18 @@ void JobRegistry::CountOutput(Away& away, schema::JobOutput::Reader output) {
   }
 }
 
+void JobRegistry::SendHeldSignals(Away& away) {
+  if (!away.peer.open()) return;
+  for (int sig : away.held_signals) {
+    capnp::MallocMessageBuilder message;
+    auto request = message.initRoot<schema::ControlRequest>();
+    request.setVersion(schema::CONTROL_VERSION);
+    request.setJobSignal(sig);
+    away.peer.Send(message);
+  }
+  away.held_signals.clear();
+}
+
 void JobRegistry::TellOutputHad(Away& away) {
   capnp::MallocMessageBuilder message;
   auto request = message.initRoot<schema::ControlRequest>();
@@ -490,6 +611,7 @@ bool JobRegistry::Rejoin(int slot, const std::shared_ptr<Away>& away,
     return true;
   }
   TellOutputHad(*away);
+  SendHeldSignals(*away);
   spdlog::info("job {} taken back by node {} after its daemon restarted; output from bytes {} "
                "and {}",
                away->home_pid(), away->where(), away->output_here[1], away->output_here[2]);
@@ -652,7 +774,10 @@ bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& rep
     spdlog::info("job {}: its mosrun is back; output goes on from bytes {} and {}", caller.pid,
                  had[1], had[2]);
     // The node, if it is back already, resends from there and says where input goes on.
-    if (away->protocol.state() == move::State::kRunning) TellOutputHad(*away);
+    if (away->protocol.state() == move::State::kRunning) {
+      TellOutputHad(*away);
+      SendHeldSignals(*away);
+    }
     return true;
   }
   return false;

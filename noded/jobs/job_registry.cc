@@ -234,21 +234,25 @@ void JobRegistry::Start() {
   // every place a job starts, moves or ends; overdue attaches are found on the same tick.
   CheckUv(uv_timer_init(loop_, counts_timer_.get()), "job counts timer");
   counts_timer_.get()->data = this;
-  CheckUv(uv_timer_start(
-              counts_timer_.get(),
-              [](uv_timer_t* timer) {
-                GuardedCall("job counts", [timer] {
-                  auto* self = static_cast<JobRegistry*>(timer->data);
-                  self->EndOverdueAttaches();
-                  self->JournalAways();
-                  self->FreezeOverdueGuests();
-                  if (self->on_change_) self->on_change_();
-                });
-              },
-              0, 1000),
-          "job counts timer");
+  CheckUv(uv_timer_start(counts_timer_.get(), OnCountsTimer, 0, 1000), "job counts timer");
   Recover();
   StartCheckpointTimer();
+}
+
+void JobRegistry::OnCountsTimer(uv_timer_t* timer) {
+  GuardedCall("job counts", [timer] {
+    auto* self = static_cast<JobRegistry*>(timer->data);
+    self->EndOverdueAttaches();
+    self->JournalAways();
+    self->FreezeOverdueGuests();
+    if (self->on_change_) self->on_change_();
+  });
+}
+
+void JobRegistry::JournalSoon() {
+  // The tick runs at once and then each second again, as before.
+  int status = uv_timer_start(counts_timer_.get(), OnCountsTimer, 0, 1000);
+  if (status < 0) spdlog::warn("cannot journal the jobs away at once: {}", uv_strerror(status));
 }
 
 void JobRegistry::ListJobs(ReplySender reply) const {

@@ -151,6 +151,9 @@ class JobRegistry {
     // Taken back from the journal after this daemon restarted: its mosrun has not come
     // back yet (it must be the process that started at mosrun_start).
     bool awaiting_mosrun = false;
+    // Signals from mosrun while no relay to the job's node is open (its daemon or this one
+    // restarted): sent, in order, once the node has the job again.
+    std::vector<int> held_signals;
     uint64_t mosrun_start = 0;
     int slot = -1;
     std::string journaled;  // the journal's text as last written
@@ -193,10 +196,17 @@ class JobRegistry {
   // to come back; a node whose daemon came back takes the job up again.
   static void CountOutput(Away& away, schema::JobOutput::Reader output);
   static void TellOutputHad(Away& away);
+  // Sends the signals mosrun gave while the job's node had no relay (Away::held_signals).
+  static void SendHeldSignals(Away& away);
   bool AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay);
   // Keeps the journal of every job away current (each second), and ends one taken back
   // whose mosrun died before it came back.
   void JournalAways();
+  // Journals the jobs away on the loop's next turn rather than within the second: a move
+  // between guests changed where one runs, and a home killed before that is journaled
+  // would refuse the job's new node.
+  void JournalSoon();
+  static void OnCountsTimer(uv_timer_t* timer);
   void ForgetAway(const Away& away);
   void RecoverAway(JournalEntry& entry);
   bool ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply);
@@ -325,6 +335,8 @@ class JobRegistry {
   void FreezeOverdueGuests();
   void FreezeGuest(uint64_t id, std::shared_ptr<Job> job);
   void ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen);
+  // Moves a guest continued after a freeze home ([recovery] frozen_guests = "home").
+  void SendHome(std::shared_ptr<Job> job);
   void DropFrozenGuests();
 
   uv_loop_t* loop_;

@@ -120,11 +120,16 @@ StreamHandlers JobRegistry::MosrunHandlersForAway(int slot, std::shared_ptr<Away
   handlers.on_message = [away](IncomingMessage& incoming) {
     auto message = incoming.Root<schema::ControlRequest>();
     switch (message.which()) {
+      case schema::ControlRequest::JOB_SIGNAL:
+        if (!away->peer.open()) {
+          away->held_signals.push_back(message.getJobSignal());
+          break;
+        }
+        [[fallthrough]];
       case schema::ControlRequest::JOB_INPUT:
       case schema::ControlRequest::JOB_INPUT_END:
       case schema::ControlRequest::JOB_INPUT_AT:
       case schema::ControlRequest::JOB_INPUT_END_AT:
-      case schema::ControlRequest::JOB_SIGNAL:
         Forward<schema::ControlRequest>(incoming, away->peer);
         // Hold mosrun's input back while the job's node is slower to take it.
         if (away->peer.queued_bytes() > ControlStream::kHighWater) away->mosrun.PauseReading(true);
@@ -163,6 +168,7 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
             away->protocol.Migrated(relay, MigratedFigures(reply.getMigrated()),
                                     static_cast<int64_t>(uv_now(loop_))));
       MaybeReleaseOutput(away);
+      JournalSoon();
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);

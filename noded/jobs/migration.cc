@@ -145,6 +145,10 @@ RestoredHere RestoreHere(const std::string& dir,
   // A daemon killed from here until the job is taken over leaves this intent, by which
   // the next one finds and ends what criu restored (see "Daemon restarts").
   if (!intent_dir.empty()) WriteRestoreIntent(intent_dir, migrate::PipeInode(out.read.get()));
+  if (faults.Hit(Fault::kRestoreHold)) {
+    spdlog::warn("fault point restore-hold: criu holds its restore at post-restore for {} s",
+                 kRestoreHoldSeconds);
+  }
   // The restored init is our child (we are a child subreaper): owned from here on.
   ChildProcess init = ChildProcess::Adopt(migrate::Restore(dir, restore).init_pid);
   return RestoredHere{std::move(init),

@@ -164,7 +164,16 @@ class CutLinkTest(unittest.TestCase):
             self.assertNotIn("homefs: connection to", log)
 
     def test_a_cut_longer_than_the_grace_freezes_the_guest(self):
-        with harness.LoopCluster(2, settings=["recovery.home_grace_s=3"]) as c:
+        self.frozen_past_the_grace(go_home=False)
+
+    def test_a_guest_frozen_past_the_grace_is_sent_home_when_so_set(self):
+        self.frozen_past_the_grace(go_home=True)
+
+    def frozen_past_the_grace(self, go_home):
+        settings = ["recovery.home_grace_s=3"]
+        if go_home:
+            settings.append('recovery.frozen_guests="home"')
+        with harness.LoopCluster(2, settings=settings) as c:
             expected = "".join(f"line {i}\n" for i in range(1, 21))
             work = self.start_job(c, "frozen", 20, 1, python=True)
             c.wait_for(lambda: read(os.path.join(work, "lines")).count("\n") >= 3, 60,
@@ -183,6 +192,14 @@ class CutLinkTest(unittest.TestCase):
             finally:
                 cut.restore()
             c.wait_for(lambda: "continues" in c.log("node2"), 120, "the guest to continue")
+            if go_home:
+                c.wait_for(lambda: "sent home to node1" in c.log("node2"), 120,
+                           "the guest to be sent home")
+                where = self.job_where(c)
+                self.assertIn(where, ("node1", None))  # None: it ended at home already
+                self.assertNotIn("cannot send it home", c.log("node2"))
+            else:
+                self.assertNotIn("sending it home", c.log("node2"))
             status, out, err, lines = self.finish(c, work, 240)
             self.assertEqual(err, "")
             self.assertEqual(status, "0")

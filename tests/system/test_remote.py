@@ -94,8 +94,9 @@ class RemoteJobTest(unittest.TestCase):
                           "mosrun -r node2 cat /data/big | sha256sum && "
                           "mosrun -r node2 sha256sum < /data/big && sha256sum < /data/big"
                           ).stdout.split("\n")
-        self.assertEqual(relayed[0], relayed[1])
-        self.assertEqual(relayed[1], relayed[2])
+        # Output relayed from node2, input relayed to it, and the file at home.
+        self.assertEqual(relayed[0], relayed[2], relayed)
+        self.assertEqual(relayed[1], relayed[2], relayed)
 
     def test_listed_at_home_and_as_guest_and_killed_by_home_pid(self):
         script = ("mosrun -r node2 sleep 300 >/dev/null 2>&1 & pid=$!; "

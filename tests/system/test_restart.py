@@ -22,9 +22,6 @@ import harness
 
 # Echoes its input lines to stdout, every 100th to stderr too; after line 3000 it waits for
 # the gate, and it ends with status 3.
-# It waits at line 3000 with shell builtins only: away from home, a program it ran while
-# its home's daemon is down could fail to load (homefs fails the calls in flight when the
-# home's connection breaks; see "homefs" in docs/ARCHITECTURE.md, Limits).
 ECHO_JOB = r"""
 n=0
 while read l; do
@@ -46,6 +43,13 @@ until [ -e gate ]; do sleep 0.05; done
 seq 400001 800000 >&2
 seq 800001 1200000
 """
+
+# The same, waiting at its gate by running programs (`sleep`, `cat`) from its home's files:
+# away from home, while its home's daemon is down, each is loaded through homefs, whose
+# calls wait for the home and are sent again when it is back.
+AWAY_JOB = ECHO_JOB.replace(
+    "until [ -e gate ]; do :; done",
+    "until [ -e gate ]; do sleep 0.05; cat job.sh > /dev/null; done")
 
 WAITING = "mosrun: waiting for the node daemon to return\n"
 
@@ -314,11 +318,11 @@ class RestartTest(unittest.TestCase):
                         30, "node2 to mount node1's files")
         shell = "seq 1 6000 | mosrun -L -r node2 sh job.sh > out 2> err"
         plain, plain_inside = self.workdir("plain")
-        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
+        self.start(plain, plain_inside, AWAY_JOB, shell, gate_open=True)
         self.assertEqual(self.wait_end(plain), "3\n", read(os.path.join(plain, "err")))
 
         work, inside = self.workdir("faulted")
-        pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
+        pid = self.start(work, inside, AWAY_JOB, shell, gate_open=False)
         self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
                         "3000 lines of output")
         journal = os.path.join(self.c.node("node1")["state"], "jobs", str(pid))

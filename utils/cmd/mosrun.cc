@@ -272,8 +272,12 @@ int DaemonWaitSeconds() {
 // The daemon went away with the job unfinished: says so once, waits for a daemon to listen
 // again (with back-off), and presents the job to it. Nothing when none came in time, or
 // the new daemon does not have the job.
+// `signals` is mosrun's signalfd: signals that come meanwhile are read into `pending`, in
+// the order they came, to be delivered once the job is taken back (a signalfd would keep
+// only one of each while they wait there).
 std::optional<ControlClient> ReconnectToDaemon(const std::string& socket, uint64_t stdout_had,
-                                               uint64_t stderr_had) {
+                                               uint64_t stderr_had, int signals,
+                                               std::vector<int>& pending) {
   static bool said = false;
   if (!said) {
     fprintf(stderr, "mosrun: waiting for the node daemon to return\n");
@@ -296,8 +300,19 @@ std::optional<ControlClient> ReconnectToDaemon(const std::string& socket, uint64
         return std::nullopt;
       }
     }
-    // Client back-off while the daemon restarts, not a wait for a test.
-    std::this_thread::sleep_for(pause);
+    // Client back-off while the daemon restarts, not a wait for a test; signals that come
+    // meanwhile are read at once, so that none is merged with an earlier one of its kind.
+    auto until = std::chrono::steady_clock::now() + pause;
+    for (auto now = std::chrono::steady_clock::now(); now < until;
+         now = std::chrono::steady_clock::now()) {
+      pollfd wait = {signals, POLLIN, 0};
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count();
+      if (poll(&wait, 1, static_cast<int>(std::max<int64_t>(left, 1))) <= 0) continue;
+      signalfd_siginfo info;
+      if (read(signals, &info, sizeof info) == sizeof info) {
+        pending.push_back(static_cast<int>(info.ssi_signo));
+      }
+    }
     pause = std::min(pause * 2, std::chrono::milliseconds(1000));
   }
 }
@@ -382,6 +397,17 @@ int Run(const Options& options) {
       stdin_open = false;
     }
   };
+  // Signals the daemon did not take (it died, or was down): kept in order, and delivered
+  // once mosrun is reconnected to the job.
+  std::vector<int> signals_pending;
+  auto send_signal = [&](int sig) {
+    if (daemon_hung_up) {
+      signals_pending.push_back(sig);
+      return;
+    }
+    deliver([&](auto request) { request.setJobSignal(sig); });
+    if (daemon_hung_up) signals_pending.push_back(sig);
+  };
   auto send_input = [&](uint64_t offset, const char* data, size_t size) {
     deliver([&](auto request) {
       auto chunk = request.initJobInputAt();
@@ -411,7 +437,7 @@ int Run(const Options& options) {
     if (fds[1].revents & POLLIN) {
       signalfd_siginfo info;
       if (read(signals.get(), &info, sizeof info) == sizeof info) {
-        deliver([&](auto request) { request.setJobSignal(static_cast<int>(info.ssi_signo)); });
+        send_signal(static_cast<int>(info.ssi_signo));
       }
     }
     if (count == 3 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
@@ -432,7 +458,8 @@ int Run(const Options& options) {
       if (n <= 0) {
         // The daemon died (or was restarted): the job runs on; its next daemon takes it
         // back, and this mosrun with it.
-        auto reconnected = ReconnectToDaemon(socket, output_had[1], output_had[2]);
+        auto reconnected = ReconnectToDaemon(socket, output_had[1], output_had[2],
+                                             signals.get(), signals_pending);
         if (!reconnected) {
           fprintf(stderr,
                   "mosrun: lost the connection to the node daemon at %s; the job "
@@ -445,6 +472,10 @@ int Run(const Options& options) {
         decoder = FrameDecoder(kMaxControlFrameBytes);
         daemon_hung_up = false;
         stdin_open = !input_end_sent;
+        // After resumeJob: the daemon gives the job this connection, then its signals.
+        std::vector<int> held = std::move(signals_pending);
+        signals_pending.clear();
+        for (int sig : held) send_signal(sig);
         continue;
       }
       decoder.Feed(buffer, static_cast<size_t>(n));

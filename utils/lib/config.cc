@@ -290,6 +290,13 @@ level_ok:
       reader.Integer("balance.usher_free_mb", balance.usher_free_mb, 0, 1 << 30));
   config.recovery.home_grace = std::chrono::seconds(
       reader.Integer("recovery.home_grace_s", config.recovery.home_grace.count(), 1, 86399));
+  std::string frozen = config.recovery.frozen_go_home ? "home" : "continue";
+  reader.OptionalString("recovery.frozen_guests", &frozen);
+  if (frozen != "continue" && frozen != "home") {
+    Fail(ErrorKind::kInvalidInput, "{}: recovery.frozen_guests is \"{}\"; it is \"continue\" or "
+         "\"home\"", path, frozen);
+  }
+  config.recovery.frozen_go_home = frozen == "home";
   return config;
 }
 

@@ -54,6 +54,10 @@ struct BalanceConfig {
 // guest is frozen to this node's disk until the home is back.
 struct RecoveryConfig {
   std::chrono::seconds home_grace{300};
+  // What becomes of a guest frozen past the grace when its home is back: continued here
+  // (the default), or continued and sent home at once ("home": the home's own node runs
+  // it from then on, as `mosctl expel` would send it).
+  bool frozen_go_home = false;
 };
 
 struct NodeConfig {

@@ -132,6 +132,16 @@ TEST_F(ConfigTest, ReadsRecoverySection) {
               HasSubstr("recovery.home_grace_s"));
 }
 
+TEST_F(ConfigTest, AFrozenGuestContinuesInPlaceUnlessSetToGoHome) {
+  EXPECT_FALSE(LoadNodeConfig(Write(Good())).recovery.frozen_go_home);
+  EXPECT_TRUE(LoadNodeConfig(Write(Good() + "[recovery]\nfrozen_guests = \"home\"\n"))
+                  .recovery.frozen_go_home);
+  EXPECT_FALSE(LoadNodeConfig(Write(Good() + "[recovery]\nfrozen_guests = \"continue\"\n"))
+                   .recovery.frozen_go_home);
+  EXPECT_THAT(ErrorOf(Good() + "[recovery]\nfrozen_guests = \"away\"\n"),
+              HasSubstr("recovery.frozen_guests"));
+}
+
 TEST_F(ConfigTest, MissingFileNamesIt) {
   try {
     LoadNodeConfig(dir_ + "/absent.toml");

@@ -28,6 +28,10 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kPeerThread, "peer-thread", "the peer server cannot start a service thread"},
     {Fault::kLoopCallbackThrows, "loop-callback-throws",
      "a completion on the daemon's event loop throws once, just after start-up"},
+    {Fault::kKillAfterSpawn, "kill-after-spawn",
+     "the daemon SIGKILLs itself after spawning a job's init, before journaling it"},
+    {Fault::kRestoreHold, "restore-hold",
+     "criu holds a restore at its post-restore step (the job restored, criu not done) for 6 s"},
 };
 
 }  // namespace

@@ -26,7 +26,12 @@ enum class Fault {
   kReceiveMid,
   kPeerThread,
   kLoopCallbackThrows,
+  kKillAfterSpawn,
+  kRestoreHold,
 };
+
+// How long the restore-hold fault point holds criu at its post-restore step.
+constexpr int kRestoreHoldSeconds = 6;
 
 struct FaultInfo {
   Fault fault;
@@ -54,7 +59,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kLoopCallbackThrows) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kRestoreHold) + 1> selected_;
 };
 
 }  // namespace homeward

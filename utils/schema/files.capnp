@@ -82,10 +82,17 @@ struct FileRequest {
   gid @18 :UInt32;
   atimeNs @19 :Int64;
   mtimeNs @20 :Int64;
+  # Resending across a broken connection (see ARCHITECTURE.md, homefs, "A home restarted"):
+  # hello names the client (random, one per mount); `retry` marks a request sent again
+  # with its first id after its connection broke; `oldest` is the client's oldest
+  # request still unanswered (the server may forget what it remembers of older ones).
+  client @21 :UInt64;
+  retry @22 :Bool;
+  oldest @23 :UInt64;
   # Locks (getlk, setlk, flock, lockCancel, unlockOwner).
-  owner @21 :UInt64;
-  lock @22 :FileLock;
-  cancels @23 :UInt64;
+  owner @24 :UInt64;
+  lock @25 :FileLock;
+  cancels @26 :UInt64;
 }
 
 # A byte-range lock as fcntl sees it: type F_RDLCK, F_WRLCK or F_UNLCK; start and

@@ -1,0 +1,251 @@
+// The replay cache and the file service's use of it: a non-idempotent request sent again
+// after its connection broke (the daemon restarted between) is answered, not performed
+// twice.
+#include "replay_cache.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <capnp/message.h>
+
+#include "file_server.h"
+
+namespace homeward {
+namespace {
+
+namespace fs = std::filesystem;
+using Op = schema::FileOp;
+using State = ReplayCache::State;
+
+class ReplayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/homeward-replay-XXXXXX";
+    base_ = ::mkdtemp(tmpl);
+    fs::create_directories(base_ + "/export");
+    fs::create_directories(base_ + "/state");
+    log_ = base_ + "/state/files-replay";
+    root_ = Fd::Open(base_ + "/export", O_PATH | O_DIRECTORY);
+  }
+  void TearDown() override { fs::remove_all(base_); }
+
+  // A daemon's cache and a client's session on it; Restart() is a killed daemon started
+  // again (the log is read back) and the client's new connection.
+  void Start() {
+    cache_ = std::make_unique<ReplayCache>(log_);
+    session_ = std::make_unique<FileSession>(root_.get(), FileSession::Root::kTrust, cache_.get());
+    Call(Op::HELLO, 0, "", [](auto rq) { rq.setClient(0xc11e); });
+  }
+  void Restart() {
+    session_.reset();
+    cache_.reset();
+    Start();
+  }
+
+  struct Result {
+    int error;
+    uint64_t node;
+    uint64_t fh;
+    uint64_t size;
+  };
+  Result Call(Op op, uint64_t node, const std::string& name,
+              const std::function<void(schema::FileRequest::Builder)>& fill = {}, uint64_t id = 0,
+              bool retry = false) {
+    capnp::MallocMessageBuilder in, out;
+    auto rq = in.initRoot<schema::FileRequest>();
+    rq.setVersion(schema::FILES_VERSION);
+    rq.setOp(op);
+    rq.setNode(node);
+    rq.setName(name);
+    rq.setId(id);
+    rq.setRetry(retry);
+    if (fill) fill(rq);
+    auto rs = out.initRoot<schema::FileResponse>();
+    session_->Handle(rq.asReader(), rs);
+    return {rs.getError(), rs.hasEntry() ? rs.getEntry().getNode() : 0, rs.getFh(), rs.getSize()};
+  }
+  std::string Read(const std::string& path) {
+    std::ifstream in(base_ + "/export/" + path);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+
+  std::string base_, log_;
+  Fd root_;
+  std::unique_ptr<ReplayCache> cache_;
+  std::unique_ptr<FileSession> session_;
+};
+
+TEST(ReplayCacheTest, RemembersStartedAndDoneAndForgetsWhatTheClientAcknowledged) {
+  ReplayCache cache;
+  EXPECT_EQ(cache.Find(1, 5).state, State::kUnknown);
+  cache.Start(1, 5);
+  EXPECT_EQ(cache.Find(1, 5).state, State::kStarted);
+  cache.Finish(1, 5, EEXIST);
+  EXPECT_EQ(cache.Find(1, 5).state, State::kDone);
+  EXPECT_EQ(cache.Find(1, 5).err, EEXIST);
+  EXPECT_EQ(cache.Find(2, 5).state, State::kUnknown);  // another client's id 5
+  cache.Finish(1, 9, 0);
+  cache.Ack(1, 6);  // the client has the answers of everything before 6
+  EXPECT_EQ(cache.Find(1, 5).state, State::kUnknown);
+  EXPECT_EQ(cache.Find(1, 9).state, State::kDone);
+}
+
+TEST(ReplayCacheTest, KeepsABoundedNumberPerClient) {
+  ReplayCache cache;
+  for (uint64_t id = 1; id <= ReplayCache::kPerClient + 10; ++id) cache.Finish(7, id, 0);
+  EXPECT_EQ(cache.size(), ReplayCache::kPerClient);
+  EXPECT_EQ(cache.Find(7, 10).state, State::kUnknown);
+  EXPECT_EQ(cache.Find(7, ReplayCache::kPerClient + 10).state, State::kDone);
+}
+
+TEST_F(ReplayTest, OutlivesTheDaemonInItsLog) {
+  {
+    ReplayCache cache(log_);
+    cache.Finish(1, 2, ENOENT);
+    cache.Start(1, 3);
+    cache.Finish(1, 4, 0);
+    cache.Ack(1, 4);
+  }
+  ReplayCache again(log_);
+  EXPECT_EQ(again.Find(1, 2).state, State::kUnknown);  // acknowledged
+  EXPECT_EQ(again.Find(1, 3).state, State::kUnknown);
+  EXPECT_EQ(again.Find(1, 4).state, State::kDone);
+  again.Start(1, 8);
+  ReplayCache third(log_);  // compacted at start, appended to since
+  EXPECT_EQ(third.Find(1, 8).state, State::kStarted);
+  EXPECT_EQ(third.Find(1, 4).state, State::kDone);
+}
+
+TEST_F(ReplayTest, AnExclusiveCreateSentAgainOpensTheFileItMade) {
+  Start();
+  auto fill = [](auto rq) {
+    rq.setFlags(O_WRONLY | O_CREAT | O_EXCL);
+    rq.setMode(S_IFREG | 0644);
+  };
+  auto first = Call(Op::CREATE, 1, "new", fill, 11);
+  ASSERT_EQ(first.error, 0);
+  ASSERT_EQ(Call(
+                Op::WRITE, 0, "",
+                [&](auto rq) {
+                  rq.setFh(first.fh);
+                  rq.setData(kj::StringPtr("kept").asBytes());
+                },
+                12)
+                .error,
+            0);
+  Restart();
+  auto again = Call(Op::CREATE, 1, "new", fill, 11, true);
+  EXPECT_EQ(again.error, 0);  // not EEXIST: it was this request that made it
+  EXPECT_NE(again.fh, 0u);
+  EXPECT_EQ(Read("new"), "kept");  // and not truncated
+  // A new request for the same name is a new create: it fails.
+  EXPECT_EQ(Call(Op::CREATE, 1, "new", fill, 13).error, EEXIST);
+}
+
+TEST_F(ReplayTest, RemovesAndRenamesSentAgainSucceedOnce) {
+  Start();
+  std::ofstream(base_ + "/export/a") << "a";
+  std::ofstream(base_ + "/export/gone") << "g";
+  ASSERT_EQ(Call(Op::UNLINK, 1, "gone", {}, 21).error, 0);
+  ASSERT_EQ(Call(
+                Op::RENAME, 1, "a",
+                [](auto rq) {
+                  rq.setNode2(1);
+                  rq.setName2("b");
+                },
+                22)
+                .error,
+            0);
+  ASSERT_EQ(Call(
+                Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 23)
+                .error,
+            0);
+  Restart();
+  EXPECT_EQ(Call(Op::UNLINK, 1, "gone", {}, 21, true).error, 0);
+  EXPECT_EQ(Call(
+                Op::RENAME, 1, "a",
+                [](auto rq) {
+                  rq.setNode2(1);
+                  rq.setName2("b");
+                },
+                22, true)
+                .error,
+            0);
+  auto dir = Call(
+      Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 23, true);
+  EXPECT_EQ(dir.error, 0);
+  EXPECT_NE(dir.node, 0u);
+  EXPECT_EQ(Read("b"), "a");
+  // Answers that were errors stay errors.
+  EXPECT_EQ(Call(Op::UNLINK, 1, "nothing", {}, 24).error, ENOENT);
+  std::ofstream(base_ + "/export/nothing") << "made since";
+  Restart();
+  EXPECT_EQ(Call(Op::UNLINK, 1, "nothing", {}, 24, true).error, ENOENT);
+  EXPECT_TRUE(fs::exists(base_ + "/export/nothing"));
+}
+
+TEST_F(ReplayTest, ARequestADyingDaemonBeganIsTakenAsDoneWhenItsEffectIsThere) {
+  Start();
+  // The daemon logged the start, made the directory, and died before logging the end.
+  cache_->Start(0xc11e, 31);
+  fs::create_directory(base_ + "/export/half");
+  Restart();
+  auto dir = Call(
+      Op::MKDIR, 1, "half", [](auto rq) { rq.setMode(0755); }, 31, true);
+  EXPECT_EQ(dir.error, 0);
+  EXPECT_NE(dir.node, 0u);
+  // One that had not got as far is simply performed.
+  cache_->Start(0xc11e, 32);
+  Restart();
+  EXPECT_EQ(Call(
+                Op::MKDIR, 1, "later", [](auto rq) { rq.setMode(0755); }, 32, true)
+                .error,
+            0);
+  EXPECT_TRUE(fs::is_directory(base_ + "/export/later"));
+}
+
+TEST_F(ReplayTest, AnAppendSentAgainIsNotWrittenTwice) {
+  Start();
+  std::ofstream(base_ + "/export/log") << "1\n";
+  auto opened = Call(Op::LOOKUP, 1, "log");
+  auto fh = Call(Op::OPEN, opened.node, "", [](auto rq) { rq.setFlags(O_WRONLY | O_APPEND); }).fh;
+  auto append = [&](uint64_t fh, uint64_t id, bool retry) {
+    return Call(
+        Op::WRITE, 0, "",
+        [&](auto rq) {
+          rq.setFh(fh);
+          rq.setFlags(O_APPEND);
+          rq.setData(kj::StringPtr("2\n").asBytes());
+        },
+        id, retry);
+  };
+  ASSERT_EQ(append(fh, 41, false).size, 2u);
+  Restart();
+  opened = Call(Op::LOOKUP, 1, "log");
+  fh = Call(Op::OPEN, opened.node, "", [](auto rq) { rq.setFlags(O_WRONLY | O_APPEND); }).fh;
+  auto again = append(fh, 41, true);
+  EXPECT_EQ(again.error, 0);
+  EXPECT_EQ(again.size, 2u);
+  EXPECT_EQ(Read("log"), "1\n2\n");
+}
+
+TEST_F(ReplayTest, AClientWithoutAnIdIsServedAsBefore) {
+  cache_ = std::make_unique<ReplayCache>();
+  session_ = std::make_unique<FileSession>(root_.get(), FileSession::Root::kTrust, cache_.get());
+  ASSERT_EQ(Call(
+                Op::MKDIR, 1, "d", [](auto rq) { rq.setMode(0755); }, 1)
+                .error,
+            0);
+  EXPECT_EQ(cache_->size(), 0u);
+}
+
+}  // namespace
+}  // namespace homeward
