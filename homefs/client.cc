@@ -206,13 +206,14 @@ void FileClient::ConnectionLoop() {
           auto it = pending_.find(server.getResponse().getId());
           if (it != pending_.end()) {
             done = std::move(it->second.done);
+            if (it->second.waits) --waiting_;
             pending_.erase(it);
           }
           Answered(server.getResponse().getId());
           // Any answer (one the cache gave already too) shows the home alive; what is
-          // still pending is owed from now.
+          // still pending is owed from now (a wait for a lock is owed nothing).
           owed_since_.reset();
-          if (!pending_.empty()) owed_since_ = Clock::now();
+          if (pending_.size() > waiting_) owed_since_ = Clock::now();
           if (!done) continue;
         }
         try {
@@ -236,6 +237,7 @@ void FileClient::ConnectionLoop() {
       fd_ = -1;
       owed_since_.reset();
       lost.swap(pending_);
+      waiting_ = 0;
       stopping = stopping_;
     }
     // Stop breaks the connection on purpose (a cut, to the stream): nothing to warn of.
@@ -266,10 +268,12 @@ void FileClient::TimerLoop() {
       auto waited = silent;
       if (p.interrupted && EndsInterrupted(p.interrupted(), waited)) {
         interrupted.emplace_back(std::move(p.done), EINTR);
+        if (p.waits) --waiting_;
         Answered(it->first);
         it = pending_.erase(it);
       } else if (GoesStale(p.may_go_stale, waited)) {
         interrupted.emplace_back(std::move(p.done), ETIMEDOUT);
+        if (p.waits) --waiting_;
         Answered(it->first);
         it = pending_.erase(it);
       } else {
@@ -322,8 +326,9 @@ void FileClient::Abandon(uint64_t id) {
   Answered(id);
 }
 
-void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
-                      InterruptProbe interrupted, bool may_go_stale, bool resend) {
+uint64_t FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
+                          InterruptProbe interrupted, bool may_go_stale, bool resend,
+                          bool waits) {
   std::shared_ptr<FrameStream> stream;
   auto rq = message.getRoot<schema::FileRequest>();
   uint64_t id = rq.getId();
@@ -339,16 +344,17 @@ void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callb
       if (fail != kLost) Answered(id);
     } else {
       stream = stream_;
-      if (!owed_since_) owed_since_ = Clock::now();
-      pending_[id] =
-          Pending{std::move(done), Clock::now(), std::move(interrupted), may_go_stale, resend};
+      if (!owed_since_ && !waits) owed_since_ = Clock::now();
+      pending_[id] = Pending{std::move(done),       Clock::now(), std::move(interrupted),
+                             may_go_stale,          resend,       waits};
+      if (waits) ++waiting_;
       rq.setOldest(unacked_.empty() ? id : std::min(id, *unacked_.begin()));
     }
   }
   rq.setId(id);  // kept: a request handed back is sent again under it
   if (fail) {
     done(fail, nullptr);
-    return;
+    return 0;
   }
   rq.setRetry(again);
   rq.setVersion(schema::FILES_VERSION);
@@ -360,6 +366,7 @@ void FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, Callb
     std::lock_guard lock(mutex_);
     if (fd_ >= 0 && stream_ == stream) ::shutdown(fd_, SHUT_RDWR);
   }
+  return id;
 }
 
 void FileClient::Post(capnp::MessageBuilder& message, uint64_t generation) {

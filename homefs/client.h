@@ -105,8 +105,12 @@ class FileClient {
   // rather than failing it; a message whose id is set already is such a request sent
   // again, and goes with its first id, marked as a retry, so that the home answers a
   // non-idempotent one it performed already from its replay cache.
-  void Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
-            InterruptProbe interrupted = {}, bool may_go_stale = false, bool resend = false);
+  // `waits`: the home answers when it can (a lock is free), however long that takes: the
+  // request does not count as owed, so the home is not taken for silent meanwhile.
+  // Returns the request's id (0 when it was not sent).
+  uint64_t Send(capnp::MessageBuilder& message, uint64_t generation, Callback done,
+                InterruptProbe interrupted = {}, bool may_go_stale = false, bool resend = false,
+                bool waits = false);
   // The caller gave up a request handed back with kLost (it will not be sent again).
   void Abandon(uint64_t id);
   bool hard() const { return options_.hard; }
@@ -132,6 +136,7 @@ class FileClient {
     InterruptProbe interrupted;
     bool may_go_stale = false;
     bool resend = false;
+    bool waits = false;
   };
   void ConnectionLoop();
   void TimerLoop();
@@ -152,6 +157,7 @@ class FileClient {
   uint64_t generation_ = 0;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Pending> pending_;
+  size_t waiting_ = 0;  // entries of pending_ that wait (for a lock)
   uint64_t id_ = 0;
   // Resendable requests not yet answered for good, in flight or waiting to be sent
   // again: the oldest goes with every request, so the home forgets older ones.

@@ -3,6 +3,7 @@
 #include "fs.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -453,6 +454,11 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
     count = inode.remote_lookups;
     generation = inode.generation;
     by_key_.erase(inode.key);
+    {
+      std::lock_guard locks(locks_mutex_);
+      lock_owners_.erase(lock_owners_.lower_bound({ino, 0}),
+                         lock_owners_.lower_bound({ino + 1, 0}));
+    }
     auto name_it = by_name_.find({inode.parent, inode.name});
     if (name_it != by_name_.end() && name_it->second == ino) by_name_.erase(name_it);
     auto remote_it = by_remote_.find(inode.remote);
@@ -602,9 +608,9 @@ void Fs::Init(fuse_conn_info* conn) {
   // No writeback cache: with it the kernel would hold writes back after close and decide
   // sizes and mtimes itself, which breaks close-to-open consistency between nodes.
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
-  // Advisory locks stay local to this node (the kernel handles them): the home does not
-  // arbitrate locks between nodes yet.
-  conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+  // Advisory locks are the home's: POSIX and OFD locks (setlk, getlk) and flock go there.
+  if (conn->capable & FUSE_CAP_POSIX_LOCKS) conn->want |= FUSE_CAP_POSIX_LOCKS;
+  if (conn->capable & FUSE_CAP_FLOCK_LOCKS) conn->want |= FUSE_CAP_FLOCK_LOCKS;
 }
 
 void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
@@ -1103,6 +1109,180 @@ void Fs::Fallocate(Request r, int mode, off_t offset, off_t length, fuse_file_in
   p->rq.setOffset(static_cast<uint64_t>(offset));
   p->rq.setSize(static_cast<uint64_t>(length));
   Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
+}
+
+}  // namespace homeward
+
+// ---------------------------------------------------------------------------------------
+// Locks: taken and held at the home, so they exclude jobs on every node and the home's own
+// processes alike. The kernel sends the lock owner: a process (POSIX locks), or an open
+// file (OFD locks, flock).
+
+namespace homeward {
+
+namespace {
+
+void SetLock(schema::FileLock::Builder out, const struct flock& lock) {
+  out.setType(lock.l_type);
+  out.setStart(static_cast<uint64_t>(std::max<off_t>(lock.l_start, 0)));
+  out.setLength(static_cast<uint64_t>(std::max<off_t>(lock.l_len, 0)));
+  out.setPid(lock.l_pid);
+}
+
+// libfuse calls this when the kernel interrupts a request that registered it: the
+// request is alive for the call, its answer may be on its way.
+void OnLockInterrupt(fuse_req_t req, void* data) {
+  try {
+    static_cast<Fs*>(fuse_req_userdata(req))->LockInterrupted(reinterpret_cast<uintptr_t>(data));
+  } catch (const std::exception& e) {
+    spdlog::error("homefs: cancelling a lock wait: {}", e.what());
+  }
+}
+
+}  // namespace
+
+void Fs::Getlk(Request r, fuse_ino_t, fuse_file_info* fi, const struct flock& lock) {
+  auto p = Prepare(r, Op::GETLK);
+  if (!p || !SetFh(r, *p, fi)) return;
+  p->rq.setOwner(fi->lock_owner);
+  SetLock(p->rq.initLock(), lock);
+  Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) {
+    auto got = rs.getLock();
+    struct flock out {};
+    out.l_type = got.getType();
+    out.l_whence = SEEK_SET;
+    out.l_start = static_cast<off_t>(got.getStart());
+    out.l_len = static_cast<off_t>(got.getLength());
+    out.l_pid = got.getPid();
+    r.Lock(out);
+  });
+}
+
+void Fs::Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock,
+               bool sleep) {
+  if (IsDeferred(fi->fh)) return r.Err(ENOLCK);  // opened while the home was silent
+  auto p = Prepare(r, Op::SETLK);
+  if (!p || !SetFh(r, *p, fi)) return;
+  p->rq.setOwner(fi->lock_owner);
+  SetLock(p->rq.initLock(), lock);
+  bool acquires = lock.l_type != F_UNLCK;
+  p->rq.setFlags(sleep && acquires ? 1 : 0);
+  if (acquires) {
+    // Before it is sent: a close racing with the answer must drop it at the home.
+    std::lock_guard guard(locks_mutex_);
+    lock_owners_.insert({ino, fi->lock_owner});
+  }
+  LockCall(std::move(r), std::move(p), ino, sleep && acquires, acquires);
+}
+
+void Fs::Flock(Request r, fuse_ino_t ino, fuse_file_info* fi, int op) {
+  if (IsDeferred(fi->fh)) return r.Err(ENOLCK);
+  auto p = Prepare(r, Op::FLOCK);
+  if (!p || !SetFh(r, *p, fi)) return;
+  p->rq.setOwner(fi->lock_owner);
+  p->rq.setFlags(static_cast<uint32_t>(op));
+  bool acquires = !(op & LOCK_UN);
+  LockCall(std::move(r), std::move(p), ino, acquires && !(op & LOCK_NB), acquires);
+}
+
+void Fs::LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool waits,
+                  bool acquires) {
+  auto shared = std::make_shared<Request>(std::move(r));
+  uint64_t generation = p->generation;
+  uint64_t serial = 0;
+  if (waits) {
+    {
+      std::lock_guard lock(locks_mutex_);
+      serial = next_lock_wait_++;
+      lock_waits_[serial] = LockWait{generation, 0, false};
+    }
+    // Registered before the request is sent, while it cannot be answered yet: an interrupt
+    // (already there or to come) cancels the wait at the home.
+    fuse_req_interrupt_func(shared->get(), OnLockInterrupt,
+                            reinterpret_cast<void*>(static_cast<uintptr_t>(serial)));
+  }
+  uint64_t id = client_.Send(
+      p->message, generation,
+      [this, shared, serial, ino, acquires](int err, IncomingMessage* message) {
+        if (serial) {
+          std::lock_guard lock(locks_mutex_);
+          lock_waits_.erase(serial);
+        }
+        if (err != 0) return shared->Err(err);
+        auto rs = message->Root<schema::ServerMessage>().getResponse();
+        if (rs.getError() != 0) return shared->Err(rs.getError());
+        if (!acquires) return shared->Err(0);
+        // A lock got: what this node cached of the file may be older than what the last
+        // holder wrote (as NFS, a lock revalidates the file).
+        DropCache(ino, [shared] { shared->Err(0); });
+      },
+      InterruptedProbe(*shared), false, false, waits);
+  if (!serial) return;
+  bool cancel = false;
+  {
+    std::lock_guard lock(locks_mutex_);
+    auto it = lock_waits_.find(serial);
+    if (it != lock_waits_.end()) {
+      it->second.id = id;
+      cancel = it->second.interrupted && id != 0;
+    }
+  }
+  if (cancel) CancelLockWait(generation, id);
+}
+
+void Fs::LockInterrupted(uint64_t serial) {
+  uint64_t generation, id;
+  {
+    std::lock_guard lock(locks_mutex_);
+    auto it = lock_waits_.find(serial);
+    if (it == lock_waits_.end()) return;  // answered meanwhile
+    if (it->second.id == 0) {
+      it->second.interrupted = true;  // cancelled as soon as it is sent
+      return;
+    }
+    generation = it->second.generation;
+    id = it->second.id;
+  }
+  CancelLockWait(generation, id);
+}
+
+void Fs::CancelLockWait(uint64_t generation, uint64_t id) {
+  // Answered by the home (so a silent home is noticed, and the interrupted wait then ends
+  // with EINTR here, as any call does).
+  capnp::MallocMessageBuilder message(256);
+  auto rq = message.initRoot<schema::FileRequest>();
+  rq.setOp(Op::LOCK_CANCEL);
+  rq.setCancels(id);
+  client_.Send(message, generation, [](int, IncomingMessage*) {});
+}
+
+void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
+  // Every write reached the home before it was acknowledged (no writeback cache), so a
+  // close has nothing to push; only an owner that took POSIX locks here has them dropped.
+  bool locked;
+  {
+    std::lock_guard lock(locks_mutex_);
+    locked = lock_owners_.erase({ino, fi->lock_owner}) > 0;
+  }
+  if (!locked || IsDeferred(fi->fh)) return r.Err(0);
+  uint64_t generation, remote;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(fi->fh);
+    if (it == handles_.end()) return r.Err(0);
+    generation = it->second.generation;
+    remote = it->second.remote;
+  }
+  capnp::MallocMessageBuilder message(256);
+  auto rq = message.initRoot<schema::FileRequest>();
+  rq.setOp(Op::UNLOCK_OWNER);
+  rq.setFh(remote);
+  rq.setHasFh(true);
+  rq.setOwner(fi->lock_owner);
+  // Answered once the home has dropped them (a close then a lock elsewhere must not find
+  // them held); a connection gone since took them with it. close() never fails for this.
+  auto shared = std::make_shared<Request>(std::move(r));
+  client_.Send(message, generation, [shared](int, IncomingMessage*) { shared->Err(0); });
 }
 
 }  // namespace homeward

@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -90,6 +91,14 @@ class Fs {
   void Xattr(Request r, schema::FileOp op, fuse_ino_t ino, const std::string& name,
              const char* value, size_t size, int flags);
   void Fallocate(Request r, int mode, off_t offset, off_t length, fuse_file_info* fi);
+  // Locks are the home's (see ARCHITECTURE.md, "Locks"): taken there, held there.
+  void Getlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock);
+  void Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock, bool sleep);
+  void Flock(Request r, fuse_ino_t ino, fuse_file_info* fi, int op);
+  // A close: the closing process's POSIX locks on the file go (at the home).
+  void Flush(Request r, fuse_ino_t ino, fuse_file_info* fi);
+  // The kernel interrupted the lock wait `serial` (its caller got a signal).
+  void LockInterrupted(uint64_t serial);
 
  private:
   struct Inode {
@@ -170,6 +179,11 @@ class Fs {
   void StaleLookup(Request& r, fuse_ino_t parent, const std::string& name);
   // A read of a file opened while the home was silent.
   void ReadDeferred(Request r, fuse_ino_t ino, size_t size, off_t off);
+  // Sends a lock request; `waits`: it may wait at the home (cancelled by an interrupt);
+  // `acquires`: success takes a lock, so the file's cached data and attributes go first.
+  void LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool waits,
+                bool acquires);
+  void CancelLockWait(uint64_t generation, uint64_t id);
 
   FileClient& client_;
   FsOptions options_;
@@ -205,6 +219,18 @@ class Fs {
   std::deque<std::function<void()>> resends_;
   bool stop_resending_ = false;
   std::thread resend_thread_;
+
+  std::mutex locks_mutex_;
+  // (node, lock owner) that took a POSIX lock through this mount: a flush (close) of theirs
+  // drops the owner's locks at the home. Others' flushes are answered here.
+  std::set<std::pair<fuse_ino_t, uint64_t>> lock_owners_;
+  struct LockWait {
+    uint64_t generation = 0;
+    uint64_t id = 0;  // the request's, once sent
+    bool interrupted = false;
+  };
+  std::unordered_map<uint64_t, LockWait> lock_waits_;  // by serial
+  uint64_t next_lock_wait_ = 1;
 
   std::mutex groups_mutex_;
   std::unordered_map<pid_t, std::pair<std::chrono::steady_clock::time_point, std::vector<gid_t>>>

@@ -101,9 +101,20 @@ fuse_lowlevel_ops MakeOps() {
                  fuse_file_info* fi) {
     Guard(q, [&](Fs& fs, Request r) { fs.Write(std::move(r), buf, size, off, fi); });
   };
-  // Every write reached the home before it was acknowledged (no writeback cache), so
-  // close has nothing to push: answering here saves a round trip per close.
-  ops.flush = [](fuse_req_t q, fuse_ino_t, fuse_file_info*) { fuse_reply_err(q, 0); };
+  // Answered here unless the closing process took POSIX locks through this mount.
+  ops.flush = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Flush(std::move(r), ino, fi); });
+  };
+  ops.getlk = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Getlk(std::move(r), ino, fi, *lock); });
+  };
+  ops.setlk = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
+                 int sleep) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Setlk(std::move(r), ino, fi, *lock, sleep != 0); });
+  };
+  ops.flock = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi, int op) {
+    Guard(q, [&](Fs& fs, Request r) { fs.Flock(std::move(r), ino, fi, op); });
+  };
   ops.release = [](fuse_req_t q, fuse_ino_t, fuse_file_info* fi) {
     Guard(q, [&](Fs& fs, Request r) { fs.Release(std::move(r), Op::RELEASE, fi); });
   };

@@ -40,6 +40,7 @@ class Request {
   void Readlink(const std::string& target) { fuse_reply_readlink(Take(), target.c_str()); }
   void Statfs(const struct statvfs& st) { fuse_reply_statfs(Take(), &st); }
   void Xattr(size_t size) { fuse_reply_xattr(Take(), size); }
+  void Lock(const struct flock& lock) { fuse_reply_lock(Take(), &lock); }
 
  private:
   fuse_req_t Take() { return std::exchange(req_, nullptr); }

@@ -124,6 +124,9 @@ void Daemon::Start() {
   gossip_.Subscribe([this](const NodeRecord& peer, bool alive) {
     if (!alive) {
       jobs_.HomeUnreachable(peer.name);
+      // Its jobs' locks on this node's files go: they may be restarted elsewhere, and
+      // other jobs must not wait for a node that may never come back.
+      file_server_.DropLocks(peer.address);
       return;
     }
     jobs_.HomeReachable(peer.name);

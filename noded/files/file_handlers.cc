@@ -305,11 +305,14 @@ void FileOps::Flush(FileSession& s, Rq rq, Rs) {
 
 void FileOps::Release(FileSession& s, Rq rq, Rs) {
   std::shared_ptr<FileSession::OpenFile> gone;  // closed after the lock, when no request holds it
-  std::lock_guard lock(s.mutex_);
-  auto it = s.handles_.find(rq.getFh());
-  if (it == s.handles_.end()) return;
-  gone = std::move(it->second);
-  s.handles_.erase(it);
+  {
+    std::lock_guard lock(s.mutex_);
+    auto it = s.handles_.find(rq.getFh());
+    if (it == s.handles_.end()) return;
+    gone = std::move(it->second);
+    s.handles_.erase(it);
+  }
+  s.DropOwnersOf(rq.getFh());  // its OFD locks (its flock locks go as it closes)
 }
 
 void FileOps::Fsync(FileSession& s, Rq rq, Rs) {

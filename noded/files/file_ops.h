@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +35,7 @@ struct FileSession::Node {
 struct FileSession::OpenFile {
   Fd fd;
   uint64_t node = 0;
+  std::atomic<bool> flocked = false;  // a flock was taken on fd (dropped with DropLocks)
   // Whether fd has O_APPEND: opened so when the caller's file was (the home's kernel then
   // checks the open exactly as for a local one), and cleared by the first positional
   // write (the kernel's writeback of mmap pages, or a caller that cleared O_APPEND with
@@ -45,6 +47,18 @@ struct FileSession::OpenFile {
   ~OpenFile() {
     if (dir) ::closedir(dir);  // closes the duplicate; fd closes its own descriptor
   }
+};
+
+// The description that holds one lock owner's POSIX locks (a process on the client's
+// node) or OFD locks (one open file there) on one file, as OFD locks: each owner's
+// description excludes every other's, and local processes' locks, and an owner's own
+// locks merge and split as a process's do. Held by each request and wait that uses it.
+struct FileSession::LockOwner {
+  Fd fd;
+  int access = 0;  // O_RDONLY, O_WRONLY or O_RDWR
+  uint64_t owner = 0;
+  std::pair<uint64_t, uint64_t> inode;
+  std::set<uint64_t> handles;  // the open files it locked through (under owners_mutex_)
 };
 
 namespace file_ops {
@@ -113,6 +127,10 @@ class FileOps {
   static void Access(FileSession& s, Rq rq, Rs rs);
   static void Xattr(FileSession& s, Rq rq, Rs rs);  // SET, GET, LIST and REMOVE
   static void Fallocate(FileSession& s, Rq rq, Rs rs);
+  // Locks (file_locks.cc). Setlk also takes FLOCK; false when `later` will answer.
+  static void Getlk(FileSession& s, Rq rq, Rs rs);
+  static bool Setlk(FileSession& s, Rq rq, Rs rs, FileSession::Later& later);
+  static void UnlockOwner(FileSession& s, Rq rq, Rs rs);
 };
 
 }  // namespace homeward

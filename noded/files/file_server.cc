@@ -17,6 +17,17 @@
 
 namespace homeward {
 
+namespace {
+
+// A peer's address without its port: connections come from the node's address and a port
+// of the moment, gossip knows the node by the address alone.
+std::string HostOf(const std::string& address) {
+  auto colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+}  // namespace
+
 WorkerPool::WorkerPool(int threads) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
 }
@@ -92,7 +103,11 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
   // Requests also run on this thread (below): like the workers, it needs an fs context of
   // its own with umask 0, so that it never changes the daemon's.
   if (::unshare(CLONE_FS) == 0) ::umask(0);
-  auto session = std::make_shared<FileSession>(root_.get(), peer_root_, &replay_);
+  auto session = std::make_shared<FileSession>(root_.get(), peer_root_, &replay_, locks_);
+  {
+    std::lock_guard lock(mutex_);
+    sessions_.emplace(HostOf(peer.address), session);
+  }
   auto stream = std::make_shared<FrameStream>(connection, kMaxFileFrameBytes);
   session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
     capnp::MallocMessageBuilder message(256);
@@ -117,11 +132,27 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
       in_flight->Enter();
       auto job = [session, stream, shared, in_flight]() mutable {
         capnp::MallocMessageBuilder reply(2048);
+        bool answered = true;
         try {
           auto request = shared->Root<schema::FileRequest>();
           auto response = reply.initRoot<schema::ServerMessage>().initResponse();
-          session->Handle(request, response);
-          if (request.getOp() != schema::FileOp::FORGET) stream->Write(reply);
+          // A request that waits for a lock is answered by `later`, which leaves the gate.
+          FileSession::Later later = [stream, in_flight, id = request.getId()](int err) mutable {
+            capnp::MallocMessageBuilder late(256);
+            auto answer = late.initRoot<schema::ServerMessage>().initResponse();
+            answer.setId(id);
+            answer.setError(err);
+            try {
+              stream->Write(late);
+            } catch (const std::exception& e) {
+              spdlog::debug("file service: lock answer not sent: {}", e.what());
+            }
+            stream.reset();
+            std::exchange(in_flight, nullptr)->Leave();
+          };
+          answered = session->Handle(request, response, std::move(later));
+          auto op = request.getOp();
+          if (answered && op != schema::FileOp::FORGET) stream->Write(reply);
         } catch (const std::exception& e) {
           spdlog::debug("file service: reply not sent: {}", e.what());
         }
@@ -131,7 +162,7 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
         session.reset();
         stream.reset();
         shared.reset();
-        in_flight->Leave();
+        if (answered) in_flight->Leave();
       };
       // A request that arrives alone (nothing else of this client's in flight) and is not
       // bulk I/O runs here: handing it to a worker would only add a thread wake-up to its
@@ -140,7 +171,7 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
       bool bulk = op == schema::FileOp::WRITE || op == schema::FileOp::FSYNC ||
                   op == schema::FileOp::READDIR || op == schema::FileOp::FALLOCATE || big_read;
       bool tiny = op == schema::FileOp::FORGET || op == schema::FileOp::RELEASE ||
-                  op == schema::FileOp::RELEASEDIR;
+                  op == schema::FileOp::RELEASEDIR || op == schema::FileOp::LOCK_CANCEL;
       if (tiny || (!bulk && in_flight->count() == 1)) {
         job();
       } else {
@@ -156,11 +187,29 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
     why = fmt::format("malformed message: {}", e.getDescription().cStr());
   }
   ::shutdown(fd, SHUT_RDWR);
+  // Waits for locks would hold the gate for ever: they end now (their answers go nowhere).
+  session->EndLockWaits(EINTR);
   in_flight->Wait();
   spdlog::info("file service: {} disconnected: {}", peer.address, why);
   std::lock_guard lock(mutex_);
   connections_.erase(fd);
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    it = it->second.expired() || it->second.lock() == session ? sessions_.erase(it)
+                                                               : std::next(it);
+  }
   idle_.notify_all();
+}
+
+void FileServer::DropLocks(const std::string& address) {
+  std::vector<std::shared_ptr<FileSession>> found;
+  {
+    std::lock_guard lock(mutex_);
+    auto [begin, end] = sessions_.equal_range(HostOf(address));
+    for (auto it = begin; it != end; ++it) {
+      if (auto session = it->second.lock()) found.push_back(std::move(session));
+    }
+  }
+  for (auto& session : found) session->DropLocks();
 }
 
 }  // namespace homeward

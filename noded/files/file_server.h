@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "fd.h"
+#include "home_locks.h"
 #include "peer_auth.h"
 #include "replay_cache.h"
 #include "secure_channel.h"
@@ -60,16 +62,29 @@ class FileSession {
   static constexpr uint32_t kSquashedId = 65534;  // nobody, nogroup
 
   // `root` is an O_PATH descriptor of the export root (borrowed, outlives the session);
-  // `replay` (borrowed, may be null) remembers non-idempotent requests across connections.
-  explicit FileSession(int root, Root peer_root = Root::kSquash, ReplayCache* replay = nullptr);
+  // `replay` (borrowed, may be null) remembers non-idempotent requests across connections;
+  // `locks`: shared by the server's sessions (one of its own when not given).
+  explicit FileSession(int root, Root peer_root = Root::kSquash, ReplayCache* replay = nullptr,
+                       std::shared_ptr<HomeLocks> locks = nullptr);
   FileSession(const FileSession&) = delete;
   FileSession& operator=(const FileSession&) = delete;
 
   ~FileSession();
 
+  // Sends the answer of a request that waited (a lock), with only its errno.
+  using Later = std::function<void(int err)>;
   // Performs one request with the caller's credentials (on the calling thread) and fills
-  // the response. Never throws: failures become the response's errno.
-  void Handle(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
+  // the response. Never throws: failures become the response's errno. Returns false when
+  // the request waits for a lock: then `later` answers it, once, from another thread.
+  bool Handle(schema::FileRequest::Reader request, schema::FileResponse::Builder response,
+              Later later = {});
+
+  // Ends every lock wait of this client with `err`, and any it starts from now on (its
+  // connection ended: a request still being handled must not start a wait).
+  void EndLockWaits(int err);
+  // Drops every lock this client holds and ends its waits with ENOLCK: its node was
+  // declared dead. The session goes on (a node wrongly declared dead keeps its files).
+  void DropLocks();
 
   // Change notices: every object the client looked up is watched (inotify), and a change
   // made at home by anyone but this client — a local process, another node — is reported
@@ -82,6 +97,7 @@ class FileSession {
   friend class FileOps;  // the handlers of each request kind (file_handlers.cc)
   struct Node;
   struct OpenFile;
+  struct LockOwner;
   // The node or open file a request names, held by the request for as long as it uses
   // the descriptor (ESTALE or EBADF when there is none).
   std::shared_ptr<Node> GetNode(uint64_t id);
@@ -90,6 +106,11 @@ class FileSession {
   // Records one lookup of `fd`'s object and fills `entry`, with the node id.
   void Remember(Fd fd, schema::Entry::Builder entry);
   void LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry);
+  // The lock requests (getlk, setlk, flock, lockCancel, unlockOwner): false when `later`
+  // will answer, nothing for any other request. Never in the replay cache: homefs does
+  // not send them again (the locks went with the connection).
+  std::optional<bool> DispatchLock(schema::FileRequest::Reader request,
+                                   schema::FileResponse::Builder response, Later& later);
   // Whether sending `request` twice could apply it twice (see ReplayCache).
   bool NonIdempotent(schema::FileRequest::Reader request);
   // Answers a request the replay cache says was performed already, with `err`.
@@ -99,6 +120,14 @@ class FileSession {
   void Perform(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
   // Calls the request kind's handler.
   void Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
+  // The description that holds `owner`'s POSIX (or OFD) locks on the file open as `fh`,
+  // opened on first use; nullptr when there is none and `create` is false.
+  std::shared_ptr<LockOwner> OwnerOf(uint64_t fh, const OpenFile& file, uint64_t owner,
+                                     bool create);
+  // Drops what `owner` holds on `inode` (all of it: a close by its process).
+  void DropOwner(std::pair<uint64_t, uint64_t> inode, uint64_t owner);
+  // The file `fh` was closed: the owners that locked only through it go.
+  void DropOwnersOf(uint64_t fh);
   void WatchLoop();
   // The watched objects and entries that `events` (inotify's) report changed by others.
   std::set<std::pair<uint64_t, std::string>> ChangedBy(const char* events, size_t size);
@@ -116,6 +145,11 @@ class FileSession {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> by_inode_;
   std::unordered_map<uint64_t, std::shared_ptr<OpenFile>> handles_;
   uint64_t next_node_ = 2;  // 1 is the root
+  std::shared_ptr<HomeLocks> locks_;
+  std::mutex owners_mutex_;
+  // (lock owner, (st_dev, st_ino)) -> its description.
+  std::map<std::pair<uint64_t, std::pair<uint64_t, uint64_t>>, std::shared_ptr<LockOwner>>
+      owners_;
 
   Fd inotify_;
   Fd stop_watching_;  // an eventfd: written once to end WatchLoop
@@ -144,15 +178,20 @@ class FileServer {
   void Serve(std::unique_ptr<SecureStream> connection, const PeerIdentity& peer);
   // Shuts every connection down and waits for their threads to finish serving.
   void Stop();
+  // The node at `address` (with or without a port) was declared dead: its clients' locks
+  // go (DropLocks).
+  void DropLocks(const std::string& address);
 
  private:
   Fd root_;
   FileSession::Root peer_root_;
+  std::shared_ptr<HomeLocks> locks_ = std::make_shared<HomeLocks>();
   ReplayCache replay_;
   WorkerPool pool_;
   std::mutex mutex_;
   std::condition_variable idle_;
   std::set<int> connections_;
+  std::multimap<std::string, std::weak_ptr<FileSession>> sessions_;  // by peer host
   bool stopping_ = false;
 };
 

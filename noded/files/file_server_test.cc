@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <random>
 #include <thread>
@@ -366,4 +368,135 @@ TEST_F(FileSessionTest, PeersRootIsSquashedByDefault) {
   }
 }
 
+
+// Locks: each client lock owner holds its locks on a description of its own at the home,
+// so owners exclude each other and the home's own processes; waits end when their lock
+// is free, when cancelled, and a lost node's locks go.
+class FileLockTest : public FileSessionTest {
+ protected:
+  void SetUp() override {
+    FileSessionTest::SetUp();
+    auto dir = Call(Op::LOOKUP, 1, "dir");
+    auto file = Call(Op::LOOKUP, dir.node, "file");
+    ASSERT_EQ(file.error, 0);
+    node_ = file.node;
+    path_ = base_ + "/export/dir/file";
+  }
+  uint64_t Open() {
+    auto opened = Call(Op::OPEN, node_, "", [](auto rq) { rq.setFlags(O_RDWR); });
+    EXPECT_EQ(opened.error, 0);
+    return opened.fh;
+  }
+  // A setlk (or flock) answered at once, or, when it waits, by `later`.
+  std::pair<bool, int> Lock(Op op, uint64_t fh, uint64_t owner, short type, uint64_t id,
+                            FileSession::Later later = {}, bool wait = false) {
+    capnp::MallocMessageBuilder in, out;
+    auto rq = in.initRoot<schema::FileRequest>();
+    rq.setOp(op);
+    rq.setId(id);
+    rq.setFh(fh);
+    rq.setOwner(owner);
+    if (op == Op::FLOCK) {
+      rq.setFlags(static_cast<uint32_t>(type) | (wait ? 0 : LOCK_NB));
+    } else {
+      rq.initLock().setType(type);
+      rq.getLock().setPid(4242);
+      rq.setFlags(wait ? 1 : 0);
+    }
+    auto rs = out.initRoot<schema::FileResponse>();
+    bool answered = session_->Handle(rq.asReader(), rs, std::move(later));
+    return {answered, rs.getError()};
+  }
+  uint64_t node_ = 0;
+  std::string path_;
+};
+
+TEST_F(FileLockTest, OwnersExcludeEachOtherAndLocalProcesses) {
+  uint64_t a = Open(), b = Open();
+  EXPECT_EQ(Lock(Op::SETLK, a, 1, F_WRLCK, 10).second, 0);
+  EXPECT_EQ(Lock(Op::SETLK, a, 1, F_WRLCK, 11).second, 0);  // an owner's own lock again
+  EXPECT_EQ(Lock(Op::SETLK, b, 2, F_RDLCK, 12).second, EAGAIN);
+  // The same owner through another open file of it: one process's POSIX locks.
+  EXPECT_EQ(Lock(Op::SETLK, b, 1, F_WRLCK, 13).second, 0);
+  // A process at home sees the lock (an OFD lock of the service's).
+  Fd local = Fd::Open(path_, O_RDWR);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  EXPECT_EQ(::fcntl(local.get(), F_SETLK, &fl), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  // F_GETLK through another owner names the holder by the pid its node gave.
+  auto got = [&] {
+    capnp::MallocMessageBuilder in, out;
+    auto rq = in.initRoot<schema::FileRequest>();
+    rq.setOp(Op::GETLK);
+    rq.setFh(b);
+    rq.setOwner(2);
+    rq.initLock().setType(F_WRLCK);
+    auto rs = out.initRoot<schema::FileResponse>();
+    session_->Handle(rq.asReader(), rs);
+    return std::pair{rs.getLock().getType(), rs.getLock().getPid()};
+  }();
+  EXPECT_EQ(got, (std::pair<int16_t, int32_t>{F_WRLCK, 4242}));
+  // The owner's process closes the file: its locks go.
+  EXPECT_EQ(Call(Op::UNLOCK_OWNER, 0, "", [&](auto rq) {
+              rq.setFh(a);
+              rq.setOwner(1);
+            }).error, 0);
+  EXPECT_EQ(::fcntl(local.get(), F_SETLK, &fl), 0);
+  EXPECT_EQ(Lock(Op::SETLK, b, 2, F_RDLCK, 14).second, EAGAIN);  // the local process's
+}
+
+TEST_F(FileLockTest, AWaitEndsWhenTheLockIsFreeOrWhenCancelled) {
+  uint64_t a = Open(), b = Open();
+  ASSERT_EQ(Lock(Op::FLOCK, a, 1, LOCK_EX, 20).second, 0);
+  std::promise<int> first, second;
+  auto [answered, err] =
+      Lock(Op::FLOCK, b, 2, LOCK_EX, 21, [&](int e) { first.set_value(e); }, true);
+  EXPECT_FALSE(answered);
+  // Cancelled (the client's FUSE interrupt): EINTR, and the lock stays with its holder.
+  EXPECT_EQ(Call(Op::LOCK_CANCEL, 0, "", [](auto rq) { rq.setCancels(21); }).error, 0);
+  EXPECT_EQ(first.get_future().get(), EINTR);
+  EXPECT_EQ(Lock(Op::FLOCK, b, 2, LOCK_EX, 22).second, EAGAIN);
+  // Waiting again; the holder's file is released: the waiter has the lock.
+  auto future = second.get_future();
+  EXPECT_FALSE(
+      Lock(Op::FLOCK, b, 2, LOCK_EX, 23, [&](int e) { second.set_value(e); }, true).first);
+  EXPECT_EQ(future.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  EXPECT_EQ(Call(Op::RELEASE, 0, "", [&](auto rq) { rq.setFh(a); }).error, 0);
+  EXPECT_EQ(future.get(), 0);
+  Fd local = Fd::Open(path_, O_RDWR);
+  EXPECT_EQ(::flock(local.get(), LOCK_EX | LOCK_NB), -1);
+}
+
+TEST_F(FileLockTest, NoWaitStartsOnceTheConnectionEnded) {
+  uint64_t a = Open(), b = Open();
+  ASSERT_EQ(Lock(Op::FLOCK, a, 1, LOCK_EX, 40).second, 0);
+  // A request still being handled as the connection ends must not hold its gate for ever.
+  session_->EndLockWaits(EINTR);
+  std::promise<int> ended;
+  EXPECT_FALSE(
+      Lock(Op::FLOCK, b, 2, LOCK_EX, 41, [&](int e) { ended.set_value(e); }, true).first);
+  EXPECT_EQ(ended.get_future().get(), EINTR);
+}
+
+TEST_F(FileLockTest, ALostNodesLocksGo) {
+  uint64_t a = Open(), b = Open();
+  ASSERT_EQ(Lock(Op::FLOCK, a, 1, LOCK_EX, 30).second, 0);
+  ASSERT_EQ(Lock(Op::SETLK, b, 2, F_WRLCK, 31).second, 0);
+  Fd local = Fd::Open(path_, O_RDWR);
+  std::promise<int> waited;
+  std::thread waiter([&] {
+    // A wait of the lost node's own ends with ENOLCK.
+    Lock(Op::SETLK, a, 3, F_RDLCK, 32, [&](int e) { waited.set_value(e); }, true);
+  });
+  waiter.join();
+  session_->DropLocks();
+  EXPECT_EQ(waited.get_future().get(), ENOLCK);
+  EXPECT_EQ(::flock(local.get(), LOCK_EX | LOCK_NB), 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  EXPECT_EQ(::fcntl(local.get(), F_SETLK, &fl), 0);
+}
 }  // namespace homeward

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
@@ -120,8 +121,12 @@ void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
 
 }  // namespace
 
-FileSession::FileSession(int root, Root peer_root, ReplayCache* replay)
-    : root_(root), peer_root_(peer_root), replay_(replay) {
+FileSession::FileSession(int root, Root peer_root, ReplayCache* replay,
+                         std::shared_ptr<HomeLocks> locks)
+    : root_(root),
+      peer_root_(peer_root),
+      replay_(replay),
+      locks_(locks ? std::move(locks) : std::make_shared<HomeLocks>()) {
   auto node = std::make_shared<Node>();
   node->fd = Fd::Adopt(HW_SYSCALL(::fcntl(root, F_DUPFD_CLOEXEC, 0), "dup export root"));
   node->nlookup = 1;
@@ -129,6 +134,8 @@ FileSession::FileSession(int root, Root peer_root, ReplayCache* replay)
 }
 
 FileSession::~FileSession() {
+  // Waits end before the session's tables go; the locks go with the descriptions.
+  locks_->SessionGone(this);
   if (watcher_.joinable()) {
     uint64_t one = 1;
     if (::write(stop_watching_.get(), &one, sizeof one) < 0) {
@@ -199,13 +206,17 @@ void FileSession::LookupInto(int dir_fd, const std::string& name, schema::Entry:
   Remember(Fd::Adopt(OpenBeneath(dir_fd, name, O_PATH | O_NOFOLLOW, 0)), entry);
 }
 
-void FileSession::Handle(schema::FileRequest::Reader request,
-                         schema::FileResponse::Builder response) {
+bool FileSession::Handle(schema::FileRequest::Reader request,
+                         schema::FileResponse::Builder response, Later later) {
   response.setId(request.getId());
   try {
     Become(request.getCred(), peer_root_);
     if (inotify_.valid()) MarkOwnChange(request);
-    Perform(request, response);
+    if (auto answered = DispatchLock(request, response, later); !answered.has_value()) {
+      Perform(request, response);
+    } else {
+      return *answered;
+    }
   } catch (const OpError& e) {
     response.setError(e.err);
   } catch (const Error& e) {
@@ -214,6 +225,28 @@ void FileSession::Handle(schema::FileRequest::Reader request,
     spdlog::warn("file service: request {} failed: {}", static_cast<int>(request.getOp()),
                  e.what());
     response.setError(EIO);
+  }
+  return true;
+}
+
+std::optional<bool> FileSession::DispatchLock(schema::FileRequest::Reader rq,
+                                              schema::FileResponse::Builder rs, Later& later) {
+  using Op = schema::FileOp;
+  switch (rq.getOp()) {
+    case Op::GETLK:
+      FileOps::Getlk(*this, rq, rs);
+      return true;
+    case Op::SETLK:
+    case Op::FLOCK:
+      return FileOps::Setlk(*this, rq, rs, later);
+    case Op::LOCK_CANCEL:
+      locks_->Cancel({this, rq.getCancels()}, EINTR);
+      return true;
+    case Op::UNLOCK_OWNER:
+      FileOps::UnlockOwner(*this, rq, rs);
+      return true;
+    default:
+      return std::nullopt;  // not a lock request
   }
 }
 
@@ -347,6 +380,8 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
       return FileOps::Xattr(*this, rq, rs);
     case Op::FALLOCATE:
       return FileOps::Fallocate(*this, rq, rs);
+    default:
+      break;
   }
   throw OpError{ENOSYS};  // an op code this server does not know
 }

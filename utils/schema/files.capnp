@@ -43,6 +43,14 @@ enum FileOp {
   listxattr @27;  # node, size -> data or size
   removexattr @28;# node, name
   fallocate @29;  # fh, mode (in flags), offset, size
+  # Locks, taken on the home's file (see ARCHITECTURE.md, "Locks"). `owner` is the FUSE
+  # lock owner: a process's POSIX locks, or one open file's OFD or flock locks.
+  getlk @30;      # fh, owner, lock -> lock (the conflicting one, or type F_UNLCK)
+  setlk @31;      # fh, owner, lock, flags (1 = wait: F_SETLKW)
+  flock @32;      # fh, owner, flags (LOCK_SH/LOCK_EX/LOCK_UN, | LOCK_NB)
+  lockCancel @33; # cancels: the id of this client's waiting setlk/flock, which is
+                  # answered EINTR unless it got its lock first
+  unlockOwner @34;# fh, owner: every POSIX lock of owner on the file goes (close, FUSE flush)
 }
 
 struct Credentials {
@@ -81,6 +89,20 @@ struct FileRequest {
   client @21 :UInt64;
   retry @22 :Bool;
   oldest @23 :UInt64;
+  # Locks (getlk, setlk, flock, lockCancel, unlockOwner).
+  owner @24 :UInt64;
+  lock @25 :FileLock;
+  cancels @26 :UInt64;
+}
+
+# A byte-range lock as fcntl sees it: type F_RDLCK, F_WRLCK or F_UNLCK; start and
+# length in bytes (length 0: to the end of the file, and beyond); pid: the requester's
+# pid on its node in a request, the holder's pid as the home knows it in an answer.
+struct FileLock {
+  type @0 :Int16;
+  start @1 :UInt64;
+  length @2 :UInt64;
+  pid @3 :Int32;
 }
 
 struct Attr {
@@ -133,6 +155,8 @@ struct FileResponse {
   statfs @7 :StatFs;
   message @8 :Text;
   # For protocol errors (a bad version): what went wrong.
+  lock @9 :FileLock;
+  # getlk: the lock that conflicts, or type F_UNLCK.
 }
 
 # Server to client, outside any request: an object this client looked up changed at

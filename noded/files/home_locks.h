@@ -1,0 +1,108 @@
+// HomeLocks: what the file service shares between its sessions about locks taken through
+// homefs (see ARCHITECTURE.md, "Locks"):
+//
+// - waits: a request that must wait for its lock (F_SETLKW, flock without LOCK_NB) waits
+//   in the kernel (a blocking fcntl or flock) on one of a bounded set of threads, never on
+//   a worker or the connection's thread. A cancel (the client's FUSE interrupt, the end of
+//   its connection, its node declared dead) wakes that thread with a signal whose handler
+//   does nothing, so the call returns EINTR. Beyond the bound, waits are tried again
+//   without blocking every 100 ms by one thread;
+// - holders: who holds which range of which file, as the owners' requests said, so that
+//   F_GETLK can name the holder of a lock the home's kernel reports as an OFD lock (pid
+//   -1): homefs's locks are OFD locks held by the file service.
+#pragma once
+
+#include <pthread.h>
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace homeward {
+
+class HomeLocks {
+ public:
+  // One try to take a lock: 0, or an errno (EAGAIN/EWOULDBLOCK/EACCES: held by another;
+  // EINTR: woken). `block`: the try may wait in the kernel.
+  using Attempt = std::function<int(bool block)>;
+  // The wait's answer, exactly once.
+  using Done = std::function<void(int err)>;
+  // Identifies a wait: the session and its client's request id.
+  using WaitKey = std::pair<const void*, uint64_t>;
+
+  explicit HomeLocks(int max_threads = 64);
+  HomeLocks(const HomeLocks&) = delete;
+  HomeLocks& operator=(const HomeLocks&) = delete;
+  // Ends every wait with EINTR and joins the threads.
+  ~HomeLocks();
+
+  // Starts waiting (after a first try without blocking failed). `done` runs on a wait
+  // thread, or on Cancel's caller.
+  void Wait(WaitKey key, Attempt attempt, Done done);
+  // Ends the wait `key` with `err` unless it got its lock first (then with 0). Returns once
+  // it has ended; nothing if there is no such wait.
+  void Cancel(WaitKey key, int err);
+  // The same for every wait of `session`.
+  void CancelAll(const void* session, int err);
+  // Its client is gone: every wait of `session` ends with `err`, and so does any it starts
+  // from now on (a request still being handled), until ForgetSession.
+  void EndSession(const void* session, int err);
+  size_t waiting();
+
+  // --- holders -------------------------------------------------------------------------
+  using Inode = std::pair<uint64_t, uint64_t>;  // (st_dev, st_ino)
+  using Owner = std::pair<const void*, uint64_t>;  // session and the client's lock owner
+  static constexpr int64_t kToEnd = INT64_MAX;
+  // `owner` now holds [start, end] with `type` (F_RDLCK/F_WRLCK); pid as its node said.
+  void Held(Inode inode, Owner owner, int pid, short type, int64_t start, int64_t end);
+  // `owner` no longer holds [start, end].
+  void Unheld(Inode inode, Owner owner, int64_t start, int64_t end);
+  // `owner` holds nothing on `inode` any more.
+  void Forget(Inode inode, Owner owner);
+  // No owner of `session` holds anything any more.
+  void ForgetSession(const void* session);
+  // The session is destroyed: its waits end (EINTR) and nothing of it is kept.
+  void SessionGone(const void* session);
+  // The pid of an owner other than `asker` holding a lock on [start, end] that conflicts
+  // with `type`.
+  std::optional<int> Holder(Inode inode, Owner asker, short type, int64_t start, int64_t end);
+
+ private:
+  struct Entry;
+  void Run();
+  void Poll();
+  void Finish(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Entry>& entry, int err);
+
+  const int max_threads_;
+  std::mutex mutex_;
+  std::condition_variable ready_;     // work for the wait threads, or stopping
+  std::condition_variable finished_;  // an entry finished
+  std::condition_variable polled_;    // work for the poller
+  std::map<WaitKey, std::shared_ptr<Entry>> entries_;
+  std::map<const void*, int> ended_;  // EndSession's sessions and their errno
+  std::deque<std::shared_ptr<Entry>> queue_;  // not taken by a thread yet
+  int idle_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+  std::thread poller_;
+
+  struct Range {
+    Owner owner;
+    int pid;
+    short type;
+    int64_t start, end;
+  };
+  std::mutex held_mutex_;
+  std::map<Inode, std::vector<Range>> held_;
+};
+
+}  // namespace homeward

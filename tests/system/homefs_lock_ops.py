@@ -1,0 +1,221 @@
+"""The script of lock operations the homefs conformance test runs twice: on a node's own
+tree and through homefs. POSIX record locks (per process, dropped by any close of the
+file), OFD locks (per open file), flock, F_GETLK, waits and interrupted waits. Prints one
+JSON list of [step, result] pairs; a result is the value observed or the errno name.
+
+  python3 homefs_lock_ops.py ROOT
+"""
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+
+ROOT = sys.argv[1]
+results = []
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+FLOCK = "hhqqi4x"  # struct flock on x86_64: type, whence, start, len, pid
+
+
+def step(name, fn):
+    try:
+        value = fn()
+    except OSError as e:
+        value = "E:" + errno.errorcode.get(e.errno, str(e.errno))
+    results.append([name, value])
+    if os.environ.get("LOCK_OPS_TRACE"): print(name, value, file=sys.stderr, flush=True)
+
+
+def lk(fd, cmd, kind, start=0, length=0):
+    out = fcntl.fcntl(fd, cmd, struct.pack(FLOCK, kind, os.SEEK_SET, start, length, 0))
+    t, _, s, n, pid = struct.unpack(FLOCK, out)
+    return t, s, n, pid
+
+
+def getlk(fd, kind, start=0, length=0, cmd=fcntl.F_GETLK):
+    t, s, n, pid = lk(fd, cmd, kind, start, length)
+    return [t, s, n, pid]
+
+
+def opened(name="f", flags=os.O_RDWR):
+    return os.open(os.path.join(ROOT, name), flags)
+
+
+def bounded(fn, seconds=10):
+    """Runs a call that may wait, failing with ETIMEDOUT after `seconds`."""
+    def ring(signum, frame):
+        raise OSError(errno.ETIMEDOUT, "timed out")
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class Child:
+    """A process that runs `fn` (which may take locks), reports, then waits for a word."""
+
+    def __init__(self, fn):
+        self.r, w = os.pipe()
+        self.go_r, self.go_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.r)
+            try:
+                value = fn()
+            except OSError as e:
+                value = "E:" + errno.errorcode.get(e.errno, str(e.errno))
+            os.write(w, (json.dumps(value) + "\n").encode())
+            os.read(self.go_r, 1)  # until told
+            os._exit(0)
+        os.close(w)
+        os.close(self.go_r)
+        self.value = json.loads(os.read(self.r, 4096).decode())
+
+    def go(self):
+        os.write(self.go_w, b"g")  # a byte, not a close: other children share the pipe
+
+    def end(self):
+        self.go()
+        os.waitpid(self.pid, 0)
+        os.close(self.r)
+        os.close(self.go_w)
+
+
+with open(os.path.join(ROOT, "f"), "wb") as f:
+    f.write(b"x" * 100)
+with open(os.path.join(ROOT, "g"), "wb") as f:
+    f.write(b"y" * 100)
+me = os.getpid()
+
+# POSIX record locks belong to the process: a second descriptor of it shares them.
+a, b = opened(), opened()
+step("posix lock", lambda: fcntl.lockf(a, fcntl.LOCK_EX) or "ok")
+step("posix same process other fd", lambda: fcntl.lockf(b, fcntl.LOCK_EX | fcntl.LOCK_NB) or "ok")
+child = Child(lambda: getlk(opened(), fcntl.F_WRLCK))
+step("posix getlk from another process", lambda: child.value[:3] + [child.value[3] == me])
+child.end()
+child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB) or "got")
+step("posix conflict", lambda: child.value)
+child.end()
+# Closing any descriptor of the file drops the process's locks.
+os.close(b)
+child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB) or "got")
+step("posix close releases", lambda: child.value)
+child.end()
+os.close(a)
+
+# Ranges: a lock of bytes 10-19 of another process, seen and not seen.
+holder = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX, 10, 10) or "held")
+fd = opened()
+step("range held", lambda: holder.value)
+step("getlk overlapping", lambda: getlk(fd, fcntl.F_WRLCK, 0, 100)[:3] +
+     [getlk(fd, fcntl.F_WRLCK, 0, 100)[3] == holder.pid])
+step("getlk beside", lambda: getlk(fd, fcntl.F_WRLCK, 50, 10)[0] == fcntl.F_UNLCK)
+step("lock beside", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 20) or "ok")
+step("lock overlapping", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 10) or "ok")
+holder.end()
+step("free after holder exit", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 10)
+     or "ok")
+os.close(fd)
+
+# Read locks share; a write lock waits for them.
+readers = [Child(lambda: fcntl.lockf(opened(flags=os.O_RDONLY), fcntl.LOCK_SH) or "shared")
+           for _ in range(2)]
+fd = opened()
+step("read locks share", lambda: [r.value for r in readers])
+step("getlk read vs read", lambda: getlk(fd, fcntl.F_RDLCK)[0] == fcntl.F_UNLCK)
+step("getlk write vs read", lambda: getlk(fd, fcntl.F_WRLCK)[0] == fcntl.F_RDLCK)
+step("write lock refused", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) or "ok")
+for r in readers:
+    r.end()
+os.close(fd)
+
+# F_SETLKW waits for the holder, then has the lock.
+holder = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX) or "held")
+fd = opened()
+
+
+def wait_for_holder():
+    start = time.monotonic()
+    # The holder exits (which drops its lock) 0.3 s into the wait.
+    threading.Timer(0.3, holder.go).start()
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    os.waitpid(holder.pid, 0)
+    return ["got", time.monotonic() - start >= 0.25]
+
+
+step("setlkw waits then gets", wait_for_holder)
+os.close(holder.r)
+os.close(holder.go_w)
+os.close(fd)
+
+# An interrupted F_SETLKW fails (the signal handler's exception) and holds nothing.
+holder = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX) or "held")
+fd = opened()
+
+
+class Alarm(Exception):
+    pass
+
+
+def interrupted_wait():
+    def ring(signum, frame):
+        raise Alarm()
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    start = time.monotonic()
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        return "got it?"
+    except Alarm:
+        return ["interrupted", time.monotonic() - start < 5]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+step("setlkw interrupted", interrupted_wait)
+step("still held after interrupt", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) or "ok")
+holder.end()
+step("free after interrupt", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) or "ok")
+os.close(fd)
+
+# OFD locks belong to the open file: two opens of one process exclude each other.
+a, b = opened("g"), opened("g")
+step("ofd lock", lambda: lk(a, F_OFD_SETLK, fcntl.F_WRLCK) and "ok")
+step("ofd other open", lambda: lk(b, F_OFD_SETLK, fcntl.F_WRLCK) and "ok")
+step("ofd getlk", lambda: getlk(b, fcntl.F_WRLCK, cmd=F_OFD_GETLK))
+step("posix vs ofd", lambda: fcntl.lockf(b, fcntl.LOCK_EX | fcntl.LOCK_NB) or "ok")
+step("ofd unlock", lambda: lk(a, F_OFD_SETLK, fcntl.F_UNLCK) and
+     lk(b, F_OFD_SETLK, fcntl.F_WRLCK) and "ok")
+# The open file's last close drops its OFD locks. Through homefs that happens when the
+# file's release reaches the home, which the kernel sends just after close returns: a
+# waiter gets the lock then (so the step waits, bounded).
+os.close(b)
+step("ofd close releases", lambda: bounded(lambda: lk(a, F_OFD_SETLKW, fcntl.F_WRLCK)) and "ok")
+os.close(a)
+
+# flock: per open file, independent of record locks.
+a, b, c = opened(), opened(), opened()
+step("flock", lambda: fcntl.flock(a, fcntl.LOCK_EX) or "ok")
+step("flock other open", lambda: fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB) or "ok")
+step("flock shared refused", lambda: fcntl.flock(b, fcntl.LOCK_SH | fcntl.LOCK_NB) or "ok")
+step("flock vs posix", lambda: fcntl.lockf(c, fcntl.LOCK_EX | fcntl.LOCK_NB) or "ok")
+step("flock downgrade", lambda: fcntl.flock(a, fcntl.LOCK_SH) or
+     fcntl.flock(b, fcntl.LOCK_SH | fcntl.LOCK_NB) or "shared")
+step("flock upgrade refused", lambda: fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB) or "ok")
+os.close(a)
+step("flock close releases", lambda: bounded(lambda: fcntl.flock(b, fcntl.LOCK_EX)) or "ok")
+os.close(b)
+os.close(c)
+step("cleanup", lambda: [os.unlink(os.path.join(ROOT, n)) for n in ("f", "g")] and
+     sorted(os.listdir(ROOT)))
+print(json.dumps(results))
