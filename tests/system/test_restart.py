@@ -171,7 +171,10 @@ class RestartTest(unittest.TestCase):
                 mine.append(pid)
         return mine
 
-    def test_home_daemon_killed_while_the_job_echoes_its_input(self):
+    def echo_job_survives(self, fault, nodes=("node1",)):
+        """Runs the echo job at node1 unfaulted, then again with `fault(work, pid)` done
+        once it has echoed 3000 lines; then opens its gate. The faulted run's output is the
+        unfaulted run's byte for byte, with mosrun's one line that it waited."""
         shell = "seq 1 6000 | mosrun -L sh job.sh > out 2> err"
         plain, plain_inside = self.workdir("plain")
         self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
@@ -181,69 +184,47 @@ class RestartTest(unittest.TestCase):
         pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
         self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
                         "3000 lines of output")
-        self.restart_home(work, pid)
+        fault(work, pid)
         open(os.path.join(work, "gate"), "w").close()
         self.assertEqual(self.wait_end(work), "3\n", read(os.path.join(work, "err")))
         self.assertEqual(read(os.path.join(work, "out")), read(os.path.join(plain, "out")))
         err = read(os.path.join(work, "err"))
         self.assertEqual(err.count(WAITING), 1, err)
         self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
-        self.assert_nothing_left()
+        self.assert_nothing_left(nodes)
+
+    def test_home_daemon_killed_while_the_job_echoes_its_input(self):
+        self.echo_job_survives(lambda work, pid: self.restart_home(work, pid))
 
     def test_home_daemon_killed_after_the_job_came_home(self):
         # Moved away and back by CRIU first: its output here starts where mosrun stood then.
         self.c.wait_for(lambda: self.c.run("node2", "test", "-d", "/mosix/home/node1/data",
                                            check=False).returncode == 0,
                         30, "node2 to mount node1's files")
-        shell = "seq 1 6000 | mosrun -L sh job.sh > out 2> err"
-        plain, plain_inside = self.workdir("plain")
-        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
-        self.assertEqual(self.wait_end(plain), "3\n")
 
-        work, inside = self.workdir("faulted")
-        pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
-        self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
-                        "3000 lines of output")
-        for target in ("node2", "home"):
-            result = self.c.run("node1", "mosmigrate", str(pid), target, check=False)
-            self.assertEqual(result.returncode, 0, result.stderr)
-        self.restart_home(work, pid)
-        open(os.path.join(work, "gate"), "w").close()
-        self.assertEqual(self.wait_end(work), "3\n", read(os.path.join(work, "err")))
-        self.assertEqual(read(os.path.join(work, "out")), read(os.path.join(plain, "out")))
-        err = read(os.path.join(work, "err"))
-        self.assertEqual(err.count(WAITING), 1, err)
-        self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
-        self.assert_nothing_left(("node1", "node2"))
+        def move_and_restart(work, pid):
+            for target in ("node2", "home"):
+                result = self.c.run("node1", "mosmigrate", str(pid), target, check=False)
+                self.assertEqual(result.returncode, 0, result.stderr)
+            self.restart_home(work, pid)
+
+        self.echo_job_survives(move_and_restart, ("node1", "node2"))
 
     def test_home_daemon_killed_while_the_job_is_frozen(self):
         # Frozen to disk at home (with input it has not read yet): the restarted daemon
         # keeps it frozen, mosrun takes it back, and it continues from where it stopped.
-        shell = "seq 1 6000 | mosrun -L sh job.sh > out 2> err"
-        plain, plain_inside = self.workdir("plain")
-        self.start(plain, plain_inside, ECHO_JOB, shell, gate_open=True)
-        self.assertEqual(self.wait_end(plain), "3\n")
+        def freeze_restart_and_continue(work, pid):
+            frozen = self.c.run("node1", "mosmigrate", str(pid), "freeze")
+            self.assertIn(f"job {pid} is frozen to disk at home", frozen.stdout)
+            self.restart_home(work, pid)
+            self.wait_reattached(pid)
+            self.assertEqual([j["state"] for j in jobs(self.c) if j["pid"] == pid], ["frozen"])
+            resumed = self.c.run("node1", "mosmigrate", str(pid), "continue")
+            self.assertIn("now runs on node1", resumed.stdout)
 
-        work, inside = self.workdir("faulted")
-        pid = self.start(work, inside, ECHO_JOB, shell, gate_open=False)
-        self.c.wait_for(lambda: read(os.path.join(work, "out")).count("\n") >= 3000, 60,
-                        "3000 lines of output")
-        frozen = self.c.run("node1", "mosmigrate", str(pid), "freeze")
-        self.assertIn(f"job {pid} is frozen to disk at home", frozen.stdout)
-        self.restart_home(work, pid)
-        self.wait_reattached(pid)
-        self.assertEqual([j["state"] for j in jobs(self.c) if j["pid"] == pid], ["frozen"])
-        resumed = self.c.run("node1", "mosmigrate", str(pid), "continue")
-        self.assertIn("now runs on node1", resumed.stdout)
-        open(os.path.join(work, "gate"), "w").close()
-        self.assertEqual(self.wait_end(work), "3\n", read(os.path.join(work, "err")))
-        self.assertEqual(read(os.path.join(work, "out")), read(os.path.join(plain, "out")))
-        err = read(os.path.join(work, "err"))
-        self.assertEqual(err.count(WAITING), 1, err)
-        self.assertEqual(err.replace(WAITING, ""), read(os.path.join(plain, "err")))
+        self.echo_job_survives(freeze_restart_and_continue)
         frozen_dir = os.path.join(self.c.node("node1")["state"], "frozen")
         self.assertEqual(os.listdir(frozen_dir), [])
-        self.assert_nothing_left()
 
     def test_a_checkpoint_the_job_asked_for_is_not_asked_again_after_a_restart(self):
         # The status the job wrote (its ask, mosrun -S) is read again by the new daemon,
