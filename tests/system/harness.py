@@ -223,6 +223,37 @@ def remove_user(name):
     _user_tool("groupdel", name)
 
 
+class UserClusterTest(unittest.TestCase):
+    """Tests that share one loopback cluster and one throwaway ordinary user (made before
+    the first test, removed after the last, pass or fail): `cls.user`, `self.c`."""
+    user_prefix = "hwt"
+    cluster_nodes = 2
+    cluster_settings = ()
+
+    @classmethod
+    def setUpClass(cls):
+        if shutil.which("useradd") is None:
+            raise unittest.SkipTest("no useradd")
+        cls.user = f"{cls.user_prefix}{os.urandom(4).hex()}"
+        add_user(cls.user)
+        cls.cluster = LoopCluster(cls.cluster_nodes, settings=list(cls.cluster_settings))
+        try:
+            cls.cluster.__enter__()
+        except BaseException:
+            remove_user(cls.user)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.cluster.__exit__(None, None, None)
+        finally:
+            remove_user(cls.user)
+
+    def setUp(self):
+        self.c = self.cluster
+
+
 def read_text(path):
     """The text of a file, or "" while it does not exist (yet)."""
     try:

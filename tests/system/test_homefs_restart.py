@@ -10,9 +10,6 @@ stderr and every file are byte for byte those of a run that was never faulted.""
 
 import os
 import pwd
-import secrets
-import shutil
-import unittest
 
 import harness
 
@@ -53,28 +50,10 @@ read = harness.read_text
 jobs = harness.jobs
 
 
-class HomefsRestartTest(unittest.TestCase):
+class HomefsRestartTest(harness.UserClusterTest):
     maxDiff = 4000
-
-    @classmethod
-    def setUpClass(cls):
-        if shutil.which("useradd") is None:
-            raise unittest.SkipTest("no useradd")
-        cls.user = f"hwhr{secrets.token_hex(4)}"
-        harness.add_user(cls.user)
-        cls.cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
-        try:
-            cls.cluster.__enter__()
-        except BaseException:
-            harness.remove_user(cls.user)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.cluster.__exit__(None, None, None)
-        finally:
-            harness.remove_user(cls.user)
+    user_prefix = "hwhr"
+    cluster_settings = ["gossip.interval_ms=200"]
 
     def workdir(self, label):
         top = os.path.join(self.c.node("node1")["data"], "homefs-restart")
@@ -113,7 +92,6 @@ class HomefsRestartTest(unittest.TestCase):
         return read(os.path.join(work, "out")).count(" done\n")
 
     def test_a_job_away_works_on_its_files_through_a_home_daemon_restart(self):
-        self.c = self.cluster
         self.c.wait_for(lambda: self.c.run("node2", "test", "-d", "/mosix/home/node1/data",
                                            check=False).returncode == 0,
                         30, "node2 to mount node1's files")

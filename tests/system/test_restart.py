@@ -12,9 +12,7 @@ done, so that no job can end before the fault it is there to undergo."""
 import json
 import os
 import pwd
-import secrets
 import shlex
-import shutil
 import subprocess
 import unittest
 
@@ -60,35 +58,13 @@ read = harness.read_text
 jobs = harness.jobs
 
 
-class RestartTest(unittest.TestCase):
+class RestartTest(harness.UserClusterTest):
     maxDiff = 2000
-
-    @classmethod
-    def setUpClass(cls):
-        if shutil.which("useradd") is None:
-            raise unittest.SkipTest("no useradd")
-        cls.user = f"hwrs{secrets.token_hex(4)}"
-        harness.add_user(cls.user)
-        cls.cluster = harness.LoopCluster(2, settings=["gossip.interval_ms=200"])
-        try:
-            cls.cluster.__enter__()
-        except BaseException:
-            cls.remove_user()
-            raise
-
-    @classmethod
-    def remove_user(cls):
-        harness.remove_user(cls.user)
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.cluster.__exit__(None, None, None)
-        finally:
-            cls.remove_user()
+    user_prefix = "hwrs"
+    cluster_settings = ["gossip.interval_ms=200"]
 
     def setUp(self):
-        self.c = self.cluster
+        super().setUp()
         self.name = self.id().rsplit(".", 1)[-1]
         top = os.path.join(self.c.node("node1")["data"], "restart")
         os.makedirs(top, exist_ok=True)
