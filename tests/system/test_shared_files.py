@@ -102,19 +102,20 @@ def content(r):
 # Tries to create excl.0 ... excl.N-1 with O_CREAT|O_EXCL; prints what each try gave.
 EXCL = GATE_PY + r"""
 import errno
-name, n = sys.argv[1], int(sys.argv[2])
+name, n, sets = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
 gate(name)
-results = []
-for k in range(n):
-    try:
-        fd = os.open(f"excl.{k}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except OSError as e:
-        results.append("EEXIST" if e.errno == errno.EEXIST else f"E{e.errno}")
-        continue
-    os.write(fd, name.encode())
-    os.close(fd)
-    results.append("won")
-print(" ".join(results))
+for prefix in sets:
+    results = []
+    for k in range(n):
+        try:
+            fd = os.open(f"{prefix}.{k}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            results.append("EEXIST" if e.errno == errno.EEXIST else f"E{e.errno}")
+            continue
+        os.write(fd, name.encode())
+        os.close(fd)
+        results.append("won")
+    print(prefix, " ".join(results))
 """
 
 # Write-to-temp-then-rename: N versions of `target`, each whole (a header, a body and the
@@ -301,23 +302,32 @@ class SharedFilesTest(unittest.TestCase):
         self.assertEqual(results["reader"][1], "ok\n")
 
     def test_create_exclusive_has_one_winner(self):
+        # The names excl.K are raced for by node2, node3 and the home; pair.K by node2 and
+        # node3 alone (the home, a local call away, could win every excl.K).
         n = 150
         work = self.workdir("excl", {"excl.py": EXCL})
         results = self.run_together("excl", work, {
-            name: (name, "python3", "excl.py", name, str(n)) for name in ("node2", "node3")
-        } | {"home": ("home", "python3", "excl.py", "home", str(n))})
+            name: (name, "python3", "excl.py", name, str(n), "excl,pair")
+            for name in ("node2", "node3")
+        } | {"home": ("home", "python3", "excl.py", "home", str(n), "excl")})
         self.assert_ok(results)
-        tries = {tag: out.split() for tag, (_, out, _) in results.items()}
-        for tag, outcomes in tries.items():
-            self.assertEqual(len(outcomes), n, tag)
-            self.assertEqual(set(outcomes) - {"won", "EEXIST"}, set(), tag)
-        for k in range(n):
-            winners = [tag for tag in tries if tries[tag][k] == "won"]
-            self.assertEqual(len(winners), 1, f"excl.{k}: winners {winners}")
-            self.assertEqual(read(os.path.join(work, f"excl.{k}")), winners[0], f"excl.{k}")
-        # Every name was tried by all three: the losers saw EEXIST from the home.
-        self.assertEqual(sum(o.count("EEXIST") for o in tries.values()), 2 * n)
-        self.assertGreater(sum(tries[t].count("won") for t in ("node2", "node3")), 0)
+        tries = {}  # (set, tag): outcomes
+        for tag, (_, out, _) in results.items():
+            for line in out.splitlines():
+                prefix, *outcomes = line.split()
+                tries[prefix, tag] = outcomes
+        for (prefix, tag), outcomes in tries.items():
+            self.assertEqual(len(outcomes), n, (prefix, tag))
+            self.assertEqual(set(outcomes) - {"won", "EEXIST"}, set(), (prefix, tag))
+        for prefix, tags in (("excl", ("node2", "node3", "home")), ("pair", ("node2", "node3"))):
+            for k in range(n):
+                winners = [tag for tag in tags if tries[prefix, tag][k] == "won"]
+                self.assertEqual(len(winners), 1, f"{prefix}.{k}: winners {winners}")
+                self.assertEqual(read(os.path.join(work, f"{prefix}.{k}")), winners[0],
+                                 f"{prefix}.{k}")
+            # Every name was tried by all: the losers saw EEXIST from the home.
+            self.assertEqual(sum(tries[prefix, t].count("EEXIST") for t in tags),
+                             (len(tags) - 1) * n, prefix)
 
     def test_rename_replaces_whole_files(self):
         n = 150
