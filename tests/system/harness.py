@@ -223,6 +223,23 @@ def remove_user(name):
     _user_tool("groupdel", name)
 
 
+# A job that counts to 99, waits for the file `go` (with a builtin test and `sleep`, a
+# program of the OS), and counts on to 199: what it printed tells how far it got, and a
+# checkpoint taken while it waits restarts it at its gate.
+COUNTER_JOB = r"""
+i=0
+while [ $i -lt 100 ]; do echo $i; i=$((i+1)); done
+while [ ! -e go ]; do sleep 0.05; done
+while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done
+echo done
+"""
+
+
+def count(first, last):
+    """The lines COUNTER_JOB prints from `first` to `last`."""
+    return "".join(f"{i}\n" for i in range(first, last + 1))
+
+
 class UserClusterTest(unittest.TestCase):
     """Tests that share one loopback cluster and one throwaway ordinary user (made before
     the first test, removed after the last, pass or fail): `cls.user`, `self.c`."""

@@ -18,14 +18,7 @@ import unittest
 
 import harness
 
-# Counts to 99, waits for the file `go`, counts on to 199.
-COUNTER = r"""
-i=0
-while [ $i -lt 100 ]; do echo $i; i=$((i+1)); done
-while [ ! -e go ]; do sleep 0.05; done
-while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done
-echo done
-"""
+COUNTER = harness.COUNTER_JOB
 
 # Counts to 99, asks for a checkpoint itself (mosrun -S USR1) and waits until it is
 # there, counts on to 149, waits for `go`, counts on to 199.
@@ -52,8 +45,7 @@ echo done
 """
 
 
-def count(first, last):
-    return "".join(f"{i}\n" for i in range(first, last + 1))
+count = harness.count
 
 
 def reboot(c):

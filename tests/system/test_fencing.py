@@ -33,15 +33,7 @@ import harness
 read = harness.read_text
 jobs = harness.jobs
 
-# Counts to 99, waits for the file `go`, counts on to 199. It waits with a builtin test and
-# `sleep`, a program of the OS, so that it goes on running on a node whose daemon is down.
-COUNTER = r"""
-i=0
-while [ $i -lt 100 ]; do echo $i; i=$((i+1)); done
-while [ ! -e go ]; do sleep 0.05; done
-while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done
-echo done
-"""
+COUNTER = harness.COUNTER_JOB
 
 # The same, waiting with shell builtins only: away from home, a program it ran while its
 # home's daemon is down could fail to load (see test_restart.py).
@@ -51,8 +43,7 @@ BUILTIN_COUNTER = COUNTER.replace("while [ ! -e go ]; do sleep 0.05; done",
 WAITING = "mosrun: waiting for the node daemon to return\n"
 
 
-def count(first, last):
-    return "".join(f"{i}\n" for i in range(first, last + 1))
+count = harness.count
 
 
 def alive(pid):
