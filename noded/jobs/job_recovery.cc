@@ -585,13 +585,12 @@ void JobRegistry::TellOutputHad(Away& away) {
 }
 
 bool JobRegistry::AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay) {
-  const move::Record& record = away->protocol.record();
-  if (relay != record.relay || record.state != move::State::kRunning || away->frozen) {
+  // The job's node may only have lost its daemon: the job runs on there and the next
+  // daemon attaches again (Rejoin).
+  if (away->frozen ||
+      !away->protocol.RelayLost(relay, static_cast<int64_t>(uv_now(loop_)))) {
     return false;
   }
-  // The job's node may only have lost its daemon: the job runs on there and the next
-  // daemon attaches again (Rejoin). Until then this is what a restart of the home is.
-  away->protocol = move::Protocol::Reloaded(record, static_cast<int64_t>(uv_now(loop_)));
   spdlog::warn("job {}: lost its relay to node {}; waiting {} s for it to take the job back",
                away->home_pid(), away->where(), move::kAttachTimeoutMs / 1000);
   return true;

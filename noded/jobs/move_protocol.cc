@@ -13,8 +13,9 @@ namespace homeward::move {
 
 namespace {
 
-constexpr std::array<std::string_view, 8> kStateNames = {
-    "starting", "running", "asked", "announced", "arrived", "frozen", "continuing", "ended"};
+constexpr std::array<std::string_view, 9> kStateNames = {
+    "starting", "running",    "asked",     "announced", "arrived",
+    "relay-lost", "frozen", "continuing", "ended"};
 
 }  // namespace
 
@@ -106,9 +107,9 @@ Protocol Protocol::Frozen(pid_t home_pid, uint32_t migrations) {
 
 // After a restart every relay is gone and nobody waits any more. A job that was only
 // starting is given up (its node kills a guest whose home relay closes); one that ran or
-// was moving somewhere is expected to attach again, from wherever it runs now, within the
-// attach timeout, or it is ended; frozen images stay frozen, and a restore the restart
-// interrupted is tried again by the next continue.
+// was moving somewhere has lost its relay: it is expected to attach again, from wherever
+// it runs now, within the attach timeout, or it is ended; frozen images stay frozen, and
+// a restore the restart interrupted is tried again by the next continue.
 Protocol Protocol::Reloaded(const Record& saved, int64_t now_ms) {
   Record record = saved;
   record.waiting = false;
@@ -120,11 +121,11 @@ Protocol Protocol::Reloaded(const Record& saved, int64_t now_ms) {
     case State::kAsked:
     case State::kAnnounced:
     case State::kArrived:
-      record.state = State::kAnnounced;
+    case State::kRelayLost:
+      record.state = State::kRelayLost;
       record.relay = saved.relay + 1;  // no relay from before the restart is current
       record.attach_due_ms = now_ms + kAttachTimeoutMs;
       record.announced = MoveOutcome();
-      record.announced.where = saved.where;
       break;
     case State::kFrozen:
     case State::kContinuing:
@@ -152,6 +153,9 @@ void Protocol::Ask(const std::string& target) {
     case State::kAnnounced:
     case State::kArrived:
       Fail(ErrorKind::kOverloaded, "job {} is already moving", pid);
+    case State::kRelayLost:
+      Fail(ErrorKind::kDisconnected, "job {} is out of contact: waiting for node {} to take it back",
+           pid, record_.where);
     case State::kFrozen:
     case State::kContinuing:
       Fail(ErrorKind::kInvalidInput, "job {} is frozen: mosmigrate {} continue first", pid, pid);
@@ -197,7 +201,8 @@ Step Protocol::Migrated(uint32_t relay, MoveOutcome figures, int64_t now_ms) {
 
 bool Protocol::ExpectsArrival() const {
   State state = record_.state;
-  return state == State::kRunning || state == State::kAsked || state == State::kAnnounced;
+  return state == State::kRunning || state == State::kAsked || state == State::kAnnounced ||
+         state == State::kRelayLost;
 }
 
 std::optional<Step> Protocol::Arrived(const std::string& node) {
@@ -207,7 +212,7 @@ std::optional<Step> Protocol::Arrived(const std::string& node) {
   ++record_.migrations;
   ++record_.relay;
   record_.attach_due_ms = 0;
-  if (state == State::kAnnounced) {
+  if (state == State::kAnnounced || state == State::kRelayLost) {
     record_.state = State::kRunning;
     MoveOutcome figures = std::move(record_.announced);
     record_.announced = MoveOutcome();
@@ -217,8 +222,16 @@ std::optional<Step> Protocol::Arrived(const std::string& node) {
   return Step{};
 }
 
+bool Protocol::RelayLost(uint32_t relay, int64_t now_ms) {
+  if (relay != record_.relay || record_.state != State::kRunning) return false;
+  record_.state = State::kRelayLost;
+  ++record_.relay;
+  record_.attach_due_ms = now_ms + kAttachTimeoutMs;
+  return true;
+}
+
 std::optional<Step> Protocol::Rejoined(const std::string& node) {
-  if (record_.state != State::kAnnounced || node != record_.where) return std::nullopt;
+  if (record_.state != State::kRelayLost || node != record_.where) return std::nullopt;
   ++record_.relay;
   record_.attach_due_ms = 0;
   record_.state = State::kRunning;
@@ -263,12 +276,15 @@ Step Protocol::Lost(const std::string& why) {
 }
 
 Step Protocol::Tick(int64_t now_ms) {
-  if (record_.state != State::kAnnounced || now_ms <= record_.attach_due_ms) return {};
-  // Announced by its old node: the move's target never attached. Otherwise (awaited where
-  // it ran) the relay to the job's node was lost, or this daemon restarted, and that node
-  // did not come back.
+  State state = record_.state;
+  if ((state != State::kAnnounced && state != State::kRelayLost) ||
+      now_ms <= record_.attach_due_ms) {
+    return {};
+  }
+  // Announced by its old node: the move's target never attached. Lost: the relay to the
+  // job's node was lost, or this daemon restarted, and that node did not come back.
   std::string why =
-      record_.announced.where == record_.where
+      state == State::kRelayLost
           ? fmt::format(
                 "lost contact with node {}, where the job ran: it did not come back "
                 "within {} s",

@@ -43,6 +43,9 @@ enum class State : uint8_t {
   kAsked,       // the home asked `where` to move it on and has heard nothing yet
   kAnnounced,   // its old node said it moved; the new node must attach by `attach_due_ms`
   kArrived,     // the new node attached (or it came home); the old node's word is not in yet
+  kRelayLost,   // the relay to its node was lost, or this daemon restarted: the job may
+                // attach again by `attach_due_ms`, from where it ran (that node's daemon
+                // restarted) or from a node it moved to meanwhile
   kFrozen,      // frozen to disk at home
   kContinuing,  // being restored at home from its frozen images
   kEnded,       // gone; nothing more happens to it
@@ -88,7 +91,7 @@ class Protocol {
   // A job frozen to disk at home.
   static Protocol Frozen(pid_t home_pid, uint32_t migrations);
   // A record read back after the daemon restarted at `now_ms`: what each state means
-  // then is decided here (see AfterRestart in move_protocol.cc).
+  // then is decided here (see Reloaded in move_protocol.cc).
   static Protocol Reloaded(const Record& saved, int64_t now_ms);
 
   const Record& record() const { return record_; }
@@ -98,10 +101,15 @@ class Protocol {
   // Whether the job may arrive now (an attach, or coming home).
   bool ExpectsArrival() const;
 
-  // The node the job runs on, whose daemon was restarted, took the job back and attached
-  // again (after a Closed relay the registry turned into Reloaded): the job runs on there,
-  // unmoved, over the new relay record().relay. Nothing when no such return is expected
-  // (the home gave the job up, or it waits for another node).
+  // The current relay `relay` to the node a running job is on closed, at `now_ms`, and
+  // the home waits for that node to take the job back (its daemon may only have been
+  // restarted) instead of ending it. False when the job was not simply running there:
+  // the close is then an ordinary Closed.
+  bool RelayLost(uint32_t relay, int64_t now_ms);
+  // The node the job ran on, whose daemon was restarted, took the job back and attached
+  // again (after RelayLost, or a restart of this daemon): the job runs on there, unmoved,
+  // over the new relay record().relay. Nothing when no such return is expected (the home
+  // gave the job up, or it waits for another node).
   std::optional<Step> Rejoined(const std::string& node);
   // A relay to the job's node opened: returns its number, which later events name.
   uint32_t Connected();

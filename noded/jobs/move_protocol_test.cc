@@ -343,27 +343,27 @@ TEST(MoveProtocol, ARestartAtEveryStep) {
   };
   std::vector<Case> cases = {
       {[] { return Protocol::Starting(kPid, "node2"); }, State::kEnded},
-      {[] { return Running(); }, State::kAnnounced},
+      {[] { return Running(); }, State::kRelayLost},
       {[] {
          Protocol p = Running();
          p.Ask("node3");
          return p;
        },
-       State::kAnnounced},
+       State::kRelayLost},
       {[] {
          Protocol p = Running();
          p.Ask("node3");
          p.Migrated(1, Figures("node3"), 0);
          return p;
        },
-       State::kAnnounced},
+       State::kRelayLost},
       {[] {
          Protocol p = Running();
          p.Ask("node3");
          p.Arrived("node3");
          return p;
        },
-       State::kAnnounced},
+       State::kRelayLost},
       {[] { return Protocol::Frozen(kPid, 1); }, State::kFrozen},
       {[] {
          Protocol p = Protocol::Frozen(kPid, 1);
@@ -386,7 +386,7 @@ TEST(MoveProtocol, ARestartAtEveryStep) {
     EXPECT_EQ(after.state(), c.after);
     EXPECT_FALSE(after.record().waiting);
     EXPECT_EQ(after.record().home_pid, kPid);
-    if (c.after != State::kAnnounced) continue;
+    if (c.after != State::kRelayLost) continue;
     // No relay from before the restart is current.
     EXPECT_FALSE(after.Closed(before.record().relay).end);
     // It attaches again...
@@ -400,26 +400,33 @@ TEST(MoveProtocol, ARestartAtEveryStep) {
   }
 }
 
-// A node whose daemon was killed closes its relay; the home waits (Reloaded) and the same
+// A node whose daemon was killed closes its relay; the home waits (RelayLost) and the same
 // node, its daemon restarted, takes the job up again: unmoved, over a new relay.
 TEST(MoveProtocol, NodeRejoinsAfterItsDaemonRestarted) {
   Protocol p = Running();
   uint32_t old_relay = p.record().relay;
   uint32_t migrations = p.record().migrations;
   std::string where = p.record().where;
-  Protocol waiting = Protocol::Reloaded(p.record(), 100);
-  EXPECT_EQ(waiting.state(), State::kAnnounced);
+  Protocol waiting = p;
+  EXPECT_FALSE(waiting.RelayLost(old_relay + 1, 100));  // not the current relay
+  ASSERT_TRUE(waiting.RelayLost(old_relay, 100));
+  EXPECT_EQ(waiting.state(), State::kRelayLost);
+  EXPECT_FALSE(waiting.RelayLost(waiting.record().relay, 100));  // once
+  EXPECT_FALSE(waiting.Closed(old_relay).end);  // the lost relay's close is no end
+  EXPECT_THROW(waiting.Ask("node3"), Error);
   EXPECT_FALSE(waiting.Rejoined("elsewhere"));
   auto step = waiting.Rejoined(where);
   ASSERT_TRUE(step);
   EXPECT_FALSE(step->end);
+  EXPECT_FALSE(step->answer);
   EXPECT_EQ(waiting.state(), State::kRunning);
   EXPECT_EQ(waiting.record().where, where);
   EXPECT_EQ(waiting.record().migrations, migrations);
   EXPECT_GT(waiting.record().relay, old_relay);
   // Only once: a running job is not rejoined, and an ended one never.
   EXPECT_FALSE(waiting.Rejoined(where));
-  Protocol ended = Protocol::Reloaded(p.record(), 100);
+  Protocol ended = p;
+  ASSERT_TRUE(ended.RelayLost(old_relay, 100));
   Step gone = ended.Tick(101 + kAttachTimeoutMs);
   EXPECT_TRUE(gone.end);
   // Its node never moved it: mosrun hears that the node was lost, not that a move failed.
@@ -427,6 +434,41 @@ TEST(MoveProtocol, NodeRejoinsAfterItsDaemonRestarted) {
                                   "come back within 30 s",
                                   where));
   EXPECT_FALSE(ended.Rejoined(where));
+}
+
+// Only a job that simply runs waits for its node: a relay lost in the middle of a move is
+// the move's end, as Closed decides it.
+TEST(MoveProtocol, ARelayLostDuringAMoveIsNotAwaited) {
+  Protocol asked = Running();
+  asked.Ask("node3");
+  EXPECT_FALSE(asked.RelayLost(1, 0));
+  EXPECT_EQ(asked.state(), State::kAsked);
+  Protocol frozen = Protocol::Frozen(kPid, 1);
+  EXPECT_FALSE(frozen.RelayLost(0, 0));
+  EXPECT_EQ(frozen.state(), State::kFrozen);
+}
+
+// While the home waits for a lost node, the job may turn up on another one (its node
+// moved it before the relay could say so): that is its arrival.
+TEST(MoveProtocol, AJobAwaitedWhereItRanArrivesElsewhere) {
+  Protocol p = Running();
+  ASSERT_TRUE(p.RelayLost(1, 0));
+  auto step = p.Arrived("node3");
+  ASSERT_TRUE(step);
+  EXPECT_FALSE(step->end);
+  EXPECT_EQ(p.state(), State::kRunning);
+  EXPECT_EQ(p.record().where, "node3");
+  EXPECT_EQ(p.record().migrations, 1u);
+  EXPECT_FALSE(p.Rejoined("node2"));  // its old node comes back too late
+}
+
+// The state is written down and read back by its name.
+TEST(MoveProtocol, ALostRelayIsJournaledAsSuch) {
+  Protocol p = Running();
+  ASSERT_TRUE(p.RelayLost(1, 0));
+  Record back = Record::Parse(p.record().Serialize());
+  EXPECT_EQ(back, p.record());
+  EXPECT_NE(p.record().Serialize().find("state=relay-lost"), std::string::npos);
 }
 
 }  // namespace
