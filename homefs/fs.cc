@@ -15,6 +15,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "criu_acting.h"
+
 namespace homeward {
 
 namespace {
@@ -97,9 +99,13 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   p->rq.setOp(op);
   const fuse_ctx* ctx = fuse_req_ctx(r.get());
   auto cred = p->rq.initCred();
-  cred.setUid(ctx->uid);
-  cred.setGid(ctx->gid);
-  std::vector<gid_t> groups = Groups(r.get(), ctx->pid);
+  std::optional<FsIdentity> acting;
+  if (ctx->uid == 0 && !options_.criu_acting_dir.empty()) {
+    acting = CriuActingFor(options_.criu_acting_dir, ctx->pid);  // criu, on a job's files
+  }
+  cred.setUid(acting ? acting->uid : ctx->uid);
+  cred.setGid(acting ? acting->gid : ctx->gid);
+  std::vector<gid_t> groups = acting ? acting->groups : Groups(r.get(), ctx->pid);
   if (!groups.empty()) {
     auto list = cred.initGroups(static_cast<unsigned>(groups.size()));
     for (size_t i = 0; i < groups.size(); ++i) list.set(static_cast<unsigned>(i), groups[i]);

@@ -36,6 +36,9 @@ struct FsOptions {
   // be when a notice is lost (inotify limits, a broken connection).
   double entry_timeout = 10.0;
   double attr_timeout = 10.0;
+  // Where this node's daemon writes down the user criu acts for (criu_acting.h): root's
+  // calls from such a job's mount namespace get that user's rights. Empty: never.
+  std::string criu_acting_dir;
 };
 
 class Fs {

@@ -14,6 +14,7 @@
 
 #include "client.h"
 #include "config.h"
+#include "criu_acting.h"
 #include "control_client.h"
 #include "error.h"
 #include "fs.h"
@@ -123,6 +124,7 @@ int Run(int argc, char** argv) {
     const char* path = std::getenv("HOMEWARD_CONFIG");
     config = LoadNodeConfig(path && *path ? path : "/etc/homeward/node.toml");
     home = Resolve(target, config);
+    if (::geteuid() == 0) options.fs.criu_acting_dir = CriuActingDir(config.state_dir);
   } catch (const Error& e) {
     std::fprintf(stderr, "mosmount: %s\n", e.what());
     return 2;

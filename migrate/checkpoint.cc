@@ -351,6 +351,8 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
     call.args.push_back("--action-script");
     call.args.push_back(FailAtStepScript(work.path(), "post-dump"));
   }
+  std::optional<CriuActingAs> acting;
+  if (enter && options.as_user) acting.emplace(*options.as_user, mount_ns.get());
   CriuRun run;
   {
     std::lock_guard turn(dump_turn);
@@ -428,7 +430,12 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     call.args.push_back("--action-script");
     call.args.push_back(HoldAtStepScript(work.path(), "post-restore", kRestoreHoldSeconds));
   }
+  std::optional<CriuActingAs> acting;
+  if (options.mount_namespace_fd >= 0 && options.as_user) {
+    acting.emplace(*options.as_user, options.mount_namespace_fd);
+  }
   CriuRun run = RunCriu(call);
+  acting.reset();
 
   pid_t init_pid = -1;
   {

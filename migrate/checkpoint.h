@@ -9,9 +9,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "criu_acting.h"
 #include "fault.h"
 #include "homeward_config.h"
 
@@ -35,6 +37,9 @@ struct DumpOptions {
   // "dump-before-criu": fail before running criu; "dump-criu": make criu itself fail
   // (CRIU_FAULT) so the resume path runs.
   FaultPoints faults;
+  // The job's user, whose rights homefs gives criu's file calls in the job's mount
+  // namespace (see criu_acting.h); none: root's own.
+  std::optional<ActingUser> as_user;
 };
 
 struct DumpResult {
@@ -68,6 +73,7 @@ struct RestoreOptions {
   // the namespace itself. -1 restores into the caller's own.
   int net_namespace_fd = -1;
   std::string work_dir;  // as in DumpOptions
+  std::optional<ActingUser> as_user;  // as in DumpOptions, for mount_namespace_fd
   // Programs criu runs (by path, without arguments or a shell) at each step of the
   // restore (--action-script), with CRTOOLS_SCRIPT_ACTION naming the step and
   // CRTOOLS_INIT_PID the restored init; one that fails fails the restore.

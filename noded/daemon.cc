@@ -78,6 +78,8 @@ void Daemon::Start() {
     Fail(ErrorKind::kFailed, "cannot create state directory {}: {}", config_.state_dir,
          ec.message());
   }
+  // No criu of a daemon before this one still runs.
+  ClearCriuActing(CriuActingDir(config_.state_dir));
   auto on_signal = [](uv_signal_t* handle, int signo) {
     GuardedCall("shutdown on a signal", [&] {
       spdlog::info("received {}, shutting down", sigabbrev_np(signo));

@@ -230,6 +230,7 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   move->metadata.home_node = job->launch().home;
   move->metadata.home_pid = home_pid;
   move->faults = faults_;
+  move->as_user = CriuUserOf(*job);
   move->metadata.external_pipes = job->pipe_roles();
   // The caller holds the job's input from here on (set_migrating): where it stands now is
   // where it stands when the job is frozen.

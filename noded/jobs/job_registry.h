@@ -267,6 +267,8 @@ class JobRegistry {
   // Dumps a job's init (given with the options to use), on libuv's thread pool.
   using DumpStep = std::function<migrate::DumpResult(pid_t init, migrate::DumpOptions options)>;
   // Dumps `job` into `dir` on the thread pool, then calls `done` on the loop.
+  // Whose rights criu gets on a job's files through homefs (see criu_acting.h).
+  ActingUser CriuUserOf(const Job& job) const;
   void DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDump after, DumpStep dump,
                    std::function<void(const DumpOutcome&)> done);
   void Continue(int slot, std::shared_ptr<Away> away, ReplySender reply);

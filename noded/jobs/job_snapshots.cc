@@ -65,6 +65,11 @@ void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path,
       });
 }
 
+ActingUser JobRegistry::CriuUserOf(const Job& job) const {
+  const JobIdentity& user = job.launch().identity;
+  return ActingUser{CriuActingDir(config_.state_dir), {user.uid, user.gid, user.groups}};
+}
+
 void JobRegistry::DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDump after,
                               DumpStep dump, std::function<void(const DumpOutcome&)> done) {
   auto result = std::make_shared<DumpOutcome>();
@@ -72,6 +77,7 @@ void JobRegistry::DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDum
   options.after = after;
   options.external_pipes = job->pipe_inodes();
   options.faults = faults_;
+  options.as_user = CriuUserOf(*job);
   pid_t init = job->init_pid();
   int status = QueueWork(
       loop_,

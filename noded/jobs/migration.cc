@@ -97,7 +97,7 @@ RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults, bool own_network,
-                         const std::string& intent_dir) {
+                         const std::string& intent_dir, std::optional<ActingUser> as_user) {
   // CRIU restores the job into a mount namespace like the one a job starts in: the home's
   // tree as the job's view (for a guest), or this node's own (at home); and a guest into
   // a network namespace of its own with only its loopback, like a guest started here.
@@ -133,6 +133,7 @@ RestoredHere RestoreHere(const std::string& dir,
   // (criu runs a script by path, without a shell: mosjob-init's copy in the job's root.)
   restore.action_scripts = {"/mosjob-init"};
   restore.faults = faults;
+  restore.as_user = std::move(as_user);
   for (const auto& pipe : external_pipes) {
     int job_end = pipe.role == "stdin"    ? in.read.get()
                   : pipe.role == "stdout" ? out.write.get()
@@ -167,6 +168,7 @@ void RunMoveOut(MoveOut& move) {
     dump.after = migrate::AfterDump::kStop;
     dump.external_pipes = move.pipe_inodes;
     dump.faults = move.faults;
+    dump.as_user = move.as_user;
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
     dumped = true;
     // The frozen job's unread input is not in its images: it travels in the metadata.
@@ -250,9 +252,11 @@ std::optional<RestoredJob> RunMoveIn(
     fd = SecureStream::IntoChannel(std::move(stream));
 
     step = "restore";
-    RestoredHere here = RestoreHere(dir, received.job.external_pipes, launch->root,
-                                    context.init_path, context.faults, launch->guest,
-                                    context.state_dir + "/jobs");
+    const JobIdentity& user = launch->identity;
+    RestoredHere here = RestoreHere(
+        dir, received.job.external_pipes, launch->root, context.init_path, context.faults,
+        launch->guest, context.state_dir + "/jobs",
+        ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}});
     migrate::RemoveImageDir(dir);
     dir.clear();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),

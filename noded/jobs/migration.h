@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "child_process.h"
+#include "criu_acting.h"
 #include "fault.h"
 #include "fd.h"
 #include "image_stream.h"
@@ -35,6 +36,7 @@ struct MoveOut {
   std::shared_ptr<capnp::MallocMessageBuilder> guest_request;  // a startGuest request
   migrate::JobMetadata metadata;
   FaultPoints faults;  // for failure tests: HOMEWARD_FAULT, read once by the daemon
+  std::optional<ActingUser> as_user;  // whose rights criu has on the job's files (homefs)
   // The job's stdin, held while it moves: reclaimed after the dump into metadata.input_*,
   // put back if the move fails.
   Job::InputPlace input;
@@ -64,7 +66,8 @@ RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults, bool own_network = false,
-                         const std::string& intent_dir = {});
+                         const std::string& intent_dir = {},
+                         std::optional<ActingUser> as_user = std::nullopt);
 
 // A job restored here, ready for the loop to adopt.
 struct RestoredJob {

@@ -179,6 +179,49 @@ class SecurityTest(unittest.TestCase):
         self.assertNotEqual(away.returncode, 0)
         self.assertIn("Permission denied", away.stderr)
 
+    def test_squashed_root_still_moves_a_jobs_private_files(self):
+        """criu runs as root, which node2 squashes on node1's files: it restores a job's
+        files with the job's user's rights, so a job writing a file only its user may open
+        moves away and back; the user cannot write down rights for criu themselves."""
+        private = os.path.join(self.cluster.node("node1")["data"], "private-" + self.user.name)
+        os.makedirs(private)
+        job = None
+        try:
+            os.chown(private, self.user.uid, self.user.gid)
+            os.chmod(private, 0o700)
+            out = f"/data/{os.path.basename(private)}/out"
+            script = (f"umask 077; exec 3>>{out}; echo started; "
+                      "i=0; while :; do i=$((i+1)); echo $i >&3; sleep 0.1; done")
+            job = subprocess.Popen(
+                ["scripts/loopcluster", "exec", self.cluster.dir, "node1", "--",
+                 *self.user.cmd("mosrun", "-L", "sh", "-c", script)],
+                cwd=harness.ROOT, env=self.cluster.env(), stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            self.assertEqual(job.stdout.readline(), "started\n")
+            pid = self.cluster.wait_for(lambda: self.job_pid(), 30, "the job in mosps")
+            written = os.path.join(private, "out")
+            self.assertEqual(os.stat(written).st_mode & 0o777, 0o600)
+            for target in ("node2", "node1"):
+                moved = self.as_user("node1", f"mosmigrate {pid} {target}", check=False,
+                                     timeout=120)
+                self.assertEqual(moved.returncode, 0, f"to {target}: {moved.stderr}")
+                size = os.path.getsize(written)
+                self.cluster.wait_for(lambda: os.path.getsize(written) > size, 30,
+                                      f"the job writing its file on {target}")
+            counts = [int(line) for line in open(written).read().split()]
+            self.assertEqual(counts, list(range(1, len(counts) + 1)))
+            # Where criu's user is written down is root's alone.
+            acting = os.path.join(self.cluster.node("node2")["state"], "criu-acting")
+            st = os.stat(acting)
+            self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o700))
+            planted = self.cluster.run("node2", *self.user.cmd(
+                "sh", "-c", f"echo 0 0 > {acting}/mnt-1"), check=False)
+            self.assertNotEqual(planted.returncode, 0)
+        finally:
+            if job:
+                self.stop(job)
+            subprocess.run(["rm", "-rf", private])
+
     def test_a_flood_of_input_costs_the_daemon_nothing(self):
         for where in ("", "-r node2"):
             started = time.time()
