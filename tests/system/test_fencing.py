@@ -87,6 +87,14 @@ class FencingTest(unittest.TestCase):
         return c.wait_for(lambda: next((j["pid"] for j in jobs(c) if j["user"] == self.user),
                                        None), 60, "the job to be listed")
 
+    def finish(self, c, work, timeout=120):
+        """Opens the job's gate and waits for it to end well; returns its stderr."""
+        open(os.path.join(work, "go"), "w").close()
+        status = c.wait_for(lambda: read(os.path.join(work, "status")), timeout, "the job to end")
+        err = read(os.path.join(work, "err"))
+        self.assertEqual(status, "0\n", err)
+        return err
+
     def assert_nothing_left(self, c, nodes):
         for node in nodes:
             state = c.node(node)["state"]
@@ -154,10 +162,7 @@ class FencingTest(unittest.TestCase):
             here = [j for j in jobs(c) if j["user"] == self.user]
             self.assertEqual([j["where"] for j in here], ["node1"], here)
 
-            open(os.path.join(work, "go"), "w").close()
-            status = c.wait_for(lambda: read(os.path.join(work, "status")), 120, "the job to end")
-            err = read(os.path.join(work, "err"))
-            self.assertEqual(status, "0\n", err)
+            err = self.finish(c, work)
             self.assertRegex(err, r"^mosrun: job restarted from checkpoint \d+ of "
                                   r"/data/lost/ck, taken .* UTC, at home \(lost contact with "
                                   r"node node2[^\n]*\n$")
@@ -193,10 +198,7 @@ class FencingTest(unittest.TestCase):
             self.assertEqual(len(here), 1, here)
             c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
                        "the job to wait at its gate")
-            open(os.path.join(work, "go"), "w").close()
-            status = c.wait_for(lambda: read(os.path.join(work, "status")), 120, "the job to end")
-            err = read(os.path.join(work, "err"))
-            self.assertEqual(status, "0\n", err)
+            err = self.finish(c, work)
             self.assertEqual(err, WAITING)
             self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
             self.assert_nothing_left(c, ("node1",))
@@ -233,9 +235,7 @@ echo done
             c.start("node1")
             c.wait_for(lambda: "got USR2" in read(os.path.join(work, "out")), 60,
                        "the job's traps to see the signals")
-            open(os.path.join(work, "go"), "w").close()
-            status = c.wait_for(lambda: read(os.path.join(work, "status")), 60, "the job to end")
-            self.assertEqual(status, "0\n", read(os.path.join(work, "err")))
+            self.finish(c, work, 60)
             self.assertEqual(read(os.path.join(work, "out")),
                              "ready\ngot USR1\ngot USR2\ndone\n")
             self.assertEqual(read(os.path.join(work, "err")), WAITING)
@@ -278,10 +278,7 @@ echo done
             # The restored copy on node2 is gone: no process of the user is left there.
             c.wait_for(lambda: not self.user_processes(c, "node2"), 30,
                        "the copy node2 restored to be killed")
-            open(os.path.join(work, "go"), "w").close()
-            status = c.wait_for(lambda: read(os.path.join(work, "status")), 120, "the job to end")
-            err = read(os.path.join(work, "err"))
-            self.assertEqual(status, "0\n", err)
+            err = self.finish(c, work)
             self.assertEqual(err, WAITING if victim == "node1" else "")
             self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
             self.assertEqual(self.user_processes(c, "node2"), [])
@@ -333,10 +330,7 @@ echo done
                        "node3 to attach the job again")
             here = [j for j in jobs(c) if j["user"] == self.user]
             self.assertEqual([j["where"] for j in here], ["node3"], here)
-            open(os.path.join(work, "go"), "w").close()
-            status = c.wait_for(lambda: read(os.path.join(work, "status")), 120, "the job to end")
-            err = read(os.path.join(work, "err"))
-            self.assertEqual(status, "0\n", err)
+            err = self.finish(c, work)
             self.assertEqual(err, WAITING)
             self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
             for node in ("node2", "node3"):

@@ -102,13 +102,7 @@ class SecurityTest(unittest.TestCase):
         job = None
         try:
             os.chown(scratch, self.user.uid, self.user.gid)
-            job = subprocess.Popen(
-                ["scripts/loopcluster", "exec", self.cluster.dir, "node1", "--",
-                 *self.user.cmd("mosrun", "-L", "sh", "-c", "echo started; exec sleep 300")],
-                cwd=harness.ROOT, env=self.cluster.env(), stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True)
-            self.assertEqual(job.stdout.readline(), "started\n")
-            pid = self.cluster.wait_for(lambda: self.job_pid(), 30, "the job in mosps")
+            job, pid = self.start_job("echo started; exec sleep 300")
 
             # Into /etc: the user may not create there, so neither may the daemon for them.
             denied = self.as_user("node1", f"mosmigrate {pid} checkpoint /etc/homeward-mine.d",
@@ -146,6 +140,21 @@ class SecurityTest(unittest.TestCase):
             if job:
                 self.stop(job)
             subprocess.run(["rm", "-rf", scratch])
+
+    def start_job(self, script):
+        """Starts `script` as the user's job at home, kept there (-L), in the background;
+        returns its process here and its pid, once it printed "started"."""
+        job = subprocess.Popen(
+            ["scripts/loopcluster", "exec", self.cluster.dir, "node1", "--",
+             *self.user.cmd("mosrun", "-L", "sh", "-c", script)],
+            cwd=harness.ROOT, env=self.cluster.env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(job.stdout.readline(), "started\n")
+            return job, self.cluster.wait_for(lambda: self.job_pid(), 30, "the job in mosps")
+        except BaseException:
+            self.stop(job)
+            raise
 
     def stop(self, job):
         """Ends a job started in the background: its mosrun (the user's), then the exec."""
@@ -192,13 +201,7 @@ class SecurityTest(unittest.TestCase):
             out = f"/data/{os.path.basename(private)}/out"
             script = (f"umask 077; exec 3>>{out}; echo started; "
                       "i=0; while :; do i=$((i+1)); echo $i >&3; sleep 0.1; done")
-            job = subprocess.Popen(
-                ["scripts/loopcluster", "exec", self.cluster.dir, "node1", "--",
-                 *self.user.cmd("mosrun", "-L", "sh", "-c", script)],
-                cwd=harness.ROOT, env=self.cluster.env(), stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True)
-            self.assertEqual(job.stdout.readline(), "started\n")
-            pid = self.cluster.wait_for(lambda: self.job_pid(), 30, "the job in mosps")
+            job, pid = self.start_job(script)
             written = os.path.join(private, "out")
             self.assertEqual(os.stat(written).st_mode & 0o777, 0o600)
             for target in ("node2", "node1"):
