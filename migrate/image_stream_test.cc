@@ -21,6 +21,7 @@
 #include "fd.h"
 #include "framing.h"
 #include "schema/migration.capnp.h"
+#include "scratch_dir.h"
 
 namespace homeward::migrate {
 namespace {
@@ -40,9 +41,6 @@ std::string ReadFile(const std::string& path) {
 class ImageStreamTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/image-stream-test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
     source_ = root_ + "/source";
     target_ = root_ + "/target";
     ASSERT_EQ(::mkdir(source_.c_str(), 0700), 0);
@@ -62,12 +60,6 @@ class ImageStreamTest : public ::testing::Test {
     send_ = Fd::Adopt(fds[0]);
     receive_ = Fd::Adopt(fds[1]);
   }
-  void TearDown() override {
-    RemoveImageDir(target_);
-    RemoveImageDir(source_);
-    ::rmdir(root_.c_str());
-  }
-
   // Sends `message` alone and closes, as a hostile or broken peer would; the receiver must
   // refuse it as invalid, naming `why`, and leave no directory behind.
   void ExpectRefused(capnp::MallocMessageBuilder& message, const std::string& why) {
@@ -110,7 +102,8 @@ class ImageStreamTest : public ::testing::Test {
     return send_error;
   }
 
-  std::string root_, source_, target_;
+  ScratchDir scratch_{"homeward-image-stream"};
+  std::string root_ = scratch_.path(), source_, target_;
   Fd send_, receive_;
 };
 

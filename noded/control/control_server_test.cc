@@ -14,6 +14,7 @@
 
 #include "control_client.h"
 #include "uv_handle.h"
+#include "scratch_dir.h"
 
 namespace homeward {
 namespace {
@@ -22,15 +23,11 @@ class ControlServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(uv_loop_init(&loop_), 0);
-    char dir[] = "/tmp/control-server-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(dir), nullptr);
-    dir_ = dir;
     socket_ = dir_ + "/control.sock";
   }
   void TearDown() override {
     uv_run(&loop_, UV_RUN_DEFAULT);
     EXPECT_EQ(uv_loop_close(&loop_), 0);
-    ::rmdir(dir_.c_str());
   }
 
   // Serves requests on the loop while `client` runs on a thread of its own; the handler
@@ -57,7 +54,8 @@ class ControlServerTest : public ::testing::Test {
   }
 
   uv_loop_t loop_;
-  std::string dir_;
+  ScratchDir scratch_{"homeward-control"};
+  std::string dir_ = scratch_.path();
   std::string socket_;
   std::atomic<int> handled_{0};
 };

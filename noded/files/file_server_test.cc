@@ -21,6 +21,7 @@
 #include <capnp/message.h>
 
 #include "frame_stream.h"
+#include "scratch_dir.h"
 
 namespace homeward {
 namespace {
@@ -30,8 +31,6 @@ namespace fs = std::filesystem;
 class FileSessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/homeward-fs-XXXXXX";
-    base_ = ::mkdtemp(tmpl);
     fs::create_directories(base_ + "/export/dir");
     std::ofstream(base_ + "/secret") << "outside";
     std::ofstream(base_ + "/export/dir/file") << "inside";
@@ -41,7 +40,6 @@ class FileSessionTest : public ::testing::Test {
     root_ = Fd::Open(base_ + "/export", O_PATH | O_DIRECTORY);
     session_ = std::make_unique<FileSession>(root_.get(), FileSession::Root::kTrust);
   }
-  void TearDown() override { fs::remove_all(base_); }
 
   struct Result {
     int error;
@@ -67,7 +65,8 @@ class FileSessionTest : public ::testing::Test {
             std::string(reinterpret_cast<const char*>(data.begin()), data.size())};
   }
 
-  std::string base_;
+  ScratchDir scratch_{"homeward-fs"};
+  std::string base_ = scratch_.path();
   Fd root_;
   std::unique_ptr<FileSession> session_;
 };

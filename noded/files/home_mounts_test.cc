@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "error.h"
+#include "scratch_dir.h"
 
 namespace homeward {
 namespace {
@@ -25,15 +26,12 @@ using Clock = std::chrono::steady_clock;
 class HomeMountsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/homeward-mounts-XXXXXX";
-    base_ = ::mkdtemp(tmpl);
     uv_loop_init(&loop_);
   }
   void TearDown() override {
     mounts_.reset();
     uv_run(&loop_, UV_RUN_DEFAULT);  // the handles' close callbacks
     EXPECT_EQ(uv_loop_close(&loop_), 0);
-    fs::remove_all(base_);
   }
 
   // A stand-in for `mosmount -f -o timeout=S TARGET DIR` that logs "up TARGET" once its SIGTERM
@@ -70,7 +68,8 @@ class HomeMountsTest : public ::testing::Test {
     return false;
   }
 
-  std::string base_;
+  ScratchDir scratch_{"homeward-mounts"};
+  std::string base_ = scratch_.path();
   uv_loop_t loop_;
   std::unique_ptr<HomeMounts> mounts_;
 };

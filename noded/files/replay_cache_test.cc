@@ -15,6 +15,7 @@
 #include <capnp/message.h>
 
 #include "file_server.h"
+#include "scratch_dir.h"
 
 namespace homeward {
 namespace {
@@ -26,14 +27,11 @@ using State = ReplayCache::State;
 class ReplayTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/homeward-replay-XXXXXX";
-    base_ = ::mkdtemp(tmpl);
     fs::create_directories(base_ + "/export");
     fs::create_directories(base_ + "/state");
     log_ = base_ + "/state/files-replay";
     root_ = Fd::Open(base_ + "/export", O_PATH | O_DIRECTORY);
   }
-  void TearDown() override { fs::remove_all(base_); }
 
   // A daemon's cache and a client's session on it; Restart() is a killed daemon started
   // again (the log is read back) and the client's new connection.
@@ -77,7 +75,8 @@ class ReplayTest : public ::testing::Test {
     return s.str();
   }
 
-  std::string base_, log_;
+  ScratchDir scratch_{"homeward-replay"};
+  std::string base_ = scratch_.path(), log_;
   Fd root_;
   std::unique_ptr<ReplayCache> cache_;
   std::unique_ptr<FileSession> session_;

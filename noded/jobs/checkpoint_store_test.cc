@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "error.h"
+#include "scratch_dir.h"
 
 namespace homeward {
 namespace {
@@ -25,9 +26,6 @@ using ::testing::HasSubstr;
 class CheckpointStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char dir[] = "/tmp/checkpoint_store_test-XXXXXX";
-    ASSERT_NE(::mkdtemp(dir), nullptr);
-    root_ = dir;
     who_ = {::geteuid(), ::getegid(), {}};
     key_ = CheckpointKey(std::vector<uint8_t>(32, 7));
     manifest_.launch.argv = {"sh", "job.sh"};
@@ -37,7 +35,6 @@ class CheckpointStoreTest : public ::testing::Test {
     manifest_.launch.pid_base = 3 << 22;
     manifest_.pipes = {{11, "stdin"}, {12, "stdout"}};
   }
-  void TearDown() override { fs::remove_all(root_); }
 
   // A dump that writes two image files with `tag` in them.
   static std::function<migrate::DumpResult(const std::string&)> FakeDump(const std::string& tag) {
@@ -66,7 +63,8 @@ class CheckpointStoreTest : public ::testing::Test {
     return copy;
   }
 
-  std::string root_;
+  ScratchDir scratch_{"homeward-checkpoints"};
+  std::string root_ = scratch_.path();
   FsIdentity who_;
   std::vector<uint8_t> key_;
   CheckpointManifest manifest_;

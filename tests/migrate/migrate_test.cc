@@ -30,6 +30,7 @@
 #include "error.h"
 #include "fd.h"
 #include "image_stream.h"
+#include "scratch_dir.h"
 
 namespace homeward::migrate {
 namespace {
@@ -213,15 +214,10 @@ class MigrateTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-    char tmpl[] = "/tmp/migrate-test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
     input_ = dir_ + "/input";
     std::ofstream in(input_);
     for (int i = 0; i < 1000; ++i) in << fmt::format("A{:014d}\n", i);
   }
-  void TearDown() override { ::system(("rm -rf " + dir_).c_str()); }
-
   // The output of a run that is never moved, for the same steps.
   std::string UnmovedRun(const std::vector<int>& step_groups, bool usr1) {
     Job job = StartJob(input_, dir_ + "/append-unmoved");
@@ -324,7 +320,8 @@ class MigrateTest : public ::testing::Test {
     }
   }
 
-  std::string dir_, input_;
+  ScratchDir scratch_{"homeward-migrate"};
+  std::string dir_ = scratch_.path(), input_;
 };
 
 TEST_F(MigrateTest, MovedJobMatchesUnmovedRun) {

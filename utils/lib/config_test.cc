@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "error.h"
+#include "scratch_dir.h"
 
 namespace homeward {
 namespace {
@@ -20,13 +21,10 @@ using ::testing::HasSubstr;
 class ConfigTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char pattern[] = "/tmp/homeward-config-test.XXXXXX";
-    dir_ = mkdtemp(pattern);
     key_path_ = dir_ + "/cluster.key";
     WriteFile(key_path_, std::string(64, 'a') + "\n");
     chmod(key_path_.c_str(), 0600);
   }
-  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
 
   static void WriteFile(const std::string& path, const std::string& text) {
     std::ofstream(path) << text;
@@ -61,7 +59,8 @@ class ConfigTest : public ::testing::Test {
     return "";
   }
 
-  std::string dir_;
+  ScratchDir scratch_{"homeward-config"};
+  std::string dir_ = scratch_.path();
   std::string key_path_;
 };
 

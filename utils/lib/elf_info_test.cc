@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "error.h"
+#include "scratch_dir.h"
 
 namespace homeward {
 namespace {
@@ -19,19 +20,14 @@ using ::testing::HasSubstr;
 
 class ElfInfoTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/homeward-elf-test.XXXXXX";
-    dir_ = mkdtemp(pattern);
-  }
-  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
-
   std::string Write(const std::string& name, const std::string& text) {
     std::string path = dir_ + "/" + name;
     std::ofstream(path, std::ios::binary) << text;
     return path;
   }
 
-  std::string dir_;
+  ScratchDir scratch_{"homeward-elf"};
+  std::string dir_ = scratch_.path();
 };
 
 TEST_F(ElfInfoTest, SystemProgramsAreDynamic) {
