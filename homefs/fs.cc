@@ -105,6 +105,7 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   }
   cred.setUid(acting ? acting->uid : ctx->uid);
   cred.setGid(acting ? acting->gid : ctx->gid);
+  cred.setUmask(ctx->umask);  // set by the kernel for calls that create
   std::vector<gid_t> groups = acting ? acting->groups : Groups(r.get(), ctx->pid);
   if (!groups.empty()) {
     auto list = cred.initGroups(static_cast<unsigned>(groups.size()));
@@ -614,6 +615,11 @@ void Fs::Init(fuse_conn_info* conn) {
   // No writeback cache: with it the kernel would hold writes back after close and decide
   // sizes and mtimes itself, which breaks close-to-open consistency between nodes.
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  // The kernel checks permissions (default_permissions) on the home's modes and ACLs, also
+  // on names it has cached; the umask is applied at the home, which knows whether a
+  // default ACL replaces it.
+  if (conn->capable & FUSE_CAP_POSIX_ACL) conn->want |= FUSE_CAP_POSIX_ACL;
+  if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
   // Advisory locks are the home's: POSIX and OFD locks (setlk, getlk) and flock go there.
   if (conn->capable & FUSE_CAP_POSIX_LOCKS) conn->want |= FUSE_CAP_POSIX_LOCKS;
   if (conn->capable & FUSE_CAP_FLOCK_LOCKS) conn->want |= FUSE_CAP_FLOCK_LOCKS;

@@ -151,7 +151,10 @@ int Run(int argc, char** argv) {
     return 1;
   }
 
-  std::string fsname = "fsname=homefs:" + home.ToString() + ",subtype=homefs";
+  // The kernel checks permissions itself (with the home's ACLs, see Fs::Init): a cached
+  // name must not skip a search permission the home has taken away since.
+  std::string fsname =
+      "fsname=homefs:" + home.ToString() + ",subtype=homefs,default_permissions";
   if (::geteuid() == 0) fsname += ",allow_other";  // the daemon mounts for every user
   std::vector<const char*> fuse_argv = {"mosmount", "-o", fsname.c_str()};
   if (debug) fuse_argv.push_back("-d");

@@ -109,10 +109,9 @@ void FileOps::Setattr(FileSession& s, Rq rq, Rs rs) {
                          SetTime(valid, kSetMtime, kSetMtimeNow, rq.getMtimeNs())};
     if (handle) {
       Check(::futimens(handle->fd.get(), times));
-    } else if (S_ISLNK(StatFd(fd).st_mode)) {
-      throw OpError{EOPNOTSUPP};  // a symlink's own times need its parent; rare
     } else {
-      Check(::utimensat(AT_FDCWD, path.c_str(), times, 0));
+      // By the node's own O_PATH descriptor: a symlink's own times too.
+      Check(::utimensat(fd, "", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
     }
   }
   FillAttr(StatFd(fd), rs.initEntry().initAttr());

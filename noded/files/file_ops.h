@@ -87,7 +87,7 @@ struct stat StatFd(int fd);
 
 // The credentials this thread acts with (see Become in file_session.cc).
 struct ThreadCredentials {
-  uint32_t uid = 0, gid = 0;
+  uint32_t uid = 0, gid = 0, umask = 0;
   std::vector<gid_t> groups;
 };
 extern thread_local ThreadCredentials current_credentials;

@@ -112,6 +112,13 @@ void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
     ::syscall(SYS_setfsuid, uid);
     cur.uid = uid;
   }
+  // Each serving thread has an fs context of its own (unshare(CLONE_FS)), so its umask
+  // is its own.
+  uint32_t mask = cred.getUmask() & 0777;
+  if (mask != cur.umask) {
+    ::umask(mask);
+    cur.umask = mask;
+  }
   // setfsuid reports no error; reading it back (an invalid id changes nothing) does.
   if (static_cast<uint32_t>(::syscall(SYS_setfsuid, -1)) != uid ||
       static_cast<uint32_t>(::syscall(SYS_setfsgid, -1)) != gid) {

@@ -7,6 +7,7 @@ again when it returns."""
 
 import json
 import os
+import pwd
 import socket
 import subprocess
 import time
@@ -244,6 +245,41 @@ class HomefsTest(unittest.TestCase):
             self.assertNotIn("/mosix/home/node1 ", mounts)
             self.assertNotEqual(cluster.run("node2", "mosctl", "home-mount", "../x", home,
                                             check=False).returncode, 0)
+
+
+class HomefsAsAUserTest(harness.UserClusterTest):
+    """The same ordinary user's script gives the same results on the home's tree and
+    through /mosix/home/node1 on another node: search permission on cached names, FIFOs,
+    a non-owner's write to a set-id file, a symlink's own times, permission errors."""
+    user_prefix = "hwfs"
+
+    def test_user_operations_as_at_home(self):
+        other = f"{self.user}o"
+        other_entry = harness.add_user(other)
+        try:
+            me = pwd.getpwnam(self.user)
+            script = os.path.join(self.c.dir, "homefs_user_ops.py")
+            with open(os.path.join(HERE, "homefs_user_ops.py")) as src, \
+                    open(script, "w") as dst:
+                dst.write(src.read())
+            for name in ("user-local", "user-remote"):
+                path = os.path.join(self.c.node("node1")["data"], name)
+                os.makedirs(path)
+                os.chown(path, me.pw_uid, me.pw_gid)
+            as_me = ["setpriv", f"--reuid={me.pw_uid}", f"--regid={me.pw_gid}",
+                     "--init-groups", "--"]
+            ids = [str(other_entry.pw_uid), str(other_entry.pw_gid)]
+            local = json.loads(self.c.run("node1", *as_me, "python3", script,
+                                          "/data/user-local", *ids, timeout=120).stdout)
+            remote = json.loads(self.c.run("node2", *as_me, "python3", script,
+                                           "/mosix/home/node1/data/user-remote", *ids,
+                                           timeout=120).stdout)
+            self.assertEqual([step for step, _ in local], [step for step, _ in remote])
+            differ = [f"{mine[0]}: at home {mine[1]!r}, through homefs {theirs[1]!r}"
+                      for mine, theirs in zip(local, remote) if mine != theirs]
+            self.assertEqual(differ, [], "\n".join(differ))
+        finally:
+            harness.remove_user(other)
 
 
 if __name__ == "__main__":

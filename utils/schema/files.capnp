@@ -57,6 +57,10 @@ struct Credentials {
   uid @0 :UInt32;
   gid @1 :UInt32;
   groups @2 :List(UInt32);
+  # The caller's umask, for calls that create: homefs leaves it to the home (FUSE's
+  # dont_mask), whose kernel applies it, or a directory's default ACL instead, as for a
+  # local caller. 0 from a client that applied it itself.
+  umask @3 :UInt32;
 }
 
 struct FileRequest {
