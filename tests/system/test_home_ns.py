@@ -11,7 +11,9 @@ checkN) to check itself:
 - neither clock ever went back, and no step forward came near the nodes' clock skew: the
   nodes run in time namespaces whose clocks are 100,000 s apart (loopcluster
   --clock-skew), as machines booted at different times, so a job taking each node's
-  clocks would jump by that much at every move;
+  clocks would jump by that much at every move; seen from the host, the job is in a time
+  namespace of its own (not its node daemon's, from its start at home), whose offset
+  stays node1's wherever it runs;
 - `ps -e` lists the job's processes only.
 The job must not be pinned by its shared memory (it once was)."""
 
@@ -43,6 +45,25 @@ echo "job done"
 
 # What `ps -e` may show inside the job: the job's init, its shell and their children.
 JOB_COMMANDS = {"mosjob-init", "sh", "ipc_check", "clock_check", "ps", "sed", "sleep"}
+
+
+def job_clocks(uid):
+    """The time namespace (its link) and monotonic offset, in seconds from the host's, of
+    the user's clock_check, seen from the host."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or harness.read_text(f"/proc/{entry}/comm") != "clock_check\n":
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            ns = os.readlink(f"/proc/{entry}/ns/time")
+        except OSError:
+            continue
+        for line in harness.read_text(f"/proc/{entry}/timens_offsets").splitlines():
+            name, seconds, nanoseconds = line.split()
+            if name == "monotonic":
+                return ns, int(seconds) + int(nanoseconds) / 1e9
+    return None
 
 
 def uptime(c, node):
@@ -87,6 +108,7 @@ class HomeNamespacesTest(harness.UserClusterTest):
         self.assertEqual(job["pinned"], "", "System V IPC must not pin a job")
 
         where = "node1"
+        offsets = []
         for round_, target in ((1, None), (2, "node2"), (3, "node3"), (4, "home")):
             if target:
                 command = ["mosmigrate", str(pid), target]
@@ -98,6 +120,15 @@ class HomeNamespacesTest(harness.UserClusterTest):
                 self.assertIn(f"now runs on {where}", moved.stdout)
             job = next(j for j in harness.jobs(c) if j["pid"] == pid)
             self.assertEqual(job["where"], where)
+            # The job's clocks are its own: a time namespace that is not its node's daemon's,
+            # whose offset stays node1's (less the time the job stood frozen for its moves)
+            # wherever it runs, not the offset of the node it runs on.
+            ns, offset = c.wait_for(lambda: job_clocks(entry.pw_uid), 10, "the job's clocks")
+            daemon = c.node(where)["pid"]
+            self.assertNotEqual(ns, os.readlink(f"/proc/{daemon}/ns/time"), where)
+            self.assertLessEqual(offset, SKEW_S)
+            self.assertGreater(offset, SKEW_S - MAX_JUMP_MS / 1000, f"on {where}")
+            offsets.append(offset)
             with open(os.path.join(work, f"check{round_}"), "w"):
                 pass
             c.wait_for(lambda: all(f"{what} {round_} " in harness.read_text(out)
@@ -140,7 +171,7 @@ class HomeNamespacesTest(harness.UserClusterTest):
         print(f"\nclock steps: largest forward step {clocks[4][1]} ms; monotonic at each "
               f"round: {[clocks[r][2] for r in (1, 2, 3, 4)]}; node1 {uptime(c, 'node1'):.1f} "
               f"s, node2 {uptime(c, 'node2'):.1f} s, node3 {uptime(c, 'node3'):.1f} s since "
-              f"boot")
+              f"boot; the job's monotonic offset from the host's at each round: {offsets}")
 
     def test_posix_message_queue_pins(self):
         """CRIU carries no POSIX message queue: a job holding one stays at home and
@@ -158,7 +189,8 @@ class HomeNamespacesTest(harness.UserClusterTest):
         out = os.path.join(work, "out")
         c.wait_for(lambda: "mq " in harness.read_text(out), 30, "the job to open its queue")
         self.assertIn("mq ok", harness.read_text(out))
-        job = next(j for j in harness.jobs(c) if j["user"] == self.user)
+        job = next(j for j in harness.jobs(c)
+                   if j["user"] == self.user and j["cmd"].endswith(" mq"))
         self.assertIn("POSIX message queue", job["pinned"])
         moved = c.run("node1", "mosmigrate", str(job["pid"]), "node2", check=False)
         self.assertNotEqual(moved.returncode, 0, moved.stdout)
