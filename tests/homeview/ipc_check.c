@@ -55,7 +55,9 @@ static int Fail(const char* format, ...) {
 static unsigned char PatternByte(int round, size_t i) {
   return (unsigned char)((i * 131u + (unsigned)round * 17u) & 0xff);
 }
-static unsigned short SemValue(int round, int sem) { return (unsigned short)(3 + 2 * sem + round); }
+static unsigned short SemValue(int round, int sem) {
+  return (unsigned short)(3 + 2 * sem + round);
+}
 static void MessageText(int number, char* text) {
   snprintf(text, kMessageBytes, "message %d from the job", number);
 }
@@ -133,8 +135,8 @@ static int Check(int round) {
     unsigned char want_byte = PatternByte(round - 1, i);
     if (shm[i] != want_byte || again[i] != want_byte) {
       shmdt(again);
-      return Fail("shared memory byte %zu is %u (new attachment %u), want %u", i, shm[i],
-                  again[i], want_byte);
+      return Fail("shared memory byte %zu is %u (new attachment %u), want %u", i, shm[i], again[i],
+                  want_byte);
     }
   }
   Fill(round);
@@ -144,7 +146,9 @@ static int Check(int round) {
   return 0;
 }
 
-static int Exists(const char* name) { return access(name, F_OK) == 0; }
+static int Exists(const char* name) {
+  return access(name, F_OK) == 0;
+}
 
 static int Exists(const char* name);
 

@@ -142,6 +142,7 @@ class HomeNamespacesTest(harness.UserClusterTest):
             self.assertIn("ipc_check", listed)
             self.assertIn("clock_check", listed)
             self.assertLessEqual(set(listed), JOB_COMMANDS, f"ps on {where} lists: {listed}")
+            print(f"\nps -e in the job on {where}: {' '.join(listed)}")
 
         with open(os.path.join(work, "end"), "w"):
             pass
