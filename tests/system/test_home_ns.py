@@ -5,8 +5,8 @@ A throwaway ordinary user runs one job at node1 (`mosrun sh job.sh`) of three pr
 tests/homeview/ipc_check (a semaphore set, a message queue with messages and an attached
 System V shared memory segment), tests/homeview/clock_check (CLOCK_MONOTONIC and
 CLOCK_BOOTTIME read every 10 ms) and the shell, which runs `ps` and `pgrep`. The job is
-moved node1 -> node2 -> node3 -> home while it runs, and on each node it is told (a file
-checkN) to check itself:
+moved node1 -> node2 -> node3 -> home while it runs, then frozen to disk at home and
+continued, and after each step it is told (a file checkN) to check itself:
 - the IPC objects are the same (by key) with the contents the last round left;
 - neither clock ever went back, and no step forward came near the nodes' clock skew: the
   nodes run in time namespaces whose clocks are 100,000 s apart (loopcluster
@@ -33,7 +33,7 @@ JOB = r"""
 "$1" &
 "$2" &
 round=1
-while [ $round -le 4 ]; do
+while [ $round -le 5 ]; do
   while [ ! -e check$round ]; do sleep 0.05; done
   ps -e -o pid=,comm= | sed "s/^/ps $round /"
   echo "pgrep $round $(pgrep -c -x ipc_check) $(pgrep -c -x clock_check)"
@@ -109,8 +109,14 @@ class HomeNamespacesTest(harness.UserClusterTest):
 
         where = "node1"
         offsets = []
-        for round_, target in ((1, None), (2, "node2"), (3, "node3"), (4, "home")):
-            if target:
+        rounds = ((1, None), (2, "node2"), (3, "node3"), (4, "home"), (5, "freeze"))
+        for round_, target in rounds:
+            if target == "freeze":  # frozen to disk at home and continued: one more restore
+                frozen = c.run("node1", "mosmigrate", str(pid), "freeze")
+                self.assertIn(f"job {pid} is frozen to disk at home", frozen.stdout)
+                resumed = c.run("node1", "mosmigrate", str(pid), "continue")
+                self.assertIn("now runs on node1", resumed.stdout)
+            elif target:
                 command = ["mosmigrate", str(pid), target]
                 if round_ % 2:  # its user moves it too, not only root
                     command = ["runuser", "-u", self.user, "--", *command]
@@ -158,9 +164,9 @@ class HomeNamespacesTest(harness.UserClusterTest):
                   re.findall(r"clock (\d+) back_ns=(\d+) jump_ms=(\d+) mono_s=([\d.]+) "
                              r"boot_s=([\d.]+)", text)}
         start = re.search(r"clock 0 mono_s=([\d.]+) boot_s=([\d.]+)", text)
-        self.assertEqual(sorted(clocks), [1, 2, 3, 4], text)
+        self.assertEqual(sorted(clocks), [1, 2, 3, 4, 5], text)
         mono, boot = float(start[1]), float(start[2])
-        for round_ in (1, 2, 3, 4):
+        for round_ in (1, 2, 3, 4, 5):
             back_ns, jump_ms, round_mono, round_boot = clocks[round_]
             self.assertEqual(back_ns, 0, f"a clock went back by round {round_}")
             self.assertLess(jump_ms, MAX_JUMP_MS, f"a clock jumped by round {round_}")
@@ -169,8 +175,8 @@ class HomeNamespacesTest(harness.UserClusterTest):
             self.assertLess(round_boot - boot, SKEW_S / 2, f"boot time jumped by round {round_}")
             mono, boot = round_mono, round_boot
         # What was measured, for the record.
-        print(f"\nclock steps: largest forward step {clocks[4][1]} ms; monotonic at each "
-              f"round: {[clocks[r][2] for r in (1, 2, 3, 4)]}; node1 {uptime(c, 'node1'):.1f} "
+        print(f"\nclock steps: largest forward step {clocks[5][1]} ms; monotonic at each "
+              f"round: {[clocks[r][2] for r in (1, 2, 3, 4, 5)]}; node1 {uptime(c, 'node1'):.1f} "
               f"s, node2 {uptime(c, 'node2'):.1f} s, node3 {uptime(c, 'node3'):.1f} s since "
               f"boot; the job's monotonic offset from the host's at each round: {offsets}")
 
