@@ -9,6 +9,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -201,7 +202,11 @@ void Job::Start() {
   options.stdout_fd = stdout_pipe.write.get();
   options.stderr_fd = stderr_pipe.write.get();
   options.extra_fds = {status_pipe.write.get()};
-  options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+  // A time namespace of its own (offsets as the daemon's, so at first the job sees this
+  // node's clocks): CRIU dumps the job's CLOCK_MONOTONIC and CLOCK_BOOTTIME with it and
+  // sets the offsets of a new one where it is restored, so they go on from where they were
+  // on a node that booted at another time. clone3 takes CLONE_NEWTIME; clone does not.
+  options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWTIME;
   if (launch_.guest) options.clone_flags |= CLONE_NEWNET;
   init_.emplace(ChildProcess::Spawn(options));
   if (journal_write_) {
@@ -618,10 +623,12 @@ void Job::SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids) {
 std::string Job::PinnedReason(const std::vector<pid_t>& pids) const {
   if (launch_.keep_home) return "kept at home (mosrun -h)";
   std::set<std::string> sockets;
+  // System V shared memory, semaphores and message queues are not a reason: they live in
+  // the job's own IPC namespace, which CRIU dumps and restores with their contents. A
+  // POSIX message queue lives there too, but CRIU carries no queue (its dump would fail).
+  constexpr long kMqueueMagic = 0x19800202;  // ipc/mqueue.c's; not in the uapi headers
+  bool message_queue = false;
   for (pid_t pid : pids) {
-    // System V shared memory lives in the node's kernel, not in the job.
-    std::string maps = ReadTextFile(fmt::format("/proc/{}/maps", pid));
-    if (maps.find("/SYSV") != std::string::npos) return "uses System V shared memory";
     std::string fd_dir = fmt::format("/proc/{}/fd", pid);
     if (DIR* fds = ::opendir(fd_dir.c_str())) {
       char link[64];
@@ -630,11 +637,18 @@ std::string Job::PinnedReason(const std::vector<pid_t>& pids) const {
         std::string_view target(link, n > 0 ? static_cast<size_t>(n) : 0);
         if (target.rfind("socket:[", 0) == 0) {
           sockets.emplace(target.substr(8, target.size() - 9));
+        } else if (target.size() > 1 && target[0] == '/' &&
+                   target.find('/', 1) == std::string_view::npos) {
+          // A queue's descriptor reads "/NAME", as a file in / would: its file system says.
+          struct statfs fs;
+          std::string path = fd_dir + "/" + entry->d_name;
+          if (::statfs(path.c_str(), &fs) == 0 && fs.f_type == kMqueueMagic) message_queue = true;
         }
       }
       ::closedir(fds);
     }
   }
+  if (message_queue) return "uses a POSIX message queue (CRIU does not carry them)";
   if (sockets.empty()) return {};
   // The tables of the daemon's network namespace, which a job at its home shares: a guest's
   // sockets are in a namespace of its own, only the guest reaches them, and they move with

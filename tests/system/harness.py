@@ -35,9 +35,12 @@ def host_mounts():
 class LoopCluster:
     """A running loopback cluster: `with LoopCluster(3) as c: c.run("node1", "hostname")`."""
 
-    def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None, faults=None):
-        """`faults`: the daemons' fault points (HOMEWARD_FAULT), for failure tests."""
+    def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None, faults=None,
+                 clock_skew=None):
+        """`faults`: the daemons' fault points (HOMEWARD_FAULT), for failure tests;
+        `clock_skew`: node i's clocks are i*clock_skew seconds ahead (loopcluster)."""
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
+        self.clock_skew = clock_skew
         self.faults = faults
         self.cpuset = cpuset
         self.memory_mb = memory_mb
@@ -52,6 +55,8 @@ class LoopCluster:
             args.append("--cpuset")
         if self.memory_mb is not None:
             args += ["--memory", str(self.memory_mb)]
+        if self.clock_skew:
+            args += ["--clock-skew", str(self.clock_skew)]
         for setting in self.settings:
             args += ["--set", setting]
         try:
@@ -246,6 +251,7 @@ class UserClusterTest(unittest.TestCase):
     user_prefix = "hwt"
     cluster_nodes = 2
     cluster_settings = ()
+    cluster_clock_skew = None
 
     @classmethod
     def setUpClass(cls):
@@ -253,7 +259,8 @@ class UserClusterTest(unittest.TestCase):
             raise unittest.SkipTest("no useradd")
         cls.user = f"{cls.user_prefix}{os.urandom(4).hex()}"
         add_user(cls.user)
-        cls.cluster = LoopCluster(cls.cluster_nodes, settings=list(cls.cluster_settings))
+        cls.cluster = LoopCluster(cls.cluster_nodes, settings=list(cls.cluster_settings),
+                                  clock_skew=cls.cluster_clock_skew)
         try:
             cls.cluster.__enter__()
         except BaseException:
