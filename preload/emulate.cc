@@ -309,8 +309,12 @@ long Sigprocmask(const long a[6], ucontext_t* uc) {
 
 }  // namespace
 
-bool Emulates(long nr) {
+bool Emulates(long nr, const long a[6]) {
   switch (nr) {
+    case SYS_fcntl:
+      return a[1] == F_GETLK || a[1] == F_OFD_GETLK;
+    case SYS_getsockopt:
+      return a[1] == SOL_SOCKET && a[2] == SO_PEERCRED;
     case SYS_getpid:
     case SYS_getppid:
     case SYS_gettid:
@@ -347,8 +351,6 @@ bool Emulates(long nr) {
     case SYS_setpriority:
     case SYS_clone3:
     case SYS_rt_sigtimedwait:
-    case SYS_fcntl:
-    case SYS_getsockopt:
       return true;
     default:
       return false;

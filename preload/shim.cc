@@ -86,12 +86,12 @@ void Handle(int sig, siginfo_t* info, void* context) {
     regs[REG_RAX] = kProbeAnswer;
     return;
   }
-  if (!ours || !Emulates(nr)) {
+  long args[6] = {regs[REG_RDI], regs[REG_RSI], regs[REG_RDX],
+                  regs[REG_R10], regs[REG_R8],  regs[REG_R9]};
+  if (!ours || !Emulates(nr, args)) {
     Chain(sig, info, context);
     return;
   }
-  long args[6] = {regs[REG_RDI], regs[REG_RSI], regs[REG_RDX],
-                  regs[REG_R10], regs[REG_R8],  regs[REG_R9]};
   regs[REG_RAX] = Emulate(nr, args, uc);
 }
 
