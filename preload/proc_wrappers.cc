@@ -1,4 +1,6 @@
-// libc's path functions with /proc/<home id> translated to the inner pid (proc_path.h).
+// libc's path functions with /proc/<home id> translated to the inner pid (proc_path.h), and
+// /proc status and stat files opened for reading with their id fields as the home's
+// (home_ids.h).
 // Only the exported entry points are covered: a path given to a raw system call, or one
 // libc opens internally, is left as it is.
 #undef _FILE_OFFSET_BITS  // Both open and open64 are defined here, each under its own name.

@@ -27,15 +27,15 @@ static volatile sig_atomic_t ids_go;
 static volatile sig_atomic_t ids_go_pid = -1;
 static volatile sig_atomic_t ids_go_code;
 
-#define CHECK(cond, ...)                                             \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      ++ids_failures;                                                \
-      printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);         \
-      printf(__VA_ARGS__);                                           \
-      printf("\n");                                                  \
-      fflush(stdout);                                                \
-    }                                                                \
+#define CHECK(cond, ...)                                     \
+  do {                                                       \
+    if (!(cond)) {                                           \
+      ++ids_failures;                                        \
+      printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+      printf(__VA_ARGS__);                                   \
+      printf("\n");                                          \
+      fflush(stdout);                                        \
+    }                                                        \
   } while (0)
 
 static long ids_env(const char* name) {

@@ -11,8 +11,8 @@
 #include "ids_common.h"
 
 static pid_t g_child = -1;
-static int g_pair[2];   /* datagrams: credentials */
-static int g_order[2];  /* the parent's commands to the child */
+static int g_pair[2];  /* datagrams: credentials */
+static int g_order[2]; /* the parent's commands to the child */
 
 /* Sends one byte on `fd`, with explicit credentials naming the sender when `explicit`. */
 static int send_byte(int fd, int explicit) {
@@ -83,8 +83,8 @@ static void child(void) {
       snprintf(address.sun_path + 1, sizeof(address.sun_path) - 1, "homeward-ids-%ld",
                (long)getppid());
       int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-      socklen_t length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
-                                     strlen(address.sun_path + 1));
+      socklen_t length =
+          (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(address.sun_path + 1));
       long peer = -1;
       if (fd >= 0 && connect(fd, (struct sockaddr*)&address, length) == 0) {
         struct ucred cred;
@@ -93,7 +93,7 @@ static void child(void) {
       }
       if (send(g_pair[1], &peer, sizeof(peer), 0) != (ssize_t)sizeof(peer)) _exit(102);
       char byte;
-      if (fd >= 0 && read(fd, &byte, 1) < 0) _exit(103);  /* until the parent closes */
+      if (fd >= 0 && read(fd, &byte, 1) < 0) _exit(103); /* until the parent closes */
       if (fd >= 0) close(fd);
     } else {
       _exit(0);
@@ -124,8 +124,7 @@ static void check(int round) {
   struct sockaddr_un address;
   memset(&address, 0, sizeof(address));
   address.sun_family = AF_UNIX;
-  snprintf(address.sun_path + 1, sizeof(address.sun_path) - 1, "homeward-ids-%ld",
-           (long)getpid());
+  snprintf(address.sun_path + 1, sizeof(address.sun_path) - 1, "homeward-ids-%ld", (long)getpid());
   socklen_t length =
       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(address.sun_path + 1));
   int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -46,8 +46,7 @@ static void child_body(int report, int release, int code) {
 static void check_child(const struct child* c) {
   long ids[2];
   CHECK(ids_read_all(c->report, ids, sizeof(ids)) == 0, "%s: no report", c->how);
-  CHECK(ids_is_job_id(c->pid), "%s returned %ld, not a home id of the job", c->how,
-        (long)c->pid);
+  CHECK(ids_is_job_id(c->pid), "%s returned %ld, not a home id of the job", c->how, (long)c->pid);
   CHECK(ids[0] == c->pid, "%s: the child's getpid %ld, its parent was told %ld", c->how, ids[0],
         (long)c->pid);
   CHECK(ids[1] == getpid(), "%s: the child's getppid %ld, its parent is %ld", c->how, ids[1],
@@ -56,11 +55,21 @@ static void check_child(const struct child* c) {
 
 typedef pid_t (*maker)(void);
 
-static pid_t by_fork(void) { return fork(); }
-static pid_t by_vfork_wrapper(void) { return vfork(); }
-static pid_t by_raw_vfork(void) { return (pid_t)syscall(SYS_vfork); }
-static pid_t by_raw_fork(void) { return (pid_t)syscall(SYS_fork); }
-static pid_t by_raw_clone(void) { return (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0); }
+static pid_t by_fork(void) {
+  return fork();
+}
+static pid_t by_vfork_wrapper(void) {
+  return vfork();
+}
+static pid_t by_raw_vfork(void) {
+  return (pid_t)syscall(SYS_vfork);
+}
+static pid_t by_raw_fork(void) {
+  return (pid_t)syscall(SYS_fork);
+}
+static pid_t by_raw_clone(void) {
+  return (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+}
 static pid_t by_raw_clone3(void) {
   struct clone_args args;
   memset(&args, 0, sizeof(args));
@@ -95,13 +104,13 @@ static void check_status(const struct child* c, int status, int code) {
 static struct child g_after[8];
 static int g_after_count;
 
-#define FORK_AFTER(call)                                                            \
-  do {                                                                              \
-    call;                                                                           \
-    uint64_t r9 = r9_now();                                                         \
-    CHECK(r9 != MARKER, "the shim's marker is left in r9 after %s", #call);         \
+#define FORK_AFTER(call)                                                                 \
+  do {                                                                                   \
+    call;                                                                                \
+    uint64_t r9 = r9_now();                                                              \
+    CHECK(r9 != MARKER, "the shim's marker is left in r9 after %s", #call);              \
     g_after[g_after_count] = start(by_fork, "fork after " #call, 10 + g_after_count, 1); \
-    ++g_after_count;                                                                \
+    ++g_after_count;                                                                     \
   } while (0)
 
 static void forks_after_wrapped_calls(void) {
@@ -126,8 +135,7 @@ static void reap_after(void) {
     int status = 0;
     if (i % 3 == 0) {
       pid_t got = wait(&status);
-      CHECK(got == c->pid, "wait after %s returned %ld, fork %ld", c->how, (long)got,
-            (long)c->pid);
+      CHECK(got == c->pid, "wait after %s returned %ld, fork %ld", c->how, (long)got, (long)c->pid);
     } else if (i % 3 == 1) {
       pid_t got = waitpid(c->pid, &status, 0);
       CHECK(got == c->pid, "waitpid after %s returned %ld, fork %ld", c->how, (long)got,
@@ -136,8 +144,8 @@ static void reap_after(void) {
       siginfo_t info;
       memset(&info, 0, sizeof(info));
       int rc = waitid(P_PID, (id_t)c->pid, &info, WEXITED);
-      CHECK(rc == 0 && info.si_pid == c->pid, "waitid after %s: %d, si_pid %ld, fork %ld",
-            c->how, rc, (long)info.si_pid, (long)c->pid);
+      CHECK(rc == 0 && info.si_pid == c->pid, "waitid after %s: %d, si_pid %ld, fork %ld", c->how,
+            rc, (long)info.si_pid, (long)c->pid);
       status = (info.si_status & 0xff) << 8;
     }
     check_status(c, status, 10 + i);
@@ -194,13 +202,13 @@ static void spawn(void) {
   CHECK(ids_is_job_id(pid), "posix_spawn gave %ld, not a home id of the job", (long)pid);
   int status;
   pid_t got = waitpid(pid, &status, 0);
-  CHECK(got == pid, "waitpid after posix_spawn returned %ld, spawned %ld", (long)got,
-        (long)pid);
+  CHECK(got == pid, "waitpid after posix_spawn returned %ld, spawned %ld", (long)got, (long)pid);
   long self = 0, parent = 0;
   FILE* f = fdopen(fd, "r");
   CHECK(f != NULL && fscanf(f, "%ld %ld", &self, &parent) == 2, "the spawned shell said nothing");
-  CHECK(self == pid && parent == getpid(), "the spawned shell: $$ %ld $PPID %ld, spawned %ld by %ld",
-        self, parent, (long)pid, (long)getpid());
+  CHECK(self == pid && parent == getpid(),
+        "the spawned shell: $$ %ld $PPID %ld, spawned %ld by %ld", self, parent, (long)pid,
+        (long)getpid());
   if (f != NULL) fclose(f);
   unlink(path);
 }

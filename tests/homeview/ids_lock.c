@@ -86,7 +86,7 @@ static void check(int round) {
         (long)lock.l_pid);
   lock = probe(F_GETLK, 40);
   CHECK(lock.l_type == F_UNLCK, "F_GETLK where nothing is locked: type %d", lock.l_type);
-  order('u');  /* nothing held while the job moves on */
+  order('u'); /* nothing held while the job moves on */
 }
 
 int main(int argc, char** argv) {

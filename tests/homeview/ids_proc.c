@@ -62,17 +62,17 @@ static void check_status(const char* path, int stdio, long pid, long ppid) {
   snprintf(want, sizeof(want), "%ld", pid);
   CHECK(strcmp(field(text, "Pid", value, sizeof(value)), want) == 0, "%s: Pid %s, want %s", path,
         value, want);
-  CHECK(strcmp(field(text, "Tgid", value, sizeof(value)), want) == 0, "%s: Tgid %s, want %s",
-        path, value, want);
+  CHECK(strcmp(field(text, "Tgid", value, sizeof(value)), want) == 0, "%s: Tgid %s, want %s", path,
+        value, want);
   CHECK(strcmp(field(text, "NSpid", value, sizeof(value)), want) == 0, "%s: NSpid %s, want %s",
         path, value, want);
-  CHECK(strcmp(field(text, "NStgid", value, sizeof(value)), want) == 0,
-        "%s: NStgid %s, want %s", path, value, want);
-  snprintf(want, sizeof(want), "%ld", ppid);
-  CHECK(strcmp(field(text, "PPid", value, sizeof(value)), want) == 0, "%s: PPid %s, want %s",
+  CHECK(strcmp(field(text, "NStgid", value, sizeof(value)), want) == 0, "%s: NStgid %s, want %s",
         path, value, want);
-  CHECK(strcmp(field(text, "TracerPid", value, sizeof(value)), "0") == 0, "%s: TracerPid %s",
-        path, value);
+  snprintf(want, sizeof(want), "%ld", ppid);
+  CHECK(strcmp(field(text, "PPid", value, sizeof(value)), want) == 0, "%s: PPid %s, want %s", path,
+        value, want);
+  CHECK(strcmp(field(text, "TracerPid", value, sizeof(value)), "0") == 0, "%s: TracerPid %s", path,
+        value);
 }
 
 static void check_stat(const char* path, int stdio, long pid, long ppid, long pgrp, long sid) {
@@ -85,8 +85,8 @@ static void check_stat(const char* path, int stdio, long pid, long ppid, long pg
             sscanf(close + 1, " %c %ld %ld %ld", &state, &got_ppid, &got_pgrp, &got_sid) == 4,
         "%s: %s", path, text);
   CHECK(got_pid == pid && got_ppid == ppid && got_pgrp == pgrp && got_sid == sid,
-        "%s: pid %ld ppid %ld pgrp %ld session %ld, want %ld %ld %ld %ld", path, got_pid,
-        got_ppid, got_pgrp, got_sid, pid, ppid, pgrp, sid);
+        "%s: pid %ld ppid %ld pgrp %ld session %ld, want %ld %ld %ld %ld", path, got_pid, got_ppid,
+        got_pgrp, got_sid, pid, ppid, pgrp, sid);
 }
 
 static void check(int round) {

@@ -75,8 +75,8 @@ static void reap(pid_t pid) {
   siginfo_t info;
   memset(&info, 0, sizeof(info));
   int rc = waitid(P_PID, (id_t)pid, &info, WEXITED);
-  CHECK(rc == 0 && info.si_pid == pid, "waitid: %d, si_pid %ld, child %ld", rc,
-        (long)info.si_pid, (long)pid);
+  CHECK(rc == 0 && info.si_pid == pid, "waitid: %d, si_pid %ld, child %ld", rc, (long)info.si_pid,
+        (long)pid);
 }
 
 /* Waits until `count` reaches `want`, taking signals as they come. */
@@ -137,9 +137,10 @@ static void check(int round) {
   child = sender(SIGURG, BY_KILL, 0);
   struct signalfd_siginfo record;
   ssize_t n = read(g_signalfd, &record, sizeof(record));
-  CHECK(n == (ssize_t)sizeof(record) && record.ssi_signo == SIGURG && (pid_t)record.ssi_pid == child,
-        "signalfd read %ld: signal %u from %u, child %ld", (long)n, record.ssi_signo,
-        record.ssi_pid, (long)child);
+  CHECK(
+      n == (ssize_t)sizeof(record) && record.ssi_signo == SIGURG && (pid_t)record.ssi_pid == child,
+      "signalfd read %ld: signal %u from %u, child %ld", (long)n, record.ssi_signo, record.ssi_pid,
+      (long)child);
   reap(child);
 
   /* sigwaitinfo and sigtimedwait (SIGWINCH and SIGPWR blocked since the start). */
