@@ -2,8 +2,10 @@
  * handler (kill, sigqueue, SIGCHLD), in signalfd records, in sigwaitinfo, sigtimedwait
  * and waitid results. The go signal, sent at home to the job's home pid, is delivered by
  * the job's init: its sender is the init's home id, the program's getppid(). A handler and
- * a signalfd set up before the moves still translate after them. */
+ * a signalfd set up before the moves still translate after them. pthread_cancel, whose
+ * handler checks si_pid against getpid(), works. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -36,6 +38,12 @@ static void on_rt(int sig, siginfo_t* info, void* context) {
   g_rt_pid = info->si_pid;
   g_rt_value = info->si_value.sival_int;
   ++g_rt_count;
+}
+
+static void* sleeper(void* arg) {
+  (void)arg;
+  for (;;) pause();
+  return NULL;
 }
 
 static void handle(int sig, void (*fn)(int, siginfo_t*, void*)) {
@@ -167,6 +175,18 @@ static void check(int round) {
         "sigtimedwait: %d from %ld code %d, child %ld", sig, (long)info.si_pid, info.si_code,
         (long)child);
   reap(child);
+
+  /* glibc's pthread_cancel: its SIGCANCEL handler acts only on a signal whose si_pid is
+   * getpid(), so it works only if the two agree. */
+  pthread_t thread;
+  void* result = NULL;
+  CHECK(pthread_create(&thread, NULL, sleeper, NULL) == 0, "pthread_create");
+  pthread_cancel(thread);
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 30;
+  int joined = pthread_timedjoin_np(thread, &result, &until);
+  CHECK(joined == 0 && result == PTHREAD_CANCELED, "a cancelled thread: join %d", joined);
 }
 
 int main(int argc, char** argv) {
