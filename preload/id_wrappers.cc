@@ -33,9 +33,9 @@ Fn Next(std::atomic<void*>& slot, const char* name) {
   return reinterpret_cast<Fn>(fn);
 }
 
-// The descriptors signalfd returned, one bit each (below kMarkedFds; a signalfd above is
-// read untranslated). A mark outlives the descriptor's close, so a marked descriptor is
-// checked to still be a signalfd before its data is touched.
+// The descriptors signalfd returned (and dup, dup2, dup3 copied), one bit each (below kMarkedFds; a
+// signalfd above is read untranslated). A mark outlives the descriptor's close, so a marked
+// descriptor is checked to still be a signalfd before its data is touched.
 constexpr int kMarkedFds = 65536;
 std::atomic<uint64_t> g_signalfds[kMarkedFds / 64];
 
@@ -95,6 +95,34 @@ int signalfd(int fd, const sigset_t* mask, int flags) noexcept {
   return homeward::GuardedCall("signalfd", [&] {
     int result = Next<int (*)(int, const sigset_t*, int)>(slot, "signalfd")(fd, mask, flags);
     if (result >= 0) Mark(result, true);
+    return result;
+  });
+}
+
+// A copy of a signalfd is one too.
+int dup(int fd) noexcept {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("dup", [&] {
+    int result = Next<int (*)(int)>(slot, "dup")(fd);
+    if (result >= 0) Mark(result, Marked(fd));
+    return result;
+  });
+}
+
+int dup2(int fd, int to) noexcept {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("dup2", [&] {
+    int result = Next<int (*)(int, int)>(slot, "dup2")(fd, to);
+    if (result >= 0) Mark(result, Marked(fd));
+    return result;
+  });
+}
+
+int dup3(int fd, int to, int flags) noexcept {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("dup3", [&] {
+    int result = Next<int (*)(int, int, int)>(slot, "dup3")(fd, to, flags);
+    if (result >= 0) Mark(result, Marked(fd));
     return result;
   });
 }
