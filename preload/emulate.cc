@@ -254,8 +254,9 @@ long Fcntl(const PidMap& map, const long a[6]) {
   long result = Raw(SYS_fcntl, a);
   if (result == 0 && (a[1] == F_GETLK || a[1] == F_OFD_GETLK) && a[2] != 0) {
     auto* lock = reinterpret_cast<struct flock*>(a[2]);
-    if (lock->l_type != F_UNLCK)
+    if (lock->l_type != F_UNLCK) {
       lock->l_pid = static_cast<pid_t>(LockOwnerToHome(map, lock->l_pid));
+    }
   }
   return result;
 }

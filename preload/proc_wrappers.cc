@@ -8,9 +8,9 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -51,49 +51,43 @@ const char* Proc(const char* path, char* buffer) {
 // What OpenIds answers for a path whose ids it does not rewrite: open it as usual.
 constexpr long kNotIds = 1L << 40;
 
-// /proc/<pid>/status and /proc/<pid>/stat (home_ids.h) opened for reading: their text with
-// the ids as the home's, in a memory file opened read-only like the file it stands for.
-// Returns the descriptor, -errno, or kNotIds. The text is read once, when opened: a
-// program that reads such a file again seeks back and rereads, and sees it unchanged.
-long OpenIds(const char* path, int flags) {
+// The text of an open /proc id file, rewritten, in a memory file opened read-only like
+// the file it stands for; kNotIds when it cannot be. The buffers are mapped rather than on
+// the stack, which may be a small thread's: this runs only for these few files.
+long Rewritten(long fd, homeward::preload::ProcIdFile kind, int flags) {
   using homeward::preload::RawSyscall;
-  const auto& state = homeward::preload::State();
-  if (!state.active || path == nullptr || path[0] != '/') return kNotIds;
-  auto kind = homeward::preload::ClassifyProcIdFile(path);
-  if (kind == homeward::preload::ProcIdFile::kNone || (flags & O_ACCMODE) != O_RDONLY ||
-      (flags & (O_PATH | O_DIRECTORY | O_CREAT | O_TMPFILE)) != 0) {
-    return kNotIds;
-  }
-  long fd = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fd;
-  char in[8192];
+  constexpr long kBuffer = 65536;
+  long mapped = homeward::preload::RawSyscall6(SYS_mmap, 0, 2 * kBuffer, PROT_READ | PROT_WRITE,
+                                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped < 0 && mapped > -4096) return kNotIds;
+  char* in = reinterpret_cast<char*>(mapped);
+  char* out = in + kBuffer;
   long size = 0;
   for (;;) {
-    long n = RawSyscall(SYS_read, fd, reinterpret_cast<long>(in + size),
-                        static_cast<long>(sizeof(in)) - size);
+    long n = RawSyscall(SYS_read, fd, reinterpret_cast<long>(in + size), kBuffer - size);
     if (n == -EINTR) continue;
     if (n <= 0) break;
     size += n;
-    if (size == static_cast<long>(sizeof(in))) break;
+    if (size == kBuffer) break;
   }
-  RawSyscall(SYS_close, fd);
-  char out[8192];
-  long length = size == static_cast<long>(sizeof(in))
+  long length = size == kBuffer
                     ? -1
-                    : homeward::preload::RewriteProcIdFile(
-                          state.map, kind, in, static_cast<size_t>(size), out, sizeof(out));
-  if (length < 0) return kNotIds;  // larger than any such file: shown as the kernel has it
-  long memory = RawSyscall(SYS_memfd_create, reinterpret_cast<long>("proc-ids"), MFD_CLOEXEC);
-  if (memory < 0) return kNotIds;
-  for (long done = 0; done < length;) {
+                    : homeward::preload::RewriteProcIdFile(homeward::preload::State().map, kind, in,
+                                                           static_cast<size_t>(size), out, kBuffer);
+  long memory = length < 0
+                    ? -1
+                    : RawSyscall(SYS_memfd_create, reinterpret_cast<long>("proc-ids"), MFD_CLOEXEC);
+  for (long done = 0; memory >= 0 && done < length;) {
     long n = RawSyscall(SYS_write, memory, reinterpret_cast<long>(out + done), length - done);
     if (n == -EINTR) continue;
     if (n <= 0) {
       RawSyscall(SYS_close, memory);
-      return kNotIds;
+      memory = -1;
     }
     done += n;
   }
+  RawSyscall(SYS_munmap, mapped, 2 * kBuffer);
+  if (memory < 0) return kNotIds;  // larger than any such file: shown as the kernel has it
   // Reopened read-only through /proc/self/fd, so that a write fails as on the real file.
   char self[40];
   snprintf(self, sizeof(self), "/proc/self/fd/%ld", memory);
@@ -106,6 +100,26 @@ long OpenIds(const char* path, int flags) {
   }
   RawSyscall(SYS_close, memory);
   return reopened;
+}
+
+// /proc/<pid>/status and /proc/<pid>/stat (home_ids.h) opened for reading: their text with
+// the ids as the home's (Rewritten). Returns the descriptor, -errno, or kNotIds. The text
+// is read once, when opened: a program that reads such a file again seeks back and
+// rereads, and sees it unchanged.
+long OpenIds(const char* path, int flags) {
+  using homeward::preload::RawSyscall;
+  const auto& state = homeward::preload::State();
+  if (!state.active || path == nullptr || path[0] != '/') return kNotIds;
+  auto kind = homeward::preload::ClassifyProcIdFile(path);
+  if (kind == homeward::preload::ProcIdFile::kNone || (flags & O_ACCMODE) != O_RDONLY ||
+      (flags & (O_PATH | O_DIRECTORY | O_CREAT | O_TMPFILE)) != 0) {
+    return kNotIds;
+  }
+  long fd = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fd;
+  long result = Rewritten(fd, kind, flags);
+  RawSyscall(SYS_close, fd);
+  return result;
 }
 
 // Opens `path` as the libc function `open` (taking flags and mode) would, unless its ids
