@@ -5,6 +5,7 @@
 
 #include <elf.h>
 #include <fcntl.h>
+#include <linux/sched.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -16,6 +17,7 @@
 #include <csignal>
 
 #include "env_inject.h"
+#include "home_ids.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
 
@@ -72,6 +74,17 @@ long Fork(const PidMap& map, long nr, const long a[6]) {
   } else {
     result = RawSyscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
   }
+  return result > 0 ? map.ToHome(result) : result;
+}
+
+// clone3 keeps its flags in memory, so the filter traps every one: a fork-like clone3 (no
+// CLONE_VM, no stack of its own) is made here as clone is; a thread's or posix_spawn's
+// gets ENOSYS, and libc falls back to clone, which the filter lets pass for those.
+long Clone3(const PidMap& map, const long a[6]) {
+  auto* args = reinterpret_cast<const clone_args*>(a[0]);
+  if (args == nullptr || static_cast<size_t>(a[1]) < CLONE_ARGS_SIZE_VER0) return -EINVAL;
+  if ((args->flags & CLONE_VM) != 0 || args->stack != 0) return -ENOSYS;
+  long result = RawSyscall(SYS_clone3, a[0], a[1]);
   return result > 0 ? map.ToHome(result) : result;
 }
 
@@ -157,24 +170,106 @@ long Exec(long nr, const long a[6]) {
   return result;
 }
 
+// The handler the kernel calls for a program's SA_SIGINFO handler: the sender (or child)
+// in si_pid becomes a home id, then the program's handler runs with the same arguments.
+// The kernel's own restorer (the program's) returns from the signal as before.
+void SiginfoTrampoline(int sig, siginfo_t* info, void* context) {
+  ShimState& state = State();
+  void* handler = sig > 0 && sig < kSignalSlots ? state.siginfo_handlers[sig] : nullptr;
+  if (state.active) SiginfoToHome(state.map, info);
+  if (handler == nullptr || handler == reinterpret_cast<void*>(SIG_DFL) ||
+      handler == reinterpret_cast<void*>(SIG_IGN)) {
+    return;
+  }
+  reinterpret_cast<void (*)(int, siginfo_t*, void*)>(handler)(sig, info, context);
+}
+
 // rt_sigaction: SIGSYS stays the shim's; the program's disposition is kept aside and
 // reported back. Other signals' handlers must not block SIGSYS (a trap while it is blocked
-// kills the process), so it is taken out of their masks.
+// kills the process), so it is taken out of their masks. A handler that takes a siginfo
+// is called through SiginfoTrampoline, and reported back as the program's own.
 long Sigaction(const long a[6]) {
   if (a[3] != sizeof(unsigned long)) return -EINVAL;
   auto* act = reinterpret_cast<const KernelSigaction*>(a[1]);
   auto* old = reinterpret_cast<KernelSigaction*>(a[2]);
+  ShimState& state = State();
   if (a[0] == SIGSYS) {
-    ShimState& state = State();
     KernelSigaction previous = state.user_sigsys;
     if (act != nullptr) state.user_sigsys = *act;
     if (old != nullptr) *old = previous;
     return 0;
   }
-  if (act == nullptr) return Raw(SYS_rt_sigaction, a);
-  KernelSigaction copy = *act;
-  copy.mask &= ~kSigsysBit;
-  return RawSyscall(SYS_rt_sigaction, a[0], reinterpret_cast<long>(&copy), a[2], a[3]);
+  long sig = a[0];
+  bool slot = sig > 0 && sig < kSignalSlots;
+  void* trampoline = reinterpret_cast<void*>(&SiginfoTrampoline);
+  void* previous = slot ? state.siginfo_handlers[sig] : nullptr;
+  long result;
+  if (act == nullptr) {
+    result = Raw(SYS_rt_sigaction, a);
+  } else {
+    KernelSigaction copy = *act;
+    copy.mask &= ~kSigsysBit;
+    bool wrap = slot && (copy.flags & SA_SIGINFO) != 0 &&
+                copy.handler != reinterpret_cast<void*>(SIG_DFL) &&
+                copy.handler != reinterpret_cast<void*>(SIG_IGN);
+    // The program's handler is in place before the kernel can call the trampoline for it.
+    if (wrap) {
+      state.siginfo_handlers[sig] = copy.handler;
+      copy.handler = trampoline;
+    }
+    result = RawSyscall(SYS_rt_sigaction, sig, reinterpret_cast<long>(&copy), a[2], a[3]);
+    if (result != 0 && wrap) state.siginfo_handlers[sig] = previous;
+  }
+  if (result == 0 && old != nullptr && old->handler == trampoline) old->handler = previous;
+  return result;
+}
+
+// rt_sigtimedwait (sigwaitinfo, sigtimedwait): the sender of the signal taken.
+long Sigtimedwait(const PidMap& map, const long a[6]) {
+  long result = Raw(SYS_rt_sigtimedwait, a);
+  if (result > 0) SiginfoToHome(map, reinterpret_cast<siginfo_t*>(a[1]));
+  return result;
+}
+
+// rt_(tg)sigqueueinfo: the siginfo a program queues names its sender by getpid (a home
+// id), which the kernel passes on unchecked; the receiver's side makes every sender home,
+// so this one is sent as the kernel would know it. A copy: the program's stays as it was.
+long Sigqueueinfo(const PidMap& map, long nr, const long a[6]) {
+  int info_arg = nr == SYS_rt_sigqueueinfo ? 2 : 3;
+  siginfo_t copy;
+  long info = a[info_arg];
+  if (info != 0) {
+    copy = *reinterpret_cast<const siginfo_t*>(info);
+    SiginfoToInner(map, &copy);
+    info = reinterpret_cast<long>(&copy);
+  }
+  if (nr == SYS_rt_sigqueueinfo) return RawSyscall(nr, map.ToInner(a[0]), a[1], info);
+  return RawSyscall(nr, map.ToInner(a[0]), map.ToInner(a[1]), a[2], info);
+}
+
+// F_GETLK and F_OFD_GETLK (the only fcntl commands the filter traps): the owner of a
+// conflicting lock. An open file description's lock has no owner (-1), and one held
+// outside the job's pid namespace shows as 0; both stay.
+long Fcntl(const PidMap& map, const long a[6]) {
+  long result = Raw(SYS_fcntl, a);
+  if (result == 0 && (a[1] == F_GETLK || a[1] == F_OFD_GETLK) && a[2] != 0) {
+    auto* lock = reinterpret_cast<struct flock*>(a[2]);
+    if (lock->l_type != F_UNLCK) {
+      lock->l_pid = static_cast<pid_t>(LockOwnerToHome(map, lock->l_pid));
+    }
+  }
+  return result;
+}
+
+// getsockopt(SOL_SOCKET, SO_PEERCRED) (the only one the filter traps): the peer's pid.
+long Getsockopt(const PidMap& map, const long a[6]) {
+  long result = Raw(SYS_getsockopt, a);
+  if (result == 0 && a[1] == SOL_SOCKET && a[2] == SO_PEERCRED && a[3] != 0 && a[4] != 0 &&
+      *reinterpret_cast<const socklen_t*>(a[4]) >= sizeof(ucred)) {
+    auto* cred = reinterpret_cast<ucred*>(a[3]);
+    cred->pid = static_cast<pid_t>(map.ToHome(cred->pid));
+  }
+  return result;
 }
 
 // rt_sigprocmask: SIGSYS is never blocked, for the same reason. From the handler, the
@@ -215,8 +310,12 @@ long Sigprocmask(const long a[6], ucontext_t* uc) {
 
 }  // namespace
 
-bool Emulates(long nr) {
+bool Emulates(long nr, const long a[6]) {
   switch (nr) {
+    case SYS_fcntl:
+      return a[1] == F_GETLK || a[1] == F_OFD_GETLK;
+    case SYS_getsockopt:
+      return a[1] == SOL_SOCKET && a[2] == SO_PEERCRED;
     case SYS_getpid:
     case SYS_getppid:
     case SYS_gettid:
@@ -251,6 +350,8 @@ bool Emulates(long nr) {
     case SYS_pidfd_open:
     case SYS_getpriority:
     case SYS_setpriority:
+    case SYS_clone3:
+    case SYS_rt_sigtimedwait:
       return true;
     default:
       return false;
@@ -280,9 +381,17 @@ long Emulate(long nr, const long a[6], ucontext_t* uc) {
     case SYS_tgkill:
       return RawSyscall(nr, map.ToInner(a[0]), map.ToInner(a[1]), a[2]);
     case SYS_rt_sigqueueinfo:
-      return RawSyscall(nr, map.ToInner(a[0]), a[1], a[2]);
     case SYS_rt_tgsigqueueinfo:
-      return RawSyscall(nr, map.ToInner(a[0]), map.ToInner(a[1]), a[2], a[3]);
+      return Sigqueueinfo(map, nr, a);
+    case SYS_rt_sigtimedwait:
+      return Sigtimedwait(map, a);
+    case SYS_fcntl:
+      return Fcntl(map, a);
+    case SYS_getsockopt:
+      return Getsockopt(map, a);
+    case SYS_clone3:
+      // Like fork: only from the handler, whose frame the child has too.
+      return uc != nullptr ? Clone3(map, a) : -ENOSYS;
     case SYS_wait4:
       return Wait4(map, a);
     case SYS_waitid:

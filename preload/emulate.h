@@ -7,8 +7,9 @@
 
 namespace homeward::preload {
 
-// True when the SIGSYS handler answers `nr` itself (the filter traps it).
-bool Emulates(long nr);
+// True when the SIGSYS handler answers `nr` with arguments `a` itself (the filter traps
+// it); a trap of the same call with other arguments is a filter of the program's own.
+bool Emulates(long nr, const long a[6]);
 
 // Makes system call `nr` with arguments `a` as the job would see it; returns the kernel's
 // form of the result (-errno on failure). `uc` is the trapped context when called from

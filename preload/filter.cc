@@ -2,8 +2,10 @@
 // so allocating here is fine.
 #include "filter.h"
 
+#include <fcntl.h>
 #include <sched.h>
 #include <seccomp.h>
+#include <sys/socket.h>
 #include <cerrno>
 #include <csignal>
 
@@ -21,7 +23,7 @@ constexpr int kAlwaysTrapped[] = {
     SCMP_SYS(tkill),   SCMP_SYS(tgkill),  SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo),
     SCMP_SYS(wait4),   SCMP_SYS(waitid),  SCMP_SYS(uname),           SCMP_SYS(fork),
     SCMP_SYS(vfork),   SCMP_SYS(execve),  SCMP_SYS(execveat),        SCMP_SYS(rt_sigaction),
-    SCMP_SYS(setsid),
+    SCMP_SYS(setsid),  SCMP_SYS(clone3),  SCMP_SYS(rt_sigtimedwait),
 };
 
 // Calls that take a pid as first argument, where 0 means the caller: only other pids
@@ -68,9 +70,21 @@ int InstallFilter() {
     err = seccomp_rule_add(ctx, SCMP_ACT_TRAP, SCMP_SYS(clone), 3, not_ours,
                            SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_VM, 0), SCMP_A1(SCMP_CMP_EQ, 0));
   }
-  // clone3 passes its flags in memory, out of the filter's sight: ENOSYS makes libc fall
-  // back to clone, which the filter can read.
-  if (err == 0) err = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+  // clone3 passes its flags in memory, out of the filter's sight: it is always trapped, and
+  // the handler makes a fork-like one itself and answers ENOSYS to the others, so that
+  // libc falls back to clone, which the filter can read (kAlwaysTrapped).
+  // The calls that report another process's pid in memory, trapped only when they do: a
+  // lock's owner (F_GETLK, F_OFD_GETLK) and a unix socket's peer (SO_PEERCRED).
+  for (scmp_datum_t cmd : {F_GETLK, F_OFD_GETLK}) {
+    if (err == 0) {
+      err = seccomp_rule_add(ctx, SCMP_ACT_TRAP, SCMP_SYS(fcntl), 2, not_ours,
+                             SCMP_A1(SCMP_CMP_EQ, cmd));
+    }
+  }
+  if (err == 0) {
+    err = seccomp_rule_add(ctx, SCMP_ACT_TRAP, SCMP_SYS(getsockopt), 3, not_ours,
+                           SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET), SCMP_A2(SCMP_CMP_EQ, SO_PEERCRED));
+  }
   // Blocking or setting the signal mask: the handler keeps SIGSYS out of it.
   for (scmp_datum_t how : {SIG_BLOCK, SIG_SETMASK}) {
     if (err == 0) {

@@ -1,4 +1,6 @@
-// libc's path functions with /proc/<home id> translated to the inner pid (proc_path.h).
+// libc's path functions with /proc/<home id> translated to the inner pid (proc_path.h), and
+// /proc status and stat files opened for reading with their id fields as the home's
+// (home_ids.h).
 // Only the exported entry points are covered: a path given to a raw system call, or one
 // libc opens internally, is left as it is.
 #undef _FILE_OFFSET_BITS  // Both open and open64 are defined here, each under its own name.
@@ -6,8 +8,9 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <sys/syscall.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +19,8 @@
 #include <cstdio>
 
 #include "c_boundary.h"
+#include "emulate.h"
+#include "home_ids.h"
 #include "proc_path.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
@@ -43,6 +48,118 @@ const char* Proc(const char* path, char* buffer) {
                                               homeward::preload::RawSyscall(SYS_getpid));
 }
 
+// What OpenIds answers for a path whose ids it does not rewrite: open it as usual.
+constexpr long kNotIds = 1L << 40;
+
+// The text of an open /proc id file, rewritten, in a memory file opened read-only like
+// the file it stands for; kNotIds when it cannot be. The buffers are mapped rather than on
+// the stack, which may be a small thread's: this runs only for these few files.
+long Rewritten(long fd, homeward::preload::ProcIdFile kind, int flags) {
+  using homeward::preload::RawSyscall;
+  constexpr long kBuffer = 65536;
+  long mapped = homeward::preload::RawSyscall6(SYS_mmap, 0, 2 * kBuffer, PROT_READ | PROT_WRITE,
+                                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped < 0 && mapped > -4096) return kNotIds;
+  char* in = reinterpret_cast<char*>(mapped);
+  char* out = in + kBuffer;
+  long size = 0;
+  for (;;) {
+    long n = RawSyscall(SYS_read, fd, reinterpret_cast<long>(in + size), kBuffer - size);
+    if (n == -EINTR) continue;
+    if (n <= 0) break;
+    size += n;
+    if (size == kBuffer) break;
+  }
+  long length = size == kBuffer
+                    ? -1
+                    : homeward::preload::RewriteProcIdFile(homeward::preload::State().map, kind, in,
+                                                           static_cast<size_t>(size), out, kBuffer);
+  long memory = length < 0
+                    ? -1
+                    : RawSyscall(SYS_memfd_create, reinterpret_cast<long>("proc-ids"), MFD_CLOEXEC);
+  for (long done = 0; memory >= 0 && done < length;) {
+    long n = RawSyscall(SYS_write, memory, reinterpret_cast<long>(out + done), length - done);
+    if (n == -EINTR) continue;
+    if (n <= 0) {
+      RawSyscall(SYS_close, memory);
+      memory = -1;
+    }
+    done += n;
+  }
+  RawSyscall(SYS_munmap, mapped, 2 * kBuffer);
+  if (memory < 0) return kNotIds;  // larger than any such file: shown as the kernel has it
+  // Reopened read-only through /proc/self/fd, so that a write fails as on the real file.
+  char self[40];
+  snprintf(self, sizeof(self), "/proc/self/fd/%ld", memory);
+  long reopened = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(self),
+                             O_RDONLY | (flags & (O_CLOEXEC | O_NONBLOCK)));
+  if (reopened < 0) {
+    RawSyscall(SYS_lseek, memory, 0, SEEK_SET);
+    if ((flags & O_CLOEXEC) == 0) RawSyscall(SYS_fcntl, memory, F_SETFD, 0);
+    return memory;
+  }
+  RawSyscall(SYS_close, memory);
+  return reopened;
+}
+
+// /proc/<pid>/status and /proc/<pid>/stat (home_ids.h) opened for reading: their text with
+// the ids as the home's (Rewritten). Returns the descriptor, -errno, or kNotIds. The text
+// is read once, when opened: a program that reads such a file again seeks back and
+// rereads, and sees it unchanged.
+long OpenIds(const char* path, int flags) {
+  using homeward::preload::RawSyscall;
+  const auto& state = homeward::preload::State();
+  if (!state.active || path == nullptr || path[0] != '/') return kNotIds;
+  auto kind = homeward::preload::ClassifyProcIdFile(path);
+  if (kind == homeward::preload::ProcIdFile::kNone || (flags & O_ACCMODE) != O_RDONLY ||
+      (flags & (O_PATH | O_DIRECTORY | O_CREAT | O_TMPFILE)) != 0) {
+    return kNotIds;
+  }
+  long fd = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fd;
+  long result = Rewritten(fd, kind, flags);
+  RawSyscall(SYS_close, fd);
+  return result;
+}
+
+// Opens `path` as the libc function `open` (taking flags and mode) would, unless its ids
+// are rewritten.
+template <typename Open>
+int OpenPath(const char* path, int flags, Open open) {
+  long ids = OpenIds(path, flags);
+  if (ids != kNotIds) return static_cast<int>(homeward::preload::ToLibc(ids));
+  return open(path);
+}
+
+// fopen's mode as open's flags, for the read-only modes whose ids are rewritten ("r",
+// "rb", "re", ...); -1 for the others.
+int ReadOnlyFlags(const char* mode) {
+  if (mode == nullptr || mode[0] != 'r') return -1;
+  int flags = O_RDONLY;
+  for (const char* c = mode + 1; *c != '\0' && *c != ','; ++c) {
+    if (*c == '+') return -1;
+    if (*c == 'e') flags |= O_CLOEXEC;
+  }
+  return flags;
+}
+
+FILE* FopenPath(const char* path, const char* mode, FILE* (*fopen)(const char*, const char*)) {
+  int flags = ReadOnlyFlags(mode);
+  if (flags >= 0) {
+    long ids = OpenIds(path, flags);
+    if (ids != kNotIds) {
+      if (ids < 0) {
+        errno = static_cast<int>(-ids);
+        return nullptr;
+      }
+      FILE* file = fdopen(static_cast<int>(ids), mode);
+      if (file == nullptr) close(static_cast<int>(ids));
+      return file;
+    }
+  }
+  return fopen(path, mode);
+}
+
 mode_t ModeArg(int flags, va_list args) {
   return (flags & (O_CREAT | O_TMPFILE)) != 0 ? static_cast<mode_t>(va_arg(args, int)) : 0;
 }
@@ -60,7 +177,8 @@ int open(const char* path, int flags, ...) {
   va_end(args);
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return Next<int (*)(const char*, int, ...)>(slot, "open")(Proc(path, buffer), flags, mode);
+    auto real = Next<int (*)(const char*, int, ...)>(slot, "open");
+    return OpenPath(Proc(path, buffer), flags, [&](const char* p) { return real(p, flags, mode); });
   });
 }
 
@@ -72,7 +190,8 @@ int open64(const char* path, int flags, ...) {
   va_end(args);
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return Next<int (*)(const char*, int, ...)>(slot, "open64")(Proc(path, buffer), flags, mode);
+    auto real = Next<int (*)(const char*, int, ...)>(slot, "open64");
+    return OpenPath(Proc(path, buffer), flags, [&](const char* p) { return real(p, flags, mode); });
   });
 }
 
@@ -84,8 +203,9 @@ int openat(int dirfd, const char* path, int flags, ...) {
   va_end(args);
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return Next<int (*)(int, const char*, int, ...)>(slot, "openat")(dirfd, Proc(path, buffer),
-                                                                     flags, mode);
+    auto real = Next<int (*)(int, const char*, int, ...)>(slot, "openat");
+    return OpenPath(Proc(path, buffer), flags,
+                    [&](const char* p) { return real(dirfd, p, flags, mode); });
   });
 }
 
@@ -97,8 +217,9 @@ int openat64(int dirfd, const char* path, int flags, ...) {
   va_end(args);
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return Next<int (*)(int, const char*, int, ...)>(slot, "openat64")(dirfd, Proc(path, buffer),
-                                                                       flags, mode);
+    auto real = Next<int (*)(int, const char*, int, ...)>(slot, "openat64");
+    return OpenPath(Proc(path, buffer), flags,
+                    [&](const char* p) { return real(dirfd, p, flags, mode); });
   });
 }
 
@@ -106,7 +227,8 @@ FILE* fopen(const char* path, const char* mode) {
   static std::atomic<void*> slot;
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return Next<FILE* (*)(const char*, const char*)>(slot, "fopen")(Proc(path, buffer), mode);
+    return FopenPath(Proc(path, buffer), mode,
+                     Next<FILE* (*)(const char*, const char*)>(slot, "fopen"));
   });
 }
 
@@ -114,7 +236,8 @@ FILE* fopen64(const char* path, const char* mode) {
   static std::atomic<void*> slot;
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return Next<FILE* (*)(const char*, const char*)>(slot, "fopen64")(Proc(path, buffer), mode);
+    return FopenPath(Proc(path, buffer), mode,
+                     Next<FILE* (*)(const char*, const char*)>(slot, "fopen64"));
   });
 }
 

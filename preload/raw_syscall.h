@@ -16,15 +16,25 @@ inline constexpr uint64_t kSyscallMagic = 0x6d6f73697848776dULL;
 
 // A system call with the magic set: returns the kernel's result (-errno on failure), never
 // touches errno, and is safe in a signal handler and in a vfork child.
+//
+// The magic exists only inside this one asm statement: it is put in r9 right before the
+// `syscall` and r9 is cleared right after (in the parent and in a child of clone alike).
+// Left there, it would let the program's next call slip past the filter: libc's 5-argument
+// calls (fork's clone among them) leave r9 as they find it, so `setsid(); fork()` made an
+// untrapped clone and saw the namespace's pid. Nor may the compiler keep a copy of the
+// value in another register or on the stack (glibc's syscall() loads r9 from there), which
+// an immediate operand rules out.
 inline long RawSyscall(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0) {
   long result;
   register long r10 __asm__("r10") = a3;
   register long r8 __asm__("r8") = a4;
-  register uint64_t r9 __asm__("r9") = kSyscallMagic;
-  __asm__ volatile("syscall"
-                   : "=a"(result)
-                   : "0"(nr), "D"(a0), "S"(a1), "d"(a2), "r"(r10), "r"(r8), "r"(r9)
-                   : "rcx", "r11", "memory");
+  __asm__ volatile(
+      "movabsq %[magic], %%r9\n\t"
+      "syscall\n\t"
+      "xorl %%r9d, %%r9d"
+      : "=a"(result)
+      : "0"(nr), "D"(a0), "S"(a1), "d"(a2), "r"(r10), "r"(r8), [magic] "i"(kSyscallMagic)
+      : "rcx", "r11", "r9", "memory");
   return result;
 }
 

@@ -17,6 +17,7 @@
 #include "c_boundary.h"
 #include "emulate.h"
 #include "filter.h"
+#include "home_ids.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
 
@@ -65,6 +66,8 @@ void Chain(int sig, siginfo_t* info, void* context) {
   }
   if (act.flags & SA_RESETHAND) state.user_sigsys.handler = Disposition(SIG_DFL);
   if (act.flags & SA_SIGINFO) {
+    // A SIGSYS sent by a process (kill, sigqueue) names its sender as any signal does.
+    if (!trap) SiginfoToHome(state.map, info);
     reinterpret_cast<void (*)(int, siginfo_t*, void*)>(act.handler)(sig, info, context);
   } else {
     reinterpret_cast<void (*)(int)>(act.handler)(sig);
@@ -83,12 +86,12 @@ void Handle(int sig, siginfo_t* info, void* context) {
     regs[REG_RAX] = kProbeAnswer;
     return;
   }
-  if (!ours || !Emulates(nr)) {
+  long args[6] = {regs[REG_RDI], regs[REG_RSI], regs[REG_RDX],
+                  regs[REG_R10], regs[REG_R8],  regs[REG_R9]};
+  if (!ours || !Emulates(nr, args)) {
     Chain(sig, info, context);
     return;
   }
-  long args[6] = {regs[REG_RDI], regs[REG_RSI], regs[REG_RDX],
-                  regs[REG_R10], regs[REG_R8],  regs[REG_R9]};
   regs[REG_RAX] = Emulate(nr, args, uc);
 }
 

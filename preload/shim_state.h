@@ -28,6 +28,9 @@ inline constexpr int kEnvCount = 6;
 // session, the init included): noded/jobs/job_init.cc knows it too.
 inline constexpr int kCheckpointAsk = 0x43484b50;
 
+// Signals 1 to 64 (_NSIG - 1 on x86-64), by number.
+inline constexpr int kSignalSlots = 65;
+
 struct ShimState {
   bool active = false;  // False when the job's variables are absent: then the shim is inert.
   PidMap map;
@@ -42,6 +45,10 @@ struct ShimState {
   // setting SIGSYS at once leave one of the two, as the kernel would.
   KernelSigaction user_sigsys = {};
   int checkpoint_signal = 0;  // mosrun -S: asks the job's init for a checkpoint
+  // The program's SA_SIGINFO handlers, by signal: the kernel calls the shim's trampoline,
+  // which gives the handler its siginfo with the sender as a home id (emulate.cc).
+  // Written without a lock, like user_sigsys.
+  void* siginfo_handlers[kSignalSlots] = {};
 };
 
 ShimState& State();

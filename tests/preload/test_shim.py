@@ -6,6 +6,7 @@ call alike, through fork, exec, threads and signal handlers."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -198,6 +199,54 @@ class ShimTest(unittest.TestCase):
         out = self.run_job("sh", "-c", 'grep ^Name: /proc/$$/status; cat /proc/$PPID/comm; '
                            'test -d /proc/$$ && echo dir').stdout
         self.assertEqual(out, "Name:\tsh\ntest_init\ndir\n")
+
+    def test_home_ids_programs_without_a_daemon(self):
+        # tests/homeview's self-checking programs (test_home_ids.py runs them as moved
+        # jobs), told to check by a SIGUSR1 from outside the job: its sender, outside the
+        # job's pid namespace, is 0 there.
+        for name in ("fork", "siginfo", "lock", "proc", "cred"):
+            with self.subTest(name):
+                program = os.path.join(BUILD, "tests", "homeview", f"ids_{name}")
+                assignments = [f"{k}={v}" for k, v in JOB_ENV.items()]
+                argv = ["unshare", "--uts", "--mount", "sh", "-c", NAMESPACE_SCRIPT, "sh",
+                        self.data, INIT, "env", *assignments, "IDS_GO_FROM_OUTSIDE=1", program]
+                job = subprocess.Popen(argv, cwd=os.path.join(self.work, "cwd"),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                try:
+                    ready = job.stdout.readline()
+                    if ready != f"ready {HOME_PID}\n":
+                        job.kill()
+                        self.fail(f"ids_{name} said {ready!r}: {job.communicate()[1]}")
+                    os.kill(self.namespace_pid_2(job.pid, program), signal.SIGUSR1)
+                    out, err = job.communicate(timeout=60)
+                finally:
+                    if job.poll() is None:
+                        job.kill()
+                        job.wait()
+                self.assertEqual((out, job.returncode), ("check 1 ok\n", 0), err)
+
+    @staticmethod
+    def namespace_pid_2(ancestor, program):
+        """The host pid of `program`, pid 2 of a pid namespace below `ancestor`."""
+        parents, found = {}, []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+                with open(f"/proc/{entry}/cmdline") as f:
+                    command = f.read().split("\0")[0]
+            except (OSError, ValueError):
+                continue
+            parents[int(entry)] = int(fields["PPid"])
+            if command == program and fields["NSpid"].split()[-1] == "2":
+                found.append(int(entry))
+        for pid in found:
+            at = pid
+            while at in parents and at != ancestor:
+                at = parents[at]
+            if at == ancestor:
+                return pid
+        raise AssertionError(f"no pid 2 running {program} below {ancestor}")
 
     def test_python_and_its_subprocesses(self):
         script = ("import os, subprocess\n"

@@ -91,8 +91,8 @@ class HomeNamespacesTest(harness.UserClusterTest):
         os.chown(work, entry.pw_uid, entry.pw_gid)
         with open(os.path.join(work, "job.sh"), "w") as f:
             f.write(JOB)
-        ipc_check = os.path.join(harness.BUILD, "tests", "ipc_check")
-        clock_check = os.path.join(harness.BUILD, "tests", "clock_check")
+        ipc_check = os.path.join(harness.BUILD, "tests", "homeview", "ipc_check")
+        clock_check = os.path.join(harness.BUILD, "tests", "homeview", "clock_check")
         mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", "sh", "job.sh",
                              ipc_check, clock_check])
         out = os.path.join(work, "out")
@@ -190,7 +190,7 @@ class HomeNamespacesTest(harness.UserClusterTest):
         os.chown(work, entry.pw_uid, entry.pw_gid)
         self.addCleanup(lambda: open(os.path.join(work, "end"), "w").close())
         mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun",
-                             os.path.join(harness.BUILD, "tests", "ipc_check"), "mq"])
+                             os.path.join(harness.BUILD, "tests", "homeview", "ipc_check"), "mq"])
         c.run("node1", "sh", "-c", f"cd /data/posixmq && ({mosrun} > out 2> err; "
                                    "echo $? > status) >/dev/null 2>&1 & echo started")
         out = os.path.join(work, "out")

@@ -66,9 +66,12 @@ class JobsAtHomeTest(unittest.TestCase):
         self.assertEqual(result.stdout, "123\n")
 
     def test_job_has_its_own_process_namespace(self):
-        # The program is pid 2 of the job's namespace, under the job's init.
-        result = self.sh("mosrun sh -c 'exec grep NSpid /proc/self/status'")
-        self.assertEqual(result.stdout.split()[-1], "2")
+        # Pid 1 of the job's namespace is the job's init; the program's /proc status shows
+        # its home pid alone, the namespaces' pids hidden (the shim's home view).
+        self.assertEqual(self.sh("mosrun cat /proc/1/comm").stdout, "mosjob-init\n")
+        result = self.sh("mosrun sh -c 'echo $HOMEWARD_HOME_PID; exec grep NSpid /proc/self/status'")
+        home_pid, nspid = result.stdout.splitlines()
+        self.assertEqual(nspid.split(), ["NSpid:", home_pid])
 
     def test_kill_home_pid_and_mosps(self):
         # The job says "ready" once its trap is set: a signal sent before would kill it.
