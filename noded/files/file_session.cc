@@ -333,7 +333,12 @@ bool FileSession::AppendedAt(schema::FileRequest::Reader rq, int64_t base) {
   std::string there(data.size(), '\0');
   size_t done = 0;
   try {
-    int fd = GetHandle(rq.getFh())->fd.get();
+    // The handle is the caller's, write-only as often as not: the file is opened again
+    // to be read (with the caller's rights, as every call here is).
+    std::string path = fmt::format("/proc/self/fd/{}", GetHandle(rq.getFh())->fd.get());
+    Fd file = Fd::Adopt(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+    if (!file.valid()) return false;
+    int fd = file.get();
     while (done < there.size()) {
       ssize_t n = ::pread(fd, there.data() + done, there.size() - done,
                           static_cast<off_t>(base) + static_cast<off_t>(done));

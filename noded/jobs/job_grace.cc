@@ -352,6 +352,9 @@ Fd SpoolOf(const char* stream, uint64_t start, const std::string& data) {
   }
   HW_SYSCALL(::ftruncate(spool.get(), static_cast<off_t>(start + data.size())),
              "fill the job's {} spool", stream);
+  // The job's output is spliced in at the spool's file position: after what it holds.
+  HW_SYSCALL(::lseek(spool.get(), static_cast<off_t>(start + data.size()), SEEK_SET),
+             "fill the job's {} spool", stream);
   return spool;
 }
 
