@@ -53,7 +53,7 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
       file_server_(config_.export_root, 8,
                    config_.files_trust_root ? FileSession::Root::kTrust
                                             : FileSession::Root::kSquash,
-                   config_.state_dir + "/files-replay"),
+                   config_.state_dir + "/files-replay", faults),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
                    std::move(faults)),
       home_mounts_(loop, HomeMountsOptions{.mosix_root = config_.mosix_root,
@@ -131,12 +131,13 @@ void Daemon::Start() {
       file_server_.DropLocks(peer.address);
       return;
     }
-    jobs_.HomeReachable(peer.name);
     try {
       home_mounts_.PeerUp(peer.name, peer.address, peer.peer_port);
     } catch (const Error& e) {
       spdlog::warn("cannot mount /mosix/home/{}: {}", peer.name, e.what());
     }
+    // After its mount: a frozen guest continued now restores its files from there.
+    jobs_.HomeReachable(peer.name);
   });
   gossip_.Start();
   balancer_.Start();

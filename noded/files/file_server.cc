@@ -69,11 +69,13 @@ void WorkerPool::Run() {
 // ---------------------------------------------------------------------------------------
 
 FileServer::FileServer(const std::string& export_root, int threads, FileSession::Root peer_root,
-                       const std::string& replay_log)
+                       const std::string& replay_log, const FaultPoints& faults)
     : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)),
       peer_root_(peer_root),
       replay_(replay_log),
-      pool_(threads) {}
+      pool_(threads) {
+  replay_.kill_after_append = faults.Hit(Fault::kKillAfterAppend);
+}
 
 FileServer::~FileServer() {
   Stop();

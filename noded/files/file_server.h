@@ -24,6 +24,7 @@
 #include "fd.h"
 #include "home_locks.h"
 #include "peer_auth.h"
+#include "fault.h"
 #include "replay_cache.h"
 #include "secure_channel.h"
 #include "schema/files.capnp.h"
@@ -111,6 +112,9 @@ class FileSession {
   // not send them again (the locks went with the connection).
   std::optional<bool> DispatchLock(schema::FileRequest::Reader request,
                                    schema::FileResponse::Builder response, Later& later);
+  // Whether an O_APPEND write's data is in its file at `base` (one started and not logged
+  // done before a restart; see ReplayCache::StartAppend).
+  bool AppendedAt(schema::FileRequest::Reader rq, int64_t base);
   // Whether sending `request` twice could apply it twice (see ReplayCache).
   bool NonIdempotent(schema::FileRequest::Reader request);
   // Answers a request the replay cache says was performed already, with `err`.
@@ -166,7 +170,7 @@ class FileServer {
   // `replay_log`: where the replay cache is kept (in the state directory; empty: memory).
   FileServer(const std::string& export_root, int threads,
              FileSession::Root peer_root = FileSession::Root::kSquash,
-             const std::string& replay_log = {});
+             const std::string& replay_log = {}, const FaultPoints& faults = {});
   FileServer(const FileServer&) = delete;
   FileServer& operator=(const FileServer&) = delete;
   ~FileServer();

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
@@ -284,17 +285,43 @@ void FileSession::Perform(schema::FileRequest::Reader rq, schema::FileResponse::
   if (!NonIdempotent(rq)) return Dispatch(rq, rs);
   auto seen = rq.getRetry() ? replay_->Find(client_, id) : ReplayCache::Seen{};
   if (seen.state == ReplayCache::State::kDone) return Replay(rq, rs, seen.err);
-  if (seen.state == ReplayCache::State::kUnknown) replay_->Start(client_, id);
+  auto op = rq.getOp();
+  if (seen.state == ReplayCache::State::kStarted && op == Op::WRITE && seen.append_base >= 0 &&
+      AppendedAt(rq, seen.append_base)) {
+    // Begun by a daemon that died between the write and its log: its bytes are in the
+    // file where it began, so it was done.
+    spdlog::info("file service: append {} of client {:x} was done before the restart", id, client_);
+    replay_->Finish(client_, id, 0);
+    return Replay(rq, rs, 0);
+  }
+  if (seen.state == ReplayCache::State::kUnknown) {
+    // An append notes where the file ended, so that one the daemon dies in can be found.
+    int64_t base = -1;
+    if (op == Op::WRITE) {
+      struct stat st;
+      if (::fstat(GetHandle(rq.getFh())->fd.get(), &st) == 0) base = st.st_size;
+    }
+    if (base >= 0) {
+      replay_->StartAppend(client_, id, base);
+    } else {
+      replay_->Start(client_, id);
+    }
+  }
   int err = 0;
   try {
     Dispatch(rq, rs);
   } catch (const OpError& e) {
     err = e.err;
   }
+  if (op == Op::WRITE && !err && !rq.getRetry() && replay_->kill_after_append) {
+    spdlog::warn("fault point kill-after-append: the daemon dies after append {} of client {:x}",
+                 id, client_);
+    spdlog::default_logger()->flush();
+    ::kill(::getpid(), SIGKILL);
+  }
   // Begun by a daemon that died before it logged how it ended: the error a done request
   // meets when performed again says it was done (the name it made exists, the name it
   // removed is gone).
-  auto op = rq.getOp();
   bool removes = op == Op::UNLINK || op == Op::RMDIR || op == Op::RENAME;
   if (seen.state == ReplayCache::State::kStarted && op != Op::WRITE &&
       err == (removes ? ENOENT : EEXIST)) {
@@ -305,6 +332,31 @@ void FileSession::Perform(schema::FileRequest::Reader rq, schema::FileResponse::
   }
   replay_->Finish(client_, id, err);
   if (err) throw OpError{err};
+}
+
+bool FileSession::AppendedAt(schema::FileRequest::Reader rq, int64_t base) {
+  auto data = rq.getData();
+  if (data.size() == 0) return false;
+  std::string there(data.size(), '\0');
+  size_t done = 0;
+  try {
+    // The handle is the caller's, write-only as often as not: the file is opened again
+    // to be read (with the caller's rights, as every call here is).
+    std::string path = fmt::format("/proc/self/fd/{}", GetHandle(rq.getFh())->fd.get());
+    Fd file = Fd::Adopt(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+    if (!file.valid()) return false;
+    int fd = file.get();
+    while (done < there.size()) {
+      ssize_t n = ::pread(fd, there.data() + done, there.size() - done,
+                          static_cast<off_t>(base) + static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      done += static_cast<size_t>(n);
+    }
+  } catch (const OpError&) {
+    return false;
+  }
+  return std::memcmp(there.data(), data.begin(), there.size()) == 0;
 }
 
 void FileSession::Replay(schema::FileRequest::Reader rq, schema::FileResponse::Builder rs,

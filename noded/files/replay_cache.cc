@@ -30,24 +30,63 @@ ReplayCache::ReplayCache(std::string path) : path_(std::move(path)) {
 }
 
 void ReplayCache::Apply(const Record& r) {
+  if (r.kind == 3 || r.kind == 4) {
+    // An append's base, in two halves after its `started`.
+    auto base = static_cast<uint64_t>(append_bases_[{r.client, r.id}]);
+    auto half = static_cast<uint64_t>(static_cast<uint32_t>(r.err));
+    base = r.kind == 3 ? (base & ~uint64_t{0xffffffff}) | half
+                       : (base & uint64_t{0xffffffff}) | (half << 32);
+    append_bases_[{r.client, r.id}] = static_cast<int64_t>(base);
+    return;
+  }
   auto& ids = clients_[r.client];
   if (r.kind == 2) {
     ids.erase(ids.begin(), ids.lower_bound(r.id));
+    append_bases_.erase(append_bases_.lower_bound({r.client, 0}),
+                        append_bases_.lower_bound({r.client, r.id}));
     if (ids.empty()) clients_.erase(r.client);
     return;
   }
+  if (r.kind == 1) append_bases_.erase({r.client, r.id});
   ids[r.id] = {r.kind == 1, r.err};
   while (ids.size() > kPerClient) ids.erase(ids.begin());
 }
 
-void ReplayCache::Append(const Record& r) {
-  if (!log_.valid()) return;
+uint64_t ReplayCache::Append(const Record& r) {
+  if (!log_.valid()) return 0;
   // A short write (a full disk) costs only the memory of this request after a restart.
   if (::write(log_.get(), &r, sizeof r) != static_cast<ssize_t>(sizeof r)) {
     spdlog::warn("file service: replay log {}: {}", path_, std::strerror(errno));
   }
   log_bytes_ += sizeof r;
-  if (log_bytes_ > kCompactBytes) Compact();
+  if (log_bytes_ > kCompactBytes) Compact();  // synced whole before the rename
+  std::lock_guard lock(sync_mutex_);
+  return ++appended_;
+}
+
+void ReplayCache::Sync(uint64_t seq) {
+  if (seq == 0) return;
+  std::unique_lock lock(sync_mutex_);
+  while (synced_ < seq) {
+    if (syncing_) {
+      synced_cv_.wait(lock);
+      continue;
+    }
+    // This caller syncs for every record written so far, its own and others'.
+    syncing_ = true;
+    uint64_t upto = appended_;
+    std::shared_ptr<Fd> log = sync_log_;
+    lock.unlock();
+    // The file may be replaced by a compaction meanwhile: that one was synced whole
+    // before its rename, so syncing the old one too is harmless.
+    if (log && log->valid() && ::fdatasync(log->get()) != 0) {
+      spdlog::warn("file service: replay log {}: {}", path_, std::strerror(errno));
+    }
+    lock.lock();
+    syncing_ = false;
+    if (upto > synced_) synced_ = upto;
+    synced_cv_.notify_all();
+  }
 }
 
 void ReplayCache::Compact() {
@@ -70,14 +109,33 @@ void ReplayCache::Compact() {
       Record r{client, id, seen.first ? 1 : 0, seen.second};
       ok = ok && ::write(out.get(), &r, sizeof r) == static_cast<ssize_t>(sizeof r);
       bytes += sizeof r;
+      auto base = append_bases_.find({client, id});
+      if (!seen.first && base != append_bases_.end()) {
+        auto value = static_cast<uint64_t>(base->second);
+        Record halves[2] = {{client, id, 3, static_cast<int32_t>(value & 0xffffffff)},
+                            {client, id, 4, static_cast<int32_t>(value >> 32)}};
+        ok = ok && ::write(out.get(), halves, sizeof halves) == static_cast<ssize_t>(sizeof halves);
+        bytes += sizeof halves;
+      }
     }
   }
+  ok = ok && ::fdatasync(out.get()) == 0;
   if (!ok || ::rename(next.c_str(), path_.c_str()) != 0) {
     spdlog::warn("file service: replay log {}: {}", path_, std::strerror(errno));
     ::unlink(next.c_str());
   }
+  // The rename is made durable with the directory.
+  Fd dir = Fd::Adopt(::open(std::filesystem::path(path_).parent_path().c_str(),
+                            O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.valid()) ::fsync(dir.get());
   log_ = Fd::Adopt(::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
   log_bytes_ = bytes;
+  std::lock_guard lock(sync_mutex_);
+  sync_log_ = log_.valid()
+                  ? std::make_shared<Fd>(Fd::Adopt(::fcntl(log_.get(), F_DUPFD_CLOEXEC, 0)))
+                  : nullptr;
+  // Every record written so far is in the new file, synced before its rename.
+  if (ok) synced_ = appended_;
 }
 
 ReplayCache::Seen ReplayCache::Find(uint64_t client, uint64_t id) {
@@ -86,21 +144,48 @@ ReplayCache::Seen ReplayCache::Find(uint64_t client, uint64_t id) {
   if (it == clients_.end()) return {};
   auto seen = it->second.find(id);
   if (seen == it->second.end()) return {};
-  return {seen->second.first ? State::kDone : State::kStarted, seen->second.second};
+  Seen found{seen->second.first ? State::kDone : State::kStarted, seen->second.second};
+  if (auto base = append_bases_.find({client, id}); base != append_bases_.end()) {
+    found.append_base = base->second;
+  }
+  return found;
 }
 
 void ReplayCache::Start(uint64_t client, uint64_t id) {
-  std::lock_guard lock(mutex_);
-  Record r{client, id, 0, 0};
-  Apply(r);
-  Append(r);
+  uint64_t seq;
+  {
+    std::lock_guard lock(mutex_);
+    Record r{client, id, 0, 0};
+    Apply(r);
+    seq = Append(r);
+  }
+  Sync(seq);  // on the disk before the request's system call
+}
+
+void ReplayCache::StartAppend(uint64_t client, uint64_t id, int64_t base) {
+  uint64_t seq = 0;
+  {
+    std::lock_guard lock(mutex_);
+    auto value = static_cast<uint64_t>(base);
+    for (Record r :
+         {Record{client, id, 0, 0}, Record{client, id, 3, static_cast<int32_t>(value & 0xffffffff)},
+          Record{client, id, 4, static_cast<int32_t>(value >> 32)}}) {
+      Apply(r);
+      seq = Append(r);
+    }
+  }
+  Sync(seq);  // on the disk before the write
 }
 
 void ReplayCache::Finish(uint64_t client, uint64_t id, int err) {
-  std::lock_guard lock(mutex_);
-  Record r{client, id, 1, err};
-  Apply(r);
-  Append(r);
+  uint64_t seq;
+  {
+    std::lock_guard lock(mutex_);
+    Record r{client, id, 1, err};
+    Apply(r);
+    seq = Append(r);
+  }
+  Sync(seq);  // on the disk before the reply
 }
 
 void ReplayCache::Ack(uint64_t client, uint64_t oldest) {

@@ -3,14 +3,19 @@
 // file), so that a request a client sends again after its connection broke is not applied
 // twice. Keyed by the client's id (random, one per homefs mount, given in its hello) and
 // the request's id. Each request is logged twice, `started` before its system call and
-// `done` with its errno after, to a file in the daemon's state directory (written, not
-// fsynced: it outlives a killed daemon in the page cache, which is the fault it is for),
-// and read back when the daemon starts. A client's `oldest` unanswered id lets the
-// server forget everything older of that client.
+// `done` with its errno after, to a file in the daemon's state directory, and read back
+// when the daemon starts. Each record is on the disk (fdatasync) before Start or Finish
+// returns, so before the request's system call and before its reply: it outlives a power
+// loss, not only a killed daemon. The syncs are shared (group commit): a caller whose
+// record is in the file waits for a sync under way or starts one that covers every
+// record written until then, so concurrent requests pay for one sync, not one each. A
+// client's `oldest` unanswered id lets the server forget everything older of that client.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -30,7 +35,12 @@ class ReplayCache {
   struct Seen {
     State state = State::kUnknown;
     int err = 0;
+    // An O_APPEND write started: the file's size just before it (-1: not known).
+    int64_t append_base = -1;
   };
+  // Set from the daemon's fault points: Perform dies after an append (kill-after-append).
+  bool kill_after_append = false;
+
   // At most this many requests remembered per client: a client's window of unanswered
   // requests is far smaller (the kernel's background limit), so the oldest may go.
   static constexpr size_t kPerClient = 16384;
@@ -43,6 +53,9 @@ class ReplayCache {
 
   Seen Find(uint64_t client, uint64_t id);
   void Start(uint64_t client, uint64_t id);
+  // An O_APPEND write about to be made to a file of `base` bytes: a write started and not
+  // logged done can then be found in the file (FileSession::Perform).
+  void StartAppend(uint64_t client, uint64_t id, int64_t base);
   void Finish(uint64_t client, uint64_t id, int err);
   // The client has the answers of every request before `oldest`.
   void Ack(uint64_t client, uint64_t oldest);
@@ -52,17 +65,30 @@ class ReplayCache {
   struct Record {
     uint64_t client;
     uint64_t id;
-    int32_t kind;  // 0 started, 1 done, 2 ack
+    int32_t kind;  // 0 started, 1 done, 2 ack, 3 and 4 an append's base (low, high half)
     int32_t err;
   };
   void Apply(const Record& r);
-  void Append(const Record& r);
+  // Returns the record's sequence number, for Sync (with mutex_ held).
+  uint64_t Append(const Record& r);
   void Compact();
+  // Returns once every record up to `seq` is on the disk (mutex_ not held).
+  void Sync(uint64_t seq);
 
   std::string path_;
   std::mutex mutex_;
+  // Group commit: records written (appended_) and known on the disk (synced_), counted
+  // from the start; one caller syncs at a time (syncing_), the others wait on synced_cv_.
+  std::mutex sync_mutex_;
+  std::condition_variable synced_cv_;
+  uint64_t appended_ = 0;
+  uint64_t synced_ = 0;
+  bool syncing_ = false;
+  std::shared_ptr<Fd> sync_log_;  // the log as the syncer syncs it, kept open while it does
   // client -> id -> (done, err)
   std::unordered_map<uint64_t, std::map<uint64_t, std::pair<bool, int>>> clients_;
+  // (client, id) -> the base of an append started and not done
+  std::map<std::pair<uint64_t, uint64_t>, int64_t> append_bases_;
   Fd log_;
   size_t log_bytes_ = 0;
 };

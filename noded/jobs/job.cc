@@ -228,10 +228,11 @@ void Job::Start() {
 // Gives the job's streams their spools and a keeper that holds them and our pipes' ends,
 // so that they outlive this daemon (see "Daemon restarts" in docs/ARCHITECTURE.md).
 void Job::KeepEnds(DaemonEnds& ends) {
-  ends.stdin_spool = MakeSpool("stdin");
-  ends.stdout_spool = MakeSpool("stdout");
-  ends.stderr_spool = MakeSpool("stderr");
-  ends.status_spool = MakeSpool("status");
+  // A guest continued after a freeze comes with its pending output in its spools.
+  if (!ends.stdin_spool.valid()) ends.stdin_spool = MakeSpool("stdin");
+  if (!ends.stdout_spool.valid()) ends.stdout_spool = MakeSpool("stdout");
+  if (!ends.stderr_spool.valid()) ends.stderr_spool = MakeSpool("stderr");
+  if (!ends.status_spool.valid()) ends.status_spool = MakeSpool("status");
   keeper_ = FdKeeper::Spawn(KeptFds(ends));
 }
 
@@ -366,6 +367,41 @@ void Job::AbandonAfterMove() {
   stderr_.reset();
   status_.reset();
   relay_.OnDrain(nullptr);
+}
+
+FrozenOutput Job::PendingOutput(uint64_t limit) {
+  FrozenOutput output;
+  uint64_t total = 0;
+  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
+    if (!stream) continue;
+    Pump(*stream, true);
+    output.start[stream->fd] = stream->trimmed;
+    total += stream->taken - stream->trimmed;
+  }
+  if (total > limit) {
+    Fail(ErrorKind::kFailed, "its output its home has not had ({} bytes) is over {} bytes", total,
+         limit);
+  }
+  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
+    if (!stream) continue;
+    std::string& data = output.data[stream->fd];
+    data.resize(stream->taken - stream->trimmed);
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::pread(stream->spool.get(), data.data() + done, data.size() - done,
+                          static_cast<off_t>(stream->trimmed + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) Fail(ErrorKind::kFailed, "cannot read its spooled output");
+      done += static_cast<size_t>(n);
+    }
+  }
+  return output;
+}
+
+void Job::KeepOutputFrom(const FrozenOutput& output) {
+  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
+    if (stream) stream->trimmed = std::min(output.start[stream->fd], stream->taken);
+  }
 }
 
 bool Job::Stopped(const Stream& stream) const {

@@ -55,6 +55,14 @@ struct InputCarry {
   bool ended = false;
 };
 
+// Output of a guest frozen past its home's grace that its home may not have had: per
+// stream (1 stdout, 2 stderr) its offset since the job came to this node (the count its
+// home keeps) and the bytes from there on (see kFrozenOutput in job_journal.h).
+struct FrozenOutput {
+  uint64_t start[3] = {0, 0, 0};
+  std::string data[3];
+};
+
 // Where a job's checkpoints go and when (mosrun -C, -A, -N, -S); see job_checkpoints.cc.
 struct CheckpointPlan {
   std::string dir;       // absolute, the user's; empty: the job has no checkpoint directory
@@ -111,6 +119,10 @@ std::string CommandOf(const std::vector<std::string>& argv);
 
 // An empty spool for one of a job's streams (a memfd named after it).
 Fd MakeSpool(const char* stream);
+// A spool holding `data` at offset `start` (a hole before it).
+Fd SpoolOf(const char* stream, uint64_t start, const std::string& data);
+// Kills process `pid` if it is still the one that started at `start_time`.
+void KillIfSame(pid_t pid, uint64_t start_time);
 // The daemon's ends and spools in the order a keeper holds them (stdin's write end
 // first, the one a keeper is told to drop at the end of input), and back.
 std::vector<int> KeptFds(const DaemonEnds& ends);
@@ -171,6 +183,16 @@ class Job : public std::enable_shared_from_this<Job> {
   // The job has moved on: relays the output it left in our pipes, then kills the frozen
   // copy here without reporting an end to mosrun.
   void AbandonAfterMove();
+  // A guest being frozen past its home's grace (stopped, dumped): takes what its pipes
+  // hold into its spools and relays it, as AbandonAfterMove would, and returns what its
+  // home has not acknowledged (its spools from the home's last word on). Throws
+  // Error(kFailed) when that is more than `limit` bytes.
+  FrozenOutput PendingOutput(uint64_t limit);
+  // A guest continued after a freeze, its spools (given to Adopt) holding its pending
+  // output up to their end: the home may ask for any of it again from `start` on.
+  void KeepOutputFrom(const FrozenOutput& output);
+  // Called once the job's home took it back after a restart (Reattach).
+  void OnReattached(std::function<void()> callback) { on_reattached_ = std::move(callback); }
   // The inodes of the job's stdin, stdout, stderr and status pipes, as CRIU names them.
   const std::vector<uint64_t>& pipe_inodes() const { return pipe_inodes_; }
   // The same pipes with what each carries, as the migration stream names them.
@@ -218,6 +240,8 @@ class Job : public std::enable_shared_from_this<Job> {
   pid_t home_pid() const { return launch_.identity.home_pid; }
   uid_t uid() const { return launch_.identity.uid; }
   pid_t init_pid() const { return init_ ? init_->pid() : foreign_init_; }
+  uint64_t init_start() const { return init_start_; }
+  const FdKeeper& keeper() const { return keeper_; }
   std::string command() const;
   JobState state() const {
     return finished_ ? JobState::EXITING : migrating_ ? JobState::MIGRATING : JobState::RUNNING;
@@ -302,6 +326,7 @@ class Job : public std::enable_shared_from_this<Job> {
   UsageMeter usage_;
   int64_t arrived_ms_ = 0;
   std::function<void()> on_checkpoint_request_;
+  std::function<void()> on_reattached_;
   FdKeeper keeper_;
   JournalWrite journal_write_;
   std::function<void()> journal_remove_;

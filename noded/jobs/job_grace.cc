@@ -2,10 +2,15 @@
 // their output waits in the relay's buffers; past [recovery] home_grace_s the guest is
 // frozen to this node's disk (its processes, and the homefs files they hold, are gone
 // meanwhile) and continued here, on the relay it kept, when the home is back.
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <string_view>
 
 #include <spdlog/spdlog.h>
 
+#include "job_journal.h"
 #include "job_registry.h"
 #include "migration.h"
 #include "uv_work.h"
@@ -29,6 +34,15 @@ void JobRegistry::HomeReachable(const std::string& home) {
 }
 
 void JobRegistry::FreezeOverdueGuests() {
+  // A guest taken back frozen after a restart whose restore failed (its home's files not
+  // mounted here yet, say) is tried again while its home is reachable.
+  int64_t now = static_cast<int64_t>(uv_now(loop_));
+  for (auto& [id, frozen] : frozen_guests_) {
+    if (frozen->reattach && !frozen->continuing && frozen->retry_ms >= 0 &&
+        now >= frozen->retry_ms && !home_grace_.unreachable(frozen->launch.home)) {
+      ContinueGuest(id, frozen);
+    }
+  }
   for (const auto& home : home_grace_.Overdue(static_cast<int64_t>(uv_now(loop_)))) {
     std::vector<std::pair<uint64_t, std::shared_ptr<Job>>> guests;
     for (const auto& [id, job] : guests_) {
@@ -56,6 +70,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
   std::string dir = fmt::format("{}/guest-{}-{}", frozen_root, job->launch().home, job->home_pid());
   migrate::RemoveImageDir(dir);
   HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
+  job->JournalMoving(true);  // a restart during the dump continues it
   job->set_migrating(true);  // holds its input
   job->relay().PauseReading(true);
   DumpOffLoop(
@@ -66,6 +81,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
       [this, id, job, dir](const DumpOutcome& result) {
         auto it = guests_.find(id);
         if (!result.error.empty() || it == guests_.end() || it->second != job) {
+          job->JournalMoving(false);
           job->set_migrating(false);
           migrate::RemoveImageDir(dir);
           job->relay().PauseReading(false);
@@ -79,14 +95,30 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
         frozen->pipes = job->pipe_roles();
         frozen->relay = job->relay();
         frozen->migrations = job->migrations();
-        // Its unread input is not in its images: the record keeps it.
+        frozen->go_home = config_.recovery.frozen_go_home;
+        // Journaled before the running copy goes, so that a restart of this daemon at any
+        // moment finds either the running guest or the frozen one: its output its home
+        // has not acknowledged and its unread input (not in its images) on disk first.
         try {
+          frozen->output = job->PendingOutput(kFrozenOutputLimit);
           frozen->launch.input = Job::ReclaimInput(job->input_place());
+          SaveFrozenOutput(dir, frozen->output);
+          SaveFrozenInput(dir, frozen->launch.input);
+          JournalFrozenGuest(*frozen, job->init_pid(), job->init_start(), job->keeper().pid(),
+                             job->keeper().start_time());
         } catch (const Error& e) {
-          spdlog::error("guest {}: its unread input is lost: {}", job->home_pid(), e.what());
+          migrate::ContinueJob(job->init_pid());
+          job->JournalMoving(false);
+          job->set_migrating(false);
+          migrate::RemoveImageDir(dir);
+          job->relay().PauseReading(false);
+          spdlog::error("guest {}: freezing failed ({}); it waits on", job->home_pid(), e.what());
+          return;
         }
-        // What it wrote before the dump goes into the relay's buffer, and the frozen copy
-        // is killed; the home hears nothing of it.
+        // What it wrote before the dump went into the relay's buffer too, and the frozen
+        // copy is killed; the home hears nothing of it. Its journal entry is the frozen
+        // one now: the running copy's keeper goes, its entry stays.
+        job->KeepAcrossRestarts(nullptr, nullptr);
         job->AbandonAfterMove();
         job->set_migrating(false);
         guests_.erase(it);
@@ -99,7 +131,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
           if (it == frozen_guests_.end() || it->second->continuing) return;
           spdlog::warn("frozen guest {}: its relay to {} closed; dropping it",
                        it->second->launch.identity.home_pid, it->second->launch.home);
-          migrate::RemoveImageDir(it->second->dir);
+          DropFrozenGuest(*it->second);
           frozen_guests_.erase(it);
         };
         frozen->relay.SetHandlers(std::move(handlers));
@@ -137,16 +169,25 @@ void JobRegistry::ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen
         if (!*alive) return;
         auto it = frozen_guests_.find(id);
         if (it == frozen_guests_.end() || it->second != frozen) return;  // dropped
-        if (!frozen->relay.open()) result->error = "its relay to the home closed";
+        if (!frozen->reattach && !frozen->relay.open()) {
+          result->error = "its relay to the home closed";
+        }
         auto weak_job = std::make_shared<std::weak_ptr<Job>>();
         std::shared_ptr<Job> job;
         if (result->error.empty()) {
           try {
             JobLaunch launch = frozen->launch;
-            launch.reattach = false;  // it keeps its relay
+            launch.reattach = false;  // it keeps its relay, or attaches again below
+            // Its spools hold what its home may not have had, at the home's offsets, so
+            // that the home's word (after a restart of either daemon) can ask for it.
+            DaemonEnds& ends = result->restored->ends;
+            ends.stdout_spool = SpoolOf("stdout", frozen->output.start[1], frozen->output.data[1]);
+            ends.stderr_spool = SpoolOf("stderr", frozen->output.start[2], frozen->output.data[2]);
             job =
-                AdoptRestored(std::move(launch), frozen->relay, std::move(result->restored->init),
-                              std::move(result->restored->ends), [this, id] { guests_.erase(id); });
+                AdoptRestored(std::move(launch), frozen->reattach ? ControlStream() : frozen->relay,
+                              std::move(result->restored->init), std::move(ends),
+                              [this, id] { guests_.erase(id); });
+            job->KeepOutputFrom(frozen->output);
           } catch (const Error& e) {
             result->error = e.what();
           }
@@ -155,21 +196,40 @@ void JobRegistry::ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen
           // Tried again when the home is next back (or dropped when the relay closes).
           result->restored.reset();
           frozen->continuing = false;
+          if (frozen->reattach) frozen->retry_ms = static_cast<int64_t>(uv_now(loop_)) + 2000;
           spdlog::error("guest {} stays frozen in {}: {}", frozen->launch.identity.home_pid,
                         frozen->dir, result->error);
           return;
         }
         *weak_job = job;
         job->set_migrations(frozen->migrations);
-        frozen->relay.SetHandlers(RelayHandlersFor(weak_job));
-        frozen->relay.PauseReading(false);
+        // Its running entry (AdoptRestored) has replaced the frozen one: the images go.
         migrate::RemoveImageDir(frozen->dir);
         frozen_guests_.erase(it);
         guests_[id] = job;
-        spdlog::info("guest {} continues", job->home_pid());
         if (on_change_) on_change_();
-        if (config_.recovery.frozen_go_home) SendHome(job);
+        if (frozen->reattach) {
+          // Frozen by a daemon before this one: its relay died with it. The job waits
+          // (its output unread) for its home to take it back and say what it has had.
+          spdlog::info("guest {} continues; asking its home {} to take it back", job->home_pid(),
+                       job->launch().home);
+          job->Detach();
+          if (frozen->go_home) {
+            job->OnReattached([this, weak = std::weak_ptr<Job>(job)] {
+              if (auto job = weak.lock(); job && job->state() == JobState::RUNNING) {
+                SendHome(job);
+              }
+            });
+          }
+          ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
+          return;
+        }
+        frozen->relay.SetHandlers(RelayHandlersFor(weak_job));
+        frozen->relay.PauseReading(false);
+        spdlog::info("guest {} continues", job->home_pid());
+        if (frozen->go_home) SendHome(job);
       });
+  frozen->retry_ms = -1;
   if (status < 0) {
     frozen->continuing = false;
     spdlog::error("guest {}: cannot start continuing it: {}", frozen->launch.identity.home_pid,
@@ -199,9 +259,103 @@ void JobRegistry::DropFrozenGuests() {
   auto frozen = std::move(frozen_guests_);
   frozen_guests_.clear();
   for (auto& [id, guest] : frozen) {
-    migrate::RemoveImageDir(guest->dir);
+    DropFrozenGuest(*guest);
     guest->relay.Close();
   }
+}
+
+void JobRegistry::DropFrozenGuest(const FrozenGuest& frozen) {
+  JournalEntry entry;
+  entry.launch = frozen.launch;
+  JobJournal(config_.state_dir + "/jobs").Remove(entry.Name());
+  migrate::RemoveImageDir(frozen.dir);
+}
+
+void JobRegistry::JournalFrozenGuest(const FrozenGuest& frozen, pid_t init_pid, uint64_t init_start,
+                                     pid_t keeper_pid, uint64_t keeper_start) {
+  JournalEntry entry;
+  entry.launch = frozen.launch;
+  entry.launch.env.clear();  // in its images
+  entry.launch.input = {};   // in its image directory (SaveFrozenInput)
+  entry.frozen_dir = frozen.dir;
+  entry.pipes = frozen.pipes;
+  entry.frozen_go_home = frozen.go_home;
+  entry.migrations = frozen.migrations;
+  // The stopped copy and its keeper, killed right after this is written: a daemon
+  // killed in between leaves them to the next one to end.
+  entry.init_pid = init_pid;
+  entry.init_start = init_start;
+  entry.keeper_pid = keeper_pid;
+  entry.keeper_start = keeper_start;
+  JobJournal(config_.state_dir + "/jobs").Write(entry);
+}
+
+void JobRegistry::RecoverFrozenGuest(JournalEntry& entry) {
+  // The copy it was frozen from, should the daemon before have died before killing it.
+  KillIfSame(entry.init_pid, entry.init_start);
+  KillIfSame(entry.keeper_pid, entry.keeper_start);
+  auto frozen = std::make_shared<FrozenGuest>();
+  frozen->dir = entry.frozen_dir;
+  frozen->launch = entry.launch;
+  frozen->launch.init_path = init_path_;
+  frozen->launch.preload_path = preload_path_;
+  frozen->pipes = entry.pipes;
+  frozen->migrations = entry.migrations;
+  frozen->go_home = entry.frozen_go_home;
+  frozen->reattach = true;
+  try {
+    frozen->launch.input = LoadFrozenInput(entry.frozen_dir);
+    frozen->output = LoadFrozenOutput(entry.frozen_dir);
+  } catch (const Error& e) {
+    spdlog::warn("frozen guest {} of {} is not taken back ({}); dropping it",
+                 entry.launch.identity.home_pid, entry.launch.home, e.what());
+    DropFrozenGuest(*frozen);
+    return;
+  }
+  uint64_t id = next_guest_++;
+  frozen_guests_[id] = frozen;
+  spdlog::info(
+      "guest {} of {} taken back after a restart: frozen to {}; continued when its "
+      "home is reachable",
+      entry.launch.identity.home_pid, entry.launch.home, entry.frozen_dir);
+}
+
+void JobRegistry::RemoveStaleFrozenGuests() {
+  // A daemon killed while it froze a guest leaves a directory no entry names (the guest
+  // ran on, its entry the running one); so does one killed after continuing it.
+  std::string root = config_.state_dir + "/frozen";
+  DIR* dir = ::opendir(root.c_str());
+  if (!dir) return;
+  std::vector<std::string> stale;
+  while (dirent* entry = ::readdir(dir)) {
+    std::string path = root + "/" + entry->d_name;
+    if (std::string_view(entry->d_name).substr(0, 6) != "guest-") continue;
+    bool named = false;
+    for (const auto& [id, frozen] : frozen_guests_) named = named || frozen->dir == path;
+    if (!named) stale.push_back(path);
+  }
+  ::closedir(dir);
+  for (const auto& path : stale) {
+    spdlog::info("removed {}, left by a daemon before", path);
+    migrate::RemoveImageDir(path);
+  }
+}
+
+Fd SpoolOf(const char* stream, uint64_t start, const std::string& data) {
+  Fd spool = MakeSpool(stream);
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = HW_SYSCALL(::pwrite(spool.get(), data.data() + done, data.size() - done,
+                                    static_cast<off_t>(start + done)),
+                           "fill the job's {} spool", stream);
+    done += static_cast<size_t>(n);
+  }
+  HW_SYSCALL(::ftruncate(spool.get(), static_cast<off_t>(start + data.size())),
+             "fill the job's {} spool", stream);
+  // The job's output is spliced in at the spool's file position: after what it holds.
+  HW_SYSCALL(::lseek(spool.get(), static_cast<off_t>(start + data.size()), SEEK_SET),
+             "fill the job's {} spool", stream);
+  return spool;
 }
 
 }  // namespace homeward

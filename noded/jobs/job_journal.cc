@@ -90,6 +90,8 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
   for (const auto& pipe : entry.pipes) {
     text += fmt::format("pipe {} {}\n", pipe.inode, Escape(pipe.role));
   }
+  if (entry.frozen_go_home) text += "frozen_plan home\n";
+  if (entry.migrations) text += fmt::format("migrations {}\n", entry.migrations);
   if (entry.moving) text += "moving 1\n";
   text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
                       entry.keeper_pid, entry.keeper_start);
@@ -119,6 +121,36 @@ InputCarry LoadFrozenInput(const std::string& dir) {
   input.ended = ended != 0;
   input.data = text.substr(line + 1);
   return input;
+}
+
+void SaveFrozenOutput(const std::string& dir, const FrozenOutput& output) {
+  std::string path = dir + "/" + kFrozenOutput;
+  Fd file = Fd::Adopt(HW_SYSCALL(
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), "create {}", path));
+  std::string head = fmt::format("{} {} {} {}\n", output.start[1], output.data[1].size(),
+                                 output.start[2], output.data[2].size());
+  WriteAll(file.get(), head.data(), head.size(), path.c_str());
+  for (int fd : {1, 2}) {
+    WriteAll(file.get(), output.data[fd].data(), output.data[fd].size(), path.c_str());
+  }
+  HW_SYSCALL(::fsync(file.get()), "sync {}", path);
+}
+
+FrozenOutput LoadFrozenOutput(const std::string& dir) {
+  std::string path = dir + "/" + kFrozenOutput;
+  std::string text = ReadTextFile(path);
+  size_t line = text.find('\n');
+  FrozenOutput output;
+  uint64_t size[3] = {0, 0, 0};
+  if (line == std::string::npos ||
+      std::sscanf(text.substr(0, line).c_str(), "%lu %lu %lu %lu", &output.start[1], &size[1],
+                  &output.start[2], &size[2]) != 4 ||
+      text.size() - line - 1 != size[1] + size[2]) {
+    Fail(ErrorKind::kInvalidInput, "{} is not a frozen guest's output", path);
+  }
+  output.data[1] = text.substr(line + 1, size[1]);
+  output.data[2] = text.substr(line + 1 + size[1], size[2]);
+  return output;
 }
 
 JournalEntry ParseJournalEntry(const std::string& text) {
@@ -197,6 +229,10 @@ JournalEntry ParseJournalEntry(const std::string& text) {
         pipe.role = Unescape(value);
         entry.pipes.push_back(pipe);
       }
+    } else if (key == "frozen_plan" && fields >> value) {
+      entry.frozen_go_home = value == "home";
+    } else if (key == "migrations") {
+      fields >> entry.migrations;
     } else if (key == "moving") {
       entry.moving = true;
     } else if (key == "base") {

@@ -33,6 +33,12 @@ struct JournalEntry {
   // which also holds the input it had not read (kFrozenInput), and its pipes' roles.
   std::string frozen_dir;
   std::vector<migrate::PipeRole> pipes;
+  // A guest frozen here past its home's grace ([recovery] home_grace_s): what becomes of
+  // it when its home is back (continued here, or continued and sent home), and how many
+  // moves it had made. Its images' directory also holds its pending output
+  // (kFrozenOutput).
+  bool frozen_go_home = false;
+  uint32_t migrations = 0;
 
   // The entry's file name: the home pid for a job of this home, and for a guest its home's
   // name too (home pids are unique only within a home).
@@ -45,6 +51,20 @@ struct JournalEntry {
 inline constexpr const char* kFrozenInput = "unread-input";
 void SaveFrozenInput(const std::string& dir, const InputCarry& input);
 InputCarry LoadFrozenInput(const std::string& dir);
+
+// The output a guest frozen past its home's grace may not have delivered to its home:
+// per stream (1 stdout, 2 stderr) its offset (since the job came to this node, the count
+// the home keeps) and the bytes from there to the end of what the job wrote. Kept in its
+// image directory (kFrozenOutput: "start1 size1 start2 size2" on a line, then the bytes),
+// synced before the journal entry that names the directory is written. Load throws
+// Error(kInvalidInput) on a bad file.
+inline constexpr const char* kFrozenOutput = "pending-output";
+// At most this much output is kept for a frozen guest: a guest with more waits on
+// unfrozen (it cannot have more unless its home stopped acknowledging long before the
+// cut: the relay's queue pauses the job's pipes at 1 MiB).
+inline constexpr uint64_t kFrozenOutputLimit = 64ull << 20;
+void SaveFrozenOutput(const std::string& dir, const FrozenOutput& output);
+FrozenOutput LoadFrozenOutput(const std::string& dir);
 
 // The entry as text, one "key value" line each; argv and paths are escaped.
 std::string FormatJournalEntry(const JournalEntry& entry);

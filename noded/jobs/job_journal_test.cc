@@ -119,6 +119,41 @@ TEST(JobJournal, GuestsAndJobsAwayKeepWhatTheyNeed) {
   EXPECT_EQ(back.base[2], 261u);
 }
 
+TEST(JobJournal, AGuestFrozenPastItsHomesGraceKeepsItsPlanAndItsOutput) {
+  JournalEntry guest = Sample();
+  guest.slot = -1;
+  guest.launch.guest = true;
+  guest.launch.home_host = "127.77.1.1";
+  guest.launch.home_port = 4701;
+  guest.frozen_dir = "/var/lib/homeward/frozen/guest-node1-4242";
+  guest.frozen_go_home = true;
+  guest.migrations = 2;
+  JournalEntry back = ParseJournalEntry(FormatJournalEntry(guest));
+  EXPECT_EQ(back.frozen_dir, guest.frozen_dir);
+  EXPECT_TRUE(back.frozen_go_home);
+  EXPECT_EQ(back.migrations, 2u);
+  guest.frozen_go_home = false;  // the plan "continue"
+  EXPECT_FALSE(ParseJournalEntry(FormatJournalEntry(guest)).frozen_go_home);
+
+  char tmpl[] = "/tmp/homeward-frozen-XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  FrozenOutput output;
+  output.start[1] = 262144;
+  output.data[1] = std::string("line 1\n\0binary", 15);
+  output.start[2] = 7;
+  SaveFrozenOutput(dir, output);
+  FrozenOutput loaded = LoadFrozenOutput(dir);
+  EXPECT_EQ(loaded.start[1], 262144u);
+  EXPECT_EQ(loaded.data[1], output.data[1]);
+  EXPECT_EQ(loaded.start[2], 7u);
+  EXPECT_EQ(loaded.data[2], "");
+  // A torn file is refused, not read short.
+  std::filesystem::resize_file(dir + "/" + kFrozenOutput,
+                               std::filesystem::file_size(dir + "/" + kFrozenOutput) - 1);
+  EXPECT_THROW(LoadFrozenOutput(dir), Error);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(JobJournal, TornOrForeignTextIsRefused) {
   std::string text = FormatJournalEntry(Sample());
   // Cut before its last line (the keeper's): a write that never finished.

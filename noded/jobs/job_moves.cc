@@ -102,6 +102,19 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
            away->protocol.record().generation);
     }
     if (attach.getResumed()) {
+      const move::Record& record = away->protocol.record();
+      if (record.state == move::State::kRunning && record.where == attach.getNode().cStr()) {
+        // Only a daemon that took the job back from its journal attaches it resumed: the
+        // job's node restarted its daemon, and the relay to it that looks open here is
+        // dead (a cut link swallowed its close; a guest frozen past the grace is taken
+        // back so). It goes as a closed relay would, and the node attaches again.
+        ControlStream old = away->peer;
+        if (AwaitNodeBack(away, record.relay)) {
+          spdlog::info("job {}: node {} attaches it again; its old relay is dead", away->home_pid(),
+                       away->where());
+          old.Close();
+        }
+      }
       if (Rejoin(slot, away, attach, reply)) return;
       break;
     }

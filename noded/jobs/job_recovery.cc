@@ -4,7 +4,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -32,14 +34,6 @@ namespace homeward {
 namespace {
 
 int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
-
-// Kills process `pid` if it is still the one that started at `start_time`.
-void KillIfSame(pid_t pid, uint64_t start_time) {
-  if (pid <= 0 || start_time == 0) return;
-  Fd pidfd = Fd::Adopt(PidfdOpen(pid));
-  if (!pidfd.valid() || ProcessStartTime(pid) != start_time) return;
-  ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
-}
 
 // The job's init, found by the write end of its status pipe, which only the init holds (its
 // program closes it): for a journal entry written before the init was spawned, whose
@@ -93,6 +87,18 @@ pid_t FindStatusWriter(uint64_t status_inode, pid_t except) {
   return found;
 }
 
+// Whether the status pipe a keeper holds (its read end, and its spool) has anything: an
+// init writes on it only once it runs, and its last line as it ends.
+bool StatusWritten(const std::vector<Fd>& kept) {
+  if (kept.size() != kKeptFds) return false;
+  int pending = 0;
+  if (kept[4].valid() && ::ioctl(kept[4].get(), FIONREAD, &pending) == 0 && pending > 0) {
+    return true;
+  }
+  struct stat st;
+  return kept[8].valid() && ::fstat(kept[8].get(), &st) == 0 && st.st_size > 0;
+}
+
 // Image directories (`<images>/<what>-<daemon pid>-<n>`, and criu's `.work` beside them)
 // that a daemon killed during a move, a restore or a checkpoint left: nothing reads them
 // any more (the job went on where it was, and a restore cut short was undone above).
@@ -117,6 +123,13 @@ void RemoveStaleImages(const std::string& images) {
 }
 
 }  // namespace
+
+void KillIfSame(pid_t pid, uint64_t start_time) {
+  if (pid <= 0 || start_time == 0) return;
+  Fd pidfd = Fd::Adopt(PidfdOpen(pid));
+  if (!pidfd.valid() || ProcessStartTime(pid) != start_time) return;
+  ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+}
 
 Fd MakeSpool(const char* stream) {
   return Fd::Adopt(HW_SYSCALL(::memfd_create(fmt::format("homeward-{}", stream).c_str(),
@@ -249,6 +262,11 @@ void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_
                home_pid(), stdout_offset, stderr_offset, input_received());
   for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) Pump(*stream);
   MaybeFinish();
+  if (on_reattached_) {
+    auto reattached = std::move(on_reattached_);
+    on_reattached_ = nullptr;
+    reattached();
+  }
 }
 
 void Job::OutputHad(uint64_t stdout_offset, uint64_t stderr_offset) {
@@ -341,6 +359,10 @@ void JobRegistry::Recover() {
       RecoverAway(entry);
       continue;
     }
+    if (entry.launch.guest && !entry.frozen_dir.empty()) {
+      RecoverFrozenGuest(entry);
+      continue;
+    }
     bool guest = entry.launch.guest;
     std::string why;
     Fd mosrun;  // a guest's mosrun is at its home
@@ -372,7 +394,15 @@ void JobRegistry::Recover() {
       } catch (const Error&) {
         start = 0;  // gone meanwhile
       }
-      if (start == 0) {
+      if (start == 0 && StatusWritten(kept)) {
+        // No init, but its status pipe has its last word: it ran and ended while no
+        // daemon looked. Its output is in its pipes, its exit status in that line: taken
+        // back as a job that ended (Job::Recover reads how from the pipe).
+        spdlog::info(
+            "job {}: its init was spawned but not journaled before the daemon died, "
+            "and has ended since; its output and exit status are kept",
+            home_pid);
+      } else if (start == 0) {
         why = "it never started";
       } else {
         spdlog::info("job {}: found its init (pid {}) by its status pipe: it was spawned but "
@@ -397,6 +427,11 @@ void JobRegistry::Recover() {
         job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept), Fd(),
                      nullptr, nullptr);
         guests_[id] = job;
+        if (entry.moving) {
+          // Killed while it dumped the guest (a move on, or a freeze): it goes on here.
+          spdlog::info("job {}: its move was cut by the restart; it goes on here", home_pid);
+          migrate::ContinueJob(entry.init_pid);
+        }
         ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
         continue;
       } catch (const Error& e) {
@@ -447,6 +482,7 @@ void JobRegistry::Recover() {
   for (const auto& [id, guest] : guests_) taken.push_back(guest->pipe_inodes()[1]);
   CleanRestoreIntents(dir, taken);
   RemoveStaleImages(config_.state_dir + "/images");
+  RemoveStaleFrozenGuests();
 }
 
 void JobRegistry::RelayClosed(const std::shared_ptr<Job>& job) {

@@ -328,6 +328,10 @@ class JobRegistry {
                         schema::Checkpointed::Reader report);
   // A guest frozen here while its home was unreachable: its images, what restoring it
   // needs, and its relay to the home, kept open (and not read) meanwhile.
+  // Journaled (JournalFrozenGuest) before its running copy is killed, with its pending
+  // output and unread input in its image directory: a restart of this daemon takes it
+  // back frozen (RecoverFrozenGuest), without a relay (`relay` closed): once continued it
+  // attaches to its home again, as a guest taken back after a restart does.
   struct FrozenGuest {
     std::string dir;
     JobLaunch launch;
@@ -335,9 +339,19 @@ class JobRegistry {
     ControlStream relay;
     uint32_t migrations = 0;
     bool continuing = false;
+    bool go_home = false;  // [recovery] frozen_guests = "home" when it froze
+    bool reattach = false;  // taken back after a restart: no relay to its home yet
+    int64_t retry_ms = -1;  // such a guest whose restore failed is tried again then
+    FrozenOutput output;
   };
   void FreezeOverdueGuests();
   void FreezeGuest(uint64_t id, std::shared_ptr<Job> job);
+  void JournalFrozenGuest(const FrozenGuest& frozen, pid_t init_pid, uint64_t init_start,
+                          pid_t keeper_pid, uint64_t keeper_start);
+  void RecoverFrozenGuest(JournalEntry& entry);
+  void RemoveStaleFrozenGuests();
+  // Forgets a frozen guest: its journal entry and its images.
+  void DropFrozenGuest(const FrozenGuest& frozen);
   void ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen);
   // Moves a guest continued after a freeze home ([recovery] frozen_guests = "home").
   void SendHome(std::shared_ptr<Job> job);

@@ -32,6 +32,9 @@ constexpr FaultInfo kFaults[] = {
      "the daemon SIGKILLs itself after spawning a job's init, before journaling it"},
     {Fault::kRestoreHold, "restore-hold",
      "criu holds a restore at its post-restore step (the job restored, criu not done) for 6 s"},
+    {Fault::kKillAfterAppend, "kill-after-append",
+     "the file service SIGKILLs its daemon after an O_APPEND write's system call, before "
+     "logging it done (a first try only, not one sent again)"},
 };
 
 }  // namespace

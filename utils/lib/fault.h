@@ -28,6 +28,7 @@ enum class Fault {
   kLoopCallbackThrows,
   kKillAfterSpawn,
   kRestoreHold,
+  kKillAfterAppend,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
@@ -59,7 +60,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kRestoreHold) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kKillAfterAppend) + 1> selected_;
 };
 
 }  // namespace homeward
