@@ -65,8 +65,7 @@ class LoopCluster:
             if result.returncode != 0:
                 raise AssertionError(f"loopcluster up failed:\n{result.stderr}")
             assert result.stdout.split() == self.nodes, result.stdout
-            with open(os.path.join(self.dir, "cluster.json")) as f:
-                self.info = json.load(f)
+            self.reload()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -138,6 +137,12 @@ class LoopCluster:
     def start(self, node):
         subprocess.run([LOOPCLUSTER, "start", self.dir, node], env=self.daemon_env(), check=True,
                        capture_output=True, timeout=60)
+        self.reload()  # the node's new daemon pid
+
+    def reload(self):
+        """Reads what loopcluster wrote of the cluster (nodes, daemon pids) again."""
+        with open(os.path.join(self.dir, "cluster.json")) as f:
+            self.info = json.load(f)
 
     def log(self, node):
         with open(self.node(node)["log"], errors="replace") as f:

@@ -60,7 +60,7 @@ def reboot(c):
                             timeout=90)
     if result.returncode != 0:
         raise AssertionError(f"loopcluster up failed:\n{result.stderr}")
-    c.info = json.load(open(os.path.join(c.dir, "cluster.json")))
+    c.reload()
 
 
 def checkpoints(path):

@@ -22,12 +22,6 @@ from test_cutlink import Cut
 read = harness.read_text
 
 
-def reload_info(c):
-    """The cluster's nodes as loopcluster saved them after a daemon was started again
-    (its new pid: what LoopCluster.zombies looks under)."""
-    with open(os.path.join(c.dir, "cluster.json")) as f:
-        c.info = json.load(f)
-
 
 # Its setUp (iptables, a throwaway user) and helpers; the class itself is not bound here,
 # so that its own cases are not run again.
@@ -62,7 +56,6 @@ class FrozenRestartTest(test_cutlink.CutLinkTest):
                 # node2's daemon dies while the guest is frozen, and comes back cut off.
                 c.kill("node2")
                 c.start("node2")
-                reload_info(c)
                 c.wait_for(lambda: "taken back after a restart: frozen to" in c.log("node2"),
                            60, "the restarted daemon to take the frozen guest back")
                 self.assertEqual(os.listdir(os.path.join(state, "frozen")), frozen)

@@ -13,7 +13,6 @@
 
 Every job runs as a throwaway ordinary user (made here, removed afterwards)."""
 
-import json
 import os
 import subprocess
 
@@ -22,12 +21,6 @@ import test_fencing
 
 read = harness.read_text
 
-
-def reload_info(c):
-    """The cluster's nodes as loopcluster saved them after a daemon was started again
-    (its new pid: what LoopCluster.zombies looks under)."""
-    with open(os.path.join(c.dir, "cluster.json")) as f:
-        c.info = json.load(f)
 WAITING = test_fencing.WAITING
 
 
@@ -51,7 +44,6 @@ class SmallWindowsTest(test_fencing.FencingTest):
             c.wait_for(lambda: WAITING in read(os.path.join(work, "err")), 30,
                        "mosrun to wait for its daemon")
             c.start("node1")
-            reload_info(c)
             status = c.wait_for(lambda: read(os.path.join(work, "status")), 60,
                                 "the job's exit status")
             self.assertIn("has ended since; its output and exit status are kept",
@@ -81,7 +73,6 @@ class SmallWindowsTest(test_fencing.FencingTest):
                                "the home to die at the fault point")
                     self.assertIn("fault point kill-after-append", c.log("node1"))
                     c.start("node1")
-                    reload_info(c)
                     out, err = writer.communicate(timeout=120)
                 finally:
                     if writer.poll() is None:
