@@ -70,12 +70,13 @@ inline constexpr size_t kModesBytes = 6 * 4 + 1 + NCCS;
 inline std::optional<termios> DecodeModes(std::string_view in) {
   if (in.size() != kModesBytes) return std::nullopt;
   termios modes{};
+  cfsetispeed(&modes, static_cast<speed_t>(GetU32(in, 16)));
+  cfsetospeed(&modes, static_cast<speed_t>(GetU32(in, 20)));
+  // After the speeds, which glibc keeps in c_cflag too: the flags as they were.
   modes.c_iflag = GetU32(in, 0);
   modes.c_oflag = GetU32(in, 4);
   modes.c_cflag = GetU32(in, 8);
   modes.c_lflag = GetU32(in, 12);
-  cfsetispeed(&modes, static_cast<speed_t>(GetU32(in, 16)));
-  cfsetospeed(&modes, static_cast<speed_t>(GetU32(in, 20)));
   modes.c_line = static_cast<cc_t>(in[24]);
   memcpy(modes.c_cc, in.data() + 25, NCCS);
   return modes;

@@ -38,8 +38,9 @@ TEST(TerminalStream, ModesAndWindowRoundTrip) {
   ASSERT_TRUE(back);
   EXPECT_EQ(back->c_iflag, modes.c_iflag);
   EXPECT_EQ(back->c_oflag, modes.c_oflag);
+  EXPECT_EQ(back->c_cflag, modes.c_cflag);
   EXPECT_EQ(back->c_lflag, modes.c_lflag);
-  EXPECT_EQ(cfgetispeed(&*back), B38400);
+  EXPECT_EQ(cfgetispeed(&*back), cfgetispeed(&modes));
   EXPECT_EQ(cfgetospeed(&*back), B9600);
   EXPECT_EQ(back->c_cc[VSUSP], 26);
   EXPECT_FALSE(DecodeModes("short"));
