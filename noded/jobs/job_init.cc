@@ -471,6 +471,7 @@ int SuperviseTerminal(const Options& options, sigset_t all) {
   int signals = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
   if (signals < 0) Die("signalfd");
   TerminalRelay terminal = TerminalRelay::Open(options.uid);
+  terminal.TakeAsControllingTerminal();
   pid_t program = -1;
   bool program_done = false;
   int program_status = 0;

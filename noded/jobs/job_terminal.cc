@@ -42,9 +42,16 @@ TerminalRelay TerminalRelay::Open(uid_t uid) {
   return TerminalRelay(master, slave);
 }
 
+void TerminalRelay::TakeAsControllingTerminal() {
+  if (ioctl(slave_, TIOCSCTTY, 0) != 0) Die("take the job's terminal as the session's");
+}
+
 const char* TerminalRelay::AttachProgram(bool stderr_too) {
-  if (setsid() < 0) return "start a session";
-  if (ioctl(slave_, TIOCSCTTY, 0) != 0) return "take the terminal";
+  // A process group of its own in the init's session, in the terminal's foreground (the
+  // init's signals are still blocked here, so tcsetpgrp from the background does not stop
+  // it with SIGTTOU).
+  if (setpgid(0, 0) != 0) return "start a process group";
+  if (tcsetpgrp(slave_, getpid()) != 0) return "take the terminal's foreground";
   if (dup2(slave_, kStdin) < 0 || dup2(slave_, kStdout) < 0) return "attach the terminal";
   if (stderr_too && dup2(slave_, 2) < 0) return "attach the terminal";
   close(slave_);

@@ -1,8 +1,13 @@
 // The pseudo-terminal of an interactive job (mosrun on a terminal), as mosjob-init keeps it.
 //
 // The pair lives inside the job: the init opens the master in the job's own devpts
-// instance, and the program's session gets the slave as its controlling terminal, so CRIU
-// dumps and restores both ends with the job. The init relays between the master and the
+// instance and takes the slave as its session's controlling terminal, and the program runs
+// in a process group of its own in the terminal's foreground, so CRIU dumps and restores
+// both ends with the job. Why the program's group is in the init's session and not a
+// session of its own: a session leader's group whose parent is outside the session is
+// orphaned, and the kernel discards ^Z's SIGTSTP for an orphaned group (a login shell
+// ignores it for that reason); with the init, in another group of the same session, as
+// its parent, the program stops on ^Z as under a shell, and the init, its parent, sees it. The init relays between the master and the
 // job's stdin and stdout pipes, which carry the terminal stream (utils/lib/terminal_stream.h):
 // typed bytes, the user's modes and window size in; the terminal's output and the
 // program's job-control stops out.
@@ -26,8 +31,11 @@ class TerminalRelay {
   TerminalRelay& operator=(const TerminalRelay&) = delete;
   TerminalRelay(TerminalRelay&&) = default;
 
-  // In the program's process, before it is confined: a session of its own whose
-  // controlling terminal is the slave, on stdin and stdout (and stderr when
+  // In the init, before the program starts: the slave becomes the controlling terminal
+  // of the init's session. Dies on failure.
+  void TakeAsControllingTerminal();
+  // In the program's process, before it is confined: a process group of its own, the
+  // terminal's foreground, and the slave on stdin and stdout (and stderr when
   // `stderr_too`). The failed step, or nullptr.
   const char* AttachProgram(bool stderr_too);
   // In the init once the program runs: the init keeps only the master.

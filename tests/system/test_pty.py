@@ -27,9 +27,10 @@ import os, signal, subprocess, sys, time
 winches = []
 signal.signal(signal.SIGWINCH, lambda *_: winches.append(1))
 def check():
-    rows, cols = os.get_terminal_size(0)
-    shell = subprocess.run(["sh", "-c", "test -t 0 && test -t 1 && tty && stty size"],
-                           capture_output=True, text=True).stdout.split("\n")
+    cols, rows = os.get_terminal_size(0)
+    # The shell's stdout is a pipe here, its stdin the job's terminal.
+    shell = subprocess.run(["sh", "-c", "test -t 0 && tty && stty size"],
+                           capture_output=True, text=True).stdout.split("\n") + ["", ""]
     print(f"CHECK tty={os.isatty(0)}{os.isatty(1)} name={os.ttyname(0)} size={rows}x{cols} "
           f"winch={len(winches)} shell={shell[0]}:{shell[1]}", flush=True)
 print("READY", flush=True)

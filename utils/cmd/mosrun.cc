@@ -454,8 +454,13 @@ int Run(const Options& options) {
     pollfd fds[3] = {{fd, POLLIN, 0}, {signals.get(), POLLIN, 0}, {0, POLLIN, 0}};
     bool may_send = input_kept.size() + sizeof buffer <= schema::INPUT_WINDOW;
     // An interactive job's input is read only while mosrun has the terminal's foreground.
-    nfds_t count = stdin_open && may_send && (!terminal || terminal->Foreground()) ? 3 : 2;
-    if (poll(fds, count, -1) < 0) {
+    // A shell's `fg` of a job running in the background gives it the terminal without a
+    // signal: in the background, mosrun looks again every 200 ms, and takes raw mode once
+    // the terminal is its own.
+    bool foreground = !terminal || terminal->Foreground();
+    if (terminal && foreground) terminal->EnterRaw();
+    nfds_t count = stdin_open && may_send && foreground ? 3 : 2;
+    if (poll(fds, count, foreground ? -1 : 200) < 0) {
       if (errno == EINTR) continue;
       throw SystemError(errno, "poll");
     }
