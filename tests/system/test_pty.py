@@ -5,7 +5,8 @@ job sees a terminal on its stdin and stdout (isatty, `test -t 0`, `tty`) with th
 window size, and a change of the window's size reaches it (SIGWINCH, `stty size`); it keeps
 its terminal while it is moved node2 -> node3 -> home; ^C interrupts it, ^Z stops it and the
 shell reports mosrun stopped, `bg` and `fg` continue it; it ends with its own status, and the
-user's terminal modes afterwards (and while it is stopped) are those it had before."""
+user's terminal modes afterwards (and while it is stopped) are those it had before. ^\ quits
+another job, and its mosrun dies of SIGQUIT as the job did."""
 
 import fcntl
 import json
@@ -205,6 +206,21 @@ class PtyTest(harness.UserClusterTest):
         term.send('echo "STATUS $? END$((3+1))"\r')
         term.expect(r"STATUS 3 END4")
         self.assertEqual(self.modes(term, 5), before)
+
+        # ^\ quits a job as at home: SIGQUIT, of which mosrun then dies too.
+        term.send("""mosrun -r node3 python3 -c "import time; print('WAIT' + 'ING', flush=True); """
+                  """time.sleep(120)"\r""")
+        term.expect(r"WAITING\r\n")
+        term.send("\x1c")
+        term.expect(r"hwsh\$ ")
+        term.send('echo "STATUS $? END$((6+1))"\r')
+        term.expect(r"STATUS 131 END7")
+        self.assertEqual(self.modes(term, 8), before)
+
+        # Not both stdin and stdout on the terminal: pipes, as before.
+        term.send("mosrun -r node2 sh -c 'test -t 0 || test -t 1 || echo PI''PES' | cat\r")
+        term.expect(r"PIPES\r\n")
+        self.assertEqual(self.modes(term, 9), before)
         self.assertEqual([j for j in harness.jobs(c) if j["user"] == self.user], [])
         term.send("exit\r")
 
