@@ -49,6 +49,12 @@ while True:
             time.sleep(120)
         except KeyboardInterrupt:
             print("INTERRUPTED", flush=True)
+    elif command == "devtty":
+        try:
+            os.close(os.open("/dev/tty", os.O_RDWR))
+            print("DEVTTY opens", flush=True)
+        except OSError as e:
+            print(f"DEVTTY {e.strerror}", flush=True)
     elif command == "exit":
         sys.exit(3)
 """
@@ -170,6 +176,10 @@ class PtyTest(harness.UserClusterTest):
         # The window grows: the job hears SIGWINCH and sees the new size.
         term.set_size(40, 120)
         self.check(term, 1)
+        # Its controlling terminal (a move loses it, as CRIU restores it to the init alone:
+        # see "Interactive jobs" in docs/ARCHITECTURE.md).
+        term.send("devtty\r")
+        term.expect(r"DEVTTY opens\r\n")
 
         # Moved while interactive, it keeps its terminal (the same one, the same size).
         _, pid = self.where()
