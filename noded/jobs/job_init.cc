@@ -34,9 +34,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/signalfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -385,8 +385,8 @@ pid_t StartProgram(const Options& options, TerminalRelay* terminal = nullptr) {
   if (program == 0) {
     close(exec_pipe[0]);
     if (terminal) {
-      if (const char* step = terminal->AttachProgram(options.terminal.find('2') !=
-                                                     std::string::npos)) {
+      if (const char* step =
+              terminal->AttachProgram(options.terminal.find('2') != std::string::npos)) {
         int err = errno;
         char message[256];
         int n = snprintf(message, sizeof message, "%d %s", err, step);
