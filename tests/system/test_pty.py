@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Interactive jobs get a pseudo-terminal. An ordinary user's interactive bash, on a real
 terminal (a pty this test holds the master of), runs `mosrun -r node2 python3 job.py`: the
-job sees a terminal on its stdin and stdout (isatty, `test -t 0`, `tty`) with the user's
-window size, and a change of the window's size reaches it (SIGWINCH, `stty size`); it keeps
-its terminal while it is moved node2 -> node3 -> home; ^C interrupts it, ^Z stops it and the
-shell reports mosrun stopped, `bg` and `fg` continue it; it ends with its own status, and the
-user's terminal modes afterwards (and while it is stopped) are those it had before. ^\ quits
-another job, and its mosrun dies of SIGQUIT as the job did."""
+job sees a terminal on its stdin and stdout (isatty, `test -t 0`, `tty`, /dev/tty) with the
+user's window size, and a change of the window's size reaches it (SIGWINCH, `stty size`); it
+keeps its terminal while it is moved node2 -> node3 -> home, frozen and continued; ^C
+interrupts it, ^Z stops it and the shell reports mosrun stopped, `bg` and `fg` continue it;
+it ends with its own status, and the user's terminal modes afterwards (and while it is
+stopped) are those it had before. ^\ quits another job, and its mosrun dies of SIGQUIT as
+the job did; a job whose mosrun's stdout is a pipe keeps pipes."""
 
 import fcntl
 import json
@@ -189,6 +190,12 @@ class PtyTest(harness.UserClusterTest):
             self.assertIn(f"now runs on {now}", moved.stdout)
             self.assertEqual(self.where()[0], now)
             self.check(term, 1)
+        # Frozen to disk at home and continued: the same.
+        frozen = c.run("node1", "mosmigrate", str(pid), "freeze")
+        self.assertIn("frozen", frozen.stdout)
+        moved = c.run("node1", "mosmigrate", str(pid), "continue", check=False)
+        self.assertEqual(moved.returncode, 0, moved.stderr)
+        self.check(term, 1)
 
         # ^C reaches the job through its terminal's line discipline.
         term.send("sleep\r")
@@ -230,6 +237,7 @@ class PtyTest(harness.UserClusterTest):
         # Not both stdin and stdout on the terminal: pipes, as before.
         term.send("mosrun -r node2 sh -c 'test -t 0 || test -t 1 || echo PI''PES' | cat\r")
         term.expect(r"PIPES\r\n")
+        term.expect(r"hwsh\$ ")  # mosrun reads its stdin until it exits: type nothing before
         self.assertEqual(self.modes(term, 9), before)
         self.assertEqual([j for j in harness.jobs(c) if j["user"] == self.user], [])
         term.send("exit\r")
