@@ -10,7 +10,6 @@ stopped) are those it had before. ^\ quits another job, and its mosrun dies of S
 the job did; a job whose mosrun's stdout is a pipe keeps pipes."""
 
 import fcntl
-import json
 import os
 import pty
 import pwd
