@@ -7,7 +7,8 @@ keeps its terminal while it is moved node2 -> node3 -> home, frozen and continue
 interrupts it, ^Z stops it and the shell reports mosrun stopped, `bg` and `fg` continue it;
 it ends with its own status, and the user's terminal modes afterwards (and while it is
 stopped) are those it had before. ^\ quits another job, and its mosrun dies of SIGQUIT as
-the job did; a job whose mosrun's stdout is a pipe keeps pipes."""
+the job did; a job whose mosrun's stdout is a pipe keeps pipes. And an interactive job keeps
+its terminal through a restart of its home's daemon (killed outright)."""
 
 import fcntl
 import os
@@ -108,7 +109,7 @@ class PtyTest(harness.UserClusterTest):
         """An interactive bash of the user on node1, on a new terminal; cleaned up after the
         test whatever happens."""
         env = dict(harness.LoopCluster.env(), PS1="hwsh$ ", TERM="dumb",
-                   HOMEWARD_DAEMON_WAIT_S="5")
+                   HOMEWARD_DAEMON_WAIT_S="60")
         pid, fd = pty.fork()
         if pid == 0:
             try:
@@ -239,6 +240,32 @@ class PtyTest(harness.UserClusterTest):
         term.expect(r"hwsh\$ ")  # mosrun reads its stdin until it exits: type nothing before
         self.assertEqual(self.modes(term, 9), before)
         self.assertEqual([j for j in harness.jobs(c) if j["user"] == self.user], [])
+        term.send("exit\r")
+
+    def test_job_keeps_its_terminal_through_a_restart_of_its_daemon(self):
+        # The home's daemon killed outright while an interactive job runs at home: mosrun
+        # waits for the next one, and the job's terminal goes on where it was (the terminal
+        # stream is relayed from the same offsets as any job's output and input).
+        c = self.c
+        term = self.shell()
+        term.send("cd /data/pty\r")
+        before = self.modes(term, 1)
+        term.send("mosrun python3 job.py\r")
+        term.expect(r"READY\r\n")
+        term.set_size(40, 120)
+        self.check(term, 1)
+        _, pid = self.where()
+        c.kill("node1")
+        term.expect(r"mosrun: waiting for the node daemon to return")
+        c.start("node1")
+        c.wait_for(lambda: f"job {pid}: its mosrun is back" in c.log("node1"), 60,
+                   "mosrun to take its job back")
+        self.check(term, 1)
+        term.send("exit\r")
+        term.expect(r"hwsh\$ ")
+        term.send('echo "STATUS $? END$((3+1))"\r')
+        term.expect(r"STATUS 3 END4")
+        self.assertEqual(self.modes(term, 5), before)
         term.send("exit\r")
 
 
