@@ -359,7 +359,14 @@ int Run(const Options& options) {
       auto argv = spec.initArgv(static_cast<unsigned>(options.argv.size()));
       for (unsigned i = 0; i < options.argv.size(); ++i) argv.set(i, options.argv[i]);
       std::vector<std::string> env;
-      for (char** e = environ; *e; ++e) env.emplace_back(*e);
+      for (char** e = environ; *e; ++e) {
+        // Whether the job has a terminal is mosrun's to say, not the caller's environment's.
+        if (strncmp(*e, terminal::kEnvName, strlen(terminal::kEnvName)) == 0 &&
+            (*e)[strlen(terminal::kEnvName)] == '=') {
+          continue;
+        }
+        env.emplace_back(*e);
+      }
       if (terminal) env.push_back(terminal->EnvEntry());
       auto env_list = spec.initEnv(static_cast<unsigned>(env.size()));
       for (unsigned i = 0; i < env.size(); ++i) env_list.set(i, env[i]);
