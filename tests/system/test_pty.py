@@ -7,8 +7,9 @@ keeps its terminal while it is moved node2 -> node3 -> home, frozen and continue
 interrupts it, ^Z stops it and the shell reports mosrun stopped, `bg` and `fg` continue it;
 it ends with its own status, and the user's terminal modes afterwards (and while it is
 stopped) are those it had before. ^\ quits another job, and its mosrun dies of SIGQUIT as
-the job did; a job whose mosrun's stdout is a pipe keeps pipes. And an interactive job keeps
-its terminal through a restart of its home's daemon (killed outright)."""
+the job did; a job whose mosrun's stdout is a pipe keeps pipes. An interactive bash as the job
+starts in its terminal's foreground, and ^C interrupts its command. And an interactive job keeps its terminal
+through a restart of its home's daemon (killed outright)."""
 
 import fcntl
 import os
@@ -240,6 +241,30 @@ class PtyTest(harness.UserClusterTest):
         term.expect(r"hwsh\$ ")  # mosrun reads its stdin until it exits: type nothing before
         self.assertEqual(self.modes(term, 9), before)
         self.assertEqual([j for j in harness.jobs(c) if j["user"] == self.user], [])
+        term.send("exit\r")
+
+    def test_interactive_shell_as_the_job(self):
+        # An interactive bash as the job, on node2: it finds its process group in its
+        # terminal's foreground (in home ids, as getpgrp gives them: else it would take
+        # itself for a background job and stop), runs commands, and ^C interrupts its
+        # foreground command, not the shell.
+        term = self.shell()
+        before = self.modes(term, 1)
+        term.send("PS1='in$ ' mosrun -r node2 bash --norc --noprofile -i\r")
+        term.expect(r"\r\nin\$ ")
+        self.assertEqual(self.where()[0], "node2")
+        term.send('test -t 0 && echo "TTY $(tty) $((40+2))"\r')
+        term.expect(r"TTY /dev/pts/0 42\r\n")
+        term.expect(r"in\$ ")
+        term.send("sleep 100\r")
+        term.expect(r"sleep 100\r\n")
+        term.send("\x03")
+        term.expect(r"in\$ ")
+        term.send("exit 5\r")
+        term.expect(r"hwsh\$ ")
+        term.send('echo "STATUS $? END$((6+1))"\r')
+        term.expect(r"STATUS 5 END7")
+        self.assertEqual(self.modes(term, 8), before)
         term.send("exit\r")
 
     def test_job_keeps_its_terminal_through_a_restart_of_its_daemon(self):

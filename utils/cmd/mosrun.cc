@@ -541,8 +541,8 @@ int Run(const Options& options) {
                 terminal->Output(
                     reinterpret_cast<const char*>(data.begin()), data.size(),
                     [](const char* bytes, size_t size) { WriteAll(1, bytes, size, "stdout"); },
-                    [&](int) {
-                      StopForJobControl(*terminal);
+                    [&](int sig) {
+                      StopForJobControl(*terminal, sig);
                       continued();
                     });
                 break;

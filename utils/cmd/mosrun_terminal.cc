@@ -121,9 +121,10 @@ void UserTerminal::Output(const char* data, size_t size,
   }
 }
 
-void StopForJobControl(UserTerminal& terminal) {
+void StopForJobControl(UserTerminal& terminal, int sig) {
   terminal.Restore();
-  kill(0, SIGTSTP);
+  // By the job's own signal, so that the shell says why ("Stopped (tty input)").
+  kill(0, sig == SIGTTIN || sig == SIGTTOU ? sig : SIGTSTP);
   // Continued (SIGCONT is blocked and read from mosrun's signalfd; it continues the process
   // all the same): take it off, the caller continues the job.
   sigset_t cont;

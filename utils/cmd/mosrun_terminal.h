@@ -56,11 +56,12 @@ class UserTerminal {
   terminal::FrameReader output_;
 };
 
-// mosrun's own stop for job control, after the job's: the terminal is given back and
-// mosrun's process group stops (SIGTSTP, as the terminal would have stopped it at home),
+// mosrun's own stop for job control, after the job's (by `sig`): the terminal is given back
+// and mosrun's process group stops by the same signal (as the terminal would have stopped it
+// at home),
 // so that the shell sees a stopped job; returns once continued (fg, bg, or at once when
 // the group is orphaned and the kernel does not stop it). The SIGCONT that continued it is
 // taken off the pending signals: the caller continues the job itself.
-void StopForJobControl(UserTerminal& terminal);
+void StopForJobControl(UserTerminal& terminal, int sig);
 
 }  // namespace homeward
