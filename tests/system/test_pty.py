@@ -46,8 +46,8 @@ while True:
     if command == "check":
         check()
     elif command == "sleep":
-        print("SLEEPING", flush=True)
-        try:
+        try:  # ^C may come as soon as the line is out
+            print("SLEEPING", flush=True)
             time.sleep(120)
         except KeyboardInterrupt:
             print("INTERRUPTED", flush=True)
