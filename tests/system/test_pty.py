@@ -240,6 +240,15 @@ class PtyTest(harness.UserClusterTest):
         term.expect(r"PIPES\r\n")
         term.expect(r"hwsh\$ ")  # mosrun reads its stdin until it exits: type nothing before
         self.assertEqual(self.modes(term, 9), before)
+
+        # mosrun in a session of its own (the terminal is not its controlling terminal, so
+        # no job control applies): the job has a terminal all the same.
+        term.send("setsid -w mosrun -r node2 python3 job.py\r")
+        term.expect(r"READY\r\n")
+        self.check(term, 0)
+        term.send("exit\r")
+        term.expect(r"hwsh\$ ")
+        self.assertEqual(self.modes(term, 10), before)
         self.assertEqual([j for j in harness.jobs(c) if j["user"] == self.user], [])
         term.send("exit\r")
 

@@ -1,6 +1,7 @@
 // mosrun's side of an interactive job: see mosrun_terminal.h.
 #include "mosrun_terminal.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -80,7 +81,10 @@ std::string UserTerminal::DataFrame(const char* data, size_t size) {
 
 bool UserTerminal::Foreground() const {
   pid_t group = tcgetpgrp(0);
-  return group > 0 && group == getpgrp();
+  // Not mosrun's controlling terminal (mosrun in a session of its own): no job control
+  // applies to it, and it is mosrun's to read.
+  if (group < 0) return errno == ENOTTY;
+  return group == getpgrp();
 }
 
 void UserTerminal::EnterRaw() {
