@@ -7,9 +7,11 @@
 #include <fcntl.h>
 #include <linux/sched.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 
@@ -28,6 +30,34 @@ constexpr unsigned long kSigsysBit = 1UL << (SIGSYS - 1);
 
 long Raw(long nr, const long a[6]) {
   return RawSyscall(nr, a[0], a[1], a[2], a[3], a[4]);
+}
+
+// A terminal's foreground process group and session (tcgetpgrp, tcsetpgrp, tcgetsid) as
+// home ids, as getpgrp and getsid give them: a job-control shell compares the two, and
+// would otherwise take itself for a background job and stop (SIGTTIN) on its own
+// terminal. Reached from those libc functions' wrappers (wrappers.cc) with these three
+// requests only; an ioctl made without libc is not trapped and sees the kernel's ids.
+long TerminalIoctl(const PidMap& map, const long a[6]) {
+  unsigned int request = static_cast<unsigned int>(a[1]);
+  if (request == TIOCSPGRP) {
+    // Read through the kernel, so that a bad pointer is EFAULT, as the call would give,
+    // and not a fault in the handler.
+    pid_t group = 0;
+    iovec local = {&group, sizeof group};
+    iovec remote = {reinterpret_cast<void*>(a[2]), sizeof group};
+    long read =
+        RawSyscall6(SYS_process_vm_readv, RawSyscall(SYS_getpid), reinterpret_cast<long>(&local), 1,
+                    reinterpret_cast<long>(&remote), 1, 0);
+    if (read != static_cast<long>(sizeof group)) return -EFAULT;
+    group = static_cast<pid_t>(map.ToInner(group));
+    return RawSyscall(SYS_ioctl, a[0], a[1], reinterpret_cast<long>(&group));
+  }
+  long result = Raw(SYS_ioctl, a);
+  if (result == 0) {  // the kernel wrote the id: the pointer is good
+    pid_t* id = reinterpret_cast<pid_t*>(a[2]);
+    *id = static_cast<pid_t>(map.ToHome(*id));
+  }
+  return result;
 }
 
 long Uname(const PidMap&, const long a[6]) {
@@ -352,6 +382,7 @@ bool Emulates(long nr, const long a[6]) {
     case SYS_setpriority:
     case SYS_clone3:
     case SYS_rt_sigtimedwait:
+    case SYS_ioctl:
       return true;
     default:
       return false;
@@ -406,6 +437,8 @@ long Emulate(long nr, const long a[6], ucontext_t* uc) {
     case SYS_execve:
     case SYS_execveat:
       return Exec(nr, a);
+    case SYS_ioctl:
+      return TerminalIoctl(map, a);
     case SYS_rt_sigaction:
       return Sigaction(a);
     case SYS_rt_sigprocmask:

@@ -3,6 +3,7 @@
 // one ordinary system call. Errors become errno here, the shim's one C boundary.
 #include <dlfcn.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -82,6 +83,18 @@ pid_t setsid() noexcept {
 }
 int setpgid(pid_t pid, pid_t pgid) noexcept {
   return static_cast<int>(Call(SYS_setpgid, pid, pgid));
+}
+// A terminal's process groups and session, in home ids (see TerminalIoctl in emulate.cc).
+pid_t tcgetpgrp(int fd) noexcept {
+  pid_t group = 0;
+  return Call(SYS_ioctl, fd, TIOCGPGRP, Ptr(&group)) < 0 ? -1 : group;
+}
+int tcsetpgrp(int fd, pid_t group) noexcept {
+  return static_cast<int>(Call(SYS_ioctl, fd, TIOCSPGRP, Ptr(&group)));
+}
+pid_t tcgetsid(int fd) noexcept {
+  pid_t session = 0;
+  return Call(SYS_ioctl, fd, TIOCGSID, Ptr(&session)) < 0 ? -1 : session;
 }
 int kill(pid_t pid, int sig) noexcept {
   return static_cast<int>(Call(SYS_kill, pid, sig));

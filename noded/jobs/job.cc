@@ -28,6 +28,7 @@
 #include "job_stream.h"
 #include "job_usage.h"
 #include "proc_limits.h"
+#include "terminal_stream.h"
 #include "uv_error.h"
 
 namespace homeward {
@@ -123,6 +124,11 @@ namespace {
 std::vector<std::string> InitEnvironment(const JobLaunch& launch) {
   std::vector<std::string> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
   for (const auto& entry : launch.env) {
+    // mosrun's word that it runs on a terminal goes to the init as it is (job_terminal.h).
+    if (entry.rfind(std::string(terminal::kEnvName) + "=", 0) == 0) {
+      env.push_back(entry);
+      continue;
+    }
     if (entry.rfind("HOMEWARD_", 0) == 0) continue;  // ours to set, not the caller's
     env.push_back(kUserEnvPrefix + entry);
   }

@@ -36,6 +36,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -48,6 +49,7 @@
 #include <vector>
 
 #include "job_env.h"
+#include "job_terminal.h"
 #include "job_view.h"
 
 using homeward::kUserEnvPrefix;
@@ -73,6 +75,9 @@ struct Options {
   std::string preload;
   std::vector<Limit> limits;
   bool own_network = false;  // the job's network namespace is new: bring its loopback up
+  // mosrun runs on a terminal: the job gets a pseudo-terminal (job_terminal.h); "0,1" or
+  // "0,1,2", the descriptors that are the terminal (HOMEWARD_TERMINAL).
+  std::string terminal;
   std::vector<char*> argv;
 };
 
@@ -101,6 +106,7 @@ using homeward::job_init::Die;
 using homeward::job_init::kInitCopy;
 using homeward::job_init::kJobView;
 using homeward::job_init::MountJobProc;
+using homeward::job_init::TerminalRelay;
 
 unsigned long Number(const char* text, int base, const char* what) {
   char* end = nullptr;
@@ -300,6 +306,7 @@ const char* DropCapabilities() {
       }
       entries.push_back(std::move(text));
     } else if (text.rfind("HOMEWARD_", 0) == 0) {
+      if (text.rfind(std::string(homeward::terminal::kEnvName) + "=", 0) == 0) continue;
       entries.push_back(std::move(text));
     }
   }
@@ -370,13 +377,23 @@ namespace {
 
 // Starts the user's program (pid 2) and waits until it has run exec; returns its pid, or
 // -1 once a failure to start it is reported.
-pid_t StartProgram(const Options& options) {
+pid_t StartProgram(const Options& options, TerminalRelay* terminal = nullptr) {
   int exec_pipe[2];
   if (pipe2(exec_pipe, O_CLOEXEC) != 0) Die("pipe");
   pid_t program = fork();
   if (program < 0) Die("fork");
   if (program == 0) {
     close(exec_pipe[0]);
+    if (terminal) {
+      if (const char* step =
+              terminal->AttachProgram(options.terminal.find('2') != std::string::npos)) {
+        int err = errno;
+        char message[256];
+        int n = snprintf(message, sizeof message, "%d %s", err, step);
+        (void)!write(exec_pipe[1], message, static_cast<size_t>(n));
+        _exit(127);
+      }
+    }
     RunProgram(options, exec_pipe[1]);
   }
   close(exec_pipe[1]);
@@ -397,6 +414,10 @@ pid_t StartProgram(const Options& options) {
   }
   return program;
 }
+
+// mosrun -S: the shim in a process of the job asks for a checkpoint with a queued
+// SIGCONT carrying this value (preload/shim_state.h); the daemon takes it.
+constexpr int kCheckpointAsk = 0x43484b50;
 
 // Forwards every signal to the program while it lives (to the whole job after), and
 // reaps every process of the job; reports once nothing of the job is left.
@@ -428,15 +449,85 @@ int Supervise(pid_t program, sigset_t all) {
       }
       continue;
     }
-    // mosrun -S: the shim in a process of the job asks for a checkpoint with a queued
-    // SIGCONT carrying this value (preload/shim_state.h); the daemon takes it.
-    constexpr int kCheckpointAsk = 0x43484b50;
     if (sig == SIGCONT && info.si_code == SI_QUEUE && info.si_value.sival_int == kCheckpointAsk &&
         info.si_pid > 1) {
       Report("checkpoint");
       continue;
     }
     kill(program_done ? -1 : program, sig);
+  }
+}
+
+bool IsJobControlStop(int sig) {
+  return sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+}
+
+// Supervise for a job with a pseudo-terminal: the same forwarding and reaping, and the
+// relay between the terminal's master and the job's stdin and stdout pipes. The program
+// starts once the user's terminal modes have come, so that it finds them set; it is
+// watched for job-control stops too (^Z), which mosrun is told of, to stop in its turn.
+// A stop by SIGSTOP (CRIU's, during a move) is not one: mosrun never hears of it.
+int SuperviseTerminal(const Options& options, sigset_t all) {
+  int signals = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (signals < 0) Die("signalfd");
+  TerminalRelay terminal = TerminalRelay::Open(options.uid);
+  terminal.TakeAsControllingTerminal();
+  pid_t program = -1;
+  bool program_done = false;
+  int program_status = 0;
+  for (;;) {
+    if (program < 0 && terminal.ready()) {
+      program = StartProgram(options, &terminal);
+      if (program < 0) return 127;
+      terminal.CloseSlave();
+    }
+    pollfd fds[TerminalRelay::kPollFds + 1];
+    int count = terminal.Prepare(fds);
+    fds[count] = {signals, POLLIN, 0};
+    if (poll(fds, count + 1, -1) < 0) {
+      if (errno == EINTR) continue;
+      Die("poll");
+    }
+    terminal.Handle(fds, count);
+    if (!fds[count].revents) continue;
+    signalfd_siginfo info;
+    while (read(signals, &info, sizeof info) == sizeof info) {
+      int sig = static_cast<int>(info.ssi_signo);
+      if (sig == SIGCHLD) {
+        for (;;) {
+          int status;
+          pid_t pid = waitpid(-1, &status, WNOHANG | WUNTRACED);
+          if (pid > 0 && pid == program && WIFSTOPPED(status)) {
+            if (IsJobControlStop(WSTOPSIG(status))) terminal.Stopped(WSTOPSIG(status));
+          } else if (pid > 0 && pid == program) {
+            program_done = true;
+            program_status = status;
+          } else if (pid <= 0) {
+            if (pid < 0 && errno == ECHILD && program_done) {
+              terminal.Flush();
+              if (WIFSIGNALED(program_status)) {
+                Report("signal " + std::to_string(WTERMSIG(program_status)));
+              } else {
+                Report("exit " + std::to_string(WEXITSTATUS(program_status)));
+              }
+              return 0;
+            }
+            break;
+          }
+        }
+        continue;
+      }
+      if (sig == SIGCONT && info.ssi_code == SI_QUEUE &&
+          static_cast<int>(info.ssi_int) == kCheckpointAsk && info.ssi_pid > 1) {
+        Report("checkpoint");
+        continue;
+      }
+      // A SIGPIPE of the init's own (its stdout pipe's reader gone) is not the program's.
+      if (sig == SIGPIPE && info.ssi_pid == 1) continue;
+      if (program < 0) continue;  // not started yet: nothing to forward to
+      kill(program_done ? -1 : program, sig);
+      if (sig == SIGCONT) terminal.ContinueForeground();
+    }
   }
 }
 
@@ -465,6 +556,7 @@ int main(int argc, char** argv) {
   syscall(SYS_close_range, kStatusFd + 1, ~0U, 0);
   if (fcntl(kStatusFd, F_GETFD) < 0) return 127;
   Options options = Parse(argc, argv);
+  if (const char* terminal = getenv(homeward::terminal::kEnvName)) options.terminal = terminal;
   if (getpid() != 1) {
     errno = EINVAL;
     Die("must be pid 1 of a new PID namespace");
@@ -478,6 +570,7 @@ int main(int argc, char** argv) {
   sigset_t all;
   sigfillset(&all);
   sigprocmask(SIG_BLOCK, &all, nullptr);
+  if (!options.terminal.empty()) return SuperviseTerminal(options, all);
   pid_t program = StartProgram(options);
   if (program < 0) return 127;
   return Supervise(program, all);

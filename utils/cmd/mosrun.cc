@@ -27,6 +27,7 @@
 #include "error.h"
 #include "fd.h"
 #include "framing.h"
+#include "mosrun_terminal.h"
 
 extern char** environ;
 
@@ -334,6 +335,11 @@ int Run(const Options& options) {
   Fd signals = Fd::Adopt(HW_SYSCALL(signalfd(-1, &forwarded, SFD_CLOEXEC), "signalfd"));
   signal(SIGPIPE, SIG_IGN);
 
+  // On a terminal, the job gets a pseudo-terminal of its own that follows this one (not for
+  // a restart: the restored job has whatever stdio it was checkpointed with).
+  std::optional<UserTerminal> terminal =
+      options.restart_dir.empty() ? UserTerminal::Open() : std::nullopt;
+
   // The connection to the daemon is mosrun's own; the job never inherits it.
   std::string socket = ControlSocketPath();
   std::optional<ControlClient> client = ControlClient::Connect(socket);
@@ -353,7 +359,15 @@ int Run(const Options& options) {
       auto argv = spec.initArgv(static_cast<unsigned>(options.argv.size()));
       for (unsigned i = 0; i < options.argv.size(); ++i) argv.set(i, options.argv[i]);
       std::vector<std::string> env;
-      for (char** e = environ; *e; ++e) env.emplace_back(*e);
+      for (char** e = environ; *e; ++e) {
+        // Whether the job has a terminal is mosrun's to say, not the caller's environment's.
+        if (strncmp(*e, terminal::kEnvName, strlen(terminal::kEnvName)) == 0 &&
+            (*e)[strlen(terminal::kEnvName)] == '=') {
+          continue;
+        }
+        env.emplace_back(*e);
+      }
+      if (terminal) env.push_back(terminal->EnvEntry());
       auto env_list = spec.initEnv(static_cast<unsigned>(env.size()));
       for (unsigned i = 0; i < env.size(); ++i) env_list.set(i, env[i]);
       spec.setCwd(cwd);
@@ -426,23 +440,57 @@ int Run(const Options& options) {
     input_kept.erase(0, drop);
     input_acked += drop;
   };
+  // Bytes of the terminal stream for the job (an interactive job's input), sent as input.
+  auto send_stream = [&](const std::string& bytes) {
+    if (bytes.empty() || input_end_sent) return;
+    uint64_t offset = input_acked + input_kept.size();
+    input_kept.append(bytes);
+    send_input(offset, bytes.data(), bytes.size());
+  };
+  // mosrun was continued (fg or bg at home): the terminal is raw again if it is ours, and
+  // the job goes on.
+  auto continued = [&] {
+    terminal->EnterRaw();
+    send_signal(SIGCONT);
+  };
+  if (terminal) {
+    send_stream(terminal->InitialFrames());
+    terminal->EnterRaw();
+  }
   for (;;) {
     pollfd fds[3] = {{fd, POLLIN, 0}, {signals.get(), POLLIN, 0}, {0, POLLIN, 0}};
     bool may_send = input_kept.size() + sizeof buffer <= schema::INPUT_WINDOW;
-    nfds_t count = stdin_open && may_send ? 3 : 2;
-    if (poll(fds, count, -1) < 0) {
+    // An interactive job's input is read only while mosrun has the terminal's foreground.
+    // A shell's `fg` of a job running in the background gives it the terminal without a
+    // signal: in the background, mosrun looks again every 200 ms, and takes raw mode once
+    // the terminal is its own.
+    bool foreground = !terminal || terminal->Foreground();
+    if (terminal && foreground) terminal->EnterRaw();
+    nfds_t count = stdin_open && may_send && foreground ? 3 : 2;
+    if (poll(fds, count, foreground ? -1 : 200) < 0) {
       if (errno == EINTR) continue;
       throw SystemError(errno, "poll");
     }
     if (fds[1].revents & POLLIN) {
       signalfd_siginfo info;
       if (read(signals.get(), &info, sizeof info) == sizeof info) {
-        send_signal(static_cast<int>(info.ssi_signo));
+        int sig = static_cast<int>(info.ssi_signo);
+        if (terminal && sig == SIGWINCH) {
+          send_stream(terminal->WindowFrame());  // the job's terminal takes the new size
+        } else if (terminal && sig == SIGCONT) {
+          continued();
+        } else {
+          send_signal(sig);
+        }
       }
     }
     if (count == 3 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(0, buffer, sizeof buffer);
-      if (n > 0) {
+      // An interactive job's keys go as data frames of the terminal stream.
+      size_t room = terminal ? sizeof buffer - terminal::kHeaderBytes : sizeof buffer;
+      ssize_t n = read(0, buffer, room);
+      if (n > 0 && terminal) {
+        send_stream(UserTerminal::DataFrame(buffer, static_cast<size_t>(n)));
+      } else if (n > 0) {
         uint64_t offset = input_acked + input_kept.size();
         input_kept.append(buffer, static_cast<size_t>(n));
         send_input(offset, buffer, static_cast<size_t>(n));
@@ -489,6 +537,16 @@ int Run(const Options& options) {
             output_had[target] += data.size();
             if (target == 1 && stdout_broken) break;
             try {
+              if (target == 1 && terminal) {
+                terminal->Output(
+                    reinterpret_cast<const char*>(data.begin()), data.size(),
+                    [](const char* bytes, size_t size) { WriteAll(1, bytes, size, "stdout"); },
+                    [&](int sig) {
+                      StopForJobControl(*terminal, sig);
+                      continued();
+                    });
+                break;
+              }
               WriteAll(target, data.begin(), data.size(), target == 1 ? "stdout" : "stderr");
             } catch (const Error& e) {
               if (e.sys_errno() != EPIPE) throw;
@@ -518,6 +576,7 @@ int Run(const Options& options) {
           }
           case schema::ControlReply::JOB_EXITED: {
             auto exit = reply.getJobExited();
+            if (terminal) terminal->Restore();
             if (exit.hasMessage() && exit.getMessage().size() > 0) {
               fprintf(stderr, "mosrun: %s\n", exit.getMessage().cStr());
             }
