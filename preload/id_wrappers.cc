@@ -15,6 +15,7 @@
 
 #include "c_boundary.h"
 #include "home_ids.h"
+#include "next_symbol.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
 
@@ -23,15 +24,7 @@ namespace {
 using homeward::preload::RawSyscall;
 using homeward::preload::State;
 
-template <typename Fn>
-Fn Next(std::atomic<void*>& slot, const char* name) {
-  void* fn = slot.load(std::memory_order_acquire);
-  if (fn == nullptr) {
-    fn = dlsym(RTLD_NEXT, name);
-    slot.store(fn, std::memory_order_release);
-  }
-  return reinterpret_cast<Fn>(fn);
-}
+using homeward::preload::Next;
 
 // The descriptors signalfd returned (and dup, dup2, dup3 copied), one bit each (below kMarkedFds; a
 // signalfd above is read untranslated). A mark outlives the descriptor's close, so a marked

@@ -21,6 +21,7 @@
 #include "c_boundary.h"
 #include "emulate.h"
 #include "home_ids.h"
+#include "next_symbol.h"
 #include "proc_path.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
@@ -29,17 +30,7 @@ namespace {
 
 using homeward::preload::kProcPathMax;
 
-// The next definition of `name` (libc's), looked up once; racing threads store the same
-// value, so no lock is needed (a lock could be inherited held by a forked child).
-template <typename Fn>
-Fn Next(std::atomic<void*>& slot, const char* name) {
-  void* fn = slot.load(std::memory_order_acquire);
-  if (fn == nullptr) {
-    fn = dlsym(RTLD_NEXT, name);
-    slot.store(fn, std::memory_order_release);
-  }
-  return reinterpret_cast<Fn>(fn);
-}
+using homeward::preload::Next;
 
 const char* Proc(const char* path, char* buffer) {
   const auto& state = homeward::preload::State();

@@ -86,6 +86,15 @@ void Report(const std::string& line) {
   (void)!write(kStatusFd, text.data(), text.size());
 }
 
+// How the program ended, as the daemon reads it off the status pipe.
+void ReportEnd(int status) {
+  if (WIFSIGNALED(status)) {
+    Report("signal " + std::to_string(WTERMSIG(status)));
+  } else {
+    Report("exit " + std::to_string(WEXITSTATUS(status)));
+  }
+}
+
 }  // namespace
 
 namespace homeward::job_init {
@@ -437,11 +446,7 @@ int Supervise(pid_t program, sigset_t all) {
           program_status = status;
         } else if (pid <= 0) {
           if (pid < 0 && errno == ECHILD && program_done) {
-            if (WIFSIGNALED(program_status)) {
-              Report("signal " + std::to_string(WTERMSIG(program_status)));
-            } else {
-              Report("exit " + std::to_string(WEXITSTATUS(program_status)));
-            }
+            ReportEnd(program_status);
             return 0;
           }
           break;
@@ -505,11 +510,7 @@ int SuperviseTerminal(const Options& options, sigset_t all) {
           } else if (pid <= 0) {
             if (pid < 0 && errno == ECHILD && program_done) {
               terminal.Flush();
-              if (WIFSIGNALED(program_status)) {
-                Report("signal " + std::to_string(WTERMSIG(program_status)));
-              } else {
-                Report("exit " + std::to_string(WEXITSTATUS(program_status)));
-              }
+              ReportEnd(program_status);
               return 0;
             }
             break;

@@ -169,16 +169,27 @@ class CutLinkTest(unittest.TestCase):
     def test_a_guest_frozen_past_the_grace_is_sent_home_when_so_set(self):
         self.frozen_past_the_grace(go_home=True)
 
-    def frozen_past_the_grace(self, go_home):
+    @staticmethod
+    def grace_cluster(go_home):
+        """Two nodes with a 3 s grace: a guest cut off from its home longer is frozen, then
+        continued (or sent home, `go_home`) once the home is back."""
         settings = ["recovery.home_grace_s=3"]
         if go_home:
             settings.append('recovery.frozen_guests="home"')
-        with harness.LoopCluster(2, settings=settings) as c:
-            expected = "".join(f"line {i}\n" for i in range(1, 21))
-            work = self.start_job(c, "frozen", 20, 1, python=True)
-            c.wait_for(lambda: read(os.path.join(work, "lines")).count("\n") >= 3, 60,
-                       "the job to write 3 lines")
-            self.assertEqual(self.job_where(c), "node2")
+        return harness.LoopCluster(2, settings=settings)
+
+    def guest_writing_lines(self, c):
+        """A job of the user on node2 that writes 20 lines, one a second, to its file at
+        home, once it has written 3; returns the lines it must end with and its directory."""
+        work = self.start_job(c, "frozen", 20, 1, python=True)
+        c.wait_for(lambda: read(os.path.join(work, "lines")).count("\n") >= 3, 60,
+                   "the job to write 3 lines")
+        self.assertEqual(self.job_where(c), "node2")
+        return "".join(f"line {i}\n" for i in range(1, 21)), work
+
+    def frozen_past_the_grace(self, go_home):
+        with self.grace_cluster(go_home) as c:
+            expected, work = self.guest_writing_lines(c)
             cut = Cut(c.node("node1")["address"], c.node("node2")["address"])
             try:
                 cut.cut()

@@ -27,15 +27,8 @@ read = harness.read_text
 # so that its own cases are not run again.
 class FrozenRestartTest(test_cutlink.CutLinkTest):
     def frozen_restart(self, go_home):
-        settings = ["recovery.home_grace_s=3"]
-        if go_home:
-            settings.append('recovery.frozen_guests="home"')
-        with harness.LoopCluster(2, settings=settings) as c:
-            expected = "".join(f"line {i}\n" for i in range(1, 21))
-            work = self.start_job(c, "frozen", 20, 1, python=True)
-            c.wait_for(lambda: read(os.path.join(work, "lines")).count("\n") >= 3, 60,
-                       "the job to write 3 lines")
-            self.assertEqual(self.job_where(c), "node2")
+        with self.grace_cluster(go_home) as c:
+            expected, work = self.guest_writing_lines(c)
             state = c.node("node2")["state"]
             cut = Cut(c.node("node1")["address"], c.node("node2")["address"])
             try:
