@@ -354,126 +354,13 @@ void JobRegistry::Recover() {
   std::string dir = config_.state_dir + "/jobs";
   JobJournal journal(dir);
   for (JournalEntry& entry : journal.ReadAll()) {
-    pid_t home_pid = entry.launch.identity.home_pid;
     if (entry.away) {
       RecoverAway(entry);
-      continue;
-    }
-    if (entry.launch.guest && !entry.frozen_dir.empty()) {
+    } else if (entry.launch.guest && !entry.frozen_dir.empty()) {
       RecoverFrozenGuest(entry);
-      continue;
-    }
-    bool guest = entry.launch.guest;
-    std::string why;
-    Fd mosrun;  // a guest's mosrun is at its home
-    if (!guest) mosrun = Fd::Adopt(PidfdOpen(home_pid));
-    if (!guest && (!mosrun.valid() || ProcessStartTime(home_pid) != entry.mosrun_start)) {
-      why = "its mosrun is gone";
-    } else if (!guest && (jobs_.count(entry.slot) || entry.slot >= kMaxJobs)) {
-      why = fmt::format("slot {} is taken", entry.slot);
-    }
-    std::vector<Fd> kept;
-    FdKeeper keeper;
-    if (why.empty()) {
-      try {
-        keeper = FdKeeper::Reclaim(entry.keeper_pid, entry.keeper_start, kKeptFds, &kept);
-      } catch (const Error& e) {
-        why = e.what();
-      }
-    }
-    if (why.empty() && entry.init_pid <= 0) {
-      // Journaled with its keeper, before its init was spawned: the daemon may have died
-      // between the spawn and the next journal write. The init, if it runs, holds the
-      // status pipe's write end; the keeper holds its read end.
-      pid_t init = kept.size() == kKeptFds && kept[4].valid()
-                       ? FindStatusWriter(migrate::PipeInode(kept[4].get()), entry.keeper_pid)
-                       : 0;
-      uint64_t start = 0;
-      try {
-        if (init > 0) start = ProcessStartTime(init);
-      } catch (const Error&) {
-        start = 0;  // gone meanwhile
-      }
-      if (start == 0 && StatusWritten(kept)) {
-        // No init, but its status pipe has its last word: it ran and ended while no
-        // daemon looked. Its output is in its pipes, its exit status in that line: taken
-        // back as a job that ended (Job::Recover reads how from the pipe).
-        spdlog::info(
-            "job {}: its init was spawned but not journaled before the daemon died, "
-            "and has ended since; its output and exit status are kept",
-            home_pid);
-      } else if (start == 0) {
-        why = "it never started";
-      } else {
-        spdlog::info("job {}: found its init (pid {}) by its status pipe: it was spawned but "
-                     "not journaled before the daemon died",
-                     home_pid, init);
-        entry.init_pid = init;
-        entry.init_start = start;
-      }
-    }
-    std::string name = entry.Name();
-    auto remove = [dir, name] { JobJournal(dir).Remove(name); };
-    if (why.empty() && guest) {
-      uint64_t id = next_guest_++;
-      JobLaunch launch = std::move(entry.launch);
-      launch.init_path = init_path_;
-      launch.preload_path = preload_path_;
-      auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(),
-                                       [this, id](Job&) { guests_.erase(id); });
-      try {
-        KeepJob(*job, -1);  // journaled on: a later move marks its entry
-        WatchCheckpointAsks(job);
-        job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept), Fd(),
-                     nullptr, nullptr);
-        guests_[id] = job;
-        if (entry.moving) {
-          // Killed while it dumped the guest (a move on, or a freeze): it goes on here.
-          spdlog::info("job {}: its move was cut by the restart; it goes on here", home_pid);
-          migrate::ContinueJob(entry.init_pid);
-        }
-        ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
-        continue;
-      } catch (const Error& e) {
-        why = e.what();
-        job->Kill();
-      }
-    } else if (why.empty()) {
-      int slot = entry.slot;
-      JobLaunch launch = std::move(entry.launch);
-      launch.init_path = init_path_;
-      launch.preload_path = preload_path_;
-      auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(),
-                                       [this, slot](Job&) { jobs_.erase(slot); });
-      try {
-        KeepJob(*job, slot);  // journaled on: a later move marks its entry
-        // Its plan first: an ask the job makes while it is taken back counts.
-        PlanCheckpoints(slot, job->launch().identity, job->launch().checkpoint);
-        WatchCheckpointAsks(job);
-        job->set_output_base(entry.base[1], entry.base[2]);
-        job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
-                     std::move(mosrun), nullptr, nullptr);
-        jobs_[slot].here = job;
-        if (entry.moving) {
-          // The daemon died during a move: the job, stopped for its dump, stays here and
-          // goes on (a node that restored it meanwhile finds no home for it and kills it).
-          spdlog::info("job {}: its move was cut by the restart; it goes on here", home_pid);
-          migrate::ContinueJob(entry.init_pid);
-        }
-        continue;
-      } catch (const Error& e) {
-        why = e.what();
-        job->Kill();
-      }
-    }
-    spdlog::warn("job {} of the journal is not taken back ({}): ending it", home_pid, why);
-    KillIfSame(entry.init_pid, entry.init_start);
-    if (keeper.running()) {
-      keeper.Stop();
     } else {
-      KillIfSame(entry.keeper_pid, entry.keeper_start);
+      RecoverRunning(entry, dir);
     }
-    remove();
   }
   std::vector<uint64_t> taken;
   for (const auto& [slot, entry] : jobs_) {
@@ -483,6 +370,119 @@ void JobRegistry::Recover() {
   CleanRestoreIntents(dir, taken);
   RemoveStaleImages(config_.state_dir + "/images");
   RemoveStaleFrozenGuests();
+}
+
+namespace {
+
+// Journaled with its keeper, before its init was spawned: the daemon may have died
+// between the spawn and the next journal write. The init, if it runs, holds the status
+// pipe's write end; the keeper holds its read end. Returns why it is not taken back, or
+// nothing (then `entry` names the init found, or none for a job that ended meanwhile).
+std::string FindUnjournaledInit(JournalEntry& entry, const std::vector<Fd>& kept) {
+  pid_t home_pid = entry.launch.identity.home_pid;
+  pid_t init = kept.size() == kKeptFds && kept[4].valid()
+                   ? FindStatusWriter(migrate::PipeInode(kept[4].get()), entry.keeper_pid)
+                   : 0;
+  uint64_t start = 0;
+  try {
+    if (init > 0) start = ProcessStartTime(init);
+  } catch (const Error&) {
+    start = 0;  // gone meanwhile
+  }
+  if (start == 0 && StatusWritten(kept)) {
+    // No init, but its status pipe has its last word: it ran and ended while no daemon
+    // looked. Its output is in its pipes, its exit status in that line: taken back as a
+    // job that ended (Job::Recover reads how from the pipe).
+    spdlog::info(
+        "job {}: its init was spawned but not journaled before the daemon died, "
+        "and has ended since; its output and exit status are kept",
+        home_pid);
+    return "";
+  }
+  if (start == 0) return "it never started";
+  spdlog::info("job {}: found its init (pid {}) by its status pipe: it was spawned but "
+               "not journaled before the daemon died",
+               home_pid, init);
+  entry.init_pid = init;
+  entry.init_start = start;
+  return "";
+}
+
+}  // namespace
+
+void JobRegistry::RecoverRunning(JournalEntry& entry, const std::string& dir) {
+  pid_t home_pid = entry.launch.identity.home_pid;
+  bool guest = entry.launch.guest;
+  std::string why;
+  Fd mosrun;  // a guest's mosrun is at its home
+  if (!guest) mosrun = Fd::Adopt(PidfdOpen(home_pid));
+  if (!guest && (!mosrun.valid() || ProcessStartTime(home_pid) != entry.mosrun_start)) {
+    why = "its mosrun is gone";
+  } else if (!guest && (jobs_.count(entry.slot) || entry.slot >= kMaxJobs)) {
+    why = fmt::format("slot {} is taken", entry.slot);
+  }
+  std::vector<Fd> kept;
+  FdKeeper keeper;
+  if (why.empty()) {
+    try {
+      keeper = FdKeeper::Reclaim(entry.keeper_pid, entry.keeper_start, kKeptFds, &kept);
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
+  if (why.empty() && entry.init_pid <= 0) why = FindUnjournaledInit(entry, kept);
+  if (why.empty()) {
+    why = TakeBack(entry, std::move(keeper), std::move(kept), std::move(mosrun));
+    if (why.empty()) return;
+  }
+  spdlog::warn("job {} of the journal is not taken back ({}): ending it", home_pid, why);
+  KillIfSame(entry.init_pid, entry.init_start);
+  if (keeper.running()) {
+    keeper.Stop();
+  } else {
+    KillIfSame(entry.keeper_pid, entry.keeper_start);
+  }
+  JobJournal(dir).Remove(entry.Name());
+}
+
+std::string JobRegistry::TakeBack(JournalEntry& entry, FdKeeper keeper, std::vector<Fd> kept,
+                                  Fd mosrun) {
+  pid_t home_pid = entry.launch.identity.home_pid;
+  bool guest = entry.launch.guest;
+  uint64_t id = guest ? next_guest_++ : 0;
+  int slot = entry.slot;
+  JobLaunch launch = std::move(entry.launch);
+  launch.init_path = init_path_;
+  launch.preload_path = preload_path_;
+  auto finished = guest ? std::function<void(Job&)>([this, id](Job&) { guests_.erase(id); })
+                        : std::function<void(Job&)>([this, slot](Job&) { jobs_.erase(slot); });
+  auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(), finished);
+  try {
+    KeepJob(*job, guest ? -1 : slot);  // journaled on: a later move marks its entry
+    // Its plan first: an ask the job makes while it is taken back counts.
+    if (!guest) PlanCheckpoints(slot, job->launch().identity, job->launch().checkpoint);
+    WatchCheckpointAsks(job);
+    if (!guest) job->set_output_base(entry.base[1], entry.base[2]);
+    job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
+                 std::move(mosrun), nullptr, nullptr);
+    if (guest) {
+      guests_[id] = job;
+    } else {
+      jobs_[slot].here = job;
+    }
+    if (entry.moving) {
+      // The daemon died during a move (or a freeze) of the job, stopped for its dump: it
+      // stays here and goes on (a node that restored it meanwhile finds no home for it
+      // and kills it).
+      spdlog::info("job {}: its move was cut by the restart; it goes on here", home_pid);
+      migrate::ContinueJob(entry.init_pid);
+    }
+    if (guest) ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
+    return "";
+  } catch (const Error& e) {
+    job->Kill();
+    return e.what();
+  }
 }
 
 void JobRegistry::RelayClosed(const std::shared_ptr<Job>& job) {
@@ -575,259 +575,6 @@ void JobRegistry::ResumeJob(schema::ResumeJob::Reader request, ReplySender reply
   auto weak_job = std::make_shared<std::weak_ptr<Job>>(job);
   ControlStream relay = reply.OpenStream(RelayHandlersFor(weak_job));
   job->Reattach(relay, request.getStdoutOffset(), request.getStderrOffset());
-}
-
-}  // namespace homeward
-
-namespace homeward {
-
-// Every this many bytes of output from a guest, its home says how much it has had, so
-// that the guest's spools keep no more than what a restart of its daemon could lose.
-constexpr uint64_t kOutputTellEvery = 256 * 1024;
-
-void JobRegistry::CountOutput(Away& away, schema::JobOutput::Reader output) {
-  unsigned fd = output.getFd();
-  if (fd != 1 && fd != 2) return;
-  away.output_here[fd] += output.getData().size();
-  // Told only once mosrun's socket has all that was forwarded: the node then forgets it,
-  // and a home killed now must not have held any of it only in its memory.
-  if (away.output_here[1] + away.output_here[2] - away.output_told >= kOutputTellEvery &&
-      away.mosrun.queued_bytes() == 0) {
-    TellOutputHad(away);
-  }
-}
-
-void JobRegistry::SendHeldSignals(Away& away) {
-  if (!away.peer.open()) return;
-  for (int sig : away.held_signals) {
-    capnp::MallocMessageBuilder message;
-    auto request = message.initRoot<schema::ControlRequest>();
-    request.setVersion(schema::CONTROL_VERSION);
-    request.setJobSignal(sig);
-    away.peer.Send(message);
-  }
-  away.held_signals.clear();
-}
-
-void JobRegistry::TellOutputHad(Away& away) {
-  capnp::MallocMessageBuilder message;
-  auto request = message.initRoot<schema::ControlRequest>();
-  request.setVersion(schema::CONTROL_VERSION);
-  auto had = request.initResumeJob();
-  had.setStdoutOffset(away.output_here[1]);
-  had.setStderrOffset(away.output_here[2]);
-  away.peer.Send(message);
-  away.output_told = away.output_here[1] + away.output_here[2];
-}
-
-bool JobRegistry::AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay) {
-  // The job's node may only have lost its daemon: the job runs on there and the next
-  // daemon attaches again (Rejoin).
-  if (away->frozen ||
-      !away->protocol.RelayLost(relay, static_cast<int64_t>(uv_now(loop_)))) {
-    return false;
-  }
-  spdlog::warn("job {}: lost its relay to node {}; waiting {} s for it to take the job back",
-               away->home_pid(), away->where(), move::kAttachTimeoutMs / 1000);
-  return true;
-}
-
-bool JobRegistry::Rejoin(int slot, const std::shared_ptr<Away>& away,
-                         schema::AttachGuest::Reader attach, ReplySender& reply) {
-  auto step = away->protocol.Rejoined(attach.getNode());
-  if (!step) return false;  // given up, or waiting for another node: the attach is refused
-  away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
-  away->mosrun.OnDrain([away] {
-    if (!away->output_held) away->peer.PauseReading(false);
-  });
-  away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
-  away->mosrun.PauseReading(false);
-  // The node sends again what it has after this; then the job's input goes on. After a
-  // restart of this daemon, that waits for mosrun to say what it has.
-  if (away->awaiting_mosrun) {
-    spdlog::info("job {} taken back by node {}; waiting for its mosrun", away->home_pid(),
-                 away->where());
-    return true;
-  }
-  TellOutputHad(*away);
-  SendHeldSignals(*away);
-  spdlog::info("job {} taken back by node {} after its daemon restarted; output from bytes {} "
-               "and {}",
-               away->home_pid(), away->where(), away->output_here[1], away->output_here[2]);
-  Apply(slot, away, std::move(*step));
-  return true;
-}
-
-void JobRegistry::ForgetAway(const Away& away) {
-  if (away.journaled.empty()) return;
-  JobJournal(config_.state_dir + "/jobs").Remove(std::to_string(away.home_pid()));
-}
-
-void JobRegistry::JournalAways() {
-  std::vector<std::pair<int, std::shared_ptr<Away>>> aways;
-  for (auto& [slot, entry] : jobs_) {
-    if (entry.away) aways.emplace_back(slot, entry.away);
-  }
-  for (auto& [slot, away] : aways) {
-    const move::Record& record = away->protocol.record();
-    // A job frozen at home does not read its mosrun's stream, so its hangup goes unseen
-    // there: the job's pid at home is its mosrun's, watched here instead.
-    if (away->awaiting_mosrun || away->frozen) {
-      uint64_t start = ProcessStartTime(away->home_pid());
-      if (away->mosrun_start == 0) away->mosrun_start = start;
-      if (start == 0 || start != away->mosrun_start) {
-        spdlog::info("job {}: its mosrun is gone; ending it {}", away->home_pid(),
-                     away->frozen ? "and removing its frozen images" : "on " + away->where());
-        Apply(slot, away, away->protocol.MosrunGone());
-        continue;
-      }
-      if (away->awaiting_mosrun) continue;  // its entry stands as it was read
-    }
-    if (away->output_held || record.state == move::State::kStarting ||
-        record.state == move::State::kEnded) {
-      continue;
-    }
-    if (away->mosrun_start == 0) away->mosrun_start = ProcessStartTime(away->home_pid());
-    JournalEntry entry;
-    entry.slot = slot;
-    entry.mosrun_start = away->mosrun_start;
-    if (away->frozen) {
-      // Continuing it after a restart needs all of its launch but the input, which is
-      // in its image directory (SaveFrozenInput).
-      entry.launch = away->frozen->launch;
-      entry.launch.input = {};
-      entry.frozen_dir = away->frozen->dir;
-      entry.pipes = away->frozen->pipes;
-    } else {
-      entry.launch.identity.home_pid = away->home_pid();
-      entry.launch.identity.uid = away->uid;
-      entry.launch.home = config_.name;
-      entry.launch.argv = {away->command};
-      entry.launch.locked = away->locked;
-    }
-    // Its checkpoint plan, and the user it writes and reads its checkpoints as.
-    if (auto plan = checkpoint_plans_.find(slot);
-        plan != checkpoint_plans_.end() && plan->second.home_pid == away->home_pid()) {
-      entry.launch.checkpoint = plan->second.plan;
-      entry.launch.identity.gid = plan->second.owner.gid;
-      entry.launch.identity.groups = plan->second.owner.groups;
-    }
-    entry.away = true;
-    entry.record = record.Serialize();
-    for (int fd : {1, 2}) {
-      entry.base[fd] = away->origin[fd] + away->forwarded[fd] - away->output_here[fd];
-    }
-    std::string text = FormatJournalEntry(entry);
-    if (text == away->journaled) continue;
-    try {
-      JobJournal(config_.state_dir + "/jobs").Write(entry);
-      away->journaled = std::move(text);
-    } catch (const Error& e) {
-      spdlog::warn("job {}: cannot journal it: {}", away->home_pid(), e.what());
-    }
-  }
-}
-
-void JobRegistry::RecoverAway(JournalEntry& entry) {
-  pid_t home_pid = entry.launch.identity.home_pid;
-  std::string name = entry.Name();
-  std::string why;
-  if (ProcessStartTime(home_pid) != entry.mosrun_start) {
-    why = "its mosrun is gone";
-  } else if (jobs_.count(entry.slot) || entry.slot < 0 || entry.slot >= kMaxJobs) {
-    why = fmt::format("slot {} is taken", entry.slot);
-  }
-  std::optional<move::Protocol> protocol;
-  if (why.empty()) {
-    try {
-      protocol = move::Protocol::Reloaded(move::Record::Parse(entry.record),
-                                          static_cast<int64_t>(uv_now(loop_)));
-    } catch (const Error& e) {
-      why = e.what();
-    }
-  }
-  if (why.empty() && protocol->ended()) why = "it had ended";
-  bool frozen = !entry.frozen_dir.empty();
-  if (why.empty() && frozen != (protocol->state() == move::State::kFrozen)) {
-    why = "its images do not match its state";
-  }
-  JobLaunch frozen_launch;
-  if (why.empty() && frozen) {
-    frozen_launch = entry.launch;
-    frozen_launch.init_path = init_path_;
-    frozen_launch.preload_path = preload_path_;
-    try {
-      frozen_launch.input = LoadFrozenInput(entry.frozen_dir);
-    } catch (const Error& e) {
-      why = e.what();
-    }
-  }
-  if (!why.empty()) {
-    // Its node's attach is refused: the guest is killed there. Frozen images go.
-    spdlog::warn("job {} of the journal, {}, is not taken back ({})", home_pid,
-                 frozen ? "frozen" : "away", why);
-    if (frozen) migrate::RemoveImageDir(entry.frozen_dir);
-    JobJournal(config_.state_dir + "/jobs").Remove(name);
-    return;
-  }
-  auto away = std::make_shared<Away>(std::move(*protocol));
-  away->uid = entry.launch.identity.uid;
-  // A job away is journaled with its command as one word; a frozen one with its argv.
-  away->command = CommandOf(entry.launch.argv);
-  if (frozen) away->frozen = Away::Frozen{entry.frozen_dir, frozen_launch, entry.pipes};
-  away->locked = entry.launch.locked;
-  away->awaiting_mosrun = true;
-  away->mosrun_start = entry.mosrun_start;
-  away->origin[1] = entry.base[1];
-  away->origin[2] = entry.base[2];
-  away->journaled = FormatJournalEntry(entry);
-  jobs_[entry.slot].away = away;
-  PlanCheckpoints(entry.slot, entry.launch.identity, entry.launch.checkpoint);
-  if (frozen) {
-    spdlog::info("job {} taken back after a restart: frozen to {}; waiting for its mosrun",
-                 home_pid, entry.frozen_dir);
-  } else {
-    spdlog::info("job {} taken back after a restart: runs on {}; waiting for it and its mosrun",
-                 home_pid, away->where());
-  }
-}
-
-bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply) {
-  const Caller& caller = reply.caller();
-  for (auto& [slot, entry] : jobs_) {
-    if (!entry.away || entry.away->home_pid() != caller.pid) continue;
-    auto away = entry.away;
-    if (away->uid != caller.uid || !away->awaiting_mosrun) {
-      Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", caller.pid);
-    }
-    uint64_t had[3] = {0, request.getStdoutOffset(), request.getStderrOffset()};
-    for (int fd : {1, 2}) {
-      if (had[fd] < away->origin[fd]) {
-        Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, fewer than {}",
-             caller.pid, had[fd], fd, away->origin[fd]);
-      }
-    }
-    for (int fd : {1, 2}) {
-      away->output_here[fd] = had[fd] - away->origin[fd];
-      away->forwarded[fd] = away->output_here[fd];
-    }
-    away->awaiting_mosrun = false;
-    away->mosrun = reply.OpenStream(MosrunHandlersForAway(slot, away));
-    // A frozen job's input waits (paused) until it continues.
-    if (away->frozen) away->mosrun.PauseReading(true);
-    away->mosrun.OnDrain([away] {
-      if (!away->output_held) away->peer.PauseReading(false);
-    });
-    spdlog::info("job {}: its mosrun is back; output goes on from bytes {} and {}", caller.pid,
-                 had[1], had[2]);
-    // The node, if it is back already, resends from there and says where input goes on.
-    if (away->protocol.state() == move::State::kRunning) {
-      TellOutputHad(*away);
-      SendHeldSignals(*away);
-    }
-    return true;
-  }
-  return false;
 }
 
 }  // namespace homeward

@@ -186,6 +186,11 @@ class JobRegistry {
   // death; and takes back, at start, the jobs the journal names (job_recovery.cc).
   void KeepJob(Job& job, int slot);
   void Recover();
+  // A job the journal names that ran here (at home or as a guest): taken back, or ended
+  // and its entry removed.
+  void RecoverRunning(JournalEntry& entry, const std::string& dir);
+  // Takes back the job of `entry` with what its keeper kept; returns why it could not.
+  std::string TakeBack(JournalEntry& entry, FdKeeper keeper, std::vector<Fd> kept, Fd mosrun);
   // A guest taken back after a restart asks its home to take it back too.
   void ReattachGuest(std::shared_ptr<Job> job, int64_t until_ms, bool again = false);
   // The relay of a job running here closed: a guest waits for its home to take it back
@@ -302,6 +307,17 @@ class JobRegistry {
   // A job away whose end is `why` (its node lost): restarts it at home from its newest
   // checkpoint, on the same mosrun. False when it has no checkpoint directory.
   bool RestartLost(int slot, const std::shared_ptr<Away>& away, const std::string& why);
+  // A fresh root-only directory under <state_dir>/restart for a checkpoint's copy, or ""
+  // (errno says why).
+  std::string RestartCopyDir(pid_t pid) const;
+  // Tells mosrun (and mosps) that `job` was restarted, and from which checkpoint.
+  void TellRestarted(const Job& job, ControlStream& relay, const std::string& from);
+  // The job restarted at home from its checkpoint in place of `away`, in `slot`, on the
+  // same mosrun. Throws Error when it cannot be taken over.
+  std::shared_ptr<Job> TakeOverRestarted(int slot, const std::shared_ptr<Away>& away,
+                                         const CheckpointPlan& plan,
+                                         const struct CheckpointManifest& manifest,
+                                         RestoredHere restored);
   void StartCheckpointTimer();
   void CheckpointTick();
   // Takes the job's own asks for a checkpoint (mosrun -S) from its status pipe.
