@@ -664,6 +664,23 @@ void Job::SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids) {
 
 std::string Job::PinnedReason(const std::vector<pid_t>& pids) const {
   if (launch_.keep_home) return "kept at home (mosrun -h)";
+  if (!launch_.guest && !pids.empty()) {
+    // A lock a job at home holds is the home kernel's own: criu would take it again on the
+    // target, through homefs, while the frozen copy here still holds it, and wait for ever
+    // in the kernel (see ARCHITECTURE.md, "Files shared between nodes").
+    std::set<pid_t> ours(pids.begin(), pids.end());
+    std::istringstream locks(ReadTextFile("/proc/locks"));
+    std::string line;
+    while (std::getline(locks, line)) {
+      if (line.find("->") != std::string::npos) continue;  // a waiter, not a holder
+      std::istringstream fields(line);
+      std::string id, kind, mode, access;
+      pid_t pid = 0;
+      if (fields >> id >> kind >> mode >> access >> pid && ours.count(pid)) {
+        return "holds a file lock (locks taken at home are not carried away yet)";
+      }
+    }
+  }
   std::set<std::string> sockets;
   // System V shared memory, semaphores and message queues are not a reason: they live in
   // the job's own IPC namespace, which CRIU dumps and restores with their contents. A

@@ -88,9 +88,10 @@ class LocksTest(unittest.TestCase):
         return work
 
     def start(self, c, name, tag, where, *program):
-        """Starts `program` as a job of the user in /data/NAME, at home (where "home") or
-        on node `where`; its status, output and errors go to TAG.status/out/err."""
-        placement = ["-h"] if where == "home" else ["-r", where]
+        """Starts `program` as a job of the user in /data/NAME, kept at home (where "home"),
+        on node `where`, or as mosrun's option `where` says (one starting with "-"); its status, output and errors go to TAG.status/out/err."""
+        placement = (["-h"] if where == "home" else [where] if where.startswith("-")
+                     else ["-r", where])
         mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", *placement, *program])
         c.run("node1", "sh", "-c", f"cd /data/{name} && ({mosrun} > {tag}.out 2> {tag}.err; "
                                    f"echo $? > {tag}.status) >/dev/null 2>&1 & echo started")
@@ -183,6 +184,34 @@ class LocksTest(unittest.TestCase):
                 pass
             status, err = self.ended(c, work, "waiter2", 60)
             self.assertEqual(status, "0", err)
+
+    def test_a_holder_at_home_says_it_cannot_leave(self):
+        """A lock a job at home holds is the home kernel's own, which criu would take again
+        on the target, through homefs, while the frozen copy still holds it (the restore
+        would wait for ever): such a job is pinned, mosps says why and mosmigrate refuses."""
+        with harness.LoopCluster(2, settings=["balance.automatic=false"]) as c:
+            work = self.workdir(c, "pinned")
+            for name in ("locked", "flocked"):
+                with open(os.path.join(work, name), "w") as f:
+                    f.write("data\n")
+                os.chown(os.path.join(work, name), self.uid, self.gid)
+            for how, name in (("lockf", "locked"), ("flock", "flocked")):
+                self.start(c, "pinned", how, "-L", "python3", "holder.py", name, how, how)
+                c.wait_for(lambda: read(os.path.join(work, f"{how}.held")), 60,
+                           f"the {how} holder's lock")
+                holder = c.wait_for(
+                    lambda: next((j for j in harness.jobs(c) if j["cmd"].endswith(name + " " +
+                                  how + " " + how) and "holds a file lock" in j["pinned"]),
+                                 None), 30, f"the {how} holder pinned in mosps")
+                self.assertEqual(holder["where"], "node1")
+                refused = c.run("node1", "mosmigrate", str(holder["pid"]), "node2",
+                                check=False)
+                self.assertNotEqual(refused.returncode, 0)
+                self.assertIn("cannot leave home: it holds a file lock", refused.stderr)
+                with open(os.path.join(work, f"{how}.go"), "w"):
+                    pass
+                status, err = self.ended(c, work, how, 60)
+                self.assertEqual(status, "0", err)
 
     def test_a_lost_node_loses_its_locks(self):
         settings = ["gossip.interval_ms=200", "gossip.suspect_ms=1000", "gossip.dead_ms=3000",
