@@ -1,5 +1,5 @@
 // A job on this node: spawning its init in fresh namespaces, and relaying its stdio,
-// signals and exit to its mosrun.
+// signals and exit to its mosrun (its output: job_output.cc, its input: job_input.cc).
 #include "job.h"
 
 #include <dirent.h>
@@ -144,6 +144,55 @@ std::vector<std::string> InitEnvironment(const JobLaunch& launch) {
 
 }  // namespace
 
+namespace {
+
+// mosjob-init's command line for `launch`: who the job runs as, where, its limits, and
+// the program.
+std::vector<std::string> InitArguments(const JobLaunch& launch) {
+  const JobIdentity& id = launch.identity;
+  std::vector<std::string> argv = {launch.init_path,
+                                   "--home",
+                                   launch.home,
+                                   "--uid",
+                                   std::to_string(id.uid),
+                                   "--gid",
+                                   std::to_string(id.gid),
+                                   "--umask",
+                                   fmt::format("{:o}", id.umask),
+                                   "--cwd",
+                                   launch.cwd,
+                                   "--root",
+                                   launch.root};
+  if (!id.groups.empty()) {
+    std::string groups;
+    for (gid_t g : id.groups) groups += (groups.empty() ? "" : ",") + std::to_string(g);
+    argv.insert(argv.end(), {"--groups", groups});
+  }
+  for (const auto& limit : id.limits) {
+    auto value = [](rlim_t v) {
+      return v == RLIM_INFINITY ? std::string("inf") : std::to_string(v);
+    };
+    argv.push_back("--rlimit");
+    argv.push_back(fmt::format("{}={}:{}", limit.resource, value(limit.soft), value(limit.hard)));
+  }
+  // A guest gets a network namespace of its own with only its loopback: the node's
+  // loopback services and abstract unix sockets are the node's, not its home's. A job at
+  // its home keeps the node's network, as the plain program it stands for would.
+  if (launch.guest) argv.push_back("--own-network");
+  argv.push_back("--");
+  argv.insert(argv.end(), launch.argv.begin(), launch.argv.end());
+
+  // The shim goes into the program, not into its init: the init must see the real pids
+  // of the job's namespace. The init puts it first in the program's LD_PRELOAD.
+  if (!launch.preload_path.empty()) {
+    argv.insert(argv.end() - static_cast<long>(launch.argv.size()) - 1,
+                {"--preload", launch.preload_path});
+  }
+  return argv;
+}
+
+}  // namespace
+
 void Job::Start() {
   Pipe stdin_pipe = Pipe::Create();
   Pipe stdout_pipe = Pipe::Create();
@@ -164,45 +213,7 @@ void Job::Start() {
 
   const JobIdentity& id = launch_.identity;
   SpawnOptions options;
-  options.argv = {launch_.init_path,
-                  "--home",
-                  launch_.home,
-                  "--uid",
-                  std::to_string(id.uid),
-                  "--gid",
-                  std::to_string(id.gid),
-                  "--umask",
-                  fmt::format("{:o}", id.umask),
-                  "--cwd",
-                  launch_.cwd,
-                  "--root",
-                  launch_.root};
-  if (!id.groups.empty()) {
-    std::string groups;
-    for (gid_t g : id.groups) groups += (groups.empty() ? "" : ",") + std::to_string(g);
-    options.argv.insert(options.argv.end(), {"--groups", groups});
-  }
-  for (const auto& limit : id.limits) {
-    auto value = [](rlim_t v) {
-      return v == RLIM_INFINITY ? std::string("inf") : std::to_string(v);
-    };
-    options.argv.push_back("--rlimit");
-    options.argv.push_back(
-        fmt::format("{}={}:{}", limit.resource, value(limit.soft), value(limit.hard)));
-  }
-  // A guest gets a network namespace of its own with only its loopback: the node's
-  // loopback services and abstract unix sockets are the node's, not its home's. A job at
-  // its home keeps the node's network, as the plain program it stands for would.
-  if (launch_.guest) options.argv.push_back("--own-network");
-  options.argv.push_back("--");
-  options.argv.insert(options.argv.end(), launch_.argv.begin(), launch_.argv.end());
-
-  // The shim goes into the program, not into its init: the init must see the real pids
-  // of the job's namespace. The init puts it first in the program's LD_PRELOAD.
-  if (!launch_.preload_path.empty()) {
-    options.argv.insert(options.argv.end() - static_cast<long>(launch_.argv.size()) - 1,
-                        {"--preload", launch_.preload_path});
-  }
+  options.argv = InitArguments(launch_);
   options.env = InitEnvironment(launch_);
   options.stdin_fd = stdin_pipe.read.get();
   options.stdout_fd = stdout_pipe.write.get();
@@ -373,171 +384,6 @@ void Job::AbandonAfterMove() {
   stderr_.reset();
   status_.reset();
   relay_.OnDrain(nullptr);
-}
-
-FrozenOutput Job::PendingOutput(uint64_t limit) {
-  FrozenOutput output;
-  uint64_t total = 0;
-  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
-    if (!stream) continue;
-    Pump(*stream, true);
-    output.start[stream->fd] = stream->trimmed;
-    total += stream->taken - stream->trimmed;
-  }
-  if (total > limit) {
-    Fail(ErrorKind::kFailed, "its output its home has not had ({} bytes) is over {} bytes", total,
-         limit);
-  }
-  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
-    if (!stream) continue;
-    std::string& data = output.data[stream->fd];
-    data.resize(stream->taken - stream->trimmed);
-    size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = ::pread(stream->spool.get(), data.data() + done, data.size() - done,
-                          static_cast<off_t>(stream->trimmed + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) Fail(ErrorKind::kFailed, "cannot read its spooled output");
-      done += static_cast<size_t>(n);
-    }
-  }
-  return output;
-}
-
-void Job::KeepOutputFrom(const FrozenOutput& output) {
-  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
-    if (stream) stream->trimmed = std::min(output.start[stream->fd], stream->taken);
-  }
-}
-
-bool Job::Stopped(const Stream& stream) const {
-  // The status is never held back; output is while mosrun is slower than the job, while
-  // its home waits for output relayed from the job's old node, and while no mosrun is
-  // there to take it (after a restart).
-  if (detached_) return true;
-  return stream.fd != 3 && (output_paused_ || output_held_);
-}
-
-void Job::Pump(Stream& stream, bool force) {
-  for (int round = 0; !stream.eof && (force || !Stopped(stream)); ++round) {
-    ssize_t n = ::splice(stream.pipe.get(), nullptr, stream.spool.get(), nullptr, 1 << 20,
-                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    if (n > 0) {
-      stream.taken += static_cast<uint64_t>(n);
-      if (!force && round < 4) continue;  // a few rounds, then other handles get their turn
-      break;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) break;
-    if (n < 0) spdlog::warn("job {}: cannot read its output: {}", home_pid(), strerror(errno));
-    stream.eof = true;
-  }
-  Deliver(stream, force);
-  UpdatePoll(stream);
-  if (stream.eof && stream.sent == stream.taken) MaybeFinish();
-}
-
-void Job::Deliver(Stream& stream, bool force) {
-  if (detached_ && stream.fd != 3) return;
-  // What was sent before is in mosrun's socket once the relay's queue is empty: mosrun
-  // gets it even if this daemon dies now, so the spool need not keep it.
-  // A guest's relay is a connection to its home, whose kernel buffers die with the node:
-  // there, the home's word trims the spools (OutputHad).
-  if (stream.fd != 3 && !launch_.guest && relay_.queued_bytes() == 0) {
-    uint64_t upto = stream.sent & ~uint64_t{4095};
-    if (upto > stream.trimmed) {
-      ::fallocate(stream.spool.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  static_cast<off_t>(stream.trimmed), static_cast<off_t>(upto - stream.trimmed));
-      stream.trimmed = upto;
-    }
-  }
-  while (stream.sent < stream.taken && (force || !Stopped(stream))) {
-    size_t want =
-        static_cast<size_t>(std::min<uint64_t>(sizeof stream.buffer, stream.taken - stream.sent));
-    ssize_t n = ::pread(stream.spool.get(), stream.buffer, want, static_cast<off_t>(stream.sent));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      spdlog::warn("job {}: cannot read its spooled output: {}", home_pid(),
-                   n < 0 ? strerror(errno) : "short");
-      stream.sent = stream.taken;
-      break;
-    }
-    stream.sent += static_cast<uint64_t>(n);
-    if (stream.fd == 3) {
-      status_text_.append(stream.buffer, static_cast<size_t>(n));
-      // "checkpoint" lines before the last: the job asks for one (mosrun -S).
-      static constexpr std::string_view kAsk = "checkpoint\n";
-      while (status_text_.compare(0, kAsk.size(), kAsk) == 0) {
-        status_text_.erase(0, kAsk.size());
-        status_consumed_ += kAsk.size();
-        if (on_checkpoint_request_ && status_consumed_ > status_replayed_) {
-          on_checkpoint_request_();
-        }
-      }
-      if (status_text_.size() > 4096) status_text_.resize(4096);
-      continue;
-    }
-    SendOutput(stream.fd, stream.buffer, static_cast<size_t>(n));
-    // Hold the job's output back while mosrun is slower than the job.
-    if (!force && relay_.queued_bytes() > ControlStream::kHighWater) PauseOutput(true);
-  }
-}
-
-void Job::UpdatePoll(Stream& stream) {
-  bool want = !stream.eof && !Stopped(stream) && !finished_;
-  if (want == stream.polling) return;
-  stream.polling = want;
-  if (!want) {
-    uv_poll_stop(stream.poll.get());
-    return;
-  }
-  CheckUv(uv_poll_start(stream.poll.get(), UV_READABLE | UV_DISCONNECT,
-                        [](uv_poll_t* handle, int, int) {
-                          GuardedCall("job output", [handle] {
-                            auto* s = static_cast<Stream*>(handle->data);
-                            s->job->Pump(*s);
-                          });
-                        }),
-          "job output");
-}
-
-void Job::SendOutput(int fd, const char* data, size_t size) {
-  capnp::MallocMessageBuilder message;
-  auto output = message.initRoot<schema::ControlReply>().initJobOutput();
-  output.setFd(static_cast<uint8_t>(fd));
-  output.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(data), size));
-  relay_.Send(message);
-}
-
-std::vector<migrate::PipeRole> Job::pipe_roles() const {
-  static const char* const kRoles[] = {"stdin", "stdout", "stderr", "status"};
-  std::vector<migrate::PipeRole> roles;
-  for (size_t i = 0; i < pipe_inodes_.size(); ++i) roles.push_back({pipe_inodes_[i], kRoles[i]});
-  return roles;
-}
-
-void Job::PauseOutput(bool pause) {
-  if (pause == output_paused_) return;
-  output_paused_ = pause;
-  if (pause) spdlog::debug("job {}: its output waits: mosrun is behind", home_pid());
-  UpdateOutputReading();
-}
-
-void Job::HoldOutput(bool hold) {
-  if (hold == output_held_) return;
-  output_held_ = hold;
-  UpdateOutputReading();
-}
-
-void Job::UpdateOutputReading() {
-  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
-    if (!stream) continue;
-    if (Stopped(*stream)) {
-      UpdatePoll(*stream);
-    } else {
-      Pump(*stream);
-    }
-  }
 }
 
 void Job::Signal(int signo) {
