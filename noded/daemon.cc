@@ -69,6 +69,23 @@ Daemon::~Daemon() {
   Stop();
 }
 
+void Daemon::ServePeers() {
+  peer_server_.RegisterStream("files", [this](std::unique_ptr<SecureStream> stream,
+                                              PeerIdentity peer) {
+    file_server_.Serve(std::move(stream), peer);
+  });
+  // Job relays between homes and the nodes their jobs run on are served on the loop.
+  peer_server_.Register("jobs", [this](Fd fd, PeerIdentity peer) {
+    control_.AdoptPeer(std::move(fd), peer.address);
+  });
+  // An incoming move is received and restored on the peer connection's own thread.
+  peer_server_.RegisterStream("migration", [this](std::unique_ptr<SecureStream> stream,
+                                                  PeerIdentity) {
+    jobs_.AcceptMove(std::move(stream));
+  });
+  peer_server_.Start();
+}
+
 void Daemon::Start() {
   // Every connection to a peer comes from this node's address (see peer_auth.h).
   SetPeerSourceAddress(config_.address);
@@ -99,20 +116,7 @@ void Daemon::Start() {
                          static_cast<float>(jobs_.guests_here()), jobs_.blocked());
   });
   jobs_.Start();
-  peer_server_.RegisterStream("files", [this](std::unique_ptr<SecureStream> stream,
-                                              PeerIdentity peer) {
-    file_server_.Serve(std::move(stream), peer);
-  });
-  // Job relays between homes and the nodes their jobs run on are served on the loop.
-  peer_server_.Register("jobs", [this](Fd fd, PeerIdentity peer) {
-    control_.AdoptPeer(std::move(fd), peer.address);
-  });
-  // An incoming move is received and restored on the peer connection's own thread.
-  peer_server_.RegisterStream("migration", [this](std::unique_ptr<SecureStream> stream,
-                                                  PeerIdentity) {
-    jobs_.AcceptMove(std::move(stream));
-  });
-  peer_server_.Start();
+  ServePeers();
   try {
     home_mounts_.Start();
   } catch (const Error& e) {

@@ -36,6 +36,8 @@ class Daemon {
   Gossip& gossip() { return gossip_; }
 
  private:
+  // What the peer port serves: files, job relays and incoming moves.
+  void ServePeers();
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
   void ReplyStatus(ReplySender reply);
   PeerAddress ResolvePeer(const std::string& node) const;
