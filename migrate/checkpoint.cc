@@ -287,14 +287,6 @@ bool WorthAnotherTry(const std::string& log_path) {
          log.find("task interruption, aborting") != std::string::npos;
 }
 
-void EmptyDirectory(const std::string& dir) {
-  std::unique_ptr<DIR, int (*)(DIR*)> entries(::opendir(dir.c_str()), ::closedir);
-  if (!entries) return;
-  while (dirent* entry = ::readdir(entries.get())) {
-    if (entry->d_name[0] == '.') continue;
-    ::unlinkat(::dirfd(entries.get()), entry->d_name, 0);
-  }
-}
 
 }  // namespace
 

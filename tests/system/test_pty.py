@@ -136,6 +136,15 @@ class PtyTest(harness.UserClusterTest):
         term.expect(r"hwsh\$ ")
         return term
 
+    def exits_with_3(self, term, before):
+        """Ends the job (it exits 3 on `exit`): its status reaches the shell, and the
+        user's terminal modes are those of `before`."""
+        term.send("exit\r")
+        term.expect(r"hwsh\$ ")
+        term.send('echo "STATUS $? END$((3+1))"\r')
+        term.expect(r"STATUS 3 END4")
+        self.assertEqual(self.modes(term, 5), before)
+
     def modes(self, term, tag):
         """The terminal's modes (`stty -g`) as a command of the shell sees them."""
         term.send(f'echo "MODES $(stty -g) END$(({tag}+1))"\r')
@@ -219,11 +228,7 @@ class PtyTest(harness.UserClusterTest):
         self.check(term, 1)
 
         # Its end: its status, and the user's terminal as it was before.
-        term.send("exit\r")
-        term.expect(r"hwsh\$ ")
-        term.send('echo "STATUS $? END$((3+1))"\r')
-        term.expect(r"STATUS 3 END4")
-        self.assertEqual(self.modes(term, 5), before)
+        self.exits_with_3(term, before)
 
         # ^\ quits a job as at home: SIGQUIT, of which mosrun then dies too.
         term.send("""mosrun -r node3 python3 -c "import time; print('WAIT' + 'ING', flush=True); """
@@ -295,11 +300,7 @@ class PtyTest(harness.UserClusterTest):
         c.wait_for(lambda: f"job {pid}: its mosrun is back" in c.log("node1"), 60,
                    "mosrun to take its job back")
         self.check(term, 1)
-        term.send("exit\r")
-        term.expect(r"hwsh\$ ")
-        term.send('echo "STATUS $? END$((3+1))"\r')
-        term.expect(r"STATUS 3 END4")
-        self.assertEqual(self.modes(term, 5), before)
+        self.exits_with_3(term, before)
         term.send("exit\r")
 
 

@@ -81,13 +81,6 @@ std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid) {
   return who;
 }
 
-void ClearCriuActing(const std::string& dir) {
-  std::unique_ptr<DIR, int (*)(DIR*)> entries(::opendir(dir.c_str()), ::closedir);
-  if (!entries) return;
-  while (dirent* entry = ::readdir(entries.get())) {
-    if (entry->d_name[0] == '.') continue;
-    ::unlinkat(::dirfd(entries.get()), entry->d_name, 0);
-  }
-}
+void ClearCriuActing(const std::string& dir) { EmptyDirectory(dir); }
 
 }  // namespace homeward

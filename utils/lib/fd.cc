@@ -35,6 +35,15 @@ std::string ReadTextFile(const std::string& path) {
   return text.str();
 }
 
+void EmptyDirectory(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> entries(::opendir(dir.c_str()), ::closedir);
+  if (!entries) return;
+  while (dirent* entry = ::readdir(entries.get())) {
+    if (entry->d_name[0] == '.') continue;
+    ::unlinkat(::dirfd(entries.get()), entry->d_name, 0);
+  }
+}
+
 void WriteAll(int fd, const void* data, size_t size, const char* what) {
   auto* bytes = static_cast<const char*>(data);
   while (size > 0) {

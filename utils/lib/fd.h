@@ -53,6 +53,9 @@ std::vector<std::string> DirectoryEntries(int dir_fd);
 
 // Writes all of `data`, retrying short writes and EINTR; throws on error.
 void WriteAll(int fd, const void* data, size_t size, const char* what);
+// Removes the files (not the directories) in `dir`, as far as it can; a missing `dir` is
+// empty already.
+void EmptyDirectory(const std::string& dir);
 // Reads up to `size` bytes, retrying EINTR; returns 0 at end of file; throws on error.
 size_t ReadSome(int fd, void* data, size_t size, const char* what);
 
