@@ -69,12 +69,21 @@ CriuActingAs::~CriuActingAs() {
 std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid) {
   struct stat ns;
   if (::stat(fmt::format("/proc/{}/ns/mnt", pid).c_str(), &ns) < 0) return std::nullopt;
-  std::ifstream in(EntryPath(dir, ns.st_ino));
-  if (!in || !Trusted(dir)) return std::nullopt;
+  // The directory is checked before anything in it is read, and the entry is read only
+  // if it is root's own file, never through a link.
+  if (!Trusted(dir)) return std::nullopt;
+  Fd entry = Fd::Adopt(::open(EntryPath(dir, ns.st_ino).c_str(),
+                              O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st;
+  if (!entry.valid() || ::fstat(entry.get(), &st) < 0 || !S_ISREG(st.st_mode) ||
+      st.st_uid != 0) {
+    return std::nullopt;
+  }
+  char text[4096];
+  ssize_t n = ::read(entry.get(), text, sizeof text - 1);
+  if (n <= 0) return std::nullopt;
   FsIdentity who;
-  std::string line;
-  std::getline(in, line);
-  std::istringstream fields(line);
+  std::istringstream fields(std::string(text, static_cast<size_t>(n)));
   if (!(fields >> who.uid >> who.gid)) return std::nullopt;
   gid_t group;
   while (fields >> group) who.groups.push_back(group);
