@@ -39,6 +39,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "aes_gcm.h"
 #include "client.h"
 #include "error.h"
 #include "file_server.h"
@@ -227,8 +228,12 @@ int Run(int argc, char** argv) {
   app.add_option("--address", address, "the server's address (in --server-netns)");
   app.add_option("--mib", mib, "MiB moved and read per round")->check(CLI::Range(16, 8192));
   app.add_option("--rounds", rounds, "rounds of each (interleaved)")->check(CLI::Range(1, 20));
+  bool openssl = false;
+  app.add_flag("--openssl", openssl,
+               "seal and open with OpenSSL's AES-GCM even where the vector one runs (to compare)");
   CLI11_PARSE(app, argc, argv);
   if (sodium_init() < 0) return 1;
+  UseVectorAesForTesting(!openssl);
   spdlog::set_level(spdlog::level::warn);
   ::signal(SIGPIPE, SIG_IGN);
 
@@ -280,9 +285,10 @@ int Run(int argc, char** argv) {
     bench.address = address;
 
     PeerSecurity encrypted = {};
-    const char* cipher = encrypted.allow_aes && crypto_aead_aes256gcm_is_available()
-                             ? "AES-256-GCM"
-                             : "ChaCha20-Poly1305";
+    const char* cipher = !(encrypted.allow_aes && crypto_aead_aes256gcm_is_available())
+                             ? "ChaCha20-Poly1305"
+                         : AesGcm256::Available() && !openssl ? "AES-256-GCM (VAES, 512-bit)"
+                                                              : "AES-256-GCM (OpenSSL)";
     {
       auto [seal, open] = CipherRates(crypto_aead_aes256gcm_is_available()
                                           ? PeerCipher::kAes256Gcm

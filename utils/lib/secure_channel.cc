@@ -64,8 +64,22 @@ EVP_CIPHER_CTX* Ctx(void* p) {
 
 }  // namespace
 
-RecordAead::RecordAead(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key)
-    : encrypt_(NewContext(cipher, key.data(), true)), decrypt_(nullptr) {
+namespace {
+std::atomic<bool> use_vector_aes{true};
+}  // namespace
+
+void UseVectorAesForTesting(bool use) {
+  use_vector_aes = use;
+}
+
+RecordAead::RecordAead(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key) {
+  static_assert(kPeerSessionKeyBytes == AesGcm256::kKeyBytes);
+  static const bool vector_aes = AesGcm256::Available();
+  if (cipher == PeerCipher::kAes256Gcm && vector_aes && use_vector_aes) {
+    vector_ = std::make_unique<AesGcm256>(key.data());
+    return;
+  }
+  encrypt_ = NewContext(cipher, key.data(), true);
   try {
     decrypt_ = NewContext(cipher, key.data(), false);
   } catch (...) {
@@ -75,10 +89,12 @@ RecordAead::RecordAead(PeerCipher cipher, const std::array<uint8_t, kPeerSession
 }
 
 RecordAead::RecordAead(RecordAead&& other) noexcept
-    : encrypt_(std::exchange(other.encrypt_, nullptr)),
+    : vector_(std::move(other.vector_)),
+      encrypt_(std::exchange(other.encrypt_, nullptr)),
       decrypt_(std::exchange(other.decrypt_, nullptr)) {}
 
 RecordAead& RecordAead::operator=(RecordAead&& other) noexcept {
+  std::swap(vector_, other.vector_);
   std::swap(encrypt_, other.encrypt_);
   std::swap(decrypt_, other.decrypt_);
   return *this;
@@ -91,6 +107,7 @@ RecordAead::~RecordAead() {
 
 void RecordAead::Seal(uint8_t* out, const uint8_t* plain, size_t length, const uint8_t* ad,
                       size_t ad_length, const uint8_t* nonce) {
+  if (vector_) return vector_->Seal(out, plain, length, ad, ad_length, nonce);
   EVP_CIPHER_CTX* ctx = Ctx(encrypt_);
   int n = 0, tail = 0;
   bool ok = EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
@@ -107,13 +124,18 @@ bool RecordAead::Open(uint8_t* out, const uint8_t* sealed, size_t sealed_length,
   size_t length = sealed_length - kRecordTagBytes;
   uint8_t tag[kRecordTagBytes];
   std::memcpy(tag, sealed + length, sizeof tag);  // before `out` may overwrite it
-  EVP_CIPHER_CTX* ctx = Ctx(decrypt_);
-  int n = 0, tail = 0;
-  bool ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
-            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kRecordTagBytes, tag) == 1 &&
-            EVP_DecryptUpdate(ctx, nullptr, &n, ad, static_cast<int>(ad_length)) == 1 &&
-            (length == 0 || EVP_DecryptUpdate(ctx, out, &n, sealed, static_cast<int>(length)) == 1) &&
-            EVP_DecryptFinal_ex(ctx, out + length, &tail) == 1;
+  bool ok;
+  if (vector_) {
+    ok = vector_->Open(out, sealed, length, ad, ad_length, nonce);
+  } else {
+    EVP_CIPHER_CTX* ctx = Ctx(decrypt_);
+    int n = 0, tail = 0;
+    ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
+         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kRecordTagBytes, tag) == 1 &&
+         EVP_DecryptUpdate(ctx, nullptr, &n, ad, static_cast<int>(ad_length)) == 1 &&
+         (length == 0 || EVP_DecryptUpdate(ctx, out, &n, sealed, static_cast<int>(length)) == 1) &&
+         EVP_DecryptFinal_ex(ctx, out + length, &tail) == 1;
+  }
   // What did not authenticate never reaches anyone, not even as garbage in a buffer.
   if (!ok && length > 0) sodium_memzero(out, length);
   return ok;
