@@ -516,6 +516,8 @@ namespace {
 // Records sealed before one send: big enough that a send is worth its call, small enough
 // that the receiver starts opening while the sender still seals (two cores at work).
 constexpr size_t kRecordsPerSend = 4;
+// A piece of a write at least this large starts a record of its own (see Write).
+constexpr size_t kLargePiece = 16 << 10;
 }  // namespace
 
 SecureStream::SecureStream(Fd fd, std::string who)
@@ -668,18 +670,24 @@ void SecureStream::Write(const iovec* iov, size_t count) {
       filled += sealer_->SealFrom(record, piece, length);
       offset += length;
     } else {
-      // A record across pieces (a frame's table and a small message): gathered first.
+      // A record across pieces (a frame's table and a small message): gathered first, but
+      // cut where a large piece begins (a file's chunk after its frame's table and
+      // header), which is then sealed from where it lies rather than copied, and opened
+      // straight into the reader's buffer at the other end.
       uint8_t* at = record + kRecordHeaderBytes;
-      size_t need = length;
-      while (need > 0) {
+      size_t gathered = 0;
+      while (gathered < length) {
         while (offset == iov[index].iov_len) ++index, offset = 0;
-        size_t n = std::min(need, iov[index].iov_len - offset);
+        size_t left = iov[index].iov_len - offset;
+        if (gathered > 0 && offset == 0 && left >= kLargePiece) break;
+        size_t n = std::min(length - gathered, left);
         std::memcpy(at, static_cast<const uint8_t*>(iov[index].iov_base) + offset, n);
         at += n;
         offset += n;
-        need -= n;
+        gathered += n;
       }
-      filled += sealer_->SealInPlace(record, length);
+      filled += sealer_->SealInPlace(record, gathered);
+      length = gathered;
     }
     total -= length;
     if (send_buffer_.size() - filled < kWholeRecord) {
