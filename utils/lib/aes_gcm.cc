@@ -11,6 +11,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <sodium.h>
 
@@ -301,11 +302,20 @@ HW_VAES bool OpenImpl(const uint8_t (*rk)[16], const uint8_t (*powers)[16], uint
 }  // namespace
 
 bool AesGcm256::Available() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul") &&
-         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("vaes") && __builtin_cpu_supports("vpclmulqdq");
+  // From CPUID itself: not every compiler's __builtin_cpu_supports knows VAES.
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  bool aes = c & (1u << 25), pclmul = c & (1u << 1), osxsave = c & (1u << 27);
+  if (!aes || !pclmul || !osxsave) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  bool avx512 = (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31));  // F, BW, VL
+  bool avx2 = b & (1u << 5);
+  bool vaes = c & (1u << 9), vpclmul = c & (1u << 10);
+  if (!avx512 || !avx2 || !vaes || !vpclmul) return false;
+  // The kernel saves the vector registers: SSE, AVX, opmask and both halves of ZMM.
+  unsigned lo = 0, hi = 0;
+  __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 0xe6) == 0xe6;
 }
 
 AesGcm256::AesGcm256(const uint8_t* key) {
