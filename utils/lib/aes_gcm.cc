@@ -157,9 +157,31 @@ HW_VAES inline __m128i HashAd(__m128i y, __m128i h, const uint8_t* ad, size_t le
   return y;
 }
 
+// y <- (y + x0) H^16 + x1 H^15 + ... + x15 H over sixteen blocks of ciphertext (four to a
+// vector, as on the wire), reduced once.
+HW_VAES inline __m128i Hash16(__m128i y, __m512i d0, __m512i d1, __m512i d2, __m512i d3,
+                              __m512i reverse, __m512i p0, __m512i p1, __m512i p2, __m512i p3) {
+  __m512i x0 = _mm512_xor_si512(_mm512_shuffle_epi8(d0, reverse), _mm512_zextsi128_si512(y));
+  __m512i x1 = _mm512_shuffle_epi8(d1, reverse);
+  __m512i x2 = _mm512_shuffle_epi8(d2, reverse);
+  __m512i x3 = _mm512_shuffle_epi8(d3, reverse);
+#define HW_PRODUCT(imm)                                                                   \
+  _mm512_xor_si512(_mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, imm),               \
+                                    _mm512_clmulepi64_epi128(x1, p1, imm)),              \
+                   _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, imm),               \
+                                    _mm512_clmulepi64_epi128(x3, p3, imm)))
+  __m512i lo = HW_PRODUCT(0x00);
+  __m512i hi = HW_PRODUCT(0x11);
+  __m512i mid = _mm512_xor_si512(HW_PRODUCT(0x01), HW_PRODUCT(0x10));
+#undef HW_PRODUCT
+  return Finish(Fold(lo), Fold(mid), Fold(hi));
+}
+
 // Encrypts (or decrypts: the same keystream) `length` bytes from `in` to `out` in CTR mode
 // from counter 2 of `nonce`, and returns the GHASH of the ciphertext (what is written
-// when sealing, what is read when opening) continued from `y`.
+// when sealing, what is read when opening) continued from `y`. Each step hashes sixteen
+// blocks while the AES rounds of sixteen others run: the ciphertext read when opening,
+// the previous step's when sealing.
 template <bool kSeal>
 HW_VAES __m128i Crypt(const uint8_t (*rk)[16], const uint8_t (*powers)[16], __m128i y,
                       __m128i j0_reflected, uint8_t* out, const uint8_t* in, size_t length) {
@@ -177,6 +199,8 @@ HW_VAES __m128i Crypt(const uint8_t (*rk)[16], const uint8_t (*powers)[16], __m1
   const __m512i four = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
   __m512i counter = _mm512_add_epi32(_mm512_broadcast_i32x4(j0_reflected),
                                      _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1));
+  __m512i q0 = _mm512_setzero_si512(), q1 = q0, q2 = q0, q3 = q0;  // sealed, not yet hashed
+  bool pending = false;
   size_t done = 0;
   for (; length - done >= 256; done += 256) {
     __m512i c0 = counter;
@@ -192,26 +216,10 @@ HW_VAES __m128i Crypt(const uint8_t (*rk)[16], const uint8_t (*powers)[16], __m1
     __m512i d1 = _mm512_loadu_si512(in + done + 64);
     __m512i d2 = _mm512_loadu_si512(in + done + 128);
     __m512i d3 = _mm512_loadu_si512(in + done + 192);
-    if constexpr (!kSeal) {
-      // Opening hashes the ciphertext as read, while the rounds run.
-      __m512i x0 = _mm512_shuffle_epi8(d0, reverse);
-      x0 = _mm512_xor_si512(x0, _mm512_zextsi128_si512(y));
-      __m512i x1 = _mm512_shuffle_epi8(d1, reverse);
-      __m512i x2 = _mm512_shuffle_epi8(d2, reverse);
-      __m512i x3 = _mm512_shuffle_epi8(d3, reverse);
-      __m512i lo = _mm512_xor_si512(
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, 0x00), _mm512_clmulepi64_epi128(x1, p1, 0x00)),
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, 0x00), _mm512_clmulepi64_epi128(x3, p3, 0x00)));
-      __m512i hi = _mm512_xor_si512(
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, 0x11), _mm512_clmulepi64_epi128(x1, p1, 0x11)),
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, 0x11), _mm512_clmulepi64_epi128(x3, p3, 0x11)));
-      __m512i mid = _mm512_xor_si512(
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, 0x01), _mm512_clmulepi64_epi128(x1, p1, 0x01)),
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, 0x01), _mm512_clmulepi64_epi128(x3, p3, 0x01)));
-      mid = _mm512_xor_si512(mid, _mm512_xor_si512(
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, 0x10), _mm512_clmulepi64_epi128(x1, p1, 0x10)),
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, 0x10), _mm512_clmulepi64_epi128(x3, p3, 0x10))));
-      y = Finish(Fold(lo), Fold(mid), Fold(hi));
+    if constexpr (kSeal) {
+      if (pending) y = Hash16(y, q0, q1, q2, q3, reverse, p0, p1, p2, p3);
+    } else {
+      y = Hash16(y, d0, d1, d2, d3, reverse, p0, p1, p2, p3);
     }
     for (int r = 1; r < 14; ++r) {
       k0 = _mm512_aesenc_epi128(k0, keys[r]);
@@ -228,26 +236,11 @@ HW_VAES __m128i Crypt(const uint8_t (*rk)[16], const uint8_t (*powers)[16], __m1
     _mm512_storeu_si512(out + done + 128, d2);
     _mm512_storeu_si512(out + done + 192, d3);
     if constexpr (kSeal) {
-      __m512i x0 = _mm512_shuffle_epi8(d0, reverse);
-      x0 = _mm512_xor_si512(x0, _mm512_zextsi128_si512(y));
-      __m512i x1 = _mm512_shuffle_epi8(d1, reverse);
-      __m512i x2 = _mm512_shuffle_epi8(d2, reverse);
-      __m512i x3 = _mm512_shuffle_epi8(d3, reverse);
-      __m512i lo = _mm512_xor_si512(
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, 0x00), _mm512_clmulepi64_epi128(x1, p1, 0x00)),
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, 0x00), _mm512_clmulepi64_epi128(x3, p3, 0x00)));
-      __m512i hi = _mm512_xor_si512(
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, 0x11), _mm512_clmulepi64_epi128(x1, p1, 0x11)),
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, 0x11), _mm512_clmulepi64_epi128(x3, p3, 0x11)));
-      __m512i mid = _mm512_xor_si512(
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, 0x01), _mm512_clmulepi64_epi128(x1, p1, 0x01)),
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, 0x01), _mm512_clmulepi64_epi128(x3, p3, 0x01)));
-      mid = _mm512_xor_si512(mid, _mm512_xor_si512(
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, 0x10), _mm512_clmulepi64_epi128(x1, p1, 0x10)),
-          _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, 0x10), _mm512_clmulepi64_epi128(x3, p3, 0x10))));
-      y = Finish(Fold(lo), Fold(mid), Fold(hi));
+      q0 = d0, q1 = d1, q2 = d2, q3 = d3;
+      pending = true;
     }
   }
+  if (pending) y = Hash16(y, q0, q1, q2, q3, reverse, p0, p1, p2, p3);
   // The last blocks (fewer than sixteen) one at a time, the last one perhaps partial.
   const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(powers[15]));
   __m128i block_counter = _mm512_castsi512_si128(counter);
