@@ -73,8 +73,7 @@ HW_VAES inline __m128i Finish(__m128i lo, __m128i mid, __m128i hi) {
 HW_VAES inline __m128i GfMul(__m128i a, __m128i b) {
   __m128i lo = _mm_clmulepi64_si128(a, b, 0x00);
   __m128i hi = _mm_clmulepi64_si128(a, b, 0x11);
-  __m128i mid =
-      _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x10), _mm_clmulepi64_si128(a, b, 0x01));
+  __m128i mid = _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x10), _mm_clmulepi64_si128(a, b, 0x01));
   return Finish(lo, mid, hi);
 }
 
@@ -120,12 +119,12 @@ HW_VAES void ExpandKey(const uint8_t* key, uint8_t (*rk)[16]) {
   __m128i t3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(key + 16));
   store(0, t1);
   store(1, t3);
-#define HW_EXPAND(i, rcon)                                      \
-  t1 = ExpandA(t1, _mm_aeskeygenassist_si128(t3, rcon));        \
-  store(i, t1);                                                 \
-  if ((i) < 14) {                                               \
-    t3 = ExpandB(t1, t3);                                       \
-    store((i) + 1, t3);                                         \
+#define HW_EXPAND(i, rcon)                               \
+  t1 = ExpandA(t1, _mm_aeskeygenassist_si128(t3, rcon)); \
+  store(i, t1);                                          \
+  if ((i) < 14) {                                        \
+    t3 = ExpandB(t1, t3);                                \
+    store((i) + 1, t3);                                  \
   }
   HW_EXPAND(2, 0x01)
   HW_EXPAND(4, 0x02)
@@ -159,16 +158,18 @@ HW_VAES inline __m128i HashAd(__m128i y, __m128i h, const uint8_t* ad, size_t le
 
 // y <- (y + x0) H^16 + x1 H^15 + ... + x15 H over sixteen blocks of ciphertext (four to a
 // vector, as on the wire), reduced once.
-HW_VAES inline __m128i Hash16(__m128i y, __m512i d0, __m512i d1, __m512i d2, __m512i d3,
-                              __m512i reverse, __m512i p0, __m512i p1, __m512i p2, __m512i p3) {
+HW_VAES __attribute__((always_inline)) inline __m128i Hash16(__m128i y, __m512i d0, __m512i d1,
+                                                             __m512i d2, __m512i d3,
+                                                             __m512i reverse, __m512i p0,
+                                                             __m512i p1, __m512i p2, __m512i p3) {
   __m512i x0 = _mm512_xor_si512(_mm512_shuffle_epi8(d0, reverse), _mm512_zextsi128_si512(y));
   __m512i x1 = _mm512_shuffle_epi8(d1, reverse);
   __m512i x2 = _mm512_shuffle_epi8(d2, reverse);
   __m512i x3 = _mm512_shuffle_epi8(d3, reverse);
-#define HW_PRODUCT(imm)                                                                   \
-  _mm512_xor_si512(_mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, imm),               \
-                                    _mm512_clmulepi64_epi128(x1, p1, imm)),              \
-                   _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, imm),               \
+#define HW_PRODUCT(imm)                                                     \
+  _mm512_xor_si512(_mm512_xor_si512(_mm512_clmulepi64_epi128(x0, p0, imm),  \
+                                    _mm512_clmulepi64_epi128(x1, p1, imm)), \
+                   _mm512_xor_si512(_mm512_clmulepi64_epi128(x2, p2, imm),  \
                                     _mm512_clmulepi64_epi128(x3, p3, imm)))
   __m512i lo = HW_PRODUCT(0x00);
   __m512i hi = HW_PRODUCT(0x11);
@@ -197,8 +198,9 @@ HW_VAES __m128i Crypt(const uint8_t (*rk)[16], const uint8_t (*powers)[16], __m1
   // Counters kept byte-reflected, so that the big-endian 32-bit counter of the block is
   // the low lane's first dword and adds as a little-endian one.
   const __m512i four = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
-  __m512i counter = _mm512_add_epi32(_mm512_broadcast_i32x4(j0_reflected),
-                                     _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1));
+  __m512i counter =
+      _mm512_add_epi32(_mm512_broadcast_i32x4(j0_reflected),
+                       _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1));
   __m512i q0 = _mm512_setzero_si512(), q1 = q0, q2 = q0, q3 = q0;  // sealed, not yet hashed
   bool pending = false;
   size_t done = 0;
@@ -269,8 +271,8 @@ HW_VAES __m128i Tag(const uint8_t (*rk)[16], const uint8_t (*powers)[16], const 
   __m128i y = HashAd(_mm_setzero_si128(), h, ad, ad_length);
   y = seal ? Crypt<true>(rk, powers, y, ByteSwap(j0_block), out, in, length)
            : Crypt<false>(rk, powers, y, ByteSwap(j0_block), out, in, length);
-  __m128i lengths = _mm_set_epi64x(static_cast<int64_t>(ad_length) * 8,
-                                   static_cast<int64_t>(length) * 8);
+  __m128i lengths =
+      _mm_set_epi64x(static_cast<int64_t>(ad_length) * 8, static_cast<int64_t>(length) * 8);
   y = GfMul(_mm_xor_si128(y, lengths), h);
   return _mm_xor_si128(ByteSwap(y), EncryptBlock(rk, j0_block));
 }

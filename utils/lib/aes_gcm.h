@@ -32,13 +32,13 @@ class AesGcm256 {
   ~AesGcm256();  // wipes the key schedule and the powers of H
 
   // `out` gets `length` bytes of ciphertext, then the tag; `plain` may be `out` itself.
-  void Seal(uint8_t* out, const uint8_t* plain, size_t length, const uint8_t* ad,
-            size_t ad_length, const uint8_t* nonce) const;
+  void Seal(uint8_t* out, const uint8_t* plain, size_t length, const uint8_t* ad, size_t ad_length,
+            const uint8_t* nonce) const;
   // `sealed` is `length` bytes of ciphertext then the tag; `out` gets the plaintext (it may
   // be `sealed` itself). False when the tag does not match: `out` then holds bytes that
   // must not be used (the caller wipes them).
-  bool Open(uint8_t* out, const uint8_t* sealed, size_t length, const uint8_t* ad,
-            size_t ad_length, const uint8_t* nonce) const;
+  bool Open(uint8_t* out, const uint8_t* sealed, size_t length, const uint8_t* ad, size_t ad_length,
+            const uint8_t* nonce) const;
 
  private:
   alignas(64) uint8_t round_keys_[15][16];

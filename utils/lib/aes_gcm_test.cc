@@ -17,7 +17,8 @@ using Bytes = std::vector<uint8_t>;
 
 Bytes Hex(const std::string& hex) {
   Bytes out;
-  for (size_t i = 0; i < hex.size(); i += 2) out.push_back(std::stoi(hex.substr(i, 2), nullptr, 16));
+  for (size_t i = 0; i < hex.size(); i += 2)
+    out.push_back(std::stoi(hex.substr(i, 2), nullptr, 16));
   return out;
 }
 
@@ -83,11 +84,11 @@ TEST_F(AesGcmTest, SameBytesAsOpenSslAtEveryLength) {
       gcm.Seal(in_place.data(), in_place.data(), length, ad.data(), ad_length, nonce.data());
       ASSERT_EQ(in_place, expected) << length;
       Bytes opened(length);
-      ASSERT_TRUE(gcm.Open(opened.data(), expected.data(), length, ad.data(), ad_length,
-                           nonce.data()));
+      ASSERT_TRUE(
+          gcm.Open(opened.data(), expected.data(), length, ad.data(), ad_length, nonce.data()));
       ASSERT_EQ(opened, plain) << length;
-      ASSERT_TRUE(gcm.Open(in_place.data(), in_place.data(), length, ad.data(), ad_length,
-                           nonce.data()));
+      ASSERT_TRUE(
+          gcm.Open(in_place.data(), in_place.data(), length, ad.data(), ad_length, nonce.data()));
       ASSERT_TRUE(std::equal(plain.begin(), plain.end(), in_place.begin())) << length;
     }
   }
@@ -118,8 +119,8 @@ TEST_F(AesGcmTest, AnyChangeFailsToOpen) {
     for (size_t i = 0; i < ad.size(); ++i) {
       Bytes other = ad;
       other[i] ^= 1;
-      ASSERT_FALSE(gcm.Open(out.data(), sealed.data(), length, other.data(), other.size(),
-                            nonce.data()));
+      ASSERT_FALSE(
+          gcm.Open(out.data(), sealed.data(), length, other.data(), other.size(), nonce.data()));
     }
     // Another key.
     Bytes key2 = key;

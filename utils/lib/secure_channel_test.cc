@@ -580,9 +580,8 @@ TEST_P(Streams, LargePieceStartsARecordOfItsOwn) {
   std::vector<std::string> pieces = {Random(8), Random(40), Random(2 * kMaxRecordPlaintext + 5),
                                      Random(3), Random(16 << 10)};
   std::string wire = WireOf(GetParam(), pieces);
-  EXPECT_EQ(RecordLengths(wire),
-            (std::vector<size_t>{48, kMaxRecordPlaintext, kMaxRecordPlaintext, 5 + 3,
-                                 16 << 10, 0}));
+  EXPECT_EQ(RecordLengths(wire), (std::vector<size_t>{48, kMaxRecordPlaintext, kMaxRecordPlaintext,
+                                                      5 + 3, 16 << 10, 0}));
   // Small pieces alone still share one record.
   wire = WireOf(GetParam(), {Random(8), Random(40), Random(1000), Random(7)});
   EXPECT_EQ(RecordLengths(wire), (std::vector<size_t>{1055, 0}));
