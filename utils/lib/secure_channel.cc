@@ -64,8 +64,22 @@ EVP_CIPHER_CTX* Ctx(void* p) {
 
 }  // namespace
 
-RecordAead::RecordAead(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key)
-    : encrypt_(NewContext(cipher, key.data(), true)), decrypt_(nullptr) {
+namespace {
+std::atomic<bool> use_vector_aes{true};
+}  // namespace
+
+void UseVectorAesForTesting(bool use) {
+  use_vector_aes = use;
+}
+
+RecordAead::RecordAead(PeerCipher cipher, const std::array<uint8_t, kPeerSessionKeyBytes>& key) {
+  static_assert(kPeerSessionKeyBytes == AesGcm256::kKeyBytes);
+  static const bool vector_aes = AesGcm256::Available();
+  if (cipher == PeerCipher::kAes256Gcm && vector_aes && use_vector_aes) {
+    vector_ = std::make_unique<AesGcm256>(key.data());
+    return;
+  }
+  encrypt_ = NewContext(cipher, key.data(), true);
   try {
     decrypt_ = NewContext(cipher, key.data(), false);
   } catch (...) {
@@ -75,10 +89,12 @@ RecordAead::RecordAead(PeerCipher cipher, const std::array<uint8_t, kPeerSession
 }
 
 RecordAead::RecordAead(RecordAead&& other) noexcept
-    : encrypt_(std::exchange(other.encrypt_, nullptr)),
+    : vector_(std::move(other.vector_)),
+      encrypt_(std::exchange(other.encrypt_, nullptr)),
       decrypt_(std::exchange(other.decrypt_, nullptr)) {}
 
 RecordAead& RecordAead::operator=(RecordAead&& other) noexcept {
+  std::swap(vector_, other.vector_);
   std::swap(encrypt_, other.encrypt_);
   std::swap(decrypt_, other.decrypt_);
   return *this;
@@ -91,6 +107,7 @@ RecordAead::~RecordAead() {
 
 void RecordAead::Seal(uint8_t* out, const uint8_t* plain, size_t length, const uint8_t* ad,
                       size_t ad_length, const uint8_t* nonce) {
+  if (vector_) return vector_->Seal(out, plain, length, ad, ad_length, nonce);
   EVP_CIPHER_CTX* ctx = Ctx(encrypt_);
   int n = 0, tail = 0;
   bool ok = EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
@@ -107,13 +124,18 @@ bool RecordAead::Open(uint8_t* out, const uint8_t* sealed, size_t sealed_length,
   size_t length = sealed_length - kRecordTagBytes;
   uint8_t tag[kRecordTagBytes];
   std::memcpy(tag, sealed + length, sizeof tag);  // before `out` may overwrite it
-  EVP_CIPHER_CTX* ctx = Ctx(decrypt_);
-  int n = 0, tail = 0;
-  bool ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
-            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kRecordTagBytes, tag) == 1 &&
-            EVP_DecryptUpdate(ctx, nullptr, &n, ad, static_cast<int>(ad_length)) == 1 &&
-            (length == 0 || EVP_DecryptUpdate(ctx, out, &n, sealed, static_cast<int>(length)) == 1) &&
-            EVP_DecryptFinal_ex(ctx, out + length, &tail) == 1;
+  bool ok;
+  if (vector_) {
+    ok = vector_->Open(out, sealed, length, ad, ad_length, nonce);
+  } else {
+    EVP_CIPHER_CTX* ctx = Ctx(decrypt_);
+    int n = 0, tail = 0;
+    ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
+         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kRecordTagBytes, tag) == 1 &&
+         EVP_DecryptUpdate(ctx, nullptr, &n, ad, static_cast<int>(ad_length)) == 1 &&
+         (length == 0 || EVP_DecryptUpdate(ctx, out, &n, sealed, static_cast<int>(length)) == 1) &&
+         EVP_DecryptFinal_ex(ctx, out + length, &tail) == 1;
+  }
   // What did not authenticate never reaches anyone, not even as garbage in a buffer.
   if (!ok && length > 0) sodium_memzero(out, length);
   return ok;
@@ -494,6 +516,8 @@ namespace {
 // Records sealed before one send: big enough that a send is worth its call, small enough
 // that the receiver starts opening while the sender still seals (two cores at work).
 constexpr size_t kRecordsPerSend = 4;
+// A piece of a write at least this large starts a record of its own (see Write).
+constexpr size_t kLargePiece = 16 << 10;
 }  // namespace
 
 SecureStream::SecureStream(Fd fd, std::string who)
@@ -646,18 +670,24 @@ void SecureStream::Write(const iovec* iov, size_t count) {
       filled += sealer_->SealFrom(record, piece, length);
       offset += length;
     } else {
-      // A record across pieces (a frame's table and a small message): gathered first.
+      // A record across pieces (a frame's table and a small message): gathered first, but
+      // cut where a large piece begins (a file's chunk after its frame's table and
+      // header), which is then sealed from where it lies rather than copied, and opened
+      // straight into the reader's buffer at the other end.
       uint8_t* at = record + kRecordHeaderBytes;
-      size_t need = length;
-      while (need > 0) {
+      size_t gathered = 0;
+      while (gathered < length) {
         while (offset == iov[index].iov_len) ++index, offset = 0;
-        size_t n = std::min(need, iov[index].iov_len - offset);
+        size_t left = iov[index].iov_len - offset;
+        if (gathered > 0 && offset == 0 && left >= kLargePiece) break;
+        size_t n = std::min(length - gathered, left);
         std::memcpy(at, static_cast<const uint8_t*>(iov[index].iov_base) + offset, n);
         at += n;
         offset += n;
-        need -= n;
+        gathered += n;
       }
-      filled += sealer_->SealInPlace(record, length);
+      filled += sealer_->SealInPlace(record, gathered);
+      length = gathered;
     }
     total -= length;
     if (send_buffer_.size() - filled < kWholeRecord) {

@@ -544,6 +544,112 @@ TEST_P(Streams, SealedRecordsOpenWithLibsodium) {
   EXPECT_TRUE(out == plain);
 }
 
+// What a stream writes, as records on the wire (the write side closed, so it ends with the
+// end record).
+std::string WireOf(PeerCipher cipher, const std::vector<std::string>& pieces) {
+  int wire[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, wire), 0);
+  Fd raw = Fd::Adopt(wire[1]);
+  std::thread writer([&, fd = wire[0]] {
+    SecureStream stream(Fd::Adopt(fd), Session(true, cipher), "client");
+    std::vector<iovec> iov;
+    for (const auto& piece : pieces) iov.push_back({const_cast<char*>(piece.data()), piece.size()});
+    stream.Write(iov.data(), iov.size());
+    stream.CloseWrite();
+  });
+  std::string bytes = ReadToEnd(raw.get());
+  writer.join();
+  return bytes;
+}
+
+// The plaintext lengths of the records on `wire`.
+std::vector<size_t> RecordLengths(const std::string& wire) {
+  std::vector<size_t> lengths;
+  for (size_t at = 0; at + kRecordHeaderBytes <= wire.size();) {
+    auto* h = reinterpret_cast<const uint8_t*>(wire.data() + at);
+    size_t sealed = (size_t{h[0]} << 24) | (size_t{h[1]} << 16) | (size_t{h[2]} << 8) | h[3];
+    lengths.push_back(sealed - kRecordTagBytes);
+    at += kRecordHeaderBytes + sealed;
+  }
+  return lengths;
+}
+
+TEST_P(Streams, LargePieceStartsARecordOfItsOwn) {
+  // A frame's table and header, then a chunk: the small pieces share a record that ends
+  // where the chunk begins, and the chunk goes in whole records from its first byte.
+  std::vector<std::string> pieces = {Random(8), Random(40), Random(2 * kMaxRecordPlaintext + 5),
+                                     Random(3), Random(16 << 10)};
+  std::string wire = WireOf(GetParam(), pieces);
+  EXPECT_EQ(RecordLengths(wire), (std::vector<size_t>{48, kMaxRecordPlaintext, kMaxRecordPlaintext,
+                                                      5 + 3, 16 << 10, 0}));
+  // Small pieces alone still share one record.
+  wire = WireOf(GetParam(), {Random(8), Random(40), Random(1000), Random(7)});
+  EXPECT_EQ(RecordLengths(wire), (std::vector<size_t>{1055, 0}));
+}
+
+TEST_P(Streams, CutAtEveryByteIsNeverAnEnd) {
+  // The stream of a small frame then a large piece, cut at every byte: what arrives
+  // before the cut is a prefix of what was sent, and the cut is an error, never an end;
+  // only the whole stream with its end record ends.
+  std::vector<std::string> pieces = {Random(8), Random(40), Random(17000)};
+  std::string sent = pieces[0] + pieces[1] + pieces[2];
+  std::string wire = WireOf(GetParam(), pieces);
+  ASSERT_EQ(RecordLengths(wire), (std::vector<size_t>{48, 17000, 0}));
+  for (size_t cut = 0; cut <= wire.size(); ++cut) {
+    RawPeer peer(GetParam());
+    WriteAll(peer.wire.get(), std::string_view(wire).substr(0, cut));
+    peer.wire.Reset();
+    std::string got;
+    bool ended = false;
+    try {
+      char buffer[4096];
+      for (;;) {
+        size_t n = peer.server->Read(buffer, sizeof buffer);
+        if (n == 0) {
+          ended = true;
+          break;
+        }
+        got.append(buffer, n);
+      }
+    } catch (const Error& e) {
+      ASSERT_EQ(e.kind(), ErrorKind::kDisconnected) << "cut at " << cut << ": " << e.what();
+    }
+    ASSERT_EQ(ended, cut == wire.size()) << "cut at " << cut;
+    ASSERT_TRUE(sent.compare(0, got.size(), got) == 0) << "cut at " << cut;
+    if (ended) {
+      EXPECT_TRUE(got == sent);
+    }
+  }
+}
+
+TEST(SecureStream, VectorAndOpenSslAesInteroperate) {
+  // A node whose CPU has VAES seals with the vector AES-GCM, one without with OpenSSL's:
+  // each opens the other's records, at every size around a record's.
+  ASSERT_GE(sodium_init(), 0);
+  if (!AesGcm256::Available()) GTEST_SKIP() << "no VAES/VPCLMULQDQ/AVX-512 on this CPU";
+  for (bool vector_sends : {true, false}) {
+    int wire[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, wire), 0);
+    UseVectorAesForTesting(vector_sends);
+    SecureStream client(Fd::Adopt(wire[0]), Session(true, PeerCipher::kAes256Gcm), "client");
+    UseVectorAesForTesting(!vector_sends);
+    SecureStream server(Fd::Adopt(wire[1]), Session(false, PeerCipher::kAes256Gcm), "server");
+    UseVectorAesForTesting(true);
+    std::string sent;
+    for (size_t size : {size_t{1}, size_t{15}, size_t{16}, size_t{17}, size_t{255}, size_t{257},
+                        kMaxRecordPlaintext - 1, kMaxRecordPlaintext + 300, size_t{1} << 20}) {
+      sent += Random(size);
+    }
+    std::thread writer([&] {
+      client.Write(sent.data(), sent.size());
+      client.CloseWrite();
+    });
+    std::string got = ReadStreamToEnd(server, 1000);
+    writer.join();
+    EXPECT_TRUE(got == sent) << (vector_sends ? "vector to OpenSSL" : "OpenSSL to vector");
+  }
+}
+
 TEST(SecureStream, PlaintextPassesThrough) {
   int wire[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, wire), 0);
