@@ -1,5 +1,5 @@
-// The vector AES-256-GCM against the published test vectors and against OpenSSL, both
-// ways, at every length around its block and step sizes, in place and not; anything
+// libipsec-mb's AES-256-GCM (aes_gcm.h) against the published test vectors and against
+// OpenSSL, both ways, at every length around its block and step sizes, in place and not; anything
 // changed in a sealed record (ciphertext, tag, additional data, nonce) fails to open.
 #include "aes_gcm.h"
 

@@ -45,8 +45,8 @@ inline constexpr size_t kRecordTagBytes = 16;
 // The most plaintext in one record.
 inline constexpr size_t kMaxRecordPlaintext = 64 << 10;
 
-// One direction's AEAD under its key: AES-256-GCM on 512-bit vectors (aes_gcm.h) when the
-// CPU has VAES and VPCLMULQDQ, else OpenSSL's EVP (whose AES-GCM and ChaCha20-Poly1305 run
+// One direction's AEAD under its key: libipsec-mb's AES-256-GCM on 512-bit vectors
+// (aes_gcm.h) when the CPU has VAES and VPCLMULQDQ, else OpenSSL's EVP (whose AES-GCM and ChaCha20-Poly1305 run
 // two to three times as fast as libsodium's here); the records are the same bytes either
 // way. Move-only; the key schedule is wiped when it goes.
 class RecordAead {
