@@ -7,8 +7,9 @@ docs/ARCHITECTURE.md). Each case runs a throwaway ordinary user's job that count
 SIGUSR1s it gets, sends one at a time (the next once the job has counted the last, so that
 no two merge as two pending signals of a kind do anywhere), and checks the exact count:
 
-- one sent while the job is being moved (its copy at home dumped, node2's criu holding the
-  restore: the fault point restore-hold): it reaches the job on node2, after the move;
+- one sent while the job is being moved (the copy it leaves dumped, the target's criu
+  holding the restore: the fault point restore-hold), from home to node2 and from node2 to
+  node3: it reaches the job on the target, after the move;
 - one read by the home's daemon, which dies before delivering it (kill-before-signal): the
   next daemon delivers it when mosrun sends it again;
 - one delivered by the home's daemon, which dies before acknowledging it
@@ -102,27 +103,41 @@ class SignalDeliveryTest(unittest.TestCase):
         return subprocess.run([harness.LOOPCLUSTER, "status", c.dir], env=c.env(),
                               capture_output=True, text=True, check=True).stdout
 
-    def test_a_signal_sent_while_the_job_moves(self):
+    def moved_while_signalled(self, c, name, source, target):
+        """Moves the job (running on `source`) to `target`, whose criu holds the restore,
+        and sends SIGUSR1 meanwhile: the job counts it once, on `target`."""
+        for node in ("node2", "node3")[:len(c.nodes) - 1]:
+            c.wait_for(lambda: c.run(node, "test", "-d", "/mosix/home/node1/data",
+                                     check=False).returncode == 0,
+                       30, f"{node} to mount node1's files")
+        options = "-L" if source == "node1" else f"-L -r {source}"
+        work, pid = self.start_job(c, name, options)
+        self.signal_and_count(c, work, pid, 1)
+        c.run("node1", "sh", "-c", f"mosmigrate {pid} {target} > /data/{name}/moved 2>&1 &")
+        # The copy on `source` is dumped and stopped; `target` holds its restore for 6 s.
+        c.wait_for(lambda: "fault point restore-hold" in c.log(target), 60,
+                   f"{target}'s criu to hold the restore")
+        os.kill(pid, signal.SIGUSR1)
+        c.wait_for(lambda: [j["where"] for j in jobs(c) if j["user"] == self.user] ==
+                   [target], 60, f"the job to run on {target}")
+        self.assertIn(f"now runs on {target}", read(os.path.join(work, "moved")))
+        self.wait_count(c, work, 2, 30)
+        # And one sent to the job where it runs now.
+        self.signal_and_count(c, work, pid, 3)
+        self.assertEqual(self.finish(c, work, 3), "")
+        self.assert_nothing_left(c, c.nodes)
+
+    def test_a_signal_sent_while_the_job_moves_away_from_home(self):
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
                                  faults="restore-hold") as c:
-            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
-                                     check=False).returncode == 0,
-                       30, "node2 to mount node1's files")
-            work, pid = self.start_job(c, "move")
-            self.signal_and_count(c, work, pid, 1)
-            c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > /data/move/moved 2>&1 &")
-            # The copy at home is dumped and stopped; node2 holds its restore for 6 s.
-            c.wait_for(lambda: "fault point restore-hold" in c.log("node2"), 60,
-                       "node2's criu to hold the restore")
-            os.kill(pid, signal.SIGUSR1)
-            c.wait_for(lambda: [j["where"] for j in jobs(c) if j["user"] == self.user] ==
-                       ["node2"], 60, "the job to run on node2")
-            self.assertIn("now runs on node2", read(os.path.join(work, "moved")))
-            self.wait_count(c, work, 2, 30)
-            # And one sent to the job away.
-            self.signal_and_count(c, work, pid, 3)
-            self.assertEqual(self.finish(c, work, 3), "")
-            self.assert_nothing_left(c, ("node1", "node2"))
+            self.moved_while_signalled(c, "away", "node1", "node2")
+
+    def test_a_signal_sent_while_the_job_moves_between_guests(self):
+        # The home forwards the signal to the node the job leaves, which holds the dumped
+        # copy: it must not take it.
+        with harness.LoopCluster(3, settings=["gossip.interval_ms=200"],
+                                 faults="restore-hold") as c:
+            self.moved_while_signalled(c, "between", "node2", "node3")
 
     def test_a_signal_read_by_a_daemon_that_dies_before_delivering_it(self):
         with harness.LoopCluster(1, faults="kill-before-signal") as c:
