@@ -208,6 +208,7 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
     case schema::ControlRequest::JOB_INPUT_AT:
     case schema::ControlRequest::JOB_INPUT_END_AT:
     case schema::ControlRequest::JOB_SIGNAL:
+    case schema::ControlRequest::JOB_SIGNAL_NUMBERED:
       break;  // refused by CheckPermission: they belong on a job's relay
     case schema::ControlRequest::HOME_MOUNT: {
       auto mount = request.getHomeMount();

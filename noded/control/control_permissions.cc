@@ -35,6 +35,7 @@ Permission PermissionFor(schema::ControlRequest::Which which) {
     case W::JOB_INPUT_AT:
     case W::JOB_INPUT_END_AT:
     case W::JOB_SIGNAL:
+    case W::JOB_SIGNAL_NUMBERED:
       return {Allowed::kRelayOnly, "send job input and signals"};
   }
   // A request this table does not know is refused rather than let through.

@@ -206,6 +206,7 @@ std::string SealedManifest(const std::vector<uint8_t>& key, const CheckpointMani
                {"launch", LaunchToJson(manifest.launch)},
                {"pipes", pipes},
                {"files", files}};
+  if (manifest.input_offset) body["input_offset"] = *manifest.input_offset;
   std::string text = body.dump();
   return fmt::format("{} {}\n{}", kMagic, Seal(key, text), text);
 }
@@ -250,15 +251,14 @@ std::vector<uint8_t> CheckpointKey(const std::vector<uint8_t>& cluster_key) {
 
 WrittenCheckpoint WriteCheckpoint(
     const std::string& dir, const FsIdentity& who, uint32_t keep, const std::vector<uint8_t>& key,
-    CheckpointManifest manifest,
-    const std::function<migrate::DumpResult(const std::string&)>& dump) {
+    CheckpointManifest manifest, const CheckpointDump& dump) {
   Fd parent = OpenUserDir(dir, who, true);
   WrittenCheckpoint written;
   written.number = NextNumber(parent.get(), who);
   std::string final_name = fmt::format("ckpt-{}", written.number);
   written.path = dir + "/" + final_name;
   CheckpointDir images = CheckpointDir::Create(fmt::format("{}/.{}.partial", dir, final_name), who);
-  written.dump = dump(images.fd_path());
+  written.dump = dump(images.fd_path(), manifest);
   // The manifest: the job's launch and pipes, and each image's size and hash, sealed.
   manifest.number = written.number;
   manifest.taken_unix_ms = WallClockMs();
@@ -389,6 +389,7 @@ CheckpointManifest CopyOne(int parent, const std::string& name, const FsIdentity
   manifest.number = j.at("number").get<uint64_t>();
   manifest.taken_unix_ms = j.at("taken_unix_ms").get<int64_t>();
   manifest.launch = LaunchFromJson(j.at("launch"));
+  if (j.contains("input_offset")) manifest.input_offset = j.at("input_offset").get<uint64_t>();
   for (const auto& pipe : j.at("pipes")) {
     manifest.pipes.push_back({pipe.at(0).get<uint64_t>(), pipe.at(1).get<std::string>()});
   }

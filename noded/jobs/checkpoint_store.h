@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,7 +30,16 @@ struct CheckpointManifest {
   int64_t taken_unix_ms = 0;
   JobLaunch launch;  // argv, env, cwd, home, identity, pid_base, options, plan
   std::vector<migrate::PipeRole> pipes;
+  // The checkpoint's place in the job's input: the offset (as mosrun numbers its input) of
+  // the first byte the job had not read when it was dumped; unknown for a checkpoint that
+  // could not measure it (one written by an older daemon, or by a node away from home).
+  std::optional<uint64_t> input_offset;
 };
+
+// Fills the image directory it is given (a /proc/self/fd path); may set what it measured
+// of the job (its input_offset) in the manifest.
+using CheckpointDump =
+    std::function<migrate::DumpResult(const std::string& image_dir, CheckpointManifest& manifest)>;
 
 struct WrittenCheckpoint {
   std::string path;  // DIR/ckpt-N
@@ -47,8 +57,7 @@ std::vector<uint8_t> CheckpointKey(const std::vector<uint8_t>& cluster_key);
 // stays.
 WrittenCheckpoint WriteCheckpoint(
     const std::string& dir, const FsIdentity& who, uint32_t keep, const std::vector<uint8_t>& key,
-    CheckpointManifest manifest,
-    const std::function<migrate::DumpResult(const std::string&)>& dump);
+    CheckpointManifest manifest, const CheckpointDump& dump);
 
 // The same, for a job running on a node that is not its home: `dir` is the job's
 // checkpoint directory as this node sees the home's tree (through homefs), and everything

@@ -37,8 +37,8 @@ class CheckpointStoreTest : public ::testing::Test {
   }
 
   // A dump that writes two image files with `tag` in them.
-  static std::function<migrate::DumpResult(const std::string&)> FakeDump(const std::string& tag) {
-    return [tag](const std::string& dir) {
+  static CheckpointDump FakeDump(const std::string& tag) {
+    return [tag](const std::string& dir, CheckpointManifest&) {
       std::ofstream(dir + "/pstree.img") << "tree " << tag;
       std::ofstream(dir + "/pages-1.img") << std::string(300000, 'p') << tag;
       return migrate::DumpResult{};
@@ -96,11 +96,27 @@ TEST_F(CheckpointStoreTest, KeepsTheNewestN) {
   EXPECT_THAT(Names(dir), ElementsAre("ckpt-3", "ckpt-4"));
 }
 
+TEST_F(CheckpointStoreTest, TheInputPlaceMeasuredAtTheDumpIsSealedInTheManifest) {
+  std::string dir = root_ + "/ckpts";
+  WriteCheckpoint(dir, who_, 0, key_, manifest_, FakeDump("unmeasured"));
+  EXPECT_FALSE(CopyNewestCheckpoint(dir, who_, false, key_, Copy()).input_offset);
+  WriteCheckpoint(dir, who_, 0, key_, manifest_,
+                  [](const std::string& image_dir, CheckpointManifest& manifest) {
+                    std::ofstream(image_dir + "/pages-1.img") << "measured";
+                    manifest.input_offset = 42;
+                    return migrate::DumpResult{};
+                  });
+  auto manifest = CopyNewestCheckpoint(dir, who_, false, key_, Copy());
+  EXPECT_EQ(manifest.number, 2u);
+  EXPECT_EQ(manifest.input_offset, 42u);
+}
+
 TEST_F(CheckpointStoreTest, AFailedCheckpointLeavesNothingAndTheLastStays) {
   std::string dir = root_ + "/ckpts";
   WriteCheckpoint(dir, who_, 0, key_, manifest_, FakeDump("good"));
   EXPECT_THROW(WriteCheckpoint(dir, who_, 0, key_, manifest_,
-                               [](const std::string& image_dir) -> migrate::DumpResult {
+                               [](const std::string& image_dir,
+                                  CheckpointManifest&) -> migrate::DumpResult {
                                  std::ofstream(image_dir + "/pages-1.img") << "half";
                                  Fail(ErrorKind::kFailed, "No space left on device");
                                }),

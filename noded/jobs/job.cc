@@ -25,6 +25,7 @@
 #include "checkpoint.h"
 #include "error.h"
 #include "job_env.h"
+#include "job_signals.h"
 #include "job_stream.h"
 #include "job_usage.h"
 #include "proc_limits.h"
@@ -395,6 +396,31 @@ void Job::Signal(int signo) {
     // job at once; every other signal the init forwards to the job's main process.
     ::syscall(SYS_pidfd_send_signal, pidfd_.get(), signo, nullptr, 0);
   }
+}
+
+bool Job::SignalNumbered(int signo, uint32_t number) {
+  if (signo <= 0 || signo >= NSIG) {
+    Fail(ErrorKind::kInvalidInput, "{} is not a signal number", signo);
+  }
+  // A job being dumped (a move, a freeze, a checkpoint) may have its signals read by criu
+  // already: one queued now could stay with a copy that is about to be killed.
+  if (migrating_ || input_held_ || finished_ || init_pid() <= 0 || init_status_ ||
+      !pidfd_.valid()) {
+    return false;
+  }
+  siginfo_t info{};
+  info.si_signo = signo;
+  info.si_code = SI_QUEUE;
+  info.si_pid = ::getpid();
+  info.si_uid = ::getuid();
+  info.si_value.sival_ptr = reinterpret_cast<void*>(
+      static_cast<uintptr_t>(job_signals::Value(home_pid(), number)));
+  if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), signo, &info, 0) != 0) {
+    spdlog::warn("job {}: signal {} (number {}) not delivered: {}", home_pid(), signo, number,
+                 strerror(errno));
+    return false;
+  }
+  return true;
 }
 
 void Job::RelayLost() {

@@ -225,6 +225,11 @@ class Job : public std::enable_shared_from_this<Job> {
   void Input(uint64_t offset, const void* data, size_t size);
   void InputEnd(uint64_t offset);
   void Signal(int signo);
+  // mosrun's signal numbered `number` (jobSignalNumbered): true once it is delivered (the
+  // init has it queued; see job_signals.h, the init takes each number once). False while
+  // the job cannot take it here (being dumped, or not running): it is not acknowledged,
+  // and mosrun sends it again, to wherever the job is then.
+  bool SignalNumbered(int signo, uint32_t number);
   // mosrun is gone: without its deputy at home, the job is killed.
   void RelayLost();
   // Holds the job's output back (not read from its pipes) while its home waits for the

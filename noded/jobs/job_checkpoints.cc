@@ -2,13 +2,18 @@
 // checkpoint), every -A minutes, or when the job asks (mosrun -S). Restarting a job from
 // the newest good one is in job_restarts.cc. See "Checkpoints and recovery" in
 // docs/ARCHITECTURE.md.
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <fstream>
+#include <iterator>
 #include <optional>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
@@ -25,6 +30,29 @@ namespace homeward {
 namespace {
 
 constexpr uint64_t kCheckpointTickMs = 200;
+
+// The job's processes stopped now (^Z, SIGSTOP): a checkpoint must not continue them.
+std::set<pid_t> StoppedPids(pid_t init) {
+  std::set<pid_t> stopped;
+  for (pid_t pid : migrate::JobPids(init)) {
+    std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    size_t close = text.rfind(')');
+    if (close != std::string::npos && close + 2 < text.size() && text[close + 2] == 'T') {
+      stopped.insert(pid);
+    }
+  }
+  return stopped;
+}
+
+// Continues a job its checkpoint's dump left stopped, all but what was stopped before.
+// The init drops a SIGCONT from outside its namespace that is not numbered (job_init.cc),
+// so it does not continue the program in its turn.
+void ContinueAfterCheckpoint(pid_t init, const std::set<pid_t>& stopped) {
+  for (pid_t pid : migrate::JobPids(init)) {
+    if (!stopped.count(pid)) ::kill(pid, SIGCONT);
+  }
+}
 
 }  // namespace
 
@@ -55,7 +83,8 @@ CheckpointPlan JobRegistry::PlanFrom(schema::JobSpec::Reader spec) {
   return plan;
 }
 
-void JobRegistry::PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan) {
+void JobRegistry::PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan,
+                                  int64_t run, bool fresh_log) {
   if (plan.dir.empty()) {
     checkpoint_plans_.erase(slot);
     return;
@@ -66,7 +95,44 @@ void JobRegistry::PlanCheckpoints(int slot, const JobIdentity& owner, const Chec
   planned.owner = {owner.uid, owner.gid, owner.groups};
   planned.plan = plan;
   if (plan.every_ms > 0) planned.next_ms = static_cast<int64_t>(uv_now(loop_)) + plan.every_ms;
+  std::string log = InputLog::PathFor(config_.state_dir, owner.uid, plan.dir);
+  try {
+    planned.input_log = std::make_shared<InputLog>(InputLog::Open(log, run, fresh_log));
+  } catch (const Error& e) {
+    spdlog::warn("job {}: its input is not kept for restarts: {}", owner.home_pid, e.what());
+  }
 }
+
+void JobRegistry::LogInput(pid_t home_pid, uint64_t offset, const void* data, size_t size) {
+  for (auto& [slot, planned] : checkpoint_plans_) {
+    if (planned.home_pid != home_pid || !planned.input_log) continue;
+    try {
+      planned.input_log->Append(offset, data, size);
+    } catch (const Error& e) {
+      // What follows starts the log anew (a gap): checkpoints before it are not replayed.
+      spdlog::warn("job {}: its input log misses bytes from {}: {}", home_pid,
+                   planned.input_log->end(), e.what());
+    }
+    return;
+  }
+}
+
+namespace {
+
+// Where a job stopped for a dump stands in its input: the offset just past what the
+// daemon wrote into its stdin pipe (nothing more is written while it is held), less what
+// the pipe still holds.
+std::optional<uint64_t> InputOffsetOf(const Job::InputPlace& place) {
+  if (place.reader < 0) return place.written;
+  int pending = 0;
+  if (::ioctl(place.reader, FIONREAD, &pending) != 0 || pending < 0 ||
+      static_cast<uint64_t>(pending) > place.written) {
+    return std::nullopt;
+  }
+  return place.written - static_cast<uint64_t>(pending);
+}
+
+}  // namespace
 
 void JobRegistry::StartCheckpointTimer() {
   CheckUv(uv_timer_init(loop_, checkpoint_timer_.get()), "checkpoint timer");
@@ -186,23 +252,38 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
   auto written = std::make_shared<WrittenCheckpoint>();
   pid_t home_pid = job->home_pid();
   it->second.busy = true;
-  // Shown as migrating meanwhile: a move or freeze waits until the dump is done.
+  // Shown as migrating meanwhile: a move or freeze waits until the dump is done. Its input
+  // is held from here on, so what was written into its stdin stays as it is now.
   job->set_migrating(true);
+  Job::InputPlace input = job->input_place();
+  auto reader = std::make_shared<Fd>();
+  auto measured = std::make_shared<std::optional<uint64_t>>();
   try {
+    if (input.reader >= 0) {
+      *reader = Fd::Adopt(HW_SYSCALL(::fcntl(input.reader, F_DUPFD_CLOEXEC, 3),
+                                     "keep the job's stdin for the checkpoint"));
+      input.reader = reader->get();
+    }
+    // Dumped and left stopped, so that where it stands in its input is measured exactly,
+    // then continued (as a failed move continues it).
     DumpOffLoop(
-        job, migrate::AfterDump::kRun,
-        [plan, who, key, manifest, work_root, home_pid, written](pid_t init,
-                                                                 migrate::DumpOptions options) {
+        job, migrate::AfterDump::kStop,
+        [plan, who, key, manifest, work_root, home_pid, written, input, reader, measured](
+            pid_t init, migrate::DumpOptions options) {
           *written = WriteCheckpoint(
-              plan.dir, who, plan.keep, key, manifest, [&](const std::string& image_dir) {
+              plan.dir, who, plan.keep, key, manifest,
+              [&](const std::string& image_dir, CheckpointManifest& sealed) {
                 // criu's log and scratch stay in root's own state directory.
                 ::mkdir(work_root.c_str(), 0700);
                 std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
                 HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
                 options.work_dir = work;
                 try {
+                  std::set<pid_t> stopped = StoppedPids(init);
                   auto result = migrate::Dump(init, image_dir, options);
                   migrate::RemoveImageDir(work);
+                  sealed.input_offset = *measured = InputOffsetOf(input);
+                  ContinueAfterCheckpoint(init, stopped);
                   return result;
                 } catch (...) {
                   migrate::RemoveImageDir(work);
@@ -211,11 +292,19 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
               });
           return written->dump;
         },
-        [this, slot, job, home_pid, written, reply](const DumpOutcome& result) {
+        [this, slot, job, home_pid, written, reply, measured](const DumpOutcome& result) {
           job->set_migrating(false);
           auto planned = checkpoint_plans_.find(slot);
           if (planned != checkpoint_plans_.end() && planned->second.home_pid == home_pid) {
             planned->second.busy = false;
+            // The newest checkpoint is current: the input before its place is not needed.
+            if (result.error.empty() && *measured && planned->second.input_log) {
+              try {
+                planned->second.input_log->Trim(**measured);
+              } catch (const Error& e) {
+                spdlog::warn("job {}: its input log is not trimmed: {}", home_pid, e.what());
+              }
+            }
           }
           if (!result.error.empty()) {
             spdlog::warn("job {}: checkpoint failed: {}", home_pid, result.error);
@@ -225,8 +314,10 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
             }
             return;
           }
-          spdlog::info("job {}: checkpoint {} written to {} ({} bytes)", home_pid, written->number,
-                       written->path, result.dump.image_bytes);
+          spdlog::info("job {}: checkpoint {} written to {} ({} bytes, {})", home_pid,
+                       written->number, written->path, result.dump.image_bytes,
+                       *measured ? fmt::format("at input byte {}", **measured)
+                                 : std::string("its input place unknown"));
           if (!reply) return;
           MoveOutcome outcome;
           outcome.where = written->path;
@@ -284,6 +375,13 @@ void JobRegistry::CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
   if (it == checkpoint_plans_.end() || it->second.home_pid != away->home_pid()) return;
   it->second.busy = false;
   it->second.busy_until_ms = 0;
+  if (error.empty() && report.getInputPlaced() && it->second.input_log) {
+    try {
+      it->second.input_log->Trim(report.getInputOffset());
+    } catch (const Error& e) {
+      spdlog::warn("job {}: its input log is not trimmed: {}", away->home_pid(), e.what());
+    }
+  }
   auto waiter = std::move(it->second.waiter);
   if (!waiter) return;
   if (!error.empty()) {
@@ -304,11 +402,14 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
   plan.keep = request.getKeep();
   plan.every_ms = static_cast<int64_t>(request.getEveryMs());
   plan.signal = request.getSignal();
-  auto answer = [job](const std::string& path, const std::string& error) {
+  auto answer = [job](const std::string& path, const std::string& error,
+                      std::optional<uint64_t> input_offset = std::nullopt) {
     capnp::MallocMessageBuilder message;
     auto report = message.initRoot<schema::ControlReply>().initCheckpointed();
     report.setPath(path);
     report.setError(error);
+    report.setInputPlaced(input_offset.has_value());
+    report.setInputOffset(input_offset.value_or(0));
     job->relay().Send(message);
   };
   if (plan.dir.empty() || plan.dir[0] != '/' || plan.dir.find("/../") != std::string::npos) {
@@ -333,11 +434,20 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
   pid_t home_pid = job->home_pid();
   auto written = std::make_shared<WrittenCheckpoint>();
   job->set_migrating(true);
+  // As at home: dumped and left stopped, its place in its input measured, then continued.
+  Job::InputPlace input = job->input_place();
+  auto reader = std::make_shared<Fd>();
+  auto measured = std::make_shared<std::optional<uint64_t>>();
   try {
+    if (input.reader >= 0) {
+      *reader = Fd::Adopt(HW_SYSCALL(::fcntl(input.reader, F_DUPFD_CLOEXEC, 3),
+                                     "keep the job's stdin for the checkpoint"));
+      input.reader = reader->get();
+    }
     DumpOffLoop(
-        job, migrate::AfterDump::kRun,
-        [local_dir, who, keep = plan.keep, key, manifest, work_root, home_pid, written](
-            pid_t init, migrate::DumpOptions options) {
+        job, migrate::AfterDump::kStop,
+        [local_dir, who, keep = plan.keep, key, manifest, work_root, home_pid, written, input,
+         reader, measured](pid_t init, migrate::DumpOptions options) mutable {
           // The dump goes to root's own state directory first, criu's log beside it.
           ::mkdir(work_root.c_str(), 0700);
           std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
@@ -356,7 +466,10 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
           try {
             HW_SYSCALL(::mkdtemp(images.data()) ? 0 : -1, "create {}", images);
             options.work_dir = work;
+            std::set<pid_t> stopped = StoppedPids(init);
             result = migrate::Dump(init, images, options);
+            manifest.input_offset = *measured = InputOffsetOf(input);
+            ContinueAfterCheckpoint(init, stopped);
             *written = PublishCheckpoint(local_dir, who, keep, key, manifest, images);
           } catch (...) {
             clean();
@@ -365,7 +478,7 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
           clean();
           return result;
         },
-        [job, answer, dir = plan.dir, written](const DumpOutcome& result) {
+        [job, answer, dir = plan.dir, written, measured](const DumpOutcome& result) {
           job->set_migrating(false);
           if (!result.error.empty()) {
             spdlog::warn("guest {}: checkpoint failed: {}", job->home_pid(), result.error);
@@ -374,7 +487,7 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
           }
           std::string path = fmt::format("{}/ckpt-{}", dir, written->number);
           spdlog::info("guest {}: checkpoint written to {} at its home", job->home_pid(), path);
-          answer(path, "");
+          answer(path, "", *measured);
         });
   } catch (const Error& e) {
     job->set_migrating(false);

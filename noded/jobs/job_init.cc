@@ -49,10 +49,12 @@
 #include <vector>
 
 #include "job_env.h"
+#include "job_signals.h"
 #include "job_terminal.h"
 #include "job_view.h"
 
 using homeward::kUserEnvPrefix;
+namespace job_signals = homeward::job_signals;
 
 namespace {
 
@@ -428,9 +430,18 @@ pid_t StartProgram(const Options& options, TerminalRelay* terminal = nullptr) {
 // SIGCONT carrying this value (preload/shim_state.h); the daemon takes it.
 constexpr int kCheckpointAsk = 0x43484b50;
 
+// A SIGCONT from outside the job's namespace that mosrun did not send (mosrun's are
+// numbered): the daemon's, continuing the job after a dump (a checkpoint, a failed move),
+// which sends one to each process it means to continue; forwarded, it would continue a
+// program the user had stopped (^Z).
+bool DaemonsContinue(int sig, int code, pid_t sender) {
+  return sig == SIGCONT && code == SI_USER && sender == 0;
+}
+
 // Forwards every signal to the program while it lives (to the whole job after), and
 // reaps every process of the job; reports once nothing of the job is left.
 int Supervise(pid_t program, sigset_t all) {
+  job_signals::Seen seen;
   bool program_done = false;
   int program_status = 0;
   for (;;) {
@@ -459,6 +470,11 @@ int Supervise(pid_t program, sigset_t all) {
       Report("checkpoint");
       continue;
     }
+    // A numbered signal mosrun sent again (its answer was lost): the program had it.
+    if (seen.Repeat(info.si_code, reinterpret_cast<uintptr_t>(info.si_value.sival_ptr))) {
+      continue;
+    }
+    if (DaemonsContinue(sig, info.si_code, info.si_pid)) continue;
     kill(program_done ? -1 : program, sig);
   }
 }
@@ -480,6 +496,7 @@ int SuperviseTerminal(const Options& options, sigset_t all) {
   pid_t program = -1;
   bool program_done = false;
   int program_status = 0;
+  job_signals::Seen seen;
   for (;;) {
     if (program < 0 && terminal.ready()) {
       program = StartProgram(options, &terminal);
@@ -526,6 +543,8 @@ int SuperviseTerminal(const Options& options, sigset_t all) {
       // A SIGPIPE of the init's own (its stdout pipe's reader gone) is not the program's.
       if (sig == SIGPIPE && info.ssi_pid == 1) continue;
       if (program < 0) continue;  // not started yet: nothing to forward to
+      if (seen.Repeat(info.ssi_code, info.ssi_ptr)) continue;  // forwarded already
+      if (DaemonsContinue(sig, info.ssi_code, static_cast<pid_t>(info.ssi_pid))) continue;
       kill(program_done ? -1 : program, sig);
       if (sig == SIGCONT) terminal.ContinueForeground();
     }

@@ -460,7 +460,8 @@ std::string JobRegistry::TakeBack(JournalEntry& entry, FdKeeper keeper, std::vec
   try {
     KeepJob(*job, guest ? -1 : slot);  // journaled on: a later move marks its entry
     // Its plan first: an ask the job makes while it is taken back counts.
-    if (!guest) PlanCheckpoints(slot, job->launch().identity, job->launch().checkpoint);
+    if (!guest) PlanCheckpoints(slot, job->launch().identity, job->launch().checkpoint,
+                                job->launch().started_unix_ms);
     WatchCheckpointAsks(job);
     if (!guest) job->set_output_base(entry.base[1], entry.base[2]);
     job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),

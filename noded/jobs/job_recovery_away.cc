@@ -233,7 +233,8 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
   away->origin[2] = entry.base[2];
   away->journaled = FormatJournalEntry(entry);
   jobs_[entry.slot].away = away;
-  PlanCheckpoints(entry.slot, entry.launch.identity, entry.launch.checkpoint);
+  PlanCheckpoints(entry.slot, entry.launch.identity, entry.launch.checkpoint,
+                  entry.launch.started_unix_ms);
   if (frozen) {
     spdlog::info("job {} taken back after a restart: frozen to {}; waiting for its mosrun",
                  home_pid, entry.frozen_dir);

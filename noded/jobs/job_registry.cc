@@ -2,6 +2,7 @@
 // listing them and ending them all at shutdown.
 #include "job_registry.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -36,6 +37,15 @@ JobRegistry::~JobRegistry() {
   KillAll();
 }
 
+void JobRegistry::DieAtSignal(Fault fault, const Job& job,
+                              schema::NumberedSignal::Reader signal) const {
+  if (!faults_.Hit(fault)) return;
+  spdlog::warn("fault point {}: the daemon dies at signal {} (number {}) of job {}",
+               FaultName(fault), signal.getSignal(), signal.getNumber(), job.home_pid());
+  spdlog::default_logger()->flush();
+  ::kill(::getpid(), SIGKILL);
+}
+
 // The relay of a job running here: mosrun's (or its home's) input and signals go to it,
 // and for a guest, its home's requests to move it on.
 StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>> weak_job) {
@@ -53,6 +63,9 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
       case schema::ControlRequest::JOB_INPUT_AT: {
         auto chunk = message.getJobInputAt();
         auto data = chunk.getData();
+        if (!job->launch().guest) {
+          LogInput(job->home_pid(), chunk.getOffset(), data.begin(), data.size());
+        }
         job->Input(chunk.getOffset(), data.begin(), data.size());
         break;
       }
@@ -65,6 +78,17 @@ StreamHandlers JobRegistry::RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>>
       case schema::ControlRequest::JOB_SIGNAL:
         job->Signal(message.getJobSignal());
         break;
+      case schema::ControlRequest::JOB_SIGNAL_NUMBERED: {
+        auto numbered = message.getJobSignalNumbered();
+        DieAtSignal(Fault::kKillBeforeSignal, *job, numbered);
+        if (job->SignalNumbered(numbered.getSignal(), numbered.getNumber())) {
+          DieAtSignal(Fault::kKillAfterSignal, *job, numbered);
+          capnp::MallocMessageBuilder answer;
+          answer.initRoot<schema::ControlReply>().setJobSignalDelivered(numbered.getNumber());
+          job->relay().Send(answer);
+        }
+        break;
+      }
       case schema::ControlRequest::RESUME_JOB: {
         if (!job->launch().guest) {
           Fail(ErrorKind::kInvalidInput, "only a guest's home tells it what output it has");
@@ -163,7 +187,8 @@ void JobRegistry::StartJob(schema::JobSpec::Reader spec, ReplySender reply) {
   launch.started_unix_ms = WallClockMs();
   int slot = FreeSlot();
   launch.pid_base = PidBase(slot);
-  PlanCheckpoints(slot, launch.identity, launch.checkpoint);
+  PlanCheckpoints(slot, launch.identity, launch.checkpoint, launch.started_unix_ms,
+                  /*fresh_log=*/true);
   std::string where = Place(launch, spec.getWhere(), spec.getPlaceBest());
   if (!where.empty() && where != config_.name) {
     StartAway(slot, std::move(launch), where, std::move(reply));

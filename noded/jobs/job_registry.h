@@ -31,6 +31,7 @@
 #include "fs_credentials.h"
 #include "home_grace.h"
 #include "image_stream.h"
+#include "input_log.h"
 #include "job.h"
 #include "job_journal.h"
 #include "migration.h"
@@ -235,6 +236,8 @@ class JobRegistry {
   // The handlers of relay number `relay` (move::Protocol) to the job's node.
   StreamHandlers PeerHandlersForAway(int slot, std::shared_ptr<Away> away, uint32_t relay);
   StreamHandlers RelayHandlersFor(std::shared_ptr<std::weak_ptr<Job>> weak_job);
+  // The fault points kill-before-signal and kill-after-signal: SIGKILLs this daemon.
+  void DieAtSignal(Fault fault, const Job& job, schema::NumberedSignal::Reader signal) const;
   // Moves a guest on. `done`, when given, hears the outcome (a move this node decided);
   // otherwise the guest's home does, on its relay (a move the home asked for).
   void MigrateGuest(std::shared_ptr<Job> job, const std::string& target, MoveDone done = {});
@@ -297,13 +300,24 @@ class JobRegistry {
     bool asked = false;   // the job asked for one (mosrun -S): taken at the next tick
     int64_t busy_until_ms = 0;  // a job away: its node's answer is given up after this
     std::shared_ptr<ReplySender> waiter;  // mosmigrate, for a job away
+    // The input the job was given since its newest checkpoint (input_log.h); none when it
+    // cannot be kept (logged).
+    std::shared_ptr<InputLog> input_log;
   };
   static CheckpointPlan PlanFrom(schema::JobSpec::Reader spec);
   JobLaunch RestartedLaunch(const struct CheckpointManifest& manifest) const;
   // A job restarted at home goes on to `where` (mosrun -R -r) or the best node (-b).
   void PlaceRestarted(int slot, const std::shared_ptr<Job>& job, const std::string& where,
                       bool best);
-  void PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan);
+  // `fresh_log`: a new job, whose input log starts empty; else (a job taken back or
+  // restarted) it goes on.
+  // `run`: the job's first start (JobLaunch::started_unix_ms, which restarts keep), what
+  // its input log is of.
+  void PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan,
+                       int64_t run, bool fresh_log = false);
+  // Input from mosrun for job `home_pid` of this home, at `offset` in its stream: kept in
+  // the job's input log, if it has one, before the job's node may take it.
+  void LogInput(pid_t home_pid, uint64_t offset, const void* data, size_t size);
   // A job away whose end is `why` (its node lost): restarts it at home from its newest
   // checkpoint, on the same mosrun. False when it has no checkpoint directory.
   bool RestartLost(int slot, const std::shared_ptr<Away>& away, const std::string& why);

@@ -117,14 +117,24 @@ std::shared_ptr<JobRegistry::Away> JobRegistry::AwayFrom(Job& job, move::Protoco
 
 StreamHandlers JobRegistry::MosrunHandlersForAway(int slot, std::shared_ptr<Away> away) {
   StreamHandlers handlers;
-  handlers.on_message = [away](IncomingMessage& incoming) {
+  handlers.on_message = [this, away](IncomingMessage& incoming) {
     auto message = incoming.Root<schema::ControlRequest>();
+    if (message.isJobInputAt()) {
+      auto chunk = message.getJobInputAt();
+      LogInput(away->home_pid(), chunk.getOffset(), chunk.getData().begin(),
+               chunk.getData().size());
+    }
     switch (message.which()) {
       case schema::ControlRequest::JOB_SIGNAL:
         if (!away->peer.open()) {
           away->held_signals.push_back(message.getJobSignal());
           break;
         }
+        [[fallthrough]];
+      case schema::ControlRequest::JOB_SIGNAL_NUMBERED:
+        // With no relay to the job's node, mosrun sends it again (it keeps it until the
+        // node says it was delivered).
+        if (!away->peer.open()) break;
         [[fallthrough]];
       case schema::ControlRequest::JOB_INPUT:
       case schema::ControlRequest::JOB_INPUT_END:

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "checkpoint_store.h"
+#include "input_log.h"
 #include "job_registry.h"
 #include "job_replies.h"
 #include "migration.h"
@@ -28,14 +29,36 @@ struct RestoredFromDir {
   std::optional<RestoredHere> restored;
   std::string error;
   ErrorKind kind = ErrorKind::kFailed;
+  std::string not_replayed;  // why the input after the checkpoint is not given again
 };
+
+// The input the job had after checkpoint `manifest`, from its log under `state_dir`, as
+// the restored job's carried input (manifest.launch.input); else says why not.
+void ReplayInput(RestoredFromDir& out, const std::string& state_dir, const std::string& dir) {
+  CheckpointManifest& manifest = out.manifest;
+  if (!manifest.input_offset) {
+    out.not_replayed = "the checkpoint does not say where the job stood in its input";
+    return;
+  }
+  std::string path = InputLog::PathFor(state_dir, manifest.launch.identity.uid, dir);
+  std::string why;
+  auto bytes =
+      InputLog::Replay(path, manifest.launch.started_unix_ms, *manifest.input_offset, &why);
+  if (!bytes) {
+    out.not_replayed = why;
+    return;
+  }
+  manifest.launch.input = InputCarry{*manifest.input_offset, std::move(*bytes), false};
+}
 
 // Blocks: for libuv's thread pool. `copy` is a fresh root-only directory; removed after.
 void RestoreFromDir(RestoredFromDir& out, const std::string& dir, const FsIdentity& who,
                     bool any_user, const std::vector<uint8_t>& key, const std::string& copy,
-                    const std::string& init_path, const FaultPoints& faults) {
+                    const std::string& init_path, const FaultPoints& faults,
+                    const std::string& state_dir) {
   try {
     out.manifest = CopyNewestCheckpoint(dir, who, any_user, key, copy);
+    ReplayInput(out, state_dir, dir);
     out.restored = RestoreHere(copy, out.manifest.pipes, "/", init_path, faults);
   } catch (const Error& e) {
     out.error = e.what();
@@ -44,6 +67,17 @@ void RestoreFromDir(RestoredFromDir& out, const std::string& dir, const FsIdenti
     out.error = e.what();
   }
   migrate::RemoveImageDir(copy);
+}
+
+// What a restart says of the input it gives again (the daemon's log says why it gives none).
+std::string Replayed(const RestoredFromDir& out) {
+  if (!out.not_replayed.empty()) {
+    spdlog::info("restart from checkpoint {}: the input after it is not given again: {}",
+                 out.manifest.number, out.not_replayed);
+    return "";
+  }
+  size_t bytes = out.manifest.launch.input.data.size();
+  return bytes ? fmt::format(", with the {} bytes of input it was given after it", bytes) : "";
 }
 
 std::string UtcTime(int64_t unix_ms) {
@@ -133,7 +167,7 @@ JobLaunch JobRegistry::RestartedLaunch(const CheckpointManifest& manifest) const
   launch.reattach = false;
   launch.init_path = init_path_;
   launch.preload_path = preload_path_;
-  launch.input = {};
+  // launch.input: what the job was given after its checkpoint (ReplayInput), if anything.
   return launch;
 }
 
@@ -178,8 +212,8 @@ bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const
   }
   int status = QueueWork(
       loop_,
-      [outcome, dir = plan.dir, who, key, copy, init_path, faults] {
-        RestoreFromDir(*outcome, dir, who, false, key, copy, init_path, faults);
+      [outcome, dir = plan.dir, who, key, copy, init_path, faults, state_dir = config_.state_dir] {
+        RestoreFromDir(*outcome, dir, who, false, key, copy, init_path, faults, state_dir);
       },
       [this, alive = alive_, slot, away, outcome, plan, why, give_up] {
         if (!*alive) return;
@@ -204,9 +238,10 @@ bool JobRegistry::RestartLost(int slot, const std::shared_ptr<Away>& away, const
           return;
         }
         TellRestarted(*job, job->relay(),
-                      fmt::format("checkpoint {} of {}, taken {}, at home ({})",
+                      fmt::format("checkpoint {} of {}, taken {}, at home ({}){}",
                                   outcome->manifest.number, plan.dir,
-                                  UtcTime(outcome->manifest.taken_unix_ms), why));
+                                  UtcTime(outcome->manifest.taken_unix_ms), why,
+                                  Replayed(*outcome)));
       });
   if (status < 0) {
     migrate::RemoveImageDir(copy);
@@ -241,8 +276,8 @@ void JobRegistry::RestartJob(schema::RestartSpec::Reader spec, ReplySender reply
   FaultPoints faults = faults_;
   int status = QueueWork(
       loop_,
-      [outcome, dir, who, any_user, key, copy, init_path, faults] {
-        RestoreFromDir(*outcome, dir, who, any_user, key, copy, init_path, faults);
+      [outcome, dir, who, any_user, key, copy, init_path, faults, state_dir = config_.state_dir] {
+        RestoreFromDir(*outcome, dir, who, any_user, key, copy, init_path, faults, state_dir);
       },
       [this, alive = alive_, outcome, relay, weak_job, dir, caller_id,
        where = std::string(spec.getWhere()), best = spec.getPlaceBest(),
@@ -282,10 +317,11 @@ void JobRegistry::RestartJob(schema::RestartSpec::Reader spec, ReplySender reply
         *weak_job = job;
         relay.PauseReading(false);
         jobs_[slot].here = job;
-        PlanCheckpoints(slot, job->launch().identity, plan);
+        PlanCheckpoints(slot, job->launch().identity, plan, job->launch().started_unix_ms);
         TellRestarted(*job, relay,
-                      fmt::format("checkpoint {} of {}, taken {}", outcome->manifest.number, dir,
-                                  UtcTime(outcome->manifest.taken_unix_ms)));
+                      fmt::format("checkpoint {} of {}, taken {}{}", outcome->manifest.number,
+                                  dir, UtcTime(outcome->manifest.taken_unix_ms),
+                                  Replayed(*outcome)));
         if (!where.empty() || best) PlaceRestarted(slot, job, where, best);
       });
   if (status < 0) {

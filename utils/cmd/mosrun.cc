@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <optional>
 #include <string>
 #include <thread>
@@ -36,6 +37,8 @@ namespace {
 
 constexpr int kForwarded[] = {SIGHUP,  SIGINT,  SIGQUIT,  SIGTERM, SIGUSR1,
                               SIGUSR2, SIGALRM, SIGWINCH, SIGCONT};
+// A signal not acknowledged within this time is sent again (see send_signal in Run).
+constexpr int kSignalResendMs = 1000;
 
 struct Options {
   std::string where;
@@ -398,6 +401,10 @@ int Run(const Options& options) {
   std::string input_kept;
   uint64_t input_acked = 0;
   bool input_end_sent = false;
+  // A job restarted from a checkpoint is given again the input it had after it (see
+  // "Checkpoints and recovery"): this mosrun's input comes after that, from the offset its
+  // first jobInputResume names; nothing is read before.
+  bool input_placed = options.restart_dir.empty();
   // The daemon closes its end right after the job's exit: input or a signal sent at that
   // moment meets a closed socket, and the exit is still there to read.
   bool daemon_hung_up = false;
@@ -411,16 +418,35 @@ int Run(const Options& options) {
       stdin_open = false;
     }
   };
-  // Signals the daemon did not take (it died, or was down): kept in order, and delivered
-  // once mosrun is reconnected to the job.
+  // Signals read while mosrun waits for its daemon, queued once it is back.
   std::vector<int> signals_pending;
+  // Every signal for the job is numbered and kept, in order, until the job's node says it
+  // was delivered (jobSignalDelivered): the daemon, or the job's node, may die or the job
+  // move after reading one and before delivering it. One is in flight at a time, so they
+  // arrive in order and the job's init can drop a number it had already; the first kept
+  // is sent again after a reconnect, when the job arrives on a node, and each second
+  // without an answer.
+  std::deque<std::pair<uint32_t, int>> signals_kept;
+  uint32_t signals_numbered = 0;
+  auto signal_sent = std::chrono::steady_clock::time_point{};
+  auto send_first_signal = [&] {
+    if (signals_kept.empty()) return;
+    auto [number, sig] = signals_kept.front();
+    signal_sent = std::chrono::steady_clock::now();
+    deliver([&](auto request) {
+      auto numbered = request.initJobSignalNumbered();
+      numbered.setNumber(number);
+      numbered.setSignal(sig);
+    });
+  };
   auto send_signal = [&](int sig) {
-    if (daemon_hung_up) {
-      signals_pending.push_back(sig);
-      return;
-    }
-    deliver([&](auto request) { request.setJobSignal(sig); });
-    if (daemon_hung_up) signals_pending.push_back(sig);
+    signals_kept.emplace_back(++signals_numbered, sig);
+    if (signals_kept.size() == 1) send_first_signal();
+  };
+  auto signal_delivered = [&](uint32_t number) {
+    if (signals_kept.empty() || signals_kept.front().first != number) return;
+    signals_kept.pop_front();
+    send_first_signal();
   };
   auto send_input = [&](uint64_t offset, const char* data, size_t size) {
     deliver([&](auto request) {
@@ -466,10 +492,18 @@ int Run(const Options& options) {
     // the terminal is its own.
     bool foreground = !terminal || terminal->Foreground();
     if (terminal && foreground) terminal->EnterRaw();
-    nfds_t count = stdin_open && may_send && foreground ? 3 : 2;
-    if (poll(fds, count, foreground ? -1 : 200) < 0) {
+    nfds_t count = stdin_open && may_send && foreground && input_placed ? 3 : 2;
+    int timeout = foreground ? -1 : 200;
+    if (!signals_kept.empty()) {
+      timeout = timeout < 0 ? kSignalResendMs : std::min(timeout, kSignalResendMs);
+    }
+    if (poll(fds, count, timeout) < 0) {
       if (errno == EINTR) continue;
       throw SystemError(errno, "poll");
+    }
+    if (!signals_kept.empty() && std::chrono::steady_clock::now() - signal_sent >=
+                                     std::chrono::milliseconds(kSignalResendMs)) {
+      send_first_signal();  // no answer: the job was moving, or the message was lost
     }
     if (fds[1].revents & POLLIN) {
       signalfd_siginfo info;
@@ -520,9 +554,11 @@ int Run(const Options& options) {
         decoder = FrameDecoder(kMaxControlFrameBytes);
         daemon_hung_up = false;
         stdin_open = !input_end_sent;
-        // After resumeJob: the daemon gives the job this connection, then its signals.
+        // After resumeJob: the daemon gives the job this connection, then its signals: the
+        // one it may have read and not delivered first, then those read meanwhile.
         std::vector<int> held = std::move(signals_pending);
         signals_pending.clear();
+        send_first_signal();
         for (int sig : held) send_signal(sig);
         continue;
       }
@@ -552,7 +588,7 @@ int Run(const Options& options) {
               if (e.sys_errno() != EPIPE) throw;
               // Our reader is gone: the job gets the SIGPIPE it would have had at home.
               stdout_broken = true;
-              deliver([](auto request) { request.setJobSignal(SIGPIPE); });
+              send_signal(SIGPIPE);
             }
             break;
           }
@@ -563,6 +599,10 @@ int Run(const Options& options) {
             // The job arrived on a node (moved, or continued): what it does not have yet
             // goes again, from where its input goes on, and so does the end of input.
             auto resume = reply.getJobInputResume();
+            if (!input_placed) {
+              input_acked = resume.getOffset();
+              input_placed = true;
+            }
             input_written(resume.getOffset());
             uint64_t from = std::max(resume.getOffset(), input_acked);
             for (uint64_t at = from; at < input_acked + input_kept.size();) {
@@ -572,8 +612,12 @@ int Run(const Options& options) {
               at += size;
             }
             if (input_end_sent && !resume.getEnded()) send_input_end();
+            send_first_signal();  // a signal the old node did not deliver goes here now
             break;
           }
+          case schema::ControlReply::JOB_SIGNAL_DELIVERED:
+            signal_delivered(reply.getJobSignalDelivered());
+            break;
           case schema::ControlReply::JOB_EXITED: {
             auto exit = reply.getJobExited();
             if (terminal) terminal->Restore();

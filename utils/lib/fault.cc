@@ -35,6 +35,12 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kKillAfterAppend, "kill-after-append",
      "the file service SIGKILLs its daemon after an O_APPEND write's system call, before "
      "logging it done (a first try only, not one sent again)"},
+    {Fault::kKillBeforeSignal, "kill-before-signal",
+     "the daemon SIGKILLs itself when it has read a numbered signal for a job from its relay, "
+     "before delivering it"},
+    {Fault::kKillAfterSignal, "kill-after-signal",
+     "the daemon SIGKILLs itself when it has delivered a numbered signal to a job, before "
+     "acknowledging it"},
 };
 
 }  // namespace

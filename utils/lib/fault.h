@@ -29,6 +29,8 @@ enum class Fault {
   kKillAfterSpawn,
   kRestoreHold,
   kKillAfterAppend,
+  kKillBeforeSignal,
+  kKillAfterSignal,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
@@ -60,7 +62,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kKillAfterAppend) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kKillAfterSignal) + 1> selected_;
 };
 
 }  // namespace homeward

@@ -5,12 +5,15 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("homeward::schema");
 
-const controlVersion :UInt16 = 4;
+const controlVersion :UInt16 = 5;
 # 2: migrateJob's verbs are a union (moveTo, home, freeze, continue, checkpoint), so no
 #    node name is taken for a verb; a job's state is an enum.
 # 3: a job's input is a stream with offsets (jobInputAt, jobInputEndAt, jobInputWritten,
 #    jobInputResume), so that it survives moves; jobInput, jobInputEnd and jobInputTaken
 #    are no longer sent.
+# 4: restarts from checkpoints (restartJob) and daemon restarts (resumeJob).
+# 5: mosrun numbers its signals (jobSignalNumbered) and keeps each until the job's node
+#    answers jobSignalDelivered, so that a signal read but not delivered is not lost.
 
 struct ControlRequest {
   version @0 :UInt16;
@@ -61,6 +64,11 @@ struct ControlRequest {
     # this node (see attachGuest's resumed).
     # Mount (up) or unmount /mosix/home/<name>: what membership does for each peer, by
     # hand (debugging, tests).
+    jobSignalNumbered @17 :NumberedSignal;
+    # mosrun: deliver this signal to the job, wherever it runs, and say so (the job's node
+    # answers jobSignalDelivered with its number once kill() succeeded there). mosrun
+    # keeps it until then and sends it again (after a reconnect, a move, or a second
+    # without an answer); the job's init takes each number of a mosrun once only.
   }
 }
 
@@ -90,6 +98,8 @@ struct ControlReply {
     # asked for (migrateJob with checkpointAway) went.
     checkpointAsked @14 :Void;
     # From the node a job away runs on: the job asked for a checkpoint (mosrun -S).
+    jobSignalDelivered @15 :UInt32;
+    # From the job's node: the signal of this number (jobSignalNumbered) reached the job.
     # From the job's node, once the job arrived there (restored after a move, or
     # continued): its input goes on from `offset`; mosrun sends again what it holds from
     # there, and its end of input unless `ended`.
@@ -100,6 +110,16 @@ struct Checkpointed {
   path @0 :Text;
   # The checkpoint written, or empty when it failed.
   error @1 :Text;
+  inputPlaced @2 :Bool;
+  inputOffset @3 :UInt64;
+  # Where the job stood in its input at the checkpoint (when placed): its home's input log
+  # needs nothing before it any more.
+}
+
+struct NumberedSignal {
+  number @0 :UInt32;
+  # 1 for a mosrun's first signal, one more for each after it.
+  signal @1 :Int32;
 }
 
 struct ResumeJob {
