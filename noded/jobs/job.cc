@@ -208,7 +208,7 @@ void Job::Start() {
     // The keeper holds our ends before the job runs, and the journal names the keeper
     // before the job runs: a daemon killed from here on leaves what the next one needs.
     KeepEnds(ends);
-    journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), false);
+    journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), move::Leave::kHere);
   }
 
   const JobIdentity& id = launch_.identity;
@@ -228,7 +228,8 @@ void Job::Start() {
   init_.emplace(ChildProcess::Spawn(options));
   if (journal_write_) {
     init_start_ = ProcessStartTime(init_->pid());
-    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(),
+                   move::Leave::kHere);
   }
 
   // The job's ends are the job's alone now.
@@ -260,7 +261,8 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
     // the init, before the job runs on here.
     KeepEnds(ends);
     init_start_ = ProcessStartTime(init_->pid());
-    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(),
+                   move::Leave::kHere);
   }
   Attach(std::move(ends));
   spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_->pid());
@@ -349,6 +351,36 @@ void Job::WatchInit() {
                                       [handle] { static_cast<Job*>(handle->data)->OnInitExit(); });
                         }),
           "watch job exit");
+}
+
+void Job::Depart(move::DumpKind kind, const std::string& target, bool journaled) {
+  departure_.Start(kind, target, journaled);
+  if (departure_.journaled()) JournalDeparture();
+  set_migrating(true);
+}
+
+void Job::Departed(const move::Departure& departure) {
+  bool was_journaled = departure_.journaled();
+  departure_ = departure;
+  // A job that left is abandoned (AbandonAfterMove): its keeper and journal writer are
+  // gone, and its entry stays until the registry writes the job's record away over it.
+  if (departure_.left()) return;
+  if (was_journaled && !departure_.journaled()) JournalDeparture();
+  if (!departure_.leaving()) set_migrating(false);  // its input flows on
+}
+
+move::Stay Job::Stay(const std::string& why) {
+  move::Departure departure = departure_;
+  move::Stay stay = departure.Failed(why);
+  Departed(departure);
+  return stay;
+}
+
+void Job::LeftFrozen() {
+  move::Departure departure = departure_;
+  departure.Dumped();
+  departure.Arrived();
+  Departed(departure);
 }
 
 void Job::AbandonAfterMove() {

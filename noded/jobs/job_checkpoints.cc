@@ -187,7 +187,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
   pid_t home_pid = job->home_pid();
   it->second.busy = true;
   // Shown as migrating meanwhile: a move or freeze waits until the dump is done.
-  job->set_migrating(true);
+  job->Depart(move::DumpKind::kCheckpoint);
   try {
     DumpOffLoop(
         job, migrate::AfterDump::kRun,
@@ -212,7 +212,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
           return written->dump;
         },
         [this, slot, job, home_pid, written, reply](const DumpOutcome& result) {
-          job->set_migrating(false);
+          job->Stay();
           auto planned = checkpoint_plans_.find(slot);
           if (planned != checkpoint_plans_.end() && planned->second.home_pid == home_pid) {
             planned->second.busy = false;
@@ -238,7 +238,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
         });
   } catch (...) {
     it->second.busy = false;
-    job->set_migrating(false);
+    job->Stay();
     throw;
   }
 }
@@ -332,7 +332,7 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
   std::string work_root = config_.state_dir + "/criu-work";
   pid_t home_pid = job->home_pid();
   auto written = std::make_shared<WrittenCheckpoint>();
-  job->set_migrating(true);
+  job->Depart(move::DumpKind::kCheckpoint);
   try {
     DumpOffLoop(
         job, migrate::AfterDump::kRun,
@@ -366,7 +366,7 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
           return result;
         },
         [job, answer, dir = plan.dir, written](const DumpOutcome& result) {
-          job->set_migrating(false);
+          job->Stay();
           if (!result.error.empty()) {
             spdlog::warn("guest {}: checkpoint failed: {}", job->home_pid(), result.error);
             answer("", result.error);
@@ -377,7 +377,7 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
           answer(path, "");
         });
   } catch (const Error& e) {
-    job->set_migrating(false);
+    job->Stay();
     answer("", e.what());
   }
 }

@@ -70,8 +70,8 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
   std::string dir = fmt::format("{}/guest-{}-{}", frozen_root, job->launch().home, job->home_pid());
   migrate::RemoveImageDir(dir);
   HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
-  job->JournalMoving(true);  // a restart during the dump continues it
-  job->set_migrating(true);  // holds its input
+  // Journaled: a restart during the dump continues it. Its input is held meanwhile.
+  job->Depart(move::DumpKind::kFreeze, {}, /*journaled=*/true);
   job->relay().PauseReading(true);
   DumpOffLoop(
       job, migrate::AfterDump::kStop,
@@ -81,8 +81,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
       [this, id, job, dir](const DumpOutcome& result) {
         auto it = guests_.find(id);
         if (!result.error.empty() || it == guests_.end() || it->second != job) {
-          job->JournalMoving(false);
-          job->set_migrating(false);
+          job->Stay(result.error);
           migrate::RemoveImageDir(dir);
           job->relay().PauseReading(false);
           spdlog::error("guest {}: freezing failed ({}); it waits on", job->home_pid(),
@@ -108,8 +107,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
                              job->keeper().start_time());
         } catch (const Error& e) {
           migrate::ContinueJob(job->init_pid());
-          job->JournalMoving(false);
-          job->set_migrating(false);
+          job->Stay(e.what());
           migrate::RemoveImageDir(dir);
           job->relay().PauseReading(false);
           spdlog::error("guest {}: freezing failed ({}); it waits on", job->home_pid(), e.what());
@@ -120,7 +118,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
         // one now: the running copy's keeper goes, its entry stays.
         job->KeepAcrossRestarts(nullptr, nullptr);
         job->AbandonAfterMove();
-        job->set_migrating(false);
+        job->LeftFrozen();
         guests_.erase(it);
         StreamHandlers handlers;
         handlers.on_message = [](IncomingMessage&) {};  // not read while frozen

@@ -92,7 +92,9 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
   }
   if (entry.frozen_go_home) text += "frozen_plan home\n";
   if (entry.migrations) text += fmt::format("migrations {}\n", entry.migrations);
-  if (entry.moving) text += "moving 1\n";
+  if (entry.departure != move::Leave::kHere) {
+    text += fmt::format("departure {}\n", move::LeaveName(entry.departure));
+  }
   text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
                       entry.keeper_pid, entry.keeper_start);
   return text;
@@ -233,8 +235,10 @@ JournalEntry ParseJournalEntry(const std::string& text) {
       entry.frozen_go_home = value == "home";
     } else if (key == "migrations") {
       fields >> entry.migrations;
-    } else if (key == "moving") {
-      entry.moving = true;
+    } else if (key == "moving") {  // the form before departures were named
+      entry.departure = move::Leave::kDumping;
+    } else if (key == "departure" && fields >> value) {
+      entry.departure = move::LeaveNamed(value);
     } else if (key == "base") {
       fields >> entry.base[1] >> entry.base[2];
     } else if (key == "init") {

@@ -196,8 +196,8 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
     Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
   }
   auto move = PrepareMove(job, target);
-  job->JournalMoving(true);
-  job->set_migrating(true);
+  job->Depart(move::DumpKind::kMove, target, /*journaled=*/true);
+  move->departure = job->departure();
   job->relay().PauseReading(true);  // input waits for the job's new place
 
   int status = QueueWork(
@@ -206,7 +206,7 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
         if (*alive) FinishMove(slot, job, *move, done);
       });
   if (status < 0) {
-    job->set_migrating(false);
+    job->Stay(uv_strerror(status));
     job->relay().PauseReading(false);
     Fail(ErrorKind::kFailed, "cannot start the move: {}", uv_strerror(status));
   }
@@ -245,7 +245,7 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   move->faults = faults_;
   move->as_user = CriuUserOf(*job);
   move->metadata.external_pipes = job->pipe_roles();
-  // The caller holds the job's input from here on (set_migrating): where it stands now is
+  // The caller holds the job's input from here on (Job::Depart): where it stands now is
   // where it stands when the job is frozen.
   move->input = job->input_place();
   if (move->input.reader >= 0) {
@@ -262,8 +262,7 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   bool still_ours = it != jobs_.end() && it->second.here == job;
   if (!move.error.empty()) {
     spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
-    job->JournalMoving(false);
-    job->set_migrating(false);  // its input flows on
+    job->Departed(move.departure);  // it stays: its input flows on
     job->relay().PauseReading(false);
     MoveOutcome outcome = OutcomeOf(move);
     outcome.error =
@@ -272,7 +271,7 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
     return;
   }
   if (!still_ours) {  // ended meanwhile (its mosrun went away)
-    job->set_migrating(false);
+    job->Stay("the job ended during the move");
     done(MoveOutcome::Failure("the job ended during the move"));
     return;
   }
@@ -283,7 +282,7 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   job->AbandonAfterMove();
   away->origin[1] = job->output_total(1);  // what mosrun had when the job left
   away->origin[2] = job->output_total(2);
-  job->set_migrating(false);
+  job->Departed(move.departure);
   it->second.here.reset();
   it->second.away = away;
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
@@ -301,6 +300,8 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
       Fail(ErrorKind::kOverloaded, "the job is {}", JobStateName(state));
     }
     move = PrepareMove(job, target);
+    job->Depart(move::DumpKind::kMove, target);
+    move->departure = job->departure();
   } catch (const Error& e) {
     if (done) {
       done(MoveOutcome::Failure(e.what(), e.kind()));
@@ -311,14 +312,13 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
     job->relay().Send(message);
     return;
   }
-  job->set_migrating(true);
   int status = QueueWork(
       loop_, [move] { RunMoveOut(*move); },
       [this, alive = alive_, job, move, done] {
         if (*alive) FinishGuestMove(job, *move, done);
       });
   if (status < 0) {
-    job->set_migrating(false);
+    job->Stay(uv_strerror(status));
     if (done) {
       done(MoveOutcome::Failure(fmt::format("cannot start the move: {}", uv_strerror(status))));
     }
@@ -328,7 +328,7 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
 void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const MoveDone& done) {
   capnp::MallocMessageBuilder message;
   if (!move.error.empty()) {
-    job->set_migrating(false);  // its input, put back into its stdin, flows on
+    job->Departed(move.departure);  // it stays: its input flows on
     spdlog::warn("guest {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
     if (done) {
       done(OutcomeOf(move));  // this node's own decision: the home need not hear of it
@@ -342,7 +342,7 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const
   // goes home first, then word of the move, then this relay closes.
   ControlStream relay = job->relay();
   job->AbandonAfterMove();
-  job->set_migrating(false);
+  job->Departed(move.departure);
   for (auto it = guests_.begin(); it != guests_.end(); ++it) {
     if (it->second == job) {
       guests_.erase(it);

@@ -84,6 +84,74 @@ Record Record::Parse(const std::string& line) {
   return record;
 }
 
+namespace {
+
+constexpr std::array<std::string_view, 5> kLeaveNames = {"here", "dumping", "sending",
+                                                         "handing-over", "left"};
+
+}  // namespace
+
+std::string_view LeaveName(Leave state) {
+  return kLeaveNames[static_cast<size_t>(state)];
+}
+
+Leave LeaveNamed(std::string_view name) {
+  for (size_t i = 0; i < kLeaveNames.size(); ++i) {
+    if (kLeaveNames[i] == name) return static_cast<Leave>(i);
+  }
+  Fail(ErrorKind::kInvalidInput, "no departure state '{}'", name);
+}
+
+void Departure::Start(DumpKind kind, std::string target, bool journaled) {
+  if (state_ == Leave::kLeft) Fail(ErrorKind::kInvalidInput, "the job has left this node");
+  if (state_ != Leave::kHere) Fail(ErrorKind::kOverloaded, "the job is migrating");
+  state_ = Leave::kDumping;
+  kind_ = kind;
+  target_ = std::move(target);
+  journaled_ = journaled;
+  stopped_ = false;
+}
+
+void Departure::Dumped() {
+  if (state_ != Leave::kDumping) return;
+  if (kind_ == DumpKind::kCheckpoint) return;  // it ran on; Done ends it
+  stopped_ = true;
+  if (kind_ == DumpKind::kMove) state_ = Leave::kSending;
+}
+
+void Departure::Sent() {
+  if (state_ == Leave::kSending) state_ = Leave::kHandingOver;
+}
+
+void Departure::Arrived() {
+  bool ready = kind_ == DumpKind::kMove ? state_ == Leave::kHandingOver
+                                        : kind_ == DumpKind::kFreeze && stopped_ && leaving();
+  if (ready) state_ = Leave::kLeft;
+}
+
+Stay Departure::Failed(std::string why) {
+  if (!leaving()) return {};
+  Stay stay;
+  // Only a dump that succeeded leaves the job stopped: criu thaws what it froze when
+  // its dump fails, and a checkpoint's dump lets the job run on.
+  stay.continue_job = stopped_;
+  stay.why = std::move(why);
+  state_ = Leave::kHere;
+  stopped_ = false;
+  journaled_ = false;
+  target_.clear();
+  return stay;
+}
+
+Stay Departure::Reloaded(Leave saved) {
+  Stay stay;
+  // Stopped for a dump, a stream or a handover that the restart cut: the job runs on
+  // here (a node that restored it meanwhile finds no home for it and kills it).
+  stay.continue_job = saved != Leave::kHere && saved != Leave::kLeft;
+  if (stay.continue_job) stay.why = fmt::format("cut by a restart while {}", LeaveName(saved));
+  return stay;
+}
+
 Protocol Protocol::Starting(pid_t home_pid, const std::string& where) {
   Record record;
   record.home_pid = home_pid;

@@ -82,6 +82,74 @@ struct Step {
   std::optional<MoveOutcome> answer;
 };
 
+// The departure side: a job running on this node while a dump takes it away (a move to
+// another node, a freeze to disk) or copies it (a checkpoint). Its input is held from the
+// start (nothing more is written to its stdin) until it stays or has left. A move's dump,
+// stream and handover run off the loop on a copy of this value (MoveOut::departure), which
+// goes back to the job once the move ends; the journal names the state (Name).
+enum class Leave : uint8_t {
+  kHere,         // runs here; nothing takes it away
+  kDumping,      // criu dumps it (a move or freeze stops it; a checkpoint leaves it running)
+  kSending,      // dumped and stopped: its images go to the target
+  kHandingOver,  // every image is with the target, which restores it and answers
+  kLeft,         // gone: the target has it (or its images are on disk); the copy here goes
+};
+std::string_view LeaveName(Leave state);
+// Throws Error(kInvalidInput) for a name that is none of them.
+Leave LeaveNamed(std::string_view name);
+
+enum class DumpKind : uint8_t {
+  kMove,        // to another node, which restores it
+  kFreeze,      // to disk at this node
+  kCheckpoint,  // a copy; the job runs on
+};
+
+// What the job's node must do when a departure fails, or is found cut by a restart.
+struct Stay {
+  bool continue_job = false;  // the dump stopped it: it is sent SIGCONT and runs on here
+  std::string why;            // empty when nothing failed (a checkpoint written, say)
+};
+
+class Departure {
+ public:
+  Leave state() const { return state_; }
+  DumpKind kind() const { return kind_; }
+  const std::string& target() const { return target_; }
+  // Whether the job is being dumped or moved (mosps: migrating), and its input held.
+  bool leaving() const { return state_ != Leave::kHere && state_ != Leave::kLeft; }
+  bool left() const { return state_ == Leave::kLeft; }
+  // Whether the journal must name this departure, so that a daemon restarted meanwhile
+  // finds the job stopped by it (Reloaded).
+  bool journaled() const { return journaled_ && leaving(); }
+
+  // A dump of `kind` starts (`target`: the node of a move). Throws Error(kOverloaded) when
+  // one is under way, Error(kInvalidInput) when the job has left.
+  void Start(DumpKind kind, std::string target = {}, bool journaled = false);
+  // criu has dumped it: a move's images go out next; a checkpoint or a freeze is done
+  // with its dump.
+  void Dumped();
+  // Every image is with the target.
+  void Sent();
+  // The target restored the job and said so (a move), or the freeze's images are safe on
+  // disk: the job has left; the copy here is abandoned.
+  void Arrived();
+  // The departure ended without the job leaving: a checkpoint written, or any step failed
+  // (the target refused, the stream broke, the target died mid-move): it runs on here.
+  // Nothing (and no SIGCONT) once it has left.
+  Stay Failed(std::string why);
+  Stay Done() { return Failed(""); }
+  // A daemon restarted with the journal naming `saved` for the job: the job is taken
+  // back here, in state kHere, continued if a dump may have stopped it.
+  static Stay Reloaded(Leave saved);
+
+ private:
+  Leave state_ = Leave::kHere;
+  DumpKind kind_ = DumpKind::kMove;
+  std::string target_;
+  bool journaled_ = false;
+  bool stopped_ = false;  // a dump that stops the job has run (or may have)
+};
+
 class Protocol {
  public:
   // A job asked to start on `where`.
