@@ -208,7 +208,7 @@ void Job::Start() {
     // The keeper holds our ends before the job runs, and the journal names the keeper
     // before the job runs: a daemon killed from here on leaves what the next one needs.
     KeepEnds(ends);
-    journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), move::Leave::kHere);
+    journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), move::Departure());
   }
 
   const JobIdentity& id = launch_.identity;
@@ -229,7 +229,7 @@ void Job::Start() {
   if (journal_write_) {
     init_start_ = ProcessStartTime(init_->pid());
     journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(),
-                   move::Leave::kHere);
+                   move::Departure());
   }
 
   // The job's ends are the job's alone now.
@@ -262,7 +262,7 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
     KeepEnds(ends);
     init_start_ = ProcessStartTime(init_->pid());
     journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(),
-                   move::Leave::kHere);
+                   move::Departure());
   }
   Attach(std::move(ends));
   spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_->pid());
@@ -373,6 +373,30 @@ move::Stay Job::Stay(const std::string& why) {
   move::Departure departure = departure_;
   move::Stay stay = departure.Failed(why);
   Departed(departure);
+  return stay;
+}
+
+std::function<void(const move::Departure&)> Job::DepartureJournal() const {
+  if (!journal_write_ || !keeper_.running() || init_pid() <= 0) return nullptr;
+  // A copy of the writer, with the job's pids: nothing of the job is touched off the loop
+  // but the output bases, which change only while the job is taken back, never during a
+  // move.
+  return
+      [write = journal_write_, init = init_pid(), init_start = init_start_, keeper = keeper_.pid(),
+       keeper_start = keeper_.start_time()](const move::Departure& departure) mutable {
+        write(init, init_start, keeper, keeper_start, departure);
+      };
+}
+
+void Job::AwaitTakeOver(move::Departure departure) {
+  departure_ = std::move(departure);
+  set_migrating(true);
+}
+
+move::Stay Job::TickDeparture(int64_t now_ms) {
+  move::Departure departure = departure_;
+  move::Stay stay = departure.Tick(now_ms);
+  if (!departure.leaving()) Departed(departure);
   return stay;
 }
 

@@ -146,7 +146,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // `write` journals the job (with its keeper, then its init) before each is relied on;
   // `remove` forgets it once the job ends or leaves this node.
   using JournalWrite = std::function<void(pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
-                                          uint64_t keeper_start, move::Leave departure)>;
+                                          uint64_t keeper_start, const move::Departure& departure)>;
   void KeepAcrossRestarts(JournalWrite write, std::function<void()> remove);
   // A restarted daemon takes back a job its journal names: its init (not our child any
   // more, watched by pidfd, `init_start` checked), the keeper and what it holds. The job
@@ -191,6 +191,14 @@ class Job : public std::enable_shared_from_this<Job> {
   const move::Departure& departure() const { return departure_; }
   // A freeze's images are safe on disk: the job, abandoned (AbandonAfterMove), has left.
   void LeftFrozen();
+  // Writes the job's journal entry with a departure's state from any thread (a move's
+  // steps on libuv's pool), or nothing when the job is not journaled.
+  std::function<void(const move::Departure&)> DepartureJournal() const;
+  // A job taken back after a restart that cut its move's handover (move::Departure::
+  // Reloaded): it stays stopped, its input held, until its target takes it over or the
+  // wait is over (TickDeparture: the returned Stay says whether to continue it).
+  void AwaitTakeOver(move::Departure departure);
+  move::Stay TickDeparture(int64_t now_ms);
   // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
   void Adopt(ChildProcess init, DaemonEnds ends);
   // The job has moved on: relays the output it left in our pipes, then kills the frozen

@@ -93,7 +93,9 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
   if (entry.frozen_go_home) text += "frozen_plan home\n";
   if (entry.migrations) text += fmt::format("migrations {}\n", entry.migrations);
   if (entry.departure != move::Leave::kHere) {
-    text += fmt::format("departure {}\n", move::LeaveName(entry.departure));
+    text += fmt::format("departure {}", move::LeaveName(entry.departure));
+    if (!entry.departure_to.empty()) text += " " + Escape(entry.departure_to);
+    text += "\n";
   }
   text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
                       entry.keeper_pid, entry.keeper_start);
@@ -239,6 +241,7 @@ JournalEntry ParseJournalEntry(const std::string& text) {
       entry.departure = move::Leave::kDumping;
     } else if (key == "departure" && fields >> value) {
       entry.departure = move::LeaveNamed(value);
+      if (fields >> value) entry.departure_to = Unescape(value);
     } else if (key == "base") {
       fields >> entry.base[1] >> entry.base[2];
     } else if (key == "init") {

@@ -30,6 +30,7 @@ struct JournalEntry {
   // A job here that a dump takes away (move::Departure), named by its state: a move
   // stops it until it ends. kHere when none is under way.
   move::Leave departure = move::Leave::kHere;
+  std::string departure_to;  // the node a move goes to
   std::string record;
   uint64_t base[3] = {0, 0, 0};
   // A job of this home frozen to disk here (mosmigrate freeze): its images' directory,

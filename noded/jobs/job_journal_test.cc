@@ -107,13 +107,15 @@ TEST(JobJournal, GuestsAndJobsAwayKeepWhatTheyNeed) {
 
   JournalEntry away = Sample();
   away.away = true;
-  away.departure = move::Leave::kHandingOver;
+  away.departure = move::Leave::kArrived;
+  away.departure_to = "node 2";
   away.record = "state 1 where node2 relay 3";
   away.base[1] = 25893;
   away.base[2] = 261;
   back = ParseJournalEntry(FormatJournalEntry(away));
   EXPECT_TRUE(back.away);
-  EXPECT_EQ(back.departure, move::Leave::kHandingOver);
+  EXPECT_EQ(back.departure, move::Leave::kArrived);
+  EXPECT_EQ(back.departure_to, "node 2");
   EXPECT_EQ(back.record, away.record);
   EXPECT_EQ(back.base[1], 25893u);
   EXPECT_EQ(back.base[2], 261u);

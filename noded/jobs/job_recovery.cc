@@ -152,9 +152,8 @@ DaemonEnds EndsFromKept(std::vector<Fd> kept) {
 
 void Job::JournalDeparture() {
   if (!journal_write_ || !keeper_.running() || init_pid() <= 0) return;  // journaled only
-  move::Leave departure = departure_.journaled() ? departure_.state() : move::Leave::kHere;
   try {
-    journal_write_(init_pid(), init_start_, keeper_.pid(), keeper_.start_time(), departure);
+    journal_write_(init_pid(), init_start_, keeper_.pid(), keeper_.start_time(), departure_);
   } catch (const Error& e) {
     spdlog::warn("job {}: cannot journal its move: {}", home_pid(), e.what());
   }
@@ -329,7 +328,8 @@ void JobRegistry::KeepJob(Job& job, int slot) {
   bool die_after_spawn = faults_.Hit(Fault::kKillAfterSpawn);
   job.KeepAcrossRestarts(
       [dir, entry, kept, die_after_spawn](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
-                                          uint64_t keeper_start, move::Leave departure) mutable {
+                                          uint64_t keeper_start,
+                                          const move::Departure& departure) mutable {
         if (die_after_spawn && entry.init_pid == 0 && entry.keeper_pid != 0 && init_pid > 0) {
           // The init runs, journaled with its keeper only: the daemon dies here.
           spdlog::warn("fault point kill-after-spawn: the daemon dies before journaling "
@@ -338,7 +338,8 @@ void JobRegistry::KeepJob(Job& job, int slot) {
           spdlog::default_logger()->flush();
           ::kill(::getpid(), SIGKILL);
         }
-        entry.departure = departure;
+        entry.departure = departure.journaled() ? departure.state() : move::Leave::kHere;
+        entry.departure_to = departure.journaled() ? departure.target() : "";
         entry.base[1] = kept->output_base(1);
         entry.base[2] = kept->output_base(2);
         entry.init_pid = init_pid;
@@ -462,6 +463,11 @@ std::string JobRegistry::TakeBack(JournalEntry& entry, FdKeeper keeper, std::vec
     // Its plan first: an ask the job makes while it is taken back counts.
     if (!guest) PlanCheckpoints(slot, job->launch().identity, job->launch().checkpoint);
     WatchCheckpointAsks(job);
+    move::Stay stay;
+    move::Departure departure = move::Departure::Reloaded(
+        entry.departure, entry.departure_to, static_cast<int64_t>(uv_now(loop_)), &stay);
+    // Before anything journals the job again: its entry keeps the target's word.
+    if (departure.awaiting()) job->AwaitTakeOver(departure);
     if (!guest) job->set_output_base(entry.base[1], entry.base[2]);
     job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
                  std::move(mosrun), nullptr, nullptr);
@@ -470,7 +476,12 @@ std::string JobRegistry::TakeBack(JournalEntry& entry, FdKeeper keeper, std::vec
     } else {
       jobs_[slot].here = job;
     }
-    if (move::Stay stay = move::Departure::Reloaded(entry.departure); stay.continue_job) {
+    if (departure.awaiting()) {
+      spdlog::info(
+          "job {}: its move was cut by the restart after {} said it arrived: it "
+          "waits, stopped, for {} to take it over (at most {} s)",
+          home_pid, departure.target(), departure.target(), move::kAttachTimeoutMs / 1000);
+    } else if (stay.continue_job) {
       // The daemon died during a move (or a freeze) of the job, stopped for its dump: it
       // stays here and goes on (a node that restored it meanwhile finds no home for it
       // and kills it).

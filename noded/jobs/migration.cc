@@ -207,6 +207,16 @@ void RunMoveOut(MoveOut& move) {
     move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(now - frozen_at);
     move.connection = std::move(fd);
     move.departure.Arrived();
+    // The target's word, journaled before anything else: a restart from here on leaves
+    // the copy here stopped for the target to take over (Departure::Reloaded).
+    if (move.journal) {
+      try {
+        move.journal(move.departure);
+      } catch (const std::exception& e) {
+        spdlog::warn("job {}: cannot journal its arrival on {}: {}", move.metadata.home_pid,
+                     move.target_name, e.what());
+      }
+    }
   } catch (const std::exception& e) {
     move.error = fmt::format("{} failed: {}", step, e.what());
     if (reclaimed) {

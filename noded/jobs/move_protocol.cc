@@ -86,8 +86,8 @@ Record Record::Parse(const std::string& line) {
 
 namespace {
 
-constexpr std::array<std::string_view, 5> kLeaveNames = {"here", "dumping", "sending",
-                                                         "handing-over", "left"};
+constexpr std::array<std::string_view, 6> kLeaveNames = {"here",         "dumping", "sending",
+                                                         "handing-over", "arrived", "left"};
 
 }  // namespace
 
@@ -124,9 +124,17 @@ void Departure::Sent() {
 }
 
 void Departure::Arrived() {
-  bool ready = kind_ == DumpKind::kMove ? state_ == Leave::kHandingOver
-                                        : kind_ == DumpKind::kFreeze && stopped_ && leaving();
-  if (ready) state_ = Leave::kLeft;
+  if (kind_ == DumpKind::kMove && state_ == Leave::kHandingOver) {
+    state_ = Leave::kArrived;
+  } else if (kind_ == DumpKind::kFreeze && stopped_ && state_ == Leave::kDumping) {
+    state_ = Leave::kLeft;
+  }
+}
+
+void Departure::Migrated() {
+  if (state_ != Leave::kArrived) return;
+  state_ = Leave::kLeft;
+  due_ms_ = 0;
 }
 
 Stay Departure::Failed(std::string why) {
@@ -139,17 +147,46 @@ Stay Departure::Failed(std::string why) {
   state_ = Leave::kHere;
   stopped_ = false;
   journaled_ = false;
+  due_ms_ = 0;
   target_.clear();
   return stay;
 }
 
-Stay Departure::Reloaded(Leave saved) {
-  Stay stay;
-  // Stopped for a dump, a stream or a handover that the restart cut: the job runs on
-  // here (a node that restored it meanwhile finds no home for it and kills it).
-  stay.continue_job = saved != Leave::kHere && saved != Leave::kLeft;
-  if (stay.continue_job) stay.why = fmt::format("cut by a restart while {}", LeaveName(saved));
-  return stay;
+// Up to the target's word, the home decides: the job goes on here, and a copy the target
+// restored (its word lost with the home) attaches to no job and is killed. Once the word
+// is journaled (`arrived`), the target decides: its copy runs on from the dump, so the
+// one here must not (the job would run twice, from the same point); it waits, stopped.
+// The target's copy, whose home relay closed with the home, asks this home to take it
+// back (attachGuest, resumed) until the attach timeout after that close, which came
+// before this restart: a job not taken over by now + that timeout is the home's again.
+Departure Departure::Reloaded(Leave saved, std::string target, int64_t now_ms, Stay* stay) {
+  Departure departure;
+  *stay = Stay();
+  if (saved == Leave::kHere || saved == Leave::kLeft) return departure;
+  if (saved == Leave::kArrived && !target.empty()) {
+    departure.state_ = Leave::kArrived;
+    departure.kind_ = DumpKind::kMove;
+    departure.target_ = std::move(target);
+    departure.journaled_ = true;
+    departure.stopped_ = true;
+    departure.due_ms_ = now_ms + kAttachTimeoutMs;
+    return departure;
+  }
+  stay->continue_job = true;
+  stay->why = fmt::format("cut by a restart while {}", LeaveName(saved));
+  return departure;
+}
+
+bool Departure::TakenOver(const std::string& node) {
+  if (!awaiting() || node != target_) return false;
+  Migrated();
+  return true;
+}
+
+Stay Departure::Tick(int64_t now_ms) {
+  if (!awaiting() || now_ms <= due_ms_) return {};
+  return Failed(
+      fmt::format("{} did not take it over within {} s", target_, kAttachTimeoutMs / 1000));
 }
 
 Protocol Protocol::Starting(pid_t home_pid, const std::string& where) {

@@ -92,6 +92,8 @@ enum class Leave : uint8_t {
   kDumping,      // criu dumps it (a move or freeze stops it; a checkpoint leaves it running)
   kSending,      // dumped and stopped: its images go to the target
   kHandingOver,  // every image is with the target, which restores it and answers
+  kArrived,      // the target restored it and said so; the home has not yet recorded the
+                 // move (journaled the job away there, abandoned the copy here)
   kLeft,         // gone: the target has it (or its images are on disk); the copy here goes
 };
 std::string_view LeaveName(Leave state);
@@ -130,17 +132,33 @@ class Departure {
   void Dumped();
   // Every image is with the target.
   void Sent();
-  // The target restored the job and said so (a move), or the freeze's images are safe on
-  // disk: the job has left; the copy here is abandoned.
+  // The target restored the job and said so (a move: kArrived), or the freeze's images
+  // are safe on disk (kLeft).
   void Arrived();
+  // The move is recorded (the job journaled away on its target): the job has left; the
+  // copy here is abandoned.
+  void Migrated();
   // The departure ended without the job leaving: a checkpoint written, or any step failed
   // (the target refused, the stream broke, the target died mid-move): it runs on here.
   // Nothing (and no SIGCONT) once it has left.
   Stay Failed(std::string why);
   Stay Done() { return Failed(""); }
-  // A daemon restarted with the journal naming `saved` for the job: the job is taken
-  // back here, in state kHere, continued if a dump may have stopped it.
-  static Stay Reloaded(Leave saved);
+  // A daemon restarted at `now_ms` with the journal naming `saved` (a move to `target`)
+  // for the job here, which it takes back. Stopped by a dump, a stream or a handover the
+  // restart cut, the job is continued here (`stay`): the target has not said it has the
+  // job (a copy it restored finds no home that takes it back, and is killed). Once the
+  // target said it arrived (kArrived), the job stays stopped (awaiting) until the target
+  // takes it over (TakenOver) or, past the attach timeout, has given up on this home
+  // (Tick): it runs in one place only.
+  static Departure Reloaded(Leave saved, std::string target, int64_t now_ms, Stay* stay);
+  // Whether a restarted daemon waits for the target to take the job over.
+  bool awaiting() const { return due_ms_ > 0 && state_ == Leave::kArrived; }
+  // The job's target attached it after the restart: true (the job has left) when the job
+  // waited for `node`.
+  bool TakenOver(const std::string& node);
+  // The loop's clock: a job whose target did not take it over in time stays here, and is
+  // continued.
+  Stay Tick(int64_t now_ms);
 
  private:
   Leave state_ = Leave::kHere;
@@ -148,6 +166,7 @@ class Departure {
   std::string target_;
   bool journaled_ = false;
   bool stopped_ = false;  // a dump that stops the job has run (or may have)
+  int64_t due_ms_ = 0;    // awaiting: the target must take the job over by then
 };
 
 class Protocol {

@@ -498,7 +498,14 @@ TEST(MoveDeparture, AMoveGoesThroughEveryStep) {
   EXPECT_EQ(departure.state(), Leave::kSending);
   departure.Sent();
   EXPECT_EQ(departure.state(), Leave::kHandingOver);
+  departure.Migrated();  // not before the target's word
+  EXPECT_EQ(departure.state(), Leave::kHandingOver);
   departure.Arrived();
+  EXPECT_EQ(departure.state(), Leave::kArrived);
+  EXPECT_TRUE(departure.leaving());
+  EXPECT_TRUE(departure.journaled());  // the target's word is journaled
+  EXPECT_FALSE(departure.awaiting());  // nobody waits: this daemon records it next
+  departure.Migrated();
   EXPECT_EQ(departure.state(), Leave::kLeft);
   EXPECT_TRUE(departure.left());
   EXPECT_FALSE(departure.leaving());
@@ -586,21 +593,72 @@ TEST(MoveDeparture, AFreezeLeavesOnceItsImagesAreOnDisk) {
 }
 
 // The daemon of the job's node killed at every step of a departure: the next one finds the
-// state in its journal and continues the job here whenever a dump may have stopped it.
-TEST(MoveDeparture, ARestartAtEveryStepKeepsTheJobHere) {
-  for (Leave saved :
-       {Leave::kHere, Leave::kDumping, Leave::kSending, Leave::kHandingOver, Leave::kLeft}) {
+// state in its journal. A job stopped by a dump, a stream or a handover is continued here
+// (a copy the target restored without a word that reached this home is refused); one the
+// target said it has waits, stopped, for the target to take it over.
+TEST(MoveDeparture, ARestartAtEveryStep) {
+  for (Leave saved : {Leave::kHere, Leave::kDumping, Leave::kSending, Leave::kHandingOver,
+                      Leave::kArrived, Leave::kLeft}) {
     SCOPED_TRACE(LeaveName(saved));
-    Stay stay = Departure::Reloaded(saved);
-    bool stopped = saved != Leave::kHere && saved != Leave::kLeft;
+    Stay stay;
+    Departure departure = Departure::Reloaded(saved, "node2", 1000, &stay);
+    bool has_it = saved == Leave::kArrived;
+    bool stopped =
+        saved == Leave::kDumping || saved == Leave::kSending || saved == Leave::kHandingOver;
     EXPECT_EQ(stay.continue_job, stopped);
     EXPECT_EQ(stay.why.empty(), !stopped);
+    EXPECT_EQ(departure.awaiting(), has_it);
+    EXPECT_EQ(departure.leaving(), has_it);  // mosps: migrating; its input held
+    EXPECT_EQ(departure.journaled(), has_it);
+    if (!has_it) {
+      EXPECT_EQ(departure.state(), Leave::kHere);
+      continue;
+    }
+    EXPECT_EQ(departure.state(), Leave::kArrived);
+    EXPECT_EQ(departure.target(), "node2");
   }
+  // A journal without the target (none was written): nothing to wait for.
+  Stay stay;
+  Departure departure = Departure::Reloaded(Leave::kArrived, "", 1000, &stay);
+  EXPECT_TRUE(stay.continue_job);
+  EXPECT_FALSE(departure.awaiting());
+}
+
+// Between Arrived and Migrated: the target restored the job and said so, and the home died
+// before it journaled the job away. The target attaches it again: the job has left.
+TEST(MoveDeparture, TheTargetTakesOverAJobWhoseHandoverARestartCut) {
+  Stay stay;
+  Departure departure = Departure::Reloaded(Leave::kArrived, "node2", 1000, &stay);
+  EXPECT_FALSE(stay.continue_job);
+  EXPECT_FALSE(departure.TakenOver("node3"));                          // not the target
+  EXPECT_FALSE(departure.Tick(1000 + kAttachTimeoutMs).continue_job);  // not yet overdue
+  EXPECT_TRUE(departure.awaiting());
+  EXPECT_TRUE(departure.TakenOver("node2"));
+  EXPECT_TRUE(departure.left());
+  EXPECT_FALSE(departure.awaiting());
+  EXPECT_FALSE(departure.TakenOver("node2"));  // once
+  EXPECT_FALSE(departure.Tick(1000 + 10 * kAttachTimeoutMs).continue_job);
+  EXPECT_FALSE(departure.Failed("late").continue_job);
+}
+
+// The target never attaches (it died, or its daemon lost the job): past the attach timeout
+// the job is continued here, once, and can move again; a late attach is refused.
+TEST(MoveDeparture, AJobItsTargetDoesNotTakeOverGoesOnHere) {
+  Stay stay;
+  Departure departure = Departure::Reloaded(Leave::kArrived, "node2", 1000, &stay);
+  Stay late = departure.Tick(1001 + kAttachTimeoutMs);
+  EXPECT_TRUE(late.continue_job);
+  EXPECT_EQ(late.why, "node2 did not take it over within 30 s");
+  EXPECT_EQ(departure.state(), Leave::kHere);
+  EXPECT_FALSE(departure.journaled());
+  EXPECT_FALSE(departure.Tick(1002 + kAttachTimeoutMs).continue_job);  // once
+  EXPECT_FALSE(departure.TakenOver("node2"));
+  EXPECT_NO_THROW(departure.Start(DumpKind::kMove, "node3", true));
 }
 
 TEST(MoveDeparture, StatesAreJournaledByName) {
-  for (Leave state :
-       {Leave::kHere, Leave::kDumping, Leave::kSending, Leave::kHandingOver, Leave::kLeft}) {
+  for (Leave state : {Leave::kHere, Leave::kDumping, Leave::kSending, Leave::kHandingOver,
+                      Leave::kArrived, Leave::kLeft}) {
     EXPECT_EQ(LeaveNamed(LeaveName(state)), state);
   }
   EXPECT_EQ(LeaveName(Leave::kHandingOver), "handing-over");

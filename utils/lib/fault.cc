@@ -35,6 +35,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kKillAfterAppend, "kill-after-append",
      "the file service SIGKILLs its daemon after an O_APPEND write's system call, before "
      "logging it done (a first try only, not one sent again)"},
+    {Fault::kKillAfterArrived, "kill-after-arrived",
+     "the daemon SIGKILLs itself when a move of a job of its home has ended with the target's "
+     "word that the job arrived, before it journals the job as away there"},
 };
 
 }  // namespace
