@@ -378,6 +378,13 @@ class JobRegistry {
   // Forgets a frozen guest: its journal entry and its images.
   void DropFrozenGuest(const FrozenGuest& frozen);
   void ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen);
+  // ContinueGuest's pieces, on the loop once the restore has run: takes the restored job
+  // over (nothing, the error in `result`, when it cannot), then lets it run on its relay or
+  // asks its home to take it back.
+  void ContinuedGuest(uint64_t id, const std::shared_ptr<FrozenGuest>& frozen, Restoring& result);
+  std::shared_ptr<Job> AdoptContinuedGuest(uint64_t id, const FrozenGuest& frozen,
+                                           Restoring& result);
+  void RunContinuedGuest(const FrozenGuest& frozen, const std::shared_ptr<Job>& job);
   // Moves a guest continued after a freeze home ([recovery] frozen_guests = "home").
   void SendHome(std::shared_ptr<Job> job);
   void DropFrozenGuests();
