@@ -564,21 +564,29 @@ void Job::SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids) {
   usage_.Add(SampleProcesses(pids), now_ms);
 }
 
-std::string Job::PinnedReason(const std::vector<pid_t>& pids) const {
+std::set<pid_t> Job::LockHolders() {
+  std::set<pid_t> holders;
+  std::istringstream locks(ReadTextFile("/proc/locks"));
+  std::string line;
+  while (std::getline(locks, line)) {
+    if (line.find("->") != std::string::npos) continue;  // a waiter, not a holder
+    std::istringstream fields(line);
+    std::string id, kind, mode, access;
+    pid_t pid = 0;
+    if (fields >> id >> kind >> mode >> access >> pid) holders.insert(pid);
+  }
+  return holders;
+}
+
+std::string Job::PinnedReason(const std::vector<pid_t>& pids,
+                              const std::set<pid_t>& lock_holders) const {
   if (launch_.keep_home) return "kept at home (mosrun -h)";
-  if (!launch_.guest && !pids.empty()) {
+  if (!launch_.guest) {
     // A lock a job at home holds is the home kernel's own: criu would take it again on the
     // target, through homefs, while the frozen copy here still holds it, and wait for ever
     // in the kernel (see ARCHITECTURE.md, "Files shared between nodes").
-    std::set<pid_t> ours(pids.begin(), pids.end());
-    std::istringstream locks(ReadTextFile("/proc/locks"));
-    std::string line;
-    while (std::getline(locks, line)) {
-      if (line.find("->") != std::string::npos) continue;  // a waiter, not a holder
-      std::istringstream fields(line);
-      std::string id, kind, mode, access;
-      pid_t pid = 0;
-      if (fields >> id >> kind >> mode >> access >> pid && ours.count(pid)) {
+    for (pid_t pid : pids) {
+      if (lock_holders.count(pid)) {
         return "holds a file lock (locks taken at home are not carried away yet)";
       }
     }

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -271,9 +272,13 @@ class Job : public std::enable_shared_from_this<Job> {
   std::vector<pid_t> Pids() const;
   // Why the job may not leave its home (mosrun -h, a listening socket or another TCP or
   // UDP socket in the node's network, System V shared memory), or empty when it may.
-  // Reads /proc, so it is asked for, never cached.
-  std::string PinnedReason() const { return PinnedReason(Pids()); }
-  std::string PinnedReason(const std::vector<pid_t>& pids) const;
+  // Reads /proc, so it is asked for, never cached. `lock_holders`: the processes of this
+  // node that hold a file lock (LockHolders), read once for every job a caller asks about.
+  std::string PinnedReason() const { return PinnedReason(Pids(), LockHolders()); }
+  std::string PinnedReason(const std::vector<pid_t>& pids,
+                           const std::set<pid_t>& lock_holders) const;
+  // The processes that hold a file lock on this node (/proc/locks; waiters are not).
+  static std::set<pid_t> LockHolders();
   bool keep_home() const { return launch_.keep_home; }
   // Samples what the job's processes `pids` use (the balancer does, once per round).
   void SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids);
