@@ -92,25 +92,103 @@ void FileServer::Serve(Fd connection, const PeerIdentity& peer) {
   Serve(SecureStream::Plain(std::move(connection), peer.address), peer);
 }
 
+namespace {
+
+// The work of one request: handled, answered (unless it waits for a lock: then `later`
+// answers it), and out of the gate.
+std::function<void()> RequestJob(std::shared_ptr<FileSession> session,
+                                 std::shared_ptr<FrameStream> stream,
+                                 std::shared_ptr<IncomingMessage> shared,
+                                 std::shared_ptr<Gate> in_flight) {
+  return [session, stream, shared, in_flight]() mutable {
+    capnp::MallocMessageBuilder reply(2048);
+    bool answered = true;
+    try {
+      auto request = shared->Root<schema::FileRequest>();
+      auto response = reply.initRoot<schema::ServerMessage>().initResponse();
+      // A request that waits for a lock is answered by `later`, which leaves the gate.
+      FileSession::Later later = [stream, in_flight, id = request.getId()](int err) mutable {
+        capnp::MallocMessageBuilder late(256);
+        auto answer = late.initRoot<schema::ServerMessage>().initResponse();
+        answer.setId(id);
+        answer.setError(err);
+        try {
+          stream->Write(late);
+        } catch (const std::exception& e) {
+          spdlog::debug("file service: lock answer not sent: {}", e.what());
+        }
+        stream.reset();
+        std::exchange(in_flight, nullptr)->Leave();
+      };
+      answered = session->Handle(request, response, std::move(later));
+      auto op = request.getOp();
+      if (answered && op != schema::FileOp::FORGET) stream->Write(reply);
+    } catch (const std::exception& e) {
+      spdlog::debug("file service: reply not sent: {}", e.what());
+    }
+    // Let go of the session and stream before leaving: once the last request has left,
+    // Serve holds the only references, and its session (with the change watcher that
+    // writes notices) ends before the connection's descriptor is closed.
+    session.reset();
+    stream.reset();
+    shared.reset();
+    if (answered) in_flight->Leave();
+  };
+}
+
+// A request that arrives alone (nothing else of this client's in flight) and is not bulk
+// I/O runs on the connection's thread: handing it to a worker would only add a thread
+// wake-up to its latency. Forgets and releases (a map operation and a close) always do.
+// Concurrent requests go to the pool, so they run in parallel.
+bool RunsInline(schema::FileRequest::Reader request, size_t in_flight) {
+  auto op = request.getOp();
+  bool big_read = op == schema::FileOp::READ && request.getSize() > (64 << 10);
+  bool bulk = op == schema::FileOp::WRITE || op == schema::FileOp::FSYNC ||
+              op == schema::FileOp::READDIR || op == schema::FileOp::FALLOCATE || big_read;
+  bool tiny = op == schema::FileOp::FORGET || op == schema::FileOp::RELEASE ||
+              op == schema::FileOp::RELEASEDIR || op == schema::FileOp::LOCK_CANCEL;
+  return tiny || (!bulk && in_flight == 1);
+}
+
+}  // namespace
+
 void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity& peer) {
   // Shared with the replies in flight, so the connection stays open until the last one.
   std::shared_ptr<SecureStream> connection = std::move(secure);
   int fd = connection->fd();
-  {
-    std::lock_guard lock(mutex_);
-    if (stopping_) return;
-    connections_.insert(fd);
-  }
+  if (!Register(fd)) return;
   spdlog::info("file service: {} connected", peer.address);
-  // Requests also run on this thread (below): like the workers, it needs an fs context of
-  // its own with umask 0, so that it never changes the daemon's.
+  // Requests also run on this thread (ServeRequests): like the workers, it needs an fs
+  // context of its own with umask 0, so that it never changes the daemon's.
   if (::unshare(CLONE_FS) == 0) ::umask(0);
+  auto stream = std::make_shared<FrameStream>(connection, kMaxFileFrameBytes);
+  auto session = OpenSession(peer, stream);
+  // Jobs hold the connection open until their reply is written: the gate counts them, and
+  // the connection closes (below) only once they are all done.
+  auto in_flight = std::make_shared<Gate>();
+  std::string why = ServeRequests(session, stream, in_flight);
+  ::shutdown(fd, SHUT_RDWR);
+  // Waits for locks would hold the gate for ever: they end now (their answers go nowhere).
+  session->EndLockWaits(EINTR);
+  in_flight->Wait();
+  spdlog::info("file service: {} disconnected: {}", peer.address, why);
+  Unregister(fd, session);
+}
+
+bool FileServer::Register(int fd) {
+  std::lock_guard lock(mutex_);
+  if (stopping_) return false;
+  connections_.insert(fd);
+  return true;
+}
+
+std::shared_ptr<FileSession> FileServer::OpenSession(const PeerIdentity& peer,
+                                                     const std::shared_ptr<FrameStream>& stream) {
   auto session = std::make_shared<FileSession>(root_.get(), peer_root_, &replay_, locks_);
   {
     std::lock_guard lock(mutex_);
     sessions_.emplace(HostOf(peer.address), session);
   }
-  auto stream = std::make_shared<FrameStream>(connection, kMaxFileFrameBytes);
   session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
     capnp::MallocMessageBuilder message(256);
     auto notice = message.initRoot<schema::ServerMessage>().initNotice();
@@ -119,80 +197,39 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
     notice.setName(name);
     stream->Write(message);
   });
-  // Jobs hold the connection open until their reply is written: the gate counts them, and
-  // the connection closes (below) only once they are all done.
-  auto in_flight = std::make_shared<Gate>();
-  std::string why = "closed by peer";
+  return session;
+}
+
+std::string FileServer::ServeRequests(const std::shared_ptr<FileSession>& session,
+                                      const std::shared_ptr<FrameStream>& stream,
+                                      const std::shared_ptr<Gate>& in_flight) {
   try {
     while (auto message = stream->Read()) {
       auto shared = std::make_shared<IncomingMessage>(std::move(*message));
       // Read before anything is counted in flight: a message that does not read ends the
       // connection here (below).
       auto request = shared->Root<schema::FileRequest>();
-      auto op = request.getOp();
-      bool big_read = op == schema::FileOp::READ && request.getSize() > (64 << 10);
       in_flight->Enter();
-      auto job = [session, stream, shared, in_flight]() mutable {
-        capnp::MallocMessageBuilder reply(2048);
-        bool answered = true;
-        try {
-          auto request = shared->Root<schema::FileRequest>();
-          auto response = reply.initRoot<schema::ServerMessage>().initResponse();
-          // A request that waits for a lock is answered by `later`, which leaves the gate.
-          FileSession::Later later = [stream, in_flight, id = request.getId()](int err) mutable {
-            capnp::MallocMessageBuilder late(256);
-            auto answer = late.initRoot<schema::ServerMessage>().initResponse();
-            answer.setId(id);
-            answer.setError(err);
-            try {
-              stream->Write(late);
-            } catch (const std::exception& e) {
-              spdlog::debug("file service: lock answer not sent: {}", e.what());
-            }
-            stream.reset();
-            std::exchange(in_flight, nullptr)->Leave();
-          };
-          answered = session->Handle(request, response, std::move(later));
-          auto op = request.getOp();
-          if (answered && op != schema::FileOp::FORGET) stream->Write(reply);
-        } catch (const std::exception& e) {
-          spdlog::debug("file service: reply not sent: {}", e.what());
-        }
-        // Let go of the session and stream before leaving: once the last request has left,
-        // Serve holds the only references, and its session (with the change watcher that
-        // writes notices) ends before the connection's descriptor is closed.
-        session.reset();
-        stream.reset();
-        shared.reset();
-        if (answered) in_flight->Leave();
-      };
-      // A request that arrives alone (nothing else of this client's in flight) and is not
-      // bulk I/O runs here: handing it to a worker would only add a thread wake-up to its
-      // latency. Forgets and releases (a map operation and a close) always do. Concurrent
-      // requests go to the pool, so they run in parallel.
-      bool bulk = op == schema::FileOp::WRITE || op == schema::FileOp::FSYNC ||
-                  op == schema::FileOp::READDIR || op == schema::FileOp::FALLOCATE || big_read;
-      bool tiny = op == schema::FileOp::FORGET || op == schema::FileOp::RELEASE ||
-                  op == schema::FileOp::RELEASEDIR || op == schema::FileOp::LOCK_CANCEL;
-      if (tiny || (!bulk && in_flight->count() == 1)) {
+      bool inline_job = RunsInline(request, in_flight->count());
+      auto job = RequestJob(session, stream, std::move(shared), in_flight);
+      if (inline_job) {
         job();
       } else {
         pool_.Post(std::move(job));
       }
     }
   } catch (const Error& e) {
-    why = e.what();
+    return e.what();
   } catch (const kj::Exception& e) {
     // A frame whose message does not read (no root, a bad pointer): end this connection
     // like a broken one, after its requests in flight, so that their replies never go to
     // a descriptor number reused by then.
-    why = fmt::format("malformed message: {}", e.getDescription().cStr());
+    return fmt::format("malformed message: {}", e.getDescription().cStr());
   }
-  ::shutdown(fd, SHUT_RDWR);
-  // Waits for locks would hold the gate for ever: they end now (their answers go nowhere).
-  session->EndLockWaits(EINTR);
-  in_flight->Wait();
-  spdlog::info("file service: {} disconnected: {}", peer.address, why);
+  return "closed by peer";
+}
+
+void FileServer::Unregister(int fd, const std::shared_ptr<FileSession>& session) {
   std::lock_guard lock(mutex_);
   connections_.erase(fd);
   for (auto it = sessions_.begin(); it != sessions_.end();) {

@@ -164,6 +164,9 @@ class FileSession {
   uint64_t next_handle_ = 1;
 };
 
+class FrameStream;
+class Gate;
+
 class FileServer {
  public:
   // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
@@ -187,6 +190,16 @@ class FileServer {
   void DropLocks(const std::string& address);
 
  private:
+  // Serve's pieces: counts the connection `fd` in (false when stopping); makes the
+  // peer's session, whose change notices go out on `stream`; reads and runs the requests
+  // until the connection ends (returns why); counts the connection and its session out.
+  bool Register(int fd);
+  std::shared_ptr<FileSession> OpenSession(const PeerIdentity& peer,
+                                           const std::shared_ptr<FrameStream>& stream);
+  std::string ServeRequests(const std::shared_ptr<FileSession>& session,
+                            const std::shared_ptr<FrameStream>& stream,
+                            const std::shared_ptr<Gate>& in_flight);
+  void Unregister(int fd, const std::shared_ptr<FileSession>& session);
   Fd root_;
   FileSession::Root peer_root_;
   std::shared_ptr<HomeLocks> locks_ = std::make_shared<HomeLocks>();

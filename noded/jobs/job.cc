@@ -209,7 +209,7 @@ void Job::Start() {
     // The keeper holds our ends before the job runs, and the journal names the keeper
     // before the job runs: a daemon killed from here on leaves what the next one needs.
     KeepEnds(ends);
-    journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), false);
+    journal_write_(0, 0, keeper_.pid(), keeper_.start_time(), move::Departure());
   }
 
   const JobIdentity& id = launch_.identity;
@@ -229,7 +229,8 @@ void Job::Start() {
   init_.emplace(ChildProcess::Spawn(options));
   if (journal_write_) {
     init_start_ = ProcessStartTime(init_->pid());
-    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(),
+                   move::Departure());
   }
 
   // The job's ends are the job's alone now.
@@ -261,7 +262,8 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
     // the init, before the job runs on here.
     KeepEnds(ends);
     init_start_ = ProcessStartTime(init_->pid());
-    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(), false);
+    journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(),
+                   move::Departure());
   }
   Attach(std::move(ends));
   spdlog::info("job {} restored here: {} (init pid {})", home_pid(), command(), init_->pid());
@@ -352,6 +354,60 @@ void Job::WatchInit() {
           "watch job exit");
 }
 
+void Job::Depart(move::DumpKind kind, const std::string& target, bool journaled) {
+  departure_.Start(kind, target, journaled);
+  if (departure_.journaled()) JournalDeparture();
+  set_migrating(true);
+}
+
+void Job::Departed(const move::Departure& departure) {
+  bool was_journaled = departure_.journaled();
+  departure_ = departure;
+  // A job that left is abandoned (AbandonAfterMove): its keeper and journal writer are
+  // gone, and its entry stays until the registry writes the job's record away over it.
+  if (departure_.left()) return;
+  if (was_journaled && !departure_.journaled()) JournalDeparture();
+  if (!departure_.leaving()) set_migrating(false);  // its input flows on
+}
+
+move::Stay Job::Stay(const std::string& why) {
+  move::Departure departure = departure_;
+  move::Stay stay = departure.Failed(why);
+  Departed(departure);
+  return stay;
+}
+
+std::function<void(const move::Departure&)> Job::DepartureJournal() const {
+  if (!journal_write_ || !keeper_.running() || init_pid() <= 0) return nullptr;
+  // A copy of the writer, with the job's pids: nothing of the job is touched off the loop
+  // but the output bases, which change only while the job is taken back, never during a
+  // move.
+  return
+      [write = journal_write_, init = init_pid(), init_start = init_start_, keeper = keeper_.pid(),
+       keeper_start = keeper_.start_time()](const move::Departure& departure) mutable {
+        write(init, init_start, keeper, keeper_start, departure);
+      };
+}
+
+void Job::AwaitTakeOver(move::Departure departure) {
+  departure_ = std::move(departure);
+  set_migrating(true);
+}
+
+move::Stay Job::TickDeparture(int64_t now_ms) {
+  move::Departure departure = departure_;
+  move::Stay stay = departure.Tick(now_ms);
+  if (!departure.leaving()) Departed(departure);
+  return stay;
+}
+
+void Job::LeftFrozen() {
+  move::Departure departure = departure_;
+  departure.Dumped();
+  departure.Arrived();
+  Departed(departure);
+}
+
 void Job::AbandonAfterMove() {
   if (finished_) return;
   finished_ = true;
@@ -404,7 +460,7 @@ bool Job::SignalNumbered(int signo, uint32_t number) {
   }
   // A job being dumped (a move, a freeze, a checkpoint) may have its signals read by criu
   // already: one queued now could stay with a copy that is about to be killed.
-  if (migrating_ || input_held_ || finished_ || init_pid() <= 0 || init_status_ ||
+  if (departure_.leaving() || input_held_ || finished_ || init_pid() <= 0 || init_status_ ||
       !pidfd_.valid()) {
     return false;
   }
@@ -534,21 +590,29 @@ void Job::SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids) {
   usage_.Add(SampleProcesses(pids), now_ms);
 }
 
-std::string Job::PinnedReason(const std::vector<pid_t>& pids) const {
+std::set<pid_t> Job::LockHolders() {
+  std::set<pid_t> holders;
+  std::istringstream locks(ReadTextFile("/proc/locks"));
+  std::string line;
+  while (std::getline(locks, line)) {
+    if (line.find("->") != std::string::npos) continue;  // a waiter, not a holder
+    std::istringstream fields(line);
+    std::string id, kind, mode, access;
+    pid_t pid = 0;
+    if (fields >> id >> kind >> mode >> access >> pid) holders.insert(pid);
+  }
+  return holders;
+}
+
+std::string Job::PinnedReason(const std::vector<pid_t>& pids,
+                              const std::set<pid_t>& lock_holders) const {
   if (launch_.keep_home) return "kept at home (mosrun -h)";
-  if (!launch_.guest && !pids.empty()) {
+  if (!launch_.guest) {
     // A lock a job at home holds is the home kernel's own: criu would take it again on the
     // target, through homefs, while the frozen copy here still holds it, and wait for ever
     // in the kernel (see ARCHITECTURE.md, "Files shared between nodes").
-    std::set<pid_t> ours(pids.begin(), pids.end());
-    std::istringstream locks(ReadTextFile("/proc/locks"));
-    std::string line;
-    while (std::getline(locks, line)) {
-      if (line.find("->") != std::string::npos) continue;  // a waiter, not a holder
-      std::istringstream fields(line);
-      std::string id, kind, mode, access;
-      pid_t pid = 0;
-      if (fields >> id >> kind >> mode >> access >> pid && ours.count(pid)) {
+    for (pid_t pid : pids) {
+      if (lock_holders.count(pid)) {
         return "holds a file lock (locks taken at home are not carried away yet)";
       }
     }

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "image_stream.h"
 #include "job_state.h"
 #include "job_usage.h"
+#include "move_protocol.h"
 #include "uv_handle.h"
 
 namespace homeward {
@@ -145,7 +147,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // `write` journals the job (with its keeper, then its init) before each is relied on;
   // `remove` forgets it once the job ends or leaves this node.
   using JournalWrite = std::function<void(pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
-                                          uint64_t keeper_start, bool moving)>;
+                                          uint64_t keeper_start, const move::Departure& departure)>;
   void KeepAcrossRestarts(JournalWrite write, std::function<void()> remove);
   // A restarted daemon takes back a job its journal names: its init (not our child any
   // more, watched by pidfd, `init_start` checked), the keeper and what it holds. The job
@@ -175,9 +177,29 @@ class Job : public std::enable_shared_from_this<Job> {
   void set_output_base(uint64_t stdout_base, uint64_t stderr_base);
   uint64_t output_base(int fd) const { return output_base_[fd == 2 ? 2 : 1]; }
   bool detached() const { return detached_; }
-  // Journals that a move of the job (which stops it) is under way, or over: a daemon
-  // killed meanwhile leaves a job the next one continues (SIGCONT) if it is still here.
-  void JournalMoving(bool moving);
+  // The departure side of the move protocol (move::Departure). A dump of `kind` starts
+  // (a move to `target`, a freeze, a checkpoint): the job's input is held from here on.
+  // `journaled`: the journal names the departure, so that a daemon killed meanwhile
+  // leaves a job the next one continues (SIGCONT) if it is still here. Throws Error when
+  // a dump is under way.
+  void Depart(move::DumpKind kind, const std::string& target = {}, bool journaled = false);
+  // The departure as it ended: `departure` is the job's, carried through the steps that
+  // ran off the loop (MoveOut::departure), or Failed or Done. A job that stays has its
+  // input flow on; one that left (abandoned first) is gone.
+  void Departed(const move::Departure& departure);
+  // The dump ended and the job stays (`why` empty: a checkpoint was written).
+  move::Stay Stay(const std::string& why = {});
+  const move::Departure& departure() const { return departure_; }
+  // A freeze's images are safe on disk: the job, abandoned (AbandonAfterMove), has left.
+  void LeftFrozen();
+  // Writes the job's journal entry with a departure's state from any thread (a move's
+  // steps on libuv's pool), or nothing when the job is not journaled.
+  std::function<void(const move::Departure&)> DepartureJournal() const;
+  // A job taken back after a restart that cut its move's handover (move::Departure::
+  // Reloaded): it stays stopped, its input held, until its target takes it over or the
+  // wait is over (TickDeparture: the returned Stay says whether to continue it).
+  void AwaitTakeOver(move::Departure departure);
+  move::Stay TickDeparture(int64_t now_ms);
   // Takes over a job CRIU restored here: its init (our child) and our pipes' ends.
   void Adopt(ChildProcess init, DaemonEnds ends);
   // The job has moved on: relays the output it left in our pipes, then kills the frozen
@@ -198,9 +220,6 @@ class Job : public std::enable_shared_from_this<Job> {
   // The same pipes with what each carries, as the migration stream names them.
   std::vector<migrate::PipeRole> pipe_roles() const;
   ControlStream& relay() { return relay_; }
-  // While a job is being dumped its input is held in the daemon (nothing more is written
-  // to its stdin); a move that fails writes it on.
-  void set_migrating(bool migrating);
   // Where the job's input stands while it is held: what reclaiming it needs.
   struct InputPlace {
     int reader = -1;       // the daemon's copy of the read end of the job's stdin pipe
@@ -249,16 +268,22 @@ class Job : public std::enable_shared_from_this<Job> {
   const FdKeeper& keeper() const { return keeper_; }
   std::string command() const;
   JobState state() const {
-    return finished_ ? JobState::EXITING : migrating_ ? JobState::MIGRATING : JobState::RUNNING;
+    return finished_              ? JobState::EXITING
+           : departure_.leaving() ? JobState::MIGRATING
+                                  : JobState::RUNNING;
   }
   uint64_t cpu_ms() const;
   // The job's live processes, read from /proc (none once it has ended).
   std::vector<pid_t> Pids() const;
   // Why the job may not leave its home (mosrun -h, a listening socket or another TCP or
   // UDP socket in the node's network, System V shared memory), or empty when it may.
-  // Reads /proc, so it is asked for, never cached.
-  std::string PinnedReason() const { return PinnedReason(Pids()); }
-  std::string PinnedReason(const std::vector<pid_t>& pids) const;
+  // Reads /proc, so it is asked for, never cached. `lock_holders`: the processes of this
+  // node that hold a file lock (LockHolders), read once for every job a caller asks about.
+  std::string PinnedReason() const { return PinnedReason(Pids(), LockHolders()); }
+  std::string PinnedReason(const std::vector<pid_t>& pids,
+                           const std::set<pid_t>& lock_holders) const;
+  // The processes that hold a file lock on this node (/proc/locks; waiters are not).
+  static std::set<pid_t> LockHolders();
   bool keep_home() const { return launch_.keep_home; }
   // Samples what the job's processes `pids` use (the balancer does, once per round).
   void SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids);
@@ -270,6 +295,11 @@ class Job : public std::enable_shared_from_this<Job> {
  private:
   struct Stream;
   void KeepEnds(DaemonEnds& ends);
+  // While a job is being dumped its input is held in the daemon (nothing more is written
+  // to its stdin); a move that fails writes it on (job_input.cc).
+  void set_migrating(bool migrating);
+  // Writes the job's journal entry with its departure's state.
+  void JournalDeparture();
   void Attach(DaemonEnds ends);
   // Takes what the stream's pipe has into its spool, and sends on what the spool has
   // that mosrun has not (all of it, paused or not, when `force`).
@@ -325,7 +355,7 @@ class Job : public std::enable_shared_from_this<Job> {
   bool output_paused_ = false;
   bool output_held_ = false;
   bool finished_ = false;
-  bool migrating_ = false;
+  move::Departure departure_;
   uint32_t migrations_ = 0;
   std::vector<uint64_t> pipe_inodes_;
   UsageMeter usage_;
@@ -338,7 +368,6 @@ class Job : public std::enable_shared_from_this<Job> {
   bool detached_ = false;  // taken back after a restart; its mosrun has not come back yet
   uint64_t output_base_[3] = {0, 0, 0};
   uint64_t init_start_ = 0;
-  bool journal_moving_ = false;  // mosrun's offsets where this node's output starts
   Fd mosrun_pidfd_;
   UvHandle<uv_poll_t> mosrun_watch_;
 };

@@ -254,7 +254,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
   it->second.busy = true;
   // Shown as migrating meanwhile: a move or freeze waits until the dump is done. Its input
   // is held from here on, so what was written into its stdin stays as it is now.
-  job->set_migrating(true);
+  job->Depart(move::DumpKind::kCheckpoint);
   Job::InputPlace input = job->input_place();
   auto reader = std::make_shared<Fd>();
   auto measured = std::make_shared<std::optional<uint64_t>>();
@@ -293,7 +293,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
           return written->dump;
         },
         [this, slot, job, home_pid, written, reply, measured](const DumpOutcome& result) {
-          job->set_migrating(false);
+          job->Stay();
           auto planned = checkpoint_plans_.find(slot);
           if (planned != checkpoint_plans_.end() && planned->second.home_pid == home_pid) {
             planned->second.busy = false;
@@ -329,7 +329,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
         });
   } catch (...) {
     it->second.busy = false;
-    job->set_migrating(false);
+    job->Stay();
     throw;
   }
 }
@@ -433,7 +433,7 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
   std::string work_root = config_.state_dir + "/criu-work";
   pid_t home_pid = job->home_pid();
   auto written = std::make_shared<WrittenCheckpoint>();
-  job->set_migrating(true);
+  job->Depart(move::DumpKind::kCheckpoint);
   // As at home: dumped and left stopped, its place in its input measured, then continued.
   Job::InputPlace input = job->input_place();
   auto reader = std::make_shared<Fd>();
@@ -479,7 +479,7 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
           return result;
         },
         [job, answer, dir = plan.dir, written, measured](const DumpOutcome& result) {
-          job->set_migrating(false);
+          job->Stay();
           if (!result.error.empty()) {
             spdlog::warn("guest {}: checkpoint failed: {}", job->home_pid(), result.error);
             answer("", result.error);
@@ -490,7 +490,7 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
           answer(path, "", *measured);
         });
   } catch (const Error& e) {
-    job->set_migrating(false);
+    job->Stay();
     answer("", e.what());
   }
 }

@@ -70,8 +70,8 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
   std::string dir = fmt::format("{}/guest-{}-{}", frozen_root, job->launch().home, job->home_pid());
   migrate::RemoveImageDir(dir);
   HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
-  job->JournalMoving(true);  // a restart during the dump continues it
-  job->set_migrating(true);  // holds its input
+  // Journaled: a restart during the dump continues it. Its input is held meanwhile.
+  job->Depart(move::DumpKind::kFreeze, {}, /*journaled=*/true);
   job->relay().PauseReading(true);
   DumpOffLoop(
       job, migrate::AfterDump::kStop,
@@ -81,8 +81,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
       [this, id, job, dir](const DumpOutcome& result) {
         auto it = guests_.find(id);
         if (!result.error.empty() || it == guests_.end() || it->second != job) {
-          job->JournalMoving(false);
-          job->set_migrating(false);
+          job->Stay(result.error);
           migrate::RemoveImageDir(dir);
           job->relay().PauseReading(false);
           spdlog::error("guest {}: freezing failed ({}); it waits on", job->home_pid(),
@@ -108,8 +107,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
                              job->keeper().start_time());
         } catch (const Error& e) {
           migrate::ContinueJob(job->init_pid());
-          job->JournalMoving(false);
-          job->set_migrating(false);
+          job->Stay(e.what());
           migrate::RemoveImageDir(dir);
           job->relay().PauseReading(false);
           spdlog::error("guest {}: freezing failed ({}); it waits on", job->home_pid(), e.what());
@@ -120,7 +118,7 @@ void JobRegistry::FreezeGuest(uint64_t id, std::shared_ptr<Job> job) {
         // one now: the running copy's keeper goes, its entry stays.
         job->KeepAcrossRestarts(nullptr, nullptr);
         job->AbandonAfterMove();
-        job->set_migrating(false);
+        job->LeftFrozen();
         guests_.erase(it);
         StreamHandlers handlers;
         handlers.on_message = [](IncomingMessage&) {};  // not read while frozen
@@ -166,68 +164,7 @@ void JobRegistry::ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen
         }
       },
       [this, alive = alive_, id, frozen, result] {
-        if (!*alive) return;
-        auto it = frozen_guests_.find(id);
-        if (it == frozen_guests_.end() || it->second != frozen) return;  // dropped
-        if (!frozen->reattach && !frozen->relay.open()) {
-          result->error = "its relay to the home closed";
-        }
-        auto weak_job = std::make_shared<std::weak_ptr<Job>>();
-        std::shared_ptr<Job> job;
-        if (result->error.empty()) {
-          try {
-            JobLaunch launch = frozen->launch;
-            launch.reattach = false;  // it keeps its relay, or attaches again below
-            // Its spools hold what its home may not have had, at the home's offsets, so
-            // that the home's word (after a restart of either daemon) can ask for it.
-            DaemonEnds& ends = result->restored->ends;
-            ends.stdout_spool = SpoolOf("stdout", frozen->output.start[1], frozen->output.data[1]);
-            ends.stderr_spool = SpoolOf("stderr", frozen->output.start[2], frozen->output.data[2]);
-            job =
-                AdoptRestored(std::move(launch), frozen->reattach ? ControlStream() : frozen->relay,
-                              std::move(result->restored->init), std::move(ends),
-                              [this, id] { guests_.erase(id); });
-            job->KeepOutputFrom(frozen->output);
-          } catch (const Error& e) {
-            result->error = e.what();
-          }
-        }
-        if (!result->error.empty()) {
-          // Tried again when the home is next back (or dropped when the relay closes).
-          result->restored.reset();
-          frozen->continuing = false;
-          if (frozen->reattach) frozen->retry_ms = static_cast<int64_t>(uv_now(loop_)) + 2000;
-          spdlog::error("guest {} stays frozen in {}: {}", frozen->launch.identity.home_pid,
-                        frozen->dir, result->error);
-          return;
-        }
-        *weak_job = job;
-        job->set_migrations(frozen->migrations);
-        // Its running entry (AdoptRestored) has replaced the frozen one: the images go.
-        migrate::RemoveImageDir(frozen->dir);
-        frozen_guests_.erase(it);
-        guests_[id] = job;
-        if (on_change_) on_change_();
-        if (frozen->reattach) {
-          // Frozen by a daemon before this one: its relay died with it. The job waits
-          // (its output unread) for its home to take it back and say what it has had.
-          spdlog::info("guest {} continues; asking its home {} to take it back", job->home_pid(),
-                       job->launch().home);
-          job->Detach();
-          if (frozen->go_home) {
-            job->OnReattached([this, weak = std::weak_ptr<Job>(job)] {
-              if (auto job = weak.lock(); job && job->state() == JobState::RUNNING) {
-                SendHome(job);
-              }
-            });
-          }
-          ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
-          return;
-        }
-        frozen->relay.SetHandlers(RelayHandlersFor(weak_job));
-        frozen->relay.PauseReading(false);
-        spdlog::info("guest {} continues", job->home_pid());
-        if (frozen->go_home) SendHome(job);
+        if (*alive) ContinuedGuest(id, frozen, *result);
       });
   frozen->retry_ms = -1;
   if (status < 0) {
@@ -235,6 +172,74 @@ void JobRegistry::ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen
     spdlog::error("guest {}: cannot start continuing it: {}", frozen->launch.identity.home_pid,
                   uv_strerror(status));
   }
+}
+
+void JobRegistry::ContinuedGuest(uint64_t id, const std::shared_ptr<FrozenGuest>& frozen,
+                                 Restoring& result) {
+  auto it = frozen_guests_.find(id);
+  if (it == frozen_guests_.end() || it->second != frozen) return;  // dropped
+  if (!frozen->reattach && !frozen->relay.open()) result.error = "its relay to the home closed";
+  std::shared_ptr<Job> job;
+  if (result.error.empty()) job = AdoptContinuedGuest(id, *frozen, result);
+  if (!job) {
+    // Tried again when the home is next back (or dropped when the relay closes).
+    result.restored.reset();
+    frozen->continuing = false;
+    if (frozen->reattach) frozen->retry_ms = static_cast<int64_t>(uv_now(loop_)) + 2000;
+    spdlog::error("guest {} stays frozen in {}: {}", frozen->launch.identity.home_pid, frozen->dir,
+                  result.error);
+    return;
+  }
+  job->set_migrations(frozen->migrations);
+  // Its running entry (AdoptRestored) has replaced the frozen one: the images go.
+  migrate::RemoveImageDir(frozen->dir);
+  frozen_guests_.erase(it);
+  guests_[id] = job;
+  if (on_change_) on_change_();
+  RunContinuedGuest(*frozen, job);
+}
+
+std::shared_ptr<Job> JobRegistry::AdoptContinuedGuest(uint64_t id, const FrozenGuest& frozen,
+                                                      Restoring& result) {
+  try {
+    JobLaunch launch = frozen.launch;
+    launch.reattach = false;  // it keeps its relay, or attaches again (RunContinuedGuest)
+    // Its spools hold what its home may not have had, at the home's offsets, so that the
+    // home's word (after a restart of either daemon) can ask for it.
+    DaemonEnds& ends = result.restored->ends;
+    ends.stdout_spool = SpoolOf("stdout", frozen.output.start[1], frozen.output.data[1]);
+    ends.stderr_spool = SpoolOf("stderr", frozen.output.start[2], frozen.output.data[2]);
+    auto job = AdoptRestored(std::move(launch), frozen.reattach ? ControlStream() : frozen.relay,
+                             std::move(result.restored->init), std::move(ends),
+                             [this, id] { guests_.erase(id); });
+    job->KeepOutputFrom(frozen.output);
+    return job;
+  } catch (const Error& e) {
+    result.error = e.what();
+    return nullptr;
+  }
+}
+
+void JobRegistry::RunContinuedGuest(const FrozenGuest& frozen, const std::shared_ptr<Job>& job) {
+  if (frozen.reattach) {
+    // Frozen by a daemon before this one: its relay died with it. The job waits (its
+    // output unread) for its home to take it back and say what it has had.
+    spdlog::info("guest {} continues; asking its home {} to take it back", job->home_pid(),
+                 job->launch().home);
+    job->Detach();
+    if (frozen.go_home) {
+      job->OnReattached([this, weak = std::weak_ptr<Job>(job)] {
+        if (auto job = weak.lock(); job && job->state() == JobState::RUNNING) SendHome(job);
+      });
+    }
+    ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);
+    return;
+  }
+  ControlStream relay = frozen.relay;
+  relay.SetHandlers(RelayHandlersFor(std::make_shared<std::weak_ptr<Job>>(job)));
+  relay.PauseReading(false);
+  spdlog::info("guest {} continues", job->home_pid());
+  if (frozen.go_home) SendHome(job);
 }
 
 void JobRegistry::SendHome(std::shared_ptr<Job> job) {

@@ -40,7 +40,6 @@ void Job::InputEnd(uint64_t offset) {
 }
 
 void Job::set_migrating(bool migrating) {
-  migrating_ = migrating;
   input_held_ = migrating;
   if (!migrating) FlushInput();
 }

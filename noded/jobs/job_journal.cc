@@ -92,7 +92,11 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
   }
   if (entry.frozen_go_home) text += "frozen_plan home\n";
   if (entry.migrations) text += fmt::format("migrations {}\n", entry.migrations);
-  if (entry.moving) text += "moving 1\n";
+  if (entry.departure != move::Leave::kHere) {
+    text += fmt::format("departure {}", move::LeaveName(entry.departure));
+    if (!entry.departure_to.empty()) text += " " + Escape(entry.departure_to);
+    text += "\n";
+  }
   text += fmt::format("init {} {}\nkeeper {} {}\n", entry.init_pid, entry.init_start,
                       entry.keeper_pid, entry.keeper_start);
   return text;
@@ -153,98 +157,132 @@ FrozenOutput LoadFrozenOutput(const std::string& dir) {
   return output;
 }
 
+namespace {
+
+// ParseJournalEntry's pieces: each reads the line with `key` into its part of the entry,
+// and says whether the key was one of its own.
+bool ParseIdentityLine(const std::string& key, std::istringstream& fields, JobIdentity& id) {
+  if (key == "home_pid") {
+    fields >> id.home_pid;
+  } else if (key == "home_ppid") {
+    fields >> id.home_ppid;
+  } else if (key == "uid") {
+    fields >> id.uid;
+  } else if (key == "gid") {
+    fields >> id.gid;
+  } else if (key == "umask") {
+    fields >> id.umask;
+  } else if (key == "group") {
+    gid_t group;
+    if (fields >> group) id.groups.push_back(group);
+  } else if (key == "limit") {
+    JobIdentity::Limit limit{};
+    if (fields >> limit.resource >> limit.soft >> limit.hard) id.limits.push_back(limit);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool ParseFlag(std::istringstream& fields) {
+  int flag = 0;
+  fields >> flag;
+  return flag != 0;
+}
+
+bool ParseLaunchLine(const std::string& key, std::istringstream& fields, JobLaunch& launch) {
+  std::string value;
+  if (key == "arg" && fields >> value) {
+    launch.argv.push_back(Unescape(value));
+  } else if (key == "cwd" && fields >> value) {
+    launch.cwd = Unescape(value);
+  } else if (key == "home" && fields >> value) {
+    launch.home = Unescape(value);
+  } else if (key == "pid_base") {
+    fields >> launch.pid_base;
+  } else if (key == "started_unix_ms") {
+    fields >> launch.started_unix_ms;
+  } else if (key == "keep_home") {
+    launch.keep_home = ParseFlag(fields);
+  } else if (key == "locked") {
+    launch.locked = ParseFlag(fields);
+  } else if (key == "min_free_mb") {
+    fields >> launch.min_free_mb;
+  } else if (key == "generation") {
+    fields >> launch.generation;
+  } else if (key == "checkpoint" && fields >> value) {
+    launch.checkpoint.dir = Unescape(value);
+    fields >> launch.checkpoint.every_ms >> launch.checkpoint.keep >> launch.checkpoint.signal;
+  } else if (key == "guest_of" && fields >> value) {
+    launch.guest = true;
+    launch.home_host = Unescape(value);
+    fields >> launch.home_port;
+  } else if (key == "root" && fields >> value) {
+    launch.root = Unescape(value);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// The lines about where the job stands (away, frozen, departing) and its processes.
+void ParseStateLine(const std::string& key, std::istringstream& fields, JournalEntry& entry) {
+  std::string value;
+  if (key == "slot") {
+    fields >> entry.slot;
+  } else if (key == "mosrun_start") {
+    fields >> entry.mosrun_start;
+  } else if (key == "away" && fields >> value) {
+    entry.away = true;
+    entry.record = Unescape(value);
+  } else if (key == "frozen" && fields >> value) {
+    entry.frozen_dir = Unescape(value);
+  } else if (key == "pipe") {
+    migrate::PipeRole pipe;
+    if (fields >> pipe.inode >> value) {
+      pipe.role = Unescape(value);
+      entry.pipes.push_back(pipe);
+    }
+  } else if (key == "frozen_plan" && fields >> value) {
+    entry.frozen_go_home = value == "home";
+  } else if (key == "migrations") {
+    fields >> entry.migrations;
+  } else if (key == "moving") {  // the form before departures were named
+    entry.departure = move::Leave::kDumping;
+  } else if (key == "departure" && fields >> value) {
+    entry.departure = move::LeaveNamed(value);
+    if (fields >> value) entry.departure_to = Unescape(value);
+  } else if (key == "base") {
+    fields >> entry.base[1] >> entry.base[2];
+  } else if (key == "init") {
+    fields >> entry.init_pid >> entry.init_start;
+  } else if (key == "keeper") {
+    fields >> entry.keeper_pid >> entry.keeper_start;
+  }
+}
+
+}  // namespace
+
 JournalEntry ParseJournalEntry(const std::string& text) {
   JournalEntry entry;
   JobLaunch& launch = entry.launch;
-  JobIdentity& id = launch.identity;
   std::istringstream lines(text);
   std::string line;
   bool header = false;
   bool complete = false;
   while (std::getline(lines, line)) {
     std::istringstream fields(line);
-    std::string key, value;
+    std::string key;
     fields >> key;
     if (key == "homeward-job") {
       header = true;
-    } else if (key == "slot") {
-      fields >> entry.slot;
-    } else if (key == "home_pid") {
-      fields >> id.home_pid;
-    } else if (key == "mosrun_start") {
-      fields >> entry.mosrun_start;
-    } else if (key == "home_ppid") {
-      fields >> id.home_ppid;
-    } else if (key == "uid") {
-      fields >> id.uid;
-    } else if (key == "gid") {
-      fields >> id.gid;
-    } else if (key == "umask") {
-      fields >> id.umask;
-    } else if (key == "group") {
-      gid_t group;
-      if (fields >> group) id.groups.push_back(group);
-    } else if (key == "limit") {
-      JobIdentity::Limit limit{};
-      if (fields >> limit.resource >> limit.soft >> limit.hard) id.limits.push_back(limit);
-    } else if (key == "arg" && fields >> value) {
-      launch.argv.push_back(Unescape(value));
-    } else if (key == "cwd" && fields >> value) {
-      launch.cwd = Unescape(value);
-    } else if (key == "home" && fields >> value) {
-      launch.home = Unescape(value);
-    } else if (key == "pid_base") {
-      fields >> launch.pid_base;
-    } else if (key == "started_unix_ms") {
-      fields >> launch.started_unix_ms;
-    } else if (key == "keep_home") {
-      int flag = 0;
-      fields >> flag;
-      launch.keep_home = flag != 0;
-    } else if (key == "locked") {
-      int flag = 0;
-      fields >> flag;
-      launch.locked = flag != 0;
-    } else if (key == "min_free_mb") {
-      fields >> launch.min_free_mb;
-    } else if (key == "generation") {
-      fields >> launch.generation;
-    } else if (key == "checkpoint" && fields >> value) {
-      launch.checkpoint.dir = Unescape(value);
-      fields >> launch.checkpoint.every_ms >> launch.checkpoint.keep >> launch.checkpoint.signal;
-    } else if (key == "guest_of" && fields >> value) {
-      launch.guest = true;
-      launch.home_host = Unescape(value);
-      fields >> launch.home_port;
-    } else if (key == "root" && fields >> value) {
-      launch.root = Unescape(value);
-    } else if (key == "away" && fields >> value) {
-      entry.away = true;
-      entry.record = Unescape(value);
-    } else if (key == "frozen" && fields >> value) {
-      entry.frozen_dir = Unescape(value);
-    } else if (key == "pipe") {
-      migrate::PipeRole pipe;
-      if (fields >> pipe.inode >> value) {
-        pipe.role = Unescape(value);
-        entry.pipes.push_back(pipe);
-      }
-    } else if (key == "frozen_plan" && fields >> value) {
-      entry.frozen_go_home = value == "home";
-    } else if (key == "migrations") {
-      fields >> entry.migrations;
-    } else if (key == "moving") {
-      entry.moving = true;
-    } else if (key == "base") {
-      fields >> entry.base[1] >> entry.base[2];
-    } else if (key == "init") {
-      fields >> entry.init_pid >> entry.init_start;
-    } else if (key == "keeper") {
-      fields >> entry.keeper_pid >> entry.keeper_start;
-      complete = true;  // the last line: a torn file never gets here
+    } else if (!ParseIdentityLine(key, fields, launch.identity) &&
+               !ParseLaunchLine(key, fields, launch)) {
+      ParseStateLine(key, fields, entry);
+      if (key == "keeper") complete = true;  // the last line: a torn file never gets here
     }
   }
-  if (!header || !complete || id.home_pid <= 0 || (entry.slot < 0 && !launch.guest) ||
+  if (!header || !complete || launch.identity.home_pid <= 0 || (entry.slot < 0 && !launch.guest) ||
       launch.argv.empty() || launch.home.find('/') != std::string::npos) {
     Fail(ErrorKind::kInvalidInput, "not a complete job journal entry");
   }

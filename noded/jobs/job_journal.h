@@ -12,6 +12,7 @@
 
 #include "image_stream.h"
 #include "job.h"
+#include "move_protocol.h"
 
 namespace homeward {
 
@@ -26,7 +27,10 @@ struct JournalEntry {
   // A job of this home running on another node: where it stands in the move protocol
   // (move::Record's line), and mosrun's offsets where that node's output starts.
   bool away = false;
-  bool moving = false;  // a job here being moved: stopped until the move ends
+  // A job here that a dump takes away (move::Departure), named by its state: a move
+  // stops it until it ends. kHere when none is under way.
+  move::Leave departure = move::Leave::kHere;
+  std::string departure_to;  // the node a move goes to
   std::string record;
   uint64_t base[3] = {0, 0, 0};
   // A job of this home frozen to disk here (mosmigrate freeze): its images' directory,

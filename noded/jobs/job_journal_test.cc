@@ -61,7 +61,7 @@ TEST(JobJournal, EntryReadsBackAsWritten) {
   EXPECT_EQ(back.init_pid, 5000);
   EXPECT_EQ(back.keeper_start, 778u);
   EXPECT_FALSE(back.away);
-  EXPECT_FALSE(back.moving);
+  EXPECT_EQ(back.departure, move::Leave::kHere);
   EXPECT_EQ(back.Name(), "4242");
 }
 
@@ -107,16 +107,27 @@ TEST(JobJournal, GuestsAndJobsAwayKeepWhatTheyNeed) {
 
   JournalEntry away = Sample();
   away.away = true;
-  away.moving = true;
+  away.departure = move::Leave::kArrived;
+  away.departure_to = "node 2";
   away.record = "state 1 where node2 relay 3";
   away.base[1] = 25893;
   away.base[2] = 261;
   back = ParseJournalEntry(FormatJournalEntry(away));
   EXPECT_TRUE(back.away);
-  EXPECT_TRUE(back.moving);
+  EXPECT_EQ(back.departure, move::Leave::kArrived);
+  EXPECT_EQ(back.departure_to, "node 2");
   EXPECT_EQ(back.record, away.record);
   EXPECT_EQ(back.base[1], 25893u);
   EXPECT_EQ(back.base[2], 261u);
+}
+
+// A journal written before departures were named ("moving 1") reads as a dump under way.
+TEST(JobJournal, TheOldMovingLineReadsAsADumpUnderWay) {
+  std::string text = FormatJournalEntry(Sample());
+  text.insert(text.find("init "), "moving 1\n");
+  EXPECT_EQ(ParseJournalEntry(text).departure, move::Leave::kDumping);
+  text.replace(text.find("moving 1"), 8, "departure nowhere");
+  EXPECT_THROW(ParseJournalEntry(text), Error);
 }
 
 TEST(JobJournal, AGuestFrozenPastItsHomesGraceKeepsItsPlanAndItsOutput) {

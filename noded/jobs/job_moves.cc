@@ -2,7 +2,9 @@
 // jobs and guests), and the move protocol's steps carried out for jobs away.
 #include "job_registry.h"
 
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <spdlog/spdlog.h>
 
@@ -91,6 +93,11 @@ void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target
 
 void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply) {
   for (auto& [slot, entry] : jobs_) {
+    if (entry.here && entry.here->home_pid() == attach.getHomePid() &&
+        entry.here->departure().awaiting()) {
+      TakeOverDeparted(slot, entry.here, attach, std::move(reply));
+      return;
+    }
     if (!entry.away || entry.away->home_pid() != attach.getHomePid()) continue;
     auto away = entry.away;
     if (attach.getGeneration() != away->protocol.record().generation) {
@@ -163,6 +170,74 @@ void JobRegistry::EndOverdueAttaches() {
     if (entry.away) aways.emplace_back(slot, entry.away);
   }
   for (auto& [slot, away] : aways) Apply(slot, away, away->protocol.Tick(now));
+  std::vector<std::shared_ptr<Job>> waiting;
+  for (auto& [slot, entry] : jobs_) {
+    if (entry.here && entry.here->departure().awaiting()) waiting.push_back(entry.here);
+  }
+  for (auto& job : waiting) {
+    if (move::Stay stay = job->TickDeparture(now); stay.continue_job) {
+      spdlog::info("job {}: {}; it goes on here", job->home_pid(), stay.why);
+      migrate::ContinueJob(job->init_pid());
+    }
+  }
+}
+
+void JobRegistry::TakeOverDeparted(int slot, const std::shared_ptr<Job>& job,
+                                   schema::AttachGuest::Reader attach, ReplySender reply) {
+  std::string node = attach.getNode();
+  if (node != job->departure().target() || !attach.getResumed() ||
+      attach.getGeneration() != job->launch().generation) {
+    Fail(ErrorKind::kPermissionDenied, "job {} waits for {} to take it over, not for {}",
+         job->home_pid(), job->departure().target(), node);
+  }
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  auto take = [this, alive = alive_, slot, weak = std::weak_ptr<Job>(job), node, pending] {
+    if (!*alive) return;
+    auto job = weak.lock();
+    auto it = jobs_.find(slot);
+    if (!job || it == jobs_.end() || it->second.here != job || !job->departure().awaiting()) {
+      // It ended meanwhile, or went on here: the target's copy is refused, and killed.
+      pending->SendError(
+          Error(ErrorKind::kNotFound, fmt::format("the job no longer waits for {}", node)));
+      return;
+    }
+    FinishTakeOver(slot, job, node, *pending);
+  };
+  if (job->detached()) {
+    spdlog::info("job {}: node {} takes it over once its mosrun is back", job->home_pid(), node);
+    job->OnReattached(std::move(take));
+    return;
+  }
+  take();
+}
+
+void JobRegistry::FinishTakeOver(int slot, const std::shared_ptr<Job>& job, const std::string& node,
+                                 ReplySender& reply) {
+  move::Departure departure = job->departure();
+  departure.TakenOver(node);
+  auto away = AwayFrom(*job, move::Protocol::Moved(job->home_pid(), node, job->migrations() + 1));
+  // As a move that ends: what the stopped copy left in its pipes goes to mosrun first,
+  // then the copy is killed.
+  job->AbandonAfterMove();
+  away->origin[1] = job->output_total(1);
+  away->origin[2] = job->output_total(2);
+  job->Departed(departure);
+  jobs_[slot].here.reset();
+  jobs_[slot].away = away;
+  away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
+  uint32_t relay = away->protocol.Connected();
+  away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, relay));
+  away->mosrun.OnDrain([away] {
+    if (!away->output_held) away->peer.PauseReading(false);
+  });
+  away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+  away->mosrun.PauseReading(false);
+  // The target sends its output again from the job's arrival there, and resumes its input.
+  TellOutputHad(*away);
+  SendHeldSignals(*away);
+  JournalAways();  // over the entry of the job here, at once
+  spdlog::info("job {}: node {} took it over after the restart; the copy here is killed",
+               away->home_pid(), node);
 }
 
 void JobRegistry::EndAway(int slot, const std::shared_ptr<Away>& away, const std::string& why) {
@@ -196,8 +271,9 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
     Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
   }
   auto move = PrepareMove(job, target);
-  job->JournalMoving(true);
-  job->set_migrating(true);
+  job->Depart(move::DumpKind::kMove, target, /*journaled=*/true);
+  move->departure = job->departure();
+  move->journal = job->DepartureJournal();
   job->relay().PauseReading(true);  // input waits for the job's new place
 
   int status = QueueWork(
@@ -206,7 +282,7 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
         if (*alive) FinishMove(slot, job, *move, done);
       });
   if (status < 0) {
-    job->set_migrating(false);
+    job->Stay(uv_strerror(status));
     job->relay().PauseReading(false);
     Fail(ErrorKind::kFailed, "cannot start the move: {}", uv_strerror(status));
   }
@@ -245,7 +321,7 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   move->faults = faults_;
   move->as_user = CriuUserOf(*job);
   move->metadata.external_pipes = job->pipe_roles();
-  // The caller holds the job's input from here on (set_migrating): where it stands now is
+  // The caller holds the job's input from here on (Job::Depart): where it stands now is
   // where it stands when the job is frozen.
   move->input = job->input_place();
   if (move->input.reader >= 0) {
@@ -262,8 +338,7 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
   bool still_ours = it != jobs_.end() && it->second.here == job;
   if (!move.error.empty()) {
     spdlog::warn("job {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
-    job->JournalMoving(false);
-    job->set_migrating(false);  // its input flows on
+    job->Departed(move.departure);  // it stays: its input flows on
     job->relay().PauseReading(false);
     MoveOutcome outcome = OutcomeOf(move);
     outcome.error =
@@ -272,18 +347,32 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
     return;
   }
   if (!still_ours) {  // ended meanwhile (its mosrun went away)
-    job->set_migrating(false);
+    // Its journal entry went with it: the target's word, journaled by the move's thread
+    // since, must not outlive it (the target's copy finds no job to attach to).
+    if (move.journal) {
+      JobJournal(config_.state_dir + "/jobs").Remove(std::to_string(job->home_pid()));
+    }
+    job->Stay("the job ended during the move");
     done(MoveOutcome::Failure("the job ended during the move"));
     return;
   }
+  if (faults_.Hit(Fault::kKillAfterArrived)) {
+    spdlog::warn(
+        "fault point kill-after-arrived: the daemon dies after {} said job {} arrived, "
+        "before journaling it away there",
+        move.target_name, job->home_pid());
+    spdlog::default_logger()->flush();
+    ::kill(::getpid(), SIGKILL);
+  }
   auto away = AwayFrom(
       *job, move::Protocol::Moved(job->home_pid(), move.target_name, job->migrations() + 1));
+  move.departure.Migrated();
   // Abandoned before it stops migrating: its input, held and reclaimed, is never written
   // to the old pipe again.
   job->AbandonAfterMove();
   away->origin[1] = job->output_total(1);  // what mosrun had when the job left
   away->origin[2] = job->output_total(2);
-  job->set_migrating(false);
+  job->Departed(move.departure);
   it->second.here.reset();
   it->second.away = away;
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
@@ -301,6 +390,8 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
       Fail(ErrorKind::kOverloaded, "the job is {}", JobStateName(state));
     }
     move = PrepareMove(job, target);
+    job->Depart(move::DumpKind::kMove, target);
+    move->departure = job->departure();
   } catch (const Error& e) {
     if (done) {
       done(MoveOutcome::Failure(e.what(), e.kind()));
@@ -311,14 +402,13 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
     job->relay().Send(message);
     return;
   }
-  job->set_migrating(true);
   int status = QueueWork(
       loop_, [move] { RunMoveOut(*move); },
       [this, alive = alive_, job, move, done] {
         if (*alive) FinishGuestMove(job, *move, done);
       });
   if (status < 0) {
-    job->set_migrating(false);
+    job->Stay(uv_strerror(status));
     if (done) {
       done(MoveOutcome::Failure(fmt::format("cannot start the move: {}", uv_strerror(status))));
     }
@@ -328,7 +418,7 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
 void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const MoveDone& done) {
   capnp::MallocMessageBuilder message;
   if (!move.error.empty()) {
-    job->set_migrating(false);  // its input, put back into its stdin, flows on
+    job->Departed(move.departure);  // it stays: its input flows on
     spdlog::warn("guest {}: move to {} failed: {}", job->home_pid(), move.target_name, move.error);
     if (done) {
       done(OutcomeOf(move));  // this node's own decision: the home need not hear of it
@@ -342,7 +432,8 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const
   // goes home first, then word of the move, then this relay closes.
   ControlStream relay = job->relay();
   job->AbandonAfterMove();
-  job->set_migrating(false);
+  move.departure.Migrated();
+  job->Departed(move.departure);
   for (auto it = guests_.begin(); it != guests_.end(); ++it) {
     if (it->second == job) {
       guests_.erase(it);

@@ -107,12 +107,15 @@ std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where
 std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
   std::vector<balance::Job> movable;
   int64_t unix_now = WallClockMs();
+  // Read once a round, for every job at home: one read of /proc/locks, not one per job.
+  std::set<pid_t> lock_holders;
+  if (!jobs_.empty()) lock_holders = Job::LockHolders();
   auto offer = [&](uint64_t id, Job& job) {
     std::vector<pid_t> pids = job.Pids();  // read once: sampling and pinning both need them
     job.SampleUsage(now_ms, pids);
     const JobLaunch& launch = job.launch();
     if (launch.locked || launch.keep_home || job.state() != JobState::RUNNING) return;
-    if (!job.PinnedReason(pids).empty()) return;
+    if (!job.PinnedReason(pids, lock_holders).empty()) return;
     const UsageMeter& usage = job.usage();
     balance::Job offered;
     offered.id = id;

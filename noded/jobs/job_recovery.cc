@@ -150,11 +150,10 @@ DaemonEnds EndsFromKept(std::vector<Fd> kept) {
                     std::move(kept[6]), std::move(kept[7]), std::move(kept[8])};
 }
 
-void Job::JournalMoving(bool moving) {
+void Job::JournalDeparture() {
   if (!journal_write_ || !keeper_.running() || init_pid() <= 0) return;  // journaled only
-  journal_moving_ = moving;
   try {
-    journal_write_(init_pid(), init_start_, keeper_.pid(), keeper_.start_time(), moving);
+    journal_write_(init_pid(), init_start_, keeper_.pid(), keeper_.start_time(), departure_);
   } catch (const Error& e) {
     spdlog::warn("job {}: cannot journal its move: {}", home_pid(), e.what());
   }
@@ -294,7 +293,7 @@ uint64_t Job::output_total(int fd) const {
 void Job::set_output_base(uint64_t stdout_base, uint64_t stderr_base) {
   output_base_[1] = stdout_base;
   output_base_[2] = stderr_base;
-  JournalMoving(journal_moving_);  // the journal has the base too
+  JournalDeparture();  // the journal has the base too
 }
 
 void Job::Detach() {
@@ -329,7 +328,8 @@ void JobRegistry::KeepJob(Job& job, int slot) {
   bool die_after_spawn = faults_.Hit(Fault::kKillAfterSpawn);
   job.KeepAcrossRestarts(
       [dir, entry, kept, die_after_spawn](pid_t init_pid, uint64_t init_start, pid_t keeper_pid,
-                                          uint64_t keeper_start, bool moving) mutable {
+                                          uint64_t keeper_start,
+                                          const move::Departure& departure) mutable {
         if (die_after_spawn && entry.init_pid == 0 && entry.keeper_pid != 0 && init_pid > 0) {
           // The init runs, journaled with its keeper only: the daemon dies here.
           spdlog::warn("fault point kill-after-spawn: the daemon dies before journaling "
@@ -338,7 +338,8 @@ void JobRegistry::KeepJob(Job& job, int slot) {
           spdlog::default_logger()->flush();
           ::kill(::getpid(), SIGKILL);
         }
-        entry.moving = moving;
+        entry.departure = departure.journaled() ? departure.state() : move::Leave::kHere;
+        entry.departure_to = departure.journaled() ? departure.target() : "";
         entry.base[1] = kept->output_base(1);
         entry.base[2] = kept->output_base(2);
         entry.init_pid = init_pid;
@@ -463,6 +464,11 @@ std::string JobRegistry::TakeBack(JournalEntry& entry, FdKeeper keeper, std::vec
     if (!guest) PlanCheckpoints(slot, job->launch().identity, job->launch().checkpoint,
                                 job->launch().started_unix_ms);
     WatchCheckpointAsks(job);
+    move::Stay stay;
+    move::Departure departure = move::Departure::Reloaded(
+        entry.departure, entry.departure_to, static_cast<int64_t>(uv_now(loop_)), &stay);
+    // Before anything journals the job again: its entry keeps the target's word.
+    if (departure.awaiting()) job->AwaitTakeOver(departure);
     if (!guest) job->set_output_base(entry.base[1], entry.base[2]);
     job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
                  std::move(mosrun), nullptr, nullptr);
@@ -471,11 +477,17 @@ std::string JobRegistry::TakeBack(JournalEntry& entry, FdKeeper keeper, std::vec
     } else {
       jobs_[slot].here = job;
     }
-    if (entry.moving) {
+    if (departure.awaiting()) {
+      spdlog::info(
+          "job {}: its move was cut by the restart after {} said it arrived: it "
+          "waits, stopped, for {} to take it over (at most {} s)",
+          home_pid, departure.target(), departure.target(), move::kAttachTimeoutMs / 1000);
+    } else if (stay.continue_job) {
       // The daemon died during a move (or a freeze) of the job, stopped for its dump: it
       // stays here and goes on (a node that restored it meanwhile finds no home for it
       // and kills it).
-      spdlog::info("job {}: its move was cut by the restart; it goes on here", home_pid);
+      spdlog::info("job {}: its move was cut by the restart ({}); it goes on here", home_pid,
+                   stay.why);
       migrate::ContinueJob(entry.init_pid);
     }
     if (guest) ReattachGuest(job, static_cast<int64_t>(uv_now(loop_)) + move::kAttachTimeoutMs);

@@ -283,6 +283,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
   auto list = message.initRoot<schema::ControlReply>().initJobs().initJobs(
       static_cast<unsigned>(jobs_.size() + guests_.size()));
   unsigned i = 0;
+  std::set<pid_t> lock_holders = Job::LockHolders();  // once for the whole list
   auto describe = [&](const Job& job, schema::JobInfo::Builder info) {
     info.setHomePid(job.home_pid());
     info.setHome(job.launch().home);
@@ -293,7 +294,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
     info.setUid(job.uid());
     info.setGuest(job.launch().guest);
     info.setMigrations(job.migrations());
-    info.setPinned(job.PinnedReason());
+    info.setPinned(job.PinnedReason(job.Pids(), lock_holders));
     info.setLocked(job.launch().locked);
   };
   for (const auto& [slot, job] : jobs_) {

@@ -229,8 +229,17 @@ class JobRegistry {
   // Once the old node's relay has said its last (moved, or closed), the output held back
   // at the job's new place flows.
   static void MaybeReleaseOutput(const std::shared_ptr<Away>& away);
-  // Ends the jobs whose move on was announced but whose new node never attached.
+  // Ends the jobs whose move on was announced but whose new node never attached, and
+  // continues here those whose target did not take them over after a restart.
   void EndOverdueAttaches();
+  // The target of a move a restart cut during its handover attaches the job (resumed):
+  // it has the job, so the stopped copy here goes and the job is away there, once its
+  // mosrun is back (the copy here may still owe it output). Throws Error when the attach
+  // is not the target's.
+  void TakeOverDeparted(int slot, const std::shared_ptr<Job>& job,
+                        schema::AttachGuest::Reader attach, ReplySender reply);
+  void FinishTakeOver(int slot, const std::shared_ptr<Job>& job, const std::string& node,
+                      ReplySender& reply);
   StreamHandlers MosrunHandlersForAway(int slot, std::shared_ptr<Away> away);
   void JoinAway(int slot, std::shared_ptr<Away> away, Fd fd, capnp::MallocMessageBuilder* first);
   // The handlers of relay number `relay` (move::Protocol) to the job's node.
@@ -383,6 +392,13 @@ class JobRegistry {
   // Forgets a frozen guest: its journal entry and its images.
   void DropFrozenGuest(const FrozenGuest& frozen);
   void ContinueGuest(uint64_t id, std::shared_ptr<FrozenGuest> frozen);
+  // ContinueGuest's pieces, on the loop once the restore has run: takes the restored job
+  // over (nothing, the error in `result`, when it cannot), then lets it run on its relay or
+  // asks its home to take it back.
+  void ContinuedGuest(uint64_t id, const std::shared_ptr<FrozenGuest>& frozen, Restoring& result);
+  std::shared_ptr<Job> AdoptContinuedGuest(uint64_t id, const FrozenGuest& frozen,
+                                           Restoring& result);
+  void RunContinuedGuest(const FrozenGuest& frozen, const std::shared_ptr<Job>& job);
   // Moves a guest continued after a freeze home ([recovery] frozen_guests = "home").
   void SendHome(std::shared_ptr<Job> job);
   void DropFrozenGuests();

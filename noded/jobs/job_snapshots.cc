@@ -107,7 +107,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
   std::string dir = fmt::format("{}/job-{}", frozen, job->home_pid());
   migrate::RemoveImageDir(dir);
   HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
-  job->set_migrating(true);
+  job->Depart(move::DumpKind::kFreeze);
   job->relay().PauseReading(true);
   auto pending = std::make_shared<ReplySender>(std::move(reply));
   try {
@@ -120,7 +120,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
           const DumpOutcome* result = &outcome;
           auto it = jobs_.find(slot);
           if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
-            job->set_migrating(false);
+            job->Stay(result->error);
             migrate::RemoveImageDir(dir);
             job->relay().PauseReading(false);
             pending->SendError(
@@ -143,7 +143,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
             spdlog::error("job {}: its unread input is lost: {}", job->home_pid(), e.what());
           }
           job->AbandonAfterMove();
-          job->set_migrating(false);
+          job->LeftFrozen();
           it->second.here.reset();
           it->second.away = away;
           // mosrun's input waits (paused) until the job continues; its end ends the job.
@@ -158,8 +158,8 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
           BuildMigrated(message, frozen_to);
           pending->Send(message);
         });
-  } catch (const Error&) {
-    job->set_migrating(false);
+  } catch (const Error& e) {
+    job->Stay(e.what());
     job->relay().PauseReading(false);
     throw;
   }

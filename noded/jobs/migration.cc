@@ -160,7 +160,6 @@ RestoredHere RestoreHere(const std::string& dir,
 void RunMoveOut(MoveOut& move) {
   auto started = std::chrono::steady_clock::now();
   std::string step = "checkpoint";
-  bool dumped = false;
   std::optional<InputCarry> reclaimed;
   try {
     HW_SYSCALL(::mkdir((move.image_dir).c_str(), 0700), "create {}", move.image_dir);
@@ -170,7 +169,7 @@ void RunMoveOut(MoveOut& move) {
     dump.faults = move.faults;
     dump.as_user = move.as_user;
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
-    dumped = true;
+    move.departure.Dumped();
     // The frozen job's unread input is not in its images: it travels in the metadata.
     step = "reclaim the job's unread input";
     reclaimed = Job::ReclaimInput(move.input);
@@ -191,6 +190,7 @@ void RunMoveOut(MoveOut& move) {
       migrate::SendOptions send;
       send.faults = move.faults;
       migrate::SendImages(*stream, move.image_dir, move.metadata, send);
+      move.departure.Sent();
     } catch (const std::exception&) {
       // A target that refuses the job says why before it closes: that is the cause.
       Fd fd = SecureStream::IntoChannel(std::move(stream));
@@ -206,6 +206,17 @@ void RunMoveOut(MoveOut& move) {
     auto now = std::chrono::steady_clock::now();
     move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(now - frozen_at);
     move.connection = std::move(fd);
+    move.departure.Arrived();
+    // The target's word, journaled before anything else: a restart from here on leaves
+    // the copy here stopped for the target to take over (Departure::Reloaded).
+    if (move.journal) {
+      try {
+        move.journal(move.departure);
+      } catch (const std::exception& e) {
+        spdlog::warn("job {}: cannot journal its arrival on {}: {}", move.metadata.home_pid,
+                     move.target_name, e.what());
+      }
+    }
   } catch (const std::exception& e) {
     move.error = fmt::format("{} failed: {}", step, e.what());
     if (reclaimed) {
@@ -215,7 +226,9 @@ void RunMoveOut(MoveOut& move) {
         spdlog::error("job {}: {}", move.metadata.home_pid, e.what());
       }
     }
-    if (dumped) migrate::ContinueJob(move.init_pid);  // it runs on where it was
+    if (move.departure.Failed(move.error).continue_job) {
+      migrate::ContinueJob(move.init_pid);  // it runs on where it was
+    }
   }
   migrate::RemoveImageDir(move.image_dir);
   move.total = std::chrono::duration_cast<std::chrono::milliseconds>(

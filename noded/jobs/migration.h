@@ -41,6 +41,12 @@ struct MoveOut {
   // put back if the move fails.
   Job::InputPlace input;
   Fd input_reader;  // our own copy of input.reader: the job may end during the move
+  // The job's departure (move::Departure), carried through the move's steps here and
+  // given back to the job when the move ends (Job::Departed).
+  move::Departure departure;
+  // Journals the departure's state (Job::DepartureJournal), or empty: the target's word
+  // that the job arrived is journaled before the loop hears of the move's end.
+  std::function<void(const move::Departure&)> journal;
   // Out: the connection that becomes the job's relay, or why the move failed.
   Fd connection;
   std::string error;

@@ -84,6 +84,111 @@ Record Record::Parse(const std::string& line) {
   return record;
 }
 
+namespace {
+
+constexpr std::array<std::string_view, 6> kLeaveNames = {"here",         "dumping", "sending",
+                                                         "handing-over", "arrived", "left"};
+
+}  // namespace
+
+std::string_view LeaveName(Leave state) {
+  return kLeaveNames[static_cast<size_t>(state)];
+}
+
+Leave LeaveNamed(std::string_view name) {
+  for (size_t i = 0; i < kLeaveNames.size(); ++i) {
+    if (kLeaveNames[i] == name) return static_cast<Leave>(i);
+  }
+  Fail(ErrorKind::kInvalidInput, "no departure state '{}'", name);
+}
+
+void Departure::Start(DumpKind kind, std::string target, bool journaled) {
+  if (state_ == Leave::kLeft) Fail(ErrorKind::kInvalidInput, "the job has left this node");
+  if (state_ != Leave::kHere) Fail(ErrorKind::kOverloaded, "the job is migrating");
+  state_ = Leave::kDumping;
+  kind_ = kind;
+  target_ = std::move(target);
+  journaled_ = journaled;
+  stopped_ = false;
+}
+
+void Departure::Dumped() {
+  if (state_ != Leave::kDumping) return;
+  if (kind_ == DumpKind::kCheckpoint) return;  // it ran on; Done ends it
+  stopped_ = true;
+  if (kind_ == DumpKind::kMove) state_ = Leave::kSending;
+}
+
+void Departure::Sent() {
+  if (state_ == Leave::kSending) state_ = Leave::kHandingOver;
+}
+
+void Departure::Arrived() {
+  if (kind_ == DumpKind::kMove && state_ == Leave::kHandingOver) {
+    state_ = Leave::kArrived;
+  } else if (kind_ == DumpKind::kFreeze && stopped_ && state_ == Leave::kDumping) {
+    state_ = Leave::kLeft;
+  }
+}
+
+void Departure::Migrated() {
+  if (state_ != Leave::kArrived) return;
+  state_ = Leave::kLeft;
+  due_ms_ = 0;
+}
+
+Stay Departure::Failed(std::string why) {
+  if (!leaving()) return {};
+  Stay stay;
+  // Only a dump that succeeded leaves the job stopped: criu thaws what it froze when
+  // its dump fails, and a checkpoint's dump lets the job run on.
+  stay.continue_job = stopped_;
+  stay.why = std::move(why);
+  state_ = Leave::kHere;
+  stopped_ = false;
+  journaled_ = false;
+  due_ms_ = 0;
+  target_.clear();
+  return stay;
+}
+
+// Up to the target's word, the home decides: the job goes on here, and a copy the target
+// restored (its word lost with the home) attaches to no job and is killed. Once the word
+// is journaled (`arrived`), the target decides: its copy runs on from the dump, so the
+// one here must not (the job would run twice, from the same point); it waits, stopped.
+// The target's copy, whose home relay closed with the home, asks this home to take it
+// back (attachGuest, resumed) until the attach timeout after that close, which came
+// before this restart: a job not taken over by now + that timeout is the home's again.
+Departure Departure::Reloaded(Leave saved, std::string target, int64_t now_ms, Stay* stay) {
+  Departure departure;
+  *stay = Stay();
+  if (saved == Leave::kHere || saved == Leave::kLeft) return departure;
+  if (saved == Leave::kArrived && !target.empty()) {
+    departure.state_ = Leave::kArrived;
+    departure.kind_ = DumpKind::kMove;
+    departure.target_ = std::move(target);
+    departure.journaled_ = true;
+    departure.stopped_ = true;
+    departure.due_ms_ = now_ms + kAttachTimeoutMs;
+    return departure;
+  }
+  stay->continue_job = true;
+  stay->why = fmt::format("cut by a restart while {}", LeaveName(saved));
+  return departure;
+}
+
+bool Departure::TakenOver(const std::string& node) {
+  if (!awaiting() || node != target_) return false;
+  Migrated();
+  return true;
+}
+
+Stay Departure::Tick(int64_t now_ms) {
+  if (!awaiting() || now_ms <= due_ms_) return {};
+  return Failed(
+      fmt::format("{} did not take it over within {} s", target_, kAttachTimeoutMs / 1000));
+}
+
 Protocol Protocol::Starting(pid_t home_pid, const std::string& where) {
   Record record;
   record.home_pid = home_pid;

@@ -82,6 +82,93 @@ struct Step {
   std::optional<MoveOutcome> answer;
 };
 
+// The departure side: a job running on this node while a dump takes it away (a move to
+// another node, a freeze to disk) or copies it (a checkpoint). Its input is held from the
+// start (nothing more is written to its stdin) until it stays or has left. A move's dump,
+// stream and handover run off the loop on a copy of this value (MoveOut::departure), which
+// goes back to the job once the move ends; the journal names the state (Name).
+enum class Leave : uint8_t {
+  kHere,         // runs here; nothing takes it away
+  kDumping,      // criu dumps it (a move or freeze stops it; a checkpoint leaves it running)
+  kSending,      // dumped and stopped: its images go to the target
+  kHandingOver,  // every image is with the target, which restores it and answers
+  kArrived,      // the target restored it and said so; the home has not yet recorded the
+                 // move (journaled the job away there, abandoned the copy here)
+  kLeft,         // gone: the target has it (or its images are on disk); the copy here goes
+};
+std::string_view LeaveName(Leave state);
+// Throws Error(kInvalidInput) for a name that is none of them.
+Leave LeaveNamed(std::string_view name);
+
+enum class DumpKind : uint8_t {
+  kMove,        // to another node, which restores it
+  kFreeze,      // to disk at this node
+  kCheckpoint,  // a copy; the job runs on
+};
+
+// What the job's node must do when a departure fails, or is found cut by a restart.
+struct Stay {
+  bool continue_job = false;  // the dump stopped it: it is sent SIGCONT and runs on here
+  std::string why;            // empty when nothing failed (a checkpoint written, say)
+};
+
+class Departure {
+ public:
+  Leave state() const { return state_; }
+  DumpKind kind() const { return kind_; }
+  const std::string& target() const { return target_; }
+  // Whether the job is being dumped or moved (mosps: migrating), and its input held.
+  bool leaving() const { return state_ != Leave::kHere && state_ != Leave::kLeft; }
+  bool left() const { return state_ == Leave::kLeft; }
+  // Whether the journal must name this departure, so that a daemon restarted meanwhile
+  // finds the job stopped by it (Reloaded).
+  bool journaled() const { return journaled_ && leaving(); }
+
+  // A dump of `kind` starts (`target`: the node of a move). Throws Error(kOverloaded) when
+  // one is under way, Error(kInvalidInput) when the job has left.
+  void Start(DumpKind kind, std::string target = {}, bool journaled = false);
+  // criu has dumped it: a move's images go out next; a checkpoint or a freeze is done
+  // with its dump.
+  void Dumped();
+  // Every image is with the target.
+  void Sent();
+  // The target restored the job and said so (a move: kArrived), or the freeze's images
+  // are safe on disk (kLeft).
+  void Arrived();
+  // The move is recorded (the job journaled away on its target): the job has left; the
+  // copy here is abandoned.
+  void Migrated();
+  // The departure ended without the job leaving: a checkpoint written, or any step failed
+  // (the target refused, the stream broke, the target died mid-move): it runs on here.
+  // Nothing (and no SIGCONT) once it has left.
+  Stay Failed(std::string why);
+  Stay Done() { return Failed(""); }
+  // A daemon restarted at `now_ms` with the journal naming `saved` (a move to `target`)
+  // for the job here, which it takes back. Stopped by a dump, a stream or a handover the
+  // restart cut, the job is continued here (`stay`): the target has not said it has the
+  // job (a copy it restored finds no home that takes it back, and is killed). Once the
+  // target said it arrived (kArrived), the job stays stopped (awaiting) until the target
+  // takes it over (TakenOver) or, past the attach timeout, has given up on this home
+  // (Tick): it runs in one place only.
+  static Departure Reloaded(Leave saved, std::string target, int64_t now_ms, Stay* stay);
+  // Whether a restarted daemon waits for the target to take the job over.
+  bool awaiting() const { return due_ms_ > 0 && state_ == Leave::kArrived; }
+  // The job's target attached it after the restart: true (the job has left) when the job
+  // waited for `node`.
+  bool TakenOver(const std::string& node);
+  // The loop's clock: a job whose target did not take it over in time stays here, and is
+  // continued.
+  Stay Tick(int64_t now_ms);
+
+ private:
+  Leave state_ = Leave::kHere;
+  DumpKind kind_ = DumpKind::kMove;
+  std::string target_;
+  bool journaled_ = false;
+  bool stopped_ = false;  // a dump that stops the job has run (or may have)
+  int64_t due_ms_ = 0;    // awaiting: the target must take the job over by then
+};
+
 class Protocol {
  public:
   // A job asked to start on `where`.

@@ -41,6 +41,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kKillAfterSignal, "kill-after-signal",
      "the daemon SIGKILLs itself when it has delivered a numbered signal to a job, before "
      "acknowledging it"},
+    {Fault::kKillAfterArrived, "kill-after-arrived",
+     "the daemon SIGKILLs itself when a move of a job of its home has ended with the target's "
+     "word that the job arrived, before it journals the job as away there"},
 };
 
 }  // namespace

@@ -31,6 +31,7 @@ enum class Fault {
   kKillAfterAppend,
   kKillBeforeSignal,
   kKillAfterSignal,
+  kKillAfterArrived,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
@@ -62,7 +63,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kKillAfterSignal) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kKillAfterArrived) + 1> selected_;
 };
 
 }  // namespace homeward

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""A home killed in a move's small windows neither loses the job nor runs it twice.
+
+- Between Arrived and Migrated: the target has restored the job and said so, and the home's
+  daemon dies (the fault point kill-after-arrived) before it journals the job as away on
+  the target. The home's journal has the target's word (`departure arrived node2`, written
+  as soon as it came), so the next daemon keeps its stopped copy stopped and waits for
+  node2, whose copy attaches again: node2 takes the job over, the copy at home is killed,
+  and the job finishes there once, its whole output an unfaulted run's.
+
+Every job runs as a throwaway ordinary user (made here, removed afterwards)."""
+
+import os
+
+import harness
+import test_fencing
+
+read = harness.read_text
+jobs = harness.jobs
+count = harness.count
+alive = test_fencing.alive
+journal_init = test_fencing.journal_init
+
+WAITING = test_fencing.WAITING
+
+
+# Its setUp (a throwaway user) and helpers; its own cases are not run again here.
+class MoveWindowsTest(test_fencing.FencingTest):
+    def test_a_home_killed_between_arrived_and_migrated(self):
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
+                                 faults="kill-after-arrived") as c:
+            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                     check=False).returncode == 0,
+                       30, "node2 to mount node1's files")
+            work, inside = self.workdir(c, "arrived")
+            with open(os.path.join(work, "counter.sh"), "w") as f:
+                # Waits with shell builtins only: on node2 while its home is down, a
+                # program loaded from the home's files would wait for it.
+                f.write(test_fencing.BUILTIN_COUNTER)
+            self.start(c, inside, "mosrun -L sh counter.sh > out 2> err")
+            pid = self.job_pid(c)
+            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
+                       "the job to wait at its gate")
+            entry = os.path.join(c.node("node1")["state"], "jobs", str(pid))
+            old_init = journal_init(entry)
+            self.assertGreater(old_init, 0, read(entry))
+            c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > {inside}/move 2>&1 &")
+            c.wait_for(lambda: "fault point kill-after-arrived" in c.log("node1"), 60,
+                       "node1's daemon to die once node2 said the job arrived")
+            home = c.node("node1")["address"]
+            c.wait_for(lambda: "node1\tdown" in self.status(c).replace(f"\t{home}\t", "\t"),
+                       60, "node1's daemon to be gone")
+            # The journal names the handover, with its target; the copy at home is stopped.
+            self.assertIn("departure arrived node2", read(entry))
+            self.assertTrue(alive(old_init))
+            c.wait_for(lambda: WAITING in read(os.path.join(work, "err")), 30,
+                       "mosrun to say it waits for its daemon")
+            c.start("node1")
+            c.wait_for(lambda: f"job {pid}: node node2 took it over" in c.log("node1"), 90,
+                       "node2 to take the job over")
+            self.assertIn(f"job {pid}: its move was cut by the restart", c.log("node1"))
+            self.assertNotIn(f"job {pid}: node2 did not take it over", c.log("node1"))
+            # One copy, on node2: the stopped one at home is gone, with its keeper.
+            c.wait_for(lambda: not alive(old_init), 30, "the copy at home to be killed")
+            here = c.wait_for(lambda: [j for j in jobs(c) if j["user"] == self.user
+                                       and j["where"] == "node2"], 30,
+                              "the home to list the job on node2")
+            self.assertEqual(len(here), 1, here)
+            self.assertEqual(len([j for j in jobs(c, "node2") if j["user"] == self.user]), 1)
+            err = self.finish(c, work)
+            self.assertEqual(err, WAITING)
+            # Every line once: nothing of the copy at home ran after the dump.
+            self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
+            self.assertEqual(self.user_processes(c, "node2"), [])
+            self.assert_nothing_left(c, ("node1", "node2"))
+
+
+for name in [n for n in dir(test_fencing.FencingTest) if n.startswith("test_")]:
+    setattr(MoveWindowsTest, name, None)
+
+if __name__ == "__main__":
+    harness.main()
