@@ -20,7 +20,7 @@ import os
 import pwd
 import shlex
 import subprocess
-import sys
+import tempfile
 
 import harness
 
@@ -121,13 +121,16 @@ class LocalhostTest(harness.UserClusterTest):
     cluster_nodes = 3
 
     def start_server(self, script, name, address, *extra, user=None):
-        """Runs `script` on the host (outside any node's job) as `user`; returns its port."""
-        work = self.work
+        """Runs `script` on the host (outside any node's job) as `user`; returns its port.
+        Its files are in a directory of their own that the user can read (the cluster's
+        directory is root's alone)."""
+        work = tempfile.mkdtemp(prefix=f"{name}-", dir=harness.private_dir())
+        os.chmod(work, 0o777)
         path = os.path.join(work, f"{name}.py")
         with open(path, "w") as f:
             f.write(script)
         ready = os.path.join(work, f"{name}.port")
-        command = [sys.executable, path, address, ready, *extra]
+        command = ["/usr/bin/python3", path, address, ready, *extra]
         if user:
             command = ["runuser", "-u", user, "--", *command]
         server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -145,7 +148,7 @@ class LocalhostTest(harness.UserClusterTest):
         os.makedirs(self.work)
         os.chown(self.work, entry.pw_uid, entry.pw_gid)
         echo_port = self.start_server(ECHO, "echo", node1["address"], user=self.user)
-        decoy_log = os.path.join(self.work, "decoy.log")
+        decoy_log = os.path.join(harness.private_dir(), "decoy.log")
         decoy_port = self.start_server(DECOY, "decoy", node2["address"], decoy_log)
         with open(os.path.join(self.work, "job.py"), "w") as f:
             f.write(JOB)
