@@ -54,6 +54,7 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                    config_.files_trust_root ? FileSession::Root::kTrust
                                             : FileSession::Root::kSquash,
                    config_.state_dir + "/files-replay", faults),
+      loopback_(config_.address),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
                    std::move(faults)),
       home_mounts_(loop, HomeMountsOptions{.mosix_root = config_.mosix_root,
@@ -82,6 +83,11 @@ void Daemon::ServePeers() {
   peer_server_.RegisterStream("migration", [this](std::unique_ptr<SecureStream> stream,
                                                   PeerIdentity) {
     jobs_.AcceptMove(std::move(stream));
+  });
+  // A guest's connection to its loopback, carried here (noded/jobs/loopback_carrier.h).
+  peer_server_.RegisterStream("loopback", [this](std::unique_ptr<SecureStream> stream,
+                                                 PeerIdentity peer) {
+    loopback_.Serve(std::move(stream), peer);
   });
   peer_server_.Start();
 }
@@ -128,6 +134,8 @@ void Daemon::Start() {
   // returns, so a false suspicion or a cut link never costs a guest its files. A home
   // declared dead starts its guests' grace here (job_grace.cc).
   gossip_.Subscribe([this](const NodeRecord& peer, bool alive) {
+    // Another node's address is never where a guest's loopback connection goes.
+    loopback_.AddNodeAddress(peer.address);
     if (!alive) {
       jobs_.HomeUnreachable(peer.name);
       // Its jobs' locks on this node's files go: they may be restarted elsewhere, and
@@ -164,6 +172,7 @@ void Daemon::Stop() {
   jobs_.KillAll();
   home_mounts_.Stop();
   file_server_.Stop();  // ends the served connections, so their threads can finish
+  loopback_.Stop();
   peer_server_.Stop();
   gossip_.Stop();
   sigterm_.Close();

@@ -13,6 +13,7 @@
 #include "gossip.h"
 #include "home_mounts.h"
 #include "job_registry.h"
+#include "loopback_service.h"
 #include "peer_server.h"
 #include "uv_handle.h"
 
@@ -51,6 +52,7 @@ class Daemon {
   ControlServer control_;
   JobRegistry jobs_;
   FileServer file_server_;
+  LoopbackService loopback_;  // guests' loopback connections to this home
   PeerServer peer_server_;
   HomeMounts home_mounts_;
   Gossip gossip_;

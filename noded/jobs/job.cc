@@ -28,6 +28,7 @@
 #include "job_signals.h"
 #include "job_stream.h"
 #include "job_usage.h"
+#include "loopback_carrier.h"
 #include "proc_limits.h"
 #include "terminal_stream.h"
 #include "uv_error.h"
@@ -225,8 +226,17 @@ void Job::Start() {
   // sets the offsets of a new one where it is restored, so they go on from where they were
   // on a node that booted at another time. clone3 takes CLONE_NEWTIME; clone does not.
   options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWTIME;
-  if (launch_.guest) options.clone_flags |= CLONE_NEWNET;
-  init_.emplace(ChildProcess::Spawn(options));
+  if (launch_.guest) {
+    // A guest's network namespace is made, its loopback's connections handed to the
+    // carrier and the carrier listening, before the init is started in it: the job's
+    // first connection already goes home.
+    Fd net_ns = NewGuestNetwork();
+    RedirectLoopbackConnections(net_ns.get());
+    StartCarrier(net_ns.get());
+    InNetworkNamespace(net_ns.get(), [&] { init_.emplace(ChildProcess::Spawn(options)); });
+  } else {
+    init_.emplace(ChildProcess::Spawn(options));
+  }
   if (journal_write_) {
     init_start_ = ProcessStartTime(init_->pid());
     journal_write_(init_->pid(), init_start_, keeper_.pid(), keeper_.start_time(),
@@ -287,7 +297,28 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
                input_received(), input_end_ ? ", at its end" : "", carried);
 }
 
+void Job::StartCarrier(int net_ns) {
+  try {
+    carrier_ = std::make_unique<LoopbackCarrier>(
+        net_ns, LoopbackHome{launch_.home, launch_.home_host, launch_.home_port,
+                             launch_.peer_key, home_pid()});
+  } catch (const std::exception& e) {
+    // The job runs on; its loopback connections are refused until it moves.
+    spdlog::error("job {}: its loopback connections cannot be carried home: {}", home_pid(),
+                  e.what());
+  }
+}
+
 void Job::Attach(DaemonEnds ends) {
+  // A guest restored (or recovered by this daemon after a restart) in a namespace whose
+  // loopback connections are handed to the carrier already (RestoreHere).
+  if (launch_.guest && !carrier_ && !init_status_ && !launch_.peer_key.empty()) {
+    try {
+      StartCarrier(Fd::Open(fmt::format("/proc/{}/ns/net", init_pid()), O_RDONLY | O_CLOEXEC).get());
+    } catch (const std::exception& e) {
+      spdlog::error("job {}: no network namespace to carry from: {}", home_pid(), e.what());
+    }
+  }
   if (!init_status_) {
     if (!pidfd_.valid()) {
       pidfd_ = Fd::Adopt(HW_SYSCALL(static_cast<int>(::syscall(SYS_pidfd_open, init_pid(), 0)),
@@ -525,6 +556,7 @@ void Job::OnInitExit() {
   uv_poll_stop(exit_watch_.get());
   exit_watch_.Close();
   pidfd_.Reset();
+  carrier_.reset();  // the job is gone from here (ended, or moved on)
   MaybeFinish();
 }
 

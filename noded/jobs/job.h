@@ -94,6 +94,9 @@ struct JobLaunch {
   InputCarry input;           // a restored job's input, written to its new pipe first
   CheckpointPlan checkpoint;  // at home only: the job's checkpoints
   uint32_t generation = 0;    // raised by each restart from a checkpoint (move::Record)
+  // A guest: the cluster key, for carrying its loopback connections home (the node's
+  // own, never journaled or sent).
+  std::vector<uint8_t> peer_key;
 };
 
 // The wall clock in milliseconds since the epoch: a job's start, as every node reads it.
@@ -131,6 +134,8 @@ std::vector<int> KeptFds(const DaemonEnds& ends);
 DaemonEnds EndsFromKept(std::vector<Fd> kept);
 constexpr size_t kKeptFds = 9;
 constexpr size_t kKeptStdinWrite = 0;
+
+class LoopbackCarrier;
 
 class Job : public std::enable_shared_from_this<Job> {
  public:
@@ -301,6 +306,8 @@ class Job : public std::enable_shared_from_this<Job> {
   // Writes the job's journal entry with its departure's state.
   void JournalDeparture();
   void Attach(DaemonEnds ends);
+  // A guest's loopback connections go home from here on (loopback_carrier.h).
+  void StartCarrier(int net_ns);
   // Takes what the stream's pipe has into its spool, and sends on what the spool has
   // that mosrun has not (all of it, paused or not, when `force`).
   void Pump(Stream& stream, bool force = false);
@@ -329,6 +336,7 @@ class Job : public std::enable_shared_from_this<Job> {
   Finished on_finished_;
   std::optional<ChildProcess> init_;
   pid_t foreign_init_ = -1;  // the init a daemon before us started (Recover)
+  std::unique_ptr<LoopbackCarrier> carrier_;  // a guest's, while it runs here
   Fd pidfd_;
   UvHandle<uv_poll_t> exit_watch_;
   // The job's standard input, a stream of bytes with offsets (see "Standard input across

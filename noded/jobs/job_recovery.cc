@@ -355,6 +355,7 @@ void JobRegistry::Recover() {
   std::string dir = config_.state_dir + "/jobs";
   JobJournal journal(dir);
   for (JournalEntry& entry : journal.ReadAll()) {
+    entry.launch.peer_key = config_.cluster_key;  // not journaled: the node's own
     if (entry.away) {
       RecoverAway(entry);
     } else if (entry.launch.guest && !entry.frozen_dir.empty()) {

@@ -229,6 +229,7 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
          config_.name, launch.home, launch.root);
   }
   launch.guest = true;
+  launch.peer_key = config_.cluster_key;  // its loopback connections go home with it
   return launch;
 }
 

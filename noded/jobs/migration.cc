@@ -15,6 +15,7 @@
 #include "child_process.h"
 #include "error.h"
 #include "job_journal.h"
+#include "loopback_carrier.h"
 #include "node_metrics.h"
 #include "peer_auth.h"
 #include "secure_channel.h"
@@ -120,7 +121,12 @@ RestoredHere RestoreHere(const std::string& dir,
   }
   Fd mount_ns = Fd::Open(fmt::format("/proc/{}/ns/mnt", holder.pid()), O_RDONLY);
   Fd net_ns;
-  if (own_network) net_ns = Fd::Open(fmt::format("/proc/{}/ns/net", holder.pid()), O_RDONLY);
+  if (own_network) {
+    net_ns = Fd::Open(fmt::format("/proc/{}/ns/net", holder.pid()), O_RDONLY);
+    // Its loopback's connections go to the carrier the job's daemon starts when it takes
+    // the job over (Job::Attach): set before any process of the job runs again.
+    RedirectLoopbackConnections(net_ns.get());
+  }
 
   Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
   migrate::RestoreOptions restore;

@@ -3,7 +3,7 @@
 // pending handshake over non-blocking sockets with poll(), within the limits of
 // PeerConfig (per source address, in all, one deadline each; noded/peers/peer_admission.h).
 // Only an authenticated connection gets a thread, for the service it asked for
-// ("files", "jobs", "migration"), and encryption (secure_channel.h): a stream service is
+// ("files", "jobs", "migration", "loopback"), and encryption (secure_channel.h): a stream service is
 // handed a SecureStream that seals and opens in place on its thread, an fd service the
 // plain end of a SecureChannel; never the TCP socket in clear. A stranger gets nothing,
 // and refusals are logged at a bounded rate.

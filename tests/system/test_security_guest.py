@@ -4,7 +4,8 @@ a job's /proc holds only its own processes, a process of the same user outside t
 neither listed nor reachable through /proc/PID/root, nor are its System V IPC objects, the
 job's init is out of reach, /dev is minimal, /sys and the node's OS paths are read-only,
 and every job runs with no capabilities and no_new_privs, at home and away. A guest reaches
-neither a TCP service on its host's loopback nor its host's abstract unix sockets, but
+neither a TCP service on its host's loopback (its connections there are carried to its
+home, which refuses another node's address) nor its host's abstract unix sockets, but
 talks to itself over a loopback of its own. Such a job, root's or the user's, still moves
 node1 -> node2 -> home, and one that talks to itself over 127.0.0.1 goes on doing so
 node1 -> node2 -> node3 -> home."""
@@ -56,13 +57,15 @@ done
 """
 
 
-# A service of the node, outside any job, run by root: a TCP listener on 127.0.0.1 and an
-# abstract unix socket, each answering "host" to whoever connects. It writes "PORT PID" to
-# argv[1] once both listen.
+# A service of the node, outside any job, run by root: a TCP listener on the node's own
+# loopback address (argv[3]; on a loopback cluster 127.0.0.1 is every node's, and a
+# guest's connections to its loopback are carried to its home's) and an abstract unix
+# socket, each answering "host" to whoever connects. It writes "PORT PID" to argv[1] once
+# both listen.
 HOST_SERVICES = r"""
 import os, selectors, socket, sys
 tcp = socket.socket()
-tcp.bind(("127.0.0.1", 0))
+tcp.bind((sys.argv[3], 0))
 tcp.listen(64)
 unix = socket.socket(socket.AF_UNIX)
 unix.bind("\0" + sys.argv[2])
@@ -80,16 +83,17 @@ while True:
         conn.close()
 """
 
-# Run in a job or outside one: can it reach the node's services (argv: PORT NAME), and can
+# Run in a job or outside one: can it reach the node's services (argv: ADDRESS:PORT NAME), and can
 # it talk to itself over 127.0.0.1? With rounds (argv: PORT NAME ROUNDS), each round waits
 # for /data/sec/net-go<i> and holds no socket between rounds, so the job may move there.
 NET_PROBE = r"""
 import os, socket, sys, time
 
-def host_tcp(port):
+def host_tcp(where):
+    address, port = where.rsplit(":", 1)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            return "tcp-" + s.recv(16).decode()
+        with socket.create_connection((address, int(port)), timeout=5) as s:
+            return "tcp-" + (s.recv(16).decode() or "refused")
     except OSError as e:
         return "tcp-refused"
 
@@ -114,7 +118,7 @@ def self_talk():
                 return "self-" + client.recv(4).decode()
 
 def probe():
-    return " ".join([host_tcp(int(sys.argv[1])), host_unix(sys.argv[2]), self_talk()])
+    return " ".join([host_tcp(sys.argv[1]), host_unix(sys.argv[2]), self_talk()])
 
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 if not rounds:
@@ -156,11 +160,13 @@ class GuestSandboxTest(unittest.TestCase):
             cls.abstract_name = f"homeward-test-{USER}"
             c.run("node2", "sh", "-c", "cat > /data/host_services.py", input=HOST_SERVICES)
             c.run("node2", "sh", "-c", "python3 /data/host_services.py /data/services "
-                                       f"{cls.abstract_name} </dev/null >/dev/null 2>&1 &")
+                                       f"{cls.abstract_name} {c.node('node2')['address']} "
+                                       "</dev/null >/dev/null 2>&1 &")
             port, pid = c.wait_for(lambda: c.run("node2", "cat", "/data/services",
                                                  check=False).stdout.split(),
                                    60, "the node's services to listen")
-            cls.services_port, cls.services_pid = int(port), int(pid)
+            cls.services_port = f"{c.node('node2')['address']}:{port}"
+            cls.services_pid = int(pid)
             c.run("node1", "sh", "-c", "cat > /data/sec/net_probe.py", input=NET_PROBE)
             c.run("node2", "sh", "-c", "cat > /data/net_probe.py", input=NET_PROBE)
         except BaseException:
