@@ -135,6 +135,9 @@ class Fs {
     uint64_t generation = 0;
     uint32_t uid = 0, gid = 0;  // the opener's credentials, to open it again as them
     std::vector<uint32_t> groups;
+    // The process (this node's pid) that took a flock through it, or whose job's restore
+    // opened it with carried locks: a later move of that job parks its flock.
+    pid_t flocker = 0;
   };
   // Answers a request from the home's reply (err: the client's, e.g. EIO, EINTR).
   using Handler = std::function<void(Request&, int err, IncomingMessage*, uint64_t generation)>;
@@ -186,6 +189,14 @@ class Fs {
   // `acquires`: success takes a lock, so the file's cached data and attributes go first.
   void LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool waits,
                 bool acquires);
+  // Locks across a move (see ARCHITECTURE.md, "Locks across a move"). The daemon asks by
+  // setting trusted.homeward.{park,unpark,claim} on the root (root only): park what the
+  // job in mount namespace `mntns` holds under `token`; forget `token` (the move failed);
+  // claim `token` for the job that will be restored in mount namespace `mntns`.
+  void CarryLocks(Request r, const std::string& what, const std::string& value);
+  // Tags `rq` when its caller is a process of a job whose locks this mount claimed (the
+  // home then binds them to the caller's lock owner or open file). Returns whether it did.
+  bool TagCarry(fuse_req_t req, schema::FileRequest::Builder rq);
   void CancelLockWait(uint64_t generation, uint64_t id);
 
   FileClient& client_;
@@ -224,9 +235,12 @@ class Fs {
   std::thread resend_thread_;
 
   std::mutex locks_mutex_;
-  // (node, lock owner) that took a POSIX lock through this mount: a flush (close) of theirs
-  // drops the owner's locks at the home. Others' flushes are answered here.
-  std::set<std::pair<fuse_ino_t, uint64_t>> lock_owners_;
+  // (node, lock owner) that took a POSIX lock through this mount, with the pid (this
+  // node's) that took it: a flush (close) of theirs drops the owner's locks at the home.
+  // Others' flushes are answered here.
+  std::map<std::pair<fuse_ino_t, uint64_t>, pid_t> lock_owners_;
+  // Jobs whose carried locks this mount claimed: their mount namespace -> the token.
+  std::map<uint64_t, uint64_t> claims_;
   struct LockWait {
     uint64_t generation = 0;
     uint64_t id = 0;  // the request's, once sent

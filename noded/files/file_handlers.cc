@@ -228,6 +228,9 @@ void FileOps::Open(FileSession& s, Rq rq, Rs rs) {
       throw OpError{err};
     }
   }
+  // The restore of a job whose locks moved with it opens its files: a flock it held binds
+  // to this open file before anyone can use it.
+  if (!dir && rq.getCarry() != 0) s.BindCarriedFlock(rq.getCarry(), *handle);
   rs.setFh(s.AddHandle(std::move(handle)));
 }
 

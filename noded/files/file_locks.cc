@@ -8,7 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstring>
 
 #include <spdlog/spdlog.h>
 
@@ -58,7 +60,8 @@ Range ToRange(schema::FileLock::Reader lock) {
 }  // namespace
 
 std::shared_ptr<FileSession::LockOwner> FileSession::OwnerOf(uint64_t fh, const OpenFile& file,
-                                                            uint64_t owner, bool create) {
+                                                            uint64_t owner, bool create,
+                                                            uint64_t carry, int32_t carry_pid) {
   auto inode = InodeOf(file.fd.get());
   {
     std::lock_guard lock(owners_mutex_);
@@ -66,6 +69,30 @@ std::shared_ptr<FileSession::LockOwner> FileSession::OwnerOf(uint64_t fh, const 
     if (it != owners_.end()) {
       it->second->handles.insert(fh);
       return it->second;
+    }
+    // A process of a job that moved here, first seen with this owner: the description
+    // that held its locks on the old node is its description from now on.
+    auto claimed = carry ? claimed_.find(carry) : claimed_.end();
+    if (claimed != claimed_.end()) {
+      auto& posix = claimed->second->posix;
+      auto match = std::find_if(posix.begin(), posix.end(), [&](const Carried::Posix& p) {
+        return p.inode == inode && p.pid == carry_pid;
+      });
+      if (match != posix.end()) {
+        auto bound = std::make_shared<LockOwner>();
+        bound->fd = std::move(match->fd);
+        bound->access = match->access;
+        bound->owner = owner;
+        bound->inode = inode;
+        bound->handles.insert(fh);
+        locks_->Rekey(inode, {claimed->second.get(), static_cast<uint64_t>(match->pid)},
+                      {this, owner});
+        posix.erase(match);
+        owners_[{owner, inode}] = bound;
+        spdlog::debug("file service: a carried lock owner (pid {} of its job) bound again",
+                      carry_pid);
+        return bound;
+      }
     }
   }
   if (!create) return nullptr;
@@ -87,6 +114,21 @@ std::shared_ptr<FileSession::LockOwner> FileSession::OwnerOf(uint64_t fh, const 
   auto [it, added] = owners_.try_emplace({owner, inode}, made);
   it->second->handles.insert(fh);
   return it->second;  // another request of the owner may have made one meanwhile
+}
+
+void FileSession::BindCarriedFlock(uint64_t carry, OpenFile& file) {
+  auto inode = InodeOf(file.fd.get());
+  std::lock_guard lock(owners_mutex_);
+  auto claimed = claimed_.find(carry);
+  if (claimed == claimed_.end()) return;
+  auto& flocks = claimed->second->flocks;
+  auto match = std::find_if(flocks.begin(), flocks.end(),
+                            [&](const Carried::Flock& f) { return f.inode == inode; });
+  if (match == flocks.end()) return;
+  file.carried_flock = std::move(match->fd);
+  file.flocked = true;
+  flocks.erase(match);
+  spdlog::debug("file service: a carried flock bound again");
 }
 
 void FileSession::DropOwner(std::pair<uint64_t, uint64_t> inode, uint64_t owner) {
@@ -131,6 +173,10 @@ void FileSession::DropLocks() {
     std::lock_guard lock(owners_mutex_);
     gone.swap(owners_);
   }
+  {
+    std::lock_guard lock(owners_mutex_);
+    claimed_.clear();  // what moved here with a job goes as the job's other locks do
+  }
   std::vector<std::shared_ptr<OpenFile>> files;
   {
     std::lock_guard lock(mutex_);
@@ -139,7 +185,7 @@ void FileSession::DropLocks() {
     }
   }
   for (auto& file : files) {
-    ::flock(file->fd.get(), LOCK_UN);
+    ::flock(file->FlockFd(), LOCK_UN);
     file->flocked = false;
   }
   locks_->ForgetSession(this);
@@ -155,7 +201,8 @@ void FileOps::Getlk(FileSession& s, Rq rq, Rs rs) {
   if (range.fl.l_type == F_UNLCK) throw OpError{EINVAL};
   // Asked through the owner's own description, its own locks do not count (as a process's
   // own locks do not for F_GETLK); an owner without one holds nothing here.
-  auto owner = s.OwnerOf(rq.getFh(), *handle, rq.getOwner(), false);
+  auto owner =
+      s.OwnerOf(rq.getFh(), *handle, rq.getOwner(), false, rq.getCarry(), rq.getCarryPid());
   struct flock fl = range.fl;
   Check(::fcntl(owner ? owner->fd.get() : handle->fd.get(), F_OFD_GETLK, &fl));
   auto out = rs.initLock();
@@ -185,19 +232,20 @@ bool FileOps::Setlk(FileSession& s, Rq rq, Rs, FileSession::Later& later) {
     int kind = op & (LOCK_SH | LOCK_EX | LOCK_UN);
     if (kind != LOCK_SH && kind != LOCK_EX && kind != LOCK_UN) throw OpError{EINVAL};
     if (kind == LOCK_UN) {
-      Check(::flock(handle->fd.get(), LOCK_UN));
+      Check(::flock(handle->FlockFd(), LOCK_UN));
       handle->flocked = false;
       return true;
     }
     wait = !(op & LOCK_NB);
     attempt = [handle, kind](bool block) {
-      return ::flock(handle->fd.get(), kind | (block ? 0 : LOCK_NB)) == 0 ? 0 : errno;
+      return ::flock(handle->FlockFd(), kind | (block ? 0 : LOCK_NB)) == 0 ? 0 : errno;
     };
     got = [handle] { handle->flocked = true; };
   } else {
     Range range = ToRange(rq.getLock());
     short type = range.fl.l_type;
-    auto owner = s.OwnerOf(fh, *handle, rq.getOwner(), type != F_UNLCK);
+    auto owner = s.OwnerOf(fh, *handle, rq.getOwner(), type != F_UNLCK, rq.getCarry(),
+                           rq.getCarryPid());
     if (type == F_UNLCK) {
       if (owner) {
         Check(::fcntl(owner->fd.get(), F_OFD_SETLK, &range.fl));
@@ -237,7 +285,109 @@ bool FileOps::Setlk(FileSession& s, Rq rq, Rs, FileSession::Later& later) {
 
 void FileOps::UnlockOwner(FileSession& s, Rq rq, Rs) {
   auto handle = s.GetHandle(rq.getFh());
+  // A process of a moved job closing the file drops what it carried too.
+  if (rq.getCarry()) s.OwnerOf(rq.getFh(), *handle, rq.getOwner(), false, rq.getCarry(),
+                               rq.getCarryPid());
   s.DropOwner(InodeOf(handle->fd.get()), rq.getOwner());
+}
+
+// Locks across a move. The source parks what the job holds before its frozen copy is
+// killed (the copy's closes then drop only the source's own references: the parked
+// descriptors keep the descriptions, and so the locks, open); the target claims them
+// before criu restores the job, and its restore and the job's requests bind them again.
+// At no moment is a lock free, so no waiter slips in between.
+void FileOps::ParkLocks(FileSession& s, Rq rq, Rs) {
+  uint64_t token = rq.getCarry();
+  if (token == 0) throw OpError{EINVAL};
+  auto carried = std::make_shared<FileSession::Carried>();
+  if (uint64_t earlier = rq.getCarriedFrom()) {
+    // Moving on again: what the job carried here and never touched goes along.
+    std::lock_guard lock(s.owners_mutex_);
+    auto it = s.claimed_.find(earlier);
+    if (it != s.claimed_.end()) {
+      for (auto& p : it->second->posix) {
+        s.locks_->Rekey(p.inode, {it->second.get(), static_cast<uint64_t>(p.pid)},
+                        {carried.get(), static_cast<uint64_t>(p.pid)});
+        p.from_claim = true;
+        carried->posix.push_back(std::move(p));
+      }
+      for (auto& f : it->second->flocks) {
+        f.from_claim = true;
+        carried->flocks.push_back(std::move(f));
+      }
+      s.claimed_.erase(it);
+    }
+  }
+  for (auto parked : rq.getParked()) {
+    try {
+      if (parked.getFlock()) {
+        auto handle = s.GetHandle(parked.getFh());
+        if (!handle->flocked) continue;
+        carried->flocks.push_back(
+            {InodeOf(handle->fd.get()),
+             Fd::Adopt(Check(::fcntl(handle->FlockFd(), F_DUPFD_CLOEXEC, 0)))});
+        continue;
+      }
+      auto node = s.GetNode(parked.getNode());
+      auto inode = InodeOf(node->fd.get());
+      std::lock_guard lock(s.owners_mutex_);
+      auto it = s.owners_.find({parked.getOwner(), inode});
+      if (it == s.owners_.end()) continue;  // it holds nothing here
+      FileSession::Carried::Posix p;
+      p.inode = inode;
+      p.pid = parked.getPid();
+      p.owner = parked.getOwner();
+      p.fd = Fd::Adopt(Check(::fcntl(it->second->fd.get(), F_DUPFD_CLOEXEC, 0)));
+      p.access = it->second->access;
+      s.locks_->Rekey(inode, {&s, parked.getOwner()},
+                      {carried.get(), static_cast<uint64_t>(p.pid)});
+      carried->posix.push_back(std::move(p));
+    } catch (const OpError& e) {
+      // A file closed or forgotten meanwhile holds nothing to carry.
+      spdlog::debug("file service: a lock not parked: {}", std::strerror(e.err));
+    }
+  }
+  spdlog::info("file service: {} lock owners and {} flocks of a moving job kept for it",
+               carried->posix.size(), carried->flocks.size());
+  s.locks_->Park(token, std::move(carried));
+}
+
+void FileOps::UnparkLocks(FileSession& s, Rq rq, Rs) {
+  auto carried = std::static_pointer_cast<FileSession::Carried>(s.locks_->Unpark(rq.getCarry()));
+  if (!carried) {
+    // The target's restore failed after its claim: what it claimed is the source's again.
+    std::lock_guard lock(s.owners_mutex_);
+    s.claimed_.erase(rq.getCarry());
+    return;
+  }
+  // The job goes on here: its own descriptions still hold its locks, and the parked
+  // copies of them close (what the held table says is the parking client's again); what
+  // it had carried here and not bound is claimed by this client again (homefs tags the
+  // job's requests with this token from now on).
+  auto kept = std::make_shared<FileSession::Carried>();
+  for (auto& p : carried->posix) {
+    if (p.from_claim) {
+      s.locks_->Rekey(p.inode, {carried.get(), static_cast<uint64_t>(p.pid)},
+                      {kept.get(), static_cast<uint64_t>(p.pid)});
+      kept->posix.push_back(std::move(p));
+    } else {
+      s.locks_->Rekey(p.inode, {carried.get(), static_cast<uint64_t>(p.pid)}, {&s, p.owner});
+    }
+  }
+  for (auto& f : carried->flocks) {
+    if (f.from_claim) kept->flocks.push_back(std::move(f));
+  }
+  std::lock_guard lock(s.owners_mutex_);
+  s.claimed_[rq.getCarry()] = std::move(kept);
+}
+
+void FileOps::ClaimLocks(FileSession& s, Rq rq, Rs) {
+  auto carried = std::static_pointer_cast<FileSession::Carried>(s.locks_->Unpark(rq.getCarry()));
+  if (!carried) return;  // nothing parked: the job held no locks through homefs
+  spdlog::info("file service: {} lock owners and {} flocks of a job that moved claimed",
+               carried->posix.size(), carried->flocks.size());
+  std::lock_guard lock(s.owners_mutex_);
+  s.claimed_[rq.getCarry()] = std::move(carried);
 }
 
 }  // namespace homeward

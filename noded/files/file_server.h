@@ -99,6 +99,7 @@ class FileSession {
   struct Node;
   struct OpenFile;
   struct LockOwner;
+  struct Carried;
   // The node or open file a request names, held by the request for as long as it uses
   // the descriptor (ESTALE or EBADF when there is none).
   std::shared_ptr<Node> GetNode(uint64_t id);
@@ -126,8 +127,12 @@ class FileSession {
   void Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
   // The description that holds `owner`'s POSIX (or OFD) locks on the file open as `fh`,
   // opened on first use; nullptr when there is none and `create` is false.
+  // `carry`, `carry_pid`: the request's tag (a process of a job whose locks this client
+  // claimed): an owner not known yet is bound to the carried description of that process.
   std::shared_ptr<LockOwner> OwnerOf(uint64_t fh, const OpenFile& file, uint64_t owner,
-                                     bool create);
+                                     bool create, uint64_t carry = 0, int32_t carry_pid = 0);
+  // The job's restore opened `file` (tagged `carry`): a carried flock on its object binds.
+  void BindCarriedFlock(uint64_t carry, OpenFile& file);
   // Drops what `owner` holds on `inode` (all of it: a close by its process).
   void DropOwner(std::pair<uint64_t, uint64_t> inode, uint64_t owner);
   // The file `fh` was closed: the owners that locked only through it go.
@@ -154,6 +159,8 @@ class FileSession {
   // (lock owner, (st_dev, st_ino)) -> its description.
   std::map<std::pair<uint64_t, std::pair<uint64_t, uint64_t>>, std::shared_ptr<LockOwner>>
       owners_;
+  // Locks of jobs that moved here, claimed and not bound yet, by token (owners_mutex_).
+  std::map<uint64_t, std::shared_ptr<Carried>> claimed_;
 
   Fd inotify_;
   Fd stop_watching_;  // an eventfd: written once to end WatchLoop

@@ -75,6 +75,15 @@ class HomeLocks {
   // The pid of an owner other than `asker` holding a lock on [start, end] that conflicts
   // with `type`.
   std::optional<int> Holder(Inode inode, Owner asker, short type, int64_t start, int64_t end);
+  // What `from` holds is `to`'s now (a lock carried across a move), with `pid` unless 0.
+  void Rekey(Inode inode, Owner from, Owner to, int pid = 0);
+
+  // --- locks of a moving job (see ARCHITECTURE.md, "Locks across a move") ---------------
+  // The session that parks them and the one that claims them differ, so the parked locks
+  // wait here, shared; what they are is the file service's (FileSession::Carried).
+  void Park(uint64_t token, std::shared_ptr<void> carried);
+  // Takes what is parked under `token` (nothing: nullptr).
+  std::shared_ptr<void> Unpark(uint64_t token);
 
  private:
   struct Entry;
@@ -103,6 +112,8 @@ class HomeLocks {
   };
   std::mutex held_mutex_;
   std::map<Inode, std::vector<Range>> held_;
+  std::mutex parked_mutex_;
+  std::map<uint64_t, std::shared_ptr<void>> parked_;
 };
 
 }  // namespace homeward
