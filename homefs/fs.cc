@@ -1139,6 +1139,58 @@ namespace homeward {
 
 namespace {
 
+uint64_t MountNsOf(pid_t pid) {
+  char link[64];
+  std::string path = "/proc/" + std::to_string(pid) + "/ns/mnt";
+  ssize_t n = ::readlink(path.c_str(), link, sizeof link - 1);
+  if (n <= 0) return 0;
+  link[n] = '\0';
+  unsigned long long inode = 0;
+  return std::sscanf(link, "mnt:[%llu]", &inode) == 1 ? inode : 0;
+}
+
+// The process's pid in its innermost pid namespace (the job's): NStgid's last field; 0
+// for a process of this node's own pid namespace (criu itself, not a process of a job).
+int32_t InnerPid(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/status";
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (!f) return 0;
+  char line[256];
+  int32_t inner = 0;
+  int levels = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, "NStgid:", 7) != 0) continue;
+    for (char* at = line + 7; *at;) {
+      char* end;
+      long v = std::strtol(at, &end, 10);
+      if (end == at) break;
+      inner = static_cast<int32_t>(v);
+      ++levels;
+      at = end;
+    }
+    break;
+  }
+  std::fclose(f);
+  return levels > 1 ? inner : 0;
+}
+
+// A process of a job that criu is still restoring: criu's own fd shuffling closes files
+// (which would drop the process's POSIX locks) before the restorer names the process
+// after the job's program again.
+bool Restoring(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/comm";
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (!f) return false;
+  char comm[32] = {};
+  bool criu = std::fgets(comm, sizeof comm, f) && std::strcmp(comm, "criu\n") == 0;
+  std::fclose(f);
+  return criu;
+}
+
+}  // namespace
+
+namespace {
+
 void SetLock(schema::FileLock::Builder out, const struct flock& lock) {
   out.setType(lock.l_type);
   out.setStart(static_cast<uint64_t>(std::max<off_t>(lock.l_start, 0)));
@@ -1323,57 +1375,6 @@ void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
 // job's own, the same for CRIU's restore of it) and their pid in the job's pid namespace
 // (CRIU restores it as it was).
 
-namespace {
-
-uint64_t MountNsOf(pid_t pid) {
-  char link[64];
-  std::string path = "/proc/" + std::to_string(pid) + "/ns/mnt";
-  ssize_t n = ::readlink(path.c_str(), link, sizeof link - 1);
-  if (n <= 0) return 0;
-  link[n] = '\0';
-  unsigned long long inode = 0;
-  return std::sscanf(link, "mnt:[%llu]", &inode) == 1 ? inode : 0;
-}
-
-// The process's pid in its innermost pid namespace (the job's): NStgid's last field; 0
-// for a process of this node's own pid namespace (criu itself, not a process of a job).
-int32_t InnerPid(pid_t pid) {
-  std::string path = "/proc/" + std::to_string(pid) + "/status";
-  FILE* f = std::fopen(path.c_str(), "re");
-  if (!f) return 0;
-  char line[256];
-  int32_t inner = 0;
-  int levels = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::strncmp(line, "NStgid:", 7) != 0) continue;
-    for (char* at = line + 7; *at;) {
-      char* end;
-      long v = std::strtol(at, &end, 10);
-      if (end == at) break;
-      inner = static_cast<int32_t>(v);
-      ++levels;
-      at = end;
-    }
-    break;
-  }
-  std::fclose(f);
-  return levels > 1 ? inner : 0;
-}
-
-// A process of a job that criu is still restoring: criu's own fd shuffling closes files
-// (which would drop the process's POSIX locks) before the restorer names the process
-// after the job's program again.
-bool Restoring(pid_t pid) {
-  std::string path = "/proc/" + std::to_string(pid) + "/comm";
-  FILE* f = std::fopen(path.c_str(), "re");
-  if (!f) return false;
-  char comm[32] = {};
-  bool criu = std::fgets(comm, sizeof comm, f) && std::strcmp(comm, "criu\n") == 0;
-  std::fclose(f);
-  return criu;
-}
-
-}  // namespace
 
 bool Fs::TagCarry(fuse_req_t req, schema::FileRequest::Builder rq) {
   {

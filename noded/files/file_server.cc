@@ -72,6 +72,7 @@ FileServer::FileServer(const std::string& export_root, int threads, FileSession:
                        const std::string& replay_log, const FaultPoints& faults)
     : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)),
       peer_root_(peer_root),
+      notices_(!faults.Hit(Fault::kNoFileNotices)),
       replay_(replay_log),
       pool_(threads) {
   replay_.kill_after_append = faults.Hit(Fault::kKillAfterAppend);
@@ -111,7 +112,7 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
     sessions_.emplace(HostOf(peer.address), session);
   }
   auto stream = std::make_shared<FrameStream>(connection, kMaxFileFrameBytes);
-  session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
+  if (notices_) session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
     capnp::MallocMessageBuilder message(256);
     auto notice = message.initRoot<schema::ServerMessage>().initNotice();
     notice.setNode(node);

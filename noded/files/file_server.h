@@ -175,6 +175,8 @@ class FileServer {
  public:
   // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
   // `replay_log`: where the replay cache is kept (in the state directory; empty: memory).
+  // `faults`: kill-after-append; no-file-notices (clients get no change notices, which
+  // shows close-to-open alone).
   FileServer(const std::string& export_root, int threads,
              FileSession::Root peer_root = FileSession::Root::kSquash,
              const std::string& replay_log = {}, const FaultPoints& faults = {});
@@ -196,6 +198,7 @@ class FileServer {
  private:
   Fd root_;
   FileSession::Root peer_root_;
+  bool notices_ = true;
   std::shared_ptr<HomeLocks> locks_ = std::make_shared<HomeLocks>();
   ReplayCache replay_;
   WorkerPool pool_;

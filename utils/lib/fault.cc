@@ -35,6 +35,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kKillAfterAppend, "kill-after-append",
      "the file service SIGKILLs its daemon after an O_APPEND write's system call, before "
      "logging it done (a first try only, not one sent again)"},
+    {Fault::kNoFileNotices, "no-file-notices",
+     "the file service sends its clients no change notices: only their opens (close-to-open) "
+     "and lock acquisitions revalidate what they cached"},
 };
 
 }  // namespace

@@ -29,6 +29,7 @@ enum class Fault {
   kKillAfterSpawn,
   kRestoreHold,
   kKillAfterAppend,
+  kNoFileNotices,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
@@ -60,7 +61,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kKillAfterAppend) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kNoFileNotices) + 1> selected_;
 };
 
 }  // namespace homeward
