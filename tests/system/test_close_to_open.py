@@ -19,13 +19,16 @@ import harness
 
 read = harness.read_text
 
-# Both jobs wait by listing the directory (a name looked up in vain would be remembered as
-# absent for entry_timeout, with no notice to say otherwise).
+# Both jobs wait by listing a directory of signs (a name looked up in vain would be
+# remembered as absent for entry_timeout, with no notice to say otherwise); not the
+# shared file's own directory, whose listing would bring the file's new attributes along.
 COMMON = r"""
 import os, sys, time
 def wait_for(name):
-    while name not in os.listdir("."):
+    while name not in os.listdir("signs"):
         time.sleep(0.005)
+def sign(name):
+    open(f"signs/{name}", "w").close()
 def content(r):
     return f"round {r:05d}\n" * (100 + 40 * ((r + 1) // 2))
 rounds = int(sys.argv[1])
@@ -36,14 +39,14 @@ wait_for("go")
 for r in range(1, rounds + 1):
     with open("shared", "w") as f:
         f.write(content(r))
-    open(f"written.{r}", "w").close()
+    sign(f"written.{r}")
     wait_for(f"read.{r}")
 """
 
 READER = COMMON + r"""
 with open("shared") as f:
     f.read()  # node3 now has the file's pages and attributes cached
-open("ready", "w").close()
+sign("ready")
 for r in range(1, rounds + 1):
     wait_for(f"written.{r}")
     with open("shared") as f:
@@ -51,7 +54,7 @@ for r in range(1, rounds + 1):
     if seen != content(r):
         sys.exit(f"round {r}: read {len(seen)} bytes {seen[:14]!r}..., "
                  f"not the {len(content(r))} written")
-    open(f"read.{r}", "w").close()
+    sign(f"read.{r}")
 print("ok")
 """
 
@@ -79,7 +82,8 @@ class CloseToOpenTest(unittest.TestCase):
                            30, f"{node} to mount node1's files")
             entry = pwd.getpwnam(self.user)
             work = os.path.join(c.node("node1")["data"], "c2o")
-            os.makedirs(work)
+            os.makedirs(os.path.join(work, "signs"))
+            os.chown(os.path.join(work, "signs"), entry.pw_uid, entry.pw_gid)
             for name, text in (("writer.py", WRITER), ("reader.py", READER),
                                ("shared", "before\n")):
                 with open(os.path.join(work, name), "w") as f:
@@ -87,10 +91,10 @@ class CloseToOpenTest(unittest.TestCase):
                 os.chown(os.path.join(work, name), entry.pw_uid, entry.pw_gid)
             os.chown(work, entry.pw_uid, entry.pw_gid)
             self.start(c, "reader", "node3", "python3", "reader.py", str(rounds))
-            c.wait_for(lambda: os.path.exists(os.path.join(work, "ready")) or
+            c.wait_for(lambda: os.path.exists(os.path.join(work, "signs", "ready")) or
                        read(os.path.join(work, "reader.status")), 60, "the reader to be ready")
             self.start(c, "writer", "node2", "python3", "writer.py", str(rounds))
-            with open(os.path.join(work, "go"), "w"):
+            with open(os.path.join(work, "signs", "go"), "w"):
                 pass
             for tag in ("reader", "writer"):
                 c.wait_for(lambda: read(os.path.join(work, f"{tag}.status")), 240,
