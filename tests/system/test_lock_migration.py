@@ -4,7 +4,7 @@
 a process at home (node1) for the second. The holder is moved to node3 (mosmigrate): it
 holds both locks there before it runs, and neither waiter gets one while it does. Once the
 holder lets go (it unlocks the first, and the second goes as it exits), each waiter gets its
-lock. Without carrying, the holder's old copy is killed after the restore and its locks go
+lock. It is moved on again (back to node2) before it lets go. Without carrying, the holder's old copy is killed after the restore and its locks go
 with it: the waiters get them while the moved holder still believes it holds them."""
 
 import json
@@ -107,6 +107,11 @@ class LockMigrationTest(harness.UserClusterTest):
         c.holds_for(4, lambda: self.log() == [], "the waiters wait while the moved holder "
                                                   "holds their locks")
         self.assertIn("kept for it", c.log("node1"))
+        # And on again, back to node2: what it carried to node3 goes along.
+        moved = c.run("node1", "mosmigrate", str(holder["pid"]), "node2", check=False)
+        self.assertEqual(moved.returncode, 0, moved.stdout + moved.stderr)
+        c.holds_for(3, lambda: self.log() == [], "the waiters wait while the holder, moved "
+                                                  "again, holds their locks")
 
         with open(os.path.join(self.work, "go"), "w"):
             pass
