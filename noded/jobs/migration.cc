@@ -263,7 +263,8 @@ void RunMoveOut(MoveOut& move) {
     }
     if (move.metadata.lock_token != 0) {
       // It runs on here, holding its locks through its own descriptions as before.
-      CarryLocks(move.lock_mount, "unpark", fmt::format("{} {}", move.metadata.lock_token, lock_ns));
+      CarryLocks(move.lock_mount, "unpark",
+                 fmt::format("{} {}", move.metadata.lock_token, lock_ns));
     }
     if (dumped) migrate::ContinueJob(move.init_pid);  // it runs on where it was
   }
