@@ -122,6 +122,33 @@ class LockMigrationTest(harness.UserClusterTest):
         self.assertEqual(log[0], "holder lets go", log)
         self.assertEqual(sorted(log[1:]), ["flock got it", "lockf got it"], log)
 
+    def test_a_holder_at_home_says_it_cannot_leave(self):
+        # A lock a job at home holds is the home kernel's own, which criu would take again
+        # on the target while the frozen copy still holds it: the move is refused up front.
+        c = self.c
+        entry = __import__("pwd").getpwnam(self.user)
+        self.work = os.path.join(c.node("node1")["data"], "carryhome")
+        os.makedirs(self.work)
+        for name, text in (("holder.py", HOLDER), ("counted", "0\n"), ("flocked", "x\n")):
+            with open(os.path.join(self.work, name), "w") as f:
+                f.write(text)
+            os.chown(os.path.join(self.work, name), entry.pw_uid, entry.pw_gid)
+        os.chown(self.work, entry.pw_uid, entry.pw_gid)
+        mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", "python3", "holder.py"])
+        c.run("node1", "sh", "-c", f"cd /data/carryhome && ({mosrun} > holder.out 2> holder.err; "
+                                   f"echo $? > holder.status) >/dev/null 2>&1 & echo started")
+        c.wait_for(lambda: read(os.path.join(self.work, "held")), 60, "the holder's locks")
+        holder = next(j for j in harness.jobs(c) if j["cmd"].endswith("holder.py") and
+                      j["where"] == "node1")
+        self.assertIn("holds a file lock", holder["pinned"])
+        refused = c.run("node1", "mosmigrate", str(holder["pid"]), "node2", check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("cannot leave home: it holds a file lock", refused.stderr)
+        with open(os.path.join(self.work, "go"), "w"):
+            pass
+        status, err = self.ended("holder")
+        self.assertEqual(status, "0", err)
+
 
 if __name__ == "__main__":
     unittest.main()
