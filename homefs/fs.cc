@@ -1187,10 +1187,6 @@ bool Restoring(pid_t pid) {
   return criu;
 }
 
-}  // namespace
-
-namespace {
-
 void SetLock(schema::FileLock::Builder out, const struct flock& lock) {
   out.setType(lock.l_type);
   out.setStart(static_cast<uint64_t>(std::max<off_t>(lock.l_start, 0)));
