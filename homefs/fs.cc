@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "criu_acting.h"
+#include "lock_holder.h"
 
 namespace homeward {
 
@@ -1212,7 +1213,9 @@ void Fs::Getlk(Request r, fuse_ino_t, fuse_file_info* fi, const struct flock& lo
   p->rq.setOwner(fi->lock_owner);
   SetLock(p->rq.initLock(), lock);
   TagCarry(r.get(), p->rq);
-  Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) {
+  uint64_t fh = fi->fh;
+  pid_t asker = fuse_req_ctx(r.get())->pid;
+  Call(std::move(r), std::move(p), [this, fh, asker](Request& r, auto rs, uint64_t) {
     auto got = rs.getLock();
     struct flock out {};
     out.l_type = got.getType();
@@ -1220,8 +1223,37 @@ void Fs::Getlk(Request r, fuse_ino_t, fuse_file_info* fi, const struct flock& lo
     out.l_start = static_cast<off_t>(got.getStart());
     out.l_len = static_cast<off_t>(got.getLength());
     out.l_pid = got.getPid();
+    if (out.l_type != F_UNLCK) {
+      // The kernel turns a pid that is not one of this node's into 0 on the way to the
+      // caller; the caller's shim asks for it again (LockHolder).
+      std::lock_guard lock(locks_mutex_);
+      if (getlk_answers_.size() >= 4096) getlk_answers_.clear();
+      getlk_answers_[asker] = {fh, out};
+    }
     r.Lock(out);
   });
+}
+
+void Fs::LockHolder(Request r, fuse_file_info* fi, const void* in, size_t in_size,
+                    size_t out_size) {
+  if (in_size < sizeof(struct flock) || out_size < sizeof(struct flock)) return r.Err(EINVAL);
+  struct flock asked;
+  std::memcpy(&asked, in, sizeof asked);
+  pid_t asker = fuse_req_ctx(r.get())->pid;
+  std::optional<struct flock> answer;
+  {
+    std::lock_guard lock(locks_mutex_);
+    auto it = getlk_answers_.find(asker);
+    if (it != getlk_answers_.end() && it->second.first == fi->fh) {
+      answer = it->second.second;
+      getlk_answers_.erase(it);
+    }
+  }
+  if (!answer || answer->l_type != asked.l_type || answer->l_start != asked.l_start ||
+      answer->l_len != asked.l_len) {
+    return r.Err(ENOENT);
+  }
+  r.Ioctl(&*answer, sizeof *answer);
 }
 
 void Fs::Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock,
@@ -1230,8 +1262,11 @@ void Fs::Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock
   auto p = Prepare(r, Op::SETLK);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOwner(fi->lock_owner);
-  SetLock(p->rq.initLock(), lock);
+  auto sent = p->rq.initLock();
+  SetLock(sent, lock);
   bool acquires = lock.l_type != F_UNLCK;
+  // The holder as the home names it to F_GETLK (a job's process: its home id).
+  if (acquires) sent.setPid(HomeIdOf(lock.l_pid));
   p->rq.setFlags(sleep && acquires ? 1 : 0);
   bool carried = TagCarry(r.get(), p->rq);
   if (acquires || carried) {

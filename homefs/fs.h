@@ -97,6 +97,10 @@ class Fs {
   // Locks are the home's (see ARCHITECTURE.md, "Locks"): taken there, held there.
   void Getlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock);
   void Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock, bool sleep);
+  // The kHomefsLockHolder ioctl (lock_holder.h): the holder's home id of the lock the
+  // caller's last F_GETLK on this file reported.
+  void LockHolder(Request r, fuse_file_info* fi, const void* in, size_t in_size,
+                  size_t out_size);
   void Flock(Request r, fuse_ino_t ino, fuse_file_info* fi, int op);
   // A close: the closing process's POSIX locks on the file go (at the home).
   void Flush(Request r, fuse_ino_t ino, fuse_file_info* fi);
@@ -241,6 +245,9 @@ class Fs {
   std::map<std::pair<fuse_ino_t, uint64_t>, pid_t> lock_owners_;
   // Jobs whose carried locks this mount claimed: their mount namespace -> the token.
   std::map<uint64_t, uint64_t> claims_;
+  // The last answer a getlk with a lock in it gave each caller (its pid here): the file
+  // handle and the lock, with the holder's home id, for LockHolder.
+  std::map<pid_t, std::pair<uint64_t, struct flock>> getlk_answers_;
   struct LockWait {
     uint64_t generation = 0;
     uint64_t id = 0;  // the request's, once sent

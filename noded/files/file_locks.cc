@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "file_ops.h"
+#include "lock_holder.h"
 
 namespace homeward {
 
@@ -210,7 +211,9 @@ void FileOps::Getlk(FileSession& s, Rq rq, Rs rs) {
   if (fl.l_type == F_UNLCK) return;
   out.setStart(static_cast<uint64_t>(fl.l_start));
   out.setLength(static_cast<uint64_t>(fl.l_len));
-  int pid = fl.l_pid;
+  // The holder as the home knows it: a local process by its pid, a job's (at home) by its
+  // home id; a client's lock by the home id its node sent with it.
+  int pid = fl.l_pid > 0 ? HomeIdOf(fl.l_pid) : fl.l_pid;
   if (pid == -1) {
     // An OFD lock: a client's (named by what its node said) or a local OFD user's.
     int64_t end = fl.l_len == 0 ? HomeLocks::kToEnd : fl.l_start + fl.l_len - 1;
