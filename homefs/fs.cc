@@ -993,10 +993,31 @@ void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
   Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
 }
 
+// A file that holds locks, opened on a connection that broke: the home's daemon restarted,
+// and its lock keeper held the locks for this mount (see ARCHITECTURE.md, "Locks across a
+// restart"). Its close must reach the home to let them go, so it is opened again first
+// (which also binds a flock kept for it). `locks`: the handle took a flock, or the caller
+// knows it holds POSIX locks.
+void Fs::ReopenLocked(uint64_t fh, bool locks) {
+  uint64_t current = client_.generation();
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(fh);
+    if (current == 0 || it == handles_.end() || it->second.generation == current) return;
+    if (!locks && !it->second.flocker) return;
+    if (it->second.dir) return;
+  }
+  uint64_t remote = 0;
+  if (int err = RemoteFh(fh, current, &remote)) {
+    spdlog::debug("homefs: a locked file not opened again to close it: {}", std::strerror(err));
+  }
+}
+
 void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   // The kernel does not wait for the answer's content; a file opened on a broken
   // connection is already closed at the home, a deferred one never opened there.
   if (IsDeferred(fi->fh)) return r.Err(0);
+  ReopenLocked(fi->fh, false);
   OpenHandle h;
   {
     std::lock_guard lock(mutex_);
@@ -1380,6 +1401,7 @@ void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
     locked = true;
   }
   if (!locked || IsDeferred(fi->fh)) return r.Err(0);
+  ReopenLocked(fi->fh, true);
   uint64_t generation, remote;
   {
     std::lock_guard lock(mutex_);

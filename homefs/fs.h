@@ -101,6 +101,9 @@ class Fs {
   // caller's last F_GETLK on this file reported.
   void LockHolder(Request r, fuse_file_info* fi, const void* in, size_t in_size,
                   size_t out_size);
+  // A file that holds locks, opened on a connection that broke, is opened again before
+  // its close is sent (the home kept its locks across a restart of its daemon).
+  void ReopenLocked(uint64_t fh, bool locks);
   void Flock(Request r, fuse_ino_t ino, fuse_file_info* fi, int op);
   // A close: the closing process's POSIX locks on the file go (at the home).
   void Flush(Request r, fuse_ino_t ino, fuse_file_info* fi);

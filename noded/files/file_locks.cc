@@ -28,6 +28,13 @@ bool Busy(int err) {
   return err == EAGAIN || err == EWOULDBLOCK || err == EACCES;
 }
 
+// What the lock keeper is told of a moving job's lock: a restart drops it.
+LockKeeper::Meta ParkedMeta() {
+  LockKeeper::Meta meta;
+  meta.kind = LockKeeper::Kind::kParked;
+  return meta;
+}
+
 std::pair<uint64_t, uint64_t> InodeOf(int fd) {
   struct stat st;
   Check(::fstat(fd, &st));
@@ -86,6 +93,8 @@ std::shared_ptr<FileSession::LockOwner> FileSession::OwnerOf(uint64_t fh, const 
         bound->owner = owner;
         bound->inode = inode;
         bound->handles.insert(fh);
+        bound->kept = std::move(match->kept);
+        if (bound->kept) bound->kept->Describe(OwnerMeta(owner, inode, 0, bound->access));
         locks_->Rekey(inode, {claimed->second.get(), static_cast<uint64_t>(match->pid)},
                       {this, owner});
         posix.erase(match);
@@ -111,10 +120,72 @@ std::shared_ptr<FileSession::LockOwner> FileSession::OwnerOf(uint64_t fh, const 
     fd = Check(::open(path.c_str(), made->access | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   }
   made->fd = Fd::Adopt(fd);
+  // Kept across a restart of the daemon (only a client that named itself in its hello can
+  // take it back); set before anyone else can see the owner.
+  if (locks_->keeper && client_ != 0) {
+    made->kept = locks_->keeper->Keep(made->fd.get(), OwnerMeta(owner, inode, 0, made->access));
+  }
   std::lock_guard lock(owners_mutex_);
   auto [it, added] = owners_.try_emplace({owner, inode}, made);
   it->second->handles.insert(fh);
   return it->second;  // another request of the owner may have made one meanwhile
+}
+
+LockKeeper::Meta FileSession::OwnerMeta(uint64_t owner, std::pair<uint64_t, uint64_t> inode,
+                                        int pid, int access) const {
+  LockKeeper::Meta meta;
+  meta.kind = owner == 0 ? LockKeeper::Kind::kFlock : LockKeeper::Kind::kPosix;
+  meta.client = client_;
+  meta.owner = owner;
+  meta.inode = inode;
+  meta.pid = pid;
+  meta.access = access;
+  meta.host = host_;
+  return meta;
+}
+
+void FileSession::AdoptKept() {
+  if (!locks_->keeper || client_ == 0) return;
+  auto orphans = locks_->keeper->Adopt(client_);
+  if (orphans.empty()) return;
+  size_t owners = 0, flocks = 0;
+  std::lock_guard lock(owners_mutex_);
+  for (auto& orphan : orphans) {
+    const auto& meta = orphan.meta;
+    if (meta.kind == LockKeeper::Kind::kFlock) {
+      kept_flocks_.emplace(meta.inode, std::move(orphan));
+      ++flocks;
+      continue;
+    }
+    int fd = ::fcntl(orphan.kept->fd(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) continue;
+    auto owner = std::make_shared<LockOwner>();
+    owner->fd = Fd::Adopt(fd);
+    owner->access = meta.access;
+    owner->owner = meta.owner;
+    owner->inode = meta.inode;
+    owner->kept = std::move(orphan.kept);
+    owner->described_pid = meta.pid;
+    // What exactly it holds is the kernel's; for F_GETLK's holder, the whole file.
+    locks_->Held(meta.inode, {this, meta.owner}, meta.pid, F_WRLCK, 0, HomeLocks::kToEnd);
+    owners_[{meta.owner, meta.inode}] = std::move(owner);
+    ++owners;
+  }
+  spdlog::info("file service: {} lock owners and {} flocks of {} held across the restart",
+               owners, flocks, host_);
+}
+
+void FileSession::BindKeptFlock(OpenFile& file) {
+  std::lock_guard lock(owners_mutex_);
+  if (kept_flocks_.empty()) return;
+  auto it = kept_flocks_.find(InodeOf(file.fd.get()));
+  if (it == kept_flocks_.end()) return;
+  int fd = ::fcntl(it->second.kept->fd(), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return;
+  file.carried_flock = Fd::Adopt(fd);
+  file.kept_flock = std::move(it->second.kept);
+  file.flocked = true;
+  kept_flocks_.erase(it);
 }
 
 void FileSession::BindCarriedFlock(uint64_t carry, OpenFile& file) {
@@ -127,6 +198,8 @@ void FileSession::BindCarriedFlock(uint64_t carry, OpenFile& file) {
                             [&](const Carried::Flock& f) { return f.inode == inode; });
   if (match == flocks.end()) return;
   file.carried_flock = std::move(match->fd);
+  file.kept_flock = std::move(match->kept);
+  if (file.kept_flock) file.kept_flock->Describe(OwnerMeta(0, inode, 0, 0));
   file.flocked = true;
   flocks.erase(match);
   spdlog::debug("file service: a carried flock bound again");
@@ -188,6 +261,12 @@ void FileSession::DropLocks() {
   for (auto& file : files) {
     ::flock(file->FlockFd(), LOCK_UN);
     file->flocked = false;
+    std::lock_guard kept(file->kept_mutex);
+    file->kept_flock.reset();
+  }
+  {
+    std::lock_guard lock(owners_mutex_);
+    kept_flocks_.clear();
   }
   locks_->ForgetSession(this);
   size_t count = gone.size();
@@ -237,13 +316,23 @@ bool FileOps::Setlk(FileSession& s, Rq rq, Rs, FileSession::Later& later) {
     if (kind == LOCK_UN) {
       Check(::flock(handle->FlockFd(), LOCK_UN));
       handle->flocked = false;
+      std::lock_guard kept(handle->kept_mutex);
+      handle->kept_flock.reset();
       return true;
     }
     wait = !(op & LOCK_NB);
     attempt = [handle, kind](bool block) {
       return ::flock(handle->FlockFd(), kind | (block ? 0 : LOCK_NB)) == 0 ? 0 : errno;
     };
-    got = [handle] { handle->flocked = true; };
+    // Kept across a restart of the daemon, as the client's flock of this file (only a client
+    // that named itself in its hello can take it back).
+    std::shared_ptr<LockKeeper> keeper = s.client_ != 0 ? s.locks_->keeper : nullptr;
+    auto meta = s.OwnerMeta(0, InodeOf(handle->FlockFd()), 0, 0);
+    got = [handle, keeper, meta] {
+      handle->flocked = true;
+      std::lock_guard kept(handle->kept_mutex);
+      if (keeper && !handle->kept_flock) handle->kept_flock = keeper->Keep(handle->FlockFd(), meta);
+    };
   } else {
     Range range = ToRange(rq.getLock());
     short type = range.fl.l_type;
@@ -265,9 +354,13 @@ bool FileOps::Setlk(FileSession& s, Rq rq, Rs, FileSession::Later& later) {
     attempt = [owner, fl = range.fl](bool block) mutable {
       return ::fcntl(owner->fd.get(), block ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0 ? 0 : errno;
     };
-    got = [locks = s.locks_, owner, key = HomeLocks::Owner{&s, owner->owner},
-           pid = rq.getLock().getPid(), type, start = range.fl.l_start, end = range.end] {
+    int pid = rq.getLock().getPid();
+    auto meta = s.OwnerMeta(owner->owner, owner->inode, pid, owner->access);
+    got = [locks = s.locks_, owner, key = HomeLocks::Owner{&s, owner->owner}, pid, meta, type,
+           start = range.fl.l_start, end = range.end] {
       locks->Held(owner->inode, key, pid, type, start, end);
+      // The keeper learns the holder's pid once (F_GETLK names it after a restart too).
+      if (owner->kept && owner->described_pid.exchange(pid) != pid) owner->kept->Describe(meta);
     };
   }
   int err = attempt(false);
@@ -326,9 +419,15 @@ void FileOps::ParkLocks(FileSession& s, Rq rq, Rs) {
       if (parked.getFlock()) {
         auto handle = s.GetHandle(parked.getFh());
         if (!handle->flocked) continue;
+        std::shared_ptr<LockKeeper::Kept> kept;
+        {
+          std::lock_guard guard(handle->kept_mutex);
+          kept = handle->kept_flock;
+        }
+        if (kept) kept->Describe(ParkedMeta());
         carried->flocks.push_back(
             {InodeOf(handle->fd.get()),
-             Fd::Adopt(Check(::fcntl(handle->FlockFd(), F_DUPFD_CLOEXEC, 0)))});
+             Fd::Adopt(Check(::fcntl(handle->FlockFd(), F_DUPFD_CLOEXEC, 0))), false, kept});
         continue;
       }
       auto node = s.GetNode(parked.getNode());
@@ -342,6 +441,8 @@ void FileOps::ParkLocks(FileSession& s, Rq rq, Rs) {
       p.owner = parked.getOwner();
       p.fd = Fd::Adopt(Check(::fcntl(it->second->fd.get(), F_DUPFD_CLOEXEC, 0)));
       p.access = it->second->access;
+      p.kept = it->second->kept;
+      if (p.kept) p.kept->Describe(ParkedMeta());
       s.locks_->Rekey(inode, {&s, parked.getOwner()},
                       {carried.get(), static_cast<uint64_t>(p.pid)});
       carried->posix.push_back(std::move(p));
@@ -375,6 +476,7 @@ void FileOps::UnparkLocks(FileSession& s, Rq rq, Rs) {
       kept->posix.push_back(std::move(p));
     } else {
       s.locks_->Rekey(p.inode, {carried.get(), static_cast<uint64_t>(p.pid)}, {&s, p.owner});
+      if (p.kept) p.kept->Describe(s.OwnerMeta(p.owner, p.inode, 0, p.access));
     }
   }
   for (auto& f : carried->flocks) {

@@ -17,6 +17,7 @@
 
 #include "fd.h"
 #include "file_server.h"
+#include "lock_keeper.h"
 #include "schema/files.capnp.h"
 
 namespace homeward {
@@ -42,6 +43,10 @@ struct FileSession::OpenFile {
   // closes with this file. Set before the handle is published.
   Fd carried_flock;
   int FlockFd() const { return carried_flock.valid() ? carried_flock.get() : fd.get(); }
+  // The lock keeper's hold on the flocked description (kept_mutex), so that its flock
+  // outlives a restart of the daemon.
+  std::shared_ptr<LockKeeper::Kept> kept_flock;
+  std::mutex kept_mutex;
   // Whether fd has O_APPEND: opened so when the caller's file was (the home's kernel then
   // checks the open exactly as for a local one), and cleared by the first positional
   // write (the kernel's writeback of mmap pages, or a caller that cleared O_APPEND with
@@ -65,6 +70,10 @@ struct FileSession::LockOwner {
   uint64_t owner = 0;
   std::pair<uint64_t, uint64_t> inode;
   std::set<uint64_t> handles;  // the open files it locked through (under owners_mutex_)
+  // The lock keeper's hold on fd's description (shared with a parked copy), and the
+  // holder's pid it was last told.
+  std::shared_ptr<LockKeeper::Kept> kept;
+  std::atomic<int> described_pid{0};
 };
 
 // The locks of a job on the move, parked at home under a token between the source's
@@ -79,11 +88,13 @@ struct FileSession::Carried {
     Fd fd;
     int access = 0;
     bool from_claim = false;  // carried here before and not bound: the only holder
+    std::shared_ptr<LockKeeper::Kept> kept;
   };
   struct Flock {
     std::pair<uint64_t, uint64_t> inode;
     Fd fd;
     bool from_claim = false;
+    std::shared_ptr<LockKeeper::Kept> kept;
   };
   std::vector<Posix> posix;
   std::vector<Flock> flocks;

@@ -76,6 +76,13 @@ FileServer::FileServer(const std::string& export_root, int threads, FileSession:
       replay_(replay_log),
       pool_(threads) {
   replay_.kill_after_append = faults.Hit(Fault::kKillAfterAppend);
+  // Beside the replay log, in the state directory: the record of the lock keeper, which a
+  // restarted daemon finds its clients' locks in.
+  if (!replay_log.empty()) {
+    auto slash = replay_log.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : replay_log.substr(0, slash);
+    locks_->keeper = LockKeeper::Start(dir + "/files-locks");
+  }
 }
 
 FileServer::~FileServer() {
@@ -83,6 +90,9 @@ FileServer::~FileServer() {
 }
 
 void FileServer::Stop() {
+  // Before the sessions end and let go of their locks: the keeper holds them on for the
+  // next daemon.
+  if (locks_->keeper) locks_->keeper->Detach();
   std::unique_lock lock(mutex_);
   stopping_ = true;
   for (int fd : connections_) ::shutdown(fd, SHUT_RDWR);
@@ -107,6 +117,7 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
   // its own with umask 0, so that it never changes the daemon's.
   if (::unshare(CLONE_FS) == 0) ::umask(0);
   auto session = std::make_shared<FileSession>(root_.get(), peer_root_, &replay_, locks_);
+  session->SetHost(HostOf(peer.address));
   {
     std::lock_guard lock(mutex_);
     sessions_.emplace(HostOf(peer.address), session);
@@ -213,6 +224,7 @@ void FileServer::DropLocks(const std::string& address) {
     }
   }
   for (auto& session : found) session->DropLocks();
+  if (locks_->keeper) locks_->keeper->DropOrphans(HostOf(address));
 }
 
 }  // namespace homeward

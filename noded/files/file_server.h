@@ -23,6 +23,7 @@
 
 #include "fd.h"
 #include "home_locks.h"
+#include "lock_keeper.h"
 #include "peer_auth.h"
 #include "fault.h"
 #include "replay_cache.h"
@@ -94,6 +95,9 @@ class FileSession {
   using Notify = std::function<void(uint64_t node, uint64_t parent, const std::string& name)>;
   void Watch(Notify notify);
 
+  // The client's node (its host), which names what the lock keeper holds for it.
+  void SetHost(std::string host) { host_ = std::move(host); }
+
  private:
   friend class FileOps;  // the handlers of each request kind (file_handlers.cc)
   struct Node;
@@ -133,6 +137,14 @@ class FileSession {
                                      bool create, uint64_t carry = 0, int32_t carry_pid = 0);
   // The job's restore opened `file` (tagged `carry`): a carried flock on its object binds.
   void BindCarriedFlock(uint64_t carry, OpenFile& file);
+  // Locks across a restart of the daemon (see ARCHITECTURE.md, "Locks across a restart"):
+  // what the lock keeper held for this client (its hello's id) before becomes its own again;
+  // a flock binds to the first open of its file (the client opens its files again).
+  void AdoptKept();
+  void BindKeptFlock(OpenFile& file);
+  // What the lock keeper is told of a lock owner's description, or of a flocked file's.
+  LockKeeper::Meta OwnerMeta(uint64_t owner, std::pair<uint64_t, uint64_t> inode, int pid,
+                             int access) const;
   // Drops what `owner` holds on `inode` (all of it: a close by its process).
   void DropOwner(std::pair<uint64_t, uint64_t> inode, uint64_t owner);
   // The file `fh` was closed: the owners that locked only through it go.
@@ -161,6 +173,10 @@ class FileSession {
       owners_;
   // Locks of jobs that moved here, claimed and not bound yet, by token (owners_mutex_).
   std::map<uint64_t, std::shared_ptr<Carried>> claimed_;
+  std::string host_;
+  // Flocks the lock keeper held for this client before a restart, not bound to an open
+  // file yet, by (st_dev, st_ino) (owners_mutex_).
+  std::multimap<std::pair<uint64_t, uint64_t>, LockKeeper::Orphan> kept_flocks_;
 
   Fd inotify_;
   Fd stop_watching_;  // an eventfd: written once to end WatchLoop

@@ -29,6 +29,8 @@
 
 namespace homeward {
 
+class LockKeeper;
+
 class HomeLocks {
  public:
   // One try to take a lock: 0, or an errno (EAGAIN/EWOULDBLOCK/EACCES: held by another;
@@ -84,6 +86,10 @@ class HomeLocks {
   void Park(uint64_t token, std::shared_ptr<void> carried);
   // Takes what is parked under `token` (nothing: nullptr).
   std::shared_ptr<void> Unpark(uint64_t token);
+
+  // Keeps the descriptions that hold locks across a restart of the daemon (set once,
+  // before the first session; null: none, as in unit tests).
+  std::shared_ptr<LockKeeper> keeper;
 
  private:
   struct Entry;
