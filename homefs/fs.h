@@ -99,8 +99,7 @@ class Fs {
   void Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock, bool sleep);
   // The kHomefsLockHolder ioctl (lock_holder.h): the holder's home id of the lock the
   // caller's last F_GETLK on this file reported.
-  void LockHolder(Request r, fuse_file_info* fi, const void* in, size_t in_size,
-                  size_t out_size);
+  void LockHolder(Request r, fuse_file_info* fi, const void* in, size_t in_size, size_t out_size);
   // A file that holds locks, opened on a connection that broke, is opened again before
   // its close is sent (the home kept its locks across a restart of its daemon).
   void ReopenLocked(uint64_t fh, bool locks);

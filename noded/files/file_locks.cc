@@ -171,8 +171,8 @@ void FileSession::AdoptKept() {
     owners_[{meta.owner, meta.inode}] = std::move(owner);
     ++owners;
   }
-  spdlog::info("file service: {} lock owners and {} flocks of {} held across the restart",
-               owners, flocks, host_);
+  spdlog::info("file service: {} lock owners and {} flocks of {} held across the restart", owners,
+               flocks, host_);
 }
 
 void FileSession::BindKeptFlock(OpenFile& file) {
@@ -425,9 +425,9 @@ void FileOps::ParkLocks(FileSession& s, Rq rq, Rs) {
           kept = handle->kept_flock;
         }
         if (kept) kept->Describe(ParkedMeta());
-        carried->flocks.push_back(
-            {InodeOf(handle->fd.get()),
-             Fd::Adopt(Check(::fcntl(handle->FlockFd(), F_DUPFD_CLOEXEC, 0))), false, kept});
+        carried->flocks.push_back({InodeOf(handle->fd.get()),
+                                   Fd::Adopt(Check(::fcntl(handle->FlockFd(), F_DUPFD_CLOEXEC, 0))),
+                                   false, kept});
         continue;
       }
       auto node = s.GetNode(parked.getNode());

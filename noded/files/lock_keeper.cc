@@ -31,7 +31,7 @@ constexpr int kDaemonEndFd = 4;
 constexpr size_t kMaxMessage = 512;
 
 std::string Text(const LockKeeper::Meta& m) {
-  char kind = m.kind == LockKeeper::Kind::kPosix ? 'P'
+  char kind = m.kind == LockKeeper::Kind::kPosix   ? 'P'
               : m.kind == LockKeeper::Kind::kFlock ? 'F'
                                                    : 'X';
   return fmt::format("{} {} {} {} {} {} {} {}", kind, m.client, m.owner, m.inode.first,
@@ -171,17 +171,18 @@ std::shared_ptr<LockKeeper> LockKeeper::Start(const std::string& record) {
     std::string text = fmt::format("{} {}\n", pid, ProcessStartTime(pid));
     std::string temporary = record + ".new";
     {
-      Fd out = Fd::Adopt(HW_SYSCALL(
-          ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), "create {}",
-          temporary));
+      Fd out = Fd::Adopt(
+          HW_SYSCALL(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600),
+                     "create {}", temporary));
       HW_SYSCALL(::write(out.get(), text.data(), text.size()), "write {}", temporary);
     }
     HW_SYSCALL(::rename(temporary.c_str(), record.c_str()), "rename {}", temporary);
     spdlog::info("file service: lock keeper {} started", pid);
   } catch (const std::exception& e) {
-    spdlog::warn("file service: no lock keeper ({}): a restart of this daemon drops the locks "
-                 "its clients hold",
-                 e.what());
+    spdlog::warn(
+        "file service: no lock keeper ({}): a restart of this daemon drops the locks "
+        "its clients hold",
+        e.what());
     keeper->command_.Reset();
   }
   return keeper;
@@ -216,9 +217,10 @@ void LockKeeper::Reclaim() {
     }
     orphans_.push_back(std::move(orphan));
   }
-  spdlog::info("file service: the lock keeper held {} descriptions from before the restart "
-               "({} of moving jobs dropped)",
-               orphans_.size() + dropped, dropped);
+  spdlog::info(
+      "file service: the lock keeper held {} descriptions from before the restart "
+      "({} of moving jobs dropped)",
+      orphans_.size() + dropped, dropped);
 }
 
 LockKeeper::~LockKeeper() {

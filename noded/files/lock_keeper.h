@@ -32,8 +32,8 @@ class LockKeeper : public std::enable_shared_from_this<LockKeeper> {
     uint64_t client = 0;  // the homefs mount's id (its hello's)
     uint64_t owner = 0;   // the client's lock owner (kPosix)
     std::pair<uint64_t, uint64_t> inode;
-    int pid = 0;     // the holder's home id, for F_GETLK
-    int access = 0;  // the description's O_ACCMODE
+    int pid = 0;       // the holder's home id, for F_GETLK
+    int access = 0;    // the description's O_ACCMODE
     std::string host;  // the client's node, whose death drops it
   };
 
