@@ -2,6 +2,7 @@
 #include "lock_keeper.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
@@ -29,6 +30,8 @@ namespace {
 constexpr int kCommandFd = 3;
 constexpr int kDaemonEndFd = 4;
 constexpr size_t kMaxMessage = 512;
+// How long a keeper whose daemon is gone waits for the next one with the locks it holds.
+constexpr int kOrphanSeconds = 600;
 
 std::string Text(const LockKeeper::Meta& m) {
   char kind = m.kind == LockKeeper::Kind::kPosix   ? 'P'
@@ -191,6 +194,8 @@ std::shared_ptr<LockKeeper> LockKeeper::Start(const std::string& record) {
 void LockKeeper::Reclaim() {
   timeval limit{5, 0};
   ::setsockopt(command_.get(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+  // The keeper serves this daemon from now on (and ends a while after it, see below).
+  SendMessage(command_.get(), fmt::format("daemon {}", ::getpid()), -1);
   if (int err = SendMessage(command_.get(), "list", -1)) {
     throw SystemError(err, "ask the lock keeper what it holds");
   }
@@ -292,18 +297,33 @@ void LockKeeper::Send(const std::string& text, int fd) {
 
 int LockKeeperMain() {
   ::prctl(PR_SET_NAME, "moslockkeeper");
-  // It outlives the daemon on purpose: nothing but SIGKILL (from whoever stops the node)
-  // ends it.
+  // It outlives its daemon on purpose: for a while, while it holds locks for the next one.
   for (int signo : {SIGHUP, SIGINT, SIGTERM, SIGPIPE, SIGUSR1, SIGUSR2}) ::signal(signo, SIG_IGN);
+  // The daemon it serves (its parent first, then whoever took it back): once that daemon
+  // is gone, a keeper holding nothing ends, and one holding locks waits kOrphanSeconds for
+  // the next daemon, then ends (and its locks go with it).
+  Fd daemon = Fd::Adopt(static_cast<int>(::syscall(SYS_pidfd_open, ::getppid(), 0)));
   std::map<uint64_t, std::pair<int, std::string>> kept;
   char buffer[kMaxMessage];
   for (;;) {
+    pollfd polled[2] = {{kCommandFd, POLLIN, 0}, {daemon.get(), POLLIN, 0}};
+    int timeout = daemon.valid() ? -1 : kOrphanSeconds * 1000;
+    int ready = ::poll(polled, daemon.valid() ? 2 : 1, timeout);
+    if (ready < 0) continue;   // EINTR
+    if (ready == 0) return 0;  // no daemon came back for what it holds
+    if (daemon.valid() && (polled[1].revents & (POLLIN | POLLHUP))) {
+      daemon.Reset();
+      if (kept.empty()) return 0;
+      continue;
+    }
+    if (!(polled[0].revents & POLLIN)) continue;
     int fd = -1;
     ssize_t n = ReceiveMessage(kCommandFd, buffer, sizeof buffer, &fd);
     if (n < 0) continue;
     if (n == 0) return 1;  // cannot happen while it holds the other end itself
     unsigned long long serial = 0;
     int at = 0;
+    long pid = 0;
     if (std::sscanf(buffer, "keep %llu %n", &serial, &at) == 1 && fd >= 0) {
       if (auto it = kept.find(serial); it != kept.end()) ::close(it->second.first);
       kept[serial] = {fd, buffer + at};
@@ -317,6 +337,8 @@ int LockKeeperMain() {
         ::close(it->second.first);
         kept.erase(it);
       }
+    } else if (std::sscanf(buffer, "daemon %ld", &pid) == 1) {
+      daemon = Fd::Adopt(static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0)));
     } else if (std::strcmp(buffer, "list") == 0) {
       for (auto& [number, entry] : kept) {
         SendMessage(kCommandFd, fmt::format("kept {} {}", number, entry.second), entry.first);

@@ -94,7 +94,8 @@ class LockKeeper : public std::enable_shared_from_this<LockKeeper> {
 };
 
 // The keeper's main (mosnoded --keep-locks): holds what it is given until told to close
-// it, and hands every copy it holds to whoever asks (a daemon restarted).
+// it, and hands every copy it holds to whoever asks (a daemon restarted). Once its daemon
+// is gone it ends at once if it holds nothing, else after 10 minutes without a new one.
 int LockKeeperMain();
 
 }  // namespace homeward
