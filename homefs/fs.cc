@@ -11,6 +11,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <future>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -1161,6 +1164,27 @@ namespace homeward {
 
 namespace {
 
+// Reads of the calling process's /proc files (its namespaces, ids, environment) wait for
+// its exec_update_lock, which a process in the middle of execve holds while it closes its
+// close-on-exec files: a close of a homefs file then waits for this very request, and the
+// read for the close (seen: every /proc reader of the machine stuck behind it). So such a
+// read runs on a thread of its own, and the request goes on without its answer after
+// 200 ms (the read finishes once the exec does).
+template <typename T, typename F>
+T Bounded(F read, T otherwise) {
+  auto answer = std::make_shared<std::promise<T>>();
+  auto future = answer->get_future();
+  try {
+    std::thread([answer, read] { answer->set_value(read()); }).detach();
+  } catch (const std::system_error&) {
+    return otherwise;
+  }
+  if (future.wait_for(std::chrono::milliseconds(200)) != std::future_status::ready) {
+    return otherwise;
+  }
+  return future.get();
+}
+
 uint64_t MountNsOf(pid_t pid) {
   char link[64];
   std::string path = "/proc/" + std::to_string(pid) + "/ns/mnt";
@@ -1287,7 +1311,10 @@ void Fs::Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock
   SetLock(sent, lock);
   bool acquires = lock.l_type != F_UNLCK;
   // The holder as the home names it to F_GETLK (a job's process: its home id).
-  if (acquires) sent.setPid(HomeIdOf(lock.l_pid));
+  if (acquires) {
+    pid_t pid = lock.l_pid;
+    sent.setPid(Bounded([pid] { return HomeIdOf(pid); }, pid));
+  }
   p->rq.setFlags(sleep && acquires ? 1 : 0);
   bool carried = TagCarry(r.get(), p->rq);
   if (acquires || carried) {
@@ -1435,7 +1462,7 @@ bool Fs::TagCarry(fuse_req_t req, schema::FileRequest::Builder rq) {
     if (claims_.empty()) return false;  // the usual case: no /proc reads
   }
   pid_t pid = fuse_req_ctx(req)->pid;
-  uint64_t mntns = pid > 0 ? MountNsOf(pid) : 0;
+  uint64_t mntns = pid > 0 ? Bounded([pid] { return MountNsOf(pid); }, uint64_t{0}) : 0;
   if (mntns == 0) return false;
   uint64_t token;
   {
@@ -1444,7 +1471,7 @@ bool Fs::TagCarry(fuse_req_t req, schema::FileRequest::Builder rq) {
     if (it == claims_.end()) return false;
     token = it->second;
   }
-  int32_t inner = InnerPid(pid);
+  int32_t inner = Bounded([pid] { return InnerPid(pid); }, int32_t{0});
   if (inner == 0) return false;  // criu itself
   rq.setCarry(token);
   rq.setCarryPid(inner);
