@@ -4,7 +4,10 @@
 # run (create, stat, unlink 10,000 files), and appends: two writers at once appending
 # 57-byte lines with write(2) on O_APPEND descriptors to one file for APPEND_S seconds
 # (for homefs, one on node2 and one on node3: appends across nodes, each placed by the
-# home; the line count is checked whole, and torn lines are reported). homefs mounts
+# home; the line count is checked whole, and torn lines are reported); and locks: two
+# processes taking and dropping a lockf lock on one file for APPEND_S seconds (for homefs
+# on node2 and node3, so each lock is the home's; sshfs keeps locks local to each mount,
+# so it has no row of its own: homefs is compared with the local tree). homefs mounts
 # node1 of a loopback cluster from node2 (and node3); sshfs mounts the same directory
 # through a private sshd on loopback.
 #   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5]
@@ -138,6 +141,39 @@ print(sum(1 for l in data.split(b'\n') if re.fullmatch(rb'[ab],1\d{6},x{46}', l)
   python3 -c "print(round($total / $APPEND_S))"
 }
 
+locker() {  # where dir start seconds -> lock/unlock pairs (lockf on one file)
+  run_in "$1" python3 - "$2/locks" "$3" "$4" <<'PY'
+import fcntl, os, sys, time
+path, start, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+while time.time() < start:  # both lockers start together
+    time.sleep(0.001)
+n, end = 0, start + seconds
+while time.time() < end:
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    fcntl.lockf(fd, fcntl.LOCK_UN)
+    n += 1
+os.close(fd)
+print(n)
+PY
+}
+
+locks() {  # target -> lock/unlock pairs/s of two lockers of one file at once (homefs: on
+  # node2 and node3, so the locks are the home's); sshfs has no locks across its clients
+  # (the kernel keeps them local to each mount): none measured.
+  local t=$1 where2=${WHERE[$1]} start out1 out2
+  if [[ $t == sshfs ]]; then echo "-"; return; fi
+  [[ $t == homefs ]] && where2=node3
+  start=$(python3 -c "import time; print(time.time() + 2)")
+  out1=$WORK/lock1.$t out2=$WORK/lock2.$t
+  locker "${WHERE[$t]}" "${DIR[$t]}" "$start" "$APPEND_S" >"$out1" &
+  local pid=$!
+  locker "$where2" "${DIR[$t]}" "$start" "$APPEND_S" >"$out2"
+  wait $pid
+  run_in "${WHERE[$t]}" rm -f "${DIR[$t]}/locks"
+  python3 -c "print(round(($(cat "$out1") + $(cat "$out2")) / $APPEND_S))"
+}
+
 # Each test runs on the three targets back to back, so that a change in the machine's
 # load (it is shared) spreads over all three rather than landing on one.
 declare -A R WHERE DIR
@@ -161,14 +197,16 @@ for t in $TARGETS; do
 done
 echo "bench homefs: appends" >&2
 for t in $TARGETS; do R[$t,append]=$(appends $t); done
+echo "bench homefs: locks" >&2
+for t in $TARGETS; do R[$t,lock]=$(locks $t); done
 for t in $TARGETS; do run_in ${WHERE[$t]} rm -rf "${DIR[$t]}"; done
 
-ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')" 2>/dev/null || echo "-"; }
 printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' test local homefs sshfs "homefs/local" "homefs/sshfs"
 printf '|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------ ------------ ------------ -------------- --------------
 for row in "write:sequential write MB/s" "read:sequential read MB/s" "rand:4 KiB random read IOPS" \
            "create:create files/s" "stat:stat files/s" "unlink:unlink files/s" \
-           "append:appends/s (2 writers)"; do
+           "append:appends/s (2 writers)" "lock:lock/unlock pairs/s (2)"; do
   key=${row%%:*} label=${row#*:}
   printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' "$label" "${R[local,$key]}" \
     "${R[homefs,$key]}" "${R[sshfs,$key]}" "$(ratio "${R[homefs,$key]}" "${R[local,$key]}")" \

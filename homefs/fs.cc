@@ -11,11 +11,15 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <future>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 
 #include "criu_acting.h"
+#include "lock_holder.h"
 
 namespace homeward {
 
@@ -873,6 +877,7 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
     };
   }
   OpenHandle handle = HandleOf(*p, ino, copy.flags, dir);
+  if (!dir && TagCarry(r.get(), p->rq)) handle.flocker = fuse_req_ctx(r.get())->pid;
   Call(
       std::move(r), std::move(p),
       [this, copy, handle, ino, dir](Request& r, auto rs, uint64_t gen) {
@@ -991,10 +996,31 @@ void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
   Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
 }
 
+// A file that holds locks, opened on a connection that broke: the home's daemon restarted,
+// and its lock keeper held the locks for this mount (see ARCHITECTURE.md, "Locks across a
+// restart"). Its close must reach the home to let them go, so it is opened again first
+// (which also binds a flock kept for it). `locks`: the handle took a flock, or the caller
+// knows it holds POSIX locks.
+void Fs::ReopenLocked(uint64_t fh, bool locks) {
+  uint64_t current = client_.generation();
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(fh);
+    if (current == 0 || it == handles_.end() || it->second.generation == current) return;
+    if (!locks && !it->second.flocker) return;
+    if (it->second.dir) return;
+  }
+  uint64_t remote = 0;
+  if (int err = RemoteFh(fh, current, &remote)) {
+    spdlog::debug("homefs: a locked file not opened again to close it: {}", std::strerror(err));
+  }
+}
+
 void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   // The kernel does not wait for the answer's content; a file opened on a broken
   // connection is already closed at the home, a deferred one never opened there.
   if (IsDeferred(fi->fh)) return r.Err(0);
+  ReopenLocked(fi->fh, false);
   OpenHandle h;
   {
     std::lock_guard lock(mutex_);
@@ -1097,6 +1123,10 @@ void Fs::Access(Request r, fuse_ino_t ino, int mask) {
 
 void Fs::Xattr(Request r, Op op, fuse_ino_t ino, const std::string& name, const char* value,
                size_t size, int flags) {
+  static constexpr std::string_view kCarry = "trusted.homeward.";
+  if (op == Op::SETXATTR && ino == FUSE_ROOT_ID && name.rfind(kCarry, 0) == 0) {
+    return CarryLocks(std::move(r), name.substr(kCarry.size()), std::string(value, size));
+  }
   auto p = Prepare(r, op);
   if (!p || !SetNode(r, *p, ino)) return;
   p->rq.setName(name);
@@ -1134,6 +1164,75 @@ namespace homeward {
 
 namespace {
 
+// Reads of the calling process's /proc files (its namespaces, ids, environment) wait for
+// its exec_update_lock, which a process in the middle of execve holds while it closes its
+// close-on-exec files: a close of a homefs file then waits for this very request, and the
+// read for the close (seen: every /proc reader of the machine stuck behind it). So such a
+// read runs on a thread of its own, and the request goes on without its answer after
+// 200 ms (the read finishes once the exec does).
+template <typename T, typename F>
+T Bounded(F read, T otherwise) {
+  auto answer = std::make_shared<std::promise<T>>();
+  auto future = answer->get_future();
+  try {
+    std::thread([answer, read] { answer->set_value(read()); }).detach();
+  } catch (const std::system_error&) {
+    return otherwise;
+  }
+  if (future.wait_for(std::chrono::milliseconds(200)) != std::future_status::ready) {
+    return otherwise;
+  }
+  return future.get();
+}
+
+uint64_t MountNsOf(pid_t pid) {
+  char link[64];
+  std::string path = "/proc/" + std::to_string(pid) + "/ns/mnt";
+  ssize_t n = ::readlink(path.c_str(), link, sizeof link - 1);
+  if (n <= 0) return 0;
+  link[n] = '\0';
+  unsigned long long inode = 0;
+  return std::sscanf(link, "mnt:[%llu]", &inode) == 1 ? inode : 0;
+}
+
+// The process's pid in its innermost pid namespace (the job's): NStgid's last field; 0
+// for a process of this node's own pid namespace (criu itself, not a process of a job).
+int32_t InnerPid(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/status";
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (!f) return 0;
+  char line[256];
+  int32_t inner = 0;
+  int levels = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, "NStgid:", 7) != 0) continue;
+    for (char* at = line + 7; *at;) {
+      char* end;
+      long v = std::strtol(at, &end, 10);
+      if (end == at) break;
+      inner = static_cast<int32_t>(v);
+      ++levels;
+      at = end;
+    }
+    break;
+  }
+  std::fclose(f);
+  return levels > 1 ? inner : 0;
+}
+
+// A process of a job that criu is still restoring: criu's own fd shuffling closes files
+// (which would drop the process's POSIX locks) before the restorer names the process
+// after the job's program again.
+bool Restoring(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/comm";
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (!f) return false;
+  char comm[32] = {};
+  bool criu = std::fgets(comm, sizeof comm, f) && std::strcmp(comm, "criu\n") == 0;
+  std::fclose(f);
+  return criu;
+}
+
 void SetLock(schema::FileLock::Builder out, const struct flock& lock) {
   out.setType(lock.l_type);
   out.setStart(static_cast<uint64_t>(std::max<off_t>(lock.l_start, 0)));
@@ -1158,7 +1257,10 @@ void Fs::Getlk(Request r, fuse_ino_t, fuse_file_info* fi, const struct flock& lo
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOwner(fi->lock_owner);
   SetLock(p->rq.initLock(), lock);
-  Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) {
+  TagCarry(r.get(), p->rq);
+  uint64_t fh = fi->fh;
+  pid_t asker = fuse_req_ctx(r.get())->pid;
+  Call(std::move(r), std::move(p), [this, fh, asker](Request& r, auto rs, uint64_t) {
     auto got = rs.getLock();
     struct flock out {};
     out.l_type = got.getType();
@@ -1166,8 +1268,37 @@ void Fs::Getlk(Request r, fuse_ino_t, fuse_file_info* fi, const struct flock& lo
     out.l_start = static_cast<off_t>(got.getStart());
     out.l_len = static_cast<off_t>(got.getLength());
     out.l_pid = got.getPid();
+    if (out.l_type != F_UNLCK) {
+      // The kernel turns a pid that is not one of this node's into 0 on the way to the
+      // caller; the caller's shim asks for it again (LockHolder).
+      std::lock_guard lock(locks_mutex_);
+      if (getlk_answers_.size() >= 4096) getlk_answers_.clear();
+      getlk_answers_[asker] = {fh, out};
+    }
     r.Lock(out);
   });
+}
+
+void Fs::LockHolder(Request r, fuse_file_info* fi, const void* in, size_t in_size,
+                    size_t out_size) {
+  if (in_size < sizeof(struct flock) || out_size < sizeof(struct flock)) return r.Err(EINVAL);
+  struct flock asked;
+  std::memcpy(&asked, in, sizeof asked);
+  pid_t asker = fuse_req_ctx(r.get())->pid;
+  std::optional<struct flock> answer;
+  {
+    std::lock_guard lock(locks_mutex_);
+    auto it = getlk_answers_.find(asker);
+    if (it != getlk_answers_.end() && it->second.first == fi->fh) {
+      answer = it->second.second;
+      getlk_answers_.erase(it);
+    }
+  }
+  if (!answer || answer->l_type != asked.l_type || answer->l_start != asked.l_start ||
+      answer->l_len != asked.l_len) {
+    return r.Err(ENOENT);
+  }
+  r.Ioctl(&*answer, sizeof *answer);
 }
 
 void Fs::Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock,
@@ -1176,13 +1307,20 @@ void Fs::Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock
   auto p = Prepare(r, Op::SETLK);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOwner(fi->lock_owner);
-  SetLock(p->rq.initLock(), lock);
+  auto sent = p->rq.initLock();
+  SetLock(sent, lock);
   bool acquires = lock.l_type != F_UNLCK;
-  p->rq.setFlags(sleep && acquires ? 1 : 0);
+  // The holder as the home names it to F_GETLK (a job's process: its home id).
   if (acquires) {
+    pid_t pid = lock.l_pid;
+    sent.setPid(Bounded([pid] { return HomeIdOf(pid); }, pid));
+  }
+  p->rq.setFlags(sleep && acquires ? 1 : 0);
+  bool carried = TagCarry(r.get(), p->rq);
+  if (acquires || carried) {
     // Before it is sent: a close racing with the answer must drop it at the home.
     std::lock_guard guard(locks_mutex_);
-    lock_owners_.insert({ino, fi->lock_owner});
+    lock_owners_[{ino, fi->lock_owner}] = fuse_req_ctx(r.get())->pid;
   }
   LockCall(std::move(r), std::move(p), ino, sleep && acquires, acquires);
 }
@@ -1194,6 +1332,12 @@ void Fs::Flock(Request r, fuse_ino_t ino, fuse_file_info* fi, int op) {
   p->rq.setOwner(fi->lock_owner);
   p->rq.setFlags(static_cast<uint32_t>(op));
   bool acquires = !(op & LOCK_UN);
+  if (acquires) {
+    std::lock_guard lock(mutex_);
+    if (auto it = handles_.find(fi->fh); it != handles_.end()) {
+      it->second.flocker = fuse_req_ctx(r.get())->pid;
+    }
+  }
   LockCall(std::move(r), std::move(p), ino, acquires && !(op & LOCK_NB), acquires);
 }
 
@@ -1276,7 +1420,15 @@ void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
     std::lock_guard lock(locks_mutex_);
     locked = lock_owners_.erase({ino, fi->lock_owner}) > 0;
   }
+  // A process of a job that moved here with locks may hold them without having asked
+  // this mount for any: its close drops them too.
+  capnp::MallocMessageBuilder message(256);
+  auto rq = message.initRoot<schema::FileRequest>();
+  if (!IsDeferred(fi->fh) && TagCarry(r.get(), rq) && !Restoring(fuse_req_ctx(r.get())->pid)) {
+    locked = true;
+  }
   if (!locked || IsDeferred(fi->fh)) return r.Err(0);
+  ReopenLocked(fi->fh, true);
   uint64_t generation, remote;
   {
     std::lock_guard lock(mutex_);
@@ -1285,8 +1437,6 @@ void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
     generation = it->second.generation;
     remote = it->second.remote;
   }
-  capnp::MallocMessageBuilder message(256);
-  auto rq = message.initRoot<schema::FileRequest>();
   rq.setOp(Op::UNLOCK_OWNER);
   rq.setFh(remote);
   rq.setHasFh(true);
@@ -1295,6 +1445,97 @@ void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
   // them held); a connection gone since took them with it. close() never fails for this.
   auto shared = std::make_shared<Request>(std::move(r));
   client_.Send(message, generation, [shared](int, IncomingMessage*) { shared->Err(0); });
+}
+
+
+// ---------------------------------------------------------------------------------------
+// Locks across a move (see ARCHITECTURE.md, "Locks across a move"): CRIU does not see the
+// locks a job holds through homefs (they are the home's, not in this node's /proc/locks),
+// so the daemons carry them. The job's processes are known by their mount namespace (a
+// job's own, the same for CRIU's restore of it) and their pid in the job's pid namespace
+// (CRIU restores it as it was).
+
+
+bool Fs::TagCarry(fuse_req_t req, schema::FileRequest::Builder rq) {
+  {
+    std::lock_guard lock(locks_mutex_);
+    if (claims_.empty()) return false;  // the usual case: no /proc reads
+  }
+  pid_t pid = fuse_req_ctx(req)->pid;
+  uint64_t mntns = pid > 0 ? Bounded([pid] { return MountNsOf(pid); }, uint64_t{0}) : 0;
+  if (mntns == 0) return false;
+  uint64_t token;
+  {
+    std::lock_guard lock(locks_mutex_);
+    auto it = claims_.find(mntns);
+    if (it == claims_.end()) return false;
+    token = it->second;
+  }
+  int32_t inner = Bounded([pid] { return InnerPid(pid); }, int32_t{0});
+  if (inner == 0) return false;  // criu itself
+  rq.setCarry(token);
+  rq.setCarryPid(inner);
+  return true;
+}
+
+void Fs::CarryLocks(Request r, const std::string& what, const std::string& value) {
+  if (fuse_req_ctx(r.get())->uid != 0) return r.Err(EPERM);
+  unsigned long long token = 0, mntns = 0;
+  int fields = std::sscanf(value.c_str(), "%llu %llu", &token, &mntns);
+  if (fields < 1 || token == 0) return r.Err(EINVAL);
+  Op op = what == "park"      ? Op::PARK_LOCKS
+          : what == "unpark"  ? Op::UNPARK_LOCKS
+          : what == "claim"   ? Op::CLAIM_LOCKS
+                              : Op::HELLO;
+  if (op == Op::HELLO || (op != Op::UNPARK_LOCKS && fields < 2)) return r.Err(EINVAL);
+  auto p = Prepare(r, op);
+  if (!p) return;
+  p->rq.setCarry(token);
+  if (op == Op::CLAIM_LOCKS || (op == Op::UNPARK_LOCKS && mntns != 0)) {
+    // (An unpark: the job stays, and what it carried here before is claimed again.)
+    std::lock_guard lock(locks_mutex_);
+    claims_[mntns] = token;
+  } else if (op == Op::UNPARK_LOCKS) {
+    std::lock_guard lock(locks_mutex_);
+    std::erase_if(claims_, [&](const auto& claim) { return claim.second == token; });
+  } else if (op == Op::PARK_LOCKS) {
+    struct Parked {
+      uint64_t node = 0, owner = 0, fh = 0;
+      int32_t pid = 0;
+      bool flock = false;
+    };
+    std::vector<Parked> parked;
+    {
+      std::lock_guard lock(mutex_);
+      std::lock_guard locks(locks_mutex_);
+      for (const auto& [key, pid] : lock_owners_) {
+        auto inode = inodes_.find(key.first);
+        if (inode == inodes_.end() || inode->second.generation != p->generation) continue;
+        if (MountNsOf(pid) != mntns) continue;
+        parked.push_back({inode->second.remote, key.second, 0, InnerPid(pid), false});
+      }
+      for (const auto& [fh, handle] : handles_) {
+        if (handle.dir || !handle.flocker || handle.generation != p->generation) continue;
+        if (MountNsOf(handle.flocker) != mntns) continue;
+        parked.push_back({0, 0, handle.remote, 0, true});
+      }
+      // The job came here with locks and moves on: what it has not bound here goes too.
+      if (auto it = claims_.find(mntns); it != claims_.end()) {
+        p->rq.setCarriedFrom(it->second);
+        claims_.erase(it);
+      }
+    }
+    auto list = p->rq.initParked(static_cast<unsigned>(parked.size()));
+    for (size_t i = 0; i < parked.size(); ++i) {
+      list[i].setNode(parked[i].node);
+      list[i].setOwner(parked[i].owner);
+      list[i].setPid(parked[i].pid);
+      list[i].setFh(parked[i].fh);
+      list[i].setFlock(parked[i].flock);
+    }
+    spdlog::info("homefs: parking {} lock owners of a moving job at the home", parked.size());
+  }
+  Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
 }
 
 }  // namespace homeward

@@ -97,6 +97,12 @@ class Fs {
   // Locks are the home's (see ARCHITECTURE.md, "Locks"): taken there, held there.
   void Getlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock);
   void Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock& lock, bool sleep);
+  // The kHomefsLockHolder ioctl (lock_holder.h): the holder's home id of the lock the
+  // caller's last F_GETLK on this file reported.
+  void LockHolder(Request r, fuse_file_info* fi, const void* in, size_t in_size, size_t out_size);
+  // A file that holds locks, opened on a connection that broke, is opened again before
+  // its close is sent (the home kept its locks across a restart of its daemon).
+  void ReopenLocked(uint64_t fh, bool locks);
   void Flock(Request r, fuse_ino_t ino, fuse_file_info* fi, int op);
   // A close: the closing process's POSIX locks on the file go (at the home).
   void Flush(Request r, fuse_ino_t ino, fuse_file_info* fi);
@@ -135,6 +141,9 @@ class Fs {
     uint64_t generation = 0;
     uint32_t uid = 0, gid = 0;  // the opener's credentials, to open it again as them
     std::vector<uint32_t> groups;
+    // The process (this node's pid) that took a flock through it, or whose job's restore
+    // opened it with carried locks: a later move of that job parks its flock.
+    pid_t flocker = 0;
   };
   // Answers a request from the home's reply (err: the client's, e.g. EIO, EINTR).
   using Handler = std::function<void(Request&, int err, IncomingMessage*, uint64_t generation)>;
@@ -186,6 +195,14 @@ class Fs {
   // `acquires`: success takes a lock, so the file's cached data and attributes go first.
   void LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool waits,
                 bool acquires);
+  // Locks across a move (see ARCHITECTURE.md, "Locks across a move"). The daemon asks by
+  // setting trusted.homeward.{park,unpark,claim} on the root (root only): park what the
+  // job in mount namespace `mntns` holds under `token`; forget `token` (the move failed);
+  // claim `token` for the job that will be restored in mount namespace `mntns`.
+  void CarryLocks(Request r, const std::string& what, const std::string& value);
+  // Tags `rq` when its caller is a process of a job whose locks this mount claimed (the
+  // home then binds them to the caller's lock owner or open file). Returns whether it did.
+  bool TagCarry(fuse_req_t req, schema::FileRequest::Builder rq);
   void CancelLockWait(uint64_t generation, uint64_t id);
 
   FileClient& client_;
@@ -224,9 +241,15 @@ class Fs {
   std::thread resend_thread_;
 
   std::mutex locks_mutex_;
-  // (node, lock owner) that took a POSIX lock through this mount: a flush (close) of theirs
-  // drops the owner's locks at the home. Others' flushes are answered here.
-  std::set<std::pair<fuse_ino_t, uint64_t>> lock_owners_;
+  // (node, lock owner) that took a POSIX lock through this mount, with the pid (this
+  // node's) that took it: a flush (close) of theirs drops the owner's locks at the home.
+  // Others' flushes are answered here.
+  std::map<std::pair<fuse_ino_t, uint64_t>, pid_t> lock_owners_;
+  // Jobs whose carried locks this mount claimed: their mount namespace -> the token.
+  std::map<uint64_t, uint64_t> claims_;
+  // The last answer a getlk with a lock in it gave each caller (its pid here): the file
+  // handle and the lock, with the holder's home id, for LockHolder.
+  std::map<pid_t, std::pair<uint64_t, struct flock>> getlk_answers_;
   struct LockWait {
     uint64_t generation = 0;
     uint64_t id = 0;  // the request's, once sent

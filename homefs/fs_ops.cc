@@ -3,6 +3,7 @@
 // with EIO by the Request's destructor.
 #include "c_boundary.h"
 #include "fs.h"
+#include "lock_holder.h"
 
 namespace homeward {
 
@@ -111,6 +112,16 @@ fuse_lowlevel_ops MakeOps() {
   ops.setlk = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
                  int sleep) {
     Guard(q, [&](Fs& fs, Request r) { fs.Setlk(std::move(r), ino, fi, *lock, sleep != 0); });
+  };
+  // Only the lock holder's question (lock_holder.h); the kernel answers ENOTTY to others.
+  ops.ioctl = [](fuse_req_t q, fuse_ino_t, unsigned int cmd, void*, fuse_file_info* fi,
+                 unsigned flags, const void* in, size_t in_size, size_t out_size) {
+    Guard(q, [&](Fs& fs, Request r) {
+      if (cmd != static_cast<unsigned int>(kHomefsLockHolder) || (flags & FUSE_IOCTL_DIR)) {
+        return r.Err(ENOTTY);
+      }
+      fs.LockHolder(std::move(r), fi, in, in_size, out_size);
+    });
   };
   ops.flock = [](fuse_req_t q, fuse_ino_t ino, fuse_file_info* fi, int op) {
     Guard(q, [&](Fs& fs, Request r) { fs.Flock(std::move(r), ino, fi, op); });

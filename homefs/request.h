@@ -41,6 +41,7 @@ class Request {
   void Statfs(const struct statvfs& st) { fuse_reply_statfs(Take(), &st); }
   void Xattr(size_t size) { fuse_reply_xattr(Take(), size); }
   void Lock(const struct flock& lock) { fuse_reply_lock(Take(), &lock); }
+  void Ioctl(const void* out, size_t size) { fuse_reply_ioctl(Take(), 0, out, size); }
 
  private:
   fuse_req_t Take() { return std::exchange(req_, nullptr); }

@@ -227,6 +227,7 @@ void FillJob(schema::JobMetadata::Builder out, const JobMetadata& job) {
   input.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(job.input_data.data()),
                              job.input_data.size()));
   input.setEnded(job.input_ended);
+  out.setLockToken(job.lock_token);
 }
 
 JobMetadata ReadJob(schema::JobMetadata::Reader in) {
@@ -245,6 +246,7 @@ JobMetadata ReadJob(schema::JobMetadata::Reader in) {
     job.input_data.assign(reinterpret_cast<const char*>(data.begin()), data.size());
     job.input_ended = input.getEnded();
   }
+  job.lock_token = in.getLockToken();
   return job;
 }
 

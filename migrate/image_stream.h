@@ -34,6 +34,8 @@ struct JobMetadata {
   uint64_t input_offset = 0;
   std::string input_data;
   bool input_ended = false;
+  // Not 0: the job's homefs locks wait at its home under this token (see migration.capnp).
+  uint64_t lock_token = 0;
 };
 
 struct StreamStats {

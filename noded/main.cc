@@ -12,11 +12,14 @@
 #include "error.h"
 #include "fd_keeper.h"
 #include "homeward_config.h"
+#include "lock_keeper.h"
 #include "log.h"
 
 int main(int argc, char** argv) {
   // A keeper of a job's pipe ends (fd_keeper.h): this binary, so it needs no path of its own.
   if (argc == 2 && std::strcmp(argv[1], "--keep-fds") == 0) return homeward::FdKeeperMain();
+  // The keeper of the file service's lock descriptions (lock_keeper.h), likewise.
+  if (argc == 2 && std::strcmp(argv[1], "--keep-locks") == 0) return homeward::LockKeeperMain();
   CLI::App app{"Homeward node daemon"};
   std::string config_path = "/etc/homeward/node.toml";
   app.add_option("-c,--config", config_path, "the node's TOML configuration");

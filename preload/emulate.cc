@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
@@ -20,6 +21,7 @@
 
 #include "env_inject.h"
 #include "home_ids.h"
+#include "lock_holder.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
 
@@ -27,6 +29,7 @@ namespace homeward::preload {
 namespace {
 
 constexpr unsigned long kSigsysBit = 1UL << (SIGSYS - 1);
+constexpr long kFuseSuperMagic = 0x65735546;
 
 long Raw(long nr, const long a[6]) {
   return RawSyscall(nr, a[0], a[1], a[2], a[3], a[4]);
@@ -277,15 +280,32 @@ long Sigqueueinfo(const PidMap& map, long nr, const long a[6]) {
   return RawSyscall(nr, map.ToInner(a[0]), map.ToInner(a[1]), a[2], info);
 }
 
+// Whether `fd` is a file of a FUSE file system (homefs is one): only there is the lock
+// holder's ioctl asked, never of another driver that might read its number otherwise.
+bool IsFuse(long fd) {
+  struct statfs fs;
+  return RawSyscall(SYS_fstatfs, fd, reinterpret_cast<long>(&fs)) == 0 &&
+         fs.f_type == kFuseSuperMagic;
+}
+
 // F_GETLK and F_OFD_GETLK (the only fcntl commands the filter traps): the owner of a
 // conflicting lock. An open file description's lock has no owner (-1), and one held
 // outside the job's pid namespace shows as 0; both stay.
+// A lock on a homefs file (its home's) held by no process of this node reads as 0 (-1 to
+// F_OFD_GETLK): homefs knows the holder's home id and is asked for it (lock_holder.h).
 long Fcntl(const PidMap& map, const long a[6]) {
   long result = Raw(SYS_fcntl, a);
   if (result == 0 && (a[1] == F_GETLK || a[1] == F_OFD_GETLK) && a[2] != 0) {
     auto* lock = reinterpret_cast<struct flock*>(a[2]);
     if (lock->l_type != F_UNLCK) {
-      lock->l_pid = static_cast<pid_t>(LockOwnerToHome(map, lock->l_pid));
+      struct flock holder = *lock;
+      if (lock->l_pid <= 0 && IsFuse(a[0]) &&
+          RawSyscall(SYS_ioctl, a[0], static_cast<long>(kHomefsLockHolder),
+                     reinterpret_cast<long>(&holder)) == 0) {
+        lock->l_pid = holder.l_pid;  // a home id already
+      } else {
+        lock->l_pid = static_cast<pid_t>(LockOwnerToHome(map, lock->l_pid));
+      }
     }
   }
   return result;

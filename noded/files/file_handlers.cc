@@ -49,6 +49,7 @@ void FileOps::Hello(FileSession& s, Rq rq, Rs rs) {
   FillAttr(StatFd(s.root_), rs.initEntry().initAttr());
   rs.getEntry().setNode(1);
   s.client_ = rq.getClient();
+  s.AdoptKept();  // what the lock keeper held for it across a restart of the daemon
 }
 
 void FileOps::Lookup(FileSession& s, Rq rq, Rs rs) {
@@ -228,6 +229,10 @@ void FileOps::Open(FileSession& s, Rq rq, Rs rs) {
       throw OpError{err};
     }
   }
+  // The restore of a job whose locks moved with it opens its files: a flock it held binds
+  // to this open file before anyone can use it.
+  if (!dir && rq.getCarry() != 0) s.BindCarriedFlock(rq.getCarry(), *handle);
+  if (!dir) s.BindKeptFlock(*handle);
   rs.setFh(s.AddHandle(std::move(handle)));
 }
 

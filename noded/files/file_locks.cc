@@ -8,11 +8,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstring>
 
 #include <spdlog/spdlog.h>
 
 #include "file_ops.h"
+#include "lock_holder.h"
 
 namespace homeward {
 
@@ -23,6 +26,13 @@ namespace {
 
 bool Busy(int err) {
   return err == EAGAIN || err == EWOULDBLOCK || err == EACCES;
+}
+
+// What the lock keeper is told of a moving job's lock: a restart drops it.
+LockKeeper::Meta ParkedMeta() {
+  LockKeeper::Meta meta;
+  meta.kind = LockKeeper::Kind::kParked;
+  return meta;
 }
 
 std::pair<uint64_t, uint64_t> InodeOf(int fd) {
@@ -58,7 +68,8 @@ Range ToRange(schema::FileLock::Reader lock) {
 }  // namespace
 
 std::shared_ptr<FileSession::LockOwner> FileSession::OwnerOf(uint64_t fh, const OpenFile& file,
-                                                            uint64_t owner, bool create) {
+                                                            uint64_t owner, bool create,
+                                                            uint64_t carry, int32_t carry_pid) {
   auto inode = InodeOf(file.fd.get());
   {
     std::lock_guard lock(owners_mutex_);
@@ -66,6 +77,32 @@ std::shared_ptr<FileSession::LockOwner> FileSession::OwnerOf(uint64_t fh, const 
     if (it != owners_.end()) {
       it->second->handles.insert(fh);
       return it->second;
+    }
+    // A process of a job that moved here, first seen with this owner: the description
+    // that held its locks on the old node is its description from now on.
+    auto claimed = carry ? claimed_.find(carry) : claimed_.end();
+    if (claimed != claimed_.end()) {
+      auto& posix = claimed->second->posix;
+      auto match = std::find_if(posix.begin(), posix.end(), [&](const Carried::Posix& p) {
+        return p.inode == inode && p.pid == carry_pid;
+      });
+      if (match != posix.end()) {
+        auto bound = std::make_shared<LockOwner>();
+        bound->fd = std::move(match->fd);
+        bound->access = match->access;
+        bound->owner = owner;
+        bound->inode = inode;
+        bound->handles.insert(fh);
+        bound->kept = std::move(match->kept);
+        if (bound->kept) bound->kept->Describe(OwnerMeta(owner, inode, 0, bound->access));
+        locks_->Rekey(inode, {claimed->second.get(), static_cast<uint64_t>(match->pid)},
+                      {this, owner});
+        posix.erase(match);
+        owners_[{owner, inode}] = bound;
+        spdlog::debug("file service: a carried lock owner (pid {} of its job) bound again",
+                      carry_pid);
+        return bound;
+      }
     }
   }
   if (!create) return nullptr;
@@ -83,10 +120,89 @@ std::shared_ptr<FileSession::LockOwner> FileSession::OwnerOf(uint64_t fh, const 
     fd = Check(::open(path.c_str(), made->access | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   }
   made->fd = Fd::Adopt(fd);
+  // Kept across a restart of the daemon (only a client that named itself in its hello can
+  // take it back); set before anyone else can see the owner.
+  if (locks_->keeper && client_ != 0) {
+    made->kept = locks_->keeper->Keep(made->fd.get(), OwnerMeta(owner, inode, 0, made->access));
+  }
   std::lock_guard lock(owners_mutex_);
   auto [it, added] = owners_.try_emplace({owner, inode}, made);
   it->second->handles.insert(fh);
   return it->second;  // another request of the owner may have made one meanwhile
+}
+
+LockKeeper::Meta FileSession::OwnerMeta(uint64_t owner, std::pair<uint64_t, uint64_t> inode,
+                                        int pid, int access) const {
+  LockKeeper::Meta meta;
+  meta.kind = owner == 0 ? LockKeeper::Kind::kFlock : LockKeeper::Kind::kPosix;
+  meta.client = client_;
+  meta.owner = owner;
+  meta.inode = inode;
+  meta.pid = pid;
+  meta.access = access;
+  meta.host = host_;
+  return meta;
+}
+
+void FileSession::AdoptKept() {
+  if (!locks_->keeper || client_ == 0) return;
+  auto orphans = locks_->keeper->Adopt(client_);
+  if (orphans.empty()) return;
+  size_t owners = 0, flocks = 0;
+  std::lock_guard lock(owners_mutex_);
+  for (auto& orphan : orphans) {
+    const auto& meta = orphan.meta;
+    if (meta.kind == LockKeeper::Kind::kFlock) {
+      kept_flocks_.emplace(meta.inode, std::move(orphan));
+      ++flocks;
+      continue;
+    }
+    int fd = ::fcntl(orphan.kept->fd(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) continue;
+    auto owner = std::make_shared<LockOwner>();
+    owner->fd = Fd::Adopt(fd);
+    owner->access = meta.access;
+    owner->owner = meta.owner;
+    owner->inode = meta.inode;
+    owner->kept = std::move(orphan.kept);
+    owner->described_pid = meta.pid;
+    // What exactly it holds is the kernel's; for F_GETLK's holder, the whole file.
+    locks_->Held(meta.inode, {this, meta.owner}, meta.pid, F_WRLCK, 0, HomeLocks::kToEnd);
+    owners_[{meta.owner, meta.inode}] = std::move(owner);
+    ++owners;
+  }
+  spdlog::info("file service: {} lock owners and {} flocks of {} held across the restart", owners,
+               flocks, host_);
+}
+
+void FileSession::BindKeptFlock(OpenFile& file) {
+  std::lock_guard lock(owners_mutex_);
+  if (kept_flocks_.empty()) return;
+  auto it = kept_flocks_.find(InodeOf(file.fd.get()));
+  if (it == kept_flocks_.end()) return;
+  int fd = ::fcntl(it->second.kept->fd(), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return;
+  file.carried_flock = Fd::Adopt(fd);
+  file.kept_flock = std::move(it->second.kept);
+  file.flocked = true;
+  kept_flocks_.erase(it);
+}
+
+void FileSession::BindCarriedFlock(uint64_t carry, OpenFile& file) {
+  auto inode = InodeOf(file.fd.get());
+  std::lock_guard lock(owners_mutex_);
+  auto claimed = claimed_.find(carry);
+  if (claimed == claimed_.end()) return;
+  auto& flocks = claimed->second->flocks;
+  auto match = std::find_if(flocks.begin(), flocks.end(),
+                            [&](const Carried::Flock& f) { return f.inode == inode; });
+  if (match == flocks.end()) return;
+  file.carried_flock = std::move(match->fd);
+  file.kept_flock = std::move(match->kept);
+  if (file.kept_flock) file.kept_flock->Describe(OwnerMeta(0, inode, 0, 0));
+  file.flocked = true;
+  flocks.erase(match);
+  spdlog::debug("file service: a carried flock bound again");
 }
 
 void FileSession::DropOwner(std::pair<uint64_t, uint64_t> inode, uint64_t owner) {
@@ -131,6 +247,10 @@ void FileSession::DropLocks() {
     std::lock_guard lock(owners_mutex_);
     gone.swap(owners_);
   }
+  {
+    std::lock_guard lock(owners_mutex_);
+    claimed_.clear();  // what moved here with a job goes as the job's other locks do
+  }
   std::vector<std::shared_ptr<OpenFile>> files;
   {
     std::lock_guard lock(mutex_);
@@ -139,8 +259,14 @@ void FileSession::DropLocks() {
     }
   }
   for (auto& file : files) {
-    ::flock(file->fd.get(), LOCK_UN);
+    ::flock(file->FlockFd(), LOCK_UN);
     file->flocked = false;
+    std::lock_guard kept(file->kept_mutex);
+    file->kept_flock.reset();
+  }
+  {
+    std::lock_guard lock(owners_mutex_);
+    kept_flocks_.clear();
   }
   locks_->ForgetSession(this);
   size_t count = gone.size();
@@ -155,7 +281,8 @@ void FileOps::Getlk(FileSession& s, Rq rq, Rs rs) {
   if (range.fl.l_type == F_UNLCK) throw OpError{EINVAL};
   // Asked through the owner's own description, its own locks do not count (as a process's
   // own locks do not for F_GETLK); an owner without one holds nothing here.
-  auto owner = s.OwnerOf(rq.getFh(), *handle, rq.getOwner(), false);
+  auto owner =
+      s.OwnerOf(rq.getFh(), *handle, rq.getOwner(), false, rq.getCarry(), rq.getCarryPid());
   struct flock fl = range.fl;
   Check(::fcntl(owner ? owner->fd.get() : handle->fd.get(), F_OFD_GETLK, &fl));
   auto out = rs.initLock();
@@ -163,7 +290,9 @@ void FileOps::Getlk(FileSession& s, Rq rq, Rs rs) {
   if (fl.l_type == F_UNLCK) return;
   out.setStart(static_cast<uint64_t>(fl.l_start));
   out.setLength(static_cast<uint64_t>(fl.l_len));
-  int pid = fl.l_pid;
+  // The holder as the home knows it: a local process by its pid, a job's (at home) by its
+  // home id; a client's lock by the home id its node sent with it.
+  int pid = fl.l_pid > 0 ? HomeIdOf(fl.l_pid) : fl.l_pid;
   if (pid == -1) {
     // An OFD lock: a client's (named by what its node said) or a local OFD user's.
     int64_t end = fl.l_len == 0 ? HomeLocks::kToEnd : fl.l_start + fl.l_len - 1;
@@ -185,19 +314,30 @@ bool FileOps::Setlk(FileSession& s, Rq rq, Rs, FileSession::Later& later) {
     int kind = op & (LOCK_SH | LOCK_EX | LOCK_UN);
     if (kind != LOCK_SH && kind != LOCK_EX && kind != LOCK_UN) throw OpError{EINVAL};
     if (kind == LOCK_UN) {
-      Check(::flock(handle->fd.get(), LOCK_UN));
+      Check(::flock(handle->FlockFd(), LOCK_UN));
       handle->flocked = false;
+      std::lock_guard kept(handle->kept_mutex);
+      handle->kept_flock.reset();
       return true;
     }
     wait = !(op & LOCK_NB);
     attempt = [handle, kind](bool block) {
-      return ::flock(handle->fd.get(), kind | (block ? 0 : LOCK_NB)) == 0 ? 0 : errno;
+      return ::flock(handle->FlockFd(), kind | (block ? 0 : LOCK_NB)) == 0 ? 0 : errno;
     };
-    got = [handle] { handle->flocked = true; };
+    // Kept across a restart of the daemon, as the client's flock of this file (only a client
+    // that named itself in its hello can take it back).
+    std::shared_ptr<LockKeeper> keeper = s.client_ != 0 ? s.locks_->keeper : nullptr;
+    auto meta = s.OwnerMeta(0, InodeOf(handle->FlockFd()), 0, 0);
+    got = [handle, keeper, meta] {
+      handle->flocked = true;
+      std::lock_guard kept(handle->kept_mutex);
+      if (keeper && !handle->kept_flock) handle->kept_flock = keeper->Keep(handle->FlockFd(), meta);
+    };
   } else {
     Range range = ToRange(rq.getLock());
     short type = range.fl.l_type;
-    auto owner = s.OwnerOf(fh, *handle, rq.getOwner(), type != F_UNLCK);
+    auto owner = s.OwnerOf(fh, *handle, rq.getOwner(), type != F_UNLCK, rq.getCarry(),
+                           rq.getCarryPid());
     if (type == F_UNLCK) {
       if (owner) {
         Check(::fcntl(owner->fd.get(), F_OFD_SETLK, &range.fl));
@@ -214,9 +354,13 @@ bool FileOps::Setlk(FileSession& s, Rq rq, Rs, FileSession::Later& later) {
     attempt = [owner, fl = range.fl](bool block) mutable {
       return ::fcntl(owner->fd.get(), block ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0 ? 0 : errno;
     };
-    got = [locks = s.locks_, owner, key = HomeLocks::Owner{&s, owner->owner},
-           pid = rq.getLock().getPid(), type, start = range.fl.l_start, end = range.end] {
+    int pid = rq.getLock().getPid();
+    auto meta = s.OwnerMeta(owner->owner, owner->inode, pid, owner->access);
+    got = [locks = s.locks_, owner, key = HomeLocks::Owner{&s, owner->owner}, pid, meta, type,
+           start = range.fl.l_start, end = range.end] {
       locks->Held(owner->inode, key, pid, type, start, end);
+      // The keeper learns the holder's pid once (F_GETLK names it after a restart too).
+      if (owner->kept && owner->described_pid.exchange(pid) != pid) owner->kept->Describe(meta);
     };
   }
   int err = attempt(false);
@@ -237,7 +381,118 @@ bool FileOps::Setlk(FileSession& s, Rq rq, Rs, FileSession::Later& later) {
 
 void FileOps::UnlockOwner(FileSession& s, Rq rq, Rs) {
   auto handle = s.GetHandle(rq.getFh());
+  // A process of a moved job closing the file drops what it carried too.
+  if (rq.getCarry()) s.OwnerOf(rq.getFh(), *handle, rq.getOwner(), false, rq.getCarry(),
+                               rq.getCarryPid());
   s.DropOwner(InodeOf(handle->fd.get()), rq.getOwner());
+}
+
+// Locks across a move. The source parks what the job holds before its frozen copy is
+// killed (the copy's closes then drop only the source's own references: the parked
+// descriptors keep the descriptions, and so the locks, open); the target claims them
+// before criu restores the job, and its restore and the job's requests bind them again.
+// At no moment is a lock free, so no waiter slips in between.
+void FileOps::ParkLocks(FileSession& s, Rq rq, Rs) {
+  uint64_t token = rq.getCarry();
+  if (token == 0) throw OpError{EINVAL};
+  auto carried = std::make_shared<FileSession::Carried>();
+  if (uint64_t earlier = rq.getCarriedFrom()) {
+    // Moving on again: what the job carried here and never touched goes along.
+    std::lock_guard lock(s.owners_mutex_);
+    auto it = s.claimed_.find(earlier);
+    if (it != s.claimed_.end()) {
+      for (auto& p : it->second->posix) {
+        s.locks_->Rekey(p.inode, {it->second.get(), static_cast<uint64_t>(p.pid)},
+                        {carried.get(), static_cast<uint64_t>(p.pid)});
+        p.from_claim = true;
+        carried->posix.push_back(std::move(p));
+      }
+      for (auto& f : it->second->flocks) {
+        f.from_claim = true;
+        carried->flocks.push_back(std::move(f));
+      }
+      s.claimed_.erase(it);
+    }
+  }
+  for (auto parked : rq.getParked()) {
+    try {
+      if (parked.getFlock()) {
+        auto handle = s.GetHandle(parked.getFh());
+        if (!handle->flocked) continue;
+        std::shared_ptr<LockKeeper::Kept> kept;
+        {
+          std::lock_guard guard(handle->kept_mutex);
+          kept = handle->kept_flock;
+        }
+        if (kept) kept->Describe(ParkedMeta());
+        carried->flocks.push_back({InodeOf(handle->fd.get()),
+                                   Fd::Adopt(Check(::fcntl(handle->FlockFd(), F_DUPFD_CLOEXEC, 0))),
+                                   false, kept});
+        continue;
+      }
+      auto node = s.GetNode(parked.getNode());
+      auto inode = InodeOf(node->fd.get());
+      std::lock_guard lock(s.owners_mutex_);
+      auto it = s.owners_.find({parked.getOwner(), inode});
+      if (it == s.owners_.end()) continue;  // it holds nothing here
+      FileSession::Carried::Posix p;
+      p.inode = inode;
+      p.pid = parked.getPid();
+      p.owner = parked.getOwner();
+      p.fd = Fd::Adopt(Check(::fcntl(it->second->fd.get(), F_DUPFD_CLOEXEC, 0)));
+      p.access = it->second->access;
+      p.kept = it->second->kept;
+      if (p.kept) p.kept->Describe(ParkedMeta());
+      s.locks_->Rekey(inode, {&s, parked.getOwner()},
+                      {carried.get(), static_cast<uint64_t>(p.pid)});
+      carried->posix.push_back(std::move(p));
+    } catch (const OpError& e) {
+      // A file closed or forgotten meanwhile holds nothing to carry.
+      spdlog::debug("file service: a lock not parked: {}", std::strerror(e.err));
+    }
+  }
+  spdlog::info("file service: {} lock owners and {} flocks of a moving job kept for it",
+               carried->posix.size(), carried->flocks.size());
+  s.locks_->Park(token, std::move(carried));
+}
+
+void FileOps::UnparkLocks(FileSession& s, Rq rq, Rs) {
+  auto carried = std::static_pointer_cast<FileSession::Carried>(s.locks_->Unpark(rq.getCarry()));
+  if (!carried) {
+    // The target's restore failed after its claim: what it claimed is the source's again.
+    std::lock_guard lock(s.owners_mutex_);
+    s.claimed_.erase(rq.getCarry());
+    return;
+  }
+  // The job goes on here: its own descriptions still hold its locks, and the parked
+  // copies of them close (what the held table says is the parking client's again); what
+  // it had carried here and not bound is claimed by this client again (homefs tags the
+  // job's requests with this token from now on).
+  auto kept = std::make_shared<FileSession::Carried>();
+  for (auto& p : carried->posix) {
+    if (p.from_claim) {
+      s.locks_->Rekey(p.inode, {carried.get(), static_cast<uint64_t>(p.pid)},
+                      {kept.get(), static_cast<uint64_t>(p.pid)});
+      kept->posix.push_back(std::move(p));
+    } else {
+      s.locks_->Rekey(p.inode, {carried.get(), static_cast<uint64_t>(p.pid)}, {&s, p.owner});
+      if (p.kept) p.kept->Describe(s.OwnerMeta(p.owner, p.inode, 0, p.access));
+    }
+  }
+  for (auto& f : carried->flocks) {
+    if (f.from_claim) kept->flocks.push_back(std::move(f));
+  }
+  std::lock_guard lock(s.owners_mutex_);
+  s.claimed_[rq.getCarry()] = std::move(kept);
+}
+
+void FileOps::ClaimLocks(FileSession& s, Rq rq, Rs) {
+  auto carried = std::static_pointer_cast<FileSession::Carried>(s.locks_->Unpark(rq.getCarry()));
+  if (!carried) return;  // nothing parked: the job held no locks through homefs
+  spdlog::info("file service: {} lock owners and {} flocks of a job that moved claimed",
+               carried->posix.size(), carried->flocks.size());
+  std::lock_guard lock(s.owners_mutex_);
+  s.claimed_[rq.getCarry()] = std::move(carried);
 }
 
 }  // namespace homeward

@@ -17,6 +17,7 @@
 
 #include "fd.h"
 #include "file_server.h"
+#include "lock_keeper.h"
 #include "schema/files.capnp.h"
 
 namespace homeward {
@@ -36,6 +37,16 @@ struct FileSession::OpenFile {
   Fd fd;
   uint64_t node = 0;
   std::atomic<bool> flocked = false;  // a flock was taken on fd (dropped with DropLocks)
+  // A flock carried across a move (see "Locks across a move"): a descriptor of the
+  // description that holds it (the open file of the job's old node), bound to this one
+  // when the job's restore opened the file; flock then works on that description, and it
+  // closes with this file. Set before the handle is published.
+  Fd carried_flock;
+  int FlockFd() const { return carried_flock.valid() ? carried_flock.get() : fd.get(); }
+  // The lock keeper's hold on the flocked description (kept_mutex), so that its flock
+  // outlives a restart of the daemon.
+  std::shared_ptr<LockKeeper::Kept> kept_flock;
+  std::mutex kept_mutex;
   // Whether fd has O_APPEND: opened so when the caller's file was (the home's kernel then
   // checks the open exactly as for a local one), and cleared by the first positional
   // write (the kernel's writeback of mmap pages, or a caller that cleared O_APPEND with
@@ -59,6 +70,34 @@ struct FileSession::LockOwner {
   uint64_t owner = 0;
   std::pair<uint64_t, uint64_t> inode;
   std::set<uint64_t> handles;  // the open files it locked through (under owners_mutex_)
+  // The lock keeper's hold on fd's description (shared with a parked copy), and the
+  // holder's pid it was last told.
+  std::shared_ptr<LockKeeper::Kept> kept;
+  std::atomic<int> described_pid{0};
+};
+
+// The locks of a job on the move, parked at home under a token between the source's
+// PARK_LOCKS and the target's binding them (see ARCHITECTURE.md, "Locks across a move").
+// Each holds its own descriptor of the description that holds the locks (a dup: locks
+// of OFD and flock belong to the description), so the old node's files may close.
+struct FileSession::Carried {
+  struct Posix {
+    std::pair<uint64_t, uint64_t> inode;
+    int32_t pid = 0;  // the holding process, in the job's pid namespace
+    uint64_t owner = 0;  // its lock owner on the parking client (for an unpark)
+    Fd fd;
+    int access = 0;
+    bool from_claim = false;  // carried here before and not bound: the only holder
+    std::shared_ptr<LockKeeper::Kept> kept;
+  };
+  struct Flock {
+    std::pair<uint64_t, uint64_t> inode;
+    Fd fd;
+    bool from_claim = false;
+    std::shared_ptr<LockKeeper::Kept> kept;
+  };
+  std::vector<Posix> posix;
+  std::vector<Flock> flocks;
 };
 
 namespace file_ops {
@@ -131,6 +170,10 @@ class FileOps {
   static void Getlk(FileSession& s, Rq rq, Rs rs);
   static bool Setlk(FileSession& s, Rq rq, Rs rs, FileSession::Later& later);
   static void UnlockOwner(FileSession& s, Rq rq, Rs rs);
+  // Locks across a move: park (source), unpark (the move failed), claim (target).
+  static void ParkLocks(FileSession& s, Rq rq, Rs rs);
+  static void UnparkLocks(FileSession& s, Rq rq, Rs rs);
+  static void ClaimLocks(FileSession& s, Rq rq, Rs rs);
 };
 
 }  // namespace homeward

@@ -72,9 +72,17 @@ FileServer::FileServer(const std::string& export_root, int threads, FileSession:
                        const std::string& replay_log, const FaultPoints& faults)
     : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)),
       peer_root_(peer_root),
+      notices_(!faults.Hit(Fault::kNoFileNotices)),
       replay_(replay_log),
       pool_(threads) {
   replay_.kill_after_append = faults.Hit(Fault::kKillAfterAppend);
+  // Beside the replay log, in the state directory: the record of the lock keeper, which a
+  // restarted daemon finds its clients' locks in.
+  if (!replay_log.empty()) {
+    auto slash = replay_log.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : replay_log.substr(0, slash);
+    locks_->keeper = LockKeeper::Start(dir + "/files-locks");
+  }
 }
 
 FileServer::~FileServer() {
@@ -82,6 +90,9 @@ FileServer::~FileServer() {
 }
 
 void FileServer::Stop() {
+  // Before the sessions end and let go of their locks: the keeper holds them on for the
+  // next daemon.
+  if (locks_->keeper) locks_->keeper->Detach();
   std::unique_lock lock(mutex_);
   stopping_ = true;
   for (int fd : connections_) ::shutdown(fd, SHUT_RDWR);
@@ -185,11 +196,12 @@ bool FileServer::Register(int fd) {
 std::shared_ptr<FileSession> FileServer::OpenSession(const PeerIdentity& peer,
                                                      const std::shared_ptr<FrameStream>& stream) {
   auto session = std::make_shared<FileSession>(root_.get(), peer_root_, &replay_, locks_);
+  session->SetHost(HostOf(peer.address));
   {
     std::lock_guard lock(mutex_);
     sessions_.emplace(HostOf(peer.address), session);
   }
-  session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
+  if (notices_) session->Watch([stream](uint64_t node, uint64_t parent, const std::string& name) {
     capnp::MallocMessageBuilder message(256);
     auto notice = message.initRoot<schema::ServerMessage>().initNotice();
     notice.setNode(node);
@@ -249,6 +261,7 @@ void FileServer::DropLocks(const std::string& address) {
     }
   }
   for (auto& session : found) session->DropLocks();
+  if (locks_->keeper) locks_->keeper->DropOrphans(HostOf(address));
 }
 
 }  // namespace homeward

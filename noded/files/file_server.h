@@ -23,6 +23,7 @@
 
 #include "fd.h"
 #include "home_locks.h"
+#include "lock_keeper.h"
 #include "peer_auth.h"
 #include "fault.h"
 #include "replay_cache.h"
@@ -94,11 +95,15 @@ class FileSession {
   using Notify = std::function<void(uint64_t node, uint64_t parent, const std::string& name)>;
   void Watch(Notify notify);
 
+  // The client's node (its host), which names what the lock keeper holds for it.
+  void SetHost(std::string host) { host_ = std::move(host); }
+
  private:
   friend class FileOps;  // the handlers of each request kind (file_handlers.cc)
   struct Node;
   struct OpenFile;
   struct LockOwner;
+  struct Carried;
   // The node or open file a request names, held by the request for as long as it uses
   // the descriptor (ESTALE or EBADF when there is none).
   std::shared_ptr<Node> GetNode(uint64_t id);
@@ -126,8 +131,20 @@ class FileSession {
   void Dispatch(schema::FileRequest::Reader request, schema::FileResponse::Builder response);
   // The description that holds `owner`'s POSIX (or OFD) locks on the file open as `fh`,
   // opened on first use; nullptr when there is none and `create` is false.
+  // `carry`, `carry_pid`: the request's tag (a process of a job whose locks this client
+  // claimed): an owner not known yet is bound to the carried description of that process.
   std::shared_ptr<LockOwner> OwnerOf(uint64_t fh, const OpenFile& file, uint64_t owner,
-                                     bool create);
+                                     bool create, uint64_t carry = 0, int32_t carry_pid = 0);
+  // The job's restore opened `file` (tagged `carry`): a carried flock on its object binds.
+  void BindCarriedFlock(uint64_t carry, OpenFile& file);
+  // Locks across a restart of the daemon (see ARCHITECTURE.md, "Locks across a restart"):
+  // what the lock keeper held for this client (its hello's id) before becomes its own again;
+  // a flock binds to the first open of its file (the client opens its files again).
+  void AdoptKept();
+  void BindKeptFlock(OpenFile& file);
+  // What the lock keeper is told of a lock owner's description, or of a flocked file's.
+  LockKeeper::Meta OwnerMeta(uint64_t owner, std::pair<uint64_t, uint64_t> inode, int pid,
+                             int access) const;
   // Drops what `owner` holds on `inode` (all of it: a close by its process).
   void DropOwner(std::pair<uint64_t, uint64_t> inode, uint64_t owner);
   // The file `fh` was closed: the owners that locked only through it go.
@@ -154,6 +171,12 @@ class FileSession {
   // (lock owner, (st_dev, st_ino)) -> its description.
   std::map<std::pair<uint64_t, std::pair<uint64_t, uint64_t>>, std::shared_ptr<LockOwner>>
       owners_;
+  // Locks of jobs that moved here, claimed and not bound yet, by token (owners_mutex_).
+  std::map<uint64_t, std::shared_ptr<Carried>> claimed_;
+  std::string host_;
+  // Flocks the lock keeper held for this client before a restart, not bound to an open
+  // file yet, by (st_dev, st_ino) (owners_mutex_).
+  std::multimap<std::pair<uint64_t, uint64_t>, LockKeeper::Orphan> kept_flocks_;
 
   Fd inotify_;
   Fd stop_watching_;  // an eventfd: written once to end WatchLoop
@@ -171,6 +194,8 @@ class FileServer {
  public:
   // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
   // `replay_log`: where the replay cache is kept (in the state directory; empty: memory).
+  // `faults`: kill-after-append; no-file-notices (clients get no change notices, which
+  // shows close-to-open alone).
   FileServer(const std::string& export_root, int threads,
              FileSession::Root peer_root = FileSession::Root::kSquash,
              const std::string& replay_log = {}, const FaultPoints& faults = {});
@@ -202,6 +227,7 @@ class FileServer {
   void Unregister(int fd, const std::shared_ptr<FileSession>& session);
   Fd root_;
   FileSession::Root peer_root_;
+  bool notices_ = true;
   std::shared_ptr<HomeLocks> locks_ = std::make_shared<HomeLocks>();
   ReplayCache replay_;
   WorkerPool pool_;

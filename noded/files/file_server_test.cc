@@ -498,4 +498,85 @@ TEST_F(FileLockTest, ALostNodesLocksGo) {
   fl.l_whence = SEEK_SET;
   EXPECT_EQ(::fcntl(local.get(), F_SETLK, &fl), 0);
 }
+
+TEST_F(FileLockTest, LocksWaitAtHomeWhileTheirJobMoves) {
+  // The job's old node (source) and its new one (target): two clients of one home.
+  auto locks = std::make_shared<HomeLocks>();
+  FileSession source(root_.get(), FileSession::Root::kTrust, nullptr, locks);
+  FileSession target(root_.get(), FileSession::Root::kTrust, nullptr, locks);
+  auto file_of = [&](FileSession& s) {
+    return Call(Op::LOOKUP, Call(Op::LOOKUP, 1, "dir", {}, &s).node, "file", {}, &s).node;
+  };
+  auto handle = [&](FileSession& s, Op op, const std::function<void(schema::FileRequest::Builder)>&
+                                               fill) {
+    capnp::MallocMessageBuilder in, out;
+    auto rq = in.initRoot<schema::FileRequest>();
+    rq.setOp(op);
+    fill(rq);
+    auto rs = out.initRoot<schema::FileResponse>();
+    s.Handle(rq.asReader(), rs);
+    return rs.getError();
+  };
+  uint64_t node = file_of(source);
+  auto open_rw = [](auto rq) { rq.setFlags(O_RDWR); };
+  uint64_t a = Call(Op::OPEN, node, "", open_rw, &source).fh;
+  uint64_t b = Call(Op::OPEN, node, "", open_rw, &source).fh;
+  ASSERT_EQ(handle(source, Op::SETLK, [&](auto rq) {
+    rq.setFh(a);
+    rq.setOwner(7);
+    rq.initLock().setType(F_WRLCK);
+  }), 0);
+  ASSERT_EQ(handle(source, Op::FLOCK, [&](auto rq) {
+    rq.setFh(b);
+    rq.setOwner(8);
+    rq.setFlags(LOCK_EX | LOCK_NB);
+  }), 0);
+  // Parked under a token, then the source's copy of the job dies: its closes.
+  ASSERT_EQ(handle(source, Op::PARK_LOCKS, [&](auto rq) {
+    rq.setCarry(99);
+    auto parked = rq.initParked(2);
+    parked[0].setNode(node);
+    parked[0].setOwner(7);
+    parked[0].setPid(5);
+    parked[1].setFh(b);
+    parked[1].setFlock(true);
+  }), 0);
+  handle(source, Op::UNLOCK_OWNER, [&](auto rq) {
+    rq.setFh(a);
+    rq.setOwner(7);
+  });
+  handle(source, Op::RELEASE, [&](auto rq) { rq.setFh(a); });
+  handle(source, Op::RELEASE, [&](auto rq) { rq.setFh(b); });
+  Fd local = Fd::Open(path_, O_RDWR);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  EXPECT_EQ(::fcntl(local.get(), F_SETLK, &fl), -1);  // still held, for the moving job
+  EXPECT_EQ(::flock(local.get(), LOCK_EX | LOCK_NB), -1);
+  // The target claims them; the restore's open binds the flock, the process's first
+  // request (here its unlock) its POSIX locks.
+  ASSERT_EQ(handle(target, Op::CLAIM_LOCKS, [&](auto rq) { rq.setCarry(99); }), 0);
+  auto tagged = [](auto rq) {
+    rq.setCarry(99);
+    rq.setCarryPid(5);
+  };
+  uint64_t c = Call(Op::OPEN, file_of(target), "", [&](auto rq) {
+    rq.setFlags(O_RDWR);
+    tagged(rq);
+  }, &target).fh;
+  EXPECT_EQ(::flock(local.get(), LOCK_EX | LOCK_NB), -1);
+  EXPECT_EQ(::fcntl(local.get(), F_SETLK, &fl), -1);
+  ASSERT_EQ(handle(target, Op::SETLK, [&](auto rq) {
+    rq.setFh(c);
+    rq.setOwner(70);
+    rq.initLock().setType(F_UNLCK);
+    tagged(rq);
+  }), 0);
+  EXPECT_EQ(::fcntl(local.get(), F_SETLK, &fl), 0);  // the moved process let go
+  fl.l_type = F_UNLCK;
+  ::fcntl(local.get(), F_SETLK, &fl);
+  EXPECT_EQ(::flock(local.get(), LOCK_EX | LOCK_NB), -1);
+  handle(target, Op::RELEASE, [&](auto rq) { rq.setFh(c); });  // its file closed
+  EXPECT_EQ(::flock(local.get(), LOCK_EX | LOCK_NB), 0);
+}
 }  // namespace homeward

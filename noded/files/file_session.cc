@@ -253,6 +253,15 @@ std::optional<bool> FileSession::DispatchLock(schema::FileRequest::Reader rq,
     case Op::UNLOCK_OWNER:
       FileOps::UnlockOwner(*this, rq, rs);
       return true;
+    case Op::PARK_LOCKS:
+      FileOps::ParkLocks(*this, rq, rs);
+      return true;
+    case Op::UNPARK_LOCKS:
+      FileOps::UnparkLocks(*this, rq, rs);
+      return true;
+    case Op::CLAIM_LOCKS:
+      FileOps::ClaimLocks(*this, rq, rs);
+      return true;
     default:
       return std::nullopt;  // not a lock request
   }

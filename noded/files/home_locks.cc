@@ -287,4 +287,29 @@ std::optional<int> HomeLocks::Holder(Inode inode, Owner asker, short type, int64
   return std::nullopt;
 }
 
+void HomeLocks::Rekey(Inode inode, Owner from, Owner to, int pid) {
+  std::lock_guard lock(held_mutex_);
+  auto it = held_.find(inode);
+  if (it == held_.end()) return;
+  for (Range& r : it->second) {
+    if (r.owner != from) continue;
+    r.owner = to;
+    if (pid) r.pid = pid;
+  }
+}
+
+void HomeLocks::Park(uint64_t token, std::shared_ptr<void> carried) {
+  std::lock_guard lock(parked_mutex_);
+  parked_[token] = std::move(carried);
+}
+
+std::shared_ptr<void> HomeLocks::Unpark(uint64_t token) {
+  std::lock_guard lock(parked_mutex_);
+  auto it = parked_.find(token);
+  if (it == parked_.end()) return nullptr;
+  auto carried = std::move(it->second);
+  parked_.erase(it);
+  return carried;
+}
+
 }  // namespace homeward

@@ -29,6 +29,8 @@
 
 namespace homeward {
 
+class LockKeeper;
+
 class HomeLocks {
  public:
   // One try to take a lock: 0, or an errno (EAGAIN/EWOULDBLOCK/EACCES: held by another;
@@ -75,6 +77,19 @@ class HomeLocks {
   // The pid of an owner other than `asker` holding a lock on [start, end] that conflicts
   // with `type`.
   std::optional<int> Holder(Inode inode, Owner asker, short type, int64_t start, int64_t end);
+  // What `from` holds is `to`'s now (a lock carried across a move), with `pid` unless 0.
+  void Rekey(Inode inode, Owner from, Owner to, int pid = 0);
+
+  // --- locks of a moving job (see ARCHITECTURE.md, "Locks across a move") ---------------
+  // The session that parks them and the one that claims them differ, so the parked locks
+  // wait here, shared; what they are is the file service's (FileSession::Carried).
+  void Park(uint64_t token, std::shared_ptr<void> carried);
+  // Takes what is parked under `token` (nothing: nullptr).
+  std::shared_ptr<void> Unpark(uint64_t token);
+
+  // Keeps the descriptions that hold locks across a restart of the daemon (set once,
+  // before the first session; null: none, as in unit tests).
+  std::shared_ptr<LockKeeper> keeper;
 
  private:
   struct Entry;
@@ -103,6 +118,8 @@ class HomeLocks {
   };
   std::mutex held_mutex_;
   std::map<Inode, std::vector<Range>> held_;
+  std::mutex parked_mutex_;
+  std::map<uint64_t, std::shared_ptr<void>> parked_;
 };
 
 }  // namespace homeward

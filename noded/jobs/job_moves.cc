@@ -318,6 +318,9 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   move->guest_request = GuestRequest(job->launch(), target);
   move->metadata.home_node = job->launch().home;
   move->metadata.home_pid = home_pid;
+  // A guest going to another guest node carries its homefs locks (to its home, or from
+  // its home, they are not carried: see ARCHITECTURE.md, "Locks across a move").
+  if (job->launch().guest && target != job->launch().home) move->lock_mount = job->launch().root;
   move->faults = faults_;
   move->as_user = CriuUserOf(*job);
   move->metadata.external_pipes = job->pipe_roles();

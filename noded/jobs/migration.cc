@@ -3,7 +3,9 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -92,13 +94,29 @@ std::optional<std::string> Refusal(int fd) {
   return std::nullopt;
 }
 
+// Asks the homefs mounted at `mount` to park, unpark or claim a moving job's locks (a
+// setxattr on its root, which homefs takes for itself from root alone).
+bool CarryLocks(const std::string& mount, const std::string& what, const std::string& value) {
+  std::string name = "trusted.homeward." + what;
+  if (::setxattr(mount.c_str(), name.c_str(), value.data(), value.size(), 0) == 0) return true;
+  spdlog::warn("cannot {} the moving job's locks at {}: {} (they are not carried)", what, mount,
+               std::strerror(errno));
+  return false;
+}
+
+uint64_t NamespaceInode(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
 }  // namespace
 
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults, bool own_network,
-                         const std::string& intent_dir, std::optional<ActingUser> as_user) {
+                         const std::string& intent_dir, std::optional<ActingUser> as_user,
+                         const LockClaim& claim) {
   // CRIU restores the job into a mount namespace like the one a job starts in: the home's
   // tree as the job's view (for a guest), or this node's own (at home); and a guest into
   // a network namespace of its own with only its loopback, like a guest started here.
@@ -156,8 +174,23 @@ RestoredHere RestoreHere(const std::string& dir,
     spdlog::warn("fault point restore-hold: criu holds its restore at post-restore for {} s",
                  kRestoreHoldSeconds);
   }
+  // The job's locks, kept at its home while it moved, are claimed for the namespace it is
+  // restored in before criu runs: its restore's opens and its first requests bind them.
+  bool claimed = false;
+  if (claim.token != 0 && !claim.mount.empty()) {
+    uint64_t ns = NamespaceInode(fmt::format("/proc/{}/ns/mnt", holder.pid()));
+    claimed = ns != 0 && CarryLocks(claim.mount, "claim", fmt::format("{} {}", claim.token, ns));
+  }
   // The restored init is our child (we are a child subreaper): owned from here on.
-  ChildProcess init = ChildProcess::Adopt(migrate::Restore(dir, restore).init_pid);
+  pid_t init_pid;
+  try {
+    init_pid = migrate::Restore(dir, restore).init_pid;
+  } catch (const std::exception&) {
+    // The job goes on at the source: what was claimed here is the source's again.
+    if (claimed) CarryLocks(claim.mount, "unpark", std::to_string(claim.token));
+    throw;
+  }
+  ChildProcess init = ChildProcess::Adopt(init_pid);
   return RestoredHere{std::move(init),
                       DaemonEnds{std::move(in.write), std::move(in.read), std::move(out.read),
                                  std::move(err.read), std::move(status.read)}};
@@ -167,6 +200,7 @@ void RunMoveOut(MoveOut& move) {
   auto started = std::chrono::steady_clock::now();
   std::string step = "checkpoint";
   std::optional<InputCarry> reclaimed;
+  uint64_t lock_ns = 0;
   try {
     HW_SYSCALL(::mkdir((move.image_dir).c_str(), 0700), "create {}", move.image_dir);
     migrate::DumpOptions dump;
@@ -184,6 +218,18 @@ void RunMoveOut(MoveOut& move) {
     move.metadata.input_ended = reclaimed->ended;
     auto frozen_at = std::chrono::steady_clock::now() - result.criu_time + result.frozen_time;
     move.image_bytes = result.image_bytes;
+    if (!move.lock_mount.empty()) {
+      // CRIU does not see locks held through homefs (they are the home's): the home keeps
+      // them for the job, under a token only the target learns, until the target binds them.
+      step = "keep the job's locks at its home";
+      uint64_t token = 0;
+      while (token == 0) HW_SYSCALL(::getrandom(&token, sizeof token, 0), "getrandom");
+      lock_ns = NamespaceInode(fmt::format("/proc/{}/ns/mnt", move.init_pid));
+      if (lock_ns != 0 &&
+          CarryLocks(move.lock_mount, "park", fmt::format("{} {}", token, lock_ns))) {
+        move.metadata.lock_token = token;
+      }
+    }
 
     step = fmt::format("connect to {}", move.target_name);
     // The images are sealed in place on this thread; the connection becomes a channel
@@ -232,6 +278,11 @@ void RunMoveOut(MoveOut& move) {
         spdlog::error("job {}: {}", move.metadata.home_pid, e.what());
       }
     }
+    if (move.metadata.lock_token != 0) {
+      // It runs on here, holding its locks through its own descriptions as before.
+      CarryLocks(move.lock_mount, "unpark",
+                 fmt::format("{} {}", move.metadata.lock_token, lock_ns));
+    }
     if (move.departure.Failed(move.error).continue_job) {
       migrate::ContinueJob(move.init_pid);  // it runs on where it was
     }
@@ -272,10 +323,12 @@ std::optional<RestoredJob> RunMoveIn(
 
     step = "restore";
     const JobIdentity& user = launch->identity;
+    LockClaim claim;
+    if (launch->guest) claim = {received.job.lock_token, launch->root};
     RestoredHere here = RestoreHere(
         dir, received.job.external_pipes, launch->root, context.init_path, context.faults,
         launch->guest, context.state_dir + "/jobs",
-        ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}});
+        ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}}, claim);
     migrate::RemoveImageDir(dir);
     dir.clear();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),

@@ -37,6 +37,10 @@ struct MoveOut {
   migrate::JobMetadata metadata;
   FaultPoints faults;  // for failure tests: HOMEWARD_FAULT, read once by the daemon
   std::optional<ActingUser> as_user;  // whose rights criu has on the job's files (homefs)
+  // A guest's home tree (its homefs mount) when the job goes to another guest node: the
+  // locks it holds through homefs are parked at its home for the target to claim (see
+  // ARCHITECTURE.md, "Locks across a move"). Empty: nothing is carried.
+  std::string lock_mount;
   // The job's stdin, held while it moves: reclaimed after the dump into metadata.input_*,
   // put back if the move fails.
   Job::InputPlace input;
@@ -67,13 +71,21 @@ struct RestoredHere {
   ChildProcess init;
   DaemonEnds ends;
 };
+// Locks a moving job carries (see ARCHITECTURE.md, "Locks across a move"): the token the
+// source parked them under at the home, and the homefs mount of that home here.
+struct LockClaim {
+  uint64_t token = 0;
+  std::string mount;
+};
 // `intent_dir`, when given: where the restore's intent is journaled (job_journal.h).
+// `claim`: the job's locks are claimed, for its mount namespace, before criu runs.
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults, bool own_network = false,
                          const std::string& intent_dir = {},
-                         std::optional<ActingUser> as_user = std::nullopt);
+                         std::optional<ActingUser> as_user = std::nullopt,
+                         const LockClaim& claim = {});
 
 // A job restored here, ready for the loop to adopt.
 struct RestoredJob {

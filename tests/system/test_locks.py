@@ -55,11 +55,13 @@ while not os.path.exists(name + ".go"):
     time.sleep(0.05)
 """
 
-# Reports what F_GETLK says of a whole-file write lock: type, start, length, pid.
+# Reports what F_GETLK says of a write lock from byte START (argv[2], default 0) to the
+# end: type, start, length, pid.
 GETLK = r"""
 import fcntl, os, struct, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
-lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0)
+start = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, start, 0, 0)
 kind, _, start, length, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, lock))
 print(kind, start, length, pid)
 """
@@ -137,27 +139,51 @@ class LocksTest(unittest.TestCase):
                 self.assertEqual(read(os.path.join(work, f"counter-{how}")), "600",
                                  f"the counter under {how}")
 
-            # F_GETLK from node3 sees the lock a job on node2 holds.
+            # F_GETLK from node3 sees the lock a process at home holds, by its pid there.
             with open(os.path.join(work, "shared"), "w") as f:
                 f.write("data\n")
             os.chown(os.path.join(work, "shared"), self.uid, self.gid)
+            local = shlex.join(["runuser", "-u", self.user, "--", "python3", "holder.py",
+                                "shared", "lockf", "h0"])
+            c.run("node1", "sh", "-c", f"cd /data/locks && ({local} >/dev/null 2>&1 &)")
+            c.wait_for(lambda: read(os.path.join(work, "h0.held")), 60, "the local lock")
+            local_pid = read(os.path.join(work, "h0.held")).split()[0]
+            self.start(c, "locks", "getlk0", "node3", "python3", "getlk.py", "shared")
+            status, err = self.ended(c, work, "getlk0", 60)
+            self.assertEqual(status, "0", err)
+            self.assertEqual(read(os.path.join(work, "getlk0.out")).split(),
+                             ["1", "0", "0", local_pid])
+            with open(os.path.join(work, "h0.go"), "w"):
+                pass
+            c.wait_for(lambda: c.run("node1", "pgrep", "-f", "^python3 holder.py shared lockf h0$",
+                                     check=False).returncode != 0, 30, "the local holder to end")
+
+            # F_GETLK from node3 sees the lock a job on node2 holds, by the holder's home id
+            # (its mosrun at home: what the job itself calls its pid).
             self.start(c, "locks", "holder", "node2", "python3", "holder.py", "shared", "lockf",
                        "h1")
             c.wait_for(lambda: read(os.path.join(work, "h1.held")), 60, "the holder's lock")
+            home_id = read(os.path.join(work, "h1.held")).split()[0]
             self.start(c, "locks", "getlk", "node3", "python3", "getlk.py", "shared")
             status, err = self.ended(c, work, "getlk", 60)
             self.assertEqual(status, "0", err)
-            # F_WRLCK, the whole file; the holder's pid is on another node, outside the
-            # job's pid namespace: its kernel shows 0.
-            self.assertEqual(read(os.path.join(work, "getlk.out")).split(), ["1", "0", "0", "0"])
-            # As root on node3 (the same host's pids on a loopback cluster), by the pid of
-            # the holder as node2 knows it; at home, as the home's kernel has it: a lock of
-            # an open file the file service holds (an OFD lock, pid -1).
+            self.assertEqual(read(os.path.join(work, "getlk.out")).split(),
+                             ["1", "0", "0", home_id])
+            # A range lock: F_GETLK of a part of it reports the holder's own range.
+            self.start(c, "locks", "getlkr", "node3", "python3", "getlk.py", "shared", "2")
+            status, err = self.ended(c, work, "getlkr", 60)
+            self.assertEqual(status, "0", err)
+            self.assertEqual(read(os.path.join(work, "getlkr.out")).split(),
+                             ["1", "0", "0", home_id])
+            # As root on node3 (not a job: no shim asks homefs), the kernel translates the
+            # home id into node3's pid namespace: on a loopback cluster, the host's, where
+            # mosrun is that very pid. At home, as the home's kernel has it: a lock of an
+            # open file the file service holds (an OFD lock, pid -1).
             seen = c.run("node3", "python3", os.path.join("/mosix/home/node1/data/locks",
                                                           "getlk.py"),
                          "/mosix/home/node1/data/locks/shared").stdout.split()
             holder = self.host_pid(c, "node2", "holder.py shared lockf h1")
-            self.assertEqual(seen, ["1", "0", "0", str(holder)])
+            self.assertEqual(seen, ["1", "0", "0", home_id])
             at_home = c.run("node1", "python3", "/data/locks/getlk.py",
                             "/data/locks/shared").stdout.split()
             self.assertEqual(at_home, ["1", "0", "0", "-1"])

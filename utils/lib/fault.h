@@ -32,6 +32,7 @@ enum class Fault {
   kKillBeforeSignal,
   kKillAfterSignal,
   kKillAfterArrived,
+  kNoFileNotices,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
@@ -63,7 +64,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kKillAfterArrived) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kNoFileNotices) + 1> selected_;
 };
 
 }  // namespace homeward

@@ -51,6 +51,15 @@ enum FileOp {
   lockCancel @33; # cancels: the id of this client's waiting setlk/flock, which is
                   # answered EINTR unless it got its lock first
   unlockOwner @34;# fh, owner: every POSIX lock of owner on the file goes (close, FUSE flush)
+  # Locks across a move (see ARCHITECTURE.md, "Locks across a move"): the home keeps a
+  # moving job's lock descriptions under a token the source picks, so that nothing else
+  # can take them between the source's copy dying and the target's binding them again.
+  parkLocks @35;  # carry (the token), parked: the job's lock owners and flocked files on
+                  # this connection; carriedFrom: a token this client claimed for the job
+                  # earlier (what it has not bound yet goes along)
+  unparkLocks @36;# carry: the move failed, the job goes on here: the token is forgotten
+  claimLocks @37; # carry: this client takes what was parked under the token; its
+                  # requests tagged with the token (carry, carryPid) then bind it
 }
 
 struct Credentials {
@@ -97,6 +106,23 @@ struct FileRequest {
   owner @24 :UInt64;
   lock @25 :FileLock;
   cancels @26 :UInt64;
+  # Locks across a move: on open, setlk, getlk, flock and unlockOwner of a process of a
+  # job whose locks this client claimed, the token, and the process's pid in the job's
+  # pid namespace (the same on every node). On parkLocks, what is parked.
+  carry @27 :UInt64;
+  carryPid @28 :Int32;
+  parked @29 :List(ParkedLock);
+  carriedFrom @30 :UInt64;
+}
+
+# One lock owner parked: a process's POSIX locks on a file (node, owner, pid: the
+# process's pid in its job's pid namespace), or one open file's flock (fh, flock = true).
+struct ParkedLock {
+  node @0 :UInt64;
+  owner @1 :UInt64;
+  pid @2 :Int32;
+  fh @3 :UInt64;
+  flock @4 :Bool;
 }
 
 # A byte-range lock as fcntl sees it: type F_RDLCK, F_WRLCK or F_UNLCK; start and

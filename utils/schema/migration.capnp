@@ -37,6 +37,10 @@ struct JobMetadata {
   criuVersion @4 :Text;
   input @5 :CarriedInput;
   # The job's standard input the source reclaimed once the job was frozen.
+  lockToken @6 :UInt64;
+  # Not 0: the locks the job held through homefs are kept at its home under this token
+  # while it moves; the target claims them before the job runs (see ARCHITECTURE.md,
+  # "Locks across a move").
 }
 
 struct CarriedInput {
