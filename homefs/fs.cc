@@ -1195,30 +1195,9 @@ uint64_t MountNsOf(pid_t pid) {
   return std::sscanf(link, "mnt:[%llu]", &inode) == 1 ? inode : 0;
 }
 
-// The process's pid in its innermost pid namespace (the job's): NStgid's last field; 0
-// for a process of this node's own pid namespace (criu itself, not a process of a job).
-int32_t InnerPid(pid_t pid) {
-  std::string path = "/proc/" + std::to_string(pid) + "/status";
-  FILE* f = std::fopen(path.c_str(), "re");
-  if (!f) return 0;
-  char line[256];
-  int32_t inner = 0;
-  int levels = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::strncmp(line, "NStgid:", 7) != 0) continue;
-    for (char* at = line + 7; *at;) {
-      char* end;
-      long v = std::strtol(at, &end, 10);
-      if (end == at) break;
-      inner = static_cast<int32_t>(v);
-      ++levels;
-      at = end;
-    }
-    break;
-  }
-  std::fclose(f);
-  return levels > 1 ? inner : 0;
-}
+// The process's pid in its job's pid namespace; 0 for a process of this node's own (criu
+// itself, not a process of a job).
+int32_t InnerPid(pid_t pid) { return static_cast<int32_t>(InnermostPid(pid)); }
 
 // A process of a job that criu is still restoring: criu's own fd shuffling closes files
 // (which would drop the process's POSIX locks) before the restorer names the process

@@ -224,6 +224,18 @@ def add_user(name):
     return pwd.getpwnam(name)
 
 
+def user_for(test, prefix):
+    """A throwaway ordinary user for `test` (a unittest.TestCase), removed when the test
+    ends, pass or fail; returns its pwd entry. The test is skipped where users cannot be
+    made."""
+    if shutil.which("useradd") is None:
+        test.skipTest("no useradd")
+    name = f"{prefix}{os.urandom(4).hex()}"
+    entry = add_user(name)
+    test.addCleanup(remove_user, name)
+    return entry
+
+
 def remove_user(name):
     """Kills what runs as `name` and removes the user and its group; says so when it cannot."""
     subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)

@@ -12,10 +12,7 @@ The same for a job checkpointed by the node it was moved to: that node measures 
 job stood in its input and tells the home, which trims its log there."""
 
 import os
-import pwd
 import re
-import secrets
-import shutil
 import signal
 import unittest
 
@@ -51,12 +48,9 @@ class CheckpointInputTest(unittest.TestCase):
     maxDiff = 8000
 
     def setUp(self):
-        if shutil.which("useradd") is None:
-            self.skipTest("no useradd")
-        self.user = f"hwin{secrets.token_hex(3)}"
-        harness.add_user(self.user)
-        self.addCleanup(harness.remove_user, self.user)
-        self.uid = pwd.getpwnam(self.user).pw_uid
+        entry = harness.user_for(self, "hwin")
+        self.user = entry.pw_name
+        self.uid = entry.pw_uid
 
     def as_user(self, shell):
         return ["runuser", "-u", self.user, "--", "sh", "-c", shell]

@@ -13,9 +13,7 @@ before close-to-open."""
 
 import os
 import pwd
-import secrets
 import shlex
-import shutil
 import unittest
 
 import harness
@@ -64,11 +62,8 @@ print("ok")
 
 class CloseToOpenTest(unittest.TestCase):
     def setUp(self):
-        if shutil.which("useradd") is None:
-            self.skipTest("no useradd")
-        self.user = f"hwc2o{secrets.token_hex(4)}"
-        harness.add_user(self.user)
-        self.addCleanup(harness.remove_user, self.user)
+        entry = harness.user_for(self, "hwc2o")
+        self.user = entry.pw_name
 
     def start(self, c, tag, node, *program):
         mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", "-r", node, *program])

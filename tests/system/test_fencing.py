@@ -21,9 +21,6 @@ Every job runs as a throwaway ordinary user (made here, removed afterwards)."""
 
 import json
 import os
-import pwd
-import secrets
-import shutil
 import signal
 import subprocess
 import unittest
@@ -66,12 +63,9 @@ class FencingTest(unittest.TestCase):
     maxDiff = 4000
 
     def setUp(self):
-        if shutil.which("useradd") is None:
-            self.skipTest("no useradd")
-        self.user = f"hwfence{secrets.token_hex(3)}"
-        harness.add_user(self.user)
-        self.addCleanup(harness.remove_user, self.user)
-        self.uid = pwd.getpwnam(self.user).pw_uid
+        entry = harness.user_for(self, "hwfence")
+        self.user = entry.pw_name
+        self.uid = entry.pw_uid
 
     def workdir(self, c, name):
         work = os.path.join(c.node("node1")["data"], name)

@@ -8,9 +8,7 @@ node3 still names the holder by its home id; once the holders let go (they end: 
 closes reach the home), the waiters get the locks."""
 
 import os
-import secrets
 import shlex
-import shutil
 import unittest
 
 import harness
@@ -35,11 +33,8 @@ except OSError:
 
 class LockRestartTest(unittest.TestCase):
     def setUp(self):
-        if shutil.which("useradd") is None:
-            self.skipTest("no useradd")
-        self.user = f"hwlr{secrets.token_hex(4)}"
-        entry = harness.add_user(self.user)
-        self.addCleanup(harness.remove_user, self.user)
+        entry = harness.user_for(self, "hwlr")
+        self.user = entry.pw_name
         self.uid, self.gid = entry.pw_uid, entry.pw_gid
 
     def start(self, c, tag, where, *program):

@@ -7,9 +7,7 @@ declares that node dead), never before."""
 
 import os
 import re
-import secrets
 import shlex
-import shutil
 import signal
 import time
 import unittest
@@ -71,11 +69,8 @@ class LocksTest(unittest.TestCase):
     maxDiff = None
 
     def setUp(self):
-        if shutil.which("useradd") is None:
-            self.skipTest("no useradd")
-        self.user = f"hwlock{secrets.token_hex(4)}"
-        entry = harness.add_user(self.user)
-        self.addCleanup(harness.remove_user, self.user)
+        entry = harness.user_for(self, "hwlock")
+        self.user = entry.pw_name
         self.uid, self.gid = entry.pw_uid, entry.pw_gid
 
     def workdir(self, c, name):

@@ -17,9 +17,6 @@ no two merge as two pending signals of a kind do anywhere), and checks the exact
   count it twice."""
 
 import os
-import pwd
-import secrets
-import shutil
 import signal
 import subprocess
 import unittest
@@ -48,12 +45,9 @@ class SignalDeliveryTest(unittest.TestCase):
     maxDiff = 4000
 
     def setUp(self):
-        if shutil.which("useradd") is None:
-            self.skipTest("no useradd")
-        self.user = f"hwsig{secrets.token_hex(3)}"
-        harness.add_user(self.user)
-        self.addCleanup(harness.remove_user, self.user)
-        self.uid = pwd.getpwnam(self.user).pw_uid
+        entry = harness.user_for(self, "hwsig")
+        self.user = entry.pw_name
+        self.uid = entry.pw_uid
 
     def start_job(self, c, name, options="-L"):
         """Starts the counting job at node1 as the user; returns its directory and mosrun's

@@ -12,31 +12,6 @@ namespace homeward {
 
 namespace {
 
-// The process's pid in its innermost pid namespace (NStgid's last field), 0 when it is
-// in this node's own (one level) or gone.
-long InnermostPid(pid_t pid) {
-  std::string path = "/proc/" + std::to_string(pid) + "/status";
-  FILE* f = std::fopen(path.c_str(), "re");
-  if (!f) return 0;
-  char line[256];
-  long inner = 0;
-  int levels = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::strncmp(line, "NStgid:", 7) != 0) continue;
-    for (char* at = line + 7; *at;) {
-      char* end;
-      long v = std::strtol(at, &end, 10);
-      if (end == at) break;
-      inner = v;
-      ++levels;
-      at = end;
-    }
-    break;
-  }
-  std::fclose(f);
-  return levels > 1 ? inner : 0;
-}
-
 // The job's ids from the process's environment as its daemon started it (the job could
 // rewrite them, and so misname only its own locks' holder).
 bool JobPidMap(pid_t pid, preload::PidMap* map) {
@@ -65,6 +40,29 @@ bool JobPidMap(pid_t pid, preload::PidMap* map) {
 }
 
 }  // namespace
+
+long InnermostPid(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/status";
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (!f) return 0;
+  char line[256];
+  long inner = 0;
+  int levels = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, "NStgid:", 7) != 0) continue;
+    for (char* at = line + 7; *at;) {
+      char* end;
+      long v = std::strtol(at, &end, 10);
+      if (end == at) break;
+      inner = v;
+      ++levels;
+      at = end;
+    }
+    break;
+  }
+  std::fclose(f);
+  return levels > 1 ? inner : 0;
+}
 
 pid_t HomeIdOf(pid_t pid) {
   if (pid <= 0) return pid;

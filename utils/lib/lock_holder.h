@@ -25,4 +25,8 @@ inline constexpr unsigned long kHomefsLockHolder = _IOWR('h', 0x4c, struct flock
 // itself. A process gone meanwhile: `pid`.
 pid_t HomeIdOf(pid_t pid);
 
+// Process `pid`'s pid in its innermost pid namespace (NStgid's last field: a job's own),
+// 0 when it is in this node's own (one level) or gone.
+long InnermostPid(pid_t pid);
+
 }  // namespace homeward
