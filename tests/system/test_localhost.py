@@ -76,9 +76,8 @@ for i in range(4):
     print(f"round {i}: {echo_round()} {self_talk()} {decoy_round()}", flush=True)
 """ % ECHO_BYTES
 
-# The echo server at home: one thread per connection, bytes back as they come; writes
-# "PORT" to argv[2] once it listens on argv[1].
-ECHO = r"""
+# Both servers begin alike: they listen on argv[1] and write "PORT" to argv[2] once they do.
+LISTEN = r"""
 import os, socket, sys, threading
 server = socket.socket()
 server.bind((sys.argv[1], 0))
@@ -86,6 +85,10 @@ server.listen(16)
 with open(sys.argv[2] + ".tmp", "w") as f:
     f.write(f"{server.getsockname()[1]}\n")
 os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+"""
+
+# The echo server at home: one thread per connection, bytes back as they come.
+ECHO = LISTEN + r"""
 def serve(conn):
     with conn:
         while True:
@@ -98,15 +101,8 @@ while True:
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
 
-# The decoy on node2's address: answers "node2" and logs each connection to argv[2].
-DECOY = r"""
-import os, socket, sys
-server = socket.socket()
-server.bind((sys.argv[1], 0))
-server.listen(16)
-with open(sys.argv[2] + ".tmp", "w") as f:
-    f.write(f"{server.getsockname()[1]}\n")
-os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+# The decoy on node2's address: answers "node2" and logs each connection to argv[3].
+DECOY = LISTEN + r"""
 while True:
     conn, peer = server.accept()
     with open(sys.argv[3], "a") as log:

@@ -7,8 +7,8 @@
 //
 // The output is standard AES-256-GCM, byte for byte what OpenSSL's EVP_aes_256_gcm makes
 // (aes_gcm_test.cc checks both ways, at every length around the block and step sizes). Only
-// used when the library runs its AVX-512 code on this CPU (Available()); elsewhere OpenSSL
-// is as fast, and the caller uses it.
+// used when the library runs its AVX-512 code on this CPU (Available()); elsewhere the
+// caller uses OpenSSL.
 #pragma once
 
 #include <cstddef>
