@@ -25,10 +25,6 @@ namespace homeward {
 
 namespace {
 
-// In the keeper: 3 its end of the command socket, 4 the daemon's end (held so that the
-// socket never reads an end while no daemon runs; a restarted daemon takes it back).
-constexpr int kCommandFd = 3;
-constexpr int kDaemonEndFd = 4;
 constexpr size_t kMaxMessage = 512;
 // How long a keeper whose daemon is gone waits for the next one with the locks it holds.
 constexpr int kOrphanSeconds = 600;
@@ -142,11 +138,10 @@ std::shared_ptr<LockKeeper> LockKeeper::Start(const std::string& record) {
     long pid = 0;
     unsigned long long start = 0;
     if (std::sscanf(found.c_str(), "%ld %llu", &pid, &start) == 2 && pid > 0) {
-      int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
-      Fd held = Fd::Adopt(pidfd);
-      // The pidfd first: a start time that matches after it names that very process.
-      if (pidfd >= 0 && ProcessStartTime(static_cast<pid_t>(pid)) == start) {
-        int command = static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, kDaemonEndFd, 0));
+      Fd held = OpenKeeper(static_cast<pid_t>(pid), start);
+      if (held.valid()) {
+        int command =
+            static_cast<int>(::syscall(SYS_pidfd_getfd, held.get(), kKeeperDaemonEndFd, 0));
         if (command >= 0) {
           keeper->command_ = Fd::Adopt(command);
           keeper->Reclaim();
@@ -158,19 +153,10 @@ std::shared_ptr<LockKeeper> LockKeeper::Start(const std::string& record) {
     spdlog::debug("file service: no lock keeper from before: {}", e.what());
   }
   try {
-    int pair[2];
-    HW_SYSCALL(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), "lock keeper socket");
-    Fd keeper_end = Fd::Adopt(pair[0]);
-    Fd daemon_end = Fd::Adopt(pair[1]);
-    Fd null = Fd::Open("/dev/null", O_RDWR);
-    SpawnOptions options;
-    options.argv = {"/proc/self/exe", "--keep-locks"};
-    options.stdin_fd = options.stdout_fd = options.stderr_fd = null.get();
-    options.new_session = true;  // nothing sent to the daemon's process group reaches it
-    options.extra_fds = {keeper_end.get(), daemon_end.get()};
-    keeper->child_.emplace(ChildProcess::Spawn(options));
-    pid_t pid = keeper->child_->pid();
-    keeper->command_ = std::move(daemon_end);
+    SpawnedKeeper spawned = SpawnKeeper("--keep-locks", {});
+    pid_t pid = spawned.child.pid();
+    keeper->child_.emplace(std::move(spawned.child));
+    keeper->command_ = std::move(spawned.command);
     std::string text = fmt::format("{} {}\n", pid, ProcessStartTime(pid));
     std::string temporary = record + ".new";
     {
@@ -306,7 +292,7 @@ int LockKeeperMain() {
   std::map<uint64_t, std::pair<int, std::string>> kept;
   char buffer[kMaxMessage];
   for (;;) {
-    pollfd polled[2] = {{kCommandFd, POLLIN, 0}, {daemon.get(), POLLIN, 0}};
+    pollfd polled[2] = {{kKeeperCommandFd, POLLIN, 0}, {daemon.get(), POLLIN, 0}};
     int timeout = daemon.valid() ? -1 : kOrphanSeconds * 1000;
     int ready = ::poll(polled, daemon.valid() ? 2 : 1, timeout);
     if (ready < 0) continue;   // EINTR
@@ -318,7 +304,7 @@ int LockKeeperMain() {
     }
     if (!(polled[0].revents & POLLIN)) continue;
     int fd = -1;
-    ssize_t n = ReceiveMessage(kCommandFd, buffer, sizeof buffer, &fd);
+    ssize_t n = ReceiveMessage(kKeeperCommandFd, buffer, sizeof buffer, &fd);
     if (n < 0) continue;
     if (n == 0) return 1;  // cannot happen while it holds the other end itself
     unsigned long long serial = 0;
@@ -341,9 +327,9 @@ int LockKeeperMain() {
       daemon = Fd::Adopt(static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0)));
     } else if (std::strcmp(buffer, "list") == 0) {
       for (auto& [number, entry] : kept) {
-        SendMessage(kCommandFd, fmt::format("kept {} {}", number, entry.second), entry.first);
+        SendMessage(kKeeperCommandFd, fmt::format("kept {} {}", number, entry.second), entry.first);
       }
-      SendMessage(kCommandFd, "end", -1);
+      SendMessage(kKeeperCommandFd, "end", -1);
     }
   }
 }

@@ -20,12 +20,8 @@ namespace homeward {
 
 namespace {
 
-// In the keeper: 3 its end of the command socket, 4 the daemon's end (held so that the
-// socket never reads an end while no daemon runs; a restarted daemon takes it back), and
-// the kept descriptors from 5 on.
-constexpr int kCommandFd = 3;
-constexpr int kDaemonEndFd = 4;
-constexpr int kFirstKept = 5;
+// The kept descriptors, after the command socket's two ends (fd_keeper.h).
+constexpr int kFirstKept = kKeeperDaemonEndFd + 1;
 
 }  // namespace
 
@@ -44,38 +40,45 @@ uint64_t ProcessStartTime(pid_t pid) {
 
 FdKeeper::~FdKeeper() = default;
 
-FdKeeper FdKeeper::Spawn(const std::vector<int>& fds) {
+SpawnedKeeper SpawnKeeper(const char* flag, const std::vector<int>& fds) {
   int pair[2];
   HW_SYSCALL(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), "keeper socket");
   Fd keeper_end = Fd::Adopt(pair[0]);
   Fd daemon_end = Fd::Adopt(pair[1]);
   Fd null = Fd::Open("/dev/null", O_RDWR);
   SpawnOptions options;
-  options.argv = {"/proc/self/exe", "--keep-fds"};
+  options.argv = {"/proc/self/exe", flag};
   options.stdin_fd = null.get();
   options.stdout_fd = null.get();
   options.stderr_fd = null.get();
-  // A session of its own: nothing sent to the daemon's process group reaches it.
   options.new_session = true;
   options.extra_fds = {keeper_end.get(), daemon_end.get()};
   options.extra_fds.insert(options.extra_fds.end(), fds.begin(), fds.end());
+  return SpawnedKeeper{ChildProcess::Spawn(options), std::move(daemon_end)};
+}
+
+Fd OpenKeeper(pid_t pid, uint64_t start_time) {
+  Fd pidfd = Fd::Adopt(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd.valid() || start_time == 0 || ProcessStartTime(pid) != start_time) return Fd();
+  return pidfd;
+}
+
+FdKeeper FdKeeper::Spawn(const std::vector<int>& fds) {
+  SpawnedKeeper spawned = SpawnKeeper("--keep-fds", fds);
   FdKeeper keeper;
-  keeper.child_.emplace(ChildProcess::Spawn(options));
-  keeper.pid_ = keeper.child_->pid();
+  keeper.pid_ = spawned.child.pid();
+  keeper.child_.emplace(std::move(spawned.child));
   keeper.start_time_ = ProcessStartTime(keeper.pid_);
   keeper.pidfd_ = Fd::Adopt(HW_SYSCALL(static_cast<int>(::syscall(SYS_pidfd_open, keeper.pid_, 0)),
                                        "pidfd_open keeper {}", keeper.pid_));
-  keeper.command_ = std::move(daemon_end);
+  keeper.command_ = std::move(spawned.command);
   return keeper;
 }
 
 FdKeeper FdKeeper::Reclaim(pid_t pid, uint64_t start_time, size_t count, std::vector<Fd>* fds) {
   FdKeeper keeper;
-  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd < 0) Fail(ErrorKind::kNotFound, "the keeper of the job's pipes ({}) is gone", pid);
-  keeper.pidfd_ = Fd::Adopt(pidfd);
-  // The pidfd is taken first: a start time that matches after it names that process.
-  if (start_time == 0 || ProcessStartTime(pid) != start_time) {
+  keeper.pidfd_ = OpenKeeper(pid, start_time);
+  if (!keeper.pidfd_.valid()) {
     Fail(ErrorKind::kNotFound, "the keeper of the job's pipes ({}) is gone", pid);
   }
   keeper.pid_ = pid;
@@ -87,7 +90,7 @@ FdKeeper FdKeeper::Reclaim(pid_t pid, uint64_t start_time, size_t count, std::ve
     }
     return Fd::Adopt(fd);
   };
-  keeper.command_ = take(kDaemonEndFd);
+  keeper.command_ = take(kKeeperDaemonEndFd);
   if (!keeper.command_.valid()) Fail(ErrorKind::kFailed, "keeper {} has no command socket", pid);
   fds->clear();
   for (size_t i = 0; i < count; ++i) fds->push_back(take(kFirstKept + static_cast<int>(i)));
@@ -118,7 +121,7 @@ int FdKeeperMain() {
   for (int signo : {SIGHUP, SIGINT, SIGTERM, SIGPIPE, SIGUSR1, SIGUSR2}) ::signal(signo, SIG_IGN);
   char buffer[64];
   for (;;) {
-    ssize_t n = ::recv(kCommandFd, buffer, sizeof buffer - 1, 0);
+    ssize_t n = ::recv(kKeeperCommandFd, buffer, sizeof buffer - 1, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return 1;  // cannot happen while it holds the other end itself
     buffer[n] = 0;

@@ -20,6 +20,26 @@ namespace homeward {
 // gone: with the pid, what names a process across a daemon's restart.
 uint64_t ProcessStartTime(pid_t pid);
 
+// A keeper process (the fd keeper, the file service's lock keeper) holds descriptors for
+// the daemon that starts next. In the keeper: 3 its end of the command socket, 4 the
+// daemon's end (held so that the socket never reads an end while no daemon runs; a
+// restarted daemon takes it back), then the descriptors it was started with.
+inline constexpr int kKeeperCommandFd = 3;
+inline constexpr int kKeeperDaemonEndFd = 4;
+
+struct SpawnedKeeper {
+  ChildProcess child;
+  Fd command;  // the daemon's end of the command socket
+};
+// Starts this executable with `flag` as a keeper of `fds`: stdio on /dev/null and a
+// session of its own, so that nothing sent to the daemon's process group reaches it.
+SpawnedKeeper SpawnKeeper(const char* flag, const std::vector<int>& fds);
+
+// The keeper `pid` a daemon before this one started at `start_time`, if it still runs:
+// a pidfd of it (taken before the start time is compared, so that a match names that very
+// process); invalid when it is gone.
+Fd OpenKeeper(pid_t pid, uint64_t start_time);
+
 class FdKeeper {
  public:
   FdKeeper() = default;
