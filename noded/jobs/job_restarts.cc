@@ -16,6 +16,7 @@
 #include "job_registry.h"
 #include "job_replies.h"
 #include "migration.h"
+#include "terminal_stream.h"
 #include "uv_error.h"
 #include "uv_work.h"
 
@@ -105,6 +106,13 @@ void JobRegistry::TellRestarted(const Job& job, ControlStream& relay, const std:
   started.setHomePid(job.home_pid());
   started.setWhere(config_.name);
   started.setRestartedFrom(from);
+  // The init the checkpoint restored relays a terminal when mosrun said so at the start.
+  std::string terminal_entry = std::string(terminal::kEnvName) + "=";
+  for (const auto& entry : job.launch().env) {
+    if (entry.rfind(terminal_entry, 0) == 0) {
+      started.setTerminal(entry.substr(terminal_entry.size()));
+    }
+  }
   relay.Send(message);
   if (on_change_) on_change_();
 }

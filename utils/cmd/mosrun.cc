@@ -338,10 +338,15 @@ int Run(const Options& options) {
   Fd signals = Fd::Adopt(HW_SYSCALL(signalfd(-1, &forwarded, SFD_CLOEXEC), "signalfd"));
   signal(SIGPIPE, SIG_IGN);
 
-  // On a terminal, the job gets a pseudo-terminal of its own that follows this one (not for
-  // a restart: the restored job has whatever stdio it was checkpointed with).
+  // On a terminal, the job gets a pseudo-terminal of its own that follows this one. A
+  // restarted job has the stdio it was checkpointed with: the terminal is held aside until
+  // the daemon says the job has one (jobStarted), and let go if it has pipes.
   std::optional<UserTerminal> terminal =
       options.restart_dir.empty() ? UserTerminal::Open() : std::nullopt;
+  std::optional<UserTerminal> restart_terminal =
+      options.restart_dir.empty() ? std::nullopt : UserTerminal::Open();
+  // A restarted job's terminal takes this terminal's window size once its input is placed.
+  bool window_owed = false;
 
   // The connection to the daemon is mosrun's own; the job never inherits it.
   std::string socket = ControlSocketPath();
@@ -602,6 +607,8 @@ int Run(const Options& options) {
             if (!input_placed) {
               input_acked = resume.getOffset();
               input_placed = true;
+              if (window_owed) send_stream(terminal->WindowFrame());
+              window_owed = false;
             }
             input_written(resume.getOffset());
             uint64_t from = std::max(resume.getOffset(), input_acked);
@@ -636,6 +643,22 @@ int Run(const Options& options) {
             if (started.hasRestartedFrom() && started.getRestartedFrom().size() > 0) {
               fprintf(stderr, "mosrun: job restarted from %s\n", started.getRestartedFrom().cStr());
             }
+            if (restart_terminal && started.getTerminal().size() > 0) {
+              // The restored job's terminal follows this one from here on: its modes are
+              // the job's own (an editor's raw mode stays), its window size this one's.
+              terminal.emplace(std::move(*restart_terminal));
+              if (input_placed) {
+                send_stream(terminal->WindowFrame());
+              } else {
+                window_owed = true;
+              }
+              terminal->EnterRaw();
+            } else if (!restart_terminal && started.getTerminal().size() > 0) {
+              fprintf(stderr,
+                      "mosrun: the job was checkpointed on a terminal: restart it from one "
+                      "(its output comes as the terminal stream)\n");
+            }
+            restart_terminal.reset();
             break;
           }
           default:

@@ -230,6 +230,10 @@ struct JobStarted {
   where @1 :Text;
   restartedFrom @2 :Text;
   # For a restarted job: which checkpoint it goes on from, and when that was taken.
+  terminal @3 :Text;
+  # For a restarted job: the descriptors its pseudo-terminal is on ("0,1" or "0,1,2", as
+  # HOMEWARD_TERMINAL said when it started), empty when it has pipes: its stdout then
+  # carries the terminal stream, and mosrun -R on a terminal relays it as at the start.
 }
 
 struct JobOutput {
