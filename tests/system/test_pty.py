@@ -187,8 +187,7 @@ class PtyTest(harness.UserClusterTest):
         # The window grows: the job hears SIGWINCH and sees the new size.
         term.set_size(40, 120)
         self.check(term, 1)
-        # Its controlling terminal (a move loses it, as CRIU restores it to the init alone:
-        # see "Interactive jobs" in docs/ARCHITECTURE.md).
+        # Its controlling terminal (kept across moves: test_pty_moved.py).
         term.send("devtty\r")
         term.expect(r"DEVTTY opens\r\n")
 

@@ -2,9 +2,10 @@
 """An interactive job keeps its controlling terminal across a move. An ordinary user's
 interactive bash, on a real terminal (a pty this test holds the master of):
 
-- runs `mosrun -r node2 python3 probe.py`, moved node2 -> node3: after the move the program
-  (restored by CRIU, not its session's leader) still opens /dev/tty, names it, and takes
-  its terminal's foreground with tcsetpgrp, as before the move;
+- runs `mosrun -r node2 python3 probe.py`, moved node2 -> node3 -> home, frozen and
+  continued: after each restore the program (restored by CRIU, not its session's leader)
+  still opens /dev/tty, finds its group in the foreground and takes the foreground with
+  tcsetpgrp, as before the move (stock CRIU 4.1.1: ENXIO);
 - runs `mosrun -r node2 bash -i`, which starts `cat` and stops it with ^Z before the move
   to node3: after it, the restored bash opens /dev/tty, `fg` gives the terminal back to
   the restored cat (it reads what is typed), ^Z stops it again and `fg` continues it;
@@ -119,11 +120,22 @@ class PtyMovedTest(harness.UserClusterTest):
         term.send("mosrun -r node2 python3 probe.py\r")
         term.expect(r"READY\r\n")
         self.assertEqual(self.job()["where"], "node2")
-        term.send("devtty\r")
-        term.expect(r"DEVTTY /dev/pts/0 foreground=True\r\n")
+
+        def devtty():
+            term.send("devtty\r")
+            term.expect(r"DEVTTY /dev/pts/0 foreground=True\r\n", timeout=30)
+
+        devtty()
+        # Moved, brought home, frozen to disk and continued: the same after each restore.
         self.move("node3", "node3")
-        term.send("devtty\r")
-        term.expect(r"DEVTTY /dev/pts/0 foreground=True\r\n", timeout=30)
+        devtty()
+        self.move("home", "node1")
+        devtty()
+        pid = str(self.job()["pid"])
+        self.assertIn("frozen", self.c.run("node1", "mosmigrate", pid, "freeze").stdout)
+        moved = self.c.run("node1", "mosmigrate", pid, "continue", check=False)
+        self.assertEqual(moved.returncode, 0, moved.stderr)
+        devtty()
         term.send("exit\r")
         self.status(term, 3, 1)
         term.send("exit\r")
