@@ -516,6 +516,9 @@ int Run(const Options& options) {
         int sig = static_cast<int>(info.ssi_signo);
         if (terminal && sig == SIGWINCH) {
           send_stream(terminal->WindowFrame());  // the job's terminal takes the new size
+        } else if (restart_terminal && sig == SIGWINCH) {
+          // Not yet known whether the restarted job has a terminal: if it has, it takes
+          // the size once jobStarted says so.
         } else if (terminal && sig == SIGCONT) {
           continued();
         } else {
