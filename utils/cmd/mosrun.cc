@@ -656,7 +656,8 @@ int Run(const Options& options) {
                 window_owed = true;
               }
               terminal->EnterRaw();
-            } else if (!restart_terminal && started.getTerminal().size() > 0) {
+            } else if (!options.restart_dir.empty() && !terminal &&
+                       started.getTerminal().size() > 0) {
               fprintf(stderr,
                       "mosrun: the job was checkpointed on a terminal: restart it from one "
                       "(its output comes as the terminal stream)\n");
