@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <exception>
@@ -25,6 +26,10 @@ namespace homeward {
 namespace {
 
 constexpr auto kHomeConnectTimeout = std::chrono::seconds(5);
+// How long a connection the home refuses as not this node's job is asked again (a job
+// restored here before its home recorded the move), and the longest pause between asks.
+constexpr auto kNotYetHereGrace = std::chrono::seconds(3);
+constexpr auto kMaxPause = std::chrono::milliseconds(500);
 
 // Connections to a socket of the namespace (--nowildcard: a listener on 0.0.0.0 or :: is
 // one too) stay the namespace's own; the rest of the loopback's TCP goes to the carrier.
@@ -196,16 +201,26 @@ void LoopbackCarrier::Carry(CarriedConnections::Slot& slot) {
   LoopbackTarget target = LoopbackTarget::FromSockaddr(local);
   std::string why;
   int error = 0;
-  try {
-    auto stream = PeerConnectStream(home_.host, home_.port, home_.key, "loopback",
-                                    kHomeConnectTimeout);
-    SecureStream* raw = stream.get();
-    if (!connections_.SetStream(slot, std::move(stream))) return;
-    SendLoopbackOpen(*raw, home_.home_pid, target);
-    error = ReadLoopbackOpened(*raw, &why);
-  } catch (const Error& e) {
-    error = e.sys_errno() ? e.sys_errno() : EHOSTUNREACH;
-    why = e.what();
+  auto give_up = std::chrono::steady_clock::now() + kNotYetHereGrace;
+  for (auto pause = std::chrono::milliseconds(20);; pause = std::min(pause * 2, kMaxPause)) {
+    try {
+      auto stream = PeerConnectStream(home_.host, home_.port, home_.key, "loopback",
+                                      kHomeConnectTimeout);
+      SecureStream* raw = stream.get();
+      if (!connections_.SetStream(slot, std::move(stream))) return;
+      SendLoopbackOpen(*raw, home_.home_pid, target);
+      error = ReadLoopbackOpened(*raw, &why);
+    } catch (const Error& e) {
+      error = e.sys_errno() ? e.sys_errno() : EHOSTUNREACH;
+      why = e.what();
+    }
+    // EPERM: the home does not (yet) have the job on this node. A job that has just been
+    // restored here may connect before its home has heard that it arrived: asked again
+    // for a moment, the home agrees once it has. Waiting ends early when the job gives up
+    // the connection or the carrier stops (its socket shut down).
+    if (error != EPERM || std::chrono::steady_clock::now() + pause > give_up) break;
+    pollfd job{socket, POLLRDHUP, 0};
+    if (::poll(&job, 1, static_cast<int>(pause.count())) != 0) break;
   }
   if (error) {
     // The job's connect succeeded already (the carrier accepted it): a reset is how it
