@@ -8,7 +8,8 @@ to the test's by a veth pair, 198.18.0.1 on the test's end (an address of the no
 node's own interface would have) and 198.18.0.2 on outside's. Both namespaces go with
 their processes, pass or fail.
 
-A throwaway ordinary user runs a job of node1 on node2 (`mosrun -r node2`), which:
+A throwaway ordinary user runs a job of node1 on node2 (`mosrun -r node2`), moves it home
+and back to node2 (a guest restored by criu), and in each of the three rounds the job:
 - talks to an echo server outside (198.18.0.2): the connection is the user's (`ss -e`
   shows its uid) and comes from the node's address (198.18.0.1), not from the home;
 - connects to a port outside where nothing listens: the far end's refusal reaches the job
@@ -16,7 +17,9 @@ A throwaway ordinary user runs a job of node1 on node2 (`mosrun -r node2`), whic
 - connects to a server of the node itself on 198.18.0.1: refused by the carrier (a guest
   does not reach its host's services), which the server never sees;
 - connects to 198.51.100.7, which no route reaches: a reset too;
-- still reaches its home's loopback through node1 (an echo server there)."""
+- still reaches its home's loopback through node1 (an echo server there).
+At home the same connections are the node's own, as for any program there: the node's
+server answers, the closed port refuses at connect, the unrouted address is unreachable."""
 
 import os
 import pwd
@@ -60,19 +63,20 @@ def talk(where, hold=None):
             s.sendall(b"hello\n")
             reply = s.makefile().readline().strip()
             if hold:
-                print(f"held {reply}", flush=True)
+                print(f"held {hold[-1]} {reply}", flush=True)
                 wait(hold)
             return reply or "eof"
     except OSError as e:
         return type(e).__name__
 
 outside, closed, own, unrouted, home = sys.argv[1:6]
-wait("go")
-print("outside:", talk(outside, hold="checked"), flush=True)
-print("closed:", talk(closed), flush=True)
-print("own:", talk(own), flush=True)
-print("unrouted:", talk(unrouted), flush=True)
-print("home:", talk(home), flush=True)
+for i in range(3):
+    wait(f"go{i}")
+    print(f"{i} outside:", talk(outside, hold=f"checked{i}"), flush=True)
+    print(f"{i} closed:", talk(closed), flush=True)
+    print(f"{i} own:", talk(own), flush=True)
+    print(f"{i} unrouted:", talk(unrouted), flush=True)
+    print(f"{i} home:", talk(home), flush=True)
 """
 
 # A server: listens on argv[1], writes "PORT" to argv[2] once it does, logs each peer to
@@ -173,8 +177,8 @@ class GuestOutboundTest(harness.UserClusterTest):
         os.chown(work, entry.pw_uid, entry.pw_gid)
         with open(os.path.join(work, "job.py"), "w") as f:
             f.write(JOB)
-        self.addCleanup(lambda: [open(os.path.join(work, name), "w").close()
-                                 for name in ("go", "checked")])
+        self.addCleanup(lambda: [open(os.path.join(work, f"{name}{i}"), "w").close()
+                                 for i in range(3) for name in ("go", "checked")])
         mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", "-r", "node2",
                              "python3", "job.py",
                              f"{OUTSIDE_ADDRESS}:{echo_port}", f"{OUTSIDE_ADDRESS}:{closed_port}",
@@ -186,38 +190,51 @@ class GuestOutboundTest(harness.UserClusterTest):
                                        if j["user"] == self.user and j["where"] == "node2"
                                        and j["state"] == "running"), None),
                          60, "the job running on node2")
-        open(os.path.join(work, "go"), "w").close()
         out = os.path.join(work, "out")
-        c.wait_for(lambda: "held" in harness.read_text(out), 60, "the outside connection")
-        # The job's connection outside is the user's, from the node's address.
-        ss = subprocess.run(["ss", "-tnHe", "state", "established", "dst", OUTSIDE_ADDRESS],
-                            capture_output=True, text=True, check=True).stdout
-        self.assertIn(f"uid:{entry.pw_uid}", ss)
-        self.assertEqual(harness.read_text(echo_log), f"{NODE_ADDRESS}\n")
-        open(os.path.join(work, "checked"), "w").close()
+        for i, where in enumerate(["node2", "node1", "node2"]):
+            if i:
+                target = "home" if where == "node1" else where
+                moved = c.run("node1", "mosmigrate", str(pid), target, check=False)
+                self.assertEqual(moved.returncode, 0, moved.stdout + moved.stderr)
+                self.assertIn(f"now runs on {where}", moved.stdout)
+            open(os.path.join(work, f"go{i}"), "w").close()
+            c.wait_for(lambda: f"held {i}" in harness.read_text(out), 60,
+                       f"round {i}'s outside connection")
+            # The job's connection outside is the user's, from the node's address.
+            ss = subprocess.run(["ss", "-tnHe", "state", "established", "dst", OUTSIDE_ADDRESS],
+                                capture_output=True, text=True, check=True).stdout
+            self.assertIn(f"uid:{entry.pw_uid}", ss)
+            self.assertEqual(harness.read_text(echo_log), f"{NODE_ADDRESS}\n" * (i + 1))
+            open(os.path.join(work, f"checked{i}"), "w").close()
+            c.wait_for(lambda: f"{i} home:" in harness.read_text(out), 120, f"round {i}")
         status = os.path.join(work, "status")
         c.wait_for(lambda: harness.read_text(status), 120, "the job's end")
         self.assertEqual(harness.read_text(status).strip(), "0",
                          harness.read_text(os.path.join(work, "err")))
-        self.assertEqual(harness.read_text(out).splitlines(), [
-            "held echo hello",
-            "outside: echo hello",
-            "closed: ConnectionResetError",
-            "own: ConnectionResetError",
-            "unrouted: ConnectionResetError",
-            "home: echo hello",
-        ])
-        self.assertEqual(harness.read_text(own_log), "")  # the node's service saw nothing
-        self.assertEqual(harness.read_text(home_log).count("\n"), 1)
+        expected = []
+        for i, where in enumerate(["node2", "node1", "node2"]):
+            away = where != "node1"
+            expected += [
+                f"held {i} echo hello",
+                f"{i} outside: echo hello",
+                f"{i} closed: {'ConnectionResetError' if away else 'ConnectionRefusedError'}",
+                f"{i} own: {'ConnectionResetError' if away else 'echo hello'}",
+                f"{i} unrouted: {'ConnectionResetError' if away else 'OSError'}",
+                f"{i} home: echo hello",
+            ]
+        self.assertEqual(harness.read_text(out).splitlines(), expected)
+        # The node's service saw the job only while it was at home, a plain program there.
+        self.assertEqual(harness.read_text(own_log), f"{NODE_ADDRESS}\n")
+        self.assertEqual(harness.read_text(home_log).count("\n"), 3)
         log2 = c.log("node2")
-        self.assertIn(f"job {pid}: connection to {OUTSIDE_ADDRESS}:{echo_port} made from "
-                      f"this node (uid {entry.pw_uid})", log2)
-        self.assertIn(f"job {pid}: connection to {OUTSIDE_ADDRESS}:{closed_port} not made: ",
-                      log2)
-        self.assertIn(f"job {pid}: connection to {NODE_ADDRESS}:{own_port} not made: "
-                      f"{NODE_ADDRESS} is an address of this node", log2)
-        self.assertIn(f"job {pid}: connection to {UNROUTED}:80 not made: ", log2)
-
+        for line, times in [
+                (f"job {pid}: connection to {OUTSIDE_ADDRESS}:{echo_port} made from this node "
+                 f"(uid {entry.pw_uid})", 2),
+                (f"job {pid}: connection to {OUTSIDE_ADDRESS}:{closed_port} not made: ", 2),
+                (f"job {pid}: connection to {NODE_ADDRESS}:{own_port} not made: "
+                 f"{NODE_ADDRESS} is an address of this node", 2),
+                (f"job {pid}: connection to {UNROUTED}:80 not made: ", 2)]:
+            self.assertEqual(log2.count(line), times, line)
 
 if __name__ == "__main__":
     harness.main()
