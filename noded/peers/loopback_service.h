@@ -17,9 +17,9 @@
 // loopback connections only as the users of the jobs it hosts.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
-#include <map>
 #include <set>
 #include <string>
 
