@@ -301,8 +301,15 @@ void LoopbackCarrier::Carry(CarriedConnections::Slot& slot) {
 
 void LoopbackCarrier::CarryOut(CarriedConnections::Slot& slot, const LoopbackTarget& target) {
   int socket = slot.socket.get();
-  std::string why = RefusedOutside(target, home_.port);
-  int error = why.empty() ? 0 : EACCES;
+  std::string why;
+  int error = 0;
+  try {
+    why = RefusedOutside(target, home_.port);
+    if (!why.empty()) error = EACCES;
+  } catch (const Error& e) {
+    error = e.sys_errno() ? e.sys_errno() : EACCES;
+    why = e.what();
+  }
   if (!error) {
     try {
       // The socket is the job's user's (its owner is the thread's fsuid when it is made):
