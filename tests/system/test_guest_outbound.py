@@ -17,7 +17,8 @@ and back to node2 (a guest restored by criu), and in each of the three rounds th
 - connects to a server of the node itself on 198.18.0.1: refused by the carrier (a guest
   does not reach its host's services), which the server never sees;
 - connects to 198.51.100.7, which no route reaches: a reset too;
-- still reaches its home's loopback through node1 (an echo server there).
+- still reaches its home's loopback through node1 (an echo server there), and a closed
+  port there shows as a reset too.
 At home the same connections are the node's own, as for any program there: the node's
 server answers, the closed port refuses at connect, the unrouted address is unreachable."""
 
@@ -69,7 +70,7 @@ def talk(where, hold=None):
     except OSError as e:
         return type(e).__name__
 
-outside, closed, own, unrouted, home = sys.argv[1:6]
+outside, closed, own, unrouted, home, home_closed = sys.argv[1:7]
 for i in range(3):
     wait(f"go{i}")
     print(f"{i} outside:", talk(outside, hold=f"checked{i}"), flush=True)
@@ -77,6 +78,7 @@ for i in range(3):
     print(f"{i} own:", talk(own), flush=True)
     print(f"{i} unrouted:", talk(unrouted), flush=True)
     print(f"{i} home:", talk(home), flush=True)
+    print(f"{i} home closed:", talk(home_closed), flush=True)
 """
 
 # A server: listens on argv[1], writes "PORT" to argv[2] once it does, logs each peer to
@@ -171,6 +173,7 @@ class GuestOutboundTest(harness.UserClusterTest):
         # A port outside where nothing listens: the echo server's, plus one (a test of
         # this namespace alone: nothing else runs there).
         closed_port = echo_port + 1 if echo_port < 65535 else echo_port - 1
+        home_closed = home_port + 1 if home_port < 65535 else home_port - 1
 
         work = os.path.join(c.node("node1")["data"], "outbound")
         os.makedirs(work)
@@ -183,7 +186,8 @@ class GuestOutboundTest(harness.UserClusterTest):
                              "python3", "job.py",
                              f"{OUTSIDE_ADDRESS}:{echo_port}", f"{OUTSIDE_ADDRESS}:{closed_port}",
                              f"{NODE_ADDRESS}:{own_port}", f"{UNROUTED}:80",
-                             f"{c.node('node1')['address']}:{home_port}"])
+                             f"{c.node('node1')['address']}:{home_port}",
+                             f"{c.node('node1')['address']}:{home_closed}"])
         c.run("node1", "sh", "-c", f"cd /data/outbound && ({mosrun} > out 2> err; "
                                    "echo $? > status) >/dev/null 2>&1 & echo started")
         pid = c.wait_for(lambda: next((j["pid"] for j in harness.jobs(c)
@@ -206,7 +210,7 @@ class GuestOutboundTest(harness.UserClusterTest):
             self.assertIn(f"uid:{entry.pw_uid}", ss)
             self.assertEqual(harness.read_text(echo_log), f"{NODE_ADDRESS}\n" * (i + 1))
             open(os.path.join(work, f"checked{i}"), "w").close()
-            c.wait_for(lambda: f"{i} home:" in harness.read_text(out), 120, f"round {i}")
+            c.wait_for(lambda: f"{i} home closed:" in harness.read_text(out), 120, f"round {i}")
         status = os.path.join(work, "status")
         c.wait_for(lambda: harness.read_text(status), 120, "the job's end")
         self.assertEqual(harness.read_text(status).strip(), "0",
@@ -221,6 +225,8 @@ class GuestOutboundTest(harness.UserClusterTest):
                 f"{i} own: {'ConnectionResetError' if away else 'echo hello'}",
                 f"{i} unrouted: {'ConnectionResetError' if away else 'OSError'}",
                 f"{i} home: echo hello",
+                f"{i} home closed: "
+                f"{'ConnectionResetError' if away else 'ConnectionRefusedError'}",
             ]
         self.assertEqual(harness.read_text(out).splitlines(), expected)
         # The node's service saw the job only while it was at home, a plain program there.
