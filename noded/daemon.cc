@@ -54,7 +54,7 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                    config_.files_trust_root ? FileSession::Root::kTrust
                                             : FileSession::Root::kSquash,
                    config_.state_dir + "/files-replay", faults),
-      loopback_(config_.address),
+      loopback_(config_.address, jobs_.whereabouts()),
       peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
                    std::move(faults)),
       home_mounts_(loop, HomeMountsOptions{.mosix_root = config_.mosix_root,
@@ -134,8 +134,9 @@ void Daemon::Start() {
   // returns, so a false suspicion or a cut link never costs a guest its files. A home
   // declared dead starts its guests' grace here (job_grace.cc).
   gossip_.Subscribe([this](const NodeRecord& peer, bool alive) {
-    // Another node's address is never where a guest's loopback connection goes.
-    loopback_.AddNodeAddress(peer.address);
+    // Another node's address is never where a guest's loopback connection goes, and is
+    // how its requests for the jobs it hosts are told.
+    loopback_.AddNode(peer.name, peer.address);
     if (!alive) {
       jobs_.HomeUnreachable(peer.name);
       // Its jobs' locks on this node's files go: they may be restarted elsewhere, and

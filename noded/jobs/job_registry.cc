@@ -125,6 +125,38 @@ int JobRegistry::FreeSlot() const {
   Fail(ErrorKind::kOverloaded, "this node already has {} jobs, the most it can", kMaxJobs);
 }
 
+void JobRegistry::PublishWhereabouts() {
+  JobWhereabouts::Table table;
+  for (const auto& [slot, job] : jobs_) {
+    if (!job.away) continue;
+    const move::Record& record = job.away->protocol.record();
+    std::vector<std::string> nodes;
+    switch (record.state) {
+      case move::State::kStarting:   // its node was asked to start it
+      case move::State::kRunning:
+      case move::State::kAsked:      // runs there until its move is done
+      case move::State::kArrived:    // `where` is the new node already
+      case move::State::kRelayLost:  // runs there still, while its daemon restarts
+        nodes.push_back(record.where);
+        break;
+      case move::State::kAnnounced:  // left `where` for a node that has not attached yet
+        nodes.push_back(record.where);
+        if (!record.announced.where.empty() && record.announced.where != record.where) {
+          nodes.push_back(record.announced.where);
+        }
+        break;
+      case move::State::kFrozen:  // on this node's disk, or being restored here
+      case move::State::kContinuing:
+      case move::State::kEnded:
+        break;
+    }
+    if (!nodes.empty()) table[record.home_pid] = std::move(nodes);
+  }
+  if (whereabouts_.Publish(std::move(table))) {
+    spdlog::debug("where this home's jobs away run changed");
+  }
+}
+
 uint32_t JobRegistry::jobs_away() const {
   uint32_t count = 0;
   for (const auto& [slot, job] : jobs_) count += job.away ? 1 : 0;
@@ -259,7 +291,21 @@ void JobRegistry::Start() {
   CheckUv(uv_timer_init(loop_, counts_timer_.get()), "job counts timer");
   counts_timer_.get()->data = this;
   CheckUv(uv_timer_start(counts_timer_.get(), OnCountsTimer, 0, 1000), "job counts timer");
+  // Every change to where a job runs is made by a callback on the loop; the check handle
+  // runs after the callbacks of each turn, so the loopback service never sees a table
+  // older than the turn that changed it. Unreferenced: it keeps no loop alive.
+  CheckUv(uv_check_init(loop_, whereabouts_check_.get()), "job whereabouts");
+  whereabouts_check_.get()->data = this;
+  CheckUv(uv_check_start(whereabouts_check_.get(),
+                         [](uv_check_t* check) {
+                           GuardedCall("publishing where jobs run", [check] {
+                             static_cast<JobRegistry*>(check->data)->PublishWhereabouts();
+                           });
+                         }),
+          "job whereabouts");
+  uv_unref(whereabouts_check_.base());
   Recover();
+  PublishWhereabouts();
   StartCheckpointTimer();
 }
 
@@ -335,6 +381,8 @@ void JobRegistry::KillAll() {
     }
   }
   DropFrozenGuests();
+  whereabouts_.Publish({});
+  whereabouts_check_.Close();
   restored_wakeup_.Close();
   counts_timer_.Close();
   auto guests = std::move(guests_);

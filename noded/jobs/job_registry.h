@@ -34,6 +34,7 @@
 #include "input_log.h"
 #include "job.h"
 #include "job_journal.h"
+#include "job_whereabouts.h"
 #include "migration.h"
 #include "move_protocol.h"
 
@@ -108,6 +109,10 @@ class JobRegistry {
   void OnChange(std::function<void()> callback) { on_change_ = std::move(callback); }
 
   uint32_t jobs_away() const;
+  // Where this home's jobs away run, for the loopback service's threads: republished
+  // after every turn of the loop (a check handle), so every place the registry records a
+  // job's start away, move, arrival home, end or replay after a restart is covered.
+  const JobWhereabouts& whereabouts() const { return whereabouts_; }
   uint32_t guests_here() const { return static_cast<uint32_t>(guests_.size()); }
 
   // Each home job's processes other than its main one get ids PidBase(slot) + their pid
@@ -214,6 +219,8 @@ class JobRegistry {
   void JournalSoon();
   static void OnCountsTimer(uv_timer_t* timer);
   void ForgetAway(const Away& away);
+  // Builds the table of where the jobs away run (JobWhereabouts) from jobs_ and publishes it.
+  void PublishWhereabouts();
   void RecoverAway(JournalEntry& entry);
   bool ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply);
   bool Rejoin(int slot, const std::shared_ptr<Away>& away, schema::AttachGuest::Reader attach,
@@ -421,6 +428,8 @@ class JobRegistry {
   std::atomic<bool> blocked_{false};
   UvHandle<uv_timer_t> counts_timer_;
   UvHandle<uv_async_t> restored_wakeup_;
+  JobWhereabouts whereabouts_;
+  UvHandle<uv_check_t> whereabouts_check_;
   std::mutex restored_mutex_;
   std::vector<Restored> restored_;
   std::map<int, PlannedCheckpoints> checkpoint_plans_;

@@ -12,12 +12,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <exception>
 
 #include "child_process.h"
 #include "error.h"
+#include "fs_credentials.h"
 #include "peer_auth.h"
 
 namespace homeward {
@@ -25,27 +27,52 @@ namespace homeward {
 namespace {
 
 constexpr auto kHomeConnectTimeout = std::chrono::seconds(5);
+// How long a connection the home refuses as not this node's job is asked again (a job
+// restored here before its home recorded the move), and the longest pause between asks.
+constexpr auto kNotYetHereGrace = std::chrono::seconds(3);
+constexpr auto kMaxPause = std::chrono::milliseconds(500);
 
-// Connections to a socket of the namespace (--nowildcard: a listener on 0.0.0.0 or :: is
-// one too) stay the namespace's own; the rest of the loopback's TCP goes to the carrier.
-std::string Rules(const char* loopback, const char* carrier) {
-  return fmt::format(
+// Connections to the loopback: to a socket of the namespace (--nowildcard: a listener on
+// 0.0.0.0 or :: is one too) they stay the namespace's own; the rest go to the carrier.
+// Connections elsewhere (IPv4; ours, `kOutboundRoutes`, brings them to the loopback): a
+// packet of a connection the namespace has (the job's, or one the carrier accepted) is
+// left alone, but a listener of the job's on 0.0.0.0 does not take them: they go to the
+// carrier, which makes them from the node.
+std::string Rules(const char* loopback, const char* carrier, bool outbound) {
+  std::string rules = fmt::format(
       "*mangle\n"
-      "-A PREROUTING -i lo -p tcp -m socket --nowildcard -j RETURN\n"
-      "-A PREROUTING -i lo -p tcp -d {} -j TPROXY --on-port {} --on-ip {}\n"
-      "COMMIT\n",
+      "-A PREROUTING -i lo -p tcp -d {0} -m socket --nowildcard -j RETURN\n"
+      "-A PREROUTING -i lo -p tcp -d {0} -j TPROXY --on-port {1} --on-ip {2}\n",
       loopback, kLoopbackCarrierPort, carrier);
+  if (outbound) {
+    rules += fmt::format(
+        "-A PREROUTING -i lo -p tcp -m socket -j RETURN\n"
+        "-A PREROUTING -i lo -p tcp -j TPROXY --on-port {} --on-ip {}\n",
+        kLoopbackCarrierPort, carrier);
+  }
+  return rules + "COMMIT\n";
 }
 
-// Runs `tool` (iptables-restore, ip6tables-restore) with `input`, in the namespace the
-// calling thread is in; throws with what it said when it fails.
-void RestoreRules(const char* tool, const std::string& input) {
+// Every IPv4 TCP connection of the guest to an address that is not its loopback's is
+// routed to its loopback (a table of its own, for TCP alone: UDP and the rest stay
+// unreachable), where the rules above hand it to the carrier. The route names 127.0.0.1
+// as the source: a local route to an address no device has would otherwise give the
+// connection that address as its source too, which the kernel then refuses (it checks
+// a source against the local table only, not ours).
+constexpr char kOutboundRoutes[] =
+    "rule add ipproto tcp lookup 2710 pref 2710\n"
+    "route add local default dev lo table 2710 src 127.0.0.1\n";
+
+// Runs `argv` (iptables-restore, ip -batch) with `input`, in the namespace the calling
+// thread is in; throws with what it said when it fails.
+void RunWithInput(std::vector<std::string> argv, const std::string& input) {
+  const std::string tool = argv[0];
   Fd in = Fd::Adopt(HW_SYSCALL(::memfd_create("rules", MFD_CLOEXEC), "memfd for {}", tool));
   Fd err = Fd::Adopt(HW_SYSCALL(::memfd_create("rules-err", MFD_CLOEXEC), "memfd for {}", tool));
   HW_SYSCALL(::write(in.get(), input.data(), input.size()), "write {}'s input", tool);
   HW_SYSCALL(::lseek(in.get(), 0, SEEK_SET), "rewind {}'s input", tool);
   SpawnOptions options;
-  options.argv = {tool, "-w"};
+  options.argv = std::move(argv);
   options.stdin_fd = in.get();
   options.stderr_fd = err.get();
   ExitStatus status = ChildProcess::Spawn(options).Wait();
@@ -54,6 +81,35 @@ void RestoreRules(const char* tool, const std::string& input) {
   ::pread(err.get(), said, sizeof said - 1, 0);
   Fail(ErrorKind::kFailed, "{} in the guest's network namespace: {} ({})", tool,
        status.Describe(), said);
+}
+
+void RestoreRules(const char* tool, const std::string& input) {
+  RunWithInput({tool, "-w"}, input);
+}
+
+// Why the carrier does not make a connection to `target` from this node (empty: it
+// does): the node's own addresses (a guest must not reach its host's services, which a
+// connection from the node itself would), and the daemons' peer port.
+std::string RefusedOutside(const LoopbackTarget& target, uint16_t peer_port) {
+  if (target.port == peer_port) {
+    return fmt::format("port {} is the node daemons' peer port", peer_port);
+  }
+  // An address of this node is one a socket can be bound to (the kernel's own answer,
+  // for every device and every address it has, without a list of them to keep).
+  Fd probe = Fd::Adopt(HW_SYSCALL(::socket(target.family, SOCK_STREAM | SOCK_CLOEXEC, 0),
+                                  "socket to probe {}", target.AddressText()));
+  LoopbackTarget any_port = target;
+  any_port.port = 0;
+  socklen_t length = 0;
+  sockaddr_storage address = any_port.ToSockaddr(&length);
+  if (::bind(probe.get(), reinterpret_cast<sockaddr*>(&address), length) == 0) {
+    return fmt::format("{} is an address of this node", target.AddressText());
+  }
+  if (errno != EADDRNOTAVAIL) {
+    return fmt::format("cannot tell whether {} is an address of this node: {}",
+                       target.AddressText(), strerror(errno));
+  }
+  return {};
 }
 
 Fd TransparentListener(int family) {
@@ -130,10 +186,17 @@ Fd NewGuestNetwork() {
 
 void RedirectLoopbackConnections(int net_ns) {
   InNetworkNamespace(net_ns, [] {
-    RestoreRules("iptables-restore", Rules("127.0.0.0/8", "127.0.0.1"));
+    RestoreRules("iptables-restore", Rules("127.0.0.0/8", "127.0.0.1", true));
+    try {
+      RunWithInput({"ip", "-batch", "-"}, kOutboundRoutes);
+    } catch (const Error& e) {
+      // The guest runs on with its loopback carried; elsewhere stays unreachable.
+      spdlog::warn("a guest's TCP to other addresses is not made from this node: {}",
+                   e.what());
+    }
     if (!HasIpv6()) return;
     try {
-      RestoreRules("ip6tables-restore", Rules("::1/128", "::1"));
+      RestoreRules("ip6tables-restore", Rules("::1/128", "::1", false));
     } catch (const Error& e) {
       // A node without IPv6 rules still carries IPv4: ::1 then stays the job's own.
       spdlog::warn("a guest's ::1 stays its own: {}", e.what());
@@ -194,18 +257,32 @@ void LoopbackCarrier::Carry(CarriedConnections::Slot& slot) {
   HW_SYSCALL(::getsockname(socket, reinterpret_cast<sockaddr*>(&local), &length),
              "getsockname of a carried connection");
   LoopbackTarget target = LoopbackTarget::FromSockaddr(local);
+  if (!target.IsLoopback()) {
+    CarryOut(slot, target);
+    return;
+  }
   std::string why;
   int error = 0;
-  try {
-    auto stream = PeerConnectStream(home_.host, home_.port, home_.key, "loopback",
-                                    kHomeConnectTimeout);
-    SecureStream* raw = stream.get();
-    if (!connections_.SetStream(slot, std::move(stream))) return;
-    SendLoopbackOpen(*raw, home_.home_pid, target);
-    error = ReadLoopbackOpened(*raw, &why);
-  } catch (const Error& e) {
-    error = e.sys_errno() ? e.sys_errno() : EHOSTUNREACH;
-    why = e.what();
+  auto give_up = std::chrono::steady_clock::now() + kNotYetHereGrace;
+  for (auto pause = std::chrono::milliseconds(20);; pause = std::min(pause * 2, kMaxPause)) {
+    try {
+      auto stream = PeerConnectStream(home_.host, home_.port, home_.key, "loopback",
+                                      kHomeConnectTimeout);
+      SecureStream* raw = stream.get();
+      if (!connections_.SetStream(slot, std::move(stream))) return;
+      SendLoopbackOpen(*raw, home_.home_pid, target);
+      error = ReadLoopbackOpened(*raw, &why);
+    } catch (const Error& e) {
+      error = e.sys_errno() ? e.sys_errno() : EHOSTUNREACH;
+      why = e.what();
+    }
+    // EPERM: the home does not (yet) have the job on this node. A job that has just been
+    // restored here may connect before its home has heard that it arrived: asked again
+    // for a moment, the home agrees once it has. Waiting ends early when the job gives up
+    // the connection or the carrier stops (its socket shut down).
+    if (error != EPERM || std::chrono::steady_clock::now() + pause > give_up) break;
+    pollfd job{socket, POLLRDHUP, 0};
+    if (::poll(&job, 1, static_cast<int>(pause.count())) != 0) break;
   }
   if (error) {
     // The job's connect succeeded already (the carrier accepted it): a reset is how it
@@ -219,6 +296,56 @@ void LoopbackCarrier::Carry(CarriedConnections::Slot& slot) {
   ++carried_;
   spdlog::info("job {}: loopback connection to {} carried to {}", home_.home_pid,
                target.ToString(), home_.home);
+  CarryBothWays(*slot.stream, socket);
+}
+
+void LoopbackCarrier::CarryOut(CarriedConnections::Slot& slot, const LoopbackTarget& target) {
+  int socket = slot.socket.get();
+  std::string why;
+  int error = 0;
+  try {
+    why = RefusedOutside(target, home_.port);
+    if (!why.empty()) error = EACCES;
+  } catch (const Error& e) {
+    error = e.sys_errno() ? e.sys_errno() : EACCES;
+    why = e.what();
+  }
+  if (!error) {
+    try {
+      // The socket is the job's user's (its owner is the thread's fsuid when it is made):
+      // the node's firewall (-m owner) and `ss -e` see the user's connection, not root's.
+      Fd out;
+      {
+        ScopedFsCredentials as_user(home_.user);
+        out = Fd::Adopt(HW_SYSCALL(::socket(target.family, SOCK_STREAM | SOCK_CLOEXEC, 0),
+                                   "socket for {}", target.ToString()));
+      }
+      int fd = out.get();
+      // In the slot before connect, so that stopping breaks a connect still under way.
+      if (!connections_.SetStream(slot, SecureStream::Plain(std::move(out), target.ToString()))) {
+        return;
+      }
+      socklen_t length = 0;
+      sockaddr_storage address = target.ToSockaddr(&length);
+      HW_SYSCALL(::connect(fd, reinterpret_cast<sockaddr*>(&address), length), "connect to {}",
+                 target.ToString());
+    } catch (const Error& e) {
+      error = e.sys_errno() ? e.sys_errno() : EHOSTUNREACH;
+      why = e.what();
+    }
+  }
+  if (error) {
+    // As for a refusal at home: the job's connect succeeded at the carrier already, so
+    // a reset is how it learns (at its first read or write) that the target refused.
+    linger reset{1, 0};
+    ::setsockopt(socket, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    spdlog::info("job {}: connection to {} not made: {}", home_.home_pid, target.ToString(),
+                 why);
+    return;
+  }
+  ++carried_;
+  spdlog::info("job {}: connection to {} made from this node (uid {})", home_.home_pid,
+               target.ToString(), home_.user.uid);
   CarryBothWays(*slot.stream, socket);
 }
 

@@ -7,6 +7,10 @@
 // job's checkpoint), accepts it; its local address is where the job connected. The
 // daemon carries it over a peer connection (service "loopback") to the job's home, whose
 // daemon connects to that address and port on its own loopback (loopback_service.h).
+// The guest's IPv4 TCP connections to other addresses come to the carrier the same way
+// (a routing rule of the namespace), and the daemon makes them from this node as the
+// job's user, never to an address of this node itself ("other outbound traffic leaves
+// from the node").
 #pragma once
 
 #include <sys/types.h>
@@ -18,6 +22,7 @@
 #include <vector>
 
 #include "fd.h"
+#include "fs_credentials.h"
 #include "loopback_stream.h"
 
 namespace homeward {
@@ -31,8 +36,10 @@ constexpr uint16_t kLoopbackCarrierPort = 1;
 // caller's stays where it was.
 Fd NewGuestNetwork();
 // Sets the rules that hand the loopback's connections to the carrier in the network
-// namespace `net_ns` (replacing its mangle table); throws Error naming the tool's
-// complaint. IPv6 rules are skipped when the namespace has no IPv6.
+// namespace `net_ns` (replacing its mangle table), and the routing rule that brings its
+// IPv4 TCP connections to other addresses there too; throws Error naming the tool's
+// complaint. IPv6 rules are skipped when the namespace has no IPv6 (and IPv6 targets
+// other than ::1 stay unreachable).
 void RedirectLoopbackConnections(int net_ns);
 
 // Runs `work` on a thread of its own that has entered the network namespace `net_ns`,
@@ -45,6 +52,7 @@ struct LoopbackHome {
   uint16_t port = 0;
   std::vector<uint8_t> key;
   pid_t home_pid = 0;  // the job
+  FsIdentity user;     // the job's user: its connections made from this node are theirs
 };
 
 // The carrier of one guest: listens in the guest's namespace and carries each connection
@@ -61,6 +69,9 @@ class LoopbackCarrier {
  private:
   void AcceptLoop();
   void Carry(CarriedConnections::Slot& slot);
+  // A connection to an address that is not the loopback's: made from this node, as the
+  // job's user, unless the target is this node's own (RefusedOutside).
+  void CarryOut(CarriedConnections::Slot& slot, const LoopbackTarget& target);
 
   LoopbackHome home_;
   std::vector<Fd> listeners_;  // IPv4, and IPv6 when the namespace has it

@@ -1,12 +1,14 @@
 #include "loopback_service.h"
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <filesystem>
-#include <optional>
 #include <fstream>
+#include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "error.h"
 #include "fs_credentials.h"
@@ -44,11 +46,39 @@ std::optional<FsIdentity> DeputyUser(pid_t home_pid) {
   return who;
 }
 
+// A peer's address without its port ("127.0.0.3:40112", "[::1]:40112").
+std::string HostOfPeer(const std::string& address) {
+  auto colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+  if (host.size() > 1 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
 }  // namespace
 
-void LoopbackService::AddNodeAddress(const std::string& address) {
+void LoopbackService::AddNode(const std::string& name, const std::string& address) {
   std::lock_guard lock(mutex_);
   node_addresses_.insert(address);
+  node_address_by_name_[name] = address;
+}
+
+std::pair<int, std::string> LoopbackService::CheckAsker(pid_t home_pid, const std::string& peer) {
+  std::vector<std::string> nodes = whereabouts_.NodesOf(home_pid);
+  if (nodes.empty()) {
+    return {EPERM, fmt::format("job {} does not run away from this home (it is at home, "
+                               "frozen, ended, or no job of this home)",
+                               home_pid)};
+  }
+  std::string host = HostOfPeer(peer);
+  std::lock_guard lock(mutex_);
+  for (const std::string& node : nodes) {
+    auto it = node_address_by_name_.find(node);
+    if (it != node_address_by_name_.end() && it->second == host) return {0, {}};
+  }
+  return {EPERM, fmt::format("job {} runs on {}, not on the asking peer {}", home_pid,
+                             fmt::join(nodes, " or "), host)};
 }
 
 std::pair<int, std::string> LoopbackService::CheckTarget(const LoopbackTarget& target) {
@@ -73,7 +103,8 @@ void LoopbackService::Serve(std::unique_ptr<SecureStream> stream, const PeerIden
 void LoopbackService::Carry(CarriedConnections::Slot& slot, const std::string& peer) {
   SecureStream& stream = *slot.stream;
   LoopbackOpenRequest request = ReadLoopbackOpen(stream);
-  auto [error, why] = CheckTarget(request.target);
+  auto [error, why] = CheckAsker(request.home_pid, peer);
+  if (!error) std::tie(error, why) = CheckTarget(request.target);
   std::optional<FsIdentity> user;
   if (!error) {
     user = DeputyUser(request.home_pid);

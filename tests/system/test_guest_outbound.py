@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""A guest's TCP connections to other addresses leave from the node it runs on.
+
+Tests may use only loopback addresses and network namespaces of their own, so the whole
+test (and the loopback cluster it starts) runs in a network namespace it makes first
+(`unshare --net`, its loopback up). There it makes "outside": one more namespace, joined
+to the test's by a veth pair, 198.18.0.1 on the test's end (an address of the nodes, as a
+node's own interface would have) and 198.18.0.2 on outside's. Both namespaces go with
+their processes, pass or fail.
+
+A throwaway ordinary user runs a job of node1 on node2 (`mosrun -r node2`), moves it home
+and back to node2 (a guest restored by criu), and in each of the three rounds the job:
+- talks to an echo server outside (198.18.0.2): the connection is the user's (`ss -e`
+  shows its uid) and comes from the node's address (198.18.0.1), not from the home;
+- connects to a port outside where nothing listens: the far end's refusal reaches the job
+  as a reset (its connect succeeded at the carrier), not as a clean end;
+- connects to a server of the node itself on 198.18.0.1: refused by the carrier (a guest
+  does not reach its host's services), which the server never sees;
+- connects to 198.51.100.7, which no route reaches: a reset too;
+- still reaches its home's loopback through node1 (an echo server there), and a closed
+  port there shows as a reset too.
+At home the same connections are the node's own, as for any program there: the node's
+server answers, the closed port refuses at connect, the unrouted address is unreachable."""
+
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+OWN_NETNS = "HOMEWARD_TEST_OWN_NETNS"
+
+if __name__ == "__main__" and os.environ.get(OWN_NETNS) != "1":
+    # Everything below runs in a network namespace of this test's own.
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        print("needs root, unshare and ip", file=sys.stderr)
+        sys.exit(77)
+    env = dict(os.environ, **{OWN_NETNS: "1"})
+    sys.exit(subprocess.run(["unshare", "--net", "--", sys.executable, *sys.argv],
+                            env=env).returncode)
+
+import harness  # noqa: E402  (after the re-exec: its private directory is made once)
+
+NODE_ADDRESS = "198.18.0.1"
+OUTSIDE_ADDRESS = "198.18.0.2"
+UNROUTED = "198.51.100.7"
+
+JOB = r"""
+import os, socket, sys, time
+
+def wait(name):
+    while not os.path.exists(name):
+        time.sleep(0.05)
+
+def split(where):
+    address, port = where.rsplit(":", 1)
+    return address, int(port)
+
+def talk(where, hold=None):
+    try:
+        with socket.create_connection(split(where), timeout=20) as s:
+            s.sendall(b"hello\n")
+            reply = s.makefile().readline().strip()
+            if hold:
+                print(f"held {hold[-1]} {reply}", flush=True)
+                wait(hold)
+            return reply or "eof"
+    except OSError as e:
+        return type(e).__name__
+
+outside, closed, own, unrouted, home, home_closed = sys.argv[1:7]
+for i in range(3):
+    wait(f"go{i}")
+    print(f"{i} outside:", talk(outside, hold=f"checked{i}"), flush=True)
+    print(f"{i} closed:", talk(closed), flush=True)
+    print(f"{i} own:", talk(own), flush=True)
+    print(f"{i} unrouted:", talk(unrouted), flush=True)
+    print(f"{i} home:", talk(home), flush=True)
+    print(f"{i} home closed:", talk(home_closed), flush=True)
+"""
+
+# A server: listens on argv[1], writes "PORT" to argv[2] once it does, logs each peer to
+# argv[3] and answers one line with "echo LINE" (then holds the connection until its end).
+SERVER = r"""
+import os, socket, sys, threading
+server = socket.socket()
+server.bind((sys.argv[1], 0))
+server.listen(16)
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(f"{server.getsockname()[1]}\n")
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+def serve(conn):
+    with conn:
+        f = conn.makefile("rb")
+        conn.sendall(b"echo " + f.readline())
+        f.read()
+while True:
+    conn, peer = server.accept()
+    with open(sys.argv[3], "a") as log:
+        log.write(f"{peer[0]}\n")
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+def ip(*args, netns_pid=None):
+    command = ["ip", *args]
+    if netns_pid:
+        command = ["nsenter", "-t", str(netns_pid), "-n", "--", *command]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+
+
+class GuestOutboundTest(harness.UserClusterTest):
+    maxDiff = None
+    cluster_nodes = 2
+
+    @classmethod
+    def setUpClass(cls):
+        ip("link", "set", "lo", "up")  # the test's own namespace: the cluster's loopback
+        super().setUpClass()
+
+    def server(self, name, address, prefix=None, user=None):
+        """Runs SERVER on `address` (inside the namespace `prefix` enters, if any) as `user`;
+        returns (port, log path)."""
+        work = tempfile.mkdtemp(prefix=f"{name}-", dir=harness.private_dir())
+        os.chmod(work, 0o777)
+        path = os.path.join(work, "server.py")
+        with open(path, "w") as f:
+            f.write(SERVER)
+        ready, log = os.path.join(work, "port"), os.path.join(work, "log")
+        command = ["/usr/bin/python3", path, address, ready, log]
+        if user:
+            command = ["runuser", "-u", user, "--", *command]
+        process = subprocess.Popen((prefix or []) + command, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        port = int(self.c.wait_for(lambda: harness.read_text(ready).strip(), 30,
+                                   f"the {name} server to listen"))
+        return port, log
+
+    def make_outside(self):
+        """The namespace "outside", joined to ours by a veth pair; returns the pid of the
+        process that holds it (killed at the end, which removes it and the pair)."""
+        holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"],
+                                  stdin=subprocess.DEVNULL)
+        self.addCleanup(holder.wait)
+        self.addCleanup(holder.kill)
+        # unshare has made the namespace once its child runs in it.
+        self.c.wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/net")
+                        != os.readlink("/proc/self/ns/net")
+                        and "sleep" in harness.read_text(f"/proc/{holder.pid}/cmdline"),
+                        10, "the outside namespace")
+        veth = f"hwo{os.getpid() % 100000}"
+        ip("link", "add", veth, "type", "veth", "peer", "name", veth + "x")
+        ip("link", "set", veth + "x", "netns", str(holder.pid))
+        ip("addr", "add", f"{NODE_ADDRESS}/24", "dev", veth)
+        ip("link", "set", veth, "up")
+        ip("addr", "add", f"{OUTSIDE_ADDRESS}/24", "dev", veth + "x", netns_pid=holder.pid)
+        ip("link", "set", veth + "x", "up", netns_pid=holder.pid)
+        ip("link", "set", "lo", "up", netns_pid=holder.pid)
+        return holder.pid
+
+    def test_guest_connects_from_its_node(self):
+        c = self.c
+        entry = pwd.getpwnam(self.user)
+        outside = self.make_outside()
+        enter_outside = ["nsenter", "-t", str(outside), "-n", "--"]
+        echo_port, echo_log = self.server("outside", OUTSIDE_ADDRESS, prefix=enter_outside)
+        own_port, own_log = self.server("own", NODE_ADDRESS)
+        home_port, home_log = self.server("home", c.node("node1")["address"], user=self.user)
+        # A port outside where nothing listens: the echo server's, plus one (a test of
+        # this namespace alone: nothing else runs there).
+        closed_port = echo_port + 1 if echo_port < 65535 else echo_port - 1
+        home_closed = home_port + 1 if home_port < 65535 else home_port - 1
+
+        work = os.path.join(c.node("node1")["data"], "outbound")
+        os.makedirs(work)
+        os.chown(work, entry.pw_uid, entry.pw_gid)
+        with open(os.path.join(work, "job.py"), "w") as f:
+            f.write(JOB)
+        self.addCleanup(lambda: [open(os.path.join(work, f"{name}{i}"), "w").close()
+                                 for i in range(3) for name in ("go", "checked")])
+        mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", "-r", "node2",
+                             "python3", "job.py",
+                             f"{OUTSIDE_ADDRESS}:{echo_port}", f"{OUTSIDE_ADDRESS}:{closed_port}",
+                             f"{NODE_ADDRESS}:{own_port}", f"{UNROUTED}:80",
+                             f"{c.node('node1')['address']}:{home_port}",
+                             f"{c.node('node1')['address']}:{home_closed}"])
+        c.run("node1", "sh", "-c", f"cd /data/outbound && ({mosrun} > out 2> err; "
+                                   "echo $? > status) >/dev/null 2>&1 & echo started")
+        pid = c.wait_for(lambda: next((j["pid"] for j in harness.jobs(c)
+                                       if j["user"] == self.user and j["where"] == "node2"
+                                       and j["state"] == "running"), None),
+                         60, "the job running on node2")
+        out = os.path.join(work, "out")
+        for i, where in enumerate(["node2", "node1", "node2"]):
+            if i:
+                target = "home" if where == "node1" else where
+                moved = c.run("node1", "mosmigrate", str(pid), target, check=False)
+                self.assertEqual(moved.returncode, 0, moved.stdout + moved.stderr)
+                self.assertIn(f"now runs on {where}", moved.stdout)
+            open(os.path.join(work, f"go{i}"), "w").close()
+            c.wait_for(lambda: f"held {i}" in harness.read_text(out), 60,
+                       f"round {i}'s outside connection")
+            # The job's connection outside is the user's, from the node's address.
+            ss = subprocess.run(["ss", "-tnHe", "state", "established", "dst", OUTSIDE_ADDRESS],
+                                capture_output=True, text=True, check=True).stdout
+            self.assertIn(f"uid:{entry.pw_uid}", ss)
+            self.assertEqual(harness.read_text(echo_log), f"{NODE_ADDRESS}\n" * (i + 1))
+            open(os.path.join(work, f"checked{i}"), "w").close()
+            c.wait_for(lambda: f"{i} home closed:" in harness.read_text(out), 120, f"round {i}")
+        status = os.path.join(work, "status")
+        c.wait_for(lambda: harness.read_text(status), 120, "the job's end")
+        self.assertEqual(harness.read_text(status).strip(), "0",
+                         harness.read_text(os.path.join(work, "err")))
+        expected = []
+        for i, where in enumerate(["node2", "node1", "node2"]):
+            away = where != "node1"
+            expected += [
+                f"held {i} echo hello",
+                f"{i} outside: echo hello",
+                f"{i} closed: {'ConnectionResetError' if away else 'ConnectionRefusedError'}",
+                f"{i} own: {'ConnectionResetError' if away else 'echo hello'}",
+                f"{i} unrouted: {'ConnectionResetError' if away else 'OSError'}",
+                f"{i} home: echo hello",
+                f"{i} home closed: "
+                f"{'ConnectionResetError' if away else 'ConnectionRefusedError'}",
+            ]
+        self.assertEqual(harness.read_text(out).splitlines(), expected)
+        # The node's service saw the job only while it was at home, a plain program there.
+        self.assertEqual(harness.read_text(own_log), f"{NODE_ADDRESS}\n")
+        self.assertEqual(harness.read_text(home_log).count("\n"), 3)
+        log2 = c.log("node2")
+        for line, times in [
+                (f"job {pid}: connection to {OUTSIDE_ADDRESS}:{echo_port} made from this node "
+                 f"(uid {entry.pw_uid})", 2),
+                (f"job {pid}: connection to {OUTSIDE_ADDRESS}:{closed_port} not made: ", 2),
+                (f"job {pid}: connection to {NODE_ADDRESS}:{own_port} not made: "
+                 f"{NODE_ADDRESS} is an address of this node", 2),
+                (f"job {pid}: connection to {UNROUTED}:80 not made: ", 2)]:
+            self.assertEqual(log2.count(line), times, line)
+
+if __name__ == "__main__":
+    harness.main()
