@@ -125,10 +125,9 @@ int JobRegistry::FreeSlot() const {
   Fail(ErrorKind::kOverloaded, "this node already has {} jobs, the most it can", kMaxJobs);
 }
 
-void JobRegistry::PublishWhereabouts() {
-  JobWhereabouts::Table table;
+std::vector<std::string> JobRegistry::NodesOf(pid_t home_pid) const {
   for (const auto& [slot, job] : jobs_) {
-    if (!job.away) continue;
+    if (!job.away || job.away->protocol.record().home_pid != home_pid) continue;
     const move::Record& record = job.away->protocol.record();
     std::vector<std::string> nodes;
     switch (record.state) {
@@ -150,11 +149,9 @@ void JobRegistry::PublishWhereabouts() {
       case move::State::kEnded:
         break;
     }
-    if (!nodes.empty()) table[record.home_pid] = std::move(nodes);
+    return nodes;
   }
-  if (whereabouts_.Publish(std::move(table))) {
-    spdlog::debug("where this home's jobs away run changed");
-  }
+  return {};
 }
 
 uint32_t JobRegistry::jobs_away() const {
@@ -291,21 +288,8 @@ void JobRegistry::Start() {
   CheckUv(uv_timer_init(loop_, counts_timer_.get()), "job counts timer");
   counts_timer_.get()->data = this;
   CheckUv(uv_timer_start(counts_timer_.get(), OnCountsTimer, 0, 1000), "job counts timer");
-  // Every change to where a job runs is made by a callback on the loop; the check handle
-  // runs after the callbacks of each turn, so the loopback service never sees a table
-  // older than the turn that changed it. Unreferenced: it keeps no loop alive.
-  CheckUv(uv_check_init(loop_, whereabouts_check_.get()), "job whereabouts");
-  whereabouts_check_.get()->data = this;
-  CheckUv(uv_check_start(whereabouts_check_.get(),
-                         [](uv_check_t* check) {
-                           GuardedCall("publishing where jobs run", [check] {
-                             static_cast<JobRegistry*>(check->data)->PublishWhereabouts();
-                           });
-                         }),
-          "job whereabouts");
-  uv_unref(whereabouts_check_.base());
   Recover();
-  PublishWhereabouts();
+  whereabouts_.Start(loop_, [this](pid_t home_pid) { return NodesOf(home_pid); });
   StartCheckpointTimer();
 }
 
@@ -381,8 +365,7 @@ void JobRegistry::KillAll() {
     }
   }
   DropFrozenGuests();
-  whereabouts_.Publish({});
-  whereabouts_check_.Close();
+  whereabouts_.Stop();
   restored_wakeup_.Close();
   counts_timer_.Close();
   auto guests = std::move(guests_);

@@ -112,7 +112,7 @@ class JobRegistry {
   // Where this home's jobs away run, for the loopback service's threads: republished
   // after every turn of the loop (a check handle), so every place the registry records a
   // job's start away, move, arrival home, end or replay after a restart is covered.
-  const JobWhereabouts& whereabouts() const { return whereabouts_; }
+  JobWhereabouts& whereabouts() { return whereabouts_; }
   uint32_t guests_here() const { return static_cast<uint32_t>(guests_.size()); }
 
   // Each home job's processes other than its main one get ids PidBase(slot) + their pid
@@ -219,8 +219,8 @@ class JobRegistry {
   void JournalSoon();
   static void OnCountsTimer(uv_timer_t* timer);
   void ForgetAway(const Away& away);
-  // Builds the table of where the jobs away run (JobWhereabouts) from jobs_ and publishes it.
-  void PublishWhereabouts();
+  // The nodes job `home_pid` of this home may run on now (JobWhereabouts' answer).
+  std::vector<std::string> NodesOf(pid_t home_pid) const;
   void RecoverAway(JournalEntry& entry);
   bool ResumeAway(schema::ResumeJob::Reader request, ReplySender& reply);
   bool Rejoin(int slot, const std::shared_ptr<Away>& away, schema::AttachGuest::Reader attach,
@@ -429,7 +429,6 @@ class JobRegistry {
   UvHandle<uv_timer_t> counts_timer_;
   UvHandle<uv_async_t> restored_wakeup_;
   JobWhereabouts whereabouts_;
-  UvHandle<uv_check_t> whereabouts_check_;
   std::mutex restored_mutex_;
   std::vector<Restored> restored_;
   std::map<int, PlannedCheckpoints> checkpoint_plans_;

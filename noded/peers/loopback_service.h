@@ -33,7 +33,7 @@ class LoopbackService {
  public:
   // `own_address`: this node's address, which its guests' jobs may reach like 127.0.0.1.
   // `whereabouts`: where this home's jobs away run (the job registry's; outlives this).
-  LoopbackService(std::string own_address, const JobWhereabouts& whereabouts)
+  LoopbackService(std::string own_address, JobWhereabouts& whereabouts)
       : own_address_(std::move(own_address)), whereabouts_(whereabouts) {}
   LoopbackService(const LoopbackService&) = delete;
   LoopbackService& operator=(const LoopbackService&) = delete;
@@ -57,7 +57,7 @@ class LoopbackService {
 
   std::string own_address_;
   std::mutex mutex_;
-  const JobWhereabouts& whereabouts_;
+  JobWhereabouts& whereabouts_;
   std::set<std::string> node_addresses_;
   std::map<std::string, std::string> node_address_by_name_;
   CarriedConnections connections_;
