@@ -121,19 +121,7 @@ void JobRegistry::JournalAways() {
   }
   for (auto& [slot, away] : aways) {
     const move::Record& record = away->protocol.record();
-    // A job frozen at home does not read its mosrun's stream, so its hangup goes unseen
-    // there: the job's pid at home is its mosrun's, watched here instead.
-    if (away->awaiting_mosrun || away->frozen) {
-      uint64_t start = ProcessStartTime(away->home_pid());
-      if (away->mosrun_start == 0) away->mosrun_start = start;
-      if (start == 0 || start != away->mosrun_start) {
-        spdlog::info("job {}: its mosrun is gone; ending it {}", away->home_pid(),
-                     away->frozen ? "and removing its frozen images" : "on " + away->where());
-        Apply(slot, away, away->protocol.MosrunGone());
-        continue;
-      }
-      if (away->awaiting_mosrun) continue;  // its entry stands as it was read
-    }
+    if (away->awaiting_mosrun) continue;  // its entry stands as it was read
     if (away->output_held || record.state == move::State::kStarting ||
         record.state == move::State::kEnded) {
       continue;
@@ -177,6 +165,32 @@ void JobRegistry::JournalAways() {
       spdlog::warn("job {}: cannot journal it: {}", away->home_pid(), e.what());
     }
   }
+}
+
+void JobRegistry::WatchMosrun(int slot, const std::shared_ptr<Away>& away) {
+  if (!away->awaiting_mosrun && !away->frozen) {
+    away->mosrun_watch.reset();
+    return;
+  }
+  if (away->mosrun_watch) return;
+  // Such a job does not read its mosrun's stream, so its hangup goes unseen there: the
+  // job's pid at home is its mosrun's, whose exit its pidfd tells.
+  if (away->mosrun_start == 0) away->mosrun_start = ProcessStartTime(away->home_pid());
+  std::weak_ptr<Away> weak = away;
+  auto gone = [this, alive = alive_, slot, weak] {
+    auto away = weak.lock();
+    if (!*alive || !away) return;
+    auto it = jobs_.find(slot);
+    if (it == jobs_.end() || it->second.away != away || away->protocol.ended() ||
+        (!away->awaiting_mosrun && !away->frozen)) {
+      return;
+    }
+    spdlog::info("job {}: its mosrun is gone; ending it {}", away->home_pid(),
+                 away->frozen ? "and removing its frozen images" : "on " + away->where());
+    Apply(slot, away, away->protocol.MosrunGone());
+  };
+  away->mosrun_watch =
+      std::make_unique<ProcessWatch>(loop_, away->home_pid(), away->mosrun_start, gone);
 }
 
 void JobRegistry::RecoverAway(JournalEntry& entry) {
@@ -233,6 +247,7 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
   away->origin[2] = entry.base[2];
   away->journaled = FormatJournalEntry(entry);
   jobs_[entry.slot].away = away;
+  WatchMosrun(entry.slot, away);
   PlanCheckpoints(entry.slot, entry.launch.identity, entry.launch.checkpoint,
                   entry.launch.started_unix_ms);
   if (frozen) {
@@ -264,6 +279,7 @@ bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& rep
       away->forwarded[fd] = away->output_here[fd];
     }
     away->awaiting_mosrun = false;
+    WatchMosrun(slot, away);  // a frozen job's mosrun is still watched
     away->mosrun = reply.OpenStream(MosrunHandlersForAway(slot, away));
     // A frozen job's input waits (paused) until it continues.
     if (away->frozen) away->mosrun.PauseReading(true);

@@ -36,6 +36,7 @@
 #include "job_journal.h"
 #include "migration.h"
 #include "move_protocol.h"
+#include "process_watch.h"
 
 #include <capnp/message.h>
 
@@ -156,6 +157,9 @@ class JobRegistry {
     // restarted): sent, in order, once the node has the job again.
     std::vector<int> held_signals;
     uint64_t mosrun_start = 0;
+    // Set while the job's mosrun is not read here (taken back and awaiting it, or frozen
+    // at home): its exit is seen through its pidfd instead (WatchMosrun).
+    std::unique_ptr<ProcessWatch> mosrun_watch;
     int slot = -1;
     std::string journaled;  // the journal's text as last written
 
@@ -205,9 +209,11 @@ class JobRegistry {
   // Sends the signals mosrun gave while the job's node had no relay (Away::held_signals).
   static void SendHeldSignals(Away& away);
   bool AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay);
-  // Keeps the journal of every job away current (each second), and ends one taken back
-  // whose mosrun died before it came back.
+  // Keeps the journal of every job away current (each second).
   void JournalAways();
+  // Ends the job `away` when its mosrun exits while nothing reads its stream (taken back
+  // and awaiting it, or frozen at home); a no-op once that is no longer so.
+  void WatchMosrun(int slot, const std::shared_ptr<Away>& away);
   // Journals the jobs away on the loop's next turn rather than within the second: a move
   // between guests changed where one runs, and a home killed before that is journaled
   // would refuse the job's new node.
