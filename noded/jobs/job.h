@@ -71,6 +71,8 @@ struct CheckpointPlan {
   int64_t every_ms = 0;  // periodic checkpoints; 0: only on demand
   uint32_t keep = 0;     // the newest this many are kept; 0: all
   int signal = 0;        // a signal to the job's main process that asks for one; 0: none
+
+  bool operator==(const CheckpointPlan&) const = default;
 };
 
 struct JobLaunch {

@@ -118,6 +118,7 @@ void JobRegistry::ComeHome(Restored& restored) {
     away->mosrun.PauseReading(false);
     entry.here = job;
     away->journaled.clear();  // the entry of the job here has replaced the one away
+    away->journaled_inputs.reset();
     entry.away.reset();
     spdlog::info("job {} is back home", home_pid);
     Apply(job_slot, away, std::move(*step));

@@ -162,6 +162,16 @@ class JobRegistry {
     std::unique_ptr<ProcessWatch> mosrun_watch;
     int slot = -1;
     std::string journaled;  // the journal's text as last written
+    // What that text was made of, of what can change: while it stays the same, the entry
+    // is neither formatted nor written again.
+    struct JournalInputs {
+      move::Record record;
+      uint64_t base[3] = {0, 0, 0};
+      bool frozen = false;
+      std::optional<CheckpointPlan> plan;
+      bool operator==(const JournalInputs&) const = default;
+    };
+    std::optional<JournalInputs> journaled_inputs;
 
     pid_t home_pid() const { return protocol.record().home_pid; }
     const std::string& where() const { return protocol.record().where; }
@@ -209,8 +219,11 @@ class JobRegistry {
   // Sends the signals mosrun gave while the job's node had no relay (Away::held_signals).
   static void SendHeldSignals(Away& away);
   bool AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay);
-  // Keeps the journal of every job away current (each second).
+  // Keeps the journal of every job away current (each second, and at once after some
+  // changes): an entry is formatted and written only when what it is made of changed.
   void JournalAways();
+  // The entry of `away` in `slot`, as JournalAways writes it.
+  JournalEntry AwayEntry(int slot, const Away& away) const;
   // Ends the job `away` when its mosrun exits while nothing reads its stream (taken back
   // and awaiting it, or frozen at home); a no-op once that is no longer so.
   void WatchMosrun(int slot, const std::shared_ptr<Away>& away);

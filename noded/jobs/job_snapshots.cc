@@ -221,6 +221,7 @@ void JobRegistry::Continued(int slot, const std::shared_ptr<Away>& away, Restori
   job->set_migrations(away->protocol.record().migrations);
   job->set_output_base(away->origin[1] + away->forwarded[1], away->origin[2] + away->forwarded[2]);
   away->journaled.clear();  // the entry of the job here has replaced the frozen one
+  away->journaled_inputs.reset();
   migrate::RemoveImageDir(away->frozen->dir);
   away->frozen.reset();
   away->mosrun_watch.reset();  // its stream is read again: its hangup is seen there
