@@ -227,6 +227,9 @@ class Job : public std::enable_shared_from_this<Job> {
   // The same pipes with what each carries, as the migration stream names them.
   std::vector<migrate::PipeRole> pipe_roles() const;
   ControlStream& relay() { return relay_; }
+  // Whether the job's exit reached a mosrun (its relay was open when it ended): false for
+  // a job lost with its mosrun, which a later `mosrun -R` may restart.
+  bool exit_delivered() const { return exit_delivered_; }
   // Where the job's input stands while it is held: what reclaiming it needs.
   struct InputPlace {
     int reader = -1;       // the daemon's copy of the read end of the job's stdin pipe
@@ -365,6 +368,7 @@ class Job : public std::enable_shared_from_this<Job> {
   bool output_paused_ = false;
   bool output_held_ = false;
   bool finished_ = false;
+  bool exit_delivered_ = false;
   move::Departure departure_;
   uint32_t migrations_ = 0;
   std::vector<uint64_t> pipe_inodes_;

@@ -95,26 +95,7 @@ void JobRegistry::PlanCheckpoints(int slot, const JobIdentity& owner, const Chec
   planned.owner = {owner.uid, owner.gid, owner.groups};
   planned.plan = plan;
   if (plan.every_ms > 0) planned.next_ms = static_cast<int64_t>(uv_now(loop_)) + plan.every_ms;
-  std::string log = InputLog::PathFor(config_.state_dir, owner.uid, plan.dir);
-  try {
-    planned.input_log = std::make_shared<InputLog>(InputLog::Open(log, run, fresh_log));
-  } catch (const Error& e) {
-    spdlog::warn("job {}: its input is not kept for restarts: {}", owner.home_pid, e.what());
-  }
-}
-
-void JobRegistry::LogInput(pid_t home_pid, uint64_t offset, const void* data, size_t size) {
-  for (auto& [slot, planned] : checkpoint_plans_) {
-    if (planned.home_pid != home_pid || !planned.input_log) continue;
-    try {
-      planned.input_log->Append(offset, data, size);
-    } catch (const Error& e) {
-      // What follows starts the log anew (a gap): checkpoints before it are not replayed.
-      spdlog::warn("job {}: its input log misses bytes from {}: {}", home_pid,
-                   planned.input_log->end(), e.what());
-    }
-    return;
-  }
+  OpenInputLog(planned, plan.dir, run, fresh_log);
 }
 
 namespace {

@@ -343,6 +343,16 @@ class JobRegistry {
   // its input log is of.
   void PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan,
                        int64_t run, bool fresh_log = false);
+  // Input logs (job_input_logs.cc): what was logged in this loop turn is synced at its
+  // end (SyncInputLogs, from input_sync_); a job whose exit reached its mosrun has its log
+  // removed (EndInputLog, from JobEnded for a job here); at start, logs of no journaled
+  // job whose directory is gone are removed (SweepInputLogs).
+  void OpenInputLog(PlannedCheckpoints& planned, const std::string& dir, int64_t run,
+                    bool fresh);
+  void SyncInputLogs();
+  void EndInputLog(pid_t home_pid);
+  void JobEnded(Job& job);
+  void SweepInputLogs();
   // Input from mosrun for job `home_pid` of this home, at `offset` in its stream: kept in
   // the job's input log, if it has one, before the job's node may take it.
   void LogInput(pid_t home_pid, uint64_t offset, const void* data, size_t size);
@@ -440,6 +450,7 @@ class JobRegistry {
   std::atomic<bool> blocked_{false};
   UvHandle<uv_timer_t> counts_timer_;
   UvHandle<uv_async_t> restored_wakeup_;
+  UvHandle<uv_check_t> input_sync_;
   std::mutex restored_mutex_;
   std::vector<Restored> restored_;
   std::map<int, PlannedCheckpoints> checkpoint_plans_;
