@@ -16,10 +16,12 @@
 // once per event-loop turn that added to the log, before it reads the next input, not per
 // write.
 //
-// Lifetime: a job whose exit reached its mosrun has its log removed (Remove): nothing will
-// restart it. A lost job's log stays for a later `mosrun -R`, as long as its checkpoint
-// directory does; a daemon starting removes the logs no journaled job uses whose directory
-// is gone, or which name none (SweepOrphans).
+// Lifetime: the log belongs with the job's checkpoints. A job that never had one and whose
+// exit reached its mosrun has its log removed (Remove): nothing can restart it. Otherwise
+// (a checkpoint was written, or the job was lost) the log stays for `mosrun -R`, which may
+// restart from the same checkpoint more than once, as long as the checkpoint directory
+// does, or until a new job starts with that directory; a daemon starting removes the logs
+// no journaled job uses whose directory is gone, or which name none (SweepOrphans).
 #pragma once
 
 #include <sys/types.h>

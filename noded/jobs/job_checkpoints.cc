@@ -94,6 +94,7 @@ void JobRegistry::PlanCheckpoints(int slot, const JobIdentity& owner, const Chec
   planned.home_pid = owner.home_pid;
   planned.owner = {owner.uid, owner.gid, owner.groups};
   planned.plan = plan;
+  planned.restartable = !fresh_log;  // restarted or taken back: checkpoints of it may exist
   if (plan.every_ms > 0) planned.next_ms = static_cast<int64_t>(uv_now(loop_)) + plan.every_ms;
   OpenInputLog(planned, plan.dir, run, fresh_log);
 }
@@ -278,6 +279,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
           auto planned = checkpoint_plans_.find(slot);
           if (planned != checkpoint_plans_.end() && planned->second.home_pid == home_pid) {
             planned->second.busy = false;
+            if (result.error.empty()) planned->second.restartable = true;
             // The newest checkpoint is current: the input before its place is not needed.
             if (result.error.empty() && *measured && planned->second.input_log) {
               try {
@@ -356,6 +358,7 @@ void JobRegistry::CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
   if (it == checkpoint_plans_.end() || it->second.home_pid != away->home_pid()) return;
   it->second.busy = false;
   it->second.busy_until_ms = 0;
+  if (error.empty()) it->second.restartable = true;
   if (error.empty() && report.getInputPlaced() && it->second.input_log) {
     try {
       it->second.input_log->Trim(report.getInputOffset());

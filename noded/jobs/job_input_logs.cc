@@ -1,6 +1,6 @@
 // The input logs of the jobs of this home (input_log.h): opened with a job's checkpoint
 // plan, appended to as mosrun's input passes, synced once per event-loop turn, removed when
-// the job's exit reached its mosrun, and swept at start.
+// the exit of a job with no checkpoint reached its mosrun, and swept at start.
 #include <spdlog/spdlog.h>
 
 #include "c_boundary.h"
@@ -59,6 +59,9 @@ void JobRegistry::SyncInputLogs() {
 void JobRegistry::EndInputLog(pid_t home_pid) {
   for (auto& [slot, planned] : checkpoint_plans_) {
     if (planned.home_pid != home_pid || !planned.input_log) continue;
+    // With a checkpoint, the log stays with it: `mosrun -R` may restart the job from it
+    // again, ended or not, and is then given the same input.
+    if (planned.restartable) continue;
     InputLog::Remove(planned.input_log->path());
     planned.input_log.reset();
   }

@@ -328,6 +328,9 @@ class JobRegistry {
     bool asked = false;   // the job asked for one (mosrun -S): taken at the next tick
     int64_t busy_until_ms = 0;  // a job away: its node's answer is given up after this
     std::shared_ptr<ReplySender> waiter;  // mosmigrate, for a job away
+    // Whether a checkpoint of this run of the job may exist (one was written, or the job
+    // was restarted or taken back): its input log then outlives the job, for `mosrun -R`.
+    bool restartable = false;
     // The input the job was given since its newest checkpoint (input_log.h); none when it
     // cannot be kept (logged).
     std::shared_ptr<InputLog> input_log;
@@ -344,9 +347,9 @@ class JobRegistry {
   void PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan,
                        int64_t run, bool fresh_log = false);
   // Input logs (job_input_logs.cc): what was logged in this loop turn is synced at its
-  // end (SyncInputLogs, from input_sync_); a job whose exit reached its mosrun has its log
-  // removed (EndInputLog, from JobEnded for a job here); at start, logs of no journaled
-  // job whose directory is gone are removed (SweepInputLogs).
+  // end (SyncInputLogs, from input_sync_); a job with no checkpoint whose exit reached its
+  // mosrun has its log removed (EndInputLog, from JobEnded for a job here); at start, logs
+  // of no journaled job whose directory is gone are removed (SweepInputLogs).
   void OpenInputLog(PlannedCheckpoints& planned, const std::string& dir, int64_t run,
                     bool fresh);
   void SyncInputLogs();

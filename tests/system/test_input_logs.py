@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A job's input log (<state_dir>/input-logs, see noded/jobs/input_log.h) lives as long as
-something may restart the job from a checkpoint: a job whose exit reached its mosrun has its
-log removed at once; a lost job's log stays for `mosrun -R` while its checkpoint directory
-does; a daemon starting removes the logs of jobs its journal does not know whose directory
-is gone (and logs that name no directory)."""
+something may restart the job from a checkpoint: a job that never had a checkpoint and
+whose exit reached its mosrun has its log removed at once; the log of a job with a
+checkpoint, or of a lost job, stays for `mosrun -R` while its checkpoint directory does; a
+daemon starting removes the logs of jobs its journal does not know whose directory is gone
+(and logs that name no directory)."""
 
 import os
 import shutil
@@ -63,10 +64,10 @@ class InputLogsTest(unittest.TestCase):
                    "the job to read its first line")
         return work, writer, pid
 
-    def test_an_ended_job_leaves_no_log_and_a_lost_one_keeps_it_until_its_directory_goes(self):
+    def test_a_log_lives_while_a_restart_may_need_it(self):
         self.pids = []
         with harness.LoopCluster(1) as c:
-            # A job that ends: its log goes with it.
+            # A job that ends without a checkpoint: its log goes with it.
             work, writer, _ = self.start(c, "ends")
             self.assertEqual(len(self.logs(c)), 1)
             writer.close()
@@ -76,11 +77,19 @@ class InputLogsTest(unittest.TestCase):
             self.assertEqual(os.listdir(os.path.join(c.node("node1")["state"], "input-logs")),
                              [])
 
+            # One that ends after a checkpoint: a restart from it needs the log.
+            done, writer, pid = self.start(c, "done")
+            c.run("node1", "mosmigrate", str(pid), "checkpoint")
+            writer.close()
+            c.wait_for(lambda: read(os.path.join(done, "status")) == "0\n", 60,
+                       "the job to end")
+            [done_log] = self.logs(c)
+
             # Two jobs lost with their mosrun: their logs stay for a `mosrun -R`.
             kept, kept_writer, kept_pid = self.start(c, "kept")
             gone, gone_writer, gone_pid = self.start(c, "gone")
             logs = self.logs(c)
-            self.assertEqual(len(logs), 2)
+            self.assertEqual(len(logs), 3)
             for pid, writer in ((kept_pid, kept_writer), (gone_pid, gone_writer)):
                 os.kill(pid, signal.SIGKILL)
                 writer.close()
@@ -89,17 +98,21 @@ class InputLogsTest(unittest.TestCase):
             self.assertEqual(self.logs(c), logs)
 
             # One's checkpoint directory is removed; a log left by an older daemon names
-            # none. The daemon restarts: both of those go, the other stays.
+            # none. The daemon restarts: both of those go, the others stay.
             shutil.rmtree(os.path.join(gone, "ck"))
             stray = os.path.join(c.node("node1")["state"], "input-logs", f"{self.uid}-stray")
             with open(stray, "w") as f:
                 f.write("left by an older daemon")
             c.kill("node1")
             c.start("node1")
-            c.wait_for(lambda: len(self.logs(c)) == 1, 30, "the orphan logs to be removed")
-            [left] = self.logs(c)
-            with open(left + ".dir") as f:
-                self.assertEqual(f.read(), "/data/kept/ck")
+            c.wait_for(lambda: len(self.logs(c)) == 2, 30, "the orphan logs to be removed")
+            left = self.logs(c)
+            self.assertIn(done_log, left)
+            noted = set()
+            for log in left:
+                with open(log + ".dir") as f:
+                    noted.add(f.read())
+            self.assertEqual(noted, {"/data/done/ck", "/data/kept/ck"})
             self.assertIn("removed the input log", c.log("node1"))
 
 
