@@ -85,6 +85,9 @@ struct Fs::Prepared {
 
 Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
     : client_(client), options_(options) {
+  if (!options_.criu_acting_dir.empty()) {
+    criu_acting_ = std::make_unique<CriuActingCache>(options_.criu_acting_dir);
+  }
   Inode& inode = inodes_[FUSE_ROOT_ID];
   inode.remote = 1;
   by_remote_[1] = FUSE_ROOT_ID;
@@ -105,7 +108,7 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   auto cred = p->rq.initCred();
   std::optional<FsIdentity> acting;
   if (ctx->uid == 0 && !options_.criu_acting_dir.empty()) {
-    acting = CriuActingFor(options_.criu_acting_dir, ctx->pid);  // criu, on a job's files
+    acting = criu_acting_->For(ctx->pid);  // criu, on a job's files
   }
   cred.setUid(acting ? acting->uid : ctx->uid);
   cred.setGid(acting ? acting->gid : ctx->gid);

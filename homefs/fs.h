@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "client.h"
+#include "criu_acting.h"
 #include "request.h"
 
 namespace homeward {
@@ -207,6 +208,7 @@ class Fs {
 
   FileClient& client_;
   FsOptions options_;
+  std::unique_ptr<CriuActingCache> criu_acting_;  // when options_.criu_acting_dir is set
   std::mutex mutex_;
   std::unordered_map<fuse_ino_t, Inode> inodes_;
   std::map<std::pair<uint64_t, uint64_t>, fuse_ino_t> by_key_;

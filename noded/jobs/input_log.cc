@@ -1,12 +1,14 @@
 // A job's input since its newest checkpoint, at its home (input_log.h).
 #include "input_log.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sodium.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <memory>
 
 #include <fmt/format.h>
 
@@ -18,6 +20,7 @@ namespace {
 
 constexpr char kMagic[8] = {'h', 'w', 'i', 'n', 'l', 'o', 'g', '1'};
 constexpr off_t kHeader = 32;
+constexpr const char* kDirNote = ".dir";
 
 struct Header {
   char magic[8];
@@ -74,6 +77,62 @@ void InputLog::WriteHeader() {
   header.run = run_;
   HW_SYSCALL(::pwrite(file_.get(), &header, sizeof header, 0) == kHeader ? 0 : -1, "write {}",
              path_);
+  dirty_ = true;
+}
+
+void InputLog::Sync() {
+  if (!dirty_) return;
+  HW_SYSCALL(::fdatasync(file_.get()), "sync {}", path_);
+  dirty_ = false;
+}
+
+void InputLog::NoteDir(const std::string& path, const std::string& dir) {
+  std::string note = path + kDirNote;
+  Fd file = Fd::Adopt(HW_SYSCALL(
+      ::open(note.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600),
+      "open {}", note));
+  WriteAll(file.get(), dir.data(), dir.size(), "input log note");
+}
+
+void InputLog::Remove(const std::string& path) {
+  ::unlink(path.c_str());
+  ::unlink((path + kDirNote).c_str());
+}
+
+std::vector<std::string> InputLog::SweepOrphans(const std::string& state_dir,
+                                                const std::set<std::string>& in_use) {
+  std::string logs = state_dir + "/input-logs";
+  std::vector<std::string> removed;
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(logs.c_str()), ::closedir);
+  if (!dir) return removed;
+  std::vector<std::string> names;
+  while (dirent* entry = ::readdir(dir.get())) {
+    std::string name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    names.push_back(name);
+  }
+  std::string suffix = kDirNote;
+  for (const std::string& name : names) {
+    bool note = name.size() > suffix.size() &&
+                name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    std::string path = logs + "/" + (note ? name.substr(0, name.size() - suffix.size()) : name);
+    if (in_use.count(path)) continue;
+    if (note) {
+      if (::access(path.c_str(), F_OK) != 0) ::unlink((logs + "/" + name).c_str());
+      continue;  // a note without its log; a log is judged below
+    }
+    // A lost job's log stays while its checkpoint directory does: `mosrun -R` needs it.
+    std::string noted;
+    try {
+      noted = ReadTextFile(path + kDirNote);
+    } catch (const Error&) {
+    }
+    struct stat st {};
+    if (!noted.empty() && noted[0] == '/' && ::lstat(noted.c_str(), &st) == 0) continue;
+    Remove(path);
+    removed.push_back(path);
+  }
+  return removed;
 }
 
 void InputLog::Append(uint64_t offset, const void* data, size_t size) {
@@ -95,6 +154,7 @@ void InputLog::Append(uint64_t offset, const void* data, size_t size) {
     left -= static_cast<size_t>(n);
     end_ += static_cast<uint64_t>(n);
   }
+  dirty_ = true;
   if (end_ - start_ > limit_) Trim(end_ - limit_);
 }
 

@@ -2,10 +2,13 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace homeward {
 namespace {
@@ -21,7 +24,7 @@ class InputLogTest : public ::testing::Test {
     path_ = InputLog::PathFor(dir_, 1000, "/home/u/ck");
   }
   void TearDown() override {
-    unlink(path_.c_str());
+    InputLog::Remove(path_);
     rmdir((dir_ + "/input-logs").c_str());
     rmdir(dir_.c_str());
   }
@@ -84,6 +87,54 @@ TEST_F(InputLogTest, ADamagedLogIsNotReplayed) {
   EXPECT_EQ(why_, "its input log is damaged");
   InputLog reopened = InputLog::Open(path_, kRun, false);  // made empty
   EXPECT_EQ(reopened.end(), 0u);
+}
+
+TEST_F(InputLogTest, IsDirtyAfterAWriteUntilSynced) {
+  InputLog log = InputLog::Open(path_, kRun, true);
+  log.Sync();
+  EXPECT_FALSE(log.dirty());
+  log.Append(0, "1\n", 2);
+  EXPECT_TRUE(log.dirty());
+  log.Sync();
+  EXPECT_FALSE(log.dirty());
+  log.Append(0, "1\n", 2);  // nothing new: nothing to sync
+  EXPECT_FALSE(log.dirty());
+  log.Trim(1);  // the header changes
+  EXPECT_TRUE(log.dirty());
+}
+
+TEST_F(InputLogTest, RemoveTakesTheLogAndItsNote) {
+  InputLog::Open(path_, kRun, true).Append(0, "1\n", 2);
+  InputLog::NoteDir(path_, "/home/u/ck");
+  InputLog::Remove(path_);
+  EXPECT_NE(access(path_.c_str(), F_OK), 0);
+  EXPECT_NE(access((path_ + ".dir").c_str(), F_OK), 0);
+}
+
+TEST_F(InputLogTest, TheSweepKeepsLogsInUseAndThoseWhoseDirectoryStays) {
+  std::string kept_dir = dir_ + "/ck";  // exists: a lost job's `mosrun -R` needs its log
+  ASSERT_EQ(mkdir(kept_dir.c_str(), 0700), 0);
+  std::string in_use = InputLog::PathFor(dir_, 1000, "/gone/a");
+  std::string kept = InputLog::PathFor(dir_, 1000, kept_dir);
+  std::string gone = InputLog::PathFor(dir_, 1000, "/gone/b");
+  std::string unnoted = InputLog::PathFor(dir_, 1000, "/gone/c");
+  for (const std::string& path : {in_use, kept, gone, unnoted}) {
+    InputLog::Open(path, kRun, true).Append(0, "x", 1);
+  }
+  InputLog::NoteDir(in_use, "/gone/a");
+  InputLog::NoteDir(kept, kept_dir);
+  InputLog::NoteDir(gone, "/gone/b");
+  auto removed = InputLog::SweepOrphans(dir_, {in_use});
+  std::sort(removed.begin(), removed.end());
+  std::vector<std::string> expected = {gone, unnoted};
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(removed, expected);
+  EXPECT_EQ(access(in_use.c_str(), F_OK), 0);
+  EXPECT_EQ(access(kept.c_str(), F_OK), 0);
+  EXPECT_NE(access(gone.c_str(), F_OK), 0);
+  EXPECT_NE(access((gone + ".dir").c_str(), F_OK), 0);
+  for (const std::string& path : {in_use, kept}) InputLog::Remove(path);
+  rmdir(kept_dir.c_str());
 }
 
 }  // namespace

@@ -569,6 +569,7 @@ void Job::MaybeFinish() {
     if (stream && (!stream->eof || stream->sent < stream->taken)) return;
   }
   finished_ = true;
+  exit_delivered_ = relay_.open();
   SendExit();
   relay_.Close();
   CloseInput();

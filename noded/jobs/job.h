@@ -71,6 +71,8 @@ struct CheckpointPlan {
   int64_t every_ms = 0;  // periodic checkpoints; 0: only on demand
   uint32_t keep = 0;     // the newest this many are kept; 0: all
   int signal = 0;        // a signal to the job's main process that asks for one; 0: none
+
+  bool operator==(const CheckpointPlan&) const = default;
 };
 
 struct JobLaunch {
@@ -225,6 +227,9 @@ class Job : public std::enable_shared_from_this<Job> {
   // The same pipes with what each carries, as the migration stream names them.
   std::vector<migrate::PipeRole> pipe_roles() const;
   ControlStream& relay() { return relay_; }
+  // Whether the job's exit reached a mosrun (its relay was open when it ended): false for
+  // a job lost with its mosrun, which a later `mosrun -R` may restart.
+  bool exit_delivered() const { return exit_delivered_; }
   // Where the job's input stands while it is held: what reclaiming it needs.
   struct InputPlace {
     int reader = -1;       // the daemon's copy of the read end of the job's stdin pipe
@@ -363,6 +368,7 @@ class Job : public std::enable_shared_from_this<Job> {
   bool output_paused_ = false;
   bool output_held_ = false;
   bool finished_ = false;
+  bool exit_delivered_ = false;
   move::Departure departure_;
   uint32_t migrations_ = 0;
   std::vector<uint64_t> pipe_inodes_;

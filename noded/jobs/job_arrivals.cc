@@ -56,7 +56,10 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
                                                 ChildProcess init, DaemonEnds ends,
                                                 std::function<void()> finished, int slot) {
   auto job = std::make_shared<Job>(loop_, std::move(launch), std::move(relay),
-                                   [finished = std::move(finished)](Job&) { finished(); });
+                                   [this, finished = std::move(finished)](Job& job) {
+                                     JobEnded(job);
+                                     finished();
+                                   });
   // A throw from here on leaves the init with `init` or the job, either of which kills
   // and reaps it.
   faults_.Check(Fault::kAdoptRestored);
@@ -118,6 +121,7 @@ void JobRegistry::ComeHome(Restored& restored) {
     away->mosrun.PauseReading(false);
     entry.here = job;
     away->journaled.clear();  // the entry of the job here has replaced the one away
+    away->journaled_inputs.reset();
     entry.away.reset();
     spdlog::info("job {} is back home", home_pid);
     Apply(job_slot, away, std::move(*step));

@@ -94,27 +94,9 @@ void JobRegistry::PlanCheckpoints(int slot, const JobIdentity& owner, const Chec
   planned.home_pid = owner.home_pid;
   planned.owner = {owner.uid, owner.gid, owner.groups};
   planned.plan = plan;
+  planned.restartable = !fresh_log;  // restarted or taken back: checkpoints of it may exist
   if (plan.every_ms > 0) planned.next_ms = static_cast<int64_t>(uv_now(loop_)) + plan.every_ms;
-  std::string log = InputLog::PathFor(config_.state_dir, owner.uid, plan.dir);
-  try {
-    planned.input_log = std::make_shared<InputLog>(InputLog::Open(log, run, fresh_log));
-  } catch (const Error& e) {
-    spdlog::warn("job {}: its input is not kept for restarts: {}", owner.home_pid, e.what());
-  }
-}
-
-void JobRegistry::LogInput(pid_t home_pid, uint64_t offset, const void* data, size_t size) {
-  for (auto& [slot, planned] : checkpoint_plans_) {
-    if (planned.home_pid != home_pid || !planned.input_log) continue;
-    try {
-      planned.input_log->Append(offset, data, size);
-    } catch (const Error& e) {
-      // What follows starts the log anew (a gap): checkpoints before it are not replayed.
-      spdlog::warn("job {}: its input log misses bytes from {}: {}", home_pid,
-                   planned.input_log->end(), e.what());
-    }
-    return;
-  }
+  OpenInputLog(planned, plan.dir, run, fresh_log);
 }
 
 namespace {
@@ -297,6 +279,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
           auto planned = checkpoint_plans_.find(slot);
           if (planned != checkpoint_plans_.end() && planned->second.home_pid == home_pid) {
             planned->second.busy = false;
+            if (result.error.empty()) planned->second.restartable = true;
             // The newest checkpoint is current: the input before its place is not needed.
             if (result.error.empty() && *measured && planned->second.input_log) {
               try {
@@ -375,6 +358,7 @@ void JobRegistry::CheckpointedAway(int slot, const std::shared_ptr<Away>& away,
   if (it == checkpoint_plans_.end() || it->second.home_pid != away->home_pid()) return;
   it->second.busy = false;
   it->second.busy_until_ms = 0;
+  if (error.empty()) it->second.restartable = true;
   if (error.empty() && report.getInputPlaced() && it->second.input_log) {
     try {
       it->second.input_log->Trim(report.getInputOffset());

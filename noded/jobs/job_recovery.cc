@@ -372,6 +372,7 @@ void JobRegistry::Recover() {
   CleanRestoreIntents(dir, taken);
   RemoveStaleImages(config_.state_dir + "/images");
   RemoveStaleFrozenGuests();
+  SweepInputLogs();  // after every journaled job took its plan (and its log) back
 }
 
 namespace {
@@ -457,7 +458,10 @@ std::string JobRegistry::TakeBack(JournalEntry& entry, FdKeeper keeper, std::vec
   launch.init_path = init_path_;
   launch.preload_path = preload_path_;
   auto finished = guest ? std::function<void(Job&)>([this, id](Job&) { guests_.erase(id); })
-                        : std::function<void(Job&)>([this, slot](Job&) { jobs_.erase(slot); });
+                        : std::function<void(Job&)>([this, slot](Job& job) {
+                            JobEnded(job);
+                            jobs_.erase(slot);
+                          });
   auto job = std::make_shared<Job>(loop_, std::move(launch), ControlStream(), finished);
   try {
     KeepJob(*job, guest ? -1 : slot);  // journaled on: a later move marks its entry

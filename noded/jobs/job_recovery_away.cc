@@ -115,68 +115,99 @@ void JobRegistry::ForgetAway(const Away& away) {
 }
 
 void JobRegistry::JournalAways() {
-  std::vector<std::pair<int, std::shared_ptr<Away>>> aways;
   for (auto& [slot, entry] : jobs_) {
-    if (entry.away) aways.emplace_back(slot, entry.away);
-  }
-  for (auto& [slot, away] : aways) {
-    const move::Record& record = away->protocol.record();
-    // A job frozen at home does not read its mosrun's stream, so its hangup goes unseen
-    // there: the job's pid at home is its mosrun's, watched here instead.
-    if (away->awaiting_mosrun || away->frozen) {
-      uint64_t start = ProcessStartTime(away->home_pid());
-      if (away->mosrun_start == 0) away->mosrun_start = start;
-      if (start == 0 || start != away->mosrun_start) {
-        spdlog::info("job {}: its mosrun is gone; ending it {}", away->home_pid(),
-                     away->frozen ? "and removing its frozen images" : "on " + away->where());
-        Apply(slot, away, away->protocol.MosrunGone());
-        continue;
-      }
-      if (away->awaiting_mosrun) continue;  // its entry stands as it was read
-    }
-    if (away->output_held || record.state == move::State::kStarting ||
+    if (!entry.away) continue;
+    Away& away = *entry.away;
+    const move::Record& record = away.protocol.record();
+    if (away.awaiting_mosrun) continue;  // its entry stands as it was read
+    if (away.output_held || record.state == move::State::kStarting ||
         record.state == move::State::kEnded) {
       continue;
     }
-    if (away->mosrun_start == 0) away->mosrun_start = ProcessStartTime(away->home_pid());
-    JournalEntry entry;
-    entry.slot = slot;
-    entry.mosrun_start = away->mosrun_start;
-    if (away->frozen) {
-      // Continuing it after a restart needs all of its launch but the input, which is
-      // in its image directory (SaveFrozenInput).
-      entry.launch = away->frozen->launch;
-      entry.launch.input = {};
-      entry.frozen_dir = away->frozen->dir;
-      entry.pipes = away->frozen->pipes;
-    } else {
-      entry.launch.identity.home_pid = away->home_pid();
-      entry.launch.identity.uid = away->uid;
-      entry.launch.home = config_.name;
-      entry.launch.argv = {away->command};
-      entry.launch.locked = away->locked;
-    }
-    // Its checkpoint plan, and the user it writes and reads its checkpoints as.
-    if (auto plan = checkpoint_plans_.find(slot);
-        plan != checkpoint_plans_.end() && plan->second.home_pid == away->home_pid()) {
-      entry.launch.checkpoint = plan->second.plan;
-      entry.launch.identity.gid = plan->second.owner.gid;
-      entry.launch.identity.groups = plan->second.owner.groups;
-    }
-    entry.away = true;
-    entry.record = record.Serialize();
+    Away::JournalInputs inputs;
+    inputs.record = record;
     for (int fd : {1, 2}) {
-      entry.base[fd] = away->origin[fd] + away->forwarded[fd] - away->output_here[fd];
+      inputs.base[fd] = away.origin[fd] + away.forwarded[fd] - away.output_here[fd];
     }
-    std::string text = FormatJournalEntry(entry);
-    if (text == away->journaled) continue;
-    try {
-      JobJournal(config_.state_dir + "/jobs").Write(entry);
-      away->journaled = std::move(text);
-    } catch (const Error& e) {
-      spdlog::warn("job {}: cannot journal it: {}", away->home_pid(), e.what());
+    inputs.frozen = away.frozen.has_value();
+    if (auto plan = checkpoint_plans_.find(slot);
+        plan != checkpoint_plans_.end() && plan->second.home_pid == away.home_pid()) {
+      inputs.plan = plan->second.plan;
     }
+    if (inputs == away.journaled_inputs) continue;  // nothing of its entry changed
+    if (away.mosrun_start == 0) away.mosrun_start = ProcessStartTime(away.home_pid());
+    JournalEntry journal_entry = AwayEntry(slot, away);
+    std::string text = FormatJournalEntry(journal_entry);
+    if (text != away.journaled) {
+      try {
+        JobJournal(config_.state_dir + "/jobs").Write(journal_entry);
+        away.journaled = std::move(text);
+      } catch (const Error& e) {
+        spdlog::warn("job {}: cannot journal it: {}", away.home_pid(), e.what());
+        continue;  // tried again at the next tick
+      }
+    }
+    away.journaled_inputs = std::move(inputs);
   }
+}
+
+JournalEntry JobRegistry::AwayEntry(int slot, const Away& away) const {
+  JournalEntry entry;
+  entry.slot = slot;
+  entry.mosrun_start = away.mosrun_start;
+  if (away.frozen) {
+    // Continuing it after a restart needs all of its launch but the input, which is
+    // in its image directory (SaveFrozenInput).
+    entry.launch = away.frozen->launch;
+    entry.launch.input = {};
+    entry.frozen_dir = away.frozen->dir;
+    entry.pipes = away.frozen->pipes;
+  } else {
+    entry.launch.identity.home_pid = away.home_pid();
+    entry.launch.identity.uid = away.uid;
+    entry.launch.home = config_.name;
+    entry.launch.argv = {away.command};
+    entry.launch.locked = away.locked;
+  }
+  // Its checkpoint plan, and the user it writes and reads its checkpoints as.
+  if (auto plan = checkpoint_plans_.find(slot);
+      plan != checkpoint_plans_.end() && plan->second.home_pid == away.home_pid()) {
+    entry.launch.checkpoint = plan->second.plan;
+    entry.launch.identity.gid = plan->second.owner.gid;
+    entry.launch.identity.groups = plan->second.owner.groups;
+  }
+  entry.away = true;
+  entry.record = away.protocol.record().Serialize();
+  for (int fd : {1, 2}) {
+    entry.base[fd] = away.origin[fd] + away.forwarded[fd] - away.output_here[fd];
+  }
+  return entry;
+}
+
+void JobRegistry::WatchMosrun(int slot, const std::shared_ptr<Away>& away) {
+  if (!away->awaiting_mosrun && !away->frozen) {
+    away->mosrun_watch.reset();
+    return;
+  }
+  if (away->mosrun_watch) return;
+  // Such a job does not read its mosrun's stream, so its hangup goes unseen there: the
+  // job's pid at home is its mosrun's, whose exit its pidfd tells.
+  if (away->mosrun_start == 0) away->mosrun_start = ProcessStartTime(away->home_pid());
+  std::weak_ptr<Away> weak = away;
+  auto gone = [this, alive = alive_, slot, weak] {
+    auto away = weak.lock();
+    if (!*alive || !away) return;
+    auto it = jobs_.find(slot);
+    if (it == jobs_.end() || it->second.away != away || away->protocol.ended() ||
+        (!away->awaiting_mosrun && !away->frozen)) {
+      return;
+    }
+    spdlog::info("job {}: its mosrun is gone; ending it {}", away->home_pid(),
+                 away->frozen ? "and removing its frozen images" : "on " + away->where());
+    Apply(slot, away, away->protocol.MosrunGone());
+  };
+  away->mosrun_watch =
+      std::make_unique<ProcessWatch>(loop_, away->home_pid(), away->mosrun_start, gone);
 }
 
 void JobRegistry::RecoverAway(JournalEntry& entry) {
@@ -233,6 +264,7 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
   away->origin[2] = entry.base[2];
   away->journaled = FormatJournalEntry(entry);
   jobs_[entry.slot].away = away;
+  WatchMosrun(entry.slot, away);
   PlanCheckpoints(entry.slot, entry.launch.identity, entry.launch.checkpoint,
                   entry.launch.started_unix_ms);
   if (frozen) {
@@ -264,6 +296,7 @@ bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& rep
       away->forwarded[fd] = away->output_here[fd];
     }
     away->awaiting_mosrun = false;
+    WatchMosrun(slot, away);  // a frozen job's mosrun is still watched
     away->mosrun = reply.OpenStream(MosrunHandlersForAway(slot, away));
     // A frozen job's input waits (paused) until it continues.
     if (away->frozen) away->mosrun.PauseReading(true);

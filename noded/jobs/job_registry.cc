@@ -188,8 +188,10 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
   auto weak_job = std::make_shared<std::weak_ptr<Job>>();
   StreamHandlers handlers = RelayHandlersFor(weak_job);
   ControlStream relay = reply.OpenStream(std::move(handlers));
-  auto job =
-      std::make_shared<Job>(loop_, std::move(launch), relay, [finished](Job&) { finished(); });
+  auto job = std::make_shared<Job>(loop_, std::move(launch), relay, [this, finished](Job& job) {
+    JobEnded(job);
+    finished();
+  });
   *weak_job = job;
   WatchCheckpointAsks(job);
   try {
@@ -283,6 +285,8 @@ void JobRegistry::Start() {
                         }),
           "job registry wake-up");
   restored_wakeup_.get()->data = this;
+  CheckUv(uv_check_init(loop_, input_sync_.get()), "input log sync");
+  input_sync_.get()->data = this;
   // The counts gossip publishes are refreshed each second rather than threaded through
   // every place a job starts, moves or ends; overdue attaches are found on the same tick.
   CheckUv(uv_timer_init(loop_, counts_timer_.get()), "job counts timer");

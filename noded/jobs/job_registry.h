@@ -37,6 +37,7 @@
 #include "job_whereabouts.h"
 #include "migration.h"
 #include "move_protocol.h"
+#include "process_watch.h"
 
 #include <capnp/message.h>
 
@@ -161,8 +162,21 @@ class JobRegistry {
     // restarted): sent, in order, once the node has the job again.
     std::vector<int> held_signals;
     uint64_t mosrun_start = 0;
+    // Set while the job's mosrun is not read here (taken back and awaiting it, or frozen
+    // at home): its exit is seen through its pidfd instead (WatchMosrun).
+    std::unique_ptr<ProcessWatch> mosrun_watch;
     int slot = -1;
     std::string journaled;  // the journal's text as last written
+    // What that text was made of, of what can change: while it stays the same, the entry
+    // is neither formatted nor written again.
+    struct JournalInputs {
+      move::Record record;
+      uint64_t base[3] = {0, 0, 0};
+      bool frozen = false;
+      std::optional<CheckpointPlan> plan;
+      bool operator==(const JournalInputs&) const = default;
+    };
+    std::optional<JournalInputs> journaled_inputs;
 
     pid_t home_pid() const { return protocol.record().home_pid; }
     const std::string& where() const { return protocol.record().where; }
@@ -210,9 +224,14 @@ class JobRegistry {
   // Sends the signals mosrun gave while the job's node had no relay (Away::held_signals).
   static void SendHeldSignals(Away& away);
   bool AwaitNodeBack(const std::shared_ptr<Away>& away, uint32_t relay);
-  // Keeps the journal of every job away current (each second), and ends one taken back
-  // whose mosrun died before it came back.
+  // Keeps the journal of every job away current (each second, and at once after some
+  // changes): an entry is formatted and written only when what it is made of changed.
   void JournalAways();
+  // The entry of `away` in `slot`, as JournalAways writes it.
+  JournalEntry AwayEntry(int slot, const Away& away) const;
+  // Ends the job `away` when its mosrun exits while nothing reads its stream (taken back
+  // and awaiting it, or frozen at home); a no-op once that is no longer so.
+  void WatchMosrun(int slot, const std::shared_ptr<Away>& away);
   // Journals the jobs away on the loop's next turn rather than within the second: a move
   // between guests changed where one runs, and a home killed before that is journaled
   // would refuse the job's new node.
@@ -316,6 +335,9 @@ class JobRegistry {
     bool asked = false;   // the job asked for one (mosrun -S): taken at the next tick
     int64_t busy_until_ms = 0;  // a job away: its node's answer is given up after this
     std::shared_ptr<ReplySender> waiter;  // mosmigrate, for a job away
+    // Whether a checkpoint of this run of the job may exist (one was written, or the job
+    // was restarted or taken back): its input log then outlives the job, for `mosrun -R`.
+    bool restartable = false;
     // The input the job was given since its newest checkpoint (input_log.h); none when it
     // cannot be kept (logged).
     std::shared_ptr<InputLog> input_log;
@@ -331,6 +353,16 @@ class JobRegistry {
   // its input log is of.
   void PlanCheckpoints(int slot, const JobIdentity& owner, const CheckpointPlan& plan,
                        int64_t run, bool fresh_log = false);
+  // Input logs (job_input_logs.cc): what was logged in this loop turn is synced at its
+  // end (SyncInputLogs, from input_sync_); a job with no checkpoint whose exit reached its
+  // mosrun has its log removed (EndInputLog, from JobEnded for a job here); at start, logs
+  // of no journaled job whose directory is gone are removed (SweepInputLogs).
+  void OpenInputLog(PlannedCheckpoints& planned, const std::string& dir, int64_t run,
+                    bool fresh);
+  void SyncInputLogs();
+  void EndInputLog(pid_t home_pid);
+  void JobEnded(Job& job);
+  void SweepInputLogs();
   // Input from mosrun for job `home_pid` of this home, at `offset` in its stream: kept in
   // the job's input log, if it has one, before the job's node may take it.
   void LogInput(pid_t home_pid, uint64_t offset, const void* data, size_t size);
@@ -429,6 +461,7 @@ class JobRegistry {
   UvHandle<uv_timer_t> counts_timer_;
   UvHandle<uv_async_t> restored_wakeup_;
   JobWhereabouts whereabouts_;
+  UvHandle<uv_check_t> input_sync_;
   std::mutex restored_mutex_;
   std::vector<Restored> restored_;
   std::map<int, PlannedCheckpoints> checkpoint_plans_;

@@ -190,6 +190,7 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       if (relay == away->protocol.record().relay) CountOutput(*away, output);
     }
     if (reply.isJobExited()) {
+      if (away->mosrun.open()) EndInputLog(away->home_pid());  // nothing will restart it
       Apply(slot, away, away->protocol.Exited());
       return;
     }

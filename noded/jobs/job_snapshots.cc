@@ -149,6 +149,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
           // mosrun's input waits (paused) until the job continues; its end ends the job.
           away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
           away->mosrun.PauseReading(true);
+          WatchMosrun(slot, away);
           spdlog::info("job {} frozen to {}", away->home_pid(), dir);
           JournalAways();  // over the entry of the job here, at once
           MoveOutcome frozen_to;
@@ -220,8 +221,10 @@ void JobRegistry::Continued(int slot, const std::shared_ptr<Away>& away, Restori
   job->set_migrations(away->protocol.record().migrations);
   job->set_output_base(away->origin[1] + away->forwarded[1], away->origin[2] + away->forwarded[2]);
   away->journaled.clear();  // the entry of the job here has replaced the frozen one
+  away->journaled_inputs.reset();
   migrate::RemoveImageDir(away->frozen->dir);
   away->frozen.reset();
+  away->mosrun_watch.reset();  // its stream is read again: its hangup is seen there
   away->mosrun.SetHandlers(RelayHandlersFor(weak_job));
   away->mosrun.PauseReading(false);
   it->second.here = job;

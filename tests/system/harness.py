@@ -13,11 +13,13 @@ import atexit
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -50,6 +52,7 @@ class LoopCluster:
     def __enter__(self):
         self.mounts_before = host_mounts()
         self.dir = tempfile.mkdtemp(prefix="cluster-", dir=private_dir())
+        _ledger_add("cluster", self.dir)  # before 'up': a kill from here on leaves it to the guard
         args = [LOOPCLUSTER, "up", "--nodes", str(len(self.nodes)), "--dir", self.dir]
         if self.cpuset:
             args.append("--cpuset")
@@ -79,6 +82,8 @@ class LoopCluster:
             leftovers.append(f"loopcluster down failed: {result.stderr}")
         if os.path.exists(os.path.join(self.dir, "cluster.json")):
             leftovers.append("cluster.json still present")
+        else:
+            _ledger_remove("cluster", self.dir)
         mounts_after = host_mounts()
         new_mounts = [m for m in mounts_after if m not in self.mounts_before]
         if new_mounts:
@@ -218,6 +223,7 @@ def _user_tool(*command):
 def add_user(name):
     """Makes a throwaway ordinary user `name` (with a group of its own, no home); returns its
     pwd entry. Remove it with remove_user, whatever happens."""
+    _ledger_add("user", name)
     run = _user_tool("useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh", name)
     if run.returncode != 0:
         raise RuntimeError(f"useradd {name}: {run.stderr.strip()}")
@@ -242,6 +248,8 @@ def remove_user(name):
     run = _user_tool("userdel", "--force", name)
     if run.returncode not in (0, 6):  # 6: no such user
         print(f"could not remove user {name}: {run.stderr.strip()}", file=sys.stderr)
+    else:
+        _ledger_remove("user", name)
     _user_tool("groupdel", name)
 
 
@@ -323,17 +331,104 @@ def private_dir():
     return _private
 
 
-def _remove_private():
-    if _private is None or not os.path.isdir(_private):
+def _remove_private(private=None):
+    private = private or _private
+    if private is None or not os.path.isdir(private):
         return
     # Never descend into a mount a failed teardown left behind: it is not ours to empty.
-    inside = [m for m in host_mounts() if m == _private or m.startswith(_private + "/")]
+    inside = [m for m in host_mounts() if m == private or m.startswith(private + "/")]
     if inside:
-        print(f"{_private} kept: mounts left in it: {inside}", file=sys.stderr)
+        print(f"{private} kept: mounts left in it: {inside}", file=sys.stderr)
     elif os.environ.get("HOMEWARD_KEEP_LOGS") is not None:
-        print(f"test files kept in {_private}", file=sys.stderr)
+        print(f"test files kept in {private}", file=sys.stderr)
     else:
-        shutil.rmtree(_private, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The guard: cleanup that outlives the test program. meson ends a test past its timeout
+# with SIGTERM to the test's process group and SIGKILL 0.5 s later, too soon for a
+# cluster's teardown (unmounts, cgroups, userdel); and the daemons, in sessions of their
+# own (loopcluster), get neither signal. So the first cluster or user a program makes
+# starts a guard: a process in a session of its own that waits on the program's pidfd
+# and, once the program has gone, undoes what the program did not undo itself: its
+# clusters (loopcluster down), its throwaway users and its private directory. What to
+# undo is in a ledger beside the private directory (`<private>.guard`: the program's own
+# exit removes the directory), written before each thing is made and crossed off once the
+# program has undone it; a program that cleaned up after itself leaves the guard nothing
+# to do but remove the ledger. With HOMEWARD_KEEP_LOGS, the guard logs to
+# `<private>.guard-log`.
+
+_guard_pid = None
+_guard_lock = threading.Lock()  # clusters may be started from threads
+
+
+def _ledger_path(private=None):
+    return (private or private_dir()) + ".guard"
+
+
+def _ledger_add(kind, value):
+    _start_guard()
+    with open(_ledger_path(), "a") as f:
+        f.write(f"+{kind} {value}\n")
+
+
+def _ledger_remove(kind, value):
+    if _guard_pid is None:
+        return
+    with open(_ledger_path(), "a") as f:
+        f.write(f"-{kind} {value}\n")
+
+
+def _start_guard():
+    with _guard_lock:
+        _start_guard_locked()
+
+
+def _start_guard_locked():
+    global _guard_pid
+    if _guard_pid is not None:
+        return
+    log = subprocess.DEVNULL
+    if os.environ.get("HOMEWARD_KEEP_LOGS") is not None:
+        log = open(private_dir() + ".guard-log", "w")
+    guard = subprocess.Popen([sys.executable, os.path.realpath(__file__), "--guard",
+                              str(os.getpid()), private_dir()],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             start_new_session=True, cwd="/",
+                             env=dict(os.environ, HOMEWARD_BUILD=BUILD))
+    _guard_pid = guard.pid
+
+
+def guard_pid():
+    """The pid of this program's guard, once it has one (tests of the guard itself)."""
+    return _guard_pid
+
+
+def _guard(program, private):
+    """The guard's body: waits for `program` to end, then undoes what its ledger lists."""
+    try:
+        pidfd = os.pidfd_open(program)
+        select.select([pidfd], [], [])  # readable once the program has exited
+    except ProcessLookupError:
+        pass
+    left = {}
+    with open(_ledger_path(private)) as f:
+        for line in f:
+            sign, kind, value = line[0], *line[1:].rstrip("\n").split(" ", 1)
+            left[(kind, value)] = sign == "+"
+    for (kind, value), made in left.items():
+        if made and kind == "cluster" and os.path.exists(os.path.join(value, "cluster.json")):
+            print(f"guard: taking down the cluster in {value}", file=sys.stderr, flush=True)
+            down = subprocess.run([LOOPCLUSTER, "down", value], capture_output=True, text=True,
+                                  timeout=120)
+            print(down.stderr, file=sys.stderr, flush=True)
+    for (kind, value), made in left.items():
+        if made and kind == "user":
+            print(f"guard: removing user {value}", file=sys.stderr, flush=True)
+            remove_user(value)
+    _remove_private(private)
+    os.unlink(_ledger_path(private))
 
 
 def run_tests(module="__main__"):
@@ -368,6 +463,11 @@ def run_tests(module="__main__"):
 
 
 def _interrupted(signum, frame):
+    # KeyboardInterrupt, not SystemExit: unittest records a SystemExit as one test's error
+    # and runs the next test; KeyboardInterrupt stops the run and unwinds every `with
+    # LoopCluster`. Once only: a second SIGTERM must not cut the teardown short (the guard
+    # finishes whatever meson's SIGKILL cuts short).
+    signal.signal(signum, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -380,3 +480,7 @@ def main():
         print(f"no build at {BUILD}: set HOMEWARD_BUILD")
         sys.exit(1)
     run_tests()
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--guard":
+    _guard(int(sys.argv[2]), sys.argv[3])

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -66,14 +67,14 @@ CriuActingAs::~CriuActingAs() {
   }
 }
 
-std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid) {
-  struct stat ns;
-  if (::stat(fmt::format("/proc/{}/ns/mnt", pid).c_str(), &ns) < 0) return std::nullopt;
+namespace {
+
+// The user written down for mount namespace `ns`, if any.
+std::optional<FsIdentity> ReadEntry(const std::string& dir, ino_t ns) {
   // The directory is checked before anything in it is read, and the entry is read only
   // if it is root's own file, never through a link.
   if (!Trusted(dir)) return std::nullopt;
-  Fd entry = Fd::Adopt(::open(EntryPath(dir, ns.st_ino).c_str(),
-                              O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  Fd entry = Fd::Adopt(::open(EntryPath(dir, ns).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   struct stat st;
   if (!entry.valid() || ::fstat(entry.get(), &st) < 0 || !S_ISREG(st.st_mode) ||
       st.st_uid != 0) {
@@ -88,6 +89,78 @@ std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid) {
   gid_t group;
   while (fields >> group) who.groups.push_back(group);
   return who;
+}
+
+std::optional<ino_t> MountNamespaceOf(pid_t pid) {
+  struct stat ns;
+  if (::stat(fmt::format("/proc/{}/ns/mnt", pid).c_str(), &ns) < 0) return std::nullopt;
+  return ns.st_ino;
+}
+
+// At most this many namespaces are remembered; past it the cache starts again.
+constexpr size_t kCachedNamespaces = 1024;
+
+}  // namespace
+
+std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid) {
+  std::optional<ino_t> ns = MountNamespaceOf(pid);
+  if (!ns) return std::nullopt;
+  return ReadEntry(dir, *ns);
+}
+
+bool CriuActingCache::Current() {
+  if (!watch_.valid()) {
+    by_namespace_.clear();
+    Fd watch = Fd::Adopt(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+    // Set up before anything is read: a change from here on is seen.
+    if (!watch.valid() ||
+        ::inotify_add_watch(watch.get(), dir_.c_str(),
+                            IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_MODIFY |
+                                IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF |
+                                IN_ONLYDIR | IN_DONT_FOLLOW) < 0) {
+      return false;
+    }
+    watch_ = std::move(watch);
+    return true;
+  }
+  alignas(inotify_event) char events[4096];
+  bool changed = false, lost = false;
+  for (;;) {
+    ssize_t n = ::read(watch_.get(), events, sizeof events);
+    if (n <= 0) break;  // EAGAIN: nothing more pending
+    changed = true;
+    for (ssize_t at = 0; at < n;) {
+      const auto* event = reinterpret_cast<const inotify_event*>(events + at);
+      // The directory itself went (or the queue overflowed): watch anew.
+      if (event->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_Q_OVERFLOW)) lost = true;
+      at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+    }
+  }
+  if (changed || by_namespace_.size() >= kCachedNamespaces) by_namespace_.clear();
+  if (lost) {
+    watch_.Reset();
+    return Current();
+  }
+  return true;
+}
+
+std::optional<FsIdentity> CriuActingCache::For(pid_t pid) {
+  std::optional<ino_t> ns = MountNamespaceOf(pid);
+  if (!ns) return std::nullopt;
+  std::lock_guard lock(mutex_);
+  bool current = Current();
+  if (current) {
+    if (auto it = by_namespace_.find(*ns); it != by_namespace_.end()) return it->second;
+  }
+  ++disk_reads_;
+  std::optional<FsIdentity> who = ReadEntry(dir_, *ns);
+  if (current) by_namespace_[*ns] = who;
+  return who;
+}
+
+uint64_t CriuActingCache::disk_reads() const {
+  std::lock_guard lock(mutex_);
+  return disk_reads_;
 }
 
 void ClearCriuActing(const std::string& dir) { EmptyDirectory(dir); }

@@ -8,9 +8,13 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 
+#include "fd.h"
 #include "fs_credentials.h"
 
 namespace homeward {
@@ -38,6 +42,33 @@ class CriuActingAs {
 // The user written down for the mount namespace process `pid` is in, if any. Only a
 // directory of root's that nobody else may write is believed.
 std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid);
+
+// CriuActingFor for one directory, cached, for homefs, which asks on every call of root's.
+// What is written down changes only by a daemon creating, renaming or removing an entry
+// (or changing the directory's owner or mode): an inotify watch on the directory is told
+// of each such change as the change is made, and any change pending when a call comes
+// empties the cache before it is read. So an answer is never older than the last change
+// made before the call, and a call costs a stat of the caller's namespace and one read of
+// the watch instead of six system calls. Without a watch (no directory yet: the daemon
+// makes it with its first criu; inotify refused), every call reads, as CriuActingFor.
+// Thread-safe.
+class CriuActingCache {
+ public:
+  explicit CriuActingCache(std::string dir) : dir_(std::move(dir)) {}
+  std::optional<FsIdentity> For(pid_t pid);
+  // How many times an entry was looked up on disk (tests).
+  uint64_t disk_reads() const;
+
+ private:
+  // Whether the cache may be used: a watch is up and every change it saw has emptied it.
+  bool Current();
+
+  std::string dir_;
+  mutable std::mutex mutex_;
+  Fd watch_;
+  std::map<ino_t, std::optional<FsIdentity>> by_namespace_;
+  uint64_t disk_reads_ = 0;
+};
 
 // Forgets everything written down (a daemon starting: no criu of the last one runs).
 void ClearCriuActing(const std::string& dir);
