@@ -195,6 +195,13 @@ class Fs {
   // `acquires`: success takes a lock, so the file's cached data and attributes go first.
   void LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool waits,
                 bool acquires);
+  // Sends it (`serial`: its entry in lock_waits_, 0 for one that does not wait).
+  void SendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p, fuse_ino_t ino,
+                uint64_t serial, bool acquires);
+  // Its connection broke first (hard mount): waits for the next, binds it there and sends
+  // it again, on the resending thread.
+  void ResendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p, fuse_ino_t ino,
+                  uint64_t serial, bool acquires);
   // Locks across a move (see ARCHITECTURE.md, "Locks across a move"). The daemon asks by
   // setting trusted.homeward.{park,unpark,claim} on the root (root only): park what the
   // job in mount namespace `mntns` holds under `token`; forget `token` (the move failed);
