@@ -4,7 +4,10 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1185,6 +1188,24 @@ T Bounded(F read, T otherwise) {
   return future.get();
 }
 
+// A process's identity for this boot: its pidfd's inode number, which pidfs (Linux 6.9)
+// gives each process once and never again (a pid used again is another inode). 0 when it
+// cannot be had (the process is gone, or pidfds are anonymous inodes on an older kernel,
+// all one number). Asks nothing of the process's /proc files, so it never waits for it.
+uint64_t ProcessKey(pid_t pid) {
+  constexpr long kPidfsMagic = 0x50494446;
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return 0;
+  static const bool pidfs = [fd] {
+    struct statfs fs;
+    return ::fstatfs(fd, &fs) == 0 && static_cast<long>(fs.f_type) == kPidfsMagic;
+  }();
+  struct stat st;
+  uint64_t key = pidfs && ::fstat(fd, &st) == 0 ? st.st_ino : 0;
+  ::close(fd);
+  return key;
+}
+
 uint64_t MountNsOf(pid_t pid) {
   char link[64];
   std::string path = "/proc/" + std::to_string(pid) + "/ns/mnt";
@@ -1230,6 +1251,25 @@ void OnLockInterrupt(fuse_req_t req, void* data) {
 }
 
 }  // namespace
+
+pid_t Fs::HolderId(pid_t pid) {
+  if (pid <= 0) return pid;
+  // The /proc reads are a thread and a few files each: once per process, not per lock.
+  uint64_t key = ProcessKey(pid);
+  if (key) {
+    std::lock_guard lock(locks_mutex_);
+    if (auto it = home_ids_.find(key); it != home_ids_.end()) return it->second;
+  }
+  auto id = Bounded([pid] { return std::optional<pid_t>(HomeIdOf(pid)); },
+                    std::optional<pid_t>());
+  if (!id) return pid;  // not read in time (an exec): not kept, read again next time
+  if (key) {
+    std::lock_guard lock(locks_mutex_);
+    if (home_ids_.size() >= 4096) home_ids_.clear();  // processes gone meanwhile, mostly
+    home_ids_[key] = *id;
+  }
+  return *id;
+}
 
 void Fs::Getlk(Request r, fuse_ino_t, fuse_file_info* fi, const struct flock& lock) {
   auto p = Prepare(r, Op::GETLK);
@@ -1292,7 +1332,7 @@ void Fs::Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock
   // The holder as the home names it to F_GETLK (a job's process: its home id).
   if (acquires) {
     pid_t pid = lock.l_pid;
-    sent.setPid(Bounded([pid] { return HomeIdOf(pid); }, pid));
+    sent.setPid(HolderId(pid));
   }
   p->rq.setFlags(sleep && acquires ? 1 : 0);
   bool carried = TagCarry(r.get(), p->rq);

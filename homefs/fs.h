@@ -211,6 +211,9 @@ class Fs {
   // home then binds them to the caller's lock owner or open file). Returns whether it did.
   bool TagCarry(fuse_req_t req, schema::FileRequest::Builder rq);
   void CancelLockWait(uint64_t generation, uint64_t id);
+  // The home id of process `pid` of this node, as a setlk names its holder (HomeIdOf),
+  // kept per process (home_ids_).
+  pid_t HolderId(pid_t pid);
 
   FileClient& client_;
   FsOptions options_;
@@ -263,6 +266,9 @@ class Fs {
     bool interrupted = false;
   };
   std::unordered_map<uint64_t, LockWait> lock_waits_;  // by serial
+  // Home ids of processes that locked, by their identity for this boot (ProcessKey): a
+  // process's home id does not change while it lives.
+  std::unordered_map<uint64_t, pid_t> home_ids_;
   uint64_t next_lock_wait_ = 1;
 
   std::mutex groups_mutex_;
