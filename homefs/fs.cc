@@ -1260,8 +1260,7 @@ pid_t Fs::HolderId(pid_t pid) {
     std::lock_guard lock(locks_mutex_);
     if (auto it = home_ids_.find(key); it != home_ids_.end()) return it->second;
   }
-  auto id = Bounded([pid] { return std::optional<pid_t>(HomeIdOf(pid)); },
-                    std::optional<pid_t>());
+  auto id = Bounded([pid] { return std::optional<pid_t>(HomeIdOf(pid)); }, std::optional<pid_t>());
   if (!id) return pid;  // not read in time (an exec): not kept, read again next time
   if (key) {
     std::lock_guard lock(locks_mutex_);
@@ -1417,8 +1416,8 @@ void Fs::SendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p, 
   if (cancel) CancelLockWait(generation, id);
 }
 
-void Fs::ResendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p,
-                    fuse_ino_t ino, uint64_t serial, bool acquires) {
+void Fs::ResendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p, fuse_ino_t ino,
+                    uint64_t serial, bool acquires) {
   if (serial) {
     std::lock_guard lock(locks_mutex_);
     if (auto it = lock_waits_.find(serial); it != lock_waits_.end()) it->second.id = 0;
