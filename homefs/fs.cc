@@ -4,7 +4,10 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1188,6 +1191,24 @@ T Bounded(F read, T otherwise) {
   return future.get();
 }
 
+// A process's identity for this boot: its pidfd's inode number, which pidfs (Linux 6.9)
+// gives each process once and never again (a pid used again is another inode). 0 when it
+// cannot be had (the process is gone, or pidfds are anonymous inodes on an older kernel,
+// all one number). Asks nothing of the process's /proc files, so it never waits for it.
+uint64_t ProcessKey(pid_t pid) {
+  constexpr long kPidfsMagic = 0x50494446;
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return 0;
+  static const bool pidfs = [fd] {
+    struct statfs fs;
+    return ::fstatfs(fd, &fs) == 0 && static_cast<long>(fs.f_type) == kPidfsMagic;
+  }();
+  struct stat st;
+  uint64_t key = pidfs && ::fstat(fd, &st) == 0 ? st.st_ino : 0;
+  ::close(fd);
+  return key;
+}
+
 uint64_t MountNsOf(pid_t pid) {
   char link[64];
   std::string path = "/proc/" + std::to_string(pid) + "/ns/mnt";
@@ -1233,6 +1254,24 @@ void OnLockInterrupt(fuse_req_t req, void* data) {
 }
 
 }  // namespace
+
+pid_t Fs::HolderId(pid_t pid) {
+  if (pid <= 0) return pid;
+  // The /proc reads are a thread and a few files each: once per process, not per lock.
+  uint64_t key = ProcessKey(pid);
+  if (key) {
+    std::lock_guard lock(locks_mutex_);
+    if (auto it = home_ids_.find(key); it != home_ids_.end()) return it->second;
+  }
+  auto id = Bounded([pid] { return std::optional<pid_t>(HomeIdOf(pid)); }, std::optional<pid_t>());
+  if (!id) return pid;  // not read in time (an exec): not kept, read again next time
+  if (key) {
+    std::lock_guard lock(locks_mutex_);
+    if (home_ids_.size() >= 4096) home_ids_.clear();  // processes gone meanwhile, mostly
+    home_ids_[key] = *id;
+  }
+  return *id;
+}
 
 void Fs::Getlk(Request r, fuse_ino_t, fuse_file_info* fi, const struct flock& lock) {
   auto p = Prepare(r, Op::GETLK);
@@ -1295,7 +1334,7 @@ void Fs::Setlk(Request r, fuse_ino_t ino, fuse_file_info* fi, const struct flock
   // The holder as the home names it to F_GETLK (a job's process: its home id).
   if (acquires) {
     pid_t pid = lock.l_pid;
-    sent.setPid(Bounded([pid] { return HomeIdOf(pid); }, pid));
+    sent.setPid(HolderId(pid));
   }
   p->rq.setFlags(sleep && acquires ? 1 : 0);
   bool carried = TagCarry(r.get(), p->rq);
@@ -1326,22 +1365,33 @@ void Fs::Flock(Request r, fuse_ino_t ino, fuse_file_info* fi, int op) {
 void Fs::LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool waits,
                   bool acquires) {
   auto shared = std::make_shared<Request>(std::move(r));
-  uint64_t generation = p->generation;
   uint64_t serial = 0;
   if (waits) {
     {
       std::lock_guard lock(locks_mutex_);
       serial = next_lock_wait_++;
-      lock_waits_[serial] = LockWait{generation, 0, false};
+      lock_waits_[serial] = LockWait{p->generation, 0, false};
     }
     // Registered before the request is sent, while it cannot be answered yet: an interrupt
     // (already there or to come) cancels the wait at the home.
     fuse_req_interrupt_func(shared->get(), OnLockInterrupt,
                             reinterpret_cast<void*>(static_cast<uintptr_t>(serial)));
   }
+  SendLock(shared, std::shared_ptr<Prepared>(std::move(p)), ino, serial, acquires);
+}
+
+void Fs::SendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p, fuse_ino_t ino,
+                  uint64_t serial, bool acquires) {
+  uint64_t generation = p->generation;
+  // A hard mount sends a lock request whose connection broke again on the next one
+  // (ResendLock), as any call: a restart of the home's daemon keeps the locks (its lock
+  // keeper), so a wait in flight goes on waiting, as NFS reclaims, rather than failing.
+  // Sent again it is the same request to the home: the owner's description the keeper
+  // kept is this client's again, so a lock got just before the restart is got again.
   uint64_t id = client_.Send(
       p->message, generation,
-      [this, shared, serial, ino, acquires](int err, IncomingMessage* message) {
+      [this, shared, p, serial, ino, acquires](int err, IncomingMessage* message) {
+        if (err == FileClient::kLost) return ResendLock(shared, p, ino, serial, acquires);
         if (serial) {
           std::lock_guard lock(locks_mutex_);
           lock_waits_.erase(serial);
@@ -1354,18 +1404,64 @@ void Fs::LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool w
         // holder wrote (as NFS, a lock revalidates the file).
         DropCache(ino, [shared] { shared->Err(0); });
       },
-      InterruptedProbe(*shared), false, false, waits);
-  if (!serial) return;
+      InterruptedProbe(*shared), false, client_.hard(), serial != 0);
+  if (!serial || id == 0) return;
   bool cancel = false;
   {
     std::lock_guard lock(locks_mutex_);
     auto it = lock_waits_.find(serial);
     if (it != lock_waits_.end()) {
+      it->second.generation = generation;
       it->second.id = id;
-      cancel = it->second.interrupted && id != 0;
+      cancel = it->second.interrupted;
     }
   }
   if (cancel) CancelLockWait(generation, id);
+}
+
+void Fs::ResendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p, fuse_ino_t ino,
+                    uint64_t serial, bool acquires) {
+  if (serial) {
+    std::lock_guard lock(locks_mutex_);
+    if (auto it = lock_waits_.find(serial); it != lock_waits_.end()) it->second.id = 0;
+  }
+  auto job = [this, shared, p, ino, serial, acquires] {
+    uint64_t id = p->rq.getId();
+    auto fail = [&](int err) {
+      client_.Abandon(id);
+      if (serial) {
+        std::lock_guard lock(locks_mutex_);
+        lock_waits_.erase(serial);
+      }
+      shared->Err(err);
+    };
+    for (;;) {
+      uint64_t generation;
+      // An interrupted wait for the home ends here with EINTR, as the kernel asked.
+      if (int err = client_.WaitConnected(&generation, InterruptedProbe(*shared))) {
+        return fail(err);
+      }
+      int err = Rebind(*p, generation);
+      if (err == FileClient::kLost) continue;
+      if (err != 0) return fail(err);
+      if (serial) {
+        std::lock_guard lock(locks_mutex_);
+        auto it = lock_waits_.find(serial);
+        if (it != lock_waits_.end() && it->second.interrupted) {
+          lock_waits_.erase(it);
+          client_.Abandon(id);
+          return shared->Err(EINTR);  // interrupted while no home had it: not taken
+        }
+      }
+      spdlog::info("homefs: lock request {} sent again on the new connection", id);
+      return SendLock(shared, p, ino, serial, acquires);
+    }
+  };
+  std::lock_guard lock(resend_mutex_);
+  if (stop_resending_) return;  // unmounting: the request answers EIO as it goes
+  resends_.push_back(std::move(job));
+  if (!resend_thread_.joinable()) resend_thread_ = std::thread([this] { ResendLoop(); });
+  resend_ready_.notify_one();
 }
 
 void Fs::LockInterrupted(uint64_t serial) {

@@ -196,6 +196,13 @@ class Fs {
   // `acquires`: success takes a lock, so the file's cached data and attributes go first.
   void LockCall(Request r, std::unique_ptr<Prepared> p, fuse_ino_t ino, bool waits,
                 bool acquires);
+  // Sends it (`serial`: its entry in lock_waits_, 0 for one that does not wait).
+  void SendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p, fuse_ino_t ino,
+                uint64_t serial, bool acquires);
+  // Its connection broke first (hard mount): waits for the next, binds it there and sends
+  // it again, on the resending thread.
+  void ResendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p, fuse_ino_t ino,
+                  uint64_t serial, bool acquires);
   // Locks across a move (see ARCHITECTURE.md, "Locks across a move"). The daemon asks by
   // setting trusted.homeward.{park,unpark,claim} on the root (root only): park what the
   // job in mount namespace `mntns` holds under `token`; forget `token` (the move failed);
@@ -205,6 +212,9 @@ class Fs {
   // home then binds them to the caller's lock owner or open file). Returns whether it did.
   bool TagCarry(fuse_req_t req, schema::FileRequest::Builder rq);
   void CancelLockWait(uint64_t generation, uint64_t id);
+  // The home id of process `pid` of this node, as a setlk names its holder (HomeIdOf),
+  // kept per process (home_ids_).
+  pid_t HolderId(pid_t pid);
 
   FileClient& client_;
   FsOptions options_;
@@ -258,6 +268,9 @@ class Fs {
     bool interrupted = false;
   };
   std::unordered_map<uint64_t, LockWait> lock_waits_;  // by serial
+  // Home ids of processes that locked, by their identity for this boot (ProcessKey): a
+  // process's home id does not change while it lives.
+  std::unordered_map<uint64_t, pid_t> home_ids_;
   uint64_t next_lock_wait_ = 1;
 
   std::mutex groups_mutex_;

@@ -11,6 +11,11 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -23,6 +28,28 @@ using namespace file_ops;
 using Op = schema::FileOp;
 
 namespace {
+
+// The OFD locks description `fd` holds, as the kernel says (`/proc/self/fdinfo/FD`'s
+// "lock:" lines: only the locks whose owner is that description): type, start, end
+// (inclusive, kToEnd for EOF).
+std::vector<std::tuple<short, int64_t, int64_t>> OfdLocksOf(int fd) {
+  std::vector<std::tuple<short, int64_t, int64_t>> held;
+  std::ifstream in("/proc/self/fdinfo/" + std::to_string(fd));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("lock:", 0) != 0) continue;
+    std::istringstream fields(line.substr(5));
+    std::string id, kind, mode, access, pid, inode, start, end;
+    if (!(fields >> id >> kind >> mode >> access >> pid >> inode >> start >> end)) continue;
+    if (kind != "OFDLCK") continue;
+    try {
+      held.emplace_back(access == "READ" ? F_RDLCK : F_WRLCK, std::stoll(start),
+                        end == "EOF" ? HomeLocks::kToEnd : std::stoll(end));
+    } catch (const std::exception&) {
+    }
+  }
+  return held;
+}
 
 bool Busy(int err) {
   return err == EAGAIN || err == EWOULDBLOCK || err == EACCES;
@@ -166,8 +193,11 @@ void FileSession::AdoptKept() {
     owner->inode = meta.inode;
     owner->kept = std::move(orphan.kept);
     owner->described_pid = meta.pid;
-    // What exactly it holds is the kernel's; for F_GETLK's holder, the whole file.
-    locks_->Held(meta.inode, {this, meta.owner}, meta.pid, F_WRLCK, 0, HomeLocks::kToEnd);
+    // F_GETLK's holder for what it holds, as its kernel says: a description that held
+    // nothing (a waiter's, whose request is sent again) must not name its client.
+    for (auto [type, start, end] : OfdLocksOf(owner->fd.get())) {
+      locks_->Held(meta.inode, {this, meta.owner}, meta.pid, type, start, end);
+    }
     owners_[{meta.owner, meta.inode}] = std::move(owner);
     ++owners;
   }

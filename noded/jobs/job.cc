@@ -643,12 +643,16 @@ std::string Job::PinnedReason(const std::vector<pid_t>& pids,
                               const std::set<pid_t>& lock_holders) const {
   if (launch_.keep_home) return "kept at home (mosrun -h)";
   if (!launch_.guest) {
-    // A lock a job at home holds is the home kernel's own: criu would take it again on the
+    // A lock a job at home holds is the home kernel's own, owned by the job's process: no
+    // other owner (the file service's description, which would hold it for the job across
+    // the move) can take it over without a moment when it is free, since the kernel has no
+    // call that hands a lock from one owner to another; and criu would take it again on the
     // target, through homefs, while the frozen copy here still holds it, and wait for ever
-    // in the kernel (see ARCHITECTURE.md, "Files shared between nodes").
+    // (see ARCHITECTURE.md, "Locks across a move").
     for (pid_t pid : pids) {
       if (lock_holders.count(pid)) {
-        return "holds a file lock (locks taken at home are not carried away yet)";
+        return "holds a file lock at home (the home kernel's own: it cannot change hands "
+               "without a moment when it is free, so it is not carried)";
       }
     }
   }

@@ -141,6 +141,8 @@ class LockMigrationTest(harness.UserClusterTest):
         holder = next(j for j in harness.jobs(c) if j["cmd"].endswith("holder.py") and
                       j["where"] == "node1")
         self.assertIn("holds a file lock", holder["pinned"])
+        # The reason says why such a lock is not carried (the home kernel's own).
+        self.assertIn("cannot change hands without a moment when it is free", holder["pinned"])
         refused = c.run("node1", "mosmigrate", str(holder["pid"]), "node2", check=False)
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn("cannot leave home: it holds a file lock", refused.stderr)

@@ -4,8 +4,10 @@
 (its lock keeper holds the locks' descriptions meanwhile, and the new daemon gives them back
 to node2's homefs when it connects again). A job on node3 must not get either lock while
 the holders still have them, whether it tries without waiting or waits; F_GETLK from
-node3 still names the holder by its home id; once the holders let go (they end: their
-closes reach the home), the waiters get the locks."""
+node3 still names the holder by its home id; waiters on node3 whose requests wait at the
+home while the daemon dies wait on (homefs sends their requests again to the new daemon,
+rather than failing them with EIO); once the holders let go (they end: their closes reach
+the home), the waiters get the locks."""
 
 import os
 import shlex
@@ -29,6 +31,19 @@ try:
 except OSError:
     print("busy")
 """
+
+
+def waiting_at_home(path, kind):
+    """Whether a request of `kind` (OFDLCK: the home's hold of a lockf; FLOCK) waits for
+    the file at `path` in the home's kernel (a blocked request: "->" in /proc/locks; the
+    loopback cluster's nodes share one kernel)."""
+    ino = os.stat(path).st_ino
+    for line in read("/proc/locks").splitlines():
+        fields = line.split()
+        if len(fields) > 6 and fields[1] == "->" and fields[2] == kind and \
+                fields[6].endswith(f":{ino}"):
+            return True
+    return False
 
 
 class LockRestartTest(unittest.TestCase):
@@ -80,9 +95,17 @@ class LockRestartTest(unittest.TestCase):
             self.assertEqual(self.run_job(c, "try0", "node3", "python3", "try.py", "posix",
                                           "lockf"), ["busy"])
 
-            # The home has journaled both jobs away, so its next daemon takes them back.
+            # Waiters whose requests wait at the home while its daemon dies.
+            for how, name in (("lockf", "posix"), ("flock", "flocked")):
+                self.start(c, f"early-{how}", "node3", "python3", "holder.py", name, how,
+                           f"e-{how}")
+            for kind, name in (("OFDLCK", "posix"), ("FLOCK", "flocked")):
+                c.wait_for(lambda: waiting_at_home(os.path.join(self.work, name), kind), 60,
+                           f"node3's {kind} request to wait at the home")
+
+            # The home has journaled the jobs away, so its next daemon takes them back.
             pids = [j["pid"] for j in harness.jobs(c)]
-            self.assertEqual(len(pids), 2, pids)
+            self.assertEqual(len(pids), 4, pids)
             for pid in pids:
                 journal = os.path.join(c.node("node1")["state"], "jobs", str(pid))
                 c.wait_for(lambda: "away " in read(journal), 30, f"job {pid} journaled away")
@@ -105,9 +128,14 @@ class LockRestartTest(unittest.TestCase):
                                          f"^python3 holder.py .* {how} w-{how}$",
                                          check=False).returncode == 0,
                            60, f"the {how} waiter to run on node3")
-            c.holds_for(3, lambda: not read(os.path.join(self.work, "w-lockf.held")) and
-                        not read(os.path.join(self.work, "w-flock.held")),
+            c.holds_for(3, lambda: not any(read(os.path.join(self.work, f"{w}-{how}.held"))
+                                           for w in ("w", "e") for how in ("lockf", "flock")),
                         "the waiters wait while the holders hold")
+            for how in ("lockf", "flock"):  # still waiting, not failed across the restart
+                self.assertFalse(read(os.path.join(self.work, f"early-{how}.status")),
+                                 read(os.path.join(self.work, f"early-{how}.err")))
+            # ... because node3's homefs sent both requests to the new daemon.
+            self.assertGreaterEqual(c.log("node3").count("sent again on the new connection"), 2)
 
             # The holders end (their closes let the locks go at home): the waiters get them.
             for how in ("lockf", "flock"):
@@ -116,12 +144,21 @@ class LockRestartTest(unittest.TestCase):
             for how in ("lockf", "flock"):
                 status, err = self.ended(c, f"holder-{how}", 60)
                 self.assertEqual(status, "0", err)
-                c.wait_for(lambda: read(os.path.join(self.work, f"w-{how}.held")), 60,
-                           f"the {how} waiter to get the lock")
-                with open(os.path.join(self.work, f"w-{how}.go"), "w"):
-                    pass
-                status, err = self.ended(c, f"waiter-{how}", 60)
-                self.assertEqual(status, "0", err)
+                # The waiters take turns: whichever got it first lets go for the other.
+                for _ in range(2):
+                    c.wait_for(lambda: any(
+                        read(os.path.join(self.work, f"{w}-{how}.held")) and
+                        not os.path.exists(os.path.join(self.work, f"{w}-{how}.go"))
+                        for w in ("w", "e")), 60, f"a {how} waiter to get the lock")
+                    holders = [w for w in ("w", "e")
+                               if read(os.path.join(self.work, f"{w}-{how}.held")) and
+                               not os.path.exists(os.path.join(self.work, f"{w}-{how}.go"))]
+                    self.assertEqual(len(holders), 1, f"{how}: both waiters hold it")
+                    with open(os.path.join(self.work, f"{holders[0]}-{how}.go"), "w"):
+                        pass
+                for tag in (f"waiter-{how}", f"early-{how}"):
+                    status, err = self.ended(c, tag, 60)
+                    self.assertEqual(status, "0", f"{tag}: {err}")
 
 
 if __name__ == "__main__":
