@@ -203,8 +203,7 @@ static void check(int round) {
   CHECK(sent == 0, "sendmmsg with its getpid as credentials: %s",
         sent == -1 ? strerror(errno) : "its control message was changed");
   pids[0] = pids[1] = -1;
-  CHECK(sent != 0 || (receive_two(own[0], pids) == 0 && pids[0] == getpid() &&
-                      pids[1] == getpid()),
+  CHECK(sent != 0 || (receive_two(own[0], pids) == 0 && pids[0] == getpid() && pids[1] == getpid()),
         "recvmmsg of its own: pids %ld and %ld, getpid %ld", pids[0], pids[1], (long)getpid());
   close(own[0]);
   close(own[1]);

@@ -3,7 +3,8 @@
  * list the node's namespaces, shows the one home id), and the pid, ppid, pgrp, session
  * fields of /proc/self/stat; read with stdio, with open/read, and opened with openat
  * relative to a descriptor of /proc ("self/status") or of the file's own directory
- * ("status"), or by open with /proc the working directory, for the program itself and for a child forked before the moves. */
+ * ("status"), or by open with /proc the working directory, for the program itself and for a child
+ * forked before the moves. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sys/wait.h>
