@@ -4,25 +4,6 @@
 namespace homeward::preload {
 namespace {
 
-// The control messages of `msg`, walked by hand (CMSG_NXTHDR may be a libc call).
-template <typename Fn>
-void ForEachCredential(msghdr* msg, Fn fn) {
-  if (msg == nullptr || msg->msg_control == nullptr) return;
-  auto* at = static_cast<char*>(msg->msg_control);
-  char* end = at + msg->msg_controllen;
-  while (static_cast<size_t>(end - at) >= sizeof(cmsghdr)) {
-    auto* header = reinterpret_cast<cmsghdr*>(at);
-    if (header->cmsg_len < sizeof(cmsghdr) || header->cmsg_len > static_cast<size_t>(end - at)) {
-      return;
-    }
-    if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_CREDENTIALS &&
-        header->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
-      fn(reinterpret_cast<ucred*>(CMSG_DATA(header)));
-    }
-    at += CMSG_ALIGN(header->cmsg_len);
-  }
-}
-
 bool StartsWith(const char* s, const char* prefix, const char** rest) {
   while (*prefix != '\0') {
     if (*s++ != *prefix++) return false;

@@ -42,6 +42,26 @@ void SiginfoToInner(const PidMap& map, siginfo_t* info);
 // Each record of a signalfd read (`size` bytes).
 void SignalfdToHome(const PidMap& map, signalfd_siginfo* records, size_t size);
 
+// Calls `fn` with each SCM_CREDENTIALS of `msg`, its control messages walked by hand
+// (CMSG_NXTHDR may be a libc call).
+template <typename Fn>
+void ForEachCredential(msghdr* msg, Fn fn) {
+  if (msg == nullptr || msg->msg_control == nullptr) return;
+  auto* at = static_cast<char*>(msg->msg_control);
+  char* end = at + msg->msg_controllen;
+  while (static_cast<size_t>(end - at) >= sizeof(cmsghdr)) {
+    auto* header = reinterpret_cast<cmsghdr*>(at);
+    if (header->cmsg_len < sizeof(cmsghdr) || header->cmsg_len > static_cast<size_t>(end - at)) {
+      return;
+    }
+    if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_CREDENTIALS &&
+        header->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+      fn(reinterpret_cast<ucred*>(CMSG_DATA(header)));
+    }
+    at += CMSG_ALIGN(header->cmsg_len);
+  }
+}
+
 // The pid of every SCM_CREDENTIALS message among `msg`'s control messages, to home ids
 // (received) or to inner pids (sent: the kernel checks the sender named itself).
 void CredentialsToHome(const PidMap& map, msghdr* msg);

@@ -1,13 +1,19 @@
 // libc functions whose results carry pids in memory that no system call trap can reach
 // cheaply: reads of a signalfd (read is too hot to trap; the shim marks the descriptors
-// signalfd made) and unix socket credentials passed with recvmsg and sendmsg. Each calls
-// libc's own function (keeping its cancellation points) and translates around it.
+// signalfd made) and unix socket credentials passed with recvmsg, sendmsg, recvmmsg and
+// sendmmsg. Each calls libc's own function (keeping its cancellation points) and
+// translates around it.
+#undef _FILE_OFFSET_BITS  // fcntl and fcntl64, preadv and preadv64 are each defined here.
+
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
+
+#include <cstdarg>
 
 #include <atomic>
 #include <cerrno>
@@ -26,7 +32,8 @@ using homeward::preload::State;
 
 using homeward::preload::Next;
 
-// The descriptors signalfd returned (and dup, dup2, dup3 copied), one bit each (below kMarkedFds; a
+// The descriptors signalfd returned (and dup, dup2, dup3, fcntl's F_DUPFD copied; close
+// unmarks), one bit each (below kMarkedFds; a
 // signalfd above is read untranslated). A mark outlives the descriptor's close, so a marked
 // descriptor is checked to still be a signalfd before its data is touched.
 constexpr int kMarkedFds = 65536;
@@ -78,6 +85,71 @@ void AfterRead(int fd, void* buffer, long n) {
                                     static_cast<size_t>(n));
 }
 
+// After a readv of `n` bytes into `iov`: each whole record, gathered from wherever the
+// vectors split it, translated and put back.
+void AfterReadv(int fd, const iovec* iov, int count, long n) {
+  if (n <= 0 || !Marked(fd) || !State().active || iov == nullptr) return;
+  if (!IsSignalfd(fd)) {
+    Mark(fd, false);
+    return;
+  }
+  int vector = 0;
+  size_t offset = 0;  // within iov[vector]
+  for (long left = n; left >= static_cast<long>(sizeof(signalfd_siginfo));
+       left -= sizeof(signalfd_siginfo)) {
+    signalfd_siginfo record;
+    auto* bytes = reinterpret_cast<char*>(&record);
+    int start_vector = vector;
+    size_t start_offset = offset;
+    for (size_t i = 0; i < sizeof(record); ++i) {
+      while (vector < count && offset >= iov[vector].iov_len) {
+        ++vector;
+        offset = 0;
+      }
+      if (vector >= count) return;
+      bytes[i] = static_cast<char*>(iov[vector].iov_base)[offset++];
+    }
+    homeward::preload::SignalfdToHome(State().map, &record, sizeof(record));
+    vector = start_vector;
+    offset = start_offset;
+    for (size_t i = 0; i < sizeof(record); ++i) {
+      while (offset >= iov[vector].iov_len) {
+        ++vector;
+        offset = 0;
+      }
+      static_cast<char*>(iov[vector].iov_base)[offset++] = bytes[i];
+    }
+  }
+}
+
+// fcntl's third argument, taken as glibc takes it (an int or a pointer, one register).
+int Fcntl(const char* name, std::atomic<void*>& slot, int fd, int command, void* arg) {
+  return homeward::GuardedCall(name, [&] {
+    int result = Next<int (*)(int, int, ...)>(slot, name)(fd, command, arg);
+    if (result >= 0 && (command == F_DUPFD || command == F_DUPFD_CLOEXEC)) {
+      Mark(result, Marked(fd));
+    }
+    return result;
+  });
+}
+
+using Preadv2 = ssize_t (*)(int, const iovec*, int, off_t, int);
+
+ssize_t Readv(const char* name, std::atomic<void*>& slot, int fd, const iovec* iov, int count,
+              off_t offset, int flags) {
+  return homeward::GuardedCall(name, [&] {
+    ssize_t n = Next<Preadv2>(slot, name)(fd, iov, count, offset, flags);
+    AfterReadv(fd, iov, count, n);
+    return n;
+  });
+}
+
+// The credentials of messages sent with sendmmsg, made inner in the program's own control
+// buffers (too many to copy) and put back after the call. At most kSavedCredentials of
+// them per call: the messages after are left for the program's next call, as a short
+// count tells it.
+constexpr int kSavedCredentials = 64;
+
 }  // namespace
 
 #pragma GCC visibility push(default)
@@ -118,6 +190,71 @@ int dup3(int fd, int to, int flags) noexcept {
     if (result >= 0) Mark(result, Marked(fd));
     return result;
   });
+}
+
+int close(int fd) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("close", [&] {
+    Mark(fd, false);  // before: the number may be reused once closed
+    return Next<int (*)(int)>(slot, "close")(fd);
+  });
+}
+
+int fcntl(int fd, int command, ...) {
+  static std::atomic<void*> slot;
+  va_list args;
+  va_start(args, command);
+  void* arg = va_arg(args, void*);
+  va_end(args);
+  return Fcntl("fcntl", slot, fd, command, arg);
+}
+
+int fcntl64(int fd, int command, ...) {
+  static std::atomic<void*> slot;
+  va_list args;
+  va_start(args, command);
+  void* arg = va_arg(args, void*);
+  va_end(args);
+  return Fcntl("fcntl64", slot, fd, command, arg);
+}
+
+ssize_t readv(int fd, const iovec* iov, int count) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("readv", [&] {
+    ssize_t n = Next<ssize_t (*)(int, const iovec*, int)>(slot, "readv")(fd, iov, count);
+    AfterReadv(fd, iov, count, n);
+    return n;
+  });
+}
+
+ssize_t preadv(int fd, const iovec* iov, int count, off_t offset) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("preadv", [&] {
+    ssize_t n =
+        Next<ssize_t (*)(int, const iovec*, int, off_t)>(slot, "preadv")(fd, iov, count, offset);
+    AfterReadv(fd, iov, count, n);
+    return n;
+  });
+}
+
+ssize_t preadv64(int fd, const iovec* iov, int count, off64_t offset) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("preadv64", [&] {
+    ssize_t n = Next<ssize_t (*)(int, const iovec*, int, off64_t)>(slot, "preadv64")(fd, iov, count,
+                                                                                     offset);
+    AfterReadv(fd, iov, count, n);
+    return n;
+  });
+}
+
+ssize_t preadv2(int fd, const iovec* iov, int count, off_t offset, int flags) {
+  static std::atomic<void*> slot;
+  return Readv("preadv2", slot, fd, iov, count, offset, flags);
+}
+
+ssize_t preadv64v2(int fd, const iovec* iov, int count, off64_t offset, int flags) {
+  static std::atomic<void*> slot;
+  return Readv("preadv64v2", slot, fd, iov, count, offset, flags);
 }
 
 ssize_t read(int fd, void* buffer, size_t count) {
@@ -167,6 +304,55 @@ ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
     copy.msg_control = control;
     homeward::preload::CredentialsToInner(State().map, &copy);
     return real(fd, &copy, flags);
+  });
+}
+
+int recvmmsg(int fd, mmsghdr* messages, unsigned int count, int flags, timespec* timeout) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("recvmmsg", [&] {
+    int n = Next<int (*)(int, mmsghdr*, unsigned int, int, timespec*)>(slot, "recvmmsg")(
+        fd, messages, count, flags, timeout);
+    if (n > 0 && messages != nullptr && State().active) {
+      for (int i = 0; i < n; ++i) {
+        homeward::preload::CredentialsToHome(State().map, &messages[i].msg_hdr);
+      }
+    }
+    return n;
+  });
+}
+
+int sendmmsg(int fd, mmsghdr* messages, unsigned int count, int flags) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("sendmmsg", [&] {
+    auto real = Next<int (*)(int, mmsghdr*, unsigned int, int)>(slot, "sendmmsg");
+    if (!State().active || messages == nullptr) return real(fd, messages, count, flags);
+    const homeward::preload::PidMap& map = State().map;
+    ucred* where[kSavedCredentials];
+    pid_t was[kSavedCredentials];
+    int saved = 0;
+    unsigned int sent = 0;  // the messages whose credentials all fit
+    for (; sent < count; ++sent) {
+      int before = saved;
+      bool fits = true;
+      homeward::preload::ForEachCredential(&messages[sent].msg_hdr, [&](ucred* cred) {
+        if (saved == kSavedCredentials) {
+          fits = false;
+          return;
+        }
+        where[saved] = cred;
+        was[saved++] = cred->pid;
+      });
+      if (!fits) {
+        saved = before;
+        break;
+      }
+    }
+    // A first message with more than kSavedCredentials goes alone, as it is.
+    if (sent == 0 && count > 0) sent = 1;
+    for (int i = 0; i < saved; ++i) where[i]->pid = static_cast<pid_t>(map.ToInner(was[i]));
+    int result = real(fd, messages, sent, flags);
+    for (int i = 0; i < saved; ++i) where[i]->pid = was[i];
+    return result;
   });
 }
 

@@ -1,6 +1,8 @@
 // libc's path functions with /proc/<home id> translated to the inner pid (proc_path.h), and
 // /proc status and stat files opened for reading with their id fields as the home's
 // (home_ids.h).
+// A relative path is translated too when its directory (a descriptor's, or the working
+// directory) is in /proc: openat(proc_fd, "self/status").
 // Only the exported entry points are covered: a path given to a raw system call, or one
 // libc opens internally, is left as it is.
 #undef _FILE_OFFSET_BITS  // Both open and open64 are defined here, each under its own name.
@@ -10,6 +12,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -37,6 +40,74 @@ const char* Proc(const char* path, char* buffer) {
   if (!state.active) return path;
   return homeward::preload::TranslateProcPath(state.map, path, buffer,
                                               homeward::preload::RawSyscall(SYS_getpid));
+}
+
+constexpr long kProcSuperMagic = 0x9fa0;
+
+bool IsDigit(char c) {
+  return c >= '0' && c <= '9';
+}
+
+// True for a relative path that could need translating were its directory in /proc: one
+// naming a pid ("<id>/...") or ending in an id file ("self/status", "stat"). Only these
+// pay for asking what the directory is.
+bool MayBeProcRelative(const char* path) {
+  if (path == nullptr || path[0] == '\0' || path[0] == '/') return false;
+  if (IsDigit(path[0])) return true;
+  const char* last = path;
+  for (const char* c = path; *c != '\0'; ++c) {
+    if (*c == '/') last = c + 1;
+  }
+  const char* names[] = {"stat", "status"};
+  for (const char* name : names) {
+    size_t i = 0;
+    while (name[i] != '\0' && last[i] == name[i]) ++i;
+    if (name[i] == '\0' && last[i] == '\0') return true;
+  }
+  return false;
+}
+
+// `path` relative to `dirfd` (or the working directory) in /proc, made absolute and
+// translated into `buffer` when that changes what it names or shows (a home id in it, an
+// id file); null otherwise, and the path is used as the program gave it. Out of line, so
+// that its buffer is on the stack only for these few paths.
+__attribute__((noinline)) const char* ProcRelative(int dirfd, const char* path, char* buffer) {
+  using homeward::preload::RawSyscall;
+  struct statfs fs;
+  long stated = dirfd == AT_FDCWD ? RawSyscall(SYS_statfs, reinterpret_cast<long>("."),
+                                               reinterpret_cast<long>(&fs))
+                                  : RawSyscall(SYS_fstatfs, dirfd, reinterpret_cast<long>(&fs));
+  if (stated != 0 || fs.f_type != kProcSuperMagic) return nullptr;
+  char link[40];
+  if (dirfd == AT_FDCWD) {
+    snprintf(link, sizeof(link), "/proc/self/cwd");
+  } else {
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+  }
+  char absolute[kProcPathMax];
+  long length = RawSyscall(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link),
+                           reinterpret_cast<long>(absolute), kProcPathMax - 1);
+  if (length <= 0 || absolute[0] != '/') return nullptr;
+  if (absolute[length - 1] != '/') absolute[length++] = '/';
+  for (const char* c = path; *c != '\0'; ++c) {
+    if (length + 1 >= static_cast<long>(kProcPathMax)) return nullptr;
+    absolute[length++] = *c;
+  }
+  absolute[length] = '\0';
+  const char* translated = Proc(absolute, buffer);
+  if (translated == buffer) return buffer;
+  if (homeward::preload::ClassifyProcIdFile(absolute) == homeward::preload::ProcIdFile::kNone) {
+    return nullptr;
+  }
+  for (long i = 0; i <= length; ++i) buffer[i] = absolute[i];
+  return buffer;
+}
+
+// Proc for a path relative to `dirfd` (AT_FDCWD: the working directory).
+const char* ProcAt(int dirfd, const char* path, char* buffer) {
+  if (!MayBeProcRelative(path) || !homeward::preload::State().active) return Proc(path, buffer);
+  const char* absolute = ProcRelative(dirfd, path, buffer);
+  return absolute != nullptr ? absolute : path;
 }
 
 // What OpenIds answers for a path whose ids it does not rewrite: open it as usual.
@@ -169,7 +240,8 @@ int open(const char* path, int flags, ...) {
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
     auto real = Next<int (*)(const char*, int, ...)>(slot, "open");
-    return OpenPath(Proc(path, buffer), flags, [&](const char* p) { return real(p, flags, mode); });
+    return OpenPath(ProcAt(AT_FDCWD, path, buffer), flags,
+                    [&](const char* p) { return real(p, flags, mode); });
   });
 }
 
@@ -182,7 +254,8 @@ int open64(const char* path, int flags, ...) {
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
     auto real = Next<int (*)(const char*, int, ...)>(slot, "open64");
-    return OpenPath(Proc(path, buffer), flags, [&](const char* p) { return real(p, flags, mode); });
+    return OpenPath(ProcAt(AT_FDCWD, path, buffer), flags,
+                    [&](const char* p) { return real(p, flags, mode); });
   });
 }
 
@@ -195,7 +268,7 @@ int openat(int dirfd, const char* path, int flags, ...) {
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
     auto real = Next<int (*)(int, const char*, int, ...)>(slot, "openat");
-    return OpenPath(Proc(path, buffer), flags,
+    return OpenPath(ProcAt(dirfd, path, buffer), flags,
                     [&](const char* p) { return real(dirfd, p, flags, mode); });
   });
 }
@@ -209,7 +282,7 @@ int openat64(int dirfd, const char* path, int flags, ...) {
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
     auto real = Next<int (*)(int, const char*, int, ...)>(slot, "openat64");
-    return OpenPath(Proc(path, buffer), flags,
+    return OpenPath(ProcAt(dirfd, path, buffer), flags,
                     [&](const char* p) { return real(dirfd, p, flags, mode); });
   });
 }
@@ -218,7 +291,7 @@ FILE* fopen(const char* path, const char* mode) {
   static std::atomic<void*> slot;
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return FopenPath(Proc(path, buffer), mode,
+    return FopenPath(ProcAt(AT_FDCWD, path, buffer), mode,
                      Next<FILE* (*)(const char*, const char*)>(slot, "fopen"));
   });
 }
@@ -227,7 +300,7 @@ FILE* fopen64(const char* path, const char* mode) {
   static std::atomic<void*> slot;
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return FopenPath(Proc(path, buffer), mode,
+    return FopenPath(ProcAt(AT_FDCWD, path, buffer), mode,
                      Next<FILE* (*)(const char*, const char*)>(slot, "fopen64"));
   });
 }
@@ -236,38 +309,39 @@ DIR* opendir(const char* path) {
   static std::atomic<void*> slot;
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
-    return Next<DIR* (*)(const char*)>(slot, "opendir")(Proc(path, buffer));
+    return Next<DIR* (*)(const char*)>(slot, "opendir")(ProcAt(AT_FDCWD, path, buffer));
   });
 }
 
 }  // extern "C"
 
-#define HW_PATH_FN(ret, name, params, args_before, args_after)                            \
-  extern "C" ret name params noexcept {                                                   \
-    static std::atomic<void*> slot;                                                       \
-    return homeward::GuardedCall(#name, [&] {                                             \
-      char buffer[kProcPathMax];                                                          \
-      return Next<ret(*) params>(slot, #name)(args_before Proc(path, buffer) args_after); \
-    });                                                                                   \
+// `dir` is the directory a relative path starts from (AT_FDCWD or the call's dirfd).
+#define HW_PATH_FN(dir, ret, name, params, args_before, args_after)                              \
+  extern "C" ret name params noexcept {                                                          \
+    static std::atomic<void*> slot;                                                              \
+    return homeward::GuardedCall(#name, [&] {                                                    \
+      char buffer[kProcPathMax];                                                                 \
+      return Next<ret(*) params>(slot, #name)(args_before ProcAt(dir, path, buffer) args_after); \
+    });                                                                                          \
   }
 #define HW_COMMA ,
 
-HW_PATH_FN(int, stat, (const char* path, struct stat* st), , HW_COMMA st)
-HW_PATH_FN(int, lstat, (const char* path, struct stat* st), , HW_COMMA st)
-HW_PATH_FN(int, stat64, (const char* path, struct stat64* st), , HW_COMMA st)
-HW_PATH_FN(int, lstat64, (const char* path, struct stat64* st), , HW_COMMA st)
-HW_PATH_FN(int, fstatat, (int dirfd, const char* path, struct stat* st, int flags), dirfd HW_COMMA,
-           HW_COMMA st HW_COMMA flags)
-HW_PATH_FN(int, fstatat64, (int dirfd, const char* path, struct stat64* st, int flags),
+HW_PATH_FN(AT_FDCWD, int, stat, (const char* path, struct stat* st), , HW_COMMA st)
+HW_PATH_FN(AT_FDCWD, int, lstat, (const char* path, struct stat* st), , HW_COMMA st)
+HW_PATH_FN(AT_FDCWD, int, stat64, (const char* path, struct stat64* st), , HW_COMMA st)
+HW_PATH_FN(AT_FDCWD, int, lstat64, (const char* path, struct stat64* st), , HW_COMMA st)
+HW_PATH_FN(dirfd, int, fstatat, (int dirfd, const char* path, struct stat* st, int flags),
            dirfd HW_COMMA, HW_COMMA st HW_COMMA flags)
-HW_PATH_FN(int, access, (const char* path, int mode), , HW_COMMA mode)
-HW_PATH_FN(int, faccessat, (int dirfd, const char* path, int mode, int flags), dirfd HW_COMMA,
-           HW_COMMA mode HW_COMMA flags)
-HW_PATH_FN(ssize_t, readlink, (const char* path, char* out, size_t size), ,
+HW_PATH_FN(dirfd, int, fstatat64, (int dirfd, const char* path, struct stat64* st, int flags),
+           dirfd HW_COMMA, HW_COMMA st HW_COMMA flags)
+HW_PATH_FN(AT_FDCWD, int, access, (const char* path, int mode), , HW_COMMA mode)
+HW_PATH_FN(dirfd, int, faccessat, (int dirfd, const char* path, int mode, int flags),
+           dirfd HW_COMMA, HW_COMMA mode HW_COMMA flags)
+HW_PATH_FN(AT_FDCWD, ssize_t, readlink, (const char* path, char* out, size_t size), ,
            HW_COMMA out HW_COMMA size)
-HW_PATH_FN(ssize_t, readlinkat, (int dirfd, const char* path, char* out, size_t size),
+HW_PATH_FN(dirfd, ssize_t, readlinkat, (int dirfd, const char* path, char* out, size_t size),
            dirfd HW_COMMA, HW_COMMA out HW_COMMA size)
-HW_PATH_FN(int, statx,
+HW_PATH_FN(dirfd, int, statx,
            (int dirfd, const char* path, int flags, unsigned int mask, struct statx* out),
            dirfd HW_COMMA, HW_COMMA flags HW_COMMA mask HW_COMMA out)
 

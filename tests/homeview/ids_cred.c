@@ -1,6 +1,7 @@
 /* Unix socket credentials within the job name processes by their home ids: SO_PEERCRED of
  * a connected peer, SCM_CREDENTIALS the kernel attaches (SO_PASSCRED) and those a sender
- * gives itself with its getpid(), which the kernel must accept as its own. The sender is a
+ * gives itself with its getpid(), which the kernel must accept as its own; with sendmsg
+ * and recvmsg, and several at once with sendmmsg and recvmmsg. The sender is a
  * child forked before the moves, on a socket pair made then. */
 #define _GNU_SOURCE
 #include <stddef.h>
@@ -40,6 +41,67 @@ static int send_byte(int fd, int explicit) {
   return sendmsg(fd, &msg, 0) == 1 ? 0 : -1;
 }
 
+/* Sends two one-byte messages in one sendmmsg: the first with explicit credentials naming
+ * the sender, the second with none (the kernel attaches them). */
+static int send_two(int fd) {
+  char bytes[2] = {'m', 'n'};
+  struct iovec iov[2] = {{&bytes[0], 1}, {&bytes[1], 1}};
+  union {
+    char buffer[CMSG_SPACE(sizeof(struct ucred))];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof(control));
+  struct mmsghdr messages[2];
+  memset(messages, 0, sizeof(messages));
+  for (int i = 0; i < 2; ++i) {
+    messages[i].msg_hdr.msg_iov = &iov[i];
+    messages[i].msg_hdr.msg_iovlen = 1;
+  }
+  messages[0].msg_hdr.msg_control = control.buffer;
+  messages[0].msg_hdr.msg_controllen = sizeof(control.buffer);
+  struct cmsghdr* header = CMSG_FIRSTHDR(&messages[0].msg_hdr);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_CREDENTIALS;
+  header->cmsg_len = CMSG_LEN(sizeof(struct ucred));
+  struct ucred cred = {getpid(), getuid(), getgid()};
+  memcpy(CMSG_DATA(header), &cred, sizeof(cred));
+  if (sendmmsg(fd, messages, 2, 0) != 2) return -1;
+  /* The program's own control message is left as it gave it. */
+  memcpy(&cred, CMSG_DATA(header), sizeof(cred));
+  return cred.pid == getpid() ? 0 : -2;
+}
+
+/* Receives two messages with one recvmmsg; their credentials' pids into `pids`. */
+static int receive_two(int fd, long pids[2]) {
+  char bytes[2];
+  struct iovec iov[2] = {{&bytes[0], 1}, {&bytes[1], 1}};
+  union {
+    char buffer[CMSG_SPACE(sizeof(struct ucred))];
+    struct cmsghdr align;
+  } control[2];
+  struct mmsghdr messages[2];
+  memset(messages, 0, sizeof(messages));
+  for (int i = 0; i < 2; ++i) {
+    messages[i].msg_hdr.msg_iov = &iov[i];
+    messages[i].msg_hdr.msg_iovlen = 1;
+    messages[i].msg_hdr.msg_control = control[i].buffer;
+    messages[i].msg_hdr.msg_controllen = sizeof(control[i].buffer);
+  }
+  if (recvmmsg(fd, messages, 2, 0, NULL) != 2) return -1;
+  for (int i = 0; i < 2; ++i) {
+    pids[i] = 0;
+    struct msghdr* msg = &messages[i].msg_hdr;
+    for (struct cmsghdr* h = CMSG_FIRSTHDR(msg); h != NULL; h = CMSG_NXTHDR(msg, h)) {
+      if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_CREDENTIALS) {
+        struct ucred cred;
+        memcpy(&cred, CMSG_DATA(h), sizeof(cred));
+        pids[i] = cred.pid;
+      }
+    }
+  }
+  return 0;
+}
+
 /* Receives one byte on `fd` with its credentials' pid (0 when it came with none). */
 static long receive_pid(int fd) {
   char byte;
@@ -65,7 +127,8 @@ static long receive_pid(int fd) {
   return 0;
 }
 
-/* The child: 'i' sends implicit credentials, 'e' explicit ones, 'c' connects to the
+/* The child: 'i' sends implicit credentials, 'e' explicit ones, 'm' both with sendmmsg
+ * (or two bytes 'f' when it fails), 'c' connects to the
  * listening socket named by the parent and reports its peer's pid, 'q' quits. */
 static void child(void) {
   for (;;) {
@@ -75,6 +138,11 @@ static void child(void) {
       if (send_byte(g_pair[1], command == 'e') != 0) {
         char fail = 'f';
         if (send(g_pair[1], &fail, 1, 0) != 1) _exit(101);
+      }
+    } else if (command == 'm') {
+      if (send_two(g_pair[1]) == -1) {
+        char fail = 'f';
+        if (send(g_pair[1], &fail, 1, 0) != 1 || send(g_pair[1], &fail, 1, 0) != 1) _exit(101);
       }
     } else if (command == 'c') {
       struct sockaddr_un address;
@@ -119,6 +187,26 @@ static void check(int round) {
   pid = receive_pid(g_pair[0]);
   CHECK(pid == g_child, "SCM_CREDENTIALS the sender gave (its getpid): pid %ld, sender %ld", pid,
         (long)g_child);
+
+  order('m');
+  long pids[2] = {-1, -1};
+  CHECK(receive_two(g_pair[0], pids) == 0 && pids[0] == g_child && pids[1] == g_child,
+        "SCM_CREDENTIALS by sendmmsg and recvmmsg: pids %ld (given) and %ld (attached), sender "
+        "%ld",
+        pids[0], pids[1], (long)g_child);
+  /* The same within one process, on a pair of its own. */
+  int own[2];
+  CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, own) == 0 &&
+            setsockopt(own[0], SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) == 0,
+        "a datagram pair: %s", strerror(errno));
+  int sent = send_two(own[1]);
+  CHECK(sent == 0, "sendmmsg with its getpid as credentials: %s",
+        sent == -1 ? strerror(errno) : "its control message was changed");
+  pids[0] = pids[1] = -1;
+  CHECK(sent != 0 || (receive_two(own[0], pids) == 0 && pids[0] == getpid() && pids[1] == getpid()),
+        "recvmmsg of its own: pids %ld and %ld, getpid %ld", pids[0], pids[1], (long)getpid());
+  close(own[0]);
+  close(own[1]);
 
   /* A stream connection: each side's SO_PEERCRED names the other. */
   struct sockaddr_un address;

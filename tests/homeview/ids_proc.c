@@ -1,8 +1,10 @@
 /* The id fields a program reads in /proc are the home's: Pid, PPid, Tgid and NSpid of
  * /proc/self/status, /proc/<pid>/status and /proc/thread-self/status (NSpid, which would
  * list the node's namespaces, shows the one home id), and the pid, ppid, pgrp, session
- * fields of /proc/self/stat; read with stdio and with open/read, for the program itself
- * and for a child forked before the moves. */
+ * fields of /proc/self/stat; read with stdio, with open/read, and opened with openat
+ * relative to a descriptor of /proc ("self/status") or of the file's own directory
+ * ("status"), or by open with /proc the working directory, for the program itself and for a child
+ * forked before the moves. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -12,16 +14,51 @@
 static pid_t g_child = -1;
 static int g_quit[2];
 
-/* The text of `path`, read with open and read (stdio = 0) or fopen and fread. */
-static int slurp(const char* path, int stdio, char* out, size_t size) {
+/* How slurp opens a file. */
+enum { BY_OPEN, BY_FOPEN, AT_PROC, AT_DIR, IN_PROC, HOWS };
+
+/* Opens `path` ("/proc/...") with openat: relative to a descriptor of /proc (AT_PROC) or of
+ * the file's directory (AT_DIR); or with open, relative to /proc as the working directory
+ * (IN_PROC). */
+static int open_at(const char* path, int how) {
+  if (how == IN_PROC) {
+    char cwd[4096];
+    if (getcwd(cwd, sizeof(cwd)) == NULL || chdir("/proc") != 0) return -1;
+    int fd = open(path + strlen("/proc/"), O_RDONLY | O_CLOEXEC);
+    int saved = errno;
+    if (chdir(cwd) != 0) abort();
+    errno = saved;
+    return fd;
+  }
+  char dir[64];
+  const char* name;
+  if (how == AT_PROC) {
+    snprintf(dir, sizeof(dir), "/proc");
+    name = path + strlen("/proc/");
+  } else {
+    const char* slash = strrchr(path, '/');
+    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    name = slash + 1;
+  }
+  int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dirfd < 0) return -1;
+  int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+  int saved = errno;
+  close(dirfd);
+  errno = saved;
+  return fd;
+}
+
+/* The text of `path`, read with open and read, fopen and fread, or openat and read. */
+static int slurp(const char* path, int how, char* out, size_t size) {
   size_t used = 0;
-  if (stdio) {
+  if (how == BY_FOPEN) {
     FILE* f = fopen(path, "r");
     if (f == NULL) return -1;
     used = fread(out, 1, size - 1, f);
     fclose(f);
   } else {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = how == BY_OPEN ? open(path, O_RDONLY | O_CLOEXEC) : open_at(path, how);
     if (fd < 0) return -1;
     for (;;) {
       ssize_t n = read(fd, out + used, size - 1 - used);
@@ -56,9 +93,9 @@ static const char* field(const char* text, const char* key, char* out, size_t si
   return out;
 }
 
-static void check_status(const char* path, int stdio, long pid, long ppid) {
+static void check_status(const char* path, int how, long pid, long ppid) {
   char text[8192], value[128], want[32];
-  CHECK(slurp(path, stdio, text, sizeof(text)) == 0, "%s: %s", path, strerror(errno));
+  CHECK(slurp(path, how, text, sizeof(text)) == 0, "%s (%d): %s", path, how, strerror(errno));
   snprintf(want, sizeof(want), "%ld", pid);
   CHECK(strcmp(field(text, "Pid", value, sizeof(value)), want) == 0, "%s: Pid %s, want %s", path,
         value, want);
@@ -75,9 +112,9 @@ static void check_status(const char* path, int stdio, long pid, long ppid) {
         value);
 }
 
-static void check_stat(const char* path, int stdio, long pid, long ppid, long pgrp, long sid) {
+static void check_stat(const char* path, int how, long pid, long ppid, long pgrp, long sid) {
   char text[4096];
-  CHECK(slurp(path, stdio, text, sizeof(text)) == 0, "%s: %s", path, strerror(errno));
+  CHECK(slurp(path, how, text, sizeof(text)) == 0, "%s (%d): %s", path, how, strerror(errno));
   long got_pid = 0, got_ppid = 0, got_pgrp = 0, got_sid = 0;
   char state = 0;
   const char* close = strrchr(text, ')');
@@ -94,16 +131,16 @@ static void check(int round) {
   long self = getpid(), parent = getppid();
   CHECK(self == ids_home_pid && parent == ids_home_ppid, "getpid %ld getppid %ld", self, parent);
   char path[64];
-  for (int stdio = 0; stdio <= 1; ++stdio) {
-    check_status("/proc/self/status", stdio, self, parent);
-    check_status("/proc/thread-self/status", stdio, self, parent);
+  for (int how = 0; how < HOWS; ++how) {
+    check_status("/proc/self/status", how, self, parent);
+    check_status("/proc/thread-self/status", how, self, parent);
     snprintf(path, sizeof(path), "/proc/%ld/status", self);
-    check_status(path, stdio, self, parent);
-    check_stat("/proc/self/stat", stdio, self, parent, getpgrp(), getsid(0));
+    check_status(path, how, self, parent);
+    check_stat("/proc/self/stat", how, self, parent, getpgrp(), getsid(0));
     snprintf(path, sizeof(path), "/proc/%ld/status", (long)g_child);
-    check_status(path, stdio, g_child, self);
+    check_status(path, how, g_child, self);
     snprintf(path, sizeof(path), "/proc/%ld/stat", (long)g_child);
-    check_stat(path, stdio, g_child, self, getpgid(g_child), getsid(g_child));
+    check_stat(path, how, g_child, self, getpgid(g_child), getsid(g_child));
   }
   CHECK(ids_is_job_id(g_child), "the child's pid %ld", (long)g_child);
 }

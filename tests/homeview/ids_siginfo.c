@@ -1,12 +1,15 @@
 /* A signal's sender is a home id wherever the program reads it: si_pid in a SA_SIGINFO
  * handler (kill, sigqueue, SIGCHLD), in signalfd records, in sigwaitinfo, sigtimedwait
- * and waitid results. The go signal, sent at home to the job's home pid, is delivered by
+ * and waitid results (a signalfd read with read, readv or preadv2, through copies made with
+ * dup, dup2, dup3 and fcntl's F_DUPFD and F_DUPFD_CLOEXEC). The go signal, sent at home to the job's home pid, is delivered by
  * the job's init: its sender is the init's home id, the program's getppid(). A handler and
  * a signalfd set up before the moves still translate after them. pthread_cancel, whose
  * handler checks si_pid against getpid(), works. */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/signalfd.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -15,7 +18,16 @@
 static volatile sig_atomic_t g_usr2_pid = -1, g_usr2_code, g_usr2_count;
 static volatile sig_atomic_t g_chld_pid = -1, g_chld_count;
 static volatile sig_atomic_t g_rt_pid = -1, g_rt_value, g_rt_count;
-static int g_signalfd = -1, g_signalfd_copy = -1; /* read in odd and even rounds */
+/* The signalfd and its copies, each read in every round, in its own way. */
+enum { SFD_READ, SFD_READV, SFD_PREADV2 };
+static struct {
+  const char* how;
+  int fd;
+  int read_with;
+} g_signalfds[] = {{"signalfd", -1, SFD_READ},       {"dup", -1, SFD_READ},
+                   {"dup2", -1, SFD_READV},          {"dup3", -1, SFD_PREADV2},
+                   {"F_DUPFD", -1, SFD_READ},        {"F_DUPFD_CLOEXEC", -1, SFD_READV}};
+#define SIGNALFDS (int)(sizeof(g_signalfds) / sizeof(g_signalfds[0]))
 
 static void on_usr2(int sig, siginfo_t* info, void* context) {
   (void)sig;
@@ -93,6 +105,7 @@ static void await(volatile sig_atomic_t* count, int want, sigset_t* open) {
 }
 
 static void check(int round) {
+  (void)round;
   CHECK(ids_go_code == SI_USER, "the go signal's si_code %d", (int)ids_go_code);
   /* Sent from outside the job (the shim's daemon-free test): a pid namespace shows 0. */
   long go_sender = getenv("IDS_GO_FROM_OUTSIDE") != NULL ? 0 : (long)getppid();
@@ -142,15 +155,46 @@ static void check(int round) {
   reap(child);
   sigprocmask(SIG_UNBLOCK, &all, NULL);
 
-  /* signalfd, made before the moves: SIGURG stays blocked for it. */
-  child = sender(SIGURG, BY_KILL, 0);
-  struct signalfd_siginfo record;
-  ssize_t n = read(round % 2 == 1 ? g_signalfd : g_signalfd_copy, &record, sizeof(record));
-  CHECK(
-      n == (ssize_t)sizeof(record) && record.ssi_signo == SIGURG && (pid_t)record.ssi_pid == child,
-      "signalfd read %ld: signal %u from %u, child %ld", (long)n, record.ssi_signo, record.ssi_pid,
-      (long)child);
-  reap(child);
+  /* signalfd and its copies, made before the moves: SIGURG stays blocked for them. */
+  for (int i = 0; i < SIGNALFDS; ++i) {
+    child = sender(SIGURG, BY_KILL, 0);
+    struct signalfd_siginfo record;
+    memset(&record, 0, sizeof(record));
+    ssize_t n;
+    if (g_signalfds[i].read_with == SFD_READ) {
+      n = read(g_signalfds[i].fd, &record, sizeof(record));
+    } else {
+      /* Split inside ssi_pid (bytes 12 to 15), so that the record is whole in neither. */
+      struct iovec parts[2] = {{&record, 14}, {(char*)&record + 14, sizeof(record) - 14}};
+      n = g_signalfds[i].read_with == SFD_READV ? readv(g_signalfds[i].fd, parts, 2)
+                                                  : preadv2(g_signalfds[i].fd, parts, 2, -1, 0);
+    }
+    CHECK(n == (ssize_t)sizeof(record) && record.ssi_signo == SIGURG &&
+              (pid_t)record.ssi_pid == child,
+          "signalfd (%s) read %ld: signal %u from %u, child %ld", g_signalfds[i].how, (long)n,
+          record.ssi_signo, record.ssi_pid, (long)child);
+    reap(child);
+  }
+
+  /* A closed copy's number, reused by a pipe, reads as it is: a pid-like record stays. */
+  int reused = dup(g_signalfds[0].fd);
+  close(reused);
+  int fds[2];
+  CHECK(pipe(fds) == 0, "pipe: %s", strerror(errno));
+  if (fds[0] != reused) CHECK(dup2(fds[0], reused) == reused, "dup2 of a pipe onto %d", reused);
+  struct signalfd_siginfo fake;
+  memset(&fake, 0, sizeof(fake));
+  fake.ssi_signo = SIGURG;
+  fake.ssi_code = SI_USER;
+  fake.ssi_pid = 3;
+  CHECK(write(fds[1], &fake, sizeof(fake)) == (ssize_t)sizeof(fake), "write to the pipe");
+  struct signalfd_siginfo got;
+  memset(&got, 0, sizeof(got));
+  CHECK(read(reused, &got, sizeof(got)) == (ssize_t)sizeof(got) && got.ssi_pid == 3,
+        "a pipe at a signalfd copy's number: pid %u read back, 3 written", got.ssi_pid);
+  if (fds[0] != reused) close(reused);
+  close(fds[0]);
+  close(fds[1]);
 
   /* sigwaitinfo and sigtimedwait (SIGWINCH and SIGPWR blocked since the start). */
   child = sender(SIGWINCH, BY_KILL, 0);
@@ -202,11 +246,22 @@ int main(int argc, char** argv) {
   sigset_t urg;
   sigemptyset(&urg);
   sigaddset(&urg, SIGURG);
-  g_signalfd = signalfd(-1, &urg, SFD_CLOEXEC);
-  if (g_signalfd < 0) {
+  int sfd = signalfd(-1, &urg, SFD_CLOEXEC);
+  if (sfd < 0) {
     printf("FAIL signalfd: %s\n", strerror(errno));
     return 2;
   }
-  g_signalfd_copy = dup(g_signalfd);
+  g_signalfds[0].fd = sfd;
+  g_signalfds[1].fd = dup(sfd);
+  g_signalfds[2].fd = dup2(sfd, 40);
+  g_signalfds[3].fd = dup3(sfd, 41, O_CLOEXEC);
+  g_signalfds[4].fd = fcntl(sfd, F_DUPFD, 50);
+  g_signalfds[5].fd = fcntl(sfd, F_DUPFD_CLOEXEC, 60);
+  for (int i = 0; i < SIGNALFDS; ++i) {
+    if (g_signalfds[i].fd < 0) {
+      printf("FAIL signalfd copy by %s: %s\n", g_signalfds[i].how, strerror(errno));
+      return 2;
+    }
+  }
   return ids_run(argc, argv, check);
 }

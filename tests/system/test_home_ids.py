@@ -5,9 +5,11 @@ migrations (children forked right after setsid and the other wrapped calls, a si
 signal handlers, a lock holder, a socket pair), are moved node1 -> node2 -> node3, told
 to check themselves there (SIGUSR1 sent at home to the job's home pid), moved home, and
 told again. Each time every id they see must be one of the home's: fork/vfork/clone/
-clone3/posix_spawn and wait results, siginfo senders (handlers, signalfd, sigwaitinfo,
-sigtimedwait, waitid), F_GETLK owners on a local file, /proc status and stat fields, and
-unix socket credentials."""
+clone3/posix_spawn and wait results, siginfo senders (handlers, signalfd and its dup/
+fcntl(F_DUPFD) copies read with read, readv and preadv2, sigwaitinfo, sigtimedwait,
+waitid), F_GETLK owners on a local file, /proc status and stat fields (also opened with
+openat relative to /proc or a /proc directory), and unix socket credentials (sendmsg,
+recvmsg, sendmmsg, recvmmsg)."""
 
 import json
 import os
