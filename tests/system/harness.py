@@ -256,6 +256,18 @@ def remove_user(name):
 # A job that counts to 99, waits for the file `go` (with a builtin test and `sleep`, a
 # program of the OS), and counts on to 199: what it printed tells how far it got, and a
 # checkpoint taken while it waits restarts it at its gate.
+# The start of a test's TCP server (python3 -c): listens on argv[1] and writes "PORT" to the
+# file argv[2] once it does (the caller waits for that file); the caller's text serves.
+LISTENING_SERVER = r"""
+import os, socket, sys, threading
+server = socket.socket()
+server.bind((sys.argv[1], 0))
+server.listen(16)
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(f"{server.getsockname()[1]}\n")
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+"""
+
 COUNTER_JOB = r"""
 i=0
 while [ $i -lt 100 ]; do echo $i; i=$((i+1)); done

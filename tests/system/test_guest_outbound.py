@@ -83,14 +83,7 @@ for i in range(3):
 
 # A server: listens on argv[1], writes "PORT" to argv[2] once it does, logs each peer to
 # argv[3] and answers one line with "echo LINE" (then holds the connection until its end).
-SERVER = r"""
-import os, socket, sys, threading
-server = socket.socket()
-server.bind((sys.argv[1], 0))
-server.listen(16)
-with open(sys.argv[2] + ".tmp", "w") as f:
-    f.write(f"{server.getsockname()[1]}\n")
-os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+SERVER = harness.LISTENING_SERVER + r"""
 def serve(conn):
     with conn:
         f = conn.makefile("rb")

@@ -76,19 +76,8 @@ for i in range(4):
     print(f"round {i}: {echo_round()} {self_talk()} {decoy_round()}", flush=True)
 """ % ECHO_BYTES
 
-# Both servers begin alike: they listen on argv[1] and write "PORT" to argv[2] once they do.
-LISTEN = r"""
-import os, socket, sys, threading
-server = socket.socket()
-server.bind((sys.argv[1], 0))
-server.listen(16)
-with open(sys.argv[2] + ".tmp", "w") as f:
-    f.write(f"{server.getsockname()[1]}\n")
-os.rename(sys.argv[2] + ".tmp", sys.argv[2])
-"""
-
 # The echo server at home: one thread per connection, bytes back as they come.
-ECHO = LISTEN + r"""
+ECHO = harness.LISTENING_SERVER + r"""
 def serve(conn):
     with conn:
         while True:
@@ -102,7 +91,7 @@ while True:
 """
 
 # The decoy on node2's address: answers "node2" and logs each connection to argv[3].
-DECOY = LISTEN + r"""
+DECOY = harness.LISTENING_SERVER + r"""
 while True:
     conn, peer = server.accept()
     with open(sys.argv[3], "a") as log:

@@ -33,14 +33,7 @@ with socket.create_connection((address, int(port)), timeout=30) as s:
 """
 
 # The echo server at home: logs each connection's peer to argv[3], echoes one line.
-ECHO = r"""
-import os, socket, sys, threading
-server = socket.socket()
-server.bind((sys.argv[1], 0))
-server.listen(16)
-with open(sys.argv[2] + ".tmp", "w") as f:
-    f.write(f"{server.getsockname()[1]}\n")
-os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+ECHO = harness.LISTENING_SERVER + r"""
 def serve(conn):
     with conn:
         line = conn.makefile("rb").readline()

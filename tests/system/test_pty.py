@@ -101,40 +101,44 @@ class Terminal:
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+def open_shell(test, user):
+    """An interactive bash of `user` on node1 of `test.c`, on a new terminal; hung up and
+    reaped after the test whatever happens."""
+    env = dict(harness.LoopCluster.env(), PS1="hwsh$ ", TERM="dumb",
+               HOMEWARD_DAEMON_WAIT_S="60")
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execve(harness.LOOPCLUSTER,
+                      [harness.LOOPCLUSTER, "exec", test.c.dir, "node1", "--", "runuser",
+                       "-u", user, "--", "bash", "--norc", "--noprofile", "-i"], env)
+        finally:
+            os._exit(127)
+
+    def cleanup():
+        os.close(fd)  # hangs the terminal up
+        for _ in range(50):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+            time.sleep(0.1)  # the session's processes take SIGHUP and end
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+    test.addCleanup(cleanup)
+    term = Terminal(fd)
+    term.set_size(30, 100)
+    term.expect(r"hwsh\$ ")
+    return term
+
+
 class PtyTest(harness.UserClusterTest):
     user_prefix = "hwpty"
     cluster_nodes = 3
     cluster_settings = ("gossip.interval_ms=200", "balance.automatic=false")
 
     def shell(self):
-        """An interactive bash of the user on node1, on a new terminal; cleaned up after the
-        test whatever happens."""
-        env = dict(harness.LoopCluster.env(), PS1="hwsh$ ", TERM="dumb",
-                   HOMEWARD_DAEMON_WAIT_S="60")
-        pid, fd = pty.fork()
-        if pid == 0:
-            try:
-                os.execve(harness.LOOPCLUSTER,
-                          [harness.LOOPCLUSTER, "exec", self.c.dir, "node1", "--", "runuser",
-                           "-u", self.user, "--", "bash", "--norc", "--noprofile", "-i"], env)
-            finally:
-                os._exit(127)
-
-        def cleanup():
-            os.close(fd)  # hangs the terminal up
-            for _ in range(50):
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    return
-                time.sleep(0.1)  # the session's processes take SIGHUP and end
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-
-        self.addCleanup(cleanup)
-        term = Terminal(fd)
-        term.set_size(30, 100)
-        term.expect(r"hwsh\$ ")
-        return term
+        return open_shell(self, self.user)
 
     def exits_with_3(self, term, before):
         """Ends the job (it exits 3 on `exit`): its status reaches the shell, and the

@@ -13,13 +13,10 @@ interactive bash, on a real terminal (a pty this test holds the master of):
   its terminal again, with the new window size, and answers what is typed."""
 
 import os
-import pty
 import pwd
-import signal
-import time
 
 import harness
-from test_pty import Terminal
+from test_pty import Terminal, open_shell
 
 # Answers one command per line read from its terminal.
 PROBE = r"""
@@ -67,33 +64,8 @@ class PtyMovedTest(harness.UserClusterTest):
             f.write(PROBE)
 
     def shell(self):
-        """An interactive bash of the user on node1 in /data/ptm, on a new terminal;
-        cleaned up after the test whatever happens."""
-        env = dict(harness.LoopCluster.env(), PS1="hwsh$ ", TERM="dumb",
-                   HOMEWARD_DAEMON_WAIT_S="60")
-        pid, fd = pty.fork()
-        if pid == 0:
-            try:
-                os.execve(harness.LOOPCLUSTER,
-                          [harness.LOOPCLUSTER, "exec", self.c.dir, "node1", "--", "runuser",
-                           "-u", self.user, "--", "bash", "--norc", "--noprofile", "-i"], env)
-            finally:
-                os._exit(127)
-
-        def cleanup():
-            os.close(fd)  # hangs the terminal up
-            for _ in range(50):
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    return
-                time.sleep(0.1)  # the session's processes take SIGHUP and end
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-
-        self.addCleanup(cleanup)
-        term = Terminal(fd)
-        term.set_size(30, 100)
-        term.expect(r"hwsh\$ ")
+        """An interactive bash of the user on node1 in /data/ptm, on a new terminal."""
+        term = open_shell(self, self.user)
         term.send("cd /data/ptm\r")
         term.expect(r"hwsh\$ ")
         return term
