@@ -253,9 +253,6 @@ def remove_user(name):
     _user_tool("groupdel", name)
 
 
-# A job that counts to 99, waits for the file `go` (with a builtin test and `sleep`, a
-# program of the OS), and counts on to 199: what it printed tells how far it got, and a
-# checkpoint taken while it waits restarts it at its gate.
 # The start of a test's TCP server (python3 -c): listens on argv[1] and writes "PORT" to the
 # file argv[2] once it does (the caller waits for that file); the caller's text serves.
 LISTENING_SERVER = r"""
@@ -268,6 +265,9 @@ with open(sys.argv[2] + ".tmp", "w") as f:
 os.rename(sys.argv[2] + ".tmp", sys.argv[2])
 """
 
+# A job that counts to 99, waits for the file `go` (with a builtin test and `sleep`, a
+# program of the OS), and counts on to 199: what it printed tells how far it got, and a
+# checkpoint taken while it waits restarts it at its gate.
 COUNTER_JOB = r"""
 i=0
 while [ $i -lt 100 ]; do echo $i; i=$((i+1)); done
