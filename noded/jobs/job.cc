@@ -1,21 +1,19 @@
 // A job on this node: spawning its init in fresh namespaces, and relaying its stdio,
-// signals and exit to its mosrun (its output: job_output.cc, its input: job_input.cc).
+// signals and exit to its mosrun (its output: job_output.cc, its input: job_input.cc; its
+// leaving on a move: job_departure.cc; what keeps it from moving: job_pins.cc).
 #include "job.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <fstream>
-#include <set>
 #include <sstream>
 
 #include <capnp/message.h>
@@ -387,95 +385,6 @@ void Job::WatchInit() {
           "watch job exit");
 }
 
-void Job::Depart(move::DumpKind kind, const std::string& target, bool journaled) {
-  departure_.Start(kind, target, journaled);
-  if (departure_.journaled()) JournalDeparture();
-  set_migrating(true);
-}
-
-void Job::Departed(const move::Departure& departure) {
-  bool was_journaled = departure_.journaled();
-  departure_ = departure;
-  // A job that left is abandoned (AbandonAfterMove): its keeper and journal writer are
-  // gone, and its entry stays until the registry writes the job's record away over it.
-  if (departure_.left()) return;
-  if (was_journaled && !departure_.journaled()) JournalDeparture();
-  if (!departure_.leaving()) set_migrating(false);  // its input flows on
-}
-
-move::Stay Job::Stay(const std::string& why) {
-  move::Departure departure = departure_;
-  move::Stay stay = departure.Failed(why);
-  Departed(departure);
-  return stay;
-}
-
-std::function<void(const move::Departure&)> Job::DepartureJournal() const {
-  if (!journal_write_ || !keeper_.running() || init_pid() <= 0) return nullptr;
-  // A copy of the writer, with the job's pids: nothing of the job is touched off the loop
-  // but the output bases, which change only while the job is taken back, never during a
-  // move.
-  return
-      [write = journal_write_, init = init_pid(), init_start = init_start_, keeper = keeper_.pid(),
-       keeper_start = keeper_.start_time()](const move::Departure& departure) mutable {
-        write(init, init_start, keeper, keeper_start, departure);
-      };
-}
-
-void Job::AwaitTakeOver(move::Departure departure) {
-  departure_ = std::move(departure);
-  set_migrating(true);
-}
-
-move::Stay Job::TickDeparture(int64_t now_ms) {
-  move::Departure departure = departure_;
-  move::Stay stay = departure.Tick(now_ms);
-  if (!departure.leaving()) Departed(departure);
-  return stay;
-}
-
-void Job::LeftFrozen() {
-  move::Departure departure = departure_;
-  departure.Dumped();
-  departure.Arrived();
-  Departed(departure);
-}
-
-void Job::AbandonAfterMove() {
-  if (finished_) return;
-  finished_ = true;
-  // The job is frozen: what it wrote before the dump is still in our pipes. Relay it
-  // before the copy here goes, so that no byte of output is lost by the move.
-  for (Stream* stream : {stdout_.get(), stderr_.get()}) {
-    if (!stream) continue;
-    Pump(*stream, true);
-    output_base_[stream->fd] += stream->sent;  // what mosrun has had: output_total()
-  }
-  exit_watch_.Close();
-  KillInit();  // the frozen source copy
-  pidfd_.Reset();
-  if (launch_.guest) {
-    Forget();  // a guest moved on is its new node's to journal
-  } else {
-    // The keeper goes; the journal entry stays until the registry writes the job's
-    // record away over it, so that no moment is without one.
-    keeper_.Stop();
-    journal_write_ = nullptr;
-    journal_remove_ = nullptr;
-  }
-  // Input still queued for the old copy goes with it: mosrun holds every byte the job's
-  // new place has not acknowledged, and sends it again from where the job resumes.
-  input_paused_ = false;  // the relay's reading is for its new handlers to decide
-  input_held_ = true;
-  input_queue_.clear();
-  CloseInput();
-  stdin_read_.Reset();
-  stdout_.reset();
-  stderr_.reset();
-  status_.reset();
-  relay_.OnDrain(nullptr);
-}
-
 void Job::Signal(int signo) {
   if (signo <= 0 || signo >= NSIG) {
     Fail(ErrorKind::kInvalidInput, "{} is not a signal number", signo);
@@ -623,96 +532,6 @@ uint64_t Job::cpu_ms() const {
 void Job::SampleUsage(int64_t now_ms, const std::vector<pid_t>& pids) {
   if (pids.empty()) return;
   usage_.Add(SampleProcesses(pids), now_ms);
-}
-
-std::set<pid_t> Job::LockHolders() {
-  std::set<pid_t> holders;
-  std::istringstream locks(ReadTextFile("/proc/locks"));
-  std::string line;
-  while (std::getline(locks, line)) {
-    if (line.find("->") != std::string::npos) continue;  // a waiter, not a holder
-    std::istringstream fields(line);
-    std::string id, kind, mode, access;
-    pid_t pid = 0;
-    if (fields >> id >> kind >> mode >> access >> pid) holders.insert(pid);
-  }
-  return holders;
-}
-
-std::string Job::PinnedReason(const std::vector<pid_t>& pids,
-                              const std::set<pid_t>& lock_holders) const {
-  if (launch_.keep_home) return "kept at home (mosrun -h)";
-  if (!launch_.guest) {
-    // A lock a job at home holds is the home kernel's own, owned by the job's process: no
-    // other owner (the file service's description, which would hold it for the job across
-    // the move) can take it over without a moment when it is free, since the kernel has no
-    // call that hands a lock from one owner to another; and criu would take it again on the
-    // target, through homefs, while the frozen copy here still holds it, and wait for ever
-    // (see ARCHITECTURE.md, "Locks across a move").
-    for (pid_t pid : pids) {
-      if (lock_holders.count(pid)) {
-        return "holds a file lock at home (the home kernel's own: it cannot change hands "
-               "without a moment when it is free, so it is not carried)";
-      }
-    }
-  }
-  std::set<std::string> sockets;
-  // System V shared memory, semaphores and message queues are not a reason: they live in
-  // the job's own IPC namespace, which CRIU dumps and restores with their contents. A
-  // POSIX message queue lives there too, but CRIU carries no queue (its dump would fail).
-  constexpr long kMqueueMagic = 0x19800202;  // ipc/mqueue.c's; not in the uapi headers
-  bool message_queue = false;
-  for (pid_t pid : pids) {
-    std::string fd_dir = fmt::format("/proc/{}/fd", pid);
-    if (DIR* fds = ::opendir(fd_dir.c_str())) {
-      char link[64];
-      while (dirent* entry = ::readdir(fds)) {
-        ssize_t n = ::readlinkat(::dirfd(fds), entry->d_name, link, sizeof link);
-        std::string_view target(link, n > 0 ? static_cast<size_t>(n) : 0);
-        if (target.rfind("socket:[", 0) == 0) {
-          sockets.emplace(target.substr(8, target.size() - 9));
-        } else if (target.size() > 1 && target[0] == '/' &&
-                   target.find('/', 1) == std::string_view::npos) {
-          // A queue's descriptor reads "/NAME", as a file in / would: its file system says.
-          struct statfs fs;
-          std::string path = fd_dir + "/" + entry->d_name;
-          if (::statfs(path.c_str(), &fs) == 0 && fs.f_type == kMqueueMagic) message_queue = true;
-        }
-      }
-      ::closedir(fds);
-    }
-  }
-  if (message_queue) return "uses a POSIX message queue (CRIU does not carry them)";
-  if (sockets.empty()) return {};
-  // The tables of the daemon's network namespace, which a job at its home shares: a guest's
-  // sockets are in a namespace of its own, only the guest reaches them, and they move with
-  // it. A listening TCP socket is an address of this node that clients use: it cannot move.
-  // Any other TCP or UDP socket talks to the network, which away from home is only the
-  // job's own loopback (see "A guest's network" in docs/ARCHITECTURE.md).
-  std::string in_use;
-  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"}) {
-    bool tcp = std::string_view(table).find("tcp") != std::string_view::npos;
-    std::istringstream lines(ReadTextFile(table));
-    std::string line;
-    std::getline(lines, line);  // the header
-    while (std::getline(lines, line)) {
-      std::istringstream fields(line);
-      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
-      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
-          timeout >> inode;
-      if (!sockets.count(inode)) continue;
-      if (tcp && state == "0A") {
-        unsigned port = static_cast<unsigned>(
-            std::strtoul(local.substr(local.rfind(':') + 1).c_str(), nullptr, 16));
-        return fmt::format("holds a listening socket (TCP port {})", port);
-      }
-      if (in_use.empty()) {
-        const char* kind = tcp ? "TCP" : "UDP";
-        in_use = fmt::format("uses the network (a {} socket: away from home it has none)", kind);
-      }
-    }
-  }
-  return in_use;
 }
 
 }  // namespace homeward
