@@ -303,6 +303,12 @@ class UserClusterTest(unittest.TestCase):
         except BaseException:
             remove_user(cls.user)
             raise
+        try:
+            # The tests move jobs between any two nodes: each must know every other first.
+            wait_until_meshed(cls.cluster)
+        except BaseException:
+            cls.tearDownClass()
+            raise
 
     @classmethod
     def tearDownClass(cls):
@@ -313,6 +319,23 @@ class UserClusterTest(unittest.TestCase):
 
     def setUp(self):
         self.c = self.cluster
+
+
+def alive_nodes(cluster, node):
+    """The names of the nodes `node` knows alive (mosmon --json), or None if it does not
+    answer."""
+    result = cluster.run(node, "mosmon", "--json", check=False)
+    if result.returncode != 0:
+        return None
+    return sorted(n["name"] for n in json.loads(result.stdout)["nodes"] if n["alive"])
+
+
+def wait_until_meshed(cluster, timeout=60):
+    """Waits until every node of `cluster` knows every node alive (gossip has gone round)."""
+    names = sorted(cluster.nodes)
+    for name in names:
+        cluster.wait_for(lambda: alive_nodes(cluster, name) == names, timeout,
+                         f"{name} to know every node of the cluster ({', '.join(names)})")
 
 
 def read_text(path):
