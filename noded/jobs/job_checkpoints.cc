@@ -114,6 +114,51 @@ std::optional<uint64_t> InputOffsetOf(const Job::InputPlace& place) {
   return place.written - static_cast<uint64_t>(pending);
 }
 
+
+// A guest's word to its home on the checkpoint it was asked for: where it is (or why
+// there is none) and the input offset it holds.
+void AnswerCheckpointed(Job& job, const std::string& path, const std::string& error,
+                        std::optional<uint64_t> input_offset = std::nullopt) {
+  capnp::MallocMessageBuilder message;
+  auto report = message.initRoot<schema::ControlReply>().initCheckpointed();
+  report.setPath(path);
+  report.setError(error);
+  report.setInputPlaced(input_offset.has_value());
+  report.setInputOffset(input_offset.value_or(0));
+  job.relay().Send(message);
+}
+
+// What a checkpoint of `job` under `plan` seals beside its images (the input offset is
+// measured at the dump).
+CheckpointManifest ManifestOf(const Job& job, const CheckpointPlan& plan) {
+  CheckpointManifest manifest;
+  manifest.launch = job.launch();
+  manifest.launch.checkpoint = plan;
+  manifest.launch.input = {};
+  manifest.pipes = job.pipe_roles();
+  return manifest;
+}
+
+// A scratch directory for criu's log and work files, in root's own state directory.
+std::string MakeCriuWorkDir(const std::string& work_root, pid_t home_pid) {
+  ::mkdir(work_root.c_str(), 0700);
+  std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
+  HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
+  return work;
+}
+
+// Where the job stands in its input, with its stdin's reader kept open in `reader` for
+// the dump off the loop (the job's own may close meanwhile).
+Job::InputPlace KeepInputPlace(Job& job, Fd& reader) {
+  Job::InputPlace input = job.input_place();
+  if (input.reader >= 0) {
+    reader = Fd::Adopt(HW_SYSCALL(::fcntl(input.reader, F_DUPFD_CLOEXEC, 3),
+                                  "keep the job's stdin for the checkpoint"));
+    input.reader = reader.get();
+  }
+  return input;
+}
+
 }  // namespace
 
 void JobRegistry::StartCheckpointTimer() {
@@ -223,11 +268,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
   FreePlan(slot, job->home_pid(),
            fmt::format("name one: mosmigrate {} checkpoint DIR", job->home_pid()));
   const CheckpointPlan& plan = it->second.plan;
-  CheckpointManifest manifest;
-  manifest.launch = job->launch();
-  manifest.launch.checkpoint = plan;
-  manifest.launch.input = {};
-  manifest.pipes = job->pipe_roles();
+  CheckpointManifest manifest = ManifestOf(*job, plan);
   FsIdentity who = it->second.owner;
   auto key = CheckpointKey(config_.cluster_key);
   std::string work_root = config_.state_dir + "/criu-work";
@@ -237,15 +278,10 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
   // Shown as migrating meanwhile: a move or freeze waits until the dump is done. Its input
   // is held from here on, so what was written into its stdin stays as it is now.
   job->Depart(move::DumpKind::kCheckpoint);
-  Job::InputPlace input = job->input_place();
   auto reader = std::make_shared<Fd>();
   auto measured = std::make_shared<std::optional<uint64_t>>();
   try {
-    if (input.reader >= 0) {
-      *reader = Fd::Adopt(HW_SYSCALL(::fcntl(input.reader, F_DUPFD_CLOEXEC, 3),
-                                     "keep the job's stdin for the checkpoint"));
-      input.reader = reader->get();
-    }
+    Job::InputPlace input = KeepInputPlace(*job, *reader);
     // Dumped and left stopped, so that where it stands in its input is measured exactly,
     // then continued (as a failed move continues it).
     DumpOffLoop(
@@ -255,10 +291,7 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
           *written = WriteCheckpoint(
               plan.dir, who, plan.keep, key, manifest,
               [&](const std::string& image_dir, CheckpointManifest& sealed) {
-                // criu's log and scratch stay in root's own state directory.
-                ::mkdir(work_root.c_str(), 0700);
-                std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
-                HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
+                std::string work = MakeCriuWorkDir(work_root, home_pid);
                 options.work_dir = work;
                 try {
                   std::set<pid_t> stopped = StoppedPids(init);
@@ -276,45 +309,50 @@ void JobRegistry::CheckpointToPlan(int slot, std::shared_ptr<Job> job,
         },
         [this, slot, job, home_pid, written, reply, measured](const DumpOutcome& result) {
           job->Stay();
-          auto planned = checkpoint_plans_.find(slot);
-          if (planned != checkpoint_plans_.end() && planned->second.home_pid == home_pid) {
-            planned->second.busy = false;
-            if (result.error.empty()) planned->second.restartable = true;
-            // The newest checkpoint is current: the input before its place is not needed.
-            if (result.error.empty() && *measured && planned->second.input_log) {
-              try {
-                planned->second.input_log->Trim(**measured);
-              } catch (const Error& e) {
-                spdlog::warn("job {}: its input log is not trimmed: {}", home_pid, e.what());
-              }
-            }
-          }
-          if (!result.error.empty()) {
-            spdlog::warn("job {}: checkpoint failed: {}", home_pid, result.error);
-            if (reply) {
-              reply->SendError(
-                  Error(result.kind, fmt::format("checkpoint failed: {}", result.error)));
-            }
-            return;
-          }
-          spdlog::info("job {}: checkpoint {} written to {} ({} bytes, {})", home_pid,
-                       written->number, written->path, result.dump.image_bytes,
-                       *measured ? fmt::format("at input byte {}", **measured)
-                                 : std::string("its input place unknown"));
-          if (!reply) return;
-          MoveOutcome outcome;
-          outcome.where = written->path;
-          outcome.frozen_ms = static_cast<uint64_t>(result.dump.frozen_time.count() / 1000);
-          outcome.image_bytes = result.dump.image_bytes;
-          capnp::MallocMessageBuilder message;
-          BuildMigrated(message, outcome);
-          reply->Send(message);
+          CheckpointWritten(slot, home_pid, *written, *measured, reply.get(), result);
         });
   } catch (...) {
     it->second.busy = false;
     job->Stay();
     throw;
   }
+}
+
+void JobRegistry::CheckpointWritten(int slot, pid_t home_pid, const WrittenCheckpoint& written,
+                                    std::optional<uint64_t> measured, ReplySender* reply,
+                                    const DumpOutcome& result) {
+  auto planned = checkpoint_plans_.find(slot);
+  if (planned != checkpoint_plans_.end() && planned->second.home_pid == home_pid) {
+    planned->second.busy = false;
+    if (result.error.empty()) planned->second.restartable = true;
+    // The newest checkpoint is current: the input before its place is not needed.
+    if (result.error.empty() && measured && planned->second.input_log) {
+      try {
+        planned->second.input_log->Trim(*measured);
+      } catch (const Error& e) {
+        spdlog::warn("job {}: its input log is not trimmed: {}", home_pid, e.what());
+      }
+    }
+  }
+  if (!result.error.empty()) {
+    spdlog::warn("job {}: checkpoint failed: {}", home_pid, result.error);
+    if (reply) {
+      reply->SendError(Error(result.kind, fmt::format("checkpoint failed: {}", result.error)));
+    }
+    return;
+  }
+  spdlog::info("job {}: checkpoint {} written to {} ({} bytes, {})", home_pid, written.number,
+               written.path, result.dump.image_bytes,
+               measured ? fmt::format("at input byte {}", *measured)
+                        : std::string("its input place unknown"));
+  if (!reply) return;
+  MoveOutcome outcome;
+  outcome.where = written.path;
+  outcome.frozen_ms = static_cast<uint64_t>(result.dump.frozen_time.count() / 1000);
+  outcome.image_bytes = result.dump.image_bytes;
+  capnp::MallocMessageBuilder message;
+  BuildMigrated(message, outcome);
+  reply->Send(message);
 }
 
 void JobRegistry::AskCheckpointAway(int slot, const std::shared_ptr<Away>& away,
@@ -386,29 +424,15 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
   plan.keep = request.getKeep();
   plan.every_ms = static_cast<int64_t>(request.getEveryMs());
   plan.signal = request.getSignal();
-  auto answer = [job](const std::string& path, const std::string& error,
-                      std::optional<uint64_t> input_offset = std::nullopt) {
-    capnp::MallocMessageBuilder message;
-    auto report = message.initRoot<schema::ControlReply>().initCheckpointed();
-    report.setPath(path);
-    report.setError(error);
-    report.setInputPlaced(input_offset.has_value());
-    report.setInputOffset(input_offset.value_or(0));
-    job->relay().Send(message);
-  };
   if (plan.dir.empty() || plan.dir[0] != '/' || plan.dir.find("/../") != std::string::npos) {
-    answer("", fmt::format("'{}' is not a checkpoint directory", plan.dir));
+    AnswerCheckpointed(*job, "", fmt::format("'{}' is not a checkpoint directory", plan.dir));
     return;
   }
   if (JobState state = job->state(); state != JobState::RUNNING) {
-    answer("", fmt::format("the job is {}", JobStateName(state)));
+    AnswerCheckpointed(*job, "", fmt::format("the job is {}", JobStateName(state)));
     return;
   }
-  CheckpointManifest manifest;
-  manifest.launch = job->launch();
-  manifest.launch.checkpoint = plan;
-  manifest.launch.input = {};
-  manifest.pipes = job->pipe_roles();
+  CheckpointManifest manifest = ManifestOf(*job, plan);
   const JobIdentity& id = manifest.launch.identity;
   FsIdentity who{id.uid, id.gid, id.groups};
   // The directory is a path of the home's tree, which this node sees through homefs.
@@ -419,23 +443,16 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
   auto written = std::make_shared<WrittenCheckpoint>();
   job->Depart(move::DumpKind::kCheckpoint);
   // As at home: dumped and left stopped, its place in its input measured, then continued.
-  Job::InputPlace input = job->input_place();
   auto reader = std::make_shared<Fd>();
   auto measured = std::make_shared<std::optional<uint64_t>>();
   try {
-    if (input.reader >= 0) {
-      *reader = Fd::Adopt(HW_SYSCALL(::fcntl(input.reader, F_DUPFD_CLOEXEC, 3),
-                                     "keep the job's stdin for the checkpoint"));
-      input.reader = reader->get();
-    }
+    Job::InputPlace input = KeepInputPlace(*job, *reader);
     DumpOffLoop(
         job, migrate::AfterDump::kStop,
         [local_dir, who, keep = plan.keep, key, manifest, work_root, home_pid, written, input,
          reader, measured](pid_t init, migrate::DumpOptions options) mutable {
           // The dump goes to root's own state directory first, criu's log beside it.
-          ::mkdir(work_root.c_str(), 0700);
-          std::string work = fmt::format("{}/checkpoint-{}-XXXXXX", work_root, home_pid);
-          HW_SYSCALL(::mkdtemp(work.data()) ? 0 : -1, "create {}", work);
+          std::string work = MakeCriuWorkDir(work_root, home_pid);
           std::string images = fmt::format("{}/images-{}-XXXXXX", work_root, home_pid);
           auto clean = [&] {
             for (const auto& dir : {images, work}) {
@@ -462,20 +479,20 @@ void JobRegistry::CheckpointGuest(std::shared_ptr<Job> job,
           clean();
           return result;
         },
-        [job, answer, dir = plan.dir, written, measured](const DumpOutcome& result) {
+        [job, dir = plan.dir, written, measured](const DumpOutcome& result) {
           job->Stay();
           if (!result.error.empty()) {
             spdlog::warn("guest {}: checkpoint failed: {}", job->home_pid(), result.error);
-            answer("", result.error);
+            AnswerCheckpointed(*job, "", result.error);
             return;
           }
           std::string path = fmt::format("{}/ckpt-{}", dir, written->number);
           spdlog::info("guest {}: checkpoint written to {} at its home", job->home_pid(), path);
-          answer(path, "", *measured);
+          AnswerCheckpointed(*job, path, "", *measured);
         });
   } catch (const Error& e) {
     job->Stay();
-    answer("", e.what());
+    AnswerCheckpointed(*job, "", e.what());
   }
 }
 

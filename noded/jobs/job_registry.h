@@ -397,6 +397,11 @@ class JobRegistry {
   // Writes a checkpoint of a job running here into its checkpoint directory; `reply`, when
   // given, hears how it went.
   void CheckpointToPlan(int slot, std::shared_ptr<Job> job, std::shared_ptr<ReplySender> reply);
+  // Its end, on the loop: the plan is free again, the input log trimmed to the checkpoint,
+  // and the caller (if any) answered.
+  void CheckpointWritten(int slot, pid_t home_pid, const struct WrittenCheckpoint& written,
+                         std::optional<uint64_t> measured, ReplySender* reply,
+                         const DumpOutcome& result);
   // A job away: its node dumps it and writes the checkpoint into its directory through
   // homefs, as the user (CheckpointGuest there), and answers on the relay (CheckpointedAway).
   void AskCheckpointAway(int slot, const std::shared_ptr<Away>& away,

@@ -109,17 +109,20 @@ uint64_t NamespaceInode(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
 }
 
-}  // namespace
+// The namespaces a job is restored into, held by `mosjob-init --prepare-root` until criu
+// has restored into them. CRIU restores the job into a mount namespace like the one a job
+// starts in: the home's tree as the job's view (for a guest), or this node's own (at
+// home); and a guest into a network namespace of its own with only its loopback, like a
+// guest started here.
+struct LandingNamespaces {
+  ChildProcess holder;
+  Fd hold;  // the holder's stdin: it holds the namespaces until this closes
+  Fd mount;
+  Fd net;  // a guest's only
+};
 
-RestoredHere RestoreHere(const std::string& dir,
-                         const std::vector<migrate::PipeRole>& external_pipes,
-                         const std::string& root, const std::string& init_path,
-                         const FaultPoints& faults, bool own_network,
-                         const std::string& intent_dir, std::optional<ActingUser> as_user,
-                         const LockClaim& claim) {
-  // CRIU restores the job into a mount namespace like the one a job starts in: the home's
-  // tree as the job's view (for a guest), or this node's own (at home); and a guest into
-  // a network namespace of its own with only its loopback, like a guest started here.
+LandingNamespaces PrepareLanding(const std::string& root, const std::string& init_path,
+                                 bool own_network) {
   Pipe hold = Pipe::Create();
   Pipe ready = Pipe::Create();
   SpawnOptions prepare;
@@ -127,7 +130,7 @@ RestoredHere RestoreHere(const std::string& dir,
   if (own_network) prepare.argv.push_back("--own-network");
   prepare.stdin_fd = hold.read.get();
   prepare.extra_fds = {ready.write.get()};
-  ChildProcess holder = ChildProcess::Spawn(prepare);
+  LandingNamespaces landing{ChildProcess::Spawn(prepare), std::move(hold.write), {}, {}};
   hold.read.Reset();
   ready.write.Reset();
   char word[512];
@@ -137,21 +140,33 @@ RestoredHere RestoreHere(const std::string& dir,
     Fail(ErrorKind::kFailed, "cannot prepare the job's namespace: {}",
          n ? word : "the namespace holder died");
   }
-  Fd mount_ns = Fd::Open(fmt::format("/proc/{}/ns/mnt", holder.pid()), O_RDONLY);
-  Fd net_ns;
+  landing.mount = Fd::Open(fmt::format("/proc/{}/ns/mnt", landing.holder.pid()), O_RDONLY);
   if (own_network) {
-    net_ns = Fd::Open(fmt::format("/proc/{}/ns/net", holder.pid()), O_RDONLY);
+    landing.net = Fd::Open(fmt::format("/proc/{}/ns/net", landing.holder.pid()), O_RDONLY);
     // Its loopback's connections go to the carrier the job's daemon starts when it takes
     // the job over (Job::Attach): set before any process of the job runs again.
-    RedirectLoopbackConnections(net_ns.get());
+    RedirectLoopbackConnections(landing.net.get());
   }
+  return landing;
+}
+
+}  // namespace
+
+RestoredHere RestoreHere(const std::string& dir,
+                         const std::vector<migrate::PipeRole>& external_pipes,
+                         const std::string& root, const std::string& init_path,
+                         const FaultPoints& faults, bool own_network,
+                         const std::string& intent_dir, std::optional<ActingUser> as_user,
+                         const LockClaim& claim) {
+  LandingNamespaces landing = PrepareLanding(root, init_path, own_network);
+  ChildProcess& holder = landing.holder;
 
   Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
   migrate::RestoreOptions restore;
-  restore.mount_namespace_fd = mount_ns.get();
+  restore.mount_namespace_fd = landing.mount.get();
   // The images hold no network namespace (criu dumps in the job's own): the job's sockets
   // come back in the namespace criu restores in.
-  if (own_network) restore.net_namespace_fd = net_ns.get();
+  if (own_network) restore.net_namespace_fd = landing.net.get();
   // The job's own /proc needs its pid namespace, which criu makes: mount it as soon as
   // the namespace exists, before any process of the job is restored and runs.
   // (criu runs a script by path, without a shell: mosjob-init's copy in the job's root.)
@@ -196,6 +211,55 @@ RestoredHere RestoreHere(const std::string& dir,
                                  std::move(err.read), std::move(status.read)}};
 }
 
+namespace {
+
+// CRIU does not see locks held through homefs (they are the home's): the home keeps them
+// for the job, under a token only the target learns (in the metadata), until the target
+// binds them. Returns the job's mount namespace, by which they are unparked on failure.
+uint64_t ParkLocks(MoveOut& move) {
+  uint64_t token = 0;
+  while (token == 0) HW_SYSCALL(::getrandom(&token, sizeof token, 0), "getrandom");
+  uint64_t lock_ns = NamespaceInode(fmt::format("/proc/{}/ns/mnt", move.init_pid));
+  if (lock_ns != 0 &&
+      CarryLocks(move.lock_mount, "park", fmt::format("{} {}", token, lock_ns))) {
+    move.metadata.lock_token = token;
+  }
+  return lock_ns;
+}
+
+// Sends the images to the target and waits for its word that the job runs there; the
+// connection, a channel from then on, is kept in move.connection for the relay. `step`
+// says what it is doing, for the error.
+void HandOver(MoveOut& move, std::string& step) {
+  step = fmt::format("connect to {}", move.target_name);
+  // The images are sealed in place on this thread; the connection becomes a channel
+  // (a plain descriptor for the relay) once they are sent.
+  auto stream = PeerConnectStream(move.target_host, move.target_port, move.key, "migration",
+                                  kConnectTimeout);
+  step = fmt::format("send the images to {}", move.target_name);
+  try {
+    WriteMessageTo(*stream, *move.guest_request);
+    migrate::SendOptions send;
+    send.faults = move.faults;
+    migrate::SendImages(*stream, move.image_dir, move.metadata, send);
+    move.departure.Sent();
+  } catch (const std::exception&) {
+    // A target that refuses the job says why before it closes: that is the cause.
+    Fd fd = SecureStream::IntoChannel(std::move(stream));
+    if (auto why = Refusal(fd.get())) Fail(ErrorKind::kFailed, "{}", *why);
+    throw;
+  }
+  Fd fd = SecureStream::IntoChannel(std::move(stream));
+  step = fmt::format("restore on {}", move.target_name);
+  capnp::StreamFdMessageReader reader(fd.get(), PeerReaderOptions());
+  auto reply = reader.getRoot<schema::ControlReply>();
+  if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
+  if (!reply.isJobStarted()) Fail(ErrorKind::kInvalidInput, "unexpected answer");
+  move.connection = std::move(fd);
+}
+
+}  // namespace
+
 void RunMoveOut(MoveOut& move) {
   auto started = std::chrono::steady_clock::now();
   std::string step = "checkpoint";
@@ -219,45 +283,13 @@ void RunMoveOut(MoveOut& move) {
     auto frozen_at = std::chrono::steady_clock::now() - result.criu_time + result.frozen_time;
     move.image_bytes = result.image_bytes;
     if (!move.lock_mount.empty()) {
-      // CRIU does not see locks held through homefs (they are the home's): the home keeps
-      // them for the job, under a token only the target learns, until the target binds them.
       step = "keep the job's locks at its home";
-      uint64_t token = 0;
-      while (token == 0) HW_SYSCALL(::getrandom(&token, sizeof token, 0), "getrandom");
-      lock_ns = NamespaceInode(fmt::format("/proc/{}/ns/mnt", move.init_pid));
-      if (lock_ns != 0 &&
-          CarryLocks(move.lock_mount, "park", fmt::format("{} {}", token, lock_ns))) {
-        move.metadata.lock_token = token;
-      }
+      lock_ns = ParkLocks(move);
     }
 
-    step = fmt::format("connect to {}", move.target_name);
-    // The images are sealed in place on this thread; the connection becomes a channel
-    // (a plain descriptor for the relay) once they are sent.
-    auto stream = PeerConnectStream(move.target_host, move.target_port, move.key, "migration",
-                                    kConnectTimeout);
-    step = fmt::format("send the images to {}", move.target_name);
-    try {
-      WriteMessageTo(*stream, *move.guest_request);
-      migrate::SendOptions send;
-      send.faults = move.faults;
-      migrate::SendImages(*stream, move.image_dir, move.metadata, send);
-      move.departure.Sent();
-    } catch (const std::exception&) {
-      // A target that refuses the job says why before it closes: that is the cause.
-      Fd fd = SecureStream::IntoChannel(std::move(stream));
-      if (auto why = Refusal(fd.get())) Fail(ErrorKind::kFailed, "{}", *why);
-      throw;
-    }
-    Fd fd = SecureStream::IntoChannel(std::move(stream));
-    step = fmt::format("restore on {}", move.target_name);
-    capnp::StreamFdMessageReader reader(fd.get(), PeerReaderOptions());
-    auto reply = reader.getRoot<schema::ControlReply>();
-    if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
-    if (!reply.isJobStarted()) Fail(ErrorKind::kInvalidInput, "unexpected answer");
-    auto now = std::chrono::steady_clock::now();
-    move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(now - frozen_at);
-    move.connection = std::move(fd);
+    HandOver(move, step);
+    move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - frozen_at);
     move.departure.Arrived();
     // The target's word, journaled before anything else: a restart from here on leaves
     // the copy here stopped for the target to take over (Departure::Reloaded).
