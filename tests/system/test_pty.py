@@ -191,7 +191,7 @@ class PtyTest(harness.UserClusterTest):
         # The window grows: the job hears SIGWINCH and sees the new size.
         term.set_size(40, 120)
         self.check(term, 1)
-        # Its controlling terminal (kept across moves: test_pty_moved.py).
+        # Its controlling terminal, before any move.
         term.send("devtty\r")
         term.expect(r"DEVTTY opens\r\n")
 
