@@ -16,7 +16,7 @@ printf 'pear\napple\nfig\n' > fruit
 ls -l fruit | cut -d' ' -f1,5
 sort fruit
 sha256sum fruit
-echo "pid-shape: $(echo $$ | tr 0-9 N)"
+case $$ in *[!0-9]*|0*) echo "pid: not a pid: $$";; *) echo "pid: a number";; esac
 echo hi | (read x; echo "pipeline: $x")
 python3 -c 'open("py.txt", "w").write("written by python\n")'
 cat py.txt
