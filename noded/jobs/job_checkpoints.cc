@@ -345,14 +345,7 @@ void JobRegistry::CheckpointWritten(int slot, pid_t home_pid, const WrittenCheck
                written.path, result.dump.image_bytes,
                measured ? fmt::format("at input byte {}", *measured)
                         : std::string("its input place unknown"));
-  if (!reply) return;
-  MoveOutcome outcome;
-  outcome.where = written.path;
-  outcome.frozen_ms = static_cast<uint64_t>(result.dump.frozen_time.count() / 1000);
-  outcome.image_bytes = result.dump.image_bytes;
-  capnp::MallocMessageBuilder message;
-  BuildMigrated(message, outcome);
-  reply->Send(message);
+  if (reply) ReplyDumped(*reply, written.path, result.dump);
 }
 
 void JobRegistry::AskCheckpointAway(int slot, const std::shared_ptr<Away>& away,

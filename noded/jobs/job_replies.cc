@@ -19,6 +19,16 @@ void BuildMigrated(capnp::MallocMessageBuilder& message, const MoveOutcome& outc
   migrated.setImageBytes(outcome.image_bytes);
 }
 
+void ReplyDumped(ReplySender& reply, const std::string& where, const migrate::DumpResult& dump) {
+  MoveOutcome outcome;
+  outcome.where = where;
+  outcome.frozen_ms = static_cast<uint64_t>(dump.frozen_time.count() / 1000);
+  outcome.image_bytes = dump.image_bytes;
+  capnp::MallocMessageBuilder message;
+  BuildMigrated(message, outcome);
+  reply.Send(message);
+}
+
 void BuildError(capnp::MallocMessageBuilder& message, ErrorKind kind, const std::string& why) {
   auto error = message.initRoot<schema::ControlReply>().initError();
   error.setKind(std::string(ErrorKindName(kind)));

@@ -21,6 +21,9 @@ void SendExit(ControlStream& stream, int code, const std::string& why);
 
 // The Migrated reply for a move (or freeze, checkpoint, continue) that went well.
 void BuildMigrated(capnp::MallocMessageBuilder& message, const MoveOutcome& outcome);
+// Answers `reply` with the Migrated reply of a dump that went well (a freeze or a
+// checkpoint): where the job now is, its frozen time and image size.
+void ReplyDumped(ReplySender& reply, const std::string& where, const migrate::DumpResult& dump);
 // An error reply of `kind` on a relay, where no ReplySender answers.
 void BuildError(capnp::MallocMessageBuilder& message, ErrorKind kind, const std::string& why);
 

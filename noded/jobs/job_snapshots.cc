@@ -55,13 +55,7 @@ void JobRegistry::Checkpoint(std::shared_ptr<Job> job, const std::string& path,
               Error(result.kind, fmt::format("checkpoint failed: {}", result.error)));
           return;
         }
-        MoveOutcome outcome;
-        outcome.where = config_.name;
-        outcome.frozen_ms = static_cast<uint64_t>(result.dump.frozen_time.count() / 1000);
-        outcome.image_bytes = result.dump.image_bytes;
-        capnp::MallocMessageBuilder message;
-        BuildMigrated(message, outcome);
-        pending->Send(message);
+        ReplyDumped(*pending, config_.name, result.dump);
       });
 }
 
