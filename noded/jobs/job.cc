@@ -369,9 +369,7 @@ void Job::Attach(DaemonEnds ends) {
   stderr_ = make_stream(2, std::move(ends.stderr_read), std::move(ends.stderr_spool), "stderr");
   status_ = make_stream(3, std::move(ends.status_read), std::move(ends.status_spool), "status");
   for (Stream* stream : {stdout_.get(), stderr_.get(), status_.get()}) Pump(*stream);
-  relay_.OnDrain([weak = weak_from_this()] {
-    if (auto job = weak.lock()) job->PauseOutput(false);
-  });
+  WatchRelayDrain();
 }
 
 void Job::WatchInit() {

@@ -264,6 +264,11 @@ class Job : public std::enable_shared_from_this<Job> {
   // Holds the job's output back (not read from its pipes) while its home waits for the
   // output its old node relays, so that mosrun gets it in order.
   void HoldOutput(bool hold);
+  // Called too whenever mosrun has drained what the relay queued: the old node's relay,
+  // which sends what the job left in its pipes there, reads on (job_arrivals.cc).
+  void AlsoWhenRelayDrains(std::function<void()> callback) {
+    relay_drained_ = std::move(callback);
+  }
   // Kills the job now (daemon shutdown).
   void Kill();
   // The job asked for a checkpoint (mosrun -S: its init said so on the status pipe).
@@ -325,6 +330,8 @@ class Job : public std::enable_shared_from_this<Job> {
   void Forget();
   void KillInit();
   void PauseOutput(bool pause);
+  // Output read on once mosrun has drained the relay's queue.
+  void WatchRelayDrain();
   void UpdateOutputReading();
   void SendOutput(int fd, const char* data, size_t size);
   void OnInitExit();
@@ -367,6 +374,7 @@ class Job : public std::enable_shared_from_this<Job> {
   bool input_paused_ = false;
   bool output_paused_ = false;
   bool output_held_ = false;
+  std::function<void()> relay_drained_;
   bool finished_ = false;
   bool exit_delivered_ = false;
   move::Departure departure_;

@@ -54,7 +54,8 @@ void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
 
 std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream relay,
                                                 ChildProcess init, DaemonEnds ends,
-                                                std::function<void()> finished, int slot) {
+                                                std::function<void()> finished, int slot,
+                                                bool hold_output) {
   auto job = std::make_shared<Job>(loop_, std::move(launch), std::move(relay),
                                    [this, finished = std::move(finished)](Job& job) {
                                      JobEnded(job);
@@ -66,6 +67,7 @@ std::shared_ptr<Job> JobRegistry::AdoptRestored(JobLaunch launch, ControlStream 
   WatchCheckpointAsks(job);
   // A guest survives a restart of this daemon as one started here does (job_recovery.cc).
   if (job->launch().guest || slot >= 0) KeepJob(*job, slot);
+  job->HoldOutput(hold_output);  // before Adopt reads the pipes
   job->Adopt(std::move(init), std::move(ends));
   // Taken over (and journaled, for a guest): the restore's intent is done.
   RemoveRestoreIntent(config_.state_dir + "/jobs", job->pipe_inodes()[1]);
@@ -87,10 +89,14 @@ void JobRegistry::ComeHome(Restored& restored) {
     auto weak_job = std::make_shared<std::weak_ptr<Job>>();
     int job_slot = slot;
     std::shared_ptr<Job> job;
+    // The old node still owes mosrun what the job left in its pipes there unless it said
+    // it is done (kAnnounced) or is gone (kRelayLost).
+    move::State before = away->protocol.record().state;
+    bool owed = before == move::State::kRunning || before == move::State::kAsked;
     try {
       job = AdoptRestored(std::move(restored.launch), away->mosrun, std::move(restored.init),
                           std::move(restored.ends), [this, job_slot] { jobs_.erase(job_slot); },
-                          job_slot);
+                          job_slot, owed);
     } catch (const Error& e) {
       Apply(job_slot, away,
             away->protocol.Lost(fmt::format("cannot take back job {}: {}", home_pid, e.what())));
@@ -99,14 +105,19 @@ void JobRegistry::ComeHome(Restored& restored) {
     *weak_job = job;
     // The away record leaves the table but lives on in its old relay's handlers, where
     // the old node's word (or its close) answers a waiting move.
+    uint32_t old_relay = away->protocol.record().relay;
     auto step = away->protocol.Arrived(config_.name);
     if (away->protocol.record().state == move::State::kArrived) {
       // The old node has not yet sent what the job left in its pipes there: the job's
-      // output here waits for it, so that mosrun gets the job's output in order.
-      job->HoldOutput(true);
+      // output here waits for it, so that mosrun gets the job's output in order. The old
+      // relay, paused while mosrun is behind, reads on when mosrun has drained.
+      away->leaving = away->peer;
+      away->leaving_relay = old_relay;
+      job->AlsoWhenRelayDrains([away] { away->leaving.PauseReading(false); });
       away->release_output = [weak = std::weak_ptr<Job>(job), away] {
         if (auto job = weak.lock()) {
           // Everything from the old node is in: the job's output here follows it.
+          job->AlsoWhenRelayDrains(nullptr);
           job->set_output_base(away->origin[1] + away->forwarded[1],
                                away->origin[2] + away->forwarded[2]);
           job->HoldOutput(false);

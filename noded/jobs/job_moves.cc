@@ -125,6 +125,8 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
       if (Rejoin(slot, away, attach, reply)) return;
       break;
     }
+    ControlStream old = away->peer;
+    uint32_t old_relay = away->protocol.record().relay;
     auto step = away->protocol.Arrived(attach.getNode());
     if (!step) break;
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
@@ -135,15 +137,14 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
       // output from here waits for it, so that mosrun gets the job's output in order.
       away->output_held = true;
       away->peer.PauseReading(true);
+      away->leaving = old;
+      away->leaving_relay = old_relay;
       away->release_output = [away] {
         away->output_held = false;
         away->peer.PauseReading(false);
       };
     }
-    away->mosrun.OnDrain([away] {
-      if (!away->output_held) away->peer.PauseReading(false);
-    });
-    away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+    PaceRelays(away);
     away->mosrun.PauseReading(false);
     spdlog::info("job {} now runs on {}", away->home_pid(), away->where());
     Apply(slot, away, std::move(*step));
@@ -227,10 +228,7 @@ void JobRegistry::FinishTakeOver(int slot, const std::shared_ptr<Job>& job, cons
   away->mosrun.SetHandlers(MosrunHandlersForAway(slot, away));
   uint32_t relay = away->protocol.Connected();
   away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, relay));
-  away->mosrun.OnDrain([away] {
-    if (!away->output_held) away->peer.PauseReading(false);
-  });
-  away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+  PaceRelays(away);
   away->mosrun.PauseReading(false);
   // The target sends its output again from the job's arrival there, and resumes its input.
   TellOutputHad(*away);

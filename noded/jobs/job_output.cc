@@ -166,6 +166,16 @@ void Job::PauseOutput(bool pause) {
   UpdateOutputReading();
 }
 
+void Job::WatchRelayDrain() {
+  relay_.OnDrain([weak = weak_from_this()] {
+    auto job = weak.lock();
+    if (!job) return;
+    // A copy: reading on may end the old relay, which clears the callback.
+    if (auto also = job->relay_drained_) also();
+    job->PauseOutput(false);
+  });
+}
+
 void Job::HoldOutput(bool hold) {
   if (hold == output_held_) return;
   output_held_ = hold;

@@ -247,9 +247,7 @@ void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_
   detached_ = false;
   mosrun_watch_.Close();
   mosrun_pidfd_.Reset();
-  relay_.OnDrain([weak = weak_from_this()] {
-    if (auto job = weak.lock()) job->PauseOutput(false);
-  });
+  WatchRelayDrain();
   // mosrun sends again what it holds of the input from here, and its end unless the job
   // has it.
   capnp::MallocMessageBuilder message;

@@ -88,10 +88,7 @@ bool JobRegistry::Rejoin(int slot, const std::shared_ptr<Away>& away,
   auto step = away->protocol.Rejoined(attach.getNode());
   if (!step) return false;  // given up, or waiting for another node: the attach is refused
   away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
-  away->mosrun.OnDrain([away] {
-    if (!away->output_held) away->peer.PauseReading(false);
-  });
-  away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+  PaceRelays(away);
   away->mosrun.PauseReading(false);
   // The node sends again what it has after this; then the job's input goes on. After a
   // restart of this daemon, that waits for mosrun to say what it has.
@@ -300,9 +297,7 @@ bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& rep
     away->mosrun = reply.OpenStream(MosrunHandlersForAway(slot, away));
     // A frozen job's input waits (paused) until it continues.
     if (away->frozen) away->mosrun.PauseReading(true);
-    away->mosrun.OnDrain([away] {
-      if (!away->output_held) away->peer.PauseReading(false);
-    });
+    PaceRelays(away);
     spdlog::info("job {}: its mosrun is back; output goes on from bytes {} and {}", caller.pid,
                  had[1], had[2]);
     // The node, if it is back already, resends from there and says where input goes on.

@@ -133,6 +133,16 @@ class JobRegistry {
     uid_t uid = 0;
     ControlStream mosrun;
     ControlStream peer;
+    // The old node's relay while it sends what the job left in its pipes there, after the
+    // job arrived elsewhere (state kArrived): relay number `leaving_relay`.
+    ControlStream leaving;
+    uint32_t leaving_relay = 0;
+    // The stream of relay number `relay`, if it is the current or the leaving one.
+    ControlStream* StreamOf(uint32_t relay) {
+      if (relay == protocol.record().relay) return &peer;
+      if (relay == leaving_relay && leaving.open()) return &leaving;
+      return nullptr;
+    }
     MoveDone waiter;  // hears how a move this home asked for ends
     // Set for a job frozen to disk at home (mosmigrate freeze): what restoring it needs.
     struct Frozen {
@@ -255,6 +265,10 @@ class JobRegistry {
   // Once the old node's relay has said its last (moved, or closed), the output held back
   // at the job's new place flows.
   static void MaybeReleaseOutput(const std::shared_ptr<Away>& away);
+  // Output from the job's nodes waits while mosrun is behind; once mosrun has drained,
+  // the old node's last output goes on, then the current node's, and input from mosrun
+  // goes on once the current node has drained.
+  static void PaceRelays(const std::shared_ptr<Away>& away);
   // Ends the jobs whose move on was announced but whose new node never attached, and
   // continues here those whose target did not take them over after a restart.
   void EndOverdueAttaches();
@@ -288,10 +302,11 @@ class JobRegistry {
   // Makes the Job of a restored init and takes it over; throws Error when it cannot (the
   // init is then killed and reaped). `finished` runs when the job is gone.
   // `slot`: a job of this home coming back, journaled in that slot (-1: not journaled,
-  // unless a guest).
+  // unless a guest). `hold_output`: the job's output waits (HoldOutput) from its first
+  // byte, for what its old node still owes mosrun.
   std::shared_ptr<Job> AdoptRestored(JobLaunch launch, ControlStream relay, ChildProcess init,
                                      DaemonEnds ends, std::function<void()> finished,
-                                     int slot = -1);
+                                     int slot = -1, bool hold_output = false);
   std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,

@@ -194,8 +194,11 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       Apply(slot, away, away->protocol.Exited());
       return;
     }
-    // Hold the job's output back while mosrun is slower than the job.
-    if (away->mosrun.queued_bytes() > ControlStream::kHighWater) away->peer.PauseReading(true);
+    // Hold the job's output back while mosrun is slower than the job: this relay's, which
+    // may be the old node's after the job arrived elsewhere.
+    if (away->mosrun.queued_bytes() > ControlStream::kHighWater) {
+      if (ControlStream* own = away->StreamOf(relay)) own->PauseReading(true);
+    }
   };
   handlers.on_close = [this, slot, away, relay] {
     if (AwaitNodeBack(away, relay)) return;
@@ -215,17 +218,23 @@ void JobRegistry::JoinAway(int slot, std::shared_ptr<Away> away, Fd fd,
   away->peer = control_.AdoptStream(std::move(fd), peer, PeerHandlersForAway(slot, away, relay));
   // The job's node must have the job before any of mosrun's input reaches it.
   if (first) away->peer.Send(*first);
+  PaceRelays(away);
+  away->mosrun.PauseReading(false);
+}
+
+void JobRegistry::PaceRelays(const std::shared_ptr<Away>& away) {
   away->mosrun.OnDrain([away] {
+    away->leaving.PauseReading(false);
     if (!away->output_held) away->peer.PauseReading(false);
   });
   away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
-  away->mosrun.PauseReading(false);
 }
 
 void JobRegistry::MaybeReleaseOutput(const std::shared_ptr<Away>& away) {
   if (!away->release_output || away->protocol.record().state == move::State::kArrived) return;
   auto release = std::move(away->release_output);
   away->release_output = nullptr;
+  away->leaving = ControlStream();  // the old node has said all it had
   release();
 }
 

@@ -233,6 +233,51 @@ class StdinTest(unittest.TestCase):
         self.wait_end()
         self.assertTrue(read(self.path("out")) == unmoved, "the moved job's output differs")
 
+    def test_guest_moved_while_its_reader_waits(self):
+        # A job away writes faster than mosrun's reader takes: its node holds megabytes
+        # of its output, its relay paused (96 MB: well over what the buffers on the way
+        # hold, some 25 MB here). Moved on to node3, then home, with the reader still
+        # waiting each time: what the old node owes comes first, whole, then the new
+        # place's, and nothing stalls once the reader reads.
+        with open(self.path("big"), "wb") as f:
+            f.write(secrets.token_bytes(96 * 1000 * 1000))
+        for step, target in enumerate(("node3", "home")):
+            gate = f"gate{step}"
+            # The job writes `big`, then again after the move: the new place's output
+            # must follow all that the old node owed.
+            pid = self.start(f"mosrun -r node2 sh -c 'cat big; until [ -e {gate} ]; do "
+                             f"sleep 0.05; done; cat big' 2> err | "
+                             f"(until [ -e {gate} ]; do sleep 0.05; done; cat > out{step})")
+            # node2 pauses the job's output: mosrun's socket and its queue at home are full.
+            self.c.wait_for(lambda: f"job {pid}: its output waits: mosrun is behind"
+                            in self.c.log("node2"), 60, "node2 to hold the output back")
+            # The move is answered behind the output node2 still relays: it returns once
+            # the reader reads, so it runs beside the test.
+            move = subprocess.Popen(
+                [harness.LOOPCLUSTER, "exec", self.c.dir, "node1", "--", "mosmigrate", str(pid),
+                 target], env=self.c.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+            try:
+                where = "node1" if target == "home" else target
+
+                def arrived():
+                    if move.poll() is not None:  # answered early: only a failure is
+                        self.fail(f"mosmigrate {target}: {move.communicate()}")
+                    return [j["where"] for j in jobs(self.c)] == [where]
+                self.c.wait_for(arrived, 60, f"the job to run on {where}")
+                self.touch(gate)
+                self.wait_end()
+                out, err = move.communicate(timeout=60)
+            finally:
+                if move.poll() is None:
+                    move.kill()
+                    move.wait()
+            self.assertEqual(move.returncode, 0, err)
+            self.assertIn(f"now runs on {where}", out)
+            with open(self.path("big"), "rb") as f, open(self.path(f"out{step}"), "rb") as g:
+                self.assertTrue(f.read() * 2 == g.read(), f"output after the move to {target}")
+            os.unlink(self.path("status"))
+
     def test_end_of_input_while_frozen(self):
         # The job reads 10000 lines and waits; it is frozen to disk, its input ends while
         # it is frozen, then it continues and reads the rest, and its end of input.
