@@ -15,6 +15,8 @@ and back to node2 (a guest restored by criu), and in each of the three rounds th
 - asks a DNS "resolver" (a small UDP responder, as a stub resolver such as
   systemd-resolved's would be) on the home's 127.0.0.53:53 for a name, and gets the home's
   answer (a real DNS reply: its id, question and the A record the home's responder gives);
+  and looks a name up with getaddrinfo, the C library reading the home's resolv.conf
+  (which names 127.0.0.53, bound over /etc/resolv.conf in the home node's mount namespace);
 - sends to a UDP server of the node itself (198.18.0.1), and to servers outside on the
   daemons' gossip and peer port numbers: refused by the carrier, no reply, and the servers
   never see a datagram;
@@ -88,6 +90,13 @@ def tcp(where):
     except OSError as e:
         return type(e).__name__
 
+def lookup(name):
+    # The C library's resolver, with the resolv.conf the job reads (its home's).
+    try:
+        return socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except OSError as e:
+        return f"{type(e).__name__} {e}"
+
 def resolve(where, name):
     # A DNS query for NAME's A record, as a stub resolver sends it, and the answer's address.
     address, port = split(where)
@@ -114,6 +123,7 @@ for i in range(3):
     print(f"held {i}", flush=True)
     wait(f"checked{i}")
     print(f"{i} resolve: {resolve('127.0.0.53:53', f'round{i}.home.example')}", flush=True)
+    print(f"{i} getaddrinfo: {lookup(f'gai{i}.home.example')}", flush=True)
     print(f"{i} own: {udp(own, 2)}", flush=True)
     print(f"{i} gossip: {udp(gossip, 2)}", flush=True)
     print(f"{i} peer: {udp(peer, 2)}", flush=True)
@@ -278,6 +288,13 @@ class GuestUdpTest(harness.UserClusterTest):
         else:
             args += ["-", "-", "-"]
 
+        # The home's resolv.conf names its resolver on its loopback, as systemd-resolved's
+        # stub does (in node1's mount namespace only: the host's stays as it is).
+        with open(os.path.join(c.node("node1")["data"], "resolv.conf"), "w") as f:
+            f.write(f"nameserver {RESOLVER}\noptions attempts:1 timeout:10\n")
+        c.run("node1", "mount", "--bind", "/data/resolv.conf", "/etc/resolv.conf")
+        self.addCleanup(c.run, "node1", "umount", "/etc/resolv.conf", check=False)
+
         work = os.path.join(c.node("node1")["data"], "udp")
         os.makedirs(work)
         os.chown(work, entry.pw_uid, entry.pw_gid)
@@ -322,7 +339,8 @@ class GuestUdpTest(harness.UserClusterTest):
             away = where != "node1"
             refused = "timeout" if away else "echo hello from target"
             expected += [f"{i} echo: echo hello from target", f"held {i}",
-                         f"{i} resolve: {ANSWER}", f"{i} own: {refused}",
+                         f"{i} resolve: {ANSWER}", f"{i} getaddrinfo: {ANSWER}",
+                         f"{i} own: {refused}",
                          f"{i} gossip: {refused}", f"{i} peer: {refused}"]
             if ipv6:
                 expected += [f"{i} echo6: echo hello from target", f"{i} tcp6: echo hello",
@@ -332,7 +350,8 @@ class GuestUdpTest(harness.UserClusterTest):
         # The home's resolver answered every round; the node's own server and the daemons'
         # port numbers outside saw the job only while it was at home.
         self.assertEqual(harness.read_text(resolver_log),
-                         "".join(f"round{i}.home.example\n" for i in range(3)))
+                         "".join(f"round{i}.home.example\ngai{i}.home.example\n"
+                                 for i in range(3)))
         self.assertEqual(harness.read_text(own_log), f"{NODE_ADDRESS}\n")
         self.assertEqual(harness.read_text(gossip_log), f"{NODE_ADDRESS}\n")
         self.assertEqual(harness.read_text(peer_log), f"{NODE_ADDRESS}\n")
@@ -344,7 +363,8 @@ class GuestUdpTest(harness.UserClusterTest):
         lines = [
             (f"job {pid}: UDP flow to {OUTSIDE_ADDRESS}:{echo_port} sent from this node "
              f"(uid {entry.pw_uid})", 2),
-            (f"job {pid}: UDP flow to {RESOLVER}:53 carried to node1", 2),
+            # Two rounds away, each with a query of its own and one of getaddrinfo's.
+            (f"job {pid}: UDP flow to {RESOLVER}:53 carried to node1", 4),
             (f"job {pid}: UDP to {NODE_ADDRESS}:{own_port} not sent: "
              f"{NODE_ADDRESS} is an address of this node", 2),
             (f"job {pid}: UDP to {OUTSIDE_ADDRESS}:{GOSSIP_PORT} not sent: "
