@@ -7,8 +7,11 @@ namespace of its own, joined by a veth pair to one more, "outside": 198.18.0.1 a
 fd00:198:18::1 on the test's end (addresses of the nodes), 198.18.0.2 and fd00:198:18::2
 on outside's. Both namespaces go with their processes, pass or fail.
 
-A throwaway ordinary user runs a job of node1 on node2 (`mosrun -r node2`), moves it home
-and back to node2 (a guest restored by criu), and in each of the three rounds the job:
+A throwaway ordinary user runs a job of node1 on node2 (`mosrun -r node2`). First it holds
+80 UDP sockets, each with a datagram answered by a server outside: the node holds at most
+64 flows of a guest (the oldest end as more come), every one the user's. Then it moves
+the job home and back to node2 (a guest restored by criu), and in each of the three rounds
+the job:
 - sends a datagram to a UDP echo server outside, from an unconnected socket, and gets the
   echo back from the server's address and port; while the flow lives, its socket on the
   node is the user's (`ss -e`) and the server saw the node's address;
@@ -116,7 +119,27 @@ def resolve(where, name):
         return f"bad reply {reply!r}"
     return socket.inet_ntoa(reply[-4:])
 
-echo, own, gossip, peer, echo6, tcp6, home6 = sys.argv[1:8]
+def many(where, count):
+    # COUNT sockets, each with one datagram answered, all held at once: more flows than a
+    # guest may have.
+    address, port = split(where)
+    sockets, answered = [], 0
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sockets.append(s)
+        s.settimeout(20)
+        s.sendto(b"m", (address, port))
+        try:
+            answered += s.recv(100) == b"echo m"
+        except OSError:
+            pass
+    print(f"many: {answered}", flush=True)
+    wait("checked-many")
+    for s in sockets:
+        s.close()
+
+echo, own, gossip, peer, echo6, tcp6, home6, crowd = sys.argv[1:9]
+many(crowd, 80)
 for i in range(3):
     wait(f"go{i}")
     print(f"{i} echo: {udp(echo, 20)}", flush=True)
@@ -275,6 +298,8 @@ class GuestUdpTest(harness.UserClusterTest):
         _, peer_log = self.server("peer", UDP_ECHO, f"{OUTSIDE_ADDRESS}:{PEER_PORT}",
                                   prefix=enter_outside)
         _, resolver_log = self.server("resolver", RESOLVER_SERVER, f"{RESOLVER}:53")
+        crowd_port, crowd_log = self.server("crowd", UDP_ECHO, f"{OUTSIDE_ADDRESS}:0",
+                                            prefix=enter_outside)
         args = [f"{OUTSIDE_ADDRESS}:{echo_port}", f"{NODE_ADDRESS}:{own_port}",
                 f"{OUTSIDE_ADDRESS}:{GOSSIP_PORT}", f"{OUTSIDE_ADDRESS}:{PEER_PORT}"]
         if ipv6:
@@ -287,6 +312,7 @@ class GuestUdpTest(harness.UserClusterTest):
                      f"[::1]:{home6_port}"]
         else:
             args += ["-", "-", "-"]
+        args.append(f"{OUTSIDE_ADDRESS}:{crowd_port}")
 
         # The home's resolv.conf names its resolver on its loopback, as systemd-resolved's
         # stub does (in node1's mount namespace only: the host's stays as it is).
@@ -300,8 +326,9 @@ class GuestUdpTest(harness.UserClusterTest):
         os.chown(work, entry.pw_uid, entry.pw_gid)
         with open(os.path.join(work, "job.py"), "w") as f:
             f.write(JOB)
-        self.addCleanup(lambda: [open(os.path.join(work, f"{name}{i}"), "w").close()
-                                 for i in range(3) for name in ("go", "checked")])
+        self.addCleanup(lambda: [open(os.path.join(work, name), "w").close()
+                                 for name in ["checked-many"] + [
+                                     f"{name}{i}" for i in range(3) for name in ("go", "checked")]])
         mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", "-r", "node2",
                              "python3", "job.py", *args])
         c.run("node1", "sh", "-c", f"cd /data/udp && ({mosrun} > out 2> err; "
@@ -311,6 +338,18 @@ class GuestUdpTest(harness.UserClusterTest):
                                        and j["state"] == "running"), None),
                          60, "the job running on node2")
         out = os.path.join(work, "out")
+        # 80 flows at once, each answered: the node holds at most 64 of them (the oldest
+        # ended as more came), all the user's.
+        c.wait_for(lambda: "many:" in harness.read_text(out), 120, "the job's 80 flows")
+        self.assertEqual(harness.read_text(crowd_log), f"{NODE_ADDRESS}\n" * 80)
+
+        def crowd_sockets():
+            return subprocess.run(["ss", "-uanHe", "dst", f"{OUTSIDE_ADDRESS}:{crowd_port}"],
+                                  capture_output=True, text=True, check=True).stdout.splitlines()
+        c.wait_for(lambda: len(crowd_sockets()) <= 64, 10, "the flows beyond 64 to end")
+        self.assertTrue(all(f"uid:{entry.pw_uid}" in line for line in crowd_sockets()))
+        self.assertGreaterEqual(c.log("node2").count(f"job {pid}: 65 UDP flows at once: "), 16)
+        open(os.path.join(work, "checked-many"), "w").close()
         rounds = ["node2", "node1", "node2"]
         for i, where in enumerate(rounds):
             if i:
@@ -334,7 +373,7 @@ class GuestUdpTest(harness.UserClusterTest):
         c.wait_for(lambda: harness.read_text(status), 120, "the job's end")
         self.assertEqual(harness.read_text(status).strip(), "0",
                          harness.read_text(os.path.join(work, "err")))
-        expected = []
+        expected = ["many: 80"]
         for i, where in enumerate(rounds):
             away = where != "node1"
             refused = "timeout" if away else "echo hello from target"
