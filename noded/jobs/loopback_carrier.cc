@@ -204,7 +204,9 @@ bool Transient(int error) {
          error == ENETUNREACH || error == EHOSTDOWN || error == ENOBUFS;
 }
 
-int64_t Now() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
+int64_t Now() {
+  return std::chrono::steady_clock::now().time_since_epoch().count();
+}
 
 bool HasIpv6() {
   int fd = ::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -268,8 +270,7 @@ void RedirectLoopbackConnections(int net_ns) {
       RunWithInput({"ip", "-6", "-batch", "-"}, OutboundRoutes("::1"));
     } catch (const Error& e) {
       outbound6 = false;
-      spdlog::warn("a guest's IPv6 to other addresses is not sent from this node: {}",
-                   e.what());
+      spdlog::warn("a guest's IPv6 to other addresses is not sent from this node: {}", e.what());
     }
     try {
       RestoreRules("ip6tables-restore", Rules("::1/128", "::1", outbound6));
@@ -300,8 +301,8 @@ LoopbackCarrier::LoopbackCarrier(int net_ns, LoopbackHome home) : home_(std::mov
       listeners_.push_back(TransparentListener(AF_INET6));
       udp_listeners_.push_back(TransparentDatagramSocket(AF_INET6));
     } catch (const Error& e) {
-      spdlog::warn("job {}: its IPv6 connections and datagrams are not carried: {}",
-                   home_.home_pid, e.what());
+      spdlog::warn("job {}: its IPv6 connections and datagrams are not carried: {}", home_.home_pid,
+                   e.what());
     }
   });
   wake_ = Fd::Adopt(HW_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd"));
@@ -569,8 +570,8 @@ Fd LoopbackCarrier::FlowSocket(const LoopbackTarget& source, const LoopbackTarge
   Fd socket;
   std::exception_ptr failed;
   try {
-    socket = Fd::Adopt(HW_SYSCALL(::socket(target.family, SOCK_DGRAM | SOCK_CLOEXEC, 0),
-                                  "a UDP flow's socket"));
+    socket = Fd::Adopt(
+        HW_SYSCALL(::socket(target.family, SOCK_DGRAM | SOCK_CLOEXEC, 0), "a UDP flow's socket"));
     int on = 1;
     int mark = kFlowMark;
     if (target.family == AF_INET6) {

@@ -119,8 +119,8 @@ void LoopbackService::Carry(CarriedConnections::Slot& slot, const std::string& p
       {
         ScopedFsCredentials as_user(*user);
         int type = udp ? SOCK_DGRAM : SOCK_STREAM;
-        socket = Fd::Adopt(HW_SYSCALL(::socket(request.target.family, type | SOCK_CLOEXEC, 0),
-                                      "socket"));
+        socket = Fd::Adopt(
+            HW_SYSCALL(::socket(request.target.family, type | SOCK_CLOEXEC, 0), "socket"));
       }
       socklen_t length = 0;
       sockaddr_storage address = request.target.ToSockaddr(&length);
@@ -144,9 +144,8 @@ void LoopbackService::Carry(CarriedConnections::Slot& slot, const std::string& p
   // peer connection.
   CarriedBytes carried = udp ? CarryDatagrams(stream, slot.socket.get(), DatagramCarry{})
                              : CarryBothWays(stream, slot.socket.get());
-  spdlog::debug("job {}: {} to {} ended: {} bytes to it, {} back",
-                request.home_pid, kind, request.target.ToString(), carried.from_stream,
-                carried.to_stream);
+  spdlog::debug("job {}: {} to {} ended: {} bytes to it, {} back", request.home_pid, kind,
+                request.target.ToString(), carried.from_stream, carried.to_stream);
 }
 
 }  // namespace homeward

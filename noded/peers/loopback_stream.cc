@@ -325,8 +325,8 @@ CarriedBytes CarryDatagrams(SecureStream& stream, int socket, const DatagramCarr
       if (n < 0) {
         // ECONNREFUSED and its kind: an ICMP error for an earlier datagram, which UDP
         // drops; the flow goes on.
-        if (errno == EAGAIN || errno == EINTR || errno == ECONNREFUSED ||
-            errno == EHOSTUNREACH || errno == ENETUNREACH) {
+        if (errno == EAGAIN || errno == EINTR || errno == ECONNREFUSED || errno == EHOSTUNREACH ||
+            errno == ENETUNREACH) {
           continue;
         }
         Fail(ErrorKind::kFailed, "read a carried UDP flow: {}", strerror(errno));

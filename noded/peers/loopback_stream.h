@@ -1,8 +1,7 @@
-// Carrying a guest's loopback TCP connections and UDP flows to its home: the two messages of the peer
-// service "loopback" (utils/schema/loopback.capnp), the pump that carries a connection's
-// bytes both ways with bounded memory, and the set of carried connections an owner ends
-// together. Used by the guest's side (noded/jobs/loopback_carrier.h) and the home's
-// (loopback_service.h).
+// Carrying a guest's loopback TCP connections and UDP flows to its home: the two messages of the
+// peer service "loopback" (utils/schema/loopback.capnp), the pump that carries a connection's bytes
+// both ways with bounded memory, and the set of carried connections an owner ends together. Used by
+// the guest's side (noded/jobs/loopback_carrier.h) and the home's (loopback_service.h).
 #pragma once
 
 #include <netinet/in.h>
