@@ -24,7 +24,7 @@ the job:
   daemons' gossip and peer port numbers: refused by the carrier, no reply, and the servers
   never see a datagram;
 - where the namespace has IPv6: a UDP and a TCP echo outside over IPv6, and a TCP echo on
-  the home's ::1 (its loopback carried home as 127.0.0.1 is).
+  the home's ::1 and a UDP echo there (its loopback carried home as 127.0.0.1 is).
 At home the same is the node's own, as for any program there: every server answers."""
 
 import os
@@ -138,7 +138,7 @@ def many(where, count):
     for s in sockets:
         s.close()
 
-echo, own, gossip, peer, echo6, tcp6, home6, crowd = sys.argv[1:9]
+echo, own, gossip, peer, echo6, tcp6, home6, home6udp, crowd = sys.argv[1:10]
 many(crowd, 80)
 for i in range(3):
     wait(f"go{i}")
@@ -154,6 +154,7 @@ for i in range(3):
         print(f"{i} echo6: {udp(echo6, 20)}", flush=True)
         print(f"{i} tcp6: {tcp(tcp6)}", flush=True)
         print(f"{i} home6: {tcp(home6)}", flush=True)
+        print(f"{i} home6 udp: {udp(home6udp, 20)}", flush=True)
     print(f"{i} done", flush=True)
 """
 
@@ -308,10 +309,12 @@ class GuestUdpTest(harness.UserClusterTest):
             tcp6_port, tcp6_log = self.server("tcp6", TCP_ECHO, OUTSIDE_ADDRESS6,
                                               prefix=enter_outside)
             home6_port, home6_log = self.server("home6", TCP_ECHO, "::1", user=self.user)
+            home6udp_port, home6udp_log = self.server("home6udp", UDP_ECHO, "::1:0",
+                                                      user=self.user)
             args += [f"[{OUTSIDE_ADDRESS6}]:{echo6_port}", f"[{OUTSIDE_ADDRESS6}]:{tcp6_port}",
-                     f"[::1]:{home6_port}"]
+                     f"[::1]:{home6_port}", f"[::1]:{home6udp_port}"]
         else:
-            args += ["-", "-", "-"]
+            args += ["-", "-", "-", "-"]
         args.append(f"{OUTSIDE_ADDRESS}:{crowd_port}")
 
         # The home's resolv.conf names its resolver on its loopback, as systemd-resolved's
@@ -383,7 +386,7 @@ class GuestUdpTest(harness.UserClusterTest):
                          f"{i} gossip: {refused}", f"{i} peer: {refused}"]
             if ipv6:
                 expected += [f"{i} echo6: echo hello from target", f"{i} tcp6: echo hello",
-                             f"{i} home6: echo hello"]
+                             f"{i} home6: echo hello", f"{i} home6 udp: echo hello from target"]
             expected.append(f"{i} done")
         self.assertEqual(harness.read_text(out).splitlines(), expected)
         # The home's resolver answered every round; the node's own server and the daemons'
@@ -398,6 +401,7 @@ class GuestUdpTest(harness.UserClusterTest):
             self.assertEqual(harness.read_text(echo6_log), f"{NODE_ADDRESS6}\n" * 3)
             self.assertEqual(harness.read_text(tcp6_log), f"{NODE_ADDRESS6}\n" * 3)
             self.assertEqual(harness.read_text(home6_log), "::1\n" * 3)
+            self.assertEqual(harness.read_text(home6udp_log), "::1\n" * 3)
         log2 = c.log("node2")
         lines = [
             (f"job {pid}: UDP flow to {OUTSIDE_ADDRESS}:{echo_port} sent from this node "
