@@ -298,10 +298,11 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
 void Job::StartCarrier(int net_ns) {
   try {
     carrier_ = std::make_unique<LoopbackCarrier>(
-        net_ns, LoopbackHome{launch_.home, launch_.home_host, launch_.home_port,
-                             launch_.peer_key, home_pid(),
-                             FsIdentity{launch_.identity.uid, launch_.identity.gid,
-                                        launch_.identity.groups}});
+        net_ns,
+        LoopbackHome{
+            launch_.home, launch_.home_host, launch_.home_port, launch_.peer_key, home_pid(),
+            FsIdentity{launch_.identity.uid, launch_.identity.gid, launch_.identity.groups},
+            launch_.daemon_ports});
   } catch (const std::exception& e) {
     // The job runs on; its loopback connections are refused until it moves.
     spdlog::error("job {}: its loopback connections cannot be carried home: {}", home_pid(),

@@ -99,6 +99,9 @@ struct JobLaunch {
   // A guest: the cluster key, for carrying its loopback connections home (the node's
   // own, never journaled or sent).
   std::vector<uint8_t> peer_key;
+  // A guest: this node's daemon ports (peer, gossip), never a target of its traffic sent
+  // from here (the node's own, never journaled or sent).
+  std::vector<uint16_t> daemon_ports;
 };
 
 // The wall clock in milliseconds since the epoch: a job's start, as every node reads it.

@@ -354,6 +354,7 @@ void JobRegistry::Recover() {
   JobJournal journal(dir);
   for (JournalEntry& entry : journal.ReadAll()) {
     entry.launch.peer_key = config_.cluster_key;  // not journaled: the node's own
+    entry.launch.daemon_ports = {config_.peer_port, config_.gossip_port};
     if (entry.away) {
       RecoverAway(entry);
     } else if (entry.launch.guest && !entry.frozen_dir.empty()) {

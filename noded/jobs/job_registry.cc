@@ -261,6 +261,7 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   }
   launch.guest = true;
   launch.peer_key = config_.cluster_key;  // its loopback connections go home with it
+  launch.daemon_ports = {config_.peer_port, config_.gossip_port};
   return launch;
 }
 

@@ -7,16 +7,31 @@
 // job's checkpoint), accepts it; its local address is where the job connected. The
 // daemon carries it over a peer connection (service "loopback") to the job's home, whose
 // daemon connects to that address and port on its own loopback (loopback_service.h).
-// The guest's IPv4 TCP connections to other addresses come to the carrier the same way
-// (a routing rule of the namespace), and the daemon makes them from this node as the
-// job's user, never to an address of this node itself ("other outbound traffic leaves
-// from the node").
+// The guest's TCP connections to other addresses (IPv4, and IPv6 where the node has it)
+// come to the carrier the same way (routing rules of the namespace), and the daemon makes
+// them from this node as the job's user, never to an address of this node itself ("other
+// outbound traffic leaves from the node").
+//
+// UDP the same way: a datagram of the job's to an address of its loopback that no socket
+// of the namespace owns (a resolver at the home's 127.0.0.53, say) starts a flow carried
+// home (the peer service "loopback" with transport udp); one to another address starts a
+// flow sent from this node, as the job's user, under the same refusals. A flow is one
+// socket of the job and one target: the carrier receives its first datagram on a
+// transparent UDP socket (TPROXY keeps the target as the datagram's original destination),
+// then makes the flow's own socket in the namespace, bound to the target and connected to
+// the job's socket, which takes the flow's later datagrams and sends the replies, with the
+// target's address and port as their source. Flows are capped per guest (the oldest ends
+// when one more starts) and end when idle.
 #pragma once
 
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,17 +42,21 @@
 
 namespace homeward {
 
-// Where the carrier listens in a guest's namespace: a port below 1024, which the job
-// (without CAP_NET_BIND_SERVICE) cannot take first. A job's own connection to it is
-// carried home like any other.
+// Where the carrier listens in a guest's namespace (TCP and UDP): a port below 1024, which
+// the job (without CAP_NET_BIND_SERVICE) cannot take first. A job's own connection to it
+// is carried home like any other.
 constexpr uint16_t kLoopbackCarrierPort = 1;
+// A guest's UDP flows: at most this many at once (one more ends the oldest), each ended
+// after this long without a datagram either way.
+constexpr size_t kMaxUdpFlows = 64;
+constexpr auto kUdpFlowIdle = std::chrono::seconds(30);
 
 // A fresh network namespace with its loopback up; made on a thread of its own, so the
 // caller's stays where it was.
 Fd NewGuestNetwork();
-// Sets the rules that hand the loopback's connections to the carrier in the network
-// namespace `net_ns` (replacing its mangle table), and the routing rule that brings its
-// IPv4 TCP connections to other addresses there too; throws Error naming the tool's
+// Sets the rules that hand the loopback's TCP connections and UDP datagrams to the carrier
+// in the network namespace `net_ns` (replacing its mangle table), and the routing rules
+// that bring its TCP and UDP to other addresses there too; throws Error naming the tool's
 // complaint. IPv6 rules are skipped when the namespace has no IPv6 (and IPv6 targets
 // other than ::1 stay unreachable).
 void RedirectLoopbackConnections(int net_ns);
@@ -53,6 +72,8 @@ struct LoopbackHome {
   std::vector<uint8_t> key;
   pid_t home_pid = 0;  // the job
   FsIdentity user;     // the job's user: its connections made from this node are theirs
+  // This node's daemon ports (peer, gossip): never a target of the job's from this node.
+  std::vector<uint16_t> daemon_ports;
 };
 
 // The carrier of one guest: listens in the guest's namespace and carries each connection
@@ -72,9 +93,31 @@ class LoopbackCarrier {
   // A connection to an address that is not the loopback's: made from this node, as the
   // job's user, unless the target is this node's own (RefusedOutside).
   void CarryOut(CarriedConnections::Slot& slot, const LoopbackTarget& target);
+  // Opens a connection (or a UDP flow) to `target` at home, asking again for a moment
+  // while the home does not know the job is here; the stream goes into the slot. Returns
+  // 0, the errno of the refusal (and why), or ECANCELED when the carrier stops.
+  int OpenAtHome(CarriedConnections::Slot& slot, const LoopbackTarget& target,
+                 LoopbackTransport transport, std::string* why);
+
+  struct UdpFlow;
+  // Takes the datagrams waiting on a transparent UDP listener: each joins its flow, or
+  // starts one.
+  void ReceiveDatagrams(int listener);
+  void StartFlow(const LoopbackTarget& source, const LoopbackTarget& target, std::string first);
+  // The flow's own socket in the guest's namespace (made there by this thread, which
+  // enters it and comes back).
+  Fd FlowSocket(const LoopbackTarget& source, const LoopbackTarget& target);
+  void CarryFlowHome(CarriedConnections::Slot& slot, UdpFlow& flow);
+  void CarryFlowOut(CarriedConnections::Slot& slot, UdpFlow& flow);
 
   LoopbackHome home_;
+  Fd guest_net_;  // the guest's network namespace, and the daemon's own
+  Fd own_net_;
   std::vector<Fd> listeners_;  // IPv4, and IPv6 when the namespace has it
+  std::vector<Fd> udp_listeners_;
+  std::mutex flows_mutex_;
+  std::map<std::string, std::shared_ptr<UdpFlow>> flows_;  // by "source>target"
+  uint64_t flows_started_ = 0;
   Fd wake_;                    // an eventfd: the destructor wakes the acceptor with it
   std::atomic<uint64_t> carried_{0};
   CarriedConnections connections_;

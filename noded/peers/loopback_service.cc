@@ -103,6 +103,8 @@ void LoopbackService::Serve(std::unique_ptr<SecureStream> stream, const PeerIden
 void LoopbackService::Carry(CarriedConnections::Slot& slot, const std::string& peer) {
   SecureStream& stream = *slot.stream;
   LoopbackOpenRequest request = ReadLoopbackOpen(stream);
+  const bool udp = request.transport == LoopbackTransport::kUdp;
+  const char* kind = udp ? "UDP flow" : "loopback connection";
   auto [error, why] = CheckAsker(request.home_pid, peer);
   if (!error) std::tie(error, why) = CheckTarget(request.target);
   std::optional<FsIdentity> user;
@@ -116,8 +118,9 @@ void LoopbackService::Carry(CarriedConnections::Slot& slot, const std::string& p
       Fd socket;
       {
         ScopedFsCredentials as_user(*user);
-        socket = Fd::Adopt(HW_SYSCALL(::socket(request.target.family, SOCK_STREAM | SOCK_CLOEXEC, 0),
-                                      "socket"));
+        int type = udp ? SOCK_DGRAM : SOCK_STREAM;
+        socket = Fd::Adopt(
+            HW_SYSCALL(::socket(request.target.family, type | SOCK_CLOEXEC, 0), "socket"));
       }
       socklen_t length = 0;
       sockaddr_storage address = request.target.ToSockaddr(&length);
@@ -131,16 +134,18 @@ void LoopbackService::Carry(CarriedConnections::Slot& slot, const std::string& p
   }
   SendLoopbackOpened(stream, error, why);
   if (error) {
-    spdlog::info("job {}: loopback connection from {} to {} refused: {}", request.home_pid, peer,
+    spdlog::info("job {}: {} from {} to {} refused: {}", request.home_pid, kind, peer,
                  request.target.ToString(), why);
     return;
   }
-  spdlog::info("job {}: loopback connection from {} carried to {} (uid {})", request.home_pid,
-               peer, request.target.ToString(), user->uid);
-  CarriedBytes carried = CarryBothWays(stream, slot.socket.get());
-  spdlog::debug("job {}: loopback connection to {} ended: {} bytes to it, {} back",
-                request.home_pid, request.target.ToString(), carried.from_stream,
-                carried.to_stream);
+  spdlog::info("job {}: {} from {} carried to {} (uid {})", request.home_pid, kind, peer,
+               request.target.ToString(), user->uid);
+  // A UDP flow ends when the guest ends it (its flow idle, or the job gone), or with the
+  // peer connection.
+  CarriedBytes carried = udp ? CarryDatagrams(stream, slot.socket.get(), DatagramCarry{})
+                             : CarryBothWays(stream, slot.socket.get());
+  spdlog::debug("job {}: {} to {} ended: {} bytes to it, {} back", request.home_pid, kind,
+                request.target.ToString(), carried.from_stream, carried.to_stream);
 }
 
 }  // namespace homeward

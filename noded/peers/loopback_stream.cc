@@ -5,7 +5,12 @@
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "error.h"
@@ -118,10 +123,17 @@ std::string LoopbackTarget::ToString() const {
                             : fmt::format("{}:{}", AddressText(), port);
 }
 
-void SendLoopbackOpen(SecureStream& stream, pid_t home_pid, const LoopbackTarget& target) {
+void SendLoopbackOpen(SecureStream& stream, pid_t home_pid, const LoopbackTarget& target,
+                      LoopbackTransport transport) {
   capnp::MallocMessageBuilder message;
   auto open = message.initRoot<schema::LoopbackOpen>();
-  open.setVersion(schema::LOOPBACK_VERSION);
+  if (transport == LoopbackTransport::kUdp) {
+    // A home of version 1 refuses it, rather than connect TCP and take datagrams for bytes.
+    open.setVersion(schema::LOOPBACK_UDP_VERSION);
+    open.setTransport(schema::LoopbackTransport::UDP);
+  } else {
+    open.setVersion(schema::LOOPBACK_VERSION);
+  }
   open.setHomePid(static_cast<uint32_t>(home_pid));
   size_t size = target.family == AF_INET6 ? 16 : 4;
   open.setAddress(kj::arrayPtr(target.address.data(), size));
@@ -133,11 +145,24 @@ LoopbackOpenRequest ReadLoopbackOpen(SecureStream& stream) {
   auto words = ReadFramed(stream);
   capnp::FlatArrayMessageReader reader(words, SmallReaderOptions());
   auto open = reader.getRoot<schema::LoopbackOpen>();
-  if (open.getVersion() != schema::LOOPBACK_VERSION) {
-    Fail(ErrorKind::kInvalidInput, "loopback protocol version {} (this node speaks {})",
-         open.getVersion(), schema::LOOPBACK_VERSION);
+  if (open.getVersion() != schema::LOOPBACK_VERSION &&
+      open.getVersion() != schema::LOOPBACK_UDP_VERSION) {
+    Fail(ErrorKind::kInvalidInput, "loopback protocol version {} (this node speaks {} and {})",
+         open.getVersion(), schema::LOOPBACK_VERSION, schema::LOOPBACK_UDP_VERSION);
   }
   LoopbackOpenRequest request;
+  if (open.getVersion() == schema::LOOPBACK_UDP_VERSION) {
+    switch (open.getTransport()) {
+      case schema::LoopbackTransport::TCP:
+        break;
+      case schema::LoopbackTransport::UDP:
+        request.transport = LoopbackTransport::kUdp;
+        break;
+      default:
+        Fail(ErrorKind::kInvalidInput, "loopback transport {}",
+             static_cast<int>(open.getTransport()));
+    }
+  }
   request.home_pid = static_cast<pid_t>(open.getHomePid());
   auto address = open.getAddress();
   if (address.size() != 4 && address.size() != 16) {
@@ -205,6 +230,116 @@ CarriedBytes CarryBothWays(SecureStream& stream, int socket) {
     stream.Shutdown();
     ::shutdown(socket, SHUT_RDWR);
   }
+  inward.join();
+  return carried;
+}
+
+void WriteDatagram(SecureStream& stream, const void* data, size_t size) {
+  if (size > kMaxDatagram) Fail(ErrorKind::kInvalidInput, "a datagram of {} bytes", size);
+  uint16_t length = htole16(static_cast<uint16_t>(size));
+  iovec iov[2] = {{&length, sizeof length}, {const_cast<void*>(data), size}};
+  stream.Write(iov, size ? 2 : 1);
+}
+
+bool ReadDatagram(SecureStream& stream, std::string* datagram) {
+  uint16_t length = 0;
+  size_t n = stream.Read(&length, 1);
+  if (n == 0) return false;
+  ReadExactly(stream, reinterpret_cast<char*>(&length) + 1, 1);
+  datagram->resize(le16toh(length));
+  ReadExactly(stream, datagram->data(), datagram->size());
+  return true;
+}
+
+DatagramFeed::DatagramFeed()
+    : event_(Fd::Adopt(HW_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd"))) {}
+
+bool DatagramFeed::Push(std::string datagram) {
+  {
+    std::lock_guard lock(mutex_);
+    if (queue_.size() >= kMaxFed) return false;
+    queue_.push_back(std::move(datagram));
+  }
+  uint64_t one = 1;
+  if (::write(event_.get(), &one, sizeof one) < 0) {
+    spdlog::debug("datagram feed: {}", strerror(errno));
+  }
+  return true;
+}
+
+std::vector<std::string> DatagramFeed::TakeAll() {
+  uint64_t count = 0;
+  if (::read(event_.get(), &count, sizeof count) < 0 && errno != EAGAIN) {
+    spdlog::debug("datagram feed: {}", strerror(errno));
+  }
+  std::lock_guard lock(mutex_);
+  return std::exchange(queue_, {});
+}
+
+CarriedBytes CarryDatagrams(SecureStream& stream, int socket, const DatagramCarry& how) {
+  CarriedBytes carried;
+  auto now = [] { return std::chrono::steady_clock::now().time_since_epoch().count(); };
+  std::atomic<int64_t> last_active{now()};
+  // The stream to the socket on a second thread, as for a connection.
+  std::thread inward([&] {
+    std::string datagram;
+    try {
+      while (ReadDatagram(stream, &datagram)) {
+        // Dropped when the socket cannot take it (a pending ICMP error, a full buffer).
+        if (::send(socket, datagram.data(), datagram.size(), MSG_NOSIGNAL | MSG_DONTWAIT) >= 0) {
+          carried.from_stream += datagram.size();
+        }
+        last_active = now();
+      }
+    } catch (const std::exception& e) {
+      spdlog::debug("carried UDP flow: {}", e.what());
+    }
+    ::shutdown(socket, SHUT_RDWR);  // wakes this side's other thread
+  });
+  std::vector<char> buffer(kMaxDatagram);
+  try {
+    pollfd fds[2] = {{socket, POLLIN, 0}, {how.feed ? how.feed->fd() : -1, POLLIN, 0}};
+    for (;;) {
+      if (how.stop && how.stop->load()) break;
+      int timeout = -1;
+      if (how.idle.count() > 0) {
+        auto idle_for = std::chrono::steady_clock::duration(now() - last_active.load());
+        auto left = how.idle - std::chrono::duration_cast<std::chrono::milliseconds>(idle_for);
+        if (left.count() <= 0) break;
+        timeout = static_cast<int>(left.count());
+      }
+      if (::poll(fds, 2, timeout) < 0) {
+        if (errno == EINTR) continue;
+        Fail(ErrorKind::kFailed, "poll a carried UDP flow: {}", strerror(errno));
+      }
+      if (fds[1].revents) {
+        for (const std::string& datagram : how.feed->TakeAll()) {
+          WriteDatagram(stream, datagram.data(), datagram.size());
+          carried.to_stream += datagram.size();
+          last_active = now();
+        }
+      }
+      if (fds[0].revents & POLLHUP) break;  // shut down: by the other thread, or stopped
+      if (!fds[0].revents) continue;
+      ssize_t n = ::recv(socket, buffer.data(), buffer.size(), MSG_DONTWAIT);
+      if (n < 0) {
+        // ECONNREFUSED and its kind: an ICMP error for an earlier datagram, which UDP
+        // drops; the flow goes on.
+        if (errno == EAGAIN || errno == EINTR || errno == ECONNREFUSED || errno == EHOSTUNREACH ||
+            errno == ENETUNREACH) {
+          continue;
+        }
+        Fail(ErrorKind::kFailed, "read a carried UDP flow: {}", strerror(errno));
+      }
+      WriteDatagram(stream, buffer.data(), static_cast<size_t>(n));
+      carried.to_stream += static_cast<uint64_t>(n);
+      last_active = now();
+    }
+  } catch (const std::exception& e) {
+    spdlog::debug("carried UDP flow: {}", e.what());
+  }
+  stream.Shutdown();
+  ::shutdown(socket, SHUT_RDWR);
   inward.join();
   return carried;
 }

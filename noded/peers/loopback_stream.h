@@ -1,8 +1,7 @@
-// Carrying a guest's loopback TCP connections to its home: the two messages of the peer
-// service "loopback" (utils/schema/loopback.capnp), the pump that carries a connection's
-// bytes both ways with bounded memory, and the set of carried connections an owner ends
-// together. Used by the guest's side (noded/jobs/loopback_carrier.h) and the home's
-// (loopback_service.h).
+// Carrying a guest's loopback TCP connections and UDP flows to its home: the two messages of the
+// peer service "loopback" (utils/schema/loopback.capnp), the pump that carries a connection's bytes
+// both ways with bounded memory, and the set of carried connections an owner ends together. Used by
+// the guest's side (noded/jobs/loopback_carrier.h) and the home's (loopback_service.h).
 #pragma once
 
 #include <netinet/in.h>
@@ -10,6 +9,8 @@
 #include <sys/types.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "fd.h"
 #include "secure_channel.h"
@@ -38,15 +40,20 @@ struct LoopbackTarget {
   std::string ToString() const;  // "127.0.0.1:5432", "[::1]:5432"
 };
 
-// The guest's side: asks for a connection to `target` on the home's loopback for the job
-// `home_pid`; returns 0 when the home connected, else the home's errno (and why).
-void SendLoopbackOpen(SecureStream& stream, pid_t home_pid, const LoopbackTarget& target);
+enum class LoopbackTransport { kTcp, kUdp };
+
+// The guest's side: asks for a connection (or a UDP flow) to `target` on the home's
+// loopback for the job `home_pid`; returns 0 when the home connected, else the home's
+// errno (and why).
+void SendLoopbackOpen(SecureStream& stream, pid_t home_pid, const LoopbackTarget& target,
+                      LoopbackTransport transport = LoopbackTransport::kTcp);
 int ReadLoopbackOpened(SecureStream& stream, std::string* why);
 
 // The home's side. ReadLoopbackOpen throws Error(kInvalidInput) on a malformed request.
 struct LoopbackOpenRequest {
   pid_t home_pid = 0;
   LoopbackTarget target;
+  LoopbackTransport transport = LoopbackTransport::kTcp;
 };
 LoopbackOpenRequest ReadLoopbackOpen(SecureStream& stream);
 void SendLoopbackOpened(SecureStream& stream, int error, const std::string& why);
@@ -64,6 +71,42 @@ struct CarriedBytes {
   uint64_t from_stream = 0;
 };
 CarriedBytes CarryBothWays(SecureStream& stream, int socket);
+
+// A UDP flow carried over a stream: each datagram as a 2-byte little-endian length and its
+// bytes (a datagram of 0 bytes is one too). ReadDatagram returns false at the stream's end.
+constexpr size_t kMaxDatagram = 65535;
+void WriteDatagram(SecureStream& stream, const void* data, size_t size);
+bool ReadDatagram(SecureStream& stream, std::string* datagram);
+
+// Datagrams handed to a flow by another thread (the guest's carrier, which received them
+// before the flow's own socket was there): a queue of at most kMaxFed (more are dropped,
+// as a full socket buffer would) and an eventfd that is readable while it holds any.
+class DatagramFeed {
+ public:
+  static constexpr size_t kMaxFed = 64;
+  DatagramFeed();
+  bool Push(std::string datagram);  // false: dropped
+  std::vector<std::string> TakeAll();
+  int fd() const { return event_.get(); }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::string> queue_;
+  Fd event_;
+};
+
+// Carries datagrams between the connected UDP `socket` and `stream` both ways, on this
+// thread and one more, until the stream ends or breaks, the socket is shut down, `idle`
+// passes without a datagram either way (idle <= 0: never), or `stop` is set (with the
+// feed's eventfd written to wake this thread). Datagrams in `feed` (optional) go to the
+// stream as the socket's do. A datagram the socket cannot take (an ICMP error pending, a
+// full buffer) is dropped, as UDP does.
+struct DatagramCarry {
+  std::chrono::milliseconds idle{0};
+  DatagramFeed* feed = nullptr;
+  const std::atomic<bool>* stop = nullptr;
+};
+CarriedBytes CarryDatagrams(SecureStream& stream, int socket, const DatagramCarry& how);
 
 // Carried connections, each on a thread of its own, that their owner ends together:
 // StopAll breaks every one (its socket shut down, its stream broken) and waits for its

@@ -1,7 +1,8 @@
 // The loopback service's messages and the carrying pump, over socket pairs: the request
 // and answer go through as sent, a malformed request is refused, and 8 MiB cross the pump
 // both ways at once with a slow reader at one end (back-pressure, no byte lost or
-// reordered, half-closes passed on).
+// reordered, half-closes passed on); a UDP flow's request says so, and its datagrams (an
+// empty one too) cross with their boundaries, those fed first, until the flow is idle.
 #include "loopback_stream.h"
 
 #include <arpa/inet.h>
@@ -74,6 +75,64 @@ TEST(LoopbackMessages, RequestAndAnswerGoThrough) {
   std::string why;
   EXPECT_EQ(ReadLoopbackOpened(*guest, &why), ECONNREFUSED);
   EXPECT_EQ(why, "connect: refused");
+}
+
+TEST(LoopbackMessages, AUdpFlowSaysSo) {
+  Pair pair = StreamPair();
+  auto guest = SecureStream::Plain(std::move(pair.a), "guest");
+  auto home = SecureStream::Plain(std::move(pair.b), "home");
+  SendLoopbackOpen(*guest, 7, V4("127.0.0.53", 53), LoopbackTransport::kUdp);
+  SendLoopbackOpen(*guest, 8, V4("127.0.0.1", 80));
+  LoopbackOpenRequest udp = ReadLoopbackOpen(*home);
+  EXPECT_EQ(udp.transport, LoopbackTransport::kUdp);
+  EXPECT_EQ(udp.target.ToString(), "127.0.0.53:53");
+  EXPECT_EQ(ReadLoopbackOpen(*home).transport, LoopbackTransport::kTcp);
+}
+
+TEST(CarryDatagrams, DatagramsKeepTheirBoundariesUntilIdle) {
+  int fds[2];
+  HW_SYSCALL(::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, fds), "socketpair");
+  Fd job = Fd::Adopt(fds[0]), flow = Fd::Adopt(fds[1]);  // the job's socket, the flow's
+  Pair peer = StreamPair();
+  auto stream = SecureStream::Plain(std::move(peer.a), "carrier");
+  auto home = SecureStream::Plain(std::move(peer.b), "home");
+  DatagramFeed feed;
+  ASSERT_TRUE(feed.Push("first"));
+  DatagramCarry how;
+  how.idle = std::chrono::milliseconds(300);
+  how.feed = &feed;
+  auto started = std::chrono::steady_clock::now();
+  CarriedBytes carried;
+  std::thread pump([&] { carried = CarryDatagrams(*stream, flow.get(), how); });
+  std::string datagram;
+  ASSERT_TRUE(ReadDatagram(*home, &datagram));
+  EXPECT_EQ(datagram, "first");
+  ASSERT_EQ(::send(job.get(), "", 0, 0), 0);
+  ASSERT_EQ(::send(job.get(), "second", 6, 0), 6);
+  ASSERT_TRUE(ReadDatagram(*home, &datagram));
+  EXPECT_EQ(datagram, "");
+  ASSERT_TRUE(ReadDatagram(*home, &datagram));
+  EXPECT_EQ(datagram, "second");
+  std::string big(kMaxDatagram / 2, 'x');
+  WriteDatagram(*home, "reply", 5);
+  WriteDatagram(*home, big.data(), big.size());
+  char buffer[kMaxDatagram];
+  EXPECT_EQ(::recv(job.get(), buffer, sizeof buffer, 0), 5);
+  EXPECT_EQ(std::string(buffer, 5), "reply");
+  EXPECT_EQ(::recv(job.get(), buffer, sizeof buffer, 0), static_cast<ssize_t>(big.size()));
+  // Nothing more either way: the flow ends by itself, and the home sees its stream end (a
+  // plain stream ends; an encrypted one breaks without its end record).
+  pump.join();
+  EXPECT_GE(std::chrono::steady_clock::now() - started, how.idle);
+  EXPECT_EQ(carried.to_stream, 11u);
+  EXPECT_EQ(carried.from_stream, 5 + big.size());
+  bool more = true;
+  try {
+    more = ReadDatagram(*home, &datagram);
+  } catch (const Error&) {
+    more = false;
+  }
+  EXPECT_FALSE(more);
 }
 
 TEST(LoopbackMessages, MalformedRequestIsRefused) {
