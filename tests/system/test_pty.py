@@ -174,6 +174,28 @@ def terminal_state(user):
         lines.append(line)
     return "\n".join(lines)
 
+def in_foreground(user, command):
+    """Whether a process of `user` running `command` is in its controlling terminal's
+    foreground process group (/proc's stat: its group is the terminal's)."""
+    uid = pwd.getpwnam(user).pw_uid
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if f.read().replace(b"\0", b" ").decode(errors="replace").strip() != command:
+                    continue
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[2] == fields[5]:  # pgrp, tpgid
+            return True
+    return False
+
+
 class PtyTest(harness.UserClusterTest):
     user_prefix = "hwpty"
     cluster_nodes = 3
@@ -320,8 +342,16 @@ class PtyTest(harness.UserClusterTest):
         term.expect(r"in\$ ")
         term.send("sleep 100\r")
         term.expect(r"sleep 100\r\n")
+        # The echo of the line comes before bash has started the command and given it the
+        # terminal: a ^C before then is bash's (which ignores it while it starts a job), and
+        # the sleep runs on. ^C once the sleep is its terminal's foreground.
+        self.c.wait_for(lambda: in_foreground(self.user, "sleep 100"), 30,
+                        "the sleep to be its terminal's foreground")
         term.send("\x03")
-        term.expect(r"in\$ ")
+        try:
+            term.expect(r"in\$ ")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nthe user's processes:\n{terminal_state(self.user)}")
         term.send("exit 5\r")
         term.expect(r"hwsh\$ ")
         term.send('echo "STATUS $? END$((6+1))"\r')
