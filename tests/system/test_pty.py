@@ -132,6 +132,70 @@ def open_shell(test, user):
     return term
 
 
+def terminal_state(user):
+    """What the kernel says of `user`'s processes (and their parents: a job's init is
+    root's) and their terminals, for a failure's message: state, group, session,
+    controlling terminal and its foreground group (/proc's stat), signal masks, and whether
+    the terminal on stdin has ISIG."""
+    uid = pwd.getpwnam(user).pw_uid
+    procs = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/status") as f:
+                status = {k: v.strip() for k, _, v in (l.partition(":") for l in f)}
+            procs[int(name)] = (os.stat(f"/proc/{name}").st_uid, command, fields, status)
+        except OSError:
+            continue
+    chosen = {pid for pid, (owner, _, _, _) in procs.items() if owner == uid}
+    chosen |= {int(procs[pid][2][1]) for pid in chosen} & procs.keys()
+    lines = []
+    for pid in sorted(chosen):
+        _, command, fields, status = procs[pid]
+        line = (f"{pid} [{command[:50]}] state={fields[0]} ppid={fields[1]} pgrp={fields[2]} "
+                f"sid={fields[3]} tty_nr={fields[4]} tpgid={fields[5]} "
+                f"nspid={status.get('NSpid')} nspgid={status.get('NSpgid')} "
+                f"blk={status.get('SigBlk')} ign={status.get('SigIgn')} "
+                f"cgt={status.get('SigCgt')} pnd={status.get('SigPnd')}/{status.get('ShdPnd')}")
+        try:
+            fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                lflag = termios.tcgetattr(fd)[3]
+                line += f" stdin={os.readlink(f'/proc/{pid}/fd/0')} isig={bool(lflag & termios.ISIG)}"
+            finally:
+                os.close(fd)
+        except (OSError, termios.error):
+            pass
+        lines.append(line)
+    return "\n".join(lines)
+
+def in_foreground(user, command):
+    """Whether a process of `user` running `command` is in its controlling terminal's
+    foreground process group (/proc's stat: its group is the terminal's)."""
+    uid = pwd.getpwnam(user).pw_uid
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if f.read().replace(b"\0", b" ").decode(errors="replace").strip() != command:
+                    continue
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[2] == fields[5]:  # pgrp, tpgid
+            return True
+    return False
+
+
 class PtyTest(harness.UserClusterTest):
     user_prefix = "hwpty"
     cluster_nodes = 3
@@ -214,7 +278,10 @@ class PtyTest(harness.UserClusterTest):
         term.send("sleep\r")
         term.expect(r"SLEEPING\r\n")
         term.send("\x03")
-        term.expect(r"INTERRUPTED\r\n")
+        try:
+            term.expect(r"INTERRUPTED\r\n")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nthe user's processes:\n{terminal_state(self.user)}")
 
         # ^Z stops the job, and mosrun with it: the shell has its terminal back, as it was.
         term.send("\x1a")
@@ -275,8 +342,16 @@ class PtyTest(harness.UserClusterTest):
         term.expect(r"in\$ ")
         term.send("sleep 100\r")
         term.expect(r"sleep 100\r\n")
+        # The echo of the line comes before bash has started the command and given it the
+        # terminal: a ^C before then is bash's (which ignores it while it starts a job), and
+        # the sleep runs on. ^C once the sleep is its terminal's foreground.
+        self.c.wait_for(lambda: in_foreground(self.user, "sleep 100"), 30,
+                        "the sleep to be its terminal's foreground")
         term.send("\x03")
-        term.expect(r"in\$ ")
+        try:
+            term.expect(r"in\$ ")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nthe user's processes:\n{terminal_state(self.user)}")
         term.send("exit 5\r")
         term.expect(r"hwsh\$ ")
         term.send('echo "STATUS $? END$((6+1))"\r')
