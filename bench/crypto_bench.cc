@@ -231,6 +231,9 @@ int Run(int argc, char** argv) {
   std::string only;
   app.add_option("--only", only, "run only the clear or the encrypted rounds (to profile one)")
       ->check(CLI::IsMember({"clear", "encrypted"}));
+  std::string path;
+  app.add_option("--path", path, "run only the migration stream or the homefs read (to profile one)")
+      ->check(CLI::IsMember({"migration", "homefs"}));
   bool openssl = false;
   app.add_flag("--openssl", openssl,
                "seal and open with OpenSSL's AES-GCM even where the vector one runs (to compare)");
@@ -305,8 +308,8 @@ int Run(int argc, char** argv) {
       for (bool clear : {true, false}) {
         if (!only.empty() && clear != (only == "clear")) continue;
         SetPeerSecurityForTesting({.plaintext = clear});
-        Sample m = bench.Migrate();
-        Sample h = bench.HomefsRead();
+        Sample m = path != "homefs" ? bench.Migrate() : Sample{};
+        Sample h = path != "migration" ? bench.HomefsRead() : Sample{};
         (clear ? migration.plain : migration.encrypted).push_back(m.mb_per_s);
         (clear ? homefs.plain : homefs.encrypted).push_back(h.mb_per_s);
         (clear ? migration.plain_cpu : migration.encrypted_cpu).push_back(m.cpu_ms_per_mib);
@@ -322,7 +325,7 @@ int Run(int argc, char** argv) {
     SetPeerSecurityForTesting({});
     files.Stop();
     server.Stop();
-    if (!only.empty()) throw std::runtime_error("");  // no ratio without both
+    if (!only.empty() || !path.empty()) throw std::runtime_error("");  // no ratio without all
 
     std::printf("\n%s: %d MiB per round, %d rounds, cipher %s; MB/s best (median)\n",
                 netns.empty() ? "loopback" : ("a link to " + address).c_str(), mib, rounds, cipher);

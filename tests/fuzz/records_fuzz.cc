@@ -4,7 +4,9 @@
 // - raw (a stranger's bytes): the rest goes to the stream as it is; nothing may be read
 //   but an error (no record authenticates without the key).
 // - sealed (a peer with the key, then the network): the rest is pieces (a 2-byte length,
-//   the bytes) sealed honestly, then one byte of the wire flipped where the input says;
+//   the bytes; the last one's bytes repeated up to its length, so that records of 8 KiB
+//   and more, which a large reader receives straight into its buffer, come from small
+//   inputs) sealed honestly, then one byte of the wire flipped where the input says;
 //   what is read must be the pieces' bytes up to the damaged record, and then an error.
 // A stream that is cut (no end record) must be an error, never an end.
 #include <sys/socket.h>
@@ -38,11 +40,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     flip = (size_t{data[1]} << 8 | data[2]);
     size_t at = 3;
     while (at + 2 <= size) {
-      size_t length = std::min<size_t>((size_t{data[at]} << 8 | data[at + 1]), size - at - 2);
+      size_t length = size_t{data[at]} << 8 | data[at + 1];
       at += 2;
-      if (length == 0) continue;  // an empty record would be the end
-      std::string piece(reinterpret_cast<const char*>(data + at), length);
-      at += length;
+      if (length == 0 || at == size) continue;  // an empty record would be the end
+      // A piece longer than the input left is that rest repeated: records of up to 64 KiB
+      // from small inputs, which a large reader receives straight into its buffer.
+      std::string piece;
+      while (piece.size() < length) {
+        piece.append(reinterpret_cast<const char*>(data + at),
+                     std::min(length - piece.size(), size - at));
+      }
+      at += std::min(length, size - at);
       sealer.Seal(piece, wire);
       expected += piece;
     }

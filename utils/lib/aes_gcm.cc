@@ -65,13 +65,19 @@ void AesGcm256::Seal(uint8_t* out, const uint8_t* plain, size_t length, const ui
 
 bool AesGcm256::Open(uint8_t* out, const uint8_t* sealed, size_t length, const uint8_t* ad,
                      size_t ad_length, const uint8_t* nonce) const {
-  uint8_t tag[kTagBytes];
   uint8_t expected[kTagBytes];
   // The tag is read before `out` may overwrite the ciphertext it follows.
   std::copy(sealed + length, sealed + length + kTagBytes, expected);
+  return OpenDetached(out, sealed, length, expected, ad, ad_length, nonce);
+}
+
+bool AesGcm256::OpenDetached(uint8_t* out, const uint8_t* ciphertext, size_t length,
+                             const uint8_t* expected, const uint8_t* ad, size_t ad_length,
+                             const uint8_t* nonce) const {
+  uint8_t tag[kTagBytes];
   gcm_context_data context;
-  IMB_AES256_GCM_DEC(keys_->mgr, &keys_->key, &context, out, sealed, length, nonce, ad, ad_length,
-                     tag, kTagBytes);
+  IMB_AES256_GCM_DEC(keys_->mgr, &keys_->key, &context, out, ciphertext, length, nonce, ad,
+                     ad_length, tag, kTagBytes);
   return CRYPTO_memcmp(tag, expected, kTagBytes) == 0;
 }
 

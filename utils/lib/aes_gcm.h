@@ -40,6 +40,9 @@ class AesGcm256 {
   // must not be used (the caller wipes them).
   bool Open(uint8_t* out, const uint8_t* sealed, size_t length, const uint8_t* ad, size_t ad_length,
             const uint8_t* nonce) const;
+  // The same with the tag apart from the ciphertext (a record received in two places).
+  bool OpenDetached(uint8_t* out, const uint8_t* ciphertext, size_t length, const uint8_t* tag,
+                    const uint8_t* ad, size_t ad_length, const uint8_t* nonce) const;
 
  private:
   struct Keys;  // the library's manager and expanded key

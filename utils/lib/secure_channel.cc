@@ -124,14 +124,22 @@ bool RecordAead::Open(uint8_t* out, const uint8_t* sealed, size_t sealed_length,
   size_t length = sealed_length - kRecordTagBytes;
   uint8_t tag[kRecordTagBytes];
   std::memcpy(tag, sealed + length, sizeof tag);  // before `out` may overwrite it
+  return OpenDetached(out, sealed, length, tag, ad, ad_length, nonce);
+}
+
+bool RecordAead::OpenDetached(uint8_t* out, const uint8_t* sealed, size_t length,
+                              const uint8_t* tag, const uint8_t* ad, size_t ad_length,
+                              const uint8_t* nonce) {
   bool ok;
   if (vector_) {
-    ok = vector_->Open(out, sealed, length, ad, ad_length, nonce);
+    ok = vector_->OpenDetached(out, sealed, length, tag, ad, ad_length, nonce);
   } else {
+    uint8_t expected[kRecordTagBytes];
+    std::memcpy(expected, tag, sizeof expected);
     EVP_CIPHER_CTX* ctx = Ctx(decrypt_);
     int n = 0, tail = 0;
     ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
-         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kRecordTagBytes, tag) == 1 &&
+         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kRecordTagBytes, expected) == 1 &&
          EVP_DecryptUpdate(ctx, nullptr, &n, ad, static_cast<int>(ad_length)) == 1 &&
          (length == 0 || EVP_DecryptUpdate(ctx, out, &n, sealed, static_cast<int>(length)) == 1) &&
          EVP_DecryptFinal_ex(ctx, out + length, &tail) == 1;
@@ -220,12 +228,21 @@ RecordOpener::Result RecordOpener::Open(std::string_view* plain) {
   return OpenInto(nullptr, 0, plain);
 }
 
+namespace {
+uint32_t GetLength(const unsigned char* header) {
+  return (uint32_t{header[0]} << 24) | (uint32_t{header[1]} << 16) | (uint32_t{header[2]} << 8) |
+         uint32_t{header[3]};
+}
+// Records received straight into a reader's memory (ReceiveInto) are at least this large:
+// smaller ones cost a receive call of their own for little copying saved.
+constexpr size_t kReceiveIntoMin = 8 << 10;
+}  // namespace
+
 RecordOpener::Result RecordOpener::OpenInto(uint8_t* into, size_t room, std::string_view* plain) {
   if (bad_) return Result::kBad;
   if (end_ - begin_ < kRecordHeaderBytes) return Result::kNeedMore;
   unsigned char* header = buffer_.data() + begin_;
-  uint32_t sealed = (uint32_t{header[0]} << 24) | (uint32_t{header[1]} << 16) |
-                    (uint32_t{header[2]} << 8) | uint32_t{header[3]};
+  uint32_t sealed = GetLength(header);
   if (sealed < kRecordTagBytes || sealed > kMaxRecordPlaintext + kRecordTagBytes) {
     bad_ = true;
     error_ = fmt::format("a record of {} bytes (not a record of this connection)", sealed);
@@ -248,6 +265,61 @@ RecordOpener::Result RecordOpener::OpenInto(uint8_t* into, size_t room, std::str
   begin_ += kRecordHeaderBytes + sealed;
   *plain = std::string_view(reinterpret_cast<const char*>(out), length);
   return length == 0 ? Result::kEnd : Result::kRecord;
+}
+
+RecordOpener::Result RecordOpener::ReceiveInto(uint8_t* into, size_t room, Receiver receive,
+                                               void* context, std::string_view* plain) {
+  if (bad_ || end_ - begin_ < kRecordHeaderBytes) return Result::kNeedMore;
+  uint32_t sealed = GetLength(buffer_.data() + begin_);
+  // A bad length is Open's to report; a whole record is opened from the buffer.
+  if (sealed < kRecordTagBytes || sealed > kMaxRecordPlaintext + kRecordTagBytes ||
+      end_ - begin_ >= kRecordHeaderBytes + sealed) {
+    return Result::kNeedMore;
+  }
+  size_t length = sealed - kRecordTagBytes;
+  if (length > room || length < kReceiveIntoMin) return Result::kNeedMore;
+  unsigned char header[kRecordHeaderBytes];
+  std::memcpy(header, buffer_.data() + begin_, sizeof header);
+  // What has arrived of the record goes where the rest will.
+  uint8_t tag[kRecordTagBytes];
+  size_t have = end_ - begin_ - kRecordHeaderBytes;
+  size_t body = std::min(have, length);
+  std::memcpy(into, buffer_.data() + begin_ + kRecordHeaderBytes, body);
+  size_t tag_have = have - body;
+  std::memcpy(tag, buffer_.data() + begin_ + kRecordHeaderBytes + body, tag_have);
+  begin_ = end_ = 0;
+  if (buffer_.size() < kRecordHeaderBytes) buffer_.resize(kRecordHeaderBytes);
+  try {
+    while (tag_have < kRecordTagBytes) {
+      iovec iov[3] = {{into + body, length - body},
+                      {tag + tag_have, kRecordTagBytes - tag_have},
+                      {buffer_.data(), kRecordHeaderBytes}};
+      auto n = static_cast<size_t>(receive(context, iov, 3));
+      size_t to_body = std::min(n, length - body);
+      body += to_body;
+      n -= to_body;
+      size_t to_tag = std::min(n, kRecordTagBytes - tag_have);
+      tag_have += to_tag;
+      end_ = n - to_tag;  // the next record's header, or the first bytes of it
+    }
+  } catch (...) {
+    // Cut inside the record: the record is lost, and so is the connection.
+    bad_ = true;
+    error_ = fmt::format("connection cut inside record {}", counter_);
+    sodium_memzero(into, body);
+    throw;
+  }
+  unsigned char nonce[kNonceBytes];
+  Nonce(counter_, nonce);
+  if (!aead_.OpenDetached(into, into, length, tag, header, kRecordHeaderBytes, nonce)) {
+    bad_ = true;
+    error_ = fmt::format("record {} failed to authenticate (tampered, replayed or out of order)",
+                         counter_);
+    return Result::kBad;
+  }
+  ++counter_;
+  *plain = std::string_view(reinterpret_cast<const char*>(into), length);
+  return Result::kRecord;
 }
 
 namespace {
@@ -574,9 +646,22 @@ size_t SecureStream::Read(void* data, size_t size) {
     return n;
   }
   if (read_ended_) return 0;
+  auto* into = static_cast<uint8_t*>(data);
+  auto bad = [this] {
+    // The connection ends here, both ways, as the peer must learn at once.
+    Broken();
+    ::shutdown(tcp_.get(), SHUT_RDWR);
+    return Error(ErrorKind::kInvalidInput,
+                 fmt::format("peer {}: {}; connection unusable", who_, opener_->error()));
+  };
   for (;;) {
     std::string_view opened;
-    auto result = opener_->OpenInto(static_cast<uint8_t*>(data), size, &opened);
+    auto result = opener_->OpenInto(into, size, &opened);
+    if (result == RecordOpener::Result::kNeedMore && size >= kReceiveIntoMin) {
+      // The bulk of a transfer: the rest of a large record straight into the caller's
+      // memory, opened there.
+      result = opener_->ReceiveInto(into, size, &SecureStream::ReceiveSome, this, &opened);
+    }
     switch (result) {
       case RecordOpener::Result::kRecord:
         if (opened.data() == data) return opened.size();
@@ -590,27 +675,35 @@ size_t SecureStream::Read(void* data, size_t size) {
         read_ended_ = true;
         return 0;
       case RecordOpener::Result::kBad:
-        // The connection ends here, both ways, as the peer must learn at once.
-        Broken();
-        ::shutdown(tcp_.get(), SHUT_RDWR);
-        throw Error(ErrorKind::kInvalidInput,
-                    fmt::format("peer {}: {}; connection unusable", who_, opener_->error()));
+        throw bad();
       case RecordOpener::Result::kNeedMore:
         break;
     }
     // At least a whole record's room, up to a chunk: the buffer (four chunks) is compacted
-    // about once per three chunks, moving less than a record.
+    // about once per three chunks, moving less than a record. A reader of more than a
+    // record with nothing buffered takes only the next record's header, so that the record
+    // itself comes straight into its memory (above).
     size_t room = 0;
     uint8_t* space = opener_->SpaceAtLeast(kWholeRecord, kReceiveChunk, &room);
-    ssize_t n = ::recv(tcp_.get(), space, room, 0);
-    if (n > 0) {
-      opener_->Commit(static_cast<size_t>(n));
-      continue;
-    }
+    if (size > kMaxRecordPlaintext && opener_->buffered() == 0) room = kRecordHeaderBytes;
+    iovec iov{space, room};
+    opener_->Commit(static_cast<size_t>(ReceiveSome(this, &iov, 1)));
+  }
+}
+
+ssize_t SecureStream::ReceiveSome(void* context, iovec* iov, int count) {
+  auto* self = static_cast<SecureStream*>(context);
+  for (;;) {
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<size_t>(count);
+    ssize_t n = ::recvmsg(self->tcp_.get(), &msg, 0);
+    if (n > 0) return n;
     if (n < 0 && errno == EINTR) continue;
     std::string why = n == 0 ? "closed without its end record" : std::strerror(errno);
-    Broken();
-    throw Error(ErrorKind::kDisconnected, fmt::format("peer {}: connection cut ({})", who_, why));
+    self->Broken();
+    throw Error(ErrorKind::kDisconnected,
+                fmt::format("peer {}: connection cut ({})", self->who_, why));
   }
 }
 

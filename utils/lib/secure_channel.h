@@ -62,6 +62,9 @@ class RecordAead {
   // authenticate); it may be `sealed` itself. False when it does not authenticate.
   bool Open(uint8_t* out, const uint8_t* sealed, size_t sealed_length, const uint8_t* ad,
             size_t ad_length, const uint8_t* nonce);
+  // The same with the tag apart from the `length` bytes of ciphertext.
+  bool OpenDetached(uint8_t* out, const uint8_t* ciphertext, size_t length, const uint8_t* tag,
+                    const uint8_t* ad, size_t ad_length, const uint8_t* nonce);
 
  private:
   std::unique_ptr<AesGcm256> vector_;  // AES-256-GCM when the CPU has the instructions
@@ -115,6 +118,18 @@ class RecordOpener {
   // The same, but when the record's plaintext fits in `room` bytes it is opened straight
   // into `into` (and `plain` points there): one copy less for a reader with a buffer.
   Result OpenInto(uint8_t* into, size_t room, std::string_view* plain);
+  // Receives the rest of the next record straight into the reader's memory and opens it
+  // there, in place: for a reader with room for the record's plaintext when its header has
+  // arrived but not the whole record (the bulk of a transfer). What had arrived of the
+  // record is moved to `into`; `receive` (a scatter read of at least one byte that throws
+  // on a cut) then fills the rest of the ciphertext there, the tag here, and the next
+  // record's header, so that it too can come straight. The kernel's copy then lands where
+  // the reader wants the bytes and the cipher works on them while they are in the cache:
+  // no staging buffer, no second copy. kNeedMore when this does not apply (nothing has
+  // been taken then); kRecord with `plain` at `into`; kBad as for Open (`into` is wiped).
+  using Receiver = ssize_t (*)(void* context, iovec* iov, int count);
+  Result ReceiveInto(uint8_t* into, size_t room, Receiver receive, void* context,
+                     std::string_view* plain);
   const std::string& error() const { return error_; }
   // Bytes received but not yet opened.
   size_t buffered() const { return end_ - begin_; }
@@ -172,6 +187,9 @@ class SecureStream {
  private:
   SecureStream(Fd fd, std::string who);
   void SendAll(const uint8_t* data, size_t size);
+  // One receive of at least a byte into `iov` (a RecordOpener::Receiver); throws
+  // Error(kDisconnected) when the connection is cut.
+  static ssize_t ReceiveSome(void* context, iovec* iov, int count);
   void Broken();
 
   Fd tcp_;

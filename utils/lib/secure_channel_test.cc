@@ -10,7 +10,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <set>
 #include <thread>
 
 #include "error.h"
@@ -620,6 +622,90 @@ TEST_P(Streams, CutAtEveryByteIsNeverAnEnd) {
       EXPECT_TRUE(got == sent);
     }
   }
+}
+
+// Reads `peer`'s stream to its end: first a small read (so that the receive buffer holds
+// part of a record), then reads of `piece` bytes. Returns what was read and whether the
+// stream ended; rethrows nothing but a cut.
+std::pair<std::string, bool> ReadCut(RawPeer& peer, size_t piece) {
+  std::string got;
+  std::vector<char> buffer(piece);
+  try {
+    char first[16];
+    size_t n = peer.server->Read(first, sizeof first);
+    if (n == 0) return {got, true};
+    got.append(first, n);
+    for (;;) {
+      n = peer.server->Read(buffer.data(), buffer.size());
+      if (n == 0) return {got, true};
+      got.append(buffer.data(), n);
+    }
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kDisconnected) << e.what();
+  }
+  return {got, false};
+}
+
+TEST_P(Streams, LargeReadsCutAnywhereAreNeverAnEnd) {
+  // Records received straight into a large reader's memory (ReceiveInto): the stream of a
+  // small frame then three records' worth of a chunk, cut around every record's edges
+  // (header, body, tag) and every 997th byte elsewhere, read in 1 MiB and in one record's
+  // reads: a prefix of what was sent, and an error, never an end, unless whole.
+  std::vector<std::string> pieces = {Random(8), Random(40), Random(2 * kMaxRecordPlaintext + 300)};
+  std::string sent = pieces[0] + pieces[1] + pieces[2];
+  std::string wire = WireOf(GetParam(), pieces);
+  std::vector<size_t> lengths = RecordLengths(wire);
+  ASSERT_EQ(lengths, (std::vector<size_t>{48, kMaxRecordPlaintext, kMaxRecordPlaintext, 300, 0}));
+  std::set<size_t> cuts;
+  size_t edge = 0;
+  for (size_t length : lengths) {
+    for (size_t at : {edge, edge + kRecordHeaderBytes, edge + kRecordHeaderBytes + length,
+                      edge + kRecordHeaderBytes + length + kRecordTagBytes}) {
+      for (size_t c = at >= 24 ? at - 24 : 0; c <= at + 24 && c <= wire.size(); ++c) cuts.insert(c);
+    }
+    edge += kRecordHeaderBytes + length + kRecordTagBytes;
+  }
+  for (size_t c = 0; c <= wire.size(); c += 997) cuts.insert(c);
+  cuts.insert(wire.size());
+  for (size_t piece : {size_t{1} << 20, kMaxRecordPlaintext}) {
+    for (size_t cut : cuts) {
+      RawPeer peer(GetParam());
+      std::thread writer([&] {
+        WriteAll(peer.wire.get(), std::string_view(wire).substr(0, cut));
+        peer.wire.Reset();
+      });
+      auto [got, ended] = ReadCut(peer, piece);
+      writer.join();
+      ASSERT_EQ(ended, cut == wire.size()) << "cut at " << cut << ", reads of " << piece;
+      ASSERT_TRUE(sent.compare(0, got.size(), got) == 0) << "cut at " << cut;
+      if (ended) {
+        ASSERT_TRUE(got == sent);
+      }
+    }
+  }
+}
+
+TEST_P(Streams, TamperedRecordReceivedIntoTheReaderIsWiped) {
+  // A large record received straight into the reader's buffer that fails to authenticate:
+  // an error, and nothing of it is left in the buffer (not even its ciphertext).
+  RawPeer peer(GetParam());
+  std::string honest = peer.Seal(std::string(20000, 'A'));
+  std::string forged = peer.Seal(std::string(kMaxRecordPlaintext, 'E'));
+  forged[forged.size() - 3] ^= 0x01;  // in the tag
+  std::thread writer([&] { WriteAll(peer.wire.get(), honest + forged); });
+  std::vector<char> buffer(1 << 20);
+  ASSERT_EQ(peer.server->Read(buffer.data(), buffer.size()), 20000u);
+  EXPECT_EQ(std::string_view(buffer.data(), 20000), std::string(20000, 'A'));
+  std::fill(buffer.begin(), buffer.end(), 0);
+  try {
+    peer.server->Read(buffer.data(), buffer.size());
+    ADD_FAILURE() << "a tampered record was read";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+    EXPECT_NE(std::string(e.what()).find("failed to authenticate"), std::string::npos);
+  }
+  writer.join();
+  EXPECT_TRUE(std::all_of(buffer.begin(), buffer.end(), [](char c) { return c == 0; }));
 }
 
 TEST(SecureStream, VectorAndOpenSslAesInteroperate) {
