@@ -18,6 +18,23 @@ namespace homeward {
 // thread asked of homefs on this file.
 inline constexpr unsigned long kHomefsLockHolder = _IOWR('h', 0x4c, struct flock);
 
+// At home, a job's F_GETLK goes to the home's kernel, which reports a lock the file
+// service holds for a homefs client as an open file description's (pid -1). The job shim
+// then asks the file service, which knows the holder's home id, on a unix socket of the
+// abstract namespace named this prefix and the home's host name (a job at home shares the
+// daemon's network namespace), served by root only (the shim checks SO_PEERCRED). One
+// request, one answer, as these structures; the answer's pid is -1 when no client of the
+// service holds a conflicting lock. What it tells is what /proc/locks tells anyone.
+inline constexpr char kLockHolderSocketPrefix[] = "homeward-lock-holders/";
+struct LockHolderQuestion {
+  unsigned long long dev, ino;  // the file's st_dev and st_ino at home
+  long long start, end;         // the conflicting lock's range (end: INT64_MAX to EOF)
+  short type;                   // the type F_GETLK asked about
+};
+struct LockHolderAnswer {
+  int pid;
+};
+
 // The home id of process `pid` of this node: for a process of a job (in a pid namespace
 // below this one, with the job's HOMEWARD_HOME_PID, HOMEWARD_HOME_PPID and
 // HOMEWARD_PID_BASE), its pid in the job mapped as the job's shim maps it

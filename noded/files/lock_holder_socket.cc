@@ -1,0 +1,82 @@
+// The file service's answer to a job at home's F_GETLK; see lock_holder_socket.h.
+#include "lock_holder_socket.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "lock_holder.h"
+
+namespace homeward {
+
+LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& host)
+    : locks_(std::move(locks)) {
+  std::string name = std::string(kLockHolderSocketPrefix) + host;
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (name.size() + 1 > sizeof address.sun_path) return;
+  std::memcpy(address.sun_path + 1, name.data(), name.size());  // abstract: a leading 0
+  socklen_t length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return;
+  Fd listen = Fd::Adopt(fd);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), length) != 0 || ::listen(fd, 64) != 0) {
+    spdlog::warn("file service: cannot serve lock holders to jobs at home on @{}: {} (their "
+                 "F_GETLK names a homefs client's lock -1)",
+                 name, std::strerror(errno));
+    return;
+  }
+  int stop = ::eventfd(0, EFD_CLOEXEC);
+  if (stop < 0) return;
+  stop_ = Fd::Adopt(stop);
+  listen_ = std::move(listen);
+  thread_ = std::thread([this] { Run(); });
+}
+
+LockHolderSocket::~LockHolderSocket() {
+  if (!thread_.joinable()) return;
+  uint64_t one = 1;
+  (void)!::write(stop_.get(), &one, sizeof one);
+  thread_.join();
+}
+
+void LockHolderSocket::Run() {
+  for (;;) {
+    pollfd fds[2] = {{listen_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[1].revents) return;
+    int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    Fd client = Fd::Adopt(fd);
+    Answer(client.get());
+  }
+}
+
+void LockHolderSocket::Answer(int fd) {
+  // One question, at once: a client that sends nothing holds no one up for long.
+  timeval wait{0, 200 * 1000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof wait);
+  LockHolderQuestion question{};
+  if (::recv(fd, &question, sizeof question, 0) != static_cast<ssize_t>(sizeof question)) return;
+  if (question.start < 0 || question.end < question.start) return;
+  LockHolderAnswer answer{-1};
+  answer.pid = locks_
+                   ->Holder({question.dev, question.ino}, {nullptr, 0}, question.type,
+                            question.start, question.end)
+                   .value_or(-1);
+  (void)!::send(fd, &answer, sizeof answer, MSG_NOSIGNAL);
+}
+
+}  // namespace homeward
