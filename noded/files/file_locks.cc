@@ -21,6 +21,7 @@
 
 #include "file_ops.h"
 #include "lock_holder.h"
+#include "lock_holder_socket.h"
 
 namespace homeward {
 
@@ -326,9 +327,11 @@ void FileOps::Getlk(FileSession& s, Rq rq, Rs rs) {
   if (pid == -1) {
     // An OFD lock: a client's (named by what its node said) or a local OFD user's.
     int64_t end = fl.l_len == 0 ? HomeLocks::kToEnd : fl.l_start + fl.l_len - 1;
-    pid = s.locks_->Holder(InodeOf(handle->fd.get()), {&s, rq.getOwner()}, range.fl.l_type,
-                           fl.l_start, end)
+    auto inode = InodeOf(handle->fd.get());
+    pid = s.locks_->Holder(inode, {&s, rq.getOwner()}, range.fl.l_type, fl.l_start, end)
               .value_or(-1);
+    // Else a job's at home (its shim's OFD lock for a POSIX lock), found by its description.
+    if (pid == -1) pid = OfdHolderAtHome(inode.first, inode.second, range.fl.l_type, fl.l_start, end);
   }
   out.setPid(pid);
 }

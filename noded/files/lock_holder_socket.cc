@@ -1,21 +1,73 @@
 // The file service's answer to a job at home's F_GETLK; see lock_holder_socket.h.
 #include "lock_holder_socket.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/sysmacros.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <sstream>
+#include <string>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include "fd.h"
 
 #include "lock_holder.h"
 
 namespace homeward {
+
+int OfdHolderAtHome(uint64_t dev, uint64_t ino, short type, int64_t start, int64_t end,
+                    pid_t asker) {
+  // /proc/locks names the file as MAJ:MIN:INO in hex, hex and decimal.
+  std::string file = fmt::format("{:02x}:{:02x}:{}", major(dev), minor(dev), ino);
+  DIR* proc = ::opendir("/proc");
+  if (!proc) return -1;
+  int found = -1;
+  while (dirent* process = ::readdir(proc)) {
+    char* rest = nullptr;
+    long pid = std::strtol(process->d_name, &rest, 10);
+    if (pid <= 0 || *rest != '\0' || pid == ::getpid() || pid == asker) continue;
+    std::string dir_path = fmt::format("/proc/{}/fdinfo", pid);
+    DIR* fds = ::opendir(dir_path.c_str());
+    if (!fds) continue;
+    while (dirent* fd = ::readdir(fds)) {
+      if (fd->d_name[0] == '.') continue;
+      std::istringstream info(ReadTextFile(dir_path + "/" + fd->d_name));
+      std::string line;
+      while (found < 0 && std::getline(info, line)) {
+        if (line.rfind("lock:", 0) != 0) continue;
+        std::istringstream fields(line.substr(5));
+        std::string id, kind, mode, access, holder, inode, from, to;
+        if (!(fields >> id >> kind >> mode >> access >> holder >> inode >> from >> to)) continue;
+        if (kind != "OFDLCK" || inode != file) continue;
+        if (type != F_WRLCK && access != "WRITE") continue;  // read locks share
+        try {
+          int64_t first = std::stoll(from);
+          int64_t last = to == "EOF" ? HomeLocks::kToEnd : std::stoll(to);
+          if (last < start || first > end) continue;
+        } catch (const std::exception&) {
+          continue;
+        }
+        found = HomeIdOf(static_cast<pid_t>(pid));
+      }
+      if (found >= 0) break;
+    }
+    ::closedir(fds);
+    if (found >= 0) break;
+  }
+  ::closedir(proc);
+  return found;
+}
 
 LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& host)
     : locks_(std::move(locks)) {
@@ -76,6 +128,13 @@ void LockHolderSocket::Answer(int fd) {
                    ->Holder({question.dev, question.ino}, {nullptr, 0}, question.type,
                             question.start, question.end)
                    .value_or(-1);
+  if (answer.pid == -1) {
+    ucred peer{};
+    socklen_t size = sizeof peer;
+    ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &size);
+    answer.pid = OfdHolderAtHome(question.dev, question.ino, question.type, question.start,
+                                 question.end, peer.pid);
+  }
   (void)!::send(fd, &answer, sizeof answer, MSG_NOSIGNAL);
 }
 

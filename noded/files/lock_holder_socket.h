@@ -5,6 +5,9 @@
 // from HomeLocks' table of who holds what.
 #pragma once
 
+#include <sys/types.h>
+
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -13,6 +16,17 @@
 #include "home_locks.h"
 
 namespace homeward {
+
+// The holder of an OFD lock on the file (dev, ino) that conflicts with `type` on [start,
+// end] (end: HomeLocks::kToEnd for EOF), found where the kernel lists it, as a "lock:"
+// line of the description that holds it in /proc/PID/fdinfo/FD: its holder's home id
+// (HomeIdOf: a job's process by its home id). -1 when none is found. It reads every
+// process's fdinfo: for F_GETLK only, after HomeLocks' table named no one (the OFD locks a
+// job's shim takes for its POSIX locks at home are in no table).
+// Neither this daemon's descriptions (its clients' are in the table) nor those of `asker`
+// (a job's process asking, whose own locks do not count) are looked at.
+int OfdHolderAtHome(uint64_t dev, uint64_t ino, short type, int64_t start, int64_t end,
+                    pid_t asker = 0);
 
 class LockHolderSocket {
  public:

@@ -9,6 +9,7 @@ and unlocks, every waiter gets its lock after that line; a holder that ends with
 unlocking frees them as it ends. And F_GETLK at home, from a job, names a guest's lock by
 the guest's home id (its mosrun's pid), not -1."""
 
+import json
 import os
 import shlex
 import unittest
@@ -225,6 +226,33 @@ class HomeLockMovesTest(harness.UserClusterTest):
         status, err = self.ended("guest")
         self.assertEqual(status, "0", err)
 
+    def test_posix_locks_at_home_keep_their_semantics(self):
+        """The lock script of the homefs conformance test, run at home by a plain process
+        and by a job (whose shim takes its POSIX locks as OFD locks of its own
+        descriptions), gives the same results: per process, dropped by any close of the
+        file or the process's end, ranges, read locks sharing, waits and interrupted
+        waits, OFD and flock beside them, and F_GETLK naming the holding process (the home's
+        file service finds a job's lock by the description that holds it)."""
+        c = self.c
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "homefs_lock_ops.py")) as f:
+            script = f.read()
+        self.workdir("hlm4", (("lock_ops.py", script),))
+        for sub in ("plain", "job"):
+            os.makedirs(os.path.join(self.work, sub))
+            entry = __import__("pwd").getpwnam(self.user)
+            os.chown(os.path.join(self.work, sub), entry.pw_uid, entry.pw_gid)
+        plain = c.run("node1", "runuser", "-u", self.user, "--", "python3",
+                      os.path.join(self.dir, "lock_ops.py"), os.path.join(self.dir, "plain"),
+                      timeout=120)
+        self.start("ops", [], "python3", "lock_ops.py", "job")
+        status, err = self.ended("ops", 180)
+        self.assertEqual(status, "0", err)
+        local = json.loads(plain.stdout)
+        job = json.loads(read(os.path.join(self.work, "ops.out")))
+        self.assertEqual([name for name, _ in local], [name for name, _ in job])
+        for (name, mine), (_, theirs) in zip(local, job):
+            self.assertEqual(mine, theirs, f"step {name}")
 
 if __name__ == "__main__":
     unittest.main()
