@@ -13,6 +13,7 @@
 
 #include "c_boundary.h"
 #include "control_permissions.h"
+#include "lock_holder.h"
 #include "homeward_config.h"
 #include "install_paths.h"
 #include "peer_auth.h"
@@ -122,7 +123,7 @@ void Daemon::Start() {
         return file_server_.ParkHomeJob(token, held);
       },
       [this](uint64_t token) { file_server_.UnparkHomeJob(token); });
-  file_server_.ServeLockHolders(config_.name);
+  file_server_.ServeLockHolders(config_.mosix_root + "/" + kLockHolderSocketName);
   jobs_.OnChange([this] {
     gossip_.SetLocalJobs(jobs_.jobs_away(), jobs_.guests_here(),
                          static_cast<float>(jobs_.guests_here()), jobs_.blocked());

@@ -25,7 +25,8 @@ namespace {
 constexpr long kFuseSuperMagic = 0x65735546;
 // The process's descriptions go above the descriptors programs use: a shell's dup2 onto
 // a low number would otherwise close one (and drop its locks).
-constexpr long kFirstOwnFd = 700;
+// (The home's file service knows the number, lock_holder.h.)
+constexpr long kFirstOwnFd = kShimLockFdBase;
 constexpr int kSlots = 64;
 
 struct Slot {
@@ -169,11 +170,8 @@ int HomeHolderOf(long fd, short type, const struct flock& found) {
   if (RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0) return -1;
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
-  size_t at = 1;  // abstract: sun_path[0] stays 0
-  for (const char* c = kLockHolderSocketPrefix; *c != '\0'; ++c) address.sun_path[at++] = *c;
-  for (const char* c = State().hostname; *c != '\0' && at < sizeof address.sun_path; ++c) {
-    address.sun_path[at++] = *c;
-  }
+  size_t at = 0;
+  for (const char* c = kLockHolderSocketPath; *c != '\0'; ++c) address.sun_path[at++] = *c;
   long s = RawSyscall(SYS_socket, AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (s < 0) return -1;
   int pid = -1;

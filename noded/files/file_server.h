@@ -226,10 +226,9 @@ class FileServer {
     return FileSession::ParkHomeJob(*locks_, token, held);
   }
   void UnparkHomeJob(uint64_t token) { locks_->Unpark(token); }
-  // Answers jobs at home that ask who holds a lock (LockHolderSocket); `host`: this node's
-  // name.
-  void ServeLockHolders(const std::string& host) {
-    holders_ = std::make_unique<LockHolderSocket>(locks_, host);
+  // Answers jobs at home that ask who holds a lock (LockHolderSocket) on `path`.
+  void ServeLockHolders(const std::string& path) {
+    holders_ = std::make_unique<LockHolderSocket>(locks_, path);
   }
 
  private:

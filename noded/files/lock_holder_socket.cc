@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -41,7 +42,8 @@ int OfdHolderAtHome(uint64_t dev, uint64_t ino, short type, int64_t start, int64
     DIR* fds = ::opendir(dir_path.c_str());
     if (!fds) continue;
     while (dirent* fd = ::readdir(fds)) {
-      if (fd->d_name[0] == '.') continue;
+      // Only the shim's own descriptions (a program's own OFD lock has no owner to name).
+      if (fd->d_name[0] == '.' || std::atoi(fd->d_name) < kShimLockFdBase) continue;
       std::istringstream info(ReadTextFile(dir_path + "/" + fd->d_name));
       std::string line;
       while (found < 0 && std::getline(info, line)) {
@@ -69,26 +71,28 @@ int OfdHolderAtHome(uint64_t dev, uint64_t ino, short type, int64_t start, int64
   return found;
 }
 
-LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& host)
+LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& path)
     : locks_(std::move(locks)) {
-  std::string name = std::string(kLockHolderSocketPrefix) + host;
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
-  if (name.size() + 1 > sizeof address.sun_path) return;
-  std::memcpy(address.sun_path + 1, name.data(), name.size());  // abstract: a leading 0
-  socklen_t length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  if (path.size() + 1 > sizeof address.sun_path) return;
+  std::memcpy(address.sun_path, path.data(), path.size());
   int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return;
   Fd listen = Fd::Adopt(fd);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), length) != 0 || ::listen(fd, 64) != 0) {
-    spdlog::warn("file service: cannot serve lock holders to jobs at home on @{}: {} (their "
+  ::unlink(path.c_str());  // a daemon before this one's
+  // Any job may ask (connecting needs write permission on the socket).
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      ::chmod(path.c_str(), 0666) != 0 || ::listen(fd, 64) != 0) {
+    spdlog::warn("file service: cannot serve lock holders to jobs at home on {}: {} (their "
                  "F_GETLK names a homefs client's lock -1)",
-                 name, std::strerror(errno));
+                 path, std::strerror(errno));
     return;
   }
   int stop = ::eventfd(0, EFD_CLOEXEC);
   if (stop < 0) return;
   stop_ = Fd::Adopt(stop);
+  path_ = path;
   listen_ = std::move(listen);
   thread_ = std::thread([this] { Run(); });
 }
@@ -98,6 +102,7 @@ LockHolderSocket::~LockHolderSocket() {
   uint64_t one = 1;
   (void)!::write(stop_.get(), &one, sizeof one);
   thread_.join();
+  ::unlink(path_.c_str());
 }
 
 void LockHolderSocket::Run() {

@@ -1,7 +1,7 @@
 // LockHolderSocket: names, for a job at home, the holder of a lock the home's kernel
 // reports as an open file description's (pid -1) when a homefs client holds it through the
 // file service (see ARCHITECTURE.md, "Locks are the home's", F_GETLK). The job's shim asks
-// on a unix socket of the abstract namespace (utils/lib/lock_holder.h); the answer comes
+// on a unix socket in the node's /mosix (utils/lib/lock_holder.h); the answer comes
 // from HomeLocks' table of who holds what.
 #pragma once
 
@@ -17,9 +17,10 @@
 
 namespace homeward {
 
-// The holder of an OFD lock on the file (dev, ino) that conflicts with `type` on [start,
-// end] (end: HomeLocks::kToEnd for EOF), found where the kernel lists it, as a "lock:"
-// line of the description that holds it in /proc/PID/fdinfo/FD: its holder's home id
+// The holder of an OFD lock a job's shim took for a POSIX lock (through a descriptor at or
+// above kShimLockFdBase) on the file (dev, ino) that conflicts with `type` on [start, end]
+// (end: HomeLocks::kToEnd for EOF), found where the kernel lists it, as a "lock:" line of
+// the description that holds it in /proc/PID/fdinfo/FD: its holder's home id
 // (HomeIdOf: a job's process by its home id). -1 when none is found. It reads every
 // process's fdinfo: for F_GETLK only, after HomeLocks' table named no one (the OFD locks a
 // job's shim takes for its POSIX locks at home are in no table).
@@ -30,10 +31,9 @@ int OfdHolderAtHome(uint64_t dev, uint64_t ino, short type, int64_t start, int64
 
 class LockHolderSocket {
  public:
-  // Serves on kLockHolderSocketPrefix + `host` (this node's name, the HOMEWARD_HOME of its
-  // jobs) on a thread of its own. Never throws: without the socket (the name taken) a job
-  // at home sees -1 as before, which is logged.
-  LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& host);
+  // Serves on `path` (kLockHolderSocketName in the node's mosix root) on a thread of its
+  // own. Never throws: without the socket a job at home sees -1 as before, which is logged.
+  LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& path);
   LockHolderSocket(const LockHolderSocket&) = delete;
   LockHolderSocket& operator=(const LockHolderSocket&) = delete;
   ~LockHolderSocket();  // stops serving
@@ -43,6 +43,7 @@ class LockHolderSocket {
   void Answer(int fd);
 
   std::shared_ptr<HomeLocks> locks_;
+  std::string path_;
   Fd listen_;
   Fd stop_;  // an eventfd, written once to end Run
   std::thread thread_;
