@@ -2,18 +2,18 @@
 #include "posix_locks.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <cerrno>
 
 #include "lock_holder.h"
 #include "raw_syscall.h"
@@ -30,8 +30,8 @@ constexpr long kFirstOwnFd = kShimLockFdBase;
 constexpr int kSlots = 64;
 
 struct Slot {
-  int fd = -1;     // the description that holds the locks (close-on-exec)
-  long pid = 0;    // the process it is of, as the kernel names it in the job
+  int fd = -1;   // the description that holds the locks (close-on-exec)
+  long pid = 0;  // the process it is of, as the kernel names it in the job
 };
 
 Slot slots[kSlots];
@@ -51,8 +51,8 @@ struct Guard {
 
 bool SameFile(int fd, const struct stat& st) {
   struct stat mine;
-  return RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&mine)) == 0 && mine.st_dev == st.st_dev &&
-         mine.st_ino == st.st_ino;
+  return RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&mine)) == 0 &&
+         mine.st_dev == st.st_dev && mine.st_ino == st.st_ino;
 }
 
 // The slot of this process's description of the file `st` (under the guard), or -1.
@@ -84,8 +84,8 @@ int OpenOwn(long fd) {
   if (own < 0) {
     long mode = RawSyscall(SYS_fcntl, fd, F_GETFL);
     if (mode < 0) return -1;
-    own = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path),
-                     (mode & O_ACCMODE) | kFlags);
+    own =
+        RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), (mode & O_ACCMODE) | kFlags);
     if (own < 0) return -1;
   }
   long high = RawSyscall(SYS_fcntl, own, F_DUPFD_CLOEXEC, kFirstOwnFd);
@@ -193,8 +193,8 @@ int HomeHolderOf(long fd, short type, const struct flock& found) {
       peer.uid == 0 &&
       RawSyscall(SYS_setsockopt, s, SOL_SOCKET, SO_RCVTIMEO, reinterpret_cast<long>(&wait),
                  sizeof wait) == 0 &&
-      RawSyscall(SYS_sendto, s, reinterpret_cast<long>(&question), sizeof question,
-                 MSG_NOSIGNAL, 0) == static_cast<long>(sizeof question) &&
+      RawSyscall(SYS_sendto, s, reinterpret_cast<long>(&question), sizeof question, MSG_NOSIGNAL,
+                 0) == static_cast<long>(sizeof question) &&
       RawSyscall(SYS_recvfrom, s, reinterpret_cast<long>(&answer), sizeof answer, 0, 0) ==
           static_cast<long>(sizeof answer)) {
     pid = answer.pid;

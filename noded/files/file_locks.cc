@@ -331,7 +331,9 @@ void FileOps::Getlk(FileSession& s, Rq rq, Rs rs) {
     pid = s.locks_->Holder(inode, {&s, rq.getOwner()}, range.fl.l_type, fl.l_start, end)
               .value_or(-1);
     // Else a job's at home (its shim's OFD lock for a POSIX lock), found by its description.
-    if (pid == -1) pid = OfdHolderAtHome(inode.first, inode.second, range.fl.l_type, fl.l_start, end);
+    if (pid == -1) {
+      pid = OfdHolderAtHome(inode.first, inode.second, range.fl.l_type, fl.l_start, end);
+    }
   }
   out.setPid(pid);
 }
@@ -513,7 +515,8 @@ size_t FileSession::ParkHomeJob(HomeLocks& locks, uint64_t token,
       p.kept = std::move(kept);
       carried->posix.push_back(std::move(p));
     } catch (const OpError& e) {
-      spdlog::warn("file service: a lock of a job leaving home not kept: {}", std::strerror(e.err));
+      spdlog::warn("file service: a lock of a job leaving home not kept: {}",
+                   std::strerror(e.err));
     }
   }
   size_t count = carried->posix.size() + carried->flocks.size();

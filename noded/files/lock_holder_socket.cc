@@ -84,9 +84,10 @@ LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::
   // Any job may ask (connecting needs write permission on the socket).
   if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
       ::chmod(path.c_str(), 0666) != 0 || ::listen(fd, 64) != 0) {
-    spdlog::warn("file service: cannot serve lock holders to jobs at home on {}: {} (their "
-                 "F_GETLK names a homefs client's lock -1)",
-                 path, std::strerror(errno));
+    spdlog::warn(
+        "file service: cannot serve lock holders to jobs at home on {}: {} (their "
+        "F_GETLK names a homefs client's lock -1)",
+        path, std::strerror(errno));
     return;
   }
   int stop = ::eventfd(0, EFD_CLOEXEC);

@@ -150,7 +150,8 @@ HeldAtHome LocksHeldAtHome(pid_t init_pid) {
         if (fd < 0) break;
         pidfd = Fd::Adopt(fd);
       }
-      int fd = static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), std::atoi(entry->d_name), 0));
+      int fd = static_cast<int>(
+          ::syscall(SYS_pidfd_getfd, pidfd.get(), std::atoi(entry->d_name), 0));
       if (fd < 0) {
         spdlog::warn("cannot take a locked file of job process {} ({}): its lock is not kept",
                      pid, std::strerror(errno));
