@@ -6,8 +6,9 @@ and a plain process at home wait for each (F_SETLKW, flock). The holder is moved
 does (its old copy's end at home does not free them: the home's file service kept the
 descriptions the job held them through). Once the holder, on node2, logs that it lets go
 and unlocks, every waiter gets its lock after that line; a holder that ends without
-unlocking frees them as it ends. And F_GETLK at home, from a job, names a guest's lock by
-the guest's home id (its mosrun's pid), not -1."""
+unlocking frees them as it ends. F_GETLK at home, from a job, names a guest's lock by the
+guest's home id (its mosrun's pid), not -1. And the POSIX lock semantics the shim gives a
+job at home (its locks taken as OFD locks) are the kernel's, step by step."""
 
 import json
 import os
