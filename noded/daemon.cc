@@ -13,6 +13,7 @@
 
 #include "c_boundary.h"
 #include "control_permissions.h"
+#include "lock_holder.h"
 #include "homeward_config.h"
 #include "install_paths.h"
 #include "peer_auth.h"
@@ -117,6 +118,12 @@ void Daemon::Start() {
   // Jobs restored by CRIU, and orphans of jobs' inits, become our children to reap.
   HW_SYSCALL(::prctl(PR_SET_CHILD_SUBREAPER, 1), "become a child subreaper");
   control_.Start();
+  jobs_.HomeLockParking(
+      [this](uint64_t token, const std::vector<HomeJobLock>& held) {
+        return file_server_.ParkHomeJob(token, held);
+      },
+      [this](uint64_t token) { file_server_.UnparkHomeJob(token); });
+  file_server_.ServeLockHolders(config_.mosix_root + "/" + kLockHolderSocketName);
   jobs_.OnChange([this] {
     gossip_.SetLocalJobs(jobs_.jobs_away(), jobs_.guests_here(),
                          static_cast<float>(jobs_.guests_here()), jobs_.blocked());

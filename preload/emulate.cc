@@ -22,6 +22,7 @@
 #include "env_inject.h"
 #include "home_ids.h"
 #include "lock_holder.h"
+#include "posix_locks.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
 
@@ -107,6 +108,8 @@ long Fork(const PidMap& map, long nr, const long a[6]) {
   } else {
     result = RawSyscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
   }
+  // A child of its own file table holds none of its parent's locks.
+  if (result == 0 && !(nr == SYS_clone && (a[0] & CLONE_FILES))) ForgetInheritedLocks();
   return result > 0 ? map.ToHome(result) : result;
 }
 
@@ -118,6 +121,7 @@ long Clone3(const PidMap& map, const long a[6]) {
   if (args == nullptr || static_cast<size_t>(a[1]) < CLONE_ARGS_SIZE_VER0) return -EINVAL;
   if ((args->flags & CLONE_VM) != 0 || args->stack != 0) return -ENOSYS;
   long result = RawSyscall(SYS_clone3, a[0], a[1]);
+  if (result == 0 && !(args->flags & CLONE_FILES)) ForgetInheritedLocks();
   return result > 0 ? map.ToHome(result) : result;
 }
 
@@ -288,21 +292,31 @@ bool IsFuse(long fd) {
          fs.f_type == kFuseSuperMagic;
 }
 
-// F_GETLK and F_OFD_GETLK (the only fcntl commands the filter traps): the owner of a
-// conflicting lock. An open file description's lock has no owner (-1), and one held
-// outside the job's pid namespace shows as 0; both stay.
+// F_SETLK and F_SETLKW: a POSIX lock on a home file is taken as an OFD lock on the
+// process's own description of it, so that it can move (posix_locks.h).
+// F_GETLK and F_OFD_GETLK: the owner of a conflicting lock. An open file description's
+// lock has no owner (-1), and one held outside the job's pid namespace shows as 0; both
+// stay.
 // A lock on a homefs file (its home's) held by no process of this node reads as 0 (-1 to
 // F_OFD_GETLK): homefs knows the holder's home id and is asked for it (lock_holder.h).
 long Fcntl(const PidMap& map, const long a[6]) {
-  long result = Raw(SYS_fcntl, a);
-  if (result == 0 && (a[1] == F_GETLK || a[1] == F_OFD_GETLK) && a[2] != 0) {
+  long result;
+  long asked = a[0];
+  bool getlk = (a[1] == F_GETLK || a[1] == F_OFD_GETLK) && a[2] != 0;
+  short type = getlk ? reinterpret_cast<struct flock*>(a[2])->l_type : 0;
+  if (!PosixLockAsOfd(a[0], a[1], a[2], &result, &asked)) result = Raw(SYS_fcntl, a);
+  if (result == 0 && getlk) {
     auto* lock = reinterpret_cast<struct flock*>(a[2]);
     if (lock->l_type != F_UNLCK) {
       struct flock holder = *lock;
-      if (lock->l_pid <= 0 && IsFuse(a[0]) &&
-          RawSyscall(SYS_ioctl, a[0], static_cast<long>(kHomefsLockHolder),
-                     reinterpret_cast<long>(&holder)) == 0) {
+      bool fuse = lock->l_pid <= 0 && IsFuse(asked);
+      if (fuse && RawSyscall(SYS_ioctl, asked, static_cast<long>(kHomefsLockHolder),
+                             reinterpret_cast<long>(&holder)) == 0) {
         lock->l_pid = holder.l_pid;  // a home id already
+      } else if (!fuse && lock->l_pid == -1) {
+        // At home: an open file description's lock, maybe a homefs client's, which the
+        // home's file service can name.
+        lock->l_pid = HomeHolderOf(asked, type, *lock);
       } else {
         lock->l_pid = static_cast<pid_t>(LockOwnerToHome(map, lock->l_pid));
       }
@@ -363,7 +377,7 @@ long Sigprocmask(const long a[6], ucontext_t* uc) {
 bool Emulates(long nr, const long a[6]) {
   switch (nr) {
     case SYS_fcntl:
-      return a[1] == F_GETLK || a[1] == F_OFD_GETLK;
+      return a[1] == F_GETLK || a[1] == F_OFD_GETLK || a[1] == F_SETLK || a[1] == F_SETLKW;
     case SYS_getsockopt:
       return a[1] == SOL_SOCKET && a[2] == SO_PEERCRED;
     case SYS_getpid:

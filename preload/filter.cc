@@ -74,8 +74,10 @@ int InstallFilter() {
   // the handler makes a fork-like one itself and answers ENOSYS to the others, so that
   // libc falls back to clone, which the filter can read (kAlwaysTrapped).
   // The calls that report another process's pid in memory, trapped only when they do: a
-  // lock's owner (F_GETLK, F_OFD_GETLK) and a unix socket's peer (SO_PEERCRED).
-  for (scmp_datum_t cmd : {F_GETLK, F_OFD_GETLK}) {
+  // lock's owner (F_GETLK, F_OFD_GETLK) and a unix socket's peer (SO_PEERCRED). And the
+  // POSIX locks, which a job takes as OFD locks of its own on the home's files so that
+  // they can move with it (posix_locks.h).
+  for (scmp_datum_t cmd : {F_GETLK, F_OFD_GETLK, F_SETLK, F_SETLKW}) {
     if (err == 0) {
       err = seccomp_rule_add(ctx, SCMP_ACT_TRAP, SCMP_SYS(fcntl), 2, not_ours,
                              SCMP_A1(SCMP_CMP_EQ, cmd));

@@ -23,6 +23,7 @@
 #include "home_ids.h"
 #include "next_symbol.h"
 #include "raw_syscall.h"
+#include "posix_locks.h"
 #include "shim_state.h"
 
 namespace {
@@ -196,6 +197,11 @@ int close(int fd) {
   static std::atomic<void*> slot;
   return homeward::GuardedCall("close", [&] {
     Mark(fd, false);  // before: the number may be reused once closed
+    // A close drops the process's POSIX locks on the file, which the shim holds on a
+    // description of the process's own (posix_locks.h): that one closes too. (A close
+    // inside libc, as fclose's, does not come here: those locks then stay until the
+    // process closes the file again or ends.)
+    if (homeward::preload::State().active) homeward::preload::CloseHook(fd);
     return Next<int (*)(int)>(slot, "close")(fd);
   });
 }

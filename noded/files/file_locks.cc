@@ -21,6 +21,7 @@
 
 #include "file_ops.h"
 #include "lock_holder.h"
+#include "lock_holder_socket.h"
 
 namespace homeward {
 
@@ -326,9 +327,13 @@ void FileOps::Getlk(FileSession& s, Rq rq, Rs rs) {
   if (pid == -1) {
     // An OFD lock: a client's (named by what its node said) or a local OFD user's.
     int64_t end = fl.l_len == 0 ? HomeLocks::kToEnd : fl.l_start + fl.l_len - 1;
-    pid = s.locks_->Holder(InodeOf(handle->fd.get()), {&s, rq.getOwner()}, range.fl.l_type,
-                           fl.l_start, end)
+    auto inode = InodeOf(handle->fd.get());
+    pid = s.locks_->Holder(inode, {&s, rq.getOwner()}, range.fl.l_type, fl.l_start, end)
               .value_or(-1);
+    // Else a job's at home (its shim's OFD lock for a POSIX lock), found by its description.
+    if (pid == -1) {
+      pid = OfdHolderAtHome(inode.first, inode.second, range.fl.l_type, fl.l_start, end);
+    }
   }
   out.setPid(pid);
 }
@@ -484,6 +489,42 @@ void FileOps::ParkLocks(FileSession& s, Rq rq, Rs) {
   spdlog::info("file service: {} lock owners and {} flocks of a moving job kept for it",
                carried->posix.size(), carried->flocks.size());
   s.locks_->Park(token, std::move(carried));
+}
+
+size_t FileSession::ParkHomeJob(HomeLocks& locks, uint64_t token,
+                                const std::vector<HomeJobLock>& held) {
+  // The job's own descriptions, so its own locks: no moment without them once the frozen
+  // copy is killed, and the target binds them as it binds a guest's (a flock at the
+  // restore's open of its file, an OFD owner at its process's first lock request).
+  auto carried = std::make_shared<FileSession::Carried>();
+  for (const HomeJobLock& lock : held) {
+    try {
+      auto inode = InodeOf(lock.fd);
+      Fd fd = Fd::Adopt(Check(::fcntl(lock.fd, F_DUPFD_CLOEXEC, 0)));
+      std::shared_ptr<LockKeeper::Kept> kept;
+      if (locks.keeper) kept = locks.keeper->Keep(fd.get(), ParkedMeta());
+      if (lock.flock) {
+        carried->flocks.push_back({inode, std::move(fd), false, std::move(kept)});
+        continue;
+      }
+      FileSession::Carried::Posix p;
+      p.inode = inode;
+      p.pid = lock.pid;
+      p.access = Check(::fcntl(fd.get(), F_GETFL)) & O_ACCMODE;
+      p.fd = std::move(fd);
+      p.kept = std::move(kept);
+      carried->posix.push_back(std::move(p));
+    } catch (const OpError& e) {
+      spdlog::warn("file service: a lock of a job leaving home not kept: {}",
+                   std::strerror(e.err));
+    }
+  }
+  size_t count = carried->posix.size() + carried->flocks.size();
+  if (count == 0) return 0;
+  spdlog::info("file service: {} lock owners and {} flocks of a job leaving home kept for it",
+               carried->posix.size(), carried->flocks.size());
+  locks.Park(token, std::move(carried));
+  return count;
 }
 
 void FileOps::UnparkLocks(FileSession& s, Rq rq, Rs) {

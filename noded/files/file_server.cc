@@ -93,6 +93,7 @@ void FileServer::Stop() {
   // Before the sessions end and let go of their locks: the keeper holds them on for the
   // next daemon.
   if (locks_->keeper) locks_->keeper->Detach();
+  holders_.reset();
   std::unique_lock lock(mutex_);
   stopping_ = true;
   for (int fd : connections_) ::shutdown(fd, SHUT_RDWR);

@@ -23,6 +23,7 @@
 
 #include "fd.h"
 #include "home_locks.h"
+#include "lock_holder_socket.h"
 #include "lock_keeper.h"
 #include "peer_auth.h"
 #include "fault.h"
@@ -87,6 +88,12 @@ class FileSession {
   // Drops every lock this client holds and ends its waits with ENOLCK: its node was
   // declared dead. The session goes on (a node wrongly declared dead keeps its files).
   void DropLocks();
+
+  // A job at home leaves on a move (see ARCHITECTURE.md, "Locks of a job that leaves
+  // home"): the descriptions its locks are held through are parked under `token`, as a
+  // guest's are by PARK_LOCKS, for the target's homefs to claim and bind. Returns how many
+  // were parked (0: nothing, no token to send).
+  static size_t ParkHomeJob(HomeLocks& locks, uint64_t token, const std::vector<HomeJobLock>& held);
 
   // Change notices: every object the client looked up is watched (inotify), and a change
   // made at home by anyone but this client — a local process, another node — is reported
@@ -213,6 +220,16 @@ class FileServer {
   // The node at `address` (with or without a port) was declared dead: its clients' locks
   // go (DropLocks).
   void DropLocks(const std::string& address);
+  // A job at home leaving on a move: see FileSession::ParkHomeJob. Unpark: the move
+  // failed (the job holds its locks here on as before); what is parked goes.
+  size_t ParkHomeJob(uint64_t token, const std::vector<HomeJobLock>& held) {
+    return FileSession::ParkHomeJob(*locks_, token, held);
+  }
+  void UnparkHomeJob(uint64_t token) { locks_->Unpark(token); }
+  // Answers jobs at home that ask who holds a lock (LockHolderSocket) on `path`.
+  void ServeLockHolders(const std::string& path) {
+    holders_ = std::make_unique<LockHolderSocket>(locks_, path);
+  }
 
  private:
   // Serve's pieces: counts the connection `fd` in (false when stopping); makes the
@@ -229,6 +246,7 @@ class FileServer {
   FileSession::Root peer_root_;
   bool notices_ = true;
   std::shared_ptr<HomeLocks> locks_ = std::make_shared<HomeLocks>();
+  std::unique_ptr<LockHolderSocket> holders_;
   ReplayCache replay_;
   WorkerPool pool_;
   std::mutex mutex_;

@@ -31,6 +31,15 @@ namespace homeward {
 
 class LockKeeper;
 
+// A description through which a job at home holds locks (its flock, or the OFD locks its
+// shim takes for its POSIX locks), taken from the frozen job by the daemon for its move
+// (see ARCHITECTURE.md, "Locks of a job that leaves home").
+struct HomeJobLock {
+  int fd = -1;      // a descriptor of the description (the caller keeps it open)
+  bool flock = false;
+  int32_t pid = 0;  // the process that holds it, in the job's pid namespace
+};
+
 class HomeLocks {
  public:
   // One try to take a lock: 0, or an errno (EAGAIN/EWOULDBLOCK/EACCES: held by another;

@@ -319,6 +319,12 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   // A guest going to another guest node carries its homefs locks (to its home, or from
   // its home, they are not carried: see ARCHITECTURE.md, "Locks across a move").
   if (job->launch().guest && target != job->launch().home) move->lock_mount = job->launch().root;
+  // A job leaving its home: its locks there are its own descriptions', which the home's
+  // file service keeps for it.
+  if (!job->launch().guest) {
+    move->park_home_locks = park_home_locks_;
+    move->unpark_home_locks = unpark_home_locks_;
+  }
   move->faults = faults_;
   move->as_user = CriuUserOf(*job);
   move->metadata.external_pipes = job->pipe_roles();

@@ -23,7 +23,10 @@ std::set<pid_t> Job::LockHolders() {
     std::istringstream fields(line);
     std::string id, kind, mode, access;
     pid_t pid = 0;
-    if (fields >> id >> kind >> mode >> access >> pid) holders.insert(pid);
+    // A flock or an OFD lock belongs to an open file description, which the home's file
+    // service keeps for a job leaving home (the shim takes a job's POSIX locks as OFD
+    // locks): only a POSIX lock, owned by the process itself, cannot go along.
+    if (fields >> id >> kind >> mode >> access >> pid && kind == "POSIX") holders.insert(pid);
   }
   return holders;
 }
@@ -32,12 +35,13 @@ std::string Job::PinnedReason(const std::vector<pid_t>& pids,
                               const std::set<pid_t>& lock_holders) const {
   if (launch_.keep_home) return "kept at home (mosrun -h)";
   if (!launch_.guest) {
-    // A lock a job at home holds is the home kernel's own, owned by the job's process: no
-    // other owner (the file service's description, which would hold it for the job across
-    // the move) can take it over without a moment when it is free, since the kernel has no
-    // call that hands a lock from one owner to another; and criu would take it again on the
+    // A POSIX lock a job at home holds through the kernel itself (not as the shim takes
+    // them, as an OFD lock of the process's own description: a program without the shim's
+    // hooks, or more files locked than it keeps) is owned by the job's process: no other
+    // owner can take it over without a moment when it is free, since the kernel has no call
+    // that hands a lock from one owner to another; and criu would take it again on the
     // target, through homefs, while the frozen copy here still holds it, and wait for ever
-    // (see ARCHITECTURE.md, "Locks across a move").
+    // (see ARCHITECTURE.md, "Locks of a job that leaves home").
     for (pid_t pid : pids) {
       if (lock_holders.count(pid)) {
         return "holds a file lock at home (the home kernel's own: it cannot change hands "

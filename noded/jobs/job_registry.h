@@ -106,6 +106,13 @@ class JobRegistry {
   bool blocked() const { return blocked_; }
   void KillAll();
   void Start();
+  // The home's file service, which keeps the locks of a job leaving home for it (see
+  // MoveOut::park_home_locks).
+  void HomeLockParking(std::function<size_t(uint64_t, const std::vector<HomeJobLock>&)> park,
+                       std::function<void(uint64_t)> unpark) {
+    park_home_locks_ = std::move(park);
+    unpark_home_locks_ = std::move(unpark);
+  }
   // Called whenever the number of jobs away or guests here may have changed.
   void OnChange(std::function<void()> callback) { on_change_ = std::move(callback); }
 
@@ -475,6 +482,8 @@ class JobRegistry {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   FaultPoints faults_;
   std::function<void()> on_change_;
+  std::function<size_t(uint64_t, const std::vector<HomeJobLock>&)> park_home_locks_;
+  std::function<void(uint64_t)> unpark_home_locks_;
   std::function<void()> on_arrival_;
   std::function<void(const std::string& node)> on_placed_;
   std::atomic<bool> blocked_{false};

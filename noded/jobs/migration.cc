@@ -1,7 +1,10 @@
 // The blocking halves of a move.
 #include "migration.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <linux/kcmp.h>
+#include <sys/syscall.h>
 #include <poll.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -9,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <sstream>
 
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
@@ -102,6 +106,73 @@ bool CarryLocks(const std::string& mount, const std::string& what, const std::st
   spdlog::warn("cannot {} the moving job's locks at {}: {} (they are not carried)", what, mount,
                std::strerror(errno));
   return false;
+}
+
+// The descriptions through which the frozen job's processes hold locks of their own
+// description (a flock, an OFD lock: the shim takes a job's POSIX locks as these), each
+// once, with a descriptor of ours (pidfd_getfd): the home's file service keeps them for
+// the job while it moves. Their own "lock:" lines in /proc/PID/fdinfo/FD name them.
+struct HeldAtHome {
+  std::vector<Fd> fds;
+  std::vector<HomeJobLock> locks;
+};
+
+HeldAtHome LocksHeldAtHome(pid_t init_pid) {
+  HeldAtHome held;
+  for (pid_t pid : migrate::JobPids(init_pid)) {
+    int32_t inner = 0;  // its pid in the job's namespace (NStgid's last field)
+    {
+      std::istringstream status(ReadTextFile(fmt::format("/proc/{}/status", pid)));
+      std::string line;
+      while (std::getline(status, line)) {
+        if (line.rfind("NStgid:", 0) != 0) continue;
+        std::istringstream ids(line.substr(7));
+        for (int32_t id; ids >> id;) inner = id;
+      }
+    }
+    std::string fdinfo_dir = fmt::format("/proc/{}/fdinfo", pid);
+    DIR* dir = ::opendir(fdinfo_dir.c_str());
+    if (!dir) continue;
+    Fd pidfd;
+    while (dirent* entry = ::readdir(dir)) {
+      if (entry->d_name[0] == '.') continue;
+      std::istringstream info(ReadTextFile(fdinfo_dir + "/" + entry->d_name));
+      std::string line;
+      bool flock = false, ofd = false;
+      while (std::getline(info, line)) {
+        if (line.rfind("lock:", 0) != 0 || line.find("->") != std::string::npos) continue;
+        flock = flock || line.find(" FLOCK ") != std::string::npos;
+        ofd = ofd || line.find(" OFDLCK ") != std::string::npos;
+      }
+      if (!flock && !ofd) continue;
+      if (pidfd.get() < 0) {
+        int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        if (fd < 0) break;
+        pidfd = Fd::Adopt(fd);
+      }
+      int fd = static_cast<int>(
+          ::syscall(SYS_pidfd_getfd, pidfd.get(), std::atoi(entry->d_name), 0));
+      if (fd < 0) {
+        spdlog::warn("cannot take a locked file of job process {} ({}): its lock is not kept",
+                     pid, std::strerror(errno));
+        continue;
+      }
+      Fd copy = Fd::Adopt(fd);
+      bool seen = false;  // the same description through another descriptor or process
+      for (const Fd& other : held.fds) {
+        if (::syscall(SYS_kcmp, ::getpid(), ::getpid(), KCMP_FILE, other.get(), copy.get()) == 0) {
+          seen = true;
+        }
+      }
+      if (seen) continue;
+      // A description with a flock is carried as a flock (bound at the restore's open of
+      // the file); one with OFD locks only, as a lock owner of its process.
+      held.locks.push_back({copy.get(), flock, inner});
+      held.fds.push_back(std::move(copy));
+    }
+    ::closedir(dir);
+  }
+  return held;
 }
 
 uint64_t NamespaceInode(const std::string& path) {
@@ -219,6 +290,14 @@ namespace {
 uint64_t ParkLocks(MoveOut& move) {
   uint64_t token = 0;
   while (token == 0) HW_SYSCALL(::getrandom(&token, sizeof token, 0), "getrandom");
+  if (move.park_home_locks) {
+    // A job of this home: its locks are held through its own descriptions here.
+    HeldAtHome held = LocksHeldAtHome(move.init_pid);
+    if (!held.locks.empty() && move.park_home_locks(token, held.locks) > 0) {
+      move.metadata.lock_token = token;
+    }
+    return 0;
+  }
   uint64_t lock_ns = NamespaceInode(fmt::format("/proc/{}/ns/mnt", move.init_pid));
   if (lock_ns != 0 &&
       CarryLocks(move.lock_mount, "park", fmt::format("{} {}", token, lock_ns))) {
@@ -282,7 +361,7 @@ void RunMoveOut(MoveOut& move) {
     move.metadata.input_ended = reclaimed->ended;
     auto frozen_at = std::chrono::steady_clock::now() - result.criu_time + result.frozen_time;
     move.image_bytes = result.image_bytes;
-    if (!move.lock_mount.empty()) {
+    if (!move.lock_mount.empty() || move.park_home_locks) {
       step = "keep the job's locks at its home";
       lock_ns = ParkLocks(move);
     }
@@ -312,8 +391,12 @@ void RunMoveOut(MoveOut& move) {
     }
     if (move.metadata.lock_token != 0) {
       // It runs on here, holding its locks through its own descriptions as before.
-      CarryLocks(move.lock_mount, "unpark",
-                 fmt::format("{} {}", move.metadata.lock_token, lock_ns));
+      if (move.unpark_home_locks) {
+        move.unpark_home_locks(move.metadata.lock_token);
+      } else {
+        CarryLocks(move.lock_mount, "unpark",
+                   fmt::format("{} {}", move.metadata.lock_token, lock_ns));
+      }
     }
     if (move.departure.Failed(move.error).continue_job) {
       migrate::ContinueJob(move.init_pid);  // it runs on where it was

@@ -18,6 +18,7 @@
 #include "criu_acting.h"
 #include "fault.h"
 #include "fd.h"
+#include "home_locks.h"
 #include "image_stream.h"
 #include "job.h"
 #include "secure_channel.h"
@@ -41,6 +42,12 @@ struct MoveOut {
   // locks it holds through homefs are parked at its home for the target to claim (see
   // ARCHITECTURE.md, "Locks across a move"). Empty: nothing is carried.
   std::string lock_mount;
+  // A job of this home leaving it: the home's file service parks the descriptions its
+  // processes hold locks through (HomeJobLock, taken from the frozen job), under the
+  // token, and returns how many; unpark gives them up when the move fails (see
+  // ARCHITECTURE.md, "Locks of a job that leaves home"). Unset: nothing is carried.
+  std::function<size_t(uint64_t token, const std::vector<HomeJobLock>& held)> park_home_locks;
+  std::function<void(uint64_t token)> unpark_home_locks;
   // The job's stdin, held while it moves: reclaimed after the dump into metadata.input_*,
   // put back if the move fails.
   Job::InputPlace input;

@@ -33,6 +33,18 @@ with open("log", "a") as log:
 fcntl.lockf(a, fcntl.LOCK_UN)
 """
 
+# Locks a memfd (lockf: the kernel's own POSIX lock), says so in `held`, waits for `go`.
+PINNED = r"""
+import fcntl, os, time
+fd = os.memfd_create("pinned")
+os.write(fd, b"x")
+fcntl.lockf(fd, fcntl.LOCK_EX)
+with open("held", "w") as out:
+    out.write(f"{os.getpid()}\n")
+while not os.path.exists("go"):
+    time.sleep(0.05)
+"""
+
 # Waits for a lock on FILE (lockf or flock), saying `waiting-TAG` first, and logs when
 # it has it.
 WAITER = r"""
@@ -123,13 +135,15 @@ class LockMigrationTest(harness.UserClusterTest):
         self.assertEqual(sorted(log[1:]), ["flock got it", "lockf got it"], log)
 
     def test_a_holder_at_home_says_it_cannot_leave(self):
-        # A lock a job at home holds is the home kernel's own, which criu would take again
-        # on the target while the frozen copy still holds it: the move is refused up front.
+        # A POSIX lock a job at home holds through the kernel itself (the shim takes those
+        # on files with a name as OFD locks, which move: test_home_lock_moves.py; not on a
+        # memfd) is owned by its process, and criu would take it again on the target while
+        # the frozen copy still holds it: the move is refused up front.
         c = self.c
         entry = __import__("pwd").getpwnam(self.user)
         self.work = os.path.join(c.node("node1")["data"], "carryhome")
         os.makedirs(self.work)
-        for name, text in (("holder.py", HOLDER), ("counted", "0\n"), ("flocked", "x\n")):
+        for name, text in (("holder.py", PINNED),):
             with open(os.path.join(self.work, name), "w") as f:
                 f.write(text)
             os.chown(os.path.join(self.work, name), entry.pw_uid, entry.pw_gid)

@@ -18,6 +18,30 @@ namespace homeward {
 // thread asked of homefs on this file.
 inline constexpr unsigned long kHomefsLockHolder = _IOWR('h', 0x4c, struct flock);
 
+// At home, a job's F_GETLK goes to the home's kernel, which reports a lock the file
+// service holds for a homefs client as an open file description's (pid -1). The job shim
+// then asks the file service, which knows the holder's home id, on a unix socket at this
+// name under the node's /mosix (its own on every node, and in a job at home's view, which
+// is a copy of the node's tree), served by root only (the shim checks SO_PEERCRED). One
+// request, one answer, as these structures; the answer's pid is -1 when no one is found.
+// What it tells is what /proc/locks tells anyone.
+inline constexpr char kLockHolderSocketName[] = "lock-holders";
+inline constexpr char kLockHolderSocketPath[] = "/mosix/lock-holders";  // the shim's
+struct LockHolderQuestion {
+  unsigned long long dev, ino;  // the file's st_dev and st_ino at home
+  long long start, end;         // the conflicting lock's range (end: INT64_MAX to EOF)
+  short type;                   // the type F_GETLK asked about
+};
+struct LockHolderAnswer {
+  int pid;
+};
+
+// The job shim keeps the descriptions it takes a process's POSIX locks through at or above
+// this descriptor (preload/posix_locks.h): the home's file service names the holder of an
+// OFD lock held through one of these by its process, where the kernel gives no owner for a
+// program's own OFD lock.
+inline constexpr int kShimLockFdBase = 700;
+
 // The home id of process `pid` of this node: for a process of a job (in a pid namespace
 // below this one, with the job's HOMEWARD_HOME_PID, HOMEWARD_HOME_PPID and
 // HOMEWARD_PID_BASE), its pid in the job mapped as the job's shim maps it

@@ -1,0 +1,234 @@
+// POSIX locks as OFD locks on a description of the process's own; see posix_locks.h.
+#include "posix_locks.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+
+#include "lock_holder.h"
+#include "raw_syscall.h"
+#include "shim_state.h"
+
+namespace homeward::preload {
+namespace {
+
+constexpr long kFuseSuperMagic = 0x65735546;
+// The process's descriptions go above the descriptors programs use: a shell's dup2 onto
+// a low number would otherwise close one (and drop its locks).
+// (The home's file service knows the number, lock_holder.h.)
+constexpr long kFirstOwnFd = kShimLockFdBase;
+constexpr int kSlots = 64;
+
+struct Slot {
+  int fd = -1;   // the description that holds the locks (close-on-exec)
+  long pid = 0;  // the process it is of, as the kernel names it in the job
+};
+
+Slot slots[kSlots];
+std::atomic<int> used{0};
+// Guards the slots; never held across a call that waits. A plain flag, not a mutex: a
+// fork's child resets it (ForgetInheritedLocks).
+std::atomic<bool> busy{false};
+
+struct Guard {
+  Guard() {
+    while (busy.exchange(true, std::memory_order_acquire)) {
+      RawSyscall(SYS_sched_yield);
+    }
+  }
+  ~Guard() { busy.store(false, std::memory_order_release); }
+};
+
+bool SameFile(int fd, const struct stat& st) {
+  struct stat mine;
+  return RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&mine)) == 0 &&
+         mine.st_dev == st.st_dev && mine.st_ino == st.st_ino;
+}
+
+// The slot of this process's description of the file `st` (under the guard), or -1.
+int Find(const struct stat& st, long pid) {
+  for (int i = 0; i < kSlots; ++i) {
+    if (slots[i].fd >= 0 && slots[i].pid == pid && SameFile(slots[i].fd, st)) return i;
+  }
+  return -1;
+}
+
+bool IsFuse(long fd) {
+  struct statfs fs;
+  return RawSyscall(SYS_fstatfs, fd, reinterpret_cast<long>(&fs)) == 0 &&
+         fs.f_type == kFuseSuperMagic;
+}
+
+// A description of the file open as `fd`, of its own: read and write when the process may
+// (so that read and write locks both work whatever descriptor asks), else as `fd` is.
+int OpenOwn(long fd) {
+  char path[32] = "/proc/self/fd/";
+  char digits[16];
+  int n = 0;
+  for (long v = fd; n == 0 || v > 0; v /= 10) digits[n++] = static_cast<char>('0' + v % 10);
+  int at = 14;
+  while (n > 0) path[at++] = digits[--n];
+  path[at] = '\0';
+  constexpr long kFlags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  long own = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDWR | kFlags);
+  if (own < 0) {
+    long mode = RawSyscall(SYS_fcntl, fd, F_GETFL);
+    if (mode < 0) return -1;
+    own =
+        RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), (mode & O_ACCMODE) | kFlags);
+    if (own < 0) return -1;
+  }
+  long high = RawSyscall(SYS_fcntl, own, F_DUPFD_CLOEXEC, kFirstOwnFd);
+  if (high >= 0) {
+    RawSyscall(SYS_close, own);
+    own = high;
+  }
+  return static_cast<int>(own);
+}
+
+}  // namespace
+
+bool PosixLockAsOfd(long fd, long cmd, long lock, long* result, long* asked) {
+  *asked = fd;
+  if (cmd != F_SETLK && cmd != F_SETLKW && cmd != F_GETLK) return false;
+  if (!State().active || lock == 0) return false;
+  struct stat st;
+  if (RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0) return false;
+  // Only files with a name: a memfd or an unlinked file cannot be carried anyway, and a
+  // process's own lock on one stays the kernel's (F_GETLK names its holder).
+  if (!S_ISREG(st.st_mode) || st.st_nlink == 0) return false;
+  auto* fl = reinterpret_cast<struct flock*>(lock);
+  long pid = RawSyscall(SYS_getpid);
+  int own;
+  {
+    Guard guard;
+    int slot = Find(st, pid);
+    if (slot >= 0) {
+      own = slots[slot].fd;
+    } else {
+      // Nothing held through its own description: an unlock or a question goes to the
+      // kernel as asked, and a file of homefs is homefs's (its locks are the home's).
+      if (cmd == F_GETLK || fl->l_type == F_UNLCK || IsFuse(fd)) return false;
+      int free_slot = -1;
+      for (int i = 0; i < kSlots && free_slot < 0; ++i) {
+        if (slots[i].fd < 0) free_slot = i;
+      }
+      if (free_slot < 0) return false;  // the kernel's POSIX lock then: it pins the job
+      own = OpenOwn(fd);
+      if (own < 0) return false;
+      slots[free_slot] = {own, pid};
+      used.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  struct flock ofd = *fl;
+  if (ofd.l_whence == SEEK_CUR) {
+    // Relative to the offset of the descriptor the program asked through, not its own.
+    long at = RawSyscall(SYS_lseek, fd, 0, SEEK_CUR);
+    if (at < 0) {
+      *result = at;
+      return true;
+    }
+    ofd.l_start += at;
+    ofd.l_whence = SEEK_SET;
+  }
+  ofd.l_pid = 0;  // F_OFD_* require it
+  if (cmd != F_GETLK && ofd.l_type != F_UNLCK) {
+    // As for the program's own descriptor: a read lock needs it readable, a write lock
+    // writable.
+    long mode = RawSyscall(SYS_fcntl, fd, F_GETFL);
+    if (mode < 0) {
+      *result = mode;
+      return true;
+    }
+    if ((ofd.l_type == F_RDLCK && (mode & O_ACCMODE) == O_WRONLY) ||
+        (ofd.l_type == F_WRLCK && (mode & O_ACCMODE) == O_RDONLY)) {
+      *result = -EBADF;
+      return true;
+    }
+  }
+  long ofd_cmd = cmd == F_GETLK ? F_OFD_GETLK : cmd == F_SETLKW ? F_OFD_SETLKW : F_OFD_SETLK;
+  *result = RawSyscall(SYS_fcntl, own, ofd_cmd, reinterpret_cast<long>(&ofd));
+  if (cmd == F_GETLK && *result == 0) *fl = ofd;
+  // The holder's name is asked through the description that asked (homefs keeps its
+  // answer per file handle).
+  *asked = own;
+  return true;
+}
+
+int HomeHolderOf(long fd, short type, const struct flock& found) {
+  struct stat st;
+  if (RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0) return -1;
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  size_t at = 0;
+  for (const char* c = kLockHolderSocketPath; *c != '\0'; ++c) address.sun_path[at++] = *c;
+  long s = RawSyscall(SYS_socket, AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  int pid = -1;
+  ucred peer{};
+  socklen_t peer_size = sizeof peer;
+  timeval wait{1, 0};
+  LockHolderQuestion question{};
+  question.dev = st.st_dev;
+  question.ino = st.st_ino;
+  question.start = found.l_start;
+  question.end = found.l_len == 0 ? INT64_MAX : found.l_start + found.l_len - 1;
+  question.type = type;
+  LockHolderAnswer answer{-1};
+  // Only the home's daemon (root) is believed: anyone could take the name first.
+  if (RawSyscall(SYS_connect, s, reinterpret_cast<long>(&address),
+                 static_cast<long>(offsetof(sockaddr_un, sun_path) + at)) == 0 &&
+      RawSyscall(SYS_getsockopt, s, SOL_SOCKET, SO_PEERCRED, reinterpret_cast<long>(&peer),
+                 reinterpret_cast<long>(&peer_size)) == 0 &&
+      peer.uid == 0 &&
+      RawSyscall(SYS_setsockopt, s, SOL_SOCKET, SO_RCVTIMEO, reinterpret_cast<long>(&wait),
+                 sizeof wait) == 0 &&
+      RawSyscall(SYS_sendto, s, reinterpret_cast<long>(&question), sizeof question, MSG_NOSIGNAL,
+                 0) == static_cast<long>(sizeof question) &&
+      RawSyscall(SYS_recvfrom, s, reinterpret_cast<long>(&answer), sizeof answer, 0, 0) ==
+          static_cast<long>(sizeof answer)) {
+    pid = answer.pid;
+  }
+  RawSyscall(SYS_close, s);
+  return pid;
+}
+
+void CloseHook(int fd) {
+  if (used.load(std::memory_order_relaxed) == 0) return;
+  struct stat st;
+  if (RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode)) {
+    return;
+  }
+  long pid = RawSyscall(SYS_getpid);
+  int own = -1;
+  {
+    Guard guard;
+    int slot = Find(st, pid);
+    if (slot < 0) return;
+    own = slots[slot].fd;
+    slots[slot] = {};
+    used.fetch_sub(1, std::memory_order_relaxed);
+  }
+  if (own != fd) RawSyscall(SYS_close, own);  // its locks go with it
+}
+
+void ForgetInheritedLocks() {
+  busy.store(false, std::memory_order_relaxed);
+  for (auto& slot : slots) {
+    if (slot.fd >= 0) RawSyscall(SYS_close, slot.fd);
+    slot = {};
+  }
+  used.store(0, std::memory_order_relaxed);
+}
+
+}  // namespace homeward::preload
