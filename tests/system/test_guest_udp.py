@@ -30,29 +30,14 @@ At home the same is the node's own, as for any program there: every server answe
 import os
 import pwd
 import shlex
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 
-OWN_NETNS = "HOMEWARD_TEST_OWN_NETNS"
+import outside_net  # first: the test runs in a network namespace of its own
+import harness  # noqa: E402
+from outside_net import NODE_ADDRESS, OUTSIDE_ADDRESS  # noqa: E402
+from outside_net import NODE_ADDRESS6, OUTSIDE_ADDRESS6  # noqa: E402
 
-if __name__ == "__main__" and os.environ.get(OWN_NETNS) != "1":
-    # Everything below runs in a network namespace of this test's own.
-    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
-        print("needs root, unshare and ip", file=sys.stderr)
-        sys.exit(77)
-    env = dict(os.environ, **{OWN_NETNS: "1"})
-    sys.exit(subprocess.run(["unshare", "--net", "--", sys.executable, *sys.argv],
-                            env=env).returncode)
-
-import harness  # noqa: E402  (after the re-exec: its private directory is made once)
-
-NODE_ADDRESS = "198.18.0.1"
-OUTSIDE_ADDRESS = "198.18.0.2"
-NODE_ADDRESS6 = "fd00:198:18::1"
-OUTSIDE_ADDRESS6 = "fd00:198:18::2"
 RESOLVER = "127.0.0.53"
 ANSWER = "192.0.2.53"  # what the home's resolver says every name is
 GOSSIP_PORT, PEER_PORT = 4700, 4701  # the loopback cluster's (the daemons' defaults)
@@ -214,13 +199,6 @@ while True:
 """
 
 
-def ip(*args, netns_pid=None):
-    command = ["ip", *args]
-    if netns_pid:
-        command = ["nsenter", "-t", str(netns_pid), "-n", "--", *command]
-    subprocess.run(command, check=True, capture_output=True, text=True)
-
-
 def has_ipv6():
     try:
         socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
@@ -229,61 +207,7 @@ def has_ipv6():
         return False
 
 
-class GuestUdpTest(harness.UserClusterTest):
-    maxDiff = None
-    cluster_nodes = 2
-
-    @classmethod
-    def setUpClass(cls):
-        ip("link", "set", "lo", "up")  # the test's own namespace: the cluster's loopback
-        super().setUpClass()
-
-    def server(self, name, source, address, prefix=None, user=None):
-        """Runs `source` on `address` (inside the namespace `prefix` enters, if any) as
-        `user`; returns (port, log path)."""
-        work = tempfile.mkdtemp(prefix=f"{name}-", dir=harness.private_dir())
-        os.chmod(work, 0o777)
-        path = os.path.join(work, "server.py")
-        with open(path, "w") as f:
-            f.write(source)
-        ready, log = os.path.join(work, "port"), os.path.join(work, "log")
-        command = ["/usr/bin/python3", path, address, ready, log]
-        if user:
-            command = ["runuser", "-u", user, "--", *command]
-        process = subprocess.Popen((prefix or []) + command, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(process.wait)
-        self.addCleanup(process.kill)
-        port = int(self.c.wait_for(lambda: harness.read_text(ready).strip(), 30,
-                                   f"the {name} server to listen"))
-        return port, log
-
-    def make_outside(self, ipv6):
-        """The namespace "outside", joined to ours by a veth pair; returns the pid of the
-        process that holds it (killed at the end, which removes it and the pair)."""
-        holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"],
-                                  stdin=subprocess.DEVNULL)
-        self.addCleanup(holder.wait)
-        self.addCleanup(holder.kill)
-        self.c.wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/net")
-                        != os.readlink("/proc/self/ns/net")
-                        and "sleep" in harness.read_text(f"/proc/{holder.pid}/cmdline"),
-                        10, "the outside namespace")
-        veth = f"hwu{os.getpid() % 100000}"
-        ip("link", "add", veth, "type", "veth", "peer", "name", veth + "x")
-        ip("link", "set", veth + "x", "netns", str(holder.pid))
-        ip("addr", "add", f"{NODE_ADDRESS}/24", "dev", veth)
-        ip("addr", "add", f"{OUTSIDE_ADDRESS}/24", "dev", veth + "x", netns_pid=holder.pid)
-        if ipv6:
-            # nodad: usable at once, without waiting for duplicate address detection.
-            ip("-6", "addr", "add", f"{NODE_ADDRESS6}/64", "dev", veth, "nodad")
-            ip("-6", "addr", "add", f"{OUTSIDE_ADDRESS6}/64", "dev", veth + "x", "nodad",
-               netns_pid=holder.pid)
-        ip("link", "set", veth, "up")
-        ip("link", "set", veth + "x", "up", netns_pid=holder.pid)
-        ip("link", "set", "lo", "up", netns_pid=holder.pid)
-        return holder.pid
-
+class GuestUdpTest(outside_net.OutsideNetTest):
     def test_guest_udp_and_ipv6(self):
         c = self.c
         entry = pwd.getpwnam(self.user)
