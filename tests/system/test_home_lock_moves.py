@@ -16,6 +16,8 @@ import shlex
 import unittest
 
 import harness
+import lock_jobs
+from lock_jobs import WAITER
 
 read = harness.read_text
 
@@ -44,22 +46,6 @@ if how == "unlock":
     with open("after", "w") as out:
         out.write("".join(sorted(open("log").read().splitlines(True)[1:])))
 os._exit(0)
-"""
-
-# Waits for a lock on FILE (lockf or flock), saying `waiting-TAG` first, and logs when
-# it has it.
-WAITER = r"""
-import fcntl, os, sys
-path, how, tag = sys.argv[1], sys.argv[2], sys.argv[3]
-f = open(path, "r+")
-with open(f"waiting-{tag}", "w"):
-    pass
-if how == "flock":
-    fcntl.flock(f, fcntl.LOCK_EX)
-else:
-    fcntl.lockf(f, fcntl.LOCK_EX)
-with open("log", "a") as log:
-    log.write(f"{tag} got it\n")
 """
 
 # Holds a write lock (lockf) on FILE, says so in `FILE.held` with its pid, and waits for
@@ -93,49 +79,17 @@ def blocked_on(path):
         return sum(1 for line in f if "->" in line and tail in line.split("->")[1] + " ")
 
 
-class HomeLockMovesTest(harness.UserClusterTest):
+class HomeLockMovesTest(lock_jobs.LockJobsTest):
     user_prefix = "hwhlm"
-    cluster_nodes = 3
-    cluster_settings = ("gossip.interval_ms=200", "balance.automatic=false")
 
     def setUp(self):
         super().setUp()
-        for node in ("node2", "node3"):
-            self.c.wait_for(lambda: self.c.run(node, "test", "-d", "/mosix/home/node1/data",
-                                               check=False).returncode == 0,
-                            30, f"{node} to mount node1's files")
-
-    def workdir(self, name, files):
-        entry = __import__("pwd").getpwnam(self.user)
-        self.dir = f"/data/{name}"
-        self.work = os.path.join(self.c.node("node1")["data"], name)
-        os.makedirs(self.work)
-        for file, text in files:
-            with open(os.path.join(self.work, file), "w") as f:
-                f.write(text)
-            os.chown(os.path.join(self.work, file), entry.pw_uid, entry.pw_gid)
-        os.chown(self.work, entry.pw_uid, entry.pw_gid)
-
-    def start(self, tag, placement, *program):
-        """Starts `program` as a job of the user; status, output and errors go to
-        TAG.status/out/err."""
-        mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", *placement, *program])
-        self.c.run("node1", "sh", "-c", f"cd {self.dir} && ({mosrun} > {tag}.out 2> {tag}.err; "
-                                        f"echo $? > {tag}.status) >/dev/null 2>&1 & echo started")
+        self.wait_for_home_mounts()
 
     def start_local(self, *program):
         """Starts `program` at home as a plain process of the user (no mosrun)."""
         local = shlex.join(["runuser", "-u", self.user, "--", *program])
         self.c.run("node1", "sh", "-c", f"cd {self.dir} && ({local} >/dev/null 2>&1 &)")
-
-    def ended(self, tag, timeout=60):
-        self.c.wait_for(lambda: read(os.path.join(self.work, f"{tag}.status")), timeout,
-                        f"job {tag} to end")
-        return (read(os.path.join(self.work, f"{tag}.status")).strip(),
-                read(os.path.join(self.work, f"{tag}.err")))
-
-    def log(self):
-        return read(os.path.join(self.work, "log")).splitlines()
 
     def move_holder_with_waiters(self, how, local_waiters):
         c = self.c

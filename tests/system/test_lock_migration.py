@@ -7,12 +7,12 @@ holder lets go (it unlocks the first, and the second goes as it exits), each wai
 lock. It is moved on again (back to node2) before it lets go. Without carrying, the holder's old copy is killed after the restore and its locks go
 with it: the waiters get them while the moved holder still believes it holds them."""
 
-import json
 import os
-import shlex
 import unittest
 
 import harness
+import lock_jobs
+from lock_jobs import WAITER
 
 read = harness.read_text
 
@@ -45,59 +45,15 @@ while not os.path.exists("go"):
     time.sleep(0.05)
 """
 
-# Waits for a lock on FILE (lockf or flock), saying `waiting-TAG` first, and logs when
-# it has it.
-WAITER = r"""
-import fcntl, os, sys
-path, how, tag = sys.argv[1], sys.argv[2], sys.argv[3]
-f = open(path, "r+")
-with open(f"waiting-{tag}", "w"):
-    pass
-if how == "flock":
-    fcntl.flock(f, fcntl.LOCK_EX)
-else:
-    fcntl.lockf(f, fcntl.LOCK_EX)
-with open("log", "a") as log:
-    log.write(f"{tag} got it\n")
-"""
 
-
-class LockMigrationTest(harness.UserClusterTest):
+class LockMigrationTest(lock_jobs.LockJobsTest):
     user_prefix = "hwcarry"
-    cluster_nodes = 3
-    cluster_settings = ("gossip.interval_ms=200", "balance.automatic=false")
-
-    def start(self, tag, placement, *program):
-        """Starts `program` as a job of the user in /data/carry; status, output and errors
-        go to TAG.status/out/err."""
-        mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", *placement, *program])
-        self.c.run("node1", "sh", "-c", f"cd /data/carry && ({mosrun} > {tag}.out 2> {tag}.err; "
-                                        f"echo $? > {tag}.status) >/dev/null 2>&1 & echo started")
-
-    def ended(self, tag, timeout=60):
-        self.c.wait_for(lambda: read(os.path.join(self.work, f"{tag}.status")), timeout,
-                        f"job {tag} to end")
-        return (read(os.path.join(self.work, f"{tag}.status")).strip(),
-                read(os.path.join(self.work, f"{tag}.err")))
-
-    def log(self):
-        return read(os.path.join(self.work, "log")).splitlines()
 
     def test_a_moved_holder_keeps_its_locks(self):
         c = self.c
-        for node in ("node2", "node3"):
-            c.wait_for(lambda: c.run(node, "test", "-d", "/mosix/home/node1/data",
-                                     check=False).returncode == 0,
-                       30, f"{node} to mount node1's files")
-        entry = __import__("pwd").getpwnam(self.user)
-        self.work = os.path.join(c.node("node1")["data"], "carry")
-        os.makedirs(self.work)
-        for name, text in (("holder.py", HOLDER), ("waiter.py", WAITER), ("counted", "0\n"),
-                           ("flocked", "x\n")):
-            with open(os.path.join(self.work, name), "w") as f:
-                f.write(text)
-            os.chown(os.path.join(self.work, name), entry.pw_uid, entry.pw_gid)
-        os.chown(self.work, entry.pw_uid, entry.pw_gid)
+        self.wait_for_home_mounts()
+        self.workdir("carry", (("holder.py", HOLDER), ("waiter.py", WAITER), ("counted", "0\n"),
+                               ("flocked", "x\n")))
 
         self.start("holder", ["-r", "node2"], "python3", "holder.py")
         c.wait_for(lambda: read(os.path.join(self.work, "held")), 60, "the holder's locks")
@@ -140,17 +96,8 @@ class LockMigrationTest(harness.UserClusterTest):
         # memfd) is owned by its process, and criu would take it again on the target while
         # the frozen copy still holds it: the move is refused up front.
         c = self.c
-        entry = __import__("pwd").getpwnam(self.user)
-        self.work = os.path.join(c.node("node1")["data"], "carryhome")
-        os.makedirs(self.work)
-        for name, text in (("holder.py", PINNED),):
-            with open(os.path.join(self.work, name), "w") as f:
-                f.write(text)
-            os.chown(os.path.join(self.work, name), entry.pw_uid, entry.pw_gid)
-        os.chown(self.work, entry.pw_uid, entry.pw_gid)
-        mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", "python3", "holder.py"])
-        c.run("node1", "sh", "-c", f"cd /data/carryhome && ({mosrun} > holder.out 2> holder.err; "
-                                   f"echo $? > holder.status) >/dev/null 2>&1 & echo started")
+        self.workdir("carryhome", (("holder.py", PINNED),))
+        self.start("holder", [], "python3", "holder.py")
         c.wait_for(lambda: read(os.path.join(self.work, "held")), 60, "the holder's locks")
         holder = next(j for j in harness.jobs(c) if j["cmd"].endswith("holder.py") and
                       j["where"] == "node1")
