@@ -12,31 +12,8 @@ import os
 import pwd
 
 import harness
+from test_pty import JOB as PROBE  # answers one command per line read from its terminal
 from test_pty import Terminal, open_shell  # noqa: F401 (Terminal: open_shell's type)
-
-# Answers one command per line read from its terminal.
-PROBE = r"""
-import os, sys, time
-print("READY", flush=True)
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        print("EOF", flush=True)
-        sys.exit(4)
-    command = line.strip()
-    if command == "size":
-        cols, rows = os.get_terminal_size(0)
-        print(f"SIZE {rows}x{cols} tty={os.isatty(0)}{os.isatty(1)} name={os.ttyname(0)}",
-              flush=True)
-    elif command == "sleep":
-        try:  # ^C may come as soon as the line is out
-            print("SLEEPING", flush=True)
-            time.sleep(120)
-        except KeyboardInterrupt:
-            print("INTERRUPTED", flush=True)
-    elif command == "exit":
-        sys.exit(3)
-"""
 
 
 class PtyRestartTest(harness.UserClusterTest):
@@ -82,8 +59,8 @@ class PtyRestartTest(harness.UserClusterTest):
         term.set_size(35, 110)
         term.send("mosrun -R ck\r")
         term.expect(r"job restarted from checkpoint 1 of /data/ptr/ck")
-        term.send("size\r")
-        term.expect(r"SIZE 35x110 tty=TrueTrue name=/dev/pts/0\r\n")
+        term.send("check\r")
+        term.expect(r"CHECK tty=TrueTrue name=/dev/pts/0 size=35x110 ")
         # ^C reaches it through its terminal's line discipline.
         term.send("sleep\r")
         term.expect(r"SLEEPING\r\n")
@@ -96,8 +73,8 @@ class PtyRestartTest(harness.UserClusterTest):
         self.assertEqual(self.modes(term, 2), before)
         term.send("fg\r")
         term.expect(r"mosrun -R ck\r\n")
-        term.send("size\r")
-        term.expect(r"SIZE 35x110 tty=TrueTrue name=/dev/pts/0\r\n")
+        term.send("check\r")
+        term.expect(r"CHECK tty=TrueTrue name=/dev/pts/0 size=35x110 ")
         # Its end: its own status, and the user's modes as before.
         term.send("exit\r")
         term.expect(r"hwsh\$ ")
