@@ -58,21 +58,8 @@ class CheckpointInputTest(unittest.TestCase):
     def start(self, c, name, options=""):
         """Starts SUMMER as the user at node1 with `-C ck`, its stdin a fifo the test
         writes; returns the work directory, the fifo's writing end and mosrun's pid."""
-        work = os.path.join(c.node("node1")["data"], name)
-        os.makedirs(work)
-        os.chown(work, self.uid, self.uid)
-        with open(os.path.join(work, "job.sh"), "w") as f:
-            f.write(SUMMER)
-        fifo = os.path.join(work, "in")
-        os.mkfifo(fifo, 0o600)
-        os.chown(fifo, self.uid, self.uid)
-        shell = (f"cd /data/{name} && (mosrun -L -C ck {options} sh job.sh < in > out 2> err; "
-                 f"echo $? > status) > /dev/null 2>&1 & echo ok")
-        c.run("node1", *self.as_user(shell))
-        writer = open(fifo, "w")  # once mosrun's shell has opened it for reading
-        self.addCleanup(lambda: writer.closed or writer.close())
-        pid = c.wait_for(lambda: next((j["pid"] for j in jobs(c) if j["user"] == self.user),
-                                      None), 60, "the job to be listed")
+        work, writer, pid = harness.start_fed_job(self, c, self.user, name, SUMMER,
+                                                   f"-L -C ck {options}")
         return work, writer, pid
 
     def feed(self, c, work, writer, first, last):

@@ -41,22 +41,8 @@ class InputLogsTest(unittest.TestCase):
     def start(self, c, name):
         """Starts READER as the user at node1 with `-C ck`, its stdin a fifo the test
         writes; feeds it one line; returns the work directory, the writer and the job's pid."""
-        work = os.path.join(c.node("node1")["data"], name)
-        os.makedirs(work)
-        os.chown(work, self.uid, self.uid)
-        with open(os.path.join(work, "job.sh"), "w") as f:
-            f.write(READER)
-        fifo = os.path.join(work, "in")
-        os.mkfifo(fifo, 0o600)
-        os.chown(fifo, self.uid, self.uid)
-        shell = (f"cd /data/{name} && (mosrun -C ck sh job.sh < in > out 2> err; "
-                 f"echo $? > status) > /dev/null 2>&1 & echo ok")
-        c.run("node1", "runuser", "-u", self.user, "--", "sh", "-c", shell)
-        writer = open(fifo, "w")  # once mosrun's shell has opened it for reading
-        self.addCleanup(lambda: writer.closed or writer.close())
-        pid = c.wait_for(lambda: next((j["pid"] for j in jobs(c) if j["user"] == self.user
-                                       and j["pid"] not in self.pids), None),
-                         60, "the job to be listed")
+        work, writer, pid = harness.start_fed_job(self, c, self.user, name, READER, "-C ck",
+                                                   known=self.pids)
         self.pids.append(pid)
         writer.write("1\n")
         writer.flush()
