@@ -238,7 +238,16 @@ class StdinTest(unittest.TestCase):
         # of its output, its relay paused (96 MB: well over what the buffers on the way
         # hold, some 25 MB here). Moved on to node3, then home, with the reader still
         # waiting each time: what the old node owes comes first, whole, then the new
-        # place's, and nothing stalls once the reader reads.
+        # place's, and nothing stalls once the reader reads. The job is an ordinary user's.
+        if shutil.which("useradd") is None:
+            self.skipTest("no useradd")
+        user = f"hwout{secrets.token_hex(4)}"
+        harness.add_user(user)
+        self.addCleanup(harness.remove_user, user)
+        self.addCleanup(self.c.run, "node1", "sh", "-c", f"pkill -KILL -u {user} || true",
+                        check=False)
+        entry = pwd.getpwnam(user)
+        os.chown(self.work, entry.pw_uid, entry.pw_gid)
         with open(self.path("big"), "wb") as f:
             f.write(secrets.token_bytes(96 * 1000 * 1000))
         for step, target in enumerate(("node3", "home")):
@@ -247,7 +256,8 @@ class StdinTest(unittest.TestCase):
             # must follow all that the old node owed.
             pid = self.start(f"mosrun -r node2 sh -c 'cat big; until [ -e {gate} ]; do "
                              f"sleep 0.05; done; cat big' 2> err | "
-                             f"(until [ -e {gate} ]; do sleep 0.05; done; cat > out{step})")
+                             f"(until [ -e {gate} ]; do sleep 0.05; done; cat > out{step})",
+                             user)
             # node2 pauses the job's output: mosrun's socket and its queue at home are full.
             self.c.wait_for(lambda: f"job {pid}: its output waits: mosrun is behind"
                             in self.c.log("node2"), 60, "node2 to hold the output back")
