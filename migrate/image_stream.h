@@ -1,7 +1,9 @@
 // The migration stream: sends a CRIU image directory over a connected descriptor as
 // framed Cap'n Proto messages (utils/schema/migration.capnp) and receives it into a fresh
-// directory, verifying every file's size and checksum. Both sides block; the daemon runs
-// them on a thread of their own. A receiver that fails leaves no directory behind.
+// directory, verifying every file's size, and its checksum on a stream in clear (a stream
+// in a peer connection's authenticated records leaves the checksums to the records' tags).
+// Both sides block; the daemon runs them on a thread of their own. A receiver that fails
+// leaves no directory behind.
 #pragma once
 
 #include <sys/types.h>
@@ -50,7 +52,8 @@ struct SendOptions {
   // if it fails later, the source job is continued, not restored.
   bool remove_sent_files = false;
   // "stream-mid": stop after about half the bytes, as if the connection were cut.
-  // "stream-corrupt": flip a byte of the first chunk after checksumming it.
+  // "stream-corrupt": flip a byte of the first chunk after checksumming it (in clear), or
+  // of the record that carries it once sealed (encrypted).
   // "stream-hold": after about half the bytes, log that the stream is held and wait until
   // the receiver hangs up (at most a minute), then go on.
   FaultPoints faults;
@@ -60,7 +63,8 @@ struct SendOptions {
 // file or the write that failed; the receiver then sees a cut stream.
 StreamStats SendImages(int fd, const std::string& dir, const JobMetadata& job,
                        const SendOptions& options = {});
-// The same over an encrypted peer connection, sealed in place (no pump thread).
+// The same over an encrypted peer connection, sealed in place (no pump thread), without
+// the checksums (the header says the stream is sealed).
 StreamStats SendImages(SecureStream& stream, const std::string& dir, const JobMetadata& job,
                        const SendOptions& options = {});
 
@@ -81,7 +85,9 @@ struct ReceivedImages {
 // mode 0700). Reads exactly the stream's bytes, so the connection may carry more after
 // it. On any failure removes `dir` and everything written into it, and throws
 // Error(kDisconnected) for a stream cut short or Error(kInvalidInput) for a malformed
-// or damaged one, naming what was missing or wrong.
+// or damaged one, naming what was missing or wrong. A stream that says it is sealed is
+// taken only from an encrypted SecureStream; on a descriptor or a SecureStream in clear
+// it is refused (it lacks its checksums).
 ReceivedImages ReceiveImages(int fd, const std::string& dir, const ReceiveOptions& options = {});
 ReceivedImages ReceiveImages(SecureStream& stream, const std::string& dir,
                              const ReceiveOptions& options = {});

@@ -1,5 +1,7 @@
-// The migration stream: a directory arrives byte-identical; a cut, damaged or malformed
-// stream is refused with the right kind and leaves no directory behind.
+// The migration stream: a directory arrives byte-identical, in clear (checksummed) and in
+// authenticated records (without checksums); a cut, damaged or malformed stream, or a
+// clear one without its checksums, is refused with the right kind and leaves no directory
+// behind.
 #include "image_stream.h"
 
 #include <sys/socket.h>
@@ -20,8 +22,10 @@
 #include "error.h"
 #include "fd.h"
 #include "framing.h"
+#include "peer_auth.h"
 #include "schema/migration.capnp.h"
 #include "scratch_dir.h"
+#include "secure_channel.h"
 
 namespace homeward::migrate {
 namespace {
@@ -36,6 +40,15 @@ bool Exists(const std::string& path) {
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// One end of an encrypted peer connection: the two ends' keys mirror each other.
+std::unique_ptr<SecureStream> Sealed(Fd fd, bool sender) {
+  PeerSession session;
+  session.cipher = PeerCipher::kChaCha20Poly1305;
+  session.send_key.fill(sender ? 1 : 2);
+  session.receive_key.fill(sender ? 2 : 1);
+  return std::make_unique<SecureStream>(std::move(fd), session, sender ? "target" : "source");
 }
 
 class ImageStreamTest : public ::testing::Test {
@@ -102,6 +115,37 @@ class ImageStreamTest : public ::testing::Test {
     return send_error;
   }
 
+  // The same over encrypted SecureStreams (ends closed as a dying peer's would be).
+  std::string SendAndReceiveSealed(const SendOptions& options, ReceivedImages* received,
+                                   std::optional<Error>* receive_error) {
+    auto sending = Sealed(std::move(send_), true);
+    auto receiving = Sealed(std::move(receive_), false);
+    std::string send_error;
+    std::thread sender([&] {
+      try {
+        SendImages(*sending, source_, {}, options);
+        sending->CloseWrite();
+      } catch (const Error& e) {
+        send_error = e.what();
+        sending->Shutdown();
+      }
+    });
+    try {
+      *received = ReceiveImages(*receiving, target_);
+    } catch (const Error& e) {
+      receive_error->emplace(e);
+    }
+    receiving->Shutdown();
+    sender.join();
+    return send_error;
+  }
+
+  void ExpectIdentical() {
+    for (const char* name : {"pages-1.img", "core-1.img", "empty.img", "pages-2.img"}) {
+      EXPECT_EQ(ReadFile(target_ + "/" + name), ReadFile(source_ + "/" + name)) << name;
+    }
+  }
+
   ScratchDir scratch_{"homeward-image-stream"};
   std::string root_ = scratch_.path(), source_, target_;
   Fd send_, receive_;
@@ -119,9 +163,100 @@ TEST_F(ImageStreamTest, DirectoryArrivesIdentical) {
   ASSERT_EQ(received.job.external_pipes.size(), 2u);
   EXPECT_EQ(received.job.external_pipes[1].inode, 5678u);
   EXPECT_EQ(received.job.external_pipes[1].role, "stdin");
-  for (const char* name : {"pages-1.img", "core-1.img", "empty.img", "pages-2.img"}) {
-    EXPECT_EQ(ReadFile(target_ + "/" + name), ReadFile(source_ + "/" + name)) << name;
+  ExpectIdentical();
+}
+
+TEST_F(ImageStreamTest, SealedStreamArrivesIdenticalWithoutChecksums) {
+  ReceivedImages received;
+  std::optional<Error> error;
+  EXPECT_EQ(SendAndReceiveSealed({}, &received, &error), "");
+  ASSERT_FALSE(error) << error->what();
+  EXPECT_EQ(received.stats.files, 4u);
+  ExpectIdentical();
+}
+
+// What a sealed sender writes, captured: its header says so and its file ends carry no
+// checksum; a clear stream (over a socket pair) carries them.
+std::vector<std::pair<bool, uint64_t>> HeaderAndChecksums(const std::string& wire) {
+  std::vector<std::pair<bool, uint64_t>> seen;
+  kj::ArrayPtr<const capnp::word> words(reinterpret_cast<const capnp::word*>(wire.data()),
+                                        wire.size() / sizeof(capnp::word));
+  while (words.size() > 0) {
+    capnp::FlatArrayMessageReader reader(words);
+    auto msg = reader.getRoot<schema::StreamMessage>();
+    if (msg.isHeader()) seen.push_back({msg.getHeader().getSealed(), 0});
+    if (msg.isFileEnd()) seen.push_back({false, msg.getFileEnd().getXxh64()});
+    words = kj::arrayPtr(reader.getEnd(), words.end());
   }
+  return seen;
+}
+
+TEST_F(ImageStreamTest, OnlyAClearStreamCarriesChecksums) {
+  for (bool sealed : {false, true}) {
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+    Fd send_end = Fd::Adopt(fds[0]), clear_end = Fd::Adopt(fds[1]);
+    auto sender = sealed ? Sealed(std::move(send_end), true) : nullptr;
+    auto reader = sealed ? Sealed(std::move(clear_end), false) : nullptr;
+    std::thread send([&] {
+      if (sealed) {
+        SendImages(*sender, source_, {});
+        sender->CloseWrite();
+      } else {
+        SendImages(send_end.get(), source_, {});
+        ::shutdown(send_end.get(), SHUT_WR);
+      }
+    });
+    std::string wire;
+    char buffer[1 << 16];
+    for (;;) {
+      size_t n = sealed ? reader->Read(buffer, sizeof buffer)
+                        : ReadSome(clear_end.get(), buffer, sizeof buffer, "wire");
+      if (n == 0) break;
+      wire.append(buffer, n);
+    }
+    send.join();
+    auto seen = HeaderAndChecksums(wire);
+    ASSERT_EQ(seen.size(), 5u) << sealed;
+    EXPECT_EQ(seen[0].first, sealed);
+    for (size_t i = 1; i < seen.size(); ++i) {
+      // The empty file's XXH3 is not 0 either.
+      EXPECT_EQ(seen[i].second == 0, sealed) << i;
+    }
+  }
+}
+
+// A sender (broken or hostile) that says its stream is sealed while it travels in clear
+// would leave damage unnoticed: the receiver refuses it at the header.
+TEST_F(ImageStreamTest, ClearStreamWithoutItsChecksumsIsRefused) {
+  capnp::MallocMessageBuilder message;
+  auto header = message.initRoot<schema::StreamMessage>().initHeader();
+  header.setVersion(schema::MIGRATION_VERSION);
+  header.setSealed(true);
+  auto files = header.initFiles(1);
+  files[0].setName("pages-1.img");
+  files[0].setSize(4);
+  header.setTotalBytes(4);
+  ExpectRefused(message, "arrived in clear: refused without its checksums");
+}
+
+// The same over a SecureStream in clear (a benchmark's baseline): no records, no trust.
+TEST_F(ImageStreamTest, SealedHeaderOnAPlainSecureStreamIsRefused) {
+  capnp::MallocMessageBuilder message;
+  auto header = message.initRoot<schema::StreamMessage>().initHeader();
+  header.setVersion(schema::MIGRATION_VERSION);
+  header.setSealed(true);
+  WriteFrame(send_.get(), message);
+  send_.Reset();
+  auto plain = SecureStream::Plain(std::move(receive_), "source");
+  try {
+    ReceiveImages(*plain, target_);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+    EXPECT_THAT(e.what(), HasSubstr("refused without its checksums"));
+  }
+  EXPECT_FALSE(Exists(target_));
 }
 
 TEST_F(ImageStreamTest, SentFilesCanBeRemovedAsTheyGo) {
@@ -157,6 +292,20 @@ TEST_F(ImageStreamTest, DamagedChunkFailsItsChecksum) {
   ASSERT_TRUE(error);
   EXPECT_EQ(error->kind(), ErrorKind::kInvalidInput);
   EXPECT_THAT(error->what(), HasSubstr("checksum"));
+  EXPECT_FALSE(Exists(target_));
+}
+
+// Sealed, the fault alters a record of the first chunk as the wire might: the record
+// layer refuses it, and the stream fails as invalid with no directory left.
+TEST_F(ImageStreamTest, DamagedRecordFailsToAuthenticate) {
+  SendOptions options;
+  options.faults = FaultPoints::Parse("stream-corrupt");
+  ReceivedImages received;
+  std::optional<Error> error;
+  SendAndReceiveSealed(options, &received, &error);
+  ASSERT_TRUE(error);
+  EXPECT_EQ(error->kind(), ErrorKind::kInvalidInput) << error->what();
+  EXPECT_THAT(error->what(), HasSubstr("failed to authenticate"));
   EXPECT_FALSE(Exists(target_));
 }
 

@@ -279,9 +279,10 @@ class MigrationTest(unittest.TestCase):
             self.assertEqual(c.run("node1", "cat", "/data/hog").stdout,
                              "".join(f"{i}\n" for i in range(40)))
 
-    def fails_at(self, fault, step):
+    def fails_at(self, fault, step, target_logs=()):
         """A move whose stream or target-side step fails (by a fault point in every
-        daemon) leaves the job running at home with all of its output."""
+        daemon) leaves the job running at home with all of its output. `target_logs`:
+        what the target's log must say, where the sender cannot know why."""
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"], faults=fault) as c:
             wait_for_home_mounts(c, ("node2",))
             out, appended, status, messages, pid = self.run_workload(
@@ -289,6 +290,8 @@ class MigrationTest(unittest.TestCase):
             self.assertEqual(messages[0].returncode, 1)
             self.assertIn(f"job {pid} stays on node1", messages[0].stderr)
             self.assertIn(step, messages[0].stderr)
+            for line in target_logs:
+                self.assertIn(line, c.log("node2"))
             self.assertEqual(status, "0\n")
             self.assertEqual(out.count("\n"), 31)
             self.assertNotIn("host node2", out)
@@ -305,6 +308,13 @@ class MigrationTest(unittest.TestCase):
 
     def test_cut_stream_leaves_the_job_running(self):
         self.fails_at("stream-mid", "send the images")
+
+    def test_damaged_stream_leaves_the_job_running(self):
+        # The stream is sealed in records: the fault alters one after sealing it, and the
+        # target refuses it as tampered (its connection ends, so the sender only sees the
+        # target hang up).
+        self.fails_at("stream-corrupt", "node2",
+                      ("receive the images failed on node2", "failed to authenticate"))
 
 
 if __name__ == "__main__":

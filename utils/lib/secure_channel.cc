@@ -782,6 +782,10 @@ void SecureStream::Write(const iovec* iov, size_t count) {
       filled += sealer_->SealInPlace(record, gathered);
       length = gathered;
     }
+    if (damage_next_) {
+      record[kRecordHeaderBytes] ^= 0x5a;  // the first byte of its ciphertext
+      damage_next_ = false;
+    }
     total -= length;
     if (send_buffer_.size() - filled < kWholeRecord) {
       SendAll(send_buffer_.data(), filled);
@@ -800,6 +804,11 @@ void SecureStream::CloseWrite() {
     SendAll(record, sealer_->SealInPlace(record, 0));
   }
   ::shutdown(tcp_.get(), SHUT_WR);
+}
+
+void SecureStream::DamageNextRecord() {
+  std::lock_guard lock(write_mutex_);
+  damage_next_ = !plaintext_;
 }
 
 void SecureStream::Shutdown() {

@@ -171,6 +171,10 @@ class SecureStream {
   void Write(const void* data, size_t size);
   // Ends this direction: the end record, then a TCP half-close. Reads go on.
   void CloseWrite();
+  // The fault point stream-corrupt: the next Write flips a byte of its first record once
+  // sealed, so that the peer refuses the record as tampered, as it would one altered on
+  // the wire.
+  void DamageNextRecord();
   // Breaks the connection at once from any thread: blocked calls return with an error.
   void Shutdown();
   // The TCP socket, for its options and for poll (readable when Read may not block, but
@@ -202,6 +206,7 @@ class SecureStream {
   std::vector<uint8_t> gather_;       // a record's plaintext gathered from several pieces
   std::string_view plain_;            // opened plaintext not yet read (in the opener's buffer)
   bool write_ended_ = false;
+  bool damage_next_ = false;  // under write_mutex_
   bool read_ended_ = false;
   // The connection is of no further use (a bad record, a cut, a failed send): set by the
   // reader or a writer, so atomic.

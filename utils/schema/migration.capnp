@@ -1,8 +1,11 @@
 # The migration stream: a job's CRIU image directory carried from the source node to the
 # target as a sequence of framed StreamMessages on one connection:
 #   header, then for each file in header order: chunk* and fileEnd, then trailer.
-# Chunks are about 1 MiB; every file ends with its size and an XXH3-64 checksum, so the
-# receiver can tell a cut or damaged stream from a complete one.
+# Chunks are about 1 MiB; every file ends with its size and, on a stream in clear, an
+# XXH3-64 checksum, so the receiver can tell a cut or damaged stream from a complete one.
+# A stream carried in a peer connection's authenticated records (every real move) says so
+# in its header and leaves the checksums out: each record's tag already proves its bytes
+# arrived as sent, and a cut, altered or reordered record is an error of the record layer.
 @0xf1cc3e52ad0e117d;
 
 using Cxx = import "/capnp/c++.capnp";
@@ -26,6 +29,10 @@ struct StreamHeader {
   files @2 :List(FileEntry);
   totalBytes @3 :UInt64;
   # The sum of the files' sizes, so a receiver can refuse a stream it has no room for.
+  sealed @4 :Bool;
+  # The sender seals the stream in authenticated records and puts no checksum in its
+  # fileEnds (their xxh64 is 0). A receiver takes that only from a stream it opens from
+  # such records; a stream in clear that says it is sealed is refused.
 }
 
 struct JobMetadata {
@@ -79,7 +86,7 @@ struct FileEnd {
   file @0 :UInt32;
   size @1 :UInt64;
   xxh64 @2 :UInt64;
-  # XXH3-64 of the file's bytes.
+  # XXH3-64 of the file's bytes; 0 and unchecked in a sealed stream (header.sealed).
 }
 
 struct StreamTrailer {
