@@ -124,6 +124,19 @@ void Daemon::Start() {
       },
       [this](uint64_t token) { file_server_.UnparkHomeJob(token); });
   file_server_.ServeLockHolders(config_.mosix_root + "/" + kLockHolderSocketName);
+  // After every turn of the loop, the file service learns which processes may hold a
+  // shim's OFD lock (the jobs at home's): a job that started in this turn is known before
+  // its program can take a lock.
+  CheckUv(uv_check_init(loop_, job_inits_.get()), "job inits publisher");
+  job_inits_.get()->data = this;
+  CheckUv(uv_check_start(job_inits_.get(),
+                         [](uv_check_t* check) {
+                           GuardedCall("publishing the jobs at home", [check] {
+                             auto* self = static_cast<Daemon*>(check->data);
+                             self->file_server_.SetJobInits(self->jobs_.HomeJobInits());
+                           });
+                         }),
+          "job inits publisher");
   jobs_.OnChange([this] {
     gossip_.SetLocalJobs(jobs_.jobs_away(), jobs_.guests_here(),
                          static_cast<float>(jobs_.guests_here()), jobs_.blocked());
@@ -183,6 +196,7 @@ void Daemon::Stop() {
   loopback_.Stop();
   peer_server_.Stop();
   gossip_.Stop();
+  job_inits_.Close();
   sigterm_.Close();
   sigint_.Close();
 }

@@ -59,6 +59,7 @@ class Daemon {
   Balancer balancer_;
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
+  UvHandle<uv_check_t> job_inits_;  // publishes the jobs at home's inits to file_server_
   bool stopped_ = false;
 };
 

@@ -180,7 +180,8 @@ long RefuseStatic(long dirfd, const char* path, long flags) {
   return -EPERM;
 }
 
-// execve and execveat: the new program gets the job's variables back if it lost them.
+// execve and execveat: the new program gets the job's variables back if it lost them, and
+// keeps the process's POSIX locks (posix_locks.h).
 long Exec(long nr, const long a[6]) {
   long refused = nr == SYS_execve ? RefuseStatic(AT_FDCWD, reinterpret_cast<const char*>(a[0]), 0)
                                   : RefuseStatic(a[0], reinterpret_cast<const char*>(a[1]), a[4]);
@@ -202,7 +203,9 @@ long Exec(long nr, const long a[6]) {
       InjectEnv(envp, entries, count, state.library, reinterpret_cast<void*>(mapped), size);
   long args[6] = {a[0], a[1], a[2], a[3], a[4], a[5]};
   args[env_arg] = reinterpret_cast<long>(env);
+  BeforeExec();  // the process's POSIX locks stay across the exec, as the kernel's do
   long result = Raw(nr, args);
+  AfterFailedExec();
   RawSyscall(SYS_munmap, mapped, static_cast<long>(size));
   return result;
 }

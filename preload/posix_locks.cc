@@ -1,6 +1,7 @@
 // POSIX locks as OFD locks on a description of the process's own; see posix_locks.h.
 #include "posix_locks.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -30,7 +31,7 @@ constexpr long kFirstOwnFd = kShimLockFdBase;
 constexpr int kSlots = 64;
 
 struct Slot {
-  int fd = -1;   // the description that holds the locks (close-on-exec)
+  int fd = -1;   // the description that holds the locks (close-on-exec but across an exec)
   long pid = 0;  // the process it is of, as the kernel names it in the job
 };
 
@@ -55,12 +56,92 @@ bool SameFile(int fd, const struct stat& st) {
          mine.st_dev == st.st_dev && mine.st_ino == st.st_ino;
 }
 
+// Whether `fd` is one of the shim's descriptions (under the guard).
+bool IsOwn(int fd) {
+  for (const Slot& slot : slots) {
+    if (slot.fd == fd) return true;
+  }
+  return false;
+}
+
 // The slot of this process's description of the file `st` (under the guard), or -1.
 int Find(const struct stat& st, long pid) {
   for (int i = 0; i < kSlots; ++i) {
     if (slots[i].fd >= 0 && slots[i].pid == pid && SameFile(slots[i].fd, st)) return i;
   }
   return -1;
+}
+
+// Calls `visit` with each descriptor number the directory `dir` (/proc/self/fd) lists.
+template <typename Visit>
+void ForEachFd(long dir, Visit visit) {
+  alignas(8) char buffer[2048];
+  for (;;) {
+    long n = RawSyscall(SYS_getdents64, dir, reinterpret_cast<long>(buffer), sizeof buffer);
+    if (n <= 0) return;
+    for (long at = 0; at < n;) {
+      auto* entry = reinterpret_cast<const dirent64*>(buffer + at);
+      at += entry->d_reclen;
+      const char* name = entry->d_name;
+      if (name[0] < '0' || name[0] > '9') continue;
+      int fd = 0;
+      for (const char* c = name; *c >= '0' && *c <= '9'; ++c) fd = fd * 10 + (*c - '0');
+      visit(fd);
+    }
+  }
+}
+
+// /proc/self/fdinfo/FD, or /proc/self/fd/FD with `fd_dir`, in `path` (32 bytes).
+void ProcSelfPath(long fd, bool fd_dir, char* path) {
+  const char* prefix = fd_dir ? "/proc/self/fd/" : "/proc/self/fdinfo/";
+  int at = 0;
+  while (prefix[at] != '\0') {
+    path[at] = prefix[at];
+    ++at;
+  }
+  char digits[16];
+  int n = 0;
+  for (long v = fd; n == 0 || v > 0; v /= 10) digits[n++] = static_cast<char>('0' + v % 10);
+  while (n > 0) path[at++] = digits[--n];
+  path[at] = '\0';
+}
+
+// Whether the description open as `fd` holds an OFD lock (its fdinfo lists the locks held
+// through it; the first come within the first lines).
+bool HoldsOfdLock(long fd) {
+  char path[32];
+  ProcSelfPath(fd, false, path);
+  long info = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (info < 0) return false;
+  char text[4096];
+  long n = RawSyscall(SYS_read, info, reinterpret_cast<long>(text), sizeof text);
+  RawSyscall(SYS_close, info);
+  constexpr char kOfd[] = "OFDLCK";
+  for (long i = 0; i + 6 <= n; ++i) {
+    long k = 0;
+    while (k < 6 && text[i + k] == kOfd[k]) ++k;
+    if (k == 6) return true;
+  }
+  return false;
+}
+
+// Whether the locks held through `own` survive an exec as the kernel's POSIX locks would:
+// the process has the file open (besides the shim's descriptions) and none of its
+// descriptors of it is close-on-exec (the exec's close of one drops them).
+bool KeptAcrossExec(int own) {
+  struct stat st;
+  if (RawSyscall(SYS_fstat, own, reinterpret_cast<long>(&st)) != 0) return false;
+  long dir = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/fd"),
+                        O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return false;
+  bool open = false, closing = false;
+  ForEachFd(dir, [&](int fd) {
+    if (fd == dir || IsOwn(fd) || !SameFile(fd, st)) return;
+    open = true;
+    if (RawSyscall(SYS_fcntl, fd, F_GETFD) != 0) closing = true;
+  });
+  RawSyscall(SYS_close, dir);
+  return open && !closing;
 }
 
 bool IsFuse(long fd) {
@@ -72,13 +153,8 @@ bool IsFuse(long fd) {
 // A description of the file open as `fd`, of its own: read and write when the process may
 // (so that read and write locks both work whatever descriptor asks), else as `fd` is.
 int OpenOwn(long fd) {
-  char path[32] = "/proc/self/fd/";
-  char digits[16];
-  int n = 0;
-  for (long v = fd; n == 0 || v > 0; v /= 10) digits[n++] = static_cast<char>('0' + v % 10);
-  int at = 14;
-  while (n > 0) path[at++] = digits[--n];
-  path[at] = '\0';
+  char path[32];
+  ProcSelfPath(fd, true, path);
   constexpr long kFlags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
   long own = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDWR | kFlags);
   if (own < 0) {
@@ -166,8 +242,6 @@ bool PosixLockAsOfd(long fd, long cmd, long lock, long* result, long* asked) {
 }
 
 int HomeHolderOf(long fd, short type, const struct flock& found) {
-  struct stat st;
-  if (RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0) return -1;
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   size_t at = 0;
@@ -179,11 +253,24 @@ int HomeHolderOf(long fd, short type, const struct flock& found) {
   socklen_t peer_size = sizeof peer;
   timeval wait{1, 0};
   LockHolderQuestion question{};
-  question.dev = st.st_dev;
-  question.ino = st.st_ino;
+  question.version = kLockHolderQuestionVersion;
   question.start = found.l_start;
   question.end = found.l_len == 0 ? INT64_MAX : found.l_start + found.l_len - 1;
   question.type = type;
+  // The file is named by passing it open: the service tells only of files one has open.
+  iovec data{&question, sizeof question};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &data;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  cmsghdr* rights = CMSG_FIRSTHDR(&message);
+  rights->cmsg_level = SOL_SOCKET;
+  rights->cmsg_type = SCM_RIGHTS;
+  rights->cmsg_len = CMSG_LEN(sizeof(int));
+  int passed = static_cast<int>(fd);
+  __builtin_memcpy(CMSG_DATA(rights), &passed, sizeof passed);
   LockHolderAnswer answer{-1};
   // Only the home's daemon (root) is believed: anyone could take the name first.
   if (RawSyscall(SYS_connect, s, reinterpret_cast<long>(&address),
@@ -193,8 +280,8 @@ int HomeHolderOf(long fd, short type, const struct flock& found) {
       peer.uid == 0 &&
       RawSyscall(SYS_setsockopt, s, SOL_SOCKET, SO_RCVTIMEO, reinterpret_cast<long>(&wait),
                  sizeof wait) == 0 &&
-      RawSyscall(SYS_sendto, s, reinterpret_cast<long>(&question), sizeof question, MSG_NOSIGNAL,
-                 0) == static_cast<long>(sizeof question) &&
+      RawSyscall(SYS_sendmsg, s, reinterpret_cast<long>(&message), MSG_NOSIGNAL) ==
+          static_cast<long>(sizeof question) &&
       RawSyscall(SYS_recvfrom, s, reinterpret_cast<long>(&answer), sizeof answer, 0, 0) ==
           static_cast<long>(sizeof answer)) {
     pid = answer.pid;
@@ -203,23 +290,73 @@ int HomeHolderOf(long fd, short type, const struct flock& found) {
   return pid;
 }
 
-void CloseHook(int fd) {
-  if (used.load(std::memory_order_relaxed) == 0) return;
+int DetachOnClose(int fd) {
+  if (used.load(std::memory_order_relaxed) == 0) return -1;
   struct stat st;
   if (RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode)) {
-    return;
+    return -1;
   }
   long pid = RawSyscall(SYS_getpid);
-  int own = -1;
-  {
-    Guard guard;
-    int slot = Find(st, pid);
-    if (slot < 0) return;
-    own = slots[slot].fd;
-    slots[slot] = {};
-    used.fetch_sub(1, std::memory_order_relaxed);
+  Guard guard;
+  int slot = Find(st, pid);
+  if (slot < 0) return -1;
+  int own = slots[slot].fd;
+  slots[slot] = {};
+  used.fetch_sub(1, std::memory_order_relaxed);
+  return own;
+}
+
+void CloseDetached(int own, int closed) {
+  if (own >= 0 && own != closed) RawSyscall(SYS_close, own);  // its locks go with it
+}
+
+void BeforeExec() {
+  if (used.load(std::memory_order_relaxed) == 0) return;
+  long pid = RawSyscall(SYS_getpid);
+  Guard guard;
+  for (const Slot& slot : slots) {
+    // A vfork child's table is its parent's: those descriptions close with its exec.
+    if (slot.fd < 0 || slot.pid != pid) continue;
+    if (HoldsOfdLock(slot.fd) && KeptAcrossExec(slot.fd)) {
+      RawSyscall(SYS_fcntl, slot.fd, F_SETFD, 0);
+    }
   }
-  if (own != fd) RawSyscall(SYS_close, own);  // its locks go with it
+}
+
+void AfterFailedExec() {
+  if (used.load(std::memory_order_relaxed) == 0) return;
+  long pid = RawSyscall(SYS_getpid);
+  Guard guard;
+  for (const Slot& slot : slots) {
+    if (slot.fd >= 0 && slot.pid == pid) RawSyscall(SYS_fcntl, slot.fd, F_SETFD, FD_CLOEXEC);
+  }
+}
+
+void FindKeptLocks() {
+  long pid = RawSyscall(SYS_getpid);
+  long dir = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/fd"),
+                        O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return;
+  ForEachFd(dir, [pid](int fd) {
+    // Kept by the image before this one: above the base, not close-on-exec, a regular
+    // file's description holding an OFD lock (a program's own descriptors there are
+    // close-on-exec or hold no OFD lock, but for a rare program's own OFD lock).
+    if (fd < kFirstOwnFd || RawSyscall(SYS_fcntl, fd, F_GETFD) != 0) return;
+    struct stat st;
+    if (RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode) ||
+        !HoldsOfdLock(fd)) {
+      return;
+    }
+    Guard guard;
+    for (auto& slot : slots) {
+      if (slot.fd >= 0) continue;
+      slot = {fd, pid};
+      used.fetch_add(1, std::memory_order_relaxed);
+      RawSyscall(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC);
+      return;
+    }
+  });
+  RawSyscall(SYS_close, dir);
 }
 
 void ForgetInheritedLocks() {

@@ -8,7 +8,8 @@
 // again to the job's restored description on the target. One description per process and
 // file keeps POSIX semantics where they matter: the process's locks merge and split as
 // one owner's, exclude every other process's (and local processes' POSIX locks), and go
-// when the process closes the file (close(), see CloseHook) or ends.
+// when the process closes the file (close() or fclose(), see DetachOnClose) or ends,
+// and stay across execve.
 //
 // Files of homefs (a job away) are left to homefs, which holds them as OFD locks at the
 // home already, unless the process took its lock at home and carried it here: then its
@@ -31,9 +32,22 @@ bool PosixLockAsOfd(long fd, long cmd, long lock, long* result, long* asked);
 // lock, one of a job at home) or cannot be asked. `type`: what F_GETLK asked about.
 int HomeHolderOf(long fd, short type, const struct flock& found);
 
-// The process closes `fd`: if it is a file it locked through its own description, that
-// description closes and its locks go, as a close drops a process's POSIX locks.
-void CloseHook(int fd);
+// The process closes `fd` (close, fclose, freopen): if it is a file it locked through its
+// own description, that description leaves the table and is returned (else -1), for
+// CloseDetached to close once the program's own close is done (after fclose's flush), as
+// a close drops a process's POSIX locks.
+int DetachOnClose(int fd);
+void CloseDetached(int own, int closed);
+
+// execve keeps a process's POSIX locks, unless it closes a descriptor of the file (one
+// close-on-exec). Before this process's exec, the descriptions that hold locks on a file
+// it keeps open across the exec lose their close-on-exec flag (the others close with the
+// exec, and their locks go); AfterFailedExec puts it back. The new image's shim takes them
+// into its table again (FindKeptLocks, at its start). A vfork child's exec keeps none (its
+// table is its parent's).
+void BeforeExec();
+void AfterFailedExec();
+void FindKeptLocks();
 
 // In a fork's child: the parent's descriptions are not the child's (POSIX locks are not
 // inherited), so the child's copies close and it starts with none.

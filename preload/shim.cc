@@ -18,6 +18,7 @@
 #include "emulate.h"
 #include "filter.h"
 #include "home_ids.h"
+#include "posix_locks.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
 
@@ -277,6 +278,7 @@ __attribute__((constructor(101))) void Start() {
     snprintf(state.env[0], sizeof(state.env[0]), "LD_PRELOAD=%s", self.dli_fname);
   }
   InstallCheckpointHandler();
+  FindKeptLocks();  // the POSIX locks this process held before its exec
   if (RawSyscall6(SYS_getpid, 0, 0, 0, 0, 0, kProbe) == kProbeAnswer) return;
   if (InstallFilter() != 0) {
     Warn("libmosix_preload: cannot install the seccomp filter; raw system calls see local ids\n");

@@ -332,7 +332,8 @@ void FileOps::Getlk(FileSession& s, Rq rq, Rs rs) {
               .value_or(-1);
     // Else a job's at home (its shim's OFD lock for a POSIX lock), found by its description.
     if (pid == -1) {
-      pid = OfdHolderAtHome(inode.first, inode.second, range.fl.l_type, fl.l_start, end);
+      pid = OfdHolderAtHome(s.locks_->JobInits(), inode.first, inode.second, range.fl.l_type,
+                            fl.l_start, end);
     }
   }
   out.setPid(pid);

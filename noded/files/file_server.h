@@ -230,6 +230,8 @@ class FileServer {
   void ServeLockHolders(const std::string& path) {
     holders_ = std::make_unique<LockHolderSocket>(locks_, path);
   }
+  // The inits of this node's jobs at home now (HomeLocks::SetJobInits).
+  void SetJobInits(std::vector<pid_t> inits) { locks_->SetJobInits(std::move(inits)); }
 
  private:
   // Serve's pieces: counts the connection `fd` in (false when stopping); makes the

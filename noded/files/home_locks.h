@@ -96,6 +96,19 @@ class HomeLocks {
   // Takes what is parked under `token` (nothing: nullptr).
   std::shared_ptr<void> Unpark(uint64_t token);
 
+  // --- jobs at home, whose shims take their POSIX locks as OFD locks ---------------------
+  // The inits of this node's jobs at home: only their processes hold OFD locks a shim took
+  // (OfdHolderAtHome looks at no one else's). The daemon's loop publishes them after
+  // every turn (only when they changed); any thread reads a copy.
+  void SetJobInits(std::vector<pid_t> inits) {
+    std::lock_guard lock(inits_mutex_);
+    if (inits != job_inits_) job_inits_ = std::move(inits);
+  }
+  std::vector<pid_t> JobInits() const {
+    std::lock_guard lock(inits_mutex_);
+    return job_inits_;
+  }
+
   // Keeps the descriptions that hold locks across a restart of the daemon (set once,
   // before the first session; null: none, as in unit tests).
   std::shared_ptr<LockKeeper> keeper;
@@ -129,6 +142,8 @@ class HomeLocks {
   std::map<Inode, std::vector<Range>> held_;
   std::mutex parked_mutex_;
   std::map<uint64_t, std::shared_ptr<void>> parked_;
+  mutable std::mutex inits_mutex_;
+  std::vector<pid_t> job_inits_;
 };
 
 }  // namespace homeward

@@ -8,10 +8,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
-#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -26,49 +26,103 @@
 #include "lock_holder.h"
 
 namespace homeward {
+namespace {
 
-int OfdHolderAtHome(uint64_t dev, uint64_t ino, short type, int64_t start, int64_t end,
-                    pid_t asker) {
+// What one question may cost at most: processes of jobs at home looked at, and their
+// descriptors (directory entries read, fdinfo files read).
+constexpr size_t kMaxProcesses = 4096;
+constexpr size_t kMaxFdEntries = 65536;
+constexpr size_t kMaxFdInfos = 4096;
+
+struct Budget {
+  size_t entries = kMaxFdEntries;
+  size_t infos = kMaxFdInfos;
+};
+
+// The processes of the jobs whose inits are `inits`: each init and its descendants (a
+// job's orphans are its init's children: it is their pid namespace's init), at most
+// kMaxProcesses.
+std::vector<pid_t> JobProcesses(const std::vector<pid_t>& inits) {
+  std::vector<pid_t> pids;
+  for (pid_t init : inits) {
+    if (init > 0 && pids.size() < kMaxProcesses) pids.push_back(init);
+  }
+  for (size_t i = 0; i < pids.size() && pids.size() < kMaxProcesses; ++i) {
+    std::string task_dir = fmt::format("/proc/{}/task", pids[i]);
+    DIR* tasks = ::opendir(task_dir.c_str());
+    if (!tasks) continue;  // ended meanwhile
+    while (dirent* task = ::readdir(tasks)) {
+      if (task->d_name[0] == '.') continue;
+      std::istringstream children(ReadTextFile(task_dir + "/" + task->d_name + "/children"));
+      pid_t child;
+      while (children >> child && pids.size() < kMaxProcesses) pids.push_back(child);
+    }
+    ::closedir(tasks);
+  }
+  return pids;
+}
+
+// Whether an fdinfo "lock:" line is an OFD lock on `file` (/proc/locks' MAJ:MIN:INO) that
+// conflicts with `type` on [start, end].
+bool Conflicts(const std::string& line, const std::string& file, short type, int64_t start,
+               int64_t end) {
+  std::istringstream fields(line.substr(5));
+  std::string id, kind, mode, access, holder, inode, from, to;
+  if (!(fields >> id >> kind >> mode >> access >> holder >> inode >> from >> to)) return false;
+  if (kind != "OFDLCK" || inode != file) return false;
+  if (type != F_WRLCK && access != "WRITE") return false;  // read locks share
+  try {
+    int64_t first = std::stoll(from);
+    int64_t last = to == "EOF" ? HomeLocks::kToEnd : std::stoll(to);
+    return last >= start && first <= end;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// Whether one of process `pid`'s descriptors at or above kShimLockFdBase holds such a lock.
+bool HoldsShimLock(pid_t pid, const std::string& file, short type, int64_t start, int64_t end,
+                   Budget& budget) {
+  std::string dir_path = fmt::format("/proc/{}/fdinfo", pid);
+  DIR* fds = ::opendir(dir_path.c_str());
+  if (!fds) return false;
+  bool found = false;
+  while (!found && budget.entries > 0 && budget.infos > 0) {
+    dirent* fd = ::readdir(fds);
+    if (!fd) break;
+    --budget.entries;
+    // Only the shim's own descriptions (a program's own OFD lock has no owner to name).
+    if (fd->d_name[0] == '.' || std::atoi(fd->d_name) < kShimLockFdBase) continue;
+    --budget.infos;
+    std::istringstream info(ReadTextFile(dir_path + "/" + fd->d_name));
+    std::string line;
+    while (!found && std::getline(info, line)) {
+      found = line.rfind("lock:", 0) == 0 && Conflicts(line, file, type, start, end);
+    }
+  }
+  ::closedir(fds);
+  return found;
+}
+
+}  // namespace
+
+int OfdHolderAtHome(const std::vector<pid_t>& job_inits, uint64_t dev, uint64_t ino,
+                    short type, int64_t start, int64_t end, pid_t asker) {
+  if (job_inits.empty()) return -1;
   // /proc/locks names the file as MAJ:MIN:INO in hex, hex and decimal.
   std::string file = fmt::format("{:02x}:{:02x}:{}", major(dev), minor(dev), ino);
-  DIR* proc = ::opendir("/proc");
-  if (!proc) return -1;
-  int found = -1;
-  while (dirent* process = ::readdir(proc)) {
-    char* rest = nullptr;
-    long pid = std::strtol(process->d_name, &rest, 10);
-    if (pid <= 0 || *rest != '\0' || pid == ::getpid() || pid == asker) continue;
-    std::string dir_path = fmt::format("/proc/{}/fdinfo", pid);
-    DIR* fds = ::opendir(dir_path.c_str());
-    if (!fds) continue;
-    while (dirent* fd = ::readdir(fds)) {
-      // Only the shim's own descriptions (a program's own OFD lock has no owner to name).
-      if (fd->d_name[0] == '.' || std::atoi(fd->d_name) < kShimLockFdBase) continue;
-      std::istringstream info(ReadTextFile(dir_path + "/" + fd->d_name));
-      std::string line;
-      while (found < 0 && std::getline(info, line)) {
-        if (line.rfind("lock:", 0) != 0) continue;
-        std::istringstream fields(line.substr(5));
-        std::string id, kind, mode, access, holder, inode, from, to;
-        if (!(fields >> id >> kind >> mode >> access >> holder >> inode >> from >> to)) continue;
-        if (kind != "OFDLCK" || inode != file) continue;
-        if (type != F_WRLCK && access != "WRITE") continue;  // read locks share
-        try {
-          int64_t first = std::stoll(from);
-          int64_t last = to == "EOF" ? HomeLocks::kToEnd : std::stoll(to);
-          if (last < start || first > end) continue;
-        } catch (const std::exception&) {
-          continue;
-        }
-        found = HomeIdOf(static_cast<pid_t>(pid));
-      }
-      if (found >= 0) break;
+  Budget budget;
+  for (pid_t pid : JobProcesses(job_inits)) {
+    if (pid == ::getpid() || pid == asker) continue;
+    if (HoldsShimLock(pid, file, type, start, end, budget)) return HomeIdOf(pid);
+    if (budget.entries == 0 || budget.infos == 0) {
+      spdlog::warn("file service: F_GETLK's holder not looked for beyond {} descriptors of "
+                   "jobs at home",
+                   kMaxFdInfos);
+      break;
     }
-    ::closedir(fds);
-    if (found >= 0) break;
   }
-  ::closedir(proc);
-  return found;
+  return -1;
 }
 
 LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& path)
@@ -81,7 +135,8 @@ LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::
   if (fd < 0) return;
   Fd listen = Fd::Adopt(fd);
   ::unlink(path.c_str());  // a daemon before this one's
-  // Any job may ask (connecting needs write permission on the socket).
+  // Any job may ask (connecting needs write permission on the socket): what it may ask
+  // about is the file it passes open.
   if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
       ::chmod(path.c_str(), 0666) != 0 || ::listen(fd, 64) != 0) {
     spdlog::warn(
@@ -107,41 +162,131 @@ LockHolderSocket::~LockHolderSocket() {
 }
 
 void LockHolderSocket::Run() {
+  using Clock = std::chrono::steady_clock;
+  std::vector<pollfd> fds;
   for (;;) {
-    pollfd fds[2] = {{listen_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
+    auto now = Clock::now();
+    // A client that has not asked in time is let go, unanswered.
+    std::erase_if(clients_, [now](const Client& c) { return c.deadline <= now; });
+    fds.assign({{listen_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}});
+    int wait_ms = -1;
+    for (const Client& c : clients_) {
+      fds.push_back({c.fd.get(), POLLIN, 0});
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(c.deadline - now).count();
+      wait_ms = wait_ms < 0 ? static_cast<int>(left) : std::min(wait_ms, static_cast<int>(left));
+    }
+    if (::poll(fds.data(), fds.size(), wait_ms) < 0) {
       if (errno == EINTR) continue;
       return;
     }
     if (fds[1].revents) return;
-    int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    Fd client = Fd::Adopt(fd);
-    Answer(client.get());
+    // The clients that asked (or hung up) are answered and let go, then new ones taken.
+    std::vector<Client> waiting;
+    for (size_t i = 0; i < clients_.size(); ++i) {
+      if (fds[i + 2].revents == 0) {
+        waiting.push_back(std::move(clients_[i]));
+      } else {
+        Answer(clients_[i]);
+      }
+    }
+    clients_ = std::move(waiting);
+    if (fds[0].revents) Accept();
   }
 }
 
-void LockHolderSocket::Answer(int fd) {
-  // One question, at once: a client that sends nothing holds no one up for long.
-  timeval wait{0, 200 * 1000};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof wait);
-  LockHolderQuestion question{};
-  if (::recv(fd, &question, sizeof question, 0) != static_cast<ssize_t>(sizeof question)) return;
-  if (question.start < 0 || question.end < question.start) return;
-  LockHolderAnswer answer{-1};
-  answer.pid = locks_
-                   ->Holder({question.dev, question.ino}, {nullptr, 0}, question.type,
-                            question.start, question.end)
-                   .value_or(-1);
-  if (answer.pid == -1) {
+void LockHolderSocket::Accept() {
+  // A bounded number per turn, so that those already in get their turn too.
+  for (size_t n = 0; n < kMaxClients; ++n) {
+    int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;
+    Fd client = Fd::Adopt(fd);
     ucred peer{};
     socklen_t size = sizeof peer;
-    ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &size);
-    answer.pid = OfdHolderAtHome(question.dev, question.ino, question.type, question.start,
-                                 question.end, peer.pid);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &size) != 0) continue;
+    size_t of_uid = std::count_if(clients_.begin(), clients_.end(),
+                                  [&](const Client& c) { return c.uid == peer.uid; });
+    if (clients_.size() >= kMaxClients || of_uid >= kMaxClientsPerUid) {
+      Refused(fmt::format("uid {} has {} questions waiting ({} in all)", peer.uid, of_uid,
+                          clients_.size()));
+      continue;  // closed unanswered
+    }
+    clients_.push_back({std::move(client), peer.uid, std::chrono::steady_clock::now() + kPatience});
   }
-  (void)!::send(fd, &answer, sizeof answer, MSG_NOSIGNAL);
+}
+
+void LockHolderSocket::Answer(const Client& client) {
+  std::string refusal;
+  LockHolderAnswer answer{HolderFor(client, &refusal)};
+  if (!refusal.empty()) Refused(fmt::format("uid {}: {}", client.uid, refusal));
+  (void)!::send(client.fd.get(), &answer, sizeof answer, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+int LockHolderSocket::HolderFor(const Client& client, std::string* refusal) {
+  LockHolderQuestion question{};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  iovec data{&question, sizeof question};
+  msghdr message{};
+  message.msg_iov = &data;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  ssize_t got = ::recvmsg(client.fd.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -1;  // a hang-up
+  // Every descriptor passed is closed, whatever the question.
+  Fd file;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      if (file.get() < 0) {
+        file = Fd::Adopt(fd);
+      } else {
+        ::close(fd);
+      }
+    }
+  }
+  if (got == 0) return -1;  // hung up without asking
+  if (got != static_cast<ssize_t>(sizeof question) ||
+      question.version != kLockHolderQuestionVersion || (message.msg_flags & MSG_TRUNC)) {
+    *refusal = "a question of another version or size";
+    return -1;
+  }
+  struct stat st;
+  int flags = file.get() < 0 ? -1 : ::fcntl(file.get(), F_GETFL);
+  if (file.get() < 0 || flags < 0 || (flags & O_PATH) || ::fstat(file.get(), &st) != 0) {
+    *refusal = "a question without a descriptor of the file open";
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *refusal = "a question about something other than a regular file";
+    return -1;
+  }
+  if (question.start < 0 || question.end < question.start) {
+    *refusal = "a question about no range";
+    return -1;
+  }
+  ucred peer{};
+  socklen_t size = sizeof peer;
+  ::getsockopt(client.fd.get(), SOL_SOCKET, SO_PEERCRED, &peer, &size);
+  auto found = locks_->Holder({st.st_dev, st.st_ino}, {nullptr, 0}, question.type,
+                              question.start, question.end);
+  if (found) return *found;
+  return OfdHolderAtHome(locks_->JobInits(), st.st_dev, st.st_ino, question.type,
+                         question.start, question.end, peer.pid);
+}
+
+void LockHolderSocket::Refused(const std::string& why) {
+  auto now = std::chrono::steady_clock::now();
+  if (now - logged_at_ < std::chrono::seconds(10)) {
+    ++unlogged_;
+    return;
+  }
+  spdlog::warn("lock holders: refused {} ({} more refused since the last such line)", why,
+               unlogged_);
+  logged_at_ = now;
+  unlogged_ = 0;
 }
 
 }  // namespace homeward

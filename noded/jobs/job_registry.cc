@@ -356,6 +356,14 @@ void JobRegistry::ListJobs(ReplySender reply) const {
   reply.Send(message);
 }
 
+std::vector<pid_t> JobRegistry::HomeJobInits() const {
+  std::vector<pid_t> inits;
+  for (const auto& [slot, job] : jobs_) {
+    if (job.here && job.here->init_pid() > 0) inits.push_back(job.here->init_pid());
+  }
+  return inits;
+}
+
 void JobRegistry::KillAll() {
   auto jobs = std::move(jobs_);
   jobs_.clear();

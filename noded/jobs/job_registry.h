@@ -122,6 +122,9 @@ class JobRegistry {
   // job's start away, move, arrival home, end or replay after a restart is covered.
   JobWhereabouts& whereabouts() { return whereabouts_; }
   uint32_t guests_here() const { return static_cast<uint32_t>(guests_.size()); }
+  // The inits of the home jobs running on this node (their processes alone take the
+  // shim's OFD locks on this node's files).
+  std::vector<pid_t> HomeJobInits() const;
 
   // Each home job's processes other than its main one get ids PidBase(slot) + their pid
   // in the job's namespace: above any real pid (at most 2^22), and unique among the

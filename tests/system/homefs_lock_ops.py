@@ -1,11 +1,13 @@
 """The script of lock operations the homefs conformance test runs twice: on a node's own
-tree and through homefs. POSIX record locks (per process, dropped by any close of the
-file), OFD locks (per open file), flock, F_GETLK, waits and interrupted waits. Prints one
+tree and through homefs (and test_home_lock_moves as a job at home, whose shim takes
+POSIX locks its own way). POSIX record locks (per process, dropped by any close of the
+file, fclose's inside libc too, kept across execve unless it closes one), OFD locks (per open file), flock, F_GETLK, waits and interrupted waits. Prints one
 JSON list of [step, result] pairs; a result is the value observed or the errno name.
 
   python3 homefs_lock_ops.py ROOT
 """
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -111,6 +113,97 @@ child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB) or "g
 step("posix close releases", lambda: child.value)
 child.end()
 os.close(a)
+
+# A close inside libc (fclose's) drops them too.
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fdopen.restype = ctypes.c_void_p
+libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+a, b = opened(), opened()
+step("posix lock before fclose", lambda: fcntl.lockf(a, fcntl.LOCK_EX) or "ok")
+stream = libc.fdopen(b, b"r+")
+step("fclose", lambda: libc.fclose(stream))
+child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB) or "got")
+step("posix fclose releases", lambda: child.value)
+child.end()
+os.close(a)
+
+# execve keeps the process's POSIX locks: the new image (this one, run with an fd of a
+# locked file, a pipe to report on and one to be told on) holds them, takes more as their
+# owner ("m"), and its close drops them ("c"); "q" ends it.
+IMAGE = r"""
+import errno, fcntl, json, os, sys
+fd, report, told = (int(a) for a in sys.argv[1:4])
+def say(value):
+    os.write(report, (json.dumps(value) + "\n").encode())
+say("ready")
+while True:
+    word = os.read(told, 1)
+    if word in (b"q", b""):
+        os._exit(0)
+    try:
+        if word == b"m":
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 10)
+            say("ok")
+        elif word == b"c":
+            os.close(fd)
+            say("closed")
+    except OSError as e:
+        say("E:" + errno.errorcode.get(e.errno, str(e.errno)))
+"""
+
+
+class Execed:
+    """A child that locks bytes 0-9 of `f` through a descriptor it keeps across execve
+    (`keep`) or through a close-on-exec one (and keeps another), then runs IMAGE."""
+
+    def __init__(self, keep):
+        r, self.report = os.pipe()
+        self.told, w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            locked = opened()  # close-on-exec unless kept
+            fcntl.lockf(locked, fcntl.LOCK_EX, 10, 0)
+            fd = locked if keep else opened()
+            for inherited in (fd, self.report, self.told):
+                os.set_inheritable(inherited, True)
+            os.execv(sys.executable, [sys.executable, "-c", IMAGE, str(fd), str(self.report),
+                                      str(self.told)])
+        os.close(self.report)
+        os.close(self.told)
+        self.r, self.w = os.fdopen(r), w
+        self.ready = json.loads(self.r.readline())
+
+    def ask(self, word):
+        os.write(self.w, word)
+        return json.loads(self.r.readline())
+
+    def end(self):
+        os.write(self.w, b"q")
+        os.waitpid(self.pid, 0)
+        self.r.close()
+        os.close(self.w)
+
+
+def try_lock(start, length):
+    child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+                  or "got")
+    child.end()
+    return child.value
+
+
+execed = Execed(keep=True)
+step("exec keeps the lock", lambda: [execed.ready, try_lock(0, 10)])
+fd = opened()
+step("getlk names the new image", lambda: getlk(fd, fcntl.F_WRLCK, 0, 10)[:3] +
+     [getlk(fd, fcntl.F_WRLCK, 0, 10)[3] == execed.pid])
+os.close(fd)
+step("new image locks more as the owner", lambda: [execed.ask(b"m"), try_lock(10, 10)])
+step("new image's close releases", lambda: [execed.ask(b"c"), try_lock(0, 20)])
+execed.end()
+execed = Execed(keep=False)
+step("exec closing a descriptor releases", lambda: [execed.ready, try_lock(0, 10)])
+execed.end()
 
 # Ranges: a lock of bytes 10-19 of another process, seen and not seen.
 holder = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX, 10, 10) or "held")

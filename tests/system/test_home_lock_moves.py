@@ -7,8 +7,10 @@ does (its old copy's end at home does not free them: the home's file service kep
 descriptions the job held them through). Once the holder, on node2, logs that it lets go
 and unlocks, every waiter gets its lock after that line; a holder that ends without
 unlocking frees them as it ends. F_GETLK at home, from a job, names a guest's lock by the
-guest's home id (its mosrun's pid), not -1. And the POSIX lock semantics the shim gives a
-job at home (its locks taken as OFD locks) are the kernel's, step by step."""
+guest's home id (its mosrun's pid), not -1; the home's lock-holder socket that names it
+tells an ordinary user nothing of a file it cannot open. And the POSIX lock semantics the
+shim gives a job at home (its locks taken as OFD locks) are the kernel's, step by step,
+fclose and execve included."""
 
 import json
 import os
@@ -67,6 +69,54 @@ fd = open(sys.argv[1], "r+")
 lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0)
 kind, _, start, length, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, lock))
 print(kind, pid)
+"""
+
+# Asks the home's lock-holder socket who holds a write lock on all of FILE, as HOW: "fd"
+# passes FILE open (as the shim does), "opath" an O_PATH descriptor of it, "dir" a
+# descriptor of FILE's directory, "nofd" none, "v1" the first version's question, naming
+# the file by its dev and ino. Prints the answer's pid ("none": no answer).
+# "flood": keeps 50 silent connections open (opening new ones as the service closes them)
+# until FILE.go appears, having made FILE.flooding once they are open.
+ASK = r"""
+import array, fcntl, os, select, socket, struct, sys, time
+how, path = sys.argv[1], sys.argv[2]
+SOCKET = "/mosix/lock-holders"
+
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(10)
+    s.connect(SOCKET)
+    return s
+
+if how == "flood":
+    conns = [connect() for _ in range(50)]
+    open(path + ".flooding", "w").close()
+    deadline = time.time() + 120
+    while not os.path.exists(path + ".go") and time.time() < deadline:
+        closed, _, _ = select.select(conns, [], [], 0.05)
+        time.sleep(0.01)  # a flood, not a spin of the test's own
+        for s in closed:
+            conns.remove(s)
+            s.close()
+            try:
+                conns.append(connect())
+            except OSError:
+                pass
+    sys.exit(0)
+s = connect()
+if how == "v1":
+    st = os.stat(path)
+    s.send(struct.pack("<QQqqh6x", st.st_dev, st.st_ino, 0, 2**63 - 1, fcntl.F_WRLCK))
+else:
+    question = struct.pack("<Ih2xqq", 2, fcntl.F_WRLCK, 0, 2**63 - 1)
+    if how == "nofd":
+        s.send(question)
+    else:
+        flags = {"fd": os.O_RDONLY, "opath": os.O_PATH, "dir": os.O_RDONLY}[how]
+        fd = os.open(os.path.dirname(path) if how == "dir" else path, flags)
+        s.sendmsg([question], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+answer = s.recv(16)
+print(struct.unpack("<i", answer)[0] if len(answer) == 4 else "none")
 """
 
 
@@ -180,6 +230,57 @@ class HomeLockMovesTest(lock_jobs.LockJobsTest):
             pass
         status, err = self.ended("guest")
         self.assertEqual(status, "0", err)
+
+    def test_lock_holders_tell_only_of_a_file_the_asker_has_open(self):
+        """A root job at home holds a POSIX lock (the shim's OFD lock) on a file only root
+        may open. Root, passing the file open, is told the holder's home id; an ordinary
+        user is refused however it asks (the file by dev and ino in the first version's
+        question, no descriptor, an O_PATH one, a directory's), and its flood of silent
+        connections does not keep root's question from its answer."""
+        c = self.c
+        self.workdir("hlm5", (("ask.py", ASK),))
+        # Root's own directory (a root job has no capabilities: it writes only where root
+        # owns), which the user may pass through but whose file it cannot open.
+        root_dir = os.path.join(self.work, "root")
+        os.makedirs(root_dir)
+        os.chmod(root_dir, 0o755)
+        for name, text in (("guest.py", GUEST), ("secret", "root's\n")):
+            with open(os.path.join(root_dir, name), "w") as f:
+                f.write(text)
+        secret = os.path.join(root_dir, "secret")
+        os.chmod(secret, 0o600)
+        in_node = os.path.join(self.dir, "root")
+        ask = os.path.join(self.dir, "ask.py")
+        c.run("node1", "sh", "-c", f"cd {in_node} && (mosrun python3 guest.py secret > out "
+                                   f"2> err; echo $? > status) >/dev/null 2>&1 &")
+        c.wait_for(lambda: read(secret + ".held"), 60, "the root job's lock")
+        home_id = read(secret + ".held").split()[0]
+
+        def asked(how, *user, path=os.path.join(in_node, "secret")):
+            return c.run("node1", *user, "python3", ask, how, path).stdout.strip()
+
+        self.assertEqual(asked("fd"), home_id)
+        as_user = ("runuser", "-u", self.user, "--")
+        cannot = c.run("node1", *as_user, "cat", os.path.join(in_node, "secret"), check=False)
+        self.assertNotEqual(cannot.returncode, 0, "the user must not be able to open it")
+        for how in ("v1", "nofd", "opath", "dir"):
+            self.assertEqual(asked(how, *as_user), "-1", how)
+        self.assertIn("lock holders: refused", c.log("node1"))
+        # Many silent connections of the user: root is still answered.
+        flood = os.path.join(self.work, "flood")
+        c.run("node1", "sh", "-c", shlex.join([*as_user, "python3", ask, "flood",
+                                               os.path.join(self.dir, "flood")]) +
+              " >/dev/null 2>&1 &")
+        try:
+            c.wait_for(lambda: os.path.exists(flood + ".flooding"), 60, "the user's flood")
+            self.assertEqual(asked("fd"), home_id)
+        finally:
+            for go in (flood + ".go", secret + ".go"):
+                with open(go, "w"):
+                    pass
+        c.wait_for(lambda: read(os.path.join(root_dir, "status")), 60, "the root job to end")
+        self.assertEqual(read(os.path.join(root_dir, "status")).strip(), "0",
+                         read(os.path.join(root_dir, "err")))
 
     def test_posix_locks_at_home_keep_their_semantics(self):
         """The lock script of the homefs conformance test, run at home by a plain process

@@ -23,14 +23,18 @@ inline constexpr unsigned long kHomefsLockHolder = _IOWR('h', 0x4c, struct flock
 // then asks the file service, which knows the holder's home id, on a unix socket at this
 // name under the node's /mosix (its own on every node, and in a job at home's view, which
 // is a copy of the node's tree), served by root only (the shim checks SO_PEERCRED). One
-// request, one answer, as these structures; the answer's pid is -1 when no one is found.
-// What it tells is what /proc/locks tells anyone.
+// question, one answer, as these structures. The question names no file: it comes with a
+// descriptor of the file (SCM_RIGHTS, opened for reading or writing, not O_PATH), whose
+// fstat the service takes, so that no one learns of locks on a file it cannot open. The
+// answer's pid is -1 when no one is found, and when the question is refused (another
+// version or size, no descriptor, not a regular file).
 inline constexpr char kLockHolderSocketName[] = "lock-holders";
 inline constexpr char kLockHolderSocketPath[] = "/mosix/lock-holders";  // the shim's
+inline constexpr unsigned kLockHolderQuestionVersion = 2;  // 1 named the file by dev, ino
 struct LockHolderQuestion {
-  unsigned long long dev, ino;  // the file's st_dev and st_ino at home
-  long long start, end;         // the conflicting lock's range (end: INT64_MAX to EOF)
-  short type;                   // the type F_GETLK asked about
+  unsigned version;       // kLockHolderQuestionVersion
+  short type;             // the type F_GETLK asked about
+  long long start, end;   // the conflicting lock's range (end: INT64_MAX to EOF)
 };
 struct LockHolderAnswer {
   int pid;
