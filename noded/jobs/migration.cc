@@ -493,7 +493,7 @@ std::optional<RestoredJob> RunMoveIn(
     started.setHomePid(launch->identity.home_pid);
     started.setWhere(context.node_name);
     capnp::writeMessageToFd(fd.get(), message);
-    RestoredJob restored{std::move(fd), std::move(here.init), std::move(here.ends)};
+    RestoredJob restored{std::move(fd), std::move(here.init), std::move(here.ends), {}};
     // From a node that is not the job's home (it was a guest there): the job's home
     // hears how the move went from us.
     if (launch->reattach || launch->home == context.node_name) {
