@@ -266,7 +266,7 @@ class StdinTest(unittest.TestCase):
             last_word = f"job {pid}: its old node has sent the last of its output"
             # Answered at the arrival, while the reader still waits: the old node still
             # holds most of the output, its last word not yet at the home.
-            moved = self.c.run("node1", "mosmigrate", str(pid), target, timeout=60)
+            moved = self.c.run("node1", "mosmigrate", str(pid), target, timeout=240)
             self.assertIn(f"now runs on {where}", moved.stdout)
             self.assertEqual([j["where"] for j in jobs(self.c)], [where])
             self.assertNotIn(last_word, self.c.log("node1"))
