@@ -35,6 +35,7 @@ void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
       attach.setHomePid(launch.identity.home_pid);
       attach.setNode(config_.name);
       attach.setGeneration(launch.generation);
+      if (restored->figures) FillMigrated(*restored->figures, attach.initMoved());
       capnp::writeMessageToFd(home.get(), message);
       restored->connection = std::move(home);
     } catch (const std::exception& e) {
@@ -47,7 +48,8 @@ void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
   {
     std::lock_guard lock(restored_mutex_);
     restored_.push_back(Restored{std::move(restored->connection), std::move(restored->init),
-                                 std::move(restored->ends), std::move(launch)});
+                                 std::move(restored->ends), std::move(launch),
+                                 std::move(restored->figures)});
   }
   uv_async_send(restored_wakeup_.get());
 }
@@ -106,8 +108,8 @@ void JobRegistry::ComeHome(Restored& restored) {
     // The away record leaves the table but lives on in its old relay's handlers, where
     // the old node's word (or its close) answers a waiting move.
     uint32_t old_relay = away->protocol.record().relay;
-    auto step = away->protocol.Arrived(config_.name);
-    if (away->protocol.record().state == move::State::kArrived) {
+    auto step = away->protocol.Arrived(config_.name, restored.figures.value_or(MoveOutcome()));
+    if (away->protocol.OldOutputOwed()) {
       // The old node has not yet sent what the job left in its pipes there: the job's
       // output here waits for it, so that mosrun gets the job's output in order. The old
       // relay, paused while mosrun is behind, reads on when mosrun has drained.

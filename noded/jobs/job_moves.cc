@@ -127,12 +127,13 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
     }
     ControlStream old = away->peer;
     uint32_t old_relay = away->protocol.record().relay;
-    auto step = away->protocol.Arrived(attach.getNode());
+    auto step = away->protocol.Arrived(
+        attach.getNode(), attach.hasMoved() ? MigratedFigures(attach.getMoved()) : MoveOutcome());
     if (!step) break;
     away->peer = reply.OpenStream(PeerHandlersForAway(slot, away, away->protocol.record().relay));
     std::fill(std::begin(away->output_here), std::end(away->output_here), 0);
     away->output_told = 0;
-    if (away->protocol.record().state == move::State::kArrived) {
+    if (away->protocol.OldOutputOwed()) {
       // The old node has not yet sent what the job left in its pipes there: the job's
       // output from here waits for it, so that mosrun gets the job's output in order.
       away->output_held = true;
@@ -397,6 +398,7 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
       Fail(ErrorKind::kOverloaded, "the job is {}", JobStateName(state));
     }
     move = PrepareMove(job, target);
+    move->tell_target = true;  // the home hears of the move from the target
     job->Depart(move::DumpKind::kMove, target);
     move->departure = job->departure();
   } catch (const Error& e) {
@@ -435,8 +437,8 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const
     job->relay().Send(message);
     return;
   }
-  // The job runs on at the target, which has told its home; what it left in our pipes
-  // goes home first, then word of the move, then this relay closes.
+  // The job runs on at the target, which has told its home how the move went; what it
+  // left in our pipes goes home first, then our last word, then this relay closes.
   ControlStream relay = job->relay();
   job->AbandonAfterMove();
   move.departure.Migrated();
@@ -447,7 +449,7 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const
       break;
     }
   }
-  BuildMigrated(message, OutcomeOf(move));
+  message.initRoot<schema::ControlReply>().setMovedOn(move.target_name);
   relay.Send(message);
   relay.Close();
   spdlog::info("guest {} moved on to {} (frozen {} ms)", job->home_pid(), move.target_name,

@@ -140,8 +140,8 @@ std::vector<std::string> JobRegistry::NodesOf(pid_t home_pid) const {
         break;
       case move::State::kAnnounced:  // left `where` for a node that has not attached yet
         nodes.push_back(record.where);
-        if (!record.announced.where.empty() && record.announced.where != record.where) {
-          nodes.push_back(record.announced.where);
+        if (!record.moved_to.empty() && record.moved_to != record.where) {
+          nodes.push_back(record.moved_to);
         }
         break;
       case move::State::kFrozen:  // on this node's disk, or being restored here

@@ -212,6 +212,7 @@ class JobRegistry {
     ChildProcess init;  // killed and reaped if nobody takes the job over
     DaemonEnds ends;
     JobLaunch launch;
+    std::optional<MoveOutcome> figures;  // RestoredJob::figures
   };
   int FreeSlot() const;
   // The record of a home job leaving this node, taken over from its Job.

@@ -173,10 +173,11 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       Apply(slot, away, away->protocol.Refused(relay, reply.getError().getMessage().cStr()));
       return;
     }
-    if (reply.isMigrated()) {
+    if (reply.isMovedOn()) {  // the old node's last word, after the output it owed
+      spdlog::info("job {}: its old node has sent the last of its output (it moved on to {})",
+                   away->home_pid(), reply.getMovedOn().cStr());
       Apply(slot, away,
-            away->protocol.Migrated(relay, MigratedFigures(reply.getMigrated()),
-                                    static_cast<int64_t>(uv_now(loop_))));
+            away->protocol.MovedOn(relay, reply.getMovedOn(), static_cast<int64_t>(uv_now(loop_))));
       MaybeReleaseOutput(away);
       JournalSoon();
       return;
@@ -231,7 +232,7 @@ void JobRegistry::PaceRelays(const std::shared_ptr<Away>& away) {
 }
 
 void JobRegistry::MaybeReleaseOutput(const std::shared_ptr<Away>& away) {
-  if (!away->release_output || away->protocol.record().state == move::State::kArrived) return;
+  if (!away->release_output || away->protocol.OldOutputOwed()) return;
   auto release = std::move(away->release_output);
   away->release_output = nullptr;
   away->leaving = ControlStream();  // the old node has said all it had

@@ -12,7 +12,10 @@ void SendExit(ControlStream& stream, int code, const std::string& why) {
 }
 
 void BuildMigrated(capnp::MallocMessageBuilder& message, const MoveOutcome& outcome) {
-  auto migrated = message.initRoot<schema::ControlReply>().initMigrated();
+  FillMigrated(outcome, message.initRoot<schema::ControlReply>().initMigrated());
+}
+
+void FillMigrated(const MoveOutcome& outcome, schema::Migrated::Builder migrated) {
   migrated.setWhere(outcome.where);
   migrated.setFrozenMs(outcome.frozen_ms);
   migrated.setTotalMs(outcome.total_ms);

@@ -21,6 +21,7 @@ void SendExit(ControlStream& stream, int code, const std::string& why);
 
 // The Migrated reply for a move (or freeze, checkpoint, continue) that went well.
 void BuildMigrated(capnp::MallocMessageBuilder& message, const MoveOutcome& outcome);
+void FillMigrated(const MoveOutcome& outcome, schema::Migrated::Builder migrated);
 // Answers `reply` with the Migrated reply of a dump that went well (a freeze or a
 // checkpoint): where the job now is, its frozen time and image size.
 void ReplyDumped(ReplySender& reply, const std::string& where, const migrate::DumpResult& dump);

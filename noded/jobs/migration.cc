@@ -21,6 +21,7 @@
 #include "child_process.h"
 #include "error.h"
 #include "job_journal.h"
+#include "job_replies.h"
 #include "loopback_carrier.h"
 #include "node_metrics.h"
 #include "peer_auth.h"
@@ -31,6 +32,9 @@ namespace homeward {
 namespace {
 
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
+// How long a target waits for the figures of a move from a source that is not the job's
+// home (they follow the target's word at once, unless the source died).
+constexpr int kFiguresTimeoutMs = 5000;
 constexpr size_t kMaxReplyWords = 1 << 20;
 std::atomic<uint64_t> next_move{0};
 
@@ -93,6 +97,33 @@ std::optional<std::string> Refusal(int fd) {
     capnp::StreamFdMessageReader reader(fd, PeerReaderOptions());
     auto reply = reader.getRoot<schema::ControlReply>();
     if (reply.isError()) return std::string(reply.getError().getMessage().cStr());
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;
+}
+
+// Tells the target how the move went (the guest's home hears it with the target's
+// attach), once it said the job runs there. A target that is gone meanwhile hears
+// nothing: the job's home answers the move without figures.
+void TellTarget(const MoveOut& move) {
+  try {
+    capnp::MallocMessageBuilder message;
+    BuildMigrated(message, OutcomeOf(move));
+    capnp::writeMessageToFd(move.connection.get(), message);
+  } catch (const std::exception& e) {
+    spdlog::warn("job {}: cannot tell {} how the move went: {}", move.metadata.home_pid,
+                 move.target_name, e.what());
+  }
+}
+
+// The figures a source that is not the job's home sends after the target's word.
+std::optional<MoveOutcome> ReadFigures(int fd) {
+  pollfd readable{fd, POLLIN, 0};
+  if (::poll(&readable, 1, kFiguresTimeoutMs) != 1) return std::nullopt;
+  try {
+    capnp::StreamFdMessageReader reader(fd, PeerReaderOptions());
+    auto reply = reader.getRoot<schema::ControlReply>();
+    if (reply.isMigrated()) return MigratedFigures(reply.getMigrated());
   } catch (const std::exception&) {
   }
   return std::nullopt;
@@ -405,6 +436,8 @@ void RunMoveOut(MoveOut& move) {
   migrate::RemoveImageDir(move.image_dir);
   move.total = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - started);
+  // Last: the target's attach, which these figures let go, comes after all else here.
+  if (move.error.empty() && move.tell_target) TellTarget(move);
 }
 
 std::optional<RestoredJob> RunMoveIn(
@@ -418,6 +451,12 @@ std::optional<RestoredJob> RunMoveIn(
     capnp::InputStreamMessageReader request_reader(input, PeerReaderOptions());
     auto request = request_reader.getRoot<schema::ControlRequest>();
     if (!request.isStartGuest()) Fail(ErrorKind::kInvalidInput, "not a move request");
+    if (request.getVersion() != schema::CONTROL_VERSION) {
+      Fail(ErrorKind::kInvalidInput,
+           "the moving node speaks protocol version {}, this node {}; run one release on "
+           "every node",
+           request.getVersion(), schema::CONTROL_VERSION);
+    }
     *launch = make_launch(request.getStartGuest());
 
     step = "receive the images";
@@ -454,7 +493,17 @@ std::optional<RestoredJob> RunMoveIn(
     started.setHomePid(launch->identity.home_pid);
     started.setWhere(context.node_name);
     capnp::writeMessageToFd(fd.get(), message);
-    return RestoredJob{std::move(fd), std::move(here.init), std::move(here.ends)};
+    RestoredJob restored{std::move(fd), std::move(here.init), std::move(here.ends), {}};
+    // From a node that is not the job's home (it was a guest there): the job's home
+    // hears how the move went from us.
+    if (launch->reattach || launch->home == context.node_name) {
+      restored.figures = ReadFigures(restored.connection.get());
+      if (!restored.figures) {
+        spdlog::warn("job {}: its old node did not say how the move went",
+                     launch->identity.home_pid);
+      }
+    }
+    return restored;
   } catch (const std::exception& e) {
     std::string why = fmt::format("{} failed on {}: {}", step, context.node_name, e.what());
     spdlog::warn("incoming move: {}", why);

@@ -58,6 +58,9 @@ struct MoveOut {
   // Journals the departure's state (Job::DepartureJournal), or empty: the target's word
   // that the job arrived is journaled before the loop hears of the move's end.
   std::function<void(const move::Departure&)> journal;
+  // The job is a guest here, so its home hears how the move went from the target: the
+  // figures go to the target after its word, and it attaches with them.
+  bool tell_target = false;
   // Out: the connection that becomes the job's relay, or why the move failed.
   Fd connection;
   std::string error;
@@ -99,6 +102,9 @@ struct RestoredJob {
   Fd connection;  // from the job's home: becomes the job's relay
   ChildProcess init;
   DaemonEnds ends;
+  // Moved here from a node that is not its home: how the move went, as that node told it
+  // after our word (MoveOut::tell_target); unset when it could not.
+  std::optional<MoveOutcome> figures;
 };
 
 struct MoveInContext {

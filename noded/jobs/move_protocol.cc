@@ -1,7 +1,9 @@
 // The move protocol's transitions. A move on from the job's node ends with two events that
-// the network may deliver in either order: the old node's word (`migrated`, with its
-// figures, on the old relay) and the arrival (the new node's attach, or the job coming
-// home). The move counts at its arrival; a waiting mosmigrate hears once both are in.
+// the network may deliver in either order: the arrival (the new node's attach, or the job
+// coming home), which carries the move's figures, and the old node's last word (`movedOn`,
+// after the output the job left there, on the old relay) or that relay's close. The move
+// counts, and a waiting mosmigrate hears, at the arrival; the job's output from its new
+// place waits for the old node's last word (kArrived).
 #include "move_protocol.h"
 
 #include <fmt/format.h>
@@ -24,11 +26,10 @@ std::string_view StateName(State state) {
 }
 
 std::string Record::Serialize() const {
-  return fmt::format("state={} pid={} where={} relay={} migrations={} due={} waiting={} moved={}",
+  return fmt::format("state={} pid={} where={} relay={} migrations={} due={} waiting={}",
                      StateName(state), home_pid, where, relay, migrations, attach_due_ms,
-                     waiting ? 1 : 0,
-                     fmt::format("{},{},{},{}", announced.where, announced.frozen_ms,
-                                 announced.total_ms, announced.image_bytes)) +
+                     waiting ? 1 : 0) +
+         (moved_to.empty() ? "" : fmt::format(" moved={}", moved_to)) +
          (generation ? fmt::format(" generation={}", generation) : "");
 }
 
@@ -64,15 +65,10 @@ Record Record::Parse(const std::string& line) {
         record.generation = static_cast<uint32_t>(std::stoul(value));
         --seen;  // optional: only a restarted job has one
       } else if (key == "moved") {
-        std::istringstream parts(value);
-        std::string part;
-        std::getline(parts, record.announced.where, ',');
-        std::getline(parts, part, ',');
-        record.announced.frozen_ms = std::stoull(part);
-        std::getline(parts, part, ',');
-        record.announced.total_ms = std::stoull(part);
-        std::getline(parts, part, ',');
-        record.announced.image_bytes = std::stoull(part);
+        // Optional. Lines of older daemons always have it, with the old node's figures
+        // after the node (`moved=node3,12,80,1048576`): only the node is kept.
+        record.moved_to = value.substr(0, value.find(','));
+        --seen;
       } else {
         Fail(ErrorKind::kInvalidInput, "unknown field '{}'", key);
       }
@@ -80,7 +76,7 @@ Record Record::Parse(const std::string& line) {
   } catch (const std::logic_error& e) {  // std::stoul and friends on a bad number
     Fail(ErrorKind::kInvalidInput, "a bad number in move record '{}'", line);
   }
-  if (seen != 8) Fail(ErrorKind::kInvalidInput, "move record '{}' is incomplete", line);
+  if (seen != 7) Fail(ErrorKind::kInvalidInput, "move record '{}' is incomplete", line);
   return record;
 }
 
@@ -230,7 +226,7 @@ Protocol Protocol::Reloaded(const Record& saved, int64_t now_ms) {
       record.state = State::kRelayLost;
       record.relay = saved.relay + 1;  // no relay from before the restart is current
       record.attach_due_ms = now_ms + kAttachTimeoutMs;
-      record.announced = MoveOutcome();
+      record.moved_to.clear();
       break;
     case State::kFrozen:
     case State::kContinuing:
@@ -256,8 +252,11 @@ void Protocol::Ask(const std::string& target) {
       Fail(ErrorKind::kOverloaded, "job {} is still starting", pid);
     case State::kAsked:
     case State::kAnnounced:
-    case State::kArrived:
       Fail(ErrorKind::kOverloaded, "job {} is already moving", pid);
+    case State::kArrived:
+      Fail(ErrorKind::kOverloaded,
+           "job {} has just moved to {}: its old node still sends the output it owed", pid,
+           record_.where);
     case State::kRelayLost:
       Fail(ErrorKind::kDisconnected, "job {} is out of contact: waiting for node {} to take it back",
            pid, record_.where);
@@ -286,20 +285,19 @@ Step Protocol::Refused(uint32_t relay, const std::string& why) {
   return End(message, MoveOutcome::Failure(message));
 }
 
-Step Protocol::Migrated(uint32_t relay, MoveOutcome figures, int64_t now_ms) {
+Step Protocol::MovedOn(uint32_t relay, const std::string& target, int64_t now_ms) {
   State state = record_.state;
   if (relay == record_.relay && (state == State::kRunning || state == State::kAsked)) {
     // This relay closes next; the new node attaches on a connection of its own, which may
     // come after that close: the close is no longer the job's end.
     ++record_.relay;
     record_.state = State::kAnnounced;
-    record_.announced = std::move(figures);
+    record_.moved_to = target;
     record_.attach_due_ms = now_ms + kAttachTimeoutMs;
     return {};
   }
   if (relay != record_.relay && state == State::kArrived) {
-    record_.state = State::kRunning;
-    return Answer(std::move(figures));
+    record_.state = State::kRunning;  // the move was answered at the arrival
   }
   return {};
 }
@@ -310,21 +308,21 @@ bool Protocol::ExpectsArrival() const {
          state == State::kRelayLost;
 }
 
-std::optional<Step> Protocol::Arrived(const std::string& node) {
+std::optional<Step> Protocol::Arrived(const std::string& node, MoveOutcome figures) {
   State state = record_.state;
   if (!ExpectsArrival()) return std::nullopt;
   record_.where = node;
   ++record_.migrations;
   ++record_.relay;
   record_.attach_due_ms = 0;
-  if (state == State::kAnnounced || state == State::kRelayLost) {
-    record_.state = State::kRunning;
-    MoveOutcome figures = std::move(record_.announced);
-    record_.announced = MoveOutcome();
-    return Answer(std::move(figures));
-  }
-  record_.state = State::kArrived;
-  return Step{};
+  record_.moved_to.clear();
+  // Announced, the old node has said its last; lost, it will say nothing more. Else its
+  // word (or its close) is still to come, after the output it owes.
+  record_.state =
+      state == State::kAnnounced || state == State::kRelayLost ? State::kRunning : State::kArrived;
+  figures.error.clear();
+  figures.where = node;
+  return Answer(std::move(figures));
 }
 
 bool Protocol::RelayLost(uint32_t relay, int64_t now_ms) {
@@ -340,10 +338,9 @@ std::optional<Step> Protocol::Rejoined(const std::string& node) {
   ++record_.relay;
   record_.attach_due_ms = 0;
   record_.state = State::kRunning;
-  MoveOutcome figures = std::move(record_.announced);
-  record_.announced = MoveOutcome();
-  if (!record_.waiting) return Step{};
-  return Answer(std::move(figures));
+  MoveOutcome unmoved;
+  unmoved.where = node;
+  return Answer(std::move(unmoved));
 }
 
 Step Protocol::Closed(uint32_t relay) {
@@ -356,11 +353,10 @@ Step Protocol::Closed(uint32_t relay) {
                    ErrorKind::kDisconnected));
   }
   if (relay != record_.relay && state == State::kArrived) {
-    // The job has arrived but its old node closed without a word: moved all the same.
+    // The job has arrived but its old node closed without its last word (it died): what
+    // it sent is all mosrun gets from there, and the job's output from its new place
+    // goes on.
     record_.state = State::kRunning;
-    MoveOutcome outcome;
-    outcome.where = record_.where;
-    return Answer(std::move(outcome));
   }
   return {};  // a relay replaced by the job's new node closes quietly
 }

@@ -41,8 +41,10 @@ enum class State : uint8_t {
   kStarting,    // its node was asked to start it; the relay to that node is not open yet
   kRunning,     // runs on `where`, over the current relay
   kAsked,       // the home asked `where` to move it on and has heard nothing yet
-  kAnnounced,   // its old node said it moved; the new node must attach by `attach_due_ms`
-  kArrived,     // the new node attached (or it came home); the old node's word is not in yet
+  kAnnounced,   // its old node said it moved on and sent the last of its output; the new
+                // node must attach by `attach_due_ms`
+  kArrived,     // the new node attached (or it came home) and the move is answered; the old
+                // node still sends the output the job left there (its new output waits)
   kRelayLost,   // the relay to its node was lost, or this daemon restarted: the job may
                 // attach again by `attach_due_ms`, from where it ran (that node's daemon
                 // restarted) or from a node it moved to meanwhile
@@ -61,7 +63,7 @@ struct Record {
   uint32_t migrations = 0;  // counted at each arrival
   int64_t attach_due_ms = 0;
   bool waiting = false;   // someone waits to hear how the asked move ends
-  MoveOutcome announced;  // kAnnounced: the old node's figures, given once the job arrives
+  std::string moved_to;   // kAnnounced: the node its old node said it moved on to
   // Which run of the job this is: raised each time it is restarted from a checkpoint, so
   // that a copy of an older run (on a node that was lost and came back) is refused.
   uint32_t generation = 0;
@@ -205,11 +207,18 @@ class Protocol {
   void Ask(const std::string& target);
   // The job's node answered an error on relay `relay`.
   Step Refused(uint32_t relay, const std::string& why);
-  // The job's node said, on relay `relay`, that the job moved on (`figures.where`).
-  Step Migrated(uint32_t relay, MoveOutcome figures, int64_t now_ms);
-  // The job arrived: its new node attached, or it came back home (`node` is then home).
-  // Its new relay is record().relay. Nothing when no arrival is expected now.
-  std::optional<Step> Arrived(const std::string& node);
+  // The job's old node said, on relay `relay`, that the job moved on to `target` and
+  // that it has sent all the output the job left there (its `movedOn` word); the relay
+  // closes next.
+  Step MovedOn(uint32_t relay, const std::string& target, int64_t now_ms);
+  // The job arrived: its new node attached, or it came back home (`node` is then home),
+  // with the move's figures from the node it left (zero when that node could not give
+  // them). Its new relay is record().relay. A waiter hears at once, even while the old
+  // node still sends what it owed (kArrived). Nothing when no arrival is expected now.
+  std::optional<Step> Arrived(const std::string& node, MoveOutcome figures = {});
+  // Whether the job's new place must hold its output back: the old node has not yet said
+  // its last (kArrived).
+  bool OldOutputOwed() const { return record_.state == State::kArrived; }
   // Relay `relay` closed.
   Step Closed(uint32_t relay);
   // The job exited (its node said so on the current relay).

@@ -77,9 +77,14 @@ TEST(MoveProtocol, AskRefusedWhereItCannotMove) {
   }
 }
 
-// The three events of a move on: the old node's word, the old relay's close and the
-// arrival, in every order the network allows (the word and the close come on one stream,
-// so the word is first of those two); the waiter hears once, with the old node's figures.
+// The events that end a move on: the arrival (the new node's attach, carrying the old
+// node's figures, or none when that node could not give them), the old node's last word
+// (`movedOn`, after the output it owed) and the old relay's close, in every order the
+// network allows (the word and the close come on one stream, so the word is first of
+// those two; a close with no word is AnOldNodeThatClosesWithoutAWord), with a daemon
+// restart after every step. The waiter hears once, at the arrival, however much output
+// the old node still owes; the new place's output is held from the arrival until the old
+// node's word or close.
 TEST(MoveProtocol, EveryOrderOfAMoveEndsWithTheJobMoved) {
   enum Event { kWord, kOldClosed, kArrival };
   std::vector<Event> events = {kWord, kOldClosed, kArrival};
@@ -87,28 +92,53 @@ TEST(MoveProtocol, EveryOrderOfAMoveEndsWithTheJobMoved) {
   do {
     if (std::find(events.begin(), events.end(), kOldClosed) <
         std::find(events.begin(), events.end(), kWord)) {
-      continue;  // see AnOldNodeThatClosesWithoutAWord
+      continue;
     }
-    for (bool asked : {true, false}) {  // asked by the home, or decided by the job's node
+    for (int variant = 0; variant < 4; ++variant) {
+      bool asked = variant & 1;         // asked by the home, or decided by the job's node
+      bool with_figures = variant & 2;  // the old node told the target how it went
       SCOPED_TRACE(testing::Message() << "order " << events[0] << events[1] << events[2]
-                                      << (asked ? " asked" : " unasked"));
+                                      << (asked ? " asked" : " unasked")
+                                      << (with_figures ? " with figures" : " without"));
       Protocol protocol = Running();
       if (asked) protocol.Ask("node3");
       uint32_t old_relay = protocol.record().relay;
       std::vector<MoveOutcome> answers;
-      for (Event event : events) {
+      bool arrived = false, old_done = false;
+      for (size_t i = 0; i < events.size(); ++i) {
         Step step;
-        if (event == kWord) {
-          step = protocol.Migrated(old_relay, Figures("node3"), 1000);
-        } else if (event == kOldClosed) {
+        if (events[i] == kWord) {
+          step = protocol.MovedOn(old_relay, "node3", 1000);
+          old_done = true;
+        } else if (events[i] == kOldClosed) {
           step = protocol.Closed(old_relay);
+          old_done = true;
         } else {
-          auto arrived = protocol.Arrived("node3");
-          ASSERT_TRUE(arrived);
-          step = *arrived;
+          auto arrival = protocol.Arrived("node3", with_figures ? Figures("node3") : MoveOutcome());
+          ASSERT_TRUE(arrival);
+          step = *arrival;
+          arrived = true;
+          // Answered at the arrival, whatever the old node still owes.
+          EXPECT_EQ(step.answer.has_value(), asked);
         }
         EXPECT_FALSE(step.end);
         if (step.answer) answers.push_back(*step.answer);
+        EXPECT_EQ(protocol.OldOutputOwed(), arrived && !old_done);
+        EXPECT_EQ(protocol.record().waiting, asked && !arrived);
+        // A restart now: the job must attach again, whatever the step.
+        Protocol reloaded =
+            Protocol::Reloaded(Record::Parse(protocol.record().Serialize()), 2000);
+        EXPECT_EQ(reloaded.state(), State::kRelayLost);
+        EXPECT_FALSE(reloaded.OldOutputOwed());
+        EXPECT_FALSE(reloaded.record().waiting);
+        ASSERT_TRUE(reloaded.Arrived("node3"));
+        EXPECT_EQ(reloaded.state(), State::kRunning);
+        // The restart's new relay is current: no relay from before it ends the job.
+        Protocol cut = Protocol::Reloaded(protocol.record(), 2000);
+        EXPECT_FALSE(cut.Closed(old_relay).end);
+        EXPECT_FALSE(cut.Closed(old_relay + 1).end);
+        EXPECT_FALSE(cut.MovedOn(old_relay, "node3", 2000).end);
+        EXPECT_EQ(cut.state(), State::kRelayLost);
       }
       EXPECT_EQ(protocol.state(), State::kRunning);
       EXPECT_EQ(protocol.record().where, "node3");
@@ -118,11 +148,14 @@ TEST(MoveProtocol, EveryOrderOfAMoveEndsWithTheJobMoved) {
       if (asked) {
         EXPECT_EQ(answers[0].error, "");
         EXPECT_EQ(answers[0].where, "node3");
-        EXPECT_EQ(answers[0].image_bytes, 1u << 20);
+        EXPECT_EQ(answers[0].image_bytes, with_figures ? 1u << 20 : 0u);
+        EXPECT_EQ(answers[0].frozen_ms, with_figures ? 12u : 0u);
       }
       // The new relay is current: the old one's late events change nothing, and the
       // job can move again.
       EXPECT_FALSE(protocol.Closed(old_relay).end);
+      EXPECT_FALSE(protocol.MovedOn(old_relay, "node3", 3000).end);
+      EXPECT_EQ(protocol.state(), State::kRunning);
       protocol.Ask("node4");
       EXPECT_EQ(protocol.state(), State::kAsked);
     }
@@ -132,17 +165,22 @@ TEST(MoveProtocol, EveryOrderOfAMoveEndsWithTheJobMoved) {
 }
 
 // An old node that closes its relay without its word (it died as the move ended): the job
-// moved if it has arrived; if it has not, contact with it is lost.
+// moved if it has arrived (answered then; its new output is let go at the close); if it
+// has not, contact with it is lost.
 TEST(MoveProtocol, AnOldNodeThatClosesWithoutAWord) {
   Protocol arrived = Running();
   arrived.Ask("node3");
-  ASSERT_TRUE(arrived.Arrived("node3"));
+  auto arrival = arrived.Arrived("node3", Figures("node3"));
+  ASSERT_TRUE(arrival);
+  ASSERT_TRUE(arrival->answer);
+  EXPECT_EQ(arrival->answer->error, "");
+  EXPECT_EQ(arrived.state(), State::kArrived);
+  EXPECT_TRUE(arrived.OldOutputOwed());
   Step step = arrived.Closed(1);
   EXPECT_FALSE(step.end);
-  ASSERT_TRUE(step.answer);
-  EXPECT_EQ(step.answer->error, "");
-  EXPECT_EQ(step.answer->where, "node3");
+  EXPECT_FALSE(step.answer);  // answered once, at the arrival
   EXPECT_EQ(arrived.state(), State::kRunning);
+  EXPECT_FALSE(arrived.OldOutputOwed());
 
   Protocol not_yet = Running();
   not_yet.Ask("node3");
@@ -153,15 +191,51 @@ TEST(MoveProtocol, AnOldNodeThatClosesWithoutAWord) {
   EXPECT_FALSE(not_yet.Arrived("node3"));  // a copy that shows up later is not taken
 }
 
+// While its old node still sends what it owed, a job that was just answered as moved is
+// not moved again: the home would have two old relays to order.
+TEST(MoveProtocol, ANewMoveWaitsForTheOldNodesLastWord) {
+  Protocol protocol = Running();
+  protocol.Ask("node3");
+  ASSERT_TRUE(protocol.Arrived("node3", Figures("node3")));
+  try {
+    protocol.Ask("node4");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kOverloaded);
+    EXPECT_EQ(std::string(e.what()),
+              "job 4242 has just moved to node3: its old node still sends the output it owed");
+  }
+  protocol.MovedOn(1, "node3", 0);
+  protocol.Ask("node4");
+  EXPECT_EQ(protocol.state(), State::kAsked);
+}
+
 TEST(MoveProtocol, AMoveHomeIsAnArrivalToo) {
   Protocol protocol = Running();
   protocol.Ask("node1");
   uint32_t old_relay = protocol.record().relay;
-  ASSERT_TRUE(protocol.Arrived("node1"));
-  Step step = protocol.Migrated(old_relay, Figures("node1"), 0);
-  ASSERT_TRUE(step.answer);
-  EXPECT_EQ(step.answer->where, "node1");
-  EXPECT_EQ(step.answer->frozen_ms, 12u);
+  auto step = protocol.Arrived("node1", Figures("node1"));
+  ASSERT_TRUE(step);
+  ASSERT_TRUE(step->answer);
+  EXPECT_EQ(step->answer->where, "node1");
+  EXPECT_EQ(step->answer->frozen_ms, 12u);
+  EXPECT_TRUE(protocol.OldOutputOwed());
+  EXPECT_FALSE(protocol.MovedOn(old_relay, "node1", 0).answer);
+  EXPECT_EQ(protocol.state(), State::kRunning);
+}
+
+// The arrival names where the job is: figures that say otherwise, or carry an error,
+// do not change the answer's success.
+TEST(MoveProtocol, TheArrivalSaysWhereTheJobIs) {
+  Protocol protocol = Running();
+  protocol.Ask("node3");
+  MoveOutcome odd = Figures("elsewhere");
+  odd.error = "stale";
+  auto step = protocol.Arrived("node3", odd);
+  ASSERT_TRUE(step && step->answer);
+  EXPECT_EQ(step->answer->where, "node3");
+  EXPECT_EQ(step->answer->error, "");
+  EXPECT_EQ(step->answer->total_ms, 80u);
 }
 
 TEST(MoveProtocol, TheNodeRefusesTheMoveAndTheJobRunsOn) {
@@ -187,8 +261,9 @@ TEST(MoveProtocol, AnErrorWhileRunningEndsTheJob) {
 TEST(MoveProtocol, AnAttachThatNeverComesEndsTheJobAtTheDeadline) {
   Protocol protocol = Running();
   protocol.Ask("node3");
-  protocol.Migrated(1, Figures("node3"), 1000);
+  protocol.MovedOn(1, "node3", 1000);
   EXPECT_EQ(protocol.state(), State::kAnnounced);
+  EXPECT_EQ(protocol.record().moved_to, "node3");
   EXPECT_EQ(protocol.record().attach_due_ms, 1000 + kAttachTimeoutMs);
   EXPECT_FALSE(protocol.Closed(1).end);  // the old relay's close is expected
   EXPECT_FALSE(protocol.Tick(1000 + kAttachTimeoutMs).end);
@@ -211,17 +286,17 @@ TEST(MoveProtocol, ACutAtEveryStep) {
   std::vector<Case> cases = {
       {"running", [](Protocol&) {}, false},
       {"asked", [](Protocol& p) { p.Ask("node3"); }, true},
-      {"arrived before the word",
+      {"arrived before the word (answered at the arrival)",
        [](Protocol& p) {
          p.Ask("node3");
          p.Arrived("node3");
        },
-       true},
+       false},
       {"arrived unasked", [](Protocol& p) { p.Arrived("node3"); }, false},
       {"moved, then cut on the new relay",
        [](Protocol& p) {
          p.Ask("node3");
-         p.Migrated(1, Figures("node3"), 0);
+         p.MovedOn(1, "node3", 0);
          p.Arrived("node3");
        },
        false},
@@ -241,7 +316,7 @@ TEST(MoveProtocol, ACutAtEveryStep) {
   }
   // Announced, the old relay is no longer current: only the deadline ends the job.
   Protocol announced = Running();
-  announced.Migrated(1, Figures("node3"), 0);
+  announced.MovedOn(1, "node3", 0);
   EXPECT_FALSE(announced.Closed(1).end);
   EXPECT_FALSE(announced.Closed(announced.record().relay).end);
   EXPECT_EQ(announced.state(), State::kAnnounced);
@@ -259,7 +334,7 @@ TEST(MoveProtocol, MosrunGoneAtEveryStepEndsTheJobOnce) {
       [] {
         Protocol p = Running();
         p.Ask("node3");
-        p.Migrated(1, Figures("node3"), 0);
+        p.MovedOn(1, "node3", 0);
         return p;
       },
       [] {
@@ -313,13 +388,39 @@ TEST(MoveProtocol, RecordsReadBackAsTheyWereWritten) {
             Protocol::Frozen(kPid, 3).record());
   Protocol announced = Running();
   announced.Ask("node3");
-  announced.Migrated(1, Figures("node3"), 77);
+  announced.MovedOn(1, "node3", 77);
   EXPECT_EQ(Record::Parse(announced.record().Serialize()), announced.record());
+  Protocol arrived = Running();
+  arrived.Ask("node3");
+  arrived.Arrived("node3", Figures("node3"));
+  EXPECT_EQ(Record::Parse(arrived.record().Serialize()), arrived.record());
   EXPECT_THROW(Record::Parse("state=flying"), Error);
   EXPECT_THROW(Record::Parse("nonsense"), Error);
   EXPECT_THROW(Record::Parse(
                    "state=running pid=x where=a relay=1 migrations=0 due=0 waiting=0 moved=,0,0,0"),
                Error);
+}
+
+// Lines an older daemon wrote carry the old node's figures in `moved`, always: they read,
+// keeping only the node, and write back without the figures.
+TEST(MoveProtocol, OldJournalLinesStillRead) {
+  Record running = Record::Parse(
+      "state=running pid=4242 where=node2 relay=1 migrations=0 due=0 waiting=0 moved=,0,0,0");
+  EXPECT_EQ(running, Running().record());
+  EXPECT_EQ(running.Serialize(),
+            "state=running pid=4242 where=node2 relay=1 migrations=0 due=0 waiting=0");
+  Record announced = Record::Parse(
+      "state=announced pid=4242 where=node2 relay=2 migrations=0 due=31000 waiting=1 "
+      "moved=node3,12,80,1048576 generation=2");
+  EXPECT_EQ(announced.state, State::kAnnounced);
+  EXPECT_EQ(announced.moved_to, "node3");
+  EXPECT_EQ(announced.generation, 2u);
+  EXPECT_EQ(Record::Parse(announced.Serialize()), announced);
+  Record arrived = Record::Parse(
+      "state=arrived pid=4242 where=node3 relay=2 migrations=1 due=0 waiting=1 moved=,0,0,0");
+  Protocol reloaded = Protocol::Reloaded(arrived, 100);
+  EXPECT_EQ(reloaded.state(), State::kRelayLost);
+  EXPECT_EQ(reloaded.record().where, "node3");
 }
 
 // A job restarted from a checkpoint is a new run: its generation goes with its record, and
@@ -353,7 +454,7 @@ TEST(MoveProtocol, ARestartAtEveryStep) {
       {[] {
          Protocol p = Running();
          p.Ask("node3");
-         p.Migrated(1, Figures("node3"), 0);
+         p.MovedOn(1, "node3", 0);
          return p;
        },
        State::kRelayLost},

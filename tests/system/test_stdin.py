@@ -237,8 +237,9 @@ class StdinTest(unittest.TestCase):
         # A job away writes faster than mosrun's reader takes: its node holds megabytes
         # of its output, its relay paused (96 MB: well over what the buffers on the way
         # hold, some 25 MB here). Moved on to node3, then home, with the reader still
-        # waiting each time: what the old node owes comes first, whole, then the new
-        # place's, and nothing stalls once the reader reads. The job is an ordinary user's.
+        # waiting each time: the move is answered at the arrival, while the old node
+        # still owes most of the output; then the reader reads, and what the old node owed
+        # comes first, whole, then the new place's. The job is an ordinary user's.
         if shutil.which("useradd") is None:
             self.skipTest("no useradd")
         user = f"hwout{secrets.token_hex(4)}"
@@ -261,29 +262,18 @@ class StdinTest(unittest.TestCase):
             # node2 pauses the job's output: mosrun's socket and its queue at home are full.
             self.c.wait_for(lambda: f"job {pid}: its output waits: mosrun is behind"
                             in self.c.log("node2"), 60, "node2 to hold the output back")
-            # The move is answered behind the output node2 still relays: it returns once
-            # the reader reads, so it runs beside the test.
-            move = subprocess.Popen(
-                [harness.LOOPCLUSTER, "exec", self.c.dir, "node1", "--", "mosmigrate", str(pid),
-                 target], env=self.c.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True)
-            try:
-                where = "node1" if target == "home" else target
-
-                def arrived():
-                    if move.poll() is not None:  # answered early: only a failure is
-                        self.fail(f"mosmigrate {target}: {move.communicate()}")
-                    return [j["where"] for j in jobs(self.c)] == [where]
-                self.c.wait_for(arrived, 60, f"the job to run on {where}")
-                self.touch(gate)
-                self.wait_end()
-                out, err = move.communicate(timeout=60)
-            finally:
-                if move.poll() is None:
-                    move.kill()
-                    move.wait()
-            self.assertEqual(move.returncode, 0, err)
-            self.assertIn(f"now runs on {where}", out)
+            where = "node1" if target == "home" else target
+            last_word = f"job {pid}: its old node has sent the last of its output"
+            # Answered at the arrival, while the reader still waits: the old node still
+            # holds most of the output, its last word not yet at the home.
+            moved = self.c.run("node1", "mosmigrate", str(pid), target, timeout=240)
+            self.assertIn(f"now runs on {where}", moved.stdout)
+            self.assertEqual([j["where"] for j in jobs(self.c)], [where])
+            self.assertNotIn(last_word, self.c.log("node1"))
+            self.assertFalse(os.path.exists(self.path(f"out{step}")))  # nothing read yet
+            self.touch(gate)
+            self.wait_end()
+            self.assertIn(last_word, self.c.log("node1"))
             with open(self.path("big"), "rb") as f, open(self.path(f"out{step}"), "rb") as g:
                 self.assertTrue(f.read() * 2 == g.read(), f"output after the move to {target}")
             os.unlink(self.path("status"))

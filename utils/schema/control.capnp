@@ -5,7 +5,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("homeward::schema");
 
-const controlVersion :UInt16 = 5;
+const controlVersion :UInt16 = 6;
 # 2: migrateJob's verbs are a union (moveTo, home, freeze, continue, checkpoint), so no
 #    node name is taken for a verb; a job's state is an enum.
 # 3: a job's input is a stream with offsets (jobInputAt, jobInputEndAt, jobInputWritten,
@@ -14,6 +14,9 @@ const controlVersion :UInt16 = 5;
 # 4: restarts from checkpoints (restartJob) and daemon restarts (resumeJob).
 # 5: mosrun numbers its signals (jobSignalNumbered) and keeps each until the job's node
 #    answers jobSignalDelivered, so that a signal read but not delivered is not lost.
+# 6: a job's node that moved it on ends its relay with movedOn, after the output the job
+#    left there, instead of migrated; the move's figures reach the home with the new
+#    node's attachGuest (moved), so that the move is answered at the arrival.
 
 struct ControlRequest {
   version @0 :UInt16;
@@ -103,6 +106,10 @@ struct ControlReply {
     # From the job's node, once the job arrived there (restored after a move, or
     # continued): its input goes on from `offset`; mosrun sends again what it holds from
     # there, and its end of input unless `ended`.
+    movedOn @16 :Text;
+    # From the node a job away ran on, once it moved the job on to the node named: the
+    # last of the output the job left there has been sent; the relay closes next. (The
+    # move's figures come with the new node's attachGuest.)
   }
 }
 
@@ -312,6 +319,9 @@ struct AttachGuest {
   # The home answers on the relay with resumeJob (how much of the job's output it has had
   # from that node), as it does from time to time while the job runs there, so that the
   # node resends what was lost and keeps no more than the home lacks.
+  moved @4 :Migrated;
+  # Not resumed: how the move went, as the node the job left told this one after the
+  # handover (where is this node); unset when that node could not tell it.
 }
 
 struct JobIdentity {
