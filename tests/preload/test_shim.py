@@ -204,7 +204,7 @@ class ShimTest(unittest.TestCase):
         # tests/homeview's self-checking programs (test_home_ids.py runs them as moved
         # jobs), told to check by a SIGUSR1 from outside the job: its sender, outside the
         # job's pid namespace, is 0 there.
-        for name in ("fork", "siginfo", "lock", "proc", "cred"):
+        for name in ("fork", "siginfo", "lock", "proc", "cred", "raw"):
             with self.subTest(name):
                 program = os.path.join(BUILD, "tests", "homeview", f"ids_{name}")
                 assignments = [f"{k}={v}" for k, v in JOB_ENV.items()]
