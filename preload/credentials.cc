@@ -77,6 +77,10 @@ bool ProbeCredentialTraps() {
   return armed;
 }
 
+bool CredentialTrapsArmed() {
+  return g_armed.load(std::memory_order_relaxed);
+}
+
 long Setsockopt(const long a[6]) {
   long result = RawSyscall(SYS_setsockopt, a[0], a[1], a[2], a[3], a[4]);
   // The kernel read the value, so the pointer is good.

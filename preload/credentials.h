@@ -17,6 +17,9 @@ namespace homeward::preload {
 // At start: true when the inherited filter already traps the credential calls.
 bool ProbeCredentialTraps();
 
+// Whether this process traps them (else a trap of one is a filter of the program's own).
+bool CredentialTrapsArmed();
+
 // setsockopt(SOL_SOCKET, SO_PASSCRED) made for the program; turning it on arms the traps.
 long Setsockopt(const long a[6]);
 

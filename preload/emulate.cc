@@ -387,6 +387,7 @@ bool Emulates(long nr, const long a[6]) {
     case SYS_recvmmsg:
     case SYS_sendmsg:
     case SYS_sendmmsg:
+      return CredentialTrapsArmed();
     case SYS_getpid:
     case SYS_getppid:
     case SYS_gettid:
