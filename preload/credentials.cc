@@ -111,10 +111,9 @@ long CredentialCall(const PidMap& map, long nr, const long a[6]) {
     case SYS_sendmsg:
       return Sendmsg(map, a);
     case SYS_sendmmsg:
-      return SendmmsgInner(map, reinterpret_cast<mmsghdr*>(a[1]), static_cast<unsigned>(a[2]),
-                           [&](unsigned int count) {
-                             return RawSyscall(SYS_sendmmsg, a[0], a[1], count, a[3]);
-                           });
+      return SendmmsgInner(
+          map, reinterpret_cast<mmsghdr*>(a[1]), static_cast<unsigned>(a[2]),
+          [&](unsigned int count) { return RawSyscall(SYS_sendmmsg, a[0], a[1], count, a[3]); });
     default:
       return -ENOSYS;
   }

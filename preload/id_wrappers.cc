@@ -24,8 +24,8 @@
 #include "credentials.h"
 #include "home_ids.h"
 #include "next_symbol.h"
-#include "raw_syscall.h"
 #include "posix_locks.h"
+#include "raw_syscall.h"
 #include "shim_state.h"
 
 namespace {
@@ -362,7 +362,8 @@ int sendmmsg(int fd, mmsghdr* messages, unsigned int count, int flags) {
     auto real = Next<int (*)(int, mmsghdr*, unsigned int, int)>(slot, "sendmmsg");
     if (!State().active || messages == nullptr) return real(fd, messages, count, flags);
     return static_cast<int>(homeward::preload::SendmmsgInner(
-        State().map, messages, count, [&](unsigned int sent) { return real(fd, messages, sent, flags); }));
+        State().map, messages, count,
+        [&](unsigned int sent) { return real(fd, messages, sent, flags); }));
   });
 }
 

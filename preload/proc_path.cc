@@ -36,8 +36,7 @@ void PutNumber(char* out, size_t* k, long v) {
 
 }  // namespace
 
-const char* TranslateProcPath(const PidMap& map, const char* path, char* out,
-                              long self_inner) {
+const char* TranslateProcPath(const PidMap& map, const char* path, char* out, long self_inner) {
   if (path == nullptr) return path;
   const char prefix[] = "/proc/";
   const size_t start = sizeof(prefix) - 1;

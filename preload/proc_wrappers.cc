@@ -254,8 +254,8 @@ bool ListsPids(int fd) {
 
 // The entries readdir renamed, one per directory stream (the last few a thread read):
 // each stays valid until the next readdir of its stream, as readdir's own do.
-static_assert(sizeof(dirent) == sizeof(dirent64) && offsetof(dirent, d_name) ==
-              offsetof(dirent64, d_name));
+static_assert(sizeof(dirent) == sizeof(dirent64) &&
+              offsetof(dirent, d_name) == offsetof(dirent64, d_name));
 struct Renamed {
   DIR* dir;
   dirent64 entry;

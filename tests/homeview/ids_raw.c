@@ -123,8 +123,7 @@ static void check_credentials(void) {
         (long)g_child);
   order('i');
   pid = receive(0);
-  CHECK(pid == g_child, "libc's recvmsg in an armed process: %ld, sender %ld", pid,
-        (long)g_child);
+  CHECK(pid == g_child, "libc's recvmsg in an armed process: %ld, sender %ld", pid, (long)g_child);
   order('m');
   struct message m[2];
   struct mmsghdr v[2];
@@ -235,8 +234,8 @@ static int first_image(char** argv) {
   snprintf(numbers[0], sizeof(numbers[0]), "%d", sfd);
   snprintf(numbers[1], sizeof(numbers[1]), "%d", pair[0]);
   snprintf(numbers[2], sizeof(numbers[2]), "%d", pair[1]);
-  char* next[] = {argv[0], argv[1] != NULL ? argv[1] : "1", "exec", numbers[0], numbers[1],
-                  numbers[2], NULL};
+  char* next[] = {
+      argv[0], argv[1] != NULL ? argv[1] : "1", "exec", numbers[0], numbers[1], numbers[2], NULL};
   execv("/proc/self/exe", next);
   printf("FAIL execv: %s\n", strerror(errno));
   return 1;
