@@ -95,7 +95,10 @@ long CredentialCall(const PidMap& map, long nr, const long a[6]) {
   switch (nr) {
     case SYS_recvmsg: {
       long result = RawSyscall(nr, a[0], a[1], a[2]);
-      if (result >= 0) CredentialsToHome(map, reinterpret_cast<msghdr*>(a[1]));
+      if (result >= 0) {
+        CredentialsToHome(map, reinterpret_cast<msghdr*>(a[1]));
+        MarkReceivedSignalfds(reinterpret_cast<msghdr*>(a[1]));
+      }
       ++t_translated_receives;
       return result;
     }
@@ -104,6 +107,7 @@ long CredentialCall(const PidMap& map, long nr, const long a[6]) {
       auto* messages = reinterpret_cast<mmsghdr*>(a[1]);
       for (long i = 0; i < result && messages != nullptr; ++i) {
         CredentialsToHome(map, &messages[i].msg_hdr);
+        MarkReceivedSignalfds(&messages[i].msg_hdr);
       }
       ++t_translated_receives;
       return result;

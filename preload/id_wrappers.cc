@@ -174,6 +174,27 @@ void MarkInheritedSignalfds() {
   RawSyscall(SYS_close, dir);
 }
 
+void MarkReceivedSignalfds(msghdr* msg) {
+  if (msg == nullptr || msg->msg_control == nullptr) return;
+  auto* at = static_cast<char*>(msg->msg_control);
+  char* end = at + msg->msg_controllen;
+  while (static_cast<size_t>(end - at) >= sizeof(cmsghdr)) {
+    auto* header = reinterpret_cast<cmsghdr*>(at);
+    if (header->cmsg_len < sizeof(cmsghdr) || header->cmsg_len > static_cast<size_t>(end - at)) {
+      return;
+    }
+    if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS) {
+      size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        __builtin_memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(fd));
+        if (IsSignalfd(fd)) Mark(fd, true);
+      }
+    }
+    at += CMSG_ALIGN(header->cmsg_len);
+  }
+}
+
 }  // namespace homeward::preload
 
 #pragma GCC visibility push(default)
@@ -314,6 +335,7 @@ ssize_t recvmsg(int fd, msghdr* msg, int flags) {
     // An armed process's call trapped, and the handler translated it already.
     if (n >= 0 && State().active && trapped == homeward::preload::TranslatedReceives()) {
       homeward::preload::CredentialsToHome(State().map, msg);
+      homeward::preload::MarkReceivedSignalfds(msg);
     }
     return n;
   });
@@ -350,6 +372,7 @@ int recvmmsg(int fd, mmsghdr* messages, unsigned int count, int flags, timespec*
         trapped == homeward::preload::TranslatedReceives()) {
       for (int i = 0; i < n; ++i) {
         homeward::preload::CredentialsToHome(State().map, &messages[i].msg_hdr);
+        homeward::preload::MarkReceivedSignalfds(&messages[i].msg_hdr);
       }
     }
     return n;

@@ -8,7 +8,8 @@
  * raw sendmsg (implicit, and explicit naming its getpid(), which the kernel must accept)
  * and raw sendmmsg; the entries of /proc/self/task (the program's and its thread's home
  * ids) and of /proc (home ids only, the child and the init among them); and the status
- * of the thread opened as /proc/self/task/<its gettid()>. */
+ * of the thread opened as /proc/self/task/<its gettid()>; and a signalfd the child
+ * made and sent by SCM_RIGHTS. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
@@ -70,13 +71,45 @@ static long credentials_pid(struct msghdr* msg) {
   return 0;
 }
 
-/* The child: 'i' raw sendmsg without credentials (the kernel attaches them), 'e' raw
- * sendmsg naming its getpid(), 'm' both in one raw sendmmsg; a failure sends byte 'f'
- * with no credentials instead. 'q' quits. */
+/* Sends a signalfd of its own making (SIGUSR2) to the program, by SCM_RIGHTS. */
+static void send_signalfd(void) {
+  sigset_t usr2;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  int fd = signalfd(-1, &usr2, 0);
+  char byte = 's';
+  struct iovec iov = {&byte, 1};
+  union {
+    char buffer[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof(control));
+  struct msghdr msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buffer;
+  msg.msg_controllen = sizeof(control.buffer);
+  struct cmsghdr* header = CMSG_FIRSTHDR(&msg);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_RIGHTS;
+  header->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(header), &fd, sizeof(fd));
+  if (fd < 0 || sendmsg(g_pair[1], &msg, 0) != 1) _exit(102);
+  close(fd);
+}
+
+/* The child: 's' sends a signalfd (send_signalfd), 'i' raw sendmsg without credentials (the kernel
+ * attaches them), 'e' raw sendmsg naming its getpid(), 'm' both in one raw sendmmsg; a failure
+ * sends byte 'f' with no credentials instead. 'q' quits. */
 static void sender(void) {
   for (;;) {
     char command;
     if (read(g_order[0], &command, 1) != 1 || command == 'q') _exit(0);
+    if (command == 's') {
+      send_signalfd();
+      continue;
+    }
     struct message m[2];
     prepare(&m[0], command == 'i' ? 0 : getpid(), 0);
     long sent;
@@ -163,6 +196,41 @@ static void check_signalfd(void) {
   CHECK(waitpid(child, &status, 0) == child, "waitpid %ld: %s", (long)child, strerror(errno));
 }
 
+/* A signalfd the child made and sent by SCM_RIGHTS, read here: its senders are home ids
+ * too. */
+static void check_received_signalfd(void) {
+  order('s');
+  char byte;
+  struct iovec iov = {&byte, 1};
+  union {
+    char buffer[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buffer;
+  msg.msg_controllen = sizeof(control.buffer);
+  int fd = -1;
+  if (recvmsg(g_pair[0], &msg, 0) == 1) {
+    for (struct cmsghdr* h = CMSG_FIRSTHDR(&msg); h != NULL; h = CMSG_NXTHDR(&msg, h)) {
+      if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS) {
+        memcpy(&fd, CMSG_DATA(h), sizeof(fd));
+      }
+    }
+  }
+  CHECK(fd >= 0, "no signalfd received: %s", strerror(errno));
+  if (fd < 0) return;
+  struct signalfd_siginfo record;
+  kill(getpid(), SIGUSR2);
+  ssize_t n = read(fd, &record, sizeof(record));
+  CHECK(n == (ssize_t)sizeof(record) && record.ssi_pid == (uint32_t)getpid(),
+        "signalfd received by SCM_RIGHTS: %zd bytes, ssi_pid %ld, getpid %ld", n,
+        (long)record.ssi_pid, (long)getpid());
+  close(fd);
+}
+
 /* The numeric entries of `path`, each checked to be a home id; whether `want` (up to
  * three ids) are among them. */
 static void check_listing(const char* path, const long* want, int wanted) {
@@ -206,6 +274,7 @@ static void check(int round) {
   CHECK(ids_is_job_id(g_child), "the sender child's pid %ld", (long)g_child);
   check_signalfd();
   check_credentials();
+  check_received_signalfd();
   check_proc();
 }
 
