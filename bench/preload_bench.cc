@@ -2,6 +2,7 @@
 // libmosix_preload.so, or under proot: `preload_bench calls` prints "name ns" lines;
 // `preload_bench cpu N` does N units of pure computation (for the whole-program overhead).
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -48,6 +49,26 @@ int Calls(long scale) {
            g_sink = fd;
            close(fd);
          }));
+  // Last: SO_PASSCRED arms the shim's traps of sendmsg and recvmsg for the rest of the
+  // process (preload/credentials.h), so the same pair is timed before and after.
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_DGRAM, 0, pair) != 0) return 1;
+  auto round_trip = [&pair] {
+    char byte = 'b';
+    iovec iov = {&byte, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+    msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    g_sink = sendmsg(pair[1], &msg, 0);
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    g_sink = recvmsg(pair[0], &msg, 0);
+  };
+  printf("sendmsg_recvmsg %.1f\n", NsPerCall(20000 * scale, round_trip));
+  int on = 1;
+  if (setsockopt(pair[0], SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) return 1;
+  printf("sendmsg_recvmsg_passcred %.1f\n", NsPerCall(20000 * scale, round_trip));
   return 0;
 }
 

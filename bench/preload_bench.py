@@ -28,7 +28,10 @@ CALLS = [("getpid", "getpid() through libc"),
          ("syscall_getpid", "syscall(SYS_getpid): trapped, answered by SIGSYS"),
          ("gettid", "gettid() through libc"),
          ("stat", "stat(): passes the filter"),
-         ("open_close", "open()+close(): pass the filter")]
+         ("open_close", "open()+close(): pass the filter"),
+         ("sendmsg_recvmsg", "sendmsg()+recvmsg() of a byte: pass the filter"),
+         ("sendmsg_recvmsg_passcred",
+          "the same once the process set SO_PASSCRED: both trapped (credentials)")]
 
 
 def build():

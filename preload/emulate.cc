@@ -19,6 +19,7 @@
 #include <cerrno>
 #include <csignal>
 
+#include "credentials.h"
 #include "env_inject.h"
 #include "home_ids.h"
 #include "lock_holder.h"
@@ -383,6 +384,13 @@ bool Emulates(long nr, const long a[6]) {
       return a[1] == F_GETLK || a[1] == F_OFD_GETLK || a[1] == F_SETLK || a[1] == F_SETLKW;
     case SYS_getsockopt:
       return a[1] == SOL_SOCKET && a[2] == SO_PEERCRED;
+    case SYS_setsockopt:
+      return a[1] == SOL_SOCKET && a[2] == SO_PASSCRED;
+    case SYS_recvmsg:  // trapped once armed (credentials.h)
+    case SYS_recvmmsg:
+    case SYS_sendmsg:
+    case SYS_sendmmsg:
+      return CredentialTrapsArmed();
     case SYS_getpid:
     case SYS_getppid:
     case SYS_gettid:
@@ -457,6 +465,13 @@ long Emulate(long nr, const long a[6], ucontext_t* uc) {
       return Fcntl(map, a);
     case SYS_getsockopt:
       return Getsockopt(map, a);
+    case SYS_setsockopt:
+      return Setsockopt(a);
+    case SYS_recvmsg:
+    case SYS_recvmmsg:
+    case SYS_sendmsg:
+    case SYS_sendmmsg:
+      return CredentialCall(map, nr, a);
     case SYS_clone3:
       // Like fork: only from the handler, whose frame the child has too.
       return uc != nullptr ? Clone3(map, a) : -ENOSYS;

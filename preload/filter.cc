@@ -87,6 +87,11 @@ int InstallFilter() {
     err = seccomp_rule_add(ctx, SCMP_ACT_TRAP, SCMP_SYS(getsockopt), 3, not_ours,
                            SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET), SCMP_A2(SCMP_CMP_EQ, SO_PEERCRED));
   }
+  // SO_PASSCRED turned on arms the traps of raw recvmsg and sendmsg (credentials.h).
+  if (err == 0) {
+    err = seccomp_rule_add(ctx, SCMP_ACT_TRAP, SCMP_SYS(setsockopt), 3, not_ours,
+                           SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET), SCMP_A2(SCMP_CMP_EQ, SO_PASSCRED));
+  }
   // Blocking or setting the signal mask: the handler keeps SIGSYS out of it.
   for (scmp_datum_t how : {SIG_BLOCK, SIG_SETMASK}) {
     if (err == 0) {

@@ -67,6 +67,14 @@ void ForEachCredential(msghdr* msg, Fn fn) {
 void CredentialsToHome(const PidMap& map, msghdr* msg);
 void CredentialsToInner(const PidMap& map, msghdr* msg);
 
+// At start, marks the descriptors inherited through execve that are signalfds, so that
+// their reads are translated as those of the image that made them (id_wrappers.cc).
+void MarkInheritedSignalfds();
+
+// Marks the signalfds among the descriptors `msg` received (SCM_RIGHTS), whichever
+// process made them (id_wrappers.cc).
+void MarkReceivedSignalfds(msghdr* msg);
+
 // A lock owner's pid (F_GETLK's l_pid) to a home id. A value already in the job's block
 // of home ids (one the home's file service answered with) is kept.
 constexpr long LockOwnerToHome(const PidMap& map, long pid) {

@@ -5,6 +5,7 @@
 // translates around it.
 #undef _FILE_OFFSET_BITS  // fcntl and fcntl64, preadv and preadv64 are each defined here.
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/signalfd.h>
@@ -20,10 +21,11 @@
 #include <cstdint>
 
 #include "c_boundary.h"
+#include "credentials.h"
 #include "home_ids.h"
 #include "next_symbol.h"
-#include "raw_syscall.h"
 #include "posix_locks.h"
+#include "raw_syscall.h"
 #include "shim_state.h"
 
 namespace {
@@ -145,13 +147,55 @@ ssize_t Readv(const char* name, std::atomic<void*>& slot, int fd, const iovec* i
   });
 }
 
-// The credentials of messages sent with sendmmsg, made inner in the program's own control
-// buffers (too many to copy) and put back after the call. At most kSavedCredentials of
-// them per call: the messages after are left for the program's next call, as a short
-// count tells it.
-constexpr int kSavedCredentials = 64;
-
 }  // namespace
+
+namespace homeward::preload {
+
+// The signalfds this image inherited through execve: the image that made them had them
+// marked, this one starts with none. Each open descriptor is asked, as IsSignalfd does.
+void MarkInheritedSignalfds() {
+  long dir = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/fd"),
+                        O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return;
+  alignas(dirent64) char buffer[2048];
+  for (;;) {
+    long n = RawSyscall(SYS_getdents64, dir, reinterpret_cast<long>(buffer), sizeof(buffer));
+    if (n <= 0) break;
+    for (long at = 0; at < n;) {
+      const auto* entry = reinterpret_cast<const dirent64*>(buffer + at);
+      at += entry->d_reclen;
+      long fd = 0;
+      const char* c = entry->d_name;
+      for (; *c >= '0' && *c <= '9' && fd < kMarkedFds; ++c) fd = fd * 10 + (*c - '0');
+      if (*c != '\0' || c == entry->d_name || fd == dir || fd >= kMarkedFds) continue;
+      if (IsSignalfd(static_cast<int>(fd))) Mark(static_cast<int>(fd), true);
+    }
+  }
+  RawSyscall(SYS_close, dir);
+}
+
+void MarkReceivedSignalfds(msghdr* msg) {
+  if (msg == nullptr || msg->msg_control == nullptr) return;
+  auto* at = static_cast<char*>(msg->msg_control);
+  char* end = at + msg->msg_controllen;
+  while (static_cast<size_t>(end - at) >= sizeof(cmsghdr)) {
+    auto* header = reinterpret_cast<cmsghdr*>(at);
+    if (header->cmsg_len < sizeof(cmsghdr) || header->cmsg_len > static_cast<size_t>(end - at)) {
+      return;
+    }
+    if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS) {
+      size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        __builtin_memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(fd));
+        if (IsSignalfd(fd)) Mark(fd, true);
+      }
+    }
+    at += CMSG_ALIGN(header->cmsg_len);
+  }
+}
+
+}  // namespace homeward::preload
 
 #pragma GCC visibility push(default)
 extern "C" {
@@ -287,8 +331,13 @@ ssize_t __read_chk(int fd, void* buffer, size_t count, size_t size) {
 ssize_t recvmsg(int fd, msghdr* msg, int flags) {
   static std::atomic<void*> slot;
   return homeward::GuardedCall("recvmsg", [&] {
+    unsigned trapped = homeward::preload::TranslatedReceives();
     ssize_t n = Next<ssize_t (*)(int, msghdr*, int)>(slot, "recvmsg")(fd, msg, flags);
-    if (n >= 0 && State().active) homeward::preload::CredentialsToHome(State().map, msg);
+    // An armed process's call trapped, and the handler translated it already.
+    if (n >= 0 && State().active && trapped == homeward::preload::TranslatedReceives()) {
+      homeward::preload::CredentialsToHome(State().map, msg);
+      homeward::preload::MarkReceivedSignalfds(msg);
+    }
     return n;
   });
 }
@@ -317,11 +366,14 @@ ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
 int recvmmsg(int fd, mmsghdr* messages, unsigned int count, int flags, timespec* timeout) {
   static std::atomic<void*> slot;
   return homeward::GuardedCall("recvmmsg", [&] {
+    unsigned trapped = homeward::preload::TranslatedReceives();
     int n = Next<int (*)(int, mmsghdr*, unsigned int, int, timespec*)>(slot, "recvmmsg")(
         fd, messages, count, flags, timeout);
-    if (n > 0 && messages != nullptr && State().active) {
+    if (n > 0 && messages != nullptr && State().active &&
+        trapped == homeward::preload::TranslatedReceives()) {
       for (int i = 0; i < n; ++i) {
         homeward::preload::CredentialsToHome(State().map, &messages[i].msg_hdr);
+        homeward::preload::MarkReceivedSignalfds(&messages[i].msg_hdr);
       }
     }
     return n;
@@ -333,33 +385,9 @@ int sendmmsg(int fd, mmsghdr* messages, unsigned int count, int flags) {
   return homeward::GuardedCall("sendmmsg", [&] {
     auto real = Next<int (*)(int, mmsghdr*, unsigned int, int)>(slot, "sendmmsg");
     if (!State().active || messages == nullptr) return real(fd, messages, count, flags);
-    const homeward::preload::PidMap& map = State().map;
-    ucred* where[kSavedCredentials];
-    pid_t was[kSavedCredentials];
-    int saved = 0;
-    unsigned int sent = 0;  // the messages whose credentials all fit
-    for (; sent < count; ++sent) {
-      int before = saved;
-      bool fits = true;
-      homeward::preload::ForEachCredential(&messages[sent].msg_hdr, [&](ucred* cred) {
-        if (saved == kSavedCredentials) {
-          fits = false;
-          return;
-        }
-        where[saved] = cred;
-        was[saved++] = cred->pid;
-      });
-      if (!fits) {
-        saved = before;
-        break;
-      }
-    }
-    // A first message with more than kSavedCredentials goes alone, as it is.
-    if (sent == 0 && count > 0) sent = 1;
-    for (int i = 0; i < saved; ++i) where[i]->pid = static_cast<pid_t>(map.ToInner(was[i]));
-    int result = real(fd, messages, sent, flags);
-    for (int i = 0; i < saved; ++i) where[i]->pid = was[i];
-    return result;
+    return static_cast<int>(homeward::preload::SendmmsgInner(
+        State().map, messages, count,
+        [&](unsigned int sent) { return real(fd, messages, sent, flags); }));
   });
 }
 

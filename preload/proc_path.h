@@ -12,7 +12,8 @@ namespace homeward::preload {
 inline constexpr size_t kProcPathMax = 4096;
 
 // When `path` is "/proc/<id>" or starts with "/proc/<id>/" and <id> is one of the job's
-// home ids, writes the path with the inner pid into `out` (kProcPathMax bytes) and
+// home ids, or goes on with "/task/<tid>" (after <id> or "self") and <tid> is one,
+// writes the path with the inner pid and tid into `out` (kProcPathMax bytes) and
 // returns it; otherwise returns `path` itself. No allocation, no library calls.
 // A job sees a /proc of its own pid namespace (mosjob-init mounts it in the job's view),
 // so every inner pid names that process there; the caller's own id (`self_inner`, its

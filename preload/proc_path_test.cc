@@ -19,7 +19,22 @@ TEST(ProcPath, HomeIdsBecomeInnerPids) {
   EXPECT_EQ(T("/proc/31337/status"), "/proc/2/status");
   EXPECT_EQ(T("/proc/31337"), "/proc/2");
   EXPECT_EQ(T("/proc/31000/cmdline"), "/proc/1/cmdline");
-  EXPECT_EQ(T("/proc/20971537/task/20971540/stat"), "/proc/17/task/20971540/stat");
+  EXPECT_EQ(T("/proc/20971537/task/20971540/stat"), "/proc/17/task/20/stat");
+}
+
+TEST(ProcPath, TidsUnderTaskBecomeInner) {
+  EXPECT_EQ(T("/proc/self/task/20971540/status"), "/proc/self/task/20/status");
+  EXPECT_EQ(T("/proc/self/task/31337"), "/proc/self/task/2");
+  EXPECT_EQ(T("/proc/31337/task/20971540"), "/proc/2/task/20");
+  EXPECT_EQ(T("/proc/7/task/20971540/comm"), "/proc/7/task/20/comm");
+  EXPECT_EQ(T("/proc/self/task/7/stat"), "/proc/self/task/7/stat");
+  EXPECT_EQ(T("/proc/self/task/"), "/proc/self/task/");
+  EXPECT_EQ(T("/proc/self/task/20971540x"), "/proc/self/task/20971540x");
+  EXPECT_EQ(T("/proc/selfish/task/20971540"), "/proc/selfish/task/20971540");
+  char out[kProcPathMax];
+  // The caller's own pid becomes "self".
+  EXPECT_STREQ(TranslateProcPath(kMap, "/proc/20971540/task/20971541", out, 20),
+               "/proc/self/task/21");
 }
 
 TEST(ProcPath, OtherPathsAreUntouched) {

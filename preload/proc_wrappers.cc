@@ -3,6 +3,8 @@
 // (home_ids.h).
 // A relative path is translated too when its directory (a descriptor's, or the working
 // directory) is in /proc: openat(proc_fd, "self/status").
+// readdir and readdir64 of /proc and of /proc/<pid>/task name the job's processes and
+// threads by their home ids.
 // Only the exported entry points are covered: a path given to a raw system call, or one
 // libc opens internally, is left as it is.
 #undef _FILE_OFFSET_BITS  // Both open and open64 are defined here, each under its own name.
@@ -19,7 +21,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdio>
+#include <cstring>
 
 #include "c_boundary.h"
 #include "emulate.h"
@@ -226,6 +230,64 @@ mode_t ModeArg(int flags, va_list args) {
   return (flags & (O_CREAT | O_TMPFILE)) != 0 ? static_cast<mode_t>(va_arg(args, int)) : 0;
 }
 
+// True when `fd` is a directory that lists pids: /proc itself, or a /proc/<pid>/task.
+bool ListsPids(int fd) {
+  using homeward::preload::RawSyscall;
+  struct statfs fs;
+  if (RawSyscall(SYS_fstatfs, fd, reinterpret_cast<long>(&fs)) != 0 ||
+      fs.f_type != kProcSuperMagic) {
+    return false;
+  }
+  char link[40];
+  snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  char target[64];
+  long length = RawSyscall(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link),
+                           reinterpret_cast<long>(target), sizeof(target) - 1);
+  if (length <= 0) return false;
+  target[length] = '\0';
+  if (strcmp(target, "/proc") == 0) return true;
+  const char* c = target + 5;
+  if (strncmp(target, "/proc/", 6) != 0 || !IsDigit(*++c)) return false;
+  while (IsDigit(*c)) ++c;
+  return strcmp(c, "/task") == 0;
+}
+
+// The entries readdir renamed, one per directory stream (the last few a thread read):
+// each stays valid until the next readdir of its stream, as readdir's own do.
+static_assert(sizeof(dirent) == sizeof(dirent64) &&
+              offsetof(dirent, d_name) == offsetof(dirent64, d_name));
+struct Renamed {
+  DIR* dir;
+  dirent64 entry;
+};
+constexpr unsigned kRenamedSlots = 4;
+__attribute__((tls_model("initial-exec"))) thread_local Renamed t_renamed[kRenamedSlots];
+__attribute__((tls_model("initial-exec"))) thread_local unsigned t_next_renamed;
+
+// An entry of /proc or of a task directory is named by an inner pid (or tid): handed back
+// renamed to its home id, as getpid and gettid give them and as /proc/<home id> opens
+// (the path functions turn it back). Other entries are handed back as they are.
+dirent64* HomeEntry(DIR* dir, dirent64* entry) {
+  const auto& state = homeward::preload::State();
+  if (entry == nullptr || !state.active || !IsDigit(entry->d_name[0])) return entry;
+  long id = 0;
+  const char* c = entry->d_name;
+  for (; IsDigit(*c) && id < homeward::preload::kPidSpan; ++c) id = id * 10 + (*c - '0');
+  if (*c != '\0' || id >= homeward::preload::kPidSpan || !ListsPids(dirfd(dir))) return entry;
+  Renamed* slot = nullptr;
+  for (Renamed& r : t_renamed) {
+    if (r.dir == dir) slot = &r;
+  }
+  if (slot == nullptr) slot = &t_renamed[t_next_renamed++ % kRenamedSlots];
+  slot->dir = dir;
+  slot->entry.d_ino = entry->d_ino;
+  slot->entry.d_off = entry->d_off;
+  slot->entry.d_type = entry->d_type;
+  slot->entry.d_reclen = sizeof(slot->entry);
+  snprintf(slot->entry.d_name, sizeof(slot->entry.d_name), "%ld", state.map.ToHome(id));
+  return &slot->entry;
+}
+
 }  // namespace
 
 #pragma GCC visibility push(default)
@@ -310,6 +372,32 @@ DIR* opendir(const char* path) {
   return homeward::GuardedCall("preload", [&] {
     char buffer[kProcPathMax];
     return Next<DIR* (*)(const char*)>(slot, "opendir")(ProcAt(AT_FDCWD, path, buffer));
+  });
+}
+
+dirent* readdir(DIR* dir) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("readdir", [&] {
+    auto* entry = reinterpret_cast<dirent64*>(Next<dirent* (*)(DIR*)>(slot, "readdir")(dir));
+    return reinterpret_cast<dirent*>(HomeEntry(dir, entry));
+  });
+}
+
+dirent64* readdir64(DIR* dir) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("readdir64", [&] {
+    return HomeEntry(dir, Next<dirent64* (*)(DIR*)>(slot, "readdir64")(dir));
+  });
+}
+
+// A closed stream's renamed entry is forgotten: another may get its address.
+int closedir(DIR* dir) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("closedir", [&] {
+    for (Renamed& r : t_renamed) {
+      if (r.dir == dir) r.dir = nullptr;
+    }
+    return Next<int (*)(DIR*)>(slot, "closedir")(dir);
   });
 }
 

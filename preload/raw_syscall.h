@@ -14,6 +14,12 @@ namespace homeward::preload {
 // Chosen at random; a program would have to leave exactly this in r9 to slip past.
 inline constexpr uint64_t kSyscallMagic = 0x6d6f73697848776dULL;
 
+// getpid (or recvmsg) with this in r9 asks whether the filter (or the credential traps,
+// credentials.h) is already there, inherited across execve: the handler answers
+// kProbeAnswer, which neither call returns.
+inline constexpr long kProbe = 0x70726f6265;
+inline constexpr long kProbeAnswer = -4095;
+
 // A system call with the magic set: returns the kernel's result (-errno on failure), never
 // touches errno, and is safe in a signal handler and in a vfork child.
 //

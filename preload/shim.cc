@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "c_boundary.h"
+#include "credentials.h"
 #include "emulate.h"
 #include "filter.h"
 #include "home_ids.h"
@@ -38,10 +39,6 @@ __asm__(
 namespace homeward::preload {
 namespace {
 
-// getpid with this in r9 asks whether the filter is already there (inherited across
-// execve): the handler answers kProbeAnswer, which getpid never returns.
-constexpr long kProbe = 0x70726f6265;
-constexpr long kProbeAnswer = -4095;
 // From the kernel's uapi, which glibc's headers do not always expose.
 constexpr int kSysSeccomp = 1;                     // si_code of a seccomp trap.
 constexpr unsigned long kSaRestorer = 0x04000000;  // sa_flags: sa_restorer is set.
@@ -83,7 +80,7 @@ void Handle(int sig, siginfo_t* info, void* context) {
   // wanted it, so the program's handler answers (else this would loop).
   bool ours = info->si_code == kSysSeccomp && info->si_arch == AUDIT_ARCH_X86_64 &&
               static_cast<uint64_t>(regs[REG_R9]) != kSyscallMagic;
-  if (ours && nr == SYS_getpid && regs[REG_R9] == kProbe) {
+  if (ours && (nr == SYS_getpid || nr == SYS_recvmsg) && regs[REG_R9] == kProbe) {
     regs[REG_RAX] = kProbeAnswer;
     return;
   }
@@ -279,7 +276,11 @@ __attribute__((constructor(101))) void Start() {
   }
   InstallCheckpointHandler();
   FindKeptLocks();  // the POSIX locks this process held before its exec
-  if (RawSyscall6(SYS_getpid, 0, 0, 0, 0, 0, kProbe) == kProbeAnswer) return;
+  MarkInheritedSignalfds();
+  if (RawSyscall6(SYS_getpid, 0, 0, 0, 0, 0, kProbe) == kProbeAnswer) {
+    ProbeCredentialTraps();
+    return;
+  }
   if (InstallFilter() != 0) {
     Warn("libmosix_preload: cannot install the seccomp filter; raw system calls see local ids\n");
   }

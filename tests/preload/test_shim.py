@@ -200,11 +200,29 @@ class ShimTest(unittest.TestCase):
                            'test -d /proc/$$ && echo dir').stdout
         self.assertEqual(out, "Name:\tsh\ntest_init\ndir\n")
 
+    def test_proc_listings_name_home_ids(self):
+        # ls, ps and pgrep read /proc with readdir: the job's processes by their home ids,
+        # which also open (/proc/<home id>/stat), and a shell's task by its home id.
+        script = ('sleep 100 & echo sleep $!; echo ls $(ls /proc | grep "^[0-9]"); '
+                  'echo task $(ls /proc/$$/task); echo ps $(ps -eo pid=); '
+                  'echo pgrep $(pgrep -x sleep); kill $!')
+        lines = dict(line.split(" ", 1) for line in self.run_job("sh", "-c", script).stdout
+                     .splitlines())
+        sleep = int(lines["sleep"])
+        self.assertEqual(sleep, job_base(3))
+        listed = {int(x) for x in lines["ls"].split()}
+        self.assertTrue({HOME_PPID, HOME_PID, sleep} <= listed, lines["ls"])
+        self.assertTrue(all(x in (HOME_PID, HOME_PPID) or x > BASE for x in listed), listed)
+        self.assertEqual(lines["task"], str(HOME_PID))
+        self.assertTrue({HOME_PPID, HOME_PID, sleep} <= {int(x) for x in lines["ps"].split()},
+                        lines["ps"])
+        self.assertEqual(lines["pgrep"], str(sleep))
+
     def test_home_ids_programs_without_a_daemon(self):
         # tests/homeview's self-checking programs (test_home_ids.py runs them as moved
         # jobs), told to check by a SIGUSR1 from outside the job: its sender, outside the
         # job's pid namespace, is 0 there.
-        for name in ("fork", "siginfo", "lock", "proc", "cred"):
+        for name in ("fork", "siginfo", "lock", "proc", "cred", "raw"):
             with self.subTest(name):
                 program = os.path.join(BUILD, "tests", "homeview", f"ids_{name}")
                 assignments = [f"{k}={v}" for k, v in JOB_ENV.items()]

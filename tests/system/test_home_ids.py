@@ -19,7 +19,7 @@ import shutil
 
 import harness
 
-PROGRAMS = ["fork", "siginfo", "lock", "proc", "cred"]
+PROGRAMS = ["fork", "siginfo", "lock", "proc", "cred", "raw"]
 read = harness.read_text
 
 
