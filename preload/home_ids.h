@@ -42,10 +42,11 @@ void SiginfoToInner(const PidMap& map, siginfo_t* info);
 // Each record of a signalfd read (`size` bytes).
 void SignalfdToHome(const PidMap& map, signalfd_siginfo* records, size_t size);
 
-// Calls `fn` with each SCM_CREDENTIALS of `msg`, its control messages walked by hand
-// (CMSG_NXTHDR may be a libc call).
+// Calls `fn` with each control message of `msg` of SOL_SOCKET and `type` whose data holds
+// at least `min_data` bytes, walked by hand (CMSG_NXTHDR may be a libc call); stops at a
+// malformed length.
 template <typename Fn>
-void ForEachCredential(msghdr* msg, Fn fn) {
+void ForEachSocketControl(msghdr* msg, int type, size_t min_data, Fn fn) {
   if (msg == nullptr || msg->msg_control == nullptr) return;
   auto* at = static_cast<char*>(msg->msg_control);
   char* end = at + msg->msg_controllen;
@@ -54,12 +55,20 @@ void ForEachCredential(msghdr* msg, Fn fn) {
     if (header->cmsg_len < sizeof(cmsghdr) || header->cmsg_len > static_cast<size_t>(end - at)) {
       return;
     }
-    if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_CREDENTIALS &&
-        header->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
-      fn(reinterpret_cast<ucred*>(CMSG_DATA(header)));
+    if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == type &&
+        header->cmsg_len >= CMSG_LEN(min_data)) {
+      fn(header);
     }
     at += CMSG_ALIGN(header->cmsg_len);
   }
+}
+
+// Calls `fn` with each SCM_CREDENTIALS of `msg`.
+template <typename Fn>
+void ForEachCredential(msghdr* msg, Fn fn) {
+  ForEachSocketControl(msg, SCM_CREDENTIALS, sizeof(ucred), [&](cmsghdr* header) {
+    fn(reinterpret_cast<ucred*>(CMSG_DATA(header)));
+  });
 }
 
 // The pid of every SCM_CREDENTIALS message among `msg`'s control messages, to home ids

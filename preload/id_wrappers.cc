@@ -175,24 +175,14 @@ void MarkInheritedSignalfds() {
 }
 
 void MarkReceivedSignalfds(msghdr* msg) {
-  if (msg == nullptr || msg->msg_control == nullptr) return;
-  auto* at = static_cast<char*>(msg->msg_control);
-  char* end = at + msg->msg_controllen;
-  while (static_cast<size_t>(end - at) >= sizeof(cmsghdr)) {
-    auto* header = reinterpret_cast<cmsghdr*>(at);
-    if (header->cmsg_len < sizeof(cmsghdr) || header->cmsg_len > static_cast<size_t>(end - at)) {
-      return;
+  ForEachSocketControl(msg, SCM_RIGHTS, 0, [](cmsghdr* header) {
+    size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      __builtin_memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(fd));
+      if (IsSignalfd(fd)) Mark(fd, true);
     }
-    if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS) {
-      size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int fd;
-        __builtin_memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(fd));
-        if (IsSignalfd(fd)) Mark(fd, true);
-      }
-    }
-    at += CMSG_ALIGN(header->cmsg_len);
-  }
+  });
 }
 
 }  // namespace homeward::preload
