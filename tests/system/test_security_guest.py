@@ -21,7 +21,10 @@ import harness
 USER = f"hwsec{random.randrange(10**6):06d}"
 
 # Run in the job: which pids its /proc lists (a builtin loop: no child of its own shows).
-LIST_PIDS = 'for p in /proc/[0-9]*; do printf "%s " ${p#/proc/}; done; echo'
+# How many processes the job's /proc lists, and whether the shell itself is one of them
+# (by its own pid, the home id the job's /proc lists it by).
+LIST_PIDS = ('n=0; self=no; for p in /proc/[0-9]*; do n=$((n+1)); '
+             '[ ${p#/proc/} = $$ ] && self=yes; done; echo $n $self')
 CAPS = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status"
 NO_CAPS = ("CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
            "CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n")
@@ -49,8 +52,9 @@ i=0
 while [ $i -lt 2 ]; do
   while [ ! -e /data/sec/go$i ]; do sleep 0.1; done
   printf 'round %s on %s:' $i "$(cat /proc/sys/kernel/hostname)"
-  for p in /proc/[0-9]*; do printf ' %s' ${p#/proc/}; done
-  echo
+  n=0; self=no
+  for p in /proc/[0-9]*; do n=$((n+1)); [ ${p#/proc/} = $$ ] && self=yes; done
+  echo " $n $self"
   grep -E '^(CapEff|NoNewPrivs):' /proc/self/status
   i=$((i+1))
 done
@@ -196,13 +200,14 @@ class GuestSandboxTest(unittest.TestCase):
     def test_proc_lists_only_the_job(self):
         for where in ("", "-r node2 "):
             with self.subTest(where=where or "home"):
+                # The job's init and its shell, nothing else.
                 out = self.as_user(f"mosrun {where}sh -c '{LIST_PIDS}'").stdout
-                self.assertEqual(out, "1 2 \n")
+                self.assertEqual(out, "2 yes\n")
                 out = self.sh(f"cd /data/sec && mosrun {where}sh -c '{LIST_PIDS}'").stdout
-                self.assertEqual(out, "1 2 \n")
-                # `ls` is the job's program (pid 2) under its init (pid 1).
+                self.assertEqual(out, "2 yes\n")
+                # `ls` is the job's program under its init.
                 listed = self.as_user(f"mosrun {where}ls /proc").stdout.split()
-                self.assertEqual([name for name in listed if name.isdigit()], ["1", "2"])
+                self.assertEqual(len([name for name in listed if name.isdigit()]), 2, listed)
 
     def test_proc_paths_by_home_ids(self):
         # The shim turns /proc/<home id> into the job's inner pid, which the job's own /proc
@@ -315,8 +320,8 @@ class GuestSandboxTest(unittest.TestCase):
                            30, "the job to end")
                 self.assertEqual(c.run("node1", "cat", "/data/sec/status").stdout, "0\n")
                 out = c.run("node1", "cat", "/data/sec/out").stdout
-                self.assertEqual(out, "round 0 on node1: 1 2\nCapEff:\t0000000000000000\n"
-                                      "NoNewPrivs:\t1\nround 1 on node1: 1 2\n"
+                self.assertEqual(out, "round 0 on node1: 2 yes\nCapEff:\t0000000000000000\n"
+                                      "NoNewPrivs:\t1\nround 1 on node1: 2 yes\n"
                                       "CapEff:\t0000000000000000\nNoNewPrivs:\t1\n")
                 # It did run on node2: the log there says so.
                 self.assertIn(f"job {pid} restored here", c.log("node2"))
