@@ -210,7 +210,8 @@ void LockHolderSocket::Accept() {
                           clients_.size()));
       continue;  // closed unanswered
     }
-    clients_.push_back({std::move(client), peer.uid, std::chrono::steady_clock::now() + kPatience});
+    clients_.push_back(
+        {std::move(client), peer.uid, peer.pid, std::chrono::steady_clock::now() + kPatience});
   }
 }
 
@@ -267,14 +268,11 @@ int LockHolderSocket::HolderFor(const Client& client, std::string* refusal) {
     *refusal = "a question about no range";
     return -1;
   }
-  ucred peer{};
-  socklen_t size = sizeof peer;
-  ::getsockopt(client.fd.get(), SOL_SOCKET, SO_PEERCRED, &peer, &size);
   auto found = locks_->Holder({st.st_dev, st.st_ino}, {nullptr, 0}, question.type,
                               question.start, question.end);
   if (found) return *found;
   return OfdHolderAtHome(locks_->JobInits(), st.st_dev, st.st_ino, question.type,
-                         question.start, question.end, peer.pid);
+                         question.start, question.end, client.pid);
 }
 
 void LockHolderSocket::Refused(const std::string& why) {

@@ -56,6 +56,7 @@ class LockHolderSocket {
   struct Client {
     Fd fd;
     uid_t uid;
+    pid_t pid;  // the asker (SO_PEERCRED at accept), whose own locks do not count
     std::chrono::steady_clock::time_point deadline;
   };
   void Run();
