@@ -1,13 +1,10 @@
 #include "loopback_carrier.h"
 
 #include <fcntl.h>
-#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -17,7 +14,6 @@
 #include <cstring>
 #include <exception>
 
-#include "child_process.h"
 #include "error.h"
 #include "fs_credentials.h"
 #include "peer_auth.h"
@@ -31,75 +27,6 @@ constexpr auto kHomeConnectTimeout = std::chrono::seconds(5);
 // restored here before its home recorded the move), and the longest pause between asks.
 constexpr auto kNotYetHereGrace = std::chrono::seconds(3);
 constexpr auto kMaxPause = std::chrono::milliseconds(500);
-
-// The mark of the UDP sockets the carrier makes in the namespace (a flow's own, bound to
-// its target): their datagrams to the job are the job's replies, never a new flow, also
-// when the job's socket has gone meanwhile. The job cannot set a mark (CAP_NET_ADMIN).
-constexpr uint32_t kFlowMark = 0x2710;
-
-// Connections and datagrams to the loopback: to a socket of the namespace (--nowildcard:
-// a socket on 0.0.0.0 or :: is one too) they stay the namespace's own; the rest go to the
-// carrier. Those elsewhere (ours, `OutboundRoutes`, brings them to the loopback): a
-// packet of a socket the namespace has (the job's connection, one the carrier accepted,
-// a flow's own socket) is left alone, but a socket of the job's on 0.0.0.0 does not take
-// them: they go to the carrier, which sends them from the node.
-std::string Rules(const char* loopback, const char* carrier, bool outbound) {
-  std::string rules = fmt::format(
-      "*mangle\n"
-      "-A PREROUTING -i lo -p udp -m mark --mark {3:#x} -j RETURN\n"
-      "-A PREROUTING -i lo -p tcp -d {0} -m socket --nowildcard -j RETURN\n"
-      "-A PREROUTING -i lo -p tcp -d {0} -j TPROXY --on-port {1} --on-ip {2}\n"
-      "-A PREROUTING -i lo -p udp -d {0} -m socket --nowildcard -j RETURN\n"
-      "-A PREROUTING -i lo -p udp -d {0} -j TPROXY --on-port {1} --on-ip {2}\n",
-      loopback, kLoopbackCarrierPort, carrier, kFlowMark);
-  if (outbound) {
-    for (const char* protocol : {"tcp", "udp"}) {
-      rules += fmt::format(
-          "-A PREROUTING -i lo -p {0} -m socket -j RETURN\n"
-          "-A PREROUTING -i lo -p {0} -j TPROXY --on-port {1} --on-ip {2}\n",
-          protocol, kLoopbackCarrierPort, carrier);
-    }
-  }
-  return rules + "COMMIT\n";
-}
-
-// Every TCP connection and UDP datagram of the guest to an address that is not its
-// loopback's is routed to its loopback (a table of its own, for TCP and UDP alone: ICMP
-// and the rest stay unreachable), where the rules above hand it to the carrier. The route
-// names the loopback's address as the source: a local route to an address no device has
-// would otherwise give the connection that address as its source too, which the kernel
-// then refuses (IPv4 checks a source against the local table only, not ours).
-std::string OutboundRoutes(const char* source) {
-  return fmt::format(
-      "rule add ipproto tcp lookup 2710 pref 2710\n"
-      "rule add ipproto udp lookup 2710 pref 2711\n"
-      "route add local default dev lo table 2710 src {}\n",
-      source);
-}
-
-// Runs `argv` (iptables-restore, ip -batch) with `input`, in the namespace the calling
-// thread is in; throws with what it said when it fails.
-void RunWithInput(std::vector<std::string> argv, const std::string& input) {
-  const std::string tool = argv[0];
-  Fd in = Fd::Adopt(HW_SYSCALL(::memfd_create("rules", MFD_CLOEXEC), "memfd for {}", tool));
-  Fd err = Fd::Adopt(HW_SYSCALL(::memfd_create("rules-err", MFD_CLOEXEC), "memfd for {}", tool));
-  HW_SYSCALL(::write(in.get(), input.data(), input.size()), "write {}'s input", tool);
-  HW_SYSCALL(::lseek(in.get(), 0, SEEK_SET), "rewind {}'s input", tool);
-  SpawnOptions options;
-  options.argv = std::move(argv);
-  options.stdin_fd = in.get();
-  options.stderr_fd = err.get();
-  ExitStatus status = ChildProcess::Spawn(options).Wait();
-  if (status.code == 0 && !status.signaled) return;
-  char said[512] = {};
-  ::pread(err.get(), said, sizeof said - 1, 0);
-  Fail(ErrorKind::kFailed, "{} in the guest's network namespace: {} ({})", tool,
-       status.Describe(), said);
-}
-
-void RestoreRules(const char* tool, const std::string& input) {
-  RunWithInput({tool, "-w"}, input);
-}
 
 // Why the carrier does not make a connection (or send a datagram) to `target` from this
 // node (empty: it does): the node's own addresses (a guest must not reach its host's
@@ -208,78 +135,7 @@ int64_t Now() {
   return std::chrono::steady_clock::now().time_since_epoch().count();
 }
 
-bool HasIpv6() {
-  int fd = ::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  ::close(fd);
-  return true;
-}
-
 }  // namespace
-
-void InNetworkNamespace(int net_ns, const std::function<void()>& work) {
-  std::exception_ptr failed;
-  std::thread([&] {
-    try {
-      HW_SYSCALL(::setns(net_ns, CLONE_NEWNET), "enter the guest's network namespace");
-      work();
-    } catch (...) {
-      failed = std::current_exception();
-    }
-  }).join();
-  if (failed) std::rethrow_exception(failed);
-}
-
-Fd NewGuestNetwork() {
-  Fd ns;
-  std::exception_ptr failed;
-  std::thread([&] {
-    try {
-      HW_SYSCALL(::unshare(CLONE_NEWNET), "unshare a network namespace for a guest");
-      Fd sock = Fd::Adopt(HW_SYSCALL(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket"));
-      ifreq request{};
-      std::strncpy(request.ifr_name, "lo", IFNAMSIZ - 1);
-      HW_SYSCALL(::ioctl(sock.get(), SIOCGIFFLAGS, &request), "read the guest's loopback");
-      request.ifr_flags = static_cast<short>(request.ifr_flags | IFF_UP | IFF_RUNNING);
-      HW_SYSCALL(::ioctl(sock.get(), SIOCSIFFLAGS, &request), "bring the guest's loopback up");
-      ns = Fd::Open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    } catch (...) {
-      failed = std::current_exception();
-    }
-  }).join();
-  if (failed) std::rethrow_exception(failed);
-  return ns;
-}
-
-void RedirectLoopbackConnections(int net_ns) {
-  InNetworkNamespace(net_ns, [] {
-    // The routes first: the rules for the traffic they bring are set only where they are.
-    bool outbound = true;
-    try {
-      RunWithInput({"ip", "-batch", "-"}, OutboundRoutes("127.0.0.1"));
-    } catch (const Error& e) {
-      // The guest runs on with its loopback carried; elsewhere stays unreachable.
-      outbound = false;
-      spdlog::warn("a guest's TCP and UDP to other addresses are not sent from this node: {}",
-                   e.what());
-    }
-    RestoreRules("iptables-restore", Rules("127.0.0.0/8", "127.0.0.1", outbound));
-    if (!HasIpv6()) return;
-    bool outbound6 = true;
-    try {
-      RunWithInput({"ip", "-6", "-batch", "-"}, OutboundRoutes("::1"));
-    } catch (const Error& e) {
-      outbound6 = false;
-      spdlog::warn("a guest's IPv6 to other addresses is not sent from this node: {}", e.what());
-    }
-    try {
-      RestoreRules("ip6tables-restore", Rules("::1/128", "::1", outbound6));
-    } catch (const Error& e) {
-      // A node without IPv6 rules still carries IPv4: ::1 then stays the job's own.
-      spdlog::warn("a guest's ::1 stays its own: {}", e.what());
-    }
-  });
-}
 
 struct LoopbackCarrier::UdpFlow {
   std::string key;

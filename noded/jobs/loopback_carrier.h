@@ -38,32 +38,15 @@
 
 #include "fd.h"
 #include "fs_credentials.h"
+#include "guest_network.h"
 #include "loopback_stream.h"
 
 namespace homeward {
 
-// Where the carrier listens in a guest's namespace (TCP and UDP): a port below 1024, which
-// the job (without CAP_NET_BIND_SERVICE) cannot take first. A job's own connection to it
-// is carried home like any other.
-constexpr uint16_t kLoopbackCarrierPort = 1;
 // A guest's UDP flows: at most this many at once (one more ends the oldest), each ended
 // after this long without a datagram either way.
 constexpr size_t kMaxUdpFlows = 64;
 constexpr auto kUdpFlowIdle = std::chrono::seconds(30);
-
-// A fresh network namespace with its loopback up; made on a thread of its own, so the
-// caller's stays where it was.
-Fd NewGuestNetwork();
-// Sets the rules that hand the loopback's TCP connections and UDP datagrams to the carrier
-// in the network namespace `net_ns` (replacing its mangle table), and the routing rules
-// that bring its TCP and UDP to other addresses there too; throws Error naming the tool's
-// complaint. IPv6 rules are skipped when the namespace has no IPv6 (and IPv6 targets
-// other than ::1 stay unreachable).
-void RedirectLoopbackConnections(int net_ns);
-
-// Runs `work` on a thread of its own that has entered the network namespace `net_ns`,
-// and waits for it: sockets it makes, and children it starts, are in that namespace.
-void InNetworkNamespace(int net_ns, const std::function<void()>& work);
 
 struct LoopbackHome {
   std::string home;  // its name, for the log
