@@ -15,36 +15,11 @@
 
 #include "child_process.h"
 #include "error.h"
+#include "syn_gate.h"
 
 namespace homeward {
 
 namespace {
-
-// Connections and datagrams to the loopback: to a socket of the namespace (--nowildcard:
-// a socket on 0.0.0.0 or :: is one too) they stay the namespace's own; the rest go to the
-// carrier. Those elsewhere (ours, `OutboundRoutes`, brings them to the loopback): a
-// packet of a socket the namespace has (the job's connection, one the carrier accepted,
-// a flow's own socket) is left alone, but a socket of the job's on 0.0.0.0 does not take
-// them: they go to the carrier, which sends them from the node.
-std::string Rules(const char* loopback, const char* carrier, bool outbound) {
-  std::string rules = fmt::format(
-      "*mangle\n"
-      "-A PREROUTING -i lo -p udp -m mark --mark {3:#x} -j RETURN\n"
-      "-A PREROUTING -i lo -p tcp -d {0} -m socket --nowildcard -j RETURN\n"
-      "-A PREROUTING -i lo -p tcp -d {0} -j TPROXY --on-port {1} --on-ip {2}\n"
-      "-A PREROUTING -i lo -p udp -d {0} -m socket --nowildcard -j RETURN\n"
-      "-A PREROUTING -i lo -p udp -d {0} -j TPROXY --on-port {1} --on-ip {2}\n",
-      loopback, kLoopbackCarrierPort, carrier, kFlowMark);
-  if (outbound) {
-    for (const char* protocol : {"tcp", "udp"}) {
-      rules += fmt::format(
-          "-A PREROUTING -i lo -p {0} -m socket -j RETURN\n"
-          "-A PREROUTING -i lo -p {0} -j TPROXY --on-port {1} --on-ip {2}\n",
-          protocol, kLoopbackCarrierPort, carrier);
-    }
-  }
-  return rules + "COMMIT\n";
-}
 
 // Every TCP connection and UDP datagram of the guest to an address that is not its
 // loopback's is routed to its loopback (a table of its own, for TCP and UDP alone: ICMP
@@ -82,6 +57,72 @@ void RunWithInput(std::vector<std::string> argv, const std::string& input) {
 
 void RestoreRules(const char* tool, const std::string& input) {
   RunWithInput({tool, "-w"}, input);
+}
+
+// Connections and datagrams to the loopback: to a socket of the namespace (--nowildcard:
+// a socket on 0.0.0.0 or :: is one too) they stay the namespace's own; the rest go to the
+// carrier. Those elsewhere (ours, `OutboundRoutes`, brings them to the loopback): a
+// packet of a socket the namespace has (the job's connection, one the carrier accepted,
+// a flow's own socket) is left alone, but a socket of the job's on 0.0.0.0 does not take
+// them: they go to the carrier, which sends them from the node.
+// A TCP SYN bound for the carrier first waits in the carrier's queue (syn_gate.h) with
+// `gate`: passed, it comes back marked and goes on to the carrier; refused, it comes back
+// with a refusal mark, goes past the carrier, and the filter table rejects it as the
+// target did.
+std::string Rules(const char* loopback, const char* carrier, bool outbound, bool ipv6,
+                  bool gate) {
+  std::string rules = fmt::format("*mangle\n-A PREROUTING -i lo -p udp -m mark --mark {:#x} -j RETURN\n",
+                                  kFlowMark);
+  std::string held;
+  if (gate) {
+    for (uint32_t mark : {kSynResetMark, kSynHostUnreachableMark, kSynNetUnreachableMark}) {
+      rules += fmt::format("-A PREROUTING -i lo -p tcp -m mark --mark {:#x} -j RETURN\n", mark);
+    }
+    held = fmt::format("--syn -m mark --mark 0 -j NFQUEUE --queue-num {}", kSynQueue);
+  }
+  rules += fmt::format(
+      "-A PREROUTING -i lo -p tcp -d {0} -m socket --nowildcard -j RETURN\n"
+      "{3}"
+      "-A PREROUTING -i lo -p tcp -d {0} -j TPROXY --on-port {1} --on-ip {2}\n"
+      "-A PREROUTING -i lo -p udp -d {0} -m socket --nowildcard -j RETURN\n"
+      "-A PREROUTING -i lo -p udp -d {0} -j TPROXY --on-port {1} --on-ip {2}\n",
+      loopback, kLoopbackCarrierPort, carrier,
+      gate ? fmt::format("-A PREROUTING -i lo -p tcp -d {} {}\n", loopback, held) : "");
+  if (outbound) {
+    for (std::string protocol : {"tcp", "udp"}) {
+      rules += fmt::format(
+          "-A PREROUTING -i lo -p {0} -m socket -j RETURN\n"
+          "{3}"
+          "-A PREROUTING -i lo -p {0} -j TPROXY --on-port {1} --on-ip {2}\n",
+          protocol, kLoopbackCarrierPort, carrier,
+          gate && protocol == "tcp" ? fmt::format("-A PREROUTING -i lo -p tcp {}\n", held) : "");
+    }
+  }
+  rules += "COMMIT\n";
+  if (!gate) return rules;
+  rules += "*filter\n";
+  const std::pair<uint32_t, const char*> refusals[] = {
+      {kSynResetMark, "tcp-reset"},
+      {kSynHostUnreachableMark, ipv6 ? "icmp6-addr-unreachable" : "icmp-host-unreachable"},
+      {kSynNetUnreachableMark, ipv6 ? "icmp6-no-route" : "icmp-net-unreachable"}};
+  for (auto [mark, with] : refusals) {
+    rules += fmt::format("-A INPUT -i lo -p tcp -m mark --mark {:#x} -j REJECT --reject-with {}\n",
+                         mark, with);
+  }
+  return rules + "COMMIT\n";
+}
+
+// The rules with the SYN gate, or without it where the kernel has no NFQUEUE (the job's
+// connect then succeeds at the carrier, and a refusal shows as a reset at its first read
+// or write).
+void LoadRules(const char* tool, const char* loopback, const char* carrier, bool outbound,
+               bool ipv6) {
+  try {
+    RestoreRules(tool, Rules(loopback, carrier, outbound, ipv6, true));
+  } catch (const Error& e) {
+    spdlog::warn("a guest's connect succeeds before its target answers: {}", e.what());
+    RestoreRules(tool, Rules(loopback, carrier, outbound, ipv6, false));
+  }
 }
 
 }  // namespace
@@ -139,7 +180,7 @@ void RedirectLoopbackConnections(int net_ns) {
       spdlog::warn("a guest's TCP and UDP to other addresses are not sent from this node: {}",
                    e.what());
     }
-    RestoreRules("iptables-restore", Rules("127.0.0.0/8", "127.0.0.1", outbound));
+    LoadRules("iptables-restore", "127.0.0.0/8", "127.0.0.1", outbound, false);
     if (!HasIpv6()) return;
     bool outbound6 = true;
     try {
@@ -149,7 +190,7 @@ void RedirectLoopbackConnections(int net_ns) {
       spdlog::warn("a guest's IPv6 to other addresses is not sent from this node: {}", e.what());
     }
     try {
-      RestoreRules("ip6tables-restore", Rules("::1/128", "::1", outbound6));
+      LoadRules("ip6tables-restore", "::1/128", "::1", outbound6, true);
     } catch (const Error& e) {
       // A node without IPv6 rules still carries IPv4: ::1 then stays the job's own.
       spdlog::warn("a guest's ::1 stays its own: {}", e.what());

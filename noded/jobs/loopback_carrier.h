@@ -28,6 +28,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -40,6 +41,7 @@
 #include "fs_credentials.h"
 #include "guest_network.h"
 #include "loopback_stream.h"
+#include "syn_gate.h"
 
 namespace homeward {
 
@@ -72,10 +74,25 @@ class LoopbackCarrier {
 
  private:
   void AcceptLoop();
+  // A connection the carrier accepted without its SYN held first (a kernel without the
+  // gate): its target is opened now, and a refusal resets the job's connection.
   void Carry(CarriedConnections::Slot& slot);
+  // Opens the connection the job makes to `target` into the slot: at home for the
+  // loopback (OpenAtHome), else from this node; 0 or the errno (and why).
+  int Open(CarriedConnections::Slot& slot, const LoopbackTarget& target, std::string* why);
   // A connection to an address that is not the loopback's: made from this node, as the
   // job's user, unless the target is this node's own (RefusedOutside).
-  void CarryOut(CarriedConnections::Slot& slot, const LoopbackTarget& target);
+  int ConnectOut(CarriedConnections::Slot& slot, const LoopbackTarget& target, std::string* why);
+  void CarryOpened(CarriedConnections::Slot& slot, const LoopbackTarget& target);
+  void LogNotMade(const LoopbackTarget& target, const std::string& why);
+
+  // SYNs the gate holds: each new connection is opened on a thread of its own, its SYNs
+  // then given their verdict, and a passed one's accepted socket handed to that thread.
+  struct Held;
+  void HoldSyns();
+  void OpenHeld(CarriedConnections::Slot& slot, const std::shared_ptr<Held>& held);
+  // The thread of a held connection that is waiting for the job's socket takes it: true.
+  bool HandOver(Fd& socket);
   // Opens a connection (or a UDP flow) to `target` at home, asking again for a moment
   // while the home does not know the job is here; the stream goes into the slot. Returns
   // 0, the errno of the refusal (and why), or ECANCELED when the carrier stops.
@@ -102,6 +119,11 @@ class LoopbackCarrier {
   std::map<std::string, std::shared_ptr<UdpFlow>> flows_;  // by "source>target"
   uint64_t flows_started_ = 0;
   Fd wake_;                    // an eventfd: the destructor wakes the acceptor with it
+  std::unique_ptr<SynGate> gate_;  // none: the kernel has no NFQUEUE
+  std::mutex held_mutex_;
+  std::condition_variable handed_;
+  std::map<std::string, std::shared_ptr<Held>> held_;  // by "source>target"
+  bool stopping_ = false;                              // under held_mutex_
   std::atomic<uint64_t> carried_{0};
   CarriedConnections connections_;
   std::thread acceptor_;

@@ -12,7 +12,8 @@ established connection pins a job: criu does not carry it), and in each round it
 - talks to a listener of its own on 127.0.0.1 (which stays the job's own);
 - connects to the decoy's address and port: at home it reaches the decoy (the node's
   network, as a plain program); away the connection is carried to node1, which refuses
-  another node's address, so the decoy sees nothing from a guest.
+  another node's address, so the decoy sees nothing from a guest and the job's connect
+  fails with EHOSTUNREACH (the carrier held its SYN until the home had answered).
 The daemons' logs show that node2 and node3 carried the connections, and that node1
 connected them as the job's user."""
 
@@ -27,7 +28,7 @@ import harness
 ECHO_BYTES = 8 << 20
 
 JOB = r"""
-import hashlib, os, socket, sys, threading, time
+import errno, hashlib, os, socket, sys, threading, time
 
 echo, decoy = sys.argv[1], sys.argv[2]
 
@@ -67,8 +68,8 @@ def decoy_round():
     try:
         with socket.create_connection(split(decoy), timeout=10) as s:
             return "decoy-" + (s.recv(16).decode() or "closed")
-    except OSError:
-        return "decoy-refused"
+    except OSError as e:
+        return "decoy-" + errno.errorcode.get(e.errno, "refused")
 
 for i in range(4):
     while not os.path.exists(f"go{i}"):
@@ -158,7 +159,7 @@ class LocalhostTest(harness.UserClusterTest):
             at_home = where == "node1"
             open(os.path.join(self.work, f"go{i}"), "w").close()
             expected.append(f"round {i}: echo-ok self-ping "
-                            f"{'decoy-node2' if at_home else 'decoy-refused'}")
+                            f"{'decoy-node2' if at_home else 'decoy-EHOSTUNREACH'}")
             c.wait_for(lambda: harness.read_text(out).count("\n") > i, 120,
                        f"round {i} on {where}")
             self.assertEqual(harness.read_text(out).splitlines(), expected,
