@@ -3,7 +3,9 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -29,6 +31,11 @@ int main(int argc, char** argv) {
   app.add_flag("--node", is_node,
                "NODE is a node's name even if it reads like a verb (a node named freeze)");
   app.add_flag("--no-wait", no_wait, "return at once; the move goes on");
+  double busy_wait = 60;
+  app.add_option("--busy-wait", busy_wait,
+                 "while the job is busy (another move or a checkpoint still ending), ask again "
+                 "for up to this many seconds (0: fail at once)")
+      ->capture_default_str();
   std::string socket = homeward::ControlSocketPath();
   app.add_option("--control", socket, "the node daemon's control socket")
       ->envname("HOMEWARD_CONTROL");
@@ -81,7 +88,26 @@ int main(int argc, char** argv) {
       fmt::print("job {}: moving to {}\n", pid, target);
       return 0;
     }
-    auto reply = client.Call(fill);
+    // A job still ending its last move (the answer comes at its arrival, while the node it
+    // left is finishing), or being checkpointed, is busy for a moment: ask again.
+    auto give_up = std::chrono::steady_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(busy_wait * 1000));
+    auto pause = std::chrono::milliseconds(50);
+    auto reply = [&] {
+      for (;;) {
+        try {
+          return client.Call(fill);
+        } catch (const homeward::Error& e) {
+          if (e.kind() != homeward::ErrorKind::kOverloaded ||
+              std::chrono::steady_clock::now() + pause > give_up) {
+            throw;
+          }
+        }
+        std::this_thread::sleep_for(pause);
+        pause = std::min(pause * 2, std::chrono::milliseconds(1000));
+        client = homeward::ControlClient::Connect(socket);
+      }
+    }();
     auto migrated = reply.Root<homeward::schema::ControlReply>().getMigrated();
     double mib = static_cast<double>(migrated.getImageBytes()) / (1 << 20);
     if (verb == Verb::kFreeze) {
