@@ -244,7 +244,10 @@ int LoopbackCarrier::OpenAtHome(CarriedConnections::Slot& slot, const LoopbackTa
       SendLoopbackOpen(*raw, home_.home_pid, target, transport);
       error = ReadLoopbackOpened(*raw, why);
     } catch (const Error& e) {
-      error = e.sys_errno() ? e.sys_errno() : EHOSTUNREACH;
+      // The home itself not reached (its daemon down, the link cut, the stream broken):
+      // to the job its host is unreachable, whatever the connection to the daemon said
+      // (a refusal by the home's daemon port is not one by the job's target).
+      error = EHOSTUNREACH;
       *why = e.what();
     }
     // EPERM: the home does not (yet) have the job on this node. A job that has just been
