@@ -83,7 +83,9 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
     text += "root " + Escape(launch.root) + "\n";
   }
   if (entry.away) text += "away " + Escape(entry.record) + "\n";
-  if (entry.away || entry.base[1] || entry.base[2]) {
+  if (entry.base_pending) {
+    text += "base pending\n";
+  } else if (entry.away || entry.base[1] || entry.base[2]) {
     text += fmt::format("base {} {}\n", entry.base[1], entry.base[2]);
   }
   if (!entry.frozen_dir.empty()) text += "frozen " + Escape(entry.frozen_dir) + "\n";
@@ -252,8 +254,12 @@ void ParseStateLine(const std::string& key, std::istringstream& fields, JournalE
   } else if (key == "departure" && fields >> value) {
     entry.departure = move::LeaveNamed(value);
     if (fields >> value) entry.departure_to = Unescape(value);
-  } else if (key == "base") {
-    fields >> entry.base[1] >> entry.base[2];
+  } else if (key == "base" && fields >> value) {
+    entry.base_pending = value == "pending";
+    if (!entry.base_pending) {
+      std::istringstream(value) >> entry.base[1];
+      fields >> entry.base[2];
+    }
   } else if (key == "init") {
     fields >> entry.init_pid >> entry.init_start;
   } else if (key == "keeper") {

@@ -33,6 +33,10 @@ struct JournalEntry {
   std::string departure_to;  // the node a move goes to
   std::string record;
   uint64_t base[3] = {0, 0, 0};
+  // The job arrived on its node before its old node's last output was in (the record's
+  // `owed=`): `base` is not known yet (the line says `base pending`); mosrun's offsets
+  // settle it after a restart.
+  bool base_pending = false;
   // A job of this home frozen to disk here (mosmigrate freeze): its images' directory,
   // which also holds the input it had not read (kFrozenInput), and its pipes' roles.
   std::string frozen_dir;

@@ -119,6 +119,16 @@ TEST(JobJournal, GuestsAndJobsAwayKeepWhatTheyNeed) {
   EXPECT_EQ(back.record, away.record);
   EXPECT_EQ(back.base[1], 25893u);
   EXPECT_EQ(back.base[2], 261u);
+  EXPECT_FALSE(back.base_pending);
+
+  // Arrived before its old node's last output: where that output ends is not known yet.
+  away.base_pending = true;
+  std::string text = FormatJournalEntry(away);
+  EXPECT_NE(text.find("base pending\n"), std::string::npos) << text;
+  back = ParseJournalEntry(text);
+  EXPECT_TRUE(back.base_pending);
+  EXPECT_EQ(back.base[1], 0u);
+  EXPECT_EQ(back.base[2], 0u);
 }
 
 // A journal written before departures were named ("moving 1") reads as a dump under way.

@@ -8,13 +8,49 @@
 
 #include <spdlog/spdlog.h>
 
+#include "c_boundary.h"
 #include "checkpoint.h"
 #include "control_permissions.h"
 #include "job_replies.h"
 #include "migration.h"
+#include "uv_handle.h"
 #include "uv_work.h"
 
 namespace homeward {
+
+namespace {
+
+// A guest's last word to its home once it moved on: all it left here is sent.
+void SayMovedOn(ControlStream relay, const std::string& target) {
+  capnp::MallocMessageBuilder message;
+  message.initRoot<schema::ControlReply>().setMovedOn(target);
+  relay.Send(message);
+  relay.Close();
+}
+
+// The fault point movedon-hold: the word is said kMovedOnHoldSeconds later (to a relay
+// that may have closed by then: it is then not said at all).
+struct HeldWord {
+  UvHandle<uv_timer_t> timer;
+  ControlStream relay;
+  std::string target;
+};
+
+void HoldMovedOn(uv_loop_t* loop, ControlStream relay, const std::string& target) {
+  auto* held = new HeldWord{UvHandle<uv_timer_t>(), std::move(relay), target};
+  uv_timer_init(loop, held->timer.get());
+  held->timer.get()->data = held;
+  uv_unref(held->timer.base());  // a daemon stopping meanwhile does not wait for it
+  uv_timer_start(
+      held->timer.get(),
+      [](uv_timer_t* timer) {
+        std::unique_ptr<HeldWord> held(static_cast<HeldWord*>(timer->data));
+        GuardedCall("movedon-hold", [&held] { SayMovedOn(held->relay, held->target); });
+      },
+      static_cast<uint64_t>(kMovedOnHoldSeconds) * 1000, 0);
+}
+
+}  // namespace
 
 void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply) {
   using Verb = schema::MigrateRequest::Which;
@@ -148,8 +184,10 @@ void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender re
     PaceRelays(away);
     away->mosrun.PauseReading(false);
     spdlog::info("job {} now runs on {}", away->home_pid(), away->where());
+    // Journaled on its new node before the move is answered: a restart from here on
+    // awaits the job there (its base pending while the old node still sends).
+    JournalAways();
     Apply(slot, away, std::move(*step));
-    JournalSoon();
     return;
   }
   Fail(ErrorKind::kNotFound, "no job of this home with pid {} is on its way to a node",
@@ -449,9 +487,13 @@ void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const
       break;
     }
   }
-  message.initRoot<schema::ControlReply>().setMovedOn(move.target_name);
-  relay.Send(message);
-  relay.Close();
+  if (faults_.Hit(Fault::kMovedOnHold)) {
+    spdlog::warn("fault point movedon-hold: guest {} holds its last word to its home for {} s",
+                 job->home_pid(), kMovedOnHoldSeconds);
+    HoldMovedOn(loop_, relay, move.target_name);
+  } else {
+    SayMovedOn(relay, move.target_name);
+  }
   spdlog::info("guest {} moved on to {} (frozen {} ms)", job->home_pid(), move.target_name,
                move.frozen.count());
   if (done) done(OutcomeOf(move));

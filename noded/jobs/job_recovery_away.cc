@@ -117,15 +117,12 @@ void JobRegistry::JournalAways() {
     Away& away = *entry.away;
     const move::Record& record = away.protocol.record();
     if (away.awaiting_mosrun) continue;  // its entry stands as it was read
-    if (away.output_held || record.state == move::State::kStarting ||
-        record.state == move::State::kEnded) {
-      continue;
-    }
+    if (record.state == move::State::kStarting || record.state == move::State::kEnded) continue;
+    // A job that arrived before its old node's last output is journaled on its new node
+    // at once, its base pending (BaseOf).
     Away::JournalInputs inputs;
     inputs.record = record;
-    for (int fd : {1, 2}) {
-      inputs.base[fd] = away.origin[fd] + away.forwarded[fd] - away.output_here[fd];
-    }
+    BaseOf(away, inputs.base);
     inputs.frozen = away.frozen.has_value();
     if (auto plan = checkpoint_plans_.find(slot);
         plan != checkpoint_plans_.end() && plan->second.home_pid == away.home_pid()) {
@@ -175,10 +172,19 @@ JournalEntry JobRegistry::AwayEntry(int slot, const Away& away) const {
   }
   entry.away = true;
   entry.record = away.protocol.record().Serialize();
-  for (int fd : {1, 2}) {
-    entry.base[fd] = away.origin[fd] + away.forwarded[fd] - away.output_here[fd];
-  }
+  entry.base_pending = away.protocol.BasePending();
+  BaseOf(away, entry.base);
   return entry;
+}
+
+void JobRegistry::BaseOf(const Away& away, uint64_t base[3]) {
+  base[0] = 0;
+  for (int fd : {1, 2}) {
+    // Pending, it is none yet: the old node's output still comes (or went with a restart).
+    base[fd] = away.protocol.BasePending()
+                   ? 0
+                   : away.origin[fd] + away.forwarded[fd] - away.output_here[fd];
+  }
 }
 
 void JobRegistry::WatchMosrun(int slot, const std::shared_ptr<Away>& away) {
@@ -205,6 +211,39 @@ void JobRegistry::WatchMosrun(int slot, const std::shared_ptr<Away>& away) {
   };
   away->mosrun_watch =
       std::make_unique<ProcessWatch>(loop_, away->home_pid(), away->mosrun_start, gone);
+}
+
+bool JobRegistry::SettleBase(Away& away, const uint64_t had[3]) {
+  pid_t pid = away.home_pid();
+  std::string old_node = away.protocol.record().owed_by;
+  if (away.protocol.BaseSettled()) {
+    // The old node's last word went with the restart: what mosrun has is all there is of
+    // its output, and the new node's output (never let go to mosrun) starts there.
+    spdlog::warn("job {}: the last of its output on {} may be lost; its output from {} starts "
+                 "at mosrun's bytes {} and {}",
+                 pid, old_node, away.where(), had[1], had[2]);
+    away.origin[1] = had[1];
+    away.origin[2] = had[2];
+    return true;
+  }
+  bool moved = false;
+  for (int fd : {1, 2}) {
+    if (had[fd] >= away.origin[fd]) continue;
+    if (away.frozen) {
+      Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, fewer than {}",
+           pid, had[fd], fd, away.origin[fd]);
+    }
+    // The bytes between were its previous place's output, forwarded but still in the
+    // killed daemon's memory: they are lost. mosrun then has none of the current node's
+    // output (which comes after them), and that node kept it all (it is told what mosrun
+    // has only once mosrun's socket holds everything forwarded): it sends it again.
+    spdlog::warn("job {}: {} bytes of its fd {} before it reached {} were lost with this "
+                 "node's last daemon",
+                 pid, away.origin[fd] - had[fd], fd, away.where());
+    away.origin[fd] = had[fd];
+    moved = true;
+  }
+  return moved;
 }
 
 void JobRegistry::RecoverAway(JournalEntry& entry) {
@@ -267,6 +306,11 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
   if (frozen) {
     spdlog::info("job {} taken back after a restart: frozen to {}; waiting for its mosrun",
                  home_pid, entry.frozen_dir);
+  } else if (away->protocol.BasePending()) {
+    spdlog::info("job {} taken back after a restart: runs on {}, arrived from {} before the last "
+                 "of its output there; waiting for it and its mosrun, whose offsets settle "
+                 "where its output goes on",
+                 home_pid, away->where(), away->protocol.record().owed_by);
   } else {
     spdlog::info("job {} taken back after a restart: runs on {}; waiting for it and its mosrun",
                  home_pid, away->where());
@@ -282,17 +326,15 @@ bool JobRegistry::ResumeAway(schema::ResumeJob::Reader request, ReplySender& rep
       Fail(ErrorKind::kInvalidInput, "job {} has its mosrun already", caller.pid);
     }
     uint64_t had[3] = {0, request.getStdoutOffset(), request.getStderrOffset()};
-    for (int fd : {1, 2}) {
-      if (had[fd] < away->origin[fd]) {
-        Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, fewer than {}",
-             caller.pid, had[fd], fd, away->origin[fd]);
-      }
-    }
+    bool settled = SettleBase(*away, had);
     for (int fd : {1, 2}) {
       away->output_here[fd] = had[fd] - away->origin[fd];
       away->forwarded[fd] = away->output_here[fd];
     }
     away->awaiting_mosrun = false;
+    // The new base is journaled before the node sends anything again: a restart after
+    // some of that output reached mosrun must not take mosrun's offsets for it again.
+    if (settled) JournalAways();
     WatchMosrun(slot, away);  // a frozen job's mosrun is still watched
     away->mosrun = reply.OpenStream(MosrunHandlersForAway(slot, away));
     // A frozen job's input waits (paused) until it continues.

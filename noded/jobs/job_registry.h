@@ -250,6 +250,14 @@ class JobRegistry {
   void JournalAways();
   // The entry of `away` in `slot`, as JournalAways writes it.
   JournalEntry AwayEntry(int slot, const Away& away) const;
+  // mosrun's offsets where the output from the job's node starts (zero while pending).
+  static void BaseOf(const Away& away, uint64_t base[3]);
+  // mosrun came back after a restart having had `had` of the job's stdout and stderr:
+  // where the output from the job's node starts. Pending (the old node's last output
+  // went with the restart), there; short of the journaled base (output of the job's
+  // previous place that died in the killed daemon's memory), there too, the loss logged.
+  // Throws for a frozen job short of its base. True when the base changed.
+  static bool SettleBase(Away& away, const uint64_t had[3]);
   // Ends the job `away` when its mosrun exits while nothing reads its stream (taken back
   // and awaiting it, or frozen at home); a no-op once that is no longer so.
   void WatchMosrun(int slot, const std::shared_ptr<Away>& away);
@@ -276,6 +284,9 @@ class JobRegistry {
   // Once the old node's relay has said its last (moved, or closed), the output held back
   // at the job's new place flows.
   static void MaybeReleaseOutput(const std::shared_ptr<Away>& away);
+  // The old node has said its last (or closed): the job's entry is journaled with its
+  // base settled, then its new node's output is let go.
+  void SettledBeforeRelease(const std::shared_ptr<Away>& away);
   // Output from the job's nodes waits while mosrun is behind; once mosrun has drained,
   // the old node's last output goes on, then the current node's, and input from mosrun
   // goes on once the current node has drained.

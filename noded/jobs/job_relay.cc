@@ -178,8 +178,8 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
                    away->home_pid(), reply.getMovedOn().cStr());
       Apply(slot, away,
             away->protocol.MovedOn(relay, reply.getMovedOn(), static_cast<int64_t>(uv_now(loop_))));
-      MaybeReleaseOutput(away);
-      JournalSoon();
+      SettledBeforeRelease(away);
+      JournalSoon();  // an announced move: its record
       return;
     }
     Forward<schema::ControlReply>(incoming, away->mosrun);
@@ -204,7 +204,7 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
   handlers.on_close = [this, slot, away, relay] {
     if (AwaitNodeBack(away, relay)) return;
     Apply(slot, away, away->protocol.Closed(relay));
-    MaybeReleaseOutput(away);
+    SettledBeforeRelease(away);
   };
   return handlers;
 }
@@ -229,6 +229,14 @@ void JobRegistry::PaceRelays(const std::shared_ptr<Away>& away) {
     if (!away->output_held) away->peer.PauseReading(false);
   });
   away->peer.OnDrain([away] { away->mosrun.PauseReading(false); });
+}
+
+void JobRegistry::SettledBeforeRelease(const std::shared_ptr<Away>& away) {
+  // A journal that still said the base is pending once the new node's output reaches
+  // mosrun would have a restarted daemon take mosrun's offsets, past some of that output,
+  // for its start: it is written settled first.
+  if (away->output_held && !away->protocol.OldOutputOwed()) JournalAways();
+  MaybeReleaseOutput(away);
 }
 
 void JobRegistry::MaybeReleaseOutput(const std::shared_ptr<Away>& away) {

@@ -30,6 +30,7 @@ std::string Record::Serialize() const {
                      StateName(state), home_pid, where, relay, migrations, attach_due_ms,
                      waiting ? 1 : 0) +
          (moved_to.empty() ? "" : fmt::format(" moved={}", moved_to)) +
+         (owed_by.empty() ? "" : fmt::format(" owed={}", owed_by)) +
          (generation ? fmt::format(" generation={}", generation) : "");
 }
 
@@ -68,6 +69,9 @@ Record Record::Parse(const std::string& line) {
         // Optional. Lines of older daemons always have it, with the old node's figures
         // after the node (`moved=node3,12,80,1048576`): only the node is kept.
         record.moved_to = value.substr(0, value.find(','));
+        --seen;
+      } else if (key == "owed") {
+        record.owed_by = value;  // optional: only between an arrival and the old node's word
         --seen;
       } else {
         Fail(ErrorKind::kInvalidInput, "unknown field '{}'", key);
@@ -210,7 +214,9 @@ Protocol Protocol::Frozen(pid_t home_pid, uint32_t migrations) {
 // starting is given up (its node kills a guest whose home relay closes); one that ran or
 // was moving somewhere has lost its relay: it is expected to attach again, from wherever
 // it runs now, within the attach timeout, or it is ended; frozen images stay frozen, and
-// a restore the restart interrupted is tried again by the next continue.
+// a restore the restart interrupted is tried again by the next continue. A job that had
+// arrived before its old node's last word is awaited from its new node, its base still
+// pending (owed_by): that word went with the relay, and mosrun's offsets settle it.
 Protocol Protocol::Reloaded(const Record& saved, int64_t now_ms) {
   Record record = saved;
   record.waiting = false;
@@ -247,6 +253,12 @@ void Protocol::Ask(const std::string& target) {
   pid_t pid = record_.home_pid;
   switch (record_.state) {
     case State::kRunning:
+      if (BasePending()) {
+        Fail(ErrorKind::kOverloaded,
+             "job {} has just moved to {}: where its output goes on is known once its mosrun "
+             "is back",
+             pid, record_.where);
+      }
       break;
     case State::kStarting:
       Fail(ErrorKind::kOverloaded, "job {} is still starting", pid);
@@ -298,6 +310,7 @@ Step Protocol::MovedOn(uint32_t relay, const std::string& target, int64_t now_ms
   }
   if (relay != record_.relay && state == State::kArrived) {
     record_.state = State::kRunning;  // the move was answered at the arrival
+    record_.owed_by.clear();          // all it owed is in: the base is known
   }
   return {};
 }
@@ -311,6 +324,7 @@ bool Protocol::ExpectsArrival() const {
 std::optional<Step> Protocol::Arrived(const std::string& node, MoveOutcome figures) {
   State state = record_.state;
   if (!ExpectsArrival()) return std::nullopt;
+  std::string old_node = record_.where;
   record_.where = node;
   ++record_.migrations;
   ++record_.relay;
@@ -320,9 +334,16 @@ std::optional<Step> Protocol::Arrived(const std::string& node, MoveOutcome figur
   // word (or its close) is still to come, after the output it owes.
   record_.state =
       state == State::kAnnounced || state == State::kRelayLost ? State::kRunning : State::kArrived;
+  if (record_.state == State::kArrived) record_.owed_by = std::move(old_node);
   figures.error.clear();
   figures.where = node;
   return Answer(std::move(figures));
+}
+
+bool Protocol::BaseSettled() {
+  if (!BasePending() || record_.state == State::kArrived) return false;
+  record_.owed_by.clear();
+  return true;
 }
 
 bool Protocol::RelayLost(uint32_t relay, int64_t now_ms) {
@@ -357,6 +378,7 @@ Step Protocol::Closed(uint32_t relay) {
     // it sent is all mosrun gets from there, and the job's output from its new place
     // goes on.
     record_.state = State::kRunning;
+    record_.owed_by.clear();
   }
   return {};  // a relay replaced by the job's new node closes quietly
 }

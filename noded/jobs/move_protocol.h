@@ -44,7 +44,8 @@ enum class State : uint8_t {
   kAnnounced,   // its old node said it moved on and sent the last of its output; the new
                 // node must attach by `attach_due_ms`
   kArrived,     // the new node attached (or it came home) and the move is answered; the old
-                // node still sends the output the job left there (its new output waits)
+                // node (`owed_by`) still sends the output the job left there (its new
+                // output waits)
   kRelayLost,   // the relay to its node was lost, or this daemon restarted: the job may
                 // attach again by `attach_due_ms`, from where it ran (that node's daemon
                 // restarted) or from a node it moved to meanwhile
@@ -64,6 +65,11 @@ struct Record {
   int64_t attach_due_ms = 0;
   bool waiting = false;   // someone waits to hear how the asked move ends
   std::string moved_to;   // kAnnounced: the node its old node said it moved on to
+  // The node the job moved on from, while where its output from `where` starts in
+  // mosrun's stream (the journal's `base`) is not known: set at an arrival before the old
+  // node's last word (kArrived), cleared by that word or that node's close, and kept
+  // across a restart until mosrun's offsets settle it (BaseSettled).
+  std::string owed_by;
   // Which run of the job this is: raised each time it is restarted from a checkpoint, so
   // that a copy of an older run (on a node that was lost and came back) is refused.
   uint32_t generation = 0;
@@ -219,6 +225,14 @@ class Protocol {
   // Whether the job's new place must hold its output back: the old node has not yet said
   // its last (kArrived).
   bool OldOutputOwed() const { return record_.state == State::kArrived; }
+  // Whether where the output from record().where starts in mosrun's stream is unknown:
+  // the old node (record().owed_by) has not said its last, or this daemon restarted
+  // before it did and mosrun has not said what it has.
+  bool BasePending() const { return !record_.owed_by.empty(); }
+  // After a restart, mosrun came back with its offsets: they are where the output from
+  // record().where starts (what the old node had not got to mosrun is lost). True when
+  // the base was pending; nothing while the old node still sends (kArrived).
+  bool BaseSettled();
   // Relay `relay` closed.
   Step Closed(uint32_t relay);
   // The job exited (its node said so on the current relay).

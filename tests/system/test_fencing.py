@@ -16,6 +16,10 @@
   target and on the source: the job goes on at home, in one copy.
 - The home killed as soon as a move between two guests returns: the new node attaches the
   job again.
+- The same while the old guest still holds its last word (the fault point movedon-hold):
+  the home journaled the job on its new node at its arrival, its base pending, and the
+  restarted home takes it back from there, settling where its output goes on by mosrun's
+  offsets; the job ends there with its exit status and all its output.
 
 Every job runs as a throwaway ordinary user (made here, removed afterwards)."""
 
@@ -327,6 +331,54 @@ echo done
             err = self.finish(c, work)
             self.assertEqual(err, WAITING)
             self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
+            for node in ("node2", "node3"):
+                c.wait_for(lambda: not [j for j in jobs(c, node) if j["user"] == self.user], 30,
+                           f"{node} to list no copy of the job")
+            self.assert_nothing_left(c, ("node1", "node2", "node3"))
+
+    def test_home_killed_before_the_old_guests_last_word(self):
+        with harness.LoopCluster(3, settings=["gossip.interval_ms=200"],
+                                 faults="movedon-hold") as c:
+            for node in ("node2", "node3"):
+                c.wait_for(lambda: c.run(node, "test", "-d", "/mosix/home/node1/data",
+                                         check=False).returncode == 0,
+                           30, f"{node} to mount node1's files")
+            work, inside = self.workdir(c, "owed")
+            with open(os.path.join(work, "counter.sh"), "w") as f:
+                f.write(BUILTIN_COUNTER + "exit 7\n")
+            self.start(c, inside, "mosrun -L -r node2 sh counter.sh > out 2> err")
+            pid = self.job_pid(c)
+            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
+                       "the job to wait at its gate on node2")
+            # node2 moves it on to node3 and holds its last word (movedOn) to the home.
+            result = c.run("node1", "mosmigrate", str(pid), "node3", check=False)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            c.wait_for(lambda: "fault point movedon-hold" in c.log("node2"), 30,
+                       "node2 to hold its last word")
+            # Answered at the arrival, the home has journaled the job on node3 already.
+            entry = read(os.path.join(c.node("node1")["state"], "jobs", str(pid)))
+            self.assertIn("where=node3", entry)
+            self.assertIn("owed=node2", entry)
+            self.assertIn("base pending\n", entry)
+            self.assertNotIn("its old node has sent the last of its output", c.log("node1"))
+            c.kill("node1")
+            c.start("node1")
+            pending = (f"job {pid} taken back after a restart: runs on node3, arrived from "
+                       "node2 before the last of its output there")
+            c.wait_for(lambda: pending in c.log("node1"), 30, "the home to take the job back")
+            c.wait_for(lambda: f"job {pid} taken back by node node3" in c.log("node1"), 60,
+                       "node3 to attach the job again")
+            here = [j for j in jobs(c) if j["user"] == self.user]
+            self.assertEqual([j["where"] for j in here], ["node3"], here)
+            # node2 owed nothing (the job waited at its gate, all 0..99 at mosrun): nothing
+            # is lost, and node3's output follows from mosrun's offsets.
+            open(os.path.join(work, "go"), "w").close()
+            status = c.wait_for(lambda: read(os.path.join(work, "status")), 120, "the job to end")
+            self.assertEqual(status, "7\n", read(os.path.join(work, "err")))
+            self.assertEqual(read(os.path.join(work, "err")), WAITING)
+            self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
+            self.assertIn(f"job {pid}: the last of its output on node2 may be lost; its output "
+                          "from node3 starts at mosrun's bytes 290 and 0", c.log("node1"))
             for node in ("node2", "node3"):
                 c.wait_for(lambda: not [j for j in jobs(c, node) if j["user"] == self.user], 30,
                            f"{node} to list no copy of the job")

@@ -44,6 +44,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kKillAfterArrived, "kill-after-arrived",
      "the daemon SIGKILLs itself when a move of a job of its home has ended with the target's "
      "word that the job arrived, before it journals the job as away there"},
+    {Fault::kMovedOnHold, "movedon-hold",
+     "a guest that moved on to another node holds its last word to the job's home (movedOn, "
+     "sent after the output the job left there) for 20 s"},
     {Fault::kNoFileNotices, "no-file-notices",
      "the file service sends its clients no change notices: only their opens (close-to-open) "
      "and lock acquisitions revalidate what they cached"},

@@ -32,11 +32,14 @@ enum class Fault {
   kKillBeforeSignal,
   kKillAfterSignal,
   kKillAfterArrived,
+  kMovedOnHold,
   kNoFileNotices,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
 constexpr int kRestoreHoldSeconds = 6;
+// How long the movedon-hold fault point holds a guest's last word to its home.
+constexpr int kMovedOnHoldSeconds = 20;
 
 struct FaultInfo {
   Fault fault;
