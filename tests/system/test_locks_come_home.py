@@ -7,7 +7,8 @@ real files, and the service hands it the descriptions it held them through, so n
 gets a lock while it holds them (before, they got them as soon as its old copy on node2 was
 killed). Once it logs that it lets go and unlocks both, every waiter gets its lock after
 that line, while it still runs; a holder moved home that ends without unlocking frees them
-as it ends."""
+as it ends. While the home holds them for it, another user's process, and a process of the
+job's user that is not of the job, ask the home for them as the shim does and are refused."""
 
 import os
 import unittest
@@ -18,6 +19,27 @@ from lock_jobs import WAITER
 from test_home_lock_moves import HOLDER, blocked_on
 
 read = harness.read_text
+
+# Asks the home's file service, as a shim that came home does, for the locks held on FILE
+# (passed open for reading) of each kind (1 POSIX, 2 flock, 3 either; lock_handover.h),
+# and prints one line per kind: the answer's kind and how many descriptors came with it.
+TAKE = r"""
+import array, os, socket, struct, sys
+path = sys.argv[1]
+for kind in (1, 2, 3):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(10)
+    s.connect("/mosix/lock-holders")
+    fd = os.open(path, os.O_RDONLY)
+    s.sendmsg([struct.pack("<Ii", 0x4c480001, kind)],
+              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    os.close(fd)
+    answer, fds, _, _ = socket.recv_fds(s, 16, 4)
+    for got in fds:
+        os.close(got)
+    print(struct.unpack("<ii", answer)[0] if len(answer) == 8 else "none", len(fds))
+    s.close()
+"""
 
 
 class LocksComeHomeTest(lock_jobs.LockJobsTest):
@@ -63,6 +85,7 @@ class LocksComeHomeTest(lock_jobs.LockJobsTest):
         self.assertEqual(next(j for j in harness.jobs(c) if j["pid"] == holder["pid"])["where"],
                          "node1")
         self.assertIn("of a job that comes home held for it", c.log("node1"))
+        self.others_are_refused_its_locks(counted, flocked)
         # Its old copy on node2 is gone; at home it holds both locks still: no waiter gets
         # one, and they all still wait at home.
         c.holds_for(4, lambda: self.log() == [], "the waiters wait while the holder, moved "
@@ -81,6 +104,25 @@ class LocksComeHomeTest(lock_jobs.LockJobsTest):
         self.assertEqual(log[0], "holder lets go", log)
         self.assertEqual(sorted(log[1:]), sorted(f"{tag} got it" for tag in tags), log)
         return tags
+
+    def others_are_refused_its_locks(self, *files):
+        """While the home holds the job's locks for it, another user's process and a
+        process of the job's user outside the job ask for them as the shim does, passing
+        the file open: each is refused (-1, no descriptor), and the refusal is logged."""
+        c = self.c
+        other = harness.user_for(self, "hwlcx").pw_name
+        with open(os.path.join(self.work, "take.py"), "w") as f:
+            f.write(TAKE)
+        for path in files:
+            os.chmod(path, 0o644)  # anyone may open it: the file is not what refuses them
+        for user in (other, self.user):
+            for path in files:
+                asked = c.run("node1", "runuser", "-u", user, "--", "python3",
+                              os.path.join(self.dir, "take.py"),
+                              os.path.join(self.dir, os.path.basename(path))).stdout
+                self.assertEqual(asked.split("\n")[:3], ["-1 0"] * 3,
+                                 f"{user} asking for the locks on {path}")
+        self.assertIn("is not a process of a job that came home", c.log("node1"))
 
     def test_a_holder_moved_home_unlocks_there(self):
         self.workdir("lch1", (("holder.py", HOLDER), ("waiter.py", WAITER),
