@@ -135,8 +135,8 @@ Question ReadQuestion(int socket) {
   message.msg_control = control;
   message.msg_controllen = sizeof control;
   ssize_t got = ::recvmsg(socket, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  if (got <= 0) return question;  // a hang-up
-  // Every descriptor passed is closed, whatever the question.
+  if (got < 0) return question;  // not asked yet
+  // Every descriptor passed is closed, whatever the question (an empty one's too).
   for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -150,7 +150,7 @@ Question ReadQuestion(int socket) {
       }
     }
   }
-  question.asked = true;
+  question.asked = got > 0;  // 0: a hang-up
   // A longer question is none (its size is never one asked).
   question.size = (message.msg_flags & MSG_TRUNC) ? 0 : static_cast<size_t>(got);
   return question;
