@@ -123,6 +123,11 @@ void Daemon::Start() {
         return file_server_.ParkHomeJob(token, held);
       },
       [this](uint64_t token) { file_server_.UnparkHomeJob(token); });
+  jobs_.HomeLockClaiming({[this](uint64_t token, uint64_t mntns, uid_t uid) {
+                            return file_server_.ClaimComingHome(token, mntns, uid);
+                          },
+                          [this](uint64_t token) { file_server_.RestoredHome(token); },
+                          [this](uint64_t token) { file_server_.UnclaimComingHome(token); }});
   file_server_.ServeLockHolders(config_.mosix_root + "/" + kLockHolderSocketName);
   // After every turn of the loop, the file service learns which processes may hold a
   // shim's OFD lock (the jobs at home's): a job that started in this turn is known before

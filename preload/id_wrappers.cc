@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -23,6 +24,7 @@
 #include "c_boundary.h"
 #include "credentials.h"
 #include "home_ids.h"
+#include "locks_come_home.h"
 #include "next_symbol.h"
 #include "posix_locks.h"
 #include "raw_syscall.h"
@@ -238,6 +240,16 @@ int close(int fd) {
     int result = Next<int (*)(int)>(slot, "close")(fd);
     homeward::preload::CloseDetached(own, fd);
     return result;
+  });
+}
+
+int flock(int fd, int operation) {
+  static std::atomic<void*> slot;
+  return homeward::GuardedCall("flock", [&] {
+    // A job that came home takes the flock its home's file service held for it
+    // (locks_come_home.h) before the call, which then works on it.
+    homeward::preload::FlockHook(fd, operation);
+    return Next<int (*)(int, int)>(slot, "flock")(fd, operation);
   });
 }
 

@@ -3,27 +3,23 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
-#include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
-#include <cstddef>
 #include <cstdint>
 
+#include "lock_handover.h"
 #include "lock_holder.h"
+#include "locks_come_home.h"
 #include "raw_syscall.h"
 #include "shim_state.h"
 
 namespace homeward::preload {
 namespace {
 
-constexpr long kFuseSuperMagic = 0x65735546;
 // The process's descriptions go above the descriptors programs use: a shell's dup2 onto
 // a low number would otherwise close one (and drop its locks).
 // (The home's file service knows the number, lock_holder.h.)
@@ -144,12 +140,6 @@ bool KeptAcrossExec(int own) {
   return open && !closing;
 }
 
-bool IsFuse(long fd) {
-  struct statfs fs;
-  return RawSyscall(SYS_fstatfs, fd, reinterpret_cast<long>(&fs)) == 0 &&
-         fs.f_type == kFuseSuperMagic;
-}
-
 // A description of the file open as `fd`, of its own: read and write when the process may
 // (so that read and write locks both work whatever descriptor asks), else as `fd` is.
 int OpenOwn(long fd) {
@@ -172,6 +162,60 @@ int OpenOwn(long fd) {
   return static_cast<int>(own);
 }
 
+// The first free slot (under the guard), or -1.
+int FreeSlot() {
+  for (int i = 0; i < kSlots; ++i) {
+    if (slots[i].fd < 0) return i;
+  }
+  return -1;
+}
+
+// The description the process's POSIX locks on the file `st` (open as `fd`) are taken
+// through, its own, made if need be; -1 when they are the kernel's or homefs's to take
+// (`asks`: an unlock or F_GETLK, which makes none). A process that locked the file
+// through homefs and came home takes the description the home's file service held its
+// locks on meanwhile (locks_come_home.h): its own from now on.
+int OwnDescription(long fd, const struct stat& st, long pid, bool asks) {
+  int own = -1;
+  {
+    Guard guard;
+    int slot = Find(st, pid);
+    if (slot >= 0) own = slots[slot].fd;
+  }
+  if (own >= 0 && IsFuse(own)) {
+    // Taken at home and carried away: its locks are the home's through homefs now.
+    if (!asks) NoteLockedAway(st, kHandPosix);
+    return own;
+  }
+  if (own < 0 && IsFuse(fd)) {
+    if (!asks) NoteLockedAway(st, kHandPosix);
+    return -1;  // homefs's: its locks are the home's
+  }
+  // Asked without the guard: the service's answer is waited for.
+  int got = 0;
+  int carried = TakeLockedAway(st, kHandPosix) ? TakeCarried(fd, kHandPosix, &got) : -1;
+  if (own >= 0) {
+    // criu's new description, which holds nothing, gives way to the carried one.
+    if (carried >= 0) RawSyscall(SYS_dup3, carried, own, O_CLOEXEC);
+    if (carried >= 0) RawSyscall(SYS_close, carried);
+    return own;
+  }
+  // Nothing held through its own description: an unlock or a question goes to the kernel
+  // as asked.
+  if (carried < 0 && asks) return -1;
+  Guard guard;
+  int free_slot = FreeSlot();
+  if (free_slot < 0) {
+    if (carried >= 0) RawSyscall(SYS_close, carried);  // more files than kept: it goes
+    return -1;  // the kernel's POSIX lock then: it pins the job
+  }
+  own = carried >= 0 ? carried : OpenOwn(fd);
+  if (own < 0) return -1;
+  slots[free_slot] = {own, pid};
+  used.fetch_add(1, std::memory_order_relaxed);
+  return own;
+}
+
 }  // namespace
 
 bool PosixLockAsOfd(long fd, long cmd, long lock, long* result, long* asked) {
@@ -185,27 +229,8 @@ bool PosixLockAsOfd(long fd, long cmd, long lock, long* result, long* asked) {
   if (!S_ISREG(st.st_mode) || st.st_nlink == 0) return false;
   auto* fl = reinterpret_cast<struct flock*>(lock);
   long pid = RawSyscall(SYS_getpid);
-  int own;
-  {
-    Guard guard;
-    int slot = Find(st, pid);
-    if (slot >= 0) {
-      own = slots[slot].fd;
-    } else {
-      // Nothing held through its own description: an unlock or a question goes to the
-      // kernel as asked, and a file of homefs is homefs's (its locks are the home's).
-      if (cmd == F_GETLK || fl->l_type == F_UNLCK || IsFuse(fd)) return false;
-      int free_slot = -1;
-      for (int i = 0; i < kSlots && free_slot < 0; ++i) {
-        if (slots[i].fd < 0) free_slot = i;
-      }
-      if (free_slot < 0) return false;  // the kernel's POSIX lock then: it pins the job
-      own = OpenOwn(fd);
-      if (own < 0) return false;
-      slots[free_slot] = {own, pid};
-      used.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
+  int own = OwnDescription(fd, st, pid, cmd == F_GETLK || fl->l_type == F_UNLCK);
+  if (own < 0) return false;
   struct flock ofd = *fl;
   if (ofd.l_whence == SEEK_CUR) {
     // Relative to the offset of the descriptor the program asked through, not its own.
@@ -242,72 +267,55 @@ bool PosixLockAsOfd(long fd, long cmd, long lock, long* result, long* asked) {
 }
 
 int HomeHolderOf(long fd, short type, const struct flock& found) {
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  size_t at = 0;
-  for (const char* c = kLockHolderSocketPath; *c != '\0'; ++c) address.sun_path[at++] = *c;
-  long s = RawSyscall(SYS_socket, AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  long s = ConnectLockService();
   if (s < 0) return -1;
-  int pid = -1;
-  ucred peer{};
-  socklen_t peer_size = sizeof peer;
-  timeval wait{1, 0};
   LockHolderQuestion question{};
   question.version = kLockHolderQuestionVersion;
   question.start = found.l_start;
   question.end = found.l_len == 0 ? INT64_MAX : found.l_start + found.l_len - 1;
   question.type = type;
-  // The file is named by passing it open: the service tells only of files one has open.
-  iovec data{&question, sizeof question};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr message{};
-  message.msg_iov = &data;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof control;
-  cmsghdr* rights = CMSG_FIRSTHDR(&message);
-  rights->cmsg_level = SOL_SOCKET;
-  rights->cmsg_type = SCM_RIGHTS;
-  rights->cmsg_len = CMSG_LEN(sizeof(int));
-  int passed = static_cast<int>(fd);
-  __builtin_memcpy(CMSG_DATA(rights), &passed, sizeof passed);
   LockHolderAnswer answer{-1};
-  // Only the home's daemon (root) is believed: anyone could take the name first.
-  if (RawSyscall(SYS_connect, s, reinterpret_cast<long>(&address),
-                 static_cast<long>(offsetof(sockaddr_un, sun_path) + at)) == 0 &&
-      RawSyscall(SYS_getsockopt, s, SOL_SOCKET, SO_PEERCRED, reinterpret_cast<long>(&peer),
-                 reinterpret_cast<long>(&peer_size)) == 0 &&
-      peer.uid == 0 &&
-      RawSyscall(SYS_setsockopt, s, SOL_SOCKET, SO_RCVTIMEO, reinterpret_cast<long>(&wait),
-                 sizeof wait) == 0 &&
-      RawSyscall(SYS_sendmsg, s, reinterpret_cast<long>(&message), MSG_NOSIGNAL) ==
-          static_cast<long>(sizeof question) &&
-      RawSyscall(SYS_recvfrom, s, reinterpret_cast<long>(&answer), sizeof answer, 0, 0) ==
+  // The file is named by passing it open: the service tells only of files one has open.
+  if (!SendWithFile(s, &question, sizeof question, fd) ||
+      RawSyscall(SYS_recvfrom, s, reinterpret_cast<long>(&answer), sizeof answer, 0, 0) !=
           static_cast<long>(sizeof answer)) {
-    pid = answer.pid;
+    answer.pid = -1;
   }
   RawSyscall(SYS_close, s);
-  return pid;
+  return answer.pid;
 }
 
 int DetachOnClose(int fd) {
-  if (used.load(std::memory_order_relaxed) == 0) return -1;
+  bool away = AnyLockedAway();
+  if (used.load(std::memory_order_relaxed) == 0 && !away) return -1;
   struct stat st;
   if (RawSyscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode)) {
     return -1;
   }
   long pid = RawSyscall(SYS_getpid);
-  Guard guard;
-  int slot = Find(st, pid);
-  if (slot < 0) return -1;
-  int own = slots[slot].fd;
-  slots[slot] = {};
-  used.fetch_sub(1, std::memory_order_relaxed);
-  return own;
+  {
+    Guard guard;
+    int slot = Find(st, pid);
+    if (slot >= 0) {
+      int own = slots[slot].fd;
+      slots[slot] = {};
+      used.fetch_sub(1, std::memory_order_relaxed);
+      return own;
+    }
+  }
+  if (!away || IsFuse(fd) || !TakeLockedAway(st, kHandAny)) return -1;
+  // Come home: what the home's file service held for it on this file (its POSIX locks,
+  // or the flock of the file it closes) goes as the close would have dropped it away.
+  int got = 0;
+  return TakeCarried(fd, kHandAny, &got);
 }
 
 void CloseDetached(int own, int closed) {
-  if (own >= 0 && own != closed) RawSyscall(SYS_close, own);  // its locks go with it
+  if (own < 0 || own == closed) return;
+  // Unlocked first: a copy of a description handed by the home's file service may still
+  // be open in its lock keeper for a moment (locks_come_home.h).
+  UnlockAll(own);
+  RawSyscall(SYS_close, own);  // its locks go with it
 }
 
 void BeforeExec() {
@@ -361,6 +369,7 @@ void FindKeptLocks() {
 
 void ForgetInheritedLocks() {
   busy.store(false, std::memory_order_relaxed);
+  ForgetLockedAwayGuard();
   for (auto& slot : slots) {
     if (slot.fd >= 0) RawSyscall(SYS_close, slot.fd);
     slot = {};

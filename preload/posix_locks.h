@@ -13,8 +13,10 @@
 //
 // Files of homefs (a job away) are left to homefs, which holds them as OFD locks at the
 // home already, unless the process took its lock at home and carried it here: then its
-// own description is used, as before the move. Async-signal-safe: reached from the
-// SIGSYS handler; nothing allocates.
+// own description is used, as before the move. A process that took locks through homefs
+// and came home takes the descriptions the home's file service held them through for it
+// as it next locks, unlocks or closes the file (locks_come_home.h). Async-signal-safe:
+// reached from the SIGSYS handler; nothing allocates.
 #pragma once
 
 #include <fcntl.h>

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "fd.h"
+#include "home_handover.h"
 #include "home_locks.h"
 #include "lock_holder_socket.h"
 #include "lock_keeper.h"
@@ -107,6 +108,7 @@ class FileSession {
 
  private:
   friend class FileOps;  // the handlers of each request kind (file_handlers.cc)
+  friend class HomeHandover;  // holds a job that comes home's carried locks for it
   struct Node;
   struct OpenFile;
   struct LockOwner;
@@ -226,9 +228,18 @@ class FileServer {
     return FileSession::ParkHomeJob(*locks_, token, held);
   }
   void UnparkHomeJob(uint64_t token) { locks_->Unpark(token); }
-  // Answers jobs at home that ask who holds a lock (LockHolderSocket) on `path`.
+  // A job coming home (see HomeHandover): its locks parked under `token` are held for the
+  // job of user `uid` restored in mount namespace `mntns`; Restored once criu restored it,
+  // Unclaim when it failed (parked again for the source's unpark).
+  bool ClaimComingHome(uint64_t token, uint64_t mntns, uid_t uid) {
+    return handover_.Claim(token, mntns, uid);
+  }
+  void RestoredHome(uint64_t token) { handover_.Restored(token); }
+  void UnclaimComingHome(uint64_t token) { handover_.Unclaim(token); }
+  // Answers jobs at home that ask who holds a lock (LockHolderSocket) on `path`, and hands
+  // a job that came home its locks.
   void ServeLockHolders(const std::string& path) {
-    holders_ = std::make_unique<LockHolderSocket>(locks_, path);
+    holders_ = std::make_unique<LockHolderSocket>(locks_, path, &handover_);
   }
   // The inits of this node's jobs at home now (HomeLocks::SetJobInits).
   void SetJobInits(std::vector<pid_t> inits) { locks_->SetJobInits(std::move(inits)); }
@@ -248,7 +259,8 @@ class FileServer {
   FileSession::Root peer_root_;
   bool notices_ = true;
   std::shared_ptr<HomeLocks> locks_ = std::make_shared<HomeLocks>();
-  std::unique_ptr<LockHolderSocket> holders_;
+  HomeHandover handover_{locks_};
+  std::unique_ptr<LockHolderSocket> holders_;  // goes before handover_
   ReplayCache replay_;
   WorkerPool pool_;
   std::mutex mutex_;

@@ -23,6 +23,7 @@
 
 #include "fd.h"
 
+#include "lock_handover.h"
 #include "lock_holder.h"
 
 namespace homeward {
@@ -104,6 +105,87 @@ bool HoldsShimLock(pid_t pid, const std::string& file, short type, int64_t start
   return found;
 }
 
+// A question as read from an asker: its bytes, and the first descriptor passed with it
+// (any other is closed).
+struct Question {
+  bool asked = false;  // false: the asker hung up (or has not asked yet)
+  alignas(8) char bytes[std::max(sizeof(LockHolderQuestion), sizeof(LockHandoverQuestion))];
+  size_t size = 0;
+  Fd file;
+
+  // Whether it is a `T` of `version` (its first field), copied into `out`.
+  template <typename T>
+  bool Is(unsigned version, T* out) const {
+    unsigned asked_version;
+    if (!asked || size != sizeof(T)) return false;
+    std::memcpy(&asked_version, bytes, sizeof asked_version);
+    if (asked_version != version) return false;
+    std::memcpy(out, bytes, sizeof(T));
+    return true;
+  }
+};
+
+Question ReadQuestion(int socket) {
+  Question question;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  iovec data{question.bytes, sizeof question.bytes};
+  msghdr message{};
+  message.msg_iov = &data;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  ssize_t got = ::recvmsg(socket, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (got < 0) return question;  // not asked yet
+  // Every descriptor passed is closed, whatever the question (an empty one's too).
+  for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      if (question.file.get() < 0) {
+        question.file = Fd::Adopt(fd);
+      } else {
+        ::close(fd);
+      }
+    }
+  }
+  question.asked = got > 0;  // 0: a hang-up
+  // A longer question is none (its size is never one asked).
+  question.size = (message.msg_flags & MSG_TRUNC) ? 0 : static_cast<size_t>(got);
+  return question;
+}
+
+// The regular file `file` is open on (not O_PATH: one the asker may read or write), in
+// `st`; else why the question is refused.
+std::string RegularFileOf(const Fd& file, struct stat* st) {
+  int flags = file.get() < 0 ? -1 : ::fcntl(file.get(), F_GETFL);
+  if (file.get() < 0 || flags < 0 || (flags & O_PATH) || ::fstat(file.get(), st) != 0) {
+    return "a question without a descriptor of the file open";
+  }
+  if (!S_ISREG(st->st_mode)) return "a question about something other than a regular file";
+  return {};
+}
+
+// Sends `size` bytes of `data` on `socket`, with `fd` (SCM_RIGHTS) unless it is -1.
+bool SendWith(int socket, const void* data, size_t size, int fd) {
+  iovec iov{const_cast<void*>(data), size};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  if (fd >= 0) {
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    cmsghdr* rights = CMSG_FIRSTHDR(&message);
+    rights->cmsg_level = SOL_SOCKET;
+    rights->cmsg_type = SCM_RIGHTS;
+    rights->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
+  }
+  return ::sendmsg(socket, &message, MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(size);
+}
+
 }  // namespace
 
 int OfdHolderAtHome(const std::vector<pid_t>& job_inits, uint64_t dev, uint64_t ino,
@@ -125,8 +207,9 @@ int OfdHolderAtHome(const std::vector<pid_t>& job_inits, uint64_t dev, uint64_t 
   return -1;
 }
 
-LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& path)
-    : locks_(std::move(locks)) {
+LockHolderSocket::LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& path,
+                                   HomeHandover* handover)
+    : locks_(std::move(locks)), handover_(handover) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   if (path.size() + 1 > sizeof address.sun_path) return;
@@ -216,54 +299,28 @@ void LockHolderSocket::Accept() {
 }
 
 void LockHolderSocket::Answer(const Client& client) {
+  Question question = ReadQuestion(client.fd.get());
+  LockHolderQuestion holder{};
+  LockHandoverQuestion handover{};
   std::string refusal;
-  LockHolderAnswer answer{HolderFor(client, &refusal)};
+  struct stat st {};
+  bool hands = question.Is(kLockHandoverQuestionVersion, &handover);
+  if (!question.asked) {
+    // It hung up (or has not asked yet): nothing to refuse.
+  } else if (!hands && !question.Is(kLockHolderQuestionVersion, &holder)) {
+    refusal = "a question of another version or size";
+  } else {
+    refusal = RegularFileOf(question.file, &st);
+  }
+  if (hands) return HandOver(client, handover, refusal.empty() ? &st : nullptr, refusal);
+  int pid = question.asked && refusal.empty() ? HolderFor(client, holder, st, &refusal) : -1;
   if (!refusal.empty()) Refused(fmt::format("uid {}: {}", client.uid, refusal));
+  LockHolderAnswer answer{pid};
   (void)!::send(client.fd.get(), &answer, sizeof answer, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
-int LockHolderSocket::HolderFor(const Client& client, std::string* refusal) {
-  LockHolderQuestion question{};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  iovec data{&question, sizeof question};
-  msghdr message{};
-  message.msg_iov = &data;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof control;
-  ssize_t got = ::recvmsg(client.fd.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -1;  // a hang-up
-  // Every descriptor passed is closed, whatever the question.
-  Fd file;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      if (file.get() < 0) {
-        file = Fd::Adopt(fd);
-      } else {
-        ::close(fd);
-      }
-    }
-  }
-  if (got == 0) return -1;  // hung up without asking
-  if (got != static_cast<ssize_t>(sizeof question) ||
-      question.version != kLockHolderQuestionVersion || (message.msg_flags & MSG_TRUNC)) {
-    *refusal = "a question of another version or size";
-    return -1;
-  }
-  struct stat st;
-  int flags = file.get() < 0 ? -1 : ::fcntl(file.get(), F_GETFL);
-  if (file.get() < 0 || flags < 0 || (flags & O_PATH) || ::fstat(file.get(), &st) != 0) {
-    *refusal = "a question without a descriptor of the file open";
-    return -1;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    *refusal = "a question about something other than a regular file";
-    return -1;
-  }
+int LockHolderSocket::HolderFor(const Client& client, const LockHolderQuestion& question,
+                                const struct stat& st, std::string* refusal) {
   if (question.start < 0 || question.end < question.start) {
     *refusal = "a question about no range";
     return -1;
@@ -273,6 +330,32 @@ int LockHolderSocket::HolderFor(const Client& client, std::string* refusal) {
   if (found) return *found;
   return OfdHolderAtHome(locks_->JobInits(), st.st_dev, st.st_ino, question.type,
                          question.start, question.end, client.pid);
+}
+
+void LockHolderSocket::HandOver(const Client& client, const LockHandoverQuestion& question,
+                                const struct stat* st, std::string refusal) {
+  HomeHandover::Handed handed;
+  if (refusal.empty() && !handover_) refusal = "a handover where none is served";
+  if (refusal.empty() && (question.kind < kHandPosix || question.kind > kHandAny)) {
+    refusal = "a handover of no kind of lock";
+  }
+  if (refusal.empty()) {
+    // Who asks is the pid and uid the kernel gave at accept, never the question's word.
+    handed = handover_->Hand(client.pid, client.uid, {st->st_dev, st->st_ino}, question.kind);
+    refusal = handed.refusal;
+  }
+  if (!refusal.empty()) {
+    Refused(fmt::format("uid {}: {}", client.uid, refusal));
+    handed.fd.Reset();
+    handed.kind = -1;
+  }
+  LockHandoverAnswer answer{handed.kind, handed.left};
+  if (!SendWith(client.fd.get(), &answer, sizeof answer, handed.fd.get()) && handed.fd.valid()) {
+    // Lost on the way: the description closes here, and its locks with it, as they would
+    // have at the process's own close.
+    spdlog::warn("file service: a lock of a job that came home not handed over: {}",
+                 std::strerror(errno));
+  }
 }
 
 void LockHolderSocket::Refused(const std::string& why) {

@@ -3,13 +3,15 @@
 // file service (see ARCHITECTURE.md, "Locks are the home's", F_GETLK). The job's shim asks
 // on a unix socket in the node's /mosix (utils/lib/lock_holder.h), passing a descriptor of
 // the file; the answer comes from HomeLocks' table of who holds what, else from the
-// descriptions of the processes of jobs at home.
+// descriptions of the processes of jobs at home. On the same socket a job that came home
+// takes the locks the file service held for it (HomeHandover, lock_handover.h).
 //
 // Any local user may connect, so nothing in a question is trusted: the file is the one the
 // asker has open (the descriptor's fstat), the asker is its SO_PEERCRED, and the work a
 // question costs and the connections served at once are bounded.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -20,7 +22,10 @@
 #include <vector>
 
 #include "fd.h"
+#include "home_handover.h"
 #include "home_locks.h"
+#include "lock_handover.h"
+#include "lock_holder.h"
 
 namespace homeward {
 
@@ -41,7 +46,9 @@ class LockHolderSocket {
  public:
   // Serves on `path` (kLockHolderSocketName in the node's mosix root) on a thread of its
   // own. Never throws: without the socket a job at home sees -1 as before, which is logged.
-  LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& path);
+  // `handover` (borrowed, may be null): hands a job that came home its locks.
+  LockHolderSocket(std::shared_ptr<HomeLocks> locks, const std::string& path,
+                   HomeHandover* handover = nullptr);
   LockHolderSocket(const LockHolderSocket&) = delete;
   LockHolderSocket& operator=(const LockHolderSocket&) = delete;
   ~LockHolderSocket();  // stops serving
@@ -63,12 +70,18 @@ class LockHolderSocket {
   void Accept();
   // Reads the question on `client` and answers it (-1 to a question refused).
   void Answer(const Client& client);
-  // The holder `client`'s question asks for, or why it is refused.
-  int HolderFor(const Client& client, std::string* refusal);
+  // The holder `question` asks for about the file `st`, or why it is refused.
+  int HolderFor(const Client& client, const LockHolderQuestion& question,
+                const struct stat& st, std::string* refusal);
+  // Hands `client` what `question` asks for on the file `st` (null: the question is
+  // refused already, for `refusal`), or refuses it.
+  void HandOver(const Client& client, const LockHandoverQuestion& question,
+                const struct stat* st, std::string refusal);
   // Logs a refusal, at most once per 10 s (the others are counted in the next line).
   void Refused(const std::string& why);
 
   std::shared_ptr<HomeLocks> locks_;
+  HomeHandover* handover_;
   std::string path_;
   Fd listen_;
   Fd stop_;  // an eventfd, written once to end Run

@@ -106,6 +106,7 @@ LockKeeper::Kept::Kept(std::weak_ptr<LockKeeper> keeper, uint64_t serial, Fd fd)
     : keeper_(std::move(keeper)), serial_(serial), fd_(std::move(fd)) {}
 
 LockKeeper::Kept::~Kept() {
+  if (released_) return;  // the job's own now: not unlocked, and dropped already
   // The daemon is stopping (detached, or the keeper itself gone with the service): the
   // keeper holds the locks on for the next daemon, so nothing is unlocked here.
   auto keeper = keeper_.lock();
@@ -125,6 +126,13 @@ LockKeeper::Kept::~Kept() {
 bool LockKeeper::detached() {
   std::lock_guard lock(mutex_);
   return detached_;
+}
+
+void LockKeeper::Kept::Release() {
+  if (released_.exchange(true)) return;
+  if (auto keeper = keeper_.lock(); keeper && !keeper->detached()) {
+    keeper->Send(fmt::format("drop {}", serial_));
+  }
 }
 
 void LockKeeper::Kept::Describe(const Meta& meta) {

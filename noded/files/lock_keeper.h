@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -50,11 +51,16 @@ class LockKeeper : public std::enable_shared_from_this<LockKeeper> {
     int fd() const { return fd_.get(); }
     // What it is now (a carried lock bound to another client's owner, parked, a new pid).
     void Describe(const Meta& meta);
+    // The description is handed to a job at home, whose own it is from now on (see
+    // ARCHITECTURE.md, "Locks of a job that comes home"): the keeper closes its copy now,
+    // and nothing here unlocks it, now or when the last reference goes.
+    void Release();
 
    private:
     std::weak_ptr<LockKeeper> keeper_;
     uint64_t serial_;
     Fd fd_;
+    std::atomic<bool> released_{false};
   };
 
   // A description a daemon before this one kept, for its client to take back.

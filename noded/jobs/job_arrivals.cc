@@ -18,7 +18,8 @@ constexpr auto kHomeConnectTimeout = std::chrono::seconds(5);
 }  // namespace
 
 void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
-  MoveInContext context{config_.state_dir, init_path_, config_.name, faults_};
+  MoveInContext context{config_.state_dir, init_path_, config_.name, faults_,
+                        home_lock_claims_};
   JobLaunch launch;
   auto restored = RunMoveIn(
       std::move(fd), context, [this](auto spec) { return GuestLaunch(spec); }, &launch);

@@ -355,9 +355,10 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   move->guest_request = GuestRequest(job->launch(), target);
   move->metadata.home_node = job->launch().home;
   move->metadata.home_pid = home_pid;
-  // A guest going to another guest node carries its homefs locks (to its home, or from
-  // its home, they are not carried: see ARCHITECTURE.md, "Locks across a move").
-  if (job->launch().guest && target != job->launch().home) move->lock_mount = job->launch().root;
+  // A guest carries its homefs locks: to another guest node (see ARCHITECTURE.md, "Locks
+  // across a move") or home, whose file service hands them to the restored job ("Locks of
+  // a job that comes home").
+  if (job->launch().guest) move->lock_mount = job->launch().root;
   // A job leaving its home: its locks there are its own descriptions', which the home's
   // file service keeps for it.
   if (!job->launch().guest) {

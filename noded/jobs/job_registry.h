@@ -113,6 +113,8 @@ class JobRegistry {
     park_home_locks_ = std::move(park);
     unpark_home_locks_ = std::move(unpark);
   }
+  // The same service, which holds the locks of a job coming home for it.
+  void HomeLockClaiming(HomeLockClaims claims) { home_lock_claims_ = std::move(claims); }
   // Called whenever the number of jobs away or guests here may have changed.
   void OnChange(std::function<void()> callback) { on_change_ = std::move(callback); }
 
@@ -499,6 +501,7 @@ class JobRegistry {
   std::function<void()> on_change_;
   std::function<size_t(uint64_t, const std::vector<HomeJobLock>&)> park_home_locks_;
   std::function<void(uint64_t)> unpark_home_locks_;
+  HomeLockClaims home_lock_claims_;
   std::function<void()> on_arrival_;
   std::function<void(const std::string& node)> on_placed_;
   std::atomic<bool> blocked_{false};

@@ -293,10 +293,17 @@ RestoredHere RestoreHere(const std::string& dir,
   }
   // The job's locks, kept at its home while it moved, are claimed for the namespace it is
   // restored in before criu runs: its restore's opens and its first requests bind them.
+  // A job coming home: the home's file service holds them for that namespace, where the
+  // restored processes take them (see "Locks of a job that comes home").
   bool claimed = false;
-  if (claim.token != 0 && !claim.mount.empty()) {
+  const HomeLockClaims* home = claim.home && claim.home->claim ? claim.home : nullptr;
+  if (claim.token != 0 && (home || !claim.mount.empty())) {
     uint64_t ns = NamespaceInode(fmt::format("/proc/{}/ns/mnt", holder.pid()));
-    claimed = ns != 0 && CarryLocks(claim.mount, "claim", fmt::format("{} {}", claim.token, ns));
+    if (ns != 0 && home) {
+      claimed = home->claim(claim.token, ns, claim.uid);
+    } else if (ns != 0) {
+      claimed = CarryLocks(claim.mount, "claim", fmt::format("{} {}", claim.token, ns));
+    }
   }
   // The restored init is our child (we are a child subreaper): owned from here on.
   pid_t init_pid;
@@ -304,9 +311,14 @@ RestoredHere RestoreHere(const std::string& dir,
     init_pid = migrate::Restore(dir, restore).init_pid;
   } catch (const std::exception&) {
     // The job goes on at the source: what was claimed here is the source's again.
-    if (claimed) CarryLocks(claim.mount, "unpark", std::to_string(claim.token));
+    if (claimed && home) {
+      home->unclaim(claim.token);
+    } else if (claimed) {
+      CarryLocks(claim.mount, "unpark", std::to_string(claim.token));
+    }
     throw;
   }
+  if (claimed && home) home->restored(claim.token);
   ChildProcess init = ChildProcess::Adopt(init_pid);
   return RestoredHere{std::move(init),
                       DaemonEnds{std::move(in.write), std::move(in.read), std::move(out.read),
@@ -478,7 +490,11 @@ std::optional<RestoredJob> RunMoveIn(
     step = "restore";
     const JobIdentity& user = launch->identity;
     LockClaim claim;
-    if (launch->guest) claim = {received.job.lock_token, launch->root};
+    if (launch->guest) {
+      claim = {received.job.lock_token, launch->root};
+    } else {
+      claim = {received.job.lock_token, {}, &context.home_locks, user.uid};
+    }
     RestoredHere here = RestoreHere(
         dir, received.job.external_pipes, launch->root, context.init_path, context.faults,
         launch->guest, context.state_dir + "/jobs",

@@ -81,11 +81,22 @@ struct RestoredHere {
   ChildProcess init;
   DaemonEnds ends;
 };
+// The home's file service's hold on the locks of a job coming home (see ARCHITECTURE.md,
+// "Locks of a job that comes home"): claimed for the mount namespace the job is restored
+// in before criu runs, told when it is restored, given back when the restore fails.
+struct HomeLockClaims {
+  std::function<bool(uint64_t token, uint64_t mntns, uid_t uid)> claim;
+  std::function<void(uint64_t token)> restored;
+  std::function<void(uint64_t token)> unclaim;
+};
 // Locks a moving job carries (see ARCHITECTURE.md, "Locks across a move"): the token the
-// source parked them under at the home, and the homefs mount of that home here.
+// source parked them under at the home, and the homefs mount of that home here; or, for
+// a job coming home, the home's own file service.
 struct LockClaim {
   uint64_t token = 0;
   std::string mount;
+  const HomeLockClaims* home = nullptr;
+  uid_t uid = 0;  // the job's user: only its processes are handed a job coming home's locks
 };
 // `intent_dir`, when given: where the restore's intent is journaled (job_journal.h).
 // `claim`: the job's locks are claimed, for its mount namespace, before criu runs.
@@ -112,6 +123,7 @@ struct MoveInContext {
   std::string init_path;
   std::string node_name;
   FaultPoints faults;
+  HomeLockClaims home_locks;  // this node's file service, for jobs coming home
 };
 
 // Serves one incoming move on `stream` (the images opened in place, then the connection
