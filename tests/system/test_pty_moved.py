@@ -30,11 +30,14 @@ while True:
         sys.exit(4)
     command = line.strip()
     if command == "sleep":
-        try:  # ^C may come as soon as the line is out
-            print("SLEEPING", flush=True)
-            time.sleep(120)
-        except KeyboardInterrupt:
-            print("INTERRUPTED", flush=True)
+        # SIGINT blocked from before the line is out until it is waited for: a ^C that
+        # comes before the wait stays pending. (A handler run between the print and the
+        # sleep's system call, as on a busy machine, would leave time.sleep asleep.)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        print("SLEEPING", flush=True)
+        got = signal.sigtimedwait({signal.SIGINT}, 120)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        print("INTERRUPTED" if got else "SLEPT", flush=True)
     elif command == "devtty":
         try:
             # The controlling terminal: its foreground group is this one's, and taking it
