@@ -7,9 +7,10 @@ interactive bash, on a real terminal (a pty this test holds the master of):
   foreground group), a new window size reaches it (SIGWINCH), and the program (restored by
   CRIU, not its session's leader) still opens /dev/tty, finds its group in the foreground
   and takes the foreground with tcsetpgrp, as before the move (stock CRIU 4.1.1: ENXIO);
-- runs `mosrun -r node2 bash -i`, which starts `cat` and stops it with ^Z before the move
-  to node3: after it, the restored bash opens /dev/tty, `fg` gives the terminal back to
-  the restored cat (it reads what is typed), ^Z stops it again and `fg` continues it.
+- runs `mosrun -r node2 bash -i`, which starts `cat` and stops it with ^Z before the job
+  is moved to node3, home, frozen and continued: after each restore the restored bash
+  opens /dev/tty, `fg` gives the terminal back to the restored cat (it reads what is
+  typed) and ^Z stops it again; a last `fg` continues it to its end of input.
 A restart from a checkpoint on a terminal (`mosrun -R`) is test_pty_restart's."""
 
 import os
@@ -97,6 +98,13 @@ class PtyMovedTest(harness.UserClusterTest):
         self.assertIn(f"now runs on {now}", moved.stdout)
         self.assertEqual(self.job()["where"], now)
 
+    def freeze(self):
+        """Freezes the job to disk at home and continues it."""
+        pid = str(self.job()["pid"])
+        self.assertIn("frozen", self.c.run("node1", "mosmigrate", pid, "freeze").stdout)
+        moved = self.c.run("node1", "mosmigrate", pid, "continue", check=False)
+        self.assertEqual(moved.returncode, 0, moved.stderr)
+
     def status(self, term, code, tag):
         term.expect(r"hwsh\$ ")
         term.send(f'echo "STATUS $? END$(({tag}+1))"\r')
@@ -137,16 +145,13 @@ class PtyMovedTest(harness.UserClusterTest):
         after_restore()
         self.move("home", "node1")
         after_restore()
-        pid = str(self.job()["pid"])
-        self.assertIn("frozen", self.c.run("node1", "mosmigrate", pid, "freeze").stdout)
-        moved = self.c.run("node1", "mosmigrate", pid, "continue", check=False)
-        self.assertEqual(moved.returncode, 0, moved.stderr)
+        self.freeze()
         after_restore()
         term.send("exit\r")
         self.status(term, 3, 1)
         term.send("exit\r")
 
-    def test_shell_keeps_job_control_across_a_move(self):
+    def test_shell_keeps_job_control_across_moves(self):
         term = self.shell()
         term.send("PS1='in$ ' mosrun -r node2 bash --norc --noprofile -i\r")
         term.expect(r"\r\nin\$ ")
@@ -160,22 +165,26 @@ class PtyMovedTest(harness.UserClusterTest):
         term.expect(r"Stopped\s+cat")
         term.expect(r"in\$ ")
 
-        self.move("node3", "node3")
-        # The restored shell has its controlling terminal ...
-        term.send('exec 3<>/dev/tty && echo "DEVTTY $((40+2))"; exec 3>&-\r')
-        term.expect(r"DEVTTY 42\r\n")
-        term.expect(r"in\$ ")
-        term.send('echo "TTY $(tty) $((40+3))"\r')
-        term.expect(r"TTY /dev/pts/0 43\r\n")
-        term.expect(r"in\$ ")
-        # ... and gives it to the restored cat: fg, ^Z, fg.
-        term.send("fg\r")
-        term.expect(r"\bcat\r\n")
-        term.send("two\r")
-        term.expect(r"two\r\ntwo\r\n")
-        term.send("\x1a")
-        term.expect(r"Stopped\s+cat")
-        term.expect(r"in\$ ")
+        # After each restore (moved to node3, brought home, frozen and continued) the
+        # restored shell has its controlling terminal and gives it to the restored cat
+        # (fg), takes it back (^Z) and gives it again.
+        for tag, restore in enumerate((lambda: self.move("node3", "node3"),
+                                       lambda: self.move("home", "node1"), self.freeze),
+                                      start=40):
+            restore()
+            term.send(f'exec 3<>/dev/tty && echo "DEVTTY $(({tag}+2))"; exec 3>&-\r')
+            term.expect(rf"DEVTTY {tag + 2}\r\n")
+            term.expect(r"in\$ ")
+            term.send(f'echo "TTY $(tty) $(({tag}+3))"\r')
+            term.expect(rf"TTY /dev/pts/0 {tag + 3}\r\n")
+            term.expect(r"in\$ ")
+            term.send("fg\r")
+            term.expect(r"\bcat\r\n")
+            term.send(f"line{tag}\r")
+            term.expect(rf"line{tag}\r\nline{tag}\r\n")
+            term.send("\x1a")
+            term.expect(r"Stopped\s+cat")
+            term.expect(r"in\$ ")
         term.send("fg\r")
         term.expect(r"\bcat\r\n")
         term.send("three\r")
