@@ -46,11 +46,14 @@ while True:
     if command == "check":
         check()
     elif command == "sleep":
-        try:  # ^C may come as soon as the line is out
-            print("SLEEPING", flush=True)
-            time.sleep(120)
-        except KeyboardInterrupt:
-            print("INTERRUPTED", flush=True)
+        # SIGINT blocked from before the line is out until it is waited for: a ^C that
+        # comes before the wait stays pending. (A handler run between the print and the
+        # sleep's system call, as on a busy machine, would leave time.sleep asleep.)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        print("SLEEPING", flush=True)
+        got = signal.sigtimedwait({signal.SIGINT}, 120)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        print("INTERRUPTED" if got else "SLEPT", flush=True)
     elif command == "devtty":
         try:
             os.close(os.open("/dev/tty", os.O_RDWR))

@@ -4,9 +4,10 @@ terminal gets its terminal back. An ordinary user's interactive bash, on a real 
 pty this test holds the master of), runs `mosrun -C ck python3 probe.py`; the job is
 checkpointed, then its mosrun is killed outright (the job ends with it). After `stty sane`
 and a change of the window's size, `mosrun -R ck` restarts it: the restarted job has a
-terminal on its stdin and stdout again, of the new size, answers what is typed, ^C interrupts
-it (its terminal's line discipline signals its foreground group), ^Z stops it and `fg`
-continues it, and it ends with its own status and the user's modes as they were before."""
+terminal on its stdin and stdout again, of the new size, as its controlling terminal
+(/dev/tty opens), answers what is typed, ^C interrupts it (its terminal's line discipline
+signals its foreground group), ^Z stops it and `fg` continues it, and it ends with its own
+status and the user's modes as they were before."""
 
 import os
 import pwd
@@ -62,6 +63,9 @@ class PtyRestartTest(harness.UserClusterTest):
         term.send("check\r")
         term.expect(r"CHECK tty=TrueTrue name=/dev/pts/0 size=35x110 ")
         # ^C reaches it through its terminal's line discipline.
+        # Its controlling terminal too (CRIU patch 0005: restored, not only its init).
+        term.send("devtty\r")
+        term.expect(r"DEVTTY opens\r\n")
         term.send("sleep\r")
         term.expect(r"SLEEPING\r\n")
         term.send("\x03")
