@@ -93,17 +93,7 @@ void Daemon::ServePeers() {
   peer_server_.Start();
 }
 
-void Daemon::Start() {
-  // Every connection to a peer comes from this node's address (see peer_auth.h).
-  SetPeerSourceAddress(config_.address);
-  std::error_code ec;
-  std::filesystem::create_directories(config_.state_dir, ec);
-  if (ec) {
-    Fail(ErrorKind::kFailed, "cannot create state directory {}: {}", config_.state_dir,
-         ec.message());
-  }
-  // No criu of a daemon before this one still runs.
-  ClearCriuActing(CriuActingDir(config_.state_dir));
+void Daemon::CatchSignals() {
   auto on_signal = [](uv_signal_t* handle, int signo) {
     GuardedCall("shutdown on a signal", [&] {
       spdlog::info("received {}, shutting down", sigabbrev_np(signo));
@@ -115,9 +105,11 @@ void Daemon::Start() {
     handle->get()->data = this;
     CheckUv(uv_signal_start(handle->get(), on_signal, signo), "signal handler");
   }
-  // Jobs restored by CRIU, and orphans of jobs' inits, become our children to reap.
-  HW_SYSCALL(::prctl(PR_SET_CHILD_SUBREAPER, 1), "become a child subreaper");
-  control_.Start();
+}
+
+// The locks of jobs at home: parked with the file service while a job leaves, claimed
+// back when one comes home, and the holders named to the shims that ask.
+void Daemon::ServeHomeLocks() {
   jobs_.HomeLockParking(
       [this](uint64_t token, const std::vector<HomeJobLock>& held) {
         return file_server_.ParkHomeJob(token, held);
@@ -142,18 +134,9 @@ void Daemon::Start() {
                            });
                          }),
           "job inits publisher");
-  jobs_.OnChange([this] {
-    gossip_.SetLocalJobs(jobs_.jobs_away(), jobs_.guests_here(),
-                         static_cast<float>(jobs_.guests_here()), jobs_.blocked());
-  });
-  jobs_.Start();
-  ServePeers();
-  try {
-    home_mounts_.Start();
-  } catch (const Error& e) {
-    // A node without /mosix (a developer's machine) still serves its files.
-    spdlog::warn("no /mosix/home for this node: {}", e.what());
-  }
+}
+
+void Daemon::FollowPeers() {
   // Every live peer's files appear at /mosix/home/<peer>. A mount outlives its peer's
   // death: calls wait (a hard mount) while the home is unreachable and go on when it
   // returns, so a false suspicion or a cut link never costs a guest its files. A home
@@ -177,6 +160,37 @@ void Daemon::Start() {
     // After its mount: a frozen guest continued now restores its files from there.
     jobs_.HomeReachable(peer.name);
   });
+}
+
+void Daemon::Start() {
+  // Every connection to a peer comes from this node's address (see peer_auth.h).
+  SetPeerSourceAddress(config_.address);
+  std::error_code ec;
+  std::filesystem::create_directories(config_.state_dir, ec);
+  if (ec) {
+    Fail(ErrorKind::kFailed, "cannot create state directory {}: {}", config_.state_dir,
+         ec.message());
+  }
+  // No criu of a daemon before this one still runs.
+  ClearCriuActing(CriuActingDir(config_.state_dir));
+  CatchSignals();
+  // Jobs restored by CRIU, and orphans of jobs' inits, become our children to reap.
+  HW_SYSCALL(::prctl(PR_SET_CHILD_SUBREAPER, 1), "become a child subreaper");
+  control_.Start();
+  ServeHomeLocks();
+  jobs_.OnChange([this] {
+    gossip_.SetLocalJobs(jobs_.jobs_away(), jobs_.guests_here(),
+                         static_cast<float>(jobs_.guests_here()), jobs_.blocked());
+  });
+  jobs_.Start();
+  ServePeers();
+  try {
+    home_mounts_.Start();
+  } catch (const Error& e) {
+    // A node without /mosix (a developer's machine) still serves its files.
+    spdlog::warn("no /mosix/home for this node: {}", e.what());
+  }
+  FollowPeers();
   gossip_.Start();
   balancer_.Start();
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,

@@ -39,6 +39,9 @@ class Daemon {
  private:
   // What the peer port serves: files, job relays and incoming moves.
   void ServePeers();
+  void CatchSignals();
+  void ServeHomeLocks();
+  void FollowPeers();
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
   void ReplyStatus(ReplySender reply);
   PeerAddress ResolvePeer(const std::string& node) const;

@@ -235,7 +235,7 @@ int close(int fd) {
     Mark(fd, false);  // before: the number may be reused once closed
     // A close drops the process's POSIX locks on the file, which the shim holds on a
     // description of the process's own (posix_locks.h): that one closes too. (A close
-    // inside libc, as fclose's, comes through stdio_wrappers.cc.)
+    // inside libc, as fclose's, comes through close_wrappers.cc, as do close_range and closefrom.)
     int own = homeward::preload::State().active ? homeward::preload::DetachOnClose(fd) : -1;
     int result = Next<int (*)(int)>(slot, "close")(fd);
     homeward::preload::CloseDetached(own, fd);

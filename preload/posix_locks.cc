@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -316,6 +317,65 @@ void CloseDetached(int own, int closed) {
   // be open in its lock keeper for a moment (locks_come_home.h).
   UnlockAll(own);
   RawSyscall(SYS_close, own);  // its locks go with it
+}
+
+long CloseRange(unsigned first, unsigned last, int flags) {
+  auto plain = [&] { return RawSyscall(SYS_close_range, first, last, flags); };
+  if ((flags & CLOSE_RANGE_CLOEXEC) != 0) return plain();  // closes nothing now
+  if (used.load(std::memory_order_relaxed) == 0 && !AnyLockedAway()) return plain();
+  // The files the range closes a descriptor of lose their locks, as close() would: their
+  // descriptions are taken from the table first.
+  struct Detached {
+    int own, fd;
+  } detached[kSlots];
+  int n = 0;
+  long dir = RawSyscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/fd"),
+                        O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return plain();
+  ForEachFd(dir, [&](int fd) {
+    if (fd == dir || static_cast<unsigned>(fd) < first || static_cast<unsigned>(fd) > last ||
+        n == kSlots) {
+      return;
+    }
+    {
+      Guard guard;
+      if (IsOwn(fd)) return;
+    }
+    int own = DetachOnClose(fd);
+    if (own >= 0) detached[n++] = {own, fd};
+  });
+  RawSyscall(SYS_close, dir);
+  // The shim's descriptions in the range are not the program's to close: the range is
+  // closed around them (the detached ones close below, unlocked first).
+  int keep[2 * kSlots];
+  int kept = 0;
+  {
+    Guard guard;
+    for (const Slot& slot : slots) {
+      if (slot.fd >= 0) keep[kept++] = slot.fd;
+    }
+  }
+  for (int i = 0; i < n; ++i) keep[kept++] = detached[i].own;
+  for (int i = 1; i < kept; ++i) {  // in order, a handful at most
+    for (int j = i; j > 0 && keep[j - 1] > keep[j]; --j) {
+      int t = keep[j];
+      keep[j] = keep[j - 1];
+      keep[j - 1] = t;
+    }
+  }
+  long result = 0;
+  unsigned from = first;
+  bool more = true;
+  for (int i = 0; i < kept && more && result == 0; ++i) {
+    auto fd = static_cast<unsigned>(keep[i]);
+    if (fd < from || fd > last) continue;
+    if (fd > from) result = RawSyscall(SYS_close_range, from, fd - 1, flags);
+    more = fd < last;
+    from = fd + 1;
+  }
+  if (more && result == 0) result = RawSyscall(SYS_close_range, from, last, flags);
+  for (int i = 0; i < n; ++i) CloseDetached(detached[i].own, detached[i].fd);
+  return result;
 }
 
 void BeforeExec() {

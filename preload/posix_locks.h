@@ -8,7 +8,8 @@
 // again to the job's restored description on the target. One description per process and
 // file keeps POSIX semantics where they matter: the process's locks merge and split as
 // one owner's, exclude every other process's (and local processes' POSIX locks), and go
-// when the process closes the file (close() or fclose(), see DetachOnClose) or ends,
+// when the process closes the file (close(), close_range(), closefrom(), fclose(), see
+// DetachOnClose and CloseRange) or ends,
 // and stay across execve.
 //
 // Files of homefs (a job away) are left to homefs, which holds them as OFD locks at the
@@ -40,6 +41,12 @@ int HomeHolderOf(long fd, short type, const struct flock& found);
 // a close drops a process's POSIX locks.
 int DetachOnClose(int fd);
 void CloseDetached(int own, int closed);
+
+// close_range(first, last, flags) (and closefrom, which is one), kernel form: each file
+// the process locked and closes a descriptor of here loses its locks, as by close(); the
+// shim's own descriptions in the range stay open, so a process that closes the range but
+// keeps a locked file open elsewhere keeps its locks.
+long CloseRange(unsigned first, unsigned last, int flags);
 
 // execve keeps a process's POSIX locks, unless it closes a descriptor of the file (one
 // close-on-exec). Before this process's exec, the descriptions that hold locks on a file

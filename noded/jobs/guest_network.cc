@@ -198,4 +198,39 @@ void RedirectLoopbackConnections(int net_ns) {
   });
 }
 
+// Why the carrier does not make a connection (or send a datagram) to `target` from this
+// node (empty: it does): the node's own addresses (a guest must not reach its host's
+// services, which a connection from the node itself would), the daemons' ports (peer,
+// gossip), and for UDP multicast and broadcast (a guest talks to one host at a time).
+std::string RefusedOutside(const LoopbackTarget& target, const std::vector<uint16_t>& ports,
+                           bool udp) {
+  for (uint16_t port : ports) {
+    if (target.port == port) return fmt::format("port {} is a port of the node daemons", port);
+  }
+  if (udp) {
+    bool group = target.family == AF_INET6
+                     ? target.address[0] == 0xff
+                     : (target.address[0] & 0xf0) == 0xe0 ||
+                           (target.address[0] == 255 && target.address[1] == 255 &&
+                            target.address[2] == 255 && target.address[3] == 255);
+    if (group) return fmt::format("{} is a multicast or broadcast address", target.AddressText());
+  }
+  // An address of this node is one a socket can be bound to (the kernel's own answer,
+  // for every device and every address it has, without a list of them to keep).
+  Fd probe = Fd::Adopt(HW_SYSCALL(::socket(target.family, SOCK_STREAM | SOCK_CLOEXEC, 0),
+                                  "socket to probe {}", target.AddressText()));
+  LoopbackTarget any_port = target;
+  any_port.port = 0;
+  socklen_t length = 0;
+  sockaddr_storage address = any_port.ToSockaddr(&length);
+  if (::bind(probe.get(), reinterpret_cast<sockaddr*>(&address), length) == 0) {
+    return fmt::format("{} is an address of this node", target.AddressText());
+  }
+  if (errno != EADDRNOTAVAIL) {
+    return fmt::format("cannot tell whether {} is an address of this node: {}",
+                       target.AddressText(), strerror(errno));
+  }
+  return {};
+}
+
 }  // namespace homeward

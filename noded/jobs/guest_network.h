@@ -6,8 +6,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "fd.h"
+#include "loopback_stream.h"
 
 namespace homeward {
 
@@ -36,5 +39,12 @@ void InNetworkNamespace(int net_ns, const std::function<void()>& work);
 
 // Whether this node's kernel has IPv6 (then so does every namespace made on it).
 bool HasIpv6();
+
+// Why the carrier does not make a connection (or send a datagram, `udp`) to `target` from
+// this node (empty: it does): the node's own addresses (a guest must not reach its host's
+// services, which a connection from the node itself would), the daemons' `ports` (peer,
+// gossip), and for UDP multicast and broadcast (a guest talks to one host at a time).
+std::string RefusedOutside(const LoopbackTarget& target, const std::vector<uint16_t>& ports,
+                           bool udp);
 
 }  // namespace homeward

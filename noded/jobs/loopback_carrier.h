@@ -103,6 +103,7 @@ class LoopbackCarrier {
   // Takes the datagrams waiting on a transparent UDP listener: each joins its flow, or
   // starts one.
   void ReceiveDatagrams(int listener);
+  void StopFlows();
   void StartFlow(const LoopbackTarget& source, const LoopbackTarget& target, std::string first);
   // The flow's own socket in the guest's namespace (made there by this thread, which
   // enters it and comes back).

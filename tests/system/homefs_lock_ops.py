@@ -1,7 +1,7 @@
 """The script of lock operations the homefs conformance test runs twice: on a node's own
 tree and through homefs (and test_home_lock_moves as a job at home, whose shim takes
 POSIX locks its own way). POSIX record locks (per process, dropped by any close of the
-file, fclose's inside libc too, kept across execve unless it closes one), OFD locks (per open file), flock, F_GETLK, waits and interrupted waits. Prints one
+file, fclose's inside libc too, close_range's and closefrom's, kept across execve unless it closes one), OFD locks (per open file), flock, F_GETLK, waits and interrupted waits. Prints one
 JSON list of [step, result] pairs; a result is the value observed or the errno name.
 
   python3 homefs_lock_ops.py ROOT
@@ -127,6 +127,40 @@ child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB) or "g
 step("posix fclose releases", lambda: child.value)
 child.end()
 os.close(a)
+
+# So do close_range and closefrom when they close a descriptor of the file; one that
+# closes only others, or only marks them close-on-exec, leaves the locks held.
+libc.close_range.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+CLOSE_RANGE_CLOEXEC = 4
+a, b = opened(), opened()
+step("posix lock before close_range", lambda: fcntl.lockf(a, fcntl.LOCK_EX) or "ok")
+step("close_range cloexec", lambda: libc.close_range(b, b, CLOSE_RANGE_CLOEXEC))
+child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB) or "got")
+step("posix close_range cloexec keeps", lambda: child.value)
+child.end()
+step("close_range", lambda: libc.close_range(b, b, 0))
+child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB) or "got")
+step("posix close_range releases", lambda: child.value)
+child.end()
+os.close(a)
+
+
+def lock_then_closefrom(closes_it):
+    """In a process of its own: locks `f` through a descriptor at 650, then closes every
+    descriptor from 600 (the lock's own) or from 660 (not the file's)."""
+    fd = os.dup2(opened(), 650)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    libc.closefrom(600 if closes_it else 660)
+    return "closed"
+
+
+for closes_it in (True, False):
+    holder = Child(lambda: lock_then_closefrom(closes_it))
+    child = Child(lambda: fcntl.lockf(opened(), fcntl.LOCK_EX | fcntl.LOCK_NB) or "got")
+    step(f"posix closefrom {'of the file releases' if closes_it else 'of others keeps'}",
+         lambda: [holder.value, child.value])
+    child.end()
+    holder.end()
 
 # execve keeps the process's POSIX locks: the new image (this one, run with an fd of a
 # locked file, a pipe to report on and one to be told on) holds them, takes more as their
