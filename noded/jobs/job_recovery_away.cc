@@ -26,6 +26,7 @@
 #include "job_journal.h"
 #include "job_registry.h"
 #include "job_stream.h"
+#include "output_base.h"
 #include "peer_auth.h"
 #include "uv_error.h"
 #include "uv_work.h"
@@ -216,34 +217,20 @@ void JobRegistry::WatchMosrun(int slot, const std::shared_ptr<Away>& away) {
 bool JobRegistry::SettleBase(Away& away, const uint64_t had[3]) {
   pid_t pid = away.home_pid();
   std::string old_node = away.protocol.record().owed_by;
-  if (away.protocol.BaseSettled()) {
-    // The old node's last word went with the restart: what mosrun has is all there is of
-    // its output, and the new node's output (never let go to mosrun) starts there.
+  bool pending = away.protocol.BaseSettled();
+  if (pending) {
     spdlog::warn("job {}: the last of its output on {} may be lost; its output from {} starts "
                  "at mosrun's bytes {} and {}",
                  pid, old_node, away.where(), had[1], had[2]);
-    away.origin[1] = had[1];
-    away.origin[2] = had[2];
-    return true;
   }
-  bool moved = false;
+  SettledBase settled = SettleOutputBase(pid, pending, away.frozen.has_value(), away.origin, had);
   for (int fd : {1, 2}) {
-    if (had[fd] >= away.origin[fd]) continue;
-    if (away.frozen) {
-      Fail(ErrorKind::kInvalidInput, "job {}: mosrun has {} bytes of its fd {}, fewer than {}",
-           pid, had[fd], fd, away.origin[fd]);
-    }
-    // The bytes between were its previous place's output, forwarded but still in the
-    // killed daemon's memory: they are lost. mosrun then has none of the current node's
-    // output (which comes after them), and that node kept it all (it is told what mosrun
-    // has only once mosrun's socket holds everything forwarded): it sends it again.
+    if (settled.lost[fd] == 0) continue;
     spdlog::warn("job {}: {} bytes of its fd {} before it reached {} were lost with this "
                  "node's last daemon",
-                 pid, away.origin[fd] - had[fd], fd, away.where());
-    away.origin[fd] = had[fd];
-    moved = true;
+                 pid, settled.lost[fd], fd, away.where());
   }
-  return moved;
+  return settled.changed;
 }
 
 void JobRegistry::RecoverAway(JournalEntry& entry) {
