@@ -111,6 +111,7 @@ LoopbackCarrier::LoopbackCarrier(int net_ns, LoopbackHome home) : home_(std::mov
       spdlog::error("job {}: its connections are not held for their target's answer: {}",
                     home_.home_pid, e.what());
     }
+    icmp_ = std::make_unique<GuestIcmp>();
     listeners_.push_back(TransparentListener(AF_INET));
     udp_listeners_.push_back(TransparentDatagramSocket(AF_INET));
     if (!HasIpv6()) return;

@@ -39,6 +39,7 @@
 
 #include "fd.h"
 #include "fs_credentials.h"
+#include "guest_icmp.h"
 #include "guest_network.h"
 #include "loopback_stream.h"
 #include "syn_gate.h"
@@ -121,6 +122,7 @@ class LoopbackCarrier {
   uint64_t flows_started_ = 0;
   Fd wake_;                    // an eventfd: the destructor wakes the acceptor with it
   std::unique_ptr<SynGate> gate_;  // none: the kernel has no NFQUEUE
+  std::unique_ptr<GuestIcmp> icmp_;  // errors of the targets of its UDP flows outside
   std::mutex held_mutex_;
   std::condition_variable handed_;
   std::map<std::string, std::shared_ptr<Held>> held_;  // by "source>target"

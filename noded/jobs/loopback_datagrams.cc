@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
 
 #include "error.h"
 #include "fs_credentials.h"
+#include "guest_icmp.h"
 #include "guest_network.h"
 #include "loopback_carrier.h"
 
@@ -33,8 +35,17 @@ int64_t Now() {
 // and `outer` (a socket of this node's, connected to the target; -1: the flow is refused
 // and its datagrams dropped), with the datagrams the carrier received for it first, until
 // it is idle for kUdpFlowIdle, stopped, or its socket is shut down. Returns the datagrams
-// that came back.
-uint64_t RelayDatagrams(int inner, int outer, DatagramFeed& feed, const std::atomic<bool>& stop) {
+// that came back. `refused` hears each error the target's side reported (an ICMP error
+// for an earlier datagram: ECONNREFUSED, EHOSTUNREACH, ENETUNREACH).
+uint64_t RelayDatagrams(int inner, int outer, DatagramFeed& feed, const std::atomic<bool>& stop,
+                        const std::function<void(int)>& refused = {}) {
+  auto sent_out = [&](const char* data, size_t size) {
+    // A datagram the target's side cannot take now is dropped, as UDP does.
+    if (outer < 0 || ::send(outer, data, size, MSG_DONTWAIT) >= 0) return;
+    if (refused && (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH)) {
+      refused(errno);
+    }
+  };
   std::vector<char> buffer(kMaxDatagram);
   uint64_t replies = 0;
   int64_t last = Now();
@@ -51,7 +62,7 @@ uint64_t RelayDatagrams(int inner, int outer, DatagramFeed& feed, const std::ato
     }
     if (fds[2].revents) {
       for (const std::string& datagram : feed.TakeAll()) {
-        if (outer >= 0) ::send(outer, datagram.data(), datagram.size(), MSG_DONTWAIT);
+        sent_out(datagram.data(), datagram.size());
         last = Now();
       }
     }
@@ -60,13 +71,16 @@ uint64_t RelayDatagrams(int inner, int outer, DatagramFeed& feed, const std::ato
       ssize_t n = ::recv(inner, buffer.data(), buffer.size(), MSG_DONTWAIT);
       if (n < 0 && !Transient(errno)) break;
       if (n >= 0) {
-        // A datagram the target's side cannot take now is dropped, as UDP does.
-        if (outer >= 0) ::send(outer, buffer.data(), static_cast<size_t>(n), MSG_DONTWAIT);
+        sent_out(buffer.data(), static_cast<size_t>(n));
         last = Now();
       }
     }
     if (fds[1].revents) {
       ssize_t n = ::recv(outer, buffer.data(), buffer.size(), MSG_DONTWAIT);
+      if (n < 0 && refused && (errno == ECONNREFUSED || errno == EHOSTUNREACH ||
+                               errno == ENETUNREACH)) {
+        refused(errno);
+      }
       if (n < 0 && !Transient(errno)) break;
       if (n >= 0) {
         ::send(inner, buffer.data(), static_cast<size_t>(n), MSG_DONTWAIT);
@@ -299,7 +313,14 @@ void LoopbackCarrier::CarryFlowOut(CarriedConnections::Slot& slot, UdpFlow& flow
   ++carried_;
   spdlog::info("job {}: UDP flow to {} sent from this node (uid {})", home_.home_pid,
                target.ToString(), home_.user.uid);
-  uint64_t replies = RelayDatagrams(slot.socket.get(), out.get(), flow.feed, flow.stop);
+  // The target's "unreachable" goes on to the job's socket, which a connected one reports
+  // (ECONNREFUSED from a closed port), as at home.
+  std::vector<uint8_t> head = GuestIcmp::UdpHead(flow.source, target);
+  auto refused = [this, &flow, &head](int error) {
+    if (icmp_) icmp_->Unreachable(flow.source, error, head);
+  };
+  uint64_t replies =
+      RelayDatagrams(slot.socket.get(), out.get(), flow.feed, flow.stop, refused);
   spdlog::debug("job {}: UDP flow to {} ended ({} replies)", home_.home_pid, target.ToString(),
                 replies);
 }

@@ -4,8 +4,6 @@
 #include <fcntl.h>
 #include <libmnl/libmnl.h>
 #include <linux/netfilter.h>
-#include <netinet/ip.h>
-#include <netinet/ip_icmp.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <spdlog/spdlog.h>
 
@@ -114,12 +112,6 @@ SynGate::SynGate() {
   }
   int fd = mnl_socket_get_fd(socket_);
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-  raw_ = Fd::Adopt(::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
-  if (!raw_.valid()) {
-    spdlog::warn("no raw socket in a guest's namespace ({}): its connections to unreachable "
-                 "targets time out",
-                 strerror(errno));
-  }
 }
 
 SynGate::~SynGate() {
@@ -161,51 +153,12 @@ void SynGate::Refuse(const HeldSyn& first, const std::vector<uint32_t>& packets,
     if (first.source.family == AF_INET6) {
       mark = net ? kSynNetUnreachableMark : kSynHostUnreachableMark;
     } else {
-      SendUnreachable(first, net ? ICMP_NET_UNREACH : ICMP_HOST_UNREACH);
+      // A REJECT in the namespace cannot answer for a target off its loopback (the kernel
+      // would send from the target's address, which no device there has).
+      icmp_.Unreachable(first.source, net ? ENETUNREACH : EHOSTUNREACH, first.head);
     }
   }
   for (uint32_t id : packets) Verdict(id, mark);
-}
-
-namespace {
-
-uint16_t InternetChecksum(const uint8_t* data, size_t size) {
-  uint32_t sum = 0;
-  for (size_t i = 0; i + 1 < size; i += 2) sum += static_cast<uint32_t>(data[i] << 8 | data[i + 1]);
-  if (size % 2) sum += static_cast<uint32_t>(data[size - 1] << 8);
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint16_t>(~sum);
-}
-
-}  // namespace
-
-void SynGate::SendUnreachable(const HeldSyn& first, uint8_t code) {
-  if (!raw_.valid()) return;
-  // An IPv4 header (20 bytes), the ICMP header (8), then the SYN's own head, by which the
-  // job's kernel finds the socket that sent it.
-  std::vector<uint8_t> packet(28 + first.head.size());
-  iphdr ip{};
-  ip.version = 4;
-  ip.ihl = 5;
-  ip.ttl = 64;
-  ip.protocol = IPPROTO_ICMP;
-  ip.tot_len = htons(static_cast<uint16_t>(packet.size()));
-  ip.saddr = htonl(INADDR_LOOPBACK);
-  std::memcpy(&ip.daddr, first.source.address.data(), 4);
-  std::memcpy(packet.data(), &ip, sizeof ip);  // the kernel fills in id and checksum
-  packet[20] = ICMP_DEST_UNREACH;
-  packet[21] = code;
-  std::memcpy(packet.data() + 28, first.head.data(), first.head.size());
-  uint16_t checksum = InternetChecksum(packet.data() + 20, packet.size() - 20);
-  packet[22] = static_cast<uint8_t>(checksum >> 8);
-  packet[23] = static_cast<uint8_t>(checksum);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  std::memcpy(&to.sin_addr, first.source.address.data(), 4);
-  if (::sendto(raw_.get(), packet.data(), packet.size(), 0, reinterpret_cast<sockaddr*>(&to),
-               sizeof to) < 0) {
-    spdlog::warn("an ICMP error to {} not sent: {}", first.source.ToString(), strerror(errno));
-  }
 }
 
 void SynGate::Verdict(uint32_t id, uint32_t mark) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "fd.h"
+#include "guest_icmp.h"
 #include "loopback_stream.h"
 
 struct mnl_socket;
@@ -61,12 +62,8 @@ class SynGate {
  private:
   bool Send(const void* message, size_t size);
   void Verdict(uint32_t id, uint32_t mark);  // mark 0: dropped
-  // An ICMP "unreachable" to the job's socket for the SYN `first`, from its loopback: a
-  // REJECT in the namespace cannot send it for a target that is not on the loopback (the
-  // kernel would send it from the target's address, which no device there has).
-  void SendUnreachable(const HeldSyn& first, uint8_t code);
   mnl_socket* socket_ = nullptr;
-  Fd raw_;  // IPv4, IPPROTO_RAW, in the guest's namespace
+  GuestIcmp icmp_;  // IPv4's unreachable errors
   uint32_t port_id_ = 0;
   std::mutex send_mutex_;
 };

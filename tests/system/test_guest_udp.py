@@ -23,8 +23,11 @@ the job:
 - sends to a UDP server of the node itself (198.18.0.1), and to servers outside on the
   daemons' gossip and peer port numbers: refused by the carrier, no reply, and the servers
   never see a datagram;
+- sends from a connected socket to a closed port outside, and gets ECONNREFUSED: the
+  target's "port unreachable" comes back to the job's socket, as at home;
 - where the namespace has IPv6: a UDP and a TCP echo outside over IPv6, and a TCP echo on
-  the home's ::1 and a UDP echo there (its loopback carried home as 127.0.0.1 is).
+  the home's ::1 and a UDP echo there (its loopback carried home as 127.0.0.1 is), and
+  ECONNREFUSED from a closed port outside.
 At home the same is the node's own, as for any program there: every server answers."""
 
 import os
@@ -69,6 +72,21 @@ def udp(where, timeout):
             return type(e).__name__
         frm = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
         return f"{reply.decode()} from {'target' if frm == where else frm}"
+
+def closed(where):
+    # A connected socket to a closed port: the target's "port unreachable" is ECONNREFUSED.
+    address, port = split(where)
+    with socket.socket(family(address), socket.SOCK_DGRAM) as s:
+        s.settimeout(10)
+        s.connect((address, port))
+        s.send(b"anyone?")
+        try:
+            s.recv(100)
+            return "reply"
+        except socket.timeout:
+            return "timeout"
+        except OSError as e:
+            return type(e).__name__
 
 def tcp(where):
     try:
@@ -123,7 +141,7 @@ def many(where, count):
     for s in sockets:
         s.close()
 
-echo, own, gossip, peer, echo6, tcp6, home6, home6udp, crowd = sys.argv[1:10]
+echo, own, gossip, peer, echo6, tcp6, home6, home6udp, crowd, shut, shut6 = sys.argv[1:12]
 many(crowd, 80)
 for i in range(3):
     wait(f"go{i}")
@@ -135,11 +153,13 @@ for i in range(3):
     print(f"{i} own: {udp(own, 2)}", flush=True)
     print(f"{i} gossip: {udp(gossip, 2)}", flush=True)
     print(f"{i} peer: {udp(peer, 2)}", flush=True)
+    print(f"{i} closed: {closed(shut)}", flush=True)
     if echo6 != "-":
         print(f"{i} echo6: {udp(echo6, 20)}", flush=True)
         print(f"{i} tcp6: {tcp(tcp6)}", flush=True)
         print(f"{i} home6: {tcp(home6)}", flush=True)
         print(f"{i} home6 udp: {udp(home6udp, 20)}", flush=True)
+        print(f"{i} closed6: {closed(shut6)}", flush=True)
     print(f"{i} done", flush=True)
 """
 
@@ -240,6 +260,8 @@ class GuestUdpTest(outside_net.OutsideNetTest):
         else:
             args += ["-", "-", "-", "-"]
         args.append(f"{OUTSIDE_ADDRESS}:{crowd_port}")
+        # Nothing listens on the discard port outside: its kernel answers "port unreachable".
+        args += [f"{OUTSIDE_ADDRESS}:9", f"[{OUTSIDE_ADDRESS6}]:9" if ipv6 else "-"]
 
         # The home's resolv.conf names its resolver on its loopback, as systemd-resolved's
         # stub does (in node1's mount namespace only: the host's stays as it is).
@@ -307,10 +329,12 @@ class GuestUdpTest(outside_net.OutsideNetTest):
             expected += [f"{i} echo: echo hello from target", f"held {i}",
                          f"{i} resolve: {ANSWER}", f"{i} getaddrinfo: {ANSWER}",
                          f"{i} own: {refused}",
-                         f"{i} gossip: {refused}", f"{i} peer: {refused}"]
+                         f"{i} gossip: {refused}", f"{i} peer: {refused}",
+                         f"{i} closed: ConnectionRefusedError"]
             if ipv6:
                 expected += [f"{i} echo6: echo hello from target", f"{i} tcp6: echo hello",
-                             f"{i} home6: echo hello", f"{i} home6 udp: echo hello from target"]
+                             f"{i} home6: echo hello", f"{i} home6 udp: echo hello from target",
+                             f"{i} closed6: ConnectionRefusedError"]
             expected.append(f"{i} done")
         self.assertEqual(harness.read_text(out).splitlines(), expected)
         # The home's resolver answered every round; the node's own server and the daemons'
