@@ -26,6 +26,15 @@ with open("log", "a") as log:
 """
 
 
+def blocked_on(path):
+    """The waits the home's kernel has queued on the file at `path` (its /proc/locks lines
+    with "->": a waiting process's, or the file service's for a waiting node)."""
+    st = os.stat(path)
+    tail = f":{st.st_ino} "
+    with open("/proc/locks") as f:
+        return sum(1 for line in f if "->" in line and tail in line.split("->")[1] + " ")
+
+
 class LockJobsTest(harness.UserClusterTest):
     cluster_nodes = 3
     cluster_settings = ("gossip.interval_ms=200", "balance.automatic=false")
@@ -63,3 +72,22 @@ class LockJobsTest(harness.UserClusterTest):
 
     def log(self):
         return read(os.path.join(self.work, "log")).splitlines()
+
+    def holder_keeps_its_locks_then_lets_go(self, tags, files, want, why):
+        """The holder, moved, still holds its locks: for a while no waiter gets one and they
+        all still wait at home (as many waits on each of `files` as `want` says); then it
+        lets go and ends, and every waiter (`tags`) gets its lock after it."""
+        c = self.c
+        c.holds_for(4, lambda: self.log() == [], why)
+        self.assertEqual(tuple(blocked_on(f) for f in files), want)
+        with open(os.path.join(self.work, "go"), "w"):
+            pass
+        status, err = self.ended("holder")
+        self.assertEqual(status, "0", f"holder: {err}")
+        for tag in ("node3-lockf", "node3-flock"):
+            status, err = self.ended(tag)
+            self.assertEqual(status, "0", f"{tag}: {err}")
+        c.wait_for(lambda: len(self.log()) == 1 + len(tags), 60, "every waiter's lock")
+        log = self.log()
+        self.assertEqual(log[0], "holder lets go", log)
+        self.assertEqual(sorted(log[1:]), sorted(f"{tag} got it" for tag in tags), log)

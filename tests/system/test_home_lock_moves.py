@@ -120,15 +120,6 @@ print(struct.unpack("<i", answer)[0] if len(answer) == 4 else "none")
 """
 
 
-def blocked_on(path):
-    """The waits the home's kernel has queued on the file at `path` (its /proc/locks lines
-    with "->": a waiting process's, or the file service's for a waiting node)."""
-    st = os.stat(path)
-    tail = f":{st.st_ino} "
-    with open("/proc/locks") as f:
-        return sum(1 for line in f if "->" in line and tail in line.split("->")[1] + " ")
-
-
 class HomeLockMovesTest(lock_jobs.LockJobsTest):
     user_prefix = "hwhlm"
 
@@ -163,8 +154,8 @@ class HomeLockMovesTest(lock_jobs.LockJobsTest):
         want = {"counted": 1, "flocked": 1}
         for file, _ in local_waiters:
             want[file] += 1
-        c.wait_for(lambda: blocked_on(counted) == want["counted"] and
-                   blocked_on(flocked) == want["flocked"], 60,
+        c.wait_for(lambda: lock_jobs.blocked_on(counted) == want["counted"] and
+                   lock_jobs.blocked_on(flocked) == want["flocked"], 60,
                    "every waiter to wait in the home's kernel")
         self.assertEqual(self.log(), [])
 
@@ -173,23 +164,10 @@ class HomeLockMovesTest(lock_jobs.LockJobsTest):
         self.assertEqual(next(j for j in harness.jobs(c) if j["pid"] == holder["pid"])["where"],
                          "node2")
         self.assertIn("of a job leaving home kept for it", c.log("node1"))
-        # Its old copy at home is gone; on node2 it holds both locks still: no waiter gets
-        # one, and they all still wait at home.
-        c.holds_for(4, lambda: self.log() == [], "the waiters wait while the moved holder "
-                                                  "holds their locks")
-        self.assertEqual((blocked_on(counted), blocked_on(flocked)),
-                         (want["counted"], want["flocked"]))
-        with open(os.path.join(self.work, "go"), "w"):
-            pass
-        status, err = self.ended("holder")
-        self.assertEqual(status, "0", f"holder: {err}")
-        for tag in ("node3-lockf", "node3-flock"):
-            status, err = self.ended(tag)
-            self.assertEqual(status, "0", f"{tag}: {err}")
-        c.wait_for(lambda: len(self.log()) == 1 + len(tags), 60, "every waiter's lock")
-        log = self.log()
-        self.assertEqual(log[0], "holder lets go", log)
-        self.assertEqual(sorted(log[1:]), sorted(f"{tag} got it" for tag in tags), log)
+        # Its old copy at home is gone; on node2 it holds both locks still.
+        self.holder_keeps_its_locks_then_lets_go(
+            tags, (counted, flocked), (want["counted"], want["flocked"]),
+            "the waiters wait while the moved holder holds their locks")
         return tags
 
     def test_a_holder_moved_from_home_unlocks_on_its_new_node(self):

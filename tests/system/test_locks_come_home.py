@@ -15,8 +15,8 @@ import unittest
 
 import harness
 import lock_jobs
-from lock_jobs import WAITER
-from test_home_lock_moves import HOLDER, blocked_on
+from lock_jobs import WAITER, blocked_on
+from test_home_lock_moves import HOLDER
 
 read = harness.read_text
 
@@ -86,23 +86,10 @@ class LocksComeHomeTest(lock_jobs.LockJobsTest):
                          "node1")
         self.assertIn("of a job that comes home held for it", c.log("node1"))
         self.others_are_refused_its_locks(counted, flocked)
-        # Its old copy on node2 is gone; at home it holds both locks still: no waiter gets
-        # one, and they all still wait at home.
-        c.holds_for(4, lambda: self.log() == [], "the waiters wait while the holder, moved "
-                                                  "home, holds their locks")
-        self.assertEqual((blocked_on(counted), blocked_on(flocked)),
-                         (want["counted"], want["flocked"]))
-        with open(os.path.join(self.work, "go"), "w"):
-            pass
-        status, err = self.ended("holder")
-        self.assertEqual(status, "0", f"holder: {err}")
-        for tag in ("node3-lockf", "node3-flock"):
-            status, err = self.ended(tag)
-            self.assertEqual(status, "0", f"{tag}: {err}")
-        c.wait_for(lambda: len(self.log()) == 1 + len(tags), 60, "every waiter's lock")
-        log = self.log()
-        self.assertEqual(log[0], "holder lets go", log)
-        self.assertEqual(sorted(log[1:]), sorted(f"{tag} got it" for tag in tags), log)
+        # Its old copy on node2 is gone; at home it holds both locks still.
+        self.holder_keeps_its_locks_then_lets_go(
+            tags, (counted, flocked), (want["counted"], want["flocked"]),
+            "the waiters wait while the holder, moved home, holds their locks")
         return tags
 
     def others_are_refused_its_locks(self, *files):
