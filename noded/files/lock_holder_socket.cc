@@ -127,32 +127,14 @@ struct Question {
 
 Question ReadQuestion(int socket) {
   Question question;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  iovec data{question.bytes, sizeof question.bytes};
-  msghdr message{};
-  message.msg_iov = &data;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof control;
-  ssize_t got = ::recvmsg(socket, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  bool truncated = false;
+  // Every descriptor passed but the first is closed, whatever the question.
+  ssize_t got = ReceiveWithFd(socket, question.bytes, sizeof question.bytes, MSG_DONTWAIT,
+                              &question.file, &truncated);
   if (got < 0) return question;  // not asked yet
-  // Every descriptor passed is closed, whatever the question (an empty one's too).
-  for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      if (question.file.get() < 0) {
-        question.file = Fd::Adopt(fd);
-      } else {
-        ::close(fd);
-      }
-    }
-  }
   question.asked = got > 0;  // 0: a hang-up
   // A longer question is none (its size is never one asked).
-  question.size = (message.msg_flags & MSG_TRUNC) ? 0 : static_cast<size_t>(got);
+  question.size = truncated ? 0 : static_cast<size_t>(got);
   return question;
 }
 
@@ -165,25 +147,6 @@ std::string RegularFileOf(const Fd& file, struct stat* st) {
   }
   if (!S_ISREG(st->st_mode)) return "a question about something other than a regular file";
   return {};
-}
-
-// Sends `size` bytes of `data` on `socket`, with `fd` (SCM_RIGHTS) unless it is -1.
-bool SendWith(int socket, const void* data, size_t size, int fd) {
-  iovec iov{const_cast<void*>(data), size};
-  msghdr message{};
-  message.msg_iov = &iov;
-  message.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  if (fd >= 0) {
-    message.msg_control = control;
-    message.msg_controllen = sizeof control;
-    cmsghdr* rights = CMSG_FIRSTHDR(&message);
-    rights->cmsg_level = SOL_SOCKET;
-    rights->cmsg_type = SCM_RIGHTS;
-    rights->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
-  }
-  return ::sendmsg(socket, &message, MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(size);
 }
 
 }  // namespace
@@ -350,7 +313,9 @@ void LockHolderSocket::HandOver(const Client& client, const LockHandoverQuestion
     handed.kind = -1;
   }
   LockHandoverAnswer answer{handed.kind, handed.left};
-  if (!SendWith(client.fd.get(), &answer, sizeof answer, handed.fd.get()) && handed.fd.valid()) {
+  if (SendWithFd(client.fd.get(), &answer, sizeof answer, handed.fd.get(), MSG_DONTWAIT) !=
+          static_cast<ssize_t>(sizeof answer) &&
+      handed.fd.valid()) {
     // Lost on the way: the description closes here, and its locks with it, as they would
     // have at the process's own close.
     spdlog::warn("file service: a lock of a job that came home not handed over: {}",

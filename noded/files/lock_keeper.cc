@@ -57,47 +57,15 @@ bool Parse(const char* text, LockKeeper::Meta* m) {
 
 // One message, with the descriptor it carries (-1: none) in `fd`. 0 at an end, -1 on error.
 ssize_t ReceiveMessage(int socket, char* buffer, size_t size, int* fd) {
-  char control[CMSG_SPACE(sizeof(int))] = {};
-  iovec iov{buffer, size - 1};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n;
-  do {
-    n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  *fd = -1;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      std::memcpy(fd, CMSG_DATA(c), sizeof(int));
-    }
-  }
+  Fd passed;
+  ssize_t n = ReceiveWithFd(socket, buffer, size - 1, 0, &passed);
+  *fd = passed.Release();
   if (n >= 0) buffer[n] = '\0';
   return n;
 }
 
 int SendMessage(int socket, const std::string& text, int fd) {
-  char control[CMSG_SPACE(sizeof(int))] = {};
-  iovec iov{const_cast<char*>(text.data()), text.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  }
-  ssize_t n;
-  do {
-    n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-  return n < 0 ? errno : 0;
+  return SendWithFd(socket, text.data(), text.size(), fd) < 0 ? errno : 0;
 }
 
 }  // namespace

@@ -3,8 +3,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -71,6 +73,61 @@ std::vector<std::string> DirectoryEntries(int dir_fd) {
     if (name != "." && name != "..") names.push_back(name);
   }
   return names;
+}
+
+ssize_t SendWithFd(int socket, const void* data, size_t size, int fd, int flags) {
+  iovec iov{const_cast<void*>(data), size};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  if (fd >= 0) {
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    cmsghdr* rights = CMSG_FIRSTHDR(&message);
+    rights->cmsg_level = SOL_SOCKET;
+    rights->cmsg_type = SCM_RIGHTS;
+    rights->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
+  }
+  ssize_t sent;
+  do {
+    sent = ::sendmsg(socket, &message, MSG_NOSIGNAL | flags);
+  } while (sent < 0 && errno == EINTR);
+  return sent;
+}
+
+ssize_t ReceiveWithFd(int socket, void* data, size_t size, int flags, Fd* fd, bool* truncated) {
+  // Room for a few descriptors, so that a sender passing more than one cannot leave any
+  // open here unseen (the kernel drops what does not fit, MSG_CTRUNC).
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
+  iovec iov{data, size};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  ssize_t got;
+  do {
+    got = ::recvmsg(socket, &message, MSG_CMSG_CLOEXEC | flags);
+  } while (got < 0 && errno == EINTR);
+  fd->Reset();
+  if (got < 0) return got;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int passed;
+      std::memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof passed);
+      if (fd->valid()) {
+        ::close(passed);
+      } else {
+        *fd = Fd::Adopt(passed);
+      }
+    }
+  }
+  if (truncated) *truncated = (message.msg_flags & MSG_TRUNC) != 0;
+  return got;
 }
 
 }  // namespace homeward

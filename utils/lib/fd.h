@@ -1,6 +1,8 @@
 // Fd: the single owner of a file descriptor. Move-only; closes on destruction.
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,5 +60,14 @@ void WriteAll(int fd, const void* data, size_t size, const char* what);
 void EmptyDirectory(const std::string& dir);
 // Reads up to `size` bytes, retrying EINTR; returns 0 at end of file; throws on error.
 size_t ReadSome(int fd, void* data, size_t size, const char* what);
+
+// One message on a unix socket with a descriptor passed along (SCM_RIGHTS; -1: none),
+// MSG_NOSIGNAL and `flags`, EINTR retried: the bytes sent, or -1 (errno).
+ssize_t SendWithFd(int socket, const void* data, size_t size, int fd, int flags = 0);
+// One message into `data` (at most `size` bytes), `flags` as for recvmsg, EINTR retried,
+// with the first descriptor it carried in `*fd` (close-on-exec; every other one passed is
+// closed): the bytes, 0 at the end, or -1 (errno). `*truncated`: the message was longer.
+ssize_t ReceiveWithFd(int socket, void* data, size_t size, int flags, Fd* fd,
+                      bool* truncated = nullptr);
 
 }  // namespace homeward
