@@ -452,6 +452,25 @@ void RunMoveOut(MoveOut& move) {
   if (move.error.empty() && move.tell_target) TellTarget(move);
 }
 
+namespace {
+
+// The images are about the memory the job will take here: a node without that much free
+// refuses before a byte is sent.
+migrate::ReceiveOptions ReceiveOptionsHere(const MoveInContext& context) {
+  migrate::ReceiveOptions receive;
+  receive.faults = context.faults;
+  if (auto memory = ReadNodeMemory()) {
+    uint64_t free_bytes = uint64_t{memory->mem_free_mb} << 20;
+    if (free_bytes < receive.max_total_bytes) {
+      receive.max_total_bytes = free_bytes;
+      receive.max_total_what = "this node's free memory";
+    }
+  }
+  return receive;
+}
+
+}  // namespace
+
 std::optional<RestoredJob> RunMoveIn(
     std::unique_ptr<SecureStream> stream, const MoveInContext& context,
     const std::function<JobLaunch(schema::GuestSpec::Reader)>& make_launch, JobLaunch* launch) {
@@ -473,18 +492,7 @@ std::optional<RestoredJob> RunMoveIn(
 
     step = "receive the images";
     dir = FreshImageDir(context.state_dir, "in");
-    migrate::ReceiveOptions receive;
-    receive.faults = context.faults;
-    // The images are about the memory the job will take here: a node without that much
-    // free refuses before a byte is sent.
-    if (auto memory = ReadNodeMemory()) {
-      uint64_t free_bytes = uint64_t{memory->mem_free_mb} << 20;
-      if (free_bytes < receive.max_total_bytes) {
-        receive.max_total_bytes = free_bytes;
-        receive.max_total_what = "this node's free memory";
-      }
-    }
-    auto received = migrate::ReceiveImages(*stream, dir, receive);
+    auto received = migrate::ReceiveImages(*stream, dir, ReceiveOptionsHere(context));
     fd = SecureStream::IntoChannel(std::move(stream));
 
     step = "restore";
