@@ -27,6 +27,12 @@ bool Transient(int error) {
          error == ENETUNREACH || error == EHOSTDOWN || error == ENOBUFS;
 }
 
+// An ICMP error the target's side reported for an earlier datagram, which the job's socket
+// is told of.
+bool Unreachable(int error) {
+  return error == ECONNREFUSED || error == EHOSTUNREACH || error == ENETUNREACH;
+}
+
 int64_t Now() {
   return std::chrono::steady_clock::now().time_since_epoch().count();
 }
@@ -42,9 +48,7 @@ uint64_t RelayDatagrams(int inner, int outer, DatagramFeed& feed, const std::ato
   auto sent_out = [&](const char* data, size_t size) {
     // A datagram the target's side cannot take now is dropped, as UDP does.
     if (outer < 0 || ::send(outer, data, size, MSG_DONTWAIT) >= 0) return;
-    if (refused && (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH)) {
-      refused(errno);
-    }
+    if (refused && Unreachable(errno)) refused(errno);
   };
   std::vector<char> buffer(kMaxDatagram);
   uint64_t replies = 0;
@@ -77,10 +81,7 @@ uint64_t RelayDatagrams(int inner, int outer, DatagramFeed& feed, const std::ato
     }
     if (fds[1].revents) {
       ssize_t n = ::recv(outer, buffer.data(), buffer.size(), MSG_DONTWAIT);
-      if (n < 0 && refused && (errno == ECONNREFUSED || errno == EHOSTUNREACH ||
-                               errno == ENETUNREACH)) {
-        refused(errno);
-      }
+      if (n < 0 && refused && Unreachable(errno)) refused(errno);
       if (n < 0 && !Transient(errno)) break;
       if (n >= 0) {
         ::send(inner, buffer.data(), static_cast<size_t>(n), MSG_DONTWAIT);
