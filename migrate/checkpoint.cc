@@ -272,6 +272,34 @@ std::string HoldAtStepScript(const std::string& work_dir, std::string_view actio
   return "./" + name;
 }
 
+// One criu dump run, with a session of the page server `pages` when there is one:
+// `pages_error` says how that session failed, or is empty.
+CriuRun RunPagedCriu(CriuCall call, PageSessions* pages, std::string& pages_error) {
+  pages_error.clear();
+  if (!pages) return RunCriu(call);
+  int socket = pages->Begin();
+  call.keep_fds.push_back(socket);
+  call.args.push_back("--ps-socket");
+  call.args.push_back(std::to_string(socket));
+  CriuRun run;
+  try {
+    run = RunCriu(call);
+  } catch (...) {
+    try {
+      pages->End();
+    } catch (const std::exception&) {
+      // criu could not run: that is the error to report.
+    }
+    throw;
+  }
+  try {
+    pages->End();
+  } catch (const std::exception& e) {
+    pages_error = e.what();
+  }
+  return run;
+}
+
 // criu's parasite in a job's init makes a directory "proc.crtools" in the init's working
 // directory to mount the job's /proc on. Inits of one home share that directory (their
 // root), so two dumps at the same moment, on this node or another, can collide on it.
@@ -343,14 +371,19 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
     call.args.push_back("--action-script");
     call.args.push_back(FailAtStepScript(work.path(), "post-dump"));
   }
+  if (options.pages) {
+    // The descriptor is added for each run (RunPagedCriu): pages go to the page server.
+    call.args.push_back("--page-server");
+  }
   std::optional<CriuActingAs> acting;
   if (enter && options.as_user) acting.emplace(*options.as_user, mount_ns.get());
   CriuRun run;
+  std::string pages_error;
   {
     std::lock_guard turn(dump_turn);
     std::minstd_rand jitter(static_cast<unsigned>(init_pid));
     for (int attempt = 1;; ++attempt) {
-      run = RunCriu(call);
+      run = RunPagedCriu(call, options.pages, pages_error);
       bool failed = run.status.signaled || run.status.code != 0;
       if (!failed || run.status.signaled || attempt == kDumpAttempts ||
           !WorthAnotherTry(work.path() + "/dump.log")) {
@@ -363,14 +396,37 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
   if (run.status.signaled || run.status.code != 0) {
     // criu thaws the job when it fails; a criu that was killed cannot, so do it for it.
     if (run.status.signaled) ContinueJob(init_pid);
-    Fail(ErrorKind::kFailed, "criu dump of job {} failed ({}):{}", init_pid, run.status.Describe(),
-         QuoteLog(work.path() + "/dump.log", run.output));
+    Fail(ErrorKind::kFailed, "criu dump of job {} failed ({}):{}{}", init_pid,
+         run.status.Describe(), QuoteLog(work.path() + "/dump.log", run.output),
+         pages_error.empty() ? "" : "\n  the page server: " + pages_error);
+  }
+  if (!pages_error.empty()) {
+    // criu's side of the session went well, the page server's did not: the pages are not
+    // all where they must be. The job is left as criu left it, so thaw it as on failure.
+    if (options.after == AfterDump::kStop) ContinueJob(init_pid);
+    Fail(ErrorKind::kFailed, "the page server of job {}'s dump failed: {}", init_pid, pages_error);
   }
   DumpResult result;
   result.criu_time = run.time;
   ReadDumpStats(image_dir, result);
   result.image_bytes = DirBytes(image_dir);
   return result;
+}
+
+void ServePages(int socket, const std::string& image_dir, const std::string& criu_path) {
+  Fd images = Fd::Open(image_dir, O_RDONLY | O_DIRECTORY);
+  WorkDir work(image_dir, {});
+  Fd work_fd = Fd::Open(work.path(), O_RDONLY | O_DIRECTORY);
+  CriuCall call;
+  call.criu_path = criu_path;
+  call.keep_fds = {images.get(), work_fd.get(), socket};
+  call.args = {"page-server", "--images-dir", FdPath(images), "--work-dir", FdPath(work_fd),
+               "--log-file", "page-server.log", "-v2", "--ps-socket", std::to_string(socket)};
+  CriuRun run = RunCriu(call);
+  if (run.status.signaled || run.status.code != 0) {
+    Fail(ErrorKind::kFailed, "criu page-server failed ({}):{}", run.status.Describe(),
+         QuoteLog(work.path() + "/page-server.log", run.output));
+  }
 }
 
 RestoreResult Restore(const std::string& image_dir, const RestoreOptions& options) {

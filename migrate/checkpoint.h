@@ -26,6 +26,19 @@ enum class AfterDump {
   kKill,  // killed by criu: the caller reaps the init
 };
 
+// Where criu dump sends the job's memory when it does not write it into the image
+// directory: a page server (criu page-server) reached through a descriptor, one session
+// per criu run (Dump runs criu again after some failures). See page_relay.h.
+class PageSessions {
+ public:
+  virtual ~PageSessions() = default;
+  // Before a criu run: the descriptor criu talks to the page server on (--ps-socket).
+  virtual int Begin() = 0;
+  // After that run, criu gone: waits until the page server has ended the session too.
+  // Throws Error when the session failed on the way (the connection, the page server).
+  virtual void End() = 0;
+};
+
 struct DumpOptions {
   std::string criu_path = HOMEWARD_CRIU_PATH;
   AfterDump after = AfterDump::kStop;
@@ -40,6 +53,9 @@ struct DumpOptions {
   // The job's user, whose rights homefs gives criu's file calls in the job's mount
   // namespace (see criu_acting.h); none: root's own.
   std::optional<ActingUser> as_user;
+  // Not null: the job's memory goes to this page server while criu dumps, and only the
+  // rest of the images into the image directory.
+  PageSessions* pages = nullptr;
 };
 
 struct DumpResult {
@@ -92,6 +108,13 @@ struct RestoreResult {
 // (PR_SET_CHILD_SUBREAPER) so that the restored init becomes its child. On failure no
 // restored process is left alive, and the Error names the step and quotes criu's log.
 RestoreResult Restore(const std::string& image_dir, const RestoreOptions& options = {});
+
+// Serves one session of criu dump's page-server protocol on the connected socket
+// `socket` (criu page-server --ps-socket): writes the job's memory images into
+// `image_dir`, which exists, until the dump says it is done or the socket ends; blocks.
+// Throws Error quoting criu's log when the session did not end with every page written.
+void ServePages(int socket, const std::string& image_dir,
+                const std::string& criu_path = HOMEWARD_CRIU_PATH);
 
 // Every pid of the tree under `init_pid` (itself first), read from /proc.
 std::vector<pid_t> JobPids(pid_t init_pid);

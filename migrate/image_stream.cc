@@ -395,7 +395,9 @@ StreamStats Send(const Conn& fd, const std::string& dir, const JobMetadata& job,
 ReceivedImages Receive(const Conn& fd, const std::string& dir, const ReceiveOptions& options) {
   // The header may list many files; chunks carry at most max_chunk_bytes of data.
   const size_t max_frame = std::max<size_t>(options.max_chunk_bytes + 4096, 16 << 20);
-  HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create image directory {}", dir);
+  if (!options.into_existing) {
+    HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create image directory {}", dir);
+  }
   DirGuard guard(dir);
   Fd dir_fd = Fd::Open(dir, O_RDONLY | O_DIRECTORY);
 

@@ -74,6 +74,9 @@ struct ReceiveOptions {
   size_t max_files = 100000;
   size_t max_chunk_bytes = 8 << 20;
   FaultPoints faults;  // "receive-mid": fail after about half the bytes
+  // `dir` exists already, holding the pages a page server wrote (page_relay.h): the
+  // stream's files join them (none may have the name of one there).
+  bool into_existing = false;
 };
 
 struct ReceivedImages {
@@ -82,7 +85,7 @@ struct ReceivedImages {
 };
 
 // Receives one stream from `fd` into `dir`, which must not exist yet (it is created with
-// mode 0700). Reads exactly the stream's bytes, so the connection may carry more after
+// mode 0700) unless options.into_existing. Reads exactly the stream's bytes, so the connection may carry more after
 // it. On any failure removes `dir` and everything written into it, and throws
 // Error(kDisconnected) for a stream cut short or Error(kInvalidInput) for a malformed
 // or damaged one, naming what was missing or wrong. A stream that says it is sealed is

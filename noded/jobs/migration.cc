@@ -24,6 +24,7 @@
 #include "job_replies.h"
 #include "loopback_carrier.h"
 #include "node_metrics.h"
+#include "page_relay.h"
 #include "peer_auth.h"
 #include "secure_channel.h"
 
@@ -349,20 +350,34 @@ uint64_t ParkLocks(MoveOut& move) {
   return lock_ns;
 }
 
-// Sends the images to the target and waits for its word that the job runs there; the
-// connection, a channel from then on, is kept in move.connection for the relay. `step`
-// says what it is doing, for the error.
-void HandOver(MoveOut& move, std::string& step) {
+// Asks the target to take the job, before anything is frozen: its answer is a yes (done)
+// or why not. `step` says what it is doing, for the error.
+std::unique_ptr<SecureStream> Offer(MoveOut& move, std::string& step) {
   step = fmt::format("connect to {}", move.target_name);
-  // The images are sealed in place on this thread; the connection becomes a channel
-  // (a plain descriptor for the relay) once they are sent.
   auto stream = PeerConnectStream(move.target_host, move.target_port, move.key, "migration",
                                   kConnectTimeout);
+  step = fmt::format("offer the job to {}", move.target_name);
+  WriteMessageTo(*stream, *move.guest_request);
+  StreamInput input(*stream);
+  capnp::InputStreamMessageReader reader(input, PeerReaderOptions());
+  auto reply = reader.getRoot<schema::ControlReply>();
+  if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
+  if (!reply.isDone()) Fail(ErrorKind::kInvalidInput, "unexpected answer to the move request");
+  return stream;
+}
+
+// Sends the rest of the images to the target (the pages are there already) and waits for
+// its word that the job runs there; the connection, a channel from then on, is kept in
+// move.connection for the relay. `step` says what it is doing, for the error.
+void HandOver(MoveOut& move, std::unique_ptr<SecureStream> stream, migrate::PageRelayOut& pages,
+              std::string& step) {
   step = fmt::format("send the images to {}", move.target_name);
   try {
-    WriteMessageTo(*stream, *move.guest_request);
+    pages.Finish();
     migrate::SendOptions send;
     send.faults = move.faults;
+    // The images are sealed in place on this thread; the connection becomes a channel
+    // (a plain descriptor for the relay) once they are sent.
     migrate::SendImages(*stream, move.image_dir, move.metadata, send);
     move.departure.Sent();
   } catch (const std::exception&) {
@@ -384,16 +399,21 @@ void HandOver(MoveOut& move, std::string& step) {
 
 void RunMoveOut(MoveOut& move) {
   auto started = std::chrono::steady_clock::now();
-  std::string step = "checkpoint";
+  std::string step;
   std::optional<InputCarry> reclaimed;
   uint64_t lock_ns = 0;
   try {
+    auto stream = Offer(move, step);
+    step = "checkpoint";
     HW_SYSCALL(::mkdir((move.image_dir).c_str(), 0700), "create {}", move.image_dir);
+    // The job's memory goes to the target's page server while criu dumps the rest here.
+    migrate::PageRelayOut pages(*stream);
     migrate::DumpOptions dump;
     dump.after = migrate::AfterDump::kStop;
     dump.external_pipes = move.pipe_inodes;
     dump.faults = move.faults;
     dump.as_user = move.as_user;
+    dump.pages = &pages;
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
     move.departure.Dumped();
     // The frozen job's unread input is not in its images: it travels in the metadata.
@@ -403,13 +423,13 @@ void RunMoveOut(MoveOut& move) {
     move.metadata.input_data = reclaimed->data;
     move.metadata.input_ended = reclaimed->ended;
     auto frozen_at = std::chrono::steady_clock::now() - result.criu_time + result.frozen_time;
-    move.image_bytes = result.image_bytes;
+    move.image_bytes = result.image_bytes + pages.bytes();
     if (!move.lock_mount.empty() || move.park_home_locks) {
       step = "keep the job's locks at its home";
       lock_ns = ParkLocks(move);
     }
 
-    HandOver(move, step);
+    HandOver(move, std::move(stream), pages, step);
     move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - frozen_at);
     move.departure.Arrived();
@@ -490,9 +510,23 @@ std::optional<RestoredJob> RunMoveIn(
     }
     *launch = make_launch(request.getStartGuest());
 
-    step = "receive the images";
+    step = "receive the pages";
     dir = FreshImageDir(context.state_dir, "in");
-    auto received = migrate::ReceiveImages(*stream, dir, ReceiveOptionsHere(context));
+    HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create image directory {}", dir);
+    {
+      capnp::MallocMessageBuilder yes;
+      yes.initRoot<schema::ControlReply>().setDone();
+      WriteMessageTo(*stream, yes);
+    }
+    auto receive = ReceiveOptionsHere(context);
+    migrate::PageReceiveOptions page_options;
+    page_options.max_bytes = receive.max_total_bytes;
+    page_options.max_what = receive.max_total_what;
+    uint64_t page_bytes = migrate::ReceivePages(*stream, dir, page_options);
+    step = "receive the images";
+    receive.into_existing = true;
+    receive.max_total_bytes -= std::min(page_bytes, receive.max_total_bytes);
+    auto received = migrate::ReceiveImages(*stream, dir, receive);
     fd = SecureStream::IntoChannel(std::move(stream));
 
     step = "restore";

@@ -30,6 +30,8 @@
 #include "error.h"
 #include "fd.h"
 #include "image_stream.h"
+#include "page_relay.h"
+#include "secure_channel.h"
 #include "scratch_dir.h"
 
 namespace homeward::migrate {
@@ -210,6 +212,73 @@ Job StartJob(const std::string& input, const std::string& append, long extra_fla
   return job;
 }
 
+// The migration stream over a socket pair, after the dump: into `received`.
+ReceivedImages CarryAfterDump(const std::string& images, const std::string& received,
+                              const JobMetadata& meta, const SendOptions& options) {
+  int fds[2];
+  HW_SYSCALL(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), "socketpair");
+  Fd send = Fd::Adopt(fds[0]), receive = Fd::Adopt(fds[1]);
+  std::thread sender([&] {
+    try {
+      SendImages(send.get(), images, meta, options);
+    } catch (const Error&) {
+      // The receiver sees the cut stream and says so.
+    }
+    send.Reset();
+  });
+  try {
+    auto got = ReceiveImages(receive.get(), received);
+    sender.join();
+    return got;
+  } catch (...) {
+    receive.Reset();
+    sender.join();
+    throw;
+  }
+}
+
+// The job's memory to a page server while criu dumps (`dump` left stopped), the rest of
+// the images in the migration stream after it, all on one connection (in clear).
+ReceivedImages CarryWhileDumping(const Job& job, const std::string& images,
+                                 const std::string& received, DumpOptions dump,
+                                 const JobMetadata& meta, const SendOptions& options,
+                                 const PageReceiveOptions& page_options) {
+  int fds[2];
+  HW_SYSCALL(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), "socketpair");
+  auto source = SecureStream::Plain(Fd::Adopt(fds[0]), "source");
+  auto target = SecureStream::Plain(Fd::Adopt(fds[1]), "target");
+  std::exception_ptr send_error;
+  std::thread sender([&] {
+    try {
+      PageRelayOut pages(*source);
+      dump.pages = &pages;
+      Dump(job.init, images, dump);
+      pages.Finish();
+      SendImages(*source, images, meta, options);
+    } catch (...) {
+      send_error = std::current_exception();
+    }
+    source.reset();
+  });
+  HW_SYSCALL(::mkdir(received.c_str(), 0700), "create {}", received);
+  try {
+    ReceivePages(*target, received, page_options);
+    ReceiveOptions receive;
+    receive.into_existing = true;
+    auto got = ReceiveImages(*target, received, receive);
+    sender.join();
+    if (send_error) std::rethrow_exception(send_error);
+    return got;
+  } catch (...) {
+    target.reset();
+    sender.join();
+    RemoveImageDir(received);
+    // The dump's own failure is the cause; the receiver only saw the connection end.
+    if (send_error) std::rethrow_exception(send_error);
+    throw;
+  }
+}
+
 class MigrateTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -229,52 +298,38 @@ class MigrateTest : public ::testing::Test {
     return job.output;
   }
 
-  // Moves `job` as the daemons will: dump (left stopped), stream over a socketpair into
-  // a fresh directory, restore with fresh pipes, then kill the stopped source. Any
-  // failure continues the source job and rethrows.
-  void Move(Job& job, const FaultPoints& faults = {}, int mount_ns = -1, int net_ns = -1) {
+  // How a move carries the job's images: dumped into a directory, then streamed (as a
+  // checkpoint is kept), or the memory to a page server while criu dumps (as the daemons
+  // move jobs).
+  enum class Carry { kAfterDump, kPagesWhileDumping };
+
+  // Moves `job` as the daemons do: dump (left stopped), carry the images over a
+  // socketpair into a fresh directory, restore with fresh pipes, then kill the stopped
+  // source. Any failure continues the source job and rethrows.
+  void Move(Job& job, const FaultPoints& faults = {}, int mount_ns = -1, int net_ns = -1,
+            Carry carry = Carry::kPagesWhileDumping, const PageReceiveOptions& page_options = {}) {
     std::string images = dir_ + "/dump", received = dir_ + "/received";
     ASSERT_EQ(::mkdir(images.c_str(), 0700), 0);
     auto inodes = job.PipeInodes();
     DumpOptions dump;
     dump.external_pipes = inodes;
     dump.faults = faults;
+    SendOptions send_options;
+    send_options.faults = faults;
+    send_options.remove_sent_files = true;
+    JobMetadata meta;
+    meta.external_pipes = {{inodes[0], "stdin"},
+                           {inodes[1], "stdout"},
+                           {inodes[2], "stderr"},
+                           {inodes[3], "status"}};
     try {
-      Dump(job.init, images, dump);
-    } catch (...) {
-      RemoveImageDir(images);
-      throw;
-    }
-    try {
-      int fds[2];
-      ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
-      Fd send = Fd::Adopt(fds[0]), receive = Fd::Adopt(fds[1]);
-      SendOptions send_options;
-      send_options.faults = faults;
-      send_options.remove_sent_files = true;
-      std::string send_error;
-      std::thread sender([&] {
-        try {
-          JobMetadata meta;
-          meta.external_pipes = {{inodes[0], "stdin"},
-                                 {inodes[1], "stdout"},
-                                 {inodes[2], "stderr"},
-                                 {inodes[3], "status"}};
-          SendImages(send.get(), images, meta, send_options);
-        } catch (const Error& e) {
-          send_error = e.what();
-        }
-        send.Reset();
-      });
       std::optional<ReceivedImages> got;
-      try {
-        got = ReceiveImages(receive.get(), received);
-      } catch (...) {
-        receive.Reset();
-        sender.join();
-        throw;
+      if (carry == Carry::kAfterDump) {
+        Dump(job.init, images, dump);
+        got = CarryAfterDump(images, received, meta, send_options);
+      } else {
+        got = CarryWhileDumping(job, images, received, dump, meta, send_options, page_options);
       }
-      sender.join();
       RemoveImageDir(images);
       // The target's side: fresh pipes, found by role.
       Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
@@ -333,12 +388,34 @@ TEST_F(MigrateTest, MovedJobMatchesUnmovedRun) {
   EXPECT_EQ(Shape(job.Program()), before);
   ::kill(job.Program(), SIGUSR1);
   job.Step(5);
-  Move(job);
+  Move(job, {}, -1, -1, Carry::kAfterDump);
   job.Step(5);
   EXPECT_EQ(job.Finish(), 0) << job.output;
   EXPECT_EQ(job.output, expected);
   EXPECT_THAT(job.output, HasSubstr("final steps=15 usr1=1 offset=240 timer=ok child=ok"));
   EXPECT_EQ(ReadFile(dir_ + "/append"), ReadFile(dir_ + "/append-unmoved"));
+}
+
+TEST_F(MigrateTest, TargetRefusingPagesMidDumpLeavesSourceRunning) {
+  std::string expected = UnmovedRun({2, 2}, false);
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(2);
+  PageReceiveOptions small;
+  small.max_bytes = 64 << 10;
+  small.max_what = "this test's limit";
+  try {
+    Move(job, {}, -1, -1, Carry::kPagesWhileDumping, small);
+    ADD_FAILURE() << "move succeeded past the target's limit";
+  } catch (const Error& e) {
+    // criu's dump stops, and its error says why the target would take no more.
+    EXPECT_THAT(e.what(), HasSubstr("criu dump"));
+    EXPECT_THAT(e.what(), HasSubstr("are more than this test's limit"));
+  }
+  EXPECT_FALSE(Exists(dir_ + "/received"));
+  EXPECT_FALSE(Exists(dir_ + "/dump"));
+  job.Step(2);
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_EQ(job.output, expected);
 }
 
 TEST_F(MigrateTest, StreamCutLeavesJobRunning) {

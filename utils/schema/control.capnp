@@ -5,7 +5,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("homeward::schema");
 
-const controlVersion :UInt16 = 6;
+const controlVersion :UInt16 = 7;
 # 2: migrateJob's verbs are a union (moveTo, home, freeze, continue, checkpoint), so no
 #    node name is taken for a verb; a job's state is an enum.
 # 3: a job's input is a stream with offsets (jobInputAt, jobInputEndAt, jobInputWritten,
@@ -17,6 +17,9 @@ const controlVersion :UInt16 = 6;
 # 6: a job's node that moved it on ends its relay with movedOn, after the output the job
 #    left there, instead of migrated; the move's figures reach the home with the new
 #    node's attachGuest (moved), so that the move is answered at the arrival.
+# 7: a move's target answers startGuest (done, or why not) before anything is frozen,
+#    and the job's memory then comes to its page server while the source dumps
+#    (migrate/page_relay.h), before the migration stream.
 
 struct ControlRequest {
   version @0 :UInt16;
