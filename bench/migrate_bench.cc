@@ -1,7 +1,10 @@
-// Migration benchmark: for jobs holding 16 MiB .. 4 GiB of touched memory, the floor
-// (criu dump to tmpfs, then criu restore, same node) beside a move (dump to tmpfs,
-// stream over loopback TCP into another tmpfs directory, restore), as a markdown table.
-//   migrate_bench [--sizes 16,256,1024,4096] [--reps N] [--dir /dev/shm/...]
+// Migration benchmark of the migrate library: for jobs holding 16 MiB .. 4 GiB of touched
+// memory, the floor (criu dump to tmpfs, then criu restore, same node) beside a move by
+// stop and copy (dump to tmpfs, stream over loopback TCP into another tmpfs directory,
+// restore) and a paged move (the memory to a page server across the connection while criu
+// dumps, the rest after), as a markdown table or, with --json, a line per size for
+// bench/migrate.py, which adds moves through the daemons.
+//   migrate_bench [--sizes 16,256,1024,4096] [--reps N] [--dir /dev/shm/...] [--json]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -25,6 +28,8 @@
 #include "error.h"
 #include "fd.h"
 #include "image_stream.h"
+#include "page_relay.h"
+#include "secure_channel.h"
 
 using namespace homeward;
 using namespace homeward::migrate;
@@ -108,12 +113,8 @@ Sample Floor(size_t mib, const std::string& base) {
   return {Seconds(t2 - t0), Seconds(t2 - t0), Seconds(t1 - t0), 0, Seconds(t2 - t1)};
 }
 
-// A move: dump (job left stopped) to tmpfs, stream over loopback TCP into another
-// directory, restore there, then release the source. Frozen: dump start to restored.
-Sample Move(size_t mib, const std::string& base) {
-  BenchJob job = StartJob(mib);
-  std::string dump_dir = base + "/dump", recv_dir = base + "/received";
-  mkdir(dump_dir.c_str(), 0700);
+// Both ends of a TCP connection over loopback.
+std::pair<Fd, Fd> LoopbackPair() {
   Fd listener = Fd::Adopt(HW_SYSCALL(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -122,22 +123,31 @@ Sample Move(size_t mib, const std::string& base) {
   HW_SYSCALL(listen(listener.get(), 1));
   socklen_t len = sizeof addr;
   HW_SYSCALL(getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len));
+  Fd client = Fd::Adopt(HW_SYSCALL(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)));
+  HW_SYSCALL(connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr));
+  Fd server = Fd::Adopt(HW_SYSCALL(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC)));
+  return {std::move(client), std::move(server)};
+}
+
+// Stop and copy: dump (job left stopped) to tmpfs, stream over loopback TCP into another
+// directory, restore there, then release the source. Frozen: dump start to restored.
+Sample StopAndCopy(size_t mib, const std::string& base) {
+  BenchJob job = StartJob(mib);
+  std::string dump_dir = base + "/dump", recv_dir = base + "/received";
+  mkdir(dump_dir.c_str(), 0700);
+  auto [source, target] = LoopbackPair();
 
   auto t0 = Clock::now();
   DumpOptions options;
   options.external_pipes = job.Inodes();
   Dump(job.init, dump_dir, options);
   auto t1 = Clock::now();
-  std::thread receiver([&] {
-    Fd conn = Fd::Adopt(HW_SYSCALL(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC)));
-    ReceiveImages(conn.get(), recv_dir);
-  });
+  std::thread receiver([&] { ReceiveImages(target.get(), recv_dir); });
   {
-    Fd conn = Fd::Adopt(HW_SYSCALL(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)));
-    HW_SYSCALL(connect(conn.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr));
     SendOptions send;
     send.remove_sent_files = true;
-    SendImages(conn.get(), dump_dir, {}, send);
+    SendImages(source.get(), dump_dir, {}, send);
+    source.Reset();
   }
   receiver.join();
   RemoveImageDir(dump_dir);
@@ -151,6 +161,48 @@ Sample Move(size_t mib, const std::string& base) {
   return {Seconds(t3 - t0), Seconds(t4 - t0), Seconds(t1 - t0), Seconds(t2 - t1), Seconds(t3 - t2)};
 }
 
+// A move as the daemons make it: the memory to a page server on the other side of the
+// loopback connection while criu dumps, the rest of the images after it, then restore.
+// In clear (the daemons' connections are encrypted: bench/run crypto shows that cost).
+Sample Paged(size_t mib, const std::string& base) {
+  BenchJob job = StartJob(mib);
+  std::string dump_dir = base + "/dump", recv_dir = base + "/received";
+  mkdir(dump_dir.c_str(), 0700);
+  mkdir(recv_dir.c_str(), 0700);
+  auto [source_fd, target_fd] = LoopbackPair();
+  auto source = SecureStream::Plain(std::move(source_fd), "source");
+  auto target = SecureStream::Plain(std::move(target_fd), "target");
+  DumpOptions options;
+  options.external_pipes = job.Inodes();
+  auto t0 = Clock::now();
+  Clock::time_point dumped;
+  std::thread sender([&] {
+    PageRelayOut pages(*source);
+    options.pages = &pages;
+    Dump(job.init, dump_dir, options);
+    dumped = Clock::now();
+    pages.Finish();
+    SendOptions send;
+    send.remove_sent_files = true;
+    SendImages(*source, dump_dir, {}, send);
+  });
+  ReceivePages(*target, recv_dir);
+  ReceiveOptions receive;
+  receive.into_existing = true;
+  ReceiveImages(*target, recv_dir, receive);
+  sender.join();
+  RemoveImageDir(dump_dir);
+  auto t2 = Clock::now();
+  Restored r = RestoreWithPipes(recv_dir, options.external_pipes);
+  auto t3 = Clock::now();
+  KillJob(job.init);
+  RemoveImageDir(recv_dir);
+  auto t4 = Clock::now();
+  KillJob(r.init);
+  return {Seconds(t3 - t0), Seconds(t4 - t0), Seconds(dumped - t0), Seconds(t2 - dumped),
+          Seconds(t3 - t2)};
+}
+
 Sample Median(std::vector<Sample> samples) {
   std::sort(samples.begin(), samples.end(),
             [](const Sample& a, const Sample& b) { return a.total < b.total; });
@@ -162,9 +214,14 @@ Sample Median(std::vector<Sample> samples) {
 int main(int argc, char** argv) {
   std::vector<size_t> sizes{16, 256, 1024, 4096};
   int reps = 3;
+  bool json = false;
   std::string base = "/dev/shm/homeward-migrate-bench";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--json") {
+      --i;
+      continue;
+    }
     if (flag == "--sizes") {
       sizes.clear();
       for (size_t at = 0; at <= value.size();) {
@@ -178,25 +235,41 @@ int main(int argc, char** argv) {
       base = value;
     }
   }
+  for (int i = 1; i < argc; ++i) json = json || std::string(argv[i]) == "--json";
   try {
     if (geteuid() != 0) Fail(ErrorKind::kInvalidInput, "the benchmark needs root (CRIU)");
     HW_SYSCALL(prctl(PR_SET_CHILD_SUBREAPER, 1));
     mkdir(base.c_str(), 0700);
-    std::printf(
-        "| memory | floor (dump+restore) | move frozen | move total | frozen/floor | "
-        "total/floor | move: dump / stream / restore |\n");
-    std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+    if (!json) {
+      std::printf(
+          "| memory | floor (dump+restore) | stop-and-copy total | paged frozen | paged total | "
+          "paged total/floor | paged: dump / rest / restore |\n");
+      std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+    }
     for (size_t mib : sizes) {
       int n = mib >= 1024 ? 1 : reps;
-      std::vector<Sample> floors, moves;
+      std::vector<Sample> floors, copies, pages;
       for (int i = 0; i < n; ++i) {
         floors.push_back(Floor(mib, base));
-        moves.push_back(Move(mib, base));
+        copies.push_back(StopAndCopy(mib, base));
+        pages.push_back(Paged(mib, base));
       }
-      Sample f = Median(floors), m = Median(moves);
-      std::printf("| %zu MiB | %.3f s | %.3f s | %.3f s | %.2fx | %.2fx | %.3f / %.3f / %.3f s |\n",
-                  mib, f.total, m.frozen, m.total, m.frozen / f.total, m.total / f.total, m.dump,
-                  m.stream, m.restore);
+      Sample f = Median(floors), c = Median(copies), p = Median(pages);
+      if (json) {
+        auto sample = [](const Sample& x) {
+          return fmt::format(
+              R"({{"frozen": {:.3f}, "total": {:.3f}, "dump": {:.3f}, "stream": {:.3f}, )"
+              R"("restore": {:.3f}}})",
+              x.frozen, x.total, x.dump, x.stream, x.restore);
+        };
+        std::printf("{\"mib\": %zu, \"floor\": %s, \"copy\": %s, \"paged\": %s}\n", mib,
+                    sample(f).c_str(), sample(c).c_str(), sample(p).c_str());
+      } else {
+        std::printf(
+            "| %zu MiB | %.3f s | %.3f s | %.3f s | %.3f s | %.2fx | %.3f / %.3f / %.3f s |\n",
+            mib, f.total, c.total, p.frozen, p.total, p.total / f.total, p.dump, p.stream,
+            p.restore);
+      }
       std::fflush(stdout);
     }
     rmdir(base.c_str());

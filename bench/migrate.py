@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Migration, in one run, for jobs holding 16 MiB .. 4 GiB of touched memory:
+  - the floor: plain criu dump to tmpfs, then criu restore, on one node;
+  - the migrate library's two ways over loopback TCP: stop and copy (dump to tmpfs, then
+    stream the images), and paged (the memory to a page server on the far side while criu
+    dumps, the rest after);
+  - moves through the daemons, as users make them: `mosmigrate PID node2` on a two-node
+    loopback cluster (state directories on tmpfs), with the peer connection encrypted.
+Prints a markdown table with the ratio of each to the floor measured beside it, and keeps
+it in bench/results/migrate.md.
+
+  bench/run migrate [--sizes 16,256,1024,4096] [--reps N]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+BUILD = os.path.realpath(os.environ.get("HOMEWARD_BUILD") or os.path.join(ROOT, "build"))
+LOOPCLUSTER = os.path.join(ROOT, "scripts", "loopcluster")
+MEMHOG = os.path.join(BUILD, "bench", "memhog")
+MOVED = re.compile(r"now runs on (\S+) \(frozen (\d+) ms, (\d+) ms in all")
+
+
+class Cluster:
+    """Two nodes on loopback, their files in a directory on tmpfs (as the floor's images)."""
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="homeward-migrate-bench-", dir="/dev/shm")
+        try:
+            subprocess.run([LOOPCLUSTER, "up", "--nodes", "2", "--dir", self.dir],
+                           env=self.env(), check=True, capture_output=True, text=True,
+                           timeout=120)
+            self.wait_for(lambda: self.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                           check=False).returncode == 0,
+                          "node2 to mount node1's files")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run([LOOPCLUSTER, "down", self.dir], env=self.env(), capture_output=True,
+                       timeout=120)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def env():
+        env = dict(os.environ, HOMEWARD_BUILD=BUILD)
+        env.pop("HOMEWARD_FAULT", None)
+        return env
+
+    def command(self, node, *command):
+        return [LOOPCLUSTER, "exec", self.dir, node, "--", *command]
+
+    def run(self, node, *command, check=True, timeout=600):
+        result = subprocess.run(self.command(node, *command), env=self.env(),
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{node}: {' '.join(command)}: {result.stderr.strip()}")
+        return result
+
+    def jobs(self):
+        return json.loads(self.run("node1", "mosps", "--json").stdout)["jobs"]
+
+    @staticmethod
+    def wait_for(predicate, what, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+
+def daemon_move(cluster, mib):
+    """One job of `mib` MiB started at node1 and moved to node2; (frozen, total) seconds
+    as the daemons measured them."""
+    job = subprocess.Popen(cluster.command("node1", "mosrun", MEMHOG, str(mib)),
+                           env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        if job.stdout.readline() != "ready\n":
+            raise RuntimeError(f"the job of {mib} MiB did not start: {job.stderr.read()}")
+        pid = cluster.wait_for(lambda: next((j["pid"] for j in cluster.jobs()), None),
+                               "the job to be listed")
+        result = cluster.run("node1", "mosmigrate", str(pid), "node2", check=False)
+        moved = MOVED.search(result.stdout)
+        if result.returncode != 0 or not moved or moved.group(1) != "node2":
+            raise RuntimeError(f"mosmigrate of {mib} MiB failed: {result.stderr.strip()}")
+        return int(moved.group(2)) / 1000, int(moved.group(3)) / 1000
+    finally:
+        # mosrun passes the signal on to the job, wherever it runs.
+        os.killpg(job.pid, signal.SIGTERM)
+        try:
+            job.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+        cluster.wait_for(lambda: not cluster.jobs(), "the job to end")
+
+
+def library_runs(mib, reps):
+    """The floor and the library's two ways, from migrate_bench (medians of `reps`)."""
+    out = subprocess.run([os.path.join(BUILD, "bench", "migrate_bench"), "--sizes", str(mib),
+                          "--reps", str(reps), "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="16,256,1024,4096")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/run migrate: needs root (criu, a loopback cluster)")
+    subprocess.run(["meson", "compile", "-C", BUILD], check=True, stdout=subprocess.DEVNULL)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
+    lines = [
+        f"Sizes {args.sizes} MiB, medians of {args.reps} runs (1 at 1 GiB and up); load "
+        f"average {load} at the start.",
+        "",
+        "| memory | floor | stop-and-copy total | paged total | mosmigrate frozen | "
+        "mosmigrate total | paged/floor | mosmigrate frozen/floor | mosmigrate total/floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    print("\n".join(lines), flush=True)
+    with Cluster() as cluster:
+        for mib in sizes:
+            reps = 1 if mib >= 1024 else args.reps
+            library = library_runs(mib, reps)
+            moves = [daemon_move(cluster, mib) for _ in range(reps)]
+            frozen = statistics.median(m[0] for m in moves)
+            total = statistics.median(m[1] for m in moves)
+            floor = library["floor"]["total"]
+            row = (f"| {mib} MiB | {floor:.3f} s | {library['copy']['total']:.3f} s | "
+                   f"{library['paged']['total']:.3f} s | {frozen:.3f} s | {total:.3f} s | "
+                   f"{library['paged']['total'] / floor:.2f}x | {frozen / floor:.2f}x | "
+                   f"{total / floor:.2f}x |")
+            lines.append(row)
+            print(row, flush=True)
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results", "migrate.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
