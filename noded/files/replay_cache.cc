@@ -185,7 +185,12 @@ void ReplayCache::Finish(uint64_t client, uint64_t id, int err) {
     Apply(r);
     seq = Append(r);
   }
-  Sync(seq);  // on the disk before the reply
+  // A failure's answer is on the disk before the reply: performed again after a power
+  // loss, the call could meet the very error that marks a started request as done. A
+  // success's record goes with the next sync: lost with the power, the request is found
+  // started, and its outcome in the tree says it was done (FileSession::Perform), as when
+  // the daemon dies between the call and its record.
+  if (err != 0) Sync(seq);
 }
 
 void ReplayCache::Ack(uint64_t client, uint64_t oldest) {

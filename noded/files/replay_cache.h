@@ -4,12 +4,15 @@
 // twice. Keyed by the client's id (random, one per homefs mount, given in its hello) and
 // the request's id. Each request is logged twice, `started` before its system call and
 // `done` with its errno after, to a file in the daemon's state directory, and read back
-// when the daemon starts. Each record is on the disk (fdatasync) before Start or Finish
-// returns, so before the request's system call and before its reply: it outlives a power
-// loss, not only a killed daemon. The syncs are shared (group commit): a caller whose
-// record is in the file waits for a sync under way or starts one that covers every
-// record written until then, so concurrent requests pay for one sync, not one each. A
-// client's `oldest` unanswered id lets the server forget everything older of that client.
+// when the daemon starts. A `started` record is on the disk (fdatasync) before Start
+// returns, so before the request's system call: it outlives a power loss, not only a
+// killed daemon. A `done` record is written before the reply, and synced before it only
+// for a failure; a success's record is synced with the next request's (a request found
+// only started is judged by its outcome in the tree). One sync per request, then, and the
+// syncs are shared (group commit): a caller whose record is in the file waits for a sync
+// under way or starts one that covers every record written until then, so concurrent
+// requests pay for one sync, not one each. A client's `oldest` unanswered id lets the
+// server forget everything older of that client.
 #pragma once
 
 #include <condition_variable>
