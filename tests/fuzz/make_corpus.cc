@@ -310,6 +310,23 @@ void Images() {
   std::filesystem::remove_all(dir);
 }
 
+// Page relay frames (migrate/page_relay.h): an 8-byte header (kind, length), then data.
+std::string PageFrame(uint32_t kind, const std::string& data = {}) {
+  uint32_t header[2] = {kind, static_cast<uint32_t>(data.size())};
+  return std::string(reinterpret_cast<const char*>(header), sizeof header) + data;
+}
+
+void Pages() {
+  constexpr uint32_t kBegin = 1, kData = 2, kEnd = 3, kDone = 4;
+  Put("page_relay", "one-session",
+      PageFrame(kBegin) + PageFrame(kData, std::string(64, 'p')) + PageFrame(kEnd) +
+          PageFrame(kDone));
+  Put("page_relay", "a-retry",
+      PageFrame(kBegin) + PageFrame(kData, "abc") + PageFrame(kEnd) + PageFrame(kBegin) +
+          PageFrame(kEnd) + PageFrame(kDone));
+  Put("page_relay", "no-session", PageFrame(kDone));
+}
+
 void Config() {
   Put("config", "minimal",
       "[node]\nname = \"node1\"\naddress = \"127.0.0.1\"\n\n[cluster]\nkey_file = \"key\"\n");
@@ -335,6 +352,7 @@ int main(int argc, char** argv) {
   Control();
   Files();
   Images();
+  Pages();
   Config();
   return 0;
 }
