@@ -9,7 +9,9 @@
 # on node2 and node3, so each lock is the home's; sshfs keeps locks local to each mount,
 # so it has no row of its own: homefs is compared with the local tree). homefs mounts
 # node1 of a loopback cluster from node2 (and node3); sshfs mounts the same directory
-# through a private sshd on loopback.
+# through a private sshd on loopback; passthrough_ll (libfuse's example, built here from
+# the sources libfuse3-dev installs) mounts it locally, with no network: FUSE's own cost,
+# the floor for homefs. The table is kept in bench/results/homefs.md.
 #   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,10 +34,12 @@ done
 WORK=$(mktemp -d /tmp/homeward-bench-XXXXXX)
 CLUSTER=$WORK/cluster
 SSHFS_MNT=$WORK/sshfs
+PASS_MNT=$WORK/passthrough
 SSHD_PID=
 cleanup() {
   set +e
   mountpoint -q "$SSHFS_MNT" && fusermount3 -u "$SSHFS_MNT"
+  mountpoint -q "$PASS_MNT" && fusermount3 -u "$PASS_MNT"
   [[ -n $SSHD_PID ]] && kill "$SSHD_PID"
   "$ROOT/scripts/loopcluster" down "$CLUSTER" >/dev/null 2>&1
   rm -rf "$WORK"
@@ -66,6 +70,12 @@ CONF
 sleep 1
 sshfs -p "$SSH_PORT" -o IdentityFile="$WORK/ssh/user",StrictHostKeyChecking=no \
   -o UserKnownHostsFile=/dev/null,BatchMode=yes "root@127.0.0.1:$DATA" "$SSHFS_MNT"
+
+# libfuse's passthrough_ll over the same directory (its defaults: 1 s caches, no writeback).
+EXAMPLES=/usr/share/doc/libfuse3-dev/examples
+cc -O2 -Wall -o "$WORK/passthrough_ll" "$EXAMPLES/passthrough_ll.c" $(pkg-config --cflags --libs fuse3)
+mkdir -p "$PASS_MNT"
+"$WORK/passthrough_ll" -o source="$DATA" "$PASS_MNT"
 
 for n in node2 node3; do in_node $n sh -c "mkdir -p /mnt/home1 && mosmount $HOME_ADDR /mnt/home1"; done
 
@@ -135,7 +145,7 @@ appends() {  # target -> appends/s of two writers at once; warns of torn lines
   whole=$(run_in "${WHERE[$t]}" python3 -c "
 import re, sys
 data = open(sys.argv[1], 'rb').read()
-print(sum(1 for l in data.split(b'\n') if re.fullmatch(rb'[ab],1\d{6},x{46}', l)))" "$dir/appends.csv")
+print(sum(1 for l in data.split(b'\n') if len(l) == 56 and re.fullmatch(rb'[ab],\d{7,},x+', l)))" "$dir/appends.csv")
   run_in "${WHERE[$t]}" rm -f "$dir/appends.csv"
   [[ $whole -eq $total ]] || echo "bench homefs: $t: $((total - whole)) of $total appended lines torn" >&2
   python3 -c "print(round($total / $APPEND_S))"
@@ -162,7 +172,7 @@ locks() {  # target -> lock/unlock pairs/s of two lockers of one file at once (h
   # node2 and node3, so the locks are the home's); sshfs has no locks across its clients
   # (the kernel keeps them local to each mount): none measured.
   local t=$1 where2=${WHERE[$1]} start out1 out2
-  if [[ $t == sshfs ]]; then echo "-"; return; fi
+  if [[ $t == sshfs || $t == passthrough ]]; then echo "-"; return; fi
   [[ $t == homefs ]] && where2=node3
   start=$(python3 -c "import time; print(time.time() + 2)")
   out1=$WORK/lock1.$t out2=$WORK/lock2.$t
@@ -180,7 +190,8 @@ declare -A R WHERE DIR
 WHERE[local]=host   DIR[local]=$DATA/bench-local
 WHERE[homefs]=node2 DIR[homefs]=/mnt/home1/data/bench-homefs
 WHERE[sshfs]=host   DIR[sshfs]=$SSHFS_MNT/bench-sshfs
-TARGETS="local homefs sshfs"
+WHERE[passthrough]=host DIR[passthrough]=$PASS_MNT/bench-passthrough
+TARGETS="local homefs sshfs passthrough"
 for t in $TARGETS; do run_in ${WHERE[$t]} mkdir -p "${DIR[$t]}"; done
 echo "bench homefs: sequential write" >&2
 for t in $TARGETS; do R[$t,write]=$(fio_bw ${WHERE[$t]} "${DIR[$t]}" write 1M "--end_fsync=1"); done
@@ -202,13 +213,23 @@ for t in $TARGETS; do R[$t,lock]=$(locks $t); done
 for t in $TARGETS; do run_in ${WHERE[$t]} rm -rf "${DIR[$t]}"; done
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')" 2>/dev/null || echo "-"; }
-printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' test local homefs sshfs "homefs/local" "homefs/sshfs"
-printf '|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------ ------------ ------------ -------------- --------------
-for row in "write:sequential write MB/s" "read:sequential read MB/s" "rand:4 KiB random read IOPS" \
-           "create:create files/s" "stat:stat files/s" "unlink:unlink files/s" \
-           "append:appends/s (2 writers)" "lock:lock/unlock pairs/s (2)"; do
-  key=${row%%:*} label=${row#*:}
-  printf '| %-28s | %10s | %10s | %10s | %12s | %12s |\n' "$label" "${R[local,$key]}" \
-    "${R[homefs,$key]}" "${R[sshfs,$key]}" "$(ratio "${R[homefs,$key]}" "${R[local,$key]}")" \
-    "$(ratio "${R[homefs,$key]}" "${R[sshfs,$key]}")"
-done
+RESULTS=$ROOT/bench/results/homefs.md
+mkdir -p "$(dirname "$RESULTS")"
+{
+  echo "Size $SIZE, $FILES files, appends and locks for $APPEND_S s; load average $(cut -d' ' -f1 /proc/loadavg) at the end."
+  echo
+  printf '| %-28s | %10s | %10s | %10s | %14s | %12s | %12s | %12s |\n' test local homefs sshfs \
+    passthrough_ll "homefs/local" "homefs/sshfs" "homefs/pt_ll"
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------ ------------ \
+    ------------ ---------------- -------------- -------------- --------------
+  for row in "write:sequential write MB/s" "read:sequential read MB/s" "rand:4 KiB random read IOPS" \
+             "create:create files/s" "stat:stat files/s" "unlink:unlink files/s" \
+             "append:appends/s (2 writers)" "lock:lock/unlock pairs/s (2)"; do
+    key=${row%%:*} label=${row#*:}
+    printf '| %-28s | %10s | %10s | %10s | %14s | %12s | %12s | %12s |\n' "$label" "${R[local,$key]}" \
+      "${R[homefs,$key]}" "${R[sshfs,$key]}" "${R[passthrough,$key]}" \
+      "$(ratio "${R[homefs,$key]}" "${R[local,$key]}")" \
+      "$(ratio "${R[homefs,$key]}" "${R[sshfs,$key]}")" \
+      "$(ratio "${R[homefs,$key]}" "${R[passthrough,$key]}")"
+  done
+} | tee "$RESULTS"
