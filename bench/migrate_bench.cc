@@ -113,6 +113,24 @@ Sample Floor(size_t mib, const std::string& base) {
   return {Seconds(t2 - t0), Seconds(t2 - t0), Seconds(t1 - t0), 0, Seconds(t2 - t1)};
 }
 
+// The end of a move whose images arrived in `recv_dir`: restore there, then release the
+// source (stopped by its dump) and both directories. `t0`: the dump began; `dumped`: it
+// ended.
+Sample RestoreMoved(const BenchJob& job, const std::string& dump_dir,
+                    const std::string& recv_dir, Clock::time_point t0,
+                    Clock::time_point dumped) {
+  RemoveImageDir(dump_dir);
+  auto received = Clock::now();
+  Restored r = RestoreWithPipes(recv_dir, job.Inodes());
+  auto restored = Clock::now();
+  KillJob(job.init);
+  RemoveImageDir(recv_dir);
+  auto done = Clock::now();
+  KillJob(r.init);
+  return {Seconds(restored - t0), Seconds(done - t0), Seconds(dumped - t0),
+          Seconds(received - dumped), Seconds(restored - received)};
+}
+
 // Both ends of a TCP connection over loopback.
 std::pair<Fd, Fd> LoopbackPair() {
   Fd listener = Fd::Adopt(HW_SYSCALL(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)));
@@ -150,15 +168,7 @@ Sample StopAndCopy(size_t mib, const std::string& base) {
     source.Reset();
   }
   receiver.join();
-  RemoveImageDir(dump_dir);
-  auto t2 = Clock::now();
-  Restored r = RestoreWithPipes(recv_dir, options.external_pipes);
-  auto t3 = Clock::now();
-  KillJob(job.init);
-  RemoveImageDir(recv_dir);
-  auto t4 = Clock::now();
-  KillJob(r.init);
-  return {Seconds(t3 - t0), Seconds(t4 - t0), Seconds(t1 - t0), Seconds(t2 - t1), Seconds(t3 - t2)};
+  return RestoreMoved(job, dump_dir, recv_dir, t0, t1);
 }
 
 // A move as the daemons make it: the memory to a page server on the other side of the
@@ -191,16 +201,7 @@ Sample Paged(size_t mib, const std::string& base) {
   receive.into_existing = true;
   ReceiveImages(*target, recv_dir, receive);
   sender.join();
-  RemoveImageDir(dump_dir);
-  auto t2 = Clock::now();
-  Restored r = RestoreWithPipes(recv_dir, options.external_pipes);
-  auto t3 = Clock::now();
-  KillJob(job.init);
-  RemoveImageDir(recv_dir);
-  auto t4 = Clock::now();
-  KillJob(r.init);
-  return {Seconds(t3 - t0), Seconds(t4 - t0), Seconds(dumped - t0), Seconds(t2 - dumped),
-          Seconds(t3 - t2)};
+  return RestoreMoved(job, dump_dir, recv_dir, t0, dumped);
 }
 
 Sample Median(std::vector<Sample> samples) {
