@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <future>
 #include <sstream>
 
 #include <capnp/serialize.h>
@@ -212,17 +213,7 @@ uint64_t NamespaceInode(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
 }
 
-// The namespaces a job is restored into, held by `mosjob-init --prepare-root` until criu
-// has restored into them. CRIU restores the job into a mount namespace like the one a job
-// starts in: the home's tree as the job's view (for a guest), or this node's own (at
-// home); and a guest into a network namespace of its own with only its loopback, like a
-// guest started here.
-struct LandingNamespaces {
-  ChildProcess holder;
-  Fd hold;  // the holder's stdin: it holds the namespaces until this closes
-  Fd mount;
-  Fd net;  // a guest's only
-};
+}  // namespace
 
 LandingNamespaces PrepareLanding(const std::string& root, const std::string& init_path,
                                  bool own_network) {
@@ -253,15 +244,14 @@ LandingNamespaces PrepareLanding(const std::string& root, const std::string& ini
   return landing;
 }
 
-}  // namespace
-
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults, bool own_network,
                          const std::string& intent_dir, std::optional<ActingUser> as_user,
-                         const LockClaim& claim) {
-  LandingNamespaces landing = PrepareLanding(root, init_path, own_network);
+                         const LockClaim& claim, LandingNamespaces* prepared) {
+  LandingNamespaces landing =
+      prepared ? std::move(*prepared) : PrepareLanding(root, init_path, own_network);
   ChildProcess& holder = landing.holder;
 
   Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
@@ -510,6 +500,11 @@ std::optional<RestoredJob> RunMoveIn(
     }
     *launch = make_launch(request.getStartGuest());
 
+    // The job's namespaces here are made while the source dumps: their holder, and a
+    // guest's network with its rules, are no part of the time the job is frozen.
+    auto landing = std::async(std::launch::async, [&] {
+      return PrepareLanding(launch->root, context.init_path, launch->guest);
+    });
     step = "receive the pages";
     dir = FreshImageDir(context.state_dir, "in");
     HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create image directory {}", dir);
@@ -537,10 +532,12 @@ std::optional<RestoredJob> RunMoveIn(
     } else {
       claim = {received.job.lock_token, {}, &context.home_locks, user.uid};
     }
+    LandingNamespaces prepared = landing.get();
     RestoredHere here = RestoreHere(
         dir, received.job.external_pipes, launch->root, context.init_path, context.faults,
         launch->guest, context.state_dir + "/jobs",
-        ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}}, claim);
+        ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}}, claim,
+        &prepared);
     migrate::RemoveImageDir(dir);
     dir.clear();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),

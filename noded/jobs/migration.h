@@ -98,15 +98,30 @@ struct LockClaim {
   const HomeLockClaims* home = nullptr;
   uid_t uid = 0;  // the job's user: only its processes are handed a job coming home's locks
 };
+// The namespaces a job is restored into, held by `mosjob-init --prepare-root` until criu
+// has restored into them. CRIU restores the job into a mount namespace like the one a job
+// starts in: the home's tree as the job's view (for a guest), or this node's own (at
+// home); and a guest into a network namespace of its own with only its loopback, like a
+// guest started here.
+struct LandingNamespaces {
+  ChildProcess holder;
+  Fd hold;  // the holder's stdin: it holds the namespaces until this closes
+  Fd mount;
+  Fd net;  // a guest's only
+};
+LandingNamespaces PrepareLanding(const std::string& root, const std::string& init_path,
+                                 bool own_network);
+
 // `intent_dir`, when given: where the restore's intent is journaled (job_journal.h).
 // `claim`: the job's locks are claimed, for its mount namespace, before criu runs.
+// `prepared`: the landing namespaces, made ahead (else made here).
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults, bool own_network = false,
                          const std::string& intent_dir = {},
                          std::optional<ActingUser> as_user = std::nullopt,
-                         const LockClaim& claim = {});
+                         const LockClaim& claim = {}, LandingNamespaces* prepared = nullptr);
 
 // A job restored here, ready for the loop to adopt.
 struct RestoredJob {
