@@ -79,6 +79,19 @@ std::pair<Fd, Fd> SocketPair() {
   int fds[2];
   HW_SYSCALL(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds),
              "socketpair for the page server");
+  // Room for several MiB in flight between criu and the relay, so that neither waits
+  // for the other to be scheduled: with the default (about 200 KiB) a 1 GiB dump took
+  // 11 to 16 s instead of 1.4 to 2.6 s beside other work on this 2-core machine.
+  // (The FORCE options pass the system's limits, for root; others get those limits.)
+  constexpr int kBufferBytes = 4 << 20;
+  for (int fd : fds) {
+    if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &kBufferBytes, sizeof kBufferBytes) != 0) {
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &kBufferBytes, sizeof kBufferBytes);
+    }
+    if (::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &kBufferBytes, sizeof kBufferBytes) != 0) {
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &kBufferBytes, sizeof kBufferBytes);
+    }
+  }
   return {Fd::Adopt(fds[0]), Fd::Adopt(fds[1])};
 }
 
