@@ -132,8 +132,13 @@ class ImageStreamTest : public ::testing::Test {
     });
     try {
       *received = ReceiveImages(*receiving, target_);
+      // The sender ends its direction after the stream (CloseWrite): wait for that end
+      // before hanging up, or its end record may meet a closed connection.
+      char rest;
+      while (receiving->Read(&rest, 1) > 0) {
+      }
     } catch (const Error& e) {
-      receive_error->emplace(e);
+      if (!*receive_error) receive_error->emplace(e);
     }
     receiving->Shutdown();
     sender.join();
