@@ -38,13 +38,15 @@ double NsPerCall(long iterations, F&& call) {
 
 volatile long g_sink;
 
-int Calls(long scale) {
+int Calls(double scale) {
+  // Each call's count at this scale (a fraction for slow runners such as proot).
+  auto n = [scale](long base) { return std::max(1L, static_cast<long>(base * scale)); };
   struct stat st;
-  printf("getpid %.1f\n", NsPerCall(200000 * scale, [] { g_sink = getpid(); }));
-  printf("syscall_getpid %.1f\n", NsPerCall(50000 * scale, [] { g_sink = syscall(SYS_getpid); }));
-  printf("gettid %.1f\n", NsPerCall(200000 * scale, [] { g_sink = gettid(); }));
-  printf("stat %.1f\n", NsPerCall(50000 * scale, [&] { g_sink = stat("/usr", &st); }));
-  printf("open_close %.1f\n", NsPerCall(20000 * scale, [] {
+  printf("getpid %.1f\n", NsPerCall(n(200000), [] { g_sink = getpid(); }));
+  printf("syscall_getpid %.1f\n", NsPerCall(n(50000), [] { g_sink = syscall(SYS_getpid); }));
+  printf("gettid %.1f\n", NsPerCall(n(200000), [] { g_sink = gettid(); }));
+  printf("stat %.1f\n", NsPerCall(n(50000), [&] { g_sink = stat("/usr", &st); }));
+  printf("open_close %.1f\n", NsPerCall(n(20000), [] {
            int fd = open("/dev/null", O_RDONLY);
            g_sink = fd;
            close(fd);
@@ -65,10 +67,10 @@ int Calls(long scale) {
     msg.msg_controllen = sizeof(control);
     g_sink = recvmsg(pair[0], &msg, 0);
   };
-  printf("sendmsg_recvmsg %.1f\n", NsPerCall(20000 * scale, round_trip));
+  printf("sendmsg_recvmsg %.1f\n", NsPerCall(n(20000), round_trip));
   int on = 1;
   if (setsockopt(pair[0], SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) return 1;
-  printf("sendmsg_recvmsg_passcred %.1f\n", NsPerCall(20000 * scale, round_trip));
+  printf("sendmsg_recvmsg_passcred %.1f\n", NsPerCall(n(20000), round_trip));
   return 0;
 }
 
@@ -89,7 +91,7 @@ int Cpu(long units) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc >= 2 && strcmp(argv[1], "calls") == 0) return Calls(argc > 2 ? atol(argv[2]) : 1);
+  if (argc >= 2 && strcmp(argv[1], "calls") == 0) return Calls(argc > 2 ? atof(argv[2]) : 1);
   if (argc >= 3 && strcmp(argv[1], "cpu") == 0) return Cpu(atol(argv[2]));
   fprintf(stderr, "usage: preload_bench calls [SCALE] | cpu UNITS\n");
   return 2;
