@@ -50,9 +50,33 @@ struct CriuCall {
   std::vector<std::string> extra_env;
 };
 
-// Runs criu to completion. criu is opened before entering the namespace and run with
-// execveat, so it need not exist at the same path inside the job's mount namespace.
-CriuRun RunCriu(const CriuCall& call) {
+// A criu started and not yet waited for. criu is opened before entering the namespace
+// and run with execveat, so it need not exist at the same path inside the job's mount
+// namespace.
+class CriuProcess {
+ public:
+  explicit CriuProcess(const CriuCall& call);
+  CriuProcess(const CriuProcess&) = delete;
+  CriuProcess& operator=(const CriuProcess&) = delete;
+  // A criu never waited for is killed (its job is then as criu leaves it on SIGKILL).
+  ~CriuProcess() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    int status;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
+  pid_t pid() const { return pid_; }
+  // Reads criu's output to its end and waits for it to exit.
+  CriuRun Wait();
+
+ private:
+  pid_t pid_ = -1;
+  Fd output_;
+  Clock::time_point start_;
+};
+
+CriuProcess::CriuProcess(const CriuCall& call) {
   Fd binary = Fd::Open(call.criu_path, O_PATH);
   Fd null = Fd::Open("/dev/null", O_RDWR);
   std::vector<std::string> argv_strings{"criu"};
@@ -69,7 +93,7 @@ CriuRun RunCriu(const CriuCall& call) {
   Pipe output = Pipe::Create();
   Pipe errors = Pipe::Create();
 
-  auto start = Clock::now();
+  start_ = Clock::now();
   pid_t pid = HW_SYSCALL(::fork(), "fork for criu");
   if (pid == 0) {
     // Only async-signal-safe calls until exec: the daemon has other threads.
@@ -97,26 +121,56 @@ CriuRun RunCriu(const CriuCall& call) {
     (void)!write(err_fd, &err, sizeof err);
     _exit(127);
   }
+  pid_ = pid;
   errors.write.Reset();
   output.write.Reset();
   int child_errno = 0;
   bool exec_failed =
       ReadSome(errors.read.get(), &child_errno, sizeof child_errno, "criu exec status") > 0;
-  CriuRun run;
-  char buffer[4096];
-  while (size_t n = ReadSome(output.read.get(), buffer, sizeof buffer, "criu output")) {
-    if (run.output.size() < (1 << 16)) run.output.append(buffer, n);
-  }
-  int status = 0;
-  HW_SYSCALL(::waitpid(pid, &status, 0), "wait for criu");
-  run.status = ExitStatus::FromWaitStatus(status);
-  run.time = Since(start);
   if (exec_failed) {
+    int status;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
     throw SystemError(child_errno,
                       fmt::format("cannot run {} (in the job's mount namespace)", call.criu_path));
   }
+  output_ = std::move(output.read);
+}
+
+CriuRun CriuProcess::Wait() {
+  CriuRun run;
+  char buffer[4096];
+  while (size_t n = ReadSome(output_.get(), buffer, sizeof buffer, "criu output")) {
+    if (run.output.size() < (1 << 16)) run.output.append(buffer, n);
+  }
+  int status = 0;
+  HW_SYSCALL(::waitpid(pid_, &status, 0), "wait for criu");
+  pid_ = -1;
+  run.status = ExitStatus::FromWaitStatus(status);
+  run.time = Since(start_);
   return run;
 }
+
+// Runs criu to completion.
+CriuRun RunCriu(const CriuCall& call) { return CriuProcess(call).Wait(); }
+
+// A pipe for criu's --status-fd: criu writes one byte and closes it once it is ready to
+// serve (a lazy dump: its images are written; lazy-pages: its socket is listening).
+struct StatusPipe {
+  Pipe pipe = Pipe::Create();
+  // Adds the option; the write end goes to criu only.
+  void Pass(CriuCall& call) {
+    call.keep_fds.push_back(pipe.write.get());
+    call.args.push_back("--status-fd");
+    call.args.push_back(std::to_string(pipe.write.get()));
+  }
+  // After criu started: true once it is ready, false when it exited first.
+  bool Ready() {
+    pipe.write.Reset();
+    char byte;
+    return ReadSome(pipe.read.get(), &byte, 1, "criu's status") == 1;
+  }
+};
 
 // The lines of criu's log (or output) that say what went wrong: its errors, else its end.
 std::string QuoteLog(const std::string& log_path, const std::string& output) {
@@ -300,6 +354,107 @@ CriuRun RunPagedCriu(CriuCall call, PageSessions* pages, std::string& pages_erro
   return run;
 }
 
+// Starts a lazy dump's criu with a session of `pages`. Returns it once its images are
+// written and it serves the job's memory; nullptr when it exited first (`run` and
+// `pages_error` then say how, as for RunPagedCriu).
+std::unique_ptr<CriuProcess> StartLazyCriu(CriuCall call, PageSessions& pages, CriuRun& run,
+                                           std::string& pages_error) {
+  pages_error.clear();
+  int socket = pages.Begin();
+  call.keep_fds.push_back(socket);
+  call.args.push_back("--ps-socket");
+  call.args.push_back(std::to_string(socket));
+  StatusPipe status;
+  status.Pass(call);
+  std::unique_ptr<CriuProcess> criu;
+  try {
+    criu = std::make_unique<CriuProcess>(call);
+  } catch (...) {
+    try {
+      pages.End();
+    } catch (const std::exception&) {
+      // criu could not run: that is the error to report.
+    }
+    throw;
+  }
+  if (status.Ready()) return criu;
+  run = criu->Wait();
+  try {
+    pages.End();
+  } catch (const std::exception& e) {
+    pages_error = e.what();
+  }
+  return nullptr;
+}
+
+// A lazy dump past its images (see LazyDump).
+class LazyDumpRun final : public LazyDump {
+ public:
+  LazyDumpRun(std::unique_ptr<CriuProcess> criu, std::unique_ptr<WorkDir> work,
+              PageSessions& pages, pid_t init_pid, AfterDump after)
+      : criu_(std::move(criu)), work_(std::move(work)), pages_(pages), init_pid_(init_pid),
+        after_(after) {}
+  ~LazyDumpRun() override {
+    if (!criu_) return;
+    criu_.reset();  // killed: the job is continued here, as on a failure
+    try {
+      pages_.End();
+    } catch (const std::exception&) {
+    }
+    ContinueJob(init_pid_);
+  }
+
+  void Finish() override {
+    CriuRun run = criu_->Wait();
+    criu_.reset();
+    std::string pages_error;
+    try {
+      pages_.End();
+    } catch (const std::exception& e) {
+      pages_error = e.what();
+    }
+    if (run.status.signaled || run.status.code != 0) {
+      if (run.status.signaled) ContinueJob(init_pid_);
+      Fail(ErrorKind::kFailed, "the target did not take all of job {}'s memory ({}):{}{}",
+           init_pid_, run.status.Describe(), QuoteLog(work_->path() + "/dump.log", run.output),
+           pages_error.empty() ? "" : "\n  the page relay: " + pages_error);
+    }
+    if (!pages_error.empty()) {
+      if (after_ == AfterDump::kStop) ContinueJob(init_pid_);
+      Fail(ErrorKind::kFailed, "the page relay of job {}'s lazy dump failed: {}", init_pid_,
+           pages_error);
+    }
+  }
+
+ private:
+  std::unique_ptr<CriuProcess> criu_;
+  std::unique_ptr<WorkDir> work_;
+  PageSessions& pages_;
+  pid_t init_pid_;
+  AfterDump after_;
+};
+
+// A lazy restore's criu lazy-pages (see LazyPages).
+class LazyPagesRun final : public LazyPages {
+ public:
+  LazyPagesRun(std::unique_ptr<CriuProcess> criu, std::unique_ptr<WorkDir> work)
+      : criu_(std::move(criu)), work_(std::move(work)) {}
+  void Finish() override {
+    CriuRun run = criu_->Wait();
+    criu_.reset();
+    if (run.status.signaled || run.status.code != 0) {
+      Fail(ErrorKind::kFailed,
+           "criu lazy-pages failed ({}), and killed the job rather than let it run with part "
+           "of its memory:{}",
+           run.status.Describe(), QuoteLog(work_->path() + "/lazy-pages.log", run.output));
+    }
+  }
+
+ private:
+  std::unique_ptr<CriuProcess> criu_;
+  std::unique_ptr<WorkDir> work_;
+};
+
 // criu's parasite in a job's init makes a directory "proc.crtools" in the init's working
 // directory to mount the job's /proc on. Inits of one home share that directory (their
 // root), so two dumps at the same moment, on this node or another, can collide on it.
@@ -320,8 +475,12 @@ bool WorthAnotherTry(const std::string& log_path) {
 
 DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions& options) {
   options.faults.Check(Fault::kDumpBeforeCriu);
+  if (options.lazy && !options.pages) {
+    Fail(ErrorKind::kInvalidInput, "a lazy dump needs a page server to serve the memory to");
+  }
   Fd images = Fd::Open(image_dir, O_RDONLY | O_DIRECTORY);
-  WorkDir work(image_dir, options.work_dir);
+  auto work_owner = std::make_unique<WorkDir>(image_dir, options.work_dir);
+  WorkDir& work = *work_owner;
   Fd work_fd = Fd::Open(work.path(), O_RDONLY | O_DIRECTORY);
   std::string ns_path = fmt::format("/proc/{}/ns/mnt", init_pid);
   std::string net_path = fmt::format("/proc/{}/ns/net", init_pid);
@@ -371,7 +530,10 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
     call.args.push_back("--action-script");
     call.args.push_back(FailAtStepScript(work.path(), "post-dump"));
   }
-  if (options.pages) {
+  if (options.lazy) {
+    // The descriptor is added for each run (StartLazyCriu): criu serves the memory on it.
+    call.args.push_back("--lazy-pages");
+  } else if (options.pages) {
     // The descriptor is added for each run (RunPagedCriu): pages go to the page server.
     call.args.push_back("--page-server");
   }
@@ -379,11 +541,17 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
   if (enter && options.as_user) acting.emplace(*options.as_user, mount_ns.get());
   CriuRun run;
   std::string pages_error;
+  std::unique_ptr<CriuProcess> serving;  // a lazy dump's criu, past its images
   {
     std::lock_guard turn(dump_turn);
     std::minstd_rand jitter(static_cast<unsigned>(init_pid));
     for (int attempt = 1;; ++attempt) {
-      run = RunPagedCriu(call, options.pages, pages_error);
+      if (options.lazy) {
+        serving = StartLazyCriu(call, *options.pages, run, pages_error);
+        if (serving) break;
+      } else {
+        run = RunPagedCriu(call, options.pages, pages_error);
+      }
       bool failed = run.status.signaled || run.status.code != 0;
       if (!failed || run.status.signaled || attempt == kDumpAttempts ||
           !WorthAnotherTry(work.path() + "/dump.log")) {
@@ -392,6 +560,14 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
       EmptyDirectory(image_dir);
       std::this_thread::sleep_for(std::chrono::milliseconds(50 + jitter() % 200));
     }
+  }
+  if (serving) {
+    // The stats and the run's time come at criu's end, with the memory served.
+    DumpResult result;
+    result.image_bytes = DirBytes(image_dir);
+    result.lazy = std::make_unique<LazyDumpRun>(std::move(serving), std::move(work_owner),
+                                                *options.pages, init_pid, options.after);
+    return result;
   }
   if (run.status.signaled || run.status.code != 0) {
     // criu thaws the job when it fails; a criu that was killed cannot, so do it for it.
@@ -429,6 +605,29 @@ void ServePages(int socket, const std::string& image_dir, const std::string& cri
   }
 }
 
+namespace {
+
+std::unique_ptr<CriuProcess> StartLazyPages(const RestoreOptions& options, const Fd& images,
+                                            const Fd& work_fd, const std::string& work_path) {
+  CriuCall call;
+  call.criu_path = options.criu_path;
+  call.keep_fds = {images.get(), work_fd.get(), options.lazy_pages_socket};
+  call.args = {"lazy-pages", "--images-dir", FdPath(images), "--work-dir", FdPath(work_fd),
+               "--log-file", "lazy-pages.log", "-v2", "--page-server", "--ps-socket",
+               std::to_string(options.lazy_pages_socket)};
+  StatusPipe status;
+  status.Pass(call);
+  auto criu = std::make_unique<CriuProcess>(call);
+  if (!status.Ready()) {
+    CriuRun run = criu->Wait();
+    Fail(ErrorKind::kFailed, "criu lazy-pages did not start ({}):{}", run.status.Describe(),
+         QuoteLog(work_path + "/lazy-pages.log", run.output));
+  }
+  return criu;
+}
+
+}  // namespace
+
 RestoreResult Restore(const std::string& image_dir, const RestoreOptions& options) {
   int subreaper = 0;
   HW_SYSCALL(::prctl(PR_GET_CHILD_SUBREAPER, &subreaper), "prctl PR_GET_CHILD_SUBREAPER");
@@ -438,7 +637,8 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
   }
   options.faults.Check(Fault::kRestoreBeforeCriu);
   Fd images = Fd::Open(image_dir, O_RDONLY | O_DIRECTORY);
-  WorkDir work(image_dir, options.work_dir);
+  auto work_owner = std::make_unique<WorkDir>(image_dir, options.work_dir);
+  WorkDir& work = *work_owner;
   Fd work_fd = Fd::Open(work.path(), O_RDONLY | O_DIRECTORY);
   std::string pid_file = work.path() + "/restore.pid";
   ::unlink(pid_file.c_str());
@@ -478,6 +678,13 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     call.args.push_back("--action-script");
     call.args.push_back(HoldAtStepScript(work.path(), "post-restore", kRestoreHoldSeconds));
   }
+  // A lazy restore: criu lazy-pages listens in the work directory, where the restore
+  // finds it, before the restore starts.
+  std::unique_ptr<CriuProcess> lazy_pages;
+  if (options.lazy_pages_socket >= 0) {
+    lazy_pages = StartLazyPages(options, images, work_fd, work.path());
+    call.args.push_back("--lazy-pages");
+  }
   std::optional<CriuActingAs> acting;
   if (options.mount_namespace_fd >= 0 && options.as_user) {
     acting.emplace(*options.as_user, options.mount_namespace_fd);
@@ -505,7 +712,11 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     KillJob(init_pid);
     Fail(ErrorKind::kFailed, "fault point restore-after-criu hit (job {} killed again)", init_pid);
   }
-  return RestoreResult{init_pid, run.time};
+  RestoreResult result{init_pid, run.time, nullptr};
+  if (lazy_pages) {
+    result.lazy = std::make_unique<LazyPagesRun>(std::move(lazy_pages), std::move(work_owner));
+  }
+  return result;
 }
 
 std::vector<pid_t> JobPids(pid_t init_pid) {

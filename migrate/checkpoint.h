@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <memory>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -56,6 +57,21 @@ struct DumpOptions {
   // Not null: the job's memory goes to this page server while criu dumps, and only the
   // rest of the images into the image directory.
   PageSessions* pages = nullptr;
+  // With `pages`: a lazy dump. Dump returns once the images but the memory are written,
+  // the job stopped; criu then serves its memory to a criu lazy-pages on the target
+  // (RestoreOptions::lazy_pages_socket) through `pages` until that has every page
+  // (DumpResult::lazy).
+  bool lazy = false;
+};
+
+// The second half of a lazy dump: criu holds the job stopped and serves its memory.
+class LazyDump {
+ public:
+  virtual ~LazyDump() = default;
+  // Blocks until the target has every page; the job is then as DumpOptions::after says.
+  // Throws Error when the target left before it had them all: criu has then let the job
+  // run on here. Dropped unfinished, criu is killed and the job continued.
+  virtual void Finish() = 0;
 };
 
 struct DumpResult {
@@ -64,6 +80,7 @@ struct DumpResult {
   std::chrono::microseconds memdump_time{0};  // part of that spent draining memory
   uint64_t image_bytes = 0;                   // size of the image directory
   uint64_t pages_written = 0;
+  std::shared_ptr<LazyDump> lazy;             // a lazy dump's second half
 };
 
 // Dumps the job whose init has `init_pid` (a pid of our namespace) into `image_dir`,
@@ -97,11 +114,26 @@ struct RestoreOptions {
   // "restore-before-criu", "restore-criu" (criu fails), "restore-after-criu" (the
   // restored job is killed again and the restore reported as failed).
   FaultPoints faults;
+  // Not -1: a lazy restore. The job's memory is not in the images: a criu lazy-pages
+  // pulls it over this connection to the source's lazy dump (its page-server protocol)
+  // as the restored job touches it, and the rest in the background (RestoreResult::lazy).
+  int lazy_pages_socket = -1;
+};
+
+// The second half of a lazy restore: criu lazy-pages fills the job's memory.
+class LazyPages {
+ public:
+  virtual ~LazyPages() = default;
+  // Blocks until the job has every page. Throws Error when the source could not give
+  // them all: criu lazy-pages has then killed the job rather than let it read memory it
+  // never had. Dropped unfinished, lazy-pages is killed: kill the job first.
+  virtual void Finish() = 0;
 };
 
 struct RestoreResult {
   pid_t init_pid = -1;  // the job's init in our PID namespace; our child
   std::chrono::microseconds criu_time{0};
+  std::unique_ptr<LazyPages> lazy;  // a lazy restore's second half
 };
 
 // Restores the job from `image_dir`. The calling process must be a child subreaper

@@ -231,6 +231,7 @@ void FillJob(schema::JobMetadata::Builder out, const JobMetadata& job) {
                              job.input_data.size()));
   input.setEnded(job.input_ended);
   out.setLockToken(job.lock_token);
+  out.setLazyToken(job.lazy_token);
 }
 
 JobMetadata ReadJob(schema::JobMetadata::Reader in) {
@@ -250,6 +251,7 @@ JobMetadata ReadJob(schema::JobMetadata::Reader in) {
     job.input_ended = input.getEnded();
   }
   job.lock_token = in.getLockToken();
+  job.lazy_token = in.getLazyToken();
   return job;
 }
 

@@ -38,6 +38,8 @@ struct JobMetadata {
   bool input_ended = false;
   // Not 0: the job's homefs locks wait at its home under this token (see migration.capnp).
   uint64_t lock_token = 0;
+  // Not 0: a lazy move, whose pages come on the connection opened with this token.
+  uint64_t lazy_token = 0;
 };
 
 struct StreamStats {

@@ -5,6 +5,7 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -17,7 +18,14 @@ namespace homeward::migrate {
 
 namespace {
 
-enum class Frame : uint32_t { kBegin = 1, kData = 2, kEnd = 3, kDone = 4, kError = 5 };
+enum class Frame : uint32_t {
+  kBegin = 1,
+  kData = 2,
+  kEnd = 3,
+  kDone = 4,
+  kError = 5,
+  kLazy = 6,
+};
 struct FrameHeader {
   uint32_t kind = 0;
   uint32_t length = 0;
@@ -53,7 +61,7 @@ FrameHeader ReadFrame(SecureStream& stream, const char* expecting) {
     Fail(ErrorKind::kDisconnected, "the connection ended before {}", expecting);
   }
   if (header.kind < static_cast<uint32_t>(Frame::kBegin) ||
-      header.kind > static_cast<uint32_t>(Frame::kError)) {
+      header.kind > static_cast<uint32_t>(Frame::kLazy)) {
     Fail(ErrorKind::kInvalidInput, "malformed page frame (kind {})", header.kind);
   }
   bool data = header.kind == static_cast<uint32_t>(Frame::kData) ||
@@ -189,6 +197,8 @@ void PageRelayOut::End() {
 
 void PageRelayOut::Finish() { WriteFrame(stream_, Frame::kDone); }
 
+void PageRelayOut::PagesElsewhere(SecureStream& stream) { WriteFrame(stream, Frame::kLazy); }
+
 namespace {
 
 // One session on the target: criu page-server on a thread, its answers sent back on
@@ -288,6 +298,9 @@ bool ServeFrame(SecureStream& stream, const std::string& dir, const PageReceiveO
       if (session) Fail(ErrorKind::kInvalidInput, "the dump ended inside a page session");
       if (!last_error.empty()) Fail(ErrorKind::kFailed, "{}", last_error);
       return true;
+    case Frame::kLazy:
+      if (session) Fail(ErrorKind::kInvalidInput, "a lazy move inside a page session");
+      return true;
     case Frame::kError:
       break;
   }
@@ -317,6 +330,85 @@ uint64_t ReceivePages(SecureStream& stream, const std::string& dir,
     }
     throw;
   }
+}
+
+LazyPageRelayIn::LazyPageRelayIn(std::unique_ptr<SecureStream> stream, bool hold)
+    : stream_(std::move(stream)), hold_(hold) {
+  std::tie(criu_end_, relay_end_) = SocketPair();
+  up_ = std::thread([this] {
+    try {
+      CopySocketToFrames(relay_end_.get(), *stream_, "criu lazy-pages' requests");
+    } catch (const std::exception& e) {
+      Failed(fmt::format("asking for pages: {}", e.what()));
+    }
+  });
+  down_ = std::thread([this] { FromSource(); });
+}
+
+LazyPageRelayIn::~LazyPageRelayIn() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  stream_->Shutdown();
+  ::shutdown(relay_end_.get(), SHUT_RDWR);
+  if (up_.joinable()) up_.join();
+  if (down_.joinable()) down_.join();
+}
+
+void LazyPageRelayIn::Failed(const std::string& why) {
+  std::lock_guard lock(mutex_);
+  if (error_.empty()) error_ = why;
+}
+
+void LazyPageRelayIn::FromSource() {
+  try {
+    std::vector<char> buffer;
+    bool held = false;
+    for (;;) {
+      FrameHeader frame = ReadFrame(*stream_, "the lazy dump's end");
+      switch (static_cast<Frame>(frame.kind)) {
+        case Frame::kBegin:  // a run of the dump's criu; only the last one serves pages
+          break;
+        case Frame::kEnd:  // the dump's criu has exited: lazy-pages must not wait for it
+          ::shutdown(relay_end_.get(), SHUT_WR);
+          break;
+        case Frame::kDone:
+          return;
+        case Frame::kData:
+          buffer.resize(frame.length);
+          ReadExactly(*stream_, buffer.data(), buffer.size(), "a page frame");
+          if (hold_ && !held) {
+            held = true;
+            spdlog::warn("fault point lazy-hold: the job's pages are held until the relay ends");
+            for (int i = 0; i < 600; ++i) {
+              {
+                std::lock_guard lock(mutex_);
+                if (stopping_) break;
+              }
+              std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            }
+          }
+          SendAll(relay_end_.get(), buffer.data(), buffer.size(), "give criu lazy-pages its pages");
+          break;
+        default:
+          Fail(ErrorKind::kInvalidInput, "unexpected page frame (kind {}) from the lazy dump",
+               frame.kind);
+      }
+    }
+  } catch (const std::exception& e) {
+    Failed(e.what());
+  }
+  // lazy-pages may wait for pages that will not come: it must fail, not wait.
+  ::shutdown(relay_end_.get(), SHUT_RDWR);
+}
+
+void LazyPageRelayIn::Finish() {
+  criu_end_.Reset();  // lazy-pages has exited: the relay reads the end of its requests
+  if (up_.joinable()) up_.join();
+  if (down_.joinable()) down_.join();
+  std::lock_guard lock(mutex_);
+  if (!error_.empty()) Fail(ErrorKind::kFailed, "the lazy page relay failed: {}", error_);
 }
 
 }  // namespace homeward::migrate

@@ -13,9 +13,15 @@
 //                     ERROR (why it cannot go on, in words) when it fails.
 // criu's dump may run more than once (Dump tries again after some failures), each run
 // one session between BEGIN and END.
+//
+// A lazy move's pages go on a connection of their own, in the same frames, between the
+// source's lazy dump and criu lazy-pages on the target (which asks, page by page, for as
+// long as the restored job runs without all its memory); the move's connection then
+// carries LAZY in place of the sessions and DONE.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -42,6 +48,8 @@ class PageRelayOut final : public PageSessions {
   void End() override;
   // No more sessions: the migration stream follows on the connection.
   void Finish();
+  // On a lazy move's own connection (not this relay's): the pages go elsewhere.
+  static void PagesElsewhere(SecureStream& stream);
   // Bytes criu sent the page server, over every session.
   uint64_t bytes() const { return bytes_; }
 
@@ -66,11 +74,42 @@ struct PageReceiveOptions {
 };
 
 // The target's side: serves the sessions of one move's dump with criu page-server into
-// `dir` (which exists) until the source's DONE; blocks. Returns the bytes of the pages
-// written. Throws Error(kDisconnected) when the connection is cut, kInvalidInput for a
+// `dir` (which exists) until the source's DONE, or LAZY; blocks. Returns the bytes of the
+// pages written. Throws Error(kDisconnected) when the connection is cut, kInvalidInput for a
 // malformed frame, kOverloaded past max_bytes, kFailed when the last session's page server
 // failed. The caller removes `dir` on failure.
 uint64_t ReceivePages(SecureStream& stream, const std::string& dir,
                       const PageReceiveOptions& options = {});
+
+// The target's side of a lazy move's pages: relays the frames of the source's lazy dump
+// to criu lazy-pages here (RestoreOptions::lazy_pages_socket) and its requests back, on
+// threads of its own, from construction on. A cut connection ends lazy-pages' socket, so
+// that it fails (and kills the job it could not complete).
+class LazyPageRelayIn {
+ public:
+  // `hold`: the fault point lazy-hold (the source's first answer is held, so that the
+  // restored job waits for its memory, until the relay ends or a minute has passed).
+  LazyPageRelayIn(std::unique_ptr<SecureStream> stream, bool hold = false);
+  LazyPageRelayIn(const LazyPageRelayIn&) = delete;
+  LazyPageRelayIn& operator=(const LazyPageRelayIn&) = delete;
+  ~LazyPageRelayIn();
+  // criu lazy-pages' end of the relay.
+  int socket() const { return criu_end_.get(); }
+  // After criu lazy-pages has exited: waits for the source's DONE. Throws Error when the
+  // relay failed on the way.
+  void Finish();
+
+ private:
+  void FromSource();
+  void Failed(const std::string& why);
+
+  std::unique_ptr<SecureStream> stream_;
+  bool hold_;
+  Fd criu_end_, relay_end_;
+  std::thread up_, down_;
+  std::mutex mutex_;
+  std::string error_;
+  bool stopping_ = false;
+};
 
 }  // namespace homeward::migrate

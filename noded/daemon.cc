@@ -14,6 +14,7 @@
 #include "c_boundary.h"
 #include "control_permissions.h"
 #include "lock_holder.h"
+#include "migration.h"
 #include "homeward_config.h"
 #include "install_paths.h"
 #include "peer_auth.h"
@@ -84,6 +85,11 @@ void Daemon::ServePeers() {
   peer_server_.RegisterStream("migration", [this](std::unique_ptr<SecureStream> stream,
                                                   PeerIdentity) {
     jobs_.AcceptMove(std::move(stream));
+  });
+  // A lazy move's page connection, kept for the incoming move that claims it.
+  peer_server_.RegisterStream("lazy-pages", [](std::unique_ptr<SecureStream> stream,
+                                               PeerIdentity) {
+    DepositLazyPageConnection(std::move(stream));
   });
   // A guest's connection to its loopback, carried here (noded/jobs/loopback_carrier.h).
   peer_server_.RegisterStream("loopback", [this](std::unique_ptr<SecureStream> stream,

@@ -366,6 +366,7 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
     move->unpark_home_locks = unpark_home_locks_;
   }
   move->faults = faults_;
+  move->lazy = config_.migration.lazy_pages;
   move->as_user = CriuUserOf(*job);
   move->metadata.external_pipes = job->pipe_roles();
   // The caller holds the job's input from here on (Job::Depart): where it stands now is

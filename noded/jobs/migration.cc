@@ -12,6 +12,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <future>
 #include <sstream>
 
@@ -213,7 +216,53 @@ uint64_t NamespaceInode(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
 }
 
+// Lazy moves' page connections, waiting for their incoming moves (by token). One that no
+// move claims within kLazyClaimTimeout (its move failed first) is dropped.
+constexpr auto kLazyClaimTimeout = std::chrono::seconds(60);
+struct WaitingPages {
+  std::unique_ptr<SecureStream> stream;
+  std::chrono::steady_clock::time_point since;
+};
+std::mutex lazy_mutex;
+std::condition_variable lazy_arrived;
+std::map<uint64_t, WaitingPages> lazy_waiting;
+
+void DropUnclaimed() {
+  auto now = std::chrono::steady_clock::now();
+  std::erase_if(lazy_waiting, [&](const auto& entry) {
+    return now - entry.second.since > kLazyClaimTimeout;
+  });
+}
+
+std::unique_ptr<SecureStream> ClaimLazyPageConnection(uint64_t token) {
+  std::unique_lock lock(lazy_mutex);
+  auto deadline = std::chrono::steady_clock::now() + kConnectTimeout * 2;
+  while (!lazy_waiting.count(token)) {
+    if (lazy_arrived.wait_until(lock, deadline) == std::cv_status::timeout &&
+        !lazy_waiting.count(token)) {
+      Fail(ErrorKind::kDisconnected, "the lazy move's page connection did not come");
+    }
+  }
+  auto stream = std::move(lazy_waiting[token].stream);
+  lazy_waiting.erase(token);
+  return stream;
+}
+
 }  // namespace
+
+void DepositLazyPageConnection(std::unique_ptr<SecureStream> stream) {
+  uint64_t token = 0;
+  size_t got = 0;
+  while (got < sizeof token) {
+    size_t n = stream->Read(reinterpret_cast<char*>(&token) + got, sizeof token - got);
+    if (n == 0) Fail(ErrorKind::kDisconnected, "a lazy page connection ended before its token");
+    got += n;
+  }
+  std::lock_guard lock(lazy_mutex);
+  DropUnclaimed();
+  lazy_waiting[token] = {std::move(stream), std::chrono::steady_clock::now()};
+  lazy_arrived.notify_all();
+}
 
 LandingNamespaces PrepareLanding(const std::string& root, const std::string& init_path,
                                  bool own_network) {
@@ -249,7 +298,8 @@ RestoredHere RestoreHere(const std::string& dir,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults, bool own_network,
                          const std::string& intent_dir, std::optional<ActingUser> as_user,
-                         const LockClaim& claim, LandingNamespaces* prepared) {
+                         const LockClaim& claim, LandingNamespaces* prepared,
+                         int lazy_pages_socket) {
   LandingNamespaces landing =
       prepared ? std::move(*prepared) : PrepareLanding(root, init_path, own_network);
   ChildProcess& holder = landing.holder;
@@ -266,6 +316,7 @@ RestoredHere RestoreHere(const std::string& dir,
   restore.action_scripts = {"/mosjob-init"};
   restore.faults = faults;
   restore.as_user = std::move(as_user);
+  restore.lazy_pages_socket = lazy_pages_socket;
   for (const auto& pipe : external_pipes) {
     int job_end = pipe.role == "stdin"    ? in.read.get()
                   : pipe.role == "stdout" ? out.write.get()
@@ -297,9 +348,9 @@ RestoredHere RestoreHere(const std::string& dir,
     }
   }
   // The restored init is our child (we are a child subreaper): owned from here on.
-  pid_t init_pid;
+  migrate::RestoreResult result;
   try {
-    init_pid = migrate::Restore(dir, restore).init_pid;
+    result = migrate::Restore(dir, restore);
   } catch (const std::exception&) {
     // The job goes on at the source: what was claimed here is the source's again.
     if (claimed && home) {
@@ -310,8 +361,8 @@ RestoredHere RestoreHere(const std::string& dir,
     throw;
   }
   if (claimed && home) home->restored(claim.token);
-  ChildProcess init = ChildProcess::Adopt(init_pid);
-  return RestoredHere{std::move(init),
+  ChildProcess init = ChildProcess::Adopt(result.init_pid);
+  return RestoredHere{std::move(result.lazy), std::move(init),
                       DaemonEnds{std::move(in.write), std::move(in.read), std::move(out.read),
                                  std::move(err.read), std::move(status.read)}};
 }
@@ -360,10 +411,15 @@ std::unique_ptr<SecureStream> Offer(MoveOut& move, std::string& step) {
 // its word that the job runs there; the connection, a channel from then on, is kept in
 // move.connection for the relay. `step` says what it is doing, for the error.
 void HandOver(MoveOut& move, std::unique_ptr<SecureStream> stream, migrate::PageRelayOut& pages,
+              migrate::LazyDump* lazy, std::chrono::steady_clock::time_point frozen_at,
               std::string& step) {
   step = fmt::format("send the images to {}", move.target_name);
   try {
-    pages.Finish();
+    if (lazy) {
+      migrate::PageRelayOut::PagesElsewhere(*stream);
+    } else {
+      pages.Finish();
+    }
     migrate::SendOptions send;
     send.faults = move.faults;
     // The images are sealed in place on this thread; the connection becomes a channel
@@ -378,6 +434,20 @@ void HandOver(MoveOut& move, std::unique_ptr<SecureStream> stream, migrate::Page
   }
   Fd fd = SecureStream::IntoChannel(std::move(stream));
   step = fmt::format("restore on {}", move.target_name);
+  if (lazy) {
+    // The job runs there (it is no longer frozen) and pulls its memory from here: the
+    // move ends once the target has every page. Failing before, the job runs on here.
+    capnp::StreamFdMessageReader running(fd.get(), PeerReaderOptions());
+    auto word = running.getRoot<schema::ControlReply>();
+    if (word.isError()) Fail(ErrorKind::kFailed, "{}", word.getError().getMessage().cStr());
+    if (!word.isDone()) Fail(ErrorKind::kInvalidInput, "unexpected answer");
+    move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - frozen_at);
+    step = fmt::format("give {} the job's memory", move.target_name);
+    lazy->Finish();
+    pages.Finish();
+    step = fmt::format("restore on {}", move.target_name);
+  }
   capnp::StreamFdMessageReader reader(fd.get(), PeerReaderOptions());
   auto reply = reader.getRoot<schema::ControlReply>();
   if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
@@ -394,16 +464,30 @@ void RunMoveOut(MoveOut& move) {
   uint64_t lock_ns = 0;
   try {
     auto stream = Offer(move, step);
+    // A lazy move's memory goes on a connection of its own, which stays while the job
+    // runs on the target without all of it; else it goes to the target's page server
+    // while criu dumps the rest here.
+    std::unique_ptr<SecureStream> page_stream;
+    if (move.lazy) {
+      step = fmt::format("open a page connection to {}", move.target_name);
+      page_stream = PeerConnectStream(move.target_host, move.target_port, move.key,
+                                      "lazy-pages", kConnectTimeout);
+      while (move.metadata.lazy_token == 0) {
+        HW_SYSCALL(::getrandom(&move.metadata.lazy_token, sizeof(uint64_t), 0), "getrandom");
+      }
+      page_stream->Write(&move.metadata.lazy_token, sizeof(uint64_t));
+    }
     step = "checkpoint";
     HW_SYSCALL(::mkdir((move.image_dir).c_str(), 0700), "create {}", move.image_dir);
-    // The job's memory goes to the target's page server while criu dumps the rest here.
-    migrate::PageRelayOut pages(*stream);
+    migrate::PageRelayOut pages(page_stream ? *page_stream : *stream);
     migrate::DumpOptions dump;
     dump.after = migrate::AfterDump::kStop;
     dump.external_pipes = move.pipe_inodes;
     dump.faults = move.faults;
     dump.as_user = move.as_user;
     dump.pages = &pages;
+    dump.lazy = move.lazy;
+    auto dump_started = std::chrono::steady_clock::now();
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
     move.departure.Dumped();
     // The frozen job's unread input is not in its images: it travels in the metadata.
@@ -412,16 +496,21 @@ void RunMoveOut(MoveOut& move) {
     move.metadata.input_offset = reclaimed->offset;
     move.metadata.input_data = reclaimed->data;
     move.metadata.input_ended = reclaimed->ended;
-    auto frozen_at = std::chrono::steady_clock::now() - result.criu_time + result.frozen_time;
+    // A lazy dump is not over (its stats come at its end): the job was frozen during it.
+    auto frozen_at = result.lazy ? dump_started
+                                 : std::chrono::steady_clock::now() - result.criu_time +
+                                       result.frozen_time;
     move.image_bytes = result.image_bytes + pages.bytes();
     if (!move.lock_mount.empty() || move.park_home_locks) {
       step = "keep the job's locks at its home";
       lock_ns = ParkLocks(move);
     }
 
-    HandOver(move, std::move(stream), pages, step);
-    move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::steady_clock::now() - frozen_at);
+    HandOver(move, std::move(stream), pages, result.lazy.get(), frozen_at, step);
+    if (!result.lazy) {
+      move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - frozen_at);
+    }
     move.departure.Arrived();
     // The target's word, journaled before anything else: a restart from here on leaves
     // the copy here stopped for the target to take over (Departure::Reloaded).
@@ -523,6 +612,14 @@ std::optional<RestoredJob> RunMoveIn(
     receive.max_total_bytes -= std::min(page_bytes, receive.max_total_bytes);
     auto received = migrate::ReceiveImages(*stream, dir, receive);
     fd = SecureStream::IntoChannel(std::move(stream));
+    // A lazy move: the job's memory comes from the source's lazy dump, on the connection
+    // the source opened for it, as the restored job asks for it.
+    std::unique_ptr<migrate::LazyPageRelayIn> lazy_relay;
+    if (received.job.lazy_token != 0) {
+      step = "take the lazy move's page connection";
+      lazy_relay = std::make_unique<migrate::LazyPageRelayIn>(
+          ClaimLazyPageConnection(received.job.lazy_token), context.faults.Hit(Fault::kLazyHold));
+    }
 
     step = "restore";
     const JobIdentity& user = launch->identity;
@@ -537,7 +634,16 @@ std::optional<RestoredJob> RunMoveIn(
         dir, received.job.external_pipes, launch->root, context.init_path, context.faults,
         launch->guest, context.state_dir + "/jobs",
         ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}}, claim,
-        &prepared);
+        &prepared, lazy_relay ? lazy_relay->socket() : -1);
+    if (here.lazy) {
+      // It runs (no longer frozen at the source); the move ends once it has every page.
+      step = "pull the job's memory";
+      capnp::MallocMessageBuilder running;
+      running.initRoot<schema::ControlReply>().setDone();
+      capnp::writeMessageToFd(fd.get(), running);
+      here.lazy->Finish();
+      lazy_relay->Finish();
+    }
     migrate::RemoveImageDir(dir);
     dir.clear();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),

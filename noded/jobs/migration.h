@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint.h"
 #include "child_process.h"
 #include "criu_acting.h"
 #include "fault.h"
@@ -37,6 +38,10 @@ struct MoveOut {
   std::shared_ptr<capnp::MallocMessageBuilder> guest_request;  // a startGuest request
   migrate::JobMetadata metadata;
   FaultPoints faults;  // for failure tests: HOMEWARD_FAULT, read once by the daemon
+  // A lazy move ([migration] lazy_pages): the job runs on the target before its memory
+  // is there, and the move ends once the target has every page (see ARCHITECTURE.md,
+  // "Lazy moves").
+  bool lazy = false;
   std::optional<ActingUser> as_user;  // whose rights criu has on the job's files (homefs)
   // A guest's home tree (its homefs mount) when the job goes to another guest node: the
   // locks it holds through homefs are parked at its home for the target to claim (see
@@ -78,6 +83,9 @@ void RunMoveOut(MoveOut& move);
 // this node's own (a job at its home). The job's init is owned from the moment CRIU
 // returns: dropped, it is killed and reaped.
 struct RestoredHere {
+  // A lazy restore's lazy-pages, which must outlive the job's init (dropped, the init is
+  // killed first).
+  std::unique_ptr<migrate::LazyPages> lazy;
   ChildProcess init;
   DaemonEnds ends;
 };
@@ -115,13 +123,19 @@ LandingNamespaces PrepareLanding(const std::string& root, const std::string& ini
 // `intent_dir`, when given: where the restore's intent is journaled (job_journal.h).
 // `claim`: the job's locks are claimed, for its mount namespace, before criu runs.
 // `prepared`: the landing namespaces, made ahead (else made here).
+// `lazy_pages_socket`: a lazy restore, its memory pulled over this socket (RestoredHere::lazy).
 RestoredHere RestoreHere(const std::string& dir,
                          const std::vector<migrate::PipeRole>& external_pipes,
                          const std::string& root, const std::string& init_path,
                          const FaultPoints& faults, bool own_network = false,
                          const std::string& intent_dir = {},
                          std::optional<ActingUser> as_user = std::nullopt,
-                         const LockClaim& claim = {}, LandingNamespaces* prepared = nullptr);
+                         const LockClaim& claim = {}, LandingNamespaces* prepared = nullptr,
+                         int lazy_pages_socket = -1);
+
+// A lazy move's page connection (the "lazy-pages" peer service), which starts with the
+// move's token: kept until the incoming move with that token claims it (RunMoveIn).
+void DepositLazyPageConnection(std::unique_ptr<SecureStream> stream);
 
 // A job restored here, ready for the loop to adopt.
 struct RestoredJob {

@@ -297,6 +297,7 @@ level_ok:
          "\"home\"", path, frozen);
   }
   config.recovery.frozen_go_home = frozen == "home";
+  config.migration.lazy_pages = reader.Boolean("migration.lazy_pages", config.migration.lazy_pages);
   return config;
 }
 

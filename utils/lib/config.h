@@ -60,6 +60,14 @@ struct RecoveryConfig {
   bool frozen_go_home = false;
 };
 
+// How jobs move (noded/jobs/migration.h).
+struct MigrationConfig {
+  // Lazy moves: the job runs on the target once all but its memory is there, and pulls
+  // its memory from the source (CRIU lazy-pages over userfaultfd); the source keeps it
+  // until the target has every page. Off: the memory is copied while the job is frozen.
+  bool lazy_pages = false;
+};
+
 struct NodeConfig {
   std::string config_path;  // where this was read from, for messages
   std::string name;
@@ -79,6 +87,7 @@ struct NodeConfig {
   BalanceConfig balance;
   PeerConfig peer;
   RecoveryConfig recovery;
+  MigrationConfig migration;
   std::string log_level = "info";
 };
 

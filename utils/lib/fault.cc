@@ -50,6 +50,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kNoFileNotices, "no-file-notices",
      "the file service sends its clients no change notices: only their opens (close-to-open) "
      "and lock acquisitions revalidate what they cached"},
+    {Fault::kLazyHold, "lazy-hold",
+     "the target of a lazy move holds the source's first answer to criu lazy-pages (the "
+     "restored job waits for its memory) until the relay ends or a minute has passed"},
 };
 
 }  // namespace

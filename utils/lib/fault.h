@@ -34,6 +34,7 @@ enum class Fault {
   kKillAfterArrived,
   kMovedOnHold,
   kNoFileNotices,
+  kLazyHold,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
@@ -67,7 +68,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kNoFileNotices) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kLazyHold) + 1> selected_;
 };
 
 }  // namespace homeward

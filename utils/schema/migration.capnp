@@ -48,6 +48,10 @@ struct JobMetadata {
   # Not 0: the locks the job held through homefs are kept at its home under this token
   # while it moves; the target claims them before the job runs (see ARCHITECTURE.md,
   # "Locks across a move").
+  lazyToken @7 :UInt64;
+  # Not 0: a lazy move. The images hold no memory: the target's criu lazy-pages pulls it
+  # from the source's lazy dump on a "lazy-pages" peer connection that the source opened
+  # with this token (see ARCHITECTURE.md, "Lazy moves").
 }
 
 struct CarriedInput {
