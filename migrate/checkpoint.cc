@@ -69,6 +69,15 @@ class CriuProcess {
   pid_t pid() const { return pid_; }
   // Reads criu's output to its end and waits for it to exit.
   CriuRun Wait();
+  // Waits at most `limit` for criu to exit on its own; kills it past that.
+  void StopWithin(std::chrono::milliseconds limit) {
+    auto deadline = Clock::now() + limit;
+    int status;
+    while (pid_ > 0 && Clock::now() < deadline) {
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) pid_ = -1;
+      if (pid_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
 
  private:
   pid_t pid_ = -1;
@@ -396,7 +405,12 @@ class LazyDumpRun final : public LazyDump {
         after_(after) {}
   ~LazyDumpRun() override {
     if (!criu_) return;
-    criu_.reset();  // killed: the job is continued here, as on a failure
+    // Given up: with its connection ended, criu fails the dump and lets the job run on
+    // here (the same as a target that left); one that does not stop is killed, and the
+    // job continued for it.
+    pages_.Abort();
+    criu_->StopWithin(std::chrono::seconds(10));
+    criu_.reset();
     try {
       pages_.End();
     } catch (const std::exception&) {
@@ -702,8 +716,14 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     // criu kills what it restored when it fails; a criu that was killed itself may have
     // left the init behind, adopted by us: end it so nothing is half alive.
     if (init_pid > 0) KillJob(init_pid);
-    Fail(ErrorKind::kFailed, "criu restore from {} failed ({}):{}", image_dir,
-         run.status.Describe(), QuoteLog(work.path() + "/restore.log", run.output));
+    // A lazy restore's lazy-pages may be why (it kills tasks it cannot complete).
+    std::string lazy_log;
+    if (lazy_pages) {
+      lazy_pages.reset();
+      lazy_log = "\n  criu lazy-pages:" + QuoteLog(work.path() + "/lazy-pages.log", "");
+    }
+    Fail(ErrorKind::kFailed, "criu restore from {} failed ({}):{}{}", image_dir,
+         run.status.Describe(), QuoteLog(work.path() + "/restore.log", run.output), lazy_log);
   }
   if (init_pid <= 0) {
     Fail(ErrorKind::kFailed, "criu restore from {} wrote no pid file", image_dir);

@@ -38,6 +38,9 @@ class PageSessions {
   // After that run, criu gone: waits until the page server has ended the session too.
   // Throws Error when the session failed on the way (the connection, the page server).
   virtual void End() = 0;
+  // Ends the session's connection now, so that criu, on its end, stops (a lazy dump that
+  // is given up).
+  virtual void Abort() = 0;
 };
 
 struct DumpOptions {

@@ -195,6 +195,11 @@ void PageRelayOut::End() {
   if (!error_.empty()) Fail(ErrorKind::kFailed, "{}", error_);
 }
 
+void PageRelayOut::Abort() {
+  stream_.Shutdown();
+  if (relay_end_.valid()) ::shutdown(relay_end_.get(), SHUT_RDWR);
+}
+
 void PageRelayOut::Finish() { WriteFrame(stream_, Frame::kDone); }
 
 void PageRelayOut::PagesElsewhere(SecureStream& stream) { WriteFrame(stream, Frame::kLazy); }
@@ -346,14 +351,28 @@ LazyPageRelayIn::LazyPageRelayIn(std::unique_ptr<SecureStream> stream, bool hold
 }
 
 LazyPageRelayIn::~LazyPageRelayIn() {
+  Cut();
+  if (up_.joinable()) up_.join();
+  if (down_.joinable()) down_.join();
+}
+
+void LazyPageRelayIn::Cut() {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
   stream_->Shutdown();
   ::shutdown(relay_end_.get(), SHUT_RDWR);
-  if (up_.joinable()) up_.join();
-  if (down_.joinable()) down_.join();
+}
+
+void LazyPageRelayIn::Restored() {
+  std::lock_guard lock(mutex_);
+  restored_ = true;
+}
+
+bool LazyPageRelayIn::holding() {
+  std::lock_guard lock(mutex_);
+  return holding_;
 }
 
 void LazyPageRelayIn::Failed(const std::string& why) {
@@ -378,16 +397,24 @@ void LazyPageRelayIn::FromSource() {
         case Frame::kData:
           buffer.resize(frame.length);
           ReadExactly(*stream_, buffer.data(), buffer.size(), "a page frame");
-          if (hold_ && !held) {
+          bool restored;
+          {
+            std::lock_guard lock(mutex_);
+            restored = restored_;
+          }
+          if (hold_ && restored && !held) {
             held = true;
             spdlog::warn("fault point lazy-hold: the job's pages are held until the relay ends");
             for (int i = 0; i < 600; ++i) {
               {
                 std::lock_guard lock(mutex_);
+                holding_ = !stopping_;
                 if (stopping_) break;
               }
               std::this_thread::sleep_for(std::chrono::milliseconds(100));
             }
+            std::lock_guard lock(mutex_);
+            holding_ = false;
           }
           SendAll(relay_end_.get(), buffer.data(), buffer.size(), "give criu lazy-pages its pages");
           break;

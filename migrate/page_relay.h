@@ -46,6 +46,7 @@ class PageRelayOut final : public PageSessions {
 
   int Begin() override;
   void End() override;
+  void Abort() override;
   // No more sessions: the migration stream follows on the connection.
   void Finish();
   // On a lazy move's own connection (not this relay's): the pages go elsewhere.
@@ -87,8 +88,9 @@ uint64_t ReceivePages(SecureStream& stream, const std::string& dir,
 // that it fails (and kills the job it could not complete).
 class LazyPageRelayIn {
  public:
-  // `hold`: the fault point lazy-hold (the source's first answer is held, so that the
-  // restored job waits for its memory, until the relay ends or a minute has passed).
+  // `hold`: the fault point lazy-hold (the source's first answer once the job is restored
+  // (Restored) is held, so that the job waits for its memory, until the relay ends or a
+  // minute has passed).
   LazyPageRelayIn(std::unique_ptr<SecureStream> stream, bool hold = false);
   LazyPageRelayIn(const LazyPageRelayIn&) = delete;
   LazyPageRelayIn& operator=(const LazyPageRelayIn&) = delete;
@@ -98,6 +100,12 @@ class LazyPageRelayIn {
   // After criu lazy-pages has exited: waits for the source's DONE. Throws Error when the
   // relay failed on the way.
   void Finish();
+  // Ends the relay now, as a cut connection would: lazy-pages fails.
+  void Cut();
+  // criu has restored the job, which runs and pulls the rest of its memory.
+  void Restored();
+  // Whether the lazy-hold fault point holds an answer now.
+  bool holding();
 
  private:
   void FromSource();
@@ -110,6 +118,8 @@ class LazyPageRelayIn {
   std::mutex mutex_;
   std::string error_;
   bool stopping_ = false;
+  bool holding_ = false;
+  bool restored_ = false;
 };
 
 }  // namespace homeward::migrate

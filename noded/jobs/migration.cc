@@ -407,6 +407,21 @@ std::unique_ptr<SecureStream> Offer(MoveOut& move, std::string& step) {
   return stream;
 }
 
+// The target's next word on the move's channel: an error it sent becomes this node's
+// Error, a connection that ends first one that says so.
+void ExpectWord(int fd, const MoveOut& move, bool (schema::ControlReply::Reader::*is)() const) {
+  std::optional<capnp::StreamFdMessageReader> reader;
+  try {
+    reader.emplace(fd, PeerReaderOptions());
+  } catch (const kj::Exception&) {
+    Fail(ErrorKind::kDisconnected, "{} closed the connection before its answer",
+         move.target_name);
+  }
+  auto reply = reader->getRoot<schema::ControlReply>();
+  if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
+  if (!(reply.*is)()) Fail(ErrorKind::kInvalidInput, "unexpected answer");
+}
+
 // Sends the rest of the images to the target (the pages are there already) and waits for
 // its word that the job runs there; the connection, a channel from then on, is kept in
 // move.connection for the relay. `step` says what it is doing, for the error.
@@ -437,10 +452,7 @@ void HandOver(MoveOut& move, std::unique_ptr<SecureStream> stream, migrate::Page
   if (lazy) {
     // The job runs there (it is no longer frozen) and pulls its memory from here: the
     // move ends once the target has every page. Failing before, the job runs on here.
-    capnp::StreamFdMessageReader running(fd.get(), PeerReaderOptions());
-    auto word = running.getRoot<schema::ControlReply>();
-    if (word.isError()) Fail(ErrorKind::kFailed, "{}", word.getError().getMessage().cStr());
-    if (!word.isDone()) Fail(ErrorKind::kInvalidInput, "unexpected answer");
+    ExpectWord(fd.get(), move, &schema::ControlReply::Reader::isDone);
     move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - frozen_at);
     step = fmt::format("give {} the job's memory", move.target_name);
@@ -448,10 +460,7 @@ void HandOver(MoveOut& move, std::unique_ptr<SecureStream> stream, migrate::Page
     pages.Finish();
     step = fmt::format("restore on {}", move.target_name);
   }
-  capnp::StreamFdMessageReader reader(fd.get(), PeerReaderOptions());
-  auto reply = reader.getRoot<schema::ControlReply>();
-  if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
-  if (!reply.isJobStarted()) Fail(ErrorKind::kInvalidInput, "unexpected answer");
+  ExpectWord(fd.get(), move, &schema::ControlReply::Reader::isJobStarted);
   move.connection = std::move(fd);
 }
 
@@ -638,6 +647,7 @@ std::optional<RestoredJob> RunMoveIn(
     if (here.lazy) {
       // It runs (no longer frozen at the source); the move ends once it has every page.
       step = "pull the job's memory";
+      lazy_relay->Restored();
       capnp::MallocMessageBuilder running;
       running.initRoot<schema::ControlReply>().setDone();
       capnp::writeMessageToFd(fd.get(), running);

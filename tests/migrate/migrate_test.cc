@@ -375,9 +375,129 @@ class MigrateTest : public ::testing::Test {
     }
   }
 
+  // Moves `job` lazily, as the daemons do with [migration] lazy_pages: a lazy dump (left
+  // stopped) whose memory criu serves on a connection of its own, a restore that runs the
+  // job at once and pulls the memory over that connection, then the stopped source
+  // killed. `cut`: the target holds the source's first answer, and the page connection is
+  // cut while the restored job waits for it. Any failure continues the source job (criu
+  // does) and rethrows.
+  void MoveLazily(Job& job, bool cut = false) {
+    std::string images = dir_ + "/dump";
+    ASSERT_EQ(::mkdir(images.c_str(), 0700), 0);
+    int fds[2];
+    HW_SYSCALL(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), "socketpair");
+    auto source = SecureStream::Plain(Fd::Adopt(fds[0]), "source");
+    auto relay = std::make_unique<LazyPageRelayIn>(
+        SecureStream::Plain(Fd::Adopt(fds[1]), "target"), cut);
+    PageRelayOut pages(*source);
+    DumpOptions dump;
+    dump.external_pipes = job.PipeInodes();
+    dump.pages = &pages;
+    dump.lazy = true;
+    DumpResult dumped = Dump(job.init, images, dump);
+    ASSERT_TRUE(dumped.lazy);
+    // The images but the memory: a few hundred KiB whatever the job's size.
+    EXPECT_LT(dumped.image_bytes, 4u << 20);
+    std::exception_ptr source_error;
+    std::thread serving([&] {
+      try {
+        dumped.lazy->Finish();
+        pages.Finish();
+      } catch (...) {
+        source_error = std::current_exception();
+      }
+    });
+    Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
+    RestoreOptions restore;
+    auto inodes = job.PipeInodes();
+    int ends[4] = {in.read.get(), out.write.get(), err.write.get(), status.write.get()};
+    for (int i = 0; i < 4; ++i) restore.pipes.push_back({inodes[i], ends[i]});
+    restore.lazy_pages_socket = relay->socket();
+    // The dump's criu still works in the images' own scratch directory.
+    ScratchDir restore_work{"homeward-migrate-restore"};
+    restore.work_dir = restore_work.path();
+    std::exception_ptr target_error;
+    RestoreResult restored;
+    // The connection ends while the restored job waits for its memory.
+    std::thread cutter([&] {
+      if (!cut) return;
+      for (int i = 0; i < 600 && !relay->holding(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      relay->Cut();
+    });
+    try {
+      // This job's memory is small: it all comes while criu restores it (whose last
+      // steps touch it), so the hold is armed from the start and the cut comes then.
+      relay->Restored();
+      restored = Restore(images, restore);
+      restored.lazy->Finish();
+      relay->Finish();
+    } catch (...) {
+      target_error = std::current_exception();
+      if (restored.init_pid > 0) KillJob(restored.init_pid);
+    }
+    cutter.join();
+    relay.reset();
+    serving.join();
+    RemoveImageDir(images);
+    if (target_error || source_error) {
+      ContinueJob(job.init);
+      std::rethrow_exception(target_error ? target_error : source_error);
+    }
+    Job moved;
+    moved.init = restored.init_pid;
+    moved.in = std::move(in.write);
+    moved.out = std::move(out.read);
+    moved.err = std::move(err.read);
+    moved.status = std::move(status.read);
+    moved.steps = job.steps;
+    KillJob(job.init);
+    job.init = -1;
+    char buffer[4096];
+    while (size_t n = ReadSome(job.out.get(), buffer, sizeof buffer, "old stdout")) {
+      job.output.append(buffer, n);
+    }
+    moved.output = std::move(job.output);
+    job = std::move(moved);
+  }
+
   ScratchDir scratch_{"homeward-migrate"};
   std::string dir_ = scratch_.path(), input_;
 };
+
+TEST_F(MigrateTest, LazilyMovedJobMatchesUnmovedRun) {
+  std::string expected = UnmovedRun({5, 5, 5}, true);
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(5);
+  std::string before = Shape(job.Program());
+  MoveLazily(job);
+  EXPECT_EQ(Shape(job.Program()), before);
+  ::kill(job.Program(), SIGUSR1);
+  job.Step(5);
+  MoveLazily(job);
+  job.Step(5);
+  EXPECT_EQ(job.Finish(), 0) << job.output;
+  EXPECT_EQ(job.output, expected);
+  EXPECT_EQ(ReadFile(dir_ + "/append"), ReadFile(dir_ + "/append-unmoved"));
+}
+
+TEST_F(MigrateTest, PageConnectionCutMidLazyMoveLeavesSourceRunning) {
+  std::string expected = UnmovedRun({2, 2}, false);
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(2);
+  try {
+    MoveLazily(job, true);
+    ADD_FAILURE() << "a lazy move succeeded without its memory";
+  } catch (const Error& e) {
+    // The restored copy, which could not have all its memory, was killed by lazy-pages.
+    EXPECT_THAT(e.what(), HasSubstr("lazy-pages"));
+  }
+  EXPECT_FALSE(Exists(dir_ + "/dump"));
+  job.Step(2);
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_EQ(job.output, expected);
+}
 
 TEST_F(MigrateTest, MovedJobMatchesUnmovedRun) {
   std::string expected = UnmovedRun({5, 5, 5}, true);
