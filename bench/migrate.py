@@ -5,7 +5,9 @@
     stream the images), and paged (the memory to a page server on the far side while criu
     dumps, the rest after);
   - moves through the daemons, as users make them: `mosmigrate PID node2` on a two-node
-    loopback cluster (state directories on tmpfs), with the peer connection encrypted.
+    loopback cluster (state directories on tmpfs), with the peer connection encrypted;
+  - the same on a cluster that moves lazily ([migration] lazy_pages): frozen until the job
+    runs on node2, total until node2 has all its memory.
 Prints a markdown table with the ratio of each to the floor measured beside it, and keeps
 it in bench/results/migrate.md.
 
@@ -32,12 +34,17 @@ MOVED = re.compile(r"now runs on (\S+) \(frozen (\d+) ms, (\d+) ms in all")
 
 
 class Cluster:
-    """Two nodes on loopback, their files in a directory on tmpfs (as the floor's images)."""
+    """Two nodes on loopback, their files in a directory on tmpfs (as the floor's images);
+    `lazy`: they move jobs lazily."""
+
+    def __init__(self, lazy=False):
+        self.lazy = lazy
 
     def __enter__(self):
         self.dir = tempfile.mkdtemp(prefix="homeward-migrate-bench-", dir="/dev/shm")
+        settings = ["--set", "migration.lazy_pages=true"] if self.lazy else []
         try:
-            subprocess.run([LOOPCLUSTER, "up", "--nodes", "2", "--dir", self.dir],
+            subprocess.run([LOOPCLUSTER, "up", "--nodes", "2", "--dir", self.dir, *settings],
                            env=self.env(), check=True, capture_output=True, text=True,
                            timeout=120)
             self.wait_for(lambda: self.run("node2", "test", "-d", "/mosix/home/node1/data",
@@ -134,22 +141,27 @@ def main():
         f"average {load} at the start.",
         "",
         "| memory | floor | stop-and-copy total | paged total | mosmigrate frozen | "
-        "mosmigrate total | paged/floor | mosmigrate frozen/floor | mosmigrate total/floor |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "mosmigrate total | lazy frozen | lazy total | paged/floor | "
+        "mosmigrate frozen/floor | mosmigrate total/floor | lazy frozen/floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     print("\n".join(lines), flush=True)
-    with Cluster() as cluster:
+    with Cluster() as cluster, Cluster(lazy=True) as lazy_cluster:
         for mib in sizes:
             reps = 1 if mib >= 1024 else args.reps
             library = library_runs(mib, reps)
             moves = [daemon_move(cluster, mib) for _ in range(reps)]
             frozen = statistics.median(m[0] for m in moves)
             total = statistics.median(m[1] for m in moves)
+            lazy = [daemon_move(lazy_cluster, mib) for _ in range(reps)]
+            lazy_frozen = statistics.median(m[0] for m in lazy)
+            lazy_total = statistics.median(m[1] for m in lazy)
             floor = library["floor"]["total"]
             row = (f"| {mib} MiB | {floor:.3f} s | {library['copy']['total']:.3f} s | "
                    f"{library['paged']['total']:.3f} s | {frozen:.3f} s | {total:.3f} s | "
+                   f"{lazy_frozen:.3f} s | {lazy_total:.3f} s | "
                    f"{library['paged']['total'] / floor:.2f}x | {frozen / floor:.2f}x | "
-                   f"{total / floor:.2f}x |")
+                   f"{total / floor:.2f}x | {lazy_frozen / floor:.3f}x |")
             lines.append(row)
             print(row, flush=True)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
