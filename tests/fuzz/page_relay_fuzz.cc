@@ -3,7 +3,9 @@
 // page-server sessions and carry the dump's bytes. The input is what the peer sends. The
 // page server is `true` (it ends each session at once, as a criu page-server that fails
 // would), so the frames' handling is what runs: it must return within its byte limit or
-// fail with an Error of a known kind, with no thread or process left behind.
+// fail with an Error of a known kind, with no thread or process left behind. The same
+// input then goes to a lazy move's relay (LazyPageRelayIn), whose criu lazy-pages is
+// gone at once: it must end, or fail with an Error of a known kind.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -46,5 +48,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   migrate::RemoveImageDir(dir);
+  {
+    fuzz::SocketWithBytes peer(data, size);
+    migrate::LazyPageRelayIn relay(
+        SecureStream::Plain(Fd::Adopt(::dup(peer.fd())), "fuzz lazy peer"));
+    try {
+      relay.Finish();
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kFailed) fuzz::Broken("the lazy relay failed with another kind");
+    }
+  }
   return 0;
 }

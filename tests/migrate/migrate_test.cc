@@ -298,6 +298,26 @@ class MigrateTest : public ::testing::Test {
     return job.output;
   }
 
+  // The restored job (`init`, its pipes' other ends) takes over from `job`: the stopped
+  // source is killed and what it had already written is kept.
+  static void ReleaseSource(Job& job, pid_t init, Pipe& in, Pipe& out, Pipe& err, Pipe& status) {
+    Job moved;
+    moved.init = init;
+    moved.in = std::move(in.write);
+    moved.out = std::move(out.read);
+    moved.err = std::move(err.read);
+    moved.status = std::move(status.read);
+    moved.steps = job.steps;
+    KillJob(job.init);
+    job.init = -1;
+    char buffer[4096];
+    while (size_t n = ReadSome(job.out.get(), buffer, sizeof buffer, "old stdout")) {
+      job.output.append(buffer, n);
+    }
+    moved.output = std::move(job.output);
+    job = std::move(moved);
+  }
+
   // How a move carries the job's images: dumped into a directory, then streamed (as a
   // checkpoint is kept), or the memory to a page server while criu dumps (as the daemons
   // move jobs).
@@ -352,22 +372,8 @@ class MigrateTest : public ::testing::Test {
         throw;
       }
       RemoveImageDir(received);
-      // Only now is the source released: kill it and take what it had already written.
-      Job moved;
-      moved.init = restored.init_pid;
-      moved.in = std::move(in.write);
-      moved.out = std::move(out.read);
-      moved.err = std::move(err.read);
-      moved.status = std::move(status.read);
-      moved.steps = job.steps;
-      KillJob(job.init);
-      job.init = -1;
-      char buffer[4096];
-      while (size_t n = ReadSome(job.out.get(), buffer, sizeof buffer, "old stdout")) {
-        job.output.append(buffer, n);
-      }
-      moved.output = std::move(job.output);
-      job = std::move(moved);
+      // Only now is the source released.
+      ReleaseSource(job, restored.init_pid, in, out, err, status);
     } catch (...) {
       RemoveImageDir(images);
       ContinueJob(job.init);
@@ -445,21 +451,7 @@ class MigrateTest : public ::testing::Test {
       ContinueJob(job.init);
       std::rethrow_exception(target_error ? target_error : source_error);
     }
-    Job moved;
-    moved.init = restored.init_pid;
-    moved.in = std::move(in.write);
-    moved.out = std::move(out.read);
-    moved.err = std::move(err.read);
-    moved.status = std::move(status.read);
-    moved.steps = job.steps;
-    KillJob(job.init);
-    job.init = -1;
-    char buffer[4096];
-    while (size_t n = ReadSome(job.out.get(), buffer, sizeof buffer, "old stdout")) {
-      job.output.append(buffer, n);
-    }
-    moved.output = std::move(job.output);
-    job = std::move(moved);
+    ReleaseSource(job, restored.init_pid, in, out, err, status);
   }
 
   ScratchDir scratch_{"homeward-migrate"};
