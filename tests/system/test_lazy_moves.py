@@ -5,7 +5,7 @@ page.
 
 A job of an ordinary user (made here, removed afterwards) holds 256 MiB and hashes all of
 it twice a second, printing whether the hash is still the one it started with. It is moved
-lazily to node2 and back home: its memory arrives whole (no "CHANGED" line, ever), and
+lazily to node2, on to node3 and back home: its memory arrives whole (no "CHANGED" line, ever), and
 every move reports a frozen time below its total. Then, with the target holding the
 source's first answer once the job is restored (fault point lazy-hold), the target's daemon
 is SIGKILLed while the moved copy runs without all its memory: the move fails with the
@@ -78,13 +78,16 @@ def wait_for_more_lines(test, c, work, what):
 
 class LazyMoveTest(harness.UserClusterTest):
     user_prefix = "hwlz"
+    cluster_nodes = 3
     cluster_settings = ("migration.lazy_pages=true",)
 
     def test_memory_arrives_whole_across_lazy_moves(self):
         c = self.c
         work, _, pid = start_hog(self, c, self.user, "lazy")
         c.wait_for(lambda: "same" in lines(work), 120, "the job's first pass")
-        for target in ("node2", "node1"):
+        # Away from home, from one guest node to another (whose home hears of it from the
+        # target), and home again.
+        for target in ("node2", "node3", "node1"):
             moved = c.run("node1", "mosmigrate", str(pid), target, timeout=300).stdout
             match = MOVED.search(moved)
             self.assertIsNotNone(match, moved)
