@@ -516,6 +516,7 @@ void RunMoveOut(MoveOut& move) {
     }
 
     HandOver(move, std::move(stream), pages, result.lazy.get(), frozen_at, step);
+    if (result.lazy) move.image_bytes += pages.bytes();  // the memory, served since
     if (!result.lazy) {
       move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(
           std::chrono::steady_clock::now() - frozen_at);
