@@ -232,6 +232,7 @@ void FillJob(schema::JobMetadata::Builder out, const JobMetadata& job) {
   input.setEnded(job.input_ended);
   out.setLockToken(job.lock_token);
   out.setLazyToken(job.lazy_token);
+  out.setMemoryBytes(job.memory_bytes);
 }
 
 JobMetadata ReadJob(schema::JobMetadata::Reader in) {
@@ -252,6 +253,7 @@ JobMetadata ReadJob(schema::JobMetadata::Reader in) {
   }
   job.lock_token = in.getLockToken();
   job.lazy_token = in.getLazyToken();
+  job.memory_bytes = in.getMemoryBytes();
   return job;
 }
 

@@ -40,6 +40,7 @@ struct JobMetadata {
   uint64_t lock_token = 0;
   // Not 0: a lazy move, whose pages come on the connection opened with this token.
   uint64_t lazy_token = 0;
+  uint64_t memory_bytes = 0;  // a lazy move: the job's resident memory at the freeze
 };
 
 struct StreamStats {

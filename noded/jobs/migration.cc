@@ -211,6 +211,18 @@ HeldAtHome LocksHeldAtHome(pid_t init_pid) {
   return held;
 }
 
+// The resident memory of the job's processes (shared pages counted in each: an upper
+// bound of what a lazy move brings to its target).
+uint64_t ResidentBytes(pid_t init_pid) {
+  uint64_t total = 0;
+  for (pid_t pid : migrate::JobPids(init_pid)) {
+    std::istringstream statm(ReadTextFile(fmt::format("/proc/{}/statm", pid)));
+    uint64_t size = 0, resident = 0;
+    if (statm >> size >> resident) total += resident * static_cast<uint64_t>(::getpagesize());
+  }
+  return total;
+}
+
 uint64_t NamespaceInode(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
@@ -499,6 +511,7 @@ void RunMoveOut(MoveOut& move) {
     auto dump_started = std::chrono::steady_clock::now();
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
     move.departure.Dumped();
+    if (result.lazy) move.metadata.memory_bytes = ResidentBytes(move.init_pid);
     // The frozen job's unread input is not in its images: it travels in the metadata.
     step = "reclaim the job's unread input";
     reclaimed = Job::ReclaimInput(move.input);
@@ -626,6 +639,12 @@ std::optional<RestoredJob> RunMoveIn(
     // the source opened for it, as the restored job asks for it.
     std::unique_ptr<migrate::LazyPageRelayIn> lazy_relay;
     if (received.job.lazy_token != 0) {
+      // Its memory is not in the images: the source said how much it is.
+      uint64_t room = ReceiveOptionsHere(context).max_total_bytes;
+      if (received.job.memory_bytes > room) {
+        Fail(ErrorKind::kOverloaded, "the job's memory ({} MiB) is more than {} ({} MiB)",
+             received.job.memory_bytes >> 20, receive.max_total_what, room >> 20);
+      }
       step = "take the lazy move's page connection";
       lazy_relay = std::make_unique<migrate::LazyPageRelayIn>(
           ClaimLazyPageConnection(received.job.lazy_token), context.faults.Hit(Fault::kLazyHold));

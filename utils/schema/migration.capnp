@@ -52,6 +52,9 @@ struct JobMetadata {
   # Not 0: a lazy move. The images hold no memory: the target's criu lazy-pages pulls it
   # from the source's lazy dump on a "lazy-pages" peer connection that the source opened
   # with this token (see ARCHITECTURE.md, "Lazy moves").
+  memoryBytes @8 :UInt64;
+  # A lazy move: the resident memory of the job's processes at the freeze, which the
+  # target, whose images hold none of it, checks against its free memory.
 }
 
 struct CarriedInput {
