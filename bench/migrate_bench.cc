@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #include "checkpoint.h"
 #include "error.h"
@@ -41,9 +42,22 @@ double Seconds(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// The job a run moves; killed when dropped, so that a run that fails leaves nothing.
 struct BenchJob {
   pid_t init = -1;
   Fd in, out, err, status;
+  BenchJob(pid_t pid, Fd in_fd, Fd out_fd, Fd err_fd, Fd status_fd)
+      : init(pid), in(std::move(in_fd)), out(std::move(out_fd)), err(std::move(err_fd)),
+        status(std::move(status_fd)) {}
+  BenchJob(BenchJob&& other) noexcept
+      : init(std::exchange(other.init, -1)), in(std::move(other.in)),
+        out(std::move(other.out)), err(std::move(other.err)), status(std::move(other.status)) {}
+  BenchJob& operator=(BenchJob&&) = delete;
+  ~BenchJob() { Kill(); }
+  void Kill() {
+    KillJob(init);
+    init = -1;
+  }
   std::vector<uint64_t> Inodes() const {
     return {PipeInode(in.get()), PipeInode(out.get()), PipeInode(err.get()),
             PipeInode(status.get())};
@@ -105,7 +119,7 @@ Sample Floor(size_t mib, const std::string& base) {
   auto t0 = Clock::now();
   Dump(job.init, dir, options);
   auto t1 = Clock::now();
-  KillJob(job.init);
+  job.Kill();
   Restored r = RestoreWithPipes(dir, options.external_pipes);
   auto t2 = Clock::now();
   RemoveImageDir(dir);
@@ -116,14 +130,14 @@ Sample Floor(size_t mib, const std::string& base) {
 // The end of a move whose images arrived in `recv_dir`: restore there, then release the
 // source (stopped by its dump) and both directories. `t0`: the dump began; `dumped`: it
 // ended.
-Sample RestoreMoved(const BenchJob& job, const std::string& dump_dir,
+Sample RestoreMoved(BenchJob& job, const std::string& dump_dir,
                     const std::string& recv_dir, Clock::time_point t0,
                     Clock::time_point dumped) {
   RemoveImageDir(dump_dir);
   auto received = Clock::now();
   Restored r = RestoreWithPipes(recv_dir, job.Inodes());
   auto restored = Clock::now();
-  KillJob(job.init);
+  job.Kill();
   RemoveImageDir(recv_dir);
   auto done = Clock::now();
   KillJob(r.init);
