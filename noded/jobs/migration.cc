@@ -13,9 +13,9 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <map>
 #include <mutex>
-#include <future>
 #include <sstream>
 
 #include <capnp/serialize.h>
@@ -229,8 +229,10 @@ uint64_t NamespaceInode(const std::string& path) {
 }
 
 // Lazy moves' page connections, waiting for their incoming moves (by token). One that no
-// move claims within kLazyClaimTimeout (its move failed first) is dropped.
+// move claims within kLazyClaimTimeout (its move failed first) is dropped, and no more
+// than kMaxLazyWaiting wait at once.
 constexpr auto kLazyClaimTimeout = std::chrono::seconds(60);
+constexpr size_t kMaxLazyWaiting = 64;
 struct WaitingPages {
   std::unique_ptr<SecureStream> stream;
   std::chrono::steady_clock::time_point since;
@@ -272,6 +274,9 @@ void DepositLazyPageConnection(std::unique_ptr<SecureStream> stream) {
   }
   std::lock_guard lock(lazy_mutex);
   DropUnclaimed();
+  if (lazy_waiting.size() >= kMaxLazyWaiting) {
+    Fail(ErrorKind::kOverloaded, "{} lazy page connections wait already", lazy_waiting.size());
+  }
   lazy_waiting[token] = {std::move(stream), std::chrono::steady_clock::now()};
   lazy_arrived.notify_all();
 }
@@ -529,8 +534,9 @@ void RunMoveOut(MoveOut& move) {
     }
 
     HandOver(move, std::move(stream), pages, result.lazy.get(), frozen_at, step);
-    if (result.lazy) move.image_bytes += pages.bytes();  // the memory, served since
-    if (!result.lazy) {
+    if (result.lazy) {
+      move.image_bytes += pages.bytes();  // the memory, served since
+    } else {
       move.frozen = std::chrono::duration_cast<std::chrono::milliseconds>(
           std::chrono::steady_clock::now() - frozen_at);
     }
@@ -640,6 +646,7 @@ std::optional<RestoredJob> RunMoveIn(
     std::unique_ptr<migrate::LazyPageRelayIn> lazy_relay;
     if (received.job.lazy_token != 0) {
       // Its memory is not in the images: the source said how much it is.
+      step = "make room for the job's memory";
       uint64_t room = ReceiveOptionsHere(context).max_total_bytes;
       if (received.job.memory_bytes > room) {
         Fail(ErrorKind::kOverloaded, "the job's memory ({} MiB) is more than {} ({} MiB)",
