@@ -66,10 +66,10 @@ class CriuProcess {
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
   }
-  pid_t pid() const { return pid_; }
   // Reads criu's output to its end and waits for it to exit.
   CriuRun Wait();
-  // Waits at most `limit` for criu to exit on its own; kills it past that.
+  // Waits at most `limit` for criu to exit on its own (and reaps it); one still running
+  // is left to the destructor, which kills it.
   void StopWithin(std::chrono::milliseconds limit) {
     auto deadline = Clock::now() + limit;
     int status;

@@ -8,8 +8,8 @@
 #include <sys/types.h>
 
 #include <chrono>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -73,7 +73,8 @@ class LazyDump {
   virtual ~LazyDump() = default;
   // Blocks until the target has every page; the job is then as DumpOptions::after says.
   // Throws Error when the target left before it had them all: criu has then let the job
-  // run on here. Dropped unfinished, criu is killed and the job continued.
+  // run on here. Dropped unfinished, its connection is ended so that criu fails the same
+  // way (a criu that does not stop within 10 s is killed, and the job continued).
   virtual void Finish() = 0;
 };
 

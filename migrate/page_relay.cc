@@ -337,6 +337,16 @@ uint64_t ReceivePages(SecureStream& stream, const std::string& dir,
   }
 }
 
+void SendLazyToken(SecureStream& stream, uint64_t token) { stream.Write(&token, sizeof token); }
+
+uint64_t ReceiveLazyToken(SecureStream& stream) {
+  uint64_t token = 0;
+  if (!ReadExactly(stream, &token, sizeof token, "a lazy move's token")) {
+    Fail(ErrorKind::kDisconnected, "a lazy page connection ended before its token");
+  }
+  return token;
+}
+
 LazyPageRelayIn::LazyPageRelayIn(std::unique_ptr<SecureStream> stream, bool hold)
     : stream_(std::move(stream)), hold_(hold) {
   std::tie(criu_end_, relay_end_) = SocketPair();
@@ -380,6 +390,25 @@ void LazyPageRelayIn::Failed(const std::string& why) {
   if (error_.empty()) error_ = why;
 }
 
+bool LazyPageRelayIn::HoldOnce() {
+  {
+    std::lock_guard lock(mutex_);
+    if (!restored_) return false;  // the job is not restored yet: this answer goes on
+    holding_ = true;
+  }
+  spdlog::warn("fault point lazy-hold: the job's pages are held until the relay ends");
+  for (int i = 0; i < 600; ++i) {
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::lock_guard lock(mutex_);
+  holding_ = false;
+  return true;
+}
+
 void LazyPageRelayIn::FromSource() {
   try {
     std::vector<char> buffer;
@@ -397,25 +426,7 @@ void LazyPageRelayIn::FromSource() {
         case Frame::kData:
           buffer.resize(frame.length);
           ReadExactly(*stream_, buffer.data(), buffer.size(), "a page frame");
-          bool restored;
-          {
-            std::lock_guard lock(mutex_);
-            restored = restored_;
-          }
-          if (hold_ && restored && !held) {
-            held = true;
-            spdlog::warn("fault point lazy-hold: the job's pages are held until the relay ends");
-            for (int i = 0; i < 600; ++i) {
-              {
-                std::lock_guard lock(mutex_);
-                holding_ = !stopping_;
-                if (stopping_) break;
-              }
-              std::this_thread::sleep_for(std::chrono::milliseconds(100));
-            }
-            std::lock_guard lock(mutex_);
-            holding_ = false;
-          }
+          if (hold_ && !held) held = HoldOnce();
           SendAll(relay_end_.get(), buffer.data(), buffer.size(), "give criu lazy-pages its pages");
           break;
         default:

@@ -82,6 +82,12 @@ struct PageReceiveOptions {
 uint64_t ReceivePages(SecureStream& stream, const std::string& dir,
                       const PageReceiveOptions& options = {});
 
+// The first bytes of a lazy move's page connection: the token the move's metadata names
+// too (JobMetadata::lazy_token), by which the target pairs the two. Receive throws
+// Error(kDisconnected) when the connection ends first.
+void SendLazyToken(SecureStream& stream, uint64_t token);
+uint64_t ReceiveLazyToken(SecureStream& stream);
+
 // The target's side of a lazy move's pages: relays the frames of the source's lazy dump
 // to criu lazy-pages here (RestoreOptions::lazy_pages_socket) and its requests back, on
 // threads of its own, from construction on. A cut connection ends lazy-pages' socket, so
@@ -109,6 +115,9 @@ class LazyPageRelayIn {
 
  private:
   void FromSource();
+  // lazy-hold: holds the answer in hand (at most a minute) once the job is restored;
+  // false when it is not yet.
+  bool HoldOnce();
   void Failed(const std::string& why);
 
   std::unique_ptr<SecureStream> stream_;

@@ -58,6 +58,11 @@ std::optional<ProcessStat> ReadProcessStat(pid_t pid) {
   return ParseProcessStat(ReadTextFile(fmt::format("/proc/{}/stat", pid)));
 }
 
+uint64_t ResidentBytesOf(pid_t pid) {
+  static const uint64_t page_size = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return ParseResidentPages(ReadTextFile(fmt::format("/proc/{}/statm", pid))) * page_size;
+}
+
 uint64_t TicksToMs(uint64_t ticks) {
   static const uint64_t ticks_per_s = static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
   return ticks * 1000 / ticks_per_s;
@@ -73,16 +78,20 @@ uint64_t CpuMs(const std::vector<pid_t>& pids) {
   return TicksToMs(ticks);
 }
 
+uint64_t ResidentBytes(const std::vector<pid_t>& pids) {
+  uint64_t total = 0;
+  for (pid_t pid : pids) total += ResidentBytesOf(pid);
+  return total;
+}
+
 UsageSample SampleProcesses(const std::vector<pid_t>& pids) {
-  static const uint64_t page_size = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   UsageSample sample;
   uint64_t ticks = 0;
   for (pid_t pid : pids) {
     auto stat = ReadProcessStat(pid);
     if (!stat) continue;  // gone meanwhile
     ticks += stat->cpu_ticks + stat->child_ticks;
-    sample.rss_bytes +=
-        ParseResidentPages(ReadTextFile(fmt::format("/proc/{}/statm", pid))) * page_size;
+    sample.rss_bytes += ResidentBytesOf(pid);
     sample.io_bytes += ParseIoBytes(ReadTextFile(fmt::format("/proc/{}/io", pid)));
     std::string task_dir = fmt::format("/proc/{}/task", pid);
     std::unique_ptr<DIR, int (*)(DIR*)> tasks(::opendir(task_dir.c_str()), ::closedir);

@@ -34,6 +34,8 @@ struct UsageSample {
 UsageSample SampleProcesses(const std::vector<pid_t>& pids);
 // Only the CPU time of `pids` (and of the children they reaped): their stat files alone.
 uint64_t CpuMs(const std::vector<pid_t>& pids);
+// Only the resident memory of `pids` (shared pages counted in each): their statm files.
+uint64_t ResidentBytes(const std::vector<pid_t>& pids);
 
 // Rates and smoothed values from successive samples.
 class UsageMeter {

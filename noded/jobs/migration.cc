@@ -211,18 +211,6 @@ HeldAtHome LocksHeldAtHome(pid_t init_pid) {
   return held;
 }
 
-// The resident memory of the job's processes (shared pages counted in each: an upper
-// bound of what a lazy move brings to its target).
-uint64_t ResidentBytes(pid_t init_pid) {
-  uint64_t total = 0;
-  for (pid_t pid : migrate::JobPids(init_pid)) {
-    std::istringstream statm(ReadTextFile(fmt::format("/proc/{}/statm", pid)));
-    uint64_t size = 0, resident = 0;
-    if (statm >> size >> resident) total += resident * static_cast<uint64_t>(::getpagesize());
-  }
-  return total;
-}
-
 uint64_t NamespaceInode(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
@@ -265,13 +253,7 @@ std::unique_ptr<SecureStream> ClaimLazyPageConnection(uint64_t token) {
 }  // namespace
 
 void DepositLazyPageConnection(std::unique_ptr<SecureStream> stream) {
-  uint64_t token = 0;
-  size_t got = 0;
-  while (got < sizeof token) {
-    size_t n = stream->Read(reinterpret_cast<char*>(&token) + got, sizeof token - got);
-    if (n == 0) Fail(ErrorKind::kDisconnected, "a lazy page connection ended before its token");
-    got += n;
-  }
+  uint64_t token = migrate::ReceiveLazyToken(*stream);
   std::lock_guard lock(lazy_mutex);
   DropUnclaimed();
   if (lazy_waiting.size() >= kMaxLazyWaiting) {
@@ -408,6 +390,15 @@ uint64_t ParkLocks(MoveOut& move) {
   return lock_ns;
 }
 
+// The word a move waits for from the target (ControlReply::Reader::isDone, say).
+using WordIs = bool (schema::ControlReply::Reader::*)() const;
+
+// An error the target sent becomes this node's Error; any word but `is`, `unexpected`.
+void CheckWord(schema::ControlReply::Reader reply, WordIs is, const char* unexpected) {
+  if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
+  if (!(reply.*is)()) Fail(ErrorKind::kInvalidInput, "{}", unexpected);
+}
+
 // Asks the target to take the job, before anything is frozen: its answer is a yes (done)
 // or why not. `step` says what it is doing, for the error.
 std::unique_ptr<SecureStream> Offer(MoveOut& move, std::string& step) {
@@ -418,15 +409,14 @@ std::unique_ptr<SecureStream> Offer(MoveOut& move, std::string& step) {
   WriteMessageTo(*stream, *move.guest_request);
   StreamInput input(*stream);
   capnp::InputStreamMessageReader reader(input, PeerReaderOptions());
-  auto reply = reader.getRoot<schema::ControlReply>();
-  if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
-  if (!reply.isDone()) Fail(ErrorKind::kInvalidInput, "unexpected answer to the move request");
+  CheckWord(reader.getRoot<schema::ControlReply>(), &schema::ControlReply::Reader::isDone,
+            "unexpected answer to the move request");
   return stream;
 }
 
 // The target's next word on the move's channel: an error it sent becomes this node's
 // Error, a connection that ends first one that says so.
-void ExpectWord(int fd, const MoveOut& move, bool (schema::ControlReply::Reader::*is)() const) {
+void ExpectWord(int fd, const MoveOut& move, WordIs is) {
   std::optional<capnp::StreamFdMessageReader> reader;
   try {
     reader.emplace(fd, PeerReaderOptions());
@@ -434,9 +424,7 @@ void ExpectWord(int fd, const MoveOut& move, bool (schema::ControlReply::Reader:
     Fail(ErrorKind::kDisconnected, "{} closed the connection before its answer",
          move.target_name);
   }
-  auto reply = reader->getRoot<schema::ControlReply>();
-  if (reply.isError()) Fail(ErrorKind::kFailed, "{}", reply.getError().getMessage().cStr());
-  if (!(reply.*is)()) Fail(ErrorKind::kInvalidInput, "unexpected answer");
+  CheckWord(reader->getRoot<schema::ControlReply>(), is, "unexpected answer");
 }
 
 // Sends the rest of the images to the target (the pages are there already) and waits for
@@ -501,7 +489,7 @@ void RunMoveOut(MoveOut& move) {
       while (move.metadata.lazy_token == 0) {
         HW_SYSCALL(::getrandom(&move.metadata.lazy_token, sizeof(uint64_t), 0), "getrandom");
       }
-      page_stream->Write(&move.metadata.lazy_token, sizeof(uint64_t));
+      migrate::SendLazyToken(*page_stream, move.metadata.lazy_token);
     }
     step = "checkpoint";
     HW_SYSCALL(::mkdir((move.image_dir).c_str(), 0700), "create {}", move.image_dir);
@@ -516,7 +504,8 @@ void RunMoveOut(MoveOut& move) {
     auto dump_started = std::chrono::steady_clock::now();
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
     move.departure.Dumped();
-    if (result.lazy) move.metadata.memory_bytes = ResidentBytes(move.init_pid);
+    // What a lazy move brings the target (an upper bound: shared pages count in each).
+    if (result.lazy) move.metadata.memory_bytes = ResidentBytes(migrate::JobPids(move.init_pid));
     // The frozen job's unread input is not in its images: it travels in the metadata.
     step = "reclaim the job's unread input";
     reclaimed = Job::ReclaimInput(move.input);
@@ -647,10 +636,10 @@ std::optional<RestoredJob> RunMoveIn(
     if (received.job.lazy_token != 0) {
       // Its memory is not in the images: the source said how much it is.
       step = "make room for the job's memory";
-      uint64_t room = ReceiveOptionsHere(context).max_total_bytes;
-      if (received.job.memory_bytes > room) {
+      if (received.job.memory_bytes > receive.max_total_bytes) {
         Fail(ErrorKind::kOverloaded, "the job's memory ({} MiB) is more than {} ({} MiB)",
-             received.job.memory_bytes >> 20, receive.max_total_what, room >> 20);
+             received.job.memory_bytes >> 20, receive.max_total_what,
+             receive.max_total_bytes >> 20);
       }
       step = "take the lazy move's page connection";
       lazy_relay = std::make_unique<migrate::LazyPageRelayIn>(
