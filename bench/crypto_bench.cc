@@ -45,6 +45,7 @@
 #include "file_server.h"
 #include "fs.h"
 #include "image_stream.h"
+#include "mounted.h"
 #include "peer_auth.h"
 #include "peer_server.h"
 #include "secure_channel.h"
@@ -119,9 +120,10 @@ struct Bench {
     FileClient client(options);
     std::optional<Fs> fs;
     fs.emplace(client, FsOptions{}, client.Probe());
+    OneHome mounted(*fs);
     std::vector<const char*> argv = {"crypto_bench", "-o", "fsname=homefs:bench,subtype=homefs"};
     fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), const_cast<char**>(argv.data()));
-    fuse_session* se = fuse_session_new(&args, &Fs::Operations(), sizeof(fuse_lowlevel_ops), &*fs);
+    fuse_session* se = fuse_session_new(&args, &Mounted::Operations(), sizeof(fuse_lowlevel_ops), &mounted);
     if (!se) throw Error(ErrorKind::kFailed, "cannot create the FUSE session");
     std::string mountpoint = dir + "/mnt";
     if (fuse_session_mount(se, mountpoint.c_str()) != 0) {

@@ -82,8 +82,15 @@ std::shared_ptr<SecureStream> FileClient::Connect() {
     ::setsockopt(tcp, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
   };
   // Read and written in place on the calling threads (secure_channel.h): no pump thread.
+  std::string host;
+  uint16_t port;
+  {
+    std::lock_guard lock(mutex_);
+    host = options_.host;
+    port = options_.port;
+  }
   std::shared_ptr<SecureStream> fd =
-      PeerConnectStream(options_.host, options_.port, options_.key, "files", connect_timeout, tune);
+      PeerConnectStream(host, port, options_.key, "files", connect_timeout, tune);
   // The version check, before anything else is sent on this connection.
   capnp::MallocMessageBuilder hello;
   auto rq = hello.initRoot<schema::FileRequest>();
@@ -113,7 +120,16 @@ void FileClient::Start() {
   // When mosmount has daemonized since the probe, the probe's connection (shared with
   // the parent until it exited) is closed and a new one made from this process.
   if (first_ && probe_pid_ != ::getpid()) first_.reset();
+  std::lock_guard lock(mutex_);
   owed_since_.reset();
+  started_ = true;
+  if (!options_.on_demand || first_) RunLocked();
+}
+
+void FileClient::RunLocked() {
+  if (running_ || parking_ || stopping_ || !started_) return;
+  running_ = true;
+  last_used_ = Clock::now();
   connection_thread_ = std::thread([this] { ConnectionLoop(); });
   timer_thread_ = std::thread([this] { TimerLoop(); });
 }
@@ -128,6 +144,45 @@ void FileClient::Stop() {
   changed_.notify_all();
   if (connection_thread_.joinable()) connection_thread_.join();
   if (timer_thread_.joinable()) timer_thread_.join();
+}
+
+bool FileClient::DisconnectIdle(std::chrono::milliseconds idle) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!options_.on_demand || !running_ || parking_ || stopping_ || waiters_ > 0 ||
+        !pending_.empty() || !unacked_.empty() || Since(last_used_) < idle) {
+      return false;
+    }
+    parking_ = true;
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+  }
+  changed_.notify_all();
+  // A request sent meanwhile is handed back (kLost) and sent again on the next
+  // connection, which its WaitConnected makes once the threads are gone.
+  connection_thread_.join();
+  timer_thread_.join();
+  {
+    std::lock_guard lock(mutex_);
+    running_ = false;
+    parking_ = false;
+  }
+  changed_.notify_all();
+  spdlog::info("homefs: closed the idle connection to {}", options_.host);
+  return true;
+}
+
+bool FileClient::running() {
+  std::lock_guard lock(mutex_);
+  return running_;
+}
+
+void FileClient::MoveTo(const std::string& host, uint16_t port) {
+  std::lock_guard lock(mutex_);
+  if (options_.host == host && options_.port == port) return;
+  options_.host = host;
+  options_.port = port;
+  // Calls in flight are sent again on the connection to the new address (hard).
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
 }
 
 void FileClient::FailAll(std::unordered_map<uint64_t, Pending> pending) {
@@ -156,7 +211,7 @@ void FileClient::ConnectionLoop() {
     if (!fd) {
       {
         std::lock_guard lock(mutex_);
-        if (stopping_) return;
+        if (stopping_ || parking_) return;
       }
       try {
         fd = Connect();
@@ -165,7 +220,7 @@ void FileClient::ConnectionLoop() {
         if (was_connected) spdlog::warn("homefs: cannot reach {}: {}", options_.host, e.what());
         was_connected = false;
         std::unique_lock lock(mutex_);
-        changed_.wait_for(lock, backoff, [&] { return stopping_; });
+        changed_.wait_for(lock, backoff, [&] { return stopping_ || parking_; });
         backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
         continue;
       }
@@ -173,8 +228,9 @@ void FileClient::ConnectionLoop() {
     auto stream = std::make_shared<FrameStream>(fd, kMaxFrameBytes);
     {
       std::lock_guard lock(mutex_);
-      if (stopping_) return;
+      if (stopping_ || parking_) return;
       stream_ = stream;
+      last_used_ = Clock::now();
       fd_ = fd->fd();
       ++generation_;
       owed_since_.reset();
@@ -210,6 +266,7 @@ void FileClient::ConnectionLoop() {
             pending_.erase(it);
           }
           Answered(server.getResponse().getId());
+          last_used_ = Clock::now();
           // Any answer (one the cache gave already too) shows the home alive; what is
           // still pending is owed from now (a wait for a lock is owed nothing).
           owed_since_.reset();
@@ -230,7 +287,7 @@ void FileClient::ConnectionLoop() {
       why = fmt::format("malformed message: {}", e.getDescription().cStr());
     }
     std::unordered_map<uint64_t, Pending> lost;
-    bool stopping;
+    bool stopping, parking;
     {
       std::lock_guard lock(mutex_);
       stream_.reset();
@@ -239,10 +296,12 @@ void FileClient::ConnectionLoop() {
       lost.swap(pending_);
       waiting_ = 0;
       stopping = stopping_;
+      parking = parking_;
     }
-    // Stop breaks the connection on purpose (a cut, to the stream): nothing to warn of.
-    if (!stopping) spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
+    // Stop and DisconnectIdle break the connection on purpose: nothing to warn of.
+    if (!stopping && !parking) spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
     FailAll(std::move(lost));
+    if (parking) return;
   }
 }
 
@@ -254,9 +313,9 @@ void FileClient::TimerLoop() {
   // timeouts; hard, after the grace, as for a cut link.
   auto hung = std::max(3 * options_.timeout, SilenceLimit(options_));
   std::unique_lock lock(mutex_);
-  while (!stopping_) {
-    changed_.wait_for(lock, tick, [&] { return stopping_; });
-    if (stopping_ || fd_ < 0 || !owed_since_) continue;
+  while (!stopping_ && !parking_) {
+    changed_.wait_for(lock, tick, [&] { return stopping_ || parking_; });
+    if (stopping_ || parking_ || fd_ < 0 || !owed_since_) continue;
     // Calls whose callers were interrupted (Ctrl-C) while the home is silent end now,
     // and those the cache may answer are answered from it.
     std::vector<std::pair<Callback, int>> interrupted;
@@ -310,13 +369,20 @@ int FileClient::WaitConnected(uint64_t* generation, const InterruptProbe& interr
   std::unique_lock lock(mutex_);
   for (;;) {
     if (stopping_) return EIO;
-    if (stream_) {
+    if (stream_ && !parking_) {
       *generation = generation_;
       return 0;
     }
+    RunLocked();  // on demand: the first call since the connection went makes it again
     if (!options_.hard && Clock::now() >= deadline) return EIO;
-    // Woken by a new connection, or every poll interval to look for an interrupt.
-    changed_.wait_for(lock, kWaitPoll, [&] { return stopping_ || stream_; });
+    // Woken by a new connection (or the end of a disconnection), or every poll interval
+    // to look for an interrupt. A waiter keeps DisconnectIdle away.
+    bool was_parking = parking_;
+    ++waiters_;
+    changed_.wait_for(lock, kWaitPoll, [&] {
+      return stopping_ || (stream_ && !parking_) || (was_parking && !parking_);
+    });
+    --waiters_;
     if (!stream_ && !stopping_ && interrupted && interrupted()) return EINTR;
   }
 }
@@ -338,7 +404,8 @@ uint64_t FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, C
     std::lock_guard lock(mutex_);
     if (!again) id = next_id_++;
     if (resend) unacked_.insert(id);
-    if (!stream_ || generation != generation_) {
+    last_used_ = Clock::now();
+    if (!stream_ || generation != generation_ || parking_) {
       // Ids from an older connection mean nothing to the home now.
       fail = LostCallError(options_.hard, resend);
       if (fail != kLost) Answered(id);

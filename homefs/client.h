@@ -44,6 +44,9 @@ struct ClientOptions {
   // Hard: how long a connection whose home answers nothing (data and keepalive probes
   // unacknowledged) is kept before it is broken and made again.
   std::chrono::milliseconds grace{300000};
+  // Connects when a call first needs it rather than at Start, and DisconnectIdle may end
+  // the connection and the client's threads (a HomeTree's homes: cost follows use).
+  bool on_demand = false;
 };
 
 // Whether the caller of a waiting request was interrupted (FUSE interrupt). Called with
@@ -87,9 +90,18 @@ class FileClient {
   using NoticeHandler = std::function<void(uint64_t node, uint64_t parent, const std::string& name,
                                            uint64_t generation)>;
   void OnNotice(NoticeHandler handler) { on_notice_ = std::move(handler); }
-  // Starts the connection and timer threads (after fork, when daemonizing).
+  // Starts the connection and timer threads (after fork, when daemonizing); on demand,
+  // only once a call waits for the connection (or the probe's connection is there).
   void Start();
   void Stop();
+  // On demand: when nothing is in flight or owed and nothing was sent or heard for
+  // `idle`, closes the connection and ends the threads; the next call connects again
+  // (a new generation). Returns whether it did. Never concurrently with itself or Stop.
+  bool DisconnectIdle(std::chrono::milliseconds idle);
+  // Whether the connection (or an attempt at it) and its threads exist.
+  bool running();
+  // The home is at another address now: the connection (if any) is made again there.
+  void MoveTo(const std::string& host, uint16_t port);
 
   // Waits until connected (hard: for as long as it takes; soft: up to the timeout).
   // Returns 0 and sets `generation`, or EINTR when `interrupted` says so, or EIO (soft:
@@ -142,6 +154,8 @@ class FileClient {
   void TimerLoop();
   std::shared_ptr<SecureStream> Connect();
   void FailAll(std::unordered_map<uint64_t, Pending> pending);
+  // Starts the threads unless they run (called with the lock held).
+  void RunLocked();
   // Called with the lock held for a request that is answered (or given up) for good.
   void Answered(uint64_t id) { unacked_.erase(id); }
 
@@ -168,6 +182,11 @@ class FileClient {
   // owed, so a silent home stays silent however many requests are answered locally.
   std::optional<std::chrono::steady_clock::time_point> owed_since_;
   bool stopping_ = false;
+  bool started_ = false;   // Start was called
+  bool running_ = false;   // the threads exist
+  bool parking_ = false;   // DisconnectIdle is ending them
+  int waiters_ = 0;        // calls in WaitConnected
+  std::chrono::steady_clock::time_point last_used_{};  // the last request sent or answer heard
   std::thread connection_thread_;
   std::thread timer_thread_;
 };

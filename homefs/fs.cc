@@ -23,6 +23,7 @@
 
 #include "criu_acting.h"
 #include "lock_holder.h"
+#include "mounted.h"
 
 namespace homeward {
 
@@ -87,16 +88,47 @@ struct Fs::Prepared {
 };
 
 Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
-    : client_(client), options_(options) {
+    : client_(client),
+      options_(options),
+      root_(options.id_base | FUSE_ROOT_ID),
+      next_ino_(options.id_base | 2),
+      next_fh_(options.id_base | 1),
+      next_lock_wait_(options.id_base | 1) {
   if (!options_.criu_acting_dir.empty()) {
     criu_acting_ = std::make_unique<CriuActingCache>(options_.criu_acting_dir);
   }
-  Inode& inode = inodes_[FUSE_ROOT_ID];
+  Inode& inode = inodes_[root_];
   inode.remote = 1;
-  by_remote_[1] = FUSE_ROOT_ID;
+  by_remote_[1] = root_;
   inode.lookups = 1;
   inode.key = {root.getDev(), root.getIno()};
-  by_key_[inode.key] = FUSE_ROOT_ID;
+  inode.attr = ToStat(root);
+  inode.attr.st_ino = root_;
+  inode.has_attr = true;
+  by_key_[inode.key] = root_;
+}
+
+fuse_entry_param Fs::RootEntry() {
+  std::lock_guard lock(mutex_);
+  fuse_entry_param e{};
+  e.ino = root_;
+  e.attr = inodes_[root_].attr;
+  // The kernel asks the home (getattr) for the attributes of any later stat.
+  e.attr_timeout = 0;
+  e.entry_timeout = options_.entry_timeout;
+  return e;
+}
+
+bool Fs::Idle() {
+  {
+    std::lock_guard lock(mutex_);
+    if (!handles_.empty()) return false;
+  }
+  {
+    std::lock_guard lock(locks_mutex_);
+    if (!lock_owners_.empty() || !claims_.empty() || !lock_waits_.empty()) return false;
+  }
+  return notices_.idle() && resends_.idle();
 }
 
 std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
@@ -130,101 +162,70 @@ Fs::~Fs() {
 }
 
 void Fs::StopResending() {
-  {
-    std::lock_guard lock(resend_mutex_);
-    stop_resending_ = true;
-  }
-  resend_ready_.notify_all();
-  if (resend_thread_.joinable()) resend_thread_.join();
-  std::lock_guard lock(resend_mutex_);
-  resends_.clear();  // their requests answer EIO as they go
+  resends_.Stop();  // their requests answer EIO as they go
 }
 
 void Fs::StopNotices() {
-  std::deque<Notice> left;
-  {
-    std::lock_guard lock(notice_mutex_);
-    stop_notices_ = true;
-  }
-  notice_ready_.notify_all();
-  if (notice_thread_.joinable()) notice_thread_.join();
-  {
-    std::lock_guard lock(notice_mutex_);
-    left.swap(notices_);
-  }
-  for (auto& notice : left) {
-    if (notice.then) notice.then();  // the mount is going: nothing cached to drop
-  }
+  notices_.Stop();  // DropCache's callers are answered: nothing cached to drop any more
 }
 
 void Fs::DropCache(fuse_ino_t ino, std::function<void()> then) {
-  {
-    std::lock_guard lock(notice_mutex_);
-    if (session_ && !stop_notices_) {
-      Notice notice{};
-      notice.drop = ino;
-      notice.then = std::move(then);
-      notices_.push_back(std::move(notice));
-      notice_ready_.notify_one();
-      return;
-    }
+  auto notice = std::make_shared<Notice>();
+  notice->drop = ino;
+  notice->then = std::move(then);
+  if (session_ && notices_.Post([this, notice](bool stopping) {
+        if (!stopping) Apply(*notice);
+        if (notice->then) notice->then();
+      })) {
+    return;
   }
-  if (then) then();
+  if (notice->then) notice->then();
 }
 
 void Fs::StartNotices(fuse_session* session) {
   session_ = session;
   client_.OnNotice(
       [this](uint64_t node, uint64_t parent, const std::string& name, uint64_t generation) {
-        std::lock_guard lock(notice_mutex_);
-        if (notices_.size() < 100000) notices_.push_back({node, parent, name, generation, 0, {}});
-        notice_ready_.notify_one();
+        auto notice = std::make_shared<Notice>(Notice{node, parent, name, generation, 0, {}});
+        notices_.Post(
+            [this, notice](bool stopping) {
+              if (!stopping) Apply(*notice);
+            },
+            100000);
       });
-  notice_thread_ = std::thread([this] { NoticeLoop(); });
 }
 
-void Fs::NoticeLoop() {
-  for (;;) {
-    Notice notice;
-    {
-      std::unique_lock lock(notice_mutex_);
-      notice_ready_.wait(lock, [&] { return stop_notices_ || !notices_.empty(); });
-      if (stop_notices_) return;
-      notice = std::move(notices_.front());
-      notices_.pop_front();
-    }
-    if (notice.drop) {
-      {
-        std::lock_guard lock(mutex_);
-        auto it = inodes_.find(notice.drop);
-        if (it != inodes_.end()) it->second.pages_of.reset();
-      }
-      fuse_lowlevel_notify_inval_inode(session_, notice.drop, 0, 0);  // pages and attributes
-      if (notice.then) notice.then();
-      continue;
-    }
-    fuse_ino_t ino = 0;
+void Fs::Apply(Notice& notice) {
+  if (notice.drop) {
     {
       std::lock_guard lock(mutex_);
-      uint64_t remote = notice.node ? notice.node : notice.parent;
-      auto it = by_remote_.find(remote);
-      if (it != by_remote_.end()) {
-        auto inode = inodes_.find(it->second);
-        if (inode != inodes_.end() && inode->second.generation == notice.generation &&
-            inode->second.remote == remote) {
-          ino = it->second;
-        }
+      auto it = inodes_.find(notice.drop);
+      if (it != inodes_.end()) it->second.pages_of.reset();
+    }
+    fuse_lowlevel_notify_inval_inode(session_, notice.drop, 0, 0);  // pages and attributes
+    return;
+  }
+  fuse_ino_t ino = 0;
+  {
+    std::lock_guard lock(mutex_);
+    uint64_t remote = notice.node ? notice.node : notice.parent;
+    auto it = by_remote_.find(remote);
+    if (it != by_remote_.end()) {
+      auto inode = inodes_.find(it->second);
+      if (inode != inodes_.end() && inode->second.generation == notice.generation &&
+          inode->second.remote == remote) {
+        ino = it->second;
       }
-      if (notice.parent == 1 && !notice.node) ino = FUSE_ROOT_ID;
     }
-    if (ino == 0) continue;
-    // Errors (ENOENT: the kernel no longer caches it) need nothing done.
-    if (notice.node) {
-      fuse_lowlevel_notify_inval_inode(session_, ino, 0, 0);
-    } else {
-      fuse_lowlevel_notify_inval_entry(session_, ino, notice.name.c_str(), notice.name.size());
-      fuse_lowlevel_notify_inval_inode(session_, ino, -1, 0);  // the directory's attributes
-    }
+    if (notice.parent == 1 && !notice.node) ino = root_;
+  }
+  if (ino == 0) return;
+  // Errors (ENOENT: the kernel no longer caches it) need nothing done.
+  if (notice.node) {
+    fuse_lowlevel_notify_inval_inode(session_, ino, 0, 0);
+  } else {
+    fuse_lowlevel_notify_inval_entry(session_, ino, notice.name.c_str(), notice.name.size());
+    fuse_lowlevel_notify_inval_inode(session_, ino, -1, 0);  // the directory's attributes
   }
 }
 
@@ -253,7 +254,7 @@ std::optional<uint64_t> Fs::Remote(fuse_ino_t ino, uint64_t generation) {
   std::string name;
   {
     std::lock_guard lock(mutex_);
-    if (ino == FUSE_ROOT_ID) return 1;
+    if (ino == root_) return 1;
     auto it = inodes_.find(ino);
     if (it == inodes_.end()) return std::nullopt;
     if (it->second.generation == generation) return it->second.remote;
@@ -435,7 +436,7 @@ fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_
   inode.attr = ToStat(entry.getAttr());
   inode.attr.st_ino = ino;
   inode.has_attr = true;
-  if (ino != FUSE_ROOT_ID) {
+  if (ino != root_) {
     auto old = by_name_.find({inode.parent, inode.name});
     if (old != by_name_.end() && old->second == ino) by_name_.erase(old);
     inode.parent = parent;
@@ -463,7 +464,7 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
   {
     std::lock_guard lock(mutex_);
     auto it = inodes_.find(ino);
-    if (it == inodes_.end() || ino == FUSE_ROOT_ID) return;
+    if (it == inodes_.end() || ino == root_) return;
     Inode& inode = it->second;
     inode.lookups -= std::min(inode.lookups, nlookup);
     if (inode.lookups > 0) return;
@@ -549,29 +550,14 @@ void Fs::Resend(std::shared_ptr<Request> r, std::shared_ptr<Prepared> p, Handler
       return Issue(r, p, handler, stale);
     }
   };
-  std::lock_guard lock(resend_mutex_);
-  if (stop_resending_) return;  // unmounting: the request answers EIO as it goes
-  resends_.push_back(std::move(job));
-  if (!resend_thread_.joinable()) resend_thread_ = std::thread([this] { ResendLoop(); });
-  resend_ready_.notify_one();
+  Requeue(std::move(job));
 }
 
-void Fs::ResendLoop() {
-  for (;;) {
-    std::function<void()> job;
-    {
-      std::unique_lock lock(resend_mutex_);
-      resend_ready_.wait(lock, [&] { return stop_resending_ || !resends_.empty(); });
-      if (stop_resending_) return;
-      job = std::move(resends_.front());
-      resends_.pop_front();
-    }
-    try {
-      job();
-    } catch (const std::exception& e) {
-      spdlog::error("homefs: sending a request again: {}", e.what());
-    }
-  }
+void Fs::Requeue(std::function<void()> job) {
+  // Unmounting: the request answers EIO as it goes.
+  resends_.Post([job = std::move(job)](bool stopping) {
+    if (!stopping) job();
+  });
 }
 
 // While the home is silent (a cut link), a few questions about objects this client has
@@ -614,7 +600,7 @@ Fs::OpenHandle Fs::HandleOf(Prepared& p, fuse_ino_t ino, int flags, bool dir) {
 
 // ---------------------------------------------------------------------------------------
 
-void Fs::Init(fuse_conn_info* conn) {
+void Fs::Init(fuse_conn_info* conn) {  // static: a HomeTree asks the same
   conn->max_write = 1 << 20;
   conn->max_readahead = 1 << 20;
   // Every directory listing carries attributes: one round trip instead of one per name.
@@ -855,7 +841,7 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
     } else if (it != inodes_.end() && it->second.parent != 0) {
       Inode& inode = it->second;
       uint64_t parent_remote = 0;
-      if (inode.parent == FUSE_ROOT_ID) {
+      if (inode.parent == root_) {
         parent_remote = 1;
       } else if (auto parent = inodes_.find(inode.parent);
                  parent != inodes_.end() && parent->second.generation == p->generation) {
@@ -1130,7 +1116,7 @@ void Fs::Access(Request r, fuse_ino_t ino, int mask) {
 void Fs::Xattr(Request r, Op op, fuse_ino_t ino, const std::string& name, const char* value,
                size_t size, int flags) {
   static constexpr std::string_view kCarry = "trusted.homeward.";
-  if (op == Op::SETXATTR && ino == FUSE_ROOT_ID && name.rfind(kCarry, 0) == 0) {
+  if (op == Op::SETXATTR && ino == root_ && name.rfind(kCarry, 0) == 0) {
     return CarryLocks(std::move(r), name.substr(kCarry.size()), std::string(value, size));
   }
   auto p = Prepare(r, op);
@@ -1247,7 +1233,11 @@ void SetLock(schema::FileLock::Builder out, const struct flock& lock) {
 // request is alive for the call, its answer may be on its way.
 void OnLockInterrupt(fuse_req_t req, void* data) {
   try {
-    static_cast<Fs*>(fuse_req_userdata(req))->LockInterrupted(reinterpret_cast<uintptr_t>(data));
+    // A serial is numbered as the Fs's node ids are, so it names its Fs too.
+    uint64_t serial = reinterpret_cast<uintptr_t>(data);
+    if (Fs* fs = static_cast<Mounted*>(fuse_req_userdata(req))->NodeFs(serial)) {
+      fs->LockInterrupted(serial);
+    }
   } catch (const std::exception& e) {
     spdlog::error("homefs: cancelling a lock wait: {}", e.what());
   }
@@ -1457,11 +1447,7 @@ void Fs::ResendLock(std::shared_ptr<Request> shared, std::shared_ptr<Prepared> p
       return SendLock(shared, p, ino, serial, acquires);
     }
   };
-  std::lock_guard lock(resend_mutex_);
-  if (stop_resending_) return;  // unmounting: the request answers EIO as it goes
-  resends_.push_back(std::move(job));
-  if (!resend_thread_.joinable()) resend_thread_ = std::thread([this] { ResendLoop(); });
-  resend_ready_.notify_one();
+  Requeue(std::move(job));
 }
 
 void Fs::LockInterrupted(uint64_t serial) {

@@ -28,8 +28,19 @@
 #include "client.h"
 #include "criu_acting.h"
 #include "request.h"
+#include "work_thread.h"
 
 namespace homeward {
+
+// One process serves every home (HomeTree): each home's Fs gives out node ids and file
+// handles of a range of its own, `slot << kSlotShift` and up, so that the number alone
+// says whose it is. The top 16 bits of a handle are Fs's own (kDeferred), the rest holds
+// a node id, so slots are below 2^(48 - kSlotShift).
+inline constexpr int kSlotShift = 36;
+inline constexpr uint64_t kMaxSlots = uint64_t{1} << (48 - kSlotShift);
+inline uint64_t SlotOf(uint64_t id) {
+  return (id & ((uint64_t{1} << 48) - 1)) >> kSlotShift;
+}
 
 struct FsOptions {
   // Seconds the kernel may trust a name lookup and attributes. The home's change notices
@@ -40,6 +51,9 @@ struct FsOptions {
   // Where this node's daemon writes down the user criu acts for (criu_acting.h): root's
   // calls from such a job's mount namespace get that user's rights. Empty: never.
   std::string criu_acting_dir;
+  // The first of this Fs's node ids and handles (its root is id_base | 1): 0 for a mount
+  // of its own (the root is FUSE_ROOT_ID), slot << kSlotShift in a HomeTree.
+  uint64_t id_base = 0;
 };
 
 class Fs {
@@ -66,11 +80,16 @@ class Fs {
   // `then` runs even when nothing was cached (or the mount is going away).
   void DropCache(fuse_ino_t ino, std::function<void()> then = {});
 
-  // The operations table; userdata must be this Fs.
-  static const fuse_lowlevel_ops& Operations();
+  // The root's node id, and an entry for it with the attributes last heard from the home
+  // (a HomeTree's listing of the home, which never waits for it).
+  fuse_ino_t root() const { return root_; }
+  fuse_entry_param RootEntry();
+  // Whether nothing of this mount needs its connection: no open file, lock, lock wait,
+  // carried locks or pending notice (HomeTree then lets the connection go when idle).
+  bool Idle();
 
   // One method per operation, named as in fuse_lowlevel_ops.
-  void Init(fuse_conn_info* conn);
+  static void Init(fuse_conn_info* conn);
   void Lookup(Request r, fuse_ino_t parent, const std::string& name);
   void Forget(fuse_ino_t ino, uint64_t nlookup);
   void Getattr(Request r, fuse_ino_t ino, fuse_file_info* fi);
@@ -172,10 +191,11 @@ class Fs {
   void Issue(std::shared_ptr<Request> r, std::shared_ptr<Prepared> p, Handler handler,
              std::function<void(Request&)> stale);
   // Waits for the next connection, binds `p` to it and sends it again, on a thread of its
-  // own (ResendLoop), never the receiving thread.
+  // own (resends_), never the receiving thread.
   void Resend(std::shared_ptr<Request> r, std::shared_ptr<Prepared> p, Handler handler,
               std::function<void(Request&)> stale);
-  void ResendLoop();
+  // Runs `job` (a request sent again) on the resending thread.
+  void Requeue(std::function<void()> job);
   // Sets the home's ids of what `p` names for `generation`: 0, kLost (the connection
   // broke meanwhile), or the errno to answer (ESTALE: the object is gone).
   int Rebind(Prepared& p, uint64_t generation);
@@ -218,14 +238,14 @@ class Fs {
 
   FileClient& client_;
   FsOptions options_;
+  fuse_ino_t root_;
   std::unique_ptr<CriuActingCache> criu_acting_;  // when options_.criu_acting_dir is set
   std::mutex mutex_;
   std::unordered_map<fuse_ino_t, Inode> inodes_;
   std::map<std::pair<uint64_t, uint64_t>, fuse_ino_t> by_key_;
   std::map<std::pair<fuse_ino_t, std::string>, fuse_ino_t> by_name_;  // parent and name
   std::optional<struct statvfs> statfs_;
-  fuse_ino_t next_ino_ = 2;
-  void NoticeLoop();
+  fuse_ino_t next_ino_;
   struct Notice {
     uint64_t node, parent;
     std::string name;
@@ -236,21 +256,16 @@ class Fs {
   // The open's answer: keeps the pages when the home's file is as they were read, and
   // invalidates attributes the kernel holds that the home's no longer match.
   void Opened(fuse_ino_t ino, schema::FileResponse::Reader rs, fuse_file_info& fi);
+  void Apply(Notice& notice);
   fuse_session* session_ = nullptr;
-  std::mutex notice_mutex_;
-  std::condition_variable notice_ready_;
-  std::deque<Notice> notices_;
-  bool stop_notices_ = false;
-  std::thread notice_thread_;
+  // Notices and resends each run on a thread of their own, which exists only while
+  // there is work (an idle home holds none).
+  WorkThread notices_{"applying a change notice", std::chrono::seconds(5)};
   std::unordered_map<uint64_t, fuse_ino_t> by_remote_;  // current generation only
   std::unordered_map<uint64_t, OpenHandle> handles_;
-  uint64_t next_fh_ = 1;
+  uint64_t next_fh_;
   std::mutex reopen_mutex_;
-  std::mutex resend_mutex_;
-  std::condition_variable resend_ready_;
-  std::deque<std::function<void()>> resends_;
-  bool stop_resending_ = false;
-  std::thread resend_thread_;
+  WorkThread resends_{"sending a request again", std::chrono::seconds(5)};
 
   std::mutex locks_mutex_;
   // (node, lock owner) that took a POSIX lock through this mount, with the pid (this
@@ -271,7 +286,7 @@ class Fs {
   // Home ids of processes that locked, by their identity for this boot (ProcessKey): a
   // process's home id does not change while it lives.
   std::unordered_map<uint64_t, pid_t> home_ids_;
-  uint64_t next_lock_wait_ = 1;
+  uint64_t next_lock_wait_;  // from id_base, as node ids
 
   std::mutex groups_mutex_;
   std::unordered_map<pid_t, std::pair<std::chrono::steady_clock::time_point, std::vector<gid_t>>>

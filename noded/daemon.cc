@@ -64,7 +64,9 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                                            .export_root = config_.export_root,
                                            .mosmount = MosmountPath(),
                                            .config_path = config_.config_path,
-                                           .grace_s = HomefsGrace(config_)}),
+                                           .grace_s = HomefsGrace(config_),
+                                           .idle_s = static_cast<int>(
+                                               config_.files_idle_disconnect.count())}),
       gossip_(loop, config_),
       balancer_(loop, config_, gossip_, jobs_) {}
 
@@ -143,15 +145,16 @@ void Daemon::ServeHomeLocks() {
 }
 
 void Daemon::FollowPeers() {
-  // Every live peer's files appear at /mosix/home/<peer>. A mount outlives its peer's
-  // death: calls wait (a hard mount) while the home is unreachable and go on when it
-  // returns, so a false suspicion or a cut link never costs a guest its files. A home
-  // declared dead starts its guests' grace here (job_grace.cc).
+  // Every live peer is listed in /mosix/home. A home in use outlives its peer's death
+  // in homefs (only the listing loses it): calls wait (a hard mount) while the home is
+  // unreachable and go on when it returns, so a false suspicion or a cut link never costs
+  // a guest its files. A home declared dead starts its guests' grace here (job_grace.cc).
   gossip_.Subscribe([this](const NodeRecord& peer, bool alive) {
     // Another node's address is never where a guest's loopback connection goes, and is
     // how its requests for the jobs it hosts are told.
     loopback_.AddNode(peer.name, peer.address);
     if (!alive) {
+      home_mounts_.PeerDown(peer.name);
       jobs_.HomeUnreachable(peer.name);
       // Its jobs' locks on this node's files go: they may be restarted elsewhere, and
       // other jobs must not wait for a node that may never come back.
@@ -278,7 +281,6 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
                             mount.getPeerPort() ? mount.getPeerPort() : config_.peer_port);
         done();
       } else {
-        // Answered once the mount is gone: its homefs may take a moment to unmount itself.
         home_mounts_.PeerDown(mount.getName(), std::move(done));
       }
       return;

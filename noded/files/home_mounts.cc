@@ -1,8 +1,9 @@
-// The /mosix/home tree: a bind mount for this node, homefs children for its peers.
+// /mosix/home: one homefs child for every node's files, told the live nodes on a socket.
 #include "home_mounts.h"
 
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -13,126 +14,55 @@
 #include <spdlog/spdlog.h>
 
 #include "c_boundary.h"
+#include "config.h"
 #include "error.h"
-#include "fd.h"
-#include "uv_handle.h"
+#include "uv_error.h"
 
 namespace homeward {
 
 namespace {
-
-bool ValidNodeName(const std::string& name) {
-  if (name.empty() || name.size() > 64 || name == "." || name == "..") return false;
-  for (char c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') {
-      return false;
-    }
-  }
-  return true;
-}
-
+// How long a list waits when homefs's socket is full (it reads as fast as it can).
+constexpr uint64_t kResendMs = 200;
 }  // namespace
-
-// A peer mount on its way out: its homefs has had SIGTERM; `exited` (readable on the
-// homefs's pidfd) or `grace` (a timer) ends the wait, whichever fires first. Closing the
-// handles (when the departure ends) stops both, so no callback finds it gone.
-struct HomeMounts::Departure {
-  Departure(HomeMounts* owner, std::string name, std::string path, ChildProcess homefs)
-      : owner(owner), name(std::move(name)), path(std::move(path)), homefs(std::move(homefs)) {}
-  // Starts the wait; false when there is nothing to wait with (no pidfd).
-  bool Watch(uv_loop_t* loop, int grace_ms);
-
-  HomeMounts* owner;
-  std::string name, path;
-  ChildProcess homefs;
-  Fd pidfd;
-  UvHandle<uv_poll_t> exited;
-  UvHandle<uv_timer_t> grace;
-  std::vector<Done> done;
-};
-
-bool HomeMounts::Departure::Watch(uv_loop_t* loop, int grace_ms) {
-  if (homefs.pid() <= 0) return false;  // reaped already: nothing to wait for
-  pidfd = Fd::Adopt(static_cast<int>(::syscall(SYS_pidfd_open, homefs.pid(), 0)));
-  if (!pidfd.valid()) {
-    spdlog::warn("cannot watch homefs {}: pidfd_open: {}", homefs.pid(), std::strerror(errno));
-    return false;
-  }
-  if (uv_poll_init(loop, exited.get(), pidfd.get()) != 0 || uv_timer_init(loop, grace.get()) != 0) {
-    return false;
-  }
-  exited.get()->data = this;
-  grace.get()->data = this;
-  uv_poll_start(exited.get(), UV_READABLE, [](uv_poll_t* handle, int, int) {
-    auto* self = static_cast<Departure*>(handle->data);
-    GuardedCall("homefs exit watch", [&] { self->owner->Finish(self->name); });
-  });
-  uv_update_time(loop);  // the grace counts from now, not from the loop's last wake-up
-  uv_timer_start(
-      grace.get(),
-      [](uv_timer_t* handle) {
-        auto* self = static_cast<Departure*>(handle->data);
-        GuardedCall("homefs grace timer", [&] { self->owner->Finish(self->name); });
-      },
-      static_cast<uint64_t>(grace_ms), 0);
-  return true;
-}
 
 HomeMounts::HomeMounts(uv_loop_t* loop, HomeMountsOptions options)
     : loop_(loop), options_(std::move(options)) {}
 
 HomeMounts::~HomeMounts() {
   Stop();
-  while (!departing_.empty()) Finish(departing_.begin()->first);
-}
-
-std::string HomeMounts::PathOf(const std::string& name) const {
-  if (!ValidNodeName(name)) Fail(ErrorKind::kInvalidInput, "'{}' is not a node name", name);
-  return options_.mosix_root + "/home/" + name;
+  if (homefs_.pid() > 0) Ended(true);
 }
 
 void HomeMounts::Start() {
-  std::string path = PathOf(options_.self);
   std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec) Fail(ErrorKind::kFailed, "cannot create {}: {}", path, ec.message());
-  self_ = Mount::Bind(options_.export_root, path, true);
-  spdlog::info("{} is this node's own tree ({})", path, options_.export_root);
+  std::filesystem::create_directories(HomeDir(), ec);
+  if (ec) Fail(ErrorKind::kFailed, "cannot create {}: {}", HomeDir(), ec.message());
+  CheckUv(uv_timer_init(loop_, timer_.get()), "homefs timer");
+  timer_.get()->data = this;
+  Spawn();
 }
 
-void HomeMounts::PeerUp(const std::string& name, const std::string& address, uint16_t peer_port) {
-  if (stopped_ || name == options_.self) return;
-  PathOf(name);  // refuses a bad name before anything changes
-  std::string target = fmt::format("{}:{}", address, peer_port);
-  auto it = peers_.find(name);
-  if (it != peers_.end()) {
-    if (it->second.address == target && it->second.homefs.pid() > 0 &&
-        !it->second.homefs.TryWait()) {
-      return;
-    }
-    PeerDown(name);
-  }
-  if (departing_.count(name)) {
-    // The old mount is still at the mount point: mounting over it now would have the old
-    // one's detach take the new one away.
-    waiting_[name] = target;
-    return;
-  }
-  StartMount(name, target);
-}
-
-void HomeMounts::StartMount(const std::string& name, const std::string& target) {
-  std::string path = PathOf(name);
-  std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec) Fail(ErrorKind::kFailed, "cannot create {}: {}", path, ec.message());
+void HomeMounts::Spawn() {
+  int pair[2];
+  HW_SYSCALL(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair),
+             "socketpair for homefs");
+  socket_ = Fd::Adopt(pair[0]);
+  Fd theirs = Fd::Adopt(pair[1]);
   SpawnOptions spawn;
   spawn.argv = {options_.mosmount,
+                "--tree",
                 "-f",
+                "--self",
+                options_.self,
+                "--self-tree",
+                options_.export_root,
+                "--daemon-fd",
+                "3",
                 "-o",
-                fmt::format("timeout={},grace={}", options_.timeout_s, options_.grace_s),
-                target,
-                path};
+                fmt::format("timeout={},grace={},idle={}", options_.timeout_s, options_.grace_s,
+                            options_.idle_s),
+                HomeDir()};
+  spawn.extra_fds = {theirs.get()};
   if (!options_.config_path.empty()) {
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e) {
@@ -141,74 +71,147 @@ void HomeMounts::StartMount(const std::string& name, const std::string& target) 
     env.push_back("HOMEWARD_CONFIG=" + options_.config_path);
     spawn.env = std::move(env);
   }
-  peers_.emplace(name, PeerMount{target, ChildProcess::Spawn(spawn)});
-  spdlog::info("mounting {} from {}", path, target);
+  homefs_ = ChildProcess::Spawn(spawn);
+  mounted_ = false;
+  spdlog::info("mounting every node's files at {} (homefs {})", HomeDir(), homefs_.pid());
+
+  messages_ = UvHandle<uv_poll_t>();
+  CheckUv(uv_poll_init(loop_, messages_.get(), socket_.get()), "homefs socket");
+  messages_.get()->data = this;
+  uv_poll_start(messages_.get(), UV_READABLE, [](uv_poll_t* handle, int, int) {
+    auto* self = static_cast<HomeMounts*>(handle->data);
+    GuardedCall("homefs socket", [&] { self->OnMessage(); });
+  });
+  pidfd_ = Fd::Adopt(static_cast<int>(::syscall(SYS_pidfd_open, homefs_.pid(), 0)));
+  if (!pidfd_.valid()) Fail(ErrorKind::kFailed, "pidfd_open homefs: {}", std::strerror(errno));
+  exited_ = UvHandle<uv_poll_t>();
+  CheckUv(uv_poll_init(loop_, exited_.get(), pidfd_.get()), "homefs exit watch");
+  exited_.get()->data = this;
+  uv_poll_start(exited_.get(), UV_READABLE, [](uv_poll_t* handle, int, int) {
+    auto* self = static_cast<HomeMounts*>(handle->data);
+    GuardedCall("homefs exit watch", [&] { self->Ended(false); });
+  });
+  Send();  // held in the socket until homefs reads it
 }
 
-void HomeMounts::PeerDown(std::string name, Done done) {
-  waiting_.erase(name);
-  if (auto leaving = departing_.find(name); leaving != departing_.end()) {
-    if (done) leaving->second->done.push_back(std::move(done));
+void HomeMounts::Send() {
+  if (!socket_.valid() || stopped_) return;
+  std::string text = FormatLiveNodes(live_);
+  if (::send(socket_.get(), text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    // The next try sends the list as it is then (a whole list each time).
+    uv_timer_start(
+        timer_.get(),
+        [](uv_timer_t* handle) {
+          auto* self = static_cast<HomeMounts*>(handle->data);
+          GuardedCall("homefs list", [&] { self->Send(); });
+        },
+        kResendMs, 0);
     return;
   }
-  auto it = peers_.find(name);
-  if (it == peers_.end()) {
-    if (done) done();
-    return;
-  }
-  auto departure =
-      std::make_unique<Departure>(this, name, PathOf(name), std::move(it->second.homefs));
-  peers_.erase(it);
-  if (done) departure->done.push_back(std::move(done));
-  // SIGTERM lets homefs unmount itself; the detach in Finish covers a homefs that could not.
-  // One already reaped (pid -1) needs none; errors are of no interest (it may be gone).
-  if (departure->homefs.pid() > 0) ::kill(departure->homefs.pid(), SIGTERM);
-  Departure* d = departure.get();
-  departing_.emplace(name, std::move(departure));
-  // Without a loop (or a pidfd) there is nothing to wait with: finish at once, which kills
-  // the homefs rather than letting it unmount itself.
-  if (!loop_ || !d->Watch(loop_, options_.stop_grace_ms)) Finish(name);
+  // A homefs that has gone: the one started next is sent the list.
+  spdlog::debug("homefs socket: {}", std::strerror(errno));
 }
 
-void HomeMounts::Finish(std::string name) {
-  auto it = departing_.find(name);
-  if (it == departing_.end()) return;
-  std::unique_ptr<Departure> departure = std::move(it->second);
-  departing_.erase(it);
-  bool exited = departure->homefs.pid() <= 0;
+void HomeMounts::OnMessage() {
+  char buffer[64];
+  ssize_t n = ::recv(socket_.get(), buffer, sizeof buffer, MSG_DONTWAIT);
+  if (n <= 0) {
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    uv_poll_stop(messages_.get());  // homefs has gone; its exit is watched
+    return;
+  }
+  if (std::string_view(buffer, static_cast<size_t>(n)) == kHomeTreeMounted && !mounted_) {
+    mounted_ = true;
+    spdlog::info("{} serves every node's files; {}/{} is this node's own tree ({})", HomeDir(),
+                 HomeDir(), options_.self, options_.export_root);
+  }
+}
+
+void HomeMounts::PeerUp(const std::string& name, const std::string& address, uint16_t peer_port) {
+  if (!ValidNodeName(name)) Fail(ErrorKind::kInvalidInput, "'{}' is not a node name", name);
+  if (stopped_ || name == options_.self) return;
+  HomeAddress home{address, peer_port};
+  auto it = live_.find(name);
+  if (it != live_.end() && it->second == home) return;
+  live_[name] = home;
+  Send();
+}
+
+void HomeMounts::PeerDown(const std::string& name, Done done) {
+  if (live_.erase(name)) Send();
+  if (done) done();
+}
+
+void HomeMounts::Ended(bool kill) {
+  bool exited = false;
   try {
-    exited = exited || departure->homefs.TryWait().has_value();
+    exited = homefs_.pid() <= 0 || homefs_.TryWait().has_value();
   } catch (const Error& e) {
-    spdlog::warn("homefs for {}: {}", departure->path, e.what());
+    spdlog::warn("homefs: {}", e.what());
+    exited = true;
   }
+  if (!exited && !kill) return;  // a spurious wake-up
   {
-    ChildProcess gone = std::move(departure->homefs);  // kills and reaps one still running
+    ChildProcess gone = std::move(homefs_);  // kills and reaps one still running
   }
-  ::umount2(departure->path.c_str(), MNT_DETACH);
-  spdlog::info("unmounted {}{}", departure->path, exited ? "" : " (its homefs was killed)");
-  for (auto& done : departure->done) {
-    try {
-      done();
-    } catch (const std::exception& e) {
-      spdlog::warn("after unmounting {}: {}", departure->path, e.what());
-    }
+  exited_.Close();
+  messages_.Close();
+  pidfd_.Reset();
+  socket_.Reset();
+  uv_timer_stop(timer_.get());
+  // The tree and everything on it (this node's own entry), whatever homefs left.
+  ::umount2(HomeDir().c_str(), MNT_DETACH);
+  if (stopped_) {
+    spdlog::info("unmounted {}{}", HomeDir(), exited ? "" : " (its homefs was killed)");
+    return;
   }
-  if (auto waiting = waiting_.find(name); waiting != waiting_.end() && !stopped_) {
-    std::string target = std::move(waiting->second);
-    waiting_.erase(waiting);
+  if (!mounted_) {
+    // No FUSE here, or homefs cannot start: this node's own files are there all the same.
+    spdlog::warn("homefs could not mount {} (see its log); {}/{} is this node's own tree alone",
+                 HomeDir(), HomeDir(), options_.self);
+    std::string path = HomeDir() + "/" + options_.self;
     try {
-      StartMount(name, target);
+      std::error_code ec;
+      std::filesystem::create_directories(path, ec);
+      self_ = Mount::Bind(options_.export_root, path, true);
     } catch (const Error& e) {
-      spdlog::warn("cannot mount /mosix/home/{}: {}", name, e.what());
+      spdlog::warn("no {}: {}", path, e.what());
     }
+    return;
   }
+  spdlog::warn("homefs of {} has exited; starting it again in {} ms", HomeDir(), options_.restart_ms);
+  uv_timer_start(
+      timer_.get(),
+      [](uv_timer_t* handle) {
+        auto* self = static_cast<HomeMounts*>(handle->data);
+        GuardedCall("homefs restart", [&] {
+          if (!self->stopped_) self->Spawn();
+        });
+      },
+      static_cast<uint64_t>(options_.restart_ms), 0);
 }
 
 void HomeMounts::Stop() {
+  if (stopped_) return;
   stopped_ = true;
-  waiting_.clear();
-  while (!peers_.empty()) PeerDown(peers_.begin()->first);
   self_.Unmount();
+  bool timer = timer_.get()->type == UV_TIMER;
+  if (homefs_.pid() <= 0) {
+    if (timer) uv_timer_stop(timer_.get());
+    return;
+  }
+  // SIGTERM lets homefs unmount itself; Ended detaches what a homefs could not.
+  ::kill(homefs_.pid(), SIGTERM);
+  if (!loop_ || !timer) return Ended(true);
+  uv_update_time(loop_);  // the grace counts from now, not from the loop's last wake-up
+  uv_timer_start(
+      timer_.get(),
+      [](uv_timer_t* handle) {
+        auto* self = static_cast<HomeMounts*>(handle->data);
+        GuardedCall("homefs stop grace", [&] { self->Ended(true); });
+      },
+      static_cast<uint64_t>(options_.stop_grace_ms), 0);
 }
 
 }  // namespace homeward

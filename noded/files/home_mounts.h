@@ -1,21 +1,24 @@
-// HomeMounts: /mosix/home/<node> for every node. The node's own entry is a bind mount of
-// its export root (no FUSE in the way); every peer's entry is a homefs mount served by a
-// `mosmount -f` child this component owns. The daemon calls PeerUp whenever gossip reports
-// a peer alive (never PeerDown on a death: the mount outlives it), and either by hand for
-// `mosctl home-mount` / `home-unmount`. Everything runs on the event loop and nothing in
-// it waits: a homefs on its way out is watched through a pidfd and a timer.
+// HomeMounts: /mosix/home. Every node's files are one homefs mount there (`mosmount
+// --tree`, a child this component owns), which lists the live nodes this component sends
+// it (a socket pair) and reaches a home only when something of this node first uses it.
+// This node's own entry is a bind mount of its export root, which homefs makes on its
+// entry (no FUSE in the way of local jobs). A homefs that never mounts (no FUSE here)
+// leaves /mosix/home/<self> as the bind alone; one that dies after mounting is detached
+// and started again. Everything runs on the event loop and nothing in it waits.
 #pragma once
 
 #include <uv.h>
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 
 #include "child_process.h"
+#include "fd.h"
+#include "live_nodes.h"
 #include "mount.h"
+#include "uv_handle.h"
 
 namespace homeward {
 
@@ -25,9 +28,11 @@ struct HomeMountsOptions {
   std::string export_root = "/";
   std::string mosmount = "mosmount";  // looked up on PATH unless absolute
   int timeout_s = 10;                 // passed to homefs: connect and probe timing
-  int stop_grace_ms = 1000;           // how long a homefs may take to unmount itself
+  int stop_grace_ms = 1000;           // how long homefs may take to unmount itself
+  int restart_ms = 1000;              // how long after a homefs died the next one starts
   std::string config_path;            // the node's configuration (the cluster key)
   int grace_s = 300;                  // passed to homefs: how long a silent home is waited for
+  int idle_s = 60;                    // passed to homefs: a home's connection closes unused
 };
 
 class HomeMounts {
@@ -38,41 +43,46 @@ class HomeMounts {
   // Ends what Stop left on its way out at once (kill, reap, detach): the loop is over.
   ~HomeMounts();
 
-  // Makes /mosix/home/<self> the export root. Throws Error naming the path on failure.
+  // Starts homefs at /mosix/home. Throws Error naming the path when it cannot be made.
   void Start();
-  // Mounts /mosix/home/<name> from the peer's file service. A running mount of the same
-  // peer at the same address is kept; one at another address is taken down first, and
-  // the new one starts when the old one is gone. Throws Error for a bad node name.
+  // `name` is live at `address`: listed in /mosix/home (a home in use at another address
+  // is reached there from now on). Throws Error for a bad node name.
   void PeerUp(const std::string& name, const std::string& address, uint16_t peer_port);
-  // Takes /mosix/home/<name> down and returns at once: its homefs gets SIGTERM (it then
-  // unmounts itself); when it has exited, or is killed after `stop_grace_ms`, it is
-  // reaped, the mount point is detached (for a homefs that could not unmount) and `done`
-  // runs on the loop. `done` runs at once when nothing is mounted there.
+  // `name` is dead, or unmounted by hand (mosctl home-unmount): out of the listing. The
+  // guests of a home in use keep its files (their calls wait, a hard mount). `done` runs
+  // once homefs has been told.
   using Done = std::function<void()>;
-  void PeerDown(std::string name, Done done = {});  // a copy: it may name a key it erases
-  // Takes every peer's mount down (as PeerDown) and unmounts this node's own entry. Later
-  // PeerUp calls are ignored.
+  void PeerDown(const std::string& name, Done done = {});
+  // Takes /mosix/home down: homefs gets SIGTERM (it then unmounts itself), is killed
+  // after `stop_grace_ms`, and the mount point is detached. Later calls change nothing.
   void Stop();
 
+  // The live nodes homefs was last told of.
+  const LiveNodes& live() const { return live_; }
+
  private:
-  struct PeerMount {
-    std::string address;
-    ChildProcess homefs;
-  };
-  struct Departure;
-  void StartMount(const std::string& name, const std::string& target);
-  // Ends the departure of `name`: reaps (or kills) its homefs, detaches the mount point,
-  // runs its callbacks and starts the mount waiting for it, if any.
-  void Finish(std::string name);
-  std::string PathOf(const std::string& name) const;
+  void Spawn();
+  // Tells homefs the live nodes (again, when its socket was full).
+  void Send();
+  // homefs said it has mounted the tree.
+  void OnMessage();
+  // homefs has exited (or is killed, `kill`): reaps it and detaches what it left.
+  void Ended(bool kill);
+  std::string HomeDir() const { return options_.mosix_root + "/home"; }
 
   uv_loop_t* loop_;
   HomeMountsOptions options_;
-  Mount self_;
-  std::map<std::string, PeerMount> peers_;
-  std::map<std::string, std::unique_ptr<Departure>> departing_;
-  std::map<std::string, std::string> waiting_;  // name -> address:port, once its departure ends
+  LiveNodes live_;
+  ChildProcess homefs_ = ChildProcess::Adopt(-1);  // none until Spawn
+  Fd socket_;  // the daemon's end of the socket pair
+  Fd pidfd_;
+  UvHandle<uv_poll_t> messages_;
+  UvHandle<uv_poll_t> exited_;
+  UvHandle<uv_timer_t> timer_;  // resend, stop grace, restart
+  bool polling_ = false;
+  bool mounted_ = false;   // homefs said so
   bool stopped_ = false;
+  Mount self_;             // when homefs could not mount: this node's entry alone
 };
 
 }  // namespace homeward

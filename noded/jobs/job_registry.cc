@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include <spdlog/spdlog.h>
 
 #include "c_boundary.h"
@@ -252,10 +254,14 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   }
   launch.reattach = spec.getReattach();
   launch.root = config_.mosix_root + "/home/" + launch.home;
-  struct stat root_stat, parent_stat;
-  if (::stat(launch.root.c_str(), &root_stat) != 0 ||
-      ::stat((config_.mosix_root + "/home").c_str(), &parent_stat) != 0 ||
-      root_stat.st_dev == parent_stat.st_dev) {
+  // Looking the home up in homefs reaches it (its first use here connects).
+  struct stat root_stat, mosix_stat;
+  if (::stat(launch.root.c_str(), &root_stat) != 0) {
+    Fail(ErrorKind::kFailed, "node {} does not see node {}'s files ({}: {})", config_.name,
+         launch.home, launch.root, std::strerror(errno));
+  }
+  if (::stat(config_.mosix_root.c_str(), &mosix_stat) != 0 ||
+      root_stat.st_dev == mosix_stat.st_dev) {
     Fail(ErrorKind::kFailed, "node {} does not see node {}'s files yet ({} is not mounted)",
          config_.name, launch.home, launch.root);
   }

@@ -232,17 +232,21 @@ class HomefsTest(unittest.TestCase):
                               "stat -f -c %T /mosix/home/node1/data").stdout
             self.assertTrue(own.startswith("node1-file\n"))
             self.assertNotIn("fuse", own)
-            # What membership does for a live peer: the daemon runs homefs for it.
-            home = cluster.node("node1")["address"]
-            cluster.run("node2", "mosctl", "home-mount", "node1", home)
+            # Every node's files are one homefs mount, /mosix/home, listing the live nodes.
+            mounts = cluster.run("node2", "cat", "/proc/self/mountinfo").stdout
+            self.assertEqual([line.split()[4] for line in mounts.splitlines()
+                              if " - fuse.homefs " in line],
+                             ["/mosix/home"])
             cluster.wait_for(lambda: cluster.run("node2", "cat", "/mosix/home/node1/data/marker",
                                                  check=False).stdout == "node1-file\n",
                              30, "/mosix/home/node1 on node2")
-            mounts = cluster.run("node2", "cat", "/proc/self/mountinfo").stdout
-            self.assertIn("/mosix/home/node1 ", mounts)
+            # What membership does for a node, by hand: out of the listing and back.
+            home = cluster.node("node1")["address"]
+            listing = lambda: cluster.run("node2", "ls", "/mosix/home").stdout.split()
             cluster.run("node2", "mosctl", "home-unmount", "node1")
-            mounts = cluster.run("node2", "cat", "/proc/self/mountinfo").stdout
-            self.assertNotIn("/mosix/home/node1 ", mounts)
+            self.assertEqual(listing(), ["node2"])
+            cluster.run("node2", "mosctl", "home-mount", "node1", home)
+            self.assertEqual(listing(), ["node1", "node2"])
             self.assertNotEqual(cluster.run("node2", "mosctl", "home-mount", "../x", home,
                                             check=False).returncode, 0)
 

@@ -92,16 +92,6 @@ class ConfigReader {
   const std::string& path_;
 };
 
-bool ValidNodeName(const std::string& name) {
-  if (name.empty() || name.size() > 63) return false;
-  for (char c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') {
-      return false;
-    }
-  }
-  return name != "." && name != "..";
-}
-
 std::string ReadWholeFile(const std::string& path, std::string* error) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -149,6 +139,16 @@ std::string ReadKeyFile(const std::string& path, std::string* error) {
 }
 
 }  // namespace
+
+bool ValidNodeName(const std::string& name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') {
+      return false;
+    }
+  }
+  return name != "." && name != "..";
+}
 
 Endpoint Endpoint::Parse(const std::string& text, uint16_t default_port) {
   Endpoint endpoint;
@@ -272,6 +272,8 @@ level_ok:
     reader.Problem("gossip.dead_ms", "must be greater than gossip.suspect_ms");
   }
   config.files_trust_root = reader.Boolean("files.trust_root", config.files_trust_root);
+  config.files_idle_disconnect = std::chrono::seconds(reader.Integer(
+      "files.idle_disconnect_s", config.files_idle_disconnect.count(), 1, 86399));
   config.gossip.replay_window =
       reader.Millis("gossip.replay_window_ms", config.gossip.replay_window);
   PeerConfig& peer = config.peer;

@@ -80,6 +80,8 @@ struct NodeConfig {
   std::string export_root = "/";  // the tree this node serves to its jobs' homefs
   // [files] trust_root: serve peers' uid 0 as root rather than as nobody (root squash).
   bool files_trust_root = false;
+  // [files] idle_disconnect_s: homefs closes its connection to a home unused this long.
+  std::chrono::seconds files_idle_disconnect{60};
   std::string key_file;
   std::vector<uint8_t> cluster_key;  // 32 bytes, read from key_file
   std::vector<Endpoint> seeds;
@@ -90,6 +92,10 @@ struct NodeConfig {
   MigrationConfig migration;
   std::string log_level = "info";
 };
+
+// A node name: 1 to 63 letters, digits, `-`, `_` and `.`, not `.` or `..` (a path
+// component of /mosix/home, a DNS label).
+bool ValidNodeName(const std::string& name);
 
 // Reads and validates `path`. Throws Error(kInvalidInput) with one line of the form
 // "<path>: <field>: <problem>" for the first problem found.
