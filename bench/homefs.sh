@@ -7,8 +7,9 @@
 # home; the line count is checked whole, and torn lines are reported); and locks: two
 # processes taking and dropping a lockf lock on one file for APPEND_S seconds (for homefs
 # on node2 and node3, so each lock is the home's; sshfs keeps locks local to each mount,
-# so it has no row of its own: homefs is compared with the local tree). homefs mounts
-# node1 of a loopback cluster from node2 (and node3); sshfs mounts the same directory
+# so it has no row of its own: homefs is compared with the local tree). homefs is node1's
+# files on a loopback cluster, seen from node2 (and node3) through the daemons' own
+# /mosix/home; sshfs mounts the same directory
 # through a private sshd on loopback; passthrough_ll (libfuse's example, built here from
 # the sources libfuse3-dev installs) mounts it locally, with no network: FUSE's own cost,
 # the floor for homefs. The table is kept in bench/results/homefs.md.
@@ -47,7 +48,6 @@ cleanup() {
 trap cleanup EXIT
 
 "$ROOT/scripts/loopcluster" up --nodes 3 --dir "$CLUSTER" >/dev/null
-HOME_ADDR=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['nodes'][0]['address'])" "$CLUSTER/cluster.json")
 DATA=$CLUSTER/node1/data   # node1's /data, seen from the host
 in_node() { local n=$1; shift; "$ROOT/scripts/loopcluster" exec "$CLUSTER" "$n" -- "$@"; }
 
@@ -77,7 +77,10 @@ cc -O2 -Wall -o "$WORK/passthrough_ll" "$EXAMPLES/passthrough_ll.c" $(pkg-config
 mkdir -p "$PASS_MNT"
 "$WORK/passthrough_ll" -o source="$DATA" "$PASS_MNT"
 
-for n in node2 node3; do in_node $n sh -c "mkdir -p /mnt/home1 && mosmount $HOME_ADDR /mnt/home1"; done
+# homefs as jobs see it: the daemons' own mount, /mosix/home/node1 (its first use connects).
+for n in node2 node3; do
+  for _ in $(seq 100); do in_node $n test -d /mosix/home/node1/data 2>/dev/null && break; sleep 0.2; done
+done
 
 # run_in WHERE DIR CMD...: runs on the host (local, sshfs) or inside a node (homefs).
 run_in() { local where=$1; shift; if [[ $where == node* ]]; then in_node "$where" "$@"; else "$@"; fi; }
@@ -188,7 +191,7 @@ locks() {  # target -> lock/unlock pairs/s of two lockers of one file at once (h
 # load (it is shared) spreads over all three rather than landing on one.
 declare -A R WHERE DIR
 WHERE[local]=host   DIR[local]=$DATA/bench-local
-WHERE[homefs]=node2 DIR[homefs]=/mnt/home1/data/bench-homefs
+WHERE[homefs]=node2 DIR[homefs]=/mosix/home/node1/data/bench-homefs
 WHERE[sshfs]=host   DIR[sshfs]=$SSHFS_MNT/bench-sshfs
 WHERE[passthrough]=host DIR[passthrough]=$PASS_MNT/bench-passthrough
 TARGETS="local homefs sshfs passthrough"

@@ -18,76 +18,30 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-BUILD = os.path.realpath(os.environ.get("HOMEWARD_BUILD") or os.path.join(ROOT, "build"))
-LOOPCLUSTER = os.path.join(ROOT, "scripts", "loopcluster")
+from bench_cluster import BUILD, ROOT, BenchCluster
+
 MEMHOG = os.path.join(BUILD, "bench", "memhog")
 MOVED = re.compile(r"now runs on (\S+) \(frozen (\d+) ms, (\d+) ms in all")
 
 
-class Cluster:
-    """Two nodes on loopback, their files in a directory on tmpfs (as the floor's images);
-    `lazy`: they move jobs lazily."""
+class Cluster(BenchCluster):
+    """Two nodes on loopback; `lazy`: they move jobs lazily."""
 
     def __init__(self, lazy=False):
-        self.lazy = lazy
+        super().__init__(2, ["migration.lazy_pages=true"] if lazy else [], "migrate-bench")
 
-    def __enter__(self):
-        self.dir = tempfile.mkdtemp(prefix="homeward-migrate-bench-", dir="/dev/shm")
-        settings = ["--set", "migration.lazy_pages=true"] if self.lazy else []
-        try:
-            subprocess.run([LOOPCLUSTER, "up", "--nodes", "2", "--dir", self.dir, *settings],
-                           env=self.env(), check=True, capture_output=True, text=True,
-                           timeout=120)
-            self.wait_for(lambda: self.run("node2", "test", "-d", "/mosix/home/node1/data",
-                                           check=False).returncode == 0,
-                          "node2 to mount node1's files")
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        subprocess.run([LOOPCLUSTER, "down", self.dir], env=self.env(), capture_output=True,
-                       timeout=120)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    @staticmethod
-    def env():
-        env = dict(os.environ, HOMEWARD_BUILD=BUILD)
-        env.pop("HOMEWARD_FAULT", None)
-        return env
-
-    def command(self, node, *command):
-        return [LOOPCLUSTER, "exec", self.dir, node, "--", *command]
-
-    def run(self, node, *command, check=True, timeout=600):
-        result = subprocess.run(self.command(node, *command), env=self.env(),
-                                capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"{node}: {' '.join(command)}: {result.stderr.strip()}")
-        return result
+    def ready(self):
+        self.wait_for(lambda: self.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                       check=False).returncode == 0,
+                      "node2 to see node1's files")
 
     def jobs(self):
         return json.loads(self.run("node1", "mosps", "--json").stdout)["jobs"]
-
-    @staticmethod
-    def wait_for(predicate, what, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise RuntimeError(f"timed out waiting for {what}")
 
 
 def daemon_move(cluster, mib):

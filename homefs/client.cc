@@ -100,10 +100,10 @@ std::shared_ptr<SecureStream> FileClient::Connect() {
   FrameStream stream(fd, kMaxFrameBytes);
   stream.Write(hello);
   auto reply = stream.Read();
-  if (!reply) Fail(ErrorKind::kDisconnected, "{}: closed the connection", options_.host);
+  if (!reply) Fail(ErrorKind::kDisconnected, "{}: closed the connection", host);
   auto rs = reply->Root<schema::ServerMessage>().getResponse();
   if (rs.getError() != 0) {
-    Fail(ErrorKind::kFailed, "{}: file service refused: {} ({})", options_.host,
+    Fail(ErrorKind::kFailed, "{}: file service refused: {} ({})", host,
          rs.getMessage().cStr(), strerror(rs.getError()));
   }
   probe_reply_ = std::move(reply);
@@ -167,8 +167,13 @@ bool FileClient::DisconnectIdle(std::chrono::milliseconds idle) {
     parking_ = false;
   }
   changed_.notify_all();
-  spdlog::info("homefs: closed the idle connection to {}", options_.host);
+  spdlog::info("homefs: closed the idle connection to {}", Host());
   return true;
+}
+
+std::string FileClient::Host() {
+  std::lock_guard lock(mutex_);
+  return options_.host;
 }
 
 bool FileClient::running() {
@@ -217,7 +222,7 @@ void FileClient::ConnectionLoop() {
         fd = Connect();
         backoff = std::chrono::milliseconds(100);
       } catch (const Error& e) {
-        if (was_connected) spdlog::warn("homefs: cannot reach {}: {}", options_.host, e.what());
+        if (was_connected) spdlog::warn("homefs: cannot reach {}: {}", Host(), e.what());
         was_connected = false;
         std::unique_lock lock(mutex_);
         changed_.wait_for(lock, backoff, [&] { return stopping_ || parking_; });
@@ -236,7 +241,7 @@ void FileClient::ConnectionLoop() {
       owed_since_.reset();
     }
     changed_.notify_all();
-    if (!was_connected) spdlog::info("homefs: connected to {} again", options_.host);
+    if (!was_connected) spdlog::info("homefs: connected to {} again", Host());
     was_connected = true;
     std::string why = "closed by the home";
     try {
@@ -299,7 +304,7 @@ void FileClient::ConnectionLoop() {
       parking = parking_;
     }
     // Stop and DisconnectIdle break the connection on purpose: nothing to warn of.
-    if (!stopping && !parking) spdlog::warn("homefs: connection to {} lost: {}", options_.host, why);
+    if (!stopping && !parking) spdlog::warn("homefs: connection to {} lost: {}", Host(), why);
     FailAll(std::move(lost));
     if (parking) return;
   }

@@ -156,6 +156,8 @@ class FileClient {
   void FailAll(std::unordered_map<uint64_t, Pending> pending);
   // Starts the threads unless they run (called with the lock held).
   void RunLocked();
+  // The home's address (MoveTo may change it).
+  std::string Host();
   // Called with the lock held for a request that is answered (or given up) for good.
   void Answered(uint64_t id) { unacked_.erase(id); }
 
