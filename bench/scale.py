@@ -29,7 +29,9 @@ TIMED_STAT = ("import os, sys, time\n"
 
 class Cluster(BenchCluster):
     def __init__(self, nodes):
-        super().__init__(nodes, ["files.idle_disconnect_s=5"], "scale-bench", timeout=900)
+        # No automatic moves: the guests stay where they were started, as measured.
+        super().__init__(nodes, ["files.idle_disconnect_s=5", "balance.automatic=false"],
+                         "scale-bench", timeout=900)
 
     def ready(self):
         for node in self.nodes:
@@ -104,7 +106,7 @@ def start_guests(cluster):
         cluster.run(node, "sh", "-c", "echo x > /data/beat")
         target = nodes[(i + 1) % len(nodes)]
         jobs.append(subprocess.Popen(
-            cluster.command(node, "mosrun", "-r", target, "sh", "-c",
+            cluster.command(node, "mosrun", "-L", "-r", target, "sh", "-c",
                             "while [ ! -e /data/stop ]; do cat /data/beat >/dev/null; "
                             "sleep 1; done"),
             env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
