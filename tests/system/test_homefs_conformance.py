@@ -57,6 +57,14 @@ class HomefsTest(unittest.TestCase):
                 self.assertEqual(len(local), len(remote))
                 for mine, theirs in zip(local, remote):
                     self.assertEqual(mine, theirs, f"step {mine[0]}")
+                # The same through the daemon's own mount of every home, as jobs see it.
+                cluster.run("node1", "mkdir", "-p", "/data/remote-tree")
+                tree = json.loads(cluster.run("node2", "python3", script,
+                                              "/mosix/home/node1/data/remote-tree",
+                                              f"/mosix/home/node1{xdev}", timeout=300).stdout)
+                self.assertEqual(len(local), len(tree))
+                for mine, theirs in zip(local, tree):
+                    self.assertEqual(mine, theirs, f"step {mine[0]} through /mosix/home")
 
                 # Real work: a source tarball extracted and built at home and through homefs.
                 src = os.path.join(cluster.dir, "project")
@@ -109,6 +117,14 @@ class HomefsTest(unittest.TestCase):
                 self.assertEqual(len(local), len(remote))
                 for mine, theirs in zip(local, remote):
                     self.assertEqual(mine, theirs, f"step {mine[0]}")
+                # The same through the daemon's own mount of every home, as jobs see it.
+                cluster.run("node1", "mkdir", "-p", "/data/remote-tree")
+                tree = json.loads(cluster.run("node2", "python3", script,
+                                              "/mosix/home/node1/data/remote-tree",
+                                              f"/mosix/home/node1{xdev}", timeout=300).stdout)
+                self.assertEqual(len(local), len(tree))
+                for mine, theirs in zip(local, tree):
+                    self.assertEqual(mine, theirs, f"step {mine[0]} through /mosix/home")
 
                 # Across the link: held through the mount, refused at home; and back.
                 cluster.run("node1", "sh", "-c", "echo 0 > /data/shared")
