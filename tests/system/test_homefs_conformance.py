@@ -118,10 +118,10 @@ class HomefsTest(unittest.TestCase):
                 for mine, theirs in zip(local, remote):
                     self.assertEqual(mine, theirs, f"step {mine[0]}")
                 # The same through the daemon's own mount of every home, as jobs see it.
-                cluster.run("node1", "mkdir", "-p", "/data/remote-tree")
+                cluster.run("node1", "mkdir", "-p", "/data/locks-tree")
                 tree = json.loads(cluster.run("node2", "python3", script,
-                                              "/mosix/home/node1/data/remote-tree",
-                                              f"/mosix/home/node1{xdev}", timeout=300).stdout)
+                                              "/mosix/home/node1/data/locks-tree",
+                                              timeout=120).stdout)
                 self.assertEqual(len(local), len(tree))
                 for mine, theirs in zip(local, tree):
                     self.assertEqual(mine, theirs, f"step {mine[0]} through /mosix/home")
