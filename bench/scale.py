@@ -148,7 +148,6 @@ def main():
     for size in sizes:
         print(f"scale: {size} nodes", file=sys.stderr)
         with Cluster(size) as cluster:
-            time.sleep(2)  # past the listings' own lookups
             idle = measure(cluster, args.window)
             jobs = start_guests(cluster)
             try:

@@ -57,9 +57,6 @@ class HomeMounts {
   // after `stop_grace_ms`, and the mount point is detached. Later calls change nothing.
   void Stop();
 
-  // The live nodes homefs was last told of.
-  const LiveNodes& live() const { return live_; }
-
  private:
   void Spawn();
   // Tells homefs the live nodes (again, when its socket was full).
@@ -79,7 +76,6 @@ class HomeMounts {
   UvHandle<uv_poll_t> messages_;
   UvHandle<uv_poll_t> exited_;
   UvHandle<uv_timer_t> timer_;  // resend, stop grace, restart
-  bool polling_ = false;
   bool mounted_ = false;   // homefs said so
   bool stopped_ = false;
   Mount self_;             // when homefs could not mount: this node's entry alone
