@@ -266,6 +266,10 @@ ControlStream ReplySender::OpenStream(StreamHandlers handlers) {
   return ControlStream(connection);
 }
 
+void ReplySender::HoldLaterMessages(bool hold) {
+  if (auto connection = pending_->connection.lock()) connection->PauseReading(hold);
+}
+
 void ControlStream::Send(capnp::MessageBuilder& message) {
   if (auto connection = connection_.lock()) connection->Write(EncodeFrame(message));
 }

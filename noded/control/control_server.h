@@ -89,6 +89,9 @@ class ReplySender {
   // Turns the connection into a stream: later messages go to `handlers`, and the
   // returned stream sends any number of messages. Counts as this request's reply.
   ControlStream OpenStream(StreamHandlers handlers);
+  // Stops (or resumes) reading the client's next messages: for a request answered later,
+  // off the loop, whose stream must exist before what the client sends after it arrives.
+  void HoldLaterMessages(bool hold);
   const Caller& caller() const;
 
  private:

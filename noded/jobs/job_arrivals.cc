@@ -21,8 +21,12 @@ void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
   MoveInContext context{config_.state_dir, init_path_, config_.name, faults_,
                         home_lock_claims_};
   JobLaunch launch;
-  auto restored = RunMoveIn(
-      std::move(fd), context, [this](auto spec) { return GuestLaunch(spec); }, &launch);
+  auto make_launch = [this](schema::GuestSpec::Reader spec) {
+    JobLaunch launch = GuestLaunch(spec);
+    if (launch.guest) CheckHomeSeen(config_.name, config_.mosix_root, launch);
+    return launch;
+  };
+  auto restored = RunMoveIn(std::move(fd), context, make_launch, &launch);
   if (!restored) return;
   if (launch.reattach) {
     // Moved on from another guest node: the job's relay goes straight to its home.

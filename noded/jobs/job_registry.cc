@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
@@ -15,6 +16,7 @@
 #include "job_replies.h"
 #include "migration.h"
 #include "uv_error.h"
+#include "uv_work.h"
 
 namespace homeward {
 
@@ -254,33 +256,59 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   }
   launch.reattach = spec.getReattach();
   launch.root = config_.mosix_root + "/home/" + launch.home;
-  // Looking the home up in homefs reaches it (its first use here connects).
-  struct stat root_stat, mosix_stat;
-  if (::stat(launch.root.c_str(), &root_stat) != 0) {
-    Fail(ErrorKind::kFailed, "node {} does not see node {}'s files ({}: {})", config_.name,
-         launch.home, launch.root, std::strerror(errno));
-  }
-  if (::stat(config_.mosix_root.c_str(), &mosix_stat) != 0 ||
-      root_stat.st_dev == mosix_stat.st_dev) {
-    Fail(ErrorKind::kFailed, "node {} does not see node {}'s files yet ({} is not mounted)",
-         config_.name, launch.home, launch.root);
-  }
   launch.guest = true;
   launch.peer_key = config_.cluster_key;  // its loopback connections go home with it
   launch.daemon_ports = {config_.peer_port, config_.gossip_port};
   return launch;
 }
 
-void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) {
-  JobLaunch launch = GuestLaunch(spec);
-  if (!launch.guest) Fail(ErrorKind::kInvalidInput, "a job of this home is not a guest here");
-  uint64_t id = next_guest_++;
-  auto job = RunHere(std::move(launch), reply, [this, id] { guests_.erase(id); },
-                     [this](Job& job) { KeepJob(job, -1); });
-  if (job) {
-    guests_[id] = job;
-    if (on_arrival_) on_arrival_();
+void CheckHomeSeen(const std::string& node, const std::string& mosix_root,
+                   const JobLaunch& launch) {
+  // Looking the home up in homefs reaches it: its first use here connects, which takes up
+  // to homefs's connect timeout for a listed home that does not answer.
+  struct stat root_stat, mosix_stat;
+  if (::stat(launch.root.c_str(), &root_stat) != 0) {
+    Fail(ErrorKind::kFailed, "node {} does not see node {}'s files ({}: {})", node, launch.home,
+         launch.root, std::strerror(errno));
   }
+  if (::stat(mosix_root.c_str(), &mosix_stat) != 0 || root_stat.st_dev == mosix_stat.st_dev) {
+    Fail(ErrorKind::kFailed, "node {} does not see node {}'s files yet ({} is not mounted)",
+         node, launch.home, launch.root);
+  }
+}
+
+void JobRegistry::StartGuest(schema::GuestSpec::Reader spec, ReplySender reply) {
+  auto launch = std::make_shared<JobLaunch>(GuestLaunch(spec));
+  if (!launch->guest) Fail(ErrorKind::kInvalidInput, "a job of this home is not a guest here");
+  // The check may wait on the network, so it runs off the loop; the start comes back to it.
+  auto failure = std::make_shared<std::optional<Error>>();
+  auto pending = std::make_shared<ReplySender>(std::move(reply));
+  pending->HoldLaterMessages(true);  // the job's input follows the request at once
+  int status = QueueWork(
+      loop_,
+      [node = config_.name, mosix_root = config_.mosix_root, launch, failure] {
+        try {
+          CheckHomeSeen(node, mosix_root, *launch);
+        } catch (const Error& e) {
+          failure->emplace(e);
+        }
+      },
+      [this, alive = alive_, launch, failure, pending] {
+        if (!*alive) return;
+        if (*failure) {
+          pending->SendError(**failure);
+          return;
+        }
+        uint64_t id = next_guest_++;
+        auto job = RunHere(std::move(*launch), *pending, [this, id] { guests_.erase(id); },
+                           [this](Job& job) { KeepJob(job, -1); });
+        if (job) {
+          guests_[id] = job;
+          if (on_arrival_) on_arrival_();
+        }
+        pending->HoldLaterMessages(false);
+      });
+  if (status < 0) Fail(ErrorKind::kFailed, "cannot start the guest: {}", uv_strerror(status));
 }
 
 void JobRegistry::Start() {

@@ -55,6 +55,10 @@ using PictureSource = std::function<std::vector<balance::Node>()>;
 
 using MoveDone = std::function<void(const MoveOutcome&)>;
 
+// Fails unless this node sees the launch's home through /mosix/home (a guest's root).
+void CheckHomeSeen(const std::string& node, const std::string& mosix_root,
+                   const JobLaunch& launch);
+
 class JobRegistry {
  public:
   JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServer& control,
@@ -332,6 +336,7 @@ class JobRegistry {
                                      DaemonEnds ends, std::function<void()> finished,
                                      int slot = -1, bool hold_output = false);
   std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
+  // A guest's launch from its spec; CheckHomeSeen (which may wait on the network) is apart.
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,
                                                             const std::string& where) const;

@@ -265,6 +265,15 @@ class HomefsTest(unittest.TestCase):
             self.assertEqual(listing(), ["node1", "node2"])
             self.assertNotEqual(cluster.run("node2", "mosctl", "home-mount", "../x", home,
                                             check=False).returncode, 0)
+            # A node that does not see a home it never used takes none of its jobs, and
+            # says why (a home once used stays found: its guests' views hold it).
+            cluster.run("node1", "mosctl", "home-unmount", "node2")
+            refused = cluster.run("node2", "mosrun", "-r", "node1", "true", check=False)
+            self.assertNotEqual(refused.returncode, 0)
+            self.assertIn("node node1 does not see node node2's files", refused.stderr)
+            cluster.run("node1", "mosctl", "home-mount", "node2", cluster.node("node2")["address"])
+            self.assertEqual(cluster.run("node2", "mosrun", "-r", "node1", "sh", "-c",
+                                         "echo away").stdout, "away\n")
 
 
 class HomefsAsAUserTest(harness.UserClusterTest):
