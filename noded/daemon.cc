@@ -302,6 +302,14 @@ PeerAddress Daemon::ResolvePeer(const std::string& node) const {
     }
     known += (known.empty() ? "" : ", ") + member.record.name;
   }
+  for (const auto& member : gossip_.PartnerPicture()) {
+    if (member.record.name == node) {
+      Fail(ErrorKind::kUnimplemented,
+           "node {} is in partner cluster {}: jobs start and move within their own cluster "
+           "({}); moves between clusters are not supported yet",
+           node, member.record.cluster, config_.cluster);
+    }
+  }
   Fail(ErrorKind::kNotFound, "no node named '{}' in the cluster (known: {})", node, known);
 }
 
@@ -321,6 +329,7 @@ void Daemon::ReplyStatus(ReplySender reply) {
 
 void Daemon::ReplyNodes(ReplySender reply) {
   auto picture = gossip_.Picture();
+  for (auto& member : gossip_.PartnerPicture()) picture.push_back(std::move(member));
   capnp::MallocMessageBuilder message;
   auto nodes = message.initRoot<schema::ControlReply>().initNodes().initNodes(
       static_cast<unsigned>(picture.size()));
@@ -348,6 +357,8 @@ void Daemon::ReplyNodes(ReplySender reply) {
     node.setAgeMs(static_cast<uint64_t>(view.age_ms));
     node.setIncarnation(record.incarnation);
     node.setBlocked(record.blocked);
+    // A node of this cluster that runs an older release publishes no cluster.
+    node.setCluster(record.cluster.empty() ? config_.cluster : record.cluster);
   }
   reply.Send(message);
 }

@@ -5,6 +5,7 @@
 #include <sys/time.h>
 
 #include <chrono>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
@@ -45,6 +46,7 @@ uint64_t RandomSeed(const NodeConfig& config) {
 NodeRecord SelfRecord(const NodeConfig& config) {
   NodeRecord self;
   self.name = config.name;
+  self.cluster = config.cluster;
   self.address = config.address;
   self.gossip_port = config.gossip_port;
   self.peer_port = config.peer_port;
@@ -54,21 +56,40 @@ NodeRecord SelfRecord(const NodeConfig& config) {
 
 }  // namespace
 
+Gossip::Ring::Ring(const std::string& partner_name, const std::vector<uint8_t>& key,
+                   const NodeConfig& config, const NodeRecord& self)
+    : partner(partner_name),
+      codec(key),
+      replay(config.gossip.replay_window.count()),
+      membership(self, MembershipOptions::FromConfig(config.gossip), RandomSeed(config)) {}
+
 Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
     : loop_(loop),
       config_(config),
-      codec_(config.cluster_key),
-      replay_(config.gossip.replay_window.count()),
-      membership_(SelfRecord(config), MembershipOptions::FromConfig(config.gossip),
-                  RandomSeed(config)),
       epoch_(std::chrono::steady_clock::now()),
       receive_buffer_(new char[kReceiveBuffer]) {
-  for (const auto& seed : config_.seeds) membership_.AddSeed(seed);
-  membership_.UpdateSelf(Measured());
-  membership_.SetChangeListener([this](const NodeRecord& peer, bool alive) {
+  NodeRecord self = SelfRecord(config_);
+  rings_.push_back(std::make_unique<Ring>("", config_.cluster_key, config_, self));
+  for (const auto& seed : config_.seeds) rings_.front()->membership.AddSeed(seed);
+  rings_.front()->membership.SetChangeListener([this](const NodeRecord& peer, bool alive) {
     spdlog::info("gossip: {} ({}) is {}", peer.name, peer.address, alive ? "alive" : "dead");
     for (const auto& callback : subscribers_) callback(peer, alive);
   });
+  for (const PartnerConfig& partner : config_.partners) {
+    auto ring = std::make_unique<Ring>(partner.name, partner.key, config_, self);
+    // This cluster's own nodes are in the partnership's ring too: its seeds help them
+    // find each other there, the partner's find the partner.
+    for (const auto& seed : partner.seeds) ring->membership.AddSeed(seed);
+    for (const auto& seed : config_.seeds) ring->membership.AddSeed(seed);
+    ring->membership.SetChangeListener(
+        [this, name = partner.name](const NodeRecord& peer, bool alive) {
+          if (peer.cluster != name) return;  // one of ours: told by our own ring
+          spdlog::info("gossip: {} ({}) of partner cluster {} is {}", peer.name, peer.address,
+                       name, alive ? "alive" : "dead");
+        });
+    rings_.push_back(std::move(ring));
+  }
+  for (auto& ring : rings_) ring->membership.UpdateSelf(Measured());
 }
 
 Gossip::~Gossip() {
@@ -135,8 +156,10 @@ void Gossip::Start() {
               0, interval),
           "gossip timer");
   started_ = true;
-  spdlog::info("gossip: listening on {}:{}/udp, every {} ms, {} seed(s)", config_.address,
-               config_.gossip_port, interval, config_.seeds.size());
+  spdlog::info("gossip: cluster {} listening on {}:{}/udp, every {} ms, {} seed(s), {} partner "
+               "cluster(s)",
+               config_.cluster, config_.address, config_.gossip_port, interval,
+               config_.seeds.size(), config_.partners.size());
 }
 
 void Gossip::Stop() {
@@ -147,7 +170,23 @@ void Gossip::Stop() {
 }
 
 std::vector<MemberView> Gossip::Picture() const {
-  return membership_.Picture(NowMs());
+  return rings_.front()->membership.Picture(NowMs());
+}
+
+std::vector<MemberView> Gossip::PartnerPicture() const {
+  std::vector<MemberView> picture;
+  std::set<std::string> names;
+  for (const auto& member : Picture()) names.insert(member.record.name);
+  for (size_t i = 1; i < rings_.size(); ++i) {
+    for (auto& member : rings_[i]->membership.Picture(NowMs())) {
+      // A partnership's key speaks for the partner's nodes only, and a name of this
+      // cluster stays this cluster's.
+      if (member.record.cluster != rings_[i]->partner) continue;
+      if (!names.insert(member.record.name).second) continue;
+      picture.push_back(std::move(member));
+    }
+  }
+  return picture;
 }
 
 void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load,
@@ -156,23 +195,26 @@ void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homewa
   guests_here_ = guests_here;
   homeward_load_ = homeward_load;
   blocked_ = blocked;
-  membership_.UpdateSelf(Measured());
+  for (auto& ring : rings_) ring->membership.UpdateSelf(Measured());
 }
 
 // Runs inside a libuv callback: nothing may throw out of it.
 void Gossip::Round() {
-  try {
-    int64_t now = NowMs();
-    metrics_.Sample(static_cast<double>(now - last_round_ms_));
-    last_round_ms_ = now;
-    membership_.UpdateSelf(Measured());
-    membership_.Tick(now, &outbox_);
-    SendAll();
-    LogDrops();
-  } catch (const std::exception& e) {
-    outbox_.clear();
-    spdlog::error("gossip: round failed: {}", e.what());
+  int64_t now = NowMs();
+  metrics_.Sample(static_cast<double>(now - last_round_ms_));
+  last_round_ms_ = now;
+  NodeRecord measured = Measured();
+  for (auto& ring : rings_) {
+    try {
+      ring->membership.UpdateSelf(measured);
+      ring->membership.Tick(now, &ring->outbox);
+      SendAll(*ring);
+    } catch (const std::exception& e) {
+      ring->outbox.clear();
+      spdlog::error("gossip: round failed: {}", e.what());
+    }
   }
+  LogDrops();
 }
 
 void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr) {
@@ -181,15 +223,29 @@ void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr
     spdlog::debug("gossip: receive error: {}", uv_strerror(static_cast<int>(nread)));
     return;
   }
+  std::span datagram(reinterpret_cast<const uint8_t*>(buf->base), static_cast<size_t>(nread));
+  // The ring is the one whose key made the datagram's MAC; a datagram no key made counts
+  // as its first decoding (with this cluster's key) says.
+  Ring* ring = nullptr;
+  std::optional<GossipMessage> message;
+  for (auto& candidate : rings_) {
+    DropCounters drops;
+    message = candidate->codec.Decode(datagram, &drops);
+    if (message) {
+      ring = candidate.get();
+      break;
+    }
+    if (candidate == rings_.front()) {
+      for (size_t i = 0; i < drops.by_reason.size(); ++i) drops_.by_reason[i] += drops.by_reason[i];
+    }
+    if (drops[DropReason::kBadMac] == 0) break;  // no other key changes that
+  }
+  if (!message || addr->sa_family != AF_INET) return;
   try {
-    auto message = codec_.Decode(
-        std::span(reinterpret_cast<const uint8_t*>(buf->base), static_cast<size_t>(nread)),
-        &drops_);
-    if (!message || addr->sa_family != AF_INET) return;
     // Authentic is not enough: a datagram recorded and sent again must not be believed
     // or answered. Checked after the MAC, so only a key holder's stamps are remembered.
-    switch (replay_.Check(message->sender.name, message->sender.incarnation, message->stamp,
-                          WallMicros())) {
+    switch (ring->replay.Check(message->sender.name, message->sender.incarnation, message->stamp,
+                               WallMicros())) {
       case ReplayGuard::Verdict::kFresh:
         break;
       case ReplayGuard::Verdict::kStale:
@@ -202,30 +258,30 @@ void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr
     const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
     char host[INET_ADDRSTRLEN] = {};
     inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    membership_.Receive(*message, Endpoint{host, ntohs(in->sin_port)}, NowMs(), &outbox_);
-    SendAll();
+    ring->membership.Receive(*message, Endpoint{host, ntohs(in->sin_port)}, NowMs(), &ring->outbox);
+    SendAll(*ring);
   } catch (const std::exception& e) {
-    outbox_.clear();
+    ring->outbox.clear();
     spdlog::error("gossip: handling a datagram failed: {}", e.what());
   }
 }
 
-void Gossip::SendAll() {
-  for (auto& outgoing : outbox_) Send(outgoing);
-  outbox_.clear();
+void Gossip::SendAll(Ring& ring) {
+  for (auto& outgoing : ring.outbox) Send(ring, outgoing);
+  ring.outbox.clear();
 }
 
-void Gossip::Send(Outgoing& outgoing) {
+void Gossip::Send(Ring& ring, Outgoing& outgoing) {
   std::vector<uint8_t> datagram;
   GossipMessage& message = outgoing.message;
   message.stamp = stamps_.Next(WallMicros());
   try {
-    datagram = codec_.Encode(message);
+    datagram = ring.codec.Encode(message);
   } catch (const Error&) {
     // A window too large for one datagram: send the sender's record alone.
     message.entries.clear();
     message.news = 0;
-    datagram = codec_.Encode(message);
+    datagram = ring.codec.Encode(message);
   }
   sockaddr_in addr = outgoing.to.ToSockaddr();
   uv_buf_t buf =

@@ -34,10 +34,13 @@ class Gossip {
   void Start();
   void Stop();
 
-  // The cluster as this node sees it, itself included.
+  // This node's cluster as this node sees it, itself included: where jobs start and are
+  // balanced.
   std::vector<MemberView> Picture() const;
-  // Called on the loop thread whenever a peer becomes alive (joins, rejoins) or dead
-  // (declared dead, or forgotten); the homefs mounts subscribe.
+  // The nodes of the partner clusters, as their partnerships' gossip shows them.
+  std::vector<MemberView> PartnerPicture() const;
+  // Called on the loop thread whenever a peer of this cluster becomes alive (joins,
+  // rejoins) or dead (declared dead, or forgotten); the homefs mounts subscribe.
   void Subscribe(ChangeCallback callback) { subscribers_.push_back(std::move(callback)); }
   // What the local record publishes about Homeward's own jobs, and whether this node
   // accepts guests.
@@ -45,24 +48,35 @@ class Gossip {
 
   const DropCounters& drops() const { return drops_; }
   const NodeMetrics& metrics() const { return metrics_; }
-  const MembershipStats& stats() const { return membership_.stats(); }
+  const MembershipStats& stats() const { return rings_.front()->membership.stats(); }
 
  private:
+  // One gossip ring: this cluster's own (the first, with the cluster key), or a
+  // partnership's, whose members are both clusters' nodes and whose datagrams carry the
+  // partnership's key. Each ring detects its own deaths.
+  struct Ring {
+    Ring(const std::string& partner, const std::vector<uint8_t>& key, const NodeConfig& config,
+         const NodeRecord& self);
+    std::string partner;  // empty for this cluster's own ring
+    GossipCodec codec;
+    ReplayGuard replay;
+    Membership membership;
+    std::vector<Outgoing> outbox;
+  };
+
   int64_t NowMs() const;
   void Round();
   void OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr);
-  void SendAll();
-  void Send(Outgoing& outgoing);  // stamps the message, then sends it
+  void SendAll(Ring& ring);
+  void Send(Ring& ring, Outgoing& outgoing);  // stamps the message, then sends it
   void LogDrops();
   NodeRecord Measured() const;
 
   uv_loop_t* loop_;
   NodeConfig config_;
-  GossipCodec codec_;
   StampClock stamps_;
-  ReplayGuard replay_;
   NodeMetrics metrics_;
-  Membership membership_;
+  std::vector<std::unique_ptr<Ring>> rings_;
   UvHandle<uv_udp_t> socket_;
   UvHandle<uv_timer_t> timer_;
   std::chrono::steady_clock::time_point epoch_;
@@ -71,7 +85,6 @@ class Gossip {
   uint32_t guests_here_ = 0;
   float homeward_load_ = 0;
   bool blocked_ = false;
-  std::vector<Outgoing> outbox_;
   std::vector<ChangeCallback> subscribers_;
   DropCounters drops_;
   uint64_t drops_logged_ = 0;

@@ -51,6 +51,7 @@ void ToWire(const NodeRecord& record, schema::NodeRecord::Builder out) {
   out.setGuestsHere(record.guests_here);
   out.setIncarnation(record.incarnation);
   out.setBlocked(record.blocked);
+  out.setCluster(record.cluster);
 }
 
 // Bounded text: a peer with the key is trusted to be a peer, not to be bug-free. No NUL
@@ -86,6 +87,7 @@ bool FromWire(schema::NodeRecord::Reader in, NodeRecord* out) {
   out->guests_here = in.getGuestsHere();
   out->incarnation = in.getIncarnation();
   out->blocked = in.getBlocked();
+  if (!GetText(in.getCluster(), &out->cluster)) return false;
   return true;
 }
 

@@ -20,6 +20,7 @@ GossipMessage Sample() {
   message.kind = GossipMessage::Kind::kPingReq;
   message.seq = 42;
   message.sender.name = "node1";
+  message.sender.cluster = "a";
   message.sender.address = "127.77.1.1";
   message.sender.gossip_port = 4700;
   message.sender.peer_port = 4701;
@@ -55,6 +56,7 @@ TEST(GossipCodec, RoundTrip) {
   EXPECT_EQ(decoded->kind, GossipMessage::Kind::kPingReq);
   EXPECT_EQ(decoded->seq, 42u);
   EXPECT_EQ(decoded->sender.name, "node1");
+  EXPECT_EQ(decoded->sender.cluster, "a");
   EXPECT_EQ(decoded->sender.address, "127.77.1.1");
   EXPECT_EQ(decoded->sender.cores, 2);
   EXPECT_FLOAT_EQ(decoded->sender.speed, 1.25f);

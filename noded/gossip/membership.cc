@@ -58,6 +58,7 @@ Membership::Membership(NodeRecord self, MembershipOptions options, uint64_t rand
 void Membership::UpdateSelf(const NodeRecord& measured) {
   NodeRecord next = measured;
   next.name = self_.name;
+  next.cluster = self_.cluster;
   next.address = self_.address;
   next.gossip_port = self_.gossip_port;
   next.peer_port = self_.peer_port;

@@ -20,6 +20,7 @@ namespace homeward {
 // What a node publishes about itself.
 struct NodeRecord {
   std::string name;
+  std::string cluster;  // the node's [cluster] name
   std::string address;
   uint16_t gossip_port = 0;
   uint16_t peer_port = 0;

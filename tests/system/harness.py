@@ -38,10 +38,13 @@ class LoopCluster:
     """A running loopback cluster: `with LoopCluster(3) as c: c.run("node1", "hostname")`."""
 
     def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None, faults=None,
-                 clock_skew=None):
+                 clock_skew=None, prefix="node", partners=()):
         """`faults`: the daemons' fault points (HOMEWARD_FAULT), for failure tests;
-        `clock_skew`: node i's clocks are i*clock_skew seconds ahead (loopcluster)."""
-        self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
+        `clock_skew`: node i's clocks are i*clock_skew seconds ahead (loopcluster);
+        `partners`: [[partner]] tables as loopcluster's --partner takes them."""
+        self.nodes = [f"{prefix}{i}" for i in range(1, nodes + 1)]
+        self.prefix = prefix
+        self.partners = list(partners)
         self.clock_skew = clock_skew
         self.faults = faults
         self.cpuset = cpuset
@@ -62,6 +65,9 @@ class LoopCluster:
             args += ["--clock-skew", str(self.clock_skew)]
         for setting in self.settings:
             args += ["--set", setting]
+        args += ["--prefix", self.prefix]
+        for partner in self.partners:
+            args += ["--partner", partner]
         try:
             result = subprocess.run(args, env=self.daemon_env(), capture_output=True,
                                     text=True, timeout=90)

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -23,6 +25,7 @@ namespace {
 
 struct Row {
   std::string name;
+  std::string cluster;
   std::string address;
   std::string state;
   bool alive = false;
@@ -50,6 +53,7 @@ std::vector<Row> Fetch(const std::string& socket) {
   for (auto node : reply.Root<schema::ControlReply>().getNodes().getNodes()) {
     Row row;
     row.name = node.getName();
+    row.cluster = node.getCluster();
     row.address = node.getAddress();
     row.state = node.getState();
     row.alive = node.getAlive();
@@ -71,10 +75,23 @@ std::vector<Row> Fetch(const std::string& socket) {
 
 int PrintJson(const std::string& socket) {
   auto rows = Fetch(socket);
-  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.name < b.name; });
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+    return std::tie(a.cluster, a.name) < std::tie(b.cluster, b.name);
+  });
   nlohmann::json nodes = nlohmann::json::array();
+  nlohmann::json clusters = nlohmann::json::object();
   for (const auto& row : rows) {
+    nlohmann::json& cluster = clusters[row.cluster];
+    if (cluster.empty()) cluster = {{"nodes", 0}, {"alive", 0}, {"cpus", 0}, {"load", 0.0}};
+    cluster["nodes"] = cluster["nodes"].get<int>() + 1;
+    if (row.alive) {
+      cluster["alive"] = cluster["alive"].get<int>() + 1;
+      cluster["cpus"] = cluster["cpus"].get<int>() + row.cpus;
+      cluster["load"] = Round2(cluster["load"].get<double>() + row.load);
+    }
+    if (row.self) cluster["self"] = true;
     nodes.push_back({{"name", row.name},
+                     {"cluster", row.cluster},
                      {"address", row.address},
                      {"alive", row.alive},
                      {"state", row.state},
@@ -90,7 +107,7 @@ int PrintJson(const std::string& socket) {
                      {"guests", row.guests},
                      {"age_ms", row.age_ms}});
   }
-  fmt::print("{}\n", nlohmann::json{{"nodes", nodes}}.dump());
+  fmt::print("{}\n", nlohmann::json{{"nodes", nodes}, {"clusters", clusters}}.dump());
   return 0;
 }
 
@@ -141,8 +158,16 @@ const char* SortName(SortBy sort) {
   return "?";
 }
 
+// Grouped by cluster, this node's own first; sorted by `sort` within each.
 void SortRows(std::vector<Row>& rows, SortBy sort) {
+  std::string own;
+  for (const auto& row : rows) {
+    if (row.self) own = row.cluster;
+  }
   std::stable_sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) {
+    if (a.cluster != b.cluster) {
+      return std::make_pair(a.cluster != own, a.cluster) < std::make_pair(b.cluster != own, b.cluster);
+    }
     switch (sort) {
       case SortBy::kLoad:
         return a.load < b.load;
@@ -175,7 +200,13 @@ void Draw(const std::vector<Row>& rows, SortBy sort, const std::string& problem)
       fmt::format("{:<16} {:<15} {:<7} {:>6} {:>5} {:>5} {:>6} {:>9} {:>9} {:>5} {:>6} {:>6}\n",
                   "NODE", "ADDRESS", "STATE", "LOAD", "HW", "CPUS", "SPEED", "FREE MB", "TOTAL MB",
                   "JOBS", "GUESTS", "AGE");
-  for (const auto& row : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& row = rows[i];
+    if (i == 0 || rows[i - 1].cluster != row.cluster) {
+      auto members = std::count_if(rows.begin(), rows.end(),
+                                   [&](const Row& r) { return r.cluster == row.cluster; });
+      screen += fmt::format("{}cluster {}: {} node(s)\n", i == 0 ? "" : "\n", row.cluster, members);
+    }
     std::string name = row.self ? row.name + "*" : row.name;
     screen += fmt::format(
         "{:<16} {:<15} {:<7} {:>6.2f} {:>5.1f} {:>5} {:>6.2f} {:>9} {:>9} {:>5} {:>6} {:>6}\n",

@@ -24,6 +24,8 @@ bool ParseIpv4(const std::string& text, in_addr* out) {
   return inet_pton(AF_INET, text.c_str(), out) == 1;
 }
 
+std::string ReadKeyFile(const std::string& path, std::string* error);
+
 class ConfigReader {
  public:
   ConfigReader(const toml::table& root, const std::string& path) : root_(root), path_(path) {}
@@ -67,6 +69,39 @@ class ConfigReader {
   std::chrono::milliseconds Millis(std::string_view field,
                                    std::chrono::milliseconds fallback) const {
     return std::chrono::milliseconds(Integer(field, fallback.count(), 1, 24 * 3600 * 1000));
+  }
+
+  // The 32-byte key in the file `path`, which field names.
+  std::vector<uint8_t> Key(std::string_view field, const std::string& path) const {
+    std::string read_error;
+    std::string key_text = ReadKeyFile(path, &read_error);
+    if (!read_error.empty()) Problem(field, read_error);
+    try {
+      return ParseClusterKey(key_text);
+    } catch (const Error& e) {
+      Problem(field, fmt::format("{}: {}", path, e.what()));
+    }
+  }
+
+  std::vector<Endpoint> Seeds(const std::string& field, uint16_t default_port) const {
+    std::vector<Endpoint> endpoints;
+    auto seeds = StringArray(field);
+    for (size_t i = 0; i < seeds.size(); ++i) {
+      try {
+        endpoints.push_back(Endpoint::Parse(seeds[i], default_port));
+      } catch (const Error& e) {
+        Problem(fmt::format("{}[{}]", field, i), e.what());
+      }
+    }
+    return endpoints;
+  }
+
+  // The number of tables in the array of tables `field` ([[field]]).
+  size_t Tables(std::string_view field) const {
+    const toml::node* node = Find(field);
+    if (!node) return 0;
+    if (!node->is_array_of_tables()) Problem(field, "must be a list of tables ([[partner]])");
+    return node->as_array()->size();
   }
 
   std::vector<std::string> StringArray(std::string_view field) const {
@@ -136,6 +171,39 @@ std::string ReadKeyFile(const std::string& path, std::string* error) {
   }
   ::close(fd);
   return error->empty() ? text : std::string();
+}
+
+// [[partner]] tables: each a cluster with a key of the partnership's own.
+void ReadPartners(const ConfigReader& reader, NodeConfig* config) {
+  size_t count = reader.Tables("partner");
+  for (size_t i = 0; i < count; ++i) {
+    PartnerConfig partner;
+    std::string at = fmt::format("partner[{}].", i);
+    partner.name = reader.RequiredString(at + "name");
+    if (!ValidNodeName(partner.name)) {
+      reader.Problem(at + "name", fmt::format("'{}' is not a valid cluster name", partner.name));
+    }
+    if (partner.name == config->cluster) {
+      reader.Problem(at + "name", fmt::format("'{}' is this node's own cluster", partner.name));
+    }
+    for (const auto& other : config->partners) {
+      if (other.name == partner.name) {
+        reader.Problem(at + "name", fmt::format("cluster '{}' is a partner twice", partner.name));
+      }
+    }
+    partner.key_file = reader.RequiredString(at + "key_file");
+    partner.key = reader.Key(at + "key_file", partner.key_file);
+    // A partner that held this cluster's key could speak as any of its nodes.
+    if (partner.key == config->cluster_key) {
+      reader.Problem(at + "key_file", "is the cluster's own key; a partnership needs a key of "
+                                      "its own");
+    }
+    partner.seeds = reader.Seeds(at + "seeds", config->gossip_port);
+    partner.priority = static_cast<int>(reader.Integer(at + "priority", partner.priority, 1, 65535));
+    partner.send = reader.Boolean(at + "send", partner.send);
+    partner.accept = reader.Boolean(at + "accept", partner.accept);
+    config->partners.push_back(std::move(partner));
+  }
 }
 
 }  // namespace
@@ -245,23 +313,16 @@ level_ok:
   config.control_socket = config.state_dir + "/control.sock";
   reader.OptionalString("control.socket", &config.control_socket);
 
+  reader.OptionalString("cluster.name", &config.cluster);
+  if (!ValidNodeName(config.cluster)) {
+    reader.Problem("cluster.name", fmt::format("'{}' is not a valid cluster name (letters, "
+                                               "digits, '-', '_' and '.', at most 63)",
+                                               config.cluster));
+  }
   config.key_file = reader.RequiredString("cluster.key_file");
-  std::string read_error;
-  std::string key_text = ReadKeyFile(config.key_file, &read_error);
-  if (!read_error.empty()) reader.Problem("cluster.key_file", read_error);
-  try {
-    config.cluster_key = ParseClusterKey(key_text);
-  } catch (const Error& e) {
-    reader.Problem("cluster.key_file", fmt::format("{}: {}", config.key_file, e.what()));
-  }
-  auto seeds = reader.StringArray("cluster.seeds");
-  for (size_t i = 0; i < seeds.size(); ++i) {
-    try {
-      config.seeds.push_back(Endpoint::Parse(seeds[i], config.gossip_port));
-    } catch (const Error& e) {
-      reader.Problem(fmt::format("cluster.seeds[{}]", i), e.what());
-    }
-  }
+  config.cluster_key = reader.Key("cluster.key_file", config.key_file);
+  config.seeds = reader.Seeds("cluster.seeds", config.gossip_port);
+  ReadPartners(reader, &config);
 
   config.gossip.interval = reader.Millis("gossip.interval_ms", config.gossip.interval);
   config.gossip.suspect_after = reader.Millis("gossip.suspect_ms", config.gossip.suspect_after);

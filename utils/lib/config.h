@@ -68,6 +68,20 @@ struct MigrationConfig {
   bool lazy_pages = false;
 };
 
+// A partner cluster: a cluster this one cooperates with. The two clusters' nodes gossip
+// (and, later, move jobs) with a key of the partnership's own, which both administrators
+// hold; each cluster's own key stays its own.
+struct PartnerConfig {
+  std::string name;             // the partner's [cluster] name
+  std::vector<Endpoint> seeds;  // gossip endpoints of some of its nodes
+  std::string key_file;
+  std::vector<uint8_t> key;  // 32 bytes, read from key_file
+  // What its guests get here: lower runs first; this cluster's own jobs are 0.
+  int priority = 100;
+  bool send = true;    // this cluster's jobs may run on its nodes
+  bool accept = true;  // its jobs may run on this cluster's nodes
+};
+
 struct NodeConfig {
   std::string config_path;  // where this was read from, for messages
   std::string name;
@@ -82,9 +96,11 @@ struct NodeConfig {
   bool files_trust_root = false;
   // [files] idle_disconnect_s: homefs closes its connection to a home unused this long.
   std::chrono::seconds files_idle_disconnect{60};
+  std::string cluster = "homeward";  // [cluster] name: this node's cluster
   std::string key_file;
   std::vector<uint8_t> cluster_key;  // 32 bytes, read from key_file
   std::vector<Endpoint> seeds;
+  std::vector<PartnerConfig> partners;  // [[partner]]
   GossipConfig gossip;
   BalanceConfig balance;
   PeerConfig peer;

@@ -213,4 +213,54 @@ TEST_F(ConfigTest, RefusesAKeyFileOthersMayRead) {
   EXPECT_NO_THROW(LoadNodeConfig(Write(Good())));
 }
 
+TEST_F(ConfigTest, ReadsTheClusterNameAndItsPartners) {
+  std::string partner_key = dir_ + "/b.key";
+  WriteFile(partner_key, std::string(64, 'b') + "\n");
+  chmod(partner_key.c_str(), 0600);
+  NodeConfig config = LoadNodeConfig(Write(
+      Good() + "name = \"a\"\n[[partner]]\nname = \"b\"\nkey_file = \"" + partner_key +
+      "\"\nseeds = [\"127.0.0.21\"]\npriority = 50\naccept = false\n"
+      "[[partner]]\nname = \"c\"\nkey_file = \"" + partner_key + "\"\n"));
+  EXPECT_EQ(config.cluster, "a");
+  ASSERT_EQ(config.partners.size(), 2u);
+  const PartnerConfig& b = config.partners[0];
+  EXPECT_EQ(b.name, "b");
+  EXPECT_EQ(b.key, std::vector<uint8_t>(32, 0xbb));
+  ASSERT_EQ(b.seeds.size(), 1u);
+  EXPECT_EQ(b.seeds[0], (Endpoint{"127.0.0.21", 4700}));
+  EXPECT_EQ(b.priority, 50);
+  EXPECT_TRUE(b.send);
+  EXPECT_FALSE(b.accept);
+  EXPECT_EQ(config.partners[1].priority, 100);  // the default
+  EXPECT_TRUE(config.partners[1].seeds.empty());
+  EXPECT_EQ(LoadNodeConfig(Write(Good())).cluster, "homeward");
+}
+
+TEST_F(ConfigTest, RefusesBadPartners) {
+  std::string partner_key = dir_ + "/b.key";
+  WriteFile(partner_key, std::string(64, 'b') + "\n");
+  chmod(partner_key.c_str(), 0600);
+  auto partner = [&](const std::string& fields) { return Good() + "[[partner]]\n" + fields; };
+  std::string key = "key_file = \"" + partner_key + "\"\n";
+  EXPECT_THAT(ErrorOf(partner(key)), HasSubstr("partner[0].name: missing"));
+  EXPECT_THAT(ErrorOf(partner("name = \"b/c\"\n" + key)), HasSubstr("not a valid cluster name"));
+  EXPECT_THAT(ErrorOf(partner("name = \"homeward\"\n" + key)),
+              HasSubstr("partner[0].name: 'homeward' is this node's own cluster"));
+  EXPECT_THAT(ErrorOf(partner("name = \"b\"\n" + key) + "[[partner]]\nname = \"b\"\n" + key),
+              HasSubstr("partner[1].name: cluster 'b' is a partner twice"));
+  // The cluster's own key would let the partner speak as this cluster's nodes.
+  EXPECT_THAT(ErrorOf(partner("name = \"b\"\nkey_file = \"" + key_path_ + "\"\n")),
+              HasSubstr("partner[0].key_file: is the cluster's own key"));
+  chmod(partner_key.c_str(), 0644);
+  EXPECT_THAT(ErrorOf(partner("name = \"b\"\n" + key)),
+              HasSubstr("partner[0].key_file: " + partner_key + " may be read or changed"));
+  chmod(partner_key.c_str(), 0600);
+  EXPECT_THAT(ErrorOf(partner("name = \"b\"\n" + key + "seeds = [\"x\"]\n")),
+              HasSubstr("partner[0].seeds[0]"));
+  EXPECT_THAT(ErrorOf(partner("name = \"b\"\n" + key + "priority = 0\n")),
+              HasSubstr("partner[0].priority: 0 is out of range"));
+  EXPECT_THAT(ErrorOf("partner = 3\n" + Good()), HasSubstr("must be a list of tables"));
+  EXPECT_THAT(ErrorOf(Good() + "name = \"a b\"\n"), HasSubstr("cluster.name: 'a b' is not"));
+}
+
 }  // namespace homeward

@@ -195,6 +195,7 @@ struct NodeInfo {
   incarnation @18 :UInt64;
   blocked @19 :Bool;
   # The node accepts no guests (mosctl block).
+  cluster @20 :Text;         # the node's cluster: this node's own, or a partner's
 }
 
 struct JobSpec {

@@ -33,6 +33,7 @@ struct NodeRecord {
   guestsHere @13 :UInt32;    # other nodes' jobs running here
   incarnation @14 :UInt64;   # raised at every start and to refute a suspicion
   blocked @15 :Bool;         # accepts no guests (mosctl block)
+  cluster @16 :Text;         # the node's [cluster] name
 }
 
 struct WindowEntry {
