@@ -56,12 +56,22 @@ NodeRecord SelfRecord(const NodeConfig& config) {
 
 }  // namespace
 
+namespace {
+
+MembershipOptions RingOptions(const NodeConfig& config, const std::string& partner) {
+  MembershipOptions options = MembershipOptions::FromConfig(config.gossip);
+  options.seek_cluster = partner;
+  return options;
+}
+
+}  // namespace
+
 Gossip::Ring::Ring(const std::string& partner_name, const std::vector<uint8_t>& key,
                    const NodeConfig& config, const NodeRecord& self)
     : partner(partner_name),
       codec(key),
       replay(config.gossip.replay_window.count()),
-      membership(self, MembershipOptions::FromConfig(config.gossip), RandomSeed(config)) {}
+      membership(self, RingOptions(config, partner_name), RandomSeed(config)) {}
 
 Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
     : loop_(loop),
@@ -77,8 +87,8 @@ Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
   });
   for (const PartnerConfig& partner : config_.partners) {
     auto ring = std::make_unique<Ring>(partner.name, partner.key, config_, self);
-    // This cluster's own nodes are in the partnership's ring too: its seeds help them
-    // find each other there, the partner's find the partner.
+    // The partner's seeds find the partner, this cluster's own bring its nodes into the
+    // ring; the seeds are knocked at while no live partner node is known.
     for (const auto& seed : partner.seeds) ring->membership.AddSeed(seed);
     for (const auto& seed : config_.seeds) ring->membership.AddSeed(seed);
     ring->membership.SetChangeListener(

@@ -66,6 +66,16 @@ void Membership::UpdateSelf(const NodeRecord& measured) {
   self_ = std::move(next);
 }
 
+bool Membership::Sought() const {
+  if (options_.seek_cluster.empty()) return alive() > 0;
+  for (const auto& [name, member] : members_) {
+    if (member.state != MemberState::kDead && member.record.cluster == options_.seek_cluster) {
+      return true;
+    }
+  }
+  return false;
+}
+
 void Membership::AddSeed(const Endpoint& seed) {
   if (std::find(seeds_.begin(), seeds_.end(), seed) == seeds_.end()) seeds_.push_back(seed);
 }
@@ -400,7 +410,7 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
     ++stats_.probes;
   }
   // Alone (a newcomer, or every peer gone): knock at the seeds until someone answers.
-  if (alive() == 0) {
+  if (!Sought()) {
     for (const auto& seed : seeds_) {
       if (seed == self_.gossip_endpoint()) continue;
       out->push_back({seed, Build(GossipMessage::Kind::kPing, 0, {}, now_ms)});

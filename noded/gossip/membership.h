@@ -82,6 +82,9 @@ struct MembershipOptions {
   size_t capacity = 4096;            // records kept at most; the stalest alive one goes first
   int64_t forget_dead_after_ms = 0;  // tombstones kept this long; 0: 4 * dead_after_ms
   float news_load_step = 0.5f;       // a load rise this large is spread as news
+  // A partnership's ring: knock at the seeds while no live member is of this cluster
+  // (empty: while no member is alive at all).
+  std::string seek_cluster;
   static MembershipOptions FromConfig(const GossipConfig& gossip);
 };
 
@@ -176,6 +179,7 @@ class Membership {
   int NewsBudget() const;
   bool IsNews(const std::string& name) const;
   int64_t SuspicionMs() const;
+  bool Sought() const;  // whether a live member is what the seeds are knocked at for
   std::string NextProbeTarget();
   uint64_t NextSeq() { return ++seq_; }
 

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <deque>
 #include <memory>
 
@@ -245,6 +246,35 @@ TEST(Membership, ThreeNodesJoinThroughOneSeed) {
     }
     EXPECT_EQ(cluster[who].Picture(cluster.now_).size(), 3u);
   }
+}
+
+TEST(Membership, APartnershipRingKnocksAtItsSeedsUntilAPartnerNodeIsAlive) {
+  MembershipOptions options = Options();
+  options.seek_cluster = "b";
+  NodeRecord self = Record("a1", 1);
+  self.cluster = "a";
+  Membership m(self, options, 1);
+  Endpoint partner_seed{"10.0.0.9", 4700};
+  m.AddSeed(partner_seed);
+  auto knocks = [&](int64_t now) {
+    std::vector<Outgoing> out;
+    m.Tick(now, &out);
+    return std::count_if(out.begin(), out.end(),
+                         [&](const Outgoing& o) { return o.to == partner_seed; });
+  };
+  EXPECT_EQ(knocks(100), 1);
+  // A live node of its own cluster is not what the ring is for: it knocks on.
+  GossipMessage from_a2;
+  from_a2.sender = Record("a2", 2);
+  from_a2.sender.cluster = "a";
+  std::vector<Outgoing> replies;
+  m.Receive(from_a2, from_a2.sender.gossip_endpoint(), 150, &replies);
+  EXPECT_EQ(knocks(200), 1);
+  GossipMessage from_b1;
+  from_b1.sender = Record("b1", 3);
+  from_b1.sender.cluster = "b";
+  m.Receive(from_b1, from_b1.sender.gossip_endpoint(), 250, &replies);
+  EXPECT_EQ(knocks(300), 0);
 }
 
 TEST(Membership, SilentNodeIsSuspectedThenDeclaredDeadThenForgotten) {
