@@ -238,6 +238,7 @@ void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr
   // as its first decoding (with this cluster's key) says.
   Ring* ring = nullptr;
   std::optional<GossipMessage> message;
+  DropCounters first;  // why the cluster's own key refused it
   for (auto& candidate : rings_) {
     DropCounters drops;
     message = candidate->codec.Decode(datagram, &drops);
@@ -245,12 +246,14 @@ void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr
       ring = candidate.get();
       break;
     }
-    if (candidate == rings_.front()) {
-      for (size_t i = 0; i < drops.by_reason.size(); ++i) drops_.by_reason[i] += drops.by_reason[i];
-    }
+    if (candidate == rings_.front()) first = drops;
     if (drops[DropReason::kBadMac] == 0) break;  // no other key changes that
   }
-  if (!message || addr->sa_family != AF_INET) return;
+  if (!message) {
+    for (size_t i = 0; i < first.by_reason.size(); ++i) drops_.by_reason[i] += first.by_reason[i];
+    return;
+  }
+  if (addr->sa_family != AF_INET) return;
   try {
     // Authentic is not enough: a datagram recorded and sent again must not be believed
     // or answered. Checked after the MAC, so only a key holder's stamps are remembered.
