@@ -318,7 +318,7 @@ TEST_F(FileSessionTest, ServeAnswersEveryRequestThenEnds) {
   FileServer server(base_ + "/export", 2, FileSession::Root::kTrust);
   int sv[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  std::thread serving([&] { server.Serve(Fd::Adopt(sv[0]), PeerIdentity{"test", "files"}); });
+  std::thread serving([&] { server.Serve(Fd::Adopt(sv[0]), PeerIdentity{"test", "files", ""}); });
   Fd client_fd = Fd::Adopt(sv[1]);
   FrameStream client(client_fd.get(), kMaxFileFrameBytes);
   constexpr int kRequests = 50;

@@ -271,7 +271,7 @@ void PeerServer::HandOff(int fd) {
   std::unique_ptr<Pending> p = std::move(it->second);
   pending_.erase(it);
   admission_.Remove(fd);
-  PeerIdentity peer{p->who, p->handshake.service()};
+  PeerIdentity peer{p->who, p->handshake.service(), p->handshake.cluster()};
   auto service = services_.find(peer.service);
   if (service == services_.end()) return;  // Step refused it already; this closes it
   // The services read and write with blocking calls on their own thread.

@@ -180,9 +180,9 @@ class HomefsTest(unittest.TestCase):
         with harness.LoopCluster(1) as cluster:
             node = cluster.node("node1")
             with socket.create_connection((node["address"], 4701), timeout=10) as s:
-                # magic, nonce, an X25519 public key, flags, service
-                s.sendall(b"HWPEER02" + os.urandom(32) + os.urandom(32) + bytes([0, 5]) +
-                          b"files")
+                # magic, nonce, an X25519 public key, flags, service, no cluster (its own)
+                s.sendall(b"HWPEER03" + os.urandom(32) + os.urandom(32) + bytes([0, 5]) +
+                          b"files" + bytes([0]))
                 reply = b""  # magic, nonce, public key, flags, tag
                 while len(reply) < 105:
                     chunk = s.recv(105 - len(reply))

@@ -92,7 +92,7 @@ class EncryptedTraffic(unittest.TestCase):
             self.assertEqual(result.stdout, f"{out_marker}\n{lines}\n{expected_md5}")
             captured = bytes(capture.data)
             # The capture saw the connections: the handshakes' hellos are in clear.
-            self.assertTrue(b"HWPEER02" in captured, "no handshake in the capture")
+            self.assertTrue(b"HWPEER03" in captured, "no handshake in the capture")
             # The file crossed (it was read on node2 through homefs), so the capture
             # holds at least its size.
             self.assertGreater(len(captured), 1 << 20, f"{capture.packets} packets")

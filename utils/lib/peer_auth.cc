@@ -21,8 +21,8 @@ namespace homeward {
 
 namespace {
 
-constexpr std::string_view kMagic{"HWPEER02", 8};
-constexpr char kKdfContext[crypto_kdf_CONTEXTBYTES + 1] = "HWPEER02";
+constexpr std::string_view kMagic{"HWPEER03", 8};
+constexpr char kKdfContext[crypto_kdf_CONTEXTBYTES + 1] = "HWPEER03";
 constexpr uint8_t kFlagAes = 1;
 constexpr uint8_t kFlagPlaintext = 2;
 // magic | nonce | public key | flags
@@ -83,16 +83,23 @@ std::string PeerHandshake::Hello(std::string_view nonce,
   return hello;
 }
 
-PeerHandshake PeerHandshake::Client(std::vector<uint8_t> key, std::string service) {
+PeerHandshake PeerHandshake::Client(std::vector<uint8_t> key, std::string service,
+                                    std::string cluster) {
   PeerHandshake h(std::move(key), true);
   if (service.empty() || service.size() > kMaxServiceName) {
     throw Error(ErrorKind::kInvalidInput, fmt::format("bad service name '{}'", service));
   }
+  if (cluster.size() > kMaxClusterName) {
+    throw Error(ErrorKind::kInvalidInput, fmt::format("bad cluster name '{}'", cluster));
+  }
   h.service_ = std::move(service);
+  h.cluster_ = std::move(cluster);
   h.client_nonce_ = RandomNonce();
   h.output_ = h.Hello(h.client_nonce_, h.public_key_);
   h.output_ += static_cast<char>(h.service_.size());
   h.output_ += h.service_;
+  h.output_ += static_cast<char>(h.cluster_.size());
+  h.output_ += h.cluster_;
   h.transcript_ = h.output_;
   h.step_ = Step::kServerHello;
   if (h.key_.size() != crypto_auth_KEYBYTES) h.Fail("the cluster key is not 32 bytes");
@@ -100,9 +107,15 @@ PeerHandshake PeerHandshake::Client(std::vector<uint8_t> key, std::string servic
 }
 
 PeerHandshake PeerHandshake::Server(std::vector<uint8_t> key) {
-  PeerHandshake h(std::move(key), false);
+  return Server([key = std::move(key)](const std::string& cluster) {
+    return cluster.empty() ? &key : nullptr;
+  });
+}
+
+PeerHandshake PeerHandshake::Server(KeyChooser choose_key) {
+  PeerHandshake h({}, false);
+  h.choose_key_ = std::move(choose_key);
   h.step_ = Step::kClientHello;
-  if (h.key_.size() != crypto_auth_KEYBYTES) h.Fail("the cluster key is not 32 bytes");
   return h;
 }
 
@@ -118,7 +131,10 @@ size_t PeerHandshake::wanted() const {
       need = kHelloBytes + 1;
       break;
     case Step::kServiceName:
-      need = service_length_;
+      need = service_length_ + 1;  // and the cluster name's length
+      break;
+    case Step::kClusterName:
+      need = cluster_length_;
       break;
     case Step::kServerHello:
       need = kHelloBytes + kPeerTagBytes;
@@ -202,11 +218,34 @@ void PeerHandshake::Fail(std::string why) {
   output_.clear();
 }
 
+// The server's answer to a whole client hello: the key the client's cluster calls for,
+// then the server's hello and its proof.
+void PeerHandshake::Reply() {
+  const std::vector<uint8_t>* key = choose_key_ ? choose_key_(cluster_) : nullptr;
+  if (!key) {
+    return Fail(fmt::format("cluster '{}' is no partner of this node's cluster", cluster_));
+  }
+  if (key->size() != crypto_auth_KEYBYTES) return Fail("the cluster key is not 32 bytes");
+  key_ = *key;
+  std::string_view hello(transcript_);
+  client_nonce_ = hello.substr(kMagic.size(), kPeerNonceBytes);
+  std::string client_public(hello.substr(kMagic.size() + kPeerNonceBytes, kPeerPublicKeyBytes));
+  peer_flags_ = static_cast<uint8_t>(hello[kHelloBytes - 1]);
+  server_nonce_ = RandomNonce();
+  std::string reply = Hello(server_nonce_, public_key_);
+  transcript_ += reply;
+  if (!Agree(client_public)) return;
+  output_ = reply + Tag("server");
+  step_ = Step::kClientTag;
+}
+
 void PeerHandshake::Advance() {
   std::string in = std::exchange(input_, {});
   switch (step_) {
     case Step::kClientHello:
-      if (in.compare(0, kMagic.size(), kMagic) != 0) return Fail("not a Homeward peer (HWPEER02)");
+      if (in.compare(0, kMagic.size(), kMagic) != 0) {
+        return Fail("not a Homeward peer of this release (HWPEER03)");
+      }
       if (in.back() == 0 || static_cast<uint8_t>(in.back()) > kMaxServiceName) {
         return Fail("bad service name length");
       }
@@ -214,25 +253,23 @@ void PeerHandshake::Advance() {
       service_length_ = static_cast<uint8_t>(in.back());
       step_ = Step::kServiceName;
       return;
-    case Step::kServiceName: {
-      service_ = in;
+    case Step::kServiceName:
+      service_ = in.substr(0, service_length_);
       transcript_ += in;
-      std::string_view hello(transcript_);
-      client_nonce_ = hello.substr(kMagic.size(), kPeerNonceBytes);
-      std::string_view client_public = hello.substr(kMagic.size() + kPeerNonceBytes,
-                                                    kPeerPublicKeyBytes);
-      peer_flags_ = static_cast<uint8_t>(hello[kHelloBytes - 1]);
-      server_nonce_ = RandomNonce();
-      std::string reply = Hello(server_nonce_, public_key_);
-      std::string client_public_copy(client_public);
-      transcript_ += reply;
-      if (!Agree(client_public_copy)) return;
-      output_ = reply + Tag("server");
-      step_ = Step::kClientTag;
+      cluster_length_ = static_cast<uint8_t>(in.back());
+      if (cluster_length_ > kMaxClusterName) return Fail("bad cluster name length");
+      step_ = Step::kClusterName;
+      if (cluster_length_ == 0) Reply();
       return;
-    }
+    case Step::kClusterName:
+      cluster_ = in;
+      transcript_ += in;
+      Reply();
+      return;
     case Step::kServerHello: {
-      if (in.compare(0, kMagic.size(), kMagic) != 0) return Fail("not a Homeward peer (HWPEER02)");
+      if (in.compare(0, kMagic.size(), kMagic) != 0) {
+        return Fail("not a Homeward peer of this release (HWPEER03)");
+      }
       server_nonce_ = in.substr(kMagic.size(), kPeerNonceBytes);
       std::string server_public = in.substr(kMagic.size() + kPeerNonceBytes, kPeerPublicKeyBytes);
       peer_flags_ = static_cast<uint8_t>(in[kHelloBytes - 1]);
@@ -240,7 +277,8 @@ void PeerHandshake::Advance() {
       transcript_ += in.substr(0, kHelloBytes);
       if (!Agree(server_public)) return;
       if (sodium_memcmp(tag.data(), Tag("server").data(), kPeerTagBytes) != 0) {
-        return Fail("the server did not prove the cluster key");
+        return Fail(cluster_.empty() ? "the server did not prove the cluster key"
+                                     : "the server did not prove the partnership's key");
       }
       output_ = Tag("client");
       step_ = Step::kVerdict;
@@ -248,7 +286,10 @@ void PeerHandshake::Advance() {
     }
     case Step::kClientTag:
       if (sodium_memcmp(in.data(), Tag("client").data(), kPeerTagBytes) != 0) {
-        return Fail("the client did not prove the cluster key");
+        return Fail(cluster_.empty() ? "the client did not prove the cluster key"
+                                     : fmt::format("the client did not prove the key of the "
+                                                   "partnership with cluster '{}'",
+                                                   cluster_));
       }
       output_ = std::string(1, '\1');
       step_ = Step::kEnd;

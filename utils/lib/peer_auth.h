@@ -4,16 +4,17 @@
 // deadline for the whole exchange (the daemon's PeerServer runs many at once on
 // non-blocking sockets, noded/peers/peer_server.h).
 //
-//   client -> server  "HWPEER02" | client nonce (32) | client X25519 public key (32) |
-//                     flags (1) | service length (1) | service
-//   server -> client  "HWPEER02" | server nonce (32) | server X25519 public key (32) |
+//   client -> server  "HWPEER03" | client nonce (32) | client X25519 public key (32) |
+//                     flags (1) | service length (1) | service | cluster length (1) | cluster
+//   server -> client  "HWPEER03" | server nonce (32) | server X25519 public key (32) |
 //                     flags (1) | tag("server")
 //   client -> server  tag("client")
 //   server -> client  1 byte: 1 = accepted, 0 = no such service
 //
 // Both public keys are ephemeral, made for this connection and forgotten after it (forward
 // secrecy: the cluster key alone does not open a recorded connection). With
-//   T    = BLAKE2b-256 of both hellos, byte for byte (nonces, public keys, flags, service)
+//   T    = BLAKE2b-256 of both hellos, byte for byte (nonces, public keys, flags, service,
+//          cluster)
 //   PRK  = BLAKE2b-256 keyed with the cluster key (the pre-shared key) of
 //          X25519(own secret, peer's public) | T
 // the tags and the per-connection keys are crypto_kdf subkeys of PRK: tag(role) =
@@ -24,6 +25,12 @@
 // sides make a recorded exchange useless to replay; the role stops a server's proof being
 // reflected back as a client's. A peer without the key learns nothing but the server's
 // hello and a tag it cannot check.
+//
+// Cluster: empty from a node of the server's own cluster, whose key is the cluster key;
+// otherwise the client's cluster, a partner of the server's, and the key is the one the
+// two clusters share for their partnership (utils/lib/config.h, PartnerConfig). The server
+// picks the key by the name, and the tags prove it, so a partner is known by its key and
+// cannot pass as another cluster, or as the server's own.
 //
 // Flags: bit 0, this side has AES-256-GCM in hardware (both must, or the records use
 // ChaCha20-Poly1305); bit 1, records in clear (only a benchmark's baseline sets it, and
@@ -46,6 +53,7 @@ namespace homeward {
 inline constexpr size_t kPeerNonceBytes = 32;
 inline constexpr size_t kPeerTagBytes = 32;
 inline constexpr size_t kMaxServiceName = 64;
+inline constexpr size_t kMaxClusterName = 63;
 inline constexpr size_t kPeerPublicKeyBytes = 32;
 inline constexpr size_t kPeerSessionKeyBytes = 32;
 
@@ -71,11 +79,19 @@ PeerSecurity CurrentPeerSecurity();
 class PeerHandshake {
  public:
   enum class State { kRunning, kDone, kFailed };
+  // The key for a client of `cluster` (empty: the server's own), or nullptr when the
+  // server knows no such partner.
+  using KeyChooser = std::function<const std::vector<uint8_t>*(const std::string& cluster)>;
 
-  // The connecting side, asking for `service` ("files", "migration", "relay").
-  static PeerHandshake Client(std::vector<uint8_t> key, std::string service);
-  // The accepting side; the service becomes known once the client's hello arrives.
+  // The connecting side, asking for `service` ("files", "migration", "relay"); `cluster`
+  // is this node's cluster when it connects to a partner's node with the partnership's
+  // key, and empty within its own cluster.
+  static PeerHandshake Client(std::vector<uint8_t> key, std::string service,
+                              std::string cluster = {});
+  // The accepting side; the service and the client's cluster become known once the
+  // client's hello arrives. With one key, only clients of the server's own cluster.
   static PeerHandshake Server(std::vector<uint8_t> key);
+  static PeerHandshake Server(KeyChooser choose_key);
 
   // Bytes to send now (empty when waiting for the peer).
   std::string TakeOutput();
@@ -89,24 +105,38 @@ class PeerHandshake {
   // Why the handshake failed, for the log.
   const std::string& error() const { return error_; }
   const std::string& service() const { return service_; }
+  // The client's cluster, as its hello named it (empty: the server's own); proven once done.
+  const std::string& cluster() const { return cluster_; }
   // The keys for the data after the handshake; valid once done.
   const PeerSession& session() const { return session_; }
 
  private:
-  enum class Step { kClientHello, kServiceName, kServerHello, kClientTag, kVerdict, kEnd };
+  enum class Step {
+    kClientHello,
+    kServiceName,
+    kClusterName,
+    kServerHello,
+    kClientTag,
+    kVerdict,
+    kEnd
+  };
   PeerHandshake(std::vector<uint8_t> key, bool client);
   std::string Hello(std::string_view nonce, const std::array<uint8_t, 32>& public_key) const;
   std::string Tag(std::string_view role) const;
   bool Agree(std::string_view peer_public_key);
   void Fail(std::string why);
   void Advance();
+  void Reply();  // the server's hello and tag, once the client's hello is in
 
+  KeyChooser choose_key_;
   std::vector<uint8_t> key_;
   bool client_;
   Step step_;
   State state_ = State::kRunning;
   std::string service_;
   size_t service_length_ = 0;
+  std::string cluster_;
+  size_t cluster_length_ = 0;
   std::string client_nonce_;
   std::string server_nonce_;
   PeerSecurity security_;
@@ -126,6 +156,7 @@ class PeerHandshake {
 struct PeerIdentity {
   std::string address;  // "A.B.C.D:PORT"
   std::string service;
+  std::string cluster;  // empty: a node of this cluster; otherwise the partner it is of
 };
 
 // Options of the TCP socket itself (keepalive, user timeout), applied by `tune`.

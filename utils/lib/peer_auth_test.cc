@@ -54,6 +54,70 @@ TEST(PeerHandshake, SameKeyAgrees) {
   EXPECT_FALSE(server.session().plaintext);
 }
 
+TEST(PeerHandshake, APartnerIsKnownByItsClusterAndItsKey) {
+  std::vector<uint8_t> own = Key(1), with_b = Key(5), with_c = Key(6);
+  auto choose = [&](const std::string& cluster) -> const std::vector<uint8_t>* {
+    if (cluster.empty()) return &own;
+    if (cluster == "b") return &with_b;
+    if (cluster == "c") return &with_c;
+    return nullptr;
+  };
+  auto client = PeerHandshake::Client(with_b, "jobs", "b");
+  auto server = PeerHandshake::Server(choose);
+  Exchange(client, server);
+  ASSERT_EQ(client.state(), PeerHandshake::State::kDone) << client.error();
+  ASSERT_EQ(server.state(), PeerHandshake::State::kDone) << server.error();
+  EXPECT_EQ(server.cluster(), "b");
+  EXPECT_EQ(server.service(), "jobs");
+  EXPECT_EQ(client.session().send_key, server.session().receive_key);
+
+  // A node of the server's own cluster names none.
+  auto local = PeerHandshake::Client(own, "files");
+  auto local_server = PeerHandshake::Server(choose);
+  Exchange(local, local_server);
+  ASSERT_EQ(local_server.state(), PeerHandshake::State::kDone) << local_server.error();
+  EXPECT_EQ(local_server.cluster(), "");
+
+  // b's key does not make a node of c, nor of the server's own cluster.
+  for (std::string claimed : {"c", ""}) {
+    auto liar = PeerHandshake::Client(with_b, "files", claimed);
+    auto liar_server = PeerHandshake::Server(choose);
+    Exchange(liar, liar_server);
+    EXPECT_EQ(liar.state(), PeerHandshake::State::kFailed) << claimed;
+    EXPECT_NE(liar_server.state(), PeerHandshake::State::kDone) << claimed;
+  }
+}
+
+TEST(PeerHandshake, AClusterNameChangedInFlightIsRefused) {
+  std::vector<uint8_t> shared = Key(5);
+  auto choose = [&](const std::string& cluster) -> const std::vector<uint8_t>* {
+    return cluster == "b" || cluster == "c" ? &shared : nullptr;
+  };
+  auto client = PeerHandshake::Client(shared, "files", "b");
+  auto server = PeerHandshake::Server(choose);
+  bool first = true;
+  Exchange(client, server, [&](std::string& bytes) {
+    if (first && !bytes.empty()) {
+      bytes.back() = 'c';  // the last byte of the hello: the cluster's name
+      first = false;
+    }
+  });
+  EXPECT_EQ(client.state(), PeerHandshake::State::kFailed);
+  EXPECT_NE(client.error().find("server did not prove the partnership's key"), std::string::npos)
+      << client.error();
+}
+
+TEST(PeerHandshake, AnUnknownClusterIsRefusedWithItsName) {
+  auto client = PeerHandshake::Client(Key(5), "files", "stranger");
+  auto server = PeerHandshake::Server(Key(5));  // one key: its own cluster's nodes only
+  Exchange(client, server);
+  EXPECT_EQ(server.state(), PeerHandshake::State::kFailed);
+  EXPECT_NE(server.error().find("cluster 'stranger' is no partner"), std::string::npos)
+      << server.error();
+  EXPECT_NE(client.state(), PeerHandshake::State::kDone);
+  EXPECT_THROW(PeerHandshake::Client(Key(5), "files", std::string(64, 'x')), Error);
+}
+
 TEST(PeerHandshake, EveryConnectionHasFreshKeys) {
   // Ephemeral keys and nonces: the same two nodes never use the same keys twice.
   auto c1 = PeerHandshake::Client(Key(7), "files");
@@ -201,7 +265,9 @@ TEST(PeerHandshake, TamperedServiceIsRefused) {
   bool first = true;
   Exchange(client, server, [&](std::string& bytes) {
     if (first && !bytes.empty()) {
-      bytes.back() = 'X';  // "fileX": the tags no longer match the client's view
+      // "fileX" (the last byte is the cluster name's length, 0): the tags no longer match
+      // the client's view.
+      bytes[bytes.size() - 2] = 'X';
       first = false;
     }
   });
