@@ -54,10 +54,6 @@ NodeRecord SelfRecord(const NodeConfig& config) {
   return self;
 }
 
-}  // namespace
-
-namespace {
-
 MembershipOptions RingOptions(const NodeConfig& config, const std::string& partner) {
   MembershipOptions options = MembershipOptions::FromConfig(config.gossip);
   options.seek_cluster = partner;
