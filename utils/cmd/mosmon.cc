@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <set>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -191,10 +192,13 @@ std::string Age(uint64_t ms) {
 
 void Draw(const std::vector<Row>& rows, SortBy sort, const std::string& problem) {
   std::string screen = "\x1b[H\x1b[2J";  // home, clear
+  std::set<std::string> clusters;
+  for (const auto& row : rows) clusters.insert(row.cluster);
   screen += fmt::format(
-      "Homeward cluster: {} node(s), {} alive   sorted by {}   "
+      "Homeward {}: {} node(s), {} alive   sorted by {}   "
       "[s] sort  [q] quit\n\n",
-      rows.size(), std::count_if(rows.begin(), rows.end(), [](const Row& r) { return r.alive; }),
+      clusters.size() > 1 ? fmt::format("{} clusters", clusters.size()) : "cluster", rows.size(),
+      std::count_if(rows.begin(), rows.end(), [](const Row& r) { return r.alive; }),
       SortName(sort));
   screen +=
       fmt::format("{:<16} {:<15} {:<7} {:>6} {:>5} {:>5} {:>6} {:>9} {:>9} {:>5} {:>6} {:>6}\n",
