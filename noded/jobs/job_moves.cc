@@ -329,15 +329,16 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
                                                   const std::string& target) {
   PeerAddress address = resolve_(target);
   // A blocked node, or one without room, refuses the stream anyway; saying so before
-  // the dump is clearer and costs the job nothing.
+  // the dump is clearer and costs the job nothing. Not kOverloaded, which mosmigrate takes
+  // for a job busy a moment and asks again: the target's state does not pass that soon.
   for (const balance::Node& node : picture_()) {
     if (node.name != target) continue;
     if (!node.accepts_guests && target != job->launch().home) {
-      Fail(ErrorKind::kOverloaded, "node {} accepts no guests (mosctl block)", target);
+      Fail(ErrorKind::kFailed, "node {} accepts no guests (mosctl block)", target);
     }
     uint32_t needed = job->usage().memory_mb();
     if (node.mem_free_mb < needed) {
-      Fail(ErrorKind::kOverloaded, "node {} has {} MB of free memory; the job uses {} MB", target,
+      Fail(ErrorKind::kFailed, "node {} has {} MB of free memory; the job uses {} MB", target,
            node.mem_free_mb, needed);
     }
   }
