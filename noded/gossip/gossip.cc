@@ -95,7 +95,8 @@ Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
         });
     rings_.push_back(std::move(ring));
   }
-  for (auto& ring : rings_) ring->membership.UpdateSelf(Measured());
+  NodeRecord measured = Measured();
+  for (auto& ring : rings_) ring->membership.UpdateSelf(measured);
 }
 
 Gossip::~Gossip() {
@@ -201,7 +202,8 @@ void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homewa
   guests_here_ = guests_here;
   homeward_load_ = homeward_load;
   blocked_ = blocked;
-  for (auto& ring : rings_) ring->membership.UpdateSelf(Measured());
+  NodeRecord measured = Measured();  // one record for every ring
+  for (auto& ring : rings_) ring->membership.UpdateSelf(measured);
 }
 
 // Runs inside a libuv callback: nothing may throw out of it.
