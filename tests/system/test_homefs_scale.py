@@ -120,8 +120,16 @@ class HomefsScaleTest(unittest.TestCase):
             c.wait_for(lambda: listing("node16") == names, 60, "node16 to list every node")
             # node16's own files are its tree again, and node1 reaches them.
             c.run("node16", "sh", "-c", "echo sixteen > /data/marker")
-            self.assertEqual(c.run("node1", "cat", "/mosix/home/node16/data/marker").stdout,
-                             "sixteen\n")
+            read = c.run("node1", "cat", "/mosix/home/node16/data/marker", check=False)
+            if read.returncode != 0:
+                # What node1 sees of node16 then, and what its daemon and homefs said of it.
+                seen = c.run("node1", "ls", "-la", "/mosix/home", "/mosix/home/node16",
+                             "/mosix/home/node16/data", check=False)
+                said = [line for line in c.log("node1").splitlines() if "node16" in line]
+                self.fail(f"node1 cannot read node16's marker: {read.stderr}"
+                          f"node1 sees:\n{seen.stdout}{seen.stderr}"
+                          f"node1's log of node16:\n" + "\n".join(said[-30:]))
+            self.assertEqual(read.stdout, "sixteen\n")
 
 
 if __name__ == "__main__":
