@@ -31,6 +31,7 @@
 #include "fd.h"
 #include "frame_stream.h"
 #include "framing.h"
+#include "peer_auth.h"
 #include "schema/files.capnp.h"
 
 namespace homeward {
@@ -38,7 +39,7 @@ namespace homeward {
 struct ClientOptions {
   std::string host;
   uint16_t port = 4701;
-  std::vector<uint8_t> key;
+  PeerCredentials key;  // the cluster key, or a partnership's for a partner's node
   std::chrono::milliseconds timeout{10000};
   bool hard = true;
   // Hard: how long a connection whose home answers nothing (data and keepalive probes

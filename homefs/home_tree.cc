@@ -151,6 +151,16 @@ HomeTree::Home* HomeTree::Use(const std::string& name, int* err) {
       ClientOptions client = options_.client;
       client.host = address->second.host;
       client.port = address->second.port;
+      if (!address->second.cluster.empty()) {
+        auto partner = options_.partners.find(address->second.cluster);
+        if (partner == options_.partners.end()) {
+          spdlog::warn("homefs: {} is of cluster {}, which is no partner here", name,
+                       address->second.cluster);
+          *err = EACCES;
+          return nullptr;
+        }
+        client.key = partner->second;
+      }
       client.on_demand = true;
       made->client = std::make_unique<FileClient>(client);
       it = homes_.emplace(name, std::move(made)).first;

@@ -33,6 +33,8 @@ namespace homeward {
 struct HomeTreeOptions {
   std::string self;       // this node's name: its entry holds the bind of its own tree
   ClientOptions client;   // for every home (its host and port are the home's)
+  // Partner clusters' nodes are reached with their partnership's credentials.
+  std::map<std::string, PeerCredentials> partners;
   FsOptions fs;           // for every home (its id_base is the home's slot)
   std::chrono::milliseconds idle{60000};  // [files] idle_disconnect_s
 };

@@ -215,6 +215,9 @@ int MountTree(const std::string& mountpoint, const MountOptions& options, const 
   HomeTreeOptions tree_options;
   tree_options.self = tree_args.self;
   tree_options.client = ClientOptionsFor(options, config);
+  for (const PartnerConfig& partner : config.partners) {
+    tree_options.partners[partner.name] = config.CredentialsFor(partner.name);
+  }
   tree_options.fs = options.fs;
   tree_options.idle = std::chrono::milliseconds(static_cast<int64_t>(options.idle_s * 1000));
   HomeTree tree(tree_options);

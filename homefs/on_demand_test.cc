@@ -139,12 +139,15 @@ TEST(WorkThreadTest, StopRunsWhatIsLeftAsStopping) {
 }
 
 TEST(LiveNodesTest, ReadsBackAsWrittenAndRefusesMalformedLines) {
-  LiveNodes live = {{"node1", {"10.0.0.1", 4701}}, {"node-2", {"10.0.0.2", 4800}}};
+  LiveNodes live = {{"node1", {"10.0.0.1", 4701, ""}},
+                    {"node-2", {"10.0.0.2", 4800, ""}},
+                    {"b1", {"10.0.1.1", 4701, "b"}}};  // a partner cluster's node
   EXPECT_EQ(ParseLiveNodes(FormatLiveNodes(live)), live);
   EXPECT_TRUE(ParseLiveNodes(FormatLiveNodes({})).empty());
   EXPECT_FALSE(FormatLiveNodes({}).empty());  // never an empty datagram
   for (const char* bad : {"node1 10.0.0.1\n", "node1 10.0.0.1 0\n", "node1 10.0.0.1 70000\n",
-                          "../x 10.0.0.1 1\n", "node1 10.0.0.1 1 extra\n"}) {
+                          "../x 10.0.0.1 1\n", "node1 10.0.0.1 1 b extra\n",
+                          "node1 10.0.0.1 1 ../b\n"}) {
     EXPECT_THROW(ParseLiveNodes(bad), Error) << bad;
   }
 }

@@ -15,6 +15,7 @@
 #include "control_permissions.h"
 #include "lock_holder.h"
 #include "migration.h"
+#include "partner_services.h"
 #include "homeward_config.h"
 #include "install_paths.h"
 #include "peer_auth.h"
@@ -57,8 +58,11 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                                             : FileSession::Root::kSquash,
                    config_.state_dir + "/files-replay", faults),
       loopback_(config_.address, jobs_.whereabouts()),
-      peer_server_(config_.address, config_.peer_port, config_.cluster_key, config_.peer,
-                   std::move(faults)),
+      peer_server_(
+          config_.address, config_.peer_port,
+          [this](const std::string& cluster) { return config_.KeyFor(cluster); },
+          [this](const PeerIdentity& peer) { return PartnerMayUse(config_, peer); }, config_.peer,
+          std::move(faults)),
       home_mounts_(loop, HomeMountsOptions{.mosix_root = config_.mosix_root,
                                            .self = config_.name,
                                            .export_root = config_.export_root,
@@ -81,12 +85,12 @@ void Daemon::ServePeers() {
   });
   // Job relays between homes and the nodes their jobs run on are served on the loop.
   peer_server_.Register("jobs", [this](Fd fd, PeerIdentity peer) {
-    control_.AdoptPeer(std::move(fd), peer.address);
+    control_.AdoptPeer(std::move(fd), peer.address, peer.cluster);
   });
   // An incoming move is received and restored on the peer connection's own thread.
   peer_server_.RegisterStream("migration", [this](std::unique_ptr<SecureStream> stream,
-                                                  PeerIdentity) {
-    jobs_.AcceptMove(std::move(stream));
+                                                  PeerIdentity peer) {
+    jobs_.AcceptMove(std::move(stream), peer.cluster);
   });
   // A lazy move's page connection, kept for the incoming move that claims it.
   peer_server_.RegisterStream("lazy-pages", [](std::unique_ptr<SecureStream> stream,
@@ -161,8 +165,15 @@ void Daemon::FollowPeers() {
       file_server_.DropLocks(peer.address);
       return;
     }
+    // A partner's node is listed where its jobs may run: they need their homes' files.
+    const PartnerConfig* partner = config_.OwnCluster(peer.cluster) ? nullptr
+                                                                    : config_.Partner(peer.cluster);
     try {
-      home_mounts_.PeerUp(peer.name, peer.address, peer.peer_port);
+      if (!partner) {
+        home_mounts_.PeerUp(peer.name, peer.address, peer.peer_port);
+      } else if (partner->accept) {
+        home_mounts_.PeerUp(peer.name, peer.address, peer.peer_port, partner->name);
+      }
     } catch (const Error& e) {
       spdlog::warn("cannot mount /mosix/home/{}: {}", peer.name, e.what());
     }
@@ -298,16 +309,18 @@ PeerAddress Daemon::ResolvePeer(const std::string& node) const {
         Fail(ErrorKind::kDisconnected, "node {} is dead (no word from it for {} ms)", node,
              member.age_ms);
       }
-      return PeerAddress{member.record.address, member.record.peer_port};
+      return PeerAddress{member.record.address, member.record.peer_port, {}, true};
     }
     known += (known.empty() ? "" : ", ") + member.record.name;
   }
   for (const auto& member : gossip_.PartnerPicture()) {
     if (member.record.name == node) {
-      Fail(ErrorKind::kUnimplemented,
-           "node {} is in partner cluster {}: jobs start and move within their own cluster "
-           "({}); moves between clusters are not supported yet",
-           node, member.record.cluster, config_.cluster);
+      if (member.state == MemberState::kDead) {
+        Fail(ErrorKind::kDisconnected, "node {} of cluster {} is dead (no word from it for {} ms)",
+             node, member.record.cluster, member.age_ms);
+      }
+      return PeerAddress{member.record.address, member.record.peer_port, member.record.cluster,
+                         !member.record.blocked};
     }
   }
   Fail(ErrorKind::kNotFound, "no node named '{}' in the cluster (known: {})", node, known);

@@ -23,7 +23,7 @@ Permission PermissionFor(schema::ControlRequest::Which which) {
     case W::MIGRATE_JOB:
       return {Allowed::kJobOwner, "move, freeze or checkpoint a job"};
     case W::START_GUEST:
-      return {Allowed::kPeer, "start a guest job"};
+      return {Allowed::kClusterPeer, "start a guest job"};
     case W::ATTACH_GUEST:
       return {Allowed::kPeer, "attach a guest job"};
     case W::HOME_MOUNT:
@@ -57,6 +57,16 @@ void CheckPermission(schema::ControlRequest::Which which, const Caller& caller) 
       Fail(ErrorKind::kPermissionDenied, "permission denied: only root may {}", permission.what);
     case Allowed::kPeer:
       if (caller.peer) return;
+      Fail(ErrorKind::kPermissionDenied, "permission denied: only another node's daemon may {}",
+           permission.what);
+    case Allowed::kClusterPeer:
+      if (caller.peer && caller.peer_cluster.empty()) return;
+      if (caller.peer) {
+        Fail(ErrorKind::kPermissionDenied,
+             "permission denied: a node of partner cluster '{}' may not {}: jobs start in their "
+             "own cluster",
+             caller.peer_cluster, permission.what);
+      }
       Fail(ErrorKind::kPermissionDenied, "permission denied: only another node's daemon may {}",
            permission.what);
     case Allowed::kRelayOnly:

@@ -17,7 +17,8 @@ enum class Allowed {
   kLocal,      // any local user, never a peer (mosrun, mosps)
   kJobOwner,   // a local user; the handler then checks CheckJobOwner against the job
   kLocalRoot,  // local root only (mounts, block/expel/bring)
-  kPeer,       // another node's daemon, authenticated by the cluster key
+  kPeer,       // another node's daemon, of this cluster or a partner's (its key)
+  kClusterPeer,  // another node's daemon of this cluster, never a partner cluster's
   kRelayOnly,  // only on a job's relay, never as a request of its own
   kUnknown,    // not in this release's table: refused
 };

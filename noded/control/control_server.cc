@@ -417,26 +417,28 @@ std::shared_ptr<ControlConnection> ControlServer::Adopt(Fd fd, Caller caller) {
   return connection;
 }
 
-void ControlServer::AdoptPeer(Fd fd, std::string peer_address) {
+void ControlServer::AdoptPeer(Fd fd, std::string peer_address, std::string peer_cluster) {
+  Caller caller;
+  caller.peer = true;
+  caller.peer_address = std::move(peer_address);
+  caller.peer_cluster = std::move(peer_cluster);
   {
     std::lock_guard lock(adopt_mutex_);
-    adopt_queue_.emplace_back(std::move(fd), std::move(peer_address));
+    adopt_queue_.emplace_back(std::move(fd), std::move(caller));
   }
   // Dropped when the server has stopped: the queued connections then close with it.
   if (listening_) uv_async_send(adopt_wakeup_.get());
 }
 
 void ControlServer::TakeAdopted() {
-  std::vector<std::pair<Fd, std::string>> adopted;
+  std::vector<std::pair<Fd, Caller>> adopted;
   {
     std::lock_guard lock(adopt_mutex_);
     adopted.swap(adopt_queue_);
   }
-  for (auto& [fd, address] : adopted) {
+  for (auto& [fd, caller] : adopted) {
+    std::string address = caller.peer_address;
     try {
-      Caller caller;
-      caller.peer = true;
-      caller.peer_address = address;
       auto connection = Adopt(std::move(fd), std::move(caller));
       connection->StartReading();
     } catch (const Error& e) {

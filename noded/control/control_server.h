@@ -34,6 +34,7 @@ struct Caller {
   // meaningless). Only peers may start guests.
   bool peer = false;
   std::string peer_address;
+  std::string peer_cluster;  // a partner cluster's node; empty: one of this cluster
 };
 
 struct StreamHandlers;
@@ -124,7 +125,7 @@ class ControlServer {
   // Serves an authenticated connection from another node's daemon like a local client
   // (requests to the handler). Safe to call from any thread: peer connections are
   // authenticated on the peer server's threads, then served on the loop.
-  void AdoptPeer(Fd fd, std::string peer_address);
+  void AdoptPeer(Fd fd, std::string peer_address, std::string peer_cluster);
   // Makes a connection this daemon opened to a peer a stream at once (on the loop). Never
   // throws: a connection that cannot be served is closed (handlers.on_close runs) and the
   // stream returned is not open().
@@ -145,7 +146,7 @@ class ControlServer {
   bool listening_ = false;
   UvHandle<uv_async_t> adopt_wakeup_;
   std::mutex adopt_mutex_;
-  std::vector<std::pair<Fd, std::string>> adopt_queue_;
+  std::vector<std::pair<Fd, Caller>> adopt_queue_;
 };
 
 }  // namespace homeward

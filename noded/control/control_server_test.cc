@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "control_client.h"
+#include "control_permissions.h"
 #include "uv_handle.h"
 #include "scratch_dir.h"
 
@@ -127,6 +128,32 @@ TEST_F(ControlServerTest, UnservableAdoptedStreamEndsThroughOnClose) {
   EXPECT_TRUE(closed);
   EXPECT_FALSE(stream.open());
   server.Stop();
+}
+
+TEST(ControlPermissions, OnlyThisClustersNodesStartGuests) {
+  using W = schema::ControlRequest::Which;
+  Caller own;
+  own.peer = true;
+  own.peer_address = "10.0.0.2:40000";
+  Caller partner = own;
+  partner.peer_cluster = "b";
+  Caller local;
+  local.uid = 1000;
+  EXPECT_NO_THROW(CheckPermission(W::START_GUEST, own));
+  try {
+    CheckPermission(W::START_GUEST, partner);
+    ADD_FAILURE() << "a partner cluster's node may start a guest";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kPermissionDenied);
+    EXPECT_NE(std::string(e.what()).find("partner cluster 'b' may not start a guest job"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(CheckPermission(W::START_GUEST, local), Error);
+  // A job of this cluster's that runs on a partner's node attaches to its home from there.
+  EXPECT_NO_THROW(CheckPermission(W::ATTACH_GUEST, partner));
+  EXPECT_THROW(CheckPermission(W::START_JOB, partner), Error);
+  EXPECT_THROW(CheckPermission(W::MIGRATE_JOB, partner), Error);
 }
 
 }  // namespace

@@ -128,10 +128,11 @@ void HomeMounts::OnMessage() {
   }
 }
 
-void HomeMounts::PeerUp(const std::string& name, const std::string& address, uint16_t peer_port) {
+void HomeMounts::PeerUp(const std::string& name, const std::string& address, uint16_t peer_port,
+                        const std::string& cluster) {
   if (!ValidNodeName(name)) Fail(ErrorKind::kInvalidInput, "'{}' is not a node name", name);
   if (stopped_ || name == options_.self) return;
-  HomeAddress home{address, peer_port};
+  HomeAddress home{address, peer_port, cluster};
   auto it = live_.find(name);
   if (it != live_.end() && it->second == home) return;
   live_[name] = home;

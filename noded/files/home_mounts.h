@@ -46,8 +46,10 @@ class HomeMounts {
   // Starts homefs at /mosix/home. Throws Error naming the path when it cannot be made.
   void Start();
   // `name` is live at `address`: listed in /mosix/home (a home in use at another address
-  // is reached there from now on). Throws Error for a bad node name.
-  void PeerUp(const std::string& name, const std::string& address, uint16_t peer_port);
+  // is reached there from now on); `cluster` names a partner cluster's node, whose files
+  // homefs reaches with the partnership's key. Throws Error for a bad node name.
+  void PeerUp(const std::string& name, const std::string& address, uint16_t peer_port,
+              const std::string& cluster = {});
   // `name` is dead, or unmounted by hand (mosctl home-unmount): out of the listing. The
   // guests of a home in use keep its files (their calls wait, a hard mount). `done` runs
   // once homefs has been told.

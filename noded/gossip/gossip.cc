@@ -65,6 +65,7 @@ MembershipOptions RingOptions(const NodeConfig& config, const std::string& partn
 Gossip::Ring::Ring(const std::string& partner_name, const std::vector<uint8_t>& key,
                    const NodeConfig& config, const NodeRecord& self)
     : partner(partner_name),
+      takes_guests(partner_name.empty() || config.Partner(partner_name)->accept),
       codec(key),
       replay(config.gossip.replay_window.count()),
       membership(self, RingOptions(config, partner_name), RandomSeed(config)) {}
@@ -89,14 +90,21 @@ Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
     for (const auto& seed : config_.seeds) ring->membership.AddSeed(seed);
     ring->membership.SetChangeListener(
         [this, name = partner.name](const NodeRecord& peer, bool alive) {
-          if (peer.cluster != name) return;  // one of ours: told by our own ring
+          if (peer.cluster != name || IsOwnName(peer.name)) return;  // ours: our ring tells
           spdlog::info("gossip: {} ({}) of partner cluster {} is {}", peer.name, peer.address,
                        name, alive ? "alive" : "dead");
+          for (const auto& callback : subscribers_) callback(peer, alive);
         });
     rings_.push_back(std::move(ring));
   }
   NodeRecord measured = Measured();
-  for (auto& ring : rings_) ring->membership.UpdateSelf(measured);
+  for (auto& ring : rings_) UpdateSelf(*ring, measured);
+}
+
+void Gossip::UpdateSelf(Ring& ring, NodeRecord measured) {
+  // The nodes of a partner this cluster takes no guests from see this one blocked.
+  if (!ring.takes_guests) measured.blocked = true;
+  ring.membership.UpdateSelf(measured);
 }
 
 Gossip::~Gossip() {
@@ -196,6 +204,14 @@ std::vector<MemberView> Gossip::PartnerPicture() const {
   return picture;
 }
 
+bool Gossip::IsOwnName(const std::string& name) const {
+  if (name == config_.name) return true;
+  for (const auto& member : rings_.front()->membership.Picture(NowMs())) {
+    if (member.record.name == name) return true;
+  }
+  return false;
+}
+
 void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load,
                           bool blocked) {
   jobs_away_ = jobs_away;
@@ -203,7 +219,7 @@ void Gossip::SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homewa
   homeward_load_ = homeward_load;
   blocked_ = blocked;
   NodeRecord measured = Measured();  // one record for every ring
-  for (auto& ring : rings_) ring->membership.UpdateSelf(measured);
+  for (auto& ring : rings_) UpdateSelf(*ring, measured);
 }
 
 // Runs inside a libuv callback: nothing may throw out of it.
@@ -214,7 +230,7 @@ void Gossip::Round() {
   NodeRecord measured = Measured();
   for (auto& ring : rings_) {
     try {
-      ring->membership.UpdateSelf(measured);
+      UpdateSelf(*ring, measured);
       ring->membership.Tick(now, &ring->outbox);
       SendAll(*ring);
     } catch (const std::exception& e) {

@@ -39,8 +39,9 @@ class Gossip {
   std::vector<MemberView> Picture() const;
   // The nodes of the partner clusters, as their partnerships' gossip shows them.
   std::vector<MemberView> PartnerPicture() const;
-  // Called on the loop thread whenever a peer of this cluster becomes alive (joins,
-  // rejoins) or dead (declared dead, or forgotten); the homefs mounts subscribe.
+  // Called on the loop thread whenever a peer becomes alive (joins, rejoins) or dead
+  // (declared dead, or forgotten): a node of this cluster, or of a partner (its record's
+  // cluster names it); the homefs mounts subscribe.
   void Subscribe(ChangeCallback callback) { subscribers_.push_back(std::move(callback)); }
   // What the local record publishes about Homeward's own jobs, and whether this node
   // accepts guests.
@@ -58,6 +59,7 @@ class Gossip {
     Ring(const std::string& partner, const std::vector<uint8_t>& key, const NodeConfig& config,
          const NodeRecord& self);
     std::string partner;  // empty for this cluster's own ring
+    bool takes_guests;    // this cluster accepts the ring's partner's jobs (or it is our own)
     GossipCodec codec;
     ReplayGuard replay;
     Membership membership;
@@ -71,6 +73,9 @@ class Gossip {
   void Send(Ring& ring, Outgoing& outgoing);  // stamps the message, then sends it
   void LogDrops();
   NodeRecord Measured() const;
+  void UpdateSelf(Ring& ring, NodeRecord measured);
+  // Whether a node of this cluster is named `name` (a partner's node may not be).
+  bool IsOwnName(const std::string& name) const;
 
   uv_loop_t* loop_;
   NodeConfig config_;

@@ -300,7 +300,7 @@ void Job::StartCarrier(int net_ns) {
     carrier_ = std::make_unique<LoopbackCarrier>(
         net_ns,
         LoopbackHome{
-            launch_.home, launch_.home_host, launch_.home_port, launch_.peer_key, home_pid(),
+            launch_.home, launch_.home_host, launch_.home_port, *launch_.home_credentials, home_pid(),
             FsIdentity{launch_.identity.uid, launch_.identity.gid, launch_.identity.groups},
             launch_.daemon_ports});
   } catch (const std::exception& e) {
@@ -313,7 +313,7 @@ void Job::StartCarrier(int net_ns) {
 void Job::Attach(DaemonEnds ends) {
   // A guest restored (or recovered by this daemon after a restart) in a namespace whose
   // loopback connections are handed to the carrier already (RestoreHere).
-  if (launch_.guest && !carrier_ && !init_status_ && !launch_.peer_key.empty()) {
+  if (launch_.guest && !carrier_ && !init_status_ && launch_.home_credentials) {
     try {
       StartCarrier(Fd::Open(fmt::format("/proc/{}/ns/net", init_pid()), O_RDONLY | O_CLOEXEC).get());
     } catch (const std::exception& e) {

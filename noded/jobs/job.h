@@ -23,6 +23,7 @@
 #include "job_state.h"
 #include "job_usage.h"
 #include "move_protocol.h"
+#include "peer_auth.h"
 #include "uv_handle.h"
 
 namespace homeward {
@@ -80,12 +81,14 @@ struct JobLaunch {
   std::vector<std::string> env;
   std::string cwd;
   std::string home;        // the home node's name
+  std::string home_cluster;  // the home's cluster when it is a partner's; empty: this one
   std::string root = "/";  // the home's tree as this node sees it
   JobIdentity identity;
   int64_t pid_base = 0;  // ids of the job's other processes start here (see preload/)
   bool keep_home = false;
   bool locked = false;          // never moved automatically (mosrun -L)
   uint32_t min_free_mb = 0;     // only on nodes with this much free memory (mosrun -m)
+  bool partners = false;        // may be moved automatically to partner clusters (mosrun -G)
   int64_t started_unix_ms = 0;  // when the job started at its home
   bool guest = false;           // a job of another home, running here
   std::string home_host;        // where the home's daemon listens (peer port)
@@ -96,9 +99,9 @@ struct JobLaunch {
   InputCarry input;           // a restored job's input, written to its new pipe first
   CheckpointPlan checkpoint;  // at home only: the job's checkpoints
   uint32_t generation = 0;    // raised by each restart from a checkpoint (move::Record)
-  // A guest: the cluster key, for carrying its loopback connections home (the node's
-  // own, never journaled or sent).
-  std::vector<uint8_t> peer_key;
+  // A guest: how this node connects to its home, for carrying its loopback connections
+  // there (the node's own key, or the partnership's; never journaled or sent).
+  std::optional<PeerCredentials> home_credentials;
   // A guest: this node's daemon ports (peer, gossip), never a target of its traffic sent
   // from here (the node's own, never journaled or sent).
   std::vector<uint16_t> daemon_ports;

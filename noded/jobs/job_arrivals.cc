@@ -7,6 +7,7 @@
 
 #include "job_replies.h"
 #include "migration.h"
+#include "partner_services.h"
 #include "peer_auth.h"
 
 namespace homeward {
@@ -17,12 +18,17 @@ constexpr auto kHomeConnectTimeout = std::chrono::seconds(5);
 
 }  // namespace
 
-void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
+void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd, const std::string& from_cluster) {
   MoveInContext context{config_.state_dir, init_path_, config_.name, faults_,
                         home_lock_claims_};
   JobLaunch launch;
-  auto make_launch = [this](schema::GuestSpec::Reader spec) {
+  auto make_launch = [this, &from_cluster](schema::GuestSpec::Reader spec) {
     JobLaunch launch = GuestLaunch(spec);
+    std::string why = PartnerMayMoveIn(config_, from_cluster, launch.home_cluster);
+    if (!why.empty()) {
+      Fail(ErrorKind::kPermissionDenied, "node {} takes no job of {}'s from there: {}",
+           config_.name, launch.home, why);
+    }
     if (launch.guest) CheckHomeSeen(config_.name, config_.mosix_root, launch);
     return launch;
   };
@@ -31,7 +37,7 @@ void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd) {
   if (launch.reattach) {
     // Moved on from another guest node: the job's relay goes straight to its home.
     try {
-      Fd home = PeerConnect(launch.home_host, launch.home_port, config_.cluster_key, "jobs",
+      Fd home = PeerConnect(launch.home_host, launch.home_port, HomeCredentials(launch), "jobs",
                             kHomeConnectTimeout);
       capnp::MallocMessageBuilder message;
       auto request = message.initRoot<schema::ControlRequest>();

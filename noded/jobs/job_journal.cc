@@ -69,6 +69,8 @@ std::string FormatJournalEntry(const JournalEntry& entry) {
   for (const auto& arg : launch.argv) text += "arg " + Escape(arg) + "\n";
   text += "cwd " + Escape(launch.cwd) + "\n";
   text += "home " + Escape(launch.home) + "\n";
+  if (!launch.home_cluster.empty()) text += "home_cluster " + Escape(launch.home_cluster) + "\n";
+  if (launch.partners) text += "partners 1\n";
   text += fmt::format("pid_base {}\nstarted_unix_ms {}\n", launch.pid_base, launch.started_unix_ms);
   text += fmt::format("keep_home {}\nlocked {}\nmin_free_mb {}\n", launch.keep_home ? 1 : 0,
                       launch.locked ? 1 : 0, launch.min_free_mb);
@@ -200,6 +202,10 @@ bool ParseLaunchLine(const std::string& key, std::istringstream& fields, JobLaun
     launch.cwd = Unescape(value);
   } else if (key == "home" && fields >> value) {
     launch.home = Unescape(value);
+  } else if (key == "home_cluster" && fields >> value) {
+    launch.home_cluster = Unescape(value);
+  } else if (key == "partners") {
+    launch.partners = ParseFlag(fields);
   } else if (key == "pid_base") {
     fields >> launch.pid_base;
   } else if (key == "started_unix_ms") {

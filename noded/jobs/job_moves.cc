@@ -13,6 +13,7 @@
 #include "control_permissions.h"
 #include "job_replies.h"
 #include "migration.h"
+#include "partner_services.h"
 #include "uv_handle.h"
 #include "uv_work.h"
 
@@ -115,7 +116,13 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
 }
 
 void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target, MoveDone done) {
-  if (target != config_.name && target != away->where()) resolve_(target);  // unknown node
+  if (target != config_.name && target != away->where()) {
+    PeerAddress address = resolve_(target);  // throws for an unknown node
+    if (std::string why = PartnerMayMoveOut(config_, address.cluster, ""); !why.empty()) {
+      Fail(ErrorKind::kPermissionDenied, "job {} cannot move to {}: {}", away->home_pid(), target,
+           why);
+    }
+  }
   away->protocol.Ask(target);  // throws when the job cannot move now
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<schema::ControlRequest>();
@@ -328,6 +335,18 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
 std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& job,
                                                   const std::string& target) {
   PeerAddress address = resolve_(target);
+  if (std::string why = PartnerMayMoveOut(config_, address.cluster, job->launch().home_cluster);
+      !why.empty()) {
+    Fail(ErrorKind::kPermissionDenied, "job {} cannot move to {}: {}", job->home_pid(), target,
+         why);
+  }
+  // (A partner's job going back to its own cluster is no guest there.)
+  if (!address.takes_guests && address.cluster != job->launch().home_cluster) {
+    Fail(ErrorKind::kFailed,
+         "node {} of cluster {} takes no jobs of this cluster's now (it is blocked, or its "
+         "cluster does not accept them)",
+         target, address.cluster);
+  }
   // A blocked node, or one without room, refuses the stream anyway; saying so before
   // the dump is clearer and costs the job nothing. Not kOverloaded, which mosmigrate takes
   // for a job busy a moment and asks again: the target's state does not pass that soon.
@@ -352,7 +371,7 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   move->target_name = target;
   move->target_host = address.host;
   move->target_port = address.port;
-  move->key = config_.cluster_key;
+  move->key = config_.CredentialsFor(address.cluster);
   move->guest_request = GuestRequest(job->launch(), target);
   move->metadata.home_node = job->launch().home;
   move->metadata.home_pid = home_pid;

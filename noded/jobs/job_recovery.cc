@@ -353,7 +353,7 @@ void JobRegistry::Recover() {
   std::string dir = config_.state_dir + "/jobs";
   JobJournal journal(dir);
   for (JournalEntry& entry : journal.ReadAll()) {
-    entry.launch.peer_key = config_.cluster_key;  // not journaled: the node's own
+    entry.launch.home_credentials = HomeCredentials(entry.launch);  // not journaled
     entry.launch.daemon_ports = {config_.peer_port, config_.gossip_port};
     if (entry.away) {
       RecoverAway(entry);
@@ -524,7 +524,7 @@ void JobRegistry::ReattachGuest(std::shared_ptr<Job> job, int64_t until_ms, bool
   auto result = std::make_shared<Connection>();
   std::string host = job->launch().home_host;
   uint16_t port = job->launch().home_port;
-  auto key = config_.cluster_key;
+  auto key = HomeCredentials(job->launch());
   std::weak_ptr<Job> weak = job;
   // The peer handshake blocks; it runs on libuv's thread pool, never on the loop (and so
   // does the pause between tries while the home's daemon is away).

@@ -180,6 +180,7 @@ JobLaunch JobRegistry::LaunchFrom(schema::JobSpec::Reader spec) const {
   launch.keep_home = spec.getKeepHome();
   launch.locked = spec.getLocked();
   launch.min_free_mb = spec.getMinFreeMb();
+  launch.partners = spec.getPartners();
   launch.checkpoint = PlanFrom(spec);
   launch.init_path = init_path_;
   launch.preload_path = preload_path_;
@@ -247,7 +248,13 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   launch.started_unix_ms = static_cast<int64_t>(spec.getStartedUnixMs());
   launch.home_host = spec.getHomeHost();
   launch.home_port = spec.getHomePort();
-  if (launch.home == config_.name) {
+  // Older senders name no cluster: their own, which is this one.
+  std::string home_cluster = spec.getHomeCluster();
+  if (!home_cluster.empty() && !ValidNodeName(home_cluster)) {
+    Fail(ErrorKind::kInvalidInput, "'{}' is not a cluster name", home_cluster);
+  }
+  if (!config_.OwnCluster(home_cluster)) launch.home_cluster = home_cluster;
+  if (launch.home == config_.name && launch.home_cluster.empty()) {
     launch.root.assign(1, '/');  // a job of ours coming home (not = "/": GCC 12 -Wrestrict)
     return launch;
   }
@@ -257,7 +264,7 @@ JobLaunch JobRegistry::GuestLaunch(schema::GuestSpec::Reader spec) const {
   launch.reattach = spec.getReattach();
   launch.root = config_.mosix_root + "/home/" + launch.home;
   launch.guest = true;
-  launch.peer_key = config_.cluster_key;  // its loopback connections go home with it
+  launch.home_credentials = HomeCredentials(launch);  // its loopback connections go home
   launch.daemon_ports = {config_.peer_port, config_.gossip_port};
   return launch;
 }

@@ -47,6 +47,10 @@ namespace homeward {
 struct PeerAddress {
   std::string host;
   uint16_t port = 0;
+  std::string cluster;  // a partner cluster's node; empty: one of this cluster
+  // A partner's node takes this cluster's jobs: not blocked, and its cluster accepts ours
+  // (this cluster's own nodes are checked against the balancer's picture instead).
+  bool takes_guests = true;
 };
 // Finds a live node by name; throws Error(kNotFound) naming the node when there is none.
 using PeerResolver = std::function<PeerAddress(const std::string& node)>;
@@ -74,8 +78,9 @@ class JobRegistry {
   void StartGuest(schema::GuestSpec::Reader spec, ReplySender reply);
   // mosmigrate's migrateJob: moves a job of this home that runs here to another node.
   void MigrateJob(schema::MigrateRequest::Reader request, ReplySender reply);
-  // An incoming move, on a peer server thread: restores the job here as a guest.
-  void AcceptMove(std::unique_ptr<SecureStream> fd);
+  // An incoming move from a node of `from_cluster` (empty: this cluster), on a peer server
+  // thread: restores the job here as a guest, or as a job of this home come back.
+  void AcceptMove(std::unique_ptr<SecureStream> fd, const std::string& from_cluster);
   // A job moved on between guest nodes announces its new place; the connection becomes
   // its relay.
   void AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply);
@@ -338,6 +343,10 @@ class JobRegistry {
   std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
   // A guest's launch from its spec; CheckHomeSeen (which may wait on the network) is apart.
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
+  // How this node connects to the home of `launch` (of this cluster or a partner's).
+  PeerCredentials HomeCredentials(const JobLaunch& launch) const {
+    return config_.CredentialsFor(launch.home_cluster);
+  }
   std::shared_ptr<capnp::MallocMessageBuilder> GuestRequest(const JobLaunch& launch,
                                                             const std::string& where) const;
   void TakeRestored();

@@ -19,6 +19,12 @@ constexpr auto kPeerConnectTimeout = std::chrono::seconds(5);
 void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where,
                             ReplySender reply) {
   PeerAddress address = resolve_(where);
+  if (!address.cluster.empty()) {
+    Fail(ErrorKind::kInvalidInput,
+         "node {} is in partner cluster {}: jobs start in their own cluster ({}); a running job "
+         "may move there (mosmigrate, or automatically with mosrun -G)",
+         where, address.cluster, config_.cluster);
+  }
   auto request = GuestRequest(launch, where);
 
   auto away = std::make_shared<Away>(move::Protocol::Starting(launch.identity.home_pid, where));
@@ -89,6 +95,8 @@ std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
   job.setLocked(launch.locked);
   job.setMinFreeMb(launch.min_free_mb);
   guest.setStartedUnixMs(static_cast<uint64_t>(launch.started_unix_ms));
+  // Named even within a cluster: the receiver may be of a partner cluster.
+  guest.setHomeCluster(launch.home_cluster.empty() ? config_.cluster : launch.home_cluster);
   if (launch.guest) {
     guest.setHome(launch.home);
     guest.setHomeHost(launch.home_host);

@@ -183,7 +183,7 @@ int LoopbackCarrier::OpenAtHome(CarriedConnections::Slot& slot, const LoopbackTa
   auto give_up = std::chrono::steady_clock::now() + kNotYetHereGrace;
   for (auto pause = std::chrono::milliseconds(20);; pause = std::min(pause * 2, kMaxPause)) {
     try {
-      auto stream = PeerConnectStream(home_.host, home_.port, home_.key, "loopback",
+      auto stream = PeerConnectStream(home_.host, home_.port, home_.credentials, "loopback",
                                       kHomeConnectTimeout);
       SecureStream* raw = stream.get();
       if (!connections_.SetStream(slot, std::move(stream))) return ECANCELED;

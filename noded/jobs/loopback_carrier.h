@@ -42,6 +42,7 @@
 #include "guest_icmp.h"
 #include "guest_network.h"
 #include "loopback_stream.h"
+#include "peer_auth.h"
 #include "syn_gate.h"
 
 namespace homeward {
@@ -55,7 +56,7 @@ struct LoopbackHome {
   std::string home;  // its name, for the log
   std::string host;  // where its daemon's peer port is
   uint16_t port = 0;
-  std::vector<uint8_t> key;
+  PeerCredentials credentials;
   pid_t home_pid = 0;  // the job
   FsIdentity user;     // the job's user: its connections made from this node are theirs
   // This node's daemon ports (peer, gossip): never a target of the job's from this node.

@@ -34,7 +34,7 @@ struct MoveOut {
   std::string target_name;
   std::string target_host;
   uint16_t target_port = 0;
-  std::vector<uint8_t> key;
+  PeerCredentials key;  // the target's cluster's, or the partnership's
   std::shared_ptr<capnp::MallocMessageBuilder> guest_request;  // a startGuest request
   migrate::JobMetadata metadata;
   FaultPoints faults;  // for failure tests: HOMEWARD_FAULT, read once by the daemon

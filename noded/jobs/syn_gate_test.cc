@@ -49,7 +49,7 @@ TEST(SynGate, AGuestsConnectFailsAsItsTargetDid) {
     home.home = "home";
     home.host = "127.0.0.1";  // nothing listens there: the home cannot be reached
     home.port = 9;
-    home.key.assign(32, 7);
+    home.credentials.key.assign(32, 7);
     home.home_pid = 1;
     LoopbackCarrier carrier(guest.get(), home);
 

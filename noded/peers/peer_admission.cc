@@ -19,6 +19,8 @@ const char* PeerRefusalName(PeerRefusal reason) {
       return "closed during the handshake";
     case PeerRefusal::kUnknownService:
       return "unknown service";
+    case PeerRefusal::kNotForCluster:
+      return "service not for its cluster";
     case PeerRefusal::kNoResources:
       return "out of resources";
     case PeerRefusal::kCount:

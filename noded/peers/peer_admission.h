@@ -25,6 +25,7 @@ enum class PeerRefusal : uint8_t {
   kHandshake,       // not a Homeward peer, or did not prove the cluster key
   kClosed,          // closed or reset before the handshake finished
   kUnknownService,  // authenticated, but asked for a service this node does not run
+  kNotForCluster,   // a partner cluster's node, asking for a service its cluster may not use
   kNoResources,     // no descriptor, memory or thread could be had for it
   kCount,
 };

@@ -51,13 +51,24 @@ void CloseAbruptly(int fd) {
 
 }  // namespace
 
-PeerServer::PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key,
-                       PeerConfig limits, FaultPoints faults)
+PeerServer::PeerServer(std::string address, uint16_t port, PeerHandshake::KeyChooser keys,
+                       PartnerAdmission admit, PeerConfig limits, FaultPoints faults)
     : address_(std::move(address)),
       port_(port),
-      key_(std::move(key)),
+      keys_(std::move(keys)),
+      admit_(std::move(admit)),
       faults_(std::move(faults)),
       admission_(limits) {}
+
+PeerServer::PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key,
+                       PeerConfig limits, FaultPoints faults)
+    : PeerServer(
+          std::move(address), port,
+          [key = std::move(key)](const std::string& cluster) {
+            return cluster.empty() ? &key : nullptr;
+          },
+          [](const PeerIdentity&) { return std::string("this node serves no partner"); },
+          limits, std::move(faults)) {}
 
 PeerServer::~PeerServer() {
   Stop();
@@ -198,7 +209,7 @@ void PeerServer::AcceptSome(int64_t now_ms) {
     Fd owned = Fd::Adopt(fd);
     try {
       auto p = std::make_unique<Pending>(
-          Pending{std::move(owned), who, PeerHandshake::Server(key_), std::string()});
+          Pending{std::move(owned), who, PeerHandshake::Server(keys_), std::string()});
       pending_.emplace(fd, std::move(p));
     } catch (const std::exception& e) {
       // bad_alloc, or libsodium failing: this connection is lost, nothing else.
@@ -238,9 +249,18 @@ void PeerServer::Step(int fd, short revents) {
           !services_.contains(p.handshake.service())) {
         // The verdict says no (0) rather than accepting a connection nobody will serve,
         // so the peer learns why it is closed.
-        ::send(fd, "\0", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ::send(fd, &kPeerNoService, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
         return Refuse(fd, PeerRefusal::kUnknownService,
                       fmt::format("asked for unknown service '{}'", p.handshake.service()));
+      }
+      if (p.handshake.state() == PeerHandshake::State::kDone && !p.handshake.cluster().empty()) {
+        std::string why = admit_(PeerIdentity{p.who, p.handshake.service(), p.handshake.cluster()});
+        if (!why.empty()) {
+          ::send(fd, &kPeerNotForCluster, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+          return Refuse(fd, PeerRefusal::kNotForCluster,
+                        fmt::format("cluster '{}' asked for '{}': {}", p.handshake.cluster(),
+                                    p.handshake.service(), why));
+        }
       }
     } else if (revents & (POLLHUP | POLLERR)) {
       return Refuse(fd, PeerRefusal::kClosed, "connection closed");

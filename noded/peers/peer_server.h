@@ -2,6 +2,8 @@
 // connection proves the cluster key it costs no thread: one gate thread runs every
 // pending handshake over non-blocking sockets with poll(), within the limits of
 // PeerConfig (per source address, in all, one deadline each; noded/peers/peer_admission.h).
+// A client proves its own cluster's key or, from a partner cluster, the partnership's
+// (peer_auth.h); what a partner's node may use is then asked of PartnerAdmission.
 // Only an authenticated connection gets a thread, for the service it asked for
 // ("files", "jobs", "migration", "loopback"), and encryption (secure_channel.h): a stream service is
 // handed a SecureStream that seals and opens in place on its thread, an fd service the
@@ -29,12 +31,21 @@
 namespace homeward {
 
 using PeerService = std::function<void(Fd, PeerIdentity)>;
+// Whether a partner cluster's node may use the service it asked for: empty to serve it,
+// otherwise why not (logged; the client learns that its cluster is refused). Nodes of
+// this cluster use every service.
+using PartnerAdmission = std::function<std::string(const PeerIdentity& peer)>;
 using PeerStreamService = std::function<void(std::unique_ptr<SecureStream>, PeerIdentity)>;
 
 class PeerServer {
  public:
   // Fault point "peer-thread": no thread can be had for an authenticated connection, as
   // under a pids limit.
+  // `keys` gives the key a client of each cluster proves (partners of this cluster), and
+  // `admit` what a partner's node may use.
+  PeerServer(std::string address, uint16_t port, PeerHandshake::KeyChooser keys,
+             PartnerAdmission admit, PeerConfig limits, FaultPoints faults = {});
+  // Nodes of this cluster only, which prove `key`.
   PeerServer(std::string address, uint16_t port, std::vector<uint8_t> key, PeerConfig limits,
              FaultPoints faults = {});
   PeerServer(const PeerServer&) = delete;
@@ -75,7 +86,8 @@ class PeerServer {
 
   std::string address_;
   uint16_t port_;
-  std::vector<uint8_t> key_;
+  PeerHandshake::KeyChooser keys_;
+  PartnerAdmission admit_;
   std::map<std::string, PeerStreamService> services_;
   FaultPoints faults_;
   Fd listener_;

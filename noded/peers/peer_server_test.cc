@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -152,6 +153,61 @@ TEST(PeerServerFaults, NoThreadCostsOnlyThatConnection) {
   }
   EXPECT_EQ(served, 0);
   server.Stop();  // returns: no thread is counted as running
+}
+
+TEST(PeerServerPartners, APartnerIsServedWhatItsClusterMayUseAndTold) {
+  // This node is of cluster "a"; cluster "b" is a partner with a key of its own, allowed
+  // "echo" but not "files".
+  std::vector<uint8_t> partnership(32, 5);
+  std::vector<std::string> seen;
+  std::mutex seen_mutex;
+  PeerServer server(
+      "127.0.0.1", 0,
+      [&](const std::string& cluster) -> const std::vector<uint8_t>* {
+        static const std::vector<uint8_t> own = Key();
+        if (cluster.empty()) return &own;
+        return cluster == "b" ? &partnership : nullptr;
+      },
+      [](const PeerIdentity& peer) {
+        return peer.service == "echo" ? std::string() : std::string("not for partners");
+      },
+      PeerConfig{});
+  auto serve = [&](Fd fd, PeerIdentity peer) {
+    {
+      std::lock_guard lock(seen_mutex);
+      seen.push_back(peer.service + "/" + peer.cluster);
+    }
+    char byte;
+    while (::recv(fd.get(), &byte, 1, 0) == 1) ::send(fd.get(), &byte, 1, MSG_NOSIGNAL);
+  };
+  server.Register("echo", serve);
+  server.Register("files", serve);
+  server.Start();
+  auto echoes = [&](const PeerCredentials& credentials, const std::string& service) {
+    Fd fd = PeerConnect("127.0.0.1", server.port(), credentials, service, 2s);
+    char byte = 'x';
+    EXPECT_EQ(::send(fd.get(), &byte, 1, MSG_NOSIGNAL), 1);
+    return ::recv(fd.get(), &byte, 1, 0) == 1 && byte == 'x';
+  };
+  EXPECT_TRUE(echoes(PeerCredentials(partnership, "b"), "echo"));
+  EXPECT_TRUE(echoes(PeerCredentials(Key()), "files"));  // this cluster's own node
+  try {
+    PeerConnect("127.0.0.1", server.port(), PeerCredentials(partnership, "b"), "files", 2s);
+    ADD_FAILURE() << "a partner was served what its cluster may not use";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not serve 'files' to cluster 'b'"),
+              std::string::npos)
+        << e.what();
+  }
+  // The partnership's key names cluster b only; this cluster's key is not b's.
+  EXPECT_THROW(PeerConnect("127.0.0.1", server.port(), PeerCredentials(partnership, "c"), "echo",
+                           2s),
+               Error);
+  EXPECT_THROW(PeerConnect("127.0.0.1", server.port(), PeerCredentials(Key(), "b"), "echo", 2s),
+               Error);
+  server.Stop();
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<std::string>{"echo/b", "files/"}));
 }
 
 }  // namespace

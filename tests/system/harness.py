@@ -327,13 +327,13 @@ class UserClusterTest(unittest.TestCase):
         self.c = self.cluster
 
 
-def start_fed_job(test, c, user, name, script, options, known=()):
-    """Starts `sh job.sh` (job.sh holding `script`) as `mosrun OPTIONS` of `user` at node1
+def start_fed_job(test, c, user, name, script, options, known=(), home="node1"):
+    """Starts `sh job.sh` (job.sh holding `script`) as `mosrun OPTIONS` of `user` at `home`
     of cluster `c`, in /data/NAME, its stdin a fifo the test writes, its output in out, err
     and status there. Returns the work directory, the fifo's writing end (closed at the end
     of `test`) and the job's pid: the first of the user's jobs listed not in `known`."""
     entry = pwd.getpwnam(user)
-    work = os.path.join(c.node("node1")["data"], name)
+    work = os.path.join(c.node(home)["data"], name)
     os.makedirs(work)
     os.chown(work, entry.pw_uid, entry.pw_gid)
     with open(os.path.join(work, "job.sh"), "w") as f:
@@ -343,10 +343,10 @@ def start_fed_job(test, c, user, name, script, options, known=()):
     os.chown(fifo, entry.pw_uid, entry.pw_gid)
     shell = (f"cd /data/{name} && (mosrun {options} sh job.sh < in > out 2> err; "
              f"echo $? > status) > /dev/null 2>&1 & echo ok")
-    c.run("node1", "runuser", "-u", user, "--", "sh", "-c", shell)
+    c.run(home, "runuser", "-u", user, "--", "sh", "-c", shell)
     writer = open(fifo, "w")  # once mosrun's shell has opened it for reading
     test.addCleanup(lambda: writer.closed or writer.close())
-    pid = c.wait_for(lambda: next((j["pid"] for j in jobs(c) if j["user"] == user
+    pid = c.wait_for(lambda: next((j["pid"] for j in jobs(c, home) if j["user"] == user
                                    and j["pid"] not in known), None),
                      60, "the job to be listed")
     return work, writer, pid

@@ -70,9 +70,10 @@ class PartnersTest(unittest.TestCase):
                 self.assertIn("node b1 is in partner cluster b", refused.stderr)
                 self.assertEqual(a.run("a1", "mosrun", "-r", "a2", "echo", "here").stdout,
                                  "here\n")
-                # Partner nodes are not this cluster's homes.
-                self.assertEqual(sorted(a.run("a1", "ls", "/mosix/home").stdout.split()),
-                                 ["a1", "a2"])
+                # A partner's nodes are listed where their jobs may run (a accepts b's).
+                a.wait_for(lambda: sorted(a.run("a1", "ls", "/mosix/home").stdout.split()) ==
+                           ["a1", "a2", "b1", "b2"], WAIT_S, "b's homes to be listed on a1")
+                self.assertEqual(c.run("c1", "ls", "/mosix/home").stdout.split(), ["c1"])
 
                 # A partner node's death is learned through the partnership's gossip.
                 b.kill("b2")

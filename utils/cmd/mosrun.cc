@@ -45,6 +45,7 @@ struct Options {
   bool keep_home = false;
   bool best = false;
   bool locked = false;
+  bool partners = false;
   uint32_t min_free_mb = 0;
   std::string checkpoint_dir;  // -C, absolute
   uint64_t checkpoint_every_ms = 0;
@@ -56,7 +57,7 @@ struct Options {
 
 [[noreturn]] void Usage(int status) {
   fprintf(status ? stderr : stdout,
-          "usage: mosrun [-h | -r NODE | -b] [-m MB] [-L | -l]\n"
+          "usage: mosrun [-h | -r NODE | -b] [-m MB] [-L | -l] [-G]\n"
           "              [-C DIR [-A MIN] [-N MAX] [-S SIG]] PROGRAM [ARGS...]\n"
           "       mosrun -R DIR [-r NODE | -b] [-A MIN] [-N MAX]\n"
           "Runs PROGRAM as a Homeward job whose home is this node.\n"
@@ -66,6 +67,8 @@ struct Options {
           "  -m MB     only on nodes with MB megabytes of free memory, at start and when moved\n"
           "  -L        never move the job automatically (mosmigrate still moves it)\n"
           "  -l        let the balancer move the job (the default)\n"
+          "  -G        let the balancer move the job to partner clusters' nodes too (by\n"
+          "            default it stays in this cluster; mosmigrate moves it either way)\n"
           "  -C DIR    write the job's checkpoints into DIR (made if missing), each in a new\n"
           "            directory ckpt-N that appears only once complete\n"
           "  -A MIN    take a checkpoint every MIN minutes (a fraction too: -A 0.05 is 3 s)\n"
@@ -117,7 +120,7 @@ Options Parse(int argc, char** argv) {
   Options options;
   static const option kLong[] = {{"help", no_argument, nullptr, 'H'}, {}};
   int c;
-  while ((c = getopt_long(argc, argv, "+hr:bm:LlC:A:N:S:R:", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "+hr:bm:LlGC:A:N:S:R:", kLong, nullptr)) != -1) {
     switch (c) {
       case 'C':
         options.checkpoint_dir = AbsolutePath(optarg);
@@ -174,6 +177,9 @@ Options Parse(int argc, char** argv) {
         break;
       case 'l':
         options.locked = false;
+        break;
+      case 'G':
+        options.partners = true;
         break;
       case 'H':
         Usage(0);
@@ -384,6 +390,7 @@ int Run(const Options& options) {
       spec.setPlaceBest(options.best);
       spec.setMinFreeMb(options.min_free_mb);
       spec.setLocked(options.locked);
+      spec.setPartners(options.partners);
       spec.setCheckpointDir(options.checkpoint_dir);
       spec.setCheckpointEveryMs(options.checkpoint_every_ms);
       spec.setCheckpointKeep(options.checkpoint_keep);

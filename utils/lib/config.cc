@@ -208,6 +208,29 @@ void ReadPartners(const ConfigReader& reader, NodeConfig* config) {
 
 }  // namespace
 
+const PartnerConfig* NodeConfig::Partner(const std::string& name) const {
+  for (const auto& partner : partners) {
+    if (partner.name == name) return &partner;
+  }
+  return nullptr;
+}
+
+const std::vector<uint8_t>* NodeConfig::KeyFor(const std::string& name) const {
+  if (OwnCluster(name)) return &cluster_key;
+  const PartnerConfig* partner = Partner(name);
+  return partner ? &partner->key : nullptr;
+}
+
+PeerCredentials NodeConfig::CredentialsFor(const std::string& name) const {
+  if (OwnCluster(name)) return PeerCredentials(cluster_key);
+  const PartnerConfig* partner = Partner(name);
+  if (!partner) {
+    Fail(ErrorKind::kNotFound, "cluster '{}' is no partner of this node's cluster '{}'", name,
+         cluster);
+  }
+  return PeerCredentials(partner->key, cluster);
+}
+
 bool ValidNodeName(const std::string& name) {
   if (name.empty() || name.size() > 63) return false;
   for (char c : name) {

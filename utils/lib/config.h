@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "peer_auth.h"
+
 namespace homeward {
 
 // An IPv4 address and port.
@@ -107,6 +109,17 @@ struct NodeConfig {
   RecoveryConfig recovery;
   MigrationConfig migration;
   std::string log_level = "info";
+
+  // Whether `name` is this node's cluster (empty is: a peer of the same cluster names none).
+  bool OwnCluster(const std::string& name) const { return name.empty() || name == cluster; }
+  // The partner cluster `name`, or nullptr when it is none.
+  const PartnerConfig* Partner(const std::string& name) const;
+  // The key a client of cluster `name` proves (empty: this cluster's), or nullptr when the
+  // cluster is neither this one nor a partner: the peer server's choice of key.
+  const std::vector<uint8_t>* KeyFor(const std::string& name) const;
+  // How to connect to a node of cluster `name` (empty or this cluster's name: within it).
+  // Throws Error(kNotFound) when the cluster is no partner.
+  PeerCredentials CredentialsFor(const std::string& name) const;
 };
 
 // A node name: 1 to 63 letters, digits, `-`, `_` and `.`, not `.` or `..` (a path

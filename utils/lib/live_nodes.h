@@ -1,6 +1,7 @@
 // The live nodes, as the daemon tells its homefs (`mosmount --tree --daemon-fd`): one
-// datagram per change, each the whole list, a line "NAME HOST PORT" per node after a
-// first line "# live nodes" (lines starting with # are comments). A whole
+// datagram per change, each the whole list, a line "NAME HOST PORT [CLUSTER]" per node
+// after a first line "# live nodes" (lines starting with # are comments); CLUSTER names a
+// partner cluster's node, reached with the partnership's key. A whole
 // list each time: nothing is lost when one is dropped (a full socket), the next says all.
 #pragma once
 
@@ -14,6 +15,7 @@ namespace homeward {
 struct HomeAddress {
   std::string host;
   uint16_t port = 0;
+  std::string cluster;  // a partner cluster's node; empty: one of this cluster
   bool operator==(const HomeAddress&) const = default;
 };
 

@@ -291,12 +291,17 @@ void PeerHandshake::Advance() {
                                                    "partnership with cluster '{}'",
                                                    cluster_));
       }
-      output_ = std::string(1, '\1');
+      output_ = std::string(1, kPeerAccepted);
       step_ = Step::kEnd;
       state_ = State::kDone;
       return;
     case Step::kVerdict:
-      if (in[0] != 1) {
+      if (in[0] == kPeerNotForCluster) {
+        return Fail(fmt::format("the server's cluster does not serve '{}' to cluster '{}' "
+                                "(the partnership's send and accept settings)",
+                                service_, cluster_));
+      }
+      if (in[0] != kPeerAccepted) {
         return Fail(
             fmt::format("the server refused the connection (it runs no '{}' service)", service_));
       }
@@ -366,7 +371,7 @@ void Run(int fd, PeerHandshake& h, std::chrono::milliseconds timeout, const std:
 }  // namespace
 
 std::unique_ptr<SecureStream> PeerConnectStream(const std::string& host, uint16_t port,
-                                                const std::vector<uint8_t>& key,
+                                                const PeerCredentials& credentials,
                                                 const std::string& service,
                                                 std::chrono::milliseconds timeout,
                                                 const TuneSocket& tune) {
@@ -402,16 +407,17 @@ std::unique_ptr<SecureStream> PeerConnectStream(const std::string& host, uint16_
   }
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  PeerHandshake h = PeerHandshake::Client(key, service);
+  PeerHandshake h = PeerHandshake::Client(credentials.key, service, credentials.cluster);
   Run(fd.get(), h, timeout, who);
   if (tune) tune(fd.get());
   return std::make_unique<SecureStream>(std::move(fd), h.session(), who);
 }
 
-Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t>& key,
+Fd PeerConnect(const std::string& host, uint16_t port, const PeerCredentials& credentials,
                const std::string& service, std::chrono::milliseconds timeout,
                const TuneSocket& tune) {
-  return SecureStream::IntoChannel(PeerConnectStream(host, port, key, service, timeout, tune));
+  return SecureStream::IntoChannel(
+      PeerConnectStream(host, port, credentials, service, timeout, tune));
 }
 
 std::string PeerAccept(int fd, const std::vector<uint8_t>& key, std::chrono::milliseconds timeout,

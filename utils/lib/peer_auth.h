@@ -9,7 +9,8 @@
 //   server -> client  "HWPEER03" | server nonce (32) | server X25519 public key (32) |
 //                     flags (1) | tag("server")
 //   client -> server  tag("client")
-//   server -> client  1 byte: 1 = accepted, 0 = no such service
+//   server -> client  1 byte: 1 = accepted, 0 = no such service, 2 = not for the
+//                     client's cluster (the partnership does not allow that service)
 //
 // Both public keys are ephemeral, made for this connection and forgotten after it (forward
 // secrecy: the cluster key alone does not open a recorded connection). With
@@ -152,6 +153,21 @@ class PeerHandshake {
   std::string error_;
 };
 
+// The server's verdicts, the handshake's last byte.
+inline constexpr char kPeerAccepted = 1;
+inline constexpr char kPeerNoService = 0;
+inline constexpr char kPeerNotForCluster = 2;
+
+// What a node connects with: the key, and its cluster's name when the server is a partner
+// cluster's node (the partnership's key then); empty within its own cluster.
+struct PeerCredentials {
+  PeerCredentials() = default;
+  PeerCredentials(std::vector<uint8_t> key, std::string cluster = {})  // NOLINT: implicit
+      : key(std::move(key)), cluster(std::move(cluster)) {}
+  std::vector<uint8_t> key;
+  std::string cluster;
+};
+
 // Who is at the other end of an authenticated connection.
 struct PeerIdentity {
   std::string address;  // "A.B.C.D:PORT"
@@ -176,7 +192,7 @@ void SetPeerSourceAddress(const std::string& address);
 // set with `tune`, which is applied to the TCP socket. Throws Error(kDisconnected) when
 // the peer cannot be reached or the time runs out, Error(kFailed) when the peer refuses or
 // fails to prove the key.
-Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t>& key,
+Fd PeerConnect(const std::string& host, uint16_t port, const PeerCredentials& credentials,
                const std::string& service, std::chrono::milliseconds timeout,
                const TuneSocket& tune = {});
 // The same connection as a SecureStream (secure_channel.h), read and written in place on
@@ -184,7 +200,7 @@ Fd PeerConnect(const std::string& host, uint16_t port, const std::vector<uint8_t
 // thread and a socket pair would cost more than the cipher.
 class SecureStream;
 std::unique_ptr<SecureStream> PeerConnectStream(const std::string& host, uint16_t port,
-                                                const std::vector<uint8_t>& key,
+                                                const PeerCredentials& credentials,
                                                 const std::string& service,
                                                 std::chrono::milliseconds timeout,
                                                 const TuneSocket& tune = {});

@@ -221,6 +221,9 @@ struct JobSpec {
   # Keep the newest this many (mosrun -N); 0: keep all.
   checkpointSignal @11 :Int32;
   # A signal that, delivered to the job's main process, takes a checkpoint (mosrun -S).
+  partners @12 :Bool;
+  # May be moved automatically to partner clusters' nodes (mosrun -G); by hand
+  # (mosmigrate) it moves to one either way, where the partnership allows.
 }
 
 struct RestartSpec {
@@ -310,6 +313,9 @@ struct GuestSpec {
   # to the home (attachGuest) and that connection becomes the job's relay.
   generation @8 :UInt32;
   # Which run of the job: raised by each restart from a checkpoint (move::Record).
+  homeCluster @9 :Text;
+  # The home's cluster ([cluster] name); empty from older senders: the sender's, which
+  # is then the receiver's.
 }
 
 struct AttachGuest {

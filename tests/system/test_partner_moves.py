@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Jobs across partner clusters. Cluster a (a1) sends jobs to clusters b (b1, b2) and c
+(c1); b accepts a's jobs, c does not (asymmetric sharing). An ordinary user's job of a1, fed
+on its standard input, is moved by hand (mosmigrate) to b1: it runs there on its home's
+files, reached with the partnership's key, and still sees a1 as its host. Its home moves it
+on to b2, within b, and then home. A move to c1 is refused at once with the reason, and the
+job stays. Every line the job was fed is in its output, once and in order."""
+
+import json
+import os
+import secrets
+import unittest
+
+import harness
+
+SETTINGS = ["gossip.interval_ms=200", "gossip.suspect_ms=1000", "gossip.dead_ms=2500"]
+WAIT_S = 60  # generous: the machine is shared and noisy
+
+# Reads lines; for each, appends "LINE HOSTNAME" to `log` (a file of its home's tree).
+READER = """while read line; do echo "$line $(hostname)" >> log; done
+echo done >> log
+"""
+
+
+def key_file(name):
+    path = os.path.join(harness.private_dir(), name)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path
+
+
+def alive_by_cluster(cluster, node):
+    result = cluster.run(node, "mosmon", "--json", check=False)
+    if result.returncode != 0:
+        return {}
+    groups = {}
+    for n in json.loads(result.stdout)["nodes"]:
+        if n["alive"]:
+            groups.setdefault(n["cluster"], []).append(n["name"])
+    return {name: sorted(names) for name, names in groups.items()}
+
+
+class PartnerMovesTest(unittest.TestCase):
+    def test_a_job_moves_to_a_partner_and_back(self):
+        user = harness.user_for(self, "hwpm").pw_name
+        ab, ac = key_file("a-b.key"), key_file("a-c.key")
+        with harness.LoopCluster(1, prefix="a", settings=SETTINGS + ["cluster.name=a"],
+                                 partners=[f"name=b,key_file={ab}",
+                                           f"name=c,key_file={ac}"]) as a:
+            a1 = a.node("a1")["address"]
+            with harness.LoopCluster(2, prefix="b", settings=SETTINGS + ["cluster.name=b"],
+                                     partners=[f"name=a,key_file={ab},seeds={a1}"]) as b, \
+                    harness.LoopCluster(1, prefix="c", settings=SETTINGS + ["cluster.name=c"],
+                                        partners=[f"name=a,key_file={ac},seeds={a1},"
+                                                  f"accept=false"]) as c:
+                everyone = {"a": ["a1"], "b": ["b1", "b2"], "c": ["c1"]}
+                a.wait_for(lambda: alive_by_cluster(a, "a1") == everyone, WAIT_S,
+                           "a1 to see both partners")
+                for node in ("b1", "b2"):
+                    b.wait_for(lambda: alive_by_cluster(b, node) == {"a": ["a1"],
+                                                                     "b": ["b1", "b2"]},
+                               WAIT_S, f"{node} to see cluster a")
+                # b lists a's nodes in /mosix/home (their jobs may run there); c does not.
+                b.wait_for(lambda: "a1" in b.run("b1", "ls", "/mosix/home").stdout.split(),
+                           WAIT_S, "a1's files to be listed on b1")
+                self.assertEqual(c.run("c1", "ls", "/mosix/home").stdout.split(), ["c1"])
+
+                work, writer, pid = harness.start_fed_job(self, a, user, "fed", READER, "",
+                                                          home="a1")
+                log = os.path.join(work, "log")
+                fed = []
+
+                def feed(line):
+                    fed.append(f"{line} a1")
+                    writer.write(line + "\n")
+                    writer.flush()
+                    a.wait_for(lambda: harness.read_text(log) == "".join(f + "\n" for f in fed),
+                               WAIT_S, f"the job to log {line!r}")
+
+                def where():
+                    return next(j["where"] for j in harness.jobs(a, "a1") if j["pid"] == pid)
+
+                def migrate(target):
+                    return a.run("a1", "runuser", "-u", user, "--", "mosmigrate", str(pid),
+                                 target, check=False)
+
+                feed("at-home")
+                moved = migrate("b1")
+                self.assertEqual(moved.returncode, 0, moved.stderr)
+                a.wait_for(lambda: where() == "b1", WAIT_S, "the job to run on b1")
+                guests = json.loads(b.run("b1", "mosps", "--json").stdout)["jobs"]
+                self.assertEqual([(j["home"], j["user"]) for j in guests], [("a1", user)])
+                feed("on-b1")
+                # Its files came through b1's homefs, from a1, with the partnership's key.
+                self.assertIn("homefs: a1's files are served here", b.log("b1"))
+
+                # Its home moves it on within b, then back.
+                moved = migrate("b2")
+                self.assertEqual(moved.returncode, 0, moved.stderr)
+                a.wait_for(lambda: where() == "b2", WAIT_S, "the job to run on b2")
+                feed("on-b2")
+                moved = migrate("home")
+                self.assertEqual(moved.returncode, 0, moved.stderr)
+                a.wait_for(lambda: where() == "a1", WAIT_S, "the job to come home")
+                feed("back")
+
+                # c takes none of a's jobs: refused before the job is frozen, and it stays.
+                refused = migrate("c1")
+                self.assertNotEqual(refused.returncode, 0)
+                self.assertIn("node c1 of cluster c takes no jobs of this cluster's",
+                              refused.stderr)
+                self.assertEqual(where(), "a1")
+                feed("stayed")
+
+                writer.close()
+                a.wait_for(lambda: harness.read_text(os.path.join(work, "status")) == "0\n",
+                           WAIT_S, "the job to end")
+                self.assertEqual(harness.read_text(log),
+                                 "".join(f + "\n" for f in fed) + "done\n")
+
+
+if __name__ == "__main__":
+    harness.main()
