@@ -149,6 +149,12 @@ void Daemon::ServeHomeLocks() {
 }
 
 void Daemon::FollowPeers() {
+  jobs_.ClusterLookup([this](const std::string& node) {
+    for (const auto& member : gossip_.PartnerPicture()) {
+      if (member.record.name == node) return member.record.cluster;
+    }
+    return config_.cluster;
+  });
   // Every live peer is listed in /mosix/home. A home in use outlives its peer's death
   // in homefs (only the listing loses it): calls wait (a hard mount) while the home is
   // unreachable and go on when it returns, so a false suspicion or a cut link never costs

@@ -49,7 +49,17 @@ std::optional<size_t> IndexOf(const std::vector<Node>& nodes, const std::string&
 
 // Whether `node` may take `job` at all: a blocked node still takes back its own jobs.
 bool Admits(const Node& node, const Job& job) {
+  if (!node.cluster.empty() && node.cluster != job.home_cluster) {
+    // Another cluster's node: this cluster's jobs that may leave it, to a partner that
+    // takes them.
+    return job.home_cluster.empty() && job.partners && node.accepts_guests;
+  }
   return node.accepts_guests || node.name == job.home;
+}
+
+// A node of the cluster this node is in (where jobs go first).
+bool OwnCluster(const Node& node) {
+  return node.cluster.empty();
 }
 
 // What moving `job` costs, in milliseconds of the job's time: it is frozen meanwhile.
@@ -160,6 +170,12 @@ void Usher(Working& w, const std::vector<Job>& jobs, const Options& options,
         continue;
       }
       double share = ExpectedShare(node, job.demand);
+      // This cluster's nodes first; among them (or, failing them, a partner's), the most CPU.
+      bool own = OwnCluster(node);
+      if (target && own != OwnCluster(w.nodes[*target])) {
+        if (own) target.reset();
+        else continue;
+      }
       if (!target || share > target_share + kTie) {
         target = i;
         target_share = share;
@@ -253,8 +269,13 @@ std::vector<Decision> Balancer::Round(int64_t now_ms, const std::vector<Node>& n
         double gain_ms = static_cast<double>(job.run_ms) * (1 - here / there);
         if (gain_ms <= options_.cost_factor * cost_ms) continue;
         candidates.push_back({i, gain_ms});
-        ratio = std::max(ratio, gain_ms / cost_ms);
       }
+      // Another cluster's nodes only when none of this cluster's would do.
+      if (std::any_of(candidates.begin(), candidates.end(),
+                      [&](const Candidate& c) { return OwnCluster(w.nodes[c.target]); })) {
+        std::erase_if(candidates, [&](const Candidate& c) { return !OwnCluster(w.nodes[c.target]); });
+      }
+      for (const Candidate& c : candidates) ratio = std::max(ratio, c.gain_ms / cost_ms);
       if (!candidates.empty() && (!best_job || ratio > best_ratio)) {
         best_job = &job;
         best_ratio = ratio;

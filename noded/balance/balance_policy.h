@@ -11,6 +11,10 @@
 // count in its picture of the source and the target until gossip has caught up, each
 // round moves at most a few jobs, and the target is chosen at random among the good
 // ones weighted by their promise, so that many nodes do not pile onto one idle node.
+//
+// Partner clusters: a job of this cluster goes to a partner's node only when it may
+// (mosrun -G) and no node of this cluster would do (its home cluster is busy); a partner's
+// guest moves within this cluster, or back to its own.
 #pragma once
 
 #include <cstdint>
@@ -32,8 +36,10 @@ struct Node {
                              // `load` then its plain average (NodeMetrics)
   uint32_t mem_free_mb = 0;  // memory a new job could use
   uint32_t mem_total_mb = 0;
-  bool accepts_guests = true;  // false once blocked (mosctl block)
+  bool accepts_guests = true;  // false once blocked (mosctl block), or, of a partner's
+                               // node, when its cluster does not accept this one's jobs
   int64_t age_ms = 0;          // how old this information is
+  std::string cluster;         // a partner cluster's node; empty: one of this cluster
 };
 
 // A job of this node that may move automatically: a home job running here or a guest.
@@ -49,6 +55,8 @@ struct Job {
   int64_t resident_ms = 0;         // time since it started here or arrived
   double home_io_bytes_per_s = 0;  // guests: file and terminal traffic to the home
   double cpu_use = 0;              // cores the job used recently
+  std::string home_cluster;        // the home's cluster when a partner's; empty: this one
+  bool partners = false;           // mosrun -G: may go to partner clusters' nodes
 };
 
 struct Options {

@@ -186,6 +186,64 @@ TEST(Balancer, LeavesBlockedNodesAloneExceptForTheJobsHome) {
   EXPECT_EQ(decisions[0].target, "blocked");
 }
 
+Node PartnerNode(std::string name, double load, std::string cluster = "b") {
+  Node node = MakeNode(std::move(name), load);
+  node.cluster = std::move(cluster);
+  return node;
+}
+
+TEST(Balancer, OnlyJobsAllowedToLeaveGoToAPartnersNodes) {
+  Balancer balancer("self", Options{}, 1);
+  std::vector<Node> nodes{Self(4), PartnerNode("b1", 0)};
+  EXPECT_TRUE(balancer.Round(100000, nodes, Jobs(4)).empty());  // stay in the cluster
+  auto jobs = Jobs(4);
+  jobs[2].partners = true;  // mosrun -G
+  auto decisions = balancer.Round(100000, nodes, jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].job, 3u);
+  EXPECT_EQ(decisions[0].target, "b1");
+  // Not to a partner that takes none of this cluster's jobs.
+  nodes[1].accepts_guests = false;
+  EXPECT_TRUE(balancer.Round(100000, nodes, jobs).empty());
+}
+
+TEST(Balancer, APartnersNodeOnlyWhenThisClusterIsBusy) {
+  Balancer balancer("self", Options{}, 7);
+  auto jobs = Jobs(4);
+  for (auto& job : jobs) job.partners = true;
+  // An idle partner node and an idle node of this cluster: always this cluster's.
+  for (int round = 0; round < 20; ++round) {
+    auto decisions = balancer.Round(100000 + round, {Self(4), PartnerNode("b1", 0),
+                                                     MakeNode("a2", 0)}, jobs);
+    ASSERT_EQ(decisions.size(), 1u);
+    EXPECT_EQ(decisions[0].target, "a2");
+  }
+  // This cluster's other node is as busy: the partner's.
+  auto decisions = balancer.Round(100000, {Self(4), PartnerNode("b1", 0), MakeNode("a2", 4)},
+                                  jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "b1");
+}
+
+TEST(Balancer, APartnersGuestMovesWithinThisClusterOrBackToItsOwn) {
+  Balancer balancer("self", Options{}, 1);
+  Job guest = MakeJob(5, "b1");
+  guest.home_cluster = "b";
+  Node other = PartnerNode("c1", 0, "c");
+  EXPECT_TRUE(balancer.Round(100000, {Self(3), other}, {guest, guest}).empty());
+  Node home_cluster = PartnerNode("b2", 0);
+  home_cluster.accepts_guests = false;  // b takes no jobs of this cluster: not one of its
+  auto decisions = balancer.Round(100000, {Self(3), other, home_cluster}, {guest});
+  EXPECT_TRUE(decisions.empty());
+  home_cluster.accepts_guests = true;
+  decisions = balancer.Round(100000, {Self(3), other, home_cluster}, {guest});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "b2");
+  decisions = balancer.Round(100000, {Self(3), other, home_cluster, MakeNode("a2", 0)}, {guest});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "a2");
+}
+
 TEST(Balancer, AvoidsATargetThatRefused) {
   Balancer balancer("self", Options{}, 1);
   std::vector<Node> nodes{Self(4), MakeNode("idle", 0)};

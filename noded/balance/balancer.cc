@@ -12,7 +12,8 @@
 
 namespace homeward {
 
-std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture) {
+std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture,
+                                       const std::string& own_cluster) {
   std::vector<balance::Node> nodes;
   for (const MemberView& view : picture) {
     if (view.state != MemberState::kAlive) continue;
@@ -26,6 +27,8 @@ std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture) {
     node.mem_total_mb = record.mem_total_mb;
     node.accepts_guests = !record.blocked;
     node.age_ms = view.age_ms;
+    // Empty for this cluster's own (as older releases publish it).
+    if (record.cluster != own_cluster) node.cluster = record.cluster;
     nodes.push_back(std::move(node));
   }
   return nodes;
@@ -70,7 +73,7 @@ void Balancer::Start() {
 }
 
 std::vector<balance::Node> Balancer::Nodes() const {
-  std::vector<balance::Node> nodes = PolicyNodes(gossip_.Picture());
+  std::vector<balance::Node> nodes = PolicyNodes(gossip_.Picture(), config_.cluster);
   for (balance::Node& node : nodes) {
     if (node.name != config_.name) continue;
     const NodeMetrics& metrics = gossip_.metrics();
@@ -99,7 +102,13 @@ void Balancer::Round() {
     std::vector<balance::Job> movable = jobs_.MovableJobs(now);
     // One round's moves at a time: the next round sees what they did.
     if (!config_.balance.automatic || moving_ > 0 || movable.empty()) return;
-    for (const balance::Decision& decision : policy_.Round(now, Nodes(), movable)) {
+    // The partners' nodes too: where jobs that may leave the cluster go when it is busy,
+    // and where partners' guests go back to.
+    std::vector<balance::Node> nodes = Nodes();
+    for (balance::Node& node : PolicyNodes(gossip_.PartnerPicture(), config_.cluster)) {
+      nodes.push_back(std::move(node));
+    }
+    for (const balance::Decision& decision : policy_.Round(now, nodes, movable)) {
       double demand = std::max(decision.demand, 0.1);
       spdlog::info("balancer: {} move to {} (load here {:.2f}, there {:.2f})", decision.reason,
                    decision.target, decision.load_here, decision.load_there);

@@ -17,7 +17,8 @@
 namespace homeward {
 
 // The live nodes of a gossip picture, as the policy sees them.
-std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture);
+std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture,
+                                       const std::string& own_cluster);
 
 // The policy's options from the node's configuration.
 balance::Options PolicyOptions(const NodeConfig& config);

@@ -130,6 +130,8 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
     offered.resident_ms = now_ms - job.arrived_ms();
     offered.home_io_bytes_per_s = launch.guest ? usage.io_bytes_per_s() : 0;
     offered.cpu_use = usage.cpu_use();
+    offered.home_cluster = launch.home_cluster;
+    offered.partners = launch.partners;
     movable.push_back(offered);
   };
   for (auto& [slot, entry] : jobs_) {

@@ -281,6 +281,7 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
   away->command = CommandOf(entry.launch.argv);
   if (frozen) away->frozen = Away::Frozen{entry.frozen_dir, frozen_launch, entry.pipes};
   away->locked = entry.launch.locked;
+  away->partners = entry.launch.partners;
   away->awaiting_mosrun = true;
   away->mosrun_start = entry.mosrun_start;
   away->origin[1] = entry.base[1];

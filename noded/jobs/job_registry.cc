@@ -357,8 +357,9 @@ void JobRegistry::JournalSoon() {
 
 void JobRegistry::ListJobs(ReplySender reply) const {
   capnp::MallocMessageBuilder message;
-  auto list = message.initRoot<schema::ControlReply>().initJobs().initJobs(
-      static_cast<unsigned>(jobs_.size() + guests_.size()));
+  auto reply_jobs = message.initRoot<schema::ControlReply>().initJobs();
+  reply_jobs.setCluster(config_.cluster);
+  auto list = reply_jobs.initJobs(static_cast<unsigned>(jobs_.size() + guests_.size()));
   unsigned i = 0;
   std::set<pid_t> lock_holders = Job::LockHolders();  // once for the whole list
   auto describe = [&](const Job& job, schema::JobInfo::Builder info) {
@@ -373,6 +374,10 @@ void JobRegistry::ListJobs(ReplySender reply) const {
     info.setMigrations(job.migrations());
     info.setPinned(job.PinnedReason(job.Pids(), lock_holders));
     info.setLocked(job.launch().locked);
+    info.setPartners(job.launch().partners);
+    info.setHomeCluster(job.launch().home_cluster.empty() ? config_.cluster
+                                                          : job.launch().home_cluster);
+    info.setWhereCluster(config_.cluster);
   };
   for (const auto& [slot, job] : jobs_) {
     auto info = list[i++];
@@ -391,6 +396,11 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setCmd(job.away->command);
       info.setUid(job.away->uid);
       info.setLocked(job.away->locked);
+      info.setPartners(job.away->partners);
+      info.setHomeCluster(config_.cluster);
+      std::string where = job.away->frozen ? config_.name : record.where;
+      std::string cluster = cluster_of_ ? cluster_of_(where) : std::string();
+      info.setWhereCluster(cluster.empty() ? config_.cluster : cluster);
     }
   }
   for (const auto& [id, job] : guests_) describe(*job, list[i++]);

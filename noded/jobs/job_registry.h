@@ -124,6 +124,10 @@ class JobRegistry {
   }
   // The same service, which holds the locks of a job coming home for it.
   void HomeLockClaiming(HomeLockClaims claims) { home_lock_claims_ = std::move(claims); }
+  // Which cluster a node is of, as gossip knows it (alive or not): for mosps.
+  void ClusterLookup(std::function<std::string(const std::string& node)> lookup) {
+    cluster_of_ = std::move(lookup);
+  }
   // Called whenever the number of jobs away or guests here may have changed.
   void OnChange(std::function<void()> callback) { on_change_ = std::move(callback); }
 
@@ -151,6 +155,7 @@ class JobRegistry {
     move::Protocol protocol;
     std::string command;
     bool locked = false;
+    bool partners = false;  // mosrun -G
     uid_t uid = 0;
     ControlStream mosrun;
     ControlStream peer;
@@ -513,6 +518,7 @@ class JobRegistry {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   FaultPoints faults_;
   std::function<void()> on_change_;
+  std::function<std::string(const std::string&)> cluster_of_;
   std::function<size_t(uint64_t, const std::vector<HomeJobLock>&)> park_home_locks_;
   std::function<void(uint64_t)> unpark_home_locks_;
   HomeLockClaims home_lock_claims_;

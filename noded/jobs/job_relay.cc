@@ -32,6 +32,7 @@ void JobRegistry::StartAway(int slot, JobLaunch launch, const std::string& where
   away->uid = launch.identity.uid;
   away->command = CommandOf(launch.argv);
   away->locked = launch.locked;
+  away->partners = launch.partners;
 
   auto handlers = MosrunHandlersForAway(slot, away);
   away->mosrun = reply.OpenStream(std::move(handlers));
@@ -93,6 +94,7 @@ std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
   job.setWhere(where);
   job.setKeepHome(launch.keep_home);
   job.setLocked(launch.locked);
+  job.setPartners(launch.partners);
   job.setMinFreeMb(launch.min_free_mb);
   guest.setStartedUnixMs(static_cast<uint64_t>(launch.started_unix_ms));
   // Named even within a cluster: the receiver may be of a partner cluster.
@@ -119,6 +121,7 @@ std::shared_ptr<JobRegistry::Away> JobRegistry::AwayFrom(Job& job, move::Protoco
   away->uid = job.uid();
   away->command = job.command();
   away->locked = job.launch().locked;
+  away->partners = job.launch().partners;
   away->mosrun = job.relay();
   return away;
 }

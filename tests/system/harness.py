@@ -38,16 +38,18 @@ class LoopCluster:
     """A running loopback cluster: `with LoopCluster(3) as c: c.run("node1", "hostname")`."""
 
     def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None, faults=None,
-                 clock_skew=None, prefix="node", partners=()):
+                 clock_skew=None, prefix="node", partners=(), first_cpu=0):
         """`faults`: the daemons' fault points (HOMEWARD_FAULT), for failure tests;
         `clock_skew`: node i's clocks are i*clock_skew seconds ahead (loopcluster);
-        `partners`: [[partner]] tables as loopcluster's --partner takes them."""
+        `partners`: [[partner]] tables as loopcluster's --partner takes them;
+        `first_cpu`: with `cpuset`, the first node's core."""
         self.nodes = [f"{prefix}{i}" for i in range(1, nodes + 1)]
         self.prefix = prefix
         self.partners = list(partners)
         self.clock_skew = clock_skew
         self.faults = faults
         self.cpuset = cpuset
+        self.first_cpu = first_cpu
         self.memory_mb = memory_mb
         self.settings = list(settings)
         self.dir = None
@@ -58,7 +60,7 @@ class LoopCluster:
         _ledger_add("cluster", self.dir)  # before 'up': a kill from here on leaves it to the guard
         args = [LOOPCLUSTER, "up", "--nodes", str(len(self.nodes)), "--dir", self.dir]
         if self.cpuset:
-            args.append("--cpuset")
+            args += ["--cpuset", "--first-cpu", str(self.first_cpu)]
         if self.memory_mb is not None:
             args += ["--memory", str(self.memory_mb)]
         if self.clock_skew:

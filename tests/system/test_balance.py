@@ -52,7 +52,7 @@ def wait_for_mounts(cluster, home, others):
 
 
 class BalancingTest(unittest.TestCase):
-    def require_idle_core(self, cluster, node):
+    def require_idle_core(self, cluster, node, ask="node1"):
         """Tests that move work to an idle node need that node's core idle. The host's own
         work on it is load too (another suite, stress-ng): then there is nothing to
         measure, and the test is skipped, saying so, rather than failed."""
@@ -60,7 +60,7 @@ class BalancingTest(unittest.TestCase):
         # that the host's work visits now and then, read idle for a round or two. Asked
         # once a second: asking is work on the host too.
         def idle():
-            return nodes(cluster)[node]["load"] < 0.5
+            return nodes(cluster, ask)[node]["load"] < 0.5
         try:
             cluster.wait_for(idle, 30, f"{node}'s core to be idle")
             for _ in range(6):
@@ -69,7 +69,7 @@ class BalancingTest(unittest.TestCase):
                     raise AssertionError(f"{node}'s core busy again")
         except AssertionError:
             self.skipTest(f"the host's own work keeps {node}'s core busy: "
-                          f"load {nodes(cluster)[node]['load']:.2f}")
+                          f"load {nodes(cluster, ask)[node]['load']:.2f}")
 
     def test_cpuset_nodes_publish_their_own_load(self):
         """Two nodes on one host with a core each: a busy loop on node1 loads node1 only.
@@ -178,6 +178,47 @@ class BalancingTest(unittest.TestCase):
                         "the locked jobs staying at node1")
             listed = c.run("node1", "mosps").stdout
             self.assertIn("locked: mosrun -L", listed)
+
+    def test_a_busy_cluster_sends_jobs_that_may_leave_to_a_partner(self):
+        """Clusters a (a1) and b (b1), partners, a core each. Two busy jobs at a1, one
+        started with mosrun -G: that one moves to b1, idle in the partner cluster; the
+        other stays in its cluster. Both finish with their output."""
+        ab = os.path.join(harness.private_dir(), "a-b.key")
+        with open(os.open(ab, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        fast = list(SETTINGS + GOSSIP_FAST)
+        with harness.LoopCluster(1, cpuset=True, prefix="a", settings=fast + ["cluster.name=a"],
+                                 partners=[f"name=b,key_file={ab}"]) as a:
+            a1 = a.node("a1")["address"]
+            with harness.LoopCluster(1, cpuset=True, first_cpu=1, prefix="b",
+                                     settings=fast + ["cluster.name=b"],
+                                     partners=[f"name=a,key_file={ab},seeds={a1}"]) as b:
+                a.wait_for(lambda: nodes(a, "a1").get("b1", {}).get("alive"), 60,
+                           "a1 to see b1")
+                b.wait_for(lambda: "a1" in b.run("b1", "ls", "/mosix/home").stdout.split(), 60,
+                           "a1's files to be listed on b1")
+                self.require_idle_core(a, "b1", ask="a1")
+                busy = BUSY.format(n=BUSY_ITERATIONS * 2)
+                start_background(a, "a1", "stay", command=busy)
+                wait_for_jobs(a, 1, node="a1")
+                [stay] = jobs(a, "a1")
+                start_background(a, "a1", "leave", "-G", command=busy)
+                wait_for_jobs(a, 2, node="a1")
+                leave = next(j["pid"] for j in jobs(a, "a1") if j["pid"] != stay["pid"])
+                a.wait_for(lambda: any(j["pid"] == leave and j["where"] == "b1"
+                                       for j in jobs(a, "a1")),
+                           90, "the job started with -G to move to b1")
+                self.assertIn("balancer: load move to b1", a.log("a1"))
+                listing = {j["pid"]: j for j in jobs(a, "a1")}
+                if stay["pid"] in listing:
+                    self.assertEqual(listing[stay["pid"]]["where"], "a1")
+                    self.assertEqual(listing[stay["pid"]]["migrations"], 0)
+                a.wait_for(lambda: jobs(a, "a1") == [], 240, "both jobs to finish")
+                for tag in ("stay", "leave"):
+                    self.assertEqual(a.run("a1", "cat", f"/data/out/{tag}.status").stdout.strip(),
+                                     "0")
+                    self.assertEqual(a.run("a1", "cat", f"/data/out/{tag}").stdout.strip(),
+                                     f"finished {BUSY_ITERATIONS * 2}")
 
     def test_best_node_and_memory_placement(self):
         # No automatic moves here: where a job starts is what is tested.

@@ -88,8 +88,14 @@ class PartnerMovesTest(unittest.TestCase):
                 moved = migrate("b1")
                 self.assertEqual(moved.returncode, 0, moved.stderr)
                 a.wait_for(lambda: where() == "b1", WAIT_S, "the job to run on b1")
+                # mosps names the other cluster's nodes as cluster/node.
+                [job] = [j for j in harness.jobs(a, "a1") if j["pid"] == pid]
+                self.assertEqual((job["where"], job["where_cluster"]), ("b1", "b"))
+                self.assertIn(" b/b1 ", a.run("a1", "mosps").stdout)
                 guests = json.loads(b.run("b1", "mosps", "--json").stdout)["jobs"]
-                self.assertEqual([(j["home"], j["user"]) for j in guests], [("a1", user)])
+                self.assertEqual([(j["home"], j["home_cluster"], j["user"]) for j in guests],
+                                 [("a1", "a", user)])
+                self.assertIn(" a/a1 ", b.run("b1", "mosps").stdout)
                 feed("on-b1")
                 # Its files came through b1's homefs, from a1, with the partnership's key.
                 self.assertIn("homefs: a1's files are served here", b.log("b1"))

@@ -19,16 +19,25 @@ std::string UserName(uint32_t uid) {
   return std::to_string(uid);
 }
 
+// `node`, or cluster/node when it is of another cluster than the listing node's.
+std::string Place(const std::string& node, const std::string& cluster, const std::string& own) {
+  return cluster.empty() || cluster == own ? node : cluster + "/" + node;
+}
+
 int List(const std::string& socket, bool json) {
   auto client = ControlClient::Connect(socket);
   auto reply = client.Call([](auto request) { request.setListJobs(); });
-  auto jobs = reply.Root<schema::ControlReply>().getJobs().getJobs();
+  auto list = reply.Root<schema::ControlReply>().getJobs();
+  auto jobs = list.getJobs();
+  std::string own = list.getCluster();
   if (json) {
-    nlohmann::json out = {{"jobs", nlohmann::json::array()}};
+    nlohmann::json out = {{"jobs", nlohmann::json::array()}, {"cluster", own}};
     for (auto job : jobs) {
       out["jobs"].push_back({{"pid", job.getHomePid()},
                              {"home", job.getHome().cStr()},
+                             {"home_cluster", job.getHomeCluster().cStr()},
                              {"where", job.getWhere().cStr()},
+                             {"where_cluster", job.getWhereCluster().cStr()},
                              {"state", JobStateName(job.getState())},
                              {"migrations", job.getMigrations()},
                              {"cmd", job.getCmd().cStr()},
@@ -36,7 +45,8 @@ int List(const std::string& socket, bool json) {
                              {"user", UserName(job.getUid())},
                              {"guest", job.getGuest()},
                              {"pinned", job.getPinned().cStr()},
-                             {"locked", job.getLocked()}});
+                             {"locked", job.getLocked()},
+                             {"partners", job.getPartners()}});
     }
     fmt::print("{}\n", out.dump());
     return 0;
@@ -49,9 +59,11 @@ int List(const std::string& socket, bool json) {
     std::string cmd = job.getCmd();
     if (job.getPinned().size() > 0) cmd += fmt::format("  [pinned: {}]", job.getPinned().cStr());
     if (job.getLocked()) cmd += "  [locked: mosrun -L]";
+    if (job.getPartners()) cmd += "  [partners: mosrun -G]";
     fmt::print("{:>8} {:<10} {:<8} {:<8} {:<9} {:>4} {:>9}  {}\n", job.getHomePid(),
-               UserName(job.getUid()), job.getHome().cStr(), job.getWhere().cStr(),
-               JobStateName(job.getState()), job.getMigrations(), cpu, cmd);
+               UserName(job.getUid()), Place(job.getHome(), job.getHomeCluster(), own),
+               Place(job.getWhere(), job.getWhereCluster(), own), JobStateName(job.getState()),
+               job.getMigrations(), cpu, cmd);
   }
   return 0;
 }

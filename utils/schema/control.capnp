@@ -266,6 +266,8 @@ struct JobExit {
 
 struct JobList {
   jobs @0 :List(JobInfo);
+  cluster @1 :Text;
+  # The listing node's cluster.
 }
 
 struct JobInfo {
@@ -283,6 +285,11 @@ struct JobInfo {
   # A guest: a job of another home, running here.
   locked @10 :Bool;
   # Started with mosrun -L: the balancer leaves it where it is.
+  homeCluster @11 :Text;
+  whereCluster @12 :Text;
+  # The clusters of `home` and `where` (a partner cluster's, or the listing node's own).
+  partners @13 :Bool;
+  # Started with mosrun -G: the balancer may move it to partner clusters.
 }
 
 enum JobState {
