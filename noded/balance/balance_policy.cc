@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <set>
 
 namespace homeward::balance {
@@ -12,6 +13,11 @@ namespace {
 
 // Shares this close are equal: ties are settled by the rules, not by rounding.
 constexpr double kTie = 1e-9;
+// Forced departures: a node counts as wanted by work of higher precedence when half a
+// runnable process or more of it waits beyond the cores, and a target has room when the
+// guest fits there with a quarter process to spare (published loads are noisy).
+constexpr double kMinHigherWork = 0.5;
+constexpr double kRoomSlack = 0.25;
 // An adjustment whose weight has fallen below this (in processes) is forgotten.
 constexpr double kNegligibleLoad = 0.02;
 // A node's published free memory shows a move this long after the move.
@@ -149,6 +155,30 @@ bool Avoided(const std::map<std::string, int64_t>& avoid, const std::string& nam
   return avoid.count(name) != 0;
 }
 
+// The node `job` would get the most CPU on among those that admit it and `fits`, this
+// cluster's first (a partner's only when none of this cluster's will do).
+std::optional<size_t> BestTarget(const Working& w, const Job& job,
+                                 const std::map<std::string, int64_t>& avoid,
+                                 const std::function<bool(const Node&)>& fits) {
+  std::optional<size_t> target;
+  double target_share = 0;
+  for (size_t i = 0; i < w.nodes.size(); ++i) {
+    const Node& node = w.nodes[i];
+    if (i == w.self || !Admits(node, job) || Avoided(avoid, node.name) || !fits(node)) continue;
+    double share = ExpectedShare(node, job.demand);
+    bool own = OwnCluster(node);
+    if (target && own != OwnCluster(w.nodes[*target])) {
+      if (!own) continue;
+      target.reset();
+    }
+    if (!target || share > target_share + kTie) {
+      target = i;
+      target_share = share;
+    }
+  }
+  return target;
+}
+
 // Memory ushering: this node is short of memory, so one job goes where it fits with room
 // to spare, to the node there with the most CPU for it. The job chosen is the smallest
 // that covers the shortage, or else the largest that fits anywhere.
@@ -160,27 +190,10 @@ void Usher(Working& w, const std::vector<Job>& jobs, const Options& options,
   size_t chosen_target = 0;
   for (const Job& job : jobs) {
     if (job.memory_mb == 0 || w.decided.count(job.id)) continue;
-    std::optional<size_t> target;
-    double target_share = 0;
-    for (size_t i = 0; i < w.nodes.size(); ++i) {
-      const Node& node = w.nodes[i];
-      if (i == w.self || !Admits(node, job) || Avoided(avoid, node.name)) continue;
-      if (node.mem_free_mb < static_cast<uint64_t>(job.memory_mb) + options.usher_free_mb ||
-          node.mem_free_mb < job.min_free_mb) {
-        continue;
-      }
-      double share = ExpectedShare(node, job.demand);
-      // This cluster's nodes first; among them (or, failing them, a partner's), the most CPU.
-      bool own = OwnCluster(node);
-      if (target && own != OwnCluster(w.nodes[*target])) {
-        if (own) target.reset();
-        else continue;
-      }
-      if (!target || share > target_share + kTie) {
-        target = i;
-        target_share = share;
-      }
-    }
+    auto target = BestTarget(w, job, avoid, [&](const Node& node) {
+      return node.mem_free_mb >= static_cast<uint64_t>(job.memory_mb) + options.usher_free_mb &&
+             node.mem_free_mb >= job.min_free_mb;
+    });
     if (!target) continue;
     bool better = false;
     if (!chosen) {
@@ -199,6 +212,36 @@ void Usher(Working& w, const std::vector<Job>& jobs, const Options& options,
     }
   }
   if (chosen) w.Decide(*chosen, chosen_target, "memory");
+}
+
+// Forced departure: a partner's guest of lowest precedence leaves a node whose cores are
+// wanted by work of higher precedence.
+void ForceOut(Working& w, const std::vector<Job>& jobs, const std::map<std::string, int64_t>& avoid) {
+  const Node& here = w.here();
+  if (here.load < here.cores + kMinHigherWork) return;
+  const Job* worst = nullptr;
+  for (const Job& job : jobs) {
+    if (job.priority > 0 && !w.decided.count(job.id) && (!worst || job.priority > worst->priority)) {
+      worst = &job;
+    }
+  }
+  if (!worst) return;
+  double lower = 0;  // what runs here of the worst guest's precedence or less
+  for (const Job& job : jobs) {
+    if (job.priority >= worst->priority) lower += job.demand;
+  }
+  // Work of higher precedence waits when the cores cannot hold it beside these guests.
+  if (here.load - lower < kMinHigherWork) return;
+  // A node with room for it; failing one, its home.
+  auto target = BestTarget(w, *worst, avoid, [&](const Node& node) {
+    return node.mem_free_mb >= std::max(worst->memory_mb, worst->min_free_mb) &&
+           node.load + worst->demand <= node.cores + kRoomSlack;
+  });
+  if (!target) {
+    target = IndexOf(w.nodes, worst->home);
+    if (target && (*target == w.self || Avoided(avoid, worst->home))) target.reset();
+  }
+  if (target) w.Decide(*worst, *target, "priority");
 }
 
 // A guest that mostly talks to its home and hardly computes goes home: there its file
@@ -235,8 +278,14 @@ std::vector<Decision> Balancer::Round(int64_t now_ms, const std::vector<Node>& n
   if (!self) return {};
   w.self = *self;
 
-  Usher(w, jobs, options_, avoid_until_ms_);
-  SendHome(w, jobs, options_, avoid_until_ms_);
+  ForceOut(w, jobs, avoid_until_ms_);
+  // Jobs started with mosrun -L only leave when forced out.
+  std::vector<Job> free_jobs;
+  for (const Job& job : jobs) {
+    if (!job.locked) free_jobs.push_back(job);
+  }
+  Usher(w, free_jobs, options_, avoid_until_ms_);
+  SendHome(w, free_jobs, options_, avoid_until_ms_);
 
   // Load: each move takes the job with the best gain for its cost, to a target drawn
   // among the good ones with odds in proportion to their gain.
@@ -249,7 +298,7 @@ std::vector<Decision> Balancer::Round(int64_t now_ms, const std::vector<Node>& n
     double here = ExpectedShare(w.here(), 0);
     const Job* best_job = nullptr;
     double best_ratio = 0;
-    for (const Job& job : jobs) {
+    for (const Job& job : free_jobs) {
       if (w.decided.count(job.id) || job.resident_ms < options_.min_residency_ms ||
           job.demand < options_.min_demand) {
         continue;

@@ -14,7 +14,11 @@
 //
 // Partner clusters: a job of this cluster goes to a partner's node only when it may
 // (mosrun -G) and no node of this cluster would do (its home cluster is busy); a partner's
-// guest moves within this cluster, or back to its own.
+// guest moves within this cluster, or back to its own. Priorities: when this node has more
+// runnable work than cores and some of it is of higher precedence than a partner's guest
+// (the node's own processes, this cluster's jobs, a better partner's guests), the guest of
+// lowest precedence is forced out, one a round, whatever its residency: to a node with
+// room for it (this cluster's first), or home.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +61,10 @@ struct Job {
   double cpu_use = 0;              // cores the job used recently
   std::string home_cluster;        // the home's cluster when a partner's; empty: this one
   bool partners = false;           // mosrun -G: may go to partner clusters' nodes
+  // Precedence here: 0 for this cluster's jobs, a partner's priority ([[partner]]
+  // priority) for its guests; lower runs first.
+  int priority = 0;
+  bool locked = false;  // mosrun -L: moved only when forced out (a partner's guest)
 };
 
 struct Options {

@@ -244,6 +244,67 @@ TEST(Balancer, APartnersGuestMovesWithinThisClusterOrBackToItsOwn) {
   EXPECT_EQ(decisions[0].target, "a2");
 }
 
+// A partner's guest here, of home `home` in cluster "b", with precedence `priority`.
+Job PartnerGuest(uint64_t id, int priority, std::string home = "b1") {
+  Job job = MakeJob(id, std::move(home));
+  job.home_cluster = "b";
+  job.priority = priority;
+  job.resident_ms = 0;  // forced departures do not wait
+  return job;
+}
+
+TEST(Balancer, LocalWorkForcesAPartnersGuestOutToANodeWithRoom) {
+  Balancer balancer("self", Options{}, 1);
+  Job guest = PartnerGuest(1, 100);
+  // One core: the guest and one process of this node's own (not a job) want it.
+  auto decisions = balancer.Round(100000, {Self(2), MakeNode("a2", 0), PartnerNode("b1", 1)},
+                                  {guest});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "a2");  // this cluster's node with room first
+  EXPECT_EQ(decisions[0].reason, "priority");
+  // No room in this cluster: home, busy or not.
+  decisions = balancer.Round(100000, {Self(2), MakeNode("a2", 1), PartnerNode("b1", 3)}, {guest});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "b1");
+  // The guest alone, or with room to spare: it stays.
+  EXPECT_TRUE(balancer.Round(100000, {Self(1), PartnerNode("b1", 0)}, {guest}).empty());
+  Node wide = Self(2);
+  wide.cores = 2;
+  EXPECT_TRUE(balancer.Round(100000, {wide, PartnerNode("b1", 0)}, {guest}).empty());
+  // Even a locked guest (mosrun -L) leaves; its home gone from the picture, it stays.
+  guest.locked = true;
+  EXPECT_EQ(balancer.Round(100000, {Self(2), PartnerNode("b1", 3)}, {guest}).size(), 1u);
+  EXPECT_TRUE(balancer.Round(100000, {Self(2), MakeNode("a2", 2)}, {guest}).empty());
+}
+
+TEST(Balancer, TheLowestPrecedenceGuestLeavesFirst) {
+  Balancer balancer("self", Options{}, 1);
+  Job better = PartnerGuest(1, 50);
+  Job worse = PartnerGuest(2, 200, "b2");
+  std::vector<Node> nodes{Self(2), PartnerNode("b1", 0), PartnerNode("b2", 0)};
+  auto decisions = balancer.Round(100000, nodes, {better, worse});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].job, 2u);
+  // Guests of one precedence, with nothing better waiting: the load rule's business.
+  Job same = PartnerGuest(3, 200, "b2");
+  for (const auto& d : balancer.Round(100000, nodes, {worse, same})) {
+    EXPECT_NE(d.reason, "priority");
+  }
+  // This cluster's jobs are of higher precedence than any guest.
+  Job own = MakeJob(4);
+  own.resident_ms = 0;
+  decisions = balancer.Round(100000, nodes, {own, worse});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].job, 2u);
+}
+
+TEST(Balancer, LockedJobsOnlyLeaveWhenForced) {
+  Balancer balancer("self", Options{}, 1);
+  auto jobs = Jobs(4);
+  for (auto& job : jobs) job.locked = true;
+  EXPECT_TRUE(balancer.Round(100000, {Self(4), MakeNode("idle", 0)}, jobs).empty());
+}
+
 TEST(Balancer, AvoidsATargetThatRefused) {
   Balancer balancer("self", Options{}, 1);
   std::vector<Node> nodes{Self(4), MakeNode("idle", 0)};

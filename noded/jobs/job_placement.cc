@@ -114,7 +114,12 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
     std::vector<pid_t> pids = job.Pids();  // read once: sampling and pinning both need them
     job.SampleUsage(now_ms, pids);
     const JobLaunch& launch = job.launch();
-    if (launch.locked || launch.keep_home || job.state() != JobState::RUNNING) return;
+    // A partner's guest started with mosrun -L still leaves when forced out (priorities).
+    bool partner_guest = launch.guest && !launch.home_cluster.empty();
+    if ((launch.locked && !partner_guest) || launch.keep_home ||
+        job.state() != JobState::RUNNING) {
+      return;
+    }
     if (!job.PinnedReason(pids, lock_holders).empty()) return;
     const UsageMeter& usage = job.usage();
     balance::Job offered;
@@ -132,6 +137,11 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
     offered.cpu_use = usage.cpu_use();
     offered.home_cluster = launch.home_cluster;
     offered.partners = launch.partners;
+    offered.locked = launch.locked;
+    if (partner_guest) {
+      const PartnerConfig* partner = config_.Partner(launch.home_cluster);
+      offered.priority = partner ? partner->priority : 65535;
+    }
     movable.push_back(offered);
   };
   for (auto& [slot, entry] : jobs_) {

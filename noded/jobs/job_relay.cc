@@ -181,7 +181,10 @@ StreamHandlers JobRegistry::PeerHandlersForAway(int slot, std::shared_ptr<Away> 
       return;
     }
     if (reply.isError()) {
-      Apply(slot, away, away->protocol.Refused(relay, reply.getError().getMessage().cStr()));
+      auto error = reply.getError();
+      Apply(slot, away,
+            away->protocol.Refused(relay, error.getMessage().cStr(),
+                                   ErrorKindFromName(error.getKind().cStr())));
       return;
     }
     if (reply.isMovedOn()) {  // the old node's last word, after the output it owed

@@ -285,13 +285,14 @@ void Protocol::Ask(const std::string& target) {
   record_.waiting = true;
 }
 
-Step Protocol::Refused(uint32_t relay, const std::string& why) {
+Step Protocol::Refused(uint32_t relay, const std::string& why, ErrorKind kind) {
   if (relay != record_.relay || ended()) return {};
   if (record_.state == State::kAsked) {
-    // The job's node could not move it on: it runs on there.
+    // The job's node could not move it on: it runs on there. The kind goes to the asker
+    // (busy a moment, kOverloaded, is asked again by mosmigrate).
     record_.state = State::kRunning;
     return Answer(MoveOutcome::Failure(
-        fmt::format("job {} stays on {}: {}", record_.home_pid, record_.where, why)));
+        fmt::format("job {} stays on {}: {}", record_.home_pid, record_.where, why), kind));
   }
   std::string message = fmt::format("node {} cannot run the job: {}", record_.where, why);
   return End(message, MoveOutcome::Failure(message));

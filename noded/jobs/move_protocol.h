@@ -212,7 +212,7 @@ class Protocol {
   // cannot now. A waiter then hears the outcome.
   void Ask(const std::string& target);
   // The job's node answered an error on relay `relay`.
-  Step Refused(uint32_t relay, const std::string& why);
+  Step Refused(uint32_t relay, const std::string& why, ErrorKind kind = ErrorKind::kFailed);
   // The job's old node said, on relay `relay`, that the job moved on to `target` and
   // that it has sent all the output the job left there (its `movedOn` word); the relay
   // closes next.

@@ -245,8 +245,13 @@ TEST(MoveProtocol, TheNodeRefusesTheMoveAndTheJobRunsOn) {
   EXPECT_FALSE(step.end);
   ASSERT_TRUE(step.answer);
   EXPECT_EQ(step.answer->error, "job 4242 stays on node2: restore failed");
+  EXPECT_EQ(step.answer->kind, ErrorKind::kFailed);
   EXPECT_EQ(protocol.state(), State::kRunning);
   protocol.Ask("node3");  // and may be asked again
+  // A node busy a moment (the job just arrived) says so: the asker tries again.
+  step = protocol.Refused(1, "the job is migrating", ErrorKind::kOverloaded);
+  ASSERT_TRUE(step.answer);
+  EXPECT_EQ(step.answer->kind, ErrorKind::kOverloaded);
 }
 
 TEST(MoveProtocol, AnErrorWhileRunningEndsTheJob) {

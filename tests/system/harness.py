@@ -363,6 +363,27 @@ def alive_nodes(cluster, node):
     return sorted(n["name"] for n in json.loads(result.stdout)["nodes"] if n["alive"])
 
 
+def alive_by_cluster(cluster, node):
+    """{cluster name: sorted names of its nodes} of the nodes `node` knows alive (mosmon
+    --json), or {} if it does not answer."""
+    result = cluster.run(node, "mosmon", "--json", check=False)
+    if result.returncode != 0:
+        return {}
+    groups = {}
+    for n in json.loads(result.stdout)["nodes"]:
+        if n["alive"]:
+            groups.setdefault(n["cluster"], []).append(n["name"])
+    return {name: sorted(names) for name, names in groups.items()}
+
+
+def partnership_key(name):
+    """A new key file (mode 0600) in the test's private directory, for a [[partner]]."""
+    path = os.path.join(private_dir(), f"{name}-{os.urandom(4).hex()}.key")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    return path
+
+
 def wait_until_meshed(cluster, timeout=60):
     """Waits until every node of `cluster` knows every node alive (gossip has gone round)."""
     names = sorted(cluster.nodes)

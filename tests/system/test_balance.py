@@ -6,6 +6,7 @@ mosrun -b picks the idle node, -m refuses what no node has, -L jobs stay put, an
 block, expel and bring move guests and jobs as asked. These tests run alone: other tests'
 processes on one core would make it the busier node."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -179,13 +180,10 @@ class BalancingTest(unittest.TestCase):
             listed = c.run("node1", "mosps").stdout
             self.assertIn("locked: mosrun -L", listed)
 
-    def test_a_busy_cluster_sends_jobs_that_may_leave_to_a_partner(self):
-        """Clusters a (a1) and b (b1), partners, a core each. Two busy jobs at a1, one
-        started with mosrun -G: that one moves to b1, idle in the partner cluster; the
-        other stays in its cluster. Both finish with their output."""
-        ab = os.path.join(harness.private_dir(), "a-b.key")
-        with open(os.open(ab, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(os.urandom(32).hex() + "\n")
+    @contextlib.contextmanager
+    def partner_clusters(self):
+        """Clusters a (a1) and b (b1), partners, a core each, each seeing the other."""
+        ab = harness.partnership_key("a-b")
         fast = list(SETTINGS + GOSSIP_FAST)
         with harness.LoopCluster(1, cpuset=True, prefix="a", settings=fast + ["cluster.name=a"],
                                  partners=[f"name=b,key_file={ab}"]) as a:
@@ -197,28 +195,60 @@ class BalancingTest(unittest.TestCase):
                            "a1 to see b1")
                 b.wait_for(lambda: "a1" in b.run("b1", "ls", "/mosix/home").stdout.split(), 60,
                            "a1's files to be listed on b1")
-                self.require_idle_core(a, "b1", ask="a1")
-                busy = BUSY.format(n=BUSY_ITERATIONS * 2)
-                start_background(a, "a1", "stay", command=busy)
-                wait_for_jobs(a, 1, node="a1")
-                [stay] = jobs(a, "a1")
-                start_background(a, "a1", "leave", "-G", command=busy)
-                wait_for_jobs(a, 2, node="a1")
-                leave = next(j["pid"] for j in jobs(a, "a1") if j["pid"] != stay["pid"])
-                a.wait_for(lambda: any(j["pid"] == leave and j["where"] == "b1"
-                                       for j in jobs(a, "a1")),
-                           90, "the job started with -G to move to b1")
-                self.assertIn("balancer: load move to b1", a.log("a1"))
-                listing = {j["pid"]: j for j in jobs(a, "a1")}
-                if stay["pid"] in listing:
-                    self.assertEqual(listing[stay["pid"]]["where"], "a1")
-                    self.assertEqual(listing[stay["pid"]]["migrations"], 0)
-                a.wait_for(lambda: jobs(a, "a1") == [], 240, "both jobs to finish")
-                for tag in ("stay", "leave"):
-                    self.assertEqual(a.run("a1", "cat", f"/data/out/{tag}.status").stdout.strip(),
-                                     "0")
-                    self.assertEqual(a.run("a1", "cat", f"/data/out/{tag}").stdout.strip(),
-                                     f"finished {BUSY_ITERATIONS * 2}")
+                yield a, b
+
+    def test_a_busy_cluster_sends_jobs_that_may_leave_to_a_partner(self):
+        """Two busy jobs at a1, one started with mosrun -G: that one moves to b1, idle in
+        the partner cluster; the other stays in its cluster. Both finish with their
+        output."""
+        with self.partner_clusters() as (a, b):
+            self.require_idle_core(a, "b1", ask="a1")
+            busy = BUSY.format(n=BUSY_ITERATIONS * 2)
+            start_background(a, "a1", "stay", command=busy)
+            wait_for_jobs(a, 1, node="a1")
+            [stay] = jobs(a, "a1")
+            start_background(a, "a1", "leave", "-G", command=busy)
+            wait_for_jobs(a, 2, node="a1")
+            leave = next(j["pid"] for j in jobs(a, "a1") if j["pid"] != stay["pid"])
+            a.wait_for(lambda: any(j["pid"] == leave and j["where"] == "b1"
+                                   for j in jobs(a, "a1")),
+                       90, "the job started with -G to move to b1")
+            self.assertIn("balancer: load move to b1", a.log("a1"))
+            listing = {j["pid"]: j for j in jobs(a, "a1")}
+            if stay["pid"] in listing:
+                self.assertEqual(listing[stay["pid"]]["where"], "a1")
+                self.assertEqual(listing[stay["pid"]]["migrations"], 0)
+            a.wait_for(lambda: jobs(a, "a1") == [], 240, "both jobs to finish")
+            for tag in ("stay", "leave"):
+                self.assertEqual(a.run("a1", "cat", f"/data/out/{tag}.status").stdout.strip(),
+                                 "0")
+                self.assertEqual(a.run("a1", "cat", f"/data/out/{tag}").stdout.strip(),
+                                 f"finished {BUSY_ITERATIONS * 2}")
+
+    def test_local_work_forces_a_partners_guest_out(self):
+        """A job of a1 moved to b1 (a partner's guest there, of priority 100) leaves b1
+        for its home once b1's own work wants the core, and finishes there."""
+        with self.partner_clusters() as (a, b):
+            self.require_idle_core(a, "b1", ask="a1")
+            busy = BUSY.format(n=BUSY_ITERATIONS * 3)
+            start_background(a, "a1", "guest", command=busy)
+            wait_for_jobs(a, 1, node="a1")
+            [job] = jobs(a, "a1")
+            a.run("a1", "mosmigrate", str(job["pid"]), "b1")
+            a.wait_for(lambda: jobs(a, "a1")[0]["where"] == "b1", 60, "the job to run on b1")
+            # b1's own work: a busy process of the node (no job), stopped by itself later.
+            b.run("b1", "sh", "-c",
+                  "(timeout 120 sh -c 'while :; do :; done' >/dev/null 2>&1 &); echo")
+            try:
+                a.wait_for(lambda: jobs(a, "a1")[0]["where"] == "a1", 60,
+                           "the guest to be forced home")
+                self.assertIn("balancer: priority move to a1", b.log("b1"))
+            finally:
+                b.run("b1", "pkill", "-f", "while :; do :; done", check=False)
+            a.wait_for(lambda: jobs(a, "a1") == [], 240, "the job to finish")
+            self.assertEqual(a.run("a1", "cat", "/data/out/guest.status").stdout.strip(), "0")
+            self.assertEqual(a.run("a1", "cat", "/data/out/guest").stdout.strip(),
+                             f"finished {BUSY_ITERATIONS * 3}")
 
     def test_best_node_and_memory_placement(self):
         # No automatic moves here: where a job starts is what is tested.

@@ -8,7 +8,6 @@ job stays. Every line the job was fed is in its output, once and in order."""
 
 import json
 import os
-import secrets
 import unittest
 
 import harness
@@ -22,28 +21,10 @@ echo done >> log
 """
 
 
-def key_file(name):
-    path = os.path.join(harness.private_dir(), name)
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    return path
-
-
-def alive_by_cluster(cluster, node):
-    result = cluster.run(node, "mosmon", "--json", check=False)
-    if result.returncode != 0:
-        return {}
-    groups = {}
-    for n in json.loads(result.stdout)["nodes"]:
-        if n["alive"]:
-            groups.setdefault(n["cluster"], []).append(n["name"])
-    return {name: sorted(names) for name, names in groups.items()}
-
-
 class PartnerMovesTest(unittest.TestCase):
     def test_a_job_moves_to_a_partner_and_back(self):
         user = harness.user_for(self, "hwpm").pw_name
-        ab, ac = key_file("a-b.key"), key_file("a-c.key")
+        ab, ac = harness.partnership_key("a-b.key"), harness.partnership_key("a-c.key")
         with harness.LoopCluster(1, prefix="a", settings=SETTINGS + ["cluster.name=a"],
                                  partners=[f"name=b,key_file={ab}",
                                            f"name=c,key_file={ac}"]) as a:
@@ -54,10 +35,10 @@ class PartnerMovesTest(unittest.TestCase):
                                         partners=[f"name=a,key_file={ac},seeds={a1},"
                                                   f"accept=false"]) as c:
                 everyone = {"a": ["a1"], "b": ["b1", "b2"], "c": ["c1"]}
-                a.wait_for(lambda: alive_by_cluster(a, "a1") == everyone, WAIT_S,
+                a.wait_for(lambda: harness.alive_by_cluster(a, "a1") == everyone, WAIT_S,
                            "a1 to see both partners")
                 for node in ("b1", "b2"):
-                    b.wait_for(lambda: alive_by_cluster(b, node) == {"a": ["a1"],
+                    b.wait_for(lambda: harness.alive_by_cluster(b, node) == {"a": ["a1"],
                                                                      "b": ["b1", "b2"]},
                                WAIT_S, f"{node} to see cluster a")
                 # b lists a's nodes in /mosix/home (their jobs may run there); c does not.

@@ -31,7 +31,7 @@ int List(const std::string& socket, bool json) {
   auto jobs = list.getJobs();
   std::string own = list.getCluster();
   if (json) {
-    nlohmann::json out = {{"jobs", nlohmann::json::array()}, {"cluster", own}};
+    nlohmann::json out = {{"jobs", nlohmann::json::array()}};
     for (auto job : jobs) {
       out["jobs"].push_back({{"pid", job.getHomePid()},
                              {"home", job.getHome().cStr()},

@@ -56,14 +56,7 @@ IncomingMessage ControlClient::Call(
   auto root = reply->template Root<schema::ControlReply>();
   if (root.isError()) {
     auto error = root.getError();
-    std::string kind = error.getKind();
-    ErrorKind error_kind = ErrorKind::kFailed;
-    for (auto candidate : {ErrorKind::kInvalidInput, ErrorKind::kNotFound,
-                           ErrorKind::kDisconnected, ErrorKind::kOverloaded,
-                           ErrorKind::kUnimplemented, ErrorKind::kPermissionDenied}) {
-      if (ErrorKindName(candidate) == kind) error_kind = candidate;
-    }
-    throw Error(error_kind, error.getMessage());
+    throw Error(ErrorKindFromName(error.getKind().cStr()), error.getMessage());
   }
   return std::move(*reply);
 }

@@ -18,6 +18,15 @@ std::string_view ErrorKindName(ErrorKind kind) {
   return "unknown";
 }
 
+ErrorKind ErrorKindFromName(std::string_view name) {
+  for (auto kind : {ErrorKind::kInvalidInput, ErrorKind::kNotFound, ErrorKind::kDisconnected,
+                    ErrorKind::kOverloaded, ErrorKind::kUnimplemented,
+                    ErrorKind::kPermissionDenied}) {
+    if (ErrorKindName(kind) == name) return kind;
+  }
+  return ErrorKind::kFailed;
+}
+
 ErrorKind KindForErrno(int err) {
   switch (err) {
     case ENOENT:

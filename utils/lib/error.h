@@ -23,6 +23,8 @@ enum class ErrorKind {
 };
 
 std::string_view ErrorKindName(ErrorKind kind);
+// The kind ErrorKindName names; kFailed for a name it does not know.
+ErrorKind ErrorKindFromName(std::string_view name);
 
 class Error : public std::runtime_error {
  public:
