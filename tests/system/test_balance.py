@@ -182,7 +182,8 @@ class BalancingTest(unittest.TestCase):
 
     @contextlib.contextmanager
     def partner_clusters(self):
-        """Clusters a (a1) and b (b1), partners, a core each, each seeing the other."""
+        """Clusters a (a1) and b (b1), partners, a core each, each seeing the other, b1's
+        core idle (else the test is skipped)."""
         ab = harness.partnership_key("a-b")
         fast = list(SETTINGS + GOSSIP_FAST)
         with harness.LoopCluster(1, cpuset=True, prefix="a", settings=fast + ["cluster.name=a"],
@@ -195,6 +196,7 @@ class BalancingTest(unittest.TestCase):
                            "a1 to see b1")
                 b.wait_for(lambda: "a1" in b.run("b1", "ls", "/mosix/home").stdout.split(), 60,
                            "a1's files to be listed on b1")
+                self.require_idle_core(a, "b1", ask="a1")
                 yield a, b
 
     def test_a_busy_cluster_sends_jobs_that_may_leave_to_a_partner(self):
@@ -202,7 +204,6 @@ class BalancingTest(unittest.TestCase):
         the partner cluster; the other stays in its cluster. Both finish with their
         output."""
         with self.partner_clusters() as (a, b):
-            self.require_idle_core(a, "b1", ask="a1")
             busy = BUSY.format(n=BUSY_ITERATIONS * 2)
             start_background(a, "a1", "stay", command=busy)
             wait_for_jobs(a, 1, node="a1")
@@ -229,7 +230,6 @@ class BalancingTest(unittest.TestCase):
         """A job of a1 moved to b1 (a partner's guest there, of priority 100) leaves b1
         for its home once b1's own work wants the core, and finishes there."""
         with self.partner_clusters() as (a, b):
-            self.require_idle_core(a, "b1", ask="a1")
             busy = BUSY.format(n=BUSY_ITERATIONS * 3)
             start_background(a, "a1", "guest", command=busy)
             wait_for_jobs(a, 1, node="a1")
