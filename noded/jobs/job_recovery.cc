@@ -353,7 +353,16 @@ void JobRegistry::Recover() {
   std::string dir = config_.state_dir + "/jobs";
   JobJournal journal(dir);
   for (JournalEntry& entry : journal.ReadAll()) {
-    entry.launch.home_credentials = HomeCredentials(entry.launch);  // not journaled
+    // Not journaled: the node's own key, or a partnership's (none once the partnership
+    // is gone from the configuration: the guest then cannot reach its home).
+    if (entry.launch.guest) {
+      try {
+        entry.launch.home_credentials = HomeCredentials(entry.launch);
+      } catch (const Error& e) {
+        spdlog::warn("guest {} of {}: {}", entry.launch.identity.home_pid, entry.launch.home,
+                     e.what());
+      }
+    }
     entry.launch.daemon_ports = {config_.peer_port, config_.gossip_port};
     if (entry.away) {
       RecoverAway(entry);
@@ -524,7 +533,9 @@ void JobRegistry::ReattachGuest(std::shared_ptr<Job> job, int64_t until_ms, bool
   auto result = std::make_shared<Connection>();
   std::string host = job->launch().home_host;
   uint16_t port = job->launch().home_port;
-  auto key = HomeCredentials(job->launch());
+  // Without credentials (its home's cluster is no partner any more) the tries fail with
+  // the reason, as a home that cannot be reached would.
+  std::optional<PeerCredentials> key = job->launch().home_credentials;
   std::weak_ptr<Job> weak = job;
   // The peer handshake blocks; it runs on libuv's thread pool, never on the loop (and so
   // does the pause between tries while the home's daemon is away).
@@ -533,7 +544,8 @@ void JobRegistry::ReattachGuest(std::shared_ptr<Job> job, int64_t until_ms, bool
       [result, host, port, key, again] {
         if (again) std::this_thread::sleep_for(std::chrono::milliseconds(300));
         try {
-          result->fd = PeerConnect(host, port, key, "jobs", std::chrono::seconds(5));
+          if (!key) Fail(ErrorKind::kPermissionDenied, "its home's cluster is no partner now");
+          result->fd = PeerConnect(host, port, *key, "jobs", std::chrono::seconds(5));
         } catch (const std::exception& e) {
           result->error = e.what();
         }
