@@ -362,6 +362,7 @@ void JobRegistry::ListJobs(ReplySender reply) const {
   auto list = reply_jobs.initJobs(static_cast<unsigned>(jobs_.size() + guests_.size()));
   unsigned i = 0;
   std::set<pid_t> lock_holders = Job::LockHolders();  // once for the whole list
+  std::map<std::string, std::string> clusters;  // node -> its cluster, for jobs away
   auto describe = [&](const Job& job, schema::JobInfo::Builder info) {
     info.setHomePid(job.home_pid());
     info.setHome(job.launch().home);
@@ -399,8 +400,12 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setPartners(job.away->partners);
       info.setHomeCluster(config_.cluster);
       std::string where = job.away->frozen ? config_.name : record.where;
-      std::string cluster = cluster_of_ ? cluster_of_(where) : std::string();
-      info.setWhereCluster(cluster.empty() ? config_.cluster : cluster);
+      // Looked up once per node, not per job: each lookup reads the gossip pictures.
+      auto known = clusters.find(where);
+      if (known == clusters.end()) {
+        known = clusters.emplace(where, cluster_of_ ? cluster_of_(where) : std::string()).first;
+      }
+      info.setWhereCluster(known->second.empty() ? config_.cluster : known->second);
     }
   }
   for (const auto& [id, job] : guests_) describe(*job, list[i++]);
