@@ -149,12 +149,7 @@ void Daemon::ServeHomeLocks() {
 }
 
 void Daemon::FollowPeers() {
-  jobs_.ClusterLookup([this](const std::string& node) {
-    for (const auto& member : gossip_.PartnerPicture()) {
-      if (member.record.name == node) return member.record.cluster;
-    }
-    return config_.cluster;
-  });
+  jobs_.KnowNodes(&nodes_);
   // Every live peer is listed in /mosix/home. A home in use outlives its peer's death
   // in homefs (only the listing loses it): calls wait (a hard mount) while the home is
   // unreachable and go on when it returns, so a false suspicion or a cut link never costs
@@ -163,6 +158,9 @@ void Daemon::FollowPeers() {
     // Another node's address is never where a guest's loopback connection goes, and is
     // how its requests for the jobs it hosts are told.
     loopback_.AddNode(peer.name, peer.address);
+    nodes_.Update(peer.name,
+                  KnownNode{config_.OwnCluster(peer.cluster) ? std::string() : peer.cluster,
+                            peer.address, peer.peer_port, alive});
     if (!alive) {
       home_mounts_.PeerDown(peer.name);
       jobs_.HomeUnreachable(peer.name);

@@ -52,6 +52,7 @@ class Daemon {
   std::chrono::steady_clock::time_point started_;
   // Fault point loop-callback-throws: a completion on the loop throws once after start-up.
   bool callback_throws_;
+  NodeDirectory nodes_;  // gossip's nodes, for the threads of incoming moves
   ControlServer control_;
   JobRegistry jobs_;
   FileServer file_server_;

@@ -55,7 +55,12 @@ std::optional<size_t> IndexOf(const std::vector<Node>& nodes, const std::string&
 
 // Whether `node` may take `job` at all: a blocked node still takes back its own jobs.
 bool Admits(const Node& node, const Job& job) {
-  if (!node.cluster.empty() && node.cluster != job.home_cluster) {
+  if (!node.cluster.empty() && node.cluster == job.home_cluster) {
+    // A partner's guest goes back to its own cluster at its home only, which alone
+    // knows it sent the job away (partner_services.h, PartnerMayMoveIn).
+    return node.name == job.home;
+  }
+  if (!node.cluster.empty()) {
     // Another cluster's node: this cluster's jobs that may leave it, to a partner that
     // takes them.
     return job.home_cluster.empty() && job.partners && node.accepts_guests;

@@ -225,21 +225,21 @@ TEST(Balancer, APartnersNodeOnlyWhenThisClusterIsBusy) {
   EXPECT_EQ(decisions[0].target, "b1");
 }
 
-TEST(Balancer, APartnersGuestMovesWithinThisClusterOrBackToItsOwn) {
+TEST(Balancer, APartnersGuestMovesWithinThisClusterOrBackToItsHome) {
   Balancer balancer("self", Options{}, 1);
   Job guest = MakeJob(5, "b1");
   guest.home_cluster = "b";
   Node other = PartnerNode("c1", 0, "c");
   EXPECT_TRUE(balancer.Round(100000, {Self(3), other}, {guest, guest}).empty());
-  Node home_cluster = PartnerNode("b2", 0);
-  home_cluster.accepts_guests = false;  // b takes no jobs of this cluster: not one of its
-  auto decisions = balancer.Round(100000, {Self(3), other, home_cluster}, {guest});
-  EXPECT_TRUE(decisions.empty());
-  home_cluster.accepts_guests = true;
-  decisions = balancer.Round(100000, {Self(3), other, home_cluster}, {guest});
+  // Its own cluster's other nodes are not its home: only the home takes it back.
+  Node sibling = PartnerNode("b2", 0);
+  EXPECT_TRUE(balancer.Round(100000, {Self(3), other, sibling}, {guest}).empty());
+  Node home = PartnerNode("b1", 0);
+  home.accepts_guests = false;  // b takes no jobs of this cluster: still its own
+  auto decisions = balancer.Round(100000, {Self(3), other, sibling, home}, {guest});
   ASSERT_EQ(decisions.size(), 1u);
-  EXPECT_EQ(decisions[0].target, "b2");
-  decisions = balancer.Round(100000, {Self(3), other, home_cluster, MakeNode("a2", 0)}, {guest});
+  EXPECT_EQ(decisions[0].target, "b1");
+  decisions = balancer.Round(100000, {Self(3), other, home, MakeNode("a2", 0)}, {guest});
   ASSERT_EQ(decisions.size(), 1u);
   EXPECT_EQ(decisions[0].target, "a2");
 }

@@ -18,16 +18,44 @@ constexpr auto kHomeConnectTimeout = std::chrono::seconds(5);
 
 }  // namespace
 
+std::string JobRegistry::CheckPartnersJob(JobLaunch& launch, const std::string& from_cluster) {
+  if (!config_.OwnCluster(launch.home_cluster)) {
+    // The partner's own job: its home is where gossip says, not where the sender says.
+    auto known = nodes_ ? nodes_->Find(launch.home) : std::nullopt;
+    if (launch.home == config_.name) known = KnownNode{{}, config_.address, config_.peer_port};
+    std::string why = KnownHome(from_cluster, {launch.home, launch.home_cluster}, known);
+    if (why.empty()) {
+      launch.home_host = known->address;
+      launch.home_port = known->peer_port;
+    }
+    return why;
+  }
+  // This home's job, coming back: only from a node of that partner that the home knows it
+  // runs on now (or is moving to).
+  for (const std::string& node : whereabouts_.NodesOf(launch.identity.home_pid)) {
+    auto known = nodes_ ? nodes_->Find(node) : std::nullopt;
+    if (known && known->cluster == from_cluster) return {};
+  }
+  return fmt::format("no job {} of this home runs in cluster '{}'", launch.identity.home_pid,
+                     from_cluster);
+}
+
 void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd, const std::string& from_cluster) {
   MoveInContext context{config_.state_dir, init_path_, config_.name, faults_,
                         home_lock_claims_};
   JobLaunch launch;
   auto make_launch = [this, &from_cluster](schema::GuestSpec::Reader spec) {
     JobLaunch launch = GuestLaunch(spec);
-    std::string why = PartnerMayMoveIn(config_, from_cluster, launch.home_cluster);
+    std::string why = PartnerMayMoveIn(config_, from_cluster, {launch.home, launch.home_cluster});
+    if (why.empty() && !config_.OwnCluster(from_cluster)) {
+      why = CheckPartnersJob(launch, from_cluster);
+    }
     if (!why.empty()) {
-      Fail(ErrorKind::kPermissionDenied, "node {} takes no job of {}'s from there: {}",
-           config_.name, launch.home, why);
+      Fail(ErrorKind::kPermissionDenied, "node {} takes no job of {}'s from {}: {}", config_.name,
+           launch.home,
+           config_.OwnCluster(from_cluster) ? std::string("this cluster")
+                                            : fmt::format("cluster '{}'", from_cluster),
+           why);
     }
     if (launch.guest) CheckHomeSeen(config_.name, config_.mosix_root, launch);
     return launch;
@@ -97,6 +125,12 @@ void JobRegistry::ComeHome(Restored& restored) {
       // A copy of an older run of the job, restarted here from a checkpoint since.
       spdlog::warn("job {}: a copy of run {} came home, but the job is at run {}; killing it",
                    home_pid, restored.launch.generation, away->protocol.record().generation);
+      return;
+    }
+    if (restored.launch.identity.uid != away->uid) {
+      // The job's node cannot make it another user's on the way.
+      spdlog::warn("job {} of uid {} came home as uid {}; killing it", home_pid, away->uid,
+                   restored.launch.identity.uid);
       return;
     }
     auto weak_job = std::make_shared<std::weak_ptr<Job>>();

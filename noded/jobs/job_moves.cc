@@ -118,7 +118,9 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
 void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target, MoveDone done) {
   if (target != config_.name && target != away->where()) {
     PeerAddress address = resolve_(target);  // throws for an unknown node
-    if (std::string why = PartnerMayMoveOut(config_, address.cluster, ""); !why.empty()) {
+    if (std::string why =
+            PartnerMayMoveOut(config_, target, address.cluster, JobHome{config_.name, {}});
+        !why.empty()) {
       Fail(ErrorKind::kPermissionDenied, "job {} cannot move to {}: {}", away->home_pid(), target,
            why);
     }
@@ -135,6 +137,14 @@ void JobRegistry::MoveAway(std::shared_ptr<Away> away, const std::string& target
 }
 
 void JobRegistry::AttachGuest(schema::AttachGuest::Reader attach, ReplySender reply) {
+  if (const std::string& cluster = reply.caller().peer_cluster; !config_.OwnCluster(cluster)) {
+    // A partner's node attaches jobs that arrived at its own cluster's nodes only.
+    auto known = nodes_ ? nodes_->Find(attach.getNode()) : std::nullopt;
+    if (!known || known->cluster != cluster) {
+      Fail(ErrorKind::kPermissionDenied, "job {}: node {} is no node of cluster '{}' here",
+           attach.getHomePid(), attach.getNode().cStr(), cluster);
+    }
+  }
   for (auto& [slot, entry] : jobs_) {
     if (entry.here && entry.here->home_pid() == attach.getHomePid() &&
         entry.here->departure().awaiting()) {
@@ -335,13 +345,15 @@ void JobRegistry::MoveFromHome(int slot, std::shared_ptr<Job> job, const std::st
 std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& job,
                                                   const std::string& target) {
   PeerAddress address = resolve_(target);
-  if (std::string why = PartnerMayMoveOut(config_, address.cluster, job->launch().home_cluster);
+  const JobLaunch& launch = job->launch();
+  if (std::string why = PartnerMayMoveOut(config_, target, address.cluster,
+                                          JobHome{launch.home, launch.home_cluster});
       !why.empty()) {
     Fail(ErrorKind::kPermissionDenied, "job {} cannot move to {}: {}", job->home_pid(), target,
          why);
   }
   // (A partner's job going back to its own cluster is no guest there.)
-  if (!address.takes_guests && address.cluster != job->launch().home_cluster) {
+  if (!address.takes_guests && address.cluster != launch.home_cluster) {
     Fail(ErrorKind::kFailed,
          "node {} of cluster {} takes no jobs of this cluster's now (it is blocked, or its "
          "cluster does not accept them)",

@@ -362,7 +362,6 @@ void JobRegistry::ListJobs(ReplySender reply) const {
   auto list = reply_jobs.initJobs(static_cast<unsigned>(jobs_.size() + guests_.size()));
   unsigned i = 0;
   std::set<pid_t> lock_holders = Job::LockHolders();  // once for the whole list
-  std::map<std::string, std::string> clusters;  // node -> its cluster, for jobs away
   auto describe = [&](const Job& job, schema::JobInfo::Builder info) {
     info.setHomePid(job.home_pid());
     info.setHome(job.launch().home);
@@ -400,12 +399,8 @@ void JobRegistry::ListJobs(ReplySender reply) const {
       info.setPartners(job.away->partners);
       info.setHomeCluster(config_.cluster);
       std::string where = job.away->frozen ? config_.name : record.where;
-      // Looked up once per node, not per job: each lookup reads the gossip pictures.
-      auto known = clusters.find(where);
-      if (known == clusters.end()) {
-        known = clusters.emplace(where, cluster_of_ ? cluster_of_(where) : std::string()).first;
-      }
-      info.setWhereCluster(known->second.empty() ? config_.cluster : known->second);
+      auto known = nodes_ ? nodes_->Find(where) : std::nullopt;
+      info.setWhereCluster(known && !known->cluster.empty() ? known->cluster : config_.cluster);
     }
   }
   for (const auto& [id, job] : guests_) describe(*job, list[i++]);

@@ -37,6 +37,7 @@
 #include "job_whereabouts.h"
 #include "migration.h"
 #include "move_protocol.h"
+#include "node_directory.h"
 #include "process_watch.h"
 
 #include <capnp/message.h>
@@ -124,10 +125,9 @@ class JobRegistry {
   }
   // The same service, which holds the locks of a job coming home for it.
   void HomeLockClaiming(HomeLockClaims claims) { home_lock_claims_ = std::move(claims); }
-  // Which cluster a node is of, as gossip knows it (alive or not): for mosps.
-  void ClusterLookup(std::function<std::string(const std::string& node)> lookup) {
-    cluster_of_ = std::move(lookup);
-  }
+  // The nodes gossip knows, alive or not: which cluster each is of (for mosps), and
+  // whether the home a partner's incoming job names is one of that partner's (AcceptMove).
+  void KnowNodes(const NodeDirectory* nodes) { nodes_ = nodes; }
   // Called whenever the number of jobs away or guests here may have changed.
   void OnChange(std::function<void()> callback) { on_change_ = std::move(callback); }
 
@@ -348,6 +348,11 @@ class JobRegistry {
   std::shared_ptr<MoveOut> PrepareMove(const std::shared_ptr<Job>& job, const std::string& target);
   // A guest's launch from its spec; CheckHomeSeen (which may wait on the network) is apart.
   JobLaunch GuestLaunch(schema::GuestSpec::Reader spec) const;
+  // Empty when a job coming from a node of partner cluster `from_cluster` names a home
+  // that may send it from there (partner_services.h, KnownHome; for a job of this home,
+  // its whereabouts), and then sets the home's address from gossip; otherwise why not. On
+  // a peer server thread.
+  std::string CheckPartnersJob(JobLaunch& launch, const std::string& from_cluster);
   // How this node connects to the home of `launch` (of this cluster or a partner's).
   PeerCredentials HomeCredentials(const JobLaunch& launch) const {
     return config_.CredentialsFor(launch.home_cluster);
@@ -518,7 +523,7 @@ class JobRegistry {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   FaultPoints faults_;
   std::function<void()> on_change_;
-  std::function<std::string(const std::string&)> cluster_of_;
+  const NodeDirectory* nodes_ = nullptr;
   std::function<size_t(uint64_t, const std::vector<HomeJobLock>&)> park_home_locks_;
   std::function<void(uint64_t)> unpark_home_locks_;
   HomeLockClaims home_lock_claims_;

@@ -11,7 +11,10 @@
 
 #include <string>
 
+#include <optional>
+
 #include "config.h"
+#include "node_directory.h"
 #include "peer_auth.h"
 
 namespace homeward {
@@ -20,16 +23,32 @@ namespace homeward {
 // not, naming the setting.
 std::string PartnerMayUse(const NodeConfig& config, const PeerIdentity& peer);
 
-// Empty when a node of cluster `from` (empty: this one) may move a job of `home_cluster`
-// (empty: this one) to this node; otherwise why not. Between clusters, a job moves only to
-// a cluster that accepts its home's jobs, or back to its own.
-std::string PartnerMayMoveIn(const NodeConfig& config, const std::string& from,
-                             const std::string& home_cluster);
+// A job's home: its node, and that node's cluster (empty: this one).
+struct JobHome {
+  std::string node;
+  std::string cluster;
+};
 
-// Empty when a job of `home_cluster` (empty: this one) running on this node may move to a
-// node of `target_cluster` (empty: this one); otherwise why not. This cluster's jobs go to
-// the partners it sends to; a partner's job moves within this cluster or back to its own.
-std::string PartnerMayMoveOut(const NodeConfig& config, const std::string& target_cluster,
-                              const std::string& home_cluster);
+// Empty when a node of cluster `from` (empty: this one) may move a job of `home` to this
+// node; otherwise why not. Between clusters, a job moves only to a cluster that accepts
+// its home's jobs, or back to its own cluster, and there to its home node only: the home
+// alone knows that it sent the job away, and checks that it did (KnownHome and the home's
+// whereabouts of its jobs, JobRegistry::AcceptMove).
+std::string PartnerMayMoveIn(const NodeConfig& config, const std::string& from,
+                             const JobHome& home);
+
+// Empty when a job of `home` running on this node may move to node `target` of
+// `target_cluster` (empty: this one); otherwise why not. This cluster's jobs go to the
+// partners it sends to; a partner's job moves within this cluster or back to its home.
+std::string PartnerMayMoveOut(const NodeConfig& config, const std::string& target,
+                              const std::string& target_cluster, const JobHome& home);
+
+// Empty when the home that a job coming from partner cluster `from` names is a node of
+// that cluster as this node's gossip knows it (`known`, the directory's entry for
+// home.node); otherwise why not. A partnership's key speaks for its partner's nodes
+// only: a partner cannot name one of this cluster's nodes, or a third cluster's, as its
+// job's home, and so reach their files or their jobs' relays.
+std::string KnownHome(const std::string& from, const JobHome& home,
+                      const std::optional<KnownNode>& known);
 
 }  // namespace homeward

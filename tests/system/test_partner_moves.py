@@ -4,7 +4,8 @@
 on its standard input, is moved by hand (mosmigrate) to b1: it runs there on its home's
 files, reached with the partnership's key, and still sees a1 as its host. Its home moves it
 on to b2, within b, and then home. A move to c1 is refused at once with the reason, and the
-job stays. Every line the job was fed is in its output, once and in order."""
+job stays. Every line the job was fed is in its output, once and in order. A user holding a
+copy of the a-b key cannot make a1 take a job whose home is not one of b's nodes."""
 
 import os
 import unittest
@@ -101,11 +102,50 @@ class PartnerMovesTest(unittest.TestCase):
                 self.assertEqual(where(), "a1")
                 feed("stayed")
 
+                self.check_forged_homes(a, b, user, ab, work, pid)
+
                 writer.close()
                 a.wait_for(lambda: harness.read_text(os.path.join(work, "status")) == "0\n",
                            WAIT_S, "the job to end")
                 self.assertEqual(harness.read_text(log),
                                  "".join(f + "\n" for f in fed) + "done\n")
+
+    def check_forged_homes(self, a, b, user, key, work, pid):
+        """A partnership's key speaks for its partner's nodes only: b's node, offering a1 a
+        move, cannot name a1 itself, another cluster's node or an unknown node as its job's
+        home (so reach their files through a1's homefs), nor bring a1's own job "back" that
+        never went to b. Tried by an ordinary user holding a copy of the key."""
+        copy = os.path.join(work, "stolen.key")
+        with open(copy, "w") as f:
+            f.write(harness.read_text(key))
+        os.chmod(copy, 0o600)
+        entry = __import__("pwd").getpwnam(user)
+        os.chown(copy, entry.pw_uid, entry.pw_gid)
+        tool = os.path.join(harness.BUILD, "tests", "forged_move")
+
+        def offer(home, home_cluster, home_pid=4242):
+            return a.run("a1", "runuser", "-u", user, "--", tool, b.node("b1")["address"],
+                         a.node("a1")["address"], "4701", copy, "b", home, home_cluster,
+                         str(home_pid), check=False)
+
+        refusals = {
+            ("a1", "b"): "its home a1 is a node of this cluster, and cluster 'b' speaks for "
+                         "its own nodes only",
+            ("c1", "b"): "its home c1 is a node of cluster 'c', and cluster 'b' speaks for its "
+                         "own nodes only",
+            ("b9", "b"): "its home b9 is no node that this node's gossip knows in cluster 'b'",
+            ("a1", "a"): f"no job {pid} of this home runs in cluster 'b'",
+            ("c1", "c"): "a job of cluster 'c' comes from its own cluster, not from 'b'",
+        }
+        for (home, home_cluster), why in refusals.items():
+            offered = offer(home, home_cluster, pid)
+            self.assertEqual(offered.returncode, 1, offered.stdout + offered.stderr)
+            self.assertIn(why, offered.stdout)
+        # The same offer naming one of b's own nodes is taken (the tool then hangs up): the
+        # refusals above are the key's limits, not a broken offer.
+        offered = offer("b2", "b")
+        self.assertEqual((offered.returncode, offered.stdout), (0, "accepted\n"),
+                         offered.stderr)
 
 
 if __name__ == "__main__":
