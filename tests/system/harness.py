@@ -38,12 +38,14 @@ class LoopCluster:
     """A running loopback cluster: `with LoopCluster(3) as c: c.run("node1", "hostname")`."""
 
     def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None, faults=None,
-                 clock_skew=None, prefix="node", partners=(), first_cpu=0):
+                 clock_skew=None, prefix="node", partners=(), first_cpu=0, clusters=1):
         """`faults`: the daemons' fault points (HOMEWARD_FAULT), for failure tests;
         `clock_skew`: node i's clocks are i*clock_skew seconds ahead (loopcluster);
         `partners`: [[partner]] tables as loopcluster's --partner takes them;
-        `first_cpu`: with `cpuset`, the first node's core."""
-        self.nodes = [f"{prefix}{i}" for i in range(1, nodes + 1)]
+        `first_cpu`: with `cpuset`, the first node's core;
+        `clusters`: that many partner clusters c1, c2, ... of `nodes` nodes each."""
+        self.nodes = [f"{prefix}{i}" for i in range(1, nodes * clusters + 1)]
+        self.clusters = clusters
         self.prefix = prefix
         self.partners = list(partners)
         self.clock_skew = clock_skew
@@ -58,7 +60,8 @@ class LoopCluster:
         self.mounts_before = host_mounts()
         self.dir = tempfile.mkdtemp(prefix="cluster-", dir=private_dir())
         _ledger_add("cluster", self.dir)  # before 'up': a kill from here on leaves it to the guard
-        args = [LOOPCLUSTER, "up", "--nodes", str(len(self.nodes)), "--dir", self.dir]
+        args = [LOOPCLUSTER, "up", "--nodes", str(len(self.nodes) // self.clusters),
+                "--clusters", str(self.clusters), "--dir", self.dir]
         if self.cpuset:
             args += ["--cpuset", "--first-cpu", str(self.first_cpu)]
         if self.memory_mb is not None:

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Partner clusters: two clusters that share a partnership key see each other's nodes in
 mosmon, grouped by cluster, and learn of a partner node's death; a cluster that holds a
-wrong key is never listed; jobs start only in their own cluster."""
+wrong key is never listed; jobs start only in their own cluster. loopcluster's --clusters
+makes such partners in one command."""
 
 import json
+import os
 import unittest
 
 import harness
@@ -55,6 +57,36 @@ class PartnersTest(unittest.TestCase):
                 a.wait_for(lambda: harness.alive_by_cluster(a, "a1") == {"a": ["a1", "a2"],
                                                                  "b": ["b1"]},
                            WAIT_S, "a1 to learn that b2 died")
+
+    def test_loopcluster_makes_two_partner_clusters(self):
+        """`loopcluster up --clusters 2 --nodes 2`: c1 = node1, node2 and c2 = node3, node4,
+        each with its own key and partners both ways; an ordinary user's job of node3 (c2),
+        moved by hand to node1 (c1), runs there on its home's files and comes home."""
+        user = harness.user_for(self, "hwpt").pw_name
+        with harness.LoopCluster(2, clusters=2, settings=SETTINGS +
+                                 ["balance.automatic=false"]) as c:
+            both = {"c1": ["node1", "node2"], "c2": ["node3", "node4"]}
+            for node in c.nodes:
+                c.wait_for(lambda: harness.alive_by_cluster(c, node) == both, WAIT_S,
+                           f"{node} to see both clusters")
+            keys = {c.node(n)["key_file"] for n in c.nodes}
+            self.assertEqual(len(keys), 2, keys)  # one key per cluster
+            work, writer, pid = harness.start_fed_job(
+                self, c, user, "fed", 'read line; echo "$line $(hostname)" > log\n', "",
+                home="node3")
+            c.wait_for(lambda: "node1" in c.run("node3", "ls", "/mosix/home").stdout.split(),
+                       WAIT_S, "node1 to be listed on node3")
+            moved = c.run("node3", "runuser", "-u", user, "--", "mosmigrate", str(pid),
+                          "node1", check=False)
+            self.assertEqual(moved.returncode, 0, moved.stderr)
+            c.wait_for(lambda: [(j["where"], j["where_cluster"]) for j in harness.jobs(c, "node3")
+                                if j["pid"] == pid] == [("node1", "c1")],
+                       WAIT_S, "the job to run on node1 of c1")
+            writer.write("fed\n")
+            writer.close()
+            c.wait_for(lambda: harness.read_text(os.path.join(work, "status")) == "0\n",
+                       WAIT_S, "the job to end")
+            self.assertEqual(harness.read_text(os.path.join(work, "log")), "fed node3\n")
 
 
 if __name__ == "__main__":
