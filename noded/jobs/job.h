@@ -270,6 +270,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // Holds the job's output back (not read from its pipes) while its home waits for the
   // output its old node relays, so that mosrun gets it in order.
   void HoldOutput(bool hold);
+  bool output_held() const { return output_held_; }
   // Called too whenever mosrun has drained what the relay queued: the old node's relay,
   // which sends what the job left in its pipes there, reads on (job_arrivals.cc).
   void AlsoWhenRelayDrains(std::function<void()> callback) {

@@ -131,6 +131,17 @@ InputCarry LoadFrozenInput(const std::string& dir) {
   return input;
 }
 
+void MarkWaitsForRoom(const std::string& dir) {
+  std::string path = dir + "/" + kWaitsForRoom;
+  Fd file = Fd::Adopt(HW_SYSCALL(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600),
+                                 "create {}", path));
+  HW_SYSCALL(::fsync(file.get()), "sync {}", path);
+}
+
+bool WaitsForRoom(const std::string& dir) {
+  return ::access((dir + "/" + kWaitsForRoom).c_str(), F_OK) == 0;
+}
+
 void SaveFrozenOutput(const std::string& dir, const FrozenOutput& output) {
   std::string path = dir + "/" + kFrozenOutput;
   Fd file = Fd::Adopt(HW_SYSCALL(

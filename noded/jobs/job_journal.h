@@ -60,6 +60,13 @@ inline constexpr const char* kFrozenInput = "unread-input";
 void SaveFrozenInput(const std::string& dir, const InputCarry& input);
 InputCarry LoadFrozenInput(const std::string& dir);
 
+// A job frozen at home for want of room after mosctl leave, to continue by itself as
+// room appears: an empty file kWaitsForRoom in its image directory, synced before the
+// journal entry that names the directory is written.
+inline constexpr const char* kWaitsForRoom = "waits-for-room";
+void MarkWaitsForRoom(const std::string& dir);
+bool WaitsForRoom(const std::string& dir);
+
 // The output a guest frozen past its home's grace may not have delivered to its home:
 // per stream (1 stdout, 2 stderr) its offset (since the job came to this node, the count
 // the home keeps) and the bytes from there to the end of what the job wrote. Kept in its

@@ -73,7 +73,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
                        : verb == Verb::CONTINUE ? "continue"
                                                 : "checkpoint";
     if (it->second.away && it->second.away->frozen && verb == Verb::CONTINUE) {
-      Continue(slot, it->second.away, std::move(reply));
+      Continue(slot, it->second.away, ReplyWhenMoved(std::move(reply)));
       return;
     }
     if (verb == Verb::CHECKPOINT && request.getCheckpoint().size() == 0 && it->second.away &&
@@ -94,7 +94,7 @@ void JobRegistry::MigrateJob(schema::MigrateRequest::Reader request, ReplySender
       Fail(ErrorKind::kOverloaded, "job {} is {}; try again", home_pid, JobStateName(state));
     }
     if (verb == Verb::FREEZE) {
-      Freeze(slot, it->second.here, std::move(reply));
+      Freeze(slot, it->second.here, ReplyWhenMoved(std::move(reply)));
     } else if (request.getCheckpoint().size() == 0) {
       // No directory named: one more in the job's own (mosrun -C).
       CheckpointToPlan(slot, it->second.here, std::make_shared<ReplySender>(std::move(reply)));

@@ -1,6 +1,6 @@
 // The job registry's placement and administration side: where a new job starts (mosrun
-// -b, -m), what the balancer may move and how it moves it, and mosctl's block, expel and
-// bring.
+// -b, -m), what the balancer may move and how it moves it, and mosctl's block, expel,
+// bring, leave and join.
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
@@ -17,10 +17,13 @@ namespace {
 // Guests are offered to the balancer with ids above every home job's slot.
 constexpr uint64_t kGuestIdBase = uint64_t{1} << 32;
 
+}  // namespace
+
 // One mosctl action: the moves it started, answered with one report once all have ended.
 class AdminRun {
  public:
-  AdminRun(ReplySender reply, bool blocked) : reply_(std::move(reply)), blocked_(blocked) {}
+  AdminRun(ReplySender reply, bool blocked, bool left)
+      : reply_(std::move(reply)), blocked_(blocked), left_(left) {}
 
   // Counts a move that has started; Ended reports it.
   void Started() { ++pending_; }
@@ -47,6 +50,7 @@ class AdminRun {
     capnp::MallocMessageBuilder message;
     auto report = message.initRoot<schema::ControlReply>().initAdminReport();
     report.setBlocked(blocked_);
+    report.setLeft(left_);
     auto moves = report.initMoves(static_cast<unsigned>(moves_.size()));
     for (unsigned i = 0; i < moves_.size(); ++i) {
       moves[i].setHomePid(moves_[i].home_pid);
@@ -60,13 +64,12 @@ class AdminRun {
 
   ReplySender reply_;
   bool blocked_;
+  bool left_;
   int pending_ = 0;
   bool all_started_ = false;
   bool finished_ = false;
   std::vector<Entry> moves_;
 };
-
-}  // namespace
 
 std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where, bool best) const {
   bool elsewhere = !where.empty() && where != config_.name;
@@ -76,6 +79,13 @@ std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where
   if (launch.keep_home && (best || elsewhere)) {
     Fail(ErrorKind::kInvalidInput, "a job kept at home (-h) starts at home");
   }
+  if (left_ && elsewhere) {
+    Fail(ErrorKind::kInvalidInput,
+         "node {} has left the cluster (mosctl leave): its jobs start and stay here until "
+         "mosctl join",
+         config_.name);
+  }
+  if (left_) return {};  // -b: here
   uint32_t need = launch.min_free_mb;
   if (!best && need == 0) return where;
   std::vector<balance::Node> nodes = picture_();
@@ -144,8 +154,9 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
     }
     movable.push_back(offered);
   };
+  // A node that left the cluster keeps its jobs (its guests were sent away).
   for (auto& [slot, entry] : jobs_) {
-    if (entry.here) offer(static_cast<uint64_t>(slot), *entry.here);
+    if (entry.here && !left_) offer(static_cast<uint64_t>(slot), *entry.here);
   }
   for (auto& [id, job] : guests_) offer(kGuestIdBase + id, *job);
   return movable;
@@ -180,58 +191,73 @@ void JobRegistry::Admin(schema::AdminRequest::Reader request, ReplySender reply)
   // Local root only: checked by the permission table (control_permissions.h).
   auto action = request.getAction();
   using Action = schema::AdminRequest::Action;
-  if (action == Action::BLOCK || action == Action::EXPEL) blocked_ = true;
-  if (action == Action::UNBLOCK) blocked_ = false;
+  if (action == Action::LEAVE) {
+    left_ = true;
+    spdlog::info("node {} leaves the cluster: its guests go, its jobs come home", config_.name);
+  }
+  if (action == Action::JOIN) {
+    left_ = false;
+    spdlog::info("node {} takes part in the cluster again", config_.name);
+  }
+  if (action == Action::BLOCK || action == Action::EXPEL || action == Action::LEAVE) {
+    blocked_ = true;
+  }
+  if (action == Action::UNBLOCK || action == Action::JOIN) blocked_ = false;
   if (on_change_) on_change_();  // gossip tells the cluster at once
-  auto run = std::make_shared<AdminRun>(std::move(reply), blocked_);
-
-  if (action == Action::EXPEL) {
-    // Every guest goes home; one whose home cannot take it goes to the best other node.
-    std::vector<std::shared_ptr<Job>> guests;
-    for (auto& [id, job] : guests_) guests.push_back(job);
-    for (auto& job : guests) {
-      std::string home = job->launch().home;
-      pid_t home_pid = job->home_pid();
-      run->Started();
-      MigrateGuest(job, home, [this, run, job, home, home_pid](const MoveOutcome& outcome) {
-        if (outcome.error.empty()) {
-          run->Ended(home_pid, home, config_.name, outcome.where, "");
-          return;
-        }
-        std::vector<balance::Node> others;
-        for (auto& node : picture_()) {
-          if (node.name != config_.name && node.name != home) others.push_back(node);
-        }
-        auto elsewhere = balance::BestNode(others, config_.name, job->launch().min_free_mb);
-        if (!elsewhere) {
-          run->Ended(home_pid, home, config_.name, home,
-                     fmt::format("{}; and no other node can take it", outcome.error));
-          return;
-        }
-        MigrateGuest(job, *elsewhere, [run, home, home_pid, this](const MoveOutcome& second) {
-          run->Ended(home_pid, home, config_.name, second.where, second.error);
-        });
-      });
-    }
-  }
-  if (action == Action::BRING) {
-    for (auto& [slot, entry] : jobs_) {
-      if (!entry.away || entry.away->frozen) continue;
-      auto away = entry.away;
-      std::string from = away->where();
-      pid_t home_pid = away->home_pid();
-      run->Started();
-      auto done = [this, run, from, home_pid](const MoveOutcome& outcome) {
-        run->Ended(home_pid, config_.name, from, config_.name, outcome.error);
-      };
-      try {
-        MoveAway(away, config_.name, done);
-      } catch (const Error& e) {
-        done(MoveOutcome::Failure(e.what(), e.kind()));
-      }
-    }
-  }
+  auto run = std::make_shared<AdminRun>(std::move(reply), blocked_, left_);
+  if (action == Action::EXPEL || action == Action::LEAVE) ExpelGuests(run);
+  if (action == Action::BRING || action == Action::LEAVE) BringJobsHome(run);
   run->AllStarted();
+}
+
+void JobRegistry::ExpelGuests(const std::shared_ptr<AdminRun>& run) {
+  // Every guest goes home; one whose home cannot take it goes to the best other node.
+  std::vector<std::shared_ptr<Job>> guests;
+  for (auto& [id, job] : guests_) guests.push_back(job);
+  for (auto& job : guests) {
+    std::string home = job->launch().home;
+    pid_t home_pid = job->home_pid();
+    run->Started();
+    MigrateGuest(job, home, [this, run, job, home, home_pid](const MoveOutcome& outcome) {
+      if (outcome.error.empty()) {
+        run->Ended(home_pid, home, config_.name, outcome.where, "");
+        return;
+      }
+      std::vector<balance::Node> others;
+      for (auto& node : picture_()) {
+        if (node.name != config_.name && node.name != home) others.push_back(node);
+      }
+      auto elsewhere = balance::BestNode(others, config_.name, job->launch().min_free_mb);
+      if (!elsewhere) {
+        run->Ended(home_pid, home, config_.name, home,
+                   fmt::format("{}; and no other node can take it", outcome.error));
+        return;
+      }
+      MigrateGuest(job, *elsewhere, [run, home, home_pid, this](const MoveOutcome& second) {
+        run->Ended(home_pid, home, config_.name, second.where, second.error);
+      });
+    });
+  }
+}
+
+void JobRegistry::BringJobsHome(const std::shared_ptr<AdminRun>& run) {
+  for (auto& [slot, entry] : jobs_) {
+    if (!entry.away || entry.away->frozen) continue;
+    auto away = entry.away;
+    std::string from = away->where();
+    pid_t home_pid = away->home_pid();
+    run->Started();
+    auto done = [this, run, from, home_pid, slot](const MoveOutcome& outcome) {
+      // Home to stay: KeepRoom freezes it if it finds no room.
+      if (outcome.error.empty() && left_) brought_home_.insert(slot);
+      run->Ended(home_pid, config_.name, from, config_.name, outcome.error);
+    };
+    try {
+      MoveAway(away, config_.name, done);
+    } catch (const Error& e) {
+      done(MoveOutcome::Failure(e.what(), e.kind()));
+    }
+  }
 }
 
 }  // namespace homeward

@@ -279,7 +279,10 @@ void JobRegistry::RecoverAway(JournalEntry& entry) {
   away->uid = entry.launch.identity.uid;
   // A job away is journaled with its command as one word; a frozen one with its argv.
   away->command = CommandOf(entry.launch.argv);
-  if (frozen) away->frozen = Away::Frozen{entry.frozen_dir, frozen_launch, entry.pipes};
+  if (frozen) {
+    away->frozen = Away::Frozen{entry.frozen_dir, frozen_launch, entry.pipes,
+                                WaitsForRoom(entry.frozen_dir)};
+  }
   away->locked = entry.launch.locked;
   away->partners = entry.launch.partners;
   away->awaiting_mosrun = true;

@@ -345,6 +345,7 @@ void JobRegistry::OnCountsTimer(uv_timer_t* timer) {
     self->EndOverdueAttaches();
     self->JournalAways();
     self->FreezeOverdueGuests();
+    self->KeepRoom();
     if (self->on_change_) self->on_change_();
   });
 }

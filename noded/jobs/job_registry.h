@@ -44,6 +44,8 @@
 
 namespace homeward {
 
+class AdminRun;  // one mosctl action's moves (job_placement.cc)
+
 // Where another node's daemon listens, as the cluster's picture has it.
 struct PeerAddress {
   std::string host;
@@ -92,8 +94,10 @@ class JobRegistry {
   void ResumeJob(schema::ResumeJob::Reader request, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
-  // mosctl block, unblock, expel and bring.
+  // mosctl block, unblock, expel, bring, leave and join.
   void Admin(schema::AdminRequest::Reader request, ReplySender reply);
+  // Whether this node has left the cluster (mosctl leave): it keeps its jobs home.
+  bool left() const { return left_; }
 
   // The balancer's side. Samples what every job running here uses, and returns those it
   // may move: not locked (mosrun -L), not pinned, not moving; `now_ms` is the loop's time.
@@ -175,6 +179,10 @@ class JobRegistry {
       std::string dir;  // its images
       JobLaunch launch;
       std::vector<migrate::PipeRole> pipes;
+      // Frozen for want of room at home after mosctl leave: continues by itself, one job
+      // at a time, as room appears (ContinueWhenRoom). Kept across restarts as a file
+      // in `dir`.
+      bool waits_for_room = false;
     };
     std::optional<Frozen> frozen;
     // Set while the job's new place holds its output back until its old node's last
@@ -364,7 +372,20 @@ class JobRegistry {
   // with the caller's rights (checkpoint_dir.h); the job runs on.
   void Checkpoint(std::shared_ptr<Job> job, const std::string& path, const Caller& caller,
                   ReplySender reply);
-  void Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply);
+  // Dumps a job at home to <state_dir>/frozen/job-PID and keeps its slot and mosrun
+  // (mosmigrate freeze); `waits_for_room`: frozen because the home has no room for it
+  // after it left the cluster (mosctl leave), to continue by itself when room appears.
+  void Freeze(int slot, std::shared_ptr<Job> job, MoveDone done, bool waits_for_room = false);
+  // mosctl's expel and bring, each move reported to `run`.
+  void ExpelGuests(const std::shared_ptr<AdminRun>& run);
+  void BringJobsHome(const std::shared_ptr<AdminRun>& run);
+  // Room at home after mosctl leave (job_room.cc), each second: while more jobs run here
+  // (this home's and guests) than the node has cores, the job brought home last is
+  // frozen to disk; while there is a core free, the job frozen so first is continued,
+  // one at a time.
+  uint32_t RunningHere() const;
+  uint32_t CoresHere() const;
+  void KeepRoom();
   struct DumpOutcome {
     migrate::DumpResult dump;
     std::string error;
@@ -377,14 +398,14 @@ class JobRegistry {
   ActingUser CriuUserOf(const Job& job) const;
   void DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDump after, DumpStep dump,
                    std::function<void(const DumpOutcome&)> done);
-  void Continue(int slot, std::shared_ptr<Away> away, ReplySender reply);
+  void Continue(int slot, std::shared_ptr<Away> away, MoveDone done);
   // A frozen job restored at home (or not), back on the loop.
   struct Restoring {
     std::optional<RestoredHere> restored;
     std::string error;
   };
   void Continued(int slot, const std::shared_ptr<Away>& away, Restoring& result,
-                 ReplySender& reply);
+                 const MoveDone& done);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
 
   // Checkpoints into a job's checkpoint directory (job_checkpoints.cc): what mosrun -C,
@@ -530,6 +551,9 @@ class JobRegistry {
   std::function<void()> on_arrival_;
   std::function<void(const std::string& node)> on_placed_;
   std::atomic<bool> blocked_{false};
+  bool left_ = false;                // mosctl leave, until mosctl join
+  bool room_busy_ = false;            // KeepRoom's one freeze or continue at a time
+  std::set<int> brought_home_;        // slots of the jobs brought home since mosctl leave
   UvHandle<uv_timer_t> counts_timer_;
   UvHandle<uv_async_t> restored_wakeup_;
   JobWhereabouts whereabouts_;

@@ -95,7 +95,7 @@ void JobRegistry::DumpOffLoop(const std::shared_ptr<Job>& job, migrate::AfterDum
   if (status < 0) Fail(ErrorKind::kFailed, "cannot start the checkpoint: {}", uv_strerror(status));
 }
 
-void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) {
+void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, MoveDone done, bool waits_for_room) {
   std::string frozen = config_.state_dir + "/frozen";
   ::mkdir(frozen.c_str(), 0700);
   std::string dir = fmt::format("{}/job-{}", frozen, job->home_pid());
@@ -103,27 +103,26 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
   HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create {}", dir);
   job->Depart(move::DumpKind::kFreeze);
   job->relay().PauseReading(true);
-  auto pending = std::make_shared<ReplySender>(std::move(reply));
   try {
     DumpOffLoop(
         job, migrate::AfterDump::kStop,
         [dir](pid_t init, const migrate::DumpOptions& options) {
           return migrate::Dump(init, dir, options);
         },
-        [this, slot, job, dir, pending](const DumpOutcome& outcome) {
+        [this, slot, job, dir, done = std::move(done), waits_for_room](const DumpOutcome& outcome) {
           const DumpOutcome* result = &outcome;
           auto it = jobs_.find(slot);
           if (!result->error.empty() || it == jobs_.end() || it->second.here != job) {
             job->Stay(result->error);
             migrate::RemoveImageDir(dir);
             job->relay().PauseReading(false);
-            pending->SendError(
-                Error(ErrorKind::kFailed, fmt::format("job {} runs on: freezing failed: {}",
-                                                      job->home_pid(), result->error)));
+            done(MoveOutcome::Failure(
+                fmt::format("job {} runs on: freezing failed: {}", job->home_pid(), result->error)));
             return;
           }
           auto away = AwayFrom(*job, move::Protocol::Frozen(job->home_pid(), job->migrations()));
-          away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles()};
+          away->frozen = Away::Frozen{dir, job->launch(), job->pipe_roles(), waits_for_room};
+          if (waits_for_room) MarkWaitsForRoom(dir);
           // What mosrun had of the output when the job stopped: its output goes on from
           // there when it continues.
           away->origin[1] = job->output_total(1);
@@ -149,9 +148,7 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
           MoveOutcome frozen_to;
           frozen_to.where = "frozen";
           frozen_to.image_bytes = result->dump.image_bytes;
-          capnp::MallocMessageBuilder message;
-          BuildMigrated(message, frozen_to);
-          pending->Send(message);
+          done(frozen_to);
         });
   } catch (const Error& e) {
     job->Stay(e.what());
@@ -160,9 +157,8 @@ void JobRegistry::Freeze(int slot, std::shared_ptr<Job> job, ReplySender reply) 
   }
 }
 
-void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender reply) {
+void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, MoveDone done) {
   auto result = std::make_shared<Restoring>();
-  auto pending = std::make_shared<ReplySender>(std::move(reply));
   std::string dir = away->frozen->dir;
   auto pipes = away->frozen->pipes;
   std::string init_path = init_path_;
@@ -177,8 +173,8 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
           result->error = e.what();
         }
       },
-      [this, alive = alive_, slot, away, result, pending] {
-        if (*alive) Continued(slot, away, *result, *pending);
+      [this, alive = alive_, slot, away, result, done = std::move(done)] {
+        if (*alive) Continued(slot, away, *result, done);
       });
   if (status < 0) {
     away->protocol.ContinueDone(false);
@@ -187,7 +183,7 @@ void JobRegistry::Continue(int slot, std::shared_ptr<Away> away, ReplySender rep
 }
 
 void JobRegistry::Continued(int slot, const std::shared_ptr<Away>& away, Restoring& result,
-                            ReplySender& reply) {
+                            const MoveDone& done) {
   auto it = jobs_.find(slot);
   if (result.error.empty() && (it == jobs_.end() || it->second.away != away)) {
     result.error = "its mosrun is gone";
@@ -206,8 +202,7 @@ void JobRegistry::Continued(int slot, const std::shared_ptr<Away>& away, Restori
   if (!result.error.empty()) {
     result.restored.reset();  // a restored copy not taken over is killed and reaped
     away->protocol.ContinueDone(false);
-    reply.SendError(Error(ErrorKind::kFailed,
-                          fmt::format("job {} stays frozen: {}", away->home_pid(), result.error)));
+    done(MoveOutcome::Failure(fmt::format("job {} stays frozen: {}", away->home_pid(), result.error)));
     return;
   }
   *weak_job = job;
@@ -226,9 +221,7 @@ void JobRegistry::Continued(int slot, const std::shared_ptr<Away>& away, Restori
   spdlog::info("job {} continues", job->home_pid());
   MoveOutcome outcome;
   outcome.where = config_.name;
-  capnp::MallocMessageBuilder message;
-  BuildMigrated(message, outcome);
-  reply.Send(message);
+  done(outcome);
 }
 
 }  // namespace homeward

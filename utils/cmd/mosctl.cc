@@ -68,6 +68,10 @@ int Admin(const std::string& socket, schema::AdminRequest::Action action) {
   }
   fmt::print("{} moved, {} stayed; this node {} guests\n", report.getMoves().size() - failed,
              failed, report.getBlocked() ? "accepts no" : "accepts");
+  if (report.getLeft()) {
+    fmt::print("this node has left the cluster (mosctl join to take part again); jobs that "
+               "found no free core here wait frozen (mosps) and continue one by one\n");
+  }
   return failed ? 1 : 0;
 }
 
@@ -96,6 +100,11 @@ int main(int argc, char** argv) {
        Action::EXPEL},
       {app.add_subcommand("bring", "bring every job of this home running elsewhere back home"),
        Action::BRING},
+      {app.add_subcommand("leave",
+                          "leave the cluster: expel every guest, bring every job home and "
+                          "keep them here (those without a free core wait frozen)"),
+       Action::LEAVE},
+      {app.add_subcommand("join", "take part in the cluster again after leave"), Action::JOIN},
   };
   CLI11_PARSE(app, argc, argv);
   try {

@@ -411,6 +411,13 @@ struct AdminRequest {
     # Block, then send every guest away: home, or to another node when home cannot take it.
     bring @3;
     # Bring every job of this home that runs elsewhere back home.
+    leave @4;
+    # Leave the cluster: expel every guest, bring every job home, and keep them home
+    # (no moves out, no guests) until join. A job that comes home to no room (more jobs
+    # running here than cores) is frozen to disk and continued, one at a time, as room
+    # appears.
+    join @5;
+    # Take part in the cluster again after leave (unblocks too).
   }
 }
 
@@ -419,6 +426,8 @@ struct AdminReport {
   # One per job the action tried to move, in the order they ended.
   blocked @1 :Bool;
   # Whether the node accepts no guests after the action.
+  left @2 :Bool;
+  # Whether the node has left the cluster (mosctl leave) after the action.
 }
 
 struct MoveReport {
