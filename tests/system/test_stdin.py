@@ -275,7 +275,16 @@ class StdinTest(unittest.TestCase):
             self.wait_end()
             self.assertIn(last_word, self.c.log("node1"))
             with open(self.path("big"), "rb") as f, open(self.path(f"out{step}"), "rb") as g:
-                self.assertTrue(f.read() * 2 == g.read(), f"output after the move to {target}")
+                want, got = f.read() * 2, g.read()
+            if want != got:
+                differs = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b),
+                               min(len(want), len(got)))
+                lines = [line for node in ("node1", "node2", "node3")
+                         for line in self.c.log(node).splitlines() if f"job {pid}" in line]
+                self.fail(f"output after the move to {target}: {len(got)} bytes, not "
+                          f"{len(want)}; first difference at {differs} (the first copy ends "
+                          f"at {len(want) // 2}); stderr: {harness.read_text(self.path('err'))!r}"
+                          "\n" + "\n".join(lines[-40:]))
             os.unlink(self.path("status"))
 
     def test_end_of_input_while_frozen(self):
