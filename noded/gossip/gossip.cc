@@ -73,6 +73,7 @@ Gossip::Ring::Ring(const std::string& partner_name, const std::vector<uint8_t>& 
 Gossip::Gossip(uv_loop_t* loop, const NodeConfig& config)
     : loop_(loop),
       config_(config),
+      metrics_(config.speed),
       epoch_(std::chrono::steady_clock::now()),
       receive_buffer_(new char[kReceiveBuffer]) {
   NodeRecord self = SelfRecord(config_);

@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <charconv>
@@ -270,30 +271,33 @@ int UsableCores() {
   return count > 0 ? count : 1;
 }
 
-double MeasureCpuSpeed() {
-  // A fixed mix of integer and floating-point work the optimiser cannot remove. Best of
-  // three, so that a momentary neighbour does not halve a node's speed for its lifetime.
-  double best_us = 1e18;
-  volatile double sink = 0;
-  for (int run = 0; run < 3; ++run) {
-    auto start = std::chrono::steady_clock::now();
-    uint64_t x = 88172645463325252ull;
-    double acc = 0;
-    for (int i = 0; i < 4'000'000; ++i) {
-      x ^= x << 13;
-      x ^= x >> 7;
-      x ^= x << 17;
-      acc += static_cast<double>(x & 0xffff) * 1e-5;
-      acc = acc > 1e6 ? acc * 0.5 : acc;
-    }
-    sink = sink + acc;
-    double us =
-        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
-    best_us = std::min(best_us, us);
+double SpeedWorkload(SpeedClock clock) {
+  // A fixed mix of integer and floating-point work the optimiser cannot remove, in
+  // registers: no cache or memory a neighbour could slow.
+  clockid_t id = clock == SpeedClock::kThreadCpu ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
+  timespec start{}, end{};
+  ::clock_gettime(id, &start);
+  uint64_t x = 88172645463325252ull;
+  double acc = 0;
+  for (int i = 0; i < 4'000'000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    acc += static_cast<double>(x & 0xffff) * 1e-5;
+    acc = acc > 1e6 ? acc * 0.5 : acc;
   }
+  ::clock_gettime(id, &end);
+  volatile double sink = acc;
   (void)sink;
-  double speed = kReferenceMicros / std::max(best_us, 1.0);
-  return std::round(speed * 100.0) / 100.0;
+  double us = static_cast<double>(end.tv_sec - start.tv_sec) * 1e6 +
+              static_cast<double>(end.tv_nsec - start.tv_nsec) / 1e3;
+  return std::round(kReferenceMicros / std::max(us, 1.0) * 100.0) / 100.0;
+}
+
+double MeasureCpuSpeed(int runs, SpeedClock clock) {
+  double best = 0;
+  for (int run = 0; run < runs; ++run) best = std::max(best, SpeedWorkload(clock));
+  return best;
 }
 
 void LoadAverage::Sample(double runnable, double elapsed_ms) {
@@ -308,8 +312,22 @@ void LoadAverage::Sample(double runnable, double elapsed_ms) {
   smoothed_ += alpha * (runnable - smoothed_);
 }
 
-NodeMetrics::NodeMetrics() : cores_(UsableCores()), speed_(MeasureCpuSpeed()), load_(5000.0) {
+NodeMetrics::NodeMetrics(double fixed_speed)
+    : cores_(UsableCores()),
+      speed_(fixed_speed > 0 ? fixed_speed : MeasureCpuSpeed()),
+      speed_fixed_(fixed_speed > 0),
+      next_speed_run_(std::chrono::steady_clock::now() + kFirstSpeedRerun),
+      load_(5000.0) {
   Sample(0);
+}
+
+void NodeMetrics::RemeasureSpeed(std::chrono::steady_clock::time_point now) {
+  // One more short run now and then, each later than the one before: the best figure
+  // stays, so that a node started beside a busy neighbour soon publishes its own speed.
+  if (speed_fixed_ || now < next_speed_run_) return;
+  speed_ = std::max(speed_, MeasureCpuSpeed(1));
+  speed_rerun_ = std::min(speed_rerun_ * 2, kLastSpeedRerun);
+  next_speed_run_ = now + speed_rerun_;
 }
 
 std::optional<int> NodeMetrics::RunnableNow() {
@@ -341,6 +359,7 @@ std::optional<MemInfo> ReadNodeMemory() {
 
 void NodeMetrics::Sample(double elapsed_ms) {
   sampled_at_ = std::chrono::steady_clock::now();
+  RemeasureSpeed(sampled_at_);
   cores_ = UsableCores();
   if (auto runnable = RunnableNow()) load_.Sample(*runnable, elapsed_ms);
   if (auto memory = ReadNodeMemory()) memory_ = *memory;

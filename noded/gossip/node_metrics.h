@@ -86,8 +86,13 @@ std::optional<MemInfo> ReadNodeMemory();
 int UsableCores();
 
 // A short fixed integer and floating-point workload, timed: the relative speed of one
-// core against the reference machine (1.0). Takes about 3 x 12.5 ms on the reference.
-double MeasureCpuSpeed();
+// core against the reference machine (1.0), best of `runs` (about 12.5 ms each on the
+// reference; a daemon starts with five). Timed by default in the CPU time of the calling thread, not the wall
+// clock: a neighbour that takes the core away now and then stretches the wall time of a
+// run, not the CPU time it took, so identical nodes publish one figure whatever their
+// load (bench/run speed shows both clocks beside busy cores).
+enum class SpeedClock { kThreadCpu, kWall };
+double MeasureCpuSpeed(int runs = 5, SpeedClock clock = SpeedClock::kThreadCpu);
 
 // The load a node publishes, from the runnable tasks sampled at every gossip round
 // (procs_running, or those on the node's own cores): an exponentially weighted moving
@@ -117,7 +122,9 @@ class LoadAverage {
 // unreadable /proc still gossips, with what it knew).
 class NodeMetrics {
  public:
-  NodeMetrics();
+  // `fixed_speed`: the administrator's figure ([node] speed), published as it is; 0: the
+  // speed is measured at start and again now and then, the best figure kept.
+  explicit NodeMetrics(double fixed_speed = 0);
   // Takes one sample; `elapsed_ms` since the previous one.
   void Sample(double elapsed_ms);
   // The runnable tasks right now, not counting the caller: on the node's cores when its
@@ -134,8 +141,15 @@ class NodeMetrics {
   const MemInfo& memory() const { return memory_; }
 
  private:
+  static constexpr std::chrono::seconds kFirstSpeedRerun{10};
+  static constexpr std::chrono::seconds kLastSpeedRerun{600};
+  void RemeasureSpeed(std::chrono::steady_clock::time_point now);
+
   int cores_;
   double speed_;
+  bool speed_fixed_;
+  std::chrono::steady_clock::time_point next_speed_run_;
+  std::chrono::seconds speed_rerun_ = kFirstSpeedRerun;
   LoadAverage load_;
   MemInfo memory_;
   std::chrono::steady_clock::time_point sampled_at_;

@@ -154,6 +154,17 @@ TEST(NodeMetrics, LoadAverageFollowsWithItsTimeConstant) {
   EXPECT_NEAR(load.value(), 4 * 0.36788, 1e-3);
 }
 
+TEST(NodeMetrics, PublishesTheAdministratorsSpeedAsItIs) {
+  NodeMetrics metrics(2.5);
+  metrics.Sample(1000);
+  EXPECT_EQ(metrics.speed(), 2.5);
+}
+
+TEST(NodeMetrics, MeasuresSpeedInCpuTimeOrWallTime) {
+  EXPECT_GT(MeasureCpuSpeed(1, SpeedClock::kThreadCpu), 0);
+  EXPECT_GT(MeasureCpuSpeed(1, SpeedClock::kWall), 0);
+}
+
 TEST(NodeMetrics, MeasuresThisMachine) {
   NodeMetrics metrics;
   EXPECT_GE(metrics.cores(), 1);

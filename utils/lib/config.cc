@@ -59,6 +59,17 @@ class ConfigReader {
     return value;
   }
 
+  double Number(std::string_view field, double fallback, double min, double max) const {
+    const toml::node* node = Find(field);
+    if (!node) return fallback;
+    if (!node->is_number()) Problem(field, "must be a number");
+    double value = *node->value<double>();
+    if (!(value >= min && value <= max)) {
+      Problem(field, fmt::format("{} is out of range [{}, {}]", value, min, max));
+    }
+    return value;
+  }
+
   bool Boolean(std::string_view field, bool fallback) const {
     const toml::node* node = Find(field);
     if (!node) return fallback;
@@ -331,6 +342,7 @@ NodeConfig ParseNodeConfig(const std::string& text, const std::string& path) {
                                                "error, critical, off",
                                                config.log_level));
 level_ok:
+  config.speed = reader.Number("node.speed", 0, 0.01, 1000);
   config.gossip_port = static_cast<uint16_t>(reader.Integer("ports.gossip", 4700, 1, 65535));
   config.peer_port = static_cast<uint16_t>(reader.Integer("ports.peer", 4701, 1, 65535));
   config.control_socket = config.state_dir + "/control.sock";

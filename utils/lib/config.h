@@ -109,6 +109,9 @@ struct NodeConfig {
   RecoveryConfig recovery;
   MigrationConfig migration;
   std::string log_level = "info";
+  // [node] speed: this node's relative CPU speed as its administrator sets it (1.0 is
+  // the reference machine); 0: measured (node_metrics.h, MeasureCpuSpeed).
+  double speed = 0;
 
   // Whether `name` is this node's cluster (empty is: a peer of the same cluster names none).
   bool OwnCluster(const std::string& name) const { return name.empty() || name == cluster; }

@@ -92,6 +92,19 @@ TEST_F(ConfigTest, ReadsEveryOptionalField) {
   EXPECT_EQ(config.seeds[0].port, 5100);  // seeds default to our own gossip port
 }
 
+TEST_F(ConfigTest, ReadsTheNodesSpeedOrMeasuresIt) {
+  EXPECT_EQ(LoadNodeConfig(Write(Good())).speed, 0);  // measured
+  auto with_speed = [this](const std::string& value) {
+    std::string text = Good();
+    return text.replace(text.find("[cluster]"), 0, "speed = " + value + "\n");
+  };
+  EXPECT_EQ(LoadNodeConfig(Write(with_speed("2.5"))).speed, 2.5);
+  EXPECT_EQ(LoadNodeConfig(Write(with_speed("3"))).speed, 3);
+  EXPECT_THAT(ErrorOf(with_speed("0")), HasSubstr("node.speed: 0 is out of range"));
+  EXPECT_THAT(ErrorOf(with_speed("\"fast\"")), HasSubstr("node.speed: must be a number"));
+  EXPECT_THAT(ErrorOf(with_speed("nan")), HasSubstr("node.speed: nan is out of range"));
+}
+
 TEST_F(ConfigTest, ReadsPeerLimitsAndReplayWindow) {
   NodeConfig defaults = LoadNodeConfig(Write(Good()));
   EXPECT_EQ(defaults.peer.max_pending_per_source, 8);
