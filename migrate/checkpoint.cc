@@ -775,7 +775,7 @@ uint64_t PipeInode(int fd) {
   return st.st_ino;
 }
 
-CriuCheckResult CriuCheck(const std::string& criu_path) {
+CriuCheckResult CriuCheck(const std::string& criu_path, const std::vector<std::string>& features) {
   CriuCheckResult result;
   auto run = [&](std::vector<std::string> args) {
     CriuCall call;
@@ -793,8 +793,7 @@ CriuCheckResult CriuCheck(const std::string& criu_path) {
     result.usable = !check.status.signaled && check.status.code == 0;
     if (!result.usable) result.message = check.output;
     if (!result.usable) return result;
-    for (const char* feature :
-         {"mem_dirty_track", "uffd-noncoop", "seccomp_filters", "timens", "pidfd_store"}) {
+    for (const std::string& feature : features) {
       CriuRun probe = run({"check", "--feature", feature});
       result.features.push_back({feature, !probe.status.signaled && probe.status.code == 0});
     }

@@ -15,6 +15,7 @@
 #include "control_permissions.h"
 #include "lock_holder.h"
 #include "migration.h"
+#include "node_check.h"
 #include "partner_services.h"
 #include "homeward_config.h"
 #include "install_paths.h"
@@ -219,6 +220,7 @@ void Daemon::Start() {
   balancer_.Start();
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
+  LogChecks();
   if (callback_throws_) {
     // For the failure test that shows an exception in a loop callback stops at the guard
     // (c_boundary.h): the daemon logs it and serves on.
@@ -226,6 +228,32 @@ void Daemon::Start() {
         loop_, [] {},
         [] { Fail(ErrorKind::kFailed, "fault point loop-callback-throws hit (HOMEWARD_FAULT)"); });
   }
+}
+
+void Daemon::LogChecks() {
+  // What mosctl check prints, but the ports (this daemon holds them), once and off the
+  // loop: criu's probes take a few tenths of a second.
+  struct Checks {
+    NodeConfig config;
+    std::vector<CheckLine> lines;
+  };
+  auto checks = std::make_shared<Checks>(Checks{config_, {}});
+  QueueWork(
+      loop_,
+      [checks] {
+        CheckOptions options;
+        options.config = &checks->config;
+        options.ports = false;
+        checks->lines = CheckNode(options);
+      },
+      [checks] {
+        for (const CheckLine& line : checks->lines) {
+          auto level = line.verdict == CheckLine::Verdict::kOk     ? spdlog::level::info
+                       : line.verdict == CheckLine::Verdict::kWarn ? spdlog::level::warn
+                                                                  : spdlog::level::err;
+          spdlog::log(level, "check: {}", FormatCheckLine(line));
+        }
+      });
 }
 
 void Daemon::Stop() {

@@ -42,6 +42,8 @@ class Daemon {
   void CatchSignals();
   void ServeHomeLocks();
   void FollowPeers();
+  // Logs once what this node needs of its machine (check/node_check.h).
+  void LogChecks();
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
   void ReplyStatus(ReplySender reply);
   PeerAddress ResolvePeer(const std::string& node) const;

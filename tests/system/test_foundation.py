@@ -56,7 +56,7 @@ class ClusterFoundationTest(unittest.TestCase):
             self.assertIn("not running", dead.stderr)
             # With its daemon gone, the commands on another node's socket say so clearly.
             env = dict(cluster.env(), HOMEWARD_CONTROL=cluster.node("node2")["control"])
-            result = subprocess.run([harness.BUILD + "/utils/mosctl", "status"], env=env,
+            result = subprocess.run([harness.BUILD + "/noded/mosctl", "status"], env=env,
                                     capture_output=True, text=True)
             self.assertEqual(result.returncode, 1)
             self.assertIn("no node daemon is running", result.stderr)

@@ -1,6 +1,9 @@
-// mosctl: administration of the local node: its status, whether it takes guests, and
-// sending its guests away or bringing its own jobs home.
+// mosctl: administration of the local node: its status, whether it takes guests,
+// sending its guests away or bringing its own jobs home, leaving the cluster, and what it
+// needs of its machine (check).
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -8,6 +11,7 @@
 #include "config.h"
 #include "control_client.h"
 #include "error.h"
+#include "node_check.h"
 
 namespace homeward {
 namespace {
@@ -47,6 +51,39 @@ int HomeMount(const std::string& socket, const std::string& name, const std::str
     mount.setUp(up);
   });
   return 0;
+}
+
+// check: what this node needs of its machine, one line per probe; 1 when jobs could not
+// run or move here.
+int Check(const std::string& config_path, const std::string& socket) {
+  CheckOptions options;
+  options.config_path = config_path;
+  std::optional<NodeConfig> config;
+  try {
+    config = LoadNodeConfig(config_path);
+    options.config = &*config;
+  } catch (const Error& e) {
+    options.config_error = e.what();
+  }
+  try {
+    auto client = ControlClient::Connect(socket);
+    auto reply = client.Call([](auto request) { request.setStatus(); });
+    options.daemon_pid = static_cast<int>(reply.Root<schema::ControlReply>().getStatus().getPid());
+  } catch (const Error&) {
+    // No daemon answers: its ports must be free.
+  }
+  int failed = 0;
+  for (const CheckLine& line : CheckNode(options)) {
+    fmt::print("{}\n", FormatCheckLine(line));
+    if (line.verdict == CheckLine::Verdict::kFail) ++failed;
+  }
+  if (failed) {
+    fmt::print("{} probe{} failed: jobs cannot run or move on this node\n", failed,
+               failed == 1 ? "" : "s");
+  } else {
+    fmt::print("this node can run and move jobs\n");
+  }
+  return failed ? 1 : 0;
 }
 
 // block, unblock, expel, bring: waits until every move has ended and says what moved.
@@ -91,6 +128,13 @@ int main(int argc, char** argv) {
   mount->add_option("address", address, "the peer's address[:port]")->required();
   auto* unmount = app.add_subcommand("home-unmount", "unmount /mosix/home/NAME");
   unmount->add_option("name", name, "the peer's node name")->required();
+  const char* config_env = std::getenv("HOMEWARD_CONFIG");
+  std::string config_path = config_env && *config_env ? config_env : "/etc/homeward/node.toml";
+  auto* check = app.add_subcommand(
+      "check", "probe what this node needs (FUSE, namespaces, seccomp, cgroups, userfaultfd, "
+               "CRIU, its configuration and ports): one line each, with a fix");
+  check->add_option("-c,--config", config_path, "the node's TOML configuration")
+      ->envname("HOMEWARD_CONFIG");
   using Action = homeward::schema::AdminRequest::Action;
   std::vector<std::pair<CLI::App*, Action>> actions = {
       {app.add_subcommand("block", "accept no guests (new jobs or moves) from other nodes"),
@@ -112,6 +156,7 @@ int main(int argc, char** argv) {
       if (command->parsed()) return homeward::Admin(socket, action);
     }
     if (status->parsed()) return homeward::Status(socket);
+    if (check->parsed()) return homeward::Check(config_path, socket);
     if (mount->parsed()) return homeward::HomeMount(socket, name, address, true);
     if (unmount->parsed()) return homeward::HomeMount(socket, name, "", false);
   } catch (const homeward::Error& e) {

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""mosctl check: on a node of a loopback cluster every probe passes (FUSE, namespaces,
+seccomp, cgroups, userfaultfd, CRIU, the configuration, the ports its daemon serves) and
+the daemon logged the same probes once at start; a key file others may read, a port that
+another daemon holds, and an ordinary user's run each fail with the cause and a fix."""
+
+import os
+import re
+import shutil
+import unittest
+
+import harness
+
+PROBES = ["config", "fuse", "namespaces", "seccomp", "cgroups", "userfaultfd", "criu", "ports"]
+
+
+class CheckTest(unittest.TestCase):
+    def test_check_passes_on_a_node_and_names_what_breaks(self):
+        user = harness.user_for(self, "hwck").pw_name
+        with harness.LoopCluster(1) as c:
+            checked = c.run("node1", "mosctl", "check", check=False)
+            self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
+            lines = checked.stdout.splitlines()
+            for probe in PROBES:
+                self.assertTrue(any(re.match(rf"(ok  |warn)  {probe}: ", l) for l in lines),
+                                f"{probe} in:\n{checked.stdout}")
+            self.assertIn(f"ports: {c.node('node1')['address']}:4700/udp (gossip)",
+                          checked.stdout)
+            self.assertIn("this node's daemon (pid", checked.stdout)
+            self.assertRegex(checked.stdout, r"ok    criu: \S+ 4\.1\.1: criu check passes")
+            self.assertEqual(lines[-1], "this node can run and move jobs")
+            # The daemon ran the same probes at start (but the ports), and logged them once.
+            c.wait_for(lambda: "check: ok    criu:" in c.log("node1"), 60,
+                       "the daemon to log its probes")
+            self.assertEqual(c.log("node1").count("check: ok    fuse:"), 1)
+            self.assertNotIn("check: FAIL", c.log("node1"))
+
+            # A key file others may read: the configuration fails, and says how to fix it.
+            work = harness.private_dir()
+            key = os.path.join(work, "open.key")
+            shutil.copy(c.info["key_file"], key)
+            os.chmod(key, 0o644)
+            config = os.path.join(work, "node.toml")
+            with open(c.node("node1")["config"]) as f:
+                text = f.read()
+            with open(config, "w") as f:
+                f.write(re.sub(r'key_file = ".*"', f'key_file = "{key}"', text))
+            bad = c.run("node1", "mosctl", "--control", "/nonexistent.sock", "check",
+                        "--config", config, check=False)
+            self.assertEqual(bad.returncode, 1, bad.stdout + bad.stderr)
+            self.assertRegex(bad.stdout, r"FAIL  config: .*open\.key.*\(fix: .*0600")
+            self.assertIn("1 probe failed: jobs cannot run or move on this node", bad.stdout)
+
+            # node1's address and ports, but not node1's daemon asked: they are taken.
+            os.chmod(key, 0o600)
+            taken = c.run("node1", "mosctl", "--control", "/nonexistent.sock", "check",
+                          "--config", config, check=False)
+            self.assertEqual(taken.returncode, 1, taken.stdout + taken.stderr)
+            self.assertRegex(taken.stdout, r"FAIL  ports: .*cannot bind the gossip port: "
+                                           r"Address already in use \(fix: ")
+
+            # An ordinary user is told to run it as root.
+            mine = c.run("node1", "runuser", "-u", user, "--", "mosctl", "check", check=False)
+            self.assertEqual(mine.returncode, 1, mine.stdout + mine.stderr)
+            self.assertIn("FAIL  root: ", mine.stdout)
+
+
+if __name__ == "__main__":
+    harness.main()
