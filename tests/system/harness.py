@@ -332,6 +332,14 @@ class UserClusterTest(unittest.TestCase):
         self.c = self.cluster
 
 
+# A job for start_fed_job: reads lines, and for each appends "LINE HOSTNAME" to `log` (a
+# file of its home's tree, so the hostname shows that it sees its home wherever it runs);
+# "done" at the end of its input.
+LINE_LOGGER = """while read line; do echo "$line $(hostname)" >> log; done
+echo done >> log
+"""
+
+
 def start_fed_job(test, c, user, name, script, options, known=(), home="node1"):
     """Starts `sh job.sh` (job.sh holding `script`) as `mosrun OPTIONS` of `user` at `home`
     of cluster `c`, in /data/NAME, its stdin a fifo the test writes, its output in out, err

@@ -16,10 +16,7 @@ import harness
 SETTINGS = ["gossip.interval_ms=200", "balance.automatic=false"]
 WAIT_S = 90  # generous: the machine is shared and noisy
 
-# Reads lines; for each, appends "LINE HOSTNAME" to `log`; "done" at the end of its input.
-READER = """while read line; do echo "$line $(hostname)" >> log; done
-echo done >> log
-"""
+READER = harness.LINE_LOGGER
 
 
 class LeaveTest(unittest.TestCase):

@@ -17,10 +17,7 @@ SETTINGS = ["gossip.interval_ms=200", "gossip.suspect_ms=1000", "gossip.dead_ms=
             "balance.automatic=false"]
 WAIT_S = 60  # generous: the machine is shared and noisy
 
-# Reads lines; for each, appends "LINE HOSTNAME" to `log` (a file of its home's tree).
-READER = """while read line; do echo "$line $(hostname)" >> log; done
-echo done >> log
-"""
+READER = harness.LINE_LOGGER
 
 
 class PartnerMovesTest(unittest.TestCase):
