@@ -150,6 +150,8 @@ void Daemon::ServeHomeLocks() {
 }
 
 void Daemon::FollowPeers() {
+  // This node is one of its cluster's too: no partner's job may name it as its home.
+  nodes_.Update(config_.name, KnownNode{{}, config_.address, config_.peer_port});
   jobs_.KnowNodes(&nodes_);
   // Every live peer is listed in /mosix/home. A home in use outlives its peer's death
   // in homefs (only the listing loses it): calls wait (a hard mount) while the home is

@@ -22,7 +22,6 @@ std::string JobRegistry::CheckPartnersJob(JobLaunch& launch, const std::string& 
   if (!config_.OwnCluster(launch.home_cluster)) {
     // The partner's own job: its home is where gossip says, not where the sender says.
     auto known = nodes_ ? nodes_->Find(launch.home) : std::nullopt;
-    if (launch.home == config_.name) known = KnownNode{{}, config_.address, config_.peer_port};
     std::string why = KnownHome(from_cluster, {launch.home, launch.home_cluster}, known);
     if (why.empty()) {
       launch.home_host = known->address;

@@ -33,6 +33,12 @@ void JobRegistry::KeepRoom() {
     return it == jobs_.end() || !it->second.here;
   });
   if (room_busy_) return;
+  // Most ticks have nothing to keep: the node is in its cluster and no job waits.
+  bool waiting = std::any_of(jobs_.begin(), jobs_.end(), [](const auto& slot_entry) {
+    const auto& away = slot_entry.second.away;
+    return away && away->frozen && away->frozen->waits_for_room;
+  });
+  if (!left_ && !waiting) return;
   uint32_t running = RunningHere(), cores = CoresHere();
   if (left_ && running > cores) {
     // The job brought home last that can be frozen now (running, its output in order).
