@@ -2,12 +2,15 @@
 #include "secure_channel.h"
 
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <poll.h>
 #include <openssl/evp.h>
 #include <sodium.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <system_error>
@@ -330,6 +333,8 @@ constexpr int kPairBuffer = 4 << 20;
 // Once the consumer has closed its end, how long the peer has to end its direction too
 // (closing a socket with unread data would reset it and could lose what was sent).
 constexpr auto kLinger = std::chrono::seconds(10);
+// While the peer acknowledges the last bytes before a reset, how often to look.
+constexpr int kAckPollMs = 5;
 
 class Pump {
  public:
@@ -452,8 +457,15 @@ class Pump {
         progress = true;
       }
       if (local_gone_ && ToLocal() > 0) {
-        // Data for a consumer that closed its end: as TCP would, reset the connection, so
-        // that the peer's writes fail too.
+        // Data for a consumer that closed its end is dropped, and, as TCP would, the
+        // connection is reset so that the peer's writes fail too; but only once what the
+        // consumer wrote before it closed has reached the peer, since a reset discards
+        // whatever is still unsent or unacknowledged (a job's last output, its exit).
+        to_local_at_ = to_local_.size();
+        reset_pending_ = true;
+        progress = true;
+      }
+      if (reset_pending_ && local_read_done_ && ToTcp() == 0 && Unacknowledged() == 0) {
         linger abort{1, 0};
         ::setsockopt(tcp_.get(), SOL_SOCKET, SO_LINGER, &abort, sizeof abort);
         return;
@@ -484,13 +496,14 @@ class Pump {
       if (tcp_events != 0 || (!(tcp_read_done_ && tcp_write_shut_) && !tcp_hup_)) {
         polled[1] = {tcp_.get(), tcp_events, 0};
       }
-      int timeout = -1;
+      // Waiting for the peer to acknowledge the last bytes before a reset: look again soon.
+      int timeout = reset_pending_ && local_read_done_ && ToTcp() == 0 ? kAckPollMs : -1;
       if (linger_until != std::chrono::steady_clock::time_point{}) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                         linger_until - std::chrono::steady_clock::now())
                         .count();
         if (left <= 0) return;
-        timeout = static_cast<int>(left);
+        timeout = timeout < 0 ? static_cast<int>(left) : std::min(timeout, static_cast<int>(left));
       }
       int ready = ::poll(polled, 2, timeout);
       if (ready < 0 && errno != EINTR) return Abort(fmt::format("poll: {}", std::strerror(errno)));
@@ -518,6 +531,13 @@ class Pump {
   // Ends the connection at once (both sockets close when the pump ends).
   void Abort(const std::string& why) { spdlog::error("peer {}: {}", who_, why); }
 
+  // Bytes sent to the peer that it has not acknowledged yet (or not yet sent).
+  size_t Unacknowledged() const {
+    int queued = 0;
+    if (::ioctl(tcp_.get(), SIOCOUTQ, &queued) != 0) return 0;
+    return static_cast<size_t>(queued);
+  }
+
   Fd tcp_;
   Fd local_;
   std::unique_ptr<RecordSealer> sealer_owned_;
@@ -538,6 +558,7 @@ class Pump {
   bool local_gone_ = false;  // the consumer closed its end
   bool local_hup_ = false;
   bool tcp_hup_ = false;
+  bool reset_pending_ = false;  // the consumer is gone and the peer still sends: reset once sent
 };
 
 // The pump's half of a channel: the consumer's end is returned.
