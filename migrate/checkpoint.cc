@@ -21,6 +21,8 @@
 #include "child_process.h"
 #include "error.h"
 #include "fd.h"
+#include "homeward_config.h"
+#include "install_paths.h"
 #include "image_stream.h"
 
 extern char** environ;
@@ -737,6 +739,14 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     result.lazy = std::make_unique<LazyPagesRun>(std::move(lazy_pages), std::move(work_owner));
   }
   return result;
+}
+
+const std::string& DefaultCriuPath() {
+  static const std::string path = [] {
+    std::string installed = FindBesideExecutable({"../libexec/homeward/criu"});
+    return installed.empty() ? std::string(HOMEWARD_CRIU_PATH) : installed;
+  }();
+  return path;
 }
 
 std::vector<pid_t> JobPids(pid_t init_pid) {

@@ -16,7 +16,6 @@
 
 #include "criu_acting.h"
 #include "fault.h"
-#include "homeward_config.h"
 
 namespace homeward::migrate {
 
@@ -43,8 +42,13 @@ class PageSessions {
   virtual void Abort() = 0;
 };
 
+// The criu this node runs: the one installed beside the commands
+// (<prefix>/libexec/homeward/criu, `meson install`), else the one `scripts/setup` built
+// for the build tree (meson option criu).
+const std::string& DefaultCriuPath();
+
 struct DumpOptions {
-  std::string criu_path = HOMEWARD_CRIU_PATH;
+  std::string criu_path = DefaultCriuPath();
   AfterDump after = AfterDump::kStop;
   // Inodes of the job's pipes whose other end is outside the job (stdio, status). They
   // are dumped as external and re-plumbed at restore with RestoreOptions::pipes.
@@ -100,7 +104,7 @@ struct InheritedPipe {
 };
 
 struct RestoreOptions {
-  std::string criu_path = HOMEWARD_CRIU_PATH;
+  std::string criu_path = DefaultCriuPath();
   std::vector<InheritedPipe> pipes;
   // A mount namespace (an open /proc/<pid>/ns/mnt) the job is restored into, so that its
   // files reopen by path there; -1 restores into the caller's own.
@@ -150,7 +154,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
 // `image_dir`, which exists, until the dump says it is done or the socket ends; blocks.
 // Throws Error quoting criu's log when the session did not end with every page written.
 void ServePages(int socket, const std::string& image_dir,
-                const std::string& criu_path = HOMEWARD_CRIU_PATH);
+                const std::string& criu_path = DefaultCriuPath());
 
 // Every pid of the tree under `init_pid` (itself first), read from /proc.
 std::vector<pid_t> JobPids(pid_t init_pid);
@@ -180,7 +184,7 @@ struct CriuCheckResult {
 // each of `features` (criu check --feature NAME, about 0.1 s each).
 inline const std::vector<std::string> kCriuFeatures = {
     "mem_dirty_track", "uffd-noncoop", "seccomp_filters", "timens", "pidfd_store"};
-CriuCheckResult CriuCheck(const std::string& criu_path = HOMEWARD_CRIU_PATH,
+CriuCheckResult CriuCheck(const std::string& criu_path = DefaultCriuPath(),
                           const std::vector<std::string>& features = kCriuFeatures);
 
 }  // namespace homeward::migrate

@@ -69,7 +69,7 @@ class PageRelayOut final : public PageSessions {
 };
 
 struct PageReceiveOptions {
-  std::string criu_path = HOMEWARD_CRIU_PATH;
+  std::string criu_path = DefaultCriuPath();
   uint64_t max_bytes = uint64_t{64} << 30;                // refuse more than this ...
   std::string max_what = "the most this node accepts";   // ... and say what it is
 };

@@ -18,6 +18,7 @@
 #include "node_check.h"
 #include "partner_services.h"
 #include "homeward_config.h"
+#include "metrics_text.h"
 #include "install_paths.h"
 #include "peer_auth.h"
 #include "uv_error.h"
@@ -48,6 +49,7 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
       config_(std::move(config)),
       started_(std::chrono::steady_clock::now()),
       callback_throws_(faults.Hit(Fault::kLoopCallbackThrows)),
+      clock_ahead_(faults.Hit(Fault::kClockAhead)),
       control_(
           loop, config_.control_socket,
           [this](auto request, ReplySender reply) { HandleControl(request, std::move(reply)); }),
@@ -73,7 +75,9 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                                            .idle_s = static_cast<int>(
                                                config_.files_idle_disconnect.count())}),
       gossip_(loop, config_),
-      balancer_(loop, config_, gossip_, jobs_) {}
+      balancer_(loop, config_, gossip_, jobs_) {
+  if (clock_ahead_) gossip_.SkewStamps(std::chrono::seconds(kClockAheadSeconds));
+}
 
 Daemon::~Daemon() {
   Stop();
@@ -220,6 +224,14 @@ void Daemon::Start() {
   FollowPeers();
   gossip_.Start();
   balancer_.Start();
+  if (!config_.web_listen.empty()) {
+    web_ = std::make_unique<WebMonitor>(
+        loop_, config_.web_listen,
+        WebSources{.nodes = [this](auto list) { DescribeNodes(list); },
+                   .jobs = [this](auto list) { jobs_.DescribeJobs(list); },
+                   .metrics = [this] { return MetricsText(); }});
+    web_->Start();
+  }
   spdlog::info("node {} at {} is up (control socket {})", config_.name, config_.address,
                config_.control_socket);
   LogChecks();
@@ -375,11 +387,38 @@ void Daemon::ReplyStatus(ReplySender reply) {
 }
 
 void Daemon::ReplyNodes(ReplySender reply) {
+  capnp::MallocMessageBuilder message;
+  DescribeNodes(message.initRoot<schema::ControlReply>().initNodes());
+  reply.Send(message);
+}
+
+std::string Daemon::MetricsText() const {
+  MetricsFigures figures;
+  figures.node = config_.name;
+  figures.cluster = config_.cluster;
+  for (const MemberView& view : gossip_.Picture()) {
+    if (view.self) figures.self = view.record;
+    if (view.state == MemberState::kDead) {
+      ++figures.nodes_dead;
+    } else {
+      ++figures.nodes_alive;
+    }
+  }
+  figures.gossip = gossip_.stats();
+  figures.drops = gossip_.drops();
+  figures.moves = jobs_.move_counts();
+  const FileServiceStats& files = file_server_.stats();
+  figures.file_requests = files.requests.load(std::memory_order_relaxed);
+  figures.file_errors = files.errors.load(std::memory_order_relaxed);
+  figures.file_micros = files.micros.load(std::memory_order_relaxed);
+  figures.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  return MetricsTextOf(figures);
+}
+
+void Daemon::DescribeNodes(schema::NodeList::Builder list) const {
   auto picture = gossip_.Picture();
   for (auto& member : gossip_.PartnerPicture()) picture.push_back(std::move(member));
-  capnp::MallocMessageBuilder message;
-  auto nodes = message.initRoot<schema::ControlReply>().initNodes().initNodes(
-      static_cast<unsigned>(picture.size()));
+  auto nodes = list.initNodes(static_cast<unsigned>(picture.size()));
   for (unsigned i = 0; i < picture.size(); ++i) {
     const MemberView& view = picture[i];
     const NodeRecord& record = view.record;
@@ -405,9 +444,13 @@ void Daemon::ReplyNodes(ReplySender reply) {
     node.setIncarnation(record.incarnation);
     node.setBlocked(record.blocked);
     // A node of this cluster that runs an older release publishes no cluster.
-    node.setCluster(record.cluster.empty() ? config_.cluster : record.cluster);
+    const std::string& cluster = record.cluster.empty() ? config_.cluster : record.cluster;
+    node.setCluster(cluster);
+    if (auto offset = gossip_.ClockOffsetMs(cluster, record.name)) {
+      node.setClockKnown(true);
+      node.setClockOffsetMs(*offset);
+    }
   }
-  reply.Send(message);
 }
 
 }  // namespace homeward

@@ -5,6 +5,8 @@
 #include <uv.h>
 
 #include <chrono>
+#include <memory>
+#include <string>
 
 #include "balancer.h"
 #include "config.h"
@@ -16,6 +18,7 @@
 #include "loopback_service.h"
 #include "peer_server.h"
 #include "uv_handle.h"
+#include "web_monitor.h"
 
 namespace homeward {
 
@@ -48,12 +51,17 @@ class Daemon {
   void ReplyStatus(ReplySender reply);
   PeerAddress ResolvePeer(const std::string& node) const;
   void ReplyNodes(ReplySender reply);
+  // What mosmon lists (ReplyNodes), into `list`: for the control socket and the web.
+  void DescribeNodes(schema::NodeList::Builder list) const;
+  // /metrics: this node's figures in Prometheus's text format (web/node_metrics_text.h).
+  std::string MetricsText() const;
 
   uv_loop_t* loop_;
   NodeConfig config_;
   std::chrono::steady_clock::time_point started_;
   // Fault point loop-callback-throws: a completion on the loop throws once after start-up.
   bool callback_throws_;
+  bool clock_ahead_;  // the clock-ahead fault point: gossip stamped ahead
   NodeDirectory nodes_;  // gossip's nodes, for the threads of incoming moves
   ControlServer control_;
   JobRegistry jobs_;
@@ -63,6 +71,7 @@ class Daemon {
   HomeMounts home_mounts_;
   Gossip gossip_;
   Balancer balancer_;
+  std::unique_ptr<WebMonitor> web_;  // when [web] listen is set
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
   UvHandle<uv_check_t> job_inits_;  // publishes the jobs at home's inits to file_server_

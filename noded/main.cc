@@ -1,5 +1,6 @@
 // mosnoded: the Homeward node daemon.
 #include <signal.h>
+#include <systemd/sd-daemon.h>
 #include <uv.h>
 
 #include <cstdio>
@@ -23,6 +24,10 @@ int main(int argc, char** argv) {
   CLI::App app{"Homeward node daemon"};
   std::string config_path = "/etc/homeward/node.toml";
   app.add_option("-c,--config", config_path, "the node's TOML configuration");
+  bool check_config = false;
+  app.add_flag("--check-config", check_config,
+               "read the configuration and its keys, say what is wrong, and exit (0: it would "
+               "start)");
   app.set_version_flag("--version", HOMEWARD_VERSION);
   CLI11_PARSE(app, argc, argv);
 
@@ -42,6 +47,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "mosnoded: %s\n", e.what());
     return 2;
   }
+  if (check_config) {
+    std::printf("%s: node %s of cluster %s at %s, %zu partner%s\n", config_path.c_str(),
+                config.name.c_str(), config.cluster.c_str(), config.address.c_str(),
+                config.partners.size(), config.partners.size() == 1 ? "" : "s");
+    return 0;
+  }
   homeward::SetupLogging("mosnoded", config.name, config.log_level);
   // Writes to a peer that went away must fail with EPIPE, not kill the daemon.
   ::signal(SIGPIPE, SIG_IGN);
@@ -53,7 +64,10 @@ int main(int argc, char** argv) {
     homeward::Daemon daemon(&loop, std::move(config), std::move(faults));
     try {
       daemon.Start();
+      // Under systemd (Type=notify): up once the control socket answers.
+      sd_notify(0, "READY=1");
       uv_run(&loop, UV_RUN_DEFAULT);
+      sd_notify(0, "STOPPING=1");
     } catch (const homeward::Error& e) {
       spdlog::critical("{}", e.what());
       exit_code = 1;

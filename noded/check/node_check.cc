@@ -1,6 +1,7 @@
 #include "node_check.h"
 
 #include <fcntl.h>
+#include <cstdlib>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sched.h>
@@ -116,7 +117,7 @@ CheckLine Userfaultfd() {
 }
 
 std::vector<CheckLine> Criu(const std::string& criu_path) {
-  std::string path = criu_path.empty() ? HOMEWARD_CRIU_PATH : criu_path;
+  std::string path = criu_path.empty() ? migrate::DefaultCriuPath() : criu_path;
   migrate::CriuCheckResult check = migrate::CriuCheck(path, {"uffd-noncoop", "timens"});
   std::vector<CheckLine> lines;
   if (!check.usable) {
@@ -220,7 +221,41 @@ std::vector<CheckLine> CheckNode(const CheckOptions& options) {
   lines.push_back(Userfaultfd());
   for (auto& line : Criu(options.criu_path)) lines.push_back(std::move(line));
   if (options.ports && options.config) lines.push_back(Ports(options));
+  if (options.peer_clocks && options.config) {
+    lines.push_back(CheckClocks(*options.peer_clocks, options.config->gossip.replay_window));
+  }
   return lines;
+}
+
+CheckLine CheckClocks(const std::vector<PeerClock>& clocks, std::chrono::milliseconds replay_window) {
+  if (clocks.empty()) {
+    return {Verdict::kOk, "clocks", "no live peer heard yet: nothing to compare with", ""};
+  }
+  const PeerClock* worst = &clocks.front();
+  for (const auto& clock : clocks) {
+    if (std::abs(clock.offset_ms) > std::abs(worst->offset_ms)) worst = &clock;
+  }
+  int64_t off = std::abs(worst->offset_ms);
+  std::string where = fmt::format("{}'s clock is {} ms {} this node's", worst->node, off,
+                                  worst->offset_ms >= 0 ? "ahead of" : "behind");
+  std::string fix = "keep the nodes' clocks synchronised (systemd-timesyncd, chrony or ntpd "
+                    "on every node)";
+  if (off * 2 > replay_window.count()) {
+    return {Verdict::kFail, "clocks",
+            fmt::format("{}: more than half the gossip replay window ({} ms), so its datagrams "
+                        "are dropped as stale",
+                        where, replay_window.count()),
+            fix};
+  }
+  if (off > kClockWarnMs) {
+    return {Verdict::kWarn, "clocks",
+            fmt::format("{}: a job that moves between them sees its wall clock jump", where),
+            fix};
+  }
+  return {Verdict::kOk, "clocks",
+          fmt::format("within {} ms of {} live peer{} (the farthest: {})", off, clocks.size(),
+                      clocks.size() == 1 ? "" : "s", worst->node),
+          ""};
 }
 
 std::string FormatCheckLine(const CheckLine& line) {

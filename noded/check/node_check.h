@@ -5,10 +5,14 @@
 // logs them once.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "config.h"
+#include "gossip_replay.h"
 
 namespace homeward {
 
@@ -21,6 +25,12 @@ struct CheckLine {
   std::string fix;     // what to do about it (empty when ok)
 };
 
+// How far a peer's clock is from this node's, as this node's gossip measured it.
+struct PeerClock {
+  std::string node;  // "node2", or "cluster/node" for a partner's
+  int64_t offset_ms = 0;
+};
+
 struct CheckOptions {
   // The node's configuration, when it loaded; otherwise why not (config_error).
   const NodeConfig* config = nullptr;
@@ -31,9 +41,17 @@ struct CheckOptions {
   bool ports = true;
   int daemon_pid = 0;
   std::string criu_path;  // empty: the criu Homeward was built with
+  // The live peers' clocks as the daemon measured them; nullopt when no daemon answered.
+  std::optional<std::vector<PeerClock>> peer_clocks;
 };
 
 std::vector<CheckLine> CheckNode(const CheckOptions& options);
+
+// Whether this node's clock agrees with its peers': ok within kClockWarnMs
+// (gossip_replay.h); warn beyond
+// (a job that moves sees its wall clock jump); FAIL beyond half the gossip replay window
+// (the peers' datagrams are dropped as stale, and the nodes see each other dead).
+CheckLine CheckClocks(const std::vector<PeerClock>& clocks, std::chrono::milliseconds replay_window);
 
 // "ok    fuse: /dev/fuse opens" or "FAIL  criu: ... (fix: ...)".
 std::string FormatCheckLine(const CheckLine& line);

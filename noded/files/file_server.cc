@@ -111,8 +111,9 @@ namespace {
 std::function<void()> RequestJob(std::shared_ptr<FileSession> session,
                                  std::shared_ptr<FrameStream> stream,
                                  std::shared_ptr<IncomingMessage> shared,
-                                 std::shared_ptr<Gate> in_flight) {
-  return [session, stream, shared, in_flight]() mutable {
+                                 std::shared_ptr<Gate> in_flight,
+                                 std::shared_ptr<FileServiceStats> stats) {
+  return [session, stream, shared, in_flight, stats]() mutable {
     capnp::MallocMessageBuilder reply(2048);
     bool answered = true;
     try {
@@ -132,7 +133,15 @@ std::function<void()> RequestJob(std::shared_ptr<FileSession> session,
         stream.reset();
         std::exchange(in_flight, nullptr)->Leave();
       };
+      auto began = std::chrono::steady_clock::now();
       answered = session->Handle(request, response, std::move(later));
+      stats->requests.fetch_add(1, std::memory_order_relaxed);
+      if (answered && response.getError() != 0) stats->errors.fetch_add(1, std::memory_order_relaxed);
+      stats->micros.fetch_add(static_cast<uint64_t>(
+                                  std::chrono::duration_cast<std::chrono::microseconds>(
+                                      std::chrono::steady_clock::now() - began)
+                                      .count()),
+                              std::memory_order_relaxed);
       auto op = request.getOp();
       if (answered && op != schema::FileOp::FORGET) stream->Write(reply);
     } catch (const std::exception& e) {
@@ -224,7 +233,7 @@ std::string FileServer::ServeRequests(const std::shared_ptr<FileSession>& sessio
       auto request = shared->Root<schema::FileRequest>();
       in_flight->Enter();
       bool inline_job = RunsInline(request, in_flight->count());
-      auto job = RequestJob(session, stream, std::move(shared), in_flight);
+      auto job = RequestJob(session, stream, std::move(shared), in_flight, stats_);
       if (inline_job) {
         job();
       } else {

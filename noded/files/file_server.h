@@ -7,6 +7,7 @@
 // RESOLVE_NO_MAGICLINKS): no path, symlink or ".." reaches outside the export root.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -199,6 +200,14 @@ class FileSession {
 class FrameStream;
 class Gate;
 
+// What the file service answered, for /metrics: every request, those that failed, and
+// the time spent handling them (from its turn to its answer, lock waits excluded).
+struct FileServiceStats {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> micros{0};
+};
+
 class FileServer {
  public:
   // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
@@ -243,6 +252,7 @@ class FileServer {
   }
   // The inits of this node's jobs at home now (HomeLocks::SetJobInits).
   void SetJobInits(std::vector<pid_t> inits) { locks_->SetJobInits(std::move(inits)); }
+  const FileServiceStats& stats() const { return *stats_; }
 
  private:
   // Serve's pieces: counts the connection `fd` in (false when stopping); makes the
@@ -262,6 +272,7 @@ class FileServer {
   HomeHandover handover_{locks_};
   std::unique_ptr<LockHolderSocket> holders_;  // goes before handover_
   ReplayCache replay_;
+  std::shared_ptr<FileServiceStats> stats_ = std::make_shared<FileServiceStats>();
   WorkerPool pool_;
   std::mutex mutex_;
   std::condition_variable idle_;

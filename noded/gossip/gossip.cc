@@ -5,6 +5,7 @@
 #include <sys/time.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <set>
 
 #include <spdlog/spdlog.h>
@@ -272,8 +273,21 @@ void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr
   try {
     // Authentic is not enough: a datagram recorded and sent again must not be believed
     // or answered. Checked after the MAC, so only a key holder's stamps are remembered.
+    // Its stamp also tells how far the sender's clock is from ours; a stale one too,
+    // since a clock far off is what makes a peer's datagrams stale.
+    uint64_t now_us = WallMicros();
+    const std::string& sender_cluster =
+        message->sender.cluster.empty() ? config_.cluster : message->sender.cluster;
+    int64_t offset_ms = (static_cast<int64_t>(message->stamp) - static_cast<int64_t>(now_us)) / 1000;
+    auto [clock, first] = clock_offsets_ms_.try_emplace({sender_cluster, message->sender.name}, 0);
+    if (std::abs(offset_ms) > kClockWarnMs && (first || std::abs(clock->second) <= kClockWarnMs)) {
+      spdlog::warn("gossip: {}'s clock is {} ms {} this node's: keep the nodes' clocks "
+                   "synchronised (mosctl check)",
+                   message->sender.name, std::abs(offset_ms), offset_ms > 0 ? "ahead of" : "behind");
+    }
+    clock->second = offset_ms;
     switch (ring->replay.Check(message->sender.name, message->sender.incarnation, message->stamp,
-                               WallMicros())) {
+                               now_us)) {
       case ReplayGuard::Verdict::kFresh:
         break;
       case ReplayGuard::Verdict::kStale:
@@ -294,6 +308,13 @@ void Gossip::OnDatagram(ssize_t nread, const uv_buf_t* buf, const sockaddr* addr
   }
 }
 
+std::optional<int64_t> Gossip::ClockOffsetMs(const std::string& cluster,
+                                             const std::string& name) const {
+  auto it = clock_offsets_ms_.find({cluster, name});
+  if (it == clock_offsets_ms_.end()) return std::nullopt;
+  return it->second;
+}
+
 void Gossip::SendAll(Ring& ring) {
   for (auto& outgoing : ring.outbox) Send(ring, outgoing);
   ring.outbox.clear();
@@ -302,7 +323,7 @@ void Gossip::SendAll(Ring& ring) {
 void Gossip::Send(Ring& ring, Outgoing& outgoing) {
   std::vector<uint8_t> datagram;
   GossipMessage& message = outgoing.message;
-  message.stamp = stamps_.Next(WallMicros());
+  message.stamp = stamps_.Next(WallMicros() + static_cast<uint64_t>(stamp_skew_us_));
   try {
     datagram = ring.codec.Encode(message);
   } catch (const Error&) {

@@ -9,7 +9,9 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "config.h"
@@ -47,6 +49,14 @@ class Gossip {
   // accepts guests.
   void SetLocalJobs(uint32_t jobs_away, uint32_t guests_here, float homeward_load, bool blocked);
 
+  // How far a node's clock is ahead of this node's (behind when negative), in ms: the
+  // stamp of its last authentic datagram minus the time it arrived, so the transit is
+  // included; nullopt when nothing was heard from it. By the node's cluster (this
+  // cluster's own name for its own nodes) and name.
+  std::optional<int64_t> ClockOffsetMs(const std::string& cluster, const std::string& name) const;
+  // Stamps this node's datagrams `skew` ahead of its clock (the clock-ahead fault point).
+  void SkewStamps(std::chrono::milliseconds skew) { stamp_skew_us_ = skew.count() * 1000; }
+
   const DropCounters& drops() const { return drops_; }
   const NodeMetrics& metrics() const { return metrics_; }
   const MembershipStats& stats() const { return rings_.front()->membership.stats(); }
@@ -80,6 +90,8 @@ class Gossip {
   uv_loop_t* loop_;
   NodeConfig config_;
   StampClock stamps_;
+  int64_t stamp_skew_us_ = 0;
+  std::map<std::pair<std::string, std::string>, int64_t> clock_offsets_ms_;
   NodeMetrics metrics_;
   std::vector<std::unique_ptr<Ring>> rings_;
   UvHandle<uv_udp_t> socket_;

@@ -12,6 +12,10 @@
 
 namespace homeward {
 
+// A peer whose clock is further than this from ours is worth a warning (mosctl check, and
+// the daemon's log): a job that moves between the two sees its wall clock jump.
+constexpr int64_t kClockWarnMs = 500;
+
 // Makes the stamps one daemon puts on its datagrams.
 class StampClock {
  public:

@@ -412,8 +412,18 @@ std::shared_ptr<MoveOut> JobRegistry::PrepareMove(const std::shared_ptr<Job>& jo
   return move;
 }
 
+void JobRegistry::CountMove(const MoveOut& move) {
+  if (!move.error.empty()) {
+    ++move_counts_.failed;
+    return;
+  }
+  ++move_counts_.moved;
+  move_counts_.frozen_ms += static_cast<uint64_t>(move.frozen.count());
+}
+
 void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
                              const MoveDone& done) {
+  CountMove(move);
   auto it = jobs_.find(slot);
   bool still_ours = it != jobs_.end() && it->second.here == job;
   if (!move.error.empty()) {
@@ -497,6 +507,7 @@ void JobRegistry::MigrateGuest(std::shared_ptr<Job> job, const std::string& targ
 }
 
 void JobRegistry::FinishGuestMove(std::shared_ptr<Job> job, MoveOut& move, const MoveDone& done) {
+  CountMove(move);
   capnp::MallocMessageBuilder message;
   if (!move.error.empty()) {
     job->Departed(move.departure);  // it stays: its input flows on

@@ -358,7 +358,11 @@ void JobRegistry::JournalSoon() {
 
 void JobRegistry::ListJobs(ReplySender reply) const {
   capnp::MallocMessageBuilder message;
-  auto reply_jobs = message.initRoot<schema::ControlReply>().initJobs();
+  DescribeJobs(message.initRoot<schema::ControlReply>().initJobs());
+  reply.Send(message);
+}
+
+void JobRegistry::DescribeJobs(schema::JobList::Builder reply_jobs) const {
   reply_jobs.setCluster(config_.cluster);
   auto list = reply_jobs.initJobs(static_cast<unsigned>(jobs_.size() + guests_.size()));
   unsigned i = 0;
@@ -405,7 +409,6 @@ void JobRegistry::ListJobs(ReplySender reply) const {
     }
   }
   for (const auto& [id, job] : guests_) describe(*job, list[i++]);
-  reply.Send(message);
 }
 
 std::vector<pid_t> JobRegistry::HomeJobInits() const {

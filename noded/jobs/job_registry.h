@@ -94,6 +94,16 @@ class JobRegistry {
   void ResumeJob(schema::ResumeJob::Reader request, ReplySender reply);
   // mosps's listJobs.
   void ListJobs(ReplySender reply) const;
+  // The same list, into `list` (the web monitor's /api/jobs).
+  void DescribeJobs(schema::JobList::Builder list) const;
+  // The moves that left this node (its jobs and guests moving on), for /metrics: moved,
+  // failed, and the moved ones' frozen time in all.
+  struct MoveCounts {
+    uint64_t moved = 0;
+    uint64_t failed = 0;
+    uint64_t frozen_ms = 0;
+  };
+  const MoveCounts& move_counts() const { return move_counts_; }
   // mosctl block, unblock, expel, bring, leave and join.
   void Admin(schema::AdminRequest::Reader request, ReplySender reply);
   // Whether this node has left the cluster (mosctl leave): it keeps its jobs home.
@@ -407,6 +417,7 @@ class JobRegistry {
   void Continued(int slot, const std::shared_ptr<Away>& away, Restoring& result,
                  const MoveDone& done);
   void FinishMove(int slot, std::shared_ptr<Job> job, struct MoveOut& move, const MoveDone& done);
+  void CountMove(const struct MoveOut& move);
 
   // Checkpoints into a job's checkpoint directory (job_checkpoints.cc): what mosrun -C,
   // -A, -N, -S asked for, by slot, for the job of that home pid.
@@ -543,6 +554,7 @@ class JobRegistry {
   uint64_t next_guest_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   FaultPoints faults_;
+  MoveCounts move_counts_;
   std::function<void()> on_change_;
   const NodeDirectory* nodes_ = nullptr;
   std::function<size_t(uint64_t, const std::vector<HomeJobLock>&)> park_home_locks_;

@@ -38,12 +38,14 @@ class LoopCluster:
     """A running loopback cluster: `with LoopCluster(3) as c: c.run("node1", "hostname")`."""
 
     def __init__(self, nodes, cpuset=False, settings=(), memory_mb=None, faults=None,
-                 clock_skew=None, prefix="node", partners=(), first_cpu=0, clusters=1):
+                 clock_skew=None, prefix="node", partners=(), first_cpu=0, clusters=1,
+                 installed=None):
         """`faults`: the daemons' fault points (HOMEWARD_FAULT), for failure tests;
         `clock_skew`: node i's clocks are i*clock_skew seconds ahead (loopcluster);
         `partners`: [[partner]] tables as loopcluster's --partner takes them;
         `first_cpu`: with `cpuset`, the first node's core;
-        `clusters`: that many partner clusters c1, c2, ... of `nodes` nodes each."""
+        `clusters`: that many partner clusters c1, c2, ... of `nodes` nodes each;
+        `installed`: run the programs installed under this prefix, not the build's."""
         self.nodes = [f"{prefix}{i}" for i in range(1, nodes * clusters + 1)]
         self.clusters = clusters
         self.prefix = prefix
@@ -54,6 +56,7 @@ class LoopCluster:
         self.first_cpu = first_cpu
         self.memory_mb = memory_mb
         self.settings = list(settings)
+        self.installed = installed
         self.dir = None
 
     def __enter__(self):
@@ -73,6 +76,8 @@ class LoopCluster:
         args += ["--prefix", self.prefix]
         for partner in self.partners:
             args += ["--partner", partner]
+        if self.installed:
+            args += ["--installed", self.installed]
         try:
             result = subprocess.run(args, env=self.daemon_env(), capture_output=True,
                                     text=True, timeout=90)
@@ -150,8 +155,12 @@ class LoopCluster:
     def kill(self, node):
         subprocess.run([LOOPCLUSTER, "kill", self.dir, node], env=self.env(), check=True)
 
-    def start(self, node):
-        subprocess.run([LOOPCLUSTER, "start", self.dir, node], env=self.daemon_env(), check=True,
+    def start(self, node, faults=None):
+        """Starts `node`'s daemon again, with the cluster's fault points or `faults`."""
+        env = self.daemon_env()
+        if faults is not None:
+            env["HOMEWARD_FAULT"] = faults
+        subprocess.run([LOOPCLUSTER, "start", self.dir, node], env=env, check=True,
                        capture_output=True, timeout=60)
         self.reload()  # the node's new daemon pid
 

@@ -2,7 +2,8 @@
 """mosctl check: on a node of a loopback cluster every probe passes (FUSE, namespaces,
 seccomp, cgroups, userfaultfd, CRIU, the configuration, the ports its daemon serves) and
 the daemon logged the same probes once at start; a key file others may read, a port that
-another daemon holds, and an ordinary user's run each fail with the cause and a fix."""
+another daemon holds, and an ordinary user's run each fail with the cause and a fix. The
+peers' clocks, as gossip measures them, agree; a peer whose clock is 5 s ahead is named."""
 
 import os
 import re
@@ -63,6 +64,30 @@ class CheckTest(unittest.TestCase):
             mine = c.run("node1", "runuser", "-u", user, "--", "mosctl", "check", check=False)
             self.assertEqual(mine.returncode, 1, mine.stdout + mine.stderr)
             self.assertIn("FAIL  root: ", mine.stdout)
+
+    def test_a_peer_whose_clock_is_off_is_named(self):
+        with harness.LoopCluster(2) as c:
+            harness.wait_until_meshed(c)
+            agreed = c.run("node1", "mosctl", "check")
+            self.assertRegex(agreed.stdout, r"ok    clocks: within \d+ ms of 1 live peer "
+                                            r"\(the farthest: node2\)")
+            # node2 again, as a machine whose clock runs 5 s ahead.
+            c.kill("node2")
+            c.start("node2", faults="clock-ahead")
+
+            def clock_line():
+                """(node1's clock line that names node2, the check) once there is one."""
+                out = c.run("node1", "mosctl", "check", check=False)
+                line = next((l for l in out.stdout.splitlines()
+                             if "clocks: node2's clock" in l), None)
+                return (line, out) if line else None
+            line, out = c.wait_for(clock_line, 60, "node1 to measure node2's clock")
+            self.assertRegex(line, r"^warn  clocks: node2's clock is (49\d\d|50\d\d) ms ahead "
+                                   r"of this node's: a job that moves between them sees its "
+                                   r"wall clock jump \(fix: .*chrony")
+            self.assertEqual(out.returncode, 0, out.stdout)  # a warning: jobs still run
+            self.assertRegex(c.log("node1"), r"gossip: node2's clock is \d+ ms ahead of this "
+                                             r"node's")
 
 
 if __name__ == "__main__":

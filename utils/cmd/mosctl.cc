@@ -53,6 +53,24 @@ int HomeMount(const std::string& socket, const std::string& name, const std::str
   return 0;
 }
 
+// The live peers' clock offsets as the daemon's gossip measured them.
+std::vector<PeerClock> PeerClocks(ControlClient& client) {
+  auto reply = client.Call([](auto request) { request.setListNodes(); });
+  std::vector<PeerClock> clocks;
+  std::string own;
+  auto nodes = reply.Root<schema::ControlReply>().getNodes().getNodes();
+  for (auto node : nodes) {
+    if (node.getIsSelf()) own = node.getCluster();
+  }
+  for (auto node : nodes) {
+    if (node.getIsSelf() || !node.getAlive() || !node.getClockKnown()) continue;
+    std::string name = node.getName();
+    if (node.getCluster() != own) name = fmt::format("{}/{}", node.getCluster().cStr(), name);
+    clocks.push_back({name, node.getClockOffsetMs()});
+  }
+  return clocks;
+}
+
 // check: what this node needs of its machine, one line per probe; 1 when jobs could not
 // run or move here.
 int Check(const std::string& config_path, const std::string& socket) {
@@ -69,6 +87,7 @@ int Check(const std::string& config_path, const std::string& socket) {
     auto client = ControlClient::Connect(socket);
     auto reply = client.Call([](auto request) { request.setStatus(); });
     options.daemon_pid = static_cast<int>(reply.Root<schema::ControlReply>().getStatus().getPid());
+    options.peer_clocks = PeerClocks(client);
   } catch (const Error&) {
     // No daemon answers: its ports must be free.
   }

@@ -20,6 +20,7 @@
 
 #include "control_client.h"
 #include "error.h"
+#include "monitor_json.h"
 
 namespace homeward {
 namespace {
@@ -42,10 +43,6 @@ struct Row {
   uint64_t guests = 0;
   uint64_t age_ms = 0;
 };
-
-double Round2(double value) {
-  return static_cast<double>(static_cast<long long>(value * 100 + 0.5)) / 100;
-}
 
 std::vector<Row> Fetch(const std::string& socket) {
   auto client = ControlClient::Connect(socket);
@@ -75,40 +72,9 @@ std::vector<Row> Fetch(const std::string& socket) {
 }
 
 int PrintJson(const std::string& socket) {
-  auto rows = Fetch(socket);
-  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
-    return std::tie(a.cluster, a.name) < std::tie(b.cluster, b.name);
-  });
-  nlohmann::json nodes = nlohmann::json::array();
-  nlohmann::json clusters = nlohmann::json::object();
-  for (const auto& row : rows) {
-    nlohmann::json& cluster = clusters[row.cluster];
-    if (cluster.empty()) cluster = {{"nodes", 0}, {"alive", 0}, {"cpus", 0}, {"load", 0.0}};
-    cluster["nodes"] = cluster["nodes"].get<int>() + 1;
-    if (row.alive) {
-      cluster["alive"] = cluster["alive"].get<int>() + 1;
-      cluster["cpus"] = cluster["cpus"].get<int>() + row.cpus;
-      cluster["load"] = Round2(cluster["load"].get<double>() + row.load);
-    }
-    if (row.self) cluster["self"] = true;
-    nodes.push_back({{"name", row.name},
-                     {"cluster", row.cluster},
-                     {"address", row.address},
-                     {"alive", row.alive},
-                     {"state", row.state},
-                     {"self", row.self},
-                     {"blocked", row.blocked},
-                     {"load", Round2(row.load)},
-                     {"homeward_load", Round2(row.homeward_load)},
-                     {"cpus", row.cpus},
-                     {"speed", Round2(row.speed)},
-                     {"mem_free_mb", row.mem_free_mb},
-                     {"mem_total_mb", row.mem_total_mb},
-                     {"jobs", row.jobs},
-                     {"guests", row.guests},
-                     {"age_ms", row.age_ms}});
-  }
-  fmt::print("{}\n", nlohmann::json{{"nodes", nodes}, {"clusters", clusters}}.dump());
+  auto client = ControlClient::Connect(socket);
+  auto reply = client.Call([](auto request) { request.setListNodes(); });
+  fmt::print("{}\n", NodesJson(reply.Root<schema::ControlReply>().getNodes()).dump());
   return 0;
 }
 

@@ -1,6 +1,4 @@
 // mosps: the jobs whose home is this node, and the guests running here.
-#include <pwd.h>
-
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -10,14 +8,10 @@
 #include "control_client.h"
 #include "error.h"
 #include "job_state.h"
+#include "monitor_json.h"
 
 namespace homeward {
 namespace {
-
-std::string UserName(uint32_t uid) {
-  if (passwd* pw = getpwuid(uid)) return pw->pw_name;
-  return std::to_string(uid);
-}
 
 // `node`, or cluster/node when it is of another cluster than the listing node's.
 std::string Place(const std::string& node, const std::string& cluster, const std::string& own) {
@@ -31,24 +25,7 @@ int List(const std::string& socket, bool json) {
   auto jobs = list.getJobs();
   std::string own = list.getCluster();
   if (json) {
-    nlohmann::json out = {{"jobs", nlohmann::json::array()}};
-    for (auto job : jobs) {
-      out["jobs"].push_back({{"pid", job.getHomePid()},
-                             {"home", job.getHome().cStr()},
-                             {"home_cluster", job.getHomeCluster().cStr()},
-                             {"where", job.getWhere().cStr()},
-                             {"where_cluster", job.getWhereCluster().cStr()},
-                             {"state", JobStateName(job.getState())},
-                             {"migrations", job.getMigrations()},
-                             {"cmd", job.getCmd().cStr()},
-                             {"cpu_ms", job.getCpuMs()},
-                             {"user", UserName(job.getUid())},
-                             {"guest", job.getGuest()},
-                             {"pinned", job.getPinned().cStr()},
-                             {"locked", job.getLocked()},
-                             {"partners", job.getPartners()}});
-    }
-    fmt::print("{}\n", out.dump());
+    fmt::print("{}\n", JobsJson(list).dump());
     return 0;
   }
   fmt::print("{:>8} {:<10} {:<8} {:<8} {:<9} {:>4} {:>9}  {}\n", "PID", "USER", "HOME", "WHERE",

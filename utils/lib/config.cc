@@ -396,6 +396,20 @@ level_ok:
   }
   config.recovery.frozen_go_home = frozen == "home";
   config.migration.lazy_pages = reader.Boolean("migration.lazy_pages", config.migration.lazy_pages);
+  reader.OptionalString("web.listen", &config.web_listen);
+  if (!config.web_listen.empty()) {
+    auto colon = config.web_listen.rfind(':');
+    std::string port = colon == std::string::npos ? "" : config.web_listen.substr(colon + 1);
+    in_addr web_addr;
+    bool port_ok = !port.empty() && port.size() <= 5 &&
+                   port.find_first_not_of("0123456789") == std::string::npos &&
+                   std::stoi(port) >= 1 && std::stoi(port) <= 65535;
+    if (!port_ok || !ParseIpv4(config.web_listen.substr(0, colon), &web_addr)) {
+      reader.Problem("web.listen", fmt::format("'{}' is not ADDRESS:PORT (an IPv4 address and "
+                                               "a port, for example 127.0.0.1:4780)",
+                                               config.web_listen));
+    }
+  }
   return config;
 }
 

@@ -109,6 +109,7 @@ struct NodeConfig {
   RecoveryConfig recovery;
   MigrationConfig migration;
   std::string log_level = "info";
+  std::string web_listen;  // [web] listen: "ADDRESS:PORT" of the web monitor; empty: off
   // [node] speed: this node's relative CPU speed as its administrator sets it (1.0 is
   // the reference machine); 0: measured (node_metrics.h, MeasureCpuSpeed).
   double speed = 0;

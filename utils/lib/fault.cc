@@ -53,6 +53,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kLazyHold, "lazy-hold",
      "the target of a lazy move holds the source's first answer to criu lazy-pages (the "
      "restored job waits for its memory) until the relay ends or a minute has passed"},
+    {Fault::kClockAhead, "clock-ahead",
+     "the node stamps its gossip 5 s ahead of its clock, as a machine whose clock is off "
+     "would: its peers measure the offset (mosctl check)"},
 };
 
 }  // namespace

@@ -35,12 +35,15 @@ enum class Fault {
   kMovedOnHold,
   kNoFileNotices,
   kLazyHold,
+  kClockAhead,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
 constexpr int kRestoreHoldSeconds = 6;
 // How long the movedon-hold fault point holds a guest's last word to its home.
 constexpr int kMovedOnHoldSeconds = 20;
+// How far ahead the clock-ahead fault point stamps a node's gossip.
+constexpr int kClockAheadSeconds = 5;
 
 struct FaultInfo {
   Fault fault;
@@ -68,7 +71,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kLazyHold) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kClockAhead) + 1> selected_;
 };
 
 }  // namespace homeward

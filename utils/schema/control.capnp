@@ -196,6 +196,11 @@ struct NodeInfo {
   blocked @19 :Bool;
   # The node accepts no guests (mosctl block).
   cluster @20 :Text;         # the node's cluster: this node's own, or a partner's
+  clockKnown @21 :Bool;
+  clockOffsetMs @22 :Int64;
+  # How far the node's clock is ahead of this node's (negative: behind), measured from
+  # the stamp of its last gossip datagram (transit included); clockKnown false when this
+  # node has heard nothing from it (itself included).
 }
 
 struct JobSpec {
