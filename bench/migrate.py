@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Migration, in one run, for jobs holding 16 MiB .. 4 GiB of touched memory:
   - the floor: plain criu dump to tmpfs, then criu restore, on one node;
   - the migrate library's two ways over loopback TCP: stop and copy (dump to tmpfs, then

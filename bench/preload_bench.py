@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The job shim's costs: ns per call for the calls it intercepts (by libc and by raw
 system call, which traps to its SIGSYS handler) and for calls that only pass its filter,
 native vs libmosix_preload.so vs proot in the same run; and the wall-time overhead of a

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """What a node costs as the cluster grows: loopback clusters of 4, 16 and 64 nodes, each
 node's daemon and homefs (its one /mosix/home mount) measured idle, then with one guest
 per node (node i's job runs on node i+1 and reads a file of its home every second):

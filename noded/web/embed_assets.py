@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Writes a C++ file defining WebAssets() (web_assets.h) with the given files' bytes:
 embed_assets.py FILE... OUTPUT"""
 

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Each command's manual page (docs/man/*.scd) and its --help name the same options, and
 mosctl's page every one of its commands: a flag added to one and not the other fails."""
 

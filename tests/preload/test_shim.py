@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The job shim (libmosix_preload.so) without a daemon: each workload runs as pid 2 of its
 own pid, mount and UTS namespaces under a stand-in init, with the job's variables set, as
 the daemon starts a job. The ids it sees must be the home's, by libc and by raw system

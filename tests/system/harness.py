@@ -540,6 +540,19 @@ def _guard(program, private):
     os.unlink(_ledger_path(private))
 
 
+class _TimedResult(unittest.TextTestResult):
+    """Also notes each test's time, for the list at the end of the log."""
+
+    def startTest(self, test):
+        self._started = time.monotonic()
+        super().startTest(test)
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        self.times = getattr(self, "times", [])
+        self.times.append((time.monotonic() - self._started, test.id().removeprefix("__main__.")))
+
+
 def run_tests(module="__main__"):
     """Runs `module`'s tests (or those named on the command line) in the private directory
     and exits: 0 when they passed, 1 when one failed, 77 (skipped) when every one was
@@ -553,7 +566,11 @@ def run_tests(module="__main__"):
     names = sys.argv[1:]
     suite = (loader.loadTestsFromNames(names, sys.modules[module]) if names
              else loader.loadTestsFromModule(sys.modules[module]))
-    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    result = unittest.TextTestRunner(verbosity=2, resultclass=_TimedResult).run(suite)
+    # Where the program's time went, longest first (what to shorten when the suite is slow).
+    print("\nTIMES:", file=sys.stderr)
+    for seconds, name in sorted(getattr(result, "times", []), reverse=True):
+        print(f"  {seconds:7.1f} s  {name}", file=sys.stderr)
     # A class skipped in setUpClass is one skip entry but no test run.
     ran = result.testsRun - sum(isinstance(t, unittest.TestCase) for t, _ in result.skipped)
     if result.skipped:

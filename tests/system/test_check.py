@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """mosctl check: on a node of a loopback cluster every probe passes (FUSE, namespaces,
 seccomp, cgroups, userfaultfd, CRIU, the configuration, the ports its daemon serves) and
 the daemon logged the same probes once at start; a key file others may read, a port that

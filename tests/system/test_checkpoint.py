@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Checkpoints and restart (mosrun -C, -A, -N, -S, -R; mosmigrate PID checkpoint).
 
 A job that counts, with a gate it waits at, is checkpointed while it waits; the cluster is

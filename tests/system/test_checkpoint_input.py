@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A restart from a checkpoint gives the job again the input it had after that checkpoint.
 
 A throwaway ordinary user's job reads numbered lines from its stdin and sums them. It is

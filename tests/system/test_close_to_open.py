@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Close-to-open on its own. The home's change notices usually reach a node before its
 next open, which hides whether the open itself revalidates; here the home's daemon sends
 none (the no-file-notices fault point). A job of a throwaway user on node2 rewrites a

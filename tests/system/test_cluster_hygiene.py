@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The test machinery leaves nothing behind and never shares a slot: a test program killed
 as meson kills one past its timeout (SIGTERM to its process group, SIGKILL 0.5 s later)
 has its guard take its cluster down and remove its throwaway user and its files; two

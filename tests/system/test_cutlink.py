@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A cut link does not fail a program. A job of an ordinary user (created here, removed
 afterwards) runs away from home (mosrun -r node2) and writes a line a second to a file at
 home (through homefs) and to its stdout, while the link between node1 (home) and node2

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The daemon's core holds: an exception thrown in an event-loop callback stops at the
 C-boundary guard (logged) and the daemon serves on; a fault point that does not exist is a
 start-up error, not a failure test that silently fails nothing."""

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A job never runs twice, and a daemon killed at an awkward moment loses no job.
 
 - A guest node lost and coming back with its copy still running: node2's daemon is killed

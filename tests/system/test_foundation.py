@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A three-node loopback cluster comes up with separate hostnames and /data, every
 daemon answers mosctl status, and everything goes away on teardown."""
 

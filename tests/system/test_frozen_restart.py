@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A guest frozen past its home's grace survives a restart of its own node's daemon.
 
 A job of an ordinary user (created here, removed afterwards) runs away from home (mosrun

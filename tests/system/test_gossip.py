@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Gossip on loopback clusters: nodes find each other through one seed, a killed node is
 declared dead and rejoins when restarted, a node with another cluster's key is never
 listed, and a burst of garbage datagrams changes nothing."""

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A guest's TCP connections to other addresses leave from the node it runs on.
 
 Tests may use only loopback addresses and network namespaces of their own, so the whole

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A guest's UDP leaves from the node it runs on, its loopback's UDP (a resolver at the
 home's 127.0.0.53) is its home's, and its IPv6 goes out as its IPv4 does.
 

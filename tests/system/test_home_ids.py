@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Ids are the home's everywhere. Small self-checking C programs (tests/homeview/ids_*.c),
 each run by an ordinary user as a job with mosrun at node1, set up what must cross
 migrations (children forked right after setsid and the other wrapped calls, a signalfd,

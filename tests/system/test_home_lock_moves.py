@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A job at home that holds locks moves with them. A job of a throwaway user, started at
 home (node1), holds a POSIX lock (lockf) on one file and a flock on another; a job on node3
 and a plain process at home wait for each (F_SETLKW, flock). The holder is moved to node2

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The home view of a job's own namespaces: System V IPC, clocks and /proc.
 
 A throwaway ordinary user runs one job at node1 (`mosrun sh job.sh`) of three processes:

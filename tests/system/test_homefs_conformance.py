@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """homefs: the same script of file operations gives the same results and errnos on a
 node's own tree and through homefs from another node; real work (extract, build) gives
 the same checksums; many writers at once lose nothing; a peer without the key gets

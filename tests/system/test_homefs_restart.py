@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """homefs survives its home's daemon being SIGKILLed and started again. A job away from home
 (mosrun -L -r node2, as an ordinary user) works on its home's files through homefs the whole
 time -- creates (exclusive too), reads, appends, renames, unlinks, directories, files held

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """homefs for many nodes, on a 16-node loopback cluster: every node has one homefs mount
 (/mosix/home) and one homefs process, holding no connection and no thread per peer while
 the cluster is idle; a guest of node1 on node9 (an ordinary user's job) reads and writes

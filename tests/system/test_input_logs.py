@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A job's input log (<state_dir>/input-logs, see noded/jobs/input_log.h) lives as long as
 something may restart the job from a checkpoint: a job that never had a checkpoint and
 whose exit reached its mosrun has its log removed at once; the log of a job with a

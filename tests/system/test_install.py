@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Installing Homeward on a machine: `scripts/install-node` runs `meson install` into a
 staging root (DESTDIR) and writes the node's configuration and key there; the tree holds
 every program, the job shim, mosjob-init, CRIU, the systemd unit (which

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Jobs at home: mosrun relays stdio, signals and exit status, keeps the user's identity,
 environment and working directory, and mosps lists the job by its home pid."""
 

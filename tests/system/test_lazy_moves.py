@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Lazy moves ([migration] lazy_pages): the job runs on the target once all but its memory
 is there and pulls its memory from the source, which keeps it until the target has every
 page.

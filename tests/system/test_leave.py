@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """mosctl leave: node1 leaves the cluster. Its guest (a job of node2) goes home, and its
 jobs running on node2, one more than node1 has cores, come home: as many as there are
 cores run, the last one waits frozen to disk (mosps: frozen) rather than overload the

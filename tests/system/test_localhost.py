@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """localhost means home: a guest's TCP connections to its loopback reach its home's.
 
 A throwaway ordinary user runs one job at node1 (`mosrun python3 job.py`). The test runs a

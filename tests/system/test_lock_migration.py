@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Locks carried across a move. A job of a throwaway user on node2 holds a POSIX lock
 (lockf) on one file of node1 and a flock on another; a job on node2 waits for the first,
 a process at home (node1) for the second. The holder is moved to node3 (mosmigrate): it

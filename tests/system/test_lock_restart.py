@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Locks across a restart of the home's daemon. Jobs of a throwaway user on node2 hold a
 `lockf` lock and a `flock` on files of node1; node1's daemon is SIGKILLed and started again
 (its lock keeper holds the locks' descriptions meanwhile, and the new daemon gives them back

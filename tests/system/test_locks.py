@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Locks are the home's. Jobs of a throwaway user on node2, node3 and at home (node1)
 share files of node1: a counter incremented 200 times by each under flock and under
 fcntl (lockf) ends exact; F_GETLK from another node sees the holder; a waiter gets the

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A guest moved home keeps its locks. A job of a throwaway user on node2 holds a POSIX lock
 (lockf) on one file of node1 and a flock on another (the home's file service holds them for
 it, through homefs); a job on node3 and a plain process at home wait for each (seen waiting

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Who may open a loopback connection at a job's home: only the node the job runs on.
 
 A throwaway ordinary user runs a job of node1 on node2 (`mosrun -r node2`), and a second

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Migration, zdtm-shaped: a job at node1 counts, appends to a file in node1's /data,
 keeps a file open at an offset and prints to stdout; it is moved to node2 while it runs,
 and its stdout and file must be byte-identical to those of a run that never moved. A

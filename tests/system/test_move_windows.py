@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A home killed in a move's small windows neither loses the job nor runs it twice.
 
 - Between Arrived and Migrated: the target has restored the job and said so, and the home's

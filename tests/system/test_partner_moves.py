@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Jobs across partner clusters. Cluster a (a1) sends jobs to clusters b (b1, b2) and c
 (c1); b accepts a's jobs, c does not (asymmetric sharing). An ordinary user's job of a1, fed
 on its standard input, is moved by hand (mosmigrate) to b1: it runs there on its home's

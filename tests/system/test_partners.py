@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Partner clusters: two clusters that share a partnership key see each other's nodes in
 mosmon, grouped by cluster, and learn of a partner node's death; a cluster that holds a
 wrong key is never listed; jobs start only in their own cluster. loopcluster's --clusters

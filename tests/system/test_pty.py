@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Interactive jobs get a pseudo-terminal. An ordinary user's interactive bash, on a real
 terminal (a pty this test holds the master of), runs `mosrun -r node2 python3 job.py`: the
 job sees a terminal on its stdin and stdout (isatty, `test -t 0`, `tty`, /dev/tty) with the

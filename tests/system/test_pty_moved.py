@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """An interactive job keeps its controlling terminal across a move. An ordinary user's
 interactive bash, on a real terminal (a pty this test holds the master of):
 

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A job checkpointed with a terminal and restarted from its checkpoint (`mosrun -R`) on a
 terminal gets its terminal back. An ordinary user's interactive bash, on a real terminal (a
 pty this test holds the master of), runs `mosrun -C ck python3 probe.py`; the job is

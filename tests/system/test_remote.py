@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Jobs started away from home (mosrun -r): they see the home's files, hostname and
 working directory, not the node they run on; their stdio, signals and exit status come
 back to mosrun; and real programs give byte-identical results to a plain run at home."""

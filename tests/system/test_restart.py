@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A daemon restart loses nothing. The node daemon of a running job is SIGKILLed and started
 again: the job runs on, the new daemon takes it back from its journal (mosps lists it as
 before), mosrun says once on stderr that it waits for its daemon, reconnects, and every

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Trust boundaries, tried as an unprivileged local user would: nothing the user sends
 reaches a privileged process, paths the user names are used with the user's rights, root
 alone administers the node, root from a peer is squashed, a flood of input costs the

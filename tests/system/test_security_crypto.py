@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Peer traffic is encrypted: on a 2-node loopback cluster, every byte crossing lo to or
 from the nodes' peer ports is captured with a packet socket while a job away from home
 prints a marker and reads, through homefs, a file full of another marker. The job's

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A guest is sandboxed: tried as an ordinary user (and as root) on a loopback cluster,
 a job's /proc holds only its own processes, a process of the same user outside the job is
 neither listed nor reachable through /proc/PID/root, nor are its System V IPC objects, the

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Strangers against a node, tried from an unprivileged user on a loopback cluster: 500
 idle connections to the peer port cost the daemon no thread, stop no job and are closed
 by the handshake deadline; a connection for which no thread can be had costs only

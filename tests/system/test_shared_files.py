@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Files shared between nodes behave as at home. On a 3-node loopback cluster, jobs of a
 throwaway ordinary user run on node2 and node3 (mosrun -r) and beside them processes of
 the same user at home (node1), all on the same files of node1's /data:

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A signal sent to mosrun reaches the job exactly once, whatever happens between.
 
 mosrun numbers each signal and keeps it until the job's node says it was delivered, and

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A daemon killed in one of the small windows of a job's life loses nothing.
 
 - Between spawning a job's init and journaling it (the fault point kill-after-spawn), with

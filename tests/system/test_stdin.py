@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Standard input and output survive moves. A job fed on its stdin is moved while bytes sit
 unread in its stdin pipe, in its daemon's queue and in mosrun's window: every byte must
 reach it once, in order, and its end of input once, after the last byte, wherever it runs

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Jobs of ordinary users move. A throwaway user (created here, removed afterwards) runs a
 job at node1 with limits of its own; the job is moved to node2 by root and home again by
 its user. On every node the job must run as that user with that user's limits, and its

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The web monitor in a real browser: a loopback cluster with [web] listen on, its page
 opened in headless Chromium (driven by Selenium). The totals match `mosmon --json`;
 zooming into the cluster shows each node's figures as mosmon has them; zooming into a node

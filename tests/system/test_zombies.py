@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Every process has an owner: after many moves of a job between two nodes, and after
 each way a restored job can fail to be taken over (a restore that fails, a node that
 cannot adopt what CRIU restored, on arrival, on coming home and on continuing a frozen
