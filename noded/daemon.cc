@@ -443,6 +443,8 @@ void Daemon::DescribeNodes(schema::NodeList::Builder list) const {
     node.setAgeMs(static_cast<uint64_t>(view.age_ms));
     node.setIncarnation(record.incarnation);
     node.setBlocked(record.blocked);
+    node.setBootTimeS(record.boot_time_s);
+    node.setUsers(record.users);
     // A node of this cluster that runs an older release publishes no cluster.
     const std::string& cluster = record.cluster.empty() ? config_.cluster : record.cluster;
     node.setCluster(cluster);

@@ -133,6 +133,8 @@ NodeRecord Gossip::Measured() const {
   record.jobs_away = jobs_away_;
   record.guests_here = guests_here_;
   record.blocked = blocked_;
+  record.boot_time_s = metrics_.boot_time_s();
+  record.users = static_cast<uint16_t>(metrics_.users());
   return record;
 }
 

@@ -52,6 +52,8 @@ void ToWire(const NodeRecord& record, schema::NodeRecord::Builder out) {
   out.setIncarnation(record.incarnation);
   out.setBlocked(record.blocked);
   out.setCluster(record.cluster);
+  out.setBootTimeS(record.boot_time_s);
+  out.setUsers(record.users);
 }
 
 // Bounded text: a peer with the key is trusted to be a peer, not to be bug-free. No NUL
@@ -88,6 +90,8 @@ bool FromWire(schema::NodeRecord::Reader in, NodeRecord* out) {
   out->incarnation = in.getIncarnation();
   out->blocked = in.getBlocked();
   if (!GetText(in.getCluster(), &out->cluster)) return false;
+  out->boot_time_s = in.getBootTimeS();
+  out->users = in.getUsers();
   return true;
 }
 

@@ -32,6 +32,8 @@ GossipMessage Sample() {
   message.sender.jobs_away = 3;
   message.sender.guests_here = 1;
   message.sender.incarnation = 1234567;
+  message.sender.boot_time_s = 1796000000;
+  message.sender.users = 4;
   WindowEntry entry;
   entry.record.name = "node2";
   entry.record.address = "127.77.1.2";
@@ -62,6 +64,8 @@ TEST(GossipCodec, RoundTrip) {
   EXPECT_FLOAT_EQ(decoded->sender.speed, 1.25f);
   EXPECT_EQ(decoded->sender.jobs_away, 3u);
   EXPECT_EQ(decoded->sender.incarnation, 1234567u);
+  EXPECT_EQ(decoded->sender.boot_time_s, 1796000000u);
+  EXPECT_EQ(decoded->sender.users, 4);
   ASSERT_EQ(decoded->entries.size(), 1u);
   EXPECT_EQ(decoded->entries[0].record.name, "node2");
   EXPECT_EQ(decoded->entries[0].age_ms, 1500u);

@@ -36,6 +36,8 @@ struct NodeRecord {
   uint32_t guests_here = 0;
   uint64_t incarnation = 0;
   bool blocked = false;  // accepts no guests (mosctl block)
+  uint64_t boot_time_s = 0;  // when the machine booted (epoch seconds); 0: unknown
+  uint16_t users = 0;        // users logged in
 
   Endpoint gossip_endpoint() const { return {address, gossip_port}; }
 };

@@ -7,13 +7,16 @@
 #include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
+#include <utmpx.h>
 
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 namespace homeward {
@@ -318,6 +321,10 @@ NodeMetrics::NodeMetrics(double fixed_speed)
       speed_fixed_(fixed_speed > 0),
       next_speed_run_(std::chrono::steady_clock::now() + kFirstSpeedRerun),
       load_(5000.0) {
+  std::ifstream stat("/proc/stat");
+  std::stringstream text;
+  text << stat.rdbuf();
+  boot_time_s_ = ParseBootTime(text.str());
   Sample(0);
 }
 
@@ -363,6 +370,26 @@ void NodeMetrics::Sample(double elapsed_ms) {
   cores_ = UsableCores();
   if (auto runnable = RunnableNow()) load_.Sample(*runnable, elapsed_ms);
   if (auto memory = ReadNodeMemory()) memory_ = *memory;
+  users_ = LoggedInUsers();
+}
+
+uint64_t ParseBootTime(const std::string& proc_stat) {
+  size_t at = proc_stat.find("\nbtime ");
+  if (at == std::string::npos) return 0;
+  unsigned long long seconds = 0;
+  if (std::sscanf(proc_stat.c_str() + at + 1, "btime %llu", &seconds) != 1) return 0;
+  return seconds;
+}
+
+int LoggedInUsers() {
+  std::set<std::string> names;
+  setutxent();
+  while (const utmpx* entry = getutxent()) {
+    if (entry->ut_type != USER_PROCESS || entry->ut_user[0] == '\0') continue;
+    names.insert(std::string(entry->ut_user, strnlen(entry->ut_user, sizeof entry->ut_user)));
+  }
+  endutxent();
+  return static_cast<int>(names.size());
 }
 
 }  // namespace homeward

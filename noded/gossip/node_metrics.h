@@ -118,6 +118,13 @@ class LoadAverage {
   bool first_ = true;
 };
 
+// The machine's boot time in seconds since the epoch, from /proc/stat's "btime" line; 0
+// when there is none. A node publishes it rather than its uptime, which changes every
+// second: whoever reads it subtracts it from its own clock.
+uint64_t ParseBootTime(const std::string& proc_stat);
+// The users logged in now: distinct names among utmp's user processes, as w(1) counts.
+int LoggedInUsers();
+
 // Reads the files once per call; errors leave the previous values (a node with an
 // unreadable /proc still gossips, with what it knew).
 class NodeMetrics {
@@ -139,6 +146,8 @@ class NodeMetrics {
   // When the last sample was taken.
   std::chrono::steady_clock::time_point sampled_at() const { return sampled_at_; }
   const MemInfo& memory() const { return memory_; }
+  uint64_t boot_time_s() const { return boot_time_s_; }
+  int users() const { return users_; }
 
  private:
   static constexpr std::chrono::seconds kFirstSpeedRerun{10};
@@ -152,6 +161,8 @@ class NodeMetrics {
   std::chrono::seconds speed_rerun_ = kFirstSpeedRerun;
   LoadAverage load_;
   MemInfo memory_;
+  uint64_t boot_time_s_ = 0;
+  int users_ = 0;
   std::chrono::steady_clock::time_point sampled_at_;
 };
 

@@ -21,6 +21,13 @@ TEST(NodeMetrics, ParsesMemInfo) {
   EXPECT_EQ(info.swap_free_mb, 1024u);
 }
 
+TEST(NodeMetrics, ParsesBootTime) {
+  EXPECT_EQ(ParseBootTime("cpu  1 2 3\nintr 5\nctxt 9\nbtime 1796000000\nprocesses 7\n"),
+            1796000000u);
+  EXPECT_EQ(ParseBootTime("cpu  1 2 3\nctxt 9\n"), 0u);
+  EXPECT_EQ(ParseBootTime("cpu  1 2 3\nbtime x\n"), 0u);
+}
+
 TEST(NodeMetrics, ParsesProcsRunning) {
   EXPECT_EQ(ParseProcsRunning("cpu 1 2 3\nprocs_running 3\nprocs_blocked 0\n"), 3);
   EXPECT_EQ(ParseProcsRunning("cpu 1 2 3\n"), std::nullopt);

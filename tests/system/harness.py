@@ -10,6 +10,8 @@ counts as skipped; skips among tests that ran are listed at the end of its log.
 """
 
 import atexit
+import importlib.machinery
+import importlib.util
 import json
 import os
 import pwd
@@ -25,8 +27,17 @@ import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 LOOPCLUSTER = os.path.join(ROOT, "scripts", "loopcluster")
+# The same script as a module, for `exec` without a process of its own (LoopCluster.run).
+_loopcluster = importlib.util.module_from_spec(importlib.util.spec_from_loader(
+    "loopcluster", importlib.machinery.SourceFileLoader("loopcluster", LOOPCLUSTER)))
+_loopcluster.__loader__.exec_module(_loopcluster)
 BUILD = os.environ.get("HOMEWARD_BUILD") or os.path.join(ROOT, "build")
 SKIP = 77  # meson's exit code for a skipped test
+
+# The tests, their nodes and their jobs (ordinary users' too) run the system's programs,
+# as on a bare Debian machine: a python3 wrapper of the caller's (pyenv's shims) first on
+# PATH would cost half a second a start, and other users may not run it at all.
+os.environ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def host_mounts():
@@ -143,10 +154,26 @@ class LoopCluster:
         return next(n for n in self.info["nodes"] if n["name"] == name)
 
     def run(self, node, *command, check=True, input=None, timeout=60):
-        """Runs `command` inside `node`; returns the CompletedProcess (text)."""
-        result = subprocess.run([LOOPCLUSTER, "exec", self.dir, node, "--", *command],
-                                env=self.env(), capture_output=True, text=True, input=input,
-                                timeout=timeout)
+        """Runs `command` inside `node`, as `loopcluster exec` does but without starting
+        it (tests poll with this: a python start each time would be most of their CPU);
+        returns the CompletedProcess (text)."""
+        def exec_args():
+            return _loopcluster.exec_args(self.info, _loopcluster.node_of(self.info, node),
+                                          list(command), self.env())
+        try:
+            try:
+                argv, env = exec_args()
+            except _loopcluster.ClusterError:
+                # Restarted since this test last read cluster.json (a new daemon pid).
+                self.reload()
+                argv, env = exec_args()
+        except _loopcluster.ClusterError as e:
+            # As `loopcluster exec` says it, and exits.
+            result = subprocess.CompletedProcess(list(command), 1, "",
+                                                 f"loopcluster: error: {e}\n")
+        else:
+            result = subprocess.run(argv, env=env, capture_output=True, text=True, input=input,
+                                    timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{node}: {' '.join(command)} exited "
                                  f"{result.returncode}:\n{result.stdout}{result.stderr}")

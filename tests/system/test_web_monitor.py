@@ -83,6 +83,8 @@ class WebMonitorTest(unittest.TestCase):
                 cells = f'tr[data-node="{node["name"]}"]'
                 self.assertEqual(text(f"{cells} .cpus"), str(node["cpus"]))
                 self.assertEqual(text(f"{cells} .state"), "alive")
+                self.assertEqual(text(f"{cells} .users"), str(node["users"]))
+                self.assertRegex(text(f"{cells} .uptime"), r"^\d+ (d|h|min)")
                 self.assertEqual(text(f"{cells} .mem-free").split()[1], "MiB" if
                                  node["mem_free_mb"] < 10240 else "GiB")
 

@@ -2,6 +2,7 @@
 #include "monitor_json.h"
 
 #include <pwd.h>
+#include <time.h>
 
 #include <algorithm>
 #include <string>
@@ -37,6 +38,8 @@ nlohmann::json NodesJson(schema::NodeList::Reader list) {
   });
   nlohmann::json nodes = nlohmann::json::array();
   nlohmann::json clusters = nlohmann::json::object();
+  // A node publishes when it booted; its uptime is read against this node's clock.
+  uint64_t now = static_cast<uint64_t>(::time(nullptr));
   for (auto node : sorted) {
     nlohmann::json& cluster = clusters[node.getCluster().cStr()];
     if (cluster.empty()) cluster = {{"nodes", 0}, {"alive", 0}, {"cpus", 0}, {"load", 0.0}};
@@ -65,6 +68,10 @@ nlohmann::json NodesJson(schema::NodeList::Reader list) {
                      {"jobs", node.getJobsAway()},
                      {"guests", node.getGuestsHere()},
                      {"age_ms", node.getAgeMs()},
+                     {"uptime_s", node.getBootTimeS() && node.getBootTimeS() <= now
+                                      ? nlohmann::json(now - node.getBootTimeS())
+                                      : nlohmann::json(nullptr)},
+                     {"users", node.getUsers()},
                      {"clock_offset_ms", node.getClockKnown()
                                              ? nlohmann::json(node.getClockOffsetMs())
                                              : nlohmann::json(nullptr)}});

@@ -10,7 +10,8 @@ namespace homeward {
 
 // {"nodes": [{name, cluster, address, alive, state, self, blocked, load, homeward_load,
 // cpus, speed, mem_free_mb, mem_total_mb, swap_free_mb, swap_total_mb, jobs, guests,
-// age_ms, clock_offset_ms (null: not heard)}, ...] sorted by cluster and name,
+// age_ms, clock_offset_ms (null: not heard), uptime_s (null: unknown), users}, ...] sorted
+// by cluster and name,
 //  "clusters": {name: {nodes, alive, cpus, load, self?}}}
 nlohmann::json NodesJson(schema::NodeList::Reader list);
 

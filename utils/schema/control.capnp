@@ -198,6 +198,8 @@ struct NodeInfo {
   cluster @20 :Text;         # the node's cluster: this node's own, or a partner's
   clockKnown @21 :Bool;
   clockOffsetMs @22 :Int64;
+  bootTimeS @23 :UInt64;     # when the node's machine booted (epoch seconds); 0: unknown
+  users @24 :UInt16;         # users logged in there
   # How far the node's clock is ahead of this node's (negative: behind), measured from
   # the stamp of its last gossip datagram (transit included); clockKnown false when this
   # node has heard nothing from it (itself included).

@@ -34,6 +34,8 @@ struct NodeRecord {
   incarnation @14 :UInt64;   # raised at every start and to refute a suspicion
   blocked @15 :Bool;         # accepts no guests (mosctl block)
   cluster @16 :Text;         # the node's [cluster] name
+  bootTimeS @17 :UInt64;     # when the machine booted, seconds since the epoch (its uptime)
+  users @18 :UInt16;         # users logged in (utmp), as w(1) counts them
 }
 
 struct WindowEntry {

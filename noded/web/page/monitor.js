@@ -62,6 +62,13 @@ function cpuTime(ms) {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}.${Math.floor((ms % 1000) / 100)}`;
 }
 
+function uptime(seconds) {
+  const days = Math.floor(seconds / 86400);
+  const hours = Math.floor((seconds % 86400) / 3600);
+  const minutes = Math.floor((seconds % 3600) / 60);
+  return days ? `${days} d ${hours} h` : hours ? `${hours} h ${minutes} min` : `${minutes} min`;
+}
+
 function place(node, cluster, own) {
   return !cluster || cluster === own ? node : `${cluster}/${node}`;
 }
@@ -121,12 +128,15 @@ function clusterView(view, name) {
       cell(fixed(n.speed), "speed hide-narrow"), cell(mb(n.mem_free_mb), "mem-free"),
       cell(mb(used), "mem-used"), cell(`${mb(n.swap_free_mb)} / ${mb(n.swap_total_mb)}`, "swap hide-narrow"),
       cell(n.jobs, "jobs"), cell(n.guests, "guests"),
+      cell(n.uptime_s == null ? "–" : uptime(n.uptime_s), "uptime hide-narrow"),
+      cell(n.users, "users hide-narrow"),
       cell(`${(n.age_ms / 1000).toFixed(1)} s`, "age hide-narrow"),
       el("td", { class: "hide-narrow" }, chart(`${name}/${n.name}`, "spark", 1)));
   });
   view.append(table([["node"], ["state"], ["load"], ["CPUs"], ["speed", "hide-narrow"],
                      ["free memory"], ["used memory"], ["swap free / total", "hide-narrow"],
-                     ["jobs away"], ["guests"], ["heard", "hide-narrow"],
+                     ["jobs away"], ["guests"], ["up", "hide-narrow"], ["users", "hide-narrow"],
+                     ["heard", "hide-narrow"],
                      ["last 5 min", "hide-narrow"]], rows));
 }
 
@@ -141,6 +151,7 @@ function nodeView(view, clusterName, name) {
   view.append(el("p", { id: "node-summary",
     text: `${n.state}, load ${fixed(n.load)} on ${n.cpus} CPUs (speed ${fixed(n.speed)}), ` +
           `${mb(n.mem_free_mb)} of ${mb(n.mem_total_mb)} free, ` +
+          (n.uptime_s == null ? "" : `up ${uptime(n.uptime_s)}, ${n.users} users logged in, `) +
           `${n.jobs} jobs away, ${n.guests} guests, address ${n.address}` }));
   const own = ownCluster();
   const here = jobs.filter((j) =>
