@@ -72,7 +72,8 @@ class BalanceRulesTest(unittest.TestCase):
                 start_background(c, "node1", f"guest{k}", "-r", "node2", command="sleep 120")
             c.wait_for(lambda: [j["where"] for j in jobs(c)] == ["node2", "node2"], 30,
                        "two jobs of node1 on node2")
-            self.assertEqual(len(jobs(c, "node2")), 2)
+            # node2 lists them as its guests once each has been taken there.
+            c.wait_for(lambda: len(jobs(c, "node2")) == 2, 30, "node2 to list both guests")
 
             out = c.run("node2", "mosctl", "expel").stdout
             self.assertIn("2 moved, 0 stayed; this node accepts no guests", out)

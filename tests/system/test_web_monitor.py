@@ -98,7 +98,9 @@ class WebMonitorTest(unittest.TestCase):
                                    for j in harness.jobs(c)), 60, "the job to run on node2")
             listed = time.monotonic()
             job = f'tr[data-job="{pid}"]'
-            WebDriverWait(driver, 3, poll_frequency=0.05).until(lambda d: count(job) == 1)
+            # Shown, as running on node2, within 3 s of the daemon's listing it so.
+            WebDriverWait(driver, 3, poll_frequency=0.05).until(
+                lambda d: text(f"{job} .state") == "running")
             shown = time.monotonic() - listed
             self.assertEqual(text(f"{job} .user"), user)
             self.assertEqual(text(f"{job} .where"), "node2")
