@@ -67,6 +67,7 @@ class CriuProcess {
     int status;
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
+    DisownChild(pid_);
   }
   // Reads criu's output to its end and waits for it to exit.
   CriuRun Wait();
@@ -76,7 +77,7 @@ class CriuProcess {
     auto deadline = Clock::now() + limit;
     int status;
     while (pid_ > 0 && Clock::now() < deadline) {
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) pid_ = -1;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) DisownChild(std::exchange(pid_, -1));
       if (pid_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
@@ -133,6 +134,7 @@ CriuProcess::CriuProcess(const CriuCall& call) {
     _exit(127);
   }
   pid_ = pid;
+  OwnChild(pid_);
   errors.write.Reset();
   output.write.Reset();
   int child_errno = 0;
@@ -141,7 +143,7 @@ CriuProcess::CriuProcess(const CriuCall& call) {
   if (exec_failed) {
     int status;
     ::waitpid(pid_, &status, 0);
-    pid_ = -1;
+    DisownChild(std::exchange(pid_, -1));
     throw SystemError(child_errno,
                       fmt::format("cannot run {} (in the job's mount namespace)", call.criu_path));
   }
@@ -156,7 +158,7 @@ CriuRun CriuProcess::Wait() {
   }
   int status = 0;
   HW_SYSCALL(::waitpid(pid_, &status, 0), "wait for criu");
-  pid_ = -1;
+  DisownChild(std::exchange(pid_, -1));
   run.status = ExitStatus::FromWaitStatus(status);
   run.time = Since(start_);
   return run;
@@ -705,14 +707,17 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
   if (options.mount_namespace_fd >= 0 && options.as_user) {
     acting.emplace(*options.as_user, options.mount_namespace_fd);
   }
-  CriuRun run = RunCriu(call);
-  acting.reset();
-
   pid_t init_pid = -1;
+  CriuRun run;
   {
+    // The init is our child once criu has made it, owned once we read its pid.
+    AdoptionPending adopting;
+    run = RunCriu(call);
+    acting.reset();
     std::ifstream in(pid_file);
     in >> init_pid;
     if (!in) init_pid = -1;
+    if (init_pid > 0) OwnChild(init_pid);
   }
   if (run.status.signaled || run.status.code != 0) {
     // criu kills what it restored when it fails; a criu that was killed itself may have
@@ -776,6 +781,7 @@ void KillJob(pid_t init_pid) {
   int status;
   while (::waitpid(init_pid, &status, 0) < 0 && errno == EINTR) {
   }
+  DisownChild(init_pid);
 }
 
 uint64_t PipeInode(int fd) {

@@ -139,7 +139,9 @@ class LazyPages {
 };
 
 struct RestoreResult {
-  pid_t init_pid = -1;  // the job's init in our PID namespace; our child
+  // The job's init in our PID namespace: our child, owned (OwnChild) until ChildProcess::Adopt
+  // or KillJob takes it.
+  pid_t init_pid = -1;
   std::chrono::microseconds criu_time{0};
   std::unique_ptr<LazyPages> lazy;  // a lazy restore's second half
 };

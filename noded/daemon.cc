@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "c_boundary.h"
+#include "child_process.h"
 #include "control_permissions.h"
 #include "lock_holder.h"
 #include "migration.h"
@@ -153,6 +154,24 @@ void Daemon::ServeHomeLocks() {
           "job inits publisher");
 }
 
+void Daemon::ReapOrphans() {
+  // Orphans come from a child's children: an iptables of a criu that was killed, a process
+  // a restored job's init left behind when it ended. Nobody else waits for them.
+  CheckUv(uv_timer_init(loop_, orphans_.get()), "orphan reaper");
+  CheckUv(uv_timer_start(
+              orphans_.get(),
+              [](uv_timer_t*) {
+                GuardedCall("reaping orphans", [] {
+                  for (const ReapedOrphan& orphan : homeward::ReapOrphans()) {
+                    spdlog::info("reaped orphan process {} ({}): {}", orphan.pid,
+                                 orphan.command, orphan.status.Describe());
+                  }
+                });
+              },
+              kOrphanReapInterval.count(), kOrphanReapInterval.count()),
+          "orphan reaper");
+}
+
 void Daemon::FollowPeers() {
   // This node is one of its cluster's too: no partner's job may name it as its home.
   nodes_.Update(config_.name, KnownNode{{}, config_.address, config_.peer_port});
@@ -207,6 +226,7 @@ void Daemon::Start() {
   CatchSignals();
   // Jobs restored by CRIU, and orphans of jobs' inits, become our children to reap.
   HW_SYSCALL(::prctl(PR_SET_CHILD_SUBREAPER, 1), "become a child subreaper");
+  ReapOrphans();
   control_.Start();
   ServeHomeLocks();
   jobs_.OnChange([this] {
@@ -282,6 +302,7 @@ void Daemon::Stop() {
   peer_server_.Stop();
   gossip_.Stop();
   job_inits_.Close();
+  orphans_.Close();
   sigterm_.Close();
   sigint_.Close();
 }

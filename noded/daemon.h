@@ -45,6 +45,9 @@ class Daemon {
   void CatchSignals();
   void ServeHomeLocks();
   void FollowPeers();
+  // Every kOrphanReapInterval, waits for the exited children no one else owns.
+  void ReapOrphans();
+  static constexpr std::chrono::milliseconds kOrphanReapInterval{5000};
   // Logs once what this node needs of its machine (check/node_check.h).
   void LogChecks();
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
@@ -74,6 +77,7 @@ class Daemon {
   std::unique_ptr<WebMonitor> web_;  // when [web] listen is set
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
+  UvHandle<uv_timer_t> orphans_;  // reaps the orphans we inherit as a child subreaper
   UvHandle<uv_check_t> job_inits_;  // publishes the jobs at home's inits to file_server_
   bool stopped_ = false;
 };

@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "checkpoint.h"
+#include "child_process.h"
 #include "fd.h"
 
 #ifndef CLONE_NEWTIME
@@ -63,9 +64,11 @@ CheckLine Namespaces() {
   for (const Kind& kind : kinds) {
     pid_t child = ::fork();
     if (child == 0) _exit(::unshare(kind.flag) == 0 ? 0 : 1);
+    if (child > 0) OwnChild(child);
     int status = 0;
-    if (child < 0 || ::waitpid(child, &status, 0) != child || !WIFEXITED(status) ||
-        WEXITSTATUS(status) != 0) {
+    bool reaped = child > 0 && ::waitpid(child, &status, 0) == child;
+    if (child > 0) DisownChild(child);
+    if (!reaped || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       missing += fmt::format("{}{}", missing.empty() ? "" : ", ", kind.name);
     }
   }

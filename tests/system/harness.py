@@ -200,9 +200,20 @@ class LoopCluster:
         with open(self.node(node)["log"], errors="replace") as f:
             return f.read()
 
-    def zombies(self, node):
-        """The zombie processes (state Z) under `node`'s daemon: its children, which it
-        must reap, and theirs (it is a child subreaper), as "pid comm" strings."""
+    def zombies(self, node, settle=10):
+        """The zombie processes (state Z) under `node`'s daemon that stay zombies: its
+        children, which it must reap, and theirs (it is a child subreaper), as "pid comm"
+        strings. A child that has just exited is a zombie until the daemon's wait for it
+        returns (an `ip6tables-restore` it ran a moment ago), so a zombie counts only if it
+        is still there, the same process, after up to `settle` seconds of looking."""
+        found = self._zombies_now(node)
+        deadline = time.time() + settle
+        while found and time.time() < deadline:
+            time.sleep(0.2)
+            found = [z for z in self._zombies_now(node) if z in found]
+        return found
+
+    def _zombies_now(self, node):
         daemon = self.node(node)["pid"]
         parents, states = {}, {}
         for entry in os.listdir("/proc"):

@@ -1,6 +1,7 @@
 // Spawning and reaping children, libuv-style: exec errors return through a CLOEXEC pipe.
 #include "child_process.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/sched.h>
 #include <signal.h>
@@ -9,6 +10,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <memory>
 #include <utility>
 
 #include "error.h"
@@ -99,7 +105,7 @@ ChildProcess ChildProcess::Spawn(const SpawnOptions& options) {
     ExecChild(options, wanted, argv.data(), options.env ? envp.data() : nullptr,
               errors.write.get());
   }
-  ChildProcess child(pid);
+  ChildProcess child(pid);  // owned from here on
   errors.write.Reset();
   int child_errno = 0;
   if (ReadSome(errors.read.get(), &child_errno, sizeof child_errno, "exec status pipe") > 0) {
@@ -107,6 +113,10 @@ ChildProcess ChildProcess::Spawn(const SpawnOptions& options) {
     throw SystemError(child_errno, fmt::format("cannot run {}", options.argv[0]));
   }
   return child;
+}
+
+ChildProcess::ChildProcess(pid_t pid) : pid_(pid) {
+  if (pid_ > 0) OwnChild(pid_);
 }
 
 ChildProcess::ChildProcess(ChildProcess&& other) noexcept
@@ -128,13 +138,13 @@ void ChildProcess::KillAndReap() {
   int status;
   while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
   }
-  pid_ = -1;
+  DisownChild(std::exchange(pid_, -1));
 }
 
 ExitStatus ChildProcess::Wait() {
   int status = 0;
   HW_SYSCALL(::waitpid(pid_, &status, 0), "waitpid {}", pid_);
-  pid_ = -1;
+  DisownChild(std::exchange(pid_, -1));
   return ExitStatus::FromWaitStatus(status);
 }
 
@@ -142,12 +152,99 @@ std::optional<ExitStatus> ChildProcess::TryWait() {
   int status = 0;
   pid_t done = HW_SYSCALL(::waitpid(pid_, &status, WNOHANG), "waitpid {}", pid_);
   if (done == 0) return std::nullopt;
-  pid_ = -1;
+  DisownChild(std::exchange(pid_, -1));
   return ExitStatus::FromWaitStatus(status);
 }
 
 void ChildProcess::Signal(int signo) {
   if (pid_ > 0) HW_SYSCALL(::kill(pid_, signo), "kill {} {}", pid_, signo);
+}
+
+namespace {
+
+struct Children {
+  std::mutex mutex;
+  std::set<pid_t> owned;
+  int adoptions_pending = 0;
+  std::set<pid_t> orphans_seen;  // unowned zombies at the previous ReapOrphans
+};
+
+Children& OurChildren() {
+  static Children children;
+  return children;
+}
+
+// Our children that are zombies, with their comm: /proc/<pid>/stat, "pid (comm) state ppid".
+std::vector<std::pair<pid_t, std::string>> ZombieChildren() {
+  std::vector<std::pair<pid_t, std::string>> zombies;
+  const pid_t self = ::getpid();
+  std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
+  if (!proc) return zombies;
+  while (dirent* entry = ::readdir(proc.get())) {
+    char* end = nullptr;
+    long pid = std::strtol(entry->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0') continue;
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t open = stat.find('('), close = stat.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || close + 4 >= stat.size()) {
+      continue;  // gone meanwhile
+    }
+    char state = stat[close + 2];
+    long parent = std::strtol(stat.c_str() + close + 4, nullptr, 10);
+    if (state == 'Z' && parent == self) {
+      zombies.emplace_back(static_cast<pid_t>(pid), stat.substr(open + 1, close - open - 1));
+    }
+  }
+  return zombies;
+}
+
+}  // namespace
+
+void OwnChild(pid_t pid) {
+  Children& children = OurChildren();
+  std::lock_guard lock(children.mutex);
+  children.owned.insert(pid);
+}
+
+void DisownChild(pid_t pid) {
+  Children& children = OurChildren();
+  std::lock_guard lock(children.mutex);
+  children.owned.erase(pid);
+}
+
+AdoptionPending::AdoptionPending() {
+  Children& children = OurChildren();
+  std::lock_guard lock(children.mutex);
+  ++children.adoptions_pending;
+}
+
+AdoptionPending::~AdoptionPending() {
+  Children& children = OurChildren();
+  std::lock_guard lock(children.mutex);
+  --children.adoptions_pending;
+}
+
+std::vector<ReapedOrphan> ReapOrphans() {
+  auto zombies = ZombieChildren();
+  Children& children = OurChildren();
+  std::lock_guard lock(children.mutex);
+  std::vector<ReapedOrphan> reaped;
+  std::set<pid_t> seen;
+  for (auto& [pid, command] : zombies) {
+    if (children.owned.count(pid)) continue;
+    if (children.adoptions_pending > 0 || !children.orphans_seen.count(pid)) {
+      seen.insert(pid);
+      continue;
+    }
+    int status = 0;
+    // Under the lock: no Own of this pid can come between (a zombie's pid is not reused).
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      reaped.push_back({pid, std::move(command), ExitStatus::FromWaitStatus(status)});
+    }
+  }
+  children.orphans_seen = std::move(seen);
+  return reaped;
 }
 
 CommandResult RunCommand(const std::vector<std::string>& argv) {

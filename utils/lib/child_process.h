@@ -62,10 +62,37 @@ class ChildProcess {
   void Signal(int signo);
 
  private:
-  explicit ChildProcess(pid_t pid) : pid_(pid) {}
+  explicit ChildProcess(pid_t pid);  // owns it (OwnChild)
   void KillAndReap();
   pid_t pid_ = -1;
 };
+
+// The children this process owns by pid: every ChildProcess, and those made by `fork`
+// elsewhere (criu runs, checks), which call OwnChild after the fork and DisownChild after
+// reaping. A child subreaper has other children too: the orphans of its children's
+// children (an iptables a killed criu ran), which nobody waits for; ReapOrphans ends them.
+void OwnChild(pid_t pid);
+void DisownChild(pid_t pid);
+
+// While one lives, no orphan is reaped: a process CRIU restores becomes our child before we
+// learn its pid (from criu's pid file), and is only then owned (ChildProcess::Adopt).
+class AdoptionPending {
+ public:
+  AdoptionPending();
+  ~AdoptionPending();
+  AdoptionPending(const AdoptionPending&) = delete;
+  AdoptionPending& operator=(const AdoptionPending&) = delete;
+};
+
+struct ReapedOrphan {
+  pid_t pid;
+  std::string command;  // its comm, as /proc showed it
+  ExitStatus status;
+};
+// Reaps the children of ours that are zombies, owned by no one, and were so at the
+// previous call as well (a child forked a moment ago may not be owned yet). Call it
+// periodically; it reads /proc.
+std::vector<ReapedOrphan> ReapOrphans();
 
 // Runs a command to completion, capturing its stdout; throws when it cannot start.
 struct CommandResult {
