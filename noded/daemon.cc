@@ -466,6 +466,8 @@ void Daemon::DescribeNodes(schema::NodeList::Builder list) const {
     node.setBlocked(record.blocked);
     node.setBootTimeS(record.boot_time_s);
     node.setUsers(record.users);
+    node.setGroup(record.group);
+    node.setLongJobAfterS(record.long_job_after_s);
     // A node of this cluster that runs an older release publishes no cluster.
     const std::string& cluster = record.cluster.empty() ? config_.cluster : record.cluster;
     node.setCluster(cluster);

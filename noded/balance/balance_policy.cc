@@ -73,12 +73,39 @@ bool OwnCluster(const Node& node) {
   return node.cluster.empty();
 }
 
+bool InGroup(const std::vector<std::string>& groups, const std::string& group) {
+  return std::find(groups.begin(), groups.end(), group) != groups.end();
+}
+
+// Where `job` would rather go, best first: 0, a node of this cluster where it would be of
+// the node's own work; 1, one where it would rank below it (another group's node, a node
+// for short jobs once the job has run long); 2, a partner cluster's node.
+int Tier(const Node& node, const Job& job) {
+  if (!OwnCluster(node)) return 2;
+  bool other_group = !node.group.empty() && !InGroup(job.groups, node.group);
+  bool long_there = node.long_job_after_ms > 0 && job.run_ms >= node.long_job_after_ms;
+  return other_group || long_there ? 1 : 0;
+}
+
 // What moving `job` costs, in milliseconds of the job's time: it is frozen meanwhile.
 double MoveCostMs(const Job& job, const Options& options) {
   return options.move_overhead_ms + job.memory_mb / options.bandwidth_mb_per_s * 1000.0;
 }
 
 }  // namespace
+
+int JobPrecedence(const PrecedenceRules& rules, bool guest, int partner_priority,
+                  const std::vector<std::string>& groups, int64_t run_ms) {
+  if (!guest) return 0;
+  int precedence = std::max(partner_priority, 0);
+  if (!rules.group.empty() && !InGroup(groups, rules.group)) {
+    precedence = std::max(precedence, rules.others);
+  }
+  if (rules.long_job_after_ms > 0 && run_ms >= rules.long_job_after_ms) {
+    precedence = std::max(precedence, rules.long_job);
+  }
+  return precedence;
+}
 
 double ExpectedShare(const Node& node, double added) {
   double runnable = node.load + added;
@@ -160,8 +187,8 @@ bool Avoided(const std::map<std::string, int64_t>& avoid, const std::string& nam
   return avoid.count(name) != 0;
 }
 
-// The node `job` would get the most CPU on among those that admit it and `fits`, this
-// cluster's first (a partner's only when none of this cluster's will do).
+// The node `job` would get the most CPU on among those that admit it and `fits`, of the
+// best tier there is (Tier: a partner's only when none of this cluster's will do).
 std::optional<size_t> BestTarget(const Working& w, const Job& job,
                                  const std::map<std::string, int64_t>& avoid,
                                  const std::function<bool(const Node&)>& fits) {
@@ -171,9 +198,9 @@ std::optional<size_t> BestTarget(const Working& w, const Job& job,
     const Node& node = w.nodes[i];
     if (i == w.self || !Admits(node, job) || Avoided(avoid, node.name) || !fits(node)) continue;
     double share = ExpectedShare(node, job.demand);
-    bool own = OwnCluster(node);
-    if (target && own != OwnCluster(w.nodes[*target])) {
-      if (!own) continue;
+    int tier = Tier(node, job);
+    if (target && tier != Tier(w.nodes[*target], job)) {
+      if (tier > Tier(w.nodes[*target], job)) continue;
       target.reset();
     }
     if (!target || share > target_share + kTie) {
@@ -219,8 +246,9 @@ void Usher(Working& w, const std::vector<Job>& jobs, const Options& options,
   if (chosen) w.Decide(*chosen, chosen_target, "memory");
 }
 
-// Forced departure: a partner's guest of lowest precedence leaves a node whose cores are
-// wanted by work of higher precedence.
+// Forced departure: the guest of lowest precedence (a partner's, another group's, a long
+// job on a node for short ones) leaves a node whose cores are wanted by work of higher
+// precedence.
 void ForceOut(Working& w, const std::vector<Job>& jobs, const std::map<std::string, int64_t>& avoid) {
   const Node& here = w.here();
   if (here.load < here.cores + kMinHigherWork) return;
@@ -324,11 +352,11 @@ std::vector<Decision> Balancer::Round(int64_t now_ms, const std::vector<Node>& n
         if (gain_ms <= options_.cost_factor * cost_ms) continue;
         candidates.push_back({i, gain_ms});
       }
-      // Another cluster's nodes only when none of this cluster's would do.
-      if (std::any_of(candidates.begin(), candidates.end(),
-                      [&](const Candidate& c) { return OwnCluster(w.nodes[c.target]); })) {
-        std::erase_if(candidates, [&](const Candidate& c) { return !OwnCluster(w.nodes[c.target]); });
-      }
+      // Only the best tier's (Tier): another cluster's nodes only when none of this
+      // cluster's would do, and nodes where the job would rank low only when no other would.
+      int best_tier = 2;
+      for (const Candidate& c : candidates) best_tier = std::min(best_tier, Tier(w.nodes[c.target], job));
+      std::erase_if(candidates, [&](const Candidate& c) { return Tier(w.nodes[c.target], job) > best_tier; });
       for (const Candidate& c : candidates) ratio = std::max(ratio, c.gain_ms / cost_ms);
       if (!candidates.empty() && (!best_job || ratio > best_ratio)) {
         best_job = &job;

@@ -19,6 +19,11 @@
 // (the node's own processes, this cluster's jobs, a better partner's guests), the guest of
 // lowest precedence is forced out, one a round, whatever its residency: to a node with
 // room for it (this cluster's first), or home.
+//
+// Within a cluster the same precedence makes sub-clusters and nodes for short jobs: a
+// node of a group ([node] group) ranks the cluster's jobs of other users below its
+// group's, and a node for short jobs ([node] long_job_s) ranks guests that have run long
+// below the rest. Jobs go first to nodes where they would be of the node's own.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +49,8 @@ struct Node {
                                // node, when its cluster does not accept this one's jobs
   int64_t age_ms = 0;          // how old this information is
   std::string cluster;         // a partner cluster's node; empty: one of this cluster
+  std::string group;           // its sub-cluster ([node] group); empty: none
+  int64_t long_job_after_ms = 0;  // a node for short jobs: guests that ran this long rank low
 };
 
 // A job of this node that may move automatically: a home job running here or a guest.
@@ -61,11 +68,27 @@ struct Job {
   double cpu_use = 0;              // cores the job used recently
   std::string home_cluster;        // the home's cluster when a partner's; empty: this one
   bool partners = false;           // mosrun -G: may go to partner clusters' nodes
-  // Precedence here: 0 for this cluster's jobs, a partner's priority ([[partner]]
-  // priority) for its guests; lower runs first.
+  std::vector<std::string> groups;  // the Unix groups of the job's user
+  // Precedence here (JobPrecedence): 0 for the node's own work; lower runs first.
   int priority = 0;
-  bool locked = false;  // mosrun -L: moved only when forced out (a partner's guest)
+  bool locked = false;  // mosrun -L: moved only when forced out (priority above 0)
 };
+
+// What ranks a job below a node's own work there, besides a partner's priority.
+struct PrecedenceRules {
+  std::string group;              // [node] group: the node's sub-cluster; empty: none
+  int others = 50;                // [node] others_priority: the cluster's guests not of it
+  int64_t long_job_after_ms = 0;  // [node] long_job_s, in ms; 0: not a node for short jobs
+  int long_job = 200;             // [node] long_job_priority
+};
+
+// A job's precedence on a node with `rules` (lower runs first): 0 for the node's own work
+// (its home jobs; guests of this cluster whose user is in the node's group, or of a node
+// without one), else the highest that applies of `partner_priority` (above 0 for a
+// partner's guest), `rules.others` for a guest whose user is not in the node's group, and
+// `rules.long_job` for a guest that has run long_job_after_ms.
+int JobPrecedence(const PrecedenceRules& rules, bool guest, int partner_priority,
+                  const std::vector<std::string>& groups, int64_t run_ms);
 
 struct Options {
   double hysteresis = 0.45;              // a target must promise (1 + this) x the CPU here

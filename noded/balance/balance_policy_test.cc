@@ -298,6 +298,93 @@ TEST(Balancer, TheLowestPrecedenceGuestLeavesFirst) {
   EXPECT_EQ(decisions[0].job, 2u);
 }
 
+TEST(JobPrecedence, RanksGuestsByGroupLengthAndPartner) {
+  PrecedenceRules open;  // a node of no group, for jobs of any length
+  EXPECT_EQ(JobPrecedence(open, true, 0, {"chem"}, 3600000), 0);
+  EXPECT_EQ(JobPrecedence(open, true, 100, {}, 0), 100);  // a partner's guest
+  PrecedenceRules physics{"physics", 50, 0, 200};
+  EXPECT_EQ(JobPrecedence(physics, false, 0, {"chem"}, 0), 0);  // the node's home jobs
+  EXPECT_EQ(JobPrecedence(physics, true, 0, {"users", "physics"}, 0), 0);
+  EXPECT_EQ(JobPrecedence(physics, true, 0, {"chem"}, 0), 50);
+  EXPECT_EQ(JobPrecedence(physics, true, 100, {"chem"}, 0), 100);  // the highest applies
+  PrecedenceRules short_jobs{"", 50, 600000, 200};
+  EXPECT_EQ(JobPrecedence(short_jobs, true, 0, {}, 599999), 0);
+  EXPECT_EQ(JobPrecedence(short_jobs, true, 0, {}, 600000), 200);
+  EXPECT_EQ(JobPrecedence(short_jobs, false, 0, {}, 600000), 0);
+  EXPECT_EQ(JobPrecedence(short_jobs, true, 300, {}, 600000), 300);
+}
+
+Node GroupNode(std::string name, double load, std::string group) {
+  Node node = MakeNode(std::move(name), load);
+  node.group = std::move(group);
+  return node;
+}
+
+TEST(Balancer, AGroupsJobsGoFirstToTheGroupsNodes) {
+  Options options;
+  options.max_moves_per_round = 1;
+  auto jobs = Jobs(4);
+  for (auto& job : jobs) job.groups = {"physics"};
+  // The chemists' node is idler, but the physicists' node has room too.
+  std::vector<Node> nodes{Self(4), GroupNode("chem1", 0, "chem"), GroupNode("phys1", 1, "physics")};
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    Balancer balancer("self", options, seed);
+    auto decisions = balancer.Round(100000, nodes, jobs);
+    ASSERT_EQ(decisions.size(), 1u);
+    EXPECT_EQ(decisions[0].target, "phys1");
+  }
+  // With no room on their own, they take another group's idle node.
+  nodes[2].load = 4;
+  Balancer balancer("self", options, 1);
+  auto decisions = balancer.Round(100000, nodes, jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "chem1");
+}
+
+TEST(Balancer, ALongJobKeepsOffNodesForShortJobsWhileOthersHaveRoom) {
+  Node short_node = MakeNode("short1", 0);
+  short_node.long_job_after_ms = 600000;
+  auto jobs = Jobs(4);  // each has run a minute: a short job there
+  Balancer young("self", Options{}, 1);
+  auto decisions = young.Round(100000, {Self(4), short_node, MakeNode("any1", 3)}, jobs);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].target, "short1");
+  // Run for an hour, they take a node with less room rather than the one for short jobs.
+  for (auto& job : jobs) job.run_ms = 3600000;
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    Balancer old("self", Options{}, seed);
+    decisions = old.Round(100000, {Self(4), short_node, MakeNode("any1", 1)}, jobs);
+    ASSERT_EQ(decisions.size(), 1u);
+    EXPECT_EQ(decisions[0].target, "any1");
+  }
+}
+
+TEST(Balancer, AGroupsWorkForcesAnotherGroupsGuestOut) {
+  // This is a physics node: a chemist's guest (50) and a physicist's (0), and one more
+  // runnable process than the core holds.
+  Balancer balancer("self", Options{}, 1);
+  Job chemist = MakeJob(1, "home1");
+  chemist.groups = {"chem"};
+  chemist.priority = 50;
+  chemist.resident_ms = 0;  // forced out whatever its residency
+  Job physicist = MakeJob(2, "home1");
+  physicist.groups = {"physics"};
+  physicist.resident_ms = 0;
+  std::vector<Node> nodes{Self(2), GroupNode("chem1", 0, "chem"), MakeNode("home1", 1)};
+  auto decisions = balancer.Round(100000, nodes, {chemist, physicist});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].job, 1u);
+  EXPECT_EQ(decisions[0].target, "chem1");  // a node of its own group, with room
+  EXPECT_EQ(decisions[0].reason, "priority");
+  // Alone, the chemist's guest stays: nothing of higher precedence waits.
+  EXPECT_TRUE(balancer.Round(100000, {Self(1), GroupNode("chem1", 0, "chem")}, {chemist}).empty());
+  // A locked guest (mosrun -L) that ranks low is forced out all the same.
+  chemist.locked = true;
+  decisions = balancer.Round(100000, nodes, {chemist, physicist});
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].job, 1u);
+}
+
 TEST(Balancer, LockedJobsOnlyLeaveWhenForced) {
   Balancer balancer("self", Options{}, 1);
   auto jobs = Jobs(4);

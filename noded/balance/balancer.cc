@@ -27,6 +27,8 @@ std::vector<balance::Node> PolicyNodes(const std::vector<MemberView>& picture,
     node.mem_total_mb = record.mem_total_mb;
     node.accepts_guests = !record.blocked;
     node.age_ms = view.age_ms;
+    node.group = record.group;
+    node.long_job_after_ms = int64_t{record.long_job_after_s} * 1000;
     // Empty for this cluster's own (as older releases publish it).
     if (record.cluster != own_cluster) node.cluster = record.cluster;
     nodes.push_back(std::move(node));

@@ -48,6 +48,8 @@ NodeRecord SelfRecord(const NodeConfig& config) {
   NodeRecord self;
   self.name = config.name;
   self.cluster = config.cluster;
+  self.group = config.group;
+  self.long_job_after_s = static_cast<uint32_t>(config.long_job_after.count());
   self.address = config.address;
   self.gossip_port = config.gossip_port;
   self.peer_port = config.peer_port;

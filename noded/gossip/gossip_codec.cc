@@ -54,6 +54,8 @@ void ToWire(const NodeRecord& record, schema::NodeRecord::Builder out) {
   out.setCluster(record.cluster);
   out.setBootTimeS(record.boot_time_s);
   out.setUsers(record.users);
+  out.setGroup(record.group);
+  out.setLongJobAfterS(record.long_job_after_s);
 }
 
 // Bounded text: a peer with the key is trusted to be a peer, not to be bug-free. No NUL
@@ -92,6 +94,8 @@ bool FromWire(schema::NodeRecord::Reader in, NodeRecord* out) {
   if (!GetText(in.getCluster(), &out->cluster)) return false;
   out->boot_time_s = in.getBootTimeS();
   out->users = in.getUsers();
+  if (!GetText(in.getGroup(), &out->group)) return false;
+  out->long_job_after_s = in.getLongJobAfterS();
   return true;
 }
 

@@ -34,6 +34,8 @@ GossipMessage Sample() {
   message.sender.incarnation = 1234567;
   message.sender.boot_time_s = 1796000000;
   message.sender.users = 4;
+  message.sender.group = "physics";
+  message.sender.long_job_after_s = 600;
   WindowEntry entry;
   entry.record.name = "node2";
   entry.record.address = "127.77.1.2";
@@ -66,6 +68,8 @@ TEST(GossipCodec, RoundTrip) {
   EXPECT_EQ(decoded->sender.incarnation, 1234567u);
   EXPECT_EQ(decoded->sender.boot_time_s, 1796000000u);
   EXPECT_EQ(decoded->sender.users, 4);
+  EXPECT_EQ(decoded->sender.group, "physics");
+  EXPECT_EQ(decoded->sender.long_job_after_s, 600u);
   ASSERT_EQ(decoded->entries.size(), 1u);
   EXPECT_EQ(decoded->entries[0].record.name, "node2");
   EXPECT_EQ(decoded->entries[0].age_ms, 1500u);

@@ -59,6 +59,8 @@ void Membership::UpdateSelf(const NodeRecord& measured) {
   NodeRecord next = measured;
   next.name = self_.name;
   next.cluster = self_.cluster;
+  next.group = self_.group;
+  next.long_job_after_s = self_.long_job_after_s;
   next.address = self_.address;
   next.gossip_port = self_.gossip_port;
   next.peer_port = self_.peer_port;

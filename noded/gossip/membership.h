@@ -38,6 +38,8 @@ struct NodeRecord {
   bool blocked = false;  // accepts no guests (mosctl block)
   uint64_t boot_time_s = 0;  // when the machine booted (epoch seconds); 0: unknown
   uint16_t users = 0;        // users logged in
+  std::string group;            // [node] group: the node's sub-cluster (empty: none)
+  uint32_t long_job_after_s = 0;  // [node] long_job_s: a node for short jobs (0: not)
 
   Endpoint gossip_endpoint() const { return {address, gossip_port}; }
 };

@@ -124,10 +124,19 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
     std::vector<pid_t> pids = job.Pids();  // read once: sampling and pinning both need them
     job.SampleUsage(now_ms, pids);
     const JobLaunch& launch = job.launch();
-    // A partner's guest started with mosrun -L still leaves when forced out (priorities).
     bool partner_guest = launch.guest && !launch.home_cluster.empty();
-    if ((launch.locked && !partner_guest) || launch.keep_home ||
-        job.state() != JobState::RUNNING) {
+    int64_t run_ms = launch.started_unix_ms > 0
+                         ? std::max<int64_t>(unix_now - launch.started_unix_ms, 0)
+                         : now_ms - job.arrived_ms();
+    const std::vector<std::string>& groups = user_groups_.Of(job.uid());
+    int partner_priority = 0;
+    if (partner_guest) {
+      const PartnerConfig* partner = config_.Partner(launch.home_cluster);
+      partner_priority = partner ? partner->priority : 65535;
+    }
+    int priority = balance::JobPrecedence(precedence_, launch.guest, partner_priority, groups, run_ms);
+    // A guest started with mosrun -L still leaves when forced out (priority above 0).
+    if ((launch.locked && priority == 0) || launch.keep_home || job.state() != JobState::RUNNING) {
       return;
     }
     if (!job.PinnedReason(pids, lock_holders).empty()) return;
@@ -139,19 +148,15 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
     offered.demand = usage.demand();
     offered.memory_mb = usage.memory_mb();
     offered.min_free_mb = launch.min_free_mb;
-    offered.run_ms = launch.started_unix_ms > 0
-                         ? std::max<int64_t>(unix_now - launch.started_unix_ms, 0)
-                         : now_ms - job.arrived_ms();
+    offered.run_ms = run_ms;
     offered.resident_ms = now_ms - job.arrived_ms();
     offered.home_io_bytes_per_s = launch.guest ? usage.io_bytes_per_s() : 0;
     offered.cpu_use = usage.cpu_use();
     offered.home_cluster = launch.home_cluster;
     offered.partners = launch.partners;
     offered.locked = launch.locked;
-    if (partner_guest) {
-      const PartnerConfig* partner = config_.Partner(launch.home_cluster);
-      offered.priority = partner ? partner->priority : 65535;
-    }
+    offered.groups = groups;
+    offered.priority = priority;
     movable.push_back(offered);
   };
   // A node that left the cluster keeps its jobs (its guests were sent away).

@@ -30,6 +30,9 @@ JobRegistry::JobRegistry(uv_loop_t* loop, const NodeConfig& config, ControlServe
       init_path_(FindBesideExecutable({"mosjob-init", "../libexec/homeward/mosjob-init"})),
       preload_path_(FindBesideExecutable({"../preload/libmosix_preload.so", "libmosix_preload.so",
                                           "../lib/homeward/libmosix_preload.so"})),
+      precedence_{config.group, config.others_priority,
+                  std::chrono::duration_cast<std::chrono::milliseconds>(config.long_job_after).count(),
+                  config.long_job_priority},
       faults_(std::move(faults)) {
   if (preload_path_.empty()) {
     spdlog::warn("libmosix_preload.so not found beside mosnoded: jobs run without the shim");

@@ -39,6 +39,7 @@
 #include "move_protocol.h"
 #include "node_directory.h"
 #include "process_watch.h"
+#include "user_groups.h"
 
 #include <capnp/message.h>
 
@@ -549,6 +550,8 @@ class JobRegistry {
   PictureSource picture_;
   std::string init_path_;
   std::string preload_path_;
+  balance::PrecedenceRules precedence_;  // [node] group and long_job_s
+  UserGroupCache user_groups_;           // the groups of the jobs' users, for precedence
   std::map<int, HomeJob> jobs_;  // home jobs, by slot
   std::map<uint64_t, std::shared_ptr<Job>> guests_;
   uint64_t next_guest_ = 0;

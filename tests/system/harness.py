@@ -311,6 +311,30 @@ def remove_user(name):
     _user_tool("groupdel", name)
 
 
+def group_for(test, prefix, *users):
+    """A throwaway Unix group for `test` with `users` as members, removed when the test ends,
+    pass or fail; returns its name."""
+    name = f"{prefix}{os.urandom(4).hex()}"
+    _ledger_add("group", name)
+    run = _user_tool("groupadd", name)
+    if run.returncode != 0:
+        raise RuntimeError(f"groupadd {name}: {run.stderr.strip()}")
+    test.addCleanup(remove_group, name)
+    for user in users:
+        run = _user_tool("usermod", "--append", "--groups", name, user)
+        if run.returncode != 0:
+            raise RuntimeError(f"usermod -aG {name} {user}: {run.stderr.strip()}")
+    return name
+
+
+def remove_group(name):
+    run = _user_tool("groupdel", name)
+    if run.returncode not in (0, 6):  # 6: no such group
+        print(f"could not remove group {name}: {run.stderr.strip()}", file=sys.stderr)
+    else:
+        _ledger_remove("group", name)
+
+
 # The start of a test's TCP server (python3 -c): listens on argv[1] and writes "PORT" to the
 # file argv[2] once it does (the caller waits for that file); the caller's text serves.
 LISTENING_SERVER = r"""
@@ -574,6 +598,10 @@ def _guard(program, private):
         if made and kind == "user":
             print(f"guard: removing user {value}", file=sys.stderr, flush=True)
             remove_user(value)
+    for (kind, value), made in left.items():
+        if made and kind == "group":
+            print(f"guard: removing group {value}", file=sys.stderr, flush=True)
+            remove_group(value)
     _remove_private(private)
     os.unlink(_ledger_path(private))
 

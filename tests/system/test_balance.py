@@ -251,6 +251,44 @@ class BalancingTest(unittest.TestCase):
             self.assertEqual(a.run("a1", "cat", "/data/out/guest").stdout.strip(),
                              f"finished {BUSY_ITERATIONS * 3}")
 
+    def test_a_groups_work_forces_another_groups_guest_out(self):
+        """Nodes of a sub-cluster (node.group): a chemist's job and a physicist's, both
+        moved to node2, a physics node with one core. The chemist's guest ranks below the
+        physicist's there, so it leaves (to node1, which has room); the physicist's stays.
+        Both finish with their output."""
+        chemist = harness.user_for(self, "hwchem").pw_name
+        physicist = harness.user_for(self, "hwphys").pw_name
+        group = harness.group_for(self, "hwgrp", physicist)
+        settings = list(SETTINGS + GOSSIP_FAST) + [f"node.group={group}"]
+        with harness.LoopCluster(2, cpuset=True, settings=settings) as c:
+            self.require_idle_core(c, "node2")
+            self.assertEqual(nodes(c)["node2"]["group"], group)
+            busy = BUSY.format(n=BUSY_ITERATIONS * 2)
+            c.run("node1", "mkdir", "-m", "1777", "-p", "/data/out")
+            pids = {}
+            for user in (chemist, physicist):
+                c.run("node1", "runuser", "-u", user, "--", "sh", "-c",
+                      f"(mosrun sh -c '{busy}' > /data/out/{user} 2>&1; "
+                      f"echo $? > /data/out/{user}.status) >/dev/null 2>&1 & echo started")
+                pids[user] = c.wait_for(lambda: next((j["pid"] for j in jobs(c)
+                                                      if j["user"] == user), None),
+                                        30, f"{user}'s job to be listed")
+                c.run("node1", "mosmigrate", str(pids[user]), "node2")
+
+            def where(user):
+                return next((j["where"] for j in jobs(c) if j["pid"] == pids[user]), None)
+
+            c.wait_for(lambda: where(chemist) == "node1", 90,
+                       "the chemist's guest to be forced out of node2")
+            self.assertIn("balancer: priority move to node1", c.log("node2"))
+            self.assertEqual(where(physicist), "node2")
+            c.wait_for(lambda: jobs(c) == [], 240, "both jobs to finish")
+            for user in (chemist, physicist):
+                self.assertEqual(c.run("node1", "cat", f"/data/out/{user}.status").stdout.strip(),
+                                 "0")
+                self.assertEqual(c.run("node1", "cat", f"/data/out/{user}").stdout.strip(),
+                                 f"finished {BUSY_ITERATIONS * 2}")
+
     def test_best_node_and_memory_placement(self):
         # No automatic moves here: where a job starts is what is tested.
         with harness.LoopCluster(2, cpuset=True,

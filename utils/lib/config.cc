@@ -343,6 +343,18 @@ NodeConfig ParseNodeConfig(const std::string& text, const std::string& path) {
                                                config.log_level));
 level_ok:
   config.speed = reader.Number("node.speed", 0, 0.01, 1000);
+  reader.OptionalString("node.group", &config.group);
+  if (!config.group.empty() && !ValidNodeName(config.group)) {
+    reader.Problem("node.group", fmt::format("'{}' is not a valid group name (letters, digits, "
+                                             "'-', '_' and '.', at most 63)",
+                                             config.group));
+  }
+  config.others_priority =
+      static_cast<int>(reader.Integer("node.others_priority", config.others_priority, 1, 65535));
+  config.long_job_after = std::chrono::seconds(
+      reader.Integer("node.long_job_s", config.long_job_after.count(), 0, 365 * 86400));
+  config.long_job_priority = static_cast<int>(
+      reader.Integer("node.long_job_priority", config.long_job_priority, 1, 65535));
   config.gossip_port = static_cast<uint16_t>(reader.Integer("ports.gossip", 4700, 1, 65535));
   config.peer_port = static_cast<uint16_t>(reader.Integer("ports.peer", 4701, 1, 65535));
   config.control_socket = config.state_dir + "/control.sock";

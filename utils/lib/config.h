@@ -113,6 +113,15 @@ struct NodeConfig {
   // [node] speed: this node's relative CPU speed as its administrator sets it (1.0 is
   // the reference machine); 0: measured (node_metrics.h, MeasureCpuSpeed).
   double speed = 0;
+  // [node] group: this node's sub-cluster, a Unix group. Its members' jobs are the node's
+  // own here (precedence 0, as its home jobs); the cluster's other guests rank
+  // others_priority and leave when the node's own work wants the cores. Empty: none.
+  std::string group;
+  int others_priority = 50;
+  // [node] long_job_s: a node for short jobs. A guest that has run this long is a long job
+  // here, of long_job_priority, and leaves when other work wants the cores. 0: off.
+  std::chrono::seconds long_job_after{0};
+  int long_job_priority = 200;
 
   // Whether `name` is this node's cluster (empty is: a peer of the same cluster names none).
   bool OwnCluster(const std::string& name) const { return name.empty() || name == cluster; }

@@ -105,6 +105,29 @@ TEST_F(ConfigTest, ReadsTheNodesSpeedOrMeasuresIt) {
   EXPECT_THAT(ErrorOf(with_speed("nan")), HasSubstr("node.speed: nan is out of range"));
 }
 
+TEST_F(ConfigTest, ReadsTheNodesGroupAndShortJobRules) {
+  NodeConfig defaults = LoadNodeConfig(Write(Good()));
+  EXPECT_EQ(defaults.group, "");
+  EXPECT_EQ(defaults.others_priority, 50);
+  EXPECT_EQ(defaults.long_job_after, std::chrono::seconds(0));
+  EXPECT_EQ(defaults.long_job_priority, 200);
+  auto with = [this](const std::string& lines) {
+    std::string text = Good();
+    return text.replace(text.find("[cluster]"), 0, lines + "\n");
+  };
+  NodeConfig config = LoadNodeConfig(Write(with(
+      "group = \"physics\"\nothers_priority = 70\nlong_job_s = 600\nlong_job_priority = 300")));
+  EXPECT_EQ(config.group, "physics");
+  EXPECT_EQ(config.others_priority, 70);
+  EXPECT_EQ(config.long_job_after, std::chrono::seconds(600));
+  EXPECT_EQ(config.long_job_priority, 300);
+  EXPECT_THAT(ErrorOf(with("group = \"a b\"")),
+              HasSubstr("node.group: 'a b' is not a valid group name"));
+  EXPECT_THAT(ErrorOf(with("others_priority = 0")),
+              HasSubstr("node.others_priority: 0 is out of range"));
+  EXPECT_THAT(ErrorOf(with("long_job_s = -1")), HasSubstr("node.long_job_s: -1 is out of range"));
+}
+
 TEST_F(ConfigTest, ReadsPeerLimitsAndReplayWindow) {
   NodeConfig defaults = LoadNodeConfig(Write(Good()));
   EXPECT_EQ(defaults.peer.max_pending_per_source, 8);

@@ -52,6 +52,8 @@ nlohmann::json NodesJson(schema::NodeList::Reader list) {
     if (node.getIsSelf()) cluster["self"] = true;
     nodes.push_back({{"name", node.getName().cStr()},
                      {"cluster", node.getCluster().cStr()},
+                     {"group", node.getGroup().cStr()},
+                     {"long_job_s", node.getLongJobAfterS()},
                      {"address", node.getAddress().cStr()},
                      {"alive", node.getAlive()},
                      {"state", node.getState().cStr()},

@@ -200,6 +200,8 @@ struct NodeInfo {
   clockOffsetMs @22 :Int64;
   bootTimeS @23 :UInt64;     # when the node's machine booted (epoch seconds); 0: unknown
   users @24 :UInt16;         # users logged in there
+  group @25 :Text;           # its sub-cluster ([node] group); empty: none
+  longJobAfterS @26 :UInt32; # a node for short jobs ([node] long_job_s); 0: not
   # How far the node's clock is ahead of this node's (negative: behind), measured from
   # the stamp of its last gossip datagram (transit included); clockKnown false when this
   # node has heard nothing from it (itself included).

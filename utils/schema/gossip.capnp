@@ -36,6 +36,9 @@ struct NodeRecord {
   cluster @16 :Text;         # the node's [cluster] name
   bootTimeS @17 :UInt64;     # when the machine booted, seconds since the epoch (its uptime)
   users @18 :UInt16;         # users logged in (utmp), as w(1) counts them
+  group @19 :Text;           # [node] group: the node's sub-cluster; empty: none
+  longJobAfterS @20 :UInt32; # [node] long_job_s: guests that have run this long are long
+                             # jobs here (a node for short jobs); 0: none
 }
 
 struct WindowEntry {
