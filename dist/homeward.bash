@@ -110,7 +110,7 @@ _homeward_mosctl() {
       if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "-h --help --control" -- "$cur"))
       else
-        COMPREPLY=($(compgen -W "status check home-mount home-unmount block unblock expel bring leave join" -- "$cur"))
+        COMPREPLY=($(compgen -W "status check home-mount home-unmount block unblock expel bring leave join reload" -- "$cur"))
       fi
       ;;
     check) COMPREPLY=($(compgen -W "-h --help -c --config" -- "$cur")) ;;

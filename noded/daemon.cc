@@ -3,10 +3,14 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <systemd/sd-daemon.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <tuple>
 
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
@@ -338,7 +342,11 @@ void Daemon::HandleControl(schema::ControlRequest::Reader request, ReplySender r
       jobs_.ListJobs(std::move(reply));
       return;
     case schema::ControlRequest::ADMIN:
-      jobs_.Admin(request.getAdmin(), std::move(reply));
+      if (request.getAdmin().getAction() == schema::AdminRequest::Action::RELOAD) {
+        Reload(std::move(reply));
+      } else {
+        jobs_.Admin(request.getAdmin(), std::move(reply));
+      }
       return;
     case schema::ControlRequest::JOB_INPUT:
     case schema::ControlRequest::JOB_INPUT_END:
@@ -405,6 +413,122 @@ void Daemon::ReplyStatus(ReplySender reply) {
   status.setPeerPort(config_.peer_port);
   status.setPid(::getpid());
   reply.Send(message);
+}
+
+namespace {
+
+// What a reload cannot change while jobs run: what names the node to its jobs and peers,
+// and where its journal and sockets are. Empty when nothing of it changes.
+std::string FixedWhileRunning(const NodeConfig& now, const NodeConfig& next) {
+  const std::pair<const char*, bool> fixed[] = {
+      {"node.name", now.name != next.name},
+      {"node.address", now.address != next.address},
+      {"ports.gossip", now.gossip_port != next.gossip_port},
+      {"ports.peer", now.peer_port != next.peer_port},
+      {"node.state_dir", now.state_dir != next.state_dir},
+      {"node.mosix_root", now.mosix_root != next.mosix_root},
+      {"control.socket", now.control_socket != next.control_socket},
+  };
+  for (auto [field, changed] : fixed) {
+    if (changed) {
+      return fmt::format("{} cannot change while the node runs (stop the daemon to change it)",
+                         field);
+    }
+  }
+  return "";
+}
+
+// Whether the node would be in another cluster: another name or key, or other partners
+// (or their keys, or what is shared with them). Guests and jobs away then cannot stay.
+bool ClusterChanges(const NodeConfig& now, const NodeConfig& next) {
+  auto partners = [](const NodeConfig& config) {
+    std::vector<std::tuple<std::string, std::vector<uint8_t>, bool, bool>> list;
+    for (const PartnerConfig& p : config.partners) list.emplace_back(p.name, p.key, p.send, p.accept);
+    std::sort(list.begin(), list.end());
+    return list;
+  };
+  return now.cluster != next.cluster || now.cluster_key != next.cluster_key ||
+         partners(now) != partners(next);
+}
+
+}  // namespace
+
+void Daemon::Reload(ReplySender reply) {
+  auto next = std::make_shared<NodeConfig>();
+  try {
+    *next = LoadNodeConfig(config_.config_path);
+  } catch (const Error& e) {
+    reply.SendError(Error(ErrorKind::kInvalidInput,
+                          fmt::format("reload: {}; the node runs on as it was", e.what())));
+    return;
+  }
+  std::string fixed = FixedWhileRunning(config_, *next);
+  if (!fixed.empty()) {
+    reply.SendError(Error(ErrorKind::kInvalidInput,
+                          fmt::format("reload: {}; the node runs on as it was", fixed)));
+    return;
+  }
+  // Fills the report; when the node restarts, it does so on the loop's next turn, once the
+  // report is on the socket (a short reply is written at once, uv_write).
+  auto finish = [this, next](bool clear, schema::AdminReport::Builder report) {
+    report.setCluster(next->cluster);
+    report.setReloaded(clear);
+    if (!clear) {
+      report.setProblem("a guest or a job away could not move; the node stays in cluster " +
+                        config_.cluster);
+      spdlog::warn("reload: the node stays in cluster {}: not every guest or job away moved",
+                   config_.cluster);
+      return;
+    }
+    restart_config_ = next;
+    restart_by_ = std::chrono::steady_clock::now() + kRestartWaitsForOutput;
+    CheckUv(uv_timer_init(loop_, restart_.get()), "restart");
+    restart_.get()->data = this;
+    CheckUv(uv_timer_start(
+                restart_.get(),
+                [](uv_timer_t* timer) {
+                  auto* self = static_cast<Daemon*>(timer->data);
+                  if (self->jobs_.OutputOwed() &&
+                      std::chrono::steady_clock::now() < self->restart_by_) {
+                    return;
+                  }
+                  self->RestartInPlace(*self->restart_config_);
+                },
+                0, 50),
+            "restart");
+  };
+  if (!ClusterChanges(config_, *next)) {
+    spdlog::info("reload: node {} restarts under {}", config_.name, config_.config_path);
+    capnp::MallocMessageBuilder message;
+    auto report = message.initRoot<schema::ControlReply>().initAdminReport();
+    report.setBlocked(jobs_.blocked());
+    report.setLeft(jobs_.left());
+    finish(true, report);
+    reply.Send(message);
+    return;
+  }
+  spdlog::info("reload: node {} moves from cluster {} to {}: its guests go, its jobs come home",
+               config_.name, config_.cluster, next->cluster);
+  jobs_.Vacate(std::move(reply), finish);
+}
+
+void Daemon::RestartInPlace(const NodeConfig& next) {
+  spdlog::info("reload: restarting as node {} of cluster {}", next.name, next.cluster);
+  spdlog::default_logger()->flush();
+  sd_notify(0, "RELOADING=1");
+  // Nothing of this daemon's but the standard streams goes on: the new one opens its own
+  // sockets and finds its jobs in the journal, as after a crash.
+  ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+  std::vector<char*> argv;
+  for (std::string& arg : restart_argv_) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  if (!restart_argv_.empty()) ::execv(argv[0], argv.data());
+  // Gone as after a crash: a supervisor (systemd's Restart=on-failure) starts it again,
+  // and it takes its jobs back.
+  spdlog::critical("reload: cannot run {} again: {}",
+                   restart_argv_.empty() ? "mosnoded" : restart_argv_[0], std::strerror(errno));
+  spdlog::default_logger()->flush();
+  std::_Exit(1);
 }
 
 void Daemon::ReplyNodes(ReplySender reply) {

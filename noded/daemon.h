@@ -35,6 +35,9 @@ class Daemon {
   void Stop();
 
   const NodeConfig& config() const { return config_; }
+  // How the daemon started (its executable and arguments): mosctl reload runs it again,
+  // in place.
+  void SetRestartCommand(std::vector<std::string> argv) { restart_argv_ = std::move(argv); }
   // /mosix/home: gossip calls PeerUp on it as peers come alive.
   HomeMounts& home_mounts() { return home_mounts_; }
   Gossip& gossip() { return gossip_; }
@@ -48,10 +51,15 @@ class Daemon {
   // Every kOrphanReapInterval, waits for the exited children no one else owns.
   void ReapOrphans();
   static constexpr std::chrono::milliseconds kOrphanReapInterval{5000};
+  static constexpr std::chrono::seconds kRestartWaitsForOutput{10};
   // Logs once what this node needs of its machine (check/node_check.h).
   void LogChecks();
   void HandleControl(schema::ControlRequest::Reader request, ReplySender reply);
   void ReplyStatus(ReplySender reply);
+  // mosctl reload: reads the configuration file again; unless it is refused, the daemon
+  // restarts in place under it once the reply has gone (RestartInPlace).
+  void Reload(ReplySender reply);
+  [[noreturn]] void RestartInPlace(const NodeConfig& next);
   PeerAddress ResolvePeer(const std::string& node) const;
   void ReplyNodes(ReplySender reply);
   // What mosmon lists (ReplyNodes), into `list`: for the control socket and the web.
@@ -77,6 +85,11 @@ class Daemon {
   std::unique_ptr<WebMonitor> web_;  // when [web] listen is set
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
+  std::vector<std::string> restart_argv_;
+  std::shared_ptr<NodeConfig> restart_config_;  // mosctl reload: what the restart runs under
+  UvHandle<uv_timer_t> restart_;
+  // Until then, a restart waits for jobs that came home to have their old node's output.
+  std::chrono::steady_clock::time_point restart_by_;
   UvHandle<uv_timer_t> orphans_;  // reaps the orphans we inherit as a child subreaper
   UvHandle<uv_check_t> job_inits_;  // publishes the jobs at home's inits to file_server_
   bool stopped_ = false;

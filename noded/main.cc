@@ -5,6 +5,9 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -62,6 +65,13 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   {
     homeward::Daemon daemon(&loop, std::move(config), std::move(faults));
+    // mosctl reload runs this program again, as it was started; from the executable's
+    // path, so that an upgraded one is what runs.
+    std::vector<std::string> restart{argv, argv + argc};
+    std::error_code ec;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec) restart[0] = self.string();
+    daemon.SetRestartCommand(std::move(restart));
     try {
       daemon.Start();
       // Under systemd (Type=notify): up once the control socket answers.

@@ -189,6 +189,12 @@ class Job : public std::enable_shared_from_this<Job> {
   uint64_t output_total(int fd) const;
   void set_output_base(uint64_t stdout_base, uint64_t stderr_base);
   uint64_t output_base(int fd) const { return output_base_[fd == 2 ? 2 : 1]; }
+  // A home job that came back while its old node still sent what it owed mosrun: where its
+  // output here starts is not known yet (journaled `base pending`). set_output_base
+  // settles it; after a restart, mosrun's offsets do (Reattach), as none of this node's
+  // output went to mosrun before.
+  void set_output_base_pending();
+  bool output_base_pending() const { return output_base_pending_; }
   bool detached() const { return detached_; }
   // The departure side of the move protocol (move::Departure). A dump of `kind` starts
   // (a move to `target`, a freeze, a checkpoint): the job's input is held from here on.
@@ -396,6 +402,7 @@ class Job : public std::enable_shared_from_this<Job> {
   std::function<void()> journal_remove_;
   bool detached_ = false;  // taken back after a restart; its mosrun has not come back yet
   uint64_t output_base_[3] = {0, 0, 0};
+  bool output_base_pending_ = false;
   uint64_t init_start_ = 0;
   Fd mosrun_pidfd_;
   UvHandle<uv_poll_t> mosrun_watch_;

@@ -2,6 +2,9 @@
 // coming back), handed to the loop and taken over there.
 #include "job_registry.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
@@ -160,6 +163,7 @@ void JobRegistry::ComeHome(Restored& restored) {
       away->leaving = away->peer;
       away->leaving_relay = old_relay;
       job->AlsoWhenRelayDrains([away] { away->leaving.PauseReading(false); });
+      job->set_output_base_pending();
       away->release_output = [weak = std::weak_ptr<Job>(job), away] {
         if (auto job = weak.lock()) {
           // Everything from the old node is in: the job's output here follows it.
@@ -181,6 +185,13 @@ void JobRegistry::ComeHome(Restored& restored) {
     away->journaled_inputs.reset();
     entry.away.reset();
     spdlog::info("job {} is back home", home_pid);
+    if (job->output_base_pending() && faults_.Hit(Fault::kKillAfterHomecoming)) {
+      spdlog::warn("fault point kill-after-homecoming: the daemon dies while job {}'s old "
+                   "node still sends its output",
+                   home_pid);
+      spdlog::default_logger()->flush();
+      ::kill(::getpid(), SIGKILL);
+    }
     Apply(job_slot, away, std::move(*step));
     return;
   }

@@ -22,8 +22,10 @@ constexpr uint64_t kGuestIdBase = uint64_t{1} << 32;
 // One mosctl action: the moves it started, answered with one report once all have ended.
 class AdminRun {
  public:
-  AdminRun(ReplySender reply, bool blocked, bool left)
-      : reply_(std::move(reply)), blocked_(blocked), left_(left) {}
+  // `finish` may complete the report (and `blocked` and `left` with it) before it is sent.
+  AdminRun(ReplySender reply, bool blocked, bool left,
+           std::function<void(schema::AdminReport::Builder)> finish = {})
+      : reply_(std::move(reply)), blocked_(blocked), left_(left), finish_(std::move(finish)) {}
 
   // Counts a move that has started; Ended reports it.
   void Started() { ++pending_; }
@@ -59,12 +61,14 @@ class AdminRun {
       moves[i].setTo(moves_[i].to);
       moves[i].setError(moves_[i].error);
     }
+    if (finish_) finish_(report);
     reply_.Send(message);
   }
 
   ReplySender reply_;
   bool blocked_;
   bool left_;
+  std::function<void(schema::AdminReport::Builder)> finish_;
   int pending_ = 0;
   bool all_started_ = false;
   bool finished_ = false;
@@ -161,7 +165,7 @@ std::vector<balance::Job> JobRegistry::MovableJobs(int64_t now_ms) {
   };
   // A node that left the cluster keeps its jobs (its guests were sent away).
   for (auto& [slot, entry] : jobs_) {
-    if (entry.here && !left_) offer(static_cast<uint64_t>(slot), *entry.here);
+    if (entry.here && !left_ && !vacating_) offer(static_cast<uint64_t>(slot), *entry.here);
   }
   for (auto& [id, job] : guests_) offer(kGuestIdBase + id, *job);
   return movable;
@@ -213,6 +217,36 @@ void JobRegistry::Admin(schema::AdminRequest::Reader request, ReplySender reply)
   if (action == Action::EXPEL || action == Action::LEAVE) ExpelGuests(run);
   if (action == Action::BRING || action == Action::LEAVE) BringJobsHome(run);
   run->AllStarted();
+}
+
+void JobRegistry::Vacate(ReplySender reply, VacateFinish finish) {
+  bool was_blocked = blocked_;
+  blocked_ = true;
+  vacating_ = true;
+  if (on_change_) on_change_();
+  auto run = std::make_shared<AdminRun>(
+      std::move(reply), true, left_,
+      [this, was_blocked, finish = std::move(finish)](schema::AdminReport::Builder report) {
+        vacating_ = false;
+        bool clear = guests_.empty() &&
+                     std::none_of(jobs_.begin(), jobs_.end(),
+                                  [](const auto& entry) { return entry.second.away != nullptr; });
+        if (!clear) {
+          blocked_ = was_blocked;
+          if (on_change_) on_change_();
+        }
+        report.setBlocked(blocked_);
+        finish(clear, report);
+      });
+  ExpelGuests(run);
+  BringJobsHome(run);
+  run->AllStarted();
+}
+
+bool JobRegistry::OutputOwed() const {
+  return std::any_of(jobs_.begin(), jobs_.end(), [](const auto& entry) {
+    return entry.second.here && entry.second.here->output_base_pending();
+  });
 }
 
 void JobRegistry::ExpelGuests(const std::shared_ptr<AdminRun>& run) {

@@ -226,6 +226,8 @@ void Job::CheckResume(uint64_t stdout_offset, uint64_t stderr_offset) const {
   for (auto [stream, offset] : {std::pair{stdout_.get(), stdout_offset},
                                 std::pair{stderr_.get(), stderr_offset}}) {
     uint64_t base = launch_.guest ? 0 : output_base_[stream->fd];
+    // Nothing of this node's output went to mosrun yet: its offset is the base.
+    if (output_base_pending_ && !launch_.guest && stream->trimmed == 0) continue;
     if (offset < base + stream->trimmed || offset > base + stream->taken) {
       Fail(ErrorKind::kInvalidInput,
            "job {}: mosrun has {} bytes of its fd {}; this node can resend from {} to {}",
@@ -236,6 +238,11 @@ void Job::CheckResume(uint64_t stdout_offset, uint64_t stderr_offset) const {
 
 void Job::Reattach(ControlStream relay, uint64_t stdout_offset, uint64_t stderr_offset) {
   CheckResume(stdout_offset, stderr_offset);
+  if (output_base_pending_ && !launch_.guest) {
+    spdlog::info("job {}: its output here starts after mosrun's bytes {} and {}", home_pid(),
+                 stdout_offset, stderr_offset);
+    set_output_base(stdout_offset, stderr_offset);
+  }
   // mosrun counts from the job's start; the spools from its arrival on this node.
   if (!launch_.guest) {
     stdout_offset -= output_base_[1];
@@ -291,7 +298,13 @@ uint64_t Job::output_total(int fd) const {
 void Job::set_output_base(uint64_t stdout_base, uint64_t stderr_base) {
   output_base_[1] = stdout_base;
   output_base_[2] = stderr_base;
+  output_base_pending_ = false;
   JournalDeparture();  // the journal has the base too
+}
+
+void Job::set_output_base_pending() {
+  output_base_pending_ = true;
+  JournalDeparture();
 }
 
 void Job::Detach() {
@@ -340,6 +353,7 @@ void JobRegistry::KeepJob(Job& job, int slot) {
         entry.departure_to = departure.journaled() ? departure.target() : "";
         entry.base[1] = kept->output_base(1);
         entry.base[2] = kept->output_base(2);
+        entry.base_pending = kept->output_base_pending();
         entry.init_pid = init_pid;
         entry.init_start = init_start;
         entry.keeper_pid = keeper_pid;
@@ -482,7 +496,11 @@ std::string JobRegistry::TakeBack(JournalEntry& entry, FdKeeper keeper, std::vec
         entry.departure, entry.departure_to, static_cast<int64_t>(uv_now(loop_)), &stay);
     // Before anything journals the job again: its entry keeps the target's word.
     if (departure.awaiting()) job->AwaitTakeOver(departure);
-    if (!guest) job->set_output_base(entry.base[1], entry.base[2]);
+    if (!guest && entry.base_pending) {
+      job->set_output_base_pending();
+    } else if (!guest) {
+      job->set_output_base(entry.base[1], entry.base[2]);
+    }
     job->Recover(entry.init_pid, entry.init_start, std::move(keeper), std::move(kept),
                  std::move(mosrun), nullptr, nullptr);
     if (guest) {

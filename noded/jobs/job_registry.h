@@ -109,6 +109,16 @@ class JobRegistry {
   void Admin(schema::AdminRequest::Reader request, ReplySender reply);
   // Whether this node has left the cluster (mosctl leave): it keeps its jobs home.
   bool left() const { return left_; }
+  // For a node that moves to another cluster (mosctl reload): blocks, sends every guest
+  // away and brings every job home, as leave does but with no freezing, then answers
+  // `reply` with the moves' report. `finish` is called before the report goes, with
+  // whether the node is clear (no guest here, no job of its away); it fills in the rest
+  // of the report. A node not clear takes guests and moves jobs again as before.
+  using VacateFinish = std::function<void(bool clear, schema::AdminReport::Builder report)>;
+  void Vacate(ReplySender reply, VacateFinish finish);
+  // Whether a job that came home still waits for the output its old node owed mosrun: a
+  // restart now would cut that node's relay (and the output with it).
+  bool OutputOwed() const;
 
   // The balancer's side. Samples what every job running here uses, and returns those it
   // may move: not locked (mosrun -L), not pinned, not moving; `now_ms` is the loop's time.
@@ -567,6 +577,7 @@ class JobRegistry {
   std::function<void(const std::string& node)> on_placed_;
   std::atomic<bool> blocked_{false};
   bool left_ = false;                // mosctl leave, until mosctl join
+  bool vacating_ = false;             // Vacate: no home job is offered to the balancer
   bool room_busy_ = false;            // KeepRoom's one freeze or continue at a time
   std::set<int> brought_home_;        // slots of the jobs brought home since mosctl leave
   UvHandle<uv_timer_t> counts_timer_;

@@ -74,6 +74,45 @@ class MoveWindowsTest(test_fencing.FencingTest):
             self.assertEqual(self.user_processes(c, "node2"), [])
             self.assert_nothing_left(c, ("node1", "node2"))
 
+    def test_a_home_killed_while_a_job_comes_home(self):
+        """The job comes home from node2 while node2 still sends the output it owed mosrun,
+        and the home's daemon dies (the fault point kill-after-homecoming) with the job
+        journaled home, where its output starts not known yet (`base pending`). The next
+        daemon takes the job back, and mosrun's offsets say where its output here starts:
+        the job finishes at home, its whole output an unfaulted run's."""
+        with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
+                                 faults="kill-after-homecoming") as c:
+            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                     check=False).returncode == 0,
+                       30, "node2 to mount node1's files")
+            work, inside = self.workdir(c, "homecoming")
+            with open(os.path.join(work, "counter.sh"), "w") as f:
+                f.write(test_fencing.BUILTIN_COUNTER)
+            self.start(c, inside, "mosrun -L sh counter.sh > out 2> err")
+            pid = self.job_pid(c)
+            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
+                       "the job to wait at its gate")
+            c.run("node1", "mosmigrate", str(pid), "node2")
+            c.run("node1", "sh", "-c", f"mosmigrate {pid} node1 > {inside}/move 2>&1 &")
+            c.wait_for(lambda: "fault point kill-after-homecoming" in c.log("node1"), 60,
+                       "node1's daemon to die as the job comes home")
+            home = c.node("node1")["address"]
+            c.wait_for(lambda: "node1\tdown" in self.status(c).replace(f"\t{home}\t", "\t"),
+                       60, "node1's daemon to be gone")
+            entry = os.path.join(c.node("node1")["state"], "jobs", str(pid))
+            self.assertIn("base pending", read(entry))
+            self.assertNotIn("away ", read(entry))
+            c.wait_for(lambda: WAITING in read(os.path.join(work, "err")), 30,
+                       "mosrun to say it waits for its daemon")
+            c.start("node1")
+            c.wait_for(lambda: f"job {pid}: its output here starts after mosrun's bytes"
+                       in c.log("node1"), 60, "mosrun to come back to the restarted daemon")
+            self.assertEqual([j["where"] for j in jobs(c) if j["user"] == self.user], ["node1"])
+            err = self.finish(c, work)
+            self.assertEqual(err, WAITING)
+            self.assertEqual(read(os.path.join(work, "out")), count(0, 199) + "done\n")
+            self.assert_nothing_left(c, ("node1", "node2"))
+
 
 for name in [n for n in dir(test_fencing.FencingTest) if n.startswith("test_")]:
     setattr(MoveWindowsTest, name, None)

@@ -1,9 +1,11 @@
 // mosctl: administration of the local node: its status, whether it takes guests,
 // sending its guests away or bringing its own jobs home, leaving the cluster, and what it
 // needs of its machine (check).
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <thread>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -131,6 +133,49 @@ int Admin(const std::string& socket, schema::AdminRequest::Action action) {
   return failed ? 1 : 0;
 }
 
+// reload: the daemon reads its configuration again and restarts in place under it; waits
+// until the new one answers.
+int Reload(const std::string& socket) {
+  auto client = ControlClient::Connect(socket);
+  auto reply = client.Call(
+      [&](auto request) { request.initAdmin().setAction(schema::AdminRequest::Action::RELOAD); });
+  auto report = reply.Root<schema::ControlReply>().getAdminReport();
+  for (auto move : report.getMoves()) {
+    fmt::print("{} job {} (home {}) {} -> {}{}{}\n",
+               move.getError().size() == 0 ? "moved   " : "stayed  ", move.getHomePid(),
+               move.getHome().cStr(), move.getFrom().cStr(), move.getTo().cStr(),
+               move.getError().size() == 0 ? "" : ": ", move.getError().cStr());
+  }
+  if (!report.getReloaded()) {
+    std::fprintf(stderr, "mosctl: reload refused: %s\n", report.getProblem().cStr());
+    return 1;
+  }
+  // The daemon restarts once its report has gone: the one that answers with an uptime
+  // shorter than the wait is the new one.
+  auto asked = std::chrono::steady_clock::now();
+  auto deadline = asked + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    try {
+      auto again = ControlClient::Connect(socket);
+      auto status = again.Call([](auto request) { request.setStatus(); });
+      auto waited = std::chrono::steady_clock::now() - asked;
+      auto uptime = std::chrono::milliseconds(
+          status.Root<schema::ControlReply>().getStatus().getUptimeMs());
+      if (uptime <= waited) {
+        fmt::print("node {} runs again, in cluster {}\n",
+                   status.Root<schema::ControlReply>().getStatus().getName().cStr(),
+                   report.getCluster().cStr());
+        return 0;
+      }
+    } catch (const Error&) {
+      // Not answering yet: the new daemon is starting.
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::fprintf(stderr, "mosctl: the daemon did not answer within 60 s of its reload; see its log\n");
+  return 1;
+}
+
 }  // namespace
 }  // namespace homeward
 
@@ -169,12 +214,17 @@ int main(int argc, char** argv) {
        Action::LEAVE},
       {app.add_subcommand("join", "take part in the cluster again after leave"), Action::JOIN},
   };
+  auto* reload = app.add_subcommand(
+      "reload", "read the configuration again and restart the daemon under it, jobs kept; "
+                "a node moved to another cluster first sends its guests away and brings its "
+                "jobs home");
   CLI11_PARSE(app, argc, argv);
   try {
     for (auto& [command, action] : actions) {
       if (command->parsed()) return homeward::Admin(socket, action);
     }
     if (status->parsed()) return homeward::Status(socket);
+    if (reload->parsed()) return homeward::Reload(socket);
     if (check->parsed()) return homeward::Check(config_path, socket);
     if (mount->parsed()) return homeward::HomeMount(socket, name, address, true);
     if (unmount->parsed()) return homeward::HomeMount(socket, name, "", false);

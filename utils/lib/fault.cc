@@ -44,6 +44,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kKillAfterArrived, "kill-after-arrived",
      "the daemon SIGKILLs itself when a move of a job of its home has ended with the target's "
      "word that the job arrived, before it journals the job as away there"},
+    {Fault::kKillAfterHomecoming, "kill-after-homecoming",
+     "the daemon SIGKILLs itself when a job of its home has come back while its old node "
+     "still sends the output it owed mosrun, once the job is journaled home"},
     {Fault::kMovedOnHold, "movedon-hold",
      "a guest that moved on to another node holds its last word to the job's home (movedOn, "
      "sent after the output the job left there) for 20 s"},

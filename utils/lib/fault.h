@@ -32,6 +32,7 @@ enum class Fault {
   kKillBeforeSignal,
   kKillAfterSignal,
   kKillAfterArrived,
+  kKillAfterHomecoming,
   kMovedOnHold,
   kNoFileNotices,
   kLazyHold,

@@ -5,7 +5,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("homeward::schema");
 
-const controlVersion :UInt16 = 7;
+const controlVersion :UInt16 = 8;
 # 2: migrateJob's verbs are a union (moveTo, home, freeze, continue, checkpoint), so no
 #    node name is taken for a verb; a job's state is an enum.
 # 3: a job's input is a stream with offsets (jobInputAt, jobInputEndAt, jobInputWritten,
@@ -20,6 +20,7 @@ const controlVersion :UInt16 = 7;
 # 7: a move's target answers startGuest (done, or why not) before anything is frozen,
 #    and the job's memory then comes to its page server while the source dumps
 #    (migrate/page_relay.h), before the migration stream.
+# 8: mosctl reload (adminRequest reload; adminReport reloaded and cluster).
 
 struct ControlRequest {
   version @0 :UInt16;
@@ -427,6 +428,11 @@ struct AdminRequest {
     # appears.
     join @5;
     # Take part in the cluster again after leave (unblocks too).
+    reload @6;
+    # Read the node's configuration file again and restart the daemon in place under it,
+    # its jobs kept (as after a crash). When the node's cluster changes (its name, key or
+    # partners), every guest is sent away and every job brought home first; the reload
+    # is refused when one stays.
   }
 }
 
@@ -437,6 +443,12 @@ struct AdminReport {
   # Whether the node accepts no guests after the action.
   left @2 :Bool;
   # Whether the node has left the cluster (mosctl leave) after the action.
+  reloaded @3 :Bool;
+  # reload: the daemon restarts under the configuration read again (after this report).
+  cluster @4 :Text;
+  # reload: the cluster the node restarts in.
+  problem @5 :Text;
+  # reload: why the node was not reloaded (it runs on as it was), or empty.
 }
 
 struct MoveReport {
