@@ -85,6 +85,23 @@ class FencingTest(unittest.TestCase):
         return c.wait_for(lambda: next((j["pid"] for j in jobs(c) if j["user"] == self.user),
                                        None), 60, "the job to be listed")
 
+    def job_at_its_gate(self, c, name, script=COUNTER, options=""):
+        """Once node2 mounts node1's files, starts `script` (a counter) as `mosrun -L
+        OPTIONS` at node1 in /data/NAME and waits until it has counted to 99 and waits at
+        its gate. Returns its work directory, that directory as the job sees it, and its
+        pid."""
+        c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                 check=False).returncode == 0,
+                   30, "node2 to mount node1's files")
+        work, inside = self.workdir(c, name)
+        with open(os.path.join(work, "counter.sh"), "w") as f:
+            f.write(script)
+        self.start(c, inside, f"mosrun -L {options} sh counter.sh > out 2> err")
+        pid = self.job_pid(c)
+        c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
+                   "the job to wait at its gate")
+        return work, inside, pid
+
     def finish(self, c, work, timeout=120):
         """Opens the job's gate and waits for it to end well; returns its stderr."""
         open(os.path.join(work, "go"), "w").close()
@@ -124,13 +141,7 @@ class FencingTest(unittest.TestCase):
             c.wait_for(lambda: read(os.path.join(plain, "status")), 60, "the plain run")
             self.assertEqual(read(os.path.join(plain, "out")), count(0, 199) + "done\n")
 
-            work, inside = self.workdir(c, "lost")
-            with open(os.path.join(work, "counter.sh"), "w") as f:
-                f.write(COUNTER)
-            self.start(c, inside, "mosrun -L -C ck -A 0.05 sh counter.sh > out 2> err")
-            pid = self.job_pid(c)
-            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
-                       "the job to wait at its gate")
+            work, inside, pid = self.job_at_its_gate(c, "lost", options="-C ck -A 0.05")
             result = c.wait_for(lambda: c.run("node1", "mosmigrate", str(pid), "node2",
                                               check=False).returncode == 0, 60, "the move")
             # A checkpoint node2 takes holds the job at its gate.
@@ -246,16 +257,7 @@ echo done
         the job goes on at home, in one copy, with all its output."""
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
                                  faults="restore-hold") as c:
-            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
-                                     check=False).returncode == 0,
-                       30, "node2 to mount node1's files")
-            work, inside = self.workdir(c, "restore")
-            with open(os.path.join(work, "counter.sh"), "w") as f:
-                f.write(COUNTER)
-            self.start(c, inside, "mosrun -L sh counter.sh > out 2> err")
-            pid = self.job_pid(c)
-            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
-                       "the job to wait at its gate")
+            work, inside, pid = self.job_at_its_gate(c, "restore")
             c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > {inside}/move 2>&1 &")
             c.wait_for(lambda: "fault point restore-hold" in c.log("node2"), 60,
                        "node2's criu to hold the restore")

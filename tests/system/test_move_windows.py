@@ -26,30 +26,25 @@ WAITING = test_fencing.WAITING
 
 # Its setUp (a throwaway user) and helpers; its own cases are not run again here.
 class MoveWindowsTest(test_fencing.FencingTest):
+    def home_killed_by(self, c, fault):
+        """Waits for node1's daemon to hit `fault` (it kills itself) and to be gone."""
+        c.wait_for(lambda: f"fault point {fault}" in c.log("node1"), 60,
+                   f"node1's daemon to hit {fault}")
+        home = c.node("node1")["address"]
+        c.wait_for(lambda: "node1\tdown" in self.status(c).replace(f"\t{home}\t", "\t"),
+                   60, "node1's daemon to be gone")
+
     def test_a_home_killed_between_arrived_and_migrated(self):
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
                                  faults="kill-after-arrived") as c:
-            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
-                                     check=False).returncode == 0,
-                       30, "node2 to mount node1's files")
-            work, inside = self.workdir(c, "arrived")
-            with open(os.path.join(work, "counter.sh"), "w") as f:
-                # Waits with shell builtins only: on node2 while its home is down, a
-                # program loaded from the home's files would wait for it.
-                f.write(test_fencing.BUILTIN_COUNTER)
-            self.start(c, inside, "mosrun -L sh counter.sh > out 2> err")
-            pid = self.job_pid(c)
-            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
-                       "the job to wait at its gate")
+            # Waits with shell builtins only: on node2 while its home is down, a program
+            # loaded from the home's files would wait for it.
+            work, inside, pid = self.job_at_its_gate(c, "arrived", test_fencing.BUILTIN_COUNTER)
             entry = os.path.join(c.node("node1")["state"], "jobs", str(pid))
             old_init = journal_init(entry)
             self.assertGreater(old_init, 0, read(entry))
             c.run("node1", "sh", "-c", f"mosmigrate {pid} node2 > {inside}/move 2>&1 &")
-            c.wait_for(lambda: "fault point kill-after-arrived" in c.log("node1"), 60,
-                       "node1's daemon to die once node2 said the job arrived")
-            home = c.node("node1")["address"]
-            c.wait_for(lambda: "node1\tdown" in self.status(c).replace(f"\t{home}\t", "\t"),
-                       60, "node1's daemon to be gone")
+            self.home_killed_by(c, "kill-after-arrived")
             # The journal names the handover, with its target; the copy at home is stopped.
             self.assertIn("departure arrived node2", read(entry))
             self.assertTrue(alive(old_init))
@@ -82,23 +77,10 @@ class MoveWindowsTest(test_fencing.FencingTest):
         the job finishes at home, its whole output an unfaulted run's."""
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
                                  faults="kill-after-homecoming") as c:
-            c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data",
-                                     check=False).returncode == 0,
-                       30, "node2 to mount node1's files")
-            work, inside = self.workdir(c, "homecoming")
-            with open(os.path.join(work, "counter.sh"), "w") as f:
-                f.write(test_fencing.BUILTIN_COUNTER)
-            self.start(c, inside, "mosrun -L sh counter.sh > out 2> err")
-            pid = self.job_pid(c)
-            c.wait_for(lambda: read(os.path.join(work, "out")) == count(0, 99), 60,
-                       "the job to wait at its gate")
+            work, inside, pid = self.job_at_its_gate(c, "homecoming", test_fencing.BUILTIN_COUNTER)
             c.run("node1", "mosmigrate", str(pid), "node2")
             c.run("node1", "sh", "-c", f"mosmigrate {pid} node1 > {inside}/move 2>&1 &")
-            c.wait_for(lambda: "fault point kill-after-homecoming" in c.log("node1"), 60,
-                       "node1's daemon to die as the job comes home")
-            home = c.node("node1")["address"]
-            c.wait_for(lambda: "node1\tdown" in self.status(c).replace(f"\t{home}\t", "\t"),
-                       60, "node1's daemon to be gone")
+            self.home_killed_by(c, "kill-after-homecoming")
             entry = os.path.join(c.node("node1")["state"], "jobs", str(pid))
             self.assertIn("base pending", read(entry))
             self.assertNotIn("away ", read(entry))
