@@ -79,12 +79,14 @@ class InstallTest(unittest.TestCase):
         self.assertIn("Restart=on-failure", text)
         self.assertIn("KillMode=process", text)  # jobs outlive a daemon restart
         self.assertIn("After=network-online.target", text)
+        self.assertIn(f"ExecReload={sbin}/mosctl reload\n", text)
         # systemd's own check, on a copy whose programs are the staged ones (systemd checks
         # that they exist and are executable) among the host's units (network-online.target).
         staged = os.path.join(harness.private_dir(), "unit", "mosnoded.service")
         os.makedirs(os.path.dirname(staged), exist_ok=True)
         with open(staged, "w") as f:
-            f.write(text.replace(f"{sbin}/mosnoded", self.path("sbindir", "mosnoded")))
+            f.write(text.replace(f"{sbin}/mosnoded", self.path("sbindir", "mosnoded"))
+                    .replace(f"{sbin}/mosctl", self.path("sbindir", "mosctl")))
         verify = subprocess.run(["systemd-analyze", "verify", "--man=no", staged],
                                 capture_output=True, text=True)
         self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
