@@ -231,7 +231,7 @@ class BalancingTest(unittest.TestCase):
         """A job of a1 moved to b1 (a partner's guest there, of priority 100) leaves b1
         for its home once b1's own work wants the core, and finishes there."""
         with self.partner_clusters() as (a, b):
-            busy = BUSY.format(n=BUSY_ITERATIONS * 3)
+            busy = BUSY.format(n=BUSY_ITERATIONS * 2)
             start_background(a, "a1", "guest", command=busy)
             wait_for_jobs(a, 1, node="a1")
             [job] = jobs(a, "a1")
@@ -249,7 +249,7 @@ class BalancingTest(unittest.TestCase):
             a.wait_for(lambda: jobs(a, "a1") == [], 240, "the job to finish")
             self.assertEqual(a.run("a1", "cat", "/data/out/guest.status").stdout.strip(), "0")
             self.assertEqual(a.run("a1", "cat", "/data/out/guest").stdout.strip(),
-                             f"finished {BUSY_ITERATIONS * 3}")
+                             f"finished {BUSY_ITERATIONS * 2}")
 
     def test_a_groups_work_forces_another_groups_guest_out(self):
         """Nodes of a sub-cluster (node.group): a chemist's job and a physicist's, both
