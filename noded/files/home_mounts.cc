@@ -153,6 +153,8 @@ void HomeMounts::Ended(bool kill) {
     exited = true;
   }
   if (!exited && !kill) return;  // a spurious wake-up
+  // Its exit may be seen before what it said: a homefs that mounted and then died said so.
+  if (!mounted_ && socket_.valid()) OnMessage();
   {
     ChildProcess gone = std::move(homefs_);  // kills and reaps one still running
   }

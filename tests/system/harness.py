@@ -112,7 +112,12 @@ class LoopCluster:
         else:
             _ledger_remove("cluster", self.dir)
         mounts_after = host_mounts()
-        new_mounts = [m for m in mounts_after if m not in self.mounts_before]
+        # Other test programs run beside this one: their mounts, in their own directories
+        # (/tmp/homeward-*), come and go meanwhile and are theirs to clean up.
+        ours = private_dir() + "/"
+        others = os.path.join(os.path.dirname(private_dir()), "homeward-")
+        new_mounts = [m for m in mounts_after if m not in self.mounts_before
+                      and (m.startswith(ours) or not m.startswith(others))]
         if new_mounts:
             leftovers.append(f"mounts left on the host: {new_mounts}")
         if exc[0] is not None:
@@ -430,8 +435,10 @@ def start_fed_job(test, c, user, name, script, options, known=(), home="node1"):
     c.run(home, "runuser", "-u", user, "--", "sh", "-c", shell)
     writer = open(fifo, "w")  # once mosrun's shell has opened it for reading
     test.addCleanup(lambda: writer.closed or writer.close())
+    # A home job of `user`'s: the user's guests on `home` (jobs of other homes) are listed
+    # there too, and may be listed before the new job is.
     pid = c.wait_for(lambda: next((j["pid"] for j in jobs(c, home) if j["user"] == user
-                                   and j["pid"] not in known), None),
+                                   and not j["guest"] and j["pid"] not in known), None),
                      60, "the job to be listed")
     return work, writer, pid
 
