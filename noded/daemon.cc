@@ -454,6 +454,10 @@ bool ClusterChanges(const NodeConfig& now, const NodeConfig& next) {
 }  // namespace
 
 void Daemon::Reload(ReplySender reply) {
+  if (reloading_) {
+    reply.SendError(Error(ErrorKind::kInvalidInput, "reload: a reload is already under way"));
+    return;
+  }
   auto next = std::make_shared<NodeConfig>();
   try {
     *next = LoadNodeConfig(config_.config_path);
@@ -470,10 +474,12 @@ void Daemon::Reload(ReplySender reply) {
   }
   // Fills the report; when the node restarts, it does so on the loop's next turn, once the
   // report is on the socket (a short reply is written at once, uv_write).
+  reloading_ = true;
   auto finish = [this, next](bool clear, schema::AdminReport::Builder report) {
     report.setCluster(next->cluster);
     report.setReloaded(clear);
     if (!clear) {
+      reloading_ = false;
       report.setProblem("a guest or a job away could not move; the node stays in cluster " +
                         config_.cluster);
       spdlog::warn("reload: the node stays in cluster {}: not every guest or job away moved",

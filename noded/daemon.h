@@ -86,6 +86,7 @@ class Daemon {
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;
   std::vector<std::string> restart_argv_;
+  bool reloading_ = false;  // a mosctl reload is under way (its moves, then the restart)
   std::shared_ptr<NodeConfig> restart_config_;  // mosctl reload: what the restart runs under
   UvHandle<uv_timer_t> restart_;
   // Until then, a restart waits for jobs that came home to have their old node's output.
