@@ -458,20 +458,18 @@ void Daemon::Reload(ReplySender reply) {
     reply.SendError(Error(ErrorKind::kInvalidInput, "reload: a reload is already under way"));
     return;
   }
+  auto refuse = [&reply](const std::string& why) {
+    reply.SendError(Error(ErrorKind::kInvalidInput,
+                          fmt::format("reload: {}; the node runs on as it was", why)));
+  };
   auto next = std::make_shared<NodeConfig>();
   try {
     *next = LoadNodeConfig(config_.config_path);
   } catch (const Error& e) {
-    reply.SendError(Error(ErrorKind::kInvalidInput,
-                          fmt::format("reload: {}; the node runs on as it was", e.what())));
-    return;
+    return refuse(e.what());
   }
   std::string fixed = FixedWhileRunning(config_, *next);
-  if (!fixed.empty()) {
-    reply.SendError(Error(ErrorKind::kInvalidInput,
-                          fmt::format("reload: {}; the node runs on as it was", fixed)));
-    return;
-  }
+  if (!fixed.empty()) return refuse(fixed);
   // Fills the report; when the node restarts, it does so on the loop's next turn, once the
   // report is on the socket (a short reply is written at once, uv_write).
   reloading_ = true;
@@ -486,7 +484,7 @@ void Daemon::Reload(ReplySender reply) {
                    config_.cluster);
       return;
     }
-    restart_config_ = next;
+    restart_cluster_ = next->cluster;
     restart_by_ = std::chrono::steady_clock::now() + kRestartWaitsForOutput;
     CheckUv(uv_timer_init(loop_, restart_.get()), "restart");
     restart_.get()->data = this;
@@ -498,7 +496,7 @@ void Daemon::Reload(ReplySender reply) {
                       std::chrono::steady_clock::now() < self->restart_by_) {
                     return;
                   }
-                  self->RestartInPlace(*self->restart_config_);
+                  self->RestartInPlace();
                 },
                 0, 50),
             "restart");
@@ -518,8 +516,8 @@ void Daemon::Reload(ReplySender reply) {
   jobs_.Vacate(std::move(reply), finish);
 }
 
-void Daemon::RestartInPlace(const NodeConfig& next) {
-  spdlog::info("reload: restarting as node {} of cluster {}", next.name, next.cluster);
+void Daemon::RestartInPlace() {
+  spdlog::info("reload: restarting as node {} of cluster {}", config_.name, restart_cluster_);
   spdlog::default_logger()->flush();
   sd_notify(0, "RELOADING=1");
   // Nothing of this daemon's but the standard streams goes on: the new one opens its own

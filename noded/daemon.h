@@ -59,7 +59,7 @@ class Daemon {
   // mosctl reload: reads the configuration file again; unless it is refused, the daemon
   // restarts in place under it once the reply has gone (RestartInPlace).
   void Reload(ReplySender reply);
-  [[noreturn]] void RestartInPlace(const NodeConfig& next);
+  [[noreturn]] void RestartInPlace();
   PeerAddress ResolvePeer(const std::string& node) const;
   void ReplyNodes(ReplySender reply);
   // What mosmon lists (ReplyNodes), into `list`: for the control socket and the web.
@@ -87,7 +87,7 @@ class Daemon {
   UvHandle<uv_signal_t> sigint_;
   std::vector<std::string> restart_argv_;
   bool reloading_ = false;  // a mosctl reload is under way (its moves, then the restart)
-  std::shared_ptr<NodeConfig> restart_config_;  // mosctl reload: what the restart runs under
+  std::string restart_cluster_;  // mosctl reload: the cluster the restart runs in
   UvHandle<uv_timer_t> restart_;
   // Until then, a restart waits for jobs that came home to have their old node's output.
   std::chrono::steady_clock::time_point restart_by_;

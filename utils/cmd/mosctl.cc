@@ -107,11 +107,8 @@ int Check(const std::string& config_path, const std::string& socket) {
   return failed ? 1 : 0;
 }
 
-// block, unblock, expel, bring: waits until every move has ended and says what moved.
-int Admin(const std::string& socket, schema::AdminRequest::Action action) {
-  auto client = ControlClient::Connect(socket);
-  auto reply = client.Call([&](auto request) { request.initAdmin().setAction(action); });
-  auto report = reply.Root<schema::ControlReply>().getAdminReport();
+// One line per job an admin action tried to move; returns how many stayed.
+int PrintMoves(schema::AdminReport::Reader report) {
   int failed = 0;
   for (auto move : report.getMoves()) {
     std::string what =
@@ -124,6 +121,15 @@ int Admin(const std::string& socket, schema::AdminRequest::Action action) {
       fmt::print("stayed   {}: {}\n", what, move.getError().cStr());
     }
   }
+  return failed;
+}
+
+// block, unblock, expel, bring: waits until every move has ended and says what moved.
+int Admin(const std::string& socket, schema::AdminRequest::Action action) {
+  auto client = ControlClient::Connect(socket);
+  auto reply = client.Call([&](auto request) { request.initAdmin().setAction(action); });
+  auto report = reply.Root<schema::ControlReply>().getAdminReport();
+  int failed = PrintMoves(report);
   fmt::print("{} moved, {} stayed; this node {} guests\n", report.getMoves().size() - failed,
              failed, report.getBlocked() ? "accepts no" : "accepts");
   if (report.getLeft()) {
@@ -140,12 +146,7 @@ int Reload(const std::string& socket) {
   auto reply = client.Call(
       [&](auto request) { request.initAdmin().setAction(schema::AdminRequest::Action::RELOAD); });
   auto report = reply.Root<schema::ControlReply>().getAdminReport();
-  for (auto move : report.getMoves()) {
-    fmt::print("{} job {} (home {}) {} -> {}{}{}\n",
-               move.getError().size() == 0 ? "moved   " : "stayed  ", move.getHomePid(),
-               move.getHome().cStr(), move.getFrom().cStr(), move.getTo().cStr(),
-               move.getError().size() == 0 ? "" : ": ", move.getError().cStr());
-  }
+  PrintMoves(report);
   if (!report.getReloaded()) {
     std::fprintf(stderr, "mosctl: reload refused: %s\n", report.getProblem().cStr());
     return 1;
