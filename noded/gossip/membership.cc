@@ -53,6 +53,8 @@ Membership::Membership(NodeRecord self, MembershipOptions options, uint64_t rand
   if (options_.forget_dead_after_ms <= 0)
     options_.forget_dead_after_ms = 4 * options_.dead_after_ms;
   if (options_.capacity < 1) options_.capacity = 1;
+  if (options_.foreign_expire_after_ms <= 0)
+    options_.foreign_expire_after_ms = 2 * options_.dead_after_ms;
 }
 
 void Membership::UpdateSelf(const NodeRecord& measured) {
@@ -84,8 +86,9 @@ void Membership::AddSeed(const Endpoint& seed) {
 
 int Membership::NewsBudget() const {
   // SWIM's lambda * log(N): enough retransmissions that news reaches every node with
-  // high probability, few enough that the window still carries fresh records.
-  double n = static_cast<double>(members_.size() + 2);
+  // high probability, few enough that the window still carries fresh records. News
+  // spreads within this cluster, so its size is what counts.
+  double n = static_cast<double>(KinCount() + 2);
   return 3 * static_cast<int>(std::ceil(std::log2(n)));
 }
 
@@ -126,27 +129,40 @@ int64_t Membership::SuspicionMs() const {
   // Refuting a suspicion takes news two trips across the cluster (out to the suspect,
   // back from it), O(log N) rounds each: in a large cluster a fixed time would bury
   // live nodes, so the suspicion lasts at least 2 log2(N) rounds, as in memberlist.
+  // Only this cluster's nodes suspect, so N is this cluster's size.
   int64_t configured = options_.dead_after_ms - options_.suspect_after_ms;
-  double n = static_cast<double>(members_.size() + 2);
+  double n = static_cast<double>(KinCount() + 2);
   int64_t scaled = 2 * static_cast<int64_t>(std::ceil(std::log2(n))) * options_.interval_ms;
   return std::max(configured, scaled);
 }
 
+void Membership::List(Member& member) {
+  if (member.state == MemberState::kDead) return;
+  by_origin_.insert({member.origin_ms, &member});
+  if (!member.kin) foreign_by_origin_.insert({member.origin_ms, &member});
+}
+
+void Membership::Unlist(Member& member) {
+  if (member.state == MemberState::kDead) return;
+  by_origin_.erase({member.origin_ms, &member});
+  if (!member.kin) foreign_by_origin_.erase({member.origin_ms, &member});
+}
+
 void Membership::Index(Member& member, int64_t new_origin) {
   if (member.origin_ms == new_origin) return;
-  if (member.state != MemberState::kDead) by_origin_.erase({member.origin_ms, &member});
+  Unlist(member);
   member.origin_ms = new_origin;
-  if (member.state != MemberState::kDead) by_origin_.insert({member.origin_ms, &member});
+  List(member);
 }
 
 void Membership::SetState(Member& member, MemberState state, int64_t now_ms) {
   MemberState old = member.state;
   if (old == state) return;
   const std::string& name = member.record.name;
-  if (old != MemberState::kDead) by_origin_.erase({member.origin_ms, &member});
+  Unlist(member);
   member.state = state;
   member.state_since_ms = now_ms;
-  if (state != MemberState::kDead) by_origin_.insert({member.origin_ms, &member});
+  List(member);
   if (state == MemberState::kAlive) {
     not_alive_.erase(name);
   } else {
@@ -171,31 +187,68 @@ void Membership::Refute(uint64_t at_least) {
 void Membership::Forget(const std::string& name) {
   auto it = members_.find(name);
   if (it == members_.end()) return;
-  if (it->second.state != MemberState::kDead) {
-    by_origin_.erase({it->second.origin_ms, &it->second});
-    --alive_count_;
-  }
+  if (it->second.state != MemberState::kDead) --alive_count_;
+  Unlist(it->second);
+  if (!it->second.kin) --foreign_count_;
   not_alive_.erase(name);
   members_.erase(it);
 }
 
 void Membership::EvictIfFull() {
-  while (members_.size() > options_.capacity) {
-    std::string victim;
-    for (const auto& name : not_alive_) {
-      if (members_.at(name).state == MemberState::kDead) {
-        victim = name;
-        break;
-      }
+  while (KinCount() > options_.capacity) EvictOne(true);
+  while (foreign_count_ > options_.foreign_capacity) EvictOne(false);
+}
+
+void Membership::EvictOne(bool kin) {
+  // A tombstone of the kind goes first, else the stalest record of the kind.
+  std::string victim;
+  for (const auto& name : not_alive_) {
+    const Member& member = members_.at(name);
+    if (member.kin == kin && member.state == MemberState::kDead) {
+      victim = name;
+      break;
     }
-    bool was_alive = victim.empty();
-    if (was_alive) victim = by_origin_.begin()->second->record.name;  // the stalest alive
-    auto it = members_.find(victim);
-    NodeRecord record = it->second.record;
-    Forget(victim);
-    ++stats_.evictions;
-    if (was_alive && listener_) listener_(record, false);
   }
+  bool was_alive = victim.empty();
+  if (was_alive && !kin) victim = foreign_by_origin_.begin()->second->record.name;
+  for (auto it = by_origin_.begin(); was_alive && kin; ++it) {
+    if (it->second->kin) {
+      victim = it->second->record.name;
+      break;
+    }
+  }
+  NodeRecord record = members_.at(victim).record;
+  Forget(victim);
+  ++stats_.evictions;
+  if (was_alive && listener_) listener_(record, false);
+}
+
+void Membership::ExpireForeign(int64_t now_ms) {
+  // Another cluster's nodes are not probed here: one whose record stopped coming is
+  // dead or cut off, whatever its cluster managed to say.
+  while (!foreign_by_origin_.empty() &&
+         now_ms - foreign_by_origin_.begin()->first >= options_.foreign_expire_after_ms) {
+    NodeRecord record = foreign_by_origin_.begin()->second->record;
+    Forget(record.name);
+    ++stats_.expiries;
+    if (listener_) listener_(record, false);
+  }
+}
+
+void Membership::Exchange(int64_t now_ms, std::vector<Outgoing>* out) {
+  // One datagram a round to another cluster's node, answered with its window: how
+  // news of the multi-cluster crosses between clusters (push-pull, no probe).
+  // The partner is drawn from the freshest records of other clusters: nodes heard from
+  // lately, which the windows bring in at random from all over the multi-cluster.
+  if (foreign_by_origin_.empty()) return;
+  size_t among = std::min(foreign_by_origin_.size(),
+                          static_cast<size_t>(std::max(options_.window, 1)));
+  auto it = foreign_by_origin_.rbegin();
+  std::advance(it, static_cast<long>(random_() % among));
+  const NodeRecord& target = it->second->record;
+  out->push_back({target.gossip_endpoint(),
+                  Build(GossipMessage::Kind::kPing, NextSeq(), target.name, now_ms)});
+  ++stats_.exchanges;
 }
 
 void Membership::Merge(const WindowEntry& entry, int64_t now_ms, bool news) {
@@ -211,27 +264,43 @@ void Membership::Merge(const WindowEntry& entry, int64_t now_ms, bool news) {
   }
   int64_t origin = now_ms - static_cast<int64_t>(entry.age_ms);
   auto it = members_.find(incoming.name);
+  if (it != members_.end() && incoming.incarnation > it->second.record.incarnation &&
+      IsKin(incoming) != it->second.kin) {
+    // A new life in another cluster (an administrator moved the node): a new member.
+    Forget(incoming.name);
+    it = members_.end();
+  }
+  // News is this cluster's: other clusters' changes are their own nodes' to spread, so
+  // a node's news traffic does not grow with the multi-cluster.
+  bool kin = IsKin(incoming);
+  news = news && kin;
   if (it == members_.end()) {
+    // Another cluster's record that would be forgotten unheard here comes back no more.
+    if (!kin && now_ms - origin >= options_.foreign_expire_after_ms) return;
+    size_t room = kin ? options_.capacity : options_.foreign_capacity;
+    size_t held = kin ? KinCount() : foreign_count_;
     // Only a live record makes a member: a suspicion or death of a node this table does
     // not hold (never knew, or evicted) would otherwise bury it here unheard. As news,
     // it is passed on all the same.
-    if (entry.state != MemberState::kAlive || members_.size() >= options_.capacity) {
+    if (entry.state != MemberState::kAlive || held >= room) {
       if (news) PassOn(entry, origin);
-      if (entry.state != MemberState::kAlive) return;
+      if (entry.state != MemberState::kAlive || room == 0) return;
     }
     Member member;
     member.record = incoming;
     member.state = entry.state;
     member.origin_ms = origin;
     member.state_since_ms = now_ms;
+    member.kin = kin;
     auto& added = members_.emplace(incoming.name, std::move(member)).first->second;
-    by_origin_.insert({origin, &added});
+    if (!kin) ++foreign_count_;
+    List(added);
     ++alive_count_;
     if (added.state != MemberState::kAlive) not_alive_.insert(incoming.name);
     // A join is news while the table has room; once it is full, newly learned records
     // only replace the stalest ones and would otherwise crowd fresh records out of every
     // window.
-    if (news && members_.size() < options_.capacity) MakeNews(added);
+    if (news && held + 1 < room) MakeNews(added);
     if (listener_) listener_(added.record, true);
     EvictIfFull();
     return;
@@ -242,19 +311,19 @@ void Membership::Merge(const WindowEntry& entry, int64_t now_ms, bool news) {
     member.record = incoming;
     Index(member, origin);
     SetState(member, entry.state, now_ms);
-    MakeNews(member);
+    if (kin) MakeNews(member);
     return;
   }
   if (incoming.incarnation < member.record.incarnation) return;
   if (Severity(entry.state) > Severity(member.state)) {
     SetState(member, entry.state, now_ms);
-    MakeNews(member);
+    if (kin) MakeNews(member);
   }
   if (member.state != MemberState::kDead && origin > member.origin_ms) {
     bool rise = incoming.load >= member.record.load + options_.news_load_step;
     member.record = incoming;
     Index(member, origin);
-    if (rise) MakeNews(member);
+    if (rise && kin) MakeNews(member);
   }
 }
 
@@ -293,9 +362,14 @@ GossipMessage Membership::Build(GossipMessage::Kind kind, uint64_t seq,
     for (size_t i = 0; i < news_.size(); ++i) order.push_back({-news_[i].left, i});
     size_t n = std::min(news_room, order.size());
     std::partial_sort(order.begin(), order.begin() + static_cast<long>(n), order.end());
+    // A datagram to another cluster carries this cluster's news too (a partner learns of
+    // a death from it) but does not use up its sends, which are for this cluster.
+    auto recipient_member = members_.find(recipient);
+    bool counts = recipient_member == members_.end() || recipient_member->second.kin ||
+                  KinCount() == 0;
     for (size_t k = 0; k < n; ++k) {
       News& news = news_[order[k].second];
-      --news.left;
+      if (counts) --news.left;
       if (news.entry.record.name == recipient) continue;
       auto it = members_.find(news.entry.record.name);
       if (it != members_.end()) {
@@ -325,13 +399,15 @@ std::string Membership::NextProbeTarget() {
     while (probe_next_ < probe_order_.size()) {
       const std::string& name = probe_order_[probe_next_++];
       auto it = members_.find(name);
-      if (it != members_.end() && it->second.state != MemberState::kDead) return name;
+      if (it != members_.end() && it->second.kin && it->second.state != MemberState::kDead) {
+        return name;
+      }
     }
     // A new random order each cycle: every member is probed once per cycle, in an
     // order no one can predict (SWIM's round-robin probe selection).
     probe_order_.clear();
     for (const auto& [name, member] : members_) {
-      if (member.state != MemberState::kDead) probe_order_.push_back(name);
+      if (member.kin && member.state != MemberState::kDead) probe_order_.push_back(name);
     }
     std::shuffle(probe_order_.begin(), probe_order_.end(), random_);
     probe_next_ = 0;
@@ -390,7 +466,9 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
   std::vector<std::string> watched(not_alive_.begin(), not_alive_.end());
   for (const auto& name : watched) {
     Member& member = members_.at(name);
-    if (member.state == MemberState::kSuspect && now_ms - member.state_since_ms >= suspicion_ms) {
+    // Another cluster's suspect is its own cluster's to bury (or to forget, unheard).
+    if (member.state == MemberState::kSuspect && member.kin &&
+        now_ms - member.state_since_ms >= suspicion_ms) {
       SetState(member, MemberState::kDead, now_ms);
       MakeNews(member);
     } else if (member.state == MemberState::kDead &&
@@ -399,6 +477,7 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
     }
   }
   for (const auto& name : forget) Forget(name);
+  ExpireForeign(now_ms);
   std::erase_if(relays_, [&](const auto& item) {
     return now_ms - item.second.started_ms >= options_.suspect_after_ms;
   });
@@ -411,6 +490,7 @@ void Membership::Tick(int64_t now_ms, std::vector<Outgoing>* out) {
     out->push_back({endpoint, Build(GossipMessage::Kind::kPing, seq, target, now_ms)});
     ++stats_.probes;
   }
+  Exchange(now_ms, out);
   // Alone (a newcomer, or every peer gone): knock at the seeds until someone answers.
   if (!Sought()) {
     for (const auto& seed : seeds_) {

@@ -83,7 +83,13 @@ struct MembershipOptions {
   int window = 16;                   // freshest records per datagram, besides the sender's own
   int news_per_datagram = 0;         // news items per datagram at most; 0: as many as window
   int indirect_probes = 3;           // k peers asked to probe a node that did not answer
-  size_t capacity = 4096;            // records kept at most; the stalest alive one goes first
+  size_t capacity = 4096;            // this cluster's records kept at most; the stalest alive goes first
+  // Records of other clusters' nodes kept at most (a partial view of the multi-cluster):
+  // they are not probed here, their deaths are their own cluster's verdicts, and the
+  // stalest goes first when a fresher one arrives.
+  size_t foreign_capacity = 256;
+  int64_t foreign_expire_after_ms = 0;  // another cluster's record unheard of this long is
+                                        // forgotten; 0: 2 * dead_after_ms
   int64_t forget_dead_after_ms = 0;  // tombstones kept this long; 0: 4 * dead_after_ms
   float news_load_step = 0.5f;       // a load rise this large is spread as news
   // A partnership's ring: knock at the seeds while no live member is of this cluster
@@ -108,6 +114,8 @@ struct MembershipStats {
   uint64_t deaths = 0;
   uint64_t refutations = 0;
   uint64_t evictions = 0;
+  uint64_t exchanges = 0;  // datagrams to other clusters' nodes: windows, not probes
+  uint64_t expiries = 0;   // other clusters' records forgotten unheard
 };
 
 class Membership {
@@ -132,9 +140,11 @@ class Membership {
   void AddSeed(const Endpoint& seed);
   void SetChangeListener(ChangeListener listener) { listener_ = std::move(listener); }
 
-  // One gossip round: probes the next peer (carrying the window), sends indirect probes
-  // for unanswered ones, turns overdue probes into suspicion and suspicion into death,
-  // forgets old tombstones. Appends what to send to `out`.
+  // One gossip round: probes the next peer of this cluster (carrying the window), sends
+  // indirect probes for unanswered ones, turns overdue probes into suspicion and
+  // suspicion into death, forgets old tombstones and other clusters' records unheard of
+  // too long, and swaps windows with one other cluster's node. Appends what to send to
+  // `out`.
   void Tick(int64_t now_ms, std::vector<Outgoing>* out);
   // Handles a datagram that arrived from `from` (its UDP source). Appends replies.
   void Receive(const GossipMessage& message, const Endpoint& from, int64_t now_ms,
@@ -145,6 +155,7 @@ class Membership {
   // A known node (nullptr when unknown).
   const MemberView* Find(const std::string& name, int64_t now_ms, MemberView* storage) const;
   size_t known() const { return members_.size(); }
+  size_t known_foreign() const { return foreign_count_; }
   size_t alive() const { return alive_count_; }
   const MembershipStats& stats() const { return stats_; }
 
@@ -154,6 +165,7 @@ class Membership {
     MemberState state = MemberState::kAlive;
     int64_t origin_ms = 0;  // when the record's information was measured (local time)
     int64_t state_since_ms = 0;
+    bool kin = true;  // of this node's cluster: probed, suspected and buried here
   };
   struct Probe {
     std::string target;
@@ -176,8 +188,15 @@ class Membership {
   void SetState(Member& member, MemberState state, int64_t now_ms);
   void Refute(uint64_t at_least);
   void Index(Member& member, int64_t new_origin);
+  void List(Member& member);    // into the freshness indexes (members not dead)
+  void Unlist(Member& member);  // ... and out
   void Forget(const std::string& name);
   void EvictIfFull();
+  void EvictOne(bool kin);
+  void ExpireForeign(int64_t now_ms);
+  void Exchange(int64_t now_ms, std::vector<Outgoing>* out);
+  bool IsKin(const NodeRecord& record) const { return record.cluster == self_.cluster; }
+  size_t KinCount() const { return members_.size() - foreign_count_; }
   void MakeNews(Member& member);
   void PassOn(const WindowEntry& entry, int64_t origin_ms);
   int NewsBudget() const;
@@ -194,6 +213,8 @@ class Membership {
   // Alive and suspect members by freshness, to pick the window in O(window).
   // (Members' addresses are stable: unordered_map never moves its elements.)
   std::set<std::pair<int64_t, Member*>> by_origin_;
+  std::set<std::pair<int64_t, Member*>> foreign_by_origin_;  // other clusters' only
+  size_t foreign_count_ = 0;  // members of other clusters, tombstones included
   std::set<std::string> not_alive_;  // suspects and tombstones, for the round's timers
   size_t alive_count_ = 0;           // members not dead
   // News about nodes not in the table, already passed on: (name, incarnation, state,

@@ -33,14 +33,18 @@ WindowEntry Entry(NodeRecord record, uint32_t age_ms, MemberState state = Member
   return WindowEntry{std::move(record), age_ms, state};
 }
 
-// N nodes on a virtual network; `cut(from, to)` decides which datagrams are lost.
+// N nodes on a virtual network; `cut(from, to)` decides which datagrams are lost. With
+// a cluster size, n1..nS are cluster c0, the next S nodes c1, and so on.
 class Cluster {
  public:
-  Cluster(int n, MembershipOptions options = Options()) : options_(options) {
+  Cluster(int n, MembershipOptions options = Options(), int cluster_size = 0)
+      : options_(options), cluster_size_(cluster_size) {
     for (int i = 1; i <= n; ++i) Add(i, 1);
   }
   void Add(int i, uint64_t incarnation) {
-    nodes_[i] = std::make_unique<Membership>(Record(Name(i), i, incarnation), options_, i);
+    NodeRecord self = Record(Name(i), i, incarnation);
+    if (cluster_size_ > 0) self.cluster = "c" + std::to_string((i - 1) / cluster_size_);
+    nodes_[i] = std::make_unique<Membership>(self, options_, i);
     nodes_[i]->SetChangeListener([this, i](const NodeRecord& peer, bool alive) {
       events_.push_back(Name(i) + (alive ? " sees alive " : " sees dead ") + peer.name);
     });
@@ -94,6 +98,7 @@ class Cluster {
     }
   }
   MembershipOptions options_;
+  int cluster_size_;
   std::map<int, std::unique_ptr<Membership>> nodes_;
   std::set<int> down_;
 };
@@ -360,6 +365,113 @@ TEST(Membership, CapacityEvictsTheStalest) {
   MemberView view;
   EXPECT_TRUE(m.Find("p19", 2000, &view));
   EXPECT_FALSE(m.Find("p0", 2000, &view));
+}
+
+// Two clusters of three in one ring (a partnership): n1..n3 are c0, n4..n6 are c1.
+TEST(Membership, ClustersLearnEachOtherThroughExchangedWindows) {
+  Cluster cluster(6, Options(), 3);
+  cluster.Run(20);
+  for (int who = 1; who <= 6; ++who) {
+    for (int of = 1; of <= 6; ++of) {
+      if (who != of) {
+        EXPECT_EQ(cluster.StateSeenBy(who, of), MemberState::kAlive) << who << of;
+      }
+    }
+    EXPECT_EQ(cluster[who].known_foreign(), 3u);
+    EXPECT_GT(cluster[who].stats().exchanges, 0u);
+  }
+}
+
+TEST(Membership, ACutBetweenClustersBuriesNobody) {
+  // Each cluster probes only its own nodes: a link down between clusters is no death,
+  // while the other cluster's records keep coming through those who still hear it.
+  Cluster cluster(6, Options(), 3);
+  cluster.Run(20);
+  cluster.cut = [](int from, int to) { return (from == 6 && to <= 3) || (to == 6 && from <= 3); };
+  cluster.Run(60);
+  for (int who = 1; who <= 3; ++who) {
+    EXPECT_EQ(cluster.StateSeenBy(who, 6), MemberState::kAlive) << who;
+    EXPECT_EQ(cluster[who].stats().suspicions, 0u) << who;
+  }
+}
+
+TEST(Membership, AnotherClustersDeathIsItsOwnClustersVerdict) {
+  Cluster cluster(6, Options(), 3);
+  cluster.Run(20);
+  cluster.Stop(6);
+  int rounds = 0;
+  while ((cluster.StateSeenBy(1, 6) != MemberState::kDead ||
+          cluster.StateSeenBy(2, 6) != MemberState::kDead) &&
+         rounds < 100) {
+    cluster.Run(1);
+    ++rounds;
+  }
+  EXPECT_EQ(cluster.StateSeenBy(4, 6), MemberState::kDead);
+  EXPECT_EQ(cluster.StateSeenBy(1, 6), MemberState::kDead);
+  EXPECT_EQ(cluster.StateSeenBy(2, 6), MemberState::kDead);
+  // Within the verdict's time (probe, suspicion, death) and a few rounds, well before
+  // the other cluster's record would be forgotten unheard (2 * dead_after: 16 rounds).
+  EXPECT_LE(rounds, 15);
+  EXPECT_EQ(cluster[1].stats().expiries, 0u);
+}
+
+TEST(Membership, AClusterUnheardIsForgotten) {
+  Cluster cluster(6, Options(), 3);
+  cluster.Run(20);
+  for (int i = 4; i <= 6; ++i) cluster.Stop(i);
+  cluster.Run(30);
+  for (int of = 4; of <= 6; ++of) {
+    EXPECT_FALSE(cluster.Knows(1, of)) << of;
+    EXPECT_NE(std::find(cluster.events_.begin(), cluster.events_.end(),
+                        "n1 sees dead " + Cluster::Name(of)),
+              cluster.events_.end());
+  }
+  EXPECT_EQ(cluster[1].stats().expiries, 3u);
+  EXPECT_EQ(cluster.StateSeenBy(1, 2), MemberState::kAlive);
+}
+
+TEST(Membership, OtherClustersRecordsAreBoundedAndTheirNewsIsNotPassedOn) {
+  MembershipOptions options = Options();
+  options.foreign_capacity = 3;
+  NodeRecord self = Record("self", 1);
+  self.cluster = "a";
+  Membership m(self, options, 1);
+  std::vector<Outgoing> out;
+  for (int i = 0; i < 10; ++i) {
+    GossipMessage message;
+    message.sender = Record("b" + std::to_string(i), 10 + i);
+    message.sender.cluster = "b";
+    m.Receive(message, message.sender.gossip_endpoint(), 1000 + i, &out);
+  }
+  GossipMessage from_a2;
+  from_a2.sender = Record("a2", 2);
+  from_a2.sender.cluster = "a";
+  m.Receive(from_a2, from_a2.sender.gossip_endpoint(), 1010, &out);
+  EXPECT_EQ(m.known(), 4u);
+  EXPECT_EQ(m.known_foreign(), 3u);
+  MemberView view;
+  EXPECT_TRUE(m.Find("b9", 1010, &view));
+  EXPECT_FALSE(m.Find("b0", 1010, &view));
+  EXPECT_TRUE(m.Find("a2", 1010, &view));
+  // News of another cluster's node (its load rose) is taken in, not passed on.
+  GossipMessage news;
+  news.sender = Record("b9", 19);
+  news.sender.cluster = "b";
+  NodeRecord busy = Record("b8", 18);
+  busy.cluster = "b";
+  busy.load = 5;
+  news.entries.push_back(Entry(busy, 0));
+  news.news = 1;
+  m.Receive(news, news.sender.gossip_endpoint(), 1020, &out);
+  ASSERT_TRUE(m.Find("b8", 1020, &view));
+  EXPECT_EQ(view.record.load, 5);
+  out.clear();
+  m.Tick(1100, &out);
+  for (const auto& o : out) {
+    if (o.to == from_a2.sender.gossip_endpoint()) {
+      EXPECT_EQ(o.message.news, 0u);
+    }
+  }
 }
 
 TEST(Membership, IgnoresItsOwnName) {
