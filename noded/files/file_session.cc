@@ -323,10 +323,8 @@ void FileSession::Perform(schema::FileRequest::Reader rq, schema::FileResponse::
     err = e.err;
   }
   if (op == Op::WRITE && !err && !rq.getRetry() && replay_->kill_after_append) {
-    spdlog::warn("fault point kill-after-append: the daemon dies after append {} of client {:x}",
-                 id, client_);
-    spdlog::default_logger()->flush();
-    ::kill(::getpid(), SIGKILL);
+    DieAtFaultPoint(Fault::kKillAfterAppend,
+                    fmt::format("after append {} of client {:x}", id, client_));
   }
   // Begun by a daemon that died before it logged how it ended: the error a done request
   // meets when performed again says it was done (the name it made exists, the name it

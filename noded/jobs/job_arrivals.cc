@@ -186,11 +186,8 @@ void JobRegistry::ComeHome(Restored& restored) {
     entry.away.reset();
     spdlog::info("job {} is back home", home_pid);
     if (job->output_base_pending() && faults_.Hit(Fault::kKillAfterHomecoming)) {
-      spdlog::warn("fault point kill-after-homecoming: the daemon dies while job {}'s old "
-                   "node still sends its output",
-                   home_pid);
-      spdlog::default_logger()->flush();
-      ::kill(::getpid(), SIGKILL);
+      DieAtFaultPoint(Fault::kKillAfterHomecoming,
+                      fmt::format("while job {}'s old node still sends its output", home_pid));
     }
     Apply(job_slot, away, std::move(*step));
     return;

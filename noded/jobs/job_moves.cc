@@ -447,12 +447,9 @@ void JobRegistry::FinishMove(int slot, std::shared_ptr<Job> job, MoveOut& move,
     return;
   }
   if (faults_.Hit(Fault::kKillAfterArrived)) {
-    spdlog::warn(
-        "fault point kill-after-arrived: the daemon dies after {} said job {} arrived, "
-        "before journaling it away there",
-        move.target_name, job->home_pid());
-    spdlog::default_logger()->flush();
-    ::kill(::getpid(), SIGKILL);
+    DieAtFaultPoint(Fault::kKillAfterArrived,
+                    fmt::format("after {} said job {} arrived, before journaling it away there",
+                                move.target_name, job->home_pid()));
   }
   auto away = AwayFrom(
       *job, move::Protocol::Moved(job->home_pid(), move.target_name, job->migrations() + 1));

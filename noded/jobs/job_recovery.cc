@@ -343,11 +343,9 @@ void JobRegistry::KeepJob(Job& job, int slot) {
                                           const move::Departure& departure) mutable {
         if (die_after_spawn && entry.init_pid == 0 && entry.keeper_pid != 0 && init_pid > 0) {
           // The init runs, journaled with its keeper only: the daemon dies here.
-          spdlog::warn("fault point kill-after-spawn: the daemon dies before journaling "
-                       "job {}'s init (pid {})",
-                       entry.launch.identity.home_pid, init_pid);
-          spdlog::default_logger()->flush();
-          ::kill(::getpid(), SIGKILL);
+          DieAtFaultPoint(Fault::kKillAfterSpawn,
+                          fmt::format("before journaling job {}'s init (pid {})",
+                                      entry.launch.identity.home_pid, init_pid));
         }
         entry.departure = departure.journaled() ? departure.state() : move::Leave::kHere;
         entry.departure_to = departure.journaled() ? departure.target() : "";

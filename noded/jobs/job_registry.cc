@@ -47,10 +47,8 @@ JobRegistry::~JobRegistry() {
 void JobRegistry::DieAtSignal(Fault fault, const Job& job,
                               schema::NumberedSignal::Reader signal) const {
   if (!faults_.Hit(fault)) return;
-  spdlog::warn("fault point {}: the daemon dies at signal {} (number {}) of job {}",
-               FaultName(fault), signal.getSignal(), signal.getNumber(), job.home_pid());
-  spdlog::default_logger()->flush();
-  ::kill(::getpid(), SIGKILL);
+  DieAtFaultPoint(fault, fmt::format("at signal {} (number {}) of job {}", signal.getSignal(),
+                                     signal.getNumber(), job.home_pid()));
 }
 
 // The relay of a job running here: mosrun's (or its home's) input and signals go to it,

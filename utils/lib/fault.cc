@@ -1,7 +1,12 @@
 // Fault points chosen by HOMEWARD_FAULT.
 #include "fault.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <cstdlib>
+
+#include <spdlog/spdlog.h>
 
 #include "error.h"
 
@@ -108,6 +113,13 @@ bool FaultPoints::Hit(Fault fault) const {
 
 void FaultPoints::Check(Fault fault) const {
   if (Hit(fault)) Fail(ErrorKind::kFailed, "fault point {} hit (HOMEWARD_FAULT)", FaultName(fault));
+}
+
+void DieAtFaultPoint(Fault fault, std::string_view when) {
+  spdlog::warn("fault point {}: the daemon dies {}", FaultName(fault), when);
+  spdlog::default_logger()->flush();
+  ::kill(::getpid(), SIGKILL);
+  ::_exit(137);  // not reached: SIGKILL cannot be caught
 }
 
 }  // namespace homeward

@@ -75,4 +75,9 @@ class FaultPoints {
   std::bitset<static_cast<size_t>(Fault::kClockAhead) + 1> selected_;
 };
 
+// A fault point that kills the daemon: logs "fault point <name>: the daemon dies
+// <when>", flushes the log and sends itself SIGKILL, so that nothing is cleaned up, as
+// in a crash.
+[[noreturn]] void DieAtFaultPoint(Fault fault, std::string_view when);
+
 }  // namespace homeward
