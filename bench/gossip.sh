@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The gossip simulator: the real membership code for 1,000 and 10,000 virtual nodes
+# The gossip simulator: the real membership code for 1,000 to 100,000 virtual nodes
 # with a lossy virtual network (bench/run gossip [ARGS...]).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -114,18 +114,25 @@ double ExpectedShare(const Node& node, double added) {
 }
 
 std::optional<std::string> BestNode(const std::vector<Node>& nodes, const std::string& self,
-                                    uint32_t min_free_mb) {
+                                    uint32_t min_free_mb,
+                                    const std::vector<std::string>& user_groups) {
+  auto others_group = [&](const Node& node) {
+    return node.name != self && !node.group.empty() && !InGroup(user_groups, node.group);
+  };
   const Node* best = nullptr;
   double best_share = 0;
-  for (const Node& node : nodes) {
-    if (node.mem_free_mb < min_free_mb) continue;
-    if (!node.accepts_guests && node.name != self) continue;
-    double share = ExpectedShare(node, 1);
-    bool better = !best || share > best_share + kTie ||
-                  (share > best_share - kTie && node.name == self && best->name != self);
-    if (better) {
-      best = &node;
-      best_share = share;
+  for (int pass = 0; pass < 2 && (!best || best_share < best->speed - kTie); ++pass) {
+    for (const Node& node : nodes) {
+      if (node.mem_free_mb < min_free_mb) continue;
+      if (!node.accepts_guests && node.name != self) continue;
+      if (pass == 0 && others_group(node)) continue;  // the user's own nodes first
+      double share = ExpectedShare(node, 1);
+      bool better = !best || share > best_share + kTie ||
+                    (share > best_share - kTie && node.name == self && best->name != self);
+      if (better) {
+        best = &node;
+        best_share = share;
+      }
     }
   }
   if (!best) return std::nullopt;

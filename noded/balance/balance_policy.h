@@ -123,9 +123,12 @@ double ExpectedShare(const Node& node, double added);
 
 // Where a new job should start (mosrun -b, -m): the node in `nodes` with the most
 // expected CPU among those with `min_free_mb` free, accepting guests unless it is
-// `self`. Ties go to `self`, then to the first listed. Nothing when no node qualifies.
+// `self`. Ties go to `self`, then to the first listed. A sub-cluster's jobs start on its
+// own nodes first: a node of a group the user (`user_groups`) is not in is taken only
+// when none of the others has a whole core for the job. Nothing when no node qualifies.
 std::optional<std::string> BestNode(const std::vector<Node>& nodes, const std::string& self,
-                                    uint32_t min_free_mb);
+                                    uint32_t min_free_mb,
+                                    const std::vector<std::string>& user_groups = {});
 
 class Balancer {
  public:

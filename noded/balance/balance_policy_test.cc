@@ -80,6 +80,26 @@ TEST(BestNode, HonoursFreeMemoryAndBlockedNodes) {
   EXPECT_EQ(BestNode({}, "self", 0), std::nullopt);
 }
 
+TEST(BestNode, ASubClustersJobsStartOnItsOwnNodesFirst) {
+  Node physics = MakeNode("physics", 1, 2);
+  physics.group = "physics";
+  Node chemistry = MakeNode("chemistry", 0, 2);
+  chemistry.group = "chemistry";
+  std::vector<Node> nodes{Self(3), chemistry, physics, MakeNode("shared", 2, 2)};
+  // A physicist's job: physics has a whole core free, though chemistry is idler.
+  EXPECT_EQ(BestNode(nodes, "self", 0, {"users", "physics"}), "physics");
+  // A chemist's job goes to chemistry; another user's to the most CPU among the nodes
+  // of no group, unless none of them has a whole core: then anywhere.
+  EXPECT_EQ(BestNode(nodes, "self", 0, {"chemistry"}), "chemistry");
+  nodes[3].load = 1;
+  EXPECT_EQ(BestNode(nodes, "self", 0, {"users"}), "shared");
+  nodes[3].load = 3;
+  EXPECT_EQ(BestNode(nodes, "self", 0, {"users"}), "chemistry");
+  // Once the physicists' nodes are full, the best node of all.
+  nodes[2].load = 4;
+  EXPECT_EQ(BestNode(nodes, "self", 0, {"physics"}), "chemistry");
+}
+
 TEST(Balancer, MovesOneOfFourJobsToAnIdleNode) {
   Balancer balancer("self", Options{}, 1);
   auto decisions = balancer.Round(100000, {Self(4), MakeNode("idle", 0)}, Jobs(4));

@@ -102,7 +102,8 @@ std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where
            wanted, it != nodes.end() ? it->mem_free_mb : 0, need);
     }
   }
-  std::optional<std::string> chosen = balance::BestNode(nodes, config_.name, need);
+  std::optional<std::string> chosen =
+      balance::BestNode(nodes, config_.name, need, UserGroupNames(launch.identity.uid));
   if (!chosen) {
     auto most = std::max_element(nodes.begin(), nodes.end(),
                                  [](auto& a, auto& b) { return a.mem_free_mb < b.mem_free_mb; });
