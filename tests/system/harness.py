@@ -452,6 +452,21 @@ def alive_nodes(cluster, node):
     return sorted(n["name"] for n in json.loads(result.stdout)["nodes"] if n["alive"])
 
 
+def cgroup_identities(paths):
+    """The cgroups' inodes, to tell after teardown whether they are gone: once a cluster is
+    down its slot is free, and a test running beside may take it and make a cgroup of the
+    same path."""
+    return {path: os.stat(path).st_ino for path in paths}
+
+
+def assert_cgroups_gone(test, identities):
+    for path, inode in identities.items():
+        try:
+            test.assertNotEqual(os.stat(path).st_ino, inode, f"cgroup {path} survived teardown")
+        except FileNotFoundError:
+            pass
+
+
 def alive_by_cluster(cluster, node):
     """{cluster name: sorted names of its nodes} of the nodes `node` knows alive (mosmon
     --json), or {} if it does not answer."""

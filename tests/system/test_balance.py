@@ -289,6 +289,39 @@ class BalancingTest(unittest.TestCase):
                 self.assertEqual(c.run("node1", "cat", f"/data/out/{user}").stdout.strip(),
                                  f"finished {BUSY_ITERATIONS * 2}")
 
+    def test_a_long_guest_leaves_a_node_for_short_jobs(self):
+        """A node for short jobs (node.long_job_s): a guest that has run past the limit
+        ranks below the node's own work there, so when node2's own process needs the
+        core, the guest is forced out (home to node1, which has room) and finishes with
+        its output."""
+        user = harness.user_for(self, "hwlong").pw_name
+        settings = list(SETTINGS + GOSSIP_FAST) + ["node.long_job_s=3"]
+        with harness.LoopCluster(2, cpuset=True, settings=settings) as c:
+            self.require_idle_core(c, "node2")
+            self.assertEqual(nodes(c)["node2"]["long_job_s"], 3)
+            c.run("node1", "mkdir", "-m", "1777", "-p", "/data/out")
+            c.run("node1", "runuser", "-u", user, "--", "sh", "-c",
+                  f"(mosrun sh -c '{BUSY.format(n=BUSY_ITERATIONS)}' > /data/out/long 2>&1; "
+                  f"echo $? > /data/out/long.status) >/dev/null 2>&1 & echo started")
+            pid = c.wait_for(lambda: next((j["pid"] for j in jobs(c) if j["user"] == user),
+                                          None), 30, "the job to be listed")
+            c.run("node1", "mosmigrate", str(pid), "node2")
+
+            def where():
+                return next((j["where"] for j in jobs(c) if j["pid"] == pid), None)
+
+            self.assertEqual(where(), "node2")
+            # node2's own work: a busy process that is not a job.
+            c.run("node2", "sh", "-c",
+                  "(timeout 60 sh -c 'while :; do :; done' >/dev/null 2>&1 &); echo")
+            c.wait_for(lambda: where() == "node1", 90,
+                       "the long guest to be forced out of node2")
+            self.assertIn("balancer: priority move to node1", c.log("node2"))
+            c.wait_for(lambda: jobs(c) == [], 240, "the job to finish")
+            self.assertEqual(c.run("node1", "cat", "/data/out/long.status").stdout.strip(), "0")
+            self.assertEqual(c.run("node1", "cat", "/data/out/long").stdout.strip(),
+                             f"finished {BUSY_ITERATIONS}")
+
     def test_best_node_and_memory_placement(self):
         # No automatic moves here: where a job starts is what is tested.
         with harness.LoopCluster(2, cpuset=True,

@@ -33,14 +33,13 @@ class ClusterFoundationTest(unittest.TestCase):
             self.assertIn(" /data ", mounts)
 
             pids = [cluster.node(n)["pid"] for n in cluster.nodes]
-            cgroups = [cluster.node(n)["cgroup"] for n in cluster.nodes]
+            cgroups = harness.cgroup_identities(cluster.node(n)["cgroup"] for n in cluster.nodes)
             started = cluster.run("node1", "sh", "-c",
                                   "sleep 300 >/dev/null 2>&1 & echo $!").stdout.split()
             pids += [int(p) for p in started]
         for pid in pids:
             self.assertFalse(alive(pid), f"process {pid} survived teardown")
-        for cgroup in cgroups:
-            self.assertFalse(os.path.exists(cgroup), f"cgroup {cgroup} survived teardown")
+        harness.assert_cgroups_gone(self, cgroups)
         self.assertFalse(os.path.exists(cluster.dir + "/cluster.json"))
 
     def test_exec_returns_status_and_errors(self):

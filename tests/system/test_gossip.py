@@ -80,7 +80,8 @@ class GossipTest(unittest.TestCase):
         """Two nodes on one host with 512 MB each publish the cgroup's memory, not the
         host's, and a job's memory counts against its own node only."""
         with harness.LoopCluster(2, cpuset=True, memory_mb=512, settings=SETTINGS) as cluster:
-            cgroups = [c for n in cluster.nodes for c in cluster.node(n)["cgroups"]]
+            cgroups = harness.cgroup_identities(c for n in cluster.nodes
+                                                for c in cluster.node(n)["cgroups"])
             cluster.wait_for(lambda: alive_names(cluster, "node2") == ["node1", "node2"],
                              WAIT_S, "node2 to see node1")
             for n in picture(cluster, "node2").values():
@@ -94,8 +95,7 @@ class GossipTest(unittest.TestCase):
                 "mem_free_mb", 512) <= 512 - 150, WAIT_S,
                              "node1's free memory to fall by the 200 MB a job holds")
             self.assertGreater(picture(cluster, "node2")["node2"]["mem_free_mb"], 400)
-        for cgroup in cgroups:
-            self.assertFalse(os.path.exists(cgroup), f"cgroup {cgroup} survived teardown")
+        harness.assert_cgroups_gone(self, cgroups)
 
     def test_node_with_another_key_is_never_listed(self):
         with harness.LoopCluster(2, settings=SETTINGS) as cluster:
