@@ -292,9 +292,10 @@ void RunSize(int n, const Params& params) {
     sim.Round();
     if (r % 10 == 9) std::fprintf(stderr, "  N=%d: warm-up round %d\n", n, r + 1);
   }
-  size_t known_min = SIZE_MAX, known_sum = 0, foreign_sum = 0;
+  size_t known_min = SIZE_MAX, known_sum = 0, foreign_sum = 0, own_min = SIZE_MAX;
   for (const auto& node : sim.nodes_) {
     known_min = std::min(known_min, node->known());
+    own_min = std::min(own_min, node->known() - node->known_foreign());
     known_sum += node->known();
     foreign_sum += node->known_foreign();
   }
@@ -344,8 +345,10 @@ void RunSize(int n, const Params& params) {
              std::min<size_t>(params.capacity, static_cast<size_t>(cluster_size)),
              cluster_size < n ? params.foreign_capacity : 0, params.warmup_rounds + rounds,
              seconds);
-  fmt::print("  nodes known per node after warm-up: min {}, mean {:.0f} ({:.0f} of other clusters)\n",
-             known_min, static_cast<double>(known_sum) / n, static_cast<double>(foreign_sum) / n);
+  fmt::print("  nodes known per node after warm-up: min {}, mean {:.0f} ({:.0f} of other clusters; "
+             "of its own, min {})\n",
+             known_min, static_cast<double>(known_sum) / n, static_cast<double>(foreign_sum) / n,
+             own_min);
   double measured_rounds = std::max(1, sim.round_ - measured_from);
   double datagram_bytes =
       sim.sampled_ ? static_cast<double>(sim.sampled_bytes_) / static_cast<double>(sim.sampled_) : 0;

@@ -71,7 +71,9 @@ void Membership::UpdateSelf(const NodeRecord& measured) {
 }
 
 bool Membership::Sought() const {
-  if (options_.seek_cluster.empty()) return alive() > 0;
+  // A node of the multi-cluster that heard from other clusters' nodes but none of its
+  // own would otherwise never find its cluster: their windows seldom carry it.
+  if (options_.seek_cluster.empty()) return by_origin_.size() > foreign_by_origin_.size();
   for (const auto& [name, member] : members_) {
     if (member.state != MemberState::kDead && member.record.cluster == options_.seek_cluster) {
       return true;

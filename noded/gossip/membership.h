@@ -93,7 +93,7 @@ struct MembershipOptions {
   int64_t forget_dead_after_ms = 0;  // tombstones kept this long; 0: 4 * dead_after_ms
   float news_load_step = 0.5f;       // a load rise this large is spread as news
   // A partnership's ring: knock at the seeds while no live member is of this cluster
-  // (empty: while no member is alive at all).
+  // (empty: while no member of the node's own cluster is alive).
   std::string seek_cluster;
   static MembershipOptions FromConfig(const GossipConfig& gossip);
 };

@@ -282,6 +282,32 @@ TEST(Membership, APartnershipRingKnocksAtItsSeedsUntilAPartnerNodeIsAlive) {
   EXPECT_EQ(knocks(300), 0);
 }
 
+TEST(Membership, KnocksAtItsSeedsUntilItKnowsANodeOfItsOwnCluster) {
+  // Its first ping to its cluster's seed was lost, and only another cluster answered.
+  NodeRecord self = Record("a1", 1);
+  self.cluster = "a";
+  Membership m(self, Options(), 1);
+  Endpoint seed{"10.0.0.9", 4700};
+  m.AddSeed(seed);
+  auto knocks = [&](int64_t now) {
+    std::vector<Outgoing> out;
+    m.Tick(now, &out);
+    return std::count_if(out.begin(), out.end(), [&](const Outgoing& o) { return o.to == seed; });
+  };
+  EXPECT_EQ(knocks(100), 1);
+  std::vector<Outgoing> replies;
+  GossipMessage from_b1;
+  from_b1.sender = Record("b1", 3);
+  from_b1.sender.cluster = "b";
+  m.Receive(from_b1, from_b1.sender.gossip_endpoint(), 150, &replies);
+  EXPECT_EQ(knocks(200), 1);
+  GossipMessage from_a2;
+  from_a2.sender = Record("a2", 2);
+  from_a2.sender.cluster = "a";
+  m.Receive(from_a2, from_a2.sender.gossip_endpoint(), 250, &replies);
+  EXPECT_EQ(knocks(300), 0);
+}
+
 TEST(Membership, SilentNodeIsSuspectedThenDeclaredDeadThenForgotten) {
   Cluster cluster(4);
   cluster.Run(10);
