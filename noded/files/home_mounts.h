@@ -4,7 +4,9 @@
 // This node's own entry is a bind mount of its export root, which homefs makes on its
 // entry (no FUSE in the way of local jobs). A homefs that never mounts (no FUSE here)
 // leaves /mosix/home/<self> as the bind alone; one that dies after mounting is detached
-// and started again. Everything runs on the event loop and nothing in it waits.
+// and started again; an earlier daemon's, still mounted, is detached at start (it serves
+// its open files until they close). Everything runs on the event loop and nothing in it
+// waits.
 #pragma once
 
 #include <uv.h>

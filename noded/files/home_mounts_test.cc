@@ -4,6 +4,7 @@
 // told the list; one that never mounts leaves this node's own tree bound alone.
 #include "home_mounts.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 #include <thread>
 
 #include "error.h"
+#include "mount.h"
 #include "scratch_dir.h"
 
 namespace homeward {
@@ -141,6 +143,27 @@ TEST_F(HomeMountsTest, HomefsThatCannotMountLeavesThisNodesOwnTreeAlone) {
   EXPECT_EQ(Count("start"), 1u);  // not started again
   mounts_->Stop();
   EXPECT_FALSE(fs::exists(base_ + "/home/me/mine"));
+}
+
+TEST_F(HomeMountsTest, AnEarlierDaemonsMountsAreDetachedAtStart) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
+  std::string home = base_ + "/home";
+  fs::create_directories(home);
+  std::vector<Mount> stale;  // detached again at the end, should the test fail
+  for (int i = 0; i < 2; ++i) stale.push_back(Mount::Create("stale", home, "tmpfs", 0, "size=1m"));
+  ASSERT_EQ(MountsAt(home), 2);
+  std::ofstream(home + "/held") << "x";
+  int held = ::open((home + "/held").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(held, 0);
+  Make(false);
+  mounts_->Start();
+  EXPECT_EQ(MountsAt(home), 0);
+  // What was open there stays readable.
+  char c = 0;
+  EXPECT_EQ(::read(held, &c, 1), 1);
+  EXPECT_EQ(c, 'x');
+  ::close(held);
+  ASSERT_TRUE(RunUntilLogged("# live nodes\n"));
 }
 
 }  // namespace

@@ -6,6 +6,13 @@
 
 namespace homeward {
 
+// How many mounts are stacked at `target`, as /proc/self/mountinfo lists them (read
+// from the kernel's table: nothing on the mounts themselves is touched, so a hung FUSE
+// mount cannot block the count).
+int MountsAt(const std::string& target);
+// Lazily detaches (MNT_DETACH) every mount stacked at `target`; returns how many.
+int DetachAll(const std::string& target);
+
 class Mount {
  public:
   Mount() = default;
