@@ -253,6 +253,23 @@ TEST(Membership, ThreeNodesJoinThroughOneSeed) {
   }
 }
 
+// How many datagrams one round of `m` sends to `seed`.
+long KnocksAt(Membership& m, const Endpoint& seed, int64_t now) {
+  std::vector<Outgoing> out;
+  m.Tick(now, &out);
+  return std::count_if(out.begin(), out.end(), [&](const Outgoing& o) { return o.to == seed; });
+}
+
+// `m` hears from node `name` (address n) of `cluster`.
+void HearFrom(Membership& m, const std::string& name, int n, const std::string& cluster,
+              int64_t now) {
+  GossipMessage message;
+  message.sender = Record(name, n);
+  message.sender.cluster = cluster;
+  std::vector<Outgoing> replies;
+  m.Receive(message, message.sender.gossip_endpoint(), now, &replies);
+}
+
 TEST(Membership, APartnershipRingKnocksAtItsSeedsUntilAPartnerNodeIsAlive) {
   MembershipOptions options = Options();
   options.seek_cluster = "b";
@@ -261,25 +278,12 @@ TEST(Membership, APartnershipRingKnocksAtItsSeedsUntilAPartnerNodeIsAlive) {
   Membership m(self, options, 1);
   Endpoint partner_seed{"10.0.0.9", 4700};
   m.AddSeed(partner_seed);
-  auto knocks = [&](int64_t now) {
-    std::vector<Outgoing> out;
-    m.Tick(now, &out);
-    return std::count_if(out.begin(), out.end(),
-                         [&](const Outgoing& o) { return o.to == partner_seed; });
-  };
-  EXPECT_EQ(knocks(100), 1);
+  EXPECT_EQ(KnocksAt(m, partner_seed, 100), 1);
   // A live node of its own cluster is not what the ring is for: it knocks on.
-  GossipMessage from_a2;
-  from_a2.sender = Record("a2", 2);
-  from_a2.sender.cluster = "a";
-  std::vector<Outgoing> replies;
-  m.Receive(from_a2, from_a2.sender.gossip_endpoint(), 150, &replies);
-  EXPECT_EQ(knocks(200), 1);
-  GossipMessage from_b1;
-  from_b1.sender = Record("b1", 3);
-  from_b1.sender.cluster = "b";
-  m.Receive(from_b1, from_b1.sender.gossip_endpoint(), 250, &replies);
-  EXPECT_EQ(knocks(300), 0);
+  HearFrom(m, "a2", 2, "a", 150);
+  EXPECT_EQ(KnocksAt(m, partner_seed, 200), 1);
+  HearFrom(m, "b1", 3, "b", 250);
+  EXPECT_EQ(KnocksAt(m, partner_seed, 300), 0);
 }
 
 TEST(Membership, KnocksAtItsSeedsUntilItKnowsANodeOfItsOwnCluster) {
@@ -289,23 +293,11 @@ TEST(Membership, KnocksAtItsSeedsUntilItKnowsANodeOfItsOwnCluster) {
   Membership m(self, Options(), 1);
   Endpoint seed{"10.0.0.9", 4700};
   m.AddSeed(seed);
-  auto knocks = [&](int64_t now) {
-    std::vector<Outgoing> out;
-    m.Tick(now, &out);
-    return std::count_if(out.begin(), out.end(), [&](const Outgoing& o) { return o.to == seed; });
-  };
-  EXPECT_EQ(knocks(100), 1);
-  std::vector<Outgoing> replies;
-  GossipMessage from_b1;
-  from_b1.sender = Record("b1", 3);
-  from_b1.sender.cluster = "b";
-  m.Receive(from_b1, from_b1.sender.gossip_endpoint(), 150, &replies);
-  EXPECT_EQ(knocks(200), 1);
-  GossipMessage from_a2;
-  from_a2.sender = Record("a2", 2);
-  from_a2.sender.cluster = "a";
-  m.Receive(from_a2, from_a2.sender.gossip_endpoint(), 250, &replies);
-  EXPECT_EQ(knocks(300), 0);
+  EXPECT_EQ(KnocksAt(m, seed, 100), 1);
+  HearFrom(m, "b1", 3, "b", 150);
+  EXPECT_EQ(KnocksAt(m, seed, 200), 1);
+  HearFrom(m, "a2", 2, "a", 250);
+  EXPECT_EQ(KnocksAt(m, seed, 300), 0);
 }
 
 TEST(Membership, SilentNodeIsSuspectedThenDeclaredDeadThenForgotten) {
