@@ -77,12 +77,17 @@ bool InGroup(const std::vector<std::string>& groups, const std::string& group) {
   return std::find(groups.begin(), groups.end(), group) != groups.end();
 }
 
+// A node of a sub-cluster the user (of `groups`) is not in.
+bool OfAnotherGroup(const Node& node, const std::vector<std::string>& groups) {
+  return !node.group.empty() && !InGroup(groups, node.group);
+}
+
 // Where `job` would rather go, best first: 0, a node of this cluster where it would be of
 // the node's own work; 1, one where it would rank below it (another group's node, a node
 // for short jobs once the job has run long); 2, a partner cluster's node.
 int Tier(const Node& node, const Job& job) {
   if (!OwnCluster(node)) return 2;
-  bool other_group = !node.group.empty() && !InGroup(job.groups, node.group);
+  bool other_group = OfAnotherGroup(node, job.groups);
   bool long_there = node.long_job_after_ms > 0 && job.run_ms >= node.long_job_after_ms;
   return other_group || long_there ? 1 : 0;
 }
@@ -116,16 +121,14 @@ double ExpectedShare(const Node& node, double added) {
 std::optional<std::string> BestNode(const std::vector<Node>& nodes, const std::string& self,
                                     uint32_t min_free_mb,
                                     const std::vector<std::string>& user_groups) {
-  auto others_group = [&](const Node& node) {
-    return node.name != self && !node.group.empty() && !InGroup(user_groups, node.group);
-  };
   const Node* best = nullptr;
   double best_share = 0;
   for (int pass = 0; pass < 2 && (!best || best_share < best->speed - kTie); ++pass) {
     for (const Node& node : nodes) {
       if (node.mem_free_mb < min_free_mb) continue;
       if (!node.accepts_guests && node.name != self) continue;
-      if (pass == 0 && others_group(node)) continue;  // the user's own nodes first
+      // The user's own nodes first (its home among them).
+      if (pass == 0 && node.name != self && OfAnotherGroup(node, user_groups)) continue;
       double share = ExpectedShare(node, 1);
       bool better = !best || share > best_share + kTie ||
                     (share > best_share - kTie && node.name == self && best->name != self);

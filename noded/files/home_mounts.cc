@@ -38,11 +38,11 @@ void HomeMounts::Start() {
   std::filesystem::create_directories(HomeDir(), ec);
   if (ec) Fail(ErrorKind::kFailed, "cannot create {}: {}", HomeDir(), ec.message());
   // An earlier daemon's homefs (it crashed, or restarted in place) is still mounted here,
-  // serving the files its guests hold open. Detached, it goes on serving them and exits
-  // once they are closed; new lookups find the homefs started below, not a stack of them.
+  // serving the files its guests hold open. Detached, it goes on serving them; new
+  // lookups find the homefs started below, not a stack of them.
   if (int stale = DetachAll(HomeDir())) {
-    spdlog::info("detached {} earlier mount(s) of {}: an earlier homefs serves the files "
-                 "open there until they close, then exits",
+    spdlog::info("detached {} earlier mount(s) of {}: an earlier homefs still serves the "
+                 "files open there",
                  stale, HomeDir());
   }
   CheckUv(uv_timer_init(loop_, timer_.get()), "homefs timer");

@@ -4,8 +4,8 @@
 // This node's own entry is a bind mount of its export root, which homefs makes on its
 // entry (no FUSE in the way of local jobs). A homefs that never mounts (no FUSE here)
 // leaves /mosix/home/<self> as the bind alone; one that dies after mounting is detached
-// and started again; an earlier daemon's, still mounted, is detached at start (it serves
-// its open files until they close). Everything runs on the event loop and nothing in it
+// and started again; an earlier daemon's, still mounted, is detached at start (it goes on
+// serving the files open there). Everything runs on the event loop and nothing in it
 // waits.
 #pragma once
 

@@ -103,7 +103,7 @@ std::string JobRegistry::Place(const JobLaunch& launch, const std::string& where
     }
   }
   std::optional<std::string> chosen =
-      balance::BestNode(nodes, config_.name, need, UserGroupNames(launch.identity.uid));
+      balance::BestNode(nodes, config_.name, need, user_groups_.Of(launch.identity.uid));
   if (!chosen) {
     auto most = std::max_element(nodes.begin(), nodes.end(),
                                  [](auto& a, auto& b) { return a.mem_free_mb < b.mem_free_mb; });

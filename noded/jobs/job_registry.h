@@ -561,7 +561,8 @@ class JobRegistry {
   std::string init_path_;
   std::string preload_path_;
   balance::PrecedenceRules precedence_;  // [node] group and long_job_s
-  UserGroupCache user_groups_;           // the groups of the jobs' users, for precedence
+  // The groups of the jobs' users, for precedence and placement (a cache: Place is const).
+  mutable UserGroupCache user_groups_;
   std::map<int, HomeJob> jobs_;  // home jobs, by slot
   std::map<uint64_t, std::shared_ptr<Job>> guests_;
   uint64_t next_guest_ = 0;
