@@ -34,6 +34,10 @@ constexpr int kFhGenerationShift = 48;
 // A file opened while the home was silent is opened at the home only when it is read
 // (StaleOpen): its handle holds this in place of a generation, and the local node id.
 constexpr uint64_t kDeferred = 0xFFFF;
+// The kernel retries an open refused with ESTALE at once (a lookup, then the open); a
+// refusal older than this was given up on (the name vanished meanwhile).
+constexpr auto kRetryWindow = std::chrono::seconds(1);
+constexpr size_t kMaxRefusedNames = 1024;
 
 bool IsDeferred(uint64_t fh) {
   return (fh >> kFhGenerationShift) == kDeferred;
@@ -443,10 +447,7 @@ fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_
     inode.name = name;
     by_name_[{parent, name}] = ino;
   }
-  if (kernel) {
-    ++inode.lookups;
-    inode.looked_up = std::chrono::steady_clock::now();
-  }
+  if (kernel) ++inode.lookups;
   return ino;
 }
 
@@ -496,13 +497,17 @@ fuse_entry_param Fs::EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const
 }
 
 template <typename Ok>
-void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok, std::function<void(Request&)> stale) {
+void Fs::Call(Request r, std::unique_ptr<Prepared> p, Ok ok, std::function<void(Request&)> stale,
+              std::function<void(int)> refused) {
   Issue(
       std::make_shared<Request>(std::move(r)), std::shared_ptr<Prepared>(std::move(p)),
-      [ok](Request& r, int err, IncomingMessage* message, uint64_t generation) {
+      [ok, refused](Request& r, int err, IncomingMessage* message, uint64_t generation) {
         if (err != 0) return r.Err(err);
         auto rs = message->Root<schema::ServerMessage>().getResponse();
-        if (rs.getError() != 0) return r.Err(rs.getError());
+        if (rs.getError() != 0) {
+          if (refused) refused(rs.getError());
+          return r.Err(rs.getError());
+        }
         ok(r, rs, generation);
       },
       std::move(stale));
@@ -823,23 +828,26 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
   auto p = Prepare(r, dir ? Op::OPENDIR : Op::OPEN);
   if (!p || !SetNode(r, *p, ino)) return;
   p->rq.setFlags(static_cast<uint32_t>(fi->flags));
+  std::optional<std::pair<fuse_ino_t, std::string>> checked;  // the name sent to check
   if (!dir) {
     // The name this node knows the file by, for the home to check that it still names
     // this file (FileOps::Open in the file service: ESTALE, and the kernel looks the
-    // path up again). Not after an ESTALE: the kernel's second try found this object
-    // again, so it was reached without that name.
-    // Nor right after a lookup gave this object for that name (the kernel's retry after
-    // an ESTALE looks it up first): that answer is as fresh as the check's, and checking
-    // again could refuse a second time while another node renames over the name in a
-    // loop, which the kernel would pass on to the caller.
+    // path up again and opens what it found). The kernel's retry is not checked: it
+    // opens either this object again, reached without that name (a reopen through
+    // /proc of a removed file), or the object its lookup found under the name just now,
+    // as fresh as a check; and a second ESTALE, under a loop of renames on another node,
+    // would reach the caller.
     std::lock_guard lock(mutex_);
     auto it = inodes_.find(ino);
-    if (it != inodes_.end() &&
-        (it->second.refused_stale || std::chrono::steady_clock::now() - it->second.looked_up <
-                                         std::chrono::milliseconds(200))) {
-      it->second.refused_stale = false;
-    } else if (it != inodes_.end() && it->second.parent != 0) {
+    if (it != inodes_.end() && it->second.parent != 0) {
       Inode& inode = it->second;
+      bool retry = inode.refused_stale;
+      inode.refused_stale = false;
+      if (auto refused = refused_names_.find({inode.parent, inode.name});
+          refused != refused_names_.end()) {
+        retry = retry || std::chrono::steady_clock::now() - refused->second < kRetryWindow;
+        refused_names_.erase(refused);
+      }
       uint64_t parent_remote = 0;
       if (inode.parent == root_) {
         parent_remote = 1;
@@ -847,10 +855,11 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
                  parent != inodes_.end() && parent->second.generation == p->generation) {
         parent_remote = parent->second.remote;
       }
-      if (parent_remote != 0) {
+      if (!retry && parent_remote != 0) {
         p->rq.setNode2(parent_remote);
         p->rq.setName2(inode.name);
         inode.refused_stale = true;  // until the home answers the open (Opened)
+        checked = {inode.parent, inode.name};
       }
     }
   }
@@ -882,7 +891,15 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
         if (!dir) Opened(ino, rs, fi);
         r.Open(fi);
       },
-      std::move(stale));
+      std::move(stale), [this, checked](int err) {
+        if (err != ESTALE || !checked) return;
+        std::lock_guard lock(mutex_);
+        if (refused_names_.size() >= kMaxRefusedNames) {
+          auto now = std::chrono::steady_clock::now();
+          std::erase_if(refused_names_, [&](auto& e) { return now - e.second >= kRetryWindow; });
+        }
+        refused_names_[*checked] = std::chrono::steady_clock::now();
+      });
 }
 
 void Fs::ReadDeferred(Request r, fuse_ino_t ino, size_t size, off_t off) {

@@ -148,7 +148,6 @@ class Fs {
     // now); the next one is not checked, so that an object reached without its name
     // (a reopen through /proc of a removed file) still opens.
     bool refused_stale = false;
-    std::chrono::steady_clock::time_point looked_up{};  // the kernel's last lookup of it
   };
   struct Prepared;
   // A file this mount has open: the kernel's handle is a local number, stable across
@@ -183,10 +182,11 @@ class Fs {
   void ForgetRemote(uint64_t remote, uint64_t count, uint64_t generation);
   fuse_entry_param EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const;
   // Sends and, when the home answers without error, runs `ok` on the receiving thread.
-  // `stale`, when given, answers the request from the cache if the home stays silent.
+  // `stale`, when given, answers the request from the cache if the home stays silent;
+  // `refused`, when given, is told the error the home answered with.
   template <typename Ok>
   void Call(Request r, std::unique_ptr<Prepared> p, Ok ok,
-            std::function<void(Request&)> stale = {});
+            std::function<void(Request&)> stale = {}, std::function<void(int)> refused = {});
   // Sends `p`; when its connection breaks first (hard mount), sends it again (Resend).
   void Issue(std::shared_ptr<Request> r, std::shared_ptr<Prepared> p, Handler handler,
              std::function<void(Request&)> stale);
@@ -244,6 +244,10 @@ class Fs {
   std::unordered_map<fuse_ino_t, Inode> inodes_;
   std::map<std::pair<uint64_t, uint64_t>, fuse_ino_t> by_key_;
   std::map<std::pair<fuse_ino_t, std::string>, fuse_ino_t> by_name_;  // parent and name
+  // Names (parent, name) an open was refused by with ESTALE, and when: the next open by
+  // that name is the kernel's retry, through the object its lookup found just now.
+  std::map<std::pair<fuse_ino_t, std::string>, std::chrono::steady_clock::time_point>
+      refused_names_;
   std::optional<struct statvfs> statfs_;
   fuse_ino_t next_ino_;
   struct Notice {

@@ -7,9 +7,11 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -30,6 +32,24 @@ struct FileSession::Node {
   uint64_t nlookup = 0;
   std::pair<uint64_t, uint64_t> key;
   int watch = -1;
+};
+
+// What a directory entry holds: an object, or nothing.
+struct EntryHolds {
+  bool present = false;
+  std::pair<uint64_t, uint64_t> object{};  // (st_dev, st_ino)
+  bool operator==(const EntryHolds&) const = default;
+};
+EntryHolds HeldAt(int dir_fd, const std::string& name);
+
+// A directory entry this client changed a moment ago: what its changes left the entry
+// holding. An event of the entry is the client's own when the entry holds one of those
+// still (the client's view of it), whatever order events and changes come in.
+struct FileSession::OwnEntry {
+  std::chrono::steady_clock::time_point at{};
+  std::vector<EntryHolds> holds;  // oldest first
+  bool pending = false;           // a create's object, known once it is answered
+  bool heard = false;             // an event of it came and was not told
 };
 
 // An open file or directory; held by each request that uses it, like Node.

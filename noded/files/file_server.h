@@ -57,6 +57,8 @@ class WorkerPool {
 };
 
 // One client's view of the export: its looked-up objects and its open files.
+struct EntryHolds;
+
 class FileSession {
  public:
   // How requests for uid 0 are served.
@@ -163,9 +165,22 @@ class FileSession {
   // The watched objects and entries that `events` (inotify's) report changed by others.
   std::set<std::pair<uint64_t, std::string>> ChangedBy(const char* events, size_t size);
   // Remembers that this client itself changes what `request` names, so the notice of its
-  // own change is not sent back to it.
+  // own change is not sent back to it: an object's content or attributes for a moment (an
+  // open and a lock revalidate them), a directory entry by what the change leaves it
+  // holding, so that anyone else's change to that entry meanwhile is still told.
   void MarkOwnChange(schema::FileRequest::Reader request);
-  void MarkOwn(uint64_t node, uint64_t parent = 0, const std::string& name = {});
+  // After `request` was performed: what a create left its entry holding; a failed
+  // request's entries are not its own change.
+  void EndOwnChange(schema::FileRequest::Reader request, schema::FileResponse::Reader response);
+  void MarkOwn(uint64_t node);
+  struct OwnEntry;
+  void MarkOwnEntry(uint64_t dir, const std::string& name, std::optional<EntryHolds> holds);
+  // Whether entry `key` (directory node, name) holds what one of this client's changes
+  // left it holding (mutex_ held).
+  bool HoldsOwn(const std::pair<uint64_t, std::string>& key, const OwnEntry& own);
+  // Whether the event of entry `key` is this client's own change (mutex_ held).
+  bool OwnEntryEvent(const std::pair<uint64_t, std::string>& key,
+                     std::chrono::steady_clock::time_point now);
 
   int root_;
   Root peer_root_;
@@ -193,7 +208,8 @@ class FileSession {
   Notify notify_;
   std::thread watcher_;
   std::unordered_map<int, uint64_t> watches_;  // inotify wd -> node
-  std::map<std::pair<uint64_t, std::string>, std::chrono::steady_clock::time_point> own_;
+  std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> own_;  // by node
+  std::map<std::pair<uint64_t, std::string>, OwnEntry> own_entries_;  // by (dir node, name)
   uint64_t next_handle_ = 1;
 };
 

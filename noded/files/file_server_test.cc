@@ -9,7 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -314,6 +316,92 @@ TEST_F(FileSessionTest, ForgetRacesReads) {
 
 // A connection served end to end: pipelined requests (some run on the pool) are all
 // answered, and Serve returns once the peer has closed and the last reply is written.
+// The change notices one client hears (FileSession::Watch), by entry name ("" for an
+// object's own change), waited for as the watcher thread sends them.
+class Notices {
+ public:
+  explicit Notices(FileSession& session) {
+    session.Watch([this](uint64_t, uint64_t, const std::string& name) {
+      std::lock_guard lock(mutex_);
+      names_.push_back(name);
+      changed_.notify_all();
+    });
+  }
+  // Every name heard up to and with `last`, which a local process changed after the
+  // changes under test: notices come in order, so what is not heard by then never is.
+  std::vector<std::string> Until(const std::string& last) {
+    std::unique_lock lock(mutex_);
+    bool heard = changed_.wait_for(lock, std::chrono::seconds(30), [&] {
+      return std::find(names_.begin(), names_.end(), last) != names_.end();
+    });
+    EXPECT_TRUE(heard) << "no notice of " << last;
+    return names_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<std::string> names_;
+};
+
+TEST_F(FileSessionTest, AClientsOwnNameChangesAreNotToldBack) {
+  Notices heard(*session_);
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  ASSERT_EQ(dir.error, 0);
+  ASSERT_EQ(Call(Op::CREATE, dir.node, "tmp", [](auto rq) {
+              rq.setFlags(O_WRONLY);
+              rq.setMode(S_IFREG | 0644);
+            }).error, 0);
+  ASSERT_EQ(Call(Op::RENAME, dir.node, "tmp", [&](auto rq) {
+              rq.setNode2(dir.node);
+              rq.setName2("target");
+            }).error, 0);
+  ASSERT_EQ(Call(Op::UNLINK, dir.node, "file").error, 0);
+  std::ofstream(base_ + "/export/dir/marker") << "x";
+  auto names = heard.Until("marker");
+  for (const char* own : {"tmp", "target", "file"}) {
+    EXPECT_EQ(std::count(names.begin(), names.end(), own), 0) << own;
+  }
+}
+
+// Two nodes write a file each and rename it over the same name: each must hear of the
+// other's rename, however soon after its own it came, or it keeps a name that no longer
+// holds the file it names (the entry stays cached for entry_timeout).
+TEST_F(FileSessionTest, AnotherClientsChangeOfAnEntryJustChangedIsTold) {
+  FileSession other(root_.get(), FileSession::Root::kTrust);
+  Notices heard(*session_);
+  Notices other_heard(other);
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  auto other_dir = Call(Op::LOOKUP, 1, "dir", {}, &other);
+  ASSERT_EQ(dir.error, 0);
+  ASSERT_EQ(other_dir.error, 0);
+  auto rename = [](uint64_t dir_node) {
+    return [dir_node](schema::FileRequest::Builder rq) {
+      rq.setNode2(dir_node);
+      rq.setName2("target");
+    };
+  };
+  auto create = [](schema::FileRequest::Builder rq) {
+    rq.setFlags(O_WRONLY);
+    rq.setMode(S_IFREG | 0644);
+  };
+  ASSERT_EQ(Call(Op::CREATE, dir.node, "mine", create).error, 0);
+  ASSERT_EQ(Call(Op::CREATE, other_dir.node, "theirs", create, &other).error, 0);
+  ASSERT_EQ(Call(Op::RENAME, dir.node, "mine", rename(dir.node)).error, 0);
+  ASSERT_EQ(Call(Op::RENAME, other_dir.node, "theirs", rename(other_dir.node), &other).error, 0);
+  // A failed change is no change of one's own: another's change of that name is told.
+  ASSERT_EQ(Call(Op::UNLINK, dir.node, "gone").error, ENOENT);
+  std::ofstream(base_ + "/export/dir/gone") << "x";
+  std::ofstream(base_ + "/export/dir/marker") << "x";
+  auto names = heard.Until("marker");
+  // (Told once or twice: its own rename's event may be read when the name is theirs.)
+  EXPECT_GE(std::count(names.begin(), names.end(), "target"), 1);
+  EXPECT_GE(std::count(names.begin(), names.end(), "gone"), 1);
+  EXPECT_EQ(std::count(names.begin(), names.end(), "mine"), 0);
+  names = other_heard.Until("marker");
+  EXPECT_EQ(std::count(names.begin(), names.end(), "theirs"), 0);
+}
+
 TEST_F(FileSessionTest, ServeAnswersEveryRequestThenEnds) {
   FileServer server(base_ + "/export", 2, FileSession::Root::kTrust);
   int sv[2];

@@ -234,6 +234,7 @@ bool FileSession::Handle(schema::FileRequest::Reader request,
                  e.what());
     response.setError(EIO);
   }
+  if (inotify_.valid()) EndOwnChange(request, response.asReader());
   return true;
 }
 
@@ -452,9 +453,11 @@ void FileSession::Dispatch(schema::FileRequest::Reader rq, schema::FileResponse:
   throw OpError{ENOSYS};  // an op code this server does not know
 }
 
-void FileSession::MarkOwnChange(schema::FileRequest::Reader rq) {
+namespace {
+
+// The directory entries (directory node, name) a request changes.
+std::vector<std::pair<uint64_t, std::string>> EntriesChangedBy(schema::FileRequest::Reader rq) {
   using Op = schema::FileOp;
-  std::string name = rq.getName();
   switch (rq.getOp()) {
     case Op::MKNOD:
     case Op::MKDIR:
@@ -462,16 +465,55 @@ void FileSession::MarkOwnChange(schema::FileRequest::Reader rq) {
     case Op::RMDIR:
     case Op::SYMLINK:
     case Op::CREATE:
-      MarkOwn(rq.getNode());
-      MarkOwn(0, rq.getNode(), name);
-      break;
+      return {{rq.getNode(), rq.getName()}};
     case Op::RENAME:
-      MarkOwn(0, rq.getNode(), name);
-      MarkOwn(0, rq.getNode2(), rq.getName2());
+      return {{rq.getNode(), rq.getName()}, {rq.getNode2(), rq.getName2()}};
+    case Op::LINK:
+      return {{rq.getNode2(), rq.getName2()}};
+    default:
+      return {};
+  }
+}
+
+}  // namespace
+
+EntryHolds HeldAt(int dir_fd, const std::string& name) {
+  struct stat st;
+  if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return {};
+  return {true, {st.st_dev, st.st_ino}};
+}
+
+void FileSession::MarkOwnChange(schema::FileRequest::Reader rq) {
+  using Op = schema::FileOp;
+  std::string name = rq.getName();
+  switch (rq.getOp()) {
+    case Op::MKNOD:
+    case Op::MKDIR:
+    case Op::SYMLINK:
+    case Op::CREATE:
+      MarkOwn(rq.getNode());
+      MarkOwnEntry(rq.getNode(), name, std::nullopt);
       break;
+    case Op::UNLINK:
+    case Op::RMDIR:
+      MarkOwn(rq.getNode());
+      MarkOwnEntry(rq.getNode(), name, EntryHolds{});
+      break;
+    case Op::RENAME: {
+      // The entries end up holding what the other held before (an exchange), or the
+      // source's object and nothing.
+      std::string name2 = rq.getName2();
+      CheckName(name);
+      CheckName(name2);
+      EntryHolds from = HeldAt(GetNode(rq.getNode())->fd.get(), name);
+      EntryHolds to = HeldAt(GetNode(rq.getNode2())->fd.get(), name2);
+      MarkOwnEntry(rq.getNode(), name, rq.getFlags() & RENAME_EXCHANGE ? to : EntryHolds{});
+      MarkOwnEntry(rq.getNode2(), name2, from);
+      break;
+    }
     case Op::LINK:
       MarkOwn(rq.getNode());
-      MarkOwn(0, rq.getNode2(), rq.getName2());
+      MarkOwnEntry(rq.getNode2(), rq.getName2(), EntryHolds{true, GetNode(rq.getNode())->key});
       break;
     case Op::SETATTR:
     case Op::SETXATTR:
@@ -487,11 +529,80 @@ void FileSession::MarkOwnChange(schema::FileRequest::Reader rq) {
   }
 }
 
-void FileSession::MarkOwn(uint64_t node, uint64_t parent, const std::string& name) {
+void FileSession::EndOwnChange(schema::FileRequest::Reader rq,
+                               schema::FileResponse::Reader rs) {
+  std::vector<std::pair<uint64_t, std::string>> tell;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& key : EntriesChangedBy(rq)) {
+      auto it = own_entries_.find(key);
+      if (it == own_entries_.end()) continue;
+      OwnEntry& own = it->second;
+      if (rs.getError() != 0) {
+        // Nothing was changed: an event heard meanwhile may have been someone else's.
+        if (own.heard) tell.push_back(key);
+        own_entries_.erase(it);
+      } else if (own.pending) {
+        own.pending = false;
+        own.at = std::chrono::steady_clock::now();
+        EntryHolds made;
+        if (rs.hasEntry()) {
+          made = {true, {rs.getEntry().getAttr().getDev(), rs.getEntry().getAttr().getIno()}};
+        }
+        own.holds.push_back(made);
+        if (own.heard && !HoldsOwn(key, own)) tell.push_back(key);  // changed by another since
+      }
+    }
+  }
+  for (const auto& [dir, name] : tell) {
+    try {
+      notify_(0, dir, name);
+    } catch (const std::exception& e) {
+      spdlog::debug("file service: notice not sent: {}", e.what());
+    }
+  }
+}
+
+void FileSession::MarkOwn(uint64_t node) {
   auto now = std::chrono::steady_clock::now();
   std::lock_guard lock(mutex_);
   if (own_.size() > 100000) own_.clear();
-  own_[{node ? node : parent, node ? std::string() : name}] = now;
+  own_[node] = now;
+}
+
+void FileSession::MarkOwnEntry(uint64_t dir, const std::string& name,
+                               std::optional<EntryHolds> holds) {
+  constexpr size_t kKept = 8;  // states of one entry within the window
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex_);
+  if (own_entries_.size() > 100000) own_entries_.clear();
+  OwnEntry& own = own_entries_[{dir, name}];
+  if (!own.pending && now - own.at >= kOwnChangeWindow) own = OwnEntry{};
+  own.at = now;
+  if (holds) {
+    if (own.holds.size() == kKept) own.holds.erase(own.holds.begin());
+    own.holds.push_back(*holds);
+  } else {
+    own.pending = true;
+  }
+}
+
+bool FileSession::HoldsOwn(const std::pair<uint64_t, std::string>& key, const OwnEntry& own) {
+  auto dir = nodes_.find(key.first);
+  if (dir == nodes_.end()) return false;
+  EntryHolds now = HeldAt(dir->second->fd.get(), key.second);
+  return std::find(own.holds.begin(), own.holds.end(), now) != own.holds.end();
+}
+
+bool FileSession::OwnEntryEvent(const std::pair<uint64_t, std::string>& key,
+                                std::chrono::steady_clock::time_point now) {
+  auto it = own_entries_.find(key);
+  if (it == own_entries_.end()) return false;
+  OwnEntry& own = it->second;
+  // A create in flight: checked when it is answered (EndOwnChange).
+  if (!own.pending && (now - own.at >= kOwnChangeWindow || !HoldsOwn(key, own))) return false;
+  own.heard = true;
+  return true;
 }
 
 void FileSession::Watch(Notify notify) {
@@ -528,13 +639,18 @@ std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* ev
     constexpr uint32_t kNameChanges = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO;
     if (event->len && !(event->mask & kNameChanges)) continue;
     std::pair<uint64_t, std::string> key{it->second, event->len ? event->name : ""};
-    auto own = own_.find(key);
-    if (own != own_.end() && now - own->second < kOwnChangeWindow) continue;
+    if (event->len) {
+      if (OwnEntryEvent(key, now)) continue;
+    } else if (auto own = own_.find(key.first);
+               own != own_.end() && now - own->second < kOwnChangeWindow) {
+      continue;
+    }
     changed.insert(key);
   }
-  for (auto it = own_.begin(); it != own_.end();) {
-    it = now - it->second > kOwnChangeWindow ? own_.erase(it) : std::next(it);
-  }
+  std::erase_if(own_, [&](const auto& own) { return now - own.second > kOwnChangeWindow; });
+  std::erase_if(own_entries_, [&](const auto& own) {
+    return now - own.second.at > kOwnChangeWindow && !own.second.pending;
+  });
   return changed;
 }
 
