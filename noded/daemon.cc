@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <tuple>
 
 #include <capnp/message.h>
@@ -438,8 +439,8 @@ std::string FixedWhileRunning(const NodeConfig& now, const NodeConfig& next) {
   return "";
 }
 
-// Whether the node would be in another cluster: another name or key, or other partners
-// (or their keys, or what is shared with them). Guests and jobs away then cannot stay.
+// Whether the node would be in another cluster (another name or key) or share with other
+// partners (or with their keys, or what is shared with them).
 bool ClusterChanges(const NodeConfig& now, const NodeConfig& next) {
   auto partners = [](const NodeConfig& config) {
     std::vector<std::tuple<std::string, std::vector<uint8_t>, bool, bool>> list;
@@ -449,6 +450,26 @@ bool ClusterChanges(const NodeConfig& now, const NodeConfig& next) {
   };
   return now.cluster != next.cluster || now.cluster_key != next.cluster_key ||
          partners(now) != partners(next);
+}
+
+// What may run on across a reload: nothing across clusters when the node moves to another
+// cluster (its old cluster's nodes would no longer know it, nor it them); when only the
+// partnerships change, jobs of and on this cluster's nodes, and those of and on a partner
+// still shared with that way, under the same key.
+JobRegistry::VacateRules StaysAcross(const NodeConfig& now, const NodeConfig& next) {
+  if (now.cluster != next.cluster || now.cluster_key != next.cluster_key) return {};
+  auto shared = [&now, &next](bool PartnerConfig::*way) {
+    std::set<std::string> clusters{now.cluster};
+    for (const PartnerConfig& before : now.partners) {
+      for (const PartnerConfig& after : next.partners) {
+        if (before.name == after.name && before.key == after.key && before.*way && after.*way) {
+          clusters.insert(after.name);
+        }
+      }
+    }
+    return [clusters](const std::string& cluster) { return clusters.count(cluster) > 0; };
+  };
+  return {shared(&PartnerConfig::accept), shared(&PartnerConfig::send)};
 }
 
 }  // namespace
@@ -511,9 +532,16 @@ void Daemon::Reload(ReplySender reply) {
     reply.Send(message);
     return;
   }
-  spdlog::info("reload: node {} moves from cluster {} to {}: its guests go, its jobs come home",
-               config_.name, config_.cluster, next->cluster);
-  jobs_.Vacate(std::move(reply), finish);
+  auto stays = StaysAcross(config_, *next);
+  if (stays.guest_stays) {
+    spdlog::info("reload: node {} shares with other partners: guests of clusters it no longer "
+                 "accepts go, its jobs on clusters it no longer sends to come home",
+                 config_.name);
+  } else {
+    spdlog::info("reload: node {} moves from cluster {} to {}: its guests go, its jobs come home",
+                 config_.name, config_.cluster, next->cluster);
+  }
+  jobs_.Vacate(std::move(reply), finish, std::move(stays));
 }
 
 void Daemon::RestartInPlace() {

@@ -220,18 +220,26 @@ void JobRegistry::Admin(schema::AdminRequest::Reader request, ReplySender reply)
   run->AllStarted();
 }
 
-void JobRegistry::Vacate(ReplySender reply, VacateFinish finish) {
+void JobRegistry::Vacate(ReplySender reply, VacateFinish finish, VacateRules stays) {
   bool was_blocked = blocked_;
   blocked_ = true;
   vacating_ = true;
   if (on_change_) on_change_();
   auto run = std::make_shared<AdminRun>(
       std::move(reply), true, left_,
-      [this, was_blocked, finish = std::move(finish)](schema::AdminReport::Builder report) {
+      [this, was_blocked, stays, finish = std::move(finish)](schema::AdminReport::Builder report) {
         vacating_ = false;
-        bool clear = guests_.empty() &&
-                     std::none_of(jobs_.begin(), jobs_.end(),
-                                  [](const auto& entry) { return entry.second.away != nullptr; });
+        bool clear =
+            std::all_of(guests_.begin(), guests_.end(),
+                        [&](const auto& guest) {
+                          return stays.guest_stays &&
+                                 stays.guest_stays(HomeCluster(*guest.second));
+                        }) &&
+            std::all_of(jobs_.begin(), jobs_.end(), [&](const auto& entry) {
+              const auto& away = entry.second.away;
+              return !away || away->frozen ||  // frozen at home: continued after the restart
+                     (stays.away_stays && stays.away_stays(AwayCluster(*away)));
+            });
         if (!clear) {
           blocked_ = was_blocked;
           if (on_change_) on_change_();
@@ -239,9 +247,19 @@ void JobRegistry::Vacate(ReplySender reply, VacateFinish finish) {
         report.setBlocked(blocked_);
         finish(clear, report);
       });
-  ExpelGuests(run);
-  BringJobsHome(run);
+  ExpelGuests(run, stays.guest_stays);
+  BringJobsHome(run, stays.away_stays);
   run->AllStarted();
+}
+
+std::string JobRegistry::HomeCluster(const Job& guest) const {
+  const std::string& cluster = guest.launch().home_cluster;
+  return cluster.empty() ? config_.cluster : cluster;
+}
+
+std::string JobRegistry::AwayCluster(const Away& away) const {
+  auto known = nodes_ ? nodes_->Find(away.where()) : std::nullopt;
+  return known && !known->cluster.empty() ? known->cluster : config_.cluster;
 }
 
 bool JobRegistry::OutputOwed() const {
@@ -250,10 +268,12 @@ bool JobRegistry::OutputOwed() const {
   });
 }
 
-void JobRegistry::ExpelGuests(const std::shared_ptr<AdminRun>& run) {
+void JobRegistry::ExpelGuests(const std::shared_ptr<AdminRun>& run, const ClusterStays& stays) {
   // Every guest goes home; one whose home cannot take it goes to the best other node.
   std::vector<std::shared_ptr<Job>> guests;
-  for (auto& [id, job] : guests_) guests.push_back(job);
+  for (auto& [id, job] : guests_) {
+    if (!stays || !stays(HomeCluster(*job))) guests.push_back(job);
+  }
   for (auto& job : guests) {
     std::string home = job->launch().home;
     pid_t home_pid = job->home_pid();
@@ -280,9 +300,10 @@ void JobRegistry::ExpelGuests(const std::shared_ptr<AdminRun>& run) {
   }
 }
 
-void JobRegistry::BringJobsHome(const std::shared_ptr<AdminRun>& run) {
+void JobRegistry::BringJobsHome(const std::shared_ptr<AdminRun>& run, const ClusterStays& stays) {
   for (auto& [slot, entry] : jobs_) {
     if (!entry.away || entry.away->frozen) continue;
+    if (stays && stays(AwayCluster(*entry.away))) continue;
     auto away = entry.away;
     std::string from = away->where();
     pid_t home_pid = away->home_pid();

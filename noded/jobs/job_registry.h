@@ -114,8 +114,16 @@ class JobRegistry {
   // `reply` with the moves' report. `finish` is called before the report goes, with
   // whether the node is clear (no guest here, no job of its away); it fills in the rest
   // of the report. A node not clear takes guests and moves jobs again as before.
+  // `stays`, when given, keeps what runs across clusters it names (a reload that changes
+  // only partnerships): a guest whose home's cluster it names, a job away on a node of
+  // one; "clear" then means nothing else is left.
   using VacateFinish = std::function<void(bool clear, schema::AdminReport::Builder report)>;
-  void Vacate(ReplySender reply, VacateFinish finish);
+  using ClusterStays = std::function<bool(const std::string& cluster)>;
+  struct VacateRules {
+    ClusterStays guest_stays;  // by its home's cluster
+    ClusterStays away_stays;   // by the cluster of the node it runs on
+  };
+  void Vacate(ReplySender reply, VacateFinish finish, VacateRules stays = {});
   // Whether a job that came home still waits for the output its old node owed mosrun: a
   // restart now would cut that node's relay (and the output with it).
   bool OutputOwed() const;
@@ -398,8 +406,12 @@ class JobRegistry {
   // after it left the cluster (mosctl leave), to continue by itself when room appears.
   void Freeze(int slot, std::shared_ptr<Job> job, MoveDone done, bool waits_for_room = false);
   // mosctl's expel and bring, each move reported to `run`.
-  void ExpelGuests(const std::shared_ptr<AdminRun>& run);
-  void BringJobsHome(const std::shared_ptr<AdminRun>& run);
+  // Every guest goes, and every job away comes home, but those `stays` keeps.
+  void ExpelGuests(const std::shared_ptr<AdminRun>& run, const ClusterStays& stays = {});
+  void BringJobsHome(const std::shared_ptr<AdminRun>& run, const ClusterStays& stays = {});
+  // The cluster of a guest's home, and of the node a job away runs on.
+  std::string HomeCluster(const Job& guest) const;
+  std::string AwayCluster(const Away& away) const;
   // Room at home after mosctl leave (job_room.cc), each second: while more jobs run here
   // (this home's and guests) than the node has cores, the job brought home last is
   // frozen to disk; while there is a core free, the job frozen so first is continued,

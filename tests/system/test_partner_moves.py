@@ -5,7 +5,9 @@ on its standard input, is moved by hand (mosmigrate) to b1: it runs there on its
 files, reached with the partnership's key, and still sees a1 as its host. Its home moves it
 on to b2, within b, and then home. A move to c1 is refused at once with the reason, and the
 job stays. Every line the job was fed is in its output, once and in order. A user holding a
-copy of the a-b key cannot make a1 take a job whose home is not one of b's nodes."""
+copy of the a-b key cannot make a1 take a job whose home is not one of b's nodes.
+A partnership changed at run time (`mosctl reload`): a new priority keeps a's job on b1,
+blocking a sends it home."""
 
 import os
 import unittest
@@ -18,6 +20,37 @@ SETTINGS = ["gossip.interval_ms=200", "gossip.suspect_ms=1000", "gossip.dead_ms=
 WAIT_S = 60  # generous: the machine is shared and noisy
 
 READER = harness.LINE_LOGGER
+
+
+class FedJob:
+    """An ordinary user's job of a1 that logs every line it is fed, with where a1 says it
+    runs; `end` closes its input and checks that every line fed is logged, once, in order."""
+
+    def __init__(self, test, a, user):
+        self.test, self.a = test, a
+        self.work, self.writer, self.pid = harness.start_fed_job(test, a, user, "fed", READER,
+                                                                 "", home="a1")
+        self.log = os.path.join(self.work, "log")
+        self.fed = []
+
+    def feed(self, line):
+        self.fed.append(f"{line} a1")
+        self.writer.write(line + "\n")
+        self.writer.flush()
+        self.a.wait_for(lambda: harness.read_text(self.log) == self.logged(), WAIT_S,
+                        f"the job to log {line!r}")
+
+    def logged(self):
+        return "".join(f + "\n" for f in self.fed)
+
+    def where(self):
+        return next(j["where"] for j in harness.jobs(self.a, "a1") if j["pid"] == self.pid)
+
+    def end(self):
+        self.writer.close()
+        self.a.wait_for(lambda: harness.read_text(os.path.join(self.work, "status")) == "0\n",
+                        WAIT_S, "the job to end")
+        self.test.assertEqual(harness.read_text(self.log), self.logged() + "done\n")
 
 
 class PartnerMovesTest(unittest.TestCase):
@@ -45,20 +78,8 @@ class PartnerMovesTest(unittest.TestCase):
                            WAIT_S, "a1's files to be listed on b1")
                 self.assertEqual(c.run("c1", "ls", "/mosix/home").stdout.split(), ["c1"])
 
-                work, writer, pid = harness.start_fed_job(self, a, user, "fed", READER, "",
-                                                          home="a1")
-                log = os.path.join(work, "log")
-                fed = []
-
-                def feed(line):
-                    fed.append(f"{line} a1")
-                    writer.write(line + "\n")
-                    writer.flush()
-                    a.wait_for(lambda: harness.read_text(log) == "".join(f + "\n" for f in fed),
-                               WAIT_S, f"the job to log {line!r}")
-
-                def where():
-                    return next(j["where"] for j in harness.jobs(a, "a1") if j["pid"] == pid)
+                fed_job = FedJob(self, a, user)
+                work, pid, feed, where = fed_job.work, fed_job.pid, fed_job.feed, fed_job.where
 
                 def migrate(target):
                     return a.run("a1", "runuser", "-u", user, "--", "mosmigrate", str(pid),
@@ -101,11 +122,63 @@ class PartnerMovesTest(unittest.TestCase):
 
                 self.check_forged_homes(a, b, user, ab, work, pid)
 
-                writer.close()
-                a.wait_for(lambda: harness.read_text(os.path.join(work, "status")) == "0\n",
-                           WAIT_S, "the job to end")
-                self.assertEqual(harness.read_text(log),
-                                 "".join(f + "\n" for f in fed) + "done\n")
+                fed_job.end()
+
+    def test_a_partnership_changed_at_run_time(self):
+        """b's administrator changes what b shares with a while a's job runs on b1: a new
+        priority for a's jobs keeps the job on b1 across b1's restart; blocking a (accept =
+        false) sends it home. Its output is whole."""
+        user = harness.user_for(self, "hwpc").pw_name
+        ab = harness.partnership_key("a-b.key")
+        with harness.LoopCluster(1, prefix="a", settings=SETTINGS + ["cluster.name=a"],
+                                 partners=[f"name=b,key_file={ab}"]) as a:
+            a1 = a.node("a1")["address"]
+            with harness.LoopCluster(1, prefix="b", settings=SETTINGS + ["cluster.name=b"],
+                                     partners=[f"name=a,key_file={ab},seeds={a1}"]) as b:
+                a.wait_for(lambda: harness.alive_by_cluster(a, "a1") == {"a": ["a1"],
+                                                                         "b": ["b1"]},
+                           WAIT_S, "a1 to see b1")
+                b.wait_for(lambda: "a1" in b.run("b1", "ls", "/mosix/home").stdout.split(),
+                           WAIT_S, "a1's files to be listed on b1")
+                fed_job = FedJob(self, a, user)
+                pid, feed, where = fed_job.pid, fed_job.feed, fed_job.where
+
+                feed("at-home")
+                moved = a.run("a1", "runuser", "-u", user, "--", "mosmigrate", str(pid), "b1",
+                              check=False)
+                self.assertEqual(moved.returncode, 0, moved.stderr)
+                a.wait_for(lambda: where() == "b1", WAIT_S, "the job to run on b1")
+                b.wait_for(lambda: [j["home"] for j in harness.jobs(b, "b1")] == ["a1"],
+                           WAIT_S, "b1 to list a1's job as its guest")
+                feed("on-b1")
+
+                config = b.node("b1")["config"]
+                with open(config) as f:
+                    self.assertTrue(f.read().rstrip().splitlines()[-1].startswith("seeds"),
+                                    "b1's [[partner]] table is its config's last")
+                # Another priority for a's jobs: b still takes them; the guest stays.
+                with open(config, "a") as f:
+                    f.write("priority = 50\n")
+                reloaded = b.run("b1", "mosctl", "reload", check=False, timeout=180)
+                self.assertEqual(reloaded.returncode, 0, reloaded.stdout + reloaded.stderr)
+                self.assertIn("node b1 runs again, in cluster b", reloaded.stdout)
+                self.assertNotIn("moved", reloaded.stdout)
+                b.wait_for(lambda: [j["home"] for j in harness.jobs(b, "b1")] == ["a1"],
+                           WAIT_S, "the restarted b1 to list a1's job again")
+                self.assertEqual(where(), "b1")
+                feed("stayed-on-b1")
+
+                # b takes no more of a's jobs: the guest goes home first.
+                with open(config, "a") as f:
+                    f.write("accept = false\n")
+                reloaded = b.run("b1", "mosctl", "reload", check=False, timeout=180)
+                self.assertEqual(reloaded.returncode, 0, reloaded.stdout + reloaded.stderr)
+                self.assertRegex(reloaded.stdout, rf"moved +job {pid} \(home a1\) b1 -> a1")
+                a.wait_for(lambda: where() == "a1", WAIT_S, "the job to be home")
+                self.assertEqual(harness.jobs(b, "b1"), [])
+                feed("home-again")
+
+                fed_job.end()
 
     def check_forged_homes(self, a, b, user, key, work, pid):
         """A partnership's key speaks for its partner's nodes only: b's node, offering a1 a
