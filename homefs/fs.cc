@@ -135,6 +135,10 @@ bool Fs::Idle() {
   return notices_.idle() && resends_.idle();
 }
 
+bool Fs::MayAnswerFromCache(Request& r) {
+  return fuse_req_ctx(r.get())->uid == 0;
+}
+
 std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
   auto p = std::make_unique<Prepared>();
   // Hard mount: waits for the home as long as it takes, unless the caller is interrupted.
@@ -636,7 +640,9 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
     known = by_name_.count({parent, name}) > 0;
   }
   std::function<void(Request&)> stale;
-  if (known) stale = [this, parent, name](Request& r) { StaleLookup(r, parent, name); };
+  if (known && MayAnswerFromCache(r)) {
+    stale = [this, parent, name](Request& r) { StaleLookup(r, parent, name); };
+  }
   Issue(
       std::make_shared<Request>(std::move(r)), std::shared_ptr<Prepared>(std::move(p)),
       [this, parent, name](Request& r, int err, IncomingMessage* message, uint64_t generation) {
@@ -677,7 +683,7 @@ void Fs::Getattr(Request r, fuse_ino_t ino, fuse_file_info* fi) {
   if (!p || !SetNode(r, *p, ino)) return;
   (void)fi;  // the node's own descriptor answers as well as the open file's
   std::function<void(Request&)> stale;
-  if (auto cached = CachedAttr(ino)) {
+  if (auto cached = CachedAttr(ino); cached && MayAnswerFromCache(r)) {
     stale = [attr = *cached](Request& r) { r.Attr(attr, 1.0); };
   }
   Call(
@@ -868,7 +874,7 @@ void Fs::Open(Request r, fuse_ino_t ino, fuse_file_info* fi, bool dir) {
   // it opens every file the job maps) may open a known file read-only without the home:
   // the kernel's cached pages are kept and a read opens it at the home when it comes.
   std::function<void(Request&)> stale;
-  if (!dir && fuse_req_ctx(r.get())->uid == 0 && (fi->flags & O_ACCMODE) == O_RDONLY &&
+  if (!dir && MayAnswerFromCache(r) && (fi->flags & O_ACCMODE) == O_RDONLY &&
       !(fi->flags & (O_TRUNC | O_CREAT)) && CachedAttr(ino)) {
     stale = [copy, ino](Request& r) {
       fuse_file_info fi = copy;
@@ -1098,7 +1104,8 @@ void Fs::Statfs(Request r, fuse_ino_t ino) {
     std::lock_guard lock(mutex_);
     if (statfs_) known = *statfs_;
   }
-  std::function<void(Request&)> stale = [known](Request& r) { r.Statfs(known); };
+  std::function<void(Request&)> stale;
+  if (MayAnswerFromCache(r)) stale = [known](Request& r) { r.Statfs(known); };
   Call(
       std::move(r), std::move(p),
       [this](Request& r, auto rs, uint64_t) {

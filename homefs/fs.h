@@ -181,6 +181,11 @@ class Fs {
                    const std::string& name, bool kernel);
   void ForgetRemote(uint64_t remote, uint64_t count, uint64_t generation);
   fuse_entry_param EntryParam(fuse_ino_t ino, schema::Attr::Reader attr) const;
+  // Whether the caller may be answered from the cache while the home is silent: root
+  // only (the node's CRIU dumping a guest past the grace opens and stats the job's files,
+  // and would wait for the link like the job). A user's job waits for the home: a stale
+  // size right after a lock revalidated the file would cut off what the last holder wrote.
+  static bool MayAnswerFromCache(Request& r);
   // Sends and, when the home answers without error, runs `ok` on the receiving thread.
   // `stale`, when given, answers the request from the cache if the home stays silent;
   // `refused`, when given, is told the error the home answered with.

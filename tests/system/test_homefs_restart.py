@@ -6,10 +6,14 @@ open across the restart (one appended to, one read line by line), and programs r
 (`sleep`, `cat`, `wc`) -- while node1's daemon is killed and restarted under it. Calls in
 flight and calls made meanwhile wait and are sent again on the new connection, files held
 open are opened again, and no non-idempotent call is applied twice: no EIO, and stdout,
-stderr and every file are byte for byte those of a run that was never faulted."""
+stderr and every file are byte for byte those of a run that was never faulted.
+While the home's daemon is stopped, root is answered from homefs's cache and a user
+waits for the home."""
 
 import os
 import pwd
+import shlex
+import signal
 
 import harness
 
@@ -90,6 +94,43 @@ class HomefsRestartTest(harness.UserClusterTest):
 
     def steps_done(self, work):
         return read(os.path.join(work, "out")).count(" done\n")
+
+    def test_a_silent_home_answers_root_from_the_cache_and_makes_a_user_wait(self):
+        """While node1's daemon is stopped (silent, its connections up), root's stat on
+        node2 is answered from homefs's cache after 2 s (the node's CRIU must see a guest's
+        files during a cut); an ordinary user's waits for the home and gets the size the
+        file has now: a stale size after a lock or an open would cut off what another
+        node wrote."""
+        self.c.wait_for(lambda: self.c.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                           check=False).returncode == 0,
+                        30, "node2 to mount node1's files")
+        work, inside = self.workdir("silent")
+        grows = os.path.join(work, "grows")
+        with open(grows, "w") as f:
+            f.write("x" * 10)
+        user = pwd.getpwnam(self.user)
+        os.chown(grows, user.pw_uid, user.pw_gid)
+        remote = f"/mosix/home/node1{inside}/grows"
+        stat = ["stat", "--cached=never", "-c", "%s", remote]  # always asks homefs
+        as_user = ["runuser", "-u", self.user, "--", *stat]
+        self.assertEqual(self.c.run("node2", *as_user).stdout, "10\n")
+        # Root has walked the path too (its permission checks read the directories' ACLs,
+        # which no cache answers).
+        self.assertEqual(self.c.run("node2", *stat).stdout, "10\n")
+        with open(grows, "a") as f:
+            f.write("y" * 10)
+        answer = os.path.join(work, "user.size")
+        daemon = self.c.node("node1")["pid"]
+        os.kill(daemon, signal.SIGSTOP)
+        try:
+            self.c.run("node2", "sh", "-c", f"({shlex.join(as_user)} > {answer}.part; "
+                                            f"mv {answer}.part {answer}) >/dev/null 2>&1 &")
+            self.assertEqual(self.c.run("node2", *stat).stdout, "10\n",
+                             "root's stat answered from the cache")
+        finally:
+            os.kill(daemon, signal.SIGCONT)
+        self.c.wait_for(lambda: os.path.exists(answer), 60, "the user's stat to end")
+        self.assertEqual(read(answer), "20\n", "the user's stat, after the home answered")
 
     def test_a_job_away_works_on_its_files_through_a_home_daemon_restart(self):
         self.c.wait_for(lambda: self.c.run("node2", "test", "-d", "/mosix/home/node1/data",
