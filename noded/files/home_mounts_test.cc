@@ -116,7 +116,9 @@ TEST_F(HomeMountsTest, StopReturnsAtOnceAndAStubbornHomefsIsKilledAfterTheGrace)
   mounts_->Stop();
   EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(200));
   uv_run(&loop_, UV_RUN_DEFAULT);  // returns once the grace timer has killed it
-  EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(300));
+  // libuv's loop time is whole milliseconds (truncated): its 300 ms timer may end up to
+  // 1 ms short of 300 ms by this clock (299.7 ms seen under load).
+  EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(299));
   mounts_->PeerUp("a", "127.0.0.1", 1);  // stopped: nothing more is sent
   EXPECT_EQ(Log().find("a 127.0.0.1"), std::string::npos);
 }
