@@ -461,10 +461,9 @@ JobRegistry::VacateRules StaysAcross(const NodeConfig& now, const NodeConfig& ne
   auto shared = [&now, &next](bool PartnerConfig::*way) {
     std::set<std::string> clusters{now.cluster};
     for (const PartnerConfig& before : now.partners) {
-      for (const PartnerConfig& after : next.partners) {
-        if (before.name == after.name && before.key == after.key && before.*way && after.*way) {
-          clusters.insert(after.name);
-        }
+      const PartnerConfig* after = next.Partner(before.name);
+      if (after && before.key == after->key && before.*way && after->*way) {
+        clusters.insert(before.name);
       }
     }
     return [clusters](const std::string& cluster) { return clusters.count(cluster) > 0; };

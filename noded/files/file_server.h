@@ -56,9 +56,9 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
-// One client's view of the export: its looked-up objects and its open files.
 struct EntryHolds;
 
+// One client's view of the export: its looked-up objects and its open files.
 class FileSession {
  public:
   // How requests for uid 0 are served.

@@ -314,8 +314,6 @@ TEST_F(FileSessionTest, ForgetRacesReads) {
   EXPECT_GT(served, 0);
 }
 
-// A connection served end to end: pipelined requests (some run on the pool) are all
-// answered, and Serve returns once the peer has closed and the last reply is written.
 // The change notices one client hears (FileSession::Watch), by entry name ("" for an
 // object's own change), waited for as the watcher thread sends them.
 class Notices {
@@ -402,6 +400,8 @@ TEST_F(FileSessionTest, AnotherClientsChangeOfAnEntryJustChangedIsTold) {
   EXPECT_EQ(std::count(names.begin(), names.end(), "theirs"), 0);
 }
 
+// A connection served end to end: pipelined requests (some run on the pool) are all
+// answered, and Serve returns once the peer has closed and the last reply is written.
 TEST_F(FileSessionTest, ServeAnswersEveryRequestThenEnds) {
   FileServer server(base_ + "/export", 2, FileSession::Root::kTrust);
   int sv[2];

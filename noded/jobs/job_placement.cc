@@ -232,13 +232,12 @@ void JobRegistry::Vacate(ReplySender reply, VacateFinish finish, VacateRules sta
         bool clear =
             std::all_of(guests_.begin(), guests_.end(),
                         [&](const auto& guest) {
-                          return stays.guest_stays &&
-                                 stays.guest_stays(HomeCluster(*guest.second));
+                          return Keeps(stays.guest_stays, ClusterOfHome(guest.second->launch()));
                         }) &&
             std::all_of(jobs_.begin(), jobs_.end(), [&](const auto& entry) {
               const auto& away = entry.second.away;
               return !away || away->frozen ||  // frozen at home: continued after the restart
-                     (stays.away_stays && stays.away_stays(AwayCluster(*away)));
+                     Keeps(stays.away_stays, ClusterOfNode(away->where()));
             });
         if (!clear) {
           blocked_ = was_blocked;
@@ -252,13 +251,12 @@ void JobRegistry::Vacate(ReplySender reply, VacateFinish finish, VacateRules sta
   run->AllStarted();
 }
 
-std::string JobRegistry::HomeCluster(const Job& guest) const {
-  const std::string& cluster = guest.launch().home_cluster;
-  return cluster.empty() ? config_.cluster : cluster;
+std::string JobRegistry::ClusterOfHome(const JobLaunch& launch) const {
+  return launch.home_cluster.empty() ? config_.cluster : launch.home_cluster;
 }
 
-std::string JobRegistry::AwayCluster(const Away& away) const {
-  auto known = nodes_ ? nodes_->Find(away.where()) : std::nullopt;
+std::string JobRegistry::ClusterOfNode(const std::string& node) const {
+  auto known = nodes_ ? nodes_->Find(node) : std::nullopt;
   return known && !known->cluster.empty() ? known->cluster : config_.cluster;
 }
 
@@ -272,7 +270,7 @@ void JobRegistry::ExpelGuests(const std::shared_ptr<AdminRun>& run, const Cluste
   // Every guest goes home; one whose home cannot take it goes to the best other node.
   std::vector<std::shared_ptr<Job>> guests;
   for (auto& [id, job] : guests_) {
-    if (!stays || !stays(HomeCluster(*job))) guests.push_back(job);
+    if (!Keeps(stays, ClusterOfHome(job->launch()))) guests.push_back(job);
   }
   for (auto& job : guests) {
     std::string home = job->launch().home;
@@ -303,7 +301,7 @@ void JobRegistry::ExpelGuests(const std::shared_ptr<AdminRun>& run, const Cluste
 void JobRegistry::BringJobsHome(const std::shared_ptr<AdminRun>& run, const ClusterStays& stays) {
   for (auto& [slot, entry] : jobs_) {
     if (!entry.away || entry.away->frozen) continue;
-    if (stays && stays(AwayCluster(*entry.away))) continue;
+    if (Keeps(stays, ClusterOfNode(entry.away->where()))) continue;
     auto away = entry.away;
     std::string from = away->where();
     pid_t home_pid = away->home_pid();

@@ -381,8 +381,7 @@ void JobRegistry::DescribeJobs(schema::JobList::Builder reply_jobs) const {
     info.setPinned(job.PinnedReason(job.Pids(), lock_holders));
     info.setLocked(job.launch().locked);
     info.setPartners(job.launch().partners);
-    info.setHomeCluster(job.launch().home_cluster.empty() ? config_.cluster
-                                                          : job.launch().home_cluster);
+    info.setHomeCluster(ClusterOfHome(job.launch()));
     info.setWhereCluster(config_.cluster);
   };
   for (const auto& [slot, job] : jobs_) {
@@ -404,9 +403,7 @@ void JobRegistry::DescribeJobs(schema::JobList::Builder reply_jobs) const {
       info.setLocked(job.away->locked);
       info.setPartners(job.away->partners);
       info.setHomeCluster(config_.cluster);
-      std::string where = job.away->frozen ? config_.name : record.where;
-      auto known = nodes_ ? nodes_->Find(where) : std::nullopt;
-      info.setWhereCluster(known && !known->cluster.empty() ? known->cluster : config_.cluster);
+      info.setWhereCluster(ClusterOfNode(job.away->frozen ? config_.name : record.where));
     }
   }
   for (const auto& [id, job] : guests_) describe(*job, list[i++]);

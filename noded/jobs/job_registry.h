@@ -409,9 +409,13 @@ class JobRegistry {
   // Every guest goes, and every job away comes home, but those `stays` keeps.
   void ExpelGuests(const std::shared_ptr<AdminRun>& run, const ClusterStays& stays = {});
   void BringJobsHome(const std::shared_ptr<AdminRun>& run, const ClusterStays& stays = {});
-  // The cluster of a guest's home, and of the node a job away runs on.
-  std::string HomeCluster(const Job& guest) const;
-  std::string AwayCluster(const Away& away) const;
+  // The cluster of a job's home, and of a node by name (this one's when gossip names none).
+  std::string ClusterOfHome(const JobLaunch& launch) const;
+  std::string ClusterOfNode(const std::string& node) const;
+  // Whether `stays` keeps what runs across `cluster` (none given: nothing stays).
+  static bool Keeps(const ClusterStays& stays, const std::string& cluster) {
+    return stays && stays(cluster);
+  }
   // Room at home after mosctl leave (job_room.cc), each second: while more jobs run here
   // (this home's and guests) than the node has cores, the job brought home last is
   // frozen to disk; while there is a core free, the job frozen so first is continued,

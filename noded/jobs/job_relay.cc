@@ -98,7 +98,7 @@ std::shared_ptr<capnp::MallocMessageBuilder> JobRegistry::GuestRequest(
   job.setMinFreeMb(launch.min_free_mb);
   guest.setStartedUnixMs(static_cast<uint64_t>(launch.started_unix_ms));
   // Named even within a cluster: the receiver may be of a partner cluster.
-  guest.setHomeCluster(launch.home_cluster.empty() ? config_.cluster : launch.home_cluster);
+  guest.setHomeCluster(ClusterOfHome(launch));
   if (launch.guest) {
     guest.setHome(launch.home);
     guest.setHomeHost(launch.home_host);
