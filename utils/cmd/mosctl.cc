@@ -142,6 +142,10 @@ int Admin(const std::string& socket, schema::AdminRequest::Action action) {
 // reload: the daemon reads its configuration again and restarts in place under it; waits
 // until the new one answers.
 int Reload(const std::string& socket) {
+  // Taken before asking: the new daemon starts after this, the old one before it, so the
+  // one whose uptime is shorter than the wait is the new one however late this process
+  // runs again after the reply (a loaded machine).
+  auto asked = std::chrono::steady_clock::now();
   auto client = ControlClient::Connect(socket);
   auto reply = client.Call(
       [&](auto request) { request.initAdmin().setAction(schema::AdminRequest::Action::RELOAD); });
@@ -151,9 +155,6 @@ int Reload(const std::string& socket) {
     std::fprintf(stderr, "mosctl: reload refused: %s\n", report.getProblem().cStr());
     return 1;
   }
-  // The daemon restarts once its report has gone: the one that answers with an uptime
-  // shorter than the wait is the new one.
-  auto asked = std::chrono::steady_clock::now();
   auto deadline = asked + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
     try {
