@@ -189,9 +189,13 @@ void Daemon::FollowPeers() {
     // Another node's address is never where a guest's loopback connection goes, and is
     // how its requests for the jobs it hosts are told.
     loopback_.AddNode(peer.name, peer.address);
-    nodes_.Update(peer.name,
-                  KnownNode{config_.OwnCluster(peer.cluster) ? std::string() : peer.cluster,
-                            peer.address, peer.peer_port, alive});
+    if (!nodes_.Update(peer.name,
+                       KnownNode{config_.OwnCluster(peer.cluster) ? std::string() : peer.cluster,
+                                 peer.address, peer.peer_port, alive})) {
+      spdlog::debug("gossip: cluster {} names {}, a node of this cluster: ignored", peer.cluster,
+                    peer.name);
+      return;
+    }
     if (!alive) {
       home_mounts_.PeerDown(peer.name);
       jobs_.HomeUnreachable(peer.name);
@@ -452,12 +456,17 @@ bool ClusterChanges(const NodeConfig& now, const NodeConfig& next) {
          partners(now) != partners(next);
 }
 
-// What may run on across a reload: nothing across clusters when the node moves to another
-// cluster (its old cluster's nodes would no longer know it, nor it them); when only the
-// partnerships change, jobs of and on this cluster's nodes, and those of and on a partner
-// still shared with that way, under the same key.
+// What may run on across a reload. When the node moves to another cluster, only the guests
+// whose homes are of the cluster it joins: their homes know it by that cluster's key from
+// then on. Every other guest, and every job of its own away, speaks with its node or home
+// under a key the node no longer holds (its old cluster's, a partnership of its old
+// cluster's), so they go. When only the partnerships change: jobs of and on this cluster's
+// nodes, and those of and on a partner still shared with that way, under the same key.
 JobRegistry::VacateRules StaysAcross(const NodeConfig& now, const NodeConfig& next) {
-  if (now.cluster != next.cluster || now.cluster_key != next.cluster_key) return {};
+  if (now.cluster != next.cluster) {
+    return {[joined = next.cluster](const std::string& home) { return home == joined; }, {}};
+  }
+  if (now.cluster_key != next.cluster_key) return {};
   auto shared = [&now, &next](bool PartnerConfig::*way) {
     std::set<std::string> clusters{now.cluster};
     for (const PartnerConfig& before : now.partners) {
@@ -532,7 +541,11 @@ void Daemon::Reload(ReplySender reply) {
     return;
   }
   auto stays = StaysAcross(config_, *next);
-  if (stays.guest_stays) {
+  if (config_.cluster != next->cluster && stays.guest_stays) {
+    spdlog::info("reload: node {} moves from cluster {} to {}: its guests of {} stay, the "
+                 "others go; its jobs come home",
+                 config_.name, config_.cluster, next->cluster, next->cluster);
+  } else if (stays.guest_stays) {
     spdlog::info("reload: node {} shares with other partners: guests of clusters it no longer "
                  "accepts go, its jobs on clusters it no longer sends to come home",
                  config_.name);

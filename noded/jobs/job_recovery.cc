@@ -368,6 +368,8 @@ void JobRegistry::Recover() {
     // Not journaled: the node's own key, or a partnership's (none once the partnership
     // is gone from the configuration: the guest then cannot reach its home).
     if (entry.launch.guest) {
+      // A partner's guest of the cluster this node has joined since is a guest of its own.
+      if (config_.OwnCluster(entry.launch.home_cluster)) entry.launch.home_cluster.clear();
       try {
         entry.launch.home_credentials = HomeCredentials(entry.launch);
       } catch (const Error& e) {

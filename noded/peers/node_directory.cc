@@ -2,12 +2,13 @@
 
 namespace homeward {
 
-void NodeDirectory::Update(const std::string& name, const KnownNode& node) {
+bool NodeDirectory::Update(const std::string& name, const KnownNode& node) {
   std::lock_guard lock(mutex_);
   auto [it, added] = nodes_.try_emplace(name, node);
-  if (added) return;
-  if (it->second.cluster.empty() && !node.cluster.empty()) return;
+  if (added) return true;
+  if (it->second.cluster.empty() && !node.cluster.empty()) return false;
   it->second = node;
+  return true;
 }
 
 std::optional<KnownNode> NodeDirectory::Find(const std::string& name) const {

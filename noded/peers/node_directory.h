@@ -22,8 +22,10 @@ struct KnownNode {
 class NodeDirectory {
  public:
   // Gossip's word on `name`. A name of this cluster keeps its entry against a partner's
-  // node that claims it (a partnership's key speaks for its partner's nodes only).
-  void Update(const std::string& name, const KnownNode& node);
+  // node that claims it (a partnership's key speaks for its partner's nodes only), and so
+  // against a partner's late word on a node that has since joined this cluster. Returns
+  // whether the word was taken.
+  bool Update(const std::string& name, const KnownNode& node);
   std::optional<KnownNode> Find(const std::string& name) const;
 
  private:

@@ -135,8 +135,8 @@ TEST(PartnerServices, APartnersJobNamesAHomeOfThatPartner) {
 
 TEST(NodeDirectory, APartnersNodeDoesNotTakeAnOwnNodesName) {
   NodeDirectory nodes;
-  nodes.Update("a2", KnownNode{"", "127.0.0.3", 4001});
-  nodes.Update("a2", KnownNode{"b", "127.0.0.9", 4001});
+  EXPECT_TRUE(nodes.Update("a2", KnownNode{"", "127.0.0.3", 4001}));
+  EXPECT_FALSE(nodes.Update("a2", KnownNode{"b", "127.0.0.9", 4001}));
   ASSERT_TRUE(nodes.Find("a2"));
   EXPECT_EQ(nodes.Find("a2")->cluster, "");
   EXPECT_EQ(nodes.Find("a2")->address, "127.0.0.3");
@@ -145,6 +145,16 @@ TEST(NodeDirectory, APartnersNodeDoesNotTakeAnOwnNodesName) {
   nodes.Update("b1", KnownNode{"b", "127.0.0.5", 4001});
   EXPECT_EQ(nodes.Find("b1")->cluster, "b");
   EXPECT_FALSE(nodes.Find("b9"));
+}
+
+TEST(NodeDirectory, ANodeThatJoinedThisClusterIsNotKilledByItsOldClustersWord) {
+  NodeDirectory nodes;
+  EXPECT_TRUE(nodes.Update("a2", KnownNode{"a", "127.0.0.3", 4001}));
+  EXPECT_TRUE(nodes.Update("a2", KnownNode{"", "127.0.0.3", 4001}));
+  // Its old cluster's gossip finds it gone, late: it is alive here, in this cluster.
+  EXPECT_FALSE(nodes.Update("a2", KnownNode{"a", "127.0.0.3", 4001, false}));
+  EXPECT_EQ(nodes.Find("a2")->cluster, "");
+  EXPECT_TRUE(nodes.Find("a2")->alive);
 }
 
 }  // namespace

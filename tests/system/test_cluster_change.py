@@ -4,7 +4,9 @@ the other cluster (name, key, seeds) and runs `mosctl reload`. Its guests go hom
 jobs away come home first; the daemon restarts in place in the new cluster, its jobs and
 their mosrun kept; both clusters' gossip shows the change, and so does /mosix/home; every
 job finishes whole. A reload of a file with a mistake, or of one that renames the node,
-is refused and changes nothing."""
+is refused and changes nothing. A node that joins a partner cluster keeps that cluster's
+jobs it hosts: they run on, as guests of its own cluster now, while its old cluster's
+guests go home."""
 
 import json
 import os
@@ -132,6 +134,87 @@ class ClusterChangeTest(unittest.TestCase):
                 self.assertEqual(harness.read_text(os.path.join(work, "out")),
                                  harness.count(0, 199) + "done\n")
             self.assertEqual(a.zombies("a2"), [])
+
+    def test_a_node_joins_the_cluster_of_its_partner_guests(self):
+        user = harness.user_for(self, "hwjoin").pw_name
+        ab = harness.partnership_key("a-b.key")
+        with harness.LoopCluster(2, prefix="a", settings=SETTINGS + ["cluster.name=a"],
+                                 partners=[f"name=b,key_file={ab}"]) as a:
+            a1 = a.node("a1")["address"]
+            with harness.LoopCluster(1, prefix="b", settings=SETTINGS + ["cluster.name=b"],
+                                     partners=[f"name=a,key_file={ab},seeds={a1}"]) as b:
+                a.wait_for(lambda: harness.alive_by_cluster(a, "a2") == {"a": ["a1", "a2"],
+                                                                         "b": ["b1"]},
+                           WAIT_S, "a2 to see a1 and b1")
+                b.wait_for(lambda: harness.alive_by_cluster(b, "b1") == {"a": ["a1", "a2"],
+                                                                         "b": ["b1"]},
+                           WAIT_S, "b1 to see a1 and a2")
+                a.wait_for(lambda: a.run("a2", "test", "-d", "/mosix/home/a1/data",
+                                         check=False).returncode == 0,
+                           WAIT_S, "a2 to mount a1's files")
+                b.wait_for(lambda: "b1" in a.run("a2", "ls", "/mosix/home").stdout.split(),
+                           WAIT_S, "b1's files to be listed on a2")
+                # On a2: a guest of a1's, and a partner's guest of b1's.
+                guest, _, guest_pid = harness.start_fed_job(self, a, user, "guest",
+                                                            harness.COUNTER_JOB, "", home="a1")
+                a.run("a1", "mosmigrate", str(guest_pid), "a2")
+                partner, _, partner_pid = harness.start_fed_job(
+                    self, b, user, "partner", harness.COUNTER_JOB, "", home="b1")
+                moved = b.run("b1", "runuser", "-u", user, "--", "mosmigrate", str(partner_pid),
+                              "a2", check=False)
+                self.assertEqual(moved.returncode, 0, moved.stderr)
+
+                def on(cluster, home, pid):
+                    return next(((j["where"], j["where_cluster"]) for j in
+                                 harness.jobs(cluster, home) if j["pid"] == pid), None)
+
+                b.wait_for(lambda: on(b, "b1", partner_pid) == ("a2", "a"), WAIT_S,
+                           "b1's job to run on a2, in cluster a")
+                a.wait_for(lambda: sorted(j["home"] for j in harness.jobs(a, "a2")) ==
+                           ["a1", "b1"], WAIT_S, "a2 to list both guests")
+
+                # a2 joins cluster b: b's name, key and seeds, and a as its partner now.
+                config = a.node("a2")["config"]
+                with open(config) as f:
+                    original = f.read()
+                own, _ = original.split("[[partner]]", 1)
+                with open(config, "w") as f:
+                    f.write(own)
+                rewrite_cluster(config, name='"b"', key_file=json.dumps(b.info["key_file"]),
+                                seeds=json.dumps([b.node("b1")["address"]]))
+                with open(config, "a") as f:
+                    f.write(f'[[partner]]\nname = "a"\nkey_file = {json.dumps(ab)}\n'
+                            f'seeds = {json.dumps([a1])}\n')
+                reloaded = a.run("a2", "mosctl", "reload", check=False, timeout=180)
+                self.assertEqual(reloaded.returncode, 0, reloaded.stdout + reloaded.stderr)
+                self.assertIn("node a2 runs again, in cluster b", reloaded.stdout)
+                self.assertRegex(reloaded.stdout, rf"moved +job {guest_pid} \(home a1\) a2 -> a1")
+                self.assertNotIn(f"job {partner_pid} ", reloaded.stdout)
+
+                # b's job ran on through a2's restart, on a2, now a node of its own cluster.
+                b.wait_for(lambda: harness.alive_by_cluster(b, "b1").get("b") == ["a2", "b1"],
+                           WAIT_S, "b1 to see a2 in cluster b")
+                try:
+                    b.wait_for(lambda: on(b, "b1", partner_pid) == ("a2", "b"), WAIT_S,
+                               "b1's job to run on a2, in cluster b")
+                    a.wait_for(lambda: [(j["home"], j["home_cluster"]) for j in
+                                        harness.jobs(a, "a2")] == [("b1", "b")],
+                               WAIT_S, "a2 to list b1's job as its only guest")
+                except AssertionError:
+                    print(f"a2's log:\n{a.log('a2')[-6000:]}", file=sys.stderr)
+                    raise
+                self.assertEqual(on(a, "a1", guest_pid), ("a1", "a"))
+                self.assertIn("job {} taken back by node a2".format(partner_pid), b.log("b1"))
+
+                for work in (guest, partner):
+                    open(os.path.join(work, "go"), "w").close()
+                for work in (guest, partner):
+                    status = a.wait_for(lambda: harness.read_text(os.path.join(work, "status")),
+                                        WAIT_S, f"the job in {work} to end")
+                    self.assertEqual(status, "0\n", harness.read_text(os.path.join(work, "err")))
+                    self.assertEqual(harness.read_text(os.path.join(work, "out")),
+                                     harness.count(0, 199) + "done\n")
+                self.assertEqual(a.zombies("a2"), [])
 
 
 if __name__ == "__main__":

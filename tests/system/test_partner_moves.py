@@ -6,9 +6,10 @@ files, reached with the partnership's key, and still sees a1 as its host. Its ho
 on to b2, within b, and then home. A move to c1 is refused at once with the reason, and the
 job stays. Every line the job was fed is in its output, once and in order. A user holding a
 copy of the a-b key cannot make a1 take a job whose home is not one of b's nodes.
-A partnership changed at run time (`mosctl reload`): a new priority keeps a's job on b1,
-blocking a sends it home."""
+A partnership changed at run time (`mosctl reload`): a new priority, or a new partner,
+keeps a's job on b1; blocking a sends it home."""
 
+import json
 import os
 import unittest
 
@@ -126,8 +127,8 @@ class PartnerMovesTest(unittest.TestCase):
 
     def test_a_partnership_changed_at_run_time(self):
         """b's administrator changes what b shares with a while a's job runs on b1: a new
-        priority for a's jobs keeps the job on b1 across b1's restart; blocking a (accept =
-        false) sends it home. Its output is whole."""
+        priority for a's jobs, or a new partner c, keeps the job on b1 across b1's restart;
+        blocking a (accept = false) sends it home. Its output is whole."""
         user = harness.user_for(self, "hwpc").pw_name
         ab = harness.partnership_key("a-b.key")
         with harness.LoopCluster(1, prefix="a", settings=SETTINGS + ["cluster.name=a"],
@@ -167,6 +168,23 @@ class PartnerMovesTest(unittest.TestCase):
                            WAIT_S, "the restarted b1 to list a1's job again")
                 self.assertEqual(where(), "b1")
                 feed("stayed-on-b1")
+
+                # A new partner c: what b shares with a is as it was; the guest stays.
+                bc = harness.partnership_key("b-c.key")
+                with open(config) as f:
+                    text = f.read()
+                with open(config, "w") as f:
+                    f.write(text.replace("[[partner]]", f'[[partner]]\nname = "c"\n'
+                                         f'key_file = {json.dumps(bc)}\n\n[[partner]]', 1))
+                reloaded = b.run("b1", "mosctl", "reload", check=False, timeout=180)
+                self.assertEqual(reloaded.returncode, 0, reloaded.stdout + reloaded.stderr)
+                self.assertIn("node b1 runs again, in cluster b", reloaded.stdout)
+                self.assertNotIn("moved", reloaded.stdout)
+                self.assertIn("reload: node b1 shares with other partners", b.log("b1"))
+                b.wait_for(lambda: [j["home"] for j in harness.jobs(b, "b1")] == ["a1"],
+                           WAIT_S, "b1, restarted with partner c, to list a1's job again")
+                self.assertEqual(where(), "b1")
+                feed("stayed-with-c")
 
                 # b takes no more of a's jobs: the guest goes home first.
                 with open(config, "a") as f:
