@@ -13,17 +13,21 @@
 # through a private sshd on loopback; passthrough_ll (libfuse's example, built here from
 # the sources libfuse3-dev installs) mounts it locally, with no network: FUSE's own cost,
 # the floor for homefs. The table is kept in bench/results/homefs.md.
-#   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5]
+#   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--set KEY=VALUE ...]
+# --set goes to the loopcluster's nodes (files.sync_replay_log=true: the home syncs its
+# replay log before each create, unlink, rename and append).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export HOMEWARD_BUILD=${HOMEWARD_BUILD:-$ROOT/build}
 SIZE=1g FILES=10000 RUNTIME=15 APPEND_S=5
+SETTINGS=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --size) SIZE=$2; shift 2 ;;
     --files) FILES=$2; shift 2 ;;
     --append-seconds) APPEND_S=$2; shift 2 ;;
-    *) echo "usage: bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5]" >&2
+    --set) SETTINGS+=(--set "$2"); shift 2 ;;
+    *) echo "usage: bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--set KEY=VALUE ...]" >&2
        exit 2 ;;
   esac
 done
@@ -47,7 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$ROOT/scripts/loopcluster" up --nodes 3 --dir "$CLUSTER" >/dev/null
+"$ROOT/scripts/loopcluster" up --nodes 3 --dir "$CLUSTER" "${SETTINGS[@]}" >/dev/null
 DATA=$CLUSTER/node1/data   # node1's /data, seen from the host
 in_node() { local n=$1; shift; "$ROOT/scripts/loopcluster" exec "$CLUSTER" "$n" -- "$@"; }
 
@@ -219,7 +223,7 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')" 2>/dev/null || echo
 RESULTS=$ROOT/bench/results/homefs.md
 mkdir -p "$(dirname "$RESULTS")"
 {
-  echo "Size $SIZE, $FILES files, appends and locks for $APPEND_S s; load average $(cut -d' ' -f1 /proc/loadavg) at the end."
+  echo "Size $SIZE, $FILES files, appends and locks for $APPEND_S s${SETTINGS[*]:+, homefs with ${SETTINGS[*]}}; load average $(cut -d' ' -f1 /proc/loadavg) at the end."
   echo
   printf '| %-28s | %10s | %10s | %10s | %14s | %12s | %12s | %12s |\n' test local homefs sshfs \
     passthrough_ll "homefs/local" "homefs/sshfs" "homefs/pt_ll"

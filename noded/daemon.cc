@@ -65,7 +65,10 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
       file_server_(config_.export_root, 8,
                    config_.files_trust_root ? FileSession::Root::kTrust
                                             : FileSession::Root::kSquash,
-                   config_.state_dir + "/files-replay", faults),
+                   config_.state_dir + "/files-replay",
+                   config_.files_sync_replay_log ? ReplayCache::Durability::kSynced
+                                                 : ReplayCache::Durability::kWritten,
+                   faults),
       loopback_(config_.address, jobs_.whereabouts()),
       peer_server_(
           config_.address, config_.peer_port,

@@ -69,11 +69,12 @@ void WorkerPool::Run() {
 // ---------------------------------------------------------------------------------------
 
 FileServer::FileServer(const std::string& export_root, int threads, FileSession::Root peer_root,
-                       const std::string& replay_log, const FaultPoints& faults)
+                       const std::string& replay_log,
+                       ReplayCache::Durability replay_durability, const FaultPoints& faults)
     : root_(Fd::Open(export_root, O_PATH | O_DIRECTORY)),
       peer_root_(peer_root),
       notices_(!faults.Hit(Fault::kNoFileNotices)),
-      replay_(replay_log),
+      replay_(replay_log, replay_durability),
       pool_(threads) {
   replay_.kill_after_append = faults.Hit(Fault::kKillAfterAppend);
   // Beside the replay log, in the state directory: the record of the lock keeper, which a

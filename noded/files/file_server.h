@@ -227,12 +227,14 @@ struct FileServiceStats {
 class FileServer {
  public:
   // Opens `export_root` (O_PATH). Throws Error naming the path when it cannot.
-  // `replay_log`: where the replay cache is kept (in the state directory; empty: memory).
-  // `faults`: kill-after-append; no-file-notices (clients get no change notices, which
+  // `replay_log`: where the replay cache is kept (in the state directory; empty: memory),
+  // and how durably (`[files] sync_replay_log`). `faults`: kill-after-append; no-file-notices (clients get no change notices, which
   // shows close-to-open alone).
   FileServer(const std::string& export_root, int threads,
              FileSession::Root peer_root = FileSession::Root::kSquash,
-             const std::string& replay_log = {}, const FaultPoints& faults = {});
+             const std::string& replay_log = {},
+             ReplayCache::Durability replay_durability = ReplayCache::Durability::kWritten,
+             const FaultPoints& faults = {});
   FileServer(const FileServer&) = delete;
   FileServer& operator=(const FileServer&) = delete;
   ~FileServer();

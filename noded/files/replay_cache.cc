@@ -17,7 +17,8 @@ namespace {
 constexpr size_t kCompactBytes = 4 << 20;
 }  // namespace
 
-ReplayCache::ReplayCache(std::string path) : path_(std::move(path)) {
+ReplayCache::ReplayCache(std::string path, Durability durability)
+    : path_(std::move(path)), durability_(durability) {
   if (path_.empty()) return;
   std::error_code ec;  // the state directory may not be made yet; Compact says so if not
   std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
@@ -65,7 +66,7 @@ uint64_t ReplayCache::Append(const Record& r) {
 }
 
 void ReplayCache::Sync(uint64_t seq) {
-  if (seq == 0) return;
+  if (seq == 0 || durability_ != Durability::kSynced) return;
   std::unique_lock lock(sync_mutex_);
   while (synced_ < seq) {
     if (syncing_) {
@@ -159,7 +160,7 @@ void ReplayCache::Start(uint64_t client, uint64_t id) {
     Apply(r);
     seq = Append(r);
   }
-  Sync(seq);  // on the disk before the request's system call
+  Sync(seq);  // durable: on the disk before the request's system call
 }
 
 void ReplayCache::StartAppend(uint64_t client, uint64_t id, int64_t base) {
@@ -174,7 +175,7 @@ void ReplayCache::StartAppend(uint64_t client, uint64_t id, int64_t base) {
       seq = Append(r);
     }
   }
-  Sync(seq);  // on the disk before the write
+  Sync(seq);  // durable: on the disk before the write
 }
 
 void ReplayCache::Finish(uint64_t client, uint64_t id, int err) {
@@ -185,7 +186,7 @@ void ReplayCache::Finish(uint64_t client, uint64_t id, int err) {
     Apply(r);
     seq = Append(r);
   }
-  // A failure's answer is on the disk before the reply: performed again after a power
+  // Durable, a failure's answer is on the disk before the reply: performed again after a power
   // loss, the call could meet the very error that marks a started request as done. A
   // success's record goes with the next sync: lost with the power, the request is found
   // started, and its outcome in the tree says it was done (FileSession::Perform), as when

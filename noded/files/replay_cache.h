@@ -4,15 +4,21 @@
 // twice. Keyed by the client's id (random, one per homefs mount, given in its hello) and
 // the request's id. Each request is logged twice, `started` before its system call and
 // `done` with its errno after, to a file in the daemon's state directory, and read back
-// when the daemon starts. A `started` record is on the disk (fdatasync) before Start
-// returns, so before the request's system call: it outlives a power loss, not only a
-// killed daemon. A `done` record is written before the reply, and synced before it only
-// for a failure; a success's record is synced with the next request's (a request found
-// only started is judged by its outcome in the tree). One sync per request, then, and the
-// syncs are shared (group commit): a caller whose record is in the file waits for a sync
-// under way or starts one that covers every record written until then, so concurrent
-// requests pay for one sync, not one each. A client's `oldest` unanswered id lets the
-// server forget everything older of that client.
+// when the daemon starts. A `started` record is written (to the kernel) before Start
+// returns, so before the request's system call, and a `done` record before the reply: a
+// daemon killed, crashed or restarted at any point finds every request it began (one
+// found only started is judged by its outcome in the tree).
+//
+// Durable (`[files] sync_replay_log`), a `started` record is also on the disk (fdatasync)
+// before the system call, so it outlives the home's power loss or kernel crash, and so
+// is a failure's `done` record before its reply; a success's goes with the next sync.
+// One sync per request, shared (group commit): a caller whose record is in the file
+// waits for a sync under way or starts one that covers every record written until then.
+// Not durable (the default), the log is as durable as the calls it records, which the
+// home's kernel writes back as it writes back the tree: a power loss may lose the record
+// of a call whose effect survived, and that call, sent again, is performed again (as
+// with NFS's reply cache after a server reboot). A client's `oldest` unanswered id lets
+// the server forget everything older of that client.
 #pragma once
 
 #include <condition_variable>
@@ -30,6 +36,10 @@ namespace homeward {
 
 class ReplayCache {
  public:
+  enum class Durability {
+    kWritten,  // records outlive the daemon, not the home's power loss
+    kSynced,   // records are on the disk before the calls they record
+  };
   enum class State {
     kUnknown,  // never seen (or forgotten): perform it
     kStarted,  // begun by a daemon that died before it logged the outcome
@@ -50,7 +60,7 @@ class ReplayCache {
 
   // `path` empty: in memory only (tests, a daemon without a state directory). Otherwise
   // the log is read, compacted to what is still remembered, and appended to from then on.
-  explicit ReplayCache(std::string path = {});
+  explicit ReplayCache(std::string path = {}, Durability durability = Durability::kWritten);
   ReplayCache(const ReplayCache&) = delete;
   ReplayCache& operator=(const ReplayCache&) = delete;
 
@@ -79,6 +89,7 @@ class ReplayCache {
   void Sync(uint64_t seq);
 
   std::string path_;
+  Durability durability_;
   std::mutex mutex_;
   // Group commit: records written (appended_) and known on the disk (synced_), counted
   // from the start; one caller syncs at a time (syncing_), the others wait on synced_cv_.

@@ -126,10 +126,11 @@ TEST_F(ReplayTest, OutlivesTheDaemonInItsLog) {
 }
 
 TEST_F(ReplayTest, RecordsFromManyThreadsAtOnceAreAllInTheLog) {
-  // Group commit: threads share syncs; each one's records are in the log once Start and
-  // Finish return, across a compaction too (kPerClient records per client, many clients).
+  // Durable, with group commit: threads share syncs; each one's records are in the log
+  // once Start and Finish return, across a compaction too (kPerClient records per client,
+  // many clients).
   {
-    ReplayCache cache(log_);
+    ReplayCache cache(log_, ReplayCache::Durability::kSynced);
     std::vector<std::thread> threads;
     for (uint64_t client = 1; client <= 8; ++client) {
       threads.emplace_back([&cache, client] {

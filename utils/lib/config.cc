@@ -382,6 +382,8 @@ level_ok:
   config.files_trust_root = reader.Boolean("files.trust_root", config.files_trust_root);
   config.files_idle_disconnect = std::chrono::seconds(reader.Integer(
       "files.idle_disconnect_s", config.files_idle_disconnect.count(), 1, 86399));
+  config.files_sync_replay_log =
+      reader.Boolean("files.sync_replay_log", config.files_sync_replay_log);
   config.gossip.replay_window =
       reader.Millis("gossip.replay_window_ms", config.gossip.replay_window);
   PeerConfig& peer = config.peer;

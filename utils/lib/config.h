@@ -98,6 +98,9 @@ struct NodeConfig {
   bool files_trust_root = false;
   // [files] idle_disconnect_s: homefs closes its connection to a home unused this long.
   std::chrono::seconds files_idle_disconnect{60};
+  // [files] sync_replay_log: the file service's record of non-idempotent calls is on the
+  // disk before each call (outlives a power loss), not only written (outlives the daemon).
+  bool files_sync_replay_log = false;
   std::string cluster = "homeward";  // [cluster] name: this node's cluster
   std::string key_file;
   std::vector<uint8_t> cluster_key;  // 32 bytes, read from key_file

@@ -167,6 +167,12 @@ TEST_F(ConfigTest, ReadsRecoverySection) {
               HasSubstr("recovery.home_grace_s"));
 }
 
+TEST_F(ConfigTest, TheFileServicesReplayLogIsSyncedOnlyWhenAsked) {
+  EXPECT_FALSE(LoadNodeConfig(Write(Good())).files_sync_replay_log);
+  EXPECT_TRUE(
+      LoadNodeConfig(Write(Good() + "[files]\nsync_replay_log = true\n")).files_sync_replay_log);
+}
+
 TEST_F(ConfigTest, AFrozenGuestContinuesInPlaceUnlessSetToGoHome) {
   EXPECT_FALSE(LoadNodeConfig(Write(Good())).recovery.frozen_go_home);
   EXPECT_TRUE(LoadNodeConfig(Write(Good() + "[recovery]\nfrozen_guests = \"home\"\n"))
