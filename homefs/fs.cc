@@ -194,6 +194,7 @@ void Fs::StartNotices(fuse_session* session) {
   session_ = session;
   client_.OnNotice(
       [this](uint64_t node, uint64_t parent, const std::string& name, uint64_t generation) {
+        ++notices_heard_;
         auto notice = std::make_shared<Notice>(Notice{node, parent, name, generation, 0, {}});
         notices_.Post(
             [this, notice](bool stopping) {
@@ -208,7 +209,10 @@ void Fs::Apply(Notice& notice) {
     {
       std::lock_guard lock(mutex_);
       auto it = inodes_.find(notice.drop);
-      if (it != inodes_.end()) it->second.pages_of.reset();
+      if (it != inodes_.end()) {
+        it->second.pages_of.reset();
+        it->second.fresh_until = {};
+      }
     }
     fuse_lowlevel_notify_inval_inode(session_, notice.drop, 0, 0);  // pages and attributes
     return;
@@ -226,6 +230,7 @@ void Fs::Apply(Notice& notice) {
       }
     }
     if (notice.parent == 1 && !notice.node) ino = root_;
+    if (auto inode = inodes_.find(ino); inode != inodes_.end()) inode->second.fresh_until = {};
   }
   if (ino == 0) return;
   // Errors (ENOENT: the kernel no longer caches it) need nothing done.
@@ -589,6 +594,29 @@ std::optional<struct stat> Fs::CachedAttr(fuse_ino_t ino) {
   return it->second.attr;
 }
 
+void Fs::DirChanged(fuse_ino_t dir, bool has_attr, schema::Attr::Reader attr, uint64_t heard) {
+  if (!has_attr || notices_heard_.load() != heard) return;
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(dir);
+  if (it == inodes_.end()) return;
+  it->second.attr = ToStat(attr);
+  it->second.attr.st_ino = dir;
+  it->second.has_attr = true;
+  it->second.fresh_until =
+      std::chrono::steady_clock::now() +
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+          std::chrono::duration<double>(options_.attr_timeout));
+}
+
+std::optional<std::pair<struct stat, double>> Fs::FreshAttr(fuse_ino_t ino) {
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(ino);
+  if (it == inodes_.end()) return std::nullopt;
+  std::chrono::duration<double> left = it->second.fresh_until - std::chrono::steady_clock::now();
+  if (left.count() <= 0) return std::nullopt;
+  return std::pair{it->second.attr, left.count()};
+}
+
 void Fs::ForgetName(fuse_ino_t parent, const std::string& name) {
   std::lock_guard lock(mutex_);
   by_name_.erase({parent, name});
@@ -679,6 +707,7 @@ void Fs::StaleLookup(Request& r, fuse_ino_t parent, const std::string& name) {
 }
 
 void Fs::Getattr(Request r, fuse_ino_t ino, fuse_file_info* fi) {
+  if (auto fresh = FreshAttr(ino)) return r.Attr(fresh->first, fresh->second);
   auto p = Prepare(r, Op::GETATTR);
   if (!p || !SetNode(r, *p, ino)) return;
   (void)fi;  // the node's own descriptor answers as well as the open file's
@@ -732,8 +761,10 @@ void Fs::MakeNode(Request r, Op op, fuse_ino_t parent, const std::string& name, 
   if (op == Op::SYMLINK) {
     p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(target.data()), target.size()));
   }
-  Call(std::move(r), std::move(p), [this, parent, name](Request& r, auto rs, uint64_t gen) {
+  uint64_t heard = notices_heard_.load();
+  Call(std::move(r), std::move(p), [this, parent, name, heard](Request& r, auto rs, uint64_t gen) {
     fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
+    DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
     r.Entry(EntryParam(ino, rs.getEntry().getAttr()));
   });
 }
@@ -742,8 +773,10 @@ void Fs::Remove(Request r, Op op, fuse_ino_t parent, const std::string& name) {
   auto p = Prepare(r, op);
   if (!p || !SetNode(r, *p, parent)) return;
   p->rq.setName(name);
-  Call(std::move(r), std::move(p), [this, parent, name](Request& r, auto, uint64_t) {
+  uint64_t heard = notices_heard_.load();
+  Call(std::move(r), std::move(p), [this, parent, name, heard](Request& r, auto rs, uint64_t) {
     ForgetName(parent, name);
+    DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
     r.Err(0);
   });
 }
@@ -762,8 +795,11 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
   p->rq.setFlags(flags);
+  uint64_t heard = notices_heard_.load();
   Call(std::move(r), std::move(p),
-       [this, parent, name, newparent, newname, flags](Request& r, auto, uint64_t) {
+       [this, parent, name, newparent, newname, flags, heard](Request& r, auto rs, uint64_t) {
+         DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
+         if (newparent != parent) DirChanged(newparent, rs.hasDir2Attr(), rs.getDir2Attr(), heard);
          std::lock_guard lock(mutex_);
          auto moved = by_name_.find({parent, name});
          fuse_ino_t ino = moved == by_name_.end() ? 0 : moved->second;
@@ -791,8 +827,11 @@ void Fs::Link(Request r, fuse_ino_t ino, fuse_ino_t newparent, const std::string
   if (!remote2) remote2 = 0;  // bound again when sent again (as in SetNode)
   p->rq.setNode2(*remote2);
   p->rq.setName2(newname);
-  Call(std::move(r), std::move(p), [this, newparent, newname](Request& r, auto rs, uint64_t gen) {
+  uint64_t heard = notices_heard_.load();
+  Call(std::move(r), std::move(p),
+       [this, newparent, newname, heard](Request& r, auto rs, uint64_t gen) {
     fuse_ino_t ino = Learn(rs.getEntry(), gen, newparent, newname, true);
+    DirChanged(newparent, rs.hasDirAttr(), rs.getDirAttr(), heard);
     r.Entry(EntryParam(ino, rs.getEntry().getAttr()));
   });
 }
@@ -953,9 +992,11 @@ void Fs::Create(Request r, fuse_ino_t parent, const std::string& name, mode_t mo
   p->rq.setFlags(static_cast<uint32_t>(fi->flags));
   fuse_file_info copy = *fi;
   OpenHandle handle = HandleOf(*p, 0, copy.flags, false);
-  Call(std::move(r), std::move(p), [this, parent, name, copy, handle](Request& r, auto rs,
-                                                                      uint64_t gen) {
+  uint64_t heard = notices_heard_.load();
+  Call(std::move(r), std::move(p), [this, parent, name, copy, handle, heard](Request& r, auto rs,
+                                                                             uint64_t gen) {
     fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
+    DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
     fuse_file_info fi = copy;
     OpenHandle h = handle;
     h.ino = ino;

@@ -12,6 +12,7 @@
 #include <sys/statvfs.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -141,6 +142,10 @@ class Fs {
     // The attributes last heard from the home: answered when the home is silent.
     struct stat attr {};
     bool has_attr = false;
+    // A directory this client just changed: the home sent `attr` with its answer, and the
+    // kernel's next getattr (it drops its copy after every create and remove) is
+    // answered with it until then, unless a change notice comes first (DirChanged).
+    std::chrono::steady_clock::time_point fresh_until{};
     // Close-to-open: the home's size, mtime and ctime when the kernel's pages were last
     // dropped (at an open); an open that finds them unchanged keeps the pages.
     std::optional<std::array<int64_t, 3>> pages_of;
@@ -212,6 +217,12 @@ class Fs {
   // The cache of a silent home (stale answers: see ARCHITECTURE.md, homefs).
   void RememberAttr(fuse_ino_t ino, const struct stat& attr);
   std::optional<struct stat> CachedAttr(fuse_ino_t ino);
+  // `dir`, changed by a request of this client, is as `attr` says (the home's post-op
+  // attributes), if no change notice arrived since the request was prepared (`heard`,
+  // notices_heard_ then): one could be of a change the home made after `attr` was read.
+  void DirChanged(fuse_ino_t dir, bool has_attr, schema::Attr::Reader attr, uint64_t heard);
+  // Attributes DirChanged left, with the seconds they are still good for.
+  std::optional<std::pair<struct stat, double>> FreshAttr(fuse_ino_t ino);
   void ForgetName(fuse_ino_t parent, const std::string& name);
   // A lookup of a known name answered from the cache (the home stayed silent).
   void StaleLookup(Request& r, fuse_ino_t parent, const std::string& name);
@@ -267,6 +278,8 @@ class Fs {
   void Opened(fuse_ino_t ino, schema::FileResponse::Reader rs, fuse_file_info& fi);
   void Apply(Notice& notice);
   fuse_session* session_ = nullptr;
+  // Change notices received, counted on the receiving thread (in order with answers).
+  std::atomic<uint64_t> notices_heard_{0};
   // Notices and resends each run on a thread of their own, which exists only while
   // there is work (an idle home holds none).
   WorkThread notices_{"applying a change notice", std::chrono::seconds(5)};

@@ -38,6 +38,17 @@ timespec SetTime(uint32_t valid, uint32_t set, uint32_t now, int64_t ns) {
   return (valid & now) ? timespec{0, UTIME_NOW} : Ts(ns);
 }
 
+// The directory a request just changed, for the client (dirAttr): left out if it cannot
+// be read, as the change is made either way.
+void ReportDir(int dir, schema::Attr::Builder (schema::FileResponse::Builder::*init)(),
+               schema::FileResponse::Builder rs) {
+  struct stat st;
+  if (::fstat(dir, &st) == 0) FillAttr(st, (rs.*init)());
+}
+void ReportDir(int dir, schema::FileResponse::Builder rs) {
+  ReportDir(dir, &schema::FileResponse::Builder::initDirAttr, rs);
+}
+
 }  // namespace
 
 void FileOps::Hello(FileSession& s, Rq rq, Rs rs) {
@@ -136,6 +147,7 @@ void FileOps::Mknod(FileSession& s, Rq rq, Rs rs) {
   }
   Check(::mknodat(dir->fd.get(), name.c_str(), rq.getMode(), rq.getRdev()));
   s.LookupInto(dir->fd.get(), name, rs.initEntry());
+  ReportDir(dir->fd.get(), rs);
 }
 
 void FileOps::Mkdir(FileSession& s, Rq rq, Rs rs) {
@@ -144,13 +156,15 @@ void FileOps::Mkdir(FileSession& s, Rq rq, Rs rs) {
   auto dir = s.GetNode(rq.getNode());
   Check(::mkdirat(dir->fd.get(), name.c_str(), rq.getMode()));
   s.LookupInto(dir->fd.get(), name, rs.initEntry());
+  ReportDir(dir->fd.get(), rs);
 }
 
-void FileOps::Unlink(FileSession& s, Rq rq, Rs) {
+void FileOps::Unlink(FileSession& s, Rq rq, Rs rs) {
   std::string name = rq.getName();
   CheckName(name);
   auto dir = s.GetNode(rq.getNode());
   Check(::unlinkat(dir->fd.get(), name.c_str(), rq.getOp() == Op::RMDIR ? AT_REMOVEDIR : 0));
+  ReportDir(dir->fd.get(), rs);
 }
 
 void FileOps::Symlink(FileSession& s, Rq rq, Rs rs) {
@@ -161,15 +175,18 @@ void FileOps::Symlink(FileSession& s, Rq rq, Rs rs) {
   if (target.find('\0') != std::string::npos) throw OpError{EINVAL};
   Check(::symlinkat(target.c_str(), dir->fd.get(), name.c_str()));
   s.LookupInto(dir->fd.get(), name, rs.initEntry());
+  ReportDir(dir->fd.get(), rs);
 }
 
-void FileOps::Rename(FileSession& s, Rq rq, Rs) {
+void FileOps::Rename(FileSession& s, Rq rq, Rs rs) {
   std::string name = rq.getName(), name2 = rq.getName2();
   CheckName(name);
   CheckName(name2);
   auto from = s.GetNode(rq.getNode());
   auto to = s.GetNode(rq.getNode2());
   Check(::renameat2(from->fd.get(), name.c_str(), to->fd.get(), name2.c_str(), rq.getFlags()));
+  ReportDir(from->fd.get(), rs);
+  if (to != from) ReportDir(to->fd.get(), &schema::FileResponse::Builder::initDir2Attr, rs);
 }
 
 void FileOps::Link(FileSession& s, Rq rq, Rs rs) {
@@ -182,6 +199,7 @@ void FileOps::Link(FileSession& s, Rq rq, Rs rs) {
   Check(::linkat(AT_FDCWD, ProcPath(node->fd.get()).c_str(), dir->fd.get(), name2.c_str(),
                  AT_SYMLINK_FOLLOW));
   s.LookupInto(dir->fd.get(), name2, rs.initEntry());
+  ReportDir(dir->fd.get(), rs);
 }
 
 void FileOps::Open(FileSession& s, Rq rq, Rs rs) {
@@ -249,6 +267,7 @@ void FileOps::Create(FileSession& s, Rq rq, Rs rs) {
   handle->append = (flags & O_APPEND) != 0;
   if (s.inotify_.valid()) s.MarkOwn(handle->node);
   rs.setFh(s.AddHandle(std::move(handle)));
+  ReportDir(dir->fd.get(), rs);
 }
 
 void FileOps::CreateAgain(FileSession& s, Rq rq, Rs rs) {

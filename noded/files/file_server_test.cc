@@ -146,6 +146,62 @@ TEST_F(FileSessionTest, CreateWriteReadList) {
   EXPECT_EQ(names, (std::set<std::string>{".", "..", "file", "new"}));
 }
 
+// Every request that makes or removes a name answers with its directory as it is just
+// after (the client answers the kernel's next getattr of it with them): the mtime and
+// nlink a local stat sees then; a rename between directories with both.
+TEST_F(FileSessionTest, NameChangesAnswerWithTheirDirectoriesAfter) {
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  ASSERT_EQ(dir.error, 0);
+  auto matches = [this](const std::string& path, schema::Attr::Reader attr) {
+    struct stat st;
+    EXPECT_EQ(::stat((base_ + "/export/" + path).c_str(), &st), 0);
+    EXPECT_EQ(attr.getIno(), st.st_ino);
+    EXPECT_EQ(attr.getNlink(), st.st_nlink);
+    EXPECT_EQ(attr.getMtimeNs(), st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec);
+  };
+  auto call = [&](Op op, uint64_t node, const std::string& name,
+                  const std::function<void(schema::FileRequest::Builder)>& fill,
+                  const std::function<void(schema::FileResponse::Reader)>& check) {
+    capnp::MallocMessageBuilder in, out;
+    auto rq = in.initRoot<schema::FileRequest>();
+    rq.setVersion(schema::FILES_VERSION);
+    rq.setOp(op);
+    rq.setNode(node);
+    rq.setName(name);
+    if (fill) fill(rq);
+    auto rs = out.initRoot<schema::FileResponse>();
+    session_->Handle(rq.asReader(), rs);
+    ASSERT_EQ(rs.getError(), 0) << name;
+    ASSERT_TRUE(rs.hasDirAttr()) << name;
+    check(rs.asReader());
+  };
+  call(Op::CREATE, dir.node, "made", [](auto rq) {
+    rq.setFlags(O_WRONLY);
+    rq.setMode(S_IFREG | 0644);
+  }, [&](auto rs) { matches("dir", rs.getDirAttr()); });
+  call(Op::MKDIR, dir.node, "sub", [](auto rq) { rq.setMode(0755); }, [&](auto rs) {
+    matches("dir", rs.getDirAttr());
+    EXPECT_EQ(rs.getDirAttr().getNlink(), 3u);  // ., its own name, sub's ..
+  });
+  call(Op::SYMLINK, dir.node, "link", [](auto rq) {
+    rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>("made"), 4));
+  }, [&](auto rs) { matches("dir", rs.getDirAttr()); });
+  auto sub = Call(Op::LOOKUP, dir.node, "sub");
+  call(Op::RENAME, dir.node, "made", [&](auto rq) {
+    rq.setNode2(sub.node);
+    rq.setName2("moved");
+  }, [&](auto rs) {
+    matches("dir", rs.getDirAttr());
+    ASSERT_TRUE(rs.hasDir2Attr());
+    matches("dir/sub", rs.getDir2Attr());
+  });
+  call(Op::UNLINK, sub.node, "moved", {}, [&](auto rs) { matches("dir/sub", rs.getDirAttr()); });
+  call(Op::RMDIR, dir.node, "sub", {}, [&](auto rs) {
+    matches("dir", rs.getDirAttr());
+    EXPECT_EQ(rs.getDirAttr().getNlink(), 2u);
+  });
+}
+
 // A write that carries O_APPEND lands at the end of the file as it is now, whatever
 // offset the client's kernel thought was the end (another writer appended meanwhile); a
 // positional write on the same handle (the kernel's writeback of mmap pages, or O_APPEND

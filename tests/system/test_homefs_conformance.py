@@ -240,6 +240,31 @@ class HomefsTest(unittest.TestCase):
             finally:
                 self.unmount(cluster)
 
+    def test_a_directory_changed_here_shows_later_changes_at_home(self):
+        # A create or mkdir answers with the directory as it is just after, and this node
+        # answers the kernel's next stat of it with that for the attribute timeout; a
+        # change at home after it must still reach it through the home's notice.
+        with harness.LoopCluster(2) as cluster:
+            cluster.run("node1", "mkdir", "/data/d")
+            home = cluster.node("node1")["address"]
+            cluster.run("node2", "sh", "-c", f"mkdir -p {MNT} && mosmount -o timeout=3,"
+                        f"attr_timeout=60,entry_timeout=60 {home} {MNT}")
+            try:
+                links = lambda: cluster.run("node2", "stat", "-c", "%h",
+                                            f"{MNT}/data/d").stdout.strip()
+                cluster.run("node2", "sh", "-c", f"mkdir {MNT}/data/d/here; touch {MNT}/data/d/f")
+                self.assertEqual(links(), "3")
+                cluster.run("node1", "mkdir", "/data/d/at-home")
+                cluster.wait_for(lambda: links() == "4", 30,
+                                 "node2 to see the directory made at home")
+                cluster.run("node2", "rmdir", f"{MNT}/data/d/here")
+                self.assertEqual(links(), "3")
+                cluster.run("node1", "rmdir", "/data/d/at-home")
+                cluster.wait_for(lambda: links() == "2", 30,
+                                 "node2 to see the directory removed at home")
+            finally:
+                self.unmount(cluster)
+
     def test_daemon_mounts_peer_homes(self):
         with harness.LoopCluster(2) as cluster:
             cluster.run("node1", "sh", "-c", "echo node1-file > /data/marker")

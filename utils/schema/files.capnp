@@ -187,6 +187,14 @@ struct FileResponse {
   # For protocol errors (a bad version): what went wrong.
   lock @9 :FileLock;
   # getlk: the lock that conflicts, or type F_UNLCK.
+  dirAttr @10 :Attr;
+  # create, mknod, mkdir, symlink, link, unlink, rmdir, rename: the directory the name was
+  # made in or removed from (for rename, the one it left), just after the change, as
+  # NFS's post-op attributes: the client's kernel drops its copy of them after every such
+  # change, and the client answers its next question about them without asking again.
+  # Unset when they could not be read, or for a request answered from the replay cache.
+  dir2Attr @11 :Attr;
+  # rename between two directories: the one it entered.
 }
 
 # Server to client, outside any request: an object this client looked up changed at
