@@ -606,6 +606,8 @@ std::optional<RestoredJob> RunMoveIn(
            request.getVersion(), schema::CONTROL_VERSION);
     }
     *launch = make_launch(request.getStartGuest());
+    using Clock = std::chrono::steady_clock;
+    auto offered = Clock::now();
 
     // The job's namespaces here are made while the source dumps: their holder, and a
     // guest's network with its rules, are no part of the time the job is frozen.
@@ -628,7 +630,9 @@ std::optional<RestoredJob> RunMoveIn(
     step = "receive the images";
     receive.into_existing = true;
     receive.max_total_bytes -= std::min(page_bytes, receive.max_total_bytes);
+    auto pages_in = Clock::now();
     auto received = migrate::ReceiveImages(*stream, dir, receive);
+    auto images_in = Clock::now();
     fd = SecureStream::IntoChannel(std::move(stream));
     // A lazy move: the job's memory comes from the source's lazy dump, on the connection
     // the source opened for it, as the restored job asks for it.
@@ -655,6 +659,7 @@ std::optional<RestoredJob> RunMoveIn(
       claim = {received.job.lock_token, {}, &context.home_locks, user.uid};
     }
     LandingNamespaces prepared = landing.get();
+    auto landed = Clock::now();
     RestoredHere here = RestoreHere(
         dir, received.job.external_pipes, launch->root, context.init_path, context.faults,
         launch->guest, context.state_dir + "/jobs",
@@ -670,16 +675,33 @@ std::optional<RestoredJob> RunMoveIn(
       here.lazy->Finish();
       lazy_relay->Finish();
     }
-    migrate::RemoveImageDir(dir);
-    dir.clear();
+    auto restored_at = Clock::now();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),
                                received.job.input_ended};
 
+    // The job runs here: the source hears so before the images go, which for a big job
+    // takes a while (freeing its memory's pages).
     capnp::MallocMessageBuilder message;
     auto started = message.initRoot<schema::ControlReply>().initJobStarted();
     started.setHomePid(launch->identity.home_pid);
     started.setWhere(context.node_name);
     capnp::writeMessageToFd(fd.get(), message);
+    auto told = Clock::now();
+    try {
+      migrate::RemoveImageDir(dir);
+    } catch (const std::exception& e) {
+      spdlog::warn("job {}: {}", launch->identity.home_pid, e.what());
+    }
+    dir.clear();
+    auto ms = [](Clock::duration d) {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+    };
+    spdlog::debug("incoming move of job {}: pages {} ms, the rest of the images {} ms, its "
+                  "namespaces awaited {} ms, restore {} ms, word to the source {} ms, images "
+                  "removed {} ms",
+                  launch->identity.home_pid, ms(pages_in - offered), ms(images_in - pages_in),
+                  ms(landed - images_in), ms(restored_at - landed), ms(told - restored_at),
+                  ms(Clock::now() - told));
     RestoredJob restored{std::move(fd), std::move(here.init), std::move(here.ends), {}};
     // From a node that is not the job's home (it was a guest there): the job's home
     // hears how the move went from us.
