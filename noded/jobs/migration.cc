@@ -665,6 +665,7 @@ std::optional<RestoredJob> RunMoveIn(
         launch->guest, context.state_dir + "/jobs",
         ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}}, claim,
         &prepared, lazy_relay ? lazy_relay->socket() : -1);
+    auto restored_at = Clock::now();
     if (here.lazy) {
       // It runs (no longer frozen at the source); the move ends once it has every page.
       step = "pull the job's memory";
@@ -675,7 +676,7 @@ std::optional<RestoredJob> RunMoveIn(
       here.lazy->Finish();
       lazy_relay->Finish();
     }
-    auto restored_at = Clock::now();
+    auto pulled = Clock::now();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),
                                received.job.input_ended};
 
@@ -697,10 +698,10 @@ std::optional<RestoredJob> RunMoveIn(
       return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
     };
     spdlog::debug("incoming move of job {}: pages {} ms, the rest of the images {} ms, its "
-                  "namespaces awaited {} ms, restore {} ms, word to the source {} ms, images "
+                  "namespaces awaited {} ms, restore {} ms, its memory pulled {} ms, images "
                   "removed {} ms",
                   launch->identity.home_pid, ms(pages_in - offered), ms(images_in - pages_in),
-                  ms(landed - images_in), ms(restored_at - landed), ms(told - restored_at),
+                  ms(landed - images_in), ms(restored_at - landed), ms(pulled - restored_at),
                   ms(Clock::now() - told));
     RestoredJob restored{std::move(fd), std::move(here.init), std::move(here.ends), {}};
     // From a node that is not the job's home (it was a guest there): the job's home
