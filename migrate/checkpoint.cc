@@ -275,8 +275,8 @@ bool ReadVarint(const uint8_t*& p, const uint8_t* end, uint64_t& value) {
   return false;
 }
 
-void ReadDumpStats(const std::string& image_dir, DumpResult& result) {
-  std::ifstream in(image_dir + "/stats-dump", std::ios::binary);
+void ReadDumpStats(const std::string& work_dir, DumpResult& result) {
+  std::ifstream in(work_dir + "/stats-dump", std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (bytes.size() < 12) return;
   const auto* p = reinterpret_cast<const uint8_t*>(bytes.data()) + 12;
@@ -602,7 +602,7 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
   }
   DumpResult result;
   result.criu_time = run.time;
-  ReadDumpStats(image_dir, result);
+  ReadDumpStats(work.path(), result);  // criu writes its stats where it works
   result.image_bytes = DirBytes(image_dir);
   return result;
 }

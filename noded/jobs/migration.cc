@@ -503,6 +503,7 @@ void RunMoveOut(MoveOut& move) {
     dump.lazy = move.lazy;
     auto dump_started = std::chrono::steady_clock::now();
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
+    auto dump_ended = std::chrono::steady_clock::now();
     move.departure.Dumped();
     // What a lazy move brings the target (an upper bound: shared pages count in each).
     if (result.lazy) move.metadata.memory_bytes = ResidentBytes(migrate::JobPids(move.init_pid));
@@ -512,10 +513,12 @@ void RunMoveOut(MoveOut& move) {
     move.metadata.input_offset = reclaimed->offset;
     move.metadata.input_data = reclaimed->data;
     move.metadata.input_ended = reclaimed->ended;
-    // A lazy dump is not over (its stats come at its end): the job was frozen during it.
-    auto frozen_at = result.lazy ? dump_started
-                                 : std::chrono::steady_clock::now() - result.criu_time +
-                                       result.frozen_time;
+    // The job is frozen from criu's freeze (its stats: from then to its end) until the
+    // target's word. A lazy dump's stats come at its end and do not time the freeze
+    // (criu's page server starts its timers again): from the dump's start.
+    auto frozen_at = result.lazy || result.frozen_time.count() == 0
+                         ? dump_started
+                         : dump_ended - result.frozen_time;
     move.image_bytes = result.image_bytes + pages.bytes();
     if (!move.lock_mount.empty() || move.park_home_locks) {
       step = "keep the job's locks at its home";

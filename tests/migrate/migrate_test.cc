@@ -725,6 +725,10 @@ TEST_F(MigrateTest, CheckpointLeavesJobRunningAndRestoresLater) {
   options.external_pipes = job.PipeInodes();
   DumpResult dumped = Dump(job.init, images, options);
   EXPECT_GT(dumped.image_bytes, 0u);
+  // criu's own figures (its stats, where it works): the job frozen for part of the run.
+  EXPECT_GT(dumped.frozen_time.count(), 0);
+  EXPECT_LE(dumped.frozen_time, dumped.criu_time);
+  EXPECT_GT(dumped.pages_written, 0u);
   job.Step(2);
   ASSERT_EQ(job.Finish(), 0);
 
