@@ -109,24 +109,27 @@ std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid) {
 }
 
 bool CriuActingCache::Current() {
-  if (!watch_.valid()) {
+  if (!inotify_.valid()) {
+    inotify_ = Fd::Adopt(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+    if (!inotify_.valid()) return false;
+  }
+  if (!watching_) {
     by_namespace_.clear();
-    Fd watch = Fd::Adopt(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
-    // Set up before anything is read: a change from here on is seen.
-    if (!watch.valid() ||
-        ::inotify_add_watch(watch.get(), dir_.c_str(),
+    // Set up before anything is read: a change from here on is seen. Without the
+    // directory (no criu has acted yet) the cache is not used.
+    if (::inotify_add_watch(inotify_.get(), dir_.c_str(),
                             IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_MODIFY |
                                 IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF |
                                 IN_ONLYDIR | IN_DONT_FOLLOW) < 0) {
       return false;
     }
-    watch_ = std::move(watch);
+    watching_ = true;
     return true;
   }
   alignas(inotify_event) char events[4096];
   bool changed = false, lost = false;
   for (;;) {
-    ssize_t n = ::read(watch_.get(), events, sizeof events);
+    ssize_t n = ::read(inotify_.get(), events, sizeof events);
     if (n <= 0) break;  // EAGAIN: nothing more pending
     changed = true;
     for (ssize_t at = 0; at < n;) {
@@ -138,7 +141,7 @@ bool CriuActingCache::Current() {
   }
   if (changed || by_namespace_.size() >= kCachedNamespaces) by_namespace_.clear();
   if (lost) {
-    watch_.Reset();
+    watching_ = false;  // watched anew (the same instance)
     return Current();
   }
   return true;

@@ -65,7 +65,10 @@ class CriuActingCache {
 
   std::string dir_;
   mutable std::mutex mutex_;
-  Fd watch_;
+  // One inotify instance for the cache's life: closing one waits for the kernel to free
+  // its marks (milliseconds), and while the directory does not exist each call would.
+  Fd inotify_;
+  bool watching_ = false;
   std::map<ino_t, std::optional<FsIdentity>> by_namespace_;
   uint64_t disk_reads_ = 0;
 };
