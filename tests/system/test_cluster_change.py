@@ -51,6 +51,18 @@ def clusters_seen(cluster, node):
 
 
 class ClusterChangeTest(unittest.TestCase):
+    def finish(self, cluster, works):
+        """Lets the jobs working in `works` end (each waits for its `go`); each must end
+        with status 0 and its whole output."""
+        for work in works:
+            open(os.path.join(work, "go"), "w").close()
+        for work in works:
+            status = cluster.wait_for(lambda: harness.read_text(os.path.join(work, "status")),
+                                      WAIT_S, f"the job in {work} to end")
+            self.assertEqual(status, "0\n", harness.read_text(os.path.join(work, "err")))
+            self.assertEqual(harness.read_text(os.path.join(work, "out")),
+                             harness.count(0, 199) + "done\n")
+
     def test_a_node_moves_to_another_cluster_with_its_jobs(self):
         user = harness.user_for(self, "hwmove").pw_name
         with harness.LoopCluster(2, prefix="a", settings=SETTINGS + ["cluster.name=a"]) as a, \
@@ -125,14 +137,7 @@ class ClusterChangeTest(unittest.TestCase):
                     print(f"{work}/err: {harness.read_text(os.path.join(work, 'err'))!r}",
                           file=sys.stderr)
                 raise
-            for work, home in ((guest, "a1"), (away, "a2"), (stay, "a2")):
-                open(os.path.join(work, "go"), "w").close()
-            for work, home in ((guest, "a1"), (away, "a2"), (stay, "a2")):
-                status = a.wait_for(lambda: harness.read_text(os.path.join(work, "status")),
-                                    WAIT_S, f"the job in {work} to end")
-                self.assertEqual(status, "0\n", harness.read_text(os.path.join(work, "err")))
-                self.assertEqual(harness.read_text(os.path.join(work, "out")),
-                                 harness.count(0, 199) + "done\n")
+            self.finish(a, (guest, away, stay))
             self.assertEqual(a.zombies("a2"), [])
 
     def test_a_node_joins_the_cluster_of_its_partner_guests(self):
@@ -206,14 +211,7 @@ class ClusterChangeTest(unittest.TestCase):
                 self.assertEqual(on(a, "a1", guest_pid), ("a1", "a"))
                 self.assertIn("job {} taken back by node a2".format(partner_pid), b.log("b1"))
 
-                for work in (guest, partner):
-                    open(os.path.join(work, "go"), "w").close()
-                for work in (guest, partner):
-                    status = a.wait_for(lambda: harness.read_text(os.path.join(work, "status")),
-                                        WAIT_S, f"the job in {work} to end")
-                    self.assertEqual(status, "0\n", harness.read_text(os.path.join(work, "err")))
-                    self.assertEqual(harness.read_text(os.path.join(work, "out")),
-                                     harness.count(0, 199) + "done\n")
+                self.finish(a, (guest, partner))
                 self.assertEqual(a.zombies("a2"), [])
 
 
