@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <utility>
 
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
@@ -574,6 +575,42 @@ void RunMoveOut(MoveOut& move) {
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
+// Where an incoming move's time went, for the debug log.
+struct MoveInTimes {
+  Clock::time_point offered, pages_in, images_in, landed, restored, pulled, told;
+  void Log(pid_t home_pid) const {
+    auto ms = [](Clock::duration d) {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+    };
+    spdlog::debug("incoming move of job {}: pages {} ms, the rest of the images {} ms, its "
+                  "namespaces awaited {} ms, restore {} ms, its memory pulled {} ms, images "
+                  "removed {} ms",
+                  home_pid, ms(pages_in - offered), ms(images_in - pages_in),
+                  ms(landed - images_in), ms(restored - landed), ms(pulled - restored),
+                  ms(Clock::now() - told));
+  }
+};
+
+// The job runs here: the source hears so before the images go, which for a big job takes
+// a while (freeing its memory's pages). Returns when the source was told.
+Clock::time_point TellStartedThenRemove(int fd, pid_t home_pid, const std::string& node,
+                                        const std::string& dir) {
+  capnp::MallocMessageBuilder message;
+  auto started = message.initRoot<schema::ControlReply>().initJobStarted();
+  started.setHomePid(home_pid);
+  started.setWhere(node);
+  capnp::writeMessageToFd(fd, message);
+  auto told = Clock::now();
+  try {
+    migrate::RemoveImageDir(dir);
+  } catch (const std::exception& e) {
+    spdlog::warn("job {}: {}", home_pid, e.what());
+  }
+  return told;
+}
+
 // The images are about the memory the job will take here: a node without that much free
 // refuses before a byte is sent.
 migrate::ReceiveOptions ReceiveOptionsHere(const MoveInContext& context) {
@@ -609,8 +646,8 @@ std::optional<RestoredJob> RunMoveIn(
            request.getVersion(), schema::CONTROL_VERSION);
     }
     *launch = make_launch(request.getStartGuest());
-    using Clock = std::chrono::steady_clock;
-    auto offered = Clock::now();
+    MoveInTimes times;
+    times.offered = Clock::now();
 
     // The job's namespaces here are made while the source dumps: their holder, and a
     // guest's network with its rules, are no part of the time the job is frozen.
@@ -633,9 +670,9 @@ std::optional<RestoredJob> RunMoveIn(
     step = "receive the images";
     receive.into_existing = true;
     receive.max_total_bytes -= std::min(page_bytes, receive.max_total_bytes);
-    auto pages_in = Clock::now();
+    times.pages_in = Clock::now();
     auto received = migrate::ReceiveImages(*stream, dir, receive);
-    auto images_in = Clock::now();
+    times.images_in = Clock::now();
     fd = SecureStream::IntoChannel(std::move(stream));
     // A lazy move: the job's memory comes from the source's lazy dump, on the connection
     // the source opened for it, as the restored job asks for it.
@@ -662,13 +699,13 @@ std::optional<RestoredJob> RunMoveIn(
       claim = {received.job.lock_token, {}, &context.home_locks, user.uid};
     }
     LandingNamespaces prepared = landing.get();
-    auto landed = Clock::now();
+    times.landed = Clock::now();
     RestoredHere here = RestoreHere(
         dir, received.job.external_pipes, launch->root, context.init_path, context.faults,
         launch->guest, context.state_dir + "/jobs",
         ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}}, claim,
         &prepared, lazy_relay ? lazy_relay->socket() : -1);
-    auto restored_at = Clock::now();
+    times.restored = Clock::now();
     if (here.lazy) {
       // It runs (no longer frozen at the source); the move ends once it has every page.
       step = "pull the job's memory";
@@ -679,33 +716,12 @@ std::optional<RestoredJob> RunMoveIn(
       here.lazy->Finish();
       lazy_relay->Finish();
     }
-    auto pulled = Clock::now();
+    times.pulled = Clock::now();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),
                                received.job.input_ended};
-
-    // The job runs here: the source hears so before the images go, which for a big job
-    // takes a while (freeing its memory's pages).
-    capnp::MallocMessageBuilder message;
-    auto started = message.initRoot<schema::ControlReply>().initJobStarted();
-    started.setHomePid(launch->identity.home_pid);
-    started.setWhere(context.node_name);
-    capnp::writeMessageToFd(fd.get(), message);
-    auto told = Clock::now();
-    try {
-      migrate::RemoveImageDir(dir);
-    } catch (const std::exception& e) {
-      spdlog::warn("job {}: {}", launch->identity.home_pid, e.what());
-    }
-    dir.clear();
-    auto ms = [](Clock::duration d) {
-      return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-    };
-    spdlog::debug("incoming move of job {}: pages {} ms, the rest of the images {} ms, its "
-                  "namespaces awaited {} ms, restore {} ms, its memory pulled {} ms, images "
-                  "removed {} ms",
-                  launch->identity.home_pid, ms(pages_in - offered), ms(images_in - pages_in),
-                  ms(landed - images_in), ms(restored_at - landed), ms(pulled - restored_at),
-                  ms(Clock::now() - told));
+    times.told = TellStartedThenRemove(fd.get(), launch->identity.home_pid, context.node_name,
+                                       std::exchange(dir, {}));
+    times.Log(launch->identity.home_pid);
     RestoredJob restored{std::move(fd), std::move(here.init), std::move(here.ends), {}};
     // From a node that is not the job's home (it was a guest there): the job's home
     // hears how the move went from us.
