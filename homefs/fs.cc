@@ -51,9 +51,11 @@ int64_t Ns(const timespec& t) {
 }
 
 // Whether the kernel sent an interrupt for the request (the caller got a signal). The
-// client asks only while the request is unanswered, so the request is still alive.
+// client asks only while the request is unanswered, so the request is still alive. A
+// detached request (a write behind) has no caller left to interrupt it.
 InterruptProbe InterruptedProbe(const Request& r) {
   fuse_req_t req = r.get();
+  if (!req) return {};
   return [req] { return fuse_req_interrupted(req) != 0; };
 }
 
@@ -132,7 +134,7 @@ bool Fs::Idle() {
     std::lock_guard lock(locks_mutex_);
     if (!lock_owners_.empty() || !claims_.empty() || !lock_waits_.empty()) return false;
   }
-  return notices_.idle() && resends_.idle();
+  return notices_.idle() && resends_.idle() && behind_.Idle();
 }
 
 bool Fs::MayAnswerFromCache(Request& r) {
@@ -140,6 +142,7 @@ bool Fs::MayAnswerFromCache(Request& r) {
 }
 
 std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
+  if (op != Op::WRITE && !AwaitWrites(r)) return nullptr;
   auto p = std::make_unique<Prepared>();
   // Hard mount: waits for the home as long as it takes, unless the caller is interrupted.
   if (int err = client_.WaitConnected(&p->generation, InterruptedProbe(r))) {
@@ -162,6 +165,25 @@ std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
     for (size_t i = 0; i < groups.size(); ++i) list.set(static_cast<unsigned>(i), groups[i]);
   }
   return p;
+}
+
+bool Fs::AwaitWrites(Request& r) {
+  bool interrupted = false;
+  behind_.Drain([&] {
+    if (!client_.Silent()) return false;
+    if (MayAnswerFromCache(r)) return true;  // it goes on, to be answered from the cache
+    interrupted = fuse_req_interrupted(r.get()) != 0;
+    return interrupted;
+  });
+  if (interrupted) r.Err(EINTR);
+  return !interrupted;
+}
+
+void Fs::DrainWrites(Request r) {
+  if (fuse_req_ctx(r.get())->uid != 0) return r.Err(EPERM);
+  bool drained = behind_.Drain([this] { return client_.Silent(); });
+  if (!drained) return r.Err(ETIMEDOUT);
+  r.Err(behind_.HasErrors() ? EIO : 0);
 }
 
 Fs::~Fs() {
@@ -1023,6 +1045,8 @@ void Fs::Read(Request r, size_t size, off_t off, fuse_file_info* fi) {
 }
 
 void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  // An earlier write behind on this handle failed at the home: this one says so.
+  if (int err = behind_.TakeError(fi->fh)) return r.Err(err);
   auto p = Prepare(r, Op::WRITE);
   if (!p || !SetFh(r, *p, fi)) return;
   p->rq.setOffset(static_cast<uint64_t>(off));
@@ -1030,6 +1054,11 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
   // open); the kernel's writeback of mmap pages (writepage) is positional whatever they
   // are.
   if (!fi->writepage && (fi->flags & O_APPEND)) p->rq.setFlags(O_APPEND);
+  // Not for O_SYNC and O_DSYNC files, whose writes are durable when they return.
+  if (options_.write_behind && !(fi->flags & O_DSYNC)) {
+    p->rq.setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(buf), size));
+    return WriteBehind(std::move(r), std::move(p), size, fi->fh);
+  }
   // The kernel's buffer stays valid until Send returns (it is written out in Send), so
   // the message refers to it rather than copying up to 1 MiB.
   // Cap'n Proto wants such a segment word-aligned and whole words long (and not empty).
@@ -1044,10 +1073,43 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
   Call(std::move(r), std::move(p), [](Request& r, auto rs, uint64_t) { r.Write(rs.getSize()); });
 }
 
+void Fs::WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64_t fh) {
+  // Writes a broken connection handed back are sent again first, in order, on the
+  // resending thread: a new one waits for them, or it could land before them.
+  while (!resends_.idle()) {
+    if (client_.Silent() && fuse_req_interrupted(r.get())) return r.Err(EINTR);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  bool interrupted = false;
+  auto ticket = behind_.Start(fh, size, [&] {
+    interrupted = client_.Silent() && fuse_req_interrupted(r.get()) != 0;
+    return interrupted;
+  });
+  if (!ticket) return r.Err(EINTR);
+  // Sent (in order: the home runs a connection's writes one after another) before the
+  // kernel hears it is done; a broken connection sends it again like any request.
+  Issue(std::make_shared<Request>(Request::Detached()), std::shared_ptr<Prepared>(std::move(p)),
+        [ticket, size](Request&, int err, IncomingMessage* message, uint64_t) {
+          if (err == 0) {
+            auto rs = message->Root<schema::ServerMessage>().getResponse();
+            err = rs.getError();
+            if (err == 0 && rs.getSize() < size) err = ENOSPC;  // a short write: the disk is full
+          }
+          ticket->Finish(err);
+        },
+        {});
+  r.Write(size);
+}
+
 void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
   if (IsDeferred(fi->fh)) return r.Err(0);  // read-only, never opened at the home
   auto p = Prepare(r, op);
-  if (!p || !SetFh(r, *p, fi)) return;
+  if (!p) return;
+  // A write behind on this handle failed: its fsync says so (the writes are at the home).
+  if (op == Op::FSYNC) {
+    if (int err = behind_.TakeError(fi->fh)) return r.Err(err);
+  }
+  if (!SetFh(r, *p, fi)) return;
   p->rq.setFlags(flags);
   Call(std::move(r), std::move(p), [](Request& r, auto, uint64_t) { r.Err(0); });
 }
@@ -1076,6 +1138,9 @@ void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   // The kernel does not wait for the answer's content; a file opened on a broken
   // connection is already closed at the home, a deferred one never opened there.
   if (IsDeferred(fi->fh)) return r.Err(0);
+  // Its writes behind keep the handle: one sent again on a new connection opens it there.
+  behind_.Drain({});
+  behind_.TakeError(fi->fh);  // its closer heard it, or never will
   ReopenLocked(fi->fh, false);
   OpenHandle h;
   {
@@ -1182,6 +1247,7 @@ void Fs::Xattr(Request r, Op op, fuse_ino_t ino, const std::string& name, const 
                size_t size, int flags) {
   static constexpr std::string_view kCarry = "trusted.homeward.";
   if (op == Op::SETXATTR && ino == root_ && name.rfind(kCarry, 0) == 0) {
+    if (name.substr(kCarry.size()) == "drain") return DrainWrites(std::move(r));
     return CarryLocks(std::move(r), name.substr(kCarry.size()), std::string(value, size));
   }
   auto p = Prepare(r, op);
@@ -1542,8 +1608,11 @@ void Fs::CancelLockWait(uint64_t generation, uint64_t id) {
 }
 
 void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
-  // Every write reached the home before it was acknowledged (no writeback cache), so a
-  // close has nothing to push; only an owner that took POSIX locks here has them dropped.
+  // A close returns once the writes behind are at the home (close-to-open), with the
+  // error of one of this file's that failed. There is no writeback cache to push; an
+  // owner that took POSIX locks here has them dropped.
+  if (!AwaitWrites(r)) return;
+  int err = behind_.TakeError(fi->fh);
   bool locked;
   {
     std::lock_guard lock(locks_mutex_);
@@ -1556,13 +1625,13 @@ void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
   if (!IsDeferred(fi->fh) && TagCarry(r.get(), rq) && !Restoring(fuse_req_ctx(r.get())->pid)) {
     locked = true;
   }
-  if (!locked || IsDeferred(fi->fh)) return r.Err(0);
+  if (!locked || IsDeferred(fi->fh)) return r.Err(err);
   ReopenLocked(fi->fh, true);
   uint64_t generation, remote;
   {
     std::lock_guard lock(mutex_);
     auto it = handles_.find(fi->fh);
-    if (it == handles_.end()) return r.Err(0);
+    if (it == handles_.end()) return r.Err(err);
     generation = it->second.generation;
     remote = it->second.remote;
   }
@@ -1573,7 +1642,7 @@ void Fs::Flush(Request r, fuse_ino_t ino, fuse_file_info* fi) {
   // Answered once the home has dropped them (a close then a lock elsewhere must not find
   // them held); a connection gone since took them with it. close() never fails for this.
   auto shared = std::make_shared<Request>(std::move(r));
-  client_.Send(message, generation, [shared](int, IncomingMessage*) { shared->Err(0); });
+  client_.Send(message, generation, [shared, err](int, IncomingMessage*) { shared->Err(err); });
 }
 
 

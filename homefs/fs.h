@@ -30,6 +30,7 @@
 #include "criu_acting.h"
 #include "request.h"
 #include "work_thread.h"
+#include "writes_behind.h"
 
 namespace homeward {
 
@@ -55,6 +56,9 @@ struct FsOptions {
   // The first of this Fs's node ids and handles (its root is id_base | 1): 0 for a mount
   // of its own (the root is FUSE_ROOT_ID), slot << kSlotShift in a HomeTree.
   uint64_t id_base = 0;
+  // Writes are acknowledged once sent, before the home answers (see WritesBehind), except
+  // on files opened O_SYNC or O_DSYNC. False (`-o sync_writes`): each waits for the home.
+  bool write_behind = true;
 };
 
 class Fs {
@@ -129,6 +133,11 @@ class Fs {
   void Flush(Request r, fuse_ino_t ino, fuse_file_info* fi);
   // The kernel interrupted the lock wait `serial` (its caller got a signal).
   void LockInterrupted(uint64_t serial);
+  // The daemon's trusted.homeward.drain on the root, once a job that moves is frozen:
+  // answered when every write behind is at the home, with EIO if one failed and its
+  // writer has not heard yet (the job stays to hear it), or ETIMEDOUT if the home is
+  // silent (the writes wait for it; a job elsewhere would not see them).
+  void DrainWrites(Request r);
 
  private:
   struct Inode {
@@ -172,9 +181,17 @@ class Fs {
   // Answers a request from the home's reply (err: the client's, e.g. EIO, EINTR).
   using Handler = std::function<void(Request&, int err, IncomingMessage*, uint64_t generation)>;
 
-  // Starts a request on behalf of `r`: waits for the connection and fills in the
-  // caller's credentials. Answers EIO and returns nothing when the home is unreachable.
+  // Starts a request on behalf of `r`: waits for the writes behind to be answered (every
+  // request but a write) and for the connection, and fills in the caller's credentials.
+  // Answers EIO and returns nothing when the home is unreachable.
   std::unique_ptr<Prepared> Prepare(Request& r, schema::FileOp op);
+  // Waits until no write is behind, so that what `r` asks sees them all at the home.
+  // Ends early when the home is silent for a caller that may be answered from the cache
+  // (root), and answers EINTR (returning false) to one that was interrupted meanwhile.
+  bool AwaitWrites(Request& r);
+  // A write sent behind: the kernel is answered at once, the home's answer goes to
+  // behind_ (the data is copied: the kernel's buffer is gone after the answer).
+  void WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64_t fh);
   // The caller's supplementary groups (cached briefly per process).
   std::vector<gid_t> Groups(fuse_req_t req, pid_t pid);
   // The home's id of `ino` in `generation`, found again by path if need be.
@@ -286,6 +303,8 @@ class Fs {
   std::unordered_map<uint64_t, fuse_ino_t> by_remote_;  // current generation only
   std::unordered_map<uint64_t, OpenHandle> handles_;
   uint64_t next_fh_;
+  // At most 16 MiB in 256 writes out at once.
+  WritesBehind behind_{16 << 20, 256};
   std::mutex reopen_mutex_;
   WorkThread resends_{"sending a request again", std::chrono::seconds(5)};
 

@@ -1,5 +1,6 @@
 // mosmount: mounts a node's files with homefs.
-//   mosmount [-f] [-d] [-o hard|soft,timeout=S,grace=S,attr_timeout=S,entry_timeout=S]
+//   mosmount [-f] [-d] [-o hard|soft,timeout=S,grace=S,attr_timeout=S,entry_timeout=S,
+//                      write_behind|sync_writes]
 //            NODE|ADDRESS[:PORT] DIR
 //   mosmount --tree [--self NAME --self-tree PATH] [--daemon-fd FD] [-o ...,idle=S] DIR
 // The first mounts one node's files (by hand, for debugging); the second every node's,
@@ -72,6 +73,8 @@ MountOptions ParseOptions(const std::vector<std::string>& lists) {
         options.grace_s = Seconds(key, value);
       } else if (key == "hard" || key == "soft") {
         options.hard = key == "hard";
+      } else if (key == "sync_writes" || key == "write_behind") {
+        options.fs.write_behind = key == "write_behind";
       } else if (key == "idle") {
         options.idle_s = Seconds(key, value);
       } else if (key == "attr_timeout") {
@@ -81,7 +84,7 @@ MountOptions ParseOptions(const std::vector<std::string>& lists) {
       } else {
         Fail(ErrorKind::kInvalidInput,
              "-o {}: unknown option (known: hard, soft, timeout, grace, idle, attr_timeout, "
-             "entry_timeout)",
+             "entry_timeout, write_behind, sync_writes)",
              key);
       }
     }
@@ -267,7 +270,9 @@ int Run(int argc, char** argv) {
                  "hard (default: calls wait for an unreachable home) or soft (they fail after "
                  "the timeout), timeout=S (default 10), grace=S (hard: how long a silent "
                  "connection is kept, default 300), idle=S (--tree: a home's connection "
-                 "closes after S unused, default 60), attr_timeout=S, entry_timeout=S")
+                 "closes after S unused, default 60), attr_timeout=S, entry_timeout=S, "
+                 "write_behind (default: a write returns once sent; close and fsync wait for "
+                 "the home) or sync_writes (each write waits for the home)")
       ->allow_extra_args(false);  // one list per -o: the rest are the positional arguments
   app.add_flag("--tree", tree, "serve every live node's files, each at DIR/NODE");
   app.add_option("--self", tree_args.self, "--tree: this node's name");

@@ -1,5 +1,7 @@
 // Request: one FUSE request, answered exactly once. Move-only; a Request destroyed
-// without an answer answers EIO, so no caller in the kernel ever waits forever.
+// without an answer answers EIO, so no caller in the kernel ever waits forever. A
+// detached one stands for a request the kernel was answered already (a write behind):
+// its answers go nowhere.
 #pragma once
 
 #include <fuse_lowlevel.h>
@@ -12,6 +14,7 @@ namespace homeward {
 class Request {
  public:
   explicit Request(fuse_req_t req) : req_(req) {}
+  static Request Detached() { return Request(nullptr); }
   Request(Request&& other) noexcept : req_(std::exchange(other.req_, nullptr)) {}
   Request& operator=(Request&&) = delete;
   Request(const Request&) = delete;
@@ -25,23 +28,45 @@ class Request {
 
   // The replies; each ends the request. Errors are positive errno values (0 = success
   // for operations that answer nothing else).
-  void Err(int err) { fuse_reply_err(Take(), err); }
-  void None() { fuse_reply_none(Take()); }
-  void Entry(const fuse_entry_param& e) { fuse_reply_entry(Take(), &e); }
+  void Err(int err) {
+    if (auto q = Take()) fuse_reply_err(q, err);
+  }
+  void None() {
+    if (auto q = Take()) fuse_reply_none(q);
+  }
+  void Entry(const fuse_entry_param& e) {
+    if (auto q = Take()) fuse_reply_entry(q, &e);
+  }
   void Create(const fuse_entry_param& e, const fuse_file_info& fi) {
-    fuse_reply_create(Take(), &e, &fi);
+    if (auto q = Take()) fuse_reply_create(q, &e, &fi);
   }
-  void Attr(const struct stat& st, double timeout) { fuse_reply_attr(Take(), &st, timeout); }
-  void Open(const fuse_file_info& fi) { fuse_reply_open(Take(), &fi); }
+  void Attr(const struct stat& st, double timeout) {
+    if (auto q = Take()) fuse_reply_attr(q, &st, timeout);
+  }
+  void Open(const fuse_file_info& fi) {
+    if (auto q = Take()) fuse_reply_open(q, &fi);
+  }
   void Buf(const void* data, size_t size) {
-    fuse_reply_buf(Take(), static_cast<const char*>(data), size);
+    if (auto q = Take()) fuse_reply_buf(q, static_cast<const char*>(data), size);
   }
-  void Write(size_t count) { fuse_reply_write(Take(), count); }
-  void Readlink(const std::string& target) { fuse_reply_readlink(Take(), target.c_str()); }
-  void Statfs(const struct statvfs& st) { fuse_reply_statfs(Take(), &st); }
-  void Xattr(size_t size) { fuse_reply_xattr(Take(), size); }
-  void Lock(const struct flock& lock) { fuse_reply_lock(Take(), &lock); }
-  void Ioctl(const void* out, size_t size) { fuse_reply_ioctl(Take(), 0, out, size); }
+  void Write(size_t count) {
+    if (auto q = Take()) fuse_reply_write(q, count);
+  }
+  void Readlink(const std::string& target) {
+    if (auto q = Take()) fuse_reply_readlink(q, target.c_str());
+  }
+  void Statfs(const struct statvfs& st) {
+    if (auto q = Take()) fuse_reply_statfs(q, &st);
+  }
+  void Xattr(size_t size) {
+    if (auto q = Take()) fuse_reply_xattr(q, size);
+  }
+  void Lock(const struct flock& lock) {
+    if (auto q = Take()) fuse_reply_lock(q, &lock);
+  }
+  void Ioctl(const void* out, size_t size) {
+    if (auto q = Take()) fuse_reply_ioctl(q, 0, out, size);
+  }
 
  private:
   fuse_req_t Take() { return std::exchange(req_, nullptr); }

@@ -66,6 +66,30 @@ void WorkerPool::Run() {
   }
 }
 
+void Strand::Post(std::function<void()> job) {
+  std::lock_guard lock(mutex_);
+  jobs_.push_back(std::move(job));
+  if (running_) return;
+  running_ = true;
+  pool_.Post([self = shared_from_this()] { self->Drain(); });
+}
+
+void Strand::Drain() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::lock_guard lock(mutex_);
+      if (jobs_.empty()) {
+        running_ = false;
+        return;
+      }
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    job();
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 
 FileServer::FileServer(const std::string& export_root, int threads, FileSession::Root peer_root,
@@ -226,6 +250,7 @@ std::shared_ptr<FileSession> FileServer::OpenSession(const PeerIdentity& peer,
 std::string FileServer::ServeRequests(const std::shared_ptr<FileSession>& session,
                                       const std::shared_ptr<FrameStream>& stream,
                                       const std::shared_ptr<Gate>& in_flight) {
+  auto writes = std::make_shared<Strand>(pool_);
   try {
     while (auto message = stream->Read()) {
       auto shared = std::make_shared<IncomingMessage>(std::move(*message));
@@ -234,9 +259,12 @@ std::string FileServer::ServeRequests(const std::shared_ptr<FileSession>& sessio
       auto request = shared->Root<schema::FileRequest>();
       in_flight->Enter();
       bool inline_job = RunsInline(request, in_flight->count());
+      bool write = request.getOp() == schema::FileOp::WRITE;
       auto job = RequestJob(session, stream, std::move(shared), in_flight, stats_);
       if (inline_job) {
         job();
+      } else if (write) {
+        writes->Post(std::move(job));
       } else {
         pool_.Post(std::move(job));
       }

@@ -56,6 +56,23 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
+// Jobs that run one after another, in the order posted, on a pool's workers: a
+// connection's writes. Its client acknowledges a write before the home has done it
+// (homefs's write-behind), so one writer's writes may be in flight together, and the
+// later must land later (two appends, two writes of one block).
+class Strand : public std::enable_shared_from_this<Strand> {
+ public:
+  explicit Strand(WorkerPool& pool) : pool_(pool) {}
+  void Post(std::function<void()> job);
+
+ private:
+  void Drain();
+  WorkerPool& pool_;
+  std::mutex mutex_;
+  std::deque<std::function<void()>> jobs_;
+  bool running_ = false;  // a worker drains jobs_
+};
+
 struct EntryHolds;
 
 // One client's view of the export: its looked-up objects and its open files.

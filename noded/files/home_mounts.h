@@ -35,6 +35,7 @@ struct HomeMountsOptions {
   std::string config_path;            // the node's configuration (the cluster key)
   int grace_s = 300;                  // passed to homefs: how long a silent home is waited for
   int idle_s = 60;                    // passed to homefs: a home's connection closes unused
+  bool write_behind = true;           // passed to homefs: writes return once sent
 };
 
 class HomeMounts {

@@ -145,6 +145,22 @@ bool CarryLocks(const std::string& mount, const std::string& what, const std::st
   return false;
 }
 
+// Waits until the writes the frozen job made through the homefs at `mount` are at its
+// home: homefs acknowledges a write before the home has it (write-behind), and the job,
+// running elsewhere next, must read what it wrote. Fails the move when the home is
+// silent (the writes wait there for it) or one of them failed unheard (the job stays to
+// hear it at its next write or close).
+void DrainWrites(const std::string& mount) {
+  if (::setxattr(mount.c_str(), "trusted.homeward.drain", "", 0, 0) == 0) return;
+  int err = errno;
+  if (err == ETIMEDOUT) {
+    Fail(ErrorKind::kDisconnected, "its home is silent and has not yet got the writes it made");
+  }
+  if (err == EIO) Fail(ErrorKind::kFailed, "a write it made failed at its home, and it has not heard yet");
+  Fail(ErrorKind::kFailed, "cannot see its writes at its home through {}: {}", mount,
+       std::strerror(err));
+}
+
 // The descriptions through which the frozen job's processes hold locks of their own
 // description (a flock, an OFD lock: the shim takes a job's POSIX locks as these), each
 // once, with a descriptor of ours (pidfd_getfd): the home's file service keeps them for
@@ -521,6 +537,10 @@ void RunMoveOut(MoveOut& move) {
                          ? dump_started
                          : dump_ended - result.frozen_time;
     move.image_bytes = result.image_bytes + pages.bytes();
+    if (!move.lock_mount.empty()) {
+      step = "wait for the job's writes to reach its home";
+      DrainWrites(move.lock_mount);
+    }
     if (!move.lock_mount.empty() || move.park_home_locks) {
       step = "keep the job's locks at its home";
       lock_ns = ParkLocks(move);

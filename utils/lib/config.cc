@@ -384,6 +384,7 @@ level_ok:
       "files.idle_disconnect_s", config.files_idle_disconnect.count(), 1, 86399));
   config.files_sync_replay_log =
       reader.Boolean("files.sync_replay_log", config.files_sync_replay_log);
+  config.files_write_behind = reader.Boolean("files.write_behind", config.files_write_behind);
   config.gossip.replay_window =
       reader.Millis("gossip.replay_window_ms", config.gossip.replay_window);
   PeerConfig& peer = config.peer;

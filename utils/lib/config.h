@@ -101,6 +101,9 @@ struct NodeConfig {
   // [files] sync_replay_log: the file service's record of non-idempotent calls is on the
   // disk before each call (outlives a power loss), not only written (outlives the daemon).
   bool files_sync_replay_log = false;
+  // [files] write_behind: homefs answers a write once it is sent to the home, and a
+  // close, fsync, lock or any other call waits for the writes before it (NFS's way).
+  bool files_write_behind = true;
   std::string cluster = "homeward";  // [cluster] name: this node's cluster
   std::string key_file;
   std::vector<uint8_t> cluster_key;  // 32 bytes, read from key_file

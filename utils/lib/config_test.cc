@@ -169,6 +169,9 @@ TEST_F(ConfigTest, ReadsRecoverySection) {
 
 TEST_F(ConfigTest, TheFileServicesReplayLogIsSyncedOnlyWhenAsked) {
   EXPECT_FALSE(LoadNodeConfig(Write(Good())).files_sync_replay_log);
+  EXPECT_TRUE(LoadNodeConfig(Write(Good())).files_write_behind);
+  EXPECT_FALSE(
+      LoadNodeConfig(Write(Good() + "[files]\nwrite_behind = false\n")).files_write_behind);
   EXPECT_TRUE(
       LoadNodeConfig(Write(Good() + "[files]\nsync_replay_log = true\n")).files_sync_replay_log);
 }

@@ -1,0 +1,193 @@
+#!/usr/bin/python3
+"""homefs answers a write once it is on its way to the home (write-behind, as NFS and
+sshfs do). What a program must still see, as an ordinary user's jobs (a user made here):
+a write the home refuses (its disk is full) is reported by a later write or the close,
+never lost; fsync and close wait until the writes are at the home; and a job whose
+writes have not reached its home does not move: the drain that a move asks for after
+the job's freeze answers once they are there, and says ETIMEDOUT while the homefs
+connection to the home is cut (the move then fails, and the job runs on where it was).
+Every move of a guest in the other tests passes through it."""
+
+import json
+import os
+import pwd
+import subprocess
+import time
+import unittest
+
+import harness
+from test_cutlink import Cut
+
+WAIT_S = 60
+
+# Writes 2 MiB in 64 KiB blocks to a file on a 1 MiB file system, then closes it: prints
+# which call failed first and with which errno (the local kernel's answer is the same).
+FILL = r"""
+import errno, json, os, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+failed = None
+for i in range(32):
+    try:
+        os.write(fd, b"x" * 65536)
+    except OSError as e:
+        failed = ["write", errno.errorcode[e.errno]]
+        break
+try:
+    os.close(fd)
+except OSError as e:
+    failed = failed or ["close", errno.errorcode[e.errno]]
+# What fits is written whole: 512 KiB, fsync'd and closed without error, and read back.
+os.unlink(path)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, b"y" * (512 << 10))
+os.fsync(fd)
+os.close(fd)
+with open(path, "rb") as f:
+    back = f.read()
+print(json.dumps({"failed": failed, "fits": back == b"y" * (512 << 10)}))
+"""
+
+# A writer driven line by line on its standard input: "open PATH", "write TEXT",
+# "close"; it answers "ok SECONDS" (how long the call took) or "err ERRNO-NAME".
+WRITER = r"""
+import errno, os, sys, time
+fd = None
+for line in sys.stdin:
+    verb, _, arg = line.rstrip("\n").partition(" ")
+    started = time.monotonic()
+    try:
+        if verb == "open":
+            fd = os.open(arg, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        elif verb == "write":
+            os.write(fd, (arg + "\n").encode())
+        elif verb == "close":
+            os.close(fd)
+        print(f"ok {time.monotonic() - started:.3f}", flush=True)
+    except OSError as e:
+        print(f"err {errno.errorcode[e.errno]}", flush=True)
+"""
+
+DRAIN = ("import errno, os\n"
+         "try:\n"
+         "    os.setxattr('/mosix/home/node1', 'trusted.homeward.drain', b'')\n"
+         "    print('ok')\n"
+         "except OSError as e:\n"
+         "    print(errno.errorcode[e.errno])\n")
+
+
+class WriteBehindTest(harness.UserClusterTest):
+    user_prefix = "hwwb"
+    cluster_nodes = 3
+
+    def as_user(self, *command):
+        return ["runuser", "-u", self.user, "--", *command]
+
+    def test_a_full_disk_at_home_is_reported_by_a_write_or_the_close(self):
+        c = self.c
+        c.run("node1", "mkdir", "-p", "/data/small")
+        c.run("node1", "mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs", "/data/small")
+        try:
+            script = os.path.join(harness.private_dir(), "fill.py")
+            with open(script, "w") as f:
+                f.write(FILL)
+            at_home = json.loads(c.run("node1", *self.as_user(
+                "python3", script, "/data/small/at-home")).stdout)
+            away = json.loads(c.run("node2", *self.as_user(
+                "python3", script, "/mosix/home/node1/data/small/away")).stdout)
+            self.assertEqual(at_home["failed"][1], "ENOSPC", at_home)
+            # Away, the error may come one write later than at home, or with the close;
+            # it comes, and it is the same.
+            self.assertIsNotNone(away["failed"], "the full disk was never reported")
+            self.assertEqual(away["failed"][1], "ENOSPC", away)
+            self.assertTrue(away["fits"], away)
+            self.assertEqual(c.run("node1", "stat", "-c", "%s", "/data/small/away").stdout,
+                             f"{512 << 10}\n")
+        finally:
+            c.run("node1", "umount", "/data/small", check=False)
+
+    def homefs_connection(self, node):
+        """The ports of `node`'s homefs connection to node1's file service."""
+        me, home = self.c.node(node)["address"], self.c.node("node1")["address"]
+        listing = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True,
+                                 text=True, check=True).stdout
+        for line in listing.splitlines():
+            fields = line.split()
+            local, peer = fields[2], fields[3]
+            if '"mosmount"' in line and local.startswith(me + ":") and \
+                    peer.startswith(home + ":"):
+                return local.rsplit(":", 1)[1], peer.rsplit(":", 1)[1]
+        return None
+
+    def start_writer(self, node):
+        script = os.path.join(harness.private_dir(), "writer.py")
+        with open(script, "w") as f:
+            f.write(WRITER)
+        argv, env = harness._loopcluster.exec_args(
+            self.c.info, harness._loopcluster.node_of(self.c.info, node),
+            self.as_user("python3", script), self.c.env())
+        writer = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+
+        def stop():
+            if writer.poll() is None:
+                writer.kill()
+            writer.wait()
+            writer.stdin.close()
+            writer.stdout.close()
+        self.addCleanup(stop)
+
+        def ask(line):
+            writer.stdin.write(line + "\n")
+            writer.stdin.flush()
+            return writer.stdout.readline().split()
+        return ask
+
+    def drain(self, node, *user):
+        return self.c.run(node, *user, "python3", "-c", DRAIN, timeout=WAIT_S).stdout.strip()
+
+    def test_the_drain_a_move_waits_for_answers_once_the_writes_are_at_home(self):
+        c = self.c
+        work = os.path.join(c.node("node1")["data"], "drained")
+        os.makedirs(work)
+        me = pwd.getpwnam(self.user)
+        os.chown(work, me.pw_uid, me.pw_gid)
+        lines = os.path.join(work, "lines")
+        ask = self.start_writer("node2")
+        self.assertEqual(ask("open /mosix/home/node1/data/drained/lines")[0], "ok")
+        self.assertEqual(ask("write before")[0], "ok")
+        self.assertEqual(self.drain("node2"), "ok")
+        self.assertEqual(harness.read_text(lines), "before\n")
+        # Only the user's may ask: trusted.* is root's.
+        self.assertEqual(self.drain("node2", *self.as_user()), "EPERM")
+
+        ports = self.homefs_connection("node2")
+        self.assertIsNotNone(ports, "no homefs connection from node2 to node1")
+        me_addr, home_addr = c.node("node2")["address"], c.node("node1")["address"]
+        # Only that connection is cut: the home hears nothing of node2's homefs.
+        cut = Cut(me_addr, home_addr)
+        cut.rules = [["-p", "tcp", "-s", me_addr, "--sport", ports[0], "-d", home_addr,
+                      "--dport", ports[1]],
+                     ["-p", "tcp", "-s", home_addr, "--sport", ports[1], "-d", me_addr,
+                      "--dport", ports[0]]]
+        try:
+            cut.cut()
+            # The write returns at once: it is behind, on its way.
+            answer = ask("write during")
+            self.assertEqual(answer[0], "ok", answer)
+            self.assertLess(float(answer[1]), 5.0, answer)
+            self.assertEqual(harness.read_text(lines), "before\n")
+            # A move would wait for it: the home is silent, so the drain says so.
+            started = time.monotonic()
+            self.assertEqual(self.drain("node2"), "ETIMEDOUT")
+            self.assertGreaterEqual(time.monotonic() - started, 1.5)
+        finally:
+            cut.restore()
+        # Once the link is back, the write reaches home and the drain answers.
+        c.wait_for(lambda: self.drain("node2") == "ok", WAIT_S, "the drain to answer")
+        self.assertEqual(harness.read_text(lines), "before\nduring\n")
+        self.assertEqual(ask("close")[0], "ok")
+
+
+if __name__ == "__main__":
+    harness.main()
