@@ -74,6 +74,25 @@ void Strand::Post(std::function<void()> job) {
   pool_.Post([self = shared_from_this()] { self->Drain(); });
 }
 
+void Strand::RunOrPost(std::function<void()> job) {
+  {
+    std::lock_guard lock(mutex_);
+    if (running_) {
+      jobs_.push_back(std::move(job));
+      return;
+    }
+    running_ = true;
+  }
+  job();
+  // Whatever came meanwhile (nothing, when only the caller posts) goes to a worker.
+  std::lock_guard lock(mutex_);
+  if (jobs_.empty()) {
+    running_ = false;
+  } else {
+    pool_.Post([self = shared_from_this()] { self->Drain(); });
+  }
+}
+
 void Strand::Drain() {
   for (;;) {
     std::function<void()> job;
@@ -182,13 +201,16 @@ std::function<void()> RequestJob(std::shared_ptr<FileSession> session,
   };
 }
 
+// Reads and writes up to this size may run on the connection's thread (below).
+constexpr size_t kInlineBytes = 64 << 10;
+
 // A request that arrives alone (nothing else of this client's in flight) and is not bulk
 // I/O runs on the connection's thread: handing it to a worker would only add a thread
 // wake-up to its latency. Forgets and releases (a map operation and a close) always do.
 // Concurrent requests go to the pool, so they run in parallel.
 bool RunsInline(schema::FileRequest::Reader request, size_t in_flight) {
   auto op = request.getOp();
-  bool big_read = op == schema::FileOp::READ && request.getSize() > (64 << 10);
+  bool big_read = op == schema::FileOp::READ && request.getSize() > kInlineBytes;
   bool bulk = op == schema::FileOp::WRITE || op == schema::FileOp::FSYNC ||
               op == schema::FileOp::READDIR || op == schema::FileOp::FALLOCATE || big_read;
   bool tiny = op == schema::FileOp::FORGET || op == schema::FileOp::RELEASE ||
@@ -260,9 +282,12 @@ std::string FileServer::ServeRequests(const std::shared_ptr<FileSession>& sessio
       in_flight->Enter();
       bool inline_job = RunsInline(request, in_flight->count());
       bool write = request.getOp() == schema::FileOp::WRITE;
+      bool small = request.getData().size() <= kInlineBytes;
       auto job = RequestJob(session, stream, std::move(shared), in_flight, stats_);
       if (inline_job) {
         job();
+      } else if (write && small) {
+        writes->RunOrPost(std::move(job));
       } else if (write) {
         writes->Post(std::move(job));
       } else {

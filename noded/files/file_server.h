@@ -64,6 +64,9 @@ class Strand : public std::enable_shared_from_this<Strand> {
  public:
   explicit Strand(WorkerPool& pool) : pool_(pool) {}
   void Post(std::function<void()> job);
+  // Runs `job` on the calling thread if nothing of the strand's is queued or running
+  // (a small write: waking a worker would cost more than the write), else posts it.
+  void RunOrPost(std::function<void()> job);
 
  private:
   void Drain();

@@ -87,6 +87,8 @@ using namespace file_ops;
 namespace {
 
 constexpr auto kOwnChangeWindow = std::chrono::seconds(1);
+// How long change events gather after a batch of them is read (milliseconds).
+constexpr int kNoticeGather = 2;
 
 // A peer's root is squashed to nobody unless this node trusts it: root on one machine
 // must not be root over every other machine's files.
@@ -656,10 +658,20 @@ std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* ev
 
 void FileSession::WatchLoop() {
   alignas(inotify_event) char buffer[64 * 1024];
+  bool just_read = false;
   for (;;) {
+    // After a batch, events gather for a moment before the next read: inotify merges a
+    // file's repeated events while they wait (a stream of writes or appends makes one
+    // per write), and a watcher already woken is not woken again by each.
+    if (just_read) {
+      pollfd stop{stop_watching_.get(), POLLIN, 0};
+      if (::poll(&stop, 1, kNoticeGather) > 0) return;
+    }
     pollfd p[2] = {{inotify_.get(), POLLIN, 0}, {stop_watching_.get(), POLLIN, 0}};
+    just_read = false;
     if (::poll(p, 2, -1) < 0) continue;  // EINTR
     if (p[1].revents) return;
+    just_read = true;
     ssize_t n = ::read(inotify_.get(), buffer, sizeof buffer);
     if (n <= 0) continue;
     for (const auto& [node, name] : ChangedBy(buffer, static_cast<size_t>(n))) {
