@@ -78,6 +78,8 @@ void FileOps::Forget(FileSession& s, Rq rq, Rs) {
     return;
   }
   s.by_inode_.erase(it->second->key);
+  if (it->second->listed) s.open_nodes_.erase(it->second->place);
+  it->second->listed = false;
   if (it->second->watch >= 0) {
     // Another node of the same inode cannot exist (by_inode_), so the watch is ours.
     s.watches_.erase(it->second->watch);

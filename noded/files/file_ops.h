@@ -27,12 +27,27 @@ namespace homeward {
 // An object the client looked up. A request that uses it holds this shared_ptr for as
 // long as it uses `fd`: a FORGET only drops the session's reference, so the descriptor
 // is closed after the last request using it is done, never under a system call.
+//
+// A client may look up more objects than the daemon may hold descriptors (a build tree
+// of 50,000 files, and the kernel keeps what it looked up until memory runs short): a
+// node on a mount of which the session has seen a directory also keeps its file handle, and its descriptor
+// is closed while no request holds the node and node descriptors pass half the daemon's
+// limit (FileSession::ReclaimLocked), to be opened again from the handle by the next
+// request that takes it (open_by_handle_at, ESTALE once the object is gone, as NFS).
 struct FileSession::Node {
-  Fd fd;  // O_PATH; set before the node is published, never changed after
+  Fd fd;  // O_PATH; changed only under the session's mutex while no request holds the node
   uint64_t nlookup = 0;
   std::pair<uint64_t, uint64_t> key;
   int watch = -1;
+  std::vector<unsigned char> handle;  // a struct file_handle; empty: never reclaimed
+  int mount = -1;                     // its mount's id (mounts_)
+  bool listed = false;  // in open_nodes_, at `place`
+  std::list<uint64_t>::iterator place;
+  ~Node();
 };
+
+// The daemon's node descriptors that may be reclaimed and are open, in every session.
+inline std::atomic<int64_t> open_node_fds{0};
 
 // What a directory entry holds: an object, or nothing.
 struct EntryHolds {

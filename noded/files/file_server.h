@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -137,7 +138,8 @@ class FileSession {
   struct LockOwner;
   struct Carried;
   // The node or open file a request names, held by the request for as long as it uses
-  // the descriptor (ESTALE or EBADF when there is none).
+  // the descriptor (ESTALE or EBADF when there is none). A node whose descriptor was
+  // reclaimed is opened again (ESTALE when its object is gone).
   std::shared_ptr<Node> GetNode(uint64_t id);
   std::shared_ptr<OpenFile> GetHandle(uint64_t fh);
   uint64_t AddHandle(std::shared_ptr<OpenFile> handle);
@@ -201,6 +203,13 @@ class FileSession {
   // Whether the event of entry `key` is this client's own change (mutex_ held).
   bool OwnEntryEvent(const std::pair<uint64_t, std::string>& key,
                      std::chrono::steady_clock::time_point now);
+  // Node descriptors (see Node): `node`'s, opened again from its file handle if it was
+  // reclaimed; and reclaiming those of nodes no request holds, least recently used
+  // first, while the daemon's node descriptors are more than half its limit (mutex_ held).
+  int NodeFdLocked(Node& node);
+  void ReclaimLocked();
+  // A node was used: first in line to keep its descriptor (mutex_ held).
+  void UsedLocked(uint64_t id, Node& node);
 
   int root_;
   Root peer_root_;
@@ -209,6 +218,10 @@ class FileSession {
   std::mutex mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> by_inode_;
+  // Nodes whose descriptor may be reclaimed and is open, the most recently used first.
+  std::list<uint64_t> open_nodes_;
+  // A directory of each mount seen (by mount id), which open_by_handle_at names the mount by.
+  std::unordered_map<int, Fd> mounts_;
   std::unordered_map<uint64_t, std::shared_ptr<OpenFile>> handles_;
   uint64_t next_node_ = 2;  // 1 is the root
   std::shared_ptr<HomeLocks> locks_;

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -87,6 +88,40 @@ using namespace file_ops;
 namespace {
 
 constexpr auto kOwnChangeWindow = std::chrono::seconds(1);
+
+// The daemon's own fs ids, and with them its fs capabilities, on this thread while it
+// lives; then the caller's again.
+class AsDaemon {
+ public:
+  AsDaemon() {
+    ::syscall(SYS_setfsuid, 0);
+    ::syscall(SYS_setfsgid, 0);
+  }
+  ~AsDaemon() {
+    ::syscall(SYS_setfsgid, current_credentials.gid);
+    ::syscall(SYS_setfsuid, current_credentials.uid);
+  }
+  AsDaemon(const AsDaemon&) = delete;
+  AsDaemon& operator=(const AsDaemon&) = delete;
+};
+
+// A descriptor that open_by_handle_at takes to name the mount of directory `dir` (an
+// O_PATH one does not do). Invalid when it cannot be opened.
+Fd MountFd(int dir) {
+  AsDaemon daemon;
+  return Fd::Adopt(::open(ProcPath(dir).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+}
+
+// The file handle of `fd`'s object (a struct file_handle) and its mount's id; empty when
+// its file system gives none.
+std::vector<unsigned char> FileHandle(int fd, int* mount_id) {
+  std::vector<unsigned char> bytes(sizeof(file_handle) + MAX_HANDLE_SZ);
+  auto* handle = reinterpret_cast<file_handle*>(bytes.data());
+  handle->handle_bytes = MAX_HANDLE_SZ;
+  if (::name_to_handle_at(fd, "", handle, mount_id, AT_EMPTY_PATH) != 0) return {};
+  bytes.resize(sizeof(file_handle) + handle->handle_bytes);
+  return bytes;
+}
 // How long change events gather after a batch of them is read (milliseconds).
 constexpr int kNoticeGather = 2;
 
@@ -141,6 +176,12 @@ FileSession::FileSession(int root, Root peer_root, ReplayCache* replay,
   node->fd = Fd::Adopt(HW_SYSCALL(::fcntl(root, F_DUPFD_CLOEXEC, 0), "dup export root"));
   node->nlookup = 1;
   nodes_[1] = node;
+  int mount = -1;
+  if (!FileHandle(root, &mount).empty()) mounts_[mount] = MountFd(root);
+}
+
+FileSession::Node::~Node() {
+  if (!handle.empty() && fd.valid()) --open_node_fds;
 }
 
 FileSession::~FileSession() {
@@ -159,7 +200,56 @@ std::shared_ptr<FileSession::Node> FileSession::GetNode(uint64_t id) {
   std::lock_guard lock(mutex_);
   auto it = nodes_.find(id);
   if (it == nodes_.end()) throw OpError{ESTALE};
-  return it->second;
+  bool reopened = !it->second->fd.valid();
+  NodeFdLocked(*it->second);
+  UsedLocked(id, *it->second);
+  std::shared_ptr<Node> node = it->second;  // held: not reclaimed below
+  if (reopened) ReclaimLocked();
+  return node;
+}
+
+int FileSession::NodeFdLocked(Node& node) {
+  if (node.fd.valid()) return node.fd.get();
+  int fd, err;
+  {
+    AsDaemon daemon;  // CAP_DAC_READ_SEARCH, which the caller's fsuid dropped
+    fd = ::open_by_handle_at(mounts_.at(node.mount).get(),
+                             reinterpret_cast<file_handle*>(node.handle.data()),
+                             O_PATH | O_CLOEXEC);
+    err = errno;
+  }
+  if (fd < 0) throw OpError{err == ENOENT ? ESTALE : err};
+  node.fd = Fd::Adopt(fd);
+  ++open_node_fds;
+  return fd;
+}
+
+void FileSession::UsedLocked(uint64_t id, Node& node) {
+  if (node.handle.empty()) return;
+  if (node.listed) {
+    open_nodes_.splice(open_nodes_.begin(), open_nodes_, node.place);
+  } else {
+    node.place = open_nodes_.insert(open_nodes_.begin(), id);
+    node.listed = true;
+  }
+}
+
+void FileSession::ReclaimLocked() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  auto budget = static_cast<int64_t>(limit.rlim_cur / 2);
+  // From the least recently used, past those a request holds.
+  for (auto it = open_nodes_.end(); open_node_fds.load() > budget && it != open_nodes_.begin();) {
+    --it;
+    auto found = nodes_.find(*it);
+    if (found != nodes_.end() && found->second.use_count() > 1) continue;
+    if (found != nodes_.end()) {
+      found->second->fd = Fd();
+      found->second->listed = false;
+      --open_node_fds;
+    }
+    it = open_nodes_.erase(it);
+  }
 }
 
 std::shared_ptr<FileSession::OpenFile> FileSession::GetHandle(uint64_t fh) {
@@ -183,7 +273,13 @@ void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   std::lock_guard lock(mutex_);
   auto it = by_inode_.find(key);
   if (it != by_inode_.end()) {
-    ++nodes_[it->second]->nlookup;
+    Node& known = *nodes_[it->second];
+    ++known.nlookup;
+    if (!known.fd.valid() && !known.handle.empty()) {  // reclaimed: this one serves
+      known.fd = std::move(fd);
+      ++open_node_fds;
+    }
+    UsedLocked(it->second, known);
     entry.setNode(it->second);
     return;  // `fd`, a second descriptor of a known object, closes here
   }
@@ -193,21 +289,31 @@ void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   node->key = key;
   uint64_t id = next_node_++;
   if (inotify_.valid()) {
-    // Watching needs read access, which the caller may lack: the daemon watches as
-    // itself for a moment (fsuid 0 also restores its fs capabilities), then goes back.
-    auto& cur = current_credentials;
-    ::syscall(SYS_setfsuid, 0);
-    ::syscall(SYS_setfsgid, 0);
+    // Watching needs read access, which the caller may lack.
+    AsDaemon daemon;
     node->watch =
         ::inotify_add_watch(inotify_.get(), ProcPath(node->fd.get()).c_str(),
                             IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE |
                                 IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_EXCL_UNLINK);
-    ::syscall(SYS_setfsgid, cur.gid);
-    ::syscall(SYS_setfsuid, cur.uid);
     if (node->watch >= 0) watches_[node->watch] = id;
+  }
+  // The descriptor may be reclaimed (Node) on a mount known by a directory: the first
+  // directory seen on a mount names it (a file's own descriptor would keep the file's
+  // space after its removal).
+  int mount = -1;
+  std::vector<unsigned char> handle = FileHandle(node->fd.get(), &mount);
+  if (!handle.empty() && !mounts_.count(mount) && S_ISDIR(st.st_mode)) {
+    mounts_[mount] = MountFd(node->fd.get());
+  }
+  if (!handle.empty() && mounts_.count(mount) && mounts_[mount].valid()) {
+    node->handle = std::move(handle);
+    node->mount = mount;
+    ++open_node_fds;
+    UsedLocked(id, *node);
   }
   nodes_[id] = std::move(node);
   by_inode_[key] = id;
+  ReclaimLocked();
   entry.setNode(id);
 }
 
@@ -592,7 +698,13 @@ void FileSession::MarkOwnEntry(uint64_t dir, const std::string& name,
 bool FileSession::HoldsOwn(const std::pair<uint64_t, std::string>& key, const OwnEntry& own) {
   auto dir = nodes_.find(key.first);
   if (dir == nodes_.end()) return false;
-  EntryHolds now = HeldAt(dir->second->fd.get(), key.second);
+  int dir_fd;
+  try {
+    dir_fd = NodeFdLocked(*dir->second);
+  } catch (const OpError&) {
+    return false;  // the directory is gone
+  }
+  EntryHolds now = HeldAt(dir_fd, key.second);
   return std::find(own.holds.begin(), own.holds.end(), now) != own.holds.end();
 }
 
