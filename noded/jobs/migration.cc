@@ -14,9 +14,12 @@
 #include <atomic>
 #include <condition_variable>
 #include <future>
+#include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include <capnp/serialize.h>
@@ -160,6 +163,45 @@ void DrainWrites(const std::string& mount) {
   Fail(ErrorKind::kFailed, "cannot see its writes at its home through {}: {}", mount,
        std::strerror(err));
 }
+
+// When criu stopped the job: a lazy dump's stats come at its end and do not time the
+// freeze (criu's page server starts its timers again), so a lazy move watches the job's
+// init until criu's ptrace stops it ('t' in /proc/PID/stat), every millisecond.
+class FreezeWatch {
+ public:
+  explicit FreezeWatch(pid_t pid) : thread_([this, pid] { Watch(pid); }) {}
+  FreezeWatch(const FreezeWatch&) = delete;
+  FreezeWatch& operator=(const FreezeWatch&) = delete;
+  ~FreezeWatch() { Stop(); }
+  // When the job was first seen stopped, if it was.
+  std::optional<std::chrono::steady_clock::time_point> Stopped() {
+    Stop();
+    return stopped_;
+  }
+
+ private:
+  void Stop() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  void Watch(pid_t pid) {
+    std::string path = fmt::format("/proc/{}/stat", pid);
+    while (!done_) {
+      std::ifstream in(path);
+      std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      auto end = stat.rfind(')');
+      if (end == std::string::npos || end + 2 >= stat.size()) return;  // gone
+      if (stat[end + 2] == 't') {
+        stopped_ = std::chrono::steady_clock::now();
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  std::atomic<bool> done_{false};
+  std::optional<std::chrono::steady_clock::time_point> stopped_;
+  std::thread thread_;
+};
 
 // The descriptions through which the frozen job's processes hold locks of their own
 // description (a flock, an OFD lock: the shim takes a job's POSIX locks as these), each
@@ -519,8 +561,11 @@ void RunMoveOut(MoveOut& move) {
     dump.pages = &pages;
     dump.lazy = move.lazy;
     auto dump_started = std::chrono::steady_clock::now();
+    std::optional<FreezeWatch> freeze;
+    if (move.lazy) freeze.emplace(move.init_pid);
     auto result = migrate::Dump(move.init_pid, move.image_dir, dump);
     auto dump_ended = std::chrono::steady_clock::now();
+    auto stopped = freeze ? freeze->Stopped() : std::nullopt;
     move.departure.Dumped();
     // What a lazy move brings the target (an upper bound: shared pages count in each).
     if (result.lazy) move.metadata.memory_bytes = ResidentBytes(migrate::JobPids(move.init_pid));
@@ -530,12 +575,12 @@ void RunMoveOut(MoveOut& move) {
     move.metadata.input_offset = reclaimed->offset;
     move.metadata.input_data = reclaimed->data;
     move.metadata.input_ended = reclaimed->ended;
-    // The job is frozen from criu's freeze (its stats: from then to its end) until the
-    // target's word. A lazy dump's stats come at its end and do not time the freeze
-    // (criu's page server starts its timers again): from the dump's start.
-    auto frozen_at = result.lazy || result.frozen_time.count() == 0
-                         ? dump_started
-                         : dump_ended - result.frozen_time;
+    // The job is frozen from criu's freeze (its stats: from then to its end; a lazy
+    // dump's: when it was seen stopped) until the target's word; from the dump's start
+    // when neither says.
+    auto frozen_at = result.lazy ? stopped.value_or(dump_started)
+                     : result.frozen_time.count() == 0 ? dump_started
+                                                        : dump_ended - result.frozen_time;
     move.image_bytes = result.image_bytes + pages.bytes();
     if (!move.lock_mount.empty()) {
       step = "wait for the job's writes to reach its home";
@@ -646,6 +691,94 @@ migrate::ReceiveOptions ReceiveOptionsHere(const MoveInContext& context) {
   return receive;
 }
 
+// The source's move request: what the job is, in a protocol this node speaks.
+JobLaunch ReadMoveRequest(SecureStream& stream,
+                          const std::function<JobLaunch(schema::GuestSpec::Reader)>& make_launch) {
+  StreamInput input(stream);
+  capnp::InputStreamMessageReader request_reader(input, PeerReaderOptions());
+  auto request = request_reader.getRoot<schema::ControlRequest>();
+  if (!request.isStartGuest()) Fail(ErrorKind::kInvalidInput, "not a move request");
+  if (request.getVersion() != schema::CONTROL_VERSION) {
+    Fail(ErrorKind::kInvalidInput,
+         "the moving node speaks protocol version {}, this node {}; run one release on every "
+         "node",
+         request.getVersion(), schema::CONTROL_VERSION);
+  }
+  return make_launch(request.getStartGuest());
+}
+
+// Says yes, then takes the job's pages and the rest of its images into `dir`, within this
+// node's room for them (`room`: what is left of it after).
+migrate::ReceivedImages ReceiveMove(SecureStream& stream, const std::string& dir,
+                                    migrate::ReceiveOptions& room, MoveInTimes& times,
+                                    std::string& step) {
+  step = "receive the pages";
+  HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create image directory {}", dir);
+  {
+    capnp::MallocMessageBuilder yes;
+    yes.initRoot<schema::ControlReply>().setDone();
+    WriteMessageTo(stream, yes);
+  }
+  migrate::PageReceiveOptions page_options;
+  page_options.max_bytes = room.max_total_bytes;
+  page_options.max_what = room.max_total_what;
+  uint64_t page_bytes = migrate::ReceivePages(stream, dir, page_options);
+  step = "receive the images";
+  room.into_existing = true;
+  room.max_total_bytes -= std::min(page_bytes, room.max_total_bytes);
+  times.pages_in = Clock::now();
+  auto received = migrate::ReceiveImages(stream, dir, room);
+  times.images_in = Clock::now();
+  return received;
+}
+
+// A lazy move: the job's memory comes from the source's lazy dump, on the connection the
+// source opened for it, as the restored job asks for it. Null for a move that is not lazy.
+std::unique_ptr<migrate::LazyPageRelayIn> LazyPagesFor(const migrate::ReceivedImages& received,
+                                                       const migrate::ReceiveOptions& room,
+                                                       const MoveInContext& context,
+                                                       std::string& step) {
+  if (received.job.lazy_token == 0) return nullptr;
+  // Its memory is not in the images: the source said how much it is.
+  step = "make room for the job's memory";
+  if (received.job.memory_bytes > room.max_total_bytes) {
+    Fail(ErrorKind::kOverloaded, "the job's memory ({} MiB) is more than {} ({} MiB)",
+         received.job.memory_bytes >> 20, room.max_total_what, room.max_total_bytes >> 20);
+  }
+  step = "take the lazy move's page connection";
+  return std::make_unique<migrate::LazyPageRelayIn>(
+      ClaimLazyPageConnection(received.job.lazy_token), context.faults.Hit(Fault::kLazyHold));
+}
+
+// Restores the job from `dir` in the namespaces made for it, with the locks its home
+// kept for it.
+RestoredHere RestoreMoved(const std::string& dir, const migrate::ReceivedImages& received,
+                          const JobLaunch& launch, const MoveInContext& context,
+                          LandingNamespaces& landing, migrate::LazyPageRelayIn* lazy_relay) {
+  const JobIdentity& user = launch.identity;
+  LockClaim claim;
+  if (launch.guest) {
+    claim = {received.job.lock_token, launch.root};
+  } else {
+    claim = {received.job.lock_token, {}, &context.home_locks, user.uid};
+  }
+  return RestoreHere(dir, received.job.external_pipes, launch.root, context.init_path,
+                     context.faults, launch.guest, context.state_dir + "/jobs",
+                     ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}},
+                     claim, &landing, lazy_relay ? lazy_relay->socket() : -1);
+}
+
+// A lazy move's job runs (no longer frozen at the source): says so, and ends once it has
+// every page.
+void PullMemory(RestoredHere& here, migrate::LazyPageRelayIn& relay, int fd) {
+  relay.Restored();
+  capnp::MallocMessageBuilder running;
+  running.initRoot<schema::ControlReply>().setDone();
+  capnp::writeMessageToFd(fd, running);
+  here.lazy->Finish();
+  relay.Finish();
+}
+
 }  // namespace
 
 std::optional<RestoredJob> RunMoveIn(
@@ -655,86 +788,28 @@ std::optional<RestoredJob> RunMoveIn(
   std::string step = "read the move request";
   Fd fd;  // the connection as a channel, once the images are in
   try {
-    StreamInput input(*stream);
-    capnp::InputStreamMessageReader request_reader(input, PeerReaderOptions());
-    auto request = request_reader.getRoot<schema::ControlRequest>();
-    if (!request.isStartGuest()) Fail(ErrorKind::kInvalidInput, "not a move request");
-    if (request.getVersion() != schema::CONTROL_VERSION) {
-      Fail(ErrorKind::kInvalidInput,
-           "the moving node speaks protocol version {}, this node {}; run one release on "
-           "every node",
-           request.getVersion(), schema::CONTROL_VERSION);
-    }
-    *launch = make_launch(request.getStartGuest());
+    *launch = ReadMoveRequest(*stream, make_launch);
     MoveInTimes times;
     times.offered = Clock::now();
-
     // The job's namespaces here are made while the source dumps: their holder, and a
     // guest's network with its rules, are no part of the time the job is frozen.
     auto landing = std::async(std::launch::async, [&] {
       return PrepareLanding(launch->root, context.init_path, launch->guest);
     });
-    step = "receive the pages";
     dir = FreshImageDir(context.state_dir, "in");
-    HW_SYSCALL(::mkdir(dir.c_str(), 0700), "create image directory {}", dir);
-    {
-      capnp::MallocMessageBuilder yes;
-      yes.initRoot<schema::ControlReply>().setDone();
-      WriteMessageTo(*stream, yes);
-    }
-    auto receive = ReceiveOptionsHere(context);
-    migrate::PageReceiveOptions page_options;
-    page_options.max_bytes = receive.max_total_bytes;
-    page_options.max_what = receive.max_total_what;
-    uint64_t page_bytes = migrate::ReceivePages(*stream, dir, page_options);
-    step = "receive the images";
-    receive.into_existing = true;
-    receive.max_total_bytes -= std::min(page_bytes, receive.max_total_bytes);
-    times.pages_in = Clock::now();
-    auto received = migrate::ReceiveImages(*stream, dir, receive);
-    times.images_in = Clock::now();
+    auto room = ReceiveOptionsHere(context);
+    auto received = ReceiveMove(*stream, dir, room, times, step);
     fd = SecureStream::IntoChannel(std::move(stream));
-    // A lazy move: the job's memory comes from the source's lazy dump, on the connection
-    // the source opened for it, as the restored job asks for it.
-    std::unique_ptr<migrate::LazyPageRelayIn> lazy_relay;
-    if (received.job.lazy_token != 0) {
-      // Its memory is not in the images: the source said how much it is.
-      step = "make room for the job's memory";
-      if (received.job.memory_bytes > receive.max_total_bytes) {
-        Fail(ErrorKind::kOverloaded, "the job's memory ({} MiB) is more than {} ({} MiB)",
-             received.job.memory_bytes >> 20, receive.max_total_what,
-             receive.max_total_bytes >> 20);
-      }
-      step = "take the lazy move's page connection";
-      lazy_relay = std::make_unique<migrate::LazyPageRelayIn>(
-          ClaimLazyPageConnection(received.job.lazy_token), context.faults.Hit(Fault::kLazyHold));
-    }
+    auto lazy_relay = LazyPagesFor(received, room, context, step);
 
     step = "restore";
-    const JobIdentity& user = launch->identity;
-    LockClaim claim;
-    if (launch->guest) {
-      claim = {received.job.lock_token, launch->root};
-    } else {
-      claim = {received.job.lock_token, {}, &context.home_locks, user.uid};
-    }
     LandingNamespaces prepared = landing.get();
     times.landed = Clock::now();
-    RestoredHere here = RestoreHere(
-        dir, received.job.external_pipes, launch->root, context.init_path, context.faults,
-        launch->guest, context.state_dir + "/jobs",
-        ActingUser{CriuActingDir(context.state_dir), {user.uid, user.gid, user.groups}}, claim,
-        &prepared, lazy_relay ? lazy_relay->socket() : -1);
+    RestoredHere here = RestoreMoved(dir, received, *launch, context, prepared, lazy_relay.get());
     times.restored = Clock::now();
     if (here.lazy) {
-      // It runs (no longer frozen at the source); the move ends once it has every page.
       step = "pull the job's memory";
-      lazy_relay->Restored();
-      capnp::MallocMessageBuilder running;
-      running.initRoot<schema::ControlReply>().setDone();
-      capnp::writeMessageToFd(fd.get(), running);
-      here.lazy->Finish();
-      lazy_relay->Finish();
+      PullMemory(here, *lazy_relay, fd.get());
     }
     times.pulled = Clock::now();
     launch->input = InputCarry{received.job.input_offset, std::move(received.job.input_data),
