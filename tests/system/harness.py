@@ -416,15 +416,22 @@ echo done >> log
 """
 
 
+def user_work_dir(c, user, name, node="node1"):
+    """Makes `node`'s /data/NAME, owned by `user`; returns it as the host sees it."""
+    entry = pwd.getpwnam(user)
+    work = os.path.join(c.node(node)["data"], name)
+    os.makedirs(work)
+    os.chown(work, entry.pw_uid, entry.pw_gid)
+    return work
+
+
 def start_fed_job(test, c, user, name, script, options, known=(), home="node1"):
     """Starts `sh job.sh` (job.sh holding `script`) as `mosrun OPTIONS` of `user` at `home`
     of cluster `c`, in /data/NAME, its stdin a fifo the test writes, its output in out, err
     and status there. Returns the work directory, the fifo's writing end (closed at the end
     of `test`) and the job's pid: the first of the user's jobs listed not in `known`."""
     entry = pwd.getpwnam(user)
-    work = os.path.join(c.node(home)["data"], name)
-    os.makedirs(work)
-    os.chown(work, entry.pw_uid, entry.pw_gid)
+    work = user_work_dir(c, user, name, home)
     with open(os.path.join(work, "job.sh"), "w") as f:
         f.write(script)
     fifo = os.path.join(work, "in")

@@ -9,7 +9,6 @@ the daemon never holds more than its limit allows."""
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import unittest
@@ -68,10 +67,7 @@ class ManyFilesTest(harness.UserClusterTest):
         subprocess.run(["prlimit", f"--pid={daemon}", f"--nofile={LIMIT}:{hard}"], check=True)
         self.addCleanup(subprocess.run, ["prlimit", f"--pid={daemon}",
                                          f"--nofile={soft}:{hard}"], check=True)
-        work = os.path.join(c.node("node1")["data"], "many")
-        os.makedirs(work)
-        me = pwd.getpwnam(self.user)
-        os.chown(work, me.pw_uid, me.pw_gid)
+        harness.user_work_dir(c, self.user, "many")
         script = os.path.join(harness.private_dir(), "many.py")
         with open(script, "w") as f:
             f.write(WORK)

@@ -10,7 +10,6 @@ Every move of a guest in the other tests passes through it."""
 
 import json
 import os
-import pwd
 import subprocess
 import time
 import unittest
@@ -148,11 +147,7 @@ class WriteBehindTest(harness.UserClusterTest):
 
     def test_the_drain_a_move_waits_for_answers_once_the_writes_are_at_home(self):
         c = self.c
-        work = os.path.join(c.node("node1")["data"], "drained")
-        os.makedirs(work)
-        me = pwd.getpwnam(self.user)
-        os.chown(work, me.pw_uid, me.pw_gid)
-        lines = os.path.join(work, "lines")
+        lines = os.path.join(harness.user_work_dir(c, self.user, "drained"), "lines")
         ask = self.start_writer("node2")
         self.assertEqual(ask("open /mosix/home/node1/data/drained/lines")[0], "ok")
         self.assertEqual(ask("write before")[0], "ok")
