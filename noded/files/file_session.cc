@@ -122,6 +122,7 @@ std::vector<unsigned char> FileHandle(int fd, int* mount_id) {
   bytes.resize(sizeof(file_handle) + handle->handle_bytes);
   return bytes;
 }
+
 // How long change events gather after a batch of them is read (milliseconds).
 constexpr int kNoticeGather = 2;
 
@@ -704,6 +705,7 @@ bool FileSession::HoldsOwn(const std::pair<uint64_t, std::string>& key, const Ow
   } catch (const OpError&) {
     return false;  // the directory is gone
   }
+  UsedLocked(key.first, *dir->second);
   EntryHolds now = HeldAt(dir_fd, key.second);
   return std::find(own.holds.begin(), own.holds.end(), now) != own.holds.end();
 }
