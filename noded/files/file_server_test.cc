@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -147,6 +148,54 @@ TEST_F(FileSessionTest, CreateWriteReadList) {
   std::set<std::string> names;
   for (auto e : rs.getEntries()) names.insert(std::string(e.getName().cStr()));
   EXPECT_EQ(names, (std::set<std::string>{".", "..", "file", "new"}));
+}
+
+// A client that looks up more objects than the daemon may hold descriptors: past half
+// its limit the session closes those of nodes no request holds and opens them again from
+// their file handles when they are next used (open_by_handle_at: root only).
+TEST_F(FileSessionTest, NodeDescriptorsAreReclaimedAndOpenedAgain) {
+  if (::geteuid() != 0) GTEST_SKIP() << "open_by_handle_at needs CAP_DAC_READ_SEARCH";
+  constexpr int kFiles = 300;
+  for (int f = 0; f < kFiles; ++f) {
+    std::ofstream(base_ + "/export/dir/f" + std::to_string(f)) << "file " << f;
+  }
+  auto open_fds = [] {
+    return std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator{});
+  };
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit lowered = saved;
+  lowered.rlim_cur = static_cast<rlim_t>(open_fds() + 200);  // a budget of about 100
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  ASSERT_EQ(dir.error, 0);
+  std::vector<uint64_t> nodes;
+  for (int f = 0; f < kFiles; ++f) {
+    auto found = Call(Op::LOOKUP, dir.node, "f" + std::to_string(f));
+    ASSERT_EQ(found.error, 0) << f;
+    nodes.push_back(found.node);
+  }
+  EXPECT_LT(open_fds(), static_cast<long>(lowered.rlim_cur));
+  // Each opens again and reads what it was; a removed one is stale.
+  for (int f = 0; f < kFiles; ++f) {
+    auto opened = Call(Op::OPEN, nodes[f], "", [](auto rq) { rq.setFlags(O_RDONLY); });
+    ASSERT_EQ(opened.error, 0) << f;
+    auto read = Call(Op::READ, 0, "", [&](auto rq) {
+      rq.setFh(opened.fh);
+      rq.setSize(100);
+    });
+    EXPECT_EQ(read.data, "file " + std::to_string(f));
+    Call(Op::RELEASE, 0, "", [&](auto rq) { rq.setFh(opened.fh); });
+  }
+  EXPECT_LT(open_fds(), static_cast<long>(lowered.rlim_cur));
+  ASSERT_EQ(Call(Op::LOOKUP, dir.node, "f0").node, nodes[0]);  // the same node
+  for (int f = 1; f < kFiles; ++f) Call(Op::LOOKUP, dir.node, "f" + std::to_string(f));
+  fs::remove(base_ + "/export/dir/f0");
+  for (int f = kFiles - 1; f > 0; --f) {  // f0 the least recently used: reclaimed
+    Call(Op::GETATTR, nodes[f], "");
+  }
+  EXPECT_EQ(Call(Op::GETATTR, nodes[0], "").error, ESTALE);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
 }
 
 // Every request that makes or removes a name answers with its directory as it is just
@@ -721,4 +770,44 @@ TEST_F(FileLockTest, LocksWaitAtHomeWhileTheirJobMoves) {
   handle(target, Op::RELEASE, [&](auto rq) { rq.setFh(c); });  // its file closed
   EXPECT_EQ(::flock(local.get(), LOCK_EX | LOCK_NB), 0);
 }
+}  // namespace homeward
+
+namespace homeward {
+namespace {
+
+// A connection's writes run in the order they came, whether a worker or the connection's
+// own thread (RunOrPost) runs them, however many workers there are.
+TEST(StrandTest, JobsRunOneAtATimeInOrder) {
+  WorkerPool pool(4);
+  auto strand = std::make_shared<Strand>(pool);
+  std::mutex mutex;
+  std::vector<int> ran;
+  std::atomic<int> running{0}, overlapped{0};
+  constexpr int kJobs = 2000;
+  std::promise<void> all;
+  for (int i = 0; i < kJobs; ++i) {
+    auto job = [&, i] {
+      if (running.fetch_add(1) != 0) ++overlapped;
+      if (i % 97 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      {
+        std::lock_guard lock(mutex);
+        ran.push_back(i);
+      }
+      running.fetch_sub(1);
+      if (i == kJobs - 1) all.set_value();
+    };
+    if (i % 3 == 0) {
+      strand->RunOrPost(job);
+    } else {
+      strand->Post(job);
+    }
+  }
+  ASSERT_EQ(all.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(ran.size(), static_cast<size_t>(kJobs));
+  for (int i = 0; i < kJobs; ++i) ASSERT_EQ(ran[i], i);
+  EXPECT_EQ(overlapped.load(), 0);
+}
+
+}  // namespace
 }  // namespace homeward

@@ -276,11 +276,13 @@ void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   if (it != by_inode_.end()) {
     Node& known = *nodes_[it->second];
     ++known.nlookup;
-    if (!known.fd.valid() && !known.handle.empty()) {  // reclaimed: this one serves
+    bool reclaimed = !known.fd.valid() && !known.handle.empty();
+    if (reclaimed) {  // this one serves
       known.fd = std::move(fd);
       ++open_node_fds;
     }
     UsedLocked(it->second, known);
+    if (reclaimed) ReclaimLocked();
     entry.setNode(it->second);
     return;  // `fd`, a second descriptor of a known object, closes here
   }
