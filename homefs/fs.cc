@@ -661,7 +661,7 @@ Fs::OpenHandle Fs::HandleOf(Prepared& p, fuse_ino_t ino, int flags, bool dir) {
 
 void Fs::Init(fuse_conn_info* conn) {  // static: a HomeTree asks the same
   conn->max_write = 1 << 20;
-  conn->max_readahead = 1 << 20;
+  conn->max_readahead = 4 << 20;  // with the bdi's read_ahead_kb (mosmount.cc)
   // Every directory listing carries attributes: one round trip instead of one per name.
   if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
   conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;

@@ -12,6 +12,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
@@ -126,6 +128,29 @@ ClientOptions ClientOptionsFor(const MountOptions& options, const NodeConfig& co
   return client;
 }
 
+// The kernel reads ahead 128 KiB on a FUSE mount (its default for a new bdi, which the
+// FUSE_INIT reply may only lower), so a sequential reader waited for one round trip to
+// the home per 128 KiB: 4 MiB keeps several 1 MiB reads in flight (a 512 MiB file read
+// through homefs went from 369 to 991 MB/s here). The mount's bdi is named by its device
+// number, read from mountinfo: a stat of the mount point would wait for this very
+// process to answer. Only root may set it; others keep the default.
+constexpr int kReadAheadKiB = 4096;
+
+void RaiseReadAhead(const std::string& mountpoint) {
+  // Without a stat: a path as mountinfo writes it (absolute, no "." or "..").
+  std::string path = std::filesystem::absolute(mountpoint).lexically_normal().string();
+  if (path.size() > 1 && path.back() == '/') path.pop_back();
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line, device;
+  while (std::getline(mountinfo, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, point;
+    if (fields >> id >> parent >> dev >> root >> point && point == path) device = dev;
+  }
+  if (device.empty()) return;
+  std::ofstream(fmt::format("/sys/class/bdi/{}/read_ahead_kb", device)) << kReadAheadKiB;
+}
+
 // Mounts `mounted` at `mountpoint` and serves it until unmounted or signalled. `started`
 // runs once mounted (threads only then: after the fork of fuse_daemonize), `stopping`
 // once the loop has ended, before the unmount.
@@ -147,6 +172,7 @@ int Serve(Mounted& mounted, const std::string& fsname_option, const std::string&
   if (fuse_set_signal_handlers(se) == 0) {
     if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
       fuse_daemonize(foreground ? 1 : 0);
+      if (::geteuid() == 0) RaiseReadAhead(mountpoint);
       started(se);
       fuse_loop_config loop{};
       loop.clone_fd = 0;

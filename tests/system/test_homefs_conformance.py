@@ -99,6 +99,17 @@ class HomefsTest(unittest.TestCase):
             self.assertNotIn(MNT, cluster.run("node2", "cat", "/proc/self/mountinfo").stdout)
             self.assertIn("node1", cluster.run("node1", "ls", "/mosix/home").stdout)
 
+    def test_the_daemons_mount_reads_ahead_4_mib(self):
+        """A FUSE mount's bdi reads ahead 128 KiB unless told; homefs asks for 4 MiB, so a
+        sequential reader keeps several 1 MiB reads to the home in flight."""
+        with harness.LoopCluster(2) as cluster:
+            cluster.wait_for(lambda: cluster.run("node2", "test", "-d", "/mosix/home/node1/data",
+                                                 check=False).returncode == 0,
+                             60, "node2 to see node1's files")
+            dev = int(cluster.run("node2", "stat", "-c", "%d", "/mosix/home/node1/data").stdout)
+            with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+                self.assertEqual(f.read().strip(), "4096")
+
     def test_locks_as_at_home(self):
         """POSIX, OFD and flock locks through homefs behave as on the home's own tree (the
         same script, the same results), and they are the home's: a lock taken through the
