@@ -246,7 +246,9 @@ class CheckpointTest(unittest.TestCase):
             self.assertEqual(status, "0\n")
             self.assertEqual(c.run("node1", "cat", "/data/aw/out").stdout,
                              count(0, 199) + "done\n")
-            self.assertIn("checkpoint /data/aw/ck/ckpt-1 written by node node2", c.log("node1"))
+            # node2's report reaches the home on its own, after the checkpoint is in place.
+            c.wait_for(lambda: "checkpoint /data/aw/ck/ckpt-1 written by node node2"
+                       in c.log("node1"), 60, "node2's report of the checkpoint")
 
     def test_a_lost_nodes_job_restarts_at_home_from_its_checkpoint(self):
         settings = ["gossip.interval_ms=200", "gossip.suspect_ms=600", "gossip.dead_ms=1500"]

@@ -295,10 +295,13 @@ class HomefsTest(unittest.TestCase):
             # What membership does for a node, by hand: out of the listing and back.
             home = cluster.node("node1")["address"]
             listing = lambda: cluster.run("node2", "ls", "/mosix/home").stdout.split()
+            # The daemon answers once homefs is told; homefs changes the listing a moment
+            # after.
             cluster.run("node2", "mosctl", "home-unmount", "node1")
-            self.assertEqual(listing(), ["node2"])
+            cluster.wait_for(lambda: listing() == ["node2"], 30, "node1 out of the listing")
             cluster.run("node2", "mosctl", "home-mount", "node1", home)
-            self.assertEqual(listing(), ["node1", "node2"])
+            cluster.wait_for(lambda: listing() == ["node1", "node2"], 30,
+                             "node1 in the listing again")
             self.assertNotEqual(cluster.run("node2", "mosctl", "home-mount", "../x", home,
                                             check=False).returncode, 0)
             # A node that does not see a home it never used takes none of its jobs, and
