@@ -1076,15 +1076,13 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
 void Fs::WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64_t fh) {
   // Writes a broken connection handed back are sent again first, in order, on the
   // resending thread: a new one waits for them, or it could land before them.
+  // Its caller may give up while the home is silent, as for any call (EINTR).
+  auto given_up = [&] { return client_.Silent() && fuse_req_interrupted(r.get()) != 0; };
   while (!resends_.idle()) {
-    if (client_.Silent() && fuse_req_interrupted(r.get())) return r.Err(EINTR);
+    if (given_up()) return r.Err(EINTR);
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  bool interrupted = false;
-  auto ticket = behind_.Start(fh, size, [&] {
-    interrupted = client_.Silent() && fuse_req_interrupted(r.get()) != 0;
-    return interrupted;
-  });
+  auto ticket = behind_.Start(fh, size, given_up);
   if (!ticket) return r.Err(EINTR);
   // Sent (in order: the home runs a connection's writes one after another) before the
   // kernel hears it is done; a broken connection sends it again like any request.
@@ -1247,8 +1245,9 @@ void Fs::Xattr(Request r, Op op, fuse_ino_t ino, const std::string& name, const 
                size_t size, int flags) {
   static constexpr std::string_view kCarry = "trusted.homeward.";
   if (op == Op::SETXATTR && ino == root_ && name.rfind(kCarry, 0) == 0) {
-    if (name.substr(kCarry.size()) == "drain") return DrainWrites(std::move(r));
-    return CarryLocks(std::move(r), name.substr(kCarry.size()), std::string(value, size));
+    std::string what = name.substr(kCarry.size());
+    if (what == "drain") return DrainWrites(std::move(r));
+    return CarryLocks(std::move(r), what, std::string(value, size));
   }
   auto p = Prepare(r, op);
   if (!p || !SetNode(r, *p, ino)) return;

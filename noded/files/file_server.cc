@@ -84,13 +84,7 @@ void Strand::RunOrPost(std::function<void()> job) {
     running_ = true;
   }
   job();
-  // Whatever came meanwhile (nothing, when only the caller posts) goes to a worker.
-  std::lock_guard lock(mutex_);
-  if (jobs_.empty()) {
-    running_ = false;
-  } else {
-    pool_.Post([self = shared_from_this()] { self->Drain(); });
-  }
+  Drain();  // what came meanwhile (nothing, when only the caller posts), then idle
 }
 
 void Strand::Drain() {

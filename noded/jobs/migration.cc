@@ -138,13 +138,19 @@ std::optional<MoveOutcome> ReadFigures(int fd) {
   return std::nullopt;
 }
 
-// Asks the homefs mounted at `mount` to park, unpark or claim a moving job's locks (a
-// setxattr on its root, which homefs takes for itself from root alone).
-bool CarryLocks(const std::string& mount, const std::string& what, const std::string& value) {
+// Asks the homefs mounted at `mount` for `what` (a setxattr of trusted.homeward.WHAT on
+// its root, which homefs takes for itself from root alone). Returns 0 or the errno.
+int AskHomefs(const std::string& mount, const std::string& what, const std::string& value) {
   std::string name = "trusted.homeward." + what;
-  if (::setxattr(mount.c_str(), name.c_str(), value.data(), value.size(), 0) == 0) return true;
+  return ::setxattr(mount.c_str(), name.c_str(), value.data(), value.size(), 0) == 0 ? 0 : errno;
+}
+
+// Asks the homefs at `mount` to park, unpark or claim a moving job's locks.
+bool CarryLocks(const std::string& mount, const std::string& what, const std::string& value) {
+  int err = AskHomefs(mount, what, value);
+  if (err == 0) return true;
   spdlog::warn("cannot {} the moving job's locks at {}: {} (they are not carried)", what, mount,
-               std::strerror(errno));
+               std::strerror(err));
   return false;
 }
 
@@ -154,12 +160,14 @@ bool CarryLocks(const std::string& mount, const std::string& what, const std::st
 // silent (the writes wait there for it) or one of them failed unheard (the job stays to
 // hear it at its next write or close).
 void DrainWrites(const std::string& mount) {
-  if (::setxattr(mount.c_str(), "trusted.homeward.drain", "", 0, 0) == 0) return;
-  int err = errno;
+  int err = AskHomefs(mount, "drain", "");
+  if (err == 0) return;
   if (err == ETIMEDOUT) {
     Fail(ErrorKind::kDisconnected, "its home is silent and has not yet got the writes it made");
   }
-  if (err == EIO) Fail(ErrorKind::kFailed, "a write it made failed at its home, and it has not heard yet");
+  if (err == EIO) {
+    Fail(ErrorKind::kFailed, "a write it made failed at its home, and it has not heard yet");
+  }
   Fail(ErrorKind::kFailed, "cannot see its writes at its home through {}: {}", mount,
        std::strerror(err));
 }
