@@ -279,12 +279,15 @@ class StdinTest(unittest.TestCase):
             if want != got:
                 differs = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b),
                                min(len(want), len(got)))
+                # The job's lines, and every node's warnings (a cut peer connection names
+                # no job).
                 lines = [line for node in ("node1", "node2", "node3")
-                         for line in self.c.log(node).splitlines() if f"job {pid}" in line]
+                         for line in self.c.log(node).splitlines()
+                         if f"job {pid}" in line or " warning: " in line or " error: " in line]
                 self.fail(f"output after the move to {target}: {len(got)} bytes, not "
                           f"{len(want)}; first difference at {differs} (the first copy ends "
                           f"at {len(want) // 2}); stderr: {harness.read_text(self.path('err'))!r}"
-                          "\n" + "\n".join(lines[-40:]))
+                          "\n" + "\n".join(lines[-80:]))
             os.unlink(self.path("status"))
 
     def test_end_of_input_while_frozen(self):

@@ -330,11 +330,14 @@ namespace {
 constexpr size_t kReceiveChunk = 128 << 10;
 constexpr size_t kWholeRecord = kRecordHeaderBytes + kMaxRecordPlaintext + kRecordTagBytes;
 constexpr int kPairBuffer = 4 << 20;
-// Once the consumer has closed its end, how long the peer has to end its direction too
-// (closing a socket with unread data would reset it and could lose what was sent).
+// Once the consumer has closed its end and the peer has all it wrote, how long the peer
+// has to end its direction too, for a clean end rather than a reset.
 constexpr auto kLinger = std::chrono::seconds(10);
-// While the peer acknowledges the last bytes before a reset, how often to look.
+// While the peer's kernel acknowledges the last bytes, how often to look: from every 5 ms
+// to every second for a peer whose reader is slow (a job's last output for a mosrun that
+// is behind may wait long; the bytes are owed all the same).
 constexpr int kAckPollMs = 5;
+constexpr int kAckPollMaxMs = 1000;
 
 class Pump {
  public:
@@ -393,7 +396,14 @@ class Pump {
         if (n < 0) {
           if (errno == EINTR) continue;
           if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-          return Abort(fmt::format("sending: {}", std::strerror(errno)));
+          // Reset by the peer (it closed with these bytes unread) or cut: nothing more can
+          // be sent, but what the peer sent before is still in the socket and goes to the
+          // consumer (a job's last output, its exit) before its end closes.
+          spdlog::debug("peer {}: sending: {}; delivering what was received", who_,
+                        std::strerror(errno));
+          SendingBroken();
+          progress = true;
+          break;
         }
         to_tcp_at_ += static_cast<size_t>(n);
         progress = true;
@@ -435,11 +445,7 @@ class Pump {
           spdlog::warn("peer {}: connection cut ({})", who_,
                        n == 0 ? "closed without its end record" : std::strerror(errno));
           tcp_read_done_ = true;
-          if (n < 0) {
-            // A reset or a timed out connection: nothing more can be sent either.
-            local_read_done_ = true;
-            tcp_write_shut_ = true;
-          }
+          if (n < 0) SendingBroken();  // a reset or a timed out connection
           progress = true;
           break;
         }
@@ -465,7 +471,7 @@ class Pump {
         reset_pending_ = true;
         progress = true;
       }
-      if (reset_pending_ && local_read_done_ && ToTcp() == 0 && Unacknowledged() == 0) {
+      if (reset_pending_ && Delivered()) {
         linger abort{1, 0};
         ::setsockopt(tcp_.get(), SOL_SOCKET, SO_LINGER, &abort, sizeof abort);
         return;
@@ -475,11 +481,17 @@ class Pump {
         local_write_shut_ = true;
       }
       if (tcp_write_shut_ && tcp_read_done_ && ToLocal() == 0) return;  // both ended
-      if (local_gone_ && local_read_done_ &&
+      // Waiting for the peer's kernel to take the last bytes: no limit but the connection's
+      // own (a close now would drop them); once it has them all, the peer has kLinger.
+      bool awaiting_acks = (local_gone_ || reset_pending_) && !Delivered();
+      if (local_gone_ && !awaiting_acks &&
           linger_until == std::chrono::steady_clock::time_point{}) {
         linger_until = std::chrono::steady_clock::now() + kLinger;
       }
-      if (progress) continue;
+      if (progress) {
+        ack_poll_ms_ = kAckPollMs;
+        continue;
+      }
 
       pollfd polled[2] = {{-1, 0, 0}, {-1, 0, 0}};
       short local_events = 0;
@@ -496,8 +508,12 @@ class Pump {
       if (tcp_events != 0 || (!(tcp_read_done_ && tcp_write_shut_) && !tcp_hup_)) {
         polled[1] = {tcp_.get(), tcp_events, 0};
       }
-      // Waiting for the peer to acknowledge the last bytes before a reset: look again soon.
-      int timeout = reset_pending_ && local_read_done_ && ToTcp() == 0 ? kAckPollMs : -1;
+      // Waiting for the peer to acknowledge the last bytes: look again soon, then seldom.
+      int timeout = -1;
+      if (awaiting_acks && local_read_done_ && ToTcp() == 0) {
+        timeout = ack_poll_ms_;
+        ack_poll_ms_ = std::min(ack_poll_ms_ * 2, kAckPollMaxMs);
+      }
       if (linger_until != std::chrono::steady_clock::time_point{}) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                         linger_until - std::chrono::steady_clock::now())
@@ -519,10 +535,7 @@ class Pump {
         if (tcp_read_done_ && !tcp_write_shut_) {
           // The peer is gone entirely: nothing more can be sent.
           spdlog::warn("peer {}: connection lost while sending", who_);
-          local_read_done_ = true;
-          tcp_write_shut_ = true;
-          to_tcp_length_ = 0;
-          to_tcp_at_ = 0;
+          SendingBroken();
         }
       }
     }
@@ -530,6 +543,22 @@ class Pump {
 
   // Ends the connection at once (both sockets close when the pump ends).
   void Abort(const std::string& why) { spdlog::error("peer {}: {}", who_, why); }
+
+  // Nothing more can be sent: what the consumer writes from now on is not read, and no
+  // acknowledgement is awaited. Receiving goes on.
+  void SendingBroken() {
+    local_read_done_ = true;
+    tcp_write_shut_ = true;
+    tcp_broken_ = true;
+    to_tcp_length_ = 0;
+    to_tcp_at_ = 0;
+  }
+
+  // All the consumer wrote has reached the peer's kernel, or never can: a close or a
+  // reset now loses nothing that could still arrive.
+  bool Delivered() const {
+    return local_read_done_ && ToTcp() == 0 && (tcp_broken_ || Unacknowledged() == 0);
+  }
 
   // Bytes sent to the peer that it has not acknowledged yet (or not yet sent).
   size_t Unacknowledged() const {
@@ -559,6 +588,8 @@ class Pump {
   bool local_hup_ = false;
   bool tcp_hup_ = false;
   bool reset_pending_ = false;  // the consumer is gone and the peer still sends: reset once sent
+  bool tcp_broken_ = false;     // reset, cut or timed out: nothing can be sent
+  int ack_poll_ms_ = kAckPollMs;
 };
 
 // The pump's half of a channel: the consumer's end is returned.

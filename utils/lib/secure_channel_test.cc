@@ -5,12 +5,14 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sodium.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <set>
 #include <thread>
@@ -239,6 +241,75 @@ TEST(SecureChannel, ClosingOneEndEndsTheOther) {
     if (!failed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_TRUE(failed);
+}
+
+// Two channels over a real TCP connection on loopback: a reset, a half-close and what the
+// kernels have acknowledged behave as between two nodes.
+Link MakeTcpLink() {
+  Fd listener = Fd::Adopt(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  EXPECT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), length), 0);
+  EXPECT_EQ(::listen(listener.get(), 1), 0);
+  EXPECT_EQ(::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&address), &length), 0);
+  Fd client = Fd::Adopt(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  EXPECT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&address), length), 0);
+  Fd server = Fd::Adopt(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  Link link;
+  link.a = StartSecureChannel(std::move(client), Session(true), "test client");
+  link.b = StartSecureChannel(std::move(server), Session(false), "test server");
+  return link;
+}
+
+// A job's node sends its last output and closes, with words of the home unread; the home,
+// whose mosrun is behind, reads late and meanwhile still writes (it tells the node what it
+// has). The closing side resets the connection once its bytes are acknowledged, however
+// long that takes; the home's channel must hand over all it received, its own writes
+// failing, and never drop the received bytes for a failed send.
+void LateReaderGetsAll(size_t size, std::chrono::milliseconds pause) {
+  Link link = MakeTcpLink();
+  std::string last = Random(size);
+  WriteAll(link.b.get(), "unread by a");
+  std::thread writer([&] {
+    WriteAll(link.a.get(), last);
+    link.a.Reset();
+  });
+  std::atomic<bool> reading_done{false};
+  std::thread late_words([&] {
+    while (!reading_done) {
+      if (::send(link.b.get(), "had", 3, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EPIPE) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  std::this_thread::sleep_for(pause);
+  // Then slower than the node: the channel's buffers stay full.
+  std::string got;
+  char piece[32 << 10];
+  for (;;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ssize_t n = ::recv(link.b.get(), piece, sizeof piece, 0);
+    if (n <= 0) break;
+    got.append(piece, static_cast<size_t>(n));
+  }
+  reading_done = true;
+  writer.join();
+  late_words.join();
+  EXPECT_EQ(got.size(), last.size());
+  EXPECT_TRUE(got == last);
+}
+
+TEST(SecureChannel, LastBytesReachAPeerThatReadsSlowlyAndWritesToTheClosedEnd) {
+  LateReaderGetsAll(12 << 20, std::chrono::milliseconds(0));
+}
+
+TEST(SecureChannel, LastBytesWaitForAReaderPausedLongerThanTheLinger) {
+  // The writer is done and gone at once; its bytes wait in the buffers on the way, some
+  // of them unacknowledged when the linger is over.
+  LateReaderGetsAll(10 << 20, std::chrono::seconds(11));
 }
 
 TEST(SecureChannel, TamperedRecordClosesTheConnection) {
