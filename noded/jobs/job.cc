@@ -224,6 +224,8 @@ void Job::Start() {
   // sets the offsets of a new one where it is restored, so they go on from where they were
   // on a node that booted at another time. clone3 takes CLONE_NEWTIME; clone does not.
   options.clone_flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWTIME;
+  // A signal from mosrun as soon as the job is listed must wait for the init, not be lost.
+  options.signals_blocked = true;
   if (launch_.guest) {
     // A guest's network namespace is made, its loopback's connections handed to the
     // carrier and the carrier listening, before the init is started in it: the job's

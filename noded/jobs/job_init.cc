@@ -497,11 +497,14 @@ int SuperviseTerminal(const Options& options, sigset_t all) {
   bool program_done = false;
   int program_status = 0;
   job_signals::Seen seen;
+  std::vector<int> early;  // signals that came before the program: it gets them at its start
   for (;;) {
     if (program < 0 && terminal.ready()) {
       program = StartProgram(options, &terminal);
       if (program < 0) return 127;
       terminal.CloseSlave();
+      for (int sig : early) kill(program, sig);
+      early.clear();
     }
     pollfd fds[TerminalRelay::kPollFds + 1];
     int count = terminal.Prepare(fds);
@@ -542,9 +545,12 @@ int SuperviseTerminal(const Options& options, sigset_t all) {
       }
       // A SIGPIPE of the init's own (its stdout pipe's reader gone) is not the program's.
       if (sig == SIGPIPE && info.ssi_pid == 1) continue;
-      if (program < 0) continue;  // not started yet: nothing to forward to
       if (seen.Repeat(info.ssi_code, info.ssi_ptr)) continue;  // forwarded already
       if (DaemonsContinue(sig, info.ssi_code, static_cast<pid_t>(info.ssi_pid))) continue;
+      if (program < 0) {
+        early.push_back(sig);
+        continue;
+      }
       kill(program_done ? -1 : program, sig);
       if (sig == SIGCONT) terminal.ContinueForeground();
     }

@@ -203,6 +203,11 @@ std::shared_ptr<Job> JobRegistry::RunHere(JobLaunch launch, ReplySender& reply,
   try {
     if (prepare) prepare(*job);
     job->Start();
+    if (faults_.Hit(Fault::kSignalAtStart)) {
+      spdlog::info("fault point signal-at-start: job {} sent SIGTERM as its init runs",
+                   job->home_pid());
+      job->Signal(SIGTERM);
+    }
   } catch (const Error& e) {
     SendExit(relay, 126, e.what());
     relay.Close();

@@ -14,7 +14,9 @@ no two merge as two pending signals of a kind do anywhere), and checks the exact
   next daemon delivers it when mosrun sends it again;
 - one delivered by the home's daemon, which dies before acknowledging it
   (kill-after-signal): mosrun sends it again to the next daemon, and the job does not
-  count it twice."""
+  count it twice;
+- one the node sends as the job's init starts, before it is set up (signal-at-start): the
+  job ends by it, with a terminal or without."""
 
 import os
 import signal
@@ -168,6 +170,24 @@ class SignalDeliveryTest(unittest.TestCase):
             self.assertEqual(self.finish(c, work, 2), WAITING)
             self.assert_nothing_left(c, ("node1",))
 
+    def test_a_signal_in_the_jobs_first_instant(self):
+        # The node signals each job it starts the moment its init runs (signal-at-start),
+        # before the init has set itself up, as a user's kill right after mosrun started
+        # can: the job ends by that signal, not after its 600 s. With a terminal too, whose
+        # program starts only once mosrun's terminal modes have come.
+        with harness.LoopCluster(1, faults="signal-at-start") as c:
+            for name, command in (("plain", "mosrun sleep 600"),
+                                  ("terminal", "script -qec 'mosrun sleep 600' /dev/null")):
+                work = os.path.join(c.node("node1")["data"], name)
+                os.makedirs(work)
+                os.chown(work, self.uid, self.uid)
+                done = c.run("node1", "runuser", "-u", self.user, "--", "sh", "-c",
+                             f"cd /data/{name} && {command} > out 2> err; echo $?",
+                             timeout=60, check=False)
+                self.assertEqual(done.stdout.strip(), "143",
+                                 f"{name}: {done.stderr} {read(os.path.join(work, 'err'))}")
+                self.assertIn(f"fault point signal-at-start", c.log("node1"))
+            self.assert_nothing_left(c, ("node1",))
 
 if __name__ == "__main__":
     harness.main()

@@ -54,9 +54,13 @@ std::vector<char*> CStrings(const std::vector<std::string>& strings) {
 // Runs in the forked child: only async-signal-safe calls until exec.
 [[noreturn]] void ExecChild(const SpawnOptions& options, const std::vector<int>& wanted,
                             char** argv, char** envp, int error_fd) {
-  sigset_t all;
-  sigemptyset(&all);
-  sigprocmask(SIG_SETMASK, &all, nullptr);
+  sigset_t mask;
+  if (options.signals_blocked) {
+    sigfillset(&mask);
+  } else {
+    sigemptyset(&mask);
+  }
+  sigprocmask(SIG_SETMASK, &mask, nullptr);
   if (options.new_session) setsid();
   // Move every source out of the way first, so that no dup2 overwrites a source that a
   // later target still needs.

@@ -20,6 +20,11 @@ struct SpawnOptions {
   int stdout_fd = -1;
   int stderr_fd = -1;
   bool new_session = false;  // setsid() in the child.
+  // The child starts with every signal blocked rather than none: a PID namespace's init
+  // would lose a signal that comes before it blocks them itself (the kernel drops signals
+  // of default action sent to such an init), so it keeps them pending from its first
+  // instruction and takes them once it is ready.
+  bool signals_blocked = false;
   // Descriptors to become the child's 3, 4, ... in order.
   std::vector<int> extra_fds;
   // Namespaces for the child (CLONE_NEWPID, CLONE_NEWNS, ...), made by clone3 so that

@@ -64,6 +64,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kClockAhead, "clock-ahead",
      "the node stamps its gossip 5 s ahead of its clock, as a machine whose clock is off "
      "would: its peers measure the offset (mosctl check)"},
+    {Fault::kSignalAtStart, "signal-at-start",
+     "the node sends every job it starts SIGTERM the moment its init runs, before the init "
+     "has set itself up, as a user's kill right after mosrun started can"},
 };
 
 }  // namespace

@@ -37,6 +37,7 @@ enum class Fault {
   kNoFileNotices,
   kLazyHold,
   kClockAhead,
+  kSignalAtStart,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
@@ -72,7 +73,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kClockAhead) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kSignalAtStart) + 1> selected_;
 };
 
 // A fault point that kills the daemon: logs "fault point <name>: the daemon dies
