@@ -1137,7 +1137,7 @@ void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   // connection is already closed at the home, a deferred one never opened there.
   if (IsDeferred(fi->fh)) return r.Err(0);
   // Its writes behind keep the handle: one sent again on a new connection opens it there.
-  behind_.Drain({});
+  behind_.DrainHandle(fi->fh, {});
   behind_.TakeError(fi->fh);  // its closer heard it, or never will
   ReopenLocked(fi->fh, false);
   OpenHandle h;

@@ -58,6 +58,7 @@ class WritesBehind {
     }
     ++writes_;
     bytes_ += bytes;
+    ++out_by_fh_[fh];
     return std::make_shared<Ticket>(*this, fh, bytes);
   }
 
@@ -65,6 +66,12 @@ class WritesBehind {
   bool Drain(const GiveUp& give_up) {
     std::unique_lock lock(mutex_);
     return WaitLocked(lock, give_up, [&] { return writes_ == 0; });
+  }
+  // Waits until no write of handle `fh` is out (a close of one file does not wait for
+  // another's writes).
+  bool DrainHandle(uint64_t fh, const GiveUp& give_up) {
+    std::unique_lock lock(mutex_);
+    return WaitLocked(lock, give_up, [&] { return !out_by_fh_.contains(fh); });
   }
 
   // The first error of a write on `fh` not reported yet; it is reported once.
@@ -103,6 +110,9 @@ class WritesBehind {
     std::lock_guard lock(mutex_);
     --writes_;
     bytes_ -= bytes;
+    if (auto it = out_by_fh_.find(fh); it != out_by_fh_.end() && --it->second == 0) {
+      out_by_fh_.erase(it);
+    }
     if (err != 0) errors_.try_emplace(fh, err);
     changed_.notify_all();
   }
@@ -112,6 +122,7 @@ class WritesBehind {
   std::condition_variable changed_;
   size_t writes_ = 0, bytes_ = 0;
   std::unordered_map<uint64_t, int> errors_;  // by handle: the first unreported error
+  std::unordered_map<uint64_t, size_t> out_by_fh_;  // writes out, by handle
 };
 
 }  // namespace homeward

@@ -30,6 +30,32 @@ TEST(WritesBehind, DrainWaitsForEveryWriteOut) {
   EXPECT_FALSE(behind.HasErrors());
 }
 
+TEST(WritesBehind, AHandlesDrainWaitsForItsOwnWritesOnly) {
+  WritesBehind behind(1 << 20, 16);
+  auto mine = behind.Start(1, 100, {});
+  auto mine_too = behind.Start(1, 100, {});
+  auto other = behind.Start(2, 100, {});
+  ASSERT_TRUE(mine && mine_too && other);
+  std::atomic<bool> drained{false};
+  std::thread closer([&] {
+    EXPECT_TRUE(behind.DrainHandle(1, {}));
+    drained = true;
+  });
+  mine->Finish(0);
+  mine.reset();
+  std::this_thread::sleep_for(WritesBehind::kPoll * 2);
+  EXPECT_FALSE(drained);  // handle 1 has one more out
+  mine_too->Finish(0);
+  mine_too.reset();
+  closer.join();  // done with handle 2's write still out
+  EXPECT_TRUE(drained);
+  EXPECT_FALSE(behind.Idle());
+  // A handle with nothing out does not wait; give-up ends a wait for one that has.
+  EXPECT_TRUE(behind.DrainHandle(3, [] { return true; }));
+  EXPECT_FALSE(behind.DrainHandle(2, [] { return true; }));
+  other->Finish(0);
+}
+
 TEST(WritesBehind, AFailedWriteIsReportedOnceForItsHandle) {
   WritesBehind behind(1 << 20, 16);
   behind.Start(7, 10, {})->Finish(ENOSPC);
