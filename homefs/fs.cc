@@ -1078,10 +1078,7 @@ void Fs::WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64
   // resending thread: a new one waits for them, or it could land before them.
   // Its caller may give up while the home is silent, as for any call (EINTR).
   auto given_up = [&] { return client_.Silent() && fuse_req_interrupted(r.get()) != 0; };
-  while (!resends_.idle()) {
-    if (given_up()) return r.Err(EINTR);
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  if (!resends_.WaitIdle(given_up, WritesBehind::kPoll)) return r.Err(EINTR);
   auto ticket = behind_.Start(fh, size, given_up);
   if (!ticket) return r.Err(EINTR);
   // Sent (in order: the home runs a connection's writes one after another) before the

@@ -123,6 +123,26 @@ TEST(WorkThreadTest, ExistsOnlyWhileItHasWork) {
   EXPECT_FALSE(worker.Post([](bool) {}, 0));  // the limit
 }
 
+TEST(WorkThreadTest, WaitIdleReturnsWhenTheLastJobIsDoneOrGivenUp) {
+  WorkThread worker("test", 10s);
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> second_done{false};
+  worker.Post([released](bool) { released.wait(); });
+  worker.Post([&](bool) { second_done = true; });
+  // Given up while the first job holds the thread.
+  int asked = 0;
+  EXPECT_FALSE(worker.WaitIdle([&] { return ++asked == 2; }, 10ms));
+  EXPECT_EQ(asked, 2);
+  std::thread waiter([&] {
+    EXPECT_TRUE(worker.WaitIdle([] { return false; }, 10s));  // woken, not polled
+    EXPECT_TRUE(second_done);
+  });
+  release.set_value();
+  waiter.join();
+  EXPECT_TRUE(worker.idle());
+}
+
 TEST(WorkThreadTest, StopRunsWhatIsLeftAsStopping) {
   WorkThread worker("test", 10s);
   std::promise<void> release;

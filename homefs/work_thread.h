@@ -55,12 +55,27 @@ class WorkThread {
       left.swap(jobs_);
     }
     for (auto& job : left) Run(job, true);
+    idle_.notify_all();
   }
 
   // Whether no job waits or runs.
   bool idle() {
     std::lock_guard lock(mutex_);
     return jobs_.empty() && !busy_;
+  }
+  // Waits until no job waits or runs; false when `give_up`, asked every `poll` while the
+  // wait goes on, ended it first.
+  bool WaitIdle(const std::function<bool()>& give_up, std::chrono::milliseconds poll) {
+    std::unique_lock lock(mutex_);
+    auto is_idle = [&] { return jobs_.empty() && !busy_; };
+    while (!is_idle()) {
+      if (idle_.wait_for(lock, poll, is_idle)) break;
+      lock.unlock();
+      bool stop = give_up && give_up();
+      lock.lock();
+      if (stop && !is_idle()) return false;
+    }
+    return true;
   }
   // Whether the thread exists (for the tests of a home's cost).
   bool running() {
@@ -85,6 +100,7 @@ class WorkThread {
       job = nullptr;  // what it holds goes before the next wait
       lock.lock();
       busy_ = false;
+      if (jobs_.empty()) idle_.notify_all();
     }
   }
 
@@ -100,6 +116,7 @@ class WorkThread {
   std::chrono::milliseconds linger_;
   std::mutex mutex_;
   std::condition_variable ready_;
+  std::condition_variable idle_;
   std::deque<Job> jobs_;
   bool stopping_ = false;
   bool running_ = false;
