@@ -307,8 +307,16 @@ class GuestUdpTest(outside_net.OutsideNetTest):
                 self.assertEqual(moved.returncode, 0, moved.stdout + moved.stderr)
                 self.assertIn(f"now runs on {where}", moved.stdout)
             open(os.path.join(work, f"go{i}"), "w").close()
-            c.wait_for(lambda: f"held {i}" in harness.read_text(out), 60,
-                       f"round {i}'s echo")
+            try:
+                c.wait_for(lambda: f"held {i}" in harness.read_text(out), 60,
+                           f"round {i}'s echo")
+            except AssertionError as e:
+                # What the nodes said of the job's flows, and the echo server's log.
+                said = [line for node in ("node1", "node2") for line in c.log(node).splitlines()
+                        if f"job {pid}" in line or " warning: " in line or " error: " in line]
+                raise AssertionError(f"{e}\nout: {harness.read_text(out)!r}\necho log: "
+                                     f"{harness.read_text(echo_log)!r}\n" +
+                                     "\n".join(said[-60:])) from None
             # The job's flow outside is the user's socket, from the node's address (at
             # home the job's own socket, closed by now).
             self.assertEqual(harness.read_text(echo_log), f"{NODE_ADDRESS}\n" * (i + 1))
