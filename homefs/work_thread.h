@@ -13,6 +13,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "wait_or_give_up.h"
+
 namespace homeward {
 
 class WorkThread {
@@ -67,15 +69,7 @@ class WorkThread {
   // wait goes on, ended it first.
   bool WaitIdle(const std::function<bool()>& give_up, std::chrono::milliseconds poll) {
     std::unique_lock lock(mutex_);
-    auto is_idle = [&] { return jobs_.empty() && !busy_; };
-    while (!is_idle()) {
-      if (idle_.wait_for(lock, poll, is_idle)) break;
-      lock.unlock();
-      bool stop = give_up && give_up();
-      lock.lock();
-      if (stop && !is_idle()) return false;
-    }
-    return true;
+    return WaitOrGiveUp(idle_, lock, poll, give_up, [&] { return jobs_.empty() && !busy_; });
   }
   // Whether the thread exists (for the tests of a home's cost).
   bool running() {

@@ -17,6 +17,8 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "wait_or_give_up.h"
+
 namespace homeward {
 
 class WritesBehind {
@@ -96,14 +98,7 @@ class WritesBehind {
  private:
   template <typename Ready>
   bool WaitLocked(std::unique_lock<std::mutex>& lock, const GiveUp& give_up, Ready ready) {
-    while (!ready()) {
-      if (changed_.wait_for(lock, kPoll, ready)) break;
-      lock.unlock();
-      bool stop = give_up && give_up();
-      lock.lock();
-      if (stop && !ready()) return false;
-    }
-    return true;
+    return WaitOrGiveUp(changed_, lock, kPoll, give_up, ready);
   }
 
   void Done(uint64_t fh, size_t bytes, int err) {
