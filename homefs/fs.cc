@@ -217,6 +217,13 @@ void Fs::StartNotices(fuse_session* session) {
   client_.OnNotice(
       [this](uint64_t node, uint64_t parent, const std::string& name, uint64_t generation) {
         ++notices_heard_;
+        {
+          // Before any lookup can be answered from what it changes.
+          std::lock_guard lock(mutex_);
+          uint64_t remote = node ? node : parent;
+          if (auto it = by_remote_.find(remote); it != by_remote_.end()) NotWholeLocked(it->second);
+          if (parent == 1 && !node) NotWholeLocked(root_);
+        }
         auto notice = std::make_shared<Notice>(Notice{node, parent, name, generation, 0, {}});
         notices_.Post(
             [this, notice](bool stopping) {
@@ -473,7 +480,11 @@ fuse_ino_t Fs::Learn(schema::Entry::Reader entry, uint64_t generation, fuse_ino_
   inode.has_attr = true;
   if (ino != root_) {
     auto old = by_name_.find({inode.parent, inode.name});
-    if (old != by_name_.end() && old->second == ino) by_name_.erase(old);
+    if (old != by_name_.end() && old->second == ino) {
+      // Another name of the same object (a hard link): the old one is no longer known.
+      if (old->first != std::pair{parent, name}) NotWholeLocked(inode.parent);
+      by_name_.erase(old);
+    }
     inode.parent = parent;
     inode.name = name;
     by_name_[{parent, name}] = ino;
@@ -510,7 +521,10 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
                          lock_owners_.lower_bound({ino + 1, 0}));
     }
     auto name_it = by_name_.find({inode.parent, inode.name});
-    if (name_it != by_name_.end() && name_it->second == ino) by_name_.erase(name_it);
+    if (name_it != by_name_.end() && name_it->second == ino) {
+      by_name_.erase(name_it);
+      NotWholeLocked(inode.parent);  // the name still exists, unknown here now
+    }
     auto remote_it = by_remote_.find(inode.remote);
     if (remote_it != by_remote_.end() && remote_it->second == ino) by_remote_.erase(remote_it);
     inodes_.erase(it);
@@ -616,6 +630,23 @@ std::optional<struct stat> Fs::CachedAttr(fuse_ino_t ino) {
   return it->second.attr;
 }
 
+bool Fs::KnownAbsent(fuse_ino_t parent, const std::string& name) {
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(parent);
+  if (it == inodes_.end() || std::chrono::steady_clock::now() >= it->second.whole_until) {
+    return false;
+  }
+  if (it->second.generation != client_.generation()) {  // notices may have been lost
+    it->second.whole_until = {};
+    return false;
+  }
+  return by_name_.count({parent, name}) == 0;
+}
+
+void Fs::NotWholeLocked(fuse_ino_t dir) {
+  if (auto it = inodes_.find(dir); it != inodes_.end()) it->second.whole_until = {};
+}
+
 void Fs::DirChanged(fuse_ino_t dir, bool has_attr, schema::Attr::Reader attr, uint64_t heard) {
   if (!has_attr || notices_heard_.load() != heard) return;
   std::lock_guard lock(mutex_);
@@ -681,6 +712,11 @@ void Fs::Init(fuse_conn_info* conn) {  // static: a HomeTree asks the same
 }
 
 void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
+  if (KnownAbsent(parent, name)) {
+    fuse_entry_param e{};  // a negative entry, as the home's ENOENT gives
+    e.entry_timeout = options_.entry_timeout;
+    return r.Entry(e);
+  }
   auto p = Prepare(r, Op::LOOKUP);
   if (!p || !SetNode(r, *p, parent)) return;
   p->rq.setName(name);
@@ -784,9 +820,22 @@ void Fs::MakeNode(Request r, Op op, fuse_ino_t parent, const std::string& name, 
     p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(target.data()), target.size()));
   }
   uint64_t heard = notices_heard_.load();
-  Call(std::move(r), std::move(p), [this, parent, name, heard](Request& r, auto rs, uint64_t gen) {
+  Call(std::move(r), std::move(p),
+       [this, op, parent, name, heard](Request& r, auto rs, uint64_t gen) {
     fuse_ino_t ino = Learn(rs.getEntry(), gen, parent, name, true);
     DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
+    if (op == Op::MKDIR) {
+      // Empty as made, and watched by the home from its answer on: until a notice says
+      // otherwise, its names are the ones made here. For as long as a negative entry.
+      std::lock_guard lock(mutex_);
+      auto it = inodes_.find(ino);
+      if (it != inodes_.end() && it->second.generation == gen && notices_heard_.load() == heard) {
+        it->second.whole_until =
+            std::chrono::steady_clock::now() +
+            std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                std::chrono::duration<double>(options_.entry_timeout));
+      }
+    }
     r.Entry(EntryParam(ino, rs.getEntry().getAttr()));
   });
 }
@@ -827,6 +876,12 @@ void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_
          fuse_ino_t ino = moved == by_name_.end() ? 0 : moved->second;
          by_name_.erase({parent, name});
          by_name_.erase({newparent, newname});
+         // An object unknown here took the new name, or the two names swapped objects:
+         // not every name of the directories is known any more.
+         if (ino == 0 || (flags & RENAME_EXCHANGE)) {
+           NotWholeLocked(newparent);
+           NotWholeLocked(parent);
+         }
          auto inode = inodes_.find(ino);
          if (!(flags & RENAME_EXCHANGE) && inode != inodes_.end()) {
            // Its new name: what an open checks at the home (FileOps::Open).

@@ -162,6 +162,11 @@ class Fs {
     // now); the next one is not checked, so that an object reached without its name
     // (a reopen through /proc of a removed file) still opens.
     bool refused_stale = false;
+    // A directory this client made: every name in it is known here (by_name_) until
+    // then, unless first a notice of a change in it, a name of it forgotten here, or a new
+    // connection (KnownAbsent). A lookup of another name is answered "absent" without
+    // the home: a job filling a directory it made asks nothing before each new name.
+    std::chrono::steady_clock::time_point whole_until{};
   };
   struct Prepared;
   // A file this mount has open: the kernel's handle is a local number, stable across
@@ -238,6 +243,10 @@ class Fs {
   // attributes), if no change notice arrived since the request was prepared (`heard`,
   // notices_heard_ then): one could be of a change the home made after `attr` was read.
   void DirChanged(fuse_ino_t dir, bool has_attr, schema::Attr::Reader attr, uint64_t heard);
+  // Whether `name` is surely absent from `parent`, a directory whose every name is known
+  // (Inode::whole_until); NotWholeLocked ends that knowledge (mutex_ held).
+  bool KnownAbsent(fuse_ino_t parent, const std::string& name);
+  void NotWholeLocked(fuse_ino_t dir);
   // Attributes DirChanged left, with the seconds they are still good for.
   std::optional<std::pair<struct stat, double>> FreshAttr(fuse_ino_t ino);
   void ForgetName(fuse_ino_t parent, const std::string& name);
