@@ -243,6 +243,7 @@ class FileSession {
   std::unordered_map<int, uint64_t> watches_;  // inotify wd -> node
   std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> own_;  // by node
   std::map<std::pair<uint64_t, std::string>, OwnEntry> own_entries_;  // by (dir node, name)
+  std::chrono::steady_clock::time_point own_pruned_at_{};  // when own_ and own_entries_ were swept
   uint64_t next_handle_ = 1;
 };
 

@@ -765,10 +765,15 @@ std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* ev
     }
     changed.insert(key);
   }
-  std::erase_if(own_, [&](const auto& own) { return now - own.second > kOwnChangeWindow; });
-  std::erase_if(own_entries_, [&](const auto& own) {
-    return now - own.second.at > kOwnChangeWindow && !own.second.pending;
-  });
+  // Swept a few times a window, not at every batch: a sweep visits every entry, and a
+  // burst of creates makes thousands while its events come in batches of a few.
+  if (now - own_pruned_at_ >= kOwnChangeWindow / 4) {
+    own_pruned_at_ = now;
+    std::erase_if(own_, [&](const auto& own) { return now - own.second > kOwnChangeWindow; });
+    std::erase_if(own_entries_, [&](const auto& own) {
+      return now - own.second.at > kOwnChangeWindow && !own.second.pending;
+    });
+  }
   return changed;
 }
 
