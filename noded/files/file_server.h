@@ -195,6 +195,8 @@ class FileSession {
   // request's entries are not its own change.
   void EndOwnChange(schema::FileRequest::Reader request, schema::FileResponse::Reader response);
   void MarkOwn(uint64_t node);
+  // The object `held` names, if this client looked it up (its own watch).
+  void MarkOwnObject(const EntryHolds& held);
   struct OwnEntry;
   void MarkOwnEntry(uint64_t dir, const std::string& name, std::optional<EntryHolds> holds);
   // Whether entry `key` (directory node, name) holds what one of this client's changes

@@ -465,6 +465,28 @@ TEST_F(FileSessionTest, AClientsOwnNameChangesAreNotToldBack) {
   }
 }
 
+// An object the client looked up and then removed (or replaced by a rename) reports its
+// link count going down on its own watch: the client's own change, not told back.
+TEST_F(FileSessionTest, AnObjectThisClientRemovedIsNotToldBack) {
+  Notices heard(*session_);
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  ASSERT_EQ(dir.error, 0);
+  ASSERT_EQ(Call(Op::LOOKUP, dir.node, "file").error, 0);  // watched from here on
+  ASSERT_EQ(Call(Op::CREATE, dir.node, "new", [](auto rq) {
+              rq.setFlags(O_WRONLY);
+              rq.setMode(S_IFREG | 0644);
+            }).error, 0);
+  ASSERT_EQ(Call(Op::LOOKUP, dir.node, "file").error, 0);
+  ASSERT_EQ(Call(Op::RENAME, dir.node, "new", [&](auto rq) {
+              rq.setNode2(dir.node);
+              rq.setName2("file");
+            }).error, 0);
+  ASSERT_EQ(Call(Op::UNLINK, dir.node, "file").error, 0);
+  std::ofstream(base_ + "/export/dir/marker") << "x";
+  auto names = heard.Until("marker");
+  EXPECT_EQ(std::count(names.begin(), names.end(), ""), 0);  // no object's own notice
+}
+
 // Two nodes write a file each and rename it over the same name: each must hear of the
 // other's rename, however soon after its own it came, or it keeps a name that no longer
 // holds the file it names (the entry stays cached for entry_timeout).

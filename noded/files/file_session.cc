@@ -607,8 +607,12 @@ void FileSession::MarkOwnChange(schema::FileRequest::Reader rq) {
       break;
     case Op::UNLINK:
     case Op::RMDIR:
+      CheckName(name);
       MarkOwn(rq.getNode());
       MarkOwnEntry(rq.getNode(), name, EntryHolds{});
+      // The removed object's own watch reports its link count going down: this client's
+      // change as well, which its kernel has noted itself.
+      MarkOwnObject(HeldAt(GetNode(rq.getNode())->fd.get(), name));
       break;
     case Op::RENAME: {
       // The entries end up holding what the other held before (an exchange), or the
@@ -620,6 +624,7 @@ void FileSession::MarkOwnChange(schema::FileRequest::Reader rq) {
       EntryHolds to = HeldAt(GetNode(rq.getNode2())->fd.get(), name2);
       MarkOwnEntry(rq.getNode(), name, rq.getFlags() & RENAME_EXCHANGE ? to : EntryHolds{});
       MarkOwnEntry(rq.getNode2(), name2, from);
+      if (!(rq.getFlags() & RENAME_EXCHANGE)) MarkOwnObject(to);  // replaced: one link less
       break;
     }
     case Op::LINK:
@@ -679,6 +684,18 @@ void FileSession::MarkOwn(uint64_t node) {
   std::lock_guard lock(mutex_);
   if (own_.size() > 100000) own_.clear();
   own_[node] = now;
+}
+
+void FileSession::MarkOwnObject(const EntryHolds& held) {
+  if (!held.present) return;
+  uint64_t id;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = by_inode_.find(held.object);
+    if (it == by_inode_.end()) return;  // never looked up by this client: not watched
+    id = it->second;
+  }
+  MarkOwn(id);
 }
 
 void FileSession::MarkOwnEntry(uint64_t dir, const std::string& name,
