@@ -631,12 +631,13 @@ std::optional<struct stat> Fs::CachedAttr(fuse_ino_t ino) {
 }
 
 bool Fs::KnownAbsent(fuse_ino_t parent, const std::string& name) {
+  uint64_t generation = client_.generation();  // asked before taking our lock
   std::lock_guard lock(mutex_);
   auto it = inodes_.find(parent);
   if (it == inodes_.end() || std::chrono::steady_clock::now() >= it->second.whole_until) {
     return false;
   }
-  if (it->second.generation != client_.generation()) {  // notices may have been lost
+  if (it->second.generation != generation) {  // notices may have been lost
     it->second.whole_until = {};
     return false;
   }
