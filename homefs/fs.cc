@@ -63,6 +63,13 @@ std::string Bytes(capnp::Data::Reader data) {
   return std::string(reinterpret_cast<const char*>(data.begin()), data.size());
 }
 
+// When a cache kept for `seconds` (a mount's timeout option) from now runs out.
+std::chrono::steady_clock::time_point SecondsFromNow(double seconds) {
+  return std::chrono::steady_clock::now() +
+         std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+             std::chrono::duration<double>(seconds));
+}
+
 }  // namespace
 
 struct stat ToStat(schema::Attr::Reader a) {
@@ -630,6 +637,13 @@ std::optional<struct stat> Fs::CachedAttr(fuse_ino_t ino) {
   return it->second.attr;
 }
 
+void Fs::Absent(Request& r) {
+  // A negative entry: the kernel may remember the name is absent.
+  fuse_entry_param e{};
+  e.entry_timeout = options_.entry_timeout;
+  r.Entry(e);
+}
+
 bool Fs::KnownAbsent(fuse_ino_t parent, const std::string& name) {
   uint64_t generation = client_.generation();  // asked before taking our lock
   std::lock_guard lock(mutex_);
@@ -656,10 +670,7 @@ void Fs::DirChanged(fuse_ino_t dir, bool has_attr, schema::Attr::Reader attr, ui
   it->second.attr = ToStat(attr);
   it->second.attr.st_ino = dir;
   it->second.has_attr = true;
-  it->second.fresh_until =
-      std::chrono::steady_clock::now() +
-      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-          std::chrono::duration<double>(options_.attr_timeout));
+  it->second.fresh_until = SecondsFromNow(options_.attr_timeout);
 }
 
 std::optional<std::pair<struct stat, double>> Fs::FreshAttr(fuse_ino_t ino) {
@@ -713,11 +724,7 @@ void Fs::Init(fuse_conn_info* conn) {  // static: a HomeTree asks the same
 }
 
 void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
-  if (KnownAbsent(parent, name)) {
-    fuse_entry_param e{};  // a negative entry, as the home's ENOENT gives
-    e.entry_timeout = options_.entry_timeout;
-    return r.Entry(e);
-  }
+  if (KnownAbsent(parent, name)) return Absent(r);
   auto p = Prepare(r, Op::LOOKUP);
   if (!p || !SetNode(r, *p, parent)) return;
   p->rq.setName(name);
@@ -736,12 +743,7 @@ void Fs::Lookup(Request r, fuse_ino_t parent, const std::string& name) {
         Request* shared = &r;
         if (err != 0) return shared->Err(err);
         auto rs = message->Root<schema::ServerMessage>().getResponse();
-        if (rs.getError() == ENOENT) {
-          // A negative entry: the kernel may remember the name is absent.
-          fuse_entry_param e{};
-          e.entry_timeout = options_.entry_timeout;
-          return shared->Entry(e);
-        }
+        if (rs.getError() == ENOENT) return Absent(*shared);
         if (rs.getError() != 0) return shared->Err(rs.getError());
         fuse_ino_t ino = Learn(rs.getEntry(), generation, parent, name, true);
         shared->Entry(EntryParam(ino, rs.getEntry().getAttr()));
@@ -831,10 +833,7 @@ void Fs::MakeNode(Request r, Op op, fuse_ino_t parent, const std::string& name, 
       std::lock_guard lock(mutex_);
       auto it = inodes_.find(ino);
       if (it != inodes_.end() && it->second.generation == gen && notices_heard_.load() == heard) {
-        it->second.whole_until =
-            std::chrono::steady_clock::now() +
-            std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                std::chrono::duration<double>(options_.entry_timeout));
+        it->second.whole_until = SecondsFromNow(options_.entry_timeout);
       }
     }
     r.Entry(EntryParam(ino, rs.getEntry().getAttr()));

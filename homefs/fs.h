@@ -246,6 +246,8 @@ class Fs {
   // Whether `name` is surely absent from `parent`, a directory whose every name is known
   // (Inode::whole_until); NotWholeLocked ends that knowledge (mutex_ held).
   bool KnownAbsent(fuse_ino_t parent, const std::string& name);
+  // Answers a lookup that the name is absent (a negative entry, kept for entry_timeout).
+  void Absent(Request& r);
   void NotWholeLocked(fuse_ino_t dir);
   // Attributes DirChanged left, with the seconds they are still good for.
   std::optional<std::pair<struct stat, double>> FreshAttr(fuse_ino_t ino);

@@ -140,13 +140,7 @@ void RaiseReadAhead(const std::string& mountpoint) {
   // Without a stat: a path as mountinfo writes it (absolute, no "." or "..").
   std::string path = std::filesystem::absolute(mountpoint).lexically_normal().string();
   if (path.size() > 1 && path.back() == '/') path.pop_back();
-  std::ifstream mountinfo("/proc/self/mountinfo");
-  std::string line, device;
-  while (std::getline(mountinfo, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, dev, root, point;
-    if (fields >> id >> parent >> dev >> root >> point && point == path) device = dev;
-  }
+  std::string device = TopMountDevice(path);
   if (device.empty()) return;
   std::ofstream(fmt::format("/sys/class/bdi/{}/read_ahead_kb", device)) << kReadAheadKiB;
 }

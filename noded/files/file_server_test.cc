@@ -16,6 +16,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <iterator>
 #include <random>
@@ -79,6 +80,18 @@ class FileSessionTest : public ::testing::Test {
 
 using Op = schema::FileOp;
 
+// A create's fields for a plain file opened for writing, and a rename's destination.
+void NewFile(schema::FileRequest::Builder rq) {
+  rq.setFlags(O_WRONLY);
+  rq.setMode(S_IFREG | 0644);
+}
+std::function<void(schema::FileRequest::Builder)> RenameTo(uint64_t dir, std::string name) {
+  return [dir, name](schema::FileRequest::Builder rq) {
+    rq.setNode2(dir);
+    rq.setName2(name);
+  };
+}
+
 TEST_F(FileSessionTest, DotDotAndSlashesAreRefused) {
   EXPECT_EQ(Call(Op::LOOKUP, 1, "..").error, EINVAL);
   EXPECT_EQ(Call(Op::LOOKUP, 1, "dir/../..").error, EINVAL);
@@ -100,10 +113,7 @@ TEST_F(FileSessionTest, SymlinksAreNotFollowedOut) {
   ASSERT_EQ(abs.error, 0);
   EXPECT_EQ(Call(Op::LOOKUP, abs.node, "etc").error, ENOTDIR);
   // Creating through a dangling link would create ../created outside the export.
-  EXPECT_NE(Call(Op::CREATE, 1, "dangling", [](auto rq) {
-              rq.setFlags(O_WRONLY);
-              rq.setMode(S_IFREG | 0644);
-            }).error, 0);
+  EXPECT_NE(Call(Op::CREATE, 1, "dangling", NewFile).error, 0);
   EXPECT_FALSE(fs::exists(base_ + "/created"));
 }
 
@@ -449,14 +459,8 @@ TEST_F(FileSessionTest, AClientsOwnNameChangesAreNotToldBack) {
   Notices heard(*session_);
   auto dir = Call(Op::LOOKUP, 1, "dir");
   ASSERT_EQ(dir.error, 0);
-  ASSERT_EQ(Call(Op::CREATE, dir.node, "tmp", [](auto rq) {
-              rq.setFlags(O_WRONLY);
-              rq.setMode(S_IFREG | 0644);
-            }).error, 0);
-  ASSERT_EQ(Call(Op::RENAME, dir.node, "tmp", [&](auto rq) {
-              rq.setNode2(dir.node);
-              rq.setName2("target");
-            }).error, 0);
+  ASSERT_EQ(Call(Op::CREATE, dir.node, "tmp", NewFile).error, 0);
+  ASSERT_EQ(Call(Op::RENAME, dir.node, "tmp", RenameTo(dir.node, "target")).error, 0);
   ASSERT_EQ(Call(Op::UNLINK, dir.node, "file").error, 0);
   std::ofstream(base_ + "/export/dir/marker") << "x";
   auto names = heard.Until("marker");
@@ -472,15 +476,9 @@ TEST_F(FileSessionTest, AnObjectThisClientRemovedIsNotToldBack) {
   auto dir = Call(Op::LOOKUP, 1, "dir");
   ASSERT_EQ(dir.error, 0);
   ASSERT_EQ(Call(Op::LOOKUP, dir.node, "file").error, 0);  // watched from here on
-  ASSERT_EQ(Call(Op::CREATE, dir.node, "new", [](auto rq) {
-              rq.setFlags(O_WRONLY);
-              rq.setMode(S_IFREG | 0644);
-            }).error, 0);
+  ASSERT_EQ(Call(Op::CREATE, dir.node, "new", NewFile).error, 0);
   ASSERT_EQ(Call(Op::LOOKUP, dir.node, "file").error, 0);
-  ASSERT_EQ(Call(Op::RENAME, dir.node, "new", [&](auto rq) {
-              rq.setNode2(dir.node);
-              rq.setName2("file");
-            }).error, 0);
+  ASSERT_EQ(Call(Op::RENAME, dir.node, "new", RenameTo(dir.node, "file")).error, 0);
   ASSERT_EQ(Call(Op::UNLINK, dir.node, "file").error, 0);
   std::ofstream(base_ + "/export/dir/marker") << "x";
   auto names = heard.Until("marker");
@@ -498,20 +496,12 @@ TEST_F(FileSessionTest, AnotherClientsChangeOfAnEntryJustChangedIsTold) {
   auto other_dir = Call(Op::LOOKUP, 1, "dir", {}, &other);
   ASSERT_EQ(dir.error, 0);
   ASSERT_EQ(other_dir.error, 0);
-  auto rename = [](uint64_t dir_node) {
-    return [dir_node](schema::FileRequest::Builder rq) {
-      rq.setNode2(dir_node);
-      rq.setName2("target");
-    };
-  };
-  auto create = [](schema::FileRequest::Builder rq) {
-    rq.setFlags(O_WRONLY);
-    rq.setMode(S_IFREG | 0644);
-  };
-  ASSERT_EQ(Call(Op::CREATE, dir.node, "mine", create).error, 0);
-  ASSERT_EQ(Call(Op::CREATE, other_dir.node, "theirs", create, &other).error, 0);
-  ASSERT_EQ(Call(Op::RENAME, dir.node, "mine", rename(dir.node)).error, 0);
-  ASSERT_EQ(Call(Op::RENAME, other_dir.node, "theirs", rename(other_dir.node), &other).error, 0);
+  ASSERT_EQ(Call(Op::CREATE, dir.node, "mine", NewFile).error, 0);
+  ASSERT_EQ(Call(Op::CREATE, other_dir.node, "theirs", NewFile, &other).error, 0);
+  ASSERT_EQ(Call(Op::RENAME, dir.node, "mine", RenameTo(dir.node, "target")).error, 0);
+  ASSERT_EQ(
+      Call(Op::RENAME, other_dir.node, "theirs", RenameTo(other_dir.node, "target"), &other).error,
+      0);
   // A failed change is no change of one's own: another's change of that name is told.
   ASSERT_EQ(Call(Op::UNLINK, dir.node, "gone").error, ENOENT);
   std::ofstream(base_ + "/export/dir/gone") << "x";
@@ -572,11 +562,7 @@ TEST_F(FileSessionTest, PeersRootIsSquashedByDefault) {
     ASSERT_EQ(file.error, 0);
     EXPECT_EQ(Call(Op::OPEN, file.node, "", [](auto rq) { rq.setFlags(O_RDONLY); }, session).error,
               denied);
-    EXPECT_EQ(Call(Op::CREATE, dir.node, "planted", [](auto rq) {
-                rq.setFlags(O_WRONLY);
-                rq.setMode(S_IFREG | 0644);
-              }, session).error,
-              denied);
+    EXPECT_EQ(Call(Op::CREATE, dir.node, "planted", NewFile, session).error, denied);
   }
 }
 

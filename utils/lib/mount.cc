@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "error.h"
 
@@ -35,20 +36,30 @@ std::string Unescape(const std::string& field) {
   return out;
 }
 
-}  // namespace
-
-int MountsAt(const std::string& target) {
+// The device numbers ("MAJ:MIN") of the mounts stacked at `target`, bottom first.
+std::vector<std::string> DevicesAt(const std::string& target) {
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
-  int count = 0;
+  std::vector<std::string> devices;
   while (std::getline(in, line)) {
     std::istringstream fields(line);
     std::string id, parent, device, root, mount_point;
     if (fields >> id >> parent >> device >> root >> mount_point && Unescape(mount_point) == target) {
-      ++count;
+      devices.push_back(device);
     }
   }
-  return count;
+  return devices;
+}
+
+}  // namespace
+
+int MountsAt(const std::string& target) {
+  return static_cast<int>(DevicesAt(target).size());
+}
+
+std::string TopMountDevice(const std::string& target) {
+  auto devices = DevicesAt(target);
+  return devices.empty() ? std::string() : devices.back();
 }
 
 int DetachAll(const std::string& target) {

@@ -10,6 +10,9 @@ namespace homeward {
 // from the kernel's table: nothing on the mounts themselves is touched, so a hung FUSE
 // mount cannot block the count).
 int MountsAt(const std::string& target);
+// The device number ("MAJ:MIN", as /sys/class/bdi names a mount's) of the topmost mount at
+// `target`, from the same table; empty when nothing is mounted there.
+std::string TopMountDevice(const std::string& target);
 // Lazily detaches (MNT_DETACH) every mount stacked at `target`; returns how many.
 int DetachAll(const std::string& target);
 
