@@ -38,6 +38,9 @@ constexpr uint64_t kDeferred = 0xFFFF;
 // refusal older than this was given up on (the name vanished meanwhile).
 constexpr auto kRetryWindow = std::chrono::seconds(1);
 constexpr size_t kMaxRefusedNames = 1024;
+// The extended attributes the kernel asks for by itself (Inode::xattr_absent_until).
+constexpr std::array<std::string_view, 3> kKernelXattrs = {
+    "security.capability", "system.posix_acl_access", "system.posix_acl_default"};
 
 bool IsDeferred(uint64_t fh) {
   return (fh >> kFhGenerationShift) == kDeferred;
@@ -228,7 +231,12 @@ void Fs::StartNotices(fuse_session* session) {
           // Before any lookup can be answered from what it changes.
           std::lock_guard lock(mutex_);
           uint64_t remote = node ? node : parent;
-          if (auto it = by_remote_.find(remote); it != by_remote_.end()) NotWholeLocked(it->second);
+          if (auto it = by_remote_.find(remote); it != by_remote_.end()) {
+            NotWholeLocked(it->second);
+            if (auto inode = inodes_.find(it->second); inode != inodes_.end()) {
+              inode->second.xattr_absent_until = {};
+            }
+          }
           if (parent == 1 && !node) NotWholeLocked(root_);
         }
         auto notice = std::make_shared<Notice>(Notice{node, parent, name, generation, 0, {}});
@@ -656,6 +664,23 @@ bool Fs::KnownAbsent(fuse_ino_t parent, const std::string& name) {
     return false;
   }
   return by_name_.count({parent, name}) == 0;
+}
+
+bool Fs::KnownXattrAbsent(fuse_ino_t ino, size_t kind) {
+  uint64_t generation = client_.generation();  // asked before taking our lock
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(ino);
+  return it != inodes_.end() && it->second.generation == generation &&
+         std::chrono::steady_clock::now() < it->second.xattr_absent_until[kind];
+}
+
+void Fs::XattrAbsent(fuse_ino_t ino, size_t kind, uint64_t generation, uint64_t heard,
+                     uint64_t xattrs_set) {
+  if (notices_heard_.load() != heard || xattrs_set_.load() != xattrs_set) return;
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(ino);
+  if (it == inodes_.end() || it->second.generation != generation) return;
+  it->second.xattr_absent_until[kind] = SecondsFromNow(options_.attr_timeout);
 }
 
 void Fs::NotWholeLocked(fuse_ino_t dir) {
@@ -1134,10 +1159,15 @@ void Fs::WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64
   // Its caller may give up while the home is silent, as for any call (EINTR).
   auto given_up = [&] { return client_.Silent() && fuse_req_interrupted(r.get()) != 0; };
   if (!resends_.WaitIdle(given_up, WritesBehind::kPoll)) return r.Err(EINTR);
+  // Writes go out in the order the kernel was answered (the home runs a connection's
+  // writes one after another, so a rewrite of a range or an append lands after the one
+  // before it), and the kernel is answered before this one is sealed and sent: the writer
+  // fills its next write meanwhile. Every other request waits for the ticket, so it comes
+  // after; a broken connection sends the write again like any request.
+  std::unique_lock order(write_order_);
   auto ticket = behind_.Start(fh, size, given_up);
   if (!ticket) return r.Err(EINTR);
-  // Sent (in order: the home runs a connection's writes one after another) before the
-  // kernel hears it is done; a broken connection sends it again like any request.
+  r.Write(size);
   Issue(std::make_shared<Request>(Request::Detached()), std::shared_ptr<Prepared>(std::move(p)),
         [ticket, size](Request&, int err, IncomingMessage* message, uint64_t) {
           if (err == 0) {
@@ -1148,7 +1178,6 @@ void Fs::WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64
           ticket->Finish(err);
         },
         {});
-  r.Write(size);
 }
 
 void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
@@ -1301,6 +1330,19 @@ void Fs::Xattr(Request r, Op op, fuse_ino_t ino, const std::string& name, const 
     if (what == "drain") return DrainWrites(std::move(r));
     return CarryLocks(std::move(r), what, std::string(value, size));
   }
+  // What the kernel asks by itself, before each write and at permission checks, is
+  // answered without the home (nor waiting for the writes behind, which could only drop a
+  // file's capabilities) while the home's last answer, none, holds.
+  auto kernels = std::find(kKernelXattrs.begin(), kKernelXattrs.end(), name);
+  size_t kind = static_cast<size_t>(kernels - kKernelXattrs.begin());
+  bool kernel_asks = op == Op::GETXATTR && kernels != kKernelXattrs.end();
+  if (kernel_asks && KnownXattrAbsent(ino, kind)) return r.Err(ENODATA);
+  if (op == Op::SETXATTR || op == Op::REMOVEXATTR) {
+    ++xattrs_set_;
+    std::lock_guard lock(mutex_);
+    if (auto it = inodes_.find(ino); it != inodes_.end()) it->second.xattr_absent_until = {};
+  }
+  uint64_t heard = notices_heard_.load(), xattrs_set = xattrs_set_.load();
   auto p = Prepare(r, op);
   if (!p || !SetNode(r, *p, ino)) return;
   p->rq.setName(name);
@@ -1310,12 +1352,21 @@ void Fs::Xattr(Request r, Op op, fuse_ino_t ino, const std::string& name, const 
     p->rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(value), size));
   }
   bool sized = op == Op::GETXATTR || op == Op::LISTXATTR;
-  Call(std::move(r), std::move(p), [sized, size](Request& r, auto rs, uint64_t) {
-    if (!sized) return r.Err(0);
-    if (size == 0) return r.Xattr(rs.getSize());
-    auto data = rs.getData();
-    r.Buf(data.begin(), data.size());
-  });
+  std::function<void(int)> refused;
+  if (kernel_asks) {
+    refused = [this, ino, kind, generation = p->generation, heard, xattrs_set](int err) {
+      if (err == ENODATA) XattrAbsent(ino, kind, generation, heard, xattrs_set);
+    };
+  }
+  Call(
+      std::move(r), std::move(p),
+      [sized, size](Request& r, auto rs, uint64_t) {
+        if (!sized) return r.Err(0);
+        if (size == 0) return r.Xattr(rs.getSize());
+        auto data = rs.getData();
+        r.Buf(data.begin(), data.size());
+      },
+      {}, std::move(refused));
 }
 
 void Fs::Fallocate(Request r, int mode, off_t offset, off_t length, fuse_file_info* fi) {

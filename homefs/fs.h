@@ -167,6 +167,12 @@ class Fs {
     // connection (KnownAbsent). A lookup of another name is answered "absent" without
     // the home: a job filling a directory it made asks nothing before each new name.
     std::chrono::steady_clock::time_point whole_until{};
+    // The extended attributes the kernel asks for by itself (kKernelXattrs: a file's
+    // capabilities before every write to it, to drop them; the POSIX ACLs at permission
+    // checks, again each time it refreshed the attributes), each when the home last
+    // answered it has none: until then that is answered here, unless first a notice about
+    // the object, an attribute set or removed through this mount, or a new connection.
+    std::array<std::chrono::steady_clock::time_point, 3> xattr_absent_until{};
   };
   struct Prepared;
   // A file this mount has open: the kernel's handle is a local number, stable across
@@ -194,8 +200,8 @@ class Fs {
   // Ends early when the home is silent for a caller that may be answered from the cache
   // (root), and answers EINTR (returning false) to one that was interrupted meanwhile.
   bool AwaitWrites(Request& r);
-  // A write sent behind: the kernel is answered at once, the home's answer goes to
-  // behind_ (the data is copied: the kernel's buffer is gone after the answer).
+  // A write sent behind: the kernel is answered before it is sent, the home's answer goes
+  // to behind_ (the data is copied: it is sent again if its connection breaks).
   void WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64_t fh);
   // The caller's supplementary groups (cached briefly per process).
   std::vector<gid_t> Groups(fuse_req_t req, pid_t pid);
@@ -249,6 +255,12 @@ class Fs {
   // Answers a lookup that the name is absent (a negative entry, kept for entry_timeout).
   void Absent(Request& r);
   void NotWholeLocked(fuse_ino_t dir);
+  // Whether `ino` surely has no attribute kKernelXattrs[kind] (Inode::xattr_absent_until);
+  // XattrAbsent records the home's answer "none" to a getxattr sent when `heard` notices
+  // and `xattrs_set` attribute changes of this mount were counted, unless more came since.
+  bool KnownXattrAbsent(fuse_ino_t ino, size_t kind);
+  void XattrAbsent(fuse_ino_t ino, size_t kind, uint64_t generation, uint64_t heard,
+                   uint64_t xattrs_set);
   // Attributes DirChanged left, with the seconds they are still good for.
   std::optional<std::pair<struct stat, double>> FreshAttr(fuse_ino_t ino);
   void ForgetName(fuse_ino_t parent, const std::string& name);
@@ -308,6 +320,8 @@ class Fs {
   fuse_session* session_ = nullptr;
   // Change notices received, counted on the receiving thread (in order with answers).
   std::atomic<uint64_t> notices_heard_{0};
+  // Extended attributes set or removed through this mount.
+  std::atomic<uint64_t> xattrs_set_{0};
   // Notices and resends each run on a thread of their own, which exists only while
   // there is work (an idle home holds none).
   WorkThread notices_{"applying a change notice", std::chrono::seconds(5)};
@@ -316,6 +330,7 @@ class Fs {
   uint64_t next_fh_;
   // At most 16 MiB in 256 writes out at once.
   WritesBehind behind_{16 << 20, 256};
+  std::mutex write_order_;  // held from a write behind's answer to the kernel to its send
   std::mutex reopen_mutex_;
   WorkThread resends_{"sending a request again", std::chrono::seconds(5)};
 

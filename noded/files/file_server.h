@@ -145,6 +145,8 @@ class FileSession {
   uint64_t AddHandle(std::shared_ptr<OpenFile> handle);
   // Records one lookup of `fd`'s object and fills `entry`, with the node id.
   void Remember(Fd fd, schema::Entry::Builder entry);
+  // Whether `fd`'s object is known to this client already, and so watched.
+  bool Knows(int fd);
   void LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry);
   // The lock requests (getlk, setlk, flock, lockCancel, unlockOwner): false when `later`
   // will answer, nothing for any other request. Never in the replay cache: homefs does
@@ -194,7 +196,9 @@ class FileSession {
   // After `request` was performed: what a create left its entry holding; a failed
   // request's entries are not its own change.
   void EndOwnChange(schema::FileRequest::Reader request, schema::FileResponse::Reader response);
-  void MarkOwn(uint64_t node);
+  // `events`: the inotify events the change makes (a write's: its content, not its
+  // attributes, so that a mode or capability set by anyone else meanwhile is still told).
+  void MarkOwn(uint64_t node, uint32_t events = ~0u);
   // The object `held` names, if this client looked it up (its own watch).
   void MarkOwnObject(const EntryHolds& held);
   struct OwnEntry;
@@ -243,7 +247,11 @@ class FileSession {
   Notify notify_;
   std::thread watcher_;
   std::unordered_map<int, uint64_t> watches_;  // inotify wd -> node
-  std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> own_;  // by node
+  struct OwnMark {
+    std::chrono::steady_clock::time_point at;
+    uint32_t events = 0;  // the inotify events of this client's changes since `at`
+  };
+  std::unordered_map<uint64_t, OwnMark> own_;  // by node
   std::map<std::pair<uint64_t, std::string>, OwnEntry> own_entries_;  // by (dir node, name)
   std::chrono::steady_clock::time_point own_pruned_at_{};  // when own_ and own_entries_ were swept
   uint64_t next_handle_ = 1;

@@ -485,6 +485,31 @@ TEST_F(FileSessionTest, AnObjectThisClientRemovedIsNotToldBack) {
   EXPECT_EQ(std::count(names.begin(), names.end(), ""), 0);  // no object's own notice
 }
 
+// A client's writes to a file report its content changed on the file's watch: its own
+// change, not told back. An attribute changed by anyone else right after (a mode, a
+// capability set at the home) is told all the same: it is not what a write does.
+TEST_F(FileSessionTest, AnAttributeChangedRightAfterThisClientsWriteIsTold) {
+  Notices heard(*session_);
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  ASSERT_EQ(dir.error, 0);
+  auto made = Call(Op::CREATE, dir.node, "written", NewFile);
+  ASSERT_EQ(made.error, 0);
+  std::string text = "content";
+  ASSERT_EQ(Call(Op::WRITE, 0, "", [&](auto rq) {
+              rq.setFh(made.fh);
+              rq.setData(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(text.data()),
+                                      text.size()));
+            }).error,
+            0);
+  std::ofstream(base_ + "/export/dir/marker") << "x";
+  auto names = heard.Until("marker");
+  EXPECT_EQ(std::count(names.begin(), names.end(), ""), 0);  // the write: its own
+  ASSERT_EQ(::chmod((base_ + "/export/dir/written").c_str(), 0600), 0);
+  std::ofstream(base_ + "/export/dir/marker2") << "x";
+  names = heard.Until("marker2");
+  EXPECT_GE(std::count(names.begin(), names.end(), ""), 1);  // the mode: another's
+}
+
 // Two nodes write a file each and rename it over the same name: each must hear of the
 // other's rename, however soon after its own it came, or it keeps a name that no longer
 // holds the file it names (the entry stays cached for entry_timeout).

@@ -320,6 +320,12 @@ void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   entry.setNode(id);
 }
 
+bool FileSession::Knows(int fd) {
+  struct stat st = StatFd(fd);
+  std::lock_guard lock(mutex_);
+  return by_inode_.count({st.st_dev, st.st_ino}) != 0;
+}
+
 void FileSession::LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry) {
   CheckName(name);
   Remember(Fd::Adopt(OpenBeneath(dir_fd, name, O_PATH | O_NOFOLLOW, 0)), entry);
@@ -638,7 +644,7 @@ void FileSession::MarkOwnChange(schema::FileRequest::Reader rq) {
       break;
     case Op::WRITE:
     case Op::FALLOCATE:
-      MarkOwn(GetHandle(rq.getFh())->node);
+      MarkOwn(GetHandle(rq.getFh())->node, IN_MODIFY | IN_CLOSE_WRITE);
       break;
     default:
       break;
@@ -679,11 +685,14 @@ void FileSession::EndOwnChange(schema::FileRequest::Reader rq,
   }
 }
 
-void FileSession::MarkOwn(uint64_t node) {
+void FileSession::MarkOwn(uint64_t node, uint32_t events) {
   auto now = std::chrono::steady_clock::now();
   std::lock_guard lock(mutex_);
   if (own_.size() > 100000) own_.clear();
-  own_[node] = now;
+  OwnMark& own = own_[node];
+  if (now - own.at >= kOwnChangeWindow) own.events = 0;
+  own.at = now;
+  own.events |= events;
 }
 
 void FileSession::MarkOwnObject(const EntryHolds& held) {
@@ -777,7 +786,8 @@ std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* ev
     if (event->len) {
       if (OwnEntryEvent(key, now)) continue;
     } else if (auto own = own_.find(key.first);
-               own != own_.end() && now - own->second < kOwnChangeWindow) {
+               own != own_.end() && now - own->second.at < kOwnChangeWindow &&
+               (event->mask & ~(own->second.events | IN_ISDIR)) == 0) {
       continue;
     }
     changed.insert(key);
@@ -786,7 +796,7 @@ std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* ev
   // burst of creates makes thousands while its events come in batches of a few.
   if (now - own_pruned_at_ >= kOwnChangeWindow / 4) {
     own_pruned_at_ = now;
-    std::erase_if(own_, [&](const auto& own) { return now - own.second > kOwnChangeWindow; });
+    std::erase_if(own_, [&](const auto& own) { return now - own.second.at > kOwnChangeWindow; });
     std::erase_if(own_entries_, [&](const auto& own) {
       return now - own.second.at > kOwnChangeWindow && !own.second.pending;
     });
