@@ -192,8 +192,18 @@ HomeTree::Home* HomeTree::Use(const std::string& name, int* err) {
 struct stat HomeTree::DirAttr(fuse_ino_t ino) const {
   struct stat st {};
   st.st_ino = ino;
-  // The root is nobody's to change (its entries are the cluster's nodes).
-  st.st_mode = S_IFDIR | (ino == FUSE_ROOT_ID ? 0555 : 0755);
+  // The root is nobody's to change (its entries are the cluster's nodes), and everyone's
+  // to pass through: r-x for its owner, root, and for others, as 0555 would say. Its group
+  // is one no process can be in (the kernel's invalid id, shown as the overflow group)
+  // and has no bits: with group bits the kernel consults the root's ACLs at every path
+  // walk of a user through it, and the mount's root is made before INIT says ACLs are on,
+  // which leaves its ACLs uncached, so each walk was a call into homefs.
+  if (ino == FUSE_ROOT_ID) {
+    st.st_mode = S_IFDIR | 0505;
+    st.st_gid = static_cast<gid_t>(-1);
+  } else {
+    st.st_mode = S_IFDIR | 0755;
+  }
   st.st_nlink = 2;
   st.st_blksize = 4096;
   return st;
