@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import pwd
+import re
 import select
 import shutil
 import signal
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 LOOPCLUSTER = os.path.join(ROOT, "scripts", "loopcluster")
@@ -515,6 +517,28 @@ def read_text(path):
 def jobs(cluster, node="node1"):
     """The jobs `mosps --json` lists on `node`."""
     return json.loads(cluster.run(node, "mosps", "--json").stdout)["jobs"]
+
+
+def readable_script(name, text):
+    """Writes `text` to NAME in private_dir(), readable by the tests' users; its path."""
+    path = os.path.join(private_dir(), name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o644)
+    return path
+
+
+def file_requests_at(c, node, port):
+    """The file requests `node`'s file service has answered (homeward_file_requests_total
+    on its web monitor's /metrics, listening on `port` of the node's address)."""
+    address = c.node(node)["address"]
+    with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    match = re.search(rf'^homeward_file_requests_total{{node="{node}"[^}}]*}} (\S+)$', text,
+                      re.MULTILINE)
+    if match is None:
+        raise AssertionError(f"no homeward_file_requests_total in /metrics:\n{text}")
+    return float(match.group(1))
 
 
 def private_dir():

@@ -16,10 +16,8 @@ As an ordinary user's process on node2, on a file of node1's through homefs:
 
 import errno
 import os
-import re
 import struct
 import unittest
-import urllib.request
 
 import harness
 
@@ -60,25 +58,13 @@ class KernelXattrsTest(harness.UserClusterTest):
     cluster_settings = (f'web.listen="{{address}}:{WEB_PORT}"',)
 
     def requests_at_home(self):
-        address = self.c.node("node1")["address"]
-        with urllib.request.urlopen(f"http://{address}:{WEB_PORT}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        match = re.search(r'^homeward_file_requests_total\{node="node1"[^}]*\} (\S+)$', text,
-                          re.MULTILINE)
-        self.assertIsNotNone(match, text)
-        return float(match.group(1))
-
-    def script(self, name, text):
-        path = os.path.join(harness.private_dir(), name)
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, 0o644)
-        return path
+        return harness.file_requests_at(self.c, "node1", WEB_PORT)
 
     def test_writes_ask_nothing_more_and_capabilities_set_at_home_are_seen_and_dropped(self):
         c = self.c
         work = harness.user_work_dir(c, self.user, "xattrs")
-        write, see = self.script("write.py", WRITE), self.script("see.py", SEE_CAPS)
+        write = harness.readable_script("write.py", WRITE)
+        see = harness.readable_script("see.py", SEE_CAPS)
         c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data/xattrs",
                                  check=False).returncode == 0, 30, "node2 to see node1's files")
         path = "/mosix/home/node1/data/xattrs/file"

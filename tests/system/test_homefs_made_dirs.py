@@ -15,9 +15,7 @@ answered "absent" there without asking the home, so a job filling a directory it
   node1, is asked of the home, not answered from what node2 made."""
 
 import os
-import re
 import unittest
-import urllib.request
 
 import harness
 
@@ -48,25 +46,13 @@ class MadeDirectoryTest(harness.UserClusterTest):
     cluster_settings = (f'web.listen="{{address}}:{WEB_PORT}"',)
 
     def requests_at_home(self):
-        address = self.c.node("node1")["address"]
-        with urllib.request.urlopen(f"http://{address}:{WEB_PORT}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        match = re.search(r'^homeward_file_requests_total\{node="node1"[^}]*\} (\S+)$', text,
-                          re.MULTILINE)
-        self.assertIsNotNone(match, text)
-        return float(match.group(1))
-
-    def script(self, name, text):
-        path = os.path.join(harness.private_dir(), name)
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, 0o644)
-        return path
+        return harness.file_requests_at(self.c, "node1", WEB_PORT)
 
     def test_names_made_here_are_known_and_a_home_change_is_seen(self):
         c = self.c
         work = harness.user_work_dir(c, self.user, "made")
-        made, find = self.script("make.py", MAKE), self.script("find.py", FIND)
+        made = harness.readable_script("make.py", MAKE)
+        find = harness.readable_script("find.py", FIND)
         directory = "/mosix/home/node1/data/made/dir"
         c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data/made",
                                  check=False).returncode == 0, 30, "node2 to see node1's files")
