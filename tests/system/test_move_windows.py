@@ -74,13 +74,17 @@ class MoveWindowsTest(test_fencing.FencingTest):
         and the home's daemon dies (the fault point kill-after-homecoming) with the job
         journaled home, where its output starts not known yet (`base pending`). The next
         daemon takes the job back, and mosrun's offsets say where its output here starts:
-        the job finishes at home, its whole output an unfaulted run's."""
+        the job finishes at home, its whole output an unfaulted run's. node2 holds its
+        last word (the fault point movedon-hold) so that the window is open whatever the
+        timing: it hears the job arrived as soon as node1 restored it, and could otherwise
+        have its word in before node1 has taken the job back."""
         with harness.LoopCluster(2, settings=["gossip.interval_ms=200"],
-                                 faults="kill-after-homecoming") as c:
+                                 faults="kill-after-homecoming,movedon-hold") as c:
             work, inside, pid = self.job_at_its_gate(c, "homecoming", test_fencing.BUILTIN_COUNTER)
             c.run("node1", "mosmigrate", str(pid), "node2")
             c.run("node1", "sh", "-c", f"mosmigrate {pid} node1 > {inside}/move 2>&1 &")
             self.home_killed_by(c, "kill-after-homecoming")
+            self.assertIn("fault point movedon-hold", c.log("node2"))
             entry = os.path.join(c.node("node1")["state"], "jobs", str(pid))
             self.assertIn("base pending", read(entry))
             self.assertNotIn("away ", read(entry))
