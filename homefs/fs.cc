@@ -38,9 +38,6 @@ constexpr uint64_t kDeferred = 0xFFFF;
 // refusal older than this was given up on (the name vanished meanwhile).
 constexpr auto kRetryWindow = std::chrono::seconds(1);
 constexpr size_t kMaxRefusedNames = 1024;
-// The extended attributes the kernel asks for by itself (Inode::xattr_absent_until).
-constexpr std::array<std::string_view, 3> kKernelXattrs = {
-    "security.capability", "system.posix_acl_access", "system.posix_acl_default"};
 
 bool IsDeferred(uint64_t fh) {
   return (fh >> kFhGenerationShift) == kDeferred;
@@ -233,9 +230,7 @@ void Fs::StartNotices(fuse_session* session) {
           uint64_t remote = node ? node : parent;
           if (auto it = by_remote_.find(remote); it != by_remote_.end()) {
             NotWholeLocked(it->second);
-            if (auto inode = inodes_.find(it->second); inode != inodes_.end()) {
-              inode->second.xattr_absent_until = {};
-            }
+            XattrsUnknownLocked(it->second);
           }
           if (parent == 1 && !node) NotWholeLocked(root_);
         }
@@ -685,6 +680,10 @@ void Fs::XattrAbsent(fuse_ino_t ino, size_t kind, uint64_t generation, uint64_t 
 
 void Fs::NotWholeLocked(fuse_ino_t dir) {
   if (auto it = inodes_.find(dir); it != inodes_.end()) it->second.whole_until = {};
+}
+
+void Fs::XattrsUnknownLocked(fuse_ino_t ino) {
+  if (auto it = inodes_.find(ino); it != inodes_.end()) it->second.xattr_absent_until = {};
 }
 
 void Fs::DirChanged(fuse_ino_t dir, bool has_attr, schema::Attr::Reader attr, uint64_t heard) {
@@ -1340,7 +1339,7 @@ void Fs::Xattr(Request r, Op op, fuse_ino_t ino, const std::string& name, const 
   if (op == Op::SETXATTR || op == Op::REMOVEXATTR) {
     ++xattrs_set_;
     std::lock_guard lock(mutex_);
-    if (auto it = inodes_.find(ino); it != inodes_.end()) it->second.xattr_absent_until = {};
+    XattrsUnknownLocked(ino);
   }
   uint64_t heard = notices_heard_.load(), xattrs_set = xattrs_set_.load();
   auto p = Prepare(r, op);

@@ -22,6 +22,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -140,6 +141,9 @@ class Fs {
   void DrainWrites(Request r);
 
  private:
+  // The extended attributes the kernel asks for by itself (Inode::xattr_absent_until).
+  static constexpr std::array<std::string_view, 3> kKernelXattrs = {
+      "security.capability", "system.posix_acl_access", "system.posix_acl_default"};
   struct Inode {
     uint64_t remote = 0;  // the home's id, valid in generation `generation`
     uint64_t generation = 0;
@@ -172,7 +176,7 @@ class Fs {
     // checks, again each time it refreshed the attributes), each when the home last
     // answered it has none: until then that is answered here, unless first a notice about
     // the object, an attribute set or removed through this mount, or a new connection.
-    std::array<std::chrono::steady_clock::time_point, 3> xattr_absent_until{};
+    std::array<std::chrono::steady_clock::time_point, kKernelXattrs.size()> xattr_absent_until{};
   };
   struct Prepared;
   // A file this mount has open: the kernel's handle is a local number, stable across
@@ -255,6 +259,8 @@ class Fs {
   // Answers a lookup that the name is absent (a negative entry, kept for entry_timeout).
   void Absent(Request& r);
   void NotWholeLocked(fuse_ino_t dir);
+  // Ends what is known of `ino`'s absent attributes (mutex_ held).
+  void XattrsUnknownLocked(fuse_ino_t ino);
   // Whether `ino` surely has no attribute kKernelXattrs[kind] (Inode::xattr_absent_until);
   // XattrAbsent records the home's answer "none" to a getxattr sent when `heard` notices
   // and `xattrs_set` attribute changes of this mount were counted, unless more came since.

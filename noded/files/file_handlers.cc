@@ -263,15 +263,16 @@ void FileOps::Create(FileSession& s, Rq rq, Rs rs) {
   int flags = (static_cast<int>(rq.getFlags()) | O_CREAT | O_NOFOLLOW) & ~O_NOCTTY;
   auto handle = std::make_shared<FileSession::OpenFile>();
   handle->fd = Fd::Adopt(OpenBeneath(dir->fd.get(), name, flags, rq.getMode()));
-  // What its watch reports of this create: the truncation of a file this client knew
-  // (content and times), and its close once written; a watch begun now saw nothing.
-  bool watched = s.inotify_.valid() && (flags & O_TRUNC) && s.Knows(handle->fd.get());
-  s.Remember(Fd::Adopt(Check(::open(ProcPath(handle->fd.get()).c_str(), O_PATH | O_CLOEXEC))),
-             rs.initEntry());
+  bool watched = s.Remember(
+      Fd::Adopt(Check(::open(ProcPath(handle->fd.get()).c_str(), O_PATH | O_CLOEXEC))),
+      rs.initEntry());
   handle->node = rs.getEntry().getNode();
   handle->append = (flags & O_APPEND) != 0;
+  // What its watch reports of this create: the truncation of a file this client knew
+  // (content and times), and its close once written; a watch begun now saw nothing.
   if (s.inotify_.valid()) {
-    s.MarkOwn(handle->node, IN_CLOSE_WRITE | (watched ? IN_MODIFY | IN_ATTRIB : 0u));
+    bool truncated = watched && (flags & O_TRUNC);
+    s.MarkOwn(handle->node, IN_CLOSE_WRITE | (truncated ? IN_MODIFY | IN_ATTRIB : 0u));
   }
   rs.setFh(s.AddHandle(std::move(handle)));
   ReportDir(dir->fd.get(), rs);

@@ -143,10 +143,9 @@ class FileSession {
   std::shared_ptr<Node> GetNode(uint64_t id);
   std::shared_ptr<OpenFile> GetHandle(uint64_t fh);
   uint64_t AddHandle(std::shared_ptr<OpenFile> handle);
-  // Records one lookup of `fd`'s object and fills `entry`, with the node id.
-  void Remember(Fd fd, schema::Entry::Builder entry);
-  // Whether `fd`'s object is known to this client already, and so watched.
-  bool Knows(int fd);
+  // Records one lookup of `fd`'s object and fills `entry`, with the node id. True when
+  // the object was known to this client already (and so watched before).
+  bool Remember(Fd fd, schema::Entry::Builder entry);
   void LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry);
   // The lock requests (getlk, setlk, flock, lockCancel, unlockOwner): false when `later`
   // will answer, nothing for any other request. Never in the replay cache: homefs does

@@ -267,7 +267,7 @@ uint64_t FileSession::AddHandle(std::shared_ptr<OpenFile> handle) {
   return fh;
 }
 
-void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
+bool FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   struct stat st = StatFd(fd.get());
   FillAttr(st, entry.initAttr());
   std::pair<uint64_t, uint64_t> key{st.st_dev, st.st_ino};
@@ -284,7 +284,7 @@ void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
     UsedLocked(it->second, known);
     if (reclaimed) ReclaimLocked();
     entry.setNode(it->second);
-    return;  // `fd`, a second descriptor of a known object, closes here
+    return true;  // `fd`, a second descriptor of a known object, closes here
   }
   auto node = std::make_shared<Node>();
   node->fd = std::move(fd);
@@ -318,12 +318,7 @@ void FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   by_inode_[key] = id;
   ReclaimLocked();
   entry.setNode(id);
-}
-
-bool FileSession::Knows(int fd) {
-  struct stat st = StatFd(fd);
-  std::lock_guard lock(mutex_);
-  return by_inode_.count({st.st_dev, st.st_ino}) != 0;
+  return false;
 }
 
 void FileSession::LookupInto(int dir_fd, const std::string& name, schema::Entry::Builder entry) {

@@ -403,15 +403,16 @@ bool Job::SignalNumbered(int signo, uint32_t number) {
   }
   // A job being dumped (a move, a freeze, a checkpoint) may have its signals read by criu
   // already: one queued now could stay with a copy that is about to be killed.
-  if (departure_.leaving() || input_held_ || finished_ || init_pid() <= 0 || init_status_ ||
-      !pidfd_.valid()) {
+  const char* held = departure_.leaving() ? "it is leaving"
+                     : input_held_          ? "its input is held"
+                     : finished_            ? "it has finished"
+                     : init_pid() <= 0 || init_status_ || !pidfd_.valid()
+                         ? "its init is not running"
+                         : nullptr;
+  if (held) {
     // mosrun sends it again in a second.
     spdlog::debug("job {}: signal {} (number {}) not delivered now: {}", home_pid(), signo,
-                  number,
-                  departure_.leaving() ? "it is leaving"
-                  : input_held_        ? "its input is held"
-                  : finished_          ? "it has finished"
-                                       : "its init is not running");
+                  number, held);
     return false;
   }
   siginfo_t info{};

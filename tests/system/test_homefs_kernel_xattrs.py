@@ -57,9 +57,6 @@ class KernelXattrsTest(harness.UserClusterTest):
     user_prefix = "hwkx"
     cluster_settings = (f'web.listen="{{address}}:{WEB_PORT}"',)
 
-    def requests_at_home(self):
-        return harness.file_requests_at(self.c, "node1", WEB_PORT)
-
     def test_writes_ask_nothing_more_and_capabilities_set_at_home_are_seen_and_dropped(self):
         c = self.c
         work = harness.user_work_dir(c, self.user, "xattrs")
@@ -68,10 +65,10 @@ class KernelXattrsTest(harness.UserClusterTest):
         c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data/xattrs",
                                  check=False).returncode == 0, 30, "node2 to see node1's files")
         path = "/mosix/home/node1/data/xattrs/file"
-        before = self.requests_at_home()
+        before = harness.file_requests_at(c, "node1", WEB_PORT)
         c.run("node2", "runuser", "-u", self.user, "--", "python3", write, path, str(WRITES),
               timeout=120)
-        asked = self.requests_at_home() - before
+        asked = harness.file_requests_at(c, "node1", WEB_PORT) - before
         at_home = os.path.join(work, "file")
         with open(at_home, "rb") as f:
             data = f.read()

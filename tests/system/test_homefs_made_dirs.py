@@ -45,9 +45,6 @@ class MadeDirectoryTest(harness.UserClusterTest):
     user_prefix = "hwmd"
     cluster_settings = (f'web.listen="{{address}}:{WEB_PORT}"',)
 
-    def requests_at_home(self):
-        return harness.file_requests_at(self.c, "node1", WEB_PORT)
-
     def test_names_made_here_are_known_and_a_home_change_is_seen(self):
         c = self.c
         work = harness.user_work_dir(c, self.user, "made")
@@ -56,10 +53,10 @@ class MadeDirectoryTest(harness.UserClusterTest):
         directory = "/mosix/home/node1/data/made/dir"
         c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data/made",
                                  check=False).returncode == 0, 30, "node2 to see node1's files")
-        before = self.requests_at_home()
+        before = harness.file_requests_at(c, "node1", WEB_PORT)
         out = c.run("node2", "runuser", "-u", self.user, "--", "python3", made, directory,
                     str(FILES), timeout=120).stdout
-        asked = self.requests_at_home() - before
+        asked = harness.file_requests_at(c, "node1", WEB_PORT) - before
         self.assertEqual(out.split(), [str(FILES), "False"])
         # The mkdir, a create and a release per file (releases may still be on their way),
         # the listing: no lookup per name.
