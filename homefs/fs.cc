@@ -148,8 +148,8 @@ bool Fs::MayAnswerFromCache(Request& r) {
   return fuse_req_ctx(r.get())->uid == 0;
 }
 
-std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op) {
-  if (op != Op::WRITE && !AwaitWrites(r)) return nullptr;
+std::unique_ptr<Fs::Prepared> Fs::Prepare(Request& r, Op op, bool behind) {
+  if (op != Op::WRITE && !behind && !AwaitWrites(r)) return nullptr;
   auto p = std::make_unique<Prepared>();
   // Hard mount: waits for the home as long as it takes, unless the caller is interrupted.
   if (int err = client_.WaitConnected(&p->generation, InterruptedProbe(r))) {
@@ -865,15 +865,108 @@ void Fs::MakeNode(Request r, Op op, fuse_ino_t parent, const std::string& name, 
 }
 
 void Fs::Remove(Request r, Op op, fuse_ino_t parent, const std::string& name) {
-  auto p = Prepare(r, op);
+  bool behind = op == Op::UNLINK && RemovesBehind(parent, name);
+  auto p = Prepare(r, op, behind);
   if (!p || !SetNode(r, *p, parent)) return;
   p->rq.setName(name);
   uint64_t heard = notices_heard_.load();
+  if (behind) return RemoveBehind(std::move(r), std::move(p), parent, name, heard);
   Call(std::move(r), std::move(p), [this, parent, name, heard](Request& r, auto rs, uint64_t) {
     ForgetName(parent, name);
     DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
     r.Err(0);
   });
+}
+
+bool Fs::RemovesBehind(fuse_ino_t parent, const std::string& name) {
+  if (!options_.write_behind) return false;
+  uint64_t generation = client_.generation();  // asked before taking our lock
+  std::lock_guard lock(mutex_);
+  auto it = inodes_.find(parent);
+  return it != inodes_.end() && it->second.generation == generation &&
+         std::chrono::steady_clock::now() < it->second.fresh_until &&
+         by_name_.count({parent, name}) > 0;
+}
+
+void Fs::RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
+                      const std::string& name, uint64_t heard) {
+  // As a write behind: after the writes a broken connection handed back, and counted out
+  // until the home answers. Not in write_order_: a removal by name and a write through an
+  // open file do the same in either order (only a name made again could tell, and a
+  // create waits for every removal behind).
+  auto given_up = [&] { return client_.Silent() && fuse_req_interrupted(r.get()) != 0; };
+  if (!resends_.WaitIdle(given_up, WritesBehind::kPoll)) return r.Err(EINTR);
+  p->rq.setBehind(true);
+  auto ticket = behind_.Start(kRemovalsHandle, 0, given_up);
+  if (!ticket) return r.Err(EINTR);
+  {
+    std::lock_guard lock(mutex_);
+    by_name_.erase({parent, name});
+    if (auto it = inodes_.find(parent); it != inodes_.end()) {
+      // The kernel asks for the directory's attributes next: changed now, as at the home.
+      ++it->second.removals_behind;
+      timespec now;
+      ::clock_gettime(CLOCK_REALTIME, &now);
+      it->second.attr.st_mtim = it->second.attr.st_ctim = now;
+    }
+  }
+  // Sent before the kernel hears: its forget of the file then follows the unlink.
+  Issue(std::make_shared<Request>(Request::Detached()), std::shared_ptr<Prepared>(std::move(p)),
+        [this, ticket, parent, name, heard](Request&, int err, IncomingMessage* message, uint64_t) {
+          if (err == 0) {
+            auto rs = message->Root<schema::ServerMessage>().getResponse();
+            err = rs.getError();
+            if (err == 0) DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
+          }
+          RemovalAnswered(parent, name, err);
+          ticket->Finish(0);  // reported by the directory, not by a file's handle
+        },
+        {});
+  r.Err(0);
+}
+
+void Fs::RemovalAnswered(fuse_ino_t parent, const std::string& name, int err) {
+  // ENOENT: another removed it first; it is gone, as the caller was told.
+  bool refused = err != 0 && err != ENOENT;
+  bool last;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = inodes_.find(parent);
+    last = it != inodes_.end() && it->second.removals_behind > 0 &&
+           --it->second.removals_behind == 0;
+    if (refused) {
+      if (it != inodes_.end()) {
+        it->second.fresh_until = {};
+        it->second.whole_until = {};
+      }
+      removal_errors_.try_emplace(parent, err);
+    }
+  }
+  if (!refused) {
+    // The kernel keeps the times it was given while removals were out: it takes the
+    // home's own once the last is done.
+    if (last) fuse_lowlevel_notify_inval_inode(session_, parent, -1, 0);
+    return;
+  }
+  spdlog::warn("homefs: the home refused to remove {} after its caller was told it was: {}",
+               name, std::strerror(err));
+  // The kernel dropped the name: it looks it up again, and finds what the home still holds.
+  notices_.Post([this, parent, name](bool stopping) {
+    if (stopping) return;
+    fuse_lowlevel_notify_inval_entry(session_, parent, name.c_str(), name.size());
+    fuse_lowlevel_notify_inval_inode(session_, parent, -1, 0);
+  });
+}
+
+int Fs::TakeRemovalError(uint64_t fh) {
+  std::lock_guard lock(mutex_);
+  auto handle = handles_.find(fh);
+  if (handle == handles_.end() || !handle->second.dir) return 0;
+  auto it = removal_errors_.find(handle->second.ino);
+  if (it == removal_errors_.end()) return 0;
+  int err = it->second;
+  removal_errors_.erase(it);
+  return err;
 }
 
 void Fs::Rename(Request r, fuse_ino_t parent, const std::string& name, fuse_ino_t newparent,
@@ -1186,6 +1279,7 @@ void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {
   // A write behind on this handle failed: its fsync says so (the writes are at the home).
   if (op == Op::FSYNC) {
     if (int err = behind_.TakeError(fi->fh)) return r.Err(err);
+    if (int err = TakeRemovalError(fi->fh)) return r.Err(err);
   }
   if (!SetFh(r, *p, fi)) return;
   p->rq.setFlags(flags);

@@ -159,6 +159,9 @@ class Fs {
     // kernel's next getattr (it drops its copy after every create and remove) is
     // answered with it until then, unless a change notice comes first (DirChanged).
     std::chrono::steady_clock::time_point fresh_until{};
+    // Removals from this directory sent behind and not answered yet (RemoveBehind); the
+    // kernel is given `attr` with this node's clock for their times meanwhile.
+    uint32_t removals_behind = 0;
     // Close-to-open: the home's size, mtime and ctime when the kernel's pages were last
     // dropped (at an open); an open that finds them unchanged keeps the pages.
     std::optional<std::array<int64_t, 3>> pages_of;
@@ -199,7 +202,9 @@ class Fs {
   // Starts a request on behalf of `r`: waits for the writes behind to be answered (every
   // request but a write) and for the connection, and fills in the caller's credentials.
   // Answers EIO and returns nothing when the home is unreachable.
-  std::unique_ptr<Prepared> Prepare(Request& r, schema::FileOp op);
+  // `behind`: the request is sent behind (its caller answered first), so it waits for
+  // nothing sent before it: the home keeps the order.
+  std::unique_ptr<Prepared> Prepare(Request& r, schema::FileOp op, bool behind = false);
   // Waits until no write is behind, so that what `r` asks sees them all at the home.
   // Ends early when the home is silent for a caller that may be answered from the cache
   // (root), and answers EINTR (returning false) to one that was interrupted meanwhile.
@@ -207,6 +212,20 @@ class Fs {
   // A write sent behind: the kernel is answered before it is sent, the home's answer goes
   // to behind_ (the data is copied: it is sent again if its connection breaks).
   void WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64_t fh);
+  // Whether an unlink of `name` from `parent` may be sent behind: the directory is as this
+  // client last changed it (Inode::fresh_until: no notice of another's change since) and
+  // the name is known here, so the permission check the kernel just made is the home's,
+  // and the home's only answers would be failures of the home itself.
+  bool RemovesBehind(fuse_ino_t parent, const std::string& name);
+  // An unlink sent behind, in order with the writes: the caller is answered once it is
+  // sent, every later request but writes and removals behind waits for it (behind_), and
+  // a move of the job waits for it too. One the home refuses brings the name back (the
+  // kernel looks it up again) and is reported by the directory's next fsync.
+  void RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
+                    const std::string& name, uint64_t heard);
+  void RemovalAnswered(fuse_ino_t parent, const std::string& name, int err);
+  // The first refused removal behind from the directory open as `fh`, not reported yet.
+  int TakeRemovalError(uint64_t fh);
   // The caller's supplementary groups (cached briefly per process).
   std::vector<gid_t> Groups(fuse_req_t req, pid_t pid);
   // The home's id of `ino` in `generation`, found again by path if need be.
@@ -337,6 +356,10 @@ class Fs {
   // At most 16 MiB in 256 writes out at once.
   WritesBehind behind_{16 << 20, 256};
   std::mutex write_order_;  // held from a write behind's answer to the kernel to its send
+  // Removals behind count in behind_ under this handle (no file's: handles are odd).
+  static constexpr uint64_t kRemovalsHandle = 0;
+  // By directory: the first removal behind the home refused, until an fsync of it (mutex_).
+  std::unordered_map<fuse_ino_t, int> removal_errors_;
   std::mutex reopen_mutex_;
   WorkThread resends_{"sending a request again", std::chrono::seconds(5)};
 

@@ -275,15 +275,16 @@ std::string FileServer::ServeRequests(const std::shared_ptr<FileSession>& sessio
       auto request = shared->Root<schema::FileRequest>();
       in_flight->Enter();
       bool inline_job = RunsInline(request, in_flight->count());
-      bool write = request.getOp() == schema::FileOp::WRITE;
+      // Writes, and removals the client answered before sending, land in the order sent.
+      bool ordered = request.getOp() == schema::FileOp::WRITE || request.getBehind();
       bool small = request.getData().size() <= kInlineBytes;
       auto job = RequestJob(session, stream, std::move(shared), in_flight, stats_);
-      if (inline_job) {
-        job();
-      } else if (write && small) {
+      if (ordered && small) {
         writes->RunOrPost(std::move(job));
-      } else if (write) {
+      } else if (ordered) {
         writes->Post(std::move(job));
+      } else if (inline_job) {
+        job();
       } else {
         pool_.Post(std::move(job));
       }

@@ -6,10 +6,18 @@ never lost; fsync and close wait until the writes are at the home; and a job who
 writes have not reached its home does not move: the drain that a move asks for after
 the job's freeze answers once they are there, and says ETIMEDOUT while the homefs
 connection to the home is cut (the move then fails, and the job runs on where it was).
-Every move of a guest in the other tests passes through it."""
+Every move of a guest in the other tests passes through it.
+
+An unlink from a directory whose state homefs knows (this node changed it last, and no
+notice of another's change came since) goes behind as well: it returns before the home
+has done it, a listing after it waits for it; one the home refuses after all brings the
+name back and is reported by the directory's next fsync, once."""
 
 import json
 import os
+import select
+import shutil
+import signal
 import subprocess
 import time
 import unittest
@@ -48,13 +56,16 @@ print(json.dumps({"failed": failed, "fits": back == b"y" * (512 << 10)}))
 """
 
 # A writer driven line by line on its standard input: "open PATH", "write TEXT",
-# "close"; it answers "ok SECONDS" (how long the call took) or "err ERRNO-NAME".
+# "close", "mkdir PATH", "touch PATH", "unlink PATH", "list DIR", "exists PATH",
+# "fsyncdir DIR"; it answers "ok SECONDS [WHAT]" (how long the call took; what a list
+# or exists found) or "err ERRNO-NAME".
 WRITER = r"""
 import errno, os, sys, time
 fd = None
 for line in sys.stdin:
     verb, _, arg = line.rstrip("\n").partition(" ")
     started = time.monotonic()
+    found = ""
     try:
         if verb == "open":
             fd = os.open(arg, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -62,7 +73,23 @@ for line in sys.stdin:
             os.write(fd, (arg + "\n").encode())
         elif verb == "close":
             os.close(fd)
-        print(f"ok {time.monotonic() - started:.3f}", flush=True)
+        elif verb == "mkdir":
+            os.mkdir(arg)
+        elif verb == "touch":
+            os.close(os.open(arg, os.O_WRONLY | os.O_CREAT, 0o644))
+        elif verb == "unlink":
+            os.unlink(arg)
+        elif verb == "list":
+            found = ",".join(sorted(os.listdir(arg))) or "-"
+        elif verb == "exists":
+            found = "yes" if os.path.exists(arg) else "no"
+        elif verb == "fsyncdir":
+            d = os.open(arg, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(d)
+            finally:
+                os.close(d)
+        print(f"ok {time.monotonic() - started:.3f} {found}".rstrip(), flush=True)
     except OSError as e:
         print(f"err {errno.errorcode[e.errno]}", flush=True)
 """
@@ -136,9 +163,12 @@ class WriteBehindTest(harness.UserClusterTest):
             writer.stdout.close()
         self.addCleanup(stop)
 
-        def ask(line):
+        def ask(line, timeout=WAIT_S):
             writer.stdin.write(line + "\n")
             writer.stdin.flush()
+            ready, _, _ = select.select([writer.stdout], [], [], timeout)
+            if not ready:
+                return ["no answer", f"in {timeout} s"]
             return writer.stdout.readline().split()
         return ask
 
@@ -182,6 +212,50 @@ class WriteBehindTest(harness.UserClusterTest):
         c.wait_for(lambda: self.drain("node2") == "ok", WAIT_S, "the drain to answer")
         self.assertEqual(harness.read_text(lines), "before\nduring\n")
         self.assertEqual(ask("close")[0], "ok")
+
+
+    def test_an_unlink_returns_before_the_home_has_removed_the_file(self):
+        c = self.c
+        work = harness.user_work_dir(c, self.user, "removed")
+        ask = self.start_writer("node2")
+        d = "/mosix/home/node1/data/removed/d"
+        for line in (f"mkdir {d}", f"touch {d}/a", f"touch {d}/b"):
+            self.assertEqual(ask(line)[0], "ok", line)
+        daemon = c.node("node1")["pid"]
+        os.kill(daemon, signal.SIGSTOP)
+        try:
+            # The home is stopped: only an unlink that does not wait for it returns.
+            answer = ask(f"unlink {d}/a", timeout=20)
+            self.assertEqual(answer[0], "ok", answer)
+            self.assertTrue(os.path.exists(os.path.join(work, "d", "a")))
+        finally:
+            os.kill(daemon, signal.SIGCONT)
+        # What node2 asks next waits for it: the listing and the home agree.
+        listed = ask(f"list {d}")
+        self.assertEqual((listed[0], listed[-1]), ("ok", "b"), listed)
+        self.assertEqual(sorted(os.listdir(os.path.join(work, "d"))), ["b"])
+
+    def test_a_removal_the_home_refuses_comes_back_and_the_directory_fsync_says_so(self):
+        if shutil.which("chattr") is None:
+            self.skipTest("no chattr")
+        c = self.c
+        work = harness.user_work_dir(c, self.user, "refused")
+        ask = self.start_writer("node2")
+        d = "/mosix/home/node1/data/refused/d"
+        for line in (f"mkdir {d}", f"touch {d}/kept"):
+            self.assertEqual(ask(line)[0], "ok", line)
+        # Immutable at the home: no one may remove it there, and node2's kernel cannot know.
+        kept = os.path.join(work, "d", "kept")
+        subprocess.run(["chattr", "+i", kept], check=True)
+        self.addCleanup(subprocess.run, ["chattr", "-i", kept], check=False)
+        answer = ask(f"unlink {d}/kept")
+        self.assertEqual(answer[0], "ok", answer)  # told before the home refused
+        c.wait_for(lambda: ask(f"exists {d}/kept")[-1] == "yes", WAIT_S,
+                   "the refused name to come back on node2")
+        self.assertTrue(os.path.exists(kept))
+        self.assertEqual(ask(f"fsyncdir {d}"), ["err", "EPERM"])
+        self.assertEqual(ask(f"fsyncdir {d}")[0], "ok")  # said once
+        self.assertIn("the home refused to remove kept", c.log("node2"))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,9 @@ struct FileRequest {
   carryPid @28 :Int32;
   parked @29 :List(ParkedLock);
   carriedFrom @30 :UInt64;
+  # The client answered its caller before sending this (a removal sent behind, as writes
+  # are): it runs in order with the connection's writes.
+  behind @31 :Bool;
 }
 
 # One lock owner parked: a process's POSIX locks on a file (node, owner, pid: the
