@@ -199,8 +199,9 @@ class Fs {
   // Answers a request from the home's reply (err: the client's, e.g. EIO, EINTR).
   using Handler = std::function<void(Request&, int err, IncomingMessage*, uint64_t generation)>;
 
-  // Starts a request on behalf of `r`: waits for the writes behind to be answered (every
-  // request but a write) and for the connection, and fills in the caller's credentials.
+  // Starts a request on behalf of `r`: waits for the writes and removals behind to be
+  // answered (every request but a write or one sent behind) and for the connection, and
+  // fills in the caller's credentials.
   // Answers EIO and returns nothing when the home is unreachable.
   // `behind`: the request is sent behind (its caller answered first), so it waits for
   // nothing sent before it: the home keeps the order.
