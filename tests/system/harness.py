@@ -505,6 +505,46 @@ def wait_until_meshed(cluster, timeout=60):
                          f"{name} to know every node of the cluster ({', '.join(names)})")
 
 
+class stopped:
+    """`with stopped(pid):` the process is stopped (SIGSTOP) inside the block, every thread
+    of it, and continued (SIGCONT) when the block ends, however it ends.
+
+    kill() only queues the stop: one thread takes it and then stops the others, and on a
+    loaded machine that thread may not run for a while, the others running on. So this
+    waits until /proc says every thread is stopped."""
+
+    def __init__(self, pid, timeout=30):
+        self.pid, self.timeout = pid, timeout
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            deadline = time.time() + self.timeout
+            while not self._all_stopped():
+                if time.time() >= deadline:
+                    raise AssertionError(f"process {self.pid} did not stop in {self.timeout}s")
+                time.sleep(0.01)
+        except BaseException:
+            os.kill(self.pid, signal.SIGCONT)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)
+
+    def _all_stopped(self):
+        tasks = f"/proc/{self.pid}/task"
+        for tid in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{tid}/stat") as f:
+                    stat = f.read()
+            except FileNotFoundError:
+                continue  # a thread that ended meanwhile
+            if stat[stat.rindex(")") + 2] not in "Tt":
+                return False
+        return True
+
+
 def read_text(path):
     """The text of a file, or "" while it does not exist (yet)."""
     try:

@@ -231,12 +231,9 @@ echo done
             # mosrun's pid is the job's home pid. SIGUSR1 comes while mosrun is stopped
             # and its daemon dead: once continued, mosrun reads the signal before it sees
             # its daemon gone, and the dead daemon's socket refuses it (EPIPE).
-            os.kill(pid, signal.SIGSTOP)
-            try:
+            with harness.stopped(pid):
                 c.kill("node1")
                 os.kill(pid, signal.SIGUSR1)
-            finally:
-                os.kill(pid, signal.SIGCONT)
             c.wait_for(lambda: WAITING in read(os.path.join(work, "err")), 30,
                        "mosrun to wait for its daemon")
             # SIGUSR2 comes while mosrun waits for its daemon.

@@ -13,7 +13,6 @@ waits for the home."""
 import os
 import pwd
 import shlex
-import signal
 
 import harness
 
@@ -120,15 +119,11 @@ class HomefsRestartTest(harness.UserClusterTest):
         with open(grows, "a") as f:
             f.write("y" * 10)
         answer = os.path.join(work, "user.size")
-        daemon = self.c.node("node1")["pid"]
-        os.kill(daemon, signal.SIGSTOP)
-        try:
+        with harness.stopped(self.c.node("node1")["pid"]):
             self.c.run("node2", "sh", "-c", f"({shlex.join(as_user)} > {answer}.part; "
                                             f"mv {answer}.part {answer}) >/dev/null 2>&1 &")
             self.assertEqual(self.c.run("node2", *stat).stdout, "10\n",
                              "root's stat answered from the cache")
-        finally:
-            os.kill(daemon, signal.SIGCONT)
         self.c.wait_for(lambda: os.path.exists(answer), 60, "the user's stat to end")
         self.assertEqual(read(answer), "20\n", "the user's stat, after the home answered")
 

@@ -17,7 +17,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import time
 import unittest
@@ -221,15 +220,11 @@ class WriteBehindTest(harness.UserClusterTest):
         d = "/mosix/home/node1/data/removed/d"
         for line in (f"mkdir {d}", f"touch {d}/a", f"touch {d}/b"):
             self.assertEqual(ask(line)[0], "ok", line)
-        daemon = c.node("node1")["pid"]
-        os.kill(daemon, signal.SIGSTOP)
-        try:
+        with harness.stopped(c.node("node1")["pid"]):
             # The home is stopped: only an unlink that does not wait for it returns.
             answer = ask(f"unlink {d}/a", timeout=20)
             self.assertEqual(answer[0], "ok", answer)
             self.assertTrue(os.path.exists(os.path.join(work, "d", "a")))
-        finally:
-            os.kill(daemon, signal.SIGCONT)
         # What node2 asks next waits for it: the listing and the home agree.
         listed = ask(f"list {d}")
         self.assertEqual((listed[0], listed[-1]), ("ok", "b"), listed)
