@@ -865,7 +865,7 @@ void Fs::MakeNode(Request r, Op op, fuse_ino_t parent, const std::string& name, 
 }
 
 void Fs::Remove(Request r, Op op, fuse_ino_t parent, const std::string& name) {
-  bool behind = op == Op::UNLINK && RemovesBehind(parent, name);
+  bool behind = RemovesBehind(op, parent, name);
   auto p = Prepare(r, op, behind);
   if (!p || !SetNode(r, *p, parent)) return;
   p->rq.setName(name);
@@ -878,14 +878,27 @@ void Fs::Remove(Request r, Op op, fuse_ino_t parent, const std::string& name) {
   });
 }
 
-bool Fs::RemovesBehind(fuse_ino_t parent, const std::string& name) {
-  if (!options_.write_behind) return false;
+bool Fs::RemovesBehind(Op op, fuse_ino_t parent, const std::string& name) {
+  if (!options_.write_behind || (op != Op::UNLINK && op != Op::RMDIR)) return false;
   uint64_t generation = client_.generation();  // asked before taking our lock
+  auto now = std::chrono::steady_clock::now();
   std::lock_guard lock(mutex_);
   auto it = inodes_.find(parent);
-  return it != inodes_.end() && it->second.generation == generation &&
-         std::chrono::steady_clock::now() < it->second.fresh_until &&
-         by_name_.count({parent, name}) > 0;
+  auto named = by_name_.find({parent, name});
+  if (it == inodes_.end() || it->second.generation != generation ||
+      now >= it->second.fresh_until || named == by_name_.end()) {
+    return false;
+  }
+  if (op == Op::UNLINK) return true;
+  // A directory goes behind only when it is known empty: every name in it is known here
+  // (whole) and none is left, so the home's only answer would be a failure of its own.
+  auto dir = inodes_.find(named->second);
+  if (dir == inodes_.end() || dir->second.generation != generation ||
+      now >= dir->second.whole_until) {
+    return false;
+  }
+  auto first = by_name_.lower_bound({named->second, std::string()});
+  return first == by_name_.end() || first->first.first != named->second;
 }
 
 void Fs::RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
@@ -897,7 +910,9 @@ void Fs::RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
   auto given_up = [&] { return client_.Silent() && fuse_req_interrupted(r.get()) != 0; };
   if (!resends_.WaitIdle(given_up, WritesBehind::kPoll)) return r.Err(EINTR);
   p->rq.setBehind(true);
-  auto ticket = behind_.Start(kRemovalsHandle, 0, given_up);
+  // Its refusal is told by the directory's fsync (RemovalAnswered); one dropped unanswered
+  // (at unmount) leaves no error for a move's drain to find.
+  auto ticket = behind_.Start(kRemovalsHandle, 0, given_up, 0);
   if (!ticket) return r.Err(EINTR);
   {
     std::lock_guard lock(mutex_);
@@ -919,7 +934,6 @@ void Fs::RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
             if (err == 0) DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
           }
           RemovalAnswered(parent, name, err);
-          ticket->Finish(0);  // reported by the directory, not by a file's handle
         },
         {});
   r.Err(0);

@@ -23,11 +23,13 @@ namespace homeward {
 
 class WritesBehind {
  public:
-  // One write out: its destructor counts it answered, with EIO unless Finish said else
-  // (a write whose request was dropped unanswered, as at unmount, failed).
+  // One write out: its destructor counts it answered, with `unanswered` (EIO: a write
+  // whose request was dropped unanswered, as at unmount, failed) unless Finish says
+  // otherwise.
   class Ticket {
    public:
-    Ticket(WritesBehind& owner, uint64_t fh, size_t bytes) : owner_(owner), fh_(fh), bytes_(bytes) {}
+    Ticket(WritesBehind& owner, uint64_t fh, size_t bytes, int unanswered)
+        : owner_(owner), fh_(fh), bytes_(bytes), err_(unanswered) {}
     Ticket(const Ticket&) = delete;
     Ticket& operator=(const Ticket&) = delete;
     ~Ticket() { owner_.Done(fh_, bytes_, err_); }
@@ -38,7 +40,7 @@ class WritesBehind {
     WritesBehind& owner_;
     uint64_t fh_;
     size_t bytes_;
-    int err_ = EIO;
+    int err_;
   };
 
   // Asked while a wait goes on (every poll interval): true ends the wait.
@@ -50,8 +52,10 @@ class WritesBehind {
   WritesBehind(size_t max_bytes, size_t max_writes) : max_bytes_(max_bytes), max_writes_(max_writes) {}
 
   // Waits for room, then counts a write of `bytes` on handle `fh` out. Null when
-  // `give_up` ended the wait first.
-  std::shared_ptr<Ticket> Start(uint64_t fh, size_t bytes, const GiveUp& give_up) {
+  // `give_up` ended the wait first. `unanswered`: the error counted against `fh` if the
+  // ticket ends without Finish (0 for requests whose failures are reported elsewhere).
+  std::shared_ptr<Ticket> Start(uint64_t fh, size_t bytes, const GiveUp& give_up,
+                                int unanswered = EIO) {
     std::unique_lock lock(mutex_);
     if (!WaitLocked(lock, give_up, [&] {
           return writes_ == 0 || (writes_ < max_writes_ && bytes_ + bytes <= max_bytes_);
@@ -61,7 +65,7 @@ class WritesBehind {
     ++writes_;
     bytes_ += bytes;
     ++out_by_fh_[fh];
-    return std::make_shared<Ticket>(*this, fh, bytes);
+    return std::make_shared<Ticket>(*this, fh, bytes, unanswered);
   }
 
   // Waits until no write is out. False when `give_up` ended the wait first.

@@ -75,6 +75,13 @@ TEST(WritesBehind, AWriteDroppedUnansweredFailed) {
   EXPECT_EQ(behind.TakeError(3), EIO);
 }
 
+TEST(WritesBehind, ARequestWhoseFailuresAreToldElsewhereLeavesNoErrorUnanswered) {
+  WritesBehind behind(1 << 20, 16);
+  behind.Start(0, 0, {}, 0);  // a removal behind, dropped at unmount: no handle to tell
+  EXPECT_TRUE(behind.Idle());
+  EXPECT_FALSE(behind.HasErrors());
+}
+
 TEST(WritesBehind, AFullWindowWaitsForRoomOrGivesUp) {
   WritesBehind behind(1000, 2);
   auto a = behind.Start(1, 600, {});

@@ -55,8 +55,8 @@ print(json.dumps({"failed": failed, "fits": back == b"y" * (512 << 10)}))
 """
 
 # A writer driven line by line on its standard input: "open PATH", "write TEXT",
-# "close", "mkdir PATH", "touch PATH", "unlink PATH", "list DIR", "exists PATH",
-# "fsyncdir DIR"; it answers "ok SECONDS [WHAT]" (how long the call took; what a list
+# "close", "mkdir PATH", "touch PATH", "unlink PATH", "rmdir PATH", "list DIR",
+# "exists PATH", "fsyncdir DIR"; it answers "ok SECONDS [WHAT]" (how long the call took; what a list
 # or exists found) or "err ERRNO-NAME".
 WRITER = r"""
 import errno, os, sys, time
@@ -78,6 +78,8 @@ for line in sys.stdin:
             os.close(os.open(arg, os.O_WRONLY | os.O_CREAT, 0o644))
         elif verb == "unlink":
             os.unlink(arg)
+        elif verb == "rmdir":
+            os.rmdir(arg)
         elif verb == "list":
             found = ",".join(sorted(os.listdir(arg))) or "-"
         elif verb == "exists":
@@ -229,6 +231,38 @@ class WriteBehindTest(harness.UserClusterTest):
         listed = ask(f"list {d}")
         self.assertEqual((listed[0], listed[-1]), ("ok", "b"), listed)
         self.assertEqual(sorted(os.listdir(os.path.join(work, "d"))), ["b"])
+
+    def test_a_directory_emptied_here_is_removed_before_the_home_has_removed_it(self):
+        c = self.c
+        work = harness.user_work_dir(c, self.user, "emptied")
+        ask = self.start_writer("node2")
+        d = "/mosix/home/node1/data/emptied/d"
+        for line in (f"mkdir {d}", f"mkdir {d}/sub", f"touch {d}/sub/x", f"unlink {d}/sub/x"):
+            self.assertEqual(ask(line)[0], "ok", line)
+        with harness.stopped(c.node("node1")["pid"]):
+            # Known empty here (made here, its one name removed here): the rmdir does not
+            # wait for the stopped home.
+            answer = ask(f"rmdir {d}/sub", timeout=20)
+            self.assertEqual(answer[0], "ok", answer)
+            self.assertTrue(os.path.isdir(os.path.join(work, "d", "sub")))
+        listed = ask(f"list {d}")
+        self.assertEqual(listed, ["ok", listed[1], "-"], listed)
+        self.assertEqual(os.listdir(os.path.join(work, "d")), [])
+
+    def test_a_directory_another_filled_is_not_removed(self):
+        c = self.c
+        work = harness.user_work_dir(c, self.user, "filled")
+        ask = self.start_writer("node2")
+        d = "/mosix/home/node1/data/filled/d"
+        for line in (f"mkdir {d}", f"mkdir {d}/sub"):
+            self.assertEqual(ask(line)[0], "ok", line)
+        # Someone at the home puts a file in it; node2 hears of it (the home's notice).
+        with open(os.path.join(work, "d", "sub", "theirs"), "w") as f:
+            f.write("kept\n")
+        c.wait_for(lambda: ask(f"exists {d}/sub/theirs")[-1] == "yes", WAIT_S,
+                   "node2 to see the home's new file")
+        self.assertEqual(ask(f"rmdir {d}/sub"), ["err", "ENOTEMPTY"])
+        self.assertEqual(harness.read_text(os.path.join(work, "d", "sub", "theirs")), "kept\n")
 
     def test_a_removal_the_home_refuses_comes_back_and_the_directory_fsync_says_so(self):
         if shutil.which("chattr") is None:
