@@ -173,6 +173,18 @@ class WriteBehindTest(harness.UserClusterTest):
             return writer.stdout.readline().split()
         return ask
 
+    def writer_in(self, name, *lines):
+        """An ordinary user's writer on node2, after it has run `lines`, each formatted with
+        d: the directory `name`/d of the user's at node1, seen from node2. Returns the
+        user's work directory `name` at the home, the writer, and d."""
+        work = harness.user_work_dir(self.c, self.user, name)
+        ask = self.start_writer("node2")
+        d = f"/mosix/home/node1/data/{name}/d"
+        for line in lines:
+            line = line.format(d=d)
+            self.assertEqual(ask(line)[0], "ok", line)
+        return work, ask, d
+
     def drain(self, node, *user):
         return self.c.run(node, *user, "python3", "-c", DRAIN, timeout=WAIT_S).stdout.strip()
 
@@ -214,14 +226,9 @@ class WriteBehindTest(harness.UserClusterTest):
         self.assertEqual(harness.read_text(lines), "before\nduring\n")
         self.assertEqual(ask("close")[0], "ok")
 
-
     def test_an_unlink_returns_before_the_home_has_removed_the_file(self):
         c = self.c
-        work = harness.user_work_dir(c, self.user, "removed")
-        ask = self.start_writer("node2")
-        d = "/mosix/home/node1/data/removed/d"
-        for line in (f"mkdir {d}", f"touch {d}/a", f"touch {d}/b"):
-            self.assertEqual(ask(line)[0], "ok", line)
+        work, ask, d = self.writer_in("removed", "mkdir {d}", "touch {d}/a", "touch {d}/b")
         with harness.stopped(c.node("node1")["pid"]):
             # The home is stopped: only an unlink that does not wait for it returns.
             answer = ask(f"unlink {d}/a", timeout=20)
@@ -234,11 +241,8 @@ class WriteBehindTest(harness.UserClusterTest):
 
     def test_a_directory_emptied_here_is_removed_before_the_home_has_removed_it(self):
         c = self.c
-        work = harness.user_work_dir(c, self.user, "emptied")
-        ask = self.start_writer("node2")
-        d = "/mosix/home/node1/data/emptied/d"
-        for line in (f"mkdir {d}", f"mkdir {d}/sub", f"touch {d}/sub/x", f"unlink {d}/sub/x"):
-            self.assertEqual(ask(line)[0], "ok", line)
+        work, ask, d = self.writer_in("emptied", "mkdir {d}", "mkdir {d}/sub", "touch {d}/sub/x",
+                                      "unlink {d}/sub/x")
         with harness.stopped(c.node("node1")["pid"]):
             # Known empty here (made here, its one name removed here): the rmdir does not
             # wait for the stopped home.
@@ -251,11 +255,7 @@ class WriteBehindTest(harness.UserClusterTest):
 
     def test_a_directory_another_filled_is_not_removed(self):
         c = self.c
-        work = harness.user_work_dir(c, self.user, "filled")
-        ask = self.start_writer("node2")
-        d = "/mosix/home/node1/data/filled/d"
-        for line in (f"mkdir {d}", f"mkdir {d}/sub"):
-            self.assertEqual(ask(line)[0], "ok", line)
+        work, ask, d = self.writer_in("filled", "mkdir {d}", "mkdir {d}/sub")
         # Someone at the home puts a file in it; node2 hears of it (the home's notice).
         with open(os.path.join(work, "d", "sub", "theirs"), "w") as f:
             f.write("kept\n")
@@ -268,11 +268,7 @@ class WriteBehindTest(harness.UserClusterTest):
         if shutil.which("chattr") is None:
             self.skipTest("no chattr")
         c = self.c
-        work = harness.user_work_dir(c, self.user, "refused")
-        ask = self.start_writer("node2")
-        d = "/mosix/home/node1/data/refused/d"
-        for line in (f"mkdir {d}", f"touch {d}/kept"):
-            self.assertEqual(ask(line)[0], "ok", line)
+        work, ask, d = self.writer_in("refused", "mkdir {d}", "touch {d}/kept")
         # Immutable at the home: no one may remove it there, and node2's kernel cannot know.
         kept = os.path.join(work, "d", "kept")
         subprocess.run(["chattr", "+i", kept], check=True)
