@@ -166,6 +166,11 @@ uint64_t CriuActingCache::disk_reads() const {
   return disk_reads_;
 }
 
-void ClearCriuActing(const std::string& dir) { EmptyDirectory(dir); }
+void ClearCriuActing(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) {
+    spdlog::warn("cannot create {}: {}", dir, std::strerror(errno));
+  }
+  EmptyDirectory(dir);
+}
 
 }  // namespace homeward

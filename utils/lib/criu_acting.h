@@ -73,7 +73,9 @@ class CriuActingCache {
   uint64_t disk_reads_ = 0;
 };
 
-// Forgets everything written down (a daemon starting: no criu of the last one runs).
+// Forgets everything written down (a daemon starting: no criu of the last one runs), and
+// makes the directory if it is not there yet: homefs's cache then watches it from the
+// first call, where without it each of root's calls would read the disk.
 void ClearCriuActing(const std::string& dir);
 
 }  // namespace homeward

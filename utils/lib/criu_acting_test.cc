@@ -56,6 +56,17 @@ TEST_F(CriuActingCacheTest, AnswersFromTheCacheUntilTheDirectoryChanges) {
   EXPECT_EQ(cache.For(::getpid()), std::nullopt);
 }
 
+TEST_F(CriuActingCacheTest, ADaemonStartingMakesTheDirectorySoTheCacheWorksAtOnce) {
+  ClearCriuActing(acting_.dir);  // as a daemon starts, before any criu
+  struct stat st;
+  ASSERT_EQ(::lstat(acting_.dir.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  CriuActingCache cache(acting_.dir);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(cache.For(::getpid()), std::nullopt);
+  EXPECT_EQ(cache.disk_reads(), 1u);
+}
+
 TEST_F(CriuActingCacheTest, ADirectoryOthersMayWriteIsNotBelievedAtOnce) {
   ASSERT_EQ(::mkdir(acting_.dir.c_str(), 0700), 0);
   CriuActingCache cache(acting_.dir);
