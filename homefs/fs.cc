@@ -524,7 +524,9 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
     remote = inode.remote;
     count = inode.remote_lookups;
     generation = inode.generation;
-    by_key_.erase(inode.key);
+    if (auto key_it = by_key_.find(inode.key); key_it != by_key_.end() && key_it->second == ino) {
+      by_key_.erase(key_it);  // else the object has a newer inode (a refused rmdir's)
+    }
     {
       std::lock_guard locks(locks_mutex_);
       lock_owners_.erase(lock_owners_.lower_bound({ino, 0}),
@@ -914,9 +916,14 @@ void Fs::RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
   // (at unmount) leaves no error for a move's drain to find.
   auto ticket = behind_.Start(kRemovalsHandle, 0, given_up, 0);
   if (!ticket) return r.Err(EINTR);
+  fuse_ino_t removed_dir = 0;  // an rmdir's directory
   {
     std::lock_guard lock(mutex_);
-    by_name_.erase({parent, name});
+    auto named = by_name_.find({parent, name});
+    if (named != by_name_.end()) {
+      if (p->rq.getOp() == Op::RMDIR) removed_dir = named->second;
+      by_name_.erase(named);
+    }
     if (auto it = inodes_.find(parent); it != inodes_.end()) {
       // The kernel asks for the directory's attributes next: changed now, as at the home.
       ++it->second.removals_behind;
@@ -927,19 +934,21 @@ void Fs::RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
   }
   // Sent before the kernel hears: its forget of the file then follows the unlink.
   Issue(std::make_shared<Request>(Request::Detached()), std::shared_ptr<Prepared>(std::move(p)),
-        [this, ticket, parent, name, heard](Request&, int err, IncomingMessage* message, uint64_t) {
+        [this, ticket, parent, name, removed_dir, heard](Request&, int err,
+                                                         IncomingMessage* message, uint64_t) {
           if (err == 0) {
             auto rs = message->Root<schema::ServerMessage>().getResponse();
             err = rs.getError();
             if (err == 0) DirChanged(parent, rs.hasDirAttr(), rs.getDirAttr(), heard);
           }
-          RemovalAnswered(parent, name, err);
+          RemovalAnswered(parent, name, removed_dir, err);
         },
         {});
   r.Err(0);
 }
 
-void Fs::RemovalAnswered(fuse_ino_t parent, const std::string& name, int err) {
+void Fs::RemovalAnswered(fuse_ino_t parent, const std::string& name, fuse_ino_t removed_dir,
+                         int err) {
   // ENOENT: another removed it first; it is gone, as the caller was told.
   bool refused = err != 0 && err != ENOENT;
   bool last;
@@ -954,6 +963,17 @@ void Fs::RemovalAnswered(fuse_ino_t parent, const std::string& name, int err) {
         it->second.whole_until = {};
       }
       removal_errors_.try_emplace(parent, err);
+      // The kernel marked the directory dead when it was told it was gone, and keeps it so
+      // while any process holds it (a working directory, an open descriptor): found
+      // again, the name gets an inode of its own.
+      if (auto dir = inodes_.find(removed_dir); removed_dir != 0 && dir != inodes_.end()) {
+        auto key_it = by_key_.find(dir->second.key);
+        if (key_it != by_key_.end() && key_it->second == removed_dir) by_key_.erase(key_it);
+        auto remote_it = by_remote_.find(dir->second.remote);
+        if (remote_it != by_remote_.end() && remote_it->second == removed_dir) {
+          by_remote_.erase(remote_it);
+        }
+      }
     }
   }
   if (!refused) {

@@ -225,7 +225,9 @@ class Fs {
   // kernel looks it up again) and is reported by the directory's next fsync.
   void RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
                     const std::string& name, uint64_t heard);
-  void RemovalAnswered(fuse_ino_t parent, const std::string& name, int err);
+  // `removed_dir`: the directory an rmdir removed (0 for an unlink).
+  void RemovalAnswered(fuse_ino_t parent, const std::string& name, fuse_ino_t removed_dir,
+                       int err);
   // The first refused removal behind from the directory open as `fh`, not reported yet.
   int TakeRemovalError(uint64_t fh);
   // The caller's supplementary groups (cached briefly per process).

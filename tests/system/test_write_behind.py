@@ -56,11 +56,12 @@ print(json.dumps({"failed": failed, "fits": back == b"y" * (512 << 10)}))
 
 # A writer driven line by line on its standard input: "open PATH", "write TEXT",
 # "close", "mkdir PATH", "touch PATH", "unlink PATH", "rmdir PATH", "list DIR",
-# "exists PATH", "fsyncdir DIR"; it answers "ok SECONDS [WHAT]" (how long the call took; what a list
+# "exists PATH", "fsyncdir DIR", "hold DIR" (keeps it open); it answers "ok SECONDS [WHAT]" (how long the call took; what a list
 # or exists found) or "err ERRNO-NAME".
 WRITER = r"""
 import errno, os, sys, time
 fd = None
+held = []
 for line in sys.stdin:
     verb, _, arg = line.rstrip("\n").partition(" ")
     started = time.monotonic()
@@ -80,6 +81,8 @@ for line in sys.stdin:
             os.unlink(arg)
         elif verb == "rmdir":
             os.rmdir(arg)
+        elif verb == "hold":
+            held.append(os.open(arg, os.O_RDONLY | os.O_DIRECTORY))
         elif verb == "list":
             found = ",".join(sorted(os.listdir(arg))) or "-"
         elif verb == "exists":
@@ -263,6 +266,31 @@ class WriteBehindTest(harness.UserClusterTest):
                    "node2 to see the home's new file")
         self.assertEqual(ask(f"rmdir {d}/sub"), ["err", "ENOTEMPTY"])
         self.assertEqual(harness.read_text(os.path.join(work, "d", "sub", "theirs")), "kept\n")
+
+    def test_a_directory_the_home_refuses_to_remove_comes_back_usable(self):
+        if shutil.which("chattr") is None:
+            self.skipTest("no chattr")
+        c = self.c
+        work, ask, d = self.writer_in("unremoved", "mkdir {d}", "mkdir {d}/sub", "hold {d}/sub")
+        sub = os.path.join(work, "d", "sub")
+        with harness.stopped(c.node("node1")["pid"]):
+            # Immutable at the home, which is stopped: node2 hears nothing of it before the
+            # rmdir, which goes behind, and the home refuses it once it runs again.
+            subprocess.run(["chattr", "+i", sub], check=True)
+            self.addCleanup(subprocess.run, ["chattr", "-i", sub], check=False)
+            answer = ask(f"rmdir {d}/sub", timeout=20)
+            self.assertEqual(answer[0], "ok", answer)
+        c.wait_for(lambda: ask(f"exists {d}/sub")[-1] == "yes", WAIT_S,
+                   "the refused directory to come back on node2")
+        self.assertTrue(os.path.isdir(sub))
+        self.assertEqual(ask(f"fsyncdir {d}"), ["err", "EPERM"])
+        # Held open here all along, so its kernel keeps it as removed: found again, the name
+        # leads to a directory one can make files in, not to the removed one (ENOENT).
+        subprocess.run(["chattr", "-i", sub], check=True)
+        self.assertEqual(ask(f"touch {d}/sub/new")[0], "ok")
+        listed = ask(f"list {d}/sub")
+        self.assertEqual(listed, ["ok", listed[1], "new"], listed)
+        self.assertEqual(os.listdir(sub), ["new"])
 
     def test_a_removal_the_home_refuses_comes_back_and_the_directory_fsync_says_so(self):
         if shutil.which("chattr") is None:
