@@ -56,8 +56,9 @@ print(json.dumps({"failed": failed, "fits": back == b"y" * (512 << 10)}))
 
 # A writer driven line by line on its standard input: "open PATH", "write TEXT",
 # "close", "mkdir PATH", "touch PATH", "unlink PATH", "rmdir PATH", "list DIR",
-# "exists PATH", "fsyncdir DIR", "hold DIR" (keeps it open); it answers "ok SECONDS [WHAT]" (how long the call took; what a list
-# or exists found) or "err ERRNO-NAME".
+# "exists PATH", "fsyncdir DIR", "hold DIR" (keeps it open); it answers
+# "ok SECONDS [WHAT]" (how long the call took; what a list or exists found) or
+# "err ERRNO-NAME".
 WRITER = r"""
 import errno, os, sys, time
 fd = None
