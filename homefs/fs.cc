@@ -512,6 +512,14 @@ void Fs::ForgetRemote(uint64_t remote, uint64_t count, uint64_t generation) {
   client_.Post(message, generation);
 }
 
+void Fs::UnmapLocked(fuse_ino_t ino, const Inode& inode) {
+  // Each only while it leads here: the object may have a newer inode (a refused rmdir's).
+  auto key_it = by_key_.find(inode.key);
+  if (key_it != by_key_.end() && key_it->second == ino) by_key_.erase(key_it);
+  auto remote_it = by_remote_.find(inode.remote);
+  if (remote_it != by_remote_.end() && remote_it->second == ino) by_remote_.erase(remote_it);
+}
+
 void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
   uint64_t remote = 0, count = 0, generation = 0;
   {
@@ -524,9 +532,7 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
     remote = inode.remote;
     count = inode.remote_lookups;
     generation = inode.generation;
-    if (auto key_it = by_key_.find(inode.key); key_it != by_key_.end() && key_it->second == ino) {
-      by_key_.erase(key_it);  // else the object has a newer inode (a refused rmdir's)
-    }
+    UnmapLocked(ino, inode);
     {
       std::lock_guard locks(locks_mutex_);
       lock_owners_.erase(lock_owners_.lower_bound({ino, 0}),
@@ -537,8 +543,6 @@ void Fs::Forget(fuse_ino_t ino, uint64_t nlookup) {
       by_name_.erase(name_it);
       NotWholeLocked(inode.parent);  // the name still exists, unknown here now
     }
-    auto remote_it = by_remote_.find(inode.remote);
-    if (remote_it != by_remote_.end() && remote_it->second == ino) by_remote_.erase(remote_it);
     inodes_.erase(it);
   }
   ForgetRemote(remote, count, generation);
@@ -881,7 +885,7 @@ void Fs::Remove(Request r, Op op, fuse_ino_t parent, const std::string& name) {
 }
 
 bool Fs::RemovesBehind(Op op, fuse_ino_t parent, const std::string& name) {
-  if (!options_.write_behind || (op != Op::UNLINK && op != Op::RMDIR)) return false;
+  if (!options_.write_behind) return false;
   uint64_t generation = client_.generation();  // asked before taking our lock
   auto now = std::chrono::steady_clock::now();
   std::lock_guard lock(mutex_);
@@ -967,12 +971,7 @@ void Fs::RemovalAnswered(fuse_ino_t parent, const std::string& name, fuse_ino_t 
       // while any process holds it (a working directory, an open descriptor): found
       // again, the name gets an inode of its own.
       if (auto dir = inodes_.find(removed_dir); removed_dir != 0 && dir != inodes_.end()) {
-        auto key_it = by_key_.find(dir->second.key);
-        if (key_it != by_key_.end() && key_it->second == removed_dir) by_key_.erase(key_it);
-        auto remote_it = by_remote_.find(dir->second.remote);
-        if (remote_it != by_remote_.end() && remote_it->second == removed_dir) {
-          by_remote_.erase(remote_it);
-        }
+        UnmapLocked(removed_dir, dir->second);
       }
     }
   }

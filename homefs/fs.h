@@ -213,19 +213,22 @@ class Fs {
   // A write sent behind: the kernel is answered before it is sent, the home's answer goes
   // to behind_ (the data is copied: it is sent again if its connection breaks).
   void WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64_t fh);
+  // Forgets that `ino` is the inode of its key and remote id (mutex_ held).
+  void UnmapLocked(fuse_ino_t ino, const Inode& inode);
   // Whether an unlink or rmdir (`op`) of `name` from `parent` may be sent behind: the
   // directory is as this client last changed it (Inode::fresh_until: no notice of
   // another's change since) and the name is known here, so the permission check the
   // kernel just made is the home's; a directory removed is known empty here (whole, and
   // no name left in it). The home's only answers would be failures of the home itself.
   bool RemovesBehind(schema::FileOp op, fuse_ino_t parent, const std::string& name);
-  // An unlink or rmdir sent behind, in order with the writes: the caller is answered once it is
-  // sent, every later request but writes and removals behind waits for it (behind_), and
+  // An unlink or rmdir sent behind, in order with the writes: the caller is answered once
+  // it is sent, every later request but writes and removals behind waits for it (behind_), and
   // a move of the job waits for it too. One the home refuses brings the name back (the
   // kernel looks it up again) and is reported by the directory's next fsync.
   void RemoveBehind(Request r, std::unique_ptr<Prepared> p, fuse_ino_t parent,
                     const std::string& name, uint64_t heard);
-  // `removed_dir`: the directory an rmdir removed (0 for an unlink).
+  // `removed_dir`: the directory an rmdir removed (0 for an unlink). A refused one is
+  // unmapped, so that the name found again gets a new inode.
   void RemovalAnswered(fuse_ino_t parent, const std::string& name, fuse_ino_t removed_dir,
                        int err);
   // The first refused removal behind from the directory open as `fh`, not reported yet.

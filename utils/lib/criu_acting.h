@@ -49,8 +49,8 @@ std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid);
 // of each such change as the change is made, and any change pending when a call comes
 // empties the cache before it is read. So an answer is never older than the last change
 // made before the call, and a call costs a stat of the caller's namespace and one read of
-// the watch instead of six system calls. Without a watch (no directory yet: the daemon
-// makes it with its first criu; inotify refused), every call reads, as CriuActingFor.
+// the watch instead of six system calls. Without a watch (no directory yet: a starting
+// daemon makes it, ClearCriuActing; inotify refused), every call reads, as CriuActingFor.
 // Thread-safe.
 class CriuActingCache {
  public:
