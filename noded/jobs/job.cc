@@ -416,17 +416,18 @@ bool Job::SignalNumbered(int signo, uint32_t number) {
     return false;
   }
   siginfo_t info{};
-  info.si_signo = signo;
+  info.si_signo = job_signals::Carrier();
   info.si_code = SI_QUEUE;
   info.si_pid = ::getpid();
   info.si_uid = ::getuid();
   info.si_value.sival_ptr = reinterpret_cast<void*>(
-      static_cast<uintptr_t>(job_signals::Value(home_pid(), number)));
-  if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), signo, &info, 0) != 0) {
+      static_cast<uintptr_t>(job_signals::Value(signo, home_pid(), number)));
+  if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), info.si_signo, &info, 0) != 0) {
     spdlog::warn("job {}: signal {} (number {}) not delivered: {}", home_pid(), signo, number,
                  strerror(errno));
     return false;
   }
+  spdlog::debug("job {}: signal {} (number {}) queued to its init", home_pid(), signo, number);
   return true;
 }
 

@@ -470,11 +470,11 @@ int Supervise(pid_t program, sigset_t all) {
       Report("checkpoint");
       continue;
     }
-    // A numbered signal mosrun sent again (its answer was lost): the program had it.
-    if (seen.Repeat(info.si_code, reinterpret_cast<uintptr_t>(info.si_value.sival_ptr))) {
-      continue;
-    }
     if (DaemonsContinue(sig, info.si_code, info.si_pid)) continue;
+    // A numbered signal is the one it carries; one mosrun sent again (its answer was lost)
+    // the program had already.
+    sig = seen.Forward(sig, info.si_code, reinterpret_cast<uintptr_t>(info.si_value.sival_ptr));
+    if (sig == 0) continue;
     kill(program_done ? -1 : program, sig);
   }
 }
@@ -545,8 +545,9 @@ int SuperviseTerminal(const Options& options, sigset_t all) {
       }
       // A SIGPIPE of the init's own (its stdout pipe's reader gone) is not the program's.
       if (sig == SIGPIPE && info.ssi_pid == 1) continue;
-      if (seen.Repeat(info.ssi_code, info.ssi_ptr)) continue;  // forwarded already
       if (DaemonsContinue(sig, info.ssi_code, static_cast<pid_t>(info.ssi_pid))) continue;
+      sig = seen.Forward(sig, info.ssi_code, info.ssi_ptr);
+      if (sig == 0) continue;  // a numbered signal forwarded already
       if (program < 0) {
         early.push_back(sig);
         continue;
