@@ -297,14 +297,15 @@ void Job::Adopt(ChildProcess init, DaemonEnds ends) {
                input_received(), input_end_ ? ", at its end" : "", carried);
 }
 
-void Job::StartCarrier(int net_ns) {
+void Job::StartCarrier(int net_ns, CarrierSockets sockets) {
   try {
     carrier_ = std::make_unique<LoopbackCarrier>(
         net_ns,
         LoopbackHome{
             launch_.home, launch_.home_host, launch_.home_port, *launch_.home_credentials, home_pid(),
             FsIdentity{launch_.identity.uid, launch_.identity.gid, launch_.identity.groups},
-            launch_.daemon_ports});
+            launch_.daemon_ports},
+        std::move(sockets));
   } catch (const std::exception& e) {
     // The job runs on; its loopback connections are refused until it moves.
     spdlog::error("job {}: its loopback connections cannot be carried home: {}", home_pid(),
@@ -317,7 +318,8 @@ void Job::Attach(DaemonEnds ends) {
   // loopback connections are handed to the carrier already (RestoreHere).
   if (launch_.guest && !carrier_ && !init_status_ && launch_.home_credentials) {
     try {
-      StartCarrier(Fd::Open(fmt::format("/proc/{}/ns/net", init_pid()), O_RDONLY | O_CLOEXEC).get());
+      StartCarrier(Fd::Open(fmt::format("/proc/{}/ns/net", init_pid()), O_RDONLY | O_CLOEXEC).get(),
+                   std::move(ends.carrier));
     } catch (const std::exception& e) {
       spdlog::error("job {}: no network namespace to carry from: {}", home_pid(), e.what());
     }

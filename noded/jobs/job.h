@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "carrier_sockets.h"
 #include "child_process.h"
 #include "control_server.h"
 #include "fd.h"
@@ -125,6 +126,8 @@ struct DaemonEnds {
   Fd stdout_spool{};
   Fd stderr_spool{};
   Fd status_spool{};
+  // A guest restored here: its carrier's sockets, made in its namespace before it ran.
+  CarrierSockets carrier{};
 };
 
 // A command line as mosps shows it: the arguments joined by spaces.
@@ -330,7 +333,7 @@ class Job : public std::enable_shared_from_this<Job> {
   void JournalDeparture();
   void Attach(DaemonEnds ends);
   // A guest's loopback connections go home from here on (loopback_carrier.h).
-  void StartCarrier(int net_ns);
+  void StartCarrier(int net_ns, CarrierSockets sockets = {});
   // Takes what the stream's pipe has into its spool, and sends on what the spool has
   // that mosrun has not (all of it, paused or not, when `force`).
   void Pump(Stream& stream, bool force = false);

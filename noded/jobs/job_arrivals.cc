@@ -2,11 +2,13 @@
 // coming back), handed to the loop and taken over there.
 #include "job_registry.h"
 
+#include <capnp/serialize.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
-#include <capnp/serialize.h>
-#include <spdlog/spdlog.h>
+#include <chrono>
+#include <thread>
 
 #include "job_replies.h"
 #include "migration.h"
@@ -85,6 +87,11 @@ void JobRegistry::AcceptMove(std::unique_ptr<SecureStream> fd, const std::string
                     launch.identity.home_pid, launch.home, e.what());
       return;
     }
+  }
+  if (faults_.Hit(Fault::kAdoptHold)) {
+    spdlog::warn("fault point adopt-hold: job {} runs here, taken over in {} s",
+                 launch.identity.home_pid, kAdoptHoldSeconds);
+    std::this_thread::sleep_for(std::chrono::seconds(kAdoptHoldSeconds));
   }
   {
     std::lock_guard lock(restored_mutex_);

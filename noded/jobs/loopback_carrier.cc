@@ -33,96 +33,18 @@ constexpr size_t kMaxHeld = 128;
 // How long a passed connection waits for the job's kernel to complete it with the carrier.
 constexpr auto kAcceptWait = std::chrono::seconds(10);
 
-Fd TransparentListener(int family) {
-  Fd fd = Fd::Adopt(HW_SYSCALL(::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
-                               "carrier socket"));
-  int on = 1;
-  sockaddr_storage storage{};
-  socklen_t length = 0;
-  if (family == AF_INET6) {
-    HW_SYSCALL(::setsockopt(fd.get(), SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof on),
-               "IPV6_TRANSPARENT");
-    HW_SYSCALL(::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on), "IPV6_V6ONLY");
-    auto& in6 = reinterpret_cast<sockaddr_in6&>(storage);
-    in6.sin6_family = AF_INET6;
-    in6.sin6_addr = in6addr_loopback;
-    in6.sin6_port = htons(kLoopbackCarrierPort);
-    length = sizeof in6;
-  } else {
-    HW_SYSCALL(::setsockopt(fd.get(), SOL_IP, IP_TRANSPARENT, &on, sizeof on), "IP_TRANSPARENT");
-    auto& in = reinterpret_cast<sockaddr_in&>(storage);
-    in.sin_family = AF_INET;
-    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    in.sin_port = htons(kLoopbackCarrierPort);
-    length = sizeof in;
-  }
-  HW_SYSCALL(::bind(fd.get(), reinterpret_cast<sockaddr*>(&storage), length),
-             "bind the carrier to port {} of the guest's loopback", kLoopbackCarrierPort);
-  HW_SYSCALL(::listen(fd.get(), 128), "listen on the guest's loopback");
-  return fd;
-}
-
-// The carrier's UDP socket on port 1 of the namespace's loopback: TPROXY hands it every
-// datagram that starts a flow, with the datagram's target as its original destination.
-Fd TransparentDatagramSocket(int family) {
-  Fd fd = Fd::Adopt(HW_SYSCALL(::socket(family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
-                               "carrier's UDP socket"));
-  int on = 1;
-  if (family == AF_INET6) {
-    HW_SYSCALL(::setsockopt(fd.get(), SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof on),
-               "IPV6_TRANSPARENT");
-    HW_SYSCALL(::setsockopt(fd.get(), SOL_IPV6, IPV6_RECVORIGDSTADDR, &on, sizeof on),
-               "IPV6_RECVORIGDSTADDR");
-    HW_SYSCALL(::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on), "IPV6_V6ONLY");
-  } else {
-    HW_SYSCALL(::setsockopt(fd.get(), SOL_IP, IP_TRANSPARENT, &on, sizeof on), "IP_TRANSPARENT");
-    HW_SYSCALL(::setsockopt(fd.get(), SOL_IP, IP_RECVORIGDSTADDR, &on, sizeof on),
-               "IP_RECVORIGDSTADDR");
-  }
-  LoopbackTarget where;
-  where.family = family;
-  if (family == AF_INET6) {
-    std::memcpy(where.address.data(), &in6addr_loopback, 16);
-  } else {
-    where.address[0] = 127;
-    where.address[3] = 1;
-  }
-  where.port = kLoopbackCarrierPort;
-  socklen_t length = 0;
-  sockaddr_storage storage = where.ToSockaddr(&length);
-  HW_SYSCALL(::bind(fd.get(), reinterpret_cast<sockaddr*>(&storage), length),
-             "bind the carrier to UDP port {} of the guest's loopback", kLoopbackCarrierPort);
-  return fd;
-}
-
-
 }  // namespace
 
 
-LoopbackCarrier::LoopbackCarrier(int net_ns, LoopbackHome home) : home_(std::move(home)) {
+LoopbackCarrier::LoopbackCarrier(int net_ns, LoopbackHome home, CarrierSockets sockets)
+    : home_(std::move(home)) {
   guest_net_ = Fd::Adopt(HW_SYSCALL(::fcntl(net_ns, F_DUPFD_CLOEXEC, 0), "dup the guest's netns"));
   own_net_ = Fd::Open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  InNetworkNamespace(net_ns, [this] {
-    try {
-      gate_ = std::make_unique<SynGate>();
-    } catch (const Error& e) {
-      // The rules queue no SYN where the kernel has no NFQUEUE; if they do, the job's
-      // connections wait until a carrier holds the queue.
-      spdlog::error("job {}: its connections are not held for their target's answer: {}",
-                    home_.home_pid, e.what());
-    }
-    icmp_ = std::make_unique<GuestIcmp>();
-    listeners_.push_back(TransparentListener(AF_INET));
-    udp_listeners_.push_back(TransparentDatagramSocket(AF_INET));
-    if (!HasIpv6()) return;
-    try {
-      listeners_.push_back(TransparentListener(AF_INET6));
-      udp_listeners_.push_back(TransparentDatagramSocket(AF_INET6));
-    } catch (const Error& e) {
-      spdlog::warn("job {}: its IPv6 connections and datagrams are not carried: {}", home_.home_pid,
-                   e.what());
-    }
-  });
+  if (!sockets.opened()) sockets = CarrierSockets::Open(net_ns, fmt::format("job {}", home_.home_pid));
+  listeners_ = std::move(sockets.listeners);
+  udp_listeners_ = std::move(sockets.udp_listeners);
+  gate_ = std::move(sockets.gate);
+  icmp_ = std::move(sockets.icmp);
   wake_ = Fd::Adopt(HW_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd"));
   acceptor_ = std::thread([this] { AcceptLoop(); });
 }

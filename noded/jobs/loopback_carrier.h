@@ -37,6 +37,7 @@
 #include <thread>
 #include <vector>
 
+#include "carrier_sockets.h"
 #include "fd.h"
 #include "fs_credentials.h"
 #include "guest_icmp.h"
@@ -67,7 +68,8 @@ struct LoopbackHome {
 // home on a thread of its own; destroyed, it stops listening and breaks what it carries.
 class LoopbackCarrier {
  public:
-  LoopbackCarrier(int net_ns, LoopbackHome home);
+  // `sockets`: made in the guest's namespace before the job ran there; else made now.
+  LoopbackCarrier(int net_ns, LoopbackHome home, CarrierSockets sockets = {});
   LoopbackCarrier(const LoopbackCarrier&) = delete;
   LoopbackCarrier& operator=(const LoopbackCarrier&) = delete;
   ~LoopbackCarrier();

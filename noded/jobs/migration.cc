@@ -339,7 +339,7 @@ LandingNamespaces PrepareLanding(const std::string& root, const std::string& ini
   if (own_network) prepare.argv.push_back("--own-network");
   prepare.stdin_fd = hold.read.get();
   prepare.extra_fds = {ready.write.get()};
-  LandingNamespaces landing{ChildProcess::Spawn(prepare), std::move(hold.write), {}, {}};
+  LandingNamespaces landing{ChildProcess::Spawn(prepare), std::move(hold.write), {}, {}, {}};
   hold.read.Reset();
   ready.write.Reset();
   char word[512];
@@ -353,8 +353,15 @@ LandingNamespaces PrepareLanding(const std::string& root, const std::string& ini
   if (own_network) {
     landing.net = Fd::Open(fmt::format("/proc/{}/ns/net", landing.holder.pid()), O_RDONLY);
     // Its loopback's connections go to the carrier the job's daemon starts when it takes
-    // the job over (Job::Attach): set before any process of the job runs again.
+    // the job over (Job::Attach): the rules, and the sockets they hand to, are there
+    // before any process of the job runs again.
     RedirectLoopbackConnections(landing.net.get());
+    try {
+      landing.carrier = CarrierSockets::Open(landing.net.get(), "a guest landing here");
+    } catch (const Error& e) {
+      // The carrier tries again when it starts (and says so if it cannot): the job runs.
+      spdlog::warn("a guest landing here: its carrier's sockets: {}", e.what());
+    }
   }
   return landing;
 }
@@ -430,7 +437,8 @@ RestoredHere RestoreHere(const std::string& dir,
   ChildProcess init = ChildProcess::Adopt(result.init_pid);
   return RestoredHere{std::move(result.lazy), std::move(init),
                       DaemonEnds{std::move(in.write), std::move(in.read), std::move(out.read),
-                                 std::move(err.read), std::move(status.read)}};
+                                 std::move(err.read), std::move(status.read), {}, {}, {}, {},
+                                 std::move(landing.carrier)}};
 }
 
 namespace {

@@ -116,6 +116,7 @@ struct LandingNamespaces {
   Fd hold;  // the holder's stdin: it holds the namespaces until this closes
   Fd mount;
   Fd net;  // a guest's only
+  CarrierSockets carrier;  // a guest's only: its carrier's sockets in `net`
 };
 LandingNamespaces PrepareLanding(const std::string& root, const std::string& init_path,
                                  bool own_network);

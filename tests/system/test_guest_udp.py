@@ -163,6 +163,22 @@ for i in range(3):
     print(f"{i} done", flush=True)
 """
 
+# A job that waits for the file "go", then sends one datagram to argv[1] and prints the
+# answer (or "timeout" after a minute).
+LANDING_JOB = r"""
+import os, socket, sys, time
+while not os.path.exists("go"):
+    time.sleep(0.05)
+address, port = sys.argv[1].rsplit(":", 1)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.settimeout(60)
+    s.sendto(b"hello", (address, int(port)))
+    try:
+        print(s.recvfrom(2048)[0].decode())
+    except socket.timeout:
+        print("timeout")
+"""
+
 # A UDP server: binds argv[1] (an address, port 0 for any), writes "PORT" to argv[2] once
 # it does, logs each datagram's sender to argv[3] and echoes "echo DATAGRAM".
 UDP_ECHO = r"""
@@ -228,6 +244,51 @@ def has_ipv6():
 
 
 class GuestUdpTest(outside_net.OutsideNetTest):
+    def test_datagram_sent_as_the_job_lands(self):
+        """A job restored on a node runs before that node's daemon takes it over (the
+        fault point adopt-hold holds the taking-over for 5 s): a datagram it sends then
+        waits for its carrier and is answered, not lost."""
+        c = self.c
+        entry = pwd.getpwnam(self.user)
+        c.kill("node2")
+        c.start("node2", faults="adopt-hold")
+
+        def node2_as_it_was():
+            c.kill("node2")
+            c.start("node2")
+            harness.wait_until_meshed(c)
+        self.addCleanup(node2_as_it_was)
+        harness.wait_until_meshed(c)
+        port, log = self.server("landing", UDP_ECHO, "127.0.0.1:0", user=self.user)
+        work = os.path.join(c.node("node1")["data"], "landing")
+        os.makedirs(work)
+        os.chown(work, entry.pw_uid, entry.pw_gid)
+        with open(os.path.join(work, "job.py"), "w") as f:
+            f.write(LANDING_JOB)
+        go = os.path.join(work, "go")
+        self.addCleanup(lambda: open(go, "w").close())
+        mosrun = shlex.join(["runuser", "-u", self.user, "--", "mosrun", "-L",
+                             "python3", "job.py", f"127.0.0.1:{port}"])
+        c.run("node1", "sh", "-c", f"cd /data/landing && ({mosrun} > out 2> err; "
+                                   "echo $? > status) >/dev/null 2>&1 & echo started")
+        pid = c.wait_for(lambda: next((j["pid"] for j in harness.jobs(c)
+                                       if j["user"] == self.user and j["state"] == "running"),
+                                      None), 60, "the job running")
+        moved = c.run("node1", "mosmigrate", str(pid), "node2", check=False)
+        self.assertEqual(moved.returncode, 0, moved.stdout + moved.stderr)
+        self.assertIn("now runs on node2", moved.stdout)
+        # The job runs on node2 and its daemon has not taken it over: it sends now.
+        c.wait_for(lambda: f"fault point adopt-hold: job {pid} runs here" in c.log("node2"),
+                   30, "node2 to hold the job it restored")
+        self.assertNotIn(f"job {pid} restored here", c.log("node2"))
+        open(go, "w").close()
+        out, status = os.path.join(work, "out"), os.path.join(work, "status")
+        c.wait_for(lambda: harness.read_text(status), 120, "the job's end")
+        self.assertEqual(harness.read_text(status).strip(), "0",
+                         harness.read_text(os.path.join(work, "err")))
+        self.assertEqual(harness.read_text(out), "echo hello\n")
+        self.assertEqual(harness.read_text(log), "127.0.0.1\n")
+
     def test_guest_udp_and_ipv6(self):
         c = self.c
         entry = pwd.getpwnam(self.user)
@@ -307,19 +368,22 @@ class GuestUdpTest(outside_net.OutsideNetTest):
                 self.assertEqual(moved.returncode, 0, moved.stdout + moved.stderr)
                 self.assertIn(f"now runs on {where}", moved.stdout)
             open(os.path.join(work, f"go{i}"), "w").close()
+            def what_was_said():
+                # What the nodes said of the job's flows, the job's output and the echo
+                # server's log.
+                said = [line for node in ("node1", "node2") for line in c.log(node).splitlines()
+                        if f"job {pid}" in line or " warning: " in line or " error: " in line]
+                return (f"out: {harness.read_text(out)!r}\necho log: "
+                        f"{harness.read_text(echo_log)!r}\n" + "\n".join(said[-60:]))
             try:
                 c.wait_for(lambda: f"held {i}" in harness.read_text(out), 60,
                            f"round {i}'s echo")
             except AssertionError as e:
-                # What the nodes said of the job's flows, and the echo server's log.
-                said = [line for node in ("node1", "node2") for line in c.log(node).splitlines()
-                        if f"job {pid}" in line or " warning: " in line or " error: " in line]
-                raise AssertionError(f"{e}\nout: {harness.read_text(out)!r}\necho log: "
-                                     f"{harness.read_text(echo_log)!r}\n" +
-                                     "\n".join(said[-60:])) from None
+                raise AssertionError(f"{e}\n{what_was_said()}") from None
             # The job's flow outside is the user's socket, from the node's address (at
             # home the job's own socket, closed by now).
-            self.assertEqual(harness.read_text(echo_log), f"{NODE_ADDRESS}\n" * (i + 1))
+            self.assertEqual(harness.read_text(echo_log), f"{NODE_ADDRESS}\n" * (i + 1),
+                             what_was_said())
             if where != "node1":
                 ss = subprocess.run(["ss", "-uanHe", "dst", OUTSIDE_ADDRESS],
                                     capture_output=True, text=True, check=True).stdout

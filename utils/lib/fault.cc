@@ -67,6 +67,9 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kSignalAtStart, "signal-at-start",
      "the node sends every job it starts SIGTERM the moment its init runs, before the init "
      "has set itself up, as a user's kill right after mosrun started can"},
+    {Fault::kAdoptHold, "adopt-hold",
+     "a job restored here runs on, its source told the move is done, while the daemon waits "
+     "5 s to take it over (its carrier, output and signals)"},
 };
 
 }  // namespace

@@ -38,10 +38,13 @@ enum class Fault {
   kLazyHold,
   kClockAhead,
   kSignalAtStart,
+  kAdoptHold,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
 constexpr int kRestoreHoldSeconds = 6;
+// How long the adopt-hold fault point holds a restored job from its daemon.
+constexpr int kAdoptHoldSeconds = 5;
 // How long the movedon-hold fault point holds a guest's last word to its home.
 constexpr int kMovedOnHoldSeconds = 20;
 // How far ahead the clock-ahead fault point stamps a node's gossip.
@@ -73,7 +76,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kSignalAtStart) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kAdoptHold) + 1> selected_;
 };
 
 // A fault point that kills the daemon: logs "fault point <name>: the daemon dies
