@@ -10,6 +10,7 @@
 #include <future>
 #include <map>
 
+#include <capnp/serialize.h>
 #include <kj/exception.h>
 
 #include <spdlog/spdlog.h>
@@ -431,7 +432,12 @@ uint64_t FileClient::Send(capnp::MessageBuilder& message, uint64_t generation, C
   rq.setRetry(again);
   rq.setVersion(schema::FILES_VERSION);
   try {
-    stream->Write(message);
+    if (rq.getBehind() &&
+        capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word) <= kMaxHeldRequestBytes) {
+      if (stream->Hold(message)) flusher_.Due(stream);
+    } else {
+      stream->Write(message);
+    }
   } catch (const Error& e) {
     // The receiving thread sees the broken connection too and fails what is pending,
     // this request included, unless it already answered it.
@@ -451,6 +457,20 @@ void FileClient::Post(capnp::MessageBuilder& message, uint64_t generation) {
   message.getRoot<schema::FileRequest>().setVersion(schema::FILES_VERSION);
   try {
     stream->Write(message);
+  } catch (const Error&) {
+    // The receiving thread notices the broken connection.
+  }
+}
+
+void FileClient::SendHeld() {
+  std::shared_ptr<FrameStream> stream;
+  {
+    std::lock_guard lock(mutex_);
+    stream = stream_;
+  }
+  if (!stream) return;
+  try {
+    stream->Flush();
   } catch (const Error&) {
     // The receiving thread notices the broken connection.
   }

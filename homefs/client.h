@@ -31,6 +31,7 @@
 #include "fd.h"
 #include "frame_stream.h"
 #include "framing.h"
+#include "hold_flusher.h"
 #include "peer_auth.h"
 #include "schema/files.capnp.h"
 
@@ -69,6 +70,13 @@ bool GoesStale(bool may_go_stale, std::chrono::milliseconds silent);
 // request sent with `resend` is handed back (kLost) to be sent again, with the same id,
 // on the next connection; the rest fail with EIO.
 int LostCallError(bool hard, bool resend);
+
+// How long a request sent behind may wait for others to go out with it. Two writers
+// appending on two nodes append a third more a second with 2 ms than with none (500 us
+// gains less, 5 ms no more); nobody waits on it: a wait for an answer sends what is held.
+constexpr auto kHoldBehind = std::chrono::milliseconds(2);
+// Requests sent behind up to this size are held; bigger ones go out at once.
+constexpr size_t kMaxHeldRequestBytes = 16 * 1024;
 
 class FileClient {
  public:
@@ -131,6 +139,9 @@ class FileClient {
   uint64_t id() const { return id_; }
   // Sends a request the home does not answer (forget), if still on `generation`.
   void Post(capnp::MessageBuilder& message, uint64_t generation);
+  // Sends the requests behind held to go out together (Send) now: their answers are
+  // waited for.
+  void SendHeld();
   // Whether the home has been silent a while (kStaleAfter) with calls waiting: questions
   // the cache can answer are answered from it rather than sent.
   bool Silent();
@@ -192,6 +203,9 @@ class FileClient {
   std::chrono::steady_clock::time_point last_used_{};  // the last request sent or answer heard
   std::thread connection_thread_;
   std::thread timer_thread_;
+  // Small requests sent behind (FileRequest.behind: their callers were answered already)
+  // go out together, kHoldBehind after the first of a run (FrameStream::Hold).
+  HoldFlusher flusher_{kHoldBehind};
 };
 
 }  // namespace homeward

@@ -110,6 +110,7 @@ Fs::Fs(FileClient& client, FsOptions options, schema::Attr::Reader root)
   if (!options_.criu_acting_dir.empty()) {
     criu_acting_ = std::make_unique<CriuActingCache>(options_.criu_acting_dir);
   }
+  behind_.BeforeWaiting([this] { client_.SendHeld(); });
   Inode& inode = inodes_[root_];
   inode.remote = 1;
   by_remote_[1] = root_;
@@ -1292,6 +1293,7 @@ void Fs::WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64
   std::unique_lock order(write_order_);
   auto ticket = behind_.Start(fh, size, given_up);
   if (!ticket) return r.Err(EINTR);
+  p->rq.setBehind(true);
   r.Write(size);
   Issue(std::make_shared<Request>(Request::Detached()), std::shared_ptr<Prepared>(std::move(p)),
         [ticket, size](Request&, int err, IncomingMessage* message, uint64_t) {

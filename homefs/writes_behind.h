@@ -51,6 +51,10 @@ class WritesBehind {
   // whatever its size).
   WritesBehind(size_t max_bytes, size_t max_writes) : max_bytes_(max_bytes), max_writes_(max_writes) {}
 
+  // Runs before any wait for answers: writes behind may be held a moment to go out
+  // together (FileClient::Send), and one that is waited for goes out at once.
+  void BeforeWaiting(std::function<void()> send_held) { send_held_ = std::move(send_held); }
+
   // Waits for room, then counts a write of `bytes` on handle `fh` out. Null when
   // `give_up` ended the wait first. `unanswered`: the error counted against `fh` if the
   // ticket ends without Finish (0 for requests whose failures are reported elsewhere).
@@ -102,6 +106,11 @@ class WritesBehind {
  private:
   template <typename Ready>
   bool WaitLocked(std::unique_lock<std::mutex>& lock, const GiveUp& give_up, Ready ready) {
+    if (!ready() && send_held_) {
+      lock.unlock();
+      send_held_();
+      lock.lock();
+    }
     return WaitOrGiveUp(changed_, lock, kPoll, give_up, ready);
   }
 
@@ -117,6 +126,7 @@ class WritesBehind {
   }
 
   const size_t max_bytes_, max_writes_;
+  std::function<void()> send_held_;  // set before the mount serves
   std::mutex mutex_;
   std::condition_variable changed_;
   size_t writes_ = 0, bytes_ = 0;

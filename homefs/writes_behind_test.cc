@@ -30,6 +30,29 @@ TEST(WritesBehind, DrainWaitsForEveryWriteOut) {
   EXPECT_FALSE(behind.HasErrors());
 }
 
+TEST(WritesBehind, AWaitForAnswersSendsWhatIsHeldFirst) {
+  WritesBehind behind(1 << 20, 1);
+  // The held writes are "sent" by the hook: here it answers them, as the home would.
+  std::shared_ptr<WritesBehind::Ticket> out;
+  int sent = 0;
+  behind.BeforeWaiting([&] {
+    ++sent;
+    out.reset();
+  });
+  EXPECT_TRUE(behind.Drain({}));  // nothing out: no wait, nothing sent
+  EXPECT_EQ(sent, 0);
+  out = behind.Start(1, 100, {});
+  ASSERT_TRUE(out);
+  EXPECT_TRUE(behind.Drain({}));  // would wait for ever unless the hook sent it
+  EXPECT_EQ(sent, 1);
+  out = behind.Start(1, 100, {});
+  auto next = behind.Start(1, 100, {});  // the window (1 write) is full: it waits too
+  EXPECT_TRUE(next);
+  EXPECT_EQ(sent, 2);
+  next.reset();
+  EXPECT_TRUE(behind.Idle());
+}
+
 TEST(WritesBehind, AHandlesDrainWaitsForItsOwnWritesOnly) {
   WritesBehind behind(1 << 20, 16);
   auto mine = behind.Start(1, 100, {});

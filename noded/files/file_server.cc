@@ -181,7 +181,8 @@ std::function<void()> RequestJob(std::shared_ptr<FileSession> session,
                                       .count()),
                               std::memory_order_relaxed);
       auto op = request.getOp();
-      if (answered && op != schema::FileOp::FORGET) stream->Write(reply);
+      // Answers to a run of requests read at once go out together (FrameStream::WriteSoon).
+      if (answered && op != schema::FileOp::FORGET) stream->WriteSoon(reply);
     } catch (const std::exception& e) {
       spdlog::debug("file service: reply not sent: {}", e.what());
     }

@@ -26,6 +26,16 @@ bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
     // Big bodies go straight to their destination (decrypted in place when a whole record
     // fits); the rest through the buffer. The secure stream returns 0 only at the peer's
     // end record (a cut connection throws).
+    // What is held goes out before this thread waits for more: a writer that has the
+    // lock sends it with its own message (waiting for that writer could wait for ever,
+    // while its send waits for the peer, which waits for us to read).
+    if (holding_.load(std::memory_order_relaxed)) {
+      std::unique_lock lock(write_mutex_, std::try_to_lock);
+      if (lock.owns_lock() && !held_.empty()) {
+        std::vector<iovec> none(1);
+        WriteLocked(none);
+      }
+    }
     bool direct = size >= sizeof buffer_;
     char* into = direct ? out : buffer_;
     size_t room = direct ? size : sizeof buffer_;
@@ -51,6 +61,7 @@ bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
 }
 
 std::optional<IncomingMessage> FrameStream::Read() {
+  reader_.store(std::this_thread::get_id(), std::memory_order_relaxed);
   uint32_t first[2];
   if (!Fill(first, sizeof first, true)) return std::nullopt;
   // The count is sent less one: 0xffffffff must not wrap to 0 segments.
@@ -82,20 +93,67 @@ std::optional<IncomingMessage> FrameStream::Read() {
   return IncomingMessage(kj::mv(words), 2 * max_frame_bytes_ / sizeof(capnp::word) + 1);
 }
 
-void FrameStream::Write(capnp::MessageBuilder& message) {
+void FrameStream::FrameOf(capnp::MessageBuilder& message, std::vector<uint32_t>& table,
+                          std::vector<iovec>& iov) {
   auto segments = message.getSegmentsForOutput();
-  std::vector<uint32_t> table(segments.size() + 1 + (segments.size() % 2 == 0 ? 1 : 0), 0);
+  table.assign(segments.size() + 1 + (segments.size() % 2 == 0 ? 1 : 0), 0);
   table[0] = static_cast<uint32_t>(segments.size() - 1);
   for (size_t i = 0; i < segments.size(); ++i) table[i + 1] = segments[i].size();
-  std::vector<iovec> iov;
   iov.push_back({table.data(), table.size() * 4});
   for (auto segment : segments) {
     auto bytes = segment.asBytes();
     iov.push_back({const_cast<capnp::byte*>(bytes.begin()), bytes.size()});
   }
+}
+
+void FrameStream::Write(capnp::MessageBuilder& message) {
+  std::vector<uint32_t> table;
+  std::vector<iovec> iov(1);  // the first for what is held
+  FrameOf(message, table, iov);
   std::lock_guard lock(write_mutex_);
+  WriteLocked(iov);
+}
+
+bool FrameStream::Hold(capnp::MessageBuilder& message) {
+  std::vector<uint32_t> table;
+  std::vector<iovec> iov(1);
+  FrameOf(message, table, iov);
+  std::lock_guard lock(write_mutex_);
+  bool first = held_.empty();
+  for (size_t i = 1; i < iov.size(); ++i) {
+    auto* bytes = static_cast<const char*>(iov[i].iov_base);
+    held_.insert(held_.end(), bytes, bytes + iov[i].iov_len);
+  }
+  holding_.store(true, std::memory_order_relaxed);
+  if (held_.size() >= kMaxHeldBytes) {
+    std::vector<iovec> none(1);
+    WriteLocked(none);
+  }
+  return first;
+}
+
+void FrameStream::Flush() {
+  std::lock_guard lock(write_mutex_);
+  if (held_.empty()) return;
+  std::vector<iovec> none(1);
+  WriteLocked(none);
+}
+
+void FrameStream::WriteSoon(capnp::MessageBuilder& message) {
+  // begin_ and end_ are the reading thread's own: looked at only on that thread.
+  if (reader_.load(std::memory_order_relaxed) == std::this_thread::get_id() && begin_ < end_) {
+    Hold(message);
+  } else {
+    Write(message);
+  }
+}
+
+void FrameStream::WriteLocked(std::vector<iovec>& iov) {
+  iov[0] = {held_.data(), held_.size()};
   if (stream_) {
     stream_->Write(iov.data(), iov.size());
+    held_.clear();
+    holding_.store(false, std::memory_order_relaxed);
     return;
   }
   size_t index = 0;
@@ -113,6 +171,8 @@ void FrameStream::Write(capnp::MessageBuilder& message) {
       iov[index].iov_len -= done;
     }
   }
+  held_.clear();
+  holding_.store(false, std::memory_order_relaxed);
 }
 
 }  // namespace homeward

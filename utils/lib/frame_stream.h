@@ -6,9 +6,14 @@
 // from the segments and opened into the message's words.
 #pragma once
 
+#include <sys/uio.h>
+
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <thread>
+#include <vector>
 
 #include <capnp/message.h>
 
@@ -28,16 +33,42 @@ class FrameStream {
   // Reads one message; nothing on a clean end of stream. Throws Error(kDisconnected) on a
   // broken stream and Error(kInvalidInput) on an oversized or malformed frame.
   std::optional<IncomingMessage> Read();
-  // Writes one message whole; safe to call from several threads at once.
+  // Writes one message whole, after what is held; safe to call from several threads at
+  // once.
   void Write(capnp::MessageBuilder& message);
+
+  // Holding: a run of small messages goes out in one send (one record when encrypted),
+  // so the peer reads and answers the run in one go rather than waking for each. What is
+  // held goes before anything written later, so the order of messages is kept.
+  //
+  // Holds a copy of the message until the next Write or Flush (written at once when the
+  // held bytes pass kMaxHeldBytes). True when nothing was held before it: the caller then
+  // sees that a Flush follows.
+  bool Hold(capnp::MessageBuilder& message);
+  // Writes what is held, if anything.
+  void Flush();
+  // On the thread that reads this stream, with more of a message already read in: held,
+  // and written with the answer to the last of the run (Read flushes before it waits for
+  // more). Else as Write.
+  void WriteSoon(capnp::MessageBuilder& message);
+
+  static constexpr size_t kMaxHeldBytes = 64 * 1024;
 
  private:
   bool Fill(void* data, size_t size, bool eof_ok);
+  // The message's frame: its segment table, then its segments.
+  static void FrameOf(capnp::MessageBuilder& message, std::vector<uint32_t>& table,
+                      std::vector<iovec>& iov);
+  // Writes `iov`, after what is held (with write_mutex_ held).
+  void WriteLocked(std::vector<iovec>& iov);
 
   int fd_;
   std::shared_ptr<SecureStream> stream_;
   size_t max_frame_bytes_;
   std::mutex write_mutex_;
+  std::vector<char> held_;  // under write_mutex_
+  std::atomic<bool> holding_{false};  // held_ is not empty (read without the lock)
+  std::atomic<std::thread::id> reader_{};
   char buffer_[64 * 1024];
   size_t begin_ = 0;
   size_t end_ = 0;

@@ -3,11 +3,13 @@
 #include "frame_stream.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <thread>
 
 #include "error.h"
+#include "hold_flusher.h"
 #include "schema/files.capnp.h"
 
 namespace homeward {
@@ -150,6 +152,115 @@ TEST(FrameStream, HeaderCutAfterAMessageIsADisconnection) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kDisconnected);
   }
+}
+
+capnp::MallocMessageBuilder& Numbered(capnp::MallocMessageBuilder& message, uint64_t id) {
+  message.initRoot<schema::FileRequest>().setId(id);
+  return message;
+}
+
+uint64_t IdOf(std::optional<IncomingMessage> message) {
+  EXPECT_TRUE(message);
+  return message ? message->Root<schema::FileRequest>().getId() : 0;
+}
+
+bool Readable(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 1;
+}
+
+TEST(FrameStream, HeldMessagesGoOutBeforeTheNextWriteInOrder) {
+  SocketPair pair;
+  FrameStream out(pair.a.get(), 1 << 20), in(pair.b.get(), 1 << 20);
+  capnp::MallocMessageBuilder m1, m2, m3, m4;
+  EXPECT_TRUE(out.Hold(Numbered(m1, 1)));
+  EXPECT_FALSE(out.Hold(Numbered(m2, 2)));
+  EXPECT_FALSE(Readable(pair.b.get()));  // held: nothing sent yet
+  out.Write(Numbered(m3, 3));
+  EXPECT_TRUE(out.Hold(Numbered(m4, 4)));  // a new run
+  out.Flush();
+  out.Flush();  // nothing held: nothing sent
+  for (uint64_t id : {1, 2, 3, 4}) EXPECT_EQ(IdOf(in.Read()), id);
+  EXPECT_FALSE(Readable(pair.b.get()));
+}
+
+TEST(FrameStream, HeldBytesPastTheLimitGoOutAtOnce) {
+  SocketPair pair;
+  FrameStream out(pair.a.get(), 1 << 20), in(pair.b.get(), 1 << 20);
+  std::string data(FrameStream::kMaxHeldBytes / 4, 'x');
+  for (uint64_t id = 1; id <= 4; ++id) {
+    capnp::MallocMessageBuilder message;
+    Numbered(message, id).getRoot<schema::FileRequest>().setData(
+        capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
+    out.Hold(message);
+  }
+  EXPECT_TRUE(Readable(pair.b.get()));
+  for (uint64_t id : {1, 2, 3, 4}) EXPECT_EQ(IdOf(in.Read()), id);
+}
+
+// The reading thread's answers to a run of requests read at once go out together, once
+// it has taken the whole run and before it waits for more.
+TEST(FrameStream, AnswersToARunGoOutBeforeTheReaderWaits) {
+  SocketPair pair;
+  FrameStream client(pair.a.get(), 1 << 20), server(pair.b.get(), 1 << 20);
+  capnp::MallocMessageBuilder r1, r2, r3;
+  client.Hold(Numbered(r1, 1));
+  client.Hold(Numbered(r2, 2));
+  client.Write(Numbered(r3, 3));  // the three in one send
+  std::thread serving([&] {
+    try {
+      for (int i = 0; i < 3; ++i) {
+        auto request = server.Read();
+        capnp::MallocMessageBuilder answer;
+        server.WriteSoon(Numbered(answer, 10 + IdOf(std::move(request))));
+        // The first two wait for the last of the run; the last goes when the server
+        // would wait for more.
+        if (i < 2) {
+          EXPECT_FALSE(Readable(pair.a.get())) << "answer " << i << " not held";
+        }
+      }
+      server.Read();  // flushes, then sees the end
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
+  });
+  for (uint64_t id : {11, 12, 13}) EXPECT_EQ(IdOf(client.Read()), id);
+  ::shutdown(pair.a.get(), SHUT_WR);
+  serving.join();
+}
+
+TEST(FrameStream, WriteSoonOffTheReadingThreadWritesAtOnce) {
+  SocketPair pair;
+  FrameStream out(pair.a.get(), 1 << 20), in(pair.b.get(), 1 << 20);
+  capnp::MallocMessageBuilder message;
+  out.WriteSoon(Numbered(message, 7));
+  EXPECT_EQ(IdOf(in.Read()), 7u);
+}
+
+TEST(HoldFlusher, SendsWhatIsHeldAfterTheHold) {
+  SocketPair pair;
+  auto out = std::make_shared<FrameStream>(pair.a.get(), 1 << 20);
+  FrameStream in(pair.b.get(), 1 << 20);
+  HoldFlusher flusher(std::chrono::microseconds(200));
+  for (uint64_t id = 1; id <= 3; ++id) {
+    capnp::MallocMessageBuilder message;
+    if (out->Hold(Numbered(message, id))) flusher.Due(out);
+  }
+  // Read blocks until the flusher has sent the run.
+  for (uint64_t id : {1, 2, 3}) EXPECT_EQ(IdOf(in.Read()), id);
+}
+
+TEST(HoldFlusher, FlushesWhatIsDueWhenItEnds) {
+  SocketPair pair;
+  auto out = std::make_shared<FrameStream>(pair.a.get(), 1 << 20);
+  FrameStream in(pair.b.get(), 1 << 20);
+  {
+    HoldFlusher flusher(std::chrono::hours(1));
+    capnp::MallocMessageBuilder message;
+    ASSERT_TRUE(out->Hold(Numbered(message, 5)));
+    flusher.Due(out);
+  }
+  EXPECT_EQ(IdOf(in.Read()), 5u);
 }
 
 }  // namespace
