@@ -273,8 +273,9 @@ class MigrationTest(unittest.TestCase):
             c.kill("node2")
             c.wait_for(lambda: c.run("node1", "cat", "/data/hog.status", check=False).stdout,
                        90, "the job to end")
-            move = c.run("node1", "cat", "/data/move.out").stdout
-            self.assertIn(f"job {pid} stays on node1", move)
+            c.wait_for(lambda: f"job {pid} stays on node1" in
+                       c.run("node1", "cat", "/data/move.out").stdout, 60,
+                       "mosmigrate to say the job stays")
             self.assertEqual(c.run("node1", "cat", "/data/hog.status").stdout, "0\n")
             self.assertEqual(c.run("node1", "cat", "/data/hog").stdout,
                              "".join(f"{i}\n" for i in range(40)))

@@ -132,7 +132,11 @@ class SignalDeliveryTest(unittest.TestCase):
         os.kill(pid, signal.SIGUSR1)
         c.wait_for(lambda: [j["where"] for j in jobs(c) if j["user"] == self.user] ==
                    [target], 60, f"the job to run on {target}")
-        self.assertIn(f"now runs on {target}", read(os.path.join(work, "moved")))
+        # mosmigrate says so once it hears, which may be after mosps shows it.
+        moved = os.path.join(work, "moved")
+        c.wait_for(lambda: "now runs on" in read(moved), 60,
+                   "mosmigrate to say where the job runs")
+        self.assertIn(f"now runs on {target}", read(moved))
         self.wait_count(c, work, 2, 30)
         # And one sent to the job where it runs now.
         self.signal_and_count(c, work, pid, 3)
