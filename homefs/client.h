@@ -73,7 +73,8 @@ int LostCallError(bool hard, bool resend);
 
 // How long a request sent behind may wait for others to go out with it. Two writers
 // appending on two nodes append a third more a second with 2 ms than with none (500 us
-// gains less, 5 ms no more); nobody waits on it: a wait for an answer sends what is held.
+// gains less, 5 ms no more). No call on this node waits it out: a wait for an answer sends
+// what is held (WritesBehind::BeforeWaiting), as does any other request.
 constexpr auto kHoldBehind = std::chrono::milliseconds(2);
 // Requests sent behind up to this size are held; bigger ones go out at once.
 constexpr size_t kMaxHeldRequestBytes = 16 * 1024;

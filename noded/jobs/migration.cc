@@ -435,10 +435,10 @@ RestoredHere RestoreHere(const std::string& dir,
   }
   if (claimed && home) home->restored(claim.token);
   ChildProcess init = ChildProcess::Adopt(result.init_pid);
-  return RestoredHere{std::move(result.lazy), std::move(init),
-                      DaemonEnds{std::move(in.write), std::move(in.read), std::move(out.read),
-                                 std::move(err.read), std::move(status.read), {}, {}, {}, {},
-                                 std::move(landing.carrier)}};
+  DaemonEnds ends{std::move(in.write), std::move(in.read), std::move(out.read),
+                  std::move(err.read), std::move(status.read)};
+  ends.carrier = std::move(landing.carrier);
+  return RestoredHere{std::move(result.lazy), std::move(init), std::move(ends)};
 }
 
 namespace {

@@ -23,19 +23,16 @@ bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
       eof_ok = false;  // part of a frame: an end of stream now cuts it
       continue;
     }
-    // Big bodies go straight to their destination (decrypted in place when a whole record
-    // fits); the rest through the buffer. The secure stream returns 0 only at the peer's
-    // end record (a cut connection throws).
     // What is held goes out before this thread waits for more: a writer that has the
     // lock sends it with its own message (waiting for that writer could wait for ever,
     // while its send waits for the peer, which waits for us to read).
     if (holding_.load(std::memory_order_relaxed)) {
       std::unique_lock lock(write_mutex_, std::try_to_lock);
-      if (lock.owns_lock() && !held_.empty()) {
-        std::vector<iovec> none(1);
-        WriteLocked(none);
-      }
+      if (lock.owns_lock()) FlushLocked();
     }
+    // Big bodies go straight to their destination (decrypted in place when a whole record
+    // fits); the rest through the buffer. The secure stream returns 0 only at the peer's
+    // end record (a cut connection throws).
     bool direct = size >= sizeof buffer_;
     char* into = direct ? out : buffer_;
     size_t room = direct ? size : sizeof buffer_;
@@ -125,17 +122,18 @@ bool FrameStream::Hold(capnp::MessageBuilder& message) {
     held_.insert(held_.end(), bytes, bytes + iov[i].iov_len);
   }
   holding_.store(true, std::memory_order_relaxed);
-  if (held_.size() >= kMaxHeldBytes) {
-    std::vector<iovec> none(1);
-    WriteLocked(none);
-  }
+  if (held_.size() >= kMaxHeldBytes) FlushLocked();
   return first;
 }
 
 void FrameStream::Flush() {
   std::lock_guard lock(write_mutex_);
+  FlushLocked();
+}
+
+void FrameStream::FlushLocked() {
   if (held_.empty()) return;
-  std::vector<iovec> none(1);
+  std::vector<iovec> none(1);  // the slot for what is held, and nothing after it
   WriteLocked(none);
 }
 

@@ -61,6 +61,8 @@ class FrameStream {
                       std::vector<iovec>& iov);
   // Writes `iov`, after what is held (with write_mutex_ held).
   void WriteLocked(std::vector<iovec>& iov);
+  // Writes what is held, if anything (with write_mutex_ held).
+  void FlushLocked();
 
   int fd_;
   std::shared_ptr<SecureStream> stream_;

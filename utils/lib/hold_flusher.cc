@@ -31,11 +31,8 @@ void HoldFlusher::Loop() {
   for (;;) {
     due_.wait(lock, [this] { return pending_ || stopping_; });
     if (!pending_) return;  // stopping, nothing due
-    if (!stopping_) {
-      lock.unlock();
-      std::this_thread::sleep_for(hold_);
-      lock.lock();
-    }
+    // The run gathers meanwhile; a flusher that ends sends it at once.
+    due_.wait_for(lock, hold_, [this] { return stopping_; });
     pending_ = false;
     auto stream = stream_.lock();
     lock.unlock();
