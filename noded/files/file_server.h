@@ -185,8 +185,10 @@ class FileSession {
   // The file `fh` was closed: the owners that locked only through it go.
   void DropOwnersOf(uint64_t fh);
   void WatchLoop();
-  // The watched objects and entries that `events` (inotify's) report changed by others.
-  std::set<std::pair<uint64_t, std::string>> ChangedBy(const char* events, size_t size);
+  // The watched objects and entries that `events` (inotify's) report changed by others,
+  // each once, in the order of their first change: a notice never overtakes an earlier
+  // change's, so one who hears of a change has heard of every change made before it.
+  std::vector<std::pair<uint64_t, std::string>> ChangedBy(const char* events, size_t size);
   // Remembers that this client itself changes what `request` names, so the notice of its
   // own change is not sent back to it: an object's content or attributes for a moment (an
   // open and a lock revalidate them), a directory entry by what the change leaves it

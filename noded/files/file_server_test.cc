@@ -19,6 +19,7 @@
 #include <functional>
 #include <future>
 #include <iterator>
+#include <memory>
 #include <random>
 #include <thread>
 
@@ -431,28 +432,34 @@ TEST_F(FileSessionTest, ForgetRacesReads) {
 // object's own change), waited for as the watcher thread sends them.
 class Notices {
  public:
-  explicit Notices(FileSession& session) {
-    session.Watch([this](uint64_t, uint64_t, const std::string& name) {
-      std::lock_guard lock(mutex_);
-      names_.push_back(name);
-      changed_.notify_all();
+  // The log is shared with the session's watcher, which may still be telling a notice
+  // after this object is gone (the session, a fixture member, outlives the test's body).
+  explicit Notices(FileSession& session) : log_(std::make_shared<Log>()) {
+    session.Watch([log = log_](uint64_t, uint64_t, const std::string& name) {
+      std::lock_guard lock(log->mutex);
+      log->names.push_back(name);
+      log->changed.notify_all();
     });
   }
   // Every name heard up to and with `last`, which a local process changed after the
   // changes under test: notices come in order, so what is not heard by then never is.
   std::vector<std::string> Until(const std::string& last) {
-    std::unique_lock lock(mutex_);
-    bool heard = changed_.wait_for(lock, std::chrono::seconds(30), [&] {
-      return std::find(names_.begin(), names_.end(), last) != names_.end();
+    std::unique_lock lock(log_->mutex);
+    bool heard = log_->changed.wait_for(lock, std::chrono::seconds(30), [&] {
+      return std::find(log_->names.begin(), log_->names.end(), last) != log_->names.end();
     });
     EXPECT_TRUE(heard) << "no notice of " << last;
-    return names_;
+    auto at = std::find(log_->names.begin(), log_->names.end(), last);
+    return {log_->names.begin(), at == log_->names.end() ? at : at + 1};
   }
 
  private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::vector<std::string> names_;
+  struct Log {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<std::string> names;
+  };
+  std::shared_ptr<Log> log_;
 };
 
 TEST_F(FileSessionTest, AClientsOwnNameChangesAreNotToldBack) {

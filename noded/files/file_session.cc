@@ -757,9 +757,11 @@ void FileSession::Watch(Notify notify) {
   watcher_ = std::thread([this] { WatchLoop(); });
 }
 
-std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* events, size_t size) {
+std::vector<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* events,
+                                                                    size_t size) {
   // One notice per object or entry per batch, none for this client's own changes.
-  std::set<std::pair<uint64_t, std::string>> changed;
+  std::vector<std::pair<uint64_t, std::string>> changed;
+  std::set<std::pair<uint64_t, std::string>> told;
   auto now = std::chrono::steady_clock::now();
   std::lock_guard lock(mutex_);
   for (const char* at = events; at < events + size;) {
@@ -785,7 +787,7 @@ std::set<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char* ev
                (event->mask & ~(own->second.events | IN_ISDIR)) == 0) {
       continue;
     }
-    changed.insert(key);
+    if (told.insert(key).second) changed.push_back(std::move(key));
   }
   // Swept a few times a window, not at every batch: a sweep visits every entry, and a
   // burst of creates makes thousands while its events come in batches of a few.
