@@ -87,7 +87,11 @@ using namespace file_ops;
 
 namespace {
 
-constexpr auto kOwnChangeWindow = std::chrono::seconds(1);
+constexpr auto kOwnChangeWindow = std::chrono::milliseconds(1000);
+// The own-change records are swept this often: a sweep visits every record, and a burst
+// of creates or unlinks makes thousands while their events come in batches of a few.
+constexpr auto kOwnSweepPeriod = kOwnChangeWindow / 4;
+static_assert(kOwnSweepPeriod > std::chrono::milliseconds(0));
 
 // The daemon's own fs ids, and with them its fs capabilities, on this thread while it
 // lives; then the caller's again.
@@ -789,9 +793,7 @@ std::vector<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char*
     }
     if (told.insert(key).second) changed.push_back(std::move(key));
   }
-  // Swept a few times a window, not at every batch: a sweep visits every entry, and a
-  // burst of creates makes thousands while its events come in batches of a few.
-  if (now - own_pruned_at_ >= kOwnChangeWindow / 4) {
+  if (now - own_pruned_at_ >= kOwnSweepPeriod) {
     own_pruned_at_ = now;
     std::erase_if(own_, [&](const auto& own) { return now - own.second.at > kOwnChangeWindow; });
     std::erase_if(own_entries_, [&](const auto& own) {
