@@ -456,7 +456,9 @@ void FileClient::Post(capnp::MessageBuilder& message, uint64_t generation) {
   }
   message.getRoot<schema::FileRequest>().setVersion(schema::FILES_VERSION);
   try {
-    stream->Write(message);
+    // Nobody waits for it: it goes with the next request, or with the requests behind
+    // held with it (a file's forget follows its unlink), at most kHoldBehind later.
+    if (stream->Hold(message)) flusher_.Due(stream);
   } catch (const Error&) {
     // The receiving thread notices the broken connection.
   }

@@ -138,7 +138,8 @@ class FileClient {
   bool hard() const { return options_.hard; }
   // This client's id, in every hello: the home's replay cache is keyed by it.
   uint64_t id() const { return id_; }
-  // Sends a request the home does not answer (forget), if still on `generation`.
+  // Sends a request the home does not answer (forget), if still on `generation`: held
+  // to go out with others, as a request behind is.
   void Post(capnp::MessageBuilder& message, uint64_t generation);
   // Sends the requests behind held to go out together (Send) now: their answers are
   // waited for.
