@@ -1362,6 +1362,9 @@ void Fs::Release(Request r, Op op, fuse_file_info* fi) {
   auto rq = message.initRoot<schema::FileRequest>();
   rq.setOp(op);
   rq.setFh(h.remote);
+  // Nobody waits for it: it goes out with the requests around it, as one sent behind,
+  // unless it lets go of a flock, which another node's process may be waiting for.
+  if (!h.flocker) rq.setBehind(true);
   client_.Send(message, h.generation, [](int, IncomingMessage*) {});
   r.Err(0);
 }
