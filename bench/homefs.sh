@@ -12,7 +12,9 @@
 # /mosix/home; sshfs mounts the same directory
 # through a private sshd on loopback; passthrough_ll (libfuse's example, built here from
 # the sources libfuse3-dev installs) mounts it locally, with no network: FUSE's own cost,
-# the floor for homefs. The table is kept in bench/results/homefs.md.
+# the floor for homefs. Under the table, the network's own floor for random reads: a TCP
+# round trip between two processes (bench/tcp_round_trip.cc) added to passthrough_ll's
+# read. The table is kept in bench/results/homefs.md.
 #   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--set KEY=VALUE ...]
 # --set goes to the loopcluster's nodes (files.sync_replay_log=true: the home syncs its
 # replay log before each create, unlink, rename and append).
@@ -219,6 +221,10 @@ echo "bench homefs: locks" >&2
 for t in $TARGETS; do R[$t,lock]=$(locks $t); done
 for t in $TARGETS; do run_in ${WHERE[$t]} rm -rf "${DIR[$t]}"; done
 
+# The round trip between two processes on loopback (what any networked file system adds
+# to a local FUSE call), measured now, on the same loaded or quiet machine.
+RTT_US=$("$HOMEWARD_BUILD/bench/tcp_round_trip" --reply 4096)
+
 ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')" 2>/dev/null || echo "-"; }
 RESULTS=$ROOT/bench/results/homefs.md
 mkdir -p "$(dirname "$RESULTS")"
@@ -239,4 +245,16 @@ mkdir -p "$(dirname "$RESULTS")"
       "$(ratio "${R[homefs,$key]}" "${R[sshfs,$key]}")" \
       "$(ratio "${R[homefs,$key]}" "${R[passthrough,$key]}")"
   done
+  echo
+  python3 - "$RTT_US" "${R[passthrough,rand]}" "${R[homefs,rand]}" <<'PY'
+import sys
+rtt, pt, homefs = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+pt_us = 1e6 / pt
+floor = 1e6 / (pt_us + rtt)
+print(f"The network's floor for 4 KiB random reads: a TCP round trip on loopback between two "
+      f"processes (64 B asked, 4 KiB answered) takes {rtt:.1f} us here (median), and "
+      f"passthrough_ll's read {pt_us:.1f} us, so a networked file system reads at most "
+      f"{floor:.0f} times a second here ({floor / pt:.2f}x passthrough_ll); homefs makes "
+      f"{homefs / floor:.2f}x of that.")
+PY
 } | tee "$RESULTS"
