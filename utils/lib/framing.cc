@@ -1,6 +1,9 @@
 // Stream framing for Cap'n Proto messages.
 #include "framing.h"
 
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <cstring>
 
 #include <kj/exception.h>
@@ -84,7 +87,19 @@ std::optional<IncomingMessage> FrameDecoder::Next() {
 void WriteFrame(int fd, capnp::MessageBuilder& message) {
   auto words = EncodeFrame(message);
   auto bytes = words.asBytes();
-  WriteAll(fd, bytes.begin(), bytes.size(), "message");
+  const auto* at = bytes.begin();
+  size_t left = bytes.size();
+  while (left > 0) {
+    // On a socket, a peer gone is an error (EPIPE), never a SIGPIPE that kills the
+    // command: a daemon closes its control socket whenever it restarts (mosctl reload
+    // asks the restarting daemon until the new one answers).
+    ssize_t n = ::send(fd, at, left, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == ENOTSOCK) return WriteAll(fd, at, left, "message");
+    if (n < 0) throw SystemError(errno, "write message");
+    at += n;
+    left -= static_cast<size_t>(n);
+  }
 }
 
 std::optional<IncomingMessage> ReadFrame(int fd, FrameDecoder& decoder) {

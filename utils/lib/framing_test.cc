@@ -5,6 +5,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstdlib>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -114,6 +117,28 @@ TEST(FramingTest, BlockingReadDetectsCutMidFrame) {
     EXPECT_EQ(e.kind(), ErrorKind::kDisconnected);
     EXPECT_THAT(e.what(), HasSubstr("middle of a message"));
   }
+}
+
+// A command writing to a daemon that has just closed its socket (a reload restarts it)
+// gets an error it can handle, not a SIGPIPE that kills it.
+TEST(FramingTest, WritingToAClosedPeerIsAnErrorNotASignal) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  Fd writer = Fd::Adopt(fds[0]);
+  ::close(fds[1]);
+  capnp::MallocMessageBuilder message;
+  message.initRoot<schema::ControlReply>().initStatus().setName("node1");
+  EXPECT_EXIT(
+      {
+        ::signal(SIGPIPE, SIG_DFL);
+        try {
+          WriteFrame(writer.get(), message);
+        } catch (const Error& e) {
+          std::_Exit(std::string(e.what()).find("Broken pipe") != std::string::npos ? 3 : 4);
+        }
+        std::_Exit(5);
+      },
+      ::testing::ExitedWithCode(3), "");
 }
 
 TEST(FramingTest, BlockingReadCleanEnd) {
