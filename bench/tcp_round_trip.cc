@@ -56,16 +56,6 @@ bool ReadAll(int fd, char* into, size_t size) {
   return true;
 }
 
-void WriteAll(int fd, const char* from, size_t size) {
-  while (size > 0) {
-    ssize_t n = ::send(fd, from, size, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw SystemError(errno, "send");
-    from += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
 // The answering process, from its own address as a peer node's would be: a reply for
 // every request until the asker closes.
 [[noreturn]] void Answer(const sockaddr_in& server, const sockaddr_in& from, size_t reply) {
@@ -77,7 +67,9 @@ void WriteAll(int fd, const char* from, size_t size) {
   }
   NoDelay(fd.get());
   std::vector<char> buffer(std::max(reply, kRequestBytes));
-  while (ReadAll(fd.get(), buffer.data(), kRequestBytes)) WriteAll(fd.get(), buffer.data(), reply);
+  while (ReadAll(fd.get(), buffer.data(), kRequestBytes)) {
+    WriteAll(fd.get(), buffer.data(), reply, "answer");
+  }
   ::_exit(0);
 }
 
@@ -114,7 +106,7 @@ int main(int argc, char** argv) {
     micros.reserve(static_cast<size_t>(calls));
     for (int i = 0; i < calls + calls / 10; ++i) {
       auto start = std::chrono::steady_clock::now();
-      WriteAll(peer.get(), buffer.data(), kRequestBytes);
+      WriteAll(peer.get(), buffer.data(), kRequestBytes, "request");
       if (!ReadAll(peer.get(), buffer.data(), reply)) throw SystemError(EPIPE, "answer");
       std::chrono::duration<double, std::micro> took = std::chrono::steady_clock::now() - start;
       if (i >= calls / 10) micros.push_back(took.count());  // the first tenth warms up

@@ -113,9 +113,10 @@ struct FileRequest {
   carryPid @28 :Int32;
   parked @29 :List(ParkedLock);
   carriedFrom @30 :UInt64;
-  # The client answered its caller before sending this (a write or a removal sent behind):
-  # it runs in order with the connection's writes, and may have waited a moment to go out
-  # with others (FileClient's kHoldBehind).
+  # Nobody waits for this one's answer: a write or a removal sent behind (the client
+  # answered its caller before sending it), or a release that lets go of no flock. It runs
+  # in order with the connection's writes, and may have waited a moment to go out with
+  # others (FileClient's kHoldBehind).
   behind @31 :Bool;
 }
 
