@@ -225,6 +225,8 @@ void FileServer::Serve(std::unique_ptr<SecureStream> secure, const PeerIdentity&
   // context of its own with umask 0, so that it never changes the daemon's.
   if (::unshare(CLONE_FS) == 0) ::umask(0);
   auto stream = std::make_shared<FrameStream>(connection, kMaxFileFrameBytes);
+  // No answer leaves before the replay log has the outcome it tells.
+  stream->BeforeEachSend([this] { replay_.WriteDeferred(); });
   auto session = OpenSession(peer, stream);
   // Jobs hold the connection open until their reply is written: the gate counts them, and
   // the connection closes (below) only once they are all done.

@@ -207,8 +207,9 @@ class FileSession {
   // Whether entry `key` (directory node, name) holds what one of this client's changes
   // left it holding (mutex_ held).
   bool HoldsOwn(const std::pair<uint64_t, std::string>& key, const OwnEntry& own);
-  // Whether the event of entry `key` is this client's own change (mutex_ held).
-  bool OwnEntryEvent(const std::pair<uint64_t, std::string>& key,
+  // Whether the event of entry `key` is this client's own change (mutex_ held);
+  // `emptied`: the event removed or moved away what the entry held.
+  bool OwnEntryEvent(const std::pair<uint64_t, std::string>& key, bool emptied,
                      std::chrono::steady_clock::time_point now);
   // Node descriptors (see Node): `node`'s, opened again from its file handle if it was
   // reclaimed; and reclaiming those of nodes no request holds, least recently used
@@ -227,6 +228,11 @@ class FileSession {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> by_inode_;
   // Nodes whose descriptor may be reclaimed and is open, the most recently used first.
   std::list<uint64_t> open_nodes_;
+  // Half the descriptor limit, read again every kBudgetReadEvery reclaims (a system call
+  // saved on most lookups; the limit changes only by an administrator's prlimit).
+  static constexpr int kBudgetReadEvery = 64;
+  int64_t fd_budget_ = 0;
+  int reclaims_since_read_ = 0;
   // A directory of each mount seen (by mount id), which open_by_handle_at names the mount by.
   std::unordered_map<int, Fd> mounts_;
   std::unordered_map<uint64_t, std::shared_ptr<OpenFile>> handles_;

@@ -492,6 +492,23 @@ TEST_F(FileSessionTest, AnObjectThisClientRemovedIsNotToldBack) {
   EXPECT_EQ(std::count(names.begin(), names.end(), ""), 0);  // no object's own notice
 }
 
+// A removal's event is judged by what it left (nothing, as this client's unlink left it),
+// not by a look at the entry: a name made again by anyone else right after is still told,
+// by its own event.
+TEST_F(FileSessionTest, ANameThisClientRemovedAndAnotherMadeAgainIsTold) {
+  Notices heard(*session_);
+  auto dir = Call(Op::LOOKUP, 1, "dir");
+  ASSERT_EQ(dir.error, 0);
+  ASSERT_EQ(Call(Op::UNLINK, dir.node, "file").error, 0);
+  std::ofstream(base_ + "/export/dir/marker") << "x";
+  auto names = heard.Until("marker");
+  EXPECT_EQ(std::count(names.begin(), names.end(), "file"), 0);  // its own removal
+  std::ofstream(base_ + "/export/dir/file") << "again";
+  std::ofstream(base_ + "/export/dir/marker2") << "x";
+  names = heard.Until("marker2");
+  EXPECT_GE(std::count(names.begin(), names.end(), "file"), 1);  // made by another
+}
+
 // A client's writes to a file report its content changed on the file's watch: its own
 // change, not told back. An attribute changed by anyone else right after (a mode, a
 // capability set at the home) is told all the same: it is not what a write does.

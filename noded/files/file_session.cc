@@ -95,18 +95,24 @@ static_assert(kOwnSweepPeriod > std::chrono::milliseconds(0));
 
 // The daemon's own fs ids, and with them its fs capabilities, on this thread while it
 // lives; then the caller's again.
+// A caller served as root has them already: nothing to change.
 class AsDaemon {
  public:
-  AsDaemon() {
+  AsDaemon() : changes_(current_credentials.uid != 0 || current_credentials.gid != 0) {
+    if (!changes_) return;
     ::syscall(SYS_setfsuid, 0);
     ::syscall(SYS_setfsgid, 0);
   }
   ~AsDaemon() {
+    if (!changes_) return;
     ::syscall(SYS_setfsgid, current_credentials.gid);
     ::syscall(SYS_setfsuid, current_credentials.uid);
   }
   AsDaemon(const AsDaemon&) = delete;
   AsDaemon& operator=(const AsDaemon&) = delete;
+
+ private:
+  bool changes_;
 };
 
 // A descriptor that open_by_handle_at takes to name the mount of directory `dir` (an
@@ -147,12 +153,17 @@ void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
     if (::syscall(SYS_setgroups, groups.size(), groups.data()) < 0) throw OpError{errno};
     cur.groups = std::move(groups);
   }
+  // setfsuid and setfsgid report no error; reading the id back (an invalid one changes
+  // nothing) does. Checked when changed: the thread keeps the ids between requests, and
+  // `cur` says what they are only once they are read back.
   if (gid != cur.gid) {
     ::syscall(SYS_setfsgid, gid);
+    if (static_cast<uint32_t>(::syscall(SYS_setfsgid, -1)) != gid) throw OpError{EPERM};
     cur.gid = gid;
   }
   if (uid != cur.uid) {
     ::syscall(SYS_setfsuid, uid);
+    if (static_cast<uint32_t>(::syscall(SYS_setfsuid, -1)) != uid) throw OpError{EPERM};
     cur.uid = uid;
   }
   // Each serving thread has an fs context of its own (unshare(CLONE_FS)), so its umask
@@ -161,11 +172,6 @@ void Become(schema::Credentials::Reader cred, FileSession::Root peer_root) {
   if (mask != cur.umask) {
     ::umask(mask);
     cur.umask = mask;
-  }
-  // setfsuid reports no error; reading it back (an invalid id changes nothing) does.
-  if (static_cast<uint32_t>(::syscall(SYS_setfsuid, -1)) != uid ||
-      static_cast<uint32_t>(::syscall(SYS_setfsgid, -1)) != gid) {
-    throw OpError{EPERM};
   }
 }
 
@@ -240,9 +246,13 @@ void FileSession::UsedLocked(uint64_t id, Node& node) {
 }
 
 void FileSession::ReclaimLocked() {
-  rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
-  auto budget = static_cast<int64_t>(limit.rlim_cur / 2);
+  if (reclaims_since_read_-- <= 0) {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+    fd_budget_ = static_cast<int64_t>(limit.rlim_cur / 2);
+    reclaims_since_read_ = kBudgetReadEvery;
+  }
+  int64_t budget = fd_budget_;
   // From the least recently used, past those a request holds.
   for (auto it = open_nodes_.end(); open_node_fds.load() > budget && it != open_nodes_.begin();) {
     --it;
@@ -737,13 +747,21 @@ bool FileSession::HoldsOwn(const std::pair<uint64_t, std::string>& key, const Ow
   return std::find(own.holds.begin(), own.holds.end(), now) != own.holds.end();
 }
 
-bool FileSession::OwnEntryEvent(const std::pair<uint64_t, std::string>& key,
+bool FileSession::OwnEntryEvent(const std::pair<uint64_t, std::string>& key, bool emptied,
                                 std::chrono::steady_clock::time_point now) {
   auto it = own_entries_.find(key);
   if (it == own_entries_.end()) return false;
   OwnEntry& own = it->second;
+  // An event that left the entry empty is the client's own when one of its changes left
+  // it so, without a look at the entry (a lookup that scans a big directory): whatever
+  // came after has an event of its own.
+  auto left_as_own = [&] {
+    return (emptied && std::find(own.holds.begin(), own.holds.end(), EntryHolds{}) !=
+                           own.holds.end()) ||
+           HoldsOwn(key, own);
+  };
   // A create in flight: checked when it is answered (EndOwnChange).
-  if (!own.pending && (now - own.at >= kOwnChangeWindow || !HoldsOwn(key, own))) return false;
+  if (!own.pending && (now - own.at >= kOwnChangeWindow || !left_as_own())) return false;
   own.heard = true;
   return true;
 }
@@ -785,7 +803,7 @@ std::vector<std::pair<uint64_t, std::string>> FileSession::ChangedBy(const char*
     if (event->len && !(event->mask & kNameChanges)) continue;
     std::pair<uint64_t, std::string> key{it->second, event->len ? event->name : ""};
     if (event->len) {
-      if (OwnEntryEvent(key, now)) continue;
+      if (OwnEntryEvent(key, event->mask & (IN_DELETE | IN_MOVED_FROM), now)) continue;
     } else if (auto own = own_.find(key.first);
                own != own_.end() && now - own->second.at < kOwnChangeWindow &&
                (event->mask & ~(own->second.events | IN_ISDIR)) == 0) {

@@ -30,6 +30,10 @@ ReplayCache::ReplayCache(std::string path, Durability durability)
   Compact();
 }
 
+ReplayCache::~ReplayCache() {
+  WriteDeferred();
+}
+
 void ReplayCache::Apply(const Record& r) {
   if (r.kind == 3 || r.kind == 4) {
     // An append's base, in two halves after its `started`.
@@ -53,16 +57,26 @@ void ReplayCache::Apply(const Record& r) {
   while (ids.size() > kPerClient) ids.erase(ids.begin());
 }
 
-uint64_t ReplayCache::Append(const Record& r) {
+uint64_t ReplayCache::Append(std::initializer_list<Record> records) {
   if (!log_.valid()) return 0;
-  // A short write (a full disk) costs only the memory of this request after a restart.
-  if (::write(log_.get(), &r, sizeof r) != static_cast<ssize_t>(sizeof r)) {
+  deferred_.insert(deferred_.end(), records.begin(), records.end());
+  size_t bytes = deferred_.size() * sizeof(Record);
+  // A short write (a full disk) costs only the memory of these requests after a restart.
+  if (::write(log_.get(), deferred_.data(), bytes) != static_cast<ssize_t>(bytes)) {
     spdlog::warn("file service: replay log {}: {}", path_, std::strerror(errno));
   }
-  log_bytes_ += sizeof r;
+  deferred_.clear();
+  has_deferred_.store(false, std::memory_order_relaxed);
+  log_bytes_ += bytes;
   if (log_bytes_ > kCompactBytes) Compact();  // synced whole before the rename
   std::lock_guard lock(sync_mutex_);
   return ++appended_;
+}
+
+void ReplayCache::WriteDeferred() {
+  if (!has_deferred_.load(std::memory_order_relaxed)) return;
+  std::lock_guard lock(mutex_);
+  if (!deferred_.empty()) Append({});
 }
 
 void ReplayCache::Sync(uint64_t seq) {
@@ -158,7 +172,7 @@ void ReplayCache::Start(uint64_t client, uint64_t id) {
     std::lock_guard lock(mutex_);
     Record r{client, id, 0, 0};
     Apply(r);
-    seq = Append(r);
+    seq = Append({r});
   }
   Sync(seq);  // durable: on the disk before the request's system call
 }
@@ -168,12 +182,11 @@ void ReplayCache::StartAppend(uint64_t client, uint64_t id, int64_t base) {
   {
     std::lock_guard lock(mutex_);
     auto value = static_cast<uint64_t>(base);
-    for (Record r :
-         {Record{client, id, 0, 0}, Record{client, id, 3, static_cast<int32_t>(value & 0xffffffff)},
-          Record{client, id, 4, static_cast<int32_t>(value >> 32)}}) {
-      Apply(r);
-      seq = Append(r);
-    }
+    Record started{client, id, 0, 0};
+    Record low{client, id, 3, static_cast<int32_t>(value & 0xffffffff)};
+    Record high{client, id, 4, static_cast<int32_t>(value >> 32)};
+    for (const Record& r : {started, low, high}) Apply(r);
+    seq = Append({started, low, high});
   }
   Sync(seq);  // durable: on the disk before the write
 }
@@ -184,7 +197,12 @@ void ReplayCache::Finish(uint64_t client, uint64_t id, int err) {
     std::lock_guard lock(mutex_);
     Record r{client, id, 1, err};
     Apply(r);
-    seq = Append(r);
+    if (err == 0 && log_.valid()) {
+      deferred_.push_back(r);
+      has_deferred_.store(true, std::memory_order_relaxed);
+      return;
+    }
+    seq = Append({r});
   }
   // Durable, a failure's answer is on the disk before the reply: performed again after a power
   // loss, the call could meet the very error that marks a started request as done. A
@@ -201,7 +219,7 @@ void ReplayCache::Ack(uint64_t client, uint64_t oldest) {
   if (it == clients_.end() || it->second.empty() || it->second.begin()->first >= oldest) return;
   Record r{client, oldest, 2, 0};
   Apply(r);
-  Append(r);
+  Append({r});
 }
 
 size_t ReplayCache::size() {

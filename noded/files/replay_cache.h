@@ -7,7 +7,10 @@
 // when the daemon starts. A `started` record is written (to the kernel) before Start
 // returns, so before the request's system call, and a `done` record before the reply: a
 // daemon killed, crashed or restarted at any point finds every request it began (one
-// found only started is judged by its outcome in the tree).
+// found only started is judged by its outcome in the tree). A success's `done` waits in
+// memory for the next record or the next reply (WriteDeferred, which the file service
+// calls before each send), so a run of requests costs one write each, not two, and no
+// answer ever leaves before the record of what it answers.
 //
 // Durable (`[files] sync_replay_log`), a `started` record is also on the disk (fdatasync)
 // before the system call, so it outlives the home's power loss or kernel crash, and so
@@ -21,7 +24,9 @@
 // the server forget everything older of that client.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
+#include <initializer_list>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -29,6 +34,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "fd.h"
 
@@ -61,6 +67,7 @@ class ReplayCache {
   // `path` empty: in memory only (tests, a daemon without a state directory). Otherwise
   // the log is read, compacted to what is still remembered, and appended to from then on.
   explicit ReplayCache(std::string path = {}, Durability durability = Durability::kWritten);
+  ~ReplayCache();  // writes what is deferred
   ReplayCache(const ReplayCache&) = delete;
   ReplayCache& operator=(const ReplayCache&) = delete;
 
@@ -69,7 +76,10 @@ class ReplayCache {
   // An O_APPEND write about to be made to a file of `base` bytes: a write started and not
   // logged done can then be found in the file (FileSession::Perform).
   void StartAppend(uint64_t client, uint64_t id, int64_t base);
+  // A success's record is deferred (see WriteDeferred); a failure's is written at once.
   void Finish(uint64_t client, uint64_t id, int err);
+  // Writes the deferred records, if any: before any answer leaves (cheap when none are).
+  void WriteDeferred();
   // The client has the answers of every request before `oldest`.
   void Ack(uint64_t client, uint64_t oldest);
   size_t size();
@@ -82,8 +92,9 @@ class ReplayCache {
     int32_t err;
   };
   void Apply(const Record& r);
-  // Returns the record's sequence number, for Sync (with mutex_ held).
-  uint64_t Append(const Record& r);
+  // Writes the deferred records and then `records` in one write; returns the write's
+  // sequence number, for Sync (with mutex_ held).
+  uint64_t Append(std::initializer_list<Record> records);
   void Compact();
   // Returns once every record up to `seq` is on the disk (mutex_ not held).
   void Sync(uint64_t seq);
@@ -105,6 +116,8 @@ class ReplayCache {
   std::map<std::pair<uint64_t, uint64_t>, int64_t> append_bases_;
   Fd log_;
   size_t log_bytes_ = 0;
+  std::vector<Record> deferred_;         // applied, not yet written (under mutex_)
+  std::atomic<bool> has_deferred_{false};  // deferred_ is not empty (read without the lock)
 };
 
 }  // namespace homeward

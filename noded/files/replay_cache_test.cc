@@ -125,10 +125,36 @@ TEST_F(ReplayTest, OutlivesTheDaemonInItsLog) {
   EXPECT_EQ(third.Find(1, 4).state, State::kDone);
 }
 
+// A success's record waits for the next record or for WriteDeferred (before an answer is
+// sent); a failure's is written at once. What a daemon killed now would leave is read
+// from a copy of its log.
+TEST_F(ReplayTest, ASuccesssRecordIsWrittenWithTheNextRecordOrBeforeAnAnswer) {
+  ReplayCache cache(log_);
+  auto killed_now = [&] {
+    std::string copy = base_ + "/state/copy";
+    fs::copy_file(log_, copy, fs::copy_options::overwrite_existing);
+    return std::make_unique<ReplayCache>(copy);
+  };
+  cache.Start(1, 1);
+  cache.Finish(1, 1, 0);
+  EXPECT_EQ(cache.Find(1, 1).state, State::kDone);         // known at once
+  EXPECT_EQ(killed_now()->Find(1, 1).state, State::kStarted);  // not yet written
+  cache.Start(1, 2);  // written with this one
+  EXPECT_EQ(killed_now()->Find(1, 1).state, State::kDone);
+  cache.Finish(1, 2, EEXIST);  // a failure: at once
+  EXPECT_EQ(killed_now()->Find(1, 2).err, EEXIST);
+  cache.Start(1, 3);
+  cache.Finish(1, 3, 0);
+  cache.WriteDeferred();
+  EXPECT_EQ(killed_now()->Find(1, 3).state, State::kDone);
+  cache.WriteDeferred();  // nothing deferred: nothing written
+  cache.Finish(1, 4, 0);
+}
+
 TEST_F(ReplayTest, RecordsFromManyThreadsAtOnceAreAllInTheLog) {
   // Durable, with group commit: threads share syncs; each one's records are in the log
-  // once Start and Finish return, across a compaction too (kPerClient records per client,
-  // many clients).
+  // (a success's once it is no longer deferred: at the latest when the cache ends),
+  // across a compaction too (kPerClient records per client, many clients).
   {
     ReplayCache cache(log_, ReplayCache::Durability::kSynced);
     std::vector<std::thread> threads;

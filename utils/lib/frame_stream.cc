@@ -147,6 +147,7 @@ void FrameStream::WriteSoon(capnp::MessageBuilder& message) {
 }
 
 void FrameStream::WriteLocked(std::vector<iovec>& iov) {
+  if (before_send_) before_send_();
   iov[0] = {held_.data(), held_.size()};
   if (stream_) {
     stream_->Write(iov.data(), iov.size());

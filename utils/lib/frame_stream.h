@@ -9,6 +9,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -52,6 +53,11 @@ class FrameStream {
   // more). Else as Write.
   void WriteSoon(capnp::MessageBuilder& message);
 
+  // Runs before anything is sent, with the stream's writers held off: what must be
+  // recorded before an answer leaves (the file service's replay log). Set before the
+  // stream is shared.
+  void BeforeEachSend(std::function<void()> hook) { before_send_ = std::move(hook); }
+
   static constexpr size_t kMaxHeldBytes = 64 * 1024;
 
  private:
@@ -67,6 +73,7 @@ class FrameStream {
   int fd_;
   std::shared_ptr<SecureStream> stream_;
   size_t max_frame_bytes_;
+  std::function<void()> before_send_;
   std::mutex write_mutex_;
   std::vector<char> held_;  // under write_mutex_
   std::atomic<bool> holding_{false};  // held_ is not empty (read without the lock)

@@ -237,6 +237,27 @@ TEST(FrameStream, WriteSoonOffTheReadingThreadWritesAtOnce) {
   EXPECT_EQ(IdOf(in.Read()), 7u);
 }
 
+// The hook runs before each send, never for a message only held: what it records (the
+// file service's replay log) is there before the peer can read the answer.
+TEST(FrameStream, TheHookRunsBeforeEachSendAndNotForAHold) {
+  SocketPair pair;
+  FrameStream out(pair.a.get(), 1 << 20), in(pair.b.get(), 1 << 20);
+  std::vector<bool> readable_at_hook;
+  out.BeforeEachSend([&] { readable_at_hook.push_back(Readable(pair.b.get())); });
+  capnp::MallocMessageBuilder m1, m2, m3;
+  out.Hold(Numbered(m1, 1));
+  EXPECT_TRUE(readable_at_hook.empty());
+  out.Flush();
+  EXPECT_EQ(IdOf(in.Read()), 1u);
+  out.Write(Numbered(m2, 2));
+  EXPECT_EQ(IdOf(in.Read()), 2u);
+  out.Hold(Numbered(m3, 3));
+  out.Flush();
+  out.Flush();  // nothing held: nothing sent, no hook
+  EXPECT_EQ(IdOf(in.Read()), 3u);
+  EXPECT_EQ(readable_at_hook, (std::vector<bool>{false, false, false}));
+}
+
 TEST(HoldFlusher, SendsWhatIsHeldAfterTheHold) {
   SocketPair pair;
   auto out = std::make_shared<FrameStream>(pair.a.get(), 1 << 20);
