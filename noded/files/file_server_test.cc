@@ -492,6 +492,27 @@ TEST_F(FileSessionTest, AnObjectThisClientRemovedIsNotToldBack) {
   EXPECT_EQ(std::count(names.begin(), names.end(), ""), 0);  // no object's own notice
 }
 
+// A file the caller may not read is watched all the same (the daemon adds the watch):
+// another's change of it is told.
+TEST_F(FileSessionTest, AFileTheCallerMayNotReadIsWatchedAllTheSame) {
+  Notices heard(*session_);
+  auto as_nobody = [](schema::FileRequest::Builder rq) {
+    rq.initCred().setUid(FileSession::kSquashedId);
+    rq.getCred().setGid(FileSession::kSquashedId);
+  };
+  std::ofstream(base_ + "/export/dir/sealed") << "x";
+  ASSERT_EQ(::chmod((base_ + "/export/dir/sealed").c_str(), 0), 0);
+  auto dir = Call(Op::LOOKUP, 1, "dir", as_nobody);
+  ASSERT_EQ(dir.error, 0);
+  auto sealed = Call(Op::LOOKUP, dir.node, "sealed", as_nobody);
+  ASSERT_EQ(sealed.error, 0);
+  ASSERT_EQ(Call(Op::GETATTR, 1, "").error, 0);  // this thread's fs ids root's again
+  ASSERT_EQ(::chmod((base_ + "/export/dir/sealed").c_str(), 0400), 0);
+  std::ofstream(base_ + "/export/dir/marker") << "x";
+  auto names = heard.Until("marker");
+  EXPECT_GE(std::count(names.begin(), names.end(), ""), 1);  // the object's own notice
+}
+
 // A removal's event is judged by what it left (nothing, as this client's unlink left it),
 // not by a look at the entry: a name made again by anyone else right after is still told,
 // by its own event.

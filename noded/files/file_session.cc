@@ -306,12 +306,20 @@ bool FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   node->key = key;
   uint64_t id = next_node_++;
   if (inotify_.valid()) {
-    // Watching needs read access, which the caller may lack.
-    AsDaemon daemon;
-    node->watch =
-        ::inotify_add_watch(inotify_.get(), ProcPath(node->fd.get()).c_str(),
-                            IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE |
-                                IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_EXCL_UNLINK);
+    std::string path = ProcPath(node->fd.get());
+    auto watch = [&] {
+      return ::inotify_add_watch(inotify_.get(), path.c_str(),
+                                 IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE |
+                                     IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF |
+                                     IN_EXCL_UNLINK);
+    };
+    // Watching needs read access: the caller's mostly, else the daemon's (four system
+    // calls more, to change the thread's fs ids and back).
+    node->watch = watch();
+    if (node->watch < 0 && errno == EACCES) {
+      AsDaemon daemon;
+      node->watch = watch();
+    }
     if (node->watch >= 0) watches_[node->watch] = id;
   }
   // The descriptor may be reclaimed (Node) on a mount known by a directory: the first
