@@ -66,7 +66,7 @@ uint64_t ReplayCache::Append(std::initializer_list<Record> records) {
     spdlog::warn("file service: replay log {}: {}", path_, std::strerror(errno));
   }
   deferred_.clear();
-  has_deferred_.store(false, std::memory_order_relaxed);
+  has_deferred_.store(false, std::memory_order_release);
   log_bytes_ += bytes;
   if (log_bytes_ > kCompactBytes) Compact();  // synced whole before the rename
   std::lock_guard lock(sync_mutex_);
@@ -74,7 +74,9 @@ uint64_t ReplayCache::Append(std::initializer_list<Record> records) {
 }
 
 void ReplayCache::WriteDeferred() {
-  if (!has_deferred_.load(std::memory_order_relaxed)) return;
+  // Seen empty: whoever emptied it wrote the records before (release, acquire), so a
+  // send that follows comes after them.
+  if (!has_deferred_.load(std::memory_order_acquire)) return;
   std::lock_guard lock(mutex_);
   if (!deferred_.empty()) Append({});
 }
