@@ -94,8 +94,8 @@ constexpr auto kOwnSweepPeriod = kOwnChangeWindow / 4;
 static_assert(kOwnSweepPeriod > std::chrono::milliseconds(0));
 
 // The daemon's own fs ids, and with them its fs capabilities, on this thread while it
-// lives; then the caller's again.
-// A caller served as root has them already: nothing to change.
+// lives; then the caller's again. A caller served as root has them already: nothing
+// changes.
 class AsDaemon {
  public:
   AsDaemon() : changes_(current_credentials.uid != 0 || current_credentials.gid != 0) {

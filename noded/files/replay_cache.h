@@ -26,8 +26,8 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <initializer_list>
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
