@@ -68,7 +68,7 @@ bool ReadAll(int fd, char* into, size_t size) {
   NoDelay(fd.get());
   std::vector<char> buffer(std::max(reply, kRequestBytes));
   while (ReadAll(fd.get(), buffer.data(), kRequestBytes)) {
-    WriteAll(fd.get(), buffer.data(), reply, "answer");
+    SendAll(fd.get(), buffer.data(), reply, "answer");
   }
   ::_exit(0);
 }
@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
     micros.reserve(static_cast<size_t>(calls));
     for (int i = 0; i < calls + calls / 10; ++i) {
       auto start = std::chrono::steady_clock::now();
-      WriteAll(peer.get(), buffer.data(), kRequestBytes, "request");
+      SendAll(peer.get(), buffer.data(), kRequestBytes, "request");
       if (!ReadAll(peer.get(), buffer.data(), reply)) throw SystemError(EPIPE, "answer");
       std::chrono::duration<double, std::micro> took = std::chrono::steady_clock::now() - start;
       if (i >= calls / 10) micros.push_back(took.count());  // the first tenth warms up

@@ -57,7 +57,6 @@ struct Conn {
 
 // Writes one message with the standard segment-table framing (what FrameDecoder and
 // ReadMessage read) straight from the builder's segments, without flattening a copy.
-// sendmsg with MSG_NOSIGNAL keeps a closed peer an error rather than a SIGPIPE.
 void WriteMessage(const Conn& conn, capnp::MessageBuilder& message) {
   int fd = conn.fd;
   auto segments = message.getSegmentsForOutput();
@@ -77,32 +76,7 @@ void WriteMessage(const Conn& conn, capnp::MessageBuilder& message) {
     conn.stream->Write(iov.data(), iov.size());
     return;
   }
-  bool is_socket = true;
-  size_t first = 0;
-  while (first < iov.size()) {
-    ssize_t n;
-    if (is_socket) {
-      msghdr header{};
-      header.msg_iov = iov.data() + first;
-      header.msg_iovlen = iov.size() - first;
-      n = ::sendmsg(fd, &header, MSG_NOSIGNAL);
-      if (n < 0 && errno == ENOTSOCK) {
-        is_socket = false;
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw SystemError(errno, "send migration stream");
-    } else {
-      n = HW_SYSCALL(::writev(fd, iov.data() + first, static_cast<int>(iov.size() - first)),
-                     "write migration stream");
-    }
-    auto left = static_cast<size_t>(n);
-    while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
-    if (left > 0) {
-      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
-      iov[first].iov_len -= left;
-    }
-  }
+  SendAll(fd, iov.data(), iov.size(), "send migration stream");
 }
 
 // Reads exactly `size` bytes. Returns the count read before a clean end of stream.

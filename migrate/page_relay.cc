@@ -73,16 +73,6 @@ FrameHeader ReadFrame(SecureStream& stream, const char* expecting) {
   return header;
 }
 
-void SendAll(int socket, const char* data, size_t size, const char* what) {
-  while (size > 0) {
-    ssize_t n = ::send(socket, data, size, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw SystemError(errno, what);
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
 std::pair<Fd, Fd> SocketPair() {
   int fds[2];
   HW_SYSCALL(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds),

@@ -61,14 +61,6 @@ capnp::ReaderOptions SmallReaderOptions() {
   return options;
 }
 
-void SendAll(int socket, const char* data, size_t size) {
-  while (size > 0) {
-    ssize_t n = HW_SYSCALL(::send(socket, data, size, MSG_NOSIGNAL), "write to the job's side");
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
 }  // namespace
 
 LoopbackTarget LoopbackTarget::FromSockaddr(const sockaddr_storage& address) {
@@ -204,7 +196,7 @@ CarriedBytes CarryBothWays(SecureStream& stream, int socket) {
           ::shutdown(socket, SHUT_WR);
           return;
         }
-        SendAll(socket, buffer.data(), n);
+        SendAll(socket, buffer.data(), n, "write to the job's side");
         carried.from_stream += n;
       }
     } catch (const std::exception& e) {

@@ -4,8 +4,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -52,6 +54,49 @@ void WriteAll(int fd, const void* data, size_t size, const char* what) {
     ssize_t n = HW_SYSCALL(::write(fd, bytes, size), "write {}", what);
     bytes += n;
     size -= static_cast<size_t>(n);
+  }
+}
+
+void SendAll(int fd, const void* data, size_t size, const char* what) {
+  auto* bytes = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::send(fd, bytes, size, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == ENOTSOCK) return WriteAll(fd, bytes, size, what);
+    if (n < 0) throw SystemError(errno, what);
+    bytes += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+void SendAll(int fd, iovec* iov, size_t count, const char* what) {
+  // sendmsg takes at most IOV_MAX (1024) pieces at a time.
+  constexpr size_t kMaxPieces = 1024;
+  bool socket = true;
+  size_t first = 0;
+  while (first < count) {
+    size_t pieces = std::min(count - first, kMaxPieces);
+    ssize_t n;
+    if (socket) {
+      msghdr message{};
+      message.msg_iov = iov + first;
+      message.msg_iovlen = pieces;
+      n = ::sendmsg(fd, &message, MSG_NOSIGNAL);
+      if (n < 0 && errno == ENOTSOCK) {
+        socket = false;
+        continue;
+      }
+    } else {
+      n = ::writev(fd, iov + first, static_cast<int>(pieces));
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw SystemError(errno, what);
+    auto sent = static_cast<size_t>(n);
+    while (first < count && sent >= iov[first].iov_len) sent -= iov[first++].iov_len;
+    if (sent > 0) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + sent;
+      iov[first].iov_len -= sent;
+    }
   }
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <string>
 #include <utility>
@@ -55,6 +56,14 @@ std::vector<std::string> DirectoryEntries(int dir_fd);
 
 // Writes all of `data`, retrying short writes and EINTR; throws on error.
 void WriteAll(int fd, const void* data, size_t size, const char* what);
+// Sends all of `data` on a stream socket, retrying short sends and EINTR; throws a
+// SystemError naming `what`. Sent with MSG_NOSIGNAL: a peer gone is an error (EPIPE),
+// never a SIGPIPE that kills the process. A descriptor that is not a socket (a pipe, a
+// file) is written with write().
+void SendAll(int fd, const void* data, size_t size, const char* what);
+// The same for a gather list of `count` pieces, sent with as few system calls as the
+// socket takes. `iov` is used up: its pieces are advanced past what was sent.
+void SendAll(int fd, iovec* iov, size_t count, const char* what);
 // Removes the files (not the directories) in `dir`, as far as it can; a missing `dir` is
 // empty already.
 void EmptyDirectory(const std::string& dir);

@@ -155,21 +155,7 @@ void FrameStream::WriteLocked(std::vector<iovec>& iov) {
     holding_.store(false, std::memory_order_relaxed);
     return;
   }
-  size_t index = 0;
-  while (index < iov.size()) {
-    msghdr msg{};
-    msg.msg_iov = iov.data() + index;
-    msg.msg_iovlen = std::min<size_t>(iov.size() - index, 1024);
-    ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw SystemError(errno, "peer connection: send");
-    auto done = static_cast<size_t>(n);
-    while (index < iov.size() && done >= iov[index].iov_len) done -= iov[index++].iov_len;
-    if (index < iov.size()) {
-      iov[index].iov_base = static_cast<char*>(iov[index].iov_base) + done;
-      iov[index].iov_len -= done;
-    }
-  }
+  SendAll(fd_, iov.data(), iov.size(), "peer connection: send");
   held_.clear();
   holding_.store(false, std::memory_order_relaxed);
 }

@@ -87,19 +87,10 @@ std::optional<IncomingMessage> FrameDecoder::Next() {
 void WriteFrame(int fd, capnp::MessageBuilder& message) {
   auto words = EncodeFrame(message);
   auto bytes = words.asBytes();
-  const auto* at = bytes.begin();
-  size_t left = bytes.size();
-  while (left > 0) {
-    // On a socket, a peer gone is an error (EPIPE), never a SIGPIPE that kills the
-    // command: a daemon closes its control socket whenever it restarts (mosctl reload
-    // asks the restarting daemon until the new one answers).
-    ssize_t n = ::send(fd, at, left, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == ENOTSOCK) return WriteAll(fd, at, left, "message");
-    if (n < 0) throw SystemError(errno, "write message");
-    at += n;
-    left -= static_cast<size_t>(n);
-  }
+  // Sent, so that a peer gone is an error, never a SIGPIPE that kills the command: a
+  // daemon closes its control socket whenever it restarts (mosctl reload asks the
+  // restarting daemon until the new one answers).
+  SendAll(fd, bytes.begin(), bytes.size(), "write message");
 }
 
 std::optional<IncomingMessage> ReadFrame(int fd, FrameDecoder& decoder) {

@@ -759,17 +759,12 @@ ssize_t SecureStream::ReceiveSome(void* context, iovec* iov, int count) {
   }
 }
 
-void SecureStream::SendAll(const uint8_t* data, size_t size) {
-  while (size > 0) {
-    ssize_t n = ::send(tcp_.get(), data, size, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      Broken();
-      throw SystemError(err, fmt::format("peer {}: send", who_));
-    }
-    data += n;
-    size -= static_cast<size_t>(n);
+void SecureStream::SendAll(const void* data, size_t size) {
+  try {
+    homeward::SendAll(tcp_.get(), data, size, "send");
+  } catch (const Error& e) {
+    Broken();
+    throw SystemError(e.sys_errno(), fmt::format("peer {}: send", who_));
   }
 }
 
@@ -783,20 +778,11 @@ void SecureStream::Write(const iovec* iov, size_t count) {
   if (write_ended_) throw Error(ErrorKind::kFailed, fmt::format("peer {}: write after end", who_));
   if (plaintext_) {
     std::vector<iovec> left(iov, iov + count);
-    size_t index = 0;
-    while (index < left.size()) {
-      msghdr msg{};
-      msg.msg_iov = left.data() + index;
-      msg.msg_iovlen = std::min<size_t>(left.size() - index, 1024);
-      ssize_t n = ::sendmsg(tcp_.get(), &msg, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw SystemError(errno, fmt::format("peer {}: send", who_));
-      auto done = static_cast<size_t>(n);
-      while (index < left.size() && done >= left[index].iov_len) done -= left[index++].iov_len;
-      if (index < left.size()) {
-        left[index].iov_base = static_cast<char*>(left[index].iov_base) + done;
-        left[index].iov_len -= done;
-      }
+    try {
+      homeward::SendAll(tcp_.get(), left.data(), left.size(), "send");
+    } catch (const Error& e) {
+      Broken();
+      throw SystemError(e.sys_errno(), fmt::format("peer {}: send", who_));
     }
     return;
   }

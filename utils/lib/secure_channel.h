@@ -190,7 +190,7 @@ class SecureStream {
 
  private:
   SecureStream(Fd fd, std::string who);
-  void SendAll(const uint8_t* data, size_t size);
+  void SendAll(const void* data, size_t size);
   // One receive of at least a byte into `iov` (a RecordOpener::Receiver); throws
   // Error(kDisconnected) when the connection is cut.
   static ssize_t ReceiveSome(void* context, iovec* iov, int count);
