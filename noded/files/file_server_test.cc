@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 
 #include <capnp/message.h>
 
+#include "file_ops.h"
 #include "frame_stream.h"
 #include "scratch_dir.h"
 
@@ -514,6 +516,43 @@ TEST_F(FileSessionTest, AFileTheCallerMayNotReadIsWatchedAllTheSame) {
   std::ofstream(base_ + "/export/dir/marker") << "x";
   auto names = heard.Until("marker");
   EXPECT_GE(std::count(names.begin(), names.end(), ""), 1);  // the object's own notice
+}
+
+// A forget or a release carries no caller and checks nothing: the serving thread keeps
+// the last caller's fs ids through it rather than change them there and back again.
+TEST_F(FileSessionTest, AForgetOrAReleaseLeavesTheThreadsIdsAsTheyWere) {
+  auto as_nobody = [](schema::FileRequest::Builder rq) {
+    rq.initCred().setUid(FileSession::kSquashedId);
+    rq.getCred().setGid(FileSession::kSquashedId);
+  };
+  ASSERT_EQ(::chmod((base_ + "/export/dir").c_str(), 0777), 0);
+  // On a thread of its own: a serving thread keeps its caller's fs ids.
+  std::thread([&] {
+    auto dir = Call(Op::LOOKUP, 1, "dir", as_nobody);
+    ASSERT_EQ(dir.error, 0);
+    auto made = Call(Op::CREATE, dir.node, "made", [&](auto rq) {
+      as_nobody(rq);
+      NewFile(rq);
+    });
+    ASSERT_EQ(made.error, 0);
+    auto ids = [] {
+      return std::pair{static_cast<uint32_t>(::syscall(SYS_setfsuid, -1)),
+                       static_cast<uint32_t>(::syscall(SYS_setfsgid, -1))};
+    };
+    const std::pair nobody{FileSession::kSquashedId, FileSession::kSquashedId};
+    ASSERT_EQ(ids(), nobody);
+    EXPECT_EQ(Call(Op::RELEASE, 0, "", [&](auto rq) { rq.setFh(made.fh); }).error, 0);
+    EXPECT_EQ(ids(), nobody);
+    EXPECT_EQ(Call(Op::FORGET, made.node, "", [](auto rq) { rq.setSize(1); }).error, 0);
+    EXPECT_EQ(ids(), nobody);
+    EXPECT_EQ(file_ops::current_credentials.uid, FileSession::kSquashedId);
+    // Both were done all the same.
+    EXPECT_EQ(Call(Op::READ, 0, "", [&](auto rq) { rq.setFh(made.fh); }).error, EBADF);
+    EXPECT_EQ(Call(Op::GETATTR, made.node, "", as_nobody).error, ESTALE);
+  }).join();
+  struct stat st;
+  ASSERT_EQ(::stat((base_ + "/export/dir/made").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, FileSession::kSquashedId);  // made as the caller
 }
 
 // A removal's event is judged by what it left (nothing, as this client's unlink left it),
