@@ -15,7 +15,11 @@
 # the floor for homefs. Under the table, the network's own floor for random reads: a TCP
 # round trip between two processes (bench/tcp_round_trip.cc) added to passthrough_ll's
 # read. The table is kept in bench/results/homefs.md.
-#   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--set KEY=VALUE ...]
+# Every test runs as an ordinary user the bench makes (jobs are users' jobs; root's calls
+# through homefs cost more: each asks whether criu acts for a job), --as-root as root;
+# sshfs and passthrough_ll then mount with allow_other, as root.
+#   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--as-root]
+#                    [--set KEY=VALUE ...]
 # --set goes to the loopcluster's nodes (files.sync_replay_log=true: the home syncs its
 # replay log before each create, unlink, rename and append).
 set -euo pipefail
@@ -23,13 +27,15 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export HOMEWARD_BUILD=${HOMEWARD_BUILD:-$ROOT/build}
 SIZE=1g FILES=10000 RUNTIME=15 APPEND_S=5
 SETTINGS=()
+AS_ROOT=
 while [[ $# -gt 0 ]]; do
   case $1 in
     --size) SIZE=$2; shift 2 ;;
     --files) FILES=$2; shift 2 ;;
     --append-seconds) APPEND_S=$2; shift 2 ;;
     --set) SETTINGS+=(--set "$2"); shift 2 ;;
-    *) echo "usage: bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--set KEY=VALUE ...]" >&2
+    --as-root) AS_ROOT=1; shift ;;
+    *) echo "usage: bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--as-root] [--set KEY=VALUE ...]" >&2
        exit 2 ;;
   esac
 done
@@ -43,6 +49,7 @@ CLUSTER=$WORK/cluster
 SSHFS_MNT=$WORK/sshfs
 PASS_MNT=$WORK/passthrough
 SSHD_PID=
+BENCH_USER=
 cleanup() {
   set +e
   mountpoint -q "$SSHFS_MNT" && fusermount3 -u "$SSHFS_MNT"
@@ -50,8 +57,19 @@ cleanup() {
   [[ -n $SSHD_PID ]] && kill "$SSHD_PID"
   "$ROOT/scripts/loopcluster" down "$CLUSTER" >/dev/null 2>&1
   rm -rf "$WORK"
+  [[ -n $BENCH_USER ]] && userdel "$BENCH_USER" 2>/dev/null
 }
 trap cleanup EXIT
+# Who runs the tests: AS is the prefix of each test's command.
+AS=() WHO=root
+if [[ -z $AS_ROOT ]]; then
+  BENCH_USER=hwbench$$
+  useradd --no-create-home --user-group --shell /bin/sh "$BENCH_USER"
+  AS=(setpriv --reuid="$(id -u "$BENCH_USER")" --regid="$(id -g "$BENCH_USER")" --clear-groups)
+  WHO="an ordinary user"
+fi
+# The tests' Python: the system's, which every user can run.
+PY=/usr/bin/python3
 
 "$ROOT/scripts/loopcluster" up --nodes 3 --dir "$CLUSTER" "${SETTINGS[@]}" >/dev/null
 DATA=$CLUSTER/node1/data   # node1's /data, seen from the host
@@ -75,21 +93,25 @@ CONF
 /usr/sbin/sshd -D -f "$WORK/ssh/sshd_config" & SSHD_PID=$!
 sleep 1
 sshfs -p "$SSH_PORT" -o IdentityFile="$WORK/ssh/user",StrictHostKeyChecking=no \
-  -o UserKnownHostsFile=/dev/null,BatchMode=yes "root@127.0.0.1:$DATA" "$SSHFS_MNT"
+  -o UserKnownHostsFile=/dev/null,BatchMode=yes,allow_other "root@127.0.0.1:$DATA" "$SSHFS_MNT"
 
 # libfuse's passthrough_ll over the same directory (its defaults: 1 s caches, no writeback).
 EXAMPLES=/usr/share/doc/libfuse3-dev/examples
 cc -O2 -Wall -o "$WORK/passthrough_ll" "$EXAMPLES/passthrough_ll.c" $(pkg-config --cflags --libs fuse3)
 mkdir -p "$PASS_MNT"
-"$WORK/passthrough_ll" -o source="$DATA" "$PASS_MNT"
+"$WORK/passthrough_ll" -o source="$DATA",allow_other "$PASS_MNT"
 
 # homefs as jobs see it: the daemons' own mount, /mosix/home/node1 (its first use connects).
 for n in node2 node3; do
   for _ in $(seq 100); do in_node $n test -d /mosix/home/node1/data 2>/dev/null && break; sleep 0.2; done
 done
 
-# run_in WHERE DIR CMD...: runs on the host (local, sshfs) or inside a node (homefs).
-run_in() { local where=$1; shift; if [[ $where == node* ]]; then in_node "$where" "$@"; else "$@"; fi; }
+# run_in WHERE CMD...: runs a test's command as its user, on the host (local, sshfs,
+# passthrough_ll) or inside a node (homefs).
+run_in() {
+  local where=$1; shift
+  if [[ $where == node* ]]; then in_node "$where" "${AS[@]}" "$@"; else "${AS[@]}" "$@"; fi
+}
 
 fio_bw() {  # where dir name rw bs -> MB/s (or IOPS for random reads)
   local where=$1 dir=$2 rw=$3 bs=$4 extra=${5:-}
@@ -105,7 +127,7 @@ print(round(side['iops']) if rw=='randread' else round(side['bw_bytes']/1e6))"
 }
 
 meta() {  # where dir -> create/s stat/s unlink/s
-  run_in "$1" python3 - "$2" "$FILES" <<'PY'
+  run_in "$1" "$PY" - "$2" "$FILES" <<'PY'
 import os, sys, time
 d, n = os.path.join(sys.argv[1], "meta"), int(sys.argv[2])
 os.makedirs(d, exist_ok=True)
@@ -125,7 +147,7 @@ PY
 }
 
 appender() {  # where dir start seconds name -> lines appended
-  run_in "$1" python3 - "$2/appends.csv" "$3" "$4" "$5" <<'PY'
+  run_in "$1" "$PY" - "$2/appends.csv" "$3" "$4" "$5" <<'PY'
 import os, sys, time
 path, start, seconds, name = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -151,7 +173,7 @@ appends() {  # target -> appends/s of two writers at once; warns of torn lines
   wait $pid
   local total=$(( $(cat "$out1") + $(cat "$out2") ))
   local whole
-  whole=$(run_in "${WHERE[$t]}" python3 -c "
+  whole=$(run_in "${WHERE[$t]}" "$PY" -c "
 import re, sys
 data = open(sys.argv[1], 'rb').read()
 print(sum(1 for l in data.split(b'\n') if len(l) == 56 and re.fullmatch(rb'[ab],\d{7,},x+', l)))" "$dir/appends.csv")
@@ -161,7 +183,7 @@ print(sum(1 for l in data.split(b'\n') if len(l) == 56 and re.fullmatch(rb'[ab],
 }
 
 locker() {  # where dir start seconds -> lock/unlock pairs (lockf on one file)
-  run_in "$1" python3 - "$2/locks" "$3" "$4" <<'PY'
+  run_in "$1" "$PY" - "$2/locks" "$3" "$4" <<'PY'
 import fcntl, os, sys, time
 path, start, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -201,7 +223,13 @@ WHERE[homefs]=node2 DIR[homefs]=/mosix/home/node1/data/bench-homefs
 WHERE[sshfs]=host   DIR[sshfs]=$SSHFS_MNT/bench-sshfs
 WHERE[passthrough]=host DIR[passthrough]=$PASS_MNT/bench-passthrough
 TARGETS="local homefs sshfs passthrough"
-for t in $TARGETS; do run_in ${WHERE[$t]} mkdir -p "${DIR[$t]}"; done
+# Each target's directory, made at the home (node1's /data, under all four) for the
+# tests' user; the path to the host's mounts open to it.
+for t in $TARGETS; do mkdir -p "$DATA/bench-$t"; done
+if [[ -n $BENCH_USER ]]; then
+  chown "$BENCH_USER:" "$DATA"/bench-*
+  chmod o+x "$WORK" "$CLUSTER" "$CLUSTER/node1" "$DATA"
+fi
 echo "bench homefs: sequential write" >&2
 for t in $TARGETS; do R[$t,write]=$(fio_bw ${WHERE[$t]} "${DIR[$t]}" write 1M "--end_fsync=1"); done
 echo "bench homefs: sequential read" >&2
@@ -219,7 +247,7 @@ echo "bench homefs: appends" >&2
 for t in $TARGETS; do R[$t,append]=$(appends $t); done
 echo "bench homefs: locks" >&2
 for t in $TARGETS; do R[$t,lock]=$(locks $t); done
-for t in $TARGETS; do run_in ${WHERE[$t]} rm -rf "${DIR[$t]}"; done
+rm -rf "$DATA"/bench-*
 
 # The round trip between two processes on loopback (what any networked file system adds
 # to a local FUSE call), measured now, on the same loaded or quiet machine.
@@ -229,7 +257,7 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')" 2>/dev/null || echo
 RESULTS=$ROOT/bench/results/homefs.md
 mkdir -p "$(dirname "$RESULTS")"
 {
-  echo "Size $SIZE, $FILES files, appends and locks for $APPEND_S s${SETTINGS[*]:+, homefs with ${SETTINGS[*]}}; load average $(cut -d' ' -f1 /proc/loadavg) at the end."
+  echo "Size $SIZE, $FILES files, appends and locks for $APPEND_S s, run as $WHO${SETTINGS[*]:+, homefs with ${SETTINGS[*]}}; load average $(cut -d' ' -f1 /proc/loadavg) at the end."
   echo
   printf '| %-28s | %10s | %10s | %10s | %14s | %12s | %12s | %12s |\n' test local homefs sshfs \
     passthrough_ll "homefs/local" "homefs/sshfs" "homefs/pt_ll"
