@@ -496,19 +496,21 @@ TEST_F(FileSessionTest, AnObjectThisClientRemovedIsNotToldBack) {
 
 // A file the caller may not read is watched all the same (the daemon adds the watch):
 // another's change of it is told.
+// A request's caller: nobody, an ordinary user.
+void AsNobody(schema::FileRequest::Builder rq) {
+  rq.initCred().setUid(FileSession::kSquashedId);
+  rq.getCred().setGid(FileSession::kSquashedId);
+}
+
 TEST_F(FileSessionTest, AFileTheCallerMayNotReadIsWatchedAllTheSame) {
   Notices heard(*session_);
-  auto as_nobody = [](schema::FileRequest::Builder rq) {
-    rq.initCred().setUid(FileSession::kSquashedId);
-    rq.getCred().setGid(FileSession::kSquashedId);
-  };
   std::ofstream(base_ + "/export/dir/sealed") << "x";
   ASSERT_EQ(::chmod((base_ + "/export/dir/sealed").c_str(), 0), 0);
   // On a thread of its own: a serving thread keeps its caller's fs ids.
   Result dir{}, sealed{};
   std::thread([&] {
-    dir = Call(Op::LOOKUP, 1, "dir", as_nobody);
-    if (dir.error == 0) sealed = Call(Op::LOOKUP, dir.node, "sealed", as_nobody);
+    dir = Call(Op::LOOKUP, 1, "dir", AsNobody);
+    if (dir.error == 0) sealed = Call(Op::LOOKUP, dir.node, "sealed", AsNobody);
   }).join();
   ASSERT_EQ(dir.error, 0);
   ASSERT_EQ(sealed.error, 0);
@@ -521,17 +523,13 @@ TEST_F(FileSessionTest, AFileTheCallerMayNotReadIsWatchedAllTheSame) {
 // A forget or a release carries no caller and checks nothing: the serving thread keeps
 // the last caller's fs ids through it rather than change them there and back again.
 TEST_F(FileSessionTest, AForgetOrAReleaseLeavesTheThreadsIdsAsTheyWere) {
-  auto as_nobody = [](schema::FileRequest::Builder rq) {
-    rq.initCred().setUid(FileSession::kSquashedId);
-    rq.getCred().setGid(FileSession::kSquashedId);
-  };
   ASSERT_EQ(::chmod((base_ + "/export/dir").c_str(), 0777), 0);
   // On a thread of its own: a serving thread keeps its caller's fs ids.
   std::thread([&] {
-    auto dir = Call(Op::LOOKUP, 1, "dir", as_nobody);
+    auto dir = Call(Op::LOOKUP, 1, "dir", AsNobody);
     ASSERT_EQ(dir.error, 0);
     auto made = Call(Op::CREATE, dir.node, "made", [&](auto rq) {
-      as_nobody(rq);
+      AsNobody(rq);
       NewFile(rq);
     });
     ASSERT_EQ(made.error, 0);
@@ -548,7 +546,7 @@ TEST_F(FileSessionTest, AForgetOrAReleaseLeavesTheThreadsIdsAsTheyWere) {
     EXPECT_EQ(file_ops::current_credentials.uid, FileSession::kSquashedId);
     // Both were done all the same.
     EXPECT_EQ(Call(Op::READ, 0, "", [&](auto rq) { rq.setFh(made.fh); }).error, EBADF);
-    EXPECT_EQ(Call(Op::GETATTR, made.node, "", as_nobody).error, ESTALE);
+    EXPECT_EQ(Call(Op::GETATTR, made.node, "", AsNobody).error, ESTALE);
   }).join();
   struct stat st;
   ASSERT_EQ(::stat((base_ + "/export/dir/made").c_str(), &st), 0);

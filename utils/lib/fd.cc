@@ -58,15 +58,8 @@ void WriteAll(int fd, const void* data, size_t size, const char* what) {
 }
 
 void SendAll(int fd, const void* data, size_t size, const char* what) {
-  auto* bytes = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::send(fd, bytes, size, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == ENOTSOCK) return WriteAll(fd, bytes, size, what);
-    if (n < 0) throw SystemError(errno, what);
-    bytes += n;
-    size -= static_cast<size_t>(n);
-  }
+  iovec piece{const_cast<void*>(data), size};
+  SendAll(fd, &piece, 1, what);
 }
 
 void SendAll(int fd, iovec* iov, size_t count, const char* what) {

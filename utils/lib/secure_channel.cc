@@ -760,8 +760,13 @@ ssize_t SecureStream::ReceiveSome(void* context, iovec* iov, int count) {
 }
 
 void SecureStream::SendAll(const void* data, size_t size) {
+  iovec piece{const_cast<void*>(data), size};
+  SendAll(&piece, 1);
+}
+
+void SecureStream::SendAll(iovec* iov, size_t count) {
   try {
-    homeward::SendAll(tcp_.get(), data, size, "send");
+    homeward::SendAll(tcp_.get(), iov, count, "send");
   } catch (const Error& e) {
     Broken();
     throw SystemError(e.sys_errno(), fmt::format("peer {}: send", who_));
@@ -778,12 +783,7 @@ void SecureStream::Write(const iovec* iov, size_t count) {
   if (write_ended_) throw Error(ErrorKind::kFailed, fmt::format("peer {}: write after end", who_));
   if (plaintext_) {
     std::vector<iovec> left(iov, iov + count);
-    try {
-      homeward::SendAll(tcp_.get(), left.data(), left.size(), "send");
-    } catch (const Error& e) {
-      Broken();
-      throw SystemError(e.sys_errno(), fmt::format("peer {}: send", who_));
-    }
+    SendAll(left.data(), left.size());
     return;
   }
   size_t total = 0;

@@ -190,7 +190,10 @@ class SecureStream {
 
  private:
   SecureStream(Fd fd, std::string who);
+  // Sends all of it on the connection; a failure marks the stream broken and names the
+  // peer. `iov` is used up.
   void SendAll(const void* data, size_t size);
+  void SendAll(iovec* iov, size_t count);
   // One receive of at least a byte into `iov` (a RecordOpener::Receiver); throws
   // Error(kDisconnected) when the connection is cut.
   static ssize_t ReceiveSome(void* context, iovec* iov, int count);
