@@ -23,10 +23,12 @@ bool FrameStream::Fill(void* data, size_t size, bool eof_ok) {
       eof_ok = false;  // part of a frame: an end of stream now cuts it
       continue;
     }
-    // What is held goes out before this thread waits for more: a writer that has the
-    // lock sends it with its own message (waiting for that writer could wait for ever,
-    // while its send waits for the peer, which waits for us to read).
-    if (holding_.load(std::memory_order_relaxed)) {
+    // What this thread held (WriteSoon) goes out before it waits for more: a writer that
+    // has the lock sends it with its own message (waiting for that writer could wait for
+    // ever, while its send waits for the peer, which waits for us to read). What other
+    // threads hold waits for their Flush or the next Write: the answers this thread
+    // reads say nothing of when they want it sent.
+    if (reader_holding_.load(std::memory_order_relaxed)) {
       std::unique_lock lock(write_mutex_, std::try_to_lock);
       if (lock.owns_lock()) FlushLocked();
     }
@@ -112,16 +114,19 @@ void FrameStream::Write(capnp::MessageBuilder& message) {
 }
 
 bool FrameStream::Hold(capnp::MessageBuilder& message) {
+  std::lock_guard lock(write_mutex_);
+  return HoldLocked(message);
+}
+
+bool FrameStream::HoldLocked(capnp::MessageBuilder& message) {
   std::vector<uint32_t> table;
   std::vector<iovec> iov(1);
   FrameOf(message, table, iov);
-  std::lock_guard lock(write_mutex_);
   bool first = held_.empty();
   for (size_t i = 1; i < iov.size(); ++i) {
     auto* bytes = static_cast<const char*>(iov[i].iov_base);
     held_.insert(held_.end(), bytes, bytes + iov[i].iov_len);
   }
-  holding_.store(true, std::memory_order_relaxed);
   if (held_.size() >= kMaxHeldBytes) FlushLocked();
   return first;
 }
@@ -140,7 +145,10 @@ void FrameStream::FlushLocked() {
 void FrameStream::WriteSoon(capnp::MessageBuilder& message) {
   // begin_ and end_ are the reading thread's own: looked at only on that thread.
   if (reader_.load(std::memory_order_relaxed) == std::this_thread::get_id() && begin_ < end_) {
-    Hold(message);
+    std::lock_guard lock(write_mutex_);
+    HoldLocked(message);
+    // Unless it went out already (past kMaxHeldBytes).
+    if (!held_.empty()) reader_holding_.store(true, std::memory_order_relaxed);
   } else {
     Write(message);
   }
@@ -152,12 +160,12 @@ void FrameStream::WriteLocked(std::vector<iovec>& iov) {
   if (stream_) {
     stream_->Write(iov.data(), iov.size());
     held_.clear();
-    holding_.store(false, std::memory_order_relaxed);
+    reader_holding_.store(false, std::memory_order_relaxed);
     return;
   }
   SendAll(fd_, iov.data(), iov.size(), "peer connection: send");
   held_.clear();
-  holding_.store(false, std::memory_order_relaxed);
+  reader_holding_.store(false, std::memory_order_relaxed);
 }
 
 }  // namespace homeward

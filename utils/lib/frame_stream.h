@@ -50,7 +50,7 @@ class FrameStream {
   void Flush();
   // On the thread that reads this stream, with more of a message already read in: held,
   // and written with the answer to the last of the run (Read flushes before it waits for
-  // more). Else as Write.
+  // more; it does not for what other threads Hold). Else as Write.
   void WriteSoon(capnp::MessageBuilder& message);
 
   // Runs before anything is sent, with the stream's writers held off: what must be
@@ -67,6 +67,8 @@ class FrameStream {
                       std::vector<iovec>& iov);
   // Writes `iov`, after what is held (with write_mutex_ held).
   void WriteLocked(std::vector<iovec>& iov);
+  // Hold, with write_mutex_ held.
+  bool HoldLocked(capnp::MessageBuilder& message);
   // Writes what is held, if anything (with write_mutex_ held).
   void FlushLocked();
 
@@ -76,7 +78,8 @@ class FrameStream {
   std::function<void()> before_send_;
   std::mutex write_mutex_;
   std::vector<char> held_;  // under write_mutex_
-  std::atomic<bool> holding_{false};  // held_ is not empty (read without the lock)
+  // The reading thread held an answer (WriteSoon) not sent yet (read without the lock).
+  std::atomic<bool> reader_holding_{false};
   std::atomic<std::thread::id> reader_{};
   char buffer_[64 * 1024];
   size_t begin_ = 0;
