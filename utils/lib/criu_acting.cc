@@ -97,6 +97,18 @@ std::optional<ino_t> MountNamespaceOf(pid_t pid) {
   return ns.st_ino;
 }
 
+// Whether `dir` holds no entry (false when it cannot be read: then entries are looked up).
+bool DirectoryEmpty(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> listing(::opendir(dir.c_str()), ::closedir);
+  if (!listing) return false;
+  while (const dirent* entry = ::readdir(listing.get())) {
+    if (std::strcmp(entry->d_name, ".") != 0 && std::strcmp(entry->d_name, "..") != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // At most this many namespaces are remembered; past it the cache starts again.
 constexpr size_t kCachedNamespaces = 1024;
 
@@ -115,6 +127,7 @@ bool CriuActingCache::Current() {
   }
   if (!watching_) {
     by_namespace_.clear();
+    empty_.reset();
     // Set up before anything is read: a change from here on is seen. Without the
     // directory (no criu has acted yet) the cache is not used.
     if (::inotify_add_watch(inotify_.get(), dir_.c_str(),
@@ -139,6 +152,7 @@ bool CriuActingCache::Current() {
       at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
     }
   }
+  if (changed) empty_.reset();
   if (changed || by_namespace_.size() >= kCachedNamespaces) by_namespace_.clear();
   if (lost) {
     watching_ = false;  // watched anew (the same instance)
@@ -148,10 +162,19 @@ bool CriuActingCache::Current() {
 }
 
 std::optional<FsIdentity> CriuActingCache::For(pid_t pid) {
-  std::optional<ino_t> ns = MountNamespaceOf(pid);
-  if (!ns) return std::nullopt;
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock(mutex_);
   bool current = Current();
+  // Nothing written down (no criu at work: nearly always): whoever the caller is, there is
+  // no entry for it, and its namespace need not be looked up.
+  if (current && KnownEmpty()) return std::nullopt;
+  // Looked up without the lock: other callers need not wait on /proc. What the watch said
+  // stays good: an entry read below is read after it, and a change after it is seen by
+  // the next call's Current, which empties the cache.
+  lock.unlock();
+  std::optional<ino_t> ns = MountNamespaceOf(pid);
+  lock.lock();
+  ++namespace_lookups_;
+  if (!ns) return std::nullopt;
   if (current) {
     if (auto it = by_namespace_.find(*ns); it != by_namespace_.end()) return it->second;
   }
@@ -159,6 +182,19 @@ std::optional<FsIdentity> CriuActingCache::For(pid_t pid) {
   std::optional<FsIdentity> who = ReadEntry(dir_, *ns);
   if (current) by_namespace_[*ns] = who;
   return who;
+}
+
+bool CriuActingCache::KnownEmpty() {
+  if (!empty_) {
+    ++disk_reads_;
+    empty_ = DirectoryEmpty(dir_);
+  }
+  return *empty_;
+}
+
+uint64_t CriuActingCache::namespace_lookups() const {
+  std::lock_guard lock(mutex_);
+  return namespace_lookups_;
 }
 
 uint64_t CriuActingCache::disk_reads() const {

@@ -48,20 +48,25 @@ std::optional<FsIdentity> CriuActingFor(const std::string& dir, pid_t pid);
 // (or changing the directory's owner or mode): an inotify watch on the directory is told
 // of each such change as the change is made, and any change pending when a call comes
 // empties the cache before it is read. So an answer is never older than the last change
-// made before the call, and a call costs a stat of the caller's namespace and one read of
-// the watch instead of six system calls. Without a watch (no directory yet: a starting
+// made before the call, and a call costs one read of the watch instead of six system
+// calls while nothing is written down (the caller's namespace is looked up only when
+// something is: a stat more). Without a watch (no directory yet: a starting
 // daemon makes it, ClearCriuActing; inotify refused), every call reads, as CriuActingFor.
 // Thread-safe.
 class CriuActingCache {
  public:
   explicit CriuActingCache(std::string dir) : dir_(std::move(dir)) {}
   std::optional<FsIdentity> For(pid_t pid);
-  // How many times an entry was looked up on disk (tests).
+  // How many times the directory or an entry was read from disk (tests).
   uint64_t disk_reads() const;
+  // How many times a caller's mount namespace was looked up (tests).
+  uint64_t namespace_lookups() const;
 
  private:
   // Whether the cache may be used: a watch is up and every change it saw has emptied it.
   bool Current();
+  // Whether the directory holds no entry, read once after each change (with Current).
+  bool KnownEmpty();
 
   std::string dir_;
   mutable std::mutex mutex_;
@@ -70,7 +75,9 @@ class CriuActingCache {
   Fd inotify_;
   bool watching_ = false;
   std::map<ino_t, std::optional<FsIdentity>> by_namespace_;
+  std::optional<bool> empty_;  // unknown until read after the last change
   uint64_t disk_reads_ = 0;
+  uint64_t namespace_lookups_ = 0;
 };
 
 // Forgets everything written down (a daemon starting: no criu of the last one runs), and

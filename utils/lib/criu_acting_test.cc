@@ -67,6 +67,29 @@ TEST_F(CriuActingCacheTest, ADaemonStartingMakesTheDirectorySoTheCacheWorksAtOnc
   EXPECT_EQ(cache.disk_reads(), 1u);
 }
 
+// Root's every call through homefs asks; while nothing is written down (no criu at work)
+// the answer needs no look at the caller's namespace.
+TEST_F(CriuActingCacheTest, WhileNothingIsWrittenDownNoNamespaceIsLookedUp) {
+  ClearCriuActing(acting_.dir);
+  CriuActingCache cache(acting_.dir);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(cache.For(::getpid()), std::nullopt);
+  EXPECT_EQ(cache.namespace_lookups(), 0u);
+  {
+    CriuActingAs as(acting_, ns_.get());
+    ASSERT_TRUE(cache.For(::getpid()).has_value());  // written down: looked up
+    EXPECT_EQ(cache.namespace_lookups(), 1u);
+  }
+  EXPECT_EQ(cache.For(::getpid()), std::nullopt);  // removed: seen at once
+  EXPECT_EQ(cache.For(::getpid()), std::nullopt);
+  EXPECT_EQ(cache.namespace_lookups(), 1u);
+  // Anything in the directory, even what is not an entry, makes it looked up again.
+  std::string stray = acting_.dir + "/stray";
+  Fd::Open(stray, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  EXPECT_EQ(cache.For(::getpid()), std::nullopt);
+  EXPECT_EQ(cache.namespace_lookups(), 2u);
+  ASSERT_EQ(::unlink(stray.c_str()), 0);
+}
+
 TEST_F(CriuActingCacheTest, ADirectoryOthersMayWriteIsNotBelievedAtOnce) {
   ASSERT_EQ(::mkdir(acting_.dir.c_str(), 0700), 0);
   CriuActingCache cache(acting_.dir);
