@@ -15,9 +15,13 @@
 # the floor for homefs. Under the table, the network's own floor for random reads: a TCP
 # round trip between two processes (bench/tcp_round_trip.cc) added to passthrough_ll's
 # read. The table is kept in bench/results/homefs.md.
-# Every test runs as an ordinary user the bench makes (jobs are users' jobs; root's calls
-# through homefs cost more: each asks whether criu acts for a job), --as-root as root;
-# sshfs and passthrough_ll then mount with allow_other, as root.
+# Every test runs as an ordinary user the bench makes (jobs are users' jobs), --as-root
+# as root; sshfs and passthrough_ll then mount with allow_other, as root.
+# The home's files are on an ext4 of the bench's own (a file on a loop device, with a
+# journal, as homes have), made fresh for each run: an ext4 without a journal (this
+# machine's root) skips every inode deleted in the last minute when it makes a file, so
+# each target's creates there ran slower than the one's before (2,000 files made and
+# removed four times in a row: 81,000 creates a second, then 5,400).
 #   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--as-root]
 #                    [--set KEY=VALUE ...]
 # --set goes to the loopcluster's nodes (files.sync_replay_log=true: the home syncs its
@@ -46,9 +50,11 @@ done
 
 WORK=$(mktemp -d /tmp/homeward-bench-XXXXXX)
 CLUSTER=$WORK/cluster
+DATA=$CLUSTER/node1/data   # node1's /data, seen from the host
 SSHFS_MNT=$WORK/sshfs
 PASS_MNT=$WORK/passthrough
 SSHD_PID=
+LOOP_DEV=
 BENCH_USER=
 cleanup() {
   set +e
@@ -56,6 +62,8 @@ cleanup() {
   mountpoint -q "$PASS_MNT" && fusermount3 -u "$PASS_MNT"
   [[ -n $SSHD_PID ]] && kill "$SSHD_PID"
   "$ROOT/scripts/loopcluster" down "$CLUSTER" >/dev/null 2>&1
+  mountpoint -q "$DATA" && umount "$DATA"
+  [[ -n $LOOP_DEV ]] && losetup -d "$LOOP_DEV"
   rm -rf "$WORK"
   [[ -n $BENCH_USER ]] && userdel "$BENCH_USER" 2>/dev/null
 }
@@ -71,8 +79,15 @@ fi
 # The tests' Python: the system's, which every user can run.
 PY=/usr/bin/python3
 
+# The home's ext4: room for each target's test file and a GiB more; a sparse image, on a
+# loop device with direct I/O (the image's own pages are not cached twice).
+size_bytes=$(numfmt --from=iec "${SIZE^^}")
+truncate -s $((4 * size_bytes + (1 << 30))) "$WORK/home.ext4"
+mkfs.ext4 -q -F "$WORK/home.ext4"
+LOOP_DEV=$(losetup --find --show --direct-io=on "$WORK/home.ext4")
+mkdir -p "$DATA"
+mount "$LOOP_DEV" "$DATA"
 "$ROOT/scripts/loopcluster" up --nodes 3 --dir "$CLUSTER" "${SETTINGS[@]}" >/dev/null
-DATA=$CLUSTER/node1/data   # node1's /data, seen from the host
 in_node() { local n=$1; shift; "$ROOT/scripts/loopcluster" exec "$CLUSTER" "$n" -- "$@"; }
 
 # A private sshd on loopback, with its own host key and an authorized key of ours.
@@ -91,7 +106,7 @@ Subsystem sftp internal-sftp
 PidFile $WORK/ssh/sshd.pid
 CONF
 /usr/sbin/sshd -D -f "$WORK/ssh/sshd_config" & SSHD_PID=$!
-sleep 1
+for _ in $(seq 100); do (: <"/dev/tcp/127.0.0.1/$SSH_PORT") 2>/dev/null && break; sleep 0.1; done
 sshfs -p "$SSH_PORT" -o IdentityFile="$WORK/ssh/user",StrictHostKeyChecking=no \
   -o UserKnownHostsFile=/dev/null,BatchMode=yes,allow_other "root@127.0.0.1:$DATA" "$SSHFS_MNT"
 
