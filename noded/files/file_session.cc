@@ -19,6 +19,7 @@
 
 #include "error.h"
 #include "file_ops.h"
+#include "fs_credentials.h"
 
 namespace homeward {
 
@@ -98,21 +99,12 @@ static_assert(kOwnSweepPeriod > std::chrono::milliseconds(0));
 // changes.
 class AsDaemon {
  public:
-  AsDaemon() : changes_(current_credentials.uid != 0 || current_credentials.gid != 0) {
-    if (!changes_) return;
-    ::syscall(SYS_setfsuid, 0);
-    ::syscall(SYS_setfsgid, 0);
+  AsDaemon() {
+    if (current_credentials.uid != 0 || current_credentials.gid != 0) ids_.emplace();
   }
-  ~AsDaemon() {
-    if (!changes_) return;
-    ::syscall(SYS_setfsgid, current_credentials.gid);
-    ::syscall(SYS_setfsuid, current_credentials.uid);
-  }
-  AsDaemon(const AsDaemon&) = delete;
-  AsDaemon& operator=(const AsDaemon&) = delete;
 
  private:
-  bool changes_;
+  std::optional<ScopedDaemonFsIds> ids_;
 };
 
 // A descriptor that open_by_handle_at takes to name the mount of directory `dir` (an

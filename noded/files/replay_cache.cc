@@ -10,6 +10,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "fs_credentials.h"
+
 namespace homeward {
 
 namespace {
@@ -107,6 +109,10 @@ void ReplayCache::Sync(uint64_t seq) {
 }
 
 void ReplayCache::Compact() {
+  // The log is the daemon's, in its state directory, and the record that passes the
+  // threshold is written by a thread serving a user, with the user's fs ids: they would
+  // be refused the new file (and the log lost until a restart).
+  ScopedDaemonFsIds daemon;
   // Written whole to a new file and renamed over the old: a kill meanwhile leaves one or
   // the other.
   std::string next = path_ + ".new";
@@ -221,7 +227,13 @@ void ReplayCache::Ack(uint64_t client, uint64_t oldest) {
   if (it == clients_.end() || it->second.empty() || it->second.begin()->first >= oldest) return;
   Record r{client, oldest, 2, 0};
   Apply(r);
-  Append({r});
+  // Written with the next record, as a success's is: lost, it only leaves more remembered
+  // after a restart. Each answered create, removal or append moves the client's oldest on,
+  // so this saves a write a request.
+  if (log_.valid()) {
+    deferred_.push_back(r);
+    has_deferred_.store(true, std::memory_order_relaxed);
+  }
 }
 
 size_t ReplayCache::size() {

@@ -80,7 +80,8 @@ class ReplayCache {
   void Finish(uint64_t client, uint64_t id, int err);
   // Writes the deferred records, if any: before any answer leaves (cheap when none are).
   void WriteDeferred();
-  // The client has the answers of every request before `oldest`.
+  // The client has the answers of every request before `oldest` (its record deferred, as
+  // a success's).
   void Ack(uint64_t client, uint64_t oldest);
   size_t size();
 

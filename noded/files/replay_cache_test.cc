@@ -17,6 +17,7 @@
 #include <capnp/message.h>
 
 #include "file_server.h"
+#include "fs_credentials.h"
 #include "scratch_dir.h"
 
 namespace homeward {
@@ -149,6 +150,55 @@ TEST_F(ReplayTest, ASuccesssRecordIsWrittenWithTheNextRecordOrBeforeAnAnswer) {
   EXPECT_EQ(killed_now()->Find(1, 3).state, State::kDone);
   cache.WriteDeferred();  // nothing deferred: nothing written
   cache.Finish(1, 4, 0);
+}
+
+// What the client acknowledged is forgotten at once and written with the next record: a
+// daemon killed before that only remembers more.
+TEST_F(ReplayTest, AnAcknowledgementIsWrittenWithTheNextRecord) {
+  ReplayCache cache(log_);
+  auto killed_now = [&] {
+    std::string copy = base_ + "/state/copy";
+    fs::copy_file(log_, copy, fs::copy_options::overwrite_existing);
+    return std::make_unique<ReplayCache>(copy);
+  };
+  cache.Start(1, 1);
+  cache.Finish(1, 1, 0);
+  cache.Start(1, 2);
+  auto bytes = fs::file_size(log_);
+  cache.Ack(1, 2);
+  EXPECT_EQ(cache.Find(1, 1).state, State::kUnknown);  // forgotten at once
+  EXPECT_EQ(fs::file_size(log_), bytes);                // no write of its own
+  EXPECT_EQ(killed_now()->Find(1, 1).state, State::kDone);
+  cache.Finish(1, 2, 0);
+  cache.WriteDeferred();  // before an answer: the acknowledgement with the success
+  EXPECT_EQ(killed_now()->Find(1, 1).state, State::kUnknown);
+  EXPECT_EQ(killed_now()->Find(1, 2).state, State::kDone);
+}
+
+// The record that takes the log past its size is written by a thread serving a user,
+// with the user's fs ids; the rewritten log is still the daemon's, in its own directory
+// (0700 here), and the log goes on.
+TEST_F(ReplayTest, TheLogIsRewrittenFromAThreadServingAUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (a thread acting as another user)";
+  fs::permissions(base_ + "/state", fs::perms::owner_all);
+  ReplayCache cache(log_);
+  // 48 bytes a request: 100,000 pass the 4 MiB at which the log is rewritten.
+  constexpr uint64_t last = 100000;
+  std::thread serving([&] {
+    ScopedFsCredentials as_nobody(FsIdentity{65534, 65534, {}});
+    for (uint64_t id = 1; id < last; ++id) {
+      cache.Start(1, id);
+      cache.Finish(1, id, 0);
+    }
+    cache.Start(1, last);
+    cache.Finish(1, last, EEXIST);
+  });
+  serving.join();
+  EXPECT_LT(fs::file_size(log_), 4u << 20);  // rewritten
+  EXPECT_FALSE(fs::exists(log_ + ".new"));
+  ReplayCache read_back(log_);  // as a restarted daemon
+  EXPECT_EQ(read_back.Find(1, last).state, State::kDone);
+  EXPECT_EQ(read_back.Find(1, last).err, EEXIST);
 }
 
 TEST_F(ReplayTest, RecordsFromManyThreadsAtOnceAreAllInTheLog) {

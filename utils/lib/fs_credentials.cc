@@ -47,4 +47,14 @@ void ScopedFsCredentials::Restore() {
   ::syscall(SYS_setgroups, saved_groups_.size(), saved_groups_.data());
 }
 
+// setfsuid and setfsgid return the ids they replace.
+ScopedDaemonFsIds::ScopedDaemonFsIds()
+    : saved_uid_(static_cast<uid_t>(::syscall(SYS_setfsuid, ::geteuid()))),
+      saved_gid_(static_cast<gid_t>(::syscall(SYS_setfsgid, ::getegid()))) {}
+
+ScopedDaemonFsIds::~ScopedDaemonFsIds() {
+  ::syscall(SYS_setfsgid, saved_gid_);
+  ::syscall(SYS_setfsuid, saved_uid_);
+}
+
 }  // namespace homeward

@@ -32,4 +32,19 @@ class ScopedFsCredentials {
   std::vector<gid_t> saved_groups_;
 };
 
+// The process's own fs ids (root's, with its fs capabilities) on this thread until
+// destroyed, then the thread's ids again, whatever it acts as meanwhile: for what a
+// daemon writes in its own state directory from a thread that serves a user.
+class ScopedDaemonFsIds {
+ public:
+  ScopedDaemonFsIds();
+  ScopedDaemonFsIds(const ScopedDaemonFsIds&) = delete;
+  ScopedDaemonFsIds& operator=(const ScopedDaemonFsIds&) = delete;
+  ~ScopedDaemonFsIds();
+
+ private:
+  uid_t saved_uid_;
+  gid_t saved_gid_;
+};
+
 }  // namespace homeward
