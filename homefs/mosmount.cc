@@ -29,6 +29,7 @@
 #include "criu_acting.h"
 #include "control_client.h"
 #include "error.h"
+#include "framing.h"
 #include "fs.h"
 #include "home_tree.h"
 #include "homeward_config.h"
@@ -333,5 +334,6 @@ int Run(int argc, char** argv) {
 }  // namespace homeward
 
 int main(int argc, char** argv) {
+  homeward::KeepMessageMemory();
   return homeward::Run(argc, argv);
 }

@@ -15,6 +15,7 @@
 #include "daemon.h"
 #include "error.h"
 #include "fd_keeper.h"
+#include "framing.h"
 #include "homeward_config.h"
 #include "lock_keeper.h"
 #include "log.h"
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   if (argc == 2 && std::strcmp(argv[1], "--keep-fds") == 0) return homeward::FdKeeperMain();
   // The keeper of the file service's lock descriptions (lock_keeper.h), likewise.
   if (argc == 2 && std::strcmp(argv[1], "--keep-locks") == 0) return homeward::LockKeeperMain();
+  homeward::KeepMessageMemory();
   CLI::App app{"Homeward node daemon"};
   std::string config_path = "/etc/homeward/node.toml";
   app.add_option("-c,--config", config_path, "the node's TOML configuration");

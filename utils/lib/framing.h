@@ -60,4 +60,11 @@ void WriteFrame(int fd, capnp::MessageBuilder& message);
 // any byte of a new message; throws Error(kDisconnected) on an end of stream mid-frame.
 std::optional<IncomingMessage> ReadFrame(int fd, FrameDecoder& decoder);
 
+// Keeps the memory of big messages (a write's or a read's data, up to a MiB, a page
+// batch of a move) in the process's heap once freed, for the next, rather than giving it
+// back to the kernel after each: on a VM every page faulted in again costs a trip through
+// the hypervisor. A file service or homefs allocates and frees such messages by the
+// thousand a second. Call once, first thing in main.
+void KeepMessageMemory();
+
 }  // namespace homeward
