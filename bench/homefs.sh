@@ -21,7 +21,7 @@
 # journal, as homes have), made fresh for each run: an ext4 without a journal (this
 # machine's root) skips every inode deleted in the last minute when it makes a file, so
 # each target's creates there ran slower than the one's before (2,000 files made and
-# removed four times in a row: 81,000 creates a second, then 5,400).
+# removed six times in a row: 81,000 creates a second, at last 5,400).
 #   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--as-root]
 #                    [--set KEY=VALUE ...]
 # --set goes to the loopcluster's nodes (files.sync_replay_log=true: the home syncs its
