@@ -78,6 +78,13 @@ class ReplayTest : public ::testing::Test {
     return s.str();
   }
 
+  // What a daemon killed now would leave: a cache read from a copy of the log.
+  std::unique_ptr<ReplayCache> KilledNow() {
+    std::string copy = base_ + "/state/copy";
+    fs::copy_file(log_, copy, fs::copy_options::overwrite_existing);
+    return std::make_unique<ReplayCache>(copy);
+  }
+
   ScratchDir scratch_{"homeward-replay"};
   std::string base_ = scratch_.path(), log_;
   Fd root_;
@@ -131,23 +138,18 @@ TEST_F(ReplayTest, OutlivesTheDaemonInItsLog) {
 // from a copy of its log.
 TEST_F(ReplayTest, ASuccesssRecordIsWrittenWithTheNextRecordOrBeforeAnAnswer) {
   ReplayCache cache(log_);
-  auto killed_now = [&] {
-    std::string copy = base_ + "/state/copy";
-    fs::copy_file(log_, copy, fs::copy_options::overwrite_existing);
-    return std::make_unique<ReplayCache>(copy);
-  };
   cache.Start(1, 1);
   cache.Finish(1, 1, 0);
   EXPECT_EQ(cache.Find(1, 1).state, State::kDone);         // known at once
-  EXPECT_EQ(killed_now()->Find(1, 1).state, State::kStarted);  // not yet written
+  EXPECT_EQ(KilledNow()->Find(1, 1).state, State::kStarted);  // not yet written
   cache.Start(1, 2);  // written with this one
-  EXPECT_EQ(killed_now()->Find(1, 1).state, State::kDone);
+  EXPECT_EQ(KilledNow()->Find(1, 1).state, State::kDone);
   cache.Finish(1, 2, EEXIST);  // a failure: at once
-  EXPECT_EQ(killed_now()->Find(1, 2).err, EEXIST);
+  EXPECT_EQ(KilledNow()->Find(1, 2).err, EEXIST);
   cache.Start(1, 3);
   cache.Finish(1, 3, 0);
   cache.WriteDeferred();
-  EXPECT_EQ(killed_now()->Find(1, 3).state, State::kDone);
+  EXPECT_EQ(KilledNow()->Find(1, 3).state, State::kDone);
   cache.WriteDeferred();  // nothing deferred: nothing written
   cache.Finish(1, 4, 0);
 }
@@ -156,11 +158,6 @@ TEST_F(ReplayTest, ASuccesssRecordIsWrittenWithTheNextRecordOrBeforeAnAnswer) {
 // daemon killed before that only remembers more.
 TEST_F(ReplayTest, AnAcknowledgementIsWrittenWithTheNextRecord) {
   ReplayCache cache(log_);
-  auto killed_now = [&] {
-    std::string copy = base_ + "/state/copy";
-    fs::copy_file(log_, copy, fs::copy_options::overwrite_existing);
-    return std::make_unique<ReplayCache>(copy);
-  };
   cache.Start(1, 1);
   cache.Finish(1, 1, 0);
   cache.Start(1, 2);
@@ -168,11 +165,11 @@ TEST_F(ReplayTest, AnAcknowledgementIsWrittenWithTheNextRecord) {
   cache.Ack(1, 2);
   EXPECT_EQ(cache.Find(1, 1).state, State::kUnknown);  // forgotten at once
   EXPECT_EQ(fs::file_size(log_), bytes);                // no write of its own
-  EXPECT_EQ(killed_now()->Find(1, 1).state, State::kDone);
+  EXPECT_EQ(KilledNow()->Find(1, 1).state, State::kDone);
   cache.Finish(1, 2, 0);
   cache.WriteDeferred();  // before an answer: the acknowledgement with the success
-  EXPECT_EQ(killed_now()->Find(1, 1).state, State::kUnknown);
-  EXPECT_EQ(killed_now()->Find(1, 2).state, State::kDone);
+  EXPECT_EQ(KilledNow()->Find(1, 1).state, State::kUnknown);
+  EXPECT_EQ(KilledNow()->Find(1, 2).state, State::kDone);
 }
 
 // The record that takes the log past its size is written by a thread serving a user,
