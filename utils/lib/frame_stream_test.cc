@@ -229,6 +229,21 @@ TEST(FrameStream, AnswersToARunGoOutBeforeTheReaderWaits) {
   serving.join();
 }
 
+// What a thread other than the reader holds (a client's requests behind, held to go out
+// together) stays held when the reader waits for more: it goes with the next Write or
+// Flush, not each time an answer has been read.
+TEST(FrameStream, TheReaderLeavesWhatOthersHoldHeld) {
+  SocketPair pair;
+  FrameStream client(pair.a.get(), 1 << 20), server(pair.b.get(), 1 << 20);
+  capnp::MallocMessageBuilder answer, r1, r2;
+  server.Write(Numbered(answer, 11));
+  client.Hold(Numbered(r1, 1));
+  EXPECT_EQ(IdOf(client.Read()), 11u);  // read with its buffer empty: it had to wait
+  EXPECT_FALSE(Readable(pair.b.get())) << "the reader sent what was held";
+  client.Write(Numbered(r2, 2));
+  for (uint64_t id : {1, 2}) EXPECT_EQ(IdOf(server.Read()), id);
+}
+
 TEST(FrameStream, WriteSoonOffTheReadingThreadWritesAtOnce) {
   SocketPair pair;
   FrameStream out(pair.a.get(), 1 << 20), in(pair.b.get(), 1 << 20);
