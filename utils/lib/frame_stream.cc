@@ -114,14 +114,14 @@ void FrameStream::Write(capnp::MessageBuilder& message) {
 }
 
 bool FrameStream::Hold(capnp::MessageBuilder& message) {
-  std::lock_guard lock(write_mutex_);
-  return HoldLocked(message);
-}
-
-bool FrameStream::HoldLocked(capnp::MessageBuilder& message) {
   std::vector<uint32_t> table;
   std::vector<iovec> iov(1);
   FrameOf(message, table, iov);
+  std::lock_guard lock(write_mutex_);
+  return HoldLocked(iov);
+}
+
+bool FrameStream::HoldLocked(const std::vector<iovec>& iov) {
   bool first = held_.empty();
   for (size_t i = 1; i < iov.size(); ++i) {
     auto* bytes = static_cast<const char*>(iov[i].iov_base);
@@ -145,8 +145,11 @@ void FrameStream::FlushLocked() {
 void FrameStream::WriteSoon(capnp::MessageBuilder& message) {
   // begin_ and end_ are the reading thread's own: looked at only on that thread.
   if (reader_.load(std::memory_order_relaxed) == std::this_thread::get_id() && begin_ < end_) {
+    std::vector<uint32_t> table;
+    std::vector<iovec> iov(1);
+    FrameOf(message, table, iov);
     std::lock_guard lock(write_mutex_);
-    HoldLocked(message);
+    HoldLocked(iov);
     // Unless it went out already (past kMaxHeldBytes).
     if (!held_.empty()) reader_holding_.store(true, std::memory_order_relaxed);
   } else {

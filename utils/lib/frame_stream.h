@@ -67,8 +67,9 @@ class FrameStream {
                       std::vector<iovec>& iov);
   // Writes `iov`, after what is held (with write_mutex_ held).
   void WriteLocked(std::vector<iovec>& iov);
-  // Hold, with write_mutex_ held.
-  bool HoldLocked(capnp::MessageBuilder& message);
+  // Hold of a frame made by FrameOf (its first piece left for what is held), with
+  // write_mutex_ held.
+  bool HoldLocked(const std::vector<iovec>& iov);
   // Writes what is held, if anything (with write_mutex_ held).
   void FlushLocked();
 
