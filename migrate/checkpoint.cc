@@ -6,12 +6,14 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <mutex>
 #include <random>
@@ -36,6 +38,36 @@ using Clock = std::chrono::steady_clock;
 std::chrono::microseconds Since(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
 }
+
+// criu probes the kernel at every start (kerndat: dozens of checks, iptables three
+// times; 35-40 ms on a virtual machine) and keeps what it found in /run only where /run
+// is a tmpfs. This process keeps it for all its criu runs in a memfd (CRIU patch 0010:
+// CRIU_KDAT_FD), sealed once a run has filled it: a descriptor a run let slip could
+// not change what later runs believe of the kernel. Gone with the process, as /run's
+// copy is with a reboot.
+class KerndatCache {
+ public:
+  static KerndatCache& Get() {
+    static KerndatCache cache;
+    return cache;
+  }
+  // -1 when the kernel has no memfd (criu then probes each time, as before).
+  int fd() const { return fd_.get(); }
+  bool sealed() const { return sealed_; }
+  void SealOnceFilled() {
+    if (sealed_ || !fd_.valid()) return;
+    struct stat st;
+    if (::fstat(fd_.get(), &st) != 0 || st.st_size == 0) return;
+    sealed_ = ::fcntl(fd_.get(), F_ADD_SEALS,
+                      F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) == 0;
+  }
+
+ private:
+  KerndatCache()
+      : fd_(Fd::Adopt(::memfd_create("criu-kerndat", MFD_CLOEXEC | MFD_ALLOW_SEALING))) {}
+  Fd fd_;
+  std::atomic<bool> sealed_{false};
+};
 
 struct CriuRun {
   ExitStatus status;
@@ -99,6 +131,11 @@ CriuProcess::CriuProcess(const CriuCall& call) {
   std::vector<std::string> env_strings;
   for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
   env_strings.insert(env_strings.end(), call.extra_env.begin(), call.extra_env.end());
+  std::vector<int> keep_fds = call.keep_fds;
+  if (int cache = KerndatCache::Get().fd(); cache >= 0) {
+    env_strings.push_back(fmt::format("CRIU_KDAT_FD={}", cache));
+    keep_fds.push_back(cache);
+  }
   std::vector<char*> envp;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -123,7 +160,7 @@ CriuProcess::CriuProcess(const CriuCall& call) {
         dup2(output.write.get(), 2) < 0) {
       goto fail;
     }
-    for (int fd : call.keep_fds) {
+    for (int fd : keep_fds) {
       int flags = fcntl(fd, F_GETFD);
       if (flags < 0 || fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) goto fail;
     }
@@ -161,6 +198,7 @@ CriuRun CriuProcess::Wait() {
   DisownChild(std::exchange(pid_, -1));
   run.status = ExitStatus::FromWaitStatus(status);
   run.time = Since(start_);
+  KerndatCache::Get().SealOnceFilled();
   return run;
 }
 
@@ -819,5 +857,7 @@ CriuCheckResult CriuCheck(const std::string& criu_path, const std::vector<std::s
   }
   return result;
 }
+
+bool CriuProbesKept() { return KerndatCache::Get().sealed(); }
 
 }  // namespace homeward::migrate

@@ -189,4 +189,8 @@ inline const std::vector<std::string> kCriuFeatures = {
 CriuCheckResult CriuCheck(const std::string& criu_path = DefaultCriuPath(),
                           const std::vector<std::string>& features = kCriuFeatures);
 
+// Whether this process keeps criu's kernel probes for its next criu runs: a run has filled
+// the cache it passes them (CRIU patch 0010), and it is sealed.
+bool CriuProbesKept();
+
 }  // namespace homeward::migrate

@@ -765,6 +765,19 @@ TEST(CriuCheck, ReportsVersionAndFeatures) {
   EXPECT_FALSE(check.features.empty());
 }
 
+TEST(CriuCheck, KernelProbesAreKeptForTheNextRuns) {
+  // Every run of criu (a move makes three) starts by probing the kernel unless a cache
+  // says what an earlier run found; /run here is no tmpfs, where criu keeps its own.
+  auto check = CriuCheck(DefaultCriuPath(), {"uffd-noncoop"});
+  ASSERT_TRUE(check.usable) << check.message;
+  EXPECT_TRUE(CriuProbesKept());
+  // Runs with the cache sealed against writes work as before.
+  auto again = CriuCheck(DefaultCriuPath(), {"uffd-noncoop"});
+  EXPECT_TRUE(again.usable) << again.message;
+  ASSERT_EQ(again.features.size(), 1u);
+  EXPECT_EQ(again.features[0].supported, check.features[0].supported);
+}
+
 }  // namespace
 }  // namespace homeward::migrate
 
