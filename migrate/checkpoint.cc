@@ -17,6 +17,7 @@
 #include <fstream>
 #include <mutex>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -377,6 +378,20 @@ std::string HoldAtStepScript(const std::string& work_dir, std::string_view actio
   return "./" + name;
 }
 
+// criu runs each script at only the steps some script names (CRIU patch 0011), and every
+// script still checks CRTOOLS_SCRIPT_ACTION itself.
+void AddActionScripts(CriuCall& call, const std::vector<ActionScript>& scripts) {
+  std::set<std::string> actions;
+  for (const ActionScript& script : scripts) {
+    call.args.push_back("--action-script");
+    call.args.push_back(script.path);
+    actions.insert(script.action);
+  }
+  if (!actions.empty()) {
+    call.extra_env.push_back(fmt::format("CRIU_SCRIPT_ACTIONS={}", fmt::join(actions, ",")));
+  }
+}
+
 // One criu dump run, with a session of the page server `pages` when there is one:
 // `pages_error` says how that session failed, or is empty.
 CriuRun RunPagedCriu(CriuCall call, PageSessions* pages, std::string& pages_error) {
@@ -583,8 +598,7 @@ DumpResult Dump(pid_t init_pid, const std::string& image_dir, const DumpOptions&
     call.args.push_back(fmt::format("pipe:[{}]", inode));
   }
   if (options.faults.Hit(Fault::kDumpCriu)) {
-    call.args.push_back("--action-script");
-    call.args.push_back(FailAtStepScript(work.path(), "post-dump"));
+    AddActionScripts(call, {{FailAtStepScript(work.path(), "post-dump"), "post-dump"}});
   }
   if (options.lazy) {
     // The descriptor is added for each run (StartLazyCriu): criu serves the memory on it.
@@ -722,18 +736,15 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
     call.args.push_back("--inherit-fd");
     call.args.push_back(fmt::format("fd[{}]:pipe:[{}]", pipe.fd, pipe.inode));
   }
-  for (const auto& script : options.action_scripts) {
-    call.args.push_back("--action-script");
-    call.args.push_back(script);
-  }
+  std::vector<ActionScript> scripts = options.action_scripts;
   if (options.faults.Hit(Fault::kRestoreCriu)) {
-    call.args.push_back("--action-script");
-    call.args.push_back(FailAtStepScript(work.path(), "post-restore"));
+    scripts.push_back({FailAtStepScript(work.path(), "post-restore"), "post-restore"});
   }
   if (options.faults.Hit(Fault::kRestoreHold)) {
-    call.args.push_back("--action-script");
-    call.args.push_back(HoldAtStepScript(work.path(), "post-restore", kRestoreHoldSeconds));
+    scripts.push_back(
+        {HoldAtStepScript(work.path(), "post-restore", kRestoreHoldSeconds), "post-restore"});
   }
+  AddActionScripts(call, scripts);
   // A lazy restore: criu lazy-pages listens in the work directory, where the restore
   // finds it, before the restore starts.
   std::unique_ptr<CriuProcess> lazy_pages;

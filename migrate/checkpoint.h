@@ -103,6 +103,12 @@ struct InheritedPipe {
   int fd = -1;         // the caller's end that replaces it (kept open by the caller)
 };
 
+// A program criu runs at one step (its action: "setup-namespaces", "post-restore", ...).
+struct ActionScript {
+  std::string path;
+  std::string action;
+};
+
 struct RestoreOptions {
   std::string criu_path = DefaultCriuPath();
   std::vector<InheritedPipe> pipes;
@@ -115,10 +121,11 @@ struct RestoreOptions {
   int net_namespace_fd = -1;
   std::string work_dir;  // as in DumpOptions
   std::optional<ActingUser> as_user;  // as in DumpOptions, for mount_namespace_fd
-  // Programs criu runs (by path, without arguments or a shell) at each step of the
-  // restore (--action-script), with CRTOOLS_SCRIPT_ACTION naming the step and
-  // CRTOOLS_INIT_PID the restored init; one that fails fails the restore.
-  std::vector<std::string> action_scripts;
+  // Programs criu runs (by path, without arguments or a shell) at a step of the restore
+  // (--action-script), with CRTOOLS_SCRIPT_ACTION naming the step and CRTOOLS_INIT_PID
+  // the restored init; one that fails fails the restore. criu runs them at only the steps
+  // they name (CRIU patch 0011): each run is a fork and an exec while the job is frozen.
+  std::vector<ActionScript> action_scripts;
   // "restore-before-criu", "restore-criu" (criu fails), "restore-after-criu" (the
   // restored job is killed again and the restore reported as failed).
   FaultPoints faults;

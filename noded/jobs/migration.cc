@@ -386,7 +386,7 @@ RestoredHere RestoreHere(const std::string& dir,
   // The job's own /proc needs its pid namespace, which criu makes: mount it as soon as
   // the namespace exists, before any process of the job is restored and runs.
   // (criu runs a script by path, without a shell: mosjob-init's copy in the job's root.)
-  restore.action_scripts = {"/mosjob-init"};
+  restore.action_scripts = {{"/mosjob-init", "setup-namespaces"}};
   restore.faults = faults;
   restore.as_user = std::move(as_user);
   restore.lazy_pages_socket = lazy_pages_socket;

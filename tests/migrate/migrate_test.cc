@@ -738,8 +738,18 @@ TEST_F(MigrateTest, CheckpointLeavesJobRunningAndRestoresLater) {
                    {options.external_pipes[1], out.write.get()},
                    {options.external_pipes[2], err.write.get()},
                    {options.external_pipes[3], status.write.get()}};
+  // A script for one step runs at that step only (criu would run it at each of about
+  // seven, a fork and an exec each, the job frozen).
+  std::string script = dir_ + "/note-step", steps = dir_ + "/steps";
+  {
+    std::ofstream out(script);
+    out << "#!/bin/sh\necho \"$CRTOOLS_SCRIPT_ACTION\" >> " << steps << "\n";
+  }
+  ASSERT_EQ(::chmod(script.c_str(), 0700), 0);
+  restore.action_scripts = {{script, "setup-namespaces"}};
   Job again;
   again.init = Restore(images, restore).init_pid;
+  EXPECT_EQ(ReadFile(steps), "setup-namespaces\n");
   again.in = std::move(in.write);
   again.out = std::move(out.read);
   again.err = std::move(err.read);
