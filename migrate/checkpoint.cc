@@ -143,34 +143,42 @@ CriuProcess::CriuProcess(const CriuCall& call) {
   Pipe output = Pipe::Create();
   Pipe errors = Pipe::Create();
 
+  // What the child needs, ready before it starts: it runs in our memory until criu's
+  // exec (SpawnSharingMemory), and may only make async-signal-safe calls.
+  struct Exec {
+    const CriuCall* call;
+    const std::vector<int>* keep_fds;
+    int binary, null, output, err_fd;
+    char** argv;
+    char** envp;
+  } exec{&call, &keep_fds, binary.get(), null.get(), output.write.get(), errors.write.get(),
+         argv.data(), envp.data()};
   start_ = Clock::now();
-  pid_t pid = HW_SYSCALL(::fork(), "fork for criu");
-  if (pid == 0) {
-    // Only async-signal-safe calls until exec: the daemon has other threads.
-    int err_fd = errors.write.get();
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, nullptr);
-    if (call.net_namespace_fd >= 0 && setns(call.net_namespace_fd, CLONE_NEWNET) < 0) {
-      goto fail;
-    }
-    if (call.mount_namespace_fd >= 0 && setns(call.mount_namespace_fd, CLONE_NEWNS) < 0) {
-      goto fail;
-    }
-    if (dup2(null.get(), 0) < 0 || dup2(output.write.get(), 1) < 0 ||
-        dup2(output.write.get(), 2) < 0) {
-      goto fail;
-    }
-    for (int fd : keep_fds) {
-      int flags = fcntl(fd, F_GETFD);
-      if (flags < 0 || fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) goto fail;
-    }
-    syscall(SYS_execveat, binary.get(), "", argv.data(), envp.data(), AT_EMPTY_PATH);
-  fail:
-    int err = errno;
-    (void)!write(err_fd, &err, sizeof err);
-    _exit(127);
-  }
+  pid_t pid = SpawnSharingMemory(
+      [](void* data) {
+        auto* e = static_cast<Exec*>(data);
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, nullptr);
+        if (e->call->net_namespace_fd >= 0 && setns(e->call->net_namespace_fd, CLONE_NEWNET) < 0) {
+          goto fail;
+        }
+        if (e->call->mount_namespace_fd >= 0 &&
+            setns(e->call->mount_namespace_fd, CLONE_NEWNS) < 0) {
+          goto fail;
+        }
+        if (dup2(e->null, 0) < 0 || dup2(e->output, 1) < 0 || dup2(e->output, 2) < 0) goto fail;
+        for (int fd : *e->keep_fds) {
+          int flags = fcntl(fd, F_GETFD);
+          if (flags < 0 || fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) goto fail;
+        }
+        syscall(SYS_execveat, e->binary, "", e->argv, e->envp, AT_EMPTY_PATH);
+      fail:
+        int err = errno;
+        (void)!write(e->err_fd, &err, sizeof err);
+        _exit(127);
+      },
+      &exec);
   pid_ = pid;
   OwnChild(pid_);
   errors.write.Reset();

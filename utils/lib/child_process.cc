@@ -4,7 +4,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -51,7 +54,27 @@ std::vector<char*> CStrings(const std::vector<std::string>& strings) {
   return result;
 }
 
-// Runs in the forked child: only async-signal-safe calls until exec.
+struct SharedChild {
+  void (*run)(void*);
+  void* arg;
+};
+
+int SharedChildMain(void* data) {
+  auto* child = static_cast<SharedChild*>(data);
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    struct sigaction now;
+    if (::sigaction(sig, nullptr, &now) == 0 && now.sa_handler != SIG_DFL &&
+        now.sa_handler != SIG_IGN) {
+      ::sigaction(sig, &default_action, nullptr);
+    }
+  }
+  child->run(child->arg);
+  _exit(127);
+}
+
+// Runs in the child: only async-signal-safe calls until exec.
 [[noreturn]] void ExecChild(const SpawnOptions& options, const std::vector<int>& wanted,
                             char** argv, char** envp, int error_fd) {
   sigset_t mask;
@@ -102,12 +125,25 @@ ChildProcess ChildProcess::Spawn(const SpawnOptions& options) {
     args.exit_signal = SIGCHLD;
     pid = static_cast<pid_t>(HW_SYSCALL(::syscall(SYS_clone3, &args, sizeof args),
                                         "clone3 for {}", options.argv[0]));
+    if (pid == 0) {
+      ExecChild(options, wanted, argv.data(), options.env ? envp.data() : nullptr,
+                errors.write.get());
+    }
   } else {
-    pid = HW_SYSCALL(::fork(), "fork for {}", options.argv[0]);
-  }
-  if (pid == 0) {
-    ExecChild(options, wanted, argv.data(), options.env ? envp.data() : nullptr,
-              errors.write.get());
+    struct Exec {
+      const SpawnOptions* options;
+      const std::vector<int>* wanted;
+      char** argv;
+      char** envp;
+      int error_fd;
+    } exec{&options, &wanted, argv.data(), options.env ? envp.data() : nullptr,
+           errors.write.get()};
+    pid = SpawnSharingMemory(
+        [](void* data) {
+          auto* e = static_cast<Exec*>(data);
+          ExecChild(*e->options, *e->wanted, e->argv, e->envp, e->error_fd);
+        },
+        &exec);
   }
   ChildProcess child(pid);  // owned from here on
   errors.write.Reset();
@@ -117,6 +153,24 @@ ChildProcess ChildProcess::Spawn(const SpawnOptions& options) {
     throw SystemError(child_errno, fmt::format("cannot run {}", options.argv[0]));
   }
   return child;
+}
+
+pid_t SpawnSharingMemory(void (*run)(void*), void* arg) {
+  constexpr size_t kStackBytes = 256 * 1024;  // PATH lookups put each candidate on it
+  void* stack = ::mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) throw SystemError(errno, "map a stack for a child");
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
+  SharedChild child{run, arg};
+  pid_t pid = ::clone(SharedChildMain, static_cast<char*>(stack) + kStackBytes,
+                      CLONE_VM | CLONE_VFORK | SIGCHLD, &child);
+  int err = errno;
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  ::munmap(stack, kStackBytes);
+  if (pid < 0) throw SystemError(err, "clone a child");
+  return pid;
 }
 
 ChildProcess::ChildProcess(pid_t pid) : pid_(pid) {

@@ -1,6 +1,10 @@
 #include "child_process.h"
+#include "error.h"
 
 #include <sys/prctl.h>
+#include <sys/wait.h>
+
+#include <csignal>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -55,6 +59,38 @@ void WaitUntilZombie(pid_t pid) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ASSERT_EQ(StateOf(pid), 'Z');
+}
+
+volatile sig_atomic_t handled = 0;
+
+TEST(SpawnSharingMemory, NoHandlerOfOursRunsInTheChild) {
+  // The child runs in our memory until it execs: a handler of ours run there would act on
+  // our state (here, set our flag). It gets the signal's default action instead.
+  struct sigaction action {}, before {};
+  action.sa_handler = [](int) { handled = 1; };
+  ASSERT_EQ(::sigaction(SIGUSR1, &action, &before), 0);
+  pid_t pid = SpawnSharingMemory(
+      [](void*) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, nullptr);
+        raise(SIGUSR1);
+        _exit(0);
+      },
+      nullptr);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ::sigaction(SIGUSR1, &before, nullptr);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGUSR1) << status;
+  EXPECT_EQ(handled, 0);
+}
+
+TEST(SpawnSharingMemory, SpawnsAndReportsAProgramThatCannotRun) {
+  SpawnOptions options;
+  options.argv = {"sh", "-c", "exit 3"};
+  EXPECT_EQ(ChildProcess::Spawn(options).Wait().code, 3);
+  options.argv = {"/nonexistent/program"};
+  EXPECT_THROW(ChildProcess::Spawn(options), Error);
 }
 
 TEST_F(OrphanTest, ReapsTheOrphanOfAChildThatLeftItBehind) {
