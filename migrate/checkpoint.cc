@@ -59,8 +59,10 @@ class KerndatCache {
     if (sealed_ || !fd_.valid()) return;
     struct stat st;
     if (::fstat(fd_.get(), &st) != 0 || st.st_size == 0) return;
-    sealed_ = ::fcntl(fd_.get(), F_ADD_SEALS,
-                      F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) == 0;
+    ::fcntl(fd_.get(), F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE);
+    // Read back: another thread's run may have sealed it a moment ago (adding then fails).
+    int seals = ::fcntl(fd_.get(), F_GET_SEALS);
+    if (seals >= 0 && (seals & F_SEAL_WRITE)) sealed_ = true;
   }
 
  private:
