@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <mutex>
@@ -131,14 +132,27 @@ CriuProcess::CriuProcess(const CriuCall& call) {
   std::vector<char*> argv;
   for (auto& s : argv_strings) argv.push_back(s.data());
   argv.push_back(nullptr);
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
-  env_strings.insert(env_strings.end(), call.extra_env.begin(), call.extra_env.end());
+  std::vector<std::string> ours = call.extra_env;
   std::vector<int> keep_fds = call.keep_fds;
   if (int cache = KerndatCache::Get().fd(); cache >= 0) {
-    env_strings.push_back(fmt::format("CRIU_KDAT_FD={}", cache));
+    ours.push_back(fmt::format("CRIU_KDAT_FD={}", cache));
     keep_fds.push_back(cache);
   }
+  // criu reads the first of a name: a value of ours, or of a knob only this library sets,
+  // inherited from the daemon's own environment must not shadow what the call says.
+  auto set_here = [&](std::string_view entry) {
+    size_t equals = entry.find('=');
+    if (equals == std::string_view::npos) return false;
+    std::string_view name = entry.substr(0, equals + 1);
+    if (name == "CRIU_KDAT_FD=" || name == "CRIU_SCRIPT_ACTIONS=") return true;
+    return std::any_of(ours.begin(), ours.end(),
+                       [&](const std::string& mine) { return mine.starts_with(name); });
+  };
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    if (!set_here(*e)) env_strings.emplace_back(*e);
+  }
+  env_strings.insert(env_strings.end(), ours.begin(), ours.end());
   std::vector<char*> envp;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
