@@ -2,7 +2,9 @@
 """Migration, in one run, for jobs holding 16 MiB .. 4 GiB of touched memory:
   - the floor: plain criu dump to tmpfs, then criu restore, on one node (its total: the
     wall time of both; its frozen time, as the daemons measure a move's, from criu's
-    freeze by criu's own stats, then the restore);
+    freeze by criu's own stats, then the restore), with criu's own restore; and beside it
+    the same with the restore reading into huge pages, as every restore of Homeward does
+    (RestoreOptions::huge_pages);
   - the migrate library's two ways over loopback TCP: stop and copy (dump to tmpfs, then
     stream the images), and paged (the memory to a page server on the far side while criu
     dumps, the rest after);
@@ -99,8 +101,9 @@ def main():
         "| memory | floor | floor frozen | stop-and-copy total | paged total | "
         "mosmigrate frozen | mosmigrate total | lazy frozen | lazy total | paged/floor | "
         "mosmigrate frozen/floor frozen | mosmigrate total/floor | "
-        "lazy frozen/floor frozen |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "lazy frozen/floor frozen | floor frozen, huge pages | "
+        "mosmigrate frozen/floor frozen, huge pages |",
+        "|" + " --- |" * 15,
     ]
     print("\n".join(lines), flush=True)
     with Cluster() as cluster, Cluster(lazy=True) as lazy_cluster:
@@ -115,12 +118,14 @@ def main():
             lazy_total = statistics.median(m[1] for m in lazy)
             floor = library["floor"]["total"]
             floor_frozen = library["floor"]["frozen"]
+            huge_frozen = library["floor_huge"]["frozen"]
             row = (f"| {mib} MiB | {floor:.3f} s | {floor_frozen:.3f} s | "
                    f"{library['copy']['total']:.3f} s | "
                    f"{library['paged']['total']:.3f} s | {frozen:.3f} s | {total:.3f} s | "
                    f"{lazy_frozen:.3f} s | {lazy_total:.3f} s | "
                    f"{library['paged']['total'] / floor:.2f}x | {frozen / floor_frozen:.2f}x | "
-                   f"{total / floor:.2f}x | {lazy_frozen / floor_frozen:.3f}x |")
+                   f"{total / floor:.2f}x | {lazy_frozen / floor_frozen:.3f}x | "
+                   f"{huge_frozen:.3f} s | {frozen / huge_frozen:.2f}x |")
             lines.append(row)
             print(row, flush=True)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)

@@ -93,9 +93,12 @@ struct Restored {
   Pipe in, out, err, status;
 };
 
-Restored RestoreWithPipes(const std::string& dir, const std::vector<uint64_t>& inodes) {
+// `huge_pages`: RestoreOptions::huge_pages (false: criu's own restore).
+Restored RestoreWithPipes(const std::string& dir, const std::vector<uint64_t>& inodes,
+                          bool huge_pages = true) {
   Restored r{-1, Pipe::Create(), Pipe::Create(), Pipe::Create(), Pipe::Create()};
   RestoreOptions options;
+  options.huge_pages = huge_pages;
   options.pipes = {{inodes[0], r.in.read.get()},
                    {inodes[1], r.out.write.get()},
                    {inodes[2], r.err.write.get()},
@@ -110,7 +113,8 @@ struct Sample {
 
 // The floor: criu dump (which kills the job) to tmpfs, then criu restore. Its total is
 // the wall time of both; its frozen time, as a move's, starts at criu's freeze (its stats).
-Sample Floor(size_t mib, const std::string& base) {
+// `huge_pages`: the restore reads into huge pages as moves do (else criu's own).
+Sample Floor(size_t mib, const std::string& base, bool huge_pages) {
   BenchJob job = StartJob(mib);
   std::string dir = base + "/floor";
   mkdir(dir.c_str(), 0700);
@@ -121,7 +125,7 @@ Sample Floor(size_t mib, const std::string& base) {
   DumpResult dumped = Dump(job.init, dir, options);
   auto t1 = Clock::now();
   job.Kill();
-  Restored r = RestoreWithPipes(dir, options.external_pipes);
+  Restored r = RestoreWithPipes(dir, options.external_pipes, huge_pages);
   auto t2 = Clock::now();
   RemoveImageDir(dir);
   KillJob(r.init);
@@ -268,13 +272,14 @@ int main(int argc, char** argv) {
     }
     for (size_t mib : sizes) {
       int n = mib >= 1024 ? 1 : reps;
-      std::vector<Sample> floors, copies, pages;
+      std::vector<Sample> floors, huge_floors, copies, pages;
       for (int i = 0; i < n; ++i) {
-        floors.push_back(Floor(mib, base));
+        floors.push_back(Floor(mib, base, false));
+        huge_floors.push_back(Floor(mib, base, true));
         copies.push_back(StopAndCopy(mib, base));
         pages.push_back(Paged(mib, base));
       }
-      Sample f = Median(floors), c = Median(copies), p = Median(pages);
+      Sample f = Median(floors), h = Median(huge_floors), c = Median(copies), p = Median(pages);
       if (json) {
         auto sample = [](const Sample& x) {
           return fmt::format(
@@ -282,8 +287,9 @@ int main(int argc, char** argv) {
               R"("restore": {:.3f}}})",
               x.frozen, x.total, x.dump, x.stream, x.restore);
         };
-        std::printf("{\"mib\": %zu, \"floor\": %s, \"copy\": %s, \"paged\": %s}\n", mib,
-                    sample(f).c_str(), sample(c).c_str(), sample(p).c_str());
+        std::printf(
+            "{\"mib\": %zu, \"floor\": %s, \"floor_huge\": %s, \"copy\": %s, \"paged\": %s}\n",
+            mib, sample(f).c_str(), sample(h).c_str(), sample(c).c_str(), sample(p).c_str());
       } else {
         std::printf(
             "| %zu MiB | %.3f s | %.3f s | %.3f s | %.3f s | %.2fx | %.3f / %.3f / %.3f s |\n",

@@ -144,7 +144,10 @@ CriuProcess::CriuProcess(const CriuCall& call) {
     size_t equals = entry.find('=');
     if (equals == std::string_view::npos) return false;
     std::string_view name = entry.substr(0, equals + 1);
-    if (name == "CRIU_KDAT_FD=" || name == "CRIU_SCRIPT_ACTIONS=") return true;
+    if (name == "CRIU_KDAT_FD=" || name == "CRIU_SCRIPT_ACTIONS=" ||
+        name == "CRIU_RESTORE_HUGE_PAGES=") {
+      return true;
+    }
     return std::any_of(ours.begin(), ours.end(),
                        [&](const std::string& mine) { return mine.starts_with(name); });
   };
@@ -400,6 +403,15 @@ std::string HoldAtStepScript(const std::string& work_dir, std::string_view actio
   }
   HW_SYSCALL(::chmod(path.c_str(), 0700), "chmod {}", path);
   return "./" + name;
+}
+
+// Whether this kernel gives processes huge pages at all: the administrator's "never"
+// holds for the pages a restore reads too.
+bool HugePagesAllowed() {
+  std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  std::getline(in, modes);
+  return in && modes.find("[never]") == std::string::npos;
 }
 
 // criu runs each script at only the steps some script names (CRIU patch 0011), and every
@@ -769,6 +781,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
         {HoldAtStepScript(work.path(), "post-restore", kRestoreHoldSeconds), "post-restore"});
   }
   AddActionScripts(call, scripts);
+  if (options.huge_pages && HugePagesAllowed()) call.extra_env.push_back("CRIU_RESTORE_HUGE_PAGES=1");
   // A lazy restore: criu lazy-pages listens in the work directory, where the restore
   // finds it, before the restore starts.
   std::unique_ptr<CriuProcess> lazy_pages;

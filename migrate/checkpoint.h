@@ -133,6 +133,14 @@ struct RestoreOptions {
   // pulls it over this connection to the source's lazy dump (its page-server protocol)
   // as the restored job touches it, and the rest in the background (RestoreResult::lazy).
   int lazy_pages_socket = -1;
+  // Each 2 MiB-aligned range of the job's anonymous memory that the images fill whole is
+  // read into a huge page (CRIU patch 0012): on a virtual machine whose hypervisor keeps
+  // shadow page tables a first touch of each 4 KiB page costs more than its copy, and
+  // these are the frozen job's pages. The job holds no more memory than before; a job
+  // that turned huge pages off (prctl, MADV_NOHUGEPAGE) keeps small ones, and so does
+  // every job where the administrator did (transparent_hugepage/enabled: never).
+  // false: criu's own restore.
+  bool huge_pages = true;
 };
 
 // The second half of a lazy restore: criu lazy-pages fills the job's memory.

@@ -38,6 +38,7 @@ namespace homeward::migrate {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -362,6 +363,7 @@ class MigrateTest : public ::testing::Test {
         restore.pipes.push_back({pipe.inode, by_role.at(pipe.role)});
       }
       restore.faults = faults;
+      restore.huge_pages = huge_pages_;
       restore.mount_namespace_fd = mount_ns;
       restore.net_namespace_fd = net_ns;
       RestoreResult restored;
@@ -456,7 +458,37 @@ class MigrateTest : public ::testing::Test {
 
   ScratchDir scratch_{"homeward-migrate"};
   std::string dir_ = scratch_.path(), input_;
+  bool huge_pages_ = true;  // Move's restore: RestoreOptions::huge_pages
 };
+
+// What /proc/PID/smaps says of the mapping that starts at `start` (kB; -1: no such).
+struct MappingMemory {
+  long rss_kb = -1, huge_kb = -1;
+  std::string flags;
+};
+MappingMemory MemoryAt(pid_t pid, uintptr_t start) {
+  MappingMemory found;
+  std::istringstream smaps(ReadFile(fmt::format("/proc/{}/smaps", pid)));
+  std::string line, header = fmt::format("{:x}-", start);
+  bool in_it = false;
+  while (std::getline(smaps, line)) {
+    if (line.find('-') != std::string::npos && std::isxdigit(static_cast<unsigned char>(line[0])) &&
+        line.find(':') > line.find(' ')) {
+      in_it = line.starts_with(header);
+    } else if (in_it && line.starts_with("Rss:")) {
+      found.rss_kb = std::stol(line.substr(4));
+    } else if (in_it && line.starts_with("AnonHugePages:")) {
+      found.huge_kb = std::stol(line.substr(14));
+    } else if (in_it && line.starts_with("VmFlags:")) {
+      found.flags = line.substr(8) + " ";
+    }
+  }
+  return found;
+}
+
+// The workload's memory (tests/migrate/workload.cc), at fixed addresses.
+constexpr uintptr_t kDenseMemory = 0x6f0000000000, kSparseMemory = 0x6f0001000000,
+                    kNoHugeMemory = 0x6f0002000000;
 
 TEST_F(MigrateTest, LazilyMovedJobMatchesUnmovedRun) {
   std::string expected = UnmovedRun({5, 5, 5}, true);
@@ -504,7 +536,7 @@ TEST_F(MigrateTest, MovedJobMatchesUnmovedRun) {
   job.Step(5);
   EXPECT_EQ(job.Finish(), 0) << job.output;
   EXPECT_EQ(job.output, expected);
-  EXPECT_THAT(job.output, HasSubstr("final steps=15 usr1=1 offset=240 timer=ok child=ok"));
+  EXPECT_THAT(job.output, HasSubstr("final steps=15 usr1=1 offset=240 timer=ok child=ok memory=ok"));
   EXPECT_EQ(ReadFile(dir_ + "/append"), ReadFile(dir_ + "/append-unmoved"));
 }
 
@@ -620,7 +652,7 @@ TEST_F(MigrateTest, RepeatedMovesLeakNothing) {
   EXPECT_EQ(children, fmt::format("{} ", job.init));
   EXPECT_EQ(JobPids(job.init).size(), 3u);  // init, workload, its child
   EXPECT_EQ(job.Finish(), 0);
-  EXPECT_THAT(job.output, HasSubstr("final steps=21 usr1=0 offset=336 timer=ok child=ok"));
+  EXPECT_THAT(job.output, HasSubstr("final steps=21 usr1=0 offset=336 timer=ok child=ok memory=ok"));
 }
 
 // A holder of a mount namespace in which the job's input path is another file, the way
@@ -711,6 +743,45 @@ TEST_F(MigrateTest, JobInItsOwnNetworkNamespaceLandsInThePreparedOne) {
   job.Step(2);
   EXPECT_EQ(job.Finish(), 0);
   EXPECT_THAT(job.output, HasSubstr("final steps=4 "));
+}
+
+// A restore reads each 2 MiB range of anonymous memory the images fill whole into a huge
+// page (CRIU patch 0012), and only those: a sparse range stays as small as it was, and
+// memory the job marked MADV_NOHUGEPAGE stays in small pages.
+TEST_F(MigrateTest, RestoreReadsWholeRangesIntoHugePages) {
+  std::string modes = ReadFile("/sys/kernel/mm/transparent_hugepage/enabled");
+  if (modes.empty() || modes.find("[never]") != std::string::npos) {
+    GTEST_SKIP() << "this kernel gives no huge pages (transparent_hugepage: " << modes << ")";
+  }
+  Job job = StartJob(input_, dir_ + "/append");
+  job.Step(1);
+  Move(job);
+  pid_t program = job.Program();
+  MappingMemory dense = MemoryAt(program, kDenseMemory);
+  MappingMemory sparse = MemoryAt(program, kSparseMemory);
+  MappingMemory no_huge = MemoryAt(program, kNoHugeMemory);
+  EXPECT_EQ(dense.huge_kb, 8192);
+  EXPECT_EQ(sparse.huge_kb, 0);
+  EXPECT_EQ(sparse.rss_kb, 2048);
+  EXPECT_EQ(no_huge.huge_kb, 0);
+  EXPECT_EQ(no_huge.rss_kb, 4096);
+  EXPECT_THAT(no_huge.flags, HasSubstr(" nh "));
+  // No mapping took a flag it did not have.
+  EXPECT_THAT(dense.flags, Not(HasSubstr(" hg ")));
+  job.Step(1);
+  EXPECT_EQ(job.Finish(), 0);
+  EXPECT_THAT(job.output, HasSubstr("final steps=2 usr1=0 offset=32 timer=ok child=ok memory=ok"));
+
+  // criu's own restore reads into small pages (where huge pages are only for who asks).
+  huge_pages_ = false;
+  Job plain = StartJob(input_, dir_ + "/append");
+  plain.Step(1);
+  Move(plain);
+  if (modes.find("[madvise]") != std::string::npos) {
+    EXPECT_EQ(MemoryAt(plain.Program(), kDenseMemory).huge_kb, 0);
+  }
+  EXPECT_EQ(plain.Finish(), 0);
+  EXPECT_THAT(plain.output, HasSubstr("memory=ok"));
 }
 
 // `checkpoint FILE`: the job goes on running; restoring the checkpoint later gives a

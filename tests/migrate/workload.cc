@@ -1,9 +1,11 @@
 // The zdtm-shaped workload the migration tests move: it builds state (an input file read
 // at an offset, a file it appends to, an interval timer, a SIGUSR1 handler, a child on a
-// pipe), says "ready" on fd 3, then does one step per "step" line on stdin, and at the
+// pipe, memory at fixed addresses: dense, sparse, and dense but marked MADV_NOHUGEPAGE),
+// says "ready" on fd 3, then does one step per "step" line on stdin, and at the
 // end of stdin checks that all of that state survived and prints its verdict.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -56,6 +58,53 @@ bool ReadLine(std::string& line) {
   }
 }
 
+// Memory the tests look at in /proc/PID/smaps (tests/migrate/migrate_test.cc): each
+// region 2 MiB-aligned at a fixed address, so that runs compare.
+constexpr uintptr_t kDenseMemory = 0x6f0000000000;    // 8 MiB, every page written
+constexpr uintptr_t kSparseMemory = 0x6f0001000000;   // 4 MiB, every other page written
+constexpr uintptr_t kNoHugeMemory = 0x6f0002000000;   // 4 MiB, every page, MADV_NOHUGEPAGE
+constexpr size_t kPage = 4096;
+
+struct Region {
+  uintptr_t start;
+  size_t size;
+  size_t stride;  // pages written: every `stride`-th
+};
+constexpr Region kRegions[] = {
+    {kDenseMemory, 8 << 20, 1}, {kSparseMemory, 4 << 20, 2}, {kNoHugeMemory, 4 << 20, 1}};
+
+unsigned char PageByte(uintptr_t page) {
+  return static_cast<unsigned char>((page / kPage) * 7 + 1);
+}
+
+bool MapMemory() {
+  for (const Region& r : kRegions) {
+    void* at = mmap(reinterpret_cast<void*>(r.start), r.size, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (at != reinterpret_cast<void*>(r.start)) return false;
+    if (r.start == kNoHugeMemory && madvise(at, r.size, MADV_NOHUGEPAGE) != 0) return false;
+    for (uintptr_t page = r.start; page < r.start + r.size; page += r.stride * kPage) {
+      memset(reinterpret_cast<void*>(page), PageByte(page), kPage);
+    }
+  }
+  return true;
+}
+
+// Every written page still holds its bytes, every other page is still zero.
+bool MemoryIntact() {
+  for (const Region& r : kRegions) {
+    for (uintptr_t page = r.start; page < r.start + r.size; page += kPage) {
+      bool written = ((page - r.start) / kPage) % r.stride == 0;
+      unsigned char want = written ? PageByte(page) : 0;
+      const auto* bytes = reinterpret_cast<const unsigned char*>(page);
+      for (size_t i = 0; i < kPage; ++i) {
+        if (bytes[i] != want) return false;
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -89,6 +138,9 @@ int main(int argc, char** argv) {
   }
   close(to_child[0]);
   close(from_child[1]);
+  // After the fork: memory of this process alone, which criu's restorer reads in place
+  // (memory a child shares copy-on-write criu reads before it forks the children).
+  if (!MapMemory()) return 8;
   Say(3, "ready\n");
 
   uint64_t steps = 0;
@@ -120,10 +172,12 @@ int main(int argc, char** argv) {
   int status = 0;
   bool child_ok =
       waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  bool memory_ok = MemoryIntact();
   char out[160];
-  std::snprintf(out, sizeof out, "final steps=%" PRIu64 " usr1=%d offset=%ld timer=%s child=%s\n",
-                steps, static_cast<int>(usr1), static_cast<long>(lseek(input, 0, SEEK_CUR)),
-                timer_ok ? "ok" : "BAD", child_ok ? "ok" : "BAD");
+  std::snprintf(out, sizeof out,
+                "final steps=%" PRIu64 " usr1=%d offset=%ld timer=%s child=%s memory=%s\n", steps,
+                static_cast<int>(usr1), static_cast<long>(lseek(input, 0, SEEK_CUR)),
+                timer_ok ? "ok" : "BAD", child_ok ? "ok" : "BAD", memory_ok ? "ok" : "BAD");
   Say(1, out);
-  return timer_ok && child_ok ? 0 : 1;
+  return timer_ok && child_ok && memory_ok ? 0 : 1;
 }
