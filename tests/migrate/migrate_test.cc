@@ -488,7 +488,7 @@ MappingMemory MemoryAt(pid_t pid, uintptr_t start) {
 
 // The workload's memory (tests/migrate/workload.cc), at fixed addresses.
 constexpr uintptr_t kDenseMemory = 0x6f0000000000, kSparseMemory = 0x6f0001000000,
-                    kNoHugeMemory = 0x6f0002000000;
+                    kNoHugeMemory = 0x6f0002000000, kSharedMemory = 0x6f0003000000;
 
 TEST_F(MigrateTest, LazilyMovedJobMatchesUnmovedRun) {
   std::string expected = UnmovedRun({5, 5, 5}, true);
@@ -747,7 +747,9 @@ TEST_F(MigrateTest, JobInItsOwnNetworkNamespaceLandsInThePreparedOne) {
 
 // A restore reads each 2 MiB range of anonymous memory the images fill whole into a huge
 // page (CRIU patch 0012), and only those: a sparse range stays as small as it was, and
-// memory the job marked MADV_NOHUGEPAGE stays in small pages.
+// memory the job marked MADV_NOHUGEPAGE stays in small pages. Memory a process shares
+// with its child copy-on-write (criu reads it before it forks the child, away from its
+// final address) comes back in huge pages the two still share.
 TEST_F(MigrateTest, RestoreReadsWholeRangesIntoHugePages) {
   std::string modes = ReadFile("/sys/kernel/mm/transparent_hugepage/enabled");
   if (modes.empty() || modes.find("[never]") != std::string::npos) {
@@ -755,6 +757,7 @@ TEST_F(MigrateTest, RestoreReadsWholeRangesIntoHugePages) {
   }
   Job job = StartJob(input_, dir_ + "/append");
   job.Step(1);
+  std::string shape = Shape(job.Program());
   Move(job);
   pid_t program = job.Program();
   MappingMemory dense = MemoryAt(program, kDenseMemory);
@@ -766,6 +769,12 @@ TEST_F(MigrateTest, RestoreReadsWholeRangesIntoHugePages) {
   EXPECT_EQ(no_huge.huge_kb, 0);
   EXPECT_EQ(no_huge.rss_kb, 4096);
   EXPECT_THAT(no_huge.flags, HasSubstr(" nh "));
+  EXPECT_EQ(MemoryAt(program, kSharedMemory).huge_kb, 4096);
+  std::vector<pid_t> pids = JobPids(job.init);
+  ASSERT_EQ(pids.size(), 3u);  // init, the workload, its child
+  EXPECT_EQ(MemoryAt(pids[2], kSharedMemory).huge_kb, 4096);
+  // Nothing of criu's premapping is left in the job: its map is the one it had.
+  EXPECT_EQ(Shape(program), shape);
   // No mapping took a flag it did not have.
   EXPECT_THAT(dense.flags, Not(HasSubstr(" hg ")));
   job.Step(1);

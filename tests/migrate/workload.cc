@@ -63,6 +63,7 @@ bool ReadLine(std::string& line) {
 constexpr uintptr_t kDenseMemory = 0x6f0000000000;    // 8 MiB, every page written
 constexpr uintptr_t kSparseMemory = 0x6f0001000000;   // 4 MiB, every other page written
 constexpr uintptr_t kNoHugeMemory = 0x6f0002000000;   // 4 MiB, every page, MADV_NOHUGEPAGE
+constexpr uintptr_t kSharedMemory = 0x6f0003000000;   // 4 MiB, every page, before the fork
 constexpr size_t kPage = 4096;
 
 struct Region {
@@ -70,29 +71,31 @@ struct Region {
   size_t size;
   size_t stride;  // pages written: every `stride`-th
 };
-constexpr Region kRegions[] = {
+// The child shares the last one with this process, copy-on-write (criu reads such memory
+// before it forks the children); the others are this process's alone (criu's restorer
+// reads them in place).
+constexpr Region kOwnRegions[] = {
     {kDenseMemory, 8 << 20, 1}, {kSparseMemory, 4 << 20, 2}, {kNoHugeMemory, 4 << 20, 1}};
+constexpr Region kSharedRegion = {kSharedMemory, 4 << 20, 1};
 
 unsigned char PageByte(uintptr_t page) {
   return static_cast<unsigned char>((page / kPage) * 7 + 1);
 }
 
-bool MapMemory() {
-  for (const Region& r : kRegions) {
-    void* at = mmap(reinterpret_cast<void*>(r.start), r.size, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (at != reinterpret_cast<void*>(r.start)) return false;
-    if (r.start == kNoHugeMemory && madvise(at, r.size, MADV_NOHUGEPAGE) != 0) return false;
-    for (uintptr_t page = r.start; page < r.start + r.size; page += r.stride * kPage) {
-      memset(reinterpret_cast<void*>(page), PageByte(page), kPage);
-    }
+bool MapMemory(const Region& r) {
+  void* at = mmap(reinterpret_cast<void*>(r.start), r.size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (at != reinterpret_cast<void*>(r.start)) return false;
+  if (r.start == kNoHugeMemory && madvise(at, r.size, MADV_NOHUGEPAGE) != 0) return false;
+  for (uintptr_t page = r.start; page < r.start + r.size; page += r.stride * kPage) {
+    memset(reinterpret_cast<void*>(page), PageByte(page), kPage);
   }
   return true;
 }
 
 // Every written page still holds its bytes, every other page is still zero.
 bool MemoryIntact() {
-  for (const Region& r : kRegions) {
+  for (const Region& r : {kOwnRegions[0], kOwnRegions[1], kOwnRegions[2], kSharedRegion}) {
     for (uintptr_t page = r.start; page < r.start + r.size; page += kPage) {
       bool written = ((page - r.start) / kPage) % r.stride == 0;
       unsigned char want = written ? PageByte(page) : 0;
@@ -123,6 +126,7 @@ int main(int argc, char** argv) {
   sigaction(SIGUSR1, &action, nullptr);
   itimerval timer{{0, 5000}, {0, 5000}};
   setitimer(ITIMER_REAL, &timer, nullptr);
+  if (!MapMemory(kSharedRegion)) return 8;
   int to_child[2], from_child[2];
   if (pipe2(to_child, O_CLOEXEC) < 0 || pipe2(from_child, O_CLOEXEC) < 0) return 5;
   pid_t child = fork();
@@ -140,7 +144,9 @@ int main(int argc, char** argv) {
   close(from_child[1]);
   // After the fork: memory of this process alone, which criu's restorer reads in place
   // (memory a child shares copy-on-write criu reads before it forks the children).
-  if (!MapMemory()) return 8;
+  for (const Region& r : kOwnRegions) {
+    if (!MapMemory(r)) return 8;
+  }
   Say(3, "ready\n");
 
   uint64_t steps = 0;
