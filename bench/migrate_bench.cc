@@ -47,17 +47,11 @@ struct BenchJob {
   pid_t init = -1;
   Fd in, out, err, status;
   BenchJob(pid_t pid, Fd in_fd, Fd out_fd, Fd err_fd, Fd status_fd)
-      : init(pid),
-        in(std::move(in_fd)),
-        out(std::move(out_fd)),
-        err(std::move(err_fd)),
+      : init(pid), in(std::move(in_fd)), out(std::move(out_fd)), err(std::move(err_fd)),
         status(std::move(status_fd)) {}
   BenchJob(BenchJob&& other) noexcept
-      : init(std::exchange(other.init, -1)),
-        in(std::move(other.in)),
-        out(std::move(other.out)),
-        err(std::move(other.err)),
-        status(std::move(other.status)) {}
+      : init(std::exchange(other.init, -1)), in(std::move(other.in)),
+        out(std::move(other.out)), err(std::move(other.err)), status(std::move(other.status)) {}
   BenchJob& operator=(BenchJob&&) = delete;
   ~BenchJob() { Kill(); }
   void Kill() {
@@ -145,8 +139,9 @@ Sample Floor(size_t mib, const std::string& base, bool huge_pages) {
 // The end of a move whose images arrived in `recv_dir`: restore there, then release the
 // source (stopped by its dump) and both directories. `t0`: the dump began; `dumped`: it
 // ended.
-Sample RestoreMoved(BenchJob& job, const std::string& dump_dir, const std::string& recv_dir,
-                    Clock::time_point t0, Clock::time_point dumped) {
+Sample RestoreMoved(BenchJob& job, const std::string& dump_dir,
+                    const std::string& recv_dir, Clock::time_point t0,
+                    Clock::time_point dumped) {
   RemoveImageDir(dump_dir);
   auto received = Clock::now();
   Restored r = RestoreWithPipes(recv_dir, job.Inodes());
@@ -293,12 +288,13 @@ int main(int argc, char** argv) {
               x.frozen, x.total, x.dump, x.stream, x.restore);
         };
         std::printf(
-            "{\"mib\": %zu, \"floor\": %s, \"floor_huge\": %s, \"copy\": %s, \"paged\": %s}\n", mib,
-            sample(f).c_str(), sample(h).c_str(), sample(c).c_str(), sample(p).c_str());
+            "{\"mib\": %zu, \"floor\": %s, \"floor_huge\": %s, \"copy\": %s, \"paged\": %s}\n",
+            mib, sample(f).c_str(), sample(h).c_str(), sample(c).c_str(), sample(p).c_str());
       } else {
         std::printf(
-            "| %zu MiB | %.3f s | %.3f s | %.3f s | %.3f s | %.2fx | %.3f / %.3f / %.3f s |\n", mib,
-            f.total, c.total, p.frozen, p.total, p.total / f.total, p.dump, p.stream, p.restore);
+            "| %zu MiB | %.3f s | %.3f s | %.3f s | %.3f s | %.2fx | %.3f / %.3f / %.3f s |\n",
+            mib, f.total, c.total, p.frozen, p.total, p.total / f.total, p.dump, p.stream,
+            p.restore);
       }
       std::fflush(stdout);
     }

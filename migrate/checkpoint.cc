@@ -26,8 +26,8 @@
 #include "error.h"
 #include "fd.h"
 #include "homeward_config.h"
-#include "image_stream.h"
 #include "install_paths.h"
+#include "image_stream.h"
 
 extern char** environ;
 
@@ -170,7 +170,7 @@ CriuProcess::CriuProcess(const CriuCall& call) {
     int binary, null, output, err_fd;
     char** argv;
     char** envp;
-  } exec{&call,       &keep_fds,  binary.get(), null.get(), output.write.get(), errors.write.get(),
+  } exec{&call, &keep_fds, binary.get(), null.get(), output.write.get(), errors.write.get(),
          argv.data(), envp.data()};
   start_ = Clock::now();
   pid_t pid = SpawnSharingMemory(
@@ -231,9 +231,7 @@ CriuRun CriuProcess::Wait() {
 }
 
 // Runs criu to completion.
-CriuRun RunCriu(const CriuCall& call) {
-  return CriuProcess(call).Wait();
-}
+CriuRun RunCriu(const CriuCall& call) { return CriuProcess(call).Wait(); }
 
 // A pipe for criu's --status-fd: criu writes one byte and closes it once it is ready to
 // serve (a lazy dump: its images are written; lazy-pages: its socket is listening).
@@ -494,12 +492,9 @@ std::unique_ptr<CriuProcess> StartLazyCriu(CriuCall call, PageSessions& pages, C
 // A lazy dump past its images (see LazyDump).
 class LazyDumpRun final : public LazyDump {
  public:
-  LazyDumpRun(std::unique_ptr<CriuProcess> criu, std::unique_ptr<WorkDir> work, PageSessions& pages,
-              pid_t init_pid, AfterDump after)
-      : criu_(std::move(criu)),
-        work_(std::move(work)),
-        pages_(pages),
-        init_pid_(init_pid),
+  LazyDumpRun(std::unique_ptr<CriuProcess> criu, std::unique_ptr<WorkDir> work,
+              PageSessions& pages, pid_t init_pid, AfterDump after)
+      : criu_(std::move(criu)), work_(std::move(work)), pages_(pages), init_pid_(init_pid),
         after_(after) {}
   ~LazyDumpRun() override {
     if (!criu_) return;
@@ -581,6 +576,7 @@ bool WorthAnotherTry(const std::string& log_path) {
   return log.find("Can't create a directory (-17)") != std::string::npos ||
          log.find("task interruption, aborting") != std::string::npos;
 }
+
 
 }  // namespace
 
@@ -706,9 +702,8 @@ void ServePages(int socket, const std::string& image_dir, const std::string& cri
   CriuCall call;
   call.criu_path = criu_path;
   call.keep_fds = {images.get(), work_fd.get(), socket};
-  call.args = {"page-server",   "--images-dir",        FdPath(images),    "--work-dir",
-               FdPath(work_fd), "--log-file",          "page-server.log", "-v2",
-               "--ps-socket",   std::to_string(socket)};
+  call.args = {"page-server", "--images-dir", FdPath(images), "--work-dir", FdPath(work_fd),
+               "--log-file", "page-server.log", "-v2", "--ps-socket", std::to_string(socket)};
   CriuRun run = RunCriu(call);
   if (run.status.signaled || run.status.code != 0) {
     Fail(ErrorKind::kFailed, "criu page-server failed ({}):{}", run.status.Describe(),
@@ -723,16 +718,8 @@ std::unique_ptr<CriuProcess> StartLazyPages(const RestoreOptions& options, const
   CriuCall call;
   call.criu_path = options.criu_path;
   call.keep_fds = {images.get(), work_fd.get(), options.lazy_pages_socket};
-  call.args = {"lazy-pages",
-               "--images-dir",
-               FdPath(images),
-               "--work-dir",
-               FdPath(work_fd),
-               "--log-file",
-               "lazy-pages.log",
-               "-v2",
-               "--page-server",
-               "--ps-socket",
+  call.args = {"lazy-pages", "--images-dir", FdPath(images), "--work-dir", FdPath(work_fd),
+               "--log-file", "lazy-pages.log", "-v2", "--page-server", "--ps-socket",
                std::to_string(options.lazy_pages_socket)};
   StatusPipe status;
   status.Pass(call);
@@ -794,8 +781,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
         {HoldAtStepScript(work.path(), "post-restore", kRestoreHoldSeconds), "post-restore"});
   }
   AddActionScripts(call, scripts);
-  if (options.huge_pages && HugePagesAllowed())
-    call.extra_env.push_back("CRIU_RESTORE_HUGE_PAGES=1");
+  if (options.huge_pages && HugePagesAllowed()) call.extra_env.push_back("CRIU_RESTORE_HUGE_PAGES=1");
   // A lazy restore: criu lazy-pages listens in the work directory, where the restore
   // finds it, before the restore starts.
   std::unique_ptr<CriuProcess> lazy_pages;
@@ -920,8 +906,6 @@ CriuCheckResult CriuCheck(const std::string& criu_path, const std::vector<std::s
   return result;
 }
 
-bool CriuProbesKept() {
-  return KerndatCache::Get().sealed();
-}
+bool CriuProbesKept() { return KerndatCache::Get().sealed(); }
 
 }  // namespace homeward::migrate

@@ -88,7 +88,7 @@ struct DumpResult {
   std::chrono::microseconds memdump_time{0};  // part of that spent draining memory
   uint64_t image_bytes = 0;                   // size of the image directory
   uint64_t pages_written = 0;
-  std::shared_ptr<LazyDump> lazy;  // a lazy dump's second half
+  std::shared_ptr<LazyDump> lazy;             // a lazy dump's second half
 };
 
 // Dumps the job whose init has `init_pid` (a pid of our namespace) into `image_dir`,
@@ -119,7 +119,7 @@ struct RestoreOptions {
   // in: Dump runs criu in the job's own, so the images hold the job's sockets but never
   // the namespace itself. -1 restores into the caller's own.
   int net_namespace_fd = -1;
-  std::string work_dir;               // as in DumpOptions
+  std::string work_dir;  // as in DumpOptions
   std::optional<ActingUser> as_user;  // as in DumpOptions, for mount_namespace_fd
   // Programs criu runs (by path, without arguments or a shell) at a step of the restore
   // (--action-script), with CRTOOLS_SCRIPT_ACTION naming the step and CRTOOLS_INIT_PID
@@ -199,8 +199,8 @@ struct CriuCheckResult {
 // Probes criu once (at start-up): whether it runs on this kernel, and which optional
 // features (dirty-memory tracking for pre-copy, userfaultfd for post-copy, ...) work:
 // each of `features` (criu check --feature NAME, about 0.1 s each).
-inline const std::vector<std::string> kCriuFeatures = {"mem_dirty_track", "uffd-noncoop",
-                                                       "seccomp_filters", "timens", "pidfd_store"};
+inline const std::vector<std::string> kCriuFeatures = {
+    "mem_dirty_track", "uffd-noncoop", "seccomp_filters", "timens", "pidfd_store"};
 CriuCheckResult CriuCheck(const std::string& criu_path = DefaultCriuPath(),
                           const std::vector<std::string>& features = kCriuFeatures);
 

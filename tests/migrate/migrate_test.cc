@@ -31,8 +31,8 @@
 #include "fd.h"
 #include "image_stream.h"
 #include "page_relay.h"
-#include "scratch_dir.h"
 #include "secure_channel.h"
+#include "scratch_dir.h"
 
 namespace homeward::migrate {
 namespace {
@@ -339,8 +339,10 @@ class MigrateTest : public ::testing::Test {
     send_options.faults = faults;
     send_options.remove_sent_files = true;
     JobMetadata meta;
-    meta.external_pipes = {
-        {inodes[0], "stdin"}, {inodes[1], "stdout"}, {inodes[2], "stderr"}, {inodes[3], "status"}};
+    meta.external_pipes = {{inodes[0], "stdin"},
+                           {inodes[1], "stdout"},
+                           {inodes[2], "stderr"},
+                           {inodes[3], "status"}};
     try {
       std::optional<ReceivedImages> got;
       if (carry == Carry::kAfterDump) {
@@ -393,8 +395,8 @@ class MigrateTest : public ::testing::Test {
     int fds[2];
     HW_SYSCALL(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), "socketpair");
     auto source = SecureStream::Plain(Fd::Adopt(fds[0]), "source");
-    auto relay =
-        std::make_unique<LazyPageRelayIn>(SecureStream::Plain(Fd::Adopt(fds[1]), "target"), cut);
+    auto relay = std::make_unique<LazyPageRelayIn>(
+        SecureStream::Plain(Fd::Adopt(fds[1]), "target"), cut);
     PageRelayOut pages(*source);
     DumpOptions dump;
     dump.external_pipes = job.PipeInodes();
@@ -534,8 +536,7 @@ TEST_F(MigrateTest, MovedJobMatchesUnmovedRun) {
   job.Step(5);
   EXPECT_EQ(job.Finish(), 0) << job.output;
   EXPECT_EQ(job.output, expected);
-  EXPECT_THAT(job.output,
-              HasSubstr("final steps=15 usr1=1 offset=240 timer=ok child=ok memory=ok"));
+  EXPECT_THAT(job.output, HasSubstr("final steps=15 usr1=1 offset=240 timer=ok child=ok memory=ok"));
   EXPECT_EQ(ReadFile(dir_ + "/append"), ReadFile(dir_ + "/append-unmoved"));
 }
 
@@ -651,8 +652,7 @@ TEST_F(MigrateTest, RepeatedMovesLeakNothing) {
   EXPECT_EQ(children, fmt::format("{} ", job.init));
   EXPECT_EQ(JobPids(job.init).size(), 3u);  // init, workload, its child
   EXPECT_EQ(job.Finish(), 0);
-  EXPECT_THAT(job.output,
-              HasSubstr("final steps=21 usr1=0 offset=336 timer=ok child=ok memory=ok"));
+  EXPECT_THAT(job.output, HasSubstr("final steps=21 usr1=0 offset=336 timer=ok child=ok memory=ok"));
 }
 
 // A holder of a mount namespace in which the job's input path is another file, the way

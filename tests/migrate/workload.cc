@@ -60,10 +60,10 @@ bool ReadLine(std::string& line) {
 
 // Memory the tests look at in /proc/PID/smaps (tests/migrate/migrate_test.cc): each
 // region 2 MiB-aligned at a fixed address, so that runs compare.
-constexpr uintptr_t kDenseMemory = 0x6f0000000000;   // 8 MiB, every page written
-constexpr uintptr_t kSparseMemory = 0x6f0001000000;  // 4 MiB, every other page written
-constexpr uintptr_t kNoHugeMemory = 0x6f0002000000;  // 4 MiB, every page, MADV_NOHUGEPAGE
-constexpr uintptr_t kSharedMemory = 0x6f0003000000;  // 4 MiB, every page, before the fork
+constexpr uintptr_t kDenseMemory = 0x6f0000000000;    // 8 MiB, every page written
+constexpr uintptr_t kSparseMemory = 0x6f0001000000;   // 4 MiB, every other page written
+constexpr uintptr_t kNoHugeMemory = 0x6f0002000000;   // 4 MiB, every page, MADV_NOHUGEPAGE
+constexpr uintptr_t kSharedMemory = 0x6f0003000000;   // 4 MiB, every page, before the fork
 constexpr size_t kPage = 4096;
 
 struct Region {
