@@ -781,7 +781,9 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
         {HoldAtStepScript(work.path(), "post-restore", kRestoreHoldSeconds), "post-restore"});
   }
   AddActionScripts(call, scripts);
-  if (options.huge_pages && HugePagesAllowed()) call.extra_env.push_back("CRIU_RESTORE_HUGE_PAGES=1");
+  if (options.huge_pages && HugePagesAllowed()) {
+    call.extra_env.push_back("CRIU_RESTORE_HUGE_PAGES=1");
+  }
   // A lazy restore: criu lazy-pages listens in the work directory, where the restore
   // finds it, before the restore starts.
   std::unique_ptr<CriuProcess> lazy_pages;

@@ -536,7 +536,8 @@ TEST_F(MigrateTest, MovedJobMatchesUnmovedRun) {
   job.Step(5);
   EXPECT_EQ(job.Finish(), 0) << job.output;
   EXPECT_EQ(job.output, expected);
-  EXPECT_THAT(job.output, HasSubstr("final steps=15 usr1=1 offset=240 timer=ok child=ok memory=ok"));
+  EXPECT_THAT(job.output,
+              HasSubstr("final steps=15 usr1=1 offset=240 timer=ok child=ok memory=ok"));
   EXPECT_EQ(ReadFile(dir_ + "/append"), ReadFile(dir_ + "/append-unmoved"));
 }
 
@@ -652,7 +653,8 @@ TEST_F(MigrateTest, RepeatedMovesLeakNothing) {
   EXPECT_EQ(children, fmt::format("{} ", job.init));
   EXPECT_EQ(JobPids(job.init).size(), 3u);  // init, workload, its child
   EXPECT_EQ(job.Finish(), 0);
-  EXPECT_THAT(job.output, HasSubstr("final steps=21 usr1=0 offset=336 timer=ok child=ok memory=ok"));
+  EXPECT_THAT(job.output,
+              HasSubstr("final steps=21 usr1=0 offset=336 timer=ok child=ok memory=ok"));
 }
 
 // A holder of a mount namespace in which the job's input path is another file, the way
