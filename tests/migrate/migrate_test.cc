@@ -33,6 +33,7 @@
 #include "page_relay.h"
 #include "secure_channel.h"
 #include "scratch_dir.h"
+#include "workload_memory.h"
 
 namespace homeward::migrate {
 namespace {
@@ -472,8 +473,9 @@ MappingMemory MemoryAt(pid_t pid, uintptr_t start) {
   std::string line, header = fmt::format("{:x}-", start);
   bool in_it = false;
   while (std::getline(smaps, line)) {
-    if (line.find('-') != std::string::npos && std::isxdigit(static_cast<unsigned char>(line[0])) &&
-        line.find(':') > line.find(' ')) {
+    // A mapping's first line starts with its range; each of its fields with "Name:".
+    std::string first = line.substr(0, line.find(' '));
+    if (!first.empty() && first.back() != ':') {
       in_it = line.starts_with(header);
     } else if (in_it && line.starts_with("Rss:")) {
       found.rss_kb = std::stol(line.substr(4));
@@ -486,9 +488,8 @@ MappingMemory MemoryAt(pid_t pid, uintptr_t start) {
   return found;
 }
 
-// The workload's memory (tests/migrate/workload.cc), at fixed addresses.
-constexpr uintptr_t kDenseMemory = 0x6f0000000000, kSparseMemory = 0x6f0001000000,
-                    kNoHugeMemory = 0x6f0002000000, kSharedMemory = 0x6f0003000000;
+using workload::kDenseMemory, workload::kNoHugeMemory, workload::kSharedMemory,
+    workload::kSparseMemory;
 
 TEST_F(MigrateTest, LazilyMovedJobMatchesUnmovedRun) {
   std::string expected = UnmovedRun({5, 5, 5}, true);

@@ -1,8 +1,9 @@
 // The zdtm-shaped workload the migration tests move: it builds state (an input file read
 // at an offset, a file it appends to, an interval timer, a SIGUSR1 handler, a child on a
-// pipe, memory at fixed addresses: dense, sparse, and dense but marked MADV_NOHUGEPAGE),
-// says "ready" on fd 3, then does one step per "step" line on stdin, and at the
-// end of stdin checks that all of that state survived and prints its verdict.
+// pipe, memory at fixed addresses: dense, sparse, dense but marked MADV_NOHUGEPAGE, and
+// dense and shared with the child; see workload_memory.h), says "ready" on fd 3, then
+// does one step per "step" line on stdin, and at the end of stdin checks that all of that
+// state survived and prints its verdict.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -14,6 +15,8 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+
+#include "workload_memory.h"
 
 namespace {
 
@@ -58,44 +61,46 @@ bool ReadLine(std::string& line) {
   }
 }
 
-// Memory the tests look at in /proc/PID/smaps (tests/migrate/migrate_test.cc): each
-// region 2 MiB-aligned at a fixed address, so that runs compare.
-constexpr uintptr_t kDenseMemory = 0x6f0000000000;    // 8 MiB, every page written
-constexpr uintptr_t kSparseMemory = 0x6f0001000000;   // 4 MiB, every other page written
-constexpr uintptr_t kNoHugeMemory = 0x6f0002000000;   // 4 MiB, every page, MADV_NOHUGEPAGE
-constexpr uintptr_t kSharedMemory = 0x6f0003000000;   // 4 MiB, every page, before the fork
+using namespace homeward::migrate::workload;
+
 constexpr size_t kPage = 4096;
 
 struct Region {
   uintptr_t start;
   size_t size;
-  size_t stride;  // pages written: every `stride`-th
+  size_t stride;             // pages written: every `stride`-th
+  bool no_huge = false;      // marked MADV_NOHUGEPAGE
+  bool before_fork = false;  // the child shares it, copy-on-write
 };
-// The child shares the last one with this process, copy-on-write (criu reads such memory
-// before it forks the children); the others are this process's alone (criu's restorer
-// reads them in place).
-constexpr Region kOwnRegions[] = {
-    {kDenseMemory, 8 << 20, 1}, {kSparseMemory, 4 << 20, 2}, {kNoHugeMemory, 4 << 20, 1}};
-constexpr Region kSharedRegion = {kSharedMemory, 4 << 20, 1};
+// Memory a child shares copy-on-write criu reads before it forks the children; the rest,
+// this process's alone, criu's restorer reads in place.
+constexpr Region kRegions[] = {{kDenseMemory, 8 << 20, 1},
+                               {kSparseMemory, 4 << 20, 2},
+                               {kNoHugeMemory, 4 << 20, 1, true},
+                               {kSharedMemory, 4 << 20, 1, false, true}};
 
 unsigned char PageByte(uintptr_t page) {
   return static_cast<unsigned char>((page / kPage) * 7 + 1);
 }
 
-bool MapMemory(const Region& r) {
-  void* at = mmap(reinterpret_cast<void*>(r.start), r.size, PROT_READ | PROT_WRITE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-  if (at != reinterpret_cast<void*>(r.start)) return false;
-  if (r.start == kNoHugeMemory && madvise(at, r.size, MADV_NOHUGEPAGE) != 0) return false;
-  for (uintptr_t page = r.start; page < r.start + r.size; page += r.stride * kPage) {
-    memset(reinterpret_cast<void*>(page), PageByte(page), kPage);
+// Maps and writes the regions made before the fork, or after it.
+bool MapMemory(bool before_fork) {
+  for (const Region& r : kRegions) {
+    if (r.before_fork != before_fork) continue;
+    void* at = mmap(reinterpret_cast<void*>(r.start), r.size, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (at != reinterpret_cast<void*>(r.start)) return false;
+    if (r.no_huge && madvise(at, r.size, MADV_NOHUGEPAGE) != 0) return false;
+    for (uintptr_t page = r.start; page < r.start + r.size; page += r.stride * kPage) {
+      memset(reinterpret_cast<void*>(page), PageByte(page), kPage);
+    }
   }
   return true;
 }
 
 // Every written page still holds its bytes, every other page is still zero.
 bool MemoryIntact() {
-  for (const Region& r : {kOwnRegions[0], kOwnRegions[1], kOwnRegions[2], kSharedRegion}) {
+  for (const Region& r : kRegions) {
     for (uintptr_t page = r.start; page < r.start + r.size; page += kPage) {
       bool written = ((page - r.start) / kPage) % r.stride == 0;
       unsigned char want = written ? PageByte(page) : 0;
@@ -126,7 +131,7 @@ int main(int argc, char** argv) {
   sigaction(SIGUSR1, &action, nullptr);
   itimerval timer{{0, 5000}, {0, 5000}};
   setitimer(ITIMER_REAL, &timer, nullptr);
-  if (!MapMemory(kSharedRegion)) return 8;
+  if (!MapMemory(true)) return 8;
   int to_child[2], from_child[2];
   if (pipe2(to_child, O_CLOEXEC) < 0 || pipe2(from_child, O_CLOEXEC) < 0) return 5;
   pid_t child = fork();
@@ -142,11 +147,7 @@ int main(int argc, char** argv) {
   }
   close(to_child[0]);
   close(from_child[1]);
-  // After the fork: memory of this process alone, which criu's restorer reads in place
-  // (memory a child shares copy-on-write criu reads before it forks the children).
-  for (const Region& r : kOwnRegions) {
-    if (!MapMemory(r)) return 8;
-  }
+  if (!MapMemory(false)) return 8;  // this process's alone
   Say(3, "ready\n");
 
   uint64_t steps = 0;

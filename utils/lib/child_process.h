@@ -76,7 +76,8 @@ class ChildProcess {
 // (clone with CLONE_VM | CLONE_VFORK, as posix_spawn does): a fork of a daemon holding
 // tens of MiB copies its page tables, and every thread that writes memory before the
 // child execs takes a copy-on-write fault (for a process of 30-60 MiB with two threads
-// writing, a spawn took 6-11 ms so on a virtual machine, 2-2.6 ms this way). The calling thread waits until the child has exec'd or exited.
+// writing, a spawn took 6-11 ms so on a virtual machine, 2-2.6 ms this way). The calling
+// thread waits until the child has exec'd or exited.
 // `run` starts with every signal blocked and every caught one reset to its default (no
 // handler of ours may run on our memory in the child); it makes only async-signal-safe
 // calls, sets the signal mask the program should have, and execs or calls _exit.
@@ -85,8 +86,9 @@ pid_t SpawnSharingMemory(void (*run)(void*), void* arg);
 
 // The children this process owns by pid: every ChildProcess, and those started
 // elsewhere (criu runs by SpawnSharingMemory, the check's fork), which call OwnChild once
-// started and DisownChild after reaping. A child subreaper has other children too: the orphans of its children's
-// children (an iptables a killed criu ran), which nobody waits for; ReapOrphans ends them.
+// started and DisownChild after reaping. A child subreaper has other children too: the
+// orphans of its children's children (an iptables a killed criu ran), which nobody waits
+// for; ReapOrphans ends them.
 void OwnChild(pid_t pid);
 void DisownChild(pid_t pid);
 
