@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <mutex>
+#include <set>
 #include <string>
-#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <capnp/message.h>
@@ -36,13 +38,44 @@ double CpuSeconds() {
          static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
-// Microseconds of CPU per file that `work` spends, the watcher's events for it included.
-double PerFile(int files, const std::function<void()>& work) {
+// Microseconds of CPU per file that `work` spends, and `settle` after it (the watcher's
+// events for the work read).
+double PerFile(int files, const std::function<void()>& work,
+               const std::function<void()>& settle = {}) {
   double before = CpuSeconds();
   work();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the last events read
+  if (settle) settle();
   return (CpuSeconds() - before) / files * 1e6;
 }
+
+// Waits until a session's watcher has read every event of the work before: a name made
+// in a watched directory behind the session's back is told to the session's client, and
+// inotify reports events in order, so its notice comes after all of the work's events.
+class WatcherSettles {
+ public:
+  void Notice(const std::string& name) {
+    std::lock_guard lock(mutex_);
+    told_.insert(name);
+    cv_.notify_all();
+  }
+  void Settle(int dir_fd) {
+    std::string name = "settled-" + std::to_string(++markers_);
+    int fd = ::openat(dir_fd, name.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) throw SystemError(errno, "create " + name);
+    ::close(fd);
+    std::unique_lock lock(mutex_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(30), [&] { return told_.count(name) > 0; })) {
+      throw Error(ErrorKind::kFailed,
+                  "the change watcher did not tell of " + name + " within 30 s", 0);
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::set<std::string> told_;
+  int markers_ = 0;
+};
 
 struct Costs {
   double create, lookup, unlink;
@@ -77,7 +110,8 @@ Costs Served(const std::string& export_dir, const std::string& state_dir, uint32
   Fd root = Fd::Open(export_dir, O_PATH | O_DIRECTORY);
   ReplayCache replay(state_dir + "/files-replay");
   FileSession session(root.get(), FileSession::Root::kTrust, &replay);
-  session.Watch([](uint64_t, uint64_t, const std::string&) {});
+  WatcherSettles watcher;
+  session.Watch([&](uint64_t, uint64_t, const std::string& name) { watcher.Notice(name); });
   uint64_t id = 0;
   struct Answer {
     int error;
@@ -107,6 +141,8 @@ Costs Served(const std::string& export_dir, const std::string& state_dir, uint32
   auto forget = [](schema::FileRequest::Builder rq) { rq.setSize(1); };
   call(Op::HELLO, 0, "", [](auto rq) { rq.setClient(0xbe4c); });
   uint64_t dir = call(Op::LOOKUP, 1, "dir").node;
+  Fd dir_fd = Fd::Open(export_dir + "/dir", O_PATH | O_DIRECTORY);
+  auto settle = [&] { watcher.Settle(dir_fd.get()); };
   auto name = [](int i) { return "f" + std::to_string(i); };
   std::vector<uint64_t> nodes(static_cast<size_t>(files));
   Costs c{};
@@ -119,16 +155,16 @@ Costs Served(const std::string& export_dir, const std::string& state_dir, uint32
       call(Op::RELEASE, 0, "", [&](auto rq) { rq.setFh(made.fh); });
       call(Op::FORGET, made.node, "", forget);
     }
-  });
+  }, settle);
   c.lookup = PerFile(files, [&] {
     for (int i = 0; i < files; ++i) nodes[static_cast<size_t>(i)] = call(Op::LOOKUP, dir, name(i)).node;
-  });
+  }, settle);
   c.unlink = PerFile(files, [&] {
     for (int i = 0; i < files; ++i) {
       call(Op::UNLINK, dir, name(i));
       call(Op::FORGET, nodes[static_cast<size_t>(i)], "", forget);
     }
-  });
+  }, settle);
   return c;
 }
 
