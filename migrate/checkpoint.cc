@@ -14,12 +14,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <fstream>
 #include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #include "child_process.h"
@@ -39,6 +41,17 @@ using Clock = std::chrono::steady_clock;
 
 std::chrono::microseconds Since(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+}
+
+// The environment knobs of this library's CRIU patches (0010, 0011, 0012). Only the
+// library sets them: a value inherited from the daemon's own environment is dropped
+// from criu's, so that it cannot shadow what a call says (CriuProcess).
+enum class CriuKnob { kKdatFd, kScriptActions, kRestoreHugePages };
+constexpr std::array<std::string_view, 3> kCriuKnobNames{"CRIU_KDAT_FD", "CRIU_SCRIPT_ACTIONS",
+                                                         "CRIU_RESTORE_HUGE_PAGES"};
+
+std::string CriuKnobEntry(CriuKnob knob, std::string_view value) {
+  return fmt::format("{}={}", kCriuKnobNames[static_cast<size_t>(knob)], value);
 }
 
 // criu probes the kernel at every start (kerndat: dozens of checks, iptables three
@@ -135,7 +148,7 @@ CriuProcess::CriuProcess(const CriuCall& call) {
   std::vector<std::string> ours = call.extra_env;
   std::vector<int> keep_fds = call.keep_fds;
   if (int cache = KerndatCache::Get().fd(); cache >= 0) {
-    ours.push_back(fmt::format("CRIU_KDAT_FD={}", cache));
+    ours.push_back(CriuKnobEntry(CriuKnob::kKdatFd, std::to_string(cache)));
     keep_fds.push_back(cache);
   }
   // criu reads the first of a name: a value of ours, or of a knob only this library sets,
@@ -143,11 +156,10 @@ CriuProcess::CriuProcess(const CriuCall& call) {
   auto set_here = [&](std::string_view entry) {
     size_t equals = entry.find('=');
     if (equals == std::string_view::npos) return false;
-    std::string_view name = entry.substr(0, equals + 1);
-    if (name == "CRIU_KDAT_FD=" || name == "CRIU_SCRIPT_ACTIONS=" ||
-        name == "CRIU_RESTORE_HUGE_PAGES=") {
+    if (std::ranges::find(kCriuKnobNames, entry.substr(0, equals)) != kCriuKnobNames.end()) {
       return true;
     }
+    std::string_view name = entry.substr(0, equals + 1);
     return std::any_of(ours.begin(), ours.end(),
                        [&](const std::string& mine) { return mine.starts_with(name); });
   };
@@ -424,7 +436,8 @@ void AddActionScripts(CriuCall& call, const std::vector<ActionScript>& scripts) 
     actions.insert(script.action);
   }
   if (!actions.empty()) {
-    call.extra_env.push_back(fmt::format("CRIU_SCRIPT_ACTIONS={}", fmt::join(actions, ",")));
+    call.extra_env.push_back(
+        CriuKnobEntry(CriuKnob::kScriptActions, fmt::format("{}", fmt::join(actions, ","))));
   }
 }
 
@@ -782,7 +795,7 @@ RestoreResult Restore(const std::string& image_dir, const RestoreOptions& option
   }
   AddActionScripts(call, scripts);
   if (options.huge_pages && HugePagesAllowed()) {
-    call.extra_env.push_back("CRIU_RESTORE_HUGE_PAGES=1");
+    call.extra_env.push_back(CriuKnobEntry(CriuKnob::kRestoreHugePages, "1"));
   }
   // A lazy restore: criu lazy-pages listens in the work directory, where the restore
   // finds it, before the restore starts.
