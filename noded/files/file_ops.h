@@ -30,17 +30,23 @@ namespace homeward {
 //
 // A client may look up more objects than the daemon may hold descriptors (a build tree
 // of 50,000 files, and the kernel keeps what it looked up until memory runs short): a
-// node on a mount of which the session has seen a directory also keeps its file handle, and its descriptor
-// is closed while no request holds the node and node descriptors pass half the daemon's
-// limit (FileSession::ReclaimLocked), to be opened again from the handle by the next
-// request that takes it (open_by_handle_at, ESTALE once the object is gone, as NFS).
+// node on a mount of which the session has seen a directory is reclaimable, its
+// descriptor closed while no request holds the node and node descriptors pass half the
+// daemon's limit (FileSession::ReclaimLocked), to be opened again from its file handle by
+// the next request that takes it (open_by_handle_at, ESTALE once the object is gone, as
+// NFS). A directory's handle is taken when it is looked up (it names its mount); a
+// file's only when its descriptor is first closed so, since most never are
+// (name_to_handle_at was a sixth of the home's CPU for a lookup).
 struct FileSession::Node {
   Fd fd;  // O_PATH; changed only under the session's mutex while no request holds the node
   uint64_t nlookup = 0;
   std::pair<uint64_t, uint64_t> key;
   int watch = -1;
-  std::vector<unsigned char> handle;  // a struct file_handle; empty: never reclaimed
-  int mount = -1;                     // its mount's id (mounts_)
+  // Counted in open_node_fds while `fd` is open, and listed in open_nodes_; a file's
+  // stops being so when its reclaim finds no handle to be had.
+  bool reclaimable = false;
+  std::vector<unsigned char> handle;  // a struct file_handle; empty: not taken yet
+  int mount = -1;                     // its mount's id (mounts_), with the handle
   bool listed = false;  // in open_nodes_, at `place`
   std::list<uint64_t>::iterator place;
   ~Node();

@@ -218,6 +218,9 @@ class FileSession {
   void ReclaimLocked();
   // A node was used: first in line to keep its descriptor (mutex_ held).
   void UsedLocked(uint64_t id, Node& node);
+  // A reclaimable file's handle, taken before its descriptor is first closed; one that
+  // gives none (or whose mount the session does not know) is not reclaimable after all.
+  void TakeHandleLocked(Node& node);
 
   int root_;
   Root peer_root_;

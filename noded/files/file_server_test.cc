@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -172,6 +174,17 @@ TEST_F(FileSessionTest, NodeDescriptorsAreReclaimedAndOpenedAgain) {
   for (int f = 0; f < kFiles; ++f) {
     std::ofstream(base_ + "/export/dir/f" + std::to_string(f)) << "file " << f;
   }
+  // A file on a mount of which the session saw no directory (a file bind-mounted over
+  // another) has no handle the session could open again: its descriptor stays open.
+  std::string bound = base_ + "/export/dir/bound";
+  std::ofstream(base_ + "/outside") << "outside";
+  std::ofstream(bound) << "under";
+  ASSERT_EQ(::mount((base_ + "/outside").c_str(), bound.c_str(), nullptr, MS_BIND, nullptr), 0)
+      << std::strerror(errno);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{bound};
   auto open_fds = [] {
     return std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator{});
   };
@@ -182,6 +195,8 @@ TEST_F(FileSessionTest, NodeDescriptorsAreReclaimedAndOpenedAgain) {
   ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &lowered), 0);
   auto dir = Call(Op::LOOKUP, 1, "dir");
   ASSERT_EQ(dir.error, 0);
+  auto bound_node = Call(Op::LOOKUP, dir.node, "bound");  // the least recently used
+  ASSERT_EQ(bound_node.error, 0);
   std::vector<uint64_t> nodes;
   for (int f = 0; f < kFiles; ++f) {
     auto found = Call(Op::LOOKUP, dir.node, "f" + std::to_string(f));
@@ -208,6 +223,14 @@ TEST_F(FileSessionTest, NodeDescriptorsAreReclaimedAndOpenedAgain) {
     Call(Op::GETATTR, nodes[f], "");
   }
   EXPECT_EQ(Call(Op::GETATTR, nodes[0], "").error, ESTALE);
+  auto opened = Call(Op::OPEN, bound_node.node, "", [](auto rq) { rq.setFlags(O_RDONLY); });
+  ASSERT_EQ(opened.error, 0);
+  auto read = Call(Op::READ, 0, "", [&](auto rq) {
+    rq.setFh(opened.fh);
+    rq.setSize(100);
+  });
+  EXPECT_EQ(read.data, "outside");
+  Call(Op::RELEASE, 0, "", [&](auto rq) { rq.setFh(opened.fh); });
   ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
 }
 

@@ -194,7 +194,7 @@ FileSession::FileSession(int root, Root peer_root, ReplayCache* replay,
 }
 
 FileSession::Node::~Node() {
-  if (!handle.empty() && fd.valid()) --open_node_fds;
+  if (reclaimable && fd.valid()) --open_node_fds;
 }
 
 FileSession::~FileSession() {
@@ -221,6 +221,18 @@ std::shared_ptr<FileSession::Node> FileSession::GetNode(uint64_t id) {
   return node;
 }
 
+void FileSession::TakeHandleLocked(Node& node) {
+  int mount = -1;
+  std::vector<unsigned char> handle = FileHandle(node.fd.get(), &mount);
+  auto known = mounts_.find(mount);
+  if (handle.empty() || known == mounts_.end() || !known->second.valid()) {
+    node.reclaimable = false;
+    return;
+  }
+  node.handle = std::move(handle);
+  node.mount = mount;
+}
+
 int FileSession::NodeFdLocked(Node& node) {
   if (node.fd.valid()) return node.fd.get();
   int fd, err;
@@ -238,7 +250,7 @@ int FileSession::NodeFdLocked(Node& node) {
 }
 
 void FileSession::UsedLocked(uint64_t id, Node& node) {
-  if (node.handle.empty()) return;
+  if (!node.reclaimable) return;
   if (node.listed) {
     open_nodes_.splice(open_nodes_.begin(), open_nodes_, node.place);
   } else {
@@ -261,8 +273,11 @@ void FileSession::ReclaimLocked() {
     auto found = nodes_.find(*it);
     if (found != nodes_.end() && found->second.use_count() > 1) continue;
     if (found != nodes_.end()) {
-      found->second->fd = Fd();
-      found->second->listed = false;
+      Node& node = *found->second;
+      if (node.handle.empty()) TakeHandleLocked(node);
+      // Closed, or (no handle to be had) kept open and counted no more.
+      if (node.reclaimable) node.fd = Fd();
+      node.listed = false;
       --open_node_fds;
     }
     it = open_nodes_.erase(it);
@@ -292,7 +307,7 @@ bool FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   if (it != by_inode_.end()) {
     Node& known = *nodes_[it->second];
     ++known.nlookup;
-    bool reclaimed = !known.fd.valid() && !known.handle.empty();
+    bool reclaimed = known.reclaimable && !known.fd.valid();
     if (reclaimed) {  // this one serves
       known.fd = std::move(fd);
       ++open_node_fds;
@@ -326,15 +341,20 @@ bool FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   }
   // The descriptor may be reclaimed (Node) on a mount known by a directory: the first
   // directory seen on a mount names it (a file's own descriptor would keep the file's
-  // space after its removal).
-  int mount = -1;
-  std::vector<unsigned char> handle = FileHandle(node->fd.get(), &mount);
-  if (!handle.empty() && !mounts_.count(mount) && S_ISDIR(st.st_mode)) {
-    mounts_[mount] = MountFd(node->fd.get());
+  // space after its removal). A file's handle is taken when it is reclaimed.
+  if (S_ISDIR(st.st_mode)) {
+    int mount = -1;
+    std::vector<unsigned char> handle = FileHandle(node->fd.get(), &mount);
+    if (!handle.empty() && !mounts_.count(mount)) mounts_[mount] = MountFd(node->fd.get());
+    if (!handle.empty() && mounts_[mount].valid()) {
+      node->handle = std::move(handle);
+      node->mount = mount;
+      node->reclaimable = true;
+    }
+  } else {
+    node->reclaimable = true;
   }
-  if (!handle.empty() && mounts_.count(mount) && mounts_[mount].valid()) {
-    node->handle = std::move(handle);
-    node->mount = mount;
+  if (node->reclaimable) {
     ++open_node_fds;
     UsedLocked(id, *node);
   }
