@@ -11,12 +11,14 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <capnp/message.h>
@@ -197,7 +199,18 @@ int main(int argc, char** argv) {
         if (::chown((run + d).c_str(), uid, uid) != 0) throw SystemError(errno, "chown");
       }
       Costs bare = Bare(run + "/bare", files);
-      Costs served = Served(run + "/export", run + "/state", uid, files);
+      // Served on a thread of its own: a session takes the caller's fs ids on the thread
+      // that serves it and keeps them, and this one still has the trees to remove.
+      Costs served{};
+      std::exception_ptr failed;
+      std::thread([&] {
+        try {
+          served = Served(run + "/export", run + "/state", uid, files);
+        } catch (...) {
+          failed = std::current_exception();
+        }
+      }).join();
+      if (failed) std::rethrow_exception(failed);
       for (auto [request, b, s] :
            {std::tuple{"create (+ release, forget)", bare.create, served.create},
             std::tuple{"lookup", bare.lookup, served.lookup},
