@@ -11,8 +11,8 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <exception>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <functional>
 #include <mutex>
