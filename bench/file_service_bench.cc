@@ -159,7 +159,9 @@ Costs Served(const std::string& export_dir, const std::string& state_dir, uint32
     }
   }, settle);
   c.lookup = PerFile(files, [&] {
-    for (int i = 0; i < files; ++i) nodes[static_cast<size_t>(i)] = call(Op::LOOKUP, dir, name(i)).node;
+    for (int i = 0; i < files; ++i) {
+      nodes[static_cast<size_t>(i)] = call(Op::LOOKUP, dir, name(i)).node;
+    }
   }, settle);
   c.unlink = PerFile(files, [&] {
     for (int i = 0; i < files; ++i) {

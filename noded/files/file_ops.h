@@ -36,7 +36,7 @@ namespace homeward {
 // the next request that takes it (open_by_handle_at, ESTALE once the object is gone, as
 // NFS). A directory's handle is taken when it is looked up (it names its mount); a
 // file's only when its descriptor is first closed so, since most never are
-// (name_to_handle_at was a sixth of the home's CPU for a lookup).
+// (name_to_handle_at was an eighth to a sixth of the home's CPU for a lookup).
 struct FileSession::Node {
   Fd fd;  // O_PATH; changed only under the session's mutex while no request holds the node
   uint64_t nlookup = 0;

@@ -218,9 +218,10 @@ class FileSession {
   void ReclaimLocked();
   // A node was used: first in line to keep its descriptor (mutex_ held).
   void UsedLocked(uint64_t id, Node& node);
-  // A reclaimable file's handle, taken before its descriptor is first closed; one that
-  // gives none (or whose mount the session does not know) is not reclaimable after all.
-  void TakeHandleLocked(Node& node);
+  // A node's file handle: a directory's when it is looked up (`names_mount`: the first
+  // directory seen on a mount names it), a file's before its descriptor is first closed.
+  // A node that gives none, or whose mount the session does not know, is not reclaimable.
+  void TakeHandleLocked(Node& node, bool names_mount);
 
   int root_;
   Root peer_root_;

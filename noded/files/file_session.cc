@@ -221,14 +221,15 @@ std::shared_ptr<FileSession::Node> FileSession::GetNode(uint64_t id) {
   return node;
 }
 
-void FileSession::TakeHandleLocked(Node& node) {
+void FileSession::TakeHandleLocked(Node& node, bool names_mount) {
   int mount = -1;
   std::vector<unsigned char> handle = FileHandle(node.fd.get(), &mount);
-  auto known = mounts_.find(mount);
-  if (handle.empty() || known == mounts_.end() || !known->second.valid()) {
-    node.reclaimable = false;
-    return;
+  if (!handle.empty() && names_mount && !mounts_.count(mount)) {
+    mounts_[mount] = MountFd(node.fd.get());
   }
+  auto known = mounts_.find(mount);
+  node.reclaimable = !handle.empty() && known != mounts_.end() && known->second.valid();
+  if (!node.reclaimable) return;
   node.handle = std::move(handle);
   node.mount = mount;
 }
@@ -274,7 +275,7 @@ void FileSession::ReclaimLocked() {
     if (found != nodes_.end() && found->second.use_count() > 1) continue;
     if (found != nodes_.end()) {
       Node& node = *found->second;
-      if (node.handle.empty()) TakeHandleLocked(node);
+      if (node.handle.empty()) TakeHandleLocked(node, false);
       // Closed, or (no handle to be had) kept open and counted no more.
       if (node.reclaimable) node.fd = Fd();
       node.listed = false;
@@ -343,14 +344,7 @@ bool FileSession::Remember(Fd fd, schema::Entry::Builder entry) {
   // directory seen on a mount names it (a file's own descriptor would keep the file's
   // space after its removal). A file's handle is taken when it is reclaimed.
   if (S_ISDIR(st.st_mode)) {
-    int mount = -1;
-    std::vector<unsigned char> handle = FileHandle(node->fd.get(), &mount);
-    if (!handle.empty() && !mounts_.count(mount)) mounts_[mount] = MountFd(node->fd.get());
-    if (!handle.empty() && mounts_[mount].valid()) {
-      node->handle = std::move(handle);
-      node->mount = mount;
-      node->reclaimable = true;
-    }
+    TakeHandleLocked(*node, true);
   } else {
     node->reclaimable = true;
   }

@@ -74,10 +74,10 @@ struct Region {
 };
 // Memory a child shares copy-on-write criu reads before it forks the children; the rest,
 // this process's alone, criu's restorer reads in place.
-constexpr Region kRegions[] = {{kDenseMemory, 8 << 20, 1},
-                               {kSparseMemory, 4 << 20, 2},
-                               {kNoHugeMemory, 4 << 20, 1, true},
-                               {kSharedMemory, 4 << 20, 1, false, true}};
+constexpr Region kRegions[] = {{kDenseMemory, kDenseBytes, 1},
+                               {kSparseMemory, kSparseBytes, 2},
+                               {kNoHugeMemory, kNoHugeBytes, 1, true},
+                               {kSharedMemory, kSharedBytes, 1, false, true}};
 
 unsigned char PageByte(uintptr_t page) {
   return static_cast<unsigned char>((page / kPage) * 7 + 1);

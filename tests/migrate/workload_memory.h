@@ -8,9 +8,11 @@
 
 namespace homeward::migrate::workload {
 
-constexpr uintptr_t kDenseMemory = 0x6f0000000000;   // 8 MiB, every page written
-constexpr uintptr_t kSparseMemory = 0x6f0001000000;  // 4 MiB, every other page written
-constexpr uintptr_t kNoHugeMemory = 0x6f0002000000;  // 4 MiB, every page, MADV_NOHUGEPAGE
-constexpr uintptr_t kSharedMemory = 0x6f0003000000;  // 4 MiB, every page, shared with the child
+constexpr uintptr_t kDenseMemory = 0x6f0000000000;   // every page written
+constexpr uintptr_t kSparseMemory = 0x6f0001000000;  // every other page written
+constexpr uintptr_t kNoHugeMemory = 0x6f0002000000;  // every page, MADV_NOHUGEPAGE
+constexpr uintptr_t kSharedMemory = 0x6f0003000000;  // every page, shared with the child
+constexpr size_t kDenseBytes = 8 << 20, kSparseBytes = 4 << 20, kNoHugeBytes = 4 << 20,
+                 kSharedBytes = 4 << 20;
 
 }  // namespace homeward::migrate::workload
