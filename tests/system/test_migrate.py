@@ -122,14 +122,17 @@ class MigrationTest(unittest.TestCase):
 
     def test_move_around_the_cluster_and_back_home(self):
         # A job whose only descriptors are its stdio: node1 -> node2 -> node3 -> home.
-        # Halfway it waits for /data/hops.go, made once the moves are done.
-        counter = ("i=0; while [ $i -lt 40 ]; do echo \"$i $(hostname) $$\"; i=$((i+1)); "
+        # Halfway it waits for /data/hops.go, made once the moves are done. A hostname
+        # that fails says how in its line, and the job's stderr is kept for the report.
+        counter = ("i=0; while [ $i -lt 40 ]; do "
+                   "echo \"$i $(hostname || echo hostname ended $?) $$\"; i=$((i+1)); "
                    "if [ $i = 20 ]; then until [ -e /data/hops.go ]; do sleep 0.05; done; fi; "
                    "sleep 0.1; done")
         with harness.LoopCluster(3, settings=["gossip.interval_ms=200"]) as c:
             wait_for_home_mounts(c, ("node2", "node3"))
-            c.run("node1", "sh", "-c", f"(mosrun sh -c '{counter}' > /data/hops; echo $? > "
-                                       "/data/hops.status) >/dev/null 2>&1 & echo started")
+            c.run("node1", "sh", "-c",
+                  f"(mosrun sh -c '{counter}' > /data/hops 2> /data/hops.err; "
+                  "echo $? > /data/hops.status) >/dev/null 2>&1 & echo started")
             pid = wait_for_job(c)
             for target, where in (("node2", "node2"), ("node3", "node3"), ("home", "node1")):
                 result = c.run("node1", "mosmigrate", str(pid), target, check=False)
@@ -144,7 +147,9 @@ class MigrationTest(unittest.TestCase):
             self.assertEqual(c.run("node1", "cat", "/data/hops.status").stdout, "0\n")
             lines = c.run("node1", "cat", "/data/hops").stdout.splitlines()
             # Every line, in order, with the home's name and the job's home pid throughout.
-            self.assertEqual(lines, [f"{i} node1 {pid}" for i in range(40)])
+            self.maxDiff = None  # a failure shows every line
+            self.assertEqual(lines, [f"{i} node1 {pid}" for i in range(40)],
+                             "the job's stderr: " + c.run("node1", "cat", "/data/hops.err").stdout)
             for node in ("node2", "node3"):
                 self.assertEqual(json.loads(c.run(node, "mosps", "--json").stdout)["jobs"], [])
 
