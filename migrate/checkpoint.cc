@@ -579,8 +579,10 @@ class LazyPagesRun final : public LazyPages {
 // directory to mount the job's /proc on. Inits of one home share that directory (their
 // root), so two dumps at the same moment, on this node or another, can collide on it.
 // Dumps here take turns; a collision with another node's dump is tried again, and so is
-// a task that a signal interrupted while criu was infecting it (a child of a busy shell
-// exiting): criu has let the job run on in both cases.
+// a task that a signal interrupted while criu was infecting it: criu has let the job run
+// on in both cases. The interruption seen here was a seccomp trap's SIGSYS pending at the
+// seize (the job shim traps a shell's every fork), which criu then dropped, skipping the
+// trapped call; patch 0015 has the task take it first, so that no longer happens.
 std::mutex dump_turn;
 constexpr int kDumpAttempts = 6;
 
