@@ -244,6 +244,10 @@ def has_ipv6():
 
 
 class GuestUdpTest(outside_net.OutsideNetTest):
+    # The tests move the job themselves and check where it runs: the balancer must not
+    # (a guest with much I/O and little CPU goes home by itself).
+    cluster_settings = ("balance.automatic=false",)
+
     def test_datagram_sent_as_the_job_lands(self):
         """A job restored on a node runs before that node's daemon takes it over (the
         fault point adopt-hold holds the taking-over for 5 s): a datagram it sends then

@@ -198,6 +198,7 @@ class TrappedCallsTest(harness.UserClusterTest):
     pending SIGSYS in place of its own SIGTRAP and dropped it (CRIU patch 0015), and the
     call came back as its own number (39 for getpid; a shell's fork would return 56)."""
     user_prefix = "hwtrap"
+    cluster_settings = ("balance.automatic=false",)  # the test makes every move itself
 
     def test_moves_lose_no_trapped_call(self):
         c = self.c
