@@ -181,7 +181,7 @@ bool BringUpLoopback() {
 }
 
 // `extra_flags`: more namespaces for the job (CLONE_NEWNET: a guest's network of its own).
-// `program`: what the init runs (it takes the input and append paths as its arguments).
+// `workload`: what the init runs (it takes the input and append paths as its arguments).
 Job StartJob(const std::string& input, const std::string& append, long extra_flags = 0,
              std::string workload = WORKLOAD_PATH) {
   Pipe in = Pipe::Create(), out = Pipe::Create(), err = Pipe::Create(), status = Pipe::Create();
@@ -663,7 +663,8 @@ TEST_F(MigrateTest, RepeatedMovesLeakNothing) {
 // A dump that stops the job between a seccomp trap and its SIGSYS handler (the job shim
 // traps pid and fork calls so) must not lose the trap: criu's parasite used to meet the
 // pending SIGSYS in place of its own SIGTRAP, fail, and drop it, and the trapped call
-// came back as its own number (a shell's fork returned 56: a child that never was).
+// came back as its own number (getpid 39; a shell's fork would get 56, a child that
+// never was).
 TEST_F(MigrateTest, MovesLoseNoTrappedSystemCall) {
   Job job = StartJob(input_, dir_ + "/append", 0, TRAPPED_CALLS_PATH);
   for (int i = 0; i < 25; ++i) Move(job);
