@@ -1,6 +1,6 @@
 // mosmount: mounts a node's files with homefs.
 //   mosmount [-f] [-d] [-o hard|soft,timeout=S,grace=S,attr_timeout=S,entry_timeout=S,
-//                      write_behind|sync_writes]
+//                      write_behind|sync_writes,io_uring|no_io_uring]
 //            NODE|ADDRESS[:PORT] DIR
 //   mosmount --tree [--self NAME --self-tree PATH] [--daemon-fd FD] [-o ...,idle=S] DIR
 // The first mounts one node's files (by hand, for debugging); the second every node's,
@@ -31,6 +31,7 @@
 #include "error.h"
 #include "framing.h"
 #include "fs.h"
+#include "fuse_uring.h"
 #include "home_tree.h"
 #include "homeward_config.h"
 #include "log.h"
@@ -45,7 +46,8 @@ struct MountOptions {
   double timeout_s = 10;
   bool hard = true;
   double grace_s = 300;
-  double idle_s = 60;  // --tree: a home's connection closes after this long unused
+  double idle_s = 60;    // --tree: a home's connection closes after this long unused
+  bool io_uring = true;  // FUSE requests over io_uring where the kernel allows it
   FsOptions fs;
 };
 
@@ -78,6 +80,8 @@ MountOptions ParseOptions(const std::vector<std::string>& lists) {
         options.hard = key == "hard";
       } else if (key == "sync_writes" || key == "write_behind") {
         options.fs.write_behind = key == "write_behind";
+      } else if (key == "io_uring" || key == "no_io_uring") {
+        options.io_uring = key == "io_uring";
       } else if (key == "idle") {
         options.idle_s = Seconds(key, value);
       } else if (key == "attr_timeout") {
@@ -87,7 +91,7 @@ MountOptions ParseOptions(const std::vector<std::string>& lists) {
       } else {
         Fail(ErrorKind::kInvalidInput,
              "-o {}: unknown option (known: hard, soft, timeout, grace, idle, attr_timeout, "
-             "entry_timeout, write_behind, sync_writes)",
+             "entry_timeout, write_behind, sync_writes, io_uring, no_io_uring)",
              key);
       }
     }
@@ -148,9 +152,11 @@ void RaiseReadAhead(const std::string& mountpoint) {
 
 // Mounts `mounted` at `mountpoint` and serves it until unmounted or signalled. `started`
 // runs once mounted (threads only then: after the fork of fuse_daemonize), `stopping`
-// once the loop has ended, before the unmount.
+// once the loop has ended, before the unmount. `io_uring`: take requests through io_uring
+// where the kernel allows it (fuse_uring.h).
 int Serve(Mounted& mounted, const std::string& fsname_option, const std::string& mountpoint,
-          bool foreground, bool debug, const std::function<void(fuse_session*)>& started,
+          bool foreground, bool debug, bool io_uring,
+          const std::function<void(fuse_session*)>& started,
           const std::function<void()>& stopping) {
   std::vector<const char*> fuse_argv = {"mosmount", "-o", fsname_option.c_str()};
   if (debug) fuse_argv.push_back("-d");
@@ -168,11 +174,14 @@ int Serve(Mounted& mounted, const std::string& fsname_option, const std::string&
     if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
       fuse_daemonize(foreground ? 1 : 0);
       if (::geteuid() == 0) RaiseReadAhead(mountpoint);
+      std::optional<FuseUring> uring;
+      if (io_uring && FuseUring::Allowed()) uring.emplace(se);
       started(se);
       fuse_loop_config loop{};
       loop.clone_fd = 0;
       loop.max_idle_threads = 16;
       status = fuse_session_loop_mt(se, &loop) == 0 ? 0 : 1;
+      uring.reset();  // no request is taken once stopping (as the loop has ended)
       stopping();
       fuse_session_unmount(se);
     } else {
@@ -216,6 +225,7 @@ int MountOne(const std::string& target, const std::string& mountpoint, MountOpti
   OneHome mounted(*fs);
   int status = Serve(
       mounted, FsnameOption("homefs:" + home.ToString()), mountpoint, foreground, debug,
+      options.io_uring,
       [&](fuse_session* se) {
         fs->StartNotices(se);
         client.Start();
@@ -248,7 +258,7 @@ int MountTree(const std::string& mountpoint, const MountOptions& options, const 
   Mount self;
   std::thread binding;
   int status = Serve(
-      tree, FsnameOption("homefs"), mountpoint, foreground, debug,
+      tree, FsnameOption("homefs"), mountpoint, foreground, debug, options.io_uring,
       [&](fuse_session* se) {
         tree.Start(se);
         if (tree_args.daemon_fd >= 0) tree.FollowDaemon(tree_args.daemon_fd);
@@ -293,7 +303,9 @@ int Run(int argc, char** argv) {
                  "connection is kept, default 300), idle=S (--tree: a home's connection "
                  "closes after S unused, default 60), attr_timeout=S, entry_timeout=S, "
                  "write_behind (default: a write returns once sent; close and fsync wait for "
-                 "the home) or sync_writes (each write waits for the home)")
+                 "the home) or sync_writes (each write waits for the home), io_uring "
+                 "(default: take FUSE requests through io_uring where the kernel allows it) or "
+                 "no_io_uring")
       ->allow_extra_args(false);  // one list per -o: the rest are the positional arguments
   app.add_flag("--tree", tree, "serve every live node's files, each at DIR/NODE");
   app.add_option("--self", tree_args.self, "--tree: this node's name");

@@ -83,7 +83,8 @@ Daemon::Daemon(uv_loop_t* loop, NodeConfig config, FaultPoints faults)
                                            .grace_s = HomefsGrace(config_),
                                            .idle_s = static_cast<int>(
                                                config_.files_idle_disconnect.count()),
-                                           .write_behind = config_.files_write_behind}),
+                                           .write_behind = config_.files_write_behind,
+                                           .io_uring = config_.files_io_uring}),
       gossip_(loop, config_),
       balancer_(loop, config_, gossip_, jobs_) {
   if (clock_ahead_) gossip_.SkewStamps(std::chrono::seconds(kClockAheadSeconds));

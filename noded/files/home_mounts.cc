@@ -67,8 +67,10 @@ void HomeMounts::Spawn() {
                 "--daemon-fd",
                 "3",
                 "-o",
-                fmt::format("timeout={},grace={},idle={},{}", options_.timeout_s, options_.grace_s,
-                            options_.idle_s, options_.write_behind ? "write_behind" : "sync_writes"),
+                fmt::format("timeout={},grace={},idle={},{},{}", options_.timeout_s,
+                            options_.grace_s, options_.idle_s,
+                            options_.write_behind ? "write_behind" : "sync_writes",
+                            options_.io_uring ? "io_uring" : "no_io_uring"),
                 HomeDir()};
   spawn.extra_fds = {theirs.get()};
   if (!options_.config_path.empty()) {

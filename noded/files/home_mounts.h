@@ -36,6 +36,7 @@ struct HomeMountsOptions {
   int grace_s = 300;                  // passed to homefs: how long a silent home is waited for
   int idle_s = 60;                    // passed to homefs: a home's connection closes unused
   bool write_behind = true;           // passed to homefs: writes return once sent
+  bool io_uring = true;               // passed to homefs: FUSE requests over io_uring
 };
 
 class HomeMounts {

@@ -385,6 +385,7 @@ level_ok:
   config.files_sync_replay_log =
       reader.Boolean("files.sync_replay_log", config.files_sync_replay_log);
   config.files_write_behind = reader.Boolean("files.write_behind", config.files_write_behind);
+  config.files_io_uring = reader.Boolean("files.io_uring", config.files_io_uring);
   config.gossip.replay_window =
       reader.Millis("gossip.replay_window_ms", config.gossip.replay_window);
   PeerConfig& peer = config.peer;

@@ -104,6 +104,9 @@ struct NodeConfig {
   // [files] write_behind: homefs answers a write once it is sent to the home, and a
   // close, fsync, lock or any other call waits for the writes before it (NFS's way).
   bool files_write_behind = true;
+  // [files] io_uring: homefs takes the kernel's FUSE requests through io_uring, on the
+  // CPU that made each, where the kernel allows it (the fuse module's enable_uring).
+  bool files_io_uring = true;
   std::string cluster = "homeward";  // [cluster] name: this node's cluster
   std::string key_file;
   std::vector<uint8_t> cluster_key;  // 32 bytes, read from key_file

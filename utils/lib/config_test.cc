@@ -176,6 +176,12 @@ TEST_F(ConfigTest, TheFileServicesReplayLogIsSyncedOnlyWhenAsked) {
       LoadNodeConfig(Write(Good() + "[files]\nsync_replay_log = true\n")).files_sync_replay_log);
 }
 
+TEST_F(ConfigTest, HomefsTakesRequestsThroughIoUringUnlessTold) {
+  EXPECT_TRUE(LoadNodeConfig(Write(Good())).files_io_uring);
+  EXPECT_FALSE(LoadNodeConfig(Write(Good() + "[files]\nio_uring = false\n")).files_io_uring);
+  EXPECT_THROW(LoadNodeConfig(Write(Good() + "[files]\nio_uring = 1\n")), Error);
+}
+
 TEST_F(ConfigTest, AFrozenGuestContinuesInPlaceUnlessSetToGoHome) {
   EXPECT_FALSE(LoadNodeConfig(Write(Good())).recovery.frozen_go_home);
   EXPECT_TRUE(LoadNodeConfig(Write(Good() + "[recovery]\nfrozen_guests = \"home\"\n"))

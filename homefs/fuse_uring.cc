@@ -1,0 +1,418 @@
+#include "fuse_uring.h"
+
+#include <liburing.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "log.h"
+
+namespace homeward {
+namespace {
+
+// The kernel's FUSE-over-io_uring interface (include/uapi/linux/fuse.h, protocol 7.42);
+// Debian 12's headers predate it.
+constexpr uint64_t kOverIoUring = 1ULL << 41;  // FUSE_OVER_IO_URING, an INIT flag
+constexpr uint32_t kCmdRegister = 1;           // FUSE_IO_URING_CMD_REGISTER
+constexpr uint32_t kCmdCommitAndFetch = 2;     // FUSE_IO_URING_CMD_COMMIT_AND_FETCH
+constexpr size_t kInOutSize = 128;             // FUSE_URING_IN_OUT_HEADER_SZ
+constexpr size_t kOpInSize = 128;              // FUSE_URING_OP_IN_OUT_SZ
+
+struct RingEntInOut {  // struct fuse_uring_ent_in_out
+  uint64_t flags;
+  uint64_t commit_id;
+  uint32_t payload_sz;
+  uint32_t padding;
+  uint64_t reserved;
+};
+struct RingHeader {         // struct fuse_uring_req_header
+  char in_out[kInOutSize];  // fuse_in_header on a request, fuse_out_header on a reply
+  char op_in[kOpInSize];    // the request's first argument (its op's own struct)
+  RingEntInOut ent;
+};
+struct RingCmd {  // struct fuse_uring_cmd_req, in the SQE's 80-byte command area
+  uint64_t flags;
+  uint64_t commit_id;
+  uint16_t qid;
+  uint8_t padding[6];
+};
+static_assert(sizeof(RingHeader) == 288 && sizeof(RingCmd) == 24);
+
+// Lanes per CPU: one to start with, another whenever all of a CPU's are busy (a call
+// waiting for a home holds its lane, as it holds a thread of libfuse's loop), up to this.
+constexpr size_t kMaxLanes = 64;
+constexpr uint64_t kWakeData = ~0ULL;  // the lane's eventfd poll's user_data
+
+std::atomic<FuseUring*> the_ring{nullptr};
+
+// The kernel's queues: as many as possible CPUs ("0-3", "0,2-5" in /sys), numbered by
+// CPU.
+unsigned PossibleCpus() {
+  std::ifstream in("/sys/devices/system/cpu/possible");
+  std::string list;
+  unsigned count = 0;
+  if (in >> list) {
+    std::stringstream ranges(list);
+    std::string range;
+    while (std::getline(ranges, range, ',')) {
+      unsigned first = 0, last = 0;
+      int fields = std::sscanf(range.c_str(), "%u-%u", &first, &last);
+      if (fields == 1) last = first;
+      if (fields >= 1 && last >= first) count += last - first + 1;
+    }
+  }
+  return count ? count : static_cast<unsigned>(::sysconf(_SC_NPROCESSORS_CONF));
+}
+
+}  // namespace
+
+struct FuseUring::Entry {
+  Lane* lane = nullptr;
+  RingHeader* header = nullptr;
+  char* payload = nullptr;
+  uint64_t commit_id = 0;
+  struct iovec iov[2]{};
+};
+
+// A lane's thread is the only one to submit to its ring: io_uring ties a command to the
+// thread that submitted it and cancels it when that thread ends, and the kernel's entry
+// is then lost (a libfuse worker ends when idle, a home's connection thread when it is
+// unused). A reply made on another thread is handed to it. Lanes last as long as the
+// session.
+struct FuseUring::Lane {
+  Queue* queue = nullptr;
+  struct io_uring ring {};
+  int wake_fd = -1;
+  Entry entry;
+  std::thread thread;
+  std::mutex mutex;
+  bool replied = false;  // a reply from another thread waits to be committed
+};
+
+struct FuseUring::Queue {
+  unsigned qid = 0;
+  std::mutex mutex;
+  std::vector<std::unique_ptr<Lane>> lanes;
+  std::atomic<size_t> idle{0};  // lanes whose entry waits for a request
+};
+
+namespace {
+thread_local FuseUring::Lane* own_lane = nullptr;  // set on a lane's thread
+}  // namespace
+
+bool FuseUring::Allowed() {
+  std::ifstream in("/sys/module/fuse/parameters/enable_uring");
+  std::string value;
+  return in >> value && value == "Y";
+}
+
+FuseUring::FuseUring(fuse_session* session) : session_(session), fd_(fuse_session_fd(session)) {
+  the_ring.store(this);
+  fuse_custom_io io{};
+  io.read = ReadHook;
+  io.writev = WritevHook;
+  if (fuse_session_custom_io(session, &io, fd_) != 0) {
+    spdlog::warn("FUSE over io_uring: libfuse refused the session's I/O; using /dev/fuse");
+    the_ring.store(nullptr);
+  }
+}
+
+FuseUring::~FuseUring() {
+  stopping_ = true;
+  std::vector<Lane*> lanes;
+  for (auto& queue : queues_) {
+    std::lock_guard lock(queue->mutex);
+    for (auto& lane : queue->lanes) lanes.push_back(lane.get());
+  }
+  for (Lane* lane : lanes) {
+    uint64_t one = 1;
+    (void)!::write(lane->wake_fd, &one, sizeof one);
+  }
+  size_t size = sizeof(RingHeader) + payload_size_;
+  for (Lane* lane : lanes) {
+    if (lane->thread.joinable()) lane->thread.join();
+    io_uring_queue_exit(&lane->ring);
+    ::close(lane->wake_fd);
+    ::munmap(lane->entry.header, size);
+  }
+  the_ring.store(nullptr);
+}
+
+ssize_t FuseUring::ReadHook(int fd, void* buf, size_t len, void*) {
+  ssize_t n = ::read(fd, buf, len);
+  FuseUring* self = the_ring.load();
+  if (self && n >= static_cast<ssize_t>(sizeof(fuse_in_header) + sizeof(fuse_init_in))) {
+    auto* in = static_cast<const fuse_in_header*>(buf);
+    if (in->opcode == FUSE_INIT) {
+      auto* init = reinterpret_cast<const fuse_init_in*>(in + 1);
+      bool offered = (init->flags & FUSE_INIT_EXT) &&
+                     ((static_cast<uint64_t>(init->flags2) << 32) & kOverIoUring);
+      self->offered_ = offered;
+      self->init_unique_ = in->unique;
+    }
+  }
+  return n;
+}
+
+ssize_t FuseUring::WritevHook(int fd, struct iovec* iov, int count, void*) {
+  FuseUring* self = the_ring.load();
+  if (!self) return ::writev(fd, iov, count);
+  return self->Writev(fd, iov, count);
+}
+
+ssize_t FuseUring::Writev(int fd, struct iovec* iov, int count) {
+  auto* out = static_cast<fuse_out_header*>(iov[0].iov_base);
+  if (out->unique != 0) {
+    Entry* entry = nullptr;
+    {
+      std::lock_guard lock(in_flight_mutex_);
+      auto it = in_flight_.find(out->unique);
+      if (it != in_flight_.end()) {
+        entry = it->second;
+        in_flight_.erase(it);
+      }
+    }
+    if (entry) {
+      Commit(*entry, iov, count);
+      return static_cast<ssize_t>(out->len);
+    }
+  }
+  bool init = out->unique != 0 && out->unique == init_unique_.load() && out->error == 0 &&
+              count >= 2 && iov[1].iov_len >= sizeof(fuse_init_out) && offered_.load();
+  if (init) {
+    auto* reply = static_cast<fuse_init_out*>(iov[1].iov_base);
+    if (reply->flags & FUSE_INIT_EXT) {
+      reply->flags2 |= static_cast<uint32_t>(kOverIoUring >> 32);
+      size_t pages = reply->max_pages ? reply->max_pages : 32;
+      payload_size_ = std::max<size_t>(
+          {FUSE_MIN_READ_BUFFER, reply->max_write, pages * static_cast<size_t>(::getpagesize())});
+    } else {
+      init = false;
+    }
+  }
+  ssize_t n = ::writev(fd, iov, count);
+  if (init && n >= 0) Start();  // the kernel took the reply: rings may register now
+  return n;
+}
+
+void FuseUring::Start() {
+  for (unsigned qid = 0; qid < PossibleCpus(); qid++) {
+    queues_.push_back(std::make_unique<Queue>());
+    queues_.back()->qid = qid;
+  }
+  for (auto& queue : queues_) {
+    // With a CPU's queue missing, the kernel keeps using /dev/fuse.
+    if (!AddLane(*queue)) return;
+  }
+  spdlog::info("taking FUSE requests through io_uring on {} CPUs", queues_.size());
+}
+
+bool FuseUring::AddLane(Queue& queue) {
+  auto lane = std::make_unique<Lane>();
+  lane->queue = &queue;
+  io_uring_params params{};
+  params.flags = IORING_SETUP_SQE128;
+  int err = io_uring_queue_init_params(4, &lane->ring, &params);
+  if (err < 0) {
+    spdlog::warn("FUSE over io_uring: cannot make a ring for CPU {}: {}", queue.qid,
+                 std::strerror(-err));
+    return false;
+  }
+  lane->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  size_t size = sizeof(RingHeader) + payload_size_;
+  // Header and payload in one mapping; pages are touched only as requests use them.
+  void* mem = lane->wake_fd < 0 ? MAP_FAILED
+                                : ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) {
+    spdlog::warn("FUSE over io_uring: no lane for CPU {}: {}", queue.qid, std::strerror(errno));
+    if (lane->wake_fd >= 0) ::close(lane->wake_fd);
+    io_uring_queue_exit(&lane->ring);
+    return false;
+  }
+  Entry& entry = lane->entry;
+  entry.lane = lane.get();
+  entry.header = static_cast<RingHeader*>(mem);
+  entry.payload = static_cast<char*>(mem) + sizeof(RingHeader);
+  entry.iov[0] = {entry.header, sizeof(RingHeader)};
+  entry.iov[1] = {entry.payload, payload_size_};
+  std::lock_guard lock(queue.mutex);
+  if (stopping_) {  // checked under the lock the destructor takes to find every lane
+    ::munmap(mem, size);
+    ::close(lane->wake_fd);
+    io_uring_queue_exit(&lane->ring);
+    return false;
+  }
+  Lane& added = *lane;
+  queue.lanes.push_back(std::move(lane));
+  queue.idle++;
+  added.thread = std::thread([this, &added] { Run(added); });
+  return true;
+}
+
+namespace {
+
+void PrepareCommand(struct io_uring_sqe* sqe, int fd, uint32_t op, void* data, unsigned qid,
+                    uint64_t commit_id) {
+  // An SQE128 slot: the struct's 64 bytes and the command area after them (its
+  // flexible member `cmd`), which the compiler takes for the end of the struct.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Warray-bounds"
+#pragma GCC diagnostic ignored "-Wstringop-overflow"
+  std::memset(static_cast<void*>(sqe), 0, 2 * sizeof(*sqe));
+#pragma GCC diagnostic pop
+  sqe->opcode = IORING_OP_URING_CMD;
+  sqe->fd = fd;
+  sqe->cmd_op = op;
+  io_uring_sqe_set_data(sqe, data);
+  auto* cmd = reinterpret_cast<RingCmd*>(sqe->cmd);
+  cmd->qid = static_cast<uint16_t>(qid);
+  cmd->commit_id = commit_id;
+}
+
+}  // namespace
+
+void FuseUring::Run(Lane& lane) {
+  own_lane = &lane;
+  Queue& queue = *lane.queue;
+  // On the CPU whose requests this lane gets: the kernel picks the queue by the caller's
+  // CPU, so the wake-ups each way stay on one CPU.
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  CPU_SET(queue.qid, &cpus);
+  pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);  // a CPU not ours: unpinned
+  struct io_uring_sqe* sqe = io_uring_get_sqe(&lane.ring);
+  PrepareCommand(sqe, fd_, kCmdRegister, &lane.entry, queue.qid, 0);
+  sqe->addr = reinterpret_cast<uint64_t>(lane.entry.iov);
+  sqe->len = 2;
+  bool armed = false;
+  std::vector<char> linear;
+  while (true) {
+    if (!armed) {
+      sqe = io_uring_get_sqe(&lane.ring);
+      io_uring_prep_poll_multishot(sqe, lane.wake_fd, POLLIN);
+      sqe->user_data = kWakeData;
+      armed = true;
+    }
+    int err = io_uring_submit_and_wait(&lane.ring, 1);
+    if (err < 0 && err != -EINTR) {
+      spdlog::warn("FUSE over io_uring: CPU {}: {}", queue.qid, std::strerror(-err));
+      return;
+    }
+    struct io_uring_cqe* cqe = nullptr;
+    while (io_uring_peek_cqe(&lane.ring, &cqe) == 0) {
+      uint64_t data = cqe->user_data;
+      int res = cqe->res;
+      bool more = cqe->flags & IORING_CQE_F_MORE;
+      io_uring_cqe_seen(&lane.ring, cqe);
+      if (data == kWakeData) {
+        uint64_t count;
+        (void)!::read(lane.wake_fd, &count, sizeof count);
+        armed = more;
+        if (stopping_) return;
+        bool replied;
+        {
+          std::lock_guard lock(lane.mutex);
+          replied = std::exchange(lane.replied, false);
+        }
+        if (replied) PrepareCommit(lane);
+        continue;
+      }
+      if (res < 0) {
+        // ENOTCONN, ECONNABORTED: the connection ended (an unmount). Anything else is
+        // the kernel refusing the ring: requests then stay on /dev/fuse.
+        if (res != -ENOTCONN && res != -ECONNABORTED && !stopping_) {
+          spdlog::warn("FUSE over io_uring: CPU {}: {}", queue.qid, std::strerror(-res));
+        }
+        continue;
+      }
+      // The last idle lane of this CPU is taken: another, so that this call waiting for
+      // its home does not hold up the next.
+      if (--queue.idle == 0) {
+        size_t lanes;
+        {
+          std::lock_guard lock(queue.mutex);
+          lanes = queue.lanes.size();
+        }
+        if (lanes < kMaxLanes) AddLane(queue);
+      }
+      Process(lane.entry, linear);
+    }
+  }
+}
+
+void FuseUring::PrepareCommit(Lane& lane) {
+  struct io_uring_sqe* sqe = io_uring_get_sqe(&lane.ring);
+  PrepareCommand(sqe, fd_, kCmdCommitAndFetch, &lane.entry, lane.queue->qid, lane.entry.commit_id);
+  lane.queue->idle++;  // its entry waits for the next request once this is submitted
+}
+
+void FuseUring::Process(Entry& entry, std::vector<char>& linear) {
+  // libfuse wants a request as /dev/fuse gives it: the header, then its arguments in a
+  // row; the ring splits off the first argument (op_in) and the rest (the payload).
+  const auto* in = reinterpret_cast<const fuse_in_header*>(entry.header->in_out);
+  size_t payload = entry.header->ent.payload_sz;
+  entry.commit_id = entry.header->ent.commit_id;
+  size_t op_in = in->len - sizeof(fuse_in_header) - std::min<size_t>(payload, in->len);
+  if (in->len < sizeof(fuse_in_header) + payload || op_in > kOpInSize || payload > payload_size_) {
+    spdlog::warn("FUSE over io_uring: request {} has a bad size", in->unique);
+    fuse_out_header out{sizeof(fuse_out_header), -EIO, in->unique};
+    struct iovec iov {
+      &out, sizeof out
+    };
+    Commit(entry, &iov, 1);
+    return;
+  }
+  linear.resize(in->len);
+  std::memcpy(linear.data(), in, sizeof(fuse_in_header));
+  std::memcpy(linear.data() + sizeof(fuse_in_header), entry.header->op_in, op_in);
+  std::memcpy(linear.data() + sizeof(fuse_in_header) + op_in, entry.payload, payload);
+  {
+    std::lock_guard lock(in_flight_mutex_);
+    in_flight_[in->unique] = &entry;
+  }
+  fuse_buf buf{};
+  buf.size = in->len;
+  buf.mem = linear.data();
+  fuse_session_process_buf(session_, &buf);
+}
+
+void FuseUring::Commit(Entry& entry, const struct iovec* iov, int count) {
+  auto* out = reinterpret_cast<fuse_out_header*>(entry.header->in_out);
+  std::memcpy(out, iov[0].iov_base, sizeof(fuse_out_header));
+  size_t len = 0;
+  for (int i = 1; i < count; i++) {
+    if (len + iov[i].iov_len > payload_size_) {
+      out->error = -EIO;
+      len = 0;
+      break;
+    }
+    std::memcpy(entry.payload + len, iov[i].iov_base, iov[i].iov_len);
+    len += iov[i].iov_len;
+  }
+  entry.header->ent.payload_sz = static_cast<uint32_t>(len);
+  Lane& lane = *entry.lane;
+  if (own_lane == &lane) return PrepareCommit(lane);  // submitted as the lane next waits
+  {
+    std::lock_guard lock(lane.mutex);
+    lane.replied = true;
+  }
+  uint64_t one = 1;
+  (void)!::write(lane.wake_fd, &one, sizeof one);
+}
+
+}  // namespace homeward

@@ -1,0 +1,74 @@
+// FuseUring: a FUSE session's requests taken and answered through io_uring (Linux 6.14 and
+// later). The kernel queues a request to the ring entries of the CPU that made it; here
+// each entry has a thread of its own pinned to that CPU (a lane), so the caller's
+// wake-ups each way stay on its CPU instead of crossing to whichever thread read
+// /dev/fuse.
+//
+// It sits under libfuse (3.14 does not speak it) through the session's custom I/O: the
+// INIT reply asks for io_uring, each CPU gets a lane, and every request a lane takes goes
+// to fuse_session_process_buf; a reply written for one of them (from any thread) goes into
+// its entry and is committed by the lane, which fetches the next. The rest (INIT, FORGET,
+// INTERRUPT, the change notices) keep going through /dev/fuse and libfuse's own loop.
+// Where the kernel does not allow it (the fuse module's enable_uring parameter is off) or
+// a ring cannot be set up, requests keep coming through /dev/fuse.
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace homeward {
+
+class FuseUring {
+ public:
+  // Whether this kernel lets a FUSE server use io_uring (/sys/module/fuse/parameters/
+  // enable_uring is Y).
+  static bool Allowed();
+
+  // Installs itself as `session`'s I/O (after fuse_session_mount). One per process: the
+  // hooks libfuse calls carry no pointer of their own.
+  explicit FuseUring(fuse_session* session);
+  FuseUring(const FuseUring&) = delete;
+  FuseUring& operator=(const FuseUring&) = delete;
+  // Ends the lanes; once the session loop has ended, before the unmount (requests then
+  // wait in the kernel until the unmount ends them, as after libfuse's loop).
+  ~FuseUring();
+
+  struct Entry;
+  struct Lane;
+  struct Queue;
+
+ private:
+  static ssize_t ReadHook(int fd, void* buf, size_t len, void* userdata);
+  static ssize_t WritevHook(int fd, struct iovec* iov, int count, void* userdata);
+  ssize_t Writev(int fd, struct iovec* iov, int count);
+  // Gives every CPU its first lane, once the kernel has the INIT reply.
+  void Start();
+  // Adds a lane to `queue` (up to kMaxLanes); false if it could not.
+  bool AddLane(Queue& queue);
+  void Run(Lane& lane);
+  // Hands the request in `entry` to libfuse.
+  void Process(Entry& entry, std::vector<char>& linear);
+  // Puts a reply into its entry and has its lane commit it.
+  void Commit(Entry& entry, const struct iovec* iov, int count);
+  // On the lane's thread: the commit of its entry's reply, submitted as it next waits.
+  void PrepareCommit(Lane& lane);
+
+  fuse_session* session_;
+  int fd_;
+  size_t payload_size_ = 0;
+  std::atomic<uint64_t> init_unique_{0};
+  std::atomic<bool> offered_{false};
+  std::atomic<bool> stopping_{false};
+  std::vector<std::unique_ptr<Queue>> queues_;  // one per possible CPU, made by Start
+  std::mutex in_flight_mutex_;
+  std::unordered_map<uint64_t, Entry*> in_flight_;  // by the request's unique
+};
+
+}  // namespace homeward
