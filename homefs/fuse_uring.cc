@@ -11,11 +11,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -120,7 +122,8 @@ bool FuseUring::Allowed() {
   return in >> value && value == "Y";
 }
 
-FuseUring::FuseUring(fuse_session* session) : session_(session), fd_(fuse_session_fd(session)) {
+FuseUring::FuseUring(fuse_session* session, bool no_lanes)
+    : session_(session), fd_(fuse_session_fd(session)), no_lanes_(no_lanes) {
   the_ring.store(this);
   fuse_custom_io io{};
   io.read = ReadHook;
@@ -132,7 +135,16 @@ FuseUring::FuseUring(fuse_session* session) : session_(session), fd_(fuse_sessio
 }
 
 FuseUring::~FuseUring() {
+  EndLanes();
+  the_ring.store(nullptr);
+}
+
+void FuseUring::EndLanes() {
   stopping_ = true;
+  {
+    std::lock_guard lock(launch_mutex_);
+    launched_.notify_all();
+  }
   std::vector<Lane*> lanes;
   for (auto& queue : queues_) {
     std::lock_guard lock(queue->mutex);
@@ -149,7 +161,7 @@ FuseUring::~FuseUring() {
     ::close(lane->wake_fd);
     ::munmap(lane->entry.header, size);
   }
-  the_ring.store(nullptr);
+  queues_.clear();
 }
 
 ssize_t FuseUring::ReadHook(int fd, void* buf, size_t len, void*) {
@@ -195,33 +207,59 @@ ssize_t FuseUring::Writev(int fd, struct iovec* iov, int count) {
               count >= 2 && iov[1].iov_len >= sizeof(fuse_init_out) && offered_.load();
   if (init) {
     auto* reply = static_cast<fuse_init_out*>(iov[1].iov_base);
+    init = false;
     if (reply->flags & FUSE_INIT_EXT) {
-      reply->flags2 |= static_cast<uint32_t>(kOverIoUring >> 32);
       size_t pages = reply->max_pages ? reply->max_pages : 32;
       payload_size_ = std::max<size_t>(
           {FUSE_MIN_READ_BUFFER, reply->max_write, pages * static_cast<size_t>(::getpagesize())});
-    } else {
-      init = false;
+      // Every CPU's first lane is made before the kernel is told: once told, it holds
+      // every request until each CPU has an entry registered, with no way back to
+      // /dev/fuse (unless a registration fails).
+      init = Prepare();
+      if (init) reply->flags2 |= static_cast<uint32_t>(kOverIoUring >> 32);
     }
   }
   ssize_t n = ::writev(fd, iov, count);
-  if (init && n >= 0) Start();  // the kernel took the reply: rings may register now
+  if (init) {
+    if (n >= 0) {
+      Launch(true);
+      spdlog::info("taking FUSE requests through io_uring on {} CPUs", queues_.size());
+    } else {
+      Launch(false);
+      EndLanes();
+    }
+  }
   return n;
 }
 
-void FuseUring::Start() {
+bool FuseUring::Prepare() {
   for (unsigned qid = 0; qid < PossibleCpus(); qid++) {
     queues_.push_back(std::make_unique<Queue>());
     queues_.back()->qid = qid;
   }
   for (auto& queue : queues_) {
-    // With a CPU's queue missing, the kernel keeps using /dev/fuse.
-    if (!AddLane(*queue)) return;
+    if (!AddLane(*queue)) {
+      spdlog::warn("FUSE over io_uring: not used; requests come through /dev/fuse");
+      Launch(false);
+      EndLanes();
+      return false;
+    }
   }
-  spdlog::info("taking FUSE requests through io_uring on {} CPUs", queues_.size());
+  return true;
+}
+
+void FuseUring::Launch(bool told) {
+  std::lock_guard lock(launch_mutex_);
+  go_ = told ? Go::kRun : Go::kDrop;
+  launched_.notify_all();
 }
 
 bool FuseUring::AddLane(Queue& queue) {
+  if (no_lanes_) {
+    spdlog::warn("FUSE over io_uring: fault point no-io-uring-lane: no lane for CPU {}",
+                 queue.qid);
+    return false;
+  }
   auto lane = std::make_unique<Lane>();
   lane->queue = &queue;
   io_uring_params params{};
@@ -258,9 +296,17 @@ bool FuseUring::AddLane(Queue& queue) {
     return false;
   }
   Lane& added = *lane;
+  try {
+    added.thread = std::thread([this, &added] { Run(added); });
+  } catch (const std::system_error& e) {
+    spdlog::warn("FUSE over io_uring: no thread for a lane of CPU {}: {}", queue.qid, e.what());
+    ::munmap(mem, size);
+    ::close(lane->wake_fd);
+    io_uring_queue_exit(&lane->ring);
+    return false;
+  }
   queue.lanes.push_back(std::move(lane));
   queue.idle++;
-  added.thread = std::thread([this, &added] { Run(added); });
   return true;
 }
 
@@ -287,6 +333,11 @@ void PrepareCommand(struct io_uring_sqe* sqe, int fd, uint32_t op, void* data, u
 }  // namespace
 
 void FuseUring::Run(Lane& lane) {
+  {
+    std::unique_lock lock(launch_mutex_);
+    launched_.wait(lock, [&] { return go_ != Go::kWaiting || stopping_; });
+    if (go_ != Go::kRun || stopping_) return;
+  }
   own_lane = &lane;
   Queue& queue = *lane.queue;
   // On the CPU whose requests this lane gets: the kernel picks the queue by the caller's
@@ -299,7 +350,7 @@ void FuseUring::Run(Lane& lane) {
   PrepareCommand(sqe, fd_, kCmdRegister, &lane.entry, queue.qid, 0);
   sqe->addr = reinterpret_cast<uint64_t>(lane.entry.iov);
   sqe->len = 2;
-  bool armed = false;
+  bool armed = false, failing = false;
   std::vector<char> linear;
   while (true) {
     if (!armed) {
@@ -310,9 +361,17 @@ void FuseUring::Run(Lane& lane) {
     }
     int err = io_uring_submit_and_wait(&lane.ring, 1);
     if (err < 0 && err != -EINTR) {
-      spdlog::warn("FUSE over io_uring: CPU {}: {}", queue.qid, std::strerror(-err));
-      return;
+      // The kernel waits for this lane's entry (and its commits): try again, the SQEs
+      // stay queued.
+      if (!failing) {
+        spdlog::warn("FUSE over io_uring: CPU {}: {}", queue.qid, std::strerror(-err));
+      }
+      failing = true;
+      if (stopping_) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
     }
+    failing = false;
     struct io_uring_cqe* cqe = nullptr;
     while (io_uring_peek_cqe(&lane.ring, &cqe) == 0) {
       uint64_t data = cqe->user_data;

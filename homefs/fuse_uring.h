@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -32,8 +33,9 @@ class FuseUring {
   static bool Allowed();
 
   // Installs itself as `session`'s I/O (after fuse_session_mount). One per process: the
-  // hooks libfuse calls carry no pointer of their own.
-  explicit FuseUring(fuse_session* session);
+  // hooks libfuse calls carry no pointer of their own. `no_lanes`: the fault point
+  // no-io-uring-lane (no lane can be made).
+  FuseUring(fuse_session* session, bool no_lanes);
   FuseUring(const FuseUring&) = delete;
   FuseUring& operator=(const FuseUring&) = delete;
   // Ends the lanes; once the session loop has ended, before the unmount (requests then
@@ -48,8 +50,14 @@ class FuseUring {
   static ssize_t ReadHook(int fd, void* buf, size_t len, void* userdata);
   static ssize_t WritevHook(int fd, struct iovec* iov, int count, void* userdata);
   ssize_t Writev(int fd, struct iovec* iov, int count);
-  // Gives every CPU its first lane, once the kernel has the INIT reply.
-  void Start();
+  // Makes every CPU's first lane (its thread waits for Launch); false, with none left,
+  // if it could not.
+  bool Prepare();
+  // Lets the lanes register (the kernel has the INIT reply that asked for io_uring), or
+  // end.
+  void Launch(bool told);
+  // Ends and frees every lane.
+  void EndLanes();
   // Adds a lane to `queue` (up to kMaxLanes); false if it could not.
   bool AddLane(Queue& queue);
   void Run(Lane& lane);
@@ -63,9 +71,14 @@ class FuseUring {
   fuse_session* session_;
   int fd_;
   size_t payload_size_ = 0;
+  bool no_lanes_;
   std::atomic<uint64_t> init_unique_{0};
   std::atomic<bool> offered_{false};
   std::atomic<bool> stopping_{false};
+  enum class Go { kWaiting, kRun, kDrop };
+  std::mutex launch_mutex_;
+  std::condition_variable launched_;
+  Go go_ = Go::kWaiting;
   std::vector<std::unique_ptr<Queue>> queues_;  // one per possible CPU, made by Start
   std::mutex in_flight_mutex_;
   std::unordered_map<uint64_t, Entry*> in_flight_;  // by the request's unique

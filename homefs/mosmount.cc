@@ -29,6 +29,7 @@
 #include "criu_acting.h"
 #include "control_client.h"
 #include "error.h"
+#include "fault.h"
 #include "framing.h"
 #include "fs.h"
 #include "fuse_uring.h"
@@ -175,7 +176,9 @@ int Serve(Mounted& mounted, const std::string& fsname_option, const std::string&
       fuse_daemonize(foreground ? 1 : 0);
       if (::geteuid() == 0) RaiseReadAhead(mountpoint);
       std::optional<FuseUring> uring;
-      if (io_uring && FuseUring::Allowed()) uring.emplace(se);
+      if (io_uring && FuseUring::Allowed()) {
+        uring.emplace(se, FaultPoints::FromEnvironment().Hit(Fault::kNoIoUringLane));
+      }
       started(se);
       fuse_loop_config loop{};
       loop.clone_fd = 0;

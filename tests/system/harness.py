@@ -378,6 +378,7 @@ class UserClusterTest(unittest.TestCase):
     cluster_nodes = 2
     cluster_settings = ()
     cluster_clock_skew = None
+    cluster_faults = None  # the daemons' fault points (HOMEWARD_FAULT)
 
     @classmethod
     def setUpClass(cls):
@@ -386,7 +387,7 @@ class UserClusterTest(unittest.TestCase):
         cls.user = f"{cls.user_prefix}{os.urandom(4).hex()}"
         add_user(cls.user)
         cls.cluster = LoopCluster(cls.cluster_nodes, settings=list(cls.cluster_settings),
-                                  clock_skew=cls.cluster_clock_skew)
+                                  clock_skew=cls.cluster_clock_skew, faults=cls.cluster_faults)
         try:
             cls.cluster.__enter__()
         except BaseException:

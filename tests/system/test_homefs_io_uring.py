@@ -11,7 +11,10 @@ CPU to start with, pinned to it, and another whenever all of a CPU's lanes hold 
   CPU 0 still reads, lists and stats at once, since lanes are added as they are taken;
   once the lock is let go, the three get it in turn.
 - With `[files] io_uring = false`, homefs reads /dev/fuse as before: no ring, the same
-  files."""
+  files.
+- Where homefs cannot make a lane (the fault point no-io-uring-lane, as when a ring or its
+  memory is refused), it does not ask the kernel for io_uring, which would then hold
+  every request until each CPU had one: the files work through /dev/fuse."""
 
 import os
 import re
@@ -210,6 +213,10 @@ class DevFuseTest(harness.UserClusterTest):
     cluster_settings = ("files.io_uring=false",)
 
     def test_no_ring_and_the_same_files(self):
+        self.assert_files_through_dev_fuse()
+        self.assertNotIn("FUSE over io_uring", self.c.log("node2"))
+
+    def assert_files_through_dev_fuse(self):
         c = self.c
         harness.user_work_dir(c, self.user, "plain")
         work = harness.readable_script("work.py", WORK)
@@ -220,6 +227,23 @@ class DevFuseTest(harness.UserClusterTest):
         self.assertEqual(out.split(), ["50", "0"])
         self.assertEqual(ring_fds(homefs_pid(c, "node2")), [])
         self.assertNotIn("taking FUSE requests through io_uring", c.log("node2"))
+
+
+class NoLaneTest(DevFuseTest):
+    user_prefix = "hwnl"
+    cluster_settings = ()
+    cluster_faults = "no-io-uring-lane"
+
+    @classmethod
+    def setUpClass(cls):
+        if not uring_allowed():
+            raise unittest.SkipTest(f"this kernel does not let FUSE use io_uring ({ENABLE_URING}"
+                                    " is not Y; scripts/setup turns it on)")
+        super().setUpClass()
+
+    def test_no_ring_and_the_same_files(self):
+        self.assert_files_through_dev_fuse()
+        self.assertIn("fault point no-io-uring-lane", self.c.log("node2"))
 
 
 if __name__ == "__main__":

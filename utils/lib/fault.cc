@@ -70,6 +70,10 @@ constexpr FaultInfo kFaults[] = {
     {Fault::kAdoptHold, "adopt-hold",
      "a job restored here runs on, its source told the move is done, while the daemon waits "
      "5 s to take it over (its carrier, output and signals)"},
+    {Fault::kNoIoUringLane, "no-io-uring-lane",
+     "homefs cannot make a lane for the kernel's requests through io_uring (as when a ring "
+     "or its memory is refused): the kernel is not asked for io_uring, and requests come "
+     "through /dev/fuse"},
 };
 
 }  // namespace

@@ -39,6 +39,7 @@ enum class Fault {
   kClockAhead,
   kSignalAtStart,
   kAdoptHold,
+  kNoIoUringLane,
 };
 
 // How long the restore-hold fault point holds criu at its post-restore step.
@@ -76,7 +77,7 @@ class FaultPoints {
   bool empty() const { return selected_.none(); }
 
  private:
-  std::bitset<static_cast<size_t>(Fault::kAdoptHold) + 1> selected_;
+  std::bitset<static_cast<size_t>(Fault::kNoIoUringLane) + 1> selected_;
 };
 
 // A fault point that kills the daemon: logs "fault point <name>: the daemon dies
