@@ -99,12 +99,16 @@ def ring_completions(pid):
     return total
 
 
-def uring_allowed():
+def require_uring():
+    """Skips the class unless this kernel lets FUSE servers use io_uring."""
     try:
         with open(ENABLE_URING) as f:
-            return f.read().strip() == "Y"
+            allowed = f.read().strip() == "Y"
     except OSError:
-        return False
+        allowed = False
+    if not allowed:
+        raise unittest.SkipTest(f"this kernel does not let FUSE use io_uring ({ENABLE_URING} "
+                                "is not Y; scripts/setup turns it on)")
 
 
 class IoUringTest(harness.UserClusterTest):
@@ -112,9 +116,7 @@ class IoUringTest(harness.UserClusterTest):
 
     @classmethod
     def setUpClass(cls):
-        if not uring_allowed():
-            raise unittest.SkipTest(f"this kernel does not let FUSE use io_uring ({ENABLE_URING}"
-                                    " is not Y; scripts/setup turns it on)")
+        require_uring()
         super().setUpClass()
 
     def wait_for_tree(self, node="node2"):
@@ -236,9 +238,7 @@ class NoLaneTest(DevFuseTest):
 
     @classmethod
     def setUpClass(cls):
-        if not uring_allowed():
-            raise unittest.SkipTest(f"this kernel does not let FUSE use io_uring ({ENABLE_URING}"
-                                    " is not Y; scripts/setup turns it on)")
+        require_uring()
         super().setUpClass()
 
     def test_no_ring_and_the_same_files(self):
