@@ -102,7 +102,8 @@ struct FuseUring::Lane {
   Entry entry;
   std::thread thread;
   std::mutex mutex;
-  bool replied = false;  // a reply from another thread waits to be committed
+  bool replied = false;    // a reply from another thread waits to be committed
+  bool committed = false;  // (lane's thread) its last command was a commit, not a register
 };
 
 struct FuseUring::Queue {
@@ -256,8 +257,7 @@ void FuseUring::Launch(bool told) {
 
 bool FuseUring::AddLane(Queue& queue) {
   if (no_lanes_) {
-    spdlog::warn("FUSE over io_uring: fault point no-io-uring-lane: no lane for CPU {}",
-                 queue.qid);
+    spdlog::warn("FUSE over io_uring: fault point no-io-uring-lane: no lane for CPU {}", queue.qid);
     return false;
   }
   auto lane = std::make_unique<Lane>();
@@ -346,10 +346,9 @@ void FuseUring::Run(Lane& lane) {
   CPU_ZERO(&cpus);
   CPU_SET(queue.qid, &cpus);
   pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);  // a CPU not ours: unpinned
-  struct io_uring_sqe* sqe = io_uring_get_sqe(&lane.ring);
-  PrepareCommand(sqe, fd_, kCmdRegister, &lane.entry, queue.qid, 0);
-  sqe->addr = reinterpret_cast<uint64_t>(lane.entry.iov);
-  sqe->len = 2;
+  Register(lane);
+  queue.idle--;  // counted when the lane was made
+  struct io_uring_sqe* sqe = nullptr;
   bool armed = false, failing = false;
   std::vector<char> linear;
   while (true) {
@@ -392,11 +391,17 @@ void FuseUring::Run(Lane& lane) {
         continue;
       }
       if (res < 0) {
-        // ENOTCONN, ECONNABORTED: the connection ended (an unmount). Anything else is
-        // the kernel refusing the ring: requests then stay on /dev/fuse.
-        if (res != -ENOTCONN && res != -ECONNABORTED && !stopping_) {
-          spdlog::warn("FUSE over io_uring: CPU {}: {}", queue.qid, std::strerror(-res));
-        }
+        queue.idle--;  // the entry is the kernel's no more
+        // ENOTCONN, ECONNABORTED: the connection ended (an unmount).
+        if (res == -ENOTCONN || res == -ECONNABORTED || stopping_) continue;
+        spdlog::warn("FUSE over io_uring: CPU {}: {} {}", queue.qid,
+                     lane.committed ? "a commit failed:" : "the kernel refused a lane:",
+                     std::strerror(-res));
+        // A failed commit loses the entry: registered again, so that the lane (counted
+        // idle by the growth rule) takes requests again. A refused registration is the
+        // kernel's answer for the lane (it then turns back to /dev/fuse if none is
+        // registered yet).
+        if (lane.committed) Register(lane);
         continue;
       }
       // The last idle lane of this CPU is taken: another, so that this call waiting for
@@ -414,7 +419,17 @@ void FuseUring::Run(Lane& lane) {
   }
 }
 
+void FuseUring::Register(Lane& lane) {
+  struct io_uring_sqe* sqe = io_uring_get_sqe(&lane.ring);
+  PrepareCommand(sqe, fd_, kCmdRegister, &lane.entry, lane.queue->qid, 0);
+  sqe->addr = reinterpret_cast<uint64_t>(lane.entry.iov);
+  sqe->len = 2;
+  lane.committed = false;
+  lane.queue->idle++;  // its entry waits for a request once this is submitted
+}
+
 void FuseUring::PrepareCommit(Lane& lane) {
+  lane.committed = true;
   struct io_uring_sqe* sqe = io_uring_get_sqe(&lane.ring);
   PrepareCommand(sqe, fd_, kCmdCommitAndFetch, &lane.entry, lane.queue->qid, lane.entry.commit_id);
   lane.queue->idle++;  // its entry waits for the next request once this is submitted
