@@ -47,8 +47,9 @@ struct MountOptions {
   double timeout_s = 10;
   bool hard = true;
   double grace_s = 300;
-  double idle_s = 60;    // --tree: a home's connection closes after this long unused
-  bool io_uring = true;  // FUSE requests over io_uring where the kernel allows it
+  double idle_s = 60;              // --tree: a home's connection closes after this long unused
+  bool io_uring = true;            // FUSE requests over io_uring where the kernel allows it
+  bool no_io_uring_lanes = false;  // the fault point no-io-uring-lane
   FsOptions fs;
 };
 
@@ -153,10 +154,10 @@ void RaiseReadAhead(const std::string& mountpoint) {
 
 // Mounts `mounted` at `mountpoint` and serves it until unmounted or signalled. `started`
 // runs once mounted (threads only then: after the fork of fuse_daemonize), `stopping`
-// once the loop has ended, before the unmount. `io_uring`: take requests through io_uring
-// where the kernel allows it (fuse_uring.h).
+// once the loop has ended, before the unmount. Requests come through io_uring where the
+// options and the kernel allow it (fuse_uring.h).
 int Serve(Mounted& mounted, const std::string& fsname_option, const std::string& mountpoint,
-          bool foreground, bool debug, bool io_uring,
+          bool foreground, bool debug, const MountOptions& options,
           const std::function<void(fuse_session*)>& started,
           const std::function<void()>& stopping) {
   std::vector<const char*> fuse_argv = {"mosmount", "-o", fsname_option.c_str()};
@@ -176,9 +177,7 @@ int Serve(Mounted& mounted, const std::string& fsname_option, const std::string&
       fuse_daemonize(foreground ? 1 : 0);
       if (::geteuid() == 0) RaiseReadAhead(mountpoint);
       std::optional<FuseUring> uring;
-      if (io_uring && FuseUring::Allowed()) {
-        uring.emplace(se, FaultPoints::FromEnvironment().Hit(Fault::kNoIoUringLane));
-      }
+      if (options.io_uring && FuseUring::Allowed()) uring.emplace(se, options.no_io_uring_lanes);
       started(se);
       fuse_loop_config loop{};
       loop.clone_fd = 0;
@@ -227,8 +226,7 @@ int MountOne(const std::string& target, const std::string& mountpoint, MountOpti
   }
   OneHome mounted(*fs);
   int status = Serve(
-      mounted, FsnameOption("homefs:" + home.ToString()), mountpoint, foreground, debug,
-      options.io_uring,
+      mounted, FsnameOption("homefs:" + home.ToString()), mountpoint, foreground, debug, options,
       [&](fuse_session* se) {
         fs->StartNotices(se);
         client.Start();
@@ -261,7 +259,7 @@ int MountTree(const std::string& mountpoint, const MountOptions& options, const 
   Mount self;
   std::thread binding;
   int status = Serve(
-      tree, FsnameOption("homefs"), mountpoint, foreground, debug, options.io_uring,
+      tree, FsnameOption("homefs"), mountpoint, foreground, debug, options,
       [&](fuse_session* se) {
         tree.Start(se);
         if (tree_args.daemon_fd >= 0) tree.FollowDaemon(tree_args.daemon_fd);
@@ -330,6 +328,7 @@ int Run(int argc, char** argv) {
   NodeConfig config;
   try {
     options = ParseOptions(option_lists);
+    options.no_io_uring_lanes = FaultPoints::FromEnvironment().Hit(Fault::kNoIoUringLane);
     const char* path = std::getenv("HOMEWARD_CONFIG");
     config = LoadNodeConfig(path && *path ? path : "/etc/homeward/node.toml");
     if (::geteuid() == 0) options.fs.criu_acting_dir = CriuActingDir(config.state_dir);
