@@ -52,6 +52,26 @@ CheckLine Fuse() {
           "modprobe fuse; in a container, give it /dev/fuse"};
 }
 
+// Whether homefs can take the kernel's requests through io_uring (homefs/fuse_uring.h).
+CheckLine FuseIoUring(const CheckOptions& options) {
+  const char* name = "fuse io_uring";
+  if (options.config && !options.config->files_io_uring) {
+    return {Verdict::kOk, name, "declined ([files] io_uring = false): homefs reads /dev/fuse", ""};
+  }
+  std::string allowed = ReadFile("/sys/module/fuse/parameters/enable_uring");
+  if (allowed.empty()) {
+    return {Verdict::kOk, name, "not in this kernel (Linux 6.14 or later): homefs reads /dev/fuse",
+            ""};
+  }
+  if (allowed.front() == 'Y') {
+    return {Verdict::kOk, name, "homefs takes the kernel's requests through io_uring", ""};
+  }
+  return {Verdict::kWarn, name,
+          "off (fuse.enable_uring): homefs reads /dev/fuse, its calls' wake-ups crossing CPUs",
+          "boot with fuse.enable_uring=1, or write Y to /sys/module/fuse/parameters/enable_uring "
+          "(scripts/setup does, for this boot) and restart the daemon"};
+}
+
 // Each namespace a job gets, made in a child that exits at once.
 CheckLine Namespaces() {
   struct Kind {
@@ -218,6 +238,7 @@ std::vector<CheckLine> CheckNode(const CheckOptions& options) {
   }
   lines.push_back(Configuration(options));
   lines.push_back(Fuse());
+  lines.push_back(FuseIoUring(options));
   lines.push_back(Namespaces());
   lines.push_back(Seccomp());
   lines.push_back(Cgroups());

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""mosctl check: on a node of a loopback cluster every probe passes (FUSE, namespaces,
+"""mosctl check: on a node of a loopback cluster every probe passes (FUSE, FUSE over io_uring, namespaces,
 seccomp, cgroups, userfaultfd, CRIU, the configuration, the ports its daemon serves) and
 the daemon logged the same probes once at start; a key file others may read, a port that
 another daemon holds, and an ordinary user's run each fail with the cause and a fix. The
@@ -12,7 +12,8 @@ import unittest
 
 import harness
 
-PROBES = ["config", "fuse", "namespaces", "seccomp", "cgroups", "userfaultfd", "criu", "ports"]
+PROBES = ["config", "fuse", "fuse io_uring", "namespaces", "seccomp", "cgroups", "userfaultfd",
+          "criu", "ports"]
 
 
 class CheckTest(unittest.TestCase):
@@ -25,6 +26,9 @@ class CheckTest(unittest.TestCase):
             for probe in PROBES:
                 self.assertTrue(any(re.match(rf"(ok  |warn)  {probe}: ", l) for l in lines),
                                 f"{probe} in:\n{checked.stdout}")
+            if harness.read_text("/sys/module/fuse/parameters/enable_uring").strip() == "Y":
+                self.assertIn("ok    fuse io_uring: homefs takes the kernel's requests through "
+                              "io_uring", checked.stdout)
             self.assertIn(f"ports: {c.node('node1')['address']}:4700/udp (gossip)",
                           checked.stdout)
             self.assertIn("this node's daemon (pid", checked.stdout)
