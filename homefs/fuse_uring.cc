@@ -234,7 +234,8 @@ ssize_t FuseUring::Writev(int fd, struct iovec* iov, int count) {
 }
 
 bool FuseUring::Prepare() {
-  for (unsigned qid = 0; qid < PossibleCpus(); qid++) {
+  unsigned cpus = PossibleCpus();
+  for (unsigned qid = 0; qid < cpus; qid++) {
     queues_.push_back(std::make_unique<Queue>());
     queues_.back()->qid = qid;
   }
