@@ -481,7 +481,14 @@ void FuseUring::Commit(Entry& entry, const struct iovec* iov, int count) {
   }
   entry.header->ent.payload_sz = static_cast<uint32_t>(len);
   Lane& lane = *entry.lane;
-  if (own_lane == &lane) return PrepareCommit(lane);  // submitted as the lane next waits
+  if (own_lane == &lane) {
+    // Submitted now, not when the handler returns: a handler that answers first and then
+    // sends (writes, unlinks and closes that go behind) lets its caller go on meanwhile,
+    // as through /dev/fuse. A refused submission stays queued for the lane's loop.
+    PrepareCommit(lane);
+    io_uring_submit(&lane.ring);
+    return;
+  }
   {
     std::lock_guard lock(lane.mutex);
     lane.replied = true;
