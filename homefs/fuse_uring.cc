@@ -347,8 +347,7 @@ void FuseUring::Run(Lane& lane) {
   CPU_ZERO(&cpus);
   CPU_SET(queue.qid, &cpus);
   pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);  // a CPU not ours: unpinned
-  Register(lane);
-  queue.idle--;  // counted when the lane was made
+  Register(lane);  // counted idle when it was made
   struct io_uring_sqe* sqe = nullptr;
   bool armed = false, failing = false;
   std::vector<char> linear;
@@ -402,7 +401,10 @@ void FuseUring::Run(Lane& lane) {
         // idle by the growth rule) takes requests again. A refused registration is the
         // kernel's answer for the lane (it then turns back to /dev/fuse if none is
         // registered yet).
-        if (lane.committed) Register(lane);
+        if (lane.committed) {
+          Register(lane);
+          queue.idle++;
+        }
         continue;
       }
       // The last idle lane of this CPU is taken: another, so that this call waiting for
@@ -426,7 +428,6 @@ void FuseUring::Register(Lane& lane) {
   sqe->addr = reinterpret_cast<uint64_t>(lane.entry.iov);
   sqe->len = 2;
   lane.committed = false;
-  lane.queue->idle++;  // its entry waits for a request once this is submitted
 }
 
 void FuseUring::PrepareCommit(Lane& lane) {

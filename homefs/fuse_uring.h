@@ -65,8 +65,9 @@ class FuseUring {
   void Process(Entry& entry, std::vector<char>& linear);
   // Puts a reply into its entry and has its lane commit it.
   void Commit(Entry& entry, const struct iovec* iov, int count);
-  // On the lane's thread: the registration of its entry, or the commit of its entry's
-  // reply, submitted as it next waits.
+  // On the lane's thread: queue the registration of its entry, or the commit of its
+  // entry's reply (which counts the lane idle again); the lane's loop submits them as it
+  // next waits.
   void Register(Lane& lane);
   void PrepareCommit(Lane& lane);
 
