@@ -195,6 +195,7 @@ void Fs::DrainWrites(Request r) {
 }
 
 Fs::~Fs() {
+  sends_.Stop();  // what waits is sent from here
   StopNotices();
   StopResending();
 }
@@ -1265,6 +1266,8 @@ void Fs::Write(Request r, const char* buf, size_t size, off_t off, fuse_file_inf
     p->rq.setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(buf), size));
     return WriteBehind(std::move(r), std::move(p), size, fi->fh);
   }
+  // Sent in step (O_DSYNC, or writes behind off): after the writes behind, as any request.
+  if (!AwaitWrites(r)) return;
   // The kernel's buffer stays valid until Send returns (it is written out in Send), so
   // the message refers to it rather than copying up to 1 MiB.
   // Cap'n Proto wants such a segment word-aligned and whole words long (and not empty).
@@ -1295,16 +1298,24 @@ void Fs::WriteBehind(Request r, std::unique_ptr<Prepared> p, size_t size, uint64
   if (!ticket) return r.Err(EINTR);
   p->rq.setBehind(true);
   r.Write(size);
-  Issue(std::make_shared<Request>(Request::Detached()), std::shared_ptr<Prepared>(std::move(p)),
-        [ticket, size](Request&, int err, IncomingMessage* message, uint64_t) {
-          if (err == 0) {
-            auto rs = message->Root<schema::ServerMessage>().getResponse();
-            err = rs.getError();
-            if (err == 0 && rs.getSize() < size) err = ENOSPC;  // a short write: the disk is full
-          }
-          ticket->Finish(err);
-        },
-        {});
+  auto send = [this, p = std::shared_ptr<Prepared>(std::move(p)), ticket, size](bool) {
+    Issue(std::make_shared<Request>(Request::Detached()), p,
+          [ticket, size](Request&, int err, IncomingMessage* message, uint64_t) {
+            if (err == 0) {
+              auto rs = message->Root<schema::ServerMessage>().getResponse();
+              err = rs.getError();
+              if (err == 0 && rs.getSize() < size) err = ENOSPC;  // a short write: the disk is full
+            }
+            ticket->Finish(err);
+          },
+          {});
+  };
+  // A big write is sealed and sent by a thread of its own, so that the writer's CPU (where
+  // its request was taken) fills the next one meanwhile and another CPU encrypts and sends;
+  // a small one costs less to send than to hand over. One after a write handed over is
+  // handed over too: they go out in order.
+  if ((size >= kSendApart || !sends_.idle()) && sends_.Post(send)) return;
+  send(false);
 }
 
 void Fs::Simple(Request r, Op op, fuse_file_info* fi, uint32_t flags) {

@@ -13,6 +13,7 @@ notice of another's change came since) goes behind as well: it returns before th
 has done it, a listing after it waits for it; one the home refuses after all brings the
 name back and is reported by the directory's next fsync, once."""
 
+import hashlib
 import json
 import os
 import select
@@ -52,6 +53,33 @@ os.close(fd)
 with open(path, "rb") as f:
     back = f.read()
 print(json.dumps({"failed": failed, "fits": back == b"y" * (512 << 10)}))
+"""
+
+# Writes a file 1 MiB at a time through one descriptor, and after each of those writes
+# 4 KiB over it through the same descriptor or through another opened O_DSYNC (sent in
+# step, not behind), 48 times; prints the SHA-256 of what the file must hold, and of what
+# it reads back.
+ORDER = r"""
+import hashlib, os, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 48 << 20)
+in_step = os.open(path, os.O_WRONLY | os.O_DSYNC)
+expect = bytearray(48 << 20)
+bigs = [bytes([65 + i]) * (1 << 20) for i in range(26)]
+for i in range(48):
+    at, big = i << 20, bigs[i % 26]
+    small = f"{i:04d}".encode() * 1024
+    over = at + (i * 7 * 4096 + 512) % ((1 << 20) - 4096)
+    os.pwrite(fd, big, at)  # the next write follows at once
+    os.pwrite(in_step if i % 2 else fd, small, over)
+    expect[at:at + (1 << 20)] = big
+    expect[over:over + 4096] = small
+os.close(in_step)
+os.close(fd)
+with open(path, "rb") as f:
+    back = f.read()
+print(hashlib.sha256(expect).hexdigest(), hashlib.sha256(back).hexdigest())
 """
 
 # A writer driven line by line on its standard input: "open PATH", "write TEXT",
@@ -136,6 +164,21 @@ class WriteBehindTest(harness.UserClusterTest):
                              f"{512 << 10}\n")
         finally:
             c.run("node1", "umount", "/data/small", check=False)
+
+    def test_writes_reach_the_home_in_the_order_they_were_made(self):
+        # A big write behind is sent by a thread of its own; a small one after it, or one
+        # in step through an O_DSYNC descriptor, must not overtake it.
+        c = self.c
+        work = harness.user_work_dir(c, self.user, "ordered")
+        script = os.path.join(harness.private_dir(), "order.py")
+        with open(script, "w") as f:
+            f.write(ORDER)
+        expect, back = c.run("node2", *self.as_user(
+            "python3", script, "/mosix/home/node1/data/ordered/f"), timeout=WAIT_S).stdout.split()
+        self.assertEqual(back, expect, "node2 read back another file than it wrote")
+        with open(os.path.join(work, "f"), "rb") as f:
+            at_home = hashlib.sha256(f.read()).hexdigest()
+        self.assertEqual(at_home, expect, "the home's file is not what node2 wrote")
 
     def homefs_connection(self, node):
         """The ports of `node`'s homefs connection to node1's file service."""
