@@ -200,8 +200,8 @@ class Fs {
   using Handler = std::function<void(Request&, int err, IncomingMessage*, uint64_t generation)>;
 
   // Starts a request on behalf of `r`: waits for the writes and removals behind to be
-  // answered (every request but a write, which waits in Write if it is sent in step, or one sent behind) and for the connection, and
-  // fills in the caller's credentials.
+  // answered (every request but a write, which waits in Write if it is sent in step, or
+  // one sent behind) and for the connection, and fills in the caller's credentials.
   // Answers EIO and returns nothing when the home is unreachable.
   // `behind`: the request is sent behind (its caller answered first), so it waits for
   // nothing sent before it: the home keeps the order.
