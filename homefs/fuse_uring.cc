@@ -53,6 +53,11 @@ struct RingCmd {  // struct fuse_uring_cmd_req, in the SQE's 80-byte command are
   uint8_t padding[6];
 };
 static_assert(sizeof(RingHeader) == 288 && sizeof(RingCmd) == 24);
+// Where an entry's payload starts in its mapping (the ring's header at its start): the
+// request's header and op struct are copied right before it, so that libfuse reads the
+// request in place, as /dev/fuse would have given it, with no copy of its data.
+constexpr size_t kPayloadAt = 4096;
+static_assert(sizeof(RingHeader) + sizeof(fuse_in_header) + kOpInSize <= kPayloadAt);
 
 // Lanes per CPU: one to start with, another whenever all of a CPU's are busy (a call
 // waiting for a home holds its lane, as it holds a thread of libfuse's loop), up to this.
@@ -155,7 +160,7 @@ void FuseUring::EndLanes() {
     uint64_t one = 1;
     (void)!::write(lane->wake_fd, &one, sizeof one);
   }
-  size_t size = sizeof(RingHeader) + payload_size_;
+  size_t size = kPayloadAt + payload_size_;
   for (Lane* lane : lanes) {
     if (lane->thread.joinable()) lane->thread.join();
     io_uring_queue_exit(&lane->ring);
@@ -272,7 +277,7 @@ bool FuseUring::AddLane(Queue& queue) {
     return false;
   }
   lane->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  size_t size = sizeof(RingHeader) + payload_size_;
+  size_t size = kPayloadAt + payload_size_;
   // Header and payload in one mapping; pages are touched only as requests use them.
   void* mem = lane->wake_fd < 0 ? MAP_FAILED
                                 : ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
@@ -286,7 +291,7 @@ bool FuseUring::AddLane(Queue& queue) {
   Entry& entry = lane->entry;
   entry.lane = lane.get();
   entry.header = static_cast<RingHeader*>(mem);
-  entry.payload = static_cast<char*>(mem) + sizeof(RingHeader);
+  entry.payload = static_cast<char*>(mem) + kPayloadAt;
   entry.iov[0] = {entry.header, sizeof(RingHeader)};
   entry.iov[1] = {entry.payload, payload_size_};
   std::lock_guard lock(queue.mutex);
@@ -350,7 +355,6 @@ void FuseUring::Run(Lane& lane) {
   Register(lane);  // counted idle when it was made
   struct io_uring_sqe* sqe = nullptr;
   bool armed = false, failing = false;
-  std::vector<char> linear;
   while (true) {
     if (!armed) {
       sqe = io_uring_get_sqe(&lane.ring);
@@ -417,7 +421,7 @@ void FuseUring::Run(Lane& lane) {
         }
         if (lanes < kMaxLanes) AddLane(queue);
       }
-      Process(lane.entry, linear);
+      Process(lane.entry);
     }
   }
 }
@@ -437,7 +441,7 @@ void FuseUring::PrepareCommit(Lane& lane) {
   lane.queue->idle++;  // its entry waits for the next request once this is submitted
 }
 
-void FuseUring::Process(Entry& entry, std::vector<char>& linear) {
+void FuseUring::Process(Entry& entry) {
   // libfuse wants a request as /dev/fuse gives it: the header, then its arguments in a
   // row; the ring splits off the first argument (op_in) and the rest (the payload).
   const auto* in = reinterpret_cast<const fuse_in_header*>(entry.header->in_out);
@@ -453,17 +457,18 @@ void FuseUring::Process(Entry& entry, std::vector<char>& linear) {
     Commit(entry, &iov, 1);
     return;
   }
-  linear.resize(in->len);
-  std::memcpy(linear.data(), in, sizeof(fuse_in_header));
-  std::memcpy(linear.data() + sizeof(fuse_in_header), entry.header->op_in, op_in);
-  std::memcpy(linear.data() + sizeof(fuse_in_header) + op_in, entry.payload, payload);
+  // The kernel may write the next request into the payload once this one is answered:
+  // a handler reads its request before it answers (as every one of homefs does).
+  char* request = entry.payload - sizeof(fuse_in_header) - op_in;
+  std::memcpy(request, in, sizeof(fuse_in_header));
+  std::memcpy(request + sizeof(fuse_in_header), entry.header->op_in, op_in);
   {
     std::lock_guard lock(in_flight_mutex_);
     in_flight_[in->unique] = &entry;
   }
   fuse_buf buf{};
   buf.size = in->len;
-  buf.mem = linear.data();
+  buf.mem = request;
   fuse_session_process_buf(session_, &buf);
 }
 

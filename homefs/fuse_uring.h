@@ -62,7 +62,7 @@ class FuseUring {
   bool AddLane(Queue& queue);
   void Run(Lane& lane);
   // Hands the request in `entry` to libfuse.
-  void Process(Entry& entry, std::vector<char>& linear);
+  void Process(Entry& entry);
   // Puts a reply into its entry and has its lane commit it.
   void Commit(Entry& entry, const struct iovec* iov, int count);
   // On the lane's thread: queue the registration of its entry, or the commit of its
