@@ -457,8 +457,10 @@ void FuseUring::Process(Entry& entry) {
     Commit(entry, &iov, 1);
     return;
   }
-  // The kernel may write the next request into the payload once this one is answered:
-  // a handler reads its request before it answers (as every one of homefs does).
+  // The answer is written into the same payload (by whichever thread makes it, as soon
+  // as the home replies), and the kernel may write the next request there once it is
+  // committed: a handler is done reading its request once it has sent it to the home or
+  // answered (as every one of homefs is; a write's data is copied or sent by then).
   char* request = entry.payload - sizeof(fuse_in_header) - op_in;
   std::memcpy(request, in, sizeof(fuse_in_header));
   std::memcpy(request + sizeof(fuse_in_header), entry.header->op_in, op_in);
