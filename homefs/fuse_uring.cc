@@ -491,8 +491,8 @@ void FuseUring::Commit(Entry& entry, const struct iovec* iov, int count) {
   Lane& lane = *entry.lane;
   if (own_lane == &lane) {
     // Submitted now, not when the handler returns: a handler that answers first and then
-    // sends (writes, unlinks and closes that go behind) lets its caller go on meanwhile,
-    // as through /dev/fuse. A refused submission stays queued for the lane's loop.
+    // sends (a write behind) lets its caller go on meanwhile, as through /dev/fuse. A
+    // refused submission stays queued for the lane's loop.
     PrepareCommit(lane);
     io_uring_submit(&lane.ring);
     return;
