@@ -82,7 +82,7 @@ class FuseUring {
   std::mutex launch_mutex_;
   std::condition_variable launched_;
   Go go_ = Go::kWaiting;
-  std::vector<std::unique_ptr<Queue>> queues_;  // one per possible CPU, made by Start
+  std::vector<std::unique_ptr<Queue>> queues_;  // one per possible CPU, made by Prepare
   std::mutex in_flight_mutex_;
   std::unordered_map<uint64_t, Entry*> in_flight_;  // by the request's unique
 };

@@ -1,9 +1,10 @@
 #!/usr/bin/python3
-"""mosctl check: on a node of a loopback cluster every probe passes (FUSE, FUSE over io_uring, namespaces,
-seccomp, cgroups, userfaultfd, CRIU, the configuration, the ports its daemon serves) and
-the daemon logged the same probes once at start; a key file others may read, a port that
-another daemon holds, and an ordinary user's run each fail with the cause and a fix. The
-peers' clocks, as gossip measures them, agree; a peer whose clock is 5 s ahead is named."""
+"""mosctl check: on a node of a loopback cluster every probe passes (FUSE, FUSE over
+io_uring, namespaces, seccomp, cgroups, userfaultfd, CRIU, the configuration, the ports
+its daemon serves) and the daemon logged the same probes once at start; a key file others
+may read, a port that another daemon holds, and an ordinary user's run each fail with the
+cause and a fix. The peers' clocks, as gossip measures them, agree; a peer whose clock is
+5 s ahead is named."""
 
 import os
 import re
