@@ -29,6 +29,14 @@ constexpr uint32_t kSetMode = 1 << 0, kSetUid = 1 << 1, kSetGid = 1 << 2, kSetSi
                    kSetAtime = 1 << 4, kSetMtime = 1 << 5, kSetAtimeNow = 1 << 7,
                    kSetMtimeNow = 1 << 8;
 
+// Open flags the client's kernel has already acted on, which the home's own descriptor must
+// not take. O_DIRECT asks for buffers and offsets aligned to the home's disk blocks, and the
+// service's buffers are not: every read and write would fail with EINVAL. The job's O_DIRECT
+// is kept where it means something, on its own node, whose kernel sends such a file's reads
+// and writes to the home uncached; the home reads and writes through its page cache, as NFS
+// servers do.
+constexpr int kClientOnlyFlags = O_NOCTTY | O_DIRECT;
+
 timespec Ts(int64_t ns) {
   return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
 }
@@ -208,7 +216,7 @@ void FileOps::Open(FileSession& s, Rq rq, Rs rs) {
   auto node = s.GetNode(rq.getNode());
   bool dir = rq.getOp() == Op::OPENDIR;
   int flags = dir ? O_RDONLY | O_DIRECTORY
-                  : static_cast<int>(rq.getFlags()) & ~(O_CREAT | O_EXCL | O_NOCTTY);
+                  : static_cast<int>(rq.getFlags()) & ~(O_CREAT | O_EXCL | kClientOnlyFlags);
   if (!dir && rq.getNode2() != 0 && rq.getName2().size() > 0) {
     // Close-to-open across renames: the client names the parent and name it found the
     // file under; when that name now holds another object (a rename replaced it, or it
@@ -260,7 +268,7 @@ void FileOps::Create(FileSession& s, Rq rq, Rs rs) {
   std::string name = rq.getName();
   CheckName(name);
   auto dir = s.GetNode(rq.getNode());
-  int flags = (static_cast<int>(rq.getFlags()) | O_CREAT | O_NOFOLLOW) & ~O_NOCTTY;
+  int flags = (static_cast<int>(rq.getFlags()) | O_CREAT | O_NOFOLLOW) & ~kClientOnlyFlags;
   auto handle = std::make_shared<FileSession::OpenFile>();
   handle->fd = Fd::Adopt(OpenBeneath(dir->fd.get(), name, flags, rq.getMode()));
   bool watched = s.Remember(
@@ -285,7 +293,8 @@ void FileOps::CreateAgain(FileSession& s, Rq rq, Rs rs) {
   // The file exists (this very request made it): open it as made, without truncating
   // what the client may have written since.
   int flags =
-      (static_cast<int>(rq.getFlags()) | O_NOFOLLOW) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+      (static_cast<int>(rq.getFlags()) | O_NOFOLLOW) &
+      ~(O_CREAT | O_EXCL | O_TRUNC | kClientOnlyFlags);
   auto handle = std::make_shared<FileSession::OpenFile>();
   handle->append = (flags & O_APPEND) != 0;
   handle->fd = Fd::Adopt(OpenBeneath(dir->fd.get(), name, flags, 0));

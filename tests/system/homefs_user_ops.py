@@ -7,11 +7,13 @@ user (and as a second one, for the cases that need a non-owner). Prints one JSON
 
 The cases are those where a remote file system most easily differs from the local one:
 search permission on names the kernel has cached, FIFOs, writes by a non-owner to a set-id
-file, a symlink's own times, and the permission errors of an ordinary caller.
+file, O_DIRECT reads and writes, a symlink's own times, and the permission errors of an
+ordinary caller.
 """
 
 import errno
 import json
+import mmap
 import os
 import stat
 import subprocess
@@ -70,6 +72,22 @@ def symlink_times(path):
     return [st.st_atime_ns, st.st_mtime_ns, target.st_mtime_ns != st.st_mtime_ns]
 
 
+def direct_round_trip(path):
+    """O_DIRECT writes and reads, with page-aligned buffers as such programs use: what was
+    written reads back, and the file holds it once closed."""
+    data = os.urandom(3 * mmap.PAGESIZE)
+    out, back = mmap.mmap(-1, len(data)), mmap.mmap(-1, len(data))
+    out.write(data)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    try:
+        written = os.pwritev(fd, [out], 0)
+        read = os.preadv(fd, [back], 0)
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f:
+        return [written, read, back[:] == data, f.read() == data]
+
+
 os.umask(0o022)
 step("mkdir", lambda: os.makedirs(p("u", "x"), 0o755) or "ok")
 step("create", lambda: write(p("u", "x", "file"), b"inside\n"))
@@ -95,6 +113,8 @@ step("setid file", lambda: write(p("u", "setid"), b"#!/bin/sh\n") and
 step("non-owner writes setid", lambda: as_other("sh", "-c", f"echo more >> {p('u', 'setid')}"))
 step("setid bits after", lambda: oct(os.stat(p("u", "setid")).st_mode & 0o7777))
 step("setid size after", lambda: os.stat(p("u", "setid")).st_size)
+
+step("O_DIRECT round trip", lambda: direct_round_trip(p("u", "direct")))
 
 step("symlink", lambda: os.symlink("x/file", p("u", "link")) or os.readlink(p("u", "link")))
 step("symlink own times", lambda: symlink_times(p("u", "link")))

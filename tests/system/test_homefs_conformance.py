@@ -318,7 +318,8 @@ class HomefsTest(unittest.TestCase):
 class HomefsAsAUserTest(harness.UserClusterTest):
     """The same ordinary user's script gives the same results on the home's tree and
     through /mosix/home/node1 on another node: search permission on cached names, FIFOs,
-    a non-owner's write to a set-id file, a symlink's own times, permission errors."""
+    a non-owner's write to a set-id file, O_DIRECT I/O, a symlink's own times, permission
+    errors."""
     user_prefix = "hwfs"
 
     def test_user_operations_as_at_home(self):
