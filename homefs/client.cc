@@ -18,6 +18,7 @@
 #include "error.h"
 #include "peer_auth.h"
 #include "secure_channel.h"
+#include "unpinned_thread.h"
 
 namespace homeward {
 
@@ -131,8 +132,8 @@ void FileClient::RunLocked() {
   if (running_ || parking_ || stopping_ || !started_) return;
   running_ = true;
   last_used_ = Clock::now();
-  connection_thread_ = std::thread([this] { ConnectionLoop(); });
-  timer_thread_ = std::thread([this] { TimerLoop(); });
+  connection_thread_ = UnpinnedThread("homefs receive", [this] { ConnectionLoop(); });
+  timer_thread_ = UnpinnedThread("homefs timer", [this] { TimerLoop(); });
 }
 
 void FileClient::Stop() {

@@ -24,6 +24,7 @@
 #include "criu_acting.h"
 #include "lock_holder.h"
 #include "mounted.h"
+#include "unpinned_thread.h"
 
 namespace homeward {
 
@@ -1542,7 +1543,7 @@ T Bounded(F read, T otherwise) {
   auto answer = std::make_shared<std::promise<T>>();
   auto future = answer->get_future();
   try {
-    std::thread([answer, read] { answer->set_value(read()); }).detach();
+    UnpinnedThread("homefs bounded", [answer, read] { answer->set_value(read()); }).detach();
   } catch (const std::system_error&) {
     return otherwise;
   }

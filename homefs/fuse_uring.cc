@@ -352,6 +352,10 @@ void FuseUring::Run(Lane& lane) {
   CPU_ZERO(&cpus);
   CPU_SET(queue.qid, &cpus);
   pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);  // a CPU not ours: unpinned
+  // Named, as the one kind of homefs thread that is pinned (threads it starts are not:
+  // UnpinnedThread).
+  std::string name = fmt::format("homefs lane {}", queue.qid).substr(0, 15);
+  pthread_setname_np(pthread_self(), name.c_str());
   Register(lane);  // counted idle when it was made
   struct io_uring_sqe* sqe = nullptr;
   bool armed = false, failing = false;

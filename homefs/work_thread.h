@@ -13,6 +13,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "unpinned_thread.h"
 #include "wait_or_give_up.h"
 
 namespace homeward {
@@ -37,7 +38,7 @@ class WorkThread {
       // waits at most for its return.
       if (thread_.joinable()) thread_.join();
       running_ = true;
-      thread_ = std::thread([this] { Loop(); });
+      thread_ = UnpinnedThread("homefs work", [this] { Loop(); });
     }
     ready_.notify_one();
     return true;

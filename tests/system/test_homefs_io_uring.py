@@ -10,6 +10,11 @@ CPU to start with, pinned to it, and another whenever all of a CPU's lanes hold 
   home holds (each wait holds a lane of CPU 0 until it is answered): a fourth process on
   CPU 0 still reads, lists and stats at once, since lanes are added as they are taken;
   once the lock is let go, the three get it in turn.
+- Lanes are pinned, each to its CPU, and the threads homefs starts from them are not (the
+  connection to a home and its timer, the flusher of requests sent behind, the sending
+  thread of big writes): used from every CPU, no thread but a lane is pinned. (A thread
+  inherits its creator's CPUs: a connection's receiving thread pinned with the lane that
+  connected waited behind any job on that CPU, and halved the other CPU's random reads.)
 - With `[files] io_uring = false`, homefs reads /dev/fuse as before: no ring, the same
   files.
 - Where homefs cannot make a lane (the fault point no-io-uring-lane, as when a ring or its
@@ -99,6 +104,20 @@ def ring_completions(pid):
     return total
 
 
+def cpus_allowed(pid, tid):
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return re.search(r"^Cpus_allowed_list:\s+(\S+)", f.read(), re.M).group(1)
+
+
+def thread_cpus(pid, tid):
+    """A thread's name and the CPUs it may run on; (None, None) once it has ended."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            return f.read().strip(), cpus_allowed(pid, tid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None, None
+
+
 def require_uring():
     """Skips the class unless this kernel lets FUSE servers use io_uring."""
     try:
@@ -183,6 +202,35 @@ class IoUringTest(harness.UserClusterTest):
                 if process.poll() is None:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+
+    def test_threads_a_lane_starts_run_on_any_cpu(self):
+        c = self.c
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            self.skipTest("one CPU: no thread can be pinned away from another")
+        harness.user_work_dir(c, self.user, "unpinned")
+        self.wait_for_tree()
+        pid = homefs_pid(c, "node2")
+        remote = "/mosix/home/node1/data/unpinned"
+        # From each CPU: a big write behind (sent by a thread of its own), small appends
+        # and an unlink (requests behind, which the flusher sends), a read.
+        for cpu in cpus:
+            self.run_as(c, "node2", "sh", "-c",
+                        f"dd if=/dev/zero of={remote}/big{cpu} bs=1M count=4 status=none && "
+                        f"echo {cpu} >> {remote}/small && cat {remote}/small && "
+                        f"rm {remote}/big{cpu}", cpu=cpu)
+        everywhere = cpus_allowed(pid, pid)
+        threads = [(comm, allowed) for comm, allowed in
+                   (thread_cpus(pid, tid) for tid in os.listdir(f"/proc/{pid}/task"))
+                   if comm is not None]
+        lanes = [allowed for comm, allowed in threads if comm.startswith("homefs lane")]
+        self.assertGreaterEqual(len(lanes), len(cpus), threads)
+        self.assertTrue(all(allowed.isdigit() for allowed in lanes), threads)
+        names = {comm for comm, _ in threads}
+        self.assertIn("homefs receive", names)
+        pinned = [f"{comm} on CPUs {allowed}" for comm, allowed in threads
+                  if not comm.startswith("homefs lane") and allowed != everywhere]
+        self.assertEqual(pinned, [], f"the process runs on CPUs {everywhere}")
 
     def start(self, c, node, *command, cpu=None, stdin=subprocess.DEVNULL):
         """The user's `command` in `node`, in the background (on `cpu` alone if given)."""

@@ -4,6 +4,8 @@
 
 #include <exception>
 
+#include "unpinned_thread.h"
+
 namespace homeward {
 
 HoldFlusher::~HoldFlusher() {
@@ -19,7 +21,7 @@ void HoldFlusher::Due(const std::shared_ptr<FrameStream>& stream) {
   {
     std::lock_guard lock(mutex_);
     stream_ = stream;
-    if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+    if (!thread_.joinable()) thread_ = UnpinnedThread("flush held", [this] { Loop(); });
     if (pending_) return;
     pending_ = true;
   }
