@@ -5,10 +5,12 @@
 // /dev/fuse.
 //
 // It sits under libfuse (3.14 does not speak it) through the session's custom I/O: the
-// INIT reply asks for io_uring, each CPU gets a lane, and every request a lane takes goes
-// to fuse_session_process_buf; a reply written for one of them (from any thread) goes into
-// its entry and is committed by the lane, which fetches the next. The rest (INIT, FORGET,
-// INTERRUPT, the change notices) keep going through /dev/fuse and libfuse's own loop.
+// INIT reply asks for io_uring (and says that the home drops set-id bits and capabilities
+// on write itself: FUSE_HANDLE_KILLPRIV_V2), each CPU gets a lane, and every request a
+// lane takes goes to fuse_session_process_buf; a reply written for one of them (from any
+// thread) goes into its entry and is committed by the lane, which fetches the next. The
+// rest (INIT, FORGET, INTERRUPT, the change notices) keep going through /dev/fuse and
+// libfuse's own loop.
 // Where the kernel does not allow it (the fuse module's enable_uring parameter is off) or
 // a ring cannot be set up, requests keep coming through /dev/fuse.
 #pragma once
@@ -77,6 +79,7 @@ class FuseUring {
   bool no_lanes_;
   std::atomic<uint64_t> init_unique_{0};
   std::atomic<bool> offered_{false};
+  std::atomic<bool> kills_privileges_{false};  // the kernel offered FUSE_HANDLE_KILLPRIV_V2
   std::atomic<bool> stopping_{false};
   enum class Go { kWaiting, kRun, kDrop };
   std::mutex launch_mutex_;
