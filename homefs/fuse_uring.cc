@@ -215,9 +215,9 @@ ssize_t FuseUring::Writev(int fd, struct iovec* iov, int count) {
       return static_cast<ssize_t>(out->len);
     }
   }
-  bool init = out->unique != 0 && out->unique == init_unique_.load() && out->error == 0 &&
-              count >= 2 && iov[1].iov_len >= sizeof(fuse_init_out);
-  if (init && kills_privileges_.load()) {
+  bool init_reply = out->unique != 0 && out->unique == init_unique_.load() &&
+                    out->error == 0 && count >= 2 && iov[1].iov_len >= sizeof(fuse_init_out);
+  if (init_reply && kills_privileges_.load()) {
     // The home kills setuid, setgid and capabilities on write, truncate and chown itself
     // (its kernel does, under the caller's fs ids, as for a local write). Told so, the
     // kernel marks a file that has none (S_NOSEC) and stops asking for its
@@ -225,7 +225,7 @@ ssize_t FuseUring::Writev(int fd, struct iovec* iov, int count) {
     // (libfuse 3.14 does not know the flag).
     static_cast<fuse_init_out*>(iov[1].iov_base)->flags |= FUSE_HANDLE_KILLPRIV_V2;
   }
-  init = init && offered_.load();
+  bool init = init_reply && offered_.load();
   if (init) {
     auto* reply = static_cast<fuse_init_out*>(iov[1].iov_base);
     init = false;
