@@ -64,8 +64,6 @@ static_assert(sizeof(RingHeader) + sizeof(fuse_in_header) + kOpInSize <= kPayloa
 constexpr size_t kMaxLanes = 64;
 constexpr uint64_t kWakeData = ~0ULL;  // the lane's eventfd poll's user_data
 
-std::atomic<FuseUring*> the_ring{nullptr};
-
 // The kernel's queues: as many as possible CPUs ("0-3", "0,2-5" in /sys), numbered by
 // CPU.
 unsigned PossibleCpus() {
@@ -131,21 +129,18 @@ bool FuseUring::Allowed() {
   return in >> value && value == "Y";
 }
 
-FuseUring::FuseUring(fuse_session* session, bool no_lanes)
-    : session_(session), fd_(fuse_session_fd(session)), no_lanes_(no_lanes) {
-  the_ring.store(this);
-  fuse_custom_io io{};
-  io.read = ReadHook;
-  io.writev = WritevHook;
-  if (fuse_session_custom_io(session, &io, fd_) != 0) {
-    spdlog::warn("FUSE over io_uring: libfuse refused the session's I/O; using /dev/fuse");
-    the_ring.store(nullptr);
+FuseUring::FuseUring(fuse_session* session, SessionIo& io, bool no_lanes)
+    : session_(session), io_(io), fd_(fuse_session_fd(session)), no_lanes_(no_lanes) {
+  if (io.installed()) {
+    io.Carry(this);
+  } else {
+    spdlog::warn("FUSE over io_uring: not used without homefs's session I/O; using /dev/fuse");
   }
 }
 
 FuseUring::~FuseUring() {
   EndLanes();
-  the_ring.store(nullptr);
+  io_.Carry(nullptr);
 }
 
 void FuseUring::EndLanes() {
@@ -175,82 +170,41 @@ void FuseUring::EndLanes() {
   queues_.clear();
 }
 
-ssize_t FuseUring::ReadHook(int fd, void* buf, size_t len, void*) {
-  ssize_t n = ::read(fd, buf, len);
-  FuseUring* self = the_ring.load();
-  if (self && n >= static_cast<ssize_t>(sizeof(fuse_in_header) + sizeof(fuse_init_in))) {
-    auto* in = static_cast<const fuse_in_header*>(buf);
-    if (in->opcode == FUSE_INIT) {
-      auto* init = reinterpret_cast<const fuse_init_in*>(in + 1);
-      bool offered = (init->flags & FUSE_INIT_EXT) &&
-                     ((static_cast<uint64_t>(init->flags2) << 32) & kOverIoUring);
-      self->offered_ = offered;
-      self->kills_privileges_ = (init->flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
-      self->init_unique_ = in->unique;
-    }
+bool FuseUring::TakeReply(const struct iovec* iov, int count) {
+  auto* out = static_cast<const fuse_out_header*>(iov[0].iov_base);
+  Entry* entry = nullptr;
+  {
+    std::lock_guard lock(in_flight_mutex_);
+    auto it = in_flight_.find(out->unique);
+    if (it == in_flight_.end()) return false;
+    entry = it->second;
+    in_flight_.erase(it);
   }
-  return n;
+  Commit(*entry, iov, count);
+  return true;
 }
 
-ssize_t FuseUring::WritevHook(int fd, struct iovec* iov, int count, void*) {
-  FuseUring* self = the_ring.load();
-  if (!self) return ::writev(fd, iov, count);
-  return self->Writev(fd, iov, count);
+bool FuseUring::AmendInit(fuse_init_out& reply, uint64_t offered) {
+  if (!(offered & kOverIoUring) || !(reply.flags & FUSE_INIT_EXT)) return false;
+  size_t pages = reply.max_pages ? reply.max_pages : 32;
+  payload_size_ = std::max<size_t>(
+      {FUSE_MIN_READ_BUFFER, reply.max_write, pages * static_cast<size_t>(::getpagesize())});
+  // Every CPU's first lane is made before the kernel is told: once told, it holds every
+  // request until each CPU has an entry registered, with no way back to /dev/fuse (unless
+  // a registration fails).
+  if (!Prepare()) return false;
+  reply.flags2 |= static_cast<uint32_t>(kOverIoUring >> 32);
+  return true;
 }
 
-ssize_t FuseUring::Writev(int fd, struct iovec* iov, int count) {
-  auto* out = static_cast<fuse_out_header*>(iov[0].iov_base);
-  if (out->unique != 0) {
-    Entry* entry = nullptr;
-    {
-      std::lock_guard lock(in_flight_mutex_);
-      auto it = in_flight_.find(out->unique);
-      if (it != in_flight_.end()) {
-        entry = it->second;
-        in_flight_.erase(it);
-      }
-    }
-    if (entry) {
-      Commit(*entry, iov, count);
-      return static_cast<ssize_t>(out->len);
-    }
+void FuseUring::InitWritten(bool told) {
+  if (told) {
+    Launch(true);
+    spdlog::info("taking FUSE requests through io_uring on {} CPUs", queues_.size());
+  } else {
+    Launch(false);
+    EndLanes();
   }
-  bool init_reply = out->unique != 0 && out->unique == init_unique_.load() &&
-                    out->error == 0 && count >= 2 && iov[1].iov_len >= sizeof(fuse_init_out);
-  if (init_reply && kills_privileges_.load()) {
-    // The home kills setuid, setgid and capabilities on write, truncate and chown itself
-    // (its kernel does, under the caller's fs ids, as for a local write). Told so, the
-    // kernel marks a file that has none (S_NOSEC) and stops asking for its
-    // security.capability before each write: a request to homefs less per write
-    // (libfuse 3.14 does not know the flag).
-    static_cast<fuse_init_out*>(iov[1].iov_base)->flags |= FUSE_HANDLE_KILLPRIV_V2;
-  }
-  bool init = init_reply && offered_.load();
-  if (init) {
-    auto* reply = static_cast<fuse_init_out*>(iov[1].iov_base);
-    init = false;
-    if (reply->flags & FUSE_INIT_EXT) {
-      size_t pages = reply->max_pages ? reply->max_pages : 32;
-      payload_size_ = std::max<size_t>(
-          {FUSE_MIN_READ_BUFFER, reply->max_write, pages * static_cast<size_t>(::getpagesize())});
-      // Every CPU's first lane is made before the kernel is told: once told, it holds
-      // every request until each CPU has an entry registered, with no way back to
-      // /dev/fuse (unless a registration fails).
-      init = Prepare();
-      if (init) reply->flags2 |= static_cast<uint32_t>(kOverIoUring >> 32);
-    }
-  }
-  ssize_t n = ::writev(fd, iov, count);
-  if (init) {
-    if (n >= 0) {
-      Launch(true);
-      spdlog::info("taking FUSE requests through io_uring on {} CPUs", queues_.size());
-    } else {
-      Launch(false);
-      EndLanes();
-    }
-  }
-  return n;
 }
 
 bool FuseUring::Prepare() {

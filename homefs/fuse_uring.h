@@ -4,13 +4,12 @@
 // wake-ups each way stay on its CPU instead of crossing to whichever thread read
 // /dev/fuse.
 //
-// It sits under libfuse (3.14 does not speak it) through the session's custom I/O: the
-// INIT reply asks for io_uring (and says that the home drops set-id bits and capabilities
-// on write itself: FUSE_HANDLE_KILLPRIV_V2), each CPU gets a lane, and every request a
-// lane takes goes to fuse_session_process_buf; a reply written for one of them (from any
-// thread) goes into its entry and is committed by the lane, which fetches the next. The
-// rest (INIT, FORGET, INTERRUPT, the change notices) keep going through /dev/fuse and
-// libfuse's own loop.
+// It sits under libfuse (3.14 does not speak it), carried by the session's I/O
+// (session_io.h): the INIT reply asks for io_uring, each CPU gets a lane, and every
+// request a lane takes goes to fuse_session_process_buf; a reply written for one of them
+// (from any thread) goes into its entry and is committed by the lane, which fetches the
+// next. The rest (INIT, FORGET, INTERRUPT, the change notices) keep going through
+// /dev/fuse and libfuse's own loop.
 // Where the kernel does not allow it (the fuse module's enable_uring parameter is off) or
 // a ring cannot be set up, requests keep coming through /dev/fuse.
 #pragma once
@@ -26,32 +25,36 @@
 #include <unordered_map>
 #include <vector>
 
+#include "session_io.h"
+
 namespace homeward {
 
-class FuseUring {
+class FuseUring : public SessionIo::Carrier {
  public:
   // Whether this kernel lets a FUSE server use io_uring (/sys/module/fuse/parameters/
   // enable_uring is Y).
   static bool Allowed();
 
-  // Installs itself as `session`'s I/O (after fuse_session_mount). One per process: the
-  // hooks libfuse calls carry no pointer of their own. `no_lanes`: the fault point
+  // Carried by `io` (`session`'s), if installed. `no_lanes`: the fault point
   // no-io-uring-lane (no lane can be made).
-  FuseUring(fuse_session* session, bool no_lanes);
+  FuseUring(fuse_session* session, SessionIo& io, bool no_lanes);
   FuseUring(const FuseUring&) = delete;
   FuseUring& operator=(const FuseUring&) = delete;
   // Ends the lanes; once the session loop has ended, before the unmount (requests then
   // wait in the kernel until the unmount ends them, as after libfuse's loop).
-  ~FuseUring();
+  ~FuseUring() override;
+
+  bool TakeReply(const struct iovec* iov, int count) override;
+  // Asks for io_uring where the kernel offered it and every CPU's first lane is made.
+  bool AmendInit(fuse_init_out& reply, uint64_t offered) override;
+  // Lets the lanes register, or ends them.
+  void InitWritten(bool told) override;
 
   struct Entry;
   struct Lane;
   struct Queue;
 
  private:
-  static ssize_t ReadHook(int fd, void* buf, size_t len, void* userdata);
-  static ssize_t WritevHook(int fd, struct iovec* iov, int count, void* userdata);
-  ssize_t Writev(int fd, struct iovec* iov, int count);
   // Makes every CPU's first lane (its thread waits for Launch); false, with none left,
   // if it could not.
   bool Prepare();
@@ -74,12 +77,10 @@ class FuseUring {
   void PrepareCommit(Lane& lane);
 
   fuse_session* session_;
+  SessionIo& io_;
   int fd_;
   size_t payload_size_ = 0;
   bool no_lanes_;
-  std::atomic<uint64_t> init_unique_{0};
-  std::atomic<bool> offered_{false};
-  std::atomic<bool> kills_privileges_{false};  // the kernel offered FUSE_HANDLE_KILLPRIV_V2
   std::atomic<bool> stopping_{false};
   enum class Go { kWaiting, kRun, kDrop };
   std::mutex launch_mutex_;

@@ -39,6 +39,7 @@
 #include "mount.h"
 #include "mounted.h"
 #include "peer_auth.h"
+#include "session_io.h"
 
 namespace homeward {
 namespace {
@@ -154,8 +155,9 @@ void RaiseReadAhead(const std::string& mountpoint) {
 
 // Mounts `mounted` at `mountpoint` and serves it until unmounted or signalled. `started`
 // runs once mounted (threads only then: after the fork of fuse_daemonize), `stopping`
-// once the loop has ended, before the unmount. Requests come through io_uring where the
-// options and the kernel allow it (fuse_uring.h).
+// once the loop has ended, before the unmount. Requests come through homefs's session I/O
+// (session_io.h), and through io_uring where the options and the kernel allow it
+// (fuse_uring.h).
 int Serve(Mounted& mounted, const std::string& fsname_option, const std::string& mountpoint,
           bool foreground, bool debug, const MountOptions& options,
           const std::function<void(fuse_session*)>& started,
@@ -176,8 +178,9 @@ int Serve(Mounted& mounted, const std::string& fsname_option, const std::string&
     if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
       fuse_daemonize(foreground ? 1 : 0);
       if (::geteuid() == 0) RaiseReadAhead(mountpoint);
+      SessionIo io(se);
       std::optional<FuseUring> uring;
-      if (options.io_uring && FuseUring::Allowed()) uring.emplace(se, options.no_io_uring_lanes);
+      if (options.io_uring && FuseUring::Allowed()) uring.emplace(se, io, options.no_io_uring_lanes);
       started(se);
       fuse_loop_config loop{};
       loop.clone_fd = 0;

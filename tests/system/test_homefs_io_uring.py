@@ -16,10 +16,11 @@ CPU to start with, pinned to it, and another whenever all of a CPU's lanes hold 
   inherits its creator's CPUs: a connection's receiving thread pinned with the lane that
   connected waited behind any job on that CPU, and halved the other CPU's random reads.)
 - The kernel is told that the home drops setuid, setgid and capabilities on write
-  (FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 does not know): 2,000 small writes of the
-  user's to a file are about 2,000 requests to homefs, not a capability query before
-  each as well, and a setuid file the user writes through homefs loses its setuid bit at
-  the home, as it would in a local write.
+  (FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 does not know), through io_uring and
+  through /dev/fuse alike: 2,000 small writes of the user's to a file are about 2,000
+  requests to homefs (completions on the rings; read(2)s of /dev/fuse), not a capability
+  query before each as well, and a setuid file the user writes or truncates through
+  homefs loses its setuid bit at the home, as it would locally.
 - With `[files] io_uring = false`, homefs reads /dev/fuse as before: no ring, the same
   files.
 - Where homefs cannot make a lane (the fault point no-io-uring-lane, as when a ring or its
@@ -119,6 +120,13 @@ def ring_completions(pid):
     return total
 
 
+def dev_fuse_reads(pid):
+    """The read(2)s homefs has made: one per request it took from /dev/fuse (its other
+    reads are rare; the home's connection is read with recv, which is not counted)."""
+    with open(f"/proc/{pid}/io") as f:
+        return int(re.search(r"^syscr:\s+(\d+)", f.read(), re.M).group(1))
+
+
 def cpus_allowed(pid, tid):
     with open(f"/proc/{pid}/task/{tid}/status") as f:
         return re.search(r"^Cpus_allowed_list:\s+(\S+)", f.read(), re.M).group(1)
@@ -145,18 +153,60 @@ def require_uring():
                                 "is not Y; scripts/setup turns it on)")
 
 
-class IoUringTest(harness.UserClusterTest):
+class UserFiles:
+    """What both ways of taking requests test with an ordinary user's files."""
+
+    def wait_for_tree(self, node="node2"):
+        c = self.c
+        c.wait_for(lambda: c.run(node, "test", "-d", "/mosix/home/node1/data", check=False)
+                   .returncode == 0, 30, f"{node} to see node1's files")
+
+    def run_as(self, c, node, *command, cpu):
+        return c.run(node, "taskset", "-c", str(cpu), "runuser", "-u", self.user, "--",
+                     *command, timeout=60).stdout.split()
+
+    def assert_writes_ask_nothing_else(self, requests_taken):
+        """2,000 small writes of the user's to a file that is setuid at the home are about
+        2,000 requests to node2's homefs (`requests_taken(pid)`: how many it has taken so
+        far), and the home drops the file's setuid bit, on write and on truncate."""
+        c = self.c
+        work = harness.user_work_dir(c, self.user, "killpriv")
+        owner = os.stat(work)
+        at_home = os.path.join(work, "setuid")
+        with open(at_home, "wb"):
+            pass
+        os.chown(at_home, owner.st_uid, owner.st_gid)
+        os.chmod(at_home, 0o4755)
+        small_writes = harness.readable_script("small_writes.py", SMALL_WRITES)
+        self.wait_for_tree()
+        pid = homefs_pid(c, "node2")
+        writes = 2000
+        before = requests_taken(pid)
+        self.run_as(c, "node2", "python3", small_writes,
+                    "/mosix/home/node1/data/killpriv/setuid", str(writes), cpu=0)
+        taken = requests_taken(pid) - before
+        with open(at_home, "rb") as f:
+            self.assertEqual(f.read(), b"".join(bytes([i % 251]) * 512 for i in range(writes)))
+        self.assertEqual(os.stat(at_home).st_mode & 0o7777, 0o755)
+        # The writes, the open's lookup, open, flush and release; a capability query
+        # before each write would make it twice as many.
+        self.assertGreaterEqual(taken, writes)
+        self.assertLess(taken, 1.3 * writes, f"homefs took {taken} requests for {writes} writes")
+        # Set again at the home, the bit goes with the user's truncate through homefs.
+        os.chmod(at_home, 0o4755)
+        self.run_as(c, "node2", "truncate", "-s", "100",
+                    "/mosix/home/node1/data/killpriv/setuid", cpu=0)
+        self.assertEqual(os.stat(at_home).st_size, 100)
+        self.assertEqual(os.stat(at_home).st_mode & 0o7777, 0o755)
+
+
+class IoUringTest(UserFiles, harness.UserClusterTest):
     user_prefix = "hwiu"
 
     @classmethod
     def setUpClass(cls):
         require_uring()
         super().setUpClass()
-
-    def wait_for_tree(self, node="node2"):
-        c = self.c
-        c.wait_for(lambda: c.run(node, "test", "-d", "/mosix/home/node1/data", check=False)
-                   .returncode == 0, 30, f"{node} to see node1's files")
 
     def test_requests_go_through_the_rings(self):
         c = self.c
@@ -250,29 +300,7 @@ class IoUringTest(harness.UserClusterTest):
         self.assertEqual(pinned, [], f"the process runs on CPUs {everywhere}")
 
     def test_writes_ask_nothing_else_and_the_home_drops_setuid(self):
-        c = self.c
-        work = harness.user_work_dir(c, self.user, "killpriv")
-        owner = os.stat(work)
-        at_home = os.path.join(work, "setuid")
-        with open(at_home, "wb"):
-            pass
-        os.chown(at_home, owner.st_uid, owner.st_gid)
-        os.chmod(at_home, 0o4755)
-        small_writes = harness.readable_script("small_writes.py", SMALL_WRITES)
-        self.wait_for_tree()
-        pid = homefs_pid(c, "node2")
-        writes = 2000
-        before = ring_completions(pid)
-        self.run_as(c, "node2", "python3", small_writes,
-                    "/mosix/home/node1/data/killpriv/setuid", str(writes), cpu=0)
-        taken = ring_completions(pid) - before
-        with open(at_home, "rb") as f:
-            self.assertEqual(f.read(), b"".join(bytes([i % 251]) * 512 for i in range(writes)))
-        self.assertEqual(os.stat(at_home).st_mode & 0o7777, 0o755)
-        # The writes, the open's lookup, open, flush and release; a capability query
-        # before each write would make it twice as many.
-        self.assertGreaterEqual(taken, writes)
-        self.assertLess(taken, 1.3 * writes, f"homefs took {taken} requests for {writes} writes")
+        self.assert_writes_ask_nothing_else(ring_completions)
 
     def start(self, c, node, *command, cpu=None, stdin=subprocess.DEVNULL):
         """The user's `command` in `node`, in the background (on `cpu` alone if given)."""
@@ -282,10 +310,6 @@ class IoUringTest(harness.UserClusterTest):
              self.user, "--", *command],
             env=c.env(), stdin=stdin, stdout=subprocess.PIPE, text=True,
             start_new_session=True)
-
-    def run_as(self, c, node, *command, cpu):
-        return c.run(node, "taskset", "-c", str(cpu), "runuser", "-u", self.user, "--",
-                     *command, timeout=60).stdout.split()
 
     def waiting_in_fuse(self, script):
         """How many of the user's processes running `script` wait for a FUSE answer."""
@@ -300,13 +324,16 @@ class IoUringTest(harness.UserClusterTest):
         return waiting
 
 
-class DevFuseTest(harness.UserClusterTest):
+class DevFuseTest(UserFiles, harness.UserClusterTest):
     user_prefix = "hwdf"
     cluster_settings = ("files.io_uring=false",)
 
     def test_no_ring_and_the_same_files(self):
         self.assert_files_through_dev_fuse()
         self.assertNotIn("FUSE over io_uring", self.c.log("node2"))
+
+    def test_writes_ask_nothing_else_and_the_home_drops_setuid(self):
+        self.assert_writes_ask_nothing_else(dev_fuse_reads)
 
     def assert_files_through_dev_fuse(self):
         c = self.c
