@@ -335,6 +335,12 @@ void FileOps::Write(FileSession& s, Rq rq, Rs rs) {
       }
     }
     n = Check(::pwritev(handle->fd.get(), &iov, 1, static_cast<off_t>(rq.getOffset())));
+    if (auto due = handle->writeback.Wrote(rq.getOffset(), static_cast<uint64_t>(n))) {
+      // Started, not waited for; a failure shows at the writer's fsync, as the flusher's
+      // would.
+      (void)::sync_file_range(handle->fd.get(), static_cast<off_t>(due->offset),
+                              static_cast<off_t>(due->length), SYNC_FILE_RANGE_WRITE);
+    }
   }
   rs.setSize(static_cast<uint64_t>(n));
 }

@@ -20,6 +20,7 @@
 #include "fd.h"
 #include "file_server.h"
 #include "lock_keeper.h"
+#include "stream_writeback.h"
 #include "schema/files.capnp.h"
 
 namespace homeward {
@@ -94,6 +95,7 @@ struct FileSession::OpenFile {
   // fcntl): a write on an O_APPEND descriptor ignores its offset.
   std::atomic<bool> append{false};
   std::mutex append_mutex;
+  StreamWriteback writeback;  // of its positional writes
   DIR* dir = nullptr;    // its own descriptor, a duplicate of fd's
   std::mutex dir_mutex;  // a DIR stream has one position
   ~OpenFile() {

@@ -11,13 +11,19 @@ Every move of a guest in the other tests passes through it.
 An unlink from a directory whose state homefs knows (this node changed it last, and no
 notice of another's change came since) goes behind as well: it returns before the home
 has done it, a listing after it waits for it; one the home refuses after all brings the
-name back and is reported by the directory's next fsync, once."""
+name back and is reported by the directory's next fsync, once.
 
+The home hands a big sequential stream of writes to its disk as it comes, chunk by chunk,
+rather than leaving it all dirty for the writer's fsync."""
+
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import select
 import shutil
+import struct
 import subprocess
 import time
 import unittest
@@ -26,6 +32,8 @@ import harness
 from test_cutlink import Cut
 
 WAIT_S = 60
+LIBC = ctypes.CDLL(None, use_errno=True)
+SYS_CACHESTAT = 451  # the same number on every architecture
 
 # Writes 2 MiB in 64 KiB blocks to a file on a 1 MiB file system, then closes it: prints
 # which call failed first and with which errno (the local kernel's answer is the same).
@@ -135,6 +143,24 @@ DRAIN = ("import errno, os\n"
          "    print(errno.errorcode[e.errno])\n")
 
 
+def dirty_bytes(path):
+    """How much of the file at `path` is dirty in this kernel's page cache and not yet
+    on its way to the disk (cachestat(2), Linux 6.5)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        whole = ctypes.create_string_buffer(16)  # struct cachestat_range {0, 0}: all of it
+        stat = ctypes.create_string_buffer(40)   # struct cachestat: five counts of pages
+        if LIBC.syscall(SYS_CACHESTAT, fd, whole, stat, 0) != 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOSYS:
+                raise unittest.SkipTest("this kernel has no cachestat(2) (Linux 6.5)")
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+    _cached, dirty, _writeback, _evicted, _recent = struct.unpack("5Q", stat.raw)
+    return dirty * os.sysconf("SC_PAGE_SIZE")
+
+
 class WriteBehindTest(harness.UserClusterTest):
     user_prefix = "hwwb"
     cluster_nodes = 3
@@ -179,6 +205,20 @@ class WriteBehindTest(harness.UserClusterTest):
         with open(os.path.join(work, "f"), "rb") as f:
             at_home = hashlib.sha256(f.read()).hexdigest()
         self.assertEqual(at_home, expect, "the home's file is not what node2 wrote")
+
+    def test_a_big_stream_is_on_its_way_to_the_home_disk_before_any_sync(self):
+        # The home hands each 8 MiB a writer sends at a stretch to its disk at once
+        # (StreamWriteback): once 64 MiB written from node2 are closed, without a sync,
+        # at most the last stretch of the file is still dirty in the home's memory. Left
+        # to the kernel's flusher, all of it would be, for half a minute.
+        c = self.c
+        work = harness.user_work_dir(c, self.user, "stream")
+        c.run("node2", *self.as_user("dd", "if=/dev/zero", "of=/mosix/home/node1/data/stream/big",
+                                     "bs=1M", "count=64", "status=none"), timeout=WAIT_S)
+        at_home = os.path.join(work, "big")
+        self.assertEqual(os.stat(at_home).st_size, 64 << 20)
+        dirty = dirty_bytes(at_home)
+        self.assertLessEqual(dirty, 8 << 20, f"{dirty >> 20} MiB of 64 still dirty at the home")
 
     def homefs_connection(self, node):
         """The ports of `node`'s homefs connection to node1's file service."""
