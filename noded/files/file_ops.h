@@ -20,8 +20,8 @@
 #include "fd.h"
 #include "file_server.h"
 #include "lock_keeper.h"
-#include "stream_writeback.h"
 #include "schema/files.capnp.h"
+#include "stream_writeback.h"
 
 namespace homeward {
 
