@@ -339,8 +339,7 @@ class DevFuseTest(UserFiles, harness.UserClusterTest):
         c = self.c
         harness.user_work_dir(c, self.user, "plain")
         work = harness.readable_script("work.py", WORK)
-        c.wait_for(lambda: c.run("node2", "test", "-d", "/mosix/home/node1/data", check=False)
-                   .returncode == 0, 30, "node2 to see node1's files")
+        self.wait_for_tree()
         out = c.run("node2", "runuser", "-u", self.user, "--", "python3", work,
                     "/mosix/home/node1/data/plain/d", "50", timeout=120).stdout
         self.assertEqual(out.split(), ["50", "0"])
