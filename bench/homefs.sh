@@ -22,14 +22,14 @@
 # machine's root) skips every inode deleted in the last minute when it makes a file, so
 # each target's creates there ran slower than the one's before (2,000 files made and
 # removed six times in a row: 81,000 creates a second, at last 5,400).
-#   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--as-root]
-#                    [--set KEY=VALUE ...]
+#   bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--runs 3]
+#                    [--as-root] [--set KEY=VALUE ...]
 # --set goes to the loopcluster's nodes (files.sync_replay_log=true: the home syncs its
 # replay log before each create, unlink, rename and append).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export HOMEWARD_BUILD=${HOMEWARD_BUILD:-$ROOT/build}
-SIZE=1g FILES=10000 RUNTIME=15 APPEND_S=5
+SIZE=1g FILES=10000 RUNTIME=15 APPEND_S=5 RUNS=3
 SETTINGS=()
 AS_ROOT=
 while [[ $# -gt 0 ]]; do
@@ -37,12 +37,14 @@ while [[ $# -gt 0 ]]; do
     --size) SIZE=$2; shift 2 ;;
     --files) FILES=$2; shift 2 ;;
     --append-seconds) APPEND_S=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
     --set) SETTINGS+=(--set "$2"); shift 2 ;;
     --as-root) AS_ROOT=1; shift ;;
-    *) echo "usage: bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--as-root] [--set KEY=VALUE ...]" >&2
+    *) echo "usage: bench/run homefs [--size 1g] [--files 10000] [--append-seconds 5] [--runs 3] [--as-root] [--set KEY=VALUE ...]" >&2
        exit 2 ;;
   esac
 done
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench homefs: --runs wants a count of 1 or more, not '$RUNS'" >&2; exit 2; }
 [[ $(id -u) -eq 0 ]] || { echo "bench homefs: needs root" >&2; exit 1; }
 for tool in fio sshfs sshd ssh-keygen; do
   command -v $tool >/dev/null || { echo "bench homefs: no $tool; run scripts/setup --bench" >&2; exit 1; }
@@ -232,7 +234,7 @@ locks() {  # target -> lock/unlock pairs/s of two lockers of one file at once (h
 
 # Each test runs on the three targets back to back, so that a change in the machine's
 # load (it is shared) spreads over all three rather than landing on one.
-declare -A R WHERE DIR
+declare -A WHERE DIR
 WHERE[local]=host   DIR[local]=$DATA/bench-local
 WHERE[homefs]=node2 DIR[homefs]=/mosix/home/node1/data/bench-homefs
 WHERE[sshfs]=host   DIR[sshfs]=$SSHFS_MNT/bench-sshfs
@@ -245,59 +247,104 @@ if [[ -n $BENCH_USER ]]; then
   chown "$BENCH_USER:" "$DATA"/bench-*
   chmod o+x "$WORK" "$CLUSTER" "$CLUSTER/node1" "$DATA"
 fi
-echo "bench homefs: sequential write" >&2
-for t in $TARGETS; do R[$t,write]=$(fio_bw ${WHERE[$t]} "${DIR[$t]}" write 1M "--end_fsync=1"); done
-echo "bench homefs: sequential read" >&2
-for t in $TARGETS; do R[$t,read]=$(fio_bw ${WHERE[$t]} "${DIR[$t]}" read 1M); done
-echo "bench homefs: random read" >&2
-for t in $TARGETS; do
-  R[$t,rand]=$(fio_bw ${WHERE[$t]} "${DIR[$t]}" randread 4k "--time_based --runtime=$RUNTIME")
+# One line per measurement, "run target test value", for the table at the end.
+MEASURED=$WORK/measured
+record() { echo "$1 $2 $3 $4" >>"$MEASURED"; }
+for run in $(seq "$RUNS"); do
+  echo "bench homefs: run $run of $RUNS: sequential write" >&2
+  for t in $TARGETS; do record "$run" "$t" write "$(fio_bw ${WHERE[$t]} "${DIR[$t]}" write 1M "--end_fsync=1")"; done
+  echo "bench homefs: run $run of $RUNS: sequential read" >&2
+  for t in $TARGETS; do record "$run" "$t" read "$(fio_bw ${WHERE[$t]} "${DIR[$t]}" read 1M)"; done
+  echo "bench homefs: run $run of $RUNS: random read" >&2
+  for t in $TARGETS; do
+    record "$run" "$t" rand "$(fio_bw ${WHERE[$t]} "${DIR[$t]}" randread 4k "--time_based --runtime=$RUNTIME")"
+  done
+  # Each run writes its file anew, as the first did.
+  for t in $TARGETS; do run_in "${WHERE[$t]}" rm -f "${DIR[$t]}/bench.dat"; done
+  echo "bench homefs: run $run of $RUNS: metadata" >&2
+  for t in $TARGETS; do
+    read -r c s u < <(meta ${WHERE[$t]} "${DIR[$t]}")
+    record "$run" "$t" create "$c"; record "$run" "$t" stat "$s"; record "$run" "$t" unlink "$u"
+  done
+  echo "bench homefs: run $run of $RUNS: appends" >&2
+  for t in $TARGETS; do record "$run" "$t" append "$(appends $t)"; done
+  echo "bench homefs: run $run of $RUNS: locks" >&2
+  for t in $TARGETS; do record "$run" "$t" lock "$(locks $t)"; done
+  # The round trip between two processes on loopback (what any networked file system
+  # adds to a local FUSE call), measured in each run, on the same loaded or quiet machine.
+  record "$run" network rtt "$("$HOMEWARD_BUILD/bench/tcp_round_trip" --reply 4096)"
 done
-echo "bench homefs: metadata" >&2
-for t in $TARGETS; do
-  read -r c s u < <(meta ${WHERE[$t]} "${DIR[$t]}")
-  R[$t,create]=$c R[$t,stat]=$s R[$t,unlink]=$u
-done
-echo "bench homefs: appends" >&2
-for t in $TARGETS; do R[$t,append]=$(appends $t); done
-echo "bench homefs: locks" >&2
-for t in $TARGETS; do R[$t,lock]=$(locks $t); done
 rm -rf "$DATA"/bench-*
 
-# The round trip between two processes on loopback (what any networked file system adds
-# to a local FUSE call), measured now, on the same loaded or quiet machine.
-RTT_US=$("$HOMEWARD_BUILD/bench/tcp_round_trip" --reply 4096)
-
-ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')" 2>/dev/null || echo "-"; }
 RESULTS=$ROOT/bench/results/homefs.md
 mkdir -p "$(dirname "$RESULTS")"
 {
-  echo "Size $SIZE, $FILES files, appends and locks for $APPEND_S s, run as $WHO${SETTINGS[*]:+, homefs with ${SETTINGS[*]}}; load average $(cut -d' ' -f1 /proc/loadavg) at the end."
+  echo "Size $SIZE, $FILES files, appends and locks for $APPEND_S s, $RUNS runs, run as $WHO${SETTINGS[*]:+, homefs with ${SETTINGS[*]}}; load average $(cut -d' ' -f1 /proc/loadavg) at the end."
   echo
-  printf '| %-28s | %10s | %10s | %10s | %14s | %12s | %12s | %12s |\n' test local homefs sshfs \
-    passthrough_ll "homefs/local" "homefs/sshfs" "homefs/pt_ll"
-  printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------ ------------ \
-    ------------ ---------------- -------------- -------------- --------------
-  for row in "write:sequential write MB/s" "read:sequential read MB/s" "rand:4 KiB random read IOPS" \
-             "create:create files/s" "stat:stat files/s" "unlink:unlink files/s" \
-             "append:appends/s (2 writers)" "lock:lock/unlock pairs/s (2)"; do
-    key=${row%%:*} label=${row#*:}
-    printf '| %-28s | %10s | %10s | %10s | %14s | %12s | %12s | %12s |\n' "$label" "${R[local,$key]}" \
-      "${R[homefs,$key]}" "${R[sshfs,$key]}" "${R[passthrough,$key]}" \
-      "$(ratio "${R[homefs,$key]}" "${R[local,$key]}")" \
-      "$(ratio "${R[homefs,$key]}" "${R[sshfs,$key]}")" \
-      "$(ratio "${R[homefs,$key]}" "${R[passthrough,$key]}")"
-  done
-  echo
-  python3 - "$RTT_US" "${R[passthrough,rand]}" "${R[homefs,rand]}" <<'PY'
-import sys
-rtt, pt, homefs = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-pt_us = 1e6 / pt
-floor = 1e6 / (pt_us + rtt)
-print(f"The network's floor for 4 KiB random reads: a TCP round trip on loopback between two "
-      f"processes (64 B asked, 4 KiB answered) takes {rtt:.1f} us here (median), and "
-      f"passthrough_ll's read {pt_us:.1f} us, so a networked file system reads at most "
-      f"{floor:.0f} times a second here ({floor / pt:.2f}x passthrough_ll); homefs makes "
-      f"{homefs / floor:.2f}x of that.")
+  python3 - "$MEASURED" "$RUNS" <<'PY'
+import statistics, sys
+runs = int(sys.argv[2])
+value = {}  # (target, test, run) -> number, where measured
+for line in open(sys.argv[1]):
+    run, target, test, v = line.split()
+    if v != "-":
+        value[target, test, int(run)] = float(v)
+def of(target, test):
+    return [value[target, test, r] for r in range(1, runs + 1) if (target, test, r) in value]
+def median(target, test):
+    vs = of(target, test)
+    return statistics.median(vs) if vs else None
+def ratio(test, other):
+    rs = [value["homefs", test, r] / value[other, test, r] for r in range(1, runs + 1)
+          if ("homefs", test, r) in value and value.get((other, test, r))]
+    if not rs:
+        return "-"
+    mid = f"{statistics.median(rs):.2f}x"
+    return mid if len(rs) == 1 else f"{mid} ({min(rs):.2f}-{max(rs):.2f})"
+rows = [("write", "sequential write MB/s"), ("read", "sequential read MB/s"),
+        ("rand", "4 KiB random read IOPS"), ("create", "create files/s"),
+        ("stat", "stat files/s"), ("unlink", "unlink files/s"),
+        ("append", "appends/s (2 writers)"), ("lock", "lock/unlock pairs/s (2)")]
+targets = ["local", "homefs", "sshfs", "passthrough"]
+header = ["test", "local", "homefs", "sshfs", "passthrough_ll",
+          "homefs/local", "homefs/sshfs", "homefs/pt_ll"]
+table = [header]
+for test, label in rows:
+    cells = [label]
+    for t in targets:
+        m = median(t, test)
+        cells.append("-" if m is None else f"{m:.0f}")
+    cells += [ratio(test, "local"), ratio(test, "sshfs"), ratio(test, "passthrough")]
+    table.append(cells)
+widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+def line(cells):
+    return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+print(line(table[0]))
+print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+for r in table[1:]:
+    print(line(r))
+print()
+if runs > 1:
+    print("Each number is the median of the runs; each ratio the median of the runs' own "
+          "ratios, with the lowest and highest in brackets.")
+    print()
+# The network's floor for random reads, in each run: its round trip added to that run's
+# passthrough_ll read.
+floors, shares = [], []
+for r in range(1, runs + 1):
+    rtt, pt, hf = (value.get(k) for k in (("network", "rtt", r), ("passthrough", "rand", r),
+                                         ("homefs", "rand", r)))
+    if rtt and pt and hf:
+        floor = 1e6 / (1e6 / pt + rtt)
+        floors.append(floor / pt)
+        shares.append(hf / floor)
+rtt, pt = median("network", "rtt"), median("passthrough", "rand")
+if floors:
+    print(f"The network's floor for 4 KiB random reads: a TCP round trip on loopback between "
+          f"two processes (64 B asked, 4 KiB answered) takes {rtt:.1f} us here (median), and "
+          f"passthrough_ll's read {1e6 / pt:.1f} us, so a networked file system reads at most "
+          f"{statistics.median(floors):.2f}x as often as passthrough_ll here; homefs makes "
+          f"{statistics.median(shares):.2f}x of that (medians of the runs' own).")
 PY
 } | tee "$RESULTS"
