@@ -232,8 +232,8 @@ locks() {  # target -> lock/unlock pairs/s of two lockers of one file at once (h
   python3 -c "print(round(($(cat "$out1") + $(cat "$out2")) / $APPEND_S))"
 }
 
-# Each test runs on the three targets back to back, so that a change in the machine's
-# load (it is shared) spreads over all three rather than landing on one.
+# Each test runs on the four targets back to back, so that a change in the machine's
+# load (it is shared) spreads over all four rather than landing on one.
 declare -A WHERE DIR
 WHERE[local]=host   DIR[local]=$DATA/bench-local
 WHERE[homefs]=node2 DIR[homefs]=/mosix/home/node1/data/bench-homefs
@@ -247,9 +247,10 @@ if [[ -n $BENCH_USER ]]; then
   chown "$BENCH_USER:" "$DATA"/bench-*
   chmod o+x "$WORK" "$CLUSTER" "$CLUSTER/node1" "$DATA"
 fi
-# One line per measurement, "run target test value", for the table at the end.
+# One line per measurement, "run target test value", for the table at the end ("-" for a
+# measurement that gave nothing: its cell and ratios are left out).
 MEASURED=$WORK/measured
-record() { echo "$1 $2 $3 $4" >>"$MEASURED"; }
+record() { echo "$1 $2 $3 ${4:--}" >>"$MEASURED"; }
 for run in $(seq "$RUNS"); do
   echo "bench homefs: run $run of $RUNS: sequential write" >&2
   for t in $TARGETS; do record "$run" "$t" write "$(fio_bw ${WHERE[$t]} "${DIR[$t]}" write 1M "--end_fsync=1")"; done
