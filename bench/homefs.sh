@@ -88,7 +88,8 @@ size_bytes=$(numfmt --from=iec "${SIZE^^}")
 # a file that fits in memory ends up in the page cache below the file system, and the
 # home's ext4 reads ahead more the more of the file is cached near a miss, so over a fixed
 # time the faster target also got the warmer cache (passthrough_ll's 1 GiB: 13,000 reads
-# a second for 7 s, then 35,000, its disk idle after 9 s; homefs's 7,000 all through).
+# a second for 6 s, then up to 35,000, its disk idle from the eleventh; homefs's 7,000 for
+# 12 s).
 # RANDOM_CAP_S bounds a target that is slower than expected (its rate is then of fewer).
 RANDOM_READS=$((size_bytes / 4096 / 8)) RANDOM_CAP_S=120
 
