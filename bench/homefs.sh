@@ -91,7 +91,7 @@ size_bytes=$(numfmt --from=iec "${SIZE^^}")
 # a second for 6 s, then up to 35,000, its disk idle from the eleventh; homefs's 7,000 for
 # 12 s).
 # RANDOM_CAP_S bounds a target that is slower than expected (its rate is then of fewer).
-RANDOM_READS=$((size_bytes / 4096 / 8)) RANDOM_CAP_S=120
+RANDOM_READS=$((size_bytes >= 8 * 4096 ? size_bytes / 4096 / 8 : 1)) RANDOM_CAP_S=120
 
 # The home's ext4: room for each target's test file and a GiB more; a sparse image, on a
 # loop device with direct I/O (the image's own pages are not cached twice).
