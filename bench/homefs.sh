@@ -352,7 +352,8 @@ for r in range(1, runs + 1):
         floor = 1e6 / (1e6 / pt + rtt)
         floors.append(floor / pt)
         shares.append(hf / floor)
-        if ss: over_sshfs.append(floor / ss)
+        if ss:
+            over_sshfs.append(floor / ss)
 rtt, pt = median("network", "rtt"), median("passthrough", "rand")
 if floors:
     sshfs_part = (f" and {statistics.median(over_sshfs):.2f}x as often as sshfs"
